@@ -1,0 +1,103 @@
+"""The loader core: eBPF ELF objects → specs → live maps, programs and links.
+
+Pure Python: pyelftools for the ELF, our own BTF code, ctypes for the bpf() syscall.
+
+```python
+from orchestrator import ebpf
+
+spec = ebpf.CollectionSpec.from_file("x.bpf.o")      # pure: no kernel needed
+spec.rewrite_constants({"magic": 0x1235})
+with ebpf.Collection(spec, ebpf.CollectionOptions(pin_path="/sys/fs/bpf/x")) as coll:
+    coll.programs["xdp_main"].test_run(data=bytes(64))
+```
+"""
+
+from __future__ import annotations
+
+from orchestrator.ebpf.asm import Instruction, Instructions, Reference, RefKind
+from orchestrator.ebpf.binding import Binding, bind, close_all
+from orchestrator.ebpf.collection import (
+    Collection,
+    CollectionOptions,
+    load_collection,
+)
+from orchestrator.ebpf.errors import (
+    BindError,
+    BTFError,
+    ConstantError,
+    Error,
+    KeyExistsError,
+    KeyNotFoundError,
+    MapIncompatibleError,
+    NotSupportedError,
+    ParseError,
+    PermissionDeniedError,
+    PinError,
+    SpecError,
+    SyscallError,
+    VerifierError,
+)
+from orchestrator.ebpf.maps import Map, MapInfo
+from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
+from orchestrator.ebpf.spec import (
+    CollectionSpec,
+    MapEntry,
+    MapSpec,
+    PinType,
+    ProgramSpec,
+    VariableSpec,
+)
+from orchestrator.ebpf.sys import (
+    AttachType,
+    LinkType,
+    MapFlags,
+    MapType,
+    ProgFlags,
+    ProgType,
+    UpdateFlags,
+)
+
+__all__ = [
+    "AttachType",
+    "BTFError",
+    "BindError",
+    "Binding",
+    "Collection",
+    "CollectionOptions",
+    "CollectionSpec",
+    "ConstantError",
+    "Error",
+    "Instruction",
+    "Instructions",
+    "KeyExistsError",
+    "KeyNotFoundError",
+    "LinkType",
+    "Map",
+    "MapEntry",
+    "MapFlags",
+    "MapIncompatibleError",
+    "MapInfo",
+    "MapSpec",
+    "MapType",
+    "NotSupportedError",
+    "ParseError",
+    "PermissionDeniedError",
+    "PinError",
+    "PinType",
+    "ProgFlags",
+    "ProgType",
+    "Program",
+    "ProgramInfo",
+    "ProgramSpec",
+    "RefKind",
+    "Reference",
+    "RunResult",
+    "SpecError",
+    "SyscallError",
+    "UpdateFlags",
+    "VariableSpec",
+    "VerifierError",
+    "bind",
+    "close_all",
+    "load_collection",
+]

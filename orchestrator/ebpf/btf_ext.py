@@ -1,0 +1,228 @@
+""".BTF.ext: function info, line info and CO-RE relocations, per ELF section.
+
+Layout (``struct btf_ext_header`` in the kernel's ``tools/lib/bpf/libbpf_internal.h``,
+documented in ``Documentation/bpf/btf.rst``): a header with the offset and length of each
+subsection, relative to the end of the header. Each subsection starts with the size of one
+record, followed by blocks of ``{u32 sec_name_off; u32 num_info; record[num_info]}``. The
+record size may be larger than the struct we know (newer compilers); the extra bytes are
+skipped. Instruction offsets in the file are in bytes; here they are instruction indices.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from orchestrator.ebpf.btf import Func, Spec, Type, describe
+from orchestrator.ebpf.errors import BTFError
+
+__all__ = [
+    "CORERelo",
+    "COREReloKind",
+    "Ext",
+    "FuncInfo",
+    "LineInfo",
+    "encode_func_infos",
+    "encode_line_infos",
+    "parse_ext",
+]
+
+BTF_MAGIC = 0xEB9F
+INSN_SIZE = 8
+_HEADER = struct.Struct("<HBBIIIII")  # magic..line_info_len: the 1st version of the header
+_CORE = struct.Struct("<II")  # core_relo_off, core_relo_len (hdr_len >= 32)
+_U32 = struct.Struct("<I")
+_FUNC_INFO = struct.Struct("=II")  # struct bpf_func_info (native order, for the kernel)
+_LINE_INFO = struct.Struct("=IIII")  # struct bpf_line_info
+
+_MIN_FUNC_INFO = 8
+_MIN_LINE_INFO = 16
+_MIN_CORE_RELO = 16
+
+# BPF_LINE_INFO_LINE_NUM / BPF_LINE_INFO_LINE_COL in linux/bpf.h
+_COL_BITS = 10
+_COL_MASK = (1 << _COL_BITS) - 1
+
+
+class COREReloKind(enum.IntEnum):
+    """``enum bpf_core_relo_kind`` from ``linux/bpf.h``."""
+
+    FIELD_BYTE_OFFSET = 0
+    FIELD_BYTE_SIZE = 1
+    FIELD_EXISTS = 2
+    FIELD_SIGNED = 3
+    FIELD_LSHIFT_U64 = 4
+    FIELD_RSHIFT_U64 = 5
+    TYPE_ID_LOCAL = 6
+    TYPE_ID_TARGET = 7
+    TYPE_EXISTS = 8
+    TYPE_SIZE = 9
+    ENUMVAL_EXISTS = 10
+    ENUMVAL_VALUE = 11
+    TYPE_MATCHES = 12
+
+
+@dataclass(slots=True)
+class FuncInfo:
+    """The BTF function at instruction ``insn`` (an index, not a byte offset)."""
+
+    insn: int
+    func: Func
+
+
+@dataclass(slots=True)
+class LineInfo:
+    """The source line for the instructions starting at ``insn``."""
+
+    insn: int
+    file_name: str
+    line: str
+    line_number: int
+    column: int
+
+
+@dataclass(slots=True)
+class CORERelo:
+    """A CO-RE relocation of instruction ``insn`` against ``type`` via ``access``
+    (``"0:1:2"``: indices of members/elements, or an enumerator index)."""
+
+    insn: int
+    type: Type
+    access: str
+    kind: COREReloKind
+
+
+@dataclass(slots=True)
+class Ext:
+    """The parsed .BTF.ext section; each dict is keyed by ELF section name."""
+
+    func_infos: dict[str, list[FuncInfo]] = field(default_factory=dict)
+    line_infos: dict[str, list[LineInfo]] = field(default_factory=dict)
+    core_relos: dict[str, list[CORERelo]] = field(default_factory=dict)
+
+
+def parse_ext(data: bytes, spec: Spec) -> Ext:
+    """Parse a little-endian .BTF.ext section; type ids and strings refer to ``spec``."""
+    view = memoryview(data)
+    if len(view) < _HEADER.size:
+        raise BTFError(f"btf.ext: {len(view)} bytes is too short for a header")
+    magic, version, _flags, hdr_len, fi_off, fi_len, li_off, li_len = _HEADER.unpack_from(view)
+    if magic == 0x9FEB:
+        raise BTFError("btf.ext: big-endian .BTF.ext is not supported")
+    if magic != BTF_MAGIC:
+        raise BTFError(f"btf.ext: bad magic {magic:#06x}")
+    if version != 1:
+        raise BTFError(f"btf.ext: unsupported version {version}")
+    if hdr_len < _HEADER.size or hdr_len > len(view):
+        raise BTFError(f"btf.ext: bad header length {hdr_len}")
+    cr_off = cr_len = 0
+    if hdr_len >= _HEADER.size + _CORE.size:
+        cr_off, cr_len = _CORE.unpack_from(view, _HEADER.size)
+    body = view[hdr_len:]
+    ext = Ext()
+
+    for rec_off, name in _records(body, spec, fi_off, fi_len, _MIN_FUNC_INFO, "func info"):
+        byte_off, type_id = struct.unpack_from("<II", body, rec_off)
+        func = spec.type_by_id(type_id)
+        if not isinstance(func, Func):
+            raise BTFError(f"btf.ext: func info in {name}: {describe(func)} is not a func")
+        ext.func_infos.setdefault(name, []).append(FuncInfo(_insn(byte_off, name), func))
+
+    for rec_off, name in _records(body, spec, li_off, li_len, _MIN_LINE_INFO, "line info"):
+        byte_off, file_off, line_off, line_col = struct.unpack_from("<IIII", body, rec_off)
+        ext.line_infos.setdefault(name, []).append(
+            LineInfo(
+                _insn(byte_off, name),
+                spec.string(file_off),
+                spec.string(line_off),
+                line_col >> _COL_BITS,
+                line_col & _COL_MASK,
+            )
+        )
+
+    for rec_off, name in _records(body, spec, cr_off, cr_len, _MIN_CORE_RELO, "core relo"):
+        byte_off, type_id, access_off, kind = struct.unpack_from("<IIII", body, rec_off)
+        try:
+            relo_kind = COREReloKind(kind)
+        except ValueError:
+            raise BTFError(f"btf.ext: core relo in {name}: unknown kind {kind}") from None
+        ext.core_relos.setdefault(name, []).append(
+            CORERelo(
+                _insn(byte_off, name), spec.type_by_id(type_id), spec.string(access_off), relo_kind
+            )
+        )
+    return ext
+
+
+def _insn(byte_off: int, section: str) -> int:
+    if byte_off % INSN_SIZE:
+        raise BTFError(f"btf.ext: {section}: offset {byte_off} is not at an instruction")
+    return byte_off // INSN_SIZE
+
+
+def _records(
+    body: memoryview, spec: Spec, off: int, length: int, min_size: int, what: str
+) -> Iterator[tuple[int, str]]:
+    """Yield (offset in body, ELF section name) for every record of one subsection."""
+    if length == 0:
+        return
+    end = off + length
+    if end > len(body) or length < 4:
+        raise BTFError(f"btf.ext: {what} subsection ({off}+{length}) out of bounds")
+    (rec_size,) = _U32.unpack_from(body, off)
+    if rec_size < min_size or rec_size % 4:
+        raise BTFError(f"btf.ext: {what} record size {rec_size} is invalid")
+    pos = off + 4
+    while pos < end:
+        if pos + 8 > end:
+            raise BTFError(f"btf.ext: {what}: truncated section header")
+        name_off, count = struct.unpack_from("<II", body, pos)
+        pos += 8
+        if count * rec_size > end - pos:
+            raise BTFError(f"btf.ext: {what}: {count} records overrun the subsection")
+        name = spec.string(name_off)
+        for _ in range(count):
+            yield pos, name
+            pos += rec_size
+
+
+def encode_func_infos(
+    infos: Iterable[FuncInfo], spec_type_id: Callable[[Type], int], base_insn: int = 0
+) -> bytes:
+    """``struct bpf_func_info[]`` for BPF_PROG_LOAD: ``insn_off`` in instructions
+    (``base_insn + info.insn``) and the func's type id in the loaded BTF."""
+    out = bytearray()
+    for fi in infos:
+        insn = base_insn + fi.insn
+        if not 0 <= insn < 1 << 32:
+            raise BTFError(f"func info {fi.func.name}: instruction {insn} out of range")
+        out += _FUNC_INFO.pack(insn, spec_type_id(fi.func))
+    return bytes(out)
+
+
+def encode_line_infos(
+    infos: Iterable[LineInfo], strings: dict[str, int], base_insn: int = 0
+) -> bytes:
+    """``struct bpf_line_info[]`` for BPF_PROG_LOAD. ``strings`` is the map returned by
+    :meth:`Spec.marshal` (which must have been given the file names and lines)."""
+    out = bytearray()
+    for li in infos:
+        insn = base_insn + li.insn
+        if not 0 <= insn < 1 << 32:
+            raise BTFError(
+                f"line info {li.file_name}:{li.line_number}: instruction {insn} out of range"
+            )
+        try:
+            file_off = strings[li.file_name]
+            line_off = strings[li.line]
+        except KeyError as err:
+            raise BTFError(
+                f"line info {li.file_name}:{li.line_number}: string {err.args[0]!r} is not "
+                "in the btf (pass it to marshal's extra_strings)"
+            ) from err
+        if not 0 <= li.column <= _COL_MASK or not 0 <= li.line_number < 1 << (32 - _COL_BITS):
+            raise BTFError(f"line info {li.file_name}:{li.line_number}:{li.column}: out of range")
+        out += _LINE_INFO.pack(insn, file_off, line_off, (li.line_number << _COL_BITS) | li.column)
+    return bytes(out)

@@ -1,0 +1,446 @@
+"""Loading a :class:`CollectionSpec` into the kernel.
+
+Loading is lazy and all-or-nothing: a map is created the first time something needs it (a
+program that refers to it, a prog array or map of maps that holds it, or the caller), a
+program when it is asked for or sits in a prog array; if anything fails, every fd created so
+far is closed and every pin created so far removed. The spec is only read, never changed.
+
+Order matters in two places:
+- ``.rodata`` maps are written and frozen before any program that reads them is verified:
+  the verifier only treats a map's contents as constants (and prunes dead branches) when the
+  map is frozen and ``BPF_F_RDONLY_PROG`` (kernel commit 591fe9888d78, "bpf: add program side
+  {rd, wr}only support for maps");
+- prog arrays and maps of maps are filled after the programs and maps they hold exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TypeVar
+
+from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf import btf_ext as _btf_ext
+from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.asm import INSN_SIZE, RefKind
+from orchestrator.ebpf.errors import (
+    Error,
+    MapIncompatibleError,
+    NotSupportedError,
+    SpecError,
+    SyscallError,
+)
+from orchestrator.ebpf.maps import Map
+from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
+from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec, hint
+from orchestrator.ebpf.sys import FD, MapFlags, MapType
+
+T = TypeVar("T")
+
+
+@dataclass
+class CollectionOptions:
+    """How to load a collection.
+
+    ``map_replacements``: existing maps to use instead of creating the named ones (each is
+    checked for compatibility and dup'ed; the caller keeps its own reference).
+    ``pin_path``: the bpffs directory for maps with ``pinning = LIBBPF_PIN_BY_NAME``.
+    ``log_level``/``log_size``: ask the verifier for a log even on success (0: only on failure).
+    """
+
+    map_replacements: Mapping[str, Map] = field(default_factory=dict)
+    pin_path: str | os.PathLike[str] | None = None
+    log_level: int = 0
+    log_size: int = 0
+    log_disabled: bool = False
+
+
+@functools.cache
+def _mmapable_arrays() -> bool:
+    """Whether array maps accept BPF_F_MMAPABLE (Linux 5.5)."""
+    attr = _sys.MapCreateAttr(
+        map_type=MapType.ARRAY,
+        key_size=4,
+        value_size=4,
+        max_entries=1,
+        map_flags=MapFlags.MMAPABLE,
+    )
+    try:
+        fd = _sys.map_create(attr)
+    except SyscallError:
+        return False
+    fd.close()
+    return True
+
+
+class _Loader:
+    """Creates what a collection needs on demand and remembers it for cleanup."""
+
+    def __init__(self, spec: CollectionSpec, options: CollectionOptions) -> None:
+        self.spec = spec
+        self.options = options
+        self.maps: dict[str, Map] = {}
+        self.programs: dict[str, Program] = {}
+        self.new_pins: list[str] = []
+        self._pending: list[str] = []  # maps whose fd-valued contents are not written yet
+        self._reused: set[str] = set()  # maps taken from a pin or a replacement
+        self._btf_loaded = False
+        self._btf_fd: FD | None = None
+        self._btf_strings: dict[str, int] = {}
+        self._loading: set[str] = set()
+
+    # ------------------------------------------------------------------ BTF
+
+    def _btf(self) -> tuple[FD | None, dict[str, int]]:
+        """Load the object's BTF once. If the kernel refuses it, load without BTF (maps
+        lose typed keys, programs lose func/line info, nothing else changes)."""
+        if not self._btf_loaded:
+            self._btf_loaded = True
+            spec = self.spec.btf
+            if spec is not None:
+                extra: set[str] = set()
+                for prog in self.spec.programs.values():
+                    for li in prog.line_infos:
+                        extra.add(li.file_name)
+                        extra.add(li.line)
+                data, strings = spec.marshal(sorted(extra))
+                fd, _err, _log = _sys.btf_load(data)
+                self._btf_fd, self._btf_strings = fd, strings
+        return self._btf_fd, self._btf_strings
+
+    def _btf_ids(self, spec: MapSpec) -> tuple[int, int]:
+        if spec.btf is None or spec.btf is not self.spec.btf:
+            return 0, 0
+        b = spec.btf
+        if spec.btf_value_type is not None:
+            return 0, b.type_id(spec.btf_value_type)
+        key = b.type_id(spec.key) if spec.key is not None else 0
+        value = b.type_id(spec.value) if spec.value is not None else 0
+        return key, value
+
+    # ------------------------------------------------------------------ maps
+
+    def map(self, name: str) -> Map:
+        m = self.maps.get(name)
+        if m is not None:
+            return m
+        spec = self.spec.maps.get(name)
+        if spec is None:
+            raise SpecError(f"map {name}: not in collection{hint(name, sorted(self.spec.maps))}")
+
+        replacement = self.options.map_replacements.get(name) or self.spec.map_replacements.get(
+            name
+        )
+        if replacement is not None:
+            try:
+                replacement.check_compatible_with(spec)
+            except MapIncompatibleError as err:
+                raise MapIncompatibleError(f"map {name}: replacement: {err}") from err
+            m = replacement.clone()
+            m.key_type = m.key_type or spec.key
+            m.value_type = m.value_type or spec.value
+            self.maps[name] = m
+            self._reused.add(name)
+            return m
+
+        pin: str | None = None
+        if spec.pinning == PinType.BY_NAME:
+            if self.options.pin_path is None:
+                raise SpecError(
+                    f"map {name}: pinned by name, but no pin path given "
+                    "(set CollectionOptions.pin_path to a directory on bpffs)"
+                )
+            pin = os.path.join(os.fspath(self.options.pin_path), spec.name)
+            existing = self._open_pin(spec, pin)
+            if existing is not None:
+                self.maps[name] = existing
+                self._reused.add(name)
+                return existing
+
+        inner: Map | None = None
+        if spec.inner_map is not None:
+            template = spec.inner_map
+            if template.type == MapType.UNSPEC:
+                raise SpecError(f"map {name}: inner map definition has no type")
+            btf_fd, _ = self._btf()
+            inner = Map.create(template, btf_fd=btf_fd, btf_ids=self._btf_ids(template))
+        try:
+            btf_fd, _ = self._btf()
+            extra = int(MapFlags.MMAPABLE) if spec.is_data_section and _mmapable_arrays() else 0
+            m = Map.create(
+                spec, inner_map=inner, btf_fd=btf_fd, btf_ids=self._btf_ids(spec), extra_flags=extra
+            )
+        finally:
+            if inner is not None:
+                inner.close()  # the outer map keeps only the template's shape
+        self.maps[name] = m
+
+        data_entries: list[tuple[object, object]] = []
+        for entry in spec.contents:
+            if isinstance(entry.value, str):
+                continue
+            key: object = entry.key
+            if isinstance(key, int) and spec.key_size in (1, 2, 4, 8) and spec.key is None:
+                key = key.to_bytes(spec.key_size, "little")
+            data_entries.append((key, bytes(entry.value)))
+        if data_entries:
+            m.populate(data_entries)
+        if any(isinstance(e.value, str) for e in spec.contents):
+            self._pending.append(name)
+        if spec.freeze:
+            m.freeze()
+        if pin is not None:
+            m.pin(pin)
+            self.new_pins.append(pin)
+        return m
+
+    def _open_pin(self, spec: MapSpec, path: str) -> Map | None:
+        try:
+            existing = Map.from_pin(path)
+        except SyscallError as err:
+            if err.errno == errno.ENOENT:
+                return None
+            raise
+        try:
+            existing.check_compatible_with(spec)
+        except MapIncompatibleError as err:
+            existing.close()
+            raise MapIncompatibleError(
+                f"map {spec.name}: pinned map at {path} is incompatible: {err} "
+                "(remove the pin or change the definition)"
+            ) from err
+        existing.name = spec.name
+        existing.key_type = spec.key
+        existing.value_type = spec.value
+        return existing
+
+    # ------------------------------------------------------------------ programs
+
+    def program(self, name: str) -> Program:
+        p = self.programs.get(name)
+        if p is not None:
+            return p
+        spec = self.spec.programs.get(name)
+        if spec is None:
+            raise SpecError(
+                f"program {name}: not in collection{hint(name, sorted(self.spec.programs))}"
+            )
+        if name in self._loading:
+            raise SpecError(f"program {name}: depends on itself while loading")
+        self._loading.add(name)
+        try:
+            p = Program.load(
+                self._request(spec),
+                LogOptions(
+                    self.options.log_level, self.options.log_size, self.options.log_disabled
+                ),
+            )
+        finally:
+            self._loading.discard(name)
+        self.programs[name] = p
+        return p
+
+    def _request(self, spec: ProgramSpec) -> LoadRequest:
+        if not spec.known_section:
+            raise NotSupportedError(
+                f"program {spec.name}: section {spec.section!r} names no known program type "
+                "(use a libbpf section name such as xdp, tc, tracepoint/GROUP/NAME)"
+            )
+        if spec.core_relos:
+            raise NotSupportedError(f"program {spec.name}: CO-RE relocations are not supported yet")
+        raw = bytearray(spec.instructions.raw)
+        for idx, ref in spec.instructions.references.items():
+            pos = idx * INSN_SIZE
+            if ref.kind is RefKind.EXTERN:
+                raise NotSupportedError(
+                    f"program {spec.name}: extern {ref.name}: kconfig/ksym/kfunc externs "
+                    "are not supported yet"
+                )
+            m = self.map(ref.name)
+            fd = m.fd.raw
+            if ref.kind is RefKind.MAP:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_MAP_FD << 4)
+                raw[pos + 4 : pos + 8] = fd.to_bytes(4, "little")
+            else:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_MAP_VALUE << 4)
+                raw[pos + 4 : pos + 8] = fd.to_bytes(4, "little")
+                raw[pos + 12 : pos + 16] = ref.offset.to_bytes(4, "little", signed=True)
+        btf_fd, strings = self._btf()
+        func_info = line_info = b""
+        nfunc = nline = 0
+        if btf_fd is not None and spec.btf is self.spec.btf and spec.btf is not None:
+            b: _btf.Spec = spec.btf
+            if spec.func_infos:
+                func_info = _btf_ext.encode_func_infos(spec.func_infos, b.type_id)
+                nfunc = len(spec.func_infos)
+            if spec.line_infos:
+                line_info = _btf_ext.encode_line_infos(spec.line_infos, strings)
+                nline = len(spec.line_infos)
+        return LoadRequest(
+            name=spec.name,
+            type=spec.type,
+            instructions=bytes(raw),
+            license=spec.license,
+            attach_type=spec.attach_type,
+            kernel_version=spec.kernel_version,
+            flags=int(spec.flags),
+            btf_fd=btf_fd if nfunc or nline else None,
+            func_info=func_info,
+            func_info_count=nfunc,
+            line_info=line_info,
+            line_info_count=nline,
+        )
+
+    # ------------------------------------------------------------------ finishing
+
+    def finalize(self) -> None:
+        """Fill prog arrays and maps of maps, loading what they hold if needed."""
+        while self._pending:
+            name = self._pending.pop(0)
+            spec = self.spec.maps[name]
+            m = self.maps[name]
+            entries: list[tuple[object, object]] = []
+            for entry in spec.contents:
+                if not isinstance(entry.value, str):
+                    continue
+                if spec.type == MapType.PROG_ARRAY:
+                    fd = self.program(entry.value).fd.raw
+                else:
+                    fd = self.map(entry.value).fd.raw
+                key = (
+                    entry.key
+                    if isinstance(entry.key, bytes)
+                    else int(entry.key).to_bytes(spec.key_size, "little")
+                )
+                entries.append((key, fd.to_bytes(4, "little")))
+            m.populate(entries)
+
+    def close_btf(self) -> None:
+        if self._btf_fd is not None:
+            self._btf_fd.close()
+            self._btf_fd = None
+
+    def cleanup(self) -> None:
+        """Undo everything: remove new pins and close every fd we made."""
+        for path in reversed(self.new_pins):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.new_pins.clear()
+        for p in self.programs.values():
+            p.close()
+        for m in self.maps.values():
+            m.close()
+        self.close_btf()
+
+
+class Collection:
+    """The live maps and programs of a spec. Closing it closes them all; a program keeps
+    running only while something (an fd, a pin, a link) holds it."""
+
+    def __init__(self, spec: CollectionSpec, options: CollectionOptions | None = None) -> None:
+        loader = _Loader(spec, options or CollectionOptions())
+        try:
+            for name in spec.maps:
+                loader.map(name)
+            for name, prog in spec.programs.items():
+                if prog.autoload:
+                    loader.program(name)
+            loader.finalize()
+        except BaseException:
+            loader.cleanup()
+            raise
+        loader.close_btf()
+        self.maps: dict[str, Map] = loader.maps
+        self.programs: dict[str, Program] = loader.programs
+        self.pins: list[str] = loader.new_pins
+        self.spec = spec
+
+    @classmethod
+    def _from_loader(cls, loader: _Loader) -> Collection:
+        self = cls.__new__(cls)
+        self.maps, self.programs, self.pins, self.spec = (
+            loader.maps,
+            loader.programs,
+            loader.new_pins,
+            loader.spec,
+        )
+        return self
+
+    def detach_map(self, name: str) -> Map:
+        """Take ``name`` out of the collection: it survives :meth:`close`; you close it."""
+        try:
+            return self.maps.pop(name)
+        except KeyError:
+            raise SpecError(
+                f"map {name}: not in collection{hint(name, sorted(self.maps))}"
+            ) from None
+
+    def detach_program(self, name: str) -> Program:
+        try:
+            return self.programs.pop(name)
+        except KeyError:
+            raise SpecError(
+                f"program {name}: not in collection{hint(name, sorted(self.programs))}"
+            ) from None
+
+    def assign(self, target: T) -> T:
+        """Move the objects bound in ``target`` (see :func:`bind`) out of the collection."""
+        from orchestrator.ebpf.binding import assign_objects
+
+        return assign_objects(self, target)
+
+    def close(self) -> None:
+        for p in self.programs.values():
+            p.close()
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Collection(maps={sorted(self.maps)}, programs={sorted(self.programs)})"
+
+
+def load_collection(
+    path: str | os.PathLike[str], options: CollectionOptions | None = None
+) -> Collection:
+    """Parse an object file and load everything in it."""
+    return Collection(CollectionSpec.from_file(path), options)
+
+
+def load_subset(
+    spec: CollectionSpec,
+    options: CollectionOptions | None,
+    programs: Iterable[str],
+    maps: Iterable[str],
+) -> Collection:
+    """Load only the named programs and maps (and what they depend on)."""
+    loader = _Loader(spec, options or CollectionOptions())
+    try:
+        for name in maps:
+            loader.map(name)
+        for name in programs:
+            loader.program(name)
+        loader.finalize()
+    except BaseException:
+        loader.cleanup()
+        raise
+    loader.close_btf()
+    return Collection._from_loader(loader)
+
+
+__all__ = ["Collection", "CollectionOptions", "Error", "load_collection", "load_subset"]

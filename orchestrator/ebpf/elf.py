@@ -1,0 +1,825 @@
+"""ELF object → :class:`CollectionSpec`.
+
+pyelftools reads the header and the section table; symbols and relocations are decoded with
+``struct`` directly (they are fixed-size records, and this is the hot part of parsing).
+
+What is read:
+- programs: every global function in an executable section other than ``.text``; static
+  functions and everything in ``.text`` are subprograms, linked into each program that calls
+  them (transitively, depth first in call order: the order libbpf uses, so the translated
+  instructions match);
+- maps: BTF-defined ``.maps``, the legacy ``maps`` section, and one single-entry array per
+  data section (``.data*``, ``.rodata*``, ``.bss*``);
+- relocations, matched to their section by ``sh_info``: map fds, global data, bpf-to-bpf
+  calls, function pointers, externs;
+- ``license``, ``version``, ``.BTF`` and ``.BTF.ext``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
+from elftools.elf.structs import ELFStructs
+
+from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf import btf_ext as _btf_ext
+from orchestrator.ebpf import sections as _sections
+from orchestrator.ebpf.asm import (
+    CALL,
+    INSN_SIZE,
+    LD_IMM64,
+    Instructions,
+    Reference,
+    RefKind,
+)
+from orchestrator.ebpf.errors import BTFError, Error, ParseError
+from orchestrator.ebpf.spec import (
+    CollectionSpec,
+    MapEntry,
+    MapSpec,
+    PinType,
+    ProgramSpec,
+    VariableSpec,
+)
+from orchestrator.ebpf.sys import (
+    BPF_PSEUDO_CALL,
+    BPF_PSEUDO_FUNC,
+    MapFlags,
+    MapType,
+)
+
+EM_BPF = 247
+SHT_PROGBITS = 1
+SHT_SYMTAB = 2
+SHT_NOBITS = 8
+SHT_REL = 9
+SHF_ALLOC = 0x2
+SHF_EXECINSTR = 0x4
+SHN_UNDEF = 0
+SHN_ABS = 0xFFF1
+SHN_COMMON = 0xFFF2
+STB_LOCAL = 0
+STB_GLOBAL = 1
+STB_WEAK = 2
+STT_NOTYPE = 0
+STT_OBJECT = 1
+STT_FUNC = 2
+STT_SECTION = 3
+
+_SYM = struct.Struct("<IBBHQQ")
+_REL = struct.Struct("<QQ")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_LEGACY_MAP_DEF = struct.Struct("<IIIII")
+
+
+@dataclass(slots=True)
+class _Symbol:
+    index: int
+    name: str
+    bind: int
+    type: int
+    shndx: int
+    value: int
+    size: int
+
+
+@dataclass(slots=True)
+class _Section:
+    index: int
+    name: str
+    type: int
+    flags: int
+    size: int
+    data: bytes
+    relocs: list[tuple[int, int]] = field(default_factory=list)  # (offset, symbol index)
+
+
+@dataclass(eq=False, slots=True)
+class _Function:
+    name: str
+    section: _Section
+    start: int  # first instruction, in slots from the section start
+    end: int
+    bind: int
+
+
+_MAP_DEF_FIELDS = {
+    "type",
+    "key_size",
+    "value_size",
+    "max_entries",
+    "map_flags",
+    "numa_node",
+    "key",
+    "value",
+    "pinning",
+    "map_extra",
+    "values",
+}
+
+
+def load_file(path: str) -> CollectionSpec:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ParseError(f"{path}: {err.strerror.lower() if err.strerror else err}") from err
+    return load_bytes(data, name=os.path.basename(path), path=path)
+
+
+def load_bytes(data: bytes, name: str = "", path: str = "") -> CollectionSpec:
+    label = path or name or "object"
+    try:
+        return _Reader(data, label).read(name=name, path=path)
+    except Error as err:
+        if type(err).__init__ is not Exception.__init__:
+            raise
+        raise type(err)(f"{label}: {err}") from err
+    except (ELFError, struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
+        raise ParseError(f"{label}: malformed ELF object: {err}") from err
+
+
+class _Reader:
+    def __init__(self, data: bytes, label: str) -> None:
+        self.data = data
+        self.label = label
+        if len(data) < 64 or data[:4] != b"\x7fELF":
+            raise ParseError("not an ELF file")
+        if data[4] != 2:
+            raise ParseError("not a 64-bit ELF object")
+        if data[5] != 1:
+            raise ParseError("big-endian objects are not supported (compile with -target bpfel)")
+        try:
+            self.header = _elf_structs().Elf_Ehdr.parse(data[:64])
+        except ConstructError as err:
+            raise ParseError(f"bad ELF header: {err}") from err
+        machine = self.header["e_machine"]
+        if machine not in ("EM_BPF", EM_BPF):
+            raise ParseError(f"not an eBPF object (e_machine {machine})")
+        if self.header["e_type"] != "ET_REL":
+            raise ParseError(f"not a relocatable object (e_type {self.header['e_type']})")
+        self.sections: list[_Section] = []
+        self.by_name: dict[str, _Section] = {}
+        self.symbols: list[_Symbol] = []
+        self.btf: _btf.Spec | None = None
+        self.ext: _btf_ext.Ext | None = None
+
+    # ------------------------------------------------------------------ raw tables
+
+    def _load_sections(self) -> None:
+        # The section headers are fixed-size records: decoding them with struct is an order
+        # of magnitude faster than pyelftools' per-section construct parsing.
+        h = self.header
+        shoff, shentsize, shnum = int(h["e_shoff"]), int(h["e_shentsize"]), int(h["e_shnum"])
+        shstrndx = int(h["e_shstrndx"])
+        size = len(self.data)
+        if shentsize != _SHDR.size or shoff + shnum * _SHDR.size > size or shnum == 0:
+            raise ParseError("section header table is malformed or truncated")
+        headers = [_SHDR.unpack_from(self.data, shoff + i * _SHDR.size) for i in range(shnum)]
+        if not 0 <= shstrndx < shnum:
+            raise ParseError("bad section name table index")
+        _, _, _, _, noff, nsize, *_ = headers[shstrndx]
+        if noff + nsize > size:
+            raise ParseError("section name table extends past the end of the file")
+        names = self.data[noff : noff + nsize]
+        links: list[tuple[int, int]] = []
+        for i, (name, stype, flags, _addr, off, sz, link, info, _align, _ent) in enumerate(headers):
+            sec_name = _cstr(names, name)
+            if stype != SHT_NOBITS and off + sz > size:
+                raise ParseError(f"section {sec_name}: extends past the end of the file")
+            body = b"" if stype == SHT_NOBITS else self.data[off : off + sz]
+            s = _Section(i, sec_name, stype, flags, sz, body)
+            self.sections.append(s)
+            self.by_name.setdefault(sec_name, s)
+            links.append((link, info))
+        for s in self.sections:
+            if s.type == SHT_SYMTAB:
+                self._load_symbols(s, links[s.index][0])
+        for s in self.sections:
+            if s.type != SHT_REL:
+                continue
+            info = links[s.index][1]
+            if not 0 < info < len(self.sections):
+                raise ParseError(f"relocation section {s.name}: bad target section {info}")
+            target = self.sections[info]
+            if len(s.data) % _REL.size:
+                raise ParseError(f"relocation section {s.name}: truncated")
+            nsyms = len(self.symbols)
+            for r_offset, r_info in _REL.iter_unpack(s.data):
+                sym = r_info >> 32
+                if sym >= nsyms:
+                    raise ParseError(f"relocation section {s.name}: bad symbol index {sym}")
+                target.relocs.append((r_offset, sym))
+
+    def _load_symbols(self, symtab: _Section, link: int) -> None:
+        if not 0 <= link < len(self.sections):
+            raise ParseError("symbol table: bad string table link")
+        strtab = self.sections[link].data
+        if len(symtab.data) % _SYM.size:
+            raise ParseError("symbol table: truncated")
+        for i, (st_name, info, _other, shndx, value, size) in enumerate(
+            _SYM.iter_unpack(symtab.data)
+        ):
+            self.symbols.append(
+                _Symbol(i, _cstr(strtab, st_name), info >> 4, info & 0xF, shndx, value, size)
+            )
+
+    # ------------------------------------------------------------------ top level
+
+    def read(self, name: str, path: str) -> CollectionSpec:
+        self._load_sections()
+        license_ = ""
+        if (lic := self.by_name.get("license")) is not None:
+            license_ = _cstr(lic.data, 0)
+        kernel_version = 0
+        if (ver := self.by_name.get("version")) is not None and len(ver.data) >= 4:
+            kernel_version = int.from_bytes(ver.data[:4], "little")
+        if (btf_sec := self.by_name.get(".BTF")) is not None:
+            self.btf = _btf.Spec.parse(btf_sec.data)
+            self._fixup_datasecs()
+            if (ext_sec := self.by_name.get(".BTF.ext")) is not None:
+                self.ext = _btf_ext.parse_ext(ext_sec.data, self.btf)
+
+        maps: dict[str, MapSpec] = {}
+        map_by_symbol: dict[int, str] = {}  # symbol index → map name
+        self._read_btf_maps(maps, map_by_symbol)
+        self._read_legacy_maps(maps, map_by_symbol)
+        variables = self._read_data_sections(maps)
+
+        functions = self._read_functions()
+        programs: dict[str, ProgramSpec] = {}
+        for fn in functions.values():
+            if fn.section.name == ".text" or fn.bind == STB_LOCAL:
+                continue
+            programs[fn.name] = self._link(
+                fn, functions, maps, map_by_symbol, license_, kernel_version
+            )
+        self._read_map_contents(maps, programs)
+        return CollectionSpec(maps, programs, variables, self.btf, name=name, path=path)
+
+    # ------------------------------------------------------------------ BTF fix-ups
+
+    def _fixup_datasecs(self) -> None:
+        """clang leaves DATASEC sizes and variable offsets at 0 in objects; fill them in
+        from the section sizes and symbol values, as the kernel needs them (libbpf does
+        the same: see ``btf_fixup_datasec``)."""
+        assert self.btf is not None
+        offsets: dict[tuple[int, str], int] = {}
+        for sym in self.symbols:
+            if sym.type == STT_OBJECT:
+                offsets.setdefault((sym.shndx, sym.name), sym.value)
+        for t in self.btf.types:
+            if not isinstance(t, _btf.Datasec):
+                continue
+            sec = self.by_name.get(t.name)
+            if sec is None:
+                continue  # .kconfig/.ksyms: externs, handled at load time
+            t.size = sec.size
+            for vsi in t.vars:
+                var = vsi.type
+                if not isinstance(var, _btf.Var):
+                    raise BTFError(f"datasec {t.name}: member is {var.kind.name}, not a variable")
+                off = offsets.get((sec.index, var.name))
+                if off is not None:
+                    vsi.offset = off
+            t.vars.sort(key=lambda v: v.offset)
+
+    # ------------------------------------------------------------------ maps
+
+    def _read_btf_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
+        sec = self.by_name.get(".maps")
+        if sec is None:
+            return
+        if self.btf is None:
+            raise ParseError("section .maps: needs BTF (compile with -g)")
+        try:
+            datasec = self.btf.type_by_name(".maps", _btf.Datasec)
+        except BTFError as err:
+            raise ParseError("section .maps: no BTF datasec describes it") from err
+        for vsi in datasec.vars:
+            var = vsi.type
+            assert isinstance(var, _btf.Var)
+            spec = self._btf_map_def(var.name, var.type, ".maps")
+            maps[spec.name] = spec
+        for sym in self.symbols:
+            if sym.shndx == sec.index and sym.name in maps:
+                map_by_symbol[sym.index] = sym.name
+
+    def _btf_map_def(self, name: str, t: _btf.Type, section: str, inner: bool = False) -> MapSpec:
+        assert self.btf is not None
+        struct_t = _btf.skip_qualifiers(t)
+        if not isinstance(struct_t, _btf.Struct):
+            raise ParseError(f"map {name}: definition is {_btf.describe(t)}, not a struct")
+        spec = MapSpec(name, MapType.UNSPEC, 0, 0, 0, section=section, btf=self.btf)
+        for m in struct_t.members:
+            if m.name not in _MAP_DEF_FIELDS:
+                raise ParseError(f"map {name}: unknown field {m.name!r} in definition")
+            if m.name in ("key", "value"):
+                target = _pointee(m.type)
+                if target is None:
+                    raise ParseError(f"map {name}: {m.name} must be a pointer (use __type)")
+                size = _btf.sizeof(target)
+                if m.name == "key":
+                    spec.key, spec.key_size = target, size
+                else:
+                    spec.value, spec.value_size = target, size
+                continue
+            if m.name == "values":
+                spec.inner_map = self._map_values_field(name, m.type, spec)
+                continue
+            value = _uint_field(m.type)
+            if value is None:
+                raise ParseError(f"map {name}: field {m.name} must be declared with __uint")
+            if m.name == "type":
+                try:
+                    spec.type = MapType(value)
+                except ValueError as err:
+                    raise ParseError(f"map {name}: unknown map type {value}") from err
+            elif m.name in ("key_size", "value_size"):
+                have = getattr(spec, m.name)
+                if have and have != value:
+                    raise ParseError(f"map {name}: {m.name} {value} conflicts with its BTF type")
+                setattr(spec, m.name, value)
+            elif m.name == "max_entries":
+                spec.max_entries = value
+            elif m.name == "map_flags":
+                spec.flags = value
+            elif m.name == "numa_node":
+                spec.numa_node = value
+            elif m.name == "pinning":
+                try:
+                    spec.pinning = PinType(value)
+                except ValueError as err:
+                    raise ParseError(f"map {name}: unsupported pinning {value}") from err
+            elif m.name == "map_extra":
+                spec.map_extra = value
+        if spec.type == MapType.UNSPEC and not inner:
+            raise ParseError(f"map {name}: definition has no type")
+        if spec.type.of_maps or spec.type == MapType.PROG_ARRAY:
+            spec.key_size = spec.key_size or 4
+            spec.value_size = 4  # the kernel stores fds/ids
+            spec.value = None
+        if spec.type == MapType.PERF_EVENT_ARRAY:
+            spec.key_size = spec.key_size or 4
+            spec.value_size = spec.value_size or 4
+        return spec
+
+    def _map_values_field(self, name: str, t: _btf.Type, outer: MapSpec) -> MapSpec | None:
+        arr = _btf.skip_qualifiers(t)
+        if not isinstance(arr, _btf.Array):
+            raise ParseError(f"map {name}: values must be declared with __array")
+        elem = _pointee(arr.type)
+        if elem is None:
+            raise ParseError(f"map {name}: values must be an array of pointers")
+        elem = _btf.skip_qualifiers(elem)
+        if isinstance(elem, _btf.FuncProto):
+            return None  # prog array: values are programs
+        if isinstance(elem, _btf.Struct):
+            inner = self._btf_map_def(f"{name}.inner", elem, outer.section, inner=True)
+            return inner
+        raise ParseError(f"map {name}: values of {_btf.describe(elem)} are not supported")
+
+    def _read_legacy_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
+        sec = self.by_name.get("maps")
+        if sec is None:
+            return
+        syms = sorted(
+            (s for s in self.symbols if s.shndx == sec.index and s.type != STT_SECTION and s.name),
+            key=lambda s: s.value,
+        )
+        if not syms:
+            return
+        def_size = sec.size // len(syms)
+        if def_size < _LEGACY_MAP_DEF.size or def_size * len(syms) != sec.size:
+            raise ParseError(
+                f"section maps: {sec.size} bytes for {len(syms)} maps is not a whole number of "
+                f"map definitions of at least {_LEGACY_MAP_DEF.size} bytes"
+            )
+        for sym in syms:
+            raw = sec.data[sym.value : sym.value + def_size]
+            if len(raw) < def_size:
+                raise ParseError(f"map {sym.name}: definition is truncated")
+            mtype, ksize, vsize, entries, flags = _LEGACY_MAP_DEF.unpack_from(raw)
+            try:
+                map_type = MapType(mtype)
+            except ValueError as err:
+                raise ParseError(f"map {sym.name}: unknown map type {mtype}") from err
+            if sym.name in maps:
+                raise ParseError(f"map {sym.name}: defined twice")
+            maps[sym.name] = MapSpec(
+                sym.name,
+                map_type,
+                ksize,
+                vsize,
+                entries,
+                flags,
+                extra=bytes(raw[_LEGACY_MAP_DEF.size :]),
+                section="maps",
+            )
+            map_by_symbol[sym.index] = sym.name
+
+    def _read_data_sections(self, maps: dict[str, MapSpec]) -> dict[str, VariableSpec]:
+        variables: dict[str, VariableSpec] = {}
+        for sec in self.sections:
+            if not _is_data_section(sec):
+                continue
+            contents = bytearray(sec.size) if sec.type == SHT_NOBITS else bytearray(sec.data)
+            datasec: _btf.Datasec | None = None
+            if self.btf is not None:
+                found = [t for t in self.btf.types_by_name(sec.name) if isinstance(t, _btf.Datasec)]
+                datasec = found[0] if found else None
+            readonly = sec.name.startswith(".rodata")
+            spec = MapSpec(
+                sec.name,
+                MapType.ARRAY,
+                4,
+                sec.size,
+                1,
+                int(MapFlags.RDONLY_PROG) if readonly else 0,
+                contents=[MapEntry(0, contents)],
+                freeze=readonly,
+                section=sec.name,
+                btf=self.btf if datasec is not None else None,
+                btf_value_type=datasec,
+            )
+            if sec.name in maps:
+                raise ParseError(f"section {sec.name}: clashes with a map of the same name")
+            maps[sec.name] = spec
+            if datasec is not None:
+                for vsi in datasec.vars:
+                    var = vsi.type
+                    assert isinstance(var, _btf.Var)
+                    linkage = "static" if var.linkage == _btf.VarLinkage.STATIC else "global"
+                    _add_variable(
+                        variables,
+                        VariableSpec(var.name, spec, vsi.offset, vsi.size, var.type, linkage),
+                    )
+            else:
+                for sym in self.symbols:
+                    if sym.shndx == sec.index and sym.type == STT_OBJECT and sym.name:
+                        linkage = "static" if sym.bind == STB_LOCAL else "global"
+                        _add_variable(
+                            variables,
+                            VariableSpec(sym.name, spec, sym.value, sym.size, None, linkage),
+                        )
+        return variables
+
+    def _read_map_contents(
+        self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]
+    ) -> None:
+        """Static initial values of prog arrays and maps of maps (``.rel.maps``)."""
+        sec = self.by_name.get(".maps")
+        if sec is None or not sec.relocs:
+            return
+        assert self.btf is not None
+        datasec = self.btf.type_by_name(".maps", _btf.Datasec)
+        for r_offset, sym_index in sec.relocs:
+            sym = self.symbols[sym_index]
+            owner: tuple[_btf.Var, int] | None = None
+            for vsi in datasec.vars:
+                var = vsi.type
+                assert isinstance(var, _btf.Var)
+                size = max(vsi.size, _symbol_size(self, var.name))
+                if vsi.offset <= r_offset < vsi.offset + size:
+                    owner = (var, vsi.offset)
+                    break
+            if owner is None:
+                raise ParseError(f"section .maps: relocation at {r_offset} is outside any map")
+            owner_var, base = owner
+            map_name = owner_var.name
+            spec = maps[map_name]
+            struct_t = _btf.skip_qualifiers(owner_var.type)
+            assert isinstance(struct_t, _btf.Struct)
+            values_member = next((m for m in struct_t.members if m.name == "values"), None)
+            if values_member is None:
+                raise ParseError(f"map {map_name}: initial values without a values field")
+            rel = r_offset - base - values_member.offset_bits // 8
+            if rel < 0 or rel % 8:
+                raise ParseError(f"map {map_name}: misaligned initial value at {r_offset}")
+            slot = rel // 8
+            if spec.type == MapType.PROG_ARRAY:
+                if sym.name not in programs:
+                    raise ParseError(
+                        f"map {map_name}: slot {slot} refers to {sym.name!r}, "
+                        "which is not a program"
+                    )
+            elif spec.type.of_maps:
+                if sym.name not in maps:
+                    raise ParseError(
+                        f"map {map_name}: slot {slot} refers to {sym.name!r}, which is not a map"
+                    )
+            else:
+                raise ParseError(f"map {map_name}: initial values need a prog array or map of maps")
+            if slot >= spec.max_entries:
+                raise ParseError(
+                    f"map {map_name}: slot {slot} is beyond max_entries {spec.max_entries}"
+                )
+            spec.contents.append(MapEntry(slot, sym.name))
+        for spec in maps.values():
+            spec.contents.sort(key=lambda e: e.key if isinstance(e.key, int) else 0)
+
+    # ------------------------------------------------------------------ code
+
+    def _read_functions(self) -> dict[tuple[int, int], _Function]:
+        functions: dict[tuple[int, int], _Function] = {}
+        for sec in self.sections:
+            if not (sec.flags & SHF_EXECINSTR) or sec.size == 0:
+                continue
+            if sec.size % INSN_SIZE:
+                raise ParseError(f"section {sec.name}: size {sec.size} is not a multiple of 8")
+            syms = sorted(
+                (s for s in self.symbols if s.shndx == sec.index and s.type == STT_FUNC),
+                key=lambda s: s.value,
+            )
+            if not syms:
+                raise ParseError(f"section {sec.name}: code without function symbols")
+            for i, sym in enumerate(syms):
+                if sym.value % INSN_SIZE or sym.value >= sec.size:
+                    raise ParseError(f"function {sym.name}: bad offset {sym.value}")
+                end = (
+                    sym.value + sym.size
+                    if sym.size
+                    else (syms[i + 1].value if i + 1 < len(syms) else sec.size)
+                )
+                end = min(end, sec.size)
+                key = (sec.index, sym.value // INSN_SIZE)
+                if key in functions:
+                    continue  # an alias of the same code
+                functions[key] = _Function(
+                    sym.name, sec, sym.value // INSN_SIZE, end // INSN_SIZE, sym.bind
+                )
+        return functions
+
+    def _function_at(
+        self, functions: dict[tuple[int, int], _Function], sec: _Section, insn: int, what: str
+    ) -> _Function:
+        fn = functions.get((sec.index, insn))
+        if fn is None:
+            for f in functions.values():
+                if f.section is sec and f.start <= insn < f.end:
+                    return f
+            raise ParseError(
+                f"{what}: target instruction {insn} of {sec.name} is not in a function"
+            )
+        return fn
+
+    def _link(
+        self,
+        entry: _Function,
+        functions: dict[tuple[int, int], _Function],
+        maps: dict[str, MapSpec],
+        map_by_symbol: dict[int, str],
+        license_: str,
+        kernel_version: int,
+    ) -> ProgramSpec:
+        """Lay out ``entry`` followed by every function it reaches, resolving calls."""
+        out = bytearray()
+        refs: dict[int, Reference] = {}
+        placed: dict[int, int] = {}  # id(function) → first slot in ``out``
+        order: list[_Function] = []
+
+        def place(fn: _Function) -> int:
+            base = len(out) // INSN_SIZE
+            placed[id(fn)] = base
+            order.append(fn)
+            out.extend(fn.section.data[fn.start * INSN_SIZE : fn.end * INSN_SIZE])
+            relocs = self._relocs_of(fn)
+            for i in range(fn.end - fn.start):
+                pos = (base + i) * INSN_SIZE
+                op = out[pos]
+                src = out[pos + 1] >> 4
+                sym = relocs.get(fn.start + i)
+                if op == CALL and src == BPF_PSEUDO_CALL:
+                    imm = int.from_bytes(out[pos + 4 : pos + 8], "little", signed=True)
+                    if sym is None:
+                        tsec, tinsn = fn.section, fn.start + i + imm + 1
+                    elif sym.shndx == SHN_UNDEF:
+                        refs[base + i] = Reference(RefKind.EXTERN, sym.name)
+                        continue
+                    else:
+                        tsec = self._section(sym.shndx, f"call in {fn.name}")
+                        tinsn = sym.value // INSN_SIZE + imm + 1
+                    self._resolve(
+                        out, base + i, tsec, tinsn, functions, place, placed, f"function {fn.name}"
+                    )
+                elif op == LD_IMM64 and src == BPF_PSEUDO_FUNC and sym is None:
+                    imm = int.from_bytes(out[pos + 4 : pos + 8], "little", signed=True)
+                    self._resolve(
+                        out,
+                        base + i,
+                        fn.section,
+                        fn.start + i + imm + 1,
+                        functions,
+                        place,
+                        placed,
+                        f"function {fn.name}",
+                    )
+                elif sym is not None:
+                    self._relocate(
+                        out, base + i, sym, fn, functions, maps, map_by_symbol, refs, place, placed
+                    )
+            return base
+
+        place(entry)
+        info = _sections.classify(entry.section.name)
+        func_infos, line_infos, core_relos = self._ext_records(order, placed)
+        return ProgramSpec(
+            name=entry.name,
+            type=info.type,
+            attach_type=info.attach_type,
+            section=entry.section.name,
+            instructions=Instructions(bytes(out), refs),
+            license=license_,
+            kernel_version=kernel_version,
+            flags=info.flags,
+            attach_to=info.attach_to,
+            autoload=info.autoload,
+            known_section=info.known,
+            func_infos=tuple(func_infos),
+            line_infos=tuple(line_infos),
+            core_relos=tuple(core_relos),
+            btf=self.btf,
+        )
+
+    def _section(self, index: int, what: str) -> _Section:
+        if not 0 < index < len(self.sections):
+            raise ParseError(f"{what}: symbol in bad section {index}")
+        return self.sections[index]
+
+    def _resolve(
+        self,
+        out: bytearray,
+        slot: int,
+        tsec: _Section,
+        tinsn: int,
+        functions: dict[tuple[int, int], _Function],
+        place: object,
+        placed: dict[int, int],
+        what: str,
+    ) -> None:
+        target = self._function_at(functions, tsec, tinsn, what)
+        if id(target) not in placed:
+            assert callable(place)
+            place(target)
+        new = placed[id(target)] + (tinsn - target.start) - slot - 1
+        out[slot * INSN_SIZE + 4 : slot * INSN_SIZE + 8] = new.to_bytes(4, "little", signed=True)
+
+    def _relocate(
+        self,
+        out: bytearray,
+        slot: int,
+        sym: _Symbol,
+        fn: _Function,
+        functions: dict[tuple[int, int], _Function],
+        maps: dict[str, MapSpec],
+        map_by_symbol: dict[int, str],
+        refs: dict[int, Reference],
+        place: object,
+        placed: dict[int, int],
+    ) -> None:
+        pos = slot * INSN_SIZE
+        op = out[pos]
+        where = f"function {fn.name}: instruction {slot}"
+        if op != LD_IMM64:
+            raise ParseError(
+                f"{where}: relocation against {sym.name or 'a section'} on "
+                f"opcode {op:#04x} (only calls and 64-bit loads are relocatable)"
+            )
+        imm = int.from_bytes(out[pos + 4 : pos + 8], "little", signed=True)
+        if sym.shndx == SHN_UNDEF:
+            refs[slot] = Reference(RefKind.EXTERN, sym.name)
+            return
+        if sym.shndx in (SHN_ABS, SHN_COMMON) or sym.shndx >= len(self.sections):
+            raise ParseError(f"{where}: relocation against unsupported symbol {sym.name}")
+        sec = self.sections[sym.shndx]
+        if sym.index in map_by_symbol:
+            refs[slot] = Reference(RefKind.MAP, map_by_symbol[sym.index])
+            return
+        if sec.name in ("maps", ".maps"):
+            raise ParseError(f"{where}: reference into {sec.name} at {sym.value} is not a map")
+        if sec.flags & SHF_EXECINSTR:
+            # A function pointer (e.g. a bpf_loop callback): ld_imm64 with BPF_PSEUDO_FUNC.
+            if (sym.value + imm) % INSN_SIZE:
+                raise ParseError(f"{where}: misaligned function pointer")
+            out[pos + 1] = (out[pos + 1] & 0x0F) | (BPF_PSEUDO_FUNC << 4)
+            self._resolve(
+                out,
+                slot,
+                sec,
+                (sym.value + imm) // INSN_SIZE,
+                functions,
+                place,
+                placed,
+                f"function {fn.name}",
+            )
+            return
+        if _is_data_section(sec):
+            offset = imm + (sym.value if sym.type != STT_SECTION else 0)
+            refs[slot] = Reference(RefKind.MAP_VALUE, sec.name, offset)
+            out[pos + 4 : pos + 8] = b"\0\0\0\0"
+            return
+        raise ParseError(f"{where}: relocation against section {sec.name} is not supported")
+
+    def _relocs_of(self, fn: _Function) -> dict[int, _Symbol]:
+        lo, hi = fn.start * INSN_SIZE, fn.end * INSN_SIZE
+        return {
+            off // INSN_SIZE: self.symbols[sym] for off, sym in fn.section.relocs if lo <= off < hi
+        }
+
+    def _ext_records(
+        self, order: list[_Function], placed: dict[int, int]
+    ) -> tuple[list[_btf_ext.FuncInfo], list[_btf_ext.LineInfo], list[_btf_ext.CORERelo]]:
+        func_infos: list[_btf_ext.FuncInfo] = []
+        line_infos: list[_btf_ext.LineInfo] = []
+        core_relos: list[_btf_ext.CORERelo] = []
+        if self.ext is None:
+            return func_infos, line_infos, core_relos
+        for fn in order:
+            base = placed[id(fn)]
+            sec = fn.section.name
+            for fi in self.ext.func_infos.get(sec, ()):
+                if fn.start <= fi.insn < fn.end:
+                    func_infos.append(_btf_ext.FuncInfo(fi.insn - fn.start + base, fi.func))
+            for li in self.ext.line_infos.get(sec, ()):
+                if fn.start <= li.insn < fn.end:
+                    line_infos.append(_shift(li, base - fn.start))
+            for cr in self.ext.core_relos.get(sec, ()):
+                if fn.start <= cr.insn < fn.end:
+                    core_relos.append(_shift(cr, base - fn.start))
+        return func_infos, line_infos, core_relos
+
+
+_R = TypeVar("_R", "_btf_ext.LineInfo", "_btf_ext.CORERelo")
+
+
+def _shift(rec: _R, delta: int) -> _R:
+    return replace(rec, insn=rec.insn + delta)
+
+
+def _symbol_size(reader: _Reader, name: str) -> int:
+    for s in reader.symbols:
+        if s.name == name and s.type == STT_OBJECT:
+            return s.size
+    return 0
+
+
+def _add_variable(variables: dict[str, VariableSpec], var: VariableSpec) -> None:
+    key = var.name if var.name not in variables else f"{var.section}/{var.name}"
+    variables[key] = var
+
+
+def _is_data_section(sec: _Section) -> bool:
+    if not (sec.flags & SHF_ALLOC) or sec.flags & SHF_EXECINSTR:
+        return False
+    name = sec.name
+    for prefix in (".data", ".rodata", ".bss"):
+        if name == prefix or name.startswith(prefix + "."):
+            return sec.size > 0
+    return False
+
+
+@functools.cache
+def _elf_structs() -> ELFStructs:
+    """pyelftools' little-endian ELF64 record layouts, built once (building them is slow)."""
+    structs = ELFStructs(little_endian=True, elfclass=64)
+    structs.create_basic_structs()
+    structs.create_advanced_structs(
+        e_type="ET_REL", e_machine="EM_BPF", e_ident_osabi="ELFOSABI_SYSV"
+    )
+    return structs
+
+
+def _cstr(data: bytes, offset: int) -> str:
+    if not 0 <= offset <= len(data):
+        raise ParseError(f"string offset {offset} out of range")
+    end = data.find(b"\0", offset)
+    if end < 0:
+        end = len(data)
+    return data[offset:end].decode("utf-8", "replace")
+
+
+def _pointee(t: _btf.Type) -> _btf.Type | None:
+    p = _btf.skip_qualifiers(t)
+    if isinstance(p, _btf.Pointer):
+        return p.target
+    return None
+
+
+def _uint_field(t: _btf.Type) -> int | None:
+    """``__uint(name, N)`` is declared as ``int (*name)[N]``."""
+    target = _pointee(t)
+    if target is None:
+        return None
+    arr = _btf.skip_qualifiers(target)
+    if isinstance(arr, _btf.Array):
+        return int(arr.nelems)
+    return None
+
+
+__all__ = ["load_bytes", "load_file"]

@@ -1,0 +1,703 @@
+"""Live maps: creation from a :class:`MapSpec`, and a dict-like API over the map syscalls.
+
+Keys and values are marshalled from their BTF types when the map has them (ints, bytes,
+dicts/dataclasses/ctypes structures for structs; see :mod:`orchestrator.ebpf.layout`);
+otherwise ``bytes`` of exactly the right size, or an ``int`` for keys and values of 1, 2, 4
+or 8 bytes. Per-CPU maps take and give lists with one value per possible CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf import layout as _layout
+from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.errors import (
+    Error,
+    KeyNotFoundError,
+    MapIncompatibleError,
+    NotSupportedError,
+    PinError,
+    SpecError,
+    SyscallError,
+)
+from orchestrator.ebpf.sys import FD, Cmd, MapFlags, MapType, UpdateFlags
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.spec import MapSpec
+
+_MISSING = object()
+
+# Map types whose elements are fds or ids rather than data, and that have no BTF key/value.
+_NO_BTF_TYPES = frozenset(
+    {
+        MapType.PROG_ARRAY,
+        MapType.PERF_EVENT_ARRAY,
+        MapType.CGROUP_ARRAY,
+        MapType.ARRAY_OF_MAPS,
+        MapType.HASH_OF_MAPS,
+        MapType.RINGBUF,
+        MapType.USER_RINGBUF,
+        MapType.STACK_TRACE,
+        MapType.DEVMAP,
+        MapType.DEVMAP_HASH,
+        MapType.CPUMAP,
+        MapType.XSKMAP,
+        MapType.SOCKMAP,
+        MapType.SOCKHASH,
+        MapType.REUSEPORT_SOCKARRAY,
+        MapType.QUEUE,
+        MapType.STACK,
+        MapType.BLOOM_FILTER,
+        MapType.STRUCT_OPS,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    """What the kernel reports about a map (BPF_OBJ_GET_INFO_BY_FD)."""
+
+    id: int
+    name: str
+    type: MapType | int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    btf_id: int
+    map_extra: int
+
+
+def kernel_name(name: str) -> str:
+    """An object name the kernel accepts: [A-Za-z0-9_.], at most 15 characters."""
+    cleaned = "".join(c if c.isalnum() or c in "_." else "_" for c in name)
+    return cleaned[: _sys.BPF_OBJ_NAME_LEN - 1]
+
+
+class Map:
+    """A map in the kernel, owned through one fd. Close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        fd: FD,
+        *,
+        name: str,
+        type: MapType | int,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        flags: int = 0,
+        key_type: _btf.Type | None = None,
+        value_type: _btf.Type | None = None,
+    ) -> None:
+        self._fd = fd
+        self.name = name
+        try:
+            self.type: MapType | int = MapType(type)
+        except ValueError:
+            self.type = type
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.flags = flags
+        self.key_type = key_type
+        self.value_type = value_type
+        # (btf id, key type id, value type id) to resolve key/value types lazily from the
+        # kernel's copy of the map's BTF, for maps opened by pin, id or fd.
+        self._kernel_btf: tuple[int, int, int] | None = None
+        self._pinned: str | None = None
+        self._ncpus = _sys.possible_cpus() if self._per_cpu else 1
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(
+        cls,
+        spec: MapSpec,
+        *,
+        inner_map: Map | None = None,
+        btf_fd: FD | None = None,
+        btf_ids: tuple[int, int] = (0, 0),
+        extra_flags: int = 0,
+    ) -> Map:
+        """BPF_MAP_CREATE from a spec. Contents are not written (see :meth:`populate`)."""
+        max_entries = spec.max_entries
+        if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
+            max_entries = _sys.possible_cpus()
+        attr = _sys.MapCreateAttr(
+            map_type=spec.type,
+            key_size=spec.key_size,
+            value_size=spec.value_size,
+            max_entries=max_entries,
+            map_flags=spec.flags | extra_flags,
+            inner_map_fd=inner_map.fd.raw if inner_map is not None else 0,
+            numa_node=spec.numa_node,
+            map_name=kernel_name(spec.name).encode(),
+            map_extra=spec.map_extra,
+        )
+        use_btf = btf_fd is not None and spec.type not in _NO_BTF_TYPES and any(btf_ids)
+        if use_btf:
+            assert btf_fd is not None
+            attr.btf_fd = btf_fd.raw
+            attr.btf_key_type_id, attr.btf_value_type_id = btf_ids
+        try:
+            fd = _sys.map_create(attr)
+        except SyscallError as err:
+            if not use_btf:
+                raise _create_error(spec, err) from err
+            # Some kernels refuse BTF for some map types; the map works without it.
+            attr.btf_fd = attr.btf_key_type_id = attr.btf_value_type_id = 0
+            try:
+                fd = _sys.map_create(attr)
+            except SyscallError as err2:
+                raise _create_error(spec, err2) from err2
+        return cls(
+            fd,
+            name=spec.name,
+            type=spec.type,
+            key_size=spec.key_size,
+            value_size=spec.value_size,
+            max_entries=max_entries,
+            flags=spec.flags | extra_flags,
+            key_type=spec.key,
+            value_type=spec.value,
+        )
+
+    @classmethod
+    def from_fd(cls, fd: FD, name: str | None = None) -> Map:
+        """Wrap an fd (ownership passes to the Map), reading its shape from the kernel."""
+        try:
+            info = _sys.map_info(fd)
+        except SyscallError as err:
+            fd.close()
+            raise SyscallError(f"map fd {fd}: not a map: {err}", err.errno) from err
+        m = cls(
+            fd,
+            name=name or info.name.decode("utf-8", "replace"),
+            type=info.type,
+            key_size=info.key_size,
+            value_size=info.value_size,
+            max_entries=info.max_entries,
+            flags=info.map_flags,
+        )
+        if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
+            m._kernel_btf = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id)
+        return m
+
+    @classmethod
+    def from_pin(cls, path: str | os.PathLike[str]) -> Map:
+        p = os.fspath(path)
+        try:
+            fd = _sys.obj_get(p)
+        except SyscallError as err:
+            raise type(err)(f"map pin {p}: {err}", err.errno) from err
+        m = cls.from_fd(fd)
+        if m.type == MapType.UNSPEC:
+            m.close()
+            raise PinError(f"map pin {p}: not a map")
+        return m
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        try:
+            fd = _sys.fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id)
+        except SyscallError as err:
+            raise type(err)(f"map id {map_id}: {err}", err.errno) from err
+        return cls.from_fd(fd)
+
+    def clone(self) -> Map:
+        """A second owner of the same kernel map (a dup'ed fd)."""
+        return Map(
+            self.fd.dup(),
+            name=self.name,
+            type=self.type,
+            key_size=self.key_size,
+            value_size=self.value_size,
+            max_entries=self.max_entries,
+            flags=self.flags,
+            key_type=self.key_type,
+            value_type=self.value_type,
+        )
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def fd(self) -> FD:
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd.closed
+
+    def close(self) -> None:
+        self._fd.close()
+
+    def __enter__(self) -> Map:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        t = self.type.name.lower() if isinstance(self.type, MapType) else self.type
+        return f"Map({self.name!r}, {t}, fd={self._fd.raw if not self.closed else 'closed'})"
+
+    def info(self) -> MapInfo:
+        i = _sys.map_info(self.fd)
+        try:
+            t: MapType | int = MapType(i.type)
+        except ValueError:
+            t = i.type
+        return MapInfo(
+            id=i.id,
+            name=i.name.decode("utf-8", "replace"),
+            type=t,
+            key_size=i.key_size,
+            value_size=i.value_size,
+            max_entries=i.max_entries,
+            flags=i.map_flags,
+            btf_id=i.btf_id,
+            map_extra=i.map_extra,
+        )
+
+    @property
+    def id(self) -> int:
+        return self.info().id
+
+    def check_compatible_with(self, spec: MapSpec) -> None:
+        """Raise :class:`MapIncompatibleError` unless this map can stand in for ``spec``."""
+        ignore = int(MapFlags.MMAPABLE) if spec.is_data_section else 0
+        max_entries = spec.max_entries
+        if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
+            max_entries = self.max_entries
+        spec.check_compatible(
+            type=self.type,
+            key_size=self.key_size,
+            value_size=self.value_size,
+            max_entries=self.max_entries if max_entries == spec.max_entries else max_entries,
+            flags=self.flags,
+            what=f"existing map {self.name}",
+            ignore_flags=ignore,
+        )
+
+    # ------------------------------------------------------------------ pinning
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        p = os.fspath(path)
+        try:
+            _sys.obj_pin(self.fd, p)
+        except SyscallError as err:
+            raise PinError(f"map {self.name}: pin {p}: {_pin_reason(err)}") from err
+        self._pinned = p
+
+    def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
+        p = os.fspath(path) if path is not None else self._pinned
+        if p is None:
+            return
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise PinError(f"map {self.name}: unpin {p}: {err.strerror}") from err
+        if p == self._pinned:
+            self._pinned = None
+
+    @property
+    def pinned_path(self) -> str | None:
+        return self._pinned
+
+    def freeze(self) -> None:
+        """Make the map read-only for user space (BPF_MAP_FREEZE)."""
+        try:
+            _sys.map_freeze(self.fd)
+        except SyscallError as err:
+            raise type(err)(f"map {self.name}: {err}", err.errno) from err
+
+    # ------------------------------------------------------------------ marshalling
+
+    @property
+    def _per_cpu(self) -> bool:
+        return isinstance(self.type, MapType) and self.type.per_cpu
+
+    def _resolve_kernel_btf(self) -> None:
+        """Fetch key/value types from the BTF the map was created with (once)."""
+        ids, self._kernel_btf = self._kernel_btf, None
+        if ids is None or self.key_type is not None or self.value_type is not None:
+            return
+        btf_id, key_id, value_id = ids
+        spec = _kernel_btf_spec(btf_id)
+        if spec is None:
+            return
+        try:
+            if key_id:
+                self.key_type = spec.type_by_id(key_id)
+            if value_id:
+                value = spec.type_by_id(value_id)
+                # data sections are typed by a DATASEC; their values stay raw bytes
+                self.value_type = None if isinstance(value, _btf.Datasec) else value
+        except Error:
+            self.key_type = self.value_type = None
+
+    def encode_key(self, key: object) -> bytes:
+        if self._kernel_btf is not None:
+            self._resolve_kernel_btf()
+        return self._encode(key, self.key_type, self.key_size, "key")
+
+    def encode_value(self, value: object) -> bytes:
+        if self._kernel_btf is not None:
+            self._resolve_kernel_btf()
+        if not self._per_cpu:
+            return self._encode(value, self.value_type, self.value_size, "value")
+        stride = _round8(self.value_size)
+        # A single value is written to every CPU.
+        values = list(value) if isinstance(value, (list, tuple)) else [value] * self._ncpus
+        if len(values) != self._ncpus:
+            raise SpecError(
+                f"map {self.name}: per-cpu value needs {self._ncpus} entries, got {len(values)}"
+            )
+        out = bytearray()
+        for v in values:
+            one = self._encode(v, self.value_type, self.value_size, "value")
+            out += one + bytes(stride - len(one))
+        return bytes(out)
+
+    def decode_key(self, data: bytes) -> object:
+        if self._kernel_btf is not None:
+            self._resolve_kernel_btf()
+        return self._decode(data, self.key_type)
+
+    def decode_value(self, data: bytes) -> object:
+        if self._kernel_btf is not None:
+            self._resolve_kernel_btf()
+        if not self._per_cpu:
+            return self._decode(data, self.value_type)
+        stride = _round8(self.value_size)
+        return [
+            self._decode(data[i * stride : i * stride + self.value_size], self.value_type)
+            for i in range(self._ncpus)
+        ]
+
+    @property
+    def _value_buffer_size(self) -> int:
+        if self._per_cpu:
+            return _round8(self.value_size) * self._ncpus
+        return self.value_size
+
+    def _encode(self, obj: object, t: _btf.Type | None, size: int, what: str) -> bytes:
+        if t is not None and not isinstance(obj, (bytes, bytearray)):
+            try:
+                data = _layout.encode(t, obj)
+            except Error as err:
+                raise SpecError(f"map {self.name}: {what}: {err}") from err
+        elif isinstance(obj, (bytes, bytearray)):
+            data = bytes(obj)
+        elif isinstance(obj, bool) or not isinstance(obj, int):
+            if isinstance(obj, ctypes.Structure | ctypes.Array | ctypes._SimpleCData):
+                data = bytes(obj)
+            else:
+                raise SpecError(
+                    f"map {self.name}: {what} must be bytes or int, got {type(obj).__name__}"
+                )
+        else:
+            if size not in (1, 2, 4, 8):
+                raise SpecError(f"map {self.name}: {what} of {size} bytes cannot be an int")
+            try:
+                data = obj.to_bytes(size, "little", signed=obj < 0)
+            except OverflowError as err:
+                raise SpecError(f"map {self.name}: {what} {obj} does not fit {size} bytes") from err
+        if len(data) != size:
+            raise SpecError(f"map {self.name}: {what} is {len(data)} bytes, map wants {size}")
+        return data
+
+    def _decode(self, data: bytes, t: _btf.Type | None) -> object:
+        if t is not None:
+            return _layout.decode(t, data)
+        return data
+
+    # ------------------------------------------------------------------ element API
+
+    def _err(self, err: SyscallError, what: str) -> SyscallError:
+        return type(err)(f"map {self.name}: {what}: {_strip(err)}", err.errno)
+
+    def lookup(self, key: object, default: object = _MISSING) -> object:
+        """The value at ``key``; KeyNotFoundError (a KeyError) or ``default`` if absent."""
+        k = self.encode_key(key) if self.key_size else b""
+        try:
+            raw = _sys.map_lookup_elem(self.fd, k, self._value_buffer_size)
+        except KeyNotFoundError as err:
+            if default is not _MISSING:
+                return default
+            raise KeyNotFoundError(f"map {self.name}: key {key!r} not found", err.errno) from None
+        except SyscallError as err:
+            raise self._err(err, "lookup") from err
+        return self.decode_value(raw)
+
+    get = lookup
+
+    def __getitem__(self, key: object) -> object:
+        return self.lookup(key)
+
+    def update(
+        self, key: object, value: object, flags: UpdateFlags | int = UpdateFlags.ANY
+    ) -> None:
+        """Set ``key`` to ``value``; ``flags`` NOEXIST/EXIST make it create-only/replace-only."""
+        k = self.encode_key(key) if self.key_size else None
+        v = self.encode_value(value)
+        try:
+            _sys.map_update_elem(self.fd, k, v, int(flags))
+        except SyscallError as err:
+            raise self._err(err, f"update {key!r}") from err
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self.update(key, value)
+
+    def delete(self, key: object) -> None:
+        try:
+            _sys.map_delete_elem(self.fd, self.encode_key(key))
+        except KeyNotFoundError as err:
+            raise KeyNotFoundError(f"map {self.name}: key {key!r} not found", err.errno) from None
+        except SyscallError as err:
+            raise self._err(err, f"delete {key!r}") from err
+
+    def __delitem__(self, key: object) -> None:
+        self.delete(key)
+
+    def __contains__(self, key: object) -> bool:
+        return self.lookup(key, None) is not None
+
+    def push(self, value: object, flags: UpdateFlags | int = UpdateFlags.ANY) -> None:
+        """Push onto a queue/stack, or add to a bloom filter."""
+        self.update(None, value, flags) if not self.key_size else self.update(0, value, flags)
+
+    def pop(self) -> object:
+        """Pop from a queue/stack (BPF_MAP_LOOKUP_AND_DELETE_ELEM)."""
+        try:
+            raw = _sys.map_lookup_and_delete_elem(self.fd, None, self._value_buffer_size)
+        except KeyNotFoundError as err:
+            raise KeyNotFoundError(f"map {self.name}: empty", err.errno) from None
+        except SyscallError as err:
+            raise self._err(err, "pop") from err
+        return self.decode_value(raw)
+
+    def _raw_keys(self) -> Iterator[bytes]:
+        """Every key once, tolerating concurrent deletes.
+
+        When the previous key was deleted, GET_NEXT_KEY on a hash map restarts from the
+        first key: skip keys already seen, and stop after ``max_entries`` restarts.
+        """
+        seen: set[bytes] = set()
+        prev: bytes | None = None
+        budget = max(self.max_entries, 1) * 2 + 16
+        while budget > 0:
+            budget -= 1
+            try:
+                nxt = _sys.map_get_next_key(self.fd, prev, self.key_size)
+            except SyscallError as err:
+                raise self._err(err, "iterate") from err
+            if nxt is None:
+                return
+            prev = nxt
+            if nxt in seen:
+                continue
+            seen.add(nxt)
+            yield nxt
+
+    def keys(self) -> Iterator[object]:
+        for k in self._raw_keys():
+            yield self.decode_key(k)
+
+    __iter__ = keys
+
+    def items(self) -> Iterator[tuple[object, object]]:
+        """(key, value) pairs; keys deleted while iterating are skipped."""
+        for k in self._raw_keys():
+            try:
+                raw = _sys.map_lookup_elem(self.fd, k, self._value_buffer_size)
+            except KeyNotFoundError:
+                continue
+            except SyscallError as err:
+                raise self._err(err, "lookup") from err
+            yield self.decode_key(k), self.decode_value(raw)
+
+    def values(self) -> Iterator[object]:
+        for _, v in self.items():
+            yield v
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._raw_keys())
+
+    def clear(self) -> None:
+        for k in list(self._raw_keys()):
+            try:
+                _sys.map_delete_elem(self.fd, k)
+            except KeyNotFoundError:
+                pass
+            except SyscallError as err:
+                raise self._err(err, "delete") from err
+
+    # ------------------------------------------------------------------ batches
+
+    def batch_lookup(
+        self, *, delete: bool = False, chunk: int = 256
+    ) -> list[tuple[object, object]]:
+        """All elements through BPF_MAP_LOOKUP_BATCH (and delete them with ``delete``)."""
+        cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
+        vsize = self._value_buffer_size
+        out: list[tuple[object, object]] = []
+        token_size = max(self.key_size, 4)
+        in_batch: ctypes.Array[ctypes.c_char] | None = None
+        while True:
+            keys = ctypes.create_string_buffer(self.key_size * chunk)
+            vals = ctypes.create_string_buffer(vsize * chunk)
+            out_batch = ctypes.create_string_buffer(token_size)
+            try:
+                n, done = _sys.map_batch(
+                    cmd,
+                    self.fd,
+                    in_batch=in_batch,
+                    out_batch=out_batch,
+                    keys=keys,
+                    values=vals,
+                    count=chunk,
+                )
+            except SyscallError as err:
+                raise self._batch_error(err, "batch lookup") from err
+            kraw, vraw = keys.raw, vals.raw
+            for i in range(n):
+                k = kraw[i * self.key_size : (i + 1) * self.key_size]
+                v = vraw[i * vsize : (i + 1) * vsize]
+                out.append((self.decode_key(k), self.decode_value(v)))
+            if done:
+                return out
+            in_batch = out_batch
+
+    def batch_update(
+        self, items: Iterable[tuple[object, object]], flags: UpdateFlags | int = UpdateFlags.ANY
+    ) -> int:
+        pairs = list(items)
+        if not pairs:
+            return 0
+        kdata = b"".join(self.encode_key(k) for k, _ in pairs)
+        vdata = b"".join(self.encode_value(v) for _, v in pairs)
+        keys = ctypes.create_string_buffer(kdata, len(kdata))
+        vals = ctypes.create_string_buffer(vdata, len(vdata))
+        try:
+            n, _ = _sys.map_batch(
+                Cmd.MAP_UPDATE_BATCH,
+                self.fd,
+                in_batch=None,
+                out_batch=None,
+                keys=keys,
+                values=vals,
+                count=len(pairs),
+                elem_flags=int(flags),
+            )
+        except SyscallError as err:
+            raise self._batch_error(err, "batch update") from err
+        return n
+
+    def batch_delete(self, keys: Iterable[object]) -> int:
+        ks = list(keys)
+        if not ks:
+            return 0
+        kdata = b"".join(self.encode_key(k) for k in ks)
+        kbuf = ctypes.create_string_buffer(kdata, len(kdata))
+        try:
+            n, _ = _sys.map_batch(
+                Cmd.MAP_DELETE_BATCH,
+                self.fd,
+                in_batch=None,
+                out_batch=None,
+                keys=kbuf,
+                values=None,
+                count=len(ks),
+            )
+        except SyscallError as err:
+            raise self._batch_error(err, "batch delete") from err
+        return n
+
+    def _batch_error(self, err: SyscallError, what: str) -> Error:
+        if err.errno in (errno.EINVAL, errno.EOPNOTSUPP, _sys.ENOTSUPP):
+            t = self.type.name.lower() if isinstance(self.type, MapType) else self.type
+            return NotSupportedError(f"map {self.name}: {what}: not supported for {t} maps")
+        return self._err(err, what)
+
+    # ------------------------------------------------------------------ contents
+
+    def populate(self, entries: Iterable[tuple[object, object]]) -> None:
+        """Write initial contents (raw or typed) with plain updates."""
+        for key, value in entries:
+            if isinstance(key, bytes) and isinstance(value, (bytes, bytearray)):
+                try:
+                    _sys.map_update_elem(self.fd, key, bytes(value), 0)
+                except SyscallError as err:
+                    raise self._err(err, "write initial contents") from err
+            else:
+                self.update(key, value)
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
+    """The BTF object ``btf_id`` as the kernel holds it (immutable, so cached by id)."""
+    try:
+        with _sys.fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id) as fd:
+            _info, data, _name = _sys.btf_info(fd)
+        return _btf.Spec.parse(data)
+    except Error:
+        return None
+
+
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _strip(err: SyscallError) -> str:
+    text = str(err)
+    for prefix in ("lookup: ", "update: ", "delete: ", "next key: "):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def _pin_reason(err: SyscallError) -> str:
+    text = str(err).removeprefix("pin: ")
+    if err.errno == errno.EEXIST:
+        return text + " (a pin with that name exists; unpin it or choose another path)"
+    if err.errno in (errno.EPERM, errno.EINVAL):
+        return text + " (is the path on bpffs? mount -t bpf bpf /sys/fs/bpf)"
+    if err.errno == errno.ENOENT:
+        return text + " (does the directory exist?)"
+    return text
+
+
+def _create_error(spec: MapSpec, err: SyscallError) -> SyscallError:
+    hint = ""
+    if err.errno == errno.EINVAL:
+        hint = " (check the map type, sizes, flags and max_entries)"
+    elif err.errno == errno.EPERM:
+        hint = " (needs CAP_BPF)"
+    text = str(err).removeprefix("create map: ")
+    return type(err)(f"map {spec.name}: create: {text}{hint}", err.errno)
+
+
+def check_spec_against_info(spec: MapSpec, m: Map, what: str) -> None:
+    """Raise MapIncompatibleError if ``m`` can't stand in for ``spec`` (used for pins)."""
+    try:
+        m.check_compatible_with(spec)
+    except MapIncompatibleError as err:
+        raise MapIncompatibleError(f"{what}: {err}") from err

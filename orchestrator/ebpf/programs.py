@@ -1,0 +1,353 @@
+"""Live programs: loading with verifier-log handling, test runs, info and pins."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+from types import TracebackType
+
+from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
+from orchestrator.ebpf.maps import kernel_name
+from orchestrator.ebpf.sys import FD, AttachType, Cmd, ProgType
+
+# First retry with a log of this size; grow (x8) on ENOSPC up to the kernel's limit.
+DEFAULT_LOG_SIZE = 256 * 1024
+MAX_LOG_SIZE = (1 << 30) - 1  # UINT_MAX >> 2, the kernel's cap on log_size
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of BPF_PROG_TEST_RUN."""
+
+    retval: int
+    data: bytes
+    ctx: bytes
+    duration_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramInfo:
+    """What the kernel reports about a program (BPF_OBJ_GET_INFO_BY_FD)."""
+
+    id: int
+    name: str
+    type: ProgType | int
+    tag: str
+    xlated: bytes
+    map_ids: tuple[int, ...]
+    btf_id: int
+    load_time_ns: int
+    run_time_ns: int
+    run_count: int
+    verified_insns: int
+    created_by_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    """Everything BPF_PROG_LOAD needs, after relocation."""
+
+    name: str
+    type: ProgType
+    instructions: bytes
+    license: str
+    attach_type: AttachType | None = None
+    kernel_version: int = 0
+    flags: int = 0
+    btf_fd: FD | None = None
+    func_info: bytes = b""
+    func_info_count: int = 0
+    line_info: bytes = b""
+    line_info_count: int = 0
+    attach_btf_id: int = 0
+    attach_btf_obj_fd: FD | None = None
+    fd_array: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class LogOptions:
+    level: int = 0  # 0: ask for a log only when the load fails
+    size: int = 0  # 0: DEFAULT_LOG_SIZE
+    disabled: bool = False
+
+
+class Program:
+    """A program in the kernel, owned through one fd. Close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        fd: FD,
+        *,
+        name: str,
+        type: ProgType | int,
+        attach_type: AttachType | None = None,
+        verifier_log: str = "",
+    ) -> None:
+        self._fd = fd
+        self.name = name
+        try:
+            self.type: ProgType | int = ProgType(type)
+        except ValueError:
+            self.type = type
+        self.attach_type = attach_type
+        self.verifier_log = verifier_log
+        self._pinned: str | None = None
+
+    @classmethod
+    def load(cls, req: LoadRequest, log: LogOptions = LogOptions()) -> Program:
+        """BPF_PROG_LOAD. Without a requested log, the first attempt runs without one (the
+        log costs verifier time); a failure is retried with a log, grown on ENOSPC, and
+        raised as :class:`VerifierError` carrying it."""
+        insns = ctypes.create_string_buffer(req.instructions, len(req.instructions) or 1)
+        license_ = ctypes.create_string_buffer(req.license.encode() + b"\0")
+        func_info = ctypes.create_string_buffer(req.func_info, len(req.func_info) or 1)
+        line_info = ctypes.create_string_buffer(req.line_info, len(req.line_info) or 1)
+        fd_array = ctypes.create_string_buffer(req.fd_array, len(req.fd_array) or 1)
+        attr = _sys.ProgLoadAttr(
+            prog_type=req.type,
+            insn_cnt=len(req.instructions) // 8,
+            insns=ctypes.addressof(insns),
+            license=ctypes.addressof(license_),
+            kern_version=req.kernel_version,
+            prog_flags=req.flags,
+            prog_name=kernel_name(req.name).encode(),
+            expected_attach_type=int(req.attach_type) if req.attach_type is not None else 0,
+            attach_btf_id=req.attach_btf_id,
+        )
+        if req.attach_btf_obj_fd is not None:
+            attr.attach_prog_fd = req.attach_btf_obj_fd.raw
+        if req.btf_fd is not None:
+            attr.prog_btf_fd = req.btf_fd.raw
+            if req.func_info_count:
+                attr.func_info_rec_size = 8
+                attr.func_info = ctypes.addressof(func_info)
+                attr.func_info_cnt = req.func_info_count
+            if req.line_info_count:
+                attr.line_info_rec_size = 16
+                attr.line_info = ctypes.addressof(line_info)
+                attr.line_info_cnt = req.line_info_count
+        if req.fd_array:
+            attr.fd_array = ctypes.addressof(fd_array)
+
+        size = log.size or DEFAULT_LOG_SIZE
+        level = log.level
+        result = _sys.prog_load(attr, size if level and not log.disabled else 0, level)
+        while result.fd is None and not log.disabled:
+            if level == 0:
+                level = 1
+            elif result.err == errno.ENOSPC and size < MAX_LOG_SIZE:
+                size = min(max(size * 8, result.log_true_size + 1), MAX_LOG_SIZE)
+            else:
+                break
+            result = _sys.prog_load(attr, size, level)
+        if result.fd is None:
+            raise _load_error(req, result.err, result.log)
+        return cls(
+            result.fd,
+            name=req.name,
+            type=req.type,
+            attach_type=req.attach_type,
+            verifier_log=result.log,
+        )
+
+    @classmethod
+    def from_fd(cls, fd: FD, name: str | None = None) -> Program:
+        try:
+            info = _sys.prog_info(fd)
+        except SyscallError as err:
+            fd.close()
+            raise SyscallError(f"program fd {fd}: not a program: {err}", err.errno) from err
+        return cls(fd, name=name or info.name.decode("utf-8", "replace"), type=info.type)
+
+    @classmethod
+    def from_pin(cls, path: str | os.PathLike[str]) -> Program:
+        p = os.fspath(path)
+        try:
+            fd = _sys.obj_get(p)
+        except SyscallError as err:
+            raise type(err)(f"program pin {p}: {err}", err.errno) from err
+        prog = cls.from_fd(fd)
+        if prog.type == ProgType.UNSPEC:
+            prog.close()
+            raise PinError(f"program pin {p}: not a program")
+        return prog
+
+    @classmethod
+    def from_id(cls, prog_id: int) -> Program:
+        try:
+            fd = _sys.fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id)
+        except SyscallError as err:
+            raise type(err)(f"program id {prog_id}: {err}", err.errno) from err
+        return cls.from_fd(fd)
+
+    def clone(self) -> Program:
+        return Program(self.fd.dup(), name=self.name, type=self.type, attach_type=self.attach_type)
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def fd(self) -> FD:
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd.closed
+
+    def close(self) -> None:
+        self._fd.close()
+
+    def __enter__(self) -> Program:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        t = self.type.name.lower() if isinstance(self.type, ProgType) else self.type
+        return f"Program({self.name!r}, {t}, fd={self._fd.raw if not self.closed else 'closed'})"
+
+    def info(self) -> ProgramInfo:
+        i, xlated, map_ids = _sys.prog_xlated(self.fd)
+        try:
+            t: ProgType | int = ProgType(i.type)
+        except ValueError:
+            t = i.type
+        return ProgramInfo(
+            id=i.id,
+            name=i.name.decode("utf-8", "replace"),
+            type=t,
+            tag=bytes(i.tag).hex(),
+            xlated=xlated,
+            map_ids=tuple(map_ids),
+            btf_id=i.btf_id,
+            load_time_ns=i.load_time,
+            run_time_ns=i.run_time_ns,
+            run_count=i.run_cnt,
+            verified_insns=i.verified_insns,
+            created_by_uid=i.created_by_uid,
+        )
+
+    @property
+    def id(self) -> int:
+        return int(_sys.prog_info(self.fd).id)
+
+    # ------------------------------------------------------------------ pinning
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        p = os.fspath(path)
+        try:
+            _sys.obj_pin(self.fd, p)
+        except SyscallError as err:
+            from orchestrator.ebpf.maps import _pin_reason
+
+            raise PinError(f"program {self.name}: pin {p}: {_pin_reason(err)}") from err
+        self._pinned = p
+
+    def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
+        p = os.fspath(path) if path is not None else self._pinned
+        if p is None:
+            return
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise PinError(f"program {self.name}: unpin {p}: {err.strerror}") from err
+        if p == self._pinned:
+            self._pinned = None
+
+    # ------------------------------------------------------------------ test run
+
+    def test_run(
+        self,
+        data: bytes = b"",
+        *,
+        ctx: bytes | None = None,
+        repeat: int = 1,
+        data_out_size: int | None = None,
+        ctx_out_size: int | None = None,
+        flags: int = 0,
+        cpu: int = 0,
+    ) -> RunResult:
+        """Run the program on ``data`` (and ``ctx``) with BPF_PROG_TEST_RUN.
+
+        Works for xdp, tc, socket filter, cgroup_skb … here; raw_tp and syscall programs
+        need ``repeat=0`` (the kernel rejects a repeat count for them).
+        """
+        out_size = data_out_size if data_out_size is not None else (len(data) + 256 if data else 0)
+        while True:
+            din = ctypes.create_string_buffer(data, len(data) or 1)
+            dout = ctypes.create_string_buffer(out_size or 1)
+            cin = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
+            csize = ctx_out_size if ctx_out_size is not None else (len(ctx) if ctx else 0)
+            cout = ctypes.create_string_buffer(csize) if csize else None
+            attr = _sys.TestRunAttr(
+                prog_fd=self.fd.raw,
+                data_size_in=len(data),
+                data_size_out=out_size,
+                data_in=ctypes.addressof(din) if data else 0,
+                data_out=ctypes.addressof(dout) if out_size else 0,
+                repeat=repeat,
+                ctx_size_in=len(ctx) if ctx else 0,
+                ctx_in=ctypes.addressof(cin) if cin is not None else 0,
+                ctx_size_out=csize,
+                ctx_out=ctypes.addressof(cout) if cout is not None else 0,
+                flags=flags,
+                cpu=cpu,
+            )
+            try:
+                _sys.prog_test_run(attr)
+            except SyscallError as err:
+                if err.errno == errno.ENOSPC and out_size < (1 << 20) and data_out_size is None:
+                    out_size = max(out_size * 2, 4096)
+                    continue
+                hint = ""
+                if err.errno in (
+                    errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else -1,
+                    _sys.ENOTSUPP,
+                    errno.EOPNOTSUPP,
+                ):
+                    hint = " (this program type cannot be test-run)"
+                elif err.errno == errno.EINVAL and repeat:
+                    hint = " (raw_tp and syscall programs need repeat=0)"
+                text = str(err).removeprefix("test run: ")
+                raise type(err)(f"program {self.name}: test run: {text}{hint}", err.errno) from err
+            n = min(int(attr.data_size_out), out_size)
+            cn = min(int(attr.ctx_size_out), csize)
+            return RunResult(
+                retval=int(attr.retval),
+                data=dout.raw[:n] if out_size else b"",
+                ctx=cout.raw[:cn] if cout is not None else b"",
+                duration_ns=int(attr.duration),
+            )
+
+
+def _load_error(req: LoadRequest, err: int, log: str) -> SyscallError:
+    reason = os.strerror(err).lower()
+    code = errno.errorcode.get(err, str(err))
+    last = ""
+    lines = [ln for ln in log.strip().splitlines() if ln.strip()]
+    if lines:
+        # The last line is usually a summary ("processed N insns"); the one before says why.
+        why = [ln for ln in lines if not ln.startswith(("processed ", "verification time"))]
+        last = f": {why[-1].strip()}" if why else f": {lines[-1].strip()}"
+    hint = ""
+    if err == errno.EPERM:
+        hint = (
+            " (needs CAP_BPF plus CAP_PERFMON/CAP_NET_ADMIN for this program type,"
+            " or the kernel's lockdown forbids it)"
+        )
+    elif err == errno.E2BIG:
+        hint = " (program too large)"
+    message = f"program {req.name}: load: {reason} ({code}){last}{hint}"
+    if log:
+        return VerifierError(message, err, log, req.name)
+    return SyscallError(message, err)

@@ -1,0 +1,377 @@
+"""Specs: what an ELF object declares, independent of any kernel.
+
+A :class:`CollectionSpec` is the parsed form of an object: its maps, programs and global
+variables. Parsing gives the same spec on every machine; anything that depends on the running
+kernel happens at load time (see :mod:`orchestrator.ebpf.collection`). Loading works on the
+spec without mutating it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TypeVar
+
+from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf import layout as _layout
+from orchestrator.ebpf.asm import Instructions
+from orchestrator.ebpf.errors import ConstantError, MapIncompatibleError, SpecError
+from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.btf_ext import CORERelo, FuncInfo, LineInfo
+    from orchestrator.ebpf.collection import CollectionOptions
+    from orchestrator.ebpf.maps import Map
+
+T = TypeVar("T")
+
+
+class PinType(enum.IntEnum):
+    """``pinning`` in a BTF map definition (libbpf's ``LIBBPF_PIN_*``)."""
+
+    NONE = 0
+    BY_NAME = 1
+
+
+@dataclass(slots=True)
+class MapEntry:
+    """One initial element. ``value`` is bytes, or the name of a program (prog arrays) or of
+    a map (maps of maps) that load time resolves to an fd."""
+
+    key: int | bytes
+    value: bytes | bytearray | str
+
+
+@dataclass(eq=False)
+class MapSpec:
+    """A map as declared in an object."""
+
+    name: str
+    type: MapType
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+    pinning: PinType = PinType.NONE
+    inner_map: MapSpec | None = None
+    contents: list[MapEntry] = field(default_factory=list)
+    key: _btf.Type | None = None
+    value: _btf.Type | None = None
+    map_extra: int = 0
+    numa_node: int = 0
+    extra: bytes = b""  # trailing bytes of a legacy ``bpf_map_def`` we do not interpret
+    freeze: bool = False  # freeze after writing contents (.rodata)
+    section: str = ""  # ELF section the definition came from
+    btf: _btf.Spec | None = None  # where ``key``/``value`` live (and the map's BTF type)
+    btf_value_type: _btf.Type | None = None  # type whose id is passed as the value type
+
+    @property
+    def is_data_section(self) -> bool:
+        return self.section == self.name and self.section.startswith((".data", ".rodata", ".bss"))
+
+    def copy(self) -> MapSpec:
+        inner = self.inner_map.copy() if self.inner_map is not None else None
+        contents = [
+            MapEntry(e.key, bytearray(e.value) if isinstance(e.value, bytearray) else e.value)
+            for e in self.contents
+        ]
+        return replace(self, inner_map=inner, contents=contents)
+
+    def check_compatible(
+        self,
+        *,
+        type: MapType | int,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        flags: int,
+        what: str,
+        ignore_flags: int = 0,
+    ) -> None:
+        """Raise :class:`MapIncompatibleError` naming the first field that differs."""
+        want_flags = self.flags & ~ignore_flags
+        have_flags = flags & ~ignore_flags
+        checks: list[tuple[str, object, object]] = [
+            ("type", MapType(self.type).name.lower(), _type_name(type)),
+            ("key size", self.key_size, key_size),
+            ("value size", self.value_size, value_size),
+            ("max entries", self.max_entries, max_entries),
+            ("flags", hex(want_flags), hex(have_flags)),
+        ]
+        for label, want, have in checks:
+            if want != have:
+                raise MapIncompatibleError(
+                    f"map {self.name}: {what} has {label} {have}, spec wants {want}"
+                )
+
+    def compatible_with(self, other: MapSpec) -> None:
+        """Raise :class:`MapIncompatibleError` unless ``other`` could stand in for this map."""
+        self.check_compatible(
+            type=other.type,
+            key_size=other.key_size,
+            value_size=other.value_size,
+            max_entries=other.max_entries,
+            flags=other.flags,
+            what=f"map {other.name}",
+        )
+
+
+def _type_name(t: MapType | int) -> str:
+    try:
+        return MapType(t).name.lower()
+    except ValueError:
+        return str(int(t))
+
+
+@dataclass(eq=False)
+class ProgramSpec:
+    """A program with every subprogram it calls already linked in.
+
+    ``instructions`` refer to maps and externs by name; load time resolves them.
+    """
+
+    name: str
+    type: ProgType
+    attach_type: AttachType | None
+    section: str
+    instructions: Instructions
+    license: str = ""
+    kernel_version: int = 0
+    flags: ProgFlags = ProgFlags.NONE
+    attach_to: str = ""
+    autoload: bool = True
+    known_section: bool = True
+    func_infos: tuple[FuncInfo, ...] = ()
+    line_infos: tuple[LineInfo, ...] = ()
+    core_relos: tuple[CORERelo, ...] = ()
+    btf: _btf.Spec | None = None
+
+    def copy(self) -> ProgramSpec:
+        # Instructions and BTF records are immutable: a shallow copy is a deep one.
+        return replace(self)
+
+    @property
+    def maps(self) -> set[str]:
+        """Names of the maps the instructions refer to."""
+        from orchestrator.ebpf.asm import RefKind
+
+        return self.instructions.referenced(RefKind.MAP) | self.instructions.referenced(
+            RefKind.MAP_VALUE
+        )
+
+
+class VariableSpec:
+    """A global variable: a window onto the initial contents of a data-section map."""
+
+    __slots__ = ("_map", "linkage", "name", "offset", "size", "type")
+
+    def __init__(
+        self,
+        name: str,
+        map_spec: MapSpec,
+        offset: int,
+        size: int,
+        type: _btf.Type | None,
+        linkage: str = "global",
+    ) -> None:
+        self.name = name
+        self._map = map_spec
+        self.offset = offset
+        self.size = size
+        self.type = type
+        self.linkage = linkage
+
+    @property
+    def section(self) -> str:
+        return self._map.name
+
+    @property
+    def readonly(self) -> bool:
+        """True for constants (``const volatile`` globals in ``.rodata*``)."""
+        return self._map.name.startswith(".rodata")
+
+    @property
+    def constant(self) -> bool:
+        return self.readonly
+
+    def _buffer(self) -> bytearray:
+        if not self._map.contents:
+            self._map.contents.append(MapEntry(0, bytearray(self._map.value_size)))
+        entry = self._map.contents[0]
+        if not isinstance(entry.value, bytearray):
+            entry.value = bytearray(entry.value if isinstance(entry.value, bytes) else b"")
+            entry.value.extend(bytes(self._map.value_size - len(entry.value)))
+        return entry.value
+
+    @property
+    def raw(self) -> bytes:
+        return bytes(self._buffer()[self.offset : self.offset + self.size])
+
+    @property
+    def value(self) -> object:
+        """The initial value, decoded by its BTF type (raw bytes without BTF)."""
+        if self.type is None:
+            return self.raw
+        return _layout.decode(self.type, self.raw)
+
+    @value.setter
+    def value(self, value: object) -> None:
+        self.set(value)
+
+    def set(self, value: object) -> None:
+        """Set the initial value; checked against the BTF type (kind, size, signedness)."""
+        if self.type is None:
+            if not isinstance(value, (bytes, bytearray)) or len(value) != self.size:
+                raise ConstantError(
+                    f"constant {self.name}: has no BTF type; give exactly {self.size} bytes"
+                )
+            data = bytes(value)
+        else:
+            data = _layout.check_constant(self.name, self.type, value)
+        if len(data) != self.size:
+            raise ConstantError(
+                f"constant {self.name}: encoded to {len(data)} bytes, variable has {self.size}"
+            )
+        self._buffer()[self.offset : self.offset + self.size] = data
+
+    def _rebind(self, map_spec: MapSpec) -> VariableSpec:
+        return VariableSpec(self.name, map_spec, self.offset, self.size, self.type, self.linkage)
+
+    def __repr__(self) -> str:
+        kind = _btf.describe(self.type) if self.type is not None else f"{self.size} bytes"
+        return f"VariableSpec({self.name!r}, {self.section}+{self.offset}, {kind})"
+
+
+class CollectionSpec:
+    """Everything an object declares: maps, programs and variables by name."""
+
+    def __init__(
+        self,
+        maps: dict[str, MapSpec] | None = None,
+        programs: dict[str, ProgramSpec] | None = None,
+        variables: dict[str, VariableSpec] | None = None,
+        btf: _btf.Spec | None = None,
+        *,
+        name: str = "",
+        path: str = "",
+    ) -> None:
+        self.maps: dict[str, MapSpec] = maps or {}
+        self.programs: dict[str, ProgramSpec] = programs or {}
+        self.variables: dict[str, VariableSpec] = variables or {}
+        self.btf = btf
+        self.name = name
+        self.path = path
+        # Existing maps that replace spec maps (rewrite_maps); consumed by Collection.
+        self.map_replacements: dict[str, Map] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> CollectionSpec:
+        """Parse an ELF object file (no kernel needed)."""
+        from orchestrator.ebpf.elf import load_file
+
+        return load_file(os.fspath(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "") -> CollectionSpec:
+        from orchestrator.ebpf.elf import load_bytes
+
+        return load_bytes(data, name=name)
+
+    def copy(self) -> CollectionSpec:
+        """A deep copy: changing it (or loading it) never touches this spec."""
+        maps = {name: m.copy() for name, m in self.maps.items()}
+        # Inner maps that are also top-level maps keep pointing at their own copies.
+        variables: dict[str, VariableSpec] = {}
+        for key, var in self.variables.items():
+            owner = maps.get(var.section)
+            variables[key] = var._rebind(owner) if owner is not None else var
+        out = CollectionSpec(
+            maps,
+            {name: p.copy() for name, p in self.programs.items()},
+            variables,
+            self.btf,  # treated as immutable after parsing
+            name=self.name,
+            path=self.path,
+        )
+        out.map_replacements = dict(self.map_replacements)
+        return out
+
+    # ------------------------------------------------------------------ rewriting
+
+    def rewrite_constants(self, values: Mapping[str, object]) -> None:
+        """Set ``.rodata`` constants before load. Checks names, kinds and sizes first, so a
+        failure changes nothing."""
+        staged: list[tuple[VariableSpec, object]] = []
+        for name, value in values.items():
+            var = self.variables.get(name)
+            if var is None or not var.constant:
+                constants = sorted(n for n, v in self.variables.items() if v.constant)
+                raise ConstantError(f"constant {name}: not in object{_hint(name, constants)}")
+            staged.append((var, value))
+        # Validate everything before writing anything.
+        encoded = []
+        for var, value in staged:
+            probe = var._rebind(var._map.copy())
+            probe.set(value)
+            encoded.append((var, value))
+        for var, value in encoded:
+            var.set(value)
+
+    def rewrite_maps(self, replacements: Mapping[str, Map]) -> None:
+        """Use existing maps instead of creating the named ones. Each must be compatible and
+        referenced by at least one program."""
+        used = set()
+        for prog in self.programs.values():
+            used |= prog.maps
+        for name, existing in replacements.items():
+            spec = self.maps.get(name)
+            if spec is None:
+                raise SpecError(f"map {name}: not in object{_hint(name, sorted(self.maps))}")
+            if name not in used:
+                raise SpecError(f"map {name}: not referenced by any program")
+            existing.check_compatible_with(spec)
+        for name, existing in replacements.items():
+            self.map_replacements[name] = existing
+
+    # ------------------------------------------------------------------ binding
+
+    def assign(self, target: T) -> T:
+        """Set the fields of ``target`` bound with :func:`bind` to specs of this collection."""
+        from orchestrator.ebpf.binding import assign_specs
+
+        return assign_specs(self, target)
+
+    def load_and_assign(self, target: T, options: CollectionOptions | None = None) -> T:
+        """Load only what ``target`` binds (plus dependencies) and assign the live objects.
+
+        Ownership moves to ``target``'s fields; close them (or ``ebpf.close_all(target)``).
+        """
+        from orchestrator.ebpf.binding import load_and_assign
+
+        return load_and_assign(self, target, options)
+
+    def __repr__(self) -> str:
+        return (
+            f"CollectionSpec({self.name or self.path!r}, maps={sorted(self.maps)}, "
+            f"programs={sorted(self.programs)})"
+        )
+
+
+def _hint(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    if choices:
+        shown = ", ".join(choices[:8]) + (", …" if len(choices) > 8 else "")
+        return f" (it has: {shown})"
+    return ""
+
+
+def hint(name: str, choices: list[str]) -> str:
+    """`` (did you mean x?)`` or the list of choices, for error messages."""
+    return _hint(name, choices)

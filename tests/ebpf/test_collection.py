@@ -1,0 +1,513 @@
+"""Loading collections into the real kernel: behaviour seen through test runs and maps."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf.sys import UpdateFlags
+
+pytestmark = pytest.mark.kernel
+
+HEADER = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+PACKET = bytes(64)
+
+COUNTER = (
+    HEADER
+    + """
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __type(key, __u32);
+    __type(value, __u64);
+    __uint(max_entries, 4);
+} counters SEC(".maps");
+
+const volatile __u32 verdict = XDP_PASS;
+const volatile __u32 slot = 0;
+__u64 runs = 0;
+
+static __noinline void bump(__u32 k)
+{
+    __u64 *v = bpf_map_lookup_elem(&counters, &k);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+
+SEC("xdp")
+int count(struct xdp_md *ctx)
+{
+    bump(slot);
+    runs++;
+    if (verdict == 99)          /* dead code once .rodata is frozen */
+        return XDP_ABORTED;
+    return verdict;
+}
+"""
+)
+
+TYPES = (
+    HEADER
+    + """
+struct flow { __u32 saddr; __u16 port; __u8 proto; __u8 pad; };
+struct stats { __u64 packets; __u64 bytes; };
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, struct flow);
+    __type(value, struct stats);
+    __uint(max_entries, 64);
+} flows SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __type(key, __u32);
+    __type(value, __u32);
+    __uint(max_entries, 2);
+} percpu SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_QUEUE);
+    __type(value, __u32);
+    __uint(max_entries, 8);
+} queue SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __type(key, __u64);
+    __type(value, __u64);
+    __uint(max_entries, 128);
+} lru SEC(".maps");
+SEC("xdp")
+int touch(struct xdp_md *ctx)
+{
+    struct flow f = { .saddr = 1, .port = 2, .proto = 3 };
+    struct stats *s = bpf_map_lookup_elem(&flows, &f);
+    if (s) { s->packets++; s->bytes += ctx->data_end - ctx->data; }
+    __u32 k = 0, *c = bpf_map_lookup_elem(&percpu, &k);
+    if (c) (*c)++;
+    __u32 v = 7;
+    bpf_map_push_elem(&queue, &v, 0);
+    __u64 lk = 1, lv = 2;
+    bpf_map_update_elem(&lru, &lk, &lv, 0);
+    return XDP_PASS;
+}
+"""
+)
+
+TAILCALL = (
+    HEADER
+    + """
+SEC("xdp") int prog_a(struct xdp_md *ctx) { return XDP_DROP; }
+SEC("xdp") int prog_b(struct xdp_md *ctx) { return XDP_TX; }
+struct {
+    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+    __uint(max_entries, 4);
+    __type(key, __u32);
+    __array(values, int (void *));
+} jump SEC(".maps") = { .values = { [0] = (void *)&prog_a, [2] = (void *)&prog_b } };
+const volatile __u32 target = 0;
+SEC("xdp")
+int entry(struct xdp_md *ctx)
+{
+    bpf_tail_call(ctx, &jump, target);
+    return XDP_PASS;
+}
+"""
+)
+
+MAP_IN_MAP = (
+    HEADER
+    + """
+struct inner { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32);
+               __uint(max_entries, 1); };
+struct inner inner_a SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __array(values, struct inner);
+} outer SEC(".maps") = { .values = { [1] = &inner_a } };
+SEC("xdp")
+int through(struct xdp_md *ctx)
+{
+    __u32 k = 1, z = 0;
+    void *m = bpf_map_lookup_elem(&outer, &k);
+    if (!m) return XDP_ABORTED;
+    __u32 *v = bpf_map_lookup_elem(m, &z);
+    if (!v) return XDP_ABORTED;
+    return *v;
+}
+"""
+)
+
+PINNED = (
+    HEADER
+    + """
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, __u32);
+    __type(value, __u32);
+    __uint(max_entries, 16);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} shared SEC(".maps");
+SEC("xdp") int use(struct xdp_md *ctx)
+{
+    __u32 k = 1, v = 1, *p = bpf_map_lookup_elem(&shared, &k);
+    if (p) __sync_fetch_and_add(p, 1); else bpf_map_update_elem(&shared, &k, &v, 0);
+    return XDP_PASS;
+}
+"""
+)
+
+PINNED_OTHER_SHAPE = PINNED.replace("__uint(max_entries, 16)", "__uint(max_entries, 32)")
+
+PARTIAL = (
+    HEADER
+    + """
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u32);
+         __uint(max_entries, 4); __uint(pinning, LIBBPF_PIN_BY_NAME); } kept SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 4); } other SEC(".maps");
+const volatile __u32 knob = 1;
+SEC("xdp") int good_one(struct xdp_md *ctx)
+{ __u32 k = 0; __u64 *v = bpf_map_lookup_elem(&other, &k); if (v) (*v)++; return knob; }
+SEC("xdp") int good_two(struct xdp_md *ctx)
+{ __u32 k = 0; __u32 *v = bpf_map_lookup_elem(&kept, &k); return v ? *v : 0; }
+SEC("xdp") int zz_bad(struct xdp_md *ctx)
+{
+    unsigned char *p = (void *)(long)ctx->data;
+    return p[100];              /* no bounds check: the verifier says no */
+}
+"""
+)
+
+Build = Callable[..., Path]
+
+
+def load(build: Build, source: str, **opts: object) -> ebpf.Collection:
+    spec = ebpf.CollectionSpec.from_file(build(source))
+    return ebpf.Collection(spec, ebpf.CollectionOptions(**opts))  # type: ignore[arg-type]
+
+
+def test_load_run_and_read_maps(compile_bpf: Build, fd_guard: None) -> None:
+    with load(compile_bpf, COUNTER) as coll:
+        prog = coll.programs["count"]
+        for _ in range(3):
+            assert prog.test_run(PACKET).retval == 2  # XDP_PASS
+        assert coll.maps["counters"][0] == 3
+        assert list(coll.maps["counters"].items()) == [(0, 3), (1, 0), (2, 0), (3, 0)]
+        assert len(coll.maps["counters"]) == 4
+        info = prog.info()
+        assert info.name == "count" and info.type == ebpf.ProgType.XDP
+        assert info.run_count == 0 or info.run_count >= 3
+        assert len(info.xlated) % 8 == 0 and len(info.map_ids) == 3
+
+
+def test_rewrite_constants_changes_behaviour(compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(COUNTER))
+    plain = spec.copy()
+    spec.rewrite_constants({"verdict": 1, "slot": 3})
+    with ebpf.Collection(spec) as coll:
+        assert coll.programs["count"].test_run(PACKET).retval == 1  # XDP_DROP
+        assert coll.maps["counters"][3] == 1 and coll.maps["counters"][0] == 0
+        # .rodata is frozen before verification: the dead branch is gone from the program
+        with pytest.raises(ebpf.PermissionDeniedError):
+            coll.maps[".rodata"][0] = bytes(8)
+    with ebpf.Collection(plain) as coll:
+        assert coll.programs["count"].test_run(PACKET).retval == 2
+
+
+def test_loading_never_mutates_the_spec(compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(COUNTER))
+    before = {
+        n: (p.instructions.raw, dict(p.instructions.references)) for n, p in spec.programs.items()
+    }
+    contents = {
+        n: [bytes(e.value) for e in m.contents if not isinstance(e.value, str)]
+        for n, m in spec.maps.items()
+    }
+    with ebpf.Collection(spec) as coll:
+        coll.programs["count"].test_run(PACKET)
+        coll.maps[".bss"][0] = bytes(8)
+    assert {
+        n: (p.instructions.raw, dict(p.instructions.references)) for n, p in spec.programs.items()
+    } == before
+    assert {
+        n: [bytes(e.value) for e in m.contents if not isinstance(e.value, str)]
+        for n, m in spec.maps.items()
+    } == contents
+
+
+def test_typed_map_api(compile_bpf: Build, fd_guard: None) -> None:
+    with load(compile_bpf, TYPES) as coll:
+        flows = coll.maps["flows"]
+        key = {"saddr": 1, "port": 2, "proto": 3}
+        flows[key] = {"packets": 10, "bytes": 1000}
+        flows.update({"saddr": 9}, {"packets": 1}, UpdateFlags.NOEXIST)
+        with pytest.raises(ebpf.KeyExistsError, match="map flows"):
+            flows.update({"saddr": 9}, {"packets": 2}, UpdateFlags.NOEXIST)
+        with pytest.raises(ebpf.KeyNotFoundError, match="map flows"):
+            flows.update({"saddr": 5}, {"packets": 2}, UpdateFlags.EXIST)
+        assert coll.programs["touch"].test_run(PACKET).retval == 2
+        assert flows[key] == {"packets": 11, "bytes": 1064}
+        assert len(flows) == 2
+        assert flows.get({"saddr": 77}, None) is None
+        with pytest.raises(KeyError):
+            flows[{"saddr": 77}]
+        del flows[{"saddr": 9}]
+        assert list(flows.keys()) == [{"saddr": 1, "port": 2, "proto": 3, "pad": 0}]
+
+        percpu = coll.maps["percpu"]
+        values = percpu[0]
+        assert isinstance(values, list) and len(values) == ebpf.sys.possible_cpus()
+        assert sum(values) == 1  # one run, on one CPU
+        percpu[1] = 5  # the same value on every CPU
+        assert percpu[1] == [5] * ebpf.sys.possible_cpus()
+
+        queue = coll.maps["queue"]
+        queue.push(3)
+        assert queue.pop() == 7 and queue.pop() == 3
+        with pytest.raises(ebpf.KeyNotFoundError):
+            queue.pop()
+
+        lru = coll.maps["lru"]
+        assert lru[1] == 2
+        assert lru.batch_update([(i, i * 10) for i in range(10, 20)]) == 10
+        got = dict(lru.batch_lookup(chunk=4))
+        assert got[15] == 150 and got[1] == 2 and len(got) == 11
+        assert lru.batch_delete([10, 11, 12]) == 3
+        assert len(lru) == 8
+        with pytest.raises(ebpf.SpecError, match="map lru: key"):
+            lru["not an int"] = 1
+
+
+def test_iteration_tolerates_concurrent_deletes(compile_bpf: Build, fd_guard: None) -> None:
+    with load(compile_bpf, TYPES) as coll:
+        lru = coll.maps["lru"]
+        for i in range(50):
+            lru[i] = i
+        seen = []
+        for k, _ in lru.items():
+            seen.append(k)
+            # delete the current and a later key while iterating: the hash walk restarts
+            for victim in (k, 49 - int(k)):  # type: ignore[call-overload]
+                lru.get(victim, None) is not None and lru.delete(victim)
+        assert len(seen) == len(set(seen)) <= 50
+        assert len(lru) == 0
+
+
+def test_tail_calls_through_static_prog_array(compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(TAILCALL))
+    assert [(e.key, e.value) for e in spec.maps["jump"].contents] == [(0, "prog_a"), (2, "prog_b")]
+    for target, expected in ((0, 1), (2, 3), (1, 2), (3, 2)):  # DROP, TX, miss → PASS
+        s = spec.copy()
+        s.rewrite_constants({"target": target})
+        with ebpf.Collection(s) as coll:
+            assert coll.programs["entry"].test_run(PACKET).retval == expected
+
+
+def test_map_in_map_with_static_inner(compile_bpf: Build, fd_guard: None) -> None:
+    with load(compile_bpf, MAP_IN_MAP) as coll:
+        coll.maps["inner_a"][0] = 3
+        assert coll.programs["through"].test_run(PACKET).retval == 3
+        inner_id = coll.maps["inner_a"].info().id
+        assert coll.maps["outer"].lookup(1) == inner_id.to_bytes(4, "little")
+
+
+def test_map_replacement(compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(COUNTER))
+    with ebpf.Map.create(spec.maps["counters"]) as mine:
+        mine[0] = 100
+        opts = ebpf.CollectionOptions(map_replacements={"counters": mine})
+        with ebpf.Collection(spec, opts) as coll:
+            coll.programs["count"].test_run(PACKET)
+        assert mine[0] == 101  # the program wrote into our map
+
+        other = spec.maps["counters"].copy()
+        other.max_entries = 5
+        with ebpf.Map.create(other) as wrong:
+            opts = ebpf.CollectionOptions(map_replacements={"counters": wrong})
+            with pytest.raises(ebpf.MapIncompatibleError, match="max entries 5, spec wants 4"):
+                ebpf.Collection(spec, opts)
+
+        rewritten = spec.copy()
+        rewritten.rewrite_maps({"counters": mine})
+        with ebpf.Collection(rewritten) as coll:
+            coll.programs["count"].test_run(PACKET)
+        assert mine[0] == 102
+        with pytest.raises(ebpf.SpecError, match="not in object"):
+            spec.copy().rewrite_maps({"nope": mine})
+
+
+def test_pin_by_name_reuses_and_refuses(compile_bpf: Build, pin_dir: Path, fd_guard: None) -> None:
+    opts = ebpf.CollectionOptions(pin_path=pin_dir)
+    with load(compile_bpf, PINNED, pin_path=pin_dir) as coll:
+        coll.programs["use"].test_run(PACKET)
+        assert (pin_dir / "shared").exists()
+    # the pin keeps the map and its contents; a second load reuses it
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(PINNED))
+    with ebpf.Collection(spec, opts) as coll:
+        coll.programs["use"].test_run(PACKET)
+        assert coll.maps["shared"][1] == 2
+    with ebpf.Map.from_pin(pin_dir / "shared") as m:
+        assert m[1] == 2
+    bad = ebpf.CollectionSpec.from_file(compile_bpf(PINNED_OTHER_SHAPE))
+    with pytest.raises(
+        ebpf.MapIncompatibleError, match=r"pinned map at .* max entries 16, spec wants 32"
+    ):
+        ebpf.Collection(bad, opts)
+    assert (pin_dir / "shared").exists()  # the refusal left the existing pin alone
+    with pytest.raises(ebpf.SpecError, match="no pin path given"):
+        ebpf.Collection(spec)
+
+
+def test_failure_midway_leaves_nothing(compile_bpf: Build, pin_dir: Path, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(PARTIAL))
+    with pytest.raises(ebpf.VerifierError) as info:
+        ebpf.Collection(spec, ebpf.CollectionOptions(pin_path=pin_dir))
+    err = info.value
+    assert err.program == "zz_bad"
+    assert str(err).startswith("program zz_bad: load: permission denied")
+    assert "invalid access to packet" in err.log
+    assert "invalid access to packet" in err.summary()
+    assert list(pin_dir.iterdir()) == []  # the pin made for `kept` is gone again
+
+
+def test_verifier_log_on_request(compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(COUNTER))
+    with ebpf.Collection(spec, ebpf.CollectionOptions(log_level=2)) as coll:
+        assert "processed" in coll.programs["count"].verifier_log
+
+
+def test_unknown_section_refuses_to_load(compile_bpf: Build, fd_guard: None) -> None:
+    src = HEADER + 'SEC("mystery/thing") int odd(void *ctx) { return 0; }\n'
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(src))
+    assert not spec.programs["odd"].known_section
+    with pytest.raises(ebpf.NotSupportedError, match="program odd: section 'mystery/thing'"):
+        ebpf.Collection(spec)
+
+
+class Counters:
+    counters: ebpf.Map = ebpf.bind("counters")
+
+
+class Objects:
+    count: ebpf.Program = ebpf.bind("count")
+    maps: Counters
+
+
+class Slotted:
+    __slots__ = ()
+    count: ebpf.Program = ebpf.bind("count")
+
+
+def test_load_and_assign(compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(COUNTER))
+    objs = spec.load_and_assign(Objects())
+    try:
+        assert objs.count.test_run(PACKET).retval == 2
+        assert objs.maps.counters[0] == 1
+    finally:
+        ebpf.close_all(objs)
+
+    class Missing:
+        prog: ebpf.Program = ebpf.bind("cuont")
+
+    with pytest.raises(ebpf.BindError, match=r"no program cuont in object .did you mean count"):
+        spec.load_and_assign(Missing())
+
+    class Twice:
+        a: ebpf.Map = ebpf.bind("counters")
+        b: ebpf.Map = ebpf.bind("counters")
+
+    with pytest.raises(ebpf.BindError, match="already bound"):
+        spec.load_and_assign(Twice())
+
+    with pytest.raises(ebpf.BindError, match="cannot set field"):
+        spec.load_and_assign(Slotted())
+
+    class Specs:
+        count: ebpf.ProgramSpec = ebpf.bind("count")
+        verdict: ebpf.VariableSpec = ebpf.bind("verdict")
+
+    specs = spec.assign(Specs())
+    assert specs.count is spec.programs["count"] and specs.verdict.value == 2
+
+
+def test_load_and_assign_loads_only_what_is_bound(compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(PARTIAL))
+
+    class Good:
+        one: ebpf.Program = ebpf.bind("good_one")
+
+    # zz_bad is never loaded, and `kept` (pinned by name) is not needed by good_one
+    objs = spec.load_and_assign(Good())
+    try:
+        assert objs.one.test_run(PACKET).retval == 1
+    finally:
+        ebpf.close_all(objs)
+
+
+def test_detach_survives_close(compile_bpf: Build, fd_guard: None) -> None:
+    coll = load(compile_bpf, COUNTER)
+    prog = coll.detach_program("count")
+    counters = coll.detach_map("counters")
+    coll.close()
+    try:
+        assert prog.test_run(PACKET).retval == 2
+        assert counters[0] == 1
+        with pytest.raises(ebpf.SpecError):
+            coll.detach_map("counters")
+    finally:
+        prog.close()
+        counters.close()
+
+
+def test_pins_and_ids(compile_bpf: Build, pin_dir: Path, fd_guard: None) -> None:
+    with load(compile_bpf, COUNTER) as coll:
+        prog, counters = coll.programs["count"], coll.maps["counters"]
+        prog.pin(pin_dir / "count")
+        counters.pin(pin_dir / "counters")
+        with pytest.raises(ebpf.PinError, match="exists"):
+            prog.pin(pin_dir / "count")
+        with ebpf.Program.from_pin(pin_dir / "count") as again:
+            assert again.info().id == prog.info().id
+            assert again.test_run(PACKET).retval == 2
+        with ebpf.Map.from_id(counters.info().id) as same:
+            assert same[0] == 1
+        with ebpf.Program.from_id(prog.info().id) as same_prog:
+            assert same_prog.name == "count"
+        prog.unpin()
+        counters.unpin()
+    assert list(pin_dir.iterdir()) == []
+    with pytest.raises(ebpf.KeyNotFoundError):
+        ebpf.Map.from_pin(pin_dir / "counters")
+    with load(compile_bpf, COUNTER) as coll, pytest.raises(ebpf.PinError, match="bpffs"):
+        coll.maps["counters"].pin("/tmp/not-bpffs-pin")
+
+
+def test_ctypes_and_raw_values(compile_bpf: Build, fd_guard: None) -> None:
+    class Stats(ctypes.Structure):
+        _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+    with load(compile_bpf, TYPES) as coll:
+        flows = coll.maps["flows"]
+        raw_key = (1).to_bytes(4, "little") + (2).to_bytes(2, "little") + bytes([3, 0])
+        flows[raw_key] = Stats(4, 5)
+        assert flows[{"saddr": 1, "port": 2, "proto": 3}] == {"packets": 4, "bytes": 5}
+        with pytest.raises(ebpf.SpecError):
+            flows[raw_key] = b"short"
+
+
+def test_no_fd_leak_after_many_loads(compile_bpf: Build) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with load(compile_bpf, TAILCALL) as coll:
+            coll.programs["entry"].test_run(PACKET)
+    assert len(os.listdir("/proc/self/fd")) == before
