@@ -1098,6 +1098,35 @@ def ioctl(fd: FD, request: int, arg: int = 0) -> None:
         raise error_from_errno(f"ioctl {request:#x}", ctypes.get_errno())
 
 
+class _Statfs(ctypes.Structure):
+    _fields_ = [
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong),
+        ("f_bfree", ctypes.c_ulong),
+        ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong),
+        ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+BPF_FS_MAGIC = 0xCAFE4A11
+
+
+def fs_magic(path: str) -> int:
+    """The ``f_type`` of the filesystem holding ``path`` (statfs(2))."""
+    buf = _Statfs()
+    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(buf.f_type) & 0xFFFFFFFF
+
+
 def possible_cpus() -> int:
     """The number of possible CPUs (per-CPU values and perf arrays are sized by it)."""
     return _parse_cpu_list("/sys/devices/system/cpu/possible")
