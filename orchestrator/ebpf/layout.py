@@ -128,6 +128,11 @@ def _unwrap(t: Type, where: str) -> Type:
     return u
 
 
+def _elem(where: str, i: int) -> str:
+    """``member inner: `` -> ``member inner[0]: ``."""
+    return f"{where[:-2]}[{i}]: " if where.endswith(": ") else f"[{i}]: "
+
+
 def _got(value: object) -> str:
     return type(value).__name__
 
@@ -251,7 +256,7 @@ def _put_array(
         if len(value) > u.nelems:
             raise SpecError(f"{where}{len(value)} elements do not fit {_name(t)}")
         for i, item in enumerate(value):
-            _put(u.type, item, buf, off + i * esize, f"{where}[{i}]: ", depth + 1)
+            _put(u.type, item, buf, off + i * esize, _elem(where, i), depth + 1)
         return
     kinds = "bytes, str or a list" if _is_byte(u.type) else "a list, tuple or bytes"
     raise SpecError(f"{where}expected {kinds} for {_name(t)}, got {_got(value)}")
@@ -387,7 +392,7 @@ def _get(t: Type, data: memoryview, off: int, where: str, depth: int) -> object:
         if _is_byte(u.type):
             return bytes(data[off : off + u.nelems])
         return [
-            _get(u.type, data, off + i * esize, f"{where}[{i}]: ", depth + 1)
+            _get(u.type, data, off + i * esize, _elem(where, i), depth + 1)
             for i in range(u.nelems)
         ]
     if isinstance(u, Struct | Union):
