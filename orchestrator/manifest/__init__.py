@@ -1,0 +1,3 @@
+"""Manifests: YAML documents -> validated, frozen desired state."""
+
+from __future__ import annotations

@@ -1,0 +1,207 @@
+"""The desired state: frozen values produced by the manifest loader and consumed by the
+reconciler. Nothing here touches the kernel or the file system.
+
+A :class:`DesiredState` maps collection names to :class:`DesiredCollection` values. Every
+value remembers where it was declared (:class:`Source`), so that plan and apply errors can
+name the file and line just like validation errors do.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_VERSION = "bpforch/v1"
+KIND_COLLECTION = "Collection"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where something was declared: file, 1-based line and column."""
+
+    file: Path
+    line: int = 0
+    column: int = 0
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.file}:{self.line}:{self.column}"
+        return str(self.file)
+
+
+class OnIncompatible(enum.Enum):
+    """What to do when a preserved map's new spec does not match the live map."""
+
+    FAIL = "fail"
+    RECREATE = "recreate"
+
+
+@dataclass(frozen=True, slots=True)
+class MapFrom:
+    """A map substitution: use another collection's map, or a pinned map, instead of
+    creating this one. Exactly one of ``collection``/``pinned`` is set."""
+
+    collection: str | None = None  # name of another declared collection
+    map: str | None = None  # that collection's map (defaults to the same map name)
+    pinned: Path | None = None  # absolute path of an existing pin on bpffs
+
+
+@dataclass(frozen=True, slots=True)
+class MapOptions:
+    """Per-map settings of a collection."""
+
+    name: str
+    pin: bool = False
+    preserve: bool = False  # hand the live map to the next generation (implies pin)
+    max_entries: int | None = None
+    on_incompatible: OnIncompatible = OnIncompatible.FAIL
+    source_from: MapFrom | None = None
+    source: Source | None = field(default=None, compare=False)
+
+
+class XdpMode(enum.Enum):
+    AUTO = "auto"  # let the kernel choose (native if the driver has it, else generic)
+    NATIVE = "native"
+    GENERIC = "generic"
+    OFFLOAD = "offload"
+
+
+class Direction(enum.Enum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+@dataclass(frozen=True, slots=True)
+class XdpTarget:
+    interface: str
+    mode: XdpMode = XdpMode.AUTO
+    netns: Path | None = None  # e.g. /var/run/netns/NAME; None: bpforch's own namespace
+
+    def key(self) -> str:
+        return f"xdp:{self.netns or ''}:{self.interface}"
+
+
+@dataclass(frozen=True, slots=True)
+class TcTarget:
+    """A tcx link (Linux 6.6). ``before``/``after`` name another program attached by the
+    same collection at the same hook; None means append."""
+
+    interface: str
+    direction: Direction
+    netns: Path | None = None
+    before: str | None = None
+    after: str | None = None
+
+    def key(self) -> str:
+        return f"tc:{self.netns or ''}:{self.interface}:{self.direction.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupTarget:
+    path: Path  # absolute, inside a cgroup v2 mount
+    attach: str  # kernel attach point, e.g. "ingress", "egress", "sock_create", "connect4"
+
+    def key(self) -> str:
+        return f"cgroup:{self.path}:{self.attach}"
+
+
+@dataclass(frozen=True, slots=True)
+class TracepointTarget:
+    group: str
+    name: str
+
+    def key(self) -> str:
+        return f"tracepoint:{self.group}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RawTracepointTarget:
+    """raw_tp or tp_btf, by tracepoint name (e.g. ``sched_switch``)."""
+
+    name: str
+
+    def key(self) -> str:
+        return f"raw_tracepoint:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class UprobeTarget:
+    path: Path
+    symbol: str | None = None
+    offset: int = 0  # added to the symbol's address, or absolute if no symbol
+    retprobe: bool = False
+    pid: int | None = None
+
+    def key(self) -> str:
+        kind = "uretprobe" if self.retprobe else "uprobe"
+        return f"{kind}:{self.path}:{self.symbol or ''}+{self.offset}:{self.pid or ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class NetnsTarget:
+    """sk_lookup or flow_dissector programs attach to a network namespace."""
+
+    netns: Path | None = None  # None: bpforch's own namespace
+
+    def key(self) -> str:
+        return f"netns:{self.netns or ''}"
+
+
+Target = (
+    XdpTarget
+    | TcTarget
+    | CgroupTarget
+    | TracepointTarget
+    | RawTracepointTarget
+    | UprobeTarget
+    | NetnsTarget
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    program: str
+    target: Target
+    source: Source | None = field(default=None, compare=False)
+
+    def key(self) -> str:
+        """Identity of the attachment within a collection (program + hook)."""
+        return f"{self.program}@{self.target.key()}"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredCollection:
+    """One ``kind: Collection`` document, validated and with paths resolved."""
+
+    name: str
+    object_file: Path  # absolute path of the ELF object (manifest field `object`)
+    source: Source = field(compare=False)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    sha256: str | None = None  # declared digest of the object, checked when loading
+    programs: tuple[str, ...] | None = None  # None: every program in the object
+    constants: Mapping[str, object] = field(default_factory=dict)
+    maps: Mapping[str, MapOptions] = field(default_factory=dict)
+    attach: tuple[Attachment, ...] = ()
+    # sha256 over the normalized document and the object's bytes: equal digests mean
+    # nothing to do for this collection.
+    digest: str = ""
+
+    def depends_on(self) -> frozenset[str]:
+        """Names of the collections whose maps this one substitutes."""
+        return frozenset(
+            m.source_from.collection
+            for m in self.maps.values()
+            if m.source_from is not None and m.source_from.collection is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    collections: Mapping[str, DesiredCollection] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()  # every manifest file read (for status and the watcher)
+
+    def objects(self) -> frozenset[Path]:
+        """Every object file referenced (for the watcher)."""
+        return frozenset(c.object_file for c in self.collections.values())
