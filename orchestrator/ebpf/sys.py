@@ -1145,3 +1145,19 @@ def _parse_cpu_list(path: str) -> int:
         hi = part.split("-")[-1]
         highest = max(highest, int(hi))
     return highest + 1
+
+
+# ---------------------------------------------------------------------------- namespaces
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWCGROUP = 0x02000000
+
+_libc.setns.restype = ctypes.c_int
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) for the calling thread (a network namespace is per thread)."""
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err).lower()}")
