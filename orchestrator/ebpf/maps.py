@@ -61,6 +61,9 @@ _NO_BTF_TYPES = frozenset(
     }
 )
 
+# Map types whose values are written as the fd of a program or map (read back: its id).
+_FD_VALUED = frozenset({MapType.PROG_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
+
 
 @dataclass(frozen=True, slots=True)
 class MapInfo:
@@ -361,6 +364,8 @@ class Map:
     def encode_value(self, value: object) -> bytes:
         if self._kernel_btf is not None:
             self._resolve_kernel_btf()
+        if self.type in _FD_VALUED and isinstance(getattr(value, "fd", None), FD):
+            value = value.fd.raw  # type: ignore[attr-defined]  # a Program or a Map
         if not self._per_cpu:
             return self._encode(value, self.value_type, self.value_size, "value")
         stride = _round8(self.value_size)
