@@ -67,6 +67,10 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+class _TooLarge(Exception):
+    pass
+
+
 class _Builder:
     def __init__(self, loader: yaml.SafeLoader, doc: Document, problems: list[Problem]) -> None:
         self.loader = loader
@@ -87,7 +91,7 @@ class _Builder:
         self.doc.values.setdefault(path, _pos(node))
         if id(node) in self.active:
             self.problem(node, path, "recursive alias", "YAML aliases must not contain themselves")
-            return None
+            raise _Skip
         if isinstance(node, yaml.ScalarNode):
             try:
                 return self.loader.construct_object(node, deep=True)
@@ -133,8 +137,8 @@ class _Builder:
         return out
 
 
-class _TooLarge(Exception):
-    pass
+class _Skip(Exception):
+    """The document cannot be built (the problem is recorded)."""
 
 
 def parse_documents(file: Path, text: str, problems: list[Problem]) -> Iterator[Document]:
@@ -155,6 +159,8 @@ def parse_documents(file: Path, text: str, problems: list[Problem]) -> Iterator[
             builder = _Builder(loader, doc, problems)
             try:
                 doc.value = builder.build(node, ())
+            except _Skip:
+                continue
             except _TooLarge:
                 problems.append(
                     Problem(
@@ -171,6 +177,9 @@ def parse_documents(file: Path, text: str, problems: list[Problem]) -> Iterator[
         src = Source(file, mark.line + 1, mark.column + 1) if mark else Source(file)
         message = err.problem or str(err)
         hint = err.context or ""
+        cm = err.context_mark
+        if hint and cm is not None and mark is not None and cm.line != mark.line:
+            hint += f" started at line {cm.line + 1}, column {cm.column + 1}"
         problems.append(Problem(src, "", f"invalid YAML: {message}", hint))
     except yaml.YAMLError as err:
         problems.append(Problem(Source(file), "", f"invalid YAML: {err}"))

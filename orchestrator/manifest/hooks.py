@@ -59,6 +59,13 @@ CGROUP_HOOKS: dict[str, tuple[ProgType, AttachType]] = {
 }
 
 
+def cgroup_section(attach: str) -> str:
+    """The libbpf section name of a program for a cgroup attach point."""
+    if attach in ("ingress", "egress"):
+        return f"cgroup_skb/{attach}"
+    return {"sock_ops": "sockops", "device": "cgroup/dev"}.get(attach, f"cgroup/{attach}")
+
+
 @dataclass(frozen=True, slots=True)
 class Misfit:
     """Why a program cannot go on a target, and what would fit."""
@@ -96,7 +103,7 @@ def misfit(prog: ProgramSpec, target: Target) -> Misfit | None:
         return Misfit(
             f"{_kind(prog)}, cgroup {target.attach} needs {ptype.name.lower()} with attach "
             f"type {atype.name.lower()}",
-            'use the matching cgroup section, e.g. SEC("cgroup_skb/egress")',
+            f'use SEC("{cgroup_section(target.attach)}")',
         )
     if isinstance(target, TracepointTarget):
         if t == P.TRACEPOINT:

@@ -531,8 +531,8 @@ class _Checker:
                             self.problem(
                                 e,
                                 (*path, "tc", rel),
-                                f"program {other} is not attached by this collection at "
-                                f"{t.interface} {t.direction.value}",
+                                f"program {other} is not attached at the same hook "
+                                f"(tc {t.direction.value} on {t.interface})",
                                 _hint(other, sorted(set(peers) - {a.program})),
                             )
 
