@@ -803,9 +803,15 @@ def _elem_attr(
     )
 
 
-def map_lookup_elem(fd: FD, key: bytes, value_size: int, flags: int = 0) -> bytes:
-    kbuf = _cbuf(key)
+def map_lookup_elem(
+    fd: FD, key: bytes | None, value_size: int, flags: int = 0, value_in: bytes | None = None
+) -> bytes:
+    """``key`` None for keyless maps (queue/stack peek); ``value_in`` is what a bloom filter
+    looks up (the kernel reads the value buffer)."""
+    kbuf = _cbuf(key) if key is not None else None
     vbuf = ctypes.create_string_buffer(value_size or 1)
+    if value_in is not None:
+        ctypes.memmove(vbuf, value_in, min(len(value_in), value_size))
     bpf(Cmd.MAP_LOOKUP_ELEM, _elem_attr(fd, kbuf, ctypes.addressof(vbuf), flags))
     return vbuf.raw[:value_size]
 
