@@ -97,7 +97,7 @@ def parse_config(text: str, file: Path) -> ServiceConfig:
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         what = getattr(err, "problem", None) or str(err)
         problem = ConfigProblem(file, line, col, "$", f"invalid yaml: {what}")
-        raise ConfigError(f"{problem}", (problem,)) from err
+        raise ConfigError(f"invalid configuration: {problem}", (problem,)) from err
     marks: Marks = {}
     key_marks: Marks = {}
     data = {} if node is None else _to_python(node, (), marks, key_marks)
