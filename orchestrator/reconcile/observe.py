@@ -43,7 +43,8 @@ from orchestrator.reconcile.state import (
 )
 from orchestrator.reconcile.store import read_record
 
-STAGING_PREFIX = ".staging-"
+# bpffs refuses names with a dot; an underscore can't start a collection name (DNS label)
+STAGING_PREFIX = "_staging-"
 CGROUP2_SUPER_MAGIC = 0x63677270
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 

@@ -1,16 +1,123 @@
-"""The apply transaction (stage → switch → commit | rollback). Work in progress."""
+"""The apply transaction: stage → switch → commit, or roll back to the old generation.
+
+Layout on bpffs (nothing ever carries a version or generation in its name)::
+
+    <root>/<collection>/maps/<map>        every map the collection owns
+    <root>/<collection>/progs/<program>
+    <root>/<collection>/links/<link>      one pin per attachment
+    <root>/_staging-<txid>/<collection>/…  the next generation while it is being built
+
+bpffs refuses names with a dot, so pins use ``_`` (``.rodata`` is pinned as ``_rodata``).
+
+Steps, each with what its rollback does:
+
+1. **stage** (per changed collection, dependencies first): read the object, rewrite
+   constants, hand over preserved maps and substitutions as map replacements (a
+   substitution from a collection staged in the same transaction uses its staged map), load
+   through the verifier, pin the new tree under the staging directory (preserved maps get a
+   second pin there). *Rollback*: close every fd, remove the staging tree.
+2. **switch** (per attachment): xdp/tcx/cgroup/netns links are switched to the new program
+   with ``BPF_LINK_UPDATE`` (the hook is never empty) and pinned again in the staging tree;
+   tracepoint/raw_tp/uprobe links are replaced make-before-break (the new link is attached
+   and pinned in the staging tree, the old one lives until release); new attachments get new
+   links. *Rollback*: each updated link is switched back to the program it ran before, each
+   new link is detached.
+3. **commit**: each staged collection directory is swapped with the live one in one
+   ``renameat2(RENAME_EXCHANGE)`` (or moved into place if new); deleted collections are moved
+   into the staging directory; then the record is written atomically. *Rollback* (if the
+   record can't be written): every swap and move is undone, then steps 2 and 1 are undone.
+4. **release** (after the record is written, cannot fail the apply): links of the old
+   generation that are not carried over are detached, and the staging directory (now holding
+   the old trees) is removed, unpinning old programs and maps that were not carried over.
+
+A crash (kill -9) leaves, per collection, the old or the new tree at its place, plus a
+staging directory; :func:`observe` reports the difference from the record as drift and the
+staging directory as garbage, and the next apply removes the garbage and converges.
+"""
 
 from __future__ import annotations
 
+import datetime
+import errno
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from orchestrator.manifest.model import DesiredState
+from orchestrator import ebpf
+from orchestrator.ebpf import Collection, CollectionOptions, Map, PinType, Program, ProgType
+from orchestrator.ebpf import links as _links
+from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.collection import load_subset
+from orchestrator.ebpf.pin import ensure_dir, remove_tree
+from orchestrator.manifest.model import (
+    Attachment,
+    CgroupTarget,
+    DesiredCollection,
+    DesiredState,
+    NetnsTarget,
+    RawTracepointTarget,
+    Source,
+    TcTarget,
+    TracepointTarget,
+    UprobeTarget,
+    XdpMode,
+    XdpTarget,
+)
+from orchestrator.reconcile.errors import ApplyError, ReconcileError, where
 from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.plan import Plan
-from orchestrator.reconcile.state import ActualState
+from orchestrator.reconcile.observe import STAGING_PREFIX, pinned_problem
+from orchestrator.reconcile.plan import Op, Plan, target_kind
+from orchestrator.reconcile.state import (
+    ActualState,
+    AttachmentRecord,
+    CollectionRecord,
+    MapRecord,
+    MapShape,
+    ProgramRecord,
+    StateRecord,
+)
+from orchestrator.reconcile.store import git_revision, rename, write_record
+
+
+def link_pin_name(a: Attachment) -> str:
+    """A stable file name for an attachment's link pin (no version, no generation)."""
+    import hashlib
+
+    digest = hashlib.sha256(a.target.key().encode()).hexdigest()[:12]
+    return f"{a.program}-{target_kind(a.target)}-{digest}"
+
+
+def pin_name(name: str) -> str:
+    """A map or program name as a bpffs file name (bpffs refuses dots: ``.rodata`` is
+    pinned as ``_rodata``)."""
+    return _check_name(name.replace(".", "_"))
+
+
+def _check_name(name: str) -> str:
+    if not name or "/" in name or "." in name or "\0" in name:
+        raise ApplyError(f"{name!r}: not usable as a pin name")
+    return name
+
+
+@dataclass
+class _Staged:
+    """One collection's next generation while the transaction runs."""
+
+    desired: DesiredCollection
+    dir: Path
+    coll: Collection
+    object_sha256: str
+    shapes: dict[str, MapShape]
+    sources: dict[str, str] = field(default_factory=dict)  # map -> substitution key
+    links: dict[str, tuple[_links.Link, str]] = field(default_factory=dict)  # key -> (link, kind)
 
 
 class Transaction:
+    """One apply or destroy. Use once: :meth:`run`."""
+
     def __init__(
         self,
         root: Path,
@@ -20,8 +127,379 @@ class Transaction:
         actual: ActualState,
         plan: Plan,
     ) -> None:
-        self.root, self.state_dir, self.hooks = root, state_dir, hooks
-        self.desired, self.actual, self.plan = desired, actual, plan
+        self.root = root
+        self.state_dir = state_dir
+        self.hooks = hooks
+        self.desired = desired
+        self.actual = actual
+        self.plan = plan
+        self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.staging = root / f"{STAGING_PREFIX}{self.txid}"
+        self.staged: dict[str, _Staged] = {}
+        self.undo: list[tuple[str, Callable[[], None]]] = []
+        self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ driver
 
     def run(self) -> tuple[dict[str, int], list[str]]:
-        raise NotImplementedError("apply is not implemented yet")
+        """Apply the plan; return the generations in the new record and release warnings."""
+        record: StateRecord | None = None
+        current: tuple[str, Source | None] = ("", None)
+        try:
+            self._collect_garbage()
+            ensure_dir(self.root)
+            ensure_dir(self.staging)
+            changed = self.plan.collections(Op.CREATE, Op.UPDATE)
+            for name in changed:
+                current = (name, self.desired.collections[name].source)
+                self._stage(name)
+            for name in changed:
+                current = (name, self.desired.collections[name].source)
+                self._switch(name)
+            current = ("", None)
+            record = self._new_record()
+            self._commit(record)
+        except BaseException as err:
+            problems = self._rollback()
+            self._close_all()
+            if isinstance(err, ReconcileError) and not problems:
+                raise
+            if not isinstance(err, Exception):
+                raise
+            what = where(current[0], current[1]) + ": " if current[0] else ""
+            extra = ""
+            if problems:
+                extra = " (rollback was incomplete: " + "; ".join(problems) + ")"
+            else:
+                extra = " (nothing was changed: the previous generation is live)"
+            raise ApplyError(f"{what}{err}{extra}") from err
+        self._close_all()
+        self._release(record)
+        return {n: c.generation for n, c in record.collections.items()}, self.warnings
+
+    # ------------------------------------------------------------------ garbage
+
+    def _collect_garbage(self) -> None:
+        """Remove staging directories of interrupted applies (we hold the lock, so nobody
+        else is using them). Only unpinned: a link there may be live in the tree too."""
+        for path in self.actual.staging:
+            try:
+                remove_tree(path)
+            except OSError as err:
+                self.warnings.append(f"staging leftover {path}: {err}")
+
+    # ------------------------------------------------------------------ stage
+
+    def _map_for(self, coll: str, mname: str) -> Map:
+        """An fd (owned by the transaction) for map ``mname`` of collection ``coll``: its
+        staged map if it is in this transaction, else the live one."""
+        st = self.staged.get(coll)
+        if st is not None:
+            m = st.coll.maps.get(mname)
+            if m is None:
+                raise ApplyError(f"collection {coll} has no map {mname}")
+            return m
+        ac = self.actual.collections.get(coll)
+        if ac is None or mname not in ac.record.maps:
+            raise ApplyError(
+                f"map {mname} of collection {coll}: not applied (apply {coll} first, or in "
+                "the same run)"
+            )
+        mr = ac.record.maps[mname]
+        if mr.source.startswith("pinned:"):
+            m = Map.from_pin(self._pinned_path(Path(mr.source.removeprefix("pinned:"))))
+        elif mr.source:
+            _, src, smap = mr.source.split("/", 2)
+            return self._map_for(src, smap)
+        else:
+            m = Map.from_pin(self._owned(coll, mr.pin))
+        self.owned.append(m)
+        return m
+
+    def _pinned_path(self, path: Path) -> Path:
+        problem = pinned_problem(path)
+        if problem is not None:
+            raise ApplyError(problem)
+        return Path(os.path.realpath(path))
+
+    def _owned(self, coll: str, rel: str) -> Path:
+        """``root/coll/rel``, asserting it stays under the root."""
+        path = self.root / _check_name(coll) / rel
+        real = os.path.normpath(path)
+        if not real.startswith(os.fspath(self.root) + os.sep):
+            raise ApplyError(f"{path}: outside {self.root}; refusing")
+        return Path(real)
+
+    def _stage(self, name: str) -> None:
+        from orchestrator.manifest.objects import ObjectError, object_info
+
+        d = self.desired.collections[name]
+        rec = self.actual.collections.get(name)
+        self.hooks.call("load", name)
+        try:
+            info = object_info(d.object_file)
+        except ObjectError as err:
+            raise ApplyError(f"{where(name, d.source)}: object: {err}") from err
+        if d.sha256 and info.sha256 != d.sha256.lower():
+            raise ApplyError(
+                f"{where(name, d.source)}: object {d.object_file} has sha256 {info.sha256}, "
+                f"the manifest wants {d.sha256} (rebuild it, or update sha256)"
+            )
+        spec = info.spec.copy()
+        spec.rewrite_constants(d.constants)
+        shapes: dict[str, MapShape] = {}
+        for mname, ms in spec.maps.items():
+            ms.pinning = PinType.NONE  # every map is pinned by us, under the collection
+            mo = d.maps.get(mname)
+            if mo is not None and mo.max_entries:
+                ms.max_entries = mo.max_entries
+            shapes[mname] = MapShape(
+                int(ms.type), ms.key_size, ms.value_size, ms.max_entries, int(ms.flags)
+            )
+        replacements: dict[str, Map] = {}
+        sources: dict[str, str] = {}
+        for mname, mo in sorted(d.maps.items()):
+            sf = mo.source_from
+            if sf is not None:
+                if sf.pinned is not None:
+                    m = Map.from_pin(self._pinned_path(sf.pinned))
+                    self.owned.append(m)
+                    sources[mname] = f"pinned:{sf.pinned}"
+                else:
+                    assert sf.collection is not None
+                    smap = sf.map or mname
+                    m = self._map_for(sf.collection, smap)
+                    sources[mname] = f"collection/{sf.collection}/{smap}"
+                replacements[mname] = m
+                continue
+            change = self.plan.change(name, "map", mname)
+            if (
+                mo.preserve
+                and rec is not None
+                and mname in rec.record.maps
+                and change is not None
+                and change.op is Op.NOOP
+            ):
+                replacements[mname] = self._map_for(name, mname)
+        self.hooks.call("verify", name)
+        opts = CollectionOptions(map_replacements=replacements)
+        if d.programs is None:
+            coll = Collection(spec, opts)
+        else:
+            coll = load_subset(spec, opts, d.programs, [])
+        sdir = self.staging / name
+        st = _Staged(d, sdir, coll, info.sha256, shapes, sources)
+        self.staged[name] = st
+        self.hooks.call("pin", name)
+        for sub in ("maps", "progs", "links"):
+            ensure_dir(sdir / sub)
+        for mname, live_map in coll.maps.items():
+            if mname not in sources:
+                live_map.pin(sdir / "maps" / pin_name(mname))
+        for pname, p in coll.programs.items():
+            p.pin(sdir / "progs" / pin_name(pname))
+
+    # ------------------------------------------------------------------ switch
+
+    def _switch(self, name: str) -> None:
+        st = self.staged[name]
+        d = st.desired
+        ac = self.actual.collections.get(name)
+        for a in d.attach:
+            key = a.key()
+            prog = st.coll.programs.get(a.program)
+            if prog is None:
+                raise ApplyError(
+                    f"{where(name, a.source or d.source)}: attachment {key}: program "
+                    f"{a.program} is not loaded (add it to programs:)"
+                )
+            change = self.plan.change(name, "attachment", key)
+            pin = st.dir / "links" / link_pin_name(a)
+            kind = target_kind(a.target)
+            if change is not None and change.op is Op.UPDATE and ac is not None:
+                ra = ac.record.attachments[key]
+                link = _links.Link.from_pin(self._owned(name, ra.pin))
+                self.owned.append(link)
+                # undo target: whatever the link runs now (after a crash, that may not be
+                # the recorded program)
+                before = Program.from_id(link.program_id)
+                self.owned.append(before)
+                self.hooks.call("switch", key)
+                link.update(prog, before)
+                self.undo.append(
+                    (f"switch link {link.id} back", partial(link.update, before, prog))
+                )
+            else:
+                self.hooks.call("attach", key)
+                link = self._attach(prog, a)
+                self.owned.append(link)
+                self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
+            link.pin(pin)
+            st.links[key] = (link, kind)
+
+    def _attach(self, prog: Program, a: Attachment) -> _links.Link:
+        t = a.target
+        if isinstance(t, XdpTarget):
+            mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
+            if mode not in ("auto", "native", "generic"):
+                raise ApplyError(f"attachment {a.key()}: xdp mode {mode} is not supported")
+            return _links.attach_xdp(prog, t.interface, mode, netns=t.netns)  # type: ignore[arg-type]
+        if isinstance(t, TcTarget):
+            return _links.attach_tcx(prog, t.interface, t.direction.value, netns=t.netns)
+        if isinstance(t, CgroupTarget):
+            return _links.attach_cgroup(prog, t.path, t.attach)
+        if isinstance(t, TracepointTarget):
+            return _links.attach_tracepoint(prog, t.group, t.name)
+        if isinstance(t, RawTracepointTarget):
+            return _links.attach_raw_tracepoint(prog, t.name)
+        if isinstance(t, UprobeTarget):
+            return _links.attach_uprobe(
+                prog, t.path, t.symbol, t.offset, retprobe=t.retprobe, pid=t.pid
+            )
+        assert isinstance(t, NetnsTarget)
+        at = "sk_lookup" if prog.type == ProgType.SK_LOOKUP else "flow_dissector"
+        return _links.attach_netns(prog, t.netns, at)
+
+    # ------------------------------------------------------------------ commit
+
+    def _new_record(self) -> StateRecord:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out = {n: c.record for n, c in self.actual.collections.items()}
+        revs: dict[Path, str | None] = {}
+        for name, st in self.staged.items():
+            d = st.desired
+            old = out.get(name)
+            maps: dict[str, MapRecord] = {}
+            for mname, m in st.coll.maps.items():
+                mo = d.maps.get(mname)
+                mid = int(_sys.map_info(m.fd).id)
+                src = st.sources.get(mname, "")
+                maps[mname] = MapRecord(
+                    mname,
+                    mid,
+                    st.shapes.get(
+                        mname,
+                        MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags),
+                    ),
+                    "" if src else f"maps/{pin_name(mname)}",
+                    preserve=bool(mo is not None and mo.preserve),
+                    source=src,
+                )
+            programs: dict[str, ProgramRecord] = {}
+            for pname, p in st.coll.programs.items():
+                pi = _sys.prog_info(p.fd)
+                programs[pname] = ProgramRecord(
+                    pname, int(pi.id), bytes(pi.tag).hex(), f"progs/{pin_name(pname)}", int(pi.type)
+                )
+            atts: dict[str, AttachmentRecord] = {}
+            for a in d.attach:
+                link, kind = st.links[a.key()]
+                atts[a.key()] = AttachmentRecord(
+                    a.key(), a.program, kind, link.id, f"links/{link_pin_name(a)}"
+                )
+            base = d.source.file
+            if base not in revs:
+                revs[base] = git_revision(base)
+            out[name] = CollectionRecord(
+                name=name,
+                generation=(old.generation + 1) if old is not None else 1,
+                digest=d.digest,
+                object_file=os.fspath(d.object_file),
+                object_sha256=st.object_sha256,
+                manifest=str(d.source),
+                applied_at=now,
+                git_revision=revs[base],
+                maps=maps,
+                programs=programs,
+                attachments=atts,
+                depends_on=tuple(sorted(d.depends_on())),
+            )
+        for name in self.plan.collections(Op.DELETE):
+            out.pop(name, None)
+        return StateRecord(out)
+
+    def _commit(self, record: StateRecord) -> None:
+        self.hooks.call("commit", "")
+        for name in self.staged:
+            live = self._owned(name, "")
+            staged = self.staging / name
+            if live.exists():
+                rename(staged, live, exchange=True)
+                self.undo.append(
+                    (f"swap {name} back", partial(rename, staged, live, exchange=True))
+                )
+            else:
+                rename(staged, live)
+                self.undo.append((f"move {name} back", partial(rename, live, staged)))
+        for name in self.plan.collections(Op.DELETE):
+            live = self._owned(name, "")
+            if not live.exists():
+                continue
+            gone = self.staging / name
+            rename(live, gone)
+            self.undo.append((f"restore {name}", partial(rename, gone, live)))
+        self.hooks.call("record", "")
+        write_record(self.state_dir, record)
+
+    # ------------------------------------------------------------------ rollback / release
+
+    def _rollback(self) -> list[str]:
+        problems = []
+        for what, fn in reversed(self.undo):
+            try:
+                fn()
+            except Exception as err:
+                problems.append(f"{what}: {err}")
+        self.undo.clear()
+        try:
+            remove_tree(self.staging)
+        except OSError as err:
+            problems.append(f"remove {self.staging}: {err}")
+        return problems
+
+    def _close_all(self) -> None:
+        for st in self.staged.values():
+            st.coll.close()
+        for obj in self.owned:
+            obj.close()
+        self.owned.clear()
+
+    def _release(self, record: StateRecord) -> None:
+        """Detach the old generation's links that are not carried over, then unpin the old
+        trees (now in the staging directory)."""
+        keep = {a.link_id for c in record.collections.values() for a in c.attachments.values()}
+        try:
+            trees = [p for p in self.staging.iterdir() if p.is_dir()]
+        except FileNotFoundError:
+            trees = []
+        for tree in trees:
+            links_dir = tree / "links"
+            if not links_dir.is_dir():
+                continue
+            for pin in links_dir.iterdir():
+                try:
+                    with _links.Link.from_pin(pin) as link:
+                        if link.id not in keep:
+                            _detach(link)
+                except ebpf.Error as err:
+                    self.warnings.append(f"release {pin}: {err}")
+        try:
+            remove_tree(self.staging)
+        except OSError as err:
+            self.warnings.append(f"release {self.staging}: {err}")
+
+
+def _detach(link: _links.Link) -> None:
+    """Detach now where the link type allows it; perf_event and raw_tp links detach when
+    their last fd and pin go."""
+    try:
+        link.detach()
+    except ebpf.NotSupportedError:
+        pass
+    except ebpf.Error as err:
+        if getattr(err, "errno", None) != errno.ENOLINK:
+            raise
+
+
+__all__ = ["Transaction", "link_pin_name"]
