@@ -21,7 +21,9 @@ import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -129,7 +131,24 @@ class _Entry:
 
     coll: DesiredCollection
     doc: Document
+    # per object sha256: the problems found checking the collection against that object
+    # (shared with the file cache: an unchanged manifest and object are not checked again)
+    checked: dict[str, list[Problem]]
     info: ObjectInfo | None = None  # the parsed object, when it could be read
+
+
+@dataclass(slots=True)
+class _FileResult:
+    problems: list[Problem]
+    built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]
+
+
+# (path, text) -> what parsing, the schema and building found. The text is the key, so a
+# changed file can never hit a stale entry; the path is part of it because relative paths
+# resolve against it.
+_files: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
+_files_lock = threading.Lock()
+_MAX_FILES = 4096
 
 
 def _resolve(base: Path, text: str) -> Path:
@@ -292,16 +311,41 @@ class _Builder:
         return Attachment(program=str(raw["program"]), target=target, source=self.doc.at(path))
 
 
-def _read(file: Path, problems: list[Problem]) -> Iterator[Document]:
+def _load_file(
+    file: Path, problems: list[Problem]
+) -> list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]:
+    """Parse, schema-check and build every document of a file (cached by content)."""
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         problems.append(Problem(Source(file), "", f"not UTF-8 text: {err.reason}"))
-        return
+        return []
     except OSError as err:
         problems.append(Problem(Source(file), "", _oserror(err)))
-        return
-    yield from parse_documents(file, text, problems)
+        return []
+    key = (str(file), text)
+    with _files_lock:
+        hit = _files.get(key)
+        if hit is not None:
+            _files.move_to_end(key)
+    if hit is None:
+        found: list[Problem] = []
+        built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]] = []
+        for doc in parse_documents(file, text, found):
+            if not _header_ok(doc, found):
+                continue
+            bad = _schema.check(doc)
+            if bad:
+                found.extend(bad)
+                continue
+            built.append((_Builder(doc, found).build(), doc, {}))
+        hit = _FileResult(found, built)
+        with _files_lock:
+            _files[key] = hit
+            while len(_files) > _MAX_FILES:
+                _files.popitem(last=False)
+    problems.extend(hit.problems)
+    return hit.built
 
 
 def _header_ok(doc: Document, problems: list[Problem]) -> bool:
@@ -398,7 +442,15 @@ class _Checker:
                     f"object {e.coll.object_file} has sha256 {e.info.sha256}",
                     "the object changed: rebuild it, or update sha256",
                 )
-            self.contents(e, e.info.spec)
+            checked = e.checked.get(e.info.sha256)
+            if checked is None:
+                outer, self.problems = self.problems, []
+                try:
+                    self.contents(e, e.info.spec)
+                finally:
+                    checked, self.problems = self.problems, outer
+                e.checked[e.info.sha256] = checked
+            self.problems.extend(checked)
 
     def contents(self, e: _Entry, spec: CollectionSpec) -> None:
         c = e.coll
@@ -670,15 +722,8 @@ def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> Desi
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []
     for file in files:
-        for doc in _read(file, problems):
-            if not _header_ok(doc, problems):
-                continue
-            found = _schema.check(doc)
-            if found:
-                problems.extend(found)
-                continue
-            coll = _Builder(doc, problems).build()
-            entries.append(_Entry(coll, doc))
+        for coll, doc, checked in _load_file(file, problems):
+            entries.append(_Entry(coll, doc, checked))
     checker = _Checker(entries, problems)
     checker.names()
     if check_objects:

@@ -206,7 +206,7 @@ jsonschema.Draft202012Validator.check_schema(SCHEMA)
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
-def schema() -> dict[str, Any]:
+def schema() -> dict[str, object]:
     """The manifest's JSON Schema (a fresh copy)."""
     return copy.deepcopy(SCHEMA)
 
@@ -245,7 +245,7 @@ def _resolve(node: Any, defs: Mapping[str, Any]) -> Any:
     return out
 
 
-def crd(group: str = "bpforch.dev") -> dict[str, Any]:
+def crd(group: str = "bpforch.dev") -> dict[str, object]:
     """The schema as a Kubernetes CustomResourceDefinition (``collections.<group>``).
 
     In Kubernetes the apiVersion is ``<group>/v1``; bpforch itself reads ``bpforch/v1``.

@@ -85,7 +85,7 @@ CASES = [
         "a: &a [1,1,1,1,1,1,1,1,1,1]\n"
         + "".join(
             f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
-            for p, c in zip("abcdef", "bcdefg")
+            for p, c in zip("abcdef", "bcdefg", strict=True)
         ),
         (1, 1, "", "document expands to more than 100000 nodes"),
     ),
