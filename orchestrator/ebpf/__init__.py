@@ -37,6 +37,24 @@ from orchestrator.ebpf.errors import (
     SyscallError,
     VerifierError,
 )
+from orchestrator.ebpf.links import (
+    AttachConflictError,
+    AttachError,
+    Link,
+    LinkInfo,
+    TargetNotFoundError,
+    attach_cgroup,
+    attach_netns,
+    attach_raw_tracepoint,
+    attach_tcx,
+    attach_tracepoint,
+    attach_uprobe,
+    attach_xdp,
+    cgroup_attached,
+    iter_links,
+    tcx_attached,
+    xdp_attached,
+)
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
 from orchestrator.ebpf.spec import (
@@ -58,6 +76,8 @@ from orchestrator.ebpf.sys import (
 )
 
 __all__ = [
+    "AttachConflictError",
+    "AttachError",
     "AttachType",
     "BTFError",
     "BindError",
@@ -71,6 +91,8 @@ __all__ = [
     "Instructions",
     "KeyExistsError",
     "KeyNotFoundError",
+    "Link",
+    "LinkInfo",
     "LinkType",
     "Map",
     "MapEntry",
@@ -94,10 +116,22 @@ __all__ = [
     "RunResult",
     "SpecError",
     "SyscallError",
+    "TargetNotFoundError",
     "UpdateFlags",
     "VariableSpec",
     "VerifierError",
+    "attach_cgroup",
+    "attach_netns",
+    "attach_raw_tracepoint",
+    "attach_tcx",
+    "attach_tracepoint",
+    "attach_uprobe",
+    "attach_xdp",
     "bind",
+    "cgroup_attached",
     "close_all",
+    "iter_links",
     "load_collection",
+    "tcx_attached",
+    "xdp_attached",
 ]

@@ -966,10 +966,12 @@ def attach_netns(prog: Program, netns: NetnsPath, attach_type: str | AttachType)
         try:
             fd = _sys.link_create(attr)
         except SyscallError as err:
-            if err.errno == errno.EEXIST:
+            if err.errno in (errno.EEXIST, errno.E2BIG):
+                # E2BIG: the hook is full (a flow dissector hook holds one program, sk_lookup
+                # 64); EEXIST: a program is attached there without a link
                 raise AttachConflictError(
                     f"{what}: the namespace already has a {at.name.lower()} program "
-                    "(a flow dissector hook holds one program)"
+                    "(a flow dissector hook holds one; sk_lookup up to 64)"
                 ) from err
             hint = " (is it a netns file?)" if err.errno == errno.EINVAL else ""
             raise AttachError(f"{what}: {_strip(err)}{hint}") from err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import links
+from orchestrator.ebpf.errors import NotSupportedError, PinError
 from orchestrator.ebpf.links import (
     AttachConflictError,
     AttachError,
+    Link,
     LinkID,
     ProgramID,
     TargetNotFoundError,
@@ -26,7 +29,7 @@ from orchestrator.ebpf.links import (
 from orchestrator.ebpf.netlink import in_netns, netns_inode
 from orchestrator.ebpf.sys import AttachType, LinkType
 from tests.conftest import obj, require_tool
-from tests.netns import Cgroup, UdpReceiver, UdpStream, VethPair, send_udp
+from tests.netns import Cgroup, NetNS, UdpReceiver, UdpStream, VethPair, send_udp
 
 pytestmark = pytest.mark.kernel
 
@@ -438,3 +441,313 @@ def test_tcx_errors(veth: VethPair, progs: ebpf.Collection, fd_guard: None) -> N
             links.attach_tcx(pa, veth.b.name, "egress", netns=ns)
         with pytest.raises(TargetNotFoundError, match="anchor"):
             links.attach_tcx(pb, veth.b.name, "egress", before=ProgramID(pb.id), netns=ns)
+
+
+# ---------------------------------------------------------------------------- cgroups
+
+SEND_UDP = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else {n}):
+    s.sendto(b"x" * 10, ("{addr}", {port}))
+"""
+
+
+def test_cgroup_egress_counts_packets_of_a_process_inside(
+    veth: VethPair, cgroup: Cgroup, fd_guard: None
+) -> None:
+    with ebpf.load_collection(obj("cgroup_egress.o")) as coll:
+        prog = coll.programs["cg_egress"]
+        with links.attach_cgroup(prog, cgroup.path, "egress") as link:
+            info = link.info()
+            assert info.type == LinkType.CGROUP
+            assert info.target == links.CgroupTarget(cgroup.id, AttachType.CGROUP_INET_EGRESS)
+            state = links.cgroup_attached(cgroup.path, "egress")
+            assert state.prog_ids == (prog.id,) and state.link_ids == (link.id,)
+            assert links.cgroup_attached(cgroup.path, "ingress").programs == ()
+            # a process inside the cgroup sends 12 datagrams from namespace a to b
+            cgroup.run_python(SEND_UDP.format(n=12, addr=veth.b.addr, port=PORT), netns=veth.a.ns)
+            assert wait_for(lambda: coll.maps["egress_stats"][0] == 12)
+            # this process is not in the cgroup: its packets are not counted
+            send_udp(veth.a, veth.b, PORT, count=5)
+            time.sleep(0.05)
+            assert coll.maps["egress_stats"][0] == 12
+            # update in place: the link keeps its id, the new program runs
+            with ebpf.load_collection(obj("cgroup_egress.o")) as coll2:
+                link.update(coll2.programs["cg_egress"], old_prog=prog)
+                assert link.program_id == coll2.programs["cg_egress"].id
+                cgroup.run_python(
+                    SEND_UDP.format(n=3, addr=veth.b.addr, port=PORT), netns=veth.a.ns
+                )
+                assert wait_for(lambda: coll2.maps["egress_stats"][0] == 3)
+                assert coll.maps["egress_stats"][0] == 12
+                link.detach()
+                assert links.cgroup_attached(cgroup.path, "egress").programs == ()
+
+
+def test_cgroup_errors(cgroup: Cgroup, progs: ebpf.Collection, fd_guard: None) -> None:
+    with ebpf.load_collection(obj("cgroup_egress.o")) as coll:
+        prog = coll.programs["cg_egress"]
+        missing = cgroup.path / "nope"
+        with pytest.raises(TargetNotFoundError, match=f"cgroup {missing}: no such directory"):
+            links.attach_cgroup(prog, missing, "egress")
+        with pytest.raises(AttachError, match="not a cgroup v2 directory"):
+            links.attach_cgroup(prog, "/sys/fs/bpf", "egress")
+        with pytest.raises(ValueError, match="cgroup attach type 'sideways'"):
+            links.attach_cgroup(prog, cgroup.path, "sideways")
+        with pytest.raises(AttachError, match="does the program type match"):
+            links.attach_cgroup(progs.programs["xdp_a"], cgroup.path, "egress")
+    assert links.cgroup_attach_type("cgroup_skb/egress") == AttachType.CGROUP_INET_EGRESS
+    assert links.cgroup_attach_type("cgroup/connect4") == AttachType.CGROUP_INET4_CONNECT
+    assert links.cgroup_attach_type("sock_create") == AttachType.CGROUP_INET_SOCK_CREATE
+
+
+# ---------------------------------------------------------------------------- tracing
+
+
+def test_tracepoint_link_counts_getppid_and_cannot_be_updated(
+    progs: ebpf.Collection, fd_guard: None
+) -> None:
+    spec = ebpf.CollectionSpec.from_file(obj("tp_counter.o"))
+    spec.rewrite_constants({"target_tgid": os.getpid()})
+    with ebpf.Collection(spec) as coll:
+        prog = coll.programs["count_getppid"]
+        with links.attach_tracepoint(prog, "syscalls", "sys_enter_getppid") as link:
+            for _ in range(100):
+                os.getppid()
+            assert coll.maps["calls"][0] == 100
+            info = link.info()
+            assert info.type == LinkType.PERF_EVENT and info.program_id == prog.id
+            assert info.target == links.TracepointTarget("sys_enter_getppid")
+            with pytest.raises(NotSupportedError, match="perf_event links cannot be updated"):
+                link.update(prog)
+            with pytest.raises(NotSupportedError, match="perf_event links cannot be detached"):
+                link.detach()
+        os.getppid()
+        assert coll.maps["calls"][0] == 100  # closing the link detached it
+
+
+def test_tracepoint_errors_leak_nothing(progs: ebpf.Collection, fd_guard: None) -> None:
+    with pytest.raises(TargetNotFoundError, match="tracepoint syscalls/sys_enter_nothing"):
+        links.attach_tracepoint(progs.programs["raw_getppid"], "syscalls", "sys_enter_nothing")
+    with pytest.raises(ValueError, match="plain names"):
+        links.attach_tracepoint(progs.programs["raw_getppid"], "..", "x")
+    # the perf event opens, the link is refused (wrong program type): the perf fd is closed
+    with pytest.raises(AttachError, match="does the program type match"):
+        links.attach_tracepoint(progs.programs["xdp_a"], "syscalls", "sys_enter_getppid")
+
+
+def test_raw_tracepoint_link(progs: ebpf.Collection, fd_guard: None) -> None:
+    prog = progs.programs["raw_getppid"]
+    with links.attach_raw_tracepoint(prog, "sys_enter") as link:
+        for _ in range(30):
+            os.getppid()
+        assert hits(progs, 4) == 30
+        info = link.info()
+        assert info.type == LinkType.RAW_TRACEPOINT
+        assert info.target == links.RawTracepointTarget("sys_enter")
+        with pytest.raises(NotSupportedError, match="raw_tracepoint links cannot be updated"):
+            link.update(prog)
+    os.getppid()
+    assert hits(progs, 4) == 30
+    with pytest.raises(TargetNotFoundError, match="raw tracepoint no_such_tp"):
+        links.attach_raw_tracepoint(prog, "no_such_tp")
+
+
+@pytest.fixture(scope="session")
+def uprobe_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = require_tool("gcc")
+    out = tmp_path_factory.mktemp("uprobe") / "target"
+    src = out.with_suffix(".c")
+    src.write_text(UPROBE_TARGET)
+    subprocess.run([gcc, "-O1", "-g", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def test_uprobe_and_uretprobe_count_calls(
+    uprobe_binary: Path, compile_bpf: Build, fd_guard: None
+) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(PROGS))  # count every process
+    with ebpf.Collection(spec) as coll:
+        entry, ret = coll.programs["on_call"], coll.programs["on_return"]
+        with (
+            links.attach_uprobe(entry, uprobe_binary, "bpforch_target") as l1,
+            links.attach_uprobe(ret, uprobe_binary, "bpforch_target", retprobe=True) as l2,
+        ):
+            out = subprocess.run([str(uprobe_binary), "7"], capture_output=True, text=True)
+            assert out.stdout.strip() == str(2 * sum(range(7)))
+            assert (hits(coll, 5), hits(coll, 6)) == (7, 7)
+            offset = links.resolve_symbol(uprobe_binary, "bpforch_target")
+            assert l1.info().target == links.UprobeTarget(str(uprobe_binary), offset, False)
+            assert l2.info().target == links.UprobeTarget(str(uprobe_binary), offset, True)
+            # by offset instead of symbol: same place
+            with links.attach_uprobe(entry, uprobe_binary, offset=offset):
+                subprocess.run([str(uprobe_binary), "2"], check=True, capture_output=True)
+            assert hits(coll, 5) == 7 + 2 * 2
+        subprocess.run([str(uprobe_binary), "3"], check=True, capture_output=True)
+        assert hits(coll, 5) == 11
+
+
+def test_uprobe_errors(uprobe_binary: Path, progs: ebpf.Collection, fd_guard: None) -> None:
+    prog = progs.programs["on_call"]
+    with pytest.raises(TargetNotFoundError, match="symbol no_such_fn not found"):
+        links.attach_uprobe(prog, uprobe_binary, "no_such_fn")
+    with pytest.raises(TargetNotFoundError, match="no such file"):
+        links.attach_uprobe(prog, uprobe_binary.with_name("missing"), "main")
+    with pytest.raises(TargetNotFoundError, match="no process"):
+        links.attach_uprobe(prog, uprobe_binary, "main", pid=2**22 + 1)
+    with pytest.raises(AttachError, match="not an ELF file"):
+        links.attach_uprobe(prog, uprobe_binary.with_suffix(".c"), "main")
+
+
+def test_kprobe_and_fentry_are_refused_with_a_reason(progs: ebpf.Collection) -> None:
+    prog = progs.programs["on_call"]
+    with pytest.raises(NotSupportedError, match=r"kprobe vfs_read of on_call: .*CONFIG_KPROBES"):
+        links.attach_kprobe(prog, "vfs_read")
+    with pytest.raises(NotSupportedError, match="kretprobe"):
+        links.attach_kprobe(prog, "vfs_read", retprobe=True)
+    with pytest.raises(NotSupportedError, match=r"fentry/fexit on_call: not supported.*EPERM"):
+        links.attach_fentry(prog)
+    for kind in ("kprobe", "fentry", "fexit", "lsm", "freplace"):
+        with pytest.raises(NotSupportedError, match=f"{kind} attachments are not supported"):
+            links.require_supported(kind)
+    with pytest.raises(ValueError, match="unknown attachment kind"):
+        links.require_supported("teleport")
+
+
+# ---------------------------------------------------------------------------- netns links
+
+
+def test_sk_lookup_netns_link_sees_every_datagram(
+    veth: VethPair, progs: ebpf.Collection, fd_guard: None
+) -> None:
+    prog, other = progs.programs["lookup"], progs.programs["lookup2"]
+    with (
+        UdpReceiver(veth.b, PORT) as rx,
+        links.attach_netns(prog, veth.b.ns.path, "sk_lookup") as link,
+    ):
+        info = link.info()
+        assert info.type == LinkType.NETNS
+        assert info.target == links.NetnsTarget(netns_inode(veth.b.ns.path), AttachType.SK_LOOKUP)
+        send_udp(veth.a, veth.b, PORT, count=9)
+        assert rx.drain() == 9
+        assert hits(progs, 7) == 9
+        link.update(other)  # netns links update in place
+        assert link.program_id == other.id
+        send_udp(veth.a, veth.b, PORT, count=4)
+        assert rx.drain() == 13
+        assert hits(progs, 7) == 9
+    # a link made for the caller's own namespace while inside it (netns=None)
+    with in_netns(veth.a.ns.path), links.attach_netns(prog, None, "sk_lookup") as own:
+        target = own.info().target
+        assert isinstance(target, links.NetnsTarget)
+        assert target.netns_ino == netns_inode(veth.a.ns.path)
+
+
+def test_flow_dissector_netns_link_holds_one_program(
+    netns: NetNS, progs: ebpf.Collection, fd_guard: None
+) -> None:
+    first, second = progs.programs["dissect"], progs.programs["dissect2"]
+    with links.attach_netns(first, netns.path, AttachType.FLOW_DISSECTOR) as link:
+        assert link.info().target == links.NetnsTarget(
+            netns_inode(netns.path), AttachType.FLOW_DISSECTOR
+        )
+        with pytest.raises(AttachConflictError, match="already has a flow_dissector program"):
+            links.attach_netns(second, netns.path, "flow_dissector")
+        link.update(second, old_prog=first)
+        assert link.program_id == second.id
+        link.detach()
+        with links.attach_netns(first, netns.path, "flow_dissector"):
+            pass  # the hook is free after detach
+    with pytest.raises(TargetNotFoundError, match="no such namespace"):
+        links.attach_netns(first, "/var/run/netns/bpft-gone", "flow_dissector")
+    with pytest.raises(ValueError, match="netns attach type"):
+        links.attach_netns(first, netns.path, "xdp")
+
+
+# ---------------------------------------------------------------------------- pins, ids
+
+
+def test_pinned_link_survives_close_and_is_readopted(
+    veth: VethPair, progs: ebpf.Collection, pin_dir: Path, fd_guard: None
+) -> None:
+    ns = veth.b.ns.path
+    pin = pin_dir / "xdp_link"
+    link = links.attach_xdp(progs.programs["xdp_a"], veth.b.name, "generic", netns=ns)
+    link_id = link.id
+    link.pin(pin)
+    assert link.pinned == str(pin)
+    with pytest.raises(PinError, match="exists"):
+        link.pin(pin)
+    link.close()
+    # the pin keeps it attached and working without any fd
+    state = links.xdp_attached(veth.b.name, netns=ns)
+    assert state is not None and state.link_id == link_id
+    send_udp(veth.a, veth.b, PORT, count=6)
+    assert wait_for(lambda: hits(progs, 1) == 6)
+    with Link.from_pin(pin) as again:
+        assert again.id == link_id and again.type == LinkType.XDP
+        assert again.pinned == str(pin)
+        with Link.from_id(link_id) as by_id:
+            assert by_id.info() == again.info()
+        again.update(progs.programs["xdp_b"])  # an adopted link can be upgraded in place
+        send_udp(veth.a, veth.b, PORT, count=2)
+        assert wait_for(lambda: hits(progs, 2) == 2)
+        again.unpin()
+        assert not pin.exists() and again.pinned is None
+        assert links.xdp_attached(veth.b.name, netns=ns) is not None  # the fd still holds it
+    assert links.xdp_attached(veth.b.name, netns=ns) is None
+
+
+def test_pin_and_adoption_errors(
+    pin_dir: Path, progs: ebpf.Collection, veth: VethPair, fd_guard: None
+) -> None:
+    with pytest.raises(PinError, match="no such pin"):
+        Link.from_pin(pin_dir / "missing")
+    progs.programs["xdp_a"].pin(pin_dir / "prog")
+    with pytest.raises(PinError, match="not a link but a program"):
+        Link.from_pin(pin_dir / "prog")
+    with pytest.raises(TargetNotFoundError, match="no such link"):
+        Link.from_id(2**31 - 5)
+    with links.attach_xdp(progs.programs["xdp_a"], veth.b.name, netns=veth.b.ns.path) as link:
+        with pytest.raises(PinError, match="does the directory exist"):
+            link.pin(pin_dir / "nodir" / "x")
+        link.unpin()  # nothing pinned: a no-op
+
+
+def test_iter_links_lists_ours(veth: VethPair, progs: ebpf.Collection, fd_guard: None) -> None:
+    ns = veth.b.ns.path
+    with (
+        links.attach_xdp(progs.programs["xdp_a"], veth.b.name, netns=ns) as lx,
+        links.attach_tcx(progs.programs["tc_a"], veth.b.name, "egress", netns=ns) as lt,
+    ):
+        every = {info.id: info for info in links.iter_links()}
+        assert every[lx.id] == lx.info()
+        assert every[lt.id] == lt.info()
+        assert every[lt.id].type_name == "tcx"
+        only_tcx = {info.id for info in links.iter_links(LinkType.TCX)}
+        assert lt.id in only_tcx and lx.id not in only_tcx
+    remaining = {info.id for info in links.iter_links()}
+    assert lx.id not in remaining and lt.id not in remaining
+
+
+def test_ifindex_and_in_netns_errors(veth: VethPair, fd_guard: None) -> None:
+    assert links.ifindex(veth.b.name, veth.b.ns.path) == veth.b.ifindex
+    assert links.ifindex("lo", veth.b.ns.path) == 1
+    with pytest.raises(TargetNotFoundError, match=f"interface {veth.b.name}: not found"):
+        links.ifindex(veth.b.name)  # not in this namespace
+    with (
+        pytest.raises(TargetNotFoundError, match="network namespace /nonexistent"),
+        links.in_netns("/nonexistent"),
+    ):
+        pass
+    with (
+        pytest.raises(AttachError, match="network namespace /etc/hostname"),
+        links.in_netns("/etc/hostname"),
+    ):
+        pass
+    home = netns_inode()
+    with pytest.raises(KeyError), links.in_netns(veth.b.ns.path):
+        assert netns_inode() == netns_inode(veth.b.ns.path)
+        raise KeyError("inside")
+    assert netns_inode() == home
