@@ -24,6 +24,8 @@ _Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
     yaml, "CSafeLoader", yaml.SafeLoader
 )
 
+_PLAIN_TAGS = frozenset(("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"))
+
 # A document may use anchors and aliases, but their expansion is bounded (billion laughs).
 _MAX_NODES = 100_000
 
@@ -104,7 +106,10 @@ class _Builder:
                 return self.loader.construct_object(node, deep=True)
             except yaml.constructor.ConstructorError as err:
                 self.problem(node, path, f"invalid value: {err.problem}", "remove the tag?")
-                return None
+                raise _Skip from err
+        if node.tag not in _PLAIN_TAGS:
+            self.problem(node, path, f"unsupported YAML tag {node.tag}", "remove the tag")
+            raise _Skip
         self.active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):

@@ -110,9 +110,15 @@ def misfit(prog: ProgramSpec, target: Target) -> Misfit | None:
             return None
         return Misfit(f"{_kind(prog)}, not a tracepoint program", 'use SEC("tracepoint/...")')
     if isinstance(target, RawTracepointTarget):
-        if t in (P.RAW_TRACEPOINT, P.RAW_TRACEPOINT_WRITABLE) or (
-            t == P.TRACING and at == A.TRACE_RAW_TP
-        ):
+        if t in (P.RAW_TRACEPOINT, P.RAW_TRACEPOINT_WRITABLE):
+            return None
+        if t == P.TRACING and at == A.TRACE_RAW_TP:
+            # tp_btf: the tracepoint is fixed at load time (attach_btf_id) by the section
+            if prog.attach_to and prog.attach_to != target.name:
+                return Misfit(
+                    f"{_kind(prog)} is bound to tracepoint {prog.attach_to} when loaded",
+                    f"use name: {prog.attach_to}, or change the section",
+                )
             return None
         return Misfit(
             f"{_kind(prog)}, not a raw tracepoint program", 'use SEC("raw_tp/...") or "tp_btf/..."'
@@ -123,6 +129,13 @@ def misfit(prog: ProgramSpec, target: Target) -> Misfit | None:
             and at is None
             and prog.section.lstrip("?").startswith(("uprobe", "uretprobe", "kprobe", "kretprobe"))
         ):
+            ret = prog.section.lstrip("?").startswith(("uretprobe", "kretprobe"))
+            if ret != target.retprobe:
+                flag = "true" if ret else "false"
+                return Misfit(
+                    f"{_kind(prog)}, but retprobe is {str(target.retprobe).lower()}",
+                    f"set retprobe: {flag}, or change the section",
+                )
             return None
         return Misfit(f"{_kind(prog)}, not a uprobe program", 'use SEC("uprobe") or "uretprobe"')
     if isinstance(target, NetnsTarget):

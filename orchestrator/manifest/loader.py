@@ -141,6 +141,7 @@ class _Entry:
 class _FileResult:
     problems: list[Problem]
     built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]
+    invalid: list[str]  # names of collections whose documents are invalid
 
 
 # (path, text) -> what parsing, the schema and building found. The text is the key, so a
@@ -311,18 +312,16 @@ class _Builder:
         return Attachment(program=str(raw["program"]), target=target, source=self.doc.at(path))
 
 
-def _load_file(
-    file: Path, problems: list[Problem]
-) -> list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]:
+def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
     """Parse, schema-check and build every document of a file (cached by content)."""
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         problems.append(Problem(Source(file), "", f"not UTF-8 text: {err.reason}"))
-        return []
+        return _FileResult([], [], [])
     except OSError as err:
         problems.append(Problem(Source(file), "", _oserror(err)))
-        return []
+        return _FileResult([], [], [])
     key = (str(file), text)
     with _files_lock:
         hit = _files.get(key)
@@ -331,21 +330,26 @@ def _load_file(
     if hit is None:
         found: list[Problem] = []
         built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]] = []
+        invalid: list[str] = []
         for doc in parse_documents(file, text, found):
             if not _header_ok(doc, found):
                 continue
             bad = _schema.check(doc)
             if bad:
                 found.extend(bad)
+                meta = cast(dict[str, object], doc.value).get("metadata")
+                name = meta.get("name") if isinstance(meta, dict) else None
+                if isinstance(name, str):
+                    invalid.append(name)
                 continue
             built.append((_Builder(doc, found).build(), doc, {}))
-        hit = _FileResult(found, built)
+        hit = _FileResult(found, built, invalid)
         with _files_lock:
             _files[key] = hit
             while len(_files) > _MAX_FILES:
                 _files.popitem(last=False)
     problems.extend(hit.problems)
-    return hit.built
+    return hit
 
 
 def _header_ok(doc: Document, problems: list[Problem]) -> bool:
@@ -389,9 +393,10 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
 
 
 class _Checker:
-    def __init__(self, entries: list[_Entry], problems: list[Problem]) -> None:
+    def __init__(self, entries: list[_Entry], problems: list[Problem], invalid: set[str]) -> None:
         self.entries = entries
         self.problems = problems
+        self.invalid = invalid  # declared, but with problems of their own: not looked into
         self.by_name: dict[str, _Entry] = {}
 
     def problem(
@@ -485,6 +490,13 @@ class _Checker:
             if mspec is None:
                 self.problem(e, path, f"object has no map '{name}'", _hint(name, maps), key=True)
                 continue
+            if opts.preserve and mspec.name.startswith(".rodata"):
+                self.problem(
+                    e,
+                    (*path, "preserve"),
+                    f"{name} holds the constants; it is rebuilt from the manifest",
+                    "remove preserve",
+                )
             if opts.max_entries is not None:
                 self.max_entries(e, (*path, "max_entries"), mspec, opts.max_entries)
             if opts.source_from is not None:
@@ -497,7 +509,11 @@ class _Checker:
                         "remove the substitution",
                         key=True,
                     )
-        bound = set(c.programs) if c.programs is not None else set(spec.programs)
+        bound = (
+            set(c.programs)
+            if c.programs is not None
+            else {n for n, p in spec.programs.items() if p.autoload}
+        )
         for i, a in enumerate(c.attach):
             path = ("spec", "attach", i, "program")
             prog = spec.programs.get(a.program)
@@ -511,7 +527,9 @@ class _Checker:
                     e,
                     path,
                     f"program '{a.program}' is not loaded",
-                    "add it to spec.programs",
+                    "add it to spec.programs"
+                    if c.programs is not None
+                    else "its section starts with '?': it loads only when listed in spec.programs",
                 )
                 continue
             bad = misfit(prog, a.target)
@@ -601,6 +619,8 @@ class _Checker:
                     )
                     continue
                 owner = self.by_name.get(src.collection)
+                if owner is None and src.collection in self.invalid:
+                    continue  # its own problems are reported
                 if owner is None:
                     self.problem(
                         e,
@@ -721,10 +741,12 @@ def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> Desi
     problems: list[Problem] = []
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []
+    invalid: set[str] = set()
     for file in files:
-        for coll, doc, checked in _load_file(file, problems):
-            entries.append(_Entry(coll, doc, checked))
-    checker = _Checker(entries, problems)
+        result = _load_file(file, problems)
+        entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
+        invalid.update(result.invalid)
+    checker = _Checker(entries, problems, invalid)
     checker.names()
     if check_objects:
         checker.objects()

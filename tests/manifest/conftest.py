@@ -129,6 +129,24 @@ int probe(void *ctx)
     return 0;
 }
 
+SEC("uretprobe")
+int ret_probe(void *ctx)
+{
+    return 0;
+}
+
+SEC("?xdp")
+int xdp_manual(struct xdp_md *ctx)
+{
+    return XDP_PASS;
+}
+
+SEC("tp_btf/sched_switch")
+int btf_sched(void *ctx)
+{
+    return 0;
+}
+
 SEC("sk_lookup")
 int lookup(struct bpf_sk_lookup *ctx)
 {

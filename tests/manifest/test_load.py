@@ -35,7 +35,7 @@ metadata:
 spec:
   object: ../objs/net.o
   programs: [xdp_count, tc_ingress, tc_second, cg_egress, cg_connect4, tp_getppid,
-             raw_sched, probe, lookup]
+             raw_sched, ret_probe, lookup, btf_sched]
   constants: {verdict: 1, version: 0x10, greeting: "hx"}
   maps:
     counters: {preserve: true, max_entries: 8, on_incompatible: recreate}
@@ -51,10 +51,11 @@ spec:
     - {program: cg_connect4, cgroup: {path: /sys/fs/cgroup/x/../y, attach: connect4}}
     - {program: tp_getppid, tracepoint: {group: syscalls, name: sys_enter_getppid}}
     - {program: raw_sched, raw_tracepoint: {name: sched_switch}}
-    - {program: probe, uprobe: {path: bin/app, symbol: main, offset: 4, retprobe: true,
+    - {program: ret_probe, uprobe: {path: bin/app, symbol: main, offset: 4, retprobe: true,
        pid: 7}}
     - {program: lookup, netns: {path: /proc/1/ns/net}}
     - {program: lookup, netns: {}}
+    - {program: btf_sched, raw_tracepoint: {name: sched_switch}}
 """
 
 
@@ -77,8 +78,9 @@ def test_full_manifest_round_trips(write: Write, tree: Path) -> None:
             "cg_connect4",
             "tp_getppid",
             "raw_sched",
-            "probe",
+            "ret_probe",
             "lookup",
+            "btf_sched",
         ),
         constants={"verdict": 1, "version": 16, "greeting": "hx"},
         maps={
@@ -105,9 +107,10 @@ def test_full_manifest_round_trips(write: Write, tree: Path) -> None:
             Attachment("cg_connect4", CgroupTarget(Path("/sys/fs/cgroup/y"), "connect4")),
             Attachment("tp_getppid", TracepointTarget("syscalls", "sys_enter_getppid")),
             Attachment("raw_sched", RawTracepointTarget("sched_switch")),
-            Attachment("probe", UprobeTarget(m / "bin" / "app", "main", 4, True, 7)),
+            Attachment("ret_probe", UprobeTarget(m / "bin" / "app", "main", 4, True, 7)),
             Attachment("lookup", NetnsTarget(Path("/proc/1/ns/net"))),
             Attachment("lookup", NetnsTarget(None)),
+            Attachment("btf_sched", RawTracepointTarget("sched_switch")),
         ),
         digest=c.digest,
     )
@@ -163,3 +166,26 @@ def _pinned() -> str:
           maps:
             shared_stats: {from: {pinned: /sys/fs/bpf/other/./shared_stats}}
         """
+
+
+def test_a_program_without_autoload_is_attachable_when_listed(write: Write) -> None:
+    path = write(
+        "m/a.yaml",
+        """
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {name: manual}
+        spec:
+          object: ../objs/net.o
+          programs: [xdp_manual]
+          attach:
+            - {program: xdp_manual, xdp: {interface: veth0}}
+        """,
+    )
+    (a,) = load_manifests([path]).collections["manual"].attach
+    assert a == Attachment("xdp_manual", XdpTarget("veth0"))
+    assert a.key() == "xdp_manual@xdp::veth0" and a.kind == "xdp"
+    assert a.document() == {
+        "program": "xdp_manual",
+        "xdp": {"interface": "veth0", "mode": "auto", "netns": None},
+    }

@@ -518,6 +518,62 @@ CASES = [
         H + "  attach:\n    - {program: cg_egress, cgroup: {path: ../../x, attach: egress}}\n",
         (7, 43, "spec.attach[0].cgroup.path", "leaves /sys/fs/cgroup/unified"),
     ),
+    one(
+        "uprobe-retprobe-mismatch",
+        H + "  attach:\n    - {program: probe, uprobe: {path: /bin/true, retprobe: true}}\n",
+        (7, 24, "spec.attach[0].uprobe", "but retprobe is true", "set retprobe: false"),
+    ),
+    one(
+        "tp-btf-other-tracepoint",
+        H + "  attach:\n    - {program: btf_sched, raw_tracepoint: {name: sched_wakeup}}\n",
+        (
+            7,
+            28,
+            "spec.attach[0].raw_tracepoint",
+            "is bound to tracepoint sched_switch",
+            "use name: sched_switch",
+        ),
+    ),
+    one(
+        "no-autoload-program-not-listed",
+        H + "  attach:\n    - {program: xdp_manual, xdp: {interface: a}}\n",
+        (
+            7,
+            17,
+            "spec.attach[0].program",
+            "program 'xdp_manual' is not loaded",
+            "loads only when listed in spec.programs",
+        ),
+    ),
+    one(
+        "preserve-rodata",
+        H + "  maps:\n    .rodata: {preserve: true}\n",
+        (7, 25, 'spec.maps[".rodata"].preserve', ".rodata holds the constants"),
+    ),
+    one(
+        "yaml-tag-on-mapping",
+        H + "  maps: !!set {counters}\n",
+        (6, 9, "spec.maps", "unsupported YAML tag tag:yaml.org,2002:set"),
+    ),
+    one(
+        "yaml-tag-on-scalar",
+        H + "  constants: {verdict: !!python/name:os.system x}\n",
+        (6, 24, "spec.constants.verdict", "invalid value"),
+    ),
+    Case(
+        "invalid-owner-reported-once",
+        {"m/a.yaml": OWNER.replace("spec:", "spec:\n  programz: [x]"), "m/b.yaml": user()},
+        [
+            (
+                "m/a.yaml",
+                5,
+                3,
+                "spec.programz",
+                "unknown field 'programz'",
+                "did you mean 'programs'?",
+            )
+        ],
+    ),
     # ------------------------------------------------------------------ files
     Case(
         "path-missing",
