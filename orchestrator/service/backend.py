@@ -19,10 +19,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrator.manifest.model import DesiredState
 from orchestrator.service.errors import ServiceError
+
+if TYPE_CHECKING:
+    from orchestrator.reconcile import Reconciler
 
 _log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class DeclarativeBackend:
     def __init__(self, bpffs_root: Path, state_dir: Path) -> None:
         from orchestrator.reconcile import Reconciler
 
-        self._reconciler = Reconciler(bpffs_root=bpffs_root, state_dir=state_dir)
+        self._reconciler: Reconciler = Reconciler(bpffs_root=bpffs_root, state_dir=state_dir)
 
     def load(self, paths: Sequence[Path]) -> DesiredState:
         from orchestrator.manifest import load_manifests
@@ -88,33 +91,39 @@ class DeclarativeBackend:
             raise InvalidStateError(message) from err
         return desired
 
+    @property
+    def reconciler(self) -> Reconciler:
+        return self._reconciler
+
     def apply(self, desired: DesiredState, prune: bool) -> ApplySummary:
-        from orchestrator.reconcile import ReconcileError
+        from orchestrator.reconcile import Op, ReconcileError
 
         try:
             result = self._reconciler.apply(desired, prune=prune)
         except ReconcileError as err:
-            raise ApplyFailedError(f"apply failed: {err}") from err
-        return ApplySummary(collections=len(desired.collections), changed=_changed(result))
+            raise ApplyFailedError(f"apply failed: {_first_line(err)}") from err
+        for warning in result.warnings:
+            _log.warning("%s", warning)
+        changed = (
+            {c.collection for c in result.plan.changes if c.op is not Op.NOOP}
+            if result.applied
+            else set()
+        )
+        return ApplySummary(collections=len(desired.collections), changed=len(changed))
 
     def destroy_all(self) -> None:
         from orchestrator.reconcile import ReconcileError
 
         try:
-            self._reconciler.apply(DesiredState(), prune=True)
+            self._reconciler.destroy(None)
         except ReconcileError as err:
-            raise ApplyFailedError(f"detach on exit failed: {err}") from err
+            raise ApplyFailedError(f"detach on exit failed: {_first_line(err)}") from err
 
 
-def _changed(result: object) -> int:
-    """Count the changed collections of an ApplyResult without depending on its layout."""
-    for attr in ("changed", "changes"):
-        value = getattr(result, attr, None)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, Sequence | set | frozenset | dict):
-            return len(value)
-    return 0
+def _first_line(err: Exception) -> str:
+    """Plan errors list their problems on the following lines: keep them on one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines)
 
 
 def _summary(what: str, problems: Sequence[str]) -> str:
