@@ -253,6 +253,14 @@ class _Builder:
             return MapFrom(pinned=pinned)
         return MapFrom(collection=str(raw["collection"]), map=str(raw.get("map", name)))
 
+    def netns(self, path: PathKey, value: object) -> Path | None:
+        if value is None:
+            return None
+        text = str(value)
+        if text in (".", ".."):
+            self.problem(path, f"{text!r} is not a network namespace", "give a name or a path")
+        return _netns(self.base, text)
+
     def attachment(self, index: int, raw: dict[str, object]) -> Attachment:
         path: PathKey = ("spec", "attach", index)
         kind = next(k for k in raw if k != "program")
@@ -264,7 +272,7 @@ class _Builder:
             target = XdpTarget(
                 interface=str(t["interface"]),
                 mode=XdpMode(t.get("mode", "auto")),
-                netns=_netns(self.base, str(netns)) if netns is not None else None,
+                netns=self.netns((*tpath, "netns"), netns),
             )
         elif kind == "tc":
             netns = t.get("netns")
@@ -279,7 +287,7 @@ class _Builder:
             target = TcTarget(
                 interface=str(t["interface"]),
                 direction=Direction(t["direction"]),
-                netns=_netns(self.base, str(netns)) if netns is not None else None,
+                netns=self.netns((*tpath, "netns"), netns),
                 before=str(before) if before is not None else None,
                 after=str(after) if after is not None else None,
             )
@@ -308,7 +316,7 @@ class _Builder:
             )
         else:  # netns
             netns = t.get("path")
-            target = NetnsTarget(netns=_netns(self.base, str(netns)) if netns is not None else None)
+            target = NetnsTarget(netns=self.netns((*tpath, "path"), netns))
         return Attachment(program=str(raw["program"]), target=target, source=self.doc.at(path))
 
 

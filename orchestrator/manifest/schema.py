@@ -29,7 +29,7 @@ SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "manif
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 C_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
 MAP_NAME = "^[A-Za-z_.][A-Za-z0-9_.]*$"
-IFNAME = "^[^/:\\s]{1,15}$"
+IFNAME = "^(?!\\.\\.?$)[^/:\\s]{1,15}$"
 TRACE_NAME = "^[A-Za-z0-9_.-]+$"
 LABEL_KEY = "^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 SHA256 = "^[0-9a-fA-F]{64}$"
@@ -76,7 +76,10 @@ TARGETS: dict[str, dict[str, Any]] = {
     "xdp": _obj(
         {
             "interface": _str(IFNAME),
-            "mode": {"enum": [m.value for m in XdpMode]},
+            "mode": {
+                "enum": [m.value for m in XdpMode],
+                "description": "auto (default): native if the driver has it, else generic",
+            },
             "netns": _NETNS,
         },
         ["interface"],
@@ -134,10 +137,18 @@ _FROM = _obj(
 
 _MAP = _obj(
     {
-        "pin": {"type": "boolean"},
+        "pin": {"type": "boolean", "description": "pin under the collection's bpffs directory"},
         "preserve": {"type": "boolean", "description": "keep the map across upgrades (pins)"},
-        "max_entries": {"type": "integer", "minimum": 1, "maximum": 0xFFFFFFFF},
-        "on_incompatible": {"enum": ["fail", "recreate"]},
+        "max_entries": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 0xFFFFFFFF,
+            "description": "override the object's max_entries",
+        },
+        "on_incompatible": {
+            "enum": ["fail", "recreate"],
+            "description": "a preserved map whose new spec differs: fail (default) or start empty",
+        },
         "from": _FROM,
     }
 )
@@ -169,25 +180,34 @@ SCHEMA: dict[str, Any] = {
         ),
         "spec": _obj(
             {
-                "object": _PATH,
-                "sha256": _str(SHA256),
+                "object": _str(
+                    description="the eBPF ELF object; relative to the manifest's directory"
+                ),
+                "sha256": _str(SHA256, description="refuse the object unless it has this digest"),
                 "programs": {
+                    "description": "load only these programs (default: all that autoload)",
                     "type": "array",
                     "items": _str(C_NAME),
                     "minItems": 1,
                     "uniqueItems": True,
                 },
                 "constants": {
+                    "description": "initial values of `const volatile` globals",
                     "type": "object",
                     "propertyNames": {"pattern": C_NAME},
                     "additionalProperties": {"$ref": "#/$defs/constant"},
                 },
                 "maps": {
+                    "description": "per-map options, by the map's name in the object",
                     "type": "object",
                     "propertyNames": {"pattern": MAP_NAME},
                     "additionalProperties": {"$ref": "#/$defs/map"},
                 },
-                "attach": {"type": "array", "items": {"$ref": "#/$defs/attachment"}},
+                "attach": {
+                    "description": "attachments: a program and exactly one target each",
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/attachment"},
+                },
             },
             ["object"],
         ),

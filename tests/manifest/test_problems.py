@@ -574,6 +574,16 @@ CASES = [
             )
         ],
     ),
+    one(
+        "netns-dot-dot",
+        H + "  attach:\n    - {program: lookup, netns: {path: ..}}\n",
+        (7, 39, "spec.attach[0].netns.path", "'..' is not a network namespace"),
+    ),
+    one(
+        "interface-dot-dot",
+        H + "  attach:\n    - {program: xdp_count, xdp: {interface: ..}}\n",
+        (7, 45, "spec.attach[0].xdp.interface", "'..' is not an interface name"),
+    ),
     # ------------------------------------------------------------------ files
     Case(
         "path-missing",
