@@ -109,7 +109,15 @@ NetnsPath = str | os.PathLike[str] | None
 
 
 class AttachError(Error):
-    """Attaching, updating or detaching a link failed."""
+    """Attaching, updating or detaching a link failed. ``errno`` is the kernel's error
+    number when a system call failed (0 otherwise)."""
+
+    @property
+    def errno(self) -> int:
+        cause = self.__cause__
+        while cause is not None and not isinstance(cause, SyscallError | OSError):
+            cause = cause.__cause__
+        return int(getattr(cause, "errno", 0) or 0)
 
 
 class TargetNotFoundError(AttachError):
@@ -219,6 +227,19 @@ class LinkInfo:
     @property
     def type_name(self) -> str:
         return _type_name(self.type)
+
+    @property
+    def attached(self) -> bool:
+        """False for a defunct link: detached with BPF_LINK_DETACH, or its interface,
+        cgroup or namespace is gone (the kernel then reports a zero target)."""
+        t = self.target
+        if isinstance(t, XDPTarget | TCXTarget):
+            return t.ifindex != 0
+        if isinstance(t, CgroupTarget):
+            return t.cgroup_id != 0
+        if isinstance(t, NetnsTarget):
+            return t.netns_ino != 0
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +500,7 @@ class Link:
         try:
             _sys.link_detach(self._fd)
         except SyscallError as err:
-            if err.errno in (errno.EOPNOTSUPP, _sys.ENOTSUPP, errno.EINVAL):
+            if err.errno in (errno.EOPNOTSUPP, _sys.ENOTSUPP):
                 raise NotSupportedError(
                     f"{self.description}: {_type_name(self._type)} links cannot be detached "
                     "(unpin and close every fd of the link to release it)"

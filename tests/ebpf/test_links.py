@@ -6,9 +6,11 @@ pins only under ``pin_dir``, and checks with ``fd_guard`` that nothing leaks.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from orchestrator.ebpf.links import (
 )
 from orchestrator.ebpf.netlink import in_netns, netns_inode
 from orchestrator.ebpf.sys import AttachType, LinkType
-from tests.conftest import obj, require_tool
+from tests.conftest import ROOT, obj, require_tool
 from tests.netns import Cgroup, NetNS, UdpReceiver, UdpStream, VethPair, send_udp
 
 pytestmark = pytest.mark.kernel
@@ -158,6 +160,8 @@ int main(int argc, char **argv)
 {
 	int n = argc > 1 ? atoi(argv[1]) : 1, sum = 0;
 
+	if (argc > 2)
+		getchar(); /* wait until the test says go */
 	for (int i = 0; i < n; i++)
 		sum += bpforch_target(i);
 	printf("%d\n", sum);
@@ -353,14 +357,22 @@ def test_xdp_detach_empties_the_hook_while_the_link_is_held(
     veth: VethPair, progs: ebpf.Collection, fd_guard: None
 ) -> None:
     with links.attach_xdp(progs.programs["xdp_a"], veth.b.name, netns=veth.b.ns.path) as link:
+        assert link.info().attached
         link.detach()
+        assert not link.info().attached  # defunct: the kernel reports ifindex 0
         assert links.xdp_attached(veth.b.name, netns=veth.b.ns.path) is None
         send_udp(veth.a, veth.b, PORT, count=3)
         time.sleep(0.05)
         assert hits(progs, 1) == 0
+        link.detach()  # detaching twice is harmless
+        with pytest.raises(AttachError, match="link has been severed") as exc:
+            link.update(progs.programs["xdp_b"])
+        assert exc.value.errno == errno.ENOLINK
         # the hook is free again for someone else
-        with links.attach_xdp(progs.programs["xdp_b"], veth.b.name, netns=veth.b.ns.path):
-            pass
+        with links.attach_xdp(progs.programs["xdp_b"], veth.b.name, netns=veth.b.ns.path) as nxt:
+            # deleting the interface leaves the link defunct (drift a reconciler must see)
+            veth.b.ns.ip("link", "del", "dev", veth.b.name)
+            assert not nxt.info().attached
 
 
 # ---------------------------------------------------------------------------- tcx
@@ -751,3 +763,74 @@ def test_ifindex_and_in_netns_errors(veth: VethPair, fd_guard: None) -> None:
         assert netns_inode() == netns_inode(veth.b.ns.path)
         raise KeyError("inside")
     assert netns_inode() == home
+
+
+def test_uprobe_pid_filter(uprobe_binary: Path, compile_bpf: Build, fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(PROGS))
+    with ebpf.Collection(spec) as coll:
+        prog = coll.programs["on_call"]
+        with subprocess.Popen(
+            [str(uprobe_binary), "5", "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        ) as child:
+            try:
+                with links.attach_uprobe(prog, uprobe_binary, "bpforch_target", pid=child.pid):
+                    # another process calling the function is not counted
+                    subprocess.run([str(uprobe_binary), "4"], check=True, capture_output=True)
+                    assert hits(coll, 5) == 0
+                    child.communicate(b"\n", timeout=10)
+                    assert child.returncode == 0
+                    assert hits(coll, 5) == 5
+            finally:
+                if child.poll() is None:
+                    child.kill()
+
+
+CHILD_ATTACH = """
+import os, sys
+from orchestrator import ebpf
+spec = ebpf.CollectionSpec.from_file(sys.argv[1])
+spec.rewrite_constants({"target_tgid": int(sys.argv[2])})
+coll = ebpf.Collection(spec)
+coll.maps["calls"].pin(sys.argv[3] + "/calls")
+link = ebpf.attach_tracepoint(coll.programs["count_getppid"], "syscalls", "sys_enter_getppid")
+link.pin(sys.argv[3] + "/link")
+print(link.id)
+os._exit(0)  # no cleanup at all: only the pins keep anything alive
+"""
+
+
+def test_pinned_tracepoint_link_outlives_its_process(pin_dir: Path, fd_guard: None) -> None:
+    """A perf_event link owns its perf event: after the process that opened the event and
+    made the link exits, the pinned link still counts, and is re-adopted with its id."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD_ATTACH,
+            str(obj("tp_counter.o")),
+            str(os.getpid()),
+            str(pin_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
+    link_id = int(out.stdout)
+    with ebpf.Map.from_pin(pin_dir / "calls") as calls:
+        for _ in range(10):
+            os.getppid()
+        assert calls[0] == 10
+        with Link.from_pin(pin_dir / "link") as link:
+            assert link.id == link_id
+            assert link.info().target == links.TracepointTarget("sys_enter_getppid")
+            link.unpin()
+            os.getppid()
+            assert calls[0] == 11  # still held by our fd
+        os.getppid()
+        assert calls[0] == 11  # last reference gone: detached, the perf event released
