@@ -8,7 +8,9 @@ Steps, in the order an apply reaches them:
 - ``attach``: a new link is about to be created (new attachment or make-before-break);
 - ``switch``: a link is about to be switched to the new program in place;
 - ``commit``: staged directories are about to be swapped into place;
-- ``record``: the state record is about to be written.
+- ``record``: the state record is about to be written;
+- ``release``: the record is written (the apply is committed); the old generation is about
+  to be released. A failure here is only a warning (the leftovers go with the next apply).
 
 A hook receives the subject (collection name, or attachment key for attach/switch, or "" for
 commit/record). Raising from a hook makes the step fail. ``BPFORCH_TEST_CRASH_AT=STEP`` (or
@@ -23,7 +25,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-STEPS = ("load", "verify", "pin", "attach", "switch", "commit", "record")
+STEPS = ("load", "verify", "pin", "attach", "switch", "commit", "record", "release")
 CRASH_ENV = "BPFORCH_TEST_CRASH_AT"
 
 HookFn = Callable[[str], None]
@@ -38,6 +40,7 @@ class Hooks:
     switch: HookFn | None = None
     commit: HookFn | None = None
     record: HookFn | None = None
+    release: HookFn | None = None
     _counts: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def call(self, step: str, subject: str = "") -> None:

@@ -103,6 +103,19 @@ class CollectionStatus:
     attachments: tuple[AttachmentStatus, ...]
     drift: tuple[Drift, ...]
 
+    def map(self, name: str) -> MapStatus:
+        """The map called ``name`` (KeyError if the collection has none)."""
+        for m in self.maps:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def program(self, name: str) -> ProgramStatus:
+        for p in self.programs:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,

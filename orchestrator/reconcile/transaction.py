@@ -468,6 +468,11 @@ class Transaction:
     def _release(self, record: StateRecord) -> None:
         """Detach the old generation's links that are not carried over, then unpin the old
         trees (now in the staging directory)."""
+        try:
+            self.hooks.call("release", "")
+        except Exception as err:
+            self.warnings.append(f"release: {err} (the next apply removes {self.staging})")
+            return
         keep = {a.link_id for c in record.collections.values() for a in c.attachments.values()}
         try:
             trees = [p for p in self.staging.iterdir() if p.is_dir()]

@@ -3,6 +3,7 @@ written into tmp_path, and kernel-object checks by id."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 from collections.abc import Callable, Iterator
@@ -47,10 +48,8 @@ def env(pin_dir: Path, tmp_path: Path) -> Iterator[Env]:
     e = Env(pin_dir / "root", tmp_path / "state", manifests)
     yield e
     # whatever a test left: never leave links attached to the test's namespaces
-    try:
+    with contextlib.suppress(Exception):
         e.reconciler().destroy()
-    except Exception:
-        pass
 
 
 def prog_alive(prog_id: int) -> bool:

@@ -193,8 +193,8 @@ def test_apply_all_examples_then_destroy(
     owner = status.get("shared-owner")
     assert user is not None and owner is not None
     # substitution: the user's map is the owner's map (same id)
-    assert user.maps[0].id == owner.maps[0].id
-    assert user.maps[0].source == "collection/shared-owner/shared_stats"
+    assert user.map("shared_stats").id == owner.map("shared_stats").id
+    assert user.map("shared_stats").source == "collection/shared-owner/shared_stats"
     tc = status.get("tc-filter")
     assert tc is not None
     assert {m.name: m.entries for m in tc.maps}["blocked_ports"] == 1
