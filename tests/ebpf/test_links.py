@@ -802,10 +802,6 @@ os._exit(0)  # no cleanup at all: only the pins keep anything alive
 def test_pinned_tracepoint_link_outlives_its_process(pin_dir: Path, fd_guard: None) -> None:
     """A perf_event link owns its perf event: after the process that opened the event and
     made the link exits, the pinned link still counts, and is re-adopted with its id."""
-    import sys
-
-    from tests.conftest import ROOT
-
     out = subprocess.run(
         [
             sys.executable,
