@@ -355,6 +355,10 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
     v = err.validator
     vv: Any = err.validator_value
     schema: Any = err.schema
+    if v in ("required", "oneOf", "dependentRequired", "additionalProperties") and not isinstance(
+        err.instance, dict
+    ):
+        return  # the type error about the same value says it all
     if _schema_path_has(err, "propertyNames"):
         # err.instance is the offending key; the path is its mapping's
         key = str(err.instance)

@@ -234,6 +234,28 @@ CASES = [
         H + "  attach:\n    - {program: probe, uprobe: {path: /bin/true, offset: -1}}\n",
         (7, 58, "spec.attach[0].uprobe.offset", "expected at least 0, got -1"),
     ),
+    one(
+        "null-attachment-and-target",
+        H + "  attach: [null, {program: xdp_count, xdp: null}]\n",
+        (6, 12, "spec.attach[0]", "expected a mapping, got nothing (null)"),
+        (6, 44, "spec.attach[1].xdp", "expected a mapping, got nothing (null)"),
+    ),
+    one(
+        "constant-float-and-date",
+        H + "  constants: {verdict: 1.5, version: 2024-01-01}\n",
+        (6, 24, "spec.constants.verdict", "got 1.5"),
+        (6, 38, "spec.constants.version", "got a date"),
+    ),
+    one(
+        "max-entries-above-u32",
+        H + "  maps: {counters: {max_entries: 4294967296}}\n",
+        (6, 34, "spec.maps.counters.max_entries", "expected at most 4294967295"),
+    ),
+    one(
+        "spec-null",
+        H.replace("spec:\n  object: ../objs/net.o\n", "spec:\n"),
+        (4, 6, "spec", "expected a mapping, got nothing (null)"),
+    ),
     # ------------------------------------------------------------------ objects
     one(
         "object-missing",
