@@ -229,3 +229,33 @@ def test_normalise_maps_ids_and_addresses() -> None:
     assert normalise(a) == normalise(b)
     assert normalise(a) != normalise(c)
     assert normalise(exit_insn) != normalise(insn(0x95, 0, 0, 1))
+
+
+def test_benchmark_harness_smoke(pin_dir: Path, tmp_path: Path) -> None:
+    """The libbpf harness of benchmarks/loader_bench.py builds and runs (not a timing test)."""
+    make, gcc = require_tool("make"), require_tool("gcc")
+    harness_dir = BPF_DIR.parent / "benchmarks" / "harness"
+    subprocess.run(
+        [make, "-s", "-C", str(harness_dir), f"OUT={tmp_path}", f"CC={gcc}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    harness = tmp_path / "libbpf_bench"
+    ok = subprocess.run(
+        [str(harness), str(BPF_DIR / "pinned.o"), "2", str(pin_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    lines = [[int(x) for x in ln.split()] for ln in ok.stdout.splitlines()]
+    assert len(lines) == 2
+    assert all(0 < open_ns <= full_ns for open_ns, full_ns in lines)
+    assert (pin_dir / "pinned_runs").exists()  # pinned under the given root, not /sys/fs/bpf
+    refused = subprocess.run(
+        [str(harness), str(BPF_DIR / "legacy_maps.o"), "1", str(pin_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2
+    assert "legacy map definitions" in refused.stderr
