@@ -87,7 +87,8 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
             if (st.st_dev, st.st_ino) in visited_dirs:
                 return  # a symlink loop, or the same directory twice
             visited_dirs.add((st.st_dev, st.st_ino))
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
             problems.append(Problem(Source(directory), "", _oserror(err)))
             return

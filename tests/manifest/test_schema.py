@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator.manifest import crd, schema
+from orchestrator.manifest import crd, load_manifests, schema
 from orchestrator.manifest.schema import SCHEMA_FILE
 
 from .test_load import FULL
@@ -94,3 +94,13 @@ def test_crd_group(group: str) -> None:
     c = crd(group)
     assert c["spec"]["group"] == group  # type: ignore[index]
     assert c["metadata"]["name"] == f"collections.{group}"  # type: ignore[index]
+
+
+def test_the_readme_example_is_valid(tmp_path: Path) -> None:
+    text = (ROOT / "schemas" / "README.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert example.startswith("# yaml-language-server: $schema=../schemas/manifest.schema.json")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "x.yaml").write_text(example)
+    state = load_manifests([tmp_path / "m"], check_objects=False)
+    assert state.collections["xdp-counter"].object_file == tmp_path / "bpf" / "xdp_counter.o"
