@@ -457,7 +457,9 @@ class Link:
         except FileNotFoundError:
             pass
         except OSError as err:
-            raise PinError(f"{self.description}: unpin {p}: {err.strerror}") from err
+            raise PinError(
+                f"{self.description}: unpin {p}: {(err.strerror or str(err)).lower()}"
+            ) from err
         self._pinned = None
 
     # ------------------------------------------------------------------ changes
@@ -899,7 +901,7 @@ def _cgroup_fd(path: str | os.PathLike[str]) -> Iterator[int]:
             "/sys/fs/cgroup/unified)"
         ) from err
     except OSError as err:
-        raise AttachError(f"cgroup {p}: {err.strerror}") from err
+        raise AttachError(f"cgroup {p}: {(err.strerror or str(err)).lower()}") from err
     try:
         if _sys.fs_magic(p) != CGROUP2_SUPER_MAGIC:
             raise AttachError(f"cgroup {p}: not a cgroup v2 directory (mount -t cgroup2)")
@@ -1058,6 +1060,8 @@ def attach_raw_tracepoint(prog: Program, name: str | None = None) -> Link:
     program (``name`` None: its target came from BTF at load time), with
     BPF_RAW_TRACEPOINT_OPEN. Needs Linux 4.17 (raw_tp), 5.5 (tp_btf), CAP_PERFMON."""
     what = f"raw tracepoint {name or '(btf)'} of {prog.name}"
+    if name is None and prog.type in (ProgType.RAW_TRACEPOINT, ProgType.RAW_TRACEPOINT_WRITABLE):
+        raise AttachError(f"{what}: raw_tp programs need a name (e.g. sys_enter)")
     try:
         fd = _sys.raw_tracepoint_open(prog.fd, name)
     except SyscallError as err:

@@ -830,3 +830,81 @@ def test_pinned_tracepoint_link_outlives_its_process(pin_dir: Path, fd_guard: No
             assert calls[0] == 11  # still held by our fd
         os.getppid()
         assert calls[0] == 11  # last reference gone: detached, the perf event released
+
+
+# ---------------------------------------------------------------------------- more error paths
+
+
+def test_cgroup_exclusive_foreign_program_is_a_conflict(
+    cgroup: Cgroup, pin_dir: Path, fd_guard: None
+) -> None:
+    bpftool = require_tool("bpftool")
+    with ebpf.load_collection(obj("cgroup_egress.o")) as coll:
+        prog = coll.programs["cg_egress"]
+        prog.pin(pin_dir / "foreign")
+        # someone else attaches with BPF_PROG_ATTACH, no flags: exclusive, no link
+        subprocess.run(
+            [
+                bpftool,
+                "cgroup",
+                "attach",
+                str(cgroup.path),
+                "egress",
+                "pinned",
+                str(pin_dir / "foreign"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        state = links.cgroup_attached(cgroup.path, "egress")
+        assert state.programs == (links.AttachedProgram(prog.id, None),)
+        with ebpf.load_collection(obj("cgroup_egress.o")) as mine:
+            with pytest.raises(AttachConflictError, match="attached exclusively") as exc:
+                links.attach_cgroup(mine.programs["cg_egress"], cgroup.path, "egress")
+            assert exc.value.prog_id == prog.id and exc.value.prog_name == "cg_egress"
+        subprocess.run(
+            [
+                bpftool,
+                "cgroup",
+                "detach",
+                str(cgroup.path),
+                "egress",
+                "pinned",
+                str(pin_dir / "foreign"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+
+def test_environment_error_paths(
+    progs: ebpf.Collection,
+    netns: NetNS,
+    cgroup: Cgroup,
+    uprobe_binary: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fd_guard: None,
+) -> None:
+    # lo has no native XDP
+    with pytest.raises(NotSupportedError, match="no native XDP"):
+        links.attach_xdp(progs.programs["xdp_a"], "lo", "native", netns=netns.path)
+    with pytest.raises(TargetNotFoundError, match="interface 4242: not found"):
+        links.tcx_attached(4242, "ingress", netns=netns.path)
+    with pytest.raises(AttachError, match="is it a netns file"):
+        links.attach_netns(progs.programs["lookup"], cgroup.path / "cgroup.procs", "sk_lookup")
+    with pytest.raises(AttachError, match="raw_tp programs need a name"):
+        links.attach_raw_tracepoint(progs.programs["raw_getppid"], None)
+    with pytest.raises(AttachError, match=r"cgroup .*cgroup\.procs: not a directory"):
+        links.attach_cgroup(progs.programs["xdp_a"], cgroup.path / "cgroup.procs", "egress")
+    # no tracefs, no uprobe PMU, a PMU without the retprobe bit
+    monkeypatch.setattr(links, "TRACEFS_ROOTS", (tmp_path / "tracing",))
+    with pytest.raises(NotSupportedError, match="tracefs is not mounted"):
+        links.attach_tracepoint(progs.programs["raw_getppid"], "syscalls", "sys_enter_getppid")
+    monkeypatch.setattr(links, "PMU_ROOT", tmp_path)
+    with pytest.raises(NotSupportedError, match="no uprobe PMU"):
+        links.attach_uprobe(progs.programs["on_call"], uprobe_binary, "main")
+    (tmp_path / "uprobe").mkdir()
+    (tmp_path / "uprobe" / "type").write_text("9\n")
+    with pytest.raises(NotSupportedError, match="no retprobe format bit"):
+        links.attach_uprobe(progs.programs["on_call"], uprobe_binary, "main", retprobe=True)
