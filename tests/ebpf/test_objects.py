@@ -9,7 +9,7 @@ import ctypes
 import os
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -443,6 +443,20 @@ def test_legacy_maps(fd_guard: None) -> None:
         assert dict(coll.maps["proto_count"].items()) == {ip: struct.pack("<Q", 2)}
         total = 2 * (len(udp_packet(53)) - ETH_HLEN)
         assert coll.maps["totals"][struct.pack("<I", 0)] == struct.pack("<Q", total)
+
+
+SHORT_LEGACY = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct short_def { unsigned int type, key_size, value_size, max_entries; };
+struct short_def tiny SEC("maps") = { BPF_MAP_TYPE_ARRAY, 4, 4, 1 };
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_legacy_definition_shorter_than_bpf_map_def(compile_bpf: Callable[..., Path]) -> None:
+    with pytest.raises(ebpf.ParseError, match="map tiny: legacy definition of 16 bytes"):
+        ebpf.CollectionSpec.from_file(compile_bpf(SHORT_LEGACY))
 
 
 # --------------------------------------------------------------------- the objects are fresh
