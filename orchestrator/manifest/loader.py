@@ -321,6 +321,15 @@ class _Builder:
         return Attachment(program=str(raw["program"]), target=target, source=self.doc.at(path))
 
 
+def clear_caches() -> None:
+    """Forget parsed manifests and objects (for benchmarks and tests)."""
+    from orchestrator.manifest.objects import clear_cache
+
+    with _files_lock:
+        _files.clear()
+    clear_cache()
+
+
 def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
     """Parse, schema-check and build every document of a file (cached by content)."""
     try:
