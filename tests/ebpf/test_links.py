@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -908,3 +909,64 @@ def test_environment_error_paths(
     (tmp_path / "uprobe" / "type").write_text("9\n")
     with pytest.raises(NotSupportedError, match="no retprobe format bit"):
         links.attach_uprobe(progs.programs["on_call"], uprobe_binary, "main", retprobe=True)
+
+
+def _insn(op: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", op, dst | src << 4, off, imm)
+
+
+def _tp_btf_counter(map_fd: int, tgid: int) -> bytes:
+    """A tp_btf/sys_enter program, assembled by hand because the loader does not resolve
+    tp_btf targets (attach_btf_id) yet: if ctx[1] (the syscall id) is getppid and the caller
+    is ``tgid``, add 1 to element 0 of the map."""
+    return b"".join(
+        [
+            _insn(0xBF, 6, 1),  # r6 = r1 (ctx: u64 args[])
+            _insn(0x79, 7, 6, 8),  # r7 = ctx[1]: the syscall id
+            _insn(0x55, 7, off=12, imm=110),  # if r7 != __NR_getppid goto exit
+            _insn(0x85, imm=14),  # call bpf_get_current_pid_tgid
+            _insn(0x77, 0, imm=32),  # r0 >>= 32
+            _insn(0x55, 0, off=9, imm=tgid),  # if r0 != tgid goto exit
+            _insn(0x62, 10, off=-4, imm=0),  # *(u32 *)(r10 - 4) = 0
+            _insn(0x18, 1, 1, imm=map_fd),  # r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+            _insn(0x00),
+            _insn(0xBF, 2, 10),  # r2 = r10
+            _insn(0x07, 2, imm=-4),  # r2 += -4
+            _insn(0x85, imm=1),  # call bpf_map_lookup_elem
+            _insn(0x15, 0, off=2),  # if r0 == 0 goto exit
+            _insn(0xB7, 1, imm=1),  # r1 = 1
+            _insn(0xDB, 0, 1),  # lock *(u64 *)(r0 + 0) += r1
+            _insn(0xB7, 0),  # exit: r0 = 0
+            _insn(0x95),
+        ]
+    )
+
+
+def test_tp_btf_link(fd_guard: None) -> None:
+    from orchestrator.ebpf import btf
+    from orchestrator.ebpf.programs import LoadRequest
+    from orchestrator.ebpf.spec import MapSpec
+    from orchestrator.ebpf.sys import MapType, ProgType
+
+    vmlinux = btf.Spec.parse(Path("/sys/kernel/btf/vmlinux").read_bytes())
+    target = vmlinux.type_id(vmlinux.type_by_name("btf_trace_sys_enter"))
+    spec = MapSpec(name="tp_btf_n", type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1)
+    with ebpf.Map.create(spec) as counter:
+        req = LoadRequest(
+            name="tp_btf_enter",
+            type=ProgType.TRACING,
+            instructions=_tp_btf_counter(counter.fd.raw, os.getpid()),
+            license="GPL",
+            attach_type=AttachType.TRACE_RAW_TP,
+            attach_btf_id=target,
+        )
+        with ebpf.Program.load(req) as prog, links.attach_raw_tracepoint(prog) as link:
+            for _ in range(25):
+                os.getppid()
+            value = counter[0]
+            assert isinstance(value, bytes) and int.from_bytes(value, "little") == 25
+            info = link.info()
+            assert info.type == LinkType.RAW_TRACEPOINT and info.program_id == prog.id
+            assert info.target == links.RawTracepointTarget("sys_enter")
+            with pytest.raises(AttachError, match="tp_btf programs must not get one"):
+                links.attach_raw_tracepoint(prog, "sys_enter")
