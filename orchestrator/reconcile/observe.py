@@ -154,6 +154,16 @@ def _check_link(cdir: Path, rec: CollectionRecord, a: AttachmentRecord) -> list[
     return []
 
 
+def _looks_owned(path: Path) -> bool:
+    """Whether an unrecorded directory has the layout bpforch gives a collection (so it was
+    left by an interrupted apply); anything else under the root is never touched."""
+    try:
+        names = {e.name for e in os.scandir(path)}
+    except OSError:
+        return False
+    return names <= {"maps", "progs", "links"}
+
+
 def observe(root: Path, state_dir: Path) -> ActualState:
     """The record, each collection checked against the kernel; staging leftovers and
     unrecorded collection directories under ``root``."""
@@ -171,7 +181,11 @@ def observe(root: Path, state_dir: Path) -> ActualState:
     for e in entries:
         if e.name.startswith(STAGING_PREFIX):
             staging.append(Path(e.path))
-        elif e.is_dir(follow_symlinks=False) and e.name not in record.collections:
+        elif (
+            e.is_dir(follow_symlinks=False)
+            and e.name not in record.collections
+            and _looks_owned(Path(e.path))
+        ):
             orphans.append(e.name)
     return ActualState(collections, tuple(sorted(staging)), tuple(sorted(orphans)))
 

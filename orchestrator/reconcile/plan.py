@@ -11,6 +11,7 @@ Conventions follow the ones users know from terraform: ``+`` create, ``~`` updat
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ _SYMBOLS = {
 }
 
 KINDS = ("collection", "map", "program", "attachment")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +270,16 @@ class _Planner:
     def run(self) -> Plan:
         desired = self.desired.collections
         order, cyclic = topo_order({n: c.depends_on() for n, c in desired.items()})
+        for name, c in desired.items():
+            if not DNS_LABEL.fullmatch(name):
+                self.problem(
+                    name,
+                    "collection name is not a DNS label (lower-case letters, digits and '-', "
+                    "at most 63; it names the pin directory)",
+                    c.source,
+                )
+        if self.problems:
+            return Plan((), tuple(self.problems))
         for name in cyclic:
             self.problem(name, "map substitutions form a cycle", desired[name].source)
         for name in order:
@@ -550,7 +562,7 @@ class _Planner:
         order, _ = topo_order({n: r.depends_on for n, r in gone.items()})
         for name in reversed(order):
             delete_collection(self.changes, gone[name], "not declared any more (--prune)")
-        for name in sorted(self.actual.orphans):
+        for name in sorted(self.actual.orphans) if self.prune else ():
             if name not in desired and name not in self.actual.collections:
                 self.add(
                     Op.DELETE,

@@ -83,8 +83,8 @@ class AttachmentStatus:
 @dataclass(frozen=True, slots=True)
 class CollectionStatus:
     """One applied collection. ``condition``: Ready (the kernel matches the record),
-    Drifted (something differs but every attachment still runs its program) or Degraded
-    (an attachment or program is gone). ``generation`` counts applies that changed the
+    Drifted (something differs but every attachment is still attached) or Degraded (an
+    attachment is gone or detached). ``generation`` counts applies that changed the
     collection; ``observed_generation`` is the generation the kernel was last seen to match
     (``generation`` when Ready)."""
 
@@ -170,6 +170,14 @@ def _entries(path: Path) -> tuple[int | None, str]:
         return m.max_entries, t
 
 
+def _source_path(root: Path, source: str) -> Path:
+    """Where a substituted map lives: ``pinned:<path>`` or ``collection/<name>/<map>``."""
+    if source.startswith("pinned:"):
+        return Path(source.removeprefix("pinned:"))
+    _, coll, mname = source.split("/", 2)
+    return root / coll / "maps" / mname.replace(".", "_")
+
+
 def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
     rec = ac.record
     cdir = root / rec.name
@@ -177,12 +185,7 @@ def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
     maps = []
     for _, m in sorted(rec.maps.items()):
         if m.source:
-            pin = m.source.removeprefix("pinned:")
-            path = (
-                Path(pin)
-                if m.source.startswith("pinned:")
-                else root.joinpath(*m.source.split("/")[1:2], "maps", *m.source.split("/")[2:])
-            )
+            path = _source_path(root, m.source)
             entries, t = _entries(path)
             maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
             continue
@@ -190,7 +193,11 @@ def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
         maps.append(
             MapStatus(m.name, m.id, os.fspath(cdir / m.pin), t, m.shape.max_entries, entries)
         )
-    dead = {d.name for d in ac.drift if d.kind == "attachment"}
+    dead = {
+        d.name
+        for d in ac.drift
+        if d.kind == "attachment" and d.code in ("missing", "replaced", "detached")
+    }
     attachments = tuple(
         AttachmentStatus(
             a.key, a.program, a.kind, a.link_id, os.fspath(cdir / a.pin), a.key not in dead
@@ -201,13 +208,13 @@ def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
         condition, reason, message = "Ready", "Applied", "the kernel matches the record"
         observed = rec.generation
     else:
-        degraded = any(d.kind in ("attachment", "program") for d in ac.drift)
-        condition = "Degraded" if degraded else "Drifted"
-        reason = (
-            "LinkDetached"
-            if any(d.kind == "attachment" for d in ac.drift)
-            else ("ProgramMissing" if degraded else "PinMissing")
-        )
+        condition = "Degraded" if dead else "Drifted"
+        if dead:
+            reason = "LinkDetached"
+        elif any(d.kind == "attachment" for d in ac.drift):
+            reason = "ProgramChanged"
+        else:
+            reason = "PinMissing" if any(d.code == "missing" for d in ac.drift) else "PinReplaced"
         message = "; ".join(str(d) for d in ac.drift) + " (the next apply repairs it)"
         observed = rec.generation - 1
     return CollectionStatus(

@@ -288,7 +288,7 @@ class Transaction:
             coll = Collection(spec, opts)
         else:
             coll = load_subset(spec, opts, d.programs, [])
-        sdir = self.staging / name
+        sdir = self.staging / _check_name(name)
         st = _Staged(d, sdir, coll, info.sha256, shapes, sources)
         self.staged[name] = st
         self.hooks.call("pin", name)

@@ -307,6 +307,9 @@ def test_removed_attachment_and_program_are_deleted() -> None:
 def test_orphans_and_destroy() -> None:
     p = plan(desired(coll("a")), actual(orphans=("a", "zombie"), facts=facts_for("a")))
     assert "interrupted apply" in p.changes[0].reason
+    # an unrecorded directory that is not declared is only removed with prune
+    assert p.change("zombie", "collection", "zombie") is None
+    p = plan(desired(coll("a")), actual(orphans=("zombie",), facts=facts_for("a")), prune=True)
     z = p.change("zombie", "collection", "zombie")
     assert z is not None and z.op is Op.DELETE
 
@@ -333,3 +336,10 @@ def test_record_json_round_trip() -> None:
     rec = record("a", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),))
     state = StateRecord({"a": rec})
     assert StateRecord.from_json(state.to_json()) == state
+
+
+def test_collection_names_must_be_dns_labels() -> None:
+    for bad in ("../evil", "_staging-1", "Up", "a/b", "x" * 64, ""):
+        p = plan(desired(coll(bad)), actual())
+        assert p.changes == ()
+        assert "not a DNS label" in str(p.problems[0]), bad
