@@ -23,7 +23,7 @@ from orchestrator.manifest.errors import Problem
 from orchestrator.manifest.hooks import CGROUP_HOOKS
 from orchestrator.manifest.model import API_VERSION, KIND_COLLECTION, Direction, XdpMode
 
-SCHEMA_ID = "https://bpforch.dev/schemas/manifest.schema.json"
+SCHEMA_ID = "urn:bpforch:schema:manifest:v1"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "manifest.schema.json"
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
