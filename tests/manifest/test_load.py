@@ -207,3 +207,22 @@ def test_the_normalized_document_is_a_manifest_of_the_same_collection(
     assert second.collections == first.collections
     for name, c in first.collections.items():
         assert second.collections[name].digest == c.digest
+
+
+def test_the_shipped_examples_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    state = load_manifests([root / "manifests"])
+    assert {
+        "xdp-counter",
+        "tc-filter",
+        "tp-counter",
+        "cgroup-egress",
+        "shared-owner",
+        "shared-user",
+    } <= set(state.collections)
+    assert all(c.object_file.parent == root / "bpf" for c in state.collections.values())
+    assert state.collections["shared-user"].depends_on() == {"shared-owner"}
+    for f in state.files:
+        assert f.read_text().startswith(
+            "# yaml-language-server: $schema=../schemas/manifest.schema.json\n"
+        )
