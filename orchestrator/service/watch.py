@@ -242,8 +242,13 @@ class FileWatcher:
             for key in sorted(wanted - set(self._watches), key=str):
                 directory, recursive = key
                 try:
+                    # the filter also narrows the inotify mask: reads of a watched
+                    # directory's files (IN_OPEN, IN_CLOSE_NOWRITE) never wake us
                     self._watches[key] = self._observer.schedule(
-                        _Handler(self), str(directory), recursive=recursive
+                        _Handler(self),
+                        str(directory),
+                        recursive=recursive,
+                        event_filter=list(_CONTENT_EVENTS),
                     )
                 except OSError as err:
                     _log.warning(

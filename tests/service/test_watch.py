@@ -193,3 +193,34 @@ def test_object_rebuild_is_seen_and_update_retargets(
     assert w.directories == ((tmp_path / "m", True),)
     obj.write_bytes(b"\x7fELF\x03")
     assert rec.settle() == []
+
+
+def _other_threads_switches() -> int:
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) == threading.get_native_id():
+            continue
+        for line in (task / "status").read_text().splitlines():
+            if "ctxt_switches" in line:
+                total += int(line.split()[1])
+    return total
+
+
+def test_reading_watched_files_does_not_wake_the_watcher(
+    tmp_path: Path, watcher: tuple[FileWatcher, Recorder]
+) -> None:
+    """Loading manifests and objects opens them (also other tools do): the inotify mask
+    leaves out opens and read-only closes, so the watcher's threads stay asleep."""
+    w, rec = watcher
+    obj = tmp_path / "x.o"
+    obj.write_bytes(b"\x7fELF")
+    w.update(WatchSet.build([tmp_path / "m.yaml"], [obj]))
+    time.sleep(0.2)
+    before = _other_threads_switches()
+    for _ in range(200):
+        obj.read_bytes()
+    time.sleep(0.2)
+    assert _other_threads_switches() - before < 10
+    assert rec.settle(0.1) == []
+    obj.write_bytes(b"\x7fELF\x02")  # while a write still wakes it
+    assert rec.wait() == [str(obj)] * len(rec.paths)
