@@ -657,3 +657,19 @@ def test_problem_rendering() -> None:
         "message": "unknown field 'x'",
         "hint": "hint",
     }
+
+
+def test_manifest_error_survives_pickling() -> None:
+    import pickle
+
+    from orchestrator.manifest import Source
+
+    err = ManifestError(
+        [
+            Problem(Source(Path("/m/b.yaml"), 2, 1), "kind", "unknown kind 'X'"),
+            Problem(Source(Path("/m/a.yaml"), 9, 3), "spec", "missing required field", "h"),
+        ]
+    )
+    assert [p.source.file.name for p in err.problems] == ["a.yaml", "b.yaml"]  # sorted
+    copy = pickle.loads(pickle.dumps(err))
+    assert copy.problems == err.problems and str(copy) == str(err)
