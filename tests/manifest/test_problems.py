@@ -530,6 +530,18 @@ CASES = [
         ),
     ),
     one(
+        "tc-ordering-circle",
+        H + "  attach:\n"
+        "    - {program: tc_ingress, tc: {interface: a, direction: ingress, after: tc_second}}\n"
+        "    - {program: tc_second, tc: {interface: a, direction: ingress, before: tc_ingress}}\n",
+        (
+            7,
+            75,
+            "spec.attach[0].tc.after",
+            "tc ordering goes round in a circle: tc_ingress -> tc_second -> tc_ingress",
+        ),
+    ),
+    one(
         "tc-after-itself",
         H + "  attach:\n    - {program: tc_second, tc: {interface: a, direction: ingress, "
         "after: tc_second}}\n",
