@@ -15,7 +15,7 @@ from pathlib import Path
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.errors import PlanError
 from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.observe import gather_facts, observe
+from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
 from orchestrator.reconcile.state import ActualState
 from orchestrator.reconcile.status import Status, build_status
@@ -96,13 +96,16 @@ class Reconciler:
 
         start = time.perf_counter()
         with locked(self.state_dir):
-            actual = gather_facts(desired, self.observe())
+            objects = ObjectCache()
+            actual = gather_facts(desired, self.observe(), objects)
             p = plan(desired, actual, prune=prune)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
             if dry_run or (not p.has_changes and not p.garbage):
                 return ApplyResult(p, gens, time.perf_counter() - start)
-            tx = Transaction(self.bpffs_root, self.state_dir, self.hooks, desired, actual, p)
+            tx = Transaction(
+                self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+            )
             gens, warnings = tx.run()
         return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
 

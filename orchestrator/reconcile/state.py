@@ -76,6 +76,7 @@ class MapRecord:
     pin: str = ""
     preserve: bool = False
     source: str = ""  # "collection/<name>/<map>" or "pinned:<path>" for substitutions
+    ino: int = 0  # inode of the pin: a cheap identity check (a re-pin is a new inode)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -84,6 +85,7 @@ class MapRecord:
             "pin": self.pin,
             "preserve": self.preserve,
             "source": self.source,
+            "ino": self.ino,
         }
 
     @classmethod
@@ -97,6 +99,7 @@ class MapRecord:
             pin=str(d.get("pin", "")),
             preserve=bool(d.get("preserve", False)),
             source=str(d.get("source", "")),
+            ino=_int(d.get("ino", 0)),
         )
 
 
@@ -107,9 +110,10 @@ class ProgramRecord:
     tag: str
     pin: str
     type: int = 0
+    ino: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "tag": self.tag, "pin": self.pin, "type": self.type}
+        return {"id": self.id, "tag": self.tag, "pin": self.pin, "type": self.type, "ino": self.ino}
 
     @classmethod
     def from_json(cls, name: str, d: Mapping[str, object]) -> ProgramRecord:
@@ -119,6 +123,7 @@ class ProgramRecord:
             tag=str(d["tag"]),
             pin=str(d["pin"]),
             type=_int(d.get("type", 0)),
+            ino=_int(d.get("ino", 0)),
         )
 
 

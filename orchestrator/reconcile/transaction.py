@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import errno
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.reconcile.errors import ApplyError, ReconcileError, where
 from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.observe import STAGING_PREFIX, pinned_problem
+from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
 from orchestrator.reconcile.plan import Op, Plan, target_kind
 from orchestrator.reconcile.state import (
     ActualState,
@@ -126,7 +127,9 @@ class Transaction:
         desired: DesiredState,
         actual: ActualState,
         plan: Plan,
+        objects: ObjectCache | None = None,
     ) -> None:
+        self.objects = objects or ObjectCache()
         self.root = root
         self.state_dir = state_dir
         self.hooks = hooks
@@ -232,13 +235,13 @@ class Transaction:
         return Path(real)
 
     def _stage(self, name: str) -> None:
-        from orchestrator.manifest.objects import ObjectError, object_info
+        from orchestrator.manifest.objects import ObjectError
 
         d = self.desired.collections[name]
         rec = self.actual.collections.get(name)
         self.hooks.call("load", name)
         try:
-            info = object_info(d.object_file)
+            info = self.objects.get(d.object_file)
         except ObjectError as err:
             raise ApplyError(f"{where(name, d.source)}: object: {err}") from err
         if d.sha256 and info.sha256 != d.sha256.lower():
@@ -292,8 +295,9 @@ class Transaction:
         st = _Staged(d, sdir, coll, info.sha256, shapes, sources)
         self.staged[name] = st
         self.hooks.call("pin", name)
+        os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
         for sub in ("maps", "progs", "links"):
-            ensure_dir(sdir / sub)
+            os.mkdir(sdir / sub, 0o700)
         for mname, live_map in coll.maps.items():
             if mname not in sources:
                 live_map.pin(sdir / "maps" / pin_name(mname))
@@ -338,13 +342,30 @@ class Transaction:
             link.pin(pin)
             st.links[key] = (link, kind)
 
+    def _attach_xdp(self, prog: Program, t: XdpTarget, mode: str) -> _links.Link:
+        """Attach XDP. When the interface still holds one of our own programs whose link pin
+        is gone, the kernel is releasing that link in a deferred work item
+        (bpf_link_put_deferred): wait for it briefly instead of failing with EBUSY."""
+        ours = {p.id for c in self.actual.collections.values() for p in c.record.programs.values()}
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                return _links.attach_xdp(prog, t.interface, mode, netns=t.netns)  # type: ignore[arg-type]
+            except _links.AttachConflictError:
+                held = _links.xdp_attached(t.interface, t.netns)
+                if held is not None and held.prog_id not in ours:
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
     def _attach(self, prog: Program, a: Attachment) -> _links.Link:
         t = a.target
         if isinstance(t, XdpTarget):
             mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
             if mode not in ("auto", "native", "generic"):
                 raise ApplyError(f"attachment {a.key()}: xdp mode {mode} is not supported")
-            return _links.attach_xdp(prog, t.interface, mode, netns=t.netns)  # type: ignore[arg-type]
+            return self._attach_xdp(prog, t, mode)
         if isinstance(t, TcTarget):
             return _links.attach_tcx(prog, t.interface, t.direction.value, netns=t.netns)
         if isinstance(t, CgroupTarget):
@@ -385,12 +406,19 @@ class Transaction:
                     "" if src else f"maps/{pin_name(mname)}",
                     preserve=bool(mo is not None and mo.preserve),
                     source=src,
+                    ino=0 if src else os.stat(st.dir / "maps" / pin_name(mname)).st_ino,
                 )
             programs: dict[str, ProgramRecord] = {}
             for pname, p in st.coll.programs.items():
                 pi = _sys.prog_info(p.fd)
+                rel = f"progs/{pin_name(pname)}"
                 programs[pname] = ProgramRecord(
-                    pname, int(pi.id), bytes(pi.tag).hex(), f"progs/{pin_name(pname)}", int(pi.type)
+                    pname,
+                    int(pi.id),
+                    bytes(pi.tag).hex(),
+                    rel,
+                    int(pi.type),
+                    ino=os.stat(st.dir / rel).st_ino,
                 )
             atts: dict[str, AttachmentRecord] = {}
             for a in d.attach:
@@ -398,7 +426,7 @@ class Transaction:
                 atts[a.key()] = AttachmentRecord(
                     a.key(), a.program, kind, link.id, f"links/{link_pin_name(a)}"
                 )
-            base = d.source.file
+            base = d.source.file.parent
             if base not in revs:
                 revs[base] = git_revision(base)
             out[name] = CollectionRecord(

@@ -17,7 +17,7 @@ import pytest
 from orchestrator.ebpf import Map
 from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
-from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks
+from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, PlanError
 from tests.conftest import ROOT
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, pins_under, snapshot
@@ -195,20 +195,34 @@ def test_unloadable_object_restores_the_previous_generation(
     env: Env, veth: VethPair, compile_bpf: Callable[..., Path], tmp_path: Path, fd_guard: None
 ) -> None:
     sc = Scenario(env, veth, compile_bpf)
+    # 1. the object file turns into garbage after the manifests were read: the plan reads
+    #    it again and refuses before anything is touched
     obj = tmp_path / "extra.o"
     obj.write_bytes(sc.good.read_bytes())
     _NAMES[obj] = sc.name
     xdp_manifest(env, veth, version=2)
     write_extra(env, obj)
     desired = env.desired()
+    obj.write_bytes(b"\x7fELF garbage")
+    with pytest.raises(PlanError) as perr:
+        env.reconciler().apply(desired)
+    assert "collection zz-extra (" in str(perr.value) and f"object {obj}" in str(perr.value)
+    sc.assert_intact()
 
-    def corrupt(subject: str) -> None:  # the object changes between plan and load
-        if subject == "zz-extra":
-            obj.write_bytes(b"\x7fELF garbage")
-
+    # 2. an object whose map the kernel refuses to create (a hash map of 0 entries)
+    huge = compile_bpf(
+        EXTRA_C.replace("NAME", sc.name)
+        .replace("CHECK", "if (!v) return 0;")
+        .replace("BPF_MAP_TYPE_ARRAY", "BPF_MAP_TYPE_HASH")
+        .replace("__uint(max_entries, 1);", "__uint(max_entries, 0);")
+    )
+    _NAMES[huge] = sc.name
+    write_extra(env, huge)
     with pytest.raises(ApplyError) as info:
-        env.reconciler(Hooks(load=corrupt)).apply(desired)
-    assert "collection zz-extra (" in str(info.value) and "object" in str(info.value)
+        env.reconciler().apply(env.desired())
+    text = str(info.value)
+    assert "collection zz-extra (" in text and "map hits: create" in text, text
+    assert "previous generation is live" in text
     sc.assert_intact()
 
 
