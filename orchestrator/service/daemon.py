@@ -51,6 +51,9 @@ from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet, referen
 _log = logging.getLogger(__name__)
 
 _STATUS_MAX = 400  # characters of a STATUS= line
+# How long a file that is being written (modified, not closed yet) may hold back a
+# reconcile; after that its writer is not waited for.
+WRITE_SETTLE_MAX = 5.0
 
 
 def _one_line(text: str) -> str:
@@ -91,6 +94,7 @@ class Daemon:
         self._watcher: FileWatcher | None = None
         self._good: DesiredState | None = None
         self._ready_sent = False
+        self._changes = 0  # relevant changes seen (a torn read shows as a change during it)
         self._quiet = False  # inside a reload: its READY=1 carries the final STATUS
         self._line = ""
         self._stop_requested = False
@@ -155,6 +159,8 @@ class Daemon:
                 with self._lock:
                     burst = self._debouncer.take(now)
                 if burst:
+                    if self._writes_in_progress(now):
+                        continue
                     self._reconcile(f"{burst} change(s)")
             self._shutdown()
         finally:
@@ -175,9 +181,22 @@ class Daemon:
             return None  # nothing pending: sleep until a signal or a file change
         return max(0.0, min(deadlines) - self._clock())
 
+    def _writes_in_progress(self, now: float) -> bool:
+        """True (and the debounce window re-armed) while a watched file is half-written."""
+        if self._watcher is None:
+            return False
+        busy = self._watcher.writing(WRITE_SETTLE_MAX)
+        if not busy:
+            return False
+        _log.debug("waiting for writes to finish", extra={"fields": {"files": ",".join(busy)}})
+        with self._lock:
+            self._debouncer.touch(now)
+        return True
+
     def _changed(self, path: str) -> None:
         """Called by the watcher thread for each relevant change."""
         with self._lock:
+            self._changes += 1
             self._debouncer.touch(self._clock())
         _log.debug("change", extra={"fields": {"path": path}})
         self._wake()
@@ -221,10 +240,14 @@ class Daemon:
     def _reconcile(self, why: str) -> bool:
         """Validate, then apply. True if the kernel now matches the manifests."""
         started = self._clock()
+        with self._lock:
+            changes_before = self._changes
         self._status = replace(self._status, reconciles=self._status.reconciles + 1)
         try:
             desired = self._backend.load(self.config.manifests)
         except InvalidStateError as err:
+            if self._torn(changes_before):
+                return False
             for problem in err.problems:
                 _log.error("invalid: %s", problem, extra={"fields": {"trigger": why}})
             self._status = replace(
@@ -232,6 +255,8 @@ class Daemon:
             )
             self._retarget(None)
             self._degraded(str(err))
+            return False
+        if self._torn(changes_before):
             return False
         self._retarget(desired)
         self._status = replace(self._status, applies=self._status.applies + 1)
@@ -255,6 +280,20 @@ class Daemon:
             extra={"fields": {"trigger": why, "ms": f"{elapsed_ms:.1f}"}},
         )
         self._ready(summary)
+        return True
+
+    def _torn(self, changes_before: int) -> bool:
+        """Whether the files changed while they were read: then what was read may mix old
+        and new contents, so it is neither applied nor reported; the change that came in
+        has re-armed the debounce window and the next reconcile reads the files again."""
+        with self._lock:
+            changed = self._changes != changes_before
+            if changed:
+                self._debouncer.touch(self._clock())
+        if not changed:
+            return False
+        self._status = replace(self._status, deferred=self._status.deferred + 1)
+        _log.debug("files changed while being read: reading them again after they settle")
         return True
 
     def _ready(self, summary: ApplySummary) -> None:

@@ -39,7 +39,8 @@ class DaemonStatus:
     """A snapshot of the daemon. ``reason`` says why it is degraded (first problem, with
     its file:line:col). Counters: ``reconciles`` attempts (each debounced burst, reload or
     start is one), ``applies`` calls into the kernel (only for a valid desired state),
-    ``invalid`` attempts stopped by validation."""
+    ``invalid`` attempts stopped by validation, ``deferred`` attempts dropped because the
+    files changed while they were being read (read again once they settle)."""
 
     pid: int
     pid_start: int
@@ -55,6 +56,7 @@ class DaemonStatus:
     reconciles: int = 0
     applies: int = 0
     invalid: int = 0
+    deferred: int = 0
     summary: str = ""
     problems: tuple[str, ...] = field(default=())
 
@@ -97,6 +99,7 @@ class DaemonStatus:
             reconciles=int(number("reconciles")),
             applies=int(number("applies")),
             invalid=int(number("invalid")),
+            deferred=int(number("deferred")),
             summary=str(data.get("summary", "")),
             problems=strings("problems"),
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,9 +204,15 @@ class _Handler(FileSystemEventHandler):
 @dataclass
 class FileWatcher:
     """Runs the inotify observer and calls ``on_change(path)`` (from the observer's
-    thread) for every relevant change. :meth:`update` re-targets it."""
+    thread) for every relevant change. :meth:`update` re-targets it.
+
+    It also remembers which relevant files were written to and not closed yet
+    (IN_MODIFY without IN_CLOSE_WRITE): :meth:`writing` lists them, so that the daemon
+    never reads a file that a writer is still in the middle of (an editor saving in place,
+    ``make`` writing an object, a slow copy)."""
 
     on_change: Callable[[str], None]
+    _writing: dict[str, float] = field(default_factory=dict, init=False)
     _observer: InotifyObserver = field(default_factory=InotifyObserver, init=False)
     _watches: dict[tuple[Path, bool], object] = field(default_factory=dict, init=False)
     _set: WatchSet = field(default_factory=WatchSet, init=False)
@@ -260,8 +267,27 @@ class FileWatcher:
                 extra={"fields": {"dirs": ",".join(str(d) for d, _ in self._watches)}},
             )
 
+    def writing(self, max_age: float, now: float | None = None) -> tuple[str, ...]:
+        """Relevant files written to and not closed yet, for at most ``max_age`` seconds
+        (a writer that keeps a file open longer is not waited for)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for path, since in list(self._writing.items()):
+                if now - since >= max_age:
+                    del self._writing[path]
+            return tuple(sorted(self._writing))
+
     def _event(self, event: FileSystemEvent) -> None:
         with self._lock:
             relevant = self._set.event_relevant(event)
+            if relevant and not event.is_directory:
+                src = _decode(event.src_path)
+                if isinstance(event, FileModifiedEvent):
+                    self._writing.setdefault(src, time.monotonic())
+                elif isinstance(event, FileClosedEvent | FileDeletedEvent):
+                    self._writing.pop(src, None)
+                elif isinstance(event, FileMovedEvent):
+                    self._writing.pop(src, None)
+                    self._writing.pop(_decode(event.dest_path), None)
         if relevant:
             self.on_change(_decode(getattr(event, "dest_path", "") or event.src_path))

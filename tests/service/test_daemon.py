@@ -350,3 +350,55 @@ def test_signals_are_restored_after_run(harness: Harness) -> None:
 
     harness.run(script)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_file_being_written_is_not_read_until_closed(harness: Harness) -> None:
+    """A writer pauses in the middle of an in-place save for longer than the debounce
+    window: nothing is read (or applied) until it closes the file."""
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        loads = h.backend.loads
+        with h.manifest.open("w") as f:  # truncates: IN_MODIFY, then no close for 0.4 s
+            f.write("a=2\nb=")
+            f.flush()
+            time.sleep(0.4)
+            assert h.backend.loads == loads  # half a file was never even read
+            f.write("3\n")
+        assert h.notify.next() == {"STATUS": "ready: 2 collections applied, 1 changed"}
+        stop()
+        h.notify.next()
+
+    harness.run(script)
+    assert harness.backend.applied == [{"a": "1"}, {"a": "2", "b": "3"}]
+
+
+def test_changes_during_the_read_are_not_applied(harness: Harness) -> None:
+    """The files change while the backend reads them (a torn read): that result is
+    dropped, and the files are read again once they settle."""
+    original = harness.backend.load
+    calls = 0
+
+    def load(paths: Sequence[Path]) -> DesiredState:
+        nonlocal calls
+        calls += 1
+        desired = original(paths)
+        if calls == 2:  # the first reload of a change: a writer strikes mid-read
+            replace_file(harness.manifest, "a=3\n")
+            time.sleep(0.1)  # the inotify event is in before the read "ends"
+        return desired
+
+    harness.backend.load = load  # type: ignore[method-assign]
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        replace_file(h.manifest, "a=2\n")
+        assert h.notify.next() == {"STATUS": "ready: 1 collection applied, 1 changed"}
+        stop()
+        h.notify.next()
+
+    daemon = harness.run(script)
+    assert harness.backend.applied == [{"a": "1"}, {"a": "3"}]  # a=2 (torn) never applied
+    assert daemon.status.deferred == 1
