@@ -113,7 +113,7 @@ def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
     cdir = os.path.join(root, rec.name)
     drift: list[Drift] = []
     for m in rec.maps.values():
-        if m.source:
+        if m.source or not m.pin:  # substituted, or a frozen .rodata held by its programs
             continue
         path = os.path.join(cdir, m.pin)
         if _same_pin(path, m.ino):

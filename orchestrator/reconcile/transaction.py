@@ -113,6 +113,7 @@ class _Staged:
     object_sha256: str
     shapes: dict[str, MapShape]
     sources: dict[str, str] = field(default_factory=dict)  # map -> substitution key
+    frozen: set[str] = field(default_factory=set)  # frozen data sections: not pinned
     links: dict[str, tuple[_links.Link, str]] = field(default_factory=dict)  # key -> (link, kind)
 
 
@@ -130,6 +131,7 @@ class Transaction:
         objects: ObjectCache | None = None,
     ) -> None:
         self.objects = objects or ObjectCache()
+        self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
         self.root = root
         self.state_dir = state_dir
         self.hooks = hooks
@@ -228,10 +230,10 @@ class Transaction:
 
     def _owned(self, coll: str, rel: str) -> Path:
         """``root/coll/rel``, asserting it stays under the root."""
-        path = self.root / _check_name(coll) / rel
-        real = os.path.normpath(path)
-        if not real.startswith(os.fspath(self.root) + os.sep):
-            raise ApplyError(f"{path}: outside {self.root}; refusing")
+        root = os.fspath(self.root)
+        real = os.path.normpath(os.path.join(root, _check_name(coll), rel))
+        if not real.startswith(root + os.sep):
+            raise ApplyError(f"{real}: outside {root}; refusing")
         return Path(real)
 
     def _stage(self, name: str) -> None:
@@ -276,7 +278,7 @@ class Transaction:
                     sources[mname] = f"collection/{sf.collection}/{smap}"
                 replacements[mname] = m
                 continue
-            change = self.plan.change(name, "map", mname)
+            change = self.changes.get((name, "map", mname))
             if (
                 mo.preserve
                 and rec is not None
@@ -292,14 +294,17 @@ class Transaction:
         else:
             coll = load_subset(spec, opts, d.programs, [])
         sdir = self.staging / _check_name(name)
-        st = _Staged(d, sdir, coll, info.sha256, shapes, sources)
+        frozen = {n for n, ms in spec.maps.items() if ms.freeze}
+        st = _Staged(d, sdir, coll, info.sha256, shapes, sources, frozen)
         self.staged[name] = st
         self.hooks.call("pin", name)
         os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
-        for sub in ("maps", "progs", "links"):
+        for sub in ("maps", "progs", "links") if d.attach else ("maps", "progs"):
             os.mkdir(sdir / sub, 0o700)
         for mname, live_map in coll.maps.items():
-            if mname not in sources:
+            # frozen data sections (.rodata) live as long as the programs that use them and
+            # can never change: they are recorded by id, not pinned
+            if mname not in sources and not spec.maps[mname].freeze:
                 live_map.pin(sdir / "maps" / pin_name(mname))
         for pname, p in coll.programs.items():
             p.pin(sdir / "progs" / pin_name(pname))
@@ -318,7 +323,7 @@ class Transaction:
                     f"{where(name, a.source or d.source)}: attachment {key}: program "
                     f"{a.program} is not loaded (add it to programs:)"
                 )
-            change = self.plan.change(name, "attachment", key)
+            change = self.changes.get((name, "attachment", key))
             pin = st.dir / "links" / link_pin_name(a)
             kind = target_kind(a.target)
             if change is not None and change.op is Op.UPDATE and ac is not None:
@@ -396,6 +401,7 @@ class Transaction:
                 mo = d.maps.get(mname)
                 mid = int(_sys.map_info(m.fd).id)
                 src = st.sources.get(mname, "")
+                pinned = not src and mname not in st.frozen
                 maps[mname] = MapRecord(
                     mname,
                     mid,
@@ -403,10 +409,10 @@ class Transaction:
                         mname,
                         MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags),
                     ),
-                    "" if src else f"maps/{pin_name(mname)}",
+                    f"maps/{pin_name(mname)}" if pinned else "",
                     preserve=bool(mo is not None and mo.preserve),
                     source=src,
-                    ino=0 if src else os.stat(st.dir / "maps" / pin_name(mname)).st_ino,
+                    ino=os.stat(st.dir / "maps" / pin_name(mname)).st_ino if pinned else 0,
                 )
             programs: dict[str, ProgramRecord] = {}
             for pname, p in st.coll.programs.items():
@@ -452,13 +458,14 @@ class Transaction:
         for name in self.staged:
             live = self._owned(name, "")
             staged = self.staging / name
-            if live.exists():
-                rename(staged, live, exchange=True)
+            try:
+                rename(staged, live)  # a new collection: move into place (no replace)
+            except FileExistsError:
+                rename(staged, live, exchange=True)  # swap old and new trees atomically
                 self.undo.append(
                     (f"swap {name} back", partial(rename, staged, live, exchange=True))
                 )
             else:
-                rename(staged, live)
                 self.undo.append((f"move {name} back", partial(rename, live, staged)))
         for name in self.plan.collections(Op.DELETE):
             live = self._owned(name, "")
