@@ -53,13 +53,14 @@ STAGING_PREFIX = "_staging-"
 CGROUP2_SUPER_MAGIC = 0x63677270
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
-# Program types that cannot load or attach on this kind of kernel (see KERNEL_NOTES.md).
+# Program types that cannot load on this kind of kernel (see KERNEL_NOTES.md). kprobe
+# programs load; they attach here only as uprobes (there is no kprobe PMU), and the manifest
+# model has no kprobe target.
 _UNSUPPORTED = {
     ProgType.TRACING: "fentry/fexit/fmod_ret programs are not supported on this kernel "
     "(the load fails with EPERM)",
     ProgType.LSM: "lsm programs are not supported on this kernel (the load fails with EPERM)",
     ProgType.EXT: "freplace programs are not supported on this kernel (the load fails with EPERM)",
-    ProgType.KPROBE: "kprobe programs cannot attach on this kernel (no kprobe PMU)",
 }
 
 
@@ -274,9 +275,7 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
             problems.append(f"program {n}: not in object {d.object_file}")
             continue
         why = _UNSUPPORTED.get(p.type)
-        if why is not None and (
-            p.type is not ProgType.KPROBE or any(a.program == n for a in d.attach)
-        ):
+        if why is not None:
             problems.append(f"program {n} (section {p.section}): {why}")
     return CollectionFacts(programs=names, maps=map_shapes(d, spec), problems=tuple(problems))
 

@@ -35,6 +35,7 @@ from orchestrator.reconcile.state import (
     IN_PLACE_KINDS,
     ActualCollection,
     ActualState,
+    AttachmentRecord,
     CollectionFacts,
     CollectionRecord,
 )
@@ -217,6 +218,23 @@ def _describe_target(target: Target) -> str:
     if isinstance(target, CgroupTarget):
         return f"cgroup {target.path}"
     return target.key()
+
+
+def previous_link(
+    d: DesiredCollection, old: Mapping[str, AttachmentRecord], key: str, kind: str
+) -> AttachmentRecord | None:
+    """For a new xdp or netns attachment: the recorded link of this collection on the same
+    hook whose program is no longer attached there (the program was renamed or swapped).
+    Such a hook takes one program, so that link is switched in place instead of attaching a
+    second one (which the kernel refuses with EBUSY/EEXIST)."""
+    if kind not in ("xdp", "netns"):
+        return None
+    hook = key.split("@", 1)[1]
+    wanted = {a.key() for a in d.attach}
+    for ra in old.values():
+        if ra.key not in wanted and ra.key.split("@", 1)[1] == hook:
+            return ra
+    return None
 
 
 def topo_order(deps: Mapping[str, Iterable[str]]) -> tuple[list[str], list[str]]:
@@ -473,6 +491,24 @@ class _Planner:
             kind = target_kind(a.target)
             ra = old.get(key)
             src = a.source or d.source
+            if ra is None:
+                ra = previous_link(d, old, key, kind)
+                if ra is not None and not (
+                    actual is not None
+                    and actual.drifted("attachment", ra.key, "missing", "replaced", "detached")
+                ):
+                    seen.add(ra.key)
+                    self.add(
+                        Op.UPDATE,
+                        "attachment",
+                        d.name,
+                        key,
+                        f"link {ra.link_id} switched from {ra.program} to {a.program} in place "
+                        f"(BPF_LINK_UPDATE; a {kind} hook takes one program)",
+                        src,
+                    )
+                    continue
+                ra = None
             # a live link that runs another program is still switched in place
             drifted = actual is not None and actual.drifted(
                 "attachment", key, "missing", "replaced", "detached"

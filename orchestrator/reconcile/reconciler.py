@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.errors import PlanError
@@ -86,12 +87,21 @@ class Reconciler:
         return plan(desired, gather_facts(desired, actual), prune=prune)
 
     def apply(
-        self, desired: DesiredState, *, prune: bool = False, dry_run: bool = False
+        self,
+        desired: DesiredState,
+        *,
+        prune: bool = False,
+        dry_run: bool | Literal["kernel"] = False,
     ) -> ApplyResult:
         """Make the kernel match ``desired``, all or nothing (see
         :mod:`orchestrator.reconcile.transaction`). Raises :class:`PlanError` for plan
         problems (nothing changed) and :class:`ApplyError` when a step fails (the previous
-        generation was restored)."""
+        generation was restored).
+
+        ``dry_run=True``: plan only. ``dry_run="kernel"``: also load every changed
+        collection through the verifier (preserved maps and substitutions included, so map
+        incompatibilities show), then close it all; nothing is pinned, attached or recorded.
+        """
         from orchestrator.reconcile.transaction import Transaction
 
         start = time.perf_counter()
@@ -101,6 +111,10 @@ class Reconciler:
             p = plan(desired, actual, prune=prune)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
+            if dry_run == "kernel":
+                Transaction(
+                    self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+                ).verify()
             if dry_run or (not p.has_changes and not p.garbage):
                 return ApplyResult(p, gens, time.perf_counter() - start)
             tx = Transaction(

@@ -70,7 +70,7 @@ from orchestrator.manifest.model import (
 from orchestrator.reconcile.errors import ApplyError, ReconcileError, where
 from orchestrator.reconcile.hooks import Hooks
 from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
-from orchestrator.reconcile.plan import Op, Plan, target_kind
+from orchestrator.reconcile.plan import Op, Plan, previous_link, target_kind
 from orchestrator.reconcile.state import (
     ActualState,
     AttachmentRecord,
@@ -144,25 +144,44 @@ class Transaction:
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
         self.warnings: list[str] = []
+        self.current: tuple[str, Source | None] = ("", None)  # for error messages
+        self.verify_only = False
 
     # ------------------------------------------------------------------ driver
+
+    def verify(self) -> None:
+        """A kernel dry run: load every changed collection through the verifier (with its
+        preserved maps and substitutions as replacements, so incompatibilities show), then
+        close everything. Nothing is pinned, attached or recorded."""
+        self.verify_only = True
+        try:
+            for name in self.plan.collections(Op.CREATE, Op.UPDATE):
+                self.current = (name, self.desired.collections[name].source)
+                self._stage(name)
+        except Exception as err:
+            self._close_all()
+            if isinstance(err, ReconcileError):
+                raise
+            what = where(*self.current) + ": " if self.current[0] else ""
+            raise ApplyError(f"{what}{err} (kernel dry run: nothing was changed)") from err
+        self._close_all()
 
     def run(self) -> tuple[dict[str, int], list[str]]:
         """Apply the plan; return the generations in the new record and release warnings."""
         record: StateRecord | None = None
-        current: tuple[str, Source | None] = ("", None)
+        self.current = ("", None)
         try:
             self._collect_garbage()
             ensure_dir(self.root)
             ensure_dir(self.staging)
             changed = self.plan.collections(Op.CREATE, Op.UPDATE)
             for name in changed:
-                current = (name, self.desired.collections[name].source)
+                self.current = (name, self.desired.collections[name].source)
                 self._stage(name)
             for name in changed:
-                current = (name, self.desired.collections[name].source)
+                self.current = (name, self.desired.collections[name].source)
                 self._switch(name)
-            current = ("", None)
+            self.current = ("", None)
             record = self._new_record()
             self._commit(record)
         except BaseException as err:
@@ -172,7 +191,7 @@ class Transaction:
                 raise
             if not isinstance(err, Exception):
                 raise
-            what = where(current[0], current[1]) + ": " if current[0] else ""
+            what = where(*self.current) + ": " if self.current[0] else ""
             extra = ""
             if problems:
                 extra = " (rollback was incomplete: " + "; ".join(problems) + ")"
@@ -297,6 +316,8 @@ class Transaction:
         frozen = {n for n, ms in spec.maps.items() if ms.freeze}
         st = _Staged(d, sdir, coll, info.sha256, shapes, sources, frozen)
         self.staged[name] = st
+        if self.verify_only:
+            return
         self.hooks.call("pin", name)
         os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
         for sub in ("maps", "progs", "links") if d.attach else ("maps", "progs"):
@@ -317,6 +338,7 @@ class Transaction:
         ac = self.actual.collections.get(name)
         for a in d.attach:
             key = a.key()
+            self.current = (name, a.source or d.source)
             prog = st.coll.programs.get(a.program)
             if prog is None:
                 raise ApplyError(
@@ -327,7 +349,10 @@ class Transaction:
             pin = st.dir / "links" / link_pin_name(a)
             kind = target_kind(a.target)
             if change is not None and change.op is Op.UPDATE and ac is not None:
-                ra = ac.record.attachments[key]
+                ra = ac.record.attachments.get(key) or previous_link(
+                    d, ac.record.attachments, key, kind
+                )
+                assert ra is not None, key
                 link = _links.Link.from_pin(self._owned(name, ra.pin))
                 self.owned.append(link)
                 # undo target: whatever the link runs now (after a crash, that may not be
@@ -341,7 +366,7 @@ class Transaction:
                 )
             else:
                 self.hooks.call("attach", key)
-                link = self._attach(prog, a)
+                link = self._attach(st, prog, a)
                 self.owned.append(link)
                 self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
             link.pin(pin)
@@ -364,7 +389,7 @@ class Transaction:
                     raise
                 time.sleep(0.005)
 
-    def _attach(self, prog: Program, a: Attachment) -> _links.Link:
+    def _attach(self, st: _Staged, prog: Program, a: Attachment) -> _links.Link:
         t = a.target
         if isinstance(t, XdpTarget):
             mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
@@ -372,7 +397,24 @@ class Transaction:
                 raise ApplyError(f"attachment {a.key()}: xdp mode {mode} is not supported")
             return self._attach_xdp(prog, t, mode)
         if isinstance(t, TcTarget):
-            return _links.attach_tcx(prog, t.interface, t.direction.value, netns=t.netns)
+            # before/after name another program of this collection at the same hook (it must
+            # be attached already: declare it earlier)
+            before = st.links.get(f"{t.before}@{t.key()}") if t.before else None
+            after = st.links.get(f"{t.after}@{t.key()}") if t.after else None
+            for anchor, name in ((before, t.before), (after, t.after)):
+                if name and anchor is None:
+                    raise ApplyError(
+                        f"attachment {a.key()}: {name} is not attached at {t.key()} before it "
+                        "(declare that attachment first)"
+                    )
+            return _links.attach_tcx(
+                prog,
+                t.interface,
+                t.direction.value,
+                before=before[0] if before is not None else None,
+                after=after[0] if after is not None else None,
+                netns=t.netns,
+            )
         if isinstance(t, CgroupTarget):
             return _links.attach_cgroup(prog, t.path, t.attach)
         if isinstance(t, TracepointTarget):
