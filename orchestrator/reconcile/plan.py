@@ -653,6 +653,17 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
             elif n not in actual.orphans:
                 known = ", ".join(sorted(actual.collections)) or "none"
                 problems.append(Problem(n, f"not applied by bpforch (applied: {known})"))
+    for name, c in sorted(actual.collections.items()):
+        if name in chosen:
+            continue
+        for dep in c.record.depends_on:
+            if dep in chosen:
+                problems.append(
+                    Problem(
+                        dep,
+                        f"collection {name} uses its maps (destroy {name} too, or first)",
+                    )
+                )
     order, _ = topo_order({n: c.record.depends_on for n, c in chosen.items()})
     for name in reversed(order):
         delete_collection(changes, chosen[name].record, "destroy")

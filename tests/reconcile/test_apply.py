@@ -362,3 +362,32 @@ def test_applies_never_interleave(env: Env, veth: VethPair) -> None:
     t.join(10)
     assert done.is_set()
     assert (env.root / "xdp-counter").exists()
+
+
+def test_noop_apply_only_reads(
+    env: Env, veth: VethPair, monkeypatch: pytest.MonkeyPatch, fd_guard: None
+) -> None:
+    """A second apply with nothing changed reads the record, stats the map and program pins
+    and asks the kernel about each link (BPF_OBJ_GET + info): no load, no create, no pin."""
+    from orchestrator.ebpf import sys as bpfsys
+
+    xdp_manifest(env, veth)
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    desired = env.desired()
+    seen: list[bpfsys.Cmd] = []
+    real = bpfsys.bpf
+
+    def spy(cmd: bpfsys.Cmd, attr: object) -> int:
+        seen.append(cmd)
+        return real(cmd, attr)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bpfsys, "bpf", spy)
+    result = r.apply(desired)
+    monkeypatch.undo()
+    assert not result.applied and not result.plan.has_changes
+    links_n = 2  # one link per collection
+    assert sorted(seen) == sorted(
+        [bpfsys.Cmd.OBJ_GET] * links_n + [bpfsys.Cmd.OBJ_GET_INFO_BY_FD] * links_n
+    )

@@ -343,3 +343,12 @@ def test_collection_names_must_be_dns_labels() -> None:
         p = plan(desired(coll(bad)), actual())
         assert p.changes == ()
         assert "not a DNS label" in str(p.problems[0]), bad
+
+
+def test_destroy_refuses_to_strand_a_dependent() -> None:
+    a, b = record("a"), record("b", deps=("a",))
+    d = plan_destroy(actual(a, b), ["a"])
+    assert "collection b uses its maps" in str(d.problems[0])
+    d = plan_destroy(actual(a, b), ["b", "a"])
+    assert not d.problems
+    assert [c.collection for c in d.changes if c.kind == "collection"] == ["b", "a"]
