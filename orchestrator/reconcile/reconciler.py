@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.ebpf import Error as EbpfError
 from orchestrator.manifest.model import DesiredState
-from orchestrator.reconcile.errors import PlanError
+from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.hooks import Hooks
 from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
@@ -75,7 +76,12 @@ class Reconciler:
 
     def observe(self) -> ActualState:
         """The record checked against the kernel (drift), staging leftovers, orphans."""
-        return observe(self.bpffs_root, self.state_dir)
+        try:
+            return observe(self.bpffs_root, self.state_dir)
+        except (EbpfError, OSError) as err:
+            raise StateError(
+                f"observe {self.bpffs_root}: {err} (is bpffs mounted, and are we root?)"
+            ) from err
 
     def plan(
         self, desired: DesiredState, *, prune: bool = False, actual: ActualState | None = None
