@@ -402,3 +402,44 @@ def test_changes_during_the_read_are_not_applied(harness: Harness) -> None:
     daemon = harness.run(script)
     assert harness.backend.applied == [{"a": "1"}, {"a": "3"}]  # a=2 (torn) never applied
     assert daemon.status.deferred == 1
+
+
+def test_git_checkout_of_many_files_is_one_reconcile(harness: Harness) -> None:
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    git = require_tool("git")
+    repo = harness.manifest.parent
+
+    def run(*args: str) -> None:
+        subprocess.run(
+            [git, "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
+
+    for i in range(50):
+        (repo / f"c{i:02}.yaml").write_text(f"c{i:02}=1\n")
+    run("init", "-q", "-b", "one")
+    run("add", ".")
+    run("commit", "-q", "-m", "one")
+    run("checkout", "-q", "-b", "two")
+    for i in range(50):
+        (repo / f"c{i:02}.yaml").write_text(f"c{i:02}=2\n")
+    run("commit", "-q", "-am", "two")
+    run("checkout", "-q", "one")
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next()["STATUS"] == "ready: 51 collections applied, 1 changed"
+        run("checkout", "-q", "two")  # rewrites 50 files (and git's index, lock files)
+        assert h.notify.next() == {"STATUS": "ready: 51 collections applied, 1 changed"}
+        assert h.notify.quiet(0.3) == []
+        stop()
+        h.notify.next()
+
+    daemon = harness.run(script)
+    assert harness.backend.applied[-1] == {"a": "1", **{f"c{i:02}": "2" for i in range(50)}}
+    assert daemon.status.reconciles == 2
