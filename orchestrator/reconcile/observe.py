@@ -260,9 +260,10 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
     from orchestrator.manifest.objects import ObjectError
 
     try:
-        spec = objects.get(d.object_file).spec
+        info = objects.get(d.object_file)
     except ObjectError as err:
         return CollectionFacts(problems=(f"object {d.object_file}: {err}",))
+    spec = info.spec
     names = (
         tuple(d.programs)
         if d.programs is not None
@@ -277,7 +278,12 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
         why = _UNSUPPORTED.get(p.type)
         if why is not None:
             problems.append(f"program {n} (section {p.section}): {why}")
-    return CollectionFacts(programs=names, maps=map_shapes(d, spec), problems=tuple(problems))
+    return CollectionFacts(
+        programs=names,
+        object_sha256=info.sha256,
+        maps=map_shapes(d, spec),
+        problems=tuple(problems),
+    )
 
 
 def _ifindex(name: str, netns: Path | None) -> int | None:

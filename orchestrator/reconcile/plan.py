@@ -220,6 +220,34 @@ def _describe_target(target: Target) -> str:
     return target.key()
 
 
+def load_key(d: DesiredCollection, object_sha256: str) -> str:
+    """What the loaded programs and maps of ``d`` depend on, as a digest: the object, the
+    constants, the map options and the program binding (not labels, not attachments)."""
+    import hashlib
+    import json
+
+    maps = {
+        name: [
+            mo.pin,
+            mo.preserve,
+            mo.max_entries,
+            mo.on_incompatible.value,
+            None
+            if mo.source_from is None
+            else [mo.source_from.collection, mo.source_from.map, str(mo.source_from.pinned)],
+        ]
+        for name, mo in sorted(d.maps.items())
+    }
+    doc = [
+        object_sha256,
+        str(d.object_file),
+        sorted((k, repr(v)) for k, v in d.constants.items()),
+        maps,
+        list(d.programs) if d.programs is not None else None,
+    ]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def previous_link(
     d: DesiredCollection, old: Mapping[str, AttachmentRecord], key: str, kind: str
 ) -> AttachmentRecord | None:
@@ -323,12 +351,14 @@ class _Planner:
             assert actual is not None
             if actual.drift:
                 reasons.append("repair drift: " + "; ".join(str(x) for x in actual.drift))
+        must_reload = False
         for mname, mo in sorted(d.maps.items()):
             src = mo.source_from
             if src is None or src.collection is None:
                 continue
             smap = src.map or mname
             if (src.collection, smap) in self.recreated:
+                must_reload = True
                 reasons.append(f"map {mname} follows {src.collection}/{smap}, which is recreated")
             if src.collection not in self.desired.collections:
                 self.problem(
@@ -352,13 +382,43 @@ class _Planner:
             reason = f"generation {rec.generation} -> {rec.generation + 1}: " + "; ".join(reasons)
         else:
             reason = "; ".join(reasons)
-        self.add(op, "collection", d.name, d.name, reason, d.source)
         facts = self.actual.facts.collections.get(d.name)
+        reuse = (
+            actual is not None
+            and not must_reload
+            and facts is not None
+            and bool(facts.object_sha256)
+            and bool(actual.record.load_key)
+            and load_key(d, facts.object_sha256) == actual.record.load_key
+            # only attachments drifted (gone or detached: they are re-attached)
+            and all(
+                x.kind == "attachment" and x.code in ("missing", "replaced", "detached")
+                for x in actual.drift
+            )
+        )
+        if reuse:
+            reason += " (same object, constants and maps: programs and maps are kept)"
+        self.add(op, "collection", d.name, d.name, reason, d.source)
         for text in facts.problems if facts is not None else ():
             self.problem(d.name, text, d.source)
+        if reuse:
+            assert actual is not None
+            self.keep(d, actual.record)
+            self.attachments(d, actual, reuse=True)
+            return
         self.maps(d, actual, facts)
         self.programs(d, rec, facts, "; ".join(reasons))
         self.attachments(d, actual)
+
+    def keep(self, d: DesiredCollection, rec: CollectionRecord) -> None:
+        """NOOP lines for the maps and programs a collection keeps (only its attachments or
+        its metadata changed)."""
+        for mname, mr in sorted(rec.maps.items()):
+            mo = d.maps.get(mname)
+            src = mo.source if mo is not None and mo.source is not None else d.source
+            self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
+        for pname, pr in sorted(rec.programs.items()):
+            self.add(Op.NOOP, "program", d.name, pname, f"kept (id {pr.id})", d.source)
 
     def maps(
         self, d: DesiredCollection, actual: ActualCollection | None, facts: CollectionFacts | None
@@ -481,7 +541,9 @@ class _Planner:
             else:
                 self.add(Op.CREATE, "program", d.name, pname, "new program", d.source)
 
-    def attachments(self, d: DesiredCollection, actual: ActualCollection | None) -> None:
+    def attachments(
+        self, d: DesiredCollection, actual: ActualCollection | None, *, reuse: bool = False
+    ) -> None:
         rec = actual.record if actual is not None else None
         old = rec.attachments if rec is not None else {}
         seen: set[str] = set()
@@ -514,7 +576,9 @@ class _Planner:
                 "attachment", key, "missing", "replaced", "detached"
             )
             if ra is not None and not drifted:
-                if kind in IN_PLACE_KINDS:
+                if reuse and ra.program == a.program:
+                    self.add(Op.NOOP, "attachment", d.name, key, f"link {ra.link_id}", src)
+                elif kind in IN_PLACE_KINDS:
                     self.add(
                         Op.UPDATE,
                         "attachment",

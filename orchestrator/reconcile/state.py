@@ -177,9 +177,13 @@ class CollectionRecord:
     programs: Mapping[str, ProgramRecord] = field(default_factory=dict)
     attachments: Mapping[str, AttachmentRecord] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
+    # what the loaded objects depend on (object, constants, map options, program binding):
+    # equal keys mean the live programs and maps can be kept when only attachments change
+    load_key: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
+            "load_key": self.load_key,
             "generation": self.generation,
             "digest": self.digest,
             "object": self.object_file,
@@ -215,6 +219,7 @@ class CollectionRecord:
             programs={str(k): ProgramRecord.from_json(str(k), v) for k, v in progs.items()},
             attachments={str(k): AttachmentRecord.from_json(str(k), v) for k, v in atts.items()},
             depends_on=tuple(str(x) for x in deps),
+            load_key=str(d.get("load_key", "")),
         )
 
 
@@ -283,6 +288,7 @@ class CollectionFacts:
     """What the object of a changed collection declares, read before planning."""
 
     programs: tuple[str, ...] = ()  # programs that will be loaded
+    object_sha256: str = ""
     maps: Mapping[str, MapShape] = field(default_factory=dict)  # after max_entries overrides
     problems: tuple[str, ...] = ()  # e.g. an attach type this kernel cannot do
 

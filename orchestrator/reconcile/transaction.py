@@ -70,7 +70,7 @@ from orchestrator.manifest.model import (
 from orchestrator.reconcile.errors import ApplyError, ReconcileError, where
 from orchestrator.reconcile.hooks import Hooks
 from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
-from orchestrator.reconcile.plan import Op, Plan, previous_link, target_kind
+from orchestrator.reconcile.plan import Op, Plan, load_key, previous_link, target_kind
 from orchestrator.reconcile.state import (
     ActualState,
     AttachmentRecord,
@@ -105,15 +105,21 @@ def _check_name(name: str) -> str:
 
 @dataclass
 class _Staged:
-    """One collection's next generation while the transaction runs."""
+    """One collection's next generation while the transaction runs: freshly loaded
+    (``coll``), or the live programs and maps kept (``coll`` None, only attachments or
+    metadata changed)."""
 
     desired: DesiredCollection
     dir: Path
-    coll: Collection
+    coll: Collection | None
+    maps: dict[str, Map]
+    programs: dict[str, Program]
     object_sha256: str
+    load_key: str
     shapes: dict[str, MapShape]
     sources: dict[str, str] = field(default_factory=dict)  # map -> substitution key
     frozen: set[str] = field(default_factory=set)  # frozen data sections: not pinned
+    carried: dict[str, MapRecord] = field(default_factory=dict)  # kept records, verbatim
     links: dict[str, tuple[_links.Link, str]] = field(default_factory=dict)  # key -> (link, kind)
 
 
@@ -219,11 +225,10 @@ class Transaction:
         """An fd (owned by the transaction) for map ``mname`` of collection ``coll``: its
         staged map if it is in this transaction, else the live one."""
         st = self.staged.get(coll)
-        if st is not None:
-            m = st.coll.maps.get(mname)
-            if m is None:
-                raise ApplyError(f"collection {coll} has no map {mname}")
-            return m
+        if st is not None and mname in st.maps:
+            return st.maps[mname]
+        if st is not None and st.coll is not None:
+            raise ApplyError(f"collection {coll} has no map {mname}")
         ac = self.actual.collections.get(coll)
         if ac is None or mname not in ac.record.maps:
             raise ApplyError(
@@ -260,6 +265,9 @@ class Transaction:
 
         d = self.desired.collections[name]
         rec = self.actual.collections.get(name)
+        if rec is not None and self._reused(name):
+            self._keep(name, rec.record)
+            return
         self.hooks.call("load", name)
         try:
             info = self.objects.get(d.object_file)
@@ -314,21 +322,75 @@ class Transaction:
             coll = load_subset(spec, opts, d.programs, [])
         sdir = self.staging / _check_name(name)
         frozen = {n for n, ms in spec.maps.items() if ms.freeze}
-        st = _Staged(d, sdir, coll, info.sha256, shapes, sources, frozen)
+        st = _Staged(
+            d,
+            sdir,
+            coll,
+            coll.maps,
+            coll.programs,
+            info.sha256,
+            load_key(d, info.sha256),
+            shapes,
+            sources,
+            frozen,
+        )
         self.staged[name] = st
         if self.verify_only:
             return
-        self.hooks.call("pin", name)
-        os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
-        for sub in ("maps", "progs", "links") if d.attach else ("maps", "progs"):
-            os.mkdir(sdir / sub, 0o700)
-        for mname, live_map in coll.maps.items():
+        self._pin(st)
+
+    def _pin(self, st: _Staged) -> None:
+        """Pin the next generation under the staging directory."""
+        self.hooks.call("pin", st.desired.name)
+        os.mkdir(st.dir, 0o700)  # the staging directory was checked to be on bpffs
+        for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
+            os.mkdir(st.dir / sub, 0o700)
+        for mname, live_map in st.maps.items():
             # frozen data sections (.rodata) live as long as the programs that use them and
             # can never change: they are recorded by id, not pinned
-            if mname not in sources and not spec.maps[mname].freeze:
-                live_map.pin(sdir / "maps" / pin_name(mname))
-        for pname, p in coll.programs.items():
-            p.pin(sdir / "progs" / pin_name(pname))
+            if mname not in st.sources and mname not in st.frozen:
+                live_map.pin(st.dir / "maps" / pin_name(mname))
+        for pname, p in st.programs.items():
+            p.pin(st.dir / "progs" / pin_name(pname))
+
+    def _reused(self, name: str) -> bool:
+        """The plan keeps this collection's programs and maps (only attachments or metadata
+        changed)."""
+        progs = [c for c in self.plan.changes if c.collection == name and c.kind == "program"]
+        return bool(progs) and all(c.op is Op.NOOP for c in progs)
+
+    def _keep(self, name: str, rec: CollectionRecord) -> None:
+        """Stage a collection whose programs and maps stay: open them from their live pins
+        (they get a second pin in the staging tree)."""
+        d = self.desired.collections[name]
+        maps: dict[str, Map] = {}
+        carried: dict[str, MapRecord] = {}
+        for mname, mr in rec.maps.items():
+            if mr.source or not mr.pin:
+                carried[mname] = mr
+                continue
+            m = Map.from_pin(self._owned(name, mr.pin))
+            self.owned.append(m)
+            maps[mname] = m
+        programs: dict[str, Program] = {}
+        for pname, pr in rec.programs.items():
+            p = Program.from_pin(self._owned(name, pr.pin))
+            self.owned.append(p)
+            programs[pname] = p
+        st = _Staged(
+            d,
+            self.staging / _check_name(name),
+            None,
+            maps,
+            programs,
+            rec.object_sha256,
+            rec.load_key,
+            {n: mr.shape for n, mr in rec.maps.items()},
+            carried=carried,
+        )
+        self.staged[name] = st
+        if not self.verify_only:
+            self._pin(st)
 
     # ------------------------------------------------------------------ switch
 
@@ -339,7 +401,7 @@ class Transaction:
         for a in d.attach:
             key = a.key()
             self.current = (name, a.source or d.source)
-            prog = st.coll.programs.get(a.program)
+            prog = st.programs.get(a.program)
             if prog is None:
                 raise ApplyError(
                     f"{where(name, a.source or d.source)}: attachment {key}: program "
@@ -348,7 +410,11 @@ class Transaction:
             change = self.changes.get((name, "attachment", key))
             pin = st.dir / "links" / link_pin_name(a)
             kind = target_kind(a.target)
-            if change is not None and change.op is Op.UPDATE and ac is not None:
+            if change is not None and change.op is Op.NOOP and ac is not None:
+                # kept as it is: the same link gets a second pin in the new tree
+                link = _links.Link.from_pin(self._owned(name, ac.record.attachments[key].pin))
+                self.owned.append(link)
+            elif change is not None and change.op is Op.UPDATE and ac is not None:
                 ra = ac.record.attachments.get(key) or previous_link(
                     d, ac.record.attachments, key, kind
                 )
@@ -438,8 +504,8 @@ class Transaction:
         for name, st in self.staged.items():
             d = st.desired
             old = out.get(name)
-            maps: dict[str, MapRecord] = {}
-            for mname, m in st.coll.maps.items():
+            maps: dict[str, MapRecord] = dict(st.carried)
+            for mname, m in st.maps.items():
                 mo = d.maps.get(mname)
                 mid = int(_sys.map_info(m.fd).id)
                 src = st.sources.get(mname, "")
@@ -457,7 +523,7 @@ class Transaction:
                     ino=os.stat(st.dir / "maps" / pin_name(mname)).st_ino if pinned else 0,
                 )
             programs: dict[str, ProgramRecord] = {}
-            for pname, p in st.coll.programs.items():
+            for pname, p in st.programs.items():
                 pi = _sys.prog_info(p.fd)
                 rel = f"progs/{pin_name(pname)}"
                 programs[pname] = ProgramRecord(
@@ -490,6 +556,7 @@ class Transaction:
                 programs=programs,
                 attachments=atts,
                 depends_on=tuple(sorted(d.depends_on())),
+                load_key=st.load_key,
             )
         for name in self.plan.collections(Op.DELETE):
             out.pop(name, None)
@@ -537,7 +604,8 @@ class Transaction:
 
     def _close_all(self) -> None:
         for st in self.staged.values():
-            st.coll.close()
+            if st.coll is not None:
+                st.coll.close()
         for obj in self.owned:
             obj.close()
         self.owned.clear()

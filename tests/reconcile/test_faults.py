@@ -59,20 +59,20 @@ def extra_object(compile_bpf: Callable[..., Path], name: str, *, valid: bool = T
     return compile_bpf(src)
 
 
-def write_extra(env: Env, obj: Path, generation: int = 0) -> None:
-    env.write(
-        "zz-extra",
-        f"""
-        apiVersion: bpforch/v1
-        kind: Collection
-        metadata: {{name: zz-extra, labels: {{try: "{generation}"}}}}
-        spec:
-          object: {obj}
-          attach:
-            - program: {prog_name_of(obj)}
-              tracepoint: {{group: syscalls, name: sys_enter_getppid}}
-        """,
-    )
+def write_extra(env: Env, obj: Path, max_entries: int | None = None) -> None:
+    """The zz-extra manifest; a ``max_entries`` for its map makes each version reload."""
+    lines = [
+        "apiVersion: bpforch/v1",
+        "kind: Collection",
+        "metadata: {name: zz-extra}",
+        "spec:",
+        f"  object: {obj}",
+        f"  maps: {{hits: {{max_entries: {max_entries}}}}}" if max_entries else "",
+        "  attach:",
+        f"    - program: {prog_name_of(obj)}",
+        "      tracepoint: {group: syscalls, name: sys_enter_getppid}",
+    ]
+    env.write("zz-extra", "\n".join(line for line in lines if line) + "\n")
 
 
 _NAMES: dict[Path, str] = {}
@@ -311,7 +311,7 @@ def test_crash_at_each_step_converges(
     for step in ("load", "verify", "pin", "attach", "switch", "commit", "record", "release"):
         version += 1
         xdp_manifest(env, veth, version=version)
-        write_extra(env, sc.good, version)
+        write_extra(env, sc.good, max_entries=version)
         proc = subprocess.run(
             [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests)],
             cwd=ROOT,

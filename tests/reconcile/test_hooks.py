@@ -236,10 +236,11 @@ def test_tcx_programs_keep_their_declared_order(env: Env, veth: VethPair, fd_gua
     assert set(hook.prog_ids) == set(ids.values())
     # an upgrade switches each link in place: the order at the hook is unchanged
     order = hook.prog_ids
-    env.write(
-        "tc",
-        (env.manifests / "tc.yaml").read_text().replace("name: tc}", "name: tc, labels: {v: '2'}}"),
-    )
+    text = (env.manifests / "tc.yaml").read_text()
+    first, rest = text.split("---", 1)
+    # a bigger blocked_ports map in one collection: its program is reloaded
+    first = first.replace("  attach:", "  maps: {blocked_ports: {max_entries: 2048}}\n  attach:")
+    env.write("tc", first + "---" + rest)
     r.apply(env.desired())
     st = r.status()
     new_ids = {c.name: c.program("tc_ingress").id for c in st.collections}

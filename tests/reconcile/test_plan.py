@@ -352,3 +352,39 @@ def test_destroy_refuses_to_strand_a_dependent() -> None:
     d = plan_destroy(actual(a, b), ["b", "a"])
     assert not d.problems
     assert [c.collection for c in d.changes if c.kind == "collection"] == ["b", "a"]
+
+
+def test_same_load_key_keeps_programs_and_maps() -> None:
+    import dataclasses
+
+    from orchestrator.reconcile.plan import load_key
+
+    xdp = Attachment("prog", XDP)
+    tp = Attachment("prog", TP)
+    d = coll("a", "d2", attach=(xdp, tp))
+    rec = dataclasses.replace(
+        record("a", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),)),
+        load_key=load_key(d, "sha"),
+    )
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(programs=("prog",), maps={"counters": ARRAY}, object_sha256="sha")
+        }
+    )
+    p = plan(desired(d), actual(rec, facts=facts))
+    assert p.collection_op("a") is Op.UPDATE and "kept" in p.changes[0].reason
+    got = {(c.kind, c.name): c.op for c in p.changes[1:]}
+    assert got == {
+        ("map", "counters"): Op.NOOP,
+        ("program", "prog"): Op.NOOP,
+        ("attachment", xdp.key()): Op.NOOP,
+        ("attachment", tp.key()): Op.CREATE,
+    }
+    # other constants: another load key, the programs are reloaded
+    d2 = dataclasses.replace(d, constants={"version": 2})
+    p = plan(desired(d2), actual(rec, facts=facts))
+    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
+    # a drifted program pin: reloaded too
+    drift = {"a": (Drift("program", "prog", "pin progs/prog is missing"),)}
+    p = plan(desired(d), actual(rec, facts=facts, drift=drift))
+    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
