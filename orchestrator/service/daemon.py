@@ -256,6 +256,12 @@ class Daemon:
             self._retarget(None)
             self._degraded(str(err))
             return False
+        except Exception as err:  # a bug in validation must not stop the daemon either
+            _log.exception("internal error while validating", extra={"fields": {"trigger": why}})
+            self._status = replace(self._status, problems=(repr(err),))
+            self._retarget(None)
+            self._degraded(f"internal error: {err!r}")
+            return False
         if self._torn(changes_before):
             return False
         self._retarget(desired)

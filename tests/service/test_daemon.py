@@ -39,6 +39,10 @@ class FakeBackend:
         values: dict[str, str] = {}
         files = []
         for p in paths:
+            if not p.exists():
+                raise InvalidStateError(f"invalid manifest: {p}: no such file or directory")
+            if p.name == "crash.yaml":
+                raise KeyError("bug")
             for f in sorted(p.glob("*.yaml")) if p.is_dir() else [p]:
                 files.append(f)
                 for n, line in enumerate(f.read_text().splitlines(), 1):
@@ -443,3 +447,40 @@ def test_git_checkout_of_many_files_is_one_reconcile(harness: Harness) -> None:
     daemon = harness.run(script)
     assert harness.backend.applied[-1] == {"a": "1", **{f"c{i:02}": "2" for i in range(50)}}
     assert daemon.status.reconciles == 2
+
+
+def test_a_missing_manifest_dir_is_watched_for(harness: Harness) -> None:
+    """The configured directory does not exist yet (a volume not mounted, a checkout not
+    cloned): degraded, and its creation is noticed through the parent directory."""
+    later = harness.tmp / "later"
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        msg = h.notify.next()
+        assert msg == {"STATUS": f"degraded: invalid manifest: {later}: no such file or directory"}
+        later.mkdir()
+        assert h.notify.next() == {  # an empty directory: valid, nothing declared
+            "READY": "1",
+            "STATUS": "ready: 0 collections applied, 1 changed",
+        }
+        replace_file(later / "x.yaml", "x=1\n")
+        assert h.notify.next() == {"STATUS": "ready: 1 collection applied, 1 changed"}
+        stop()
+        h.notify.next()
+
+    harness.run(script, config=harness.config.with_overrides(manifests=(later,)))
+    assert harness.backend.applied[-1] == {"x": "1"}
+
+
+def test_a_bug_in_validation_degrades_without_dying(harness: Harness) -> None:
+    crash = harness.manifest.parent / "crash.yaml"
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next() == {"STATUS": "degraded: internal error: KeyError('bug')"}
+        stop()
+        assert "STOPPING" in h.notify.next()
+
+    crash.write_text("")
+    harness.run(script, config=harness.config.with_overrides(manifests=(crash,)))
+    assert harness.backend.applied == []
