@@ -138,6 +138,12 @@ class Transaction:
     ) -> None:
         self.objects = objects or ObjectCache()
         self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
+        reloaded = {
+            c.collection for c in plan.changes if c.kind == "program" and c.op is not Op.NOOP
+        }
+        self.kept = {
+            c.collection for c in plan.changes if c.kind == "program" and c.op is Op.NOOP
+        } - reloaded
         self.root = root
         self.state_dir = state_dir
         self.hooks = hooks
@@ -356,8 +362,7 @@ class Transaction:
     def _reused(self, name: str) -> bool:
         """The plan keeps this collection's programs and maps (only attachments or metadata
         changed)."""
-        progs = [c for c in self.plan.changes if c.collection == name and c.kind == "program"]
-        return bool(progs) and all(c.op is Op.NOOP for c in progs)
+        return name in self.kept
 
     def _keep(self, name: str, rec: CollectionRecord) -> None:
         """Stage a collection whose programs and maps stay: open them from their live pins

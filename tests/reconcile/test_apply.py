@@ -391,3 +391,28 @@ def test_noop_apply_only_reads(
     assert sorted(seen) == sorted(
         [bpfsys.Cmd.OBJ_GET] * links_n + [bpfsys.Cmd.OBJ_GET_INFO_BY_FD] * links_n
     )
+
+
+def test_status_names_the_git_revision_of_the_manifests(env: Env, veth: VethPair) -> None:
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    git = require_tool("git")
+    xdp_manifest(env, veth)
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [git, "-C", str(env.manifests), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    run("init", "-q")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "m")
+    head = run("rev-parse", "HEAD")
+    r = env.reconciler()
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.git_revision == head
+    assert st.manifest.startswith(str(env.manifests / "xdp-counter.yaml") + ":")
+    assert st.applied_at.endswith("Z")
