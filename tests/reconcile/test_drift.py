@@ -153,3 +153,26 @@ def test_staging_leftovers_and_orphans(env: Env, veth: VethPair, fd_guard: None)
     assert (env.root / "foreign" / "stuff").is_dir()  # not ours: never touched
     (env.root / "foreign" / "stuff").rmdir()
     (env.root / "foreign").rmdir()
+
+
+def test_whole_tree_removed_is_rebuilt(env: Env, veth: VethPair, fd_guard: None) -> None:
+    """Someone removed bpforch's directory: every pin is drift; the next apply rebuilds the
+    collection (the preserved map's contents are gone with it, and the plan says so)."""
+    from orchestrator.ebpf.pin import remove_tree
+
+    xdp_manifest(env, veth)
+    r = env.reconciler()
+    r.apply(env.desired())
+    traffic(veth)
+    remove_tree(env.root / "xdp-counter")
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Degraded"
+    p = r.plan(env.desired())
+    counters = p.change("xdp-counter", "map", "counters")
+    assert counters is not None and counters.op is Op.REPLACE
+    assert "recreated empty" in counters.reason
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready"
+    traffic(veth, 2)
+    assert packets(env) == 2
