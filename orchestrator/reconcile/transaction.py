@@ -568,8 +568,8 @@ class Transaction:
         return StateRecord(out)
 
     def _commit(self, record: StateRecord) -> None:
-        self.hooks.call("commit", "")
         for name in self.staged:
+            self.hooks.call("commit", name)
             live = self._owned(name, "")
             staged = self.staging / name
             try:
@@ -582,6 +582,7 @@ class Transaction:
             else:
                 self.undo.append((f"move {name} back", partial(rename, live, staged)))
         for name in self.plan.collections(Op.DELETE):
+            self.hooks.call("commit", name)
             live = self._owned(name, "")
             if not live.exists():
                 continue

@@ -172,7 +172,12 @@ def test_failure_at_each_step_restores_the_previous_generation(
     sc.next_state()
     # fail on the second collection where there is one, so the first is already staged,
     # switched or swapped when the failure comes
-    subject = {"load": "zz-extra", "verify": "zz-extra", "pin": "zz-extra"}.get(step, "")
+    subject = {
+        "load": "zz-extra",
+        "verify": "zz-extra",
+        "pin": "zz-extra",
+        "commit": "zz-extra",
+    }.get(step, "")
     if step == "attach":
         subject = f"{sc.name}@tracepoint:syscalls/sys_enter_getppid"
     hooks = Hooks(**{step: _raise(step, subject)})
@@ -308,7 +313,8 @@ def test_crash_at_each_step_converges(
         "r.apply(load_manifests([Path(sys.argv[3])]))\n"
     )
     version = 2
-    for step in ("load", "verify", "pin", "attach", "switch", "commit", "record", "release"):
+    steps = ("load", "verify", "pin", "attach", "switch", "commit", "commit:2", "record", "release")
+    for step in steps:  # commit:2: after the first collection's tree was swapped in
         version += 1
         xdp_manifest(env, veth, version=version)
         write_extra(env, sc.good, max_entries=version)
