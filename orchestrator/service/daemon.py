@@ -23,6 +23,7 @@ daemon adopts them without reloading), unless ``detach_on_exit`` is set.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -98,7 +99,7 @@ class Daemon:
         self._quiet = False  # inside a reload: its READY=1 carries the final STATUS
         self._line = ""
         self._stop_requested = False
-        self._signals: list[int] = []
+        self._signals: collections.deque[int] = collections.deque()
         self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -232,7 +233,10 @@ class Daemon:
                 signal.signal(sig, old)
 
     def _take_signals(self) -> list[int]:
-        taken, self._signals[:] = list(self._signals), []
+        # popleft is atomic with respect to the handler appending (both in this thread)
+        taken = []
+        while self._signals:
+            taken.append(self._signals.popleft())
         return taken
 
     # ------------------------------------------------------------------ actions
