@@ -348,16 +348,17 @@ class Transaction:
     def _pin(self, st: _Staged) -> None:
         """Pin the next generation under the staging directory."""
         self.hooks.call("pin", st.desired.name)
-        os.mkdir(st.dir, 0o700)  # the staging directory was checked to be on bpffs
+        sdir = os.fspath(st.dir)  # plain strings: this runs per collection
+        os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
         for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
-            os.mkdir(st.dir / sub, 0o700)
+            os.mkdir(f"{sdir}/{sub}", 0o700)
         for mname, live_map in st.maps.items():
             # frozen data sections (.rodata) live as long as the programs that use them and
             # can never change: they are recorded by id, not pinned
             if mname not in st.sources and mname not in st.frozen:
-                live_map.pin(st.dir / "maps" / pin_name(mname))
+                live_map.pin(f"{sdir}/maps/{pin_name(mname)}")
         for pname, p in st.programs.items():
-            p.pin(st.dir / "progs" / pin_name(pname))
+            p.pin(f"{sdir}/progs/{pin_name(pname)}")
 
     def _reused(self, name: str) -> bool:
         """The plan keeps this collection's programs and maps (only attachments or metadata
@@ -525,7 +526,7 @@ class Transaction:
                     f"maps/{pin_name(mname)}" if pinned else "",
                     preserve=bool(mo is not None and mo.preserve),
                     source=src,
-                    ino=os.stat(st.dir / "maps" / pin_name(mname)).st_ino if pinned else 0,
+                    ino=os.stat(f"{st.dir}/maps/{pin_name(mname)}").st_ino if pinned else 0,
                 )
             programs: dict[str, ProgramRecord] = {}
             for pname, p in st.programs.items():
@@ -537,7 +538,7 @@ class Transaction:
                     bytes(pi.tag).hex(),
                     rel,
                     int(pi.type),
-                    ino=os.stat(st.dir / rel).st_ino,
+                    ino=os.stat(f"{st.dir}/{rel}").st_ino,
                 )
             atts: dict[str, AttachmentRecord] = {}
             for a in d.attach:
