@@ -346,7 +346,9 @@ class _Planner:
             if d.name in self.actual.orphans:
                 reasons.append("replaces an unrecorded directory left by an interrupted apply")
         else:
-            if rec.digest != d.digest:
+            if not d.digest:
+                reasons.append("no digest (manifests read without their objects): re-applied")
+            elif rec.digest != d.digest:
                 reasons.append("manifest or object changed")
             assert actual is not None
             if actual.drift:

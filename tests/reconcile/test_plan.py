@@ -388,3 +388,8 @@ def test_same_load_key_keeps_programs_and_maps() -> None:
     drift = {"a": (Drift("program", "prog", "pin progs/prog is missing"),)}
     p = plan(desired(d), actual(rec, facts=facts, drift=drift))
     assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
+
+
+def test_without_a_digest_a_collection_is_always_reapplied() -> None:
+    p = plan(desired(coll("a", digest="")), actual(record("a", digest="")))
+    assert p.collection_op("a") is Op.UPDATE and "no digest" in p.changes[0].reason
