@@ -301,8 +301,10 @@ class _Planner:
         self.problems: list[Problem] = []
         # (collection, map) whose kernel object changes in this apply
         self.recreated: set[tuple[str, str]] = set()
-        self.own_prog_ids = {
-            p.id for c in actual.collections.values() for p in c.record.programs.values()
+        self.own_prog_ids = {  # program id -> the collection that owns it
+            p.id: c.record.name
+            for c in actual.collections.values()
+            for p in c.record.programs.values()
         }
 
     def problem(self, coll: str, message: str, source: Source | None) -> None:
@@ -639,12 +641,19 @@ class _Planner:
         if tf.problem is not None:
             self.problem(d.name, f"attachment {a.key()}: {tf.problem}", src)
             return
-        if (
-            isinstance(a.target, XdpTarget)
-            and tf.xdp_prog_id
-            and (tf.xdp_prog_id not in self.own_prog_ids)
-        ):
-            name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
+        if not isinstance(a.target, XdpTarget) or not tf.xdp_prog_id:
+            return
+        name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
+        owner = self.own_prog_ids.get(tf.xdp_prog_id)
+        if owner is not None and owner != d.name:
+            self.problem(
+                d.name,
+                f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
+                f"program{name} (id {tf.xdp_prog_id}) of collection {owner}; an interface "
+                f"takes one xdp program (remove it from {owner} in an apply of its own first)",
+                src,
+            )
+        elif owner is None:
             self.problem(
                 d.name,
                 f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "

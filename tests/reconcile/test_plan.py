@@ -393,3 +393,15 @@ def test_same_load_key_keeps_programs_and_maps() -> None:
 def test_without_a_digest_a_collection_is_always_reapplied() -> None:
     p = plan(desired(coll("a", digest="")), actual(record("a", digest="")))
     assert p.collection_op("a") is Op.UPDATE and "no digest" in p.changes[0].reason
+
+
+def test_xdp_hook_held_by_another_own_collection() -> None:
+    xdp = Attachment("prog", XDP)
+    other = record("other", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),))
+    facts = Facts(
+        collections={"a": CollectionFacts(programs=("prog",), maps={"counters": ARRAY})},
+        targets={XDP.key(): TargetFacts(xdp_prog_id=100, xdp_prog_name="prog")},
+    )
+    p = plan(desired(coll("a", attach=(xdp,))), actual(other, facts=facts), prune=True)
+    assert len(p.problems) == 1
+    assert "of collection other" in str(p.problems[0])
