@@ -176,3 +176,24 @@ def test_whole_tree_removed_is_rebuilt(env: Env, veth: VethPair, fd_guard: None)
     assert st is not None and st.condition == "Ready"
     traffic(veth, 2)
     assert packets(env) == 2
+
+
+def test_a_replaced_program_pin_is_drift(env: Env, veth: VethPair, fd_guard: None) -> None:
+    """Someone pinned another program where ours was: reported as replaced, repaired."""
+    from orchestrator import ebpf
+
+    xdp_manifest(env, veth)
+    r = env.reconciler()
+    r.apply(env.desired())
+    pin = env.root / "xdp-counter" / "progs" / "xdp_count"
+    os.unlink(pin)
+    with ebpf.load_collection(ROOT / "bpf" / "xdp_counter.o") as other:
+        other.programs["xdp_count"].pin(pin)
+        other_id = other.programs["xdp_count"].id
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Drifted" and st.reason == "PinReplaced"
+    assert f"holds program id {other_id}" in st.message
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready"
+    assert st.program("xdp_count").id != other_id
