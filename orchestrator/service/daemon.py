@@ -402,7 +402,12 @@ class Daemon:
             if state is not None:
                 objects.update(state.objects())
         watch_set = WatchSet.build(self.config.manifests, objects)
-        self._watcher.update(watch_set)
+        initial = not self._watcher.directories
+        if self._watcher.update(watch_set) and not initial:
+            # a new directory: what was written into it before its watch existed is read
+            # by one more reconcile (a no-op if there was nothing)
+            with self._lock:
+                self._debouncer.touch(self._clock())
         self._status = replace(
             self._status, watched=tuple(str(d) for d, _ in self._watcher.directories)
         )

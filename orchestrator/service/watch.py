@@ -126,13 +126,18 @@ class WatchSet:
         return cls(frozenset(dirs), frozenset(files))
 
     def directories(self) -> dict[Path, bool]:
-        """Directory -> recursive, for the observer. Missing directories are skipped (a
-        later reconcile attempt, after something changed, computes the set again)."""
-        out: dict[Path, bool] = {d: True for d in self.manifest_dirs if d.is_dir()}
+        """Directory -> recursive, for the observer. Each manifest directory and every
+        subdirectory the manifest loader reads (not hidden names, so not ``.git`` nor a
+        ConfigMap's ``..data``: their changes show at the top) gets its own watch, and the
+        parent of every file. Missing directories are skipped (a later reconcile attempt,
+        after something changed, computes the set again)."""
+        out: dict[Path, bool] = {}
+        for d in sorted(self.manifest_dirs):
+            for sub in _tree(d):
+                out[sub] = False
         for f in self.files:
-            parent = f.parent
-            if parent.is_dir() and not any(parent.is_relative_to(d) for d in self.manifest_dirs):
-                out.setdefault(parent, False)
+            if f.parent.is_dir():
+                out.setdefault(f.parent, False)
         return out
 
     def relevant(self, path: str, is_directory: bool = False) -> bool:
@@ -156,6 +161,35 @@ class WatchSet:
             return False
         paths = [_decode(event.src_path), _decode(getattr(event, "dest_path", "") or "")]
         return any(self.relevant(p, event.is_directory) for p in paths)
+
+
+MAX_DIRECTORIES = 4096  # per manifest directory: bounds the inotify watches we take
+
+
+def _tree(top: Path) -> list[Path]:
+    """``top`` and its non-hidden subdirectories, symlinks followed once (like the
+    manifest loader reads them)."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack and len(out) < MAX_DIRECTORIES:
+        d = stack.pop()
+        try:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(d), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        out.append(d)
+        for e in entries:
+            try:
+                if not e.name.startswith(".") and e.is_dir():
+                    stack.append(Path(e.path))
+            except OSError:
+                continue
+    return out
 
 
 def _decode(value: str | bytes) -> str:
@@ -238,9 +272,11 @@ class FileWatcher:
     def directories(self) -> tuple[tuple[Path, bool], ...]:
         return tuple(sorted(self._watches, key=str))
 
-    def update(self, watch_set: WatchSet) -> None:
-        """Watch exactly the directories ``watch_set`` needs (adds and removes watches)."""
+    def update(self, watch_set: WatchSet) -> int:
+        """Watch exactly the directories ``watch_set`` needs (adds and removes watches);
+        returns how many directories were added."""
         wanted = set(watch_set.directories().items())
+        added = 0
         with self._lock:
             self._set = watch_set
             for key in list(self._watches):
@@ -257,6 +293,7 @@ class FileWatcher:
                         recursive=recursive,
                         event_filter=list(_CONTENT_EVENTS),
                     )
+                    added += 1
                 except OSError as err:
                     _log.warning(
                         "cannot watch %s: %s", directory, err, extra={"fields": {"dir": directory}}
@@ -266,6 +303,7 @@ class FileWatcher:
                 len(self._watches),
                 extra={"fields": {"dirs": ",".join(str(d) for d, _ in self._watches)}},
             )
+        return added
 
     def writing(self, max_age: float, now: float | None = None) -> tuple[str, ...]:
         """Relevant files written to and not closed yet, for at most ``max_age`` seconds

@@ -43,7 +43,12 @@ class FakeBackend:
                 raise InvalidStateError(f"invalid manifest: {p}: no such file or directory")
             if p.name == "crash.yaml":
                 raise KeyError("bug")
-            for f in sorted(p.glob("*.yaml")) if p.is_dir() else [p]:
+            found = (
+                [f for f in p.rglob("*.yaml") if not any(x.startswith(".") for x in f.parts)]
+                if p.is_dir()
+                else [p]
+            )
+            for f in sorted(found):
                 files.append(f)
                 for n, line in enumerate(f.read_text().splitlines(), 1):
                     if line.strip() == "bad":
@@ -447,6 +452,7 @@ def test_git_checkout_of_many_files_is_one_reconcile(harness: Harness) -> None:
     daemon = harness.run(script)
     assert harness.backend.applied[-1] == {"a": "1", **{f"c{i:02}": "2" for i in range(50)}}
     assert daemon.status.reconciles == 2
+    assert daemon.status.watched == (str(repo),)  # not .git and its many directories
 
 
 def test_a_missing_manifest_dir_is_watched_for(harness: Harness) -> None:
@@ -484,3 +490,22 @@ def test_a_bug_in_validation_degrades_without_dying(harness: Harness) -> None:
     crash.write_text("")
     harness.run(script, config=harness.config.with_overrides(manifests=(crash,)))
     assert harness.backend.applied == []
+
+
+def test_a_file_written_right_into_a_new_directory_is_applied(harness: Harness) -> None:
+    """mkdir + write at once: the file may land before the new directory has its watch;
+    the reconcile that adds the watch schedules one more read, which finds it."""
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        sub = h.manifest.parent / "sub" / "deeper"
+        sub.mkdir(parents=True)
+        (sub / "b.yaml").write_text("b=1\n")
+        wait_until(lambda: bool(h.backend.applied) and "b" in h.backend.applied[-1], 5)
+        time.sleep(0.3)
+        (sub / "b.yaml").write_text("b=2\n")  # and it is watched from now on
+        wait_until(lambda: h.backend.applied[-1].get("b") == "2", 5)
+        stop()
+
+    harness.run(script)

@@ -67,10 +67,19 @@ def test_relevance(tmp_path: Path) -> None:
 def test_directories_to_watch(tmp_path: Path) -> None:
     mdir = tmp_path / "m"
     (mdir / "objs").mkdir(parents=True)
+    (mdir / ".git" / "objects").mkdir(parents=True)  # hidden: not read, not watched
+    (mdir / "..2026_01_01").mkdir()
     (tmp_path / "bpf").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", mdir / "linked")  # followed, as the loader does
+    os.symlink(mdir, mdir / "objs" / "loop")  # a loop is watched once
     ws = WatchSet.build([mdir], [tmp_path / "bpf" / "x.o", mdir / "objs" / "y.o"])
-    # the object inside the (recursively watched) manifest dir needs no watch of its own
-    assert ws.directories() == {mdir: True, tmp_path / "bpf": False}
+    assert ws.directories() == {
+        mdir: False,
+        mdir / "linked": False,
+        mdir / "objs": False,
+        tmp_path / "bpf": False,
+    }
     # a missing directory is skipped
     assert WatchSet.build([tmp_path / "nope.yaml"], [tmp_path / "gone" / "z.o"]).directories() == {
         tmp_path: False
@@ -129,8 +138,8 @@ def test_editor_and_git_writes_are_seen_noise_is_not(
     mdir.mkdir()
     a = mdir / "a.yaml"
     a.write_text("1")
-    w.update(WatchSet.build([mdir]))
-    assert w.directories == ((mdir, True),)
+    assert w.update(WatchSet.build([mdir])) == 1
+    assert w.directories == ((mdir, False),)
     # vim: backup by rename, write anew, delete the backup
     os.rename(a, mdir / "a.yaml~")
     a.write_text("2")
@@ -140,8 +149,10 @@ def test_editor_and_git_writes_are_seen_noise_is_not(
     # git: write a lock file, rename it into place
     replace_file(a, "3")
     wait_until(lambda: str(a) in rec.paths, 5, "the git write")
-    # a new file in a new subdirectory (git checkout of another branch)
+    # a new subdirectory (git checkout of another branch) is a change, then watched too
     (mdir / "sub").mkdir()
+    wait_until(lambda: str(mdir / "sub") in rec.paths, 5, "the new directory")
+    assert w.update(WatchSet.build([mdir])) == 1
     (mdir / "sub" / "b.yaml").write_text("x")
     wait_until(lambda: str(mdir / "sub" / "b.yaml") in rec.paths, 5, "the new file")
     rec.settle(0.7)
@@ -190,7 +201,7 @@ def test_object_rebuild_is_seen_and_update_retargets(
     (bpf / "y.o").write_bytes(b"")  # not referenced
     assert rec.settle() == []
     w.update(WatchSet.build([tmp_path / "m"]))  # object no longer referenced: unwatched
-    assert w.directories == ((tmp_path / "m", True),)
+    assert w.directories == ((tmp_path / "m", False),)
     obj.write_bytes(b"\x7fELF\x03")
     assert rec.settle() == []
 
