@@ -44,8 +44,19 @@ from orchestrator.manifest.objects import object_spec  # noqa: E402
 from orchestrator.reconcile import Reconciler  # noqa: E402
 
 TGID_NOBODY = 1 << 30  # no process has this tgid: the programs count nothing
-# A tracepoint takes at most 64 programs (BPF_TRACE_MAX_PROGS): spread the links.
-TRACEPOINTS = ("sys_enter_getppid", "sys_enter_getpgrp", "sys_enter_getsid", "sys_enter_getresuid")
+# A tracepoint takes at most 64 programs (BPF_TRACE_MAX_PROGS): spread the links (20 each).
+TRACEPOINTS = (  # rarely called syscalls, and never getppid (tests on this machine use it)
+    "sys_enter_getpgrp",
+    "sys_enter_getsid",
+    "sys_enter_getresuid",
+    "sys_enter_getresgid",
+    "sys_enter_getpgid",
+    "sys_enter_getpriority",
+    "sys_enter_getitimer",
+    "sys_enter_sched_getparam",
+    "sys_enter_sched_getscheduler",
+    "sys_enter_getrusage",
+)
 
 
 def write_manifests(directory: Path, n: int, obj: str, *, attach: bool) -> None:
