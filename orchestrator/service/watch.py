@@ -16,6 +16,7 @@ number of events, so memory stays bounded under an event storm.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -192,6 +193,14 @@ def _tree(top: Path) -> list[Path]:
     return out
 
 
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _decode(value: str | bytes) -> str:
     return os.fsdecode(value)
 
@@ -249,6 +258,8 @@ class FileWatcher:
     _writing: dict[str, float] = field(default_factory=dict, init=False)
     _observer: InotifyObserver = field(default_factory=InotifyObserver, init=False)
     _watches: dict[tuple[Path, bool], object] = field(default_factory=dict, init=False)
+    _inodes: dict[tuple[Path, bool], tuple[int, int]] = field(default_factory=dict, init=False)
+    _gone: set[Path] = field(default_factory=set, init=False)  # watched dirs deleted/moved
     _set: WatchSet = field(default_factory=WatchSet, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _started: bool = field(default=False, init=False)
@@ -280,11 +291,19 @@ class FileWatcher:
         with self._lock:
             self._set = watch_set
             for key in list(self._watches):
-                if key not in wanted:
-                    self._observer.unschedule(self._watches.pop(key))  # type: ignore[arg-type]
+                # a directory replaced by another one of the same name (rm -r and mkdir,
+                # a checkout) lost its watch with the old one: watch it again (seen by its
+                # deletion event, or by a new inode number when that event was missed)
+                stale = key[0] in self._gone or _inode(key[0]) != self._inodes.get(key)
+                if key not in wanted or stale:
+                    self._inodes.pop(key, None)
+                    with contextlib.suppress(KeyError):  # already gone with its inode
+                        self._observer.unschedule(self._watches.pop(key))  # type: ignore[arg-type]
+            self._gone.clear()
             for key in sorted(wanted - set(self._watches), key=str):
                 directory, recursive = key
                 try:
+                    inode = _inode(directory)
                     # the filter also narrows the inotify mask: reads of a watched
                     # directory's files (IN_OPEN, IN_CLOSE_NOWRITE) never wake us
                     self._watches[key] = self._observer.schedule(
@@ -293,6 +312,8 @@ class FileWatcher:
                         recursive=recursive,
                         event_filter=list(_CONTENT_EVENTS),
                     )
+                    if inode is not None:
+                        self._inodes[key] = inode
                     added += 1
                 except OSError as err:
                     _log.warning(
@@ -318,6 +339,10 @@ class FileWatcher:
     def _event(self, event: FileSystemEvent) -> None:
         with self._lock:
             relevant = self._set.event_relevant(event)
+            if event.is_directory and isinstance(event, DirDeletedEvent | DirMovedEvent):
+                # its watch (and those below it) went with it; the same name may come back
+                gone = Path(_decode(event.src_path))
+                self._gone.update(d for d, _ in self._watches if d.is_relative_to(gone))
             if relevant and not event.is_directory:
                 src = _decode(event.src_path)
                 if isinstance(event, FileModifiedEvent):

@@ -235,3 +235,18 @@ def test_reading_watched_files_does_not_wake_the_watcher(
     assert rec.settle(0.1) == []
     obj.write_bytes(b"\x7fELF\x02")  # while a write still wakes it
     assert rec.wait() == [str(obj)] * len(rec.paths)
+
+
+def test_a_replaced_directory_is_watched_again(
+    tmp_path: Path, watcher: tuple[FileWatcher, Recorder]
+) -> None:
+    w, rec = watcher
+    mdir = tmp_path / "m"
+    (mdir / "sub").mkdir(parents=True)
+    assert w.update(WatchSet.build([mdir])) == 2
+    (mdir / "sub").rmdir()
+    (mdir / "sub").mkdir()  # same name, new inode: the old watch went with the old one
+    wait_until(lambda: str(mdir / "sub") in rec.paths, 5, "the new directory")
+    assert w.update(WatchSet.build([mdir])) == 1
+    (mdir / "sub" / "x.yaml").write_text("1")
+    wait_until(lambda: str(mdir / "sub" / "x.yaml") in rec.paths, 5, "a file in it")
