@@ -82,6 +82,9 @@ def write_record(state_dir: Path, record: StateRecord) -> None:
             os.close(fd)
         os.rename(tmp, path)
         fsync_dir(state_dir)
+        for stale in state_dir.glob(f".{RECORD_FILE}.*.tmp"):  # left by a killed writer
+            with contextlib.suppress(OSError):
+                stale.unlink()
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -34,6 +34,10 @@ def test_write_then_read_round_trips_and_leaves_no_temp_files(tmp_path: Path) ->
     assert sorted(os.listdir(tmp_path / "s")) == ["state.json"]
     assert json.loads((tmp_path / "s" / "state.json").read_text())["version"] == 1
     assert read_record(tmp_path / "nothing") == StateRecord()
+    # a writer killed between write and rename left its temp file: the next write drops it
+    (tmp_path / "s" / ".state.json.999999.tmp").write_text("partial")
+    write_record(tmp_path / "s", state)
+    assert sorted(os.listdir(tmp_path / "s")) == ["state.json"]
 
 
 def test_a_failed_write_keeps_the_old_record(tmp_path: Path) -> None:
