@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,28 @@ def test_tcx_anchor_must_be_attached_first(env: Env, veth: VethPair, fd_guard: N
         env.reconciler().apply(with_collection(one(env), attach=(anchored,)))
     assert "nope is not attached at tc:" in str(info.value)
     assert pins_under(env.root) == []
+
+
+def test_fentry_programs_are_refused_at_plan_time(
+    env: Env, compile_bpf: Callable[..., Path]
+) -> None:
+    obj = compile_bpf(
+        "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n"
+        'SEC("fentry/vfs_read") int on_read(void *ctx) { return 0; }\n'
+        'char LICENSE[] SEC("license") = "GPL";\n'
+    )
+    env.write(
+        "fentry",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: tracing}}
+        spec:
+          object: {obj}
+        """,
+    )
+    p = env.reconciler().plan(env.desired())
+    assert len(p.problems) == 1
+    text = str(p.problems[0])
+    assert "program on_read (section fentry/vfs_read)" in text and "not supported" in text
+    assert "fentry.yaml:" in text
