@@ -55,6 +55,10 @@ _STATUS_MAX = 400  # characters of a STATUS= line
 # How long a file that is being written (modified, not closed yet) may hold back a
 # reconcile; after that its writer is not waited for.
 WRITE_SETTLE_MAX = 5.0
+# A failed apply may succeed later with the same manifests (an interface or cgroup that
+# appears, a lock held by a manual `bpforch apply`): retry with a doubling delay.
+RETRY_MIN = 1.0
+RETRY_MAX = 60.0
 
 
 def _one_line(text: str) -> str:
@@ -81,8 +85,12 @@ class Daemon:
         reload_config: Callable[[], ServiceConfig] | None = None,
         on_config: Callable[[ServiceConfig], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry: tuple[float, float] = (RETRY_MIN, RETRY_MAX),
     ) -> None:
         self.config = config
+        self._retry_min, self._retry_max = retry
+        self._retry_delay = self._retry_min
+        self._retry_at: float | None = None
         self._backend_factory = backend_factory
         self._backend = backend_factory(config)
         self._notifier = notifier if notifier is not None else Notifier(None)
@@ -163,6 +171,9 @@ class Daemon:
                     if self._writes_in_progress(now):
                         continue
                     self._reconcile(f"{burst} change(s)")
+                elif self._retry_at is not None and now >= self._retry_at:
+                    self._retry_at = None
+                    self._reconcile("retry")
             self._shutdown()
         finally:
             self._watcher.stop()
@@ -177,7 +188,7 @@ class Daemon:
     def _timeout(self, next_ping: float | None) -> float | None:
         with self._lock:
             deadline = self._debouncer.deadline()
-        deadlines = [d for d in (deadline, next_ping) if d is not None]
+        deadlines = [d for d in (deadline, next_ping, self._retry_at) if d is not None]
         if not deadlines:
             return None  # nothing pending: sleep until a signal or a file change
         return max(0.0, min(deadlines) - self._clock())
@@ -275,13 +286,14 @@ class Daemon:
         except ApplyFailedError as err:
             _log.error("%s", err, extra={"fields": {"trigger": why}})
             self._status = replace(self._status, problems=(str(err),))
-            self._degraded(str(err))
+            self._degraded(str(err), retry=True)
             return False
         except Exception as err:  # a bug must not take the live programs' daemon down
             _log.exception("internal error while applying", extra={"fields": {"trigger": why}})
             self._status = replace(self._status, problems=(repr(err),))
-            self._degraded(f"internal error: {err!r}")
+            self._degraded(f"internal error: {err!r}", retry=True)
             return False
+        self._retry_at, self._retry_delay = None, self._retry_min
         self._good = desired
         elapsed_ms = (self._clock() - started) * 1000
         _log.info(
@@ -324,9 +336,19 @@ class Daemon:
         else:
             self._notify(STATUS=self._status_line())
 
-    def _degraded(self, reason: str) -> None:
-        self._publish("degraded", f"degraded: {reason}")
-        if not self._quiet:
+    def _degraded(self, reason: str, *, retry: bool = False) -> None:
+        """Report a degraded state. ``retry``: the apply failed, so try again later (with
+        a doubling delay) even if no file changes; a repeated identical failure is not
+        notified again. Invalid manifests are not retried: only a change can fix them."""
+        line = _one_line(f"degraded: {reason}")
+        repeated = retry and self._status.phase == "degraded" and line == self._line
+        if retry:
+            self._retry_at = self._clock() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, self._retry_max)
+        else:
+            self._retry_at, self._retry_delay = None, self._retry_min
+        self._publish("degraded", line)
+        if not self._quiet and not repeated:
             self._notify(STATUS=self._status_line())
 
     def _reload(self) -> None:

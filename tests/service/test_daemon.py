@@ -94,6 +94,7 @@ class Harness:
         watchdog: WatchdogSettings | None = None,
         reload_config: Callable[[], ServiceConfig] | None = None,
         config: ServiceConfig | None = None,
+        retry: tuple[float, float] = (1.0, 60.0),
     ) -> Daemon:
         """Run the daemon in this (main) thread while ``script`` runs in another; the
         script must end by stopping the daemon (SIGTERM)."""
@@ -107,6 +108,7 @@ class Harness:
             ),
             watchdog=watchdog,
             reload_config=reload_config,
+            retry=retry,
         )
         errors: list[BaseException] = []
 
@@ -509,3 +511,52 @@ def test_a_file_written_right_into_a_new_directory_is_applied(harness: Harness) 
         stop()
 
     harness.run(script)
+
+
+def test_failed_apply_is_retried_with_backoff(harness: Harness) -> None:
+    """The same manifests may apply later (an interface appears, a lock is released):
+    a failed apply is retried with a doubling delay, without any file change; the repeated
+    identical failure is not notified again."""
+    attempts: list[float] = []
+    original = harness.backend.apply
+
+    def apply(desired: DesiredState, prune: bool) -> ApplySummary:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 3:
+            raise ApplyFailedError("apply failed: interface veth0 does not exist")
+        return original(desired, prune)
+
+    harness.backend.apply = apply  # type: ignore[method-assign]
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next() == {
+            "STATUS": "degraded: apply failed: interface veth0 does not exist"
+        }
+        assert h.notify.next() == {
+            "READY": "1",
+            "STATUS": "ready: 1 collection applied, 1 changed",
+        }
+        assert h.notify.quiet(0.5) == []  # no more retries once it worked
+        stop()
+        h.notify.next()
+
+    harness.run(script, retry=(0.1, 0.25))
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert len(attempts) == 4
+    assert 0.1 <= gaps[0] < 0.2 and 0.2 <= gaps[1] < 0.3 and 0.25 <= gaps[2] < 0.35, gaps
+
+
+def test_invalid_manifests_are_not_retried(harness: Harness) -> None:
+    harness.manifest.write_text("bad\n")
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next()["STATUS"].startswith("degraded: invalid manifest")
+        loads = h.backend.loads
+        time.sleep(0.5)
+        assert h.backend.loads == loads
+        stop()
+        h.notify.next()
+
+    harness.run(script, retry=(0.1, 0.2))
