@@ -121,6 +121,9 @@ class Plan:
     changes: tuple[Change, ...] = ()
     problems: tuple[Problem, ...] = ()
     garbage: tuple[Path, ...] = ()
+    # updated collections whose live programs and maps stay (only attachments or metadata
+    # changed)
+    kept: frozenset[str] = frozenset()
 
     def counts(self) -> tuple[int, int, int]:
         """(to add, to change, to destroy), counting maps, programs and attachments; a
@@ -301,6 +304,7 @@ class _Planner:
         self.problems: list[Problem] = []
         # (collection, map) whose kernel object changes in this apply
         self.recreated: set[tuple[str, str]] = set()
+        self.kept: set[str] = set()
         self.own_prog_ids = {  # program id -> the collection that owns it
             p.id: c.record.name
             for c in actual.collections.values()
@@ -334,7 +338,7 @@ class _Planner:
             self.collection(desired[name])
         self.deletes()
         garbage = tuple(self.actual.staging)
-        return Plan(tuple(self.changes), tuple(self.problems), garbage)
+        return Plan(tuple(self.changes), tuple(self.problems), garbage, frozenset(self.kept))
 
     # ------------------------------------------------------------------ one collection
 
@@ -407,6 +411,7 @@ class _Planner:
             self.problem(d.name, text, d.source)
         if reuse:
             assert actual is not None
+            self.kept.add(d.name)
             self.keep(d, actual.record)
             self.attachments(d, actual, reuse=True)
             return

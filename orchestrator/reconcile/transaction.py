@@ -138,12 +138,6 @@ class Transaction:
     ) -> None:
         self.objects = objects or ObjectCache()
         self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
-        reloaded = {
-            c.collection for c in plan.changes if c.kind == "program" and c.op is not Op.NOOP
-        }
-        self.kept = {
-            c.collection for c in plan.changes if c.kind == "program" and c.op is Op.NOOP
-        } - reloaded
         self.root = root
         self.state_dir = state_dir
         self.hooks = hooks
@@ -325,7 +319,9 @@ class Transaction:
         if d.programs is None:
             coll = Collection(spec, opts)
         else:
-            coll = load_subset(spec, opts, d.programs, [])
+            # with a program binding, also the maps the manifest names (pinned, preserved)
+            named = [m for m, mo in d.maps.items() if m in spec.maps and mo.source_from is None]
+            coll = load_subset(spec, opts, d.programs, named)
         sdir = self.staging / _check_name(name)
         frozen = {n for n, ms in spec.maps.items() if ms.freeze}
         st = _Staged(
@@ -363,7 +359,7 @@ class Transaction:
     def _reused(self, name: str) -> bool:
         """The plan keeps this collection's programs and maps (only attachments or metadata
         changed)."""
-        return name in self.kept
+        return name in self.plan.kept
 
     def _keep(self, name: str, rec: CollectionRecord) -> None:
         """Stage a collection whose programs and maps stay: open them from their live pins

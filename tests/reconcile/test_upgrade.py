@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +156,56 @@ def test_metadata_or_attachment_changes_keep_programs_and_maps(
     st = r.status().get("xdp-counter")
     assert st is not None and [a.link_id for a in st.attachments] == [ids[2]]
     assert os.path.exists(env.root / "xdp-counter" / "progs" / "xdp_count")
+
+
+TWO_C = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } used SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 8); } table SEC(".maps");
+const volatile __u64 gen = 0;
+SEC("tracepoint/syscalls/sys_enter_getppid") int bound(void *ctx)
+{ __u32 k = 0; __u64 *v = bpf_map_lookup_elem(&used, &k); if (v) *v = gen; return 0; }
+SEC("tracepoint/syscalls/sys_enter_getppid") int unbound(void *ctx)
+{ __u32 k = 0; __u64 one = 1; bpf_map_update_elem(&table, &k, &one, 0); return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_program_binding_keeps_preserved_maps_it_does_not_use(
+    env: Env, compile_bpf: Callable[..., Path], fd_guard: None
+) -> None:
+    obj = compile_bpf(TWO_C)
+
+    def manifest(gen: int) -> None:
+        env.write(
+            "two",
+            f"""
+            apiVersion: bpforch/v1
+            kind: Collection
+            metadata: {{name: two}}
+            spec:
+              object: {obj}
+              programs: [bound]
+              constants: {{gen: {gen}}}
+              maps:
+                table: {{pin: true, preserve: true}}
+            """,
+        )
+
+    r = env.reconciler()
+    manifest(1)
+    r.apply(env.desired())
+    st = r.status().get("two")
+    assert st is not None and [p.name for p in st.programs] == ["bound"]
+    table_id = st.map("table").id
+    with Map.from_pin(env.root / "two" / "maps" / "table") as table:
+        table[7] = 42
+    manifest(2)
+    r.apply(env.desired())
+    st = r.status().get("two")
+    assert st is not None and st.generation == 2 and st.map("table").id == table_id
+    with Map.from_pin(env.root / "two" / "maps" / "table") as table:
+        assert table[7] == 42
