@@ -20,8 +20,9 @@ are logged with their file:line:col, and the status says ``degraded: <reason>`` 
 valid change is applied. A file still being written is not read until it is closed, and a
 read during which the files changed is dropped and done again. A failed apply (the
 reconciler rolled back) is retried after 1, 2, 4 … 60 s, since the same manifests may
-apply later (an interface that appears). Stopping leaves every program attached and pinned (a restarted
-daemon adopts them without reloading), unless ``detach_on_exit`` is set.
+apply later (an interface that appears). Stopping leaves every program attached and
+pinned (a restarted daemon adopts them without reloading), unless ``detach_on_exit`` is
+set.
 """
 
 from __future__ import annotations

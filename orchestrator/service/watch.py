@@ -43,6 +43,8 @@ from watchdog.observers.inotify import InotifyObserver
 _log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+OVERFLOW = "<inotify queue overflow>"  # the path reported when events were lost
+_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
 # events that can change what a file holds; opens, reads and attribute changes cannot
 _CONTENT_EVENTS = (
@@ -265,15 +267,24 @@ class FileWatcher:
     _started: bool = field(default=False, init=False)
 
     def start(self) -> None:
+        logging.getLogger(_INOTIFY_LOGGER).addFilter(self._overflow)
         self._observer.daemon = True
         self._observer.start()
         self._started = True
 
     def stop(self) -> None:
+        logging.getLogger(_INOTIFY_LOGGER).removeFilter(self._overflow)
         if self._started:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._started = False
+
+    def _overflow(self, record: logging.LogRecord) -> bool:
+        """The kernel's inotify queue overflowed and events were lost (watchdog only logs
+        it): treat it as a change of everything, so the next reconcile reads all again."""
+        if str(record.msg).startswith("Inotify queue overflowed"):
+            self.on_change(OVERFLOW)
+        return True
 
     @property
     def watch_set(self) -> WatchSet:

@@ -250,3 +250,21 @@ def test_a_replaced_directory_is_watched_again(
     assert w.update(WatchSet.build([mdir])) == 1
     (mdir / "sub" / "x.yaml").write_text("1")
     wait_until(lambda: str(mdir / "sub" / "x.yaml") in rec.paths, 5, "a file in it")
+
+
+def test_lost_events_count_as_a_change(watcher: tuple[FileWatcher, Recorder]) -> None:
+    """watchdog only logs an inotify queue overflow; the watcher turns it into a change
+    (the kernel's queue cannot be overflowed here without changing a global sysctl, so
+    the test sends watchdog's own message)."""
+    import logging
+
+    from orchestrator.service.watch import OVERFLOW
+
+    w, rec = watcher
+    logging.getLogger("watchdog.observers.inotify_c").warning(
+        "Inotify queue overflowed; filesystem events were lost"
+    )
+    assert rec.paths == [OVERFLOW]
+    w.stop()  # stopped: no longer listening
+    logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed")
+    assert rec.paths == [OVERFLOW]
