@@ -197,3 +197,24 @@ def test_a_replaced_program_pin_is_drift(env: Env, veth: VethPair, fd_guard: Non
     st = r.status().get("xdp-counter")
     assert st is not None and st.condition == "Ready"
     assert st.program("xdp_count").id != other_id
+
+
+def test_interface_removed_is_degraded_and_a_plan_problem(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    import time
+
+    xdp_manifest(env, veth)
+    r = env.reconciler()
+    r.apply(env.desired())
+    veth.b.ns.ip("link", "del", veth.b.name)
+    deadline = time.monotonic() + 2
+    st = r.status().get("xdp-counter")
+    while st is not None and st.condition == "Ready" and time.monotonic() < deadline:
+        time.sleep(0.02)  # the kernel detaches the link when the device goes away
+        st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Degraded" and "detached" in st.message
+    p = r.plan(env.desired())
+    assert any(
+        f"interface {veth.b.name} in" in str(x) and "does not exist" in str(x) for x in p.problems
+    ), p.problems
