@@ -151,3 +151,22 @@ def test_write_status_leaves_no_temporary_on_failure(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_status(tmp_path, DaemonStatus(pid=1, pid_start=1, phase="ready"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["service.json"]
+
+
+def test_refuses_a_second_daemon_on_the_same_state_dir(tmp_path: Path) -> None:
+    import subprocess
+
+    from orchestrator.service.status import process_start_time
+
+    (tmp_path / "m").mkdir()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        start = process_start_time(other.pid)
+        assert start is not None
+        write_status(tmp_path / "s", DaemonStatus(pid=other.pid, pid_start=start, phase="ready"))
+        code, err = _run(["watch", str(tmp_path / "m"), "--state-dir", str(tmp_path / "s")])
+        assert code == 1
+        assert f"another bpforch daemon (pid {other.pid}) runs with state dir" in err
+    finally:
+        other.kill()
+        other.wait()
