@@ -353,3 +353,42 @@ def test_crash_at_each_step_converges(
             lambda: programs_where(lambda n, m: n == sc.name),
             {extra.program(sc.name).id},
         ) == {extra.program(sc.name).id}, step
+
+
+def test_incomplete_rollback_is_reported_and_the_next_apply_converges(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """The record write fails and, at the same moment, someone detaches our XDP link: the
+    link can't be switched back. The error says the rollback was incomplete and what is
+    left; the next apply repairs it."""
+    from orchestrator.ebpf import links
+
+    xdp_manifest(env, veth, version=1)
+    r = env.reconciler()
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None
+    link_id = st.attachments[0].link_id
+    xdp_manifest(env, veth, version=2)
+
+    def sabotage(_: str) -> None:
+        with links.Link.from_id(link_id) as link:
+            link.detach()
+        raise RuntimeError("injected failure at record")
+
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(Hooks(record=sabotage)).apply(env.desired())
+    text = str(info.value)
+    assert "injected failure at record" in text
+    assert f"rollback was incomplete: switch link {link_id} back" in text
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Degraded" and st.generation == 1
+    assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready" and st.generation == 2
+    with Map.from_pin(env.root / "xdp-counter" / "maps" / "counters") as counters:
+        with UdpReceiver(veth.b, 6002) as rx:
+            send_udp(veth.a, veth.b, 6002, count=2)
+            assert rx.drain() == 2
+        assert counters[2] == 2
