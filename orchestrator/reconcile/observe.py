@@ -39,6 +39,7 @@ from orchestrator.reconcile.state import (
     CollectionRecord,
     Drift,
     Facts,
+    MapRecord,
     MapShape,
     TargetFacts,
 )
@@ -114,6 +115,9 @@ def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
     cdir = os.path.join(root, rec.name)
     drift: list[Drift] = []
     for m in rec.maps.values():
+        if m.source.startswith("pinned:"):
+            drift.extend(_check_pinned_source(m))
+            continue
         if m.source or not m.pin:  # substituted, or a frozen .rodata held by its programs
             continue
         path = os.path.join(cdir, m.pin)
@@ -145,6 +149,25 @@ def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
     for a in rec.attachments.values():
         drift.extend(_check_link(Path(cdir), rec, a))
     return tuple(drift)
+
+
+def _check_pinned_source(m: MapRecord) -> list[Drift]:
+    """A ``from: {pinned}`` source must still hold the map our programs were loaded with."""
+    path = m.source.removeprefix("pinned:")
+    got = _open_id(Path(os.path.realpath(path)), _sys.map_info)
+    if got is None:
+        return [Drift("map", m.name, f"substitution source {path} is gone")]
+    if got[0] != m.id:
+        return [
+            Drift(
+                "map",
+                m.name,
+                f"substitution source {path} now holds map id {got[0]}, not {m.id} (the "
+                "programs are reloaded with it)",
+                "replaced",
+            )
+        ]
+    return []
 
 
 def _check_link(cdir: Path, rec: CollectionRecord, a: AttachmentRecord) -> list[Drift]:

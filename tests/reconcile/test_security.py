@@ -124,3 +124,29 @@ def test_destroy_refuses_what_it_does_not_own(env: Env, pin_dir: Path) -> None:
     assert (env.root / "someone-else" / "stuff").is_dir()
     (env.root / "someone-else" / "stuff").rmdir()
     (env.root / "someone-else").rmdir()
+
+
+def test_a_replaced_substitution_source_is_drift_and_rebound(
+    env: Env, pin_dir: Path, fd_guard: None
+) -> None:
+    foreign = pin_dir / "foreign_stats"
+    with foreign_map(foreign) as first:
+        user_manifest(env, foreign)
+        r = env.reconciler()
+        r.apply(env.desired())
+        st = r.status().get("shared-user")
+        assert st is not None and st.map("shared_stats").id == first.id
+        os.unlink(foreign)
+        with foreign_map(foreign) as second:
+            st = r.status().get("shared-user")
+            assert st is not None and st.condition == "Drifted"
+            assert f"now holds map id {second.id}" in st.message
+            r.apply(env.desired())
+            st = r.status().get("shared-user")
+            assert st is not None and st.condition == "Ready"
+            assert st.map("shared_stats").id == second.id
+            os.unlink(foreign)
+            st = r.status().get("shared-user")
+            assert st is not None and "substitution source" in st.message
+            assert "is gone" in st.message
+        r.destroy()
