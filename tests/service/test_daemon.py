@@ -86,6 +86,11 @@ class Harness:
     backend: FakeBackend
     manifest: Path
     config: ServiceConfig
+    made_for: list[ServiceConfig] = field(default_factory=list)
+
+    def factory(self, config: ServiceConfig) -> FakeBackend:
+        self.made_for.append(config)
+        return self.backend
 
     def run(
         self,
@@ -95,12 +100,13 @@ class Harness:
         reload_config: Callable[[], ServiceConfig] | None = None,
         config: ServiceConfig | None = None,
         retry: tuple[float, float] = (1.0, 60.0),
+        on_config: Callable[[ServiceConfig], None] | None = None,
     ) -> Daemon:
         """Run the daemon in this (main) thread while ``script`` runs in another; the
         script must end by stopping the daemon (SIGTERM)."""
         daemon = Daemon(
             config or self.config,
-            lambda c: self.backend,
+            self.factory,
             notifier=Notifier(
                 self.notify.env_value.replace("@", "\0", 1).encode()
                 if self.notify.env_value.startswith("@")
@@ -109,6 +115,7 @@ class Harness:
             watchdog=watchdog,
             reload_config=reload_config,
             retry=retry,
+            on_config=on_config,
         )
         errors: list[BaseException] = []
 
@@ -560,3 +567,54 @@ def test_invalid_manifests_are_not_retried(harness: Harness) -> None:
         h.notify.next()
 
     harness.run(script, retry=(0.1, 0.2))
+
+
+def test_sigint_stops_like_sigterm(harness: Harness) -> None:
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert h.notify.next() == {"STOPPING": "1", "STATUS": "stopping: programs stay attached"}
+
+    harness.run(script)
+
+
+def test_reload_takes_the_new_config_into_use(harness: Harness) -> None:
+    """A reload with another bpffs root / state dir makes a new backend for them, and the
+    new configuration is handed to ``on_config`` (which sets up logging)."""
+    new = harness.config.with_overrides(
+        bpffs_root=Path("/sys/fs/bpf/elsewhere"),
+        state_dir=harness.tmp / "state2",
+        log_format="json",
+    )
+    seen: list[ServiceConfig] = []
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        os.kill(os.getpid(), signal.SIGHUP)
+        h.notify.next()
+        assert h.notify.next()["READY"] == "1"
+        stop()
+        h.notify.next()
+
+    daemon = harness.run(script, reload_config=lambda: new, on_config=seen.append)
+    assert seen == [new]
+    assert harness.made_for == [harness.config, new]
+    assert daemon.config == new
+    status = read_status(new.state_dir)
+    assert status is not None and status.phase == "stopped"
+
+
+def test_reload_with_the_same_roots_keeps_the_backend(harness: Harness) -> None:
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        os.kill(os.getpid(), signal.SIGHUP)
+        h.notify.next()
+        h.notify.next()
+        stop()
+        h.notify.next()
+
+    harness.run(script, reload_config=lambda: harness.config.with_overrides(debounce_ms=10))
+    assert harness.made_for == [harness.config]
