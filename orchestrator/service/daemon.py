@@ -23,6 +23,9 @@ reconciler rolled back) is retried after 1, 2, 4 … 60 s, since the same manife
 apply later (an interface that appears). Stopping leaves every program attached and
 pinned (a restarted daemon adopts them without reloading), unless ``detach_on_exit`` is
 set.
+
+Needs Linux inotify, plus what the reconciler needs: bpffs, CAP_BPF, CAP_NET_ADMIN and
+CAP_PERFMON, and CAP_SYS_ADMIN for targets in another network namespace (setns).
 """
 
 from __future__ import annotations
