@@ -67,7 +67,7 @@ from orchestrator.manifest.model import (
     XdpMode,
     XdpTarget,
 )
-from orchestrator.reconcile.errors import ApplyError, ReconcileError, where
+from orchestrator.reconcile.errors import ApplyError, where
 from orchestrator.reconcile.hooks import Hooks
 from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
 from orchestrator.reconcile.plan import Op, Plan, load_key, previous_link, target_kind
@@ -166,9 +166,8 @@ class Transaction:
                 self._stage(name)
         except Exception as err:
             self._close_all()
-            if isinstance(err, ReconcileError):
-                raise
-            what = where(*self.current) + ": " if self.current[0] else ""
+            located = str(err).startswith("collection ")
+            what = where(*self.current) + ": " if self.current[0] and not located else ""
             raise ApplyError(f"{what}{err} (kernel dry run: nothing was changed)") from err
         self._close_all()
 
@@ -193,11 +192,10 @@ class Transaction:
         except BaseException as err:
             problems = self._rollback()
             self._close_all()
-            if isinstance(err, ReconcileError) and not problems:
-                raise
             if not isinstance(err, Exception):
                 raise
-            what = where(*self.current) + ": " if self.current[0] else ""
+            located = str(err).startswith("collection ")
+            what = where(*self.current) + ": " if self.current[0] and not located else ""
             extra = ""
             if problems:
                 extra = " (rollback was incomplete: " + "; ".join(problems) + ")"

@@ -82,6 +82,7 @@ def test_unsupported_xdp_mode(env: Env, veth: VethPair, fd_guard: None) -> None:
     with pytest.raises(ApplyError) as info:
         env.reconciler().apply(with_collection(one(env), attach=(offload,)))
     assert "xdp mode offload is not supported" in str(info.value)
+    assert str(info.value).startswith("collection xdp-counter (")
     assert pins_under(env.root) == []
 
 
@@ -94,6 +95,7 @@ def test_tcx_anchor_must_be_attached_first(env: Env, veth: VethPair, fd_guard: N
     with pytest.raises(ApplyError) as info:
         env.reconciler().apply(with_collection(one(env), attach=(anchored,)))
     assert "nope is not attached at tc:" in str(info.value)
+    assert str(info.value).startswith("collection tc-filter (")
     assert pins_under(env.root) == []
 
 
