@@ -365,7 +365,7 @@ class _Planner:
             if src is None or src.collection is None:
                 continue
             smap = src.map or mname
-            if (src.collection, smap) in self.recreated:
+            if (src.collection, smap) in self.recreated and rec is not None:
                 must_reload = True
                 reasons.append(f"map {mname} follows {src.collection}/{smap}, which is recreated")
             if src.collection not in self.desired.collections:
