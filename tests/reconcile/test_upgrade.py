@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.ebpf import Map
 from orchestrator.reconcile import Op
-from tests.netns import UdpReceiver, UdpStream, VethPair
+from tests.netns import Cgroup, UdpReceiver, UdpStream, VethPair
 from tests.reconcile.conftest import Env, prog_alive
 from tests.reconcile.test_apply import tp_manifest, xdp_manifest
 
@@ -209,3 +209,29 @@ def test_program_binding_keeps_preserved_maps_it_does_not_use(
     assert st is not None and st.generation == 2 and st.map("table").id == table_id
     with Map.from_pin(env.root / "two" / "maps" / "table") as table:
         assert table[7] == 42
+
+
+def test_cgroup_link_is_switched_in_place(env: Env, cgroup: Cgroup, fd_guard: None) -> None:
+    from tests.reconcile.test_apply import cgroup_manifest
+
+    r = env.reconciler()
+    cgroup_manifest(env, cgroup)
+    r.apply(env.desired())
+    st = r.status().get("cgroup-egress")
+    assert st is not None
+    link_id, prog_id = st.attachments[0].link_id, st.program("cg_egress").id
+    text = (env.manifests / "cgroup-egress.yaml").read_text()
+    bigger = "  maps: {egress_stats: {max_entries: 4}}\n  attach:"
+    env.write("cgroup-egress", text.replace("  attach:", bigger))
+    p = r.plan(env.desired())
+    assert p.of("cgroup-egress", "attachment")[0].op is Op.UPDATE
+    r.apply(env.desired())
+    st = r.status().get("cgroup-egress")
+    assert st is not None and st.condition == "Ready"
+    assert st.attachments[0].link_id == link_id and st.program("cg_egress").id != prog_id
+    cgroup.run_python(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'x', ('127.0.0.1', 9))"
+    )
+    with Map.from_pin(env.root / "cgroup-egress" / "maps" / "egress_stats") as stats:
+        assert stats[0] == 1
