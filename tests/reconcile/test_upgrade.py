@@ -235,3 +235,44 @@ def test_cgroup_link_is_switched_in_place(env: Env, cgroup: Cgroup, fd_guard: No
     )
     with Map.from_pin(env.root / "cgroup-egress" / "maps" / "egress_stats") as stats:
         assert stats[0] == 1
+
+
+def test_incompatible_preserved_map_is_refused_unless_recreate(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    from orchestrator.reconcile import PlanError
+
+    r = env.reconciler()
+    xdp_manifest(env, veth)
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None
+    old = st.map("counters").id
+    text = (env.manifests / "xdp-counter.yaml").read_text()
+    assert "counters: {pin: true, preserve: true}" in text
+    env.write(
+        "xdp-counter",
+        text.replace(
+            "counters: {pin: true, preserve: true}",
+            "counters: {pin: true, preserve: true, max_entries: 8}",
+        ),
+    )
+    with pytest.raises(PlanError) as info:
+        r.apply(env.desired())
+    assert "max entries 4 -> 8" in str(info.value) and "xdp-counter.yaml:" in str(info.value)
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.generation == 1 and st.map("counters").id == old
+    env.write(
+        "xdp-counter",
+        text.replace(
+            "counters: {pin: true, preserve: true}",
+            "counters: {pin: true, preserve: true, max_entries: 8, on_incompatible: recreate}",
+        ),
+    )
+    p = r.plan(env.desired())
+    c = p.change("xdp-counter", "map", "counters")
+    assert c is not None and c.op is Op.REPLACE and "contents are lost" in c.reason
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.generation == 2
+    assert st.map("counters").id != old and st.map("counters").max_entries == 8
