@@ -27,6 +27,9 @@ from orchestrator.reconcile import (
     Reconciler,
     Status,
 )
+from orchestrator.service import cli as service_cli
+from orchestrator.service.errors import ServiceError
+from orchestrator.service.status import read_status
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -128,12 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_destroy)
 
-    try:
-        from orchestrator.service import cli as service_cli
-    except ImportError:  # the service layer is optional for the library user
-        pass
-    else:
-        service_cli.add_commands(sub)
+    service_cli.add_commands(sub)
     return parser
 
 
@@ -346,9 +344,18 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         status = dataclasses.replace(
             status, collections=tuple(c for c in status.collections if c.name in args.names)
         )
+    try:
+        daemon = read_status(args.state_dir)
+    except ServiceError as exc:  # a corrupt status file must not hide the kernel's view
+        print(f"warning: {exc}", file=err)
+        daemon = None
     if args.output == "json":
-        _emit_json(status.to_json(), out)
+        data = status.to_json()
+        data["daemon"] = daemon.to_json() if daemon is not None else None
+        _emit_json(data, out)
     else:
+        if daemon is not None:
+            print(daemon.describe(), file=out)
         render_status(status, out)
     return EXIT_OK
 

@@ -13,6 +13,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator import cli, ebpf
+from orchestrator.service.status import (
+    STATUS_FILE,
+    DaemonStatus,
+    process_start_time,
+    write_status,
+)
 from tests.conftest import BPF_DIR, ROOT
 
 TP_MANIFEST = f"""\
@@ -208,3 +214,31 @@ def test_main_job(pin_dir: Path, tmp_path: Path) -> None:
     assert "Plan: 0 to add, 0 to change, 20 to destroy." in proc.stdout
     assert not any((pin_dir / "root").iterdir())
     assert not Path("/var/run/netns/bpforch-demo").exists()
+
+
+def test_status_shows_the_daemons_live_view(where: list[str]) -> None:
+    state_dir = Path(where[3])
+    code, out, _ = run_cli("status", "-o", "json", *where)
+    assert code == 0 and json.loads(out)["daemon"] is None
+    me = DaemonStatus(
+        pid=os.getpid(),
+        pid_start=process_start_time(os.getpid()) or 0,
+        phase="degraded",
+        reason="invalid manifest: m.yaml:3:1: kind: unknown",
+    )
+    write_status(state_dir, me)
+    code, out, _ = run_cli("status", *where)
+    assert code == 0
+    assert out.splitlines()[0].startswith(f"daemon: degraded (pid {os.getpid()})")
+    assert "m.yaml:3:1" in out.splitlines()[0]
+    data = json.loads(run_cli("status", "-o", "json", *where)[1])
+    assert data["daemon"]["phase"] == "degraded" and data["daemon"]["alive"] is True
+
+
+def test_status_survives_a_corrupt_daemon_file(where: list[str]) -> None:
+    state_dir = Path(where[3])
+    state_dir.mkdir(parents=True)
+    (state_dir / STATUS_FILE).write_text("{not json")
+    code, out, err = run_cli("status", *where)
+    assert code == 0 and out.strip() == "No collections applied."
+    assert "warning: daemon status" in err and str(state_dir) in err
