@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable
@@ -309,16 +310,43 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
     )
 
 
-def _ifindex(name: str, netns: Path | None) -> int | None:
+def _ifindex(name: str, netns: Path | None) -> int | str:
+    """The index of interface ``name`` in ``netns``, or why it can't be had: entering the
+    namespace failing (EPERM without CAP_SYS_ADMIN, EINVAL for a file that is no network
+    namespace) is told apart from a missing interface."""
     import socket
 
     from orchestrator.ebpf.netlink import in_netns
 
-    try:
-        with in_netns(netns):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(in_netns(netns))
+        except OSError as err:
+            return _netns_problem(netns, err)
+        try:
             return socket.if_nametoindex(name)
-    except OSError:
-        return None
+        except OSError:
+            where = f" in {netns}" if netns else ""
+            return f"interface {name}{where} does not exist"
+
+
+def _netns_problem(netns: Path | None, err: OSError) -> str:
+    """Why entering the network namespace at ``netns`` failed, with a hint."""
+    code = err.errno or 0
+    reason = os.strerror(code).lower() if code else str(err)
+    if code == errno.ENOENT:
+        return f"network namespace {netns} does not exist"
+    if code in (errno.EPERM, errno.EACCES):
+        return (
+            f"network namespace {netns}: cannot enter it: {reason} (entering another network "
+            "namespace needs CAP_SYS_ADMIN: run bpforch as root or grant it that capability)"
+        )
+    if code == errno.EINVAL:
+        return (
+            f"network namespace {netns}: cannot enter it: {reason} (not a network namespace "
+            "file: use a path like /var/run/netns/NAME or /proc/PID/ns/net)"
+        )
+    return f"network namespace {netns}: cannot enter it: {reason}"
 
 
 def target_facts(target: Target) -> TargetFacts:
@@ -327,9 +355,8 @@ def target_facts(target: Target) -> TargetFacts:
         if target.netns is not None and not target.netns.exists():
             return TargetFacts(problem=f"network namespace {target.netns} does not exist")
         ifindex = _ifindex(target.interface, target.netns)
-        if ifindex is None:
-            where = f" in {target.netns}" if target.netns else ""
-            return TargetFacts(problem=f"interface {target.interface}{where} does not exist")
+        if isinstance(ifindex, str):
+            return TargetFacts(problem=ifindex)
         if isinstance(target, XdpTarget):
             return _xdp_facts(ifindex, target.netns)
         return TargetFacts()
