@@ -275,6 +275,7 @@ class _Builder:
                 interface=str(t["interface"]),
                 mode=XdpMode(t.get("mode", "auto")),
                 netns=self.netns((*tpath, "netns"), netns),
+                take_over=bool(t.get("take_over", False)),
             )
         elif kind == "tc":
             netns = t.get("netns")

@@ -93,9 +93,13 @@ class Direction(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class XdpTarget:
+    """An XDP link on an interface. ``take_over``: if another tool's program is attached
+    there (by netlink), replace it instead of refusing (it is restored if the apply fails)."""
+
     interface: str
     mode: XdpMode = XdpMode.AUTO
     netns: Path | None = None  # e.g. /var/run/netns/NAME; None: bpforch's own namespace
+    take_over: bool = False
 
     def key(self) -> str:
         return f"xdp:{self.netns or ''}:{self.interface}"
@@ -211,8 +215,8 @@ class Attachment:
         for f in fields(self.target):
             name = f.name
             value = getattr(self.target, name)
-            if value is None:
-                continue
+            if value is None or (name == "take_over" and value is False):
+                continue  # take_over: false is left out (digests from before it stay)
             if isinstance(value, enum.Enum):
                 value = value.value
             elif isinstance(value, Path):

@@ -81,6 +81,11 @@ TARGETS: dict[str, dict[str, Any]] = {
                 "description": "auto (default): native if the driver has it, else generic",
             },
             "netns": _NETNS,
+            "take_over": {
+                "type": "boolean",
+                "description": "replace an XDP program another tool attached to the interface "
+                "(by netlink) instead of refusing; restored if the apply fails (default false)",
+            },
         },
         ["interface"],
     ),

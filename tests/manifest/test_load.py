@@ -196,6 +196,28 @@ def test_a_program_without_autoload_is_attachable_when_listed(write: Write) -> N
     assert a.document() == {"program": "xdp_manual", "xdp": {"interface": "veth0", "mode": "auto"}}
 
 
+def test_xdp_take_over(write: Write) -> None:
+    text = """
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {name: net}
+        spec:
+          object: ../objs/net.o
+          attach:
+            - {program: xdp_count, xdp: {interface: veth0, take_over: TAKE}}
+        """
+    taken = load_manifests([write("m/a.yaml", text.replace("TAKE", "true"))]).collections["net"]
+    (a,) = taken.attach
+    assert a == Attachment("xdp_count", XdpTarget("veth0", take_over=True))
+    assert a.key() == "xdp_count@xdp::veth0"  # the same attachment as without take_over
+    assert a.document()["xdp"] == {"interface": "veth0", "mode": "auto", "take_over": True}
+    plain = load_manifests([write("m/a.yaml", text.replace("TAKE", "false"))]).collections["net"]
+    assert plain.attach == (Attachment("xdp_count", XdpTarget("veth0")),)
+    # take_over: false is the default and left out of the normalized form (same digest)
+    assert "take_over" not in plain.attach[0].document()["xdp"]  # type: ignore[operator]
+    assert plain.digest != taken.digest
+
+
 def test_the_normalized_document_is_a_manifest_of_the_same_collection(
     write: Write, tree: Path
 ) -> None:

@@ -180,6 +180,11 @@ CASES = [
         (7, 54, "spec.attach[0].xdp.mode", "expected one of auto, native, generic, offload"),
     ),
     one(
+        "xdp-take-over-not-boolean",
+        H + "  attach:\n    - {program: xdp_count, xdp: {interface: a, take_over: yes please}}\n",
+        (7, 59, "spec.attach[0].xdp.take_over", "expected true or false"),
+    ),
+    one(
         "cgroup-attach-unknown",
         H + "  attach:\n    - {program: cg_egress, cgroup: {path: /x, attach: egres}}\n",
         (7, 55, "spec.attach[0].cgroup.attach", "got 'egres'", "did you mean 'egress'?"),
