@@ -96,6 +96,7 @@ __all__ = [
     "iter_links",
     "require_supported",
     "resolve_symbol",
+    "set_xdp_netlink",
     "tcx_attached",
     "xdp_attached",
 ]
@@ -714,6 +715,77 @@ def xdp_attached(iface: int | str, netns: NetnsPath = None) -> XDPAttachment | N
         mode=mode,
         link_id=link_id,
     )
+
+
+_NETLINK_XDP_MODES = {
+    "auto": _sys.XDPFlags.NONE,
+    "native": _sys.XDPFlags.DRV_MODE,
+    "generic": _sys.XDPFlags.SKB_MODE,
+    "offload": _sys.XDPFlags.HW_MODE,
+}
+_RTM_SETLINK = 19  # linux/rtnetlink.h
+_IFLA_XDP_EXPECTED_FD = 8  # linux/if_link.h
+_NLA_F_NESTED = 1 << 15
+
+
+def set_xdp_netlink(
+    iface: int | str,
+    prog: Program | None,
+    mode: str = "auto",
+    *,
+    expected: Program | None = None,
+    netns: NetnsPath = None,
+) -> None:
+    """Attach (``prog``) or detach (None) an XDP program the old way, through rtnetlink
+    (``RTM_SETLINK`` with the ``IFLA_XDP`` nest, what ``ip link set dev X xdp …`` does): no
+    BPF link holds it. bpforch itself attaches with links; this exists to take over and to
+    restore programs that other tools attached this way.
+
+    ``mode`` must be the mode the program is (to be) attached in (a generic program is only
+    detached with "generic"). With ``expected`` the kernel changes the interface only if that
+    program is attached there now (``XDP_FLAGS_REPLACE`` + ``IFLA_XDP_EXPECTED_FD``, Linux
+    5.7; else EEXIST), so a program attached in between is never removed. Without it, an
+    attach is refused if any program is there (``XDP_FLAGS_UPDATE_IF_NOEXIST``). A BPF link
+    cannot replace a program attached this way (the kernel says EBUSY): taking one over is
+    detach-then-attach. Needs CAP_NET_ADMIN (and CAP_SYS_ADMIN with ``netns``)."""
+    import socket
+    import struct
+
+    if mode not in _NETLINK_XDP_MODES:
+        raise ValueError(f"xdp mode {mode!r}: expected one of {', '.join(_NETLINK_XDP_MODES)}")
+    index = _ifindex(iface, netns)
+    flags = _NETLINK_XDP_MODES[mode]
+    flags |= _sys.XDPFlags.REPLACE if expected is not None else _sys.XDPFlags.UPDATE_IF_NOEXIST
+    attrs = struct.pack("=HHi", 8, _netlink.IFLA_XDP_FD, prog.fd.raw if prog is not None else -1)
+    attrs += struct.pack("=HHI", 8, _netlink.IFLA_XDP_FLAGS, int(flags))
+    if expected is not None:
+        attrs += struct.pack("=HHi", 8, _IFLA_XDP_EXPECTED_FD, expected.fd.raw)
+    nest = struct.pack("=HH", 4 + len(attrs), _netlink.IFLA_XDP | _NLA_F_NESTED) + attrs
+    payload = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + nest
+    what = (
+        f"xdp {prog.name} on {_ifname(index, netns)} (netlink)"
+        if prog is not None
+        else f"xdp detach on {_ifname(index, netns)} (netlink)"
+    )
+    try:
+        with in_netns(netns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+        with sock:
+            sock.bind((0, 0))
+            _netlink._request(
+                sock, _RTM_SETLINK, _netlink.NLM_F_REQUEST | _netlink.NLM_F_ACK, payload
+            )
+    except _netlink.NetlinkError as err:
+        if err.errno == errno.EEXIST and expected is not None:
+            raise AttachConflictError(
+                f"{what}: program {expected.id} ({expected.name}) is not attached there in "
+                f"{mode} mode (any more: someone changed the interface)"
+            ) from err
+        if err.errno in (errno.EEXIST, errno.EBUSY):
+            raise AttachConflictError(
+                f"{what}: another XDP program or link is attached (check `ip link show`)"
+            ) from err
+        raise AttachError(f"{what}: {err}") from err
 
 
 # ---------------------------------------------------------------------------- tcx

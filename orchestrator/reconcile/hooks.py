@@ -6,6 +6,8 @@ Steps, in the order an apply reaches them:
 - ``verify``: its programs are about to be loaded (the verifier runs);
 - ``pin``: its new objects are about to be pinned under the staging directory;
 - ``attach``: a new link is about to be created (new attachment or make-before-break);
+- ``take_over``: a foreign XDP program was detached (``take_over: true``) and the new link
+  is about to be created in its place;
 - ``switch``: a link is about to be switched to the new program in place;
 - ``commit``: a staged collection directory is about to be swapped into place (or a
   deleted one moved out), once per collection;
@@ -26,7 +28,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-STEPS = ("load", "verify", "pin", "attach", "switch", "commit", "record", "release")
+STEPS = ("load", "verify", "pin", "attach", "take_over", "switch", "commit", "record", "release")
 CRASH_ENV = "BPFORCH_TEST_CRASH_AT"
 
 HookFn = Callable[[str], None]
@@ -38,6 +40,7 @@ class Hooks:
     verify: HookFn | None = None
     pin: HookFn | None = None
     attach: HookFn | None = None
+    take_over: HookFn | None = None
     switch: HookFn | None = None
     commit: HookFn | None = None
     record: HookFn | None = None

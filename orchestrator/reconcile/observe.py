@@ -358,7 +358,7 @@ def target_facts(target: Target) -> TargetFacts:
         if isinstance(ifindex, str):
             return TargetFacts(problem=ifindex)
         if isinstance(target, XdpTarget):
-            return _xdp_facts(ifindex, target.netns)
+            return _xdp_facts(ifindex, target.netns, find_link=target.take_over)
         return TargetFacts()
     if isinstance(target, CgroupTarget):
         try:
@@ -391,8 +391,11 @@ def target_facts(target: Target) -> TargetFacts:
     return TargetFacts()
 
 
-def _xdp_facts(ifindex: int, netns: Path | None) -> TargetFacts:
-    from orchestrator.ebpf.netlink import NetlinkError, query_link
+def _xdp_facts(ifindex: int, netns: Path | None, *, find_link: bool = False) -> TargetFacts:
+    """Which XDP program the interface runs; with ``find_link`` also the link holding it
+    (that walks every XDP link in the kernel: only done for targets with take_over)."""
+    from orchestrator.ebpf import links as _links
+    from orchestrator.ebpf.netlink import NetlinkError, XDPMode, query_link
 
     try:
         state = query_link(ifindex, netns)
@@ -408,7 +411,21 @@ def _xdp_facts(ifindex: int, netns: Path | None) -> TargetFacts:
             name = _sys.prog_info(fd).name.decode("utf-8", "replace")
     except EbpfError:
         pass
-    return TargetFacts(xdp_prog_id=prog_id, xdp_prog_name=name)
+    mode = {XDPMode.DRV: "native", XDPMode.SKB: "generic", XDPMode.HW: "offload"}.get(
+        x.mode, "multi"
+    )
+    link_id = 0
+    if find_link:
+        for info in _links.iter_links(_sys.LinkType.XDP):
+            t = info.target
+            if (
+                isinstance(t, _links.XDPTarget)
+                and t.ifindex == ifindex
+                and info.program_id == prog_id
+            ):
+                link_id = info.id
+                break
+    return TargetFacts(xdp_prog_id=prog_id, xdp_prog_name=name, xdp_mode=mode, xdp_link_id=link_id)
 
 
 def pinned_problem(path: Path) -> str | None:

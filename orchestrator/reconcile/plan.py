@@ -609,8 +609,12 @@ class _Planner:
                         src,
                     )
                 continue
-            self.check_target(d, a, src)
-            if ra is not None:
+            take_over = self.check_target(d, a, src)
+            if take_over is not None:
+                # our own link is gone (drift): re-attach in its place (-/+), else ~
+                op = Op.REPLACE if ra is not None else Op.UPDATE
+                self.add(op, "attachment", d.name, key, take_over, src)
+            elif ra is not None:
                 self.add(
                     Op.REPLACE,
                     "attachment",
@@ -639,15 +643,17 @@ class _Planner:
                     d.source,
                 )
 
-    def check_target(self, d: DesiredCollection, a: Attachment, src: Source | None) -> None:
+    def check_target(self, d: DesiredCollection, a: Attachment, src: Source | None) -> str | None:
+        """Add a problem if the target can't be used; the reason of a take-over if the
+        attachment replaces a foreign XDP program (``take_over: true``), else None."""
         tf = self.actual.facts.targets.get(a.target.key())
         if tf is None:
-            return
+            return None
         if tf.problem is not None:
             self.problem(d.name, f"attachment {a.key()}: {tf.problem}", src)
-            return
+            return None
         if not isinstance(a.target, XdpTarget) or not tf.xdp_prog_id:
-            return
+            return None
         name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
         owner = self.own_prog_ids.get(tf.xdp_prog_id)
         if owner is not None and owner != d.name:
@@ -658,15 +664,33 @@ class _Planner:
                 f"takes one xdp program (remove it from {owner} in an apply of its own first)",
                 src,
             )
+        elif owner is None and a.target.take_over and tf.xdp_link_id:
+            self.problem(
+                d.name,
+                f"attachment {a.key()}: {_describe_target(a.target)} runs xdp program{name} "
+                f"(id {tf.xdp_prog_id}) held by link {tf.xdp_link_id} of another process; "
+                "take_over only replaces programs attached through netlink (a link can't be "
+                "restored if the apply fails: let its owner detach it)",
+                src,
+            )
+        elif owner is None and a.target.take_over:
+            return (
+                f"take over XDP program {tf.xdp_prog_id}{f' ({tf.xdp_prog_name})' if name else ''}"
+                f" attached by someone else (through netlink, {tf.xdp_mode}): it is detached "
+                f"and {a.program} attached by a link right after (the kernel refuses a link "
+                "while a netlink program is attached, so the interface runs no XDP program "
+                "for a moment); it is put back if the apply fails"
+            )
         elif owner is None:
             self.problem(
                 d.name,
                 f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
                 f"program{name} (id {tf.xdp_prog_id}) attached by someone else; bpforch "
-                "never detaches what it does not own (detach it first, or use another "
-                "interface)",
+                "never detaches what it does not own (detach it first, use another "
+                "interface, or set take_over: true on the xdp target)",
                 src,
             )
+        return None
 
     # ------------------------------------------------------------------ deletes
 

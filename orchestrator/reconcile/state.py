@@ -276,11 +276,15 @@ class TargetFacts:
     """What the kernel says about one attachment target (gathered before planning, so that
     :func:`plan` stays pure). ``problem``: the target cannot be used (missing interface,
     cgroup or namespace). ``xdp_prog_id``/``xdp_prog_name``: the XDP program currently
-    attached to the interface, if any."""
+    attached to the interface, if any, ``xdp_mode`` its mode (native, generic …) and
+    ``xdp_link_id`` the link that holds it (0: attached through netlink, or not looked up:
+    links are only searched for targets with ``take_over``)."""
 
     problem: str | None = None
     xdp_prog_id: int = 0
     xdp_prog_name: str = ""
+    xdp_mode: str = ""
+    xdp_link_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

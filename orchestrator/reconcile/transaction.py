@@ -20,8 +20,14 @@ Steps, each with what its rollback does:
    with ``BPF_LINK_UPDATE`` (the hook is never empty) and pinned again in the staging tree;
    tracepoint/raw_tp/uprobe links are replaced make-before-break (the new link is attached
    and pinned in the staging tree, the old one lives until release); new attachments get new
-   links. *Rollback*: each updated link is switched back to the program it ran before, each
-   new link is detached.
+   links. An XDP attachment with ``take_over: true`` whose interface runs a foreign program
+   attached through netlink detaches that program first (only if it is still the one seen:
+   ``XDP_FLAGS_REPLACE`` with its fd) and attaches our link right after: the kernel refuses
+   ``BPF_LINK_CREATE`` while a netlink program is attached (EBUSY) and has no atomic switch
+   from one to a link, so the interface runs no XDP program for about one RCU grace period
+   (10-25 ms measured for veth on 6.18). *Rollback*: each updated link is switched back to
+   the program it ran before, each new link is detached, a taken-over program is attached
+   again through netlink in its old mode (the transaction holds an fd of it until the end).
 3. **commit**: each staged collection directory is swapped with the live one in one
    ``renameat2(RENAME_EXCHANGE)`` (or moved into place if new); deleted collections are moved
    into the staging directory; then the record is written atomically. *Rollback* (if the
@@ -414,11 +420,16 @@ class Transaction:
                 # kept as it is: the same link gets a second pin in the new tree
                 link = _links.Link.from_pin(self._owned(name, ac.record.attachments[key].pin))
                 self.owned.append(link)
-            elif change is not None and change.op is Op.UPDATE and ac is not None:
-                ra = ac.record.attachments.get(key) or previous_link(
-                    d, ac.record.attachments, key, kind
+            elif (
+                change is not None
+                and change.op is Op.UPDATE
+                and ac is not None
+                and (
+                    ra := ac.record.attachments.get(key)
+                    or previous_link(d, ac.record.attachments, key, kind)
                 )
-                assert ra is not None, key
+                is not None
+            ):
                 link = _links.Link.from_pin(self._owned(name, ra.pin))
                 self.owned.append(link)
                 # undo target: whatever the link runs now (after a crash, that may not be
@@ -438,10 +449,17 @@ class Transaction:
             link.pin(pin)
             st.links[key] = (link, kind)
 
-    def _attach_xdp(self, prog: Program, t: XdpTarget, mode: str) -> _links.Link:
+    def _attach_xdp(self, prog: Program, t: XdpTarget, mode: str, key: str) -> _links.Link:
         """Attach XDP. When the interface still holds one of our own programs whose link pin
         is gone, the kernel is releasing that link in a deferred work item
-        (bpf_link_put_deferred): wait for it briefly instead of failing with EBUSY."""
+        (bpf_link_put_deferred): wait for it briefly instead of failing with EBUSY.
+
+        With ``take_over``, a foreign program attached through netlink is detached (only if it
+        is still the one seen: XDP_FLAGS_REPLACE with its fd) and the link made right after;
+        the kernel offers no atomic way from a netlink program to a link (BPF_LINK_CREATE
+        says EBUSY while one is attached). Rollback attaches the foreign program again, the
+        way it was (netlink, same mode); the transaction holds an fd of it until the end, so
+        it survives the moment it is attached nowhere."""
         ours = {p.id for c in self.actual.collections.values() for p in c.record.programs.values()}
         deadline = time.monotonic() + 2.0
         while True:
@@ -450,10 +468,26 @@ class Transaction:
             except _links.AttachConflictError:
                 held = _links.xdp_attached(t.interface, t.netns)
                 if held is not None and held.prog_id not in ours:
-                    raise
+                    if not t.take_over or held.link_id is not None:
+                        raise
+                    self._take_over(held, t, key)
+                    continue
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.005)
+
+    def _take_over(self, held: _links.XDPAttachment, t: XdpTarget, key: str) -> None:
+        """Detach the foreign netlink-attached XDP program ``held``; undo puts it back."""
+        foreign = Program.from_id(held.prog_id)
+        self.owned.append(foreign)
+        _links.set_xdp_netlink(held.ifindex, None, held.mode, expected=foreign, netns=t.netns)
+        self.undo.append(
+            (
+                f"re-attach foreign xdp program {held.prog_id} ({held.prog_name}) to {t.interface}",
+                partial(_links.set_xdp_netlink, held.ifindex, foreign, held.mode, netns=t.netns),
+            )
+        )
+        self.hooks.call("take_over", key)
 
     def _attach(self, st: _Staged, prog: Program, a: Attachment) -> _links.Link:
         t = a.target
@@ -461,7 +495,7 @@ class Transaction:
             mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
             if mode not in ("auto", "native", "generic"):
                 raise ApplyError(f"attachment {a.key()}: xdp mode {mode} is not supported")
-            return self._attach_xdp(prog, t, mode)
+            return self._attach_xdp(prog, t, mode, a.key())
         if isinstance(t, TcTarget):
             # before/after name another program of this collection at the same hook (it must
             # be attached already: declare it earlier)

@@ -1,0 +1,158 @@
+"""Taking over a foreign XDP program (``take_over: true``): the plan says so, apply replaces
+it by a link of ours, and a failed apply puts the foreign program back the way it was
+(attached through netlink, same mode). Without take_over it stays a plan problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf import Map, Program, links
+from orchestrator.reconcile import ApplyError, Hooks, Op, PlanError
+from tests.conftest import BPF_DIR
+from tests.netns import UdpReceiver, VethPair, send_udp
+from tests.reconcile.conftest import Env, pins_under, prog_alive
+
+pytestmark = pytest.mark.kernel
+
+
+def manifest(env: Env, veth: VethPair, take_over: bool = True) -> None:
+    env.write(
+        "xdp-counter",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: xdp-counter}}
+        spec:
+          object: @BPF@/xdp_counter.o
+          maps:
+            counters: {{pin: true}}
+          attach:
+            - program: xdp_count
+              xdp: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, mode: generic,
+                     take_over: {str(take_over).lower()}}}
+        """,
+    )
+
+
+@pytest.fixture
+def foreign(veth: VethPair) -> Iterator[int]:
+    """An XDP program attached through netlink (like `ip link set dev X xdpgeneric obj …`)
+    by a tool that exited: only the interface holds it. Yields its id."""
+    with ebpf.load_collection(BPF_DIR / "xdp_counter.o") as coll:
+        prog = coll.programs["xdp_count"]
+        links.set_xdp_netlink(veth.b.name, prog, "generic", netns=veth.b.ns.path)
+        prog_id = prog.id
+    yield prog_id
+    held = links.xdp_attached(veth.b.name, veth.b.ns.path)
+    if held is not None and held.prog_id == prog_id and held.link_id is None:
+        with Program.from_id(prog_id) as p:
+            links.set_xdp_netlink(veth.b.name, None, held.mode, expected=p, netns=veth.b.ns.path)
+
+
+def assert_foreign_back(veth: VethPair, prog_id: int) -> None:
+    held = links.xdp_attached(veth.b.name, veth.b.ns.path)
+    assert held is not None
+    assert (held.prog_id, held.link_id, held.mode) == (prog_id, None, "generic")
+
+
+def test_take_over_replaces_a_netlink_program(
+    env: Env, veth: VethPair, foreign: int, fd_guard: None
+) -> None:
+    manifest(env, veth)
+    r = env.reconciler()
+    p = r.plan(env.desired())
+    assert p.problems == ()
+    (change,) = [c for c in p.changes if c.kind == "attachment"]
+    assert change.op is Op.UPDATE
+    assert f"take over XDP program {foreign} (xdp_count) attached by someone else" in change.reason
+    assert "runs no XDP program for a moment" in change.reason
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready"
+    (att,) = st.attachments
+    held = links.xdp_attached(veth.b.name, veth.b.ns.path)
+    assert held is not None and held.link_id == att.link_id
+    assert held.prog_id == st.program("xdp_count").id != foreign
+    assert not prog_alive(foreign)  # nobody holds it any more: taken over for good
+    with UdpReceiver(veth.b, 7000) as rx:
+        send_udp(veth.a, veth.b, 7000, count=3)
+        assert rx.drain() == 3
+    with Map.from_pin(env.root / "xdp-counter" / "maps" / "counters") as m:
+        assert m[0] == 3  # our program sees the packets
+    assert not r.plan(env.desired()).has_changes  # ours now: nothing left to take over
+
+
+@pytest.mark.parametrize("step", ["take_over", "record"])
+def test_failed_apply_puts_the_foreign_program_back(
+    env: Env, veth: VethPair, foreign: int, fd_guard: None, step: str
+) -> None:
+    """A failure right after the foreign program was detached (before our link exists), or
+    at the very end (record write): the foreign program is attached again, as it was."""
+
+    def fail(subject: str) -> None:
+        raise OSError(f"injected {step} failure")
+
+    manifest(env, veth)
+    hooks: dict[str, Callable[[str], None]] = {step: fail}
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(Hooks(**hooks)).apply(env.desired())  # type: ignore[arg-type]
+    assert f"injected {step} failure" in str(info.value)
+    assert "previous generation is live" in str(info.value)
+    assert_foreign_back(veth, foreign)
+    assert pins_under(env.root) == []
+    assert env.reconciler().status().get("xdp-counter") is None
+
+
+def test_without_take_over_a_netlink_program_is_a_plan_problem(
+    env: Env, veth: VethPair, foreign: int, fd_guard: None
+) -> None:
+    manifest(env, veth, take_over=False)
+    r = env.reconciler()
+    (problem,) = r.plan(env.desired()).problems
+    assert f"program xdp_count (id {foreign}) attached by someone else" in str(problem)
+    assert "set take_over: true" in str(problem)
+    with pytest.raises(PlanError):
+        r.apply(env.desired())
+    assert_foreign_back(veth, foreign)
+
+
+def test_a_program_held_by_a_foreign_link_is_not_taken_over(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    manifest(env, veth)
+    with ebpf.load_collection(BPF_DIR / "xdp_counter.o") as coll:
+        prog = coll.programs["xdp_count"]
+        with links.attach_xdp(prog, veth.b.name, "generic", netns=veth.b.ns.path) as link:
+            r = env.reconciler()
+            (problem,) = r.plan(env.desired()).problems
+            text = str(problem)
+            assert f"(id {prog.id}) held by link {link.id} of another process" in text
+            assert "take_over only replaces programs attached through netlink" in text
+            with pytest.raises(PlanError):
+                r.apply(env.desired())
+            held = links.xdp_attached(veth.b.name, veth.b.ns.path)
+            assert held is not None and held.link_id == link.id
+    assert pins_under(env.root) == []
+
+
+def test_netlink_set_refuses_to_clobber(veth: VethPair, foreign: int, fd_guard: None) -> None:
+    """set_xdp_netlink never removes a program it was not told about."""
+    ns = veth.b.ns.path
+    with ebpf.load_collection(BPF_DIR / "xdp_counter.o") as coll:
+        mine = coll.programs["xdp_count"]
+        with pytest.raises(links.AttachConflictError, match="another XDP program or link"):
+            links.set_xdp_netlink(veth.b.name, mine, "generic", netns=ns)
+        with pytest.raises(links.AttachConflictError, match=f"program {mine.id} .* not attached"):
+            links.set_xdp_netlink(veth.b.name, None, "generic", expected=mine, netns=ns)
+        # the right program in the wrong mode: refused too
+        with (
+            Program.from_id(foreign) as p,
+            pytest.raises(links.AttachConflictError, match="in native mode"),
+        ):
+            links.set_xdp_netlink(veth.b.name, None, "native", expected=p, netns=ns)
+        with pytest.raises(ValueError, match="xdp mode 'turbo'"):
+            links.set_xdp_netlink(veth.b.name, mine, "turbo", netns=ns)
+    assert_foreign_back(veth, foreign)
