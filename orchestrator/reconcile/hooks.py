@@ -46,11 +46,16 @@ class Hooks:
     record: HookFn | None = None
     release: HookFn | None = None
     _counts: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    # read once, when the hooks are made (a crash test sets it for a whole subprocess)
+    _crash: str | None = field(
+        default_factory=lambda: os.environ.get(CRASH_ENV), compare=False, repr=False
+    )
 
     def call(self, step: str, subject: str = "") -> None:
-        """Run the hook for ``step`` (and crash there if the environment asks for it)."""
+        """Run the hook for ``step`` (and crash there if the environment asked for it when
+        the hooks were made)."""
         assert step in STEPS, step
-        crash = os.environ.get(CRASH_ENV)
+        crash = self._crash
         if crash:
             name, _, nth = crash.partition(":")
             if name == step:

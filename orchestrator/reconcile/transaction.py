@@ -538,23 +538,23 @@ class Transaction:
         for name, st in self.staged.items():
             d = st.desired
             old = out.get(name)
+            sdir = os.fspath(st.dir)
             maps: dict[str, MapRecord] = dict(st.carried)
             for mname, m in st.maps.items():
                 mo = d.maps.get(mname)
-                mid = int(_sys.map_info(m.fd).id)
                 src = st.sources.get(mname, "")
-                pinned = not src and mname not in st.frozen
+                rel = "" if src or mname in st.frozen else f"maps/{pin_name(mname)}"
+                shape = st.shapes.get(mname)
+                if shape is None:
+                    shape = MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags)
                 maps[mname] = MapRecord(
                     mname,
-                    mid,
-                    st.shapes.get(
-                        mname,
-                        MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags),
-                    ),
-                    f"maps/{pin_name(mname)}" if pinned else "",
+                    int(_sys.map_info(m.fd).id),
+                    shape,
+                    rel,
                     preserve=bool(mo is not None and mo.preserve),
                     source=src,
-                    ino=os.stat(f"{st.dir}/maps/{pin_name(mname)}").st_ino if pinned else 0,
+                    ino=os.stat(f"{sdir}/{rel}").st_ino if rel else 0,
                 )
             programs: dict[str, ProgramRecord] = {}
             for pname, p in st.programs.items():
@@ -566,7 +566,7 @@ class Transaction:
                     bytes(pi.tag).hex(),
                     rel,
                     int(pi.type),
-                    ino=os.stat(f"{st.dir}/{rel}").st_ino,
+                    ino=os.stat(f"{sdir}/{rel}").st_ino,
                 )
             atts: dict[str, AttachmentRecord] = {}
             for a in d.attach:
