@@ -38,12 +38,14 @@ def manifest(env: Env, veth: VethPair, take_over: bool = True) -> None:
 
 
 @pytest.fixture
-def foreign(veth: VethPair) -> Iterator[int]:
+def foreign(veth: VethPair, request: pytest.FixtureRequest) -> Iterator[int]:
     """An XDP program attached through netlink (like `ip link set dev X xdpgeneric obj …`)
-    by a tool that exited: only the interface holds it. Yields its id."""
+    by a tool that exited: only the interface holds it; in generic mode unless the test is
+    parametrized indirectly with another mode. Yields its id."""
+    mode = getattr(request, "param", "generic")
     with ebpf.load_collection(BPF_DIR / "xdp_counter.o") as coll:
         prog = coll.programs["xdp_count"]
-        links.set_xdp_netlink(veth.b.name, prog, "generic", netns=veth.b.ns.path)
+        links.set_xdp_netlink(veth.b.name, prog, mode, netns=veth.b.ns.path)
         prog_id = prog.id
     yield prog_id
     held = links.xdp_attached(veth.b.name, veth.b.ns.path)
@@ -52,10 +54,10 @@ def foreign(veth: VethPair) -> Iterator[int]:
             links.set_xdp_netlink(veth.b.name, None, held.mode, expected=p, netns=veth.b.ns.path)
 
 
-def assert_foreign_back(veth: VethPair, prog_id: int) -> None:
+def assert_foreign_back(veth: VethPair, prog_id: int, mode: str = "generic") -> None:
     held = links.xdp_attached(veth.b.name, veth.b.ns.path)
     assert held is not None
-    assert (held.prog_id, held.link_id, held.mode) == (prog_id, None, "generic")
+    assert (held.prog_id, held.link_id, held.mode) == (prog_id, None, mode)
 
 
 def test_take_over_replaces_a_netlink_program(
@@ -85,12 +87,24 @@ def test_take_over_replaces_a_netlink_program(
     assert not r.plan(env.desired()).has_changes  # ours now: nothing left to take over
 
 
-@pytest.mark.parametrize("step", ["take_over", "record"])
+@pytest.mark.parametrize(
+    ("foreign", "step"),
+    [("generic", "take_over"), ("generic", "record"), ("native", "record")],
+    indirect=["foreign"],
+)
 def test_failed_apply_puts_the_foreign_program_back(
-    env: Env, veth: VethPair, foreign: int, fd_guard: None, step: str
+    env: Env,
+    veth: VethPair,
+    foreign: int,
+    fd_guard: None,
+    step: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A failure right after the foreign program was detached (before our link exists), or
-    at the very end (record write): the foreign program is attached again, as it was."""
+    at the very end (record write): the foreign program is attached again, as it was (a
+    native one natively, though our link is generic)."""
+    mode = request.node.callspec.params["foreign"]
+    assert_foreign_back(veth, foreign, mode)  # the starting point
 
     def fail(subject: str) -> None:
         raise OSError(f"injected {step} failure")
@@ -101,7 +115,7 @@ def test_failed_apply_puts_the_foreign_program_back(
         env.reconciler(Hooks(**hooks)).apply(env.desired())  # type: ignore[arg-type]
     assert f"injected {step} failure" in str(info.value)
     assert "previous generation is live" in str(info.value)
-    assert_foreign_back(veth, foreign)
+    assert_foreign_back(veth, foreign, mode)
     assert pins_under(env.root) == []
     assert env.reconciler().status().get("xdp-counter") is None
 
