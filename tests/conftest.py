@@ -152,3 +152,33 @@ def compile_bpf(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]
         return out
 
     return build
+
+
+# ---------------------------------------------------------------------------- leak guard
+
+_BPFFS_BEFORE: set[str] | None = None
+
+
+def _bpffs_entries() -> set[str] | None:
+    try:
+        return set(os.listdir(BPFFS)) if os.path.ismount(BPFFS) else None
+    except OSError:
+        return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _BPFFS_BEFORE
+    _BPFFS_BEFORE = _bpffs_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if it left anything new at the top of bpffs: every test pins under its
+    own directory and removes it (other processes pinning at the same time would show up
+    here too, so run the suite alone)."""
+    after = _bpffs_entries()
+    if _BPFFS_BEFORE is None or after is None:
+        return
+    leaked = sorted(after - _BPFFS_BEFORE)
+    if leaked:
+        print(f"\nbpffs leak: the test run left {', '.join(leaked)} in {BPFFS}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
