@@ -18,8 +18,6 @@ from typing import TextIO
 from orchestrator import __version__
 from orchestrator.manifest import DesiredState, ManifestError, load_manifests
 from orchestrator.reconcile import (
-    DEFAULT_BPFFS_ROOT,
-    DEFAULT_STATE_DIR,
     Change,
     Op,
     Plan,
@@ -64,20 +62,7 @@ def _common(p: argparse.ArgumentParser, *, state: bool = True) -> None:
         help="output format (default: human)",
     )
     if state:
-        p.add_argument(
-            "--bpffs-root",
-            type=Path,
-            default=Path(os.environ.get("BPFORCH_BPFFS_ROOT", DEFAULT_BPFFS_ROOT)),
-            help=f"bpffs directory bpforch owns (default: {DEFAULT_BPFFS_ROOT}, "
-            "or $BPFORCH_BPFFS_ROOT)",
-        )
-        p.add_argument(
-            "--state-dir",
-            type=Path,
-            default=Path(os.environ.get("BPFORCH_STATE_DIR", DEFAULT_STATE_DIR)),
-            help=f"where the record of what was applied lives (default: {DEFAULT_STATE_DIR},"
-            " or $BPFORCH_STATE_DIR)",
-        )
+        service_cli.add_root_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

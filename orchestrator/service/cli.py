@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.config import (
-    DEFAULT_BPFFS_ROOT,
     DEFAULT_CONFIG_PATH,
-    DEFAULT_STATE_DIR,
     LOG_FORMATS,
     LOG_LEVELS,
     ServiceConfig,
@@ -41,6 +40,24 @@ def _logging_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_root_options(p: argparse.ArgumentParser) -> None:
+    """``--bpffs-root`` and ``--state-dir``, shared by every verb that touches the kernel."""
+    p.add_argument(
+        "--bpffs-root",
+        type=Path,
+        default=Path(os.environ.get("BPFORCH_BPFFS_ROOT", DEFAULT_BPFFS_ROOT)),
+        help=f"bpffs directory bpforch owns (default: {DEFAULT_BPFFS_ROOT}, "
+        "or $BPFORCH_BPFFS_ROOT)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("BPFORCH_STATE_DIR", DEFAULT_STATE_DIR)),
+        help=f"where the record of what was applied and the daemon's status live "
+        f"(default: {DEFAULT_STATE_DIR}, or $BPFORCH_STATE_DIR)",
+    )
+
+
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``watch`` and ``serve`` to the ``bpforch`` command line. Each sets
     ``func(args, out, err) -> int``."""
@@ -53,19 +70,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "and leave the programs attached.",
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
-    p.add_argument(
-        "--bpffs-root",
-        type=Path,
-        default=Path(os.environ.get("BPFORCH_BPFFS_ROOT", DEFAULT_BPFFS_ROOT)),
-        help=f"bpffs directory bpforch owns (default: {DEFAULT_BPFFS_ROOT}, "
-        "or $BPFORCH_BPFFS_ROOT)",
-    )
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("BPFORCH_STATE_DIR", DEFAULT_STATE_DIR)),
-        help=f"record and status directory (default: {DEFAULT_STATE_DIR}, or $BPFORCH_STATE_DIR)",
-    )
+    add_root_options(p)
     p.add_argument(
         "--debounce-ms",
         type=int,

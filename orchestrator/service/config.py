@@ -17,11 +17,10 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/bpforch/config.yaml")
-DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpforch")
-DEFAULT_STATE_DIR = Path("/run/bpforch")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "schemas" / "config.schema.json"
 
 LOG_FORMATS = ("auto", "human", "logfmt", "json")
