@@ -949,6 +949,33 @@ class Spec:
             return self._base._lookup_id(t)
         return tid
 
+    def ids_by_name(self, name: str) -> list[int]:
+        """The ids of every type with this name (base ids first), without decoding them."""
+        found = self._base.ids_by_name(name) if self._base is not None else []
+        found.extend(self._name_index().get(name, ()))
+        return found
+
+    def names(self) -> Iterator[str]:
+        """Every distinct type name of this spec's own types (not the base's)."""
+        return iter(self._name_index())
+
+    def kind_of(self, type_id: int) -> Kind:
+        """The kind of a type without decoding it (cheap, for candidate searches)."""
+        if type_id == 0:
+            return Kind.UNKN
+        if type_id < self._first:
+            if self._base is None:
+                raise BTFError(f"btf: no type with id {type_id}")
+            return self._base.kind_of(type_id)
+        idx = type_id - self._first
+        if idx >= len(self._cache):
+            raise BTFError(f"btf: no type with id {type_id}")
+        t = self._cache[idx]
+        if t is not None or idx >= len(self._offs):
+            assert t is not None
+            return t.kind
+        return Kind((self._words[self._offs[idx] + 1] >> 24) & 0x1F)
+
     def types_by_name(self, name: str) -> list[Type]:
         """Every type with this name (base types first), in id order."""
         found = self._base.types_by_name(name) if self._base is not None else []

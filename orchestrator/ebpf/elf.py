@@ -29,6 +29,7 @@ from elftools.elf.structs import ELFStructs
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import btf_ext as _btf_ext
+from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
 from orchestrator.ebpf.asm import (
     CALL,
@@ -261,7 +262,55 @@ class _Reader:
                 fn, functions, maps, map_by_symbol, license_, kernel_version
             )
         self._read_map_contents(maps, programs)
-        return CollectionSpec(maps, programs, variables, self.btf, name=name, path=path)
+        externs = self._read_externs(maps, programs)
+        return CollectionSpec(
+            maps, programs, variables, self.btf, name=name, path=path, externs=externs
+        )
+
+    def _read_externs(
+        self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]
+    ) -> dict[str, _externs.ExternSpec]:
+        """Externs (``__kconfig``/``__ksym``); kconfig references become ``.kconfig`` map
+        values (see :mod:`orchestrator.ebpf.externs`)."""
+        undefined = [
+            (s.name, s.bind == STB_WEAK)
+            for s in self.symbols
+            if s.shndx == SHN_UNDEF and s.name and s.bind in (STB_GLOBAL, STB_WEAK)
+        ]
+        externs = _externs.collect(self.btf, undefined)
+        kconfig = {n: e for n, e in externs.items() if e.kind is _externs.ExternKind.KCONFIG}
+        if not kconfig:
+            return externs
+        assert self.btf is not None
+        datasec = self.btf.type_by_name(".kconfig", _btf.Datasec)
+        if ".kconfig" in maps:
+            raise ParseError("section .kconfig: clashes with a map of the same name")
+        maps[".kconfig"] = MapSpec(
+            ".kconfig",
+            MapType.ARRAY,
+            4,
+            datasec.size,
+            1,
+            int(MapFlags.RDONLY_PROG),
+            contents=[MapEntry(0, bytes(datasec.size))],
+            freeze=True,
+            section=".kconfig",
+            btf=self.btf,
+            btf_value_type=datasec,
+        )
+        for name, prog in programs.items():
+            refs = dict(prog.instructions.references)
+            changed = False
+            for slot, ref in refs.items():
+                ext = kconfig.get(ref.name) if ref.kind is RefKind.EXTERN else None
+                if ext is not None:
+                    refs[slot] = Reference(RefKind.MAP_VALUE, ".kconfig", ext.offset)
+                    changed = True
+            if changed:
+                programs[name] = replace(
+                    prog, instructions=Instructions(prog.instructions.raw, refs)
+                )
+        return externs
 
     # ------------------------------------------------------------------ BTF fix-ups
 

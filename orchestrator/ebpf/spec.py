@@ -24,6 +24,7 @@ from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
 if TYPE_CHECKING:
     from orchestrator.ebpf.btf_ext import CORERelo, FuncInfo, LineInfo
     from orchestrator.ebpf.collection import CollectionOptions
+    from orchestrator.ebpf.externs import ExternSpec
     from orchestrator.ebpf.maps import Map
 
 T = TypeVar("T")
@@ -257,11 +258,14 @@ class CollectionSpec:
         *,
         name: str = "",
         path: str = "",
+        externs: dict[str, ExternSpec] | None = None,
     ) -> None:
         self.maps: dict[str, MapSpec] = maps or {}
         self.programs: dict[str, ProgramSpec] = programs or {}
         self.variables: dict[str, VariableSpec] = variables or {}
         self.btf = btf
+        # Externs (__kconfig/__ksym) the programs use; resolved at load time.
+        self.externs: dict[str, ExternSpec] = externs or {}
         self.name = name
         self.path = path
         # Existing maps that replace spec maps (rewrite_maps); consumed by Collection.
@@ -297,6 +301,7 @@ class CollectionSpec:
             self.btf,  # treated as immutable after parsing
             name=self.name,
             path=self.path,
+            externs=dict(self.externs),
         )
         out.map_replacements = dict(self.map_replacements)
         return out
