@@ -380,17 +380,22 @@ class _Loader:
         pos = idx * INSN_SIZE
         op = raw[pos]
         if ext.kind is _externs.ExternKind.KFUNC:
-            if op != CALL:
-                raise SpecError(f"{what}: a kfunc can only be called")
+            if op not in (CALL, LD_IMM64):
+                raise SpecError(f"{what}: a kfunc can only be called or have its address taken")
             found = self._kernel(what).find(name, _btf.Kind.FUNC)
-            raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_KFUNC_CALL << 4)
             if found is None:
                 if not ext.weak:
                     raise AttachTargetError(
                         f"{what}: no kfunc {name} in the kernel's btf (declare it __weak to "
                         "load anyway and check bpf_ksym_exists())"
                     )
-                raw[pos + 2 : pos + 8] = bytes(6)  # off 0, imm 0: an unresolved weak kfunc
+                if op == CALL:
+                    # off 0, imm 0: an unresolved weak kfunc, fine while unreachable
+                    raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_KFUNC_CALL << 4)
+                    raw[pos + 2 : pos + 8] = bytes(6)
+                else:  # bpf_ksym_exists(): the address is 0
+                    raw[pos + 4 : pos + 8] = bytes(4)
+                    raw[pos + 12 : pos + 16] = bytes(4)
                 return
             mod, kspec, kid = found
             if mod != "vmlinux":
@@ -402,7 +407,12 @@ class _Loader:
                     f"{what}: prototype {_btf.describe(ext.type.type)} is incompatible with "
                     f"the kernel's {_btf.describe(kfunc.type)}"
                 )
-            raw[pos + 2 : pos + 4] = (0).to_bytes(2, "little")
+            if op == CALL:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_KFUNC_CALL << 4)
+                raw[pos + 2 : pos + 4] = (0).to_bytes(2, "little")
+            else:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_BTF_ID << 4)
+                raw[pos + 12 : pos + 16] = bytes(4)
             raw[pos + 4 : pos + 8] = kid.to_bytes(4, "little")
             return
         if op != LD_IMM64:

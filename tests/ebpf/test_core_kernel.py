@@ -1,0 +1,272 @@
+"""CO-RE, externs and attach targets against the running kernel.
+
+The objects are built at test time from ``tests/ebpf/core/*.c`` against a ``vmlinux.h``
+generated from ``/sys/kernel/btf/vmlinux`` into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf import kernel_btf
+from orchestrator.ebpf import sys as bpfsys
+from orchestrator.ebpf.btf import Int, Member, Spec, Struct
+from orchestrator.ebpf.collection import load_subset
+from orchestrator.ebpf.errors import (
+    AttachTargetError,
+    BTFError,
+    CORERelocationError,
+    VerifierError,
+)
+from orchestrator.ebpf.externs import kernel_version_code
+from orchestrator.ebpf.ringbuf import RingBufReader
+from tests.conftest import require_tool
+
+SRC = Path(__file__).parent / "core"
+VMLINUX = Path("/sys/kernel/btf/vmlinux")
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="session")
+def vmlinux_h(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding vmlinux.h for the running kernel (never committed)."""
+    bpftool = require_tool("bpftool")
+    out = tmp_path_factory.mktemp("vmlinux")
+    header = subprocess.run(
+        [bpftool, "btf", "dump", "file", str(VMLINUX), "format", "c"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    (out / "vmlinux.h").write_bytes(header)
+    return out
+
+
+@pytest.fixture(scope="session")
+def build(vmlinux_h: Path, compile_bpf: Callable[..., Path]) -> Callable[..., ebpf.CollectionSpec]:
+    def _build(name: str, *flags: str) -> ebpf.CollectionSpec:
+        path = compile_bpf((SRC / name).read_text(), f"-I{vmlinux_h}", *flags)
+        return ebpf.CollectionSpec.from_file(path)
+
+    return _build
+
+
+def _trigger(prog: ebpf.Program) -> None:
+    link = bpfsys.raw_tracepoint_open(prog.fd, None)
+    try:
+        os.getppid()
+    finally:
+        link.close()
+
+
+EVENT = struct.Struct("<IIII16sIIQ")
+
+
+def test_core_object_reports_pid_and_comm(
+    build: Callable[..., ebpf.CollectionSpec], fd_guard: None
+) -> None:
+    spec = build("core_task.c")
+    prog_spec = spec.programs["on_sys_enter"]
+    assert prog_spec.core_relos  # it really is a CO-RE object
+    spec.rewrite_constants({"target_tgid": os.getpid()})
+    with ebpf.Collection(spec) as coll, RingBufReader(coll.maps["events"]) as rb:
+        _trigger(coll.programs["on_sys_enter"])
+        records = rb.read(timeout=2.0)
+    assert records
+    pid, tgid, has_missing, missing, comm, task_size, pid_size, ppid = EVENT.unpack_from(records[0])
+    assert (pid, tgid, ppid) == (os.getpid(), os.getpid(), os.getppid())
+    assert has_missing == 0 and missing == 0
+    assert comm.rstrip(b"\0").decode() == Path("/proc/self/comm").read_text().strip()[:15]
+    kernel_task = kernel_btf.load().vmlinux.type_by_name("task_struct", Struct)
+    assert task_size == kernel_task.size
+    assert pid_size == 4
+
+
+def test_reachable_poisoned_relocation_names_it(
+    build: Callable[..., ebpf.CollectionSpec], fd_guard: None
+) -> None:
+    spec = build("core_task.c", "-DUNGUARDED")
+    with pytest.raises(CORERelocationError) as info:
+        ebpf.Collection(spec)
+    err = info.value
+    assert "task_struct___bpforch.bpforch_no_such_field" in err.relocation
+    assert "field_byte_offset" in err.relocation
+    assert "call unknown#195896080" in err.log
+    assert isinstance(err, VerifierError)
+
+
+def test_kernel_btf_override(
+    build: Callable[..., ebpf.CollectionSpec], tmp_path: Path, fd_guard: None
+) -> None:
+    # The same kernel's BTF through a copy: loads, and is cached by path.
+    copy = tmp_path / "vmlinux.btf"
+    copy.write_bytes(VMLINUX.read_bytes())
+    spec = build("core_task.c")
+    with ebpf.Collection(spec, ebpf.CollectionOptions(kernel_btf=copy)):
+        pass
+    assert kernel_btf.load(copy) is kernel_btf.load(copy)
+    assert kernel_btf.load(copy) is not kernel_btf.load()
+
+    # A "kernel" whose task_struct has only the flavor's field: now the guarded branch is
+    # live, while every other task_struct access is poisoned, and the first one is reachable.
+    tiny = Spec()
+    u32 = Int("unsigned int", 4)
+    tiny.add(Struct("task_struct", 8, [Member("bpforch_no_such_field", u32, 0)]))
+    tiny_path = tmp_path / "tiny.btf"
+    tiny_path.write_bytes(tiny.marshal()[0])
+    with pytest.raises(CORERelocationError) as info:
+        ebpf.Collection(spec, ebpf.CollectionOptions(kernel_btf=tiny_path))
+    assert "struct task_struct.tgid" in info.value.relocation
+
+    with pytest.raises(BTFError):
+        ebpf.Collection(spec, ebpf.CollectionOptions(kernel_btf=tmp_path / "missing.btf"))
+    bad = tmp_path / "bad.btf"
+    bad.write_bytes(b"not btf at all")
+    with pytest.raises(BTFError):
+        ebpf.Collection(spec, ebpf.CollectionOptions(kernel_btf=bad))
+
+
+def test_externs(build: Callable[..., ebpf.CollectionSpec], fd_guard: None) -> None:
+    spec = build("externs.c")
+    kinds = {n: e.kind.value for n, e in spec.externs.items()}
+    assert kinds["LINUX_KERNEL_VERSION"] == "kconfig"
+    assert kinds["bpf_task_acquire"] == "kfunc"
+    assert kinds["vfs_read"] == "ksym" and not spec.externs["vfs_read"].typed
+    assert spec.externs["runqueues"].typed
+    assert ".kconfig" in spec.maps
+    spec.rewrite_constants({"target_tgid": os.getpid()})
+    with ebpf.Collection(spec) as coll:
+        assert "read_percpu" not in coll.programs  # "?" section: not autoloaded
+        _trigger(coll.programs["read_externs"])
+        raw = coll.maps[".bss"].lookup(0)
+    assert isinstance(raw, bytes)  # a datasec value without a key type: raw bytes
+    fields = struct.unpack_from("<IIII8sIIQQII", raw)
+    names = "version bpf_syscall jit hz hostname missing_option has_missing_kfunc"
+    names += " vfs_read_addr missing_sym_addr acquired_pid runs"
+    got = dict(zip(names.split(), fields, strict=True))
+    assert got["version"] == kernel_version_code()
+    assert got["bpf_syscall"] == 1
+    assert got["jit"] == 1  # CONFIG_BPF_JIT=y -> TRI_YES
+    config = subprocess.run(["zcat", "/proc/config.gz"], capture_output=True, text=True).stdout
+    hz = next(ln.split("=")[1] for ln in config.splitlines() if ln.startswith("CONFIG_HZ="))
+    assert got["hz"] == int(hz)
+    host = next(
+        ln.split("=")[1].strip('"')
+        for ln in config.splitlines()
+        if ln.startswith("CONFIG_DEFAULT_HOSTNAME=")
+    )
+    hostname = got["hostname"]
+    assert isinstance(hostname, bytes)
+    assert hostname.rstrip(b"\0").decode() == host[:7]
+    assert got["missing_option"] == 0
+    assert got["has_missing_kfunc"] == 0
+    kallsyms = {
+        ln.split()[2]: int(ln.split()[0], 16)
+        for ln in Path("/proc/kallsyms").read_text().splitlines()
+    }
+    assert got["vfs_read_addr"] == kallsyms["vfs_read"]
+    assert got["missing_sym_addr"] == 0
+    assert got["acquired_pid"] == os.getpid()
+    assert got["runs"] >= 1
+
+
+def test_typed_ksym_uses_btf_id(build: Callable[..., ebpf.CollectionSpec], fd_guard: None) -> None:
+    # runqueues is a typed per-cpu ksym: bpforch passes its BTF id (BPF_PSEUDO_BTF_ID); this
+    # kernel lacks KALLSYMS_ALL, so the verifier cannot find its address -- as with libbpf.
+    spec = build("externs.c")
+    with pytest.raises(VerifierError, match="runqueues"):
+        load_subset(spec, None, ["read_percpu"], [])
+
+
+KCONFIG_SRC = """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+extern int CONFIG_BPFORCH_STRONG_MISSING __kconfig;
+SEC("tp_btf/sys_enter")
+int prog(void *ctx) { return CONFIG_BPFORCH_STRONG_MISSING; }
+"""
+
+KFUNC_SRC = """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+extern void bpforch_no_such_kfunc(void) __ksym;
+SEC("tp_btf/sys_enter")
+int prog(void *ctx) { bpforch_no_such_kfunc(); return 0; }
+"""
+
+ATTACH_SRC = """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("tp_btf/bpforch_no_such_tracepoint")
+int prog(void *ctx) { return 0; }
+"""
+
+ITER_SRC = """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("iter/task")
+int dump_task(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	if (task)
+		BPF_SEQ_PRINTF(ctx->meta->seq, "%d\\n", task->pid);
+	return 0;
+}
+"""
+
+
+@pytest.fixture
+def build_text(
+    vmlinux_h: Path, compile_bpf: Callable[..., Path]
+) -> Iterator[Callable[[str], ebpf.CollectionSpec]]:
+    def _build(source: str) -> ebpf.CollectionSpec:
+        return ebpf.CollectionSpec.from_file(compile_bpf(source, f"-I{vmlinux_h}"))
+
+    yield _build
+
+
+def test_extern_errors(build_text: Callable[[str], ebpf.CollectionSpec], fd_guard: None) -> None:
+    from orchestrator.ebpf.externs import KconfigError
+
+    with pytest.raises(KconfigError, match="CONFIG_BPFORCH_STRONG_MISSING"):
+        ebpf.Collection(build_text(KCONFIG_SRC))
+    with pytest.raises(AttachTargetError, match="bpforch_no_such_kfunc"):
+        ebpf.Collection(build_text(KFUNC_SRC))
+    with pytest.raises(AttachTargetError, match="btf_trace_bpforch_no_such_tracepoint"):
+        ebpf.Collection(build_text(ATTACH_SRC))
+
+
+def test_iter_program_runs(
+    build_text: Callable[[str], ebpf.CollectionSpec], fd_guard: None
+) -> None:
+    spec = build_text(ITER_SRC)
+    with ebpf.Collection(spec) as coll:
+        prog = coll.programs["dump_task"]
+        attr = bpfsys.LinkCreateAttr(
+            prog_fd=prog.fd.raw, attach_type=int(ebpf.AttachType.TRACE_ITER)
+        )
+        link = bpfsys.link_create(attr)
+        try:
+            it = bpfsys.iter_create(link)
+            try:
+                out = b""
+                while chunk := os.read(it.raw, 65536):
+                    out += chunk
+            finally:
+                it.close()
+        finally:
+            link.close()
+    pids = {int(x) for x in out.split()}
+    assert 2 in pids and len(pids) >= 10  # kthreadd, and many more tasks
