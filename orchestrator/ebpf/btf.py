@@ -1093,15 +1093,43 @@ class Spec:
             idx = {}
             words, string, first = self._words, self.string, self._first
             cache = self._cache
+            # Group record ids by name offset first (cheap ints), then decode each distinct
+            # name once: vmlinux has ~130k records but far fewer distinct names.
+            by_off: dict[int, list[int]] = {}
+            get = by_off.get
             for i, off in enumerate(self._offs):
-                t = cache[i]
-                if t is not None:  # decoded (and maybe renamed)
-                    if t.name:
-                        idx.setdefault(t.name, []).append(first + i)
+                if cache[i] is not None:  # decoded (and maybe renamed)
+                    by_off.setdefault(-1 - i, []).append(first + i)
                     continue
                 name_off = words[off]
                 if name_off:
-                    idx.setdefault(string(name_off), []).append(first + i)
+                    ids = get(name_off)
+                    if ids is None:
+                        by_off[name_off] = [first + i]
+                    else:
+                        ids.append(first + i)
+            tab, start = self._strtab, self._str_start
+            text = tab.decode("ascii") if tab.isascii() else None
+            find = text.find if text is not None else None
+            for name_off, ids in by_off.items():
+                if name_off < 0:
+                    t = cache[ids[0] - first]
+                    assert t is not None
+                    if t.name:
+                        idx.setdefault(t.name, []).extend(ids)
+                    continue
+                rel = name_off - start
+                if text is not None and find is not None and 0 <= rel < len(text):
+                    end = find("\0", rel)
+                    name = text[rel:end] if end >= 0 else string(name_off)
+                else:
+                    name = string(name_off)
+                have = idx.get(name)
+                if have is None:
+                    idx[name] = ids
+                else:
+                    have.extend(ids)
+                    have.sort()
             for i in range(len(self._offs), len(cache)):
                 t = cache[i]
                 if t is not None and t.name:
