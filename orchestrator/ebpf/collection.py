@@ -22,13 +22,14 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import btf_ext as _btf_ext
 from orchestrator.ebpf import core as _core
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import kernel_btf as _kernel_btf
+from orchestrator.ebpf import struct_ops as _struct_ops
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, RefKind
 from orchestrator.ebpf.errors import (
@@ -201,6 +202,14 @@ class _Loader:
                 self._reused.add(name)
                 return existing
 
+        if spec.struct_ops is not None:
+            what = f"map {name}"
+            kernel = _struct_ops.kernel_types(spec.struct_ops, self._kernel(what), what)
+            btf_fd, _ = self._btf()
+            m = _struct_ops.create_map(spec, kernel, btf_fd)
+            self.maps[name] = m
+            return m
+
         inner: Map | None = None
         if spec.inner_map is not None:
             template = spec.inner_map
@@ -324,13 +333,17 @@ class _Loader:
                 line_info = _btf_ext.encode_line_infos(spec.line_infos, strings)
                 nline = len(spec.line_infos)
         attach_btf_id = self._attach_btf_id(spec)
+        attach_type = spec.attach_type
+        if spec.type == ProgType.STRUCT_OPS:
+            attach_btf_id, member = self._struct_ops_target(spec)
+            attach_type = cast(AttachType, member)  # expected_attach_type: a member index
         return LoadRequest(
             name=spec.name,
             type=spec.type,
             attach_btf_id=attach_btf_id,
             instructions=bytes(raw),
             license=spec.license,
-            attach_type=spec.attach_type,
+            attach_type=attach_type,
             kernel_version=spec.kernel_version,
             flags=int(spec.flags),
             btf_fd=btf_fd if nfunc or nline else None,
@@ -484,6 +497,22 @@ class _Loader:
             return _externs.kconfig_values(self.spec.externs, spec.value_size, config, features)
         except _externs.KconfigError as err:
             raise _externs.KconfigError(f"map {spec.name}: {err}") from err
+
+    def _struct_ops_target(self, spec: ProgramSpec) -> tuple[int, int]:
+        """(kernel struct id, member index) of the struct_ops member ``spec`` implements."""
+        for mname, ms in self.spec.maps.items():
+            ops = ms.struct_ops
+            if ops is None:
+                continue
+            for member, prog in ops.funcs.items():
+                if prog == spec.name:
+                    what = f"program {spec.name}"
+                    kernel = _struct_ops.kernel_types(ops, self._kernel(what), f"map {mname}")
+                    return kernel.type_id, kernel.member_index(member)
+        raise SpecError(
+            f"program {spec.name}: struct_ops program used by no struct_ops map "
+            '(reference it from a variable in SEC(".struct_ops"))'
+        )
 
     def _attach_btf_id(self, spec: ProgramSpec) -> int:
         """The kernel BTF id of the attach target, for program types that need one."""

@@ -31,6 +31,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import btf_ext as _btf_ext
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
+from orchestrator.ebpf import struct_ops as _struct_ops
 from orchestrator.ebpf.asm import (
     CALL,
     INSN_SIZE,
@@ -53,6 +54,7 @@ from orchestrator.ebpf.sys import (
     BPF_PSEUDO_FUNC,
     MapFlags,
     MapType,
+    ProgType,
 )
 
 EM_BPF = 247
@@ -263,9 +265,39 @@ class _Reader:
             )
         self._read_map_contents(maps, programs)
         externs = self._read_externs(maps, programs)
+        self._read_struct_ops(maps, programs)
         return CollectionSpec(
             maps, programs, variables, self.btf, name=name, path=path, externs=externs
         )
+
+    def _read_struct_ops(self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]) -> None:
+        """``.struct_ops``/``.struct_ops.link`` tables (see :mod:`orchestrator.ebpf.struct_ops`)."""
+        secs = [
+            (s.name, s.data, [(off, self.symbols[sym].name) for off, sym in s.relocs])
+            for s in self.sections
+            if s.name in (".struct_ops", ".struct_ops.link") and s.type == SHT_PROGBITS
+        ]
+        if not secs:
+            return
+        for name, ops in _struct_ops.collect(self.btf, secs):
+            if name in maps:
+                raise ParseError(f"struct_ops {name}: clashes with a map of the same name")
+            for member, prog in ops.funcs.items():
+                if prog not in programs or programs[prog].type != ProgType.STRUCT_OPS:
+                    raise ParseError(
+                        f"struct_ops {name}: member {member} refers to {prog!r}, which is not "
+                        "a struct_ops program"
+                    )
+            maps[name] = MapSpec(
+                name,
+                MapType.STRUCT_OPS,
+                4,
+                0,
+                1,
+                section=".struct_ops.link" if ops.link else ".struct_ops",
+                btf=self.btf,
+                struct_ops=ops,
+            )
 
     def _read_externs(
         self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]

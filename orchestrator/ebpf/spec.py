@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from orchestrator.ebpf.collection import CollectionOptions
     from orchestrator.ebpf.externs import ExternSpec
     from orchestrator.ebpf.maps import Map
+    from orchestrator.ebpf.struct_ops import StructOpsSpec
 
 T = TypeVar("T")
 
@@ -68,6 +69,7 @@ class MapSpec:
     section: str = ""  # ELF section the definition came from
     btf: _btf.Spec | None = None  # where ``key``/``value`` live (and the map's BTF type)
     btf_value_type: _btf.Type | None = None  # type whose id is passed as the value type
+    struct_ops: StructOpsSpec | None = None  # the table of a BPF_MAP_TYPE_STRUCT_OPS map
 
     @property
     def is_data_section(self) -> bool:
