@@ -90,7 +90,6 @@ class Target:
 
     main: _btf.Spec
     extra: tuple[_btf.Spec, ...] = ()
-    _flavored: dict[int, dict[str, list[int]]] = field(default_factory=dict, compare=False)
 
     def candidates(self, local: _btf.Type) -> list[tuple[_btf.Spec, int]]:
         ess = essential_name(local.name)
@@ -103,21 +102,35 @@ class Target:
         return out
 
     def _cands_in(self, spec: _btf.Spec, ess: str, kind: int) -> list[tuple[_btf.Spec, int]]:
-        flavored = self._flavored.get(id(spec))
-        if flavored is None:
-            flavored = {}
-            for n in spec.names():
-                if "___" in n:
-                    e = essential_name(n)
-                    if e != n:
-                        flavored.setdefault(e, []).extend(
-                            i for i in spec.ids_by_name(n) if i >= spec.first_id
-                        )
-            self._flavored[id(spec)] = flavored
+        flavored = _flavored_index(spec)
         ids = [i for i in spec.ids_by_name(ess) if i >= spec.first_id]
         ids.extend(flavored.get(ess, ()))
         ids.sort()
         return [(spec, i) for i in ids if _compat_kind(spec.kind_of(i)) == kind]
+
+
+# Flavored names (``foo___bar``) of a target spec, by essential name. Target specs are
+# usually the process-wide cached kernel BTF, so the index is kept per spec (a few).
+_FLAVORED: dict[int, tuple[_btf.Spec, dict[str, list[int]]]] = {}
+_FLAVORED_MAX = 8
+
+
+def _flavored_index(spec: _btf.Spec) -> dict[str, list[int]]:
+    hit = _FLAVORED.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    flavored: dict[str, list[int]] = {}
+    for n in spec.names():
+        if "___" in n:
+            e = essential_name(n)
+            if e != n:
+                flavored.setdefault(e, []).extend(
+                    i for i in spec.ids_by_name(n) if i >= spec.first_id
+                )
+    if len(_FLAVORED) >= _FLAVORED_MAX:
+        _FLAVORED.pop(next(iter(_FLAVORED)))
+    _FLAVORED[id(spec)] = (spec, flavored)
+    return flavored
 
 
 def _compat_kind(k: _btf.Kind) -> int:
