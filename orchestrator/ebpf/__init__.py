@@ -21,10 +21,13 @@ from orchestrator.ebpf.collection import (
     CollectionOptions,
     load_collection,
 )
+from orchestrator.ebpf.core import COREError
 from orchestrator.ebpf.errors import (
+    AttachTargetError,
     BindError,
     BTFError,
     ConstantError,
+    CORERelocationError,
     Error,
     KeyExistsError,
     KeyNotFoundError,
@@ -37,8 +40,12 @@ from orchestrator.ebpf.errors import (
     SyscallError,
     VerifierError,
 )
+from orchestrator.ebpf.externs import ExternKind, ExternSpec, KconfigError
+from orchestrator.ebpf.kernel_btf import KernelBTF
+from orchestrator.ebpf.kernel_btf import load as load_kernel_btf
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
+from orchestrator.ebpf.ringbuf import RingBufReader
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -47,6 +54,7 @@ from orchestrator.ebpf.spec import (
     ProgramSpec,
     VariableSpec,
 )
+from orchestrator.ebpf.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
 from orchestrator.ebpf.sys import (
     AttachType,
     LinkType,
@@ -58,17 +66,24 @@ from orchestrator.ebpf.sys import (
 )
 
 __all__ = [
+    "AttachTargetError",
     "AttachType",
     "BTFError",
     "BindError",
     "Binding",
+    "COREError",
+    "CORERelocationError",
     "Collection",
     "CollectionOptions",
     "CollectionSpec",
     "ConstantError",
     "Error",
+    "ExternKind",
+    "ExternSpec",
     "Instruction",
     "Instructions",
+    "KconfigError",
+    "KernelBTF",
     "KeyExistsError",
     "KeyNotFoundError",
     "LinkType",
@@ -91,13 +106,18 @@ __all__ = [
     "ProgramSpec",
     "RefKind",
     "Reference",
+    "RingBufReader",
     "RunResult",
     "SpecError",
+    "StructOpsLink",
+    "StructOpsSpec",
     "SyscallError",
     "UpdateFlags",
     "VariableSpec",
     "VerifierError",
+    "attach_struct_ops",
     "bind",
     "close_all",
     "load_collection",
+    "load_kernel_btf",
 ]

@@ -270,3 +270,58 @@ def test_iter_program_runs(
             link.close()
     pids = {int(x) for x in out.split()}
     assert 2 in pids and len(pids) >= 10  # kthreadd, and many more tasks
+
+
+def test_ringbuf_reader_errors(fd_guard: None) -> None:
+    from orchestrator.ebpf.errors import NotSupportedError
+    from orchestrator.ebpf.spec import MapSpec
+
+    with ebpf.Map.create(MapSpec("arr", ebpf.MapType.ARRAY, 4, 4, 1)) as m:
+        with pytest.raises(NotSupportedError, match="not a ring buffer"):
+            RingBufReader(m)
+    with ebpf.Map.create(MapSpec("rb", ebpf.MapType.RINGBUF, 0, 0, 4096)) as m:
+        reader = RingBufReader(m)
+        assert reader.read(timeout=0.01) == []
+        assert reader.available() == 0
+        reader.close()
+        reader.close()  # idempotent
+        with pytest.raises(ebpf.Error, match="closed"):
+            list(reader.drain())
+
+
+RINGBUF_SRC = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 4096); } rb SEC(".maps");
+__u32 seq = 0;
+SEC("syscall")
+int produce(void *ctx)
+{
+	for (int i = 0; i < 10; i++) {
+		__u32 *e = bpf_ringbuf_reserve(&rb, 36, 0);  /* 36 + 8 header -> 48 aligned */
+		if (!e)
+			return 1;
+		e[0] = seq++;
+		if (e[0] % 3 == 2)
+			bpf_ringbuf_discard(e, 0);
+		else
+			bpf_ringbuf_submit(e, 0);
+	}
+	return 0;
+}
+"""
+
+
+def test_ringbuf_wraps_and_skips_discarded(
+    compile_bpf: Callable[..., Path], fd_guard: None
+) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(RINGBUF_SRC))
+    seen: list[int] = []
+    with ebpf.Collection(spec) as coll, RingBufReader(coll.maps["rb"]) as reader:
+        for _ in range(30):  # 300 records of 48 bytes: the 4 KiB ring wraps ~3 times
+            assert coll.programs["produce"].test_run(repeat=0).retval == 0
+            for rec in reader.read(timeout=1.0):
+                assert len(rec) == 36
+                seen.append(int.from_bytes(rec[:4], "little"))
+    assert seen == [i for i in range(300) if i % 3 != 2]
