@@ -38,6 +38,7 @@ from orchestrator.ebpf.errors import (
     Error,
     MapIncompatibleError,
     NotSupportedError,
+    PermissionDeniedError,
     SpecError,
     SyscallError,
     VerifierError,
@@ -101,6 +102,17 @@ def _syscall_wrapper() -> bool:
             return any(b" __x64_sys_bpf" in line for line in f)
     except OSError:
         return False
+
+
+def _trampoline(spec: ProgramSpec) -> bool:
+    """Whether a program attaches through a BPF trampoline (fentry/fexit/lsm/freplace)."""
+    if spec.type in (ProgType.LSM, ProgType.EXT):
+        return True
+    return spec.type == ProgType.TRACING and spec.attach_type in (
+        AttachType.TRACE_FENTRY,
+        AttachType.TRACE_FEXIT,
+        AttachType.MODIFY_RETURN,
+    )
 
 
 class _Loader:
@@ -293,6 +305,15 @@ class _Loader:
                 )
             except VerifierError as err:
                 raise self._poison_error(name, err) from err
+            except SyscallError as err:
+                if err.errno == errno.EPERM and _trampoline(spec):
+                    raise PermissionDeniedError(
+                        f"program {name}: load: operation not permitted (EPERM) (this kernel "
+                        "refuses fentry/fexit/fmod_ret/lsm/freplace programs: BPF trampolines "
+                        "are unavailable or forbidden; use a kprobe or tracepoint instead)",
+                        err.errno,
+                    ) from err
+                raise
         finally:
             self._loading.discard(name)
         self.programs[name] = p

@@ -325,3 +325,31 @@ def test_ringbuf_wraps_and_skips_discarded(
                 assert len(rec) == 36
                 seen.append(int.from_bytes(rec[:4], "little"))
     assert seen == [i for i in range(300) if i % 3 != 2]
+
+
+FENTRY_SRC = """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("fentry/vfs_read")
+int on_vfs_read(void *ctx) { return 0; }
+"""
+
+
+def test_fentry_refusal_says_why(
+    build_text: Callable[[str], ebpf.CollectionSpec], fd_guard: None
+) -> None:
+    # fentry programs get EPERM on this kernel (KERNEL_NOTES); the error says so.
+    spec = build_text(FENTRY_SRC)
+    with pytest.raises(ebpf.PermissionDeniedError, match="fentry/fexit"):
+        ebpf.Collection(spec)
+
+
+def test_loading_does_not_change_the_spec(
+    build: Callable[..., ebpf.CollectionSpec], fd_guard: None
+) -> None:
+    spec = build("core_task.c")
+    before = spec.programs["on_sys_enter"].instructions.raw
+    with ebpf.Collection(spec):
+        pass
+    assert spec.programs["on_sys_enter"].instructions.raw == before
