@@ -276,9 +276,11 @@ def test_ringbuf_reader_errors(fd_guard: None) -> None:
     from orchestrator.ebpf.errors import NotSupportedError
     from orchestrator.ebpf.spec import MapSpec
 
-    with ebpf.Map.create(MapSpec("arr", ebpf.MapType.ARRAY, 4, 4, 1)) as m:
-        with pytest.raises(NotSupportedError, match="not a ring buffer"):
-            RingBufReader(m)
+    with (
+        ebpf.Map.create(MapSpec("arr", ebpf.MapType.ARRAY, 4, 4, 1)) as m,
+        pytest.raises(NotSupportedError, match="not a ring buffer"),
+    ):
+        RingBufReader(m)
     with ebpf.Map.create(MapSpec("rb", ebpf.MapType.RINGBUF, 0, 0, 4096)) as m:
         reader = RingBufReader(m)
         assert reader.read(timeout=0.01) == []
