@@ -28,6 +28,7 @@ from orchestrator.ebpf.errors import (
 from orchestrator.ebpf.externs import kernel_version_code
 from orchestrator.ebpf.ringbuf import RingBufReader
 from tests.conftest import require_tool
+from tests.ebpf.test_libbpf_tools import libbpf_harness  # noqa: F401 (fixture)
 
 SRC = Path(__file__).parent / "core"
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
@@ -355,3 +356,33 @@ def test_loading_does_not_change_the_spec(
     with ebpf.Collection(spec):
         pass
     assert spec.programs["on_sys_enter"].instructions.raw == before
+
+
+@pytest.mark.parametrize(
+    ("source", "flags"),
+    [
+        ("core_task.c", ()),
+        ("externs.c", ()),
+        ("tcp_cc.c", ("-DPLAIN",)),  # libbpf 1.1 predates .struct_ops.link (1.2)
+    ],
+)
+def test_same_xlated_as_libbpf(
+    source: str,
+    flags: tuple[str, ...],
+    vmlinux_h: Path,
+    compile_bpf: Callable[..., Path],
+    libbpf_harness: Path,
+    fd_guard: None,
+) -> None:
+    """CO-RE, kconfig/ksym/kfunc externs and struct_ops programs translate as libbpf's do."""
+    from tests.ebpf.test_libbpf_tools import load_with_bpforch, load_with_libbpf, normalize
+
+    path = compile_bpf((SRC / source).read_text(), f"-I{vmlinux_h}", *flags)
+    lib = load_with_libbpf(libbpf_harness, path)
+    ours = load_with_bpforch(path)
+    assert lib.ok, lib.detail
+    assert ours.ok, ours.detail
+    assert lib.xlated is not None and ours.xlated is not None
+    assert sorted(lib.xlated) == sorted(ours.xlated)
+    for name, xlated in lib.xlated.items():
+        assert normalize(ours.xlated[name]) == normalize(xlated), name
