@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,36 +27,10 @@ from orchestrator.ebpf.errors import (
 )
 from orchestrator.ebpf.externs import kernel_version_code
 from orchestrator.ebpf.ringbuf import RingBufReader
-from tests.conftest import require_tool
-from tests.ebpf.test_libbpf_tools import libbpf_harness  # noqa: F401 (fixture)
-
-SRC = Path(__file__).parent / "core"
-VMLINUX = Path("/sys/kernel/btf/vmlinux")
+from tests.ebpf.conftest import CORE_SRC as SRC
+from tests.ebpf.conftest import VMLINUX
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(scope="session")
-def vmlinux_h(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding vmlinux.h for the running kernel (never committed)."""
-    bpftool = require_tool("bpftool")
-    out = tmp_path_factory.mktemp("vmlinux")
-    header = subprocess.run(
-        [bpftool, "btf", "dump", "file", str(VMLINUX), "format", "c"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    (out / "vmlinux.h").write_bytes(header)
-    return out
-
-
-@pytest.fixture(scope="session")
-def build(vmlinux_h: Path, compile_bpf: Callable[..., Path]) -> Callable[..., ebpf.CollectionSpec]:
-    def _build(name: str, *flags: str) -> ebpf.CollectionSpec:
-        path = compile_bpf((SRC / name).read_text(), f"-I{vmlinux_h}", *flags)
-        return ebpf.CollectionSpec.from_file(path)
-
-    return _build
 
 
 def _trigger(prog: ebpf.Program) -> None:
@@ -226,16 +200,6 @@ int dump_task(struct bpf_iter__task *ctx)
 	return 0;
 }
 """
-
-
-@pytest.fixture
-def build_text(
-    vmlinux_h: Path, compile_bpf: Callable[..., Path]
-) -> Iterator[Callable[[str], ebpf.CollectionSpec]]:
-    def _build(source: str) -> ebpf.CollectionSpec:
-        return ebpf.CollectionSpec.from_file(compile_bpf(source, f"-I{vmlinux_h}"))
-
-    yield _build
 
 
 def test_extern_errors(build_text: Callable[[str], ebpf.CollectionSpec], fd_guard: None) -> None:

@@ -24,9 +24,6 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf.errors import AttachTargetError, SyscallError
-from tests.conftest import require_tool
-
-HARNESS_SRC = Path(__file__).parent / "harness" / "libbpf_load.c"
 
 pytestmark = pytest.mark.kernel
 
@@ -72,14 +69,6 @@ def tool_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             paths.append(path)
     assert paths, "libbpf-tools binaries embed no eBPF objects?"
     return paths
-
-
-@pytest.fixture(scope="session")
-def libbpf_harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gcc = require_tool("gcc")
-    out = tmp_path_factory.mktemp("harness") / "libbpf_load"
-    subprocess.run([gcc, "-O2", "-o", str(out), str(HARNESS_SRC), "-lbpf"], check=True)
-    return out
 
 
 def normalize(xlated: bytes) -> bytes:

@@ -13,7 +13,6 @@ from orchestrator import ebpf
 from orchestrator.ebpf.errors import SpecError
 from orchestrator.ebpf.struct_ops import StructOpsMap, attach_struct_ops
 from tests.conftest import require_tool
-from tests.ebpf.test_core_kernel import SRC, build, vmlinux_h  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.kernel
 
@@ -50,7 +49,7 @@ def _in_netns(cc: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("variant", ["link", "plain"])
 def test_tcp_congestion_ops(
-    build: Callable[..., ebpf.CollectionSpec],  # noqa: F811
+    build: Callable[..., ebpf.CollectionSpec],
     variant: str,
     fd_guard: None,
 ) -> None:
@@ -86,7 +85,7 @@ int orphan(void *ctx) { return 0; }
 
 
 def test_struct_ops_program_without_table(
-    vmlinux_h: Path,  # noqa: F811
+    vmlinux_h: Path,
     compile_bpf: Callable[..., Path],
     fd_guard: None,
 ) -> None:
