@@ -17,7 +17,7 @@ import pytest
 from orchestrator import ebpf
 from orchestrator.ebpf import kernel_btf
 from orchestrator.ebpf import sys as bpfsys
-from orchestrator.ebpf.btf import Int, Member, Spec, Struct
+from orchestrator.ebpf.btf import Enum, Int, Member, Spec, Struct
 from orchestrator.ebpf.collection import load_subset
 from orchestrator.ebpf.errors import (
     AttachTargetError,
@@ -41,7 +41,7 @@ def _trigger(prog: ebpf.Program) -> None:
         link.close()
 
 
-EVENT = struct.Struct("<IIII16sIIQ")
+EVENT = struct.Struct("<IIII16sIIQQIIIIQQQ")
 
 
 def test_core_object_reports_pid_and_comm(
@@ -55,13 +55,39 @@ def test_core_object_reports_pid_and_comm(
         _trigger(coll.programs["on_sys_enter"])
         records = rb.read(timeout=2.0)
     assert records
-    pid, tgid, has_missing, missing, comm, task_size, pid_size, ppid = EVENT.unpack_from(records[0])
+    (
+        pid,
+        tgid,
+        has_missing,
+        missing,
+        comm,
+        task_size,
+        pid_size,
+        ppid,
+        ringbuf_type,
+        fake_enum_exists,
+        fake_type_exists,
+        task_exists,
+        _pad,
+        in_execve,
+        local_id,
+        kernel_id,
+    ) = EVENT.unpack_from(records[0])
     assert (pid, tgid, ppid) == (os.getpid(), os.getpid(), os.getppid())
     assert has_missing == 0 and missing == 0
     assert comm.rstrip(b"\0").decode() == Path("/proc/self/comm").read_text().strip()[:15]
     kernel_task = kernel_btf.load().vmlinux.type_by_name("task_struct", Struct)
     assert task_size == kernel_task.size
     assert pid_size == 4
+    vmlinux = kernel_btf.load().vmlinux
+    kernel_enum = vmlinux.type_by_name("bpf_map_type")
+    assert isinstance(kernel_enum, Enum)
+    assert ringbuf_type == {v.name: v.value for v in kernel_enum.values}["BPF_MAP_TYPE_RINGBUF"]
+    assert (fake_enum_exists, fake_type_exists, task_exists) == (0, 0, 1)
+    assert in_execve == 0  # we are not in execve
+    assert kernel_id == vmlinux.type_id(kernel_task)
+    assert spec.btf is not None
+    assert local_id == spec.btf.type_id(spec.btf.type_by_name("task_struct", Struct))
 
 
 def test_reachable_poisoned_relocation_names_it(
