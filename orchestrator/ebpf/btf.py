@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import operator
 import struct
 import sys
 from array import array
@@ -762,7 +763,10 @@ class Spec:
         "_first",
         "_ids",
         "_names",
+        "_noffs",
+        "_noffs_set",
         "_offs",
+        "_scan",
         "_str_cache",
         "_str_start",
         "_strtab",
@@ -781,6 +785,9 @@ class Spec:
         self._cache: list[Type | None] = []
         self._ids: dict[Type, int] = {}
         self._names: dict[str, list[int]] | None = None
+        self._noffs: tuple[int, ...] | None = None  # name offset of every own record
+        self._noffs_set: frozenset[int] | None = None
+        self._scan: dict[str, list[int]] = {}  # name lookups answered without the index
         self._str_cache: dict[int, str] = {}
         self._void = Void()
 
@@ -844,6 +851,9 @@ class Spec:
         new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
         new._void = Void()
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
+        new._noffs = self._noffs
+        new._noffs_set = self._noffs_set
+        new._scan = {k: list(v) for k, v in self._scan.items()}
         mapping: dict[Type, Type] = {self._void: new._void}
         cache: list[Type | None] = [None] * len(self._cache)
         for i, t in enumerate(self._cache):
@@ -879,6 +889,8 @@ class Spec:
             self._ids[cur] = tid
             if self._names is not None and cur.name:
                 self._names.setdefault(cur.name, []).append(tid)
+            if cur.name in self._scan:
+                self._scan[cur.name].append(tid)
             stack.extend(r for r in reversed(cur._refs()) if self._lookup_id(r) is None)
         return self._ids[t]
 
@@ -952,12 +964,42 @@ class Spec:
     def ids_by_name(self, name: str) -> list[int]:
         """The ids of every type with this name (base ids first), without decoding them."""
         found = self._base.ids_by_name(name) if self._base is not None else []
-        found.extend(self._name_index().get(name, ()))
+        found.extend(self._own_ids(name))
         return found
 
     def names(self) -> Iterator[str]:
         """Every distinct type name of this spec's own types (not the base's)."""
         return iter(self._name_index())
+
+    def names_containing(self, part: str) -> list[str]:
+        """Distinct names of own types that contain ``part`` (cheap without the full index:
+        a search of the string table)."""
+        if self._names is not None:
+            return [n for n in self._names if part in n]
+        raw = part.encode("utf-8", "surrogateescape")
+        if not raw:
+            return list(self._name_index())
+        found: dict[str, set[int]] = {}
+        spec: Spec | None = self
+        while spec is not None:
+            tab, start = spec._strtab, spec._str_start
+            pos = tab.find(raw)
+            while pos >= 0:
+                lo = tab.rfind(b"\0", 0, pos) + 1
+                hi = tab.find(b"\0", pos)
+                hi = len(tab) if hi < 0 else hi
+                name = tab[lo:hi].decode("utf-8", "surrogateescape")
+                found.setdefault(name, set()).add(start + lo)
+                pos = tab.find(raw, hi)
+            spec = spec._base
+        used = self._name_offsets()[1]
+        out = [n for n, offs in sorted(found.items()) if offs & used and self._own_ids(n)]
+        out.extend(
+            t.name
+            for t in self._cache[len(self._offs) :]
+            if t is not None and part in t.name and t.name not in out
+        )
+        return out
 
     def kind_of(self, type_id: int) -> Kind:
         """The kind of a type without decoding it (cheap, for candidate searches)."""
@@ -979,7 +1021,7 @@ class Spec:
     def types_by_name(self, name: str) -> list[Type]:
         """Every type with this name (base types first), in id order."""
         found = self._base.types_by_name(name) if self._base is not None else []
-        for tid in self._name_index().get(name, ()):
+        for tid in self._own_ids(name):
             found.append(self.type_by_id(tid))
         return found
 
@@ -1086,6 +1128,68 @@ class Spec:
 
     def _str_end(self) -> int:
         return self._str_start + len(self._strtab)
+
+    def _own_ids(self, name: str) -> list[int]:
+        """Ids of own types named ``name``: from the index if built, else by searching the
+        string table for the name and the records for its offset (no index needed)."""
+        if self._names is not None:
+            return self._names.get(name, [])
+        hit = self._scan.get(name)
+        if hit is None:
+            hit = self._scan_name(name)
+            self._scan[name] = hit
+        return hit
+
+    def _name_offsets(self) -> tuple[tuple[int, ...], frozenset[int]]:
+        """The name offset of every own record (in id order), and the set of them."""
+        noffs, used = self._noffs, self._noffs_set
+        if noffs is None or used is None:
+            n = len(self._offs)
+            if n == 0:
+                noffs = ()
+            elif n == 1:
+                noffs = (self._words[self._offs[0]],)
+            else:
+                noffs = operator.itemgetter(*self._offs)(self._words)
+            used = frozenset(noffs)
+            self._noffs, self._noffs_set = noffs, used
+        return noffs, used
+
+    def _scan_name(self, name: str) -> list[int]:
+        first, cache = self._first, self._cache
+        out: list[int] = []
+        raw = name.encode("utf-8", "surrogateescape")
+        if raw and b"\0" not in raw:
+            targets: set[int] = set()
+            needle = b"\0" + raw + b"\0"
+            spec: Spec | None = self
+            while spec is not None:  # a split spec's names may point into its base's table
+                tab, start = spec._strtab, spec._str_start
+                if tab.startswith(raw + b"\0"):
+                    targets.add(start)
+                pos = tab.find(needle)
+                while pos >= 0:
+                    targets.add(start + pos + 1)
+                    pos = tab.find(needle, pos + 1)
+                spec = spec._base
+            if targets:
+                noffs, used = self._name_offsets()
+                for target in targets & used:
+                    i = -1
+                    try:
+                        while True:
+                            i = noffs.index(target, i + 1)
+                            t = cache[i]
+                            if t is None or t.name == name:
+                                out.append(first + i)
+                    except ValueError:
+                        pass
+        for i in range(len(self._offs), len(cache)):  # added after parsing
+            t = cache[i]
+            if t is not None and t.name == name:
+                out.append(first + i)
+        out.sort()
+        return out
 
     def _name_index(self) -> dict[str, list[int]]:
         idx = self._names

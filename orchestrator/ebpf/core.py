@@ -120,7 +120,7 @@ def _flavored_index(spec: _btf.Spec) -> dict[str, list[int]]:
     if hit is not None and hit[0] is spec:
         return hit[1]
     flavored: dict[str, list[int]] = {}
-    for n in spec.names():
+    for n in spec.names_containing("___"):
         if "___" in n:
             e = essential_name(n)
             if e != n:

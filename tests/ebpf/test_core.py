@@ -359,3 +359,55 @@ def test_helpers() -> None:
     assert text == "field_byte_offset of struct task.comm[2] (access 0:1:2)"
     text = describe_relo(CORERelo(3, local.state, "1", K.ENUMVAL_VALUE))
     assert text == "enumval_value of enum state___v1::ZOMBIE (access 1)"
+
+
+# ------------------------------------------------------------------------------ name lookups
+
+
+def _fresh(blob: bytes, base: Spec | None = None) -> Spec:
+    return Spec.parse(blob, base=base)
+
+
+def test_name_lookup_without_index_agrees_with_the_index() -> None:
+    s = Spec()
+    s.add(Struct("dup", 4, [Member("x", I32, 0)]))
+    s.add(Struct("dup", 8, [Member("y", U64, 0)]))
+    s.add(Struct("task___flavor", 4, [Member("dup", I32, 0)]))  # "dup" is a member name too
+    s.add(Typedef("dup_t", I32))
+    blob = s.marshal()[0]
+    scanned, indexed = _fresh(blob), _fresh(blob)
+    indexed.names()  # builds the full index
+    for name in ("dup", "dup_t", "task___flavor", "int", "x", "missing", "", "du"):
+        assert scanned.ids_by_name(name) == indexed.ids_by_name(name), name
+    assert scanned.names_containing("___") == ["task___flavor"]
+    assert indexed.names_containing("___") == ["task___flavor"]
+    # types added later are found by both
+    added = Struct("dup", 16, [])
+    scanned.add(added)
+    assert scanned.ids_by_name("dup")[-1] == scanned.type_id(added)
+
+    split = Spec(base=scanned)
+    split.add(Struct("dup", 2, []))  # a module type whose name is also in the base
+    split.add(Struct("mod_only", 2, []))
+    split_blob = split.marshal()[0]
+    a, b = _fresh(split_blob, scanned), _fresh(split_blob, scanned)
+    b.names()
+    for name in ("dup", "mod_only", "int"):
+        assert a.ids_by_name(name) == b.ids_by_name(name), name
+
+
+def test_vmlinux_lookups_without_index() -> None:
+    path = "/sys/kernel/btf/vmlinux"
+    import os
+
+    if not os.path.exists(path):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing")
+        pytest.skip(f"{path} is missing")
+    with open(path, "rb") as f:
+        blob = f.read()
+    scanned, indexed = _fresh(blob), _fresh(blob)
+    indexed.names()
+    for name in ("task_struct", "pid_t", "list_head", "bpf_map_type", "sk_buff", "u32"):
+        assert scanned.ids_by_name(name) == indexed.ids_by_name(name), name
+    assert sorted(scanned.names_containing("___")) == sorted(indexed.names_containing("___"))
