@@ -104,9 +104,14 @@ class Outcome:
     xlated: dict[str, bytes] | None = None
 
 
-def load_with_libbpf(harness: Path, path: Path) -> Outcome:
+def load_with_libbpf(harness: Path, path: Path, pin_root: Path | None = None) -> Outcome:
+    """Load with libbpf; maps pinned by name go under ``pin_root`` (never /sys/fs/bpf)."""
+    args = [str(harness), "load", str(path)]
+    if pin_root is not None:
+        pin_root.mkdir(exist_ok=True)
+        args.append(str(pin_root))
     proc = subprocess.Popen(
-        [str(harness), "load", str(path)],
+        args,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -141,10 +146,12 @@ def load_with_libbpf(harness: Path, path: Path) -> Outcome:
         proc.stdout.close()
 
 
-def load_with_bpforch(path: Path) -> Outcome:
+def load_with_bpforch(path: Path, pin_root: Path | None = None) -> Outcome:
     try:
         spec = ebpf.CollectionSpec.from_file(path)
-        with ebpf.Collection(spec) as coll:
+        if pin_root is not None:
+            pin_root.mkdir(exist_ok=True)
+        with ebpf.Collection(spec, ebpf.CollectionOptions(pin_path=pin_root)) as coll:
             return Outcome(True, "ok", 0, {n: p.info().xlated for n, p in coll.programs.items()})
     except ebpf.Error as err:
         code = err.errno if isinstance(err, SyscallError) else 0
@@ -156,14 +163,40 @@ def load_with_bpforch(path: Path) -> Outcome:
 def test_libbpf_tools_load_like_libbpf(
     tool_objects: list[Path],
     libbpf_harness: Path,
+    pin_dir: Path,
     capsys: pytest.CaptureFixture[str],
     fd_guard: None,
 ) -> None:
+    compare(tool_objects, libbpf_harness, pin_dir, capsys)
+
+
+LIBXDP_DIR = Path("/usr/lib/x86_64-linux-gnu/bpf")
+
+
+def test_libxdp_objects_load_like_libbpf(
+    libbpf_harness: Path,
+    pin_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    fd_guard: None,
+) -> None:
+    """libxdp1's objects (the dispatcher, xdp-filter, xdpdump, AF_XDP): same check."""
+    objects = sorted(LIBXDP_DIR.glob("*.o"))
+    if not objects:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no objects in {LIBXDP_DIR} (.ci/setup installs libxdp1)")
+        pytest.skip(f"no objects in {LIBXDP_DIR}")
+    compare(objects, libbpf_harness, pin_dir, capsys)
+
+
+def compare(
+    objects: list[Path], harness: Path, pin_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Load every object with both loaders; print the table; fail on any disagreement."""
     rows: list[tuple[str, str, str, str]] = []
     problems: list[str] = []
-    for path in tool_objects:
-        lib = load_with_libbpf(libbpf_harness, path)
-        ours = load_with_bpforch(path)
+    for n, path in enumerate(objects):
+        lib = load_with_libbpf(harness, path, pin_dir / f"libbpf-{n}")
+        ours = load_with_bpforch(path, pin_dir / f"bpforch-{n}")
         same = ""
         if lib.ok and ours.ok:
             assert lib.xlated is not None and ours.xlated is not None

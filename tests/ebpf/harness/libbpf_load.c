@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* A tiny libbpf harness, the comparator for bpforch (tests and benchmarks).
  *
- *   libbpf_load load OBJ    open + load OBJ; print "PROG <name> <id>" per loaded program,
- *                           or "ERR <stage> <errno>" and libbpf's messages; then wait for
+ *   libbpf_load load OBJ [PIN_ROOT]
+ *                           open + load OBJ (maps pinned by name go under PIN_ROOT, not
+ *                           /sys/fs/bpf); print "PROG <name> <id>" per loaded program, or
+ *                           "ERR <stage> <errno>" and libbpf's messages; then wait for
  *                           stdin to close (the programs stay loaded meanwhile).
  *   libbpf_load bench N OBJ open + load + close OBJ N times; print "NS <ns>" per round.
  *   libbpf_load btf N       parse /sys/kernel/btf/vmlinux N times (btf__load_vmlinux_btf +
@@ -37,14 +39,15 @@ static long long now_ns(void)
 	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int load(const char *path)
+static int load(const char *path, const char *pin_root)
 {
+	LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pin_root);
 	struct bpf_object *obj;
 	struct bpf_program *prog;
 	char buf[16];
 	int err;
 
-	obj = bpf_object__open_file(path, NULL);
+	obj = bpf_object__open_file(path, &opts);
 	err = libbpf_get_error(obj);
 	if (err) {
 		printf("ERR open %d\n", -err);
@@ -110,13 +113,13 @@ static int btf_bench(int n)
 int main(int argc, char **argv)
 {
 	libbpf_set_print(print_fn);
-	if (argc == 3 && !strcmp(argv[1], "load"))
-		return load(argv[2]);
+	if ((argc == 3 || argc == 4) && !strcmp(argv[1], "load"))
+		return load(argv[2], argc == 4 ? argv[3] : NULL);
 	quiet = 1;
 	if (argc == 4 && !strcmp(argv[1], "bench"))
 		return bench(atoi(argv[2]), argv[3]);
 	if (argc == 3 && !strcmp(argv[1], "btf"))
 		return btf_bench(atoi(argv[2]));
-	fprintf(stderr, "usage: %s load OBJ | bench N OBJ | btf N\n", argv[0]);
+	fprintf(stderr, "usage: %s load OBJ [PIN_ROOT] | bench N OBJ | btf N\n", argv[0]);
 	return 2;
 }
