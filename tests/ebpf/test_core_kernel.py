@@ -239,6 +239,71 @@ def test_extern_errors(build_text: Callable[[str], ebpf.CollectionSpec], fd_guar
         ebpf.Collection(build_text(ATTACH_SRC))
 
 
+HEAD = """
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (  # a kfunc declared with the wrong prototype
+            "extern int bpf_task_acquire(int x) __ksym;\n"
+            'SEC("tp_btf/sys_enter") int p(void *c) { return bpf_task_acquire(1); }',
+            "prototype .* is incompatible",
+        ),
+        (  # a typed ksym of the wrong type
+            "extern const int runqueues __ksym;\n"
+            'SEC("tp_btf/sys_enter") int p(void *c) '
+            "{ return *(int *)bpf_this_cpu_ptr(&runqueues); }",
+            "type .* is incompatible",
+        ),
+        (  # a strong typed ksym the kernel does not have
+            "extern const struct rq bpforch_no_such_var __ksym;\n"
+            'SEC("tp_btf/sys_enter") int p(void *c) '
+            "{ return ((struct rq *)bpf_this_cpu_ptr(&bpforch_no_such_var))->cpu; }",
+            "no variable bpforch_no_such_var",
+        ),
+        (  # a strong untyped ksym missing from kallsyms
+            "extern const void bpforch_no_such_sym __ksym;\n"
+            'SEC("tp_btf/sys_enter") int p(void *c) { return (long)&bpforch_no_such_sym; }',
+            "no symbol bpforch_no_such_sym in /proc/kallsyms",
+        ),
+        (  # tp_btf without a tracepoint name
+            'SEC("tp_btf") int p(void *c) { return 0; }',
+            "names no target",
+        ),
+        (  # an iterator the kernel does not have
+            'SEC("iter/bpforch_nothing") int p(void *c) { return 0; }',
+            "bpf_iter_bpforch_nothing",
+        ),
+    ],
+)
+def test_ksym_and_target_errors(
+    body: str,
+    match: str,
+    build_text: Callable[[str], ebpf.CollectionSpec],
+    fd_guard: None,
+) -> None:
+    spec = build_text(HEAD + body)
+    with pytest.raises(AttachTargetError, match=match):
+        ebpf.Collection(spec)
+
+
+def test_missing_kernel_btf_is_not_supported(
+    build: Callable[..., ebpf.CollectionSpec],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fd_guard: None,
+) -> None:
+    spec = build("core_task.c")
+    monkeypatch.setattr(kernel_btf, "VMLINUX", str(tmp_path / "no-vmlinux"))
+    with pytest.raises(ebpf.NotSupportedError, match="CONFIG_DEBUG_INFO_BTF"):
+        ebpf.Collection(spec)
+
+
 def test_iter_program_runs(
     build_text: Callable[[str], ebpf.CollectionSpec], fd_guard: None
 ) -> None:
