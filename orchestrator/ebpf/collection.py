@@ -316,6 +316,8 @@ class _Loader:
                 raise
         finally:
             self._loading.discard(name)
+        if spec.type == ProgType.STRUCT_OPS:
+            p.attach_type = None  # it was a member index, not an attach type
         self.programs[name] = p
         return p
 
