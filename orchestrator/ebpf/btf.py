@@ -193,11 +193,33 @@ class Int(Type):
         return f"Int({self.name!r}, size={self.size}{extra})"
 
 
+class _Lazy:
+    """A pointer target not decoded yet: type ``tid`` of ``spec``.
+
+    Decoding a type decodes everything it refers to, except through pointers: those
+    targets are decoded on first access. Without this, looking ``task_struct`` up in the
+    kernel's BTF would decode a large part of the kernel's type graph.
+    """
+
+    __slots__ = ("spec", "tid")
+
+    def __init__(self, spec: Spec, tid: int) -> None:
+        self.spec = spec
+        self.tid = tid
+
+
 @dataclass(eq=False, repr=False, slots=True)
 class Pointer(Type):
     _kind: ClassVar[Kind] = Kind.PTR
     target: Type
     name: str = ""
+
+    def __getattribute__(self, attr: str) -> object:
+        value = object.__getattribute__(self, attr)
+        if type(value) is _Lazy:  # a target not decoded yet: decode it now
+            value = value.spec.type_by_id(value.tid)
+            object.__setattr__(self, attr, value)
+        return value
 
     def _refs(self) -> list[Type]:
         return [self.target]
@@ -206,7 +228,10 @@ class Pointer(Type):
         (self.target,) = refs
 
     def _clone(self) -> Pointer:
-        return Pointer(self.target, self.name)
+        p = Pointer(_PENDING, self.name)
+        # a lazy target stays lazy; Spec.copy rebinds it to the copy
+        object.__setattr__(p, "target", object.__getattribute__(self, "target"))
+        return p
 
     def __repr__(self) -> str:
         return f"Pointer(target={_short(self.target)})"
@@ -764,7 +789,7 @@ class Spec:
         "_ids",
         "_names",
         "_noffs",
-        "_noffs_set",
+        "_noffs_pos",
         "_offs",
         "_scan",
         "_str_cache",
@@ -786,7 +811,8 @@ class Spec:
         self._ids: dict[Type, int] = {}
         self._names: dict[str, list[int]] | None = None
         self._noffs: tuple[int, ...] | None = None  # name offset of every own record
-        self._noffs_set: frozenset[int] | None = None
+        # name offset -> (first, last) record index with it
+        self._noffs_pos: tuple[dict[int, int], dict[int, int]] | None = None
         self._scan: dict[str, list[int]] = {}  # name lookups answered without the index
         self._str_cache: dict[int, str] = {}
         self._void = Void()
@@ -852,7 +878,7 @@ class Spec:
         new._void = Void()
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
         new._noffs = self._noffs
-        new._noffs_set = self._noffs_set
+        new._noffs_pos = self._noffs_pos
         new._scan = {k: list(v) for k, v in self._scan.items()}
         mapping: dict[Type, Type] = {self._void: new._void}
         cache: list[Type | None] = [None] * len(self._cache)
@@ -862,6 +888,11 @@ class Spec:
                 mapping[t] = c
                 cache[i] = c
         for c in mapping.values():
+            if isinstance(c, Pointer):
+                raw = object.__getattribute__(c, "target")
+                if type(raw) is _Lazy:
+                    object.__setattr__(c, "target", _Lazy(new, raw.tid))
+                    continue
             refs = c._refs()
             if refs:
                 c._set_refs([mapping.get(r, r) for r in refs])
@@ -993,7 +1024,11 @@ class Spec:
                 pos = tab.find(raw, hi)
             spec = spec._base
         used = self._name_offsets()[1]
-        out = [n for n, offs in sorted(found.items()) if offs & used and self._own_ids(n)]
+        out = [
+            n
+            for n, offs in sorted(found.items())
+            if any(o in used for o in offs) and self._own_ids(n)
+        ]
         out.extend(
             t.name
             for t in self._cache[len(self._offs) :]
@@ -1140,10 +1175,11 @@ class Spec:
             self._scan[name] = hit
         return hit
 
-    def _name_offsets(self) -> tuple[tuple[int, ...], frozenset[int]]:
-        """The name offset of every own record (in id order), and the set of them."""
-        noffs, used = self._noffs, self._noffs_set
-        if noffs is None or used is None:
+    def _name_offsets(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
+        """The name offset of every own record (in id order), and for each offset the first
+        and the last record index that has it (built with C-speed bulk operations)."""
+        noffs, pos = self._noffs, self._noffs_pos
+        if noffs is None or pos is None:
             n = len(self._offs)
             if n == 0:
                 noffs = ()
@@ -1151,9 +1187,11 @@ class Spec:
                 noffs = (self._words[self._offs[0]],)
             else:
                 noffs = operator.itemgetter(*self._offs)(self._words)
-            used = frozenset(noffs)
-            self._noffs, self._noffs_set = noffs, used
-        return noffs, used
+            last = dict(zip(noffs, range(n), strict=True))
+            first_ = dict(zip(reversed(noffs), range(n - 1, -1, -1), strict=True))
+            pos = (first_, last)
+            self._noffs, self._noffs_pos = noffs, pos
+        return noffs, pos[0], pos[1]
 
     def _scan_name(self, name: str) -> list[int]:
         first, cache = self._first, self._cache
@@ -1173,17 +1211,19 @@ class Spec:
                     pos = tab.find(needle, pos + 1)
                 spec = spec._base
             if targets:
-                noffs, used = self._name_offsets()
-                for target in targets & used:
-                    i = -1
-                    try:
-                        while True:
-                            i = noffs.index(target, i + 1)
-                            t = cache[i]
-                            if t is None or t.name == name:
-                                out.append(first + i)
-                    except ValueError:
-                        pass
+                noffs, lo, hi = self._name_offsets()
+                for target in targets:
+                    i = lo.get(target)
+                    if i is None:
+                        continue  # a member name, not a type name
+                    end = hi[target]
+                    while True:
+                        t = cache[i]
+                        if t is None or t.name == name:
+                            out.append(first + i)
+                        if i == end:
+                            break
+                        i = noffs.index(target, i + 1, end + 1)
         for i in range(len(self._offs), len(cache)):  # added after parsing
             t = cache[i]
             if t is not None and t.name == name:
@@ -1307,8 +1347,14 @@ class Spec:
                 refs.append(w[b + 1])
                 b += 2
             return FuncProto(p, params, name), tuple(refs)
-        if kind == 2:  # PTR
-            return Pointer(p, name), (st,)
+        if kind == 2:  # PTR: the target is decoded when first used
+            if st == 0:
+                return Pointer(self._void, name), ()
+            if st >= self._first + len(self._offs) or (st < self._first and self._base is None):
+                raise BTFError(f"btf: type {tid} refers to missing type {st}")
+            ptr = Pointer(_PENDING, name)
+            object.__setattr__(ptr, "target", _Lazy(self, st))
+            return ptr, ()
         if kind == 4 or kind == 5:  # STRUCT, UNION
             members = []
             refs = []

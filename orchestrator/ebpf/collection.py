@@ -514,8 +514,9 @@ class _Loader:
         features = {
             "LINUX_KERNEL_VERSION": _externs.kernel_version_code(),
             "LINUX_HAS_BPF_COOKIE": 1,
-            "LINUX_HAS_SYSCALL_WRAPPER": int(_syscall_wrapper()),
         }
+        if "LINUX_HAS_SYSCALL_WRAPPER" in self.spec.externs:  # costs a /proc/kallsyms scan
+            features["LINUX_HAS_SYSCALL_WRAPPER"] = int(_syscall_wrapper())
         try:
             return _externs.kconfig_values(self.spec.externs, spec.value_size, config, features)
         except _externs.KconfigError as err:
