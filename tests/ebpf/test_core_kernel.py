@@ -441,3 +441,33 @@ def test_same_xlated_as_libbpf(
     assert sorted(lib.xlated) == sorted(ours.xlated)
     for name, xlated in lib.xlated.items():
         assert normalize(ours.xlated[name]) == normalize(xlated), name
+
+
+LINUX_FEATURES_SRC = """
+#include <linux/bpf.h>
+#include <stdbool.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+extern bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
+extern bool LINUX_HAS_BPF_COOKIE __kconfig;
+__u32 out[2] = {};
+SEC("syscall")
+int features(void *ctx)
+{
+	out[0] = LINUX_HAS_SYSCALL_WRAPPER;
+	out[1] = LINUX_HAS_BPF_COOKIE;
+	return 0;
+}
+"""
+
+
+def test_linux_feature_externs(compile_bpf: Callable[..., Path], fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(LINUX_FEATURES_SRC))
+    with ebpf.Collection(spec) as coll:
+        assert coll.programs["features"].test_run(repeat=0).retval == 0
+        data = coll.maps[".bss"].lookup(0)
+    assert isinstance(data, bytes)
+    wrapper, cookie = struct.unpack("<II", data)
+    kallsyms = Path("/proc/kallsyms").read_text()
+    assert wrapper == int(" __x64_sys_bpf\n" in kallsyms)
+    assert cookie == 1  # Linux 5.15+
