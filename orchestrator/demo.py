@@ -1,105 +1,173 @@
-"""A walk through the loader on the shipped objects: parse, load, test-run, read maps.
+"""The main job: apply the shipped manifests to safe targets, make traffic, show status.
 
-Run as ``python -m orchestrator.demo [OBJECT.o ...]`` (root; bpffs mounted). It touches no
-network interface: programs run through BPF_PROG_TEST_RUN only, and nothing is pinned.
+``python -m orchestrator.demo`` (root, bpffs mounted) creates the targets the manifests in
+``manifests/`` name — two network namespaces ``bpforch-demo`` and ``bpforch-demo-peer``
+joined by a veth pair, and the cgroup ``/sys/fs/cgroup/unified/bpforch-demo`` — so nothing
+touches the machine's own interfaces or cgroups. Then it runs ``bpforch apply``, sends real
+UDP packets across the veth (some to a port the tc filter blocks), makes the syscalls the
+tracepoint programs count, shows ``bpforch status`` and the live counters, re-applies to show
+that nothing changes, and with ``--destroy`` (the default) destroys everything again.
+``--keep`` leaves it all applied for you to explore with ``bpforch status``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import socket
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator import ebpf
+from orchestrator import cli, ebpf
+from orchestrator.ebpf.links import in_netns
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-
-# An Ethernet + IPv4 + UDP packet (to 10.0.0.2:53) for the test runs.
-_PACKET = bytes.fromhex(
-    "ffffffffffff"
-    "020000000001"
-    "0800"
-    "45000024000100004011"
-    "0000"
-    "0a000001"
-    "0a000002"
-    "d43100350010"
-    "0000"
-    "68656c6c6f2c20627066"
-)
-_RUNNABLE = {
-    ebpf.ProgType.XDP,
-    ebpf.ProgType.SCHED_CLS,
-    ebpf.ProgType.SOCKET_FILTER,
-    ebpf.ProgType.CGROUP_SKB,
-}
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+NETNS = "bpforch-demo"
+PEER = "bpforch-demo-peer"
+CGROUP = Path("/sys/fs/cgroup/unified/bpforch-demo")
+DEMO_ADDR, PEER_ADDR = "10.203.0.1", "10.203.0.2"
+OPEN_PORT, BLOCKED_PORT = 9999, 12345
 
 
-def _describe(spec: ebpf.CollectionSpec) -> None:
-    for name, m in sorted(spec.maps.items()):
-        print(
-            f"  map  {name:<22} {m.type.name.lower():<16} key {m.key_size:>3}B  "
-            f"value {m.value_size:>5}B  max {m.max_entries}"
-        )
-    for name, p in sorted(spec.programs.items()):
-        print(
-            f"  prog {name:<22} {p.type.name.lower():<16} section {p.section}  "
-            f"{len(p.instructions)} insns"
-        )
-    for name, v in sorted(spec.variables.items()):
-        if v.linkage == "global":
-            kind = "const" if v.constant else "var"
-            print(f"  {kind:<4} {name:<22} = {v.value!r}")
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-def _run(path: Path) -> int:
-    print(f"{path.name}")
+def _netns_path(name: str) -> Path:
+    return Path("/var/run/netns") / name
+
+
+@contextlib.contextmanager
+def targets(keep: bool) -> Iterator[None]:
+    """Create the namespaces, the veth pair and the cgroup; remove them afterwards unless
+    ``keep`` (or on error)."""
+    _remove_targets()
+    ok = False
     try:
-        spec = ebpf.CollectionSpec.from_file(path)
-    except ebpf.Error as err:
-        print(f"  cannot parse: {err}")
-        return 1
-    _describe(spec)
-    runnable = [n for n, p in spec.programs.items() if p.type in _RUNNABLE and p.autoload]
-    if not runnable:
-        return 0
+        _create_targets()
+        yield
+        ok = True
+    finally:
+        if not (keep and ok):
+            _remove_targets()
 
-    try:
-        coll = ebpf.Collection(spec)
-    except ebpf.Error as err:
-        print(f"  cannot load: {err}")
-        return 0 if isinstance(err, ebpf.NotSupportedError) else 1
-    with coll:
-        for name in runnable:
-            try:
-                res = coll.programs[name].test_run(_PACKET, repeat=1)
-            except ebpf.Error as err:
-                print(f"  run  {name}: {err}")
-                continue
-            print(f"  run  {name:<22} retval {res.retval}  ({res.duration_ns} ns)")
-        for name, m in sorted(coll.maps.items()):
-            if m.type in (
-                ebpf.MapType.ARRAY,
-                ebpf.MapType.HASH,
-                ebpf.MapType.PERCPU_ARRAY,
-                ebpf.MapType.PERCPU_HASH,
-                ebpf.MapType.LRU_HASH,
-            ) and not name.startswith("."):
-                items = list(m.items())[:4]
-                shown = ", ".join(f"{k!r}: {v!r}" for k, v in items)
-                print(f"  read {name:<22} {{{shown}{', …' if len(items) == 4 else ''}}}")
-    return 0
+
+def _create_targets() -> None:
+    _ip("netns", "add", NETNS)
+    _ip("netns", "add", PEER)
+    _ip("-n", NETNS, "link", "add", "veth-demo", "type", "veth", "peer", "name", "veth-peer")
+    _ip("-n", NETNS, "link", "set", "veth-peer", "netns", PEER)
+    for ns, dev, addr in ((NETNS, "veth-demo", DEMO_ADDR), (PEER, "veth-peer", PEER_ADDR)):
+        _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+        _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+    CGROUP.mkdir(exist_ok=True)
+
+
+def _remove_targets() -> None:
+    for ns in (NETNS, PEER):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with contextlib.suppress(OSError):
+        CGROUP.rmdir()
+
+
+def _send(count: int, port: int) -> None:
+    """``count`` UDP datagrams from the peer namespace to the demo namespace."""
+    with in_netns(_netns_path(PEER)):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        for i in range(count):
+            sock.sendto(f"hello {i}".encode(), (DEMO_ADDR, port))
+
+
+def _send_from_cgroup(count: int) -> None:
+    """A child process that starts inside the demo cgroup sends ``count`` datagrams."""
+    code = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for i in range({count}): s.sendto(b'x' * 64, ('{DEMO_ADDR}', {OPEN_PORT}))\n"
+    )
+
+    def join() -> None:
+        (CGROUP / "cgroup.procs").write_text("0")
+
+    argv = ["nsenter", f"--net={_netns_path(PEER)}", sys.executable, "-c", code]
+    subprocess.run(argv, check=True, preexec_fn=join)
+
+
+def _syscalls(n: int) -> None:
+    for _ in range(n):
+        os.getppid()
+        os.getpid()
+        threading.get_native_id()  # gettid()
+
+
+def _counter(root: Path, collection: str, map_name: str, index: int) -> int:
+    with ebpf.Map.from_pin(root / collection / "maps" / map_name) as m:
+        value = m[index]
+    return int(value) if isinstance(value, int) else 0
+
+
+def _show_counters(root: Path) -> None:
+    rows = [
+        ("xdp-counter", "counters", 0, "packets seen by XDP on veth-demo"),
+        ("xdp-counter", "counters", 2, "version of the XDP program that saw the last one"),
+        ("tc-filter", "stats", 0, "packets passed by the tc filter"),
+        ("tc-filter", "stats", 1, f"packets dropped by the tc filter (port {BLOCKED_PORT})"),
+        ("tp-counter", "calls", 0, "getppid() calls on this machine"),
+        ("cgroup-egress", "egress_stats", 0, "packets sent from the demo cgroup"),
+        ("shared-owner", "shared_stats", 0, "getpid() calls (shared-owner's program)"),
+        ("shared-owner", "shared_stats", 1, "gettid() calls (shared-user's, same map)"),
+    ]
+    print("\nLive counters (read from the pinned maps):")
+    for coll, name, index, what in rows:
+        print(f"  {_counter(root, coll, name, index):>8}  {coll}/{name}[{index}]  {what}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__)
-    parser.add_argument("objects", nargs="*", type=Path, help="objects (default: bpf/*.o)")
+    parser.add_argument("--keep", action="store_true", help="leave everything applied")
+    parser.add_argument(
+        "--bpffs-root", type=Path, default=Path("/sys/fs/bpf/bpforch"), help="pin root"
+    )
+    parser.add_argument("--state-dir", type=Path, default=Path("/run/bpforch"))
     args = parser.parse_args(argv)
-    objects = args.objects or sorted(BPF_DIR.glob("*.o"))
-    if not objects:
-        print(f"no objects in {BPF_DIR} (run make -C bpf)", file=sys.stderr)
-        return 1
-    return max(_run(p) for p in objects)
+    where = ["--bpffs-root", str(args.bpffs_root), "--state-dir", str(args.state_dir)]
+
+    def bpforch(*verb: str) -> int:
+        print(f"\n$ bpforch {' '.join(verb)}", flush=True)
+        return cli.main([*verb, *([] if verb[0] == "validate" else where)])
+
+    with targets(args.keep):
+        if bpforch("validate", str(MANIFESTS)) != 0:
+            return 1
+        if bpforch("plan", str(MANIFESTS)) not in (0, 2):
+            return 1
+        if bpforch("apply", str(MANIFESTS)) != 0:
+            return 1
+        try:
+            with ebpf.Map.from_pin(args.bpffs_root / "tc-filter/maps/blocked_ports") as m:
+                m[BLOCKED_PORT] = 1
+            _send(100, OPEN_PORT)
+            _send(20, BLOCKED_PORT)
+            _send_from_cgroup(10)
+            _syscalls(50)
+            _show_counters(args.bpffs_root)
+            bpforch("status")
+            print("\nA second apply with nothing changed does nothing:")
+            if bpforch("apply", str(MANIFESTS)) != 0:
+                return 1
+        finally:
+            if not args.keep:
+                bpforch("destroy", "--all")
+        if args.keep:
+            print("\n--keep: everything stays applied; `bpforch destroy --all` removes it.")
+        return 0
 
 
 if __name__ == "__main__":

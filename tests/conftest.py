@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "bpf"
 BPFFS = Path("/sys/fs/bpf")
 
+# namespaces, veth pairs, cgroups and UDP traffic for kernel tests (fixtures: netns, veth,
+# netns_factory, cgroup)
+pytest_plugins = ["tests.netns"]
+
 
 def _kernel_problem() -> str | None:
     if os.geteuid() != 0:

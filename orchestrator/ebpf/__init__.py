@@ -43,6 +43,24 @@ from orchestrator.ebpf.errors import (
 from orchestrator.ebpf.externs import ExternKind, ExternSpec, KconfigError
 from orchestrator.ebpf.kernel_btf import KernelBTF
 from orchestrator.ebpf.kernel_btf import load as load_kernel_btf
+from orchestrator.ebpf.links import (
+    AttachConflictError,
+    AttachError,
+    Link,
+    LinkInfo,
+    TargetNotFoundError,
+    attach_cgroup,
+    attach_netns,
+    attach_raw_tracepoint,
+    attach_tcx,
+    attach_tracepoint,
+    attach_uprobe,
+    attach_xdp,
+    cgroup_attached,
+    iter_links,
+    tcx_attached,
+    xdp_attached,
+)
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
 from orchestrator.ebpf.ringbuf import RingBufReader
@@ -66,6 +84,8 @@ from orchestrator.ebpf.sys import (
 )
 
 __all__ = [
+    "AttachConflictError",
+    "AttachError",
     "AttachTargetError",
     "AttachType",
     "BTFError",
@@ -86,6 +106,8 @@ __all__ = [
     "KernelBTF",
     "KeyExistsError",
     "KeyNotFoundError",
+    "Link",
+    "LinkInfo",
     "LinkType",
     "Map",
     "MapEntry",
@@ -112,12 +134,24 @@ __all__ = [
     "StructOpsLink",
     "StructOpsSpec",
     "SyscallError",
+    "TargetNotFoundError",
     "UpdateFlags",
     "VariableSpec",
     "VerifierError",
+    "attach_cgroup",
+    "attach_netns",
+    "attach_raw_tracepoint",
     "attach_struct_ops",
+    "attach_tcx",
+    "attach_tracepoint",
+    "attach_uprobe",
+    "attach_xdp",
     "bind",
+    "cgroup_attached",
     "close_all",
+    "iter_links",
     "load_collection",
     "load_kernel_btf",
+    "tcx_attached",
+    "xdp_attached",
 ]

@@ -476,13 +476,23 @@ class _Reader:
         )
         if not syms:
             return
-        def_size = sec.size // len(syms)
-        if def_size < _LEGACY_MAP_DEF.size or def_size * len(syms) != sec.size:
+        even_size = sec.size // len(syms)
+        if all(s.size == 0 for s in syms) and (
+            even_size < _LEGACY_MAP_DEF.size or even_size * len(syms) != sec.size
+        ):
             raise ParseError(
                 f"section maps: {sec.size} bytes for {len(syms)} maps is not a whole number of "
                 f"map definitions of at least {_LEGACY_MAP_DEF.size} bytes"
             )
         for sym in syms:
+            # The symbol's size when it has one (definitions of different sizes), else an
+            # even share of the section (how libbpf 0.x read it).
+            def_size = sym.size or even_size
+            if def_size < _LEGACY_MAP_DEF.size:
+                raise ParseError(
+                    f"map {sym.name}: legacy definition of {def_size} bytes is shorter than "
+                    f"the {_LEGACY_MAP_DEF.size} bytes of struct bpf_map_def"
+                )
             raw = sec.data[sym.value : sym.value + def_size]
             if len(raw) < def_size:
                 raise ParseError(f"map {sym.name}: definition is truncated")

@@ -61,6 +61,31 @@ _NO_BTF_TYPES = frozenset(
     }
 )
 
+# Map types without keys (push/pop/peek) and array-like map types (fixed indexes).
+_KEYLESS = frozenset(
+    {MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER, MapType.RINGBUF, MapType.USER_RINGBUF}
+)
+_ARRAYS = frozenset(
+    {
+        MapType.ARRAY,
+        MapType.PERCPU_ARRAY,
+        MapType.PROG_ARRAY,
+        MapType.PERF_EVENT_ARRAY,
+        MapType.CGROUP_ARRAY,
+        MapType.ARRAY_OF_MAPS,
+    }
+)
+
+_PLAIN_ARRAYS = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})  # no deletion
+
+
+def _type_label(t: MapType | int) -> str:
+    return t.name.lower() if isinstance(t, MapType) else f"type {t}"
+
+
+# Map types whose values are written as the fd of a program or map (read back: its id).
+_FD_VALUED = frozenset({MapType.PROG_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
+
 
 @dataclass(frozen=True, slots=True)
 class MapInfo:
@@ -361,6 +386,8 @@ class Map:
     def encode_value(self, value: object) -> bytes:
         if self._kernel_btf is not None:
             self._resolve_kernel_btf()
+        if self.type in _FD_VALUED and isinstance(getattr(value, "fd", None), FD):
+            value = value.fd.raw  # type: ignore[attr-defined]  # a Program or a Map
         if not self._per_cpu:
             return self._encode(value, self.value_type, self.value_size, "value")
         stride = _round8(self.value_size)
@@ -436,7 +463,7 @@ class Map:
 
     def lookup(self, key: object, default: object = _MISSING) -> object:
         """The value at ``key``; KeyNotFoundError (a KeyError) or ``default`` if absent."""
-        k = self.encode_key(key) if self.key_size else b""
+        k = self.encode_key(key) if self.key_size else None
         try:
             raw = _sys.map_lookup_elem(self.fd, k, self._value_buffer_size)
         except KeyNotFoundError as err:
@@ -461,7 +488,18 @@ class Map:
         try:
             _sys.map_update_elem(self.fd, k, v, int(flags))
         except SyscallError as err:
+            if err.errno == errno.E2BIG:
+                raise SyscallError(
+                    f"map {self.name}: update {key!r}: {self._full_reason()}", err.errno
+                ) from err
             raise self._err(err, f"update {key!r}") from err
+
+    def _full_reason(self) -> str:
+        if self.type in _KEYLESS:
+            return f"full ({self.max_entries} entries; push with UpdateFlags.EXIST to overwrite)"
+        if self.type in _ARRAYS:
+            return f"index out of range (the array has {self.max_entries} entries)"
+        return f"full ({self.max_entries} entries)"
 
     def __setitem__(self, key: object, value: object) -> None:
         self.update(key, value)
@@ -472,17 +510,57 @@ class Map:
         except KeyNotFoundError as err:
             raise KeyNotFoundError(f"map {self.name}: key {key!r} not found", err.errno) from None
         except SyscallError as err:
+            if err.errno == errno.EINVAL and self.type in _PLAIN_ARRAYS:
+                raise NotSupportedError(
+                    f"map {self.name}: array elements cannot be deleted (write a zero value)"
+                ) from err
             raise self._err(err, f"delete {key!r}") from err
 
     def __delitem__(self, key: object) -> None:
         self.delete(key)
 
     def __contains__(self, key: object) -> bool:
+        """``key in m``; for a bloom filter ``value in m`` (true may be a false positive)."""
+        if self.type == MapType.BLOOM_FILTER:
+            return bool(self.peek(key))
         return self.lookup(key, None) is not None
+
+    def peek(self, value: object = _MISSING) -> object:
+        """The head of a queue/stack without removing it (KeyNotFoundError when empty); for
+        a bloom filter, ``peek(value)`` is whether it may contain ``value``."""
+        if self.type == MapType.BLOOM_FILTER:
+            if value is _MISSING:
+                raise SpecError(f"map {self.name}: a bloom filter peek needs a value")
+            v = self.encode_value(value)
+            try:
+                _sys.map_lookup_elem(self.fd, None, self._value_buffer_size, value_in=v)
+            except KeyNotFoundError:
+                return False
+            except SyscallError as err:
+                raise self._err(err, "peek") from err
+            return True
+        try:
+            raw = _sys.map_lookup_elem(self.fd, None, self._value_buffer_size)
+        except KeyNotFoundError as err:
+            raise KeyNotFoundError(f"map {self.name}: empty", err.errno) from None
+        except SyscallError as err:
+            raise self._err(err, "peek") from err
+        return self.decode_value(raw)
 
     def push(self, value: object, flags: UpdateFlags | int = UpdateFlags.ANY) -> None:
         """Push onto a queue/stack, or add to a bloom filter."""
-        self.update(None, value, flags) if not self.key_size else self.update(0, value, flags)
+        if self.key_size:
+            self.update(0, value, flags)
+            return
+        v = self.encode_value(value)
+        try:
+            _sys.map_update_elem(self.fd, None, v, int(flags))
+        except SyscallError as err:
+            if err.errno == errno.E2BIG:
+                raise SyscallError(
+                    f"map {self.name}: push: {self._full_reason()}", err.errno
+                ) from err
+            raise self._err(err, "push") from err
 
     def pop(self) -> object:
         """Pop from a queue/stack (BPF_MAP_LOOKUP_AND_DELETE_ELEM)."""
@@ -500,6 +578,11 @@ class Map:
         When the previous key was deleted, GET_NEXT_KEY on a hash map restarts from the
         first key: skip keys already seen, and stop after ``max_entries`` restarts.
         """
+        if self.type in _KEYLESS or not self.key_size:
+            raise NotSupportedError(
+                f"map {self.name}: {_type_label(self.type)} maps have no keys to iterate"
+                " (use pop/peek)"
+            )
         seen: set[bytes] = set()
         prev: bytes | None = None
         budget = max(self.max_entries, 1) * 2 + 16
@@ -508,6 +591,11 @@ class Map:
             try:
                 nxt = _sys.map_get_next_key(self.fd, prev, self.key_size)
             except SyscallError as err:
+                if err.errno in (errno.EOPNOTSUPP, _sys.ENOTSUPP):
+                    raise NotSupportedError(
+                        f"map {self.name}: {_type_label(self.type)} maps cannot be iterated"
+                        " (look up known keys instead)"
+                    ) from err
                 raise self._err(err, "iterate") from err
             if nxt is None:
                 return

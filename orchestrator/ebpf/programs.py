@@ -316,8 +316,10 @@ class Program:
                     errno.EOPNOTSUPP,
                 ):
                     hint = " (this program type cannot be test-run)"
-                elif err.errno == errno.EINVAL and repeat:
+                elif err.errno == errno.EINVAL and repeat and self.type in _NO_REPEAT:
                     hint = " (raw_tp and syscall programs need repeat=0)"
+                elif err.errno == errno.EINVAL:
+                    hint = " (check the input: too short for its ethertype, or a bad ctx)"
                 text = str(err).removeprefix("test run: ")
                 raise type(err)(f"program {self.name}: test run: {text}{hint}", err.errno) from err
             n = min(int(attr.data_size_out), out_size)
@@ -328,6 +330,10 @@ class Program:
                 ctx=cout.raw[:cn] if cout is not None else b"",
                 duration_ns=int(attr.duration),
             )
+
+
+# Program types whose test run refuses a repeat count.
+_NO_REPEAT = (ProgType.RAW_TRACEPOINT, ProgType.SYSCALL)
 
 
 def _load_error(req: LoadRequest, err: int, log: str) -> SyscallError:

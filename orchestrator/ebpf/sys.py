@@ -803,9 +803,15 @@ def _elem_attr(
     )
 
 
-def map_lookup_elem(fd: FD, key: bytes, value_size: int, flags: int = 0) -> bytes:
-    kbuf = _cbuf(key)
+def map_lookup_elem(
+    fd: FD, key: bytes | None, value_size: int, flags: int = 0, value_in: bytes | None = None
+) -> bytes:
+    """``key`` None for keyless maps (queue/stack peek); ``value_in`` is what a bloom filter
+    looks up (the kernel reads the value buffer)."""
+    kbuf = _cbuf(key) if key is not None else None
     vbuf = ctypes.create_string_buffer(value_size or 1)
+    if value_in is not None:
+        ctypes.memmove(vbuf, value_in, min(len(value_in), value_size))
     bpf(Cmd.MAP_LOOKUP_ELEM, _elem_attr(fd, kbuf, ctypes.addressof(vbuf), flags))
     return vbuf.raw[:value_size]
 
@@ -1145,3 +1151,83 @@ def _parse_cpu_list(path: str) -> int:
         hi = part.split("-")[-1]
         highest = max(highest, int(hi))
     return highest + 1
+
+
+# ---------------------------------------------------------------------------- namespaces
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWCGROUP = 0x02000000
+
+_libc.setns.restype = ctypes.c_int
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2) for the calling thread (a network namespace is per thread)."""
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err).lower()}")
+
+
+# ---------------------------------------------------------------------------- links
+
+
+class PerfEventLinkType(enum.IntEnum):
+    """``enum bpf_perf_event_type``: what a perf_event link is attached to (its info)."""
+
+    UNSPEC = 0
+    UPROBE = 1
+    URETPROBE = 2
+    KPROBE = 3
+    KRETPROBE = 4
+    TRACEPOINT = 5
+    EVENT = 6
+
+
+def link_info_named(fd: FD, name_size: int = 4096) -> tuple[LinkInfo, str]:
+    """``bpf_link_info`` plus the string some link types report through a user buffer: the
+    tracepoint name of raw_tp links, the event or file name of perf_event links (tracepoint,
+    kprobe, uprobe), the iterator target. Layouts (union words after the 16-byte head):
+    raw_tracepoint/iter: name ptr @0, len @1; perf_event: type @0, name ptr @1, len @2 (low
+    half; the high half is the uprobe/kprobe offset on return)."""
+    info = link_info(fd)
+    if info.type in (LinkType.RAW_TRACEPOINT, LinkType.ITER):
+        ptr_word, len_word = 0, 1
+    elif info.type == LinkType.PERF_EVENT and (info.union[0] & 0xFFFFFFFF) in (
+        PerfEventLinkType.UPROBE,
+        PerfEventLinkType.URETPROBE,
+        PerfEventLinkType.KPROBE,
+        PerfEventLinkType.KRETPROBE,
+        PerfEventLinkType.TRACEPOINT,
+    ):
+        ptr_word, len_word = 1, 2
+    else:
+        return info, ""
+    buf = ctypes.create_string_buffer(name_size)
+    again = LinkInfo()
+    again.union[ptr_word] = ctypes.addressof(buf)
+    again.union[len_word] = name_size
+    obj_info(fd, again)
+    return again, buf.value.decode("utf-8", "replace")
+
+
+def link_create_perf_event(prog: FD, perf: FD, cookie: int = 0) -> FD:
+    """BPF_LINK_CREATE of a perf_event link (``perf_event.bpf_cookie`` at union word 0)."""
+    attr = LinkCreateAttr(prog_fd=prog.raw, target_fd=perf.raw, attach_type=AttachType.PERF_EVENT)
+    attr.union_lo = cookie
+    return link_create(attr)
+
+
+def link_create_tcx(
+    prog: FD, ifindex: int, attach_type: int, flags: int, relative: int, expected_revision: int
+) -> FD:
+    """BPF_LINK_CREATE of a tcx link (``tcx.relative_fd|relative_id`` u32 @16,
+    ``tcx.expected_revision`` u64 @24)."""
+    attr = LinkCreateAttr(prog_fd=prog.raw, target_fd=ifindex, attach_type=attach_type, flags=flags)
+    attr.union_lo = relative
+    attr.union_hi = expected_revision
+    return link_create(attr)
+
+
+PERF_TYPE_SOFTWARE = 1
+PERF_FLAG_FD_NO_GROUP = 1 << 0

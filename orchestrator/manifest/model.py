@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 API_VERSION = "bpforch/v1"
@@ -47,6 +47,11 @@ class MapFrom:
     map: str | None = None  # that collection's map (defaults to the same map name)
     pinned: Path | None = None  # absolute path of an existing pin on bpffs
 
+    def document(self) -> dict[str, object]:
+        if self.pinned is not None:
+            return {"pinned": str(self.pinned)}
+        return {"collection": self.collection, "map": self.map}
+
 
 @dataclass(frozen=True, slots=True)
 class MapOptions:
@@ -59,6 +64,19 @@ class MapOptions:
     on_incompatible: OnIncompatible = OnIncompatible.FAIL
     source_from: MapFrom | None = None
     source: Source | None = field(default=None, compare=False)
+
+    def document(self) -> dict[str, object]:
+        """The normalized manifest form (defaults filled in; a valid manifest again)."""
+        if self.source_from is not None:
+            return {"from": self.source_from.document()}
+        out: dict[str, object] = {
+            "pin": self.pin,
+            "preserve": self.preserve,
+            "on_incompatible": self.on_incompatible.value,
+        }
+        if self.max_entries is not None:
+            out["max_entries"] = self.max_entries
+        return out
 
 
 class XdpMode(enum.Enum):
@@ -160,6 +178,17 @@ Target = (
 )
 
 
+_TARGET_KINDS: dict[type, str] = {
+    XdpTarget: "xdp",
+    TcTarget: "tc",
+    CgroupTarget: "cgroup",
+    TracepointTarget: "tracepoint",
+    RawTracepointTarget: "raw_tracepoint",
+    UprobeTarget: "uprobe",
+    NetnsTarget: "netns",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
     program: str
@@ -169,6 +198,27 @@ class Attachment:
     def key(self) -> str:
         """Identity of the attachment within a collection (program + hook)."""
         return f"{self.program}@{self.target.key()}"
+
+    @property
+    def kind(self) -> str:
+        """The manifest's name of the target: xdp, tc, cgroup, tracepoint, …"""
+        return _TARGET_KINDS[type(self.target)]
+
+    def document(self) -> dict[str, object]:
+        """The normalized manifest form (defaults filled in, paths as str, unset fields
+        left out; a valid manifest again)."""
+        target: dict[str, object] = {}
+        for f in fields(self.target):
+            name = f.name
+            value = getattr(self.target, name)
+            if value is None:
+                continue
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, Path):
+                value = str(value)
+            target["path" if isinstance(self.target, NetnsTarget) else name] = value
+        return {"program": self.program, self.kind: target}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +237,25 @@ class DesiredCollection:
     # sha256 over the normalized document and the object's bytes: equal digests mean
     # nothing to do for this collection.
     digest: str = ""
+
+    def document(self) -> dict[str, object]:
+        """The normalized manifest (JSON-ready): paths resolved, defaults filled in, in a
+        canonical order; loading it again gives an equal collection. The digest is computed
+        over this and the object's bytes."""
+        spec: dict[str, object] = {"object": str(self.object_file)}
+        if self.sha256 is not None:
+            spec["sha256"] = self.sha256
+        if self.programs is not None:
+            spec["programs"] = list(self.programs)
+        spec["constants"] = dict(sorted(self.constants.items()))
+        spec["maps"] = {n: m.document() for n, m in sorted(self.maps.items())}
+        spec["attach"] = [a.document() for a in self.attach]
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND_COLLECTION,
+            "metadata": {"name": self.name, "labels": dict(sorted(self.labels.items()))},
+            "spec": spec,
+        }
 
     def depends_on(self) -> frozenset[str]:
         """Names of the collections whose maps this one substitutes."""

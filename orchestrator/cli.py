@@ -1,0 +1,384 @@
+"""The ``bpforch`` command line: argument parsing and rendering over the library API.
+
+Exit codes follow the conventions users know from terraform: 0 success (and, for ``plan``,
+no changes), 1 error, 2 changes pending (``plan`` only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from orchestrator import __version__
+from orchestrator.manifest import DesiredState, ManifestError, load_manifests
+from orchestrator.reconcile import (
+    DEFAULT_BPFFS_ROOT,
+    DEFAULT_STATE_DIR,
+    Change,
+    Op,
+    Plan,
+    ReconcileError,
+    Reconciler,
+    Status,
+)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+
+
+def _color(stream: TextIO) -> bool:
+    return stream.isatty() and os.environ.get("NO_COLOR") is None
+
+
+def _paint(text: str, op: str, color: bool) -> str:
+    if not color:
+        return text
+    code = {"create": "32", "update": "33", "replace": "35", "delete": "31"}.get(op)
+    return f"\033[{code}m{text}\033[0m" if code else text
+
+
+def _emit_json(data: object, out: TextIO) -> None:
+    json.dump(data, out, indent=2, sort_keys=False, default=str)
+    out.write("\n")
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def _common(p: argparse.ArgumentParser, *, state: bool = True) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("human", "json"),
+        default="human",
+        help="output format (default: human)",
+    )
+    if state:
+        p.add_argument(
+            "--bpffs-root",
+            type=Path,
+            default=Path(os.environ.get("BPFORCH_BPFFS_ROOT", DEFAULT_BPFFS_ROOT)),
+            help=f"bpffs directory bpforch owns (default: {DEFAULT_BPFFS_ROOT}, "
+            "or $BPFORCH_BPFFS_ROOT)",
+        )
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            default=Path(os.environ.get("BPFORCH_STATE_DIR", DEFAULT_STATE_DIR)),
+            help=f"where the record of what was applied lives (default: {DEFAULT_STATE_DIR},"
+            " or $BPFORCH_STATE_DIR)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bpforch",
+        description="Declarative eBPF: validate, plan and apply YAML manifests of eBPF "
+        "collections to the running kernel.",
+    )
+    parser.add_argument("--version", action="version", version=f"bpforch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", help="check manifests (schema, objects, cross-references)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    _common(p, state=False)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="show what apply would change (exit 2 if anything)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove owned collections that no manifest declares any more",
+    )
+    p.add_argument(
+        "--refresh-only",
+        action="store_true",
+        help="only report drift between the record and the kernel",
+    )
+    _common(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("apply", help="apply manifests as one transaction")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove owned collections that no manifest declares any more",
+    )
+    p.add_argument("--dry-run", action="store_true", help="plan only, change nothing")
+    _common(p)
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("status", help="what is applied, and any drift from the kernel")
+    p.add_argument("names", nargs="*", metavar="NAME", help="collections (default: all)")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("destroy", help="detach and remove applied collections")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--all", action="store_true", help="every collection bpforch owns")
+    _common(p)
+    p.set_defaults(func=cmd_destroy)
+
+    try:
+        from orchestrator.service import cli as service_cli
+    except ImportError:  # the service layer is optional for the library user
+        pass
+    else:
+        service_cli.add_commands(sub)
+    return parser
+
+
+# ---------------------------------------------------------------------------- verbs
+
+
+def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | None:
+    """Load and validate manifests; on problems render them and return None."""
+    try:
+        return load_manifests(list(args.paths))
+    except ManifestError as exc:
+        if args.output == "json":
+            _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, out)
+        else:
+            print(str(exc), file=err)
+            n = len(exc.problems)
+            print(f"{n} problem{'s' if n != 1 else ''} found, nothing was changed", file=err)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    desired = _load(args, out, err)
+    if desired is None:
+        return EXIT_ERROR
+    names = sorted(desired.collections)
+    if args.output == "json":
+        _emit_json(
+            {
+                "valid": True,
+                "files": [str(f) for f in desired.files],
+                "collections": {
+                    n: {"object": str(c.object_file), "digest": c.digest, "source": str(c.source)}
+                    for n, c in sorted(desired.collections.items())
+                },
+            },
+            out,
+        )
+    else:
+        files = len(desired.files)
+        print(
+            f"valid: {len(names)} collection{'s' if len(names) != 1 else ''} "
+            f"in {files} file{'s' if files != 1 else ''}"
+            + (f" ({', '.join(names)})" if names else ""),
+            file=out,
+        )
+    return EXIT_OK
+
+
+def _reconciler(args: argparse.Namespace) -> Reconciler:
+    return Reconciler(bpffs_root=args.bpffs_root, state_dir=args.state_dir)
+
+
+def render_plan(plan: Plan, out: TextIO, *, verbose: bool = False) -> None:
+    """terraform-style: one block per collection (with where it is declared), each change
+    with its reason, then problems and the summary line."""
+    color = _color(out)
+    by_collection: dict[str, list[Change]] = {}
+    for ch in plan.changes:
+        by_collection.setdefault(ch.collection, []).append(ch)
+    if not plan.has_changes and not plan.problems:
+        print("No changes. The kernel matches the manifests.", file=out)
+        return
+    if plan.has_changes:
+        print("bpforch will perform the following actions:\n", file=out)
+    for name, items in by_collection.items():
+        shown = [c for c in items if verbose or c.op is not Op.NOOP]
+        if not shown:
+            continue
+        head = next((c for c in items if c.kind == "collection"), None)
+        op = head.op if head is not None else Op.NOOP
+        line = f"  {op.symbol} collection {name}"
+        if head is not None and head.reason:
+            line += f": {head.reason}"
+        if head is not None and head.source is not None:
+            line += f"  ({head.source})"
+        print(_paint(line, op.value, color), file=out)
+        for ch in shown:
+            if ch is head:
+                continue
+            line = f"      {ch.op.symbol} {ch.kind} {ch.name}"
+            if ch.reason:
+                line += f": {ch.reason}"
+            print(_paint(line, ch.op.value, color), file=out)
+        print(file=out)
+    for path in plan.garbage:
+        print(f"  - leftover {path} (from an interrupted apply; removed)", file=out)
+    for prob in plan.problems:
+        print(_paint(f"error: {prob}", "delete", color), file=out)
+    print(plan.summary(), file=out)
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    rec = _reconciler(args)
+    try:
+        if args.refresh_only:
+            return _refresh_only(rec, args, out)
+        desired = _load(args, out, err)
+        if desired is None:
+            return EXIT_ERROR
+        plan = rec.plan(desired, prune=args.prune)
+    except ReconcileError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    if args.output == "json":
+        _emit_json(plan.to_json(), out)
+    else:
+        render_plan(plan, out)
+    if plan.problems:
+        return EXIT_ERROR
+    return EXIT_CHANGES if plan.has_changes else EXIT_OK
+
+
+def _refresh_only(rec: Reconciler, args: argparse.Namespace, out: TextIO) -> int:
+    """Report drift between the record and the kernel, change nothing."""
+    status = rec.status()
+    drift = [(c.name, d) for c in status.collections for d in c.drift]
+    if args.output == "json":
+        _emit_json(
+            {
+                "drift": [{"collection": n, **d.to_json()} for n, d in drift],
+                "garbage": [str(p) for p in status.garbage],
+            },
+            out,
+        )
+    elif drift or status.garbage:
+        for n, d in drift:
+            print(f"drift: {n}: {d} (the next apply repairs it)", file=out)
+        for path in status.garbage:
+            print(f"leftover: {path} (the next apply removes it)", file=out)
+    else:
+        print("No drift: the kernel matches the record.", file=out)
+    return EXIT_CHANGES if drift or status.garbage else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    desired = _load(args, out, err)
+    if desired is None:
+        return EXIT_ERROR
+    rec = _reconciler(args)
+    try:
+        result = rec.apply(desired, prune=args.prune, dry_run=args.dry_run)
+    except ReconcileError as exc:
+        print(f"error: {exc}", file=err)
+        print("nothing was changed: the previous state is still live", file=err)
+        return EXIT_ERROR
+    if args.output == "json":
+        _emit_json(result.to_json(), out)
+        return EXIT_OK
+    render_plan(result.plan, out)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=err)
+    if args.dry_run:
+        print("Dry run: nothing was changed.", file=out)
+    elif result.plan.has_changes:
+        add, change, destroy = result.plan.counts()
+        print(
+            f"Apply complete! {add} added, {change} changed, {destroy} destroyed "
+            f"in {result.duration_s * 1000:.0f} ms.",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def render_status(status: Status, out: TextIO) -> None:
+    if not status.collections:
+        print("No collections applied.", file=out)
+    for c in status.collections:
+        rev = f", git {c.git_revision[:12]}" if c.git_revision else ""
+        print(
+            f"{c.name}: {c.condition} (generation {c.generation}, observed "
+            f"{c.observed_generation}, digest {c.digest[:12]}{rev})",
+            file=out,
+        )
+        if c.message:
+            print(f"  {c.reason}: {c.message}", file=out)
+        print(f"  manifest {c.manifest}, applied {c.applied_at}", file=out)
+        for p in c.programs:
+            print(f"  program {p.name}: id {p.id}, tag {p.tag}", file=out)
+        for m in c.maps:
+            entries = f", {m.entries} entries" if m.entries is not None else ""
+            where = f" from {m.source}" if m.source else ""
+            print(
+                f"  map {m.name}: id {m.id}, {m.type}, max {m.max_entries}{entries}{where}",
+                file=out,
+            )
+        for a in c.attachments:
+            state = "attached" if a.alive else "DETACHED"
+            print(f"  attachment {a.key}: {a.kind} link {a.link_id}, {state}", file=out)
+        for d in c.drift:
+            print(f"  drift: {d} (the next apply repairs it)", file=out)
+    for path in status.garbage:
+        print(f"leftover: {path} (the next apply removes it)", file=out)
+    for name in status.orphans:
+        print(f"orphan: {name} (a directory under the root that no record lists)", file=out)
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    rec = _reconciler(args)
+    try:
+        status = rec.status()
+    except ReconcileError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    if args.names:
+        known = {c.name for c in status.collections}
+        missing = [n for n in args.names if n not in known]
+        if missing:
+            print(f"error: not applied: {', '.join(missing)} (see bpforch status)", file=err)
+            return EXIT_ERROR
+        status = dataclasses.replace(
+            status, collections=tuple(c for c in status.collections if c.name in args.names)
+        )
+    if args.output == "json":
+        _emit_json(status.to_json(), out)
+    else:
+        render_status(status, out)
+    return EXIT_OK
+
+
+def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if bool(args.names) == bool(args.all):
+        print("error: name the collections to destroy, or pass --all (not both)", file=err)
+        return EXIT_ERROR
+    rec = _reconciler(args)
+    try:
+        result = rec.destroy(None if args.all else list(args.names))
+    except ReconcileError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    if args.output == "json":
+        _emit_json(result.to_json(), out)
+    else:
+        render_plan(result.plan, out)
+    return EXIT_OK
+
+
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
+    try:
+        return func(args, out, err)
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return 130

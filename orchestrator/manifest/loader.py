@@ -1,0 +1,814 @@
+"""Manifests on disk -> a validated, frozen :class:`~orchestrator.manifest.model.DesiredState`.
+
+Three passes, each collecting every problem rather than stopping at the first:
+
+1. files: expand directories (recursive ``*.yaml``/``*.yml``, sorted, hidden entries such as
+   Kubernetes' ``..data`` skipped), parse the YAML keeping line and column of every node;
+2. per document: JSON Schema, then build the dataclasses with paths resolved against the
+   manifest's own directory;
+3. across collections and against the object files: names, programs, constants, maps,
+   substitutions, cycles, attachment conflicts.
+
+Nothing here needs root or touches the kernel. What only the live system can tell (an
+interface or cgroup exists, a pinned map is really on bpffs after symlinks) is the
+reconciler's plan-time business.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import mmap
+import os
+import posixpath
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import cast
+
+from orchestrator.ebpf import CollectionSpec, ConstantError, MapIncompatibleError, MapSpec
+from orchestrator.manifest import schema as _schema
+from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
+from orchestrator.manifest.errors import ManifestError, Problem
+from orchestrator.manifest.hooks import misfit
+from orchestrator.manifest.model import (
+    API_VERSION,
+    KIND_COLLECTION,
+    Attachment,
+    CgroupTarget,
+    DesiredCollection,
+    DesiredState,
+    Direction,
+    MapFrom,
+    MapOptions,
+    NetnsTarget,
+    OnIncompatible,
+    RawTracepointTarget,
+    Source,
+    Target,
+    TcTarget,
+    TracepointTarget,
+    UprobeTarget,
+    XdpMode,
+    XdpTarget,
+)
+from orchestrator.manifest.objects import ObjectError, ObjectInfo, object_info
+
+BPFFS = "/sys/fs/bpf"
+CGROUP_ROOT = "/sys/fs/cgroup/unified"
+NETNS_DIR = "/var/run/netns"
+SUFFIXES = (".yaml", ".yml")
+
+# ---------------------------------------------------------------------------- files
+
+
+def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:
+    """The manifest files named by ``paths``: files as given, directories searched
+    recursively for ``*.yaml``/``*.yml`` in sorted order, skipping hidden names (this skips
+    the ``..data``/``..2024_…`` directories of a Kubernetes ConfigMap mount, whose visible
+    ``x.yaml`` symlinks are read instead). Each file is read once, even when reached twice.
+    """
+    out: list[Path] = []
+    seen: set[str] = set()
+    visited_dirs: set[tuple[int, int]] = set()
+
+    def add(path: Path) -> None:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            out.append(path)
+
+    def walk(directory: Path) -> None:
+        try:
+            st = directory.stat()
+            if (st.st_dev, st.st_ino) in visited_dirs:
+                return  # a symlink loop, or the same directory twice
+            visited_dirs.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            problems.append(Problem(Source(directory), "", _oserror(err)))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = directory / entry.name
+            try:
+                is_dir = entry.is_dir()
+                is_file = entry.is_file()
+            except OSError:  # pragma: no cover - raced with a removal
+                continue
+            if is_dir:
+                walk(path)
+            elif is_file and entry.name.endswith(SUFFIXES):
+                add(path)
+
+    for given in paths:
+        path = Path(os.path.abspath(given))
+        if path.is_dir():
+            walk(path)
+        elif path.exists():
+            add(path)
+        else:
+            problems.append(
+                Problem(Source(path), "", "no such file or directory", "check the path")
+            )
+    return out
+
+
+def _oserror(err: OSError) -> str:
+    return (err.strerror or str(err)).lower()
+
+
+# ---------------------------------------------------------------------------- building
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A collection as built from one document, with the document for locating problems."""
+
+    coll: DesiredCollection
+    doc: Document
+    # per object sha256: the problems found checking the collection against that object
+    # (shared with the file cache: an unchanged manifest and object are not checked again)
+    checked: dict[str, list[Problem]]
+    info: ObjectInfo | None = None  # the parsed object, when it could be read
+
+
+@dataclass(slots=True)
+class _FileResult:
+    problems: list[Problem]
+    built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]
+    invalid: list[str]  # names of collections whose documents are invalid
+
+
+# (path, text) -> what parsing, the schema and building found. The text is the key, so a
+# changed file can never hit a stale entry; the path is part of it because relative paths
+# resolve against it.
+_files: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
+_files_lock = threading.Lock()
+_MAX_FILES = 4096
+
+
+def _resolve(base: Path, text: str) -> Path:
+    """Absolute, lexically normalized; relative paths are relative to ``base``."""
+    joined = text if posixpath.isabs(text) else os.path.join(base, text)
+    return Path(posixpath.normpath(joined))
+
+
+def _netns(base: Path, text: str) -> Path:
+    if "/" not in text:
+        return Path(NETNS_DIR) / text
+    return _resolve(base, text)
+
+
+class _Builder:
+    def __init__(self, doc: Document, problems: list[Problem]) -> None:
+        self.doc = doc
+        self.base = doc.file.parent
+        self.problems = problems
+
+    def problem(self, path: PathKey, message: str, hint: str = "", *, key: bool = False) -> None:
+        src = self.doc.key_at(path) if key else self.doc.at(path)
+        self.problems.append(Problem(src, render_path(path), message, hint))
+
+    def build(self) -> DesiredCollection:
+        v = cast(dict[str, object], self.doc.value)
+        meta = cast(dict[str, object], v["metadata"])
+        spec = cast(dict[str, object], v["spec"])
+        labels = cast(dict[str, str], meta.get("labels") or {})
+        programs = spec.get("programs")
+        sha = spec.get("sha256")
+        maps = cast(dict[str, dict[str, object]], spec.get("maps") or {})
+        attach = cast(list[dict[str, object]], spec.get("attach") or [])
+        return DesiredCollection(
+            name=str(meta["name"]),
+            object_file=_resolve(self.base, str(spec["object"])),
+            source=self.doc.at(("metadata", "name")),
+            labels=MappingProxyType(dict(labels)),
+            sha256=str(sha).lower() if sha is not None else None,
+            programs=tuple(cast(list[str], programs)) if programs is not None else None,
+            constants=MappingProxyType(dict(cast(dict[str, object], spec.get("constants") or {}))),
+            maps=MappingProxyType(
+                {name: self.map_options(name, opts) for name, opts in maps.items()}
+            ),
+            attach=tuple(self.attachment(i, a) for i, a in enumerate(attach)),
+        )
+
+    def map_options(self, name: str, opts: dict[str, object]) -> MapOptions:
+        path: PathKey = ("spec", "maps", name)
+        preserve = bool(opts.get("preserve", False))
+        pin_given = opts.get("pin")
+        if preserve and pin_given is False:
+            self.problem(
+                (*path, "pin"),
+                "a preserved map is pinned",
+                "remove pin: false, or preserve: true",
+            )
+        pin = bool(pin_given) if pin_given is not None else preserve
+        source_from: MapFrom | None = None
+        raw_from = opts.get("from")
+        if isinstance(raw_from, dict):
+            source_from = self.map_from(path, name, cast(dict[str, object], raw_from))
+            for option in ("pin", "preserve", "max_entries", "on_incompatible"):
+                if option in opts:
+                    self.problem(
+                        (*path, option),
+                        f"'{option}' does not apply to a substituted map",
+                        "the map's owner decides; remove it or 'from'",
+                        key=True,
+                    )
+        max_entries = opts.get("max_entries")
+        on_incompatible = opts.get("on_incompatible")
+        return MapOptions(
+            name=name,
+            pin=pin,
+            preserve=preserve,
+            max_entries=int(cast(int, max_entries)) if max_entries is not None else None,
+            on_incompatible=OnIncompatible(on_incompatible)
+            if on_incompatible is not None
+            else OnIncompatible.FAIL,
+            source_from=source_from,
+            source=self.doc.key_at(path),
+        )
+
+    def map_from(self, path: PathKey, name: str, raw: dict[str, object]) -> MapFrom:
+        if "pinned" in raw:
+            text = str(raw["pinned"])
+            pinned = Path(posixpath.normpath(text))
+            if not posixpath.isabs(text):
+                self.problem(
+                    (*path, "from", "pinned"),
+                    f"pinned map path {text!r} is not absolute",
+                    f"give the full path under {BPFFS}",
+                )
+            elif not str(pinned).startswith(BPFFS + "/"):
+                self.problem(
+                    (*path, "from", "pinned"),
+                    f"pinned map path {str(pinned)!r} is not under {BPFFS}",
+                    "a substituted map must be pinned on bpffs",
+                )
+            return MapFrom(pinned=pinned)
+        return MapFrom(collection=str(raw["collection"]), map=str(raw.get("map", name)))
+
+    def netns(self, path: PathKey, value: object) -> Path | None:
+        if value is None:
+            return None
+        text = str(value)
+        if text in (".", ".."):
+            self.problem(path, f"{text!r} is not a network namespace", "give a name or a path")
+        return _netns(self.base, text)
+
+    def attachment(self, index: int, raw: dict[str, object]) -> Attachment:
+        path: PathKey = ("spec", "attach", index)
+        kind = next(k for k in raw if k != "program")
+        t = cast(dict[str, object], raw[kind])
+        tpath = (*path, kind)
+        target: Target
+        if kind == "xdp":
+            netns = t.get("netns")
+            target = XdpTarget(
+                interface=str(t["interface"]),
+                mode=XdpMode(t.get("mode", "auto")),
+                netns=self.netns((*tpath, "netns"), netns),
+            )
+        elif kind == "tc":
+            netns = t.get("netns")
+            before, after = t.get("before"), t.get("after")
+            if before is not None and after is not None:
+                self.problem(
+                    (*tpath, "after"),
+                    "give either before or after, not both",
+                    "a tcx program is placed relative to one other program",
+                    key=True,
+                )
+            target = TcTarget(
+                interface=str(t["interface"]),
+                direction=Direction(t["direction"]),
+                netns=self.netns((*tpath, "netns"), netns),
+                before=str(before) if before is not None else None,
+                after=str(after) if after is not None else None,
+            )
+        elif kind == "cgroup":
+            text = str(t["path"])
+            cg = Path(posixpath.normpath(posixpath.join(CGROUP_ROOT, text)))
+            if not posixpath.isabs(text) and not str(cg).startswith(CGROUP_ROOT + "/"):
+                self.problem(
+                    (*tpath, "path"),
+                    f"relative cgroup path {text!r} leaves {CGROUP_ROOT}",
+                    "give an absolute path",
+                )
+            target = CgroupTarget(path=cg, attach=str(t["attach"]))
+        elif kind == "tracepoint":
+            target = TracepointTarget(group=str(t["group"]), name=str(t["name"]))
+        elif kind == "raw_tracepoint":
+            target = RawTracepointTarget(name=str(t["name"]))
+        elif kind == "uprobe":
+            symbol, pid = t.get("symbol"), t.get("pid")
+            target = UprobeTarget(
+                path=_resolve(self.base, str(t["path"])),
+                symbol=str(symbol) if symbol is not None else None,
+                offset=int(cast(int, t.get("offset", 0))),
+                retprobe=bool(t.get("retprobe", False)),
+                pid=int(cast(int, pid)) if pid is not None else None,
+            )
+        else:  # netns
+            netns = t.get("path")
+            target = NetnsTarget(netns=self.netns((*tpath, "path"), netns))
+        return Attachment(program=str(raw["program"]), target=target, source=self.doc.at(path))
+
+
+def clear_caches() -> None:
+    """Forget parsed manifests and objects (for benchmarks and tests)."""
+    from orchestrator.manifest.objects import clear_cache
+
+    with _files_lock:
+        _files.clear()
+    clear_cache()
+
+
+def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
+    """Parse, schema-check and build every document of a file (cached by content)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        problems.append(Problem(Source(file), "", f"not UTF-8 text: {err.reason}"))
+        return _FileResult([], [], [])
+    except OSError as err:
+        problems.append(Problem(Source(file), "", _oserror(err)))
+        return _FileResult([], [], [])
+    key = (str(file), text)
+    with _files_lock:
+        hit = _files.get(key)
+        if hit is not None:
+            _files.move_to_end(key)
+    if hit is None:
+        found: list[Problem] = []
+        built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]] = []
+        invalid: list[str] = []
+        for doc in parse_documents(file, text, found):
+            if not _header_ok(doc, found):
+                continue
+            bad = _schema.check(doc)
+            if bad:
+                found.extend(bad)
+                meta = cast(dict[str, object], doc.value).get("metadata")
+                name = meta.get("name") if isinstance(meta, dict) else None
+                if isinstance(name, str):
+                    invalid.append(name)
+                continue
+            built.append((_Builder(doc, found).build(), doc, {}))
+        hit = _FileResult(found, built, invalid)
+        with _files_lock:
+            _files[key] = hit
+            while len(_files) > _MAX_FILES:
+                _files.popitem(last=False)
+    problems.extend(hit.problems)
+    return hit
+
+
+def _header_ok(doc: Document, problems: list[Problem]) -> bool:
+    """A document that is not a bpforch Collection gets one problem, not a schema flood."""
+    v = doc.value
+    if not isinstance(v, dict):
+        problems.append(
+            Problem(
+                doc.at(()),
+                "",
+                f"a manifest must be a mapping, got {_schema._got(v)}",
+                f"start with apiVersion: {API_VERSION}",
+            )
+        )
+        return False
+    api, kind = v.get("apiVersion"), v.get("kind")
+    if api is not None and api != API_VERSION:
+        problems.append(
+            Problem(
+                doc.at(("apiVersion",)),
+                "apiVersion",
+                f"unknown apiVersion {_schema._got(api)}",
+                f"this bpforch reads {API_VERSION}",
+            )
+        )
+        return False
+    if kind is not None and kind != KIND_COLLECTION:
+        problems.append(
+            Problem(
+                doc.at(("kind",)),
+                "kind",
+                f"unknown kind {_schema._got(kind)}",
+                f"bpforch/v1 has kind {KIND_COLLECTION}",
+            )
+        )
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+class _Checker:
+    def __init__(self, entries: list[_Entry], problems: list[Problem], invalid: set[str]) -> None:
+        self.entries = entries
+        self.problems = problems
+        self.invalid = invalid  # declared, but with problems of their own: not looked into
+        self.by_name: dict[str, _Entry] = {}
+
+    def problem(
+        self, e: _Entry, path: PathKey, message: str, hint: str = "", *, key: bool = False
+    ) -> None:
+        src = e.doc.key_at(path) if key else e.doc.at(path)
+        self.problems.append(Problem(src, render_path(path), message, hint))
+
+    def names(self) -> None:
+        for e in self.entries:
+            other = self.by_name.get(e.coll.name)
+            if other is None:
+                self.by_name[e.coll.name] = e
+                continue
+            path: PathKey = ("metadata", "name")
+            self.problem(
+                e,
+                path,
+                f"collection {e.coll.name} is declared twice (also at {other.doc.at(path)})",
+                "collection names must be unique",
+            )
+            self.problem(
+                other,
+                path,
+                f"collection {e.coll.name} is declared twice (also at {e.doc.at(path)})",
+                "collection names must be unique",
+            )
+
+    def objects(self) -> None:
+        for e in self.entries:
+            try:
+                e.info = object_info(e.coll.object_file)
+            except ObjectError as err:
+                missing = not e.coll.object_file.exists()
+                self.problem(
+                    e,
+                    ("spec", "object"),
+                    f"cannot read object: {err}" if missing else f"bad object: {err}",
+                    "relative paths are relative to the manifest's directory"
+                    if missing
+                    else "is it an eBPF object built with clang -target bpf?",
+                )
+                continue
+            if e.coll.sha256 is not None and e.coll.sha256 != e.info.sha256:
+                self.problem(
+                    e,
+                    ("spec", "sha256"),
+                    f"object {e.coll.object_file} has sha256 {e.info.sha256}",
+                    "the object changed: rebuild it, or update sha256",
+                )
+            checked = e.checked.get(e.info.sha256)
+            if checked is None:
+                outer, self.problems = self.problems, []
+                try:
+                    self.contents(e, e.info.spec)
+                finally:
+                    checked, self.problems = self.problems, outer
+                e.checked[e.info.sha256] = checked
+            self.problems.extend(checked)
+
+    def contents(self, e: _Entry, spec: CollectionSpec) -> None:
+        c = e.coll
+        progs = sorted(spec.programs)
+        for i, name in enumerate(c.programs or ()):
+            if name not in spec.programs:
+                self.problem(
+                    e,
+                    ("spec", "programs", i),
+                    f"object has no program '{name}'",
+                    _hint(name, progs),
+                )
+        if c.constants:
+            probe = spec.copy()
+            consts = sorted(n for n, var in spec.variables.items() if var.constant)
+            for name, value in c.constants.items():
+                path: PathKey = ("spec", "constants", name)
+                if name not in consts:
+                    self.problem(
+                        e, path, f"object has no constant '{name}'", _hint(name, consts), key=True
+                    )
+                    continue
+                try:
+                    probe.rewrite_constants({name: value})
+                except ConstantError as err:
+                    text = str(err).removeprefix(f"constant {name}: ")
+                    self.problem(e, path, text, "give a value that fits the variable's type")
+        maps = sorted(spec.maps)
+        for name, opts in c.maps.items():
+            path = ("spec", "maps", name)
+            mspec = spec.maps.get(name)
+            if mspec is None:
+                self.problem(e, path, f"object has no map '{name}'", _hint(name, maps), key=True)
+                continue
+            if opts.preserve and mspec.name.startswith(".rodata"):
+                self.problem(
+                    e,
+                    (*path, "preserve"),
+                    f"{name} holds the constants; it is rebuilt from the manifest",
+                    "remove preserve",
+                )
+            if opts.max_entries is not None:
+                self.max_entries(e, (*path, "max_entries"), mspec, opts.max_entries)
+            if opts.source_from is not None:
+                used = set().union(*(p.maps for p in spec.programs.values()))
+                if name not in used:
+                    self.problem(
+                        e,
+                        (*path, "from"),
+                        f"map {name} is used by no program, so it cannot be substituted",
+                        "remove the substitution",
+                        key=True,
+                    )
+        bound = (
+            set(c.programs)
+            if c.programs is not None
+            else {n for n, p in spec.programs.items() if p.autoload}
+        )
+        for i, a in enumerate(c.attach):
+            path = ("spec", "attach", i, "program")
+            prog = spec.programs.get(a.program)
+            if prog is None:
+                self.problem(
+                    e, path, f"object has no program '{a.program}'", _hint(a.program, progs)
+                )
+                continue
+            if a.program not in bound:
+                self.problem(
+                    e,
+                    path,
+                    f"program '{a.program}' is not loaded",
+                    "add it to spec.programs"
+                    if c.programs is not None
+                    else "its section starts with '?': it loads only when listed in spec.programs",
+                )
+                continue
+            bad = misfit(prog, a.target)
+            if bad is not None:
+                self.problem(e, ("spec", "attach", i, a.kind), bad.reason, bad.hint, key=True)
+
+    def max_entries(self, e: _Entry, path: PathKey, m: MapSpec, value: int) -> None:
+        from orchestrator.ebpf import MapType
+
+        if m.is_data_section:
+            self.problem(e, path, f"{m.name} is a data section; its size is fixed", "remove it")
+        elif m.type == MapType.RINGBUF and (value % mmap.PAGESIZE or value & (value - 1)):
+            self.problem(
+                e,
+                path,
+                f"ring buffer size {value} is not a power of 2 multiple of the page size",
+                "e.g. 262144",
+            )
+
+    def attachments(self) -> None:
+        """Identical attachments within a collection, tc ordering, one XDP per interface."""
+        xdp: dict[str, tuple[_Entry, int]] = {}
+        for e in self.entries:
+            seen: dict[str, int] = {}
+            for i, a in enumerate(e.coll.attach):
+                path: PathKey = ("spec", "attach", i)
+                key = a.key()
+                if key in seen:
+                    self.problem(
+                        e,
+                        path,
+                        f"same attachment as spec.attach[{seen[key]}]",
+                        "remove one of them",
+                    )
+                else:
+                    seen[key] = i
+                t = a.target
+                if isinstance(t, XdpTarget):
+                    xkey = f"{t.netns or ''}:{t.interface}"
+                    prev = xdp.get(xkey)
+                    if prev is None:
+                        xdp[xkey] = (e, i)
+                    elif not (prev[0] is e and e.coll.attach[prev[1]].key() == key):
+                        where = prev[0].doc.at(("spec", "attach", prev[1]))
+                        ns = f" in {t.netns}" if t.netns else ""
+                        self.problem(
+                            e,
+                            (*path, "xdp", "interface"),
+                            f"interface {t.interface}{ns} already has an XDP program "
+                            f"(collection {prev[0].coll.name} at {where})",
+                            "an interface takes one XDP program; chain them with tail calls",
+                        )
+                if isinstance(t, TcTarget):
+                    for rel in ("before", "after"):
+                        other = getattr(t, rel)
+                        if other is None:
+                            continue
+                        if other == a.program:
+                            self.problem(
+                                e, (*path, "tc", rel), f"program {other} cannot be {rel} itself"
+                            )
+                            continue
+                        peers = [
+                            b.program
+                            for b in e.coll.attach
+                            if isinstance(b.target, TcTarget) and b.target.key() == t.key()
+                        ]
+                        if other not in peers:
+                            self.problem(
+                                e,
+                                (*path, "tc", rel),
+                                f"program {other} is not attached at the same hook "
+                                f"(tc {t.direction.value} on {t.interface})",
+                                _hint(other, sorted(set(peers) - {a.program})),
+                            )
+            self.tc_order(e)
+
+    def tc_order(self, e: _Entry) -> None:
+        """before/after among the tc attachments of one hook must not go round in a circle
+        (each is attached after the program it is placed relative to)."""
+        anchors: dict[tuple[str, str], tuple[str, int]] = {}  # (hook, program) -> anchor
+        for i, a in enumerate(e.coll.attach):
+            t = a.target
+            if isinstance(t, TcTarget) and (t.before or t.after):
+                anchor = t.before or t.after or ""
+                anchors.setdefault((t.key(), a.program), (anchor, i))
+        reported: set[frozenset[str]] = set()
+        for (hook, start), (_, index) in anchors.items():
+            chain = [start]
+            cur = start
+            while (hook, cur) in anchors:
+                cur = anchors[(hook, cur)][0]
+                if cur == start and len(chain) > 1:
+                    members = frozenset(chain)
+                    if members not in reported:
+                        reported.add(members)
+                        t = e.coll.attach[index].target
+                        rel = "before" if isinstance(t, TcTarget) and t.before else "after"
+                        self.problem(
+                            e,
+                            ("spec", "attach", index, "tc", rel),
+                            "tc ordering goes round in a circle: " + " -> ".join([*chain, start]),
+                            "one program of the hook must be placed without before/after",
+                        )
+                    break
+                if cur in chain:
+                    break  # a circle not through start: reported from one of its members
+                chain.append(cur)
+
+    def substitutions(self) -> None:
+        for e in self.entries:
+            for name, opts in e.coll.maps.items():
+                src = opts.source_from
+                if src is None or src.collection is None:
+                    continue
+                path: PathKey = ("spec", "maps", name, "from", "collection")
+                if src.collection == e.coll.name:
+                    self.problem(
+                        e, path, "a collection cannot substitute its own map", "name another one"
+                    )
+                    continue
+                owner = self.by_name.get(src.collection)
+                if owner is None and src.collection in self.invalid:
+                    continue  # its own problems are reported
+                if owner is None:
+                    self.problem(
+                        e,
+                        path,
+                        f"no collection named '{src.collection}'",
+                        _hint(src.collection, sorted(self.by_name)),
+                    )
+                    continue
+                if owner.info is None or e.info is None:
+                    continue  # the object problem is reported already
+                map_name = src.map or name
+                theirs = owner.info.spec.maps.get(map_name)
+                mpath: PathKey = ("spec", "maps", name, "from", "map" if src.map else "collection")
+                if theirs is None:
+                    self.problem(
+                        e,
+                        mpath,
+                        f"collection {owner.coll.name} has no map '{map_name}'",
+                        _hint(map_name, sorted(owner.info.spec.maps)),
+                    )
+                    continue
+                mine = e.info.spec.maps.get(name)
+                if mine is None:
+                    continue  # reported as a missing map
+                theirs_opts = owner.coll.maps.get(map_name)
+                if theirs_opts is not None and theirs_opts.max_entries is not None:
+                    theirs = replace(theirs, max_entries=theirs_opts.max_entries)
+                try:
+                    mine.compatible_with(theirs)
+                except MapIncompatibleError as err:
+                    why = str(err).removeprefix(f"map {name}: ")
+                    self.problem(
+                        e,
+                        ("spec", "maps", name, "from"),
+                        f"incompatible with map {map_name} of {owner.coll.name}: {why}",
+                        "both objects must declare the same map",
+                        key=True,
+                    )
+
+    def cycles(self) -> None:
+        graph = {
+            name: sorted(d for d in e.coll.depends_on() if d in self.by_name and d != name)
+            for name, e in self.by_name.items()
+        }
+        state: dict[str, int] = {}  # 1: on the stack, 2: done
+        stack: list[str] = []
+        reported: set[frozenset[str]] = set()
+
+        def visit(n: str) -> None:
+            state[n] = 1
+            stack.append(n)
+            for d in graph[n]:
+                if state.get(d) == 1:
+                    cycle = [*stack[stack.index(d) :], d]
+                    members = frozenset(cycle)
+                    if members not in reported:
+                        reported.add(members)
+                        self.cycle(cycle)
+                elif d not in state:
+                    visit(d)
+            stack.pop()
+            state[n] = 2
+
+        for name in sorted(graph):
+            if name not in state:
+                visit(name)
+
+    def cycle(self, cycle: list[str]) -> None:
+        first = self.by_name[cycle[0]]
+        nxt = cycle[1]
+        map_name = next(
+            n
+            for n, m in sorted(first.coll.maps.items())
+            if m.source_from is not None and m.source_from.collection == nxt
+        )
+        self.problem(
+            first,
+            ("spec", "maps", map_name, "from", "collection"),
+            "dependency cycle: " + " -> ".join(cycle),
+            "a collection must be created before the ones that use its maps",
+        )
+
+
+def _hint(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if choices:
+        shown = ", ".join(choices[:8]) + (", …" if len(choices) > 8 else "")
+        return f"it has: {shown}"
+    return ""
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def digest(coll: DesiredCollection, object_sha256: str) -> str:
+    """sha256 over the canonical JSON of the normalized document and the object's digest."""
+    text = json.dumps(
+        coll.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    h = hashlib.sha256()
+    h.update(text.encode())
+    h.update(b"\0")
+    h.update(object_sha256.encode())
+    return h.hexdigest()
+
+
+def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> DesiredState:
+    """Read, validate and check manifests; the desired state, or :class:`ManifestError` with
+    every problem found (file:line:col, field path, message and hint).
+
+    ``paths`` are files or directories (see :func:`manifest_files`). With ``check_objects``
+    False the object files are not read: nothing that needs them is checked (programs,
+    constants, maps, substitution compatibility, attachment types, sha256) and every
+    ``digest`` is empty. Needs no privileges.
+    """
+    problems: list[Problem] = []
+    files = manifest_files(paths, problems)
+    entries: list[_Entry] = []
+    invalid: set[str] = set()
+    for file in files:
+        result = _load_file(file, problems)
+        entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
+        invalid.update(result.invalid)
+    checker = _Checker(entries, problems, invalid)
+    checker.names()
+    if check_objects:
+        checker.objects()
+    checker.attachments()
+    checker.substitutions()
+    checker.cycles()
+    if problems:
+        raise ManifestError(problems)
+    collections = {}
+    for e in entries:
+        d = digest(e.coll, e.info.sha256) if e.info is not None else ""
+        collections[e.coll.name] = replace(e.coll, digest=d)
+    return DesiredState(collections=MappingProxyType(collections), files=tuple(files))

@@ -1,0 +1,87 @@
+"""The declarative engine: observe the kernel, plan a pure diff, apply it as a transaction.
+
+```python
+from orchestrator.manifest import load_manifests
+from orchestrator.reconcile import Reconciler
+
+r = Reconciler()                                   # /sys/fs/bpf/bpforch, /run/bpforch
+p = r.plan(load_manifests([Path("manifests/")]))   # Plan: changes, problems, counts()
+result = r.apply(load_manifests([Path("manifests/")]))
+print(r.status().to_json())
+```
+
+Apply is all-or-nothing across the whole desired state: everything new is loaded and pinned
+under a staging directory, attachments are switched (link update in place, or
+make-before-break), then each collection directory is swapped into place atomically and the
+record written. A failure before that restores the previous generation exactly.
+"""
+
+from __future__ import annotations
+
+from orchestrator.reconcile.errors import ApplyError, PlanError, ReconcileError, StateError
+from orchestrator.reconcile.hooks import CRASH_ENV, STEPS, Hooks
+from orchestrator.reconcile.plan import Change, Op, Plan, Problem, plan, plan_destroy
+from orchestrator.reconcile.reconciler import (
+    DEFAULT_BPFFS_ROOT,
+    DEFAULT_STATE_DIR,
+    ApplyResult,
+    Reconciler,
+)
+from orchestrator.reconcile.state import (
+    ActualCollection,
+    ActualState,
+    AttachmentRecord,
+    CollectionFacts,
+    CollectionRecord,
+    Drift,
+    Facts,
+    MapRecord,
+    MapShape,
+    ProgramRecord,
+    StateRecord,
+    TargetFacts,
+)
+from orchestrator.reconcile.status import (
+    AttachmentStatus,
+    CollectionStatus,
+    MapStatus,
+    ProgramStatus,
+    Status,
+)
+
+__all__ = [
+    "CRASH_ENV",
+    "DEFAULT_BPFFS_ROOT",
+    "DEFAULT_STATE_DIR",
+    "STEPS",
+    "ActualCollection",
+    "ActualState",
+    "ApplyError",
+    "ApplyResult",
+    "AttachmentRecord",
+    "AttachmentStatus",
+    "Change",
+    "CollectionFacts",
+    "CollectionRecord",
+    "CollectionStatus",
+    "Drift",
+    "Facts",
+    "Hooks",
+    "MapRecord",
+    "MapShape",
+    "MapStatus",
+    "Op",
+    "Plan",
+    "PlanError",
+    "Problem",
+    "ProgramRecord",
+    "ProgramStatus",
+    "ReconcileError",
+    "Reconciler",
+    "StateError",
+    "StateRecord",
+    "Status",
+    "TargetFacts",
+    "plan",
+    "plan_destroy",
+]

@@ -1,0 +1,28 @@
+"""Errors of the reconciler. Messages name the collection and the manifest file:line."""
+
+from __future__ import annotations
+
+from orchestrator.manifest.model import Source
+
+
+class ReconcileError(Exception):
+    """Base class of plan and apply errors."""
+
+
+class PlanError(ReconcileError):
+    """The plan has problems (foreign owners, missing targets, incompatible maps …)."""
+
+
+class ApplyError(ReconcileError):
+    """Applying failed; the previous generation was restored (see the message)."""
+
+
+class StateError(ReconcileError):
+    """The state record can't be read or written, or the lock can't be taken."""
+
+
+def where(collection: str, source: Source | None) -> str:
+    """``collection NAME (file:line:col)`` for messages."""
+    if source is None:
+        return f"collection {collection}"
+    return f"collection {collection} ({source})"

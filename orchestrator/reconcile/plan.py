@@ -1,0 +1,745 @@
+"""The plan: a pure diff of the desired state against the actual state.
+
+:func:`plan` makes no syscall and reads no file: everything it needs from the kernel or the
+file system (the record checked against the kernel, what the objects declare, whether the
+targets exist and who owns them) is already in :class:`ActualState`.
+
+Conventions follow the ones users know from terraform: ``+`` create, ``~`` update in place,
+``-/+`` replace, ``-`` destroy, and ``Plan: X to add, Y to change, Z to destroy``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.manifest.model import (
+    Attachment,
+    CgroupTarget,
+    DesiredCollection,
+    DesiredState,
+    NetnsTarget,
+    OnIncompatible,
+    RawTracepointTarget,
+    Source,
+    Target,
+    TcTarget,
+    TracepointTarget,
+    UprobeTarget,
+    XdpTarget,
+)
+from orchestrator.reconcile.state import (
+    IN_PLACE_KINDS,
+    ActualCollection,
+    ActualState,
+    AttachmentRecord,
+    CollectionFacts,
+    CollectionRecord,
+)
+
+
+class Op(enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"  # in place
+    REPLACE = "replace"  # -/+
+    DELETE = "delete"
+    NOOP = "noop"
+
+    @property
+    def symbol(self) -> str:
+        return _SYMBOLS[self]
+
+
+_SYMBOLS = {
+    Op.CREATE: "+",
+    Op.UPDATE: "~",
+    Op.REPLACE: "-/+",
+    Op.DELETE: "-",
+    Op.NOOP: " ",
+}
+
+KINDS = ("collection", "map", "program", "attachment")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One line of the plan. ``kind`` is collection, map, program or attachment; ``name``
+    the map/program name, the attachment key, or the collection name again."""
+
+    op: Op
+    kind: str
+    collection: str
+    name: str
+    reason: str
+    source: Source | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        what = self.collection if self.kind == "collection" else f"{self.collection}/{self.name}"
+        return f"{self.op.symbol} {self.kind} {what}: {self.reason}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "op": self.op.value,
+            "kind": self.kind,
+            "collection": self.collection,
+            "name": self.name,
+            "reason": self.reason,
+            "source": str(self.source) if self.source is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A reason the plan cannot be applied, found before touching anything."""
+
+    collection: str
+    message: str
+    source: Source | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        where = f" ({self.source})" if self.source is not None else ""
+        return f"collection {self.collection}{where}: {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "collection": self.collection,
+            "message": self.message,
+            "source": str(self.source) if self.source is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Ordered changes (dependencies first; deletes last, dependents before what they use),
+    plan-time problems, and the leftovers (staging directories, unrecorded collection
+    directories) that the next apply removes."""
+
+    changes: tuple[Change, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    garbage: tuple[Path, ...] = ()
+
+    def counts(self) -> tuple[int, int, int]:
+        """(to add, to change, to destroy), counting maps, programs and attachments; a
+        replacement counts as one add and one destroy."""
+        add = change = destroy = 0
+        with_children = {c.collection for c in self.changes if c.kind != "collection"}
+        for c in self.changes:
+            if c.kind == "collection" and c.collection in with_children:
+                continue
+            if c.op is Op.CREATE:
+                add += 1
+            elif c.op is Op.UPDATE:
+                change += 1
+            elif c.op is Op.REPLACE:
+                add += 1
+                destroy += 1
+            elif c.op is Op.DELETE:
+                destroy += 1
+        return add, change, destroy
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.op is not Op.NOOP for c in self.changes)
+
+    def collection_op(self, name: str) -> Op | None:
+        for c in self.changes:
+            if c.kind == "collection" and c.collection == name:
+                return c.op
+        return None
+
+    def collections(self, *ops: Op) -> list[str]:
+        """Names of the collections whose collection-level op is one of ``ops``, in plan
+        order."""
+        return [c.collection for c in self.changes if c.kind == "collection" and c.op in ops]
+
+    def change(self, collection: str, kind: str, name: str) -> Change | None:
+        for c in self.changes:
+            if c.collection == collection and c.kind == kind and c.name == name:
+                return c
+        return None
+
+    def of(self, collection: str, kind: str) -> list[Change]:
+        return [c for c in self.changes if c.collection == collection and c.kind == kind]
+
+    def summary(self) -> str:
+        add, change, destroy = self.counts()
+        return f"Plan: {add} to add, {change} to change, {destroy} to destroy."
+
+    def to_json(self) -> dict[str, object]:
+        add, change, destroy = self.counts()
+        return {
+            "changes": [c.to_json() for c in self.changes],
+            "problems": [p.to_json() for p in self.problems],
+            "garbage": [str(p) for p in self.garbage],
+            "counts": {"add": add, "change": change, "destroy": destroy},
+            "has_changes": self.has_changes,
+        }
+
+    def __str__(self) -> str:
+        lines = [str(c) for c in self.changes if c.op is not Op.NOOP or c.kind == "collection"]
+        lines += [f"error: {p}" for p in self.problems]
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def target_kind(target: Target) -> str:
+    """The link kind of a target, as stored in the record."""
+    if isinstance(target, XdpTarget):
+        return "xdp"
+    if isinstance(target, TcTarget):
+        return "tc"
+    if isinstance(target, CgroupTarget):
+        return "cgroup"
+    if isinstance(target, TracepointTarget):
+        return "tracepoint"
+    if isinstance(target, RawTracepointTarget):
+        return "raw_tracepoint"
+    if isinstance(target, UprobeTarget):
+        return "uretprobe" if target.retprobe else "uprobe"
+    if isinstance(target, NetnsTarget):
+        return "netns"
+    raise TypeError(f"unknown target {target!r}")
+
+
+def _describe_target(target: Target) -> str:
+    if isinstance(target, XdpTarget):
+        ns = f" in {target.netns}" if target.netns else ""
+        return f"interface {target.interface}{ns}"
+    if isinstance(target, TcTarget):
+        ns = f" in {target.netns}" if target.netns else ""
+        return f"interface {target.interface}{ns} ({target.direction.value})"
+    if isinstance(target, CgroupTarget):
+        return f"cgroup {target.path}"
+    return target.key()
+
+
+def load_key(d: DesiredCollection, object_sha256: str) -> str:
+    """What the loaded programs and maps of ``d`` depend on, as a digest: the object, the
+    constants, the map options and the program binding (not labels, not attachments)."""
+    import hashlib
+    import json
+
+    maps = {
+        name: [
+            mo.pin,
+            mo.preserve,
+            mo.max_entries,
+            mo.on_incompatible.value,
+            None
+            if mo.source_from is None
+            else [mo.source_from.collection, mo.source_from.map, str(mo.source_from.pinned)],
+        ]
+        for name, mo in sorted(d.maps.items())
+    }
+    doc = [
+        object_sha256,
+        str(d.object_file),
+        sorted((k, repr(v)) for k, v in d.constants.items()),
+        maps,
+        list(d.programs) if d.programs is not None else None,
+    ]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def previous_link(
+    d: DesiredCollection, old: Mapping[str, AttachmentRecord], key: str, kind: str
+) -> AttachmentRecord | None:
+    """For a new xdp or netns attachment: the recorded link of this collection on the same
+    hook whose program is no longer attached there (the program was renamed or swapped).
+    Such a hook takes one program, so that link is switched in place instead of attaching a
+    second one (which the kernel refuses with EBUSY/EEXIST)."""
+    if kind not in ("xdp", "netns"):
+        return None
+    hook = key.split("@", 1)[1]
+    wanted = {a.key() for a in d.attach}
+    for ra in old.values():
+        if ra.key not in wanted and ra.key.split("@", 1)[1] == hook:
+            return ra
+    return None
+
+
+def topo_order(deps: Mapping[str, Iterable[str]]) -> tuple[list[str], list[str]]:
+    """Names ordered so that each comes after what it depends on (ties by name), and the
+    names caught in a cycle (appended last)."""
+    remaining = {n: {d for d in ds if d in deps and d != n} for n, ds in deps.items()}
+    out: list[str] = []
+    while remaining:
+        ready = sorted(n for n, ds in remaining.items() if not ds)
+        if not ready:
+            cyclic = sorted(remaining)
+            return out + cyclic, cyclic
+        for n in ready:
+            out.append(n)
+            del remaining[n]
+        for ds in remaining.values():
+            ds.difference_update(ready)
+    return out, []
+
+
+def _source_key(collection: str | None, map_name: str, pinned: Path | None) -> str:
+    if pinned is not None:
+        return f"pinned:{pinned}"
+    return f"collection/{collection}/{map_name}"
+
+
+# ---------------------------------------------------------------------------- plan
+
+
+class _Planner:
+    def __init__(self, desired: DesiredState, actual: ActualState, prune: bool) -> None:
+        self.desired = desired
+        self.actual = actual
+        self.prune = prune
+        self.changes: list[Change] = []
+        self.problems: list[Problem] = []
+        # (collection, map) whose kernel object changes in this apply
+        self.recreated: set[tuple[str, str]] = set()
+        self.own_prog_ids = {
+            p.id for c in actual.collections.values() for p in c.record.programs.values()
+        }
+
+    def problem(self, coll: str, message: str, source: Source | None) -> None:
+        self.problems.append(Problem(coll, message, source))
+
+    def add(
+        self, op: Op, kind: str, coll: str, name: str, reason: str, source: Source | None
+    ) -> None:
+        self.changes.append(Change(op, kind, coll, name, reason, source))
+
+    def run(self) -> Plan:
+        desired = self.desired.collections
+        order, cyclic = topo_order({n: c.depends_on() for n, c in desired.items()})
+        for name, c in desired.items():
+            if not DNS_LABEL.fullmatch(name):
+                self.problem(
+                    name,
+                    "collection name is not a DNS label (lower-case letters, digits and '-', "
+                    "at most 63; it names the pin directory)",
+                    c.source,
+                )
+        if self.problems:
+            return Plan((), tuple(self.problems))
+        for name in cyclic:
+            self.problem(name, "map substitutions form a cycle", desired[name].source)
+        for name in order:
+            self.collection(desired[name])
+        self.deletes()
+        garbage = tuple(self.actual.staging)
+        return Plan(tuple(self.changes), tuple(self.problems), garbage)
+
+    # ------------------------------------------------------------------ one collection
+
+    def collection(self, d: DesiredCollection) -> None:
+        actual = self.actual.collections.get(d.name)
+        rec = actual.record if actual is not None else None
+        reasons: list[str] = []
+        if rec is None:
+            op = Op.CREATE
+            reasons.append("new collection")
+            if d.name in self.actual.orphans:
+                reasons.append("replaces an unrecorded directory left by an interrupted apply")
+        else:
+            if rec.digest != d.digest:
+                reasons.append("manifest or object changed")
+            assert actual is not None
+            if actual.drift:
+                reasons.append("repair drift: " + "; ".join(str(x) for x in actual.drift))
+        must_reload = False
+        for mname, mo in sorted(d.maps.items()):
+            src = mo.source_from
+            if src is None or src.collection is None:
+                continue
+            smap = src.map or mname
+            if (src.collection, smap) in self.recreated:
+                must_reload = True
+                reasons.append(f"map {mname} follows {src.collection}/{smap}, which is recreated")
+            if src.collection not in self.desired.collections:
+                self.problem(
+                    d.name,
+                    f"map {mname}: substitutes a map of collection {src.collection}, "
+                    "which is not declared (declare it, or remove the substitution)",
+                    mo.source or d.source,
+                )
+        if rec is not None and not reasons:
+            self.add(
+                Op.NOOP,
+                "collection",
+                d.name,
+                d.name,
+                f"unchanged (generation {rec.generation})",
+                d.source,
+            )
+            return
+        if rec is not None:
+            op = Op.UPDATE
+            reason = f"generation {rec.generation} -> {rec.generation + 1}: " + "; ".join(reasons)
+        else:
+            reason = "; ".join(reasons)
+        facts = self.actual.facts.collections.get(d.name)
+        reuse = (
+            actual is not None
+            and not must_reload
+            and facts is not None
+            and bool(facts.object_sha256)
+            and bool(actual.record.load_key)
+            and load_key(d, facts.object_sha256) == actual.record.load_key
+            # only attachments drifted (gone or detached: they are re-attached)
+            and all(
+                x.kind == "attachment" and x.code in ("missing", "replaced", "detached")
+                for x in actual.drift
+            )
+        )
+        if reuse:
+            reason += " (same object, constants and maps: programs and maps are kept)"
+        self.add(op, "collection", d.name, d.name, reason, d.source)
+        for text in facts.problems if facts is not None else ():
+            self.problem(d.name, text, d.source)
+        if reuse:
+            assert actual is not None
+            self.keep(d, actual.record)
+            self.attachments(d, actual, reuse=True)
+            return
+        self.maps(d, actual, facts)
+        self.programs(d, rec, facts, "; ".join(reasons))
+        self.attachments(d, actual)
+
+    def keep(self, d: DesiredCollection, rec: CollectionRecord) -> None:
+        """NOOP lines for the maps and programs a collection keeps (only its attachments or
+        its metadata changed)."""
+        for mname, mr in sorted(rec.maps.items()):
+            mo = d.maps.get(mname)
+            src = mo.source if mo is not None and mo.source is not None else d.source
+            self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
+        for pname, pr in sorted(rec.programs.items()):
+            self.add(Op.NOOP, "program", d.name, pname, f"kept (id {pr.id})", d.source)
+
+    def maps(
+        self, d: DesiredCollection, actual: ActualCollection | None, facts: CollectionFacts | None
+    ) -> None:
+        rec = actual.record if actual is not None else None
+        old_maps = rec.maps if rec is not None else {}
+        gen = rec.generation + 1 if rec is not None else 1
+        known = facts is not None and bool(facts.maps)
+        names = set(facts.maps) if facts is not None and known else set(d.maps) | set(old_maps)
+        for mname in sorted(names | set(old_maps)):
+            mo = d.maps.get(mname)
+            old = old_maps.get(mname)
+            src = mo.source if mo is not None and mo.source is not None else d.source
+            if mname not in names:
+                self.add(Op.DELETE, "map", d.name, mname, "no longer in the object", src)
+                continue
+            if mo is not None and mo.source_from is not None:
+                sf = mo.source_from
+                smap = sf.map or mname
+                key = _source_key(sf.collection, smap, sf.pinned)
+                if sf.pinned is not None:
+                    what = f"pinned map {sf.pinned}"
+                    prob = self.actual.facts.pinned.get(sf.pinned)
+                    if prob is not None:
+                        self.problem(d.name, f"map {mname}: {prob}", src)
+                else:
+                    what = f"map {smap} of collection {sf.collection}"
+                    if (sf.collection, smap) in self.recreated:
+                        self.recreated.add((d.name, mname))
+                if old is None:
+                    self.add(Op.CREATE, "map", d.name, mname, f"substituted: uses {what}", src)
+                elif old.source != key or (d.name, mname) in self.recreated:
+                    self.recreated.add((d.name, mname))
+                    self.add(Op.REPLACE, "map", d.name, mname, f"now uses {what}", src)
+                else:
+                    self.add(Op.NOOP, "map", d.name, mname, f"substituted: uses {what}", src)
+                continue
+            new_shape = facts.maps.get(mname) if facts is not None else None
+            drifted = actual is not None and actual.drifted("map", mname)
+            if old is None or old.source:
+                self.recreated.add((d.name, mname))
+                self.add(Op.CREATE, "map", d.name, mname, "new map", src)
+            elif mo is not None and mo.preserve and not drifted:
+                diff = old.shape.difference(new_shape) if new_shape is not None else None
+                if diff is None:
+                    self.add(
+                        Op.NOOP,
+                        "map",
+                        d.name,
+                        mname,
+                        f"preserved: live map (id {old.id}) is handed to generation {gen}",
+                        src,
+                    )
+                elif mo.on_incompatible is OnIncompatible.RECREATE:
+                    self.recreated.add((d.name, mname))
+                    self.add(
+                        Op.REPLACE,
+                        "map",
+                        d.name,
+                        mname,
+                        f"preserved map is incompatible ({diff}): recreated, its contents are "
+                        "lost (on_incompatible: recreate)",
+                        src,
+                    )
+                else:
+                    self.problem(
+                        d.name,
+                        f"map {mname}: preserved map (id {old.id}) is incompatible with the new "
+                        f"object ({diff}) (set on_incompatible: recreate to drop its contents, "
+                        "or keep the map's definition)",
+                        src,
+                    )
+            elif mo is not None and mo.preserve:
+                self.recreated.add((d.name, mname))
+                self.add(
+                    Op.REPLACE,
+                    "map",
+                    d.name,
+                    mname,
+                    "preserved map is gone (drift): recreated empty",
+                    src,
+                )
+            else:
+                self.recreated.add((d.name, mname))
+                self.add(
+                    Op.REPLACE,
+                    "map",
+                    d.name,
+                    mname,
+                    f"not preserved: recreated with generation {gen}",
+                    src,
+                )
+
+    def programs(
+        self,
+        d: DesiredCollection,
+        rec: CollectionRecord | None,
+        facts: CollectionFacts | None,
+        why: str,
+    ) -> None:
+        old = rec.programs if rec is not None else {}
+        if facts is not None and facts.programs:
+            names = set(facts.programs)
+        elif d.programs is not None:
+            names = set(d.programs)
+        else:
+            names = set(old) | {a.program for a in d.attach}
+        for pname in sorted(names | set(old)):
+            if pname not in names:
+                self.add(Op.DELETE, "program", d.name, pname, "no longer loaded", d.source)
+            elif pname in old:
+                self.add(
+                    Op.REPLACE,
+                    "program",
+                    d.name,
+                    pname,
+                    f"reloaded (new program id): {why}",
+                    d.source,
+                )
+            else:
+                self.add(Op.CREATE, "program", d.name, pname, "new program", d.source)
+
+    def attachments(
+        self, d: DesiredCollection, actual: ActualCollection | None, *, reuse: bool = False
+    ) -> None:
+        rec = actual.record if actual is not None else None
+        old = rec.attachments if rec is not None else {}
+        seen: set[str] = set()
+        for a in d.attach:
+            key = a.key()
+            seen.add(key)
+            kind = target_kind(a.target)
+            ra = old.get(key)
+            src = a.source or d.source
+            if ra is None:
+                ra = previous_link(d, old, key, kind)
+                if ra is not None and not (
+                    actual is not None
+                    and actual.drifted("attachment", ra.key, "missing", "replaced", "detached")
+                ):
+                    seen.add(ra.key)
+                    self.add(
+                        Op.UPDATE,
+                        "attachment",
+                        d.name,
+                        key,
+                        f"link {ra.link_id} switched from {ra.program} to {a.program} in place "
+                        f"(BPF_LINK_UPDATE; a {kind} hook takes one program)",
+                        src,
+                    )
+                    continue
+                ra = None
+            # a live link that runs another program is still switched in place
+            drifted = actual is not None and actual.drifted(
+                "attachment", key, "missing", "replaced", "detached"
+            )
+            if ra is not None and not drifted:
+                if reuse and ra.program == a.program:
+                    self.add(Op.NOOP, "attachment", d.name, key, f"link {ra.link_id}", src)
+                elif kind in IN_PLACE_KINDS:
+                    self.add(
+                        Op.UPDATE,
+                        "attachment",
+                        d.name,
+                        key,
+                        f"link {ra.link_id} switched to the new program in place "
+                        "(BPF_LINK_UPDATE; the hook is never empty)",
+                        src,
+                    )
+                else:
+                    self.add(
+                        Op.REPLACE,
+                        "attachment",
+                        d.name,
+                        key,
+                        f"make-before-break: a new {kind} link is attached before link "
+                        f"{ra.link_id} is detached ({kind} links cannot be updated in place; "
+                        "both programs run for a moment)",
+                        src,
+                    )
+                continue
+            self.check_target(d, a, src)
+            if ra is not None:
+                self.add(
+                    Op.REPLACE,
+                    "attachment",
+                    d.name,
+                    key,
+                    f"re-attach: link {ra.link_id} is gone or detached (drift)",
+                    src,
+                )
+            else:
+                self.add(
+                    Op.CREATE,
+                    "attachment",
+                    d.name,
+                    key,
+                    f"attach {a.program} to {_describe_target(a.target)}",
+                    src,
+                )
+        for key, ra in sorted(old.items()):
+            if key not in seen:
+                self.add(
+                    Op.DELETE,
+                    "attachment",
+                    d.name,
+                    key,
+                    f"no longer declared: link {ra.link_id} is detached",
+                    d.source,
+                )
+
+    def check_target(self, d: DesiredCollection, a: Attachment, src: Source | None) -> None:
+        tf = self.actual.facts.targets.get(a.target.key())
+        if tf is None:
+            return
+        if tf.problem is not None:
+            self.problem(d.name, f"attachment {a.key()}: {tf.problem}", src)
+            return
+        if (
+            isinstance(a.target, XdpTarget)
+            and tf.xdp_prog_id
+            and (tf.xdp_prog_id not in self.own_prog_ids)
+        ):
+            name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
+            self.problem(
+                d.name,
+                f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
+                f"program{name} (id {tf.xdp_prog_id}) attached by someone else; bpforch "
+                "never detaches what it does not own (detach it first, or use another "
+                "interface)",
+                src,
+            )
+
+    # ------------------------------------------------------------------ deletes
+
+    def deletes(self) -> None:
+        desired = self.desired.collections
+        gone: dict[str, CollectionRecord] = {}
+        if self.prune:
+            gone = {n: c.record for n, c in self.actual.collections.items() if n not in desired}
+        order, _ = topo_order({n: r.depends_on for n, r in gone.items()})
+        for name in reversed(order):
+            delete_collection(self.changes, gone[name], "not declared any more (--prune)")
+        for name in sorted(self.actual.orphans) if self.prune else ():
+            if name not in desired and name not in self.actual.collections:
+                self.add(
+                    Op.DELETE,
+                    "collection",
+                    name,
+                    name,
+                    "unrecorded directory left by an interrupted apply: removed",
+                    None,
+                )
+
+
+def delete_collection(changes: list[Change], rec: CollectionRecord, why: str) -> None:
+    """Append the changes that destroy ``rec`` (its attachments first)."""
+    changes.append(
+        Change(Op.DELETE, "collection", rec.name, rec.name, f"{why} (generation {rec.generation})")
+    )
+    for key, ra in sorted(rec.attachments.items()):
+        changes.append(
+            Change(Op.DELETE, "attachment", rec.name, key, f"link {ra.link_id} is detached")
+        )
+    for pname, pr in sorted(rec.programs.items()):
+        changes.append(Change(Op.DELETE, "program", rec.name, pname, f"program id {pr.id}"))
+    for mname, mr in sorted(rec.maps.items()):
+        if mr.source:
+            continue
+        changes.append(Change(Op.DELETE, "map", rec.name, mname, f"map id {mr.id}"))
+
+
+def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> Plan:
+    """Diff ``desired`` against ``actual``. Pure: no syscall, no file access.
+
+    An unchanged collection (equal digest, no drift) gives one NOOP line. A changed one
+    reloads its programs; its attachments are switched in place where the link type allows
+    it (xdp, tcx, cgroup, netns) and make-before-break otherwise; preserved maps are handed
+    to the new generation. With ``prune``, recorded collections that are no longer declared
+    are deleted (dependents first)."""
+    return _Planner(desired, actual, prune).run()
+
+
+def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
+    """The plan that destroys ``names`` (every recorded collection if None), dependents
+    first. Unknown names are problems."""
+    changes: list[Change] = []
+    problems: list[Problem] = []
+    if names is None:
+        chosen = dict(actual.collections)
+    else:
+        chosen = {}
+        for n in names:
+            if n in actual.collections:
+                chosen[n] = actual.collections[n]
+            elif n not in actual.orphans:
+                known = ", ".join(sorted(actual.collections)) or "none"
+                problems.append(Problem(n, f"not applied by bpforch (applied: {known})"))
+    for name, c in sorted(actual.collections.items()):
+        if name in chosen:
+            continue
+        for dep in c.record.depends_on:
+            if dep in chosen:
+                problems.append(
+                    Problem(
+                        dep,
+                        f"collection {name} uses its maps (destroy {name} too, or first)",
+                    )
+                )
+    order, _ = topo_order({n: c.record.depends_on for n, c in chosen.items()})
+    for name in reversed(order):
+        delete_collection(changes, chosen[name].record, "destroy")
+    for name in sorted(actual.orphans):
+        if names is None or name in names:
+            changes.append(
+                Change(
+                    Op.DELETE,
+                    "collection",
+                    name,
+                    name,
+                    "unrecorded directory left by an interrupted apply: removed",
+                )
+            )
+    return Plan(tuple(changes), tuple(problems), tuple(actual.staging))

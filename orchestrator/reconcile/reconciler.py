@@ -1,0 +1,152 @@
+"""The reconciler: observe, plan, apply (stage → switch → commit | rollback), destroy, status.
+
+Kernel requirements: bpffs mounted (the root must be on it), Linux 6.6 for tcx links,
+``renameat2(RENAME_EXCHANGE)`` on bpffs, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON (and
+CAP_SYS_ADMIN to enter other network namespaces).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from orchestrator.ebpf import Error as EbpfError
+from orchestrator.manifest.model import DesiredState
+from orchestrator.reconcile.errors import PlanError, StateError
+from orchestrator.reconcile.hooks import Hooks
+from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
+from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
+from orchestrator.reconcile.state import ActualState
+from orchestrator.reconcile.status import Status, build_status
+from orchestrator.reconcile.store import locked
+
+DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpforch")
+DEFAULT_STATE_DIR = Path("/run/bpforch")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What an apply (or destroy) did. ``generations``: the generation of every collection
+    the record lists afterwards. ``warnings``: problems while releasing the old generation
+    after the commit (leftovers that the next apply removes)."""
+
+    plan: Plan
+    generations: Mapping[str, int]
+    duration_s: float
+    applied: bool = False  # False for dry runs and no-op applies
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "plan": self.plan.to_json(),
+            "generations": dict(sorted(self.generations.items())),
+            "duration_s": round(self.duration_s, 6),
+            "applied": self.applied,
+            "warnings": list(self.warnings),
+        }
+
+
+def raise_problems(p: Plan) -> None:
+    if p.problems:
+        lines = "\n".join(f"  {x}" for x in p.problems)
+        err = PlanError(f"plan has {len(p.problems)} problem(s), nothing was changed:\n{lines}")
+        err.problems = p.problems  # type: ignore[attr-defined]
+        raise err
+
+
+class Reconciler:
+    """Applies desired states to the kernel, owning everything under ``bpffs_root``."""
+
+    def __init__(
+        self,
+        *,
+        bpffs_root: Path = DEFAULT_BPFFS_ROOT,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.bpffs_root = Path(bpffs_root)
+        self.state_dir = Path(state_dir)
+        self.hooks = hooks or Hooks()
+
+    def __repr__(self) -> str:
+        return f"Reconciler(bpffs_root={self.bpffs_root}, state_dir={self.state_dir})"
+
+    def observe(self) -> ActualState:
+        """The record checked against the kernel (drift), staging leftovers, orphans."""
+        try:
+            return observe(self.bpffs_root, self.state_dir)
+        except (EbpfError, OSError) as err:
+            raise StateError(
+                f"observe {self.bpffs_root}: {err} (is bpffs mounted, and are we root?)"
+            ) from err
+
+    def plan(
+        self, desired: DesiredState, *, prune: bool = False, actual: ActualState | None = None
+    ) -> Plan:
+        """Observe (unless ``actual`` is given), gather facts about what may change, and
+        diff. Problems are in ``Plan.problems``; nothing is raised for them."""
+        if actual is None:
+            actual = self.observe()
+        return plan(desired, gather_facts(desired, actual), prune=prune)
+
+    def apply(
+        self,
+        desired: DesiredState,
+        *,
+        prune: bool = False,
+        dry_run: bool | Literal["kernel"] = False,
+    ) -> ApplyResult:
+        """Make the kernel match ``desired``, all or nothing (see
+        :mod:`orchestrator.reconcile.transaction`). Raises :class:`PlanError` for plan
+        problems (nothing changed) and :class:`ApplyError` when a step fails (the previous
+        generation was restored).
+
+        ``dry_run=True``: plan only. ``dry_run="kernel"``: also load every changed
+        collection through the verifier (preserved maps and substitutions included, so map
+        incompatibilities show), then close it all; nothing is pinned, attached or recorded.
+        """
+        from orchestrator.reconcile.transaction import Transaction
+
+        start = time.perf_counter()
+        with locked(self.state_dir):
+            objects = ObjectCache()
+            actual = gather_facts(desired, self.observe(), objects)
+            p = plan(desired, actual, prune=prune)
+            raise_problems(p)
+            gens = {n: c.record.generation for n, c in actual.collections.items()}
+            if dry_run == "kernel":
+                Transaction(
+                    self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+                ).verify()
+            if dry_run or (not p.has_changes and not p.garbage):
+                return ApplyResult(p, gens, time.perf_counter() - start)
+            tx = Transaction(
+                self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+            )
+            gens, warnings = tx.run()
+        return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
+
+    def destroy(self, names: Sequence[str] | None = None) -> ApplyResult:
+        """Detach, unpin and forget ``names`` (every owned collection if None)."""
+        from orchestrator.reconcile.transaction import Transaction
+
+        start = time.perf_counter()
+        with locked(self.state_dir):
+            actual = self.observe()
+            p = plan_destroy(actual, names)
+            raise_problems(p)
+            gens = {n: c.record.generation for n, c in actual.collections.items()}
+            if not p.has_changes and not p.garbage:
+                return ApplyResult(p, gens, time.perf_counter() - start)
+            tx = Transaction(self.bpffs_root, self.state_dir, self.hooks, DesiredState(), actual, p)
+            gens, warnings = tx.run()
+        return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
+
+    def status(self) -> Status:
+        return build_status(self.bpffs_root, self.observe())
+
+
+__all__ = ["DEFAULT_BPFFS_ROOT", "DEFAULT_STATE_DIR", "ApplyResult", "Op", "Reconciler"]

@@ -1,0 +1,246 @@
+"""Status: what is applied, whether the kernel still matches it, with live map entry counts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.ebpf import Map, MapType
+from orchestrator.ebpf.errors import Error as EbpfError
+from orchestrator.reconcile.state import ActualCollection, ActualState, Drift
+
+# Maps whose entries come and go (the rest always hold max_entries elements).
+_HASH_LIKE = frozenset(
+    {
+        MapType.HASH,
+        MapType.PERCPU_HASH,
+        MapType.LRU_HASH,
+        MapType.LRU_PERCPU_HASH,
+        MapType.LPM_TRIE,
+        MapType.HASH_OF_MAPS,
+        MapType.DEVMAP_HASH,
+        MapType.SOCKHASH,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramStatus:
+    name: str
+    id: int
+    tag: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "id": self.id, "tag": self.tag}
+
+
+@dataclass(frozen=True, slots=True)
+class MapStatus:
+    """``entries``: element count for hash-like maps, else ``max_entries``; None when the
+    map could not be opened."""
+
+    name: str
+    id: int
+    pin: str
+    type: str
+    max_entries: int
+    entries: int | None
+    source: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "pin": self.pin,
+            "type": self.type,
+            "max_entries": self.max_entries,
+            "entries": self.entries,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentStatus:
+    key: str
+    program: str
+    kind: str
+    link_id: int
+    pin: str
+    alive: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "program": self.program,
+            "kind": self.kind,
+            "link_id": self.link_id,
+            "pin": self.pin,
+            "alive": self.alive,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionStatus:
+    """One applied collection. ``condition``: Ready (the kernel matches the record),
+    Drifted (something differs but every attachment is still attached) or Degraded (an
+    attachment is gone or detached). ``generation`` counts applies that changed the
+    collection; ``observed_generation`` is the generation the kernel was last seen to match
+    (``generation`` when Ready)."""
+
+    name: str
+    generation: int
+    observed_generation: int
+    digest: str
+    applied_at: str
+    manifest: str
+    git_revision: str | None
+    condition: str
+    reason: str
+    message: str
+    programs: tuple[ProgramStatus, ...]
+    maps: tuple[MapStatus, ...]
+    attachments: tuple[AttachmentStatus, ...]
+    drift: tuple[Drift, ...]
+
+    def map(self, name: str) -> MapStatus:
+        """The map called ``name`` (KeyError if the collection has none)."""
+        for m in self.maps:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def program(self, name: str) -> ProgramStatus:
+        for p in self.programs:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "generation": self.generation,
+            "observed_generation": self.observed_generation,
+            "digest": self.digest,
+            "applied_at": self.applied_at,
+            "manifest": self.manifest,
+            "git_revision": self.git_revision,
+            "condition": self.condition,
+            "reason": self.reason,
+            "message": self.message,
+            "programs": [p.to_json() for p in self.programs],
+            "maps": [m.to_json() for m in self.maps],
+            "attachments": [a.to_json() for a in self.attachments],
+            "drift": [d.to_json() for d in self.drift],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    collections: tuple[CollectionStatus, ...] = ()
+    garbage: tuple[Path, ...] = ()  # staging leftovers the next apply removes
+    orphans: tuple[str, ...] = ()  # unrecorded collection directories
+
+    def get(self, name: str) -> CollectionStatus | None:
+        for c in self.collections:
+            if c.name == name:
+                return c
+        return None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "collections": [c.to_json() for c in self.collections],
+            "garbage": [str(p) for p in self.garbage],
+            "orphans": list(self.orphans),
+        }
+
+
+def _entries(path: Path) -> tuple[int | None, str]:
+    try:
+        m = Map.from_pin(path)
+    except (EbpfError, OSError):
+        return None, "?"
+    with m:
+        t = m.type.name.lower() if isinstance(m.type, MapType) else str(m.type)
+        if m.type in _HASH_LIKE:
+            try:
+                return len(m), t
+            except EbpfError:
+                return None, t
+        return m.max_entries, t
+
+
+def _source_path(root: Path, source: str) -> Path:
+    """Where a substituted map lives: ``pinned:<path>`` or ``collection/<name>/<map>``."""
+    if source.startswith("pinned:"):
+        return Path(source.removeprefix("pinned:"))
+    _, coll, mname = source.split("/", 2)
+    return root / coll / "maps" / mname.replace(".", "_")
+
+
+def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
+    rec = ac.record
+    cdir = root / rec.name
+    programs = tuple(ProgramStatus(p.name, p.id, p.tag) for _, p in sorted(rec.programs.items()))
+    maps = []
+    for _, m in sorted(rec.maps.items()):
+        if m.source:
+            path = _source_path(root, m.source)
+            entries, t = _entries(path)
+            maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
+            continue
+        if not m.pin:  # a frozen data section, recorded by id only
+            maps.append(MapStatus(m.name, m.id, "", "array", m.shape.max_entries, None))
+            continue
+        entries, t = _entries(cdir / m.pin)
+        maps.append(
+            MapStatus(m.name, m.id, os.fspath(cdir / m.pin), t, m.shape.max_entries, entries)
+        )
+    dead = {
+        d.name
+        for d in ac.drift
+        if d.kind == "attachment" and d.code in ("missing", "replaced", "detached")
+    }
+    attachments = tuple(
+        AttachmentStatus(
+            a.key, a.program, a.kind, a.link_id, os.fspath(cdir / a.pin), a.key not in dead
+        )
+        for _, a in sorted(rec.attachments.items())
+    )
+    if not ac.drift:
+        condition, reason, message = "Ready", "Applied", "the kernel matches the record"
+        observed = rec.generation
+    else:
+        condition = "Degraded" if dead else "Drifted"
+        if dead:
+            reason = "LinkDetached"
+        elif any(d.kind == "attachment" for d in ac.drift):
+            reason = "ProgramChanged"
+        else:
+            reason = "PinMissing" if any(d.code == "missing" for d in ac.drift) else "PinReplaced"
+        message = "; ".join(str(d) for d in ac.drift) + " (the next apply repairs it)"
+        observed = rec.generation - 1
+    return CollectionStatus(
+        name=rec.name,
+        generation=rec.generation,
+        observed_generation=observed,
+        digest=rec.digest,
+        applied_at=rec.applied_at,
+        manifest=rec.manifest,
+        git_revision=rec.git_revision,
+        condition=condition,
+        reason=reason,
+        message=message,
+        programs=programs,
+        maps=tuple(maps),
+        attachments=attachments,
+        drift=ac.drift,
+    )
+
+
+def build_status(root: Path, actual: ActualState) -> Status:
+    return Status(
+        tuple(collection_status(root, ac) for _, ac in sorted(actual.collections.items())),
+        actual.staging,
+        actual.orphans,
+    )

@@ -1,0 +1,157 @@
+"""File-system side of the reconciler: the state record, the apply lock, atomic directory
+swaps on bpffs, and the git revision of the manifests' checkout.
+
+The record is written atomically: write a temporary file, fsync it, rename it over
+``state.json``, fsync the directory. A reader sees the old or the new record, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from orchestrator.reconcile.errors import StateError
+from orchestrator.reconcile.state import RECORD_VERSION, StateRecord
+
+RECORD_FILE = "state.json"
+LOCK_FILE = "lock"
+
+# linux/fs.h
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def rename(src: Path, dst: Path, *, exchange: bool = False) -> None:
+    """``renameat2``: with ``exchange``, swap two existing paths atomically
+    (RENAME_EXCHANGE, which bpffs supports through simple_rename since Linux 5.x);
+    otherwise move ``src`` to ``dst`` only if ``dst`` does not exist (RENAME_NOREPLACE)."""
+    flags = RENAME_EXCHANGE if exchange else RENAME_NOREPLACE
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
+
+
+def read_record(state_dir: Path) -> StateRecord:
+    """The record in ``state_dir`` (empty if there is none yet)."""
+    path = state_dir / RECORD_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return StateRecord()
+    except OSError as err:
+        raise StateError(f"state record {path}: {err.strerror}") from err
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
+            raise ValueError(f"unknown record version {data.get('version')!r}")
+        return StateRecord.from_json(data)
+    except (ValueError, KeyError, AssertionError, TypeError) as err:
+        raise StateError(
+            f"state record {path}: unreadable ({err}) (remove it and re-apply; the kernel "
+            "objects under the bpffs root are adopted as unrecorded directories)"
+        ) from err
+
+
+def write_record(state_dir: Path, record: StateRecord) -> None:
+    """Replace the record atomically (tmp, fsync, rename, fsync dir)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_dir / RECORD_FILE
+    tmp = state_dir / f".{RECORD_FILE}.{os.getpid()}.tmp"
+    data = json.dumps(record.to_json(), separators=(",", ":"), sort_keys=True).encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        fsync_dir(state_dir)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StateError(f"state record {path}: write: {err.strerror}") from err
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(state_dir: Path) -> Iterator[None]:
+    """Hold the apply lock (flock on ``state_dir/lock``) for the block: two applies never
+    interleave. Blocks until the lock is free."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise StateError(f"lock {state_dir / LOCK_FILE}: {err.strerror}") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def git_revision(path: Path) -> str | None:
+    """The commit checked out in the git work tree containing ``path`` (read from .git
+    without running git), or None."""
+    here = path if path.is_dir() else path.parent
+    for d in (here, *here.parents):
+        git = d / ".git"
+        try:
+            if git.is_file():  # a worktree: "gitdir: <path>"
+                text = git.read_text().strip()
+                if not text.startswith("gitdir:"):
+                    return None
+                git = (d / text.removeprefix("gitdir:").strip()).resolve()
+            elif not git.is_dir():
+                continue
+            head = (git / "HEAD").read_text().strip()
+            if not head.startswith("ref:"):
+                return head or None
+            ref = head.removeprefix("ref:").strip()
+            for base in (git, _common_dir(git)):
+                f = base / ref
+                if f.is_file():
+                    return f.read_text().strip() or None
+                packed = base / "packed-refs"
+                if packed.is_file():
+                    for line in packed.read_text().splitlines():
+                        sha, _, name = line.partition(" ")
+                        if name == ref:
+                            return sha
+            return None
+        except OSError:
+            return None
+    return None
+
+
+def _common_dir(git: Path) -> Path:
+    try:
+        text = (git / "commondir").read_text().strip()
+    except OSError:
+        return git
+    return (git / text).resolve()

@@ -1,0 +1,660 @@
+"""The apply transaction: stage → switch → commit, or roll back to the old generation.
+
+Layout on bpffs (nothing ever carries a version or generation in its name)::
+
+    <root>/<collection>/maps/<map>        every map the collection owns
+    <root>/<collection>/progs/<program>
+    <root>/<collection>/links/<link>      one pin per attachment
+    <root>/_staging-<txid>/<collection>/…  the next generation while it is being built
+
+bpffs refuses names with a dot, so pins use ``_`` (``.rodata`` is pinned as ``_rodata``).
+
+Steps, each with what its rollback does:
+
+1. **stage** (per changed collection, dependencies first): read the object, rewrite
+   constants, hand over preserved maps and substitutions as map replacements (a
+   substitution from a collection staged in the same transaction uses its staged map), load
+   through the verifier, pin the new tree under the staging directory (preserved maps get a
+   second pin there). *Rollback*: close every fd, remove the staging tree.
+2. **switch** (per attachment): xdp/tcx/cgroup/netns links are switched to the new program
+   with ``BPF_LINK_UPDATE`` (the hook is never empty) and pinned again in the staging tree;
+   tracepoint/raw_tp/uprobe links are replaced make-before-break (the new link is attached
+   and pinned in the staging tree, the old one lives until release); new attachments get new
+   links. *Rollback*: each updated link is switched back to the program it ran before, each
+   new link is detached.
+3. **commit**: each staged collection directory is swapped with the live one in one
+   ``renameat2(RENAME_EXCHANGE)`` (or moved into place if new); deleted collections are moved
+   into the staging directory; then the record is written atomically. *Rollback* (if the
+   record can't be written): every swap and move is undone, then steps 2 and 1 are undone.
+4. **release** (after the record is written, cannot fail the apply): links of the old
+   generation that are not carried over are detached, and the staging directory (now holding
+   the old trees) is removed, unpinning old programs and maps that were not carried over.
+
+A crash (kill -9) leaves, per collection, the old or the new tree at its place, plus a
+staging directory; :func:`observe` reports the difference from the record as drift and the
+staging directory as garbage, and the next apply removes the garbage and converges.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from orchestrator import ebpf
+from orchestrator.ebpf import Collection, CollectionOptions, Map, PinType, Program, ProgType
+from orchestrator.ebpf import links as _links
+from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.collection import load_subset
+from orchestrator.ebpf.pin import ensure_dir, remove_tree
+from orchestrator.manifest.model import (
+    Attachment,
+    CgroupTarget,
+    DesiredCollection,
+    DesiredState,
+    NetnsTarget,
+    RawTracepointTarget,
+    Source,
+    TcTarget,
+    TracepointTarget,
+    UprobeTarget,
+    XdpMode,
+    XdpTarget,
+)
+from orchestrator.reconcile.errors import ApplyError, ReconcileError, where
+from orchestrator.reconcile.hooks import Hooks
+from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
+from orchestrator.reconcile.plan import Op, Plan, load_key, previous_link, target_kind
+from orchestrator.reconcile.state import (
+    ActualState,
+    AttachmentRecord,
+    CollectionRecord,
+    MapRecord,
+    MapShape,
+    ProgramRecord,
+    StateRecord,
+)
+from orchestrator.reconcile.store import git_revision, rename, write_record
+
+
+def link_pin_name(a: Attachment) -> str:
+    """A stable file name for an attachment's link pin (no version, no generation)."""
+    import hashlib
+
+    digest = hashlib.sha256(a.target.key().encode()).hexdigest()[:12]
+    return f"{a.program}-{target_kind(a.target)}-{digest}"
+
+
+def pin_name(name: str) -> str:
+    """A map or program name as a bpffs file name (bpffs refuses dots: ``.rodata`` is
+    pinned as ``_rodata``)."""
+    return _check_name(name.replace(".", "_"))
+
+
+def _check_name(name: str) -> str:
+    if not name or "/" in name or "." in name or "\0" in name:
+        raise ApplyError(f"{name!r}: not usable as a pin name")
+    return name
+
+
+@dataclass
+class _Staged:
+    """One collection's next generation while the transaction runs: freshly loaded
+    (``coll``), or the live programs and maps kept (``coll`` None, only attachments or
+    metadata changed)."""
+
+    desired: DesiredCollection
+    dir: Path
+    coll: Collection | None
+    maps: dict[str, Map]
+    programs: dict[str, Program]
+    object_sha256: str
+    load_key: str
+    shapes: dict[str, MapShape]
+    sources: dict[str, str] = field(default_factory=dict)  # map -> substitution key
+    frozen: set[str] = field(default_factory=set)  # frozen data sections: not pinned
+    carried: dict[str, MapRecord] = field(default_factory=dict)  # kept records, verbatim
+    links: dict[str, tuple[_links.Link, str]] = field(default_factory=dict)  # key -> (link, kind)
+
+
+class Transaction:
+    """One apply or destroy. Use once: :meth:`run`."""
+
+    def __init__(
+        self,
+        root: Path,
+        state_dir: Path,
+        hooks: Hooks,
+        desired: DesiredState,
+        actual: ActualState,
+        plan: Plan,
+        objects: ObjectCache | None = None,
+    ) -> None:
+        self.objects = objects or ObjectCache()
+        self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
+        reloaded = {
+            c.collection for c in plan.changes if c.kind == "program" and c.op is not Op.NOOP
+        }
+        self.kept = {
+            c.collection for c in plan.changes if c.kind == "program" and c.op is Op.NOOP
+        } - reloaded
+        self.root = root
+        self.state_dir = state_dir
+        self.hooks = hooks
+        self.desired = desired
+        self.actual = actual
+        self.plan = plan
+        self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.staging = root / f"{STAGING_PREFIX}{self.txid}"
+        self.staged: dict[str, _Staged] = {}
+        self.undo: list[tuple[str, Callable[[], None]]] = []
+        self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
+        self.warnings: list[str] = []
+        self.current: tuple[str, Source | None] = ("", None)  # for error messages
+        self.verify_only = False
+
+    # ------------------------------------------------------------------ driver
+
+    def verify(self) -> None:
+        """A kernel dry run: load every changed collection through the verifier (with its
+        preserved maps and substitutions as replacements, so incompatibilities show), then
+        close everything. Nothing is pinned, attached or recorded."""
+        self.verify_only = True
+        try:
+            for name in self.plan.collections(Op.CREATE, Op.UPDATE):
+                self.current = (name, self.desired.collections[name].source)
+                self._stage(name)
+        except Exception as err:
+            self._close_all()
+            if isinstance(err, ReconcileError):
+                raise
+            what = where(*self.current) + ": " if self.current[0] else ""
+            raise ApplyError(f"{what}{err} (kernel dry run: nothing was changed)") from err
+        self._close_all()
+
+    def run(self) -> tuple[dict[str, int], list[str]]:
+        """Apply the plan; return the generations in the new record and release warnings."""
+        record: StateRecord | None = None
+        self.current = ("", None)
+        try:
+            self._collect_garbage()
+            ensure_dir(self.root)
+            ensure_dir(self.staging)
+            changed = self.plan.collections(Op.CREATE, Op.UPDATE)
+            for name in changed:
+                self.current = (name, self.desired.collections[name].source)
+                self._stage(name)
+            for name in changed:
+                self.current = (name, self.desired.collections[name].source)
+                self._switch(name)
+            self.current = ("", None)
+            record = self._new_record()
+            self._commit(record)
+        except BaseException as err:
+            problems = self._rollback()
+            self._close_all()
+            if isinstance(err, ReconcileError) and not problems:
+                raise
+            if not isinstance(err, Exception):
+                raise
+            what = where(*self.current) + ": " if self.current[0] else ""
+            extra = ""
+            if problems:
+                extra = " (rollback was incomplete: " + "; ".join(problems) + ")"
+            else:
+                extra = " (nothing was changed: the previous generation is live)"
+            raise ApplyError(f"{what}{err}{extra}") from err
+        self._close_all()
+        self._release(record)
+        return {n: c.generation for n, c in record.collections.items()}, self.warnings
+
+    # ------------------------------------------------------------------ garbage
+
+    def _collect_garbage(self) -> None:
+        """Remove staging directories of interrupted applies (we hold the lock, so nobody
+        else is using them). Only unpinned: a link there may be live in the tree too."""
+        for path in self.actual.staging:
+            try:
+                remove_tree(path)
+            except OSError as err:
+                self.warnings.append(f"staging leftover {path}: {err}")
+
+    # ------------------------------------------------------------------ stage
+
+    def _map_for(self, coll: str, mname: str) -> Map:
+        """An fd (owned by the transaction) for map ``mname`` of collection ``coll``: its
+        staged map if it is in this transaction, else the live one."""
+        st = self.staged.get(coll)
+        if st is not None and mname in st.maps:
+            return st.maps[mname]
+        if st is not None and st.coll is not None:
+            raise ApplyError(f"collection {coll} has no map {mname}")
+        ac = self.actual.collections.get(coll)
+        if ac is None or mname not in ac.record.maps:
+            raise ApplyError(
+                f"map {mname} of collection {coll}: not applied (apply {coll} first, or in "
+                "the same run)"
+            )
+        mr = ac.record.maps[mname]
+        if mr.source.startswith("pinned:"):
+            m = Map.from_pin(self._pinned_path(Path(mr.source.removeprefix("pinned:"))))
+        elif mr.source:
+            _, src, smap = mr.source.split("/", 2)
+            return self._map_for(src, smap)
+        else:
+            m = Map.from_pin(self._owned(coll, mr.pin))
+        self.owned.append(m)
+        return m
+
+    def _pinned_path(self, path: Path) -> Path:
+        problem = pinned_problem(path)
+        if problem is not None:
+            raise ApplyError(problem)
+        return Path(os.path.realpath(path))
+
+    def _owned(self, coll: str, rel: str) -> Path:
+        """``root/coll/rel``, asserting it stays under the root."""
+        root = os.fspath(self.root)
+        real = os.path.normpath(os.path.join(root, _check_name(coll), rel))
+        if not real.startswith(root + os.sep):
+            raise ApplyError(f"{real}: outside {root}; refusing")
+        return Path(real)
+
+    def _stage(self, name: str) -> None:
+        from orchestrator.manifest.objects import ObjectError
+
+        d = self.desired.collections[name]
+        rec = self.actual.collections.get(name)
+        if rec is not None and self._reused(name):
+            self._keep(name, rec.record)
+            return
+        self.hooks.call("load", name)
+        try:
+            info = self.objects.get(d.object_file)
+        except ObjectError as err:
+            raise ApplyError(f"{where(name, d.source)}: object: {err}") from err
+        if d.sha256 and info.sha256 != d.sha256.lower():
+            raise ApplyError(
+                f"{where(name, d.source)}: object {d.object_file} has sha256 {info.sha256}, "
+                f"the manifest wants {d.sha256} (rebuild it, or update sha256)"
+            )
+        spec = info.spec.copy()
+        spec.rewrite_constants(d.constants)
+        shapes: dict[str, MapShape] = {}
+        for mname, ms in spec.maps.items():
+            ms.pinning = PinType.NONE  # every map is pinned by us, under the collection
+            mo = d.maps.get(mname)
+            if mo is not None and mo.max_entries:
+                ms.max_entries = mo.max_entries
+            shapes[mname] = MapShape(
+                int(ms.type), ms.key_size, ms.value_size, ms.max_entries, int(ms.flags)
+            )
+        replacements: dict[str, Map] = {}
+        sources: dict[str, str] = {}
+        for mname, mo in sorted(d.maps.items()):
+            sf = mo.source_from
+            if sf is not None:
+                if sf.pinned is not None:
+                    m = Map.from_pin(self._pinned_path(sf.pinned))
+                    self.owned.append(m)
+                    sources[mname] = f"pinned:{sf.pinned}"
+                else:
+                    assert sf.collection is not None
+                    smap = sf.map or mname
+                    m = self._map_for(sf.collection, smap)
+                    sources[mname] = f"collection/{sf.collection}/{smap}"
+                replacements[mname] = m
+                continue
+            change = self.changes.get((name, "map", mname))
+            if (
+                mo.preserve
+                and rec is not None
+                and mname in rec.record.maps
+                and change is not None
+                and change.op is Op.NOOP
+            ):
+                replacements[mname] = self._map_for(name, mname)
+        self.hooks.call("verify", name)
+        opts = CollectionOptions(map_replacements=replacements)
+        if d.programs is None:
+            coll = Collection(spec, opts)
+        else:
+            coll = load_subset(spec, opts, d.programs, [])
+        sdir = self.staging / _check_name(name)
+        frozen = {n for n, ms in spec.maps.items() if ms.freeze}
+        st = _Staged(
+            d,
+            sdir,
+            coll,
+            coll.maps,
+            coll.programs,
+            info.sha256,
+            load_key(d, info.sha256),
+            shapes,
+            sources,
+            frozen,
+        )
+        self.staged[name] = st
+        if self.verify_only:
+            return
+        self._pin(st)
+
+    def _pin(self, st: _Staged) -> None:
+        """Pin the next generation under the staging directory."""
+        self.hooks.call("pin", st.desired.name)
+        os.mkdir(st.dir, 0o700)  # the staging directory was checked to be on bpffs
+        for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
+            os.mkdir(st.dir / sub, 0o700)
+        for mname, live_map in st.maps.items():
+            # frozen data sections (.rodata) live as long as the programs that use them and
+            # can never change: they are recorded by id, not pinned
+            if mname not in st.sources and mname not in st.frozen:
+                live_map.pin(st.dir / "maps" / pin_name(mname))
+        for pname, p in st.programs.items():
+            p.pin(st.dir / "progs" / pin_name(pname))
+
+    def _reused(self, name: str) -> bool:
+        """The plan keeps this collection's programs and maps (only attachments or metadata
+        changed)."""
+        return name in self.kept
+
+    def _keep(self, name: str, rec: CollectionRecord) -> None:
+        """Stage a collection whose programs and maps stay: open them from their live pins
+        (they get a second pin in the staging tree)."""
+        d = self.desired.collections[name]
+        maps: dict[str, Map] = {}
+        carried: dict[str, MapRecord] = {}
+        for mname, mr in rec.maps.items():
+            if mr.source or not mr.pin:
+                carried[mname] = mr
+                continue
+            m = Map.from_pin(self._owned(name, mr.pin))
+            self.owned.append(m)
+            maps[mname] = m
+        programs: dict[str, Program] = {}
+        for pname, pr in rec.programs.items():
+            p = Program.from_pin(self._owned(name, pr.pin))
+            self.owned.append(p)
+            programs[pname] = p
+        st = _Staged(
+            d,
+            self.staging / _check_name(name),
+            None,
+            maps,
+            programs,
+            rec.object_sha256,
+            rec.load_key,
+            {n: mr.shape for n, mr in rec.maps.items()},
+            carried=carried,
+        )
+        self.staged[name] = st
+        if not self.verify_only:
+            self._pin(st)
+
+    # ------------------------------------------------------------------ switch
+
+    def _switch(self, name: str) -> None:
+        st = self.staged[name]
+        d = st.desired
+        ac = self.actual.collections.get(name)
+        for a in d.attach:
+            key = a.key()
+            self.current = (name, a.source or d.source)
+            prog = st.programs.get(a.program)
+            if prog is None:
+                raise ApplyError(
+                    f"{where(name, a.source or d.source)}: attachment {key}: program "
+                    f"{a.program} is not loaded (add it to programs:)"
+                )
+            change = self.changes.get((name, "attachment", key))
+            pin = st.dir / "links" / link_pin_name(a)
+            kind = target_kind(a.target)
+            if change is not None and change.op is Op.NOOP and ac is not None:
+                # kept as it is: the same link gets a second pin in the new tree
+                link = _links.Link.from_pin(self._owned(name, ac.record.attachments[key].pin))
+                self.owned.append(link)
+            elif change is not None and change.op is Op.UPDATE and ac is not None:
+                ra = ac.record.attachments.get(key) or previous_link(
+                    d, ac.record.attachments, key, kind
+                )
+                assert ra is not None, key
+                link = _links.Link.from_pin(self._owned(name, ra.pin))
+                self.owned.append(link)
+                # undo target: whatever the link runs now (after a crash, that may not be
+                # the recorded program)
+                before = Program.from_id(link.program_id)
+                self.owned.append(before)
+                self.hooks.call("switch", key)
+                link.update(prog, before)
+                self.undo.append(
+                    (f"switch link {link.id} back", partial(link.update, before, prog))
+                )
+            else:
+                self.hooks.call("attach", key)
+                link = self._attach(st, prog, a)
+                self.owned.append(link)
+                self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
+            link.pin(pin)
+            st.links[key] = (link, kind)
+
+    def _attach_xdp(self, prog: Program, t: XdpTarget, mode: str) -> _links.Link:
+        """Attach XDP. When the interface still holds one of our own programs whose link pin
+        is gone, the kernel is releasing that link in a deferred work item
+        (bpf_link_put_deferred): wait for it briefly instead of failing with EBUSY."""
+        ours = {p.id for c in self.actual.collections.values() for p in c.record.programs.values()}
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                return _links.attach_xdp(prog, t.interface, mode, netns=t.netns)  # type: ignore[arg-type]
+            except _links.AttachConflictError:
+                held = _links.xdp_attached(t.interface, t.netns)
+                if held is not None and held.prog_id not in ours:
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _attach(self, st: _Staged, prog: Program, a: Attachment) -> _links.Link:
+        t = a.target
+        if isinstance(t, XdpTarget):
+            mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
+            if mode not in ("auto", "native", "generic"):
+                raise ApplyError(f"attachment {a.key()}: xdp mode {mode} is not supported")
+            return self._attach_xdp(prog, t, mode)
+        if isinstance(t, TcTarget):
+            # before/after name another program of this collection at the same hook (it must
+            # be attached already: declare it earlier)
+            before = st.links.get(f"{t.before}@{t.key()}") if t.before else None
+            after = st.links.get(f"{t.after}@{t.key()}") if t.after else None
+            for anchor, name in ((before, t.before), (after, t.after)):
+                if name and anchor is None:
+                    raise ApplyError(
+                        f"attachment {a.key()}: {name} is not attached at {t.key()} before it "
+                        "(declare that attachment first)"
+                    )
+            return _links.attach_tcx(
+                prog,
+                t.interface,
+                t.direction.value,
+                before=before[0] if before is not None else None,
+                after=after[0] if after is not None else None,
+                netns=t.netns,
+            )
+        if isinstance(t, CgroupTarget):
+            return _links.attach_cgroup(prog, t.path, t.attach)
+        if isinstance(t, TracepointTarget):
+            return _links.attach_tracepoint(prog, t.group, t.name)
+        if isinstance(t, RawTracepointTarget):
+            return _links.attach_raw_tracepoint(prog, t.name)
+        if isinstance(t, UprobeTarget):
+            return _links.attach_uprobe(
+                prog, t.path, t.symbol, t.offset, retprobe=t.retprobe, pid=t.pid
+            )
+        assert isinstance(t, NetnsTarget)
+        at = "sk_lookup" if prog.type == ProgType.SK_LOOKUP else "flow_dissector"
+        return _links.attach_netns(prog, t.netns, at)
+
+    # ------------------------------------------------------------------ commit
+
+    def _new_record(self) -> StateRecord:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out = {n: c.record for n, c in self.actual.collections.items()}
+        revs: dict[Path, str | None] = {}
+        for name, st in self.staged.items():
+            d = st.desired
+            old = out.get(name)
+            maps: dict[str, MapRecord] = dict(st.carried)
+            for mname, m in st.maps.items():
+                mo = d.maps.get(mname)
+                mid = int(_sys.map_info(m.fd).id)
+                src = st.sources.get(mname, "")
+                pinned = not src and mname not in st.frozen
+                maps[mname] = MapRecord(
+                    mname,
+                    mid,
+                    st.shapes.get(
+                        mname,
+                        MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags),
+                    ),
+                    f"maps/{pin_name(mname)}" if pinned else "",
+                    preserve=bool(mo is not None and mo.preserve),
+                    source=src,
+                    ino=os.stat(st.dir / "maps" / pin_name(mname)).st_ino if pinned else 0,
+                )
+            programs: dict[str, ProgramRecord] = {}
+            for pname, p in st.programs.items():
+                pi = _sys.prog_info(p.fd)
+                rel = f"progs/{pin_name(pname)}"
+                programs[pname] = ProgramRecord(
+                    pname,
+                    int(pi.id),
+                    bytes(pi.tag).hex(),
+                    rel,
+                    int(pi.type),
+                    ino=os.stat(st.dir / rel).st_ino,
+                )
+            atts: dict[str, AttachmentRecord] = {}
+            for a in d.attach:
+                link, kind = st.links[a.key()]
+                atts[a.key()] = AttachmentRecord(
+                    a.key(), a.program, kind, link.id, f"links/{link_pin_name(a)}"
+                )
+            base = d.source.file.parent
+            if base not in revs:
+                revs[base] = git_revision(base)
+            out[name] = CollectionRecord(
+                name=name,
+                generation=(old.generation + 1) if old is not None else 1,
+                digest=d.digest,
+                object_file=os.fspath(d.object_file),
+                object_sha256=st.object_sha256,
+                manifest=str(d.source),
+                applied_at=now,
+                git_revision=revs[base],
+                maps=maps,
+                programs=programs,
+                attachments=atts,
+                depends_on=tuple(sorted(d.depends_on())),
+                load_key=st.load_key,
+            )
+        for name in self.plan.collections(Op.DELETE):
+            out.pop(name, None)
+        return StateRecord(out)
+
+    def _commit(self, record: StateRecord) -> None:
+        self.hooks.call("commit", "")
+        for name in self.staged:
+            live = self._owned(name, "")
+            staged = self.staging / name
+            try:
+                rename(staged, live)  # a new collection: move into place (no replace)
+            except FileExistsError:
+                rename(staged, live, exchange=True)  # swap old and new trees atomically
+                self.undo.append(
+                    (f"swap {name} back", partial(rename, staged, live, exchange=True))
+                )
+            else:
+                self.undo.append((f"move {name} back", partial(rename, live, staged)))
+        for name in self.plan.collections(Op.DELETE):
+            live = self._owned(name, "")
+            if not live.exists():
+                continue
+            gone = self.staging / name
+            rename(live, gone)
+            self.undo.append((f"restore {name}", partial(rename, gone, live)))
+        self.hooks.call("record", "")
+        write_record(self.state_dir, record)
+
+    # ------------------------------------------------------------------ rollback / release
+
+    def _rollback(self) -> list[str]:
+        problems = []
+        for what, fn in reversed(self.undo):
+            try:
+                fn()
+            except Exception as err:
+                problems.append(f"{what}: {err}")
+        self.undo.clear()
+        try:
+            remove_tree(self.staging)
+        except OSError as err:
+            problems.append(f"remove {self.staging}: {err}")
+        return problems
+
+    def _close_all(self) -> None:
+        for st in self.staged.values():
+            if st.coll is not None:
+                st.coll.close()
+        for obj in self.owned:
+            obj.close()
+        self.owned.clear()
+
+    def _release(self, record: StateRecord) -> None:
+        """Detach the old generation's links that are not carried over, then unpin the old
+        trees (now in the staging directory)."""
+        try:
+            self.hooks.call("release", "")
+        except Exception as err:
+            self.warnings.append(f"release: {err} (the next apply removes {self.staging})")
+            return
+        keep = {a.link_id for c in record.collections.values() for a in c.attachments.values()}
+        try:
+            trees = [p for p in self.staging.iterdir() if p.is_dir()]
+        except FileNotFoundError:
+            trees = []
+        for tree in trees:
+            links_dir = tree / "links"
+            if not links_dir.is_dir():
+                continue
+            for pin in links_dir.iterdir():
+                try:
+                    with _links.Link.from_pin(pin) as link:
+                        if link.id not in keep:
+                            _detach(link)
+                except ebpf.Error as err:
+                    self.warnings.append(f"release {pin}: {err}")
+        try:
+            remove_tree(self.staging)
+        except OSError as err:
+            self.warnings.append(f"release {self.staging}: {err}")
+
+
+def _detach(link: _links.Link) -> None:
+    """Detach now where the link type allows it; perf_event and raw_tp links detach when
+    their last fd and pin go."""
+    try:
+        link.detach()
+    except ebpf.NotSupportedError:
+        pass
+    except ebpf.Error as err:
+        if getattr(err, "errno", None) != errno.ENOLINK:
+            raise
+
+
+__all__ = ["Transaction", "link_pin_name"]

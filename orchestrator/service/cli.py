@@ -1,0 +1,176 @@
+"""The ``watch`` and ``serve`` verbs, added to the ``bpforch`` parser by
+:func:`add_commands` (``orchestrator/cli.py`` calls it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from orchestrator.service.config import (
+    DEFAULT_BPFFS_ROOT,
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_STATE_DIR,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    ServiceConfig,
+    load_config,
+)
+from orchestrator.service.errors import ServiceError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def _logging_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="auto (default): human on a terminal, key=value otherwise",
+    )
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="default: info")
+    p.add_argument(
+        "--detach-on-exit",
+        action="store_true",
+        default=None,
+        help="remove every owned collection on SIGTERM/SIGINT (default: programs stay "
+        "attached and pinned, and a restart adopts them)",
+    )
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``watch`` and ``serve`` to the ``bpforch`` command line. Each sets
+    ``func(args, out, err) -> int``."""
+    p = subparsers.add_parser(
+        "watch",
+        help="apply manifests, then re-apply on every change (foreground)",
+        description="Apply the manifests, then watch them and every object file they "
+        "reference, and re-apply after each burst of changes. Invalid changes are never "
+        "applied: the last good state stays live. SIGHUP re-applies; SIGTERM/SIGINT stop "
+        "and leave the programs attached.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    p.add_argument(
+        "--bpffs-root",
+        type=Path,
+        default=Path(os.environ.get("BPFORCH_BPFFS_ROOT", DEFAULT_BPFFS_ROOT)),
+        help=f"bpffs directory bpforch owns (default: {DEFAULT_BPFFS_ROOT}, "
+        "or $BPFORCH_BPFFS_ROOT)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("BPFORCH_STATE_DIR", DEFAULT_STATE_DIR)),
+        help=f"record and status directory (default: {DEFAULT_STATE_DIR}, or $BPFORCH_STATE_DIR)",
+    )
+    p.add_argument(
+        "--debounce-ms",
+        type=int,
+        default=100,
+        help="quiet time after the last change before applying (default: 100)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=int,
+        default=1000,
+        help="longest a continuous burst of changes may delay an apply (default: 1000)",
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove owned collections that no manifest declares any more",
+    )
+    _logging_options(p)
+    p.set_defaults(func=cmd_watch)
+
+    p = subparsers.add_parser(
+        "serve",
+        help="run as a systemd service (Type=notify) from a configuration file",
+        description="Like watch, but configured by a file (re-read on SIGHUP) and speaking "
+        "the systemd notification protocol when $NOTIFY_SOCKET is set.",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("BPFORCH_CONFIG", DEFAULT_CONFIG_PATH)),
+        help=f"configuration file (default: {DEFAULT_CONFIG_PATH}, or $BPFORCH_CONFIG)",
+    )
+    _logging_options(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+        "detach_on_exit": args.detach_on_exit,
+    }
+
+
+def cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.debounce_ms < 0 or args.max_delay_ms < args.debounce_ms:
+        print(
+            "error: need 0 <= --debounce-ms <= --max-delay-ms (raise --max-delay-ms)",
+            file=err,
+        )
+        return EXIT_ERROR
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"error: no such file or directory: {', '.join(missing)}", file=err)
+        return EXIT_ERROR
+    config = ServiceConfig(
+        manifests=tuple(p.absolute() for p in args.paths),
+        bpffs_root=args.bpffs_root.absolute(),
+        state_dir=args.state_dir.absolute(),
+        debounce_ms=args.debounce_ms,
+        max_delay_ms=args.max_delay_ms,
+        prune=args.prune,
+    ).with_overrides(**_overrides(args))
+    return _run(config, None, err)
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    overrides = _overrides(args)
+    path: Path = args.config
+
+    def reload() -> ServiceConfig:
+        return load_config(path).with_overrides(**overrides)
+
+    try:
+        config = reload()
+    except ServiceError as exc:
+        for problem in getattr(exc, "problems", ()) or (exc,):
+            print(f"error: {problem}", file=err)
+        return EXIT_ERROR
+    return _run(config, reload, err)
+
+
+def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err: TextIO) -> int:
+    from orchestrator.service.backend import DeclarativeBackend
+    from orchestrator.service.daemon import Daemon
+    from orchestrator.service.logs import setup_logging
+    from orchestrator.service.notify import Notifier, WatchdogSettings
+
+    def use(c: ServiceConfig) -> None:
+        setup_logging(c.log_format, c.log_level, err)
+
+    use(config)
+    try:
+        notifier = Notifier.from_env()
+        watchdog = WatchdogSettings.from_env()
+        daemon = Daemon(
+            config,
+            lambda c: DeclarativeBackend(c.bpffs_root, c.state_dir),
+            notifier=notifier,
+            watchdog=watchdog,
+            reload_config=reload,
+            on_config=use,
+        )
+    except ServiceError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    with notifier:
+        return daemon.run()

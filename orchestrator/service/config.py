@@ -1,0 +1,181 @@
+"""The service configuration: ``/etc/bpforch/config.yaml``, validated against
+``schemas/config.schema.json``.
+
+Every problem is reported with the file, line and column of the offending value, like
+manifest errors are. Relative paths are resolved against the configuration file's own
+directory, so a configuration and its manifests can move together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from orchestrator.service.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG_PATH = Path("/etc/bpforch/config.yaml")
+DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpforch")
+DEFAULT_STATE_DIR = Path("/run/bpforch")
+SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "schemas" / "config.schema.json"
+
+LOG_FORMATS = ("auto", "human", "logfmt", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """What the watch loop and the daemon run with. Paths are absolute."""
+
+    manifests: tuple[Path, ...]
+    bpffs_root: Path = DEFAULT_BPFFS_ROOT
+    state_dir: Path = DEFAULT_STATE_DIR
+    debounce_ms: int = 100
+    max_delay_ms: int = 1000
+    prune: bool = False
+    detach_on_exit: bool = False
+    log_format: str = "auto"
+    log_level: str = "info"
+    source: Path | None = None  # the file it was read from (None: built from arguments)
+
+    def with_overrides(self, **changes: object) -> ServiceConfig:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+@cache
+def schema() -> Mapping[str, object]:
+    with SCHEMA_PATH.open() as f:
+        loaded: dict[str, object] = json.load(f)
+    return loaded
+
+
+Marks = dict[tuple[str | int, ...], tuple[int, int]]
+
+
+def _to_python(
+    node: yaml.Node, path: tuple[str | int, ...], marks: Marks, key_marks: Marks
+) -> object:
+    """Convert a composed YAML node to plain values, remembering where each value (and
+    each mapping key) is."""
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, object] = {}
+        for key_node, value_node in node.value:
+            key = str(_scalar(key_node))
+            key_marks[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _to_python(value_node, (*path, key), marks, key_marks)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*path, i), marks, key_marks) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> object:
+    constructor = yaml.constructor.SafeConstructor()
+    return constructor.construct_object(node, deep=True)
+
+
+def _json_path(path: Sequence[str | int]) -> str:
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def parse_config(text: str, file: Path) -> ServiceConfig:
+    """Validate configuration text that was read from ``file``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+        what = getattr(err, "problem", None) or str(err)
+        problem = ConfigProblem(file, line, col, "$", f"invalid yaml: {what}")
+        raise ConfigError(f"invalid configuration: {problem}", (problem,)) from err
+    marks: Marks = {}
+    key_marks: Marks = {}
+    data = {} if node is None else _to_python(node, (), marks, key_marks)
+    validator = jsonschema.Draft202012Validator(schema())
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
+        path = tuple(error.absolute_path)
+        message = error.message[:1].lower() + error.message[1:]
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            # point at each unknown key rather than at the mapping that holds it
+            known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+            for key in error.instance:
+                if key not in known:
+                    line, col = key_marks.get((*path, key), (0, 0))
+                    problems.append(
+                        ConfigProblem(
+                            file, line, col, _json_path((*path, key)), "unknown field (a typo?)"
+                        )
+                    )
+            continue
+        # the mark of the deepest path that exists (a missing key points at its parent)
+        line, col = 0, 0
+        for i in range(len(path), -1, -1):
+            if path[:i] in marks:
+                line, col = marks[path[:i]]
+                break
+        problems.append(ConfigProblem(file, line, col, _json_path(path), message))
+    if not problems and isinstance(data, dict):
+        debounce = int(data.get("debounce_ms", 100))
+        max_delay = int(data.get("max_delay_ms", max(1000, debounce)))
+        if max_delay < debounce:
+            line, col = marks.get(("max_delay_ms",), (0, 0))
+            problems.append(
+                ConfigProblem(
+                    file,
+                    line,
+                    col,
+                    "$.max_delay_ms",
+                    f"{max_delay} is below debounce_ms {debounce} (raise it or leave it out)",
+                )
+            )
+    if problems:
+        summary = str(problems[0])
+        if len(problems) > 1:
+            summary += f" (and {len(problems) - 1} more)"
+        raise ConfigError(f"invalid configuration: {summary}", tuple(problems))
+    assert isinstance(data, dict)
+    base = file.parent
+
+    def path_of(value: object) -> Path:
+        p = Path(str(value)).expanduser()
+        return p if p.is_absolute() else (base / p).absolute()
+
+    debounce_ms = int(data.get("debounce_ms", 100))
+    return ServiceConfig(
+        manifests=tuple(path_of(m) for m in data["manifests"]),
+        bpffs_root=path_of(data.get("bpffs_root", DEFAULT_BPFFS_ROOT)),
+        state_dir=path_of(data.get("state_dir", DEFAULT_STATE_DIR)),
+        debounce_ms=debounce_ms,
+        max_delay_ms=int(data.get("max_delay_ms", max(1000, debounce_ms))),
+        prune=bool(data.get("prune", False)),
+        detach_on_exit=bool(data.get("detach_on_exit", False)),
+        log_format=str(data.get("log_format", "auto")),
+        log_level=str(data.get("log_level", "info")),
+        source=file,
+    )
+
+
+def load_config(file: Path = DEFAULT_CONFIG_PATH) -> ServiceConfig:
+    """Read and validate a configuration file."""
+    file = file.absolute()
+    try:
+        text = file.read_text()
+    except OSError as err:
+        problem = ConfigProblem(file, 0, 0, "$", f"cannot read: {err.strerror or err}")
+        raise ConfigError(
+            f"cannot read configuration {file}: {(err.strerror or str(err)).lower()} "
+            "(pass --config PATH or create it; see packaging/config.yaml)",
+            (problem,),
+        ) from err
+    return parse_config(text, file)

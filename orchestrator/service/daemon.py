@@ -1,0 +1,419 @@
+"""The reconcile daemon behind ``bpforch watch`` and ``bpforch serve``.
+
+One thread decides everything: it blocks in a selector on one socket that wakes it for
+signals (``signal.set_wakeup_fd``) and for file changes (written by the watcher's thread),
+with a timeout only when a deadline is pending (the end of a debounce window, the next
+watchdog ping). An idle daemon therefore sleeps in the kernel and uses no CPU.
+
+Notifications (sd_notify(3)), each line one datagram:
+
+- start: ``STATUS=starting: ...``, then after the first successful reconcile
+  ``READY=1`` + ``STATUS=ready: ...``;
+- a reconcile after a change: ``STATUS=ready: ...`` or ``STATUS=degraded: <reason>``;
+- SIGHUP: ``RELOADING=1`` + ``MONOTONIC_USEC=...`` + ``STATUS=reloading ...``, then
+  ``READY=1`` + ``STATUS=...`` (also when degraded: the reload itself is over);
+- SIGTERM/SIGINT: ``STOPPING=1`` + ``STATUS=stopping: ...``;
+- ``WATCHDOG=1`` every half of ``$WATCHDOG_USEC``.
+
+An invalid change never reaches the kernel: the last good state stays live, the problems
+are logged with their file:line:col, and the status says ``degraded: <reason>`` until a
+valid change is applied. Stopping leaves every program attached and pinned (a restarted
+daemon adopts them without reloading), unless ``detach_on_exit`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from types import FrameType
+
+from orchestrator.manifest.model import DesiredState
+from orchestrator.service.backend import (
+    ApplyFailedError,
+    ApplySummary,
+    Backend,
+    InvalidStateError,
+)
+from orchestrator.service.config import ServiceConfig
+from orchestrator.service.errors import ConfigError
+from orchestrator.service.notify import Notifier, WatchdogSettings, monotonic_usec
+from orchestrator.service.status import DaemonStatus, process_start_time, write_status
+from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet, referenced_objects
+
+_log = logging.getLogger(__name__)
+
+_STATUS_MAX = 400  # characters of a STATUS= line
+# How long a file that is being written (modified, not closed yet) may hold back a
+# reconcile; after that its writer is not waited for.
+WRITE_SETTLE_MAX = 5.0
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= _STATUS_MAX else line[: _STATUS_MAX - 3] + "..."
+
+
+class Daemon:
+    """Runs the watch/reconcile loop until SIGTERM or SIGINT.
+
+    ``backend_factory`` makes the backend for a configuration (called again on reload when
+    the bpffs root or state dir changed); ``reload_config`` re-reads the configuration on
+    SIGHUP (None for ``bpforch watch``, whose configuration comes from arguments);
+    ``on_config`` is called with every configuration taken into use (to set up logging).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        backend_factory: Callable[[ServiceConfig], Backend],
+        *,
+        notifier: Notifier | None = None,
+        watchdog: WatchdogSettings | None = None,
+        reload_config: Callable[[], ServiceConfig] | None = None,
+        on_config: Callable[[ServiceConfig], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._backend_factory = backend_factory
+        self._backend = backend_factory(config)
+        self._notifier = notifier if notifier is not None else Notifier(None)
+        self._watchdog = watchdog
+        self._reload_config = reload_config
+        self._on_config = on_config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._debouncer = self._new_debouncer(config)
+        self._watcher: FileWatcher | None = None
+        self._good: DesiredState | None = None
+        self._ready_sent = False
+        self._changes = 0  # relevant changes seen (a torn read shows as a change during it)
+        self._quiet = False  # inside a reload: its READY=1 carries the final STATUS
+        self._line = ""
+        self._stop_requested = False
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._status = DaemonStatus(
+            pid=os.getpid(),
+            pid_start=process_start_time(os.getpid()) or 0,
+            phase="starting",
+            config=str(config.source or ""),
+            manifests=tuple(str(m) for m in config.manifests),
+            started_at=time.time(),
+        )
+
+    @staticmethod
+    def _new_debouncer(config: ServiceConfig) -> Debouncer:
+        quiet = config.debounce_ms / 1000
+        return Debouncer(quiet, max(quiet, config.max_delay_ms / 1000))
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def status(self) -> DaemonStatus:
+        return self._status
+
+    def request_stop(self) -> None:
+        """Stop the loop from another thread (tests, embedding)."""
+        self._stop_requested = True
+        self._wake()
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code (0)."""
+        previous = self._install_signals()
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        self._watcher = FileWatcher(self._changed)
+        try:
+            self._publish("starting", f"starting: {len(self.config.manifests)} manifest path(s)")
+            self._notify(STATUS=self._status_line())
+            self._watcher.start()
+            self._retarget(None)
+            self._reconcile("start")
+            next_ping = self._clock() + self._watchdog.interval if self._watchdog else None
+            while not self._stop_requested:
+                timeout = self._timeout(next_ping)
+                selector.select(timeout)
+                self._drain()
+                for signum in self._take_signals():
+                    if signum == signal.SIGHUP:
+                        self._reload()
+                    else:
+                        _log.info("stopping on %s", signal.Signals(signum).name)
+                        self._stop_requested = True
+                if self._stop_requested:
+                    break
+                now = self._clock()
+                if next_ping is not None and self._watchdog is not None and now >= next_ping:
+                    self._notify(WATCHDOG=1)
+                    next_ping = now + self._watchdog.interval
+                with self._lock:
+                    burst = self._debouncer.take(now)
+                if burst:
+                    if self._writes_in_progress(now):
+                        continue
+                    self._reconcile(f"{burst} change(s)")
+            self._shutdown()
+        finally:
+            self._watcher.stop()
+            selector.close()
+            self._restore_signals(previous)
+            self._wake_r.close()
+            self._wake_w.close()
+        return 0
+
+    # ------------------------------------------------------------------ loop parts
+
+    def _timeout(self, next_ping: float | None) -> float | None:
+        with self._lock:
+            deadline = self._debouncer.deadline()
+        deadlines = [d for d in (deadline, next_ping) if d is not None]
+        if not deadlines:
+            return None  # nothing pending: sleep until a signal or a file change
+        return max(0.0, min(deadlines) - self._clock())
+
+    def _writes_in_progress(self, now: float) -> bool:
+        """True (and the debounce window re-armed) while a watched file is half-written."""
+        if self._watcher is None:
+            return False
+        busy = self._watcher.writing(WRITE_SETTLE_MAX)
+        if not busy:
+            return False
+        _log.debug("waiting for writes to finish", extra={"fields": {"files": ",".join(busy)}})
+        with self._lock:
+            self._debouncer.touch(now)
+        return True
+
+    def _changed(self, path: str) -> None:
+        """Called by the watcher thread for each relevant change."""
+        with self._lock:
+            self._changes += 1
+            self._debouncer.touch(self._clock())
+        _log.debug("change", extra={"fields": {"path": path}})
+        self._wake()
+
+    def _wake(self) -> None:
+        # BlockingIOError: already awake (buffer full); OSError: shutting down
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _drain(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _install_signals(self) -> dict[int, object]:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self._signals.append(signum)
+
+        previous: dict[int, object] = {}
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+        previous[-1] = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, object]) -> None:
+        for sig, old in previous.items():
+            if sig == -1:
+                signal.set_wakeup_fd(old if isinstance(old, int) else -1)
+            elif callable(old) or isinstance(old, signal.Handlers | int):
+                signal.signal(sig, old)
+
+    def _take_signals(self) -> list[int]:
+        taken, self._signals[:] = list(self._signals), []
+        return taken
+
+    # ------------------------------------------------------------------ actions
+
+    def _reconcile(self, why: str) -> bool:
+        """Validate, then apply. True if the kernel now matches the manifests."""
+        started = self._clock()
+        with self._lock:
+            changes_before = self._changes
+        self._status = replace(self._status, reconciles=self._status.reconciles + 1)
+        try:
+            desired = self._backend.load(self.config.manifests)
+        except InvalidStateError as err:
+            if self._torn(changes_before):
+                return False
+            for problem in err.problems:
+                _log.error("invalid: %s", problem, extra={"fields": {"trigger": why}})
+            self._status = replace(
+                self._status, invalid=self._status.invalid + 1, problems=err.problems
+            )
+            self._retarget(None)
+            self._degraded(str(err))
+            return False
+        except Exception as err:  # a bug in validation must not stop the daemon either
+            _log.exception("internal error while validating", extra={"fields": {"trigger": why}})
+            self._status = replace(self._status, problems=(repr(err),))
+            self._retarget(None)
+            self._degraded(f"internal error: {err!r}")
+            return False
+        if self._torn(changes_before):
+            return False
+        self._retarget(desired)
+        self._status = replace(self._status, applies=self._status.applies + 1)
+        try:
+            summary = self._backend.apply(desired, self.config.prune)
+        except ApplyFailedError as err:
+            _log.error("%s", err, extra={"fields": {"trigger": why}})
+            self._status = replace(self._status, problems=(str(err),))
+            self._degraded(str(err))
+            return False
+        except Exception as err:  # a bug must not take the live programs' daemon down
+            _log.exception("internal error while applying", extra={"fields": {"trigger": why}})
+            self._status = replace(self._status, problems=(repr(err),))
+            self._degraded(f"internal error: {err!r}")
+            return False
+        self._good = desired
+        elapsed_ms = (self._clock() - started) * 1000
+        _log.info(
+            "applied: %s",
+            summary,
+            extra={"fields": {"trigger": why, "ms": f"{elapsed_ms:.1f}"}},
+        )
+        self._ready(summary)
+        return True
+
+    def _torn(self, changes_before: int) -> bool:
+        """Whether the files changed while they were read: then what was read may mix old
+        and new contents, so it is neither applied nor reported; the change that came in
+        has re-armed the debounce window and the next reconcile reads the files again."""
+        with self._lock:
+            changed = self._changes != changes_before
+            if changed:
+                self._debouncer.touch(self._clock())
+        if not changed:
+            return False
+        self._status = replace(self._status, deferred=self._status.deferred + 1)
+        _log.debug("files changed while being read: reading them again after they settle")
+        return True
+
+    def _ready(self, summary: ApplySummary) -> None:
+        assert self._good is not None
+        self._status = replace(
+            self._status,
+            collections=tuple(sorted(self._good.collections)),
+            last_applied_at=time.time(),
+            summary=str(summary),
+            problems=(),
+        )
+        self._publish("ready", f"ready: {summary}")
+        if self._quiet:
+            return
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._notify(READY=1, STATUS=self._status_line())
+        else:
+            self._notify(STATUS=self._status_line())
+
+    def _degraded(self, reason: str) -> None:
+        self._publish("degraded", f"degraded: {reason}")
+        if not self._quiet:
+            self._notify(STATUS=self._status_line())
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the configuration (if any) and reconcile. Always ends with
+        ``READY=1``: the reload is over even when the result is degraded."""
+        _log.info("reloading")
+        self._publish("reloading", "reloading configuration")
+        self._notify(RELOADING=1, MONOTONIC_USEC=monotonic_usec(), STATUS=self._status_line())
+        self._quiet = True
+        try:
+            self._reload_quietly()
+        finally:
+            self._quiet = False
+        self._ready_sent = True
+        self._notify(READY=1, STATUS=self._status_line())
+
+    def _reload_quietly(self) -> None:
+        if self._reload_config is not None:
+            try:
+                new = self._reload_config()
+            except ConfigError as err:
+                for problem in err.problems or (err,):
+                    _log.error("configuration: %s", problem)
+                self._degraded(f"{err} (kept the previous configuration)")
+                return
+            self._use_config(new)
+        with self._lock:
+            self._debouncer.take(float("inf"))  # this reconcile covers pending changes
+        self._retarget(self._good)
+        self._reconcile("reload")
+
+    def _use_config(self, new: ServiceConfig) -> None:
+        old = self.config
+        if (new.bpffs_root, new.state_dir) != (old.bpffs_root, old.state_dir):
+            self._backend = self._backend_factory(new)
+        with self._lock:
+            self._debouncer = self._new_debouncer(new)
+        self.config = new
+        self._status = replace(
+            self._status,
+            config=str(new.source or ""),
+            manifests=tuple(str(m) for m in new.manifests),
+        )
+        if self._on_config is not None:
+            self._on_config(new)
+
+    def _shutdown(self) -> None:
+        if self.config.detach_on_exit:
+            line = "stopping: detaching every collection"
+        else:
+            line = "stopping: programs stay attached"
+        self._publish("stopping", line)
+        self._notify(STOPPING=1, STATUS=self._status_line())
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self.config.detach_on_exit:
+            try:
+                self._backend.destroy_all()
+                _log.info("detached every collection")
+            except ApplyFailedError as err:
+                _log.error("%s", err)
+        self._publish("stopped", "stopped")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _retarget(self, desired: DesiredState | None) -> None:
+        """Watch the manifests and every object they reference (of the last good state,
+        plus a lenient scan so that a not-yet-valid manifest's object is watched too)."""
+        if self._watcher is None:
+            return
+        objects = set(referenced_objects(self.config.manifests))
+        for state in (desired, self._good):
+            if state is not None:
+                objects.update(state.objects())
+        watch_set = WatchSet.build(self.config.manifests, objects)
+        self._watcher.update(watch_set)
+        self._status = replace(
+            self._status, watched=tuple(str(d) for d, _ in self._watcher.directories)
+        )
+
+    def _status_line(self) -> str:
+        return self._line
+
+    def _publish(self, phase: str, line: str) -> None:
+        self._line = _one_line(line)
+        reason = line.split(": ", 1)[1] if phase == "degraded" and ": " in line else ""
+        self._status = replace(self._status, phase=phase, reason=reason, updated_at=time.time())
+        try:
+            write_status(self.config.state_dir, self._status)
+        except OSError as err:
+            _log.warning("cannot write the status file: %s", err)
+
+    def _notify(self, **fields: str | int) -> None:
+        self._notifier.notify(**fields)

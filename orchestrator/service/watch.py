@@ -1,0 +1,293 @@
+"""Watching manifests and object files, and turning bursts of changes into one reconcile.
+
+The watch uses watchdog's inotify observer: a thread blocked in ``read()`` on the inotify
+fd, so an idle daemon costs no CPU (no polling). Directories are watched rather than files,
+because the usual ways files change replace them:
+
+- editors write a new file and rename it over the old one (and delete a backup);
+- git writes files afresh and renames its index into place;
+- Kubernetes mounts a ConfigMap as symlinks ``name -> ..data/name`` and swaps the
+  ``..data`` symlink atomically to a new timestamped directory (``..2024_01_01_...``);
+- ``make`` rewrites object files in place, often in several writes.
+
+:class:`Debouncer` is pure (it is given the time) and holds two timestamps, whatever the
+number of events, so memory stays bounded under an event storm.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.inotify import InotifyObserver
+
+_log = logging.getLogger(__name__)
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+# events that can change what a file holds; opens, reads and attribute changes cannot
+_CONTENT_EVENTS = (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    FileClosedEvent,  # close after write
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+)
+
+
+class Debouncer:
+    """Coalesces change notifications: :meth:`due` becomes true ``quiet`` seconds after the
+    last change, or ``max_delay`` seconds after the first change of a burst that never goes
+    quiet, whichever comes first. Not thread-safe by itself (the daemon holds a lock)."""
+
+    def __init__(self, quiet: float, max_delay: float) -> None:
+        if quiet < 0 or max_delay < quiet:
+            raise ValueError(f"debounce: need 0 <= quiet ({quiet}) <= max_delay ({max_delay})")
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._first: float | None = None
+        self._last: float | None = None
+        self.events = 0  # changes seen in the pending burst
+
+    def touch(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        self._last = now
+        self.events += 1
+
+    @property
+    def pending(self) -> bool:
+        return self._first is not None
+
+    def deadline(self) -> float | None:
+        if self._first is None or self._last is None:
+            return None
+        return min(self._last + self.quiet, self._first + self.max_delay)
+
+    def due(self, now: float) -> bool:
+        deadline = self.deadline()
+        return deadline is not None and now >= deadline
+
+    def take(self, now: float) -> int:
+        """If due, reset and return the number of changes coalesced; else 0."""
+        if not self.due(now):
+            return 0
+        n = self.events
+        self._first = self._last = None
+        self.events = 0
+        return n
+
+
+def _norm(path: Path | str) -> Path:
+    return Path(os.path.abspath(path))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSet:
+    """What to watch and which events matter. ``manifest_dirs`` are watched recursively
+    (manifest directories are read recursively); ``files`` are exact files whose parent
+    directory is watched (manifest files given by name, and object files)."""
+
+    manifest_dirs: frozenset[Path] = frozenset()
+    files: frozenset[Path] = frozenset()
+
+    @classmethod
+    def build(cls, manifests: Iterable[Path], objects: Iterable[Path] = ()) -> WatchSet:
+        dirs: set[Path] = set()
+        files: set[Path] = set()
+        for m in manifests:
+            p = _norm(m)
+            if p.is_dir():
+                dirs.add(p)
+            else:
+                files.add(p)
+        files.update(_norm(o) for o in objects)
+        return cls(frozenset(dirs), frozenset(files))
+
+    def directories(self) -> dict[Path, bool]:
+        """Directory -> recursive, for the observer. Missing directories are skipped (a
+        later reconcile attempt, after something changed, computes the set again)."""
+        out: dict[Path, bool] = {d: True for d in self.manifest_dirs if d.is_dir()}
+        for f in self.files:
+            parent = f.parent
+            if parent.is_dir() and not any(parent.is_relative_to(d) for d in self.manifest_dirs):
+                out.setdefault(parent, False)
+        return out
+
+    def relevant(self, path: str, is_directory: bool = False) -> bool:
+        """Whether a change of ``path`` may change the desired state."""
+        if not path:
+            return False
+        p = _norm(path)
+        if p in self.files:
+            return True
+        if p.name.startswith(".."):  # a ConfigMap's ..data swap or its timestamped dirs
+            return True
+        if p.name.startswith(".") or p.name.endswith("~"):
+            return False  # editor swap/backup files and git lock files
+        for d in self.manifest_dirs:
+            if p.is_relative_to(d):
+                return is_directory or p.suffix in MANIFEST_SUFFIXES
+        return False
+
+    def event_relevant(self, event: FileSystemEvent) -> bool:
+        if not isinstance(event, _CONTENT_EVENTS):
+            return False
+        paths = [_decode(event.src_path), _decode(getattr(event, "dest_path", "") or "")]
+        return any(self.relevant(p, event.is_directory) for p in paths)
+
+
+def _decode(value: str | bytes) -> str:
+    return os.fsdecode(value)
+
+
+def referenced_objects(manifests: Iterable[Path]) -> frozenset[Path]:
+    """Object files named by ``spec.object`` in the manifests, found by a lenient scan that
+    never fails. Used to keep watching objects while the manifests do not validate (for
+    example a manifest that names an object ``make`` has not built yet)."""
+    files: list[Path] = []
+    for m in manifests:
+        p = _norm(m)
+        if p.is_dir():
+            for root, dirs, names in os.walk(p, followlinks=True):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # as the loader does
+                files.extend(
+                    Path(root) / n
+                    for n in names
+                    if n.endswith(MANIFEST_SUFFIXES) and not n.startswith(".")
+                )
+        else:
+            files.append(p)
+    out: set[Path] = set()
+    for f in files:
+        try:
+            docs = list(yaml.safe_load_all(f.read_text()))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for doc in docs:
+            spec = doc.get("spec") if isinstance(doc, dict) else None
+            obj = spec.get("object") if isinstance(spec, dict) else None
+            if isinstance(obj, str) and obj:
+                out.add(_norm(f.parent / obj))
+    return frozenset(out)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FileWatcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._watcher._event(event)
+
+
+@dataclass
+class FileWatcher:
+    """Runs the inotify observer and calls ``on_change(path)`` (from the observer's
+    thread) for every relevant change. :meth:`update` re-targets it.
+
+    It also remembers which relevant files were written to and not closed yet
+    (IN_MODIFY without IN_CLOSE_WRITE): :meth:`writing` lists them, so that the daemon
+    never reads a file that a writer is still in the middle of (an editor saving in place,
+    ``make`` writing an object, a slow copy)."""
+
+    on_change: Callable[[str], None]
+    _writing: dict[str, float] = field(default_factory=dict, init=False)
+    _observer: InotifyObserver = field(default_factory=InotifyObserver, init=False)
+    _watches: dict[tuple[Path, bool], object] = field(default_factory=dict, init=False)
+    _set: WatchSet = field(default_factory=WatchSet, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _started: bool = field(default=False, init=False)
+
+    def start(self) -> None:
+        self._observer.daemon = True
+        self._observer.start()
+        self._started = True
+
+    def stop(self) -> None:
+        if self._started:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._started = False
+
+    @property
+    def watch_set(self) -> WatchSet:
+        return self._set
+
+    @property
+    def directories(self) -> tuple[tuple[Path, bool], ...]:
+        return tuple(sorted(self._watches, key=str))
+
+    def update(self, watch_set: WatchSet) -> None:
+        """Watch exactly the directories ``watch_set`` needs (adds and removes watches)."""
+        wanted = set(watch_set.directories().items())
+        with self._lock:
+            self._set = watch_set
+            for key in list(self._watches):
+                if key not in wanted:
+                    self._observer.unschedule(self._watches.pop(key))  # type: ignore[arg-type]
+            for key in sorted(wanted - set(self._watches), key=str):
+                directory, recursive = key
+                try:
+                    # the filter also narrows the inotify mask: reads of a watched
+                    # directory's files (IN_OPEN, IN_CLOSE_NOWRITE) never wake us
+                    self._watches[key] = self._observer.schedule(
+                        _Handler(self),
+                        str(directory),
+                        recursive=recursive,
+                        event_filter=list(_CONTENT_EVENTS),
+                    )
+                except OSError as err:
+                    _log.warning(
+                        "cannot watch %s: %s", directory, err, extra={"fields": {"dir": directory}}
+                    )
+            _log.debug(
+                "watching %d directories",
+                len(self._watches),
+                extra={"fields": {"dirs": ",".join(str(d) for d, _ in self._watches)}},
+            )
+
+    def writing(self, max_age: float, now: float | None = None) -> tuple[str, ...]:
+        """Relevant files written to and not closed yet, for at most ``max_age`` seconds
+        (a writer that keeps a file open longer is not waited for)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for path, since in list(self._writing.items()):
+                if now - since >= max_age:
+                    del self._writing[path]
+            return tuple(sorted(self._writing))
+
+    def _event(self, event: FileSystemEvent) -> None:
+        with self._lock:
+            relevant = self._set.event_relevant(event)
+            if relevant and not event.is_directory:
+                src = _decode(event.src_path)
+                if isinstance(event, FileModifiedEvent):
+                    self._writing.setdefault(src, time.monotonic())
+                elif isinstance(event, FileClosedEvent | FileDeletedEvent):
+                    self._writing.pop(src, None)
+                elif isinstance(event, FileMovedEvent):
+                    self._writing.pop(src, None)
+                    self._writing.pop(_decode(event.dest_path), None)
+        if relevant:
+            self.on_change(_decode(getattr(event, "dest_path", "") or event.src_path))

@@ -1,0 +1,104 @@
+"""Fixtures for reconciler tests: a private bpffs root and state dir per test, manifests
+written into tmp_path, and kernel-object checks by id."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.ebpf import sys as bpfsys
+from orchestrator.ebpf.errors import SyscallError
+from orchestrator.manifest import load_manifests
+from orchestrator.manifest.model import DesiredState
+from orchestrator.reconcile import Hooks, Reconciler, Status
+from tests.conftest import BPF_DIR
+
+
+@dataclass
+class Env:
+    root: Path
+    state_dir: Path
+    manifests: Path
+
+    def reconciler(self, hooks: Hooks | None = None) -> Reconciler:
+        return Reconciler(bpffs_root=self.root, state_dir=self.state_dir, hooks=hooks)
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.manifests / f"{name}.yaml"
+        path.write_text(textwrap.dedent(text).replace("@BPF@", os.fspath(BPF_DIR)))
+        return path
+
+    def remove(self, name: str) -> None:
+        (self.manifests / f"{name}.yaml").unlink()
+
+    def desired(self) -> DesiredState:
+        return load_manifests([self.manifests])
+
+
+@pytest.fixture
+def env(pin_dir: Path, tmp_path: Path) -> Iterator[Env]:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    e = Env(pin_dir / "root", tmp_path / "state", manifests)
+    yield e
+    # whatever a test left: never leave links attached to the test's namespaces
+    with contextlib.suppress(Exception):
+        e.reconciler().destroy()
+
+
+def prog_alive(prog_id: int) -> bool:
+    try:
+        bpfsys.fd_by_id(bpfsys.Cmd.PROG_GET_FD_BY_ID, prog_id).close()
+    except SyscallError:
+        return False
+    return True
+
+
+def link_alive(link_id: int) -> bool:
+    try:
+        bpfsys.fd_by_id(bpfsys.Cmd.LINK_GET_FD_BY_ID, link_id).close()
+    except SyscallError:
+        return False
+    return True
+
+
+def map_alive(map_id: int) -> bool:
+    try:
+        bpfsys.fd_by_id(bpfsys.Cmd.MAP_GET_FD_BY_ID, map_id).close()
+    except SyscallError:
+        return False
+    return True
+
+
+def snapshot(status: Status) -> dict[str, object]:
+    """Ids and pins of everything applied (to compare before/after a failed apply)."""
+    return {
+        c.name: (
+            c.generation,
+            c.digest,
+            tuple((p.name, p.id) for p in c.programs),
+            tuple((m.name, m.id, m.pin) for m in c.maps),
+            tuple((a.key, a.link_id, a.alive) for a in c.attachments),
+            c.condition,
+        )
+        for c in status.collections
+    }
+
+
+def pins_under(root: Path) -> list[str]:
+    if not root.exists():
+        return []
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            out.append(os.path.relpath(os.path.join(dirpath, f), root))
+    return sorted(out)
+
+
+MakeFn = Callable[..., Path]

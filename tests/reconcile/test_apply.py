@@ -1,0 +1,418 @@
+"""End to end against the real kernel: apply the example objects in namespaces and a cgroup
+the tests make, see them work, read status, destroy and check that nothing is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.ebpf import Map
+from orchestrator.reconcile import Op, Reconciler
+from tests.conftest import BPF_DIR
+from tests.netns import Cgroup, UdpReceiver, VethPair, send_udp
+from tests.reconcile.conftest import Env, link_alive, map_alive, pins_under, prog_alive
+
+pytestmark = pytest.mark.kernel
+ROOT_BPF = BPF_DIR
+
+
+def xdp_manifest(env: Env, veth: VethPair, version: int = 1, name: str = "xdp-counter") -> None:
+    env.write(
+        name,
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: {name}}}
+        spec:
+          object: @BPF@/xdp_counter.o
+          constants: {{version: {version}}}
+          maps:
+            counters: {{pin: true, preserve: true}}
+          attach:
+            - program: xdp_count
+              xdp: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, mode: generic}}
+        """,
+    )
+
+
+def tc_manifest(env: Env, veth: VethPair) -> None:
+    env.write(
+        "tc-filter",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: tc-filter}}
+        spec:
+          object: @BPF@/tc_filter.o
+          maps:
+            blocked_ports: {{pin: true, preserve: true}}
+            stats: {{pin: true, preserve: true}}
+          attach:
+            - program: tc_ingress
+              tc: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, direction: ingress}}
+        """,
+    )
+
+
+def tp_manifest(env: Env, tgid: int = 0) -> None:
+    env.write(
+        "tp-counter",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: tp-counter}}
+        spec:
+          object: @BPF@/tp_counter.o
+          constants: {{target_tgid: {tgid}}}
+          attach:
+            - program: count_getppid
+              tracepoint: {{group: syscalls, name: sys_enter_getppid}}
+        """,
+    )
+
+
+def cgroup_manifest(env: Env, cg: Cgroup) -> None:
+    env.write(
+        "cgroup-egress",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: cgroup-egress}}
+        spec:
+          object: @BPF@/cgroup_egress.o
+          attach:
+            - program: cg_egress
+              cgroup: {{path: {cg.path}, attach: egress}}
+        """,
+    )
+
+
+def shared_manifests(env: Env) -> None:
+    env.write(
+        "shared",
+        """
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {name: shared-owner}
+        spec:
+          object: @BPF@/shared_owner.o
+          maps:
+            shared_stats: {pin: true, preserve: true}
+          attach:
+            - program: count_getpid
+              tracepoint: {group: syscalls, name: sys_enter_getpid}
+        ---
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {name: shared-user}
+        spec:
+          object: @BPF@/shared_user.o
+          maps:
+            shared_stats:
+              from: {collection: shared-owner, map: shared_stats}
+          attach:
+            - program: count_gettid
+              tracepoint: {group: syscalls, name: sys_enter_gettid}
+        """,
+    )
+
+
+def counter(env: Env, coll: str, mapname: str, key: int) -> int:
+    with Map.from_pin(env.root / coll / "maps" / mapname) as m:
+        v = m[key]
+    assert isinstance(v, int)
+    return v
+
+
+def test_apply_all_examples_then_destroy(
+    env: Env, veth: VethPair, cgroup: Cgroup, fd_guard: None
+) -> None:
+    xdp_manifest(env, veth)
+    tc_manifest(env, veth)
+    tp_manifest(env, tgid=os.getpid())
+    cgroup_manifest(env, cgroup)
+    shared_manifests(env)
+    r = env.reconciler()
+    desired = env.desired()
+
+    p = r.plan(desired)
+    assert not p.problems, p.problems
+    names = p.collections(Op.CREATE)
+    # the map owner comes before the collection that substitutes its map
+    assert names.index("shared-owner") < names.index("shared-user")
+    result = r.apply(desired)
+    assert result.applied
+    assert result.generations == {n: 1 for n in desired.collections}
+
+    # XDP and tc see real UDP across the veth; a blocked port is dropped by tc
+    with Map.from_pin(env.root / "tc-filter" / "maps" / "blocked_ports") as blocked:
+        blocked[4001] = 1
+    with UdpReceiver(veth.b, 4000) as ok, UdpReceiver(veth.b, 4001) as dropped:
+        send_udp(veth.a, veth.b, 4000, count=10)
+        send_udp(veth.a, veth.b, 4001, count=5)
+        assert ok.drain() == 10
+        assert dropped.drain() == 0
+    assert counter(env, "xdp-counter", "counters", 0) == 15
+    assert counter(env, "xdp-counter", "counters", 2) == 1  # version
+    assert counter(env, "tc-filter", "stats", 0) == 10
+    assert counter(env, "tc-filter", "stats", 1) == 5
+
+    # tracepoint: only this process (target_tgid) is counted
+    before = counter(env, "tp-counter", "calls", 0)
+    for _ in range(7):
+        os.getppid()
+    assert counter(env, "tp-counter", "calls", 0) == before + 7
+
+    # cgroup egress: a process in the cgroup sends 3 datagrams
+    cgroup.run_python(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for _ in range(3): s.sendto(b'x', ('127.0.0.1', 9))"
+    )
+    assert counter(env, "cgroup-egress", "egress_stats", 0) >= 3
+
+    # shared map: both programs count into the owner's map
+    with Map.from_pin(env.root / "shared-owner" / "maps" / "shared_stats") as shared:
+        p0, p1 = shared[0], shared[1]
+        os.getpid()
+        import threading
+
+        threading.get_native_id()
+        assert isinstance(p0, int) and isinstance(p1, int)
+        time.sleep(0.01)
+        assert shared[0] > p0  # type: ignore[operator]
+
+    status = r.status()
+    doc = json.loads(json.dumps(status.to_json()))
+    assert sorted(c["name"] for c in doc["collections"]) == sorted(desired.collections)
+    for c in status.collections:
+        assert c.condition == "Ready", c.message
+        assert c.generation == 1 and c.digest == desired.collections[c.name].digest
+        assert all(a.alive for a in c.attachments)
+    user = status.get("shared-user")
+    owner = status.get("shared-owner")
+    assert user is not None and owner is not None
+    # substitution: the user's map is the owner's map (same id)
+    assert user.map("shared_stats").id == owner.map("shared_stats").id
+    assert user.map("shared_stats").source == "collection/shared-owner/shared_stats"
+    tc = status.get("tc-filter")
+    assert tc is not None
+    assert {m.name: m.entries for m in tc.maps}["blocked_ports"] == 1
+
+    ids = [(p.id, "prog") for c in status.collections for p in c.programs]
+    ids += [(a.link_id, "link") for c in status.collections for a in c.attachments]
+    ids += [(m.id, "map") for c in status.collections for m in c.maps]
+
+    # a second apply with nothing changed is a no-op
+    again = r.apply(env.desired())
+    assert not again.applied and not again.plan.has_changes
+
+    gone = r.destroy()
+    assert gone.applied and gone.generations == {}
+    assert pins_under(env.root) == []
+    assert r.status().collections == ()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and any(
+        (prog_alive if kind == "prog" else link_alive if kind == "link" else map_alive)(i)
+        for i, kind in ids
+    ):
+        time.sleep(0.02)  # programs and maps are freed after an RCU grace period
+    for i, kind in ids:
+        alive = {"prog": prog_alive, "link": link_alive, "map": map_alive}[kind](i)
+        assert not alive, f"{kind} {i} is still alive after destroy"
+
+
+def test_second_reconciler_sees_what_the_first_applied(env: Env, veth: VethPair) -> None:
+    xdp_manifest(env, veth)
+    env.reconciler().apply(env.desired())
+    fresh = Reconciler(bpffs_root=env.root, state_dir=env.state_dir)
+    p = fresh.plan(env.desired())
+    assert not p.has_changes
+    st = fresh.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready"
+
+
+def test_prog_array_keeps_its_entries_after_the_applying_process(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """The prog array is pinned with the collection, so tail calls keep working when the
+    process that applied is gone (the kernel clears a prog array with no user reference)."""
+    from orchestrator.ebpf import Program
+    from tests.reconcile.test_drift import apply_in_subprocess
+
+    env.write(
+        "tail",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: tail}}
+        spec:
+          object: @BPF@/tailcall.o
+          attach:
+            - program: xdp_entry
+              xdp: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, mode: generic}}
+        """,
+    )
+    apply_in_subprocess(env)
+    st = env.reconciler().status().get("tail")
+    assert st is not None and st.condition == "Ready"
+    assert (env.root / "tail" / "maps" / "jump_table").exists()
+    with Program.from_pin(env.root / "tail" / "progs" / "xdp_entry") as entry:
+        res = entry.test_run(data=bytes([0]) + bytes(63))
+        assert res.retval == 2  # XDP_PASS from tail_pass, reached through the prog array
+        res = entry.test_run(data=bytes([2]) + bytes(63))
+        assert res.retval == 1  # XDP_DROP from tail_drop
+    with Map.from_pin(env.root / "tail" / "maps" / "hits") as hits:
+        assert hits[0] == 1 and hits[2] == 1
+
+
+def test_foreign_xdp_owner_is_a_plan_problem(env: Env, veth: VethPair, fd_guard: None) -> None:
+    from orchestrator import ebpf
+    from orchestrator.ebpf import links
+    from orchestrator.reconcile import PlanError
+
+    xdp_manifest(env, veth)
+    with ebpf.load_collection(ROOT_BPF / "xdp_counter.o") as coll:
+        prog = coll.programs["xdp_count"]
+        with links.attach_xdp(prog, veth.b.name, "generic", netns=veth.b.ns.path) as link:
+            r = env.reconciler()
+            p = r.plan(env.desired())
+            assert len(p.problems) == 1
+            text = str(p.problems[0])
+            assert f"id {prog.id}" in text and "xdp_count" in text
+            assert "attached by someone else" in text and "xdp-counter.yaml:" in text
+            with pytest.raises(PlanError):
+                r.apply(env.desired())
+            state = links.xdp_attached(veth.b.name, veth.b.ns.path)
+            assert state is not None and state.link_id == link.id  # left alone
+            assert pins_under(env.root) == []
+
+
+def test_missing_targets_are_plan_problems(env: Env, tmp_path: Path) -> None:
+    env.write(
+        "missing",
+        """
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {name: missing}
+        spec:
+          object: @BPF@/xdp_counter.o
+          attach:
+            - program: xdp_count
+              xdp: {interface: nosuchif0, netns: /var/run/netns/bpft-nosuchns}
+        ---
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {name: missing-cg}
+        spec:
+          object: @BPF@/cgroup_egress.o
+          attach:
+            - program: cg_egress
+              cgroup: {path: /sys/fs/cgroup/unified/bpft-nosuchgroup, attach: egress}
+        """,
+    )
+    try:
+        desired = env.desired()
+    except Exception as err:  # the manifest layer may already refuse missing targets
+        pytest.fail(f"manifests should load without kernel checks: {err}")
+    texts = sorted(str(x) for x in env.reconciler().plan(desired).problems)
+    assert len(texts) == 2, texts
+    assert "network namespace /var/run/netns/bpft-nosuchns does not exist" in texts[0]
+    assert "cgroup /sys/fs/cgroup/unified/bpft-nosuchgroup does not exist" in texts[1]
+
+
+def test_dry_run_and_prune(env: Env, veth: VethPair, fd_guard: None) -> None:
+    xdp_manifest(env, veth)
+    tp_manifest(env)
+    r = env.reconciler()
+    dry = r.apply(env.desired(), dry_run=True)
+    assert not dry.applied and dry.plan.counts() == (8, 0, 0)  # 2 x (2 maps, prog, link)
+    assert pins_under(env.root) == [] and r.status().collections == ()
+    r.apply(env.desired())
+    env.remove("tp-counter")
+    # without prune, an undeclared collection stays
+    p = r.plan(env.desired())
+    assert not p.has_changes
+    r.apply(env.desired())
+    assert r.status().get("tp-counter") is not None
+    p = r.plan(env.desired(), prune=True)
+    assert p.collection_op("tp-counter") is Op.DELETE
+    result = r.apply(env.desired(), prune=True)
+    assert result.generations == {"xdp-counter": 1}
+    assert r.status().get("tp-counter") is None
+    assert not (env.root / "tp-counter").exists()
+
+
+def test_applies_never_interleave(env: Env, veth: VethPair) -> None:
+    import threading
+
+    from orchestrator.reconcile.store import locked
+
+    xdp_manifest(env, veth)
+    done = threading.Event()
+    with locked(env.state_dir):
+        t = threading.Thread(target=lambda: (env.reconciler().apply(env.desired()), done.set()))
+        t.start()
+        time.sleep(0.3)
+        assert not done.is_set()  # waits for the lock
+        assert not (env.root / "xdp-counter").exists()
+    t.join(10)
+    assert done.is_set()
+    assert (env.root / "xdp-counter").exists()
+
+
+def test_noop_apply_only_reads(
+    env: Env, veth: VethPair, monkeypatch: pytest.MonkeyPatch, fd_guard: None
+) -> None:
+    """A second apply with nothing changed reads the record, stats the map and program pins
+    and asks the kernel about each link (BPF_OBJ_GET + info): no load, no create, no pin."""
+    from orchestrator.ebpf import sys as bpfsys
+
+    xdp_manifest(env, veth)
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    desired = env.desired()
+    seen: list[bpfsys.Cmd] = []
+    real = bpfsys.bpf
+
+    def spy(cmd: bpfsys.Cmd, attr: object) -> int:
+        seen.append(cmd)
+        return real(cmd, attr)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bpfsys, "bpf", spy)
+    result = r.apply(desired)
+    monkeypatch.undo()
+    assert not result.applied and not result.plan.has_changes
+    links_n = 2  # one link per collection
+    assert sorted(seen) == sorted(
+        [bpfsys.Cmd.OBJ_GET] * links_n + [bpfsys.Cmd.OBJ_GET_INFO_BY_FD] * links_n
+    )
+
+
+def test_status_names_the_git_revision_of_the_manifests(env: Env, veth: VethPair) -> None:
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    git = require_tool("git")
+    xdp_manifest(env, veth)
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [git, "-C", str(env.manifests), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    run("init", "-q")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "m")
+    head = run("rev-parse", "HEAD")
+    r = env.reconciler()
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.git_revision == head
+    assert st.manifest.startswith(str(env.manifests / "xdp-counter.yaml") + ":")
+    assert st.applied_at.endswith("Z")

@@ -1,0 +1,390 @@
+"""The pure plan: hand-made desired and actual states, no kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.manifest.model import (
+    Attachment,
+    DesiredCollection,
+    DesiredState,
+    MapFrom,
+    MapOptions,
+    OnIncompatible,
+    Source,
+    TracepointTarget,
+    XdpTarget,
+)
+from orchestrator.reconcile import (
+    ActualCollection,
+    ActualState,
+    AttachmentRecord,
+    CollectionFacts,
+    CollectionRecord,
+    Drift,
+    Facts,
+    MapRecord,
+    MapShape,
+    Op,
+    ProgramRecord,
+    TargetFacts,
+    plan,
+    plan_destroy,
+)
+
+ARRAY = MapShape(type=2, key_size=4, value_size=8, max_entries=4, flags=0)
+XDP = XdpTarget(interface="veth0")
+TP = TracepointTarget(group="syscalls", name="sys_enter_getppid")
+
+
+def coll(
+    name: str,
+    digest: str = "d1",
+    *,
+    maps: dict[str, MapOptions] | None = None,
+    attach: tuple[Attachment, ...] = (),
+) -> DesiredCollection:
+    return DesiredCollection(
+        name=name,
+        object_file=Path(f"/obj/{name}.o"),
+        source=Source(Path(f"/m/{name}.yaml"), 3, 1),
+        maps=maps or {},
+        attach=attach,
+        digest=digest,
+    )
+
+
+def desired(*colls: DesiredCollection) -> DesiredState:
+    return DesiredState({c.name: c for c in colls})
+
+
+def record(
+    name: str,
+    digest: str = "d1",
+    *,
+    generation: int = 1,
+    maps: dict[str, MapRecord] | None = None,
+    progs: tuple[str, ...] = ("prog",),
+    atts: tuple[AttachmentRecord, ...] = (),
+    deps: tuple[str, ...] = (),
+) -> CollectionRecord:
+    return CollectionRecord(
+        name=name,
+        generation=generation,
+        digest=digest,
+        object_file=f"/obj/{name}.o",
+        object_sha256="x",
+        manifest=f"/m/{name}.yaml:3:1",
+        applied_at="2026-01-01T00:00:00Z",
+        maps=maps or {"counters": MapRecord("counters", 10, ARRAY, "maps/counters")},
+        programs={p: ProgramRecord(p, 100 + i, "ab", f"progs/{p}") for i, p in enumerate(progs)},
+        attachments={a.key: a for a in atts},
+        depends_on=deps,
+    )
+
+
+def actual(
+    *recs: CollectionRecord,
+    drift: dict[str, tuple[Drift, ...]] | None = None,
+    facts: Facts | None = None,
+    orphans: tuple[str, ...] = (),
+) -> ActualState:
+    drift = drift or {}
+    return ActualState(
+        {r.name: ActualCollection(r, drift.get(r.name, ())) for r in recs},
+        orphans=orphans,
+        facts=facts or Facts(),
+    )
+
+
+def facts_for(*names: str, shape: MapShape = ARRAY) -> Facts:
+    return Facts(
+        collections={
+            n: CollectionFacts(programs=("prog",), maps={"counters": shape}) for n in names
+        }
+    )
+
+
+def ops(p: object) -> list[tuple[str, str, str, Op]]:
+    from orchestrator.reconcile import Plan
+
+    assert isinstance(p, Plan)
+    return [(c.kind, c.collection, c.name, c.op) for c in p.changes]
+
+
+def test_create_everything_for_a_new_collection() -> None:
+    att = Attachment("prog", XDP)
+    p = plan(desired(coll("a", attach=(att,))), actual(facts=facts_for("a")))
+    assert ops(p) == [
+        ("collection", "a", "a", Op.CREATE),
+        ("map", "a", "counters", Op.CREATE),
+        ("program", "a", "prog", Op.CREATE),
+        ("attachment", "a", att.key(), Op.CREATE),
+    ]
+    assert p.counts() == (3, 0, 0)
+    assert p.has_changes and not p.problems
+    assert "Plan: 3 to add, 0 to change, 0 to destroy." in str(p)
+
+
+def test_equal_digest_and_no_drift_is_a_noop() -> None:
+    p = plan(desired(coll("a")), actual(record("a", generation=4)))
+    assert ops(p) == [("collection", "a", "a", Op.NOOP)]
+    assert not p.has_changes
+    assert p.counts() == (0, 0, 0)
+    assert "generation 4" in p.changes[0].reason
+
+
+def test_changed_digest_replaces_programs_and_updates_xdp_in_place() -> None:
+    xdp = Attachment("prog", XDP)
+    tp = Attachment("prog", TP)
+    rec = record(
+        "a",
+        generation=2,
+        atts=(
+            AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),
+            AttachmentRecord(tp.key(), "prog", "tracepoint", 8, "links/t"),
+        ),
+    )
+    d = coll("a", "d2", maps={"counters": MapOptions("counters", preserve=True)}, attach=(xdp, tp))
+    p = plan(desired(d), actual(rec, facts=facts_for("a")))
+    got = {(c.kind, c.name): c for c in p.changes}
+    assert got[("collection", "a")].op is Op.UPDATE
+    assert "generation 2 -> 3" in got[("collection", "a")].reason
+    assert got[("program", "prog")].op is Op.REPLACE
+    assert got[("map", "counters")].op is Op.NOOP
+    assert "preserved" in got[("map", "counters")].reason
+    assert got[("attachment", xdp.key())].op is Op.UPDATE
+    assert "BPF_LINK_UPDATE" in got[("attachment", xdp.key())].reason
+    assert got[("attachment", tp.key())].op is Op.REPLACE
+    assert "make-before-break" in got[("attachment", tp.key())].reason
+    # program -/+ (1 add 1 destroy), xdp ~, tracepoint -/+
+    assert p.counts() == (2, 1, 2)
+
+
+def test_non_preserved_map_is_recreated() -> None:
+    p = plan(desired(coll("a", "d2")), actual(record("a"), facts=facts_for("a")))
+    c = p.change("a", "map", "counters")
+    assert c is not None and c.op is Op.REPLACE and "not preserved" in c.reason
+
+
+def test_incompatible_preserved_map_is_a_problem_unless_recreate() -> None:
+    bigger = MapShape(2, 4, 8, 64, 0)
+    keep = {
+        "counters": MapOptions("counters", preserve=True, source=Source(Path("/m/a.yaml"), 9, 5))
+    }
+    p = plan(
+        desired(coll("a", "d2", maps=keep)), actual(record("a"), facts=facts_for("a", shape=bigger))
+    )
+    assert len(p.problems) == 1
+    text = str(p.problems[0])
+    assert "collection a (/m/a.yaml:9:5)" in text
+    assert "max entries 4 -> 64" in text and "on_incompatible: recreate" in text
+
+    recreate = {
+        "counters": MapOptions("counters", preserve=True, on_incompatible=OnIncompatible.RECREATE)
+    }
+    p = plan(
+        desired(coll("a", "d2", maps=recreate)),
+        actual(record("a"), facts=facts_for("a", shape=bigger)),
+    )
+    assert not p.problems
+    c = p.change("a", "map", "counters")
+    assert c is not None and c.op is Op.REPLACE and "contents are lost" in c.reason
+
+
+def test_dependencies_come_first_and_follow_recreated_maps() -> None:
+    sub = {"counters": MapOptions("counters", source_from=MapFrom(collection="owner"))}
+    user = coll("user", maps=sub)
+    owner = coll("owner", "d2")
+    rec_user = record(
+        "user",
+        maps={"counters": MapRecord("counters", 10, ARRAY, "", source="collection/owner/counters")},
+        deps=("owner",),
+    )
+    p = plan(
+        desired(user, owner), actual(record("owner"), rec_user, facts=facts_for("owner", "user"))
+    )
+    colls = [c.collection for c in p.changes if c.kind == "collection"]
+    assert colls == ["owner", "user"]
+    # the owner's map is recreated, so the user (same digest) must reload too
+    assert p.collection_op("user") is Op.UPDATE
+    assert (
+        "follows owner/counters"
+        in p.changes[[c.collection for c in p.changes].index("user")].reason
+    )
+
+    # a preserved owner map is the same object: the user stays untouched
+    keep = {"counters": MapOptions("counters", preserve=True)}
+    owner = coll("owner", "d2", maps=keep)
+    p = plan(
+        desired(user, owner), actual(record("owner"), rec_user, facts=facts_for("owner", "user"))
+    )
+    assert p.collection_op("user") is Op.NOOP
+
+
+def test_prune_deletes_dependents_first_and_only_with_prune() -> None:
+    a = record("a")
+    b = record("b", deps=("a",))
+    p = plan(desired(), actual(a, b))
+    assert p.changes == () and not p.has_changes
+    p = plan(desired(), actual(a, b), prune=True)
+    colls = [c.collection for c in p.changes if c.kind == "collection"]
+    assert colls == ["b", "a"]
+    assert all(c.op is Op.DELETE for c in p.changes)
+    assert p.counts() == (0, 0, 4)  # two programs, two maps
+
+
+def test_drift_is_repaired_by_reattaching() -> None:
+    xdp = Attachment("prog", XDP)
+    rec = record("a", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),))
+    drift = {"a": (Drift("attachment", xdp.key(), "link 7 was detached", "detached"),)}
+    p = plan(desired(coll("a", attach=(xdp,))), actual(rec, drift=drift, facts=facts_for("a")))
+    assert p.collection_op("a") is Op.UPDATE
+    assert "repair drift" in p.changes[0].reason
+    c = p.change("a", "attachment", xdp.key())
+    assert c is not None and c.op is Op.REPLACE and "re-attach" in c.reason
+
+    # a live link that runs another program is switched in place
+    drift = {"a": (Drift("attachment", xdp.key(), "runs 9", "program"),)}
+    p = plan(desired(coll("a", attach=(xdp,))), actual(rec, drift=drift, facts=facts_for("a")))
+    c = p.change("a", "attachment", xdp.key())
+    assert c is not None and c.op is Op.UPDATE
+
+
+def test_foreign_xdp_owner_and_missing_targets_are_problems() -> None:
+    xdp = Attachment("prog", XDP, source=Source(Path("/m/a.yaml"), 12, 7))
+    facts = Facts(
+        collections={"a": CollectionFacts(programs=("prog",), maps={"counters": ARRAY})},
+        targets={XDP.key(): TargetFacts(xdp_prog_id=4242, xdp_prog_name="other_fw")},
+    )
+    p = plan(desired(coll("a", attach=(xdp,))), actual(facts=facts))
+    assert len(p.problems) == 1
+    text = str(p.problems[0])
+    assert "/m/a.yaml:12:7" in text and "other_fw" in text and "4242" in text
+    assert "never detaches" in text
+
+    # our own program on that interface is not foreign
+    rec = record("a", progs=("prog",))
+    own = Facts(facts.collections, {XDP.key(): TargetFacts(xdp_prog_id=100)})
+    p = plan(desired(coll("a", "d2", attach=(xdp,))), actual(rec, facts=own))
+    assert not p.problems
+
+    missing = Facts(
+        facts.collections, {XDP.key(): TargetFacts(problem="interface veth0 does not exist")}
+    )
+    p = plan(desired(coll("a", attach=(xdp,))), actual(facts=missing))
+    assert "interface veth0 does not exist" in str(p.problems[0])
+
+
+def test_pinned_source_and_unsupported_programs_are_problems() -> None:
+    src = MapOptions("counters", source_from=MapFrom(pinned=Path("/tmp/evil")))
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(
+                programs=("prog",),
+                maps={"counters": ARRAY},
+                problems=("program f: fentry programs are not supported",),
+            )
+        },
+        pinned={Path("/tmp/evil"): "pinned map /tmp/evil is not on a bpf file system"},
+    )
+    p = plan(desired(coll("a", maps={"counters": src})), actual(facts=facts))
+    texts = [str(x) for x in p.problems]
+    assert any("not on a bpf file system" in t for t in texts)
+    assert any("fentry" in t for t in texts)
+
+
+def test_removed_attachment_and_program_are_deleted() -> None:
+    xdp = Attachment("prog", XDP)
+    rec = record(
+        "a", progs=("prog", "old"), atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),)
+    )
+    p = plan(desired(coll("a", "d2")), actual(rec, facts=facts_for("a")))
+    assert p.change("a", "attachment", xdp.key()).op is Op.DELETE  # type: ignore[union-attr]
+    assert p.change("a", "program", "old").op is Op.DELETE  # type: ignore[union-attr]
+
+
+def test_orphans_and_destroy() -> None:
+    p = plan(desired(coll("a")), actual(orphans=("a", "zombie"), facts=facts_for("a")))
+    assert "interrupted apply" in p.changes[0].reason
+    # an unrecorded directory that is not declared is only removed with prune
+    assert p.change("zombie", "collection", "zombie") is None
+    p = plan(desired(coll("a")), actual(orphans=("zombie",), facts=facts_for("a")), prune=True)
+    z = p.change("zombie", "collection", "zombie")
+    assert z is not None and z.op is Op.DELETE
+
+    a, b = record("a"), record("b", deps=("a",))
+    d = plan_destroy(actual(a, b), None)
+    assert [c.collection for c in d.changes if c.kind == "collection"] == ["b", "a"]
+    d = plan_destroy(actual(a, b), ["nope"])
+    assert "not applied by bpforch" in str(d.problems[0])
+
+
+def test_plan_is_pure_and_json_round_trips() -> None:
+    import json
+
+    p = plan(desired(coll("a")), actual(facts=facts_for("a")))
+    doc = json.loads(json.dumps(p.to_json()))
+    assert doc["counts"] == {"add": 2, "change": 0, "destroy": 0}
+    assert doc["changes"][0]["source"] == "/m/a.yaml:3:1"
+
+
+def test_record_json_round_trip() -> None:
+    from orchestrator.reconcile import StateRecord
+
+    xdp = Attachment("prog", XDP)
+    rec = record("a", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),))
+    state = StateRecord({"a": rec})
+    assert StateRecord.from_json(state.to_json()) == state
+
+
+def test_collection_names_must_be_dns_labels() -> None:
+    for bad in ("../evil", "_staging-1", "Up", "a/b", "x" * 64, ""):
+        p = plan(desired(coll(bad)), actual())
+        assert p.changes == ()
+        assert "not a DNS label" in str(p.problems[0]), bad
+
+
+def test_destroy_refuses_to_strand_a_dependent() -> None:
+    a, b = record("a"), record("b", deps=("a",))
+    d = plan_destroy(actual(a, b), ["a"])
+    assert "collection b uses its maps" in str(d.problems[0])
+    d = plan_destroy(actual(a, b), ["b", "a"])
+    assert not d.problems
+    assert [c.collection for c in d.changes if c.kind == "collection"] == ["b", "a"]
+
+
+def test_same_load_key_keeps_programs_and_maps() -> None:
+    import dataclasses
+
+    from orchestrator.reconcile.plan import load_key
+
+    xdp = Attachment("prog", XDP)
+    tp = Attachment("prog", TP)
+    d = coll("a", "d2", attach=(xdp, tp))
+    rec = dataclasses.replace(
+        record("a", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),)),
+        load_key=load_key(d, "sha"),
+    )
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(programs=("prog",), maps={"counters": ARRAY}, object_sha256="sha")
+        }
+    )
+    p = plan(desired(d), actual(rec, facts=facts))
+    assert p.collection_op("a") is Op.UPDATE and "kept" in p.changes[0].reason
+    got = {(c.kind, c.name): c.op for c in p.changes[1:]}
+    assert got == {
+        ("map", "counters"): Op.NOOP,
+        ("program", "prog"): Op.NOOP,
+        ("attachment", xdp.key()): Op.NOOP,
+        ("attachment", tp.key()): Op.CREATE,
+    }
+    # other constants: another load key, the programs are reloaded
+    d2 = dataclasses.replace(d, constants={"version": 2})
+    p = plan(desired(d2), actual(rec, facts=facts))
+    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
+    # a drifted program pin: reloaded too
+    drift = {"a": (Drift("program", "prog", "pin progs/prog is missing"),)}
+    p = plan(desired(d), actual(rec, facts=facts, drift=drift))
+    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]

@@ -1,0 +1,210 @@
+"""The ``bpforch`` command line over the real kernel: verbs, exit codes, JSON output, and the
+README's main job (``python -m orchestrator.demo``) run end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import cli, ebpf
+from tests.conftest import BPF_DIR, ROOT
+
+TP_MANIFEST = f"""\
+apiVersion: bpforch/v1
+kind: Collection
+metadata:
+  name: tp
+spec:
+  object: {BPF_DIR}/tp_counter.o
+  constants: {{target_tgid: {os.getpid()}}}
+  maps:
+    calls: {{pin: true, preserve: true}}
+  attach:
+    - program: count_getppid
+      tracepoint: {{group: syscalls, name: sys_enter_getppid}}
+"""
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def where(pin_dir: Path, tmp_path: Path) -> list[str]:
+    return ["--bpffs-root", str(pin_dir / "root"), "--state-dir", str(tmp_path / "state")]
+
+
+def test_validate_ok_and_json(tmp_path: Path) -> None:
+    (tmp_path / "tp.yaml").write_text(TP_MANIFEST)
+    code, out, _ = run_cli("validate", str(tmp_path))
+    assert code == cli.EXIT_OK
+    assert out.startswith("valid: 1 collection in 1 file (tp)")
+    code, out, _ = run_cli("validate", "-o", "json", str(tmp_path))
+    data = json.loads(out)
+    assert code == 0 and data["valid"] is True
+    assert data["collections"]["tp"]["object"] == str(BPF_DIR / "tp_counter.o")
+    assert len(data["collections"]["tp"]["digest"]) == 64
+
+
+def test_validate_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TP_MANIFEST.replace("calls: {pin", "calls: {pni"))
+    code, out, err = run_cli("validate", str(tmp_path))
+    assert code == cli.EXIT_ERROR and out == ""
+    assert f"{bad}:9:" in err
+    assert "spec.maps.calls" in err and "pni" in err
+    assert "1 problem found, nothing was changed" in err
+    code, out, _ = run_cli("validate", "--output", "json", str(tmp_path))
+    data = json.loads(out)
+    assert code == 1 and data["valid"] is False
+    [problem] = data["problems"]
+    assert problem["file"] == str(bad) and problem["line"] == 9
+    assert problem["field"].startswith("spec.maps.calls")
+
+
+def test_validate_missing_path(tmp_path: Path) -> None:
+    code, _, err = run_cli("validate", str(tmp_path / "nope"))
+    assert code == cli.EXIT_ERROR
+    assert str(tmp_path / "nope") in err
+
+
+@pytest.mark.kernel
+def test_plan_apply_status_destroy(tmp_path: Path, where: list[str]) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "tp.yaml").write_text(TP_MANIFEST)
+
+    code, out, _ = run_cli("plan", str(manifests), *where)
+    assert code == cli.EXIT_CHANGES
+    assert "+ collection tp" in out and "Plan: " in out and "to add" in out
+    code, out, _ = run_cli("plan", "-o", "json", str(manifests), *where)
+    assert code == cli.EXIT_CHANGES and json.loads(out)["has_changes"] is True
+
+    code, out, _ = run_cli("apply", str(manifests), *where)
+    assert code == cli.EXIT_OK, out
+    assert "Apply complete!" in out
+
+    for _ in range(7):
+        os.getppid()
+    code, out, _ = run_cli("status", "-o", "json", *where)
+    assert code == 0
+    [coll] = json.loads(out)["collections"]
+    assert coll["name"] == "tp" and coll["condition"] == "Ready"
+    calls = next(m for m in coll["maps"] if m["name"] == "calls")
+    with ebpf.Map.from_pin(calls["pin"]) as m:
+        assert m[0] == 7  # only this process is counted (target_tgid)
+
+    code, out, _ = run_cli("plan", str(manifests), *where)
+    assert code == cli.EXIT_OK
+    assert "No changes." in out
+    code, out, _ = run_cli("status", *where)
+    assert code == 0 and out.startswith("tp: Ready (generation 1")
+    code, _, err = run_cli("status", "nope", *where)
+    assert code == cli.EXIT_ERROR and "not applied: nope" in err
+
+    code, out, _ = run_cli("destroy", "tp", *where)
+    assert code == 0 and "- collection tp" in out
+    code, out, _ = run_cli("status", *where)
+    assert out.strip() == "No collections applied."
+    assert not Path(calls["pin"]).exists()
+
+
+@pytest.mark.kernel
+def test_plan_problems_exit_1(tmp_path: Path, where: list[str]) -> None:
+    (tmp_path / "x.yaml").write_text(
+        TP_MANIFEST.replace(
+            "tracepoint: {group: syscalls, name: sys_enter_getppid}",
+            "xdp: {interface: veth0, netns: bpforch-test-no-such-ns}",
+        )
+    )
+    code, out, err = run_cli("plan", str(tmp_path), *where)
+    # an xdp attachment of a tracepoint program is a validation problem
+    assert code == cli.EXIT_ERROR
+    assert "spec.attach[0]" in err and out == ""
+
+
+@pytest.mark.kernel
+def test_apply_refuses_missing_target_and_changes_nothing(tmp_path: Path, where: list[str]) -> None:
+    (tmp_path / "x.yaml").write_text(
+        TP_MANIFEST.replace("tp_counter.o", "cgroup_egress.o")
+        .replace("constants: {target_tgid: " + str(os.getpid()) + "}", "")
+        .replace("calls:", "egress_stats:")
+        .replace("count_getppid", "cg_egress")
+        .replace(
+            "tracepoint: {group: syscalls, name: sys_enter_getppid}",
+            "cgroup: {path: /sys/fs/cgroup/unified/bpforch-test-missing, attach: egress}",
+        )
+    )
+    code, out, err = run_cli("apply", str(tmp_path), *where)
+    assert code == cli.EXIT_ERROR
+    assert "bpforch-test-missing does not exist" in err
+    assert "nothing was changed" in err
+    code, out, _ = run_cli("status", *where)
+    assert out.strip() == "No collections applied."
+
+
+def test_destroy_needs_names_or_all(where: list[str]) -> None:
+    code, _, err = run_cli("destroy", *where)
+    assert code == cli.EXIT_ERROR and "--all" in err
+    code, _, err = run_cli("destroy", "a", "--all", *where)
+    assert code == cli.EXIT_ERROR and "not both" in err
+
+
+def test_entry_points() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("bpforch ")
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "frobnicate"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.kernel
+def test_main_job(pin_dir: Path, tmp_path: Path) -> None:
+    """The README's main job, exactly as a user runs it (with a private root)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.demo",
+            "--bpffs-root",
+            str(pin_dir / "root"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counters = {
+        line.split()[1]: int(line.split()[0])
+        for line in proc.stdout.splitlines()
+        if line.startswith("  ") and line.split()[0].isdigit()
+    }
+    assert counters["tc-filter/stats[1]"] == 20  # every datagram to the blocked port dropped
+    assert counters["tc-filter/stats[0]"] >= 110  # 100 + 10 from the cgroup (+ ARP)
+    assert counters["xdp-counter/counters[0]"] >= 130
+    assert counters["xdp-counter/counters[2]"] == 1  # the manifest's `version`
+    assert counters["cgroup-egress/egress_stats[0]"] == 10
+    assert counters["tp-counter/calls[0]"] >= 50
+    assert counters["shared-owner/shared_stats[0]"] >= 50  # getpid
+    assert counters["shared-owner/shared_stats[1]"] >= 50  # gettid, through the shared map
+    assert "No changes. The kernel matches the manifests." in proc.stdout
+    assert "Plan: 0 to add, 0 to change, 20 to destroy." in proc.stdout
+    assert not any((pin_dir / "root").iterdir())
+    assert not Path("/var/run/netns/bpforch-demo").exists()
