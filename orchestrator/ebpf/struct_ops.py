@@ -31,6 +31,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import AttachTargetError, BTFError, Error, ParseError, SpecError
 from orchestrator.ebpf.kernel_btf import KernelBTF, essential_name
+from orchestrator.ebpf.links import Link
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.sys import FD, MapType
 
@@ -234,16 +235,18 @@ def build_value(
 
 
 class StructOpsLink:
-    """A registered struct_ops map. Closing unregisters it (closes the BPF link, or deletes
-    the map's element for maps without ``BPF_F_LINK``)."""
+    """A registered struct_ops map. Closing unregisters it: closes the BPF link (which can
+    be pinned through :attr:`link` to outlive the process), or, for maps without
+    ``BPF_F_LINK``, deletes the map's element."""
 
-    def __init__(self, m: Map, link: FD | None) -> None:
+    def __init__(self, m: Map, link: Link | None) -> None:
         self._map = m.clone()
         self._link = link
         self.name = m.name
 
     @property
-    def fd(self) -> FD | None:
+    def link(self) -> Link | None:
+        """The BPF link (``.struct_ops.link`` maps, Linux 6.4), None for plain maps."""
         return self._link
 
     def close(self) -> None:
@@ -293,7 +296,7 @@ def attach_struct_ops(coll: Collection, name: str) -> StructOpsLink:
         return StructOpsLink(m, None)
     attr = _sys.LinkCreateAttr(prog_fd=m.fd.raw, attach_type=int(_sys.AttachType.STRUCT_OPS))
     try:
-        link = _sys.link_create(attr)
+        fd = _sys.link_create(attr)
     except Error as err:
         raise type(err)(f"struct_ops {name}: link: {err}", *_errno(err)) from err
-    return StructOpsLink(m, link)
+    return StructOpsLink(m, Link.from_fd(fd, description=f"struct_ops {name}"))

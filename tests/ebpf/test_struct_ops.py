@@ -61,8 +61,13 @@ def test_tcp_congestion_ops(
     with ebpf.Collection(spec) as coll:
         assert isinstance(coll.maps["bpforch_cc"], StructOpsMap)
         assert "bpforch_cc" not in AVAILABLE.read_text().split()  # loaded, not registered
-        with attach_struct_ops(coll, "bpforch_cc"):
+        with attach_struct_ops(coll, "bpforch_cc") as registered:
             assert "bpforch_cc" in AVAILABLE.read_text().split()
+            if variant == "link":
+                assert registered.link is not None
+                assert registered.link.type == ebpf.LinkType.STRUCT_OPS
+            else:
+                assert registered.link is None
             proc = _in_netns("bpforch_cc")
             assert proc.returncode == 0, proc.stderr
             assert proc.stdout.strip() == "bpforch_cc"
@@ -92,3 +97,19 @@ def test_struct_ops_program_without_table(
     spec = ebpf.CollectionSpec.from_file(compile_bpf(UNUSED, f"-I{vmlinux_h}"))
     with pytest.raises(SpecError, match="used by no struct_ops map"):
         ebpf.Collection(spec)
+
+
+def test_pinned_struct_ops_link_outlives_the_collection(
+    build: Callable[..., ebpf.CollectionSpec], pin_dir: Path, fd_guard: None
+) -> None:
+    spec = build("tcp_cc.c")
+    pin = pin_dir / "bpforch_cc"
+    with ebpf.Collection(spec) as coll, attach_struct_ops(coll, "bpforch_cc") as registered:
+        assert registered.link is not None
+        registered.link.pin(pin)
+    # collection and our link fd are closed: the pin keeps the congestion control registered
+    assert "bpforch_cc" in AVAILABLE.read_text().split()
+    with ebpf.Link.from_pin(pin) as link:
+        assert link.type == ebpf.LinkType.STRUCT_OPS
+        link.unpin()
+    assert "bpforch_cc" not in AVAILABLE.read_text().split()
