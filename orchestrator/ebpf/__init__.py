@@ -21,10 +21,13 @@ from orchestrator.ebpf.collection import (
     CollectionOptions,
     load_collection,
 )
+from orchestrator.ebpf.core import COREError
 from orchestrator.ebpf.errors import (
+    AttachTargetError,
     BindError,
     BTFError,
     ConstantError,
+    CORERelocationError,
     Error,
     KeyExistsError,
     KeyNotFoundError,
@@ -37,6 +40,9 @@ from orchestrator.ebpf.errors import (
     SyscallError,
     VerifierError,
 )
+from orchestrator.ebpf.externs import ExternKind, ExternSpec, KconfigError
+from orchestrator.ebpf.kernel_btf import KernelBTF
+from orchestrator.ebpf.kernel_btf import load as load_kernel_btf
 from orchestrator.ebpf.links import (
     AttachConflictError,
     AttachError,
@@ -57,6 +63,7 @@ from orchestrator.ebpf.links import (
 )
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
+from orchestrator.ebpf.ringbuf import RingBufReader
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -65,6 +72,7 @@ from orchestrator.ebpf.spec import (
     ProgramSpec,
     VariableSpec,
 )
+from orchestrator.ebpf.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
 from orchestrator.ebpf.sys import (
     AttachType,
     LinkType,
@@ -78,17 +86,24 @@ from orchestrator.ebpf.sys import (
 __all__ = [
     "AttachConflictError",
     "AttachError",
+    "AttachTargetError",
     "AttachType",
     "BTFError",
     "BindError",
     "Binding",
+    "COREError",
+    "CORERelocationError",
     "Collection",
     "CollectionOptions",
     "CollectionSpec",
     "ConstantError",
     "Error",
+    "ExternKind",
+    "ExternSpec",
     "Instruction",
     "Instructions",
+    "KconfigError",
+    "KernelBTF",
     "KeyExistsError",
     "KeyNotFoundError",
     "Link",
@@ -113,8 +128,11 @@ __all__ = [
     "ProgramSpec",
     "RefKind",
     "Reference",
+    "RingBufReader",
     "RunResult",
     "SpecError",
+    "StructOpsLink",
+    "StructOpsSpec",
     "SyscallError",
     "TargetNotFoundError",
     "UpdateFlags",
@@ -123,6 +141,7 @@ __all__ = [
     "attach_cgroup",
     "attach_netns",
     "attach_raw_tracepoint",
+    "attach_struct_ops",
     "attach_tcx",
     "attach_tracepoint",
     "attach_uprobe",
@@ -132,6 +151,7 @@ __all__ = [
     "close_all",
     "iter_links",
     "load_collection",
+    "load_kernel_btf",
     "tcx_attached",
     "xdp_attached",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import operator
 import struct
 import sys
 from array import array
@@ -192,11 +193,33 @@ class Int(Type):
         return f"Int({self.name!r}, size={self.size}{extra})"
 
 
+class _Lazy:
+    """A pointer target not decoded yet: type ``tid`` of ``spec``.
+
+    Decoding a type decodes everything it refers to, except through pointers: those
+    targets are decoded on first access. Without this, looking ``task_struct`` up in the
+    kernel's BTF would decode a large part of the kernel's type graph.
+    """
+
+    __slots__ = ("spec", "tid")
+
+    def __init__(self, spec: Spec, tid: int) -> None:
+        self.spec = spec
+        self.tid = tid
+
+
 @dataclass(eq=False, repr=False, slots=True)
 class Pointer(Type):
     _kind: ClassVar[Kind] = Kind.PTR
     target: Type
     name: str = ""
+
+    def __getattribute__(self, attr: str) -> object:
+        value = object.__getattribute__(self, attr)
+        if type(value) is _Lazy:  # a target not decoded yet: decode it now
+            value = value.spec.type_by_id(value.tid)
+            object.__setattr__(self, attr, value)
+        return value
 
     def _refs(self) -> list[Type]:
         return [self.target]
@@ -205,7 +228,10 @@ class Pointer(Type):
         (self.target,) = refs
 
     def _clone(self) -> Pointer:
-        return Pointer(self.target, self.name)
+        p = Pointer(_PENDING, self.name)
+        # a lazy target stays lazy; Spec.copy rebinds it to the copy
+        object.__setattr__(p, "target", object.__getattribute__(self, "target"))
+        return p
 
     def __repr__(self) -> str:
         return f"Pointer(target={_short(self.target)})"
@@ -762,7 +788,10 @@ class Spec:
         "_first",
         "_ids",
         "_names",
+        "_noffs",
+        "_noffs_pos",
         "_offs",
+        "_scan",
         "_str_cache",
         "_str_start",
         "_strtab",
@@ -781,6 +810,10 @@ class Spec:
         self._cache: list[Type | None] = []
         self._ids: dict[Type, int] = {}
         self._names: dict[str, list[int]] | None = None
+        self._noffs: tuple[int, ...] | None = None  # name offset of every own record
+        # name offset -> (first, last) record index with it
+        self._noffs_pos: tuple[dict[int, int], dict[int, int]] | None = None
+        self._scan: dict[str, list[int]] = {}  # name lookups answered without the index
         self._str_cache: dict[int, str] = {}
         self._void = Void()
 
@@ -844,6 +877,9 @@ class Spec:
         new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
         new._void = Void()
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
+        new._noffs = self._noffs
+        new._noffs_pos = self._noffs_pos
+        new._scan = {k: list(v) for k, v in self._scan.items()}
         mapping: dict[Type, Type] = {self._void: new._void}
         cache: list[Type | None] = [None] * len(self._cache)
         for i, t in enumerate(self._cache):
@@ -852,6 +888,11 @@ class Spec:
                 mapping[t] = c
                 cache[i] = c
         for c in mapping.values():
+            if isinstance(c, Pointer):
+                raw = object.__getattribute__(c, "target")
+                if type(raw) is _Lazy:
+                    object.__setattr__(c, "target", _Lazy(new, raw.tid))
+                    continue
             refs = c._refs()
             if refs:
                 c._set_refs([mapping.get(r, r) for r in refs])
@@ -879,6 +920,8 @@ class Spec:
             self._ids[cur] = tid
             if self._names is not None and cur.name:
                 self._names.setdefault(cur.name, []).append(tid)
+            if cur.name in self._scan:
+                self._scan[cur.name].append(tid)
             stack.extend(r for r in reversed(cur._refs()) if self._lookup_id(r) is None)
         return self._ids[t]
 
@@ -949,10 +992,71 @@ class Spec:
             return self._base._lookup_id(t)
         return tid
 
+    def ids_by_name(self, name: str) -> list[int]:
+        """The ids of every type with this name (base ids first), without decoding them."""
+        found = self._base.ids_by_name(name) if self._base is not None else []
+        found.extend(self._own_ids(name))
+        return found
+
+    def names(self) -> Iterator[str]:
+        """Every distinct type name of this spec's own types (not the base's)."""
+        return iter(self._name_index())
+
+    def names_containing(self, part: str) -> list[str]:
+        """Distinct names of own types that contain ``part`` (cheap without the full index:
+        a search of the string table)."""
+        if self._names is not None:
+            return [n for n in self._names if part in n]
+        raw = part.encode("utf-8", "surrogateescape")
+        if not raw:
+            return list(self._name_index())
+        found: dict[str, set[int]] = {}
+        spec: Spec | None = self
+        while spec is not None:
+            tab, start = spec._strtab, spec._str_start
+            pos = tab.find(raw)
+            while pos >= 0:
+                lo = tab.rfind(b"\0", 0, pos) + 1
+                hi = tab.find(b"\0", pos)
+                hi = len(tab) if hi < 0 else hi
+                name = tab[lo:hi].decode("utf-8", "surrogateescape")
+                found.setdefault(name, set()).add(start + lo)
+                pos = tab.find(raw, hi)
+            spec = spec._base
+        used = self._name_offsets()[1]
+        out = [
+            n
+            for n, offs in sorted(found.items())
+            if any(o in used for o in offs) and self._own_ids(n)
+        ]
+        out.extend(
+            t.name
+            for t in self._cache[len(self._offs) :]
+            if t is not None and part in t.name and t.name not in out
+        )
+        return out
+
+    def kind_of(self, type_id: int) -> Kind:
+        """The kind of a type without decoding it (cheap, for candidate searches)."""
+        if type_id == 0:
+            return Kind.UNKN
+        if type_id < self._first:
+            if self._base is None:
+                raise BTFError(f"btf: no type with id {type_id}")
+            return self._base.kind_of(type_id)
+        idx = type_id - self._first
+        if idx >= len(self._cache):
+            raise BTFError(f"btf: no type with id {type_id}")
+        t = self._cache[idx]
+        if t is not None or idx >= len(self._offs):
+            assert t is not None
+            return t.kind
+        return Kind((self._words[self._offs[idx] + 1] >> 24) & 0x1F)
+
     def types_by_name(self, name: str) -> list[Type]:
         """Every type with this name (base types first), in id order."""
         found = self._base.types_by_name(name) if self._base is not None else []
-        for tid in self._name_index().get(name, ()):
+        for tid in self._own_ids(name):
             found.append(self.type_by_id(tid))
         return found
 
@@ -1060,21 +1164,116 @@ class Spec:
     def _str_end(self) -> int:
         return self._str_start + len(self._strtab)
 
+    def _own_ids(self, name: str) -> list[int]:
+        """Ids of own types named ``name``: from the index if built, else by searching the
+        string table for the name and the records for its offset (no index needed)."""
+        if self._names is not None:
+            return self._names.get(name, [])
+        hit = self._scan.get(name)
+        if hit is None:
+            hit = self._scan_name(name)
+            self._scan[name] = hit
+        return hit
+
+    def _name_offsets(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
+        """The name offset of every own record (in id order), and for each offset the first
+        and the last record index that has it (built with C-speed bulk operations)."""
+        noffs, pos = self._noffs, self._noffs_pos
+        if noffs is None or pos is None:
+            n = len(self._offs)
+            if n == 0:
+                noffs = ()
+            elif n == 1:
+                noffs = (self._words[self._offs[0]],)
+            else:
+                noffs = operator.itemgetter(*self._offs)(self._words)
+            last = dict(zip(noffs, range(n), strict=True))
+            first_ = dict(zip(reversed(noffs), range(n - 1, -1, -1), strict=True))
+            pos = (first_, last)
+            self._noffs, self._noffs_pos = noffs, pos
+        return noffs, pos[0], pos[1]
+
+    def _scan_name(self, name: str) -> list[int]:
+        first, cache = self._first, self._cache
+        out: list[int] = []
+        raw = name.encode("utf-8", "surrogateescape")
+        if raw and b"\0" not in raw:
+            targets: set[int] = set()
+            needle = b"\0" + raw + b"\0"
+            spec: Spec | None = self
+            while spec is not None:  # a split spec's names may point into its base's table
+                tab, start = spec._strtab, spec._str_start
+                if tab.startswith(raw + b"\0"):
+                    targets.add(start)
+                pos = tab.find(needle)
+                while pos >= 0:
+                    targets.add(start + pos + 1)
+                    pos = tab.find(needle, pos + 1)
+                spec = spec._base
+            if targets:
+                noffs, lo, hi = self._name_offsets()
+                for target in targets:
+                    i = lo.get(target)
+                    if i is None:
+                        continue  # a member name, not a type name
+                    end = hi[target]
+                    while True:
+                        t = cache[i]
+                        if t is None or t.name == name:
+                            out.append(first + i)
+                        if i == end:
+                            break
+                        i = noffs.index(target, i + 1, end + 1)
+        for i in range(len(self._offs), len(cache)):  # added after parsing
+            t = cache[i]
+            if t is not None and t.name == name:
+                out.append(first + i)
+        out.sort()
+        return out
+
     def _name_index(self) -> dict[str, list[int]]:
         idx = self._names
         if idx is None:
             idx = {}
             words, string, first = self._words, self.string, self._first
             cache = self._cache
+            # Group record ids by name offset first (cheap ints), then decode each distinct
+            # name once: vmlinux has ~130k records but far fewer distinct names.
+            by_off: dict[int, list[int]] = {}
+            get = by_off.get
             for i, off in enumerate(self._offs):
-                t = cache[i]
-                if t is not None:  # decoded (and maybe renamed)
-                    if t.name:
-                        idx.setdefault(t.name, []).append(first + i)
+                if cache[i] is not None:  # decoded (and maybe renamed)
+                    by_off.setdefault(-1 - i, []).append(first + i)
                     continue
                 name_off = words[off]
                 if name_off:
-                    idx.setdefault(string(name_off), []).append(first + i)
+                    ids = get(name_off)
+                    if ids is None:
+                        by_off[name_off] = [first + i]
+                    else:
+                        ids.append(first + i)
+            tab, start = self._strtab, self._str_start
+            text = tab.decode("ascii") if tab.isascii() else None
+            find = text.find if text is not None else None
+            for name_off, ids in by_off.items():
+                if name_off < 0:
+                    t = cache[ids[0] - first]
+                    assert t is not None
+                    if t.name:
+                        idx.setdefault(t.name, []).extend(ids)
+                    continue
+                rel = name_off - start
+                if text is not None and find is not None and 0 <= rel < len(text):
+                    end = find("\0", rel)
+                    name = text[rel:end] if end >= 0 else string(name_off)
+                else:
+                    name = string(name_off)
+                have = idx.get(name)
+                if have is None:
+                    idx[name] = ids
+                else:
+                    have.extend(ids)
+                    have.sort()
             for i in range(len(self._offs), len(cache)):
                 t = cache[i]
                 if t is not None and t.name:
@@ -1148,8 +1347,14 @@ class Spec:
                 refs.append(w[b + 1])
                 b += 2
             return FuncProto(p, params, name), tuple(refs)
-        if kind == 2:  # PTR
-            return Pointer(p, name), (st,)
+        if kind == 2:  # PTR: the target is decoded when first used
+            if st == 0:
+                return Pointer(self._void, name), ()
+            if st >= self._first + len(self._offs) or (st < self._first and self._base is None):
+                raise BTFError(f"btf: type {tid} refers to missing type {st}")
+            ptr = Pointer(_PENDING, name)
+            object.__setattr__(ptr, "target", _Lazy(self, st))
+            return ptr, ()
         if kind == 4 or kind == 5:  # STRUCT, UNION
             members = []
             refs = []

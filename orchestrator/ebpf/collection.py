@@ -22,23 +22,31 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import btf_ext as _btf_ext
+from orchestrator.ebpf import core as _core
+from orchestrator.ebpf import externs as _externs
+from orchestrator.ebpf import kernel_btf as _kernel_btf
+from orchestrator.ebpf import struct_ops as _struct_ops
 from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.asm import INSN_SIZE, RefKind
+from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, RefKind
 from orchestrator.ebpf.errors import (
+    AttachTargetError,
+    CORERelocationError,
     Error,
     MapIncompatibleError,
     NotSupportedError,
+    PermissionDeniedError,
     SpecError,
     SyscallError,
+    VerifierError,
 )
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec, hint
-from orchestrator.ebpf.sys import FD, MapFlags, MapType
+from orchestrator.ebpf.sys import FD, AttachType, MapFlags, MapType, ProgType
 
 T = TypeVar("T")
 
@@ -51,6 +59,12 @@ class CollectionOptions:
     checked for compatibility and dup'ed; the caller keeps its own reference).
     ``pin_path``: the bpffs directory for maps with ``pinning = LIBBPF_PIN_BY_NAME``.
     ``log_level``/``log_size``: ask the verifier for a log even on success (0: only on failure).
+    ``kernel_btf``: a BTF file to apply CO-RE relocations against instead of the running
+    kernel's ``/sys/kernel/btf/vmlinux`` (tests, or objects built for another kernel).
+    Attach targets, ``__ksym`` variables and kfuncs always use the running kernel's BTF,
+    since the kernel checks those ids.
+    ``kconfig_path``: a kernel config to read ``__kconfig`` externs from instead of
+    ``/proc/config.gz`` or ``/boot/config-$(uname -r)``.
     """
 
     map_replacements: Mapping[str, Map] = field(default_factory=dict)
@@ -58,6 +72,8 @@ class CollectionOptions:
     log_level: int = 0
     log_size: int = 0
     log_disabled: bool = False
+    kernel_btf: str | os.PathLike[str] | None = None
+    kconfig_path: str | os.PathLike[str] | None = None
 
 
 @functools.cache
@@ -78,6 +94,27 @@ def _mmapable_arrays() -> bool:
     return True
 
 
+@functools.cache
+def _syscall_wrapper() -> bool:
+    """Whether syscalls go through ``__<arch>_sys_*`` wrappers (LINUX_HAS_SYSCALL_WRAPPER)."""
+    try:
+        with open("/proc/kallsyms", "rb") as f:
+            return any(b" __x64_sys_bpf" in line for line in f)
+    except OSError:
+        return False
+
+
+def _trampoline(spec: ProgramSpec) -> bool:
+    """Whether a program attaches through a BPF trampoline (fentry/fexit/lsm/freplace)."""
+    if spec.type in (ProgType.LSM, ProgType.EXT):
+        return True
+    return spec.type == ProgType.TRACING and spec.attach_type in (
+        AttachType.TRACE_FENTRY,
+        AttachType.TRACE_FEXIT,
+        AttachType.MODIFY_RETURN,
+    )
+
+
 class _Loader:
     """Creates what a collection needs on demand and remembers it for cleanup."""
 
@@ -93,6 +130,21 @@ class _Loader:
         self._btf_fd: FD | None = None
         self._btf_strings: dict[str, int] = {}
         self._loading: set[str] = set()
+        self._core_cache: dict[int, list[tuple[_btf.Spec, int]]] = {}
+        self._poisoned: dict[str, dict[int, str]] = {}  # program → insn → relocation
+        self._kallsyms: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ kernel BTF
+
+    def _core_target(self) -> _core.Target:
+        kb = _kernel_btf.load(self.options.kernel_btf)
+        return _core.Target(kb.vmlinux, tuple(kb.modules.values()))
+
+    def _kernel(self, what: str) -> _kernel_btf.KernelBTF:
+        try:
+            return _kernel_btf.load()
+        except Error as err:
+            raise NotSupportedError(f"{what}: {err}") from err
 
     # ------------------------------------------------------------------ BTF
 
@@ -162,6 +214,14 @@ class _Loader:
                 self._reused.add(name)
                 return existing
 
+        if spec.struct_ops is not None:
+            what = f"map {name}"
+            kernel = _struct_ops.kernel_types(spec.struct_ops, self._kernel(what), what)
+            btf_fd, _ = self._btf()
+            m = _struct_ops.create_map(spec, kernel, btf_fd)
+            self.maps[name] = m
+            return m
+
         inner: Map | None = None
         if spec.inner_map is not None:
             template = spec.inner_map
@@ -181,7 +241,9 @@ class _Loader:
         self.maps[name] = m
 
         data_entries: list[tuple[object, object]] = []
-        for entry in spec.contents:
+        if spec.section == ".kconfig" and self.spec.externs:
+            data_entries.append((0, self._kconfig_contents(spec)))
+        for entry in spec.contents if not data_entries else ():
             if isinstance(entry.value, str):
                 continue
             key: object = entry.key
@@ -234,14 +296,28 @@ class _Loader:
             raise SpecError(f"program {name}: depends on itself while loading")
         self._loading.add(name)
         try:
-            p = Program.load(
-                self._request(spec),
-                LogOptions(
-                    self.options.log_level, self.options.log_size, self.options.log_disabled
-                ),
-            )
+            try:
+                p = Program.load(
+                    self._request(spec),
+                    LogOptions(
+                        self.options.log_level, self.options.log_size, self.options.log_disabled
+                    ),
+                )
+            except VerifierError as err:
+                raise self._poison_error(name, err) from err
+            except SyscallError as err:
+                if err.errno == errno.EPERM and _trampoline(spec):
+                    raise PermissionDeniedError(
+                        f"program {name}: load: operation not permitted (EPERM) (this kernel "
+                        "refuses fentry/fexit/fmod_ret/lsm/freplace programs: BPF trampolines "
+                        "are unavailable or forbidden; use a kprobe or tracepoint instead)",
+                        err.errno,
+                    ) from err
+                raise
         finally:
             self._loading.discard(name)
+        if spec.type == ProgType.STRUCT_OPS:
+            p.attach_type = None  # it was a member index, not an attach type
         self.programs[name] = p
         return p
 
@@ -251,16 +327,14 @@ class _Loader:
                 f"program {spec.name}: section {spec.section!r} names no known program type "
                 "(use a libbpf section name such as xdp, tc, tracepoint/GROUP/NAME)"
             )
-        if spec.core_relos:
-            raise NotSupportedError(f"program {spec.name}: CO-RE relocations are not supported yet")
         raw = bytearray(spec.instructions.raw)
+        if spec.core_relos:
+            self._relocate_core(spec, raw)
         for idx, ref in spec.instructions.references.items():
             pos = idx * INSN_SIZE
             if ref.kind is RefKind.EXTERN:
-                raise NotSupportedError(
-                    f"program {spec.name}: extern {ref.name}: kconfig/ksym/kfunc externs "
-                    "are not supported yet"
-                )
+                self._resolve_extern(spec, raw, idx, ref.name)
+                continue
             m = self.map(ref.name)
             fd = m.fd.raw
             if ref.kind is RefKind.MAP:
@@ -281,12 +355,18 @@ class _Loader:
             if spec.line_infos:
                 line_info = _btf_ext.encode_line_infos(spec.line_infos, strings)
                 nline = len(spec.line_infos)
+        attach_btf_id = self._attach_btf_id(spec)
+        attach_type = spec.attach_type
+        if spec.type == ProgType.STRUCT_OPS:
+            attach_btf_id, member = self._struct_ops_target(spec)
+            attach_type = cast(AttachType, member)  # expected_attach_type: a member index
         return LoadRequest(
             name=spec.name,
             type=spec.type,
+            attach_btf_id=attach_btf_id,
             instructions=bytes(raw),
             license=spec.license,
-            attach_type=spec.attach_type,
+            attach_type=attach_type,
             kernel_version=spec.kernel_version,
             flags=int(spec.flags),
             btf_fd=btf_fd if nfunc or nline else None,
@@ -295,6 +375,202 @@ class _Loader:
             line_info=line_info,
             line_info_count=nline,
         )
+
+    def _relocate_core(self, spec: ProgramSpec, raw: bytearray) -> None:
+        if spec.btf is None:
+            raise SpecError(f"program {spec.name}: co-re relocations without btf")
+        try:
+            results = _core.apply_relocations(
+                raw, spec.core_relos, spec.btf, self._core_target(), self._core_cache
+            )
+        except _core.COREError as err:
+            raise _core.COREError(f"program {spec.name}: {err}") from err
+        poisoned = {r.relo.insn: _core.describe_relo(r.relo) for r in results if r.poison}
+        if poisoned:
+            self._poisoned[spec.name] = poisoned
+
+    def _poison_error(self, name: str, err: VerifierError) -> VerifierError:
+        """Name the relocation when the verifier failed on a poisoned instruction."""
+        poisoned = self._poisoned.get(name)
+        if not poisoned:
+            return err
+        idx = _core.poisoned_in_log(err.log)
+        relo = poisoned.get(idx) if idx is not None else None
+        if relo is None:
+            return err
+        return CORERelocationError(
+            f"program {name}: instruction {idx}: co-re relocation {relo} cannot be satisfied "
+            "by the kernel's btf and the instruction is reachable (guard it with "
+            "bpf_core_field_exists() or bpf_core_type_exists())",
+            err.errno,
+            err.log,
+            name,
+            relo,
+        )
+
+    def _resolve_extern(self, spec: ProgramSpec, raw: bytearray, idx: int, name: str) -> None:
+        ext = self.spec.externs.get(name)
+        what = f"program {spec.name}: extern {name}"
+        if ext is None:
+            raise SpecError(f"{what}: not declared __ksym or __kconfig")
+        pos = idx * INSN_SIZE
+        op = raw[pos]
+        if ext.kind is _externs.ExternKind.KFUNC:
+            if op not in (CALL, LD_IMM64):
+                raise SpecError(f"{what}: a kfunc can only be called or have its address taken")
+            found = self._kernel(what).find(name, _btf.Kind.FUNC)
+            if found is None:
+                if not ext.weak:
+                    raise AttachTargetError(
+                        f"{what}: no kfunc {name} in the kernel's btf (declare it __weak to "
+                        "load anyway and check bpf_ksym_exists())"
+                    )
+                if op == CALL:
+                    # off 0, imm 0: an unresolved weak kfunc, fine while unreachable
+                    raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_KFUNC_CALL << 4)
+                    raw[pos + 2 : pos + 8] = bytes(6)
+                else:  # bpf_ksym_exists(): the address is 0
+                    raw[pos + 4 : pos + 8] = bytes(4)
+                    raw[pos + 12 : pos + 16] = bytes(4)
+                return
+            mod, kspec, kid = found
+            if mod != "vmlinux":
+                raise NotSupportedError(f"{what}: kfuncs in modules ({mod}) are not supported")
+            kfunc = kspec.type_by_id(kid)
+            assert isinstance(ext.type, _btf.Func) and isinstance(kfunc, _btf.Func)
+            if not _core.types_compat(ext.type.type, kfunc.type):
+                raise AttachTargetError(
+                    f"{what}: prototype {_btf.describe(ext.type.type)} is incompatible with "
+                    f"the kernel's {_btf.describe(kfunc.type)}"
+                )
+            if op == CALL:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_KFUNC_CALL << 4)
+                raw[pos + 2 : pos + 4] = (0).to_bytes(2, "little")
+            else:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_BTF_ID << 4)
+                raw[pos + 12 : pos + 16] = bytes(4)
+            raw[pos + 4 : pos + 8] = kid.to_bytes(4, "little")
+            return
+        if op != LD_IMM64:
+            raise SpecError(f"{what}: a kernel symbol can only be loaded with ld_imm64")
+        if ext.kind is _externs.ExternKind.KSYM and ext.typed:
+            found = self._kernel(what).find(name, _btf.Kind.VAR)
+            if found is not None:
+                mod, kspec, kid = found
+                if mod != "vmlinux":
+                    raise NotSupportedError(f"{what}: variables in modules ({mod}) unsupported")
+                kvar = kspec.type_by_id(kid)
+                assert isinstance(kvar, _btf.Var)
+                local_t = _btf.skip_qualifiers(ext.type)
+                if not _core.types_compat(local_t, _btf.skip_qualifiers(kvar.type)):
+                    raise AttachTargetError(
+                        f"{what}: type {_btf.describe(ext.type)} is incompatible with the "
+                        f"kernel's {_btf.describe(kvar.type)}"
+                    )
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_BTF_ID << 4)
+                raw[pos + 4 : pos + 8] = kid.to_bytes(4, "little")
+                raw[pos + 12 : pos + 16] = bytes(4)
+                return
+            if not ext.weak:
+                raise AttachTargetError(
+                    f"{what}: no variable {name} in the kernel's btf (declare it __weak)"
+                )
+            addr = 0
+        elif ext.kind is _externs.ExternKind.KSYM:
+            if self._kallsyms is None:
+                try:
+                    self._kallsyms = _externs.kallsyms()
+                except OSError as err:
+                    raise NotSupportedError(f"{what}: /proc/kallsyms: {err}") from err
+            found_addr = self._kallsyms.get(name)
+            if found_addr is None:
+                if not ext.weak:
+                    raise AttachTargetError(
+                        f"{what}: no symbol {name} in /proc/kallsyms (declare it __weak)"
+                    )
+                found_addr = 0
+            addr = found_addr
+        else:
+            raise SpecError(f"{what}: kconfig extern left unresolved")
+        raw[pos + 4 : pos + 8] = (addr & 0xFFFFFFFF).to_bytes(4, "little")
+        raw[pos + 12 : pos + 16] = (addr >> 32).to_bytes(4, "little")
+
+    def _kconfig_contents(self, spec: MapSpec) -> bytes:
+        config: dict[str, str] | None = None
+        if any(
+            e.kind is _externs.ExternKind.KCONFIG and e.name.startswith("CONFIG_")
+            for e in self.spec.externs.values()
+        ):
+            path = self.options.kconfig_path
+            try:
+                config = _externs.read_kconfig(os.fspath(path) if path is not None else None)
+            except _externs.KconfigError:
+                if not all(
+                    e.weak
+                    for e in self.spec.externs.values()
+                    if e.kind is _externs.ExternKind.KCONFIG and e.name.startswith("CONFIG_")
+                ):
+                    raise
+        features = {
+            "LINUX_KERNEL_VERSION": _externs.kernel_version_code(),
+            "LINUX_HAS_BPF_COOKIE": 1,
+        }
+        if "LINUX_HAS_SYSCALL_WRAPPER" in self.spec.externs:  # costs a /proc/kallsyms scan
+            features["LINUX_HAS_SYSCALL_WRAPPER"] = int(_syscall_wrapper())
+        try:
+            return _externs.kconfig_values(self.spec.externs, spec.value_size, config, features)
+        except _externs.KconfigError as err:
+            raise _externs.KconfigError(f"map {spec.name}: {err}") from err
+
+    def _struct_ops_target(self, spec: ProgramSpec) -> tuple[int, int]:
+        """(kernel struct id, member index) of the struct_ops member ``spec`` implements."""
+        for mname, ms in self.spec.maps.items():
+            ops = ms.struct_ops
+            if ops is None:
+                continue
+            for member, prog in ops.funcs.items():
+                if prog == spec.name:
+                    what = f"program {spec.name}"
+                    kernel = _struct_ops.kernel_types(ops, self._kernel(what), f"map {mname}")
+                    return kernel.type_id, kernel.member_index(member)
+        raise SpecError(
+            f"program {spec.name}: struct_ops program used by no struct_ops map "
+            '(reference it from a variable in SEC(".struct_ops"))'
+        )
+
+    def _attach_btf_id(self, spec: ProgramSpec) -> int:
+        """The kernel BTF id of the attach target, for program types that need one."""
+        at = spec.attach_type
+        name: str | None = None
+        kind = _btf.Kind.FUNC
+        if spec.type == ProgType.TRACING:
+            if at == AttachType.TRACE_RAW_TP:
+                name, kind = f"btf_trace_{spec.attach_to}", _btf.Kind.TYPEDEF
+            elif at == AttachType.TRACE_ITER:
+                name = f"bpf_iter_{spec.attach_to}"
+            elif at in (
+                AttachType.TRACE_FENTRY,
+                AttachType.TRACE_FEXIT,
+                AttachType.MODIFY_RETURN,
+            ):
+                name = spec.attach_to
+        elif spec.type == ProgType.LSM and at == AttachType.LSM_MAC:
+            name = f"bpf_lsm_{spec.attach_to}"
+        if name is None:
+            return 0
+        what = f"program {spec.name}: attach target {spec.attach_to or '(none)'}"
+        if not spec.attach_to:
+            raise AttachTargetError(f"{what}: section {spec.section!r} names no target")
+        found = self._kernel(what).find(name, kind)
+        if found is None:
+            raise AttachTargetError(
+                f"{what}: no {kind.name.lower()} {name} in the kernel's btf (is it missing "
+                "or inlined on this kernel?)"
+            )
+        mod, _kspec, kid = found
+        if mod != "vmlinux":
+            raise NotSupportedError(f"{what}: targets in modules ({mod}) are not supported")
+        return kid
 
     # ------------------------------------------------------------------ finishing
 

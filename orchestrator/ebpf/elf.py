@@ -29,7 +29,9 @@ from elftools.elf.structs import ELFStructs
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import btf_ext as _btf_ext
+from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
+from orchestrator.ebpf import struct_ops as _struct_ops
 from orchestrator.ebpf.asm import (
     CALL,
     INSN_SIZE,
@@ -52,6 +54,7 @@ from orchestrator.ebpf.sys import (
     BPF_PSEUDO_FUNC,
     MapFlags,
     MapType,
+    ProgType,
 )
 
 EM_BPF = 247
@@ -261,7 +264,85 @@ class _Reader:
                 fn, functions, maps, map_by_symbol, license_, kernel_version
             )
         self._read_map_contents(maps, programs)
-        return CollectionSpec(maps, programs, variables, self.btf, name=name, path=path)
+        externs = self._read_externs(maps, programs)
+        self._read_struct_ops(maps, programs)
+        return CollectionSpec(
+            maps, programs, variables, self.btf, name=name, path=path, externs=externs
+        )
+
+    def _read_struct_ops(self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]) -> None:
+        """``.struct_ops``/``.struct_ops.link`` tables (see :mod:`orchestrator.ebpf.struct_ops`)."""
+        secs = [
+            (s.name, s.data, [(off, self.symbols[sym].name) for off, sym in s.relocs])
+            for s in self.sections
+            if s.name in (".struct_ops", ".struct_ops.link") and s.type == SHT_PROGBITS
+        ]
+        if not secs:
+            return
+        for name, ops in _struct_ops.collect(self.btf, secs):
+            if name in maps:
+                raise ParseError(f"struct_ops {name}: clashes with a map of the same name")
+            for member, prog in ops.funcs.items():
+                if prog not in programs or programs[prog].type != ProgType.STRUCT_OPS:
+                    raise ParseError(
+                        f"struct_ops {name}: member {member} refers to {prog!r}, which is not "
+                        "a struct_ops program"
+                    )
+            maps[name] = MapSpec(
+                name,
+                MapType.STRUCT_OPS,
+                4,
+                0,
+                1,
+                section=".struct_ops.link" if ops.link else ".struct_ops",
+                btf=self.btf,
+                struct_ops=ops,
+            )
+
+    def _read_externs(
+        self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]
+    ) -> dict[str, _externs.ExternSpec]:
+        """Externs (``__kconfig``/``__ksym``); kconfig references become ``.kconfig`` map
+        values (see :mod:`orchestrator.ebpf.externs`)."""
+        undefined = [
+            (s.name, s.bind == STB_WEAK)
+            for s in self.symbols
+            if s.shndx == SHN_UNDEF and s.name and s.bind in (STB_GLOBAL, STB_WEAK)
+        ]
+        externs = _externs.collect(self.btf, undefined)
+        kconfig = {n: e for n, e in externs.items() if e.kind is _externs.ExternKind.KCONFIG}
+        if not kconfig:
+            return externs
+        assert self.btf is not None
+        datasec = self.btf.type_by_name(".kconfig", _btf.Datasec)
+        if ".kconfig" in maps:
+            raise ParseError("section .kconfig: clashes with a map of the same name")
+        maps[".kconfig"] = MapSpec(
+            ".kconfig",
+            MapType.ARRAY,
+            4,
+            datasec.size,
+            1,
+            int(MapFlags.RDONLY_PROG),
+            contents=[MapEntry(0, bytes(datasec.size))],
+            freeze=True,
+            section=".kconfig",
+            btf=self.btf,
+            btf_value_type=datasec,
+        )
+        for name, prog in programs.items():
+            refs = dict(prog.instructions.references)
+            changed = False
+            for slot, ref in refs.items():
+                ext = kconfig.get(ref.name) if ref.kind is RefKind.EXTERN else None
+                if ext is not None:
+                    refs[slot] = Reference(RefKind.MAP_VALUE, ".kconfig", ext.offset)
+                    changed = True
+            if changed:
+                programs[name] = replace(
+                    prog, instructions=Instructions(prog.instructions.raw, refs)
+                )
+        return externs
 
     # ------------------------------------------------------------------ BTF fix-ups
 

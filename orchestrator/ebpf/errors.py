@@ -92,3 +92,19 @@ class VerifierError(SyscallError):
 
 class PinError(Error):
     """Pinning or unpinning failed, or a pin path is not on bpffs."""
+
+
+class CORERelocationError(VerifierError):
+    """The verifier reached an instruction poisoned by an unsatisfiable CO-RE relocation.
+    ``relocation`` describes it (kind, local type, access path)."""
+
+    def __init__(
+        self, message: str, errno: int, log: str, program: str = "", relocation: str = ""
+    ) -> None:
+        super().__init__(message, errno, log, program)
+        self.relocation = relocation
+
+
+class AttachTargetError(NotSupportedError):
+    """A program's attach target (``tp_btf/NAME``, ``iter/NAME``, ``fentry/NAME`` ...) or an
+    extern (``__ksym`` variable, kfunc) is not in the running kernel's BTF."""

@@ -24,7 +24,9 @@ from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
 if TYPE_CHECKING:
     from orchestrator.ebpf.btf_ext import CORERelo, FuncInfo, LineInfo
     from orchestrator.ebpf.collection import CollectionOptions
+    from orchestrator.ebpf.externs import ExternSpec
     from orchestrator.ebpf.maps import Map
+    from orchestrator.ebpf.struct_ops import StructOpsSpec
 
 T = TypeVar("T")
 
@@ -67,6 +69,7 @@ class MapSpec:
     section: str = ""  # ELF section the definition came from
     btf: _btf.Spec | None = None  # where ``key``/``value`` live (and the map's BTF type)
     btf_value_type: _btf.Type | None = None  # type whose id is passed as the value type
+    struct_ops: StructOpsSpec | None = None  # the table of a BPF_MAP_TYPE_STRUCT_OPS map
 
     @property
     def is_data_section(self) -> bool:
@@ -257,11 +260,14 @@ class CollectionSpec:
         *,
         name: str = "",
         path: str = "",
+        externs: dict[str, ExternSpec] | None = None,
     ) -> None:
         self.maps: dict[str, MapSpec] = maps or {}
         self.programs: dict[str, ProgramSpec] = programs or {}
         self.variables: dict[str, VariableSpec] = variables or {}
         self.btf = btf
+        # Externs (__kconfig/__ksym) the programs use; resolved at load time.
+        self.externs: dict[str, ExternSpec] = externs or {}
         self.name = name
         self.path = path
         # Existing maps that replace spec maps (rewrite_maps); consumed by Collection.
@@ -297,6 +303,7 @@ class CollectionSpec:
             self.btf,  # treated as immutable after parsing
             name=self.name,
             path=self.path,
+            externs=dict(self.externs),
         )
         out.map_replacements = dict(self.map_replacements)
         return out

@@ -1,0 +1,133 @@
+"""The running kernel's BTF (``/sys/kernel/btf/vmlinux`` and module BTF), indexed for lookups.
+
+CO-RE relocation, ``.ksyms`` externs, kfuncs and attach targets (``tp_btf/``, ``iter/``,
+``struct_ops``) all look kernel types up by name. The vmlinux blob has ~130k types; parsing
+it here only indexes where each record starts (:meth:`btf.Spec.parse`), and the name index
+decodes names, never whole types. The result is cached per process, keyed by the file's
+path, size and mtime, so a second load in the same process costs nothing.
+
+A different file (another kernel's BTF, or a hand-made blob in tests) can stand in for the
+running kernel: :func:`load` takes a path, and ``CollectionOptions.kernel_btf`` passes one
+through.
+
+Needs ``CONFIG_DEBUG_INFO_BTF`` (Linux 5.4+) for ``/sys/kernel/btf/vmlinux``; module BTF
+(``CONFIG_DEBUG_INFO_BTF_MODULES``, 5.11+) sits next to it and is split on vmlinux.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf.errors import BTFError, NotSupportedError
+
+__all__ = ["VMLINUX", "KernelBTF", "essential_name", "load"]
+
+VMLINUX = "/sys/kernel/btf/vmlinux"
+
+
+def essential_name(name: str) -> str:
+    """``name`` without a CO-RE flavor suffix: ``task_struct___old`` → ``task_struct``.
+
+    The suffix starts at the last ``___`` that is preceded and followed by something other
+    than ``_`` (libbpf's rule, documented with ``bpf_core_essential_name_len``).
+    """
+    n = len(name)
+    for i in range(n - 5, -1, -1):
+        if (
+            name[i] != "_"
+            and name[i + 1] == "_"
+            and name[i + 2] == "_"
+            and name[i + 3] == "_"
+            and name[i + 4] != "_"
+        ):
+            return name[: i + 1]
+    return name
+
+
+@dataclass(eq=False)
+class KernelBTF:
+    """vmlinux BTF plus (lazily) module BTF, with name lookups.
+
+    ``modules`` maps a module name to its split spec; it is read on first use.
+    """
+
+    vmlinux: _btf.Spec
+    path: str = VMLINUX
+    module_dir: str | None = None
+    _modules: dict[str, _btf.Spec] | None = None
+
+    @property
+    def modules(self) -> dict[str, _btf.Spec]:
+        mods = self._modules
+        if mods is None:
+            mods = {}
+            if self.module_dir is not None:
+                try:
+                    names = sorted(os.listdir(self.module_dir))
+                except OSError:
+                    names = []
+                for n in names:
+                    if n == "vmlinux":
+                        continue
+                    p = os.path.join(self.module_dir, n)
+                    try:
+                        with open(p, "rb") as f:
+                            data = f.read()
+                        mods[n] = _btf.Spec.parse(data, base=self.vmlinux)
+                    except (OSError, BTFError):
+                        continue  # a module being unloaded, or BTF we cannot read
+            self._modules = mods
+        return mods
+
+    def specs(self) -> Iterator[tuple[str, _btf.Spec]]:
+        """``("vmlinux", spec)`` first, then each module's."""
+        yield "vmlinux", self.vmlinux
+        yield from self.modules.items()
+
+    def find(self, name: str, kind: _btf.Kind) -> tuple[str, _btf.Spec, int] | None:
+        """The first type named ``name`` of ``kind``: (module or "vmlinux", spec, id)."""
+        for mod, spec in self.specs():
+            for tid in spec.ids_by_name(name):
+                if tid >= spec.first_id and spec.kind_of(tid) == kind:
+                    return mod, spec, tid
+        return None
+
+
+_CACHE: dict[tuple[str, int, int], KernelBTF] = {}
+_LOCK = threading.Lock()
+
+
+def load(path: str | os.PathLike[str] | None = None) -> KernelBTF:
+    """The kernel BTF at ``path`` (default: the running kernel's), cached per process.
+
+    With the default path, module BTF from ``/sys/kernel/btf/*`` is available too; an
+    explicit path stands alone.
+    """
+    p = os.fspath(path) if path is not None else VMLINUX
+    try:
+        st = os.stat(p)
+    except OSError as err:
+        if path is None:
+            raise NotSupportedError(
+                f"kernel btf: {p}: {(err.strerror or str(err)).lower()} "
+                "(the kernel needs CONFIG_DEBUG_INFO_BTF, or pass a btf file)"
+            ) from err
+        raise BTFError(f"kernel btf: {p}: {(err.strerror or str(err)).lower()}") from err
+    key = (p, st.st_size, st.st_mtime_ns)
+    with _LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        with open(p, "rb") as f:
+            data = f.read()
+        try:
+            spec = _btf.Spec.parse(data)
+        except BTFError as err:
+            raise BTFError(f"kernel btf: {p}: {err}") from err
+        kb = KernelBTF(spec, p, os.path.dirname(p) if path is None else None)
+        _CACHE[key] = kb
+        return kb
