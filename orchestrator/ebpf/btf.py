@@ -734,6 +734,8 @@ _INT_SIGNED = 1 << 0
 _INT_CHAR = 1 << 1
 _INT_BOOL = 1 << 2
 
+_MARSHAL_CACHE_SIZE = 8  # distinct extra-string sets remembered per spec
+
 _PENDING = Void()  # placeholder for references while a closure of types is decoded
 _PENDING_PROTO = FuncProto(_PENDING)
 _FUNC_LINKAGES = tuple(FuncLinkage)
@@ -761,6 +763,7 @@ class Spec:
         "_cache",
         "_first",
         "_ids",
+        "_marshalled",
         "_names",
         "_offs",
         "_str_cache",
@@ -783,6 +786,7 @@ class Spec:
         self._names: dict[str, list[int]] | None = None
         self._str_cache: dict[int, str] = {}
         self._void = Void()
+        self._marshalled: dict[frozenset[str], tuple[bytes, dict[str, int]]] = {}
 
     # ---- construction
 
@@ -843,6 +847,7 @@ class Spec:
         new._offs = self._offs
         new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
         new._void = Void()
+        new._marshalled = {}
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
         mapping: dict[Type, Type] = {self._void: new._void}
         cache: list[Type | None] = [None] * len(self._cache)
@@ -867,6 +872,7 @@ class Spec:
         existing = self._lookup_id(t)
         if existing is not None:
             return existing
+        self._marshalled.clear()
         stack = [t]
         while stack:
             cur = stack.pop()
@@ -1005,7 +1011,27 @@ class Spec:
         The string table is deduplicated and also holds ``extra_strings`` (line_info file
         names and source lines). Returns the blob and the string → offset map. A split spec
         emits only its own types; its string offsets continue after the base's.
+
+        The result is cached per set of extra strings: a spec is treated as immutable once
+        parsed (the ELF reader's DATASEC fix-ups happen before anything marshals it).
+        :meth:`add` drops the cache; code that changes a type in place must call
+        :meth:`changed` (or work on a :meth:`copy`). The returned dict is shared with the
+        cache: do not modify it.
         """
+        key = frozenset(extra_strings)
+        cached = self._marshalled.get(key)
+        if cached is None:
+            cached = self._marshal(key)
+            if len(self._marshalled) >= _MARSHAL_CACHE_SIZE:
+                self._marshalled.clear()
+            self._marshalled[key] = cached
+        return cached
+
+    def changed(self) -> None:
+        """Forget cached :meth:`marshal` results: call after changing a type in place."""
+        self._marshalled.clear()
+
+    def _marshal(self, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, int]]:
         strings: dict[str, int] = {"": 0}
         chunks: list[bytes] = [] if self._base is not None else [b"\0"]
         size = self._str_start + (0 if self._base is not None else 1)
@@ -1030,7 +1056,7 @@ class Spec:
                 _encode_type(t, words, intern, self.type_id)
             except _Range as err:
                 raise BTFError(f"btf: type {tid} ({describe(t)}): {err}") from None
-        for s in extra_strings:
+        for s in sorted(extra_strings):
             intern(s)
         try:
             tarr = array("I", words)

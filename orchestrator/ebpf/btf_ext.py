@@ -26,6 +26,9 @@ __all__ = [
     "LineInfo",
     "encode_func_infos",
     "encode_line_infos",
+    "encoded_func_infos",
+    "encoded_line_infos",
+    "line_strings",
     "parse_ext",
 ]
 
@@ -226,3 +229,60 @@ def encode_line_infos(
             raise BTFError(f"line info {li.file_name}:{li.line_number}:{li.column}: out of range")
         out += _LINE_INFO.pack(insn, file_off, line_off, (li.line_number << _COL_BITS) | li.column)
     return bytes(out)
+
+
+# ---------------------------------------------------------------------------- memo
+#
+# Specs handed out by the spec cache (and their copies) share their record tuples, and a
+# spec's marshalled BTF is cached (its string map is then the same object on every load):
+# the encoded records of a program only need computing once. Entries are keyed by the
+# identity of their inputs and keep them alive, so an id is never reused while its entry
+# exists; records are immutable after parsing.
+
+_MEMO_SIZE = 256
+_memo: dict[tuple[str, int, int], tuple[object, object, object]] = {}
+
+
+def _remember(key: tuple[str, int, int], value: tuple[object, object, object]) -> None:
+    if len(_memo) >= _MEMO_SIZE:
+        del _memo[next(iter(_memo))]  # the oldest entry
+    _memo[key] = value
+
+
+def line_strings(infos: tuple[LineInfo, ...]) -> frozenset[str]:
+    """The file names and source lines of ``infos`` (the extra strings marshal needs)."""
+    key = ("strings", id(infos), 0)
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is infos:
+        out = hit[2]
+        assert isinstance(out, frozenset)
+        return out
+    found = frozenset(s for li in infos for s in (li.file_name, li.line))
+    _remember(key, (infos, None, found))
+    return found
+
+
+def encoded_func_infos(infos: tuple[FuncInfo, ...], spec: Spec) -> bytes:
+    """:func:`encode_func_infos` with ``spec``'s type ids, memoized."""
+    key = ("func", id(infos), id(spec))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is infos and hit[1] is spec:
+        out = hit[2]
+        assert isinstance(out, bytes)
+        return out
+    data = encode_func_infos(infos, spec.type_id)
+    _remember(key, (infos, spec, data))
+    return data
+
+
+def encoded_line_infos(infos: tuple[LineInfo, ...], strings: dict[str, int]) -> bytes:
+    """:func:`encode_line_infos` against a marshalled string map, memoized."""
+    key = ("line", id(infos), id(strings))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is infos and hit[1] is strings:
+        out = hit[2]
+        assert isinstance(out, bytes)
+        return out
+    data = encode_line_infos(infos, strings)
+    _remember(key, (infos, strings, data))
+    return data
