@@ -82,28 +82,25 @@ def libbpf_batch(obj: Path, n: int, pin_root: Path, into: Samples) -> None:
 
 
 def bpforch_batch(obj: Path, n: int, pin_root: Path, into: Samples) -> None:
-    """Per repetition: a cold parse (no spec cache) and its load, then a warm one (the spec
-    cache holds the object: what a long-running orchestrator sees) and its load."""
+    """``n`` cold repetitions (no spec cache: a full parse, then a load whose BTF is
+    marshalled afresh), then ``n`` warm ones (the spec cache holds the object: what a
+    long-running orchestrator sees)."""
     opts = ebpf.CollectionOptions(pin_path=pin_root)
-    gc.collect()
     try:
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            spec = ebpf.CollectionSpec.from_file(obj, cache=False)
-            t1 = time.perf_counter_ns()
-            coll = ebpf.Collection(spec, opts)
-            t2 = time.perf_counter_ns()
-            coll.close()
-            into.parse.append((t1 - t0) / 1e6)
-            into.full.append((t2 - t0) / 1e6)
-            t0 = time.perf_counter_ns()
-            spec = ebpf.CollectionSpec.from_file(obj)
-            t1 = time.perf_counter_ns()
-            coll = ebpf.Collection(spec, opts)
-            t2 = time.perf_counter_ns()
-            coll.close()
-            into.warm_parse.append((t1 - t0) / 1e6)
-            into.warm_full.append((t2 - t0) / 1e6)
+        for cache, parse, full in (
+            (False, into.parse, into.full),
+            (True, into.warm_parse, into.warm_full),
+        ):
+            gc.collect()
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                spec = ebpf.CollectionSpec.from_file(obj, cache=cache)
+                t1 = time.perf_counter_ns()
+                coll = ebpf.Collection(spec, opts)
+                t2 = time.perf_counter_ns()
+                coll.close()
+                parse.append((t1 - t0) / 1e6)
+                full.append((t2 - t0) / 1e6)
     except ebpf.Error as err:
         into.error = str(err).splitlines()[0][:90]
 

@@ -66,7 +66,7 @@ class SpecCache:
     def get(self, path: str | os.PathLike[str]) -> CollectionSpec:
         """A spec of the object at ``path`` that the caller owns (parsed or copied)."""
         given = os.fspath(path)
-        key = os.path.abspath(given)
+        key = given if given.startswith("/") else os.path.abspath(given)
         now = time.time_ns()  # before stat: the identity is at least this old
         try:
             st = _stat(key)
