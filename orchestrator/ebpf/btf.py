@@ -834,6 +834,8 @@ class Spec:
         spec._words = words
         spec._offs = _index_records(words, spec._first)
         spec._cache = [None] * len(spec._offs)
+        if len(strtab) <= _PREFILL_STRINGS:
+            spec._str_cache = _split_strings(strtab, spec._str_start)
         return spec
 
     def copy(self) -> Spec:
@@ -1275,6 +1277,23 @@ def _index_records(words: array[int], first: int) -> array[int]:
     if first + len(offs) - 1 > BTF_MAX_TYPE:
         raise BTFError(f"btf: more than {BTF_MAX_TYPE} types")
     return offs
+
+
+# String tables up to this size (an object's, not the kernel's) are decoded in one pass at
+# parse time: nearly every string of an object's BTF is needed, and one split is much
+# cheaper than a lookup per string.
+_PREFILL_STRINGS = 64 * 1024
+
+
+def _split_strings(strtab: bytes, start: int) -> dict[int, str]:
+    """Offset (from ``start``) → string for every string that follows a nul. Offsets into
+    the middle of a string are left to :meth:`Spec.string`."""
+    out: dict[int, str] = {}
+    off = start
+    for raw in strtab.split(b"\0")[:-1]:  # the table ends with a nul (checked by parse)
+        out[off] = raw.decode("utf-8", "surrogateescape")
+        off += len(raw) + 1
+    return out
 
 
 class _Range(Exception):

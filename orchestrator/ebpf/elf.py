@@ -21,6 +21,7 @@ import bisect
 import functools
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -190,10 +191,10 @@ class _Reader:
         _, _, _, _, noff, nsize, *_ = headers[shstrndx]
         if noff + nsize > size:
             raise ParseError("section name table extends past the end of the file")
-        names = self.data[noff : noff + nsize]
+        name_of = _string_table(self.data[noff : noff + nsize])
         links: list[tuple[int, int]] = []
         for i, (name, stype, flags, _addr, off, sz, link, info, _align, _ent) in enumerate(headers):
-            sec_name = _cstr(names, name)
+            sec_name = name_of(name)
             if stype != SHT_NOBITS and off + sz > size:
                 raise ParseError(f"section {sec_name}: extends past the end of the file")
             body = b"" if stype == SHT_NOBITS else self.data[off : off + sz]
@@ -211,26 +212,28 @@ class _Reader:
             if not 0 < info < len(self.sections):
                 raise ParseError(f"relocation section {s.name}: bad target section {info}")
             target = self.sections[info]
+            if not target.flags & SHF_ALLOC:
+                continue  # debug info, .BTF, .BTF.ext: nothing a loader applies (libbpf too)
             if len(s.data) % _REL.size:
                 raise ParseError(f"relocation section {s.name}: truncated")
             nsyms = len(self.symbols)
-            for r_offset, r_info in _REL.iter_unpack(s.data):
-                sym = r_info >> 32
-                if sym >= nsyms:
-                    raise ParseError(f"relocation section {s.name}: bad symbol index {sym}")
-                target.relocs.append((r_offset, sym))
+            relocs = [(r_offset, r_info >> 32) for r_offset, r_info in _REL.iter_unpack(s.data)]
+            if relocs and max(sym for _, sym in relocs) >= nsyms:
+                bad = next(sym for _, sym in relocs if sym >= nsyms)
+                raise ParseError(f"relocation section {s.name}: bad symbol index {bad}")
+            target.relocs.extend(relocs)
 
     def _load_symbols(self, symtab: _Section, link: int) -> None:
         if not 0 <= link < len(self.sections):
             raise ParseError("symbol table: bad string table link")
-        strtab = self.sections[link].data
+        name_of = _string_table(self.sections[link].data)
         if len(symtab.data) % _SYM.size:
             raise ParseError("symbol table: truncated")
         for i, (st_name, info, _other, shndx, value, size) in enumerate(
             _SYM.iter_unpack(symtab.data)
         ):
             self.symbols.append(
-                _Symbol(i, _cstr(strtab, st_name), info >> 4, info & 0xF, shndx, value, size)
+                _Symbol(i, name_of(st_name), info >> 4, info & 0xF, shndx, value, size)
             )
 
     # ------------------------------------------------------------------ top level
@@ -860,6 +863,23 @@ def _elf_structs() -> ELFStructs:
         e_type="ET_REL", e_machine="EM_BPF", e_ident_osabi="ELFOSABI_SYSV"
     )
     return structs
+
+
+def _string_table(data: bytes) -> Callable[[int], str]:
+    """``offset -> string`` for an ELF string table: every string that starts after a nul
+    is decoded once, in one pass; other offsets (suffixes shared by the linker or
+    compiler, e.g. ``.BTF`` inside ``.rel.BTF``) fall back to :func:`_cstr`."""
+    starts: dict[int, str] = {}
+    off = 0
+    for raw in data.split(b"\0"):
+        starts[off] = raw.decode("utf-8", "replace")
+        off += len(raw) + 1
+
+    def lookup(offset: int) -> str:
+        found = starts.get(offset)
+        return found if found is not None else _cstr(data, offset)
+
+    return lookup
 
 
 def _cstr(data: bytes, offset: int) -> str:
