@@ -13,6 +13,7 @@ from orchestrator import ebpf
 from orchestrator.ebpf import elf
 from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64
 from orchestrator.ebpf.btf import Int, Spec
+from orchestrator.ebpf.btf_ext import parse_ext
 from orchestrator.ebpf.sys import BPF_PSEUDO_CALL, BPF_PSEUDO_FUNC
 from tests.conftest import BPF_DIR, obj
 
@@ -111,3 +112,18 @@ def test_ext_records_per_function_are_in_instruction_order(path: Path) -> None:
         if prog.func_infos:
             assert prog.func_infos[0].insn == 0
             assert prog.func_infos[0].func.name == prog.name
+
+
+def test_line_info_not_at_an_instruction() -> None:
+    data = obj("xdp_counter.o").read_bytes()
+    secs = _sections(data)
+    _, btf_off, btf_size = secs[".BTF"]
+    _, ext_off, ext_size = secs[".BTF.ext"]
+    ext = bytearray(data[ext_off : ext_off + ext_size])
+    hdr_len, li_off = struct.unpack_from("<I", ext, 4)[0], struct.unpack_from("<I", ext, 16)[0]
+    first = hdr_len + li_off + 4 + 8  # record size, then section name and count
+    good = parse_ext(bytes(ext), Spec.parse(data[btf_off : btf_off + btf_size]))
+    assert good.line_infos["xdp"][0].insn == struct.unpack_from("<I", ext, first)[0] // 8
+    struct.pack_into("<I", ext, first, 3)
+    with pytest.raises(ebpf.BTFError, match="xdp: offset 3 is not at an instruction"):
+        parse_ext(bytes(ext), Spec.parse(data[btf_off : btf_off + btf_size]))
