@@ -103,7 +103,7 @@ class _Loader:
             self._btf_loaded = True
             spec = self.spec.btf
             if spec is not None:
-                extra = frozenset[str]().union(
+                extra: frozenset[str] = frozenset().union(
                     *(_btf_ext.line_strings(p.line_infos) for p in self.spec.programs.values())
                 )
                 data, strings = spec.marshal(extra)  # cached per spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from orchestrator.ebpf.btf_ext import CORERelo, FuncInfo, LineInfo
     from orchestrator.ebpf.collection import CollectionOptions
     from orchestrator.ebpf.maps import Map
+    from orchestrator.ebpf.speccache import SpecCache
 
 T = TypeVar("T")
 
@@ -285,9 +287,7 @@ class CollectionSpec:
         (see :mod:`orchestrator.ebpf.speccache`).
         """
         if cache:
-            from orchestrator.ebpf.speccache import default
-
-            return default.get(path)
+            return _spec_cache().get(path)
         from orchestrator.ebpf.elf import load_file
 
         return load_file(os.fspath(path))
@@ -376,6 +376,15 @@ class CollectionSpec:
             f"CollectionSpec({self.name or self.path!r}, maps={sorted(self.maps)}, "
             f"programs={sorted(self.programs)})"
         )
+
+
+@functools.cache
+def _spec_cache() -> SpecCache:
+    # Imported on first use (speccache imports this module); an import statement in
+    # from_file itself would cost more than a cache hit.
+    from orchestrator.ebpf.speccache import default
+
+    return default
 
 
 def _hint(name: str, choices: list[str]) -> str:
