@@ -361,21 +361,19 @@ class UdpStream:
 
 @dataclass
 class Cgroup:
-    """A cgroup v2 directory. Processes started with :meth:`spawn` are in it from their
-    first instruction (the child writes itself to ``cgroup.procs`` before exec)."""
+    """A cgroup v2 directory. Processes started with :meth:`spawn` are in it before the
+    command starts (the child moves itself into ``cgroup.procs``, then execs)."""
 
     path: Path
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     def spawn(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        """Start ``argv`` inside the cgroup: a shell writes its own pid to ``cgroup.procs``
+        and then execs the command (no ``preexec_fn``, which is unsafe with threads)."""
         procs = str(self.path / "cgroup.procs")
-
-        def join() -> None:
-            with open(procs, "w") as f:
-                f.write("0")  # "0" means the writing process itself
-
+        script = 'echo $$ > "$0" && exec "$@"'
         child: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            list(argv), preexec_fn=join, **kwargs
+            ["/bin/sh", "-c", script, procs, *argv], **kwargs
         )
         self._children.append(child)
         return child

@@ -58,16 +58,19 @@ from orchestrator.ebpf.programs import Program
 from orchestrator.ebpf.sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType, ProgType
 
 __all__ = [
+    "Anchor",
     "AttachConflictError",
     "AttachError",
     "AttachedProgram",
     "CgroupTarget",
     "HookState",
     "Link",
+    "LinkID",
     "LinkInfo",
     "LinkTarget",
     "NetnsTarget",
     "PerfEventTarget",
+    "ProgramID",
     "RawTracepointTarget",
     "TCXTarget",
     "TargetNotFoundError",
@@ -92,6 +95,7 @@ __all__ = [
     "in_netns",
     "iter_links",
     "require_supported",
+    "resolve_symbol",
     "tcx_attached",
     "xdp_attached",
 ]
@@ -147,7 +151,7 @@ class XDPTarget:
 @dataclass(frozen=True, slots=True)
 class TCXTarget:
     ifindex: int
-    attach_type: AttachType  # TCX_INGRESS or TCX_EGRESS
+    attach_type: AttachType | int  # TCX_INGRESS or TCX_EGRESS
 
     @property
     def direction(self) -> Direction:
@@ -305,7 +309,7 @@ def _decode_info(raw: _sys.LinkInfo, name: str) -> LinkInfo:
     if t == LinkType.XDP:
         target = XDPTarget(lo(0))
     elif t == LinkType.TCX:
-        target = TCXTarget(lo(0), AttachType(hi(0)))
+        target = TCXTarget(lo(0), _enum(AttachType, hi(0)))
     elif t == LinkType.CGROUP:
         target = CgroupTarget(words[0], _enum(AttachType, lo(1)))
     elif t == LinkType.NETNS:
@@ -372,6 +376,7 @@ class Link:
         except AttachError as err:
             raise PinError(f"link pin {p}: {err}") from err
         link._pinned = p
+        link.description = f"link {link.id} ({_type_name(link.type)}) pinned at {p}"
         return link
 
     @classmethod
@@ -530,18 +535,12 @@ def _fd_kind(fd: FD) -> str:
     return "file"
 
 
-def _make(
-    what: str,
-    create: Callable[[], FD],
-    *,
-    hint: dict[int, tuple[type[AttachError], str]] | None = None,
-) -> Link:
+def _make(what: str, create: Callable[[], FD]) -> Link:
     """Run ``create`` (which returns a new link fd) and wrap its errors."""
     try:
         fd = create()
     except SyscallError as err:
-        klass, text = (hint or {}).get(err.errno, (AttachError, ""))
-        raise klass(f"{what}: {_strip(err)}" + (f" ({text})" if text else "")) from err
+        raise AttachError(f"{what}: {_strip(err)}") from err
     return Link.from_fd(fd, description=what)
 
 
@@ -635,8 +634,7 @@ def attach_xdp(
             fd = _sys.link_create(attr)
     except SyscallError as err:
         raise _xdp_error(prog, index, mode, err, netns) from err
-    name = _ifname(index, netns)
-    return Link.from_fd(fd, description=f"xdp link of {prog.name} on {name}")
+    return Link.from_fd(fd, description=f"xdp link of {prog.name} on {iface}")
 
 
 def _xdp_error(prog: Program, index: int, mode: str, err: SyscallError, netns: NetnsPath) -> Error:
@@ -681,7 +679,9 @@ def _prog_name(prog_id: int) -> str:
 def xdp_attached(iface: int | str, netns: NetnsPath = None) -> XDPAttachment | None:
     """The XDP program on an interface, whoever attached it (rtnetlink RTM_GETLINK
     IFLA_XDP), and the id of the BPF link that holds it, if a link does (found by iterating
-    links: an xdp link with that ifindex and program)."""
+    links: an xdp link with that ifindex and program). The kernel reports no namespace for
+    xdp links, so if the same program is attached by links to interfaces with the same index
+    in two namespaces, the first such link is named. Needs CAP_NET_ADMIN, CAP_SYS_ADMIN."""
     index = _ifindex(iface, netns)
     try:
         state = _netlink.query_link(index, netns)

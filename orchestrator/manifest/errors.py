@@ -63,3 +63,7 @@ class ManifestError(Exception):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: tuple[Problem, ...] = tuple(sorted(problems, key=Problem.sort_key))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __reduce__(self) -> tuple[type[ManifestError], tuple[tuple[Problem, ...]]]:
+        # the default would call ManifestError(message), losing the problems
+        return (type(self), (self.problems,))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import mmap
 import os
 import posixpath
 import threading
@@ -559,7 +560,7 @@ class _Checker:
 
         if m.is_data_section:
             self.problem(e, path, f"{m.name} is a data section; its size is fixed", "remove it")
-        elif m.type == MapType.RINGBUF and (value % 4096 or value & (value - 1)):
+        elif m.type == MapType.RINGBUF and (value % mmap.PAGESIZE or value & (value - 1)):
             self.problem(
                 e,
                 path,
@@ -623,6 +624,39 @@ class _Checker:
                                 f"(tc {t.direction.value} on {t.interface})",
                                 _hint(other, sorted(set(peers) - {a.program})),
                             )
+            self.tc_order(e)
+
+    def tc_order(self, e: _Entry) -> None:
+        """before/after among the tc attachments of one hook must not go round in a circle
+        (each is attached after the program it is placed relative to)."""
+        anchors: dict[tuple[str, str], tuple[str, int]] = {}  # (hook, program) -> anchor
+        for i, a in enumerate(e.coll.attach):
+            t = a.target
+            if isinstance(t, TcTarget) and (t.before or t.after):
+                anchor = t.before or t.after or ""
+                anchors.setdefault((t.key(), a.program), (anchor, i))
+        reported: set[frozenset[str]] = set()
+        for (hook, start), (_, index) in anchors.items():
+            chain = [start]
+            cur = start
+            while (hook, cur) in anchors:
+                cur = anchors[(hook, cur)][0]
+                if cur == start and len(chain) > 1:
+                    members = frozenset(chain)
+                    if members not in reported:
+                        reported.add(members)
+                        t = e.coll.attach[index].target
+                        rel = "before" if isinstance(t, TcTarget) and t.before else "after"
+                        self.problem(
+                            e,
+                            ("spec", "attach", index, "tc", rel),
+                            "tc ordering goes round in a circle: " + " -> ".join([*chain, start]),
+                            "one program of the hook must be placed without before/after",
+                        )
+                    break
+                if cur in chain:
+                    break  # a circle not through start: reported from one of its members
+                chain.append(cur)
 
     def substitutions(self) -> None:
         for e in self.entries:

@@ -66,15 +66,16 @@ class MapOptions:
     source: Source | None = field(default=None, compare=False)
 
     def document(self) -> dict[str, object]:
-        """The normalized manifest form (every field, defaults filled in)."""
+        """The normalized manifest form (defaults filled in; a valid manifest again)."""
+        if self.source_from is not None:
+            return {"from": self.source_from.document()}
         out: dict[str, object] = {
             "pin": self.pin,
             "preserve": self.preserve,
-            "max_entries": self.max_entries,
             "on_incompatible": self.on_incompatible.value,
         }
-        if self.source_from is not None:
-            out["from"] = self.source_from.document()
+        if self.max_entries is not None:
+            out["max_entries"] = self.max_entries
         return out
 
 
@@ -204,11 +205,14 @@ class Attachment:
         return _TARGET_KINDS[type(self.target)]
 
     def document(self) -> dict[str, object]:
-        """The normalized manifest form (every field, defaults filled in, paths as str)."""
+        """The normalized manifest form (defaults filled in, paths as str, unset fields
+        left out; a valid manifest again)."""
         target: dict[str, object] = {}
         for f in fields(self.target):
             name = f.name
             value = getattr(self.target, name)
+            if value is None:
+                continue
             if isinstance(value, enum.Enum):
                 value = value.value
             elif isinstance(value, Path):
@@ -236,19 +240,21 @@ class DesiredCollection:
 
     def document(self) -> dict[str, object]:
         """The normalized manifest (JSON-ready): paths resolved, defaults filled in, in a
-        canonical order. The digest is computed over this and the object's bytes."""
+        canonical order; loading it again gives an equal collection. The digest is computed
+        over this and the object's bytes."""
+        spec: dict[str, object] = {"object": str(self.object_file)}
+        if self.sha256 is not None:
+            spec["sha256"] = self.sha256
+        if self.programs is not None:
+            spec["programs"] = list(self.programs)
+        spec["constants"] = dict(sorted(self.constants.items()))
+        spec["maps"] = {n: m.document() for n, m in sorted(self.maps.items())}
+        spec["attach"] = [a.document() for a in self.attach]
         return {
             "apiVersion": API_VERSION,
             "kind": KIND_COLLECTION,
             "metadata": {"name": self.name, "labels": dict(sorted(self.labels.items()))},
-            "spec": {
-                "object": str(self.object_file),
-                "sha256": self.sha256,
-                "programs": list(self.programs) if self.programs is not None else None,
-                "constants": dict(sorted(self.constants.items())),
-                "maps": {n: m.document() for n, m in sorted(self.maps.items())},
-                "attach": [a.document() for a in self.attach],
-            },
+            "spec": spec,
         }
 
     def depends_on(self) -> frozenset[str]:

@@ -23,7 +23,7 @@ from orchestrator.manifest.errors import Problem
 from orchestrator.manifest.hooks import CGROUP_HOOKS
 from orchestrator.manifest.model import API_VERSION, KIND_COLLECTION, Direction, XdpMode
 
-SCHEMA_ID = "https://bpforch.dev/schemas/manifest.schema.json"
+SCHEMA_ID = "urn:bpforch:schema:manifest:v1"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "manifest.schema.json"
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -234,6 +234,10 @@ def schema() -> dict[str, object]:
 # ------------------------------------------------------------------------ CRD
 
 
+# Kubernetes checks patterns with Go's RE2, which has no lookahead.
+_RE2_PATTERNS = {IFNAME: "^[^/:\\s]{1,15}$"}
+
+
 def _resolve(node: Any, defs: Mapping[str, Any]) -> Any:
     """Inline ``$ref``s and drop what a structural openAPIV3Schema does not allow."""
     if isinstance(node, list):
@@ -254,6 +258,8 @@ def _resolve(node: Any, defs: Mapping[str, Any]) -> Any:
             out["enum"] = value
         elif key == "additionalProperties" and value is False:
             continue  # structural schemas prune unknown fields by default
+        elif key == "pattern":
+            out[key] = _RE2_PATTERNS.get(value, value)
         elif key == "anyOf":  # constants: any JSON value
             out["x-kubernetes-preserve-unknown-fields"] = True
         elif key == "oneOf":
@@ -485,9 +491,16 @@ def check(doc: Document) -> list[Problem]:
 
 
 def main() -> None:  # pragma: no cover - maintenance command
-    """Write ``schemas/manifest.schema.json`` (or print it with ``-``)."""
+    """Write ``schemas/manifest.schema.json``; ``-`` prints it; ``--crd`` prints the CRD
+    (YAML, for ``kubectl apply -f -``)."""
+    args = sys.argv[1:]
+    if args == ["--crd"]:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(crd(), sort_keys=False))
+        return
     text = json.dumps(SCHEMA, indent=2) + "\n"
-    if sys.argv[1:] == ["-"]:
+    if args == ["-"]:
         sys.stdout.write(text)
     else:
         SCHEMA_FILE.parent.mkdir(parents=True, exist_ok=True)

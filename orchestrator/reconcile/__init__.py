@@ -13,7 +13,14 @@ print(r.status().to_json())
 Apply is all-or-nothing across the whole desired state: everything new is loaded and pinned
 under a staging directory, attachments are switched (link update in place, or
 make-before-break), then each collection directory is swapped into place atomically and the
-record written. A failure before that restores the previous generation exactly.
+record written. A failure before that restores the previous generation exactly. When only
+labels or attachments change, the live programs and maps are kept and only links change.
+``apply(dry_run=True)`` only plans; ``apply(dry_run="kernel")`` also loads everything
+through the verifier and closes it again.
+
+Layout: ``<bpffs_root>/<collection>/{maps,progs,links}/<name>`` (no version in any name),
+the record in ``<state_dir>/state.json`` and the apply lock in ``<state_dir>/lock``. Use one
+state directory per bpffs root: the lock is what keeps two applies apart.
 """
 
 from __future__ import annotations

@@ -7,13 +7,14 @@ Steps, in the order an apply reaches them:
 - ``pin``: its new objects are about to be pinned under the staging directory;
 - ``attach``: a new link is about to be created (new attachment or make-before-break);
 - ``switch``: a link is about to be switched to the new program in place;
-- ``commit``: staged directories are about to be swapped into place;
+- ``commit``: a staged collection directory is about to be swapped into place (or a
+  deleted one moved out), once per collection;
 - ``record``: the state record is about to be written;
 - ``release``: the record is written (the apply is committed); the old generation is about
   to be released. A failure here is only a warning (the leftovers go with the next apply).
 
 A hook receives the subject (collection name, or attachment key for attach/switch, or "" for
-commit/record). Raising from a hook makes the step fail. ``BPFORCH_TEST_CRASH_AT=STEP`` (or
+record/release). Raising from a hook makes the step fail. ``BPFORCH_TEST_CRASH_AT=STEP`` (or
 ``STEP:N`` for the N-th time the step is reached) makes the process kill itself with SIGKILL
 there, for crash tests in a subprocess.
 """

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import ProgType
 from orchestrator.ebpf import sys as _sys
@@ -43,18 +44,23 @@ from orchestrator.reconcile.state import (
 )
 from orchestrator.reconcile.store import read_record
 
+if TYPE_CHECKING:
+    from orchestrator.ebpf import CollectionSpec
+    from orchestrator.manifest.objects import ObjectError, ObjectInfo
+
 # bpffs refuses names with a dot; an underscore can't start a collection name (DNS label)
 STAGING_PREFIX = "_staging-"
 CGROUP2_SUPER_MAGIC = 0x63677270
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
-# Program types that cannot load or attach on this kind of kernel (see KERNEL_NOTES.md).
+# Program types that cannot load on this kind of kernel (see KERNEL_NOTES.md). kprobe
+# programs load; they attach here only as uprobes (there is no kprobe PMU), and the manifest
+# model has no kprobe target.
 _UNSUPPORTED = {
     ProgType.TRACING: "fentry/fexit/fmod_ret programs are not supported on this kernel "
     "(the load fails with EPERM)",
     ProgType.LSM: "lsm programs are not supported on this kernel (the load fails with EPERM)",
     ProgType.EXT: "freplace programs are not supported on this kernel (the load fails with EPERM)",
-    ProgType.KPROBE: "kprobe programs cannot attach on this kernel (no kprobe PMU)",
 }
 
 
@@ -90,14 +96,30 @@ def link_detached(kind: str, info: _sys.LinkInfo) -> bool:
     return False
 
 
+def _same_pin(path: str, ino: int) -> bool:
+    """The pin at ``path`` is still the one that was recorded (same inode): pins can't be
+    re-pointed, so a replaced pin has a new inode."""
+    if not ino:
+        return False
+    try:
+        return os.stat(path).st_ino == ino
+    except OSError:
+        return False
+
+
 def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
-    """Every recorded pin of ``rec`` against the kernel."""
-    cdir = root / rec.name
+    """Every recorded pin of ``rec`` against the kernel: maps and programs by the pin's
+    inode (a stat), falling back to BPF_OBJ_GET + info to say what changed; links always by
+    BPF_OBJ_GET + link info (a link can be detached while its pin stays)."""
+    cdir = os.path.join(root, rec.name)
     drift: list[Drift] = []
     for m in rec.maps.values():
-        if m.source:
+        if m.source or not m.pin:  # substituted, or a frozen .rodata held by its programs
             continue
-        got = _open_id(cdir / m.pin, _sys.map_info)
+        path = os.path.join(cdir, m.pin)
+        if _same_pin(path, m.ino):
+            continue
+        got = _open_id(Path(path), _sys.map_info)
         if got is None:
             drift.append(Drift("map", m.name, f"pin {m.pin} is missing"))
         elif got[0] != m.id:
@@ -105,7 +127,10 @@ def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
                 Drift("map", m.name, f"pin {m.pin} holds map id {got[0]}, not {m.id}", "replaced")
             )
     for p in rec.programs.values():
-        got = _open_id(cdir / p.pin, _sys.prog_info)
+        path = os.path.join(cdir, p.pin)
+        if _same_pin(path, p.ino):
+            continue
+        got = _open_id(Path(path), _sys.prog_info)
         if got is None:
             drift.append(Drift("program", p.name, f"pin {p.pin} is missing"))
         elif got[0] != p.id:
@@ -118,7 +143,7 @@ def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
                 )
             )
     for a in rec.attachments.values():
-        drift.extend(_check_link(cdir, rec, a))
+        drift.extend(_check_link(Path(cdir), rec, a))
     return tuple(drift)
 
 
@@ -199,11 +224,8 @@ def needs_work(d: DesiredCollection, actual: ActualState) -> bool:
     return a is None or not d.digest or a.record.digest != d.digest or bool(a.drift)
 
 
-def map_shapes(d: DesiredCollection) -> dict[str, MapShape]:
+def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape]:
     """The shape of every map of ``d``'s object after ``max_entries`` overrides."""
-    from orchestrator.manifest.objects import object_spec
-
-    spec = object_spec(d.object_file)
     out = {}
     for name, m in spec.maps.items():
         mo = d.maps.get(name)
@@ -212,13 +234,36 @@ def map_shapes(d: DesiredCollection) -> dict[str, MapShape]:
     return out
 
 
-def _collection_facts(d: DesiredCollection) -> CollectionFacts:
-    from orchestrator.manifest.objects import ObjectError, object_spec
+class ObjectCache:
+    """Parsed objects for one apply: each object file is looked up once (the manifest
+    layer's cache re-checks the file on every lookup)."""
+
+    def __init__(self) -> None:
+        self._infos: dict[Path, ObjectInfo | ObjectError] = {}
+
+    def get(self, path: Path) -> ObjectInfo:
+        from orchestrator.manifest.objects import ObjectError, object_info
+
+        hit = self._infos.get(path)
+        if hit is None:
+            try:
+                hit = object_info(path)
+            except ObjectError as err:
+                hit = err
+            self._infos[path] = hit
+        if isinstance(hit, ObjectError):
+            raise hit
+        return hit
+
+
+def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionFacts:
+    from orchestrator.manifest.objects import ObjectError
 
     try:
-        spec = object_spec(d.object_file)
+        info = objects.get(d.object_file)
     except ObjectError as err:
         return CollectionFacts(problems=(f"object {d.object_file}: {err}",))
+    spec = info.spec
     names = (
         tuple(d.programs)
         if d.programs is not None
@@ -231,11 +276,14 @@ def _collection_facts(d: DesiredCollection) -> CollectionFacts:
             problems.append(f"program {n}: not in object {d.object_file}")
             continue
         why = _UNSUPPORTED.get(p.type)
-        if why is not None and (
-            p.type is not ProgType.KPROBE or any(a.program == n for a in d.attach)
-        ):
+        if why is not None:
             problems.append(f"program {n} (section {p.section}): {why}")
-    return CollectionFacts(programs=names, maps=map_shapes(d), problems=tuple(problems))
+    return CollectionFacts(
+        programs=names,
+        object_sha256=info.sha256,
+        maps=map_shapes(d, spec),
+        problems=tuple(problems),
+    )
 
 
 def _ifindex(name: str, netns: Path | None) -> int | None:
@@ -332,10 +380,14 @@ def shown_path(path: Path, real: Path) -> str:
     return f"{path}" if real == path else f"{path} (resolves to {real})"
 
 
-def gather_facts(desired: DesiredState, actual: ActualState) -> ActualState:
+def gather_facts(
+    desired: DesiredState, actual: ActualState, objects: ObjectCache | None = None
+) -> ActualState:
     """``actual`` with the facts :func:`plan` needs about the collections that may change:
     what their objects declare, whether their targets exist (and who holds XDP), whether
     their pinned substitution sources are pins on bpffs."""
+    if objects is None:
+        objects = ObjectCache()
     colls: dict[str, CollectionFacts] = {}
     targets: dict[str, TargetFacts] = {}
     pinned: dict[Path, str | None] = {}
@@ -343,7 +395,7 @@ def gather_facts(desired: DesiredState, actual: ActualState) -> ActualState:
         d for d in desired.collections.values() if needs_work(d, actual)
     )
     for d in todo:
-        colls[d.name] = _collection_facts(d)
+        colls[d.name] = _collection_facts(d, objects)
         for a in d.attach:
             key = a.target.key()
             if key not in targets:

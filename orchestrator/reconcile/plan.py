@@ -35,6 +35,7 @@ from orchestrator.reconcile.state import (
     IN_PLACE_KINDS,
     ActualCollection,
     ActualState,
+    AttachmentRecord,
     CollectionFacts,
     CollectionRecord,
 )
@@ -120,6 +121,9 @@ class Plan:
     changes: tuple[Change, ...] = ()
     problems: tuple[Problem, ...] = ()
     garbage: tuple[Path, ...] = ()
+    # updated collections whose live programs and maps stay (only attachments or metadata
+    # changed)
+    kept: frozenset[str] = frozenset()
 
     def counts(self) -> tuple[int, int, int]:
         """(to add, to change, to destroy), counting maps, programs and attachments; a
@@ -219,6 +223,51 @@ def _describe_target(target: Target) -> str:
     return target.key()
 
 
+def load_key(d: DesiredCollection, object_sha256: str) -> str:
+    """What the loaded programs and maps of ``d`` depend on, as a digest: the object, the
+    constants, the map options and the program binding (not labels, not attachments)."""
+    import hashlib
+    import json
+
+    maps = {
+        name: [
+            mo.pin,
+            mo.preserve,
+            mo.max_entries,
+            mo.on_incompatible.value,
+            None
+            if mo.source_from is None
+            else [mo.source_from.collection, mo.source_from.map, str(mo.source_from.pinned)],
+        ]
+        for name, mo in sorted(d.maps.items())
+    }
+    doc = [
+        object_sha256,
+        str(d.object_file),
+        sorted((k, repr(v)) for k, v in d.constants.items()),
+        maps,
+        list(d.programs) if d.programs is not None else None,
+    ]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def previous_link(
+    d: DesiredCollection, old: Mapping[str, AttachmentRecord], key: str, kind: str
+) -> AttachmentRecord | None:
+    """For a new xdp or netns attachment: the recorded link of this collection on the same
+    hook whose program is no longer attached there (the program was renamed or swapped).
+    Such a hook takes one program, so that link is switched in place instead of attaching a
+    second one (which the kernel refuses with EBUSY/EEXIST)."""
+    if kind not in ("xdp", "netns"):
+        return None
+    hook = key.split("@", 1)[1]
+    wanted = {a.key() for a in d.attach}
+    for ra in old.values():
+        if ra.key not in wanted and ra.key.split("@", 1)[1] == hook:
+            return ra
+    return None
+
+
 def topo_order(deps: Mapping[str, Iterable[str]]) -> tuple[list[str], list[str]]:
     """Names ordered so that each comes after what it depends on (ties by name), and the
     names caught in a cycle (appended last)."""
@@ -255,8 +304,11 @@ class _Planner:
         self.problems: list[Problem] = []
         # (collection, map) whose kernel object changes in this apply
         self.recreated: set[tuple[str, str]] = set()
-        self.own_prog_ids = {
-            p.id for c in actual.collections.values() for p in c.record.programs.values()
+        self.kept: set[str] = set()
+        self.own_prog_ids = {  # program id -> the collection that owns it
+            p.id: c.record.name
+            for c in actual.collections.values()
+            for p in c.record.programs.values()
         }
 
     def problem(self, coll: str, message: str, source: Source | None) -> None:
@@ -286,7 +338,7 @@ class _Planner:
             self.collection(desired[name])
         self.deletes()
         garbage = tuple(self.actual.staging)
-        return Plan(tuple(self.changes), tuple(self.problems), garbage)
+        return Plan(tuple(self.changes), tuple(self.problems), garbage, frozenset(self.kept))
 
     # ------------------------------------------------------------------ one collection
 
@@ -300,17 +352,21 @@ class _Planner:
             if d.name in self.actual.orphans:
                 reasons.append("replaces an unrecorded directory left by an interrupted apply")
         else:
-            if rec.digest != d.digest:
+            if not d.digest:
+                reasons.append("no digest (manifests read without their objects): re-applied")
+            elif rec.digest != d.digest:
                 reasons.append("manifest or object changed")
             assert actual is not None
             if actual.drift:
                 reasons.append("repair drift: " + "; ".join(str(x) for x in actual.drift))
+        must_reload = False
         for mname, mo in sorted(d.maps.items()):
             src = mo.source_from
             if src is None or src.collection is None:
                 continue
             smap = src.map or mname
             if (src.collection, smap) in self.recreated:
+                must_reload = True
                 reasons.append(f"map {mname} follows {src.collection}/{smap}, which is recreated")
             if src.collection not in self.desired.collections:
                 self.problem(
@@ -334,13 +390,44 @@ class _Planner:
             reason = f"generation {rec.generation} -> {rec.generation + 1}: " + "; ".join(reasons)
         else:
             reason = "; ".join(reasons)
-        self.add(op, "collection", d.name, d.name, reason, d.source)
         facts = self.actual.facts.collections.get(d.name)
+        reuse = (
+            actual is not None
+            and not must_reload
+            and facts is not None
+            and bool(facts.object_sha256)
+            and bool(actual.record.load_key)
+            and load_key(d, facts.object_sha256) == actual.record.load_key
+            # only attachments drifted (gone or detached: they are re-attached)
+            and all(
+                x.kind == "attachment" and x.code in ("missing", "replaced", "detached")
+                for x in actual.drift
+            )
+        )
+        if reuse:
+            reason += " (same object, constants and maps: programs and maps are kept)"
+        self.add(op, "collection", d.name, d.name, reason, d.source)
         for text in facts.problems if facts is not None else ():
             self.problem(d.name, text, d.source)
+        if reuse:
+            assert actual is not None
+            self.kept.add(d.name)
+            self.keep(d, actual.record)
+            self.attachments(d, actual, reuse=True)
+            return
         self.maps(d, actual, facts)
         self.programs(d, rec, facts, "; ".join(reasons))
         self.attachments(d, actual)
+
+    def keep(self, d: DesiredCollection, rec: CollectionRecord) -> None:
+        """NOOP lines for the maps and programs a collection keeps (only its attachments or
+        its metadata changed)."""
+        for mname, mr in sorted(rec.maps.items()):
+            mo = d.maps.get(mname)
+            src = mo.source if mo is not None and mo.source is not None else d.source
+            self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
+        for pname, pr in sorted(rec.programs.items()):
+            self.add(Op.NOOP, "program", d.name, pname, f"kept (id {pr.id})", d.source)
 
     def maps(
         self, d: DesiredCollection, actual: ActualCollection | None, facts: CollectionFacts | None
@@ -463,7 +550,9 @@ class _Planner:
             else:
                 self.add(Op.CREATE, "program", d.name, pname, "new program", d.source)
 
-    def attachments(self, d: DesiredCollection, actual: ActualCollection | None) -> None:
+    def attachments(
+        self, d: DesiredCollection, actual: ActualCollection | None, *, reuse: bool = False
+    ) -> None:
         rec = actual.record if actual is not None else None
         old = rec.attachments if rec is not None else {}
         seen: set[str] = set()
@@ -473,12 +562,32 @@ class _Planner:
             kind = target_kind(a.target)
             ra = old.get(key)
             src = a.source or d.source
+            if ra is None:
+                ra = previous_link(d, old, key, kind)
+                if ra is not None and not (
+                    actual is not None
+                    and actual.drifted("attachment", ra.key, "missing", "replaced", "detached")
+                ):
+                    seen.add(ra.key)
+                    self.add(
+                        Op.UPDATE,
+                        "attachment",
+                        d.name,
+                        key,
+                        f"link {ra.link_id} switched from {ra.program} to {a.program} in place "
+                        f"(BPF_LINK_UPDATE; a {kind} hook takes one program)",
+                        src,
+                    )
+                    continue
+                ra = None
             # a live link that runs another program is still switched in place
             drifted = actual is not None and actual.drifted(
                 "attachment", key, "missing", "replaced", "detached"
             )
             if ra is not None and not drifted:
-                if kind in IN_PLACE_KINDS:
+                if reuse and ra.program == a.program:
+                    self.add(Op.NOOP, "attachment", d.name, key, f"link {ra.link_id}", src)
+                elif kind in IN_PLACE_KINDS:
                     self.add(
                         Op.UPDATE,
                         "attachment",
@@ -537,12 +646,19 @@ class _Planner:
         if tf.problem is not None:
             self.problem(d.name, f"attachment {a.key()}: {tf.problem}", src)
             return
-        if (
-            isinstance(a.target, XdpTarget)
-            and tf.xdp_prog_id
-            and (tf.xdp_prog_id not in self.own_prog_ids)
-        ):
-            name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
+        if not isinstance(a.target, XdpTarget) or not tf.xdp_prog_id:
+            return
+        name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
+        owner = self.own_prog_ids.get(tf.xdp_prog_id)
+        if owner is not None and owner != d.name:
+            self.problem(
+                d.name,
+                f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
+                f"program{name} (id {tf.xdp_prog_id}) of collection {owner}; an interface "
+                f"takes one xdp program (remove it from {owner} in an apply of its own first)",
+                src,
+            )
+        elif owner is None:
             self.problem(
                 d.name,
                 f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
@@ -617,6 +733,17 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
             elif n not in actual.orphans:
                 known = ", ".join(sorted(actual.collections)) or "none"
                 problems.append(Problem(n, f"not applied by bpforch (applied: {known})"))
+    for name, c in sorted(actual.collections.items()):
+        if name in chosen:
+            continue
+        for dep in c.record.depends_on:
+            if dep in chosen:
+                problems.append(
+                    Problem(
+                        dep,
+                        f"collection {name} uses its maps (destroy {name} too, or first)",
+                    )
+                )
     order, _ = topo_order({n: c.record.depends_on for n, c in chosen.items()})
     for name in reversed(order):
         delete_collection(changes, chosen[name].record, "destroy")

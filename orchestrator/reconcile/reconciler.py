@@ -11,11 +11,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from orchestrator.ebpf import Error as EbpfError
 from orchestrator.manifest.model import DesiredState
-from orchestrator.reconcile.errors import PlanError
+from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.observe import gather_facts, observe
+from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
 from orchestrator.reconcile.state import ActualState
 from orchestrator.reconcile.status import Status, build_status
@@ -74,7 +76,12 @@ class Reconciler:
 
     def observe(self) -> ActualState:
         """The record checked against the kernel (drift), staging leftovers, orphans."""
-        return observe(self.bpffs_root, self.state_dir)
+        try:
+            return observe(self.bpffs_root, self.state_dir)
+        except (EbpfError, OSError) as err:
+            raise StateError(
+                f"observe {self.bpffs_root}: {err} (is bpffs mounted, and are we root?)"
+            ) from err
 
     def plan(
         self, desired: DesiredState, *, prune: bool = False, actual: ActualState | None = None
@@ -86,23 +93,39 @@ class Reconciler:
         return plan(desired, gather_facts(desired, actual), prune=prune)
 
     def apply(
-        self, desired: DesiredState, *, prune: bool = False, dry_run: bool = False
+        self,
+        desired: DesiredState,
+        *,
+        prune: bool = False,
+        dry_run: bool | Literal["kernel"] = False,
     ) -> ApplyResult:
         """Make the kernel match ``desired``, all or nothing (see
         :mod:`orchestrator.reconcile.transaction`). Raises :class:`PlanError` for plan
         problems (nothing changed) and :class:`ApplyError` when a step fails (the previous
-        generation was restored)."""
+        generation was restored).
+
+        ``dry_run=True``: plan only. ``dry_run="kernel"``: also load every changed
+        collection through the verifier (preserved maps and substitutions included, so map
+        incompatibilities show), then close it all; nothing is pinned, attached or recorded.
+        """
         from orchestrator.reconcile.transaction import Transaction
 
         start = time.perf_counter()
         with locked(self.state_dir):
-            actual = gather_facts(desired, self.observe())
+            objects = ObjectCache()
+            actual = gather_facts(desired, self.observe(), objects)
             p = plan(desired, actual, prune=prune)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
+            if dry_run == "kernel":
+                Transaction(
+                    self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+                ).verify()
             if dry_run or (not p.has_changes and not p.garbage):
                 return ApplyResult(p, gens, time.perf_counter() - start)
-            tx = Transaction(self.bpffs_root, self.state_dir, self.hooks, desired, actual, p)
+            tx = Transaction(
+                self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+            )
             gens, warnings = tx.run()
         return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
 

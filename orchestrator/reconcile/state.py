@@ -76,6 +76,7 @@ class MapRecord:
     pin: str = ""
     preserve: bool = False
     source: str = ""  # "collection/<name>/<map>" or "pinned:<path>" for substitutions
+    ino: int = 0  # inode of the pin: a cheap identity check (a re-pin is a new inode)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -84,6 +85,7 @@ class MapRecord:
             "pin": self.pin,
             "preserve": self.preserve,
             "source": self.source,
+            "ino": self.ino,
         }
 
     @classmethod
@@ -97,6 +99,7 @@ class MapRecord:
             pin=str(d.get("pin", "")),
             preserve=bool(d.get("preserve", False)),
             source=str(d.get("source", "")),
+            ino=_int(d.get("ino", 0)),
         )
 
 
@@ -107,9 +110,10 @@ class ProgramRecord:
     tag: str
     pin: str
     type: int = 0
+    ino: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "tag": self.tag, "pin": self.pin, "type": self.type}
+        return {"id": self.id, "tag": self.tag, "pin": self.pin, "type": self.type, "ino": self.ino}
 
     @classmethod
     def from_json(cls, name: str, d: Mapping[str, object]) -> ProgramRecord:
@@ -119,6 +123,7 @@ class ProgramRecord:
             tag=str(d["tag"]),
             pin=str(d["pin"]),
             type=_int(d.get("type", 0)),
+            ino=_int(d.get("ino", 0)),
         )
 
 
@@ -172,9 +177,13 @@ class CollectionRecord:
     programs: Mapping[str, ProgramRecord] = field(default_factory=dict)
     attachments: Mapping[str, AttachmentRecord] = field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
+    # what the loaded objects depend on (object, constants, map options, program binding):
+    # equal keys mean the live programs and maps can be kept when only attachments change
+    load_key: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
+            "load_key": self.load_key,
             "generation": self.generation,
             "digest": self.digest,
             "object": self.object_file,
@@ -210,6 +219,7 @@ class CollectionRecord:
             programs={str(k): ProgramRecord.from_json(str(k), v) for k, v in progs.items()},
             attachments={str(k): AttachmentRecord.from_json(str(k), v) for k, v in atts.items()},
             depends_on=tuple(str(x) for x in deps),
+            load_key=str(d.get("load_key", "")),
         )
 
 
@@ -278,6 +288,7 @@ class CollectionFacts:
     """What the object of a changed collection declares, read before planning."""
 
     programs: tuple[str, ...] = ()  # programs that will be loaded
+    object_sha256: str = ""
     maps: Mapping[str, MapShape] = field(default_factory=dict)  # after max_entries overrides
     problems: tuple[str, ...] = ()  # e.g. an attach type this kernel cannot do
 

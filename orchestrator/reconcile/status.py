@@ -189,6 +189,9 @@ def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
             entries, t = _entries(path)
             maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
             continue
+        if not m.pin:  # a frozen data section, recorded by id only
+            maps.append(MapStatus(m.name, m.id, "", "array", m.shape.max_entries, None))
+            continue
         entries, t = _entries(cdir / m.pin)
         maps.append(
             MapStatus(m.name, m.id, os.fspath(cdir / m.pin), t, m.shape.max_entries, entries)

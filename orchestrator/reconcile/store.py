@@ -69,7 +69,7 @@ def write_record(state_dir: Path, record: StateRecord) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / RECORD_FILE
     tmp = state_dir / f".{RECORD_FILE}.{os.getpid()}.tmp"
-    data = json.dumps(record.to_json(), indent=1, sort_keys=True).encode()
+    data = json.dumps(record.to_json(), separators=(",", ":"), sort_keys=True).encode()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -82,6 +82,9 @@ def write_record(state_dir: Path, record: StateRecord) -> None:
             os.close(fd)
         os.rename(tmp, path)
         fsync_dir(state_dir)
+        for stale in state_dir.glob(f".{RECORD_FILE}.*.tmp"):  # left by a killed writer
+            with contextlib.suppress(OSError):
+                stale.unlink()
     except OSError as err:
         with contextlib.suppress(OSError):
             tmp.unlink()

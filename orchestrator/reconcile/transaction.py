@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import errno
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,8 +69,8 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.reconcile.errors import ApplyError, ReconcileError, where
 from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.observe import STAGING_PREFIX, pinned_problem
-from orchestrator.reconcile.plan import Op, Plan, target_kind
+from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
+from orchestrator.reconcile.plan import Op, Plan, load_key, previous_link, target_kind
 from orchestrator.reconcile.state import (
     ActualState,
     AttachmentRecord,
@@ -104,14 +105,21 @@ def _check_name(name: str) -> str:
 
 @dataclass
 class _Staged:
-    """One collection's next generation while the transaction runs."""
+    """One collection's next generation while the transaction runs: freshly loaded
+    (``coll``), or the live programs and maps kept (``coll`` None, only attachments or
+    metadata changed)."""
 
     desired: DesiredCollection
     dir: Path
-    coll: Collection
+    coll: Collection | None
+    maps: dict[str, Map]
+    programs: dict[str, Program]
     object_sha256: str
+    load_key: str
     shapes: dict[str, MapShape]
     sources: dict[str, str] = field(default_factory=dict)  # map -> substitution key
+    frozen: set[str] = field(default_factory=set)  # frozen data sections: not pinned
+    carried: dict[str, MapRecord] = field(default_factory=dict)  # kept records, verbatim
     links: dict[str, tuple[_links.Link, str]] = field(default_factory=dict)  # key -> (link, kind)
 
 
@@ -126,7 +134,10 @@ class Transaction:
         desired: DesiredState,
         actual: ActualState,
         plan: Plan,
+        objects: ObjectCache | None = None,
     ) -> None:
+        self.objects = objects or ObjectCache()
+        self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
         self.root = root
         self.state_dir = state_dir
         self.hooks = hooks
@@ -139,25 +150,44 @@ class Transaction:
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
         self.warnings: list[str] = []
+        self.current: tuple[str, Source | None] = ("", None)  # for error messages
+        self.verify_only = False
 
     # ------------------------------------------------------------------ driver
+
+    def verify(self) -> None:
+        """A kernel dry run: load every changed collection through the verifier (with its
+        preserved maps and substitutions as replacements, so incompatibilities show), then
+        close everything. Nothing is pinned, attached or recorded."""
+        self.verify_only = True
+        try:
+            for name in self.plan.collections(Op.CREATE, Op.UPDATE):
+                self.current = (name, self.desired.collections[name].source)
+                self._stage(name)
+        except Exception as err:
+            self._close_all()
+            if isinstance(err, ReconcileError):
+                raise
+            what = where(*self.current) + ": " if self.current[0] else ""
+            raise ApplyError(f"{what}{err} (kernel dry run: nothing was changed)") from err
+        self._close_all()
 
     def run(self) -> tuple[dict[str, int], list[str]]:
         """Apply the plan; return the generations in the new record and release warnings."""
         record: StateRecord | None = None
-        current: tuple[str, Source | None] = ("", None)
+        self.current = ("", None)
         try:
             self._collect_garbage()
             ensure_dir(self.root)
             ensure_dir(self.staging)
             changed = self.plan.collections(Op.CREATE, Op.UPDATE)
             for name in changed:
-                current = (name, self.desired.collections[name].source)
+                self.current = (name, self.desired.collections[name].source)
                 self._stage(name)
             for name in changed:
-                current = (name, self.desired.collections[name].source)
+                self.current = (name, self.desired.collections[name].source)
                 self._switch(name)
-            current = ("", None)
+            self.current = ("", None)
             record = self._new_record()
             self._commit(record)
         except BaseException as err:
@@ -167,7 +197,7 @@ class Transaction:
                 raise
             if not isinstance(err, Exception):
                 raise
-            what = where(current[0], current[1]) + ": " if current[0] else ""
+            what = where(*self.current) + ": " if self.current[0] else ""
             extra = ""
             if problems:
                 extra = " (rollback was incomplete: " + "; ".join(problems) + ")"
@@ -195,11 +225,10 @@ class Transaction:
         """An fd (owned by the transaction) for map ``mname`` of collection ``coll``: its
         staged map if it is in this transaction, else the live one."""
         st = self.staged.get(coll)
-        if st is not None:
-            m = st.coll.maps.get(mname)
-            if m is None:
-                raise ApplyError(f"collection {coll} has no map {mname}")
-            return m
+        if st is not None and mname in st.maps:
+            return st.maps[mname]
+        if st is not None and st.coll is not None:
+            raise ApplyError(f"collection {coll} has no map {mname}")
         ac = self.actual.collections.get(coll)
         if ac is None or mname not in ac.record.maps:
             raise ApplyError(
@@ -225,20 +254,23 @@ class Transaction:
 
     def _owned(self, coll: str, rel: str) -> Path:
         """``root/coll/rel``, asserting it stays under the root."""
-        path = self.root / _check_name(coll) / rel
-        real = os.path.normpath(path)
-        if not real.startswith(os.fspath(self.root) + os.sep):
-            raise ApplyError(f"{path}: outside {self.root}; refusing")
+        root = os.fspath(self.root)
+        real = os.path.normpath(os.path.join(root, _check_name(coll), rel))
+        if not real.startswith(root + os.sep):
+            raise ApplyError(f"{real}: outside {root}; refusing")
         return Path(real)
 
     def _stage(self, name: str) -> None:
-        from orchestrator.manifest.objects import ObjectError, object_info
+        from orchestrator.manifest.objects import ObjectError
 
         d = self.desired.collections[name]
         rec = self.actual.collections.get(name)
+        if rec is not None and self._reused(name):
+            self._keep(name, rec.record)
+            return
         self.hooks.call("load", name)
         try:
-            info = object_info(d.object_file)
+            info = self.objects.get(d.object_file)
         except ObjectError as err:
             raise ApplyError(f"{where(name, d.source)}: object: {err}") from err
         if d.sha256 and info.sha256 != d.sha256.lower():
@@ -273,7 +305,7 @@ class Transaction:
                     sources[mname] = f"collection/{sf.collection}/{smap}"
                 replacements[mname] = m
                 continue
-            change = self.plan.change(name, "map", mname)
+            change = self.changes.get((name, "map", mname))
             if (
                 mo.preserve
                 and rec is not None
@@ -287,18 +319,80 @@ class Transaction:
         if d.programs is None:
             coll = Collection(spec, opts)
         else:
-            coll = load_subset(spec, opts, d.programs, [])
+            # with a program binding, also the maps the manifest names (pinned, preserved)
+            named = [m for m, mo in d.maps.items() if m in spec.maps and mo.source_from is None]
+            coll = load_subset(spec, opts, d.programs, named)
         sdir = self.staging / _check_name(name)
-        st = _Staged(d, sdir, coll, info.sha256, shapes, sources)
+        frozen = {n for n, ms in spec.maps.items() if ms.freeze}
+        st = _Staged(
+            d,
+            sdir,
+            coll,
+            coll.maps,
+            coll.programs,
+            info.sha256,
+            load_key(d, info.sha256),
+            shapes,
+            sources,
+            frozen,
+        )
         self.staged[name] = st
-        self.hooks.call("pin", name)
-        for sub in ("maps", "progs", "links"):
-            ensure_dir(sdir / sub)
-        for mname, live_map in coll.maps.items():
-            if mname not in sources:
-                live_map.pin(sdir / "maps" / pin_name(mname))
-        for pname, p in coll.programs.items():
-            p.pin(sdir / "progs" / pin_name(pname))
+        if self.verify_only:
+            return
+        self._pin(st)
+
+    def _pin(self, st: _Staged) -> None:
+        """Pin the next generation under the staging directory."""
+        self.hooks.call("pin", st.desired.name)
+        sdir = os.fspath(st.dir)  # plain strings: this runs per collection
+        os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
+        for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
+            os.mkdir(f"{sdir}/{sub}", 0o700)
+        for mname, live_map in st.maps.items():
+            # frozen data sections (.rodata) live as long as the programs that use them and
+            # can never change: they are recorded by id, not pinned
+            if mname not in st.sources and mname not in st.frozen:
+                live_map.pin(f"{sdir}/maps/{pin_name(mname)}")
+        for pname, p in st.programs.items():
+            p.pin(f"{sdir}/progs/{pin_name(pname)}")
+
+    def _reused(self, name: str) -> bool:
+        """The plan keeps this collection's programs and maps (only attachments or metadata
+        changed)."""
+        return name in self.plan.kept
+
+    def _keep(self, name: str, rec: CollectionRecord) -> None:
+        """Stage a collection whose programs and maps stay: open them from their live pins
+        (they get a second pin in the staging tree)."""
+        d = self.desired.collections[name]
+        maps: dict[str, Map] = {}
+        carried: dict[str, MapRecord] = {}
+        for mname, mr in rec.maps.items():
+            if mr.source or not mr.pin:
+                carried[mname] = mr
+                continue
+            m = Map.from_pin(self._owned(name, mr.pin))
+            self.owned.append(m)
+            maps[mname] = m
+        programs: dict[str, Program] = {}
+        for pname, pr in rec.programs.items():
+            p = Program.from_pin(self._owned(name, pr.pin))
+            self.owned.append(p)
+            programs[pname] = p
+        st = _Staged(
+            d,
+            self.staging / _check_name(name),
+            None,
+            maps,
+            programs,
+            rec.object_sha256,
+            rec.load_key,
+            {n: mr.shape for n, mr in rec.maps.items()},
+            carried=carried,
+        )
+        self.staged[name] = st
+        if not self.verify_only:
+            self._pin(st)
 
     # ------------------------------------------------------------------ switch
 
@@ -308,17 +402,25 @@ class Transaction:
         ac = self.actual.collections.get(name)
         for a in d.attach:
             key = a.key()
-            prog = st.coll.programs.get(a.program)
+            self.current = (name, a.source or d.source)
+            prog = st.programs.get(a.program)
             if prog is None:
                 raise ApplyError(
                     f"{where(name, a.source or d.source)}: attachment {key}: program "
                     f"{a.program} is not loaded (add it to programs:)"
                 )
-            change = self.plan.change(name, "attachment", key)
+            change = self.changes.get((name, "attachment", key))
             pin = st.dir / "links" / link_pin_name(a)
             kind = target_kind(a.target)
-            if change is not None and change.op is Op.UPDATE and ac is not None:
-                ra = ac.record.attachments[key]
+            if change is not None and change.op is Op.NOOP and ac is not None:
+                # kept as it is: the same link gets a second pin in the new tree
+                link = _links.Link.from_pin(self._owned(name, ac.record.attachments[key].pin))
+                self.owned.append(link)
+            elif change is not None and change.op is Op.UPDATE and ac is not None:
+                ra = ac.record.attachments.get(key) or previous_link(
+                    d, ac.record.attachments, key, kind
+                )
+                assert ra is not None, key
                 link = _links.Link.from_pin(self._owned(name, ra.pin))
                 self.owned.append(link)
                 # undo target: whatever the link runs now (after a crash, that may not be
@@ -332,21 +434,55 @@ class Transaction:
                 )
             else:
                 self.hooks.call("attach", key)
-                link = self._attach(prog, a)
+                link = self._attach(st, prog, a)
                 self.owned.append(link)
                 self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
             link.pin(pin)
             st.links[key] = (link, kind)
 
-    def _attach(self, prog: Program, a: Attachment) -> _links.Link:
+    def _attach_xdp(self, prog: Program, t: XdpTarget, mode: str) -> _links.Link:
+        """Attach XDP. When the interface still holds one of our own programs whose link pin
+        is gone, the kernel is releasing that link in a deferred work item
+        (bpf_link_put_deferred): wait for it briefly instead of failing with EBUSY."""
+        ours = {p.id for c in self.actual.collections.values() for p in c.record.programs.values()}
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                return _links.attach_xdp(prog, t.interface, mode, netns=t.netns)  # type: ignore[arg-type]
+            except _links.AttachConflictError:
+                held = _links.xdp_attached(t.interface, t.netns)
+                if held is not None and held.prog_id not in ours:
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _attach(self, st: _Staged, prog: Program, a: Attachment) -> _links.Link:
         t = a.target
         if isinstance(t, XdpTarget):
             mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
             if mode not in ("auto", "native", "generic"):
                 raise ApplyError(f"attachment {a.key()}: xdp mode {mode} is not supported")
-            return _links.attach_xdp(prog, t.interface, mode, netns=t.netns)  # type: ignore[arg-type]
+            return self._attach_xdp(prog, t, mode)
         if isinstance(t, TcTarget):
-            return _links.attach_tcx(prog, t.interface, t.direction.value, netns=t.netns)
+            # before/after name another program of this collection at the same hook (it must
+            # be attached already: declare it earlier)
+            before = st.links.get(f"{t.before}@{t.key()}") if t.before else None
+            after = st.links.get(f"{t.after}@{t.key()}") if t.after else None
+            for anchor, name in ((before, t.before), (after, t.after)):
+                if name and anchor is None:
+                    raise ApplyError(
+                        f"attachment {a.key()}: {name} is not attached at {t.key()} before it "
+                        "(declare that attachment first)"
+                    )
+            return _links.attach_tcx(
+                prog,
+                t.interface,
+                t.direction.value,
+                before=before[0] if before is not None else None,
+                after=after[0] if after is not None else None,
+                netns=t.netns,
+            )
         if isinstance(t, CgroupTarget):
             return _links.attach_cgroup(prog, t.path, t.attach)
         if isinstance(t, TracepointTarget):
@@ -370,11 +506,12 @@ class Transaction:
         for name, st in self.staged.items():
             d = st.desired
             old = out.get(name)
-            maps: dict[str, MapRecord] = {}
-            for mname, m in st.coll.maps.items():
+            maps: dict[str, MapRecord] = dict(st.carried)
+            for mname, m in st.maps.items():
                 mo = d.maps.get(mname)
                 mid = int(_sys.map_info(m.fd).id)
                 src = st.sources.get(mname, "")
+                pinned = not src and mname not in st.frozen
                 maps[mname] = MapRecord(
                     mname,
                     mid,
@@ -382,15 +519,22 @@ class Transaction:
                         mname,
                         MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags),
                     ),
-                    "" if src else f"maps/{pin_name(mname)}",
+                    f"maps/{pin_name(mname)}" if pinned else "",
                     preserve=bool(mo is not None and mo.preserve),
                     source=src,
+                    ino=os.stat(f"{st.dir}/maps/{pin_name(mname)}").st_ino if pinned else 0,
                 )
             programs: dict[str, ProgramRecord] = {}
-            for pname, p in st.coll.programs.items():
+            for pname, p in st.programs.items():
                 pi = _sys.prog_info(p.fd)
+                rel = f"progs/{pin_name(pname)}"
                 programs[pname] = ProgramRecord(
-                    pname, int(pi.id), bytes(pi.tag).hex(), f"progs/{pin_name(pname)}", int(pi.type)
+                    pname,
+                    int(pi.id),
+                    bytes(pi.tag).hex(),
+                    rel,
+                    int(pi.type),
+                    ino=os.stat(f"{st.dir}/{rel}").st_ino,
                 )
             atts: dict[str, AttachmentRecord] = {}
             for a in d.attach:
@@ -398,7 +542,7 @@ class Transaction:
                 atts[a.key()] = AttachmentRecord(
                     a.key(), a.program, kind, link.id, f"links/{link_pin_name(a)}"
                 )
-            base = d.source.file
+            base = d.source.file.parent
             if base not in revs:
                 revs[base] = git_revision(base)
             out[name] = CollectionRecord(
@@ -414,25 +558,28 @@ class Transaction:
                 programs=programs,
                 attachments=atts,
                 depends_on=tuple(sorted(d.depends_on())),
+                load_key=st.load_key,
             )
         for name in self.plan.collections(Op.DELETE):
             out.pop(name, None)
         return StateRecord(out)
 
     def _commit(self, record: StateRecord) -> None:
-        self.hooks.call("commit", "")
         for name in self.staged:
+            self.hooks.call("commit", name)
             live = self._owned(name, "")
             staged = self.staging / name
-            if live.exists():
-                rename(staged, live, exchange=True)
+            try:
+                rename(staged, live)  # a new collection: move into place (no replace)
+            except FileExistsError:
+                rename(staged, live, exchange=True)  # swap old and new trees atomically
                 self.undo.append(
                     (f"swap {name} back", partial(rename, staged, live, exchange=True))
                 )
             else:
-                rename(staged, live)
                 self.undo.append((f"move {name} back", partial(rename, live, staged)))
         for name in self.plan.collections(Op.DELETE):
+            self.hooks.call("commit", name)
             live = self._owned(name, "")
             if not live.exists():
                 continue
@@ -460,7 +607,8 @@ class Transaction:
 
     def _close_all(self) -> None:
         for st in self.staged.values():
-            st.coll.close()
+            if st.coll is not None:
+                st.coll.close()
         for obj in self.owned:
             obj.close()
         self.owned.clear()

@@ -86,9 +86,6 @@ class DeclarativeBackend:
         except ManifestError as err:
             problems = [str(p) for p in err.problems]
             raise InvalidStateError(_summary("invalid manifest", problems), problems) from err
-        except OSError as err:
-            message = f"cannot read manifests: {err}"
-            raise InvalidStateError(message) from err
         return desired
 
     @property

@@ -153,12 +153,21 @@ def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err:
     from orchestrator.service.daemon import Daemon
     from orchestrator.service.logs import setup_logging
     from orchestrator.service.notify import Notifier, WatchdogSettings
+    from orchestrator.service.status import read_status
 
     def use(c: ServiceConfig) -> None:
         setup_logging(c.log_format, c.log_level, err)
 
     use(config)
     try:
+        other = read_status(config.state_dir)
+        if other is not None and other.alive and other.pid != os.getpid():
+            print(
+                f"error: another bpforch daemon (pid {other.pid}) runs with state dir "
+                f"{config.state_dir} (stop it first, or use another --state-dir)",
+                file=err,
+            )
+            return EXIT_ERROR
         notifier = Notifier.from_env()
         watchdog = WatchdogSettings.from_env()
         daemon = Daemon(

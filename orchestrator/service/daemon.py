@@ -17,12 +17,17 @@ Notifications (sd_notify(3)), each line one datagram:
 
 An invalid change never reaches the kernel: the last good state stays live, the problems
 are logged with their file:line:col, and the status says ``degraded: <reason>`` until a
-valid change is applied. Stopping leaves every program attached and pinned (a restarted
-daemon adopts them without reloading), unless ``detach_on_exit`` is set.
+valid change is applied. A file still being written is not read until it is closed, and a
+read during which the files changed is dropped and done again. A failed apply (the
+reconciler rolled back) is retried after 1, 2, 4 … 60 s, since the same manifests may
+apply later (an interface that appears). Stopping leaves every program attached and
+pinned (a restarted daemon adopts them without reloading), unless ``detach_on_exit`` is
+set.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -51,6 +56,13 @@ from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet, referen
 _log = logging.getLogger(__name__)
 
 _STATUS_MAX = 400  # characters of a STATUS= line
+# How long a file that is being written (modified, not closed yet) may hold back a
+# reconcile; after that its writer is not waited for.
+WRITE_SETTLE_MAX = 5.0
+# A failed apply may succeed later with the same manifests (an interface or cgroup that
+# appears, a lock held by a manual `bpforch apply`): retry with a doubling delay.
+RETRY_MIN = 1.0
+RETRY_MAX = 60.0
 
 
 def _one_line(text: str) -> str:
@@ -77,8 +89,12 @@ class Daemon:
         reload_config: Callable[[], ServiceConfig] | None = None,
         on_config: Callable[[ServiceConfig], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry: tuple[float, float] = (RETRY_MIN, RETRY_MAX),
     ) -> None:
         self.config = config
+        self._retry_min, self._retry_max = retry
+        self._retry_delay = self._retry_min
+        self._retry_at: float | None = None
         self._backend_factory = backend_factory
         self._backend = backend_factory(config)
         self._notifier = notifier if notifier is not None else Notifier(None)
@@ -91,10 +107,11 @@ class Daemon:
         self._watcher: FileWatcher | None = None
         self._good: DesiredState | None = None
         self._ready_sent = False
+        self._changes = 0  # relevant changes seen (a torn read shows as a change during it)
         self._quiet = False  # inside a reload: its READY=1 carries the final STATUS
         self._line = ""
         self._stop_requested = False
-        self._signals: list[int] = []
+        self._signals: collections.deque[int] = collections.deque()
         self._wake_r, self._wake_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -155,7 +172,12 @@ class Daemon:
                 with self._lock:
                     burst = self._debouncer.take(now)
                 if burst:
+                    if self._writes_in_progress(now):
+                        continue
                     self._reconcile(f"{burst} change(s)")
+                elif self._retry_at is not None and now >= self._retry_at:
+                    self._retry_at = None
+                    self._reconcile("retry")
             self._shutdown()
         finally:
             self._watcher.stop()
@@ -170,14 +192,27 @@ class Daemon:
     def _timeout(self, next_ping: float | None) -> float | None:
         with self._lock:
             deadline = self._debouncer.deadline()
-        deadlines = [d for d in (deadline, next_ping) if d is not None]
+        deadlines = [d for d in (deadline, next_ping, self._retry_at) if d is not None]
         if not deadlines:
             return None  # nothing pending: sleep until a signal or a file change
         return max(0.0, min(deadlines) - self._clock())
 
+    def _writes_in_progress(self, now: float) -> bool:
+        """True (and the debounce window re-armed) while a watched file is half-written."""
+        if self._watcher is None:
+            return False
+        busy = self._watcher.writing(WRITE_SETTLE_MAX)
+        if not busy:
+            return False
+        _log.debug("waiting for writes to finish", extra={"fields": {"files": ",".join(busy)}})
+        with self._lock:
+            self._debouncer.touch(now)
+        return True
+
     def _changed(self, path: str) -> None:
         """Called by the watcher thread for each relevant change."""
         with self._lock:
+            self._changes += 1
             self._debouncer.touch(self._clock())
         _log.debug("change", extra={"fields": {"path": path}})
         self._wake()
@@ -213,7 +248,10 @@ class Daemon:
                 signal.signal(sig, old)
 
     def _take_signals(self) -> list[int]:
-        taken, self._signals[:] = list(self._signals), []
+        # popleft is atomic with respect to the handler appending (both in this thread)
+        taken = []
+        while self._signals:
+            taken.append(self._signals.popleft())
         return taken
 
     # ------------------------------------------------------------------ actions
@@ -221,10 +259,14 @@ class Daemon:
     def _reconcile(self, why: str) -> bool:
         """Validate, then apply. True if the kernel now matches the manifests."""
         started = self._clock()
+        with self._lock:
+            changes_before = self._changes
         self._status = replace(self._status, reconciles=self._status.reconciles + 1)
         try:
             desired = self._backend.load(self.config.manifests)
         except InvalidStateError as err:
+            if self._torn(changes_before):
+                return False
             for problem in err.problems:
                 _log.error("invalid: %s", problem, extra={"fields": {"trigger": why}})
             self._status = replace(
@@ -233,6 +275,14 @@ class Daemon:
             self._retarget(None)
             self._degraded(str(err))
             return False
+        except Exception as err:  # a bug in validation must not stop the daemon either
+            _log.exception("internal error while validating", extra={"fields": {"trigger": why}})
+            self._status = replace(self._status, problems=(repr(err),))
+            self._retarget(None)
+            self._degraded(f"internal error: {err!r}")
+            return False
+        if self._torn(changes_before):
+            return False
         self._retarget(desired)
         self._status = replace(self._status, applies=self._status.applies + 1)
         try:
@@ -240,13 +290,14 @@ class Daemon:
         except ApplyFailedError as err:
             _log.error("%s", err, extra={"fields": {"trigger": why}})
             self._status = replace(self._status, problems=(str(err),))
-            self._degraded(str(err))
+            self._degraded(str(err), retry=True)
             return False
         except Exception as err:  # a bug must not take the live programs' daemon down
             _log.exception("internal error while applying", extra={"fields": {"trigger": why}})
             self._status = replace(self._status, problems=(repr(err),))
-            self._degraded(f"internal error: {err!r}")
+            self._degraded(f"internal error: {err!r}", retry=True)
             return False
+        self._retry_at, self._retry_delay = None, self._retry_min
         self._good = desired
         elapsed_ms = (self._clock() - started) * 1000
         _log.info(
@@ -255,6 +306,20 @@ class Daemon:
             extra={"fields": {"trigger": why, "ms": f"{elapsed_ms:.1f}"}},
         )
         self._ready(summary)
+        return True
+
+    def _torn(self, changes_before: int) -> bool:
+        """Whether the files changed while they were read: then what was read may mix old
+        and new contents, so it is neither applied nor reported; the change that came in
+        has re-armed the debounce window and the next reconcile reads the files again."""
+        with self._lock:
+            changed = self._changes != changes_before
+            if changed:
+                self._debouncer.touch(self._clock())
+        if not changed:
+            return False
+        self._status = replace(self._status, deferred=self._status.deferred + 1)
+        _log.debug("files changed while being read: reading them again after they settle")
         return True
 
     def _ready(self, summary: ApplySummary) -> None:
@@ -275,9 +340,19 @@ class Daemon:
         else:
             self._notify(STATUS=self._status_line())
 
-    def _degraded(self, reason: str) -> None:
-        self._publish("degraded", f"degraded: {reason}")
-        if not self._quiet:
+    def _degraded(self, reason: str, *, retry: bool = False) -> None:
+        """Report a degraded state. ``retry``: the apply failed, so try again later (with
+        a doubling delay) even if no file changes; a repeated identical failure is not
+        notified again. Invalid manifests are not retried: only a change can fix them."""
+        line = _one_line(f"degraded: {reason}")
+        repeated = retry and self._status.phase == "degraded" and line == self._line
+        if retry:
+            self._retry_at = self._clock() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, self._retry_max)
+        else:
+            self._retry_at, self._retry_delay = None, self._retry_min
+        self._publish("degraded", line)
+        if not self._quiet and not repeated:
             self._notify(STATUS=self._status_line())
 
     def _reload(self) -> None:
@@ -353,7 +428,12 @@ class Daemon:
             if state is not None:
                 objects.update(state.objects())
         watch_set = WatchSet.build(self.config.manifests, objects)
-        self._watcher.update(watch_set)
+        initial = not self._watcher.directories
+        if self._watcher.update(watch_set) and not initial:
+            # a new directory: what was written into it before its watch existed is read
+            # by one more reconcile (a no-op if there was nothing)
+            with self._lock:
+                self._debouncer.touch(self._clock())
         self._status = replace(
             self._status, watched=tuple(str(d) for d, _ in self._watcher.directories)
         )

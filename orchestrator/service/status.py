@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orchestrator.service.errors import ServiceError
+
 STATUS_FILE = "service.json"
 
 PHASES = ("starting", "ready", "degraded", "reloading", "stopping", "stopped")
@@ -39,7 +41,8 @@ class DaemonStatus:
     """A snapshot of the daemon. ``reason`` says why it is degraded (first problem, with
     its file:line:col). Counters: ``reconciles`` attempts (each debounced burst, reload or
     start is one), ``applies`` calls into the kernel (only for a valid desired state),
-    ``invalid`` attempts stopped by validation."""
+    ``invalid`` attempts stopped by validation, ``deferred`` attempts dropped because the
+    files changed while they were being read (read again once they settle)."""
 
     pid: int
     pid_start: int
@@ -55,12 +58,25 @@ class DaemonStatus:
     reconciles: int = 0
     applies: int = 0
     invalid: int = 0
+    deferred: int = 0
     summary: str = ""
     problems: tuple[str, ...] = field(default=())
 
     @property
     def degraded(self) -> bool:
         return self.phase == "degraded"
+
+    def describe(self) -> str:
+        """One line for ``bpforch status``: ``daemon: ready (pid 123): 2 collections ...``,
+        or ``daemon: not running (last seen ...)`` when the process is gone."""
+        if not self.alive:
+            return f"daemon: not running (pid {self.pid} last said {self.phase})"
+        text = f"daemon: {self.phase} (pid {self.pid})"
+        if self.phase == "degraded" and self.reason:
+            return f"{text}: {self.reason}"
+        if self.summary:
+            return f"{text}: {self.summary}"
+        return text
 
     @property
     def alive(self) -> bool:
@@ -97,6 +113,7 @@ class DaemonStatus:
             reconciles=int(number("reconciles")),
             applies=int(number("applies")),
             invalid=int(number("invalid")),
+            deferred=int(number("deferred")),
             summary=str(data.get("summary", "")),
             problems=strings("problems"),
         )
@@ -122,10 +139,13 @@ def write_status(state_dir: Path, status: DaemonStatus) -> None:
 def read_status(state_dir: Path) -> DaemonStatus | None:
     """The daemon's last published status, or None if no daemon ever ran with this state
     directory. Check :attr:`DaemonStatus.alive` before trusting ``phase``."""
+    path = state_dir / STATUS_FILE
     try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        raise ServiceError(f"daemon status {path}: {err} (is it a bpforch state dir?)") from err
     if not isinstance(data, dict):
-        return None
+        raise ServiceError(f"daemon status {path}: not a JSON object (is it a bpforch state dir?)")
     return DaemonStatus.from_json(data)

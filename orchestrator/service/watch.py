@@ -16,9 +16,11 @@ number of events, so memory stays bounded under an event storm.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,8 @@ from watchdog.observers.inotify import InotifyObserver
 _log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+OVERFLOW = "<inotify queue overflow>"  # the path reported when events were lost
+_INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
 # events that can change what a file holds; opens, reads and attribute changes cannot
 _CONTENT_EVENTS = (
@@ -125,13 +129,18 @@ class WatchSet:
         return cls(frozenset(dirs), frozenset(files))
 
     def directories(self) -> dict[Path, bool]:
-        """Directory -> recursive, for the observer. Missing directories are skipped (a
-        later reconcile attempt, after something changed, computes the set again)."""
-        out: dict[Path, bool] = {d: True for d in self.manifest_dirs if d.is_dir()}
+        """Directory -> recursive, for the observer. Each manifest directory and every
+        subdirectory the manifest loader reads (not hidden names, so not ``.git`` nor a
+        ConfigMap's ``..data``: their changes show at the top) gets its own watch, and the
+        parent of every file. Missing directories are skipped (a later reconcile attempt,
+        after something changed, computes the set again)."""
+        out: dict[Path, bool] = {}
+        for d in sorted(self.manifest_dirs):
+            for sub in _tree(d):
+                out[sub] = False
         for f in self.files:
-            parent = f.parent
-            if parent.is_dir() and not any(parent.is_relative_to(d) for d in self.manifest_dirs):
-                out.setdefault(parent, False)
+            if f.parent.is_dir():
+                out.setdefault(f.parent, False)
         return out
 
     def relevant(self, path: str, is_directory: bool = False) -> bool:
@@ -155,6 +164,43 @@ class WatchSet:
             return False
         paths = [_decode(event.src_path), _decode(getattr(event, "dest_path", "") or "")]
         return any(self.relevant(p, event.is_directory) for p in paths)
+
+
+MAX_DIRECTORIES = 4096  # per manifest directory: bounds the inotify watches we take
+
+
+def _tree(top: Path) -> list[Path]:
+    """``top`` and its non-hidden subdirectories, symlinks followed once (like the
+    manifest loader reads them)."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack and len(out) < MAX_DIRECTORIES:
+        d = stack.pop()
+        try:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(d), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        out.append(d)
+        for e in entries:
+            try:
+                if not e.name.startswith(".") and e.is_dir():
+                    stack.append(Path(e.path))
+            except OSError:
+                continue
+    return out
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _decode(value: str | bytes) -> str:
@@ -203,25 +249,42 @@ class _Handler(FileSystemEventHandler):
 @dataclass
 class FileWatcher:
     """Runs the inotify observer and calls ``on_change(path)`` (from the observer's
-    thread) for every relevant change. :meth:`update` re-targets it."""
+    thread) for every relevant change. :meth:`update` re-targets it.
+
+    It also remembers which relevant files were written to and not closed yet
+    (IN_MODIFY without IN_CLOSE_WRITE): :meth:`writing` lists them, so that the daemon
+    never reads a file that a writer is still in the middle of (an editor saving in place,
+    ``make`` writing an object, a slow copy)."""
 
     on_change: Callable[[str], None]
+    _writing: dict[str, float] = field(default_factory=dict, init=False)
     _observer: InotifyObserver = field(default_factory=InotifyObserver, init=False)
     _watches: dict[tuple[Path, bool], object] = field(default_factory=dict, init=False)
+    _inodes: dict[tuple[Path, bool], tuple[int, int]] = field(default_factory=dict, init=False)
+    _gone: set[Path] = field(default_factory=set, init=False)  # watched dirs deleted/moved
     _set: WatchSet = field(default_factory=WatchSet, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _started: bool = field(default=False, init=False)
 
     def start(self) -> None:
+        logging.getLogger(_INOTIFY_LOGGER).addFilter(self._overflow)
         self._observer.daemon = True
         self._observer.start()
         self._started = True
 
     def stop(self) -> None:
+        logging.getLogger(_INOTIFY_LOGGER).removeFilter(self._overflow)
         if self._started:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._started = False
+
+    def _overflow(self, record: logging.LogRecord) -> bool:
+        """The kernel's inotify queue overflowed and events were lost (watchdog only logs
+        it): treat it as a change of everything, so the next reconcile reads all again."""
+        if str(record.msg).startswith("Inotify queue overflowed"):
+            self.on_change(OVERFLOW)
+        return True
 
     @property
     def watch_set(self) -> WatchSet:
@@ -231,20 +294,38 @@ class FileWatcher:
     def directories(self) -> tuple[tuple[Path, bool], ...]:
         return tuple(sorted(self._watches, key=str))
 
-    def update(self, watch_set: WatchSet) -> None:
-        """Watch exactly the directories ``watch_set`` needs (adds and removes watches)."""
+    def update(self, watch_set: WatchSet) -> int:
+        """Watch exactly the directories ``watch_set`` needs (adds and removes watches);
+        returns how many directories were added."""
         wanted = set(watch_set.directories().items())
+        added = 0
         with self._lock:
             self._set = watch_set
             for key in list(self._watches):
-                if key not in wanted:
-                    self._observer.unschedule(self._watches.pop(key))  # type: ignore[arg-type]
+                # a directory replaced by another one of the same name (rm -r and mkdir,
+                # a checkout) lost its watch with the old one: watch it again (seen by its
+                # deletion event, or by a new inode number when that event was missed)
+                stale = key[0] in self._gone or _inode(key[0]) != self._inodes.get(key)
+                if key not in wanted or stale:
+                    self._inodes.pop(key, None)
+                    with contextlib.suppress(KeyError):  # already gone with its inode
+                        self._observer.unschedule(self._watches.pop(key))  # type: ignore[arg-type]
+            self._gone.clear()
             for key in sorted(wanted - set(self._watches), key=str):
                 directory, recursive = key
                 try:
+                    inode = _inode(directory)
+                    # the filter also narrows the inotify mask: reads of a watched
+                    # directory's files (IN_OPEN, IN_CLOSE_NOWRITE) never wake us
                     self._watches[key] = self._observer.schedule(
-                        _Handler(self), str(directory), recursive=recursive
+                        _Handler(self),
+                        str(directory),
+                        recursive=recursive,
+                        event_filter=list(_CONTENT_EVENTS),
                     )
+                    if inode is not None:
+                        self._inodes[key] = inode
+                    added += 1
                 except OSError as err:
                     _log.warning(
                         "cannot watch %s: %s", directory, err, extra={"fields": {"dir": directory}}
@@ -254,9 +335,33 @@ class FileWatcher:
                 len(self._watches),
                 extra={"fields": {"dirs": ",".join(str(d) for d, _ in self._watches)}},
             )
+        return added
+
+    def writing(self, max_age: float, now: float | None = None) -> tuple[str, ...]:
+        """Relevant files written to and not closed yet, for at most ``max_age`` seconds
+        (a writer that keeps a file open longer is not waited for)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for path, since in list(self._writing.items()):
+                if now - since >= max_age:
+                    del self._writing[path]
+            return tuple(sorted(self._writing))
 
     def _event(self, event: FileSystemEvent) -> None:
         with self._lock:
             relevant = self._set.event_relevant(event)
+            if event.is_directory and isinstance(event, DirDeletedEvent | DirMovedEvent):
+                # its watch (and those below it) went with it; the same name may come back
+                gone = Path(_decode(event.src_path))
+                self._gone.update(d for d, _ in self._watches if d.is_relative_to(gone))
+            if relevant and not event.is_directory:
+                src = _decode(event.src_path)
+                if isinstance(event, FileModifiedEvent):
+                    self._writing.setdefault(src, time.monotonic())
+                elif isinstance(event, FileClosedEvent | FileDeletedEvent):
+                    self._writing.pop(src, None)
+                elif isinstance(event, FileMovedEvent):
+                    self._writing.pop(src, None)
+                    self._writing.pop(_decode(event.dest_path), None)
         if relevant:
             self.on_change(_decode(getattr(event, "dest_path", "") or event.src_path))

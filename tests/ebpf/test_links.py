@@ -822,15 +822,15 @@ def test_pinned_tracepoint_link_outlives_its_process(pin_dir: Path, fd_guard: No
     with ebpf.Map.from_pin(pin_dir / "calls") as calls:
         for _ in range(10):
             os.getppid()
-        assert calls[0] == 10
+        assert calls.lookup(0) == 10
         with Link.from_pin(pin_dir / "link") as link:
             assert link.id == link_id
             assert link.info().target == links.TracepointTarget("sys_enter_getppid")
             link.unpin()
             os.getppid()
-            assert calls[0] == 11  # still held by our fd
+            assert calls.lookup(0) == 11  # still held by our fd
         os.getppid()
-        assert calls[0] == 11  # last reference gone: detached, the perf event released
+        assert calls.lookup(0) == 11  # last reference gone: detached, the perf event released
 
 
 # ---------------------------------------------------------------------------- more error paths

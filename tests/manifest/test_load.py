@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+
+import yaml
 
 from orchestrator.manifest import (
     Attachment,
@@ -120,27 +123,32 @@ def test_full_manifest_round_trips(write: Write, tree: Path) -> None:
     assert c.attach[1].source == Source(path, 18, 7)
 
 
-def test_defaults_and_substitution(write: Write) -> None:
-    write(
-        "m/shared.yaml",
-        """
-        apiVersion: bpforch/v1
-        kind: Collection
-        metadata: {name: user}
-        spec:
-          object: ../objs/user.o
-          maps:
-            shared_stats: {from: {collection: owner}}
-        ---
-        apiVersion: bpforch/v1
-        kind: Collection
-        metadata: {name: owner}
-        spec:
-          object: ../objs/owner.o
-          maps:
-            shared_stats: {preserve: true}
-        """,
-    )
+SHARED = """
+apiVersion: bpforch/v1
+kind: Collection
+metadata: {name: user}
+spec:
+  object: ../objs/user.o
+  maps:
+    shared_stats: {from: {collection: owner}}
+---
+apiVersion: bpforch/v1
+kind: Collection
+metadata: {name: owner}
+spec:
+  object: ../objs/owner.o
+  sha256: %s
+  maps:
+    shared_stats: {preserve: true}
+"""
+
+
+def shared(tree: Path) -> str:
+    return SHARED % hashlib.sha256((tree / "objs" / "owner.o").read_bytes()).hexdigest()
+
+
+def test_defaults_and_substitution(write: Write, tree: Path) -> None:
+    write("m/shared.yaml", shared(tree))
     state = load_manifests([write("m/pinned.yaml", _pinned())])
     assert state.collections["pinned"].maps["shared_stats"].source_from == MapFrom(
         pinned=Path("/sys/fs/bpf/other/shared_stats")
@@ -185,7 +193,36 @@ def test_a_program_without_autoload_is_attachable_when_listed(write: Write) -> N
     (a,) = load_manifests([path]).collections["manual"].attach
     assert a == Attachment("xdp_manual", XdpTarget("veth0"))
     assert a.key() == "xdp_manual@xdp::veth0" and a.kind == "xdp"
-    assert a.document() == {
-        "program": "xdp_manual",
-        "xdp": {"interface": "veth0", "mode": "auto", "netns": None},
-    }
+    assert a.document() == {"program": "xdp_manual", "xdp": {"interface": "veth0", "mode": "auto"}}
+
+
+def test_the_normalized_document_is_a_manifest_of_the_same_collection(
+    write: Write, tree: Path
+) -> None:
+    write("m/shared.yaml", shared(tree))
+    first = load_manifests([write("m/net.yaml", FULL).parent])
+    docs = [c.document() for c in first.collections.values()]
+    again = write("n/all.yaml", yaml.safe_dump_all(docs, sort_keys=False))
+    second = load_manifests([again])
+    assert second.collections == first.collections
+    for name, c in first.collections.items():
+        assert second.collections[name].digest == c.digest
+
+
+def test_the_shipped_examples_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    state = load_manifests([root / "manifests"])
+    assert {
+        "xdp-counter",
+        "tc-filter",
+        "tp-counter",
+        "cgroup-egress",
+        "shared-owner",
+        "shared-user",
+    } <= set(state.collections)
+    assert all(c.object_file.parent == root / "bpf" for c in state.collections.values())
+    assert state.collections["shared-user"].depends_on() == {"shared-owner"}
+    for f in state.files:
+        assert f.read_text().startswith(
+            "# yaml-language-server: $schema=../schemas/manifest.schema.json\n"
+        )

@@ -530,6 +530,18 @@ CASES = [
         ),
     ),
     one(
+        "tc-ordering-circle",
+        H + "  attach:\n"
+        "    - {program: tc_ingress, tc: {interface: a, direction: ingress, after: tc_second}}\n"
+        "    - {program: tc_second, tc: {interface: a, direction: ingress, before: tc_ingress}}\n",
+        (
+            7,
+            75,
+            "spec.attach[0].tc.after",
+            "tc ordering goes round in a circle: tc_ingress -> tc_second -> tc_ingress",
+        ),
+    ),
+    one(
         "tc-after-itself",
         H + "  attach:\n    - {program: tc_second, tc: {interface: a, direction: ingress, "
         "after: tc_second}}\n",
@@ -657,3 +669,19 @@ def test_problem_rendering() -> None:
         "message": "unknown field 'x'",
         "hint": "hint",
     }
+
+
+def test_manifest_error_survives_pickling() -> None:
+    import pickle
+
+    from orchestrator.manifest import Source
+
+    err = ManifestError(
+        [
+            Problem(Source(Path("/m/b.yaml"), 2, 1), "kind", "unknown kind 'X'"),
+            Problem(Source(Path("/m/a.yaml"), 9, 3), "spec", "missing required field", "h"),
+        ]
+    )
+    assert [p.source.file.name for p in err.problems] == ["a.yaml", "b.yaml"]  # sorted
+    copy = pickle.loads(pickle.dumps(err))
+    assert copy.problems == err.problems and str(copy) == str(err)

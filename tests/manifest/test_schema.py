@@ -69,6 +69,8 @@ def test_crd_is_structural() -> None:
             assert all(set(branch) == {"required"} for branch in node["oneOf"])  # type: ignore[union-attr]
         if "properties" in node:
             assert node.get("type") == "object", node
+        if "pattern" in node:  # Go's RE2: no lookaround, no backreferences
+            assert "(?" not in str(node["pattern"]) and "\\1" not in str(node["pattern"])
     spec = root["properties"]["spec"]
     attach = spec["properties"]["attach"]["items"]
     assert set(attach["properties"]) == {

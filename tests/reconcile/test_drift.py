@@ -153,3 +153,68 @@ def test_staging_leftovers_and_orphans(env: Env, veth: VethPair, fd_guard: None)
     assert (env.root / "foreign" / "stuff").is_dir()  # not ours: never touched
     (env.root / "foreign" / "stuff").rmdir()
     (env.root / "foreign").rmdir()
+
+
+def test_whole_tree_removed_is_rebuilt(env: Env, veth: VethPair, fd_guard: None) -> None:
+    """Someone removed bpforch's directory: every pin is drift; the next apply rebuilds the
+    collection (the preserved map's contents are gone with it, and the plan says so)."""
+    from orchestrator.ebpf.pin import remove_tree
+
+    xdp_manifest(env, veth)
+    r = env.reconciler()
+    r.apply(env.desired())
+    traffic(veth)
+    remove_tree(env.root / "xdp-counter")
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Degraded"
+    p = r.plan(env.desired())
+    counters = p.change("xdp-counter", "map", "counters")
+    assert counters is not None and counters.op is Op.REPLACE
+    assert "recreated empty" in counters.reason
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready"
+    traffic(veth, 2)
+    assert packets(env) == 2
+
+
+def test_a_replaced_program_pin_is_drift(env: Env, veth: VethPair, fd_guard: None) -> None:
+    """Someone pinned another program where ours was: reported as replaced, repaired."""
+    from orchestrator import ebpf
+
+    xdp_manifest(env, veth)
+    r = env.reconciler()
+    r.apply(env.desired())
+    pin = env.root / "xdp-counter" / "progs" / "xdp_count"
+    os.unlink(pin)
+    with ebpf.load_collection(ROOT / "bpf" / "xdp_counter.o") as other:
+        other.programs["xdp_count"].pin(pin)
+        other_id = other.programs["xdp_count"].id
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Drifted" and st.reason == "PinReplaced"
+    assert f"holds program id {other_id}" in st.message
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready"
+    assert st.program("xdp_count").id != other_id
+
+
+def test_interface_removed_is_degraded_and_a_plan_problem(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    import time
+
+    xdp_manifest(env, veth)
+    r = env.reconciler()
+    r.apply(env.desired())
+    veth.b.ns.ip("link", "del", veth.b.name)
+    deadline = time.monotonic() + 2
+    st = r.status().get("xdp-counter")
+    while st is not None and st.condition == "Ready" and time.monotonic() < deadline:
+        time.sleep(0.02)  # the kernel detaches the link when the device goes away
+        st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Degraded" and "detached" in st.message
+    p = r.plan(env.desired())
+    assert any(
+        f"interface {veth.b.name} in" in str(x) and "does not exist" in str(x) for x in p.problems
+    ), p.problems

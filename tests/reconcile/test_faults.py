@@ -17,7 +17,7 @@ import pytest
 from orchestrator.ebpf import Map
 from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
-from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks
+from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, PlanError
 from tests.conftest import ROOT
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, pins_under, snapshot
@@ -59,20 +59,20 @@ def extra_object(compile_bpf: Callable[..., Path], name: str, *, valid: bool = T
     return compile_bpf(src)
 
 
-def write_extra(env: Env, obj: Path, generation: int = 0) -> None:
-    env.write(
-        "zz-extra",
-        f"""
-        apiVersion: bpforch/v1
-        kind: Collection
-        metadata: {{name: zz-extra, labels: {{try: "{generation}"}}}}
-        spec:
-          object: {obj}
-          attach:
-            - program: {prog_name_of(obj)}
-              tracepoint: {{group: syscalls, name: sys_enter_getppid}}
-        """,
-    )
+def write_extra(env: Env, obj: Path, max_entries: int | None = None) -> None:
+    """The zz-extra manifest; a ``max_entries`` for its map makes each version reload."""
+    lines = [
+        "apiVersion: bpforch/v1",
+        "kind: Collection",
+        "metadata: {name: zz-extra}",
+        "spec:",
+        f"  object: {obj}",
+        f"  maps: {{hits: {{max_entries: {max_entries}}}}}" if max_entries else "",
+        "  attach:",
+        f"    - program: {prog_name_of(obj)}",
+        "      tracepoint: {group: syscalls, name: sys_enter_getppid}",
+    ]
+    env.write("zz-extra", "\n".join(line for line in lines if line) + "\n")
 
 
 _NAMES: dict[Path, str] = {}
@@ -172,7 +172,12 @@ def test_failure_at_each_step_restores_the_previous_generation(
     sc.next_state()
     # fail on the second collection where there is one, so the first is already staged,
     # switched or swapped when the failure comes
-    subject = {"load": "zz-extra", "verify": "zz-extra", "pin": "zz-extra"}.get(step, "")
+    subject = {
+        "load": "zz-extra",
+        "verify": "zz-extra",
+        "pin": "zz-extra",
+        "commit": "zz-extra",
+    }.get(step, "")
     if step == "attach":
         subject = f"{sc.name}@tracepoint:syscalls/sys_enter_getppid"
     hooks = Hooks(**{step: _raise(step, subject)})
@@ -195,20 +200,34 @@ def test_unloadable_object_restores_the_previous_generation(
     env: Env, veth: VethPair, compile_bpf: Callable[..., Path], tmp_path: Path, fd_guard: None
 ) -> None:
     sc = Scenario(env, veth, compile_bpf)
+    # 1. the object file turns into garbage after the manifests were read: the plan reads
+    #    it again and refuses before anything is touched
     obj = tmp_path / "extra.o"
     obj.write_bytes(sc.good.read_bytes())
     _NAMES[obj] = sc.name
     xdp_manifest(env, veth, version=2)
     write_extra(env, obj)
     desired = env.desired()
+    obj.write_bytes(b"\x7fELF garbage")
+    with pytest.raises(PlanError) as perr:
+        env.reconciler().apply(desired)
+    assert "collection zz-extra (" in str(perr.value) and f"object {obj}" in str(perr.value)
+    sc.assert_intact()
 
-    def corrupt(subject: str) -> None:  # the object changes between plan and load
-        if subject == "zz-extra":
-            obj.write_bytes(b"\x7fELF garbage")
-
+    # 2. an object whose map the kernel refuses to create (a hash map of 0 entries)
+    huge = compile_bpf(
+        EXTRA_C.replace("NAME", sc.name)
+        .replace("CHECK", "if (!v) return 0;")
+        .replace("BPF_MAP_TYPE_ARRAY", "BPF_MAP_TYPE_HASH")
+        .replace("__uint(max_entries, 1);", "__uint(max_entries, 0);")
+    )
+    _NAMES[huge] = sc.name
+    write_extra(env, huge)
     with pytest.raises(ApplyError) as info:
-        env.reconciler(Hooks(load=corrupt)).apply(desired)
-    assert "collection zz-extra (" in str(info.value) and "object" in str(info.value)
+        env.reconciler().apply(env.desired())
+    text = str(info.value)
+    assert "collection zz-extra (" in text and "map hits: create" in text, text
+    assert "previous generation is live" in text
     sc.assert_intact()
 
 
@@ -294,10 +313,11 @@ def test_crash_at_each_step_converges(
         "r.apply(load_manifests([Path(sys.argv[3])]))\n"
     )
     version = 2
-    for step in ("load", "verify", "pin", "attach", "switch", "commit", "record", "release"):
+    steps = ("load", "verify", "pin", "attach", "switch", "commit", "commit:2", "record", "release")
+    for step in steps:  # commit:2: after the first collection's tree was swapped in
         version += 1
         xdp_manifest(env, veth, version=version)
-        write_extra(env, sc.good, version)
+        write_extra(env, sc.good, max_entries=version)
         proc = subprocess.run(
             [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests)],
             cwd=ROOT,
@@ -333,3 +353,42 @@ def test_crash_at_each_step_converges(
             lambda: programs_where(lambda n, m: n == sc.name),
             {extra.program(sc.name).id},
         ) == {extra.program(sc.name).id}, step
+
+
+def test_incomplete_rollback_is_reported_and_the_next_apply_converges(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """The record write fails and, at the same moment, someone detaches our XDP link: the
+    link can't be switched back. The error says the rollback was incomplete and what is
+    left; the next apply repairs it."""
+    from orchestrator.ebpf import links
+
+    xdp_manifest(env, veth, version=1)
+    r = env.reconciler()
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None
+    link_id = st.attachments[0].link_id
+    xdp_manifest(env, veth, version=2)
+
+    def sabotage(_: str) -> None:
+        with links.Link.from_id(link_id) as link:
+            link.detach()
+        raise RuntimeError("injected failure at record")
+
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(Hooks(record=sabotage)).apply(env.desired())
+    text = str(info.value)
+    assert "injected failure at record" in text
+    assert f"rollback was incomplete: switch link {link_id} back" in text
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Degraded" and st.generation == 1
+    assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready" and st.generation == 2
+    with Map.from_pin(env.root / "xdp-counter" / "maps" / "counters") as counters:
+        with UdpReceiver(veth.b, 6002) as rx:
+            send_udp(veth.a, veth.b, 6002, count=2)
+            assert rx.drain() == 2
+        assert counters[2] == 2

@@ -343,3 +343,65 @@ def test_collection_names_must_be_dns_labels() -> None:
         p = plan(desired(coll(bad)), actual())
         assert p.changes == ()
         assert "not a DNS label" in str(p.problems[0]), bad
+
+
+def test_destroy_refuses_to_strand_a_dependent() -> None:
+    a, b = record("a"), record("b", deps=("a",))
+    d = plan_destroy(actual(a, b), ["a"])
+    assert "collection b uses its maps" in str(d.problems[0])
+    d = plan_destroy(actual(a, b), ["b", "a"])
+    assert not d.problems
+    assert [c.collection for c in d.changes if c.kind == "collection"] == ["b", "a"]
+
+
+def test_same_load_key_keeps_programs_and_maps() -> None:
+    import dataclasses
+
+    from orchestrator.reconcile.plan import load_key
+
+    xdp = Attachment("prog", XDP)
+    tp = Attachment("prog", TP)
+    d = coll("a", "d2", attach=(xdp, tp))
+    rec = dataclasses.replace(
+        record("a", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),)),
+        load_key=load_key(d, "sha"),
+    )
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(programs=("prog",), maps={"counters": ARRAY}, object_sha256="sha")
+        }
+    )
+    p = plan(desired(d), actual(rec, facts=facts))
+    assert p.collection_op("a") is Op.UPDATE and "kept" in p.changes[0].reason
+    got = {(c.kind, c.name): c.op for c in p.changes[1:]}
+    assert got == {
+        ("map", "counters"): Op.NOOP,
+        ("program", "prog"): Op.NOOP,
+        ("attachment", xdp.key()): Op.NOOP,
+        ("attachment", tp.key()): Op.CREATE,
+    }
+    # other constants: another load key, the programs are reloaded
+    d2 = dataclasses.replace(d, constants={"version": 2})
+    p = plan(desired(d2), actual(rec, facts=facts))
+    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
+    # a drifted program pin: reloaded too
+    drift = {"a": (Drift("program", "prog", "pin progs/prog is missing"),)}
+    p = plan(desired(d), actual(rec, facts=facts, drift=drift))
+    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
+
+
+def test_without_a_digest_a_collection_is_always_reapplied() -> None:
+    p = plan(desired(coll("a", digest="")), actual(record("a", digest="")))
+    assert p.collection_op("a") is Op.UPDATE and "no digest" in p.changes[0].reason
+
+
+def test_xdp_hook_held_by_another_own_collection() -> None:
+    xdp = Attachment("prog", XDP)
+    other = record("other", atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),))
+    facts = Facts(
+        collections={"a": CollectionFacts(programs=("prog",), maps={"counters": ARRAY})},
+        targets={XDP.key(): TargetFacts(xdp_prog_id=100, xdp_prog_name="prog")},
+    )
+    p = plan(desired(coll("a", attach=(xdp,))), actual(other, facts=facts), prune=True)
+    assert len(p.problems) == 1
+    assert "of collection other" in str(p.problems[0])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -76,11 +78,11 @@ def test_tracepoint_upgrade_is_make_before_break(env: Env, fd_guard: None) -> No
         start = calls[0]
         tp_manifest(env, tgid=os.getpid() + 0)  # same manifest: nothing to do
         assert not r.plan(env.desired()).has_changes
+        text = (env.manifests / "tp-counter.yaml").read_text()
+        assert "  attach:" in text
+        # a bigger calls map: the programs are reloaded
         env.write(
-            "tp-counter",
-            (env.manifests / "tp-counter.yaml")
-            .read_text()
-            .replace("tp-counter}", "tp-counter, labels: {v: '2'}}"),
+            "tp-counter", text.replace("  attach:", "  maps: {calls: {max_entries: 2}}\n  attach:")
         )
         p = r.plan(env.desired())
         att = p.of("tp-counter", "attachment")[0]
@@ -94,3 +96,116 @@ def test_tracepoint_upgrade_is_make_before_break(env: Env, fd_guard: None) -> No
     with Map.from_pin(env.root / "tp-counter" / "maps" / "calls") as calls:
         assert calls[0] == 1
     assert isinstance(start, int)
+
+
+def test_metadata_or_attachment_changes_keep_programs_and_maps(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """Only labels change: the record moves to the next generation, nothing is reloaded or
+    re-attached. A new attachment: only that link is made."""
+    import os
+
+    r = env.reconciler()
+    xdp_manifest(env, veth)
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None
+    ids = (st.program("xdp_count").id, st.map("counters").id, st.attachments[0].link_id)
+
+    text = (env.manifests / "xdp-counter.yaml").read_text()
+    env.write(
+        "xdp-counter", text.replace("name: xdp-counter}", "name: xdp-counter, labels: {a: b}}")
+    )
+    p = r.plan(env.desired())
+    assert p.collection_op("xdp-counter") is Op.UPDATE
+    assert "programs and maps are kept" in p.changes[0].reason
+    assert all(c.op is Op.NOOP for c in p.changes[1:]), p
+    assert p.counts() == (0, 0, 0)
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready" and st.generation == 2
+    assert (st.program("xdp_count").id, st.map("counters").id, st.attachments[0].link_id) == ids
+    assert not r.plan(env.desired()).has_changes
+
+    # one more attachment: the XDP program also on lo (same namespace)
+    text = (env.manifests / "xdp-counter.yaml").read_text()
+    extra = (
+        "    - program: xdp_count\n"
+        f"      xdp: {{interface: lo, netns: {veth.b.ns.path}, mode: generic}}\n"
+    )
+    env.write("xdp-counter", text + extra)
+    p = r.plan(env.desired())
+    created = [c for c in p.changes if c.op is not Op.NOOP and c.kind != "collection"]
+    assert [(c.kind, c.op) for c in created] == [("attachment", Op.CREATE)]
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and st.condition == "Ready" and len(st.attachments) == 2
+    assert st.program("xdp_count").id == ids[0]
+    assert ids[2] in {a.link_id for a in st.attachments}
+    with UdpReceiver(veth.b, 5100) as rx:
+        from tests.netns import send_udp
+
+        send_udp(veth.a, veth.b, 5100, count=3)
+        assert rx.drain() == 3
+    with Map.from_pin(env.root / "xdp-counter" / "maps" / "counters") as counters:
+        assert counters[0] == 3
+
+    # and removing it again detaches only that link
+    env.write("xdp-counter", text)
+    r.apply(env.desired())
+    st = r.status().get("xdp-counter")
+    assert st is not None and [a.link_id for a in st.attachments] == [ids[2]]
+    assert os.path.exists(env.root / "xdp-counter" / "progs" / "xdp_count")
+
+
+TWO_C = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } used SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 8); } table SEC(".maps");
+const volatile __u64 gen = 0;
+SEC("tracepoint/syscalls/sys_enter_getppid") int bound(void *ctx)
+{ __u32 k = 0; __u64 *v = bpf_map_lookup_elem(&used, &k); if (v) *v = gen; return 0; }
+SEC("tracepoint/syscalls/sys_enter_getppid") int unbound(void *ctx)
+{ __u32 k = 0; __u64 one = 1; bpf_map_update_elem(&table, &k, &one, 0); return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_program_binding_keeps_preserved_maps_it_does_not_use(
+    env: Env, compile_bpf: Callable[..., Path], fd_guard: None
+) -> None:
+    obj = compile_bpf(TWO_C)
+
+    def manifest(gen: int) -> None:
+        env.write(
+            "two",
+            f"""
+            apiVersion: bpforch/v1
+            kind: Collection
+            metadata: {{name: two}}
+            spec:
+              object: {obj}
+              programs: [bound]
+              constants: {{gen: {gen}}}
+              maps:
+                table: {{pin: true, preserve: true}}
+            """,
+        )
+
+    r = env.reconciler()
+    manifest(1)
+    r.apply(env.desired())
+    st = r.status().get("two")
+    assert st is not None and [p.name for p in st.programs] == ["bound"]
+    table_id = st.map("table").id
+    with Map.from_pin(env.root / "two" / "maps" / "table") as table:
+        table[7] = 42
+    manifest(2)
+    r.apply(env.desired())
+    st = r.status().get("two")
+    assert st is not None and st.generation == 2 and st.map("table").id == table_id
+    with Map.from_pin(env.root / "two" / "maps" / "table") as table:
+        assert table[7] == 42

@@ -78,6 +78,9 @@ class Served:
     def setup(self, **manifest: Any) -> None:
         self.manifest.parent.mkdir(parents=True, exist_ok=True)
         self.write(**manifest)
+        self.setup_config()
+
+    def setup_config(self) -> None:
         self.config.write_text(
             f"manifests: [m]\nbpffs_root: {self.bpffs_root}\nstate_dir: state\n"
             f"debounce_ms: {self.debounce_ms}\nmax_delay_ms: {self.max_delay_ms}\n"

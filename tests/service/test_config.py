@@ -177,3 +177,33 @@ def test_status_file_roundtrip_and_liveness(tmp_path: Path) -> None:
     got = read_status(tmp_path)
     assert got is not None and not got.alive
     assert got.to_json()["alive"] is False
+
+
+def test_schema_is_a_valid_2020_12_schema_and_matches_the_defaults() -> None:
+    import jsonschema
+
+    from orchestrator.service.config import schema
+
+    s = schema()
+    jsonschema.Draft202012Validator.check_schema(s)
+    props = s["properties"]
+    assert isinstance(props, dict)
+    d = ServiceConfig(manifests=(Path("/m"),))
+    for name in (
+        "debounce_ms",
+        "max_delay_ms",
+        "prune",
+        "detach_on_exit",
+        "log_format",
+        "log_level",
+    ):
+        assert props[name]["default"] == getattr(d, name), name
+    assert props["bpffs_root"]["default"] == str(d.bpffs_root)
+    assert props["state_dir"]["default"] == str(d.state_dir)
+
+
+def test_defaults_agree_with_the_reconciler() -> None:
+    import orchestrator.reconcile as reconcile
+
+    assert reconcile.DEFAULT_BPFFS_ROOT == DEFAULT_BPFFS_ROOT
+    assert reconcile.DEFAULT_STATE_DIR == DEFAULT_STATE_DIR

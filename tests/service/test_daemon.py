@@ -39,7 +39,16 @@ class FakeBackend:
         values: dict[str, str] = {}
         files = []
         for p in paths:
-            for f in sorted(p.glob("*.yaml")) if p.is_dir() else [p]:
+            if not p.exists():
+                raise InvalidStateError(f"invalid manifest: {p}: no such file or directory")
+            if p.name == "crash.yaml":
+                raise KeyError("bug")
+            found = (
+                [f for f in p.rglob("*.yaml") if not any(x.startswith(".") for x in f.parts)]
+                if p.is_dir()
+                else [p]
+            )
+            for f in sorted(found):
                 files.append(f)
                 for n, line in enumerate(f.read_text().splitlines(), 1):
                     if line.strip() == "bad":
@@ -85,6 +94,7 @@ class Harness:
         watchdog: WatchdogSettings | None = None,
         reload_config: Callable[[], ServiceConfig] | None = None,
         config: ServiceConfig | None = None,
+        retry: tuple[float, float] = (1.0, 60.0),
     ) -> Daemon:
         """Run the daemon in this (main) thread while ``script`` runs in another; the
         script must end by stopping the daemon (SIGTERM)."""
@@ -98,6 +108,7 @@ class Harness:
             ),
             watchdog=watchdog,
             reload_config=reload_config,
+            retry=retry,
         )
         errors: list[BaseException] = []
 
@@ -350,3 +361,202 @@ def test_signals_are_restored_after_run(harness: Harness) -> None:
 
     harness.run(script)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_file_being_written_is_not_read_until_closed(harness: Harness) -> None:
+    """A writer pauses in the middle of an in-place save for longer than the debounce
+    window: nothing is read (or applied) until it closes the file."""
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        loads = h.backend.loads
+        with h.manifest.open("w") as f:  # truncates: IN_MODIFY, then no close for 0.4 s
+            f.write("a=2\nb=")
+            f.flush()
+            time.sleep(0.4)
+            assert h.backend.loads == loads  # half a file was never even read
+            f.write("3\n")
+        assert h.notify.next() == {"STATUS": "ready: 2 collections applied, 1 changed"}
+        stop()
+        h.notify.next()
+
+    harness.run(script)
+    assert harness.backend.applied == [{"a": "1"}, {"a": "2", "b": "3"}]
+
+
+def test_changes_during_the_read_are_not_applied(harness: Harness) -> None:
+    """The files change while the backend reads them (a torn read): that result is
+    dropped, and the files are read again once they settle."""
+    original = harness.backend.load
+    calls = 0
+
+    def load(paths: Sequence[Path]) -> DesiredState:
+        nonlocal calls
+        calls += 1
+        desired = original(paths)
+        if calls == 2:  # the first reload of a change: a writer strikes mid-read
+            replace_file(harness.manifest, "a=3\n")
+            time.sleep(0.1)  # the inotify event is in before the read "ends"
+        return desired
+
+    harness.backend.load = load  # type: ignore[method-assign]
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        replace_file(h.manifest, "a=2\n")
+        assert h.notify.next() == {"STATUS": "ready: 1 collection applied, 1 changed"}
+        stop()
+        h.notify.next()
+
+    daemon = harness.run(script)
+    assert harness.backend.applied == [{"a": "1"}, {"a": "3"}]  # a=2 (torn) never applied
+    assert daemon.status.deferred == 1
+
+
+def test_git_checkout_of_many_files_is_one_reconcile(harness: Harness) -> None:
+    import subprocess
+
+    from tests.conftest import require_tool
+
+    git = require_tool("git")
+    repo = harness.manifest.parent
+
+    def run(*args: str) -> None:
+        subprocess.run(
+            [git, "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
+
+    for i in range(50):
+        (repo / f"c{i:02}.yaml").write_text(f"c{i:02}=1\n")
+    run("init", "-q", "-b", "one")
+    run("add", ".")
+    run("commit", "-q", "-m", "one")
+    run("checkout", "-q", "-b", "two")
+    for i in range(50):
+        (repo / f"c{i:02}.yaml").write_text(f"c{i:02}=2\n")
+    run("commit", "-q", "-am", "two")
+    run("checkout", "-q", "one")
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next()["STATUS"] == "ready: 51 collections applied, 1 changed"
+        run("checkout", "-q", "two")  # rewrites 50 files (and git's index, lock files)
+        assert h.notify.next() == {"STATUS": "ready: 51 collections applied, 1 changed"}
+        assert h.notify.quiet(0.3) == []
+        stop()
+        h.notify.next()
+
+    daemon = harness.run(script)
+    assert harness.backend.applied[-1] == {"a": "1", **{f"c{i:02}": "2" for i in range(50)}}
+    assert daemon.status.reconciles == 2
+    assert daemon.status.watched == (str(repo),)  # not .git and its many directories
+
+
+def test_a_missing_manifest_dir_is_watched_for(harness: Harness) -> None:
+    """The configured directory does not exist yet (a volume not mounted, a checkout not
+    cloned): degraded, and its creation is noticed through the parent directory."""
+    later = harness.tmp / "later"
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        msg = h.notify.next()
+        assert msg == {"STATUS": f"degraded: invalid manifest: {later}: no such file or directory"}
+        later.mkdir()
+        assert h.notify.next() == {  # an empty directory: valid, nothing declared
+            "READY": "1",
+            "STATUS": "ready: 0 collections applied, 1 changed",
+        }
+        replace_file(later / "x.yaml", "x=1\n")
+        assert h.notify.next() == {"STATUS": "ready: 1 collection applied, 1 changed"}
+        stop()
+        h.notify.next()
+
+    harness.run(script, config=harness.config.with_overrides(manifests=(later,)))
+    assert harness.backend.applied[-1] == {"x": "1"}
+
+
+def test_a_bug_in_validation_degrades_without_dying(harness: Harness) -> None:
+    crash = harness.manifest.parent / "crash.yaml"
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next() == {"STATUS": "degraded: internal error: KeyError('bug')"}
+        stop()
+        assert "STOPPING" in h.notify.next()
+
+    crash.write_text("")
+    harness.run(script, config=harness.config.with_overrides(manifests=(crash,)))
+    assert harness.backend.applied == []
+
+
+def test_a_file_written_right_into_a_new_directory_is_applied(harness: Harness) -> None:
+    """mkdir + write at once: the file may land before the new directory has its watch;
+    the reconcile that adds the watch schedules one more read, which finds it."""
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        sub = h.manifest.parent / "sub" / "deeper"
+        sub.mkdir(parents=True)
+        (sub / "b.yaml").write_text("b=1\n")
+        wait_until(lambda: bool(h.backend.applied) and "b" in h.backend.applied[-1], 5)
+        time.sleep(0.3)
+        (sub / "b.yaml").write_text("b=2\n")  # and it is watched from now on
+        wait_until(lambda: h.backend.applied[-1].get("b") == "2", 5)
+        stop()
+
+    harness.run(script)
+
+
+def test_failed_apply_is_retried_with_backoff(harness: Harness) -> None:
+    """The same manifests may apply later (an interface appears, a lock is released):
+    a failed apply is retried with a doubling delay, without any file change; the repeated
+    identical failure is not notified again."""
+    attempts: list[float] = []
+    original = harness.backend.apply
+
+    def apply(desired: DesiredState, prune: bool) -> ApplySummary:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 3:
+            raise ApplyFailedError("apply failed: interface veth0 does not exist")
+        return original(desired, prune)
+
+    harness.backend.apply = apply  # type: ignore[method-assign]
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next() == {
+            "STATUS": "degraded: apply failed: interface veth0 does not exist"
+        }
+        assert h.notify.next() == {
+            "READY": "1",
+            "STATUS": "ready: 1 collection applied, 1 changed",
+        }
+        assert h.notify.quiet(0.5) == []  # no more retries once it worked
+        stop()
+        h.notify.next()
+
+    harness.run(script, retry=(0.1, 0.25))
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert len(attempts) == 4
+    assert 0.1 <= gaps[0] < 0.2 and 0.2 <= gaps[1] < 0.3 and 0.25 <= gaps[2] < 0.35, gaps
+
+
+def test_invalid_manifests_are_not_retried(harness: Harness) -> None:
+    harness.manifest.write_text("bad\n")
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        assert h.notify.next()["STATUS"].startswith("degraded: invalid manifest")
+        loads = h.backend.loads
+        time.sleep(0.5)
+        assert h.backend.loads == loads
+        stop()
+        h.notify.next()
+
+    harness.run(script, retry=(0.1, 0.2))

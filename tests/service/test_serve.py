@@ -19,7 +19,7 @@ from orchestrator.ebpf.links import Link
 from orchestrator.manifest import load_manifests
 from orchestrator.reconcile import Reconciler
 from orchestrator.service.status import read_status
-from tests.netns import UdpReceiver, UdpStream, VethPair
+from tests.netns import NetNS, UdpReceiver, UdpStream, VethPair
 from tests.service.helpers import NotifySocket
 from tests.service.served import NAME, XDP_DROP, XDP_OBJ, XDP_PASS, Served, wait_for
 
@@ -261,4 +261,54 @@ def test_status_file_is_json(served: Served) -> None:
     assert data["collections"] == [NAME] and data["applies"] == 1
     assert str(served.manifest.parent) in data["watched"]
     assert os.stat(served.state_dir / "service.json").st_mode & 0o777 == 0o644
+    assert served.stop() == 0
+
+
+def test_configmap_swap_is_applied(served: Served) -> None:
+    """A Kubernetes ConfigMap mount: ``xdp.yaml -> ..data/xdp.yaml``, ``..data`` a symlink
+    to a timestamped directory that the kubelet swaps atomically."""
+    from tests.service.served import manifest_text
+
+    cm = served.tmp / "m"
+    first = cm / "..2026_11_25_00_00_00.000000001"
+    first.mkdir(parents=True)
+    (first / "xdp.yaml").write_text(manifest_text(version=7))
+    os.symlink(first.name, cm / "..data")
+    os.symlink("..data/xdp.yaml", cm / "xdp.yaml")
+    served.setup_config()
+    served.start()
+    served.next()
+    assert served.next() == {"READY": "1", "STATUS": "ready: 1 collection applied, 1 changed"}
+    assert served.run() == (XDP_PASS, 7)
+    second = cm / "..2026_11_25_00_01_00.000000002"
+    second.mkdir()
+    (second / "xdp.yaml").write_text(manifest_text(version=8, verdict=XDP_DROP))
+    os.symlink(second.name, cm / "..data_tmp")
+    os.rename(cm / "..data_tmp", cm / "..data")
+    for old in first.iterdir():
+        old.unlink()
+    first.rmdir()
+    assert served.next() == {"STATUS": "ready: 1 collection applied, 1 changed"}
+    assert served.run() == (XDP_DROP, 8)
+    assert served.notify.quiet(0.3) == []  # one swap, one apply
+    assert served.stop() == 0
+
+
+def test_interface_that_appears_later_is_attached_by_a_retry(served: Served, netns: NetNS) -> None:
+    """No file changes: the apply failed because the interface was missing, and the
+    daemon's retry (after 1 s) attaches once it exists."""
+    from tests.netns import VethEnd
+
+    late = VethEnd(netns, "vlate0", 0, "", "")
+    served.setup(attach=late)
+    served.start()
+    served.next()
+    msg = served.next()
+    assert msg["STATUS"].startswith("degraded: apply failed: "), msg
+    assert "vlate0" in msg["STATUS"] and "READY" not in msg
+    netns.ip("link", "add", "vlate0", "type", "veth", "peer", "name", "vlate1")
+    netns.ip("link", "set", "dev", "vlate0", "up")
+    assert served.next(10) == {"READY": "1", "STATUS": "ready: 1 collection applied, 1 changed"}
+    with _link(served) as link:
+        assert link.program_id == served.prog_id()
     assert served.stop() == 0

@@ -1,0 +1,82 @@
+"""The state record on disk, the lock and the git revision (no kernel needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator.reconcile import CollectionRecord, StateError, StateRecord
+from orchestrator.reconcile.store import git_revision, read_record, write_record
+
+
+def rec(name: str) -> CollectionRecord:
+    return CollectionRecord(
+        name=name,
+        generation=3,
+        digest="d",
+        object_file="/o.o",
+        object_sha256="s",
+        manifest="/m.yaml:1:1",
+        applied_at="2026-01-01T00:00:00Z",
+        git_revision=None,
+        load_key="k",
+    )
+
+
+def test_write_then_read_round_trips_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    state = StateRecord({"a": rec("a"), "b": rec("b")})
+    write_record(tmp_path / "s", state)
+    assert read_record(tmp_path / "s") == state
+    assert sorted(os.listdir(tmp_path / "s")) == ["state.json"]
+    assert json.loads((tmp_path / "s" / "state.json").read_text())["version"] == 1
+    assert read_record(tmp_path / "nothing") == StateRecord()
+    # a writer killed between write and rename left its temp file: the next write drops it
+    (tmp_path / "s" / ".state.json.999999.tmp").write_text("partial")
+    write_record(tmp_path / "s", state)
+    assert sorted(os.listdir(tmp_path / "s")) == ["state.json"]
+
+
+def test_a_failed_write_keeps_the_old_record(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    old = StateRecord({"a": rec("a")})
+    write_record(d, old)
+    (d / f".state.json.{os.getpid()}.tmp").mkdir()  # the temp file can't be created
+    with pytest.raises(StateError) as info:
+        write_record(d, StateRecord())
+    assert "state.json: write" in str(info.value)
+    assert read_record(d) == old
+
+
+def test_unknown_record_version_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"version": 99, "collections": {}}')
+    with pytest.raises(StateError) as info:
+        read_record(tmp_path)
+    assert "unknown record version 99" in str(info.value)
+
+
+def test_git_revision_of_a_checkout(tmp_path: Path) -> None:
+    from tests.conftest import require_tool
+
+    git = require_tool("git")
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [git, "-C", str(tmp_path), *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    assert git_revision(tmp_path / "m.yaml") is None
+    run("init", "-q")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.yaml").write_text("x")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "m")
+    head = run("rev-parse", "HEAD")
+    assert git_revision(tmp_path / "sub" / "m.yaml") == head
+    run("pack-refs", "--all")  # the branch ref now lives in packed-refs only
+    assert git_revision(tmp_path / "sub") == head
+    run("checkout", "-q", "--detach")
+    assert git_revision(tmp_path / "sub") == head
