@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -150,6 +151,30 @@ def test_errors_are_not_cached(tmp_path: Path) -> None:
     unreadable.mkdir()
     with pytest.raises(ebpf.ParseError, match=r"dir\.o: is a directory"):
         cache.get(unreadable)
+
+
+def test_concurrent_gets() -> None:
+    """Threads share one cache: every caller gets its own complete spec."""
+    cache = speccache.SpecCache()
+    path = obj("globals.o")
+    want = ebpf.CollectionSpec.from_file(path, cache=False)
+    got: list[ebpf.CollectionSpec] = []
+
+    def work() -> None:
+        for _ in range(25):
+            got.append(cache.get(path))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 200 and len({id(s) for s in got}) == 200
+    for spec in got:
+        assert sorted(spec.programs) == sorted(want.programs)
+        assert sorted(spec.variables) == sorted(want.variables)
+    stats = cache.stats()
+    assert stats.hits + stats.verified + stats.parsed == 200 and stats.entries == 1
 
 
 def test_from_file_uses_the_default_cache() -> None:
