@@ -763,6 +763,11 @@ class _Reader:
         for fn in order:
             delta = placed[id(fn)] - fn.start
             sec = fn.section.name
+            if delta == 0:  # in place (a program first in its section): share the records
+                func_infos += _ext_slice(idx.func_infos, ext.func_infos, sec, fn)
+                line_infos += _ext_slice(idx.line_infos, ext.line_infos, sec, fn)
+                core_relos += _ext_slice(idx.core_relos, ext.core_relos, sec, fn)
+                continue
             for fi in _ext_slice(idx.func_infos, ext.func_infos, sec, fn):
                 func_infos.append(FuncInfo(fi.insn + delta, fi.func))
             for li in _ext_slice(idx.line_infos, ext.line_infos, sec, fn):
