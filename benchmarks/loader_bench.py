@@ -3,17 +3,21 @@
     .venv/bin/python benchmarks/loader_bench.py [--reps 30] [--batch 5] [OBJ ...]
 
 For each object (default: ``bpf/*.o`` and libxdp1's ``/usr/lib/x86_64-linux-gnu/bpf/*.o``)
-it times, interleaved in batches so both sides see the same machine state:
+it times, interleaved in batches so both sides see the same machine state, against libbpf's
+``bpf_object__open_file`` (open) and ``bpf_object__load`` (load), which keep no cache:
 
-- parse: bpforch ``CollectionSpec.from_file`` vs libbpf ``bpf_object__open_file``;
-- parse+load: the above plus bpforch ``Collection(spec)`` vs libbpf ``bpf_object__load``;
-- load only: bpforch ``Collection(spec)`` from an already parsed spec (bpforch keeps no
-  spec cache of its own; this is what a caller that keeps the spec pays).
+- cold: bpforch ``CollectionSpec.from_file(obj, cache=False)`` (a full parse) and
+  ``Collection(spec)`` on that new spec (its BTF is marshalled for the first time);
+- warm: ``CollectionSpec.from_file(obj)`` served by the spec cache (a copy of the parsed
+  spec) and ``Collection(spec)`` (the marshalled BTF and encoded func/line info are reused):
+  what a long-running orchestrator pays for an object it has seen before.
 
+Both ratios are bpforch / libbpf open+load measured in the same run.
 libbpf runs in a small C harness (``benchmarks/harness``, built here with gcc against
 Debian's libbpf-dev) that times each repetition itself, so process start-up is not counted.
 Closing is not timed on either side. Figures are medians; ratios are bpforch / libbpf.
-Also printed: a cold first parse in a fresh interpreter (imports excluded) vs warm.
+Also printed: the start-up costs in a fresh interpreter (imports, first parse, a second
+uncached one, a cached one).
 Needs root and bpffs (maps pinned by name go under a temporary bpffs directory).
 """
 
@@ -45,15 +49,11 @@ LIBXDP_DIR = Path("/usr/lib/x86_64-linux-gnu/bpf")
 
 @dataclass
 class Samples:
-    parse: list[float] = field(default_factory=list)
-    full: list[float] = field(default_factory=list)
-    load_only: list[float] = field(default_factory=list)  # bpforch: from a parsed spec
+    parse: list[float] = field(default_factory=list)  # libbpf open / bpforch cold parse
+    full: list[float] = field(default_factory=list)  # open+load / cold parse+load
+    warm_parse: list[float] = field(default_factory=list)  # bpforch: spec cache hit
+    warm_full: list[float] = field(default_factory=list)  # bpforch: cache hit + load
     error: str = ""
-
-    @property
-    def load(self) -> list[float]:
-        """Load time alone: measured (bpforch) or parse+load minus parse (libbpf)."""
-        return self.load_only or [f - p for f, p in zip(self.full, self.parse, strict=True)]
 
 
 def build_harness() -> Path:
@@ -82,47 +82,58 @@ def libbpf_batch(obj: Path, n: int, pin_root: Path, into: Samples) -> None:
 
 
 def bpforch_batch(obj: Path, n: int, pin_root: Path, into: Samples) -> None:
+    """``n`` cold repetitions (no spec cache: a full parse, then a load whose BTF is
+    marshalled afresh), then ``n`` warm ones (the spec cache holds the object: what a
+    long-running orchestrator sees)."""
     opts = ebpf.CollectionOptions(pin_path=pin_root)
-    gc.collect()
     try:
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            spec = ebpf.CollectionSpec.from_file(obj)
-            t1 = time.perf_counter_ns()
-            coll = ebpf.Collection(spec, opts)
-            t2 = time.perf_counter_ns()
-            coll.close()
-            into.parse.append((t1 - t0) / 1e6)
-            into.full.append((t2 - t0) / 1e6)
-            t3 = time.perf_counter_ns()
-            coll = ebpf.Collection(spec, opts)
-            t4 = time.perf_counter_ns()
-            coll.close()
-            into.load_only.append((t4 - t3) / 1e6)
+        for cache, parse, full in (
+            (False, into.parse, into.full),
+            (True, into.warm_parse, into.warm_full),
+        ):
+            gc.collect()
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                spec = ebpf.CollectionSpec.from_file(obj, cache=cache)
+                t1 = time.perf_counter_ns()
+                coll = ebpf.Collection(spec, opts)
+                t2 = time.perf_counter_ns()
+                coll.close()
+                parse.append((t1 - t0) / 1e6)
+                full.append((t2 - t0) / 1e6)
     except ebpf.Error as err:
         into.error = str(err).splitlines()[0][:90]
 
 
-def cold_vs_warm(obj: Path) -> tuple[float, float]:
-    """First from_file in a fresh interpreter (imports done first) and a warm one after it."""
+def cold_start(obj: Path) -> tuple[float, float, float, float, float]:
+    """In fresh interpreters with bytecode cached (as an installed package runs; the
+    bytecode goes under benchmarks/build): import of ``orchestrator.ebpf``, the lazy import of
+    the ELF reader (pyelftools) and the spec cache, the first parse, a second uncached parse
+    and a cached one. Medians of 7."""
     code = (
-        "import sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from orchestrator import ebpf;"
-        "t0 = time.perf_counter_ns(); ebpf.CollectionSpec.from_file(sys.argv[2]);"
-        "t1 = time.perf_counter_ns(); ebpf.CollectionSpec.from_file(sys.argv[2]);"
-        "t2 = time.perf_counter_ns(); print((t1 - t0) / 1e6, (t2 - t1) / 1e6)"
+        "import sys, time; t0 = time.perf_counter_ns(); sys.path.insert(0, sys.argv[1]);"
+        "from orchestrator import ebpf; t1 = time.perf_counter_ns();"
+        "import orchestrator.ebpf.elf, orchestrator.ebpf.speccache; t2 = time.perf_counter_ns();"
+        "f = ebpf.CollectionSpec.from_file; p = sys.argv[2];"
+        "f(p); t3 = time.perf_counter_ns(); f(p, cache=False); t4 = time.perf_counter_ns();"
+        "f(p); t5 = time.perf_counter_ns();"
+        "print(*((b - a) / 1e6 for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))))"
     )
-    colds, warms = [], []
-    for _ in range(5):
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(BUILD_DIR / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    runs = []
+    for i in range(8):
         out = subprocess.run(
             [sys.executable, "-c", code, str(ROOT), str(obj)],
             check=True,
             capture_output=True,
             text=True,
+            env=env,
         ).stdout.split()
-        colds.append(float(out[0]))
-        warms.append(float(out[1]))
-    return statistics.median(colds), statistics.median(warms)
+        if i:  # the first run writes the bytecode
+            runs.append([float(x) for x in out])
+    a, b, c, d, e = (statistics.median(col) for col in zip(*runs, strict=True))
+    return a, b, c, d, e
 
 
 def med(xs: list[float]) -> float:
@@ -162,42 +173,51 @@ def main() -> int:
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"loader_bench {now}, {os.uname().release}, {args.reps} reps, medians in ms")
-    head = (
-        "| object | parse bpforch | parse libbpf | ratio | parse+load bpforch"
-        " | parse+load libbpf | ratio | load bpforch | load libbpf | ratio |"
+    print(
+        "| object | libbpf open | libbpf open+load | cold parse | cold parse+load | cold ratio"
+        " | warm parse | warm parse+load | warm ratio |"
     )
-    print(head)
-    print("|" + "---|" * 10)
-    ratios_full: list[float] = []
-    ratios_parse: list[float] = []
-    ratios_load: list[float] = []
+    print("|" + "---|" * 9)
+    r_cold: list[float] = []
+    r_warm: list[float] = []
+    r_cold_parse: list[float] = []
+    r_warm_parse: list[float] = []
     for o in objects:
         a, b = own[o], lib[o]
         name = o.name if o.parent == ROOT / "bpf" else f"libxdp/{o.name}"
         if a.error or b.error:
             why = f"bpforch: {a.error}" if a.error else f"libbpf: {b.error}"
-            print(f"| {name} | not compared ({why}) |||||||||")
+            print(f"| {name} | not compared ({why}) ||||||||")
             continue
-        rp, rf = med(a.parse) / med(b.parse), med(a.full) / med(b.full)
-        rl = med(a.load) / med(b.load)
-        ratios_parse.append(rp)
-        ratios_full.append(rf)
-        ratios_load.append(rl)
+        rc, rw = med(a.full) / med(b.full), med(a.warm_full) / med(b.full)
+        r_cold.append(rc)
+        r_warm.append(rw)
+        r_cold_parse.append(med(a.parse) / med(b.parse))
+        r_warm_parse.append(med(a.warm_parse) / med(b.parse))
         print(
-            f"| {name} | {med(a.parse):.2f} | {med(b.parse):.2f} | {rp:.1f}x"
-            f" | {med(a.full):.2f} | {med(b.full):.2f} | {rf:.1f}x"
-            f" | {med(a.load):.2f} | {med(b.load):.2f} | {rl:.1f}x |"
+            f"| {name} | {med(b.parse):.3f} | {med(b.full):.3f}"
+            f" | {med(a.parse):.3f} | {med(a.full):.3f} | {rc:.2f}x"
+            f" | {med(a.warm_parse):.3f} | {med(a.warm_full):.3f} | {rw:.2f}x |"
         )
-    if ratios_full:
+    if r_cold:
         print(
-            f"\nparse+load ratio: median {statistics.median(ratios_full):.2f}x,"
-            f" min {min(ratios_full):.2f}x, max {max(ratios_full):.2f}x;"
-            f" parse ratio: median {statistics.median(ratios_parse):.1f}x;"
-            f" load ratio: median {statistics.median(ratios_load):.1f}x"
+            f"\nparse+load vs libbpf open+load: cold median {statistics.median(r_cold):.2f}x"
+            f" (min {min(r_cold):.2f}x, max {max(r_cold):.2f}x);"
+            f" warm median {statistics.median(r_warm):.2f}x"
+            f" (min {min(r_warm):.2f}x, max {max(r_warm):.2f}x)"
+        )
+        print(
+            f"parse vs libbpf open: cold median {statistics.median(r_cold_parse):.1f}x;"
+            f" warm median {statistics.median(r_warm_parse):.2f}x"
         )
     sample = ROOT / "bpf" / "xdp_counter.o"
-    cold, warm = cold_vs_warm(sample)
-    print(f"cold first parse of {sample.name}: {cold:.2f} ms; warm: {warm:.2f} ms")
+    imp, lazy, first, second, cached = cold_start(sample)
+    print(
+        f"fresh interpreter, {sample.name}: import orchestrator.ebpf {imp:.1f} ms;"
+        f" first from_file {lazy + first:.2f} ms ({lazy:.1f} ms importing the ELF reader,"
+        f" pyelftools and the spec cache, {first:.2f} ms parsing); second (uncached)"
+        f" {second:.2f} ms; cached {cached:.3f} ms"
+    )
     return 0
 
 

@@ -760,6 +760,8 @@ _INT_SIGNED = 1 << 0
 _INT_CHAR = 1 << 1
 _INT_BOOL = 1 << 2
 
+_MARSHAL_CACHE_SIZE = 8  # distinct extra-string sets remembered per spec
+
 _PENDING = Void()  # placeholder for references while a closure of types is decoded
 _PENDING_PROTO = FuncProto(_PENDING)
 _FUNC_LINKAGES = tuple(FuncLinkage)
@@ -787,6 +789,7 @@ class Spec:
         "_cache",
         "_first",
         "_ids",
+        "_marshalled",
         "_names",
         "_noffs",
         "_noffs_pos",
@@ -816,6 +819,7 @@ class Spec:
         self._scan: dict[str, list[int]] = {}  # name lookups answered without the index
         self._str_cache: dict[int, str] = {}
         self._void = Void()
+        self._marshalled: dict[frozenset[str], tuple[bytes, dict[str, int]]] = {}
 
     # ---- construction
 
@@ -863,6 +867,8 @@ class Spec:
         spec._words = words
         spec._offs = _index_records(words, spec._first)
         spec._cache = [None] * len(spec._offs)
+        if len(strtab) <= _PREFILL_STRINGS:
+            spec._str_cache = _split_strings(strtab, spec._str_start)
         return spec
 
     def copy(self) -> Spec:
@@ -876,6 +882,7 @@ class Spec:
         new._offs = self._offs
         new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
         new._void = Void()
+        new._marshalled = {}
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
         new._noffs = self._noffs
         new._noffs_pos = self._noffs_pos
@@ -908,6 +915,7 @@ class Spec:
         existing = self._lookup_id(t)
         if existing is not None:
             return existing
+        self._marshalled.clear()
         stack = [t]
         while stack:
             cur = stack.pop()
@@ -1109,7 +1117,27 @@ class Spec:
         The string table is deduplicated and also holds ``extra_strings`` (line_info file
         names and source lines). Returns the blob and the string → offset map. A split spec
         emits only its own types; its string offsets continue after the base's.
+
+        The result is cached per set of extra strings: a spec is treated as immutable once
+        parsed (the ELF reader's DATASEC fix-ups happen before anything marshals it).
+        :meth:`add` drops the cache; code that changes a type in place must call
+        :meth:`changed` (or work on a :meth:`copy`). The returned dict is shared with the
+        cache: do not modify it.
         """
+        key = frozenset(extra_strings)
+        cached = self._marshalled.get(key)
+        if cached is None:
+            cached = self._marshal(key)
+            if len(self._marshalled) >= _MARSHAL_CACHE_SIZE:
+                self._marshalled.clear()
+            self._marshalled[key] = cached
+        return cached
+
+    def changed(self) -> None:
+        """Forget cached :meth:`marshal` results: call after changing a type in place."""
+        self._marshalled.clear()
+
+    def _marshal(self, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, int]]:
         strings: dict[str, int] = {"": 0}
         chunks: list[bytes] = [] if self._base is not None else [b"\0"]
         size = self._str_start + (0 if self._base is not None else 1)
@@ -1127,14 +1155,20 @@ class Spec:
                 size += len(raw) + 1
             return off
 
+        ids, slow_type_id = self._ids, self.type_id
+
+        def type_id(t: Type) -> int:
+            tid = ids.get(t)  # own types: one dict lookup; Void, base types: the full path
+            return tid if tid is not None else slow_type_id(t)
+
         words: list[int] = []
         for tid in range(self._first, self._next_id()):
             t = self.type_by_id(tid)
             try:
-                _encode_type(t, words, intern, self.type_id)
+                _encode_type(t, words, intern, type_id)
             except _Range as err:
                 raise BTFError(f"btf: type {tid} ({describe(t)}): {err}") from None
-        for s in extra_strings:
+        for s in sorted(extra_strings):
             intern(s)
         try:
             tarr = array("I", words)
@@ -1456,6 +1490,23 @@ def _index_records(words: array[int], first: int) -> array[int]:
     return offs
 
 
+# String tables up to this size (an object's, not the kernel's) are decoded in one pass at
+# parse time: nearly every string of an object's BTF is needed, and one split is much
+# cheaper than a lookup per string.
+_PREFILL_STRINGS = 64 * 1024
+
+
+def _split_strings(strtab: bytes, start: int) -> dict[int, str]:
+    """Offset (from ``start``) → string for every string that follows a nul. Offsets into
+    the middle of a string are left to :meth:`Spec.string`."""
+    out: dict[int, str] = {}
+    off = start
+    for raw in strtab.split(b"\0")[:-1]:  # the table ends with a nul (checked by parse)
+        out[off] = raw.decode("utf-8", "surrogateescape")
+        off += len(raw) + 1
+    return out
+
+
 class _Range(Exception):
     """A field is out of range; turned into a BTFError with context by ``marshal``."""
 
@@ -1473,75 +1524,85 @@ def _encode_type(
     type_id: Callable[[Type], int],
 ) -> None:
     """Append the record of ``t`` (as u32 words) to ``out``; raises _Range."""
+    # Hot on the first load of every object: no helper closures, the common kinds first,
+    # range checks inline where a value can be out of range.
     name = intern(t.name)
-    kind = int(t.kind)
+    kind = int(t.kind) << 24
 
-    def head(vlen: int, kflag: bool, size_or_type: int) -> None:
-        out.extend((name, (kflag << 31) | (kind << 24) | _u(vlen, 16, "vlen"), size_or_type))
-
-    if isinstance(t, Int):
+    if isinstance(t, Pointer):
+        out += (name, kind, type_id(t.target))
+    elif isinstance(t, Int):
         enc = (
             (_INT_SIGNED if t.signed else 0)
             | (_INT_CHAR if t.char else 0)
             | (_INT_BOOL if t.bool else 0)
         )
-        head(0, False, _u(t.size, 32, "size"))
-        out.append((enc << 24) | (_u(t.offset, 8, "bit offset") << 16) | _u(t.bits, 8, "bits"))
-    elif isinstance(t, Pointer):
-        head(0, False, type_id(t.target))
-    elif isinstance(t, Array):
-        head(0, False, 0)
-        out.extend((type_id(t.type), type_id(t.index_type), _u(t.nelems, 32, "nelems")))
+        out += (
+            name,
+            kind,
+            _u(t.size, 32, "size"),
+            (enc << 24) | (_u(t.offset, 8, "bit offset") << 16) | _u(t.bits, 8, "bits"),
+        )
     elif isinstance(t, Struct | Union):
-        kflag = any(m.bitfield_size for m in t.members)
-        head(len(t.members), kflag, _u(t.size, 32, "size"))
-        for m in t.members:
+        members = t.members
+        kflag = any(m.bitfield_size for m in members)
+        out += (
+            name,
+            (kflag << 31) | kind | _u(len(members), 16, "vlen"),
+            _u(t.size, 32, "size"),
+        )
+        for m in members:
             if kflag:
                 off = (_u(m.bitfield_size, 8, f"member {m.name}: bitfield size") << 24) | _u(
                     m.offset_bits, 24, f"member {m.name}: offset"
                 )
             else:
-                off = _u(m.offset_bits, 32, f"member {m.name}: offset")
-            out.extend((intern(m.name), type_id(m.type), off))
+                off = m.offset_bits
+                if not 0 <= off < 1 << 32:
+                    raise _Range(f"member {m.name}: offset {off} out of range")
+            out += (intern(m.name), type_id(m.type), off)
+    elif isinstance(t, Typedef | Volatile | Const | Restrict):
+        out += (name, kind, type_id(t.type))
+    elif isinstance(t, Array):
+        out += (name, kind, 0, type_id(t.type), type_id(t.index_type), _u(t.nelems, 32, "nelems"))
+    elif isinstance(t, FuncProto):
+        params = t.params
+        out += (name, kind | _u(len(params), 16, "vlen"), type_id(t.return_type))
+        for prm in params:
+            out += (intern(prm.name), type_id(prm.type))
+    elif isinstance(t, Func):
+        out += (name, kind | int(t.linkage), type_id(t.type))
+    elif isinstance(t, Var):
+        out += (name, kind, type_id(t.type), int(t.linkage))
+    elif isinstance(t, Datasec):
+        out += (name, kind | _u(len(t.vars), 16, "vlen"), _u(t.size, 32, "size"))
+        for vsi in t.vars:
+            out += (type_id(vsi.type), _u(vsi.offset, 32, "offset"), _u(vsi.size, 32, "var size"))
     elif isinstance(t, Enum):
-        head(len(t.values), t.signed, _u(t.size, 32, "size"))
+        out += (
+            name,
+            (t.signed << 31) | kind | _u(len(t.values), 16, "vlen"),
+            _u(t.size, 32, "size"),
+        )
         for v in t.values:
             if t.is64:
                 if not -(1 << 63) <= v.value < (1 << 64):
                     raise _Range(f"{v.name} = {v.value} out of range")
                 raw = v.value & 0xFFFFFFFFFFFFFFFF
-                out.extend((intern(v.name), raw & 0xFFFFFFFF, raw >> 32))
+                out += (intern(v.name), raw & 0xFFFFFFFF, raw >> 32)
             else:
                 if not -(1 << 31) <= v.value < (1 << 32):
                     raise _Range(f"{v.name} = {v.value} out of range")
-                out.extend((intern(v.name), v.value & 0xFFFFFFFF))
+                out += (intern(v.name), v.value & 0xFFFFFFFF)
     elif isinstance(t, Fwd):
-        head(0, t.union, 0)
+        out += (name, (t.union << 31) | kind, 0)
     elif isinstance(t, TypeTag):
-        head(0, t.attr, type_id(t.type))
-    elif isinstance(t, Typedef | Volatile | Const | Restrict):
-        head(0, False, type_id(t.type))
-    elif isinstance(t, Func):
-        head(int(t.linkage), False, type_id(t.type))
-    elif isinstance(t, FuncProto):
-        head(len(t.params), False, type_id(t.return_type))
-        for prm in t.params:
-            out.extend((intern(prm.name), type_id(prm.type)))
-    elif isinstance(t, Var):
-        head(0, False, type_id(t.type))
-        out.append(int(t.linkage))
-    elif isinstance(t, Datasec):
-        head(len(t.vars), False, _u(t.size, 32, "size"))
-        for vsi in t.vars:
-            out.extend(
-                (type_id(vsi.type), _u(vsi.offset, 32, "offset"), _u(vsi.size, 32, "var size"))
-            )
+        out += (name, (t.attr << 31) | kind, type_id(t.type))
     elif isinstance(t, Float):
-        head(0, False, _u(t.size, 32, "size"))
+        out += (name, kind, _u(t.size, 32, "size"))
     elif isinstance(t, DeclTag):
-        head(0, t.attr, type_id(t.type))
         if not -(1 << 31) <= t.component_idx < (1 << 31):
             raise _Range(f"component index {t.component_idx} out of range")
-        out.append(t.component_idx & 0xFFFFFFFF)
+        out += (name, (t.attr << 31) | kind, type_id(t.type), t.component_idx & 0xFFFFFFFF)
     else:
         raise _Range(f"cannot marshal {type(t).__name__}")

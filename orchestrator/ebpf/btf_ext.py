@@ -26,6 +26,9 @@ __all__ = [
     "LineInfo",
     "encode_func_infos",
     "encode_line_infos",
+    "encoded_func_infos",
+    "encoded_line_infos",
+    "line_strings",
     "parse_ext",
 ]
 
@@ -130,17 +133,21 @@ def parse_ext(data: bytes, spec: Spec) -> Ext:
             raise BTFError(f"btf.ext: func info in {name}: {describe(func)} is not a func")
         ext.func_infos.setdefault(name, []).append(FuncInfo(_insn(byte_off, name), func))
 
-    for rec_off, name in _records(body, spec, li_off, li_len, _MIN_LINE_INFO, "line info"):
-        byte_off, file_off, line_off, line_col = struct.unpack_from("<IIII", body, rec_off)
-        ext.line_infos.setdefault(name, []).append(
-            LineInfo(
-                _insn(byte_off, name),
-                spec.string(file_off),
-                spec.string(line_off),
-                line_col >> _COL_BITS,
-                line_col & _COL_MASK,
+    string = spec.string
+    for name, block in _blocks(body, spec, li_off, li_len, _MIN_LINE_INFO, "line info"):
+        out = ext.line_infos.setdefault(name, [])
+        for byte_off, file_off, line_off, line_col in block:
+            if byte_off % INSN_SIZE:
+                _insn(byte_off, name)  # raises
+            out.append(
+                LineInfo(
+                    byte_off // INSN_SIZE,
+                    string(file_off),
+                    string(line_off),
+                    line_col >> _COL_BITS,
+                    line_col & _COL_MASK,
+                )
             )
-        )
 
     for rec_off, name in _records(body, spec, cr_off, cr_len, _MIN_CORE_RELO, "core relo"):
         byte_off, type_id, access_off, kind = struct.unpack_from("<IIII", body, rec_off)
@@ -188,6 +195,39 @@ def _records(
             pos += rec_size
 
 
+def _blocks(
+    body: memoryview, spec: Spec, off: int, length: int, min_size: int, what: str
+) -> Iterator[tuple[str, Iterable[tuple[int, int, int, int]]]]:
+    """Like :func:`_records`, a block (one ELF section) at a time, as the first four u32s
+    of each record: decoded by ``struct`` in C instead of one call per record."""
+    if length == 0:
+        return
+    end = off + length
+    if end > len(body) or length < 4:
+        raise BTFError(f"btf.ext: {what} subsection ({off}+{length}) out of bounds")
+    (rec_size,) = _U32.unpack_from(body, off)
+    if rec_size < min_size or rec_size % 4:
+        raise BTFError(f"btf.ext: {what} record size {rec_size} is invalid")
+    pos = off + 4
+    while pos < end:
+        if pos + 8 > end:
+            raise BTFError(f"btf.ext: {what}: truncated section header")
+        name_off, count = struct.unpack_from("<II", body, pos)
+        pos += 8
+        if count * rec_size > end - pos:
+            raise BTFError(f"btf.ext: {what}: {count} records overrun the subsection")
+        name = spec.string(name_off)
+        chunk = body[pos : pos + count * rec_size]
+        if rec_size == 16:
+            yield name, _QUAD.iter_unpack(chunk)
+        else:
+            yield name, (_QUAD.unpack_from(chunk, i) for i in range(0, len(chunk), rec_size))
+        pos += count * rec_size
+
+
+_QUAD = struct.Struct("<IIII")
+
+
 def encode_func_infos(
     infos: Iterable[FuncInfo], spec_type_id: Callable[[Type], int], base_insn: int = 0
 ) -> bytes:
@@ -226,3 +266,60 @@ def encode_line_infos(
             raise BTFError(f"line info {li.file_name}:{li.line_number}:{li.column}: out of range")
         out += _LINE_INFO.pack(insn, file_off, line_off, (li.line_number << _COL_BITS) | li.column)
     return bytes(out)
+
+
+# ---------------------------------------------------------------------------- memo
+#
+# Specs handed out by the spec cache (and their copies) share their record tuples, and a
+# spec's marshalled BTF is cached (its string map is then the same object on every load):
+# the encoded records of a program only need computing once. Entries are keyed by the
+# identity of their inputs and keep them alive, so an id is never reused while its entry
+# exists; records are immutable after parsing.
+
+_MEMO_SIZE = 256
+_memo: dict[tuple[str, int, int], tuple[object, object, object]] = {}
+
+
+def _remember(key: tuple[str, int, int], value: tuple[object, object, object]) -> None:
+    if len(_memo) >= _MEMO_SIZE:
+        del _memo[next(iter(_memo))]  # the oldest entry
+    _memo[key] = value
+
+
+def line_strings(infos: tuple[LineInfo, ...]) -> frozenset[str]:
+    """The file names and source lines of ``infos`` (the extra strings marshal needs)."""
+    key = ("strings", id(infos), 0)
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is infos:
+        out = hit[2]
+        assert isinstance(out, frozenset)
+        return out
+    found = frozenset(s for li in infos for s in (li.file_name, li.line))
+    _remember(key, (infos, None, found))
+    return found
+
+
+def encoded_func_infos(infos: tuple[FuncInfo, ...], spec: Spec) -> bytes:
+    """:func:`encode_func_infos` with ``spec``'s type ids, memoized."""
+    key = ("func", id(infos), id(spec))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is infos and hit[1] is spec:
+        out = hit[2]
+        assert isinstance(out, bytes)
+        return out
+    data = encode_func_infos(infos, spec.type_id)
+    _remember(key, (infos, spec, data))
+    return data
+
+
+def encoded_line_infos(infos: tuple[LineInfo, ...], strings: dict[str, int]) -> bytes:
+    """:func:`encode_line_infos` against a marshalled string map, memoized."""
+    key = ("line", id(infos), id(strings))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is infos and hit[1] is strings:
+        out = hit[2]
+        assert isinstance(out, bytes)
+        return out
+    data = encode_line_infos(infos, strings)
+    _remember(key, (infos, strings, data))
+    return data

@@ -155,12 +155,10 @@ class _Loader:
             self._btf_loaded = True
             spec = self.spec.btf
             if spec is not None:
-                extra: set[str] = set()
-                for prog in self.spec.programs.values():
-                    for li in prog.line_infos:
-                        extra.add(li.file_name)
-                        extra.add(li.line)
-                data, strings = spec.marshal(sorted(extra))
+                extra: frozenset[str] = frozenset().union(
+                    *(_btf_ext.line_strings(p.line_infos) for p in self.spec.programs.values())
+                )
+                data, strings = spec.marshal(extra)  # cached per spec
                 fd, _err, _log = _sys.btf_load(data)
                 self._btf_fd, self._btf_strings = fd, strings
         return self._btf_fd, self._btf_strings
@@ -350,10 +348,10 @@ class _Loader:
         if btf_fd is not None and spec.btf is self.spec.btf and spec.btf is not None:
             b: _btf.Spec = spec.btf
             if spec.func_infos:
-                func_info = _btf_ext.encode_func_infos(spec.func_infos, b.type_id)
+                func_info = _btf_ext.encoded_func_infos(spec.func_infos, b)
                 nfunc = len(spec.func_infos)
             if spec.line_infos:
-                line_info = _btf_ext.encode_line_infos(spec.line_infos, strings)
+                line_info = _btf_ext.encoded_line_infos(spec.line_infos, strings)
                 nline = len(spec.line_infos)
         attach_btf_id = self._attach_btf_id(spec)
         attach_type = spec.attach_type

@@ -102,6 +102,7 @@ class MapInfo:
     map_extra: int
 
 
+@functools.lru_cache(maxsize=1024)
 def kernel_name(name: str) -> str:
     """An object name the kernel accepts: [A-Za-z0-9_.], at most 15 characters."""
     cleaned = "".join(c if c.isalnum() or c in "_." else "_" for c in name)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from orchestrator.ebpf import btf as _btf
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from orchestrator.ebpf.collection import CollectionOptions
     from orchestrator.ebpf.externs import ExternSpec
     from orchestrator.ebpf.maps import Map
+    from orchestrator.ebpf.speccache import SpecCache
     from orchestrator.ebpf.struct_ops import StructOpsSpec
 
 T = TypeVar("T")
@@ -76,12 +78,17 @@ class MapSpec:
         return self.section == self.name and self.section.startswith((".data", ".rodata", ".bss"))
 
     def copy(self) -> MapSpec:
-        inner = self.inner_map.copy() if self.inner_map is not None else None
-        contents = [
+        # Field by field without dataclasses.replace (which re-runs __init__): copies are on
+        # the hot path of every cached parse. BTF types are shared (immutable after parse).
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        if self.inner_map is not None:
+            new.inner_map = self.inner_map.copy()
+        new.contents = [
             MapEntry(e.key, bytearray(e.value) if isinstance(e.value, bytearray) else e.value)
             for e in self.contents
         ]
-        return replace(self, inner_map=inner, contents=contents)
+        return new
 
     def check_compatible(
         self,
@@ -154,7 +161,9 @@ class ProgramSpec:
 
     def copy(self) -> ProgramSpec:
         # Instructions and BTF records are immutable: a shallow copy is a deep one.
-        return replace(self)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     @property
     def maps(self) -> set[str]:
@@ -276,8 +285,15 @@ class CollectionSpec:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> CollectionSpec:
-        """Parse an ELF object file (no kernel needed)."""
+    def from_file(cls, path: str | os.PathLike[str], *, cache: bool = True) -> CollectionSpec:
+        """Parse an ELF object file (no kernel needed).
+
+        With ``cache`` (the default), an object parsed before and unchanged since is not
+        parsed again: you get a copy of the cached spec, yours to change
+        (see :mod:`orchestrator.ebpf.speccache`).
+        """
+        if cache:
+            return _spec_cache().get(path)
         from orchestrator.ebpf.elf import load_file
 
         return load_file(os.fspath(path))
@@ -367,6 +383,15 @@ class CollectionSpec:
             f"CollectionSpec({self.name or self.path!r}, maps={sorted(self.maps)}, "
             f"programs={sorted(self.programs)})"
         )
+
+
+@functools.cache
+def _spec_cache() -> SpecCache:
+    # Imported on first use (speccache imports this module); an import statement in
+    # from_file itself would cost more than a cache hit.
+    from orchestrator.ebpf.speccache import default
+
+    return default
 
 
 def _hint(name: str, choices: list[str]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno as _errno
+import functools
 import os
 import platform
 import warnings
@@ -1133,8 +1134,10 @@ def fs_magic(path: str) -> int:
     return int(buf.f_type) & 0xFFFFFFFF
 
 
+@functools.cache
 def possible_cpus() -> int:
-    """The number of possible CPUs (per-CPU values and perf arrays are sized by it)."""
+    """The number of possible CPUs (per-CPU values and perf arrays are sized by it). Fixed
+    at boot (CPU hotplug changes online CPUs, not possible ones), so read once."""
     return _parse_cpu_list("/sys/devices/system/cpu/possible")
 
 

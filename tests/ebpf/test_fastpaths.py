@@ -1,0 +1,129 @@
+"""The parser's fast paths give what the straightforward code gives: string tables read in
+one pass, linking that only visits the instructions that matter, relocations of debug
+sections skipped, .BTF.ext records bisected per function. Kernel-free."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf import elf
+from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64
+from orchestrator.ebpf.btf import Int, Spec
+from orchestrator.ebpf.btf_ext import parse_ext
+from orchestrator.ebpf.sys import BPF_PSEUDO_CALL, BPF_PSEUDO_FUNC
+from tests.conftest import BPF_DIR, obj
+
+LIBXDP = Path("/usr/lib/x86_64-linux-gnu/bpf")
+OBJECTS = sorted(BPF_DIR.glob("*.o")) + sorted(LIBXDP.glob("*.o"))
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+
+
+def _sections(data: bytes) -> dict[str, tuple[int, int, int]]:
+    """name → (header offset, file offset, size), read independently of the loader."""
+    shoff, shnum, shstrndx = (
+        struct.unpack_from("<Q", data, 0x28)[0],
+        struct.unpack_from("<H", data, 0x3C)[0],
+        struct.unpack_from("<H", data, 0x3E)[0],
+    )
+    heads = [_SHDR.unpack_from(data, shoff + i * _SHDR.size) for i in range(shnum)]
+    names = heads[shstrndx][4]
+    out = {}
+    for i, h in enumerate(heads):
+        end = data.index(b"\0", names + h[0])
+        out[data[names + h[0] : end].decode()] = (shoff + i * _SHDR.size, h[4], h[5])
+    return out
+
+
+def test_string_table_matches_cstr_at_every_offset() -> None:
+    table = b"\0.rel.BTF\0xdp\0\xffbad\0unterminated"
+    lookup = elf._string_table(table)
+    for off in range(len(table) + 1):  # starts, suffixes ('.BTF' in '.rel.BTF'), the end
+        assert lookup(off) == elf._cstr(table, off), off
+    with pytest.raises(ebpf.ParseError, match="string offset 99 out of range"):
+        lookup(99)
+
+
+def test_btf_strings_prefilled_and_mid_string_offsets() -> None:
+    spec = Spec()
+    spec.add(Int("unsigned int", 4))
+    blob, strings = spec.marshal()
+    parsed = Spec.parse(blob)
+    off = strings["unsigned int"]
+    assert parsed.string(off) == "unsigned int"
+    assert parsed.string(off + len("unsigned ")) == "int"  # a suffix: not a prefilled start
+    with pytest.raises(ebpf.BTFError, match="out of range"):
+        parsed.string(10_000)
+
+
+@pytest.mark.parametrize("path", OBJECTS, ids=lambda p: p.name)
+def test_linking_visits_every_instruction_that_matters(path: Path) -> None:
+    """``_interesting`` finds exactly what a loop over every slot finds."""
+    reader = elf._Reader(path.read_bytes(), path.name)
+    reader._load_sections()
+    for fn in reader._read_functions().values():
+        relocs = reader._relocs_of(fn)
+        want = []
+        for i in range(fn.end - fn.start):
+            pos = (fn.start + i) * INSN_SIZE
+            op, src = fn.section.data[pos], fn.section.data[pos + 1] >> 4
+            if (
+                (op == CALL and src == BPF_PSEUDO_CALL)
+                or (op == LD_IMM64 and src == BPF_PSEUDO_FUNC)
+                or fn.start + i in relocs
+            ):
+                want.append(i)
+        assert elf._interesting(fn, relocs) == want, fn.name
+
+
+def _corrupt_first_reloc(data: bytes, section: str) -> bytes:
+    _, off, size = _sections(data)[section]
+    assert size >= 16
+    out = bytearray(data)
+    struct.pack_into("<Q", out, off + 8, (0xFFFF << 32) | 1)  # symbol 65535, R_BPF_64_64
+    return bytes(out)
+
+
+def test_bad_relocation_in_code_is_an_error() -> None:
+    data = _corrupt_first_reloc(obj("xdp_counter.o").read_bytes(), ".relxdp")
+    with pytest.raises(ebpf.ParseError, match=r"relocation section \.relxdp: bad symbol index"):
+        ebpf.CollectionSpec.from_bytes(data, name="x.o")
+
+
+def test_relocations_of_debug_sections_are_not_read() -> None:
+    good = obj("xdp_counter.o").read_bytes()
+    data = _corrupt_first_reloc(good, ".rel.debug_info")
+    spec = ebpf.CollectionSpec.from_bytes(data, name="x.o")
+    want = ebpf.CollectionSpec.from_bytes(good, name="x.o")
+    assert spec.programs["xdp_count"].instructions == want.programs["xdp_count"].instructions
+
+
+@pytest.mark.parametrize("path", OBJECTS, ids=lambda p: p.name)
+def test_ext_records_per_function_are_in_instruction_order(path: Path) -> None:
+    spec = ebpf.CollectionSpec.from_file(path, cache=False)
+    for prog in spec.programs.values():
+        n = len(prog.instructions)
+        for recs in (prog.func_infos, prog.line_infos, prog.core_relos):
+            insns = [r.insn for r in recs]
+            assert insns == sorted(insns) and all(0 <= i < n for i in insns)
+        if prog.func_infos:
+            assert prog.func_infos[0].insn == 0
+            assert prog.func_infos[0].func.name == prog.name
+
+
+def test_line_info_not_at_an_instruction() -> None:
+    data = obj("xdp_counter.o").read_bytes()
+    secs = _sections(data)
+    _, btf_off, btf_size = secs[".BTF"]
+    _, ext_off, ext_size = secs[".BTF.ext"]
+    ext = bytearray(data[ext_off : ext_off + ext_size])
+    hdr_len, li_off = struct.unpack_from("<I", ext, 4)[0], struct.unpack_from("<I", ext, 16)[0]
+    first = hdr_len + li_off + 4 + 8  # record size, then section name and count
+    good = parse_ext(bytes(ext), Spec.parse(data[btf_off : btf_off + btf_size]))
+    assert good.line_infos["xdp"][0].insn == struct.unpack_from("<I", ext, first)[0] // 8
+    struct.pack_into("<I", ext, first, 3)
+    with pytest.raises(ebpf.BTFError, match="xdp: offset 3 is not at an instruction"):
+        parse_ext(bytes(ext), Spec.parse(data[btf_off : btf_off + btf_size]))
