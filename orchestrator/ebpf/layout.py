@@ -392,8 +392,7 @@ def _get(t: Type, data: memoryview, off: int, where: str, depth: int) -> object:
         if _is_byte(u.type):
             return bytes(data[off : off + u.nelems])
         return [
-            _get(u.type, data, off + i * esize, _elem(where, i), depth + 1)
-            for i in range(u.nelems)
+            _get(u.type, data, off + i * esize, _elem(where, i), depth + 1) for i in range(u.nelems)
         ]
     if isinstance(u, Struct | Union):
         out: dict[str, object] = {}

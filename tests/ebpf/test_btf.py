@@ -243,7 +243,9 @@ def as_bpftool(spec: Spec, t: Type) -> dict[str, object]:
         members = []
         for m in t.members:
             md: dict[str, object] = {
-                "name": m.name or "(anon)", "type_id": tid(m.type), "bits_offset": m.offset_bits
+                "name": m.name or "(anon)",
+                "type_id": tid(m.type),
+                "bits_offset": m.offset_bits,
             }
             if m.bitfield_size:
                 md["bitfield_size"] = m.bitfield_size
@@ -251,7 +253,9 @@ def as_bpftool(spec: Spec, t: Type) -> dict[str, object]:
         d.update(size=t.size, vlen=len(t.members), members=members)
     elif isinstance(t, Enum):
         d.update(
-            encoding="SIGNED" if t.signed else "UNSIGNED", size=t.size, vlen=len(t.values),
+            encoding="SIGNED" if t.signed else "UNSIGNED",
+            size=t.size,
+            vlen=len(t.values),
             values=[{"name": v.name, "val": v.value} for v in t.values],
         )
     elif isinstance(t, Fwd):
@@ -266,12 +270,14 @@ def as_bpftool(spec: Spec, t: Type) -> dict[str, object]:
         d.update(type_id=tid(t.type), linkage=_LINKAGE[t.linkage])
     elif isinstance(t, FuncProto):
         d.update(
-            ret_type_id=tid(t.return_type), vlen=len(t.params),
+            ret_type_id=tid(t.return_type),
+            vlen=len(t.params),
             params=[{"name": p.name or "(anon)", "type_id": tid(p.type)} for p in t.params],
         )
     elif isinstance(t, Datasec):
         d.update(
-            size=t.size, vlen=len(t.vars),
+            size=t.size,
+            vlen=len(t.vars),
             vars=[{"type_id": tid(v.type), "offset": v.offset, "size": v.size} for v in t.vars],
         )
     elif isinstance(t, Float):
@@ -302,8 +308,7 @@ def raw_btf(words: list[int], strings: bytes = b"\0", swap: bool = False) -> byt
     """A BTF blob from raw type words (for corrupt and hand-made inputs)."""
     fmt = ">" if swap else "<"
     types = struct.pack(f"{fmt}{len(words)}I", *words)
-    hdr = struct.pack(f"{fmt}HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types),
-                      len(strings))
+    hdr = struct.pack(f"{fmt}HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
     return hdr + types + strings
 
 
@@ -346,7 +351,11 @@ def test_decoded_types(types_obj: Obj) -> None:
 
     bits = spec.type_by_name("bits", Struct)
     assert [(b.name, b.offset_bits, b.bitfield_size) for b in bits.members] == [
-        ("a", 0, 3), ("b", 3, 5), ("c", 8, 40), ("flag", 48, 1), ("e", 49, 4),
+        ("a", 0, 3),
+        ("b", 3, 5),
+        ("c", 8, 40),
+        ("flag", 48, 1),
+        ("e", 49, 4),
     ]
     anon = m[""].type
     assert isinstance(anon, Union) and anon.name == "" and anon.size == 4
@@ -446,8 +455,11 @@ def test_helpers(types_obj: Obj) -> None:
     packed = spec.type_by_name("packed", Struct)
     assert sizeof(packed) == 5 and alignof(packed) == 1
     assert alignof(spec.type_by_name("bits", Struct)) == 8
-    for no_size in (skip_qualifiers(m["fwd"]).target, Void(),  # type: ignore[attr-defined]
-                    spec.type_by_name("helper")):
+    for no_size in (
+        skip_qualifiers(m["fwd"]).target,
+        Void(),  # type: ignore[attr-defined]
+        spec.type_by_name("helper"),
+    ):
         with pytest.raises(BTFError):
             sizeof(no_size)
     assert skip_qualifiers(magic.type) is spec.type_by_name("unsigned short")
