@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import struct
 import subprocess
 import time
@@ -63,6 +62,7 @@ from orchestrator.ebpf.btf_ext import (
     parse_ext,
 )
 from orchestrator.ebpf.errors import BTFError
+from tests.conftest import require_tool
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
 
@@ -180,15 +180,6 @@ def any_obj(request: pytest.FixtureRequest) -> Obj:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def bpftool_json(path: Path, base: Path | None = None) -> list[dict[str, object]]:
