@@ -42,7 +42,6 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 from orchestrator.ebpf import netlink as _netlink
@@ -54,6 +53,7 @@ from orchestrator.ebpf.errors import (
     PinError,
     SyscallError,
 )
+from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.programs import Program
 from orchestrator.ebpf.sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType, ProgType
 
@@ -334,11 +334,10 @@ def _decode_info(raw: _sys.LinkInfo, name: str) -> LinkInfo:
 
 # ---------------------------------------------------------------------------- Link
 
-_ExcType = type[BaseException] | None
 _UPDATABLE = frozenset({LinkType.XDP, LinkType.TCX, LinkType.CGROUP, LinkType.NETNS, LinkType.ITER})
 
 
-class Link:
+class Link(Handle):
     """One BPF link, owned through one fd. ``close()`` (or ``with``) releases the fd; the
     kernel detaches the program when the last fd and pin are gone."""
 
@@ -391,9 +390,8 @@ class Link:
 
     # ------------------------------------------------------------------ basics
 
-    @property
-    def fd(self) -> FD:
-        return self._fd
+    def _what(self) -> str:
+        return self.description
 
     @property
     def id(self) -> int:
@@ -416,57 +414,11 @@ class Link:
         raw, name = _sys.link_info_named(self._fd)
         return _decode_info(raw, name)
 
-    @property
-    def closed(self) -> bool:
-        return self._fd.closed
-
-    def close(self) -> None:
-        """Release this fd. Without a pin or another fd, the kernel detaches the link."""
-        self._fd.close()
-
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: _ExcType,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd.raw}"
         return f"Link({self._id}, {_type_name(self._type)}, {state})"
 
     # ------------------------------------------------------------------ pinning
-
-    def pin(self, path: str | os.PathLike[str]) -> None:
-        """Pin the link on bpffs so it outlives every fd (and this process)."""
-        p = os.fspath(path)
-        try:
-            _sys.obj_pin(self._fd, p)
-        except SyscallError as err:
-            from orchestrator.ebpf.maps import _pin_reason
-
-            raise PinError(f"{self.description}: pin {p}: {_pin_reason(err)}") from err
-        self._pinned = p
-
-    def unpin(self) -> None:
-        """Remove the pin made by :meth:`pin` or adopted by :meth:`from_pin` (no-op if none).
-        The link lives on while this fd is open."""
-        p = self._pinned
-        if p is None:
-            return
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise PinError(
-                f"{self.description}: unpin {p}: {(err.strerror or str(err)).lower()}"
-            ) from err
-        self._pinned = None
 
     # ------------------------------------------------------------------ changes
 

@@ -14,7 +14,6 @@ import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import btf as _btf
@@ -29,6 +28,7 @@ from orchestrator.ebpf.errors import (
     SpecError,
     SyscallError,
 )
+from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.sys import FD, Cmd, MapFlags, MapType, UpdateFlags
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def kernel_name(name: str) -> str:
     return cleaned[: _sys.BPF_OBJ_NAME_LEN - 1]
 
 
-class Map:
+class Map(Handle):
     """A map in the kernel, owned through one fd. Close it (or use ``with``)."""
 
     def __init__(
@@ -256,27 +256,8 @@ class Map:
 
     # ------------------------------------------------------------------ basics
 
-    @property
-    def fd(self) -> FD:
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd.closed
-
-    def close(self) -> None:
-        self._fd.close()
-
-    def __enter__(self) -> Map:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _what(self) -> str:
+        return f"map {self.name}"
 
     def __repr__(self) -> str:
         t = self.type.name.lower() if isinstance(self.type, MapType) else self.type
@@ -321,27 +302,6 @@ class Map:
         )
 
     # ------------------------------------------------------------------ pinning
-
-    def pin(self, path: str | os.PathLike[str]) -> None:
-        p = os.fspath(path)
-        try:
-            _sys.obj_pin(self.fd, p)
-        except SyscallError as err:
-            raise PinError(f"map {self.name}: pin {p}: {_pin_reason(err)}") from err
-        self._pinned = p
-
-    def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
-        p = os.fspath(path) if path is not None else self._pinned
-        if p is None:
-            return
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise PinError(f"map {self.name}: unpin {p}: {err.strerror}") from err
-        if p == self._pinned:
-            self._pinned = None
 
     @property
     def pinned_path(self) -> str | None:
@@ -760,17 +720,6 @@ def _strip(err: SyscallError) -> str:
     for prefix in ("lookup: ", "update: ", "delete: ", "next key: "):
         if text.startswith(prefix):
             return text[len(prefix) :]
-    return text
-
-
-def _pin_reason(err: SyscallError) -> str:
-    text = str(err).removeprefix("pin: ")
-    if err.errno == errno.EEXIST:
-        return text + " (a pin with that name exists; unpin it or choose another path)"
-    if err.errno in (errno.EPERM, errno.EINVAL):
-        return text + " (is the path on bpffs? mount -t bpf bpf /sys/fs/bpf)"
-    if err.errno == errno.ENOENT:
-        return text + " (does the directory exist?)"
     return text
 
 

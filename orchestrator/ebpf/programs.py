@@ -6,10 +6,10 @@ import ctypes
 import errno
 import os
 from dataclasses import dataclass
-from types import TracebackType
 
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
+from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.maps import kernel_name
 from orchestrator.ebpf.sys import FD, AttachType, Cmd, ProgType
 
@@ -74,7 +74,7 @@ class LogOptions:
     disabled: bool = False
 
 
-class Program:
+class Program(Handle):
     """A program in the kernel, owned through one fd. Close it (or use ``with``)."""
 
     def __init__(
@@ -188,27 +188,8 @@ class Program:
 
     # ------------------------------------------------------------------ basics
 
-    @property
-    def fd(self) -> FD:
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd.closed
-
-    def close(self) -> None:
-        self._fd.close()
-
-    def __enter__(self) -> Program:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _what(self) -> str:
+        return f"program {self.name}"
 
     def __repr__(self) -> str:
         t = self.type.name.lower() if isinstance(self.type, ProgType) else self.type
@@ -240,29 +221,6 @@ class Program:
         return int(_sys.prog_info(self.fd).id)
 
     # ------------------------------------------------------------------ pinning
-
-    def pin(self, path: str | os.PathLike[str]) -> None:
-        p = os.fspath(path)
-        try:
-            _sys.obj_pin(self.fd, p)
-        except SyscallError as err:
-            from orchestrator.ebpf.maps import _pin_reason
-
-            raise PinError(f"program {self.name}: pin {p}: {_pin_reason(err)}") from err
-        self._pinned = p
-
-    def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
-        p = os.fspath(path) if path is not None else self._pinned
-        if p is None:
-            return
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise PinError(f"program {self.name}: unpin {p}: {err.strerror}") from err
-        if p == self._pinned:
-            self._pinned = None
 
     # ------------------------------------------------------------------ test run
 

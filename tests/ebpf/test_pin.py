@@ -42,3 +42,25 @@ def test_kind_and_remove_tree(pin_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "f").read_text() == "keep me"
     with pytest.raises(ebpf.PinError):
         pin.kind_of(pin_dir / "missing")
+
+
+def test_handle_pins_and_unpins(pin_dir: Path, tmp_path: Path) -> None:
+    """Maps, programs and links share one pin implementation (ebpf.handle.Handle)."""
+    with _map() as m:
+        m.pin(pin_dir / "m")
+        assert m.pinned_path == str(pin_dir / "m")
+        with pytest.raises(ebpf.PinError, match=r"^map pinme: pin .*exists.*unpin it"):
+            m.pin(pin_dir / "m")
+        with pytest.raises(ebpf.PinError, match=r"^map pinme: pin .*is the path on bpffs"):
+            m.pin(tmp_path / "m")
+        with pytest.raises(ebpf.PinError, match=r"^map pinme: pin .*does the directory exist"):
+            m.pin(pin_dir / "no" / "m")
+        (pin_dir / "d").mkdir()
+        (pin_dir / "d" / "x").mkdir()
+        with pytest.raises(ebpf.PinError, match=r"^map pinme: unpin .*: is a directory"):
+            m.unpin(pin_dir / "d")
+        m.unpin()
+        assert m.pinned_path is None and not (pin_dir / "m").exists()
+        m.unpin()  # nothing pinned: a no-op
+        m.unpin(pin_dir / "gone")  # a missing pin is not an error
+    assert m.closed
