@@ -19,7 +19,7 @@ from orchestrator.service.status import (
     process_start_time,
     write_status,
 )
-from tests.conftest import BPF_DIR, ROOT
+from tests.conftest import BPF_DIR, ROOT, require_tool
 
 TP_MANIFEST = f"""\
 apiVersion: bpforch/v1
@@ -242,3 +242,22 @@ def test_status_survives_a_corrupt_daemon_file(where: list[str]) -> None:
     code, out, err = run_cli("status", *where)
     assert code == 0 and out.strip() == "No collections applied."
     assert "warning: daemon status" in err and str(state_dir) in err
+
+
+def test_validate_needs_no_privileges() -> None:
+    """`bpforch validate` reads YAML and objects only: it works with no capability at all
+    (an empty bounding set, so even uid 0 cannot call bpf())."""
+    setpriv = require_tool("setpriv")
+    argv = [setpriv, "--bounding-set=-all", "--inh-caps=-all"]
+    probe = subprocess.run(
+        [*argv, "grep", "CapEff", "/proc/self/status"], capture_output=True, text=True
+    )
+    assert probe.stdout.split() == ["CapEff:", "0000000000000000"]
+    proc = subprocess.run(
+        [*argv, sys.executable, "-m", "orchestrator", "validate", str(ROOT / "manifests")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("valid: 6 collections in 5 files")
