@@ -102,7 +102,7 @@ def bpforch_batch(obj: Path, n: int, pin_root: Path, into: Samples) -> None:
                 parse.append((t1 - t0) / 1e6)
                 full.append((t2 - t0) / 1e6)
     except ebpf.Error as err:
-        into.error = str(err).splitlines()[0][:90]
+        into.error = str(err).splitlines()[0]
 
 
 def cold_start(obj: Path) -> tuple[float, float, float, float, float]:
