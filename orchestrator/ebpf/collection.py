@@ -562,8 +562,8 @@ class _Loader:
         found = self._kernel(what).find(name, kind)
         if found is None:
             raise AttachTargetError(
-                f"{what}: no {kind.name.lower()} {name} in the kernel's btf (is it missing "
-                "or inlined on this kernel?)"
+                f"{what}: the kernel's btf has no {kind.name.lower()} named {name!r} (is it "
+                "missing or inlined on this kernel?)"
             )
         mod, _kspec, kid = found
         if mod != "vmlinux":
