@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from orchestrator.ebpf.errors import ParseError
 from orchestrator.ebpf.spec import CollectionSpec
 
-MAX_ENTRIES = 128
+MAX_ENTRIES = 512
 RACY_NS = 2_000_000_000
 
 _stat = os.stat  # tests replace it to fake a file's identity
@@ -50,7 +50,7 @@ class CacheStats:
 class _Entry:
     identity: _Identity
     trusted_from_ns: int  # identity taken at this time; racy while the file is newer
-    digest: bytes
+    sha256: str  # of the file's bytes (hex)
     spec: CollectionSpec
 
 
@@ -66,6 +66,15 @@ class SpecCache:
     def get(self, path: str | os.PathLike[str]) -> CollectionSpec:
         """A spec of the object at ``path`` that the caller owns (parsed or copied)."""
         given = os.fspath(path)
+        return _owned(self._lookup(given).spec, given)
+
+    def shared(self, path: str | os.PathLike[str]) -> tuple[CollectionSpec, str]:
+        """The cached spec itself (never mutate it: ``copy()`` first) and the sha256 of the
+        file's bytes. The same instance comes back while the file is unchanged."""
+        entry = self._lookup(os.fspath(path))
+        return entry.spec, entry.sha256
+
+    def _lookup(self, given: str) -> _Entry:
         key = given if given.startswith("/") else os.path.abspath(given)
         now = time.time_ns()  # before stat: the identity is at least this old
         try:
@@ -83,14 +92,14 @@ class SpecCache:
             ):
                 self._entries.move_to_end(key)
                 self._hits += 1
-                return _owned(entry.spec, given)
+                return entry
         try:
             with open(key, "rb") as f:
                 data = f.read()
         except OSError as err:
             raise ParseError(f"{given}: {_reason(err)}") from err
-        digest = hashlib.blake2b(data, digest_size=32).digest()
-        if entry is not None and entry.digest == digest:
+        digest = hashlib.sha256(data).hexdigest()
+        if entry is not None and entry.sha256 == digest:
             spec = entry.spec
             with self._lock:
                 self._verified += 1
@@ -100,12 +109,13 @@ class SpecCache:
             spec = load_bytes(data, name=os.path.basename(given), path=given)
             with self._lock:
                 self._parsed += 1
+        fresh = _Entry(identity, now, digest, spec)
         with self._lock:
-            self._entries[key] = _Entry(identity, now, digest, spec)
+            self._entries[key] = fresh
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return _owned(spec, given)
+        return fresh
 
     def clear(self) -> None:
         with self._lock:

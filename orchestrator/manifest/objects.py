@@ -1,30 +1,19 @@
-"""Parsed object files, cached so that re-validating many manifests that share an object
-(or an unchanged one, in the watch loop) does not parse it again.
+"""Parsed object files for the manifest layer and the reconciler.
 
-An entry is keyed by path and remembers (size, mtime_ns, ctime_ns, inode, device) of the
-file it was parsed from, read from the open file. A file whose identity changed is read
-again and hashed; it is parsed again only if its sha256 changed. Timestamps are as coarse as
-the kernel's clock tick, so a file rewritten within the same tick with the same size would
-look unchanged: like git's "racy clean" entries, a file modified less than
-:data:`RACY_NS` before it was cached is always re-hashed. Parsing is pure (no kernel).
+They come from the loader's own cache (:mod:`orchestrator.ebpf.speccache`), so an object is
+parsed once per process whoever asks for it: re-validating many manifests that share an
+object, or an unchanged one in the watch loop, costs a ``stat``. A changed file is read and
+hashed again, and parsed again only if its bytes changed (see that module for how rewrites
+within one clock tick are caught). Parsing is pure (no kernel).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.ebpf import CollectionSpec
+from orchestrator.ebpf import CollectionSpec, speccache
 from orchestrator.ebpf import Error as EbpfError
-from orchestrator.ebpf.elf import load_bytes
-
-MAX_ENTRIES = 512
-RACY_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,79 +29,17 @@ class ObjectError(Exception):
     """An object file could not be read or parsed. The message is the loader's."""
 
 
-_Stat = tuple[int, int, int, int, int]
-
-
-@dataclass(slots=True)
-class _Entry:
-    stat: _Stat
-    cached_ns: int
-    sha256: str
-    result: ObjectInfo | ObjectError
-
-    def fresh(self, stat: _Stat) -> bool:
-        return stat == self.stat and stat[1] + RACY_NS < self.cached_ns
-
-
-_cache: OrderedDict[str, _Entry] = OrderedDict()
-_lock = threading.Lock()
-_stats = {"parsed": 0, "hashed": 0, "hits": 0}
-
-
 def object_info(path: Path) -> ObjectInfo:
     """The parsed object at ``path`` (absolute), from the cache when the file is unchanged.
 
-    Raises :class:`ObjectError` (missing file, not an eBPF object …). Parse failures are
-    cached too, until the file changes.
+    Raises :class:`ObjectError` (missing file, not an eBPF object …) with the loader's
+    message.
     """
-    name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
-            st = os.fstat(f.fileno())
-            stat: _Stat = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-            with _lock:
-                entry = _cache.get(name)
-                if entry is not None and entry.fresh(stat):
-                    _cache.move_to_end(name)
-                    _stats["hits"] += 1
-                    return _result(entry)
-            now = time.time_ns()
-            data = f.read()
-    except OSError as err:
-        raise ObjectError(f"{name}: {(err.strerror or str(err)).lower()}") from err
-    digest = hashlib.sha256(data).hexdigest()
-    with _lock:
-        _stats["hashed"] += 1
-        entry = _cache.get(name)
-    if entry is not None and entry.sha256 == digest:
-        result = entry.result  # same bytes: keep the parsed spec
-    else:
-        result = _parse(path, digest, data)
-        with _lock:
-            _stats["parsed"] += 1
-    with _lock:
-        _cache[name] = entry = _Entry(stat, now, digest, result)
-        _cache.move_to_end(name)
-        while len(_cache) > MAX_ENTRIES:
-            _cache.popitem(last=False)
-    return _result(entry)
-
-
-def _result(entry: _Entry) -> ObjectInfo:
-    if isinstance(entry.result, ObjectError):
-        # a fresh exception each time: re-raising one instance would grow its traceback
-        raise ObjectError(str(entry.result)) from entry.result.__cause__
-    return entry.result
-
-
-def _parse(path: Path, digest: str, data: bytes) -> ObjectInfo | ObjectError:
-    try:
-        spec = load_bytes(data, name=path.name, path=os.fspath(path))
+        spec, sha256 = speccache.default.shared(path)
     except EbpfError as err:
-        out = ObjectError(str(err))
-        out.__cause__ = err
-        return out
-    return ObjectInfo(path, digest, spec)
+        raise ObjectError(str(err)) from err
+    return ObjectInfo(path, sha256, spec)
 
 
 def object_spec(path: Path) -> CollectionSpec:
@@ -126,11 +53,10 @@ def object_spec(path: Path) -> CollectionSpec:
 
 
 def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
+    speccache.default.clear()
 
 
 def cache_stats() -> dict[str, int]:
-    """Counters: objects ``parsed``, files ``hashed``, lookups that were cache ``hits``."""
-    with _lock:
-        return dict(_stats)
+    """Counters: objects ``parsed``, files ``hashed`` (read), lookups that were ``hits``."""
+    st = speccache.default.stats()
+    return {"parsed": st.parsed, "hashed": st.parsed + st.verified, "hits": st.hits}

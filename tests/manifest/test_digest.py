@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ebpf import speccache
 from orchestrator.manifest import ManifestError, load_manifests, object_info, object_spec
 from orchestrator.manifest.objects import ObjectError, cache_stats, clear_cache
 
@@ -122,10 +123,13 @@ def test_without_objects_nothing_is_read_and_digests_are_empty(write: Write, tre
     assert state.collections["net"].object_file == tree / "objs" / "missing.o"
 
 
-def test_cache_returns_the_same_spec_while_the_file_is_unchanged(tree: Path) -> None:
+def test_cache_returns_the_same_spec_while_the_file_is_unchanged(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     obj = tree / "objs" / "net.o"
-    old = os.stat(obj).st_mtime_ns - 10 * 10**9  # not "racy": older than the cache entry
-    os.utime(obj, ns=(old, old))
+    # not "racy": the cache trusts a file's identity only once its mtime *and* ctime are
+    # older than the entry by RACY_NS, and a just-written file's ctime cannot be set back
+    monkeypatch.setattr(speccache, "RACY_NS", 0)
     clear_cache()
     before = cache_stats()
     spec = object_spec(obj)
