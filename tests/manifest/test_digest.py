@@ -175,7 +175,7 @@ def test_cache_sees_a_same_size_rewrite_within_one_clock_tick(
     assert object_spec(obj).variables["v"].value == 2
 
 
-def test_cache_keeps_parse_errors_until_the_file_changes(tree: Path) -> None:
+def test_a_broken_object_is_an_error_until_it_is_fixed(tree: Path) -> None:
     bad = tree / "objs" / "bad.o"
     bad.write_bytes(b"not an elf at all" * 8)
     with pytest.raises(ObjectError, match="not an ELF file"):
