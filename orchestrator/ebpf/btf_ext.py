@@ -169,10 +169,11 @@ def _insn(byte_off: int, section: str) -> int:
     return byte_off // INSN_SIZE
 
 
-def _records(
+def _sections(
     body: memoryview, spec: Spec, off: int, length: int, min_size: int, what: str
-) -> Iterator[tuple[int, str]]:
-    """Yield (offset in body, ELF section name) for every record of one subsection."""
+) -> Iterator[tuple[str, int, int, int]]:
+    """Yield (ELF section name, offset of its first record, record count, record size) for
+    every section block of one subsection, after checking every bound."""
     if length == 0:
         return
     end = off + length
@@ -189,10 +190,17 @@ def _records(
         pos += 8
         if count * rec_size > end - pos:
             raise BTFError(f"btf.ext: {what}: {count} records overrun the subsection")
-        name = spec.string(name_off)
-        for _ in range(count):
-            yield pos, name
-            pos += rec_size
+        yield spec.string(name_off), pos, count, rec_size
+        pos += count * rec_size
+
+
+def _records(
+    body: memoryview, spec: Spec, off: int, length: int, min_size: int, what: str
+) -> Iterator[tuple[int, str]]:
+    """Yield (offset in body, ELF section name) for every record of one subsection."""
+    for name, pos, count, rec_size in _sections(body, spec, off, length, min_size, what):
+        for i in range(count):
+            yield pos + i * rec_size, name
 
 
 def _blocks(
@@ -200,29 +208,12 @@ def _blocks(
 ) -> Iterator[tuple[str, Iterable[tuple[int, int, int, int]]]]:
     """Like :func:`_records`, a block (one ELF section) at a time, as the first four u32s
     of each record: decoded by ``struct`` in C instead of one call per record."""
-    if length == 0:
-        return
-    end = off + length
-    if end > len(body) or length < 4:
-        raise BTFError(f"btf.ext: {what} subsection ({off}+{length}) out of bounds")
-    (rec_size,) = _U32.unpack_from(body, off)
-    if rec_size < min_size or rec_size % 4:
-        raise BTFError(f"btf.ext: {what} record size {rec_size} is invalid")
-    pos = off + 4
-    while pos < end:
-        if pos + 8 > end:
-            raise BTFError(f"btf.ext: {what}: truncated section header")
-        name_off, count = struct.unpack_from("<II", body, pos)
-        pos += 8
-        if count * rec_size > end - pos:
-            raise BTFError(f"btf.ext: {what}: {count} records overrun the subsection")
-        name = spec.string(name_off)
+    for name, pos, count, rec_size in _sections(body, spec, off, length, min_size, what):
         chunk = body[pos : pos + count * rec_size]
         if rec_size == 16:
             yield name, _QUAD.iter_unpack(chunk)
         else:
             yield name, (_QUAD.unpack_from(chunk, i) for i in range(0, len(chunk), rec_size))
-        pos += count * rec_size
 
 
 _QUAD = struct.Struct("<IIII")
