@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 bpforch("destroy", "--all")
+                with contextlib.suppress(OSError):  # only if empty: never someone else's
+                    args.bpffs_root.rmdir()
         if args.keep:
             print("\n--keep: everything stays applied; `bpforch destroy --all` removes it.")
         return 0
