@@ -21,7 +21,6 @@ import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TypeVar, cast
 
 from orchestrator.ebpf import btf as _btf
@@ -46,7 +45,7 @@ from orchestrator.ebpf.errors import (
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec, hint
-from orchestrator.ebpf.sys import FD, AttachType, MapFlags, MapType, ProgType
+from orchestrator.ebpf.sys import FD, AttachType, Closing, MapFlags, MapType, ProgType
 
 T = TypeVar("T")
 
@@ -612,7 +611,7 @@ class _Loader:
         self.close_btf()
 
 
-class Collection:
+class Collection(Closing):
     """The live maps and programs of a spec. Closing it closes them all; a program keeps
     running only while something (an fd, a pin, a link) holds it."""
 
@@ -673,17 +672,6 @@ class Collection:
             p.close()
         for m in self.maps.values():
             m.close()
-
-    def __enter__(self) -> Collection:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Collection(maps={sorted(self.maps)}, programs={sorted(self.programs)})"

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
-from types import TracebackType
-from typing import Self
 
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import PinError, SyscallError
-from orchestrator.ebpf.sys import FD
+from orchestrator.ebpf.sys import FD, Closing
 
 
-class Handle:
+class Handle(Closing):
     """Owns exactly one fd of a kernel object. Close it (or use ``with``); ``pin`` makes the
     object outlive every fd. Subclasses set ``_fd`` and ``_pinned`` and name themselves in
     :meth:`_what` for error messages."""
@@ -34,17 +32,6 @@ class Handle:
 
     def close(self) -> None:
         self._fd.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def pin(self, path: str | os.PathLike[str]) -> None:
         """Pin the object at ``path`` on bpffs (BPF_OBJ_PIN)."""

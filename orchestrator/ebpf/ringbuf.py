@@ -19,11 +19,10 @@ import select
 import struct
 import time
 from collections.abc import Iterator
-from types import TracebackType
 
 from orchestrator.ebpf.errors import Error, NotSupportedError
 from orchestrator.ebpf.maps import Map
-from orchestrator.ebpf.sys import MapType
+from orchestrator.ebpf.sys import Closing, MapType
 
 __all__ = ["RingBufReader"]
 
@@ -33,7 +32,7 @@ _HDR = 8
 _U64 = struct.Struct("<Q")
 
 
-class RingBufReader:
+class RingBufReader(Closing):
     """Consumes records from a ring buffer map. It maps the map's memory and keeps its own
     duplicate of the fd; close it (or use ``with``) when done. The map may be closed
     independently."""
@@ -75,17 +74,6 @@ class RingBufReader:
         self._prod.close()
         self._cons.close()
         self._fd.close()
-
-    def __enter__(self) -> RingBufReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def available(self) -> int:
         """Bytes produced and not consumed yet (headers and padding included)."""

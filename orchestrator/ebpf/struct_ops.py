@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import btf as _btf
@@ -33,7 +32,7 @@ from orchestrator.ebpf.errors import AttachTargetError, BTFError, Error, ParseEr
 from orchestrator.ebpf.kernel_btf import KernelBTF, essential_name
 from orchestrator.ebpf.links import Link
 from orchestrator.ebpf.maps import Map
-from orchestrator.ebpf.sys import FD, MapType
+from orchestrator.ebpf.sys import FD, Closing, MapType
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.collection import Collection
@@ -234,7 +233,7 @@ def build_value(
     return bytes(value)
 
 
-class StructOpsLink:
+class StructOpsLink(Closing):
     """A registered struct_ops map. Closing unregisters it: closes the BPF link (which can
     be pinned through :attr:`link` to outlive the process), or, for maps without
     ``BPF_F_LINK``, deletes the map's element."""
@@ -259,17 +258,6 @@ class StructOpsLink:
                 _sys.map_delete_elem(self._map.fd, bytes(4))
         finally:
             self._map.close()
-
-    def __enter__(self) -> StructOpsLink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def attach_struct_ops(coll: Collection, name: str) -> StructOpsLink:

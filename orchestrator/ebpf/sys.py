@@ -20,7 +20,7 @@ import platform
 import warnings
 from collections.abc import Iterator
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from orchestrator.ebpf.errors import (
     KeyExistsError,
@@ -726,7 +726,27 @@ def bpf(cmd: Cmd, attr: ctypes.Structure) -> int:
         raise error_from_errno(_CMD_NOUN.get(cmd, cmd.name.lower().replace("_", " ")), err)
 
 
-class FD:
+class Closing:
+    """``with obj:`` closes ``obj`` at the end of the block (also on error)."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FD(Closing):
     """An owned file descriptor. ``close`` is idempotent; use it as a context manager.
 
     The finalizer only catches leaks (and warns); owners close explicitly.
@@ -758,17 +778,6 @@ class FD:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
-
-    def __enter__(self) -> FD:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
