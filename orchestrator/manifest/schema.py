@@ -227,7 +227,6 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-jsonschema.Draft202012Validator.check_schema(SCHEMA)
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 

@@ -28,6 +28,11 @@ def walk(node: object) -> Iterator[dict[str, object]]:
             yield from walk(value)
 
 
+def test_schema_is_a_valid_2020_12_schema() -> None:
+    """Checked here, not at import: every CLI run would pay ~40 ms for it."""
+    jsonschema.Draft202012Validator.check_schema(schema())
+
+
 def test_schema_file_matches_the_code() -> None:
     assert SCHEMA_FILE == ROOT / "schemas" / "manifest.schema.json"
     on_disk = json.loads(SCHEMA_FILE.read_text())
