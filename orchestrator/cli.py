@@ -169,7 +169,7 @@ def _reconciler(args: argparse.Namespace) -> Reconciler:
     return Reconciler(bpffs_root=args.bpffs_root, state_dir=args.state_dir)
 
 
-def render_plan(plan: Plan, out: TextIO, *, verbose: bool = False) -> None:
+def render_plan(plan: Plan, out: TextIO) -> None:
     """terraform-style: one block per collection (with where it is declared), each change
     with its reason, then problems and the summary line."""
     color = _color(out)
@@ -182,7 +182,7 @@ def render_plan(plan: Plan, out: TextIO, *, verbose: bool = False) -> None:
     if plan.has_changes:
         print("bpforch will perform the following actions:\n", file=out)
     for name, items in by_collection.items():
-        shown = [c for c in items if verbose or c.op is not Op.NOOP]
+        shown = [c for c in items if c.op is not Op.NOOP]
         if not shown:
             continue
         head = next((c for c in items if c.kind == "collection"), None)

@@ -261,3 +261,35 @@ def test_validate_needs_no_privileges() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("valid: 6 collections in 5 files")
+
+
+@pytest.mark.kernel
+def test_dry_run_and_refresh_only(tmp_path: Path, where: list[str]) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "tp.yaml").write_text(TP_MANIFEST)
+    code, out, _ = run_cli("apply", "--dry-run", str(manifests), *where)
+    assert code == 0 and "+ collection tp" in out and "Dry run: nothing was changed." in out
+    code, out, _ = run_cli("status", *where)
+    assert out.strip() == "No collections applied."
+
+    assert run_cli("apply", str(manifests), *where)[0] == 0
+    code, out, _ = run_cli("plan", "--refresh-only", str(manifests), *where)
+    assert code == cli.EXIT_OK and "No drift" in out
+
+    status = json.loads(run_cli("status", "-o", "json", *where)[1])
+    [prog] = status["collections"][0]["programs"]
+    pins = [p for p in Path(where[1], "tp").rglob("*") if p.is_file() and "progs" in p.parts]
+    assert pins, "the program is pinned under the collection"
+    for pin in pins:
+        pin.unlink()
+    code, out, _ = run_cli("plan", "--refresh-only", str(manifests), *where)
+    assert code == cli.EXIT_CHANGES
+    assert f"drift: tp: program {prog['name']}" in out and "the next apply repairs it" in out
+    code, out, _ = run_cli("plan", "--refresh-only", "-o", "json", str(manifests), *where)
+    drift = json.loads(out)["drift"]
+    assert code == 2 and drift[0]["collection"] == "tp" and drift[0]["kind"] == "program"
+
+    assert run_cli("apply", str(manifests), *where)[0] == 0  # repairs the drift
+    assert run_cli("plan", "--refresh-only", str(manifests), *where)[0] == cli.EXIT_OK
+    assert run_cli("destroy", "--all", *where)[0] == 0
