@@ -293,3 +293,12 @@ def test_dry_run_and_refresh_only(tmp_path: Path, where: list[str]) -> None:
     assert run_cli("apply", str(manifests), *where)[0] == 0  # repairs the drift
     assert run_cli("plan", "--refresh-only", str(manifests), *where)[0] == cli.EXIT_OK
     assert run_cli("destroy", "--all", *where)[0] == 0
+
+
+def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_validate", interrupted)
+    code, _, err = run_cli("validate", str(tmp_path))
+    assert code == 130 and err.strip() == "interrupted"
