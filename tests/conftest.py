@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "bpf"
 BPFFS = Path("/sys/fs/bpf")
+PIN_PREFIX = "bpforch-test-"  # pin_dir names: bpforch-test-<pid of the test run>-<hex>
 
 # namespaces, veth pairs, cgroups and UDP traffic for kernel tests (fixtures: netns, veth,
 # netns_factory, cgroup)
@@ -95,7 +96,7 @@ def fd_guard() -> Iterator[None]:
 def pin_dir() -> Iterator[Path]:
     """A fresh directory on bpffs, removed with everything in it afterwards."""
     require_kernel()
-    path = BPFFS / f"bpforch-test-{uuid.uuid4().hex[:12]}"
+    path = BPFFS / f"{PIN_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     path.mkdir()
     try:
         yield path
@@ -166,6 +167,15 @@ def _bpffs_entries() -> set[str] | None:
         return None
 
 
+def _other_run(name: str) -> bool:
+    """A pin directory of another test run on this machine (runs in parallel worktrees):
+    that run checks its own."""
+    if not name.startswith(PIN_PREFIX):
+        return False
+    pid = name.removeprefix(PIN_PREFIX).split("-", 1)[0]
+    return pid.isdigit() and int(pid) != os.getpid()
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _BPFFS_BEFORE
     _BPFFS_BEFORE = _bpffs_entries()
@@ -174,11 +184,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if it left anything new at the top of bpffs: every test pins under its
     own directory and removes it (other processes pinning at the same time would show up
-    here too, so run the suite alone)."""
+    here too, except the pin directories of other test runs, which name their pid)."""
     after = _bpffs_entries()
     if _BPFFS_BEFORE is None or after is None:
         return
-    leaked = sorted(after - _BPFFS_BEFORE)
+    leaked = sorted(n for n in after - _BPFFS_BEFORE if not _other_run(n))
     if leaked:
         print(f"\nbpffs leak: the test run left {', '.join(leaked)} in {BPFFS}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
