@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import btf_ext as _btf_ext
 from orchestrator.ebpf import core as _core
 from orchestrator.ebpf import externs as _externs
+from orchestrator.ebpf import features as _features
 from orchestrator.ebpf import kernel_btf as _kernel_btf
 from orchestrator.ebpf import struct_ops as _struct_ops
 from orchestrator.ebpf import sys as _sys
@@ -73,34 +73,6 @@ class CollectionOptions:
     log_disabled: bool = False
     kernel_btf: str | os.PathLike[str] | None = None
     kconfig_path: str | os.PathLike[str] | None = None
-
-
-@functools.cache
-def _mmapable_arrays() -> bool:
-    """Whether array maps accept BPF_F_MMAPABLE (Linux 5.5)."""
-    attr = _sys.MapCreateAttr(
-        map_type=MapType.ARRAY,
-        key_size=4,
-        value_size=4,
-        max_entries=1,
-        map_flags=MapFlags.MMAPABLE,
-    )
-    try:
-        fd = _sys.map_create(attr)
-    except SyscallError:
-        return False
-    fd.close()
-    return True
-
-
-@functools.cache
-def _syscall_wrapper() -> bool:
-    """Whether syscalls go through ``__<arch>_sys_*`` wrappers (LINUX_HAS_SYSCALL_WRAPPER)."""
-    try:
-        with open("/proc/kallsyms", "rb") as f:
-            return any(b" __x64_sys_bpf" in line for line in f)
-    except OSError:
-        return False
 
 
 def _trampoline(spec: ProgramSpec) -> bool:
@@ -228,7 +200,11 @@ class _Loader:
             inner = Map.create(template, btf_fd=btf_fd, btf_ids=self._btf_ids(template))
         try:
             btf_fd, _ = self._btf()
-            extra = int(MapFlags.MMAPABLE) if spec.is_data_section and _mmapable_arrays() else 0
+            extra = (
+                int(MapFlags.MMAPABLE)
+                if spec.is_data_section and _features.mmapable_arrays()
+                else 0
+            )
             m = Map.create(
                 spec, inner_map=inner, btf_fd=btf_fd, btf_ids=self._btf_ids(spec), extra_flags=extra
             )
@@ -513,7 +489,7 @@ class _Loader:
             "LINUX_HAS_BPF_COOKIE": 1,
         }
         if "LINUX_HAS_SYSCALL_WRAPPER" in self.spec.externs:  # costs a /proc/kallsyms scan
-            features["LINUX_HAS_SYSCALL_WRAPPER"] = int(_syscall_wrapper())
+            features["LINUX_HAS_SYSCALL_WRAPPER"] = int(_features.syscall_wrapper())
         try:
             return _externs.kconfig_values(self.spec.externs, spec.value_size, config, features)
         except _externs.KconfigError as err:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.ebpf import features as _features
 from orchestrator.ebpf import netlink as _netlink
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
@@ -102,7 +103,7 @@ __all__ = [
 ]
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-PMU_ROOT = Path("/sys/bus/event_source/devices")
+PMU_ROOT = _features.PMU_ROOT
 CGROUP2_SUPER_MAGIC = 0x63677270
 
 XDPMode = Literal["auto", "native", "generic"]
@@ -1218,48 +1219,26 @@ def attach_uprobe(
 
 # ---------------------------------------------------------------------------- unsupported
 
-_FENTRY_KINDS = ("fentry", "fexit", "fmod_ret", "lsm", "freplace")
-_probe_cache: dict[str, str | None] = {}
-
-
-def _probe_tracing() -> str | None:
-    """Why fentry-style programs cannot be used here (None: they can). A minimal TRACING
-    program is loaded with a bogus BTF id: EPERM means the kernel refuses the program type
-    before looking at the target (lockdown / no trampolines); anything else means it got as
-    far as checking the target, so the type is usable."""
-    insns = bytes([0xB7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
-    buf = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(b"GPL\0")
-    attr = _sys.ProgLoadAttr(
-        prog_type=ProgType.TRACING,
-        insn_cnt=2,
-        insns=ctypes.addressof(buf),
-        license=ctypes.addressof(lic),
-        expected_attach_type=AttachType.TRACE_FENTRY,
-        attach_btf_id=1,
-    )
-    result = _sys.prog_load(attr)
-    if result.fd is not None:
-        result.fd.close()
-        return None
-    if result.err == errno.EPERM:
-        return "the kernel refuses fentry/fexit/fmod_ret/lsm/freplace programs (EPERM: lockdown)"
-    return None
+# kind -> (program type, attach type) of the programs such attachments need
+_TRAMPOLINE_KINDS: dict[str, tuple[ProgType, AttachType | None]] = {
+    "fentry": (ProgType.TRACING, AttachType.TRACE_FENTRY),
+    "fexit": (ProgType.TRACING, AttachType.TRACE_FEXIT),
+    "fmod_ret": (ProgType.TRACING, AttachType.MODIFY_RETURN),
+    "lsm": (ProgType.LSM, AttachType.LSM_MAC),
+    "freplace": (ProgType.EXT, None),
+}
 
 
 def _unsupported_reason(kind: str) -> str | None:
-    if kind not in _probe_cache:
-        if kind in ("kprobe", "kretprobe"):
-            _probe_cache[kind] = (
-                None
-                if (PMU_ROOT / "kprobe" / "type").exists()
-                else "kprobes are compiled out of this kernel (CONFIG_KPROBES is off)"
-            )
-        elif kind in _FENTRY_KINDS:
-            _probe_cache[kind] = _probe_tracing()
-        else:
-            raise ValueError(f"unknown attachment kind {kind!r}")
-    return _probe_cache[kind]
+    """Why attachments of ``kind`` cannot work here (None: they can), from the kernel
+    feature probes (:mod:`orchestrator.ebpf.features`, each run once per process)."""
+    if kind in ("kprobe", "kretprobe"):
+        support = _features.kprobe_pmu()
+    elif kind in _TRAMPOLINE_KINDS:
+        support = _features.program_support(*_TRAMPOLINE_KINDS[kind])
+    else:
+        raise ValueError(f"unknown attachment kind {kind!r}")
+    return None if support.ok else support.reason
 
 
 def require_supported(kind: str) -> None:

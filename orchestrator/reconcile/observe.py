@@ -15,10 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import ProgType
+from orchestrator.ebpf import AttachType, ProgType
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import SyscallError
+from orchestrator.ebpf.features import program_kind, program_support
 from orchestrator.ebpf.pin import bpffs_mount_of, is_bpffs
 from orchestrator.manifest.model import (
     CgroupTarget,
@@ -54,17 +55,6 @@ if TYPE_CHECKING:
 STAGING_PREFIX = "_staging-"
 CGROUP2_SUPER_MAGIC = 0x63677270
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-
-# Program types that cannot load on this kind of kernel (see KERNEL_NOTES.md). kprobe
-# programs load; they attach here only as uprobes (there is no kprobe PMU), and the manifest
-# model has no kprobe target.
-_UNSUPPORTED = {
-    ProgType.TRACING: "fentry/fexit/fmod_ret programs are not supported on this kernel "
-    "(the load fails with EPERM)",
-    ProgType.LSM: "lsm programs are not supported on this kernel (the load fails with EPERM)",
-    ProgType.EXT: "freplace programs are not supported on this kernel (the load fails with EPERM)",
-}
-
 
 # ---------------------------------------------------------------------------- observe
 
@@ -299,15 +289,44 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
         if p is None:
             problems.append(f"program {n}: not in object {d.object_file}")
             continue
-        why = _UNSUPPORTED.get(p.type)
-        if why is not None:
-            problems.append(f"program {n} (section {p.section}): {why}")
+        if not p.known_section:
+            continue  # the load says which section names are known
+        support = program_support(p.type, p.attach_type)
+        if not support.ok:
+            kind = program_kind(p.type, p.attach_type)
+            problems.append(
+                f"program {n} (section {p.section}): {kind} programs are not supported on "
+                f"this kernel: {support.reason}{_alternative(p.type, p.attach_type)}"
+            )
     return CollectionFacts(
         programs=names,
         object_sha256=info.sha256,
         maps=map_shapes(d, spec),
         problems=tuple(problems),
     )
+
+
+_TRACING_ALTERNATIVES = (
+    ("tracepoint", ProgType.TRACEPOINT, None),
+    ("raw_tp", ProgType.RAW_TRACEPOINT, None),
+    ("tp_btf", ProgType.TRACING, AttachType.TRACE_RAW_TP),
+)
+
+
+def _alternative(prog_type: ProgType, attach_type: AttachType | None) -> str:
+    """A hint naming the tracing program types that do load here (probed), for a tracing
+    type that does not."""
+    if prog_type not in (ProgType.TRACING, ProgType.LSM, ProgType.EXT):
+        return ""
+    usable = [
+        name
+        for name, pt, at in _TRACING_ALTERNATIVES
+        if (pt, at) != (prog_type, attach_type) and program_support(pt, at).ok
+    ]
+    if not usable:
+        return ""
+    names = usable[-1] if len(usable) == 1 else f"{', '.join(usable[:-1])} or {usable[-1]}"
+    return f" (use a {names} program instead)"
 
 
 def _ifindex(name: str, netns: Path | None) -> int | str:

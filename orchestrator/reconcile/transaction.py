@@ -520,7 +520,10 @@ class Transaction:
         if isinstance(t, TracepointTarget):
             return _links.attach_tracepoint(prog, t.group, t.name)
         if isinstance(t, RawTracepointTarget):
-            return _links.attach_raw_tracepoint(prog, t.name)
+            # a tp_btf program's tracepoint was fixed at load time (attach_btf_id): the
+            # kernel refuses a name for it
+            tp_btf = prog.type == ProgType.TRACING
+            return _links.attach_raw_tracepoint(prog, None if tp_btf else t.name)
         if isinstance(t, UprobeTarget):
             return _links.attach_uprobe(
                 prog, t.path, t.symbol, t.offset, retprobe=t.retprobe, pid=t.pid
