@@ -154,9 +154,11 @@ class _Loader:
         if spec is None:
             raise SpecError(f"map {name}: not in collection{hint(name, sorted(self.spec.maps))}")
 
-        replacement = self.options.map_replacements.get(name) or self.spec.map_replacements.get(
-            name
-        )
+        # ``is None``, never truthiness: a replacement is used whatever it holds (an empty
+        # map, a ring buffer); nothing here reads its entries.
+        replacement = self.options.map_replacements.get(name)
+        if replacement is None:
+            replacement = self.spec.map_replacements.get(name)
         if replacement is not None:
             try:
                 replacement.check_compatible_with(spec)

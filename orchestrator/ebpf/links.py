@@ -100,6 +100,7 @@ __all__ = [
     "set_xdp_netlink",
     "tcx_attached",
     "xdp_attached",
+    "xdp_mode",
 ]
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -668,6 +669,32 @@ def xdp_attached(iface: int | str, netns: NetnsPath = None) -> XDPAttachment | N
         mode=mode,
         link_id=link_id,
     )
+
+
+def xdp_mode(iface: int | str, prog_id: int, netns: NetnsPath = None) -> str | None:
+    """The mode ("native", "generic" or "offload") in which program ``prog_id`` runs as XDP
+    on the interface, or None if it does not run there (rtnetlink ``IFLA_XDP``: a BPF link
+    reports no mode of its own). Needs CAP_NET_ADMIN (and CAP_SYS_ADMIN with ``netns``)."""
+    index = _ifindex(iface, netns)
+    try:
+        state = _netlink.query_link(index, netns)
+    except _netlink.NetlinkError as err:
+        if err.errno == errno.ENODEV:
+            raise TargetNotFoundError(
+                f"interface {iface}: not found{_where(netns)} (check `ip link`)"
+            ) from err
+        raise AttachError(f"interface {iface}: {err}") from err
+    x = state.xdp
+    for mode, attached in (
+        ("native", x.drv_prog_id),
+        ("generic", x.skb_prog_id),
+        ("offload", x.hw_prog_id),
+    ):
+        if attached == prog_id:
+            return mode
+    if x.prog_id == prog_id and x.mode in (_netlink.XDPMode.DRV, _netlink.XDPMode.SKB):
+        return "native" if x.mode == _netlink.XDPMode.DRV else "generic"
+    return None
 
 
 _NETLINK_XDP_MODES = {

@@ -139,6 +139,7 @@ def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
             )
     for a in rec.attachments.values():
         drift.extend(_check_link(Path(cdir), rec, a))
+    drift.extend(_check_order(rec, {x.name for x in drift if x.kind == "attachment"}))
     return tuple(drift)
 
 
@@ -190,7 +191,81 @@ def _check_link(cdir: Path, rec: CollectionRecord, a: AttachmentRecord) -> list[
                 "program",
             )
         ]
+    if a.kind == "xdp" and a.mode:
+        return _check_xdp_mode(a, int(info.union[0]) & 0xFFFFFFFF, int(info.prog_id))
     return []
+
+
+def _netns_of(a: AttachmentRecord) -> str | None:
+    netns = (a.target or {}).get("netns")
+    return netns if isinstance(netns, str) and netns else None
+
+
+def _check_xdp_mode(a: AttachmentRecord, ifindex: int, prog_id: int) -> list[Drift]:
+    """The mode the kernel runs an XDP link's program in (rtnetlink: a link reports no
+    mode) against the mode recorded when it was attached."""
+    from orchestrator.ebpf import links as _links
+
+    try:
+        mode = _links.xdp_mode(ifindex, prog_id, _netns_of(a))
+    except (EbpfError, OSError):
+        return []  # the interface or namespace is gone: the link shows as detached
+    if mode == a.mode:
+        return []
+    now = f"runs in {mode} mode" if mode is not None else "is not on the interface"
+    return [
+        Drift(
+            "attachment",
+            a.key,
+            f"xdp link {a.link_id}: the program {now}, not in {a.mode} mode as applied",
+            "mode",
+        )
+    ]
+
+
+def _check_order(rec: CollectionRecord, drifted: set[str]) -> list[Drift]:
+    """Each tcx link placed before/after another program of the collection, against the
+    order the kernel runs the hook in (BPF_PROG_QUERY: the ordered link ids)."""
+    from orchestrator.ebpf import links as _links
+
+    hooks: dict[str, list[AttachmentRecord]] = {}
+    for a in rec.attachments.values():
+        t = a.target
+        if a.kind == "tc" and t is not None and (t.get("before") or t.get("after")):
+            hooks.setdefault(a.key.split("@", 1)[1], []).append(a)
+    out: list[Drift] = []
+    for hook, anchored in sorted(hooks.items()):
+        t = anchored[0].target
+        assert t is not None
+        try:
+            state = _links.tcx_attached(
+                str(t.get("interface")),
+                "egress" if t.get("direction") == "egress" else "ingress",
+                _netns_of(anchored[0]),
+            )
+        except (EbpfError, OSError):
+            continue  # the interface or namespace is gone: the links show as detached
+        order = [i for i in state.link_ids if i is not None]
+        for a in anchored:
+            assert a.target is not None
+            rel = "before" if a.target.get("before") else "after"
+            other = rec.attachments.get(f"{a.target.get(rel)}@{hook}")
+            if a.key in drifted or other is None or other.key in drifted:
+                continue
+            if a.link_id not in order or other.link_id not in order:
+                continue
+            mine, theirs = order.index(a.link_id), order.index(other.link_id)
+            if (mine < theirs) != (rel == "before"):
+                out.append(
+                    Drift(
+                        "attachment",
+                        a.key,
+                        f"tcx link {a.link_id} runs {'after' if rel == 'before' else 'before'} "
+                        f"{other.program} (link {other.link_id}), not {rel} it",
+                        "order",
+                    )
+                )
+    return out
 
 
 def _looks_owned(path: Path) -> bool:

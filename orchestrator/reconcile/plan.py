@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from orchestrator.manifest.model import (
@@ -38,6 +38,7 @@ from orchestrator.reconcile.state import (
     AttachmentRecord,
     CollectionFacts,
     CollectionRecord,
+    TargetValue,
 )
 
 
@@ -268,6 +269,138 @@ def previous_link(
     return None
 
 
+def target_fields(target: Target) -> dict[str, TargetValue]:
+    """Every field of a target as a JSON value (paths as text, enums by value, unset fields
+    None): what the record keeps of an attachment and what a plan compares field by field."""
+    out: dict[str, TargetValue] = {}
+    for f in fields(target):
+        value = getattr(target, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        out[f.name] = value
+    return out
+
+
+def _shown(value: TargetValue) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def field_changes(ra: AttachmentRecord, target: Target) -> list[str]:
+    """The fields of ``target`` that differ from what ``ra`` recorded, as "xdp mode
+    generic → native" (nothing for records that kept no fields)."""
+    if ra.target is None:
+        return []
+    kind = "xdp" if isinstance(target, XdpTarget) else ra.kind
+    new = target_fields(target)
+    return [
+        f"{kind} {name} {_shown(ra.target.get(name))} → {_shown(value)}"
+        for name, value in new.items()
+        if ra.target.get(name) != value
+    ]
+
+
+def _xdp_mode_change(ra: AttachmentRecord, t: XdpTarget, actual: ActualCollection) -> str | None:
+    """Why an XDP link must be attached anew for its mode, or None. The mode a link runs
+    in is fixed when it is made; ``auto`` accepts whatever mode the kernel chose."""
+    for x in actual.drift:
+        if x.kind == "attachment" and x.name == ra.key and x.code == "mode":
+            return f"repair drift: {x.message}"
+    want = t.mode.value
+    # the kernel's mode as observed when the link was made; else the declared one
+    have = ra.mode or (ra.target or {}).get("mode")
+    if want == "auto" or have is None or have == want:
+        return None
+    return f"xdp mode {have} → {want}"
+
+
+def _tc_position_change(ra: AttachmentRecord, t: TcTarget, actual: ActualCollection) -> str | None:
+    """Why a tcx link must be placed anew, or None. Dropping before/after keeps the link
+    where it is."""
+    for x in actual.drift:
+        if x.kind == "attachment" and x.name == ra.key and x.code == "order":
+            return f"repair drift: {x.message}"
+    if ra.target is None or (t.before is None and t.after is None):
+        return None
+    was = (ra.target.get("before"), ra.target.get("after"))
+    if was == (t.before, t.after):
+        return None
+    old = f"before {was[0]}" if was[0] else f"after {was[1]}" if was[1] else "appended"
+    new = f"before {t.before}" if t.before else f"after {t.after}"
+    return f"tc position {old} → {new}"
+
+
+def reattached(d: DesiredCollection, actual: ActualCollection | None) -> dict[str, str]:
+    """Attachment key -> why its live link is replaced by a new link on the same hook: an
+    XDP mode (the kernel cannot change it in place), a tcx position (a link cannot move),
+    or a tcx link placed relative to one that is itself attached anew."""
+    if actual is None:
+        return {}
+    old = actual.record.attachments
+
+    def gone(key: str) -> bool:
+        return key not in old or actual.drifted(
+            "attachment", key, "missing", "replaced", "detached"
+        )
+
+    out: dict[str, str] = {}
+    for a in d.attach:
+        key = a.key()
+        ra = old.get(key)
+        if ra is None and isinstance(a.target, XdpTarget):
+            ra = previous_link(d, old, key, "xdp")
+        if ra is None or gone(ra.key):
+            continue
+        why = None
+        if isinstance(a.target, XdpTarget):
+            why = _xdp_mode_change(ra, a.target, actual)
+        elif isinstance(a.target, TcTarget):
+            why = _tc_position_change(ra, a.target, actual)
+        if why is not None:
+            out[key] = why
+    changed = True
+    while changed:
+        changed = False
+        for a in d.attach:
+            t = a.target
+            if not isinstance(t, TcTarget):
+                continue
+            anchor = t.before or t.after
+            if anchor is None or a.key() in out or gone(a.key()):
+                continue
+            if f"{anchor}@{t.key()}" in out or gone(f"{anchor}@{t.key()}"):
+                rel = "before" if t.before else "after"
+                out[a.key()] = f"{anchor} is attached anew, so this link is placed {rel} it again"
+                changed = True
+    return out
+
+
+def _xdp_reattach(ra: AttachmentRecord, a: Attachment) -> str:
+    assert isinstance(a.target, XdpTarget)
+    return (
+        f"re-attach: link {ra.link_id} is detached, then {a.program} is attached in "
+        f"{a.target.mode.value} mode by a new link (an XDP link's mode is fixed, and native "
+        "and generic programs cannot share an interface: the interface runs no XDP program "
+        "for a moment)"
+    )
+
+
+def _tc_reattach(ra: AttachmentRecord, a: Attachment) -> str:
+    assert isinstance(a.target, TcTarget)
+    t = a.target
+    where = f"before {t.before}" if t.before else f"after {t.after}" if t.after else "last"
+    return (
+        f"make-before-break: {a.program} is attached {where} by a new link, then link "
+        f"{ra.link_id} is detached (a tcx link cannot move and a hook takes a program once: "
+        "a new program instance runs beside the old one for a moment)"
+    )
+
+
 def topo_order(deps: Mapping[str, Iterable[str]]) -> tuple[list[str], list[str]]:
     """Names ordered so that each comes after what it depends on (ties by name), and the
     names caught in a cycle (appended last)."""
@@ -398,9 +531,11 @@ class _Planner:
             and bool(facts.object_sha256)
             and bool(actual.record.load_key)
             and load_key(d, facts.object_sha256) == actual.record.load_key
-            # only attachments drifted (gone or detached: they are re-attached)
+            # only attachments drifted (gone, detached, or in another XDP mode or tcx
+            # position: they are attached anew)
             and all(
-                x.kind == "attachment" and x.code in ("missing", "replaced", "detached")
+                x.kind == "attachment"
+                and x.code in ("missing", "replaced", "detached", "mode", "order")
                 for x in actual.drift
             )
         )
@@ -409,24 +544,44 @@ class _Planner:
         self.add(op, "collection", d.name, d.name, reason, d.source)
         for text in facts.problems if facts is not None else ():
             self.problem(d.name, text, d.source)
+        reattach = reattached(d, actual)
         if reuse:
             assert actual is not None
             self.kept.add(d.name)
-            self.keep(d, actual.record)
-            self.attachments(d, actual, reuse=True)
+            # a tcx link placed anew needs another instance of its program: the kernel
+            # takes a program once per hook, and the old link stays until the new one runs
+            fresh = {
+                a.program: reattach[a.key()]
+                for a in d.attach
+                if isinstance(a.target, TcTarget) and a.key() in reattach
+            }
+            self.keep(d, actual.record, fresh)
+            self.attachments(d, actual, reuse=True, reattach=reattach, fresh=frozenset(fresh))
             return
         self.maps(d, actual, facts)
         self.programs(d, rec, facts, "; ".join(reasons))
-        self.attachments(d, actual)
+        self.attachments(d, actual, reattach=reattach)
 
-    def keep(self, d: DesiredCollection, rec: CollectionRecord) -> None:
+    def keep(self, d: DesiredCollection, rec: CollectionRecord, fresh: Mapping[str, str]) -> None:
         """NOOP lines for the maps and programs a collection keeps (only its attachments or
-        its metadata changed)."""
+        its metadata changed); a program in ``fresh`` (name -> why) is loaded once more from
+        the same object, with the live maps."""
         for mname, mr in sorted(rec.maps.items()):
             mo = d.maps.get(mname)
             src = mo.source if mo is not None and mo.source is not None else d.source
             self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
         for pname, pr in sorted(rec.programs.items()):
+            if pname in fresh:
+                self.add(
+                    Op.REPLACE,
+                    "program",
+                    d.name,
+                    pname,
+                    f"new instance (replaces id {pr.id}): {fresh[pname]}; loaded again from "
+                    "the same object with the live maps (a tcx hook takes a program once)",
+                    d.source,
+                )
+                continue
             self.add(Op.NOOP, "program", d.name, pname, f"kept (id {pr.id})", d.source)
 
     def maps(
@@ -551,8 +706,18 @@ class _Planner:
                 self.add(Op.CREATE, "program", d.name, pname, "new program", d.source)
 
     def attachments(
-        self, d: DesiredCollection, actual: ActualCollection | None, *, reuse: bool = False
+        self,
+        d: DesiredCollection,
+        actual: ActualCollection | None,
+        *,
+        reuse: bool = False,
+        reattach: Mapping[str, str] | None = None,
+        fresh: frozenset[str] = frozenset(),
     ) -> None:
+        """Attachment lines. ``reattach``: keys whose live link is replaced by a new one on
+        the same hook (see :func:`reattached`); ``fresh``: programs of a kept collection
+        that get a new instance (their other links follow it)."""
+        reattach = reattach or {}
         rec = actual.record if actual is not None else None
         old = rec.attachments if rec is not None else {}
         seen: set[str] = set()
@@ -569,6 +734,16 @@ class _Planner:
                     and actual.drifted("attachment", ra.key, "missing", "replaced", "detached")
                 ):
                     seen.add(ra.key)
+                    if key in reattach:
+                        self.add(
+                            Op.REPLACE,
+                            "attachment",
+                            d.name,
+                            key,
+                            f"{reattach[key]}: {_xdp_reattach(ra, a)}",
+                            src,
+                        )
+                        continue
                     self.add(
                         Op.UPDATE,
                         "attachment",
@@ -585,16 +760,37 @@ class _Planner:
                 "attachment", key, "missing", "replaced", "detached"
             )
             if ra is not None and not drifted:
-                if reuse and ra.program == a.program:
-                    self.add(Op.NOOP, "attachment", d.name, key, f"link {ra.link_id}", src)
+                changes = field_changes(ra, a.target)
+                why = reattach.get(key)
+                if why is not None and kind == "xdp":
+                    self.add(
+                        Op.REPLACE, "attachment", d.name, key, f"{why}: {_xdp_reattach(ra, a)}", src
+                    )
+                elif why is not None:
+                    self.add(
+                        Op.REPLACE, "attachment", d.name, key, f"{why}: {_tc_reattach(ra, a)}", src
+                    )
+                elif reuse and ra.program == a.program and a.program not in fresh:
+                    if changes:
+                        self.add(
+                            Op.UPDATE,
+                            "attachment",
+                            d.name,
+                            key,
+                            f"{'; '.join(changes)} (recorded: link {ra.link_id} stays as it is)",
+                            src,
+                        )
+                    else:
+                        self.add(Op.NOOP, "attachment", d.name, key, f"link {ra.link_id}", src)
                 elif kind in IN_PLACE_KINDS:
+                    also = f"; {'; '.join(changes)}" if changes else ""
                     self.add(
                         Op.UPDATE,
                         "attachment",
                         d.name,
                         key,
                         f"link {ra.link_id} switched to the new program in place "
-                        "(BPF_LINK_UPDATE; the hook is never empty)",
+                        f"(BPF_LINK_UPDATE; the hook is never empty){also}",
                         src,
                     )
                 else:
@@ -737,8 +933,11 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
     An unchanged collection (equal digest, no drift) gives one NOOP line. A changed one
     reloads its programs; its attachments are switched in place where the link type allows
     it (xdp, tcx, cgroup, netns) and make-before-break otherwise; preserved maps are handed
-    to the new generation. With ``prune``, recorded collections that are no longer declared
-    are deleted (dependents first)."""
+    to the new generation. Every field of an attachment is compared with the record: a
+    field of the hook makes another attachment, an XDP mode the kernel does not run yet is
+    a re-attach, a new tcx position a make-before-break with a fresh program instance (see
+    :func:`reattached`), and anything else a recorded ``~`` change. With ``prune``,
+    recorded collections that are no longer declared are deleted (dependents first)."""
     return _Planner(desired, actual, prune).run()
 
 

@@ -127,37 +127,62 @@ class ProgramRecord:
         )
 
 
+TargetValue = str | int | bool | None
+
+
 @dataclass(frozen=True, slots=True)
 class AttachmentRecord:
     """A link: ``key`` is :meth:`Attachment.key`, ``kind`` the target kind (xdp, tc,
-    cgroup, netns, tracepoint, raw_tracepoint, uprobe, uretprobe)."""
+    cgroup, netns, tracepoint, raw_tracepoint, uprobe, uretprobe). ``target``: every field
+    of the target as applied (:func:`plan.target_fields`; None in records written before
+    it was kept), so a plan sees a change of a field that is not part of the key (xdp
+    ``mode``/``take_over``, tc ``before``/``after``). ``mode``: the XDP mode the kernel
+    reported for the link when it was applied (native, generic …; "" for other kinds)."""
 
     key: str
     program: str
     kind: str
     link_id: int
     pin: str
+    target: Mapping[str, TargetValue] | None = None
+    mode: str = ""
 
     @property
     def in_place(self) -> bool:
         return self.kind in IN_PLACE_KINDS
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "program": self.program,
             "kind": self.kind,
             "link_id": self.link_id,
             "pin": self.pin,
         }
+        if self.target is not None:
+            out["target"] = dict(sorted(self.target.items()))
+        if self.mode:
+            out["mode"] = self.mode
+        return out
 
     @classmethod
     def from_json(cls, key: str, d: Mapping[str, object]) -> AttachmentRecord:
+        target = d.get("target")
+        if target is not None and not (
+            isinstance(target, Mapping)
+            and all(
+                isinstance(k, str) and (v is None or isinstance(v, str | int | bool))
+                for k, v in target.items()
+            )
+        ):
+            raise ValueError(f"attachment {key}: target: expected a mapping of fields")
         return cls(
             key=key,
             program=str(d["program"]),
             kind=str(d["kind"]),
             link_id=_int(d["link_id"]),
             pin=str(d["pin"]),
+            target=dict(target) if target is not None else None,
+            mode=str(d.get("mode", "")),
         )
 
 
@@ -249,7 +274,9 @@ class Drift:
     name: str
     message: str
     # missing (no pin), replaced (the pin holds another object), detached (link off its
-    # hook), program (a live link runs another program than recorded)
+    # hook), program (a live link runs another program than recorded), mode (an XDP link's
+    # program runs in another mode than applied), order (a tcx link is not where its
+    # before/after puts it)
     code: str = "missing"
 
     def __str__(self) -> str:

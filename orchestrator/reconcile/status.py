@@ -214,6 +214,10 @@ def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
         condition = "Degraded" if dead else "Drifted"
         if dead:
             reason = "LinkDetached"
+        elif any(d.kind == "attachment" and d.code == "mode" for d in ac.drift):
+            reason = "ModeChanged"
+        elif any(d.kind == "attachment" and d.code == "order" for d in ac.drift):
+            reason = "OrderChanged"
         elif any(d.kind == "attachment" for d in ac.drift):
             reason = "ProgramChanged"
         else:

@@ -20,14 +20,24 @@ Steps, each with what its rollback does:
    with ``BPF_LINK_UPDATE`` (the hook is never empty) and pinned again in the staging tree;
    tracepoint/raw_tp/uprobe links are replaced make-before-break (the new link is attached
    and pinned in the staging tree, the old one lives until release); new attachments get new
-   links. An XDP attachment with ``take_over: true`` whose interface runs a foreign program
-   attached through netlink detaches that program first (only if it is still the one seen:
-   ``XDP_FLAGS_REPLACE`` with its fd) and attaches our link right after: the kernel refuses
+   links. A tcx attachment placed anew (``before``/``after`` changed) gets a new link for a
+   fresh program instance (loaded from the same object with the live maps when the
+   collection's programs are kept) before the old link goes, since a tcx link cannot move
+   and a hook takes a program once. An XDP attachment whose mode changes is done last: its
+   link is detached and the program attached again in the new mode (a link's mode is fixed
+   and the kernel refuses native and generic programs on one interface at once), so the
+   interface runs no XDP program for a moment. An XDP attachment with ``take_over: true``
+   whose interface runs a foreign program attached through netlink detaches that program
+   first (only if it is still the one seen: ``XDP_FLAGS_REPLACE`` with its fd) and attaches
+   our link right after: the kernel refuses
    ``BPF_LINK_CREATE`` while a netlink program is attached (EBUSY) and has no atomic switch
    from one to a link, so the interface runs no XDP program for about one RCU grace period
    (10-25 ms measured for veth on 6.18). *Rollback*: each updated link is switched back to
    the program it ran before, each new link is detached, a taken-over program is attached
-   again through netlink in its old mode (the transaction holds an fd of it until the end).
+   again through netlink in its old mode (the transaction holds an fd of it until the end),
+   and an XDP program re-attached for its mode is attached again in its old mode by a new
+   link pinned where the old one was (the next apply sees that pin as replaced and
+   re-attaches).
 3. **commit**: each staged collection directory is swapped with the live one in one
    ``renameat2(RENAME_EXCHANGE)`` (or moved into place if new); deleted collections are moved
    into the staging directory; then the record is written atomically. *Rollback* (if the
@@ -43,6 +53,7 @@ staging directory as garbage, and the next apply removes the garbage and converg
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import os
@@ -54,7 +65,15 @@ from functools import partial
 from pathlib import Path
 
 from orchestrator import ebpf
-from orchestrator.ebpf import Collection, CollectionOptions, Map, PinType, Program, ProgType
+from orchestrator.ebpf import (
+    Collection,
+    CollectionOptions,
+    CollectionSpec,
+    Map,
+    PinType,
+    Program,
+    ProgType,
+)
 from orchestrator.ebpf import links as _links
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.collection import load_subset
@@ -76,7 +95,14 @@ from orchestrator.manifest.model import (
 from orchestrator.reconcile.errors import ApplyError, where
 from orchestrator.reconcile.hooks import Hooks
 from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
-from orchestrator.reconcile.plan import Op, Plan, load_key, previous_link, target_kind
+from orchestrator.reconcile.plan import (
+    Op,
+    Plan,
+    load_key,
+    previous_link,
+    target_fields,
+    target_kind,
+)
 from orchestrator.reconcile.state import (
     ActualState,
     AttachmentRecord,
@@ -158,6 +184,8 @@ class Transaction:
         self.warnings: list[str] = []
         self.current: tuple[str, Source | None] = ("", None)  # for error messages
         self.verify_only = False
+        # XDP links attached anew (mode changes), after every other switch
+        self.reattach: list[tuple[str, Attachment, Program, Path, AttachmentRecord]] = []
 
     # ------------------------------------------------------------------ driver
 
@@ -192,6 +220,9 @@ class Transaction:
             for name in changed:
                 self.current = (name, self.desired.collections[name].source)
                 self._switch(name)
+            for name, a, prog, pin, ra in self.reattach:
+                self.current = (name, a.source or self.desired.collections[name].source)
+                self._reattach_xdp(name, a, prog, pin, ra)
             self.current = ("", None)
             record = self._new_record()
             self._commit(record)
@@ -282,17 +313,7 @@ class Transaction:
                 f"{where(name, d.source)}: object {d.object_file} has sha256 {info.sha256}, "
                 f"the manifest wants {d.sha256} (rebuild it, or update sha256)"
             )
-        spec = info.spec.copy()
-        spec.rewrite_constants(d.constants)
-        shapes: dict[str, MapShape] = {}
-        for mname, ms in spec.maps.items():
-            ms.pinning = PinType.NONE  # every map is pinned by us, under the collection
-            mo = d.maps.get(mname)
-            if mo is not None and mo.max_entries:
-                ms.max_entries = mo.max_entries
-            shapes[mname] = MapShape(
-                int(ms.type), ms.key_size, ms.value_size, ms.max_entries, int(ms.flags)
-            )
+        spec, shapes = _prepared(info.spec, d)
         replacements: dict[str, Map] = {}
         sources: dict[str, str] = {}
         for mname, mo in sorted(d.maps.items()):
@@ -383,6 +404,13 @@ class Transaction:
             p = Program.from_pin(self._owned(name, pr.pin))
             self.owned.append(p)
             programs[pname] = p
+        fresh = sorted(
+            pname
+            for pname in rec.programs
+            if (c := self.changes.get((name, "program", pname))) is not None and c.op is Op.REPLACE
+        )
+        if fresh:
+            programs.update(self._fresh(name, rec, maps, programs, fresh))
         st = _Staged(
             d,
             self.staging / _check_name(name),
@@ -397,6 +425,50 @@ class Transaction:
         self.staged[name] = st
         if not self.verify_only:
             self._pin(st)
+
+    def _fresh(
+        self,
+        name: str,
+        rec: CollectionRecord,
+        maps: dict[str, Map],
+        live: dict[str, Program],
+        names: list[str],
+    ) -> dict[str, Program]:
+        """New instances of programs ``names`` of a kept collection, loaded from the same
+        object with the live maps as replacements (so they share every map, the frozen
+        ``.rodata`` included, with the instances they stand beside): a tcx link placed anew
+        needs one, since a hook takes a program once and the old link stays until the new
+        one runs."""
+        from orchestrator.manifest.objects import ObjectError
+
+        d = self.desired.collections[name]
+        try:
+            info = self.objects.get(d.object_file)
+        except ObjectError as err:
+            raise ApplyError(f"{where(name, d.source)}: object: {err}") from err
+        if info.sha256 != rec.object_sha256:
+            raise ApplyError(
+                f"{where(name, d.source)}: object {d.object_file} changed since the plan "
+                "(plan and apply again)"
+            )
+        spec, _ = _prepared(info.spec, d)
+        used = {i for pname in names for i in live[pname].info().map_ids}
+        replacements: dict[str, Map] = dict(maps)
+        for mname, mr in rec.maps.items():
+            if mname in replacements:
+                continue
+            if mr.source:
+                replacements[mname] = self._map_for(name, mname)
+            elif mr.id in used:  # a frozen data section: recorded by id, held by programs
+                m = Map.from_id(mr.id)
+                self.owned.append(m)
+                replacements[mname] = m
+        self.hooks.call("verify", name)
+        coll = load_subset(spec, CollectionOptions(map_replacements=replacements), names, [])
+        with coll:
+            out = {pname: coll.detach_program(pname) for pname in names}
+        self.owned.extend(out.values())
+        return out
 
     # ------------------------------------------------------------------ switch
 
@@ -436,11 +508,26 @@ class Transaction:
                 # the recorded program)
                 before = Program.from_id(link.program_id)
                 self.owned.append(before)
-                self.hooks.call("switch", key)
-                link.update(prog, before)
-                self.undo.append(
-                    (f"switch link {link.id} back", partial(link.update, before, prog))
+                if before.id != prog.id:  # else only the record changes (e.g. take_over)
+                    self.hooks.call("switch", key)
+                    link.update(prog, before)
+                    self.undo.append(
+                        (f"switch link {link.id} back", partial(link.update, before, prog))
+                    )
+            elif (
+                change is not None
+                and change.op is Op.REPLACE
+                and isinstance(a.target, XdpTarget)
+                and ac is not None
+                and (
+                    ra := ac.record.attachments.get(key)
+                    or previous_link(d, ac.record.attachments, key, kind)
                 )
+                is not None
+            ):
+                # after every other switch: it is the one step whose undo is not exact
+                self.reattach.append((name, a, prog, pin, ra))
+                continue
             else:
                 self.hooks.call("attach", key)
                 link = self._attach(st, prog, a)
@@ -449,7 +536,52 @@ class Transaction:
             link.pin(pin)
             st.links[key] = (link, kind)
 
-    def _attach_xdp(self, prog: Program, t: XdpTarget, mode: str, key: str) -> _links.Link:
+    def _reattach_xdp(
+        self, name: str, a: Attachment, prog: Program, pin: Path, ra: AttachmentRecord
+    ) -> None:
+        """Attach ``prog`` anew where our link ``ra`` runs now: that link is detached first
+        (``BPF_LINK_DETACH``), since the kernel fixes an XDP link's mode when it is made and
+        refuses native and generic programs on one interface at once (EEXIST), so the
+        interface runs no XDP program between the two calls (the interface is looked up
+        before, to keep that short). Undo attaches the old program again in its old mode by
+        a new link pinned in the old one's place; the next apply then sees that pin as
+        replaced and attaches anew. A link pinned there that no longer holds the interface
+        (detached, or the interface gone) is left to the release step."""
+        t = a.target
+        assert isinstance(t, XdpTarget)
+        key = a.key()
+        index = _links.ifindex(t.interface, t.netns)
+        live = self._owned(name, ra.pin)
+        try:
+            old: _links.Link | None = _links.Link.from_pin(live)
+        except ebpf.PinError:
+            old = None  # gone (drift): nothing holds the interface
+        if old is not None:
+            self.owned.append(old)
+            info = old.info()
+            target = info.target
+            if info.attached and isinstance(target, _links.XDPTarget) and target.ifindex == index:
+                before = Program.from_id(info.program_id)
+                self.owned.append(before)
+                mode = _links.xdp_mode(index, before.id, t.netns) or "auto"
+                _detach(old)
+                self.undo.append(
+                    (
+                        f"attach {before.name} to {t.interface} again in {mode} mode",
+                        partial(_restore_xdp, before, index, mode, t.netns, live),
+                    )
+                )
+        self.hooks.call("attach", key)
+        mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
+        link = self._attach_xdp(prog, t, mode, key, index)
+        self.owned.append(link)
+        self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
+        link.pin(pin)
+        self.staged[name].links[key] = (link, "xdp")
+
+    def _attach_xdp(
+        self, prog: Program, t: XdpTarget, mode: str, key: str, iface: int | str | None = None
+    ) -> _links.Link:
         """Attach XDP. When the interface still holds one of our own programs whose link pin
         is gone, the kernel is releasing that link in a deferred work item
         (bpf_link_put_deferred): wait for it briefly instead of failing with EBUSY.
@@ -464,7 +596,8 @@ class Transaction:
         deadline = time.monotonic() + 2.0
         while True:
             try:
-                return _links.attach_xdp(prog, t.interface, mode, netns=t.netns)  # type: ignore[arg-type]
+                where = t.interface if iface is None else iface
+                return _links.attach_xdp(prog, where, mode, netns=t.netns)  # type: ignore[arg-type]
             except _links.AttachConflictError:
                 held = _links.xdp_attached(t.interface, t.netns)
                 if held is not None and held.prog_id not in ours:
@@ -575,7 +708,13 @@ class Transaction:
             for a in d.attach:
                 link, kind = st.links[a.key()]
                 atts[a.key()] = AttachmentRecord(
-                    a.key(), a.program, kind, link.id, f"links/{link_pin_name(a)}"
+                    a.key(),
+                    a.program,
+                    kind,
+                    link.id,
+                    f"links/{link_pin_name(a)}",
+                    target=target_fields(a.target),
+                    mode=_kernel_mode(link, a.target),
                 )
             base = d.source.file.parent
             if base not in revs:
@@ -676,6 +815,50 @@ class Transaction:
             remove_tree(self.staging)
         except OSError as err:
             self.warnings.append(f"release {self.staging}: {err}")
+
+
+def _prepared(
+    original: CollectionSpec, d: DesiredCollection
+) -> tuple[CollectionSpec, dict[str, MapShape]]:
+    """A copy of ``original`` as ``d`` loads it (constants, max_entries, no libbpf pinning:
+    bpforch pins every map under the collection), and the shape of each map."""
+    spec = original.copy()
+    spec.rewrite_constants(d.constants)
+    shapes: dict[str, MapShape] = {}
+    for mname, ms in spec.maps.items():
+        ms.pinning = PinType.NONE  # every map is pinned by us, under the collection
+        mo = d.maps.get(mname)
+        if mo is not None and mo.max_entries:
+            ms.max_entries = mo.max_entries
+        shapes[mname] = MapShape(
+            int(ms.type), ms.key_size, ms.value_size, ms.max_entries, int(ms.flags)
+        )
+    return spec, shapes
+
+
+def _kernel_mode(link: _links.Link, target: object) -> str:
+    """The mode the kernel runs an XDP link's program in ("" for other targets, or if the
+    kernel does not say)."""
+    if not isinstance(target, XdpTarget):
+        return ""
+    info = link.info()
+    if not isinstance(info.target, _links.XDPTarget):
+        return ""
+    return _links.xdp_mode(info.target.ifindex, info.program_id, target.netns) or ""
+
+
+def _restore_xdp(prog: Program, index: int, mode: str, netns: Path | None, pin: Path) -> None:
+    """Undo of an XDP re-attach: ``prog`` attached again in ``mode`` by a new link, pinned
+    where the old (detached) link was pinned. The record still names the old link, so the
+    next observe reports the pin as replaced and the next apply attaches anew."""
+    how: _links.XDPMode = (
+        "native" if mode == "native" else "generic" if mode == "generic" else "auto"
+    )
+    link = _links.attach_xdp(prog, index, how, netns=netns)
+    with link:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pin)
+        link.pin(pin)
 
 
 def _detach(link: _links.Link) -> None:
