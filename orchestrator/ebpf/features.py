@@ -92,7 +92,9 @@ def program_kind(prog_type: ProgType | int, attach_type: AttachType | int | None
     return f"program type {prog_type}"
 
 
-def _btf_target(attach_type: AttachType | int | None, what: str) -> tuple[int, int] | Support:
+def _btf_target(
+    prog_type: ProgType | int, attach_type: AttachType | int | None, what: str
+) -> tuple[int, int] | Support:
     """(attach_btf_id, expected attach type) of a real kernel function, tracepoint or
     struct_ops member that a probe of ``attach_type`` can name; a Support if there is none
     to name (no kernel BTF: the probe cannot decide)."""
@@ -114,7 +116,12 @@ def _btf_target(attach_type: AttachType | int | None, what: str) -> tuple[int, i
         AttachType.LSM_CGROUP: (func, ("bpf_lsm_socket_post_create", "bpf_lsm_socket_bind")),
         None: (struct, ("tcp_congestion_ops",)),  # struct_ops
     }
-    key = AttachType(attach_type) if attach_type in _TRACING_NAMES else None
+    if prog_type == ProgType.STRUCT_OPS:
+        key = None
+    elif attach_type in _TRACING_NAMES:
+        key = AttachType(attach_type)
+    else:
+        return Support(True, f"{what}: probe undecided: no target for this attach type")
     kind, names = candidates[key]
     for name in names:
         found = kb.find(name, kind)
@@ -197,7 +204,7 @@ def _probe_program(prog_type: ProgType | int, attach_type: AttachType | int | No
     if prog_type == ProgType.SYSCALL:
         attr.prog_flags = int(ProgFlags.SLEEPABLE)  # syscall programs must be sleepable
     if prog_type in (ProgType.TRACING, ProgType.LSM, ProgType.STRUCT_OPS):
-        target = _btf_target(attach_type, what)
+        target = _btf_target(prog_type, attach_type, what)
         if isinstance(target, Support):
             return target
         attr.attach_btf_id, expected = target

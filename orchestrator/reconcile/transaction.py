@@ -29,10 +29,10 @@ Steps, each with what its rollback does:
    interface runs no XDP program for a moment. An XDP attachment with ``take_over: true``
    whose interface runs a foreign program attached through netlink detaches that program
    first (only if it is still the one seen: ``XDP_FLAGS_REPLACE`` with its fd) and attaches
-   our link right after: the kernel refuses
-   ``BPF_LINK_CREATE`` while a netlink program is attached (EBUSY) and has no atomic switch
-   from one to a link, so the interface runs no XDP program for about one RCU grace period
-   (10-25 ms measured for veth on 6.18). *Rollback*: each updated link is switched back to
+   our link right after: the kernel refuses ``BPF_LINK_CREATE`` while a netlink program is
+   attached (EBUSY) and has no atomic switch from one to a link, so the interface runs no
+   XDP program for about one RCU grace period (10-25 ms measured for veth on 6.18).
+   *Rollback*: each updated link is switched back to
    the program it ran before, each new link is detached, a taken-over program is attached
    again through netlink in its old mode (the transaction holds an fd of it until the end),
    and an XDP program re-attached for its mode is attached again in its old mode by a new

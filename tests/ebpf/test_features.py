@@ -129,6 +129,17 @@ def test_trampoline_types_are_refused_here_with_eperm(
 
 
 @pytest.mark.kernel
+def test_a_tracing_program_without_a_known_attach_type_is_never_refused(
+    fresh_probes: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # there is no target to name: the probe does not guess (and loads nothing)
+    loads = LoadCounter(monkeypatch)
+    got = features.program_support(P.TRACING)
+    assert got.ok and "undecided" in got.reason
+    assert loads.calls == []
+
+
+@pytest.mark.kernel
 def test_an_unknown_program_type_is_refused(fresh_probes: None) -> None:
     got = features.program_support(999)
     assert not got.ok and got.errno == errno.EINVAL
