@@ -293,13 +293,13 @@ def _shown(value: TargetValue) -> str:
 
 def field_changes(ra: AttachmentRecord, target: Target) -> list[str]:
     """The fields of ``target`` that differ from what ``ra`` recorded, as "xdp mode
-    generic → native" (nothing for records that kept no fields)."""
+    generic -> native" (nothing for records that kept no fields)."""
     if ra.target is None:
         return []
     kind = "xdp" if isinstance(target, XdpTarget) else ra.kind
     new = target_fields(target)
     return [
-        f"{kind} {name} {_shown(ra.target.get(name))} → {_shown(value)}"
+        f"{kind} {name} {_shown(ra.target.get(name))} -> {_shown(value)}"
         for name, value in new.items()
         if ra.target.get(name) != value
     ]
@@ -316,7 +316,7 @@ def _xdp_mode_change(ra: AttachmentRecord, t: XdpTarget, actual: ActualCollectio
     have = ra.mode or (ra.target or {}).get("mode")
     if want == "auto" or have is None or have == want:
         return None
-    return f"xdp mode {have} → {want}"
+    return f"xdp mode {have} -> {want}"
 
 
 def _tc_position_change(ra: AttachmentRecord, t: TcTarget, actual: ActualCollection) -> str | None:
@@ -332,7 +332,7 @@ def _tc_position_change(ra: AttachmentRecord, t: TcTarget, actual: ActualCollect
         return None
     old = f"before {was[0]}" if was[0] else f"after {was[1]}" if was[1] else "appended"
     new = f"before {t.before}" if t.before else f"after {t.after}"
-    return f"tc position {old} → {new}"
+    return f"tc position {old} -> {new}"
 
 
 def reattached(d: DesiredCollection, actual: ActualCollection | None) -> dict[str, str]:

@@ -84,7 +84,7 @@ def test_xdp_mode_change_re_attaches_and_the_kernel_confirms_it(
     p = r.plan(env.desired())
     (att,) = p.of("xdp", "attachment")
     assert att.op is Op.REPLACE
-    assert att.reason.startswith("xdp mode generic → native: re-attach: link ")
+    assert att.reason.startswith("xdp mode generic -> native: re-attach: link ")
     assert "the interface runs no XDP program for a moment" in att.reason
     assert p.counts() == (1, 0, 1)
     (prog,) = p.of("xdp", "program")
@@ -98,10 +98,10 @@ def test_xdp_mode_change_re_attaches_and_the_kernel_confirms_it(
     assert gone(link_alive, before.link_id)
     converged(r, env, "xdp")
 
-    # and back: native → generic
+    # and back: native -> generic
     xdp_manifest(env, veth, "generic")
     (att,) = r.plan(env.desired()).of("xdp", "attachment")
-    assert att.op is Op.REPLACE and att.reason.startswith("xdp mode native → generic")
+    assert att.op is Op.REPLACE and att.reason.startswith("xdp mode native -> generic")
     r.apply(env.desired())
     assert kernel_xdp(veth).mode == "generic"
     converged(r, env, "xdp")
@@ -129,7 +129,7 @@ def test_a_mode_the_kernel_already_runs_is_recorded_without_a_re_attach(
     (att,) = p.of("xdp", "attachment")
     assert att.op is Op.UPDATE
     assert att.reason == (
-        f"xdp mode generic → auto; xdp take_over false → true (recorded: link {link_id} "
+        f"xdp mode generic -> auto; xdp take_over false -> true (recorded: link {link_id} "
         "stays as it is)"
     )
     assert p.counts() == (0, 1, 0)
@@ -307,10 +307,10 @@ def test_swapping_the_tcx_order_attaches_a_fresh_instance_make_before_break(
     p = r.plan(env.desired())
     atts = {c.name.split("@")[0]: c for c in p.of("tcx", "attachment")}
     assert atts["tc_a"].op is Op.REPLACE
-    assert atts["tc_a"].reason.startswith("tc position appended → before tc_b: make-before-break")
+    assert atts["tc_a"].reason.startswith("tc position appended -> before tc_b: make-before-break")
     assert "a new program instance runs beside the old one for a moment" in atts["tc_a"].reason
     assert atts["tc_b"].op is Op.UPDATE
-    assert atts["tc_b"].reason.startswith("tc before tc_a → (none) (recorded: link")
+    assert atts["tc_b"].reason.startswith("tc before tc_a -> (none) (recorded: link")
     progs = {c.name: c for c in p.of("tcx", "program")}
     assert progs["tc_a"].op is Op.REPLACE and "new instance" in progs["tc_a"].reason
     assert progs["tc_b"].op is Op.NOOP
@@ -341,7 +341,7 @@ def test_swapping_the_tcx_order_attaches_a_fresh_instance_make_before_break(
     tc_manifest(env, obj, veth, ("tc_a", ""), ("tc_b", ", after: tc_a"))
     p = r.plan(env.desired())
     atts = {c.name.split("@")[0]: c for c in p.of("tcx", "attachment")}
-    assert atts["tc_b"].op is Op.REPLACE and "appended → after tc_a" in atts["tc_b"].reason
+    assert atts["tc_b"].op is Op.REPLACE and "appended -> after tc_a" in atts["tc_b"].reason
     r.apply(env.desired())
     assert hook_order(r, veth) == ["tc_a", "tc_b"]
     converged(r, env, "tcx")

@@ -82,10 +82,10 @@ def test_target_fields_and_field_changes() -> None:
         "after": None,
     }
     ra = rec_of(Attachment("p", dataclasses.replace(t, before=None, after="q")), 1)
-    assert field_changes(ra, t) == ["tc before (none) → q", "tc after q → (none)"]
+    assert field_changes(ra, t) == ["tc before (none) -> q", "tc after q -> (none)"]
     x = Attachment("p", XDP_GENERIC)
     assert field_changes(rec_of(x, 1), dataclasses.replace(XDP_GENERIC, take_over=True)) == [
-        "xdp take_over false → true"
+        "xdp take_over false -> true"
     ]
     # a record written before fields were kept: nothing is known to differ
     assert field_changes(rec_of(x, 1, target=False), XDP_GENERIC) == []
@@ -98,7 +98,7 @@ def test_an_xdp_mode_change_is_a_re_attach_with_its_gap() -> None:
     p = make_plan(desired(d), actual(rec, facts=facts()))
     c = change(p, new.key())
     assert c.op is Op.REPLACE
-    assert c.reason.startswith("xdp mode generic → native: re-attach: link 7 is detached")
+    assert c.reason.startswith("xdp mode generic -> native: re-attach: link 7 is detached")
     assert "the interface runs no XDP program for a moment" in c.reason
     assert {x.op for x in p.of("a", "program")} == {Op.NOOP}  # programs are kept
     assert p.kept == frozenset({"a"})
@@ -116,11 +116,11 @@ def test_auto_and_a_mode_the_kernel_already_runs_are_recorded_only() -> None:
     d, rec = kept((native,), (rec_of(old, 7, mode="native"),))
     c = change(make_plan(desired(d), actual(rec, facts=facts())), native.key())
     assert c.op is Op.UPDATE
-    assert c.reason == "xdp mode auto → native (recorded: link 7 stays as it is)"
+    assert c.reason == "xdp mode auto -> native (recorded: link 7 stays as it is)"
     # and back to auto: whatever mode the link runs in is fine
     d, rec = kept((old,), (rec_of(native, 7, mode="native"),))
     c = change(make_plan(desired(d), actual(rec, facts=facts())), old.key())
-    assert c.op is Op.UPDATE and c.reason.startswith("xdp mode native → auto (recorded")
+    assert c.op is Op.UPDATE and c.reason.startswith("xdp mode native -> auto (recorded")
 
 
 def test_mode_drift_re_attaches_and_keeps_the_programs() -> None:
@@ -143,10 +143,10 @@ def test_a_new_tcx_position_attaches_a_fresh_instance_and_dropping_it_keeps_the_
     p = make_plan(desired(d), actual(rec, facts=facts()))
     p_change = change(p, one_before.key())
     assert p_change.op is Op.REPLACE
-    assert p_change.reason.startswith("tc position appended → before q: make-before-break: p")
+    assert p_change.reason.startswith("tc position appended -> before q: make-before-break: p")
     q_change = change(p, two_plain.key())
     assert q_change.op is Op.UPDATE
-    assert q_change.reason == "tc before p → (none) (recorded: link 2 stays as it is)"
+    assert q_change.reason == "tc before p -> (none) (recorded: link 2 stays as it is)"
     progs = {c.name: c for c in p.of("a", "program")}
     assert progs["p"].op is Op.REPLACE and progs["p"].reason.startswith("new instance (replaces id")
     assert progs["q"].op is Op.NOOP
