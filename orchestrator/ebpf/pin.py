@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import enum
+import errno
 import os
+import stat
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.ebpf import sys as _sys
@@ -69,23 +75,155 @@ def kind_of(path: str | os.PathLike[str]) -> PinKind:
     return PinKind.UNKNOWN
 
 
-def remove_tree(path: str | os.PathLike[str]) -> list[str]:
-    """Unpin everything under ``path`` and remove the directories; returns what it removed.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    Refuses to work outside bpffs, so a bad path can never delete ordinary files.
-    """
-    root = Path(os.fspath(path))
-    if not root.exists():
-        return []
-    if not is_bpffs(root):
-        raise PinError(f"remove {root}: not on bpffs; refusing to delete anything there")
+# linux/fcntl.h, linux/stat.h
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_ATTR_MOUNT_ROOT = 0x2000
+_STATX = struct.Struct("<IIQ40xQ")  # stx_mask, stx_blksize, stx_attributes, ..., _mask
+_libc = ctypes.CDLL(None, use_errno=True)
+_statx = _libc.statx
+_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+_statx.restype = ctypes.c_int
+
+
+def is_mount_root(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` in ``dir_fd`` is the root of a mount, a bind mount of the same bpffs
+    included (which has the same st_dev): statx's STATX_ATTR_MOUNT_ROOT (Linux 5.8)."""
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if _statx(dir_fd, os.fsencode(name), _AT_SYMLINK_NOFOLLOW, 0, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), name)
+    _, _, attributes, supported = _STATX.unpack_from(buf)
+    return bool(attributes & supported & _STATX_ATTR_MOUNT_ROOT)
+
+
+def _component(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise PinError(f"{name!r}: not a single path component")
+    return name
+
+
+def open_dir_at(dir_fd: int | None, name: str) -> int:
+    """An fd (O_RDONLY|O_DIRECTORY|O_NOFOLLOW) of the directory ``name`` in ``dir_fd``
+    (``name`` is a path when ``dir_fd`` is None: only its last component is checked).
+    Raises OSError; ELOOP when ``name`` is a symlink, which is never followed."""
+    if dir_fd is not None:
+        _component(name)
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except NotADirectoryError:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, "is a symlink (never followed)", name) from None
+        raise
+
+
+def open_pin_at(dir_fd: int, name: str) -> _sys.FD:
+    """BPF_OBJ_GET of the pin ``name`` in directory ``dir_fd``. A symlink is refused
+    (PinError), never followed; a missing pin raises SyscallError with ENOENT."""
+    st = os.stat(_component(name), dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        raise PinError(f"pin {name}: is a symlink (never followed)")
+    if not stat.S_ISREG(st.st_mode):
+        raise PinError(f"pin {name}: not a pinned object")
+    return _sys.obj_get(name, dir_fd=dir_fd)
+
+
+def pin_at(fd: _sys.FD, dir_fd: int, name: str) -> None:
+    """Pin the object behind ``fd`` as ``name`` in directory ``dir_fd`` (BPF_OBJ_PIN with
+    BPF_F_PATH_FD). Fails with EEXIST if anything, a symlink included, has that name."""
+    try:
+        _sys.obj_pin(fd, _component(name), dir_fd=dir_fd)
+    except SyscallError as err:
+        raise PinError(f"pin {name}: {err}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRemoval:
+    """What :func:`remove_tree_at` did. ``removed``: the pins it unpinned; ``left``: what it
+    never follows or removes (symlinks, mount points, anything that is neither a directory
+    nor a pin); the directories holding them stay too."""
+
+    removed: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
+
+
+def remove_tree_at(
+    dir_fd: int | None, name: str, *, shown: str | None = None, last: str | None = None
+) -> TreeRemoval:
+    """Unpin everything in the directory ``name`` (in ``dir_fd``; a path when None) and
+    remove its directories, never following a symlink: each directory is opened with
+    O_NOFOLLOW relative to its parent's fd and pins are unlinked relative to it. Symlinks and
+    mount points are left where they are (see :class:`TreeRemoval`). ``last``: a top-level
+    entry (an ownership marker) that is removed only when everything else went, so a tree
+    that can't be removed completely stays provably owned. ``shown``: the path used in the
+    report (default ``name``). Refuses to work outside bpffs."""
+    shown = shown if shown is not None else name
+    try:
+        fd = open_dir_at(dir_fd, name)
+    except FileNotFoundError:
+        return TreeRemoval()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return TreeRemoval(left=(shown,))
+        raise
+    if is_mount_root(_AT_FDCWD if dir_fd is None else dir_fd, name):
+        os.close(fd)
+        return TreeRemoval(left=(shown,))
     removed: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            target = os.path.join(dirpath, name)
-            os.unlink(target)
-            removed.append(target)
-        for name in dirnames:
-            os.rmdir(os.path.join(dirpath, name))
-    os.rmdir(root)
-    return removed
+    left: list[str] = []
+    try:
+        if _sys.fs_magic(f"/proc/self/fd/{fd}") != _sys.BPF_FS_MAGIC:
+            raise PinError(f"remove {shown}: not on bpffs; refusing to delete anything there")
+        _clear(fd, shown, removed, left, last)
+    finally:
+        os.close(fd)
+    if not left:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(name, dir_fd=dir_fd)
+    return TreeRemoval(tuple(removed), tuple(left))
+
+
+def _clear(fd: int, shown: str, removed: list[str], left: list[str], last: str | None) -> None:
+    held = len(left)
+    with os.scandir(fd) as it:
+        entries = sorted(it, key=lambda e: e.name == last)  # ``last`` at the end
+    for e in entries:
+        path = f"{shown}/{e.name}"
+        st = e.stat(follow_symlinks=False)
+        if e.name == last and len(left) > held:
+            continue  # something stays: so does the marker
+        if stat.S_ISDIR(st.st_mode) and not is_mount_root(fd, e.name):
+            sub = open_dir_at(fd, e.name)
+            before = len(left)
+            try:
+                _clear(sub, path, removed, left, None)
+            finally:
+                os.close(sub)
+            if len(left) == before:
+                os.rmdir(e.name, dir_fd=fd)
+        elif stat.S_ISREG(st.st_mode):
+            os.unlink(e.name, dir_fd=fd)
+            removed.append(path)
+        else:  # a symlink, a mount point, a special file: not ours to follow or remove
+            left.append(path)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> list[str]:
+    """Unpin everything under ``path`` and remove the directories; returns what it unpinned.
+
+    Refuses to work outside bpffs, so a bad path can never delete ordinary files. Symlinks
+    (``path`` itself included) are never followed or removed: when one is found, everything
+    else is removed and PinError names what was left."""
+    p = os.fspath(path)
+    if not os.path.lexists(p):
+        return []
+    result = remove_tree_at(None, p)
+    if result.left:
+        raise PinError(
+            f"remove {p}: left {', '.join(result.left)} (symlinks and mount points are never "
+            "followed or removed; remove them by hand if they are yours)"
+        )
+    return list(result.removed)

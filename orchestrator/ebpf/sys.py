@@ -943,14 +943,25 @@ def btf_load(data: bytes, log_size: int = 0, log_level: int = 0) -> tuple[FD | N
 # ---------------------------------------------------------------------------- objects
 
 
-def obj_pin(fd: FD, path: str) -> None:
+def obj_pin(fd: FD, path: str, *, dir_fd: int | None = None) -> None:
+    """BPF_OBJ_PIN; with ``dir_fd``, ``path`` is relative to that directory (BPF_F_PATH_FD,
+    Linux 6.5)."""
     p = _cbuf(os.fsencode(path) + b"\0")
-    bpf(Cmd.OBJ_PIN, ObjPinAttr(pathname=ctypes.addressof(p), bpf_fd=fd.raw))
+    attr = ObjPinAttr(pathname=ctypes.addressof(p), bpf_fd=fd.raw)
+    if dir_fd is not None:
+        attr.file_flags, attr.path_fd = MapFlags.PATH_FD, dir_fd
+    bpf(Cmd.OBJ_PIN, attr)
 
 
-def obj_get(path: str, flags: int = 0) -> FD:
+def obj_get(path: str, flags: int = 0, *, dir_fd: int | None = None) -> FD:
+    """BPF_OBJ_GET; with ``dir_fd``, ``path`` is relative to that directory (BPF_F_PATH_FD,
+    Linux 6.5). The kernel follows a symlink in the last component: callers that must not
+    follow one check it first (:func:`orchestrator.ebpf.pin.open_pin_at`)."""
     p = _cbuf(os.fsencode(path) + b"\0")
-    return FD(bpf(Cmd.OBJ_GET, ObjPinAttr(pathname=ctypes.addressof(p), file_flags=flags)))
+    attr = ObjPinAttr(pathname=ctypes.addressof(p), file_flags=flags)
+    if dir_fd is not None:
+        attr.file_flags, attr.path_fd = flags | MapFlags.PATH_FD, dir_fd
+    return FD(bpf(Cmd.OBJ_GET, attr))
 
 
 def get_next_id(cmd: Cmd, start: int) -> int | None:

@@ -64,3 +64,84 @@ def test_handle_pins_and_unpins(pin_dir: Path, tmp_path: Path) -> None:
         m.unpin()  # nothing pinned: a no-op
         m.unpin(pin_dir / "gone")  # a missing pin is not an error
     assert m.closed
+
+
+def test_remove_tree_never_follows_a_symlink_or_enters_a_mount(pin_dir: Path) -> None:
+    """Everything else is removed; symlinks and bind mounts (same bpffs, same st_dev) are
+    left with the directories holding them, and a ``last`` entry (a marker) stays with
+    them. Nothing behind them is touched."""
+    import os
+    import subprocess
+
+    foreign = pin.ensure_dir(pin_dir / "foreign")
+    with _map() as m:
+        m.pin(foreign / "victim")
+        tree = pin.ensure_dir(pin_dir / "tree" / "sub")
+        m.pin(tree / "mine")
+        m.pin(pin_dir / "tree" / "_mark")
+    os.symlink(foreign, tree / "evil")
+    with pytest.raises(ebpf.PinError) as info:
+        pin.remove_tree(pin_dir / "tree")
+    assert f"left {tree / 'evil'} (symlinks and mount points are never followed" in str(info.value)
+    assert sorted(os.listdir(pin_dir / "tree")) == ["sub"]  # no ``last`` given: unpinned
+    assert os.listdir(tree) == ["evil"] and os.listdir(foreign) == ["victim"]
+
+    m2 = _map()
+    with m2:
+        m2.pin(pin_dir / "tree" / "_mark")
+    root_fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        result = pin.remove_tree_at(root_fd, "tree", shown="T", last="_mark")
+        assert result == pin.TreeRemoval((), ("T/sub/evil",))
+        assert sorted(os.listdir(pin_dir / "tree")) == ["_mark", "sub"]  # the marker stays
+        os.unlink(tree / "evil")
+        (pin_dir / "tree" / "mnt").mkdir()
+        subprocess.run(["mount", "--bind", str(foreign), str(pin_dir / "tree" / "mnt")], check=True)
+        try:
+            assert pin.is_mount_root(root_fd, "tree/mnt") and not pin.is_mount_root(root_fd, "tree")
+            result = pin.remove_tree_at(root_fd, "tree", shown="T", last="_mark")
+            assert result == pin.TreeRemoval((), ("T/mnt",))
+            assert (pin_dir / "tree" / "mnt" / "victim").exists()
+        finally:
+            subprocess.run(["umount", str(pin_dir / "tree" / "mnt")], check=True)
+        result = pin.remove_tree_at(root_fd, "tree", shown="T", last="_mark")
+        assert result == pin.TreeRemoval(("T/_mark",), ())
+        assert not (pin_dir / "tree").exists() and os.listdir(foreign) == ["victim"]
+        # the tree itself a symlink: left, never followed
+        os.symlink(foreign, pin_dir / "link")
+        assert pin.remove_tree_at(root_fd, "link") == pin.TreeRemoval((), ("link",))
+        with pytest.raises(ebpf.PinError, match="left"):
+            pin.remove_tree(pin_dir / "link")
+        assert os.listdir(foreign) == ["victim"]
+    finally:
+        os.close(root_fd)
+
+
+def test_pins_are_opened_relative_to_a_directory_fd_never_through_a_symlink(
+    pin_dir: Path,
+) -> None:
+    import errno
+    import os
+
+    with _map() as m:
+        m.pin(pin_dir / "real")
+        os.symlink(pin_dir / "real", pin_dir / "alias")
+        os.symlink(pin_dir, pin_dir / "dirlink")
+        fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with ebpf.Map.from_fd(pin.open_pin_at(fd, "real")) as got:
+                assert got.id == m.id
+            with pytest.raises(ebpf.PinError, match="is a symlink"):
+                pin.open_pin_at(fd, "alias")
+            with pytest.raises(ebpf.PinError, match="single path component"):
+                pin.open_pin_at(fd, "../x")
+            with pytest.raises(OSError) as info:
+                pin.open_dir_at(fd, "dirlink")
+            assert info.value.errno == errno.ELOOP
+            with _map() as other:
+                pin.pin_at(other.fd, fd, "second")
+                with pytest.raises(ebpf.PinError, match="exists"):
+                    pin.pin_at(other.fd, fd, "alias")  # never replaces, nor follows
+        finally:
+            os.close(fd)
+    assert sorted(os.listdir(pin_dir)) == ["alias", "dirlink", "real", "second"]
