@@ -178,6 +178,7 @@ def render_plan(plan: Plan, out: TextIO) -> None:
         by_collection.setdefault(ch.collection, []).append(ch)
     if not plan.has_changes and not plan.problems:
         print("No changes. The kernel matches the manifests.", file=out)
+        _render_ownership(plan, out)
         return
     if plan.has_changes:
         print("bpforch will perform the following actions:\n", file=out)
@@ -203,9 +204,17 @@ def render_plan(plan: Plan, out: TextIO) -> None:
         print(file=out)
     for path in plan.garbage:
         print(f"  - leftover {path} (from an interrupted apply; removed)", file=out)
+    _render_ownership(plan, out, "  ")
     for prob in plan.problems:
         print(_paint(f"error: {prob}", "delete", color), file=out)
     print(plan.summary(), file=out)
+
+
+def _render_ownership(plan: Plan, out: TextIO, indent: str = "") -> None:
+    for name in plan.adopted:
+        print(f"{indent}adopted: {name} (no record listed it: rebuilt from its marker)", file=out)
+    for f in plan.foreign:
+        print(f"{indent}foreign: {f} (not bpforch's: left alone)", file=out)
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -309,8 +318,14 @@ def render_status(status: Status, out: TextIO) -> None:
             print(f"  drift: {d} (the next apply repairs it)", file=out)
     for path in status.garbage:
         print(f"leftover: {path} (the next apply removes it)", file=out)
-    for name in status.orphans:
-        print(f"orphan: {name} (a directory under the root that no record lists)", file=out)
+    for name in status.adopted:
+        print(
+            f"adopted: {name} (no record listed it: rebuilt from its ownership marker; the "
+            "next apply records it)",
+            file=out,
+        )
+    for f in status.foreign:
+        print(f"foreign: {f} (not bpforch's: never followed, changed or removed)", file=out)
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -19,13 +19,22 @@ labels or attachments change, the live programs and maps are kept and only links
 through the verifier and closes it again.
 
 Layout: ``<bpffs_root>/<collection>/{maps,progs,links}/<name>`` (no version in any name),
-the record in ``<state_dir>/state.json`` and the apply lock in ``<state_dir>/lock``. Use one
-state directory per bpffs root: the lock is what keeps two applies apart.
+the record in ``<state_dir>/state.json``. A root has one state directory (its ownership
+marker ``<bpffs_root>/_owner`` names it; another one is refused) and applies are serialized
+by an flock on the root itself. bpforch removes only what it can prove it created (the
+record, or the ownership marker pinned in each tree); everything else under the root is
+:class:`Foreign` and left alone (see :mod:`orchestrator.reconcile.owner`).
 """
 
 from __future__ import annotations
 
-from orchestrator.reconcile.errors import ApplyError, PlanError, ReconcileError, StateError
+from orchestrator.reconcile.errors import (
+    ApplyError,
+    PlanError,
+    ReconcileError,
+    RecordError,
+    StateError,
+)
 from orchestrator.reconcile.hooks import CRASH_ENV, STEPS, Hooks
 from orchestrator.reconcile.plan import Change, Op, Plan, Problem, plan, plan_destroy
 from orchestrator.reconcile.reconciler import (
@@ -42,8 +51,10 @@ from orchestrator.reconcile.state import (
     CollectionRecord,
     Drift,
     Facts,
+    Foreign,
     MapRecord,
     MapShape,
+    Ownership,
     ProgramRecord,
     StateRecord,
     TargetFacts,
@@ -73,11 +84,13 @@ __all__ = [
     "CollectionStatus",
     "Drift",
     "Facts",
+    "Foreign",
     "Hooks",
     "MapRecord",
     "MapShape",
     "MapStatus",
     "Op",
+    "Ownership",
     "Plan",
     "PlanError",
     "Problem",
@@ -85,6 +98,7 @@ __all__ = [
     "ProgramStatus",
     "ReconcileError",
     "Reconciler",
+    "RecordError",
     "StateError",
     "StateRecord",
     "Status",

@@ -18,7 +18,18 @@ class ApplyError(ReconcileError):
 
 
 class StateError(ReconcileError):
-    """The state record can't be read or written, or the lock can't be taken."""
+    """The state record can't be read or written, the lock can't be taken, or the bpffs
+    root belongs to another state directory."""
+
+
+class RecordError(StateError):
+    """The state record exists but can't be understood. ``path`` and ``reason`` say which
+    and why; the message ends with what to do."""
+
+    def __init__(self, path: str, reason: str, hint: str) -> None:
+        super().__init__(f"state record {path}: unreadable ({reason}) ({hint})")
+        self.path = path
+        self.reason = reason
 
 
 def where(collection: str, source: Source | None) -> str:

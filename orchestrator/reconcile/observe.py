@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,13 @@ from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.ebpf.features import program_kind, program_support
-from orchestrator.ebpf.pin import bpffs_mount_of, is_bpffs
+from orchestrator.ebpf.pin import (
+    bpffs_mount_of,
+    is_bpffs,
+    is_mount_root,
+    open_dir_at,
+    open_pin_at,
+)
 from orchestrator.manifest.model import (
     CgroupTarget,
     DesiredCollection,
@@ -33,6 +39,16 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
+from orchestrator.reconcile.errors import RecordError
+from orchestrator.reconcile.owner import (
+    MARK_PIN,
+    OWNER_PIN,
+    STAGING_PREFIX,
+    collection_verdict,
+    open_root,
+    root_token,
+    staging_verdict,
+)
 from orchestrator.reconcile.state import (
     ActualCollection,
     ActualState,
@@ -41,8 +57,10 @@ from orchestrator.reconcile.state import (
     CollectionRecord,
     Drift,
     Facts,
+    Foreign,
     MapRecord,
     MapShape,
+    Ownership,
     TargetFacts,
 )
 from orchestrator.reconcile.store import read_record
@@ -51,18 +69,23 @@ if TYPE_CHECKING:
     from orchestrator.ebpf import CollectionSpec
     from orchestrator.manifest.objects import ObjectError, ObjectInfo
 
-# bpffs refuses names with a dot; an underscore can't start a collection name (DNS label)
-STAGING_PREFIX = "_staging-"
 CGROUP2_SUPER_MAGIC = 0x63677270
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 # ---------------------------------------------------------------------------- observe
 
 
-def _open_id(path: Path, info: Callable[[_sys.FD], object]) -> tuple[int, object] | None:
-    """(id, info) of the object pinned at ``path``; None if there is no pin."""
+def _open_id(
+    dir_fd: int, name: str, info: Callable[[_sys.FD], object]
+) -> tuple[int, object] | None:
+    """(id, info) of the object pinned as ``name`` in ``dir_fd``; None if there is no pin
+    (a symlink is never followed: :func:`check_collection` reports it before)."""
     try:
-        fd = _sys.obj_get(os.fspath(path))
+        fd = open_pin_at(dir_fd, name)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise
     except SyscallError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             return None
@@ -88,73 +111,171 @@ def link_detached(kind: str, info: _sys.LinkInfo) -> bool:
     return False
 
 
-def _same_pin(path: str, ino: int) -> bool:
-    """The pin at ``path`` is still the one that was recorded (same inode): pins can't be
-    re-pointed, so a replaced pin has a new inode."""
-    if not ino:
-        return False
+SUBDIRS = ("maps", "progs", "links")
+
+
+class _Tree:
+    """One collection directory, read without following a symlink: the entries of its
+    subdirectories (by name) and their fds."""
+
+    __slots__ = ("entries", "fds", "foreign", "gone", "marked", "name", "present", "root")
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root, self.name = root, name
+        self.entries: dict[str, dict[str, os.DirEntry[str]]] = {}
+        self.fds: dict[str, int] = {}
+        self.foreign: list[Foreign] = []
+        self.marked = False
+        self.present = False
+        self.gone = ""  # why the directory can't be read (a symlink, a mount point)
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.name
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _foreign_entry(path: Path, e: os.DirEntry[str], dir_fd: int, collection: str = "") -> Foreign:
+    if e.is_symlink():
+        try:
+            target = os.readlink(e.name, dir_fd=dir_fd)
+        except OSError:
+            target = "?"
+        return Foreign(path, f"symlink to {target}", collection)
+    return Foreign(path, "not a pin or directory bpforch made", collection)
+
+
+def _read_tree(root_fd: int | None, root: Path, name: str) -> _Tree:
+    tree = _Tree(root, name)
+    if root_fd is None:
+        return tree
     try:
-        return os.stat(path).st_ino == ino
-    except OSError:
-        return False
+        if is_mount_root(root_fd, name):
+            tree.gone = "a mount point"
+            tree.foreign.append(Foreign(tree.path, tree.gone, name))
+            return tree
+        cfd = open_dir_at(root_fd, name)
+    except FileNotFoundError:
+        return tree
+    except (OSError, EbpfError) as err:
+        if getattr(err, "errno", None) == errno.ELOOP:
+            target = os.readlink(name, dir_fd=root_fd)
+            tree.gone = f"symlink to {target}"
+        else:
+            tree.gone = "not a directory"
+        tree.foreign.append(Foreign(tree.path, tree.gone, name))
+        return tree
+    try:
+        tree.present = True
+        with os.scandir(cfd) as it:
+            top = list(it)
+        for e in top:
+            if e.name in SUBDIRS and e.is_dir(follow_symlinks=False):
+                sub = open_dir_at(cfd, e.name)
+                tree.fds[e.name] = sub
+                with os.scandir(sub) as it:
+                    listing = {x.name: x for x in it}
+                tree.entries[e.name] = listing
+                for x in listing.values():
+                    if x.is_symlink():
+                        tree.foreign.append(_foreign_entry(tree.path / e.name / x.name, x, sub))
+            elif e.name == MARK_PIN and e.is_file(follow_symlinks=False):
+                tree.marked = True
+            elif e.is_symlink():
+                tree.foreign.append(_foreign_entry(tree.path / e.name, e, cfd))
+    finally:
+        os.close(cfd)
+    return tree
 
 
-def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
-    """Every recorded pin of ``rec`` against the kernel: maps and programs by the pin's
-    inode (a stat), falling back to BPF_OBJ_GET + info to say what changed; links always by
-    BPF_OBJ_GET + link info (a link can be detached while its pin stays)."""
-    cdir = os.path.join(root, rec.name)
-    drift: list[Drift] = []
-    for m in rec.maps.values():
-        if m.source.startswith("pinned:"):
-            drift.extend(_check_pinned_source(m))
-            continue
-        if m.source or not m.pin:  # substituted, or a frozen .rodata held by its programs
-            continue
-        path = os.path.join(cdir, m.pin)
-        if _same_pin(path, m.ino):
-            continue
-        got = _open_id(Path(path), _sys.map_info)
-        if got is None:
-            drift.append(Drift("map", m.name, f"pin {m.pin} is missing"))
-        elif got[0] != m.id:
-            drift.append(
-                Drift("map", m.name, f"pin {m.pin} holds map id {got[0]}, not {m.id}", "replaced")
-            )
-    for p in rec.programs.values():
-        path = os.path.join(cdir, p.pin)
-        if _same_pin(path, p.ino):
-            continue
-        got = _open_id(Path(path), _sys.prog_info)
-        if got is None:
-            drift.append(Drift("program", p.name, f"pin {p.pin} is missing"))
-        elif got[0] != p.id:
-            drift.append(
-                Drift(
-                    "program",
-                    p.name,
-                    f"pin {p.pin} holds program id {got[0]}, not {p.id}",
-                    "replaced",
-                )
-            )
-    for a in rec.attachments.values():
-        drift.extend(_check_link(Path(cdir), rec, a))
-    drift.extend(_check_order(rec, {x.name for x in drift if x.kind == "attachment"}))
-    return tuple(drift)
+def _check_pin(
+    tree: _Tree, kind: str, name: str, pin: str, want: int, ino: int,
+    info: Callable[[_sys.FD], object],
+) -> Drift | None:  # fmt: skip
+    """A map or program pin against its record: the inode of the directory entry first (no
+    syscall), then BPF_OBJ_GET + info to say what changed."""
+    sub, _, leaf = pin.partition("/")
+    e = tree.entries.get(sub, {}).get(leaf)
+    if e is None:
+        why = f" ({tree.path} is a {tree.gone}: never followed)" if tree.gone else ""
+        return Drift(kind, name, f"pin {pin} is missing{why}")
+    if e.is_symlink():
+        return Drift(kind, name, f"pin {pin} is a symlink, not bpforch's pin", "replaced")
+    if ino and e.inode() == ino:
+        return None
+    got = _open_id(tree.fds[sub], leaf, info)
+    if got is None:
+        return Drift(kind, name, f"pin {pin} is missing")
+    if got[0] != want:
+        noun = "map" if kind == "map" else "program"
+        return Drift(kind, name, f"pin {pin} holds {noun} id {got[0]}, not {want}", "replaced")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionCheck:
+    drift: tuple[Drift, ...]
+    foreign: tuple[Foreign, ...] = ()
+    marked: bool = False  # the directory has its ownership marker
+    present: bool = False  # the directory is there (a real directory, not a symlink)
+
+
+def check_collection(root_fd: int | None, root: Path, rec: CollectionRecord) -> CollectionCheck:
+    """Every recorded pin of ``rec`` against the kernel, reading the collection directory
+    without following a symlink: maps and programs by the pin's inode (from the directory
+    listing), falling back to BPF_OBJ_GET + info to say what changed; links always by
+    BPF_OBJ_GET + link info (a link can be detached while its pin stays). Symlinks in the
+    tree are reported as foreign; ``marked``: the directory has its ownership marker."""
+    tree = _read_tree(root_fd, root, rec.name)
+    try:
+        drift: list[Drift] = []
+        for m in rec.maps.values():
+            if m.source.startswith("pinned:"):
+                drift.extend(_check_pinned_source(m))
+                continue
+            if m.source or not m.pin:  # substituted, or a frozen .rodata held by its programs
+                continue
+            d = _check_pin(tree, "map", m.name, m.pin, m.id, m.ino, _sys.map_info)
+            if d is not None:
+                drift.append(d)
+        for p in rec.programs.values():
+            d = _check_pin(tree, "program", p.name, p.pin, p.id, p.ino, _sys.prog_info)
+            if d is not None:
+                drift.append(d)
+        for a in rec.attachments.values():
+            drift.extend(_check_link(tree, rec, a))
+        drift.extend(_check_order(rec, {x.name for x in drift if x.kind == "attachment"}))
+        return CollectionCheck(tuple(drift), tuple(tree.foreign), tree.marked, tree.present)
+    finally:
+        tree.close()
 
 
 def _check_pinned_source(m: MapRecord) -> list[Drift]:
-    """A ``from: {pinned}`` source must still hold the map our programs were loaded with."""
+    """A ``from: {pinned}`` source must still hold the map our programs were loaded with.
+    It is someone else's pin, outside the owned tree: resolved like the manifest names it."""
     path = m.source.removeprefix("pinned:")
-    got = _open_id(Path(os.path.realpath(path)), _sys.map_info)
-    if got is None:
-        return [Drift("map", m.name, f"substitution source {path} is gone")]
-    if got[0] != m.id:
+    real = os.path.realpath(path)
+    try:
+        fd = _sys.obj_get(real)
+    except SyscallError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return [Drift("map", m.name, f"substitution source {path} is gone")]
+        raise
+    with fd:
+        try:
+            got = int(_sys.map_info(fd).id)
+        except SyscallError:
+            got = 0
+    if got != m.id:
         return [
             Drift(
                 "map",
                 m.name,
-                f"substitution source {path} now holds map id {got[0]}, not {m.id} (the "
+                f"substitution source {path} now holds map id {got}, not {m.id} (the "
                 "programs are reloaded with it)",
                 "replaced",
             )
@@ -162,8 +283,17 @@ def _check_pinned_source(m: MapRecord) -> list[Drift]:
     return []
 
 
-def _check_link(cdir: Path, rec: CollectionRecord, a: AttachmentRecord) -> list[Drift]:
-    got = _open_id(cdir / a.pin, _sys.link_info)
+def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list[Drift]:
+    sub, _, leaf = a.pin.partition("/")
+    e = tree.entries.get(sub, {}).get(leaf)
+    if e is None or sub not in tree.fds:
+        return [Drift("attachment", a.key, f"link pin {a.pin} is missing")]
+    if e.is_symlink():
+        return [
+            Drift("attachment", a.key, f"link pin {a.pin} is a symlink, not bpforch's pin",
+                  "replaced")
+        ]  # fmt: skip
+    got = _open_id(tree.fds[sub], leaf, _sys.link_info)
     if got is None:
         return [Drift("attachment", a.key, f"link pin {a.pin} is missing")]
     link_id, info = got
@@ -268,40 +398,135 @@ def _check_order(rec: CollectionRecord, drifted: set[str]) -> list[Drift]:
     return out
 
 
-def _looks_owned(path: Path) -> bool:
-    """Whether an unrecorded directory has the layout bpforch gives a collection (so it was
-    left by an interrupted apply); anything else under the root is never touched."""
-    try:
-        names = {e.name for e in os.scandir(path)}
-    except OSError:
-        return False
-    return names <= {"maps", "progs", "links"}
-
-
 def observe(root: Path, state_dir: Path) -> ActualState:
-    """The record, each collection checked against the kernel; staging leftovers and
-    unrecorded collection directories under ``root``."""
-    record = read_record(state_dir)
-    collections = {
-        name: ActualCollection(rec, check_collection(root, rec))
-        for name, rec in record.collections.items()
-    }
-    staging: list[Path] = []
-    orphans: list[str] = []
+    """The record, each collection checked against the kernel; staging leftovers of ours,
+    collections adopted from their ownership markers (no record lists them), and foreign
+    entries under ``root``. Raises StateError if another state directory owns ``root``."""
     try:
-        entries = list(os.scandir(root))
+        root_fd = open_root(root)
     except FileNotFoundError:
-        entries = []
+        try:
+            record = read_record(state_dir)
+        except RecordError as err:
+            hint = f"move it away and re-apply: {root} does not exist, so nothing is adopted"
+            raise RecordError(err.path, err.reason, hint) from err
+        return ActualState(
+            {
+                n: ActualCollection(r, check_collection(None, root, r).drift)
+                for n, r in record.collections.items()
+            }
+        )
+    try:
+        return _observe(root_fd, root, state_dir)
+    finally:
+        os.close(root_fd)
+
+
+def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
+    token = root_token(root_fd, root, state_dir)
+    try:
+        record = read_record(state_dir)
+    except RecordError as err:
+        raise RecordError(err.path, err.reason, _rebuild_hint(root_fd, root, token)) from err
+    collections: dict[str, ActualCollection] = {}
+    foreign: list[Foreign] = []
+    staging: list[Path] = []
+    adopted: list[str] = []
+    unmarked: list[str] = []
+    for name, rec in record.collections.items():
+        check = check_collection(root_fd, root, rec)
+        collections[name] = ActualCollection(rec, check.drift)
+        foreign.extend(check.foreign)
+        if check.present and not check.marked:
+            unmarked.append(name)
+    with os.scandir(root_fd) as it:
+        entries = sorted(it, key=lambda e: e.name)
     for e in entries:
-        if e.name.startswith(STAGING_PREFIX):
-            staging.append(Path(e.path))
-        elif (
-            e.is_dir(follow_symlinks=False)
-            and e.name not in record.collections
-            and _looks_owned(Path(e.path))
-        ):
-            orphans.append(e.name)
-    return ActualState(collections, tuple(sorted(staging)), tuple(sorted(orphans)))
+        name, path = e.name, root / e.name
+        if name == OWNER_PIN or name in record.collections:
+            continue
+        if not e.is_dir(follow_symlinks=False):
+            foreign.append(_foreign_entry(path, e, root_fd, _collection_name(name)))
+            continue
+        if is_mount_root(root_fd, name):
+            foreign.append(Foreign(path, "a mount point", _collection_name(name)))
+            continue
+        if name.startswith(STAGING_PREFIX):
+            why = staging_verdict(root_fd, name, token)
+            if why is None:
+                staging.append(path)
+                foreign.extend(_foreign_inside(root_fd, name, path))
+            else:
+                foreign.append(Foreign(path, why))
+            continue
+        verdict = collection_verdict(root_fd, name, token)
+        if isinstance(verdict, str):
+            foreign.append(Foreign(path, verdict, _collection_name(name)))
+            continue
+        check = check_collection(root_fd, root, verdict)
+        collections[name] = ActualCollection(verdict, check.drift)
+        foreign.extend(check.foreign)
+        adopted.append(name)
+    ownership = Ownership(token, tuple(foreign), tuple(adopted), tuple(sorted(unmarked)))
+    return ActualState(collections, tuple(staging), ownership)
+
+
+def _foreign_inside(dir_fd: int, name: str, path: Path) -> list[Foreign]:
+    """Symlinks, mount points and special files anywhere in the tree ``name`` (a leftover
+    of ours, which the next apply removes around them), walked without following any."""
+    out: list[Foreign] = []
+    try:
+        fd = open_dir_at(dir_fd, name)
+    except OSError:
+        return out
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if is_mount_root(fd, e.name):
+                    out.append(Foreign(path / e.name, "a mount point"))
+                else:
+                    out.extend(_foreign_inside(fd, e.name, path / e.name))
+            elif not e.is_file(follow_symlinks=False):
+                out.append(_foreign_entry(path / e.name, e, fd))
+    finally:
+        os.close(fd)
+    return out
+
+
+def _collection_name(name: str) -> str:
+    """The collection a root entry stands in place of (names starting with ``_`` are
+    bpforch's own: no collection has such a name)."""
+    return "" if name.startswith("_") else name
+
+
+def _rebuild_hint(root_fd: int, root: Path, token: bytes) -> str:
+    """What re-applying without the record would do, exactly: which collections are rebuilt
+    from their markers and which directories are left alone."""
+    ours: list[str] = []
+    theirs: list[str] = []
+    with os.scandir(root_fd) as it:
+        names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    for name in names:
+        if name.startswith("_"):
+            continue
+        verdict = collection_verdict(root_fd, name, token)
+        (theirs if isinstance(verdict, str) else ours).append(name)
+    text = "move it away and re-apply: the record is rebuilt from the ownership markers"
+    if ours:
+        text += (
+            f" ({', '.join(ours)} keep their programs, links and maps, preserved maps with "
+            "their contents)"
+        )
+    else:
+        text += f" (no collection under {root} has one: nothing is adopted)"
+    if theirs:
+        text += (
+            f"; {', '.join(theirs)} under {root} have no valid marker: they are reported as "
+            "foreign and left alone, and applying a collection of that name is refused"
+        )
+    return text
 
 
 # ---------------------------------------------------------------------------- facts

@@ -38,6 +38,7 @@ from orchestrator.reconcile.state import (
     AttachmentRecord,
     CollectionFacts,
     CollectionRecord,
+    Foreign,
     TargetValue,
 )
 
@@ -116,8 +117,9 @@ class Problem:
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Ordered changes (dependencies first; deletes last, dependents before what they use),
-    plan-time problems, and the leftovers (staging directories, unrecorded collection
-    directories) that the next apply removes."""
+    plan-time problems, the leftovers of interrupted applies that the next apply removes
+    (``garbage``), what bpforch leaves alone under its root (``foreign``), and collections
+    adopted from their ownership markers because no record listed them (``adopted``)."""
 
     changes: tuple[Change, ...] = ()
     problems: tuple[Problem, ...] = ()
@@ -125,6 +127,8 @@ class Plan:
     # updated collections whose live programs and maps stay (only attachments or metadata
     # changed)
     kept: frozenset[str] = frozenset()
+    foreign: tuple[Foreign, ...] = ()
+    adopted: tuple[str, ...] = ()
 
     def counts(self) -> tuple[int, int, int]:
         """(to add, to change, to destroy), counting maps, programs and attachments; a
@@ -179,6 +183,8 @@ class Plan:
             "changes": [c.to_json() for c in self.changes],
             "problems": [p.to_json() for p in self.problems],
             "garbage": [str(p) for p in self.garbage],
+            "foreign": [f.to_json() for f in self.foreign],
+            "adopted": list(self.adopted),
             "counts": {"add": add, "change": change, "destroy": destroy},
             "has_changes": self.has_changes,
         }
@@ -438,6 +444,8 @@ class _Planner:
         # (collection, map) whose kernel object changes in this apply
         self.recreated: set[tuple[str, str]] = set()
         self.kept: set[str] = set()
+        # collections whose directory is taken by something that is not bpforch's
+        self.blocked = {f.collection: f for f in actual.foreign if f.collection}
         self.own_prog_ids = {  # program id -> the collection that owns it
             p.id: c.record.name
             for c in actual.collections.values()
@@ -465,13 +473,21 @@ class _Planner:
                 )
         if self.problems:
             return Plan((), tuple(self.problems))
+        ours = self.actual.ownership
         for name in cyclic:
             self.problem(name, "map substitutions form a cycle", desired[name].source)
         for name in order:
             self.collection(desired[name])
         self.deletes()
         garbage = tuple(self.actual.staging)
-        return Plan(tuple(self.changes), tuple(self.problems), garbage, frozenset(self.kept))
+        return Plan(
+            tuple(self.changes),
+            tuple(self.problems),
+            garbage,
+            frozenset(self.kept),
+            ours.foreign,
+            ours.adopted,
+        )
 
     # ------------------------------------------------------------------ one collection
 
@@ -479,11 +495,13 @@ class _Planner:
         actual = self.actual.collections.get(d.name)
         rec = actual.record if actual is not None else None
         reasons: list[str] = []
+        blocked = self.blocked.get(d.name)
+        if blocked is not None:
+            self.problem(d.name, blocked_message(blocked), d.source)
+            return
         if rec is None:
             op = Op.CREATE
             reasons.append("new collection")
-            if d.name in self.actual.orphans:
-                reasons.append("replaces an unrecorded directory left by an interrupted apply")
         else:
             if not d.digest:
                 reasons.append("no digest (manifests read without their objects): re-applied")
@@ -897,17 +915,19 @@ class _Planner:
             gone = {n: c.record for n, c in self.actual.collections.items() if n not in desired}
         order, _ = topo_order({n: r.depends_on for n, r in gone.items()})
         for name in reversed(order):
+            blocked = self.blocked.get(name)
+            if blocked is not None:
+                self.problem(name, blocked_message(blocked), None)
+                continue
             delete_collection(self.changes, gone[name], "not declared any more (--prune)")
-        for name in sorted(self.actual.orphans) if self.prune else ():
-            if name not in desired and name not in self.actual.collections:
-                self.add(
-                    Op.DELETE,
-                    "collection",
-                    name,
-                    name,
-                    "unrecorded directory left by an interrupted apply: removed",
-                    None,
-                )
+
+
+def blocked_message(f: Foreign) -> str:
+    """Why a collection can't be applied or destroyed: its directory is foreign."""
+    return (
+        f"{f.path} is not bpforch's ({f.what}); bpforch never follows, changes or removes "
+        "it (remove or rename it if it is yours, or give the collection another name)"
+    )
 
 
 def delete_collection(changes: list[Change], rec: CollectionRecord, why: str) -> None:
@@ -946,6 +966,7 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
     first. Unknown names are problems."""
     changes: list[Change] = []
     problems: list[Problem] = []
+    blocked = {f.collection: f for f in actual.foreign if f.collection}
     if names is None:
         chosen = dict(actual.collections)
     else:
@@ -953,9 +974,17 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
         for n in names:
             if n in actual.collections:
                 chosen[n] = actual.collections[n]
-            elif n not in actual.orphans:
+            elif n in blocked:
+                problems.append(
+                    Problem(n, f"not applied by bpforch: {blocked_message(blocked[n])}")
+                )
+            else:
                 known = ", ".join(sorted(actual.collections)) or "none"
                 problems.append(Problem(n, f"not applied by bpforch (applied: {known})"))
+    for n in sorted(chosen):
+        if n in blocked:
+            problems.append(Problem(n, blocked_message(blocked[n])))
+            del chosen[n]
     for name, c in sorted(actual.collections.items()):
         if name in chosen:
             continue
@@ -970,15 +999,8 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
     order, _ = topo_order({n: c.record.depends_on for n, c in chosen.items()})
     for name in reversed(order):
         delete_collection(changes, chosen[name].record, "destroy")
-    for name in sorted(actual.orphans):
-        if names is None or name in names:
-            changes.append(
-                Change(
-                    Op.DELETE,
-                    "collection",
-                    name,
-                    name,
-                    "unrecorded directory left by an interrupted apply: removed",
-                )
-            )
-    return Plan(tuple(changes), tuple(problems), tuple(actual.staging))
+    ours = actual.ownership
+    return Plan(
+        tuple(changes), tuple(problems), tuple(actual.staging), frozenset(), ours.foreign,
+        ours.adopted,
+    )  # fmt: skip

@@ -7,6 +7,7 @@ CAP_SYS_ADMIN to enter other network namespaces).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,10 +19,10 @@ from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.hooks import Hooks
 from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
+from orchestrator.reconcile.owner import locked
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
 from orchestrator.reconcile.state import ActualState
 from orchestrator.reconcile.status import Status, build_status
-from orchestrator.reconcile.store import locked
 
 DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpforch")
 DEFAULT_STATE_DIR = Path("/run/bpforch")
@@ -75,7 +76,8 @@ class Reconciler:
         return f"Reconciler(bpffs_root={self.bpffs_root}, state_dir={self.state_dir})"
 
     def observe(self) -> ActualState:
-        """The record checked against the kernel (drift), staging leftovers, orphans."""
+        """The record checked against the kernel (drift), staging leftovers of ours,
+        collections adopted from their ownership markers, foreign entries under the root."""
         try:
             return observe(self.bpffs_root, self.state_dir)
         except (EbpfError, OSError) as err:
@@ -104,27 +106,47 @@ class Reconciler:
         problems (nothing changed) and :class:`ApplyError` when a step fails (the previous
         generation was restored).
 
-        ``dry_run=True``: plan only. ``dry_run="kernel"``: also load every changed
-        collection through the verifier (preserved maps and substitutions included, so map
-        incompatibilities show), then close it all; nothing is pinned, attached or recorded.
+        ``dry_run=True``: plan only (no lock, nothing created). ``dry_run="kernel"``: also
+        load every changed collection through the verifier (preserved maps and substitutions
+        included, so map incompatibilities show), then close it all; nothing is pinned,
+        attached or recorded.
         """
         from orchestrator.reconcile.transaction import Transaction
 
         start = time.perf_counter()
-        with locked(self.state_dir):
+        lock: contextlib.AbstractContextManager[int | None] = (
+            contextlib.nullcontext() if dry_run is True else locked(self.bpffs_root, self.state_dir)
+        )
+        with lock as root_fd:
             objects = ObjectCache()
             actual = gather_facts(desired, self.observe(), objects)
             p = plan(desired, actual, prune=prune)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
             if dry_run == "kernel":
+                assert root_fd is not None
                 Transaction(
-                    self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+                    self.bpffs_root,
+                    self.state_dir,
+                    self.hooks,
+                    desired,
+                    actual,
+                    p,
+                    objects,
+                    root_fd=root_fd,
                 ).verify()
-            if dry_run or (not p.has_changes and not p.garbage):
+            if dry_run or (not p.has_changes and not p.garbage and not _unsettled(actual)):
                 return ApplyResult(p, gens, time.perf_counter() - start)
+            assert root_fd is not None
             tx = Transaction(
-                self.bpffs_root, self.state_dir, self.hooks, desired, actual, p, objects
+                self.bpffs_root,
+                self.state_dir,
+                self.hooks,
+                desired,
+                actual,
+                p,
+                objects,
+                root_fd=root_fd,
             )
             gens, warnings = tx.run()
         return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
@@ -134,19 +156,34 @@ class Reconciler:
         from orchestrator.reconcile.transaction import Transaction
 
         start = time.perf_counter()
-        with locked(self.state_dir):
+        with locked(self.bpffs_root, self.state_dir) as root_fd:
             actual = self.observe()
             p = plan_destroy(actual, names)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
-            if not p.has_changes and not p.garbage:
+            if not p.has_changes and not p.garbage and not _unsettled(actual):
                 return ApplyResult(p, gens, time.perf_counter() - start)
-            tx = Transaction(self.bpffs_root, self.state_dir, self.hooks, DesiredState(), actual, p)
+            tx = Transaction(
+                self.bpffs_root,
+                self.state_dir,
+                self.hooks,
+                DesiredState(),
+                actual,
+                p,
+                root_fd=root_fd,
+            )
             gens, warnings = tx.run()
         return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
 
     def status(self) -> Status:
         return build_status(self.bpffs_root, self.observe())
+
+
+def _unsettled(actual: ActualState) -> bool:
+    """Whether a no-op apply still has bookkeeping to do: record collections adopted from
+    their markers, mark collections made before markers existed, claim the root."""
+    own = actual.ownership
+    return bool(own.adopted or own.unmarked) or (bool(actual.collections) and not own.token)
 
 
 __all__ = ["DEFAULT_BPFFS_ROOT", "DEFAULT_STATE_DIR", "ApplyResult", "Op", "Reconciler"]

@@ -332,14 +332,51 @@ class Facts:
 
 
 @dataclass(frozen=True, slots=True)
+class Foreign:
+    """Something under the bpffs root that bpforch cannot prove it created (a symlink, a
+    mount point, a directory without a valid ownership marker, a pin it did not make). It
+    is never followed, changed or removed. ``collection``: the collection whose directory
+    it stands in place of (that collection can't be applied or destroyed until it is gone)."""
+
+    path: Path
+    what: str
+    collection: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": str(self.path), "what": self.what, "collection": self.collection}
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """What the bpffs root says about ownership. ``token``: of the root's owner marker
+    (empty: not claimed yet); ``foreign``: what bpforch leaves alone; ``adopted``:
+    collections no record listed, rebuilt from their ownership markers; ``unmarked``:
+    recorded collections without a marker (made before markers existed), marked by the
+    next apply."""
+
+    token: bytes = b""
+    foreign: tuple[Foreign, ...] = ()
+    adopted: tuple[str, ...] = ()
+    unmarked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ActualState:
-    """The record checked against the kernel. ``staging``: leftovers of interrupted applies;
-    ``orphans``: collection directories under the root that no record lists."""
+    """The record checked against the kernel. ``staging``: leftovers of interrupted applies
+    (provably ours: the next apply removes them); ``ownership``: foreign entries under the
+    root and collections adopted from their markers."""
 
     collections: Mapping[str, ActualCollection] = field(default_factory=dict)
     staging: tuple[Path, ...] = ()
-    orphans: tuple[str, ...] = ()
+    ownership: Ownership = field(default_factory=Ownership)
     facts: Facts = field(default_factory=Facts)
+
+    @property
+    def foreign(self) -> tuple[Foreign, ...]:
+        return self.ownership.foreign
 
     @property
     def record(self) -> StateRecord:

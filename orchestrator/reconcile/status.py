@@ -8,7 +8,8 @@ from pathlib import Path
 
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
-from orchestrator.reconcile.state import ActualCollection, ActualState, Drift
+from orchestrator.reconcile.owner import open_owned, open_root
+from orchestrator.reconcile.state import ActualCollection, ActualState, Drift, Foreign
 
 # Maps whose entries come and go (the rest always hold max_entries elements).
 _HASH_LIKE = frozenset(
@@ -139,7 +140,8 @@ class CollectionStatus:
 class Status:
     collections: tuple[CollectionStatus, ...] = ()
     garbage: tuple[Path, ...] = ()  # staging leftovers the next apply removes
-    orphans: tuple[str, ...] = ()  # unrecorded collection directories
+    foreign: tuple[Foreign, ...] = ()  # under the root, not bpforch's: left alone
+    adopted: tuple[str, ...] = ()  # rebuilt from their ownership markers (no record)
 
     def get(self, name: str) -> CollectionStatus | None:
         for c in self.collections:
@@ -151,15 +153,33 @@ class Status:
         return {
             "collections": [c.to_json() for c in self.collections],
             "garbage": [str(p) for p in self.garbage],
-            "orphans": list(self.orphans),
+            "foreign": [f.to_json() for f in self.foreign],
+            "adopted": list(self.adopted),
         }
 
 
-def _entries(path: Path) -> tuple[int | None, str]:
+def _pinned_entries(path: Path) -> tuple[int | None, str]:
+    """Entry count and type of a substitution source (someone else's pin, resolved as the
+    manifest names it)."""
     try:
         m = Map.from_pin(path)
     except (EbpfError, OSError):
         return None, "?"
+    return _count(m)
+
+
+def _owned_entries(root_fd: int | None, rel: str) -> tuple[int | None, str]:
+    """Entry count and type of the map pinned at ``<root>/rel``, never through a symlink."""
+    if root_fd is None:
+        return None, "?"
+    try:
+        m = Map.from_fd(open_owned(root_fd, rel))
+    except (EbpfError, OSError):
+        return None, "?"
+    return _count(m)
+
+
+def _count(m: Map) -> tuple[int | None, str]:
     with m:
         t = m.type.name.lower() if isinstance(m.type, MapType) else str(m.type)
         if m.type in _HASH_LIKE:
@@ -170,29 +190,32 @@ def _entries(path: Path) -> tuple[int | None, str]:
         return m.max_entries, t
 
 
-def _source_path(root: Path, source: str) -> Path:
-    """Where a substituted map lives: ``pinned:<path>`` or ``collection/<name>/<map>``."""
-    if source.startswith("pinned:"):
-        return Path(source.removeprefix("pinned:"))
+def _source_rel(source: str) -> str:
+    """Where a map substituted from another collection lives under the root."""
     _, coll, mname = source.split("/", 2)
-    return root / coll / "maps" / mname.replace(".", "_")
+    return f"{coll}/maps/{mname.replace('.', '_')}"
 
 
-def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
+def collection_status(
+    root: Path, ac: ActualCollection, root_fd: int | None = None
+) -> CollectionStatus:
     rec = ac.record
     cdir = root / rec.name
     programs = tuple(ProgramStatus(p.name, p.id, p.tag) for _, p in sorted(rec.programs.items()))
     maps = []
     for _, m in sorted(rec.maps.items()):
+        if m.source.startswith("pinned:"):
+            entries, t = _pinned_entries(Path(m.source.removeprefix("pinned:")))
+            maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
+            continue
         if m.source:
-            path = _source_path(root, m.source)
-            entries, t = _entries(path)
+            entries, t = _owned_entries(root_fd, _source_rel(m.source))
             maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
             continue
         if not m.pin:  # a frozen data section, recorded by id only
             maps.append(MapStatus(m.name, m.id, "", "array", m.shape.max_entries, None))
             continue
-        entries, t = _entries(cdir / m.pin)
+        entries, t = _owned_entries(root_fd, f"{rec.name}/{m.pin}")
         maps.append(
             MapStatus(m.name, m.id, os.fspath(cdir / m.pin), t, m.shape.max_entries, entries)
         )
@@ -243,8 +266,19 @@ def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
 
 
 def build_status(root: Path, actual: ActualState) -> Status:
-    return Status(
-        tuple(collection_status(root, ac) for _, ac in sorted(actual.collections.items())),
-        actual.staging,
-        actual.orphans,
-    )
+    try:
+        root_fd: int | None = open_root(root)
+    except FileNotFoundError:
+        root_fd = None
+    try:
+        return Status(
+            tuple(
+                collection_status(root, ac, root_fd) for _, ac in sorted(actual.collections.items())
+            ),
+            actual.staging,
+            actual.foreign,
+            actual.ownership.adopted,
+        )
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)

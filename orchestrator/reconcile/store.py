@@ -1,5 +1,5 @@
-"""File-system side of the reconciler: the state record, the apply lock, atomic directory
-swaps on bpffs, and the git revision of the manifests' checkout.
+"""File-system side of the reconciler: the state record, atomic directory swaps on bpffs,
+and the git revision of the manifests' checkout (the lock: :mod:`.owner`).
 
 The record is written atomically: write a temporary file, fsync it, rename it over
 ``state.json``, fsync the directory. A reader sees the old or the new record, never a mix.
@@ -10,17 +10,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.reconcile.errors import StateError
+from orchestrator.reconcile.errors import RecordError, StateError
 from orchestrator.reconcile.state import RECORD_VERSION, StateRecord
 
 RECORD_FILE = "state.json"
-LOCK_FILE = "lock"
 
 # linux/fs.h
 RENAME_NOREPLACE = 1
@@ -33,12 +30,23 @@ _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_cha
 _renameat2.restype = ctypes.c_int
 
 
-def rename(src: Path, dst: Path, *, exchange: bool = False) -> None:
+def rename(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    exchange: bool = False,
+    src_dir: int | None = None,
+    dst_dir: int | None = None,
+) -> None:
     """``renameat2``: with ``exchange``, swap two existing paths atomically
     (RENAME_EXCHANGE, which bpffs supports through simple_rename since Linux 5.x);
-    otherwise move ``src`` to ``dst`` only if ``dst`` does not exist (RENAME_NOREPLACE)."""
+    otherwise move ``src`` to ``dst`` only if ``dst`` does not exist (RENAME_NOREPLACE).
+    ``src_dir``/``dst_dir``: directory fds the names are relative to. A symlink in the last
+    component is moved itself, never followed."""
     flags = RENAME_EXCHANGE if exchange else RENAME_NOREPLACE
-    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+    sfd = _AT_FDCWD if src_dir is None else src_dir
+    dfd = _AT_FDCWD if dst_dir is None else dst_dir
+    if _renameat2(sfd, os.fsencode(src), dfd, os.fsencode(dst), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
 
@@ -58,9 +66,11 @@ def read_record(state_dir: Path) -> StateRecord:
             raise ValueError(f"unknown record version {data.get('version')!r}")
         return StateRecord.from_json(data)
     except (ValueError, KeyError, AssertionError, TypeError) as err:
-        raise StateError(
-            f"state record {path}: unreadable ({err}) (remove it and re-apply; the kernel "
-            "objects under the bpffs root are adopted as unrecorded directories)"
+        raise RecordError(
+            os.fspath(path),
+            str(err),
+            "move it away and re-apply: the record is rebuilt from the ownership markers "
+            "pinned with each collection",
         ) from err
 
 
@@ -100,22 +110,6 @@ def fsync_dir(path: Path) -> None:
             raise
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def locked(state_dir: Path) -> Iterator[None]:
-    """Hold the apply lock (flock on ``state_dir/lock``) for the block: two applies never
-    interleave. Blocks until the lock is free."""
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise StateError(f"lock {state_dir / LOCK_FILE}: {err.strerror}") from err
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def git_revision(path: Path) -> str | None:

@@ -57,6 +57,7 @@ import contextlib
 import datetime
 import errno
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -77,7 +78,13 @@ from orchestrator.ebpf import (
 from orchestrator.ebpf import links as _links
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.collection import load_subset
-from orchestrator.ebpf.pin import ensure_dir, remove_tree
+from orchestrator.ebpf.pin import (
+    is_mount_root,
+    open_dir_at,
+    open_pin_at,
+    pin_at,
+    remove_tree_at,
+)
 from orchestrator.manifest.model import (
     Attachment,
     CgroupTarget,
@@ -94,7 +101,16 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.reconcile.errors import ApplyError, where
 from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.observe import STAGING_PREFIX, ObjectCache, pinned_problem
+from orchestrator.reconcile.observe import ObjectCache, pinned_problem
+from orchestrator.reconcile.owner import (
+    MARK_PIN,
+    STAGING_PREFIX,
+    claim_root,
+    mark_collection,
+    mark_staging,
+    open_owned,
+    release_root,
+)
 from orchestrator.reconcile.plan import (
     Op,
     Plan,
@@ -167,6 +183,8 @@ class Transaction:
         actual: ActualState,
         plan: Plan,
         objects: ObjectCache | None = None,
+        *,
+        root_fd: int,
     ) -> None:
         self.objects = objects or ObjectCache()
         self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
@@ -178,6 +196,11 @@ class Transaction:
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.staging = root / f"{STAGING_PREFIX}{self.txid}"
+        self.root_fd = root_fd  # held open (and locked) by the caller
+        self.staging_fd: int | None = None
+        self.token = actual.ownership.token
+        self.claimed = False  # this transaction pinned the root's owner marker
+        self.complete = True  # every tree it removed went completely
         self.staged: dict[str, _Staged] = {}
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
@@ -211,9 +234,15 @@ class Transaction:
         self.current = ("", None)
         try:
             self._collect_garbage()
-            ensure_dir(self.root)
-            ensure_dir(self.staging)
             changed = self.plan.collections(Op.CREATE, Op.UPDATE)
+            deleted = self.plan.collections(Op.DELETE)
+            if not self.token and (changed or self.actual.collections):
+                self.token = claim_root(self.root_fd, self.state_dir)
+                self.claimed = True
+            if changed or deleted:
+                os.mkdir(self.staging.name, 0o700, dir_fd=self.root_fd)
+                self.staging_fd = open_dir_at(self.root_fd, self.staging.name)
+                mark_staging(self.staging_fd, self.token, self.txid)
             for name in changed:
                 self.current = (name, self.desired.collections[name].source)
                 self._stage(name)
@@ -225,6 +254,7 @@ class Transaction:
                 self._reattach_xdp(name, a, prog, pin, ra)
             self.current = ("", None)
             record = self._new_record()
+            self._mark(record)
             self._commit(record)
         except BaseException as err:
             problems = self._rollback()
@@ -241,18 +271,34 @@ class Transaction:
             raise ApplyError(f"{what}{err}{extra}") from err
         self._close_all()
         self._release(record)
+        self._settle(record)
         return {n: c.generation for n, c in record.collections.items()}, self.warnings
 
     # ------------------------------------------------------------------ garbage
 
     def _collect_garbage(self) -> None:
-        """Remove staging directories of interrupted applies (we hold the lock, so nobody
-        else is using them). Only unpinned: a link there may be live in the tree too."""
+        """Remove staging directories of interrupted applies (their markers prove them ours,
+        and we hold the lock, so nobody else is using them). Only unpinned: a link there may
+        be live in the tree too."""
         for path in self.actual.staging:
-            try:
-                remove_tree(path)
-            except OSError as err:
-                self.warnings.append(f"staging leftover {path}: {err}")
+            self._remove(path.name, f"staging leftover {path}")
+
+    def _remove(self, name: str, what: str) -> None:
+        """Remove the tree ``<root>/name`` (never following a symlink; its marker goes
+        last); a failure or what was left is a warning."""
+        shown = os.fspath(self.root / name)
+        try:
+            result = remove_tree_at(self.root_fd, name, shown=shown, last=MARK_PIN)
+        except (OSError, ebpf.Error) as err:
+            self.complete = False
+            self.warnings.append(f"{what}: {err}")
+            return
+        if result.left:
+            self.complete = False
+            self.warnings.append(
+                f"{what}: left {', '.join(result.left)} (not bpforch's: symlinks and mount "
+                "points are never followed or removed; remove them by hand)"
+            )
 
     # ------------------------------------------------------------------ stage
 
@@ -277,7 +323,7 @@ class Transaction:
             _, src, smap = mr.source.split("/", 2)
             return self._map_for(src, smap)
         else:
-            m = Map.from_pin(self._owned(coll, mr.pin))
+            m = Map.from_fd(self._open(coll, mr.pin))
         self.owned.append(m)
         return m
 
@@ -287,13 +333,16 @@ class Transaction:
             raise ApplyError(problem)
         return Path(os.path.realpath(path))
 
-    def _owned(self, coll: str, rel: str) -> Path:
-        """``root/coll/rel``, asserting it stays under the root."""
-        root = os.fspath(self.root)
-        real = os.path.normpath(os.path.join(root, _check_name(coll), rel))
-        if not real.startswith(root + os.sep):
-            raise ApplyError(f"{real}: outside {root}; refusing")
-        return Path(real)
+    def _open(self, coll: str, rel: str) -> _sys.FD:
+        """BPF_OBJ_GET of the pin ``<root>/coll/rel``, never through a symlink."""
+        parts = [_check_name(coll), *rel.split("/")]
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise ApplyError(f"{self.root}/{coll}/{rel}: not a pin path bpforch makes")
+        try:
+            return open_owned(self.root_fd, "/".join(parts))
+        except (OSError, ebpf.Error) as err:
+            raise ApplyError(f"pin {self.root}/{coll}/{rel}: {err}") from err
 
     def _stage(self, name: str) -> None:
         from orchestrator.manifest.objects import ObjectError
@@ -396,12 +445,12 @@ class Transaction:
             if mr.source or not mr.pin:
                 carried[mname] = mr
                 continue
-            m = Map.from_pin(self._owned(name, mr.pin))
+            m = Map.from_fd(self._open(name, mr.pin))
             self.owned.append(m)
             maps[mname] = m
         programs: dict[str, Program] = {}
         for pname, pr in rec.programs.items():
-            p = Program.from_pin(self._owned(name, pr.pin))
+            p = Program.from_fd(self._open(name, pr.pin))
             self.owned.append(p)
             programs[pname] = p
         fresh = sorted(
@@ -490,7 +539,7 @@ class Transaction:
             kind = target_kind(a.target)
             if change is not None and change.op is Op.NOOP and ac is not None:
                 # kept as it is: the same link gets a second pin in the new tree
-                link = _links.Link.from_pin(self._owned(name, ac.record.attachments[key].pin))
+                link = _links.Link.from_fd(self._open(name, ac.record.attachments[key].pin))
                 self.owned.append(link)
             elif (
                 change is not None
@@ -502,7 +551,7 @@ class Transaction:
                 )
                 is not None
             ):
-                link = _links.Link.from_pin(self._owned(name, ra.pin))
+                link = _links.Link.from_fd(self._open(name, ra.pin))
                 self.owned.append(link)
                 # undo target: whatever the link runs now (after a crash, that may not be
                 # the recorded program)
@@ -551,10 +600,10 @@ class Transaction:
         assert isinstance(t, XdpTarget)
         key = a.key()
         index = _links.ifindex(t.interface, t.netns)
-        live = self._owned(name, ra.pin)
+        live = f"{_check_name(name)}/{ra.pin}"
         try:
-            old: _links.Link | None = _links.Link.from_pin(live)
-        except ebpf.PinError:
+            old: _links.Link | None = _links.Link.from_fd(self._open(name, ra.pin))
+        except ApplyError:
             old = None  # gone (drift): nothing holds the interface
         if old is not None:
             self.owned.append(old)
@@ -568,7 +617,7 @@ class Transaction:
                 self.undo.append(
                     (
                         f"attach {before.name} to {t.interface} again in {mode} mode",
-                        partial(_restore_xdp, before, index, mode, t.netns, live),
+                        partial(_restore_xdp, before, index, mode, t.netns, self.root_fd, live),
                     )
                 )
         self.hooks.call("attach", key)
@@ -738,28 +787,59 @@ class Transaction:
             out.pop(name, None)
         return StateRecord(out)
 
+    def _mark(self, record: StateRecord) -> None:
+        """Pin each staged tree's ownership marker, holding its collection's new record (so
+        a lost state record can be rebuilt from the pins)."""
+        for name in self.staged:
+            assert self.staging_fd is not None
+            fd = open_dir_at(self.staging_fd, name)
+            try:
+                mark_collection(fd, self.token, record.collections[name], self.txid)
+            finally:
+                os.close(fd)
+
+    def _live_dir(self, name: str) -> bool:
+        """Whether the directory ``<root>/name`` exists. Anything else there (a symlink or
+        a mount put there since the plan) is refused: it is never moved or followed."""
+        try:
+            st = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and not is_mount_root(self.root_fd, name):
+                return True
+        except FileNotFoundError:
+            return False
+        raise ApplyError(
+            f"{self.root / name} is not a directory bpforch made (a symlink or mount put "
+            "there since the plan); bpforch never moves or follows it"
+        )
+
     def _commit(self, record: StateRecord) -> None:
+        rfd, sfd = self.root_fd, self.staging_fd
         for name in self.staged:
             self.hooks.call("commit", name)
-            live = self._owned(name, "")
-            staged = self.staging / name
-            try:
-                rename(staged, live)  # a new collection: move into place (no replace)
-            except FileExistsError:
-                rename(staged, live, exchange=True)  # swap old and new trees atomically
+            assert sfd is not None
+            _check_name(name)
+            if not self._live_dir(name):  # a new collection: move into place
+                rename(name, name, src_dir=sfd, dst_dir=rfd)
                 self.undo.append(
-                    (f"swap {name} back", partial(rename, staged, live, exchange=True))
+                    (f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd))
                 )
-            else:
-                self.undo.append((f"move {name} back", partial(rename, live, staged)))
+            else:  # swap old and new trees atomically
+                rename(name, name, exchange=True, src_dir=sfd, dst_dir=rfd)
+                self.undo.append(
+                    (
+                        f"swap {name} back",
+                        partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
+                    )
+                )
         for name in self.plan.collections(Op.DELETE):
             self.hooks.call("commit", name)
-            live = self._owned(name, "")
-            if not live.exists():
+            if not self._live_dir(_check_name(name)):
                 continue
-            gone = self.staging / name
-            rename(live, gone)
-            self.undo.append((f"restore {name}", partial(rename, gone, live)))
+            assert sfd is not None
+            rename(name, name, src_dir=rfd, dst_dir=sfd)
+            self.undo.append(
+                (f"restore {name}", partial(rename, name, name, src_dir=sfd, dst_dir=rfd))
+            )
         self.hooks.call("record", "")
         write_record(self.state_dir, record)
 
@@ -773,10 +853,20 @@ class Transaction:
             except Exception as err:
                 problems.append(f"{what}: {err}")
         self.undo.clear()
-        try:
-            remove_tree(self.staging)
-        except OSError as err:
-            problems.append(f"remove {self.staging}: {err}")
+        if self.staging_fd is not None:
+            os.close(self.staging_fd)
+            self.staging_fd = None
+            try:
+                result = remove_tree_at(
+                    self.root_fd, self.staging.name, shown=os.fspath(self.staging), last=MARK_PIN
+                )
+            except (OSError, ebpf.Error) as err:
+                problems.append(f"remove {self.staging}: {err}")
+            else:
+                if result.left:
+                    problems.append(f"remove {self.staging}: left {', '.join(result.left)}")
+        if self.claimed and not problems and self.complete:
+            release_root(self.root_fd, self.token)  # nothing under the root is ours
         return problems
 
     def _close_all(self) -> None:
@@ -789,32 +879,79 @@ class Transaction:
 
     def _release(self, record: StateRecord) -> None:
         """Detach the old generation's links that are not carried over, then unpin the old
-        trees (now in the staging directory)."""
+        trees (now in the staging directory). Only links the old record lists are detached;
+        nothing is reached through a symlink."""
+        sfd = self.staging_fd
+        if sfd is None:
+            return
+        self.staging_fd = None
         try:
             self.hooks.call("release", "")
         except Exception as err:
+            os.close(sfd)
+            self.complete = False
             self.warnings.append(f"release: {err} (the next apply removes {self.staging})")
             return
         keep = {a.link_id for c in record.collections.values() for a in c.attachments.values()}
+        old = {
+            a.link_id
+            for name in (*self.staged, *self.plan.collections(Op.DELETE))
+            if (ac := self.actual.collections.get(name)) is not None
+            for a in ac.record.attachments.values()
+        }
         try:
-            trees = [p for p in self.staging.iterdir() if p.is_dir()]
-        except FileNotFoundError:
-            trees = []
-        for tree in trees:
-            links_dir = tree / "links"
-            if not links_dir.is_dir():
-                continue
-            for pin in links_dir.iterdir():
+            with os.scandir(sfd) as it:
+                trees = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+            for tree in trees:
+                self._detach_old(sfd, tree, old - keep)
+        finally:
+            os.close(sfd)
+        self._remove(self.staging.name, "release")
+
+    def _detach_old(self, sfd: int, tree: str, ids: set[int]) -> None:
+        try:
+            tfd = open_dir_at(sfd, tree)
+        except OSError:
+            return
+        try:
+            lfd = open_dir_at(tfd, "links")
+        except OSError:
+            return
+        finally:
+            os.close(tfd)
+        try:
+            with os.scandir(lfd) as it:
+                pins = [e.name for e in it if e.is_file(follow_symlinks=False)]
+            for pin in pins:
                 try:
-                    with _links.Link.from_pin(pin) as link:
-                        if link.id not in keep:
+                    with _links.Link.from_fd(open_pin_at(lfd, pin)) as link:
+                        if link.id in ids:
                             _detach(link)
-                except ebpf.Error as err:
-                    self.warnings.append(f"release {pin}: {err}")
-        try:
-            remove_tree(self.staging)
-        except OSError as err:
-            self.warnings.append(f"release {self.staging}: {err}")
+                except (ebpf.Error, OSError) as err:
+                    self.warnings.append(f"release {self.staging}/{tree}/links/{pin}: {err}")
+        finally:
+            os.close(lfd)
+
+    def _settle(self, record: StateRecord) -> None:
+        """After the commit: mark the recorded collections made before ownership markers
+        existed (their record proves them ours), and give the root up when nothing under
+        it is ours any more."""
+        touched = {*self.staged, *self.plan.collections(Op.DELETE)}
+        for name in self.actual.ownership.unmarked:
+            rec = record.collections.get(name)
+            ac = self.actual.collections.get(name)
+            if name in touched or rec is None or ac is None or ac.drift:
+                continue
+            try:
+                fd = open_dir_at(self.root_fd, name)
+                try:
+                    mark_collection(fd, self.token, rec, self.txid)
+                finally:
+                    os.close(fd)
+            except (OSError, ebpf.Error) as err:
+                self.warnings.append(f"mark {self.root / name}: {err}")
+        if not record.collections and self.complete and self.token:
+            release_root(self.root_fd, self.token)
 
 
 def _prepared(
@@ -847,18 +984,27 @@ def _kernel_mode(link: _links.Link, target: object) -> str:
     return _links.xdp_mode(info.target.ifindex, info.program_id, target.netns) or ""
 
 
-def _restore_xdp(prog: Program, index: int, mode: str, netns: Path | None, pin: Path) -> None:
+def _restore_xdp(
+    prog: Program, index: int, mode: str, netns: Path | None, root_fd: int, pin: str
+) -> None:
     """Undo of an XDP re-attach: ``prog`` attached again in ``mode`` by a new link, pinned
-    where the old (detached) link was pinned. The record still names the old link, so the
-    next observe reports the pin as replaced and the next apply attaches anew."""
+    where the old (detached) link was pinned (``pin``, relative to the root, reached without
+    following a symlink). The record still names the old link, so the next observe reports
+    the pin as replaced and the next apply attaches anew."""
     how: _links.XDPMode = (
         "native" if mode == "native" else "generic" if mode == "generic" else "auto"
     )
     link = _links.attach_xdp(prog, index, how, netns=netns)
-    with link:
+    *dirs, leaf = pin.split("/")
+    with link, contextlib.ExitStack() as stack:
+        cur = root_fd
+        for d in dirs:
+            cur = open_dir_at(cur, d)
+            stack.callback(os.close, cur)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(pin)
-        link.pin(pin)
+            if stat.S_ISREG(os.stat(leaf, dir_fd=cur, follow_symlinks=False).st_mode):
+                os.unlink(leaf, dir_fd=cur)  # the old link's pin (a symlink there stays)
+        pin_at(link.fd, cur, leaf)
 
 
 def _detach(link: _links.Link) -> None:

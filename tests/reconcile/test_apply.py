@@ -347,14 +347,16 @@ def test_dry_run_and_prune(env: Env, veth: VethPair, fd_guard: None) -> None:
     assert not (env.root / "tp-counter").exists()
 
 
-def test_applies_never_interleave(env: Env, veth: VethPair) -> None:
+def test_applies_never_interleave(env: Env, veth: VethPair, tmp_path: Path) -> None:
+    """The lock is on the bpffs root itself: an instance holding it with another state
+    directory keeps this apply waiting too."""
     import threading
 
-    from orchestrator.reconcile.store import locked
+    from orchestrator.reconcile.owner import locked
 
     xdp_manifest(env, veth)
     done = threading.Event()
-    with locked(env.state_dir):
+    with locked(env.root, tmp_path / "another-state-dir"):
         t = threading.Thread(target=lambda: (env.reconciler().apply(env.desired()), done.set()))
         t.start()
         time.sleep(0.3)
@@ -368,8 +370,10 @@ def test_applies_never_interleave(env: Env, veth: VethPair) -> None:
 def test_noop_apply_only_reads(
     env: Env, veth: VethPair, monkeypatch: pytest.MonkeyPatch, fd_guard: None
 ) -> None:
-    """A second apply with nothing changed reads the record, stats the map and program pins
-    and asks the kernel about each link (BPF_OBJ_GET + info): no load, no create, no pin."""
+    """A second apply with nothing changed reads the record, lists the collection
+    directories (map and program pins are checked by inode), asks the kernel about each link
+    (BPF_OBJ_GET + info) and reads the root's ownership marker (BPF_OBJ_GET, info, lookup):
+    no load, no create, no pin."""
     from orchestrator.ebpf import sys as bpfsys
 
     xdp_manifest(env, veth)
@@ -389,8 +393,9 @@ def test_noop_apply_only_reads(
     monkeypatch.undo()
     assert not result.applied and not result.plan.has_changes
     links_n = 2  # one link per collection
+    owner = [bpfsys.Cmd.OBJ_GET, bpfsys.Cmd.OBJ_GET_INFO_BY_FD, bpfsys.Cmd.MAP_LOOKUP_ELEM]
     assert sorted(seen) == sorted(
-        [bpfsys.Cmd.OBJ_GET] * links_n + [bpfsys.Cmd.OBJ_GET_INFO_BY_FD] * links_n
+        [bpfsys.Cmd.OBJ_GET] * links_n + [bpfsys.Cmd.OBJ_GET_INFO_BY_FD] * links_n + owner
     )
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from orchestrator.ebpf import Map, links
-from orchestrator.reconcile import Op, Reconciler
+from orchestrator.reconcile import Hooks, Op, Reconciler
 from tests.conftest import ROOT, require_tool
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env
@@ -128,31 +128,49 @@ def test_removed_pins_are_drift_and_repaired(env: Env, veth: VethPair, fd_guard:
     assert packets(env) == 3
 
 
-def test_staging_leftovers_and_orphans(env: Env, veth: VethPair, fd_guard: None) -> None:
-    """Leftovers of an interrupted apply are garbage; an unrecorded directory that does not
-    look like a collection is never touched."""
+def test_staging_leftovers_are_removed_and_look_alikes_are_foreign(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """A leftover of an interrupted apply carries its ownership marker and is removed by the
+    next apply. A directory that only looks like a leftover or a collection (a name and a
+    layout are no proof) is foreign: reported, never touched, not even by prune or destroy.
+    (Before ownership markers, such look-alikes were removed as garbage and orphans.)"""
     xdp_manifest(env, veth)
     r = env.reconciler()
     r.apply(env.desired())
-    (env.root / "_staging-999-dead").mkdir()
-    (env.root / "_staging-999-dead" / "xdp-counter").mkdir()
+
+    def fail(_: str) -> None:
+        raise RuntimeError("injected failure at release")
+
+    xdp_manifest(env, veth, version=2)
+    result = env.reconciler(Hooks(release=fail)).apply(env.desired())
+    assert result.applied and "injected failure at release" in result.warnings[0]
+    (leftover,) = [p for p in env.root.iterdir() if p.name.startswith("_staging-")]
+    (env.root / "_staging-999-empty").mkdir()  # killed between its mkdir and its marker
+    (env.root / "_staging-999-dead" / "xdp-counter").mkdir(parents=True)
     (env.root / "zombie" / "maps").mkdir(parents=True)
-    (env.root / "foreign" / "stuff").mkdir(parents=True)
+    foreign = {
+        f"{env.root}/_staging-999-dead": "no ownership marker: not made by bpforch",
+        f"{env.root}/zombie": "no ownership marker: not made by bpforch (it only looks like a "
+        "collection)",
+    }
     actual = r.observe()
-    assert [p.name for p in actual.staging] == ["_staging-999-dead"]
-    assert actual.orphans == ("zombie",)
+    assert sorted(p.name for p in actual.staging) == sorted([leftover.name, "_staging-999-empty"])
+    assert {str(f.path): f.what for f in actual.foreign} == foreign
     st = r.status()
-    assert [p.name for p in st.garbage] == ["_staging-999-dead"] and st.orphans == ("zombie",)
+    assert len(st.garbage) == 2 and {str(f.path): f.what for f in st.foreign} == foreign
     p = r.plan(env.desired())
-    assert not p.has_changes and [x.name for x in p.garbage] == ["_staging-999-dead"]
-    r.apply(env.desired())  # removes the staging leftover; orphans only with prune
-    assert not (env.root / "_staging-999-dead").exists()
-    assert (env.root / "zombie").exists()
+    assert not p.has_changes and len(p.garbage) == 2
+    r.apply(env.desired())  # removes the leftovers of ours
+    assert not leftover.exists() and not (env.root / "_staging-999-empty").exists()
+    assert (env.root / "_staging-999-dead" / "xdp-counter").is_dir()
     r.apply(env.desired(), prune=True)
-    assert not (env.root / "zombie").exists()
-    assert (env.root / "foreign" / "stuff").is_dir()  # not ours: never touched
-    (env.root / "foreign" / "stuff").rmdir()
-    (env.root / "foreign").rmdir()
+    r.destroy()
+    assert (env.root / "zombie" / "maps").is_dir()  # not ours: never touched
+    assert (env.root / "_staging-999-dead" / "xdp-counter").is_dir()
+    for d in ("zombie/maps", "zombie", "_staging-999-dead/xdp-counter", "_staging-999-dead"):
+        (env.root / d).rmdir()
+    assert os.listdir(env.root) == []  # destroy gave the root up: no owner marker is left
 
 
 def test_whole_tree_removed_is_rebuilt(env: Env, veth: VethPair, fd_guard: None) -> None:

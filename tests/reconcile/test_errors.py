@@ -31,7 +31,7 @@ def test_unreadable_record(env: Env) -> None:
     (env.state_dir / "state.json").write_text("{not json")
     with pytest.raises(StateError) as info:
         env.reconciler().status()
-    assert "state.json: unreadable" in str(info.value) and "remove it" in str(info.value)
+    assert "state.json: unreadable" in str(info.value) and "move it away" in str(info.value)
 
 
 def test_state_dir_that_cannot_exist(env: Env, tmp_path: Path, veth: VethPair) -> None:

@@ -23,9 +23,11 @@ from orchestrator.reconcile import (
     CollectionRecord,
     Drift,
     Facts,
+    Foreign,
     MapRecord,
     MapShape,
     Op,
+    Ownership,
     ProgramRecord,
     TargetFacts,
     plan,
@@ -87,12 +89,12 @@ def actual(
     *recs: CollectionRecord,
     drift: dict[str, tuple[Drift, ...]] | None = None,
     facts: Facts | None = None,
-    orphans: tuple[str, ...] = (),
+    ownership: Ownership | None = None,
 ) -> ActualState:
     drift = drift or {}
     return ActualState(
         {r.name: ActualCollection(r, drift.get(r.name, ())) for r in recs},
-        orphans=orphans,
+        ownership=ownership or Ownership(),
         facts=facts or Facts(),
     )
 
@@ -304,14 +306,41 @@ def test_removed_attachment_and_program_are_deleted() -> None:
     assert p.change("a", "program", "old").op is Op.DELETE  # type: ignore[union-attr]
 
 
-def test_orphans_and_destroy() -> None:
-    p = plan(desired(coll("a")), actual(orphans=("a", "zombie"), facts=facts_for("a")))
-    assert "interrupted apply" in p.changes[0].reason
-    # an unrecorded directory that is not declared is only removed with prune
+def test_foreign_entries_block_their_collection_and_are_never_deleted() -> None:
+    """What bpforch cannot prove it created is foreign: a collection whose directory is
+    foreign can't be applied, pruned or destroyed, and nothing foreign is ever a change."""
+    lookalike = Foreign(Path("/r/zombie"), "no ownership marker", "zombie")
+    link = Foreign(Path("/r/a"), "symlink to /elsewhere", "a")
+    inside = Foreign(Path("/r/b/links/x"), "symlink to /elsewhere")
+    own = Ownership(b"t" * 16, (lookalike, link, inside), adopted=("b",))
+    p = plan(desired(coll("a"), coll("b")), actual(record("b"), ownership=own,
+             facts=facts_for("a", "b")))  # fmt: skip
+    assert [str(x) for x in p.problems] == [
+        "collection a (/m/a.yaml:3:1): /r/a is not bpforch's (symlink to /elsewhere); bpforch "
+        "never follows, changes or removes it (remove or rename it if it is yours, or give "
+        "the collection another name)"
+    ]
+    assert p.change("b", "collection", "b") is not None  # a foreign symlink inside: no block
+    assert p.foreign == (lookalike, link, inside) and p.adopted == ("b",)
+    assert p.to_json()["foreign"][1] == {  # type: ignore[index]
+        "path": "/r/a", "what": "symlink to /elsewhere", "collection": "a"
+    }  # fmt: skip
+    assert p.to_json()["adopted"] == ["b"]
+    # prune never deletes a look-alike; a recorded collection whose directory became foreign
+    # is a problem, not a delete
+    p = plan(desired(), actual(record("a"), ownership=own), prune=True)
     assert p.change("zombie", "collection", "zombie") is None
-    p = plan(desired(coll("a")), actual(orphans=("zombie",), facts=facts_for("a")), prune=True)
-    z = p.change("zombie", "collection", "zombie")
-    assert z is not None and z.op is Op.DELETE
+    assert p.change("a", "collection", "a") is None
+    assert "/r/a is not bpforch's" in str(p.problems[0])
+    d = plan_destroy(actual(record("a"), ownership=own), None)
+    assert not d.has_changes and "/r/a is not bpforch's" in str(d.problems[0])
+    d = plan_destroy(actual(ownership=own), ["zombie"])
+    assert not d.has_changes
+    assert str(d.problems[0]) == (
+        "collection zombie: not applied by bpforch: /r/zombie is not bpforch's (no ownership "
+        "marker); bpforch never follows, changes or removes it (remove or rename it if it is "
+        "yours, or give the collection another name)"
+    )
 
     a, b = record("a"), record("b", deps=("a",))
     d = plan_destroy(actual(a, b), None)
