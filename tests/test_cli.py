@@ -302,3 +302,44 @@ def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setattr(cli, "cmd_validate", interrupted)
     code, _, err = run_cli("validate", str(tmp_path))
     assert code == 130 and err.strip() == "interrupted"
+
+
+@pytest.mark.kernel
+def test_ownership_in_the_cli(tmp_path: Path, pin_dir: Path, where: list[str]) -> None:
+    """Foreign entries and adopted collections are shown by plan and status; a second state
+    directory on the root is an error naming both (exit 1)."""
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "tp.yaml").write_text(TP_MANIFEST)
+    assert run_cli("apply", str(manifests), *where)[0] == 0
+    root, state_dir = Path(where[1]), Path(where[3])
+    evil = root / "_staging-1-evil"
+    (pin_dir / "elsewhere").mkdir()
+    evil.symlink_to(pin_dir / "elsewhere")
+    line = f"foreign: {evil}: symlink to {pin_dir / 'elsewhere'} (not bpforch's: "
+    code, out, _ = run_cli("status", *where)
+    assert code == 0 and line + "never followed, changed or removed)" in out.splitlines()
+    code, out, _ = run_cli("plan", str(manifests), *where)
+    assert code == 0 and out.splitlines()[1:] == [line + "left alone)"]
+    data = json.loads(run_cli("status", "-o", "json", *where)[1])
+    assert data["foreign"] == [
+        {"path": str(evil), "what": f"symlink to {pin_dir / 'elsewhere'}", "collection": ""}
+    ]
+    other = tmp_path / "other"
+    code, _, err = run_cli("status", "--bpffs-root", str(root), "--state-dir", str(other))
+    assert code == cli.EXIT_ERROR
+    assert err.startswith(
+        f"error: bpffs root {root} belongs to state dir {os.path.realpath(state_dir)}, not "
+        f"{os.path.realpath(other)}"
+    )
+    (state_dir / "state.json").unlink()
+    code, out, _ = run_cli("status", *where)
+    assert code == 0 and out.startswith("tp: Ready (generation 1")
+    assert "adopted: tp (no record listed it: rebuilt from its ownership marker; the next " in out
+    assert json.loads(run_cli("status", "-o", "json", *where)[1])["adopted"] == ["tp"]
+    code, out, _ = run_cli("apply", str(manifests), *where)
+    assert code == 0 and "adopted: tp (no record listed it: rebuilt from its marker)" in out
+    assert json.loads(run_cli("status", "-o", "json", *where)[1])["adopted"] == []
+    assert run_cli("destroy", "--all", *where)[0] == 0
+    evil.unlink()
+    assert os.listdir(root) == []

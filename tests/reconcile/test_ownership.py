@@ -1,0 +1,691 @@
+"""Nothing foreign touched, nothing lost: bpforch never follows a symlink in its root,
+removes only what it can prove it created (the record, or an ownership marker), keeps one
+state directory per root, and rebuilds a lost record from its markers without losing a
+preserved map's contents. Foreign objects are checked by id: still alive, still attached."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf import Map, links
+from orchestrator.ebpf.pin import remove_tree
+from orchestrator.reconcile import (
+    ApplyError,
+    Hooks,
+    PlanError,
+    Reconciler,
+    RecordError,
+    StateError,
+)
+from orchestrator.reconcile.owner import (
+    MARK_PIN,
+    OWNER_PIN,
+    Marker,
+    MarkerError,
+    MarkKind,
+    read_marker,
+    write_marker,
+)
+from tests.conftest import BPF_DIR
+from tests.netns import VethPair
+from tests.reconcile.conftest import Env, link_alive, map_alive, pins_under, prog_alive
+from tests.reconcile.test_apply import xdp_manifest
+
+pytestmark = pytest.mark.kernel
+
+
+class ForeignXdp:
+    """A foreign XDP program attached to ``veth.a`` by a BPF link that only its pin holds
+    (in ``where/links``, with its map in ``where/maps``: the layout of a collection).
+    Unpinning it would release the link, a detach would stop it."""
+
+    def __init__(self, veth: VethPair, where: Path) -> None:
+        self.veth, self.where = veth, where
+        (where / "links").mkdir(parents=True)
+        (where / "maps").mkdir()
+        with ebpf.load_collection(BPF_DIR / "xdp_counter.o") as coll:
+            prog = coll.programs["xdp_count"]
+            self.prog_id, self.map_id = prog.id, coll.maps["counters"].id
+            coll.maps["counters"].pin(where / "maps" / "counters")
+            with links.attach_xdp(prog, veth.a.name, "generic", netns=veth.a.ns.path) as link:
+                self.link_id = link.id
+                link.pin(where / "links" / "foreign")
+
+    def assert_untouched(self) -> None:
+        assert (self.where / "links" / "foreign").exists()
+        assert (self.where / "maps" / "counters").exists()
+        assert link_alive(self.link_id) and prog_alive(self.prog_id) and map_alive(self.map_id)
+        state = links.xdp_attached(self.veth.a.name, self.veth.a.ns.path)
+        assert state is not None and state.link_id == self.link_id
+        assert state.prog_id == self.prog_id
+
+    def remove(self) -> None:
+        remove_tree(self.where)
+
+
+@pytest.fixture
+def foreign_xdp(veth: VethPair, pin_dir: Path) -> Iterator[ForeignXdp]:
+    f = ForeignXdp(veth, pin_dir / "foreign")
+    try:
+        yield f
+    finally:
+        f.remove()
+
+
+def tp_manifest(env: Env, tgid: int = 0) -> None:
+    env.write(
+        "tp-counter",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: tp-counter}}
+        spec:
+          object: @BPF@/tp_counter.o
+          constants: {{target_tgid: {tgid}}}
+          maps:
+            calls: {{preserve: true}}
+          attach:
+            - program: count_getppid
+              tracepoint: {{group: syscalls, name: sys_enter_getppid}}
+        """,
+    )
+
+
+def ids(r: Reconciler) -> dict[str, object]:
+    """Program, map and link ids and generations of everything applied."""
+    return {
+        c.name: (
+            c.generation,
+            sorted((p.name, p.id) for p in c.programs),
+            sorted((m.name, m.id) for m in c.maps),
+            sorted(a.link_id for a in c.attachments),
+        )
+        for c in r.status().collections
+    }
+
+
+# ---------------------------------------------------------------------------- symlinks
+
+
+def test_a_staging_symlink_to_a_foreign_directory_is_never_followed(
+    env: Env, foreign_xdp: ForeignXdp, fd_guard: None
+) -> None:
+    """Defect: a symlink ``<root>/_staging-x`` to a foreign directory made every apply
+    unpin everything there, which released a foreign live XDP link."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    evil = env.root / "_staging-1-evil"
+    os.symlink(foreign_xdp.where, evil)
+    shown = [f"{evil}: symlink to {foreign_xdp.where}"]
+    st = r.status()
+    assert st.garbage == () and [str(f) for f in st.foreign] == shown
+    tp_manifest(env, tgid=1)
+    result = r.apply(env.desired())
+    assert result.applied and [str(f) for f in result.plan.foreign] == shown
+    r.destroy()
+    foreign_xdp.assert_untouched()
+    assert os.readlink(evil) == str(foreign_xdp.where)  # and the symlink is left alone too
+    os.unlink(evil)
+    assert os.listdir(env.root) == []
+
+
+def test_a_collection_directory_replaced_by_a_symlink_is_refused(
+    env: Env, foreign_xdp: ForeignXdp, pin_dir: Path, fd_guard: None
+) -> None:
+    """Defect: a collection directory replaced by a symlink to a foreign tree made the
+    release step detach the foreign XDP link. Now the collection can't be applied or
+    destroyed while the symlink is there, and status says why."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    before = ids(r)
+    live = env.root / "tp-counter"
+    os.rename(live, pin_dir / "moved")  # our tree, still pinned, somewhere else
+    os.symlink(foreign_xdp.where, live)
+    st = r.status()
+    assert [(str(f.path), f.what, f.collection) for f in st.foreign] == [
+        (str(live), f"symlink to {foreign_xdp.where}", "tp-counter")
+    ]
+    c = st.get("tp-counter")
+    assert c is not None and c.condition == "Degraded"
+    assert "is a symlink to" in c.message and "never followed" in c.message
+    tp_manifest(env, tgid=1)
+    for attempt in (
+        lambda: r.apply(env.desired()),
+        lambda: r.apply(env.desired(), prune=True),
+        lambda: r.destroy(["tp-counter"]),
+        lambda: r.destroy(),
+    ):
+        with pytest.raises(PlanError) as info:
+            attempt()
+        assert f"{live} is not bpforch's (symlink to {foreign_xdp.where})" in str(info.value)
+        assert "never follows, changes or removes it" in str(info.value)
+    foreign_xdp.assert_untouched()
+    os.unlink(live)
+    os.rename(pin_dir / "moved", live)
+    assert ids(r) == before
+    r.destroy()
+    foreign_xdp.assert_untouched()
+    assert os.listdir(env.root) == []
+
+
+def test_a_symlink_planted_between_plan_and_commit_is_never_swapped_or_followed(
+    env: Env, foreign_xdp: ForeignXdp, pin_dir: Path, fd_guard: None
+) -> None:
+    """The race: the live directory becomes a symlink after the plan. The commit sees it
+    (lstat, relative to the root's fd), refuses to swap it and rolls back."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    live = env.root / "tp-counter"
+
+    def plant(_: str) -> None:
+        os.rename(live, pin_dir / "moved")
+        os.symlink(foreign_xdp.where, live)
+
+    tp_manifest(env, tgid=1)
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(Hooks(commit=plant)).apply(env.desired())
+    assert f"{live} is not a directory bpforch made" in str(info.value)
+    assert "previous generation is live" in str(info.value)
+    assert not any(n.startswith("_staging-") for n in os.listdir(env.root))
+    foreign_xdp.assert_untouched()
+    os.unlink(live)
+    os.rename(pin_dir / "moved", live)
+    r.apply(env.desired())
+    st = r.status().get("tp-counter")
+    assert st is not None and st.condition == "Ready" and st.generation == 2
+    r.destroy()
+    foreign_xdp.assert_untouched()
+
+
+def test_symlinks_inside_an_owned_tree_are_reported_and_left(
+    env: Env, foreign_xdp: ForeignXdp, fd_guard: None
+) -> None:
+    """A symlink planted among our pins is foreign: status lists it, destroy removes
+    everything else and leaves it (with its directory and marker, so the rest stays
+    provably ours); once it is gone, the next run removes the leftover."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    evil = env.root / "tp-counter" / "links" / "evil"
+    os.symlink(foreign_xdp.where / "links", evil)
+    st = r.status()
+    assert [str(f) for f in st.foreign] == [f"{evil}: symlink to {foreign_xdp.where / 'links'}"]
+    c = st.get("tp-counter")
+    assert c is not None and c.condition == "Ready"  # our own pins are all there
+    result = r.destroy()
+    assert len(result.warnings) == 1 and "evil (not bpforch's" in result.warnings[0]
+    foreign_xdp.assert_untouched()
+    (leftover,) = [p for p in env.root.iterdir() if p.name.startswith("_staging-")]
+    assert sorted(pins_under(leftover)) == [MARK_PIN]  # the marker stays with the symlink
+    assert (env.root / OWNER_PIN).exists()  # so does the root's owner marker
+    st = r.status()
+    assert st.collections == () and st.garbage == (leftover,)
+    assert [f.what for f in st.foreign] == [f"symlink to {foreign_xdp.where / 'links'}"]
+    os.unlink(leftover / "tp-counter" / "links" / "evil")
+    r.destroy()
+    assert os.listdir(env.root) == []
+    foreign_xdp.assert_untouched()
+
+
+def test_a_mount_point_under_the_root_is_foreign(
+    env: Env, foreign_xdp: ForeignXdp, fd_guard: None
+) -> None:
+    """A bind mount of a foreign bpffs directory is never descended into, even where a
+    collection of ours should be."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    mnt = env.root / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "--bind", str(foreign_xdp.where), str(mnt)], check=True)
+    try:
+        st = r.status()
+        assert [(str(f.path), f.what) for f in st.foreign] == [(str(mnt), "a mount point")]
+        r.apply(env.desired(), prune=True)
+        r.destroy()
+        foreign_xdp.assert_untouched()
+        assert (mnt / "links" / "foreign").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    mnt.rmdir()
+    assert os.listdir(env.root) == []
+
+
+def test_a_root_that_is_a_symlink_is_refused(env: Env, pin_dir: Path, fd_guard: None) -> None:
+    real = pin_dir / "real-root"
+    real.mkdir()
+    env.root.symlink_to(real)
+    tp_manifest(env)
+    for attempt in (
+        lambda: env.reconciler().apply(env.desired()),
+        lambda: env.reconciler().status(),
+    ):
+        with pytest.raises(StateError) as info:
+            attempt()
+        assert str(info.value) == (
+            f"bpffs root {env.root} is a symlink (to {real}); bpforch never follows symlinks "
+            "in the tree it owns (give the real directory as --bpffs-root)"
+        )
+    assert os.listdir(real) == []
+    env.root.unlink()
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+def test_look_alike_directories_are_never_removed(env: Env, veth: VethPair, fd_guard: None) -> None:
+    """Defect: destroy --all and --prune deleted any unrecorded directory whose entries look
+    like {maps, progs, links}, detaching a foreign live link. Now only a directory whose
+    ownership marker carries the root's token is ours: a look-alike without one, or with a
+    marker of another owner, is foreign."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    plain = ForeignXdp(veth, env.root / "lookalike")
+    forged = env.root / "forged"
+    (forged / "maps").mkdir(parents=True)
+    fd = os.open(forged, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        write_marker(fd, MARK_PIN, Marker(MarkKind.COLLECTION, b"x" * 16, {"name": "forged"}))
+    finally:
+        os.close(fd)
+    try:
+        want = {
+            "lookalike": "no ownership marker: not made by bpforch (it only looks like a "
+            "collection)",
+            "forged": "ownership marker of another owner",
+        }
+        st = r.status()
+        assert {f.collection: f.what for f in st.foreign} == want
+        assert r.plan(env.desired(), prune=True).foreign == st.foreign
+        r.apply(env.desired(), prune=True)
+        with pytest.raises(PlanError) as info:
+            r.destroy(["lookalike"])
+        assert "not applied by bpforch" in str(info.value)
+        r.destroy()
+        plain.assert_untouched()
+        assert (forged / MARK_PIN).exists() and (forged / "maps").is_dir()
+        # a manifest can't take the look-alike's name to have it replaced either
+        env.write("x", "apiVersion: bpforch/v1\nkind: Collection\nmetadata: {name: lookalike}\n"
+                  f"spec: {{object: {BPF_DIR}/tp_counter.o}}\n")  # fmt: skip
+        with pytest.raises(PlanError) as info:
+            r.apply(env.desired())
+        assert f"{env.root}/lookalike is not bpforch's" in str(info.value)
+        plain.assert_untouched()
+    finally:
+        plain.remove()
+        remove_tree(forged)
+    assert os.listdir(env.root) == []
+
+
+def test_markers_are_frozen_maps_that_prove_each_tree(env: Env, fd_guard: None) -> None:
+    """The root's owner marker names the state directory; each collection's marker holds
+    its record; markers are frozen; everything goes with destroy."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    (link,) = os.listdir(env.root / "tp-counter" / "links")
+    assert sorted(pins_under(env.root)) == [
+        OWNER_PIN,
+        f"tp-counter/{MARK_PIN}",
+        f"tp-counter/links/{link}",
+        "tp-counter/maps/calls",
+        "tp-counter/progs/count_getppid",
+    ]
+    root_fd = os.open(env.root, os.O_RDONLY | os.O_DIRECTORY)
+    coll_fd = os.open(env.root / "tp-counter", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        owner = read_marker(root_fd, OWNER_PIN)
+        mark = read_marker(coll_fd, MARK_PIN)
+        assert owner is not None and owner.kind is MarkKind.OWNER
+        assert owner.payload["state_dir"] == os.path.realpath(env.state_dir)
+        assert owner.payload["ino"] == os.stat(env.state_dir).st_ino
+        assert mark is not None and mark.kind is MarkKind.COLLECTION
+        assert mark.token == owner.token and mark.payload["name"] == "tp-counter"
+        record = mark.payload["record"]
+        assert isinstance(record, dict) and record["generation"] == 1
+        # frozen: nobody rewrites it through bpf()
+        with Map.from_pin(env.root / OWNER_PIN) as m, pytest.raises(ebpf.Error):
+            m.update(0, bytes(m.value_size))
+        # a pin of another kind where a marker should be is no marker
+        with ebpf.Map.create(ebpf.MapSpec("x", ebpf.MapType.HASH, 4, 4, 1)) as other:
+            other.pin(env.root / "tp-counter" / "maps" / "other")
+        sub = os.open(env.root / "tp-counter" / "maps", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(MarkerError, match="another shape"):
+                read_marker(sub, "other")
+            assert read_marker(sub, "nothing") is None
+        finally:
+            os.close(sub)
+        os.unlink(env.root / "tp-counter" / "maps" / "other")
+    finally:
+        os.close(root_fd)
+        os.close(coll_fd)
+    r.destroy()
+    assert os.listdir(env.root) == []
+
+
+def test_an_invalid_owner_marker_is_refused(env: Env, fd_guard: None) -> None:
+    env.root.mkdir()
+    with ebpf.Map.create(ebpf.MapSpec("x", ebpf.MapType.ARRAY, 4, 64, 1)) as m:
+        m.pin(env.root / OWNER_PIN)
+    tp_manifest(env)
+    with pytest.raises(StateError) as info:
+        env.reconciler().apply(env.desired())
+    assert str(info.value) == (
+        f"bpffs root {env.root}: {env.root / OWNER_PIN} is not bpforch's ownership marker (not "
+        "an ownership marker (no bpforch magic)); bpforch never removes what it did not create "
+        f"(use another --bpffs-root, or remove {env.root / OWNER_PIN} if nothing else uses "
+        f"{env.root})"
+    )
+    assert sorted(pins_under(env.root)) == [OWNER_PIN]
+    os.unlink(env.root / OWNER_PIN)
+
+
+# ---------------------------------------------------------------- one root, one state dir
+
+
+def test_a_second_state_dir_on_one_root_is_refused(
+    env: Env, tmp_path: Path, foreign_xdp: ForeignXdp, fd_guard: None
+) -> None:
+    """Defect: two instances with different --state-dir on one root removed each other's
+    staging and listed each other's collections as orphans. Now the root's owner marker
+    names its state directory and any other one is refused, for every verb."""
+    tp_manifest(env)
+    a = env.reconciler()
+    a.apply(env.desired())
+    before = ids(a)
+    other = tmp_path / "other-state"
+    b = Reconciler(bpffs_root=env.root, state_dir=other)
+    want = (
+        f"bpffs root {env.root} belongs to state dir {os.path.realpath(env.state_dir)}, not "
+        f"{os.path.realpath(other)}: one root has one state dir (run with --state-dir "
+    )
+    for attempt in (
+        lambda: b.apply(env.desired()),
+        lambda: b.apply(env.desired(), prune=True),
+        lambda: b.plan(env.desired()),
+        b.status,
+        b.destroy,
+    ):
+        with pytest.raises(StateError) as info:
+            attempt()
+        assert str(info.value).startswith(want), str(info.value)
+        assert "or use another --bpffs-root" in str(info.value)
+    assert ids(a) == before
+    assert not (other / "state.json").exists()
+    # the same directory through another path is the same state dir
+    alias = tmp_path / "alias"
+    alias.symlink_to(env.state_dir)
+    assert ids(Reconciler(bpffs_root=env.root, state_dir=alias)) == before
+    a.destroy()  # gives the root up: now the other state dir may take it
+    b.apply(env.desired())
+    assert [c.name for c in b.status().collections] == ["tp-counter"]
+    b.destroy()
+    foreign_xdp.assert_untouched()
+
+
+def test_a_lost_state_dir_is_named_in_the_refusal(env: Env, tmp_path: Path) -> None:
+    tp_manifest(env)
+    gone = tmp_path / "gone"
+    Reconciler(bpffs_root=env.root, state_dir=gone).apply(env.desired())
+    shutil.rmtree(gone)
+    with pytest.raises(StateError) as info:
+        env.reconciler().status()
+    assert f"; {gone} does not exist any more" in str(info.value)
+    assert f"bpforch destroy --all --state-dir {gone}" in str(info.value)
+    # following the advice works: the record is rebuilt from the markers
+    Reconciler(bpffs_root=env.root, state_dir=gone).destroy()
+    assert os.listdir(env.root) == []
+
+
+def test_concurrent_instances_with_two_state_dirs(
+    env: Env, veth: VethPair, tmp_path: Path, fd_guard: None
+) -> None:
+    """Two instances race for a fresh root: the lock on the root serializes them, the first
+    claims it, the second is refused and removes nothing (not even the first one's staging
+    directory while the first one is still applying)."""
+    tp_manifest(env)
+    desired_a = env.desired()
+    env.remove("tp-counter")
+    xdp_manifest(env, veth)
+    desired_b = env.desired()
+    in_commit = threading.Event()
+    go_on = threading.Event()
+
+    def pause(_: str) -> None:
+        in_commit.set()
+        assert go_on.wait(10)
+
+    errors: list[BaseException] = []
+
+    def run_a() -> None:
+        try:
+            env.reconciler(Hooks(commit=pause)).apply(desired_a)
+        except BaseException as err:
+            errors.append(err)
+
+    t = threading.Thread(target=run_a)
+    t.start()
+    assert in_commit.wait(10)
+    staging = [p for p in env.root.iterdir() if p.name.startswith("_staging-")]
+    assert len(staging) == 1
+    b = Reconciler(bpffs_root=env.root, state_dir=tmp_path / "b-state")
+    outcome: list[BaseException | None] = []
+
+    def run_b() -> None:
+        try:
+            b.apply(desired_b)
+            outcome.append(None)
+        except BaseException as err:
+            outcome.append(err)
+
+    tb = threading.Thread(target=run_b)
+    tb.start()
+    time.sleep(0.3)
+    assert outcome == [] and staging[0].is_dir()  # b waits for the root's lock
+    go_on.set()
+    t.join(20)
+    tb.join(20)
+    assert errors == []
+    (err,) = outcome
+    assert isinstance(err, StateError) and "one root has one state dir" in str(err)
+    st = env.reconciler().status()
+    assert [(c.name, c.condition) for c in st.collections] == [("tp-counter", "Ready")]
+    assert links.xdp_attached(veth.b.name, veth.b.ns.path) is None
+    assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
+
+
+def test_concurrent_instances_with_one_state_dir_take_turns(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    tp_manifest(env)
+    xdp_manifest(env, veth)
+    desired = env.desired()
+    results: list[object] = []
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(env.reconciler().apply(desired).applied)
+        except BaseException as err:
+            results.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results, key=str) == [False, False, False, True]  # one applies, 3 no-ops
+    st = env.reconciler().status()
+    assert [(c.name, c.condition, c.generation) for c in st.collections] == [
+        ("tp-counter", "Ready", 1),
+        ("xdp-counter", "Ready", 1),
+    ]
+    assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
+
+
+# ---------------------------------------------------------------- the lost record
+
+
+def fill(env: Env) -> dict[bytes, bytes]:
+    """Write entries into the preserved map, return its contents."""
+    with Map.from_pin(env.root / "tp-counter" / "maps" / "calls") as m:
+        m.update(0, (41).to_bytes(m.value_size, "little"))
+        return {bytes(k): bytes(v) for k, v in m.items()}  # type: ignore[arg-type]
+
+
+def contents(env: Env) -> dict[bytes, bytes]:
+    with Map.from_pin(env.root / "tp-counter" / "maps" / "calls") as m:
+        return {bytes(k): bytes(v) for k, v in m.items()}  # type: ignore[arg-type]
+
+
+def test_following_the_hint_for_an_unreadable_record_loses_nothing(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """Defect: the hint for an unreadable state.json said "remove it and re-apply; the
+    kernel objects are adopted", and doing exactly that recreated preserved maps empty.
+    Now the record is rebuilt from the collections' ownership markers: the same programs,
+    links and maps (ids and contents), nothing reloaded."""
+    tp_manifest(env)
+    xdp_manifest(env, veth)
+    r = env.reconciler()
+    r.apply(env.desired())
+    data = fill(env)
+    before = ids(r)
+    (env.state_dir / "state.json").write_text("{not json")
+    with pytest.raises(RecordError) as info:
+        r.apply(env.desired())
+    text = str(info.value)
+    assert text.startswith(f"state record {env.state_dir / 'state.json'}: unreadable (")
+    assert text.endswith(
+        "(move it away and re-apply: the record is rebuilt from the ownership markers "
+        "(tp-counter, xdp-counter keep their programs, links and maps, preserved maps with "
+        "their contents))"
+    )
+    # the hint, literally
+    os.rename(env.state_dir / "state.json", env.state_dir / "state.json.bad")
+    st = r.status()
+    assert st.adopted == ("tp-counter", "xdp-counter")
+    assert [c.condition for c in st.collections] == ["Ready", "Ready"]
+    result = r.apply(env.desired())
+    assert not result.plan.has_changes and result.plan.adopted == ("tp-counter", "xdp-counter")
+    assert ids(r) == before and contents(env) == data
+    assert r.status().adopted == ()  # recorded again
+    assert (env.state_dir / "state.json").exists()
+    # and an upgrade after that still hands the preserved map over
+    calls = r.status().get("tp-counter").map("calls").id  # type: ignore[union-attr]
+    tp_manifest(env, tgid=7)
+    r.apply(env.desired())
+    st = r.status().get("tp-counter")
+    assert st is not None and st.generation == 2 and st.map("calls").id == calls
+    assert contents(env) == data
+    r.destroy()
+
+
+def test_a_removed_state_dir_is_rebuilt_from_the_markers(env: Env, fd_guard: None) -> None:
+    """/run cleared (a reboot of the service's RuntimeDirectory): same path, new inode. The
+    root still belongs to it, and the record comes back from the markers."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    data = fill(env)
+    before = ids(r)
+    shutil.rmtree(env.state_dir)
+    assert ids(r) == before and r.status().adopted == ("tp-counter",)
+    r.apply(env.desired())
+    assert ids(r) == before and contents(env) == data
+    # and straight from an adopted record to an upgrade: the preserved map is handed over
+    calls = r.status().get("tp-counter").map("calls").id  # type: ignore[union-attr]
+    shutil.rmtree(env.state_dir)
+    tp_manifest(env, tgid=3)
+    result = r.apply(env.desired())
+    assert result.plan.adopted == ("tp-counter",)
+    st = r.status().get("tp-counter")
+    assert st is not None and st.generation == 2 and st.map("calls").id == calls
+    assert contents(env) == data
+    r.destroy()
+    assert os.listdir(env.root) == []
+
+
+def test_a_dry_run_creates_nothing(env: Env) -> None:
+    tp_manifest(env)
+    result = env.reconciler().apply(env.desired(), dry_run=True)
+    assert result.plan.has_changes and not result.applied
+    assert not env.root.exists() and not env.state_dir.exists()
+
+
+def test_the_hint_names_what_would_not_be_adopted(env: Env, fd_guard: None) -> None:
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    (env.root / "zombie" / "maps").mkdir(parents=True)
+    (env.state_dir / "state.json").write_text("{not json")
+    with pytest.raises(RecordError) as info:
+        r.status()
+    assert str(info.value).endswith(
+        f"; zombie under {env.root} have no valid marker: they are reported as foreign and "
+        "left alone, and applying a collection of that name is refused)"
+    )
+    (env.state_dir / "state.json").unlink()
+    r.destroy()
+    assert (env.root / "zombie" / "maps").is_dir()
+    shutil.rmtree(env.root / "zombie")
+
+
+def test_collections_made_before_markers_are_marked_by_the_next_apply(
+    env: Env, fd_guard: None
+) -> None:
+    """Trees of the first wave have no markers: the record proves them ours, and the next
+    apply (even a no-op) pins the markers, after which a lost record is rebuilt."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    data = fill(env)
+    before = ids(r)
+    os.unlink(env.root / OWNER_PIN)
+    os.unlink(env.root / "tp-counter" / MARK_PIN)
+    actual = r.observe()
+    assert actual.ownership.token == b"" and actual.ownership.unmarked == ("tp-counter",)
+    assert r.status().get("tp-counter") is not None  # still ours: the record says so
+    result = r.apply(env.desired())
+    assert not result.plan.has_changes and result.warnings == ()
+    assert (env.root / OWNER_PIN).exists() and (env.root / "tp-counter" / MARK_PIN).exists()
+    assert r.observe().ownership.unmarked == ()
+    (env.state_dir / "state.json").unlink()
+    r.apply(env.desired())
+    assert ids(r) == before and contents(env) == data
+    r.destroy()
+    assert os.listdir(env.root) == []
+
+
+def test_destroy_gives_the_root_up(env: Env, tmp_path: Path, fd_guard: None) -> None:
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    assert (env.root / OWNER_PIN).exists()
+    r.destroy()
+    assert os.listdir(env.root) == []
+    # a failed first apply gives it up too, here to another state directory
+
+    def fail(_: str) -> None:
+        raise RuntimeError("injected failure at pin")
+
+    other = Reconciler(bpffs_root=env.root, state_dir=tmp_path / "other", hooks=Hooks(pin=fail))
+    with pytest.raises(ApplyError) as info:
+        other.apply(env.desired())
+    assert "injected failure at pin" in str(info.value)
+    assert os.listdir(env.root) == []
