@@ -515,16 +515,18 @@ def _rebuild_hint(root_fd: int, root: Path, token: bytes) -> str:
         (theirs if isinstance(verdict, str) else ours).append(name)
     text = "move it away and re-apply: the record is rebuilt from the ownership markers"
     if ours:
+        keep = "keeps its" if len(ours) == 1 else "keep their"
         text += (
-            f" ({', '.join(ours)} keep their programs, links and maps, preserved maps with "
-            "their contents)"
+            f" ({', '.join(ours)} {keep} programs, links and maps, preserved maps with their "
+            "contents)"
         )
     else:
         text += f" (no collection under {root} has one: nothing is adopted)"
     if theirs:
+        have = "has" if len(theirs) == 1 else "have"
         text += (
-            f"; {', '.join(theirs)} under {root} have no valid marker: they are reported as "
-            "foreign and left alone, and applying a collection of that name is refused"
+            f"; {', '.join(theirs)} under {root} {have} no valid marker: reported as foreign "
+            "and left alone, and applying a collection of that name is refused"
         )
     return text
 

@@ -209,12 +209,17 @@ def root_token(root_fd: int, root: Path, state_dir: Path) -> bytes:
         raise StateError(f"bpffs root {root}: {where}: {err} (remove {where})") from err
     me = StateDirIdentity.of(state_dir)
     if not owner.same(me):
-        gone = "" if os.path.isdir(owner.path) else f"; {owner.path} does not exist any more"
+        gone = ""
+        if not os.path.isdir(owner.path):
+            gone = (
+                f"; {owner.path} does not exist any more, and with --state-dir {owner.path} its "
+                "record is rebuilt from the root's markers"
+            )
         raise StateError(
             f"bpffs root {root} belongs to state dir {owner.path}, not {me.path}: one root has "
-            f"one state dir (run with --state-dir {owner.path} (its record is rebuilt from "
-            f"the root's markers if it is gone{gone}), or use another --bpffs-root; to "
-            f"give the root up, run bpforch destroy --all --state-dir {owner.path})"
+            f"one state dir{gone} (run with --state-dir {owner.path}, or use another "
+            f"--bpffs-root; to hand the root over, run bpforch destroy --all --state-dir "
+            f"{owner.path} first)"
         )
     return marker.token
 

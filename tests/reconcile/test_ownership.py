@@ -444,7 +444,9 @@ def test_a_lost_state_dir_is_named_in_the_refusal(env: Env, tmp_path: Path) -> N
     shutil.rmtree(gone)
     with pytest.raises(StateError) as info:
         env.reconciler().status()
-    assert f"; {gone} does not exist any more" in str(info.value)
+    assert f"; {gone} does not exist any more, and with --state-dir {gone} its record is " in str(
+        info.value
+    )
     assert f"bpforch destroy --all --state-dir {gone}" in str(info.value)
     # following the advice works: the record is rebuilt from the markers
     Reconciler(bpffs_root=env.root, state_dir=gone).destroy()
@@ -637,8 +639,9 @@ def test_the_hint_names_what_would_not_be_adopted(env: Env, fd_guard: None) -> N
     with pytest.raises(RecordError) as info:
         r.status()
     assert str(info.value).endswith(
-        f"; zombie under {env.root} have no valid marker: they are reported as foreign and "
-        "left alone, and applying a collection of that name is refused)"
+        "(tp-counter keeps its programs, links and maps, preserved maps with their contents)"
+        f"; zombie under {env.root} has no valid marker: reported as foreign and left alone, "
+        "and applying a collection of that name is refused)"
     )
     (env.state_dir / "state.json").unlink()
     r.destroy()
