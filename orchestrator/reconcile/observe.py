@@ -433,6 +433,7 @@ def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
     staging: list[Path] = []
     adopted: list[str] = []
     unmarked: list[str] = []
+    leftover: set[int] = set()
     for name, rec in record.collections.items():
         check = check_collection(root_fd, root, rec)
         collections[name] = ActualCollection(rec, check.drift)
@@ -456,6 +457,7 @@ def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
             if why is None:
                 staging.append(path)
                 foreign.extend(_foreign_inside(root_fd, name, path))
+                leftover.update(_leftover_programs(root_fd, name))
             else:
                 foreign.append(Foreign(path, why))
             continue
@@ -467,7 +469,9 @@ def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
         collections[name] = ActualCollection(verdict, check.drift)
         foreign.extend(check.foreign)
         adopted.append(name)
-    ownership = Ownership(token, tuple(foreign), tuple(adopted), tuple(sorted(unmarked)))
+    ownership = Ownership(
+        token, tuple(foreign), tuple(adopted), tuple(sorted(unmarked)), frozenset(leftover)
+    )
     return ActualState(collections, tuple(staging), ownership)
 
 
@@ -492,6 +496,35 @@ def _foreign_inside(dir_fd: int, name: str, path: Path) -> list[Foreign]:
                 out.append(_foreign_entry(path / e.name, e, fd))
     finally:
         os.close(fd)
+    return out
+
+
+def _leftover_programs(root_fd: int, name: str) -> set[int]:
+    """Ids of the programs run by the links pinned in the staging leftover ``name``
+    (``<name>/<collection>/links/*``), read without following a symlink."""
+    out: set[int] = set()
+    with contextlib.ExitStack() as stack:
+        try:
+            sfd = open_dir_at(root_fd, name)
+        except OSError:
+            return out
+        stack.callback(os.close, sfd)
+        with os.scandir(sfd) as it:
+            trees = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        for tree in trees:
+            try:
+                tfd = open_dir_at(sfd, tree)
+                stack.callback(os.close, tfd)
+                lfd = open_dir_at(tfd, "links")
+                stack.callback(os.close, lfd)
+            except OSError:
+                continue
+            with os.scandir(lfd) as it:
+                pins = [e.name for e in it if e.is_file(follow_symlinks=False)]
+            for pin in pins:
+                got = _open_id(lfd, pin, _sys.link_info)
+                if got is not None and isinstance(got[1], _sys.LinkInfo):
+                    out.add(int(got[1].prog_id))
     return out
 
 

@@ -868,6 +868,8 @@ class _Planner:
             return None
         if not isinstance(a.target, XdpTarget) or not tf.xdp_prog_id:
             return None
+        if tf.xdp_prog_id in self.actual.ownership.leftover_programs:
+            return None  # bpforch's own, left by a killed apply: released before the attach
         name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
         owner = self.own_prog_ids.get(tf.xdp_prog_id)
         if owner is not None and owner != d.name:

@@ -355,12 +355,15 @@ class Ownership:
     (empty: not claimed yet); ``foreign``: what bpforch leaves alone; ``adopted``:
     collections no record listed, rebuilt from their ownership markers; ``unmarked``:
     recorded collections without a marker (made before markers existed), marked by the
-    next apply."""
+    next apply; ``leftover_programs``: ids of the programs that links in staging leftovers
+    run (an apply killed after attaching them: the next apply releases them, so a hook they
+    hold is not someone else's)."""
 
     token: bytes = b""
     foreign: tuple[Foreign, ...] = ()
     adopted: tuple[str, ...] = ()
     unmarked: tuple[str, ...] = ()
+    leftover_programs: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

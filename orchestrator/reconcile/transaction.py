@@ -642,6 +642,7 @@ class Transaction:
         way it was (netlink, same mode); the transaction holds an fd of it until the end, so
         it survives the moment it is attached nowhere."""
         ours = {p.id for c in self.actual.collections.values() for p in c.record.programs.values()}
+        ours |= self.actual.ownership.leftover_programs  # released with the garbage
         deadline = time.monotonic() + 2.0
         while True:
             try:

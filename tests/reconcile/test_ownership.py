@@ -692,3 +692,52 @@ def test_destroy_gives_the_root_up(env: Env, tmp_path: Path, fd_guard: None) -> 
         other.apply(env.desired())
     assert "injected failure at pin" in str(info.value)
     assert os.listdir(env.root) == []
+
+
+@pytest.mark.parametrize("step", ["attach:2", "commit", "commit:2", "record"])
+def test_a_kill_after_a_new_xdp_link_converges(
+    step: str, env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """Found by the model-based test: an apply killed after it attached a new XDP link and
+    before the record left bpforch's own program on the interface, and every later plan took
+    it for someone else's. Its staging leftover's marker (or its collection's marker, once
+    swapped into place) proves it ours: the next apply releases it and converges."""
+    import sys
+
+    from orchestrator.reconcile import CRASH_ENV
+    from tests.conftest import ROOT
+
+    xdp_manifest(env, veth, name="a-xdp")  # staged and attached before tp-counter
+    tp_manifest(env)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from orchestrator.manifest import load_manifests\n"
+        "from orchestrator.reconcile import Reconciler\n"
+        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]))\n"
+        "r.apply(load_manifests([Path(sys.argv[3])]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests)],
+        cwd=ROOT,
+        env={**os.environ, CRASH_ENV: step},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    held = links.xdp_attached(veth.b.name, veth.b.ns.path)
+    assert held is not None  # the killed apply's program runs there
+    r = env.reconciler()
+    assert r.plan(env.desired()).problems == ()
+    r.apply(env.desired())
+    st = r.status()
+    assert [(c.name, c.condition) for c in st.collections] == [
+        ("a-xdp", "Ready"),
+        ("tp-counter", "Ready"),
+    ]
+    assert not r.plan(env.desired()).has_changes
+    held = links.xdp_attached(veth.b.name, veth.b.ns.path)
+    xdp = st.get("a-xdp")
+    assert held is not None and xdp is not None
+    assert held.prog_id == xdp.program("xdp_count").id
+    assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())

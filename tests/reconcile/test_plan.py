@@ -270,6 +270,10 @@ def test_foreign_xdp_owner_and_missing_targets_are_problems() -> None:
     own = Facts(facts.collections, {XDP.key(): TargetFacts(xdp_prog_id=100)})
     p = plan(desired(coll("a", "d2", attach=(xdp,))), actual(rec, facts=own))
     assert not p.problems
+    # nor is a program that a link in a staging leftover of ours runs (a killed apply)
+    left = Ownership(b"t" * 16, leftover_programs=frozenset({4242}))
+    p = plan(desired(coll("a", attach=(xdp,))), actual(facts=facts, ownership=left))
+    assert not p.problems
 
     missing = Facts(
         facts.collections, {XDP.key(): TargetFacts(problem="interface veth0 does not exist")}
