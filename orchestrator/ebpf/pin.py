@@ -140,6 +140,9 @@ def pin_at(fd: _sys.FD, dir_fd: int, name: str) -> None:
         raise PinError(f"pin {name}: {err}") from err
 
 
+_MAX_DEPTH = 64  # directories deeper than this are left (no pin tree is nearly as deep)
+
+
 @dataclass(frozen=True, slots=True)
 class TreeRemoval:
     """What :func:`remove_tree_at` did. ``removed``: the pins it unpinned; ``left``: what it
@@ -177,7 +180,7 @@ def remove_tree_at(
     try:
         if _sys.fs_magic(f"/proc/self/fd/{fd}") != _sys.BPF_FS_MAGIC:
             raise PinError(f"remove {shown}: not on bpffs; refusing to delete anything there")
-        _clear(fd, shown, removed, left, last)
+        _clear(fd, shown, removed, left, last, _MAX_DEPTH)
     finally:
         os.close(fd)
     if not left:
@@ -186,7 +189,9 @@ def remove_tree_at(
     return TreeRemoval(tuple(removed), tuple(left))
 
 
-def _clear(fd: int, shown: str, removed: list[str], left: list[str], last: str | None) -> None:
+def _clear(
+    fd: int, shown: str, removed: list[str], left: list[str], last: str | None, depth: int
+) -> None:
     held = len(left)
     with os.scandir(fd) as it:
         entries = sorted(it, key=lambda e: e.name == last)  # ``last`` at the end
@@ -195,11 +200,11 @@ def _clear(fd: int, shown: str, removed: list[str], left: list[str], last: str |
         st = e.stat(follow_symlinks=False)
         if e.name == last and len(left) > held:
             continue  # something stays: so does the marker
-        if stat.S_ISDIR(st.st_mode) and not is_mount_root(fd, e.name):
+        if stat.S_ISDIR(st.st_mode) and depth > 0 and not is_mount_root(fd, e.name):
             sub = open_dir_at(fd, e.name)
             before = len(left)
             try:
-                _clear(sub, path, removed, left, None)
+                _clear(sub, path, removed, left, None, depth - 1)
             finally:
                 os.close(sub)
             if len(left) == before:
@@ -207,7 +212,7 @@ def _clear(fd: int, shown: str, removed: list[str], left: list[str], last: str |
         elif stat.S_ISREG(st.st_mode):
             os.unlink(e.name, dir_fd=fd)
             removed.append(path)
-        else:  # a symlink, a mount point, a special file: not ours to follow or remove
+        else:  # a symlink, a mount point, a special file, a directory nested absurdly deep
             left.append(path)
 
 

@@ -475,10 +475,13 @@ def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
     return ActualState(collections, tuple(staging), ownership)
 
 
-def _foreign_inside(dir_fd: int, name: str, path: Path) -> list[Foreign]:
+def _foreign_inside(dir_fd: int, name: str, path: Path, depth: int = 8) -> list[Foreign]:
     """Symlinks, mount points and special files anywhere in the tree ``name`` (a leftover
-    of ours, which the next apply removes around them), walked without following any."""
+    of ours, which the next apply removes around them), walked without following any.
+    bpforch's trees are 3 levels deep: anything much deeper is foreign too."""
     out: list[Foreign] = []
+    if depth == 0:
+        return [Foreign(path, "nested deeper than bpforch makes its directories")]
     try:
         fd = open_dir_at(dir_fd, name)
     except OSError:
@@ -491,7 +494,7 @@ def _foreign_inside(dir_fd: int, name: str, path: Path) -> list[Foreign]:
                 if is_mount_root(fd, e.name):
                     out.append(Foreign(path / e.name, "a mount point"))
                 else:
-                    out.extend(_foreign_inside(fd, e.name, path / e.name))
+                    out.extend(_foreign_inside(fd, e.name, path / e.name, depth - 1))
             elif not e.is_file(follow_symlinks=False):
                 out.append(_foreign_entry(path / e.name, e, fd))
     finally:

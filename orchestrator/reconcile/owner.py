@@ -127,18 +127,19 @@ def _decode(fd: FD) -> Marker:
             raw = m.lookup(0)
         except EbpfError as err:
             raise MarkerError(f"unreadable: {err}") from err
-    assert isinstance(raw, bytes)
+    if not isinstance(raw, bytes):
+        raise MarkerError("not an ownership marker (a map with BTF types)")
     magic, fmt, kind, size, token = _HEADER.unpack_from(raw)
     if magic != MAGIC:
         raise MarkerError("not an ownership marker (no bpforch magic)")
     if fmt != FORMAT:
         raise MarkerError(f"marker format {fmt} is not {FORMAT} (made by another version)")
-    if kind not in MarkKind.__members__.values() or _HEADER.size + size > len(raw):
+    if kind not in {k.value for k in MarkKind} or _HEADER.size + size > len(raw):
         raise MarkerError("malformed marker")
     try:
         payload = json.loads(raw[_HEADER.size : _HEADER.size + size])
-    except ValueError as err:
-        raise MarkerError(f"malformed marker payload ({err})") from err
+    except (ValueError, RecursionError) as err:
+        raise MarkerError(f"malformed marker payload ({type(err).__name__})") from err
     if not isinstance(payload, dict):
         raise MarkerError("malformed marker payload (not an object)")
     return Marker(MarkKind(kind), token, payload)
@@ -290,7 +291,7 @@ def collection_verdict(root_fd: int, name: str, token: bytes) -> CollectionRecor
         return "ownership marker of another collection"
     try:
         return CollectionRecord.from_json(name, data)
-    except (ValueError, KeyError, AssertionError, TypeError) as err:
+    except (ValueError, KeyError, AssertionError, TypeError, RecursionError, StateError) as err:
         return f"ownership marker {MARK_PIN}: unreadable record ({err})"
 
 

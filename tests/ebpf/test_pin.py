@@ -145,3 +145,23 @@ def test_pins_are_opened_relative_to_a_directory_fd_never_through_a_symlink(
         finally:
             os.close(fd)
     assert sorted(os.listdir(pin_dir)) == ["alias", "dirlink", "real", "second"]
+
+
+def test_remove_tree_leaves_a_directory_nested_absurdly_deep(pin_dir: Path) -> None:
+    """No pin tree is 64 directories deep: deeper ones are left, never recursed into (no
+    RecursionError, no fd per level)."""
+    import os
+
+    deepest = pin_dir / "t"
+    for _ in range(70):
+        deepest = deepest / "d"
+    deepest.mkdir(parents=True)
+    with _map() as m:
+        m.pin(pin_dir / "t" / "p")
+    with pytest.raises(ebpf.PinError) as info:
+        pin.remove_tree(pin_dir / "t")
+    assert f"left {pin_dir / 't'}/{'d/' * 64}d " in str(info.value)
+    assert not (pin_dir / "t" / "p").exists() and deepest.is_dir()
+    while deepest != pin_dir:
+        os.rmdir(deepest)
+        deepest = deepest.parent

@@ -5,6 +5,7 @@ preserved map's contents. Foreign objects are checked by id: still alive, still 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -741,3 +742,53 @@ def test_a_kill_after_a_new_xdp_link_converges(
     assert held is not None and xdp is not None
     assert held.prog_id == xdp.program("xdp_count").id
     assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
+
+
+def test_malformed_markers_make_a_directory_foreign(env: Env, fd_guard: None) -> None:
+    """A marker that can't be read (bad magic, deep JSON, another collection's name, an
+    unreadable record, a directory where the pin should be) never crashes observe: the
+    directory is foreign."""
+    import struct
+
+    from orchestrator.reconcile.owner import FORMAT, MAGIC
+
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    root_fd = os.open(env.root, os.O_RDONLY | os.O_DIRECTORY)
+    token = read_marker(root_fd, OWNER_PIN).token  # type: ignore[union-attr]
+    os.close(root_fd)
+
+    def plant(name: str, value: bytes | None = None, payload: object = None) -> None:
+        d = env.root / name
+        d.mkdir()
+        if value is None and payload is None:
+            (d / MARK_PIN).mkdir()
+            return
+        if value is None:
+            data = json.dumps(payload).encode()
+            value = struct.pack("<8sHHI16s", MAGIC, FORMAT, 3, len(data), token) + data
+        value += bytes(-len(value) % 8)
+        with Map.create(ebpf.MapSpec("m", ebpf.MapType.ARRAY, 4, len(value), 1)) as m:
+            m.update(0, value)
+            m.pin(d / MARK_PIN)
+
+    deep = "[" * 100_000 + "]" * 100_000
+    plant("magic", value=b"x" * 64)
+    plant("deep", value=struct.pack("<8sHHI16s", MAGIC, FORMAT, 3, len(deep), token) +
+          deep.encode())  # fmt: skip
+    plant("renamed", payload={"name": "elsewhere", "record": {}})
+    plant("broken", payload={"name": "broken", "record": {"generation": "x"}})
+    plant("dirmark")
+    st = r.status()
+    what = {f.collection: f.what for f in st.foreign}
+    assert what["magic"] == "ownership marker _mark: not an ownership marker (no bpforch magic)"
+    assert what["deep"] == "ownership marker _mark: malformed marker payload (RecursionError)"
+    assert what["renamed"] == "ownership marker of another collection"
+    assert what["broken"].startswith("ownership marker _mark: unreadable record (")
+    assert what["dirmark"] == "ownership marker _mark: pin _mark: not a pinned object"
+    assert [c.name for c in st.collections] == ["tp-counter"]
+    r.destroy()
+    for name in what:
+        remove_tree(env.root / name)
+    assert os.listdir(env.root) == []
