@@ -164,7 +164,7 @@ def _entries(path: Path) -> tuple[int | None, str]:
         t = m.type.name.lower() if isinstance(m.type, MapType) else str(m.type)
         if m.type in _HASH_LIKE:
             try:
-                return len(m), t
+                return m.count_entries(), t
             except EbpfError:
                 return None, t
         return m.max_entries, t
