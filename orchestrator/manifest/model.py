@@ -55,7 +55,14 @@ class MapFrom:
 
 @dataclass(frozen=True, slots=True)
 class MapOptions:
-    """Per-map settings of a collection."""
+    """Per-map settings of a collection.
+
+    ``pin``: pin the map at ``<root>/<collection>/maps/<name>``; without a pin the map is
+    reached through the programs that use it. Some maps are pinned whatever ``pin`` says
+    (see :func:`orchestrator.reconcile.plan.pin_reason`): preserved maps, maps another
+    collection substitutes (``from``), and prog arrays (the kernel empties a prog array
+    when no pin or fd holds it). ``pin_given``: whether the manifest spelled ``pin`` (an
+    explicit ``pin: false`` on a map that must be pinned is an error)."""
 
     name: str
     pin: bool = False
@@ -64,6 +71,7 @@ class MapOptions:
     on_incompatible: OnIncompatible = OnIncompatible.FAIL
     source_from: MapFrom | None = None
     source: Source | None = field(default=None, compare=False)
+    pin_given: bool = field(default=False, compare=False)
 
     def document(self) -> dict[str, object]:
         """The normalized manifest form (defaults filled in; a valid manifest again)."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import AttachType, ProgType
+from orchestrator.ebpf import AttachType, MapType, ProgType
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import SyscallError
@@ -33,6 +33,7 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
+from orchestrator.reconcile.plan import pin_changes
 from orchestrator.reconcile.state import (
     ActualCollection,
     ActualState,
@@ -48,8 +49,14 @@ from orchestrator.reconcile.state import (
 from orchestrator.reconcile.store import read_record
 
 if TYPE_CHECKING:
-    from orchestrator.ebpf import CollectionSpec
+    from orchestrator.ebpf import CollectionSpec, Map
     from orchestrator.manifest.objects import ObjectError, ObjectInfo
+
+
+class MapGoneError(EbpfError):
+    """A recorded map that is not pinned can't be reached: no program of its collection
+    holds it any more."""
+
 
 # bpffs refuses names with a dot; an underscore can't start a collection name (DNS label)
 STAGING_PREFIX = "_staging-"
@@ -109,7 +116,19 @@ def check_collection(root: Path, rec: CollectionRecord) -> tuple[Drift, ...]:
         if m.source.startswith("pinned:"):
             drift.extend(_check_pinned_source(m))
             continue
-        if m.source or not m.pin:  # substituted, or a frozen .rodata held by its programs
+        if m.source:  # substituted from another collection (see observe)
+            continue
+        if not m.pin:  # not pinned: its programs hold it; a pin there is not ours to have
+            rel = f"maps/{m.name.replace('.', '_')}"
+            if os.path.lexists(os.path.join(cdir, rel)):
+                drift.append(
+                    Drift(
+                        "map",
+                        m.name,
+                        f"unexpected pin {rel} (the manifest does not pin this map)",
+                        "extra",
+                    )
+                )
             continue
         path = os.path.join(cdir, m.pin)
         if _same_pin(path, m.ino):
@@ -268,6 +287,101 @@ def _check_order(rec: CollectionRecord, drifted: set[str]) -> list[Drift]:
     return out
 
 
+def _check_substitutions(
+    rec: CollectionRecord, records: Mapping[str, CollectionRecord]
+) -> tuple[Drift, ...]:
+    """A ``from: {collection}`` map must be the very map its source collection records
+    (its programs were loaded with it); anything else is drift."""
+    out = []
+    for m in rec.maps.values():
+        if not m.source.startswith("collection/"):
+            continue
+        _, coll, mname = m.source.split("/", 2)
+        src = records.get(coll)
+        theirs = src.maps.get(mname) if src is not None else None
+        if theirs is None:
+            out.append(Drift("map", m.name, f"substitution source {coll}/{mname} is not applied"))
+        elif theirs.id != m.id:
+            out.append(
+                Drift(
+                    "map",
+                    m.name,
+                    f"uses map id {m.id}, but {coll}/{mname} is map id {theirs.id} (the "
+                    "programs are reloaded with it)",
+                    "replaced",
+                )
+            )
+    return tuple(out)
+
+
+def open_map(root: Path, rec: CollectionRecord, mr: MapRecord) -> Map:
+    """An fd of a recorded map of ``rec`` (not a substituted one): through its pin, or, for
+    a map that is not pinned, through the programs that hold it: a program's pin is opened
+    and the map taken by id only if the program's map ids list it (while that program fd is
+    open, the id cannot name another map)."""
+    from orchestrator.ebpf import Map
+
+    cdir = os.path.normpath(os.path.join(root, rec.name))
+
+    def inside(rel: str) -> str:
+        path = os.path.normpath(os.path.join(cdir, rel))
+        if not path.startswith(cdir + os.sep) or cdir == os.path.normpath(root):
+            raise MapGoneError(f"map {mr.name} of collection {rec.name}: {path}: outside {cdir}")
+        return path
+
+    if mr.pin:
+        return Map.from_pin(inside(mr.pin))
+    for p in rec.programs.values():
+        try:
+            fd = _sys.obj_get(inside(p.pin))
+        except SyscallError:
+            continue
+        with fd:
+            try:
+                ids = _sys.prog_map_ids(fd)
+            except SyscallError:
+                continue
+            if mr.id in ids:
+                m = Map.from_id(mr.id)
+                m.name = mr.name
+                return m
+    raise MapGoneError(
+        f"map {mr.name} of collection {rec.name}: no program of the collection holds map id "
+        f"{mr.id} (it is not pinned, and its programs are gone: the next apply recreates it)"
+    )
+
+
+def held_maps(spec: CollectionSpec, programs: Iterable[str]) -> frozenset[str]:
+    """The maps that loading ``programs`` of ``spec`` leaves held by programs: those the
+    programs refer to, the programs and maps in the initial contents of those maps (prog
+    arrays, maps of maps), and theirs, transitively. Nothing else outlives the load unless it
+    is pinned."""
+    todo = list(programs)
+    progs = set(todo)
+    maps: set[str] = set()
+    while todo:
+        p = spec.programs.get(todo.pop())
+        if p is None:
+            continue
+        stack = sorted(p.maps)
+        while stack:
+            name = stack.pop()
+            ms = spec.maps.get(name)
+            if name in maps or ms is None:
+                continue
+            maps.add(name)
+            for e in ms.contents:
+                if not isinstance(e.value, str):
+                    continue
+                if ms.type == MapType.PROG_ARRAY:
+                    if e.value not in progs:
+                        progs.add(e.value)
+                        todo.append(e.value)
+                else:
+                    stack.append(e.value)
+    return frozenset(maps)
+
+
 def _looks_owned(path: Path) -> bool:
     """Whether an unrecorded directory has the layout bpforch gives a collection (so it was
     left by an interrupted apply); anything else under the root is never touched."""
@@ -283,7 +397,9 @@ def observe(root: Path, state_dir: Path) -> ActualState:
     unrecorded collection directories under ``root``."""
     record = read_record(state_dir)
     collections = {
-        name: ActualCollection(rec, check_collection(root, rec))
+        name: ActualCollection(
+            rec, check_collection(root, rec) + _check_substitutions(rec, record.collections)
+        )
         for name, rec in record.collections.items()
     }
     staging: list[Path] = []
@@ -307,10 +423,16 @@ def observe(root: Path, state_dir: Path) -> ActualState:
 # ---------------------------------------------------------------------------- facts
 
 
-def needs_work(d: DesiredCollection, actual: ActualState) -> bool:
-    """Whether ``d`` may change (so its object and targets are worth a look)."""
+def needs_work(
+    d: DesiredCollection, actual: ActualState, desired: DesiredState | None = None
+) -> bool:
+    """Whether ``d`` may change (so its object and targets are worth a look): new, changed,
+    drifted, or (given all of ``desired``) a map of it must be pinned or unpinned because
+    another collection's ``from`` came or went."""
     a = actual.collections.get(d.name)
-    return a is None or not d.digest or a.record.digest != d.digest or bool(a.drift)
+    if a is None or not d.digest or a.record.digest != d.digest or bool(a.drift):
+        return True
+    return desired is not None and bool(pin_changes(desired, d, a.record))
 
 
 def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape]:
@@ -378,6 +500,7 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
         object_sha256=info.sha256,
         maps=map_shapes(d, spec),
         problems=tuple(problems),
+        held=held_maps(spec, names),
     )
 
 
@@ -553,7 +676,7 @@ def gather_facts(
     targets: dict[str, TargetFacts] = {}
     pinned: dict[Path, str | None] = {}
     todo: Iterable[DesiredCollection] = (
-        d for d in desired.collections.values() if needs_work(d, actual)
+        d for d in desired.collections.values() if needs_work(d, actual, desired)
     )
     for d in todo:
         colls[d.name] = _collection_facts(d, objects)

@@ -67,8 +67,10 @@ class MapShape:
 
 @dataclass(frozen=True, slots=True)
 class MapRecord:
-    """A map of an applied collection. ``pin`` is relative to the collection directory;
-    substituted maps (``source`` set) belong to someone else and have no pin of ours."""
+    """A map of an applied collection. ``pin`` is relative to the collection directory, or
+    empty for a map that is not pinned (its programs hold it: it is reached through their
+    map ids); substituted maps (``source`` set) belong to someone else and have no pin of
+    ours."""
 
     name: str
     id: int
@@ -276,7 +278,8 @@ class Drift:
     # missing (no pin), replaced (the pin holds another object), detached (link off its
     # hook), program (a live link runs another program than recorded), mode (an XDP link's
     # program runs in another mode than applied), order (a tcx link is not where its
-    # before/after puts it)
+    # before/after puts it), extra (a pin the record does not list: the map is not pinned by
+    # the manifest)
     code: str = "missing"
 
     def __str__(self) -> str:
@@ -322,6 +325,9 @@ class CollectionFacts:
     object_sha256: str = ""
     maps: Mapping[str, MapShape] = field(default_factory=dict)  # after max_entries overrides
     problems: tuple[str, ...] = ()  # e.g. an attach type this kernel cannot do
+    # maps the loaded programs hold (they refer to them, or hold them through a prog array
+    # or a map of maps); None: not known
+    held: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

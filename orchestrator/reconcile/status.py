@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
+from orchestrator.reconcile.observe import open_map
 from orchestrator.reconcile.state import ActualCollection, ActualState, Drift
 
 # Maps whose entries come and go (the rest always hold max_entries elements).
@@ -38,7 +41,8 @@ class ProgramStatus:
 @dataclass(frozen=True, slots=True)
 class MapStatus:
     """``entries``: element count for hash-like maps, else ``max_entries``; None when the
-    map could not be opened."""
+    map could not be opened. ``pin``: where the map is pinned; empty for a map that is not
+    pinned (its programs hold it) and for a substituted one (``source``)."""
 
     name: str
     id: int
@@ -155,9 +159,10 @@ class Status:
         }
 
 
-def _entries(path: Path) -> tuple[int | None, str]:
+def _entries(path: Path | Callable[[], Map]) -> tuple[int | None, str]:
+    """(entry count or None, type name) of the map pinned at ``path`` (or opened by it)."""
     try:
-        m = Map.from_pin(path)
+        m = Map.from_pin(path) if isinstance(path, Path) else path()
     except (EbpfError, OSError):
         return None, "?"
     with m:
@@ -168,6 +173,13 @@ def _entries(path: Path) -> tuple[int | None, str]:
             except EbpfError:
                 return None, t
         return m.max_entries, t
+
+
+def _type_name(t: int) -> str:
+    try:
+        return MapType(t).name.lower()
+    except ValueError:
+        return str(t)
 
 
 def _source_path(root: Path, source: str) -> Path:
@@ -189,8 +201,11 @@ def collection_status(root: Path, ac: ActualCollection) -> CollectionStatus:
             entries, t = _entries(path)
             maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
             continue
-        if not m.pin:  # a frozen data section, recorded by id only
-            maps.append(MapStatus(m.name, m.id, "", "array", m.shape.max_entries, None))
+        if not m.pin:  # not pinned: reached through the programs that hold it
+            entries, t = _entries(partial(open_map, root, rec, m))
+            if t == "?":
+                t = _type_name(m.shape.type)
+            maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries))
             continue
         entries, t = _entries(cdir / m.pin)
         maps.append(
