@@ -541,6 +541,14 @@ class _Checker:
                     "when no pin or open fd holds it",
                     "remove pin: false",
                 )
+            elif opts.pin_given and not opts.pin and mspec.holds_timers:
+                self.problem(
+                    e,
+                    (*path, "pin"),
+                    "a map whose values hold timers is always pinned: the kernel cancels "
+                    "them when no pin or open fd holds the map",
+                    "remove pin: false",
+                )
             if opts.max_entries is not None:
                 self.max_entries(e, (*path, "max_entries"), mspec, opts.max_entries)
             if opts.source_from is not None:

@@ -145,7 +145,8 @@ _MAP = _obj(
         "pin": {
             "type": "boolean",
             "description": "pin at <root>/<collection>/maps/<name> (default: not pinned, the "
-            "programs hold it; preserved, substituted and prog array maps are always pinned)",
+            "programs hold it; preserved, substituted, prog array and timer maps are always "
+            "pinned)",
         },
         "preserve": {
             "type": "boolean",

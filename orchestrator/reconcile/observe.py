@@ -49,7 +49,7 @@ from orchestrator.reconcile.state import (
 from orchestrator.reconcile.store import read_record
 
 if TYPE_CHECKING:
-    from orchestrator.ebpf import CollectionSpec, Map
+    from orchestrator.ebpf import CollectionSpec, Map, MapSpec
     from orchestrator.manifest.objects import ObjectError, ObjectInfo
 
 
@@ -441,8 +441,19 @@ def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape
     for name, m in spec.maps.items():
         mo = d.maps.get(name)
         max_entries = mo.max_entries if mo is not None and mo.max_entries else m.max_entries
-        out[name] = MapShape(int(m.type), m.key_size, m.value_size, max_entries, int(m.flags))
+        out[name] = map_shape(m, max_entries)
     return out
+
+
+def map_shape(m: MapSpec, max_entries: int) -> MapShape:
+    return MapShape(
+        int(m.type),
+        m.key_size,
+        m.value_size,
+        max_entries,
+        int(m.flags),
+        timers=m.holds_timers,
+    )
 
 
 class ObjectCache:

@@ -38,6 +38,7 @@ from orchestrator.reconcile.state import (
     AttachmentRecord,
     CollectionFacts,
     CollectionRecord,
+    MapShape,
     TargetValue,
 )
 
@@ -457,13 +458,15 @@ def substituted_by(desired: DesiredState, coll: str, mname: str) -> list[str]:
     )
 
 
-def pin_reason(desired: DesiredState, coll: str, mname: str, map_type: int) -> str | None:
-    """Why map ``mname`` of collection ``coll`` is pinned at ``maps/<name>``, or None if it
-    is not (its programs hold it). A map is pinned when the manifest says ``pin: true``,
-    and whatever it says when it is preserved (the next generation opens it there), when
-    another collection substitutes it (``from``: that collection opens it there) or when
-    it is a prog array (the kernel empties a prog array when no pin or fd holds it, and the
-    tail calls through it stop). A substituted map is someone else's: never pinned by us."""
+def pin_reason(desired: DesiredState, coll: str, mname: str, shape: MapShape | None) -> str | None:
+    """Why map ``mname`` (of shape ``shape``) of collection ``coll`` is pinned at
+    ``maps/<name>``, or None if it is not (its programs hold it). A map is pinned when the
+    manifest says ``pin: true``, and whatever it says when it is preserved (the next
+    generation opens it there), when another collection substitutes it (``from``: that
+    collection opens it there), when it is a prog array (the kernel empties a prog array
+    when no pin or fd holds it, and the tail calls through it stop) or when its values hold
+    timers (the kernel cancels them, and bpf_timer_init fails with EPERM, without a pin or
+    fd). A substituted map is someone else's: never pinned by us."""
     d = desired.collections.get(coll)
     mo = d.maps.get(mname) if d is not None else None
     if mo is not None and mo.source_from is not None:
@@ -472,8 +475,10 @@ def pin_reason(desired: DesiredState, coll: str, mname: str, map_type: int) -> s
         return "preserve: true"
     if mo is not None and mo.pin:
         return "pin: true"
-    if map_type == PROG_ARRAY:
+    if shape is not None and shape.type == PROG_ARRAY:
         return "a prog array is always pinned: the kernel empties it when nothing holds it"
+    if shape is not None and shape.timers:
+        return "its values hold timers: the kernel cancels them when nothing holds the map"
     users = substituted_by(desired, coll, mname)
     if users:
         return f"collection {', '.join(users)} uses it (from)"
@@ -489,7 +494,7 @@ def pin_changes(
     for mname, mr in rec.maps.items():
         if mr.source:
             continue
-        why = pin_reason(desired, d.name, mname, mr.shape.type)
+        why = pin_reason(desired, d.name, mname, mr.shape)
         if (why is not None) != bool(mr.pin):
             out[mname] = why
     return out
@@ -758,7 +763,7 @@ class _Planner:
             new_shape = facts.maps.get(mname) if facts is not None else None
             drifted = actual is not None and actual.drifted("map", mname)
             shape = new_shape if new_shape is not None else old.shape if old is not None else None
-            why = pin_reason(self.desired, d.name, mname, shape.type if shape is not None else 0)
+            why = pin_reason(self.desired, d.name, mname, shape)
             held = facts.held if facts is not None else None
             if why is None and held is not None and mname not in held:
                 # nothing would hold it: it is not kept (and not recorded)

@@ -24,13 +24,16 @@ IN_PLACE_KINDS = frozenset({"xdp", "tc", "cgroup", "netns"})
 
 @dataclass(frozen=True, slots=True)
 class MapShape:
-    """The parts of a map that decide whether a live map can stand in for a new spec."""
+    """The parts of a map that decide whether a live map can stand in for a new spec, and
+    ``timers``: its values hold a ``bpf_timer`` or ``bpf_wq`` (the kernel cancels those,
+    and refuses to start new ones, once no pin or fd holds the map: such a map is pinned)."""
 
     type: int
     key_size: int
     value_size: int
     max_entries: int
     flags: int
+    timers: bool = False
 
     def difference(self, new: MapShape) -> str | None:
         """None if a map of this shape can be handed to ``new``; else what differs."""
@@ -45,14 +48,17 @@ class MapShape:
                 return f"{label} {old_v} -> {new_v}"
         return None
 
-    def to_json(self) -> dict[str, int]:
-        return {
+    def to_json(self) -> dict[str, int | bool]:
+        out: dict[str, int | bool] = {
             "type": self.type,
             "key_size": self.key_size,
             "value_size": self.value_size,
             "max_entries": self.max_entries,
             "flags": self.flags,
         }
+        if self.timers:
+            out["timers"] = True
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, object]) -> MapShape:
@@ -62,6 +68,7 @@ class MapShape:
             value_size=_int(d["value_size"]),
             max_entries=_int(d["max_entries"]),
             flags=_int(d["flags"]),
+            timers=d.get("timers", False) is True,
         )
 
 

@@ -104,6 +104,7 @@ from orchestrator.reconcile.observe import (
     STAGING_PREFIX,
     ObjectCache,
     held_maps,
+    map_shape,
     open_map,
     pinned_problem,
 )
@@ -333,7 +334,7 @@ class Transaction:
         pinned = {
             mname
             for mname, ms in spec.maps.items()
-            if pin_reason(self.desired, name, mname, int(ms.type)) is not None
+            if pin_reason(self.desired, name, mname, shapes[mname]) is not None
         }
         replacements: dict[str, Map] = {}
         sources: dict[str, str] = {}
@@ -422,7 +423,7 @@ class Transaction:
             change = self.changes.get((name, "map", mname))
             if change is not None and change.op is Op.DELETE:
                 continue  # freed with the old tree
-            if pin_reason(self.desired, name, mname, mr.shape.type) is None:
+            if pin_reason(self.desired, name, mname, mr.shape) is None:
                 carried[mname] = replace(mr, pin="", ino=0)
                 continue
             m = open_map(self.root, rec, mr)
@@ -863,9 +864,7 @@ def _prepared(
         mo = d.maps.get(mname)
         if mo is not None and mo.max_entries:
             ms.max_entries = mo.max_entries
-        shapes[mname] = MapShape(
-            int(ms.type), ms.key_size, ms.value_size, ms.max_entries, int(ms.flags)
-        )
+        shapes[mname] = map_shape(ms, ms.max_entries)
     return spec, shapes
 
 

@@ -477,6 +477,14 @@ def test_pin_false_where_a_pin_is_needed_is_refused(env: Env, compile_bpf: Build
     manifest(env, "pres", compile_bpf(HASH_SOURCE), maps="{m: {pin: false, preserve: true}}")
     with pytest.raises(ManifestError, match="a preserved map is pinned"):
         env.desired()
+    env.remove("pres")
+
+    manifest(env, "tm", compile_bpf(TIMERS), maps="{timers: {pin: false}}")
+    with pytest.raises(ManifestError) as info:
+        env.desired()
+    text = str(info.value)
+    assert "tm.yaml:" in text and "spec.maps.timers.pin" in text
+    assert "values hold timers is always pinned" in text
 
 
 def test_tail_calls_work_after_the_applying_process_is_gone(env: Env, fd_guard: None) -> None:
@@ -506,3 +514,41 @@ def test_tail_calls_work_after_the_applying_process_is_gone(env: Env, fd_guard: 
         assert entry.test_run(data=bytes([2]) + bytes(63)).retval == 1  # XDP_DROP via slot 2
     with Map.from_id(st.map("hits").id) as hits:
         assert hits[0] == 1 and hits[2] == 1
+
+
+TIMERS = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct elem { struct bpf_timer t; };
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, struct elem);
+    __uint(max_entries, 1);
+} timers SEC(".maps");
+const volatile __u64 gen = 0;
+SEC("xdp") int arm(struct xdp_md *ctx)
+{
+    __u32 k = 0;
+    struct elem *e = bpf_map_lookup_elem(&timers, &k);
+    if (!e)
+        return 100;
+    long r = bpf_timer_init(&e->t, &timers, 1 /* CLOCK_MONOTONIC */);
+    return r < 0 ? -r : gen;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_maps_holding_timers_are_pinned(env: Env, compile_bpf: Build, fd_guard: None) -> None:
+    """The kernel cancels a map's timers, and bpf_timer_init fails with EPERM, once no pin or
+    fd holds the map: a map whose values hold a bpf_timer is pinned whatever ``pin`` says,
+    so its programs can still start timers after the applying process is gone."""
+    from tests.reconcile.test_drift import apply_in_subprocess
+
+    manifest(env, "tm", compile_bpf(TIMERS))
+    line = env.reconciler().plan(env.desired()).change("tm", "map", "timers")
+    assert line is not None and "pinned (its values hold timers" in line.reason
+    apply_in_subprocess(env)
+    assert pin_of(env, "tm", "timers").exists()
+    with Program.from_pin(env.root / "tm" / "progs" / "arm") as arm:
+        assert arm.test_run(bytes(64)).retval == 1  # gen: bpf_timer_init succeeded
+        assert arm.test_run(bytes(64)).retval == 16  # EBUSY: the timer is set up already

@@ -426,15 +426,17 @@ def test_pins_follow_the_rules() -> None:
         ),
         coll("b", maps={"s": MapOptions("s", source_from=MapFrom(collection="a", map="u"))}),
     )
-    assert pin_reason(d, "a", "p", 1) == "pin: true"
-    assert pin_reason(d, "a", "k", 1) == "preserve: true"
-    assert pin_reason(d, "a", "f", 1) is None
-    assert pin_reason(d, "a", "plain", 1) is None
-    assert pin_reason(d, "a", "jump", 3) is not None and "prog array" in str(
-        pin_reason(d, "a", "jump", 3)
-    )
-    assert pin_reason(d, "a", "u", 1) == "collection b uses it (from)"
-    assert pin_reason(d, "b", "s", 1) is None
+    timers = MapShape(type=2, key_size=4, value_size=16, max_entries=1, flags=0, timers=True)
+    assert pin_reason(d, "a", "p", ARRAY) == "pin: true"
+    assert pin_reason(d, "a", "k", ARRAY) == "preserve: true"
+    assert pin_reason(d, "a", "f", ARRAY) is None
+    assert pin_reason(d, "a", "plain", ARRAY) is None
+    assert "prog array" in str(pin_reason(d, "a", "jump", PROG_ARRAY))
+    assert "timers" in str(pin_reason(d, "a", "t", timers))
+    assert pin_reason(d, "a", "u", ARRAY) == "collection b uses it (from)"
+    assert pin_reason(d, "b", "s", ARRAY) is None
+    assert MapShape.from_json(timers.to_json()) == timers
+    assert "timers" not in ARRAY.to_json()  # records of maps without timers are unchanged
 
 
 def test_new_maps_say_whether_they_are_pinned_or_not_kept() -> None:
