@@ -7,6 +7,7 @@ unpinning a live map reloads nothing."""
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -552,3 +553,110 @@ def test_maps_holding_timers_are_pinned(env: Env, compile_bpf: Build, fd_guard: 
     with Program.from_pin(env.root / "tm" / "progs" / "arm") as arm:
         assert arm.test_run(bytes(64)).retval == 1  # gen: bpf_timer_init succeeded
         assert arm.test_run(bytes(64)).retval == 16  # EBUSY: the timer is set up already
+
+
+PERF = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct {
+    __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY); __type(key, __u32); __type(value, __u32);
+} m SEC(".maps");
+const volatile __u64 gen = 0;
+SEC("socket") int user(struct __sk_buff *skb)
+{
+    __u64 v = gen;
+    long r = bpf_perf_event_output(skb, &m, BPF_F_CURRENT_CPU, &v, sizeof(v));
+    return r < 0 ? -r : 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def _perf_samples(ring: mmap.mmap) -> list[int]:
+    """The u64 of every PERF_RECORD_SAMPLE (raw data) in a one-data-page perf ring."""
+    page = mmap.PAGESIZE
+    head = int.from_bytes(ring[1024:1032], "little")  # perf_event_mmap_page.data_head
+    out, pos = [], 0
+    while pos < head:
+        at = page + pos % page
+        kind, size = int.from_bytes(ring[at : at + 4], "little"), ring[at + 6] | ring[at + 7] << 8
+        if kind == 9:  # PERF_RECORD_SAMPLE: header, u32 raw size, raw data
+            out.append(int.from_bytes(ring[at + 12 : at + 20], "little"))
+        pos += size
+    return out
+
+
+def test_perf_event_array_entries_live_with_the_fd_that_put_them(
+    env: Env, compile_bpf: Build, fd_guard: None
+) -> None:
+    """A preserved perf event array keeps its map across an upgrade: the reader's entry
+    keeps working for the new programs and the reader reads both generations' events. The
+    entry goes when the map fd that put it there is closed (the kernel ties it to that
+    file), not with a generation."""
+    from orchestrator.ebpf import sys as bpfsys
+
+    r = env.reconciler()
+    obj = compile_bpf(PERF)
+    manifest(env, "perf", obj, gen=1, maps="{m: {preserve: true}}")
+    r.apply(env.desired())
+
+    def output() -> int:
+        with Program.from_pin(env.root / "perf" / "progs" / "user") as p:
+            return p.test_run(bytes(64)).retval
+
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})  # BPF_F_CURRENT_CPU: the program runs on CPU 0
+    try:
+        attr = bpfsys.PerfEventAttr(
+            type=bpfsys.PERF_TYPE_SOFTWARE, config=10, sample_type=bpfsys.PERF_SAMPLE_RAW
+        )  # PERF_COUNT_SW_BPF_OUTPUT
+        attr.sample_period = attr.wakeup_events = 1
+        with (
+            bpfsys.perf_event_open(attr, -1, 0) as event,
+            mmap.mmap(event.raw, 2 * mmap.PAGESIZE) as ring,
+            contextlib.ExitStack() as stack,
+        ):
+            assert output() == 2  # ENOENT: nothing in slot 0 yet
+            writer = stack.enter_context(Map.from_pin(pin_of(env, "perf")))
+            writer[0] = event.raw
+            assert output() == 0
+            map_id = writer.id
+            manifest(env, "perf", obj, gen=2, maps="{m: {preserve: true}}")
+            r.apply(env.desired())
+            st = r.status().get("perf")
+            assert st is not None and st.generation == 2 and st.map("m").id == map_id
+            assert output() == 0  # the new generation writes through the same entry
+            assert _perf_samples(ring) == [1, 2]
+            stack.close()  # the writer's fd
+            assert output() == 2  # the entry went with the fd that put it there
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+def test_a_from_map_that_is_not_its_sources_is_drift(
+    env: Env, compile_bpf: Build, fd_guard: None
+) -> None:
+    """Status tells the truth about substitutions: a user whose recorded map is not the map
+    its source records (here: a record edited by hand) is Drifted, and the next apply
+    reloads it with the source's map."""
+    import json
+
+    obj = compile_bpf(HASH_SOURCE)
+    r = env.reconciler()
+    manifest(env, "owner", obj)
+    manifest(env, "user", obj, maps="{m: {from: {collection: owner, map: m}}}")
+    r.apply(env.desired())
+    path = env.state_dir / "state.json"
+    doc = json.loads(path.read_text())
+    owner_id = doc["collections"]["owner"]["maps"]["m"]["id"]
+    doc["collections"]["user"]["maps"]["m"]["id"] = owner_id + 1000
+    path.write_text(json.dumps(doc))
+    user = r.status().get("user")
+    assert user is not None and user.condition == "Drifted"
+    assert f"uses map id {owner_id + 1000}, but owner/m is map id {owner_id}" in user.message
+    p = r.plan(env.desired())
+    assert p.change("user", "program", "user").op is Op.REPLACE  # type: ignore[union-attr]
+    r.apply(env.desired())
+    user = r.status().get("user")
+    assert user is not None and user.condition == "Ready" and user.map("m").id == owner_id
+    assert owner_id in map_ids(env, "user")
