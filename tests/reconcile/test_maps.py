@@ -490,9 +490,10 @@ def test_pin_false_where_a_pin_is_needed_is_refused(env: Env, compile_bpf: Build
 
 def test_tail_calls_work_after_the_applying_process_is_gone(env: Env, fd_guard: None) -> None:
     """A prog array is pinned whatever ``pin`` says (the kernel empties a prog array that
-    no pin or fd holds), so tail calls still work once the applying process has exited;
-    the plan says why it is pinned."""
-    from tests.reconcile.test_drift import apply_in_subprocess
+    no pin or fd holds), so tail calls still work once ``bpforch apply`` has exited; the
+    plan says why it is pinned."""
+    import subprocess
+    import sys
 
     env.write(
         "tail",
@@ -506,7 +507,13 @@ def test_tail_calls_work_after_the_applying_process_is_gone(env: Env, fd_guard: 
     )
     line = env.reconciler().plan(env.desired()).change("tail", "map", "jump_table")
     assert line is not None and "pinned (a prog array is always pinned" in line.reason
-    apply_in_subprocess(env)
+    argv = ["--bpffs-root", str(env.root), "--state-dir", str(env.state_dir)]
+    subprocess.run(
+        [sys.executable, "-m", "orchestrator", "apply", *argv, str(env.manifests)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     st = env.reconciler().status().get("tail")
     assert st is not None and st.condition == "Ready"
     assert st.map("jump_table").pin != "" and st.map("hits").pin == ""
