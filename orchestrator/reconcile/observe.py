@@ -33,7 +33,7 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
-from orchestrator.reconcile.plan import pin_changes
+from orchestrator.reconcile.plan import PinRules
 from orchestrator.reconcile.state import (
     ActualCollection,
     ActualState,
@@ -423,16 +423,14 @@ def observe(root: Path, state_dir: Path) -> ActualState:
 # ---------------------------------------------------------------------------- facts
 
 
-def needs_work(
-    d: DesiredCollection, actual: ActualState, desired: DesiredState | None = None
-) -> bool:
+def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules | None = None) -> bool:
     """Whether ``d`` may change (so its object and targets are worth a look): new, changed,
-    drifted, or (given all of ``desired``) a map of it must be pinned or unpinned because
-    another collection's ``from`` came or went."""
+    drifted, or (given the ``pins`` of the whole desired state) a map of it must be pinned
+    or unpinned because another collection's ``from`` came or went."""
     a = actual.collections.get(d.name)
     if a is None or not d.digest or a.record.digest != d.digest or bool(a.drift):
         return True
-    return desired is not None and bool(pin_changes(desired, d, a.record))
+    return pins is not None and bool(pins.changes(d, a.record))
 
 
 def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape]:
@@ -683,11 +681,12 @@ def gather_facts(
     their pinned substitution sources are pins on bpffs."""
     if objects is None:
         objects = ObjectCache()
+    pins = PinRules(desired)
     colls: dict[str, CollectionFacts] = {}
     targets: dict[str, TargetFacts] = {}
     pinned: dict[Path, str | None] = {}
     todo: Iterable[DesiredCollection] = (
-        d for d in desired.collections.values() if needs_work(d, actual, desired)
+        d for d in desired.collections.values() if needs_work(d, actual, pins)
     )
     for d in todo:
         colls[d.name] = _collection_facts(d, objects)

@@ -445,59 +445,63 @@ def _source_key(collection: str | None, map_name: str, pinned: Path | None) -> s
 PROG_ARRAY = 3  # BPF_MAP_TYPE_PROG_ARRAY (plan imports nothing from the loader)
 
 
-def substituted_by(desired: DesiredState, coll: str, mname: str) -> list[str]:
-    """The declared collections whose ``from: {collection}`` names map ``mname`` of
-    ``coll``."""
-    return sorted(
-        d.name
-        for d in desired.collections.values()
-        for mo in d.maps.values()
-        if mo.source_from is not None
-        and mo.source_from.collection == coll
-        and (mo.source_from.map or mo.name) == mname
-    )
+class PinRules:
+    """Which maps of a desired state are pinned at ``maps/<name>`` (see :meth:`reason`).
+    Built once per desired state: the index of ``from`` substitutions is made here, so a
+    question costs a few dict lookups however many collections there are."""
+
+    def __init__(self, desired: DesiredState) -> None:
+        self.desired = desired
+        users: dict[tuple[str, str], list[str]] = {}
+        for d in desired.collections.values():
+            for mo in d.maps.values():
+                sf = mo.source_from
+                if sf is not None and sf.collection is not None:
+                    users.setdefault((sf.collection, sf.map or mo.name), []).append(d.name)
+        self.users = {k: sorted(v) for k, v in users.items()}
+
+    def reason(self, coll: str, mname: str, shape: MapShape | None) -> str | None:
+        """Why map ``mname`` (of shape ``shape``) of collection ``coll`` is pinned at
+        ``maps/<name>``, or None if it is not (its programs hold it). A map is pinned when
+        the manifest says ``pin: true``, and whatever it says when it is preserved (the next
+        generation opens it there), when another collection substitutes it (``from``: that
+        collection opens it there), when it is a prog array (the kernel empties a prog array
+        when no pin or fd holds it, and the tail calls through it stop) or when its values
+        hold timers (the kernel cancels them, and bpf_timer_init fails with EPERM, without a
+        pin or fd). A substituted map is someone else's: never pinned by us."""
+        d = self.desired.collections.get(coll)
+        mo = d.maps.get(mname) if d is not None else None
+        if mo is not None and mo.source_from is not None:
+            return None
+        if mo is not None and mo.preserve:
+            return "preserve: true"
+        if mo is not None and mo.pin:
+            return "pin: true"
+        if shape is not None and shape.type == PROG_ARRAY:
+            return "a prog array is always pinned: the kernel empties it when nothing holds it"
+        if shape is not None and shape.timers:
+            return "its values hold timers: the kernel cancels them when nothing holds the map"
+        users = self.users.get((coll, mname))
+        if users is not None:
+            return f"collection {', '.join(users)} uses it (from)"
+        return None
+
+    def changes(self, d: DesiredCollection, rec: CollectionRecord) -> dict[str, str | None]:
+        """The recorded maps of ``d`` whose pin must be added (name -> why) or removed (name
+        -> None); a pure function of the record and the manifests."""
+        out: dict[str, str | None] = {}
+        for mname, mr in rec.maps.items():
+            if mr.source:
+                continue
+            why = self.reason(d.name, mname, mr.shape)
+            if (why is not None) != bool(mr.pin):
+                out[mname] = why
+        return out
 
 
 def pin_reason(desired: DesiredState, coll: str, mname: str, shape: MapShape | None) -> str | None:
-    """Why map ``mname`` (of shape ``shape``) of collection ``coll`` is pinned at
-    ``maps/<name>``, or None if it is not (its programs hold it). A map is pinned when the
-    manifest says ``pin: true``, and whatever it says when it is preserved (the next
-    generation opens it there), when another collection substitutes it (``from``: that
-    collection opens it there), when it is a prog array (the kernel empties a prog array
-    when no pin or fd holds it, and the tail calls through it stop) or when its values hold
-    timers (the kernel cancels them, and bpf_timer_init fails with EPERM, without a pin or
-    fd). A substituted map is someone else's: never pinned by us."""
-    d = desired.collections.get(coll)
-    mo = d.maps.get(mname) if d is not None else None
-    if mo is not None and mo.source_from is not None:
-        return None
-    if mo is not None and mo.preserve:
-        return "preserve: true"
-    if mo is not None and mo.pin:
-        return "pin: true"
-    if shape is not None and shape.type == PROG_ARRAY:
-        return "a prog array is always pinned: the kernel empties it when nothing holds it"
-    if shape is not None and shape.timers:
-        return "its values hold timers: the kernel cancels them when nothing holds the map"
-    users = substituted_by(desired, coll, mname)
-    if users:
-        return f"collection {', '.join(users)} uses it (from)"
-    return None
-
-
-def pin_changes(
-    desired: DesiredState, d: DesiredCollection, rec: CollectionRecord
-) -> dict[str, str | None]:
-    """The recorded maps of ``d`` whose pin must be added (name -> why) or removed (name ->
-    None) to match ``desired``; a pure function of the record and the manifests."""
-    out: dict[str, str | None] = {}
-    for mname, mr in rec.maps.items():
-        if mr.source:
-            continue
-        why = pin_reason(desired, d.name, mname, mr.shape)
-        if (why is not None) != bool(mr.pin):
-            out[mname] = why
-    return out
+    """:meth:`PinRules.reason` for one question (build a :class:`PinRules` for many)."""
+    return PinRules(desired).reason(coll, mname, shape)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -506,6 +510,7 @@ def pin_changes(
 class _Planner:
     def __init__(self, desired: DesiredState, actual: ActualState, prune: bool) -> None:
         self.desired = desired
+        self.pins = PinRules(desired)
         self.actual = actual
         self.prune = prune
         self.changes: list[Change] = []
@@ -570,7 +575,7 @@ class _Planner:
             if rec.digest == d.digest and not actual.drift:
                 # the manifest is the same, but another collection's from may have come or
                 # gone: such a map is pinned (or unpinned) in place
-                for mname, why in sorted(pin_changes(self.desired, d, rec).items()):
+                for mname, why in sorted(self.pins.changes(d, rec).items()):
                     reasons.append(f"map {mname}: " + ("pin" if why is not None else "unpin"))
         must_reload = False
         for mname, mo in sorted(d.maps.items()):
@@ -662,7 +667,7 @@ class _Planner:
         (``~``; ``-`` if no program holds it, so unpinning frees it); a program in ``fresh``
         (name -> why) is loaded once more from the same object, with the live maps."""
         rec = actual.record
-        changes = pin_changes(self.desired, d, rec)
+        changes = self.pins.changes(d, rec)
         extra = {x.name for x in actual.drift if x.kind == "map" and x.code == "extra"}
         held = facts.held if facts is not None else None
         for mname, mr in sorted(rec.maps.items()):
@@ -763,7 +768,7 @@ class _Planner:
             new_shape = facts.maps.get(mname) if facts is not None else None
             drifted = actual is not None and actual.drifted("map", mname)
             shape = new_shape if new_shape is not None else old.shape if old is not None else None
-            why = pin_reason(self.desired, d.name, mname, shape)
+            why = self.pins.reason(d.name, mname, shape)
             held = facts.held if facts is not None else None
             if why is None and held is not None and mname not in held:
                 # nothing would hold it: it is not kept (and not recorded)

@@ -110,9 +110,9 @@ from orchestrator.reconcile.observe import (
 )
 from orchestrator.reconcile.plan import (
     Op,
+    PinRules,
     Plan,
     load_key,
-    pin_reason,
     previous_link,
     target_fields,
     target_kind,
@@ -189,6 +189,7 @@ class Transaction:
         self.state_dir = state_dir
         self.hooks = hooks
         self.desired = desired
+        self.pins = PinRules(desired)
         self.actual = actual
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -334,7 +335,7 @@ class Transaction:
         pinned = {
             mname
             for mname, ms in spec.maps.items()
-            if pin_reason(self.desired, name, mname, shapes[mname]) is not None
+            if self.pins.reason(name, mname, shapes[mname]) is not None
         }
         replacements: dict[str, Map] = {}
         sources: dict[str, str] = {}
@@ -423,7 +424,7 @@ class Transaction:
             change = self.changes.get((name, "map", mname))
             if change is not None and change.op is Op.DELETE:
                 continue  # freed with the old tree
-            if pin_reason(self.desired, name, mname, mr.shape) is None:
+            if self.pins.reason(name, mname, mr.shape) is None:
                 carried[mname] = replace(mr, pin="", ino=0)
                 continue
             m = open_map(self.root, rec, mr)

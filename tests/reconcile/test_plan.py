@@ -464,15 +464,15 @@ def test_a_new_from_pins_the_source_in_place() -> None:
     live map is pinned in place (facts are gathered for it), nothing is reloaded; dropping
     the user unpins it again."""
     from orchestrator.reconcile.observe import needs_work
-    from orchestrator.reconcile.plan import load_key
+    from orchestrator.reconcile.plan import PinRules, load_key
 
     owner = coll("a")
     user = coll("b", maps={"counters": MapOptions("counters", source_from=MapFrom("a"))})
     rec = record("a")
     rec = CollectionRecord(**{**_fields(rec), "load_key": load_key(owner, "sha")})
     state = actual(rec)
-    assert not needs_work(owner, state, desired(owner))
-    assert needs_work(owner, state, desired(owner, user))
+    assert not needs_work(owner, state, PinRules(desired(owner)))
+    assert needs_work(owner, state, PinRules(desired(owner, user)))
     facts = Facts(
         collections={
             "a": CollectionFacts(
