@@ -306,7 +306,7 @@ def render_status(status: Status, out: TextIO) -> None:
             print(f"  program {p.name}: id {p.id}, tag {p.tag}", file=out)
         for m in c.maps:
             entries = f", {m.entries} entries" if m.entries is not None else ""
-            where = f" from {m.source}" if m.source else ""
+            where = f" from {m.source}" if m.source else ", pinned" if m.pin else ""
             print(
                 f"  map {m.name}: id {m.id}, {m.type}, max {m.max_entries}{entries}{where}",
                 file=out,

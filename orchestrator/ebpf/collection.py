@@ -55,7 +55,9 @@ class CollectionOptions:
     """How to load a collection.
 
     ``map_replacements``: existing maps to use instead of creating the named ones (each is
-    checked for compatibility and dup'ed; the caller keeps its own reference).
+    checked for compatibility and dup'ed; the caller keeps its own reference). A replacement
+    is used as it is, whatever its type and however many entries it holds (none included):
+    its entries are neither read nor written, not even the object's initial contents.
     ``pin_path``: the bpffs directory for maps with ``pinning = LIBBPF_PIN_BY_NAME``.
     ``log_level``/``log_size``: ask the verifier for a log even on success (0: only on failure).
     ``kernel_btf``: a BTF file to apply CO-RE relocations against instead of the running
@@ -165,8 +167,10 @@ class _Loader:
             except MapIncompatibleError as err:
                 raise MapIncompatibleError(f"map {name}: replacement: {err}") from err
             m = replacement.clone()
-            m.key_type = m.key_type or spec.key
-            m.value_type = m.value_type or spec.value
+            if m.key_type is None:
+                m.key_type = spec.key
+            if m.value_type is None:
+                m.value_type = spec.value
             self.maps[name] = m
             self._reused.add(name)
             return m

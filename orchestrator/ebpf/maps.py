@@ -288,14 +288,22 @@ class Map(Handle):
     def check_compatible_with(self, spec: MapSpec) -> None:
         """Raise :class:`MapIncompatibleError` unless this map can stand in for ``spec``."""
         ignore = int(MapFlags.MMAPABLE) if spec.is_data_section else 0
-        max_entries = spec.max_entries
-        if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
-            max_entries = self.max_entries
+        if spec.type in (MapType.DEVMAP, MapType.DEVMAP_HASH):
+            # the kernel adds BPF_F_RDONLY_PROG to every devmap: a lookup gives programs a
+            # pointer into the device entry (kernel/bpf/devmap.c, dev_map_init_map)
+            ignore |= int(MapFlags.RDONLY_PROG)
+        max_entries = self.max_entries
+        if (
+            spec.type == MapType.PERF_EVENT_ARRAY
+            and spec.max_entries == 0
+            and max_entries == _sys.possible_cpus()
+        ):
+            max_entries = 0  # 0 in a spec: one slot per possible CPU, as created
         spec.check_compatible(
             type=self.type,
             key_size=self.key_size,
             value_size=self.value_size,
-            max_entries=self.max_entries if max_entries == spec.max_entries else max_entries,
+            max_entries=max_entries,
             flags=self.flags,
             what=f"existing map {self.name}",
             ignore_flags=ignore,
@@ -587,7 +595,14 @@ class Map(Handle):
         for _, v in self.items():
             yield v
 
-    def __len__(self) -> int:
+    def count_entries(self) -> int:
+        """The number of keys, counted by walking them: one BPF_MAP_GET_NEXT_KEY per entry
+        (an array counts all its indexes). NotSupportedError for maps without keys (ring
+        buffers, queues, stacks, bloom filters) or that cannot be iterated.
+
+        A map has no ``len()`` on purpose: a length makes an empty map false, and ``m or
+        other`` would then silently pick ``other``. A map is always true; compare it with
+        ``is None``."""
         return sum(1 for _ in self._raw_keys())
 
     def clear(self) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import layout as _layout
 from orchestrator.ebpf.asm import Instructions
-from orchestrator.ebpf.errors import ConstantError, MapIncompatibleError, SpecError
+from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError
 from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ class PinType(enum.IntEnum):
 
     NONE = 0
     BY_NAME = 1
+
+
+_TIMER_STRUCTS = frozenset({"bpf_timer", "bpf_wq"})
 
 
 @dataclass(slots=True)
@@ -76,6 +79,33 @@ class MapSpec:
     @property
     def is_data_section(self) -> bool:
         return self.section == self.name and self.section.startswith((".data", ".rodata", ".bss"))
+
+    @property
+    def holds_timers(self) -> bool:
+        """Whether its values hold a ``bpf_timer`` or ``bpf_wq``. The kernel ties those to
+        the map's user references: once no pin or fd holds the map, its timers are cancelled
+        and ``bpf_timer_init`` fails with EPERM (kernel/bpf/helpers.c, __bpf_async_init), so
+        such a map must stay pinned or open while its programs run."""
+        stack = [self.value, self.btf_value_type]
+        seen: set[int] = set()
+        while stack:
+            cur = stack.pop()
+            if cur is None or id(cur) in seen or len(seen) > 10_000:
+                continue
+            seen.add(id(cur))
+            try:
+                cur = _btf.skip_qualifiers(cur)
+            except BTFError:
+                continue
+            if isinstance(cur, _btf.Struct | _btf.Union):
+                if cur.name in _TIMER_STRUCTS:
+                    return True
+                stack.extend(member.type for member in cur.members)
+            elif isinstance(cur, _btf.Array | _btf.Var):
+                stack.append(cur.type)
+            elif isinstance(cur, _btf.Datasec):  # global variables (.bss, .data)
+                stack.extend(v.type for v in cur.vars)
+        return False
 
     def copy(self) -> MapSpec:
         # Field by field without dataclasses.replace (which re-runs __init__): copies are on

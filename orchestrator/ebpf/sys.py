@@ -997,6 +997,17 @@ def prog_info(fd: FD) -> ProgInfo:
     return info
 
 
+def prog_map_ids(fd: FD) -> list[int]:
+    """The ids of the maps a program uses (two info calls, no instructions copied)."""
+    first = prog_info(fd)
+    if not first.nr_map_ids:
+        return []
+    map_ids = (u32 * first.nr_map_ids)()
+    info = ProgInfo(nr_map_ids=first.nr_map_ids, map_ids=ctypes.addressof(map_ids))
+    obj_info(fd, info)
+    return list(map_ids)[: min(info.nr_map_ids, first.nr_map_ids)]
+
+
 def prog_xlated(fd: FD) -> tuple[ProgInfo, bytes, list[int]]:
     """The translated instructions and map ids of a program, in a second info call."""
     first = prog_info(fd)

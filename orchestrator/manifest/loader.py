@@ -30,7 +30,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import cast
 
-from orchestrator.ebpf import CollectionSpec, ConstantError, MapIncompatibleError, MapSpec
+from orchestrator.ebpf import (
+    CollectionSpec,
+    ConstantError,
+    MapIncompatibleError,
+    MapSpec,
+    MapType,
+)
 from orchestrator.manifest import schema as _schema
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
 from orchestrator.manifest.errors import ManifestError, Problem
@@ -234,6 +240,7 @@ class _Builder:
             else OnIncompatible.FAIL,
             source_from=source_from,
             source=self.doc.key_at(path),
+            pin_given=pin_given is not None,
         )
 
     def map_from(self, path: PathKey, name: str, raw: dict[str, object]) -> MapFrom:
@@ -517,6 +524,31 @@ class _Checker:
                     f"{name} holds the constants; it is rebuilt from the manifest",
                     "remove preserve",
                 )
+            elif opts.preserve and mspec.type in _GENERATION_BOUND:
+                self.problem(
+                    e,
+                    (*path, "preserve"),
+                    f"a {_GENERATION_BOUND[mspec.type]} belongs to one generation: each "
+                    "generation fills its own from the object, and keeping the old one's "
+                    "entries would mix generations",
+                    "remove preserve",
+                )
+            if opts.pin_given and not opts.pin and mspec.type in _ALWAYS_PINNED:
+                self.problem(
+                    e,
+                    (*path, "pin"),
+                    f"a {_ALWAYS_PINNED[mspec.type]} is always pinned: the kernel empties it "
+                    "when no pin or open fd holds it",
+                    "remove pin: false",
+                )
+            elif opts.pin_given and not opts.pin and mspec.holds_timers:
+                self.problem(
+                    e,
+                    (*path, "pin"),
+                    "a map whose values hold timers is always pinned: the kernel cancels "
+                    "them when no pin or open fd holds the map",
+                    "remove pin: false",
+                )
             if opts.max_entries is not None:
                 self.max_entries(e, (*path, "max_entries"), mspec, opts.max_entries)
             if opts.source_from is not None:
@@ -557,7 +589,6 @@ class _Checker:
                 self.problem(e, ("spec", "attach", i, a.kind), bad.reason, bad.hint, key=True)
 
     def max_entries(self, e: _Entry, path: PathKey, m: MapSpec, value: int) -> None:
-        from orchestrator.ebpf import MapType
 
         if m.is_data_section:
             self.problem(e, path, f"{m.name} is a data section; its size is fixed", "remove it")
@@ -699,6 +730,14 @@ class _Checker:
                 if mine is None:
                     continue  # reported as a missing map
                 theirs_opts = owner.coll.maps.get(map_name)
+                if theirs_opts is not None and theirs_opts.pin_given and not theirs_opts.pin:
+                    self.problem(
+                        owner,
+                        ("spec", "maps", map_name, "pin"),
+                        f"map {map_name} is pinned: collection {e.coll.name} uses it "
+                        f"(from at {e.doc.key_at(('spec', 'maps', name, 'from'))})",
+                        "remove pin: false; a map another collection uses is pinned",
+                    )
                 if theirs_opts is not None and theirs_opts.max_entries is not None:
                     theirs = replace(theirs, max_entries=theirs_opts.max_entries)
                 try:
@@ -755,6 +794,17 @@ class _Checker:
             "dependency cycle: " + " -> ".join(cycle),
             "a collection must be created before the ones that use its maps",
         )
+
+
+# Map types whose entries are programs or maps of one generation (no preserve), and those
+# that are pinned whatever the manifest says.
+_GENERATION_BOUND = {
+    MapType.PROG_ARRAY: "prog array",
+    MapType.ARRAY_OF_MAPS: "map of maps",
+    MapType.HASH_OF_MAPS: "map of maps",
+    MapType.STRUCT_OPS: "struct_ops map",
+}
+_ALWAYS_PINNED = {MapType.PROG_ARRAY: "prog array"}
 
 
 def _hint(name: str, choices: list[str]) -> str:

@@ -55,7 +55,26 @@ class MapFrom:
 
 @dataclass(frozen=True, slots=True)
 class MapOptions:
-    """Per-map settings of a collection."""
+    """Per-map settings of a collection.
+
+    ``pin``: pin the map at ``<root>/<collection>/maps/<name>``; without a pin the map is
+    reached through the programs that use it. Some maps are pinned whatever ``pin`` says
+    (see :func:`orchestrator.reconcile.plan.pin_reason`): preserved maps, maps another
+    collection substitutes (``from``), prog arrays (the kernel empties a prog array when no
+    pin or fd holds it) and maps whose values hold timers. ``pin_given``: whether the
+    manifest spelled ``pin`` (an explicit ``pin: false`` on a map that must be pinned is an
+    error).
+
+    ``preserve``: the live map itself (same id) is handed to the next generation as a map
+    replacement; nothing is read or copied. What that keeps depends on the type: data maps
+    keep their entries; a ring buffer keeps its unread records, and its readers keep
+    reading; a perf event array keeps its map, while each entry lives as long as the map fd
+    that put it there; cgroup storage elements live with their program's attachment. Prog
+    arrays, maps of maps and struct_ops maps hold programs or maps of one generation and
+    refuse ``preserve``.
+
+    ``source_from``: the programs use that very map (any type, empty or not); it is never
+    written, pinned or removed by this collection."""
 
     name: str
     pin: bool = False
@@ -64,6 +83,7 @@ class MapOptions:
     on_incompatible: OnIncompatible = OnIncompatible.FAIL
     source_from: MapFrom | None = None
     source: Source | None = field(default=None, compare=False)
+    pin_given: bool = field(default=False, compare=False)
 
     def document(self) -> dict[str, object]:
         """The normalized manifest form (defaults filled in; a valid manifest again)."""

@@ -142,8 +142,17 @@ _FROM = _obj(
 
 _MAP = _obj(
     {
-        "pin": {"type": "boolean", "description": "pin under the collection's bpffs directory"},
-        "preserve": {"type": "boolean", "description": "keep the map across upgrades (pins)"},
+        "pin": {
+            "type": "boolean",
+            "description": "pin at <root>/<collection>/maps/<name> (default: not pinned, the "
+            "programs hold it; preserved, substituted, prog array and timer maps are always "
+            "pinned)",
+        },
+        "preserve": {
+            "type": "boolean",
+            "description": "hand the live map (same id, its contents) to the next generation "
+            "(implies pin; not for prog arrays or maps of maps)",
+        },
         "max_entries": {
             "type": "integer",
             "minimum": 1,

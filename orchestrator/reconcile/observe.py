@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import AttachType, ProgType
+from orchestrator.ebpf import AttachType, MapType, ProgType
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import SyscallError
@@ -45,10 +45,12 @@ from orchestrator.reconcile.owner import (
     OWNER_PIN,
     STAGING_PREFIX,
     collection_verdict,
+    open_owned,
     open_root,
     root_token,
     staging_verdict,
 )
+from orchestrator.reconcile.plan import PinRules
 from orchestrator.reconcile.state import (
     ActualCollection,
     ActualState,
@@ -66,8 +68,14 @@ from orchestrator.reconcile.state import (
 from orchestrator.reconcile.store import read_record
 
 if TYPE_CHECKING:
-    from orchestrator.ebpf import CollectionSpec
+    from orchestrator.ebpf import CollectionSpec, Map, MapSpec
     from orchestrator.manifest.objects import ObjectError, ObjectInfo
+
+
+class MapGoneError(EbpfError):
+    """A recorded map that is not pinned can't be reached: no program of its collection
+    holds it any more."""
+
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -237,7 +245,19 @@ def check_collection(root_fd: int | None, root: Path, rec: CollectionRecord) -> 
             if m.source.startswith("pinned:"):
                 drift.extend(_check_pinned_source(m))
                 continue
-            if m.source or not m.pin:  # substituted, or a frozen .rodata held by its programs
+            if m.source:  # substituted from another collection (see observe)
+                continue
+            if not m.pin:  # not pinned: its programs hold it; a pin there is not ours to have
+                leaf = m.name.replace(".", "_")
+                if leaf in tree.entries.get("maps", {}):
+                    drift.append(
+                        Drift(
+                            "map",
+                            m.name,
+                            f"unexpected pin maps/{leaf} (the manifest does not pin this map)",
+                            "extra",
+                        )
+                    )
                 continue
             d = _check_pin(tree, "map", m.name, m.pin, m.id, m.ino, _sys.map_info)
             if d is not None:
@@ -398,6 +418,112 @@ def _check_order(rec: CollectionRecord, drifted: set[str]) -> list[Drift]:
     return out
 
 
+def _check_substitutions(
+    rec: CollectionRecord, records: Mapping[str, CollectionRecord]
+) -> tuple[Drift, ...]:
+    """A ``from: {collection}`` map must be the very map its source collection records
+    (its programs were loaded with it); anything else is drift."""
+    out = []
+    for m in rec.maps.values():
+        if not m.source.startswith("collection/"):
+            continue
+        _, coll, mname = m.source.split("/", 2)
+        src = records.get(coll)
+        theirs = src.maps.get(mname) if src is not None else None
+        if theirs is None:
+            out.append(Drift("map", m.name, f"substitution source {coll}/{mname} is not applied"))
+        elif theirs.id != m.id:
+            out.append(
+                Drift(
+                    "map",
+                    m.name,
+                    f"uses map id {m.id}, but {coll}/{mname} is map id {theirs.id} (the "
+                    "programs are reloaded with it)",
+                    "replaced",
+                )
+            )
+    return tuple(out)
+
+
+def open_map(root: Path, rec: CollectionRecord, mr: MapRecord) -> Map:
+    """An fd of a recorded map of ``rec`` (not a substituted one): through its pin, or, for
+    a map that is not pinned, through the programs that hold it: a program's pin is opened
+    and the map taken by id only if the program's map ids list it (while that program fd is
+    open, the id cannot name another map)."""
+    from orchestrator.ebpf import Map
+
+    def inside(rel: str) -> str:
+        parts = [rec.name, *rel.split("/")]
+        if any(part in ("", ".", "..") for part in parts):
+            raise MapGoneError(f"map {mr.name} of collection {rec.name}: {rel}: not a pin path")
+        return "/".join(parts)
+
+    root_fd = open_root(root)
+    try:
+        if mr.pin:
+            return Map.from_fd(open_owned(root_fd, inside(mr.pin)))
+        return _held_map(root_fd, rec, mr, inside)
+    finally:
+        os.close(root_fd)
+
+
+def _held_map(
+    root_fd: int, rec: CollectionRecord, mr: MapRecord, inside: Callable[[str], str]
+) -> Map:
+    """An unpinned map of ``rec``, by id, from a program of ``rec`` that lists it."""
+    from orchestrator.ebpf import Map
+
+    for p in rec.programs.values():
+        try:
+            fd = open_owned(root_fd, inside(p.pin))
+        except (SyscallError, EbpfError, OSError):
+            continue
+        with fd:
+            try:
+                ids = _sys.prog_map_ids(fd)
+            except SyscallError:
+                continue
+            if mr.id in ids:
+                m = Map.from_id(mr.id)
+                m.name = mr.name
+                return m
+    raise MapGoneError(
+        f"map {mr.name} of collection {rec.name}: no program of the collection holds map id "
+        f"{mr.id} (it is not pinned, and its programs are gone: the next apply recreates it)"
+    )
+
+
+def held_maps(spec: CollectionSpec, programs: Iterable[str]) -> frozenset[str]:
+    """The maps that loading ``programs`` of ``spec`` leaves held by programs: those the
+    programs refer to, the programs and maps in the initial contents of those maps (prog
+    arrays, maps of maps), and theirs, transitively. Nothing else outlives the load unless it
+    is pinned."""
+    todo = list(programs)
+    progs = set(todo)
+    maps: set[str] = set()
+    while todo:
+        p = spec.programs.get(todo.pop())
+        if p is None:
+            continue
+        stack = sorted(p.maps)
+        while stack:
+            name = stack.pop()
+            ms = spec.maps.get(name)
+            if name in maps or ms is None:
+                continue
+            maps.add(name)
+            for e in ms.contents:
+                if not isinstance(e.value, str):
+                    continue
+                if ms.type == MapType.PROG_ARRAY:
+                    if e.value not in progs:
+                        progs.add(e.value)
+                        todo.append(e.value)
+                else:
+                    stack.append(e.value)
+    return frozenset(maps)
+
+
 def observe(root: Path, state_dir: Path) -> ActualState:
     """The record, each collection checked against the kernel; staging leftovers of ours,
     collections adopted from their ownership markers (no record lists them), and foreign
@@ -469,6 +595,11 @@ def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
         collections[name] = ActualCollection(verdict, check.drift)
         foreign.extend(check.foreign)
         adopted.append(name)
+    records = {n: c.record for n, c in collections.items()}
+    for n, c in collections.items():
+        extra = _check_substitutions(c.record, records)
+        if extra:
+            collections[n] = ActualCollection(c.record, c.drift + extra)
     ownership = Ownership(
         token, tuple(foreign), tuple(adopted), tuple(sorted(unmarked)), frozenset(leftover)
     )
@@ -570,10 +701,14 @@ def _rebuild_hint(root_fd: int, root: Path, token: bytes) -> str:
 # ---------------------------------------------------------------------------- facts
 
 
-def needs_work(d: DesiredCollection, actual: ActualState) -> bool:
-    """Whether ``d`` may change (so its object and targets are worth a look)."""
+def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules | None = None) -> bool:
+    """Whether ``d`` may change (so its object and targets are worth a look): new, changed,
+    drifted, or (given the ``pins`` of the whole desired state) a map of it must be pinned
+    or unpinned because another collection's ``from`` came or went."""
     a = actual.collections.get(d.name)
-    return a is None or not d.digest or a.record.digest != d.digest or bool(a.drift)
+    if a is None or not d.digest or a.record.digest != d.digest or bool(a.drift):
+        return True
+    return pins is not None and bool(pins.changes(d, a.record))
 
 
 def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape]:
@@ -582,8 +717,19 @@ def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape
     for name, m in spec.maps.items():
         mo = d.maps.get(name)
         max_entries = mo.max_entries if mo is not None and mo.max_entries else m.max_entries
-        out[name] = MapShape(int(m.type), m.key_size, m.value_size, max_entries, int(m.flags))
+        out[name] = map_shape(m, max_entries)
     return out
+
+
+def map_shape(m: MapSpec, max_entries: int) -> MapShape:
+    return MapShape(
+        int(m.type),
+        m.key_size,
+        m.value_size,
+        max_entries,
+        int(m.flags),
+        timers=m.holds_timers,
+    )
 
 
 class ObjectCache:
@@ -641,6 +787,7 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
         object_sha256=info.sha256,
         maps=map_shapes(d, spec),
         problems=tuple(problems),
+        held=held_maps(spec, names),
     )
 
 
@@ -812,11 +959,12 @@ def gather_facts(
     their pinned substitution sources are pins on bpffs."""
     if objects is None:
         objects = ObjectCache()
+    pins = PinRules(desired)
     colls: dict[str, CollectionFacts] = {}
     targets: dict[str, TargetFacts] = {}
     pinned: dict[Path, str | None] = {}
     todo: Iterable[DesiredCollection] = (
-        d for d in desired.collections.values() if needs_work(d, actual)
+        d for d in desired.collections.values() if needs_work(d, actual, pins)
     )
     for d in todo:
         colls[d.name] = _collection_facts(d, objects)

@@ -39,6 +39,7 @@ from orchestrator.reconcile.state import (
     CollectionFacts,
     CollectionRecord,
     Foreign,
+    MapShape,
     TargetValue,
 )
 
@@ -230,15 +231,21 @@ def _describe_target(target: Target) -> str:
     return target.key()
 
 
-def load_key(d: DesiredCollection, object_sha256: str) -> str:
+def load_key(d: DesiredCollection, object_sha256: str, *, legacy: bool = False) -> str:
     """What the loaded programs and maps of ``d`` depend on, as a digest: the object, the
-    constants, the map options and the program binding (not labels, not attachments)."""
+    constants, the map options and the program binding (not labels, not attachments).
+
+    ``pin`` is not part of it (pinning and unpinning a live map needs no reload), and
+    neither are maps whose other options are all defaults (``m: {pin: true}`` is no map
+    option). ``legacy``: the key as records written before that change hold it (``pin``
+    and every named map included), so those collections are kept, not reloaded, the first
+    time their pins are brought in line."""
     import hashlib
     import json
 
     maps = {
-        name: [
-            mo.pin,
+        name: ([mo.pin] if legacy else [])
+        + [
             mo.preserve,
             mo.max_entries,
             mo.on_incompatible.value,
@@ -247,6 +254,11 @@ def load_key(d: DesiredCollection, object_sha256: str) -> str:
             else [mo.source_from.collection, mo.source_from.map, str(mo.source_from.pinned)],
         ]
         for name, mo in sorted(d.maps.items())
+        if legacy
+        or mo.preserve
+        or mo.max_entries is not None
+        or mo.on_incompatible is not OnIncompatible.FAIL
+        or mo.source_from is not None
     }
     doc = [
         object_sha256,
@@ -425,10 +437,77 @@ def topo_order(deps: Mapping[str, Iterable[str]]) -> tuple[list[str], list[str]]
     return out, []
 
 
+def _pin_file(name: str) -> str:
+    """A map name as a bpffs file name (bpffs refuses dots)."""
+    return name.replace(".", "_")
+
+
 def _source_key(collection: str | None, map_name: str, pinned: Path | None) -> str:
     if pinned is not None:
         return f"pinned:{pinned}"
     return f"collection/{collection}/{map_name}"
+
+
+PROG_ARRAY = 3  # BPF_MAP_TYPE_PROG_ARRAY (plan imports nothing from the loader)
+
+
+class PinRules:
+    """Which maps of a desired state are pinned at ``maps/<name>`` (see :meth:`reason`).
+    Built once per desired state: the index of ``from`` substitutions is made here, so a
+    question costs a few dict lookups however many collections there are."""
+
+    def __init__(self, desired: DesiredState) -> None:
+        self.desired = desired
+        users: dict[tuple[str, str], list[str]] = {}
+        for d in desired.collections.values():
+            for mo in d.maps.values():
+                sf = mo.source_from
+                if sf is not None and sf.collection is not None:
+                    users.setdefault((sf.collection, sf.map or mo.name), []).append(d.name)
+        self.users = {k: sorted(v) for k, v in users.items()}
+
+    def reason(self, coll: str, mname: str, shape: MapShape | None) -> str | None:
+        """Why map ``mname`` (of shape ``shape``) of collection ``coll`` is pinned at
+        ``maps/<name>``, or None if it is not (its programs hold it). A map is pinned when
+        the manifest says ``pin: true``, and whatever it says when it is preserved (the next
+        generation opens it there), when another collection substitutes it (``from``: that
+        collection opens it there), when it is a prog array (the kernel empties a prog array
+        when no pin or fd holds it, and the tail calls through it stop) or when its values
+        hold timers (the kernel cancels them, and bpf_timer_init fails with EPERM, without a
+        pin or fd). A substituted map is someone else's: never pinned by us."""
+        d = self.desired.collections.get(coll)
+        mo = d.maps.get(mname) if d is not None else None
+        if mo is not None and mo.source_from is not None:
+            return None
+        if mo is not None and mo.preserve:
+            return "preserve: true"
+        if mo is not None and mo.pin:
+            return "pin: true"
+        if shape is not None and shape.type == PROG_ARRAY:
+            return "a prog array is always pinned: the kernel empties it when nothing holds it"
+        if shape is not None and shape.timers:
+            return "its values hold timers: the kernel cancels them when nothing holds the map"
+        users = self.users.get((coll, mname))
+        if users is not None:
+            return f"collection {', '.join(users)} uses it (from)"
+        return None
+
+    def changes(self, d: DesiredCollection, rec: CollectionRecord) -> dict[str, str | None]:
+        """The recorded maps of ``d`` whose pin must be added (name -> why) or removed (name
+        -> None); a pure function of the record and the manifests."""
+        out: dict[str, str | None] = {}
+        for mname, mr in rec.maps.items():
+            if mr.source:
+                continue
+            why = self.reason(d.name, mname, mr.shape)
+            if (why is not None) != bool(mr.pin):
+                out[mname] = why
+        return out
+
+
+def pin_reason(desired: DesiredState, coll: str, mname: str, shape: MapShape | None) -> str | None:
+    """:meth:`PinRules.reason` for one question (build a :class:`PinRules` for many)."""
+    return PinRules(desired).reason(coll, mname, shape)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -437,6 +516,7 @@ def _source_key(collection: str | None, map_name: str, pinned: Path | None) -> s
 class _Planner:
     def __init__(self, desired: DesiredState, actual: ActualState, prune: bool) -> None:
         self.desired = desired
+        self.pins = PinRules(desired)
         self.actual = actual
         self.prune = prune
         self.changes: list[Change] = []
@@ -510,6 +590,11 @@ class _Planner:
             assert actual is not None
             if actual.drift:
                 reasons.append("repair drift: " + "; ".join(str(x) for x in actual.drift))
+            if rec.digest == d.digest and not actual.drift:
+                # the manifest is the same, but another collection's from may have come or
+                # gone: such a map is pinned (or unpinned) in place
+                for mname, why in sorted(self.pins.changes(d, rec).items()):
+                    reasons.append(f"map {mname}: " + ("pin" if why is not None else "unpin"))
         must_reload = False
         for mname, mo in sorted(d.maps.items()):
             src = mo.source_from
@@ -548,12 +633,20 @@ class _Planner:
             and facts is not None
             and bool(facts.object_sha256)
             and bool(actual.record.load_key)
-            and load_key(d, facts.object_sha256) == actual.record.load_key
+            and actual.record.load_key
+            in (
+                load_key(d, facts.object_sha256),
+                load_key(d, facts.object_sha256, legacy=True),
+            )
             # only attachments drifted (gone, detached, or in another XDP mode or tcx
-            # position: they are attached anew)
+            # position: they are attached anew), or a pin the manifest does not ask for
+            # appeared (it is removed)
             and all(
-                x.kind == "attachment"
-                and x.code in ("missing", "replaced", "detached", "mode", "order")
+                (
+                    x.kind == "attachment"
+                    and x.code in ("missing", "replaced", "detached", "mode", "order")
+                )
+                or (x.kind == "map" and x.code == "extra")
                 for x in actual.drift
             )
         )
@@ -573,21 +666,73 @@ class _Planner:
                 for a in d.attach
                 if isinstance(a.target, TcTarget) and a.key() in reattach
             }
-            self.keep(d, actual.record, fresh)
+            self.keep(d, actual, facts, fresh)
             self.attachments(d, actual, reuse=True, reattach=reattach, fresh=frozenset(fresh))
             return
         self.maps(d, actual, facts)
         self.programs(d, rec, facts, "; ".join(reasons))
         self.attachments(d, actual, reattach=reattach)
 
-    def keep(self, d: DesiredCollection, rec: CollectionRecord, fresh: Mapping[str, str]) -> None:
-        """NOOP lines for the maps and programs a collection keeps (only its attachments or
-        its metadata changed); a program in ``fresh`` (name -> why) is loaded once more from
-        the same object, with the live maps."""
+    def keep(
+        self,
+        d: DesiredCollection,
+        actual: ActualCollection,
+        facts: CollectionFacts | None,
+        fresh: Mapping[str, str],
+    ) -> None:
+        """Lines for the maps and programs a collection keeps (only its attachments, its
+        metadata or its pins changed): NOOP, or a map pinned (``~``) or unpinned in place
+        (``~``; ``-`` if no program holds it, so unpinning frees it); a program in ``fresh``
+        (name -> why) is loaded once more from the same object, with the live maps."""
+        rec = actual.record
+        changes = self.pins.changes(d, rec)
+        extra = {x.name for x in actual.drift if x.kind == "map" and x.code == "extra"}
+        held = facts.held if facts is not None else None
         for mname, mr in sorted(rec.maps.items()):
             mo = d.maps.get(mname)
             src = mo.source if mo is not None and mo.source is not None else d.source
-            self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
+            if mname not in changes and mname in extra:
+                self.add(
+                    Op.UPDATE,
+                    "map",
+                    d.name,
+                    mname,
+                    f"unpin: the pin maps/{_pin_file(mname)} that the manifest does not ask for "
+                    f"is removed (drift); the map (id {mr.id}) stays with its programs",
+                    src,
+                )
+            elif mname not in changes:
+                self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
+            elif (why := changes[mname]) is not None:
+                self.add(
+                    Op.UPDATE,
+                    "map",
+                    d.name,
+                    mname,
+                    f"pin: live map (id {mr.id}) is pinned at maps/{_pin_file(mname)} in place "
+                    f"({why}); nothing is reloaded",
+                    src,
+                )
+            elif held is None or mname in held:
+                self.add(
+                    Op.UPDATE,
+                    "map",
+                    d.name,
+                    mname,
+                    f"unpin: live map (id {mr.id}) is no longer pinned (the manifest does not "
+                    "pin it); its programs hold it, nothing is reloaded",
+                    src,
+                )
+            else:
+                self.add(
+                    Op.DELETE,
+                    "map",
+                    d.name,
+                    mname,
+                    f"unpin: map id {mr.id} is no longer pinned and no loaded program uses "
+                    "it, so it is freed",
+                    src,
+                )
         for pname, pr in sorted(rec.programs.items()):
             if pname in fresh:
                 self.add(
@@ -640,9 +785,38 @@ class _Planner:
                 continue
             new_shape = facts.maps.get(mname) if facts is not None else None
             drifted = actual is not None and actual.drifted("map", mname)
+            shape = new_shape if new_shape is not None else old.shape if old is not None else None
+            why = self.pins.reason(d.name, mname, shape)
+            held = facts.held if facts is not None else None
+            if why is None and held is not None and mname not in held:
+                # nothing would hold it: it is not kept (and not recorded)
+                if old is None or old.source:
+                    self.add(
+                        Op.NOOP,
+                        "map",
+                        d.name,
+                        mname,
+                        "not kept: no loaded program uses it and nothing pins it (pin: true "
+                        "keeps it)",
+                        src,
+                    )
+                else:
+                    self.add(
+                        Op.DELETE,
+                        "map",
+                        d.name,
+                        mname,
+                        f"map id {old.id} is not kept: no loaded program uses it and nothing "
+                        "pins it any more",
+                        src,
+                    )
+                continue
+            pinned = ", not pinned (its programs hold it)"
+            if why is not None:
+                pinned = f", pinned ({why})"
             if old is None or old.source:
                 self.recreated.add((d.name, mname))
-                self.add(Op.CREATE, "map", d.name, mname, "new map", src)
+                self.add(Op.CREATE, "map", d.name, mname, "new map" + pinned, src)
             elif mo is not None and mo.preserve and not drifted:
                 diff = old.shape.difference(new_shape) if new_shape is not None else None
                 if diff is None:
@@ -690,7 +864,7 @@ class _Planner:
                     "map",
                     d.name,
                     mname,
-                    f"not preserved: recreated with generation {gen}",
+                    f"not preserved: recreated with generation {gen}" + pinned,
                     src,
                 )
 

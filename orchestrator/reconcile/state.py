@@ -24,13 +24,16 @@ IN_PLACE_KINDS = frozenset({"xdp", "tc", "cgroup", "netns"})
 
 @dataclass(frozen=True, slots=True)
 class MapShape:
-    """The parts of a map that decide whether a live map can stand in for a new spec."""
+    """The parts of a map that decide whether a live map can stand in for a new spec, and
+    ``timers``: its values hold a ``bpf_timer`` or ``bpf_wq`` (the kernel cancels those,
+    and refuses to start new ones, once no pin or fd holds the map: such a map is pinned)."""
 
     type: int
     key_size: int
     value_size: int
     max_entries: int
     flags: int
+    timers: bool = False
 
     def difference(self, new: MapShape) -> str | None:
         """None if a map of this shape can be handed to ``new``; else what differs."""
@@ -45,14 +48,17 @@ class MapShape:
                 return f"{label} {old_v} -> {new_v}"
         return None
 
-    def to_json(self) -> dict[str, int]:
-        return {
+    def to_json(self) -> dict[str, int | bool]:
+        out: dict[str, int | bool] = {
             "type": self.type,
             "key_size": self.key_size,
             "value_size": self.value_size,
             "max_entries": self.max_entries,
             "flags": self.flags,
         }
+        if self.timers:
+            out["timers"] = True
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, object]) -> MapShape:
@@ -62,13 +68,16 @@ class MapShape:
             value_size=_int(d["value_size"]),
             max_entries=_int(d["max_entries"]),
             flags=_int(d["flags"]),
+            timers=d.get("timers", False) is True,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class MapRecord:
-    """A map of an applied collection. ``pin`` is relative to the collection directory;
-    substituted maps (``source`` set) belong to someone else and have no pin of ours."""
+    """A map of an applied collection. ``pin`` is relative to the collection directory, or
+    empty for a map that is not pinned (its programs hold it: it is reached through their
+    map ids); substituted maps (``source`` set) belong to someone else and have no pin of
+    ours."""
 
     name: str
     id: int
@@ -276,7 +285,8 @@ class Drift:
     # missing (no pin), replaced (the pin holds another object), detached (link off its
     # hook), program (a live link runs another program than recorded), mode (an XDP link's
     # program runs in another mode than applied), order (a tcx link is not where its
-    # before/after puts it)
+    # before/after puts it), extra (a pin the record does not list: the map is not pinned by
+    # the manifest)
     code: str = "missing"
 
     def __str__(self) -> str:
@@ -322,6 +332,9 @@ class CollectionFacts:
     object_sha256: str = ""
     maps: Mapping[str, MapShape] = field(default_factory=dict)  # after max_entries overrides
     problems: tuple[str, ...] = ()  # e.g. an attach type this kernel cannot do
+    # maps the loaded programs hold (they refer to them, or hold them through a prog array
+    # or a map of maps); None: not known
+    held: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
+from orchestrator.reconcile.observe import open_map
 from orchestrator.reconcile.owner import open_owned, open_root
 from orchestrator.reconcile.state import ActualCollection, ActualState, Drift, Foreign
 
@@ -39,7 +42,8 @@ class ProgramStatus:
 @dataclass(frozen=True, slots=True)
 class MapStatus:
     """``entries``: element count for hash-like maps, else ``max_entries``; None when the
-    map could not be opened."""
+    map could not be opened. ``pin``: where the map is pinned; empty for a map that is not
+    pinned (its programs hold it) and for a substituted one (``source``)."""
 
     name: str
     id: int
@@ -158,11 +162,12 @@ class Status:
         }
 
 
-def _pinned_entries(path: Path) -> tuple[int | None, str]:
+def _pinned_entries(path: Path | Callable[[], Map]) -> tuple[int | None, str]:
     """Entry count and type of a substitution source (someone else's pin, resolved as the
-    manifest names it)."""
+    manifest names it), or of a map opened by ``path()`` (one reached through its
+    programs)."""
     try:
-        m = Map.from_pin(path)
+        m = Map.from_pin(path) if isinstance(path, Path) else path()
     except (EbpfError, OSError):
         return None, "?"
     return _count(m)
@@ -184,10 +189,17 @@ def _count(m: Map) -> tuple[int | None, str]:
         t = m.type.name.lower() if isinstance(m.type, MapType) else str(m.type)
         if m.type in _HASH_LIKE:
             try:
-                return len(m), t
+                return m.count_entries(), t
             except EbpfError:
                 return None, t
         return m.max_entries, t
+
+
+def _type_name(t: int) -> str:
+    try:
+        return MapType(t).name.lower()
+    except ValueError:
+        return str(t)
 
 
 def _source_rel(source: str) -> str:
@@ -212,8 +224,11 @@ def collection_status(
             entries, t = _owned_entries(root_fd, _source_rel(m.source))
             maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
             continue
-        if not m.pin:  # a frozen data section, recorded by id only
-            maps.append(MapStatus(m.name, m.id, "", "array", m.shape.max_entries, None))
+        if not m.pin:  # not pinned: reached through the programs that hold it
+            entries, t = _pinned_entries(partial(open_map, root, rec, m))
+            if t == "?":
+                t = _type_name(m.shape.type)
+            maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries))
             continue
         entries, t = _owned_entries(root_fd, f"{rec.name}/{m.pin}")
         maps.append(

@@ -2,12 +2,18 @@
 
 Layout on bpffs (nothing ever carries a version or generation in its name)::
 
-    <root>/<collection>/maps/<map>        every map the collection owns
+    <root>/<collection>/maps/<map>        the maps the collection pins (see below)
     <root>/<collection>/progs/<program>
     <root>/<collection>/links/<link>      one pin per attachment
     <root>/_staging-<txid>/<collection>/…  the next generation while it is being built
 
 bpffs refuses names with a dot, so pins use ``_`` (``.rodata`` is pinned as ``_rodata``).
+
+A map is pinned when :func:`~orchestrator.reconcile.plan.pin_reason` says so (``pin: true``,
+preserved, substituted by another collection, a prog array); any other map lives as long
+as the programs that use it and is recorded by id (a map that no loaded program holds and
+nothing pins is not kept). Pinning or unpinning a live map needs no reload: the kept
+collection's next tree has the pin or lacks it.
 
 Steps, each with what its rollback does:
 
@@ -61,7 +67,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -101,7 +107,13 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.reconcile.errors import ApplyError, where
 from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.observe import ObjectCache, pinned_problem
+from orchestrator.reconcile.observe import (
+    ObjectCache,
+    held_maps,
+    map_shape,
+    open_map,
+    pinned_problem,
+)
 from orchestrator.reconcile.owner import (
     MARK_PIN,
     STAGING_PREFIX,
@@ -113,6 +125,7 @@ from orchestrator.reconcile.owner import (
 )
 from orchestrator.reconcile.plan import (
     Op,
+    PinRules,
     Plan,
     load_key,
     previous_link,
@@ -166,7 +179,8 @@ class _Staged:
     load_key: str
     shapes: dict[str, MapShape]
     sources: dict[str, str] = field(default_factory=dict)  # map -> substitution key
-    frozen: set[str] = field(default_factory=set)  # frozen data sections: not pinned
+    pinned: set[str] = field(default_factory=set)  # maps pinned under maps/ (see pin_reason)
+    held: set[str] = field(default_factory=set)  # maps the programs hold (not pinned: kept)
     carried: dict[str, MapRecord] = field(default_factory=dict)  # kept records, verbatim
     links: dict[str, tuple[_links.Link, str]] = field(default_factory=dict)  # key -> (link, kind)
 
@@ -192,6 +206,7 @@ class Transaction:
         self.state_dir = state_dir
         self.hooks = hooks
         self.desired = desired
+        self.pins = PinRules(desired)
         self.actual = actual
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -322,8 +337,10 @@ class Transaction:
         elif mr.source:
             _, src, smap = mr.source.split("/", 2)
             return self._map_for(src, smap)
-        else:
+        elif mr.pin:
             m = Map.from_fd(self._open(coll, mr.pin))
+        else:
+            m = open_map(self.root, ac.record, mr)
         self.owned.append(m)
         return m
 
@@ -363,6 +380,11 @@ class Transaction:
                 f"the manifest wants {d.sha256} (rebuild it, or update sha256)"
             )
         spec, shapes = _prepared(info.spec, d)
+        pinned = {
+            mname
+            for mname, ms in spec.maps.items()
+            if self.pins.reason(name, mname, shapes[mname]) is not None
+        }
         replacements: dict[str, Map] = {}
         sources: dict[str, str] = {}
         for mname, mo in sorted(d.maps.items()):
@@ -393,11 +415,10 @@ class Transaction:
         if d.programs is None:
             coll = Collection(spec, opts)
         else:
-            # with a program binding, also the maps the manifest names (pinned, preserved)
-            named = [m for m, mo in d.maps.items() if m in spec.maps and mo.source_from is None]
-            coll = load_subset(spec, opts, d.programs, named)
+            # with a program binding, also the maps the manifest names and the pinned ones
+            named = {m for m, mo in d.maps.items() if m in spec.maps and mo.source_from is None}
+            coll = load_subset(spec, opts, d.programs, sorted(named | pinned))
         sdir = self.staging / _check_name(name)
-        frozen = {n for n, ms in spec.maps.items() if ms.freeze}
         st = _Staged(
             d,
             sdir,
@@ -408,7 +429,8 @@ class Transaction:
             load_key(d, info.sha256),
             shapes,
             sources,
-            frozen,
+            pinned & coll.maps.keys(),
+            set(held_maps(spec, coll.programs)),
         )
         self.staged[name] = st
         if self.verify_only:
@@ -422,11 +444,10 @@ class Transaction:
         os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
         for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
             os.mkdir(f"{sdir}/{sub}", 0o700)
-        for mname, live_map in st.maps.items():
-            # frozen data sections (.rodata) live as long as the programs that use them and
-            # can never change: they are recorded by id, not pinned
-            if mname not in st.sources and mname not in st.frozen:
-                live_map.pin(f"{sdir}/maps/{pin_name(mname)}")
+        for mname in sorted(st.pinned):
+            # the rest live as long as the programs that hold them (recorded by id), or
+            # not at all (held by nothing: not recorded)
+            st.maps[mname].pin(f"{sdir}/maps/{pin_name(mname)}")
         for pname, p in st.programs.items():
             p.pin(f"{sdir}/progs/{pin_name(pname)}")
 
@@ -437,17 +458,27 @@ class Transaction:
 
     def _keep(self, name: str, rec: CollectionRecord) -> None:
         """Stage a collection whose programs and maps stay: open them from their live pins
-        (they get a second pin in the staging tree)."""
+        (they get a second pin in the staging tree). A map the plan pins in place is opened
+        through its programs and pinned in the staging tree; one it unpins is left out of
+        the tree (its programs hold it, or, if the plan deletes it, nothing does)."""
         d = self.desired.collections[name]
         maps: dict[str, Map] = {}
         carried: dict[str, MapRecord] = {}
+        pinned: set[str] = set()
         for mname, mr in rec.maps.items():
-            if mr.source or not mr.pin:
+            if mr.source:
                 carried[mname] = mr
                 continue
-            m = Map.from_fd(self._open(name, mr.pin))
+            change = self.changes.get((name, "map", mname))
+            if change is not None and change.op is Op.DELETE:
+                continue  # freed with the old tree
+            if self.pins.reason(name, mname, mr.shape) is None:
+                carried[mname] = replace(mr, pin="", ino=0)
+                continue
+            m = Map.from_fd(self._open(name, mr.pin)) if mr.pin else open_map(self.root, rec, mr)
             self.owned.append(m)
             maps[mname] = m
+            pinned.add(mname)
         programs: dict[str, Program] = {}
         for pname, pr in rec.programs.items():
             p = Program.from_fd(self._open(name, pr.pin))
@@ -469,6 +500,7 @@ class Transaction:
             rec.object_sha256,
             rec.load_key,
             {n: mr.shape for n, mr in rec.maps.items()},
+            pinned=pinned,
             carried=carried,
         )
         self.staged[name] = st
@@ -508,7 +540,7 @@ class Transaction:
                 continue
             if mr.source:
                 replacements[mname] = self._map_for(name, mname)
-            elif mr.id in used:  # a frozen data section: recorded by id, held by programs
+            elif mr.id in used:  # not pinned: recorded by id, held by the live programs
                 m = Map.from_id(mr.id)
                 self.owned.append(m)
                 replacements[mname] = m
@@ -729,7 +761,9 @@ class Transaction:
             for mname, m in st.maps.items():
                 mo = d.maps.get(mname)
                 src = st.sources.get(mname, "")
-                rel = "" if src or mname in st.frozen else f"maps/{pin_name(mname)}"
+                if not src and mname not in st.pinned and mname not in st.held:
+                    continue  # nothing holds it: gone with the transaction's fds
+                rel = f"maps/{pin_name(mname)}" if mname in st.pinned else ""
                 shape = st.shapes.get(mname)
                 if shape is None:
                     shape = MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags)
@@ -959,18 +993,16 @@ def _prepared(
     original: CollectionSpec, d: DesiredCollection
 ) -> tuple[CollectionSpec, dict[str, MapShape]]:
     """A copy of ``original`` as ``d`` loads it (constants, max_entries, no libbpf pinning:
-    bpforch pins every map under the collection), and the shape of each map."""
+    bpforch makes the pins, under the collection), and the shape of each map."""
     spec = original.copy()
     spec.rewrite_constants(d.constants)
     shapes: dict[str, MapShape] = {}
     for mname, ms in spec.maps.items():
-        ms.pinning = PinType.NONE  # every map is pinned by us, under the collection
+        ms.pinning = PinType.NONE  # pins are ours to make, under the collection
         mo = d.maps.get(mname)
         if mo is not None and mo.max_entries:
             ms.max_entries = mo.max_entries
-        shapes[mname] = MapShape(
-            int(ms.type), ms.key_size, ms.value_size, ms.max_entries, int(ms.flags)
-        )
+        shapes[mname] = map_shape(ms, ms.max_entries)
     return spec, shapes
 
 

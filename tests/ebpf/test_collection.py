@@ -6,11 +6,13 @@ import ctypes
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf.sys import UpdateFlags
+from tests import maptypes
 
 pytestmark = pytest.mark.kernel
 
@@ -202,7 +204,7 @@ def test_load_run_and_read_maps(compile_bpf: Build, fd_guard: None) -> None:
             assert prog.test_run(PACKET).retval == 2  # XDP_PASS
         assert coll.maps["counters"][0] == 3
         assert list(coll.maps["counters"].items()) == [(0, 3), (1, 0), (2, 0), (3, 0)]
-        assert len(coll.maps["counters"]) == 4
+        assert coll.maps["counters"].count_entries() == 4
         info = prog.info()
         assert info.name == "count" and info.type == ebpf.ProgType.XDP
         assert info.run_count == 0 or info.run_count >= 3
@@ -256,7 +258,7 @@ def test_typed_map_api(compile_bpf: Build, fd_guard: None) -> None:
             flows.update({"saddr": 5}, {"packets": 2}, UpdateFlags.EXIST)
         assert coll.programs["touch"].test_run(PACKET).retval == 2
         assert flows[key] == {"packets": 11, "bytes": 1064}
-        assert len(flows) == 2
+        assert flows.count_entries() == 2
         assert flows.get({"saddr": 77}, None) is None
         with pytest.raises(KeyError):
             flows[{"saddr": 77}]
@@ -282,7 +284,7 @@ def test_typed_map_api(compile_bpf: Build, fd_guard: None) -> None:
         got = dict(lru.batch_lookup(chunk=4))
         assert got[15] == 150 and got[1] == 2 and len(got) == 11
         assert lru.batch_delete([10, 11, 12]) == 3
-        assert len(lru) == 8
+        assert lru.count_entries() == 8
         with pytest.raises(ebpf.SpecError, match="map lru: key"):
             lru["not an int"] = 1
 
@@ -299,7 +301,7 @@ def test_iteration_tolerates_concurrent_deletes(compile_bpf: Build, fd_guard: No
             for victim in (k, 49 - int(k)):  # type: ignore[call-overload]
                 lru.get(victim, None) is not None and lru.delete(victim)
         assert len(seen) == len(set(seen)) <= 50
-        assert len(lru) == 0
+        assert lru.count_entries() == 0
 
 
 def test_tail_calls_through_static_prog_array(compile_bpf: Build, fd_guard: None) -> None:
@@ -343,6 +345,83 @@ def test_map_replacement(compile_bpf: Build, fd_guard: None) -> None:
         assert mine[0] == 102
         with pytest.raises(ebpf.SpecError, match="not in object"):
             spec.copy().rewrite_maps({"nope": mine})
+
+
+@pytest.mark.parametrize(("kind", "filled"), maptypes.EMPTY_AND_FILLED)
+def test_map_replacement_is_used_for_every_map_type(
+    compile_bpf: Build, kind: maptypes.Kind, filled: bool, fd_guard: None
+) -> None:
+    """A replacement is used as it is, whatever its type and contents: an empty map (once
+    falsy) and keyless maps (ring buffers, queues, bloom filters: once "no keys to iterate")
+    included. The program really refers to the replacement (its map ids say so), and the
+    loader neither reads nor writes the replacement's elements."""
+    import contextlib
+
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(kind.source))
+    with contextlib.ExitStack() as stack:
+        donor = stack.enter_context(ebpf.Collection(spec))
+        mine = donor.maps["m"]
+        check = None
+        if filled:
+            assert kind.fill is not None
+            check = kind.fill(mine, maptypes.Fill(stack, donor.programs["user"]))
+        opts = ebpf.CollectionOptions(map_replacements={"m": mine})
+        with ebpf.Collection(spec, opts) as coll:
+            assert coll.maps["m"].id == mine.id
+            assert mine.id in coll.programs["user"].info().map_ids
+            assert coll.programs["user"].id != donor.programs["user"].id
+        if check is not None:
+            check(mine)
+
+
+def test_replacement_is_not_walked_or_written(
+    compile_bpf: Build, monkeypatch: pytest.MonkeyPatch, fd_guard: None
+) -> None:
+    """Handing over a map costs no element syscall: a hash map with 5,000 entries is used
+    without a single BPF_MAP_GET_NEXT_KEY, lookup or update (counted at the syscall layer),
+    and the object's initial contents are not written into it."""
+    from orchestrator.ebpf import sys as bpfsys
+
+    source = (
+        HEADER
+        + """
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u32);
+    __uint(max_entries, 8192);
+} big SEC(".maps");
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32);
+    __uint(max_entries, 2);
+} init SEC(".maps");
+SEC("xdp") int touch(struct xdp_md *ctx)
+{
+    __u32 k = 0;
+    __u32 *v = bpf_map_lookup_elem(&big, &k);
+    __u32 *w = bpf_map_lookup_elem(&init, &k);
+    return (v ? *v : 0) + (w ? *w : 0);
+}
+"""
+    )
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(source))
+    spec.maps["init"].contents.append(ebpf.MapEntry(0, (9).to_bytes(4, "little")))
+    with ebpf.Map.create(spec.maps["big"]) as big, ebpf.Map.create(spec.maps["init"]) as init:
+        big.batch_update((i, i) for i in range(5000))
+        calls: dict[str, int] = {}
+        for name in ("map_get_next_key", "map_lookup_elem", "map_update_elem"):
+            real = getattr(bpfsys, name)
+
+            def counting(*args: object, _real: Any = real, _name: str = name) -> object:
+                calls[_name] = calls.get(_name, 0) + 1
+                return _real(*args)
+
+            monkeypatch.setattr(bpfsys, name, counting)
+        opts = ebpf.CollectionOptions(map_replacements={"big": big, "init": init})
+        with ebpf.Collection(spec, opts) as coll:
+            assert coll.maps["big"].id == big.id
+        monkeypatch.undo()
+        assert calls == {}
+        assert init[0] == 0  # the object's initial contents went nowhere
+        assert big.count_entries() == 5000
 
 
 def test_pin_by_name_reuses_and_refuses(compile_bpf: Build, pin_dir: Path, fd_guard: None) -> None:

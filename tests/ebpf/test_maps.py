@@ -63,7 +63,7 @@ def test_hash(coll: ebpf.Collection) -> None:
     assert h[1] == {"a": 10, "b": 11}
     assert h.lookup(3, None) is None
     assert 2 in h and 3 not in h
-    assert len(h) == 2
+    assert h.count_entries() == 2
     assert sorted(h.keys()) == [1, 2]  # type: ignore[type-var]
     assert dict(h.items()) == {1: {"a": 10, "b": 11}, 2: {"a": 20, "b": 21}}
     with pytest.raises(ebpf.KeyExistsError, match="m_hash: update 1"):
@@ -85,21 +85,21 @@ def test_hash(coll: ebpf.Collection) -> None:
     assert len(got) == 21
     assert got[29] == {"a": 29, "b": 58}
     assert h.batch_delete(range(10, 20)) == 10
-    assert len(h) == 11
+    assert h.count_entries() == 11
     drained = h.batch_lookup(delete=True)
     assert len(drained) == 11
-    assert len(h) == 0
+    assert h.count_entries() == 0
     h.batch_update([(k, {"a": k, "b": 0}) for k in range(60)])
     with pytest.raises(ebpf.SyscallError, match=r"m_hash: update 64: full \(64 entries\)"):
         for k in range(60, 100):
             h[k] = {"a": 0, "b": 0}
     h.clear()
-    assert len(h) == 0
+    assert h.count_entries() == 0
 
 
 def test_array(coll: ebpf.Collection) -> None:
     a = coll.maps["m_array"]
-    assert len(a) == 8
+    assert a.count_entries() == 8
     assert list(a.values()) == [0] * 8
     a[3] = 33
     with pytest.raises(ebpf.KeyExistsError):
@@ -135,7 +135,7 @@ def test_lru_hash_evicts(coll: ebpf.Collection) -> None:
     m = coll.maps["m_lru_hash"]
     for k in range(200):
         m[k] = k
-    assert 0 < len(m) <= 32
+    assert 0 < m.count_entries() <= 32
     assert m[199] == 199  # the newest survives
     assert 0 not in m  # the oldest went
 
@@ -151,7 +151,7 @@ def test_lpm_trie(coll: ebpf.Collection) -> None:
     assert t[key(32, 10, 1, 2, 3)] == 16  # longest match
     assert t[key(32, 10, 9, 9, 9)] == 8
     assert key(32, 11, 0, 0, 0) not in t
-    assert len(t) == 2
+    assert t.count_entries() == 2
     del t[key(16, 10, 1, 0, 0)]
     assert t[key(32, 10, 1, 2, 3)] == 8
 
@@ -170,7 +170,7 @@ def test_queue_and_stack(coll: ebpf.Collection, name: str, order: list[int]) -> 
     with pytest.raises(ebpf.KeyNotFoundError, match=f"{name}: empty"):
         m.pop()
     with pytest.raises(ebpf.NotSupportedError, match="no keys to iterate"):
-        len(m)
+        m.count_entries()
     # EXIST overwrites the oldest element when full
     for v in (1, 2, 3, 4, 5):
         m.push(v, UpdateFlags.EXIST)
@@ -227,7 +227,7 @@ def test_prog_array_and_maps_of_maps(coll: ebpf.Collection) -> None:
     pa[1] = prog
     assert pa[1] == prog.id.to_bytes(4, "little")  # lookups give the program id
     assert 0 not in pa
-    assert len(pa) == 4  # like every array, its keys are all the indexes
+    assert pa.count_entries() == 4  # like every array, its keys are all the indexes
     del pa[1]
     assert 1 not in pa
     with pytest.raises(ebpf.KeyNotFoundError):
@@ -300,11 +300,11 @@ def test_cgroup_array(coll: ebpf.Collection, cgroup: Cgroup) -> None:
 
 def test_event_and_trace_maps(coll: ebpf.Collection) -> None:
     with pytest.raises(ebpf.NotSupportedError, match="m_ringbuf: ringbuf maps have no keys"):
-        len(coll.maps["m_ringbuf"])
+        coll.maps["m_ringbuf"].count_entries()
     with pytest.raises(ebpf.SyscallError, match="m_ringbuf: lookup"):
         coll.maps["m_ringbuf"].lookup(0)
     assert list(coll.maps["m_perf_event_array"].keys()) == list(range(ncpus()))
-    assert len(coll.maps["m_stack_trace"]) == 0
+    assert coll.maps["m_stack_trace"].count_entries() == 0
     with pytest.raises(ebpf.KeyNotFoundError):
         coll.maps["m_stack_trace"][0]
     # cgroup storage elements exist only while a program using them is attached

@@ -68,6 +68,7 @@ def tp_manifest(env: Env, tgid: int = 0) -> None:
         spec:
           object: @BPF@/tp_counter.o
           constants: {{target_tgid: {tgid}}}
+          maps: {{calls: {{pin: true}}}}
           attach:
             - program: count_getppid
               tracepoint: {{group: syscalls, name: sys_enter_getppid}}
@@ -84,6 +85,7 @@ def cgroup_manifest(env: Env, cg: Cgroup) -> None:
         metadata: {{name: cgroup-egress}}
         spec:
           object: @BPF@/cgroup_egress.o
+          maps: {{egress_stats: {{pin: true}}}}
           attach:
             - program: cg_egress
               cgroup: {{path: {cg.path}, attach: egress}}
@@ -252,6 +254,7 @@ def test_prog_array_keeps_its_entries_after_the_applying_process(
         metadata: {{name: tail}}
         spec:
           object: @BPF@/tailcall.o
+          maps: {{hits: {{pin: true}}}}  # jump_table is a prog array: pinned anyway
           attach:
             - program: xdp_entry
               xdp: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, mode: generic}}

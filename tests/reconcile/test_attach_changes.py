@@ -38,6 +38,7 @@ def xdp_manifest(env: Env, veth: VethPair, mode: str, *, take_over: bool = False
         metadata: {{name: xdp}}
         spec:
           object: @BPF@/xdp_counter.o
+          maps: {{counters: {{pin: true}}}}
           attach:
             - program: xdp_count
               xdp: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, mode: {mode}{extra}}}

@@ -78,7 +78,7 @@ def record(
         object_sha256="x",
         manifest=f"/m/{name}.yaml:3:1",
         applied_at="2026-01-01T00:00:00Z",
-        maps=maps or {"counters": MapRecord("counters", 10, ARRAY, "maps/counters")},
+        maps=maps or {"counters": MapRecord("counters", 10, ARRAY, "")},
         programs={p: ProgramRecord(p, 100 + i, "ab", f"progs/{p}") for i, p in enumerate(progs)},
         attachments={a.key: a for a in atts},
         depends_on=deps,
@@ -438,3 +438,147 @@ def test_xdp_hook_held_by_another_own_collection() -> None:
     p = plan(desired(coll("a", attach=(xdp,))), actual(other, facts=facts), prune=True)
     assert len(p.problems) == 1
     assert "of collection other" in str(p.problems[0])
+
+
+PROG_ARRAY = MapShape(type=3, key_size=4, value_size=4, max_entries=4, flags=0)
+
+
+def test_pins_follow_the_rules() -> None:
+    """pin_reason: pin: true, preserve, a prog array, another collection's from; a
+    substituted map is never pinned by its user."""
+    from orchestrator.reconcile.plan import pin_reason
+
+    d = desired(
+        coll(
+            "a",
+            maps={
+                "p": MapOptions("p", pin=True),
+                "k": MapOptions("k", pin=True, preserve=True),
+                "f": MapOptions("f", source_from=MapFrom(pinned=Path("/sys/fs/bpf/x"))),
+            },
+        ),
+        coll("b", maps={"s": MapOptions("s", source_from=MapFrom(collection="a", map="u"))}),
+    )
+    timers = MapShape(type=2, key_size=4, value_size=16, max_entries=1, flags=0, timers=True)
+    assert pin_reason(d, "a", "p", ARRAY) == "pin: true"
+    assert pin_reason(d, "a", "k", ARRAY) == "preserve: true"
+    assert pin_reason(d, "a", "f", ARRAY) is None
+    assert pin_reason(d, "a", "plain", ARRAY) is None
+    assert "prog array" in str(pin_reason(d, "a", "jump", PROG_ARRAY))
+    assert "timers" in str(pin_reason(d, "a", "t", timers))
+    assert pin_reason(d, "a", "u", ARRAY) == "collection b uses it (from)"
+    assert pin_reason(d, "b", "s", ARRAY) is None
+    assert MapShape.from_json(timers.to_json()) == timers
+    assert "timers" not in ARRAY.to_json()  # records of maps without timers are unchanged
+
+
+def test_new_maps_say_whether_they_are_pinned_or_not_kept() -> None:
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(
+                programs=("prog",),
+                maps={"counters": ARRAY, "jump": PROG_ARRAY, "spare": ARRAY},
+                held=frozenset({"counters", "jump"}),
+            )
+        }
+    )
+    p = plan(desired(coll("a")), actual(facts=facts))
+    reasons = {c.name: (c.op, c.reason) for c in p.of("a", "map")}
+    assert reasons["counters"] == (Op.CREATE, "new map, not pinned (its programs hold it)")
+    assert (
+        reasons["jump"][0] is Op.CREATE and "pinned (a prog array is always" in reasons["jump"][1]
+    )
+    assert reasons["spare"][0] is Op.NOOP and reasons["spare"][1].startswith("not kept")
+    assert p.counts() == (3, 0, 0)  # counters, jump, the program
+
+
+def test_a_new_from_pins_the_source_in_place() -> None:
+    """The owner's manifest is unchanged, but a new user substitutes its map: the owner's
+    live map is pinned in place (facts are gathered for it), nothing is reloaded; dropping
+    the user unpins it again."""
+    from orchestrator.reconcile.observe import needs_work
+    from orchestrator.reconcile.plan import PinRules, load_key
+
+    owner = coll("a")
+    user = coll("b", maps={"counters": MapOptions("counters", source_from=MapFrom("a"))})
+    rec = record("a")
+    rec = CollectionRecord(**{**_fields(rec), "load_key": load_key(owner, "sha")})
+    state = actual(rec)
+    assert not needs_work(owner, state, PinRules(desired(owner)))
+    assert needs_work(owner, state, PinRules(desired(owner, user)))
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(
+                programs=("prog",),
+                maps={"counters": ARRAY},
+                object_sha256="sha",
+                held=frozenset({"counters"}),
+            ),
+            "b": CollectionFacts(programs=("prog",), maps={"counters": ARRAY}),
+        }
+    )
+    p = plan(desired(owner, user), actual(rec, facts=facts))
+    assert p.collection_op("a") is Op.UPDATE and "kept" in p.changes[0].reason
+    line = p.change("a", "map", "counters")
+    assert line is not None and line.op is Op.UPDATE
+    assert str(line) == (
+        "~ map a/counters: pin: live map (id 10) is pinned at maps/counters in place "
+        "(collection b uses it (from)); nothing is reloaded"
+    )
+    assert p.change("a", "program", "prog").op is Op.NOOP  # type: ignore[union-attr]
+
+    pinned = CollectionRecord(
+        **{
+            **_fields(rec),
+            "maps": {"counters": MapRecord("counters", 10, ARRAY, "maps/counters")},
+        }
+    )
+    p = plan(desired(owner), actual(pinned, facts=facts))
+    line = p.change("a", "map", "counters")
+    assert line is not None and line.op is Op.UPDATE and line.reason.startswith("unpin:")
+    # nothing holds it: unpinning frees it
+    facts_unheld = Facts(
+        collections={
+            "a": CollectionFacts(
+                programs=("prog",), maps={"counters": ARRAY}, object_sha256="sha", held=frozenset()
+            )
+        }
+    )
+    p = plan(desired(owner), actual(pinned, facts=facts_unheld))
+    line = p.change("a", "map", "counters")
+    assert line is not None and line.op is Op.DELETE and "freed" in line.reason
+
+
+def test_records_from_before_pins_had_a_meaning_are_kept() -> None:
+    """A record written when every map was pinned (and pin was part of the load key):
+    its collections are kept, and their maps unpinned in place, not reloaded."""
+    from orchestrator.reconcile.plan import load_key
+
+    d = coll("a", maps={"counters": MapOptions("counters")})
+    old = CollectionRecord(
+        **{
+            **_fields(record("a", maps={"counters": MapRecord("counters", 10, ARRAY, "maps/c")})),
+            "load_key": load_key(d, "sha", legacy=True),
+        }
+    )
+    assert load_key(d, "sha", legacy=True) != load_key(d, "sha")
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(
+                programs=("prog",),
+                maps={"counters": ARRAY},
+                object_sha256="sha",
+                held=frozenset({"counters"}),
+            )
+        }
+    )
+    p = plan(desired(d), actual(old, facts=facts))
+    assert "programs and maps are kept" in p.changes[0].reason
+    line = p.change("a", "map", "counters")
+    assert line is not None and line.op is Op.UPDATE and line.reason.startswith("unpin:")
+
+
+def _fields(rec: CollectionRecord) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}

@@ -79,10 +79,11 @@ def test_tracepoint_upgrade_is_make_before_break(env: Env, fd_guard: None) -> No
         tp_manifest(env, tgid=os.getpid() + 0)  # same manifest: nothing to do
         assert not r.plan(env.desired()).has_changes
         text = (env.manifests / "tp-counter.yaml").read_text()
-        assert "  attach:" in text
+        assert "maps: {calls: {pin: true}}" in text
         # a bigger calls map: the programs are reloaded
         env.write(
-            "tp-counter", text.replace("  attach:", "  maps: {calls: {max_entries: 2}}\n  attach:")
+            "tp-counter",
+            text.replace("{calls: {pin: true}}", "{calls: {pin: true, max_entries: 2}}"),
         )
         p = r.plan(env.desired())
         att = p.of("tp-counter", "attachment")[0]
@@ -221,8 +222,8 @@ def test_cgroup_link_is_switched_in_place(env: Env, cgroup: Cgroup, fd_guard: No
     assert st is not None
     link_id, prog_id = st.attachments[0].link_id, st.program("cg_egress").id
     text = (env.manifests / "cgroup-egress.yaml").read_text()
-    bigger = "  maps: {egress_stats: {max_entries: 4}}\n  attach:"
-    env.write("cgroup-egress", text.replace("  attach:", bigger))
+    bigger = "{egress_stats: {pin: true, max_entries: 4}}"
+    env.write("cgroup-egress", text.replace("{egress_stats: {pin: true}}", bigger))
     p = r.plan(env.desired())
     assert p.of("cgroup-egress", "attachment")[0].op is Op.UPDATE
     r.apply(env.desired())
