@@ -43,6 +43,7 @@ from orchestrator.ebpf.asm import (
     RefKind,
 )
 from orchestrator.ebpf.errors import BTFError, Error, ParseError
+from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -130,11 +131,12 @@ _MAP_DEF_FIELDS = {
 
 
 def load_file(path: str) -> CollectionSpec:
+    """Parse the object at ``path``: a regular file of at most
+    :data:`~orchestrator.ebpf.files.OBJECT_MAX` bytes (see :mod:`orchestrator.ebpf.files`)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_file(path, limit=OBJECT_MAX, what="an object")
     except OSError as err:
-        raise ParseError(f"{path}: {err.strerror.lower() if err.strerror else err}") from err
+        raise ParseError(f"{path}: {reason(err)}") from err
     return load_bytes(data, name=os.path.basename(path), path=path)
 
 
