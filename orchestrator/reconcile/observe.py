@@ -20,6 +20,7 @@ from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.ebpf.features import program_kind, program_support
+from orchestrator.ebpf.files import reason, stat_regular
 from orchestrator.ebpf.pin import bpffs_mount_of, is_bpffs
 from orchestrator.manifest.model import (
     CgroupTarget,
@@ -474,8 +475,12 @@ def target_facts(target: Target) -> TargetFacts:
             problem="tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
         )
     if isinstance(target, UprobeTarget):
-        if not target.path.exists():
+        try:
+            stat_regular(target.path)  # a FIFO would block the symbol lookup at attach
+        except FileNotFoundError:
             return TargetFacts(problem=f"uprobe binary {target.path} does not exist")
+        except OSError as err:
+            return TargetFacts(problem=f"uprobe binary {target.path}: {reason(err)}")
         return TargetFacts()
     if isinstance(target, NetnsTarget):
         if target.netns is not None and not target.netns.exists():
