@@ -59,10 +59,17 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None, **extra:
     return out
 
 
+# Names are bounded, so that one never fills a plan or a log line: tracepoint names are
+# tracefs directory names (NAME_MAX); C and map names are ELF symbols.
+_NAME_MAX = {C_NAME: 1024, MAP_NAME: 1024, TRACE_NAME: 255}
+
+
 def _str(pattern: str | None = None, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "string", "minLength": 1}
     if pattern is not None:
         out["pattern"] = pattern
+        if pattern in _NAME_MAX:
+            out["maxLength"] = _NAME_MAX[pattern]
     out.update(extra)
     return out
 
@@ -112,7 +119,7 @@ TARGETS: dict[str, dict[str, Any]] = {
     "uprobe": _obj(
         {
             "path": _PATH,
-            "symbol": _str(),
+            "symbol": _str(maxLength=4096),
             "offset": {"type": "integer", "minimum": 0},
             "retprobe": {"type": "boolean"},
             "pid": {"type": "integer", "minimum": 1},

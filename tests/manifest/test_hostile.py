@@ -156,6 +156,16 @@ def test_huge_values_are_cut_in_messages(write: Write, tree: Path) -> None:
     # an explicit key (?): an implicit one is at most 1024 characters in YAML
     write("m/c.yaml", doc("c", extra=f"  maps:\n    counters:\n      ? {big}\n      : 1\n"))
     write("m/d.yaml", doc("d", extra=f"  programs: [{big}]\n"))
+    write("m/e.yaml", doc("e", extra=f"  programs: [{'w' * 1000}]\n"))
+    write(
+        "m/f.yaml",
+        doc(
+            "f",
+            extra="  attach:\n"
+            f"    - {{program: tp, tracepoint: {{group: g, name: {'n' * 256}}}}}\n"
+            f"    - {{program: probe, uprobe: {{path: /bin/true, symbol: {'s' * 4097}}}}}\n",
+        ),
+    )
     found = problems([tree / "m"])
     text = "\n".join(str(p) for p in found)
     assert len(text) < 3000, text[:3000]
@@ -168,7 +178,16 @@ def test_huge_values_are_cut_in_messages(write: Write, tree: Path) -> None:
     assert by_field[("b.yaml", "spec.constants.greeting")] == "1500000 bytes do not fit char[8]"
     key = "v" * 80 + "… (1500000 characters)"
     assert by_field[("c.yaml", f'spec.maps.counters["{key}"]')] == f"unknown field {cut}"
-    assert by_field[("d.yaml", "spec.programs[0]")] == f"object has no program {cut}"
+    assert by_field[("d.yaml", "spec.programs[0]")] == f"{cut} is longer than 1024 characters"
+    assert by_field[("f.yaml", "spec.attach[0].tracepoint.name")] == (
+        "'" + "n" * 80 + "…' (256 characters) is longer than 255 characters"
+    )
+    assert by_field[("f.yaml", "spec.attach[1].uprobe.symbol")].endswith(
+        "…' (4097 characters) is longer than 4096 characters"
+    )
+    assert by_field[("e.yaml", "spec.programs[0]")] == (
+        "object has no program '" + "w" * 80 + "…' (1000 characters)"
+    )
 
 
 def test_the_file_cache_keeps_one_version_per_file_within_its_budget() -> None:
