@@ -50,6 +50,7 @@ from orchestrator.ebpf import netlink as _netlink
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
     Error,
+    FileError,
     KeyNotFoundError,
     NotSupportedError,
     PinError,
@@ -516,9 +517,12 @@ def in_netns(path: NetnsPath) -> Iterator[None]:
             stack.enter_context(_netlink.in_netns(path))
         except OSError as err:
             klass = TargetNotFoundError if err.errno == errno.ENOENT else AttachError
-            reason = os.strerror(err.errno).lower() if err.errno else str(err)
+            if isinstance(err, FileError) or not err.errno:
+                why = reason(err)
+            else:
+                why = os.strerror(err.errno).lower()
             raise klass(
-                f"network namespace {os.fspath(path or '')}: {reason} "
+                f"network namespace {os.fspath(path or '')}: {why} "
                 "(a path like /var/run/netns/NAME or /proc/PID/ns/net)"
             ) from err
         yield
@@ -1034,11 +1038,13 @@ def attach_netns(prog: Program, netns: NetnsPath, attach_type: str | AttachType)
     p = os.fspath(netns) if netns is not None else "/proc/thread-self/ns/net"
     what = f"netns {at.name.lower()} link of {prog.name} on {p}"
     try:
-        nsfd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        nsfd = _netlink.open_netns(p)
     except FileNotFoundError as err:
         raise TargetNotFoundError(
             f"{what}: no such namespace (a path like /var/run/netns/NAME)"
         ) from err
+    except OSError as err:
+        raise AttachError(f"{what}: {reason(err)} (not a network namespace)") from err
     try:
         attr = _sys.LinkCreateAttr(prog_fd=prog.fd.raw, target_fd=nsfd, attach_type=at)
         try:

@@ -254,3 +254,21 @@ def test_quote_cuts_long_values_and_says_how_long() -> None:
     assert len(quote({"k": "v" * 10_000})) < 200
     assert clip("short") == "short"
     assert clip("p" * 100) == "p" * 80 + "… (100 characters)"
+
+
+def test_a_fifo_as_network_namespace_is_refused_before_it_is_opened(fifo: Path) -> None:
+    from orchestrator.ebpf import links, netlink
+
+    def enter() -> None:
+        with netlink.in_netns(fifo):
+            pytest.fail("entered a FIFO as a namespace")
+
+    with pytest.raises(FileError, match=r"not a regular file \(a fifo\)"):
+        promptly(enter)
+
+    def enter_for_links() -> None:
+        with links.in_netns(fifo):
+            pytest.fail("entered a FIFO as a namespace")
+
+    with pytest.raises(links.AttachError, match=r"network namespace .*: not a regular file"):
+        promptly(enter_for_links)

@@ -221,3 +221,26 @@ def test_a_fifo_as_uprobe_path_is_refused_at_plan_and_holds_no_lock(
         t.join(10)
     assert len(results) == 2
     promptly(lambda: env.reconciler().destroy())
+
+
+@pytest.mark.kernel
+def test_a_fifo_as_network_namespace_is_refused_promptly(env: Env, tmp_path: Path) -> None:
+    """Opening a FIFO as a namespace file would wait for a writer: it is refused by type."""
+    fifo = tmp_path / "ns"
+    os.mkfifo(fifo)
+    env.write(
+        "x",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: x}}
+        spec:
+          object: @BPF@/xdp_counter.o
+          attach:
+            - program: xdp_count
+              xdp: {{interface: lo, netns: {fifo}}}
+        """,
+    )
+    plan = promptly(lambda: env.reconciler().plan(env.desired()))
+    [problem] = [str(p) for p in plan.problems]
+    assert f"network namespace {fifo}: cannot enter it: not a regular file (a fifo)" in problem
