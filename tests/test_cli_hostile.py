@@ -225,11 +225,13 @@ def test_output_into_a_closed_pipe(argv: list[str]) -> None:
 
 
 def test_output_into_head_of_a_long_listing(tmp_path: Path) -> None:
-    """`bpforch validate -o json DIR | head -1` with an output larger than a pipe holds."""
-    for i in range(400):
+    """`bpforch validate -o json DIR | head -1` with an output (240 KB) larger than a pipe
+    holds: head exits after one line, and bpforch stops quietly with 141."""
+    for i in range(1000):
         (tmp_path / f"m{i}.yaml").write_text(manifest(name=f"c{i}"))
     proc = subprocess.run(
-        f"{sys.executable} -m orchestrator validate -o json {tmp_path} | head -1",
+        f"{sys.executable} -m orchestrator validate -o json {tmp_path} | head -1; "
+        'echo "exit ${PIPESTATUS[0]}" >&2',
         shell=True,
         cwd=ROOT,
         capture_output=True,
@@ -237,7 +239,7 @@ def test_output_into_head_of_a_long_listing(tmp_path: Path) -> None:
         timeout=TIMEOUT,
         executable="/bin/bash",
     )
-    assert proc.stdout == "{\n" and proc.stderr == ""
+    assert proc.stdout == "{\n" and proc.stderr == "exit 141\n"
 
 
 # ---------------------------------------------------------------------------- config

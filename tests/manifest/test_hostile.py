@@ -248,3 +248,18 @@ def test_the_cache_is_bounded_by_bytes_across_files(write: Write, tree: Path) ->
     finally:
         cache.max_bytes = old
         cache.clear()
+
+
+def test_trace_pipe_as_object_or_manifest(write: Write, tree: Path) -> None:
+    """trace_pipe is a regular file in tracefs whose read waits for trace output."""
+    pipe = Path("/sys/kernel/tracing/trace_pipe")
+    if not pipe.exists():
+        pytest.skip("tracefs is not mounted")
+    write("m/a.yaml", doc("a", str(pipe)))
+    [p] = problems([tree / "m"])
+    assert p.field == "spec.object"
+    assert p.message == f"cannot read object: {pipe}: reading it would block (a stream, not a file)"
+    link = tree / "trace.yaml"
+    link.symlink_to(pipe)
+    [p] = problems([link])
+    assert p.message == "reading it would block (a stream, not a file)"
