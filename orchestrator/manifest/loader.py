@@ -170,6 +170,7 @@ MANIFEST_MAX = 4 << 20  # bytes of one manifest file
 CACHE_MAX_BYTES = 64 << 20
 CACHE_MAX_FILES = 4096
 _files: LRU[str, tuple[bytes, _FileResult]] = LRU(CACHE_MAX_BYTES, CACHE_MAX_FILES)
+_CHECKED_MAX = 8  # object versions whose check results a cached document remembers
 
 
 def _resolve(base: Path, text: str) -> Path:
@@ -528,6 +529,8 @@ class _Checker:
                     self.contents(e, e.info.spec)
                 finally:
                     checked, self.problems = self.problems, outer
+                if len(e.checked) >= _CHECKED_MAX:  # an object rebuilt again and again
+                    e.checked.clear()
                 e.checked[e.info.sha256] = checked
             self.problems.extend(checked)
 

@@ -263,3 +263,22 @@ def test_trace_pipe_as_object_or_manifest(write: Write, tree: Path) -> None:
     link.symlink_to(pipe)
     [p] = problems([link])
     assert p.message == "reading it would block (a stream, not a file)"
+
+
+def test_check_results_per_object_version_are_bounded(write: Write, tree: Path) -> None:
+    """An unchanged manifest whose object is rebuilt again and again (make in a watch loop)
+    keeps the check results of a few object versions, not of every one."""
+    from tests.conftest import BPF_DIR
+
+    m = write("m/a.yaml", doc("a", "../objs/x.o"))
+    versions = sorted(BPF_DIR.glob("*.o"))
+    assert len(versions) > _loader._CHECKED_MAX
+    for i, obj in enumerate(versions):
+        target = tree / "objs" / "x.o"
+        (tree / "objs" / "new.o").write_bytes(obj.read_bytes())
+        os.replace(tree / "objs" / "new.o", target)
+        load_manifests([m])
+        cached = _loader._files.get(str(m))
+        assert cached is not None
+        [(_, _, checked)] = cached[1].built
+        assert 1 <= len(checked) <= _loader._CHECKED_MAX, i
