@@ -9,7 +9,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -272,3 +272,36 @@ def test_a_fifo_as_network_namespace_is_refused_before_it_is_opened(fifo: Path) 
 
     with pytest.raises(links.AttachError, match=r"network namespace .*: not a regular file"):
         promptly(enter_for_links)
+
+
+def test_a_parse_error_about_a_huge_name_is_cut(
+    compile_bpf: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An object's names can be megabytes long; a parse error that names one stays short."""
+    import struct
+
+    from orchestrator.ebpf.elf import load_bytes
+
+    name = "s" * 200_000
+    obj = compile_bpf(
+        "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n"
+        f'SEC("xdp/{name}") int f(void *c) {{ return 2; }}\n'
+        'char L[] SEC("license") = "GPL";\n'
+    )
+    data = bytearray(obj.read_bytes())
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
+    (strtab_off,) = struct.unpack_from("<Q", data, shoff + shstrndx * 64 + 24)
+    for i in range(shnum):
+        at = shoff + i * 64
+        (sh_name,) = struct.unpack_from("<I", data, at)
+        if data[strtab_off + sh_name : strtab_off + sh_name + 4] == b"xdp/":
+            struct.pack_into("<Q", data, at + 24, len(data) + 4096)  # sh_offset past the end
+            break
+    else:
+        pytest.fail("no xdp/ section")
+    with pytest.raises(ParseError) as info:
+        load_bytes(bytes(data), path="huge.o")
+    text = str(info.value)
+    assert text.startswith("huge.o: section xdp/sss") and "extends past the end" not in text
+    assert len(text) < 1200 and text.endswith(" characters)")
