@@ -1,7 +1,8 @@
 """The ``bpforch`` command line: argument parsing and rendering over the library API.
 
 Exit codes follow the conventions users know from terraform: 0 success (and, for ``plan``,
-no changes), 1 error, 2 changes pending (``plan`` only).
+no changes), 1 error, 2 changes pending (``plan`` only); 141 when the reader of the output
+went away (``| head``), as for a tool killed by SIGPIPE, with no traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from orchestrator.service.status import read_status
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like `yes | head`
 
 
 def _color(stream: TextIO) -> bool:
@@ -380,12 +382,37 @@ def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     try:
-        return func(args, out, err)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:  # --help, --version and usage errors: flush while we can catch
+            sys.stdout.flush()
+            raise
+        func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
+        code = func(args, out, err)
+        out.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=err)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (| head, | true): stop quietly, as a C tool
+        # killed by SIGPIPE would, without letting the exit's flush fail again
+        _quiet(out, err, sys.stdout, sys.stderr)
+        return EXIT_BROKEN_PIPE
+
+
+def _quiet(*streams: TextIO) -> None:
+    """Point the fds of ``streams`` at /dev/null (what is still buffered goes nowhere)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in streams:
+            try:
+                fd = stream.fileno()
+            except (OSError, ValueError):  # io.StringIO and the like: nothing to redirect
+                continue
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

@@ -42,7 +42,8 @@ from orchestrator.ebpf.asm import (
     Reference,
     RefKind,
 )
-from orchestrator.ebpf.errors import BTFError, Error, ParseError
+from orchestrator.ebpf.errors import BTFError, Error, ParseError, clip
+from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -130,11 +131,12 @@ _MAP_DEF_FIELDS = {
 
 
 def load_file(path: str) -> CollectionSpec:
+    """Parse the object at ``path``: a regular file of at most
+    :data:`~orchestrator.ebpf.files.OBJECT_MAX` bytes (see :mod:`orchestrator.ebpf.files`)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_file(path, limit=OBJECT_MAX, what="an object")
     except OSError as err:
-        raise ParseError(f"{path}: {err.strerror.lower() if err.strerror else err}") from err
+        raise ParseError(f"{path}: {reason(err)}") from err
     return load_bytes(data, name=os.path.basename(path), path=path)
 
 
@@ -145,9 +147,13 @@ def load_bytes(data: bytes, name: str = "", path: str = "") -> CollectionSpec:
     except Error as err:
         if type(err).__init__ is not Exception.__init__:
             raise
-        raise type(err)(f"{label}: {err}") from err
+        # names in the object (sections, symbols) can be megabytes long: cut what they say
+        raise type(err)(f"{label}: {clip(str(err), _MESSAGE_MAX)}") from err
     except (ELFError, struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
-        raise ParseError(f"{label}: malformed ELF object: {err}") from err
+        raise ParseError(f"{label}: malformed ELF object: {clip(str(err), _MESSAGE_MAX)}") from err
+
+
+_MESSAGE_MAX = 1000  # characters of a parse error's own text
 
 
 class _Reader:

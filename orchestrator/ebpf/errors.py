@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import reprlib
+
+QUOTE_MAX = 80  # characters of a value that an error message shows
 
 
 class Error(Exception):
@@ -105,6 +108,63 @@ class CORERelocationError(VerifierError):
         self.relocation = relocation
 
 
+class FileError(Error, OSError):
+    """A file that is refused without being read through: not a regular file (a FIFO, a
+    device, a socket), one whose read would block, or one larger than its limit. Also an
+    :class:`OSError` (``errno``, ``strerror``, ``filename``), so code that handles I/O errors
+    handles these the same way. See :mod:`orchestrator.ebpf.files`."""
+
+
 class AttachTargetError(NotSupportedError):
     """A program's attach target (``tp_btf/NAME``, ``iter/NAME``, ``fentry/NAME`` ...) or an
     extern (``__ksym`` variable, kfunc) is not in the running kernel's BTF."""
+
+
+class _Repr(reprlib.Repr):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = self.maxlong = limit
+        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 8
+
+    def repr_int(self, x: int, level: int) -> str:
+        return _int_text(x, self.maxlong)
+
+
+def _int_text(value: int, limit: int) -> str:
+    # str() of an int over 4,300 digits raises ValueError (CVE-2020-10735): say its width
+    if value.bit_length() > 4 * limit:
+        return f"an integer of {value.bit_length()} bits"
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} digits)"
+
+
+def quote(value: object, limit: int = QUOTE_MAX) -> str:
+    """``value`` as an error message shows it: strings and bytes quoted (``repr``), and cut
+    after ``limit`` characters with the full length said, so that a 50 MB value costs a
+    line, not 50 MB of output: ``'aaaa…' (52428800 characters)``. Integers too wide to
+    print are described by their width; containers are shown shortened (``reprlib``)."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        head = repr(value[:limit])
+        return f"{head[:-1]}…{head[-1]} ({len(value)} characters)"
+    if isinstance(value, bytes | bytearray):
+        if len(value) <= limit:
+            return repr(bytes(value))
+        head = repr(bytes(value[:limit]))
+        return f"{head[:-1]}…{head[-1]} ({len(value)} bytes)"
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return _int_text(value, limit)
+    return _Repr(limit).repr(value)
+
+
+def clip(text: str, limit: int = QUOTE_MAX) -> str:
+    """``text`` shown as is (unquoted: a path, a name) unless it is longer than ``limit``
+    characters: then cut, with its length said. For values echoed in messages, prefer
+    :func:`quote`."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"

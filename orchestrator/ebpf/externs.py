@@ -20,14 +20,17 @@ verifier accepts as long as it is unreachable); a strong one is an error.
 from __future__ import annotations
 
 import enum
-import gzip
 import os
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf.errors import ParseError, SpecError
+from orchestrator.ebpf.errors import FileError, ParseError, SpecError
+from orchestrator.ebpf.files import open_file, read_file, reason
+
+KCONFIG_MAX = 16 << 20  # a kernel config, also once decompressed (they are about 300 KiB)
 
 __all__ = [
     "ExternKind",
@@ -205,12 +208,13 @@ def read_kconfig(path: str | None = None) -> dict[str, str]:
     paths = [path] if path else ["/proc/config.gz", f"/boot/config-{os.uname().release}"]
     for p in paths:
         try:
-            with open(p, "rb") as f:
-                data = f.read()
+            data = read_file(p, limit=KCONFIG_MAX, what="a kernel config")
+        except FileError as err:  # there, but refused: say why
+            raise KconfigError(f"kernel config {p}: {reason(err)}") from err
         except OSError:
             continue
         if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
+            data = _gunzip(p, data)
         out: dict[str, str] = {}
         for line in data.decode("utf-8", "replace").splitlines():
             if line.startswith("CONFIG_") and "=" in line:
@@ -222,10 +226,24 @@ def read_kconfig(path: str | None = None) -> dict[str, str]:
     )
 
 
+def _gunzip(path: str, data: bytes) -> bytes:
+    """``data`` decompressed, refusing more than :data:`KCONFIG_MAX` bytes (a gzip bomb)."""
+    z = zlib.decompressobj(wbits=31)
+    try:
+        out = z.decompress(data, KCONFIG_MAX + 1)
+    except zlib.error as err:
+        raise KconfigError(f"kernel config {path}: bad gzip data: {err}") from err
+    if len(out) > KCONFIG_MAX:
+        raise KconfigError(
+            f"kernel config {path}: more than {KCONFIG_MAX >> 20} MiB once decompressed"
+        )
+    return out
+
+
 def kallsyms(path: str = "/proc/kallsyms") -> dict[str, int]:
     """Kernel symbol → address (0 when ``kptr_restrict`` hides them)."""
     out: dict[str, int] = {}
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         for line in f:
             parts = line.split()
             if len(parts) >= 3:

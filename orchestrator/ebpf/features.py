@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error, SyscallError
+from orchestrator.ebpf.files import open_file
 from orchestrator.ebpf.sys import AttachType, MapFlags, MapType, ProgFlags, ProgType
 
 __all__ = [
@@ -270,7 +271,7 @@ def syscall_wrapper() -> bool:
 
     def probe() -> bool:
         try:
-            with open("/proc/kallsyms", "rb") as f:
+            with open_file("/proc/kallsyms") as f:
                 return any(b" __x64_sys_bpf" in line for line in f)
         except OSError:
             return False

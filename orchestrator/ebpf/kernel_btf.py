@@ -16,13 +16,16 @@ Needs ``CONFIG_DEBUG_INFO_BTF`` (Linux 5.4+) for ``/sys/kernel/btf/vmlinux``; mo
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf.errors import BTFError, NotSupportedError
+from orchestrator.ebpf.errors import BTFError, FileError, NotSupportedError, quote
+from orchestrator.ebpf.files import BTF_MAX, read_file, reason
+from orchestrator.ebpf.lru import LRU
 
 __all__ = ["VMLINUX", "KernelBTF", "essential_name", "load"]
 
@@ -75,8 +78,7 @@ class KernelBTF:
                         continue
                     p = os.path.join(self.module_dir, n)
                     try:
-                        with open(p, "rb") as f:
-                            data = f.read()
+                        data = read_file(p, limit=BTF_MAX, what="btf")
                         mods[n] = _btf.Spec.parse(data, base=self.vmlinux)
                     except (OSError, BTFError):
                         continue  # a module being unloaded, or BTF we cannot read
@@ -97,7 +99,11 @@ class KernelBTF:
         return None
 
 
-_CACHE: dict[tuple[str, int, int], KernelBTF] = {}
+# Parsed kernel BTF by (path, size, mtime): normally one entry, the running kernel's. Each
+# is costed at 8 times its file size (its types are decoded lazily, as lookups need
+# them); other BTF files (tests, CollectionOptions.kernel_btf) make room by age.
+MAX_BYTES = 512 << 20
+_CACHE: LRU[tuple[str, int, int], KernelBTF] = LRU(MAX_BYTES)
 _LOCK = threading.Lock()
 
 
@@ -109,25 +115,29 @@ def load(path: str | os.PathLike[str] | None = None) -> KernelBTF:
     """
     p = os.fspath(path) if path is not None else VMLINUX
     try:
+        if "\0" in p:
+            raise FileError(errno.EINVAL, "the path contains a NUL byte", p)
         st = os.stat(p)
     except OSError as err:
         if path is None:
             raise NotSupportedError(
-                f"kernel btf: {p}: {(err.strerror or str(err)).lower()} "
+                f"kernel btf: {p}: {reason(err)} "
                 "(the kernel needs CONFIG_DEBUG_INFO_BTF, or pass a btf file)"
             ) from err
-        raise BTFError(f"kernel btf: {p}: {(err.strerror or str(err)).lower()}") from err
+        raise BTFError(f"kernel btf: {quote(p)}: {reason(err)}") from err
     key = (p, st.st_size, st.st_mtime_ns)
     with _LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        with open(p, "rb") as f:
-            data = f.read()
+        try:
+            data = read_file(p, limit=BTF_MAX, what="btf")
+        except OSError as err:
+            raise BTFError(f"kernel btf: {p}: {reason(err)}") from err
         try:
             spec = _btf.Spec.parse(data)
         except BTFError as err:
             raise BTFError(f"kernel btf: {p}: {err}") from err
         kb = KernelBTF(spec, p, os.path.dirname(p) if path is None else None)
-        _CACHE[key] = kb
+        _CACHE.put(key, kb, 8 * len(data))
         return kb

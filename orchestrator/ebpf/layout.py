@@ -50,7 +50,7 @@ from orchestrator.ebpf.btf import (
     sizeof,
     skip_qualifiers,
 )
-from orchestrator.ebpf.errors import BTFError, ConstantError, SpecError
+from orchestrator.ebpf.errors import BTFError, ConstantError, SpecError, clip, quote
 
 __all__ = ["check_constant", "decode", "encode"]
 
@@ -81,7 +81,7 @@ def check_constant(name: str, t: Type, value: object) -> bytes:
     try:
         return encode(t, value)
     except SpecError as err:
-        raise ConstantError(f"constant {name}: {err}") from err
+        raise ConstantError(f"constant {clip(name)}: {err}") from err
 
 
 # --------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def _check_range(t: Type, v: int, nbits: int, signed: bool, where: str) -> int:
     lo, hi = (-(1 << (nbits - 1)), 1 << (nbits - 1)) if signed else (0, 1 << nbits)
     if not lo <= v < hi:
         sign = "signed" if signed else "unsigned"
-        raise SpecError(f"{where}{v} does not fit {_name(t)} ({_width(nbits)}, {sign})")
+        raise SpecError(f"{where}{quote(v)} does not fit {_name(t)} ({_width(nbits)}, {sign})")
     return v
 
 
@@ -163,11 +163,11 @@ def _int_value(t: Type, u: Int, value: object, nbits: int, where: str) -> int:
             return int(value)
         if isinstance(value, int) and value in (0, 1):
             return value
-        raise SpecError(f"{where}expected a bool for {_name(t)}, got {value!r}")
+        raise SpecError(f"{where}expected a bool for {_name(t)}, got {quote(value)}")
     if isinstance(value, str | bytes) and u.size == 1:
         raw = value.encode() if isinstance(value, str) else value
         if len(raw) != 1:
-            raise SpecError(f"{where}expected one character for {_name(t)}, got {value!r}")
+            raise SpecError(f"{where}expected one character for {_name(t)}, got {quote(value)}")
         v = raw[0]
         if u.signed and v >= 0x80:
             v -= 0x100
@@ -184,7 +184,7 @@ def _enum_value(t: Type, u: Enum, value: object, nbits: int, where: str) -> int:
                 v = ev.value
                 break
         else:
-            raise SpecError(f"{where}{_name(t)} has no enumerator {value}")
+            raise SpecError(f"{where}{_name(t)} has no enumerator {clip(value)}")
     elif isinstance(value, int):
         v = int(value)
     else:
@@ -194,7 +194,7 @@ def _enum_value(t: Type, u: Enum, value: object, nbits: int, where: str) -> int:
     # Objects from older compilers do not record an enum's signedness (kind_flag), so
     # accept both readings of the bits.
     if not -(1 << (nbits - 1)) <= v < (1 << nbits):
-        raise SpecError(f"{where}{v} does not fit {_name(t)} ({_width(nbits)})")
+        raise SpecError(f"{where}{quote(v)} does not fit {_name(t)} ({_width(nbits)})")
     return v
 
 
@@ -220,7 +220,7 @@ def _put(t: Type, value: object, buf: bytearray, off: int, where: str, depth: in
         try:
             buf[off : off + u.size] = struct.pack("=" + fmt, value)
         except (OverflowError, struct.error) as err:
-            raise SpecError(f"{where}{value} does not fit {_name(t)}") from err
+            raise SpecError(f"{where}{quote(value)} does not fit {_name(t)}") from err
     elif isinstance(u, Pointer):
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{where}expected an int for {_name(t)}, got {_got(value)}")
@@ -287,7 +287,7 @@ def _put_composite(
     _put_members(u, members, used, buf, off, where, depth)
     for key in members:
         if key not in used:
-            raise SpecError(f"{where}{_name(t)} has no member {key}")
+            raise SpecError(f"{where}{_name(t)} has no member {clip(str(key))}")
 
 
 def _put_members(
@@ -358,7 +358,7 @@ def _put_datasec(
     for key, item in value.items():
         vsi = by_name.get(key) if isinstance(key, str) else None
         if vsi is None:
-            raise SpecError(f"{where}{_name(t)} has no variable {key}")
+            raise SpecError(f"{where}{_name(t)} has no variable {clip(str(key))}")
         vwhere = f"{where}var {key}: "
         if vsi.offset + _sizeof(vsi.type) > len(buf) - off:
             raise SpecError(f"{vwhere}lies outside {_name(t)}")

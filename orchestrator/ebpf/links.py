@@ -39,6 +39,7 @@ import ctypes
 import enum
 import errno
 import os
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,14 @@ from orchestrator.ebpf import netlink as _netlink
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
     Error,
+    FileError,
     KeyNotFoundError,
     NotSupportedError,
     PinError,
     SyscallError,
+    clip,
 )
+from orchestrator.ebpf.files import open_file, read_text, reason, stat_regular
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.programs import Program
 from orchestrator.ebpf.sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType, ProgType
@@ -513,9 +517,12 @@ def in_netns(path: NetnsPath) -> Iterator[None]:
             stack.enter_context(_netlink.in_netns(path))
         except OSError as err:
             klass = TargetNotFoundError if err.errno == errno.ENOENT else AttachError
-            reason = os.strerror(err.errno).lower() if err.errno else str(err)
+            if isinstance(err, FileError) or not err.errno:
+                why = reason(err)
+            else:
+                why = os.strerror(err.errno).lower()
             raise klass(
-                f"network namespace {os.fspath(path or '')}: {reason} "
+                f"network namespace {os.fspath(path or '')}: {why} "
                 "(a path like /var/run/netns/NAME or /proc/PID/ns/net)"
             ) from err
         yield
@@ -1031,11 +1038,13 @@ def attach_netns(prog: Program, netns: NetnsPath, attach_type: str | AttachType)
     p = os.fspath(netns) if netns is not None else "/proc/thread-self/ns/net"
     what = f"netns {at.name.lower()} link of {prog.name} on {p}"
     try:
-        nsfd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        nsfd = _netlink.open_netns(p)
     except FileNotFoundError as err:
         raise TargetNotFoundError(
             f"{what}: no such namespace (a path like /var/run/netns/NAME)"
         ) from err
+    except OSError as err:
+        raise AttachError(f"{what}: {reason(err)} (not a network namespace)") from err
     try:
         attr = _sys.LinkCreateAttr(prog_fd=prog.fd.raw, target_fd=nsfd, attach_type=at)
         try:
@@ -1091,7 +1100,7 @@ def attach_tracepoint(prog: Program, group: str, name: str) -> Link:
         raise ValueError(f"{what}: group and name must be plain names")
     id_file = _tracefs() / "events" / group / name / "id"
     try:
-        tp_id = int(id_file.read_text())
+        tp_id = int(read_text(id_file, limit=4096))
     except FileNotFoundError as err:
         raise TargetNotFoundError(
             f"{what}: no such tracepoint ({id_file} is missing; see "
@@ -1133,7 +1142,7 @@ def _pmu(kind: str) -> tuple[int, dict[str, str]]:
     """The type number of a dynamic PMU and its format fields (name -> "config:0")."""
     base = PMU_ROOT / kind
     try:
-        pmu_type = int((base / "type").read_text())
+        pmu_type = int(read_text(base / "type", limit=4096))
     except FileNotFoundError as err:
         raise NotSupportedError(
             f"{kind}: no {kind} PMU in {PMU_ROOT} (kernel built without)"
@@ -1142,7 +1151,7 @@ def _pmu(kind: str) -> tuple[int, dict[str, str]]:
     fmt = base / "format"
     if fmt.is_dir():
         for entry in fmt.iterdir():
-            fields[entry.name] = entry.read_text().strip()
+            fields[entry.name] = read_text(entry, limit=4096).strip()
     return pmu_type, fields
 
 
@@ -1162,9 +1171,11 @@ def resolve_symbol(path: str | os.PathLike[str], symbol: str) -> int:
 
     p = os.fspath(path)
     try:
-        f = open(p, "rb")  # noqa: SIM115 (closed below)
+        f = open_file(p)  # a regular file, opened without blocking
     except FileNotFoundError as err:
         raise TargetNotFoundError(f"uprobe {p}: no such file") from err
+    except OSError as err:
+        raise AttachError(f"uprobe {p}: {reason(err)}") from err
     with f:
         try:
             elf = ELFFile(f)
@@ -1190,8 +1201,10 @@ def resolve_symbol(path: str | os.PathLike[str], symbol: str) -> int:
                 start = int(seg["p_vaddr"])
                 if start <= address < start + int(seg["p_memsz"]):
                     return address - start + int(seg["p_offset"])
-        except ELFError as err:
-            raise AttachError(f"uprobe {p}: not an ELF file: {err}") from err
+        except (ELFError, EOFError, struct.error, ValueError) as err:
+            raise AttachError(f"uprobe {p}: not an ELF file: {clip(str(err))}") from err
+        except OSError as err:  # FileError: it turned into a stream since it was opened
+            raise AttachError(f"uprobe {p}: {reason(err)}") from err
     raise AttachError(f"uprobe {p}: symbol {symbol} at {address:#x} is in no loadable segment")
 
 
@@ -1213,8 +1226,12 @@ def attach_uprobe(
     what = f"uprobe {p}:{symbol or hex(offset)} of {prog.name}"
     if retprobe:
         what = "uret" + what[1:]
-    if not os.path.exists(p):
-        raise TargetNotFoundError(f"{what}: no such file")
+    try:
+        stat_regular(p)  # the kernel refuses anything else, with a bare EINVAL
+    except FileNotFoundError as err:
+        raise TargetNotFoundError(f"{what}: no such file") from err
+    except OSError as err:
+        raise AttachError(f"{what}: {reason(err)}") from err
     file_offset = offset
     if symbol is not None:
         file_offset = resolve_symbol(p, symbol) + offset

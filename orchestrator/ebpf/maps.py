@@ -29,6 +29,7 @@ from orchestrator.ebpf.errors import (
     SyscallError,
 )
 from orchestrator.ebpf.handle import Handle
+from orchestrator.ebpf.lru import LRU
 from orchestrator.ebpf.sys import FD, Cmd, MapFlags, MapType, UpdateFlags
 
 if TYPE_CHECKING:
@@ -102,11 +103,16 @@ class MapInfo:
     map_extra: int
 
 
-@functools.lru_cache(maxsize=1024)
 def kernel_name(name: str) -> str:
     """An object name the kernel accepts: [A-Za-z0-9_.], at most 15 characters."""
-    cleaned = "".join(c if c.isalnum() or c in "_." else "_" for c in name)
-    return cleaned[: _sys.BPF_OBJ_NAME_LEN - 1]
+    # each character maps to one, so only the first 15 matter: the cache key stays small
+    return _kernel_name(name[: _sys.BPF_OBJ_NAME_LEN - 1])
+
+
+@functools.lru_cache(maxsize=1024)
+def _kernel_name(name: str) -> str:
+    # isascii: str.isalnum() is true of letters the kernel refuses (é, ß, digits of any script)
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "_." else "_" for c in name)
 
 
 class Map(Handle):
@@ -715,15 +721,28 @@ class Map(Handle):
                 self.update(key, value)
 
 
-@functools.lru_cache(maxsize=64)
+# BTF objects read back from the kernel by id, bounded by bytes (8x the blob: the parsed
+# index and lazily decoded types). A miss is remembered too (as None, at a small cost).
+_KERNEL_BTF_MAX_BYTES = 64 << 20
+_kernel_btf: LRU[int, tuple[_btf.Spec | None]] = LRU(_KERNEL_BTF_MAX_BYTES, 1024)
+
+
 def _kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
     """The BTF object ``btf_id`` as the kernel holds it (immutable, so cached by id)."""
+    hit = _kernel_btf.get(btf_id)
+    if hit is not None:
+        return hit[0]
+    spec: _btf.Spec | None = None
+    size = 0
     try:
         with _sys.fd_by_id(Cmd.BTF_GET_FD_BY_ID, btf_id) as fd:
             _info, data, _name = _sys.btf_info(fd)
-        return _btf.Spec.parse(data)
+        size = len(data)
+        spec = _btf.Spec.parse(data)
     except Error:
-        return None
+        spec = None
+    _kernel_btf.put(btf_id, (spec,), 256 + 8 * size)
+    return spec
 
 
 def _round8(n: int) -> int:

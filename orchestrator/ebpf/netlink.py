@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error
+from orchestrator.ebpf.files import stat_regular
 
 # linux/netlink.h
 NLMSG_ERROR = 2
@@ -106,7 +107,7 @@ def in_netns(path: str | os.PathLike[str] | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    target = os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC)
+    target = open_netns(path)
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except BaseException:
@@ -122,6 +123,14 @@ def in_netns(path: str | os.PathLike[str] | None) -> Iterator[None]:
     finally:
         os.close(home)
         os.close(target)
+
+
+def open_netns(path: str | os.PathLike[str]) -> int:
+    """An fd of the namespace file at ``path``. A namespace file (nsfs, also when bind
+    mounted under /var/run/netns) is a regular file: anything else, a FIFO above all (its
+    open would wait for a writer), is refused with :class:`FileError` before it is opened."""
+    stat_regular(path)
+    return os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
 
 
 def netns_inode(path: str | os.PathLike[str] | None = None) -> int:

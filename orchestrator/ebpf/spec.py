@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import layout as _layout
 from orchestrator.ebpf.asm import Instructions
-from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError
+from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
 from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
 
 if TYPE_CHECKING:
@@ -364,7 +364,7 @@ class CollectionSpec:
             var = self.variables.get(name)
             if var is None or not var.constant:
                 constants = sorted(n for n, v in self.variables.items() if v.constant)
-                raise ConstantError(f"constant {name}: not in object{_hint(name, constants)}")
+                raise ConstantError(f"constant {clip(name)}: not in object{_hint(name, constants)}")
             staged.append((var, value))
         # Validate everything before writing anything.
         encoded = []
@@ -384,9 +384,9 @@ class CollectionSpec:
         for name, existing in replacements.items():
             spec = self.maps.get(name)
             if spec is None:
-                raise SpecError(f"map {name}: not in object{_hint(name, sorted(self.maps))}")
+                raise SpecError(f"map {clip(name)}: not in object{_hint(name, sorted(self.maps))}")
             if name not in used:
-                raise SpecError(f"map {name}: not referenced by any program")
+                raise SpecError(f"map {clip(name)}: not referenced by any program")
             existing.check_compatible_with(spec)
         for name, existing in replacements.items():
             self.map_replacements[name] = existing
@@ -425,7 +425,8 @@ def _spec_cache() -> SpecCache:
 
 
 def _hint(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
+    # a long name matches nothing, and difflib's cost grows with its length
+    close = difflib.get_close_matches(name, choices, n=1) if len(name) < 256 else []
     if close:
         return f" (did you mean {close[0]}?)"
     if choices:

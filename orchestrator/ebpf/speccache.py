@@ -14,6 +14,11 @@ is verified (read and hashed) on every hit, until a hit happens late enough to t
 Every hit returns :meth:`CollectionSpec.copy` of the cached spec, which shares only what
 nothing mutates (instructions, BTF records, the BTF spec): changing or loading the spec you
 get never changes the cache. Parse errors are not cached. Parsing needs no kernel.
+
+The cache is bounded by bytes (:data:`MAX_BYTES`, least recently used first out), each
+entry costed by :func:`footprint`, an estimate of the memory a parsed spec holds; and by
+:data:`MAX_ENTRIES`. Files are read through :mod:`orchestrator.ebpf.files`: regular files
+of at most :data:`~orchestrator.ebpf.files.OBJECT_MAX` bytes.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ import hashlib
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
-from orchestrator.ebpf.errors import ParseError
+from orchestrator.ebpf.errors import ParseError, quote
+from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
+from orchestrator.ebpf.lru import LRU, Usage
 from orchestrator.ebpf.spec import CollectionSpec
 
 MAX_ENTRIES = 512
+MAX_BYTES = 256 << 20
 RACY_NS = 2_000_000_000
 
 _stat = os.stat  # tests replace it to fake a file's identity
@@ -54,14 +61,41 @@ class _Entry:
     spec: CollectionSpec
 
 
-class SpecCache:
-    """A bounded (LRU) cache of parsed specs by absolute path. Thread-safe."""
+def footprint(spec: CollectionSpec, size: int) -> int:
+    """An estimate, in bytes, of the memory a spec parsed from ``size`` bytes of object
+    holds, erring high: the parsed tables and BTF (about 16 bytes per byte of file:
+    decoded strings and types, offsets, section bodies) plus what linking can multiply
+    (every program's instructions, with the subprograms it calls, and its references and
+    func/line/CO-RE records) and initial map contents. A test checks it against what
+    tracemalloc measures."""
+    n = 64 * 1024 + 16 * size
+    for p in spec.programs.values():
+        ins = p.instructions
+        n += len(ins.raw) + 160 * len(ins.references)
+        n += 120 * (len(p.func_infos) + len(p.line_infos) + len(p.core_relos))
+    for m in spec.maps.values():
+        for e in m.contents:
+            key = len(e.key) if isinstance(e.key, bytes) else 0
+            n += 200 + key + len(e.value)
+    return n
 
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+class SpecCache:
+    """A cache of parsed specs by absolute path, bounded by :func:`footprint` bytes and
+    entries (least recently used first out). Thread-safe."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
+        self._entries: LRU[str, _Entry] = LRU(max_bytes, max_entries)
         self._lock = threading.Lock()
         self._hits = self._verified = self._parsed = 0
+
+    @property
+    def max_entries(self) -> int | None:
+        return self._entries.max_entries
+
+    @property
+    def max_bytes(self) -> int:
+        return self._entries.max_bytes
 
     def get(self, path: str | os.PathLike[str]) -> CollectionSpec:
         """A spec of the object at ``path`` that the caller owns (parsed or copied)."""
@@ -75,29 +109,29 @@ class SpecCache:
         return entry.spec, entry.sha256
 
     def _lookup(self, given: str) -> _Entry:
+        if "\0" in given:
+            raise ParseError(f"{quote(given)}: the path contains a NUL byte")
         key = given if given.startswith("/") else os.path.abspath(given)
         now = time.time_ns()  # before stat: the identity is at least this old
         try:
             st = _stat(key)
         except OSError as err:
-            raise ParseError(f"{given}: {_reason(err)}") from err
+            raise ParseError(f"{given}: {reason(err)}") from err
         identity: _Identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         changed_ns = max(st.st_mtime_ns, st.st_ctime_ns)
-        with self._lock:
-            entry = self._entries.get(key)
-            if (
-                entry is not None
-                and entry.identity == identity
-                and changed_ns + RACY_NS < entry.trusted_from_ns
-            ):
-                self._entries.move_to_end(key)
+        entry = self._entries.get(key)
+        if (
+            entry is not None
+            and entry.identity == identity
+            and changed_ns + RACY_NS < entry.trusted_from_ns
+        ):
+            with self._lock:
                 self._hits += 1
-                return entry
+            return entry
         try:
-            with open(key, "rb") as f:
-                data = f.read()
+            data = read_file(key, limit=OBJECT_MAX, what="an object")
         except OSError as err:
-            raise ParseError(f"{given}: {_reason(err)}") from err
+            raise ParseError(f"{given}: {reason(err)}") from err
         digest = hashlib.sha256(data).hexdigest()
         if entry is not None and entry.sha256 == digest:
             spec = entry.spec
@@ -110,11 +144,7 @@ class SpecCache:
             with self._lock:
                 self._parsed += 1
         fresh = _Entry(identity, now, digest, spec)
-        with self._lock:
-            self._entries[key] = fresh
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+        self._entries.put(key, fresh, footprint(spec, len(data)))
         return fresh
 
     def clear(self) -> None:
@@ -124,7 +154,13 @@ class SpecCache:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(self._hits, self._verified, self._parsed, len(self._entries))
+            return CacheStats(
+                self._hits, self._verified, self._parsed, self._entries.usage().entries
+            )
+
+    def usage(self) -> Usage:
+        """Entries and estimated bytes held, against the limits."""
+        return self._entries.usage()
 
 
 def _owned(spec: CollectionSpec, given: str) -> CollectionSpec:
@@ -134,11 +170,7 @@ def _owned(spec: CollectionSpec, given: str) -> CollectionSpec:
     return out
 
 
-def _reason(err: OSError) -> str:
-    return err.strerror.lower() if err.strerror else str(err)
-
-
 default = SpecCache()
 
 
-__all__ = ["MAX_ENTRIES", "RACY_NS", "CacheStats", "SpecCache", "default"]
+__all__ = ["MAX_BYTES", "MAX_ENTRIES", "RACY_NS", "CacheStats", "SpecCache", "default", "footprint"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.ebpf.errors import clip
 from orchestrator.manifest.errors import Problem
 from orchestrator.manifest.model import Source
 
@@ -28,12 +29,18 @@ _PLAIN_TAGS = frozenset(("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"))
 
 # A document may use anchors and aliases, but their expansion is bounded (billion laughs).
 _MAX_NODES = 100_000
+# No eBPF type is wider (BTF ints are at most 16 bytes); wider ones could not be printed.
+MAX_INT_BITS = 128
+_INT_TAG = "tag:yaml.org,2002:int"
 
 
 def render_path(path: PathKey) -> str:
-    """``("spec", "attach", 0, "xdp")`` -> ``spec.attach[0].xdp``."""
+    """``("spec", "attach", 0, "xdp")`` -> ``spec.attach[0].xdp``; a key longer than
+    :data:`~orchestrator.ebpf.errors.QUOTE_MAX` characters is cut."""
     out = ""
     for part in path:
+        if isinstance(part, str):
+            part = clip(part)
         if isinstance(part, int):
             out += f"[{part}]"
         elif part and "." not in part and "[" not in part and " " not in part:
@@ -103,10 +110,29 @@ class _Builder:
             raise _Skip
         if isinstance(node, yaml.ScalarNode):
             try:
-                return self.loader.construct_object(node, deep=True)
+                value = self.loader.construct_object(node, deep=True)
             except yaml.constructor.ConstructorError as err:
                 self.problem(node, path, f"invalid value: {err.problem}", "remove the tag?")
                 raise _Skip from err
+            except ValueError as err:  # int(): over 4,300 decimal digits (CVE-2020-10735)
+                if node.tag != _INT_TAG:  # pragma: no cover - only int() raises it
+                    raise
+                self.problem(
+                    node,
+                    path,
+                    f"integer of {len(node.value)} digits is too large",
+                    f"integers are at most {MAX_INT_BITS} bits wide",
+                )
+                raise _Skip from err
+            if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+                self.problem(
+                    node,
+                    path,
+                    f"integer of {value.bit_length()} bits is too large",
+                    f"integers are at most {MAX_INT_BITS} bits wide",
+                )
+                raise _Skip
+            return value
         if node.tag not in _PLAIN_TAGS:
             self.problem(node, path, f"unsupported YAML tag {node.tag}", "remove the tag")
             raise _Skip

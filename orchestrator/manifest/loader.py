@@ -17,13 +17,13 @@ reconciler's plan-time business.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import mmap
 import os
 import posixpath
-import threading
-from collections import OrderedDict
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +37,9 @@ from orchestrator.ebpf import (
     MapSpec,
     MapType,
 )
+from orchestrator.ebpf.errors import FileError, clip, quote
+from orchestrator.ebpf.files import read_file, reason, stat_regular
+from orchestrator.ebpf.lru import LRU, Usage
 from orchestrator.manifest import schema as _schema
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
 from orchestrator.manifest.errors import ManifestError, Problem
@@ -68,6 +71,7 @@ BPFFS = "/sys/fs/bpf"
 CGROUP_ROOT = "/sys/fs/cgroup/unified"
 NETNS_DIR = "/var/run/netns"
 SUFFIXES = (".yaml", ".yml")
+PATH_MAX = 4096  # linux/limits.h, with the terminating NUL
 
 # ---------------------------------------------------------------------------- files
 
@@ -77,6 +81,8 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
     recursively for ``*.yaml``/``*.yml`` in sorted order, skipping hidden names (this skips
     the ``..data``/``..2024_…`` directories of a Kubernetes ConfigMap mount, whose visible
     ``x.yaml`` symlinks are read instead). Each file is read once, even when reached twice.
+    A ``*.yaml`` entry that is not a regular file (a FIFO, a socket, a device) is a problem,
+    never opened; a dangling symlink is skipped (a ConfigMap swap leaves one briefly).
     """
     out: list[Path] = []
     seen: set[str] = set()
@@ -104,14 +110,16 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
                 continue
             path = directory / entry.name
             try:
-                is_dir = entry.is_dir()
-                is_file = entry.is_file()
-            except OSError:  # pragma: no cover - raced with a removal
+                mode = entry.stat().st_mode  # follows symlinks, like the read will
+            except OSError:  # a dangling symlink, or raced with a removal
                 continue
-            if is_dir:
+            if stat.S_ISDIR(mode):
                 walk(path)
-            elif is_file and entry.name.endswith(SUFFIXES):
-                add(path)
+            elif entry.name.endswith(SUFFIXES):
+                if stat.S_ISREG(mode):
+                    add(path)
+                else:
+                    problems.append(_not_regular(path, mode))
 
     for given in paths:
         path = Path(os.path.abspath(given))
@@ -127,7 +135,15 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
 
 
 def _oserror(err: OSError) -> str:
-    return (err.strerror or str(err)).lower()
+    return reason(err)
+
+
+def _not_regular(path: Path, mode: int) -> Problem:
+    try:
+        stat_regular(path)
+    except OSError as err:
+        return Problem(Source(path), "", _oserror(err), "only regular files are read")
+    return Problem(Source(path), "", f"not a regular file (mode {mode:#o})")  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------- building
@@ -152,12 +168,15 @@ class _FileResult:
     invalid: list[str]  # names of collections whose documents are invalid
 
 
-# (path, text) -> what parsing, the schema and building found. The text is the key, so a
-# changed file can never hit a stale entry; the path is part of it because relative paths
-# resolve against it.
-_files: OrderedDict[tuple[str, str], _FileResult] = OrderedDict()
-_files_lock = threading.Lock()
-_MAX_FILES = 4096
+# path -> (sha256 of its bytes, what parsing, the schema and building found): one version
+# per file, so a rewritten file replaces its entry (and a changed file can never hit a stale
+# one). Bounded by bytes (an estimate of what the parsed documents hold, see _cost) and
+# files, least recently used first out.
+MANIFEST_MAX = 4 << 20  # bytes of one manifest file
+CACHE_MAX_BYTES = 64 << 20
+CACHE_MAX_FILES = 4096
+_files: LRU[str, tuple[bytes, _FileResult]] = LRU(CACHE_MAX_BYTES, CACHE_MAX_FILES)
+_CHECKED_MAX = 8  # object versions whose check results a cached document remembers
 
 
 def _resolve(base: Path, text: str) -> Path:
@@ -182,6 +201,20 @@ class _Builder:
         src = self.doc.key_at(path) if key else self.doc.at(path)
         self.problems.append(Problem(src, render_path(path), message, hint))
 
+    def path_text(self, path: PathKey, value: object) -> str:
+        """A path field's text; a NUL byte or more than PATH_MAX bytes is a problem (no
+        system call takes such a path)."""
+        text = str(value)
+        if "\0" in text:
+            self.problem(path, f"path {quote(text)} contains a NUL byte", "remove it")
+        elif len(text.encode("utf-8", "surrogatepass")) >= PATH_MAX:
+            self.problem(
+                path,
+                f"path {quote(text)} is longer than {PATH_MAX - 1} bytes",
+                "Linux paths are shorter (PATH_MAX)",
+            )
+        return text
+
     def build(self) -> DesiredCollection:
         v = cast(dict[str, object], self.doc.value)
         meta = cast(dict[str, object], v["metadata"])
@@ -193,7 +226,7 @@ class _Builder:
         attach = cast(list[dict[str, object]], spec.get("attach") or [])
         return DesiredCollection(
             name=str(meta["name"]),
-            object_file=_resolve(self.base, str(spec["object"])),
+            object_file=_resolve(self.base, self.path_text(("spec", "object"), spec["object"])),
             source=self.doc.at(("metadata", "name")),
             labels=MappingProxyType(dict(labels)),
             sha256=str(sha).lower() if sha is not None else None,
@@ -245,18 +278,18 @@ class _Builder:
 
     def map_from(self, path: PathKey, name: str, raw: dict[str, object]) -> MapFrom:
         if "pinned" in raw:
-            text = str(raw["pinned"])
+            text = self.path_text((*path, "from", "pinned"), raw["pinned"])
             pinned = Path(posixpath.normpath(text))
             if not posixpath.isabs(text):
                 self.problem(
                     (*path, "from", "pinned"),
-                    f"pinned map path {text!r} is not absolute",
+                    f"pinned map path {quote(text)} is not absolute",
                     f"give the full path under {BPFFS}",
                 )
             elif not str(pinned).startswith(BPFFS + "/"):
                 self.problem(
                     (*path, "from", "pinned"),
-                    f"pinned map path {str(pinned)!r} is not under {BPFFS}",
+                    f"pinned map path {quote(str(pinned))} is not under {BPFFS}",
                     "a substituted map must be pinned on bpffs",
                 )
             return MapFrom(pinned=pinned)
@@ -265,9 +298,9 @@ class _Builder:
     def netns(self, path: PathKey, value: object) -> Path | None:
         if value is None:
             return None
-        text = str(value)
+        text = self.path_text(path, value)
         if text in (".", ".."):
-            self.problem(path, f"{text!r} is not a network namespace", "give a name or a path")
+            self.problem(path, f"{quote(text)} is not a network namespace", "give a name or a path")
         return _netns(self.base, text)
 
     def attachment(self, index: int, raw: dict[str, object]) -> Attachment:
@@ -302,12 +335,12 @@ class _Builder:
                 after=str(after) if after is not None else None,
             )
         elif kind == "cgroup":
-            text = str(t["path"])
+            text = self.path_text((*tpath, "path"), t["path"])
             cg = Path(posixpath.normpath(posixpath.join(CGROUP_ROOT, text)))
             if not posixpath.isabs(text) and not str(cg).startswith(CGROUP_ROOT + "/"):
                 self.problem(
                     (*tpath, "path"),
-                    f"relative cgroup path {text!r} leaves {CGROUP_ROOT}",
+                    f"relative cgroup path {quote(text)} leaves {CGROUP_ROOT}",
                     "give an absolute path",
                 )
             target = CgroupTarget(path=cg, attach=str(t["attach"]))
@@ -318,7 +351,7 @@ class _Builder:
         elif kind == "uprobe":
             symbol, pid = t.get("symbol"), t.get("pid")
             target = UprobeTarget(
-                path=_resolve(self.base, str(t["path"])),
+                path=_resolve(self.base, self.path_text((*tpath, "path"), t["path"])),
                 symbol=str(symbol) if symbol is not None else None,
                 offset=int(cast(int, t.get("offset", 0))),
                 retprobe=bool(t.get("retprobe", False)),
@@ -334,26 +367,45 @@ def clear_caches() -> None:
     """Forget parsed manifests and objects (for benchmarks and tests)."""
     from orchestrator.manifest.objects import clear_cache
 
-    with _files_lock:
-        _files.clear()
+    _files.clear()
     clear_cache()
+
+
+def cache_usage() -> Usage:
+    """What the parsed-manifest cache holds (entries, estimated bytes) against its limits."""
+    return _files.usage()
+
+
+def _cost(size: int, result: _FileResult) -> int:
+    """An estimate of the memory a parsed file holds, erring high: its values as Python
+    objects (a few times the text) and, per YAML node, its path and position in two
+    indexes (a tuple key and a tuple value each)."""
+    nodes = sum(len(doc.values) + len(doc.keys) for _, doc, _ in result.built)
+    return 4096 + 8 * size + 400 * nodes + 300 * len(result.problems)
 
 
 def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
     """Parse, schema-check and build every document of a file (cached by content)."""
     try:
-        text = file.read_text(encoding="utf-8")
+        data = read_file(file, limit=MANIFEST_MAX, what="a manifest")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         problems.append(Problem(Source(file), "", f"not UTF-8 text: {err.reason}"))
         return _FileResult([], [], [])
     except OSError as err:
-        problems.append(Problem(Source(file), "", _oserror(err)))
+        hint = ""
+        if isinstance(err, FileError):
+            hint = (
+                "split it into several files"
+                if err.errno == errno.EFBIG
+                else "only regular files are read"
+            )
+        problems.append(Problem(Source(file), "", _oserror(err), hint))
         return _FileResult([], [], [])
-    key = (str(file), text)
-    with _files_lock:
-        hit = _files.get(key)
-        if hit is not None:
-            _files.move_to_end(key)
+    key = str(file)
+    digest = hashlib.sha256(data).digest()
+    cached = _files.get(key)
+    hit = cached[1] if cached is not None and cached[0] == digest else None
     if hit is None:
         found: list[Problem] = []
         built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]] = []
@@ -371,10 +423,7 @@ def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
                 continue
             built.append((_Builder(doc, found).build(), doc, {}))
         hit = _FileResult(found, built, invalid)
-        with _files_lock:
-            _files[key] = hit
-            while len(_files) > _MAX_FILES:
-                _files.popitem(last=False)
+        _files.put(key, (digest, hit), _cost(len(data), hit))
     problems.extend(hit.problems)
     return hit
 
@@ -454,18 +503,24 @@ class _Checker:
 
     def objects(self) -> None:
         for e in self.entries:
+            if "\0" in str(e.coll.object_file):
+                continue  # reported by the builder
             try:
                 e.info = object_info(e.coll.object_file)
             except ObjectError as err:
-                missing = not e.coll.object_file.exists()
-                self.problem(
-                    e,
-                    ("spec", "object"),
-                    f"cannot read object: {err}" if missing else f"bad object: {err}",
-                    "relative paths are relative to the manifest's directory"
-                    if missing
-                    else "is it an eBPF object built with clang -target bpf?",
-                )
+                if isinstance(err.cause, FileNotFoundError):
+                    message = f"cannot read object: {err}"
+                    hint = "relative paths are relative to the manifest's directory"
+                elif isinstance(err.cause, FileError):
+                    message = f"cannot read object: {err}"
+                    hint = "give the path of an eBPF object file"
+                elif err.cause is not None:
+                    message = f"cannot read object: {err}"
+                    hint = ""
+                else:
+                    message = f"bad object: {err}"
+                    hint = "is it an eBPF object built with clang -target bpf?"
+                self.problem(e, ("spec", "object"), message, hint)
                 continue
             if e.coll.sha256 is not None and e.coll.sha256 != e.info.sha256:
                 self.problem(
@@ -481,6 +536,8 @@ class _Checker:
                     self.contents(e, e.info.spec)
                 finally:
                     checked, self.problems = self.problems, outer
+                if len(e.checked) >= _CHECKED_MAX:  # an object rebuilt again and again
+                    e.checked.clear()
                 e.checked[e.info.sha256] = checked
             self.problems.extend(checked)
 
@@ -492,7 +549,7 @@ class _Checker:
                 self.problem(
                     e,
                     ("spec", "programs", i),
-                    f"object has no program '{name}'",
+                    f"object has no program {quote(name)}",
                     _hint(name, progs),
                 )
         if c.constants:
@@ -502,7 +559,11 @@ class _Checker:
                 path: PathKey = ("spec", "constants", name)
                 if name not in consts:
                     self.problem(
-                        e, path, f"object has no constant '{name}'", _hint(name, consts), key=True
+                        e,
+                        path,
+                        f"object has no constant {quote(name)}",
+                        _hint(name, consts),
+                        key=True,
                     )
                     continue
                 try:
@@ -515,7 +576,9 @@ class _Checker:
             path = ("spec", "maps", name)
             mspec = spec.maps.get(name)
             if mspec is None:
-                self.problem(e, path, f"object has no map '{name}'", _hint(name, maps), key=True)
+                self.problem(
+                    e, path, f"object has no map {quote(name)}", _hint(name, maps), key=True
+                )
                 continue
             if opts.preserve and mspec.name.startswith(".rodata"):
                 self.problem(
@@ -571,14 +634,14 @@ class _Checker:
             prog = spec.programs.get(a.program)
             if prog is None:
                 self.problem(
-                    e, path, f"object has no program '{a.program}'", _hint(a.program, progs)
+                    e, path, f"object has no program {quote(a.program)}", _hint(a.program, progs)
                 )
                 continue
             if a.program not in bound:
                 self.problem(
                     e,
                     path,
-                    f"program '{a.program}' is not loaded",
+                    f"program {quote(a.program)} is not loaded",
                     "add it to spec.programs"
                     if c.programs is not None
                     else "its section starts with '?': it loads only when listed in spec.programs",
@@ -640,7 +703,9 @@ class _Checker:
                             continue
                         if other == a.program:
                             self.problem(
-                                e, (*path, "tc", rel), f"program {other} cannot be {rel} itself"
+                                e,
+                                (*path, "tc", rel),
+                                f"program {clip(other)} cannot be {rel} itself",
                             )
                             continue
                         peers = [
@@ -652,7 +717,7 @@ class _Checker:
                             self.problem(
                                 e,
                                 (*path, "tc", rel),
-                                f"program {other} is not attached at the same hook "
+                                f"program {clip(other)} is not attached at the same hook "
                                 f"(tc {t.direction.value} on {t.interface})",
                                 _hint(other, sorted(set(peers) - {a.program})),
                             )
@@ -709,7 +774,7 @@ class _Checker:
                     self.problem(
                         e,
                         path,
-                        f"no collection named '{src.collection}'",
+                        f"no collection named {quote(src.collection)}",
                         _hint(src.collection, sorted(self.by_name)),
                     )
                     continue
@@ -722,7 +787,7 @@ class _Checker:
                     self.problem(
                         e,
                         mpath,
-                        f"collection {owner.coll.name} has no map '{map_name}'",
+                        f"collection {owner.coll.name} has no map {quote(map_name)}",
                         _hint(map_name, sorted(owner.info.spec.maps)),
                     )
                     continue
@@ -808,11 +873,12 @@ _ALWAYS_PINNED = {MapType.PROG_ARRAY: "prog array"}
 
 
 def _hint(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
+    # a long name matches nothing, and difflib's cost grows with its length
+    close = difflib.get_close_matches(name, choices, n=1) if len(name) < 256 else []
     if close:
-        return f"did you mean '{close[0]}'?"
+        return f"did you mean {quote(close[0])}?"
     if choices:
-        shown = ", ".join(choices[:8]) + (", …" if len(choices) > 8 else "")
+        shown = ", ".join(clip(c) for c in choices[:8]) + (", …" if len(choices) > 8 else "")
         return f"it has: {shown}"
     return ""
 

@@ -26,7 +26,13 @@ class ObjectInfo:
 
 
 class ObjectError(Exception):
-    """An object file could not be read or parsed. The message is the loader's."""
+    """An object file could not be read or parsed. The message is the loader's; ``cause``
+    is the :class:`OSError` when the file could not be read (missing, not a regular file,
+    over the size limit), None when it was read and did not parse."""
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def object_info(path: Path) -> ObjectInfo:
@@ -38,7 +44,8 @@ def object_info(path: Path) -> ObjectInfo:
     try:
         spec, sha256 = speccache.default.shared(path)
     except EbpfError as err:
-        raise ObjectError(str(err)) from err
+        cause = err.__cause__
+        raise ObjectError(str(err), cause if isinstance(cause, OSError) else None) from err
     return ObjectInfo(path, sha256, spec)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
+from orchestrator.ebpf.errors import quote
 from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import Problem
 from orchestrator.manifest.hooks import CGROUP_HOOKS
@@ -58,10 +59,17 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None, **extra:
     return out
 
 
+# Names are bounded, so that one never fills a plan or a log line: tracepoint names are
+# tracefs directory names (NAME_MAX); C and map names are ELF symbols.
+_NAME_MAX = {C_NAME: 1024, MAP_NAME: 1024, TRACE_NAME: 255}
+
+
 def _str(pattern: str | None = None, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "string", "minLength": 1}
     if pattern is not None:
         out["pattern"] = pattern
+        if pattern in _NAME_MAX:
+            out["maxLength"] = _NAME_MAX[pattern]
     out.update(extra)
     return out
 
@@ -111,7 +119,7 @@ TARGETS: dict[str, dict[str, Any]] = {
     "uprobe": _obj(
         {
             "path": _PATH,
-            "symbol": _str(),
+            "symbol": _str(maxLength=4096),
             "offset": {"type": "integer", "minimum": 0},
             "retprobe": {"type": "boolean"},
             "pid": {"type": "integer", "minimum": 1},
@@ -335,10 +343,8 @@ def _got(value: object) -> str:
         return "nothing (null)"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, int | float):
-        return str(value)
+    if isinstance(value, str | int | float):
+        return quote(value)
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -358,7 +364,8 @@ _TYPE_NAMES = {
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    # a long word matches nothing, and difflib's cost grows with its length
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6) if len(word) < 256 else []
     if close:
         return f"did you mean '{close[0]}'?"
     return "allowed: " + ", ".join(choices)
@@ -392,7 +399,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
             yield Problem(
                 doc.key_at((*path, key)),
                 render_path((*path, key)),
-                f"unknown field '{key}'",
+                f"unknown field {quote(key)}",
                 _did_you_mean(key, allowed),
             )
         return
@@ -468,7 +475,7 @@ def _value_problem(
     elif v == "enum":
         choices = [str(c) for c in vv]
         message = f"expected one of {', '.join(choices)}, got {_got(value)}"
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) < 256:
             close = difflib.get_close_matches(value, choices, n=1)
             hint = f"did you mean '{close[0]}'?" if close else ""
     elif v == "pattern":
@@ -486,8 +493,8 @@ def _value_problem(
         message = f"expected at least {vv} item(s), got none"
     elif v == "anyOf" and path[:2] == ("spec", "constants"):
         message = f"expected an integer, string, boolean, list or mapping, got {_got(value)}"
-    else:
-        message = err.message
+    else:  # jsonschema's own words, which quote the value in full: show it shortened
+        message = f"{what}{_got(value)}: fails the schema's {v!r} check"
     yield Problem(src, where, message, hint)
 
 

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 from orchestrator.ebpf import AttachType, MapType, ProgType
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
-from orchestrator.ebpf.errors import SyscallError
+from orchestrator.ebpf.errors import FileError, SyscallError
 from orchestrator.ebpf.features import program_kind, program_support
+from orchestrator.ebpf.files import reason as _reason
+from orchestrator.ebpf.files import stat_regular
 from orchestrator.ebpf.pin import (
     bpffs_mount_of,
     is_bpffs,
@@ -837,20 +839,21 @@ def _ifindex(name: str, netns: Path | None) -> int | str:
 def _netns_problem(netns: Path | None, err: OSError) -> str:
     """Why entering the network namespace at ``netns`` failed, with a hint."""
     code = err.errno or 0
-    reason = os.strerror(code).lower() if code else str(err)
+    why = _reason(err) if isinstance(err, FileError) else os.strerror(code).lower()
+    why = why if code else str(err)
     if code == errno.ENOENT:
         return f"network namespace {netns} does not exist"
     if code in (errno.EPERM, errno.EACCES):
         return (
-            f"network namespace {netns}: cannot enter it: {reason} (entering another network "
+            f"network namespace {netns}: cannot enter it: {why} (entering another network "
             "namespace needs CAP_SYS_ADMIN: run bpforch as root or grant it that capability)"
         )
     if code == errno.EINVAL:
         return (
-            f"network namespace {netns}: cannot enter it: {reason} (not a network namespace "
+            f"network namespace {netns}: cannot enter it: {why} (not a network namespace "
             "file: use a path like /var/run/netns/NAME or /proc/PID/ns/net)"
         )
-    return f"network namespace {netns}: cannot enter it: {reason}"
+    return f"network namespace {netns}: cannot enter it: {why}"
 
 
 def target_facts(target: Target) -> TargetFacts:
@@ -884,8 +887,12 @@ def target_facts(target: Target) -> TargetFacts:
             problem="tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
         )
     if isinstance(target, UprobeTarget):
-        if not target.path.exists():
+        try:
+            stat_regular(target.path)  # a FIFO would block the symbol lookup at attach
+        except FileNotFoundError:
             return TargetFacts(problem=f"uprobe binary {target.path} does not exist")
+        except OSError as err:
+            return TargetFacts(problem=f"uprobe binary {target.path}: {_reason(err)}")
         return TargetFacts()
     if isinstance(target, NetnsTarget):
         if target.netns is not None and not target.netns.exists():

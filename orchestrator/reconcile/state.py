@@ -12,9 +12,12 @@ Everything here is a frozen value; the file and kernel access live in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from orchestrator.ebpf.errors import clip, quote
 
 RECORD_VERSION = 1
 
@@ -61,14 +64,15 @@ class MapShape:
         return out
 
     @classmethod
-    def from_json(cls, d: Mapping[str, object]) -> MapShape:
+    def from_json(cls, d: object, at: str = "shape") -> MapShape:
+        d = _mapping(d, at)
         return cls(
-            type=_int(d["type"]),
-            key_size=_int(d["key_size"]),
-            value_size=_int(d["value_size"]),
-            max_entries=_int(d["max_entries"]),
-            flags=_int(d["flags"]),
-            timers=d.get("timers", False) is True,
+            type=_int(d, "type", at),
+            key_size=_int(d, "key_size", at),
+            value_size=_int(d, "value_size", at),
+            max_entries=_int(d, "max_entries", at),
+            flags=_int(d, "flags", at),
+            timers=_bool(d, "timers", at, False),
         )
 
 
@@ -98,17 +102,17 @@ class MapRecord:
         }
 
     @classmethod
-    def from_json(cls, name: str, d: Mapping[str, object]) -> MapRecord:
-        shape = d["shape"]
-        assert isinstance(shape, Mapping)
+    def from_json(cls, name: str, d: object, at: str = "") -> MapRecord:
+        at = at or f"maps.{name}"
+        d = _mapping(d, at)
         return cls(
             name=name,
-            id=_int(d["id"]),
-            shape=MapShape.from_json(shape),
-            pin=str(d.get("pin", "")),
-            preserve=bool(d.get("preserve", False)),
-            source=str(d.get("source", "")),
-            ino=_int(d.get("ino", 0)),
+            id=_int(d, "id", at),
+            shape=MapShape.from_json(_mapping(_get(d, "shape", at), f"{at}.shape"), f"{at}.shape"),
+            pin=_pin(d, "pin", at),
+            preserve=_bool(d, "preserve", at, False),
+            source=_source(d, "source", at),
+            ino=_int(d, "ino", at, 0),
         )
 
 
@@ -125,14 +129,16 @@ class ProgramRecord:
         return {"id": self.id, "tag": self.tag, "pin": self.pin, "type": self.type, "ino": self.ino}
 
     @classmethod
-    def from_json(cls, name: str, d: Mapping[str, object]) -> ProgramRecord:
+    def from_json(cls, name: str, d: object, at: str = "") -> ProgramRecord:
+        at = at or f"programs.{name}"
+        d = _mapping(d, at)
         return cls(
             name=name,
-            id=_int(d["id"]),
-            tag=str(d["tag"]),
-            pin=str(d["pin"]),
-            type=_int(d.get("type", 0)),
-            ino=_int(d.get("ino", 0)),
+            id=_int(d, "id", at),
+            tag=_str(d, "tag", at),
+            pin=_pin(d, "pin", at, None),
+            type=_int(d, "type", at, 0),
+            ino=_int(d, "ino", at, 0),
         )
 
 
@@ -174,7 +180,9 @@ class AttachmentRecord:
         return out
 
     @classmethod
-    def from_json(cls, key: str, d: Mapping[str, object]) -> AttachmentRecord:
+    def from_json(cls, key: str, d: object, at: str = "") -> AttachmentRecord:
+        at = at or f"attachments.{key}"
+        d = _mapping(d, at)
         target = d.get("target")
         if target is not None and not (
             isinstance(target, Mapping)
@@ -183,15 +191,15 @@ class AttachmentRecord:
                 for k, v in target.items()
             )
         ):
-            raise ValueError(f"attachment {key}: target: expected a mapping of fields")
+            raise RecordFieldError(f"{at}.target", "expected a mapping of fields")
         return cls(
             key=key,
-            program=str(d["program"]),
-            kind=str(d["kind"]),
-            link_id=_int(d["link_id"]),
-            pin=str(d["pin"]),
+            program=_str(d, "program", at),
+            kind=_str(d, "kind", at),
+            link_id=_int(d, "link_id", at),
+            pin=_pin(d, "pin", at, None),
             target=dict(target) if target is not None else None,
-            mode=str(d.get("mode", "")),
+            mode=_str(d, "mode", at, ""),
         )
 
 
@@ -232,28 +240,38 @@ class CollectionRecord:
         }
 
     @classmethod
-    def from_json(cls, name: str, d: Mapping[str, object]) -> CollectionRecord:
-        maps = d.get("maps", {})
-        progs = d.get("programs", {})
-        atts = d.get("attachments", {})
+    def from_json(cls, name: str, d: object, at: str = "") -> CollectionRecord:
+        at = at or f"collections.{name}"
+        d = _mapping(d, at)
+        maps = _mapping(d.get("maps", {}), f"{at}.maps")
+        progs = _mapping(d.get("programs", {}), f"{at}.programs")
+        atts = _mapping(d.get("attachments", {}), f"{at}.attachments")
         deps = d.get("depends_on", [])
-        assert isinstance(maps, Mapping) and isinstance(progs, Mapping)
-        assert isinstance(atts, Mapping) and isinstance(deps, list)
+        if not isinstance(deps, list):
+            raise RecordFieldError(f"{at}.depends_on", f"expected a list, got {_kind(deps)}")
         rev = d.get("git_revision")
         return cls(
             name=name,
-            generation=_int(d["generation"]),
-            digest=str(d["digest"]),
-            object_file=str(d["object"]),
-            object_sha256=str(d.get("object_sha256", "")),
-            manifest=str(d.get("manifest", "")),
-            applied_at=str(d.get("applied_at", "")),
-            git_revision=str(rev) if rev is not None else None,
-            maps={str(k): MapRecord.from_json(str(k), v) for k, v in maps.items()},
-            programs={str(k): ProgramRecord.from_json(str(k), v) for k, v in progs.items()},
-            attachments={str(k): AttachmentRecord.from_json(str(k), v) for k, v in atts.items()},
-            depends_on=tuple(str(x) for x in deps),
-            load_key=str(d.get("load_key", "")),
+            generation=_int(d, "generation", at),
+            digest=_str(d, "digest", at),
+            object_file=_str(d, "object", at),
+            object_sha256=_str(d, "object_sha256", at, ""),
+            manifest=_str(d, "manifest", at, ""),
+            applied_at=_str(d, "applied_at", at, ""),
+            git_revision=_str(d, "git_revision", at) if rev is not None else None,
+            maps={
+                k: MapRecord.from_json(k, v, f"{at}.maps.{_key(k)}") for k, v in _items(maps, at)
+            },
+            programs={
+                k: ProgramRecord.from_json(k, v, f"{at}.programs.{_key(k)}")
+                for k, v in _items(progs, at)
+            },
+            attachments={
+                k: AttachmentRecord.from_json(k, v, f"{at}.attachments.{_key(k)}")
+                for k, v in _items(atts, at)
+            },
+            depends_on=tuple(_name(x, f"{at}.depends_on[{i}]") for i, x in enumerate(deps)),
+            load_key=_str(d, "load_key", at, ""),
         )
 
 
@@ -268,10 +286,16 @@ class StateRecord:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, object]) -> StateRecord:
-        colls = d.get("collections", {})
-        assert isinstance(colls, Mapping)
-        return cls({str(k): CollectionRecord.from_json(str(k), v) for k, v in colls.items()})
+    def from_json(cls, d: object) -> StateRecord:
+        """The record from its JSON form; :class:`RecordFieldError` names the first field that
+        does not have the shape this version writes."""
+        d = _mapping(d, "the record")
+        colls = _mapping(d.get("collections", {}), "collections")
+        out = {}
+        for k, v in colls.items():
+            name = _name(k, f"collections.{_key(k)}")
+            out[name] = CollectionRecord.from_json(name, v, f"collections.{_key(k)}")
+        return cls(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +423,121 @@ class ActualState:
         return StateRecord({k: v.record for k, v in self.collections.items()})
 
 
-def _int(v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"expected an integer, got {v!r}")
+# ---------------------------------------------------------------------------- reading
+
+# A pin is a path relative to the collection directory (maps/NAME, progs/NAME, links/NAME).
+_PIN_PART = re.compile(r"[^/\0]+")
+# Collection names are DNS labels (the manifest schema's rule).
+_COLLECTION = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_MISSING = object()
+
+
+class RecordFieldError(ValueError):
+    """The state record does not have the shape this version of bpforch writes; ``field``
+    is where (``collections.web.maps.counters.pin``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _key(k: str) -> str:
+    return clip(k) if _PIN_PART.fullmatch(k) and "." not in k else quote(k)
+
+
+def _kind(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return f"the string {quote(v)}"
+    if isinstance(v, int | float):
+        return f"the number {quote(v)}"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, Mapping):
+        return "an object"
+    return f"a {type(v).__name__}"  # pragma: no cover - json.loads makes no other type
+
+
+def _mapping(v: object, at: str) -> Mapping[str, object]:
+    if not isinstance(v, Mapping):
+        raise RecordFieldError(at, f"expected an object, got {_kind(v)}")
     return v
+
+
+def _items(m: Mapping[str, object], at: str) -> list[tuple[str, object]]:
+    for k in m:
+        if "\0" in k or not k:
+            raise RecordFieldError(f"{at}.{_key(k)}", "a name must be non-empty, without NUL bytes")
+    return list(m.items())
+
+
+def _get(d: Mapping[str, object], key: str, at: str, default: object = _MISSING) -> object:
+    v = d.get(key, default)
+    if v is _MISSING:
+        raise RecordFieldError(f"{at}.{key}", "missing")
+    return v
+
+
+def _int(d: Mapping[str, object], key: str, at: str, default: object = _MISSING) -> int:
+    v = _get(d, key, at, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
+        raise RecordFieldError(
+            f"{at}.{key}", f"expected an integer from 0 to 2^64-1, got {_kind(v)}"
+        )
+    return v
+
+
+def _bool(d: Mapping[str, object], key: str, at: str, default: object = _MISSING) -> bool:
+    v = _get(d, key, at, default)
+    if not isinstance(v, bool):
+        raise RecordFieldError(f"{at}.{key}", f"expected true or false, got {_kind(v)}")
+    return v
+
+
+def _str(d: Mapping[str, object], key: str, at: str, default: object = _MISSING) -> str:
+    v = _get(d, key, at, default)
+    if not isinstance(v, str):
+        raise RecordFieldError(f"{at}.{key}", f"expected a string, got {_kind(v)}")
+    if "\0" in v:
+        raise RecordFieldError(f"{at}.{key}", f"{quote(v)} contains a NUL byte")
+    return v
+
+
+def _name(v: object, at: str) -> str:
+    if not isinstance(v, str) or not _COLLECTION.fullmatch(v):
+        raise RecordFieldError(at, f"{_kind(v)} is not a collection name")
+    return v
+
+
+def _pin(d: Mapping[str, object], key: str, at: str, default: object = "") -> str:
+    """A pin relative to the collection directory: no NUL, no '.' or '..' parts, not
+    absolute (a record must not steer an unpin outside the owned tree)."""
+    v = _str(d, key, at, default)
+    if v and not all(_PIN_PART.fullmatch(p) and p not in (".", "..") for p in v.split("/")):
+        raise RecordFieldError(f"{at}.{key}", f"{quote(v)} is not a relative pin path")
+    return v
+
+
+def _source(d: Mapping[str, object], key: str, at: str) -> str:
+    """ "" (the collection's own map), ``collection/<name>/<map>`` or ``pinned:<path>``."""
+    v = _str(d, key, at, "")
+    if not v:
+        return v
+    kind, _, rest = v.partition(":")
+    if kind == "pinned" and rest.startswith("/"):
+        return v
+    parts = v.split("/")
+    if (
+        len(parts) == 3
+        and parts[0] == "collection"
+        and _COLLECTION.fullmatch(parts[1])
+        and parts[2]
+    ):
+        return v
+    raise RecordFieldError(
+        f"{at}.{key}",
+        f"unknown source {quote(v)}, expected collection/<name>/<map> or pinned:<path>",
+    )

@@ -14,10 +14,13 @@ import json
 import os
 from pathlib import Path
 
+from orchestrator.ebpf.errors import quote
+from orchestrator.ebpf.files import read_file, reason
 from orchestrator.reconcile.errors import RecordError, StateError
 from orchestrator.reconcile.state import RECORD_VERSION, StateRecord
 
 RECORD_FILE = "state.json"
+RECORD_MAX = 16 << 20  # bytes: a record of 1,000 collections is about 1 MiB
 
 # linux/fs.h
 RENAME_NOREPLACE = 1
@@ -55,20 +58,22 @@ def read_record(state_dir: Path) -> StateRecord:
     """The record in ``state_dir`` (empty if there is none yet)."""
     path = state_dir / RECORD_FILE
     try:
-        text = path.read_text()
+        # a regular file of bpforch's own (a symlink there is not followed), size-capped
+        raw = read_file(path, limit=RECORD_MAX, what="a state record", follow=False)
     except FileNotFoundError:
         return StateRecord()
     except OSError as err:
-        raise StateError(f"state record {path}: {err.strerror}") from err
+        raise StateError(f"state record {path}: {reason(err)}") from err
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
-            raise ValueError(f"unknown record version {data.get('version')!r}")
-        return StateRecord.from_json(data)
-    except (ValueError, KeyError, AssertionError, TypeError) as err:
+        data = json.loads(raw.decode("utf-8"))
+        if isinstance(data, dict) and data.get("version") != RECORD_VERSION:
+            raise ValueError(f"unknown record version {quote(data.get('version'))}")
+        return StateRecord.from_json(data)  # RecordFieldError names the field of any other shape
+    except (ValueError, RecursionError) as err:  # JSON, UTF-8, RecordFieldError; deep nesting
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
         raise RecordError(
             os.fspath(path),
-            str(err),
+            why,
             "move it away and re-apply: the record is rebuilt from the ownership markers "
             "pinned with each collection",
         ) from err
@@ -112,6 +117,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_GIT_SMALL = 64 << 10  # .git, HEAD, a ref, commondir: one line each
+_GIT_PACKED_REFS = 64 << 20
+
+
+def _git_text(path: Path, limit: int = _GIT_SMALL) -> str:
+    # regular files only, non-blocking and capped: the checkout is not bpforch's
+    return read_file(path, limit=limit, what="a git file").decode("utf-8", "replace")
+
+
 def git_revision(path: Path) -> str | None:
     """The commit checked out in the git work tree containing ``path`` (read from .git
     without running git), or None."""
@@ -120,35 +134,35 @@ def git_revision(path: Path) -> str | None:
         git = d / ".git"
         try:
             if git.is_file():  # a worktree: "gitdir: <path>"
-                text = git.read_text().strip()
+                text = _git_text(git).strip()
                 if not text.startswith("gitdir:"):
                     return None
                 git = (d / text.removeprefix("gitdir:").strip()).resolve()
             elif not git.is_dir():
                 continue
-            head = (git / "HEAD").read_text().strip()
+            head = _git_text(git / "HEAD").strip()
             if not head.startswith("ref:"):
                 return head or None
             ref = head.removeprefix("ref:").strip()
             for base in (git, _common_dir(git)):
                 f = base / ref
                 if f.is_file():
-                    return f.read_text().strip() or None
+                    return _git_text(f).strip() or None
                 packed = base / "packed-refs"
                 if packed.is_file():
-                    for line in packed.read_text().splitlines():
+                    for line in _git_text(packed, _GIT_PACKED_REFS).splitlines():
                         sha, _, name = line.partition(" ")
                         if name == ref:
                             return sha
             return None
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in a path read from .git
             return None
     return None
 
 
 def _common_dir(git: Path) -> Path:
     try:
-        text = (git / "commondir").read_text().strip()
+        text = _git_text(git / "commondir").strip()
     except OSError:
         return git
     return (git / text).resolve()

@@ -8,6 +8,7 @@ directory, so a configuration and its manifests can move together.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -17,12 +18,15 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from orchestrator.ebpf.errors import FileError, clip
+from orchestrator.ebpf.files import read_text, reason
 from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/bpforch/config.yaml")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "schemas" / "config.schema.json"
 
+CONFIG_MAX = 1 << 20  # bytes of a configuration file
 LOG_FORMATS = ("auto", "human", "logfmt", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -77,13 +81,29 @@ def _to_python(
 
 def _scalar(node: yaml.Node) -> object:
     constructor = yaml.constructor.SafeConstructor()
-    return constructor.construct_object(node, deep=True)
+    try:
+        return constructor.construct_object(node, deep=True)
+    except ValueError as err:  # int() of more than 4,300 digits
+        raise _BadValue("integer too large") from err
+
+
+class _BadValue(Exception):
+    """A scalar that cannot be turned into a value (the message says why)."""
+
+
+def _last_path(marks: Marks) -> tuple[str | int, ...]:
+    # dicts keep insertion order: the value being built when it failed was marked last
+    return next(reversed(marks)) if marks else ()
+
+
+def _last_mark(marks: Marks) -> tuple[int, int]:
+    return marks[_last_path(marks)] if marks else (0, 0)
 
 
 def _json_path(path: Sequence[str | int]) -> str:
     out = "$"
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        out += f"[{part}]" if isinstance(part, int) else f".{clip(part)}"
     return out
 
 
@@ -97,14 +117,25 @@ def parse_config(text: str, file: Path) -> ServiceConfig:
         what = getattr(err, "problem", None) or str(err)
         problem = ConfigProblem(file, line, col, "$", f"invalid yaml: {what}")
         raise ConfigError(f"invalid configuration: {problem}", (problem,)) from err
+    except RecursionError as err:  # the pure-Python composer recurses per nesting level
+        problem = ConfigProblem(file, 0, 0, "$", "invalid yaml: nested too deeply")
+        raise ConfigError(f"invalid configuration: {problem}", (problem,)) from err
     marks: Marks = {}
     key_marks: Marks = {}
-    data = {} if node is None else _to_python(node, (), marks, key_marks)
+    try:
+        data = {} if node is None else _to_python(node, (), marks, key_marks)
+    except RecursionError as err:  # pragma: no cover - compose recurses deeper and fails first
+        problem = ConfigProblem(file, 0, 0, "$", "invalid yaml: nested too deeply")
+        raise ConfigError(f"invalid configuration: {problem}", (problem,)) from err
+    except _BadValue as err:
+        problem = ConfigProblem(file, *_last_mark(marks), _json_path(_last_path(marks)), str(err))
+        raise ConfigError(f"invalid configuration: {problem}", (problem,)) from err
     validator = jsonschema.Draft202012Validator(schema())
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path))):
         path = tuple(error.absolute_path)
-        message = error.message[:1].lower() + error.message[1:]
+        # jsonschema quotes the value in full: cut the message (the file is up to 1 MiB)
+        message = clip(error.message[:1].lower() + error.message[1:], 200)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             # point at each unknown key rather than at the mapping that holds it
             known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
@@ -166,15 +197,18 @@ def parse_config(text: str, file: Path) -> ServiceConfig:
 
 
 def load_config(file: Path = DEFAULT_CONFIG_PATH) -> ServiceConfig:
-    """Read and validate a configuration file."""
+    """Read and validate a configuration file: a regular file of at most
+    :data:`CONFIG_MAX` bytes (read without blocking)."""
     file = file.absolute()
     try:
-        text = file.read_text()
-    except OSError as err:
-        problem = ConfigProblem(file, 0, 0, "$", f"cannot read: {err.strerror or err}")
-        raise ConfigError(
-            f"cannot read configuration {file}: {(err.strerror or str(err)).lower()} "
-            "(pass --config PATH or create it; see packaging/config.yaml)",
-            (problem,),
-        ) from err
+        text = read_text(file, limit=CONFIG_MAX, what="a configuration")
+    except (OSError, UnicodeDecodeError) as err:
+        why = reason(err) if isinstance(err, OSError) else f"not UTF-8 text: {err.reason}"
+        problem = ConfigProblem(file, 0, 0, "$", f"cannot read: {why}")
+        hint = (
+            "give a regular file"
+            if isinstance(err, FileError) and err.errno != errno.EFBIG
+            else "pass --config PATH or create it; see packaging/config.yaml"
+        )
+        raise ConfigError(f"cannot read configuration {file}: {why} ({hint})", (problem,)) from err
     return parse_config(text, file)

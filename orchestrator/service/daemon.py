@@ -59,6 +59,7 @@ from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet, referen
 _log = logging.getLogger(__name__)
 
 _STATUS_MAX = 400  # characters of a STATUS= line
+MAX_PROBLEMS = 100  # problems logged and kept in the status file per reconcile
 # How long a file that is being written (modified, not closed yet) may hold back a
 # reconcile; after that its writer is not waited for.
 WRITE_SETTLE_MAX = 5.0
@@ -66,6 +67,15 @@ WRITE_SETTLE_MAX = 5.0
 # appears, a lock held by a manual `bpforch apply`): retry with a doubling delay.
 RETRY_MIN = 1.0
 RETRY_MAX = 60.0
+
+
+def _capped(problems: tuple[str, ...]) -> tuple[str, ...]:
+    """At most :data:`MAX_PROBLEMS` problems, for the log and the status file (a manifest
+    can have a hundred thousand): the rest are counted."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    rest = len(problems) - MAX_PROBLEMS
+    return (*problems[:MAX_PROBLEMS], f"... and {rest} more (run bpforch validate)")
 
 
 def _one_line(text: str) -> str:
@@ -270,11 +280,10 @@ class Daemon:
         except InvalidStateError as err:
             if self._torn(changes_before):
                 return False
-            for problem in err.problems:
+            shown = _capped(err.problems)
+            for problem in shown:
                 _log.error("invalid: %s", problem, extra={"fields": {"trigger": why}})
-            self._status = replace(
-                self._status, invalid=self._status.invalid + 1, problems=err.problems
-            )
+            self._status = replace(self._status, invalid=self._status.invalid + 1, problems=shown)
             self._retarget(None)
             self._degraded(str(err))
             return False

@@ -12,15 +12,18 @@ reused. :func:`read_status` is what ``bpforch status`` calls.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orchestrator.ebpf.files import read_file, reason
 from orchestrator.service.errors import ServiceError
 
 STATUS_FILE = "service.json"
+STATUS_MAX = 4 << 20  # bytes: the problems listed are capped (see the daemon)
 
 PHASES = ("starting", "ready", "degraded", "reloading", "stopping", "stopped")
 
@@ -96,7 +99,10 @@ class DaemonStatus:
 
         def number(key: str) -> float:
             value = data.get(key, 0)
-            return float(value) if isinstance(value, int | float) else 0.0
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return 0.0
+            number = float(min(max(value, -(2**63)), 2**63))  # an int too big for a float
+            return number if math.isfinite(number) else 0.0
 
         return cls(
             pid=int(number("pid")),
@@ -141,11 +147,19 @@ def read_status(state_dir: Path) -> DaemonStatus | None:
     directory. Check :attr:`DaemonStatus.alive` before trusting ``phase``."""
     path = state_dir / STATUS_FILE
     try:
-        data = json.loads(path.read_text())
+        raw = read_file(path, limit=STATUS_MAX, what="a status file", follow=False)
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
-        raise ServiceError(f"daemon status {path}: {err} (is it a bpforch state dir?)") from err
+    except (OSError, ValueError, RecursionError) as err:
+        why = (
+            reason(err)
+            if isinstance(err, OSError)
+            else "nested too deeply"
+            if isinstance(err, RecursionError)
+            else str(err)
+        )
+        raise ServiceError(f"daemon status {path}: {why} (is it a bpforch state dir?)") from err
     if not isinstance(data, dict):
         raise ServiceError(f"daemon status {path}: not a JSON object (is it a bpforch state dir?)")
     return DaemonStatus.from_json(data)

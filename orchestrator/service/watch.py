@@ -40,11 +40,18 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyObserver
 
+from orchestrator.ebpf.files import read_text
+from orchestrator.manifest.loader import MANIFEST_MAX
+
 _log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 OVERFLOW = "<inotify queue overflow>"  # the path reported when events were lost
 _INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+# libyaml when PyYAML has it: faster, and it bounds nesting instead of recursing
+_Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)
 
 # events that can change what a file holds; opens, reads and attribute changes cannot
 _CONTENT_EVENTS = (
@@ -227,8 +234,9 @@ def referenced_objects(manifests: Iterable[Path]) -> frozenset[Path]:
     out: set[Path] = set()
     for f in files:
         try:
-            docs = list(yaml.safe_load_all(f.read_text()))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            text = read_text(f, limit=MANIFEST_MAX, what="a manifest")  # never blocks
+            docs = list(yaml.load_all(text, Loader=_Loader))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
             continue
         for doc in docs:
             spec = doc.get("spec") if isinstance(doc, dict) else None

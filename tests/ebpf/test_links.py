@@ -32,6 +32,7 @@ from orchestrator.ebpf.links import (
 from orchestrator.ebpf.netlink import in_netns, netns_inode
 from orchestrator.ebpf.sys import AttachType, LinkType
 from tests.conftest import ROOT, obj, require_tool
+from tests.deadline import promptly
 from tests.netns import Cgroup, NetNS, UdpReceiver, UdpStream, VethPair, send_udp
 
 pytestmark = pytest.mark.kernel
@@ -611,6 +612,22 @@ def test_uprobe_errors(uprobe_binary: Path, progs: ebpf.Collection, fd_guard: No
         links.attach_uprobe(prog, uprobe_binary, "main", pid=2**22 + 1)
     with pytest.raises(AttachError, match="not an ELF file"):
         links.attach_uprobe(prog, uprobe_binary.with_suffix(".c"), "main")
+
+
+def test_uprobe_on_a_fifo_or_device_is_refused_without_blocking(
+    tmp_path: Path, progs: ebpf.Collection, fd_guard: None
+) -> None:
+    """A FIFO would block the symbol lookup until someone writes (and an apply holds the
+    lock meanwhile); the kernel refuses anything but a regular file with a bare EINVAL."""
+    prog = progs.programs["on_call"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        for symbol in ("main", None):
+            with pytest.raises(AttachError, match=r"not a regular file \(a (fifo|character)"):
+                promptly(lambda p=path, s=symbol: links.attach_uprobe(prog, p, s))  # type: ignore[misc]
+    with pytest.raises(AttachError, match="not a regular file"):
+        promptly(lambda: links.resolve_symbol(fifo, "main"))
 
 
 def test_kprobe_and_fentry_are_refused_with_a_reason(progs: ebpf.Collection) -> None:

@@ -187,7 +187,7 @@ def test_attachment_records_keep_fields_and_mode_in_json() -> None:
     legacy = AttachmentRecord.from_json("k", old)
     assert legacy.target is None and legacy.mode == ""
     assert legacy.to_json() == old  # written back as it was read
-    with pytest.raises(ValueError, match="attachment k: target: expected a mapping"):
+    with pytest.raises(ValueError, match=r"^attachments\.k\.target: expected a mapping of fields$"):
         AttachmentRecord.from_json("k", {**old, "target": ["interface", "veth0"]})
-    with pytest.raises(ValueError, match="attachment k: target"):
+    with pytest.raises(ValueError, match=r"^attachments\.k\.target: expected a mapping"):
         AttachmentRecord.from_json("k", {**old, "target": {"interface": {"nested": 1}}})
