@@ -38,6 +38,7 @@ from orchestrator.ebpf.errors import (
     PinError,
     SpecError,
     SyscallError,
+    UnresolvedReferenceError,
     VerifierError,
 )
 from orchestrator.ebpf.externs import ExternKind, ExternSpec, KconfigError
@@ -70,6 +71,7 @@ from orchestrator.ebpf.spec import (
     MapSpec,
     PinType,
     ProgramSpec,
+    Unresolved,
     VariableSpec,
 )
 from orchestrator.ebpf.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
@@ -135,6 +137,8 @@ __all__ = [
     "StructOpsSpec",
     "SyscallError",
     "TargetNotFoundError",
+    "Unresolved",
+    "UnresolvedReferenceError",
     "UpdateFlags",
     "VariableSpec",
     "VerifierError",

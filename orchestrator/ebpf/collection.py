@@ -40,6 +40,7 @@ from orchestrator.ebpf.errors import (
     PermissionDeniedError,
     SpecError,
     SyscallError,
+    UnresolvedReferenceError,
     VerifierError,
 )
 from orchestrator.ebpf.maps import Map
@@ -301,6 +302,15 @@ class _Loader:
         return p
 
     def _request(self, spec: ProgramSpec) -> LoadRequest:
+        if spec.unresolved:
+            first = spec.unresolved[0]
+            more = len(spec.unresolved) - 1
+            raise UnresolvedReferenceError(
+                f"program {spec.name}: {first}" + (f" (and {more} more)" if more else ""),
+                spec.name,
+                first.insn,
+                first.symbol,
+            )
         if not spec.known_section:
             raise NotSupportedError(
                 f"program {spec.name}: section {spec.section!r} names no known program type "

@@ -4,14 +4,19 @@ pyelftools reads the header and the section table; symbols and relocations are d
 ``struct`` directly (they are fixed-size records, and this is the hot part of parsing).
 
 What is read:
-- programs: every global function in an executable section other than ``.text``; static
-  functions and everything in ``.text`` are subprograms, linked into each program that calls
-  them (transitively, depth first in call order: the order libbpf uses, so the translated
-  instructions match);
+- programs: every function in an executable section other than ``.text``; functions in
+  ``.text`` are subprograms, linked into each program that calls them (transitively, depth
+  first in call order: the order libbpf uses, so the translated instructions match). A static
+  function in a program section is a program too, as cilium/ebpf reads it (libbpf 1.x refuses
+  such objects). Functions start at STT_FUNC symbols, or where a section has none (clang 7,
+  hand-written assembly) at its named STT_NOTYPE symbols; code no symbol names starts a
+  function at each call target;
 - maps: BTF-defined ``.maps``, the legacy ``maps`` section, and one single-entry array per
   data section (``.data*``, ``.rodata*``, ``.bss*``);
 - relocations, matched to their section by ``sh_info``: map fds, global data, bpf-to-bpf
-  calls, function pointers, externs;
+  calls, function pointers, externs, against named or section symbols. A relocation that
+  cannot be resolved (a symbol no section defines, an unsupported target) does not fail the
+  parse: the program records it (``ProgramSpec.unresolved``) and only loading it fails;
 - ``license``, ``version``, ``.BTF`` and ``.BTF.ext``.
 """
 
@@ -50,6 +55,7 @@ from orchestrator.ebpf.spec import (
     MapSpec,
     PinType,
     ProgramSpec,
+    Unresolved,
     VariableSpec,
 )
 from orchestrator.ebpf.sys import (
@@ -113,6 +119,11 @@ class _Function:
     start: int  # first instruction, in slots from the section start
     end: int
     bind: int
+    named: bool = True  # False: code no symbol names, found as a call target
+
+
+class _Unresolvable(Exception):
+    """A relocation of one instruction cannot be applied; the message says why."""
 
 
 _MAP_DEF_FIELDS = {
@@ -182,6 +193,8 @@ class _Reader:
         self.ext: _btf_ext.Ext | None = None
         self._ext_index = _ExtIndex()
         self._relocs_by_insn: dict[int, dict[int, _Symbol]] = {}
+        self._map_at: dict[tuple[int, int], str] = {}  # (section, offset) → map name
+        self._externs: dict[str, _externs.ExternSpec] = {}
 
     # ------------------------------------------------------------------ raw tables
 
@@ -266,17 +279,30 @@ class _Reader:
         self._read_btf_maps(maps, map_by_symbol)
         self._read_legacy_maps(maps, map_by_symbol)
         variables = self._read_data_sections(maps)
+        undefined = [
+            (s.name, s.bind == STB_WEAK)
+            for s in self.symbols
+            if s.shndx == SHN_UNDEF and s.name and s.bind in (STB_GLOBAL, STB_WEAK)
+        ]
+        # externs described in BTF (__kconfig/__ksym); other undefined symbols are
+        # unresolved references of the programs that use them
+        externs = self._externs = _externs.collect(self.btf, undefined)
 
         functions = self._read_functions()
         programs: dict[str, ProgramSpec] = {}
         for fn in functions.values():
-            if fn.section.name == ".text" or fn.bind == STB_LOCAL:
+            if fn.section.name == ".text" or not fn.named:
                 continue
+            if fn.name in programs:
+                raise ParseError(
+                    f"program {fn.name}: defined twice (sections {programs[fn.name].section} "
+                    f"and {fn.section.name})"
+                )
             programs[fn.name] = self._link(
                 fn, functions, maps, map_by_symbol, license_, kernel_version
             )
         self._read_map_contents(maps, programs)
-        externs = self._read_externs(maps, programs)
+        self._read_kconfig(maps, programs, externs)
         self._read_struct_ops(maps, programs)
         return CollectionSpec(
             maps, programs, variables, self.btf, name=name, path=path, externs=externs
@@ -311,20 +337,17 @@ class _Reader:
                 struct_ops=ops,
             )
 
-    def _read_externs(
-        self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]
-    ) -> dict[str, _externs.ExternSpec]:
-        """Externs (``__kconfig``/``__ksym``); kconfig references become ``.kconfig`` map
-        values (see :mod:`orchestrator.ebpf.externs`)."""
-        undefined = [
-            (s.name, s.bind == STB_WEAK)
-            for s in self.symbols
-            if s.shndx == SHN_UNDEF and s.name and s.bind in (STB_GLOBAL, STB_WEAK)
-        ]
-        externs = _externs.collect(self.btf, undefined)
+    def _read_kconfig(
+        self,
+        maps: dict[str, MapSpec],
+        programs: dict[str, ProgramSpec],
+        externs: dict[str, _externs.ExternSpec],
+    ) -> None:
+        """kconfig references become ``.kconfig`` map values (see
+        :mod:`orchestrator.ebpf.externs`)."""
         kconfig = {n: e for n, e in externs.items() if e.kind is _externs.ExternKind.KCONFIG}
         if not kconfig:
-            return externs
+            return
         assert self.btf is not None
         datasec = self.btf.type_by_name(".kconfig", _btf.Datasec)
         if ".kconfig" in maps:
@@ -354,7 +377,6 @@ class _Reader:
                 programs[name] = replace(
                     prog, instructions=Instructions(prog.instructions.raw, refs)
                 )
-        return externs
 
     # ------------------------------------------------------------------ BTF fix-ups
 
@@ -400,6 +422,7 @@ class _Reader:
             assert isinstance(var, _btf.Var)
             spec = self._btf_map_def(var.name, var.type, ".maps")
             maps[spec.name] = spec
+            self._map_at[(sec.index, vsi.offset)] = spec.name
         for sym in self.symbols:
             if sym.shndx == sec.index and sym.name in maps:
                 map_by_symbol[sym.index] = sym.name
@@ -515,6 +538,8 @@ class _Reader:
                 raise ParseError(f"map {sym.name}: unknown map type {mtype}") from err
             if sym.name in maps:
                 raise ParseError(f"map {sym.name}: defined twice")
+            if map_type == MapType.PERF_EVENT_ARRAY:  # as for BTF maps: the kernel's sizes
+                ksize, vsize = ksize or 4, vsize or 4
             maps[sym.name] = MapSpec(
                 sym.name,
                 map_type,
@@ -526,6 +551,7 @@ class _Reader:
                 section="maps",
             )
             map_by_symbol[sym.index] = sym.name
+            self._map_at[(sec.index, sym.value)] = sym.name
 
     def _read_data_sections(self, maps: dict[str, MapSpec]) -> dict[str, VariableSpec]:
         variables: dict[str, VariableSpec] = {}
@@ -630,46 +656,102 @@ class _Reader:
     # ------------------------------------------------------------------ code
 
     def _read_functions(self) -> dict[tuple[int, int], _Function]:
+        """Every function of every code section, by (section index, first slot).
+
+        A function starts at a symbol: the STT_FUNC ones, or, in a section that has none
+        (clang 7 and hand-written assembly tag no symbol as a function), every named
+        STT_NOTYPE symbol except LLVM's basic-block labels (``LBB*``), as cilium/ebpf reads
+        them. Code that no symbol names (an old compiler's static subprogram, reached only by
+        calls) starts a function at each call or function-pointer target; it is called
+        ``<section>+<instruction>`` and is never a program.
+        """
         functions: dict[tuple[int, int], _Function] = {}
+        targets: dict[int, set[int]] | None = None
         for sec in self.sections:
             if not (sec.flags & SHF_EXECINSTR) or sec.size == 0:
                 continue
             if sec.size % INSN_SIZE:
                 raise ParseError(f"section {sec.name}: size {sec.size} is not a multiple of 8")
-            syms = sorted(
-                (s for s in self.symbols if s.shndx == sec.index and s.type == STT_FUNC),
-                key=lambda s: s.value,
-            )
+            slots = sec.size // INSN_SIZE
+            syms = [s for s in self.symbols if s.shndx == sec.index and s.type == STT_FUNC]
             if not syms:
-                raise ParseError(f"section {sec.name}: code without function symbols")
-            for i, sym in enumerate(syms):
+                syms = [
+                    s
+                    for s in self.symbols
+                    if s.shndx == sec.index
+                    and s.type == STT_NOTYPE
+                    and s.name
+                    and not (s.bind == STB_LOCAL and s.name.startswith("LBB"))
+                ]
+            named: dict[int, _Symbol] = {}
+            for sym in sorted(syms, key=lambda s: s.value):
                 if sym.value % INSN_SIZE or sym.value >= sec.size:
                     raise ParseError(f"function {sym.name}: bad offset {sym.value}")
-                end = (
-                    sym.value + sym.size
-                    if sym.size
-                    else (syms[i + 1].value if i + 1 < len(syms) else sec.size)
-                )
-                end = min(end, sec.size)
-                key = (sec.index, sym.value // INSN_SIZE)
-                if key in functions:
-                    continue  # an alias of the same code
-                functions[key] = _Function(
-                    sym.name, sec, sym.value // INSN_SIZE, end // INSN_SIZE, sym.bind
-                )
+                named.setdefault(sym.value // INSN_SIZE, sym)  # aliases: the first one
+            sized = [(i, i + s.size // INSN_SIZE) for i, s in named.items() if s.size]
+            if targets is None:
+                targets = self._call_targets()
+            unnamed = {
+                t
+                for t in targets.get(sec.index, ())
+                if 0 <= t < slots and t not in named and not any(lo <= t < hi for lo, hi in sized)
+            }
+            starts = sorted(set(named) | unnamed)
+            for k, start in enumerate(starts):
+                following = starts[k + 1] if k + 1 < len(starts) else slots
+                found = named.get(start)
+                if found is None:
+                    name, end, bind, is_named = f"{sec.name}+{start}", following, STB_LOCAL, False
+                else:
+                    name, bind, is_named = found.name, found.bind, True
+                    end = (
+                        min(start + (found.size + INSN_SIZE - 1) // INSN_SIZE, slots)
+                        if found.size
+                        else following
+                    )
+                functions[(sec.index, start)] = _Function(name, sec, start, end, bind, is_named)
         return functions
 
+    def _call_targets(self) -> dict[int, set[int]]:
+        """Slots that calls and function pointers reach, by code section."""
+        out: dict[int, set[int]] = {}
+        for sec in self.sections:
+            if not (sec.flags & SHF_EXECINSTR) or sec.size == 0:
+                continue
+            code = sec.data
+            ops, regs = code[0::INSN_SIZE], code[1::INSN_SIZE]
+            relocs = self._section_relocs(sec)
+            for op, src in ((CALL, BPF_PSEUDO_CALL), (LD_IMM64, BPF_PSEUDO_FUNC)):
+                i = ops.find(op)
+                while i >= 0:
+                    if regs[i] >> 4 == src and i not in relocs:
+                        imm = int.from_bytes(code[i * 8 + 4 : i * 8 + 8], "little", signed=True)
+                        out.setdefault(sec.index, set()).add(i + imm + 1)
+                    i = ops.find(op, i + 1)
+            for i, sym in relocs.items():
+                op = ops[i] if i < len(ops) else -1
+                if op not in (CALL, LD_IMM64) or not 0 < sym.shndx < len(self.sections):
+                    continue
+                target = self.sections[sym.shndx]
+                if not target.flags & SHF_EXECINSTR:
+                    continue
+                imm = int.from_bytes(code[i * 8 + 4 : i * 8 + 8], "little", signed=True)
+                if op == CALL:
+                    slot = sym.value // INSN_SIZE + imm + 1
+                else:
+                    slot = (sym.value + imm) // INSN_SIZE
+                out.setdefault(target.index, set()).add(slot)
+        return out
+
     def _function_at(
-        self, functions: dict[tuple[int, int], _Function], sec: _Section, insn: int, what: str
+        self, functions: dict[tuple[int, int], _Function], sec: _Section, insn: int
     ) -> _Function:
         fn = functions.get((sec.index, insn))
         if fn is None:
             for f in functions.values():
                 if f.section is sec and f.start <= insn < f.end:
                     return f
-            raise ParseError(
-                f"{what}: target instruction {insn} of {sec.name} is not in a function"
-            )
+            raise _Unresolvable(f"call target: instruction {insn} of {sec.name} is in no function")
         return fn
 
     def _link(
@@ -681,11 +763,13 @@ class _Reader:
         license_: str,
         kernel_version: int,
     ) -> ProgramSpec:
-        """Lay out ``entry`` followed by every function it reaches, resolving calls."""
+        """Lay out ``entry`` followed by every function it reaches, resolving calls. What
+        cannot be resolved is recorded in the spec; loading the program fails on it."""
         out = bytearray()
         refs: dict[int, Reference] = {}
         placed: dict[int, int] = {}  # id(function) → first slot in ``out``
         order: list[_Function] = []
+        unresolved: list[Unresolved] = []
 
         def place(fn: _Function) -> int:
             base = len(out) // INSN_SIZE
@@ -694,38 +778,19 @@ class _Reader:
             out.extend(fn.section.data[fn.start * INSN_SIZE : fn.end * INSN_SIZE])
             relocs = self._relocs_of(fn)
             for i in _interesting(fn, relocs):
-                pos = (base + i) * INSN_SIZE
-                op = out[pos]
-                src = out[pos + 1] >> 4
                 sym = relocs.get(fn.start + i)
-                if op == CALL and src == BPF_PSEUDO_CALL:
-                    imm = int.from_bytes(out[pos + 4 : pos + 8], "little", signed=True)
-                    if sym is None:
-                        tsec, tinsn = fn.section, fn.start + i + imm + 1
-                    elif sym.shndx == SHN_UNDEF:
-                        refs[base + i] = Reference(RefKind.EXTERN, sym.name)
-                        continue
-                    else:
-                        tsec = self._section(sym.shndx, f"call in {fn.name}")
-                        tinsn = sym.value // INSN_SIZE + imm + 1
-                    self._resolve(
-                        out, base + i, tsec, tinsn, functions, place, placed, f"function {fn.name}"
+                try:
+                    self._link_insn(
+                        out, base + i, fn, sym, functions, maps, map_by_symbol, refs, place, placed
                     )
-                elif op == LD_IMM64 and src == BPF_PSEUDO_FUNC and sym is None:
-                    imm = int.from_bytes(out[pos + 4 : pos + 8], "little", signed=True)
-                    self._resolve(
-                        out,
-                        base + i,
-                        fn.section,
-                        fn.start + i + imm + 1,
-                        functions,
-                        place,
-                        placed,
-                        f"function {fn.name}",
-                    )
-                elif sym is not None:
-                    self._relocate(
-                        out, base + i, sym, fn, functions, maps, map_by_symbol, refs, place, placed
+                except _Unresolvable as err:
+                    unresolved.append(
+                        Unresolved(
+                            base + i,
+                            str(err),
+                            sym.name if sym is not None else "",
+                            fn.name if fn is not entry else "",
+                        )
                     )
             return base
 
@@ -748,12 +813,58 @@ class _Reader:
             line_infos=tuple(line_infos),
             core_relos=tuple(core_relos),
             btf=self.btf,
+            unresolved=tuple(unresolved),
         )
 
-    def _section(self, index: int, what: str) -> _Section:
-        if not 0 < index < len(self.sections):
-            raise ParseError(f"{what}: symbol in bad section {index}")
-        return self.sections[index]
+    def _link_insn(
+        self,
+        out: bytearray,
+        slot: int,
+        fn: _Function,
+        sym: _Symbol | None,
+        functions: dict[tuple[int, int], _Function],
+        maps: dict[str, MapSpec],
+        map_by_symbol: dict[int, str],
+        refs: dict[int, Reference],
+        place: Callable[[_Function], int],
+        placed: dict[int, int],
+    ) -> None:
+        """Resolve one instruction of ``fn`` placed at ``slot``: a bpf-to-bpf call, a
+        function pointer, or a relocation against ``sym``."""
+        pos = slot * INSN_SIZE
+        op = out[pos]
+        src = out[pos + 1] >> 4
+        imm = int.from_bytes(out[pos + 4 : pos + 8], "little", signed=True)
+        rel = slot - placed[id(fn)] + fn.start  # the instruction's slot in its section
+        if op == CALL and src == BPF_PSEUDO_CALL:
+            if sym is None:
+                tsec, tinsn = fn.section, rel + imm + 1
+            elif sym.shndx == SHN_UNDEF:
+                self._extern_ref(slot, sym, refs)
+                return
+            else:
+                tsec = self._section(sym)
+                tinsn = sym.value // INSN_SIZE + imm + 1
+            self._resolve(out, slot, tsec, tinsn, functions, place, placed)
+        elif op == LD_IMM64 and src == BPF_PSEUDO_FUNC and sym is None:
+            self._resolve(out, slot, fn.section, rel + imm + 1, functions, place, placed)
+        elif sym is not None:
+            self._relocate(out, slot, sym, functions, map_by_symbol, refs, place, placed)
+
+    def _extern_ref(self, slot: int, sym: _Symbol, refs: dict[int, Reference]) -> None:
+        """The instruction refers to an undefined symbol: an extern if BTF describes it."""
+        refs[slot] = Reference(RefKind.EXTERN, sym.name)
+        if sym.name not in self._externs:
+            raise _Unresolvable(
+                f"symbol {sym.name} is defined in no section of the object (define it, or "
+                "declare it __ksym or __kconfig)"
+            )
+
+    def _section(self, sym: _Symbol) -> _Section:
+        if sym.shndx in (SHN_ABS, SHN_COMMON) or not 0 < sym.shndx < len(self.sections):
+            what = {SHN_ABS: "an absolute", SHN_COMMON: "a common"}.get(sym.shndx, "an unknown")
+            raise _Unresolvable(f"symbol {sym.name} is {what} symbol ({sym.shndx:#x})")
+        return self.sections[sym.shndx]
 
     def _resolve(
         self,
@@ -762,13 +873,13 @@ class _Reader:
         tsec: _Section,
         tinsn: int,
         functions: dict[tuple[int, int], _Function],
-        place: object,
+        place: Callable[[_Function], int],
         placed: dict[int, int],
-        what: str,
     ) -> None:
-        target = self._function_at(functions, tsec, tinsn, what)
+        if not tsec.flags & SHF_EXECINSTR:
+            raise _Unresolvable(f"call into section {tsec.name}, which holds no code")
+        target = self._function_at(functions, tsec, tinsn)
         if id(target) not in placed:
-            assert callable(place)
             place(target)
         new = placed[id(target)] + (tinsn - target.start) - slot - 1
         out[slot * INSN_SIZE + 4 : slot * INSN_SIZE + 8] = new.to_bytes(4, "little", signed=True)
@@ -778,62 +889,67 @@ class _Reader:
         out: bytearray,
         slot: int,
         sym: _Symbol,
-        fn: _Function,
         functions: dict[tuple[int, int], _Function],
-        maps: dict[str, MapSpec],
         map_by_symbol: dict[int, str],
         refs: dict[int, Reference],
-        place: object,
+        place: Callable[[_Function], int],
         placed: dict[int, int],
     ) -> None:
         pos = slot * INSN_SIZE
         op = out[pos]
-        where = f"function {fn.name}: instruction {slot}"
+        what = sym.name or "a section"
         if op != LD_IMM64:
-            raise ParseError(
-                f"{where}: relocation against {sym.name or 'a section'} on "
-                f"opcode {op:#04x} (only calls and 64-bit loads are relocatable)"
+            raise _Unresolvable(
+                f"relocation against {what} on opcode {op:#04x} (only calls and 64-bit loads "
+                "can be relocated)"
             )
         imm = int.from_bytes(out[pos + 4 : pos + 8], "little", signed=True)
         if sym.shndx == SHN_UNDEF:
-            refs[slot] = Reference(RefKind.EXTERN, sym.name)
+            self._extern_ref(slot, sym, refs)
             return
-        if sym.shndx in (SHN_ABS, SHN_COMMON) or sym.shndx >= len(self.sections):
-            raise ParseError(f"{where}: relocation against unsupported symbol {sym.name}")
-        sec = self.sections[sym.shndx]
+        sec = self._section(sym)
         if sym.index in map_by_symbol:
             refs[slot] = Reference(RefKind.MAP, map_by_symbol[sym.index])
             return
         if sec.name in ("maps", ".maps"):
-            raise ParseError(f"{where}: reference into {sec.name} at {sym.value} is not a map")
+            # a section symbol (a static map, or an old compiler's reference) with the
+            # map's offset in the instruction
+            offset = sym.value + imm
+            found = self._map_at.get((sec.index, offset))
+            if found is None:
+                raise _Unresolvable(f"reference into {sec.name} at offset {offset} is not a map")
+            refs[slot] = Reference(RefKind.MAP, found)
+            out[pos + 4 : pos + 8] = b"\0\0\0\0"
+            return
         if sec.flags & SHF_EXECINSTR:
             # A function pointer (e.g. a bpf_loop callback): ld_imm64 with BPF_PSEUDO_FUNC.
             if (sym.value + imm) % INSN_SIZE:
-                raise ParseError(f"{where}: misaligned function pointer")
+                raise _Unresolvable(
+                    f"function pointer to byte {sym.value + imm} of {sec.name} is not on an "
+                    "instruction"
+                )
             out[pos + 1] = (out[pos + 1] & 0x0F) | (BPF_PSEUDO_FUNC << 4)
-            self._resolve(
-                out,
-                slot,
-                sec,
-                (sym.value + imm) // INSN_SIZE,
-                functions,
-                place,
-                placed,
-                f"function {fn.name}",
-            )
+            self._resolve(out, slot, sec, (sym.value + imm) // INSN_SIZE, functions, place, placed)
             return
         if _is_data_section(sec):
             offset = imm + (sym.value if sym.type != STT_SECTION else 0)
             refs[slot] = Reference(RefKind.MAP_VALUE, sec.name, offset)
             out[pos + 4 : pos + 8] = b"\0\0\0\0"
             return
-        raise ParseError(f"{where}: relocation against section {sec.name} is not supported")
+        raise _Unresolvable(
+            f"relocation against {what} in section {sec.name} is not supported (programs "
+            "can refer to maps, data sections, code and externs)"
+        )
+
+    def _section_relocs(self, sec: _Section) -> dict[int, _Symbol]:
+        by_insn = self._relocs_by_insn.get(sec.index)
+        if by_insn is None:
+            by_insn = {off // INSN_SIZE: self.symbols[sym] for off, sym in sec.relocs}
+            self._relocs_by_insn[sec.index] = by_insn
+        return by_insn
 
     def _relocs_of(self, fn: _Function) -> dict[int, _Symbol]:
-        by_insn = self._relocs_by_insn.get(fn.section.index)
-        if by_insn is None:
-            by_insn = {off // INSN_SIZE: self.symbols[sym] for off, sym in fn.section.relocs}
-            self._relocs_by_insn[fn.section.index] = by_insn
+        by_insn = self._section_relocs(fn.section)
         lo, hi = fn.start, fn.end
         return {i: sym for i, sym in by_insn.items() if lo <= i < hi}
 

@@ -120,6 +120,17 @@ class AttachTargetError(NotSupportedError):
     extern (``__ksym`` variable, kfunc) is not in the running kernel's BTF."""
 
 
+class UnresolvedReferenceError(SpecError):
+    """A program refers to a symbol the object does not define, or carries a relocation the
+    loader cannot apply (see ``ProgramSpec.unresolved``). Only that program fails to load."""
+
+    def __init__(self, message: str, program: str = "", insn: int = -1, symbol: str = "") -> None:
+        super().__init__(message)
+        self.program = program
+        self.insn = insn
+        self.symbol = symbol
+
+
 class _Repr(reprlib.Repr):
     def __init__(self, limit: int) -> None:
         super().__init__()

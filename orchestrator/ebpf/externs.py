@@ -76,17 +76,16 @@ class ExternSpec:
 def collect(spec: _btf.Spec | None, undefined: Iterable[tuple[str, bool]]) -> dict[str, ExternSpec]:
     """Describe the object's externs and sanitise its BTF for the kernel.
 
-    ``undefined``: (name, weak) of every undefined symbol. Externs must be described in the
-    ``.kconfig``/``.ksyms`` BTF datasecs (``__kconfig``/``__ksym``). The BTF is changed as
-    libbpf changes it, since the kernel refuses extern linkage: variables become allocated
-    globals laid out in their datasec, extern functions become global, and ``.ksyms``
-    entries turn into 4-byte placeholders.
+    ``undefined``: (name, weak) of every undefined symbol. Externs are the ones described
+    in the ``.kconfig``/``.ksyms`` BTF datasecs (``__kconfig``/``__ksym``); any other
+    undefined symbol is left out (the programs that use it cannot be loaded). The BTF is
+    changed as libbpf changes it, since the kernel refuses extern linkage: variables become
+    allocated globals laid out in their datasec, extern functions become global, and
+    ``.ksyms`` entries turn into 4-byte placeholders.
     """
     want = dict(undefined)
-    if not want:
+    if not want or spec is None:
         return {}
-    if spec is None:
-        raise ParseError(f"extern {sorted(want)[0]}: needs BTF (compile with -g)")
     out: dict[str, ExternSpec] = {}
     kconfig: list[tuple[_btf.Var, int, int]] = []  # var, align, size
     kconfig_sec: _btf.Datasec | None = None
@@ -122,11 +121,6 @@ def collect(spec: _btf.Spec | None, undefined: Iterable[tuple[str, bool]]) -> di
         off = (off + align - 1) // align * align
         out[v.name] = ExternSpec(v.name, ExternKind.KCONFIG, v.type, want[v.name], off, size)
         off += size
-    missing = sorted(set(want) - set(out))
-    if missing:
-        raise ParseError(
-            f"extern {missing[0]}: not described as __kconfig or __ksym in the object's btf"
-        )
     if kconfig_sec is not None:
         for vsi in kconfig_sec.vars:
             v = vsi.type

@@ -1,9 +1,16 @@
 """Program section names → program type, expected attach type and load flags.
 
-The conventions are libbpf's (``SEC("xdp")``, ``SEC("tracepoint/syscalls/sys_enter_x")``
+libbpf's conventions come first (``SEC("xdp")``, ``SEC("tracepoint/syscalls/sys_enter_x")``
 …): a name ending in ``+`` below matches the bare prefix or the prefix followed by ``/`` and
 an attach target; the others match exactly. A leading ``?`` turns autoload off. ``.s``
-variants are sleepable and ``xdp.frags`` sets ``BPF_F_XDP_HAS_FRAGS``.
+variants are sleepable and ``xdp.frags`` sets ``BPF_F_XDP_HAS_FRAGS``. For every name
+libbpf accepts (1.1's names, and the ones later versions added: ``tcx/``, ``netkit/`` …),
+libbpf's meaning holds.
+
+Names libbpf rejects get cilium/ebpf 0.9.1's meaning, so objects written for it load:
+its table is matched by plain prefix, in its order, so ``socket/NAME``, ``xdp/NAME``,
+``classifier/NAME``, ``sk_lookup/NAME``, ``xdp_devmap/NAME`` or ``seccomp`` are programs
+(a prefix ending in ``/`` gives the rest of the name as the attach target).
 """
 
 from __future__ import annotations
@@ -153,9 +160,84 @@ _DEFS: tuple[SectionDef, ...] = (
 _EXACT = {d.pattern: d for d in _DEFS if not d.prefix}
 _PREFIX = sorted((d for d in _DEFS if d.prefix), key=lambda d: -len(d.base))
 
+# cilium/ebpf 0.9.1's section table (elf_reader.go, getProgType), for names libbpf rejects:
+# the first entry the name starts with wins.
+_CILIUM: tuple[tuple[str, P, A | None, ProgFlags], ...] = (
+    ("socket", P.SOCKET_FILTER, None, ProgFlags.NONE),
+    ("sk_reuseport/migrate", P.SK_REUSEPORT, A.SK_REUSEPORT_SELECT_OR_MIGRATE, ProgFlags.NONE),
+    ("sk_reuseport", P.SK_REUSEPORT, A.SK_REUSEPORT_SELECT, ProgFlags.NONE),
+    ("kprobe/", P.KPROBE, None, ProgFlags.NONE),
+    ("uprobe/", P.KPROBE, None, ProgFlags.NONE),
+    ("kretprobe/", P.KPROBE, None, ProgFlags.NONE),
+    ("uretprobe/", P.KPROBE, None, ProgFlags.NONE),
+    ("tc", P.SCHED_CLS, None, ProgFlags.NONE),
+    ("classifier", P.SCHED_CLS, None, ProgFlags.NONE),
+    ("action", P.SCHED_ACT, None, ProgFlags.NONE),
+    ("tracepoint/", P.TRACEPOINT, None, ProgFlags.NONE),
+    ("tp/", P.TRACEPOINT, None, ProgFlags.NONE),
+    ("raw_tracepoint/", P.RAW_TRACEPOINT, None, ProgFlags.NONE),
+    ("raw_tp/", P.RAW_TRACEPOINT, None, ProgFlags.NONE),
+    ("raw_tracepoint.w/", P.RAW_TRACEPOINT_WRITABLE, None, ProgFlags.NONE),
+    ("raw_tp.w/", P.RAW_TRACEPOINT_WRITABLE, None, ProgFlags.NONE),
+    ("tp_btf/", P.TRACING, A.TRACE_RAW_TP, ProgFlags.NONE),
+    ("fentry/", P.TRACING, A.TRACE_FENTRY, ProgFlags.NONE),
+    ("fmod_ret/", P.TRACING, A.MODIFY_RETURN, ProgFlags.NONE),
+    ("fexit/", P.TRACING, A.TRACE_FEXIT, ProgFlags.NONE),
+    ("fentry.s/", P.TRACING, A.TRACE_FENTRY, _S),
+    ("fmod_ret.s/", P.TRACING, A.MODIFY_RETURN, _S),
+    ("fexit.s/", P.TRACING, A.TRACE_FEXIT, _S),
+    ("freplace/", P.EXT, None, ProgFlags.NONE),
+    ("lsm/", P.LSM, A.LSM_MAC, ProgFlags.NONE),
+    ("lsm.s/", P.LSM, A.LSM_MAC, _S),
+    ("iter/", P.TRACING, A.TRACE_ITER, ProgFlags.NONE),
+    ("syscall", P.SYSCALL, None, ProgFlags.NONE),
+    ("xdp_devmap/", P.XDP, A.XDP_DEVMAP, ProgFlags.NONE),
+    ("xdp_cpumap/", P.XDP, A.XDP_CPUMAP, ProgFlags.NONE),
+    ("xdp", P.XDP, None, ProgFlags.NONE),
+    ("perf_event", P.PERF_EVENT, None, ProgFlags.NONE),
+    ("lwt_in", P.LWT_IN, None, ProgFlags.NONE),
+    ("lwt_out", P.LWT_OUT, None, ProgFlags.NONE),
+    ("lwt_xmit", P.LWT_XMIT, None, ProgFlags.NONE),
+    ("lwt_seg6local", P.LWT_SEG6LOCAL, None, ProgFlags.NONE),
+    ("cgroup_skb/ingress", P.CGROUP_SKB, A.CGROUP_INET_INGRESS, ProgFlags.NONE),
+    ("cgroup_skb/egress", P.CGROUP_SKB, A.CGROUP_INET_EGRESS, ProgFlags.NONE),
+    ("cgroup/skb", P.CGROUP_SKB, None, ProgFlags.NONE),
+    ("cgroup/sock_create", P.CGROUP_SOCK, A.CGROUP_INET_SOCK_CREATE, ProgFlags.NONE),
+    ("cgroup/sock_release", P.CGROUP_SOCK, A.CGROUP_INET_SOCK_RELEASE, ProgFlags.NONE),
+    ("cgroup/sock", P.CGROUP_SOCK, A.CGROUP_INET_SOCK_CREATE, ProgFlags.NONE),
+    ("cgroup/post_bind4", P.CGROUP_SOCK, A.CGROUP_INET4_POST_BIND, ProgFlags.NONE),
+    ("cgroup/post_bind6", P.CGROUP_SOCK, A.CGROUP_INET6_POST_BIND, ProgFlags.NONE),
+    ("cgroup/dev", P.CGROUP_DEVICE, A.CGROUP_DEVICE, ProgFlags.NONE),
+    ("sockops", P.SOCK_OPS, A.CGROUP_SOCK_OPS, ProgFlags.NONE),
+    ("sk_skb/stream_parser", P.SK_SKB, A.SK_SKB_STREAM_PARSER, ProgFlags.NONE),
+    ("sk_skb/stream_verdict", P.SK_SKB, A.SK_SKB_STREAM_VERDICT, ProgFlags.NONE),
+    ("sk_skb", P.SK_SKB, None, ProgFlags.NONE),
+    ("sk_msg", P.SK_MSG, A.SK_MSG_VERDICT, ProgFlags.NONE),
+    ("lirc_mode2", P.LIRC_MODE2, A.LIRC_MODE2, ProgFlags.NONE),
+    ("flow_dissector", P.FLOW_DISSECTOR, A.FLOW_DISSECTOR, ProgFlags.NONE),
+    ("cgroup/bind4", P.CGROUP_SOCK_ADDR, A.CGROUP_INET4_BIND, ProgFlags.NONE),
+    ("cgroup/bind6", P.CGROUP_SOCK_ADDR, A.CGROUP_INET6_BIND, ProgFlags.NONE),
+    ("cgroup/connect4", P.CGROUP_SOCK_ADDR, A.CGROUP_INET4_CONNECT, ProgFlags.NONE),
+    ("cgroup/connect6", P.CGROUP_SOCK_ADDR, A.CGROUP_INET6_CONNECT, ProgFlags.NONE),
+    ("cgroup/sendmsg4", P.CGROUP_SOCK_ADDR, A.CGROUP_UDP4_SENDMSG, ProgFlags.NONE),
+    ("cgroup/sendmsg6", P.CGROUP_SOCK_ADDR, A.CGROUP_UDP6_SENDMSG, ProgFlags.NONE),
+    ("cgroup/recvmsg4", P.CGROUP_SOCK_ADDR, A.CGROUP_UDP4_RECVMSG, ProgFlags.NONE),
+    ("cgroup/recvmsg6", P.CGROUP_SOCK_ADDR, A.CGROUP_UDP6_RECVMSG, ProgFlags.NONE),
+    ("cgroup/getpeername4", P.CGROUP_SOCK_ADDR, A.CGROUP_INET4_GETPEERNAME, ProgFlags.NONE),
+    ("cgroup/getpeername6", P.CGROUP_SOCK_ADDR, A.CGROUP_INET6_GETPEERNAME, ProgFlags.NONE),
+    ("cgroup/getsockname4", P.CGROUP_SOCK_ADDR, A.CGROUP_INET4_GETSOCKNAME, ProgFlags.NONE),
+    ("cgroup/getsockname6", P.CGROUP_SOCK_ADDR, A.CGROUP_INET6_GETSOCKNAME, ProgFlags.NONE),
+    ("cgroup/sysctl", P.CGROUP_SYSCTL, A.CGROUP_SYSCTL, ProgFlags.NONE),
+    ("cgroup/getsockopt", P.CGROUP_SOCKOPT, A.CGROUP_GETSOCKOPT, ProgFlags.NONE),
+    ("cgroup/setsockopt", P.CGROUP_SOCKOPT, A.CGROUP_SETSOCKOPT, ProgFlags.NONE),
+    ("sk_lookup/", P.SK_LOOKUP, A.SK_LOOKUP, ProgFlags.NONE),
+    ("seccomp", P.SOCKET_FILTER, None, ProgFlags.NONE),
+)
+
 
 def classify(section: str) -> SectionInfo:
-    """Program type, attach type and flags for a section name (``known`` is False if none)."""
+    """Program type, attach type and flags for a section name (``known`` is False if none):
+    libbpf's meaning, else cilium/ebpf's (see the module docstring)."""
     autoload = True
     name = section
     if name.startswith("?"):
@@ -172,4 +254,8 @@ def classify(section: str) -> SectionInfo:
             return SectionInfo(
                 d.type, d.attach_type, d.flags, name[len(base) + 1 :], autoload, True
             )
+    for prefix, ptype, attach, flags in _CILIUM:
+        if name.startswith(prefix):
+            target = name[len(prefix) :] if prefix.endswith("/") else ""
+            return SectionInfo(ptype, attach, flags, target, autoload, True)
     return SectionInfo(P.UNSPEC, None, ProgFlags.NONE, "", autoload, False)

@@ -166,11 +166,33 @@ def _type_name(t: MapType | int) -> str:
         return str(int(t))
 
 
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """A reference in a program that the loader cannot resolve: a symbol no section of the
+    object defines, or a relocation against something programs cannot refer to. The
+    program is still in the spec; loading it fails, naming this (as with cilium/ebpf,
+    loading the object's other programs works).
+
+    ``insn``: the slot in the program's instructions; ``function``: the subprogram it is in
+    ("" for the program itself); ``symbol``: the symbol the relocation names ("" for none).
+    """
+
+    insn: int
+    reason: str
+    symbol: str = ""
+    function: str = ""
+
+    def __str__(self) -> str:
+        where = f" (in {self.function})" if self.function else ""
+        return f"instruction {self.insn}{where}: {self.reason}"
+
+
 @dataclass(eq=False)
 class ProgramSpec:
     """A program with every subprogram it calls already linked in.
 
     ``instructions`` refer to maps and externs by name; load time resolves them.
+    ``unresolved`` lists what linking could not resolve: such a program cannot be loaded.
     """
 
     name: str
@@ -188,6 +210,7 @@ class ProgramSpec:
     line_infos: tuple[LineInfo, ...] = ()
     core_relos: tuple[CORERelo, ...] = ()
     btf: _btf.Spec | None = None
+    unresolved: tuple[Unresolved, ...] = ()
 
     def copy(self) -> ProgramSpec:
         # Instructions and BTF records are immutable: a shallow copy is a deep one.

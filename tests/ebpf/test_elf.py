@@ -303,6 +303,291 @@ def test_section_names(
 def test_section_names_edge_cases() -> None:
     assert not sections.classify("?xdp").autoload
     assert sections.classify("?xdp").type == ebpf.ProgType.XDP
-    assert not sections.classify("xdp_foo").known  # exact names do not match as prefixes
+    assert sections.classify("?xdp").attach_type == AttachType.XDP
     assert not sections.classify("tracepointx/a").known
     assert not sections.classify("mystery").known
+    assert not sections.classify("static").known
+    assert not sections.classify("kprobex").known  # cilium's prefix is "kprobe/"
+
+
+@pytest.mark.parametrize(
+    ("section", "prog_type", "attach", "target"),
+    [
+        # names libbpf rejects: cilium/ebpf 0.9.1's prefixes, first match in its order
+        ("socket/filter", ebpf.ProgType.SOCKET_FILTER, None, ""),
+        ("socket_2", ebpf.ProgType.SOCKET_FILTER, None, ""),
+        ("xdp/prog", ebpf.ProgType.XDP, None, ""),
+        ("xdp_foo", ebpf.ProgType.XDP, None, ""),
+        ("xdp_devmap/fwd", ebpf.ProgType.XDP, AttachType.XDP_DEVMAP, "fwd"),
+        ("xdp_cpumap/cpu", ebpf.ProgType.XDP, AttachType.XDP_CPUMAP, "cpu"),
+        ("classifier/ingress", ebpf.ProgType.SCHED_CLS, None, ""),
+        ("tc_egress", ebpf.ProgType.SCHED_CLS, None, ""),
+        ("sk_lookup/dispatch", ebpf.ProgType.SK_LOOKUP, AttachType.SK_LOOKUP, "dispatch"),
+        ("seccomp", ebpf.ProgType.SOCKET_FILTER, None, ""),
+        ("sk_skb/other", ebpf.ProgType.SK_SKB, None, ""),
+        ("cgroup/sock_create_x", ebpf.ProgType.CGROUP_SOCK, AttachType.CGROUP_INET_SOCK_CREATE, ""),
+        ("?socket/lazy", ebpf.ProgType.SOCKET_FILTER, None, ""),
+        # names libbpf accepts keep libbpf's meaning where cilium's differs
+        ("xdp", ebpf.ProgType.XDP, AttachType.XDP, ""),  # cilium: no attach type
+        ("kprobe", ebpf.ProgType.KPROBE, None, ""),  # cilium: unknown
+        ("tcx/ingress", ebpf.ProgType.SCHED_CLS, AttachType.TCX_INGRESS, ""),  # cilium: none
+        ("xdp/devmap", ebpf.ProgType.XDP, AttachType.XDP_DEVMAP, ""),  # cilium: none
+    ],
+)
+def test_section_names_libbpf_rejects_follow_cilium(
+    section: str, prog_type: ebpf.ProgType, attach: AttachType | None, target: str
+) -> None:
+    info = sections.classify(section)
+    assert info.known
+    assert (info.type, info.attach_type, info.flags, info.attach_to) == (
+        prog_type,
+        attach,
+        ProgFlags.NONE,
+        target,
+    )
+    assert info.autoload == (not section.startswith("?"))
+
+
+# ------------------------------------------------------------------ unresolved references
+
+UNRESOLVED = (
+    HEADER
+    + """
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __type(key, __u32);
+    __type(value, __u64);
+    __uint(max_entries, 1);
+} hits SEC(".maps");
+
+static __noinline int uses_asm(int x)
+{
+    long v;
+    asm volatile("%0 = UNDEFINED_IN_SUB ll" : "=r"(v));
+    return x + v;
+}
+
+SEC("socket") int fine(struct __sk_buff *skb)
+{
+    __u32 k = 0;
+    __u64 *v = bpf_map_lookup_elem(&hits, &k);
+    return v ? 1 : 0;
+}
+SEC("socket") int asm_symbol(struct __sk_buff *skb)
+{
+    long v;
+    asm volatile("%0 = MY_CONST ll" : "=r"(v));
+    return v;
+}
+SEC("socket") int in_subprogram(struct __sk_buff *skb) { return uses_asm(skb->len); }
+SEC("socket") int license_address(struct __sk_buff *skb) { return (long)&LICENSE[1] & 1; }
+"""
+)
+
+
+def test_unresolved_references_are_recorded_per_program(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    """A symbol no section defines, or a relocation against something programs cannot refer
+    to, does not fail the parse: the program records it (instruction, symbol, function)."""
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(UNRESOLVED))
+    assert sorted(spec.programs) == ["asm_symbol", "fine", "in_subprogram", "license_address"]
+    assert spec.programs["fine"].unresolved == ()
+
+    (u,) = spec.programs["asm_symbol"].unresolved
+    assert (u.insn, u.symbol, u.function) == (0, "MY_CONST", "")
+    assert str(u) == (
+        "instruction 0: symbol MY_CONST is defined in no section of the object (define it, "
+        "or declare it __ksym or __kconfig)"
+    )
+    raw = spec.programs["asm_symbol"].instructions
+    assert asm.opcode(raw.raw, u.insn) == asm.LD_IMM64
+    assert raw.references[0] == ebpf.Reference(ebpf.RefKind.EXTERN, "MY_CONST")
+
+    (u,) = spec.programs["in_subprogram"].unresolved
+    assert (u.symbol, u.function) == ("UNDEFINED_IN_SUB", "uses_asm")
+    prog = spec.programs["in_subprogram"]
+    sub_start = next(fi.insn for fi in prog.func_infos if fi.func.name == "uses_asm")
+    assert u.insn >= sub_start > 0  # counted in the linked program, not in the subprogram
+    assert asm.opcode(prog.instructions.raw, u.insn) == asm.LD_IMM64
+    assert str(u).startswith(f"instruction {u.insn} (in uses_asm): symbol UNDEFINED_IN_SUB")
+
+    (u,) = spec.programs["license_address"].unresolved
+    assert u.symbol == "LICENSE"
+    assert "relocation against LICENSE in section license is not supported" in u.reason
+
+
+def test_unresolvable_relocations(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    """Relocations the loader cannot apply, each recorded for its program only."""
+    src = """
+        .text
+        .globl  f
+f:
+        r0 = 1
+        exit
+
+        .section socket/a,"ax",@progbits
+        .globl  misaligned
+misaligned:
+        r1 = f+3 ll
+        r0 = 0
+        exit
+
+        .section socket/b,"ax",@progbits
+        .globl  call_data
+call_data:
+        call    .Ldata
+        exit
+
+        .section socket/c,"ax",@progbits
+        .globl  call_beyond
+call_beyond:
+        call    f+800
+        exit
+
+        .section socket/d,"ax",@progbits
+        .globl  good
+good:
+        call    f
+        exit
+
+        .section .rodata,"a",@progbits
+.Ldata:
+        .long 1
+"""
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(src, "-x", "assembler"))
+    reasons = {n: [u.reason for u in p.unresolved] for n, p in spec.programs.items()}
+    assert reasons == {
+        "misaligned": ["function pointer to byte 3 of .text is not on an instruction"],
+        "call_data": ["call into section .rodata, which holds no code"],
+        "call_beyond": ["call target: instruction 100 of .text is in no function"],
+        "good": [],
+    }
+
+
+def _patched(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) == 1 and len(old) == len(new)
+    return data.replace(old, new)
+
+
+def test_relocation_on_an_instruction_that_cannot_take_one(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    data = compile_bpf(UNRESOLVED).read_bytes()
+    spec = ebpf.CollectionSpec.from_bytes(data)
+    fine = spec.programs["fine"]
+    slot = next(s for s, r in fine.instructions.references.items() if r.name == "hits")
+    # turn the map's ld_imm64 (18 01 00 00 00 00 00 00) into a mov (b7 01 ...) in the section
+    code = fine.instructions.raw[slot * 8 : slot * 8 + 16]
+    assert data.count(code) == 1
+    patched = data.replace(code, b"\xb7" + code[1:])
+    (u,) = ebpf.CollectionSpec.from_bytes(patched).programs["fine"].unresolved
+    assert u.reason == (
+        "relocation against hits on opcode 0xb7 (only calls and 64-bit loads can be relocated)"
+    )
+
+
+def test_static_function_in_a_program_section_is_a_program(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    """libbpf 1.x refuses such objects; cilium/ebpf makes the function a program, callable
+    as a subprogram too."""
+    src = (
+        HEADER
+        + """
+SEC("socket/len") static __attribute__((noinline)) int skb_len(struct __sk_buff *skb)
+{ return skb->len; }
+SEC("socket") int caller(struct __sk_buff *skb) { return skb_len(skb) + 1; }
+"""
+    )
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(src))
+    assert sorted(spec.programs) == ["caller", "skb_len"]
+    assert spec.programs["skb_len"].type == ebpf.ProgType.SOCKET_FILTER
+    caller = spec.programs["caller"]
+    assert [fi.func.name for fi in caller.func_infos] == ["caller", "skb_len"]
+    assert len(caller.instructions) > len(spec.programs["skb_len"].instructions)
+
+
+def test_a_program_name_defined_twice_is_an_error(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    src = HEADER + 'SEC("socket") int prog_a(void *c) { return 0; }\n'
+    src += 'SEC("xdp") int prog_b(void *c) { return 1; }\n'
+    data = compile_bpf(src).read_bytes()
+    # rename prog_b to prog_a in every string table (symbols and BTF)
+    renamed = data.replace(b"\0prog_b\0", b"\0prog_a\0")
+    assert renamed != data
+    with pytest.raises(
+        ebpf.ParseError, match=r"dup\.o: program prog_a: defined twice \(sections socket and xdp"
+    ):
+        ebpf.CollectionSpec.from_bytes(renamed, name="dup.o")
+
+
+# ------------------------------------------------------------------ older compilers
+
+OLD_SHAPES = """
+        .text
+        .globl  outer                   # NOTYPE, as clang 7 makes every symbol
+outer:
+        r0 = r1
+        call    .Lsub                   # relative call, no relocation
+        exit
+.Lsub:                                  # code no symbol names
+        r0 += 1
+LBB0_1:                                 # a basic-block label: no function
+        exit
+
+        .section socket,"ax",@progbits
+        .globl  entry
+entry:
+        r1 = 5
+        call    .Lsub                   # relocated against the .text section symbol
+        r1 = static_map ll              # a static map, through the maps section symbol
+        r1 = .Lvalue ll                 # .rodata, through its section symbol
+        r0 = *(u32 *)(r1 + 0)
+        call    outer
+        exit
+
+        .section socket/bad,"ax",@progbits
+        .globl  bad_map
+bad_map:
+        r1 = static_map+4 ll            # into the middle of a map definition
+        r0 = 0
+        exit
+
+        .section .rodata,"a",@progbits
+        .long   7
+.Lvalue:
+        .long   9
+
+        .section maps,"aw",@progbits
+        .p2align 2
+        .globl  global_map
+global_map:
+        .long   2, 4, 8, 1, 0
+static_map:
+        .long   1, 4, 4, 8, 0
+
+        .section license,"aw",@progbits
+        .asciz  "GPL"
+"""
+
+
+def test_older_compiler_shapes(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    """Untyped symbols, code without a symbol reached only by calls, relocations against
+    section symbols (calls, maps, data), basic-block labels: what clang 7-9 emit."""
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(OLD_SHAPES, "-x", "assembler"))
+    assert sorted(spec.programs) == ["bad_map", "entry"]  # outer is in .text; LBB0_1 no function
+    assert sorted(spec.maps) == [".rodata", "global_map", "static_map"]
+    entry = spec.programs["entry"]
+    assert entry.unresolved == ()
+    refs = {(r.kind, r.name, r.offset) for r in entry.instructions.references.values()}
+    assert refs == {
+        (ebpf.RefKind.MAP, "static_map", 0),
+        (ebpf.RefKind.MAP_VALUE, ".rodata", 4),
+    }
+    # layout: entry (9 slots), the unnamed .text+3 (2 slots), then outer (3 slots), whose
+    # relative call now reaches the copy of .text+3 placed before it
+    insns = list(entry.instructions)
+    assert len(entry.instructions) == 9 + 2 + 3
+    calls = [
+        (slot, slot + asm.get_imm(entry.instructions.raw, slot) + 1)
+        for slot in range(len(entry.instructions))
+        if asm.opcode(entry.instructions.raw, slot) == asm.CALL
+    ]
+    assert calls == [(1, 9), (7, 11), (12, 9)]
+    assert insns[-1].is_exit
+    (u,) = spec.programs["bad_map"].unresolved
+    assert u.reason == "reference into maps at offset 24 is not a map"

@@ -117,11 +117,11 @@ def test_collect_errors() -> None:
     spec, _ = kconfig_object(("CONFIG_S", Struct("s", 4, [Member("x", INT, 0)])))
     with pytest.raises(ParseError, match="not supported"):
         collect(spec, [("CONFIG_S", False)])
+    # an undefined symbol that no datasec describes is not an extern: the programs that
+    # use it record an unresolved reference (see test_elf), the parse goes on
     spec, _ = kconfig_object(("CONFIG_A", INT))
-    with pytest.raises(ParseError, match="not described"):
-        collect(spec, [("CONFIG_A", False), ("other", False)])
-    with pytest.raises(ParseError, match="needs BTF"):
-        collect(None, [("CONFIG_A", False)])
+    assert sorted(collect(spec, [("CONFIG_A", False), ("other", False)])) == ["CONFIG_A"]
+    assert collect(None, [("CONFIG_A", False)]) == {}
     assert collect(None, []) == {}
 
 
