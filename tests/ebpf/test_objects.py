@@ -17,6 +17,7 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import sys as bpfsys
+from orchestrator.ebpf.collection import load_subset
 from tests.conftest import BPF_DIR, obj, require_tool
 
 pytestmark = pytest.mark.kernel
@@ -445,6 +446,87 @@ def test_legacy_maps(fd_guard: None) -> None:
         assert coll.maps["totals"][struct.pack("<I", 0)] == struct.pack("<Q", total)
 
 
+# ------------------------------------------------ objects in cilium/ebpf's conventions
+
+
+def test_cilium_sections(fd_guard: None) -> None:
+    """Section names libbpf refuses, read as cilium/ebpf reads them."""
+    spec = spec_of("cilium_sections")
+    kinds = {n: (p.type, p.attach_type, p.attach_to) for n, p in spec.programs.items()}
+    assert kinds == {
+        "skb_len": (ebpf.ProgType.SOCKET_FILTER, None, ""),
+        "socket_filter": (ebpf.ProgType.SOCKET_FILTER, None, ""),
+        "xdp_pass": (ebpf.ProgType.XDP, None, ""),
+        "classifier": (ebpf.ProgType.SCHED_CLS, None, ""),
+        "lookup": (ebpf.ProgType.SK_LOOKUP, ebpf.AttachType.SK_LOOKUP, "pass"),
+    }
+    packet = udp_packet(9)
+    with ebpf.Collection(spec) as coll:
+        assert set(coll.programs) == set(kinds)
+        progs = coll.programs
+        assert progs["socket_filter"].test_run(packet).retval == len(packet) - ETH_HLEN
+        assert progs["skb_len"].test_run(packet).retval == len(packet) - ETH_HLEN
+        assert progs["xdp_pass"].test_run(packet).retval == XDP_PASS
+        assert progs["classifier"].test_run(packet).retval == TC_ACT_OK
+        seen = coll.maps["seen"]
+        assert [seen[i] for i in range(4)] == [1, 1, 1, 0]  # skb_len counts nothing
+
+
+def test_old_clang(fd_guard: None) -> None:
+    """Untyped symbols, a subprogram reached through the .text section symbol and by a
+    relative call, .rodata through its section symbol, legacy maps, a version section."""
+    spec = spec_of("old_clang")
+    assert sorted(spec.programs) == ["old_socket", "old_xdp"]
+    assert spec.programs["old_socket"].kernel_version == 0x050400
+    assert spec.programs["old_socket"].license == "GPL"
+    shapes = {n: (m.type, m.key_size, m.value_size, m.max_entries) for n, m in spec.maps.items()}
+    assert shapes == {
+        "counts": (ebpf.MapType.ARRAY, 4, 8, 1),
+        "lengths": (ebpf.MapType.HASH, 4, 8, 16),
+        ".rodata": (ebpf.MapType.ARRAY, 4, 8, 1),
+    }
+    with ebpf.Collection(spec) as coll:
+        assert coll.programs["old_socket"].test_run(udp_packet(9)).retval == 82
+        assert coll.programs["old_socket"].test_run(udp_packet(9)).retval == 82
+        assert coll.programs["old_xdp"].test_run(udp_packet(9)).retval == XDP_PASS
+        counts = coll.maps["counts"]
+        assert counts[struct.pack("<I", 0)] == struct.pack("<Q", 2)
+
+
+def test_unresolved_fails_only_its_program(fd_guard: None) -> None:
+    """Loading everything fails on asm_const, naming the instruction and the symbol, and
+    leaves nothing behind; the other program loads on its own."""
+    spec = spec_of("unresolved")
+    (u,) = spec.programs["asm_const"].unresolved
+    assert (u.insn, u.symbol) == (0, "MY_CONST")
+    assert spec.programs["counted"].unresolved == ()
+    with pytest.raises(ebpf.UnresolvedReferenceError) as info:
+        ebpf.Collection(spec)
+    assert str(info.value) == (
+        "program asm_const: instruction 0: symbol MY_CONST is defined in no section of the "
+        "object (define it, or declare it __ksym or __kconfig)"
+    )
+    assert (info.value.program, info.value.insn, info.value.symbol) == ("asm_const", 0, "MY_CONST")
+
+    class Counted:
+        counted: ebpf.Program = ebpf.bind("counted")
+        hits: ebpf.Map = ebpf.bind("hits")
+
+    objs = spec.load_and_assign(Counted())
+    try:
+        assert objs.counted.test_run(udp_packet(9)).retval == 0
+        assert objs.hits[0] == 1
+    finally:
+        ebpf.close_all(objs)
+
+    class Both:
+        counted: ebpf.Program = ebpf.bind("counted")
+        asm_const: ebpf.Program = ebpf.bind("asm_const")
+
+    with pytest.raises(ebpf.UnresolvedReferenceError, match="program asm_const: instruction 0"):
+        spec.load_and_assign(Both())
+
+
 SHORT_LEGACY = """
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -497,8 +579,8 @@ def test_committed_objects_match_a_rebuild(tmp_path: Path, pin_dir: Path, fd_gua
         capture_output=True,
         text=True,
     )
-    sources = sorted(p.stem for p in BPF_DIR.glob("*.c"))
-    assert len(sources) >= 11
+    sources = sorted(p.stem for p in [*BPF_DIR.glob("*.c"), *BPF_DIR.glob("*.s")])
+    assert len(sources) >= 14
     for name in sources:
         committed = BPF_DIR / f"{name}.o"
         assert committed.exists(), f"{committed} is not built: run make -C bpf and commit it"
@@ -506,6 +588,10 @@ def test_committed_objects_match_a_rebuild(tmp_path: Path, pin_dir: Path, fd_gua
         assert _summary(fresh) == _summary(ebpf.CollectionSpec.from_file(committed)), (
             f"bpf/{name}.o is stale: run make -C bpf and commit it"
         )
+        # every program loads, except those that refer to what the object does not define
+        # (bpf/unresolved.c, on purpose)
+        loadable = [n for n, p in fresh.programs.items() if not p.unresolved]
+        assert len(loadable) == len(fresh.programs) - (name == "unresolved")
         opts = ebpf.CollectionOptions(pin_path=pin_dir)
-        with ebpf.Collection(fresh, opts) as coll:
-            assert set(coll.programs) == set(fresh.programs)
+        with load_subset(fresh, opts, loadable, fresh.maps) as coll:
+            assert set(coll.programs) == set(loadable)
