@@ -12,7 +12,6 @@ reason (the same errno, or a missing attach target where libbpf reports ESRCH).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import struct
 import subprocess
@@ -24,51 +23,9 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf.errors import AttachTargetError, SyscallError
+from tests.ebpf.conftest import extract_objects
 
 pytestmark = pytest.mark.kernel
-
-
-def extract_objects(binary: bytes) -> list[bytes]:
-    """The eBPF ELF objects embedded in a binary."""
-    found = []
-    pos = 0
-    while (pos := binary.find(b"\x7fELF", pos + 1)) > 0:
-        hdr = binary[pos : pos + 64]
-        if len(hdr) < 64 or hdr[4] != 2 or hdr[5] != 1:
-            continue
-        if struct.unpack_from("<H", hdr, 18)[0] != 247:
-            continue
-        (shoff,) = struct.unpack_from("<Q", hdr, 40)
-        shentsize, shnum = struct.unpack_from("<HH", hdr, 58)
-        found.append(binary[pos : pos + shoff + shnum * shentsize])
-    return found
-
-
-@pytest.fixture(scope="session")
-def tool_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Distinct objects from libbpf-tools, extracted once per session."""
-    listing = subprocess.run(["dpkg", "-L", "libbpf-tools"], capture_output=True, text=True)
-    if listing.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("libbpf-tools is not installed (.ci/setup installs it)")
-        pytest.skip("libbpf-tools is not installed")
-    out = tmp_path_factory.mktemp("libbpf-tools")
-    seen: set[str] = set()
-    paths: list[Path] = []
-    for f in sorted(listing.stdout.split()):
-        p = Path(f)
-        if "/sbin/" not in f or not p.is_file() or p.is_symlink():
-            continue
-        for i, data in enumerate(extract_objects(p.read_bytes())):
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in seen:
-                continue
-            seen.add(digest)
-            path = out / f"{p.name}{f'.{i}' if i else ''}.bpf.o"
-            path.write_bytes(data)
-            paths.append(path)
-    assert paths, "libbpf-tools binaries embed no eBPF objects?"
-    return paths
 
 
 def normalize(xlated: bytes) -> bytes:
@@ -102,6 +59,7 @@ class Outcome:
     detail: str  # "ok", or why not
     errno: int = 0
     xlated: dict[str, bytes] | None = None
+    log: str = ""  # libbpf's messages (warnings and errors)
 
 
 def load_with_libbpf(harness: Path, path: Path, pin_root: Path | None = None) -> Outcome:
@@ -134,7 +92,8 @@ def load_with_libbpf(harness: Path, path: Path, pin_root: Path | None = None) ->
     try:
         if err is not None:
             why = next((ln for ln in reversed(log) if "failed" in ln or "rror" in ln), "")
-            return Outcome(False, f"{errno.errorcode.get(err[1], err[1])}: {why}", err[1])
+            code = errno.errorcode.get(err[1], str(err[1]))
+            return Outcome(False, f"{code}: {why}", err[1], log="\n".join(log))
         xlated = {}
         for name, prog_id in progs.items():
             with ebpf.Program.from_id(prog_id) as prog:
