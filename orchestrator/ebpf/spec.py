@@ -12,7 +12,7 @@ import difflib
 import enum
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -415,6 +415,43 @@ class CollectionSpec:
             self.map_replacements[name] = existing
 
     # ------------------------------------------------------------------ binding
+
+    def subset(
+        self, programs: Iterable[str], maps: Iterable[str] = ()
+    ) -> tuple[list[str], list[str]]:
+        """The programs and maps that loading only ``programs`` and ``maps`` creates
+        (``load_and_assign``, ``programs:`` in a manifest): the maps their instructions
+        refer to, and what the prog arrays and maps of maps among those hold, transitively.
+        Pure: nothing is loaded."""
+        progs: set[str] = set()
+        found: set[str] = set()
+        todo_progs, todo_maps = list(programs), list(maps)
+        for name in todo_progs:
+            if name not in self.programs:
+                raise SpecError(
+                    f"program {name}: not in object{_hint(name, sorted(self.programs))}"
+                )
+        for name in todo_maps:
+            if name not in self.maps:
+                raise SpecError(f"map {name}: not in object{_hint(name, sorted(self.maps))}")
+        while todo_progs or todo_maps:
+            if todo_progs:
+                name = todo_progs.pop()
+                if name not in progs:
+                    progs.add(name)
+                    todo_maps.extend(m for m in self.programs[name].maps if m in self.maps)
+                continue
+            name = todo_maps.pop()
+            if name in found:
+                continue
+            found.add(name)
+            spec = self.maps[name]
+            held = [e.value for e in spec.contents if isinstance(e.value, str)]
+            if spec.type == MapType.PROG_ARRAY:
+                todo_progs.extend(h for h in held if h in self.programs)
+            else:
+                todo_maps.extend(h for h in held if h in self.maps)
+        return sorted(progs), sorted(found)
 
     def assign(self, target: T) -> T:
         """Set the fields of ``target`` bound with :func:`bind` to specs of this collection."""

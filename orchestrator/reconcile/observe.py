@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import AttachType, MapType, ProgType
+from orchestrator.ebpf import AttachType, ProgType
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import FileError, SyscallError
@@ -498,31 +498,9 @@ def _held_map(
 def held_maps(spec: CollectionSpec, programs: Iterable[str]) -> frozenset[str]:
     """The maps that loading ``programs`` of ``spec`` leaves held by programs: those the
     programs refer to, the programs and maps in the initial contents of those maps (prog
-    arrays, maps of maps), and theirs, transitively. Nothing else outlives the load unless it
-    is pinned."""
-    todo = list(programs)
-    progs = set(todo)
-    maps: set[str] = set()
-    while todo:
-        p = spec.programs.get(todo.pop())
-        if p is None:
-            continue
-        stack = sorted(p.maps)
-        while stack:
-            name = stack.pop()
-            ms = spec.maps.get(name)
-            if name in maps or ms is None:
-                continue
-            maps.add(name)
-            for e in ms.contents:
-                if not isinstance(e.value, str):
-                    continue
-                if ms.type == MapType.PROG_ARRAY:
-                    if e.value not in progs:
-                        progs.add(e.value)
-                        todo.append(e.value)
-                else:
-                    stack.append(e.value)
+    arrays, maps of maps), and theirs, transitively (:meth:`CollectionSpec.subset`). Nothing
+    else outlives the load unless it is pinned."""
+    _, maps = spec.subset([p for p in programs if p in spec.programs])
     return frozenset(maps)
 
 
@@ -714,9 +692,16 @@ def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules | None 
 
 
 def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape]:
-    """The shape of every map of ``d``'s object after ``max_entries`` overrides."""
+    """The shape of every map ``d`` creates, after ``max_entries`` overrides: all of the
+    object's, or with a program binding only what the bound programs and the maps the
+    manifest names (not substituted) need, as the transaction loads them."""
+    names: Iterable[str] = spec.maps
+    if d.programs is not None:
+        named = [m for m, mo in d.maps.items() if m in spec.maps and mo.source_from is None]
+        _, names = spec.subset([p for p in d.programs if p in spec.programs], named)
     out = {}
-    for name, m in spec.maps.items():
+    for name in names:
+        m = spec.maps[name]
         mo = d.maps.get(name)
         max_entries = mo.max_entries if mo is not None and mo.max_entries else m.max_entries
         out[name] = map_shape(m, max_entries)
@@ -784,12 +769,14 @@ def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionF
                 f"program {n} (section {p.section}): {kind} programs are not supported on "
                 f"this kernel: {support.reason}{_alternative(p.type, p.attach_type)}"
             )
+    maps = map_shapes(d, spec)
     return CollectionFacts(
         programs=names,
         object_sha256=info.sha256,
-        maps=map_shapes(d, spec),
+        maps=maps,
         problems=tuple(problems),
         held=held_maps(spec, names),
+        unused_maps=tuple(m for m in spec.maps if m not in maps),
     )
 
 

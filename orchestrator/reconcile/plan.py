@@ -753,14 +753,20 @@ class _Planner:
         rec = actual.record if actual is not None else None
         old_maps = rec.maps if rec is not None else {}
         gen = rec.generation + 1 if rec is not None else 1
-        known = facts is not None and bool(facts.maps)
+        known = facts is not None and (bool(facts.maps) or bool(facts.object_sha256))
         names = set(facts.maps) if facts is not None and known else set(d.maps) | set(old_maps)
+        unused = set(facts.unused_maps) if facts is not None else set()
         for mname in sorted(names | set(old_maps)):
             mo = d.maps.get(mname)
             old = old_maps.get(mname)
             src = mo.source if mo is not None and mo.source is not None else d.source
             if mname not in names:
-                self.add(Op.DELETE, "map", d.name, mname, "no longer in the object", src)
+                gone = (
+                    "no program in spec.programs uses it"
+                    if mname in unused
+                    else "no longer in the object"
+                )
+                self.add(Op.DELETE, "map", d.name, mname, gone, src)
                 continue
             if mo is not None and mo.source_from is not None:
                 sf = mo.source_from

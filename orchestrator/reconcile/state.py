@@ -359,6 +359,7 @@ class CollectionFacts:
     # maps the loaded programs hold (they refer to them, or hold them through a prog array
     # or a map of maps); None: not known
     held: frozenset[str] | None = None
+    unused_maps: tuple[str, ...] = ()  # in the object, but no bound program needs them
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator import ebpf
+from orchestrator.ebpf.collection import load_subset
 from orchestrator.ebpf.sys import UpdateFlags
 from tests import maptypes
 
@@ -590,3 +591,58 @@ def test_no_fd_leak_after_many_loads(compile_bpf: Build) -> None:
         with load(compile_bpf, TAILCALL) as coll:
             coll.programs["entry"].test_run(PACKET)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+SUBSET = (
+    HEADER
+    + """
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } a_only SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } tail_only SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } b_only SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32);
+         __uint(max_entries, 1); } inner SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); __uint(max_entries, 1); __type(key, __u32);
+         __array(values, struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32);
+                                  __type(value, __u32); __uint(max_entries, 1); });
+} outer SEC(".maps") = { .values = { &inner } };
+const volatile __u32 limit = 3;
+__u64 counter;
+
+static __always_inline void bump(void *map)
+{ __u32 k = 0; __u64 *v = bpf_map_lookup_elem(map, &k); if (v) *v += 1; }
+
+SEC("xdp") int tail(struct xdp_md *ctx) { bump(&tail_only); return XDP_PASS; }
+
+struct { __uint(type, BPF_MAP_TYPE_PROG_ARRAY); __uint(max_entries, 1); __type(key, __u32);
+         __array(values, int (void *)); } jumps SEC(".maps") = { .values = { [0] = &tail } };
+
+SEC("xdp") int a(struct xdp_md *ctx)
+{ bump(&a_only); bpf_tail_call(ctx, &jumps, 0); return limit; }
+SEC("xdp") int b(struct xdp_md *ctx)
+{ __u32 k = 0; bump(&b_only); counter++; return bpf_map_lookup_elem(&outer, &k) ? 1 : 2; }
+"""
+)
+
+
+def test_subset_is_what_a_partial_load_creates(compile_bpf: Build, fd_guard: None) -> None:
+    """``subset`` (what plans list for ``programs:``) names exactly the programs and maps a
+    partial load creates: the maps the programs use, what prog arrays and maps of maps among
+    them hold, transitively, and the maps asked for."""
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(SUBSET))
+    cases = [
+        (["a"], [], ["a", "tail"], [".rodata", "a_only", "jumps", "tail_only"]),
+        (["b"], [], ["b"], [".bss", "b_only", "inner", "outer"]),
+        (["b"], ["a_only"], ["b"], [".bss", "a_only", "b_only", "inner", "outer"]),
+        ([], ["jumps"], ["tail"], ["jumps", "tail_only"]),
+    ]
+    for programs, maps, want_programs, want_maps in cases:
+        assert spec.subset(programs, maps) == (want_programs, want_maps), (programs, maps)
+        with load_subset(spec, None, programs, maps) as coll:
+            assert (sorted(coll.programs), sorted(coll.maps)) == (want_programs, want_maps)
+    with pytest.raises(ebpf.SpecError, match=r"program c: not in object \(it has: a, b, tail\)"):
+        spec.subset(["c"])
+    with pytest.raises(ebpf.SpecError, match=r"map a_onyl: not in object \(did you mean a_only"):
+        spec.subset([], ["a_onyl"])

@@ -582,3 +582,56 @@ def _fields(rec: CollectionRecord) -> dict[str, object]:
     import dataclasses
 
     return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+
+
+def test_partial_load_lists_only_the_maps_it_creates(compile_bpf) -> None:  # type: ignore[no-untyped-def]
+    """With programs: [..], the plan lists the maps the bound programs (and the maps the
+    manifest names) need, not every map in the object; a map the previous generation had
+    and the new one does not create is destroyed, saying why."""
+    from dataclasses import replace
+
+    from orchestrator.ebpf import CollectionSpec
+    from orchestrator.reconcile.observe import map_shapes
+
+    src = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } used SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } other SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 8); } named SEC(".maps");
+SEC("xdp") int bound(struct xdp_md *c)
+{ __u32 k = 0; return bpf_map_lookup_elem(&used, &k) ? 2 : 1; }
+SEC("xdp") int unbound(struct xdp_md *c)
+{ __u32 k = 0; return bpf_map_lookup_elem(&other, &k) ? 2 : 1; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+    spec = CollectionSpec.from_file(compile_bpf(src))
+    every = coll("a")
+    assert sorted(map_shapes(every, spec)) == ["named", "other", "used"]
+    bound = replace(coll("a", maps={"named": MapOptions("named", pin=True)}), programs=("bound",))
+    shapes = map_shapes(bound, spec)
+    assert sorted(shapes) == ["named", "used"]
+    assert shapes["used"] == MapShape(type=2, key_size=4, value_size=8, max_entries=1, flags=0)
+    assert sorted(map_shapes(replace(bound, maps={}), spec)) == ["used"]
+
+    facts = Facts(
+        collections={
+            "a": CollectionFacts(
+                programs=("bound",), object_sha256="s", maps=shapes, unused_maps=("other",)
+            )
+        }
+    )
+    p = plan(desired(bound), actual(facts=facts))
+    assert [c.name for c in p.changes if c.kind == "map"] == ["named", "used"]
+    old = record(
+        "a",
+        maps={n: MapRecord(n, 10 + i, ARRAY, f"maps/{n}") for i, n in enumerate(shapes)}
+        | {"other": MapRecord("other", 20, ARRAY, "maps/other")},
+    )
+    p = plan(desired(replace(bound, digest="d2")), actual(old, facts=facts))
+    c = p.change("a", "map", "other")
+    assert c is not None and c.op is Op.DELETE
+    assert c.reason == "no program in spec.programs uses it"
