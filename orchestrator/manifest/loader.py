@@ -552,6 +552,7 @@ class _Checker:
                     f"object has no program {quote(name)}",
                     _hint(name, progs),
                 )
+        self.loadable(e, spec)
         if c.constants:
             probe = spec.copy()
             consts = sorted(n for n, var in spec.variables.items() if var.constant)
@@ -650,6 +651,33 @@ class _Checker:
             bad = misfit(prog, a.target)
             if bad is not None:
                 self.problem(e, ("spec", "attach", i, a.kind), bad.reason, bad.hint, key=True)
+
+    def loadable(self, e: _Entry, spec: CollectionSpec) -> None:
+        """Programs to load that the object itself keeps from loading: a reference to a
+        symbol no section defines (or another unresolvable relocation), an unknown section."""
+        c = e.coll
+        chosen = (
+            list(c.programs)
+            if c.programs is not None
+            else [n for n, p in spec.programs.items() if p.autoload]
+        )
+        for i, name in enumerate(chosen):
+            prog = spec.programs.get(name)
+            if prog is None:
+                continue
+            if prog.unresolved:
+                why = str(prog.unresolved[0])
+            elif not prog.known_section:
+                why = f"section '{prog.section}' names no known program type"
+            else:
+                continue
+            if c.programs is not None:
+                path: PathKey = ("spec", "programs", i)
+                hint = "remove it from spec.programs, or fix the object"
+            else:
+                path = ("spec", "object")
+                hint = "list the programs to load in spec.programs"
+            self.problem(e, path, f"program '{name}' cannot be loaded: {why}", hint)
 
     def max_entries(self, e: _Entry, path: PathKey, m: MapSpec, value: int) -> None:
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import BPF_DIR
+
 HEADER = """
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -211,6 +213,8 @@ def objdir(compile_bpf: Callable[..., Path], tmp_path_factory: pytest.TempPathFa
         ("hash_user.o", OTHER_KIND),
     ):
         shutil.copyfile(compile_bpf(source), out / name)
+    # asm_const refers to a symbol no section defines
+    shutil.copyfile(BPF_DIR / "unresolved.o", out / "unresolved.o")
     return out
 
 

@@ -289,6 +289,29 @@ CASES = [
         ),
     ),
     one(
+        "program-binding-cannot-load",
+        H.replace("net.o", "unresolved.o") + "  programs: [counted, asm_const]\n",
+        (
+            6,
+            23,
+            "spec.programs[1]",
+            "program 'asm_const' cannot be loaded: instruction 0: symbol MY_CONST is defined "
+            "in no section of the object",
+            "remove it from spec.programs",
+        ),
+    ),
+    one(
+        "program-by-default-cannot-load",
+        H.replace("net.o", "unresolved.o"),
+        (
+            5,
+            11,
+            "spec.object",
+            "program 'asm_const' cannot be loaded: instruction 0: symbol MY_CONST",
+            "list the programs to load in spec.programs",
+        ),
+    ),
+    one(
         "unknown-map",
         H + "  maps:\n    countres: {pin: true}\n",
         (7, 5, "spec.maps.countres", "object has no map 'countres'", "did you mean 'counters'?"),
