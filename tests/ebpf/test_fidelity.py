@@ -50,11 +50,11 @@ CILIUM_TESTDATA = cilium.CILIUM_SRC / "testdata"
 MIN_EQUAL_PROGRAMS = 50  # programs both cilium and bpforch load, compared equal (57 here)
 
 WRONG = "cilium 0.9.1 is wrong"
-LACKS = "cilium 0.9.1 lacks the feature"
+LACKS = "cilium 0.9.1 lacks"
 LIBBPF = "libbpf's rule wins"
-LIBBPF_REFUSES = "libbpf 1.1 refuses it"
-KERNEL = "this kernel refuses it"
-OBJECT = "the object cannot load as it is"
+LIBBPF_REFUSES = "libbpf 1.1 refuses"
+KERNEL = "this kernel refuses"
+OBJECT = "the object has"
 
 
 @dataclass(frozen=True)
@@ -76,25 +76,24 @@ WHY: tuple[Why, ...] = (
     # cilium/ebpf 0.9.1 fails where bpforch goes further
     Why(
         LACKS,
-        "it cannot read this kernel's BTF (BTF_KIND_ENUM64, Linux 6.0): no CO-RE, no BTF "
-        "attach targets",
+        "this kernel's BTF (ENUM64, Linux 6.0), so no CO-RE and no BTF attach targets",
         ("cilium",),
         r"unknown kind: Unknown \(19\)",
     ),
-    Why(LACKS, "no __kconfig externs", ("cilium",), r"reference to \.kconfig: not supported"),
+    Why(LACKS, "__kconfig externs", ("cilium",), r"reference to \.kconfig: not supported"),
     Why(
         LACKS,
-        "data sections other than .data, .bss and .rodata* (here .data.custom)",
+        "data sections other than .data, .bss and .rodata*",
         ("cilium",),
         r'reference to "d_custom" in section SHN_UNDEF\+\d+: not supported',
     ),
     Why(
         LACKS,
-        "legacy map definitions of different sizes in one section",
+        "legacy map definitions of different sizes",
         ("cilium",),
         r"missing symbol for map at offset",
     ),
-    Why(LACKS, "the map_extra field (bloom filters)", ("cilium",), r"unrecognized field map_extra"),
+    Why(LACKS, "map_extra (bloom filters)", ("cilium",), r"unrecognized field map_extra"),
     Why(
         LACKS,
         "string literals (.rodata.str1.1)",
@@ -103,8 +102,7 @@ WHY: tuple[Why, ...] = (
     ),
     Why(
         LACKS,
-        "trailing legacy map fields it does not interpret (iproute2's id, pinning, inner map "
-        "index), which bpforch ignores as iproute2 does",
+        "trailing legacy map fields (iproute2's), which bpforch ignores as iproute2 does",
         ("cilium",),
         r"extra contains unhandled non-zero bytes",
     ),
@@ -116,8 +114,7 @@ WHY: tuple[Why, ...] = (
     ),
     Why(
         WRONG,
-        "it creates prog arrays with BTF key and value types, which the kernel refuses (libbpf "
-        "and bpforch create them without)",
+        "it creates prog arrays with BTF types, which the kernel refuses",
         ("cilium",),
         r"map jump_table: map create: invalid argument$",
     ),
@@ -129,24 +126,22 @@ WHY: tuple[Why, ...] = (
     ),
     Why(
         WRONG,
-        "it writes and freezes .rodata only after the programs are verified, so the verifier "
-        "cannot drop code that depends on constants (bpforch, loaded that way, gives the same "
-        "instructions)",
+        "it freezes .rodata after verifying the programs, so constants prune no code (loaded "
+        "that way, bpforch's xlated is the same)",
         ("xlated",),
         r"equal with \.rodata unfrozen",
     ),
     # bpforch refuses what cilium/ebpf loads
     Why(
         WRONG,
-        "it loads an instruction that refers to a symbol no section defines, with 0 in its "
-        "place; bpforch refuses that program, naming the instruction and the symbol",
+        "it loads a reference to an undefined symbol as 0; bpforch refuses that program",
         ("bpforch",),
         r"symbol MY_CONST is defined in no section of the object",
     ),
     # section names
     Why(
         LIBBPF,
-        "a bare kprobe section is a kprobe program; cilium 0.9.1 needs kprobe/NAME",
+        "a bare kprobe section is a kprobe program (cilium needs kprobe/NAME)",
         ("spec", "cilium"),
         r"program blk_account_io_(done|start): (\(0, 0, 'kprobe', ''\) != \(2, 0, 'kprobe', "
         r"''\)|program type is unspecified)",
@@ -160,7 +155,7 @@ WHY: tuple[Why, ...] = (
     ),
     Why(
         LIBBPF_REFUSES,
-        "cilium/ebpf's section names (socket/NAME)",
+        "socket/NAME sections",
         ("libbpf",),
         r"missing BPF prog type, check ELF section name 'socket/tail'",
     ),
@@ -173,7 +168,7 @@ WHY: tuple[Why, ...] = (
     # every loader fails
     Why(
         OBJECT,
-        "a symbol no section defines",
+        "an undefined symbol",
         ("libbpf", "cilium", "bpforch"),
         r"failed to find BTF for extern '(MY_CONST|fwd)'|symbol \"fwd\": unsatisfied program "
         r"reference|symbol fwd is defined in no section",
@@ -193,7 +188,7 @@ WHY: tuple[Why, ...] = (
     ),
     Why(
         OBJECT,
-        "a map sized by its tool at run time (max_entries 0): EINVAL",
+        "a map its tool sizes at run time (max_entries 0): EINVAL",
         ("libbpf", "cilium", "bpforch"),
         r"map '(stackmap|start)': failed to create: Invalid argument|map (stackmap|start): "
         r"(map create without BTF|create): invalid argument|map \w+: map create: invalid "
@@ -201,13 +196,13 @@ WHY: tuple[Why, ...] = (
     ),
     Why(
         OBJECT,
-        "freplace needs its target program from the loading application",
+        "freplace needs a target program from its application",
         ("libbpf",),
         r"prog 'replacement': attach program FD is not set",
     ),
     Why(
         OBJECT,
-        "it calls a GPL-only helper without a GPL-compatible license",
+        "a GPL-only helper under a non-GPL license",
         ("libbpf", "bpforch"),
         r"prog 'filter': BPF program load failed: Invalid argument|cannot call GPL-restricted "
         r"function from non-GPL compatible program",
@@ -221,13 +216,13 @@ WHY: tuple[Why, ...] = (
     ),
     Why(
         KERNEL,
-        "attach target not in the kernel's BTF",
+        "an attach target not in its BTF",
         ("libbpf", "bpforch"),
         r"failed to find kernel BTF type ID of|the kernel's btf has no func named",
     ),
     Why(
         KERNEL,
-        "reachable CO-RE relocation this kernel cannot satisfy",
+        "a reachable CO-RE relocation it cannot satisfy",
         ("libbpf", "bpforch"),
         r"prog '(ipv4_bind_exit|do_sample)': BPF program load failed: Invalid argument|co-re "
         r"relocation .* cannot be satisfied",
@@ -541,11 +536,18 @@ def test_fidelity(rows: list[Row], capsys: pytest.CaptureFixture[str]) -> None:
         counts = {
             who: sum(getattr(r, who).whole for r in rows) for who in ("libbpf", "cilium", "bpforch")
         }
+        progs = {
+            who: sum(len(getattr(r, who).loaded()) for r in rows)
+            for who in ("libbpf", "cilium", "bpforch")
+        }
         equal = sum(ok for r in rows for ok in r.xlated.values())
+        unfrozen = sum(not ok for r in rows for ok in r.xlated.values())
         print(
             f"{len(rows)} objects: libbpf loads {counts['libbpf']}, cilium/ebpf "
-            f"{counts['cilium']}, bpforch {counts['bpforch']} whole; {equal} programs loaded "
-            "by cilium and bpforch with equal translated instructions"
+            f"{counts['cilium']}, bpforch {counts['bpforch']} whole; programs loaded: libbpf "
+            f"{progs['libbpf']}, cilium/ebpf {progs['cilium']}, bpforch {progs['bpforch']}; "
+            f"of those both cilium and bpforch load, {equal} have equal translated instructions "
+            f"and {unfrozen} the same once bpforch too verifies before freezing .rodata"
         )
     problems = [f"{r.name}: {u}" for r in rows for u in r.unexplained]
     assert not problems, "\n".join(problems)
