@@ -689,13 +689,18 @@ class _Reader:
                     raise ParseError(f"function {sym.name}: bad offset {sym.value}")
                 named.setdefault(sym.value // INSN_SIZE, sym)  # aliases: the first one
             sized = [(i, i + s.size // INSN_SIZE) for i, s in named.items() if s.size]
-            if targets is None:
-                targets = self._call_targets()
-            unnamed = {
-                t
-                for t in targets.get(sec.index, ())
-                if 0 <= t < slots and t not in named and not any(lo <= t < hi for lo, hi in sized)
-            }
+            unnamed: set[int] = set()
+            if not _tiles(sized, slots, len(named)):
+                # untyped symbols, or code no symbol covers: calls may start functions
+                if targets is None:
+                    targets = self._call_targets()
+                unnamed = {
+                    t
+                    for t in targets.get(sec.index, ())
+                    if 0 <= t < slots
+                    and t not in named
+                    and not any(lo <= t < hi for lo, hi in sized)
+                }
             starts = sorted(set(named) | unnamed)
             for k, start in enumerate(starts):
                 following = starts[k + 1] if k + 1 < len(starts) else slots
@@ -980,6 +985,19 @@ class _Reader:
             for cr in _ext_slice(idx.core_relos, ext.core_relos, sec, fn):
                 core_relos.append(_shift(cr, delta))
         return func_infos, line_infos, core_relos
+
+
+def _tiles(sized: list[tuple[int, int]], slots: int, named: int) -> bool:
+    """Whether every named function has a size and together they cover the section's
+    ``slots`` instructions without a gap (what compilers since clang 10 emit)."""
+    if len(sized) != named:
+        return False
+    end = 0
+    for lo, hi in sorted(sized):
+        if lo > end:
+            return False
+        end = max(end, hi)
+    return end >= slots
 
 
 def _interesting(fn: _Function, relocs: dict[int, _Symbol]) -> list[int]:
