@@ -11,7 +11,8 @@ The normal form (what "equal" means between the two loaders):
   bpforch create what the object says (entries past the last CPU are never used); its key
   and value sizes, when the object leaves them 0, count as 4 (what the kernel takes: bpforch
   fills them in when it reads the object, cilium when it creates the map);
-- **programs**: type, attach type, section, attach target, and the instructions. An xdp
+- **programs**: type, attach type, section, attach target, license, kernel version (the
+  ``version`` section), and the instructions. An xdp
   program's attach type ``BPF_XDP`` counts as none: libbpf (and bpforch) set it for
   ``SEC("xdp")``, cilium 0.9.1 leaves it 0, and the kernel loads and attaches both alike. cilium
   counts an ld_imm64 as one instruction where bpforch keeps the kernel's two slots, so both
@@ -287,10 +288,12 @@ def xlated(raw: bytes, shape_of: Callable[[int], tuple[int, ...]]) -> list[list[
 # ------------------------------------------------------------------------------ specs
 
 
-def _program_norm(ptype: int, attach: int, section: str, attach_to: str) -> Norm:
+def _program_norm(
+    ptype: int, attach: int, section: str, attach_to: str, license_: str, version: int
+) -> Norm:
     if ptype == int(ebpf.ProgType.XDP) and attach == int(ebpf.AttachType.XDP):
         attach = 0
-    return (ptype, attach, section, attach_to)
+    return (ptype, attach, section, attach_to, license_, version)
 
 
 def _map_norm(
@@ -357,7 +360,7 @@ def cilium_map(m: Mapping[str, Any]) -> Norm:
 @dataclass
 class NormSpec:
     maps: dict[str, Norm]
-    programs: dict[str, Norm]  # (type, attach type, section, attach_to)
+    programs: dict[str, Norm]  # (type, attach type, section, attach_to, license, version)
     code: dict[str, list[list[Norm]]]
     variables: dict[str, Norm]
 
@@ -371,6 +374,8 @@ def ours_spec(spec: ebpf.CollectionSpec) -> NormSpec:
                 int(p.attach_type) if p.attach_type is not None else 0,
                 p.section,
                 p.attach_to,
+                p.license,
+                p.kernel_version,
             )
             for n, p in spec.programs.items()
         },
@@ -387,7 +392,14 @@ def cilium_spec(data: Mapping[str, Any]) -> NormSpec:
     return NormSpec(
         maps={n: cilium_map(m) for n, m in data["maps"].items()},
         programs={
-            n: _program_norm(p["type"], p["attach_type"], p["section"], p["attach_to"])
+            n: _program_norm(
+                p["type"],
+                p["attach_type"],
+                p["section"],
+                p["attach_to"],
+                p["license"],
+                p["kernel_version"],
+            )
             for n, p in data["programs"].items()
         },
         code={n: cilium_program(p["instructions"]) for n, p in data["programs"].items()},

@@ -3,7 +3,8 @@
 The objects: everything in ``bpf/`` (the objects in cilium/ebpf's conventions included:
 ``cilium_sections``, ``unresolved``, ``old_clang``), libxdp1's objects, the objects embedded
 in Debian's libbpf-tools, and cilium/ebpf's own test objects (``testdata/*-el.elf`` of
-Debian's golang-github-cilium-ebpf-dev, read where the package installs them).
+Debian's golang-github-cilium-ebpf-dev, read where the package installs them, and one
+big-endian one).
 
 - libbpf loads each object with ``harness/libbpf_load.c`` (all or nothing);
 - cilium/ebpf reads and loads each with ``harness/cilium_load.go`` (built here, see
@@ -143,8 +144,8 @@ WHY: tuple[Why, ...] = (
         LIBBPF,
         "a bare kprobe section is a kprobe program (cilium needs kprobe/NAME)",
         ("spec", "cilium"),
-        r"program blk_account_io_(done|start): (\(0, 0, 'kprobe', ''\) != \(2, 0, 'kprobe', "
-        r"''\)|program type is unspecified)",
+        r"program blk_account_io_(done|start): (\(0, 0, 'kprobe', '', 'GPL', 0\) != \(2, 0, "
+        r"'kprobe', '', 'GPL', 0\)|program type is unspecified)",
     ),
     # libbpf 1.1 refuses
     Why(
@@ -166,6 +167,13 @@ WHY: tuple[Why, ...] = (
         r"legacy map definitions in 'maps' section are not supported",
     ),
     # every loader fails
+    Why(
+        OBJECT,
+        "big-endian code (this machine is little-endian)",
+        ("libbpf", "cilium", "bpforch"),
+        r"elf: endianness mismatch|can't load BigEndian (program|BTF) on LittleEndian|big-endian "
+        r"objects are not supported",
+    ),
     Why(
         OBJECT,
         "an undefined symbol",
@@ -446,6 +454,8 @@ def compare(row: Row, spec: ebpf.CollectionSpec | None, cilium_spec: Any, pins: 
 def _objects(tool_objects: list[Path]) -> list[tuple[str, Path]]:
     libxdp = sorted(LIBXDP_DIR.glob("*.o"))
     testdata = sorted(CILIUM_TESTDATA.glob("*-el.elf"))
+    if testdata:  # and one big-endian object: everyone refuses it, saying why
+        testdata.append(CILIUM_TESTDATA / "loader-eb.elf")
     missing = [
         what
         for what, found in (("libxdp1", libxdp), ("golang-github-cilium-ebpf-dev", testdata))

@@ -54,13 +54,14 @@ type mapJSON struct {
 }
 
 type progJSON struct {
-	Type         uint32     `json:"type"`
-	AttachType   uint32     `json:"attach_type"`
-	AttachTo     string     `json:"attach_to"`
-	Section      string     `json:"section"`
-	Flags        uint32     `json:"flags"`
-	License      string     `json:"license"`
-	Instructions []insnJSON `json:"instructions"`
+	Type          uint32     `json:"type"`
+	AttachType    uint32     `json:"attach_type"`
+	AttachTo      string     `json:"attach_to"`
+	Section       string     `json:"section"`
+	Flags         uint32     `json:"flags"`
+	License       string     `json:"license"`
+	KernelVersion uint32     `json:"kernel_version"`
+	Instructions  []insnJSON `json:"instructions"`
 }
 
 type varJSON struct {
@@ -116,13 +117,14 @@ func describeMap(m *ebpf.MapSpec) *mapJSON {
 
 func describeProgram(p *ebpf.ProgramSpec) progJSON {
 	out := progJSON{
-		Type:         uint32(p.Type),
-		AttachType:   uint32(p.AttachType),
-		AttachTo:     p.AttachTo,
-		Section:      p.SectionName,
-		Flags:        p.Flags,
-		License:      p.License,
-		Instructions: []insnJSON{},
+		Type:          uint32(p.Type),
+		AttachType:    uint32(p.AttachType),
+		AttachTo:      p.AttachTo,
+		Section:       p.SectionName,
+		Flags:         p.Flags,
+		License:       p.License,
+		KernelVersion: p.KernelVersion,
+		Instructions:  []insnJSON{},
 	}
 	for _, ins := range p.Instructions {
 		out.Instructions = append(out.Instructions, insnJSON{
