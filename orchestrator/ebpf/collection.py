@@ -284,7 +284,10 @@ class _Loader:
                     ),
                 )
             except VerifierError as err:
-                raise self._poison_error(name, err) from err
+                core = self._poison_error(name, err)
+                if core is err:
+                    raise
+                raise core from err
             except SyscallError as err:
                 if err.errno == errno.EPERM and _trampoline(spec):
                     raise PermissionDeniedError(
@@ -363,6 +366,7 @@ class _Loader:
             func_info_count=nfunc,
             line_info=line_info,
             line_info_count=nline,
+            line_infos=spec.line_infos,
         )
 
     def _relocate_core(self, spec: ProgramSpec, raw: bytearray) -> None:
@@ -395,6 +399,8 @@ class _Loader:
             err.log,
             name,
             relo,
+            line_infos=err.line_infos,
+            truncated=err.truncated,
         )
 
     def _resolve_extern(self, spec: ProgramSpec, raw: bytearray, idx: int, name: str) -> None:

@@ -10,6 +10,12 @@ from __future__ import annotations
 import errno as _errno
 import os
 import reprlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.btf_ext import LineInfo
+    from orchestrator.ebpf.verifier import Diagnosis, Rejection, SourceLine
 
 QUOTE_MAX = 80  # characters of a value that an error message shows
 
@@ -80,17 +86,84 @@ class PermissionDeniedError(SyscallError):
 
 
 class VerifierError(SyscallError):
-    """The kernel's verifier rejected a program. ``log`` holds the full verifier log."""
+    """The kernel's verifier rejected a program.
 
-    def __init__(self, message: str, errno: int, log: str, program: str = "") -> None:
+    ``log`` holds the verifier log (``truncated``: only its tail, when the whole log would
+    have been larger than the loader keeps by default); ``line_infos`` the line info records
+    submitted with the program. The rejection, explained (see
+    :mod:`orchestrator.ebpf.verifier`): ``reason`` (the verifier's decisive message),
+    ``kind`` (its class, None if unknown) with ``explanation`` and ``fix``, ``insn`` (the
+    instruction it is about) and ``source`` (that instruction's C source line)."""
+
+    def __init__(
+        self,
+        message: str,
+        errno: int,
+        log: str,
+        program: str = "",
+        *,
+        line_infos: Sequence[LineInfo] = (),
+        truncated: bool = False,
+        diagnosis: Diagnosis | None = None,
+    ) -> None:
         super().__init__(message, errno)
         self.log = log
         self.program = program
+        self.line_infos = tuple(line_infos)
+        self.truncated = truncated
+        self._diagnosis = diagnosis
 
-    def summary(self, lines: int = 8) -> str:
-        """The last lines of the log, which usually say why."""
+    @property
+    def diagnosis(self) -> Diagnosis:
+        if self._diagnosis is None:
+            from orchestrator.ebpf.verifier import diagnose
+
+            self._diagnosis = diagnose(self.log, self.line_infos)
+        return self._diagnosis
+
+    @property
+    def reason(self) -> str:
+        return self.diagnosis.reason
+
+    @property
+    def kind(self) -> Rejection | None:
+        return self.diagnosis.kind
+
+    @property
+    def explanation(self) -> str:
+        kind = self.diagnosis.kind
+        return kind.explanation if kind is not None else ""
+
+    @property
+    def fix(self) -> str:
+        kind = self.diagnosis.kind
+        return kind.fix if kind is not None else ""
+
+    @property
+    def insn(self) -> int | None:
+        return self.diagnosis.insn
+
+    @property
+    def source(self) -> SourceLine | None:
+        return self.diagnosis.source
+
+    def summary(self) -> str:
+        """One line: the source line, the verifier's message, the explanation and the fix
+        (``prog.c:19: return *v; -- R0 invalid mem access 'map_value_or_null': a map lookup
+        can return NULL; check the pointer before using it``)."""
+        return self.diagnosis.summary()
+
+    def tail(self, lines: int = 8) -> str:
+        """The last lines of the log (for a message no class knows, they usually say why)."""
         tail = [ln for ln in self.log.rstrip("\n").splitlines() if ln.strip()]
         return "\n".join(tail[-lines:])
+
+    def annotated_log(self) -> str:
+        """The log with the source line of each instruction before it (as ``bpftool prog
+        dump xlated linum`` shows them)."""
+        from orchestrator.ebpf.verifier import annotate
+
+        return annotate(self.log, self.line_infos)
 
 
 class PinError(Error):
@@ -102,9 +175,17 @@ class CORERelocationError(VerifierError):
     ``relocation`` describes it (kind, local type, access path)."""
 
     def __init__(
-        self, message: str, errno: int, log: str, program: str = "", relocation: str = ""
+        self,
+        message: str,
+        errno: int,
+        log: str,
+        program: str = "",
+        relocation: str = "",
+        *,
+        line_infos: Sequence[LineInfo] = (),
+        truncated: bool = False,
     ) -> None:
-        super().__init__(message, errno, log, program)
+        super().__init__(message, errno, log, program, line_infos=line_infos, truncated=truncated)
         self.relocation = relocation
 
 

@@ -8,14 +8,24 @@ import os
 from dataclasses import dataclass
 
 from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.btf_ext import LineInfo
 from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.maps import kernel_name
 from orchestrator.ebpf.sys import FD, AttachType, Cmd, ProgType
+from orchestrator.ebpf.verifier import diagnose
 
-# First retry with a log of this size; grow (x8) on ENOSPC up to the kernel's limit.
+# A failed load is retried with a log of this size. The kernel keeps the tail of a log that
+# does not fit (Linux 6.4+: the end is what explains a failure) and says how large the whole
+# log is; the loader loads once more to get all of it, up to FAILURE_LOG_SIZE unless the
+# caller asked for an instruction-level log (then up to the kernel's limit).
 DEFAULT_LOG_SIZE = 256 * 1024
+FAILURE_LOG_SIZE = 16 << 20
 MAX_LOG_SIZE = (1 << 30) - 1  # UINT_MAX >> 2, the kernel's cap on log_size
+# Log levels (linux/bpf.h): BPF_LOG_LEVEL1 (instructions walked), BPF_LOG_LEVEL2 (every
+# state), BPF_LOG_STATS (the verifier's statistics).
+LOG_LEVEL1, LOG_LEVEL2, LOG_STATS = 1, 2, 4
+_TRACE = LOG_LEVEL1 | LOG_LEVEL2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +75,17 @@ class LoadRequest:
     attach_btf_id: int = 0
     attach_btf_obj_fd: FD | None = None
     fd_array: bytes = b""
+    # the records ``line_info`` encodes, to point a verifier rejection at its source line
+    line_infos: tuple[LineInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class LogOptions:
-    level: int = 0  # 0: ask for a log only when the load fails
-    size: int = 0  # 0: DEFAULT_LOG_SIZE
+    """``level``: the log asked for on every load (0: only when a load fails, then at level
+    1); ``size``: its buffer (0: DEFAULT_LOG_SIZE); ``disabled``: never a log."""
+
+    level: int = 0
+    size: int = 0
     disabled: bool = False
 
 
@@ -99,8 +114,10 @@ class Program(Handle):
     @classmethod
     def load(cls, req: LoadRequest, log: LogOptions = LogOptions()) -> Program:
         """BPF_PROG_LOAD. Without a requested log, the first attempt runs without one (the
-        log costs verifier time); a failure is retried with a log, grown on ENOSPC, and
-        raised as :class:`VerifierError` carrying it."""
+        log costs verifier time). A failure is retried with a level-1 log (the instructions
+        walked up to the failure) and raised as :class:`VerifierError`, which explains it
+        from the log and ``req.line_infos``; the errno is the first attempt's (a log that
+        does not fit turns the kernel's answer into ENOSPC)."""
         insns = _buffer(req.instructions)
         license_ = _buffer(req.license.encode() + b"\0")
         func_info = _buffer(req.func_info)
@@ -133,18 +150,25 @@ class Program(Handle):
             attr.fd_array = ctypes.addressof(fd_array)
 
         size = log.size or DEFAULT_LOG_SIZE
-        level = log.level
-        result = _sys.prog_load(attr, size if level and not log.disabled else 0, level)
-        while result.fd is None and not log.disabled:
-            if level == 0:
-                level = 1
-            elif result.err == errno.ENOSPC and size < MAX_LOG_SIZE:
-                size = min(max(size * 8, result.log_true_size + 1), MAX_LOG_SIZE)
-            else:
-                break
-            result = _sys.prog_load(attr, size, level)
+        level = 0 if log.disabled else log.level
+        result = _sys.prog_load(attr, size if level else 0, level)
+        code = result.err
+        truncated = False
+        if result.fd is None and not log.disabled:
+            if not level & _TRACE:  # the walk that led to the failure explains it
+                level |= LOG_LEVEL1
+                result = _sys.prog_load(attr, size, level)
+            cap = MAX_LOG_SIZE if log.level & _TRACE else FAILURE_LOG_SIZE
+            while result.fd is None and result.err == errno.ENOSPC:
+                if size >= cap or result.log_true_size >= cap:
+                    truncated = True  # the kernel kept the tail, which says why
+                    break
+                size = min(max(size * 8, result.log_true_size + 1), cap)
+                result = _sys.prog_load(attr, size, level)
+            if result.err != errno.ENOSPC:
+                code = result.err
         if result.fd is None:
-            raise _load_error(req, result.err, result.log)
+            raise _load_error(req, code, result.log, truncated)
         return cls(
             result.fd,
             name=req.name,
@@ -305,15 +329,22 @@ _EMPTY = (ctypes.c_char * 1)()  # never written: the kernel only reads these buf
 _NO_REPEAT = (ProgType.RAW_TRACEPOINT, ProgType.SYSCALL)
 
 
-def _load_error(req: LoadRequest, err: int, log: str) -> SyscallError:
+def _load_error(req: LoadRequest, err: int, log: str, truncated: bool = False) -> SyscallError:
+    if log:
+        if truncated:  # a rotated log starts in the middle of a line
+            log = log.split("\n", 1)[1] if "\n" in log else ""
+        diagnosis = diagnose(log, req.line_infos)
+        return VerifierError(
+            f"program {req.name}: {diagnosis.summary()}",
+            err,
+            log,
+            req.name,
+            line_infos=req.line_infos,
+            truncated=truncated,
+            diagnosis=diagnosis,
+        )
     reason = os.strerror(err).lower()
     code = errno.errorcode.get(err, str(err))
-    last = ""
-    lines = [ln for ln in log.strip().splitlines() if ln.strip()]
-    if lines:
-        # The last line is usually a summary ("processed N insns"); the one before says why.
-        why = [ln for ln in lines if not ln.startswith(("processed ", "verification time"))]
-        last = f": {why[-1].strip()}" if why else f": {lines[-1].strip()}"
     hint = ""
     if err == errno.EPERM:
         hint = (
@@ -322,7 +353,4 @@ def _load_error(req: LoadRequest, err: int, log: str) -> SyscallError:
         )
     elif err == errno.E2BIG:
         hint = " (program too large)"
-    message = f"program {req.name}: load: {reason} ({code}){last}{hint}"
-    if log:
-        return VerifierError(message, err, log, req.name)
-    return SyscallError(message, err)
+    return SyscallError(f"program {req.name}: load: {reason} ({code}){hint}", err)

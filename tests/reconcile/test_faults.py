@@ -240,10 +240,14 @@ def test_verifier_rejection_restores_the_previous_generation(
         env.reconciler().apply(env.desired())
     text = str(info.value)
     assert "collection zz-extra (" in text
-    assert "outside of the allowed memory range" in text, text
+    # the verifier's decisive message, with its source line and the fix
+    assert ".c:18: __sync_fetch_and_add(v, 1); -- invalid access to map value" in text, text
+    assert "check the index or offset against the value's size" in text
     from orchestrator.ebpf import VerifierError
+    from orchestrator.ebpf.verifier import Rejection
 
     assert isinstance(info.value.__cause__, VerifierError)
+    assert info.value.__cause__.kind is Rejection.MAP_VALUE_BOUNDS
     assert "processed" in info.value.__cause__.log or info.value.__cause__.log
     sc.assert_intact()
 
