@@ -10,6 +10,7 @@ Conventions follow the ones users know from terraform: ``+`` create, ``~`` updat
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
+from orchestrator.reconcile.budget import budget_warnings, recorded
 from orchestrator.reconcile.state import (
     IN_PLACE_KINDS,
     ActualCollection,
@@ -130,6 +132,8 @@ class Plan:
     kept: frozenset[str] = frozenset()
     foreign: tuple[Foreign, ...] = ()
     adopted: tuple[str, ...] = ()
+    # programs above 80% of the verifier's budget at the last apply
+    warnings: tuple[str, ...] = ()
 
     def counts(self) -> tuple[int, int, int]:
         """(to add, to change, to destroy), counting maps, programs and attachments; a
@@ -186,6 +190,7 @@ class Plan:
             "garbage": [str(p) for p in self.garbage],
             "foreign": [f.to_json() for f in self.foreign],
             "adopted": list(self.adopted),
+            "warnings": list(self.warnings),
             "counts": {"add": add, "change": change, "destroy": destroy},
             "has_changes": self.has_changes,
         }
@@ -1139,8 +1144,13 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
     field of the hook makes another attachment, an XDP mode the kernel does not run yet is
     a re-attach, a new tcx position a make-before-break with a fresh program instance (see
     :func:`reattached`), and anything else a recorded ``~`` change. With ``prune``,
-    recorded collections that are no longer declared are deleted (dependents first)."""
-    return _Planner(desired, actual, prune).run()
+    recorded collections that are no longer declared are deleted (dependents first).
+    Programs of declared collections that used more than 80% of the verifier's budget at
+    the last apply are ``warnings``."""
+    p = _Planner(desired, actual, prune).run()
+    records = {n: c.record for n, c in actual.collections.items()}
+    figures = recorded(records, desired.collections)
+    return dataclasses.replace(p, warnings=budget_warnings(figures, recorded=True))
 
 
 def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from orchestrator.ebpf import Error as EbpfError
 from orchestrator.manifest.model import DesiredState
+from orchestrator.reconcile.budget import budget_warnings, recorded
 from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.hooks import Hooks
 from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
@@ -32,7 +33,8 @@ DEFAULT_STATE_DIR = Path("/run/bpforch")
 class ApplyResult:
     """What an apply (or destroy) did. ``generations``: the generation of every collection
     the record lists afterwards. ``warnings``: problems while releasing the old generation
-    after the commit (leftovers that the next apply removes)."""
+    after the commit (leftovers that the next apply removes), and programs that use more
+    than 80% of the verifier's budget (see :mod:`orchestrator.reconcile.budget`)."""
 
     plan: Plan
     generations: Mapping[str, int]
@@ -123,9 +125,10 @@ class Reconciler:
             p = plan(desired, actual, prune=prune)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
+            budget = p.warnings  # the figures recorded at the last apply
             if dry_run == "kernel":
                 assert root_fd is not None
-                Transaction(
+                check = Transaction(
                     self.bpffs_root,
                     self.state_dir,
                     self.hooks,
@@ -134,9 +137,20 @@ class Reconciler:
                     p,
                     objects,
                     root_fd=root_fd,
-                ).verify()
+                )
+                check.verify()
+                records = {n: c.record for n, c in actual.collections.items()}
+                kept = {
+                    n: f
+                    for n, f in recorded(records, desired.collections).items()
+                    if n not in check.verified
+                }
+                budget = (
+                    *budget_warnings(check.verified),
+                    *budget_warnings(kept, recorded=True),
+                )
             if dry_run or (not p.has_changes and not p.garbage and not _unsettled(actual)):
-                return ApplyResult(p, gens, time.perf_counter() - start)
+                return ApplyResult(p, gens, time.perf_counter() - start, warnings=budget)
             assert root_fd is not None
             tx = Transaction(
                 self.bpffs_root,
@@ -149,7 +163,9 @@ class Reconciler:
                 root_fd=root_fd,
             )
             gens, warnings = tx.run()
-        return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
+            assert tx.record is not None
+            budget = budget_warnings(recorded(tx.record.collections, desired.collections))
+        return ApplyResult(p, gens, time.perf_counter() - start, True, (*warnings, *budget))
 
     def destroy(self, names: Sequence[str] | None = None) -> ApplyResult:
         """Detach, unpin and forget ``names`` (every owned collection if None)."""

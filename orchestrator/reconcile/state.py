@@ -118,15 +118,26 @@ class MapRecord:
 
 @dataclass(frozen=True, slots=True)
 class ProgramRecord:
+    """A loaded program. ``verified_insns``: the instructions the verifier processed when
+    it was loaded (0 in records written before it was kept), for budget warnings."""
+
     name: str
     id: int
     tag: str
     pin: str
     type: int = 0
     ino: int = 0
+    verified_insns: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "tag": self.tag, "pin": self.pin, "type": self.type, "ino": self.ino}
+        return {
+            "id": self.id,
+            "tag": self.tag,
+            "pin": self.pin,
+            "type": self.type,
+            "ino": self.ino,
+            "verified_insns": self.verified_insns,
+        }
 
     @classmethod
     def from_json(cls, name: str, d: object, at: str = "") -> ProgramRecord:
@@ -139,6 +150,7 @@ class ProgramRecord:
             pin=_pin(d, "pin", at, None),
             type=_int(d, "type", at, 0),
             ino=_int(d, "ino", at, 0),
+            verified_insns=_int(d, "verified_insns", at, 0),
         )
 
 

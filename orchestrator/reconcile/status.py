@@ -10,6 +10,7 @@ from pathlib import Path
 
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
+from orchestrator.reconcile.budget import budget_warnings
 from orchestrator.reconcile.observe import open_map
 from orchestrator.reconcile.owner import open_owned, open_root
 from orchestrator.reconcile.state import ActualCollection, ActualState, Drift, Foreign
@@ -31,12 +32,21 @@ _HASH_LIKE = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class ProgramStatus:
+    """``verified_insns``: the instructions the verifier processed when the program was
+    loaded, as recorded then (0 if the record predates it)."""
+
     name: str
     id: int
     tag: str
+    verified_insns: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "id": self.id, "tag": self.tag}
+        return {
+            "name": self.name,
+            "id": self.id,
+            "tag": self.tag,
+            "verified_insns": self.verified_insns,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +163,19 @@ class Status:
                 return c
         return None
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Programs that used more than 80% of the verifier's budget when they were loaded."""
+        figures = {c.name: {p.name: p.verified_insns for p in c.programs} for c in self.collections}
+        return budget_warnings(figures, recorded=True)
+
     def to_json(self) -> dict[str, object]:
         return {
             "collections": [c.to_json() for c in self.collections],
             "garbage": [str(p) for p in self.garbage],
             "foreign": [f.to_json() for f in self.foreign],
             "adopted": list(self.adopted),
+            "warnings": list(self.warnings),
         }
 
 
@@ -213,7 +230,10 @@ def collection_status(
 ) -> CollectionStatus:
     rec = ac.record
     cdir = root / rec.name
-    programs = tuple(ProgramStatus(p.name, p.id, p.tag) for _, p in sorted(rec.programs.items()))
+    programs = tuple(
+        ProgramStatus(p.name, p.id, p.tag, p.verified_insns)
+        for _, p in sorted(rec.programs.items())
+    )
     maps = []
     for _, m in sorted(rec.maps.items()):
         if m.source.startswith("pinned:"):

@@ -222,6 +222,8 @@ class Transaction:
         self.warnings: list[str] = []
         self.current: tuple[str, Source | None] = ("", None)  # for error messages
         self.verify_only = False
+        self.verified: dict[str, dict[str, int]] = {}  # the kernel dry run's verified_insns
+        self.record: StateRecord | None = None  # the record the commit wrote
         # XDP links attached anew (mode changes), after every other switch
         self.reattach: list[tuple[str, Attachment, Program, Path, AttachmentRecord]] = []
 
@@ -236,6 +238,13 @@ class Transaction:
             for name in self.plan.collections(Op.CREATE, Op.UPDATE):
                 self.current = (name, self.desired.collections[name].source)
                 self._stage(name)
+            self.verified = {
+                name: {
+                    p: int(_sys.prog_info(prog.fd).verified_insns)
+                    for p, prog in st.programs.items()
+                }
+                for name, st in self.staged.items()
+            }
         except Exception as err:
             self._close_all()
             located = str(err).startswith("collection ")
@@ -271,6 +280,7 @@ class Transaction:
             record = self._new_record()
             self._mark(record)
             self._commit(record)
+            self.record = record
         except BaseException as err:
             problems = self._rollback()
             self._close_all()
@@ -787,6 +797,7 @@ class Transaction:
                     rel,
                     int(pi.type),
                     ino=os.stat(f"{sdir}/{rel}").st_ino,
+                    verified_insns=int(pi.verified_insns),
                 )
             atts: dict[str, AttachmentRecord] = {}
             for a in d.attach:
