@@ -1,8 +1,9 @@
 """The ``bpforch`` command line: argument parsing and rendering over the library API.
 
 Exit codes follow the conventions users know from terraform: 0 success (and, for ``plan``,
-no changes), 1 error, 2 changes pending (``plan`` only); 141 when the reader of the output
-went away (``| head``), as for a tool killed by SIGPIPE, with no traceback.
+no changes), 1 error (for ``verify``: a program was rejected), 2 changes pending (``plan``
+only); 141 when the reader of the output went away (``| head``), as for a tool killed by
+SIGPIPE, with no traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import dataclasses
 import json
 import os
 import sys
+from argparse import SUPPRESS
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from orchestrator import __version__
 from orchestrator.manifest import DesiredState, ManifestError, load_manifests
@@ -29,6 +31,9 @@ from orchestrator.reconcile import (
 from orchestrator.service import cli as service_cli
 from orchestrator.service.errors import ServiceError
 from orchestrator.service.status import read_status
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf import ProgramReport, VerifierError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -103,9 +108,54 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also remove owned collections that no manifest declares any more",
     )
-    p.add_argument("--dry-run", action="store_true", help="plan only, change nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_const",
+        const=True,
+        default=False,
+        help="plan only, change nothing; --dry-run=kernel also loads every changed "
+        "collection through the verifier (preserved and substituted maps included), then "
+        "rolls back",
+    )
+    p.add_argument(  # what --dry-run=kernel becomes (see main)
+        "--dry-run-kernel", dest="dry_run", action="store_const", const="kernel", help=SUPPRESS
+    )
+    p.add_argument(
+        "--verifier-log",
+        type=Path,
+        metavar="FILE",
+        help="if the verifier rejects a program, write its whole log to FILE, with the "
+        "source line of each instruction",
+    )
     _common(p)
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser(
+        "verify",
+        help="load an object's programs through the verifier, attach nothing, and report "
+        "on each (exit 1 if one is rejected)",
+    )
+    p.add_argument("object", type=Path, metavar="OBJECT", help="an eBPF object file")
+    p.add_argument(
+        "programs", nargs="*", metavar="PROGRAM", help="programs (default: all it loads)"
+    )
+    p.add_argument(
+        "--constants",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set .rodata constants first (values as in a manifest: 42, 0x2a, true, text)",
+    )
+    p.add_argument(
+        "--verifier-log",
+        type=Path,
+        metavar="FILE",
+        help="write every program's whole verifier log to FILE, with the source line of "
+        "each instruction (costs verifier time)",
+    )
+    _common(p, state=False)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("status", help="what is applied, and any drift from the kernel")
     p.add_argument("names", nargs="*", metavar="NAME", help="collections (default: all)")
@@ -235,6 +285,8 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _emit_json(plan.to_json(), out)
     else:
         render_plan(plan, out)
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=err)
     if plan.problems:
         return EXIT_ERROR
     return EXIT_CHANGES if plan.has_changes else EXIT_OK
@@ -271,6 +323,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         result = rec.apply(desired, prune=args.prune, dry_run=args.dry_run)
     except ReconcileError as exc:
         print(f"error: {exc}", file=err)
+        _explain_rejection(exc, args.verifier_log, err)
         print("nothing was changed: the previous state is still live", file=err)
         return EXIT_ERROR
     if args.output == "json":
@@ -279,7 +332,9 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     render_plan(result.plan, out)
     for warning in result.warnings:
         print(f"warning: {warning}", file=err)
-    if args.dry_run:
+    if args.dry_run == "kernel":
+        print("Kernel dry run: everything loaded; nothing was changed.", file=out)
+    elif args.dry_run:
         print("Dry run: nothing was changed.", file=out)
     elif result.plan.has_changes:
         add, change, destroy = result.plan.counts()
@@ -305,7 +360,8 @@ def render_status(status: Status, out: TextIO) -> None:
             print(f"  {c.reason}: {c.message}", file=out)
         print(f"  manifest {c.manifest}, applied {c.applied_at}", file=out)
         for p in c.programs:
-            print(f"  program {p.name}: id {p.id}, tag {p.tag}", file=out)
+            verified = f", {p.verified_insns:,} insns verified" if p.verified_insns else ""
+            print(f"  program {p.name}: id {p.id}, tag {p.tag}{verified}", file=out)
         for m in c.maps:
             entries = f", {m.entries} entries" if m.entries is not None else ""
             where = f" from {m.source}" if m.source else ", pinned" if m.pin else ""
@@ -359,6 +415,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if daemon is not None:
             print(daemon.describe(), file=out)
         render_status(status, out)
+        for warning in status.warnings:
+            print(f"warning: {warning}", file=err)
     return EXIT_OK
 
 
@@ -379,6 +437,195 @@ def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _rejection(exc: BaseException) -> VerifierError | None:
+    """The verifier's rejection behind an error, if one is."""
+    from orchestrator.ebpf import VerifierError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, VerifierError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _explain_rejection(exc: BaseException, log_file: Path | None, err: TextIO) -> None:
+    """After a failed apply: the end of the verifier's log when no class explains its
+    message, and the whole log (with source lines) in ``log_file`` if one was asked for."""
+    rejection = _rejection(exc)
+    if rejection is None:
+        return
+    if rejection.kind is None:
+        print("the verifier's log ends:", file=err)
+        for line in rejection.tail().splitlines():
+            print(f"  {line}", file=err)
+    if log_file is None:
+        print(
+            f"(the whole verifier log of program {rejection.program}: apply --verifier-log FILE)",
+            file=err,
+        )
+        return
+    try:
+        _write_text(log_file, rejection.annotated_log())
+    except OSError as exc2:
+        print(f"error: verifier log {log_file}: {exc2.strerror or exc2}", file=err)
+        return
+    print(f"the verifier log of program {rejection.program} is in {log_file}", file=err)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", errors="replace") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+def _constants(items: Sequence[str]) -> dict[str, object]:
+    """``NAME=VALUE`` pairs; values are read as YAML scalars, like a manifest's."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        name, eq, text = item.partition("=")
+        if not eq or not name:
+            raise ValueError(f"--constants {item}: not NAME=VALUE")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        if value is None or isinstance(value, (list, dict, float)):
+            raise ValueError(
+                f"--constants {item}: {text!r} is not an integer, boolean or string "
+                "(quote it to pass it as text)"
+            )
+        out[name] = value
+    return out
+
+
+def _share(share: float) -> str:
+    return "<0.01%" if 0 < share < 0.0001 else f"{share:.2%}"
+
+
+def _us(us: int | None) -> str:
+    if us is None:
+        return "-"
+    return f"{us} us" if us < 10_000 else f"{us / 1000:.0f} ms"
+
+
+def render_verify(path: Path, reports: Sequence[ProgramReport], out: TextIO) -> None:
+    """One row per program, then why each rejected program was rejected."""
+    head = ("PROGRAM", "RESULT", "INSNS", "BUDGET", "STATES", "PEAK", "TIME", "XLATED", "JITED")
+    rows = [head]
+    for r in reports:
+        s = r.stats
+        rows.append(
+            (
+                r.name,
+                "verified" if r.accepted else "REJECTED",
+                f"{r.verified_insns:,}",
+                _share(r.budget_share),
+                str(s.total_states) if s.total_states is not None else "-",
+                str(s.peak_states) if s.peak_states is not None else "-",
+                _us(s.time_us),
+                f"{r.xlated_size:,} B" if r.accepted else "-",
+                f"{r.jited_size:,} B" if r.accepted else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        cells = [
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip(), file=out)
+    from orchestrator.ebpf import VerifierError
+
+    for r in reports:
+        if r.error is None:
+            continue
+        if isinstance(r.error, VerifierError):
+            print(f"{r.name}: {r.error.summary()}", file=out)
+            if r.error.kind is None:
+                for line in r.error.tail().splitlines():
+                    print(f"  {line}", file=out)
+        else:
+            print(f"{r.name}: {r.error}", file=out)
+    bad = sum(1 for r in reports if not r.accepted)
+    print(f"{len(reports) - bad} verified, {bad} rejected ({path})", file=out)
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator import ebpf
+    from orchestrator.reconcile.budget import budget_warnings
+
+    try:
+        constants = _constants(args.constants)
+    except ValueError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    try:
+        spec = ebpf.CollectionSpec.from_file(args.object)
+        spec.rewrite_constants(constants)
+        reports = ebpf.verify(spec, args.programs or None, full_log=args.verifier_log is not None)
+    except (ebpf.Error, OSError) as exc:
+        text = str(exc) if isinstance(exc, ebpf.Error) else (exc.strerror or str(exc))
+        where = "" if text.startswith(str(args.object)) else f"{args.object}: "
+        print(f"error: {where}{text}", file=err)
+        return EXIT_ERROR
+    if args.verifier_log is not None:
+        try:
+            _write_text(args.verifier_log, _verify_logs(reports))
+        except OSError as exc:
+            print(f"error: verifier log {args.verifier_log}: {exc.strerror or exc}", file=err)
+            return EXIT_ERROR
+    if args.output == "json":
+        _emit_json(
+            {
+                "object": str(args.object),
+                "programs": [r.to_json() for r in reports],
+                "verified": sum(1 for r in reports if r.accepted),
+                "rejected": sum(1 for r in reports if not r.accepted),
+            },
+            out,
+        )
+    else:
+        render_verify(args.object, reports, out)
+        figures = {str(args.object): {r.name: r.verified_insns for r in reports if r.accepted}}
+        for warning in budget_warnings(figures):
+            print(f"warning: {warning.removeprefix('collection ')}", file=err)
+    return EXIT_OK if all(r.accepted for r in reports) else EXIT_ERROR
+
+
+def _verify_logs(reports: Sequence[ProgramReport]) -> str:
+    parts = []
+    for r in reports:
+        verdict = "verified" if r.accepted else f"rejected: {r.error}"
+        parts.append(f"# program {r.name} ({r.type}): {verdict}\n{r.log}")
+    return "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
+
+
+def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--dry-run=kernel`` as argparse can take it (``--dry-run`` alone takes no value,
+    so that ``apply --dry-run PATH`` keeps PATH)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--dry-run="):
+            value = arg.partition("=")[2]
+            if value not in ("kernel", "plan"):
+                parser.error(
+                    f"argument --dry-run: {value!r} is not a kind of dry run (--dry-run "
+                    "plans only, --dry-run=kernel also loads through the verifier)"
+                )
+            arg = "--dry-run-kernel" if value == "kernel" else "--dry-run"
+        out.append(arg)
+    return out
+
+
 def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -386,7 +633,9 @@ def main(
     err = sys.stderr if err is None else err
     try:
         try:
-            args = build_parser().parse_args(argv)
+            parser = build_parser()
+            words = list(sys.argv[1:] if argv is None else argv)
+            args = parser.parse_args(_expand_dry_run(parser, words))
         except SystemExit:  # --help, --version and usage errors: flush while we can catch
             sys.stdout.flush()
             raise

@@ -84,6 +84,8 @@ from orchestrator.ebpf.sys import (
     ProgType,
     UpdateFlags,
 )
+from orchestrator.ebpf.verification import ProgramReport, verify
+from orchestrator.ebpf.verifier import Rejection, SourceLine
 
 __all__ = [
     "AttachConflictError",
@@ -127,11 +129,14 @@ __all__ = [
     "ProgType",
     "Program",
     "ProgramInfo",
+    "ProgramReport",
     "ProgramSpec",
     "RefKind",
     "Reference",
+    "Rejection",
     "RingBufReader",
     "RunResult",
+    "SourceLine",
     "SpecError",
     "StructOpsLink",
     "StructOpsSpec",
@@ -157,5 +162,6 @@ __all__ = [
     "load_collection",
     "load_kernel_btf",
     "tcx_attached",
+    "verify",
     "xdp_attached",
 ]
