@@ -174,35 +174,34 @@ _TEXT: dict[Rejection, tuple[str, str]] = {
 }
 
 # Each message as this kernel prints it. A named group ``insn`` names the instruction the
-# message is about, where that is not the instruction the verifier stopped at.
-_RULES: tuple[tuple[Rejection, re.Pattern[str]], ...] = tuple(
-    (kind, re.compile(pattern))
-    for kind, pattern in (
-        (Rejection.NULL_MAP_VALUE, r"R\d+ invalid mem access 'map_value_or_null'"),
-        (Rejection.NULL_POINTER, r"R\d+ invalid mem access '\w+_or_null'"),
-        (Rejection.SCALAR_DEREFERENCE, r"R\d+ invalid mem access 'scalar'"),
-        (Rejection.PACKET_BOUNDS, r"invalid access to packet, .*"),
-        (Rejection.PACKET_BOUNDS, r"R\d+ offset is outside of the packet"),
-        (Rejection.MAP_VALUE_BOUNDS, r"invalid access to map value, value_size=\d+ .*"),
-        (Rejection.UNBOUNDED_ACCESS, r"R\d+ unbounded memory access, .*"),
-        (Rejection.INFINITE_LOOP, r"infinite loop detected at insn (?P<insn>\d+)"),
-        (Rejection.TOO_COMPLEX, r"BPF program is too large\. Processed \d+ insn"),
-        (Rejection.HELPER_NOT_ALLOWED, r"program of this type cannot use helper \S+"),
-        (
-            Rejection.GPL_ONLY,
-            r"cannot call GPL-restricted function from non-GPL compatible program",
-        ),
-        (Rejection.UNRELEASED_REFERENCE, r"Unreleased reference id=\d+ alloc_insn=(?P<insn>\d+)"),
-        (
-            Rejection.UNRELEASED_REFERENCE,
-            r"BPF_EXIT instruction in main prog would lead to reference leak",
-        ),
-        (Rejection.MISALIGNED, r"misaligned (?:\w+ )?access off \S+ size \d+"),
-        (Rejection.RETURN_VALUE_UNSET, r"R0 !read_ok"),
-        (Rejection.READ_ONLY_WRITE, r"write into map forbidden, .*"),
-        (Rejection.CONTEXT_ACCESS, r"invalid bpf_context access off=-?\d+ size=\d+"),
-    )
+# message is about, where that is not the instruction the verifier stopped at. Compiled on
+# first use (by re's cache): most processes never see a rejection.
+_RULES: tuple[tuple[Rejection, str], ...] = (
+    (Rejection.NULL_MAP_VALUE, r"R\d+ invalid mem access 'map_value_or_null'"),
+    (Rejection.NULL_POINTER, r"R\d+ invalid mem access '\w+_or_null'"),
+    (Rejection.SCALAR_DEREFERENCE, r"R\d+ invalid mem access 'scalar'"),
+    (Rejection.PACKET_BOUNDS, r"invalid access to packet, .*"),
+    (Rejection.PACKET_BOUNDS, r"R\d+ offset is outside of the packet"),
+    (Rejection.MAP_VALUE_BOUNDS, r"invalid access to map value, value_size=\d+ .*"),
+    (Rejection.UNBOUNDED_ACCESS, r"R\d+ unbounded memory access, .*"),
+    (Rejection.INFINITE_LOOP, r"infinite loop detected at insn (?P<insn>\d+)"),
+    (Rejection.TOO_COMPLEX, r"BPF program is too large\. Processed \d+ insn"),
+    (Rejection.HELPER_NOT_ALLOWED, r"program of this type cannot use helper \S+"),
+    (
+        Rejection.GPL_ONLY,
+        r"cannot call GPL-restricted function from non-GPL compatible program",
+    ),
+    (Rejection.UNRELEASED_REFERENCE, r"Unreleased reference id=\d+ alloc_insn=(?P<insn>\d+)"),
+    (
+        Rejection.UNRELEASED_REFERENCE,
+        r"BPF_EXIT instruction in main prog would lead to reference leak",
+    ),
+    (Rejection.MISALIGNED, r"misaligned (?:\w+ )?access off \S+ size \d+"),
+    (Rejection.RETURN_VALUE_UNSET, r"R0 !read_ok"),
+    (Rejection.READ_ONLY_WRITE, r"write into map forbidden, .*"),
+    (Rejection.CONTEXT_ACCESS, r"invalid bpf_context access off=-?\d+ size=\d+"),
 )
+
 # One message, two classes: a stack access outside the frame, or a read (within it) of
 # bytes never written. check_stack_access_within_bounds() and the uninitialised-read checks
 # print it alike; the offset tells them apart.
@@ -321,7 +320,7 @@ def classify(message: str) -> tuple[Rejection, int | None] | None:
             return Rejection.UNINITIALISED_STACK, None
         return Rejection.STACK_BOUNDS, None
     for kind, pattern in _RULES:
-        m = pattern.fullmatch(message)
+        m = re.fullmatch(pattern, message)
         if m is not None:
             insn = m.groupdict().get("insn")
             return kind, int(insn) if insn is not None else None
