@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,39 @@ def test_committed_broken_objects_match_a_rebuild(tmp_path: Path) -> None:
         ]
         half = len(lines) // 2
         assert lines[:half] == lines[half:], f"{committed}: line info differs from a rebuild"
+
+
+SUBPROGRAM = """\
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 4); } seen SEC(".maps");
+static __attribute__((noinline)) int lookup(__u32 key)
+{
+	__u64 *v = bpf_map_lookup_elem(&seen, &key);
+	return *v;
+}
+SEC("xdp") int first(struct xdp_md *ctx) { return XDP_PASS; }
+SEC("xdp") int caller(struct xdp_md *ctx)
+{
+	__u32 key = ctx->rx_queue_index;
+	return lookup(key) ? XDP_PASS : XDP_DROP;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.kernel
+def test_a_rejection_in_a_subprogram_points_at_its_line(
+    compile_bpf: Callable[..., Path], fd_guard: None
+) -> None:
+    """The log numbers instructions as submitted, with the subprogram linked after the
+    program (which is second in its section): the line info was moved the same way."""
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(SUBPROGRAM))
+    with pytest.raises(ebpf.VerifierError) as info:
+        ebpf.Collection(spec)
+    err = info.value
+    assert err.program == "caller" and err.kind is Rejection.NULL_MAP_VALUE
+    assert err.source is not None and (err.source.line, err.source.text) == (8, "return *v;")
+    funcs = {fi.func.name: fi.insn for fi in spec.programs["caller"].func_infos}
+    assert funcs["caller"] == 0 and err.insn is not None and err.insn > funcs["lookup"] > 0
