@@ -516,17 +516,19 @@ def _us(us: int | None) -> str:
 
 
 def render_verify(path: Path, reports: Sequence[ProgramReport], out: TextIO) -> None:
-    """One row per program, then why each rejected program was rejected."""
+    """One row per program, then why each rejected (or failed) program did not load."""
     head = ("PROGRAM", "RESULT", "INSNS", "BUDGET", "STATES", "PEAK", "TIME", "XLATED", "JITED")
     rows = [head]
     for r in reports:
         s = r.stats
+        walked = r.accepted or r.rejected  # the verifier saw it
+        result = "verified" if r.accepted else "REJECTED" if r.rejected else "FAILED"
         rows.append(
             (
                 r.name,
-                "verified" if r.accepted else "REJECTED",
-                f"{r.verified_insns:,}",
-                _share(r.budget_share),
+                result,
+                f"{r.verified_insns:,}" if walked else "-",
+                _share(r.budget_share) if walked else "-",
                 str(s.total_states) if s.total_states is not None else "-",
                 str(s.peak_states) if s.peak_states is not None else "-",
                 _us(s.time_us),
@@ -552,9 +554,13 @@ def render_verify(path: Path, reports: Sequence[ProgramReport], out: TextIO) -> 
                 for line in r.error.tail().splitlines():
                     print(f"  {line}", file=out)
         else:
-            print(f"{r.name}: {r.error}", file=out)
-    bad = sum(1 for r in reports if not r.accepted)
-    print(f"{len(reports) - bad} verified, {bad} rejected ({path})", file=out)
+            print(f"{r.name}: {str(r.error).removeprefix(f'program {r.name}: ')}", file=out)
+    rejected = sum(1 for r in reports if r.rejected)
+    failed = sum(1 for r in reports if not r.accepted and not r.rejected)
+    counts = f"{len(reports) - rejected - failed} verified, {rejected} rejected"
+    if failed:
+        counts += f", {failed} failed before verification"
+    print(f"{counts} ({path})", file=out)
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -587,7 +593,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 "object": str(args.object),
                 "programs": [r.to_json() for r in reports],
                 "verified": sum(1 for r in reports if r.accepted),
-                "rejected": sum(1 for r in reports if not r.accepted),
+                "rejected": sum(1 for r in reports if r.rejected),
+                "failed": sum(1 for r in reports if not r.accepted and not r.rejected),
             },
             out,
         )

@@ -131,10 +131,35 @@ def test_verify_a_rejected_program_exits_1() -> None:
     assert lines[3] == f"0 verified, 1 rejected ({BROKEN / 'null_map_value.o'})"
     code, out, _ = run_cli("verify", str(BROKEN / "null_map_value.o"), "--output", "json")
     [prog] = json.loads(out)["programs"]
-    assert code == 1 and prog["accepted"] is False
+    assert code == 1 and prog["accepted"] is False and prog["rejected"] is True
     assert prog["error"]["class"] == "null-map-value" and prog["error"]["insn"] == 7
     assert prog["error"]["summary"] == NULL_SUMMARY
     assert prog["error"]["message"] == f"program null_map_value: {NULL_SUMMARY}"
+
+
+@pytest.mark.kernel
+def test_verify_a_program_that_fails_before_the_verifier() -> None:
+    """bpf/unresolved.o: one program refers to a symbol no section defines, so it never
+    reaches the verifier; the other is verified."""
+    obj = BPF_DIR / "unresolved.o"
+    code, out, _ = run_cli("verify", str(obj))
+    assert code == cli.EXIT_ERROR
+    lines = out.splitlines()
+    assert re.fullmatch(r"counted +verified .*", lines[1]) and lines[2].split() == [
+        "asm_const",
+        "FAILED",
+        *["-"] * 7,
+    ]
+    assert lines[3] == (
+        "asm_const: instruction 0: symbol MY_CONST is defined in no section of the object "
+        "(define it, or declare it __ksym or __kconfig)"
+    )
+    assert lines[4] == f"1 verified, 0 rejected, 1 failed before verification ({obj})"
+    data = json.loads(run_cli("verify", str(obj), "-o", "json")[1])
+    assert (data["verified"], data["rejected"], data["failed"]) == (1, 0, 1)
+    failed = next(p for p in data["programs"] if p["name"] == "asm_const")
+    assert failed["accepted"] is False and failed["rejected"] is False
+    assert failed["error"]["message"].startswith("program asm_const: instruction 0: symbol")
 
 
 @pytest.mark.kernel

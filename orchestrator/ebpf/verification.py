@@ -50,6 +50,11 @@ class ProgramReport:
         return self.error is None
 
     @property
+    def rejected(self) -> bool:
+        """Whether the verifier rejected it (else it failed before, or was accepted)."""
+        return isinstance(self.error, VerifierError)
+
+    @property
     def budget(self) -> int:
         return self.stats.limit or BUDGET
 
@@ -68,6 +73,7 @@ class ProgramReport:
             "name": self.name,
             "type": self.type,
             "accepted": self.accepted,
+            "rejected": self.rejected,
             "verified_insns": self.verified_insns,
             "budget": self.budget,
             "budget_share": round(self.budget_share, 6),

@@ -87,6 +87,7 @@ def test_verify_reports_each_program_and_goes_on_after_a_rejection(
     assert error["source"]["text"] == "return *v;"  # type: ignore[index]
     odd = reports["odd"]
     assert isinstance(odd.error, ebpf.NotSupportedError) and not odd.accepted
+    assert bad.rejected and not odd.rejected and not reports["good"].rejected
     # named programs, in the order given (a program that does not load by default too)
     named = ebpf.verify(spec, ["optional", "good"])
     assert [r.name for r in named] == ["optional", "good"] and all(r.accepted for r in named)
