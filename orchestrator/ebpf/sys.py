@@ -437,18 +437,6 @@ class ObjPinAttr(_Attr):
     _fields_ = [("pathname", u64), ("bpf_fd", u32), ("file_flags", u32), ("path_fd", s32)]
 
 
-class ProgAttachAttr(_Attr):
-    _fields_ = [
-        ("target_fd", u32),
-        ("attach_bpf_fd", u32),
-        ("attach_type", u32),
-        ("attach_flags", u32),
-        ("replace_bpf_fd", u32),
-        ("relative_fd", u32),
-        ("expected_revision", u64),
-    ]
-
-
 class TestRunAttr(_Attr):
     __test__ = False  # not a pytest class
     _fields_ = [
@@ -549,10 +537,6 @@ class MapFreezeAttr(_Attr):
 
 class IterCreateAttr(_Attr):
     _fields_ = [("link_fd", u32), ("flags", u32)]
-
-
-class ProgBindMapAttr(_Attr):
-    _fields_ = [("prog_fd", u32), ("map_fd", u32), ("flags", u32)]
 
 
 class ProgInfo(ctypes.Structure):
@@ -1051,10 +1035,6 @@ def link_info(fd: FD) -> LinkInfo:
     return info
 
 
-def prog_bind_map(prog: FD, map_fd: FD) -> None:
-    bpf(Cmd.PROG_BIND_MAP, ProgBindMapAttr(prog_fd=prog.raw, map_fd=map_fd.raw))
-
-
 # ---------------------------------------------------------------------------- attach
 
 
@@ -1080,14 +1060,6 @@ def raw_tracepoint_open(prog: FD, name: str | None) -> FD:
         name=ctypes.addressof(buf) if buf is not None else 0, prog_fd=prog.raw
     )
     return FD(bpf(Cmd.RAW_TRACEPOINT_OPEN, attr))
-
-
-def prog_attach(attr: ProgAttachAttr) -> None:
-    bpf(Cmd.PROG_ATTACH, attr)
-
-
-def prog_detach(attr: ProgAttachAttr) -> None:
-    bpf(Cmd.PROG_DETACH, attr)
 
 
 def prog_query(
