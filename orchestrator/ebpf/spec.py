@@ -8,7 +8,6 @@ spec without mutating it.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import functools
 import os
@@ -20,6 +19,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import layout as _layout
 from orchestrator.ebpf.asm import Instructions
 from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
+from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
 
 if TYPE_CHECKING:
@@ -480,15 +480,3 @@ def _spec_cache() -> SpecCache:
     from orchestrator.ebpf.speccache import default
 
     return default
-
-
-def hint(name: str, choices: list[str]) -> str:
-    """`` (did you mean x?)`` or the list of choices, for error messages."""
-    # a long name matches nothing, and difflib's cost grows with its length
-    close = difflib.get_close_matches(name, choices, n=1) if len(name) < 256 else []
-    if close:
-        return f" (did you mean {close[0]}?)"
-    if choices:
-        shown = ", ".join(choices[:8]) + (", …" if len(choices) > 8 else "")
-        return f" (it has: {shown})"
-    return ""
