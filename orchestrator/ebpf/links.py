@@ -49,12 +49,15 @@ from orchestrator.ebpf import features as _features
 from orchestrator.ebpf import netlink as _netlink
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
+    AttachConflictError,
+    AttachError,
     Error,
     FileError,
     KeyNotFoundError,
     NotSupportedError,
     PinError,
     SyscallError,
+    TargetNotFoundError,
     clip,
 )
 from orchestrator.ebpf.files import open_file, read_text, reason, stat_regular
@@ -114,37 +117,6 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 XDPMode = Literal["auto", "native", "generic"]
 Direction = Literal["ingress", "egress"]
 NetnsPath = str | os.PathLike[str] | None
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-class AttachError(Error):
-    """Attaching, updating or detaching a link failed. ``errno`` is the kernel's error
-    number when a system call failed (0 otherwise)."""
-
-    @property
-    def errno(self) -> int:
-        cause = self.__cause__
-        while cause is not None and not isinstance(cause, SyscallError | OSError):
-            cause = cause.__cause__
-        return int(getattr(cause, "errno", 0) or 0)
-
-
-class TargetNotFoundError(AttachError):
-    """The hook's target does not exist: an interface, cgroup, namespace, tracepoint, file
-    or symbol."""
-
-
-class AttachConflictError(AttachError):
-    """The hook is taken by a program someone else attached (XDP on an interface, an
-    exclusive cgroup program). ``prog_id``/``prog_name``/``link_id`` name the occupant."""
-
-    def __init__(self, message: str, *, prog_id: int = 0, prog_name: str = "", link_id: int = 0):
-        super().__init__(message)
-        self.prog_id = prog_id
-        self.prog_name = prog_name
-        self.link_id = link_id
 
 
 # ---------------------------------------------------------------------------- info values

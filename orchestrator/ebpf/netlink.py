@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.errors import Error
+from orchestrator.ebpf.errors import NetlinkError as NetlinkError  # re-exported for old imports
 from orchestrator.ebpf.files import stat_regular
 
 # linux/netlink.h
@@ -55,14 +55,6 @@ _IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
 _NLATTR = struct.Struct("=HH")  # len, type
 
 _seq = itertools.count(1)
-
-
-class NetlinkError(Error):
-    """An rtnetlink request failed. ``errno`` holds the kernel's error number."""
-
-    def __init__(self, message: str, errno: int) -> None:
-        super().__init__(message)
-        self.errno = errno
 
 
 class XDPMode(enum.IntEnum):
