@@ -129,6 +129,25 @@ class AttachConflictError(AttachError):
         self.link_id = link_id
 
 
+class NetnsError(AttachError, OSError):  # type: ignore[misc]  # errno: see below
+    """The calling thread could not enter a network namespace: an :class:`AttachError`, and
+    an :class:`OSError` whose ``errno`` says why (EINVAL: a file that is no network
+    namespace; EPERM: no CAP_SYS_ADMIN), ``strerror`` as the cause put it and ``filename``
+    the path. (``errno`` is AttachError's, read from the cause: the same number.)"""
+
+    def __init__(self, message: str, cause: OSError, path: str) -> None:
+        code = cause.errno or 0
+        OSError.__init__(self, code, cause.strerror or os.strerror(code), path)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NetnsNotFoundError(NetnsError, TargetNotFoundError, FileNotFoundError):  # type: ignore[misc]
+    """There is no network namespace file at the path (ENOENT)."""
+
+
 class NetlinkError(Error):
     """An rtnetlink request failed. ``errno`` holds the kernel's error number."""
 
@@ -158,6 +177,11 @@ class FileError(Error, OSError):
     device, a socket), one whose read would block, or one larger than its limit. Also an
     :class:`OSError` (``errno``, ``strerror``, ``filename``), so code that handles I/O errors
     handles these the same way. See :mod:`orchestrator.ebpf.files`."""
+
+
+class NetnsFileError(NetnsError, FileError):  # type: ignore[misc]
+    """The network namespace path is refused before it is opened: not a regular file (a
+    FIFO, whose open would wait for a writer; a directory)."""
 
 
 class AttachTargetError(NotSupportedError):

@@ -52,7 +52,6 @@ from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
     Error,
-    FileError,
     KeyNotFoundError,
     NotSupportedError,
     PinError,
@@ -62,6 +61,7 @@ from orchestrator.ebpf.errors import (
 )
 from orchestrator.ebpf.files import open_file, read_text, reason, stat_regular
 from orchestrator.ebpf.handle import Handle
+from orchestrator.ebpf.netlink import in_netns
 from orchestrator.ebpf.programs import Program
 from orchestrator.ebpf.sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType, ProgType
 
@@ -476,28 +476,6 @@ def _make(what: str, create: Callable[[], FD]) -> Link:
 
 
 # ---------------------------------------------------------------------------- namespaces
-
-
-@contextlib.contextmanager
-def in_netns(path: NetnsPath) -> Iterator[None]:
-    """Run the block with the calling thread inside the network namespace at ``path``
-    (``/var/run/netns/NAME``, ``/proc/PID/ns/net``); None: stay. The thread returns to its
-    own namespace afterwards, also on error. Links made inside keep working afterwards.
-    Needs CAP_SYS_ADMIN."""
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(_netlink.in_netns(path))
-        except OSError as err:
-            klass = TargetNotFoundError if err.errno == errno.ENOENT else AttachError
-            if isinstance(err, FileError) or not err.errno:
-                why = reason(err)
-            else:
-                why = os.strerror(err.errno).lower()
-            raise klass(
-                f"network namespace {os.fspath(path or '')}: {why} "
-                "(a path like /var/run/netns/NAME or /proc/PID/ns/net)"
-            ) from err
-        yield
 
 
 def _where(netns: NetnsPath) -> str:
