@@ -21,35 +21,39 @@ from orchestrator.ebpf.collection import (
     CollectionOptions,
     load_collection,
 )
-from orchestrator.ebpf.core import COREError
 from orchestrator.ebpf.errors import (
+    AttachConflictError,
+    AttachError,
     AttachTargetError,
     BindError,
     BTFError,
     ConstantError,
+    COREError,
     CORERelocationError,
     Error,
+    KconfigError,
     KeyExistsError,
     KeyNotFoundError,
     MapIncompatibleError,
+    NetnsError,
+    NetnsFileError,
+    NetnsNotFoundError,
     NotSupportedError,
     ParseError,
     PermissionDeniedError,
     PinError,
     SpecError,
     SyscallError,
+    TargetNotFoundError,
     UnresolvedReferenceError,
     VerifierError,
 )
-from orchestrator.ebpf.externs import ExternKind, ExternSpec, KconfigError
+from orchestrator.ebpf.externs import ExternKind, ExternSpec
 from orchestrator.ebpf.kernel_btf import KernelBTF
 from orchestrator.ebpf.kernel_btf import load as load_kernel_btf
 from orchestrator.ebpf.links import (
-    AttachConflictError,
-    AttachError,
     Link,
     LinkInfo,
-    TargetNotFoundError,
     attach_cgroup,
     attach_netns,
     attach_raw_tracepoint,
@@ -120,6 +124,9 @@ __all__ = [
     "MapInfo",
     "MapSpec",
     "MapType",
+    "NetnsError",
+    "NetnsFileError",
+    "NetnsNotFoundError",
     "NotSupportedError",
     "ParseError",
     "PermissionDeniedError",

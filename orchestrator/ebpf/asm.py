@@ -111,19 +111,6 @@ def get_imm(raw: bytes | bytearray, index: int) -> int:
     return int(struct.unpack_from("<i", raw, index * INSN_SIZE + 4)[0])
 
 
-def set_imm(raw: bytearray, index: int, imm: int) -> None:
-    struct.pack_into("<i", raw, index * INSN_SIZE + 4, imm)
-
-
-def set_src(raw: bytearray, index: int, src: int) -> None:
-    pos = index * INSN_SIZE + 1
-    raw[pos] = (raw[pos] & 0x0F) | (src << 4)
-
-
-def get_src(raw: bytes | bytearray, index: int) -> int:
-    return raw[index * INSN_SIZE + 1] >> 4
-
-
 def opcode(raw: bytes | bytearray, index: int) -> int:
     return raw[index * INSN_SIZE]
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from orchestrator.ebpf.errors import BindError
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.spec import CollectionSpec, MapSpec, ProgramSpec, VariableSpec, hint
+from orchestrator.ebpf.spec import CollectionSpec, MapSpec, ProgramSpec, VariableSpec
+from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.sys import MapType
 
 if TYPE_CHECKING:

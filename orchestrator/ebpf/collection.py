@@ -45,7 +45,8 @@ from orchestrator.ebpf.errors import (
 )
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
-from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec, hint
+from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
+from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.sys import FD, AttachType, Closing, MapFlags, MapType, ProgType
 
 T = TypeVar("T")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.btf_ext import CORERelo, COREReloKind
-from orchestrator.ebpf.errors import BTFError, Error
+from orchestrator.ebpf.errors import BTFError, COREError
 from orchestrator.ebpf.kernel_btf import essential_name
 
 __all__ = [
@@ -76,11 +76,6 @@ _TYPE_KINDS = frozenset(
 _ENUM_KINDS = frozenset({COREReloKind.ENUMVAL_EXISTS, COREReloKind.ENUMVAL_VALUE})
 
 _U64 = (1 << 64) - 1
-
-
-class COREError(Error):
-    """A CO-RE relocation cannot be applied: malformed, ambiguous, or it does not fit the
-    instruction. (An unsatisfied one is not an error: it poisons its instruction.)"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,10 @@ class ConstantError(SpecError):
     """``rewrite_constants`` was given an unknown name or a value that does not fit."""
 
 
+class KconfigError(SpecError):
+    """A ``.kconfig`` extern has no value on this kernel, or a value of the wrong kind."""
+
+
 class MapIncompatibleError(Error):
     """A map replacement or an existing pin does not match the spec."""
 
@@ -170,6 +174,66 @@ class PinError(Error):
     """Pinning or unpinning failed, or a pin path is not on bpffs."""
 
 
+class AttachError(Error):
+    """Attaching, updating or detaching a link failed. ``errno`` is the kernel's error
+    number when a system call failed (0 otherwise)."""
+
+    @property
+    def errno(self) -> int:
+        cause = self.__cause__
+        while cause is not None and not isinstance(cause, SyscallError | OSError):
+            cause = cause.__cause__
+        return int(getattr(cause, "errno", 0) or 0)
+
+
+class TargetNotFoundError(AttachError):
+    """The hook's target does not exist: an interface, cgroup, namespace, tracepoint, file
+    or symbol."""
+
+
+class AttachConflictError(AttachError):
+    """The hook is taken by a program someone else attached (XDP on an interface, an
+    exclusive cgroup program). ``prog_id``/``prog_name``/``link_id`` name the occupant."""
+
+    def __init__(self, message: str, *, prog_id: int = 0, prog_name: str = "", link_id: int = 0):
+        super().__init__(message)
+        self.prog_id = prog_id
+        self.prog_name = prog_name
+        self.link_id = link_id
+
+
+class NetnsError(AttachError, OSError):  # type: ignore[misc]  # errno: see below
+    """The calling thread could not enter a network namespace: an :class:`AttachError`, and
+    an :class:`OSError` whose ``errno`` says why (EINVAL: a file that is no network
+    namespace; EPERM: no CAP_SYS_ADMIN), ``strerror`` as the cause put it and ``filename``
+    the path. (``errno`` is AttachError's, read from the cause: the same number.)"""
+
+    def __init__(self, message: str, cause: OSError, path: str) -> None:
+        code = cause.errno or 0
+        OSError.__init__(self, code, cause.strerror or os.strerror(code), path)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NetnsNotFoundError(NetnsError, TargetNotFoundError, FileNotFoundError):  # type: ignore[misc]
+    """There is no network namespace file at the path (ENOENT)."""
+
+
+class NetlinkError(Error):
+    """An rtnetlink request failed. ``errno`` holds the kernel's error number."""
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class COREError(Error):
+    """A CO-RE relocation cannot be applied: malformed, ambiguous, or it does not fit the
+    instruction. (An unsatisfied one is not an error: it poisons its instruction.)"""
+
+
 class CORERelocationError(VerifierError):
     """The verifier reached an instruction poisoned by an unsatisfiable CO-RE relocation.
     ``relocation`` describes it (kind, local type, access path)."""
@@ -194,6 +258,11 @@ class FileError(Error, OSError):
     device, a socket), one whose read would block, or one larger than its limit. Also an
     :class:`OSError` (``errno``, ``strerror``, ``filename``), so code that handles I/O errors
     handles these the same way. See :mod:`orchestrator.ebpf.files`."""
+
+
+class NetnsFileError(NetnsError, FileError):  # type: ignore[misc]
+    """The network namespace path is refused before it is opened: not a regular file (a
+    FIFO, whose open would wait for a writer; a directory)."""
 
 
 class AttachTargetError(NotSupportedError):

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf.errors import FileError, ParseError, SpecError
+from orchestrator.ebpf.errors import FileError, KconfigError, ParseError
 from orchestrator.ebpf.files import open_file, read_file, reason
 
 KCONFIG_MAX = 16 << 20  # a kernel config, also once decompressed (they are about 300 KiB)
@@ -41,10 +41,6 @@ __all__ = [
     "kernel_version_code",
     "read_kconfig",
 ]
-
-
-class KconfigError(SpecError):
-    """A ``.kconfig`` extern has no value on this kernel, or a value of the wrong kind."""
 
 
 class ExternKind(enum.Enum):

@@ -49,16 +49,19 @@ from orchestrator.ebpf import features as _features
 from orchestrator.ebpf import netlink as _netlink
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
+    AttachConflictError,
+    AttachError,
     Error,
-    FileError,
     KeyNotFoundError,
     NotSupportedError,
     PinError,
     SyscallError,
+    TargetNotFoundError,
     clip,
 )
 from orchestrator.ebpf.files import open_file, read_text, reason, stat_regular
 from orchestrator.ebpf.handle import Handle
+from orchestrator.ebpf.netlink import in_netns
 from orchestrator.ebpf.programs import Program
 from orchestrator.ebpf.sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType, ProgType
 
@@ -114,37 +117,6 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 XDPMode = Literal["auto", "native", "generic"]
 Direction = Literal["ingress", "egress"]
 NetnsPath = str | os.PathLike[str] | None
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-class AttachError(Error):
-    """Attaching, updating or detaching a link failed. ``errno`` is the kernel's error
-    number when a system call failed (0 otherwise)."""
-
-    @property
-    def errno(self) -> int:
-        cause = self.__cause__
-        while cause is not None and not isinstance(cause, SyscallError | OSError):
-            cause = cause.__cause__
-        return int(getattr(cause, "errno", 0) or 0)
-
-
-class TargetNotFoundError(AttachError):
-    """The hook's target does not exist: an interface, cgroup, namespace, tracepoint, file
-    or symbol."""
-
-
-class AttachConflictError(AttachError):
-    """The hook is taken by a program someone else attached (XDP on an interface, an
-    exclusive cgroup program). ``prog_id``/``prog_name``/``link_id`` name the occupant."""
-
-    def __init__(self, message: str, *, prog_id: int = 0, prog_name: str = "", link_id: int = 0):
-        super().__init__(message)
-        self.prog_id = prog_id
-        self.prog_name = prog_name
-        self.link_id = link_id
 
 
 # ---------------------------------------------------------------------------- info values
@@ -504,28 +476,6 @@ def _make(what: str, create: Callable[[], FD]) -> Link:
 
 
 # ---------------------------------------------------------------------------- namespaces
-
-
-@contextlib.contextmanager
-def in_netns(path: NetnsPath) -> Iterator[None]:
-    """Run the block with the calling thread inside the network namespace at ``path``
-    (``/var/run/netns/NAME``, ``/proc/PID/ns/net``); None: stay. The thread returns to its
-    own namespace afterwards, also on error. Links made inside keep working afterwards.
-    Needs CAP_SYS_ADMIN."""
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(_netlink.in_netns(path))
-        except OSError as err:
-            klass = TargetNotFoundError if err.errno == errno.ENOENT else AttachError
-            if isinstance(err, FileError) or not err.errno:
-                why = reason(err)
-            else:
-                why = os.strerror(err.errno).lower()
-            raise klass(
-                f"network namespace {os.fspath(path or '')}: {why} "
-                "(a path like /var/run/netns/NAME or /proc/PID/ns/net)"
-            ) from err
-        yield
 
 
 def _where(netns: NetnsPath) -> str:

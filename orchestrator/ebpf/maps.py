@@ -22,7 +22,6 @@ from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,
-    MapIncompatibleError,
     NotSupportedError,
     PinError,
     SpecError,
@@ -765,11 +764,3 @@ def _create_error(spec: MapSpec, err: SyscallError) -> SyscallError:
         hint = " (needs CAP_BPF)"
     text = str(err).removeprefix("create map: ")
     return type(err)(f"map {spec.name}: create: {text}{hint}", err.errno)
-
-
-def check_spec_against_info(spec: MapSpec, m: Map, what: str) -> None:
-    """Raise MapIncompatibleError if ``m`` can't stand in for ``spec`` (used for pins)."""
-    try:
-        m.check_compatible_with(spec)
-    except MapIncompatibleError as err:
-        raise MapIncompatibleError(f"{what}: {err}") from err

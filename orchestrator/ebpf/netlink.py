@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.errors import Error
-from orchestrator.ebpf.files import stat_regular
+from orchestrator.ebpf.errors import FileError, NetnsError, NetnsFileError, NetnsNotFoundError
+from orchestrator.ebpf.errors import NetlinkError as NetlinkError  # re-exported for old imports
+from orchestrator.ebpf.files import reason, stat_regular
 
 # linux/netlink.h
 NLMSG_ERROR = 2
@@ -55,14 +56,6 @@ _IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
 _NLATTR = struct.Struct("=HH")  # len, type
 
 _seq = itertools.count(1)
-
-
-class NetlinkError(Error):
-    """An rtnetlink request failed. ``errno`` holds the kernel's error number."""
-
-    def __init__(self, message: str, errno: int) -> None:
-        super().__init__(message)
-        self.errno = errno
 
 
 class XDPMode(enum.IntEnum):
@@ -100,21 +93,32 @@ def in_netns(path: str | os.PathLike[str] | None) -> Iterator[None]:
     """Run the block with the calling thread in the network namespace at ``path`` (e.g.
     ``/var/run/netns/NAME`` or ``/proc/PID/ns/net``); ``None`` runs it where the thread is.
 
-    The thread returns to its original namespace when the block ends, also on error. Needs
-    CAP_SYS_ADMIN (setns on a network namespace). Raises ``OSError`` (FileNotFoundError for
-    a missing path) before entering; nothing is left open.
+    The thread returns to its original namespace when the block ends, also on error; links
+    made inside keep working afterwards. Needs CAP_SYS_ADMIN (setns on a network namespace).
+    Raises, before entering, :class:`NetnsNotFoundError` for a missing path,
+    :class:`NetnsFileError` for one that is no regular file (refused before it is opened)
+    and :class:`NetnsError` for one it cannot enter; all are ``AttachError`` and ``OSError``
+    too. Nothing is left open.
     """
     if path is None:
         yield
         return
-    target = open_netns(path)
+    try:
+        target = open_netns(path)
+    except OSError as err:
+        raise _netns_error(path, err) from err
     try:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    except BaseException:
+    except BaseException as err:
         os.close(target)
+        if isinstance(err, OSError):
+            raise _netns_error(path, err) from err
         raise
     try:
-        _sys.setns(target, _sys.CLONE_NEWNET)  # EINVAL: not a netns file
+        try:
+            _sys.setns(target, _sys.CLONE_NEWNET)  # EINVAL: not a netns file
+        except OSError as err:
+            raise _netns_error(path, err) from err
         try:
             yield
         finally:
@@ -131,6 +135,23 @@ def open_netns(path: str | os.PathLike[str]) -> int:
     open would wait for a writer), is refused with :class:`FileError` before it is opened."""
     stat_regular(path)
     return os.open(os.fspath(path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+
+
+def _netns_error(path: str | os.PathLike[str], err: OSError) -> NetnsError:
+    """What :func:`in_netns` raises when opening or entering ``path`` failed with ``err``."""
+    code = err.errno or 0
+    klass: type[NetnsError] = NetnsError
+    if isinstance(err, FileError):
+        klass = NetnsFileError
+    elif code == errno.ENOENT:
+        klass = NetnsNotFoundError
+    why = reason(err) if isinstance(err, FileError) or not code else os.strerror(code).lower()
+    where = os.fspath(path)
+    return klass(
+        f"network namespace {where}: {why} (a path like /var/run/netns/NAME or /proc/PID/ns/net)",
+        err,
+        where,
+    )
 
 
 def netns_inode(path: str | os.PathLike[str] | None = None) -> int:

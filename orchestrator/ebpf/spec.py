@@ -8,7 +8,6 @@ spec without mutating it.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import functools
 import os
@@ -20,6 +19,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import layout as _layout
 from orchestrator.ebpf.asm import Instructions
 from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
+from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
 
 if TYPE_CHECKING:
@@ -387,7 +387,7 @@ class CollectionSpec:
             var = self.variables.get(name)
             if var is None or not var.constant:
                 constants = sorted(n for n, v in self.variables.items() if v.constant)
-                raise ConstantError(f"constant {clip(name)}: not in object{_hint(name, constants)}")
+                raise ConstantError(f"constant {clip(name)}: not in object{hint(name, constants)}")
             staged.append((var, value))
         # Validate everything before writing anything.
         encoded = []
@@ -407,7 +407,7 @@ class CollectionSpec:
         for name, existing in replacements.items():
             spec = self.maps.get(name)
             if spec is None:
-                raise SpecError(f"map {clip(name)}: not in object{_hint(name, sorted(self.maps))}")
+                raise SpecError(f"map {clip(name)}: not in object{hint(name, sorted(self.maps))}")
             if name not in used:
                 raise SpecError(f"map {clip(name)}: not referenced by any program")
             existing.check_compatible_with(spec)
@@ -428,12 +428,10 @@ class CollectionSpec:
         todo_progs, todo_maps = list(programs), list(maps)
         for name in todo_progs:
             if name not in self.programs:
-                raise SpecError(
-                    f"program {name}: not in object{_hint(name, sorted(self.programs))}"
-                )
+                raise SpecError(f"program {name}: not in object{hint(name, sorted(self.programs))}")
         for name in todo_maps:
             if name not in self.maps:
-                raise SpecError(f"map {name}: not in object{_hint(name, sorted(self.maps))}")
+                raise SpecError(f"map {name}: not in object{hint(name, sorted(self.maps))}")
         while todo_progs or todo_maps:
             if todo_progs:
                 name = todo_progs.pop()
@@ -482,19 +480,3 @@ def _spec_cache() -> SpecCache:
     from orchestrator.ebpf.speccache import default
 
     return default
-
-
-def _hint(name: str, choices: list[str]) -> str:
-    # a long name matches nothing, and difflib's cost grows with its length
-    close = difflib.get_close_matches(name, choices, n=1) if len(name) < 256 else []
-    if close:
-        return f" (did you mean {close[0]}?)"
-    if choices:
-        shown = ", ".join(choices[:8]) + (", …" if len(choices) > 8 else "")
-        return f" (it has: {shown})"
-    return ""
-
-
-def hint(name: str, choices: list[str]) -> str:
-    """`` (did you mean x?)`` or the list of choices, for error messages."""
-    return _hint(name, choices)

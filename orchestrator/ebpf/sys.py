@@ -4,6 +4,7 @@ This is the only module that calls ``syscall()`` or packs a ``bpf_attr``. Every 
 below mirrors the member of ``union bpf_attr`` used by one command, field for field; the
 kernel accepts an attr shorter than its own as long as it is zero-extended, so each command
 passes exactly its own struct (see ``bpf_check_uarg_tail_zero`` in kernel/bpf/syscall.c).
+A test checks every struct and enum here against the running kernel's BTF.
 
 Failures raise :class:`~orchestrator.ebpf.errors.SyscallError` subclasses chosen by errno;
 callers add the noun of their object in front of the message.
@@ -436,18 +437,6 @@ class ObjPinAttr(_Attr):
     _fields_ = [("pathname", u64), ("bpf_fd", u32), ("file_flags", u32), ("path_fd", s32)]
 
 
-class ProgAttachAttr(_Attr):
-    _fields_ = [
-        ("target_fd", u32),
-        ("attach_bpf_fd", u32),
-        ("attach_type", u32),
-        ("attach_flags", u32),
-        ("replace_bpf_fd", u32),
-        ("relative_fd", u32),
-        ("expected_revision", u64),
-    ]
-
-
 class TestRunAttr(_Attr):
     __test__ = False  # not a pytest class
     _fields_ = [
@@ -474,7 +463,7 @@ class GetIdAttr(_Attr):
         ("start_id", u32),
         ("next_id", u32),
         ("open_flags", u32),
-        ("fd_by_id_token_fd", u32),
+        ("fd_by_id_token_fd", s32),
     ]
 
 
@@ -516,7 +505,7 @@ class BtfLoadAttr(_Attr):
 
 
 class LinkCreateAttr(_Attr):
-    """``link_create``: the common head plus the per-link-type union as two 64-bit words.
+    """``link_create``: the common head plus the 48-byte per-link-type union as 64-bit words.
 
     Union layouts (offsets from the start of the attr): ``target_btf_id`` u32 @16;
     ``iter_info`` u64 @16 + ``iter_info_len`` u32 @24; ``perf_event.bpf_cookie`` u64 @16;
@@ -530,7 +519,7 @@ class LinkCreateAttr(_Attr):
         ("flags", u32),
         ("union_lo", u64),
         ("union_hi", u64),
-        ("union_rest", u64 * 6),
+        ("union_rest", u64 * 4),
     ]
 
 
@@ -548,10 +537,6 @@ class MapFreezeAttr(_Attr):
 
 class IterCreateAttr(_Attr):
     _fields_ = [("link_fd", u32), ("flags", u32)]
-
-
-class ProgBindMapAttr(_Attr):
-    _fields_ = [("prog_fd", u32), ("map_fd", u32), ("flags", u32)]
 
 
 class ProgInfo(ctypes.Structure):
@@ -633,7 +618,7 @@ class BtfInfo(ctypes.Structure):
 class LinkInfo(ctypes.Structure):
     """``bpf_link_info``: head plus the per-type union as raw words (see :func:`link_info`)."""
 
-    _fields_ = [("type", u32), ("id", u32), ("prog_id", u32), ("_pad", u32), ("union", u64 * 12)]
+    _fields_ = [("type", u32), ("id", u32), ("prog_id", u32), ("_pad", u32), ("union", u64 * 6)]
 
 
 class PerfEventAttr(ctypes.Structure):
@@ -660,7 +645,7 @@ class PerfEventAttr(ctypes.Structure):
         ("sample_max_stack", ctypes.c_uint16),
         ("_reserved_2", ctypes.c_uint16),
         ("aux_sample_size", u32),
-        ("_reserved_3", u32),
+        ("aux_action", u32),  # union with the aux_start_paused/aux_pause/aux_resume bits
         ("sig_data", u64),
         ("config3", u64),
     ]
@@ -1050,10 +1035,6 @@ def link_info(fd: FD) -> LinkInfo:
     return info
 
 
-def prog_bind_map(prog: FD, map_fd: FD) -> None:
-    bpf(Cmd.PROG_BIND_MAP, ProgBindMapAttr(prog_fd=prog.raw, map_fd=map_fd.raw))
-
-
 # ---------------------------------------------------------------------------- attach
 
 
@@ -1079,14 +1060,6 @@ def raw_tracepoint_open(prog: FD, name: str | None) -> FD:
         name=ctypes.addressof(buf) if buf is not None else 0, prog_fd=prog.raw
     )
     return FD(bpf(Cmd.RAW_TRACEPOINT_OPEN, attr))
-
-
-def prog_attach(attr: ProgAttachAttr) -> None:
-    bpf(Cmd.PROG_ATTACH, attr)
-
-
-def prog_detach(attr: ProgAttachAttr) -> None:
-    bpf(Cmd.PROG_DETACH, attr)
 
 
 def prog_query(
@@ -1140,11 +1113,11 @@ class _Statfs(ctypes.Structure):
     _fields_ = [
         ("f_type", ctypes.c_long),
         ("f_bsize", ctypes.c_long),
-        ("f_blocks", ctypes.c_ulong),
-        ("f_bfree", ctypes.c_ulong),
-        ("f_bavail", ctypes.c_ulong),
-        ("f_files", ctypes.c_ulong),
-        ("f_ffree", ctypes.c_ulong),
+        ("f_blocks", ctypes.c_long),
+        ("f_bfree", ctypes.c_long),
+        ("f_bavail", ctypes.c_long),
+        ("f_files", ctypes.c_long),
+        ("f_ffree", ctypes.c_long),
         ("f_fsid", ctypes.c_int * 2),
         ("f_namelen", ctypes.c_long),
         ("f_frsize", ctypes.c_long),

@@ -8,7 +8,6 @@ the two equal. Every object has ``additionalProperties: false``: a typo is an er
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import sys
 from collections.abc import Iterator, Mapping
@@ -19,6 +18,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from orchestrator.ebpf.errors import quote
+from orchestrator.ebpf.suggestions import did_you_mean
 from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import Problem
 from orchestrator.manifest.hooks import CGROUP_HOOKS
@@ -363,14 +363,6 @@ _TYPE_NAMES = {
 }
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    # a long word matches nothing, and difflib's cost grows with its length
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6) if len(word) < 256 else []
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return "allowed: " + ", ".join(choices)
-
-
 def _schema_path_has(err: ValidationError, word: str) -> bool:
     return word in err.relative_schema_path or word in err.absolute_schema_path
 
@@ -400,7 +392,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
                 doc.key_at((*path, key)),
                 render_path((*path, key)),
                 f"unknown field {quote(key)}",
-                _did_you_mean(key, allowed),
+                did_you_mean(key, allowed, listing="allowed", limit=None),
             )
         return
     if v == "required":
@@ -475,9 +467,8 @@ def _value_problem(
     elif v == "enum":
         choices = [str(c) for c in vv]
         message = f"expected one of {', '.join(choices)}, got {_got(value)}"
-        if isinstance(value, str) and len(value) < 256:
-            close = difflib.get_close_matches(value, choices, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else ""
+        if isinstance(value, str):
+            hint = did_you_mean(value, choices, listing=None)
     elif v == "pattern":
         meaning, hint = _PATTERNS.get(vv, (f"does not match {vv}", ""))
         message = f"{what}{_got(value)} is {meaning}"

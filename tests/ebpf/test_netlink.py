@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import struct
+from pathlib import Path
 
 import pytest
 
 from orchestrator.ebpf import netlink
+from orchestrator.ebpf.errors import (
+    AttachError,
+    FileError,
+    NetnsError,
+    NetnsFileError,
+    NetnsNotFoundError,
+    TargetNotFoundError,
+)
 from orchestrator.ebpf.netlink import XDPMode
 
 
@@ -51,3 +61,35 @@ def test_truncated_input() -> None:
     # an attribute claiming more bytes than there are ends the walk instead of over-reading
     bad = newlink(3, attr(netlink.IFLA_IFNAME, b"ok\0"), struct.pack("=HH", 200, 3) + b"xx")
     assert netlink.parse_newlink(bad).name == "ok"
+
+
+def test_in_netns_errors_are_loader_and_os_errors(tmp_path: Path, fd_guard: None) -> None:
+    # One in_netns for the loader (which catches AttachError) and for callers that handle
+    # OSError: its errors are both, and it leaves the thread where it was.
+    home = netlink.netns_inode()
+    missing = tmp_path / "missing"
+    with pytest.raises(NetnsNotFoundError) as caught, netlink.in_netns(missing):
+        pass
+    err = caught.value
+    assert isinstance(err, TargetNotFoundError) and isinstance(err, FileNotFoundError)
+    assert (err.errno, err.filename) == (errno.ENOENT, str(missing))
+    assert str(err) == (
+        f"network namespace {missing}: no such file or directory "
+        "(a path like /var/run/netns/NAME or /proc/PID/ns/net)"
+    )
+    plain = tmp_path / "plain"
+    plain.write_text("not a namespace")
+    with pytest.raises(NetnsError) as caught, netlink.in_netns(plain):
+        pass
+    err = caught.value
+    assert isinstance(err, AttachError) and isinstance(err, OSError)
+    assert not isinstance(err, TargetNotFoundError)
+    assert err.errno == errno.EINVAL
+    assert str(err).startswith(f"network namespace {plain}: invalid argument (")
+    with pytest.raises(NetnsFileError) as refused, netlink.in_netns(tmp_path):
+        pass
+    err = refused.value  # refused by type before it is opened, as FileError says it
+    assert isinstance(err, FileError) and isinstance(err, AttachError)
+    assert (err.errno, err.strerror) == (errno.EISDIR, "is a directory")
+    assert str(err).startswith(f"network namespace {tmp_path}: is a directory (")
+    assert netlink.netns_inode() == home

@@ -1,0 +1,51 @@
+"""Suggestions for error messages that name something that is not there: "did you mean"?
+
+The loader says ``map countres: not in collection (did you mean counters?)``; the manifest
+layer reports the same suggestion in a problem's hint, quoted: ``did you mean 'counters'?``.
+Both come from here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+__all__ = ["closest", "did_you_mean", "hint"]
+
+
+def closest(word: str, choices: Sequence[str]) -> str | None:
+    """The choice that ``word`` is most likely a misspelling of, None if none is close."""
+    if len(word) >= 256:
+        return None  # a long word matches nothing, and difflib's cost grows with its length
+    found = difflib.get_close_matches(word, choices, n=1)
+    return found[0] if found else None
+
+
+def did_you_mean(
+    word: str,
+    choices: Sequence[str],
+    *,
+    quote: str = "'",
+    listing: str | None = "it has",
+    limit: int | None = 8,
+) -> str:
+    """``did you mean 'x'?`` for the choice closest to ``word``. Else, unless ``listing`` is
+    None, the choices after it (``it has: a, b, …``, at most ``limit`` of them); else "".
+
+    ``quote`` goes around the suggestion (``""`` for none).
+    """
+    close = closest(word, choices)
+    if close is not None:
+        return f"did you mean {quote}{close}{quote}?"
+    if listing is None or not choices:
+        return ""
+    shown = list(choices if limit is None else choices[:limit])
+    more = ", …" if limit is not None and len(choices) > limit else ""
+    return f"{listing}: {', '.join(shown)}{more}"
+
+
+def hint(word: str, choices: Sequence[str]) -> str:
+    """:func:`did_you_mean` as the end of a loader error message: `` (did you mean x?)``,
+    `` (it has: a, b, …)``, or "" when there is nothing to say."""
+    text = did_you_mean(word, choices, quote="")
+    return f" ({text})" if text else ""
