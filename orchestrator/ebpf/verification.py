@@ -19,7 +19,8 @@ from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.collection import CollectionOptions, _Loader
 from orchestrator.ebpf.errors import Error, SpecError, VerifierError
 from orchestrator.ebpf.programs import LOG_LEVEL2, LOG_STATS
-from orchestrator.ebpf.spec import CollectionSpec, PinType, hint
+from orchestrator.ebpf.spec import CollectionSpec, PinType
+from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.sys import ProgType
 from orchestrator.ebpf.verifier import BUDGET, Stats, annotate, parse_stats
 
