@@ -33,8 +33,10 @@ from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, RefKind
 from orchestrator.ebpf.errors import (
     AttachTargetError,
+    COREError,
     CORERelocationError,
     Error,
+    KconfigError,
     MapIncompatibleError,
     NotSupportedError,
     PermissionDeniedError,
@@ -377,8 +379,8 @@ class _Loader:
             results = _core.apply_relocations(
                 raw, spec.core_relos, spec.btf, self._core_target(), self._core_cache
             )
-        except _core.COREError as err:
-            raise _core.COREError(f"program {spec.name}: {err}") from err
+        except COREError as err:
+            raise COREError(f"program {spec.name}: {err}") from err
         poisoned = {r.relo.insn: _core.describe_relo(r.relo) for r in results if r.poison}
         if poisoned:
             self._poisoned[spec.name] = poisoned
@@ -500,7 +502,7 @@ class _Loader:
             path = self.options.kconfig_path
             try:
                 config = _externs.read_kconfig(os.fspath(path) if path is not None else None)
-            except _externs.KconfigError:
+            except KconfigError:
                 if not all(
                     e.weak
                     for e in self.spec.externs.values()
@@ -515,8 +517,8 @@ class _Loader:
             features["LINUX_HAS_SYSCALL_WRAPPER"] = int(_features.syscall_wrapper())
         try:
             return _externs.kconfig_values(self.spec.externs, spec.value_size, config, features)
-        except _externs.KconfigError as err:
-            raise _externs.KconfigError(f"map {spec.name}: {err}") from err
+        except KconfigError as err:
+            raise KconfigError(f"map {spec.name}: {err}") from err
 
     def _struct_ops_target(self, spec: ProgramSpec) -> tuple[int, int]:
         """(kernel struct id, member index) of the struct_ops member ``spec`` implements."""

@@ -53,6 +53,7 @@ from orchestrator.ebpf.errors import (
     AttachError,
     Error,
     KeyNotFoundError,
+    NetlinkError,
     NotSupportedError,
     PinError,
     SyscallError,
@@ -502,7 +503,7 @@ def _ifindex(iface: int | str, netns: NetnsPath) -> int:
 def _if_exists(index: int, netns: NetnsPath) -> bool:
     try:
         _netlink.query_link(index, netns)
-    except _netlink.NetlinkError as err:
+    except NetlinkError as err:
         return err.errno != errno.ENODEV
     return True
 
@@ -510,7 +511,7 @@ def _if_exists(index: int, netns: NetnsPath) -> bool:
 def _ifname(index: int, netns: NetnsPath) -> str:
     try:
         return _netlink.query_link(index, netns).name or f"ifindex {index}"
-    except (_netlink.NetlinkError, OSError):
+    except (NetlinkError, OSError):
         return f"ifindex {index}"
 
 
@@ -597,7 +598,7 @@ def xdp_attached(iface: int | str, netns: NetnsPath = None) -> XDPAttachment | N
     index = _ifindex(iface, netns)
     try:
         state = _netlink.query_link(index, netns)
-    except _netlink.NetlinkError as err:
+    except NetlinkError as err:
         if err.errno == errno.ENODEV:
             raise TargetNotFoundError(
                 f"interface {iface}: not found{_where(netns)} (check `ip link`)"
@@ -635,7 +636,7 @@ def xdp_mode(iface: int | str, prog_id: int, netns: NetnsPath = None) -> str | N
     index = _ifindex(iface, netns)
     try:
         state = _netlink.query_link(index, netns)
-    except _netlink.NetlinkError as err:
+    except NetlinkError as err:
         if err.errno == errno.ENODEV:
             raise TargetNotFoundError(
                 f"interface {iface}: not found{_where(netns)} (check `ip link`)"
@@ -712,7 +713,7 @@ def set_xdp_netlink(
             _netlink._request(
                 sock, _RTM_SETLINK, _netlink.NLM_F_REQUEST | _netlink.NLM_F_ACK, payload
             )
-    except _netlink.NetlinkError as err:
+    except NetlinkError as err:
         if err.errno == errno.EEXIST and expected is not None:
             raise AttachConflictError(
                 f"{what}: program {expected.id} ({expected.name}) is not attached there in "

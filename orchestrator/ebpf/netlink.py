@@ -27,8 +27,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.errors import FileError, NetnsError, NetnsFileError, NetnsNotFoundError
-from orchestrator.ebpf.errors import NetlinkError as NetlinkError  # re-exported for old imports
+from orchestrator.ebpf.errors import (
+    FileError,
+    NetlinkError,
+    NetnsError,
+    NetnsFileError,
+    NetnsNotFoundError,
+)
 from orchestrator.ebpf.files import reason, stat_regular
 
 # linux/netlink.h

@@ -893,7 +893,8 @@ def _xdp_facts(ifindex: int, netns: Path | None, *, find_link: bool = False) -> 
     """Which XDP program the interface runs; with ``find_link`` also the link holding it
     (that walks every XDP link in the kernel: only done for targets with take_over)."""
     from orchestrator.ebpf import links as _links
-    from orchestrator.ebpf.netlink import NetlinkError, XDPMode, query_link
+    from orchestrator.ebpf.errors import NetlinkError
+    from orchestrator.ebpf.netlink import XDPMode, query_link
 
     try:
         state = query_link(ifindex, netns)

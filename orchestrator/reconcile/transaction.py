@@ -84,6 +84,7 @@ from orchestrator.ebpf import (
 from orchestrator.ebpf import links as _links
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.collection import load_subset
+from orchestrator.ebpf.errors import AttachConflictError
 from orchestrator.ebpf.pin import (
     is_mount_root,
     open_dir_at,
@@ -690,7 +691,7 @@ class Transaction:
             try:
                 where = t.interface if iface is None else iface
                 return _links.attach_xdp(prog, where, mode, netns=t.netns)  # type: ignore[arg-type]
-            except _links.AttachConflictError:
+            except AttachConflictError:
                 held = _links.xdp_attached(t.interface, t.netns)
                 if held is not None and held.prog_id not in ours:
                     if not t.take_over or held.link_id is not None:

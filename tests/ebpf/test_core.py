@@ -21,13 +21,13 @@ from orchestrator.ebpf.btf import (
 from orchestrator.ebpf.btf_ext import CORERelo, COREReloKind
 from orchestrator.ebpf.core import (
     POISON_HELPER,
-    COREError,
     Target,
     apply_relocations,
     describe_relo,
     poisoned_in_log,
     resolve,
 )
+from orchestrator.ebpf.errors import COREError
 from orchestrator.ebpf.kernel_btf import essential_name
 
 K = COREReloKind

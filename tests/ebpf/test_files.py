@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ebpf import ParseError, files, speccache
-from orchestrator.ebpf.errors import Error, FileError, clip, quote
+from orchestrator.ebpf.errors import AttachError, Error, FileError, clip, quote
 from orchestrator.ebpf.lru import LRU
 from tests.conftest import obj
 from tests.deadline import promptly
@@ -270,7 +270,7 @@ def test_a_fifo_as_network_namespace_is_refused_before_it_is_opened(fifo: Path) 
         with links.in_netns(fifo):
             pytest.fail("entered a FIFO as a namespace")
 
-    with pytest.raises(links.AttachError, match=r"network namespace .*: not a regular file"):
+    with pytest.raises(AttachError, match=r"network namespace .*: not a regular file"):
         promptly(enter_for_links)
 
 

@@ -20,15 +20,14 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import links
-from orchestrator.ebpf.errors import NotSupportedError, PinError
-from orchestrator.ebpf.links import (
+from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
-    Link,
-    LinkID,
-    ProgramID,
+    NotSupportedError,
+    PinError,
     TargetNotFoundError,
 )
+from orchestrator.ebpf.links import Link, LinkID, ProgramID
 from orchestrator.ebpf.netlink import in_netns, netns_inode
 from orchestrator.ebpf.sys import AttachType, LinkType
 from tests.conftest import ROOT, obj, require_tool

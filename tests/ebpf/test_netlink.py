@@ -12,6 +12,7 @@ from orchestrator.ebpf import netlink
 from orchestrator.ebpf.errors import (
     AttachError,
     FileError,
+    NetlinkError,
     NetnsError,
     NetnsFileError,
     NetnsNotFoundError,
@@ -56,7 +57,7 @@ def test_parse_multi_mode_and_unknown_mode() -> None:
 
 
 def test_truncated_input() -> None:
-    with pytest.raises(netlink.NetlinkError, match="truncated"):
+    with pytest.raises(NetlinkError, match="truncated"):
         netlink.parse_newlink(b"\0" * 8)
     # an attribute claiming more bytes than there are ends the walk instead of over-reading
     bad = newlink(3, attr(netlink.IFLA_IFNAME, b"ok\0"), struct.pack("=HH", 200, 3) + b"xx")

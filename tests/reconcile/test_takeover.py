@@ -157,14 +157,14 @@ def test_netlink_set_refuses_to_clobber(veth: VethPair, foreign: int, fd_guard: 
     ns = veth.b.ns.path
     with ebpf.load_collection(BPF_DIR / "xdp_counter.o") as coll:
         mine = coll.programs["xdp_count"]
-        with pytest.raises(links.AttachConflictError, match="another XDP program or link"):
+        with pytest.raises(ebpf.AttachConflictError, match="another XDP program or link"):
             links.set_xdp_netlink(veth.b.name, mine, "generic", netns=ns)
-        with pytest.raises(links.AttachConflictError, match=f"program {mine.id} .* not attached"):
+        with pytest.raises(ebpf.AttachConflictError, match=f"program {mine.id} .* not attached"):
             links.set_xdp_netlink(veth.b.name, None, "generic", expected=mine, netns=ns)
         # the right program in the wrong mode: refused too
         with (
             Program.from_id(foreign) as p,
-            pytest.raises(links.AttachConflictError, match="in native mode"),
+            pytest.raises(ebpf.AttachConflictError, match="in native mode"),
         ):
             links.set_xdp_netlink(veth.b.name, None, "native", expected=p, netns=ns)
         with pytest.raises(ValueError, match="xdp mode 'turbo'"):
