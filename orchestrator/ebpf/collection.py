@@ -294,10 +294,12 @@ class _Loader:
             except SyscallError as err:
                 if err.errno == errno.EPERM and _trampoline(spec):
                     raise PermissionDeniedError(
-                        f"program {name}: load: operation not permitted (EPERM) (this kernel "
-                        "refuses fentry/fexit/fmod_ret/lsm/freplace programs: BPF trampolines "
-                        "are unavailable or forbidden; use a kprobe or tracepoint instead)",
+                        "load",
                         err.errno,
+                        subject=f"program {name}",
+                        hint="this kernel refuses fentry/fexit/fmod_ret/lsm/freplace programs: "
+                        "BPF trampolines are unavailable or forbidden; use a kprobe or "
+                        "tracepoint instead",
                     ) from err
                 raise
         finally:
@@ -395,7 +397,7 @@ class _Loader:
         if relo is None:
             return err
         return CORERelocationError(
-            f"program {name}: instruction {idx}: co-re relocation {relo} cannot be satisfied "
+            f"instruction {idx}: co-re relocation {relo} cannot be satisfied "
             "by the kernel's btf and the instruction is reachable (guard it with "
             "bpf_core_field_exists() or bpf_core_type_exists())",
             err.errno,

@@ -11,7 +11,7 @@ import errno as _errno
 import os
 import reprlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self, TypeVar
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.btf_ext import LineInfo
@@ -57,32 +57,150 @@ class BindError(Error):
 
 
 class SyscallError(Error):
-    """A system call failed. ``errno`` holds the raw error number."""
+    """A system call failed: a ``bpf()`` command, ``perf_event_open``, an ``ioctl``.
 
-    def __init__(self, message: str, errno: int) -> None:
-        super().__init__(message)
+    Its fields say what happened; callers test them (and the class), never the message:
+
+    - ``op``: the operation (``"lookup"``, ``"create map"``, ``"open pin"``, ``"test run"``,
+      ``"perf_event_open"``);
+    - ``errno``: the kernel's error number;
+    - ``subject``: the object it was done to, as messages name it (``"map counters"``,
+      ``"program xdp_main"``), "" when not known;
+    - ``path``: the file or pin it named, "" if none;
+    - ``hint``: what to do about it, "" if there is nothing to say;
+    - ``detail``: what went wrong: the kernel's error (``"no such file or directory
+      (ENOENT)"``, see :func:`strerror`) unless the caller knows better (``"key 1 not
+      found"``).
+
+    ``str()`` builds the message from them: ``{subject}: {action}: {detail} ({hint})``, where
+    ``action`` names the step: ``op`` unless the caller says otherwise (``"pin
+    /sys/fs/bpf/x"``, ``"update 3"``; "" leaves it out). A layer that adds its context makes
+    a copy with :meth:`replace`."""
+
+    def __init__(
+        self,
+        op: str,
+        errno: int,
+        *,
+        subject: str = "",
+        path: str = "",
+        hint: str = "",
+        detail: str = "",
+        action: str | None = None,
+    ) -> None:
+        super().__init__(op, errno)
+        self.args = (op, errno)
         self.errno = errno
+        self.op = op
+        self.subject = subject
+        self.path = path
+        self.hint = hint
+        self.action = op if action is None else action
+        self._detail = detail
 
-    @classmethod
-    def from_errno(cls, what: str, err: int, hint: str = "") -> SyscallError:
-        text = f"{what}: {os.strerror(err).lower()} ({_errno.errorcode.get(err, err)})"
-        if hint:
-            text += f" ({hint})"
-        klass: type[SyscallError] = cls
-        if err == _errno.ENOENT:
-            klass = KeyNotFoundError if cls is SyscallError else cls
-        return klass(text, err)
+    @property
+    def detail(self) -> str:
+        return self._detail if self._detail else strerror(self.errno)
+
+    def __str__(self) -> str:
+        text = ": ".join(part for part in (self.subject, self.action, self.detail) if part)
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def replace(
+        self,
+        *,
+        op: str | None = None,
+        subject: str | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+        detail: str | None = None,
+        action: str | None = None,
+    ) -> Self:
+        """A copy of this error (same class, same errno) with the given fields changed."""
+        new = _restore(type(self), self.args, self.errno, dict(self.__dict__))
+        if op is not None:
+            new.op = op
+        if subject is not None:
+            new.subject = subject
+        if path is not None:
+            new.path = path
+        if hint is not None:
+            new.hint = hint
+        if detail is not None:
+            new._detail = detail
+        if action is not None:
+            new.action = action
+        new._filled()
+        return new
+
+    def _filled(self) -> None:
+        """Set what derives from the fields (a subclass that is an OSError: its fields)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_restore, (type(self), self.args, self.errno, dict(self.__dict__)))
+
+
+_SE = TypeVar("_SE", bound=SyscallError)
+
+
+def _restore(cls: type[_SE], args: tuple[object, ...], errno: int, state: dict[str, object]) -> _SE:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    err.errno = errno
+    err._filled()
+    return err
+
+
+ENOTSUPP = 524  # the kernel's internal "not supported", which bpf() lets out
+
+
+def strerror(err: int) -> str:
+    """How messages name an error number: ``no such file or directory (ENOENT)``."""
+    if err in (ENOTSUPP, _errno.EOPNOTSUPP):
+        return "operation not supported"
+    return f"{os.strerror(err).lower()} ({_errno.errorcode.get(err, err)})"
 
 
 class KeyNotFoundError(SyscallError, KeyError):
-    """A map lookup or delete found no such key (ENOENT)."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we do not want that
-        return str(self.args[0]) if self.args else ""
+    """A map element operation found no such key, or an empty queue or stack (ENOENT).
+    Raised only by map element operations (lookup, update with EXIST, delete, pop, peek,
+    next key, batches); a missing pin or id is a :class:`NotFoundError`."""
 
 
 class KeyExistsError(SyscallError):
     """``update(..., flags=NOEXIST)`` found the key present (EEXIST)."""
+
+
+class NotFoundError(SyscallError, FileNotFoundError):  # type: ignore[misc]  # errno: both
+    """There is no such object: a missing pin (``from_pin``, BPF_OBJ_GET) or a map, program,
+    link or BTF id that does not exist (``from_id``, BPF_*_GET_FD_BY_ID), the same for
+    maps, programs and links (ENOENT).
+
+    Also a :class:`FileNotFoundError` (``errno``, ``strerror``, ``filename`` the pin's path or
+    None for an id), because a pin is a file: ``except FileNotFoundError`` around
+    ``Map.from_pin`` works as it does around ``open``. It is no ``KeyError``: that is
+    :class:`KeyNotFoundError`, for map elements."""
+
+    def _filled(self) -> None:
+        self.strerror = os.strerror(self.errno)
+        self.filename = self.path or None
+
+    def __init__(
+        self,
+        op: str,
+        errno: int = _errno.ENOENT,
+        *,
+        subject: str = "",
+        path: str = "",
+        hint: str = "",
+        detail: str = "",
+        action: str | None = None,
+    ) -> None:
+        super().__init__(
+            op, errno, subject=subject, path=path, hint=hint, detail=detail, action=action
+        )
+        self._filled()
 
 
 class PermissionDeniedError(SyscallError):
@@ -101,7 +219,7 @@ class VerifierError(SyscallError):
 
     def __init__(
         self,
-        message: str,
+        detail: str,
         errno: int,
         log: str,
         program: str = "",
@@ -110,7 +228,13 @@ class VerifierError(SyscallError):
         truncated: bool = False,
         diagnosis: Diagnosis | None = None,
     ) -> None:
-        super().__init__(message, errno)
+        super().__init__(
+            "load program",
+            errno,
+            subject=f"program {program}" if program else "",
+            detail=detail,
+            action="",
+        )
         self.log = log
         self.program = program
         self.line_infos = tuple(line_infos)
@@ -240,7 +364,7 @@ class CORERelocationError(VerifierError):
 
     def __init__(
         self,
-        message: str,
+        detail: str,
         errno: int,
         log: str,
         program: str = "",
@@ -249,7 +373,7 @@ class CORERelocationError(VerifierError):
         line_infos: Sequence[LineInfo] = (),
         truncated: bool = False,
     ) -> None:
-        super().__init__(message, errno, log, program, line_infos=line_infos, truncated=truncated)
+        super().__init__(detail, errno, log, program, line_infos=line_infos, truncated=truncated)
         self.relocation = relocation
 
 

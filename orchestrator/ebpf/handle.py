@@ -62,7 +62,7 @@ class Handle(Closing):
 
 def pin_reason(err: SyscallError) -> str:
     """The cause of a failed BPF_OBJ_PIN/BPF_OBJ_GET, with what to do about it."""
-    text = str(err).removeprefix("pin: ")
+    text = err.detail
     if err.errno == errno.EEXIST:
         return text + " (a pin with that name exists; unpin it or choose another path)"
     if err.errno in (errno.EPERM, errno.EINVAL):

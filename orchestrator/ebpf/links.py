@@ -52,8 +52,8 @@ from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
     Error,
-    KeyNotFoundError,
     NetlinkError,
+    NotFoundError,
     NotSupportedError,
     PinError,
     SyscallError,
@@ -347,9 +347,10 @@ class Link(Handle):
         p = os.fspath(path)
         try:
             fd = _sys.obj_get(p)
+        except NotFoundError as err:
+            raise err.replace(subject=f"link pin {p}", path=p, hint="no such pin") from err
         except SyscallError as err:
-            hint = " (no such pin)" if err.errno == errno.ENOENT else ""
-            raise PinError(f"link pin {p}: {err}{hint}") from err
+            raise PinError(f"link pin {p}: {err}") from err
         try:
             link = cls.from_fd(fd)
         except AttachError as err:
@@ -363,8 +364,8 @@ class Link(Handle):
         """A new fd for the link with this id (needs CAP_SYS_ADMIN)."""
         try:
             fd = _sys.fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id)
-        except KeyNotFoundError as err:
-            raise TargetNotFoundError(f"link {link_id}: no such link") from err
+        except NotFoundError as err:
+            raise err.replace(subject=f"link {link_id}", action="", detail="no such link") from err
         return cls.from_fd(fd)
 
     # ------------------------------------------------------------------ basics
@@ -428,7 +429,7 @@ class Link(Handle):
             elif err.errno == errno.ENOLINK:
                 hint = " (the link was detached)"
             raise AttachError(
-                f"{self.description}: update to {new_prog.name}: {_strip(err)}{hint}"
+                f"{self.description}: update to {new_prog.name}: {err.detail}{hint}"
             ) from err
 
     def detach(self) -> None:
@@ -444,12 +445,7 @@ class Link(Handle):
                     f"{self.description}: {_type_name(self._type)} links cannot be detached "
                     "(unpin and close every fd of the link to release it)"
                 ) from err
-            raise AttachError(f"{self.description}: detach: {_strip(err)}") from err
-
-
-def _strip(err: SyscallError) -> str:
-    text = str(err)
-    return text.split(": ", 1)[1] if ": " in text else text
+            raise AttachError(f"{self.description}: detach: {err.detail}") from err
 
 
 def _fd_kind(fd: FD) -> str:
@@ -472,7 +468,7 @@ def _make(what: str, create: Callable[[], FD]) -> Link:
     try:
         fd = create()
     except SyscallError as err:
-        raise AttachError(f"{what}: {_strip(err)}") from err
+        raise AttachError(f"{what}: {err.detail}") from err
     return Link.from_fd(fd, description=what)
 
 
@@ -577,7 +573,7 @@ def _xdp_error(prog: Program, index: int, mode: str, err: SyscallError, netns: N
     hint = ""
     if err.errno == errno.EINVAL:
         hint = " (is it an XDP program? mixing modes on one interface is refused)"
-    return AttachError(f"{what}: {_strip(err)}{hint}")
+    return AttachError(f"{what}: {err.detail}{hint}")
 
 
 def _prog_name(prog_id: int) -> str:
@@ -822,7 +818,7 @@ def attach_tcx(
             raise AttachConflictError(
                 f"{what}: the program is already attached at this hook"
             ) from err
-        raise AttachError(f"{what}: {_strip(err)}") from err
+        raise AttachError(f"{what}: {err.detail}") from err
     return Link.from_fd(fd, description=f"tcx {dirname} link of {prog.name} on {iface}")
 
 
@@ -830,7 +826,7 @@ def _query(target_fd: int, attach_type: AttachType, what: str) -> HookState:
     try:
         prog_ids, link_ids, revision = _sys.prog_query(target_fd, attach_type)
     except SyscallError as err:
-        raise AttachError(f"{what}: query: {_strip(err)}") from err
+        raise AttachError(f"{what}: query: {err.detail}") from err
     return HookState(
         programs=tuple(
             AttachedProgram(p, k or None) for p, k in zip(prog_ids, link_ids, strict=True)
@@ -946,7 +942,7 @@ def attach_cgroup(
                         prog_name=_prog_name(first),
                     ) from err
             hint = " (does the program type match the attach type?)" if err.errno == 22 else ""
-            raise AttachError(f"{what}: {_strip(err)}{hint}") from err
+            raise AttachError(f"{what}: {err.detail}{hint}") from err
     return Link.from_fd(fd, description=what)
 
 
@@ -1009,7 +1005,7 @@ def attach_netns(prog: Program, netns: NetnsPath, attach_type: str | AttachType)
                     "(a flow dissector hook holds one; sk_lookup up to 64)"
                 ) from err
             hint = " (is it a netns file?)" if err.errno == errno.EINVAL else ""
-            raise AttachError(f"{what}: {_strip(err)}{hint}") from err
+            raise AttachError(f"{what}: {err.detail}{hint}") from err
     finally:
         os.close(nsfd)
     return Link.from_fd(fd, description=what)
@@ -1037,7 +1033,7 @@ def _perf_link(prog: Program, perf: FD, what: str) -> Link:
                 hint = " (does the program type match the event?)"
             elif err.errno == errno.EEXIST:
                 hint = " (the program is already attached to this event)"
-            raise AttachError(f"{what}: {_strip(err)}{hint}") from err
+            raise AttachError(f"{what}: {err.detail}{hint}") from err
     return Link.from_fd(fd, description=what)
 
 
@@ -1063,7 +1059,7 @@ def attach_tracepoint(prog: Program, group: str, name: str) -> Link:
     try:
         perf = _sys.perf_event_open(attr, pid=-1, cpu=0)
     except SyscallError as err:
-        raise AttachError(f"{what}: {_strip(err)}") from err
+        raise AttachError(f"{what}: {err.detail}") from err
     return _perf_link(prog, perf, what)
 
 
@@ -1085,7 +1081,7 @@ def attach_raw_tracepoint(prog: Program, name: str | None = None) -> Link:
         hint = ""
         if err.errno == errno.EINVAL:
             hint = " (raw_tp programs need a name; tp_btf programs must not get one)"
-        raise AttachError(f"{what}: {_strip(err)}{hint}") from err
+        raise AttachError(f"{what}: {err.detail}{hint}") from err
     return Link.from_fd(fd, description=what)
 
 
@@ -1208,7 +1204,7 @@ def attach_uprobe(
     except SyscallError as err:
         if err.errno == errno.ESRCH:
             raise TargetNotFoundError(f"{what}: no process {pid}") from err
-        raise AttachError(f"{what}: {_strip(err)}") from err
+        raise AttachError(f"{what}: {err.detail}") from err
     return _perf_link(prog, perf, what)
 
 

@@ -210,7 +210,7 @@ class Map(Handle):
             info = _sys.map_info(fd)
         except SyscallError as err:
             fd.close()
-            raise SyscallError(f"map fd {fd}: not a map: {err}", err.errno) from err
+            raise err.replace(subject=f"map fd {fd}: not a map") from err
         m = cls(
             fd,
             name=name or info.name.decode("utf-8", "replace"),
@@ -230,7 +230,7 @@ class Map(Handle):
         try:
             fd = _sys.obj_get(p)
         except SyscallError as err:
-            raise type(err)(f"map pin {p}: {err}", err.errno) from err
+            raise err.replace(subject=f"map pin {p}", path=p) from err
         m = cls.from_fd(fd)
         if m.type == MapType.UNSPEC:
             m.close()
@@ -242,7 +242,7 @@ class Map(Handle):
         try:
             fd = _sys.fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id)
         except SyscallError as err:
-            raise type(err)(f"map id {map_id}: {err}", err.errno) from err
+            raise err.replace(subject=f"map id {map_id}") from err
         return cls.from_fd(fd)
 
     def clone(self) -> Map:
@@ -432,8 +432,10 @@ class Map(Handle):
 
     # ------------------------------------------------------------------ element API
 
-    def _err(self, err: SyscallError, what: str) -> SyscallError:
-        return type(err)(f"map {self.name}: {what}: {_strip(err)}", err.errno)
+    def _err(self, err: SyscallError, what: str, detail: str | None = None) -> SyscallError:
+        """``err`` said of this map: ``what`` names the step ("" leaves it out), ``detail``
+        (if given) what went wrong instead of the kernel's error."""
+        return err.replace(subject=f"map {self.name}", action=what, detail=detail)
 
     def lookup(self, key: object, default: object = _MISSING) -> object:
         """The value at ``key``; KeyNotFoundError (a KeyError) or ``default`` if absent."""
@@ -443,7 +445,7 @@ class Map(Handle):
         except KeyNotFoundError as err:
             if default is not _MISSING:
                 return default
-            raise KeyNotFoundError(f"map {self.name}: key {key!r} not found", err.errno) from None
+            raise self._err(err, "", f"key {key!r} not found") from None
         except SyscallError as err:
             raise self._err(err, "lookup") from err
         return self.decode_value(raw)
@@ -463,9 +465,7 @@ class Map(Handle):
             _sys.map_update_elem(self.fd, k, v, int(flags))
         except SyscallError as err:
             if err.errno == errno.E2BIG:
-                raise SyscallError(
-                    f"map {self.name}: update {key!r}: {self._full_reason()}", err.errno
-                ) from err
+                raise self._err(err, f"update {key!r}", self._full_reason()) from err
             raise self._err(err, f"update {key!r}") from err
 
     def _full_reason(self) -> str:
@@ -482,7 +482,7 @@ class Map(Handle):
         try:
             _sys.map_delete_elem(self.fd, self.encode_key(key))
         except KeyNotFoundError as err:
-            raise KeyNotFoundError(f"map {self.name}: key {key!r} not found", err.errno) from None
+            raise self._err(err, "", f"key {key!r} not found") from None
         except SyscallError as err:
             if err.errno == errno.EINVAL and self.type in _PLAIN_ARRAYS:
                 raise NotSupportedError(
@@ -516,7 +516,7 @@ class Map(Handle):
         try:
             raw = _sys.map_lookup_elem(self.fd, None, self._value_buffer_size)
         except KeyNotFoundError as err:
-            raise KeyNotFoundError(f"map {self.name}: empty", err.errno) from None
+            raise self._err(err, "", "empty") from None
         except SyscallError as err:
             raise self._err(err, "peek") from err
         return self.decode_value(raw)
@@ -531,9 +531,7 @@ class Map(Handle):
             _sys.map_update_elem(self.fd, None, v, int(flags))
         except SyscallError as err:
             if err.errno == errno.E2BIG:
-                raise SyscallError(
-                    f"map {self.name}: push: {self._full_reason()}", err.errno
-                ) from err
+                raise self._err(err, "push", self._full_reason()) from err
             raise self._err(err, "push") from err
 
     def pop(self) -> object:
@@ -541,7 +539,7 @@ class Map(Handle):
         try:
             raw = _sys.map_lookup_and_delete_elem(self.fd, None, self._value_buffer_size)
         except KeyNotFoundError as err:
-            raise KeyNotFoundError(f"map {self.name}: empty", err.errno) from None
+            raise self._err(err, "", "empty") from None
         except SyscallError as err:
             raise self._err(err, "pop") from err
         return self.decode_value(raw)
@@ -748,19 +746,10 @@ def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _strip(err: SyscallError) -> str:
-    text = str(err)
-    for prefix in ("lookup: ", "update: ", "delete: ", "next key: "):
-        if text.startswith(prefix):
-            return text[len(prefix) :]
-    return text
-
-
 def _create_error(spec: MapSpec, err: SyscallError) -> SyscallError:
     hint = ""
     if err.errno == errno.EINVAL:
-        hint = " (check the map type, sizes, flags and max_entries)"
+        hint = "check the map type, sizes, flags and max_entries"
     elif err.errno == errno.EPERM:
-        hint = " (needs CAP_BPF)"
-    text = str(err).removeprefix("create map: ")
-    return type(err)(f"map {spec.name}: create: {text}{hint}", err.errno)
+        hint = "needs CAP_BPF"
+    return err.replace(subject=f"map {spec.name}", action="create", hint=hint)

@@ -183,7 +183,7 @@ class Program(Handle):
             info = _sys.prog_info(fd)
         except SyscallError as err:
             fd.close()
-            raise SyscallError(f"program fd {fd}: not a program: {err}", err.errno) from err
+            raise err.replace(subject=f"program fd {fd}: not a program") from err
         return cls(fd, name=name or info.name.decode("utf-8", "replace"), type=info.type)
 
     @classmethod
@@ -192,7 +192,7 @@ class Program(Handle):
         try:
             fd = _sys.obj_get(p)
         except SyscallError as err:
-            raise type(err)(f"program pin {p}: {err}", err.errno) from err
+            raise err.replace(subject=f"program pin {p}", path=p) from err
         prog = cls.from_fd(fd)
         if prog.type == ProgType.UNSPEC:
             prog.close()
@@ -204,7 +204,7 @@ class Program(Handle):
         try:
             fd = _sys.fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id)
         except SyscallError as err:
-            raise type(err)(f"program id {prog_id}: {err}", err.errno) from err
+            raise err.replace(subject=f"program id {prog_id}") from err
         return cls.from_fd(fd)
 
     def clone(self) -> Program:
@@ -297,13 +297,12 @@ class Program(Handle):
                     _sys.ENOTSUPP,
                     errno.EOPNOTSUPP,
                 ):
-                    hint = " (this program type cannot be test-run)"
+                    hint = "this program type cannot be test-run"
                 elif err.errno == errno.EINVAL and repeat and self.type in _NO_REPEAT:
-                    hint = " (raw_tp and syscall programs need repeat=0)"
+                    hint = "raw_tp and syscall programs need repeat=0"
                 elif err.errno == errno.EINVAL:
-                    hint = " (check the input: too short for its ethertype, or a bad ctx)"
-                text = str(err).removeprefix("test run: ")
-                raise type(err)(f"program {self.name}: test run: {text}{hint}", err.errno) from err
+                    hint = "check the input: too short for its ethertype, or a bad ctx"
+                raise err.replace(subject=f"program {self.name}", hint=hint) from err
             n = min(int(attr.data_size_out), out_size)
             cn = min(int(attr.ctx_size_out), csize)
             return RunResult(
@@ -335,7 +334,7 @@ def _load_error(req: LoadRequest, err: int, log: str, truncated: bool = False) -
             log = log.split("\n", 1)[1] if "\n" in log else ""
         diagnosis = diagnose(log, req.line_infos)
         return VerifierError(
-            f"program {req.name}: {diagnosis.summary()}",
+            diagnosis.summary(),
             err,
             log,
             req.name,
@@ -343,14 +342,12 @@ def _load_error(req: LoadRequest, err: int, log: str, truncated: bool = False) -
             truncated=truncated,
             diagnosis=diagnosis,
         )
-    reason = os.strerror(err).lower()
-    code = errno.errorcode.get(err, str(err))
     hint = ""
     if err == errno.EPERM:
         hint = (
-            " (needs CAP_BPF plus CAP_PERFMON/CAP_NET_ADMIN for this program type,"
-            " or the kernel's lockdown forbids it)"
+            "needs CAP_BPF plus CAP_PERFMON/CAP_NET_ADMIN for this program type,"
+            " or the kernel's lockdown forbids it"
         )
     elif err == errno.E2BIG:
-        hint = " (program too large)"
-    return SyscallError(f"program {req.name}: load: {reason} ({code}){hint}", err)
+        hint = "program too large"
+    return SyscallError("load", err, subject=f"program {req.name}", hint=hint)

@@ -23,15 +23,15 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import ClassVar, Self
 
+from orchestrator.ebpf.errors import ENOTSUPP as ENOTSUPP  # callers test err.errno against it
 from orchestrator.ebpf.errors import (
     KeyExistsError,
     KeyNotFoundError,
+    NotFoundError,
     NotSupportedError,
     PermissionDeniedError,
     SyscallError,
 )
-
-ENOTSUPP = 524  # the kernel-internal "not supported" errno that BPF leaks to user space
 
 _SYSCALL_NUMBERS = {
     "x86_64": {"bpf": 321, "perf_event_open": 298},
@@ -660,23 +660,46 @@ PERF_EVENT_IOC_DISABLE = 0x2401
 PERF_EVENT_IOC_SET_BPF = 0x40042408
 
 
-def _error_class(err: int) -> type[SyscallError]:
-    if err == _errno.ENOENT:
-        return KeyNotFoundError
-    if err == _errno.EEXIST:
-        return KeyExistsError
+# Map element commands: ENOENT is a missing key (or an empty queue), EEXIST a present one.
+_ELEMENT_CMDS = frozenset(
+    {
+        Cmd.MAP_LOOKUP_ELEM,
+        Cmd.MAP_UPDATE_ELEM,
+        Cmd.MAP_DELETE_ELEM,
+        Cmd.MAP_GET_NEXT_KEY,
+        Cmd.MAP_LOOKUP_AND_DELETE_ELEM,
+        Cmd.MAP_LOOKUP_BATCH,
+        Cmd.MAP_LOOKUP_AND_DELETE_BATCH,
+        Cmd.MAP_UPDATE_BATCH,
+        Cmd.MAP_DELETE_BATCH,
+    }
+)
+# Commands that open an object by pin or id: ENOENT is a missing object.
+_OPEN_CMDS = frozenset(
+    {
+        Cmd.OBJ_GET,
+        Cmd.MAP_GET_FD_BY_ID,
+        Cmd.PROG_GET_FD_BY_ID,
+        Cmd.LINK_GET_FD_BY_ID,
+        Cmd.BTF_GET_FD_BY_ID,
+    }
+)
+
+
+def error_from_errno(op: str, err: int, cmd: Cmd | None = None) -> SyscallError:
+    """The error for a failed call (``op`` names the operation; ``cmd`` is the bpf command,
+    None for another system call). Its class says what the errno means for that call:
+    KeyNotFoundError/KeyExistsError only for map element commands, NotFoundError only for
+    the commands that open a pin or an id."""
+    if cmd in _ELEMENT_CMDS and err == _errno.ENOENT:
+        return KeyNotFoundError(op, err)
+    if cmd in _ELEMENT_CMDS and err == _errno.EEXIST:
+        return KeyExistsError(op, err)
+    if cmd in _OPEN_CMDS and err == _errno.ENOENT:
+        return NotFoundError(op, err)
     if err in (_errno.EPERM, _errno.EACCES):
-        return PermissionDeniedError
-    return SyscallError
-
-
-def error_from_errno(what: str, err: int, hint: str = "") -> SyscallError:
-    """Build the error for a failed call (``what`` names the operation)."""
-    if err in (ENOTSUPP, _errno.EOPNOTSUPP):
-        text = f"{what}: operation not supported"
-        exc: SyscallError = SyscallError(text + (f" ({hint})" if hint else ""), err)
-        return exc
-    return _error_class(err).from_errno(what, err, hint)
+        return PermissionDeniedError(op, err)
+    return SyscallError(op, err)
 
 
 _CMD_NOUN = {
@@ -708,7 +731,7 @@ def bpf(cmd: Cmd, attr: ctypes.Structure) -> int:
         err = ctypes.get_errno()
         if err == _errno.EINTR or (err == _errno.EAGAIN and cmd == Cmd.PROG_LOAD):
             continue  # PROG_LOAD returns EAGAIN when the verifier was interrupted
-        raise error_from_errno(_CMD_NOUN.get(cmd, cmd.name.lower().replace("_", " ")), err)
+        raise error_from_errno(_CMD_NOUN.get(cmd, cmd.name.lower().replace("_", " ")), err, cmd)
 
 
 class Closing:
@@ -749,7 +772,7 @@ class FD(Closing):
     @property
     def raw(self) -> int:
         if self._fd < 0:
-            raise SyscallError("use of closed fd", _errno.EBADF)
+            raise SyscallError("use fd", _errno.EBADF, action="", detail="use of closed fd")
         return self._fd
 
     @property
@@ -954,8 +977,10 @@ def get_next_id(cmd: Cmd, start: int) -> int | None:
     attr = GetIdAttr(start_id=start)
     try:
         bpf(cmd, attr)
-    except KeyNotFoundError:
-        return None
+    except SyscallError as err:
+        if err.errno == _errno.ENOENT:
+            return None
+        raise
     return int(attr.next_id)
 
 

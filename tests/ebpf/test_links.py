@@ -23,6 +23,7 @@ from orchestrator.ebpf import links
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
+    NotFoundError,
     NotSupportedError,
     PinError,
     TargetNotFoundError,
@@ -731,12 +732,12 @@ def test_pinned_link_survives_close_and_is_readopted(
 def test_pin_and_adoption_errors(
     pin_dir: Path, progs: ebpf.Collection, veth: VethPair, fd_guard: None
 ) -> None:
-    with pytest.raises(PinError, match="no such pin"):
+    with pytest.raises(NotFoundError, match="no such pin"):
         Link.from_pin(pin_dir / "missing")
     progs.programs["xdp_a"].pin(pin_dir / "prog")
     with pytest.raises(PinError, match="not a link but a program"):
         Link.from_pin(pin_dir / "prog")
-    with pytest.raises(TargetNotFoundError, match="no such link"):
+    with pytest.raises(NotFoundError, match="no such link"):
         Link.from_id(2**31 - 5)
     with links.attach_xdp(progs.programs["xdp_a"], veth.b.name, netns=veth.b.ns.path) as link:
         with pytest.raises(PinError, match="does the directory exist"):

@@ -376,6 +376,6 @@ def test_a_refusal_without_a_log_is_not_a_verifier_error() -> None:
 
 
 def test_a_verifier_error_made_by_hand_is_diagnosed_on_demand() -> None:
-    err = VerifierError("program x: rejected", errno.EACCES, LOOP_LOG, "x")
+    err = VerifierError("rejected", errno.EACCES, LOOP_LOG, "x")
     assert err.kind is Rejection.INFINITE_LOOP and err.insn == 0 and err.source is None
     assert err.annotated_log() == LOOP_LOG  # no line info to add
