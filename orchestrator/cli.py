@@ -554,7 +554,7 @@ def render_verify(path: Path, reports: Sequence[ProgramReport], out: TextIO) -> 
                 for line in r.error.tail().splitlines():
                     print(f"  {line}", file=out)
         else:
-            print(f"{r.name}: {str(r.error).removeprefix(f'program {r.name}: ')}", file=out)
+            print(str(r.error), file=out)  # it names its program (or map)
     rejected = sum(1 for r in reports if r.rejected)
     failed = sum(1 for r in reports if not r.accepted and not r.rejected)
     counts = f"{len(reports) - rejected - failed} verified, {rejected} rejected"
@@ -601,8 +601,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         render_verify(args.object, reports, out)
         figures = {str(args.object): {r.name: r.verified_insns for r in reports if r.accepted}}
-        for warning in budget_warnings(figures):
-            print(f"warning: {warning.removeprefix('collection ')}", file=err)
+        for warning in budget_warnings(figures, kind=""):
+            print(f"warning: {warning}", file=err)
     return EXIT_OK if all(r.accepted for r in reports) else EXIT_ERROR
 
 

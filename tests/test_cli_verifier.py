@@ -151,7 +151,8 @@ def test_verify_a_program_that_fails_before_the_verifier() -> None:
         *["-"] * 7,
     ]
     assert lines[3] == (
-        "asm_const: instruction 0: symbol MY_CONST is defined in no section of the object "
+        "program asm_const: instruction 0: symbol MY_CONST is defined in no section of the "
+        "object "
         "(define it, or declare it __ksym or __kconfig)"
     )
     assert lines[4] == f"1 verified, 0 rejected, 1 failed before verification ({obj})"

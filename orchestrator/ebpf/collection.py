@@ -38,6 +38,7 @@ from orchestrator.ebpf.errors import (
     Error,
     KconfigError,
     MapIncompatibleError,
+    NotFoundError,
     NotSupportedError,
     PermissionDeniedError,
     SpecError,
@@ -169,7 +170,7 @@ class _Loader:
             try:
                 replacement.check_compatible_with(spec)
             except MapIncompatibleError as err:
-                raise MapIncompatibleError(f"map {name}: replacement: {err}") from err
+                raise MapIncompatibleError(name, f"replacement: {err}") from err
             m = replacement.clone()
             if m.key_type is None:
                 m.key_type = spec.key
@@ -247,17 +248,16 @@ class _Loader:
     def _open_pin(self, spec: MapSpec, path: str) -> Map | None:
         try:
             existing = Map.from_pin(path)
-        except SyscallError as err:
-            if err.errno == errno.ENOENT:
-                return None
-            raise
+        except NotFoundError:
+            return None
         try:
             existing.check_compatible_with(spec)
         except MapIncompatibleError as err:
             existing.close()
             raise MapIncompatibleError(
-                f"map {spec.name}: pinned map at {path} is incompatible: {err} "
-                "(remove the pin or change the definition)"
+                spec.name,
+                f"pinned map at {path} is incompatible: {err} "
+                "(remove the pin or change the definition)",
             ) from err
         existing.name = spec.name
         existing.key_type = spec.key

@@ -37,7 +37,17 @@ class SpecError(Error):
 
 
 class ConstantError(SpecError):
-    """``rewrite_constants`` was given an unknown name or a value that does not fit."""
+    """``rewrite_constants`` was given an unknown name or a value that does not fit.
+    ``name`` is the constant, ``problem`` what is wrong with it; the message is
+    ``constant NAME: PROBLEM``."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(name, problem)
+        self.name = name
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"constant {clip(self.name)}: {self.problem}"
 
 
 class KconfigError(SpecError):
@@ -45,7 +55,16 @@ class KconfigError(SpecError):
 
 
 class MapIncompatibleError(Error):
-    """A map replacement or an existing pin does not match the spec."""
+    """A map replacement or an existing pin does not match the spec. ``map`` is the map's
+    name, ``problem`` what differs; the message is ``map NAME: PROBLEM``."""
+
+    def __init__(self, map: str, problem: str) -> None:
+        super().__init__(map, problem)
+        self.map = map
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"map {self.map}: {self.problem}"
 
 
 class NotSupportedError(Error):

@@ -81,7 +81,7 @@ def check_constant(name: str, t: Type, value: object) -> bytes:
     try:
         return encode(t, value)
     except SpecError as err:
-        raise ConstantError(f"constant {clip(name)}: {err}") from err
+        raise ConstantError(name, str(err)) from err
 
 
 # --------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ class MapSpec:
         for label, want, have in checks:
             if want != have:
                 raise MapIncompatibleError(
-                    f"map {self.name}: {what} has {label} {have}, spec wants {want}"
+                    self.name, f"{what} has {label} {have}, spec wants {want}"
                 )
 
     def compatible_with(self, other: MapSpec) -> None:
@@ -290,15 +290,13 @@ class VariableSpec:
         """Set the initial value; checked against the BTF type (kind, size, signedness)."""
         if self.type is None:
             if not isinstance(value, (bytes, bytearray)) or len(value) != self.size:
-                raise ConstantError(
-                    f"constant {self.name}: has no BTF type; give exactly {self.size} bytes"
-                )
+                raise ConstantError(self.name, f"has no BTF type; give exactly {self.size} bytes")
             data = bytes(value)
         else:
             data = _layout.check_constant(self.name, self.type, value)
         if len(data) != self.size:
             raise ConstantError(
-                f"constant {self.name}: encoded to {len(data)} bytes, variable has {self.size}"
+                self.name, f"encoded to {len(data)} bytes, variable has {self.size}"
             )
         self._buffer()[self.offset : self.offset + self.size] = data
 
@@ -387,7 +385,7 @@ class CollectionSpec:
             var = self.variables.get(name)
             if var is None or not var.constant:
                 constants = sorted(n for n, v in self.variables.items() if v.constant)
-                raise ConstantError(f"constant {clip(name)}: not in object{hint(name, constants)}")
+                raise ConstantError(name, f"not in object{hint(name, constants)}")
             staged.append((var, value))
         # Validate everything before writing anything.
         encoded = []

@@ -570,8 +570,7 @@ class _Checker:
                 try:
                     probe.rewrite_constants({name: value})
                 except ConstantError as err:
-                    text = str(err).removeprefix(f"constant {name}: ")
-                    self.problem(e, path, text, "give a value that fits the variable's type")
+                    self.problem(e, path, err.problem, "give a value that fits the variable's type")
         maps = sorted(spec.maps)
         for name, opts in c.maps.items():
             path = ("spec", "maps", name)
@@ -836,7 +835,7 @@ class _Checker:
                 try:
                     mine.compatible_with(theirs)
                 except MapIncompatibleError as err:
-                    why = str(err).removeprefix(f"map {name}: ")
+                    why = err.problem
                     self.problem(
                         e,
                         ("spec", "maps", name, "from"),

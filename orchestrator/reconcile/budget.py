@@ -31,19 +31,25 @@ def over_budget(insns: int) -> bool:
     return insns > BUDGET * BUDGET_WARNING
 
 
-def budget_warning(collection: str, program: str, insns: int, *, recorded: bool) -> str:
+def budget_warning(
+    collection: str, program: str, insns: int, *, recorded: bool, kind: str = "collection"
+) -> str:
+    """``kind`` names what ``collection`` is ("" when it names itself: an object file)."""
     when = " at the last apply" if recorded else ""
+    subject = f"{kind} {collection}" if kind != "" else collection
     return (
-        f"collection {collection}: program {program}: the verifier processed {insns:,} "
+        f"{subject}: program {program}: the verifier processed {insns:,} "
         f"instructions{when}, {insns / BUDGET:.0%} of its {BUDGET:,} budget (a small change "
         "may get it rejected: bound loops tighter, use bpf_loop(), or split it with tail calls)"
     )
 
 
-def budget_warnings(figures: Figures, *, recorded: bool = False) -> tuple[str, ...]:
+def budget_warnings(
+    figures: Figures, *, recorded: bool = False, kind: str = "collection"
+) -> tuple[str, ...]:
     """One warning per program above 80% of the budget, in name order."""
     return tuple(
-        budget_warning(coll, prog, insns, recorded=recorded)
+        budget_warning(coll, prog, insns, recorded=recorded, kind=kind)
         for coll in sorted(figures)
         for prog, insns in sorted(figures[coll].items())
         if over_budget(insns)

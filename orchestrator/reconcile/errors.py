@@ -14,7 +14,13 @@ class PlanError(ReconcileError):
 
 
 class ApplyError(ReconcileError):
-    """Applying failed; the previous generation was restored (see the message)."""
+    """Applying failed; the previous generation was restored (see the message).
+    ``collection``: the collection the message starts by naming ("" when it names none, and
+    the transaction puts where it was in front)."""
+
+    def __init__(self, message: str, *, collection: str = "") -> None:
+        super().__init__(message)
+        self.collection = collection
 
 
 class StateError(ReconcileError):

@@ -248,7 +248,7 @@ class Transaction:
             }
         except Exception as err:
             self._close_all()
-            located = str(err).startswith("collection ")
+            located = isinstance(err, ApplyError) and err.collection != ""
             what = where(*self.current) + ": " if self.current[0] and not located else ""
             raise ApplyError(f"{what}{err} (kernel dry run: nothing was changed)") from err
         self._close_all()
@@ -287,7 +287,7 @@ class Transaction:
             self._close_all()
             if not isinstance(err, Exception):
                 raise
-            located = str(err).startswith("collection ")
+            located = isinstance(err, ApplyError) and err.collection != ""
             what = where(*self.current) + ": " if self.current[0] and not located else ""
             extra = ""
             if problems:
@@ -335,7 +335,7 @@ class Transaction:
         if st is not None and mname in st.maps:
             return st.maps[mname]
         if st is not None and st.coll is not None:
-            raise ApplyError(f"collection {coll} has no map {mname}")
+            raise ApplyError(f"collection {coll} has no map {mname}", collection=coll)
         ac = self.actual.collections.get(coll)
         if ac is None or mname not in ac.record.maps:
             raise ApplyError(
@@ -384,11 +384,12 @@ class Transaction:
         try:
             info = self.objects.get(d.object_file)
         except ObjectError as err:
-            raise ApplyError(f"{where(name, d.source)}: object: {err}") from err
+            raise ApplyError(f"{where(name, d.source)}: object: {err}", collection=name) from err
         if d.sha256 and info.sha256 != d.sha256.lower():
             raise ApplyError(
                 f"{where(name, d.source)}: object {d.object_file} has sha256 {info.sha256}, "
-                f"the manifest wants {d.sha256} (rebuild it, or update sha256)"
+                f"the manifest wants {d.sha256} (rebuild it, or update sha256)",
+                collection=name,
             )
         spec, shapes = _prepared(info.spec, d)
         pinned = {
@@ -537,11 +538,12 @@ class Transaction:
         try:
             info = self.objects.get(d.object_file)
         except ObjectError as err:
-            raise ApplyError(f"{where(name, d.source)}: object: {err}") from err
+            raise ApplyError(f"{where(name, d.source)}: object: {err}", collection=name) from err
         if info.sha256 != rec.object_sha256:
             raise ApplyError(
                 f"{where(name, d.source)}: object {d.object_file} changed since the plan "
-                "(plan and apply again)"
+                "(plan and apply again)",
+                collection=name,
             )
         spec, _ = _prepared(info.spec, d)
         used = {i for pname in names for i in live[pname].info().map_ids}
@@ -575,7 +577,8 @@ class Transaction:
             if prog is None:
                 raise ApplyError(
                     f"{where(name, a.source or d.source)}: attachment {key}: program "
-                    f"{a.program} is not loaded (add it to programs:)"
+                    f"{a.program} is not loaded (add it to programs:)",
+                    collection=name,
                 )
             change = self.changes.get((name, "attachment", key))
             pin = st.dir / "links" / link_pin_name(a)

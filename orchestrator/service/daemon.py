@@ -363,7 +363,7 @@ class Daemon:
             self._retry_delay = min(self._retry_delay * 2, self._retry_max)
         else:
             self._retry_at, self._retry_delay = None, self._retry_min
-        self._publish("degraded", line)
+        self._publish("degraded", line, reason=line[len("degraded: ") :])
         if not self._quiet and not repeated:
             self._notify(STATUS=self._status_line())
 
@@ -453,9 +453,8 @@ class Daemon:
     def _status_line(self) -> str:
         return self._line
 
-    def _publish(self, phase: str, line: str) -> None:
+    def _publish(self, phase: str, line: str, *, reason: str = "") -> None:
         self._line = _one_line(line)
-        reason = line.split(": ", 1)[1] if phase == "degraded" and ": " in line else ""
         self._status = replace(self._status, phase=phase, reason=reason, updated_at=time.time())
         try:
             write_status(self.config.state_dir, self._status)
