@@ -122,7 +122,8 @@ def open_dir_at(dir_fd: int | None, name: str) -> int:
 
 def open_pin_at(dir_fd: int, name: str) -> _sys.FD:
     """BPF_OBJ_GET of the pin ``name`` in directory ``dir_fd``. A symlink is refused
-    (PinError), never followed; a missing pin raises SyscallError with ENOENT."""
+    (PinError), never followed. A missing pin raises FileNotFoundError (from the stat, or
+    NotFoundError, which is one, from BPF_OBJ_GET)."""
     st = os.stat(_component(name), dir_fd=dir_fd, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):
         raise PinError(f"pin {name}: is a symlink (never followed)")
