@@ -117,6 +117,15 @@ PROG_ARRAY_PRESERVE_WORKS = False
 # takes a map's truth value, so an empty hash-like map handed over as a replacement is
 # replaced by a new one. While False, the checks accept that for empty hash-like maps.
 EMPTY_MAPS_WORK = False
+
+# TODO(issue 8 item 7, symlinks in the owned root are followed): a symlink
+# <root>/_staging-x to a foreign directory makes any apply unpin everything there. While
+# False, no symlink is planted in the root.
+SYMLINKS_SAFE = False
+
+# TODO(issue 8 item 8, ownership is guessed): destroy --all and --prune remove a look-alike
+# directory ({maps,progs,links}) that bpforch never made. While False, none is planted.
+LOOKALIKES_SAFE = False
 HASH_LIKE = ("m_hash", "m_lru", "m_percpu")
 
 # TODO(found by this machine, not in issue 8's list): a kill -9 after a new XDP link was made
@@ -620,7 +629,7 @@ class ModelMachine(RuleBasedStateMachine):
         return Reconciler(bpffs_root=self.root, state_dir=self.state_dir, hooks=hooks)
 
     def count(self, rule: str) -> None:
-        self.w.steps += 1
+        self.w.steps += rule != "start"  # the set-up is not a step
         self.w.rules[rule] = self.w.rules.get(rule, 0) + 1
 
     # ------------------------------------------------------------------ model transitions
@@ -978,6 +987,54 @@ class ModelMachine(RuleBasedStateMachine):
         m.pin(path)
         self.foreign_pins[path] = ("map", m.id)
         self.foreign_top.add("fpin")
+
+    def _victim(self, name: str) -> Path:
+        """A foreign directory on bpffs (outside the root) holding a pinned map."""
+        victim = self.base / name
+        victim.mkdir()
+        m = Map.create(
+            ebpf.MapSpec(
+                name="victim", type=ebpf.MapType.ARRAY, key_size=4, value_size=8, max_entries=1
+            )
+        )
+        self.foreign_objs.append(m)
+        m.pin(victim / "victim")
+        self.foreign_pins[victim / "victim"] = ("map", m.id)
+        return victim
+
+    @precondition(lambda self: SYMLINKS_SAFE and "_staging-evil" not in self.foreign_top)
+    @rule(name=st.sampled_from(["_staging-evil", "cx"]))
+    def plant_symlink(self, name: str) -> None:
+        """A symlink in the owned root to a foreign directory: named like a staging
+        leftover, or like a collection nobody declared."""
+        self.count("plant_symlink")
+        if name in self.foreign_top:
+            return
+        self.root.mkdir(exist_ok=True)
+        victim = self._victim(f"victim-{name.strip('_')}")
+        os.symlink(victim, self.root / name)
+        self.foreign_top.add(name)
+
+    @precondition(lambda self: LOOKALIKES_SAFE and "lookalike" not in self.foreign_top)
+    @rule()
+    def plant_lookalike(self) -> None:
+        """A directory in the root that looks like a collection ({maps,progs,links}) but
+        that bpforch never made, holding someone else's pinned map."""
+        self.count("plant_lookalike")
+        self.root.mkdir(exist_ok=True)
+        look = self.root / "lookalike"
+        look.mkdir()
+        for sub in ("maps", "progs", "links"):
+            (look / sub).mkdir()
+        m = Map.create(
+            ebpf.MapSpec(
+                name="lookalike", type=ebpf.MapType.ARRAY, key_size=4, value_size=8, max_entries=1
+            )
+        )
+        self.foreign_objs.append(m)
+        m.pin(look / "maps" / "m")
+        self.foreign_pins[look / "maps" / "m"] = ("map", m.id)
+        self.foreign_top.add("lookalike")
 
     @precondition(lambda self: self.foreign_xdp is None)
     @rule()

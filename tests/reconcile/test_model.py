@@ -26,8 +26,8 @@ pytestmark = pytest.mark.kernel
 
 
 def test_model(capsys: pytest.CaptureFixture[str]) -> None:
-    examples = int(os.environ.get("BPFORCH_MODEL_EXAMPLES", "12"))
-    steps = int(os.environ.get("BPFORCH_MODEL_STEPS", "25"))
+    examples = int(os.environ.get("BPFORCH_MODEL_EXAMPLES", "20"))
+    steps = int(os.environ.get("BPFORCH_MODEL_STEPS", "30"))
     with model.world() as w:
         run_state_machine_as_test(
             model.ModelMachine,
