@@ -58,7 +58,7 @@ from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.manifest import ManifestError, load_manifests
 from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, PlanError, Reconciler
-from tests.netns import Cgroup, VethPair
+from tests.netns import Cgroup, NetNS, VethPair
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 OBJECT = ROOT / "bpf" / "model.o"
@@ -113,11 +113,6 @@ KEYLESS = ("m_ringbuf", "m_queue")
 # for m_progs.
 PROG_ARRAY_PRESERVE_WORKS = False
 
-# TODO(issue 8 item 1, an empty map is silently not shared and not preserved): the loader
-# takes a map's truth value, so an empty hash-like map handed over as a replacement is
-# replaced by a new one. While False, the checks accept that for empty hash-like maps.
-EMPTY_MAPS_WORK = False
-
 # TODO(issue 8 item 7, symlinks in the owned root are followed): a symlink
 # <root>/_staging-x to a foreign directory makes any apply unpin everything there. While
 # False, no symlink is planted in the root.
@@ -126,7 +121,6 @@ SYMLINKS_SAFE = False
 # TODO(issue 8 item 8, ownership is guessed): destroy --all and --prune remove a look-alike
 # directory ({maps,progs,links}) that bpforch never made. While False, none is planted.
 LOOKALIKES_SAFE = False
-HASH_LIKE = ("m_hash", "m_lru", "m_percpu")
 
 # TODO(found by this machine, not in issue 8's list): a kill -9 after a new XDP link was made
 # and before the record is written leaves bpforch's own XDP program attached (pinned in the
@@ -187,6 +181,7 @@ class Coll:
     version: int = 1
     maps: tuple[tuple[str, MapOpt], ...] = ()
     attach: frozenset[str] = frozenset()
+    xdp_mode: str = "generic"  # ca's XDP target (the veth end) also takes native
 
     def opt(self, m: str) -> MapOpt:
         return dict(self.maps).get(m, DEFAULT_OPT)
@@ -578,14 +573,15 @@ class ModelMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ manifests
 
-    def xdp_target(self, c: str) -> str:
+    def xdp_hook(self, c: str) -> tuple[str, NetNS]:
+        """Where collection ``c`` attaches XDP (one interface each: two XDP programs on one
+        interface are refused at validation)."""
         v = self.w.veth
-        iface, ns = {
-            "ca": (v.a.name, v.a.ns),
-            "cb": ("lo", v.a.ns),
-            "cc": ("lo", v.b.ns),
-        }[c]
-        return f"{{interface: {iface}, netns: {ns.path}, mode: generic}}"
+        return {"ca": (v.a.name, v.a.ns), "cb": ("lo", v.a.ns), "cc": ("lo", v.b.ns)}[c]
+
+    def xdp_target(self, c: str, mode: str) -> str:
+        iface, ns = self.xdp_hook(c)
+        return f"{{interface: {iface}, netns: {ns.path}, mode: {mode}}}"
 
     def render(self, c: str, coll: Coll) -> str:
         v = self.w.veth
@@ -604,7 +600,9 @@ class ModelMachine(RuleBasedStateMachine):
         if coll.attach:
             lines.append("  attach:")
             if "xdp" in coll.attach:
-                lines.append(f"    - {{program: model_xdp, xdp: {self.xdp_target(c)}}}")
+                lines.append(
+                    f"    - {{program: model_xdp, xdp: {self.xdp_target(c, coll.xdp_mode)}}}"
+                )
             if "tc" in coll.attach:
                 lines.append(
                     f"    - {{program: model_tc, tc: {{interface: {v.a.name}, "
@@ -751,6 +749,15 @@ class ModelMachine(RuleBasedStateMachine):
         self.count("set_version")
         c = data.draw(st.sampled_from(sorted(self.desired)))
         self.desired[c] = replace(self.desired[c], version=version)
+        self.write_desired()
+
+    @precondition(lambda self: "ca" in self.desired)
+    @rule(mode=st.sampled_from(["generic", "native"]))
+    def set_xdp_mode(self, mode: str) -> None:
+        """Switch ca's XDP attachment between generic and native (the veth driver has
+        both): a re-attach, never reported as converged."""
+        self.count("set_xdp_mode")
+        self.desired["ca"] = replace(self.desired["ca"], xdp_mode=mode)
         self.write_desired()
 
     @precondition(lambda self: bool(self.desired))
@@ -1162,12 +1169,8 @@ class ModelMachine(RuleBasedStateMachine):
                 if m in pinned:
                     assert pinned_id(cdir / "maps" / m, "map") == mid, (c, m)
                 old = self.map_ids.get((c, m))
-                if old is not None and not (
-                    not EMPTY_MAPS_WORK and m in HASH_LIKE and self.contents.get(old) == {}
-                ):
+                if old is not None:
                     assert mid == old, f"{c}.{m}: map id {old} -> {mid}, the model keeps it"
-                elif (c, m) in new_map_ids or mid in self.contents:
-                    pass
                 new_map_ids[(c, m)] = mid
                 if mid not in self.contents:
                     self.contents[mid] = empty_contents(m)
@@ -1185,17 +1188,12 @@ class ModelMachine(RuleBasedStateMachine):
                 assert int(info.prog_id) == new_prog_ids[(c, prog)], (c, name, info.prog_id)
                 assert int(info.union[0]) != 0, f"{c}: link {lid} is detached"
             if "xdp" in coll.attach:
-                t = {
-                    "ca": (self.w.veth.a.name, self.w.veth.a.ns),
-                    "cb": ("lo", self.w.veth.a.ns),
-                    "cc": ("lo", self.w.veth.b.ns),
-                }[c]
-                held = ebpf_links.xdp_attached(t[0], t[1].path)
+                iface, ns = self.xdp_hook(c)
+                held = ebpf_links.xdp_attached(iface, ns.path)
                 assert held is not None and held.prog_id == new_prog_ids[(c, "model_xdp")], held
+                assert held.mode == coll.xdp_mode and held.link_id is not None, (c, held)
         # a shared map: one id in every program that uses it, the source's own
         for src, ids in used.items():
-            if not EMPTY_MAPS_WORK and src[1] in HASH_LIKE and len(ids) > 1:
-                continue  # known defect (see EMPTY_MAPS_WORK)
             assert len(ids) == 1, f"map {src}: programs use {len(ids)} different maps {sorted(ids)}"
             mid = next(iter(ids))
             if src[0] == "pinned:":
