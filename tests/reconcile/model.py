@@ -58,6 +58,7 @@ from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.manifest import ManifestError, load_manifests
 from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, PlanError, Reconciler
+from orchestrator.reconcile.owner import MARK_PIN, OWNER_PIN
 from tests.netns import Cgroup, NetNS, VethPair
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -116,18 +117,11 @@ PROG_ARRAY_PRESERVE_WORKS = False
 # TODO(issue 8 item 7, symlinks in the owned root are followed): a symlink
 # <root>/_staging-x to a foreign directory makes any apply unpin everything there. While
 # False, no symlink is planted in the root.
-SYMLINKS_SAFE = False
+SYMLINKS_SAFE = True
 
 # TODO(issue 8 item 8, ownership is guessed): destroy --all and --prune remove a look-alike
 # directory ({maps,progs,links}) that bpforch never made. While False, none is planted.
-LOOKALIKES_SAFE = False
-
-# TODO(found by this machine, not in issue 8's list): a kill -9 after a new XDP link was made
-# and before the record is written leaves bpforch's own XDP program attached (pinned in the
-# staging directory or an unrecorded collection directory); every later plan takes it for
-# someone else's and refuses. While False, such kills stop before the first attach.
-# Regression test: test_model.py::test_kill_after_a_new_xdp_link_converges (xfail).
-CRASH_AFTER_NEW_XDP_CONVERGES = False
+LOOKALIKES_SAFE = True
 
 
 def allowed(m: str, o: MapOpt) -> MapOpt:
@@ -852,16 +846,6 @@ class ModelMachine(RuleBasedStateMachine):
         apply in this process must converge."""
         self.count("apply_killed")
         why, new = self._predicted(False)
-        new_xdp = any(
-            "xdp" in coll.attach and (c not in self.applied or "xdp" not in self.applied[c].attach)
-            for c, coll in self.desired.items()
-        )
-        if (
-            not CRASH_AFTER_NEW_XDP_CONVERGES
-            and new_xdp
-            and step in ("attach", "switch", "commit", "record")
-        ):
-            step, nth = "attach", 1  # the first attach of the run is the first xdp link
         proc = self.cli("apply", str(self.manifests), env={CRASH_ENV: f"{step}:{nth}"})
         if why:
             assert proc.returncode == 1, (why, proc.returncode, proc.stderr)
@@ -1117,14 +1101,24 @@ class ModelMachine(RuleBasedStateMachine):
         new_prog_ids: dict[tuple[str, str], int] = {}
         used: dict[tuple[str, str], set[int]] = {}  # source map -> ids programs use
         # top of the root: collection directories and foreign objects only
+        # (and the root's ownership marker while bpforch owns anything there)
         if self.root.exists():
             top = set(os.listdir(self.root))
-            assert top == set(self.applied) | self.foreign_top, (
-                f"root holds {sorted(top)}, expected {sorted(set(self.applied) | self.foreign_top)}"
-            )
+            want = set(self.applied) | self.foreign_top
+            if self.applied or OWNER_PIN in top:
+                want.add(OWNER_PIN)
+                mid = pinned_id(self.root / OWNER_PIN, "map")
+                assert mid is not None, "the root's ownership marker is not a map"
+                expected_maps.add(mid)
+            assert top == want, f"root holds {sorted(top)}, expected {sorted(want)}"
         for c, coll in self.applied.items():
             cdir = self.root / c
             assert not cdir.is_symlink() and cdir.is_dir(), cdir
+            entries = set(os.listdir(cdir))
+            assert entries - {"links"} == {"maps", "progs", MARK_PIN}, (c, sorted(entries))
+            mark = pinned_id(cdir / MARK_PIN, "map")
+            assert mark is not None, f"{c}: no ownership marker"
+            expected_maps.add(mark)
             progs = sorted(os.listdir(cdir / "progs"))
             assert progs == sorted(PROGRAMS), (c, progs)
             for p in PROGRAMS:

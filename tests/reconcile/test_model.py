@@ -67,20 +67,10 @@ def _model_manifest(env: Env, veth: VethPair, attach: str) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the model: after a kill -9 between a new XDP link and the record, the "
-    "plan takes bpforch's own leftover XDP program for someone else's and refuses forever "
-    "(unfixed; remove this marker and model.CRASH_AFTER_NEW_XDP_CONVERGES with the fix)",
-)
-@pytest.mark.parametrize("step", ["attach:2", "commit", "record"])
+@pytest.mark.parametrize("step", ["attach:2", "commit", "record", "release"])
 def test_kill_after_a_new_xdp_link_converges(
     step: str, env: Env, veth: VethPair, cgroup: Cgroup
 ) -> None:
-    _kill_after_new_xdp(step, env, veth, cgroup)
-
-
-def _kill_after_new_xdp(step: str, env: Env, veth: VethPair, cgroup: Cgroup) -> None:
     """A new collection attaches XDP, then a second hook; the apply is killed after the XDP
     link exists (pinned in the staging directory, or already swapped into place). The next
     apply must converge: that XDP program is bpforch's own leftover, not someone else's."""
@@ -113,10 +103,3 @@ def _kill_after_new_xdp(step: str, env: Env, veth: VethPair, cgroup: Cgroup) -> 
     held = links.xdp_attached("lo", veth.a.ns.path)
     assert held is not None and held.prog_id == st.program("model_xdp").id
     assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
-
-
-def test_kill_after_the_record_with_a_new_xdp_link_converges(
-    env: Env, veth: VethPair, cgroup: Cgroup
-) -> None:
-    """The same kill after the record is written: the next apply only removes leftovers."""
-    _kill_after_new_xdp("release", env, veth, cgroup)
