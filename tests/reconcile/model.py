@@ -94,45 +94,6 @@ FAULT_STEPS = ("load", "verify", "pin", "attach", "switch", "commit", "record", 
 CRASH_STEPS = ("load", "verify", "pin", "attach", "switch", "commit", "record", "release")
 
 
-# ---------------------------------------------------------------------------- known defects
-#
-# Parts of the universe that hit defects of issue 8 which are being fixed on other branches.
-# Each switch names the defect; it is removed once main has the fix.
-
-# TODO(issue 8 item 3, `pin` does nothing): every owned map is pinned whatever `pin` says.
-# While False, the check expects a pin for every owned map.
-PIN_OPTION_WORKS = False
-
-# TODO(issue 8 item 2, `preserve: true` fails on keyless maps): "ringbuf maps have no keys to
-# iterate"; substituting them (`from:`) fails the same way (item 1: the loader takes the
-# replacement's truth value). While False, neither is drawn for the keyless maps.
-KEYLESS_PRESERVE_WORKS = False
-KEYLESS = ("m_ringbuf", "m_queue")
-
-# TODO(issue 8 item 2, a preserved prog array keeps the old generation's tail-call targets):
-# the old model_tail stays alive in it after an upgrade. While False, preserve is never drawn
-# for m_progs.
-PROG_ARRAY_PRESERVE_WORKS = False
-
-# TODO(issue 8 item 7, symlinks in the owned root are followed): a symlink
-# <root>/_staging-x to a foreign directory makes any apply unpin everything there. While
-# False, no symlink is planted in the root.
-SYMLINKS_SAFE = True
-
-# TODO(issue 8 item 8, ownership is guessed): destroy --all and --prune remove a look-alike
-# directory ({maps,progs,links}) that bpforch never made. While False, none is planted.
-LOOKALIKES_SAFE = True
-
-
-def allowed(m: str, o: MapOpt) -> MapOpt:
-    """``o`` without the parts of the universe that hit a known defect (see above)."""
-    if not KEYLESS_PRESERVE_WORKS and m in KEYLESS and (o.preserve or o.src is not None):
-        o = replace(o, preserve=False, src=None)
-    if not PROG_ARRAY_PRESERVE_WORKS and m == "m_progs" and o.preserve:
-        o = replace(o, preserve=False)
-    return o
-
-
 # ---------------------------------------------------------------------------- the model
 
 
@@ -181,7 +142,6 @@ class Coll:
         return dict(self.maps).get(m, DEFAULT_OPT)
 
     def with_opt(self, m: str, opt: MapOpt) -> Coll:
-        opt = allowed(m, opt)
         d = dict(self.maps)
         if opt == DEFAULT_OPT:
             d.pop(m, None)
@@ -190,8 +150,10 @@ class Coll:
         return replace(self, maps=tuple(sorted(d.items())))
 
     def load_inputs(self) -> tuple[object, ...]:
-        """What reloading depends on (not attachments)."""
-        return (self.version, self.maps)
+        """What reloading depends on: not attachments, not ``pin`` (pinning and unpinning
+        a live map reloads nothing)."""
+        opts = ((m, replace(o, pin=False)) for m, o in self.maps)
+        return (self.version, tuple((m, o) for m, o in opts if o != DEFAULT_OPT))
 
     def max_of(self, m: str) -> int:
         o = self.opt(m)
@@ -227,6 +189,8 @@ def rejections(desired: dict[str, Coll], applied: dict[str, Coll]) -> list[str]:
                 out.append(f"{c}.{m}: from an undeclared collection (or a cycle)")
             elif root[0] != "pinned:" and desired[root[0]].max_of(m) != DEFAULT_MAX[m]:
                 out.append(f"{c}.{m}: source {root} has another max_entries")
+        if coll.opt("m_progs").preserve:
+            out.append(f"{c}.m_progs: a prog array refuses preserve")
         old = applied.get(c)
         if old is None:
             continue
@@ -506,6 +470,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.manifests.mkdir(parents=True)
         self.desired: dict[str, Coll] = {}
         self.applied: dict[str, Coll] = {}
+        self.pin_users: set[tuple[str, str]] = set()  # maps other collections use (`from`)
         # what the kernel showed at the last check, for the next one
         self.map_ids: dict[tuple[str, str], int] = {}  # (collection, map) -> id (own maps)
         self.prog_ids: dict[tuple[str, str], int] = {}
@@ -771,6 +736,13 @@ class ModelMachine(RuleBasedStateMachine):
     def _accepted(self, new: dict[str, Coll], *, crash: bool = False) -> None:
         self.expected_after(self.applied, new, crash=crash)
         self.applied = new
+        self.pin_users = {
+            (o.src, m)
+            for c, coll in new.items()
+            if c in self.desired
+            for m, o in coll.maps
+            if o.src is not None and o.src != "pinned"
+        }
         self.w.applies += 1
 
     @precondition(lambda self: bool(self.desired) or bool(self.applied))
@@ -993,7 +965,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.foreign_pins[victim / "victim"] = ("map", m.id)
         return victim
 
-    @precondition(lambda self: SYMLINKS_SAFE and "_staging-evil" not in self.foreign_top)
+    @precondition(lambda self: "_staging-evil" not in self.foreign_top)
     @rule(name=st.sampled_from(["_staging-evil", "cx"]))
     def plant_symlink(self, name: str) -> None:
         """A symlink in the owned root to a foreign directory: named like a staging
@@ -1006,7 +978,7 @@ class ModelMachine(RuleBasedStateMachine):
         os.symlink(victim, self.root / name)
         self.foreign_top.add(name)
 
-    @precondition(lambda self: LOOKALIKES_SAFE and "lookalike" not in self.foreign_top)
+    @precondition(lambda self: "lookalike" not in self.foreign_top)
     @rule()
     def plant_lookalike(self) -> None:
         """A directory in the root that looks like a collection ({maps,progs,links}) but
@@ -1145,8 +1117,9 @@ class ModelMachine(RuleBasedStateMachine):
                 o = coll.opt(m)
                 if o.src is not None:
                     continue
-                users = any(other.opt(m).src == c for u, other in self.applied.items() if u != c)
-                if not PIN_OPTION_WORKS or o.pin or o.preserve or users:
+                # pinned when asked, and where a pin keeps the map right: preserved, used by
+                # another collection (as of the last apply), a prog array
+                if o.pin or o.preserve or (c, m) in self.pin_users or m == "m_progs":
                     want_pins.add(m)
             assert pinned == want_pins, f"{c}: map pins {sorted(pinned)}, want {sorted(want_pins)}"
             for m in pinned:
