@@ -369,6 +369,18 @@ def _int(v: object) -> object:
     return v
 
 
+def describe_maps(ids: set[int]) -> list[str]:
+    """``id name`` of each live map in ``ids`` (for a leak message)."""
+    out = []
+    for i in sorted(ids):
+        try:
+            with bpfsys.fd_by_id(bpfsys.Cmd.MAP_GET_FD_BY_ID, i) as fd:
+                out.append(f"{i} {bpfsys.map_info(fd).name.decode()}")
+        except SyscallError:
+            out.append(f"{i} (gone)")
+    return out
+
+
 def empty_contents(name: str) -> object:
     if name in KEYED:
         return {}
@@ -497,8 +509,7 @@ class ModelMachine(RuleBasedStateMachine):
         spec = ebpf.CollectionSpec.from_file(OBJECT)
         self.foreign_dir.mkdir()
         for name in MAPS:
-            ms = spec.maps[name].copy()
-            ms.name = f"f_{name[2:]}"
+            ms = spec.maps[name].copy()  # the same name: programs' map ids are read by name
             m = Map.create(ms)
             self.foreign_objs.append(m)
             path = self.foreign_dir / name
@@ -1207,13 +1218,16 @@ class ModelMachine(RuleBasedStateMachine):
                 and tagged_programs(self.run_tag) == expected_progs
             )
 
-        if not settle(no_leaks):
+        # a program's maps are put after an RCU grace period and a work item: on a loaded
+        # machine that can take seconds, so wait long before calling it a leak
+        if not settle(no_leaks, timeout=15.0):
             progs = {i for i in self.seen_progs if prog_alive(i)} | tagged_programs(self.run_tag)
             maps = {i for i in self.seen_maps - foreign_ids if map_alive(i)}
             links = {i for i in self.seen_links if link_alive(i)}
             raise AssertionError(
                 f"leaked: programs {sorted(progs - expected_progs)}, "
-                f"maps {sorted(maps - expected_maps)}, links {sorted(links - expected_links)} "
+                f"maps {describe_maps(maps - expected_maps)}, "
+                f"links {sorted(links - expected_links)} "
                 f"(missing: programs {sorted(expected_progs - progs)}, "
                 f"links {sorted(expected_links - links)})"
             )
