@@ -117,7 +117,7 @@ WHY: tuple[Why, ...] = (
         WRONG,
         "it creates prog arrays with BTF types, which the kernel refuses",
         ("cilium",),
-        r"map jump_table: map create: invalid argument$",
+        r"map (jump_table|m_progs): map create: invalid argument$",
     ),
     Why(
         WRONG,

@@ -674,7 +674,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.desired[c] = coll
         self.write_desired()
 
-    @precondition(lambda self: bool(self.desired))
+    @precondition(lambda self: len(self.desired) > 0)
     @rule(data=st.data())
     def remove_collection(self, data: st.DataObject) -> None:
         self.count("remove_collection")
@@ -682,7 +682,7 @@ class ModelMachine(RuleBasedStateMachine):
         del self.desired[c]
         self.write_desired()
 
-    @precondition(lambda self: bool(self.desired))
+    @precondition(lambda self: len(self.desired) > 0)
     @rule(
         data=st.data(),
         m=st.sampled_from(MAPS),
@@ -713,7 +713,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.desired[c] = coll.with_opt(m, o)
         self.write_desired()
 
-    @precondition(lambda self: bool(self.desired))
+    @precondition(lambda self: len(self.desired) > 0)
     @rule(data=st.data(), version=st.integers(1, 3))
     def set_version(self, data: st.DataObject, version: int) -> None:
         self.count("set_version")
@@ -730,7 +730,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.desired["ca"] = replace(self.desired["ca"], xdp_mode=mode)
         self.write_desired()
 
-    @precondition(lambda self: bool(self.desired))
+    @precondition(lambda self: len(self.desired) > 0)
     @rule(data=st.data(), kind=st.sampled_from(ATTACH_KINDS))
     def toggle_attachment(self, data: st.DataObject, kind: str) -> None:
         self.count("toggle_attachment")
@@ -756,7 +756,7 @@ class ModelMachine(RuleBasedStateMachine):
         }
         self.w.applies += 1
 
-    @precondition(lambda self: bool(self.desired) or bool(self.applied))
+    @precondition(lambda self: len(self.desired) > 0 or len(self.applied) > 0)
     @rule(prune=st.booleans())
     def apply(self, prune: bool) -> None:
         """load_manifests + Reconciler.apply in this process."""
@@ -775,7 +775,7 @@ class ModelMachine(RuleBasedStateMachine):
             self.check_converged()
         self._check_fds(fds)
 
-    @precondition(lambda self: bool(self.desired) or bool(self.applied))
+    @precondition(lambda self: len(self.desired) > 0 or len(self.applied) > 0)
     @rule(prune=st.booleans())
     def apply_cli(self, prune: bool) -> None:
         """`bpforch apply` as a subprocess."""
@@ -790,7 +790,7 @@ class ModelMachine(RuleBasedStateMachine):
         self._accepted(new)
         self.check_converged(cli=True)
 
-    @precondition(lambda self: bool(self.desired) or bool(self.applied))
+    @precondition(lambda self: len(self.desired) > 0 or len(self.applied) > 0)
     @rule(step=st.sampled_from(FAULT_STEPS))
     def apply_with_failure(self, step: str) -> None:
         """An apply whose step ``step`` fails (a Hooks failpoint): everything is rolled back
@@ -822,7 +822,7 @@ class ModelMachine(RuleBasedStateMachine):
             self.check_converged()
         self._check_fds(fds)
 
-    @precondition(lambda self: bool(self.desired) or bool(self.applied))
+    @precondition(lambda self: len(self.desired) > 0 or len(self.applied) > 0)
     @rule(step=st.sampled_from(CRASH_STEPS), nth=st.integers(1, 2))
     def apply_killed(self, step: str, nth: int) -> None:
         """`bpforch apply` killed with SIGKILL at the nth time it reaches ``step``; then an
@@ -842,7 +842,7 @@ class ModelMachine(RuleBasedStateMachine):
         self._accepted(new, crash=crashed)
         self.check_converged()
 
-    @precondition(lambda self: bool(self.applied))
+    @precondition(lambda self: len(self.applied) > 0)
     @rule(data=st.data())
     def destroy_one(self, data: st.DataObject) -> None:
         """Destroy one collection (refused while another applied collection uses its maps)."""
@@ -867,7 +867,7 @@ class ModelMachine(RuleBasedStateMachine):
             self.prog_ids = {k: v for k, v in self.prog_ids.items() if k[0] != c}
         self._check_fds(fds)
 
-    @precondition(lambda self: bool(self.applied))
+    @precondition(lambda self: len(self.applied) > 0)
     @rule()
     def destroy_all_cli(self) -> None:
         """`bpforch destroy --all`: nothing of ours is left afterwards."""
@@ -882,7 +882,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules: contents
 
-    @precondition(lambda self: bool(self.applied))
+    @precondition(lambda self: len(self.applied) > 0)
     @rule(data=st.data(), m=st.sampled_from(KEYED), key=st.integers(0, 3), value=st.integers(1, 9))
     def write_entry(self, data: st.DataObject, m: str, key: int, value: int) -> None:
         """Write an entry into a live map, through the map a collection's programs use."""
@@ -895,7 +895,7 @@ class ModelMachine(RuleBasedStateMachine):
         assert isinstance(expect, dict)
         expect[key] = value
 
-    @precondition(lambda self: bool(self.applied))
+    @precondition(lambda self: len(self.applied) > 0)
     @rule(data=st.data(), action=st.sampled_from([1, 4, 5]))
     def run_program(self, data: st.DataObject, action: int) -> None:
         """Run a collection's XDP program once (BPF_PROG_TEST_RUN): 1 writes a ring buffer

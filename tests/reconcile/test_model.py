@@ -26,7 +26,7 @@ pytestmark = pytest.mark.kernel
 
 
 def test_model(capsys: pytest.CaptureFixture[str]) -> None:
-    examples = int(os.environ.get("BPFORCH_MODEL_EXAMPLES", "15"))
+    examples = int(os.environ.get("BPFORCH_MODEL_EXAMPLES", "10"))
     steps = int(os.environ.get("BPFORCH_MODEL_STEPS", "30"))
     with model.world() as w:
         run_state_machine_as_test(
