@@ -22,6 +22,7 @@ from orchestrator import __version__
 from orchestrator.manifest import DesiredState, ManifestError, load_manifests
 from orchestrator.reconcile import (
     Change,
+    Failpoints,
     Op,
     Plan,
     ReconcileError,
@@ -218,7 +219,9 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _reconciler(args: argparse.Namespace) -> Reconciler:
-    return Reconciler(bpffs_root=args.bpffs_root, state_dir=args.state_dir)
+    return Reconciler(
+        bpffs_root=args.bpffs_root, state_dir=args.state_dir, failpoints=args.failpoints
+    )
 
 
 def render_plan(plan: Plan, out: TextIO) -> None:
@@ -634,8 +637,14 @@ def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    *,
+    failpoints: Failpoints | None = None,
 ) -> int:
+    """Run one command. ``failpoints``: given to every reconciler the command makes (fault
+    injection for tests; see :mod:`orchestrator.reconcile.failpoints`)."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
@@ -646,6 +655,7 @@ def main(
         except SystemExit:  # --help, --version and usage errors: flush while we can catch
             sys.stdout.flush()
             raise
+        args.failpoints = failpoints
         func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
         code = func(args, out, err)
         out.flush()  # a reader that went away shows here, not at interpreter exit

@@ -35,7 +35,7 @@ from orchestrator.reconcile.errors import (
     RecordError,
     StateError,
 )
-from orchestrator.reconcile.hooks import CRASH_ENV, STEPS, Hooks
+from orchestrator.reconcile.failpoints import STEPS, Failpoints, NoFailpoints, Step
 from orchestrator.reconcile.plan import Change, Op, Plan, Problem, plan, plan_destroy
 from orchestrator.reconcile.reconciler import (
     DEFAULT_BPFFS_ROOT,
@@ -68,7 +68,6 @@ from orchestrator.reconcile.status import (
 )
 
 __all__ = [
-    "CRASH_ENV",
     "DEFAULT_BPFFS_ROOT",
     "DEFAULT_STATE_DIR",
     "STEPS",
@@ -84,11 +83,12 @@ __all__ = [
     "CollectionStatus",
     "Drift",
     "Facts",
+    "Failpoints",
     "Foreign",
-    "Hooks",
     "MapRecord",
     "MapShape",
     "MapStatus",
+    "NoFailpoints",
     "Op",
     "Ownership",
     "Plan",
@@ -102,6 +102,7 @@ __all__ = [
     "StateError",
     "StateRecord",
     "Status",
+    "Step",
     "TargetFacts",
     "plan",
     "plan_destroy",

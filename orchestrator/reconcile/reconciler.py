@@ -18,7 +18,7 @@ from orchestrator.ebpf import Error as EbpfError
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.budget import budget_warnings, recorded
 from orchestrator.reconcile.errors import PlanError, StateError
-from orchestrator.reconcile.hooks import Hooks
+from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
 from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
 from orchestrator.reconcile.owner import locked
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
@@ -68,11 +68,11 @@ class Reconciler:
         *,
         bpffs_root: Path = DEFAULT_BPFFS_ROOT,
         state_dir: Path = DEFAULT_STATE_DIR,
-        hooks: Hooks | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.bpffs_root = Path(bpffs_root)
         self.state_dir = Path(state_dir)
-        self.hooks = hooks or Hooks()
+        self.failpoints: Failpoints = NoFailpoints() if failpoints is None else failpoints
 
     def __repr__(self) -> str:
         return f"Reconciler(bpffs_root={self.bpffs_root}, state_dir={self.state_dir})"
@@ -131,7 +131,7 @@ class Reconciler:
                 check = Transaction(
                     self.bpffs_root,
                     self.state_dir,
-                    self.hooks,
+                    self.failpoints,
                     desired,
                     actual,
                     p,
@@ -155,7 +155,7 @@ class Reconciler:
             tx = Transaction(
                 self.bpffs_root,
                 self.state_dir,
-                self.hooks,
+                self.failpoints,
                 desired,
                 actual,
                 p,
@@ -182,7 +182,7 @@ class Reconciler:
             tx = Transaction(
                 self.bpffs_root,
                 self.state_dir,
-                self.hooks,
+                self.failpoints,
                 DesiredState(),
                 actual,
                 p,

@@ -16,7 +16,7 @@ from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.manifest import load_manifests
 from orchestrator.manifest.model import DesiredState
-from orchestrator.reconcile import Hooks, Reconciler, Status
+from orchestrator.reconcile import Failpoints, Reconciler, Status
 from tests.conftest import BPF_DIR
 
 
@@ -26,8 +26,12 @@ class Env:
     state_dir: Path
     manifests: Path
 
-    def reconciler(self, hooks: Hooks | None = None) -> Reconciler:
-        return Reconciler(bpffs_root=self.root, state_dir=self.state_dir, hooks=hooks)
+    def reconciler(self, failpoints: Failpoints | None = None) -> Reconciler:
+        return Reconciler(bpffs_root=self.root, state_dir=self.state_dir, failpoints=failpoints)
+
+    def cli_args(self) -> tuple[str, ...]:
+        """The ``bpforch`` options for this root and state dir."""
+        return ("--bpffs-root", str(self.root), "--state-dir", str(self.state_dir))
 
     def write(self, name: str, text: str) -> Path:
         path = self.manifests / f"{name}.yaml"
