@@ -13,6 +13,7 @@ except ManifestError as err:
 
 from __future__ import annotations
 
+from orchestrator.manifest.cache import ObjectSnapshot, ObjectStore, object_info, object_spec
 from orchestrator.manifest.errors import ManifestError, Problem
 from orchestrator.manifest.loader import digest, load_manifests, manifest_files
 from orchestrator.manifest.model import (
@@ -36,12 +37,7 @@ from orchestrator.manifest.model import (
     XdpMode,
     XdpTarget,
 )
-from orchestrator.manifest.objects import (
-    ObjectError,
-    ObjectInfo,
-    object_info,
-    object_spec,
-)
+from orchestrator.manifest.objects import ObjectError, ObjectInfo
 from orchestrator.manifest.schema import crd, schema
 
 __all__ = [
@@ -58,6 +54,8 @@ __all__ = [
     "NetnsTarget",
     "ObjectError",
     "ObjectInfo",
+    "ObjectSnapshot",
+    "ObjectStore",
     "OnIncompatible",
     "Problem",
     "RawTracepointTarget",

@@ -39,8 +39,9 @@ from orchestrator.ebpf import (
 )
 from orchestrator.ebpf.errors import FileError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
-from orchestrator.ebpf.lru import LRU, Usage
 from orchestrator.manifest import schema as _schema
+from orchestrator.manifest.cache import ObjectStore
+from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
 from orchestrator.manifest.errors import ManifestError, Problem
 from orchestrator.manifest.hooks import misfit
@@ -65,7 +66,7 @@ from orchestrator.manifest.model import (
     XdpMode,
     XdpTarget,
 )
-from orchestrator.manifest.objects import ObjectError, ObjectInfo, object_info
+from orchestrator.manifest.objects import ObjectError, ObjectInfo
 
 BPFFS = "/sys/fs/bpf"
 CGROUP_ROOT = "/sys/fs/cgroup/unified"
@@ -162,20 +163,16 @@ class _Entry:
 
 
 @dataclass(slots=True)
-class _FileResult:
+class ParsedFile:
+    """What parsing, the schema and building found in one manifest file (kept in the
+    :class:`~orchestrator.manifest.cache.ObjectStore` by the sha256 of its bytes)."""
+
     problems: list[Problem]
     built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]
     invalid: list[str]  # names of collections whose documents are invalid
 
 
-# path -> (sha256 of its bytes, what parsing, the schema and building found): one version
-# per file, so a rewritten file replaces its entry (and a changed file can never hit a stale
-# one). Bounded by bytes (an estimate of what the parsed documents hold, see _cost) and
-# files, least recently used first out.
 MANIFEST_MAX = 4 << 20  # bytes of one manifest file
-CACHE_MAX_BYTES = 64 << 20
-CACHE_MAX_FILES = 4096
-_files: LRU[str, tuple[bytes, _FileResult]] = LRU(CACHE_MAX_BYTES, CACHE_MAX_FILES)
 _CHECKED_MAX = 8  # object versions whose check results a cached document remembers
 
 
@@ -363,20 +360,7 @@ class _Builder:
         return Attachment(program=str(raw["program"]), target=target, source=self.doc.at(path))
 
 
-def clear_caches() -> None:
-    """Forget parsed manifests and objects (for benchmarks and tests)."""
-    from orchestrator.manifest.objects import clear_cache
-
-    _files.clear()
-    clear_cache()
-
-
-def cache_usage() -> Usage:
-    """What the parsed-manifest cache holds (entries, estimated bytes) against its limits."""
-    return _files.usage()
-
-
-def _cost(size: int, result: _FileResult) -> int:
+def _cost(size: int, result: ParsedFile) -> int:
     """An estimate of the memory a parsed file holds, erring high: its values as Python
     objects (a few times the text) and, per YAML node, its path and position in two
     indexes (a tuple key and a tuple value each)."""
@@ -384,14 +368,16 @@ def _cost(size: int, result: _FileResult) -> int:
     return 4096 + 8 * size + 400 * nodes + 300 * len(result.problems)
 
 
-def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
-    """Parse, schema-check and build every document of a file (cached by content)."""
+def _load_file(file: Path, problems: list[Problem], store: ObjectStore) -> ParsedFile:
+    """Parse, schema-check and build every document of a file (kept in ``store`` by the
+    sha256 of its bytes: one version per file, so a rewritten file replaces its entry and
+    a changed file can never hit a stale one)."""
     try:
         data = read_file(file, limit=MANIFEST_MAX, what="a manifest")
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         problems.append(Problem(Source(file), "", f"not UTF-8 text: {err.reason}"))
-        return _FileResult([], [], [])
+        return ParsedFile([], [], [])
     except OSError as err:
         hint = ""
         if isinstance(err, FileError):
@@ -401,10 +387,10 @@ def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
                 else "only regular files are read"
             )
         problems.append(Problem(Source(file), "", _oserror(err), hint))
-        return _FileResult([], [], [])
+        return ParsedFile([], [], [])
     key = str(file)
     digest = hashlib.sha256(data).digest()
-    cached = _files.get(key)
+    cached = store.manifests.get(key)
     hit = cached[1] if cached is not None and cached[0] == digest else None
     if hit is None:
         found: list[Problem] = []
@@ -422,8 +408,8 @@ def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
                     invalid.append(name)
                 continue
             built.append((_Builder(doc, found).build(), doc, {}))
-        hit = _FileResult(found, built, invalid)
-        _files.put(key, (digest, hit), _cost(len(data), hit))
+        hit = ParsedFile(found, built, invalid)
+        store.manifests.put(key, (digest, hit), _cost(len(data), hit))
     problems.extend(hit.problems)
     return hit
 
@@ -469,8 +455,15 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
 
 
 class _Checker:
-    def __init__(self, entries: list[_Entry], problems: list[Problem], invalid: set[str]) -> None:
+    def __init__(
+        self,
+        entries: list[_Entry],
+        problems: list[Problem],
+        invalid: set[str],
+        store: ObjectStore,
+    ) -> None:
         self.entries = entries
+        self.store = store
         self.problems = problems
         self.invalid = invalid  # declared, but with problems of their own: not looked into
         self.by_name: dict[str, _Entry] = {}
@@ -506,7 +499,7 @@ class _Checker:
             if "\0" in str(e.coll.object_file):
                 continue  # reported by the builder
             try:
-                e.info = object_info(e.coll.object_file)
+                e.info = self.store.object_info(e.coll.object_file)
             except ObjectError as err:
                 if isinstance(err.cause, FileNotFoundError):
                     message = f"cannot read object: {err}"
@@ -925,24 +918,30 @@ def digest(coll: DesiredCollection, object_sha256: str) -> str:
     return h.hexdigest()
 
 
-def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> DesiredState:
+def load_manifests(
+    paths: Sequence[Path], *, check_objects: bool = True, store: ObjectStore | None = None
+) -> DesiredState:
     """Read, validate and check manifests; the desired state, or :class:`ManifestError` with
     every problem found (file:line:col, field path, message and hint).
 
     ``paths`` are files or directories (see :func:`manifest_files`). With ``check_objects``
     False the object files are not read: nothing that needs them is checked (programs,
     constants, maps, substitution compatibility, attachment types, sha256) and every
-    ``digest`` is empty. Needs no privileges.
+    ``digest`` is empty. Files and objects are read through ``store`` (the
+    :data:`~orchestrator.manifest.cache.default` store if None): pass the reconciler's. Needs
+    no privileges.
     """
+    if store is None:
+        store = default_store
     problems: list[Problem] = []
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []
     invalid: set[str] = set()
     for file in files:
-        result = _load_file(file, problems)
+        result = _load_file(file, problems, store)
         entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
         invalid.update(result.invalid)
-    checker = _Checker(entries, problems, invalid)
+    checker = _Checker(entries, problems, invalid, store)
     checker.names()
     if check_objects:
         checker.objects()

@@ -92,6 +92,8 @@ from orchestrator.ebpf.pin import (
     pin_at,
     remove_tree_at,
 )
+from orchestrator.manifest.cache import ObjectSnapshot
+from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import (
     Attachment,
     CgroupTarget,
@@ -109,7 +111,6 @@ from orchestrator.manifest.model import (
 from orchestrator.reconcile.errors import ApplyError, where
 from orchestrator.reconcile.failpoints import Failpoints
 from orchestrator.reconcile.observe import (
-    ObjectCache,
     held_maps,
     map_shape,
     open_map,
@@ -197,11 +198,11 @@ class Transaction:
         desired: DesiredState,
         actual: ActualState,
         plan: Plan,
-        objects: ObjectCache | None = None,
+        objects: ObjectSnapshot | None = None,
         *,
         root_fd: int,
     ) -> None:
-        self.objects = objects or ObjectCache()
+        self.objects = objects if objects is not None else default_store.snapshot()
         self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
         self.root = root
         self.state_dir = state_dir
