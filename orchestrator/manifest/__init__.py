@@ -6,7 +6,7 @@ from orchestrator.manifest import ManifestError, load_manifests
 try:
     state = load_manifests([Path("manifests/")])
 except ManifestError as err:
-    for problem in err.problems:      # Problem(source, field, message, hint)
+    for problem in err.problems:      # ManifestProblem(source, field, message, hint)
         print(problem)                # file:line:col: spec.maps.x: message (hint)
 ```
 """
@@ -14,7 +14,7 @@ except ManifestError as err:
 from __future__ import annotations
 
 from orchestrator.manifest.cache import ObjectSnapshot, ObjectStore, object_info, object_spec
-from orchestrator.manifest.errors import ManifestError, Problem
+from orchestrator.manifest.errors import ManifestError, ManifestProblem
 from orchestrator.manifest.loader import digest, load_manifests, manifest_files
 from orchestrator.manifest.model import (
     API_VERSION,
@@ -49,6 +49,7 @@ __all__ = [
     "DesiredState",
     "Direction",
     "ManifestError",
+    "ManifestProblem",
     "MapFrom",
     "MapOptions",
     "NetnsTarget",
@@ -57,7 +58,6 @@ __all__ = [
     "ObjectSnapshot",
     "ObjectStore",
     "OnIncompatible",
-    "Problem",
     "RawTracepointTarget",
     "Source",
     "Target",

@@ -43,7 +43,7 @@ from orchestrator.manifest import schema as _schema
 from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
-from orchestrator.manifest.errors import ManifestError, Problem
+from orchestrator.manifest.errors import ManifestError, ManifestProblem
 from orchestrator.manifest.hooks import misfit
 from orchestrator.manifest.model import (
     API_VERSION,
@@ -77,7 +77,7 @@ PATH_MAX = 4096  # linux/limits.h, with the terminating NUL
 # ---------------------------------------------------------------------------- files
 
 
-def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:
+def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> list[Path]:
     """The manifest files named by ``paths``: files as given, directories searched
     recursively for ``*.yaml``/``*.yml`` in sorted order, skipping hidden names (this skips
     the ``..data``/``..2024_…`` directories of a Kubernetes ConfigMap mount, whose visible
@@ -104,7 +104,7 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
-            problems.append(Problem(Source(directory), "", _oserror(err)))
+            problems.append(ManifestProblem(Source(directory), "", _oserror(err)))
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -130,7 +130,7 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
             add(path)
         else:
             problems.append(
-                Problem(Source(path), "", "no such file or directory", "check the path")
+                ManifestProblem(Source(path), "", "no such file or directory", "check the path")
             )
     return out
 
@@ -139,12 +139,13 @@ def _oserror(err: OSError) -> str:
     return reason(err)
 
 
-def _not_regular(path: Path, mode: int) -> Problem:
+def _not_regular(path: Path, mode: int) -> ManifestProblem:
     try:
         stat_regular(path)
     except OSError as err:
-        return Problem(Source(path), "", _oserror(err), "only regular files are read")
-    return Problem(Source(path), "", f"not a regular file (mode {mode:#o})")  # pragma: no cover
+        return ManifestProblem(Source(path), "", _oserror(err), "only regular files are read")
+    what = f"not a regular file (mode {mode:#o})"  # pragma: no cover
+    return ManifestProblem(Source(path), "", what)  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------- building
@@ -158,7 +159,7 @@ class _Entry:
     doc: Document
     # per object sha256: the problems found checking the collection against that object
     # (shared with the file cache: an unchanged manifest and object are not checked again)
-    checked: dict[str, list[Problem]]
+    checked: dict[str, list[ManifestProblem]]
     info: ObjectInfo | None = None  # the parsed object, when it could be read
 
 
@@ -167,8 +168,8 @@ class ParsedFile:
     """What parsing, the schema and building found in one manifest file (kept in the
     :class:`~orchestrator.manifest.cache.ObjectStore` by the sha256 of its bytes)."""
 
-    problems: list[Problem]
-    built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]
+    problems: list[ManifestProblem]
+    built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]]
     invalid: list[str]  # names of collections whose documents are invalid
 
 
@@ -189,14 +190,14 @@ def _netns(base: Path, text: str) -> Path:
 
 
 class _Builder:
-    def __init__(self, doc: Document, problems: list[Problem]) -> None:
+    def __init__(self, doc: Document, problems: list[ManifestProblem]) -> None:
         self.doc = doc
         self.base = doc.file.parent
         self.problems = problems
 
     def problem(self, path: PathKey, message: str, hint: str = "", *, key: bool = False) -> None:
         src = self.doc.key_at(path) if key else self.doc.at(path)
-        self.problems.append(Problem(src, render_path(path), message, hint))
+        self.problems.append(ManifestProblem(src, render_path(path), message, hint))
 
     def path_text(self, path: PathKey, value: object) -> str:
         """A path field's text; a NUL byte or more than PATH_MAX bytes is a problem (no
@@ -368,7 +369,7 @@ def _cost(size: int, result: ParsedFile) -> int:
     return 4096 + 8 * size + 400 * nodes + 300 * len(result.problems)
 
 
-def _load_file(file: Path, problems: list[Problem], store: ObjectStore) -> ParsedFile:
+def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) -> ParsedFile:
     """Parse, schema-check and build every document of a file (kept in ``store`` by the
     sha256 of its bytes: one version per file, so a rewritten file replaces its entry and
     a changed file can never hit a stale one)."""
@@ -376,7 +377,7 @@ def _load_file(file: Path, problems: list[Problem], store: ObjectStore) -> Parse
         data = read_file(file, limit=MANIFEST_MAX, what="a manifest")
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        problems.append(Problem(Source(file), "", f"not UTF-8 text: {err.reason}"))
+        problems.append(ManifestProblem(Source(file), "", f"not UTF-8 text: {err.reason}"))
         return ParsedFile([], [], [])
     except OSError as err:
         hint = ""
@@ -386,15 +387,15 @@ def _load_file(file: Path, problems: list[Problem], store: ObjectStore) -> Parse
                 if err.errno == errno.EFBIG
                 else "only regular files are read"
             )
-        problems.append(Problem(Source(file), "", _oserror(err), hint))
+        problems.append(ManifestProblem(Source(file), "", _oserror(err), hint))
         return ParsedFile([], [], [])
     key = str(file)
     digest = hashlib.sha256(data).digest()
     cached = store.manifests.get(key)
     hit = cached[1] if cached is not None and cached[0] == digest else None
     if hit is None:
-        found: list[Problem] = []
-        built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]] = []
+        found: list[ManifestProblem] = []
+        built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]] = []
         invalid: list[str] = []
         for doc in parse_documents(file, text, found):
             if not _header_ok(doc, found):
@@ -414,12 +415,12 @@ def _load_file(file: Path, problems: list[Problem], store: ObjectStore) -> Parse
     return hit
 
 
-def _header_ok(doc: Document, problems: list[Problem]) -> bool:
+def _header_ok(doc: Document, problems: list[ManifestProblem]) -> bool:
     """A document that is not a bpforch Collection gets one problem, not a schema flood."""
     v = doc.value
     if not isinstance(v, dict):
         problems.append(
-            Problem(
+            ManifestProblem(
                 doc.at(()),
                 "",
                 f"a manifest must be a mapping, got {_schema._got(v)}",
@@ -430,7 +431,7 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
     api, kind = v.get("apiVersion"), v.get("kind")
     if api is not None and api != API_VERSION:
         problems.append(
-            Problem(
+            ManifestProblem(
                 doc.at(("apiVersion",)),
                 "apiVersion",
                 f"unknown apiVersion {_schema._got(api)}",
@@ -440,7 +441,7 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
         return False
     if kind is not None and kind != KIND_COLLECTION:
         problems.append(
-            Problem(
+            ManifestProblem(
                 doc.at(("kind",)),
                 "kind",
                 f"unknown kind {_schema._got(kind)}",
@@ -458,7 +459,7 @@ class _Checker:
     def __init__(
         self,
         entries: list[_Entry],
-        problems: list[Problem],
+        problems: list[ManifestProblem],
         invalid: set[str],
         store: ObjectStore,
     ) -> None:
@@ -472,7 +473,7 @@ class _Checker:
         self, e: _Entry, path: PathKey, message: str, hint: str = "", *, key: bool = False
     ) -> None:
         src = e.doc.key_at(path) if key else e.doc.at(path)
-        self.problems.append(Problem(src, render_path(path), message, hint))
+        self.problems.append(ManifestProblem(src, render_path(path), message, hint))
 
     def names(self) -> None:
         for e in self.entries:
@@ -933,7 +934,7 @@ def load_manifests(
     """
     if store is None:
         store = default_store
-    problems: list[Problem] = []
+    problems: list[ManifestProblem] = []
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []
     invalid: set[str] = set()

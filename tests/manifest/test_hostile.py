@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ebpf import files
-from orchestrator.manifest import ManifestError, ObjectStore, Problem, load_manifests
+from orchestrator.manifest import ManifestError, ManifestProblem, ObjectStore, load_manifests
 from orchestrator.manifest import cache as _cache
 from orchestrator.manifest import loader as _loader
 from tests.conftest import ROOT
@@ -30,7 +30,7 @@ def doc(name: str, obj: str = "../objs/net.o", extra: str = "") -> str:
     )
 
 
-def problems(paths: list[Path]) -> list[Problem]:
+def problems(paths: list[Path]) -> list[ManifestProblem]:
     with pytest.raises(ManifestError) as info:
         promptly(lambda: load_manifests(paths))
     return list(info.value.problems)
