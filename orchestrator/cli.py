@@ -30,8 +30,8 @@ from orchestrator.reconcile import (
     Status,
 )
 from orchestrator.service import cli as service_cli
+from orchestrator.service.daemon_status import read_status
 from orchestrator.service.errors import ServiceError
-from orchestrator.service.status import read_status
 
 if TYPE_CHECKING:
     from orchestrator.ebpf import ProgramReport, VerifierError

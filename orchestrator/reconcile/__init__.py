@@ -28,6 +28,13 @@ record, or the ownership marker pinned in each tree); everything else under the 
 
 from __future__ import annotations
 
+from orchestrator.reconcile.collection_status import (
+    AttachmentStatus,
+    CollectionStatus,
+    MapStatus,
+    ProgramStatus,
+    Status,
+)
 from orchestrator.reconcile.errors import (
     ApplyError,
     PlanError,
@@ -58,13 +65,6 @@ from orchestrator.reconcile.state import (
     ProgramRecord,
     StateRecord,
     TargetFacts,
-)
-from orchestrator.reconcile.status import (
-    AttachmentStatus,
-    CollectionStatus,
-    MapStatus,
-    ProgramStatus,
-    Status,
 )
 
 __all__ = [

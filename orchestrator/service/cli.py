@@ -157,9 +157,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err: TextIO) -> int:
     from orchestrator.service.backend import DeclarativeBackend
     from orchestrator.service.daemon import Daemon
+    from orchestrator.service.daemon_status import read_status
     from orchestrator.service.logs import setup_logging
     from orchestrator.service.notify import Notifier, WatchdogSettings
-    from orchestrator.service.status import read_status
 
     def use(c: ServiceConfig) -> None:
         setup_logging(c.log_format, c.log_level, err)

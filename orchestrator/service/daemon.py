@@ -51,9 +51,9 @@ from orchestrator.service.backend import (
     InvalidStateError,
 )
 from orchestrator.service.config import ServiceConfig
+from orchestrator.service.daemon_status import DaemonStatus, process_start_time, write_status
 from orchestrator.service.errors import ConfigError
 from orchestrator.service.notify import Notifier, WatchdogSettings, monotonic_usec
-from orchestrator.service.status import DaemonStatus, process_start_time, write_status
 from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet, referenced_objects
 
 _log = logging.getLogger(__name__)
