@@ -44,7 +44,7 @@ from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
 from orchestrator.manifest.errors import ManifestError, ManifestProblem
-from orchestrator.manifest.hooks import misfit
+from orchestrator.manifest.kernel_hooks import target_mismatch
 from orchestrator.manifest.model import (
     API_VERSION,
     KIND_COLLECTION,
@@ -641,7 +641,7 @@ class _Checker:
                     else "its section starts with '?': it loads only when listed in spec.programs",
                 )
                 continue
-            bad = misfit(prog, a.target)
+            bad = target_mismatch(prog, a.target)
             if bad is not None:
                 self.problem(e, ("spec", "attach", i, a.kind), bad.reason, bad.hint, key=True)
 

@@ -21,7 +21,7 @@ from orchestrator.ebpf.errors import quote
 from orchestrator.ebpf.suggestions import did_you_mean
 from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import ManifestProblem
-from orchestrator.manifest.hooks import CGROUP_HOOKS
+from orchestrator.manifest.kernel_hooks import CGROUP_HOOKS
 from orchestrator.manifest.model import API_VERSION, KIND_COLLECTION, Direction, XdpMode
 
 SCHEMA_ID = "urn:bpforch:schema:manifest:v1"
