@@ -30,8 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.manifest import load_manifests  # noqa: E402
-from orchestrator.manifest.loader import clear_caches  # noqa: E402
+from orchestrator.manifest import ObjectStore, load_manifests  # noqa: E402
 
 OBJECTS = [
     (
@@ -97,7 +96,8 @@ def main() -> None:
             f = d / f"c{i:04}.yaml"
             f.write_text(manifest(i))
             files.append(f)
-        state = load_manifests([d])
+        store = ObjectStore()
+        state = load_manifests([d], store=store)
         assert len(state.collections) == args.collections
 
         def read_yaml() -> None:
@@ -110,10 +110,10 @@ def main() -> None:
             files[0].write_text(manifest(0) + f"# edit {next(counter)}\n")
 
         base = median_ms(read_yaml, args.reps)
-        cold = median_ms(lambda: load_manifests([d]), args.reps, clear_caches)
-        load_manifests([d])
-        warm = median_ms(lambda: load_manifests([d]), args.reps)
-        one = median_ms(lambda: load_manifests([d]), args.reps, touch_one)
+        cold = median_ms(lambda: load_manifests([d], store=store), args.reps, store.clear)
+        load_manifests([d], store=store)
+        warm = median_ms(lambda: load_manifests([d], store=store), args.reps)
+        one = median_ms(lambda: load_manifests([d], store=store), args.reps, touch_one)
     n = args.collections
     print(f"{n} manifests, medians of {args.reps}")
     print(f"  yaml (libyaml, comparator)  {base:8.1f} ms")

@@ -39,8 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator import ebpf  # noqa: E402
 from orchestrator.ebpf import links  # noqa: E402
-from orchestrator.manifest import load_manifests  # noqa: E402
-from orchestrator.manifest.objects import object_spec  # noqa: E402
+from orchestrator.manifest import load_manifests, object_spec  # noqa: E402
 from orchestrator.reconcile import Reconciler  # noqa: E402
 
 TGID_NOBODY = 1 << 30  # no process has this tgid: the programs count nothing

@@ -136,7 +136,7 @@ def main() -> int:
                 assert m[2] == version, (m[2], version)
 
             # ---- a storm: 500 writes in 2 s, then memory and reconciles
-            from orchestrator.service.status import read_status
+            from orchestrator.service.daemon_status import read_status
 
             rss_before = rss_kib(proc.pid)
             st0 = read_status(work / "state")

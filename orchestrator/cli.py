@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from orchestrator import __version__
-from orchestrator.manifest import DesiredState, ManifestError, load_manifests
+from orchestrator.manifest import DesiredState, ManifestError, ObjectStore, load_manifests
 from orchestrator.reconcile import (
     Change,
+    Failpoints,
     Op,
     Plan,
     ReconcileError,
@@ -29,8 +30,8 @@ from orchestrator.reconcile import (
     Status,
 )
 from orchestrator.service import cli as service_cli
+from orchestrator.service.daemon_status import read_status
 from orchestrator.service.errors import ServiceError
-from orchestrator.service.status import read_status
 
 if TYPE_CHECKING:
     from orchestrator.ebpf import ProgramReport, VerifierError
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | None:
     """Load and validate manifests; on problems render them and return None."""
     try:
-        return load_manifests(list(args.paths))
+        return load_manifests(list(args.paths), store=args.store)
     except ManifestError as exc:
         if args.output == "json":
             _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, out)
@@ -218,7 +219,12 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _reconciler(args: argparse.Namespace) -> Reconciler:
-    return Reconciler(bpffs_root=args.bpffs_root, state_dir=args.state_dir)
+    return Reconciler(
+        bpffs_root=args.bpffs_root,
+        state_dir=args.state_dir,
+        failpoints=args.failpoints,
+        store=args.store,
+    )
 
 
 def render_plan(plan: Plan, out: TextIO) -> None:
@@ -573,7 +579,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
     try:
-        spec = ebpf.CollectionSpec.from_file(args.object)
+        store: ObjectStore = args.store
+        spec = store.specs.get(args.object)  # a copy of the parsed object, ours to change
         spec.rewrite_constants(constants)
         reports = ebpf.verify(spec, args.programs or None, full_log=args.verifier_log is not None)
     except (ebpf.Error, OSError) as exc:
@@ -634,8 +641,16 @@ def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    *,
+    failpoints: Failpoints | None = None,
 ) -> int:
+    """Run one command. Its manifests and objects are read through one
+    :class:`~orchestrator.manifest.ObjectStore` of its own. ``failpoints``: given to every
+    reconciler the command makes (fault injection for tests; see
+    :mod:`orchestrator.reconcile.failpoints`)."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
@@ -646,6 +661,8 @@ def main(
         except SystemExit:  # --help, --version and usage errors: flush while we can catch
             sys.stdout.flush()
             raise
+        args.failpoints = failpoints
+        args.store = ObjectStore()
         func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
         code = func(args, out, err)
         out.flush()  # a reader that went away shows here, not at interpreter exit

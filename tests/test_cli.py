@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import cli, ebpf
-from orchestrator.service.status import (
+from orchestrator.service.daemon_status import (
     STATUS_FILE,
     DaemonStatus,
     process_start_time,

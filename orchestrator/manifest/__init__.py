@@ -6,14 +6,15 @@ from orchestrator.manifest import ManifestError, load_manifests
 try:
     state = load_manifests([Path("manifests/")])
 except ManifestError as err:
-    for problem in err.problems:      # Problem(source, field, message, hint)
+    for problem in err.problems:      # ManifestProblem(source, field, message, hint)
         print(problem)                # file:line:col: spec.maps.x: message (hint)
 ```
 """
 
 from __future__ import annotations
 
-from orchestrator.manifest.errors import ManifestError, Problem
+from orchestrator.manifest.cache import ObjectSnapshot, ObjectStore, object_info, object_spec
+from orchestrator.manifest.errors import ManifestError, ManifestProblem
 from orchestrator.manifest.loader import digest, load_manifests, manifest_files
 from orchestrator.manifest.model import (
     API_VERSION,
@@ -36,12 +37,7 @@ from orchestrator.manifest.model import (
     XdpMode,
     XdpTarget,
 )
-from orchestrator.manifest.objects import (
-    ObjectError,
-    ObjectInfo,
-    object_info,
-    object_spec,
-)
+from orchestrator.manifest.objects import ObjectError, ObjectInfo
 from orchestrator.manifest.schema import crd, schema
 
 __all__ = [
@@ -53,13 +49,15 @@ __all__ = [
     "DesiredState",
     "Direction",
     "ManifestError",
+    "ManifestProblem",
     "MapFrom",
     "MapOptions",
     "NetnsTarget",
     "ObjectError",
     "ObjectInfo",
+    "ObjectSnapshot",
+    "ObjectStore",
     "OnIncompatible",
-    "Problem",
     "RawTracepointTarget",
     "Source",
     "Target",

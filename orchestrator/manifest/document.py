@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.ebpf.errors import clip
-from orchestrator.manifest.errors import Problem
+from orchestrator.manifest.errors import ManifestProblem
 from orchestrator.manifest.model import Source
 
 PathKey = tuple[str | int, ...]
@@ -87,7 +87,10 @@ class _TooLarge(Exception):
 
 class _Builder:
     def __init__(
-        self, loader: yaml.constructor.SafeConstructor, doc: Document, problems: list[Problem]
+        self,
+        loader: yaml.constructor.SafeConstructor,
+        doc: Document,
+        problems: list[ManifestProblem],
     ) -> None:
         self.loader = loader
         self.doc = doc
@@ -97,7 +100,7 @@ class _Builder:
 
     def problem(self, node: yaml.Node, path: PathKey, message: str, hint: str = "") -> None:
         self.problems.append(
-            Problem(Source(self.doc.file, *_pos(node)), render_path(path), message, hint)
+            ManifestProblem(Source(self.doc.file, *_pos(node)), render_path(path), message, hint)
         )
 
     def build(self, node: yaml.Node, path: PathKey) -> object:
@@ -179,7 +182,7 @@ class _Skip(Exception):
     """The document cannot be built (the problem is recorded)."""
 
 
-def parse_documents(file: Path, text: str, problems: list[Problem]) -> Iterator[Document]:
+def parse_documents(file: Path, text: str, problems: list[ManifestProblem]) -> Iterator[Document]:
     """The non-empty documents of a (multi-document) YAML text. Syntax errors, duplicate keys
     and the like are appended to ``problems``; a syntax error ends the file."""
     loader = _Loader(text)
@@ -201,7 +204,7 @@ def parse_documents(file: Path, text: str, problems: list[Problem]) -> Iterator[
                 continue
             except _TooLarge:
                 problems.append(
-                    Problem(
+                    ManifestProblem(
                         Source(file, *_pos(node)),
                         "",
                         f"document expands to more than {_MAX_NODES} nodes",
@@ -218,8 +221,8 @@ def parse_documents(file: Path, text: str, problems: list[Problem]) -> Iterator[
         cm = err.context_mark
         if hint and cm is not None and mark is not None and cm.line != mark.line:
             hint += f" started at line {cm.line + 1}, column {cm.column + 1}"
-        problems.append(Problem(src, "", f"invalid YAML: {message}", hint))
+        problems.append(ManifestProblem(src, "", f"invalid YAML: {message}", hint))
     except yaml.YAMLError as err:
-        problems.append(Problem(Source(file), "", f"invalid YAML: {err}"))
+        problems.append(ManifestProblem(Source(file), "", f"invalid YAML: {err}"))
     finally:
         loader.dispose()

@@ -1,7 +1,7 @@
 """Validation problems and the error that carries them.
 
-A :class:`Problem` names where (file, line, column and the field path inside the document),
-what is wrong, and a hint about what to do. :func:`~orchestrator.manifest.load_manifests`
+A :class:`ManifestProblem` names where (file, line, column and the field path inside the
+document), what is wrong, and a hint about what to do. :func:`~orchestrator.manifest.load_manifests`
 collects every problem of every file and raises one :class:`ManifestError` with all of them.
 """
 
@@ -14,7 +14,7 @@ from orchestrator.manifest.model import Source
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class ManifestProblem:
     """One thing wrong with a manifest.
 
     ``field`` is a dotted path into the document (``spec.maps.counters.max_entries``,
@@ -60,10 +60,12 @@ class ManifestError(Exception):
     """The manifests are invalid. ``problems`` lists everything found, sorted by place;
     ``str()`` renders one problem per line."""
 
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: tuple[Problem, ...] = tuple(sorted(problems, key=Problem.sort_key))
+    def __init__(self, problems: Iterable[ManifestProblem]) -> None:
+        self.problems: tuple[ManifestProblem, ...] = tuple(
+            sorted(problems, key=ManifestProblem.sort_key)
+        )
         super().__init__("\n".join(str(p) for p in self.problems))
 
-    def __reduce__(self) -> tuple[type[ManifestError], tuple[tuple[Problem, ...]]]:
+    def __reduce__(self) -> tuple[type[ManifestError], tuple[tuple[ManifestProblem, ...]]]:
         # the default would call ManifestError(message), losing the problems
         return (type(self), (self.problems,))

@@ -39,11 +39,12 @@ from orchestrator.ebpf import (
 )
 from orchestrator.ebpf.errors import FileError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
-from orchestrator.ebpf.lru import LRU, Usage
 from orchestrator.manifest import schema as _schema
+from orchestrator.manifest.cache import ObjectStore
+from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
-from orchestrator.manifest.errors import ManifestError, Problem
-from orchestrator.manifest.hooks import misfit
+from orchestrator.manifest.errors import ManifestError, ManifestProblem
+from orchestrator.manifest.kernel_hooks import target_mismatch
 from orchestrator.manifest.model import (
     API_VERSION,
     KIND_COLLECTION,
@@ -65,7 +66,7 @@ from orchestrator.manifest.model import (
     XdpMode,
     XdpTarget,
 )
-from orchestrator.manifest.objects import ObjectError, ObjectInfo, object_info
+from orchestrator.manifest.objects import ObjectError, ObjectInfo
 
 BPFFS = "/sys/fs/bpf"
 CGROUP_ROOT = "/sys/fs/cgroup/unified"
@@ -76,7 +77,7 @@ PATH_MAX = 4096  # linux/limits.h, with the terminating NUL
 # ---------------------------------------------------------------------------- files
 
 
-def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]:
+def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> list[Path]:
     """The manifest files named by ``paths``: files as given, directories searched
     recursively for ``*.yaml``/``*.yml`` in sorted order, skipping hidden names (this skips
     the ``..data``/``..2024_…`` directories of a Kubernetes ConfigMap mount, whose visible
@@ -103,7 +104,7 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
-            problems.append(Problem(Source(directory), "", _oserror(err)))
+            problems.append(ManifestProblem(Source(directory), "", _oserror(err)))
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -129,7 +130,7 @@ def manifest_files(paths: Sequence[Path], problems: list[Problem]) -> list[Path]
             add(path)
         else:
             problems.append(
-                Problem(Source(path), "", "no such file or directory", "check the path")
+                ManifestProblem(Source(path), "", "no such file or directory", "check the path")
             )
     return out
 
@@ -138,12 +139,13 @@ def _oserror(err: OSError) -> str:
     return reason(err)
 
 
-def _not_regular(path: Path, mode: int) -> Problem:
+def _not_regular(path: Path, mode: int) -> ManifestProblem:
     try:
         stat_regular(path)
     except OSError as err:
-        return Problem(Source(path), "", _oserror(err), "only regular files are read")
-    return Problem(Source(path), "", f"not a regular file (mode {mode:#o})")  # pragma: no cover
+        return ManifestProblem(Source(path), "", _oserror(err), "only regular files are read")
+    what = f"not a regular file (mode {mode:#o})"  # pragma: no cover
+    return ManifestProblem(Source(path), "", what)  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------- building
@@ -157,25 +159,21 @@ class _Entry:
     doc: Document
     # per object sha256: the problems found checking the collection against that object
     # (shared with the file cache: an unchanged manifest and object are not checked again)
-    checked: dict[str, list[Problem]]
+    checked: dict[str, list[ManifestProblem]]
     info: ObjectInfo | None = None  # the parsed object, when it could be read
 
 
 @dataclass(slots=True)
-class _FileResult:
-    problems: list[Problem]
-    built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]
+class ParsedFile:
+    """What parsing, the schema and building found in one manifest file (kept in the
+    :class:`~orchestrator.manifest.cache.ObjectStore` by the sha256 of its bytes)."""
+
+    problems: list[ManifestProblem]
+    built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]]
     invalid: list[str]  # names of collections whose documents are invalid
 
 
-# path -> (sha256 of its bytes, what parsing, the schema and building found): one version
-# per file, so a rewritten file replaces its entry (and a changed file can never hit a stale
-# one). Bounded by bytes (an estimate of what the parsed documents hold, see _cost) and
-# files, least recently used first out.
 MANIFEST_MAX = 4 << 20  # bytes of one manifest file
-CACHE_MAX_BYTES = 64 << 20
-CACHE_MAX_FILES = 4096
-_files: LRU[str, tuple[bytes, _FileResult]] = LRU(CACHE_MAX_BYTES, CACHE_MAX_FILES)
 _CHECKED_MAX = 8  # object versions whose check results a cached document remembers
 
 
@@ -192,14 +190,14 @@ def _netns(base: Path, text: str) -> Path:
 
 
 class _Builder:
-    def __init__(self, doc: Document, problems: list[Problem]) -> None:
+    def __init__(self, doc: Document, problems: list[ManifestProblem]) -> None:
         self.doc = doc
         self.base = doc.file.parent
         self.problems = problems
 
     def problem(self, path: PathKey, message: str, hint: str = "", *, key: bool = False) -> None:
         src = self.doc.key_at(path) if key else self.doc.at(path)
-        self.problems.append(Problem(src, render_path(path), message, hint))
+        self.problems.append(ManifestProblem(src, render_path(path), message, hint))
 
     def path_text(self, path: PathKey, value: object) -> str:
         """A path field's text; a NUL byte or more than PATH_MAX bytes is a problem (no
@@ -363,20 +361,7 @@ class _Builder:
         return Attachment(program=str(raw["program"]), target=target, source=self.doc.at(path))
 
 
-def clear_caches() -> None:
-    """Forget parsed manifests and objects (for benchmarks and tests)."""
-    from orchestrator.manifest.objects import clear_cache
-
-    _files.clear()
-    clear_cache()
-
-
-def cache_usage() -> Usage:
-    """What the parsed-manifest cache holds (entries, estimated bytes) against its limits."""
-    return _files.usage()
-
-
-def _cost(size: int, result: _FileResult) -> int:
+def _cost(size: int, result: ParsedFile) -> int:
     """An estimate of the memory a parsed file holds, erring high: its values as Python
     objects (a few times the text) and, per YAML node, its path and position in two
     indexes (a tuple key and a tuple value each)."""
@@ -384,14 +369,16 @@ def _cost(size: int, result: _FileResult) -> int:
     return 4096 + 8 * size + 400 * nodes + 300 * len(result.problems)
 
 
-def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
-    """Parse, schema-check and build every document of a file (cached by content)."""
+def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) -> ParsedFile:
+    """Parse, schema-check and build every document of a file (kept in ``store`` by the
+    sha256 of its bytes: one version per file, so a rewritten file replaces its entry and
+    a changed file can never hit a stale one)."""
     try:
         data = read_file(file, limit=MANIFEST_MAX, what="a manifest")
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        problems.append(Problem(Source(file), "", f"not UTF-8 text: {err.reason}"))
-        return _FileResult([], [], [])
+        problems.append(ManifestProblem(Source(file), "", f"not UTF-8 text: {err.reason}"))
+        return ParsedFile([], [], [])
     except OSError as err:
         hint = ""
         if isinstance(err, FileError):
@@ -400,15 +387,15 @@ def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
                 if err.errno == errno.EFBIG
                 else "only regular files are read"
             )
-        problems.append(Problem(Source(file), "", _oserror(err), hint))
-        return _FileResult([], [], [])
+        problems.append(ManifestProblem(Source(file), "", _oserror(err), hint))
+        return ParsedFile([], [], [])
     key = str(file)
     digest = hashlib.sha256(data).digest()
-    cached = _files.get(key)
+    cached = store.manifests.get(key)
     hit = cached[1] if cached is not None and cached[0] == digest else None
     if hit is None:
-        found: list[Problem] = []
-        built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]] = []
+        found: list[ManifestProblem] = []
+        built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]] = []
         invalid: list[str] = []
         for doc in parse_documents(file, text, found):
             if not _header_ok(doc, found):
@@ -422,18 +409,18 @@ def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
                     invalid.append(name)
                 continue
             built.append((_Builder(doc, found).build(), doc, {}))
-        hit = _FileResult(found, built, invalid)
-        _files.put(key, (digest, hit), _cost(len(data), hit))
+        hit = ParsedFile(found, built, invalid)
+        store.manifests.put(key, (digest, hit), _cost(len(data), hit))
     problems.extend(hit.problems)
     return hit
 
 
-def _header_ok(doc: Document, problems: list[Problem]) -> bool:
+def _header_ok(doc: Document, problems: list[ManifestProblem]) -> bool:
     """A document that is not a bpforch Collection gets one problem, not a schema flood."""
     v = doc.value
     if not isinstance(v, dict):
         problems.append(
-            Problem(
+            ManifestProblem(
                 doc.at(()),
                 "",
                 f"a manifest must be a mapping, got {_schema._got(v)}",
@@ -444,7 +431,7 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
     api, kind = v.get("apiVersion"), v.get("kind")
     if api is not None and api != API_VERSION:
         problems.append(
-            Problem(
+            ManifestProblem(
                 doc.at(("apiVersion",)),
                 "apiVersion",
                 f"unknown apiVersion {_schema._got(api)}",
@@ -454,7 +441,7 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
         return False
     if kind is not None and kind != KIND_COLLECTION:
         problems.append(
-            Problem(
+            ManifestProblem(
                 doc.at(("kind",)),
                 "kind",
                 f"unknown kind {_schema._got(kind)}",
@@ -469,8 +456,15 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
 
 
 class _Checker:
-    def __init__(self, entries: list[_Entry], problems: list[Problem], invalid: set[str]) -> None:
+    def __init__(
+        self,
+        entries: list[_Entry],
+        problems: list[ManifestProblem],
+        invalid: set[str],
+        store: ObjectStore,
+    ) -> None:
         self.entries = entries
+        self.store = store
         self.problems = problems
         self.invalid = invalid  # declared, but with problems of their own: not looked into
         self.by_name: dict[str, _Entry] = {}
@@ -479,7 +473,7 @@ class _Checker:
         self, e: _Entry, path: PathKey, message: str, hint: str = "", *, key: bool = False
     ) -> None:
         src = e.doc.key_at(path) if key else e.doc.at(path)
-        self.problems.append(Problem(src, render_path(path), message, hint))
+        self.problems.append(ManifestProblem(src, render_path(path), message, hint))
 
     def names(self) -> None:
         for e in self.entries:
@@ -506,7 +500,7 @@ class _Checker:
             if "\0" in str(e.coll.object_file):
                 continue  # reported by the builder
             try:
-                e.info = object_info(e.coll.object_file)
+                e.info = self.store.object_info(e.coll.object_file)
             except ObjectError as err:
                 if isinstance(err.cause, FileNotFoundError):
                     message = f"cannot read object: {err}"
@@ -647,7 +641,7 @@ class _Checker:
                     else "its section starts with '?': it loads only when listed in spec.programs",
                 )
                 continue
-            bad = misfit(prog, a.target)
+            bad = target_mismatch(prog, a.target)
             if bad is not None:
                 self.problem(e, ("spec", "attach", i, a.kind), bad.reason, bad.hint, key=True)
 
@@ -925,24 +919,30 @@ def digest(coll: DesiredCollection, object_sha256: str) -> str:
     return h.hexdigest()
 
 
-def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> DesiredState:
+def load_manifests(
+    paths: Sequence[Path], *, check_objects: bool = True, store: ObjectStore | None = None
+) -> DesiredState:
     """Read, validate and check manifests; the desired state, or :class:`ManifestError` with
     every problem found (file:line:col, field path, message and hint).
 
     ``paths`` are files or directories (see :func:`manifest_files`). With ``check_objects``
     False the object files are not read: nothing that needs them is checked (programs,
     constants, maps, substitution compatibility, attachment types, sha256) and every
-    ``digest`` is empty. Needs no privileges.
+    ``digest`` is empty. Files and objects are read through ``store`` (the
+    :data:`~orchestrator.manifest.cache.default` store if None): pass the reconciler's. Needs
+    no privileges.
     """
-    problems: list[Problem] = []
+    if store is None:
+        store = default_store
+    problems: list[ManifestProblem] = []
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []
     invalid: set[str] = set()
     for file in files:
-        result = _load_file(file, problems)
+        result = _load_file(file, problems, store)
         entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
         invalid.update(result.invalid)
-    checker = _Checker(entries, problems, invalid)
+    checker = _Checker(entries, problems, invalid, store)
     checker.names()
     if check_objects:
         checker.objects()

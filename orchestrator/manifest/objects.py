@@ -1,10 +1,8 @@
-"""Parsed object files for the manifest layer and the reconciler.
+"""Parsed object files as the manifest layer and the reconciler see them.
 
-They come from the loader's own cache (:mod:`orchestrator.ebpf.speccache`), so an object is
-parsed once per process whoever asks for it: re-validating many manifests that share an
-object, or an unchanged one in the watch loop, costs a ``stat``. A changed file is read and
-hashed again, and parsed again only if its bytes changed (see that module for how rewrites
-within one clock tick are caught). Parsing is pure (no kernel).
+They are read through an :class:`~orchestrator.manifest.cache.ObjectStore`
+(:func:`~orchestrator.manifest.cache.object_info`), which parses an object once while the
+file is unchanged.
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.ebpf import CollectionSpec, speccache
-from orchestrator.ebpf import Error as EbpfError
+from orchestrator.ebpf import CollectionSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,37 +30,3 @@ class ObjectError(Exception):
     def __init__(self, message: str, cause: OSError | None = None) -> None:
         super().__init__(message)
         self.cause = cause
-
-
-def object_info(path: Path) -> ObjectInfo:
-    """The parsed object at ``path`` (absolute), from the cache when the file is unchanged.
-
-    Raises :class:`ObjectError` (missing file, not an eBPF object …) with the loader's
-    message.
-    """
-    try:
-        spec, sha256 = speccache.default.shared(path)
-    except EbpfError as err:
-        cause = err.__cause__
-        raise ObjectError(str(err), cause if isinstance(cause, OSError) else None) from err
-    return ObjectInfo(path, sha256, spec)
-
-
-def object_spec(path: Path) -> CollectionSpec:
-    """The parsed :class:`~orchestrator.ebpf.CollectionSpec` of an object file (cached).
-
-    The same instance is returned while the file is unchanged, so callers must not mutate
-    it: ``spec.copy()`` before ``rewrite_constants``/``rewrite_maps`` (loading itself never
-    mutates a spec). Raises :class:`ObjectError`.
-    """
-    return object_info(path).spec
-
-
-def clear_cache() -> None:
-    speccache.default.clear()
-
-
-def cache_stats() -> dict[str, int]:
-    """Counters: objects ``parsed``, files ``hashed`` (read), lookups that were ``hits``."""
-    st = speccache.default.stats()
-    return {"parsed": st.parsed, "hashed": st.parsed + st.verified, "hits": st.hits}

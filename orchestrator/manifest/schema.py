@@ -20,8 +20,8 @@ from jsonschema.exceptions import ValidationError
 from orchestrator.ebpf.errors import quote
 from orchestrator.ebpf.suggestions import did_you_mean
 from orchestrator.manifest.document import Document, PathKey, render_path
-from orchestrator.manifest.errors import Problem
-from orchestrator.manifest.hooks import CGROUP_HOOKS
+from orchestrator.manifest.errors import ManifestProblem
+from orchestrator.manifest.kernel_hooks import CGROUP_HOOKS
 from orchestrator.manifest.model import API_VERSION, KIND_COLLECTION, Direction, XdpMode
 
 SCHEMA_ID = "urn:bpforch:schema:manifest:v1"
@@ -367,7 +367,7 @@ def _schema_path_has(err: ValidationError, word: str) -> bool:
     return word in err.relative_schema_path or word in err.absolute_schema_path
 
 
-def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
+def _problems(doc: Document, err: ValidationError) -> Iterator[ManifestProblem]:
     path: PathKey = tuple(err.absolute_path)
     where = render_path(path)
     v = err.validator
@@ -388,7 +388,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
         for key in instance:
             if key in allowed:
                 continue
-            yield Problem(
+            yield ManifestProblem(
                 doc.key_at((*path, key)),
                 render_path((*path, key)),
                 f"unknown field {quote(key)}",
@@ -399,7 +399,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
         instance = err.instance if isinstance(err.instance, dict) else {}
         for name in vv:
             if name not in instance:
-                yield Problem(
+                yield ManifestProblem(
                     doc.key_at(path), render_path((*path, name)), "missing required field"
                 )
         return
@@ -409,7 +409,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
             if name in instance:
                 for need in needs:
                     if need not in instance:
-                        yield Problem(
+                        yield ManifestProblem(
                             doc.key_at((*path, name)),
                             render_path((*path, name)),
                             f"'{name}' needs '{need}'",
@@ -423,11 +423,11 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
         instance = err.instance if isinstance(err.instance, dict) else {}
         present = [n for n in names if n in instance]
         if not present:
-            yield Problem(
+            yield ManifestProblem(
                 doc.key_at(path), where, "expected exactly one of " + ", ".join(names), ""
             )
         else:
-            yield Problem(
+            yield ManifestProblem(
                 doc.key_at((*path, present[1])),
                 where,
                 "only one of " + ", ".join(present) + " may be given",
@@ -440,7 +440,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
         for i, item in enumerate(items):
             text = json.dumps(item, sort_keys=True, default=str)
             if text in seen:
-                yield Problem(
+                yield ManifestProblem(
                     doc.at((*path, i)), render_path((*path, i)), f"duplicate {_got(item)}"
                 )
             seen.add(text)
@@ -450,7 +450,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
 
 def _value_problem(
     doc: Document, path: PathKey, err: ValidationError, *, key_name: bool = False
-) -> Iterator[Problem]:
+) -> Iterator[ManifestProblem]:
     v = err.validator
     vv: Any = err.validator_value
     value = err.instance
@@ -486,16 +486,16 @@ def _value_problem(
         message = f"expected an integer, string, boolean, list or mapping, got {_got(value)}"
     else:  # jsonschema's own words, which quote the value in full: show it shortened
         message = f"{what}{_got(value)}: fails the schema's {v!r} check"
-    yield Problem(src, where, message, hint)
+    yield ManifestProblem(src, where, message, hint)
 
 
-def check(doc: Document) -> list[Problem]:
+def check(doc: Document) -> list[ManifestProblem]:
     """Validate a document against the schema; every error as a located problem."""
-    problems: list[Problem] = []
+    problems: list[ManifestProblem] = []
     for err in _VALIDATOR.iter_errors(doc.value):
         problems.extend(_problems(doc, err))
     # one problem per place and message (anyOf/oneOf can report the same thing twice)
-    unique: dict[tuple[object, ...], Problem] = {}
+    unique: dict[tuple[object, ...], ManifestProblem] = {}
     for p in problems:
         unique.setdefault((p.source, p.field, p.message), p)
     return list(unique.values())

@@ -28,6 +28,13 @@ record, or the ownership marker pinned in each tree); everything else under the 
 
 from __future__ import annotations
 
+from orchestrator.reconcile.collection_status import (
+    AttachmentStatus,
+    CollectionStatus,
+    MapStatus,
+    ProgramStatus,
+    Status,
+)
 from orchestrator.reconcile.errors import (
     ApplyError,
     PlanError,
@@ -35,7 +42,7 @@ from orchestrator.reconcile.errors import (
     RecordError,
     StateError,
 )
-from orchestrator.reconcile.hooks import CRASH_ENV, STEPS, Hooks
+from orchestrator.reconcile.failpoints import STEPS, Failpoints, NoFailpoints, Step
 from orchestrator.reconcile.plan import Change, Op, Plan, Problem, plan, plan_destroy
 from orchestrator.reconcile.reconciler import (
     DEFAULT_BPFFS_ROOT,
@@ -59,16 +66,8 @@ from orchestrator.reconcile.state import (
     StateRecord,
     TargetFacts,
 )
-from orchestrator.reconcile.status import (
-    AttachmentStatus,
-    CollectionStatus,
-    MapStatus,
-    ProgramStatus,
-    Status,
-)
 
 __all__ = [
-    "CRASH_ENV",
     "DEFAULT_BPFFS_ROOT",
     "DEFAULT_STATE_DIR",
     "STEPS",
@@ -84,11 +83,12 @@ __all__ = [
     "CollectionStatus",
     "Drift",
     "Facts",
+    "Failpoints",
     "Foreign",
-    "Hooks",
     "MapRecord",
     "MapShape",
     "MapStatus",
+    "NoFailpoints",
     "Op",
     "Ownership",
     "Plan",
@@ -102,6 +102,7 @@ __all__ = [
     "StateError",
     "StateRecord",
     "Status",
+    "Step",
     "TargetFacts",
     "plan",
     "plan_destroy",

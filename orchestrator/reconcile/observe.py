@@ -71,7 +71,7 @@ from orchestrator.reconcile.store import read_record
 
 if TYPE_CHECKING:
     from orchestrator.ebpf import CollectionSpec, Map, MapSpec
-    from orchestrator.manifest.objects import ObjectError, ObjectInfo
+    from orchestrator.manifest.cache import ObjectSnapshot
 
 
 class MapGoneError(EbpfError):
@@ -719,29 +719,7 @@ def map_shape(m: MapSpec, max_entries: int) -> MapShape:
     )
 
 
-class ObjectCache:
-    """Parsed objects for one apply: each object file is looked up once (the manifest
-    layer's cache re-checks the file on every lookup)."""
-
-    def __init__(self) -> None:
-        self._infos: dict[Path, ObjectInfo | ObjectError] = {}
-
-    def get(self, path: Path) -> ObjectInfo:
-        from orchestrator.manifest.objects import ObjectError, object_info
-
-        hit = self._infos.get(path)
-        if hit is None:
-            try:
-                hit = object_info(path)
-            except ObjectError as err:
-                hit = err
-            self._infos[path] = hit
-        if isinstance(hit, ObjectError):
-            raise hit
-        return hit
-
-
-def _collection_facts(d: DesiredCollection, objects: ObjectCache) -> CollectionFacts:
+def _collection_facts(d: DesiredCollection, objects: ObjectSnapshot) -> CollectionFacts:
     from orchestrator.manifest.objects import ObjectError
 
     try:
@@ -947,13 +925,16 @@ def shown_path(path: Path, real: Path) -> str:
 
 
 def gather_facts(
-    desired: DesiredState, actual: ActualState, objects: ObjectCache | None = None
+    desired: DesiredState, actual: ActualState, objects: ObjectSnapshot | None = None
 ) -> ActualState:
     """``actual`` with the facts :func:`plan` needs about the collections that may change:
     what their objects declare, whether their targets exist (and who holds XDP), whether
-    their pinned substitution sources are pins on bpffs."""
+    their pinned substitution sources are pins on bpffs. Objects are read through
+    ``objects`` (a snapshot of the default object store if None)."""
     if objects is None:
-        objects = ObjectCache()
+        from orchestrator.manifest.cache import default
+
+        objects = default.snapshot()
     pins = PinRules(desired)
     colls: dict[str, CollectionFacts] = {}
     targets: dict[str, TargetFacts] = {}

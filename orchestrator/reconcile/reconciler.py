@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.ebpf import Error as EbpfError
+from orchestrator.manifest.cache import ObjectStore
+from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.budget import budget_warnings, recorded
+from orchestrator.reconcile.collection_status import Status, build_status
 from orchestrator.reconcile.errors import PlanError, StateError
-from orchestrator.reconcile.hooks import Hooks
-from orchestrator.reconcile.observe import ObjectCache, gather_facts, observe
+from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
+from orchestrator.reconcile.observe import gather_facts, observe
 from orchestrator.reconcile.owner import locked
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
 from orchestrator.reconcile.state import ActualState
-from orchestrator.reconcile.status import Status, build_status
 
 DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpforch")
 DEFAULT_STATE_DIR = Path("/run/bpforch")
@@ -68,11 +70,17 @@ class Reconciler:
         *,
         bpffs_root: Path = DEFAULT_BPFFS_ROOT,
         state_dir: Path = DEFAULT_STATE_DIR,
-        hooks: Hooks | None = None,
+        failpoints: Failpoints | None = None,
+        store: ObjectStore | None = None,
     ) -> None:
+        """``store``: where parsed objects are kept across calls; give the one the manifests
+        were loaded with (``load_manifests(..., store=...)``), or None for the default
+        store. ``failpoints``: called at each step of an apply (see
+        :mod:`orchestrator.reconcile.failpoints`; tests inject failures there)."""
         self.bpffs_root = Path(bpffs_root)
         self.state_dir = Path(state_dir)
-        self.hooks = hooks or Hooks()
+        self.failpoints: Failpoints = NoFailpoints() if failpoints is None else failpoints
+        self.store = default_store if store is None else store
 
     def __repr__(self) -> str:
         return f"Reconciler(bpffs_root={self.bpffs_root}, state_dir={self.state_dir})"
@@ -94,7 +102,7 @@ class Reconciler:
         diff. Problems are in ``Plan.problems``; nothing is raised for them."""
         if actual is None:
             actual = self.observe()
-        return plan(desired, gather_facts(desired, actual), prune=prune)
+        return plan(desired, gather_facts(desired, actual, self.store.snapshot()), prune=prune)
 
     def apply(
         self,
@@ -120,7 +128,7 @@ class Reconciler:
             contextlib.nullcontext() if dry_run is True else locked(self.bpffs_root, self.state_dir)
         )
         with lock as root_fd:
-            objects = ObjectCache()
+            objects = self.store.snapshot()
             actual = gather_facts(desired, self.observe(), objects)
             p = plan(desired, actual, prune=prune)
             raise_problems(p)
@@ -131,7 +139,7 @@ class Reconciler:
                 check = Transaction(
                     self.bpffs_root,
                     self.state_dir,
-                    self.hooks,
+                    self.failpoints,
                     desired,
                     actual,
                     p,
@@ -155,7 +163,7 @@ class Reconciler:
             tx = Transaction(
                 self.bpffs_root,
                 self.state_dir,
-                self.hooks,
+                self.failpoints,
                 desired,
                 actual,
                 p,
@@ -182,7 +190,7 @@ class Reconciler:
             tx = Transaction(
                 self.bpffs_root,
                 self.state_dir,
-                self.hooks,
+                self.failpoints,
                 DesiredState(),
                 actual,
                 p,

@@ -92,6 +92,8 @@ from orchestrator.ebpf.pin import (
     pin_at,
     remove_tree_at,
 )
+from orchestrator.manifest.cache import ObjectSnapshot
+from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import (
     Attachment,
     CgroupTarget,
@@ -107,9 +109,8 @@ from orchestrator.manifest.model import (
     XdpTarget,
 )
 from orchestrator.reconcile.errors import ApplyError, where
-from orchestrator.reconcile.hooks import Hooks
+from orchestrator.reconcile.failpoints import Failpoints
 from orchestrator.reconcile.observe import (
-    ObjectCache,
     held_maps,
     map_shape,
     open_map,
@@ -193,19 +194,19 @@ class Transaction:
         self,
         root: Path,
         state_dir: Path,
-        hooks: Hooks,
+        failpoints: Failpoints,
         desired: DesiredState,
         actual: ActualState,
         plan: Plan,
-        objects: ObjectCache | None = None,
+        objects: ObjectSnapshot | None = None,
         *,
         root_fd: int,
     ) -> None:
-        self.objects = objects or ObjectCache()
+        self.objects = objects if objects is not None else default_store.snapshot()
         self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
         self.root = root
         self.state_dir = state_dir
-        self.hooks = hooks
+        self.failpoints = failpoints
         self.desired = desired
         self.pins = PinRules(desired)
         self.actual = actual
@@ -380,7 +381,7 @@ class Transaction:
         if rec is not None and self._reused(name):
             self._keep(name, rec.record)
             return
-        self.hooks.call("load", name)
+        self.failpoints.reach("load", name)
         try:
             info = self.objects.get(d.object_file)
         except ObjectError as err:
@@ -422,7 +423,7 @@ class Transaction:
                 and change.op is Op.NOOP
             ):
                 replacements[mname] = self._map_for(name, mname)
-        self.hooks.call("verify", name)
+        self.failpoints.reach("verify", name)
         opts = CollectionOptions(map_replacements=replacements)
         if d.programs is None:
             coll = Collection(spec, opts)
@@ -451,7 +452,7 @@ class Transaction:
 
     def _pin(self, st: _Staged) -> None:
         """Pin the next generation under the staging directory."""
-        self.hooks.call("pin", st.desired.name)
+        self.failpoints.reach("pin", st.desired.name)
         sdir = os.fspath(st.dir)  # plain strings: this runs per collection
         os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
         for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
@@ -557,7 +558,7 @@ class Transaction:
                 m = Map.from_id(mr.id)
                 self.owned.append(m)
                 replacements[mname] = m
-        self.hooks.call("verify", name)
+        self.failpoints.reach("verify", name)
         coll = load_subset(spec, CollectionOptions(map_replacements=replacements), names, [])
         with coll:
             out = {pname: coll.detach_program(pname) for pname in names}
@@ -604,7 +605,7 @@ class Transaction:
                 before = Program.from_id(link.program_id)
                 self.owned.append(before)
                 if before.id != prog.id:  # else only the record changes (e.g. take_over)
-                    self.hooks.call("switch", key)
+                    self.failpoints.reach("switch", key)
                     link.update(prog, before)
                     self.undo.append(
                         (f"switch link {link.id} back", partial(link.update, before, prog))
@@ -624,7 +625,7 @@ class Transaction:
                 self.reattach.append((name, a, prog, pin, ra))
                 continue
             else:
-                self.hooks.call("attach", key)
+                self.failpoints.reach("attach", key)
                 link = self._attach(st, prog, a)
                 self.owned.append(link)
                 self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
@@ -666,7 +667,7 @@ class Transaction:
                         partial(_restore_xdp, before, index, mode, t.netns, self.root_fd, live),
                     )
                 )
-        self.hooks.call("attach", key)
+        self.failpoints.reach("attach", key)
         mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
         link = self._attach_xdp(prog, t, mode, key, index)
         self.owned.append(link)
@@ -716,7 +717,7 @@ class Transaction:
                 partial(_links.set_xdp_netlink, held.ifindex, foreign, held.mode, netns=t.netns),
             )
         )
-        self.hooks.call("take_over", key)
+        self.failpoints.reach("take_over", key)
 
     def _attach(self, st: _Staged, prog: Program, a: Attachment) -> _links.Link:
         t = a.target
@@ -865,7 +866,7 @@ class Transaction:
     def _commit(self, record: StateRecord) -> None:
         rfd, sfd = self.root_fd, self.staging_fd
         for name in self.staged:
-            self.hooks.call("commit", name)
+            self.failpoints.reach("commit", name)
             assert sfd is not None
             _check_name(name)
             if not self._live_dir(name):  # a new collection: move into place
@@ -882,7 +883,7 @@ class Transaction:
                     )
                 )
         for name in self.plan.collections(Op.DELETE):
-            self.hooks.call("commit", name)
+            self.failpoints.reach("commit", name)
             if not self._live_dir(_check_name(name)):
                 continue
             assert sfd is not None
@@ -890,7 +891,7 @@ class Transaction:
             self.undo.append(
                 (f"restore {name}", partial(rename, name, name, src_dir=sfd, dst_dir=rfd))
             )
-        self.hooks.call("record", "")
+        self.failpoints.reach("record", "")
         write_record(self.state_dir, record)
 
     # ------------------------------------------------------------------ rollback / release
@@ -936,7 +937,7 @@ class Transaction:
             return
         self.staging_fd = None
         try:
-            self.hooks.call("release", "")
+            self.failpoints.reach("release", "")
         except Exception as err:
             os.close(sfd)
             self.complete = False

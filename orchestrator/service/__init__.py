@@ -12,9 +12,9 @@ from orchestrator.service.backend import (
 )
 from orchestrator.service.config import ServiceConfig, load_config, parse_config
 from orchestrator.service.daemon import Daemon
+from orchestrator.service.daemon_status import DaemonStatus, read_status
 from orchestrator.service.errors import ConfigError, ConfigProblem, NotifyError, ServiceError
 from orchestrator.service.notify import Notifier, WatchdogSettings
-from orchestrator.service.status import DaemonStatus, read_status
 from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet
 
 __all__ = [

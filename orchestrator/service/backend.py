@@ -25,6 +25,7 @@ from orchestrator.manifest.model import DesiredState
 from orchestrator.service.errors import ServiceError
 
 if TYPE_CHECKING:
+    from orchestrator.manifest.cache import ObjectStore
     from orchestrator.reconcile import Reconciler
 
 _log = logging.getLogger(__name__)
@@ -70,19 +71,24 @@ class Backend(Protocol):
 
 
 class DeclarativeBackend:
-    """The real backend: manifest loader + reconciler on one bpffs root and state dir."""
+    """The real backend: manifest loader + reconciler on one bpffs root and state dir,
+    both reading through ``store`` (a new :class:`ObjectStore` if None)."""
 
-    def __init__(self, bpffs_root: Path, state_dir: Path) -> None:
+    def __init__(self, bpffs_root: Path, state_dir: Path, store: ObjectStore | None = None) -> None:
+        from orchestrator.manifest.cache import ObjectStore
         from orchestrator.reconcile import Reconciler
 
-        self._reconciler: Reconciler = Reconciler(bpffs_root=bpffs_root, state_dir=state_dir)
+        self._store = ObjectStore() if store is None else store
+        self._reconciler: Reconciler = Reconciler(
+            bpffs_root=bpffs_root, state_dir=state_dir, store=self._store
+        )
 
     def load(self, paths: Sequence[Path]) -> DesiredState:
         from orchestrator.manifest import load_manifests
         from orchestrator.manifest.errors import ManifestError
 
         try:
-            desired = load_manifests(list(paths))
+            desired = load_manifests(list(paths), store=self._store)
         except ManifestError as err:
             problems = [str(p) for p in err.problems]
             raise InvalidStateError(_summary("invalid manifest", problems), problems) from err

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from orchestrator.manifest import ObjectStore
 from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.config import (
     DEFAULT_CONFIG_PATH,
@@ -156,14 +157,17 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err: TextIO) -> int:
     from orchestrator.service.backend import DeclarativeBackend
     from orchestrator.service.daemon import Daemon
+    from orchestrator.service.daemon_status import read_status
     from orchestrator.service.logs import setup_logging
     from orchestrator.service.notify import Notifier, WatchdogSettings
-    from orchestrator.service.status import read_status
 
     def use(c: ServiceConfig) -> None:
         setup_logging(c.log_format, c.log_level, err)
 
     use(config)
+    # the parsed manifests and objects, for the daemon's lifetime (a reload that changes
+    # the bpffs root or the state dir makes a new backend, with the same store)
+    store = ObjectStore()
     try:
         other = read_status(config.state_dir)
         if other is not None and other.alive and other.pid != os.getpid():
@@ -177,7 +181,7 @@ def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err:
         watchdog = WatchdogSettings.from_env()
         daemon = Daemon(
             config,
-            lambda c: DeclarativeBackend(c.bpffs_root, c.state_dir),
+            lambda c: DeclarativeBackend(c.bpffs_root, c.state_dir, store),
             notifier=notifier,
             watchdog=watchdog,
             reload_config=reload,

@@ -51,9 +51,9 @@ from orchestrator.service.backend import (
     InvalidStateError,
 )
 from orchestrator.service.config import ServiceConfig
+from orchestrator.service.daemon_status import DaemonStatus, process_start_time, write_status
 from orchestrator.service.errors import ConfigError
 from orchestrator.service.notify import Notifier, WatchdogSettings, monotonic_usec
-from orchestrator.service.status import DaemonStatus, process_start_time, write_status
 from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet, referenced_objects
 
 _log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ class Daemon:
         try:
             desired = self._backend.load(self.config.manifests)
         except InvalidStateError as err:
-            if self._torn(changes_before):
+            if self._changed_while_read(changes_before):
                 return False
             shown = _capped(err.problems)
             for problem in shown:
@@ -293,7 +293,7 @@ class Daemon:
             self._retarget(None)
             self._degraded(f"internal error: {err!r}")
             return False
-        if self._torn(changes_before):
+        if self._changed_while_read(changes_before):
             return False
         self._retarget(desired)
         self._status = replace(self._status, applies=self._status.applies + 1)
@@ -320,7 +320,7 @@ class Daemon:
         self._ready(summary)
         return True
 
-    def _torn(self, changes_before: int) -> bool:
+    def _changed_while_read(self, changes_before: int) -> bool:
         """Whether the files changed while they were read: then what was read may mix old
         and new contents, so it is neither applied nor reported; the change that came in
         has re-armed the debounce window and the next reconcile reads the files again."""

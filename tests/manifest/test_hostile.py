@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ebpf import files
-from orchestrator.manifest import ManifestError, Problem, load_manifests
+from orchestrator.manifest import ManifestError, ManifestProblem, ObjectStore, load_manifests
+from orchestrator.manifest import cache as _cache
 from orchestrator.manifest import loader as _loader
 from tests.conftest import ROOT
 from tests.deadline import promptly
@@ -29,7 +30,7 @@ def doc(name: str, obj: str = "../objs/net.o", extra: str = "") -> str:
     )
 
 
-def problems(paths: list[Path]) -> list[Problem]:
+def problems(paths: list[Path]) -> list[ManifestProblem]:
     with pytest.raises(ManifestError) as info:
         promptly(lambda: load_manifests(paths))
     return list(info.value.problems)
@@ -198,13 +199,13 @@ def test_the_file_cache_keeps_one_version_per_file_within_its_budget() -> None:
         f"""
         import sys, tempfile
         from pathlib import Path
-        from orchestrator.manifest import ManifestError, load_manifests
-        from orchestrator.manifest.loader import cache_usage
+        from orchestrator.manifest import ManifestError, ObjectStore, load_manifests
 
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096
 
         m = Path(tempfile.mkdtemp()) / "m.yaml"
+        store = ObjectStore()
         after = {{}}
         for i in range(250):
             m.write_text(
@@ -213,14 +214,14 @@ def test_the_file_cache_keeps_one_version_per_file_within_its_budget() -> None:
                 f"  constants: {{{{c_name: '{{i:08d}}" + "x" * 2_000_000 + "'}}}}\\n"
             )
             try:
-                load_manifests([m])
+                load_manifests([m], store=store)
             except ManifestError as err:
                 assert len(str(err)) < 1000, len(str(err))
-            u = cache_usage()
+            u = store.manifests.usage()
             assert u.entries == 1 and u.bytes <= u.max_bytes, u
             if i + 1 in (25, 250):
                 after[i + 1] = rss()
-        print(after[25], after[250], cache_usage().bytes)
+        print(after[25], after[250], store.manifests.usage().bytes)
         """
     )
     out = subprocess.run(
@@ -228,26 +229,22 @@ def test_the_file_cache_keeps_one_version_per_file_within_its_budget() -> None:
     )
     assert out.returncode == 0, out.stderr
     rss_25, rss_250, held = (int(x) for x in out.stdout.split())
-    assert 2_000_000 < held <= _loader.CACHE_MAX_BYTES
+    assert 2_000_000 < held <= _cache.MANIFESTS_MAX_BYTES
     assert rss_250 - rss_25 < 20 << 20, (rss_25 >> 20, rss_250 >> 20)
 
 
 def test_the_cache_is_bounded_by_bytes_across_files(write: Write, tree: Path) -> None:
     """Many files: the least recently used go once their estimated bytes pass the budget."""
-    cache = _loader._files
-    cache.clear()
-    old = cache.max_bytes
     paths = [write(f"m/{i}.yaml", doc(f"c{i}", "../objs/owner.o")) for i in range(20)]
-    cache.max_bytes = 5 * _loader._cost(paths[0].stat().st_size, _loader._load_file(paths[0], []))
-    try:
-        for p in paths:
-            _loader._load_file(p, [])
-            assert cache.usage().bytes <= cache.max_bytes
-        assert 4 <= cache.usage().entries <= 5
-        assert load_manifests([tree / "m"]).collections.keys() == {f"c{i}" for i in range(20)}
-    finally:
-        cache.max_bytes = old
-        cache.clear()
+    one = _loader._cost(paths[0].stat().st_size, _loader._load_file(paths[0], [], ObjectStore()))
+    store = ObjectStore(manifests_max_bytes=5 * one)
+    cache = store.manifests
+    for p in paths:
+        _loader._load_file(p, [], store)
+        assert cache.usage().bytes <= cache.max_bytes
+    assert 4 <= cache.usage().entries <= 5
+    state = load_manifests([tree / "m"], store=store)
+    assert state.collections.keys() == {f"c{i}" for i in range(20)}
 
 
 def test_trace_pipe_as_object_or_manifest(write: Write, tree: Path) -> None:
@@ -279,12 +276,13 @@ def test_check_results_per_object_version_are_bounded(write: Write, tree: Path) 
         if not any(prog.unresolved for prog in CollectionSpec.from_file(p).programs.values())
     ]
     assert len(versions) > _loader._CHECKED_MAX
+    store = ObjectStore()
     for i, obj in enumerate(versions):
         target = tree / "objs" / "x.o"
         (tree / "objs" / "new.o").write_bytes(obj.read_bytes())
         os.replace(tree / "objs" / "new.o", target)
-        load_manifests([m])
-        cached = _loader._files.get(str(m))
+        load_manifests([m], store=store)
+        cached = store.manifests.get(str(m))
         assert cached is not None
         [(_, _, checked)] = cached[1].built
         assert 1 <= len(checked) <= _loader._CHECKED_MAX, i

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.manifest import ManifestError, Problem, load_manifests
+from orchestrator.manifest import ManifestError, ManifestProblem, load_manifests
 
 from .conftest import Write
 
@@ -686,9 +686,14 @@ def test_cases_are_many_and_distinct() -> None:
 def test_problem_rendering() -> None:
     from orchestrator.manifest import Source
 
-    p = Problem(Source(Path("/m/a.yaml"), 7, 16), "spec.maps.counters", "unknown field 'x'", "hint")
+    p = ManifestProblem(
+        Source(Path("/m/a.yaml"), 7, 16), "spec.maps.counters", "unknown field 'x'", "hint"
+    )
     assert str(p) == "/m/a.yaml:7:16: spec.maps.counters: unknown field 'x' (hint)"
-    assert str(Problem(Source(Path("/m/a.yaml")), "", "no such file")) == "/m/a.yaml: no such file"
+    assert (
+        str(ManifestProblem(Source(Path("/m/a.yaml")), "", "no such file"))
+        == "/m/a.yaml: no such file"
+    )
     assert p.to_dict() == {
         "file": "/m/a.yaml",
         "line": 7,
@@ -706,8 +711,8 @@ def test_manifest_error_survives_pickling() -> None:
 
     err = ManifestError(
         [
-            Problem(Source(Path("/m/b.yaml"), 2, 1), "kind", "unknown kind 'X'"),
-            Problem(Source(Path("/m/a.yaml"), 9, 3), "spec", "missing required field", "h"),
+            ManifestProblem(Source(Path("/m/b.yaml"), 2, 1), "kind", "unknown kind 'X'"),
+            ManifestProblem(Source(Path("/m/a.yaml"), 9, 3), "spec", "missing required field", "h"),
         ]
     )
     assert [p.source.file.name for p in err.problems] == ["a.yaml", "b.yaml"]  # sorted

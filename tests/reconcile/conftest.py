@@ -7,16 +7,16 @@ import contextlib
 import os
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
-from orchestrator.manifest import load_manifests
+from orchestrator.manifest import ObjectStore, load_manifests
 from orchestrator.manifest.model import DesiredState
-from orchestrator.reconcile import Hooks, Reconciler, Status
+from orchestrator.reconcile import Failpoints, Reconciler, Status
 from tests.conftest import BPF_DIR
 
 
@@ -25,9 +25,20 @@ class Env:
     root: Path
     state_dir: Path
     manifests: Path
+    # the test's own: what desired() loads through and every reconciler() reads objects from
+    store: ObjectStore = field(default_factory=ObjectStore)
 
-    def reconciler(self, hooks: Hooks | None = None) -> Reconciler:
-        return Reconciler(bpffs_root=self.root, state_dir=self.state_dir, hooks=hooks)
+    def reconciler(self, failpoints: Failpoints | None = None) -> Reconciler:
+        return Reconciler(
+            bpffs_root=self.root,
+            state_dir=self.state_dir,
+            failpoints=failpoints,
+            store=self.store,
+        )
+
+    def cli_args(self) -> tuple[str, ...]:
+        """The ``bpforch`` options for this root and state dir."""
+        return ("--bpffs-root", str(self.root), "--state-dir", str(self.state_dir))
 
     def write(self, name: str, text: str) -> Path:
         path = self.manifests / f"{name}.yaml"
@@ -38,7 +49,7 @@ class Env:
         (self.manifests / f"{name}.yaml").unlink()
 
     def desired(self) -> DesiredState:
-        return load_manifests([self.manifests])
+        return load_manifests([self.manifests], store=self.store)
 
 
 @pytest.fixture

@@ -425,3 +425,27 @@ def test_status_names_the_git_revision_of_the_manifests(env: Env, veth: VethPair
     assert st is not None and st.git_revision == head
     assert st.manifest.startswith(str(env.manifests / "xdp-counter.yaml") + ":")
     assert st.applied_at.endswith("Z")
+
+
+def test_an_apply_reads_objects_through_the_store_the_manifests_were_loaded_with(
+    env: Env, fd_guard: None
+) -> None:
+    """Validation parsed the object; plan and apply find it in the same store (parsed once),
+    and the module's default store is never consulted."""
+    from orchestrator.manifest import cache
+
+    def default_lookups() -> int:
+        st = cache.default.specs.stats()
+        return st.parsed + st.verified + st.hits
+
+    tp_manifest(env)
+    before = default_lookups()
+    desired = env.desired()
+    assert env.store.specs.stats().parsed == 1
+    r = env.reconciler()
+    assert r.plan(desired).has_changes
+    assert r.apply(desired).applied
+    st = env.store.specs.stats()
+    assert st.parsed == 1 and st.hits + st.verified >= 2  # plan's and apply's lookups
+    assert default_lookups() == before
+    assert r.status().get("tp-counter") is not None

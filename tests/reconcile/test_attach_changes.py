@@ -10,9 +10,7 @@ and the old one detached."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ebpf import Map, Program, links
-from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, Op, Reconciler
-from tests.conftest import ROOT
+from orchestrator.reconcile import ApplyError, Op, Reconciler
+from tests.failpoints import OnStep, run_killed
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, link_alive, pins_under, prog_alive
 
@@ -152,7 +150,7 @@ def test_a_failed_apply_after_a_mode_change_puts_the_old_mode_back(
 
     xdp_manifest(env, veth, "native")
     with pytest.raises(ApplyError, match="no space left"):
-        env.reconciler(Hooks(record=fail)).apply(env.desired())
+        env.reconciler(OnStep(record=fail)).apply(env.desired())
     # the same program runs in generic mode again (by a new link, pinned in the old one's
     # place); the record still names the old link, so observe says so and apply repairs it
     now = kernel_xdp(veth)
@@ -180,21 +178,7 @@ def test_a_crash_during_a_mode_change_converges(
     r.apply(env.desired())
     before = kernel_xdp(veth)
     xdp_manifest(env, veth, "native")
-    code = (
-        "import sys; from pathlib import Path\n"
-        "from orchestrator.manifest import load_manifests\n"
-        "from orchestrator.reconcile import Reconciler\n"
-        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]))\n"
-        "r.apply(load_manifests([Path(sys.argv[3])]))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests)],
-        cwd=ROOT,
-        env={**os.environ, CRASH_ENV: step},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_killed(step, "apply", str(env.manifests), *env.cli_args())
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
     r.apply(env.desired())
     after = kernel_xdp(veth)

@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.ebpf import Link, Map, links
 from orchestrator.reconcile import Op, Reconciler
-from orchestrator.reconcile.status import CollectionStatus
+from orchestrator.reconcile.collection_status import CollectionStatus
 from tests.conftest import require_tool
 from tests.netns import Cgroup, NetNS, VethPair, create_cgroup
 from tests.reconcile.conftest import Env, link_alive, pins_under

@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from orchestrator.ebpf import Map, links
-from orchestrator.reconcile import Hooks, Op, Reconciler
+from orchestrator.reconcile import Op, Reconciler
 from tests.conftest import ROOT, require_tool
+from tests.failpoints import OnStep
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env
 from tests.reconcile.test_apply import xdp_manifest
@@ -143,7 +144,7 @@ def test_staging_leftovers_are_removed_and_look_alikes_are_foreign(
         raise RuntimeError("injected failure at release")
 
     xdp_manifest(env, veth, version=2)
-    result = env.reconciler(Hooks(release=fail)).apply(env.desired())
+    result = env.reconciler(OnStep(release=fail)).apply(env.desired())
     assert result.applied and "injected failure at release" in result.warnings[0]
     (leftover,) = [p for p in env.root.iterdir() if p.name.startswith("_staging-")]
     (env.root / "_staging-999-empty").mkdir()  # killed between its mkdir and its marker

@@ -4,9 +4,6 @@ live, and that nothing leaked: no fds, no pins, no links, no programs."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,8 +14,9 @@ import pytest
 from orchestrator.ebpf import Map
 from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
-from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, PlanError
+from orchestrator.reconcile import ApplyError, PlanError
 from tests.conftest import ROOT
+from tests.failpoints import OnStep, run_killed
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, pins_under, snapshot
 from tests.reconcile.test_apply import xdp_manifest
@@ -180,9 +178,9 @@ def test_failure_at_each_step_restores_the_previous_generation(
     }.get(step, "")
     if step == "attach":
         subject = f"{sc.name}@tracepoint:syscalls/sys_enter_getppid"
-    hooks = Hooks(**{step: _raise(step, subject)})
+    failpoints = OnStep(**{step: _raise(step, subject)})
     with pytest.raises(ApplyError) as info:
-        env.reconciler(hooks).apply(env.desired())
+        env.reconciler(failpoints).apply(env.desired())
     text = str(info.value)
     assert f"injected failure at {step}" in text
     assert "previous generation is live" in text
@@ -288,7 +286,7 @@ def test_real_attach_failure_restores_the_previous_generation(
 
     try:
         with pytest.raises(ApplyError) as info:
-            env.reconciler(Hooks(attach=intrude)).apply(env.desired())
+            env.reconciler(OnStep(attach=intrude)).apply(env.desired())
         text = str(info.value)
         assert "collection zz-second (" in text and "second.yaml:" in text
         assert "previous generation is live" in text
@@ -309,27 +307,13 @@ def test_crash_at_each_step_converges(
     """kill -9 of an apply subprocess at each step; the next apply converges and removes the
     staging leftovers."""
     sc = Scenario(env, veth, compile_bpf)
-    code = (
-        "import sys; from pathlib import Path\n"
-        "from orchestrator.manifest import load_manifests\n"
-        "from orchestrator.reconcile import Reconciler\n"
-        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]))\n"
-        "r.apply(load_manifests([Path(sys.argv[3])]))\n"
-    )
     version = 2
     steps = ("load", "verify", "pin", "attach", "switch", "commit", "commit:2", "record", "release")
     for step in steps:  # commit:2: after the first collection's tree was swapped in
         version += 1
         xdp_manifest(env, veth, version=version)
         write_extra(env, sc.good, max_entries=version)
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests)],
-            cwd=ROOT,
-            env={**os.environ, CRASH_ENV: step},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = run_killed(step, "apply", str(env.manifests), *env.cli_args())
         assert proc.returncode == -9, (step, proc.returncode, proc.stderr)
         r = env.reconciler()
         result = r.apply(env.desired())
@@ -381,7 +365,7 @@ def test_incomplete_rollback_is_reported_and_the_next_apply_converges(
         raise RuntimeError("injected failure at record")
 
     with pytest.raises(ApplyError) as info:
-        env.reconciler(Hooks(record=sabotage)).apply(env.desired())
+        env.reconciler(OnStep(record=sabotage)).apply(env.desired())
     text = str(info.value)
     assert "injected failure at record" in text
     assert f"rollback was incomplete: switch link {link_id} back" in text

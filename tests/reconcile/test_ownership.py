@@ -21,7 +21,6 @@ from orchestrator.ebpf import Map, links
 from orchestrator.ebpf.pin import remove_tree
 from orchestrator.reconcile import (
     ApplyError,
-    Hooks,
     PlanError,
     Reconciler,
     RecordError,
@@ -37,6 +36,7 @@ from orchestrator.reconcile.owner import (
     write_marker,
 )
 from tests.conftest import BPF_DIR
+from tests.failpoints import OnStep, run_killed
 from tests.netns import VethPair
 from tests.reconcile.conftest import Env, link_alive, map_alive, pins_under, prog_alive
 from tests.reconcile.test_apply import xdp_manifest
@@ -196,7 +196,7 @@ def test_a_symlink_planted_between_plan_and_commit_is_never_swapped_or_followed(
 
     tp_manifest(env, tgid=1)
     with pytest.raises(ApplyError) as info:
-        env.reconciler(Hooks(commit=plant)).apply(env.desired())
+        env.reconciler(OnStep(commit=plant)).apply(env.desired())
     assert f"{live} is not a directory bpforch made" in str(info.value)
     assert "previous generation is live" in str(info.value)
     assert not any(n.startswith("_staging-") for n in os.listdir(env.root))
@@ -476,7 +476,7 @@ def test_concurrent_instances_with_two_state_dirs(
 
     def run_a() -> None:
         try:
-            env.reconciler(Hooks(commit=pause)).apply(desired_a)
+            env.reconciler(OnStep(commit=pause)).apply(desired_a)
         except BaseException as err:
             errors.append(err)
 
@@ -688,7 +688,9 @@ def test_destroy_gives_the_root_up(env: Env, tmp_path: Path, fd_guard: None) -> 
     def fail(_: str) -> None:
         raise RuntimeError("injected failure at pin")
 
-    other = Reconciler(bpffs_root=env.root, state_dir=tmp_path / "other", hooks=Hooks(pin=fail))
+    other = Reconciler(
+        bpffs_root=env.root, state_dir=tmp_path / "other", failpoints=OnStep(pin=fail)
+    )
     with pytest.raises(ApplyError) as info:
         other.apply(env.desired())
     assert "injected failure at pin" in str(info.value)
@@ -703,28 +705,9 @@ def test_a_kill_after_a_new_xdp_link_converges(
     before the record left bpforch's own program on the interface, and every later plan took
     it for someone else's. Its staging leftover's marker (or its collection's marker, once
     swapped into place) proves it ours: the next apply releases it and converges."""
-    import sys
-
-    from orchestrator.reconcile import CRASH_ENV
-    from tests.conftest import ROOT
-
     xdp_manifest(env, veth, name="a-xdp")  # staged and attached before tp-counter
     tp_manifest(env)
-    code = (
-        "import sys; from pathlib import Path\n"
-        "from orchestrator.manifest import load_manifests\n"
-        "from orchestrator.reconcile import Reconciler\n"
-        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]))\n"
-        "r.apply(load_manifests([Path(sys.argv[3])]))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests)],
-        cwd=ROOT,
-        env={**os.environ, CRASH_ENV: step},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_killed(step, "apply", str(env.manifests), *env.cli_args())
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
     held = links.xdp_attached(veth.b.name, veth.b.ns.path)
     assert held is not None  # the killed apply's program runs there

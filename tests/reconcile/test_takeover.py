@@ -4,14 +4,15 @@ it by a link of ours, and a failed apply puts the foreign program back the way i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import Map, Program, links
-from orchestrator.reconcile import ApplyError, Hooks, Op, PlanError
+from orchestrator.reconcile import ApplyError, Op, PlanError
 from tests.conftest import BPF_DIR
+from tests.failpoints import OnStep
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, pins_under, prog_alive
 
@@ -110,9 +111,8 @@ def test_failed_apply_puts_the_foreign_program_back(
         raise OSError(f"injected {step} failure")
 
     manifest(env, veth)
-    hooks: dict[str, Callable[[str], None]] = {step: fail}
     with pytest.raises(ApplyError) as info:
-        env.reconciler(Hooks(**hooks)).apply(env.desired())  # type: ignore[arg-type]
+        env.reconciler(OnStep(**{step: fail})).apply(env.desired())
     assert f"injected {step} failure" in str(info.value)
     assert "previous generation is live" in str(info.value)
     assert_foreign_back(veth, foreign, mode)

@@ -18,9 +18,9 @@ from orchestrator.service.backend import ApplyFailedError
 from orchestrator.service.cli import add_commands
 from orchestrator.service.config import ServiceConfig
 from orchestrator.service.daemon import Daemon
+from orchestrator.service.daemon_status import DaemonStatus, read_status, write_status
 from orchestrator.service.errors import ServiceError
 from orchestrator.service.notify import Notifier
-from orchestrator.service.status import DaemonStatus, read_status, write_status
 from orchestrator.service.watch import FileWatcher, WatchSet
 from tests.service.helpers import NotifySocket
 from tests.service.test_daemon import FakeBackend
@@ -135,7 +135,7 @@ def test_corrupt_status_file(tmp_path: Path) -> None:
 
 
 def test_describe() -> None:
-    from orchestrator.service.status import process_start_time
+    from orchestrator.service.daemon_status import process_start_time
 
     start = process_start_time(os.getpid()) or 0
     s = DaemonStatus(pid=os.getpid(), pid_start=start, phase="ready", summary="2 applied")
@@ -156,7 +156,7 @@ def test_write_status_leaves_no_temporary_on_failure(tmp_path: Path) -> None:
 def test_refuses_a_second_daemon_on_the_same_state_dir(tmp_path: Path) -> None:
     import subprocess
 
-    from orchestrator.service.status import process_start_time
+    from orchestrator.service.daemon_status import process_start_time
 
     (tmp_path / "m").mkdir()
     other = subprocess.Popen(["sleep", "30"])

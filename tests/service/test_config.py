@@ -18,9 +18,9 @@ from orchestrator.service.config import (
     load_config,
     parse_config,
 )
+from orchestrator.service.daemon_status import DaemonStatus, read_status, write_status
 from orchestrator.service.errors import ConfigError
 from orchestrator.service.logs import resolve_format, setup_logging
-from orchestrator.service.status import DaemonStatus, read_status, write_status
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = Path("/etc/bpforch/config.yaml")
@@ -157,7 +157,7 @@ def test_auto_format_is_human_on_a_tty_only() -> None:
 
 def test_status_file_roundtrip_and_liveness(tmp_path: Path) -> None:
     assert read_status(tmp_path) is None
-    from orchestrator.service.status import process_start_time
+    from orchestrator.service.daemon_status import process_start_time
 
     me = DaemonStatus(
         pid=os.getpid(),

@@ -19,9 +19,9 @@ from orchestrator.manifest.model import DesiredCollection, DesiredState, Source
 from orchestrator.service.backend import ApplyFailedError, ApplySummary, InvalidStateError
 from orchestrator.service.config import ServiceConfig
 from orchestrator.service.daemon import Daemon
+from orchestrator.service.daemon_status import read_status
 from orchestrator.service.errors import ConfigError, ConfigProblem
 from orchestrator.service.notify import Notifier, WatchdogSettings
-from orchestrator.service.status import read_status
 from tests.service.helpers import NotifySocket, replace_file, wait_until
 
 

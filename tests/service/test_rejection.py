@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import cli
-from orchestrator.service.status import read_status
+from orchestrator.service.daemon_status import read_status
 from tests.service.helpers import NotifySocket, replace_file
 from tests.service.served import NAME, XDP_PASS, Served
 

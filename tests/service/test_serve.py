@@ -18,7 +18,7 @@ import pytest
 from orchestrator.ebpf.links import Link
 from orchestrator.manifest import load_manifests
 from orchestrator.reconcile import Reconciler
-from orchestrator.service.status import read_status
+from orchestrator.service.daemon_status import read_status
 from tests.netns import NetNS, UdpReceiver, UdpStream, VethPair
 from tests.service.helpers import NotifySocket
 from tests.service.served import NAME, XDP_DROP, XDP_OBJ, XDP_PASS, Served, wait_for

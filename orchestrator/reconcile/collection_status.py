@@ -1,4 +1,6 @@
-"""Status: what is applied, whether the kernel still matches it, with live map entry counts."""
+"""The status of the applied collections (what ``bpforch status`` shows): what is applied,
+whether the kernel still matches it, with live map entry counts. The daemon's own status is
+:mod:`orchestrator.service.daemon_status`."""
 
 from __future__ import annotations
 

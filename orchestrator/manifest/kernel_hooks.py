@@ -1,4 +1,4 @@
-"""Which programs fit which attachment targets.
+"""The kernel hooks a manifest names, and which programs fit each of its attachment targets.
 
 The manifest names hooks the way users think of them (``cgroup: {attach: egress}``); the
 kernel wants a program type and, for most hooks, a matching expected attach type given at
@@ -67,7 +67,7 @@ def cgroup_section(attach: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Misfit:
+class TargetMismatch:
     """Why a program cannot go on a target, and what would fit."""
 
     reason: str
@@ -79,28 +79,30 @@ def _kind(prog: ProgramSpec) -> str:
     return f"program {prog.name} is {prog.type.name.lower()}{at} (section {prog.section})"
 
 
-def misfit(prog: ProgramSpec, target: Target) -> Misfit | None:
+def target_mismatch(prog: ProgramSpec, target: Target) -> TargetMismatch | None:
     """None if ``prog`` can be attached to ``target``, else why not."""
     t, at = prog.type, prog.attach_type
     if isinstance(target, XdpTarget):
         if t == P.XDP and at in (None, A.XDP):
             return None
-        return Misfit(f"{_kind(prog)}, not an xdp program", 'xdp needs SEC("xdp")')
+        return TargetMismatch(f"{_kind(prog)}, not an xdp program", 'xdp needs SEC("xdp")')
     if isinstance(target, TcTarget):
         want = A.TCX_INGRESS if target.direction == Direction.INGRESS else A.TCX_EGRESS
         if t == P.SCHED_CLS and at in (None, want):
             return None
         if t == P.SCHED_CLS and at in (A.TCX_INGRESS, A.TCX_EGRESS):
-            return Misfit(
+            return TargetMismatch(
                 f"{_kind(prog)}, which does not fit direction {target.direction.value}",
                 "change the direction or the section",
             )
-        return Misfit(f"{_kind(prog)}, not a tc program", 'tc needs SEC("tc") or SEC("tcx/...")')
+        return TargetMismatch(
+            f"{_kind(prog)}, not a tc program", 'tc needs SEC("tc") or SEC("tcx/...")'
+        )
     if isinstance(target, CgroupTarget):
         ptype, atype = CGROUP_HOOKS[target.attach]
         if t == ptype and at in (None, atype):
             return None
-        return Misfit(
+        return TargetMismatch(
             f"{_kind(prog)}, cgroup {target.attach} needs {ptype.name.lower()} with attach "
             f"type {atype.name.lower()}",
             f'use SEC("{cgroup_section(target.attach)}")',
@@ -108,19 +110,21 @@ def misfit(prog: ProgramSpec, target: Target) -> Misfit | None:
     if isinstance(target, TracepointTarget):
         if t == P.TRACEPOINT:
             return None
-        return Misfit(f"{_kind(prog)}, not a tracepoint program", 'use SEC("tracepoint/...")')
+        return TargetMismatch(
+            f"{_kind(prog)}, not a tracepoint program", 'use SEC("tracepoint/...")'
+        )
     if isinstance(target, RawTracepointTarget):
         if t in (P.RAW_TRACEPOINT, P.RAW_TRACEPOINT_WRITABLE):
             return None
         if t == P.TRACING and at == A.TRACE_RAW_TP:
             # tp_btf: the tracepoint is fixed at load time (attach_btf_id) by the section
             if prog.attach_to and prog.attach_to != target.name:
-                return Misfit(
+                return TargetMismatch(
                     f"{_kind(prog)} is bound to tracepoint {prog.attach_to} when loaded",
                     f"use name: {prog.attach_to}, or change the section",
                 )
             return None
-        return Misfit(
+        return TargetMismatch(
             f"{_kind(prog)}, not a raw tracepoint program", 'use SEC("raw_tp/...") or "tp_btf/..."'
         )
     if isinstance(target, UprobeTarget):
@@ -132,16 +136,18 @@ def misfit(prog: ProgramSpec, target: Target) -> Misfit | None:
             ret = prog.section.lstrip("?").startswith(("uretprobe", "kretprobe"))
             if ret != target.retprobe:
                 flag = "true" if ret else "false"
-                return Misfit(
+                return TargetMismatch(
                     f"{_kind(prog)}, but retprobe is {str(target.retprobe).lower()}",
                     f"set retprobe: {flag}, or change the section",
                 )
             return None
-        return Misfit(f"{_kind(prog)}, not a uprobe program", 'use SEC("uprobe") or "uretprobe"')
+        return TargetMismatch(
+            f"{_kind(prog)}, not a uprobe program", 'use SEC("uprobe") or "uretprobe"'
+        )
     if isinstance(target, NetnsTarget):
         if t in (P.SK_LOOKUP, P.FLOW_DISSECTOR):
             return None
-        return Misfit(
+        return TargetMismatch(
             f"{_kind(prog)}, a netns attachment needs sk_lookup or flow_dissector",
             'use SEC("sk_lookup") or SEC("flow_dissector")',
         )

@@ -1,4 +1,5 @@
-"""The daemon's live view, published as a file: ``<state_dir>/service.json``.
+"""The daemon's status, published as a file: ``<state_dir>/service.json`` (the status of
+the collections it applied is :mod:`orchestrator.reconcile.collection_status`).
 
 Why a file and not a control socket: the file is written atomically (temporary file,
 fsync, rename) on every change of phase, so a reader never sees half of it; it needs no

@@ -1,0 +1,53 @@
+"""Product code reads the environment only for what users set: no test seam is read from it
+(fault injection is an object the tests inject, see tests/failpoints.py)."""
+
+from __future__ import annotations
+
+import ast
+
+from tests.conftest import ROOT
+
+# module -> the variables it reads, each a user-facing setting
+ALLOWED = {
+    "orchestrator/cli.py": {"NO_COLOR"},  # no-color.org
+    # defaults of --bpffs-root, --state-dir and --config (shown in --help)
+    "orchestrator/service/cli.py": {"BPFORCH_BPFFS_ROOT", "BPFORCH_STATE_DIR", "BPFORCH_CONFIG"},
+    # the service manager's protocol: sd_notify(3), sd_watchdog_enabled(3)
+    "orchestrator/service/notify.py": {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"},
+}
+
+
+def _reads(tree: ast.AST) -> tuple[bool, set[str]]:
+    """Whether the module touches os.environ/os.getenv, and every string constant it
+    passes to a ``.get(...)``/``getenv(...)`` or subscript (the variable names it reads)."""
+    touches = False
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+            touches = True
+        if isinstance(node, ast.Call) and node.args:
+            first = node.args[0]
+            func = node.func
+            if (
+                isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+                and isinstance(func, ast.Attribute)
+                and func.attr in ("get", "getenv")
+                and first.value.isupper()
+            ):
+                names.add(first.value)
+    return touches, names
+
+
+def test_product_code_reads_only_user_settings_from_the_environment() -> None:
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text()
+        assert "BPFORCH_TEST" not in text, rel
+        touches, names = _reads(ast.parse(text))
+        if touches:
+            found[rel] = names
+    assert set(found) == set(ALLOWED), found
+    for rel, names in found.items():
+        assert names <= ALLOWED[rel], (rel, names - ALLOWED[rel])
