@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from orchestrator import __version__
+from orchestrator import __version__, schemas
 from orchestrator.manifest import DesiredState, ManifestError, load_manifests
 from orchestrator.reconcile import (
     Change,
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Declarative eBPF: validate, plan and apply YAML manifests of eBPF "
         "collections to the running kernel.",
     )
-    parser.add_argument("--version", action="version", version=f"bpforch {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"bpforch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("validate", help="check manifests (schema, objects, cross-references)")
@@ -169,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_destroy)
 
     service_cli.add_commands(sub)
+
+    p = sub.add_parser(
+        "schema",
+        help="print a schema: manifest, config (JSON Schema) or crd (Kubernetes)",
+        description="Print the JSON Schema of manifests or of the service configuration, "
+        "or the CustomResourceDefinition of Collection documents. --write DIR writes all "
+        "of them into DIR instead.",
+    )
+    p.add_argument("name", nargs="?", choices=schemas.NAMES, metavar="{manifest,config,crd}")
+    p.add_argument("--write", type=Path, metavar="DIR", help="write every schema into DIR")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 
@@ -176,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | None:
-    """Load and validate manifests; on problems render them and return None."""
+    """Load and validate manifests; on problems render them and return None. Warnings
+    (a deprecated apiVersion) go to ``err``."""
     try:
-        return load_manifests(list(args.paths))
+        desired = load_manifests(list(args.paths))
     except ManifestError as exc:
         if args.output == "json":
             _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, out)
@@ -187,6 +199,9 @@ def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | 
             n = len(exc.problems)
             print(f"{n} problem{'s' if n != 1 else ''} found, nothing was changed", file=err)
         return None
+    for warning in desired.warnings:
+        print(f"warning: {warning}", file=err)
+    return desired
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -199,6 +214,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             {
                 "valid": True,
                 "files": [str(f) for f in desired.files],
+                "warnings": [w.to_dict() for w in desired.warnings],
                 "collections": {
                     n: {"object": str(c.object_file), "digest": c.digest, "source": str(c.source)}
                     for n, c in sorted(desired.collections.items())
@@ -631,6 +647,22 @@ def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
             arg = "--dry-run-kernel" if value == "kernel" else "--dry-run"
         out.append(arg)
     return out
+
+
+def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if (args.name is None) == (args.write is None):
+        print("error: name a schema (manifest, config, crd), or pass --write DIR", file=err)
+        return EXIT_ERROR
+    if args.write is not None:
+        try:
+            for path in schemas.write(args.write):
+                print(path, file=out)
+        except OSError as exc:
+            print(f"error: schema --write {args.write}: {exc.strerror or exc}", file=err)
+            return EXIT_ERROR
+        return EXIT_OK
+    out.write(schemas.render(args.name))
+    return EXIT_OK
 
 
 def main(

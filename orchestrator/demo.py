@@ -2,7 +2,7 @@
 
 ``python -m orchestrator.demo`` (root, bpffs mounted) creates the targets the manifests in
 ``manifests/`` name — two network namespaces ``bpforch-demo`` and ``bpforch-demo-peer``
-joined by a veth pair, and the cgroup ``/sys/fs/cgroup/unified/bpforch-demo`` — so nothing
+joined by a veth pair, and the cgroup ``bpforch-demo`` under the cgroup v2 mount — so nothing
 touches the machine's own interfaces or cgroups. Then it runs ``bpforch apply``, sends real
 UDP packets across the veth (some to a port the tc filter blocks), makes the syscalls the
 tracepoint programs count, shows ``bpforch status`` and the live counters, re-applies to show
@@ -29,13 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 NETNS = "bpforch-demo"
 PEER = "bpforch-demo-peer"
-CGROUP = Path("/sys/fs/cgroup/unified/bpforch-demo")
+CGROUP_NAME = "bpforch-demo"  # relative: under the cgroup v2 mount, as in the manifests
 DEMO_ADDR, PEER_ADDR = "10.203.0.1", "10.203.0.2"
 OPEN_PORT, BLOCKED_PORT = 9999, 12345
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def _cgroup() -> Path:
+    return ebpf.cgroup2_root() / CGROUP_NAME
 
 
 def _netns_path(name: str) -> Path:
@@ -66,14 +70,14 @@ def _create_targets() -> None:
         _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
         _ip("-n", ns, "link", "set", dev, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
-    CGROUP.mkdir(exist_ok=True)
+    _cgroup().mkdir(exist_ok=True)
 
 
 def _remove_targets() -> None:
     for ns in (NETNS, PEER):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     with contextlib.suppress(OSError):
-        CGROUP.rmdir()
+        _cgroup().rmdir()
 
 
 def _send(count: int, port: int) -> None:
@@ -93,8 +97,10 @@ def _send_from_cgroup(count: int) -> None:
         f"for i in range({count}): s.sendto(b'x' * 64, ('{DEMO_ADDR}', {OPEN_PORT}))\n"
     )
 
+    cgroup = _cgroup()
+
     def join() -> None:
-        (CGROUP / "cgroup.procs").write_text("0")
+        (cgroup / "cgroup.procs").write_text("0")
 
     argv = ["nsenter", f"--net={_netns_path(PEER)}", sys.executable, "-c", code]
     subprocess.run(argv, check=True, preexec_fn=join)

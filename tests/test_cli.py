@@ -22,7 +22,7 @@ from orchestrator.service.status import (
 from tests.conftest import BPF_DIR, ROOT, require_tool
 
 TP_MANIFEST = f"""\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata:
   name: tp
@@ -343,3 +343,15 @@ def test_ownership_in_the_cli(tmp_path: Path, pin_dir: Path, where: list[str]) -
     assert run_cli("destroy", "--all", *where)[0] == 0
     evil.unlink()
     assert os.listdir(root) == []
+
+
+def test_a_deprecated_api_version_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "tp.yaml").write_text(TP_MANIFEST.replace("bpforch.dev/v1", "bpforch/v1"))
+    code, out, err = run_cli("validate", str(tmp_path))
+    assert code == cli.EXIT_OK and out.startswith("valid: 1 collection")
+    assert err == (
+        f"warning: {tmp_path / 'tp.yaml'}:1:13: apiVersion: bpforch/v1 is deprecated "
+        "(write apiVersion: bpforch.dev/v1; it means the same)\n"
+    )
+    code, out, err = run_cli("validate", "-o", "json", str(tmp_path))
+    assert json.loads(out)["warnings"][0]["message"] == "bpforch/v1 is deprecated"

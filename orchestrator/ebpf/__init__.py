@@ -35,6 +35,7 @@ from orchestrator.ebpf.errors import (
     KeyExistsError,
     KeyNotFoundError,
     MapIncompatibleError,
+    MountNotFoundError,
     NetnsError,
     NetnsFileError,
     NetnsNotFoundError,
@@ -68,6 +69,7 @@ from orchestrator.ebpf.links import (
     xdp_attached,
 )
 from orchestrator.ebpf.maps import Map, MapInfo
+from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
 from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
 from orchestrator.ebpf.ringbuf import RingBufReader
 from orchestrator.ebpf.spec import (
@@ -125,6 +127,7 @@ __all__ = [
     "MapInfo",
     "MapSpec",
     "MapType",
+    "MountNotFoundError",
     "NetnsError",
     "NetnsFileError",
     "NetnsNotFoundError",
@@ -165,12 +168,15 @@ __all__ = [
     "attach_uprobe",
     "attach_xdp",
     "bind",
+    "bpffs_root",
+    "cgroup2_root",
     "cgroup_attached",
     "close_all",
     "iter_links",
     "load_collection",
     "load_kernel_btf",
     "tcx_attached",
+    "tracefs_root",
     "verify",
     "xdp_attached",
 ]

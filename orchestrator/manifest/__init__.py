@@ -16,7 +16,9 @@ from __future__ import annotations
 from orchestrator.manifest.errors import ManifestError, Problem
 from orchestrator.manifest.loader import digest, load_manifests, manifest_files
 from orchestrator.manifest.model import (
+    API_GROUP,
     API_VERSION,
+    DEPRECATED_API_VERSIONS,
     KIND_COLLECTION,
     Attachment,
     CgroupTarget,
@@ -45,7 +47,9 @@ from orchestrator.manifest.objects import (
 from orchestrator.manifest.schema import crd, schema
 
 __all__ = [
+    "API_GROUP",
     "API_VERSION",
+    "DEPRECATED_API_VERSIONS",
     "KIND_COLLECTION",
     "Attachment",
     "CgroupTarget",

@@ -25,7 +25,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import cast
@@ -37,15 +37,17 @@ from orchestrator.ebpf import (
     MapSpec,
     MapType,
 )
-from orchestrator.ebpf.errors import FileError, clip, quote
+from orchestrator.ebpf.errors import FileError, MountNotFoundError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
 from orchestrator.ebpf.lru import LRU, Usage
+from orchestrator.ebpf.mounts import bpffs_mounts, cgroup2_root
 from orchestrator.manifest import schema as _schema
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
 from orchestrator.manifest.errors import ManifestError, Problem
 from orchestrator.manifest.hooks import misfit
 from orchestrator.manifest.model import (
     API_VERSION,
+    DEPRECATED_API_VERSIONS,
     KIND_COLLECTION,
     Attachment,
     CgroupTarget,
@@ -67,8 +69,6 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.manifest.objects import ObjectError, ObjectInfo, object_info
 
-BPFFS = "/sys/fs/bpf"
-CGROUP_ROOT = "/sys/fs/cgroup/unified"
 NETNS_DIR = "/var/run/netns"
 SUFFIXES = (".yaml", ".yml")
 PATH_MAX = 4096  # linux/limits.h, with the terminating NUL
@@ -166,6 +166,7 @@ class _FileResult:
     problems: list[Problem]
     built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]]
     invalid: list[str]  # names of collections whose documents are invalid
+    warnings: list[Problem] = field(default_factory=list)
 
 
 # path -> (sha256 of its bytes, what parsing, the schema and building found): one version
@@ -280,20 +281,44 @@ class _Builder:
         if "pinned" in raw:
             text = self.path_text((*path, "from", "pinned"), raw["pinned"])
             pinned = Path(posixpath.normpath(text))
+            mounts = bpffs_mounts()
+            shown = ", ".join(map(str, mounts)) if mounts else "/sys/fs/bpf"
             if not posixpath.isabs(text):
                 self.problem(
                     (*path, "from", "pinned"),
                     f"pinned map path {quote(text)} is not absolute",
-                    f"give the full path under {BPFFS}",
+                    f"give the full path under {shown}",
                 )
-            elif not str(pinned).startswith(BPFFS + "/"):
+            elif mounts and not any(str(pinned).startswith(f"{m}/") for m in mounts):
+                # without bpffs here (a build machine) the plan checks it on the node
                 self.problem(
                     (*path, "from", "pinned"),
-                    f"pinned map path {quote(str(pinned))} is not under {BPFFS}",
+                    f"pinned map path {quote(str(pinned))} is not under {shown}",
                     "a substituted map must be pinned on bpffs",
                 )
             return MapFrom(pinned=pinned)
         return MapFrom(collection=str(raw["collection"]), map=str(raw.get("map", name)))
+
+    def cgroup_path(self, path: PathKey, text: str) -> Path:
+        """An absolute cgroup path as it is; a relative one under the cgroup v2 mount
+        (read from mountinfo: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
+        if posixpath.isabs(text):
+            return Path(posixpath.normpath(text))
+        try:
+            root = str(cgroup2_root())
+        except MountNotFoundError as err:
+            self.problem(
+                path, f"relative cgroup path {quote(text)}: {err}", "or give an absolute path"
+            )
+            return Path(posixpath.normpath(posixpath.join("/", text)))
+        cg = Path(posixpath.normpath(posixpath.join(root, text)))
+        if not str(cg).startswith(root.rstrip("/") + "/"):
+            self.problem(
+                path,
+                f"relative cgroup path {quote(text)} leaves {root}",
+                "give an absolute path",
+            )
+        return cg
 
     def netns(self, path: PathKey, value: object) -> Path | None:
         if value is None:
@@ -336,14 +361,9 @@ class _Builder:
             )
         elif kind == "cgroup":
             text = self.path_text((*tpath, "path"), t["path"])
-            cg = Path(posixpath.normpath(posixpath.join(CGROUP_ROOT, text)))
-            if not posixpath.isabs(text) and not str(cg).startswith(CGROUP_ROOT + "/"):
-                self.problem(
-                    (*tpath, "path"),
-                    f"relative cgroup path {quote(text)} leaves {CGROUP_ROOT}",
-                    "give an absolute path",
-                )
-            target = CgroupTarget(path=cg, attach=str(t["attach"]))
+            target = CgroupTarget(
+                path=self.cgroup_path((*tpath, "path"), text), attach=str(t["attach"])
+            )
         elif kind == "tracepoint":
             target = TracepointTarget(group=str(t["group"]), name=str(t["name"]))
         elif kind == "raw_tracepoint":
@@ -410,8 +430,9 @@ def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
         found: list[Problem] = []
         built: list[tuple[DesiredCollection, Document, dict[str, list[Problem]]]] = []
         invalid: list[str] = []
+        warned: list[Problem] = []
         for doc in parse_documents(file, text, found):
-            if not _header_ok(doc, found):
+            if not _header_ok(doc, found, warned):
                 continue
             bad = _schema.check(doc)
             if bad:
@@ -422,14 +443,15 @@ def _load_file(file: Path, problems: list[Problem]) -> _FileResult:
                     invalid.append(name)
                 continue
             built.append((_Builder(doc, found).build(), doc, {}))
-        hit = _FileResult(found, built, invalid)
+        hit = _FileResult(found, built, invalid, warned)
         _files.put(key, (digest, hit), _cost(len(data), hit))
     problems.extend(hit.problems)
     return hit
 
 
-def _header_ok(doc: Document, problems: list[Problem]) -> bool:
-    """A document that is not a bpforch Collection gets one problem, not a schema flood."""
+def _header_ok(doc: Document, problems: list[Problem], warnings: list[Problem]) -> bool:
+    """A document that is not a bpforch Collection gets one problem, not a schema flood;
+    a deprecated apiVersion a warning."""
     v = doc.value
     if not isinstance(v, dict):
         problems.append(
@@ -442,7 +464,16 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
         )
         return False
     api, kind = v.get("apiVersion"), v.get("kind")
-    if api is not None and api != API_VERSION:
+    if api in DEPRECATED_API_VERSIONS:
+        warnings.append(
+            Problem(
+                doc.at(("apiVersion",)),
+                "apiVersion",
+                f"{api} is deprecated",
+                f"write apiVersion: {API_VERSION}; it means the same",
+            )
+        )
+    elif api is not None and api != API_VERSION:
         problems.append(
             Problem(
                 doc.at(("apiVersion",)),
@@ -458,7 +489,7 @@ def _header_ok(doc: Document, problems: list[Problem]) -> bool:
                 doc.at(("kind",)),
                 "kind",
                 f"unknown kind {_schema._got(kind)}",
-                f"bpforch/v1 has kind {KIND_COLLECTION}",
+                f"{API_VERSION} has kind {KIND_COLLECTION}",
             )
         )
         return False
@@ -913,10 +944,17 @@ def _hint(name: str, choices: list[str]) -> str:
 # ---------------------------------------------------------------------------- entry point
 
 
+# The apiVersion the digests are computed with: the first one, so that the digests of
+# collections applied before the apiVersion became bpforch.dev/v1 stay equal and upgrading
+# bpforch (or a manifest's apiVersion) reloads nothing.
+_DIGEST_API_VERSION = "bpforch/v1"
+
+
 def digest(coll: DesiredCollection, object_sha256: str) -> str:
     """sha256 over the canonical JSON of the normalized document and the object's digest."""
+    document = {**coll.document(), "apiVersion": _DIGEST_API_VERSION}
     text = json.dumps(
-        coll.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
     h = hashlib.sha256()
     h.update(text.encode())
@@ -938,10 +976,12 @@ def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> Desi
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []
     invalid: set[str] = set()
+    warnings: list[Problem] = []
     for file in files:
         result = _load_file(file, problems)
         entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
         invalid.update(result.invalid)
+        warnings.extend(result.warnings)
     checker = _Checker(entries, problems, invalid)
     checker.names()
     if check_objects:
@@ -955,4 +995,8 @@ def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> Desi
     for e in entries:
         d = digest(e.coll, e.info.sha256) if e.info is not None else ""
         collections[e.coll.name] = replace(e.coll, digest=d)
-    return DesiredState(collections=MappingProxyType(collections), files=tuple(files))
+    return DesiredState(
+        collections=MappingProxyType(collections),
+        files=tuple(files),
+        warnings=tuple(sorted(warnings, key=Problem.sort_key)),
+    )

@@ -12,8 +12,17 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-API_VERSION = "bpforch/v1"
+if TYPE_CHECKING:
+    from orchestrator.manifest.errors import Problem
+
+# A Kubernetes API group must contain a dot, so that the same documents can be custom
+# resources (``bpforch schema crd``). ``bpforch/v1`` was the first spelling: it is read as
+# a deprecated alias, with a warning.
+API_GROUP = "bpforch.dev"
+API_VERSION = f"{API_GROUP}/v1"
+DEPRECATED_API_VERSIONS = ("bpforch/v1",)
 KIND_COLLECTION = "Collection"
 
 
@@ -292,8 +301,12 @@ class DesiredCollection:
 
 @dataclass(frozen=True, slots=True)
 class DesiredState:
+    """``warnings``: what is accepted but should change (a deprecated apiVersion), each
+    with its file:line:col, as problems are."""
+
     collections: Mapping[str, DesiredCollection] = field(default_factory=dict)
     files: tuple[Path, ...] = ()  # every manifest file read (for status and the watcher)
+    warnings: tuple[Problem, ...] = ()
 
     def objects(self) -> frozenset[Path]:
         """Every object file referenced (for the watcher)."""

@@ -1,17 +1,15 @@
 """The JSON Schema (2020-12) of a manifest, and schema errors turned into human problems.
 
-The schema is defined here (so an installed package has it) and written to
-``schemas/manifest.schema.json`` by ``python -m orchestrator.manifest.schema``; a test keeps
-the two equal. Every object has ``additionalProperties: false``: a typo is an error.
+The schema is defined here (so an installed package has it); ``bpforch schema manifest``
+prints it and ``schemas/manifest.schema.json`` is generated from it (a test keeps the two
+equal). Every object has ``additionalProperties: false``: a typo is an error.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,10 +20,16 @@ from orchestrator.ebpf.suggestions import did_you_mean
 from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import Problem
 from orchestrator.manifest.hooks import CGROUP_HOOKS
-from orchestrator.manifest.model import API_VERSION, KIND_COLLECTION, Direction, XdpMode
+from orchestrator.manifest.model import (
+    API_GROUP,
+    API_VERSION,
+    DEPRECATED_API_VERSIONS,
+    KIND_COLLECTION,
+    Direction,
+    XdpMode,
+)
 
 SCHEMA_ID = "urn:bpforch:schema:manifest:v1"
-SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "manifest.schema.json"
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 C_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
@@ -109,7 +113,10 @@ TARGETS: dict[str, dict[str, Any]] = {
     ),
     "cgroup": _obj(
         {
-            "path": _str(description="cgroup v2 directory; relative: under /sys/fs/cgroup/unified"),
+            "path": _str(
+                description="cgroup v2 directory; relative: under the cgroup v2 mount "
+                "(found in /proc/self/mountinfo)"
+            ),
             "attach": {"enum": sorted(CGROUP_HOOKS)},
         },
         ["path", "attach"],
@@ -187,7 +194,11 @@ SCHEMA: dict[str, Any] = {
     "title": "bpforch Collection manifest",
     "type": "object",
     "properties": {
-        "apiVersion": {"const": API_VERSION},
+        "apiVersion": {
+            "enum": [API_VERSION, *DEPRECATED_API_VERSIONS],
+            "description": f"{API_VERSION} ({', '.join(DEPRECATED_API_VERSIONS)}: deprecated, "
+            "read with a warning)",
+        },
         "kind": {"const": KIND_COLLECTION},
         "metadata": _obj(
             {
@@ -292,11 +303,9 @@ def _resolve(node: Any, defs: Mapping[str, Any]) -> Any:
     return out
 
 
-def crd(group: str = "bpforch.dev") -> dict[str, object]:
-    """The schema as a Kubernetes CustomResourceDefinition (``collections.<group>``).
-
-    In Kubernetes the apiVersion is ``<group>/v1``; bpforch itself reads ``bpforch/v1``.
-    """
+def crd(group: str = API_GROUP) -> dict[str, object]:
+    """The schema as a Kubernetes CustomResourceDefinition (``collections.<group>``), for
+    the documents bpforch reads (``apiVersion: bpforch.dev/v1``, ``kind: Collection``)."""
     spec = _resolve(SCHEMA["properties"]["spec"], SCHEMA["$defs"])
     metadata = {"type": "object"}  # Kubernetes owns metadata's schema
     return {
@@ -499,25 +508,3 @@ def check(doc: Document) -> list[Problem]:
     for p in problems:
         unique.setdefault((p.source, p.field, p.message), p)
     return list(unique.values())
-
-
-def main() -> None:  # pragma: no cover - maintenance command
-    """Write ``schemas/manifest.schema.json``; ``-`` prints it; ``--crd`` prints the CRD
-    (YAML, for ``kubectl apply -f -``)."""
-    args = sys.argv[1:]
-    if args == ["--crd"]:
-        import yaml
-
-        sys.stdout.write(yaml.safe_dump(crd(), sort_keys=False))
-        return
-    text = json.dumps(SCHEMA, indent=2) + "\n"
-    if args == ["-"]:
-        sys.stdout.write(text)
-    else:
-        SCHEMA_FILE.parent.mkdir(parents=True, exist_ok=True)
-        SCHEMA_FILE.write_text(text)
-        print(SCHEMA_FILE)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

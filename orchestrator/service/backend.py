@@ -86,6 +86,8 @@ class DeclarativeBackend:
         except ManifestError as err:
             problems = [str(p) for p in err.problems]
             raise InvalidStateError(_summary("invalid manifest", problems), problems) from err
+        for warning in desired.warnings:
+            _log.warning("%s", warning)
         return desired
 
     @property

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from orchestrator.ebpf.mounts import default_bpffs_root
 from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.config import (
     DEFAULT_CONFIG_PATH,
@@ -40,14 +41,19 @@ def _logging_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _default_bpffs_root() -> Path:
+    env = os.environ.get("BPFORCH_BPFFS_ROOT")
+    return Path(env) if env is not None else default_bpffs_root()
+
+
 def add_root_options(p: argparse.ArgumentParser) -> None:
     """``--bpffs-root`` and ``--state-dir``, shared by every verb that touches the kernel."""
     p.add_argument(
         "--bpffs-root",
         type=Path,
-        default=Path(os.environ.get("BPFORCH_BPFFS_ROOT", DEFAULT_BPFFS_ROOT)),
-        help=f"bpffs directory bpforch owns (default: {DEFAULT_BPFFS_ROOT}, "
-        "or $BPFORCH_BPFFS_ROOT)",
+        default=_default_bpffs_root(),
+        help="bpffs directory bpforch owns (default: bpforch in the bpffs mount found in "
+        f"/proc/self/mountinfo, usually {DEFAULT_BPFFS_ROOT}; or $BPFORCH_BPFFS_ROOT)",
     )
     p.add_argument(
         "--state-dir",

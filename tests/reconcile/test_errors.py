@@ -110,7 +110,7 @@ def test_fentry_programs_are_refused_at_plan_time(
     env.write(
         "fentry",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tracing}}
         spec:
