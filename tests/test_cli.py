@@ -20,6 +20,7 @@ from orchestrator.service.status import (
     write_status,
 )
 from tests.conftest import BPF_DIR, ROOT, require_tool
+from tests.netns import CGROUP2_ROOT
 
 TP_MANIFEST = f"""\
 apiVersion: bpforch.dev/v1
@@ -146,12 +147,12 @@ def test_apply_refuses_missing_target_and_changes_nothing(tmp_path: Path, where:
         .replace("count_getppid", "cg_egress")
         .replace(
             "tracepoint: {group: syscalls, name: sys_enter_getppid}",
-            "cgroup: {path: /sys/fs/cgroup/unified/bpforch-test-missing, attach: egress}",
+            "cgroup: {path: bpforch-test-missing, attach: egress}",
         )
     )
     code, out, err = run_cli("apply", str(tmp_path), *where)
     assert code == cli.EXIT_ERROR
-    assert "bpforch-test-missing does not exist" in err
+    assert f"cgroup {CGROUP2_ROOT / 'bpforch-test-missing'} does not exist" in err
     assert "nothing was changed" in err
     code, out, _ = run_cli("status", *where)
     assert out.strip() == "No collections applied."

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.ebpf import Map
 from orchestrator.reconcile import Op, Reconciler
 from tests.conftest import BPF_DIR
-from tests.netns import Cgroup, UdpReceiver, VethPair, send_udp
+from tests.netns import CGROUP2_ROOT, Cgroup, UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, link_alive, map_alive, pins_under, prog_alive
 
 pytestmark = pytest.mark.kernel
@@ -315,7 +315,7 @@ def test_missing_targets_are_plan_problems(env: Env, tmp_path: Path) -> None:
           object: @BPF@/cgroup_egress.o
           attach:
             - program: cg_egress
-              cgroup: {path: /sys/fs/cgroup/unified/bpft-nosuchgroup, attach: egress}
+              cgroup: {path: bpft-nosuchgroup, attach: egress}
         """,
     )
     try:
@@ -325,7 +325,7 @@ def test_missing_targets_are_plan_problems(env: Env, tmp_path: Path) -> None:
     texts = sorted(str(x) for x in env.reconciler().plan(desired).problems)
     assert len(texts) == 2, texts
     assert "network namespace /var/run/netns/bpft-nosuchns does not exist" in texts[0]
-    assert "cgroup /sys/fs/cgroup/unified/bpft-nosuchgroup does not exist" in texts[1]
+    assert f"cgroup {CGROUP2_ROOT / 'bpft-nosuchgroup'} does not exist" in texts[1]
 
 
 def test_dry_run_and_prune(env: Env, veth: VethPair, fd_guard: None) -> None:
