@@ -180,6 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", choices=schemas.NAMES, metavar="{manifest,config,crd}")
     p.add_argument("--write", type=Path, metavar="DIR", help="write every schema into DIR")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser(
+        "demo",
+        help="apply the shipped example manifests to a veth pair and cgroup it makes",
+        description="Create two network namespaces joined by a veth pair and a cgroup, apply "
+        "the example manifests to them, send traffic, show status and counters, re-apply "
+        "(nothing changes) and destroy it all (unless --keep). Needs root and bpffs.",
+    )
+    p.add_argument("--keep", action="store_true", help="leave everything applied")
+    service_cli.add_root_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash or zsh",
+        description="Print a completion script generated from this command line. Install: "
+        "bpforch completion bash > /etc/bash_completion.d/bpforch; bpforch completion zsh > "
+        "/usr/local/share/zsh/site-functions/_bpforch",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=cmd_completion)
     return parser
 
 
@@ -647,6 +668,19 @@ def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
             arg = "--dry-run-kernel" if value == "kernel" else "--dry-run"
         out.append(arg)
     return out
+
+
+def cmd_completion(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator import completion
+
+    out.write(completion.script(build_parser(), args.shell))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator import demo
+
+    return demo.run(args)
 
 
 def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

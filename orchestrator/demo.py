@@ -1,13 +1,15 @@
 """The main job: apply the shipped manifests to safe targets, make traffic, show status.
 
-``python -m orchestrator.demo`` (root, bpffs mounted) creates the targets the manifests in
-``manifests/`` name — two network namespaces ``bpforch-demo`` and ``bpforch-demo-peer``
-joined by a veth pair, and the cgroup ``bpforch-demo`` under the cgroup v2 mount — so nothing
-touches the machine's own interfaces or cgroups. Then it runs ``bpforch apply``, sends real
-UDP packets across the veth (some to a port the tc filter blocks), makes the syscalls the
-tracepoint programs count, shows ``bpforch status`` and the live counters, re-applies to show
-that nothing changes, and with ``--destroy`` (the default) destroys everything again.
-``--keep`` leaves it all applied for you to explore with ``bpforch status``.
+``bpforch demo`` (or ``python -m orchestrator.demo``; root, bpffs mounted) creates the
+targets the demo's manifests name (``manifests/`` in a source checkout; installed from a
+wheel, the package's copy of them and of their objects): two network namespaces
+``bpforch-demo`` and ``bpforch-demo-peer`` joined by a veth pair, and the cgroup
+``bpforch-demo`` under the cgroup v2 mount, so nothing touches the machine's own
+interfaces or cgroups. Then it runs ``bpforch apply``, sends real UDP packets across the
+veth (some to a port the tc filter blocks), makes the syscalls the tracepoint programs
+count, shows ``bpforch status`` and the live counters, re-applies to show that nothing
+changes, and destroys everything again. ``--keep`` leaves it all applied for you to
+explore with ``bpforch status``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pathlib import Path
 from orchestrator import cli, ebpf
 from orchestrator.ebpf.links import in_netns
 
-ROOT = Path(__file__).resolve().parent.parent
-MANIFESTS = ROOT / "manifests"
+# The demo's manifests and objects: orchestrator/_demo/{manifests,bpf}, symlinks to the
+# repository's manifests/ and bpf/ in a source checkout, files in a wheel.
+DEMO_FILES = Path(__file__).resolve().parent / "_demo"
+MANIFESTS = (DEMO_FILES / "manifests").resolve()
 NETNS = "bpforch-demo"
 PEER = "bpforch-demo-peer"
 CGROUP_NAME = "bpforch-demo"  # relative: under the cgroup v2 mount, as in the manifests
@@ -135,14 +139,25 @@ def _show_counters(root: Path) -> None:
         print(f"  {_counter(root, coll, name, index):>8}  {coll}/{name}[{index}]  {what}")
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (``bpforch demo`` and ``python -m orchestrator.demo``)."""
+    from orchestrator.service.cli import add_root_options
+
+    parser.add_argument("--keep", action="store_true", help="leave everything applied")
+    add_root_options(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="leave everything applied")
-    parser.add_argument(
-        "--bpffs-root", type=Path, default=Path("/sys/fs/bpf/bpforch"), help="pin root"
-    )
-    parser.add_argument("--state-dir", type=Path, default=Path("/run/bpforch"))
-    args = parser.parse_args(argv)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo (see the module's docstring); the exit code."""
+    if not (MANIFESTS / "xdp-counter.yaml").is_file():
+        print(f"error: the demo's manifests are missing from {MANIFESTS} (reinstall)")
+        return 1
     where = ["--bpffs-root", str(args.bpffs_root), "--state-dir", str(args.state_dir)]
 
     def bpforch(*verb: str) -> int:
