@@ -30,7 +30,7 @@ from orchestrator.reconcile import (
 )
 from orchestrator.service import cli as service_cli
 from orchestrator.service.errors import ServiceError
-from orchestrator.service.status import read_status
+from orchestrator.service.status import DaemonStatus, read_status
 
 if TYPE_CHECKING:
     from orchestrator.ebpf import ProgramReport, VerifierError
@@ -180,6 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", choices=schemas.NAMES, metavar="{manifest,config,crd}")
     p.add_argument("--write", type=Path, metavar="DIR", help="write every schema into DIR")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser(
+        "metrics",
+        help="print the Prometheus metrics once (for node_exporter's textfile collector)",
+        description="Print what the metrics endpoint of serve/watch serves (but the reconcile "
+        "duration histogram, which only a running daemon has): the daemon's counters from "
+        "its status file, the collections, drift, programs and maps read from the kernel now, "
+        "and the metrics the manifests in PATH declare (or those of --config's manifests).",
+    )
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="manifests")
+    p.add_argument(
+        "--config", type=Path, help="take the manifests, root and state dir from this file"
+    )
+    p.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help="replace FILE atomically instead of printing (e.g. "
+        "/var/lib/node_exporter/textfile/bpforch.prom)",
+    )
+    service_cli.add_root_options(p)
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser(
         "demo",
@@ -668,6 +690,63 @@ def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
             arg = "--dry-run-kernel" if value == "kernel" else "--dry-run"
         out.append(arg)
     return out
+
+
+def cmd_metrics(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator.service import metrics
+    from orchestrator.service.config import load_config
+
+    root, state_dir, paths = args.bpffs_root, args.state_dir, list(args.paths)
+    if args.config is not None:
+        if paths:
+            print("error: give manifests or --config, not both", file=err)
+            return EXIT_ERROR
+        try:
+            config = load_config(args.config)
+        except ServiceError as exc:
+            print(f"error: {exc}", file=err)
+            return EXIT_ERROR
+        root, state_dir, paths = config.bpffs_root, config.state_dir, list(config.manifests)
+    desired = None
+    if paths:
+        args.paths = paths
+        desired = _load(args, out, err)
+        if desired is None:
+            return EXIT_ERROR
+
+    def status() -> DaemonStatus | None:
+        try:
+            return read_status(state_dir)
+        except ServiceError as exc:
+            print(f"warning: {exc}", file=err)
+            return None
+
+    registry = metrics.registry_for(lambda: metrics.Target(root, state_dir, desired), status)
+    text = metrics.exposition(registry)
+    if args.write is None:
+        out.write(text)
+        return EXIT_OK
+    try:
+        _replace_file(args.write, text)
+    except OSError as exc:
+        print(f"error: --write {args.write}: {exc.strerror or exc}", file=err)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``path`` atomically (a reader sees the old or the new file, never half)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def cmd_completion(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

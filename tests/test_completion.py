@@ -61,6 +61,7 @@ def test_bash(tmp_path: Path) -> None:
     assert bash_complete("bpforch completion z", tmp_path) == ["zsh"]
     assert bash_complete("bpforch plan -o ", tmp_path) == ["human", "json"]
     assert bash_complete("bpforch apply --pr", tmp_path) == ["--prune"]
+    assert "--metrics-address" in bash_complete("bpforch serve --", tmp_path)
     assert bash_complete("bpforch watch --debounce-ms ", tmp_path) == []  # a number
     (tmp_path / "manifests").mkdir()
     (tmp_path / "manifests" / "a.yaml").write_text("")

@@ -70,7 +70,15 @@ from orchestrator.ebpf.links import (
 )
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
-from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
+from orchestrator.ebpf.programs import (
+    Program,
+    ProgramInfo,
+    RunResult,
+    RunStats,
+    StatsEnabled,
+    enable_stats,
+    stats_enabled,
+)
 from orchestrator.ebpf.ringbuf import RingBufReader
 from orchestrator.ebpf.spec import (
     CollectionSpec,
@@ -148,8 +156,10 @@ __all__ = [
     "Rejection",
     "RingBufReader",
     "RunResult",
+    "RunStats",
     "SourceLine",
     "SpecError",
+    "StatsEnabled",
     "StructOpsLink",
     "StructOpsSpec",
     "SyscallError",
@@ -172,9 +182,11 @@ __all__ = [
     "cgroup2_root",
     "cgroup_attached",
     "close_all",
+    "enable_stats",
     "iter_links",
     "load_collection",
     "load_kernel_btf",
+    "stats_enabled",
     "tcx_attached",
     "tracefs_root",
     "verify",

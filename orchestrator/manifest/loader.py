@@ -36,15 +36,18 @@ from orchestrator.ebpf import (
     MapIncompatibleError,
     MapSpec,
     MapType,
+    SpecError,
 )
 from orchestrator.ebpf.errors import FileError, MountNotFoundError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
 from orchestrator.ebpf.lru import LRU, Usage
 from orchestrator.ebpf.mounts import bpffs_mounts, cgroup2_root
+from orchestrator.manifest import metrics as metric_rules
 from orchestrator.manifest import schema as _schema
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
 from orchestrator.manifest.errors import ManifestError, Problem
 from orchestrator.manifest.hooks import misfit
+from orchestrator.manifest.metrics import MetricValueError
 from orchestrator.manifest.model import (
     API_VERSION,
     DEPRECATED_API_VERSIONS,
@@ -56,6 +59,8 @@ from orchestrator.manifest.model import (
     Direction,
     MapFrom,
     MapOptions,
+    MetricSpec,
+    MetricType,
     NetnsTarget,
     OnIncompatible,
     RawTracepointTarget,
@@ -225,6 +230,7 @@ class _Builder:
         sha = spec.get("sha256")
         maps = cast(dict[str, dict[str, object]], spec.get("maps") or {})
         attach = cast(list[dict[str, object]], spec.get("attach") or [])
+        metrics = cast(list[dict[str, object]], spec.get("metrics") or [])
         return DesiredCollection(
             name=str(meta["name"]),
             object_file=_resolve(self.base, self.path_text(("spec", "object"), spec["object"])),
@@ -237,7 +243,51 @@ class _Builder:
                 {name: self.map_options(name, opts) for name, opts in maps.items()}
             ),
             attach=tuple(self.attachment(i, a) for i, a in enumerate(attach)),
+            metrics=self.metrics(metrics),
         )
+
+    def metrics(self, raw: list[dict[str, object]]) -> tuple[MetricSpec, ...]:
+        out: list[MetricSpec] = []
+        seen: dict[str, int] = {}
+        for i, m in enumerate(raw):
+            path: PathKey = ("spec", "metrics", i)
+            name, label = str(m["name"]), m.get("label")
+            if name.startswith("bpforch_"):
+                self.problem(
+                    (*path, "name"),
+                    f"metric name {quote(name)} is reserved",
+                    "bpforch_* are bpforch's own metrics; choose another prefix",
+                )
+            if name in seen:
+                self.problem(
+                    (*path, "name"),
+                    f"metric {quote(name)} is declared twice (also spec.metrics[{seen[name]}])",
+                    "give each metric its own name, or one metric a label",
+                )
+            seen.setdefault(name, i)
+            if label == "collection":
+                self.problem(
+                    (*path, "label"),
+                    "label 'collection' is bpforch's (it names the collection)",
+                    "choose another label name",
+                )
+            names = m.get("names")
+            field_text = m.get("field")
+            key = m.get("key")
+            out.append(
+                MetricSpec(
+                    name=name,
+                    type=MetricType(m["type"]),
+                    map=str(m["map"]),
+                    help=str(m.get("help", "")),
+                    key=cast(int | str, key) if key is not None else None,
+                    label=str(label) if label is not None else None,
+                    names=tuple(cast(list[str], names)) if names is not None else None,
+                    value_path=tuple(str(field_text).split(".")) if field_text else (),
+                    source=self.doc.at(path),
+                )
+            )
+        return tuple(out)
 
     def map_options(self, name: str, opts: dict[str, object]) -> MapOptions:
         path: PathKey = ("spec", "maps", name)
@@ -584,6 +634,7 @@ class _Checker:
                     _hint(name, progs),
                 )
         self.loadable(e, spec)
+        self.metric_maps(e, spec)
         if c.constants:
             probe = spec.copy()
             consts = sorted(n for n, var in spec.variables.items() if var.constant)
@@ -720,6 +771,67 @@ class _Checker:
                 f"ring buffer size {value} is not a power of 2 multiple of the page size",
                 "e.g. 262144",
             )
+
+    def metric_maps(self, e: _Entry, spec: CollectionSpec) -> None:
+        """Each declared metric reads a number from a map the object has: its key fits the
+        key type, its field is a number in the value type, its keys can be labels."""
+        maps = sorted(spec.maps)
+        for i, m in enumerate(e.coll.metrics):
+            path: PathKey = ("spec", "metrics", i)
+            mspec = spec.maps.get(m.map)
+            if mspec is None:
+                self.problem(
+                    e, (*path, "map"), f"object has no map {quote(m.map)}", _hint(m.map, maps)
+                )
+                continue
+            if mspec.type not in metric_rules.READABLE:
+                kind = mspec.type.name.lower() if isinstance(mspec.type, MapType) else mspec.type
+                self.problem(
+                    e,
+                    (*path, "map"),
+                    f"map {m.map} is a {kind} map, whose values cannot be read by key",
+                    "read a hash, array or LRU map (per-CPU ones too)",
+                )
+                continue
+            try:
+                if m.key is not None:
+                    mspec.encode_key(m.key)
+            except SpecError as err:
+                text = str(err).removeprefix(f"map {m.map}: key: ")
+                self.problem(e, (*path, "key"), text, "give a key of the map's key type")
+            try:
+                metric_rules.number(mspec.decode_value(bytes(mspec.value_size)), m.value_path)
+            except (MetricValueError, SpecError) as err:
+                at = (*path, "field") if m.value_path else (*path, "map")
+                hint = "name a number inside the value" if m.value_path else "add field: MEMBER"
+                self.problem(e, at, f"map {m.map}: {err}", hint)
+            if m.label is not None:
+                try:
+                    metric_rules.label_value(mspec.decode_key(bytes(mspec.key_size)), m.names)
+                except (MetricValueError, SpecError) as err:
+                    at = (*path, "names") if m.names is not None else (*path, "label")
+                    self.problem(e, at, f"map {m.map}: {err}", "read one key with key: instead")
+
+    def metric_names(self) -> None:
+        """A metric name means one thing: collections that share one declare the same type
+        and label (their series differ by the collection label)."""
+        first: dict[str, tuple[_Entry, int]] = {}
+        for e in self.entries:
+            for i, m in enumerate(e.coll.metrics):
+                seen = first.setdefault(m.name, (e, i))
+                if seen == (e, i):
+                    continue
+                other = seen[0].coll.metrics[seen[1]]
+                if (other.type, other.label) != (m.type, m.label):
+                    where = seen[0].doc.at(("spec", "metrics", seen[1]))
+                    self.problem(
+                        e,
+                        ("spec", "metrics", i, "name"),
+                        f"metric {quote(m.name)} is a {other.type.value}"
+                        + (f" with label {other.label}" if other.label else " without label")
+                        + f" at {where}",
+                        "the same name needs the same type and label in every collection",
+                    )
 
     def attachments(self) -> None:
         """Identical attachments within a collection, tc ordering, one XDP per interface."""
@@ -953,6 +1065,9 @@ _DIGEST_API_VERSION = "bpforch/v1"
 def digest(coll: DesiredCollection, object_sha256: str) -> str:
     """sha256 over the canonical JSON of the normalized document and the object's digest."""
     document = {**coll.document(), "apiVersion": _DIGEST_API_VERSION}
+    # metrics say how bpforch reads maps, not what is loaded: a change reloads nothing
+    spec = cast(dict[str, object], document["spec"])
+    document["spec"] = {k: v for k, v in spec.items() if k != "metrics"}
     text = json.dumps(
         document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
@@ -987,6 +1102,7 @@ def load_manifests(paths: Sequence[Path], *, check_objects: bool = True) -> Desi
     if check_objects:
         checker.objects()
     checker.attachments()
+    checker.metric_names()
     checker.substitutions()
     checker.cycles()
     if problems:

@@ -254,6 +254,47 @@ class Attachment:
         return {"program": self.program, self.kind: target}
 
 
+class MetricType(enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A Prometheus metric read from a map's values at every scrape (``spec.metrics``).
+
+    ``key``: one series, the value at this key. ``label``: one series per entry, the key
+    (or ``names[key]``) as the value of this label. ``value_path`` (the manifest's
+    ``field``, split at its dots): the member of a struct value to read, an integer
+    component indexing an array. Per-CPU values are summed. Declarations change what is
+    read, never what is loaded: they are not part of the digest, and a change takes effect
+    without an apply."""
+
+    name: str
+    type: MetricType
+    map: str
+    help: str = ""
+    key: int | str | None = None
+    label: str | None = None
+    names: tuple[str, ...] | None = None
+    value_path: tuple[str, ...] = ()  # the manifest's `field`, split at the dots
+    source: Source | None = field(default=None, compare=False)
+
+    def document(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "type": self.type.value, "map": self.map}
+        if self.help:
+            out["help"] = self.help
+        if self.key is not None:
+            out["key"] = self.key
+        if self.label is not None:
+            out["label"] = self.label
+        if self.names is not None:
+            out["names"] = list(self.names)
+        if self.value_path:
+            out["field"] = ".".join(self.value_path)
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredCollection:
     """One ``kind: Collection`` document, validated and with paths resolved."""
@@ -267,8 +308,9 @@ class DesiredCollection:
     constants: Mapping[str, object] = field(default_factory=dict)
     maps: Mapping[str, MapOptions] = field(default_factory=dict)
     attach: tuple[Attachment, ...] = ()
-    # sha256 over the normalized document and the object's bytes: equal digests mean
-    # nothing to do for this collection.
+    metrics: tuple[MetricSpec, ...] = ()
+    # sha256 over the normalized document (metrics aside) and the object's bytes: equal
+    # digests mean nothing to do for this collection.
     digest: str = ""
 
     def document(self) -> dict[str, object]:
@@ -283,6 +325,8 @@ class DesiredCollection:
         spec["constants"] = dict(sorted(self.constants.items()))
         spec["maps"] = {n: m.document() for n, m in sorted(self.maps.items())}
         spec["attach"] = [a.document() for a in self.attach]
+        if self.metrics:
+            spec["metrics"] = [m.document() for m in self.metrics]
         return {
             "apiVersion": API_VERSION,
             "kind": KIND_COLLECTION,

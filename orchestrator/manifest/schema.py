@@ -26,6 +26,7 @@ from orchestrator.manifest.model import (
     DEPRECATED_API_VERSIONS,
     KIND_COLLECTION,
     Direction,
+    MetricType,
     XdpMode,
 )
 
@@ -38,6 +39,9 @@ IFNAME = "^(?!\\.\\.?$)[^/:\\s]{1,15}$"
 TRACE_NAME = "^[A-Za-z0-9_.-]+$"
 LABEL_KEY = "^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 SHA256 = "^[0-9a-fA-F]{64}$"
+METRIC_NAME = "^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+LABEL_NAME = "^[a-zA-Z_][a-zA-Z0-9_]*$"
+FIELD_PATH = "^[A-Za-z0-9_]+(\\.[A-Za-z0-9_]+)*$"
 
 # What each pattern means, for messages.
 _PATTERNS: dict[str, tuple[str, str]] = {
@@ -51,6 +55,9 @@ _PATTERNS: dict[str, tuple[str, str]] = {
     TRACE_NAME: ("not a tracepoint name", "letters, digits, '_', '.' and '-'"),
     LABEL_KEY: ("not a label key", "like app.kubernetes.io/name or team"),
     SHA256: ("not a sha256 digest", "64 hex digits, e.g. from sha256sum"),
+    METRIC_NAME: ("not a Prometheus metric name", "letters, digits, '_' and ':'"),
+    LABEL_NAME: ("not a Prometheus label name", "letters, digits and '_'"),
+    FIELD_PATH: ("not a field path", "member names joined by '.', like stats.packets"),
 }
 
 
@@ -182,6 +189,47 @@ _MAP = _obj(
     }
 )
 
+_METRIC = _obj(
+    {
+        "name": _str(
+            METRIC_NAME,
+            maxLength=200,
+            description="the metric's name (a counter is exposed as <name>_total); "
+            "every series has the label collection",
+        ),
+        "type": {"enum": [t.value for t in MetricType]},
+        "help": {"type": "string", "maxLength": 1024},
+        "map": _str(MAP_NAME, description="the map whose values it reads"),
+        "key": {
+            "type": ["integer", "string"],
+            "description": "one series: the value at this key (an enumerator's name or a "
+            "string for a char-array key)",
+        },
+        "label": _str(
+            LABEL_NAME,
+            maxLength=200,
+            description="one series per entry, its key (or its name in names) in this label",
+        ),
+        "names": {
+            "description": "with label: the name of key 0, 1, 2 …; keys without a name are "
+            "left out",
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 200},
+            "minItems": 1,
+            "maxItems": 4096,
+        },
+        "field": _str(
+            FIELD_PATH,
+            maxLength=1024,
+            description="a member of a struct value (dotted for a nested one, an index for "
+            "an array); default: the whole value, a number",
+        ),
+    },
+    ["name", "type", "map"],
+    oneOf=[{"required": ["key"]}, {"required": ["label"]}],
+    dependentRequired={"names": ["label"]},
+)
+
 _ATTACH = _obj(
     {"program": _str(C_NAME), **{name: {"$ref": f"#/$defs/{name}"} for name in TARGETS}},
     ["program"],
@@ -241,6 +289,13 @@ SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"$ref": "#/$defs/attachment"},
                 },
+                "metrics": {
+                    "description": "Prometheus metrics read from map values at each scrape "
+                    "(per-CPU values summed); changing them reloads nothing",
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/metric"},
+                    "maxItems": 1000,
+                },
             },
             ["object"],
         ),
@@ -251,6 +306,7 @@ SCHEMA: dict[str, Any] = {
         "constant": _CONSTANT,
         "map": _MAP,
         "attachment": _ATTACH,
+        "metric": _METRIC,
         **TARGETS,
     },
 }
