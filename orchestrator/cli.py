@@ -34,6 +34,7 @@ from orchestrator.service.status import DaemonStatus, read_status
 
 if TYPE_CHECKING:
     from orchestrator.ebpf import ProgramReport, VerifierError
+    from orchestrator.reconcile.inventory import Inventory
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -159,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what is applied, and any drift from the kernel")
     p.add_argument("names", nargs="*", metavar="NAME", help="collections (default: all)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also every program and link on the hooks bpforch manages (XDP and tcx per "
+        "interface of its namespaces, the cgroups it targets, tracepoints), owned or foreign",
+    )
     _common(p)
     p.set_defaults(func=cmd_status)
 
@@ -462,6 +469,11 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             status, collections=tuple(c for c in status.collections if c.name in args.names)
         )
     try:
+        hooks = _inventory(rec) if args.all else None
+    except ReconcileError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    try:
         daemon = read_status(args.state_dir)
     except ServiceError as exc:  # a corrupt status file must not hide the kernel's view
         print(f"warning: {exc}", file=err)
@@ -469,14 +481,51 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output == "json":
         data = status.to_json()
         data["daemon"] = daemon.to_json() if daemon is not None else None
+        if hooks is not None:
+            data["hooks"] = hooks.to_json()
         _emit_json(data, out)
     else:
         if daemon is not None:
             print(daemon.describe(), file=out)
         render_status(status, out)
+        if hooks is not None:
+            render_inventory(hooks, out)
         for warning in status.warnings:
             print(f"warning: {warning}", file=err)
     return EXIT_OK
+
+
+def _inventory(rec: Reconciler) -> Inventory:
+    from orchestrator.reconcile.inventory import inventory
+
+    return inventory(rec.observe())
+
+
+def render_inventory(hooks: Inventory, out: TextIO) -> None:
+    """One line per program at a hook, like ``bpftool net``, owned or foreign."""
+    print("\nOn the hooks bpforch manages:", file=out)
+    if not hooks.entries:
+        print("  nothing attached", file=out)
+    rows = [("HOOK", "TARGET", "PROGRAM", "LINK", "OWNER")]
+    for e in hooks.entries:
+        target = e.target + (f" (netns {e.netns})" if e.netns else "")
+        detail = f", {e.detail}" if e.detail else ""
+        rows.append(
+            (
+                e.hook,
+                target,
+                f"{e.program} (id {e.program_id}{detail})",
+                str(e.link_id) if e.link_id is not None else "-",
+                f"owned: {e.owner}" if e.owned else "foreign",
+            )
+        )
+    if hooks.entries:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        for r in rows:
+            cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
+            print("  " + "  ".join([*cells, r[-1]]), file=out)
+    for problem in hooks.problems:
+        print(f"  warning: {problem}", file=out)
 
 
 def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
