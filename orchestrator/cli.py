@@ -211,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser(
+        "configmap",
+        help="print a Kubernetes ConfigMap of manifests and the objects they reference",
+        description="Validate the manifests, then print one ConfigMap holding them (data) and "
+        "their objects (binaryData), each manifest's object field rewritten to the object's "
+        "file name: mounted as the manifest directory of bpforch serve in a DaemonSet "
+        "(see packaging/kubernetes).",
+    )
+    p.add_argument("name", help="the ConfigMap's name")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    p.add_argument("-n", "--namespace", help="the ConfigMap's namespace")
+    p.set_defaults(func=cmd_configmap)
+
+    p = sub.add_parser(
         "demo",
         help="apply the shipped example manifests to a veth pair and cgroup it makes",
         description="Create two network namespaces joined by a veth pair and a cgroup, apply "
@@ -796,6 +809,22 @@ def _replace_file(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cmd_configmap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator import configmap
+
+    args.output = "human"
+    desired = _load(args, out, err)
+    if desired is None:
+        return EXIT_ERROR
+    try:
+        cm = configmap.build(args.name, list(args.paths), namespace=args.namespace, desired=desired)
+    except (configmap.ConfigMapError, OSError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    out.write(configmap.render(cm))
+    return EXIT_OK
 
 
 def cmd_completion(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

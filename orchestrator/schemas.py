@@ -3,7 +3,7 @@
 They are defined in code (:mod:`orchestrator.manifest.schema`,
 :mod:`orchestrator.service.config`), so an installed package has them wherever it is
 installed. The files in the repository's ``schemas/`` directory and
-``packaging/kubernetes/crd.yaml`` are generated from them (``bpforch schema --write DIR``),
+``packaging/kubernetes/10-crd.yaml`` are generated from them (``bpforch schema --write DIR``),
 and a test fails when a file and the code differ.
 """
 

@@ -22,13 +22,15 @@ from tests.test_cli import run_cli
 
 from .manifest.test_load import FULL
 
-REGENERATE = "regenerate: bpforch schema --write schemas (and schema crd > packaging/kubernetes)"
+REGENERATE = (
+    "regenerate: bpforch schema --write schemas (and schema crd > packaging/kubernetes/10-crd.yaml)"
+)
 
 
 def test_the_files_in_the_repository_are_generated_from_the_code() -> None:
     for name, file in schemas.FILES.items():
         assert (ROOT / "schemas" / file).read_text() == schemas.render(name), REGENERATE
-    crd_file = ROOT / "packaging" / "kubernetes" / "crd.yaml"
+    crd_file = ROOT / "packaging" / "kubernetes" / "10-crd.yaml"
     assert crd_file.read_text() == schemas.render("crd"), REGENERATE
 
 
