@@ -1,5 +1,5 @@
 """``bpforch schema``: the schemas come from the code (an installed package has them), the
-files in ``schemas/`` and ``packaging/kubernetes/crd.yaml`` are generated from it and must
+files in ``schemas/`` and ``packaging/kubernetes/10-crd.yaml`` are generated from it and must
 not drift, and the CRD accepts every manifest bpforch accepts, under Kubernetes' rules for
 structural schemas."""
 

@@ -1,7 +1,7 @@
 """What the kernel supports is probed, once per process; the plan refuses what it refuses.
 
 On this kernel tp_btf loads and attaches while fentry/fexit/fmod_ret/lsm/freplace are
-refused with EPERM before verification (KERNEL_NOTES)."""
+refused with EPERM before verification (docs/kernel.md)."""
 
 from __future__ import annotations
 
