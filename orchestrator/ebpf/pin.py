@@ -48,7 +48,7 @@ def _bpffs_hint() -> str:
     found = bpffs_mounts()
     if not found:
         return "bpffs is not mounted: mount -t bpf bpf /sys/fs/bpf"
-    return "bpffs is mounted at " + ", ".join(map(str, found))
+    return "bpffs is mounted at " + ", ".join(map(str, found)) + ": choose a directory there"
 
 
 def ensure_dir(path: str | os.PathLike[str], mode: int = 0o700) -> Path:
