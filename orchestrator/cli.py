@@ -73,7 +73,12 @@ def _common(p: argparse.ArgumentParser, *, state: bool = True) -> None:
         service_cli.add_root_options(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+Commands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentParser:
+    """The ``bpforch`` parser; ``extra_commands`` add the verbs of modules above this one
+    (``orchestrator.__main__`` adds ``demo``), each setting ``func(args, out, err)``."""
     parser = argparse.ArgumentParser(
         prog="bpforch",
         description="Declarative eBPF: validate, plan and apply YAML manifests of eBPF "
@@ -223,16 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", help="the ConfigMap's namespace")
     p.set_defaults(func=cmd_configmap)
 
-    p = sub.add_parser(
-        "demo",
-        help="apply the shipped example manifests to a veth pair and cgroup it makes",
-        description="Create two network namespaces joined by a veth pair and a cgroup, apply "
-        "the example manifests to them, send traffic, show status and counters, re-apply "
-        "(nothing changes) and destroy it all (unless --keep). Needs root and bpffs.",
-    )
-    p.add_argument("--keep", action="store_true", help="leave everything applied")
-    service_cli.add_root_options(p)
-    p.set_defaults(func=cmd_demo)
+    for add in extra_commands:  # verbs of the layers above (bpforch demo)
+        add(sub)
 
     p = sub.add_parser(
         "completion",
@@ -242,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/usr/local/share/zsh/site-functions/_bpforch",
     )
     p.add_argument("shell", choices=("bash", "zsh"))
-    p.set_defaults(func=cmd_completion)
+    p.set_defaults(func=cmd_completion, parser=parser)
     return parser
 
 
@@ -830,14 +827,8 @@ def cmd_configmap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_completion(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator import completion
 
-    out.write(completion.script(build_parser(), args.shell))
+    out.write(completion.script(args.parser, args.shell))
     return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from orchestrator import demo
-
-    return demo.run(args)
 
 
 def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -857,13 +848,17 @@ def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    *,
+    extra_commands: Sequence[Commands] = (),
 ) -> int:
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
         try:
-            parser = build_parser()
+            parser = build_parser(extra_commands)
             words = list(sys.argv[1:] if argv is None else argv)
             args = parser.parse_args(_expand_dry_run(parser, words))
         except SystemExit:  # --help, --version and usage errors: flush while we can catch

@@ -139,6 +139,19 @@ def _show_counters(root: Path) -> None:
         print(f"  {_counter(root, coll, name, index):>8}  {coll}/{name}[{index}]  {what}")
 
 
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``bpforch demo`` (added to the command line by ``orchestrator.__main__``)."""
+    p = subparsers.add_parser(
+        "demo",
+        help="apply the shipped example manifests to a veth pair and cgroup it makes",
+        description="Create two network namespaces joined by a veth pair and a cgroup, apply "
+        "the example manifests to them, send traffic, show status and counters, re-apply "
+        "(nothing changes) and destroy it all (unless --keep). Needs root and bpffs.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=lambda args, out, err: run(args))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options (``bpforch demo`` and ``python -m orchestrator.demo``)."""
     from orchestrator.service.cli import add_root_options
