@@ -65,7 +65,7 @@ def manifest(i: int) -> str:
     attach = target.format(i=i)[1:-1]  # drop the outer braces of the format string
     return (
         "# yaml-language-server: $schema=../schemas/manifest.schema.json\n"
-        "apiVersion: bpforch/v1\nkind: Collection\n"
+        "apiVersion: bpforch.dev/v1\nkind: Collection\n"
         f"metadata: {{name: c{i:04}, labels: {{team: net}}}}\n"
         f"spec:\n  object: {ROOT / 'bpf' / obj}\n  {extra.format(i=i)}\n"
         f"  attach:\n    - {{program: {prog}, {attach}}}\n"

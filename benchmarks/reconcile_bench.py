@@ -74,7 +74,7 @@ def write_manifests(directory: Path, n: int, obj: str, *, attach: bool) -> None:
             consts = f"version: {i}"
             att = ""
         (directory / f"c{i:03d}.yaml").write_text(
-            "apiVersion: bpforch/v1\nkind: Collection\n"
+            "apiVersion: bpforch.dev/v1\nkind: Collection\n"
             f"metadata: {{name: c{i:03d}}}\n"
             f"spec:\n  object: {ROOT / 'bpf' / (obj + '.o')}\n"
             f"  constants: {{{consts}}}\n" + (att if attach else "")

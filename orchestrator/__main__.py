@@ -1,7 +1,17 @@
+"""``bpforch`` (the console script) and ``python -m orchestrator``: the command line of
+:mod:`orchestrator.cli` with the verbs of the modules above it (``bpforch demo``)."""
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
-from orchestrator.cli import main
 
-sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator import cli, demo
+
+    return cli.main(argv, extra_commands=(demo.add_command,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from orchestrator import __version__
+from orchestrator import __version__, schemas
 from orchestrator.manifest import DesiredState, ManifestError, ObjectStore, load_manifests
 from orchestrator.reconcile import (
     Change,
@@ -30,11 +30,12 @@ from orchestrator.reconcile import (
     Status,
 )
 from orchestrator.service import cli as service_cli
-from orchestrator.service.daemon_status import read_status
+from orchestrator.service.daemon_status import DaemonStatus, read_status
 from orchestrator.service.errors import ServiceError
 
 if TYPE_CHECKING:
     from orchestrator.ebpf import ProgramReport, VerifierError
+    from orchestrator.reconcile.inventory import Inventory
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -73,13 +74,18 @@ def _common(p: argparse.ArgumentParser, *, state: bool = True) -> None:
         service_cli.add_root_options(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+Commands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentParser:
+    """The ``bpforch`` parser; ``extra_commands`` add the verbs of modules above this one
+    (``orchestrator.__main__`` adds ``demo``), each setting ``func(args, out, err)``."""
     parser = argparse.ArgumentParser(
         prog="bpforch",
         description="Declarative eBPF: validate, plan and apply YAML manifests of eBPF "
         "collections to the running kernel.",
     )
-    parser.add_argument("--version", action="version", version=f"bpforch {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"bpforch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("validate", help="check manifests (schema, objects, cross-references)")
@@ -160,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what is applied, and any drift from the kernel")
     p.add_argument("names", nargs="*", metavar="NAME", help="collections (default: all)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also every program and link on the hooks bpforch manages (XDP and tcx per "
+        "interface of its namespaces, the cgroups it targets, tracepoints), owned or foreign",
+    )
     _common(p)
     p.set_defaults(func=cmd_status)
 
@@ -170,6 +182,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_destroy)
 
     service_cli.add_commands(sub)
+
+    p = sub.add_parser(
+        "schema",
+        help="print a schema: manifest, config (JSON Schema) or crd (Kubernetes)",
+        description="Print the JSON Schema of manifests or of the service configuration, "
+        "or the CustomResourceDefinition of Collection documents. --write DIR writes all "
+        "of them into DIR instead.",
+    )
+    p.add_argument("name", nargs="?", choices=schemas.NAMES, metavar="{manifest,config,crd}")
+    p.add_argument("--write", type=Path, metavar="DIR", help="write every schema into DIR")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser(
+        "metrics",
+        help="print the Prometheus metrics once (for node_exporter's textfile collector)",
+        description="Print what the metrics endpoint of serve/watch serves (but the reconcile "
+        "duration histogram, which only a running daemon has): the daemon's counters from "
+        "its status file, the collections, drift, programs and maps read from the kernel now, "
+        "and the metrics the manifests in PATH declare (or those of --config's manifests).",
+    )
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="manifests")
+    p.add_argument(
+        "--config", type=Path, help="take the manifests, root and state dir from this file"
+    )
+    p.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help="replace FILE atomically instead of printing (e.g. "
+        "/var/lib/node_exporter/textfile/bpforch.prom)",
+    )
+    service_cli.add_root_options(p)
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser(
+        "configmap",
+        help="print a Kubernetes ConfigMap of manifests and the objects they reference",
+        description="Validate the manifests, then print one ConfigMap holding them (data) and "
+        "their objects (binaryData), each manifest's object field rewritten to the object's "
+        "file name: mounted as the manifest directory of bpforch serve in a DaemonSet "
+        "(see packaging/kubernetes).",
+    )
+    p.add_argument("name", help="the ConfigMap's name")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
+    p.add_argument("-n", "--namespace", help="the ConfigMap's namespace")
+    p.set_defaults(func=cmd_configmap)
+
+    for add in extra_commands:  # verbs of the layers above (bpforch demo)
+        add(sub)
+
+    p = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash or zsh",
+        description="Print a completion script generated from this command line. Install: "
+        "bpforch completion bash > /etc/bash_completion.d/bpforch; bpforch completion zsh > "
+        "/usr/local/share/zsh/site-functions/_bpforch",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=cmd_completion, parser=parser)
     return parser
 
 
@@ -177,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | None:
-    """Load and validate manifests; on problems render them and return None."""
+    """Load and validate manifests; on problems render them and return None. Warnings
+    (a deprecated apiVersion) go to ``err``."""
     try:
-        return load_manifests(list(args.paths), store=args.store)
+        desired = load_manifests(list(args.paths), store=args.store)
     except ManifestError as exc:
         if args.output == "json":
             _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, out)
@@ -188,6 +260,9 @@ def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | 
             n = len(exc.problems)
             print(f"{n} problem{'s' if n != 1 else ''} found, nothing was changed", file=err)
         return None
+    for warning in desired.warnings:
+        print(f"warning: {warning}", file=err)
+    return desired
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -200,6 +275,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             {
                 "valid": True,
                 "files": [str(f) for f in desired.files],
+                "warnings": [w.to_dict() for w in desired.warnings],
                 "collections": {
                     n: {"object": str(c.object_file), "digest": c.digest, "source": str(c.source)}
                     for n, c in sorted(desired.collections.items())
@@ -409,6 +485,11 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             status, collections=tuple(c for c in status.collections if c.name in args.names)
         )
     try:
+        hooks = _inventory(rec) if args.all else None
+    except ReconcileError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    try:
         daemon = read_status(args.state_dir)
     except ServiceError as exc:  # a corrupt status file must not hide the kernel's view
         print(f"warning: {exc}", file=err)
@@ -416,14 +497,51 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.output == "json":
         data = status.to_json()
         data["daemon"] = daemon.to_json() if daemon is not None else None
+        if hooks is not None:
+            data["hooks"] = hooks.to_json()
         _emit_json(data, out)
     else:
         if daemon is not None:
             print(daemon.describe(), file=out)
         render_status(status, out)
+        if hooks is not None:
+            render_inventory(hooks, out)
         for warning in status.warnings:
             print(f"warning: {warning}", file=err)
     return EXIT_OK
+
+
+def _inventory(rec: Reconciler) -> Inventory:
+    from orchestrator.reconcile.inventory import inventory
+
+    return inventory(rec.observe())
+
+
+def render_inventory(hooks: Inventory, out: TextIO) -> None:
+    """One line per program at a hook, like ``bpftool net``, owned or foreign."""
+    print("\nOn the hooks bpforch manages:", file=out)
+    if not hooks.entries:
+        print("  nothing attached", file=out)
+    rows = [("HOOK", "TARGET", "PROGRAM", "LINK", "OWNER")]
+    for e in hooks.entries:
+        target = e.target + (f" (netns {e.netns})" if e.netns else "")
+        detail = f", {e.detail}" if e.detail else ""
+        rows.append(
+            (
+                e.hook,
+                target,
+                f"{e.program} (id {e.program_id}{detail})",
+                str(e.link_id) if e.link_id is not None else "-",
+                f"owned: {e.owner}" if e.owned else "foreign",
+            )
+        )
+    if hooks.entries:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        for r in rows:
+            cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
+            print("  " + "  ".join([*cells, r[-1]]), file=out)
+    for problem in hooks.problems:
+        print(f"  warning: {problem}", file=out)
 
 
 def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -640,12 +758,109 @@ def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
     return out
 
 
+def cmd_metrics(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator.service import metrics
+    from orchestrator.service.config import load_config
+
+    root, state_dir, paths = args.bpffs_root, args.state_dir, list(args.paths)
+    if args.config is not None:
+        if paths:
+            print("error: give manifests or --config, not both", file=err)
+            return EXIT_ERROR
+        try:
+            config = load_config(args.config)
+        except ServiceError as exc:
+            print(f"error: {exc}", file=err)
+            return EXIT_ERROR
+        root, state_dir, paths = config.bpffs_root, config.state_dir, list(config.manifests)
+    desired = None
+    if paths:
+        args.paths = paths
+        desired = _load(args, out, err)
+        if desired is None:
+            return EXIT_ERROR
+
+    def status() -> DaemonStatus | None:
+        try:
+            return read_status(state_dir)
+        except ServiceError as exc:
+            print(f"warning: {exc}", file=err)
+            return None
+
+    registry = metrics.registry_for(lambda: metrics.Target(root, state_dir, desired), status)
+    text = metrics.exposition(registry)
+    if args.write is None:
+        out.write(text)
+        return EXIT_OK
+    try:
+        _replace_file(args.write, text)
+    except OSError as exc:
+        print(f"error: --write {args.write}: {exc.strerror or exc}", file=err)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``path`` atomically (a reader sees the old or the new file, never half)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_configmap(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator import configmap
+
+    args.output = "human"
+    desired = _load(args, out, err)
+    if desired is None:
+        return EXIT_ERROR
+    try:
+        cm = configmap.build(args.name, list(args.paths), namespace=args.namespace, desired=desired)
+    except (configmap.ConfigMapError, OSError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    out.write(configmap.render(cm))
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator import completion
+
+    out.write(completion.script(args.parser, args.shell))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if (args.name is None) == (args.write is None):
+        print("error: name a schema (manifest, config, crd), or pass --write DIR", file=err)
+        return EXIT_ERROR
+    if args.write is not None:
+        try:
+            for path in schemas.write(args.write):
+                print(path, file=out)
+        except OSError as exc:
+            print(f"error: schema --write {args.write}: {exc.strerror or exc}", file=err)
+            return EXIT_ERROR
+        return EXIT_OK
+    out.write(schemas.render(args.name))
+    return EXIT_OK
+
+
 def main(
     argv: Sequence[str] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
     *,
     failpoints: Failpoints | None = None,
+    extra_commands: Sequence[Commands] = (),
 ) -> int:
     """Run one command. Its manifests and objects are read through one
     :class:`~orchestrator.manifest.ObjectStore` of its own. ``failpoints``: given to every
@@ -655,7 +870,7 @@ def main(
     err = sys.stderr if err is None else err
     try:
         try:
-            parser = build_parser()
+            parser = build_parser(extra_commands)
             words = list(sys.argv[1:] if argv is None else argv)
             args = parser.parse_args(_expand_dry_run(parser, words))
         except SystemExit:  # --help, --version and usage errors: flush while we can catch

@@ -1,13 +1,15 @@
 """The main job: apply the shipped manifests to safe targets, make traffic, show status.
 
-``python -m orchestrator.demo`` (root, bpffs mounted) creates the targets the manifests in
-``manifests/`` name — two network namespaces ``bpforch-demo`` and ``bpforch-demo-peer``
-joined by a veth pair, and the cgroup ``/sys/fs/cgroup/unified/bpforch-demo`` — so nothing
-touches the machine's own interfaces or cgroups. Then it runs ``bpforch apply``, sends real
-UDP packets across the veth (some to a port the tc filter blocks), makes the syscalls the
-tracepoint programs count, shows ``bpforch status`` and the live counters, re-applies to show
-that nothing changes, and with ``--destroy`` (the default) destroys everything again.
-``--keep`` leaves it all applied for you to explore with ``bpforch status``.
+``bpforch demo`` (or ``python -m orchestrator.demo``; root, bpffs mounted) creates the
+targets the demo's manifests name (``manifests/`` in a source checkout; installed from a
+wheel, the package's copy of them and of their objects): two network namespaces
+``bpforch-demo`` and ``bpforch-demo-peer`` joined by a veth pair, and the cgroup
+``bpforch-demo`` under the cgroup v2 mount, so nothing touches the machine's own
+interfaces or cgroups. Then it runs ``bpforch apply``, sends real UDP packets across the
+veth (some to a port the tc filter blocks), makes the syscalls the tracepoint programs
+count, shows ``bpforch status`` and the live counters, re-applies to show that nothing
+changes, and destroys everything again. ``--keep`` leaves it all applied for you to
+explore with ``bpforch status``.
 """
 
 from __future__ import annotations
@@ -25,17 +27,23 @@ from pathlib import Path
 from orchestrator import cli, ebpf
 from orchestrator.ebpf.links import in_netns
 
-ROOT = Path(__file__).resolve().parent.parent
-MANIFESTS = ROOT / "manifests"
+# The demo's manifests and objects: orchestrator/_demo/{manifests,bpf}, symlinks to the
+# repository's manifests/ and bpf/ in a source checkout, files in a wheel.
+DEMO_FILES = Path(__file__).resolve().parent / "_demo"
+MANIFESTS = (DEMO_FILES / "manifests").resolve()
 NETNS = "bpforch-demo"
 PEER = "bpforch-demo-peer"
-CGROUP = Path("/sys/fs/cgroup/unified/bpforch-demo")
+CGROUP_NAME = "bpforch-demo"  # relative: under the cgroup v2 mount, as in the manifests
 DEMO_ADDR, PEER_ADDR = "10.203.0.1", "10.203.0.2"
 OPEN_PORT, BLOCKED_PORT = 9999, 12345
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def _cgroup() -> Path:
+    return ebpf.cgroup2_root() / CGROUP_NAME
 
 
 def _netns_path(name: str) -> Path:
@@ -66,14 +74,14 @@ def _create_targets() -> None:
         _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
         _ip("-n", ns, "link", "set", dev, "up")
         _ip("-n", ns, "link", "set", "lo", "up")
-    CGROUP.mkdir(exist_ok=True)
+    _cgroup().mkdir(exist_ok=True)
 
 
 def _remove_targets() -> None:
     for ns in (NETNS, PEER):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     with contextlib.suppress(OSError):
-        CGROUP.rmdir()
+        _cgroup().rmdir()
 
 
 def _send(count: int, port: int) -> None:
@@ -93,8 +101,10 @@ def _send_from_cgroup(count: int) -> None:
         f"for i in range({count}): s.sendto(b'x' * 64, ('{DEMO_ADDR}', {OPEN_PORT}))\n"
     )
 
+    cgroup = _cgroup()
+
     def join() -> None:
-        (CGROUP / "cgroup.procs").write_text("0")
+        (cgroup / "cgroup.procs").write_text("0")
 
     argv = ["nsenter", f"--net={_netns_path(PEER)}", sys.executable, "-c", code]
     subprocess.run(argv, check=True, preexec_fn=join)
@@ -129,14 +139,38 @@ def _show_counters(root: Path) -> None:
         print(f"  {_counter(root, coll, name, index):>8}  {coll}/{name}[{index}]  {what}")
 
 
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``bpforch demo`` (added to the command line by ``orchestrator.__main__``)."""
+    p = subparsers.add_parser(
+        "demo",
+        help="apply the shipped example manifests to a veth pair and cgroup it makes",
+        description="Create two network namespaces joined by a veth pair and a cgroup, apply "
+        "the example manifests to them, send traffic, show status and counters, re-apply "
+        "(nothing changes) and destroy it all (unless --keep). Needs root and bpffs.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=lambda args, out, err: run(args))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (``bpforch demo`` and ``python -m orchestrator.demo``)."""
+    from orchestrator.service.cli import add_root_options
+
+    parser.add_argument("--keep", action="store_true", help="leave everything applied")
+    add_root_options(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="leave everything applied")
-    parser.add_argument(
-        "--bpffs-root", type=Path, default=Path("/sys/fs/bpf/bpforch"), help="pin root"
-    )
-    parser.add_argument("--state-dir", type=Path, default=Path("/run/bpforch"))
-    args = parser.parse_args(argv)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo (see the module's docstring); the exit code."""
+    if not (MANIFESTS / "xdp-counter.yaml").is_file():
+        print(f"error: the demo's manifests are missing from {MANIFESTS} (reinstall)")
+        return 1
     where = ["--bpffs-root", str(args.bpffs_root), "--state-dir", str(args.state_dir)]
 
     def bpforch(*verb: str) -> int:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from orchestrator import ebpf
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+# the demo's objects (orchestrator/_demo/bpf: the repository's bpf/ in a source checkout)
+BPF_DIR = (Path(__file__).resolve().parent / "_demo" / "bpf").resolve()
 
 # An Ethernet + IPv4 + UDP packet (to 10.0.0.2:53) for the test runs.
 _PACKET = bytes.fromhex(
@@ -92,7 +93,7 @@ def _run(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.tour", description=__doc__)
     parser.add_argument("objects", nargs="*", type=Path, help="objects (default: bpf/*.o)")
     args = parser.parse_args(argv)
     objects = args.objects or sorted(BPF_DIR.glob("*.o"))

@@ -10,9 +10,10 @@ Fixtures (registered for every test through ``pytest_plugins`` in ``tests/confte
   pair; ``a.addr``/``b.addr`` are IPv4 addresses in 10.199.0.0/24, neighbours are static
   (no ARP) and IPv6 is off, so the only packets on the wire are the ones a test sends.
 - ``netns_factory`` -> ``make() -> NetNS`` for tests that need more namespaces.
-- ``cgroup`` -> :class:`Cgroup`: a fresh cgroup v2 directory under
-  ``/sys/fs/cgroup/unified``; processes started with :meth:`Cgroup.spawn`/:meth:`Cgroup.run`
-  begin life inside it (so the sockets they create belong to it).
+- ``cgroup`` -> :class:`Cgroup`: a fresh cgroup v2 directory under the cgroup v2 mount
+  (:data:`CGROUP2_ROOT`, read from /proc/self/mountinfo); processes started with
+  :meth:`Cgroup.spawn`/:meth:`Cgroup.run` begin life inside it (so the sockets they create
+  belong to it).
 
 Traffic: :func:`send_udp`, :class:`UdpReceiver`, :class:`UdpStream` (a background sender
 that counts every datagram it handed to the kernel). Sockets are created inside a namespace
@@ -40,10 +41,14 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ebpf.mounts import find_mount
 from orchestrator.ebpf.netlink import in_netns
 
 NETNS_DIR = Path("/var/run/netns")
-CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
+# where this host mounts cgroup v2, as bpforch finds it (/sys/fs/cgroup on a pure cgroup v2
+# host, /sys/fs/cgroup/unified with the hybrid layout); None if it is not mounted
+CGROUP2_MOUNT = find_mount("cgroup2")
+CGROUP2_ROOT = CGROUP2_MOUNT if CGROUP2_MOUNT is not None else Path("/sys/fs/cgroup")
 _SO_RCVBUFFORCE = 33  # asm-generic/socket.h; not in the socket module
 PREFIX = "bpft"  # every namespace/cgroup made here is named bpft-<pid>-<hex>
 
@@ -512,14 +517,15 @@ def veth(netns_factory: Callable[[], NetNS]) -> VethPair:
 
 @pytest.fixture
 def cgroup() -> Iterator[Cgroup]:
-    """A fresh cgroup v2 directory under /sys/fs/cgroup/unified, removed afterwards."""
+    """A fresh cgroup v2 directory under the cgroup v2 mount, removed afterwards."""
     from tests.conftest import require_kernel
 
     require_kernel()
-    if not (CGROUP2_ROOT / "cgroup.procs").exists():
+    if CGROUP2_MOUNT is None or not (CGROUP2_ROOT / "cgroup.procs").exists():
+        why = "cgroup v2 is not mounted (mount -t cgroup2 none /sys/fs/cgroup)"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"cgroup v2 is not mounted at {CGROUP2_ROOT}")
-        pytest.skip(f"cgroup v2 is not mounted at {CGROUP2_ROOT}")
+            pytest.fail(why)
+        pytest.skip(why)
     _sweep_once()
     with temp_cgroup() as cg:
         yield cg

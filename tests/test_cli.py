@@ -20,9 +20,10 @@ from orchestrator.service.daemon_status import (
     write_status,
 )
 from tests.conftest import BPF_DIR, ROOT, require_tool
+from tests.netns import CGROUP2_ROOT
 
 TP_MANIFEST = f"""\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata:
   name: tp
@@ -146,12 +147,12 @@ def test_apply_refuses_missing_target_and_changes_nothing(tmp_path: Path, where:
         .replace("count_getppid", "cg_egress")
         .replace(
             "tracepoint: {group: syscalls, name: sys_enter_getppid}",
-            "cgroup: {path: /sys/fs/cgroup/unified/bpforch-test-missing, attach: egress}",
+            "cgroup: {path: bpforch-test-missing, attach: egress}",
         )
     )
     code, out, err = run_cli("apply", str(tmp_path), *where)
     assert code == cli.EXIT_ERROR
-    assert "bpforch-test-missing does not exist" in err
+    assert f"cgroup {CGROUP2_ROOT / 'bpforch-test-missing'} does not exist" in err
     assert "nothing was changed" in err
     code, out, _ = run_cli("status", *where)
     assert out.strip() == "No collections applied."
@@ -343,3 +344,15 @@ def test_ownership_in_the_cli(tmp_path: Path, pin_dir: Path, where: list[str]) -
     assert run_cli("destroy", "--all", *where)[0] == 0
     evil.unlink()
     assert os.listdir(root) == []
+
+
+def test_a_deprecated_api_version_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "tp.yaml").write_text(TP_MANIFEST.replace("bpforch.dev/v1", "bpforch/v1"))
+    code, out, err = run_cli("validate", str(tmp_path))
+    assert code == cli.EXIT_OK and out.startswith("valid: 1 collection")
+    assert err == (
+        f"warning: {tmp_path / 'tp.yaml'}:1:13: apiVersion: bpforch/v1 is deprecated "
+        "(write apiVersion: bpforch.dev/v1; it means the same)\n"
+    )
+    code, out, err = run_cli("validate", "-o", "json", str(tmp_path))
+    assert json.loads(out)["warnings"][0]["message"] == "bpforch/v1 is deprecated"

@@ -43,7 +43,7 @@ def clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
 
 def manifest(name: str = "tp", obj: str = f"{BPF_DIR}/tp_counter.o", extra: str = "") -> str:
     return (
-        f"apiVersion: bpforch/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
+        f"apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
         f"spec:\n  object: {obj}\n{extra}"
     )
 

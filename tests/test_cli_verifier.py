@@ -72,7 +72,7 @@ def manifest(directory: Path, name: str, obj: Path, extra: str = "") -> Path:
     directory.mkdir(exist_ok=True)
     path = directory / f"{name}.yaml"
     path.write_text(
-        f"apiVersion: bpforch/v1\nkind: Collection\nmetadata:\n  name: {name}\n"
+        f"apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata:\n  name: {name}\n"
         f"spec:\n  object: {obj}\n{extra}"
     )
     return path

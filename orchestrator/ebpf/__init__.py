@@ -35,6 +35,7 @@ from orchestrator.ebpf.errors import (
     KeyExistsError,
     KeyNotFoundError,
     MapIncompatibleError,
+    MountNotFoundError,
     NetnsError,
     NetnsFileError,
     NetnsNotFoundError,
@@ -68,7 +69,16 @@ from orchestrator.ebpf.links import (
     xdp_attached,
 )
 from orchestrator.ebpf.maps import Map, MapInfo
-from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
+from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
+from orchestrator.ebpf.programs import (
+    Program,
+    ProgramInfo,
+    RunResult,
+    RunStats,
+    StatsEnabled,
+    enable_stats,
+    stats_enabled,
+)
 from orchestrator.ebpf.ringbuf import RingBufReader
 from orchestrator.ebpf.spec import (
     CollectionSpec,
@@ -125,6 +135,7 @@ __all__ = [
     "MapInfo",
     "MapSpec",
     "MapType",
+    "MountNotFoundError",
     "NetnsError",
     "NetnsFileError",
     "NetnsNotFoundError",
@@ -145,8 +156,10 @@ __all__ = [
     "Rejection",
     "RingBufReader",
     "RunResult",
+    "RunStats",
     "SourceLine",
     "SpecError",
+    "StatsEnabled",
     "StructOpsLink",
     "StructOpsSpec",
     "SyscallError",
@@ -165,12 +178,17 @@ __all__ = [
     "attach_uprobe",
     "attach_xdp",
     "bind",
+    "bpffs_root",
+    "cgroup2_root",
     "cgroup_attached",
     "close_all",
+    "enable_stats",
     "iter_links",
     "load_collection",
     "load_kernel_btf",
+    "stats_enabled",
     "tcx_attached",
+    "tracefs_root",
     "verify",
     "xdp_attached",
 ]

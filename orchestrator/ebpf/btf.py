@@ -624,6 +624,25 @@ def skip_qualifiers(t: Type) -> Type:
     raise BTFError(f"{describe(t)}: qualifier chain too long (a loop?)")
 
 
+def enumerators(t: Type | None) -> dict[int, str] | None:
+    """The names of an enum type's values (the first name of each value), or None if ``t``
+    (past typedefs and qualifiers) is not an enum."""
+    if t is None:
+        return None
+    try:
+        u = skip_qualifiers(t)
+    except BTFError:
+        return None
+    if not isinstance(u, Enum):
+        return None
+    names: dict[int, str] = {}
+    for v in u.values:
+        names.setdefault(
+            v.value if v.value >= 0 or u.signed else v.value & ((1 << (u.size * 8)) - 1), v.name
+        )
+    return names
+
+
 def sizeof(t: Type) -> int:
     """The size in bytes of a value of type ``t``; BTFError for void, functions, fwds."""
     mult = 1

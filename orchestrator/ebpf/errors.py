@@ -413,6 +413,15 @@ class AttachTargetError(NotSupportedError):
     extern (``__ksym`` variable, kfunc) is not in the running kernel's BTF."""
 
 
+class MountNotFoundError(NotSupportedError):
+    """A file system bpforch needs (cgroup v2, bpffs, tracefs) is not mounted. ``fstype``
+    names it as mountinfo does (``cgroup2``, ``bpf``, ``tracefs``)."""
+
+    def __init__(self, message: str, fstype: str) -> None:
+        super().__init__(message)
+        self.fstype = fstype
+
+
 class UnresolvedReferenceError(SpecError):
     """A program refers to a symbol the object does not define, or carries a relocation the
     loader cannot apply (see ``ProgramSpec.unresolved``). Only that program fails to load."""

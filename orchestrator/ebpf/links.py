@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.ebpf import features as _features
+from orchestrator.ebpf import mounts as _mounts
 from orchestrator.ebpf import netlink as _netlink
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
@@ -111,7 +112,6 @@ __all__ = [
     "xdp_mode",
 ]
 
-TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 PMU_ROOT = _features.PMU_ROOT
 CGROUP2_SUPER_MAGIC = 0x63677270
 
@@ -896,16 +896,20 @@ def cgroup_attach_type(name: str | AttachType) -> AttachType:
         ) from None
 
 
+def _cgroup2_hint() -> str:
+    root = _mounts.find_mount("cgroup2")
+    if root is None:
+        return "cgroup v2 is not mounted: mount -t cgroup2 none /sys/fs/cgroup"
+    return f"cgroup v2 is mounted at {root}"
+
+
 @contextlib.contextmanager
 def _cgroup_fd(path: str | os.PathLike[str]) -> Iterator[int]:
     p = os.fspath(path)
     try:
         fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError as err:
-        raise TargetNotFoundError(
-            f"cgroup {p}: no such directory (cgroup v2 is usually at /sys/fs/cgroup or "
-            "/sys/fs/cgroup/unified)"
-        ) from err
+        raise TargetNotFoundError(f"cgroup {p}: no such directory ({_cgroup2_hint()})") from err
     except OSError as err:
         raise AttachError(f"cgroup {p}: {(err.strerror or str(err)).lower()}") from err
     try:
@@ -1015,10 +1019,8 @@ def attach_netns(prog: Program, netns: NetnsPath, attach_type: str | AttachType)
 
 
 def _tracefs() -> Path:
-    for root in TRACEFS_ROOTS:
-        if (root / "events").is_dir():
-            return root
-    raise NotSupportedError("tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)")
+    """Where tracefs is mounted (from mountinfo); MountNotFoundError if nowhere."""
+    return _mounts.tracefs_root()
 
 
 def _perf_link(prog: Program, perf: FD, what: str) -> Link:

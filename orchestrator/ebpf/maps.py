@@ -377,6 +377,13 @@ class Map(Handle):
             out += one + bytes(stride - len(one))
         return bytes(out)
 
+    def key_names(self) -> dict[int, str] | None:
+        """The enumerator names of the key's values when the key is an enum (by its BTF),
+        else None."""
+        if self._kernel_btf is not None:
+            self._resolve_kernel_btf()
+        return _btf.enumerators(self.key_type)
+
     def decode_key(self, data: bytes) -> object:
         if self._kernel_btf is not None:
             self._resolve_kernel_btf()

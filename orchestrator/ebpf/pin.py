@@ -42,11 +42,20 @@ def bpffs_mount_of(path: str | os.PathLike[str]) -> Path | None:
     return p if is_bpffs(p) else None
 
 
+def _bpffs_hint() -> str:
+    from orchestrator.ebpf.mounts import bpffs_mounts
+
+    found = bpffs_mounts()
+    if not found:
+        return "bpffs is not mounted: mount -t bpf bpf /sys/fs/bpf"
+    return "bpffs is mounted at " + ", ".join(map(str, found)) + ": choose a directory there"
+
+
 def ensure_dir(path: str | os.PathLike[str], mode: int = 0o700) -> Path:
     """Create ``path`` (and parents) on bpffs; refuse if it would not be on bpffs."""
     p = Path(os.fspath(path))
     if bpffs_mount_of(p) is None:
-        raise PinError(f"pin directory {p}: not on bpffs (mount -t bpf bpf /sys/fs/bpf)")
+        raise PinError(f"pin directory {p}: not on bpffs ({_bpffs_hint()})")
     try:
         p.mkdir(parents=True, exist_ok=True, mode=mode)
     except OSError as err:

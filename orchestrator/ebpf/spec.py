@@ -107,6 +107,47 @@ class MapSpec:
                 stack.extend(v.type for v in cur.vars)
         return False
 
+    def encode_key(self, key: object) -> bytes:
+        """``key`` as the map's key bytes: through its BTF type (ints, enumerator names,
+        strings for char arrays, mappings for structs), or an int of the key's size without
+        BTF. SpecError says why it does not fit."""
+        return self._encode(key, self.key, self.key_size, "key")
+
+    def decode_key(self, data: bytes) -> object:
+        """Key bytes as a value (see :meth:`encode_key`); without BTF an int when the key
+        is 1, 2, 4 or 8 bytes, else the bytes."""
+        return self._decode(data, self.key)
+
+    def decode_value(self, data: bytes) -> object:
+        """One value's bytes (one CPU's, for a per-CPU map) as a value: a dict for a struct,
+        a list for an array, an int; without BTF an int of 1, 2, 4 or 8 bytes."""
+        return self._decode(data, self.value)
+
+    def key_names(self) -> dict[int, str] | None:
+        """The enumerator names of the key's values when the key is an enum, else None."""
+        return _btf.enumerators(self.key)
+
+    def _encode(self, value: object, t: _btf.Type | None, size: int, what: str) -> bytes:
+        if t is not None:
+            try:
+                return _layout.encode(t, value)
+            except SpecError as err:
+                raise SpecError(f"map {self.name}: {what}: {err}") from err
+        if isinstance(value, bool) or not isinstance(value, int) or size not in (1, 2, 4, 8):
+            raise SpecError(f"map {self.name}: {what}: give an int of {size} bytes (no BTF)")
+        try:
+            return value.to_bytes(size, "little", signed=value < 0)
+        except OverflowError as err:
+            raise SpecError(f"map {self.name}: {what}: {value} does not fit {size} bytes") from err
+
+    @staticmethod
+    def _decode(data: bytes, t: _btf.Type | None) -> object:
+        if t is not None:
+            return _layout.decode(t, data)
+        if len(data) in (1, 2, 4, 8):
+            return int.from_bytes(data, "little")
+        return bytes(data)
+
     def copy(self) -> MapSpec:
         # Field by field without dataclasses.replace (which re-runs __init__): copies are on
         # the hot path of every cached parse. BTF types are shared (immutable after parse).

@@ -539,6 +539,13 @@ class IterCreateAttr(_Attr):
     _fields_ = [("link_fd", u32), ("flags", u32)]
 
 
+class EnableStatsAttr(_Attr):
+    _fields_ = [("type", u32)]
+
+
+BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
+
+
 class ProgInfo(ctypes.Structure):
     _fields_ = [
         ("type", u32),
@@ -719,6 +726,7 @@ _CMD_NOUN = {
     Cmd.LINK_CREATE: "create link",
     Cmd.LINK_UPDATE: "update link",
     Cmd.MAP_FREEZE: "freeze map",
+    Cmd.ENABLE_STATS: "enable stats",
 }
 
 
@@ -1005,6 +1013,12 @@ def prog_info(fd: FD) -> ProgInfo:
     info = ProgInfo()
     obj_info(fd, info)
     return info
+
+
+def enable_stats(stats_type: int = BPF_STATS_RUN_TIME) -> FD:
+    """BPF_ENABLE_STATS: the kernel counts every program's runs and run time while the
+    returned fd is open (Linux 5.8; CAP_SYS_ADMIN)."""
+    return FD(bpf(Cmd.ENABLE_STATS, EnableStatsAttr(type=stats_type)))
 
 
 def prog_map_ids(fd: FD) -> list[int]:

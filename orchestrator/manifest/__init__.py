@@ -17,7 +17,9 @@ from orchestrator.manifest.cache import ObjectSnapshot, ObjectStore, object_info
 from orchestrator.manifest.errors import ManifestError, ManifestProblem
 from orchestrator.manifest.loader import digest, load_manifests, manifest_files
 from orchestrator.manifest.model import (
+    API_GROUP,
     API_VERSION,
+    DEPRECATED_API_VERSIONS,
     KIND_COLLECTION,
     Attachment,
     CgroupTarget,
@@ -41,7 +43,9 @@ from orchestrator.manifest.objects import ObjectError, ObjectInfo
 from orchestrator.manifest.schema import crd, schema
 
 __all__ = [
+    "API_GROUP",
     "API_VERSION",
+    "DEPRECATED_API_VERSIONS",
     "KIND_COLLECTION",
     "Attachment",
     "CgroupTarget",

@@ -25,7 +25,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import cast
@@ -36,17 +36,22 @@ from orchestrator.ebpf import (
     MapIncompatibleError,
     MapSpec,
     MapType,
+    SpecError,
 )
-from orchestrator.ebpf.errors import FileError, clip, quote
+from orchestrator.ebpf.errors import FileError, MountNotFoundError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
+from orchestrator.ebpf.mounts import bpffs_mounts, cgroup2_root
+from orchestrator.manifest import metrics as metric_rules
 from orchestrator.manifest import schema as _schema
 from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
 from orchestrator.manifest.errors import ManifestError, ManifestProblem
 from orchestrator.manifest.kernel_hooks import target_mismatch
+from orchestrator.manifest.metrics import MetricValueError
 from orchestrator.manifest.model import (
     API_VERSION,
+    DEPRECATED_API_VERSIONS,
     KIND_COLLECTION,
     Attachment,
     CgroupTarget,
@@ -55,6 +60,8 @@ from orchestrator.manifest.model import (
     Direction,
     MapFrom,
     MapOptions,
+    MetricSpec,
+    MetricType,
     NetnsTarget,
     OnIncompatible,
     RawTracepointTarget,
@@ -68,8 +75,6 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.manifest.objects import ObjectError, ObjectInfo
 
-BPFFS = "/sys/fs/bpf"
-CGROUP_ROOT = "/sys/fs/cgroup/unified"
 NETNS_DIR = "/var/run/netns"
 SUFFIXES = (".yaml", ".yml")
 PATH_MAX = 4096  # linux/limits.h, with the terminating NUL
@@ -171,6 +176,7 @@ class ParsedFile:
     problems: list[ManifestProblem]
     built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]]
     invalid: list[str]  # names of collections whose documents are invalid
+    warnings: list[ManifestProblem] = field(default_factory=list)
 
 
 MANIFEST_MAX = 4 << 20  # bytes of one manifest file
@@ -222,6 +228,7 @@ class _Builder:
         sha = spec.get("sha256")
         maps = cast(dict[str, dict[str, object]], spec.get("maps") or {})
         attach = cast(list[dict[str, object]], spec.get("attach") or [])
+        metrics = cast(list[dict[str, object]], spec.get("metrics") or [])
         return DesiredCollection(
             name=str(meta["name"]),
             object_file=_resolve(self.base, self.path_text(("spec", "object"), spec["object"])),
@@ -234,7 +241,51 @@ class _Builder:
                 {name: self.map_options(name, opts) for name, opts in maps.items()}
             ),
             attach=tuple(self.attachment(i, a) for i, a in enumerate(attach)),
+            metrics=self.metrics(metrics),
         )
+
+    def metrics(self, raw: list[dict[str, object]]) -> tuple[MetricSpec, ...]:
+        out: list[MetricSpec] = []
+        seen: dict[str, int] = {}
+        for i, m in enumerate(raw):
+            path: PathKey = ("spec", "metrics", i)
+            name, label = str(m["name"]), m.get("label")
+            if name.startswith("bpforch_"):
+                self.problem(
+                    (*path, "name"),
+                    f"metric name {quote(name)} is reserved",
+                    "bpforch_* are bpforch's own metrics; choose another prefix",
+                )
+            if name in seen:
+                self.problem(
+                    (*path, "name"),
+                    f"metric {quote(name)} is declared twice (also spec.metrics[{seen[name]}])",
+                    "give each metric its own name, or one metric a label",
+                )
+            seen.setdefault(name, i)
+            if label == "collection":
+                self.problem(
+                    (*path, "label"),
+                    "label 'collection' is bpforch's (it names the collection)",
+                    "choose another label name",
+                )
+            names = m.get("names")
+            field_text = m.get("field")
+            key = m.get("key")
+            out.append(
+                MetricSpec(
+                    name=name,
+                    type=MetricType(m["type"]),
+                    map=str(m["map"]),
+                    help=str(m.get("help", "")),
+                    key=cast(int | str, key) if key is not None else None,
+                    label=str(label) if label is not None else None,
+                    names=tuple(cast(list[str], names)) if names is not None else None,
+                    value_path=tuple(str(field_text).split(".")) if field_text else (),
+                    source=self.doc.at(path),
+                )
+            )
+        return tuple(out)
 
     def map_options(self, name: str, opts: dict[str, object]) -> MapOptions:
         path: PathKey = ("spec", "maps", name)
@@ -278,20 +329,44 @@ class _Builder:
         if "pinned" in raw:
             text = self.path_text((*path, "from", "pinned"), raw["pinned"])
             pinned = Path(posixpath.normpath(text))
+            mounts = bpffs_mounts()
+            shown = ", ".join(map(str, mounts)) if mounts else "/sys/fs/bpf"
             if not posixpath.isabs(text):
                 self.problem(
                     (*path, "from", "pinned"),
                     f"pinned map path {quote(text)} is not absolute",
-                    f"give the full path under {BPFFS}",
+                    f"give the full path under {shown}",
                 )
-            elif not str(pinned).startswith(BPFFS + "/"):
+            elif mounts and not any(str(pinned).startswith(f"{m}/") for m in mounts):
+                # without bpffs here (a build machine) the plan checks it on the node
                 self.problem(
                     (*path, "from", "pinned"),
-                    f"pinned map path {quote(str(pinned))} is not under {BPFFS}",
+                    f"pinned map path {quote(str(pinned))} is not under {shown}",
                     "a substituted map must be pinned on bpffs",
                 )
             return MapFrom(pinned=pinned)
         return MapFrom(collection=str(raw["collection"]), map=str(raw.get("map", name)))
+
+    def cgroup_path(self, path: PathKey, text: str) -> Path:
+        """An absolute cgroup path as it is; a relative one under the cgroup v2 mount
+        (read from mountinfo: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)."""
+        if posixpath.isabs(text):
+            return Path(posixpath.normpath(text))
+        try:
+            root = str(cgroup2_root())
+        except MountNotFoundError as err:
+            self.problem(
+                path, f"relative cgroup path {quote(text)}: {err}", "or give an absolute path"
+            )
+            return Path(posixpath.normpath(posixpath.join("/", text)))
+        cg = Path(posixpath.normpath(posixpath.join(root, text)))
+        if not str(cg).startswith(root.rstrip("/") + "/"):
+            self.problem(
+                path,
+                f"relative cgroup path {quote(text)} leaves {root}",
+                "give an absolute path",
+            )
+        return cg
 
     def netns(self, path: PathKey, value: object) -> Path | None:
         if value is None:
@@ -334,14 +409,9 @@ class _Builder:
             )
         elif kind == "cgroup":
             text = self.path_text((*tpath, "path"), t["path"])
-            cg = Path(posixpath.normpath(posixpath.join(CGROUP_ROOT, text)))
-            if not posixpath.isabs(text) and not str(cg).startswith(CGROUP_ROOT + "/"):
-                self.problem(
-                    (*tpath, "path"),
-                    f"relative cgroup path {quote(text)} leaves {CGROUP_ROOT}",
-                    "give an absolute path",
-                )
-            target = CgroupTarget(path=cg, attach=str(t["attach"]))
+            target = CgroupTarget(
+                path=self.cgroup_path((*tpath, "path"), text), attach=str(t["attach"])
+            )
         elif kind == "tracepoint":
             target = TracepointTarget(group=str(t["group"]), name=str(t["name"]))
         elif kind == "raw_tracepoint":
@@ -397,8 +467,9 @@ def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) 
         found: list[ManifestProblem] = []
         built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]] = []
         invalid: list[str] = []
+        warned: list[ManifestProblem] = []
         for doc in parse_documents(file, text, found):
-            if not _header_ok(doc, found):
+            if not _header_ok(doc, found, warned):
                 continue
             bad = _schema.check(doc)
             if bad:
@@ -409,14 +480,17 @@ def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) 
                     invalid.append(name)
                 continue
             built.append((_Builder(doc, found).build(), doc, {}))
-        hit = ParsedFile(found, built, invalid)
+        hit = ParsedFile(found, built, invalid, warned)
         store.manifests.put(key, (digest, hit), _cost(len(data), hit))
     problems.extend(hit.problems)
     return hit
 
 
-def _header_ok(doc: Document, problems: list[ManifestProblem]) -> bool:
-    """A document that is not a bpforch Collection gets one problem, not a schema flood."""
+def _header_ok(
+    doc: Document, problems: list[ManifestProblem], warnings: list[ManifestProblem]
+) -> bool:
+    """A document that is not a bpforch Collection gets one problem, not a schema flood;
+    a deprecated apiVersion a warning."""
     v = doc.value
     if not isinstance(v, dict):
         problems.append(
@@ -429,7 +503,16 @@ def _header_ok(doc: Document, problems: list[ManifestProblem]) -> bool:
         )
         return False
     api, kind = v.get("apiVersion"), v.get("kind")
-    if api is not None and api != API_VERSION:
+    if api in DEPRECATED_API_VERSIONS:
+        warnings.append(
+            ManifestProblem(
+                doc.at(("apiVersion",)),
+                "apiVersion",
+                f"{api} is deprecated",
+                f"write apiVersion: {API_VERSION}; it means the same",
+            )
+        )
+    elif api is not None and api != API_VERSION:
         problems.append(
             ManifestProblem(
                 doc.at(("apiVersion",)),
@@ -445,7 +528,7 @@ def _header_ok(doc: Document, problems: list[ManifestProblem]) -> bool:
                 doc.at(("kind",)),
                 "kind",
                 f"unknown kind {_schema._got(kind)}",
-                f"bpforch/v1 has kind {KIND_COLLECTION}",
+                f"{API_VERSION} has kind {KIND_COLLECTION}",
             )
         )
         return False
@@ -547,6 +630,7 @@ class _Checker:
                     _hint(name, progs),
                 )
         self.loadable(e, spec)
+        self.metric_maps(e, spec)
         if c.constants:
             probe = spec.copy()
             consts = sorted(n for n, var in spec.variables.items() if var.constant)
@@ -683,6 +767,67 @@ class _Checker:
                 f"ring buffer size {value} is not a power of 2 multiple of the page size",
                 "e.g. 262144",
             )
+
+    def metric_maps(self, e: _Entry, spec: CollectionSpec) -> None:
+        """Each declared metric reads a number from a map the object has: its key fits the
+        key type, its field is a number in the value type, its keys can be labels."""
+        maps = sorted(spec.maps)
+        for i, m in enumerate(e.coll.metrics):
+            path: PathKey = ("spec", "metrics", i)
+            mspec = spec.maps.get(m.map)
+            if mspec is None:
+                self.problem(
+                    e, (*path, "map"), f"object has no map {quote(m.map)}", _hint(m.map, maps)
+                )
+                continue
+            if mspec.type not in metric_rules.READABLE:
+                kind = mspec.type.name.lower() if isinstance(mspec.type, MapType) else mspec.type
+                self.problem(
+                    e,
+                    (*path, "map"),
+                    f"map {m.map} is a {kind} map, whose values cannot be read by key",
+                    "read a hash, array or LRU map (per-CPU ones too)",
+                )
+                continue
+            try:
+                if m.key is not None:
+                    mspec.encode_key(m.key)
+            except SpecError as err:
+                text = str(err).removeprefix(f"map {m.map}: key: ")
+                self.problem(e, (*path, "key"), text, "give a key of the map's key type")
+            try:
+                metric_rules.number(mspec.decode_value(bytes(mspec.value_size)), m.value_path)
+            except (MetricValueError, SpecError) as err:
+                at = (*path, "field") if m.value_path else (*path, "map")
+                hint = "name a number inside the value" if m.value_path else "add field: MEMBER"
+                self.problem(e, at, f"map {m.map}: {err}", hint)
+            if m.label is not None:
+                try:
+                    metric_rules.label_value(mspec.decode_key(bytes(mspec.key_size)), m.names)
+                except (MetricValueError, SpecError) as err:
+                    at = (*path, "names") if m.names is not None else (*path, "label")
+                    self.problem(e, at, f"map {m.map}: {err}", "read one key with key: instead")
+
+    def metric_names(self) -> None:
+        """A metric name means one thing: collections that share one declare the same type
+        and label (their series differ by the collection label)."""
+        first: dict[str, tuple[_Entry, int]] = {}
+        for e in self.entries:
+            for i, m in enumerate(e.coll.metrics):
+                seen = first.setdefault(m.name, (e, i))
+                if seen == (e, i):
+                    continue
+                other = seen[0].coll.metrics[seen[1]]
+                if (other.type, other.label) != (m.type, m.label):
+                    where = seen[0].doc.at(("spec", "metrics", seen[1]))
+                    self.problem(
+                        e,
+                        ("spec", "metrics", i, "name"),
+                        f"metric {quote(m.name)} is a {other.type.value}"
+                        + (f" with label {other.label}" if other.label else " without label")
+                        + f" at {where}",
+                        "the same name needs the same type and label in every collection",
+                    )
 
     def attachments(self) -> None:
         """Identical attachments within a collection, tc ordering, one XDP per interface."""
@@ -907,10 +1052,20 @@ def _hint(name: str, choices: list[str]) -> str:
 # ---------------------------------------------------------------------------- entry point
 
 
+# The apiVersion the digests are computed with: the first one, so that the digests of
+# collections applied before the apiVersion became bpforch.dev/v1 stay equal and upgrading
+# bpforch (or a manifest's apiVersion) reloads nothing.
+_DIGEST_API_VERSION = "bpforch/v1"
+
+
 def digest(coll: DesiredCollection, object_sha256: str) -> str:
     """sha256 over the canonical JSON of the normalized document and the object's digest."""
+    document = {**coll.document(), "apiVersion": _DIGEST_API_VERSION}
+    # metrics say how bpforch reads maps, not what is loaded: a change reloads nothing
+    spec = cast(dict[str, object], document["spec"])
+    document["spec"] = {k: v for k, v in spec.items() if k != "metrics"}
     text = json.dumps(
-        coll.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
     h = hashlib.sha256()
     h.update(text.encode())
@@ -938,15 +1093,18 @@ def load_manifests(
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []
     invalid: set[str] = set()
+    warnings: list[ManifestProblem] = []
     for file in files:
         result = _load_file(file, problems, store)
         entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
         invalid.update(result.invalid)
+        warnings.extend(result.warnings)
     checker = _Checker(entries, problems, invalid, store)
     checker.names()
     if check_objects:
         checker.objects()
     checker.attachments()
+    checker.metric_names()
     checker.substitutions()
     checker.cycles()
     if problems:
@@ -955,4 +1113,8 @@ def load_manifests(
     for e in entries:
         d = digest(e.coll, e.info.sha256) if e.info is not None else ""
         collections[e.coll.name] = replace(e.coll, digest=d)
-    return DesiredState(collections=MappingProxyType(collections), files=tuple(files))
+    return DesiredState(
+        collections=MappingProxyType(collections),
+        files=tuple(files),
+        warnings=tuple(sorted(warnings, key=ManifestProblem.sort_key)),
+    )

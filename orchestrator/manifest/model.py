@@ -12,8 +12,17 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-API_VERSION = "bpforch/v1"
+if TYPE_CHECKING:
+    from orchestrator.manifest.errors import ManifestProblem
+
+# A Kubernetes API group must contain a dot, so that the same documents can be custom
+# resources (``bpforch schema crd``). ``bpforch/v1`` was the first spelling: it is read as
+# a deprecated alias, with a warning.
+API_GROUP = "bpforch.dev"
+API_VERSION = f"{API_GROUP}/v1"
+DEPRECATED_API_VERSIONS = ("bpforch/v1",)
 KIND_COLLECTION = "Collection"
 
 
@@ -245,6 +254,47 @@ class Attachment:
         return {"program": self.program, self.kind: target}
 
 
+class MetricType(enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A Prometheus metric read from a map's values at every scrape (``spec.metrics``).
+
+    ``key``: one series, the value at this key. ``label``: one series per entry, the key
+    (or ``names[key]``) as the value of this label. ``value_path`` (the manifest's
+    ``field``, split at its dots): the member of a struct value to read, an integer
+    component indexing an array. Per-CPU values are summed. Declarations change what is
+    read, never what is loaded: they are not part of the digest, and a change takes effect
+    without an apply."""
+
+    name: str
+    type: MetricType
+    map: str
+    help: str = ""
+    key: int | str | None = None
+    label: str | None = None
+    names: tuple[str, ...] | None = None
+    value_path: tuple[str, ...] = ()  # the manifest's `field`, split at the dots
+    source: Source | None = field(default=None, compare=False)
+
+    def document(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "type": self.type.value, "map": self.map}
+        if self.help:
+            out["help"] = self.help
+        if self.key is not None:
+            out["key"] = self.key
+        if self.label is not None:
+            out["label"] = self.label
+        if self.names is not None:
+            out["names"] = list(self.names)
+        if self.value_path:
+            out["field"] = ".".join(self.value_path)
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredCollection:
     """One ``kind: Collection`` document, validated and with paths resolved."""
@@ -258,8 +308,9 @@ class DesiredCollection:
     constants: Mapping[str, object] = field(default_factory=dict)
     maps: Mapping[str, MapOptions] = field(default_factory=dict)
     attach: tuple[Attachment, ...] = ()
-    # sha256 over the normalized document and the object's bytes: equal digests mean
-    # nothing to do for this collection.
+    metrics: tuple[MetricSpec, ...] = ()
+    # sha256 over the normalized document (metrics aside) and the object's bytes: equal
+    # digests mean nothing to do for this collection.
     digest: str = ""
 
     def document(self) -> dict[str, object]:
@@ -274,6 +325,8 @@ class DesiredCollection:
         spec["constants"] = dict(sorted(self.constants.items()))
         spec["maps"] = {n: m.document() for n, m in sorted(self.maps.items())}
         spec["attach"] = [a.document() for a in self.attach]
+        if self.metrics:
+            spec["metrics"] = [m.document() for m in self.metrics]
         return {
             "apiVersion": API_VERSION,
             "kind": KIND_COLLECTION,
@@ -292,8 +345,12 @@ class DesiredCollection:
 
 @dataclass(frozen=True, slots=True)
 class DesiredState:
+    """``warnings``: what is accepted but should change (a deprecated apiVersion), each
+    with its file:line:col, as problems are."""
+
     collections: Mapping[str, DesiredCollection] = field(default_factory=dict)
     files: tuple[Path, ...] = ()  # every manifest file read (for status and the watcher)
+    warnings: tuple[ManifestProblem, ...] = ()
 
     def objects(self) -> frozenset[Path]:
         """Every object file referenced (for the watcher)."""

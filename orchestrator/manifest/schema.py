@@ -1,17 +1,15 @@
 """The JSON Schema (2020-12) of a manifest, and schema errors turned into human problems.
 
-The schema is defined here (so an installed package has it) and written to
-``schemas/manifest.schema.json`` by ``python -m orchestrator.manifest.schema``; a test keeps
-the two equal. Every object has ``additionalProperties: false``: a typo is an error.
+The schema is defined here (so an installed package has it); ``bpforch schema manifest``
+prints it and ``schemas/manifest.schema.json`` is generated from it (a test keeps the two
+equal). Every object has ``additionalProperties: false``: a typo is an error.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,10 +20,17 @@ from orchestrator.ebpf.suggestions import did_you_mean
 from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import ManifestProblem
 from orchestrator.manifest.kernel_hooks import CGROUP_HOOKS
-from orchestrator.manifest.model import API_VERSION, KIND_COLLECTION, Direction, XdpMode
+from orchestrator.manifest.model import (
+    API_GROUP,
+    API_VERSION,
+    DEPRECATED_API_VERSIONS,
+    KIND_COLLECTION,
+    Direction,
+    MetricType,
+    XdpMode,
+)
 
 SCHEMA_ID = "urn:bpforch:schema:manifest:v1"
-SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schemas" / "manifest.schema.json"
 
 DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 C_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
@@ -34,6 +39,9 @@ IFNAME = "^(?!\\.\\.?$)[^/:\\s]{1,15}$"
 TRACE_NAME = "^[A-Za-z0-9_.-]+$"
 LABEL_KEY = "^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 SHA256 = "^[0-9a-fA-F]{64}$"
+METRIC_NAME = "^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+LABEL_NAME = "^[a-zA-Z_][a-zA-Z0-9_]*$"
+FIELD_PATH = "^[A-Za-z0-9_]+(\\.[A-Za-z0-9_]+)*$"
 
 # What each pattern means, for messages.
 _PATTERNS: dict[str, tuple[str, str]] = {
@@ -47,6 +55,9 @@ _PATTERNS: dict[str, tuple[str, str]] = {
     TRACE_NAME: ("not a tracepoint name", "letters, digits, '_', '.' and '-'"),
     LABEL_KEY: ("not a label key", "like app.kubernetes.io/name or team"),
     SHA256: ("not a sha256 digest", "64 hex digits, e.g. from sha256sum"),
+    METRIC_NAME: ("not a Prometheus metric name", "letters, digits, '_' and ':'"),
+    LABEL_NAME: ("not a Prometheus label name", "letters, digits and '_'"),
+    FIELD_PATH: ("not a field path", "member names joined by '.', like stats.packets"),
 }
 
 
@@ -109,7 +120,10 @@ TARGETS: dict[str, dict[str, Any]] = {
     ),
     "cgroup": _obj(
         {
-            "path": _str(description="cgroup v2 directory; relative: under /sys/fs/cgroup/unified"),
+            "path": _str(
+                description="cgroup v2 directory; relative: under the cgroup v2 mount "
+                "(found in /proc/self/mountinfo)"
+            ),
             "attach": {"enum": sorted(CGROUP_HOOKS)},
         },
         ["path", "attach"],
@@ -175,6 +189,47 @@ _MAP = _obj(
     }
 )
 
+_METRIC = _obj(
+    {
+        "name": _str(
+            METRIC_NAME,
+            maxLength=200,
+            description="the metric's name (a counter is exposed as <name>_total); "
+            "every series has the label collection",
+        ),
+        "type": {"enum": [t.value for t in MetricType]},
+        "help": {"type": "string", "maxLength": 1024},
+        "map": _str(MAP_NAME, description="the map whose values it reads"),
+        "key": {
+            "type": ["integer", "string"],
+            "description": "one series: the value at this key (an enumerator's name or a "
+            "string for a char-array key)",
+        },
+        "label": _str(
+            LABEL_NAME,
+            maxLength=200,
+            description="one series per entry, its key (or its name in names) in this label",
+        ),
+        "names": {
+            "description": "with label: the name of key 0, 1, 2 …; keys without a name are "
+            "left out",
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 200},
+            "minItems": 1,
+            "maxItems": 4096,
+        },
+        "field": _str(
+            FIELD_PATH,
+            maxLength=1024,
+            description="a member of a struct value (dotted for a nested one, an index for "
+            "an array); default: the whole value, a number",
+        ),
+    },
+    ["name", "type", "map"],
+    oneOf=[{"required": ["key"]}, {"required": ["label"]}],
+    dependentRequired={"names": ["label"]},
+)
+
 _ATTACH = _obj(
     {"program": _str(C_NAME), **{name: {"$ref": f"#/$defs/{name}"} for name in TARGETS}},
     ["program"],
@@ -187,7 +242,11 @@ SCHEMA: dict[str, Any] = {
     "title": "bpforch Collection manifest",
     "type": "object",
     "properties": {
-        "apiVersion": {"const": API_VERSION},
+        "apiVersion": {
+            "enum": [API_VERSION, *DEPRECATED_API_VERSIONS],
+            "description": f"{API_VERSION} ({', '.join(DEPRECATED_API_VERSIONS)}: deprecated, "
+            "read with a warning)",
+        },
         "kind": {"const": KIND_COLLECTION},
         "metadata": _obj(
             {
@@ -230,6 +289,13 @@ SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"$ref": "#/$defs/attachment"},
                 },
+                "metrics": {
+                    "description": "Prometheus metrics read from map values at each scrape "
+                    "(per-CPU values summed); changing them reloads nothing",
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/metric"},
+                    "maxItems": 1000,
+                },
             },
             ["object"],
         ),
@@ -240,6 +306,7 @@ SCHEMA: dict[str, Any] = {
         "constant": _CONSTANT,
         "map": _MAP,
         "attachment": _ATTACH,
+        "metric": _METRIC,
         **TARGETS,
     },
 }
@@ -292,11 +359,9 @@ def _resolve(node: Any, defs: Mapping[str, Any]) -> Any:
     return out
 
 
-def crd(group: str = "bpforch.dev") -> dict[str, object]:
-    """The schema as a Kubernetes CustomResourceDefinition (``collections.<group>``).
-
-    In Kubernetes the apiVersion is ``<group>/v1``; bpforch itself reads ``bpforch/v1``.
-    """
+def crd(group: str = API_GROUP) -> dict[str, object]:
+    """The schema as a Kubernetes CustomResourceDefinition (``collections.<group>``), for
+    the documents bpforch reads (``apiVersion: bpforch.dev/v1``, ``kind: Collection``)."""
     spec = _resolve(SCHEMA["properties"]["spec"], SCHEMA["$defs"])
     metadata = {"type": "object"}  # Kubernetes owns metadata's schema
     return {
@@ -499,25 +564,3 @@ def check(doc: Document) -> list[ManifestProblem]:
     for p in problems:
         unique.setdefault((p.source, p.field, p.message), p)
     return list(unique.values())
-
-
-def main() -> None:  # pragma: no cover - maintenance command
-    """Write ``schemas/manifest.schema.json``; ``-`` prints it; ``--crd`` prints the CRD
-    (YAML, for ``kubectl apply -f -``)."""
-    args = sys.argv[1:]
-    if args == ["--crd"]:
-        import yaml
-
-        sys.stdout.write(yaml.safe_dump(crd(), sort_keys=False))
-        return
-    text = json.dumps(SCHEMA, indent=2) + "\n"
-    if args == ["-"]:
-        sys.stdout.write(text)
-    else:
-        SCHEMA_FILE.parent.mkdir(parents=True, exist_ok=True)
-        SCHEMA_FILE.write_text(text)
-        print(SCHEMA_FILE)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

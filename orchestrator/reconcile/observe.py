@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import AttachType, ProgType
+from orchestrator.ebpf import AttachType, MountNotFoundError, ProgType, tracefs_root
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import FileError, SyscallError
@@ -80,7 +80,6 @@ class MapGoneError(EbpfError):
 
 
 CGROUP2_SUPER_MAGIC = 0x63677270
-TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 # ---------------------------------------------------------------------------- observe
 
@@ -841,16 +840,13 @@ def target_facts(target: Target) -> TargetFacts:
             return TargetFacts(problem=f"{target.path} is not a cgroup v2 directory")
         return TargetFacts()
     if isinstance(target, TracepointTarget):
-        for base in TRACEFS_DIRS:
-            if (base / "events").is_dir():
-                if not (base / "events" / target.group / target.name / "id").exists():
-                    return TargetFacts(
-                        problem=f"tracepoint {target.group}/{target.name} does not exist"
-                    )
-                return TargetFacts()
-        return TargetFacts(
-            problem="tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"
-        )
+        try:
+            base = tracefs_root()
+        except MountNotFoundError as err:
+            return TargetFacts(problem=str(err))
+        if not (base / "events" / target.group / target.name / "id").exists():
+            return TargetFacts(problem=f"tracepoint {target.group}/{target.name} does not exist")
+        return TargetFacts()
     if isinstance(target, UprobeTarget):
         try:
             stat_regular(target.path)  # a FIFO would block the symbol lookup at attach

@@ -199,8 +199,9 @@ class Reconciler:
             gens, warnings = tx.run()
         return ApplyResult(p, gens, time.perf_counter() - start, True, tuple(warnings))
 
-    def status(self) -> Status:
-        return build_status(self.bpffs_root, self.observe())
+    def status(self, actual: ActualState | None = None) -> Status:
+        """What is applied and its drift (of ``actual``, observed now if not given)."""
+        return build_status(self.bpffs_root, actual if actual is not None else self.observe())
 
 
 def _unsettled(actual: ActualState) -> bool:

@@ -41,7 +41,12 @@ class InvalidStateError(ServiceError):
 
 
 class ApplyFailedError(ServiceError):
-    """Applying failed; the reconciler rolled back, so the previous state is still live."""
+    """Applying failed; the reconciler rolled back, so the previous state is still live.
+    ``rejected``: the verifier rejected a program."""
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,8 @@ class DeclarativeBackend:
         except ManifestError as err:
             problems = [str(p) for p in err.problems]
             raise InvalidStateError(_summary("invalid manifest", problems), problems) from err
+        for warning in desired.warnings:
+            _log.warning("%s", warning)
         return desired
 
     @property
@@ -104,7 +111,9 @@ class DeclarativeBackend:
         try:
             result = self._reconciler.apply(desired, prune=prune)
         except ReconcileError as err:
-            raise ApplyFailedError(f"apply failed: {_first_line(err)}") from err
+            raise ApplyFailedError(
+                f"apply failed: {_first_line(err)}", rejected=_rejected(err)
+            ) from err
         for warning in result.warnings:
             _log.warning("%s", warning)
         changed = (
@@ -121,6 +130,20 @@ class DeclarativeBackend:
             self._reconciler.destroy(None)
         except ReconcileError as err:
             raise ApplyFailedError(f"detach on exit failed: {_first_line(err)}") from err
+
+
+def _rejected(err: BaseException) -> bool:
+    """Whether the verifier's rejection is behind an error."""
+    from orchestrator.ebpf import VerifierError
+
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, VerifierError):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _first_line(err: Exception) -> str:

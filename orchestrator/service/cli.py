@@ -7,8 +7,9 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from orchestrator.ebpf.mounts import default_bpffs_root
 from orchestrator.manifest import ObjectStore
 from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.config import (
@@ -17,8 +18,12 @@ from orchestrator.service.config import (
     LOG_LEVELS,
     ServiceConfig,
     load_config,
+    parse_address,
 )
 from orchestrator.service.errors import ServiceError
+
+if TYPE_CHECKING:
+    from orchestrator.service.daemon_status import DaemonStatus
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,14 +46,36 @@ def _logging_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _default_bpffs_root() -> Path:
+    env = os.environ.get("BPFORCH_BPFFS_ROOT")
+    return Path(env) if env is not None else default_bpffs_root()
+
+
+def _metrics_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-address",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus metrics (and /healthz, /readyz) at HOST:PORT, e.g. "
+        "127.0.0.1:9846 (default: none)",
+    )
+    p.add_argument(
+        "--program-stats",
+        action="store_true",
+        default=None,
+        help="hold BPF_ENABLE_STATS while running, so that the kernel counts each "
+        "program's runs and run time (needs CAP_SYS_ADMIN)",
+    )
+
+
 def add_root_options(p: argparse.ArgumentParser) -> None:
     """``--bpffs-root`` and ``--state-dir``, shared by every verb that touches the kernel."""
     p.add_argument(
         "--bpffs-root",
         type=Path,
-        default=Path(os.environ.get("BPFORCH_BPFFS_ROOT", DEFAULT_BPFFS_ROOT)),
-        help=f"bpffs directory bpforch owns (default: {DEFAULT_BPFFS_ROOT}, "
-        "or $BPFORCH_BPFFS_ROOT)",
+        default=_default_bpffs_root(),
+        help="bpffs directory bpforch owns (default: bpforch in the bpffs mount found in "
+        f"/proc/self/mountinfo, usually {DEFAULT_BPFFS_ROOT}; or $BPFORCH_BPFFS_ROOT)",
     )
     p.add_argument(
         "--state-dir",
@@ -90,6 +117,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="remove owned collections that no manifest declares any more",
     )
     _logging_options(p)
+    _metrics_options(p)
     p.set_defaults(func=cmd_watch)
 
     p = subparsers.add_parser(
@@ -105,6 +133,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help=f"configuration file (default: {DEFAULT_CONFIG_PATH}, or $BPFORCH_CONFIG)",
     )
     _logging_options(p)
+    _metrics_options(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -113,10 +142,18 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "log_format": args.log_format,
         "log_level": args.log_level,
         "detach_on_exit": args.detach_on_exit,
+        "metrics_address": args.metrics_address,
+        "program_stats": args.program_stats,
     }
 
 
 def cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.metrics_address is not None:
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as exc:
+            print(f"error: --metrics-address: {exc}", file=err)
+            return EXIT_ERROR
     if args.debounce_ms < 0 or args.max_delay_ms < args.debounce_ms:
         print(
             "error: need 0 <= --debounce-ms <= --max-delay-ms (raise --max-delay-ms)",
@@ -155,19 +192,53 @@ def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err: TextIO) -> int:
+    import logging
+
+    from orchestrator.service import metrics
     from orchestrator.service.backend import DeclarativeBackend
     from orchestrator.service.daemon import Daemon
     from orchestrator.service.daemon_status import read_status
     from orchestrator.service.logs import setup_logging
     from orchestrator.service.notify import Notifier, WatchdogSettings
 
+    daemon: Daemon | None = None
+
+    def status() -> DaemonStatus | None:
+        return daemon.status if daemon is not None else None
+
+    def target() -> metrics.Target:
+        c = daemon.config if daemon is not None else config
+        return metrics.Target(c.bpffs_root, c.state_dir, daemon.desired if daemon else None)
+
+    def ready() -> tuple[bool, str]:
+        s = status()
+        return metrics.readiness(s) if s is not None else (False, "starting")
+
+    registry = metrics.new_registry()
+    daemon_metrics = metrics.DaemonMetrics(registry)
+    runtime = metrics.Runtime(registry, ready)
+    registry.register(metrics.DaemonCollector(status))
+    registry.register(
+        metrics.KernelCollector(target, busy=daemon_metrics.token, stats_held=runtime.stats_held)
+    )
+
     def use(c: ServiceConfig) -> None:
         setup_logging(c.log_format, c.log_level, err)
+        if daemon is not None:  # a reload: a failure keeps what runs
+            try:
+                runtime.configure(c.metrics_address, c.program_stats)
+            except ServiceError as exc:
+                logging.getLogger(__name__).error("%s", exc)
 
     use(config)
     # the parsed manifests and objects, for the daemon's lifetime (a reload that changes
     # the bpffs root or the state dir makes a new backend, with the same store)
     store = ObjectStore()
+    try:
+        runtime.configure(config.metrics_address, config.program_stats)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
     try:
         other = read_status(config.state_dir)
         if other is not None and other.alive and other.pid != os.getpid():
@@ -186,9 +257,14 @@ def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err:
             watchdog=watchdog,
             reload_config=reload,
             on_config=use,
+            metrics=daemon_metrics,
         )
     except ServiceError as exc:
+        runtime.close()
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
-    with notifier:
-        return daemon.run()
+    try:
+        with notifier:
+            return daemon.run()
+    finally:
+        runtime.close()

@@ -1,5 +1,6 @@
 """The service configuration: ``/etc/bpforch/config.yaml``, validated against
-``schemas/config.schema.json``.
+:data:`CONFIG_SCHEMA` (``bpforch schema config`` prints it; ``schemas/config.schema.json``
+is generated from it).
 
 Every problem is reported with the file, line and column of the offending value, like
 manifest errors are. Relative paths are resolved against the configuration file's own
@@ -9,26 +10,28 @@ directory, so a configuration and its manifests can move together.
 from __future__ import annotations
 
 import errno
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import yaml
 
 from orchestrator.ebpf.errors import FileError, clip
 from orchestrator.ebpf.files import read_text, reason
+from orchestrator.ebpf.mounts import default_bpffs_root
+from orchestrator.manifest.model import API_VERSION, DEPRECATED_API_VERSIONS
 from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/bpforch/config.yaml")
-SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "schemas" / "config.schema.json"
 
 CONFIG_MAX = 1 << 20  # bytes of a configuration file
 LOG_FORMATS = ("auto", "human", "logfmt", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# HOST:PORT, HOST an IPv4 address, a name or [IPv6]; empty HOST: every address
+METRICS_ADDRESS_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class ServiceConfig:
     detach_on_exit: bool = False
     log_format: str = "auto"
     log_level: str = "info"
+    metrics_address: str | None = None  # HOST:PORT of the Prometheus endpoint (None: none)
+    program_stats: bool = False  # hold BPF_ENABLE_STATS while running
     source: Path | None = None  # the file it was read from (None: built from arguments)
 
     def with_overrides(self, **changes: object) -> ServiceConfig:
@@ -51,11 +56,119 @@ class ServiceConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
 
 
-@cache
+_API_VERSIONS = [API_VERSION, *DEPRECATED_API_VERSIONS]
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:bpforch:schema:config:v1",
+    "title": "bpforch service configuration (/etc/bpforch/config.yaml)",
+    "description": "Read by `bpforch serve --config PATH` at start and again on SIGHUP. "
+    "Relative paths are resolved against the directory of the configuration file.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["manifests"],
+    "properties": {
+        "apiVersion": {
+            "description": f"Optional; when present it must be {API_VERSION} "
+            f"({', '.join(DEPRECATED_API_VERSIONS)} is accepted too).",
+            "enum": _API_VERSIONS,
+        },
+        "kind": {
+            "description": "Optional; when present it must be ServiceConfig.",
+            "const": "ServiceConfig",
+        },
+        "manifests": {
+            "description": "Manifest files or directories (directories are read "
+            "recursively: *.yaml, *.yml). Each is watched, together with every object file "
+            "the manifests reference.",
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1},
+        },
+        "bpffs_root": {
+            "description": "Directory on bpffs under which every owned map, program and link "
+            "is pinned. Default: bpforch in the bpffs mount that /proc/self/mountinfo lists "
+            "first (/sys/fs/bpf/bpforch on most hosts).",
+            "type": "string",
+            "minLength": 1,
+        },
+        "state_dir": {
+            "description": "Directory of the apply record and of the daemon's status file "
+            "(service.json). Same lifetime as the kernel objects: keep it under /run.",
+            "type": "string",
+            "minLength": 1,
+            "default": str(DEFAULT_STATE_DIR),
+        },
+        "debounce_ms": {
+            "description": "Quiet time after the last file change before reconciling; bursts "
+            "of changes closer than this become one reconcile.",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 60000,
+            "default": 100,
+        },
+        "max_delay_ms": {
+            "description": "Longest a continuous burst of changes may hold back a reconcile "
+            "(must not be below debounce_ms).",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 600000,
+            "default": 1000,
+        },
+        "prune": {
+            "description": "Remove owned collections that no manifest declares any more "
+            "(only what bpforch's own record lists).",
+            "type": "boolean",
+            "default": False,
+        },
+        "detach_on_exit": {
+            "description": "On SIGTERM/SIGINT remove every owned collection. By default "
+            "programs stay attached and pinned, and a restarted daemon adopts them.",
+            "type": "boolean",
+            "default": False,
+        },
+        "metrics_address": {
+            "description": "Serve Prometheus metrics over HTTP at HOST:PORT (e.g. "
+            "127.0.0.1:9846, [::1]:9846, or :9846 for every address). Default: no endpoint.",
+            "type": "string",
+            "pattern": METRICS_ADDRESS_PATTERN,
+        },
+        "program_stats": {
+            "description": "Hold BPF_ENABLE_STATS while the daemon runs, so that the kernel "
+            "counts each program's runs and run time (bpforch_program_run_count, "
+            "bpforch_program_run_time_ns; a few ns per program run).",
+            "type": "boolean",
+            "default": False,
+        },
+        "log_format": {
+            "description": "auto: human-readable on a terminal, key=value (logfmt) otherwise.",
+            "enum": list(LOG_FORMATS),
+            "default": "auto",
+        },
+        "log_level": {"enum": list(LOG_LEVELS), "default": "info"},
+    },
+}
+
+
 def schema() -> Mapping[str, object]:
-    with SCHEMA_PATH.open() as f:
-        loaded: dict[str, object] = json.load(f)
-    return loaded
+    """The configuration's JSON Schema (2020-12)."""
+    return CONFIG_SCHEMA
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port): ``[::1]:9846`` gives ``::1``, ``:9846`` an empty host
+    (every address). ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{clip(text)} is not HOST:PORT (e.g. 127.0.0.1:9846)")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{clip(text)}: put an IPv6 address in brackets ([::1]:9846)")
+    return host, int(port)
 
 
 Marks = dict[tuple[str | int, ...], tuple[int, int]]
@@ -155,6 +268,12 @@ def parse_config(text: str, file: Path) -> ServiceConfig:
                 line, col = marks[path[:i]]
                 break
         problems.append(ConfigProblem(file, line, col, _json_path(path), message))
+    if not problems and isinstance(data, dict) and "metrics_address" in data:
+        try:
+            parse_address(str(data["metrics_address"]))
+        except ValueError as err:
+            line, col = marks.get(("metrics_address",), (0, 0))
+            problems.append(ConfigProblem(file, line, col, "$.metrics_address", str(err)))
     if not problems and isinstance(data, dict):
         debounce = int(data.get("debounce_ms", 100))
         max_delay = int(data.get("max_delay_ms", max(1000, debounce)))
@@ -184,7 +303,7 @@ def parse_config(text: str, file: Path) -> ServiceConfig:
     debounce_ms = int(data.get("debounce_ms", 100))
     return ServiceConfig(
         manifests=tuple(path_of(m) for m in data["manifests"]),
-        bpffs_root=path_of(data.get("bpffs_root", DEFAULT_BPFFS_ROOT)),
+        bpffs_root=path_of(data["bpffs_root"]) if "bpffs_root" in data else default_bpffs_root(),
         state_dir=path_of(data.get("state_dir", DEFAULT_STATE_DIR)),
         debounce_ms=debounce_ms,
         max_delay_ms=int(data.get("max_delay_ms", max(1000, debounce_ms))),
@@ -192,6 +311,8 @@ def parse_config(text: str, file: Path) -> ServiceConfig:
         detach_on_exit=bool(data.get("detach_on_exit", False)),
         log_format=str(data.get("log_format", "auto")),
         log_level=str(data.get("log_level", "info")),
+        metrics_address=str(data["metrics_address"]) if "metrics_address" in data else None,
+        program_stats=bool(data.get("program_stats", False)),
         source=file,
     )
 

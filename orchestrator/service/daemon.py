@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from orchestrator.manifest.model import DesiredState
 from orchestrator.service.backend import (
@@ -55,6 +56,9 @@ from orchestrator.service.daemon_status import DaemonStatus, process_start_time,
 from orchestrator.service.errors import ConfigError
 from orchestrator.service.notify import Notifier, WatchdogSettings, monotonic_usec
 from orchestrator.service.watch import Debouncer, FileWatcher, WatchSet, referenced_objects
+
+if TYPE_CHECKING:
+    from orchestrator.service.metrics import DaemonMetrics
 
 _log = logging.getLogger(__name__)
 
@@ -103,8 +107,10 @@ class Daemon:
         on_config: Callable[[ServiceConfig], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         retry: tuple[float, float] = (RETRY_MIN, RETRY_MAX),
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self.config = config
+        self._metrics = metrics
         self._retry_min, self._retry_max = retry
         self._retry_delay = self._retry_min
         self._retry_at: float | None = None
@@ -147,6 +153,11 @@ class Daemon:
     @property
     def status(self) -> DaemonStatus:
         return self._status
+
+    @property
+    def desired(self) -> DesiredState | None:
+        """The last desired state that was applied successfully (None before the first)."""
+        return self._good
 
     def request_stop(self) -> None:
         """Stop the loop from another thread (tests, embedding)."""
@@ -272,6 +283,13 @@ class Daemon:
     def _reconcile(self, why: str) -> bool:
         """Validate, then apply. True if the kernel now matches the manifests."""
         started = self._clock()
+        try:
+            return self._reconcile_once(why, started)
+        finally:
+            if self._metrics is not None:
+                self._metrics.reconciled(self._clock() - started)
+
+    def _reconcile_once(self, why: str, started: float) -> bool:
         with self._lock:
             changes_before = self._changes
         self._status = replace(self._status, reconciles=self._status.reconciles + 1)
@@ -289,7 +307,9 @@ class Daemon:
             return False
         except Exception as err:  # a bug in validation must not stop the daemon either
             _log.exception("internal error while validating", extra={"fields": {"trigger": why}})
-            self._status = replace(self._status, problems=(repr(err),))
+            self._status = replace(
+                self._status, failed=self._status.failed + 1, problems=(repr(err),)
+            )
             self._retarget(None)
             self._degraded(f"internal error: {err!r}")
             return False
@@ -298,17 +318,26 @@ class Daemon:
         self._retarget(desired)
         self._status = replace(self._status, applies=self._status.applies + 1)
         try:
-            summary = self._backend.apply(desired, self.config.prune)
+            with self._applying():
+                summary = self._backend.apply(desired, self.config.prune)
         except ApplyFailedError as err:
             _log.error("%s", err, extra={"fields": {"trigger": why}})
-            self._status = replace(self._status, problems=(str(err),))
+            self._status = replace(
+                self._status,
+                failed=self._status.failed + 1,
+                rejected=self._status.rejected + (1 if err.rejected else 0),
+                problems=(str(err),),
+            )
             self._degraded(str(err), retry=True)
             return False
         except Exception as err:  # a bug must not take the live programs' daemon down
             _log.exception("internal error while applying", extra={"fields": {"trigger": why}})
-            self._status = replace(self._status, problems=(repr(err),))
+            self._status = replace(
+                self._status, failed=self._status.failed + 1, problems=(repr(err),)
+            )
             self._degraded(f"internal error: {err!r}", retry=True)
             return False
+        self._status = replace(self._status, applied=self._status.applied + 1)
         self._retry_at, self._retry_delay = None, self._retry_min
         self._good = desired
         elapsed_ms = (self._clock() - started) * 1000
@@ -319,6 +348,12 @@ class Daemon:
         )
         self._ready(summary)
         return True
+
+    def _applying(self) -> contextlib.AbstractContextManager[None]:
+        """Tells the metrics' scrapes that an apply runs (they serve their last reading)."""
+        if self._metrics is None:
+            return contextlib.nullcontext()
+        return self._metrics.applying()
 
     def _changed_while_read(self, changes_before: int) -> bool:
         """Whether the files changed while they were read: then what was read may mix old

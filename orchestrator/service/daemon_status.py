@@ -46,7 +46,9 @@ class DaemonStatus:
     its file:line:col). Counters: ``reconciles`` attempts (each debounced burst, reload or
     start is one), ``applies`` calls into the kernel (only for a valid desired state),
     ``invalid`` attempts stopped by validation, ``deferred`` attempts dropped because the
-    files changed while they were being read (read again once they settle)."""
+    files changed while they were being read (read again once they settle), ``applied``
+    applies that succeeded, ``failed`` attempts that failed (rolled back, or an internal
+    error), ``rejected`` failed applies in which the verifier rejected a program."""
 
     pid: int
     pid_start: int
@@ -63,6 +65,9 @@ class DaemonStatus:
     applies: int = 0
     invalid: int = 0
     deferred: int = 0
+    applied: int = 0
+    failed: int = 0
+    rejected: int = 0
     summary: str = ""
     problems: tuple[str, ...] = field(default=())
 
@@ -121,6 +126,9 @@ class DaemonStatus:
             applies=int(number("applies")),
             invalid=int(number("invalid")),
             deferred=int(number("deferred")),
+            applied=int(number("applied")),
+            failed=int(number("failed")),
+            rejected=int(number("rejected")),
             summary=str(data.get("summary", "")),
             problems=strings("problems"),
         )

@@ -397,7 +397,7 @@ int on_vfs_read(void *ctx) { return 0; }
 def test_fentry_refusal_says_why(
     build_text: Callable[[str], ebpf.CollectionSpec], fd_guard: None
 ) -> None:
-    # fentry programs get EPERM on this kernel (KERNEL_NOTES); the error says so.
+    # fentry programs get EPERM on this kernel (docs/kernel.md); the error says so.
     spec = build_text(FENTRY_SRC)
     with pytest.raises(ebpf.PermissionDeniedError, match="fentry/fexit"):
         ebpf.Collection(spec)

@@ -122,7 +122,7 @@ def test_trampoline_types_are_refused_here_with_eperm(
     fresh_probes: None,
     fd_guard: None,
 ) -> None:
-    # KERNEL_NOTES: this kernel refuses BPF trampolines with EPERM before verification
+    # docs/kernel.md: this kernel refuses BPF trampolines with EPERM before verification
     got = features.program_support(prog_type, attach_type)
     assert not got.ok and got.errno == errno.EPERM
     assert f"minimal {kind} program fails with EPERM" in got.reason
@@ -182,7 +182,7 @@ def test_each_probe_runs_once_per_process(
 def test_other_probes_answer_for_this_kernel(fresh_probes: None, fd_guard: None) -> None:
     assert features.mmapable_arrays() is True
     kp = features.kprobe_pmu()
-    assert not kp.ok and "CONFIG_KPROBES" in kp.reason  # KERNEL_NOTES: KPROBES off
+    assert not kp.ok and "CONFIG_KPROBES" in kp.reason  # docs/kernel.md: KPROBES off
     # the __x64_sys_* wrappers exist in kallsyms on x86_64 (LINUX_HAS_SYSCALL_WRAPPER)
     with open("/proc/kallsyms", "rb") as f:
         expected = any(b" __x64_sys_bpf" in line for line in f)

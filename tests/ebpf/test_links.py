@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import links
+from orchestrator.ebpf import links, mounts
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
+    MountNotFoundError,
     NotFoundError,
     NotSupportedError,
     PinError,
@@ -916,8 +917,9 @@ def test_environment_error_paths(
     with pytest.raises(AttachError, match=r"cgroup .*cgroup\.procs: not a directory"):
         links.attach_cgroup(progs.programs["xdp_a"], cgroup.path / "cgroup.procs", "egress")
     # no tracefs, no uprobe PMU, a PMU without the retprobe bit
-    monkeypatch.setattr(links, "TRACEFS_ROOTS", (tmp_path / "tracing",))
-    with pytest.raises(NotSupportedError, match="tracefs is not mounted"):
+    monkeypatch.setattr(mounts, "read_mountinfo", lambda: "1 0 0:1 / / rw - ext4 /dev/root rw")
+    mounts.clear_cache()
+    with pytest.raises(MountNotFoundError, match="tracefs is not mounted"):
         links.attach_tracepoint(progs.programs["raw_getppid"], "syscalls", "sys_enter_getppid")
     monkeypatch.setattr(links, "PMU_ROOT", tmp_path)
     with pytest.raises(NotSupportedError, match="no uprobe PMU"):

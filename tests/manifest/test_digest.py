@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +26,7 @@ from orchestrator.manifest import (
 from .conftest import HEADER, Write
 
 BASE = """\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata:
   name: net
@@ -68,7 +70,7 @@ def test_digest_is_stable_across_runs_and_formatting(write: Write, tree: Path) -
     # layout, comments, key order, flow vs block style and spelled-out defaults don't count
     reformatted = (
         "# comment\n"
-        "kind: Collection\napiVersion: bpforch/v1\n"
+        "kind: Collection\napiVersion: bpforch.dev/v1\n"
         "metadata: {labels: {team: net}, name: net}\n"
         "spec:\n"
         "  constants:\n    verdict: 0x1\n"
@@ -216,3 +218,27 @@ def test_revalidation_sees_an_object_change_under_an_unchanged_manifest(
     ]
     os.rename(tree / "objs" / "net.bak", tree / "objs" / "net.o")
     assert digest_of(path) == before
+
+
+def test_the_deprecated_api_version_is_read_with_a_warning_and_the_same_digest(
+    write: Write, tree: Path
+) -> None:
+    """Collections applied before the apiVersion became bpforch.dev/v1 keep their digests:
+    upgrading bpforch, or the manifests' apiVersion, reloads nothing."""
+    current = load_manifests([write("m/a.yaml", BASE)])
+    assert current.warnings == ()
+    old = write("m/a.yaml", BASE.replace("bpforch.dev/v1", "bpforch/v1"))
+    legacy = load_manifests([old])
+    assert [str(w) for w in legacy.warnings] == [
+        f"{old}:1:13: apiVersion: bpforch/v1 is deprecated "
+        "(write apiVersion: bpforch.dev/v1; it means the same)"
+    ]
+    c = current.collections["net"]
+    assert legacy.collections["net"].digest == c.digest
+    # what the versions before bpforch.dev/v1 computed, and recorded, for this collection
+    document = c.document()
+    assert document["apiVersion"] == "bpforch.dev/v1"
+    document["apiVersion"] = "bpforch/v1"
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    sha = object_info(tree / "objs" / "net.o").sha256
+    assert c.digest == hashlib.sha256(text.encode() + b"\0" + sha.encode()).hexdigest()

@@ -15,7 +15,7 @@ from .conftest import Write
 
 def doc(name: str, obj: str = "../objs/owner.o") -> str:
     return (
-        f"apiVersion: bpforch/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
+        f"apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
         f"spec: {{object: {obj}}}\n"
     )
 

@@ -25,7 +25,7 @@ from .conftest import Write
 
 def doc(name: str, obj: str = "../objs/net.o", extra: str = "") -> str:
     return (
-        f"apiVersion: bpforch/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
+        f"apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
         f"spec:\n  object: {obj}\n{extra}"
     )
 
@@ -50,7 +50,9 @@ def test_a_fifo_in_a_manifest_directory_is_a_problem_and_others_are_read(
     write("m/a.yaml", doc("a", "../objs/owner.o"))
     os.mkfifo(tree / "m" / "b.yaml")
     os.mkfifo(tree / "m" / "notes.txt")  # not a manifest name: ignored, as before
-    write("m/c.yaml", "apiVersion: bpforch/v1\nkind: Collection\nmetadata: {name: c}\nspec: {}\n")
+    write(
+        "m/c.yaml", "apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {name: c}\nspec: {}\n"
+    )
     found = problems([tree / "m"])
     assert [(p.source.file.name, p.message) for p in found] == [
         ("b.yaml", "not a regular file (a fifo)"),
@@ -209,7 +211,7 @@ def test_the_file_cache_keeps_one_version_per_file_within_its_budget() -> None:
         after = {{}}
         for i in range(250):
             m.write_text(
-                "apiVersion: bpforch/v1\\nkind: Collection\\nmetadata: {{name: x}}\\n"
+                "apiVersion: bpforch.dev/v1\\nkind: Collection\\nmetadata: {{name: x}}\\n"
                 "spec:\\n  object: {ROOT}/bpf/globals.o\\n"
                 f"  constants: {{{{c_name: '{{i:08d}}" + "x" * 2_000_000 + "'}}}}\\n"
             )

@@ -25,12 +25,13 @@ from orchestrator.manifest import (
     XdpTarget,
     load_manifests,
 )
+from tests.netns import CGROUP2_ROOT
 
 from .conftest import Write
 
 FULL = """
 # yaml-language-server: $schema=../../schemas/manifest.schema.json
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata:
   name: net
@@ -106,7 +107,7 @@ def test_full_manifest_round_trips(write: Write, tree: Path) -> None:
                 "tc_second",
                 TcTarget("veth0", Direction.INGRESS, m / "ns" / "x", before="tc_ingress"),
             ),
-            Attachment("cg_egress", CgroupTarget(Path("/sys/fs/cgroup/unified/app/web"), "egress")),
+            Attachment("cg_egress", CgroupTarget(CGROUP2_ROOT / "app" / "web", "egress")),
             Attachment("cg_connect4", CgroupTarget(Path("/sys/fs/cgroup/y"), "connect4")),
             Attachment("tp_getppid", TracepointTarget("syscalls", "sys_enter_getppid")),
             Attachment("raw_sched", RawTracepointTarget("sched_switch")),
@@ -124,7 +125,7 @@ def test_full_manifest_round_trips(write: Write, tree: Path) -> None:
 
 
 SHARED = """
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata: {name: user}
 spec:
@@ -132,7 +133,7 @@ spec:
   maps:
     shared_stats: {from: {collection: owner}}
 ---
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata: {name: owner}
 spec:
@@ -166,7 +167,7 @@ def test_defaults_and_substitution(write: Write, tree: Path) -> None:
 
 def _pinned() -> str:
     return """
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: pinned}
         spec:
@@ -180,7 +181,7 @@ def test_a_program_without_autoload_is_attachable_when_listed(write: Write) -> N
     path = write(
         "m/a.yaml",
         """
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: manual}
         spec:
@@ -198,7 +199,7 @@ def test_a_program_without_autoload_is_attachable_when_listed(write: Write) -> N
 
 def test_xdp_take_over(write: Write) -> None:
     text = """
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: net}
         spec:

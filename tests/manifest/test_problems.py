@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.manifest import ManifestError, ManifestProblem, load_manifests
+from tests.netns import CGROUP2_ROOT
 
 from .conftest import Write
 
 # Lines 1-5 of most cases; what a case adds starts at line 6.
 H = """\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata: {name: net}
 spec:
@@ -22,7 +23,7 @@ spec:
 """
 
 OWNER = """\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata: {name: owner}
 spec:
@@ -32,7 +33,7 @@ spec:
 
 def user(name: str = "user", obj: str = "user.o", source: str = "owner", extra: str = "") -> str:
     return f"""\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata: {{name: {name}}}
 spec:
@@ -91,8 +92,14 @@ CASES = [
     ),
     one(
         "wrong-api-version",
-        H.replace("bpforch/v1", "bpforch/v2"),
-        (1, 13, "apiVersion", "unknown apiVersion 'bpforch/v2'", "this bpforch reads bpforch/v1"),
+        H.replace("bpforch.dev/v1", "bpforch/v2"),
+        (
+            1,
+            13,
+            "apiVersion",
+            "unknown apiVersion 'bpforch/v2'",
+            "this bpforch reads bpforch.dev/v1",
+        ),
     ),
     one(
         "wrong-kind",
@@ -148,7 +155,7 @@ CASES = [
     ),
     one(
         "missing-metadata-and-spec",
-        "apiVersion: bpforch/v1\nkind: Collection\n",
+        "apiVersion: bpforch.dev/v1\nkind: Collection\n",
         (1, 1, "metadata", "missing required field"),
         (1, 1, "spec", "missing required field"),
     ),
@@ -578,7 +585,7 @@ CASES = [
     one(
         "cgroup-relative-escape",
         H + "  attach:\n    - {program: cg_egress, cgroup: {path: ../../x, attach: egress}}\n",
-        (7, 43, "spec.attach[0].cgroup.path", "leaves /sys/fs/cgroup/unified"),
+        (7, 43, "spec.attach[0].cgroup.path", f"leaves {CGROUP2_ROOT}"),
     ),
     one(
         "uprobe-retprobe-mismatch",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pytest
 import yaml
 
 from orchestrator.manifest import crd, load_manifests, schema
-from orchestrator.manifest.schema import SCHEMA_FILE
 
 from .test_load import FULL
 
@@ -31,12 +29,6 @@ def walk(node: object) -> Iterator[dict[str, object]]:
 def test_schema_is_a_valid_2020_12_schema() -> None:
     """Checked here, not at import: every CLI run would pay ~40 ms for it."""
     jsonschema.Draft202012Validator.check_schema(schema())
-
-
-def test_schema_file_matches_the_code() -> None:
-    assert SCHEMA_FILE == ROOT / "schemas" / "manifest.schema.json"
-    on_disk = json.loads(SCHEMA_FILE.read_text())
-    assert on_disk == schema(), "run: python -m orchestrator.manifest.schema"
 
 
 def test_every_object_rejects_unknown_fields() -> None:

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.ebpf import Map
 from orchestrator.reconcile import Op, Reconciler
 from tests.conftest import BPF_DIR
-from tests.netns import Cgroup, UdpReceiver, VethPair, send_udp
+from tests.netns import CGROUP2_ROOT, Cgroup, UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, link_alive, map_alive, pins_under, prog_alive
 
 pytestmark = pytest.mark.kernel
@@ -24,7 +24,7 @@ def xdp_manifest(env: Env, veth: VethPair, version: int = 1, name: str = "xdp-co
     env.write(
         name,
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: {name}}}
         spec:
@@ -43,7 +43,7 @@ def tc_manifest(env: Env, veth: VethPair) -> None:
     env.write(
         "tc-filter",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tc-filter}}
         spec:
@@ -62,7 +62,7 @@ def tp_manifest(env: Env, tgid: int = 0) -> None:
     env.write(
         "tp-counter",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tp-counter}}
         spec:
@@ -80,7 +80,7 @@ def cgroup_manifest(env: Env, cg: Cgroup) -> None:
     env.write(
         "cgroup-egress",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: cgroup-egress}}
         spec:
@@ -97,7 +97,7 @@ def shared_manifests(env: Env) -> None:
     env.write(
         "shared",
         """
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: shared-owner}
         spec:
@@ -108,7 +108,7 @@ def shared_manifests(env: Env) -> None:
             - program: count_getpid
               tracepoint: {group: syscalls, name: sys_enter_getpid}
         ---
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: shared-user}
         spec:
@@ -249,7 +249,7 @@ def test_prog_array_keeps_its_entries_after_the_applying_process(
     env.write(
         "tail",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tail}}
         spec:
@@ -299,7 +299,7 @@ def test_missing_targets_are_plan_problems(env: Env, tmp_path: Path) -> None:
     env.write(
         "missing",
         """
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: missing}
         spec:
@@ -308,14 +308,14 @@ def test_missing_targets_are_plan_problems(env: Env, tmp_path: Path) -> None:
             - program: xdp_count
               xdp: {interface: nosuchif0, netns: /var/run/netns/bpft-nosuchns}
         ---
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: missing-cg}
         spec:
           object: @BPF@/cgroup_egress.o
           attach:
             - program: cg_egress
-              cgroup: {path: /sys/fs/cgroup/unified/bpft-nosuchgroup, attach: egress}
+              cgroup: {path: bpft-nosuchgroup, attach: egress}
         """,
     )
     try:
@@ -325,7 +325,7 @@ def test_missing_targets_are_plan_problems(env: Env, tmp_path: Path) -> None:
     texts = sorted(str(x) for x in env.reconciler().plan(desired).problems)
     assert len(texts) == 2, texts
     assert "network namespace /var/run/netns/bpft-nosuchns does not exist" in texts[0]
-    assert "cgroup /sys/fs/cgroup/unified/bpft-nosuchgroup does not exist" in texts[1]
+    assert f"cgroup {CGROUP2_ROOT / 'bpft-nosuchgroup'} does not exist" in texts[1]
 
 
 def test_dry_run_and_prune(env: Env, veth: VethPair, fd_guard: None) -> None:

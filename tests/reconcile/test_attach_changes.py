@@ -31,7 +31,7 @@ def xdp_manifest(env: Env, veth: VethPair, mode: str, *, take_over: bool = False
     env.write(
         "xdp",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: xdp}}
         spec:
@@ -253,7 +253,7 @@ def tc_manifest(env: Env, obj: Path, veth: VethPair, *entries: tuple[str, str]) 
     env.write(
         "tcx",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tcx}}
         spec:

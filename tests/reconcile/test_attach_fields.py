@@ -105,7 +105,7 @@ class World:
         self.env.write(
             "fields",
             f"""
-            apiVersion: bpforch/v1
+            apiVersion: bpforch.dev/v1
             kind: Collection
             metadata: {{name: fields}}
             spec:

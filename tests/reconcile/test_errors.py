@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ebpf.mounts import bpffs_mounts
 from orchestrator.manifest.model import DesiredState, TcTarget, XdpMode
 from orchestrator.reconcile import ApplyError, Reconciler, StateError
 from tests.netns import VethPair
@@ -50,7 +51,13 @@ def test_root_outside_bpffs(env: Env, tmp_path: Path, veth: VethPair, fd_guard: 
     r = Reconciler(bpffs_root=tmp_path / "not-bpffs", state_dir=env.state_dir)
     with pytest.raises(ApplyError) as info:
         r.apply(env.desired())
-    assert "not on bpffs" in str(info.value) and "mount -t bpf" in str(info.value)
+    # bpffs is mounted (elsewhere): the hint names where, read from mountinfo; the hint for
+    # a host without bpffs (mount -t bpf …) is tests/ebpf/test_mounts.py's
+    mounts = ", ".join(map(str, bpffs_mounts()))
+    assert str(info.value).endswith(
+        f"{tmp_path / 'not-bpffs'}: not on bpffs (bpffs is mounted at {mounts}: choose a "
+        "directory there)"
+    )
     assert not (tmp_path / "not-bpffs").exists()
 
 
@@ -110,7 +117,7 @@ def test_fentry_programs_are_refused_at_plan_time(
     env.write(
         "fentry",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tracing}}
         spec:

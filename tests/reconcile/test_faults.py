@@ -60,7 +60,7 @@ def extra_object(compile_bpf: Callable[..., Path], name: str, *, valid: bool = T
 def write_extra(env: Env, obj: Path, max_entries: int | None = None) -> None:
     """The zz-extra manifest; a ``max_entries`` for its map makes each version reload."""
     lines = [
-        "apiVersion: bpforch/v1",
+        "apiVersion: bpforch.dev/v1",
         "kind: Collection",
         "metadata: {name: zz-extra}",
         "spec:",
@@ -264,7 +264,7 @@ def test_real_attach_failure_restores_the_previous_generation(
     env.write(
         "second",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: zz-second}}
         spec:

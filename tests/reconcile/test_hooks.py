@@ -82,7 +82,7 @@ def hooks_manifest(env: Env, obj: Path, veth: VethPair, gen: int) -> None:
     env.write(
         "hooks",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: hooks}}
         spec:
@@ -171,7 +171,7 @@ def test_program_swap_on_one_xdp_hook_is_in_place(env: Env, veth: VethPair, fd_g
         env.write(
             "tail",
             f"""
-            apiVersion: bpforch/v1
+            apiVersion: bpforch.dev/v1
             kind: Collection
             metadata: {{name: tail}}
             spec:
@@ -209,7 +209,7 @@ def test_tcx_programs_keep_their_declared_order(env: Env, veth: VethPair, fd_gua
     env.write(
         "tc",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tc}}
         spec:
@@ -218,7 +218,7 @@ def test_tcx_programs_keep_their_declared_order(env: Env, veth: VethPair, fd_gua
             - program: tc_ingress
               tc: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, direction: ingress}}
         ---
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tc-first}}
         spec:
@@ -266,7 +266,7 @@ def test_kernel_dry_run(
     env.write(
         "bad",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: bad}}
         spec:

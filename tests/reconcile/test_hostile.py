@@ -192,7 +192,7 @@ def test_a_fifo_as_uprobe_path_is_refused_at_plan_and_holds_no_lock(
         env.write(
             "up",
             f"""
-            apiVersion: bpforch/v1
+            apiVersion: bpforch.dev/v1
             kind: Collection
             metadata: {{name: up}}
             spec:
@@ -231,7 +231,7 @@ def test_a_fifo_as_network_namespace_is_refused_promptly(env: Env, tmp_path: Pat
     env.write(
         "x",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: x}}
         spec:

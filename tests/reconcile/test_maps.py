@@ -35,7 +35,7 @@ def manifest(
     env.write(
         file or name,
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: {name}}}
         spec:
@@ -441,7 +441,7 @@ def test_pin_false_where_a_pin_is_needed_is_refused(env: Env, compile_bpf: Build
     env.write(
         "shared",
         """
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: shared-owner}
         spec:
@@ -449,7 +449,7 @@ def test_pin_false_where_a_pin_is_needed_is_refused(env: Env, compile_bpf: Build
           maps:
             shared_stats: {pin: false}
         ---
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {name: shared-user}
         spec:
@@ -498,7 +498,7 @@ def test_tail_calls_work_after_the_applying_process_is_gone(env: Env, fd_guard: 
     env.write(
         "tail",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tail}}
         spec:

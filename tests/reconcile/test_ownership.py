@@ -86,7 +86,7 @@ def tp_manifest(env: Env, tgid: int = 0) -> None:
     env.write(
         "tp-counter",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tp-counter}}
         spec:
@@ -319,7 +319,7 @@ def test_look_alike_directories_are_never_removed(env: Env, veth: VethPair, fd_g
         plain.assert_untouched()
         assert (forged / MARK_PIN).exists() and (forged / "maps").is_dir()
         # a manifest can't take the look-alike's name to have it replaced either
-        env.write("x", "apiVersion: bpforch/v1\nkind: Collection\nmetadata: {name: lookalike}\n"
+        env.write("x", "apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {name: lookalike}\n"
                   f"spec: {{object: {BPF_DIR}/tp_counter.o}}\n")  # fmt: skip
         with pytest.raises(PlanError) as info:
             r.apply(env.desired())

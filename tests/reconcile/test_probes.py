@@ -1,7 +1,7 @@
 """What the kernel supports is probed, once per process; the plan refuses what it refuses.
 
 On this kernel tp_btf loads and attaches while fentry/fexit/fmod_ret/lsm/freplace are
-refused with EPERM before verification (KERNEL_NOTES)."""
+refused with EPERM before verification (docs/kernel.md)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def tp_btf_manifest(env: Env, obj: Path, name: str = "sched_switch") -> Path:
     return env.write(
         "runqlat",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: runqlat}}
         spec:
@@ -129,7 +129,7 @@ def test_fentry_is_refused_at_plan_time_by_the_probe(
     path = env.write(
         "fentry",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tracing}}
         spec:
@@ -159,7 +159,7 @@ def test_plans_probe_each_program_type_once_per_process(
     env.write(
         "fentry",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: tracing}}
         spec:

@@ -21,7 +21,7 @@ def user_manifest(env: Env, pinned: Path) -> None:
     env.write(
         "user",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: shared-user}}
         spec:

@@ -23,7 +23,7 @@ def manifest(env: Env, veth: VethPair, take_over: bool = True) -> None:
     env.write(
         "xdp-counter",
         f"""
-        apiVersion: bpforch/v1
+        apiVersion: bpforch.dev/v1
         kind: Collection
         metadata: {{name: xdp-counter}}
         spec:

@@ -184,7 +184,7 @@ def test_program_binding_keeps_preserved_maps_it_does_not_use(
         env.write(
             "two",
             f"""
-            apiVersion: bpforch/v1
+            apiVersion: bpforch.dev/v1
             kind: Collection
             metadata: {{name: two}}
             spec:

@@ -28,7 +28,7 @@ def manifest_text(
     *, version: int = 1, verdict: int = XDP_PASS, attach: VethEnd | None = None, obj: Path = XDP_OBJ
 ) -> str:
     text = f"""\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: Collection
 metadata:
   name: {NAME}

@@ -31,7 +31,7 @@ THREE = ("bpf", "net_admin", "perfmon")
 
 def _collection(obj: str, attach: str) -> str:
     return (
-        "apiVersion: bpforch/v1\nkind: Collection\nmetadata: {name: c}\n"
+        "apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {name: c}\n"
         f"spec:\n  object: {ROOT / 'bpf' / obj}\n  attach:\n    - {attach}\n"
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ebpf.mounts import default_bpffs_root, find_mount
 from orchestrator.service.config import (
     DEFAULT_BPFFS_ROOT,
     DEFAULT_STATE_DIR,
@@ -40,7 +41,7 @@ def test_minimal_config_gets_defaults_and_resolves_relative_paths() -> None:
 
 def test_full_config() -> None:
     text = """\
-apiVersion: bpforch/v1
+apiVersion: bpforch.dev/v1
 kind: ServiceConfig
 manifests: [m]
 bpffs_root: /sys/fs/bpf/x
@@ -68,7 +69,7 @@ log_level: debug
         ("manifests: [m, '']\n", "1:16: $.manifests[1]", "should be non-empty"),
         ("manifests: [m]\nlog_format: xml\n", "2:13: $.log_format", "is not one of"),
         ("manifests: [m]\nprune: yes please\n", "2:8: $.prune", "is not of type 'boolean'"),
-        ("manifests: [m]\napiVersion: v2\n", "2:13: $.apiVersion", "was expected"),
+        ("manifests: [m]\napiVersion: v2\n", "2:13: $.apiVersion", "is not one of"),
         ("bpffs_root: /x\n", "1:1: $", "'manifests' is a required property"),
         (
             "manifests: [m]\ndebounce_ms: 500\nmax_delay_ms: 100\n",
@@ -198,8 +199,15 @@ def test_schema_is_a_valid_2020_12_schema_and_matches_the_defaults() -> None:
         "log_level",
     ):
         assert props[name]["default"] == getattr(d, name), name
-    assert props["bpffs_root"]["default"] == str(d.bpffs_root)
     assert props["state_dir"]["default"] == str(d.state_dir)
+    # bpffs_root has no fixed default: it is bpforch under the bpffs mount that mountinfo
+    # lists first (/sys/fs/bpf/bpforch on this machine)
+    assert "default" not in props["bpffs_root"]
+    assert "/proc/self/mountinfo" in props["bpffs_root"]["description"]
+    assert parse_config("manifests: [m]\n", CFG).bpffs_root == default_bpffs_root()
+    mount = find_mount("bpf")
+    if mount is not None:
+        assert default_bpffs_root() == mount / "bpforch"
 
 
 def test_defaults_agree_with_the_reconciler() -> None:

@@ -39,7 +39,7 @@ def rss_mib(pid: int) -> int:
 
 def other(name: str, obj: str) -> str:
     return (
-        f"apiVersion: bpforch/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
+        f"apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {{name: {name}}}\n"
         f"spec:\n  object: {obj}\n"
     )
 

@@ -45,7 +45,7 @@ def test_degraded_reason_is_the_rejection_summary(served: Served) -> None:
 
     replace_file(
         served.manifest,
-        f"apiVersion: bpforch/v1\nkind: Collection\nmetadata:\n  name: {NAME}\n"
+        f"apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata:\n  name: {NAME}\n"
         f"spec:\n  object: {BROKEN}\n",
     )
     msg = served.next()
