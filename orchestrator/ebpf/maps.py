@@ -146,6 +146,7 @@ class Map(Handle):
         # kernel's copy of the map's BTF, for maps opened by pin, id or fd.
         self._kernel_btf: tuple[int, int, int] | None = None
         self._pinned: str | None = None
+        self._datasec: _btf.Datasec | None = None  # a data section's value type (btf_types)
         self._ncpus = _sys.possible_cpus() if self._per_cpu else 1
 
     # ------------------------------------------------------------------ construction
@@ -351,6 +352,23 @@ class Map(Handle):
                 self.value_type = None if isinstance(value, _btf.Datasec) else value
         except Error:
             self.key_type = self.value_type = None
+
+    def btf_types(self) -> tuple[_btf.Type | None, _btf.Type | None]:
+        """(key type, value type) from BTF: the spec's, or for a map opened by pin, id or
+        fd the BTF the kernel holds for it (read once). A data section's value type is its
+        DATASEC. None where the map has no BTF type."""
+        if self._kernel_btf is not None:
+            ids = self._kernel_btf
+            self._resolve_kernel_btf()
+            if self.value_type is None and ids[2]:
+                spec = _kernel_btf_spec(ids[0])
+                try:
+                    value = spec.type_by_id(ids[2]) if spec is not None else None
+                except Error:
+                    value = None
+                if isinstance(value, _btf.Datasec):
+                    self._datasec = value
+        return self.key_type, self.value_type if self._datasec is None else self._datasec
 
     def encode_key(self, key: object) -> bytes:
         if self._kernel_btf is not None:
