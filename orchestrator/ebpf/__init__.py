@@ -34,6 +34,7 @@ from orchestrator.ebpf.errors import (
     KconfigError,
     KeyExistsError,
     KeyNotFoundError,
+    LiteralError,
     MapIncompatibleError,
     NetnsError,
     NetnsFileError,
@@ -89,6 +90,7 @@ from orchestrator.ebpf.sys import (
     ProgType,
     UpdateFlags,
 )
+from orchestrator.ebpf.values import Hex, MapCodec, NetworkOrder, References
 from orchestrator.ebpf.verification import ProgramReport, verify
 from orchestrator.ebpf.verifier import Rejection, SourceLine
 
@@ -109,6 +111,7 @@ __all__ = [
     "Error",
     "ExternKind",
     "ExternSpec",
+    "Hex",
     "Instruction",
     "Instructions",
     "KconfigError",
@@ -118,7 +121,9 @@ __all__ = [
     "Link",
     "LinkInfo",
     "LinkType",
+    "LiteralError",
     "Map",
+    "MapCodec",
     "MapEntry",
     "MapFlags",
     "MapIncompatibleError",
@@ -128,6 +133,7 @@ __all__ = [
     "NetnsError",
     "NetnsFileError",
     "NetnsNotFoundError",
+    "NetworkOrder",
     "NotFoundError",
     "NotSupportedError",
     "ParseError",
@@ -142,6 +148,7 @@ __all__ = [
     "ProgramSpec",
     "RefKind",
     "Reference",
+    "References",
     "Rejection",
     "RingBufReader",
     "RunResult",
