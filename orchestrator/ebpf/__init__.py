@@ -69,6 +69,7 @@ from orchestrator.ebpf.links import (
     xdp_attached,
 )
 from orchestrator.ebpf.maps import Map, MapInfo
+from orchestrator.ebpf.perf import PerfReader, PerfRecord
 from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
 from orchestrator.ebpf.ringbuf import RingBufReader
 from orchestrator.ebpf.spec import (
@@ -137,6 +138,8 @@ __all__ = [
     "NotFoundError",
     "NotSupportedError",
     "ParseError",
+    "PerfReader",
+    "PerfRecord",
     "PermissionDeniedError",
     "PinError",
     "PinType",

@@ -340,7 +340,7 @@ class Map(Handle):
         if ids is None or self.key_type is not None or self.value_type is not None:
             return
         btf_id, key_id, value_id = ids
-        spec = _kernel_btf_spec(btf_id)
+        spec = kernel_btf_spec(btf_id)
         if spec is None:
             return
         try:
@@ -361,7 +361,7 @@ class Map(Handle):
             ids = self._kernel_btf
             self._resolve_kernel_btf()
             if self.value_type is None and ids[2]:
-                spec = _kernel_btf_spec(ids[0])
+                spec = kernel_btf_spec(ids[0])
                 try:
                     value = spec.type_by_id(ids[2]) if spec is not None else None
                 except Error:
@@ -447,6 +447,47 @@ class Map(Handle):
         if t is not None:
             return _layout.decode(t, data)
         return data
+
+    # ------------------------------------------------------------------ raw elements
+
+    def lookup_bytes(self, key: bytes | None) -> bytes:
+        """The raw value at the raw ``key`` (None for maps without keys: peek). Per-CPU
+        maps give one 8-byte-aligned slot per possible CPU. KeyNotFoundError if absent."""
+        try:
+            return _sys.map_lookup_elem(self.fd, key, self._value_buffer_size)
+        except KeyNotFoundError as err:
+            raise KeyNotFoundError(f"map {self.name}: key not found", err.errno) from None
+        except SyscallError as err:
+            raise self._err(err, "lookup") from err
+
+    def update_bytes(
+        self, key: bytes | None, value: bytes, flags: UpdateFlags | int = UpdateFlags.ANY
+    ) -> None:
+        """Write a raw value (a full per-CPU buffer for per-CPU maps) at a raw key."""
+        try:
+            _sys.map_update_elem(self.fd, key, value, int(flags))
+        except SyscallError as err:
+            if err.errno == errno.E2BIG:
+                raise SyscallError(
+                    f"map {self.name}: update: {self._full_reason()}", err.errno
+                ) from err
+            raise self._err(err, "update") from err
+
+    def delete_bytes(self, key: bytes) -> None:
+        try:
+            _sys.map_delete_elem(self.fd, key)
+        except KeyNotFoundError as err:
+            raise KeyNotFoundError(f"map {self.name}: key not found", err.errno) from None
+        except SyscallError as err:
+            if err.errno == errno.EINVAL and self.type in _PLAIN_ARRAYS:
+                raise NotSupportedError(
+                    f"map {self.name}: array elements cannot be deleted (write a zero value)"
+                ) from err
+            raise self._err(err, "delete") from err
+
+    def keys_bytes(self) -> Iterator[bytes]:
+        """Every raw key once, tolerating concurrent deletes (see :meth:`keys`)."""
+        return self._raw_keys()
 
     # ------------------------------------------------------------------ element API
 
@@ -742,7 +783,7 @@ _KERNEL_BTF_MAX_BYTES = 64 << 20
 _kernel_btf: LRU[int, tuple[_btf.Spec | None]] = LRU(_KERNEL_BTF_MAX_BYTES, 1024)
 
 
-def _kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
+def kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
     """The BTF object ``btf_id`` as the kernel holds it (immutable, so cached by id)."""
     hit = _kernel_btf.get(btf_id)
     if hit is not None:

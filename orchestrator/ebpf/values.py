@@ -45,18 +45,22 @@ import ipaddress
 import math
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.errors import BTFError, LiteralError, SpecError, quote
 from orchestrator.ebpf.spec import hint
-from orchestrator.ebpf.sys import MapType
+from orchestrator.ebpf.sys import MapType, UpdateFlags
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.maps import Map
 
 __all__ = [
     "FORMATS",
     "Hex",
+    "LiteralMap",
     "MapCodec",
     "NetworkOrder",
     "References",
@@ -1107,3 +1111,35 @@ def _possible_cpus() -> int:
     from orchestrator.ebpf import sys as _sys
 
     return _sys.possible_cpus()
+
+
+class LiteralMap:
+    """A live map read and written as literals: a :class:`MapCodec` over the map's raw
+    element calls. It does not own the map (close that yourself)."""
+
+    def __init__(self, m: Map, codec: MapCodec | None = None) -> None:
+        self.map = m
+        self.codec = codec if codec is not None else MapCodec.of(m)
+
+    def lookup(self, key: object) -> object:
+        """The value at ``key``; KeyNotFoundError if there is none."""
+        raw_key = None if self.codec.keyless else self.codec.encode_key(key)
+        return self.codec.decode_value(self.map.lookup_bytes(raw_key))
+
+    def update(self, key: object, value: object, flags: UpdateFlags | int = 0) -> None:
+        raw_key = None if self.codec.keyless else self.codec.encode_key(key)
+        self.map.update_bytes(raw_key, self.codec.encode_value(value), flags)
+
+    def delete(self, key: object) -> None:
+        self.map.delete_bytes(self.codec.encode_key(key))
+
+    def items(self) -> Iterator[tuple[object, object]]:
+        """(key, value) of every element; keys deleted meanwhile are skipped."""
+        from orchestrator.ebpf.errors import KeyNotFoundError
+
+        for raw_key in self.map.keys_bytes():
+            try:
+                raw = self.map.lookup_bytes(raw_key)
+            except KeyNotFoundError:
+                continue
+            yield self.codec.decode_key(raw_key), self.codec.decode_value(raw)
