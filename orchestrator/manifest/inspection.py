@@ -368,7 +368,7 @@ def starter_manifest(report: ObjectReport) -> str:
     validation refuses a manifest until each is filled in."""
     lines = [
         f"# A starting manifest for {report.path} (bpforch inspect --manifest).",
-        "# Fill in every <PLACEHOLDER>, then: bpforch validate FILE && bpforch plan FILE",
+        "# Fill in the <...> placeholders, then: bpforch validate FILE && bpforch plan FILE",
         "apiVersion: bpforch/v1",
         "kind: Collection",
         "metadata:",
