@@ -48,12 +48,12 @@ def _btf_type(path: Path, name: str) -> btf.Type:
     from orchestrator.ebpf import CollectionSpec
     from orchestrator.ebpf import btf as _btf
     from orchestrator.ebpf.errors import Error as EbpfError
-    from orchestrator.ebpf.files import read_file
+    from orchestrator.ebpf.files import read_file, reason
 
     try:
         data = read_file(path, limit=256 << 20, what="a BTF file")
     except OSError as exc:
-        raise ValueError(f"--btf {path}: {exc.strerror or exc}") from None
+        raise ValueError(f"--btf {path}: {reason(exc)}") from None
     try:
         if data[:4] == b"\x7fELF":
             spec = CollectionSpec.from_bytes(data, name=str(path)).btf
