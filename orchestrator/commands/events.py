@@ -142,15 +142,17 @@ def cmd_events(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                         )
                         if args.output != "json":
                             continue
-                    elif record_type is not None and len(data) >= size:
+                    elif record_type is not None:
+                        if len(data) < size:
+                            # a variable-length record (a struct ending in an array the
+                            # program fills in part): what it left out reads as zeros
+                            rec["size"] = len(data)
                         try:
-                            rec["event"] = decode(record_type, data[:size])
+                            rec["event"] = decode(record_type, data[:size].ljust(size, b"\0"))
                         except EbpfError as exc:
                             rec["error"] = str(exc)
                             rec["hex"] = data.hex()
                     else:
-                        if record_type is not None:
-                            rec["error"] = f"{len(data)} bytes, --type {args.type} has {size}"
                         rec["hex"] = data.hex()
                     if args.output == "json":
                         out.write(json.dumps(plain(rec)) + "\n")

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from orchestrator.reconcile.live_maps import LiveMap
 
 FORMATS = ("be16", "be32", "be64", "ipv4", "ipv6", "hex")
+# maps whose elements are not counted: no keys, or fds that only their writer can see
+_UNCOUNTED = frozenset(
+    {"ringbuf", "user_ringbuf", "queue", "stack", "bloom_filter", "perf_event_array"}
+)
 
 
 def _root_options(p: argparse.ArgumentParser) -> None:
@@ -157,7 +161,7 @@ def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     rows: list[dict[str, object]] = []
     for c in status.collections:
         for m in c.maps:
-            keyless = m.type in ("ringbuf", "user_ringbuf", "queue", "stack", "bloom_filter")
+            keyless = m.type in _UNCOUNTED
             entries = None if keyless else m.entries
             rows.append(
                 {

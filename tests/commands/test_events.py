@@ -279,3 +279,54 @@ def test_errors(cli: Cli, veth: VethPair, compile_bpf: Callable[..., Path]) -> N
         "error: map watcher/nosuch: collection watcher has no map 'nosuch' (it has: other, "
         "packets)\n"
     )
+
+
+def test_variable_length_records_decode_through_the_programs_btf(cli: Cli, tmp_path: Path) -> None:
+    """execsnoop's struct event is in its object's BTF; each record is only as long as the
+    arguments it carries (bpf_perf_event_output of part of the struct)."""
+    binary = Path("/usr/sbin/execsnoop")
+    if not binary.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("libbpf-tools is not installed (.ci/setup installs it)")
+        pytest.skip("libbpf-tools is not installed")
+    [data] = extract_objects(binary.read_bytes())
+    obj = tmp_path / "execsnoop.bpf.o"
+    obj.write_bytes(data)
+    cli.write(
+        "execsnoop",
+        f"""\
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: execsnoop}}
+        spec:
+          object: {obj}
+          attach:
+            - {{program: tracepoint__syscalls__sys_enter_execve,
+                tracepoint: {{group: syscalls, name: sys_enter_execve}}}}
+            - {{program: tracepoint__syscalls__sys_exit_execve,
+                tracepoint: {{group: syscalls, name: sys_exit_execve}}}}
+        """,
+    )
+    cli.ok("apply", str(cli.manifests))
+    marker = uuid.uuid4().hex
+    proc = stream(cli, "execsnoop/events", "--type", "event", "--timeout", "4", "-o", "json")
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        subprocess.run(["/bin/echo", marker, "x"], capture_output=True, check=True)
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    ours = [
+        rec
+        for rec in map(json.loads, out.splitlines())
+        if "event" in rec and marker in rec["event"]["args"]
+    ]
+    assert ours, out[-2000:]
+    for rec in ours:
+        event = rec["event"]
+        assert event["args"] == f"/bin/echo\0{marker}\0x"
+        assert event["args_count"] == 3
+        assert event["comm"] == "echo"
+        assert rec["size"] < 7720  # the struct's size: the record carries only its arguments
+        # the arguments after a 40-byte header, padded by perf to keep its ring aligned
+        assert 40 + event["args_size"] <= rec["size"] < 40 + event["args_size"] + 8
