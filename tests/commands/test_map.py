@@ -223,3 +223,51 @@ def test_bad_input_gets_clear_errors(cli: Cli, veth: VethPair) -> None:
     for args, message in BAD_INPUT:
         err = cli.fails("map", *args)
         assert err.startswith(message), (args, err)
+
+
+def test_prog_array_slots_by_program_name(cli: Cli, veth: VethPair) -> None:
+    """tailcall's xdp_entry jumps to slot (first byte of the frame) & 3: the destination
+    MAC's first byte on this veth pair. Filling that slot by name decides the verdict."""
+    cli.write(
+        "tailcall",
+        f"""\
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: tailcall}}
+        spec:
+          object: {BPF_DIR}/tailcall.o
+          programs: [xdp_entry]
+          attach:
+            - program: xdp_entry
+              xdp: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, mode: generic}}
+        """,
+    )
+    cli.ok("apply", str(cli.manifests))
+    assert cli.ok("map", "dump", "tailcall/jump_table").splitlines() == [
+        "- {key: 0, value: tail_pass}",
+        "- {key: 2, value: tail_drop}",
+        "# 2 entries",
+    ]
+    slot = int(veth.b.mac[:2], 16) & 3
+    cli.ok("map", "set", "tailcall/jump_table", str(slot), "tail_pass")
+    assert arrives(veth, 4000) == 5
+    out = cli.ok("map", "set", "tailcall/jump_table", str(slot), "tail_drop")
+    assert out == f"tailcall/jump_table: {slot} = tail_drop\n"
+    assert arrives(veth, 4000) == 0
+    cli.ok("map", "delete", "tailcall/jump_table", str(slot))
+    assert arrives(veth, 4000) == 0  # an empty slot: xdp_entry falls through to XDP_ABORTED
+    hits = {e["key"]: e["value"] for e in cli.json("map", "dump", "tailcall/hits")["entries"]}  # type: ignore[index]
+    assert (hits[0], hits[2], hits[3]) == (5, 5, 5)  # tail_pass, tail_drop, fell through
+    err = cli.fails("map", "set", "tailcall/jump_table", "1", "tail_pas")
+    assert err == (
+        "error: map tailcall/jump_table: value: no program named 'tail_pas' (did you mean "
+        "tail_pass?)\n"
+    )
+
+
+def test_a_substituted_map_is_its_sources(cli: Cli) -> None:
+    """shared-user takes shared-owner's map (from:): its address reaches the source."""
+    cli.ok("apply", str(BPF_DIR.parent / "manifests" / "shared-stats.yaml"))
+    cli.ok("map", "set", "shared-user/shared_stats", "3", "41")  # slot 3: no program's
+    owner = cli.json("map", "get", "shared-owner/shared_stats", "3")
+    assert owner["value"] == 41  # type: ignore[index]
