@@ -489,6 +489,57 @@ class Map(Handle):
         """Every raw key once, tolerating concurrent deletes (see :meth:`keys`)."""
         return self._raw_keys()
 
+    def items_bytes(self, chunk: int = 256) -> Iterator[tuple[bytes, bytes]]:
+        """Every (raw key, raw value): ``chunk`` at a time through BPF_MAP_LOOKUP_BATCH
+        (Linux 5.6) where the kernel has it for this map type, else key by key (keys
+        deleted meanwhile are skipped)."""
+        vsize = self._value_buffer_size
+        token_size = max(self.key_size, 4)
+        in_batch: ctypes.Array[ctypes.c_char] | None = None
+        keys = ctypes.create_string_buffer(self.key_size * chunk or 1)
+        vals = ctypes.create_string_buffer(vsize * chunk or 1)
+        while True:
+            out_batch = ctypes.create_string_buffer(token_size)
+            try:
+                n, done = _sys.map_batch(
+                    Cmd.MAP_LOOKUP_BATCH,
+                    self.fd,
+                    in_batch=in_batch,
+                    out_batch=out_batch,
+                    keys=keys,
+                    values=vals,
+                    count=chunk,
+                )
+            except SyscallError as err:
+                if in_batch is None and err.errno in (
+                    errno.EINVAL,
+                    errno.EOPNOTSUPP,
+                    errno.ENOSPC,  # a hash bucket larger than the chunk
+                    _sys.ENOTSUPP,
+                ):
+                    yield from self._items_one_by_one()
+                    return
+                raise self._batch_error(err, "batch lookup") from err
+            kraw, vraw = keys.raw, vals.raw
+            for i in range(n):
+                yield (
+                    kraw[i * self.key_size : (i + 1) * self.key_size],
+                    vraw[i * vsize : (i + 1) * vsize],
+                )
+            if done:
+                return
+            in_batch = out_batch
+
+    def _items_one_by_one(self) -> Iterator[tuple[bytes, bytes]]:
+        for k in self._raw_keys():
+            try:
+                raw = _sys.map_lookup_elem(self.fd, k, self._value_buffer_size)
+            except KeyNotFoundError:
+                continue
+            except SyscallError as err:
+                raise self._err(err, "lookup") from err
+            yield k, raw
+
     # ------------------------------------------------------------------ element API
 
     def _err(self, err: SyscallError, what: str, detail: str | None = None) -> SyscallError:

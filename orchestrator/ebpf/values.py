@@ -1012,7 +1012,19 @@ class MapCodec:
             cidr=self._lpm,
         )
 
+    def __post_init__(self) -> None:
+        # plain integers (the common keys and values) skip the general decoder
+        fast_key = None if self.key_format or self._lpm else _int_reader(self.key_type)
+        fast_value = None
+        if self.value_format is None and self.type not in _REF_VALUES:
+            fast_value = _int_reader(self.value_type)
+        object.__setattr__(self, "_fast_key", fast_key)
+        object.__setattr__(self, "_fast_value", fast_value)
+
     def decode_key(self, data: bytes) -> object:
+        fast: _IntReader | None = self._fast_key  # type: ignore[attr-defined]
+        if fast is not None and len(data) == fast[0]:
+            return int.from_bytes(data, fast[1], signed=fast[2])
         return decode(self.key_type, data, what="key", fmt=self.key_format, cidr=self._lpm)
 
     def encode_value(self, value: object) -> bytes:
@@ -1094,13 +1106,36 @@ class MapCodec:
         ]
 
     def _decode_one(self, data: bytes) -> object:
+        fast: _IntReader | None = self._fast_value  # type: ignore[attr-defined]
+        if fast is not None and len(data) == fast[0]:
+            return int.from_bytes(data, fast[1], signed=fast[2])
         t = self.type
-        if t in (MapType.PROG_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS):
+        if t in _REF_VALUES:
             ident = int.from_bytes(data[:4], _HOST)
             refs = self.refs if self.refs is not None else References()
             table = refs.program_ids if t == MapType.PROG_ARRAY else refs.map_ids
             return table.get(ident, ident)
         return decode(self.value_type, data, what="value", fmt=self.value_format)
+
+
+_REF_VALUES = frozenset({MapType.PROG_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
+_IntReader = tuple[int, Literal["little", "big"], bool]  # (size, byte order, signed)
+
+
+def _int_reader(t: _btf.Type | None) -> _IntReader | None:
+    """How to read ``t`` when it is a whole, plain integer (no bool, no char, no bitfield);
+    None otherwise."""
+    if t is None:
+        return None
+    try:
+        u, be = _resolve(t, ())
+    except _Fail:
+        return None
+    if not isinstance(u, _btf.Int) or u.bool or u.offset or u.bits != u.size * 8:
+        return None
+    if u.size == 1 and _is_text(u):
+        return None
+    return u.size, "big" if be else _HOST, u.signed and not be
 
 
 def _type_label(t: MapType | int) -> str:
@@ -1134,12 +1169,6 @@ class LiteralMap:
         self.map.delete_bytes(self.codec.encode_key(key))
 
     def items(self) -> Iterator[tuple[object, object]]:
-        """(key, value) of every element; keys deleted meanwhile are skipped."""
-        from orchestrator.ebpf.errors import KeyNotFoundError
-
-        for raw_key in self.map.keys_bytes():
-            try:
-                raw = self.map.lookup_bytes(raw_key)
-            except KeyNotFoundError:
-                continue
+        """(key, value) of every element (in batches where the kernel can)."""
+        for raw_key, raw in self.map.items_bytes():
             yield self.codec.decode_key(raw_key), self.codec.decode_value(raw)

@@ -19,6 +19,7 @@ from orchestrator.ebpf import btf
 from orchestrator.ebpf.errors import LiteralError
 from orchestrator.ebpf.values import (
     Hex,
+    LiteralMap,
     MapCodec,
     NetworkOrder,
     References,
@@ -89,6 +90,8 @@ struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32);
 		__type(value, __u32[2]); __uint(max_entries, 4); } pairs SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PROG_ARRAY); __uint(key_size, 4); __uint(value_size, 4);
 		__uint(max_entries, 4); } jumps SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, __u32); __type(value, __u64);
+	__uint(max_entries, 1024); } big SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_SOCKMAP); __type(key, __u32); __type(value, __u64);
 		__uint(max_entries, 4); } socks SEC(".maps");
 
@@ -447,4 +450,13 @@ def test_live_map_types_come_from_the_kernels_btf(spec: ebpf.CollectionSpec, pin
             bpfsys.map_update_elem(m.fd, codec.encode_key("10.0.0.0/8"), codec.encode_value(1), 0)
             hit = (32).to_bytes(4, "little") + ipaddress.ip_address("10.9.8.7").packed
             assert codec.decode_value(bpfsys.map_lookup_elem(m.fd, hit, 4)) == 1
+            # an LPM trie has no batch lookup: its entries are read key by key
+            lm = LiteralMap(m, codec)
+            lm.update("192.168.0.0/16", 2)
+            assert sorted(lm.items()) == [("10.0.0.0/8", 1), ("192.168.0.0/16", 2)]  # type: ignore[type-var]
+        # a hash read in batches of 256: every entry once
+        big = LiteralMap(coll.maps["big"])
+        for i in range(600):
+            big.update(i, i * 3)
+        assert sorted(big.items()) == [(i, i * 3) for i in range(600)]  # type: ignore[type-var]
     assert os.path.exists(pin_dir / "entries")
