@@ -208,6 +208,13 @@ def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return error(err, live)
     json_out = args.output == "json"
     with live:
+        kind = _kind(live)
+        if kind in ("ringbuf", "perf_event_array"):
+            return error(
+                err,
+                f"map {live.address}: a {kind} map holds a stream, not entries (read it with "
+                "bpforch events)",
+            )
         entries: Iterator[tuple[object, object]] = live.literal.items()
         try:
             if json_out:
@@ -222,6 +229,11 @@ def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return error(err, _prefixed(live, exc))
     print(f"# {n} entr{'y' if n == 1 else 'ies'}", file=out)
     return EXIT_OK
+
+
+def _kind(live: LiveMap) -> str:
+    t = live.map.type
+    return t.name.lower() if hasattr(t, "name") else str(t)
 
 
 def _prefixed(live: LiveMap, exc: BaseException) -> str:

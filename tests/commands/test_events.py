@@ -263,6 +263,11 @@ def test_errors(cli: Cli, veth: VethPair, compile_bpf: Callable[..., Path]) -> N
         "error: map watcher/other: a hash map has no event stream (events reads ring buffers "
         "and perf event arrays; see bpforch map dump)\n"
     )
+    err = cli.fails("map", "dump", "watcher/packets")
+    assert err == (
+        "error: map watcher/packets: a ringbuf map holds a stream, not entries (read it with "
+        "bpforch events)\n"
+    )
     err = cli.fails("events", "watcher/packets", "--type", "packt")
     assert err == (
         "error: --type packt: collection watcher: its programs' BTF has no type 'packt' (did "
