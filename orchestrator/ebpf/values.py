@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.errors import BTFError, LiteralError, SpecError, quote
-from orchestrator.ebpf.spec import hint
+from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.sys import MapType, UpdateFlags
 
 if TYPE_CHECKING:

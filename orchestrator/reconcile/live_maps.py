@@ -23,7 +23,7 @@ from pathlib import Path
 from orchestrator.ebpf import Map, Program, btf
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import clip, quote
-from orchestrator.ebpf.spec import hint
+from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.values import LiteralMap, MapCodec, References
 from orchestrator.reconcile.errors import ReconcileError
 from orchestrator.reconcile.observe import observe, open_map
