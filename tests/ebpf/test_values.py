@@ -379,6 +379,18 @@ def test_prog_arrays_take_program_names(spec: ebpf.CollectionSpec) -> None:
     )
 
 
+def test_maps_of_maps_take_map_names() -> None:
+    spec = ebpf.CollectionSpec.from_file(Path(__file__).parents[2] / "bpf" / "map_types.o")
+    outer = MapCodec.of(
+        spec.maps["m_array_of_maps"], refs=References(maps={"inner": 11}, map_ids={5: "inner"})
+    )
+    assert outer.encode_value("inner") == (11).to_bytes(4, "little")
+    assert outer.decode_value((5).to_bytes(4, "little")) == "inner"
+    with pytest.raises(LiteralError) as exc:
+        outer.encode_value("inne")
+    assert str(exc.value) == "value: no map named 'inne' (did you mean inner?)"
+
+
 def test_fd_valued_maps_are_refused(spec: ebpf.CollectionSpec) -> None:
     socks = MapCodec.of(spec.maps["socks"])
     with pytest.raises(LiteralError) as exc:
@@ -460,3 +472,24 @@ def test_live_map_types_come_from_the_kernels_btf(spec: ebpf.CollectionSpec, pin
             big.update(i, i * 3)
         assert sorted(big.items()) == [(i, i * 3) for i in range(600)]  # type: ignore[type-var]
     assert os.path.exists(pin_dir / "entries")
+
+
+@pytest.mark.kernel
+def test_live_data_sections_are_typed_by_their_datasec(pin_dir: Path) -> None:
+    spec = ebpf.CollectionSpec.from_file(Path(__file__).parents[2] / "bpf" / "globals.o")
+    with ebpf.Collection(spec) as coll:
+        coll.maps[".data"].pin(pin_dir / "data")
+        with ebpf.Map.from_pin(pin_dir / "data") as m:
+            lm = LiteralMap(m)
+            got = lm.lookup(0)
+            assert got == {
+                "d_runs": 5,
+                "d_last": {"x": 1, "y": 2, "tag": [100, 97, 116, 0]},
+                "d_greeting": "hello",
+            }
+            lm.update(0, {"d_runs": 6, "d_greeting": "bye"})
+            assert lm.lookup(0) == {
+                "d_runs": 6,
+                "d_last": {"x": 0, "y": 0, "tag": [0, 0, 0, 0]},  # left out: zero
+                "d_greeting": "bye",
+            }
