@@ -456,7 +456,7 @@ class Map(Handle):
         try:
             return _sys.map_lookup_elem(self.fd, key, self._value_buffer_size)
         except KeyNotFoundError as err:
-            raise KeyNotFoundError(f"map {self.name}: key not found", err.errno) from None
+            raise self._err(err, "", "key not found") from None
         except SyscallError as err:
             raise self._err(err, "lookup") from err
 
@@ -468,16 +468,14 @@ class Map(Handle):
             _sys.map_update_elem(self.fd, key, value, int(flags))
         except SyscallError as err:
             if err.errno == errno.E2BIG:
-                raise SyscallError(
-                    f"map {self.name}: update: {self._full_reason()}", err.errno
-                ) from err
+                raise self._err(err, "update", self._full_reason()) from err
             raise self._err(err, "update") from err
 
     def delete_bytes(self, key: bytes) -> None:
         try:
             _sys.map_delete_elem(self.fd, key)
         except KeyNotFoundError as err:
-            raise KeyNotFoundError(f"map {self.name}: key not found", err.errno) from None
+            raise self._err(err, "", "key not found") from None
         except SyscallError as err:
             if err.errno == errno.EINVAL and self.type in _PLAIN_ARRAYS:
                 raise NotSupportedError(

@@ -150,7 +150,7 @@ class PerfReader(Closing):
         try:
             self._map = Map.from_id(m.id)
         except SyscallError as err:
-            raise type(err)(f"map {m.name}: open for reading: {err}", err.errno) from err
+            raise err.replace(subject=f"map {m.name}", action="open for reading") from err
         self._map.name = m.name
         try:
             for cpu in wanted:
@@ -179,9 +179,10 @@ class PerfReader(Closing):
         except SyscallError as err:
             if err.errno == errno.ENODEV:  # went offline meanwhile
                 return None
-            raise type(err)(
-                f"map {self.name}: perf_event_open on CPU {cpu}: {err} (needs CAP_PERFMON)",
-                err.errno,
+            raise err.replace(
+                subject=f"map {self.name}",
+                action=f"perf_event_open on CPU {cpu}",
+                hint="needs CAP_PERFMON",
             ) from err
         try:
             ring = _Ring(cpu, fd, pages)
