@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from orchestrator import __version__, schemas
+from orchestrator import commands as day2
 from orchestrator.manifest import DesiredState, ManifestError, ObjectStore, load_manifests
 from orchestrator.reconcile import (
     Change,
@@ -178,6 +179,7 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
     p = sub.add_parser("destroy", help="detach and remove applied collections")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every collection bpforch owns")
+    p.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
     _common(p)
     p.set_defaults(func=cmd_destroy)
 
@@ -228,6 +230,8 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories")
     p.add_argument("-n", "--namespace", help="the ConfigMap's namespace")
     p.set_defaults(func=cmd_configmap)
+
+    day2.add_commands(sub)
 
     for add in extra_commands:  # verbs of the layers above (bpforch demo)
         add(sub)
@@ -545,19 +549,28 @@ def render_inventory(hooks: Inventory, out: TextIO) -> None:
 
 
 def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator.commands.destroy import preserved_maps, render_footer
+
     if bool(args.names) == bool(args.all):
         print("error: name the collections to destroy, or pass --all (not both)", file=err)
         return EXIT_ERROR
     rec = _reconciler(args)
+    names = None if args.all else list(args.names)
+    preserved = preserved_maps(rec, names)
     try:
-        result = rec.destroy(None if args.all else list(args.names))
+        result = rec.destroy(names, dry_run=args.dry_run)
     except ReconcileError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
     if args.output == "json":
-        _emit_json(result.to_json(), out)
+        data = result.to_json()
+        gone = set(result.plan.collections(Op.DELETE))
+        data["dry_run"] = args.dry_run
+        data["preserved_maps"] = [p.to_json() for p in preserved if p.collection in gone]
+        _emit_json(data, out)
     else:
         render_plan(result.plan, out)
+        render_footer(result, preserved, args.dry_run, out)
     return EXIT_OK
 
 

@@ -34,6 +34,7 @@ from orchestrator.ebpf.errors import (
     KconfigError,
     KeyExistsError,
     KeyNotFoundError,
+    LiteralError,
     MapIncompatibleError,
     MountNotFoundError,
     NetnsError,
@@ -70,6 +71,7 @@ from orchestrator.ebpf.links import (
 )
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
+from orchestrator.ebpf.perf import PerfReader, PerfRecord
 from orchestrator.ebpf.programs import (
     Program,
     ProgramInfo,
@@ -99,6 +101,7 @@ from orchestrator.ebpf.sys import (
     ProgType,
     UpdateFlags,
 )
+from orchestrator.ebpf.values import Hex, MapCodec, NetworkOrder, References
 from orchestrator.ebpf.verification import ProgramReport, verify
 from orchestrator.ebpf.verifier import Rejection, SourceLine
 
@@ -119,6 +122,7 @@ __all__ = [
     "Error",
     "ExternKind",
     "ExternSpec",
+    "Hex",
     "Instruction",
     "Instructions",
     "KconfigError",
@@ -128,7 +132,9 @@ __all__ = [
     "Link",
     "LinkInfo",
     "LinkType",
+    "LiteralError",
     "Map",
+    "MapCodec",
     "MapEntry",
     "MapFlags",
     "MapIncompatibleError",
@@ -139,9 +145,12 @@ __all__ = [
     "NetnsError",
     "NetnsFileError",
     "NetnsNotFoundError",
+    "NetworkOrder",
     "NotFoundError",
     "NotSupportedError",
     "ParseError",
+    "PerfReader",
+    "PerfRecord",
     "PermissionDeniedError",
     "PinError",
     "PinType",
@@ -153,6 +162,7 @@ __all__ = [
     "ProgramSpec",
     "RefKind",
     "Reference",
+    "References",
     "Rejection",
     "RingBufReader",
     "RunResult",

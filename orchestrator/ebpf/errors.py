@@ -433,6 +433,27 @@ class UnresolvedReferenceError(SpecError):
         self.symbol = symbol
 
 
+class LiteralError(SpecError):
+    """A map key or value, written as a YAML/JSON literal, does not fit its BTF type (see
+    :mod:`orchestrator.ebpf.values`). ``what`` is "key" or "value", ``path`` the field inside
+    the literal (``("addr",)``, ``(2, "port")``) and ``reason`` what is wrong with it: a
+    manifest adds its own position (file, line, column) in front of ``path``."""
+
+    def __init__(self, what: str, path: tuple[str | int, ...], reason: str) -> None:
+        self.what = what
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{what}{render_field(path)}: {reason}")
+
+
+def render_field(path: tuple[str | int, ...]) -> str:
+    """``("addr", 2, "port")`` -> ``.addr[2].port`` (appended to a noun: ``key.addr[2]``)."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{clip(part)}"
+    return out
+
+
 class _Repr(reprlib.Repr):
     def __init__(self, limit: int) -> None:
         super().__init__()

@@ -146,6 +146,7 @@ class Map(Handle):
         # kernel's copy of the map's BTF, for maps opened by pin, id or fd.
         self._kernel_btf: tuple[int, int, int] | None = None
         self._pinned: str | None = None
+        self._datasec: _btf.Datasec | None = None  # a data section's value type (btf_types)
         self._ncpus = _sys.possible_cpus() if self._per_cpu else 1
 
     # ------------------------------------------------------------------ construction
@@ -339,7 +340,7 @@ class Map(Handle):
         if ids is None or self.key_type is not None or self.value_type is not None:
             return
         btf_id, key_id, value_id = ids
-        spec = _kernel_btf_spec(btf_id)
+        spec = kernel_btf_spec(btf_id)
         if spec is None:
             return
         try:
@@ -351,6 +352,23 @@ class Map(Handle):
                 self.value_type = None if isinstance(value, _btf.Datasec) else value
         except Error:
             self.key_type = self.value_type = None
+
+    def btf_types(self) -> tuple[_btf.Type | None, _btf.Type | None]:
+        """(key type, value type) from BTF: the spec's, or for a map opened by pin, id or
+        fd the BTF the kernel holds for it (read once). A data section's value type is its
+        DATASEC. None where the map has no BTF type."""
+        if self._kernel_btf is not None:
+            ids = self._kernel_btf
+            self._resolve_kernel_btf()
+            if self.value_type is None and ids[2]:
+                spec = kernel_btf_spec(ids[0])
+                try:
+                    value = spec.type_by_id(ids[2]) if spec is not None else None
+                except Error:
+                    value = None
+                if isinstance(value, _btf.Datasec):
+                    self._datasec = value
+        return self.key_type, self.value_type if self._datasec is None else self._datasec
 
     def encode_key(self, key: object) -> bytes:
         if self._kernel_btf is not None:
@@ -436,6 +454,96 @@ class Map(Handle):
         if t is not None:
             return _layout.decode(t, data)
         return data
+
+    # ------------------------------------------------------------------ raw elements
+
+    def lookup_bytes(self, key: bytes | None) -> bytes:
+        """The raw value at the raw ``key`` (None for maps without keys: peek). Per-CPU
+        maps give one 8-byte-aligned slot per possible CPU. KeyNotFoundError if absent."""
+        try:
+            return _sys.map_lookup_elem(self.fd, key, self._value_buffer_size)
+        except KeyNotFoundError as err:
+            raise self._err(err, "", "key not found") from None
+        except SyscallError as err:
+            raise self._err(err, "lookup") from err
+
+    def update_bytes(
+        self, key: bytes | None, value: bytes, flags: UpdateFlags | int = UpdateFlags.ANY
+    ) -> None:
+        """Write a raw value (a full per-CPU buffer for per-CPU maps) at a raw key."""
+        try:
+            _sys.map_update_elem(self.fd, key, value, int(flags))
+        except SyscallError as err:
+            if err.errno == errno.E2BIG:
+                raise self._err(err, "update", self._full_reason()) from err
+            raise self._err(err, "update") from err
+
+    def delete_bytes(self, key: bytes) -> None:
+        try:
+            _sys.map_delete_elem(self.fd, key)
+        except KeyNotFoundError as err:
+            raise self._err(err, "", "key not found") from None
+        except SyscallError as err:
+            if err.errno == errno.EINVAL and self.type in _PLAIN_ARRAYS:
+                raise NotSupportedError(
+                    f"map {self.name}: array elements cannot be deleted (write a zero value)"
+                ) from err
+            raise self._err(err, "delete") from err
+
+    def keys_bytes(self) -> Iterator[bytes]:
+        """Every raw key once, tolerating concurrent deletes (see :meth:`keys`)."""
+        return self._raw_keys()
+
+    def items_bytes(self, chunk: int = 256) -> Iterator[tuple[bytes, bytes]]:
+        """Every (raw key, raw value): ``chunk`` at a time through BPF_MAP_LOOKUP_BATCH
+        (Linux 5.6) where the kernel has it for this map type, else key by key (keys
+        deleted meanwhile are skipped)."""
+        vsize = self._value_buffer_size
+        token_size = max(self.key_size, 4)
+        in_batch: ctypes.Array[ctypes.c_char] | None = None
+        keys = ctypes.create_string_buffer(self.key_size * chunk or 1)
+        vals = ctypes.create_string_buffer(vsize * chunk or 1)
+        while True:
+            out_batch = ctypes.create_string_buffer(token_size)
+            try:
+                n, done = _sys.map_batch(
+                    Cmd.MAP_LOOKUP_BATCH,
+                    self.fd,
+                    in_batch=in_batch,
+                    out_batch=out_batch,
+                    keys=keys,
+                    values=vals,
+                    count=chunk,
+                )
+            except SyscallError as err:
+                if in_batch is None and err.errno in (
+                    errno.EINVAL,
+                    errno.EOPNOTSUPP,
+                    errno.ENOSPC,  # a hash bucket larger than the chunk
+                    _sys.ENOTSUPP,
+                ):
+                    yield from self._items_one_by_one()
+                    return
+                raise self._batch_error(err, "batch lookup") from err
+            kraw, vraw = keys.raw, vals.raw
+            for i in range(n):
+                yield (
+                    kraw[i * self.key_size : (i + 1) * self.key_size],
+                    vraw[i * vsize : (i + 1) * vsize],
+                )
+            if done:
+                return
+            in_batch = out_batch
+
+    def _items_one_by_one(self) -> Iterator[tuple[bytes, bytes]]:
+        for k in self._raw_keys():
+            try:
+                raw = _sys.map_lookup_elem(self.fd, k, self._value_buffer_size)
+            except KeyNotFoundError:
+                continue
+            except SyscallError as err:
+                raise self._err(err, "lookup") from err
+            yield k, raw
 
     # ------------------------------------------------------------------ element API
 
@@ -731,7 +839,7 @@ _KERNEL_BTF_MAX_BYTES = 64 << 20
 _kernel_btf: LRU[int, tuple[_btf.Spec | None]] = LRU(_KERNEL_BTF_MAX_BYTES, 1024)
 
 
-def _kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
+def kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
     """The BTF object ``btf_id`` as the kernel holds it (immutable, so cached by id)."""
     hit = _kernel_btf.get(btf_id)
     if hit is not None:

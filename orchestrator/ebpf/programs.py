@@ -8,11 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.btf_ext import LineInfo
 from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
 from orchestrator.ebpf.handle import Handle
-from orchestrator.ebpf.maps import kernel_name
+from orchestrator.ebpf.maps import kernel_btf_spec, kernel_name
 from orchestrator.ebpf.sys import FD, AttachType, Closing, Cmd, ProgType
 from orchestrator.ebpf.verifier import diagnose
 
@@ -300,6 +301,12 @@ class Program(Handle):
     @property
     def id(self) -> int:
         return int(_sys.prog_info(self.fd).id)
+
+    def btf_spec(self) -> _btf.Spec | None:
+        """The BTF the program was loaded with, as the kernel holds it (the whole object's
+        types: its structs, for instance), or None for a program loaded without BTF."""
+        btf_id = int(_sys.prog_info(self.fd).btf_id)
+        return kernel_btf_spec(btf_id) if btf_id else None
 
     # ------------------------------------------------------------------ pinning
 

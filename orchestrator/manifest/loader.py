@@ -23,6 +23,7 @@ import json
 import mmap
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,8 @@ from orchestrator.manifest.objects import ObjectError, ObjectInfo
 NETNS_DIR = "/var/run/netns"
 SUFFIXES = (".yaml", ".yml")
 PATH_MAX = 4096  # linux/limits.h, with the terminating NUL
+# what `bpforch inspect --manifest` leaves for the user to fill in: <INTERFACE>, <CGROUP> …
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
 
 # ---------------------------------------------------------------------------- files
 
@@ -381,6 +384,13 @@ class _Builder:
         kind = next(k for k in raw if k != "program")
         t = cast(dict[str, object], raw[kind])
         tpath = (*path, kind)
+        for name, value in t.items():
+            if isinstance(value, str) and PLACEHOLDER.fullmatch(value):
+                self.problem(
+                    (*tpath, name),
+                    f"{value} is a placeholder",
+                    "fill it in (bpforch inspect --manifest leaves these)",
+                )
         target: Target
         if kind == "xdp":
             netns = t.get("netns")

@@ -1131,7 +1131,10 @@ def delete_collection(changes: list[Change], rec: CollectionRecord, why: str) ->
     for mname, mr in sorted(rec.maps.items()):
         if mr.source:
             continue
-        changes.append(Change(Op.DELETE, "map", rec.name, mname, f"map id {mr.id}"))
+        why_map = f"map id {mr.id}"
+        if mr.preserve:
+            why_map += ", preserved: its contents are deleted with it"
+        changes.append(Change(Op.DELETE, "map", rec.name, mname, why_map))
 
 
 def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> Plan:

@@ -175,11 +175,18 @@ class Reconciler:
             budget = budget_warnings(recorded(tx.record.collections, desired.collections))
         return ApplyResult(p, gens, time.perf_counter() - start, True, (*warnings, *budget))
 
-    def destroy(self, names: Sequence[str] | None = None) -> ApplyResult:
-        """Detach, unpin and forget ``names`` (every owned collection if None)."""
+    def destroy(self, names: Sequence[str] | None = None, *, dry_run: bool = False) -> ApplyResult:
+        """Detach, unpin and forget ``names`` (every owned collection if None).
+        ``dry_run``: only plan it (no lock, nothing changed)."""
         from orchestrator.reconcile.transaction import Transaction
 
         start = time.perf_counter()
+        if dry_run:
+            actual = self.observe()
+            p = plan_destroy(actual, names)
+            raise_problems(p)
+            gens = {n: c.record.generation for n, c in actual.collections.items()}
+            return ApplyResult(p, gens, time.perf_counter() - start)
         with locked(self.bpffs_root, self.state_dir) as root_fd:
             actual = self.observe()
             p = plan_destroy(actual, names)
