@@ -57,8 +57,9 @@ from orchestrator.ebpf import links as ebpf_links
 from orchestrator.ebpf import sys as bpfsys
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.manifest import ManifestError, load_manifests
-from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, PlanError, Reconciler
+from orchestrator.reconcile import ApplyError, Failpoints, PlanError, Reconciler
 from orchestrator.reconcile.owner import MARK_PIN, OWNER_PIN
+from tests.failpoints import OnStep
 from tests.netns import Cgroup, NetNS, VethPair
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -593,8 +594,8 @@ class ModelMachine(RuleBasedStateMachine):
             elif path.exists():
                 path.unlink()
 
-    def reconciler(self, hooks: Hooks | None = None) -> Reconciler:
-        return Reconciler(bpffs_root=self.root, state_dir=self.state_dir, hooks=hooks)
+    def reconciler(self, failpoints: Failpoints | None = None) -> Reconciler:
+        return Reconciler(bpffs_root=self.root, state_dir=self.state_dir, failpoints=failpoints)
 
     def count(self, rule: str) -> None:
         self.w.steps += rule != "start"  # the set-up is not a step
@@ -793,7 +794,7 @@ class ModelMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.desired) > 0 or len(self.applied) > 0)
     @rule(step=st.sampled_from(FAULT_STEPS))
     def apply_with_failure(self, step: str) -> None:
-        """An apply whose step ``step`` fails (a Hooks failpoint): everything is rolled back
+        """An apply whose step ``step`` fails (an injected failpoint): everything is rolled back
         (release: the apply is committed, the leftovers go with the next apply)."""
         self.count("apply_with_failure")
         why, new = self._predicted(False)
@@ -801,7 +802,7 @@ class ModelMachine(RuleBasedStateMachine):
         fds = self._fds()
         try:
             desired = load_manifests([self.manifests])
-            self.reconciler(Hooks(**{step: _raise_at(step, fired)})).apply(desired)  # type: ignore[arg-type]
+            self.reconciler(OnStep(**{step: _raise_at(step, fired)})).apply(desired)
         except (ManifestError, PlanError) as err:
             assert why, f"apply refused what the model accepts: {err}"
             self.w.rejected += 1
@@ -829,7 +830,7 @@ class ModelMachine(RuleBasedStateMachine):
         apply in this process must converge."""
         self.count("apply_killed")
         why, new = self._predicted(False)
-        proc = self.cli("apply", str(self.manifests), env={CRASH_ENV: f"{step}:{nth}"})
+        proc = self.cli("apply", str(self.manifests), killed_at=f"{step}:{nth}")
         if why:
             assert proc.returncode == 1, (why, proc.returncode, proc.stderr)
             self.w.rejected += 1
@@ -1023,15 +1024,16 @@ class ModelMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ the CLI
 
-    def cli(
-        self, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, killed_at: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``bpforch ARGS`` in a subprocess; with ``killed_at`` (``STEP:N``) through the
+        test-only entry point that SIGKILLs it there (tests/failpoints.py)."""
         self.w.cli_runs += 1
+        entry = ["orchestrator"] if killed_at is None else ["tests.failpoints", killed_at]
         return subprocess.run(
             [
                 sys.executable,
                 "-m",
-                "orchestrator",
+                *entry,
                 *args,
                 "--bpffs-root",
                 str(self.root),
@@ -1039,7 +1041,6 @@ class ModelMachine(RuleBasedStateMachine):
                 str(self.state_dir),
             ],
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
             capture_output=True,
             text=True,
             timeout=120,

@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from orchestrator.ebpf import links
-from orchestrator.reconcile import CRASH_ENV
 from tests.conftest import ROOT
 from tests.netns import Cgroup, VethPair
 from tests.reconcile import model
@@ -83,13 +82,14 @@ def test_kill_after_a_new_xdp_link_converges(
         "import sys; from pathlib import Path\n"
         "from orchestrator.manifest import load_manifests\n"
         "from orchestrator.reconcile import Reconciler\n"
-        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]))\n"
+        "from tests.failpoints import KillAt\n"
+        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]),\n"
+        "               failpoints=KillAt.parse(sys.argv[4]))\n"
         "r.apply(load_manifests([Path(sys.argv[3])]))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests)],
+        [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests), step],
         cwd=ROOT,
-        env={**os.environ, CRASH_ENV: step},
         capture_output=True,
         text=True,
         timeout=60,
