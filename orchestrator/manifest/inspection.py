@@ -3,8 +3,9 @@ for it (``bpforch inspect --manifest``).
 
 Programs are matched against every kind of manifest target with the same rules validation
 uses (:func:`orchestrator.manifest.kernel_hooks.target_mismatch`), so the hooks listed for
-a program are the ones a manifest may attach it to. Constants and variables show their initial values from
-the object's data sections, decoded as map values are (:mod:`orchestrator.ebpf.values`).
+a program are the ones a manifest may attach it to. Constants and variables show their
+initial values from the object's data sections, decoded as map values are
+(:mod:`orchestrator.ebpf.values`).
 """
 
 from __future__ import annotations
