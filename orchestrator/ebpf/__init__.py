@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from orchestrator.ebpf.asm import Instruction, Instructions, Reference, RefKind
 from orchestrator.ebpf.binding import Binding, bind, close_all
+from orchestrator.ebpf.btf.kernel import KernelBTF
+from orchestrator.ebpf.btf.kernel import load as load_kernel_btf
 from orchestrator.ebpf.collection import (
     Collection,
     CollectionOptions,
@@ -50,8 +52,6 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.externs import ExternKind, ExternSpec
-from orchestrator.ebpf.kernel_btf import KernelBTF
-from orchestrator.ebpf.kernel_btf import load as load_kernel_btf
 from orchestrator.ebpf.links import (
     Link,
     LinkInfo,

@@ -35,7 +35,6 @@ from elftools.construct import ConstructError
 from elftools.elf.structs import ELFStructs
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import btf_ext as _btf_ext
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
 from orchestrator.ebpf import struct_ops as _struct_ops
@@ -47,6 +46,7 @@ from orchestrator.ebpf.asm import (
     Reference,
     RefKind,
 )
+from orchestrator.ebpf.btf import ext as _btf_ext
 from orchestrator.ebpf.errors import BTFError, Error, ParseError, clip
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
 from orchestrator.ebpf.spec import (

@@ -100,7 +100,7 @@ def _btf_target(
     struct_ops member that a probe of ``attach_type`` can name; a Support if there is none
     to name (no kernel BTF: the probe cannot decide)."""
     from orchestrator.ebpf import btf as _btf
-    from orchestrator.ebpf import kernel_btf
+    from orchestrator.ebpf.btf import kernel as kernel_btf
 
     try:
         kb = kernel_btf.load()

@@ -1,7 +1,7 @@
 """Live maps: creation from a :class:`MapSpec`, and a dict-like API over the map syscalls.
 
 Keys and values are marshalled from their BTF types when the map has them (ints, bytes,
-dicts/dataclasses/ctypes structures for structs; see :mod:`orchestrator.ebpf.layout`);
+dicts/dataclasses/ctypes structures for structs; see :mod:`orchestrator.ebpf.btf.layout`);
 otherwise ``bytes`` of exactly the right size, or an ``int`` for keys and values of 1, 2, 4
 or 8 bytes. Per-CPU maps take and give lists with one value per possible CPU.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import layout as _layout
 from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.btf import layout as _layout
 from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.btf_ext import LineInfo
+from orchestrator.ebpf.btf.ext import LineInfo
 from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.maps import kernel_name

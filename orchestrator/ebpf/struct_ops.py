@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf.btf.kernel import KernelBTF, essential_name
 from orchestrator.ebpf.errors import AttachTargetError, BTFError, Error, ParseError, SpecError
-from orchestrator.ebpf.kernel_btf import KernelBTF, essential_name
 from orchestrator.ebpf.links import Link
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.sys import FD, Closing, MapType

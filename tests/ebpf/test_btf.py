@@ -52,7 +52,7 @@ from orchestrator.ebpf.btf import (
     sizeof,
     skip_qualifiers,
 )
-from orchestrator.ebpf.btf_ext import (
+from orchestrator.ebpf.btf.ext import (
     CORERelo,
     COREReloKind,
     FuncInfo,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import kernel_btf
 from orchestrator.ebpf.btf import (
     Array,
     Datasec,
@@ -28,8 +27,9 @@ from orchestrator.ebpf.btf import (
     VarSecinfo,
     Void,
 )
-from orchestrator.ebpf.btf_ext import CORERelo, COREReloKind
-from orchestrator.ebpf.core import Target, resolve
+from orchestrator.ebpf.btf import kernel as kernel_btf
+from orchestrator.ebpf.btf.core import Target, resolve
+from orchestrator.ebpf.btf.ext import CORERelo, COREReloKind
 from orchestrator.ebpf.errors import BTFError, ParseError
 from orchestrator.ebpf.externs import (
     ExternKind,

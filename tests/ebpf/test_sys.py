@@ -26,8 +26,9 @@ from typing import TypeVar
 
 import pytest
 
-from orchestrator.ebpf import btf, kernel_btf
+from orchestrator.ebpf import btf
 from orchestrator.ebpf import sys as bsys
+from orchestrator.ebpf.btf import kernel as kernel_btf
 from orchestrator.ebpf.errors import BTFError
 
 T = TypeVar("T")
