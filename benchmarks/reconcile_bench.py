@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import ebpf  # noqa: E402
-from orchestrator.ebpf import links  # noqa: E402
+from orchestrator.ebpf import link as links  # noqa: E402
 from orchestrator.manifest import load_manifests  # noqa: E402
 from orchestrator.manifest.objects import object_spec  # noqa: E402
 from orchestrator.reconcile import Reconciler  # noqa: E402

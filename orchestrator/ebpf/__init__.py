@@ -52,7 +52,7 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.externs import ExternKind, ExternSpec
-from orchestrator.ebpf.links import (
+from orchestrator.ebpf.link import (
     Link,
     LinkInfo,
     attach_cgroup,
@@ -67,6 +67,7 @@ from orchestrator.ebpf.links import (
     tcx_attached,
     xdp_attached,
 )
+from orchestrator.ebpf.link.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.programs import Program, ProgramInfo, RunResult
 from orchestrator.ebpf.ringbuf import RingBufReader
@@ -79,7 +80,6 @@ from orchestrator.ebpf.spec import (
     Unresolved,
     VariableSpec,
 )
-from orchestrator.ebpf.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
 from orchestrator.ebpf.sys import (
     AttachType,
     LinkType,

@@ -25,7 +25,6 @@ from typing import TypeVar, cast
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import features as _features
-from orchestrator.ebpf import struct_ops as _struct_ops
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, RefKind
 from orchestrator.ebpf.btf import core as _core
@@ -46,6 +45,7 @@ from orchestrator.ebpf.errors import (
     UnresolvedReferenceError,
     VerifierError,
 )
+from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec

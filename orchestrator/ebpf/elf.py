@@ -37,7 +37,6 @@ from elftools.elf.structs import ELFStructs
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
-from orchestrator.ebpf import struct_ops as _struct_ops
 from orchestrator.ebpf.asm import (
     CALL,
     INSN_SIZE,
@@ -49,6 +48,7 @@ from orchestrator.ebpf.asm import (
 from orchestrator.ebpf.btf import ext as _btf_ext
 from orchestrator.ebpf.errors import BTFError, Error, ParseError, clip
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
+from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -309,7 +309,7 @@ class _Reader:
         )
 
     def _read_struct_ops(self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]) -> None:
-        """``.struct_ops``/``.struct_ops.link`` tables (see :mod:`orchestrator.ebpf.struct_ops`)."""
+        """``.struct_ops``/``.struct_ops.link`` tables (see :mod:`.link.struct_ops`)."""
         secs = [
             (s.name, s.data, [(off, self.symbols[sym].name) for off, sym in s.relocs])
             for s in self.sections

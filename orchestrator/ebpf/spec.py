@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from orchestrator.ebpf.btf.ext import CORERelo, FuncInfo, LineInfo
     from orchestrator.ebpf.collection import CollectionOptions
     from orchestrator.ebpf.externs import ExternSpec
+    from orchestrator.ebpf.link.struct_ops import StructOpsSpec
     from orchestrator.ebpf.maps import Map
     from orchestrator.ebpf.speccache import SpecCache
-    from orchestrator.ebpf.struct_ops import StructOpsSpec
 
 T = TypeVar("T")
 

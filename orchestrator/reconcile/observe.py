@@ -356,7 +356,7 @@ def _netns_of(a: AttachmentRecord) -> str | None:
 def _check_xdp_mode(a: AttachmentRecord, ifindex: int, prog_id: int) -> list[Drift]:
     """The mode the kernel runs an XDP link's program in (rtnetlink: a link reports no
     mode) against the mode recorded when it was attached."""
-    from orchestrator.ebpf import links as _links
+    from orchestrator.ebpf import link as _links
 
     try:
         mode = _links.xdp_mode(ifindex, prog_id, _netns_of(a))
@@ -378,7 +378,7 @@ def _check_xdp_mode(a: AttachmentRecord, ifindex: int, prog_id: int) -> list[Dri
 def _check_order(rec: CollectionRecord, drifted: set[str]) -> list[Drift]:
     """Each tcx link placed before/after another program of the collection, against the
     order the kernel runs the hook in (BPF_PROG_QUERY: the ordered link ids)."""
-    from orchestrator.ebpf import links as _links
+    from orchestrator.ebpf import link as _links
 
     hooks: dict[str, list[AttachmentRecord]] = {}
     for a in rec.attachments.values():
@@ -892,7 +892,7 @@ def target_facts(target: Target) -> TargetFacts:
 def _xdp_facts(ifindex: int, netns: Path | None, *, find_link: bool = False) -> TargetFacts:
     """Which XDP program the interface runs; with ``find_link`` also the link holding it
     (that walks every XDP link in the kernel: only done for targets with take_over)."""
-    from orchestrator.ebpf import links as _links
+    from orchestrator.ebpf import link as _links
     from orchestrator.ebpf.errors import NetlinkError
     from orchestrator.ebpf.netlink import XDPMode, query_link
 

@@ -81,7 +81,7 @@ from orchestrator.ebpf import (
     Program,
     ProgType,
 )
-from orchestrator.ebpf import links as _links
+from orchestrator.ebpf import link as _links
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.collection import load_subset
 from orchestrator.ebpf.errors import AttachConflictError

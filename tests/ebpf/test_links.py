@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import links
+from orchestrator.ebpf import link as links
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -28,7 +28,7 @@ from orchestrator.ebpf.errors import (
     PinError,
     TargetNotFoundError,
 )
-from orchestrator.ebpf.links import Link, LinkID, ProgramID
+from orchestrator.ebpf.link import Link, LinkID, ProgramID
 from orchestrator.ebpf.netlink import in_netns, netns_inode
 from orchestrator.ebpf.sys import AttachType, LinkType
 from tests.conftest import ROOT, obj, require_tool

@@ -275,7 +275,7 @@ def test_prog_array_keeps_its_entries_after_the_applying_process(
 
 def test_foreign_xdp_owner_is_a_plan_problem(env: Env, veth: VethPair, fd_guard: None) -> None:
     from orchestrator import ebpf
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
     from orchestrator.reconcile import PlanError
 
     xdp_manifest(env, veth)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Map, Program, links
+from orchestrator.ebpf import Map, Program
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, Op, Reconciler
 from tests.conftest import ROOT
 from tests.netns import UdpReceiver, VethPair, send_udp

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Link, Map, links
+from orchestrator.ebpf import Link, Map
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import Op, Reconciler
 from orchestrator.reconcile.status import CollectionStatus
 from tests.conftest import require_tool

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from orchestrator.ebpf import Map, links
+from orchestrator.ebpf import Map
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import Hooks, Op, Reconciler
 from tests.conftest import ROOT, require_tool
 from tests.netns import UdpReceiver, VethPair, send_udp

@@ -259,7 +259,7 @@ def test_real_attach_failure_restores_the_previous_generation(
     attach (EBUSY) after xdp-counter's link was already switched in place; everything is
     rolled back, and the foreign program is left alone."""
     from orchestrator import ebpf
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
 
     sc = Scenario(env, veth, compile_bpf)
     xdp_manifest(env, veth, version=2)
@@ -365,7 +365,7 @@ def test_incomplete_rollback_is_reported_and_the_next_apply_converges(
     """The record write fails and, at the same moment, someone detaches our XDP link: the
     link can't be switched back. The error says the rollback was incomplete and what is
     left; the next apply repairs it."""
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
 
     xdp_manifest(env, veth, version=1)
     r = env.reconciler()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ebpf import Link, Map, features
-from orchestrator.ebpf import links as _links
+from orchestrator.ebpf import link as _links
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.sys import AttachType, ProgType
 from orchestrator.manifest.errors import ManifestError

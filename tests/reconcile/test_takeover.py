@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import Map, Program, links
+from orchestrator.ebpf import Map, Program
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import ApplyError, Hooks, Op, PlanError
 from tests.conftest import BPF_DIR
 from tests.netns import UdpReceiver, VethPair, send_udp
