@@ -916,10 +916,10 @@ def test_environment_error_paths(
     with pytest.raises(AttachError, match=r"cgroup .*cgroup\.procs: not a directory"):
         links.attach_cgroup(progs.programs["xdp_a"], cgroup.path / "cgroup.procs", "egress")
     # no tracefs, no uprobe PMU, a PMU without the retprobe bit
-    monkeypatch.setattr(links, "TRACEFS_ROOTS", (tmp_path / "tracing",))
+    monkeypatch.setattr(links.tracing, "TRACEFS_ROOTS", (tmp_path / "tracing",))
     with pytest.raises(NotSupportedError, match="tracefs is not mounted"):
         links.attach_tracepoint(progs.programs["raw_getppid"], "syscalls", "sys_enter_getppid")
-    monkeypatch.setattr(links, "PMU_ROOT", tmp_path)
+    monkeypatch.setattr(links.uprobe, "PMU_ROOT", tmp_path)
     with pytest.raises(NotSupportedError, match="no uprobe PMU"):
         links.attach_uprobe(progs.programs["on_call"], uprobe_binary, "main")
     (tmp_path / "uprobe").mkdir()

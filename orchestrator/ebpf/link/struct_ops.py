@@ -30,7 +30,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.btf.kernel import KernelBTF, essential_name
 from orchestrator.ebpf.errors import AttachTargetError, BTFError, Error, ParseError, SpecError
-from orchestrator.ebpf.link import Link
+from orchestrator.ebpf.link.base import Link
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.sys import FD, Closing, MapType
 
