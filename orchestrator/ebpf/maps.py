@@ -146,6 +146,7 @@ class Map(Handle):
         # kernel's copy of the map's BTF, for maps opened by pin, id or fd.
         self._kernel_btf: tuple[int, int, int] | None = None
         self._pinned: str | None = None
+        self._id: int | None = None  # read from the kernel on first use, then kept
         self._ncpus = _sys.possible_cpus() if self._per_cpu else 1
 
     # ------------------------------------------------------------------ construction
@@ -220,6 +221,7 @@ class Map(Handle):
             max_entries=info.max_entries,
             flags=info.map_flags,
         )
+        m._id = int(info.id)
         if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
             m._kernel_btf = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id)
         return m
@@ -247,7 +249,7 @@ class Map(Handle):
 
     def clone(self) -> Map:
         """A second owner of the same kernel map (a dup'ed fd)."""
-        return Map(
+        m = Map(
             self.fd.dup(),
             name=self.name,
             type=self.type,
@@ -258,6 +260,8 @@ class Map(Handle):
             key_type=self.key_type,
             value_type=self.value_type,
         )
+        m._id = self._id
+        return m
 
     # ------------------------------------------------------------------ basics
 
@@ -269,7 +273,9 @@ class Map(Handle):
         return f"Map({self.name!r}, {t}, fd={self._fd.raw if not self.closed else 'closed'})"
 
     def info(self) -> MapInfo:
+        """What the kernel reports about the map now (one BPF_OBJ_GET_INFO_BY_FD)."""
         i = _sys.map_info(self.fd)
+        self._id = int(i.id)
         try:
             t: MapType | int = MapType(i.type)
         except ValueError:
@@ -288,7 +294,10 @@ class Map(Handle):
 
     @property
     def id(self) -> int:
-        return self.info().id
+        """The map's kernel id: read once (lazily), then kept; it never changes."""
+        if self._id is None:
+            self._id = int(_sys.map_info(self.fd).id)
+        return self._id
 
     def check_compatible_with(self, spec: MapSpec) -> None:
         """Raise :class:`MapIncompatibleError` unless this map can stand in for ``spec``."""
