@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator import cli, ebpf
-from orchestrator.ebpf.link import in_netns
+from orchestrator.ebpf.inspect import in_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf.netlink import in_netns
+from orchestrator.ebpf.inspect import in_netns
 
 NETNS_DIR = Path("/var/run/netns")
 CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")

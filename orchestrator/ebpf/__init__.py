@@ -14,6 +14,7 @@ with ebpf.Collection(spec, ebpf.CollectionOptions(pin_path="/sys/fs/bpf/x")) as 
 
 from __future__ import annotations
 
+from orchestrator.ebpf import inspect
 from orchestrator.ebpf.asm import Instruction, Instructions, Reference, RefKind
 from orchestrator.ebpf.binding import Binding, bind, close_all
 from orchestrator.ebpf.btf.kernel import KernelBTF
@@ -167,6 +168,7 @@ __all__ = [
     "bind",
     "cgroup_attached",
     "close_all",
+    "inspect",
     "iter_links",
     "load_collection",
     "load_kernel_btf",

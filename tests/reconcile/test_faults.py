@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Map
-from orchestrator.ebpf import sys as bpfsys
-from orchestrator.ebpf.errors import SyscallError
+from orchestrator import ebpf
+from orchestrator.ebpf import Map, inspect
 from orchestrator.reconcile import CRASH_ENV, ApplyError, Hooks, PlanError
 from tests.conftest import ROOT
 from tests.netns import UdpReceiver, VethPair, send_udp
@@ -86,14 +85,14 @@ def programs_where(pred: Callable[[str, tuple[int, ...]], bool]) -> set[int]:
     """Ids of live programs whose (name, map ids) match ``pred`` (programs other tests load
     are never ours: we match on names and map ids that only this test has)."""
     out = set()
-    for pid in bpfsys.iter_ids(bpfsys.Cmd.PROG_GET_NEXT_ID):
+    for pid in inspect.program_ids():
         try:
-            fd = bpfsys.fd_by_id(bpfsys.Cmd.PROG_GET_FD_BY_ID, pid)
-        except SyscallError:
+            prog = ebpf.Program.from_id(pid)
+        except ebpf.Error:
             continue
-        with fd:
-            info, _x, map_ids = bpfsys.prog_xlated(fd)
-        if pred(info.name.decode(), tuple(map_ids)):
+        with prog:
+            name, map_ids = prog.name, prog.map_ids()
+        if pred(name, map_ids):
             out.add(pid)
     return out
 

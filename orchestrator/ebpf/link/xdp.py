@@ -108,12 +108,15 @@ def _xdp_error(prog: Program, index: int, mode: str, err: SyscallError, netns: N
     return AttachError(f"{what}: {err.detail}{hint}")
 
 
-def xdp_attached(iface: int | str, netns: NetnsPath = None) -> XDPAttachment | None:
+def xdp_attached(
+    iface: int | str, netns: NetnsPath = None, *, find_link: bool = True
+) -> XDPAttachment | None:
     """The XDP program on an interface, whoever attached it (rtnetlink RTM_GETLINK
     IFLA_XDP), and the id of the BPF link that holds it, if a link does (found by iterating
-    links: an xdp link with that ifindex and program). The kernel reports no namespace for
-    xdp links, so if the same program is attached by links to interfaces with the same index
-    in two namespaces, the first such link is named. Needs CAP_NET_ADMIN, CAP_SYS_ADMIN."""
+    links: an xdp link with that ifindex and program; skipped, and ``link_id`` None, without
+    ``find_link``). The kernel reports no namespace for xdp links, so if the same program is
+    attached by links to interfaces with the same index in two namespaces, the first such
+    link is named. Needs CAP_NET_ADMIN, CAP_SYS_ADMIN."""
     index = _ifindex(iface, netns)
     try:
         state = _netlink.query_link(index, netns)
@@ -133,7 +136,7 @@ def xdp_attached(iface: int | str, netns: NetnsPath = None) -> XDPAttachment | N
         _netlink.XDPMode.HW: "offload",
     }.get(xdp.mode, "multi")  # type: ignore[assignment]
     link_id = None
-    for info in iter_links(LinkType.XDP):
+    for info in iter_links(LinkType.XDP) if find_link else ():
         target = info.target
         if isinstance(target, XDPTarget) and target.ifindex == index and info.program_id == prog_id:
             link_id = info.id
