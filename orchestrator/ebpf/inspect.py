@@ -32,17 +32,7 @@ import os
 from collections.abc import Iterator
 
 from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.link import (
-    LinkInfo,
-    cgroup_attached,
-    iter_links,
-    tcx_attached,
-    xdp_attached,
-    xdp_mode,
-)
-from orchestrator.ebpf.link.base import _decode_info
-from orchestrator.ebpf.netlink import in_netns
-from orchestrator.ebpf.pin import (
+from orchestrator.ebpf._bpffs import (
     bpffs_mount_of,
     ensure_dir,
     is_bpffs,
@@ -53,6 +43,16 @@ from orchestrator.ebpf.pin import (
     remove_tree,
     remove_tree_at,
 )
+from orchestrator.ebpf._netlink import in_netns
+from orchestrator.ebpf.link import (
+    LinkInfo,
+    cgroup_attached,
+    iter_links,
+    tcx_attached,
+    xdp_attached,
+    xdp_mode,
+)
+from orchestrator.ebpf.link.base import _decode_info
 from orchestrator.ebpf.sys import FD, fs_magic
 
 __all__ = [

@@ -964,7 +964,7 @@ def obj_pin(fd: FD, path: str, *, dir_fd: int | None = None) -> None:
 def obj_get(path: str, flags: int = 0, *, dir_fd: int | None = None) -> FD:
     """BPF_OBJ_GET; with ``dir_fd``, ``path`` is relative to that directory (BPF_F_PATH_FD,
     Linux 6.5). The kernel follows a symlink in the last component: callers that must not
-    follow one check it first (:func:`orchestrator.ebpf.pin.open_pin_at`)."""
+    follow one check it first (:func:`orchestrator.ebpf._bpffs.open_pin_at`)."""
     p = _cbuf(os.fsencode(path) + b"\0")
     attr = ObjPinAttr(pathname=ctypes.addressof(p), file_flags=flags)
     if dir_fd is not None:

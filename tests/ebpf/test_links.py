@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import link as links
+from orchestrator.ebpf._netlink import in_netns, netns_inode
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -29,7 +30,6 @@ from orchestrator.ebpf.errors import (
     TargetNotFoundError,
 )
 from orchestrator.ebpf.link import Link, LinkID, ProgramID
-from orchestrator.ebpf.netlink import in_netns, netns_inode
 from orchestrator.ebpf.sys import AttachType, LinkType
 from tests.conftest import ROOT, obj, require_tool
 from tests.deadline import promptly

@@ -39,6 +39,7 @@ for the kinds this kernel refuses), :mod:`.base` for the :class:`Link` handle an
 
 from __future__ import annotations
 
+from orchestrator.ebpf._netlink import in_netns
 from orchestrator.ebpf.errors import AttachConflictError, AttachError, TargetNotFoundError
 from orchestrator.ebpf.link.base import (
     CgroupTarget,
@@ -79,7 +80,6 @@ from orchestrator.ebpf.link.xdp import (
     xdp_attached,
     xdp_mode,
 )
-from orchestrator.ebpf.netlink import in_netns
 
 __all__ = [
     "CGROUP2_SUPER_MAGIC",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import os
 
-from orchestrator.ebpf import netlink as _netlink
+from orchestrator.ebpf import _netlink
+from orchestrator.ebpf._netlink import in_netns
 from orchestrator.ebpf.errors import (
     NetlinkError,
     TargetNotFoundError,
@@ -13,7 +14,6 @@ from orchestrator.ebpf.errors import (
 from orchestrator.ebpf.link.base import (
     NetnsPath,
 )
-from orchestrator.ebpf.netlink import in_netns
 
 
 def _where(netns: NetnsPath) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 
-from orchestrator.ebpf import netlink as _netlink
+from orchestrator.ebpf import _netlink
 from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
     AttachConflictError,
