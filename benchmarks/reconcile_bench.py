@@ -183,7 +183,7 @@ def bench_scratch(base: Path, state: Path, manifests: Path, n: int, reps: int) -
 
 def _is_tmpfs(path: Path) -> bool:
     TMPFS_MAGIC = 0x01021994
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     try:
         return bpfsys.fs_magic(os.fspath(path)) == TMPFS_MAGIC

@@ -15,6 +15,15 @@ with ebpf.Collection(spec, ebpf.CollectionOptions(pin_path="/sys/fs/bpf/x")) as 
 from __future__ import annotations
 
 from orchestrator.ebpf import inspect
+from orchestrator.ebpf._sys import (
+    AttachType,
+    LinkType,
+    MapFlags,
+    MapType,
+    ProgFlags,
+    ProgType,
+    UpdateFlags,
+)
 from orchestrator.ebpf.asm import Instruction, Instructions, Reference, RefKind
 from orchestrator.ebpf.binding import Binding, bind, close_all
 from orchestrator.ebpf.btf.kernel import KernelBTF
@@ -80,15 +89,6 @@ from orchestrator.ebpf.spec import (
     ProgramSpec,
     Unresolved,
     VariableSpec,
-)
-from orchestrator.ebpf.sys import (
-    AttachType,
-    LinkType,
-    MapFlags,
-    MapType,
-    ProgFlags,
-    ProgType,
-    UpdateFlags,
 )
 from orchestrator.ebpf.verification import ProgramReport, verify
 from orchestrator.ebpf.verifier import Rejection, SourceLine

@@ -22,10 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import features as _features
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf._sys import FD, AttachType, Closing, MapFlags, MapType, ProgType
 from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, RefKind
 from orchestrator.ebpf.btf import core as _core
 from orchestrator.ebpf.btf import ext as _btf_ext
@@ -50,7 +51,6 @@ from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
-from orchestrator.ebpf.sys import FD, AttachType, Closing, MapFlags, MapType, ProgType
 
 T = TypeVar("T")
 

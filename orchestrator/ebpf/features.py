@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import AttachType, MapFlags, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.errors import Error, SyscallError
 from orchestrator.ebpf.files import open_file
-from orchestrator.ebpf.sys import AttachType, MapFlags, MapType, ProgFlags, ProgType
 
 __all__ = [
     "PMU_ROOT",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf._bpffs import (
     bpffs_mount_of,
     ensure_dir,
@@ -44,6 +44,7 @@ from orchestrator.ebpf._bpffs import (
     remove_tree_at,
 )
 from orchestrator.ebpf._netlink import in_netns
+from orchestrator.ebpf._sys import FD, fs_magic
 from orchestrator.ebpf.link import (
     LinkInfo,
     cgroup_attached,
@@ -53,7 +54,6 @@ from orchestrator.ebpf.link import (
     xdp_mode,
 )
 from orchestrator.ebpf.link.base import _decode_info
-from orchestrator.ebpf.sys import FD, fs_magic
 
 __all__ = [
     "FD",

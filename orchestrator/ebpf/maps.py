@@ -16,8 +16,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf._sys import FD, Cmd, MapFlags, MapType, UpdateFlags
 from orchestrator.ebpf.btf import layout as _layout
 from orchestrator.ebpf.errors import (
     Error,
@@ -29,7 +30,6 @@ from orchestrator.ebpf.errors import (
 )
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.lru import LRU
-from orchestrator.ebpf.sys import FD, Cmd, MapFlags, MapType, UpdateFlags
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.spec import MapSpec

@@ -7,12 +7,12 @@ import errno
 import os
 from dataclasses import dataclass
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import FD, AttachType, Cmd, ProgType
 from orchestrator.ebpf.btf.ext import LineInfo
 from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.maps import kernel_name
-from orchestrator.ebpf.sys import FD, AttachType, Cmd, ProgType
 from orchestrator.ebpf.verifier import diagnose
 
 # A failed load is retried with a log of this size. The kernel keeps the tail of a log that

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator import ebpf
+from orchestrator.ebpf import _sys as bpfsys
 from orchestrator.ebpf import inspect
-from orchestrator.ebpf import sys as bpfsys
 from tests.conftest import obj
 from tests.netns import VethPair
 

@@ -21,6 +21,7 @@ import pytest
 from orchestrator import ebpf
 from orchestrator.ebpf import link as links
 from orchestrator.ebpf._netlink import in_netns, netns_inode
+from orchestrator.ebpf._sys import AttachType, LinkType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -30,7 +31,6 @@ from orchestrator.ebpf.errors import (
     TargetNotFoundError,
 )
 from orchestrator.ebpf.link import Link, LinkID, ProgramID
-from orchestrator.ebpf.sys import AttachType, LinkType
 from tests.conftest import ROOT, obj, require_tool
 from tests.deadline import promptly
 from tests.netns import Cgroup, NetNS, UdpReceiver, UdpStream, VethPair, send_udp
@@ -961,9 +961,9 @@ def _tp_btf_counter(map_fd: int, tgid: int) -> bytes:
 
 def test_tp_btf_link(fd_guard: None) -> None:
     from orchestrator.ebpf import btf
+    from orchestrator.ebpf._sys import MapType, ProgType
     from orchestrator.ebpf.programs import LoadRequest
     from orchestrator.ebpf.spec import MapSpec
-    from orchestrator.ebpf.sys import MapType, ProgType
 
     vmlinux = btf.Spec.parse(Path("/sys/kernel/btf/vmlinux").read_bytes())
     target = vmlinux.type_id(vmlinux.type_by_name("btf_trace_sys_enter"))

@@ -377,7 +377,7 @@ def test_noop_apply_only_reads(
     directories (map and program pins are checked by inode), asks the kernel about each link
     (BPF_OBJ_GET + info) and reads the root's ownership marker (BPF_OBJ_GET, info, lookup):
     no load, no create, no pin."""
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     xdp_manifest(env, veth)
     tp_manifest(env)

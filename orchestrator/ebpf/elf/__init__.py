@@ -35,6 +35,13 @@ from elftools.construct import ConstructError
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
+from orchestrator.ebpf._sys import (
+    BPF_PSEUDO_CALL,
+    BPF_PSEUDO_FUNC,
+    MapFlags,
+    MapType,
+    ProgType,
+)
 from orchestrator.ebpf.asm import (
     CALL,
     INSN_SIZE,
@@ -85,13 +92,6 @@ from orchestrator.ebpf.spec import (
     MapSpec,
     ProgramSpec,
     Unresolved,
-)
-from orchestrator.ebpf.sys import (
-    BPF_PSEUDO_CALL,
-    BPF_PSEUDO_FUNC,
-    MapFlags,
-    MapType,
-    ProgType,
 )
 
 

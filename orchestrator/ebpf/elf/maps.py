@@ -6,6 +6,10 @@ from __future__ import annotations
 import struct
 
 from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf._sys import (
+    MapFlags,
+    MapType,
+)
 from orchestrator.ebpf.elf.records import (
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -23,10 +27,6 @@ from orchestrator.ebpf.spec import (
     PinType,
     ProgramSpec,
     VariableSpec,
-)
-from orchestrator.ebpf.sys import (
-    MapFlags,
-    MapType,
 )
 
 _LEGACY_MAP_DEF = struct.Struct("<IIIII")

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -21,7 +22,6 @@ from orchestrator.ebpf.errors import (
 )
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType
 
 Direction = Literal["ingress", "egress"]
 NetnsPath = str | os.PathLike[str] | None

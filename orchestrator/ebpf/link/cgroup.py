@@ -7,7 +7,8 @@ import errno
 import os
 from collections.abc import Iterator
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import AttachType, LinkType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -20,7 +21,6 @@ from orchestrator.ebpf.link.base import (
 )
 from orchestrator.ebpf.link.query import AttachedProgram, HookState, _prog_name, _query, iter_links
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.sys import AttachType, LinkType
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 

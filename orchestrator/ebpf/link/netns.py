@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import os
 
-from orchestrator.ebpf import _netlink
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _netlink, _sys
+from orchestrator.ebpf._sys import AttachType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -20,7 +20,6 @@ from orchestrator.ebpf.link.base import (
     NetnsPath,
 )
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.sys import AttachType
 
 
 def attach_netns(prog: Program, netns: NetnsPath, attach_type: str | AttachType) -> Link:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import AttachType, Cmd, LinkType
 from orchestrator.ebpf.errors import (
     AttachError,
     SyscallError,
@@ -15,7 +16,6 @@ from orchestrator.ebpf.link.base import (
     LinkInfo,
     _decode_info,
 )
-from orchestrator.ebpf.sys import AttachType, Cmd, LinkType
 
 
 @dataclass(frozen=True, slots=True)

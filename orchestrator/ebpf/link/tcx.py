@@ -7,8 +7,9 @@ import errno
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf._netlink import in_netns
+from orchestrator.ebpf._sys import AttachType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -23,7 +24,6 @@ from orchestrator.ebpf.link.base import (
 from orchestrator.ebpf.link.iface import _ifindex, _ifname, _where
 from orchestrator.ebpf.link.query import HookState, _query
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.sys import AttachType
 
 
 def _tcx_type(direction: Direction | AttachType) -> AttachType:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import FD, ProgType
 from orchestrator.ebpf.errors import (
     AttachError,
     NotSupportedError,
@@ -17,7 +18,6 @@ from orchestrator.ebpf.link.base import (
     Link,
 )
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.sys import FD, ProgType
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 

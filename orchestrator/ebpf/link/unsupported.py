@@ -3,8 +3,9 @@ trampolines): attaching them raises :class:`NotSupportedError` with the reason."
 
 from __future__ import annotations
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import features as _features
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf._sys import AttachType, ProgType
 from orchestrator.ebpf.errors import (
     AttachError,
     NotSupportedError,
@@ -14,7 +15,6 @@ from orchestrator.ebpf.link.base import (
     _make,
 )
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.sys import AttachType, ProgType
 
 _TRAMPOLINE_KINDS: dict[str, tuple[ProgType, AttachType | None]] = {
     "fentry": (ProgType.TRACING, AttachType.TRACE_FENTRY),

@@ -7,8 +7,8 @@ import errno
 import os
 import struct
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import features as _features
-from orchestrator.ebpf import sys as _sys
 from orchestrator.ebpf.errors import (
     AttachError,
     NotSupportedError,

@@ -8,9 +8,9 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.ebpf import _netlink
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _netlink, _sys
 from orchestrator.ebpf._netlink import in_netns
+from orchestrator.ebpf._sys import AttachType, LinkType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -28,7 +28,6 @@ from orchestrator.ebpf.link.base import (
 from orchestrator.ebpf.link.iface import _if_exists, _ifindex, _ifname, _where
 from orchestrator.ebpf.link.query import _prog_name, iter_links
 from orchestrator.ebpf.programs import Program
-from orchestrator.ebpf.sys import AttachType, LinkType
 
 XDPMode = Literal["auto", "native", "generic"]
 
