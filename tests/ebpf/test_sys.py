@@ -77,11 +77,16 @@ DEFINED_FLAGS = {
 
 
 def _defined_in_sys(base: type[T]) -> dict[str, type[T]]:
-    return {
-        name: obj
-        for name, obj in sorted(vars(bsys).items())
-        if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == bsys.__name__
-    }
+    found: dict[str, type[T]] = {}
+    for module in (bsys, bsys.attrs, bsys.enums, bsys.fd):
+        for name, obj in vars(module).items():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, base)
+                and obj.__module__ == module.__name__
+            ):
+                found[name] = obj
+    return dict(sorted(found.items()))
 
 
 STRUCTS = _defined_in_sys(ctypes.Structure)
@@ -142,7 +147,7 @@ def _kernel_struct(cls: type[ctypes.Structure], spec: btf.Spec) -> tuple[str, bt
     """The kernel struct ``cls`` mirrors, and a name for it in messages."""
     name = cls.__name__
     fields = [f[0] for f in cls._fields_]
-    if issubclass(cls, bsys._Attr):
+    if issubclass(cls, bsys.attrs._Attr):
         attr = spec.type_by_name("bpf_attr", btf.Union)
         member = ATTR_MEMBERS.get(name, _snake(name.removesuffix("Attr")))
         named = [m for m in attr.members if m.name == member]
