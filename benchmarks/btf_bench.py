@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import ebpf  # noqa: E402
-from orchestrator.ebpf import btf, kernel_btf  # noqa: E402
+from orchestrator.ebpf import btf  # noqa: E402
+from orchestrator.ebpf.btf import kernel as kernel_btf  # noqa: E402
 from tests.ebpf.test_libbpf_tools import extract_objects  # noqa: E402
 
 HARNESS_SRC = ROOT / "tests" / "ebpf" / "harness" / "libbpf_load.c"

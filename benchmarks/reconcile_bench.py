@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import ebpf  # noqa: E402
-from orchestrator.ebpf import links  # noqa: E402
+from orchestrator.ebpf import link as links  # noqa: E402
 from orchestrator.manifest import load_manifests, object_spec  # noqa: E402
 from orchestrator.reconcile import Reconciler  # noqa: E402
 
@@ -182,7 +182,7 @@ def bench_scratch(base: Path, state: Path, manifests: Path, n: int, reps: int) -
 
 def _is_tmpfs(path: Path) -> bool:
     TMPFS_MAGIC = 0x01021994
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     try:
         return bpfsys.fs_magic(os.fspath(path)) == TMPFS_MAGIC

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator import cli, ebpf
-from orchestrator.ebpf.links import in_netns
+from orchestrator.ebpf.inspect import in_netns
 
 # The demo's manifests and objects: orchestrator/_demo/{manifests,bpf}, symlinks to the
 # repository's manifests/ and bpf/ in a source checkout, files in a wheel.

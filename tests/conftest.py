@@ -28,7 +28,7 @@ def _kernel_problem() -> str | None:
     if not (BPFFS.is_dir() and os.path.ismount(BPFFS)):
         return f"bpffs is not mounted at {BPFFS} (mount -t bpf bpf {BPFFS})"
     try:
-        from orchestrator.ebpf import sys as bpfsys
+        from orchestrator.ebpf import _sys as bpfsys
 
         attr = bpfsys.MapCreateAttr(map_type=2, key_size=4, value_size=4, max_entries=1)
         bpfsys.map_create(attr).close()

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ebpf.inspect import in_netns
 from orchestrator.ebpf.mounts import find_mount
-from orchestrator.ebpf.netlink import in_netns
 
 NETNS_DIR = Path("/var/run/netns")
 # where this host mounts cgroup v2, as bpforch finds it (/sys/fs/cgroup on a pure cgroup v2

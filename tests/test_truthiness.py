@@ -355,8 +355,8 @@ def test_an_empty_map_is_true(fd_guard: None) -> None:
     """Truthiness of a handle says nothing about its contents: an empty map is true, and
     counting its entries is explicit."""
     from orchestrator import ebpf
+    from orchestrator.ebpf._sys import MapType
     from orchestrator.ebpf.spec import MapSpec
-    from orchestrator.ebpf.sys import MapType
 
     spec = MapSpec("empty", MapType.HASH, 4, 4, 8)
     with ebpf.Map.create(spec) as m:

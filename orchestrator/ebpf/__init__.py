@@ -14,8 +14,20 @@ with ebpf.Collection(spec, ebpf.CollectionOptions(pin_path="/sys/fs/bpf/x")) as 
 
 from __future__ import annotations
 
+from orchestrator.ebpf import inspect
+from orchestrator.ebpf._sys import (
+    AttachType,
+    LinkType,
+    MapFlags,
+    MapType,
+    ProgFlags,
+    ProgType,
+    UpdateFlags,
+)
 from orchestrator.ebpf.asm import Instruction, Instructions, Reference, RefKind
 from orchestrator.ebpf.binding import Binding, bind, close_all
+from orchestrator.ebpf.btf.kernel import KernelBTF
+from orchestrator.ebpf.btf.kernel import load as load_kernel_btf
 from orchestrator.ebpf.collection import (
     Collection,
     CollectionOptions,
@@ -52,9 +64,7 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.externs import ExternKind, ExternSpec
-from orchestrator.ebpf.kernel_btf import KernelBTF
-from orchestrator.ebpf.kernel_btf import load as load_kernel_btf
-from orchestrator.ebpf.links import (
+from orchestrator.ebpf.link import (
     Link,
     LinkInfo,
     attach_cgroup,
@@ -69,6 +79,7 @@ from orchestrator.ebpf.links import (
     tcx_attached,
     xdp_attached,
 )
+from orchestrator.ebpf.link.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
 from orchestrator.ebpf.perf import PerfReader, PerfRecord
@@ -90,16 +101,6 @@ from orchestrator.ebpf.spec import (
     ProgramSpec,
     Unresolved,
     VariableSpec,
-)
-from orchestrator.ebpf.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
-from orchestrator.ebpf.sys import (
-    AttachType,
-    LinkType,
-    MapFlags,
-    MapType,
-    ProgFlags,
-    ProgType,
-    UpdateFlags,
 )
 from orchestrator.ebpf.values import Hex, MapCodec, NetworkOrder, References
 from orchestrator.ebpf.verification import ProgramReport, verify
@@ -193,6 +194,7 @@ __all__ = [
     "cgroup_attached",
     "close_all",
     "enable_stats",
+    "inspect",
     "iter_links",
     "load_collection",
     "load_kernel_btf",

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from orchestrator.ebpf._sys import MapType
 from orchestrator.ebpf.errors import BindError
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, ProgramSpec, VariableSpec
 from orchestrator.ebpf.suggestions import hint
-from orchestrator.ebpf.sys import MapType
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.collection import Collection, CollectionOptions

@@ -22,15 +22,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import btf_ext as _btf_ext
-from orchestrator.ebpf import core as _core
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import features as _features
-from orchestrator.ebpf import kernel_btf as _kernel_btf
-from orchestrator.ebpf import struct_ops as _struct_ops
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf._sys import FD, AttachType, Closing, MapFlags, MapType, ProgType
 from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, RefKind
+from orchestrator.ebpf.btf import core as _core
+from orchestrator.ebpf.btf import ext as _btf_ext
+from orchestrator.ebpf.btf import kernel as _kernel_btf
 from orchestrator.ebpf.errors import (
     AttachTargetError,
     COREError,
@@ -46,11 +46,11 @@ from orchestrator.ebpf.errors import (
     UnresolvedReferenceError,
     VerifierError,
 )
+from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.maps import Map
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
-from orchestrator.ebpf.sys import FD, AttachType, Closing, MapFlags, MapType, ProgType
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Self, TypeVar
 
 if TYPE_CHECKING:
-    from orchestrator.ebpf.btf_ext import LineInfo
+    from orchestrator.ebpf.btf.ext import LineInfo
     from orchestrator.ebpf.verifier import Diagnosis, Rejection, SourceLine
 
 QUOTE_MAX = 80  # characters of a value that an error message shows

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import AttachType, MapFlags, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.errors import Error, SyscallError
 from orchestrator.ebpf.files import open_file
-from orchestrator.ebpf.sys import AttachType, MapFlags, MapType, ProgFlags, ProgType
 
 __all__ = [
     "PMU_ROOT",
@@ -100,7 +100,7 @@ def _btf_target(
     struct_ops member that a probe of ``attach_type`` can name; a Support if there is none
     to name (no kernel BTF: the probe cannot decide)."""
     from orchestrator.ebpf import btf as _btf
-    from orchestrator.ebpf import kernel_btf
+    from orchestrator.ebpf.btf import kernel as kernel_btf
 
     try:
         kb = kernel_btf.load()

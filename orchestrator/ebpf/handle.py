@@ -6,9 +6,9 @@ from __future__ import annotations
 import errno
 import os
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import FD, Closing
 from orchestrator.ebpf.errors import PinError, SyscallError
-from orchestrator.ebpf.sys import FD, Closing
 
 
 class Handle(Closing):

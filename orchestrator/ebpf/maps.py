@@ -1,7 +1,7 @@
 """Live maps: creation from a :class:`MapSpec`, and a dict-like API over the map syscalls.
 
 Keys and values are marshalled from their BTF types when the map has them (ints, bytes,
-dicts/dataclasses/ctypes structures for structs; see :mod:`orchestrator.ebpf.layout`);
+dicts/dataclasses/ctypes structures for structs; see :mod:`orchestrator.ebpf.btf.layout`);
 otherwise ``bytes`` of exactly the right size, or an ``int`` for keys and values of 1, 2, 4
 or 8 bytes. Per-CPU maps take and give lists with one value per possible CPU.
 """
@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import layout as _layout
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf._sys import FD, Cmd, MapFlags, MapType, UpdateFlags
+from orchestrator.ebpf.btf import layout as _layout
 from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,
@@ -29,7 +30,6 @@ from orchestrator.ebpf.errors import (
 )
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.lru import LRU
-from orchestrator.ebpf.sys import FD, Cmd, MapFlags, MapType, UpdateFlags
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.spec import MapSpec
@@ -147,6 +147,7 @@ class Map(Handle):
         self._kernel_btf: tuple[int, int, int] | None = None
         self._pinned: str | None = None
         self._datasec: _btf.Datasec | None = None  # a data section's value type (btf_types)
+        self._id: int | None = None  # read from the kernel on first use, then kept
         self._ncpus = _sys.possible_cpus() if self._per_cpu else 1
 
     # ------------------------------------------------------------------ construction
@@ -221,6 +222,7 @@ class Map(Handle):
             max_entries=info.max_entries,
             flags=info.map_flags,
         )
+        m._id = int(info.id)
         if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
             m._kernel_btf = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id)
         return m
@@ -248,7 +250,7 @@ class Map(Handle):
 
     def clone(self) -> Map:
         """A second owner of the same kernel map (a dup'ed fd)."""
-        return Map(
+        m = Map(
             self.fd.dup(),
             name=self.name,
             type=self.type,
@@ -259,6 +261,8 @@ class Map(Handle):
             key_type=self.key_type,
             value_type=self.value_type,
         )
+        m._id = self._id
+        return m
 
     # ------------------------------------------------------------------ basics
 
@@ -270,7 +274,9 @@ class Map(Handle):
         return f"Map({self.name!r}, {t}, fd={self._fd.raw if not self.closed else 'closed'})"
 
     def info(self) -> MapInfo:
+        """What the kernel reports about the map now (one BPF_OBJ_GET_INFO_BY_FD)."""
         i = _sys.map_info(self.fd)
+        self._id = int(i.id)
         try:
             t: MapType | int = MapType(i.type)
         except ValueError:
@@ -289,7 +295,10 @@ class Map(Handle):
 
     @property
     def id(self) -> int:
-        return self.info().id
+        """The map's kernel id: read once (lazily), then kept; it never changes."""
+        if self._id is None:
+            self._id = int(_sys.map_info(self.fd).id)
+        return self._id
 
     def check_compatible_with(self, spec: MapSpec) -> None:
         """Raise :class:`MapIncompatibleError` unless this map can stand in for ``spec``."""

@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf.errors import MountNotFoundError
 
 MOUNTINFO = Path("/proc/self/mountinfo")

@@ -31,10 +31,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import Closing, MapType
 from orchestrator.ebpf.errors import Error, NotSupportedError, SyscallError
 from orchestrator.ebpf.maps import Map
-from orchestrator.ebpf.sys import Closing, MapType
 
 __all__ = ["PerfReader", "PerfRecord"]
 

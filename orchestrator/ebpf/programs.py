@@ -8,13 +8,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.btf_ext import LineInfo
+from orchestrator.ebpf._sys import FD, AttachType, Closing, Cmd, ProgType
+from orchestrator.ebpf.btf.ext import LineInfo
 from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.maps import kernel_btf_spec, kernel_name
-from orchestrator.ebpf.sys import FD, AttachType, Closing, Cmd, ProgType
 from orchestrator.ebpf.verifier import diagnose
 
 # A failed load is retried with a log of this size. The kernel keeps the tail of a log that
@@ -160,6 +160,10 @@ class Program(Handle):
         self.attach_type = attach_type
         self.verifier_log = verifier_log
         self._pinned: str | None = None
+        # read from the kernel on first use, then kept: neither changes while the program lives
+        self._id: int | None = None
+        self._tag: str | None = None
+        self._verified_insns = 0
 
     @classmethod
     def load(cls, req: LoadRequest, log: LogOptions = LogOptions()) -> Program:
@@ -234,7 +238,9 @@ class Program(Handle):
         except SyscallError as err:
             fd.close()
             raise err.replace(subject=f"program fd {fd}: not a program") from err
-        return cls(fd, name=name or info.name.decode("utf-8", "replace"), type=info.type)
+        prog = cls(fd, name=name or info.name.decode("utf-8", "replace"), type=info.type)
+        prog._remember(info)
+        return prog
 
     @classmethod
     def from_pin(cls, path: str | os.PathLike[str]) -> Program:
@@ -258,7 +264,9 @@ class Program(Handle):
         return cls.from_fd(fd)
 
     def clone(self) -> Program:
-        return Program(self.fd.dup(), name=self.name, type=self.type, attach_type=self.attach_type)
+        prog = Program(self.fd.dup(), name=self.name, type=self.type, attach_type=self.attach_type)
+        prog._id, prog._tag, prog._verified_insns = self._id, self._tag, self._verified_insns
+        return prog
 
     # ------------------------------------------------------------------ basics
 
@@ -278,7 +286,11 @@ class Program(Handle):
         return RunStats(run_count=i.run_cnt, run_time_ns=i.run_time_ns)
 
     def info(self) -> ProgramInfo:
+        """What the kernel reports about the program now, with its translated instructions
+        and map ids (two BPF_OBJ_GET_INFO_BY_FD calls: for the id or tag alone use
+        :attr:`id` and :attr:`tag`, which are read once)."""
         i, xlated, map_ids = _sys.prog_xlated(self.fd)
+        self._remember(i)
         try:
             t: ProgType | int = ProgType(i.type)
         except ValueError:
@@ -300,7 +312,37 @@ class Program(Handle):
 
     @property
     def id(self) -> int:
-        return int(_sys.prog_info(self.fd).id)
+        """The program's kernel id: read once (lazily), then kept."""
+        if self._id is None:
+            self._remember(_sys.prog_info(self.fd))
+        assert self._id is not None
+        return self._id
+
+    @property
+    def tag(self) -> str:
+        """The kernel's tag of the program (hex of the SHA of its instructions, as bpftool
+        shows it): read once (lazily, with the id), then kept."""
+        if self._tag is None:
+            self._remember(_sys.prog_info(self.fd))
+        assert self._tag is not None
+        return self._tag
+
+    @property
+    def verified_insns(self) -> int:
+        """How many instructions the verifier processed when the program was loaded (read
+        once, with the id; 0 on kernels before 5.16, which do not report it)."""
+        if self._id is None:
+            self._remember(_sys.prog_info(self.fd))
+        return self._verified_insns
+
+    def map_ids(self) -> tuple[int, ...]:
+        """The ids of the maps the program uses, as the kernel reports them now."""
+        return tuple(_sys.prog_map_ids(self.fd))
+
+    def _remember(self, info: _sys.ProgInfo) -> None:
+        self._id = int(info.id)
+        self._tag = bytes(info.tag).hex()
+        self._verified_insns = int(info.verified_insns)
 
     def btf_spec(self) -> _btf.Spec | None:
         """The BTF the program was loaded with, as the kernel holds it (the whole object's

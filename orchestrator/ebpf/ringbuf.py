@@ -20,9 +20,9 @@ import struct
 import time
 from collections.abc import Iterator
 
+from orchestrator.ebpf._sys import Closing, MapType
 from orchestrator.ebpf.errors import Error, NotSupportedError
 from orchestrator.ebpf.maps import Map
-from orchestrator.ebpf.sys import Closing, MapType
 
 __all__ = ["RingBufReader"]
 

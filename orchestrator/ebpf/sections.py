@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.ebpf.sys import AttachType as A
-from orchestrator.ebpf.sys import ProgFlags
-from orchestrator.ebpf.sys import ProgType as P
+from orchestrator.ebpf._sys import AttachType as A
+from orchestrator.ebpf._sys import ProgFlags
+from orchestrator.ebpf._sys import ProgType as P
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,19 +16,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import layout as _layout
+from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.asm import Instructions
+from orchestrator.ebpf.btf import layout as _layout
 from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
 from orchestrator.ebpf.suggestions import hint
-from orchestrator.ebpf.sys import AttachType, MapType, ProgFlags, ProgType
 
 if TYPE_CHECKING:
-    from orchestrator.ebpf.btf_ext import CORERelo, FuncInfo, LineInfo
+    from orchestrator.ebpf.btf.ext import CORERelo, FuncInfo, LineInfo
     from orchestrator.ebpf.collection import CollectionOptions
     from orchestrator.ebpf.externs import ExternSpec
+    from orchestrator.ebpf.link.struct_ops import StructOpsSpec
     from orchestrator.ebpf.maps import Map
     from orchestrator.ebpf.speccache import SpecCache
-    from orchestrator.ebpf.struct_ops import StructOpsSpec
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Map keys and values as YAML/JSON literals, typed through BTF, in both directions.
 
 This is how a person writes a key or a value (a manifest's map entries, ``bpforch map``), as
-opposed to :mod:`orchestrator.ebpf.layout`, which marshals Python objects for the library.
+opposed to :mod:`orchestrator.ebpf.btf.layout`, which marshals Python objects for the library.
 :func:`decode` gives back exactly what :func:`encode` takes, so what ``bpforch map dump``
 prints can be pasted into a manifest.
 
@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf._sys import MapType, UpdateFlags
 from orchestrator.ebpf.errors import BTFError, LiteralError, SpecError, quote
 from orchestrator.ebpf.suggestions import hint
-from orchestrator.ebpf.sys import MapType, UpdateFlags
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.maps import Map
@@ -1143,7 +1143,7 @@ def _type_label(t: MapType | int) -> str:
 
 
 def _possible_cpus() -> int:
-    from orchestrator.ebpf import sys as _sys
+    from orchestrator.ebpf import _sys
 
     return _sys.possible_cpus()
 

@@ -15,13 +15,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
+from orchestrator.ebpf._sys import ProgType
 from orchestrator.ebpf.collection import CollectionOptions, _Loader
 from orchestrator.ebpf.errors import Error, SpecError, VerifierError
 from orchestrator.ebpf.programs import LOG_LEVEL2, LOG_STATS
 from orchestrator.ebpf.spec import CollectionSpec, PinType
 from orchestrator.ebpf.suggestions import hint
-from orchestrator.ebpf.sys import ProgType
 from orchestrator.ebpf.verifier import BUDGET, Stats, annotate, parse_stats
 
 __all__ = ["ProgramReport", "verify"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.ebpf.btf_ext import LineInfo
+    from orchestrator.ebpf.btf.ext import LineInfo
 
 __all__ = [
     "BUDGET",

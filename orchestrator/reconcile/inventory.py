@@ -109,7 +109,7 @@ def _prog_name(prog_id: int, cache: dict[int, str]) -> str:
 
 
 def _interfaces(netns: str | None) -> list[tuple[int, str]]:
-    from orchestrator.ebpf.netlink import in_netns
+    from orchestrator.ebpf.inspect import in_netns
 
     with in_netns(netns):
         return sorted(socket.if_nameindex())
@@ -118,7 +118,7 @@ def _interfaces(netns: str | None) -> list[tuple[int, str]]:
 def _net_hooks(
     netns: str | None, owners: _Owners, names: dict[int, str], problems: list[str]
 ) -> Iterator[HookEntry]:
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
 
     shown = HOST if netns is None else netns
     try:
@@ -164,7 +164,7 @@ def _net_hooks(
 def _cgroup_hooks(
     path: str, owners: _Owners, names: dict[int, str], problems: list[str]
 ) -> Iterator[HookEntry]:
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
     from orchestrator.manifest.kernel_hooks import CGROUP_HOOKS
 
     if not os.path.isdir(path):
@@ -188,7 +188,7 @@ def _cgroup_hooks(
 
 
 def _tracepoint_hooks(owners: _Owners, names: dict[int, str]) -> Iterator[HookEntry]:
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
 
     for info in links.iter_links():
         t = info.target

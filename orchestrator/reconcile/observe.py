@@ -15,20 +15,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import AttachType, MountNotFoundError, ProgType, tracefs_root
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import AttachType, LinkInfo, MountNotFoundError, ProgType, tracefs_root
+from orchestrator.ebpf import inspect as _kernel
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import FileError, SyscallError
 from orchestrator.ebpf.features import program_kind, program_support
 from orchestrator.ebpf.files import reason as _reason
 from orchestrator.ebpf.files import stat_regular
-from orchestrator.ebpf.pin import (
+from orchestrator.ebpf.inspect import (
+    FD,
     bpffs_mount_of,
     is_bpffs,
     is_mount_root,
     open_dir_at,
     open_pin_at,
 )
+from orchestrator.ebpf.link import XDPTarget
 from orchestrator.manifest.model import (
     CgroupTarget,
     DesiredCollection,
@@ -84,9 +86,7 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 # ---------------------------------------------------------------------------- observe
 
 
-def _open_id(
-    dir_fd: int, name: str, info: Callable[[_sys.FD], object]
-) -> tuple[int, object] | None:
+def _open_id(dir_fd: int, name: str, info: Callable[[FD], object]) -> tuple[int, object] | None:
     """(id, info) of the object pinned as ``name`` in ``dir_fd``; None if there is no pin
     (a symlink is never followed: :func:`check_collection` reports it before)."""
     try:
@@ -104,20 +104,13 @@ def _open_id(
             i = info(fd)
         except SyscallError:
             return 0, None
-    return int(getattr(i, "id", 0)), i
+    return (i if isinstance(i, int) else int(getattr(i, "id", 0))), i
 
 
-def link_detached(kind: str, info: _sys.LinkInfo) -> bool:
+def link_detached(kind: str, info: LinkInfo) -> bool:
     """Whether a link's hook is gone (``LINK_DETACH``, the interface or cgroup removed): the
     kernel then reports ifindex/cgroup id/netns inode 0 in the link info."""
-    word = int(info.union[0])
-    if kind in ("xdp", "tc"):
-        return word & 0xFFFFFFFF == 0
-    if kind == "cgroup":
-        return word == 0
-    if kind == "netns":
-        return word & 0xFFFFFFFF == 0
-    return False
+    return kind in ("xdp", "tc", "cgroup", "netns") and not info.attached
 
 
 SUBDIRS = ("maps", "progs", "links")
@@ -203,7 +196,7 @@ def _read_tree(root_fd: int | None, root: Path, name: str) -> _Tree:
 
 def _check_pin(
     tree: _Tree, kind: str, name: str, pin: str, want: int, ino: int,
-    info: Callable[[_sys.FD], object],
+    info: Callable[[FD], object],
 ) -> Drift | None:  # fmt: skip
     """A map or program pin against its record: the inode of the directory entry first (no
     syscall), then BPF_OBJ_GET + info to say what changed."""
@@ -260,11 +253,11 @@ def check_collection(root_fd: int | None, root: Path, rec: CollectionRecord) -> 
                         )
                     )
                 continue
-            d = _check_pin(tree, "map", m.name, m.pin, m.id, m.ino, _sys.map_info)
+            d = _check_pin(tree, "map", m.name, m.pin, m.id, m.ino, _kernel.map_id)
             if d is not None:
                 drift.append(d)
         for p in rec.programs.values():
-            d = _check_pin(tree, "program", p.name, p.pin, p.id, p.ino, _sys.prog_info)
+            d = _check_pin(tree, "program", p.name, p.pin, p.id, p.ino, _kernel.program_id)
             if d is not None:
                 drift.append(d)
         for a in rec.attachments.values():
@@ -281,14 +274,14 @@ def _check_pinned_source(m: MapRecord) -> list[Drift]:
     path = m.source.removeprefix("pinned:")
     real = os.path.realpath(path)
     try:
-        fd = _sys.obj_get(real)
+        fd = _kernel.open_pin(real)
     except SyscallError as err:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             return [Drift("map", m.name, f"substitution source {path} is gone")]
         raise
     with fd:
         try:
-            got = int(_sys.map_info(fd).id)
+            got = _kernel.map_id(fd)
         except SyscallError:
             got = 0
     if got != m.id:
@@ -314,11 +307,11 @@ def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list
             Drift("attachment", a.key, f"link pin {a.pin} is a symlink, not bpforch's pin",
                   "replaced")
         ]  # fmt: skip
-    got = _open_id(tree.fds[sub], leaf, _sys.link_info)
+    got = _open_id(tree.fds[sub], leaf, _kernel.link_info)
     if got is None:
         return [Drift("attachment", a.key, f"link pin {a.pin} is missing")]
     link_id, info = got
-    if link_id != a.link_id or not isinstance(info, _sys.LinkInfo):
+    if link_id != a.link_id or not isinstance(info, LinkInfo):
         return [
             Drift(
                 "attachment",
@@ -332,18 +325,19 @@ def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list
             Drift("attachment", a.key, f"link {a.link_id} was detached from its hook", "detached")
         ]
     prog = rec.programs.get(a.program)
-    if prog is not None and int(info.prog_id) != prog.id:
+    if prog is not None and info.program_id != prog.id:
         return [
             Drift(
                 "attachment",
                 a.key,
-                f"link {a.link_id} runs program id {info.prog_id}, not {prog.id} "
+                f"link {a.link_id} runs program id {info.program_id}, not {prog.id} "
                 "(an interrupted apply?)",
                 "program",
             )
         ]
     if a.kind == "xdp" and a.mode:
-        return _check_xdp_mode(a, int(info.union[0]) & 0xFFFFFFFF, int(info.prog_id))
+        ifindex = info.target.ifindex if isinstance(info.target, XDPTarget) else 0
+        return _check_xdp_mode(a, ifindex, info.program_id)
     return []
 
 
@@ -355,7 +349,7 @@ def _netns_of(a: AttachmentRecord) -> str | None:
 def _check_xdp_mode(a: AttachmentRecord, ifindex: int, prog_id: int) -> list[Drift]:
     """The mode the kernel runs an XDP link's program in (rtnetlink: a link reports no
     mode) against the mode recorded when it was attached."""
-    from orchestrator.ebpf import links as _links
+    from orchestrator.ebpf import link as _links
 
     try:
         mode = _links.xdp_mode(ifindex, prog_id, _netns_of(a))
@@ -377,7 +371,7 @@ def _check_xdp_mode(a: AttachmentRecord, ifindex: int, prog_id: int) -> list[Dri
 def _check_order(rec: CollectionRecord, drifted: set[str]) -> list[Drift]:
     """Each tcx link placed before/after another program of the collection, against the
     order the kernel runs the hook in (BPF_PROG_QUERY: the ordered link ids)."""
-    from orchestrator.ebpf import links as _links
+    from orchestrator.ebpf import link as _links
 
     hooks: dict[str, list[AttachmentRecord]] = {}
     for a in rec.attachments.values():
@@ -481,7 +475,7 @@ def _held_map(
             continue
         with fd:
             try:
-                ids = _sys.prog_map_ids(fd)
+                ids = _kernel.program_map_ids(fd)
             except SyscallError:
                 continue
             if mr.id in ids:
@@ -635,9 +629,9 @@ def _leftover_programs(root_fd: int, name: str) -> set[int]:
             with os.scandir(lfd) as it:
                 pins = [e.name for e in it if e.is_file(follow_symlinks=False)]
             for pin in pins:
-                got = _open_id(lfd, pin, _sys.link_info)
-                if got is not None and isinstance(got[1], _sys.LinkInfo):
-                    out.add(int(got[1].prog_id))
+                got = _open_id(lfd, pin, _kernel.link_info)
+                if got is not None and isinstance(got[1], LinkInfo):
+                    out.add(got[1].program_id)
     return out
 
 
@@ -786,11 +780,9 @@ def _ifindex(name: str, netns: Path | None) -> int | str:
     namespace) is told apart from a missing interface."""
     import socket
 
-    from orchestrator.ebpf.netlink import in_netns
-
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(in_netns(netns))
+            stack.enter_context(_kernel.in_netns(netns))
         except OSError as err:
             return _netns_problem(netns, err)
         try:
@@ -833,7 +825,7 @@ def target_facts(target: Target) -> TargetFacts:
         return TargetFacts()
     if isinstance(target, CgroupTarget):
         try:
-            magic = _sys.fs_magic(os.fspath(target.path))
+            magic = _kernel.fs_magic(os.fspath(target.path))
         except OSError:
             return TargetFacts(problem=f"cgroup {target.path} does not exist")
         if magic != CGROUP2_SUPER_MAGIC:
@@ -866,39 +858,18 @@ def target_facts(target: Target) -> TargetFacts:
 def _xdp_facts(ifindex: int, netns: Path | None, *, find_link: bool = False) -> TargetFacts:
     """Which XDP program the interface runs; with ``find_link`` also the link holding it
     (that walks every XDP link in the kernel: only done for targets with take_over)."""
-    from orchestrator.ebpf import links as _links
-    from orchestrator.ebpf.errors import NetlinkError
-    from orchestrator.ebpf.netlink import XDPMode, query_link
-
     try:
-        state = query_link(ifindex, netns)
-    except (NetlinkError, OSError) as err:
-        return TargetFacts(problem=f"interface {ifindex}: {err}")
-    x = state.xdp
-    prog_id = x.prog_id or x.drv_prog_id or x.skb_prog_id or x.hw_prog_id
-    if not prog_id:
+        held = _kernel.xdp_attached(ifindex, netns, find_link=find_link)
+    except (EbpfError, OSError) as err:
+        return TargetFacts(problem=str(err))
+    if held is None or not held.prog_id:
         return TargetFacts()
-    name = ""
-    try:
-        with _sys.fd_by_id(_sys.Cmd.PROG_GET_FD_BY_ID, prog_id) as fd:
-            name = _sys.prog_info(fd).name.decode("utf-8", "replace")
-    except EbpfError:
-        pass
-    mode = {XDPMode.DRV: "native", XDPMode.SKB: "generic", XDPMode.HW: "offload"}.get(
-        x.mode, "multi"
+    return TargetFacts(
+        xdp_prog_id=held.prog_id,
+        xdp_prog_name=held.prog_name,
+        xdp_mode=held.mode,
+        xdp_link_id=held.link_id if held.link_id is not None else 0,
     )
-    link_id = 0
-    if find_link:
-        for info in _links.iter_links(_sys.LinkType.XDP):
-            t = info.target
-            if (
-                isinstance(t, _links.XDPTarget)
-                and t.ifindex == ifindex
-                and info.program_id == prog_id
-            ):
-                link_id = info.id
-                break
-    return TargetFacts(xdp_prog_id=prog_id, xdp_prog_name=name, xdp_mode=mode, xdp_link_id=link_id)
 
 
 def pinned_problem(path: Path) -> str | None:

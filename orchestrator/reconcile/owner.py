@@ -42,8 +42,7 @@ from pathlib import Path
 
 from orchestrator.ebpf import Map, MapSpec, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
-from orchestrator.ebpf.pin import ensure_dir, open_dir_at, open_pin_at, pin_at
-from orchestrator.ebpf.sys import FD
+from orchestrator.ebpf.inspect import FD, ensure_dir, open_dir_at, open_pin_at, pin_at
 from orchestrator.reconcile.errors import ApplyError, StateError
 from orchestrator.reconcile.state import CollectionRecord
 

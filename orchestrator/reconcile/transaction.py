@@ -81,11 +81,11 @@ from orchestrator.ebpf import (
     Program,
     ProgType,
 )
-from orchestrator.ebpf import links as _links
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import link as _links
 from orchestrator.ebpf.collection import load_subset
 from orchestrator.ebpf.errors import AttachConflictError
-from orchestrator.ebpf.pin import (
+from orchestrator.ebpf.inspect import (
+    FD,
     is_mount_root,
     open_dir_at,
     open_pin_at,
@@ -241,10 +241,7 @@ class Transaction:
                 self.current = (name, self.desired.collections[name].source)
                 self._stage(name)
             self.verified = {
-                name: {
-                    p: int(_sys.prog_info(prog.fd).verified_insns)
-                    for p, prog in st.programs.items()
-                }
+                name: {p: prog.verified_insns for p, prog in st.programs.items()}
                 for name, st in self.staged.items()
             }
         except Exception as err:
@@ -362,7 +359,7 @@ class Transaction:
             raise ApplyError(problem)
         return Path(os.path.realpath(path))
 
-    def _open(self, coll: str, rel: str) -> _sys.FD:
+    def _open(self, coll: str, rel: str) -> FD:
         """BPF_OBJ_GET of the pin ``<root>/coll/rel``, never through a symlink."""
         parts = [_check_name(coll), *rel.split("/")]
         for part in parts:
@@ -784,7 +781,7 @@ class Transaction:
                     shape = MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags)
                 maps[mname] = MapRecord(
                     mname,
-                    int(_sys.map_info(m.fd).id),
+                    m.id,
                     shape,
                     rel,
                     preserve=bool(mo is not None and mo.preserve),
@@ -793,16 +790,15 @@ class Transaction:
                 )
             programs: dict[str, ProgramRecord] = {}
             for pname, p in st.programs.items():
-                pi = _sys.prog_info(p.fd)
                 rel = f"progs/{pin_name(pname)}"
                 programs[pname] = ProgramRecord(
                     pname,
-                    int(pi.id),
-                    bytes(pi.tag).hex(),
+                    p.id,
+                    p.tag,
                     rel,
-                    int(pi.type),
+                    int(p.type),
                     ino=os.stat(f"{sdir}/{rel}").st_ino,
-                    verified_insns=int(pi.verified_insns),
+                    verified_insns=p.verified_insns,
                 )
             atts: dict[str, AttachmentRecord] = {}
             for a in d.attach:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf.sys import possible_cpus
+from orchestrator.ebpf._sys import possible_cpus
 from tests.commands.conftest import Cli
 from tests.conftest import BPF_DIR
 from tests.netns import UdpReceiver, VethPair, send_udp

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import ebpf
-from orchestrator.ebpf import sys as bpfsys
+from orchestrator.ebpf import _sys as bpfsys
 from orchestrator.ebpf.asm import RefKind
 
 HARNESS_SRC = Path(__file__).parent / "harness" / "cilium_load.go"

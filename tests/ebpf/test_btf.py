@@ -52,7 +52,7 @@ from orchestrator.ebpf.btf import (
     sizeof,
     skip_qualifiers,
 )
-from orchestrator.ebpf.btf_ext import (
+from orchestrator.ebpf.btf.ext import (
     CORERelo,
     COREReloKind,
     FuncInfo,
@@ -960,7 +960,7 @@ def _fixup_datasecs(spec: Spec, path: Path) -> None:
 
 @pytest.mark.kernel
 def test_kernel_accepts_marshalled_btf(any_obj: Obj) -> None:
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     spec = Spec.parse(any_obj.btf).copy()
     _fixup_datasecs(spec, any_obj.path)

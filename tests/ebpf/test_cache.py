@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import btf_ext, speccache
+from orchestrator.ebpf import speccache
 from orchestrator.ebpf.btf import Int, Pointer, Spec, Struct
 from orchestrator.ebpf.btf import Member as BtfMember
+from orchestrator.ebpf.btf import ext as btf_ext
 from tests.conftest import obj
 
 XDP_DROP, XDP_PASS = 1, 2

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from orchestrator import ebpf
+from orchestrator.ebpf._sys import UpdateFlags
 from orchestrator.ebpf.collection import load_subset
-from orchestrator.ebpf.sys import UpdateFlags
 from tests import maptypes
 
 pytestmark = pytest.mark.kernel
@@ -270,10 +270,10 @@ def test_typed_map_api(compile_bpf: Build, fd_guard: None) -> None:
 
         percpu = coll.maps["percpu"]
         values = percpu[0]
-        assert isinstance(values, list) and len(values) == ebpf.sys.possible_cpus()
+        assert isinstance(values, list) and len(values) == ebpf._sys.possible_cpus()
         assert sum(values) == 1  # one run, on one CPU
         percpu[1] = 5  # the same value on every CPU
-        assert percpu[1] == [5] * ebpf.sys.possible_cpus()
+        assert percpu[1] == [5] * ebpf._sys.possible_cpus()
 
         queue = coll.maps["queue"]
         queue.push(3)
@@ -383,7 +383,7 @@ def test_replacement_is_not_walked_or_written(
     """Handing over a map costs no element syscall: a hash map with 5,000 entries is used
     without a single BPF_MAP_GET_NEXT_KEY, lookup or update (counted at the syscall layer),
     and the object's initial contents are not written into it."""
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     source = (
         HEADER

@@ -18,8 +18,7 @@ from orchestrator.ebpf.btf import (
     Typedef,
     Union,
 )
-from orchestrator.ebpf.btf_ext import CORERelo, COREReloKind
-from orchestrator.ebpf.core import (
+from orchestrator.ebpf.btf.core import (
     POISON_HELPER,
     Target,
     apply_relocations,
@@ -27,8 +26,9 @@ from orchestrator.ebpf.core import (
     poisoned_in_log,
     resolve,
 )
+from orchestrator.ebpf.btf.ext import CORERelo, COREReloKind
+from orchestrator.ebpf.btf.kernel import essential_name
 from orchestrator.ebpf.errors import COREError
-from orchestrator.ebpf.kernel_btf import essential_name
 
 K = COREReloKind
 

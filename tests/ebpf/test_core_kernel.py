@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import kernel_btf
-from orchestrator.ebpf import sys as bpfsys
+from orchestrator.ebpf import _sys as bpfsys
 from orchestrator.ebpf.btf import Enum, Int, Member, Spec, Struct
+from orchestrator.ebpf.btf import kernel as kernel_btf
 from orchestrator.ebpf.collection import load_subset
 from orchestrator.ebpf.errors import (
     AttachTargetError,

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import asm, sections
-from orchestrator.ebpf.sys import AttachType, ProgFlags
+from orchestrator.ebpf._sys import AttachType, ProgFlags
 
 HEADER = """
 #include <linux/bpf.h>

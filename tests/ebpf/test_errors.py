@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import errors
+from orchestrator.ebpf._sys import Cmd, UpdateFlags, error_from_errno
 from orchestrator.ebpf.errors import (
     ENOTSUPP,
     ConstantError,
@@ -22,7 +23,6 @@ from orchestrator.ebpf.errors import (
     SyscallError,
     VerifierError,
 )
-from orchestrator.ebpf.sys import Cmd, UpdateFlags, error_from_errno
 from tests.conftest import obj as bpf_object
 
 

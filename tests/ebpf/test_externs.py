@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import kernel_btf
 from orchestrator.ebpf.btf import (
     Array,
     Datasec,
@@ -28,8 +27,9 @@ from orchestrator.ebpf.btf import (
     VarSecinfo,
     Void,
 )
-from orchestrator.ebpf.btf_ext import CORERelo, COREReloKind
-from orchestrator.ebpf.core import Target, resolve
+from orchestrator.ebpf.btf import kernel as kernel_btf
+from orchestrator.ebpf.btf.core import Target, resolve
+from orchestrator.ebpf.btf.ext import CORERelo, COREReloKind
 from orchestrator.ebpf.errors import BTFError, ParseError
 from orchestrator.ebpf.externs import (
     ExternKind,
@@ -40,8 +40,8 @@ from orchestrator.ebpf.externs import (
     kernel_version_code,
     read_kconfig,
 )
-from orchestrator.ebpf.struct_ops import StructOpsSpec, build_value
-from orchestrator.ebpf.struct_ops import collect as collect_struct_ops
+from orchestrator.ebpf.link.struct_ops import StructOpsSpec, build_value
+from orchestrator.ebpf.link.struct_ops import collect as collect_struct_ops
 
 BOOL = Int("_Bool", 1, bool=True)
 CHAR = Int("char", 1, signed=True, char=True)
@@ -248,7 +248,7 @@ def test_struct_ops_collect_and_value() -> None:
     vtype = Struct(
         "bpf_struct_ops_my_ops", 32, [Member("refcnt", U64, 0), Member("data", kstruct, 64)]
     )
-    from orchestrator.ebpf.struct_ops import KernelStructOps
+    from orchestrator.ebpf.link.struct_ops import KernelStructOps
 
     kernel = KernelStructOps(1, kstruct, 2, vtype, 8)
     value = build_value("my", table, kernel, {"my_fn": 42})

@@ -11,10 +11,10 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import elf
+from orchestrator.ebpf._sys import BPF_PSEUDO_CALL, BPF_PSEUDO_FUNC
 from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64
 from orchestrator.ebpf.btf import Int, Spec
-from orchestrator.ebpf.btf_ext import parse_ext
-from orchestrator.ebpf.sys import BPF_PSEUDO_CALL, BPF_PSEUDO_FUNC
+from orchestrator.ebpf.btf.ext import parse_ext
 from tests.conftest import BPF_DIR, obj
 
 LIBXDP = Path("/usr/lib/x86_64-linux-gnu/bpf")

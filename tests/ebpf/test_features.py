@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.ebpf import features
-from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.sys import AttachType, ProgType
+from orchestrator.ebpf import _sys, features
+from orchestrator.ebpf._sys import AttachType, ProgType
 
 A, P = AttachType, ProgType
 

@@ -257,7 +257,8 @@ def test_quote_cuts_long_values_and_says_how_long() -> None:
 
 
 def test_a_fifo_as_network_namespace_is_refused_before_it_is_opened(fifo: Path) -> None:
-    from orchestrator.ebpf import links, netlink
+    from orchestrator.ebpf import _netlink as netlink
+    from orchestrator.ebpf import link as links
 
     def enter() -> None:
         with netlink.in_netns(fifo):

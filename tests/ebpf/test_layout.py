@@ -30,8 +30,8 @@ from orchestrator.ebpf.btf import (
     Var,
     Void,
 )
+from orchestrator.ebpf.btf.layout import check_constant, decode, encode
 from orchestrator.ebpf.errors import ConstantError, SpecError
-from orchestrator.ebpf.layout import check_constant, decode, encode
 
 LAYOUT_C = r"""
 #include <linux/types.h>

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import links, mounts
+from orchestrator.ebpf import link as links
+from orchestrator.ebpf import mounts
+from orchestrator.ebpf._netlink import in_netns, netns_inode
+from orchestrator.ebpf._sys import AttachType, LinkType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
@@ -29,9 +32,7 @@ from orchestrator.ebpf.errors import (
     PinError,
     TargetNotFoundError,
 )
-from orchestrator.ebpf.links import Link, LinkID, ProgramID
-from orchestrator.ebpf.netlink import in_netns, netns_inode
-from orchestrator.ebpf.sys import AttachType, LinkType
+from orchestrator.ebpf.link import Link, LinkID, ProgramID
 from tests.conftest import ROOT, obj, require_tool
 from tests.deadline import promptly
 from tests.netns import Cgroup, NetNS, UdpReceiver, UdpStream, VethPair, send_udp
@@ -921,7 +922,7 @@ def test_environment_error_paths(
     mounts.clear_cache()
     with pytest.raises(MountNotFoundError, match="tracefs is not mounted"):
         links.attach_tracepoint(progs.programs["raw_getppid"], "syscalls", "sys_enter_getppid")
-    monkeypatch.setattr(links, "PMU_ROOT", tmp_path)
+    monkeypatch.setattr(links.uprobe, "PMU_ROOT", tmp_path)
     with pytest.raises(NotSupportedError, match="no uprobe PMU"):
         links.attach_uprobe(progs.programs["on_call"], uprobe_binary, "main")
     (tmp_path / "uprobe").mkdir()
@@ -963,9 +964,9 @@ def _tp_btf_counter(map_fd: int, tgid: int) -> bytes:
 
 def test_tp_btf_link(fd_guard: None) -> None:
     from orchestrator.ebpf import btf
+    from orchestrator.ebpf._sys import MapType, ProgType
     from orchestrator.ebpf.programs import LoadRequest
     from orchestrator.ebpf.spec import MapSpec
-    from orchestrator.ebpf.sys import MapType, ProgType
 
     vmlinux = btf.Spec.parse(Path("/sys/kernel/btf/vmlinux").read_bytes())
     target = vmlinux.type_id(vmlinux.type_by_name("btf_trace_sys_enter"))

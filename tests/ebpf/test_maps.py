@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import sys as bpfsys
-from orchestrator.ebpf.sys import MapFlags, MapType, UpdateFlags
+from orchestrator.ebpf import _sys as bpfsys
+from orchestrator.ebpf._sys import MapFlags, MapType, UpdateFlags
 from tests.conftest import obj
 from tests.netns import Cgroup
 

@@ -114,7 +114,7 @@ def test_this_machine() -> None:
     ):
         found = mounts.find_mount(fstype)
         if found is not None:
-            from orchestrator.ebpf import sys as bpfsys
+            from orchestrator.ebpf import _sys as bpfsys
 
             assert bpfsys.fs_magic(str(found)) == magic
 

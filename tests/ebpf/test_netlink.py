@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import netlink
+from orchestrator.ebpf import _netlink as netlink
+from orchestrator.ebpf._netlink import XDPMode
 from orchestrator.ebpf.errors import (
     AttachError,
     FileError,
@@ -18,7 +19,6 @@ from orchestrator.ebpf.errors import (
     NetnsNotFoundError,
     TargetNotFoundError,
 )
-from orchestrator.ebpf.netlink import XDPMode
 
 
 def attr(kind: int, payload: bytes) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import sys as bpfsys
+from orchestrator.ebpf import _sys as bpfsys
 from orchestrator.ebpf.collection import load_subset
 from tests.conftest import BPF_DIR, obj, require_tool
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import pin
+from orchestrator.ebpf import _bpffs as pin
 
 pytestmark = pytest.mark.kernel
 

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf.errors import SpecError
-from orchestrator.ebpf.struct_ops import StructOpsMap, attach_struct_ops
+from orchestrator.ebpf.link.struct_ops import StructOpsMap, attach_struct_ops
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.kernel

@@ -1,6 +1,6 @@
-"""The hand-written layouts of ``orchestrator.ebpf.sys`` checked against the running kernel.
+"""The hand-written layouts of ``orchestrator.ebpf._sys`` checked against the running kernel.
 
-Every ctypes ``Structure`` and every enum that ``sys.py`` defines is found by walking the
+Every ctypes ``Structure`` and every enum that ``ebpf._sys`` defines is found by walking the
 module (a new one is checked without being listed here) and compared with the kernel's own
 BTF (``/sys/kernel/btf/vmlinux``, read with bpforch's BTF parser):
 
@@ -26,8 +26,9 @@ from typing import TypeVar
 
 import pytest
 
-from orchestrator.ebpf import btf, kernel_btf
-from orchestrator.ebpf import sys as bsys
+from orchestrator.ebpf import _sys as bsys
+from orchestrator.ebpf import btf
+from orchestrator.ebpf.btf import kernel as kernel_btf
 from orchestrator.ebpf.errors import BTFError
 
 T = TypeVar("T")
@@ -53,7 +54,7 @@ COVERS: dict[str, dict[tuple[str, ...], str]] = {
 
 @dataclass(frozen=True)
 class KernelEnum:
-    """Where an enum of sys.py is in the kernel's BTF when not at ``enum bpf_<snake name>``:
+    """Where an enum of ebpf._sys is in the kernel's BTF when not at ``enum bpf_<snake name>``:
     ``name`` of a named enum, or ``witness``, a value of an anonymous one; ``names`` maps a
     member to a kernel name that does not follow the common prefix."""
 
@@ -76,11 +77,16 @@ DEFINED_FLAGS = {
 
 
 def _defined_in_sys(base: type[T]) -> dict[str, type[T]]:
-    return {
-        name: obj
-        for name, obj in sorted(vars(bsys).items())
-        if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == bsys.__name__
-    }
+    found: dict[str, type[T]] = {}
+    for module in (bsys, bsys.attrs, bsys.enums, bsys.fd):
+        for name, obj in vars(module).items():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, base)
+                and obj.__module__ == module.__name__
+            ):
+                found[name] = obj
+    return dict(sorted(found.items()))
 
 
 STRUCTS = _defined_in_sys(ctypes.Structure)
@@ -141,7 +147,7 @@ def _kernel_struct(cls: type[ctypes.Structure], spec: btf.Spec) -> tuple[str, bt
     """The kernel struct ``cls`` mirrors, and a name for it in messages."""
     name = cls.__name__
     fields = [f[0] for f in cls._fields_]
-    if issubclass(cls, bsys._Attr):
+    if issubclass(cls, bsys.attrs._Attr):
         attr = spec.type_by_name("bpf_attr", btf.Union)
         member = ATTR_MEMBERS.get(name, _snake(name.removesuffix("Attr")))
         named = [m for m in attr.members if m.name == member]
@@ -353,6 +359,6 @@ def test_every_struct_and_enum_is_checked() -> None:
     assert {"MapCreateAttr", "ProgLoadAttr", "ProgInfo", "LinkInfo"} <= set(STRUCTS)
     assert {"Cmd", "MapType", "ProgType", "AttachType", "LinkType"} <= set(ENUMS)
     for table in (ATTR_MEMBERS, COVERS):
-        assert set(table) <= set(STRUCTS), "a table names a struct sys.py no longer has"
+        assert set(table) <= set(STRUCTS), "a table names a struct ebpf._sys no longer has"
     for table2 in (KERNEL_ENUMS, DEFINED_FLAGS):
-        assert set(table2) <= set(ENUMS), "a table names an enum sys.py no longer has"
+        assert set(table2) <= set(ENUMS), "a table names an enum ebpf._sys no longer has"

@@ -452,7 +452,7 @@ def test_live_map_types_come_from_the_kernels_btf(spec: ebpf.CollectionSpec, pin
             codec = MapCodec.of(m)
             assert codec.value_type is not None
             assert btf.describe(codec.value_type) == "struct entry"
-            from orchestrator.ebpf import sys as bpfsys
+            from orchestrator.ebpf import _sys as bpfsys
 
             bpfsys.map_update_elem(m.fd, codec.encode_key(3), codec.encode_value(SAMPLE), 0)
             raw = bpfsys.map_lookup_elem(m.fd, codec.encode_key(3), codec.value_buffer_size)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf.spec import PinType
 from orchestrator.ebpf.verifier import BUDGET
 from tests.conftest import BPF_DIR, BPFFS

@@ -9,9 +9,9 @@ import errno
 import pytest
 
 from orchestrator.ebpf import VerifierError
-from orchestrator.ebpf.btf_ext import LineInfo
+from orchestrator.ebpf._sys import ProgType
+from orchestrator.ebpf.btf.ext import LineInfo
 from orchestrator.ebpf.programs import LoadRequest, _load_error
-from orchestrator.ebpf.sys import ProgType
 from orchestrator.ebpf.verifier import (
     BUDGET,
     Rejection,

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import sys as bpfsys
-from orchestrator.ebpf.errors import SyscallError
+from orchestrator import ebpf
 from orchestrator.manifest import ObjectStore, load_manifests
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile import Failpoints, Reconciler, Status
@@ -65,24 +64,24 @@ def env(pin_dir: Path, tmp_path: Path) -> Iterator[Env]:
 
 def prog_alive(prog_id: int) -> bool:
     try:
-        bpfsys.fd_by_id(bpfsys.Cmd.PROG_GET_FD_BY_ID, prog_id).close()
-    except SyscallError:
+        ebpf.Program.from_id(prog_id).close()
+    except ebpf.Error:
         return False
     return True
 
 
 def link_alive(link_id: int) -> bool:
     try:
-        bpfsys.fd_by_id(bpfsys.Cmd.LINK_GET_FD_BY_ID, link_id).close()
-    except SyscallError:
+        ebpf.Link.from_id(link_id).close()
+    except ebpf.Error:
         return False
     return True
 
 
 def map_alive(map_id: int) -> bool:
     try:
-        bpfsys.fd_by_id(bpfsys.Cmd.MAP_GET_FD_BY_ID, map_id).close()
-    except SyscallError:
+        ebpf.Map.from_id(map_id).close()
+    except ebpf.Error:
         return False
     return True
 

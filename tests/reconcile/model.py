@@ -53,8 +53,8 @@ from hypothesis.stateful import (
 
 from orchestrator import ebpf
 from orchestrator.ebpf import Map, Program
-from orchestrator.ebpf import links as ebpf_links
-from orchestrator.ebpf import sys as bpfsys
+from orchestrator.ebpf import _sys as bpfsys
+from orchestrator.ebpf import link as ebpf_links
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.manifest import ManifestError, load_manifests
 from orchestrator.reconcile import ApplyError, Failpoints, PlanError, Reconciler

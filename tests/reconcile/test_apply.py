@@ -275,7 +275,7 @@ def test_prog_array_keeps_its_entries_after_the_applying_process(
 
 def test_foreign_xdp_owner_is_a_plan_problem(env: Env, veth: VethPair, fd_guard: None) -> None:
     from orchestrator import ebpf
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
     from orchestrator.reconcile import PlanError
 
     xdp_manifest(env, veth)
@@ -377,7 +377,7 @@ def test_noop_apply_only_reads(
     directories (map and program pins are checked by inode), asks the kernel about each link
     (BPF_OBJ_GET + info) and reads the root's ownership marker (BPF_OBJ_GET, info, lookup):
     no load, no create, no pin."""
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     xdp_manifest(env, veth)
     tp_manifest(env)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Map, Program, links
+from orchestrator.ebpf import Map, Program
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import ApplyError, Op, Reconciler
 from tests.failpoints import OnStep, run_killed
 from tests.netns import UdpReceiver, VethPair, send_udp

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Link, Map, links
+from orchestrator.ebpf import AttachType, Link, Map
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import Op, Reconciler
 from orchestrator.reconcile.collection_status import CollectionStatus
 from tests.conftest import require_tool
@@ -252,7 +253,7 @@ def check_netns(ns: str) -> Check:
     def check(w: World, st: CollectionStatus) -> None:
         netns = w.ns_a if ns == "a" else w.ns_b
         target = link_info(st, "lookup_prog").target
-        assert target == links.NetnsTarget(os.stat(netns.path).st_ino, links.AttachType.SK_LOOKUP)
+        assert target == links.NetnsTarget(os.stat(netns.path).st_ino, AttachType.SK_LOOKUP)
 
     return check
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from orchestrator.ebpf import Map, links
+from orchestrator.ebpf import Map
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import Op, Reconciler
 from tests.conftest import ROOT, require_tool
 from tests.failpoints import OnStep
@@ -177,7 +178,7 @@ def test_staging_leftovers_are_removed_and_look_alikes_are_foreign(
 def test_whole_tree_removed_is_rebuilt(env: Env, veth: VethPair, fd_guard: None) -> None:
     """Someone removed bpforch's directory: every pin is drift; the next apply rebuilds the
     collection (the preserved map's contents are gone with it, and the plan says so)."""
-    from orchestrator.ebpf.pin import remove_tree
+    from orchestrator.ebpf.inspect import remove_tree
 
     xdp_manifest(env, veth)
     r = env.reconciler()

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Map
-from orchestrator.ebpf import sys as bpfsys
-from orchestrator.ebpf.errors import SyscallError
+from orchestrator import ebpf
+from orchestrator.ebpf import Map, inspect
 from orchestrator.reconcile import ApplyError, PlanError
 from tests.conftest import ROOT
 from tests.failpoints import OnStep, run_killed
@@ -84,14 +83,14 @@ def programs_where(pred: Callable[[str, tuple[int, ...]], bool]) -> set[int]:
     """Ids of live programs whose (name, map ids) match ``pred`` (programs other tests load
     are never ours: we match on names and map ids that only this test has)."""
     out = set()
-    for pid in bpfsys.iter_ids(bpfsys.Cmd.PROG_GET_NEXT_ID):
+    for pid in inspect.program_ids():
         try:
-            fd = bpfsys.fd_by_id(bpfsys.Cmd.PROG_GET_FD_BY_ID, pid)
-        except SyscallError:
+            prog = ebpf.Program.from_id(pid)
+        except ebpf.Error:
             continue
-        with fd:
-            info, _x, map_ids = bpfsys.prog_xlated(fd)
-        if pred(info.name.decode(), tuple(map_ids)):
+        with prog:
+            name, map_ids = prog.name, prog.map_ids()
+        if pred(name, map_ids):
             out.add(pid)
     return out
 
@@ -257,7 +256,7 @@ def test_real_attach_failure_restores_the_previous_generation(
     attach (EBUSY) after xdp-counter's link was already switched in place; everything is
     rolled back, and the foreign program is left alone."""
     from orchestrator import ebpf
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
 
     sc = Scenario(env, veth, compile_bpf)
     xdp_manifest(env, veth, version=2)
@@ -349,7 +348,7 @@ def test_incomplete_rollback_is_reported_and_the_next_apply_converges(
     """The record write fails and, at the same moment, someone detaches our XDP link: the
     link can't be switched back. The error says the rollback was incomplete and what is
     left; the next apply repairs it."""
-    from orchestrator.ebpf import links
+    from orchestrator.ebpf import link as links
 
     xdp_manifest(env, veth, version=1)
     r = env.reconciler()

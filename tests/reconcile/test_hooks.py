@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Map, links
+from orchestrator.ebpf import Map
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import ApplyError, Op
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, pins_under

@@ -107,7 +107,7 @@ def test_preserving_does_not_walk_the_map(
 ) -> None:
     """Handing a preserved map to the next generation costs no element syscall, however
     many entries it holds."""
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     kind = next(k for k in maptypes.KINDS if k.type == ebpf.MapType.HASH)
     source = kind.source.replace("__uint(max_entries, 8)", "__uint(max_entries, 4096)")
@@ -600,7 +600,7 @@ def test_perf_event_array_entries_live_with_the_fd_that_put_them(
     keeps working for the new programs and the reader reads both generations' events. The
     entry goes when the map fd that put it there is closed (the kernel ties it to that
     file), not with a generation."""
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     r = env.reconciler()
     obj = compile_bpf(PERF)

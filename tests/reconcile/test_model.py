@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from orchestrator.ebpf import links
+from orchestrator.ebpf import link as links
 from tests.conftest import ROOT
 from tests.netns import Cgroup, VethPair
 from tests.reconcile import model

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import Map, links
-from orchestrator.ebpf.pin import remove_tree
+from orchestrator.ebpf import Map
+from orchestrator.ebpf import link as links
+from orchestrator.ebpf.inspect import remove_tree
 from orchestrator.reconcile import (
     ApplyError,
     PlanError,

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf import Link, Map, features
-from orchestrator.ebpf import links as _links
-from orchestrator.ebpf import sys as _sys
-from orchestrator.ebpf.sys import AttachType, ProgType
+from orchestrator.ebpf import Link, Map, _sys, features
+from orchestrator.ebpf import link as _links
+from orchestrator.ebpf._sys import AttachType, ProgType
 from orchestrator.manifest.errors import ManifestError
 from orchestrator.reconcile import Op
 from tests.reconcile.conftest import Env, link_alive, pins_under

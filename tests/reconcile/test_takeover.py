@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import Map, Program, links
+from orchestrator.ebpf import Map, Program
+from orchestrator.ebpf import link as links
 from orchestrator.reconcile import ApplyError, Op, PlanError
 from tests.conftest import BPF_DIR
 from tests.failpoints import OnStep

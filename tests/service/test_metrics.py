@@ -340,6 +340,6 @@ def test_bpforch_metrics_reads_declared_metrics_from_live_maps(
 
 
 def _possible_cpus() -> int:
-    from orchestrator.ebpf import sys as bpfsys
+    from orchestrator.ebpf import _sys as bpfsys
 
     return bpfsys.possible_cpus()

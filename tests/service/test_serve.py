@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ebpf.links import Link
+from orchestrator.ebpf.link import Link
 from orchestrator.manifest import load_manifests
 from orchestrator.reconcile import Reconciler
 from orchestrator.service.daemon_status import read_status

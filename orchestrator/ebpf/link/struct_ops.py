@@ -26,13 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf._sys import FD, Closing, MapType
+from orchestrator.ebpf.btf.kernel import KernelBTF, essential_name
 from orchestrator.ebpf.errors import AttachTargetError, BTFError, Error, ParseError, SpecError
-from orchestrator.ebpf.kernel_btf import KernelBTF, essential_name
-from orchestrator.ebpf.links import Link
+from orchestrator.ebpf.link.base import Link
 from orchestrator.ebpf.maps import Map
-from orchestrator.ebpf.sys import FD, Closing, MapType
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.collection import Collection

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf.btf_ext import CORERelo, COREReloKind
+from orchestrator.ebpf.btf.ext import CORERelo, COREReloKind
+from orchestrator.ebpf.btf.kernel import essential_name
 from orchestrator.ebpf.errors import BTFError, COREError
-from orchestrator.ebpf.kernel_btf import essential_name
 
 __all__ = [
     "POISON_HELPER",

@@ -23,7 +23,6 @@ What is read:
 from __future__ import annotations
 
 import bisect
-import functools
 import os
 import struct
 from collections.abc import Callable
@@ -32,13 +31,17 @@ from typing import TypeVar
 
 from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
-from elftools.elf.structs import ELFStructs
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf import btf_ext as _btf_ext
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
-from orchestrator.ebpf import struct_ops as _struct_ops
+from orchestrator.ebpf._sys import (
+    BPF_PSEUDO_CALL,
+    BPF_PSEUDO_FUNC,
+    MapFlags,
+    MapType,
+    ProgType,
+)
 from orchestrator.ebpf.asm import (
     CALL,
     INSN_SIZE,
@@ -47,98 +50,53 @@ from orchestrator.ebpf.asm import (
     Reference,
     RefKind,
 )
+from orchestrator.ebpf.btf import ext as _btf_ext
+from orchestrator.ebpf.elf.maps import (
+    MapReader,
+    _is_data_section,
+)
+from orchestrator.ebpf.elf.records import (
+    _REL,
+    _SHDR,
+    _SYM,
+    EM_BPF,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHN_ABS,
+    SHN_COMMON,
+    SHN_UNDEF,
+    SHT_NOBITS,
+    SHT_PROGBITS,
+    SHT_REL,
+    SHT_SYMTAB,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    STT_SECTION,
+    _cstr,
+    _elf_structs,
+    _Function,
+    _Section,
+    _string_table,
+    _Symbol,
+)
 from orchestrator.ebpf.errors import BTFError, Error, ParseError, clip
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
+from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
     MapSpec,
-    PinType,
     ProgramSpec,
     Unresolved,
-    VariableSpec,
 )
-from orchestrator.ebpf.sys import (
-    BPF_PSEUDO_CALL,
-    BPF_PSEUDO_FUNC,
-    MapFlags,
-    MapType,
-    ProgType,
-)
-
-EM_BPF = 247
-SHT_PROGBITS = 1
-SHT_SYMTAB = 2
-SHT_NOBITS = 8
-SHT_REL = 9
-SHF_ALLOC = 0x2
-SHF_EXECINSTR = 0x4
-SHN_UNDEF = 0
-SHN_ABS = 0xFFF1
-SHN_COMMON = 0xFFF2
-STB_LOCAL = 0
-STB_GLOBAL = 1
-STB_WEAK = 2
-STT_NOTYPE = 0
-STT_OBJECT = 1
-STT_FUNC = 2
-STT_SECTION = 3
-
-_SYM = struct.Struct("<IBBHQQ")
-_REL = struct.Struct("<QQ")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
-_LEGACY_MAP_DEF = struct.Struct("<IIIII")
-
-
-@dataclass(slots=True)
-class _Symbol:
-    index: int
-    name: str
-    bind: int
-    type: int
-    shndx: int
-    value: int
-    size: int
-
-
-@dataclass(slots=True)
-class _Section:
-    index: int
-    name: str
-    type: int
-    flags: int
-    size: int
-    data: bytes
-    relocs: list[tuple[int, int]] = field(default_factory=list)  # (offset, symbol index)
-
-
-@dataclass(eq=False, slots=True)
-class _Function:
-    name: str
-    section: _Section
-    start: int  # first instruction, in slots from the section start
-    end: int
-    bind: int
-    named: bool = True  # False: code no symbol names, found as a call target
 
 
 class _Unresolvable(Exception):
     """A relocation of one instruction cannot be applied; the message says why."""
-
-
-_MAP_DEF_FIELDS = {
-    "type",
-    "key_size",
-    "value_size",
-    "max_entries",
-    "map_flags",
-    "numa_node",
-    "key",
-    "value",
-    "pinning",
-    "map_extra",
-    "values",
-}
 
 
 def load_file(path: str) -> CollectionSpec:
@@ -167,7 +125,7 @@ def load_bytes(data: bytes, name: str = "", path: str = "") -> CollectionSpec:
 _MESSAGE_MAX = 1000  # characters of a parse error's own text
 
 
-class _Reader:
+class _Reader(MapReader):
     def __init__(self, data: bytes, label: str) -> None:
         self.data = data
         self.label = label
@@ -309,7 +267,7 @@ class _Reader:
         )
 
     def _read_struct_ops(self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]) -> None:
-        """``.struct_ops``/``.struct_ops.link`` tables (see :mod:`orchestrator.ebpf.struct_ops`)."""
+        """``.struct_ops``/``.struct_ops.link`` tables (see :mod:`.link.struct_ops`)."""
         secs = [
             (s.name, s.data, [(off, self.symbols[sym].name) for off, sym in s.relocs])
             for s in self.sections
@@ -404,254 +362,6 @@ class _Reader:
                 if off is not None:
                     vsi.offset = off
             t.vars.sort(key=lambda v: v.offset)
-
-    # ------------------------------------------------------------------ maps
-
-    def _read_btf_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
-        sec = self.by_name.get(".maps")
-        if sec is None:
-            return
-        if self.btf is None:
-            raise ParseError("section .maps: needs BTF (compile with -g)")
-        try:
-            datasec = self.btf.type_by_name(".maps", _btf.Datasec)
-        except BTFError as err:
-            raise ParseError("section .maps: no BTF datasec describes it") from err
-        for vsi in datasec.vars:
-            var = vsi.type
-            assert isinstance(var, _btf.Var)
-            spec = self._btf_map_def(var.name, var.type, ".maps")
-            maps[spec.name] = spec
-            self._map_at[(sec.index, vsi.offset)] = spec.name
-        for sym in self.symbols:
-            if sym.shndx == sec.index and sym.name in maps:
-                map_by_symbol[sym.index] = sym.name
-
-    def _btf_map_def(self, name: str, t: _btf.Type, section: str, inner: bool = False) -> MapSpec:
-        assert self.btf is not None
-        struct_t = _btf.skip_qualifiers(t)
-        if not isinstance(struct_t, _btf.Struct):
-            raise ParseError(f"map {name}: definition is {_btf.describe(t)}, not a struct")
-        spec = MapSpec(name, MapType.UNSPEC, 0, 0, 0, section=section, btf=self.btf)
-        for m in struct_t.members:
-            if m.name not in _MAP_DEF_FIELDS:
-                raise ParseError(f"map {name}: unknown field {m.name!r} in definition")
-            if m.name in ("key", "value"):
-                target = _pointee(m.type)
-                if target is None:
-                    raise ParseError(f"map {name}: {m.name} must be a pointer (use __type)")
-                size = _btf.sizeof(target)
-                if m.name == "key":
-                    spec.key, spec.key_size = target, size
-                else:
-                    spec.value, spec.value_size = target, size
-                continue
-            if m.name == "values":
-                spec.inner_map = self._map_values_field(name, m.type, spec)
-                continue
-            value = _uint_field(m.type)
-            if value is None:
-                raise ParseError(f"map {name}: field {m.name} must be declared with __uint")
-            if m.name == "type":
-                try:
-                    spec.type = MapType(value)
-                except ValueError as err:
-                    raise ParseError(f"map {name}: unknown map type {value}") from err
-            elif m.name in ("key_size", "value_size"):
-                have = getattr(spec, m.name)
-                if have and have != value:
-                    raise ParseError(f"map {name}: {m.name} {value} conflicts with its BTF type")
-                setattr(spec, m.name, value)
-            elif m.name == "max_entries":
-                spec.max_entries = value
-            elif m.name == "map_flags":
-                spec.flags = value
-            elif m.name == "numa_node":
-                spec.numa_node = value
-            elif m.name == "pinning":
-                try:
-                    spec.pinning = PinType(value)
-                except ValueError as err:
-                    raise ParseError(f"map {name}: unsupported pinning {value}") from err
-            elif m.name == "map_extra":
-                spec.map_extra = value
-        if spec.type == MapType.UNSPEC and not inner:
-            raise ParseError(f"map {name}: definition has no type")
-        if spec.type.of_maps or spec.type == MapType.PROG_ARRAY:
-            spec.key_size = spec.key_size or 4
-            spec.value_size = 4  # the kernel stores fds/ids
-            spec.value = None
-        if spec.type == MapType.PERF_EVENT_ARRAY:
-            spec.key_size = spec.key_size or 4
-            spec.value_size = spec.value_size or 4
-        return spec
-
-    def _map_values_field(self, name: str, t: _btf.Type, outer: MapSpec) -> MapSpec | None:
-        arr = _btf.skip_qualifiers(t)
-        if not isinstance(arr, _btf.Array):
-            raise ParseError(f"map {name}: values must be declared with __array")
-        elem = _pointee(arr.type)
-        if elem is None:
-            raise ParseError(f"map {name}: values must be an array of pointers")
-        elem = _btf.skip_qualifiers(elem)
-        if isinstance(elem, _btf.FuncProto):
-            return None  # prog array: values are programs
-        if isinstance(elem, _btf.Struct):
-            inner = self._btf_map_def(f"{name}.inner", elem, outer.section, inner=True)
-            return inner
-        raise ParseError(f"map {name}: values of {_btf.describe(elem)} are not supported")
-
-    def _read_legacy_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
-        sec = self.by_name.get("maps")
-        if sec is None:
-            return
-        syms = sorted(
-            (s for s in self.symbols if s.shndx == sec.index and s.type != STT_SECTION and s.name),
-            key=lambda s: s.value,
-        )
-        if not syms:
-            return
-        even_size = sec.size // len(syms)
-        if all(s.size == 0 for s in syms) and (
-            even_size < _LEGACY_MAP_DEF.size or even_size * len(syms) != sec.size
-        ):
-            raise ParseError(
-                f"section maps: {sec.size} bytes for {len(syms)} maps is not a whole number of "
-                f"map definitions of at least {_LEGACY_MAP_DEF.size} bytes"
-            )
-        for sym in syms:
-            # The symbol's size when it has one (definitions of different sizes), else an
-            # even share of the section (how libbpf 0.x read it).
-            def_size = sym.size or even_size
-            if def_size < _LEGACY_MAP_DEF.size:
-                raise ParseError(
-                    f"map {sym.name}: legacy definition of {def_size} bytes is shorter than "
-                    f"the {_LEGACY_MAP_DEF.size} bytes of struct bpf_map_def"
-                )
-            raw = sec.data[sym.value : sym.value + def_size]
-            if len(raw) < def_size:
-                raise ParseError(f"map {sym.name}: definition is truncated")
-            mtype, ksize, vsize, entries, flags = _LEGACY_MAP_DEF.unpack_from(raw)
-            try:
-                map_type = MapType(mtype)
-            except ValueError as err:
-                raise ParseError(f"map {sym.name}: unknown map type {mtype}") from err
-            if sym.name in maps:
-                raise ParseError(f"map {sym.name}: defined twice")
-            if map_type == MapType.PERF_EVENT_ARRAY:  # as for BTF maps: the kernel's sizes
-                ksize, vsize = ksize or 4, vsize or 4
-            maps[sym.name] = MapSpec(
-                sym.name,
-                map_type,
-                ksize,
-                vsize,
-                entries,
-                flags,
-                extra=bytes(raw[_LEGACY_MAP_DEF.size :]),
-                section="maps",
-            )
-            map_by_symbol[sym.index] = sym.name
-            self._map_at[(sec.index, sym.value)] = sym.name
-
-    def _read_data_sections(self, maps: dict[str, MapSpec]) -> dict[str, VariableSpec]:
-        variables: dict[str, VariableSpec] = {}
-        for sec in self.sections:
-            if not _is_data_section(sec):
-                continue
-            contents = bytearray(sec.size) if sec.type == SHT_NOBITS else bytearray(sec.data)
-            datasec: _btf.Datasec | None = None
-            if self.btf is not None:
-                found = [t for t in self.btf.types_by_name(sec.name) if isinstance(t, _btf.Datasec)]
-                datasec = found[0] if found else None
-            readonly = sec.name.startswith(".rodata")
-            spec = MapSpec(
-                sec.name,
-                MapType.ARRAY,
-                4,
-                sec.size,
-                1,
-                int(MapFlags.RDONLY_PROG) if readonly else 0,
-                contents=[MapEntry(0, contents)],
-                freeze=readonly,
-                section=sec.name,
-                btf=self.btf if datasec is not None else None,
-                btf_value_type=datasec,
-            )
-            if sec.name in maps:
-                raise ParseError(f"section {sec.name}: clashes with a map of the same name")
-            maps[sec.name] = spec
-            if datasec is not None:
-                for vsi in datasec.vars:
-                    var = vsi.type
-                    assert isinstance(var, _btf.Var)
-                    linkage = "static" if var.linkage == _btf.VarLinkage.STATIC else "global"
-                    _add_variable(
-                        variables,
-                        VariableSpec(var.name, spec, vsi.offset, vsi.size, var.type, linkage),
-                    )
-            else:
-                for sym in self.symbols:
-                    if sym.shndx == sec.index and sym.type == STT_OBJECT and sym.name:
-                        linkage = "static" if sym.bind == STB_LOCAL else "global"
-                        _add_variable(
-                            variables,
-                            VariableSpec(sym.name, spec, sym.value, sym.size, None, linkage),
-                        )
-        return variables
-
-    def _read_map_contents(
-        self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]
-    ) -> None:
-        """Static initial values of prog arrays and maps of maps (``.rel.maps``)."""
-        sec = self.by_name.get(".maps")
-        if sec is None or not sec.relocs:
-            return
-        assert self.btf is not None
-        datasec = self.btf.type_by_name(".maps", _btf.Datasec)
-        for r_offset, sym_index in sec.relocs:
-            sym = self.symbols[sym_index]
-            owner: tuple[_btf.Var, int] | None = None
-            for vsi in datasec.vars:
-                var = vsi.type
-                assert isinstance(var, _btf.Var)
-                size = max(vsi.size, _symbol_size(self, var.name))
-                if vsi.offset <= r_offset < vsi.offset + size:
-                    owner = (var, vsi.offset)
-                    break
-            if owner is None:
-                raise ParseError(f"section .maps: relocation at {r_offset} is outside any map")
-            owner_var, base = owner
-            map_name = owner_var.name
-            spec = maps[map_name]
-            struct_t = _btf.skip_qualifiers(owner_var.type)
-            assert isinstance(struct_t, _btf.Struct)
-            values_member = next((m for m in struct_t.members if m.name == "values"), None)
-            if values_member is None:
-                raise ParseError(f"map {map_name}: initial values without a values field")
-            rel = r_offset - base - values_member.offset_bits // 8
-            if rel < 0 or rel % 8:
-                raise ParseError(f"map {map_name}: misaligned initial value at {r_offset}")
-            slot = rel // 8
-            if spec.type == MapType.PROG_ARRAY:
-                if sym.name not in programs:
-                    raise ParseError(
-                        f"map {map_name}: slot {slot} refers to {sym.name!r}, "
-                        "which is not a program"
-                    )
-            elif spec.type.of_maps:
-                if sym.name not in maps:
-                    raise ParseError(
-                        f"map {map_name}: slot {slot} refers to {sym.name!r}, which is not a map"
-                    )
-            else:
-                raise ParseError(f"map {map_name}: initial values need a prog array or map of maps")
-            if slot >= spec.max_entries:
-                raise ParseError(
-                    f"map {map_name}: slot {slot} is beyond max_entries {spec.max_entries}"
-                )
-            spec.contents.append(MapEntry(slot, sym.name))
-        for spec in maps.values():
-            spec.contents.sort(key=lambda e: e.key if isinstance(e.key, int) else 0)
 
     # ------------------------------------------------------------------ code
 
@@ -1056,83 +766,6 @@ _R = TypeVar("_R", "_btf_ext.LineInfo", "_btf_ext.CORERelo")
 
 def _shift(rec: _R, delta: int) -> _R:
     return replace(rec, insn=rec.insn + delta)
-
-
-def _symbol_size(reader: _Reader, name: str) -> int:
-    for s in reader.symbols:
-        if s.name == name and s.type == STT_OBJECT:
-            return s.size
-    return 0
-
-
-def _add_variable(variables: dict[str, VariableSpec], var: VariableSpec) -> None:
-    key = var.name if var.name not in variables else f"{var.section}/{var.name}"
-    variables[key] = var
-
-
-def _is_data_section(sec: _Section) -> bool:
-    if not (sec.flags & SHF_ALLOC) or sec.flags & SHF_EXECINSTR:
-        return False
-    name = sec.name
-    for prefix in (".data", ".rodata", ".bss"):
-        if name == prefix or name.startswith(prefix + "."):
-            return sec.size > 0
-    return False
-
-
-@functools.cache
-def _elf_structs() -> ELFStructs:
-    """pyelftools' little-endian ELF64 record layouts, built once (building them is slow)."""
-    structs = ELFStructs(little_endian=True, elfclass=64)
-    structs.create_basic_structs()
-    structs.create_advanced_structs(
-        e_type="ET_REL", e_machine="EM_BPF", e_ident_osabi="ELFOSABI_SYSV"
-    )
-    return structs
-
-
-def _string_table(data: bytes) -> Callable[[int], str]:
-    """``offset -> string`` for an ELF string table: every string that starts after a nul
-    is decoded once, in one pass; other offsets (suffixes shared by the linker or
-    compiler, e.g. ``.BTF`` inside ``.rel.BTF``) fall back to :func:`_cstr`."""
-    starts: dict[int, str] = {}
-    off = 0
-    for raw in data.split(b"\0"):
-        starts[off] = raw.decode("utf-8", "replace")
-        off += len(raw) + 1
-
-    def lookup(offset: int) -> str:
-        found = starts.get(offset)
-        return found if found is not None else _cstr(data, offset)
-
-    return lookup
-
-
-def _cstr(data: bytes, offset: int) -> str:
-    if not 0 <= offset <= len(data):
-        raise ParseError(f"string offset {offset} out of range")
-    end = data.find(b"\0", offset)
-    if end < 0:
-        end = len(data)
-    return data[offset:end].decode("utf-8", "replace")
-
-
-def _pointee(t: _btf.Type) -> _btf.Type | None:
-    p = _btf.skip_qualifiers(t)
-    if isinstance(p, _btf.Pointer):
-        return p.target
-    return None
-
-
-def _uint_field(t: _btf.Type) -> int | None:
-    """``__uint(name, N)`` is declared as ``int (*name)[N]``."""
-    target = _pointee(t)
-    if target is None:
-        return None
-    arr = _btf.skip_qualifiers(target)
-    if isinstance(arr, _btf.Array):
-        return int(arr.nelems)
-    return None
 
 
 __all__ = ["load_bytes", "load_file"]

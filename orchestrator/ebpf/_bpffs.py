@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf.errors import PinError, SyscallError
 
 

@@ -26,7 +26,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from orchestrator.ebpf import sys as _sys
+from orchestrator.ebpf import _sys
 from orchestrator.ebpf.errors import (
     FileError,
     NetlinkError,

@@ -1,0 +1,521 @@
+"""A :class:`Spec`: one BTF blob, its types by id and by name, decoded lazily."""
+
+from __future__ import annotations
+
+import operator
+from array import array
+from collections.abc import Iterable, Iterator
+from typing import TypeVar, overload
+
+from orchestrator.ebpf.btf import decode as _decode
+from orchestrator.ebpf.btf import encode as _encode
+from orchestrator.ebpf.btf.types import (
+    BTF_MAX_TYPE,
+    Kind,
+    Pointer,
+    Type,
+    Void,
+    _Lazy,
+    describe,
+)
+from orchestrator.ebpf.errors import BTFError
+
+_MARSHAL_CACHE_SIZE = 8  # distinct extra-string sets remembered per spec
+
+T = TypeVar("T", bound=Type)
+
+
+class Spec:
+    """One BTF blob: types by id and by name, parsed lazily.
+
+    A *split* spec (module BTF) sits on top of a ``base`` spec (vmlinux): its type ids and
+    string offsets continue after the base's, and its types may refer to base types.
+    Methods that take ids accept base ids too; :meth:`marshal` emits only the spec's own
+    types.
+    """
+
+    __slots__ = (
+        "_base",
+        "_cache",
+        "_first",
+        "_ids",
+        "_marshalled",
+        "_names",
+        "_noffs",
+        "_noffs_pos",
+        "_offs",
+        "_scan",
+        "_str_cache",
+        "_str_start",
+        "_strtab",
+        "_void",
+        "_words",
+    )
+
+    def __init__(self, *, base: Spec | None = None) -> None:
+        """An empty spec (add types with :meth:`add`), optionally split on ``base``."""
+        self._base = base
+        self._first = base._next_id() if base is not None else 1
+        self._str_start = base._str_end() if base is not None else 0
+        self._strtab = b"" if base is not None else b"\0"
+        self._words: array[int] = array("I")
+        self._offs: array[int] = array("I")
+        self._cache: list[Type | None] = []
+        self._ids: dict[Type, int] = {}
+        self._names: dict[str, list[int]] | None = None
+        self._noffs: tuple[int, ...] | None = None  # name offset of every own record
+        # name offset -> (first, last) record index with it
+        self._noffs_pos: tuple[dict[int, int], dict[int, int]] | None = None
+        self._scan: dict[str, list[int]] = {}  # name lookups answered without the index
+        self._str_cache: dict[int, str] = {}
+        self._void = Void()
+        self._marshalled: dict[frozenset[str], tuple[bytes, dict[str, int]]] = {}
+
+    # ---- construction
+
+    @classmethod
+    def parse(cls, data: bytes, *, base: Spec | None = None) -> Spec:
+        """Parse a BTF blob (either byte order). Corrupt input raises :class:`BTFError`;
+        damage inside a type record may only be found when that type is decoded."""
+        spec = cls(base=base)
+        strtab, spec._words = _decode.read(data, split=base is not None)
+        spec._strtab = strtab
+        spec._offs = _decode.index_records(spec._words, spec._first)
+        spec._cache = [None] * len(spec._offs)
+        if len(strtab) <= _decode.PREFILL_STRINGS:
+            spec._str_cache = _decode.split_strings(strtab, spec._str_start)
+        return spec
+
+    def copy(self) -> Spec:
+        """A deep copy: mutating its types never affects this spec. The base is shared."""
+        new = Spec.__new__(Spec)
+        new._base = self._base
+        new._first = self._first
+        new._str_start = self._str_start
+        new._strtab = self._strtab  # immutable bytes
+        new._words = self._words  # never mutated after parse
+        new._offs = self._offs
+        new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
+        new._void = Void()
+        new._marshalled = {}
+        new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
+        new._noffs = self._noffs
+        new._noffs_pos = self._noffs_pos
+        new._scan = {k: list(v) for k, v in self._scan.items()}
+        mapping: dict[Type, Type] = {self._void: new._void}
+        cache: list[Type | None] = [None] * len(self._cache)
+        for i, t in enumerate(self._cache):
+            if t is not None:
+                c = t._clone()
+                mapping[t] = c
+                cache[i] = c
+        for c in mapping.values():
+            if isinstance(c, Pointer):
+                raw = object.__getattribute__(c, "target")
+                if type(raw) is _Lazy:
+                    object.__setattr__(c, "target", _Lazy(new, raw.tid))
+                    continue
+            refs = c._refs()
+            if refs:
+                c._set_refs([mapping.get(r, r) for r in refs])
+        new._cache = cache
+        new._ids = {c: i + self._first for i, c in enumerate(cache) if c is not None}
+        return new
+
+    def add(self, t: Type) -> int:
+        """Append ``t`` and every type it refers to that is not in the spec yet; give t's id.
+
+        Void is never added (it is id 0). Adding a type that is already present is a no-op.
+        """
+        existing = self._lookup_id(t)
+        if existing is not None:
+            return existing
+        self._marshalled.clear()
+        stack = [t]
+        while stack:
+            cur = stack.pop()
+            if self._lookup_id(cur) is not None:
+                continue
+            tid = self._next_id()
+            if tid > BTF_MAX_TYPE:
+                raise BTFError(f"btf: more than {BTF_MAX_TYPE} types")
+            self._cache.append(cur)
+            self._ids[cur] = tid
+            if self._names is not None and cur.name:
+                self._names.setdefault(cur.name, []).append(tid)
+            if cur.name in self._scan:
+                self._scan[cur.name].append(tid)
+            stack.extend(r for r in reversed(cur._refs()) if self._lookup_id(r) is None)
+        return self._ids[t]
+
+    # ---- queries
+
+    @property
+    def base(self) -> Spec | None:
+        return self._base
+
+    @property
+    def first_id(self) -> int:
+        """The id of this spec's first own type: 1, or the base's count + 1 when split."""
+        return self._first
+
+    def __len__(self) -> int:
+        """The number of types (base types included), not counting Void."""
+        return self._next_id() - 1
+
+    @property
+    def types(self) -> Iterator[Type]:
+        """All types in id order (base first when split), without Void at id 0."""
+        return self._iter_types()
+
+    def _iter_types(self) -> Iterator[Type]:
+        if self._base is not None:
+            yield from self._base.types
+        first, cache = self._first, self._cache
+        chunk = 4096  # decode in batches: much cheaper per type than one by one
+        for lo in range(0, len(cache), chunk):
+            todo = [first + i for i in range(lo, min(lo + chunk, len(cache))) if cache[i] is None]
+            if todo:
+                self._decode(todo)
+            for i in range(lo, min(lo + chunk, len(cache))):
+                t = cache[i]
+                assert t is not None
+                yield t
+
+    def type_by_id(self, type_id: int) -> Type:
+        """The type with this id; id 0 is :class:`Void`."""
+        if type_id == 0:
+            return self._void
+        if type_id < self._first:
+            if self._base is None:
+                raise BTFError(f"btf: no type with id {type_id}")
+            return self._base.type_by_id(type_id)
+        idx = type_id - self._first
+        if idx >= len(self._cache):
+            raise BTFError(f"btf: no type with id {type_id}")
+        t = self._cache[idx]
+        if t is None:
+            self._decode([type_id])
+            t = self._cache[idx]
+            assert t is not None
+        return t
+
+    def type_id(self, t: Type) -> int:
+        """The id of ``t`` in this spec (or its base); BTFError if it is not there."""
+        tid = self._lookup_id(t)
+        if tid is None:
+            raise BTFError(f"btf: {describe(t)} is not in this spec")
+        return tid
+
+    def _lookup_id(self, t: Type) -> int | None:
+        if isinstance(t, Void):
+            return 0
+        tid = self._ids.get(t)
+        if tid is None and self._base is not None:
+            return self._base._lookup_id(t)
+        return tid
+
+    def ids_by_name(self, name: str) -> list[int]:
+        """The ids of every type with this name (base ids first), without decoding them."""
+        found = self._base.ids_by_name(name) if self._base is not None else []
+        found.extend(self._own_ids(name))
+        return found
+
+    def names(self) -> Iterator[str]:
+        """Every distinct type name of this spec's own types (not the base's)."""
+        return iter(self._name_index())
+
+    def names_containing(self, part: str) -> list[str]:
+        """Distinct names of own types that contain ``part`` (cheap without the full index:
+        a search of the string table)."""
+        if self._names is not None:
+            return [n for n in self._names if part in n]
+        raw = part.encode("utf-8", "surrogateescape")
+        if not raw:
+            return list(self._name_index())
+        found: dict[str, set[int]] = {}
+        spec: Spec | None = self
+        while spec is not None:
+            tab, start = spec._strtab, spec._str_start
+            pos = tab.find(raw)
+            while pos >= 0:
+                lo = tab.rfind(b"\0", 0, pos) + 1
+                hi = tab.find(b"\0", pos)
+                hi = len(tab) if hi < 0 else hi
+                name = tab[lo:hi].decode("utf-8", "surrogateescape")
+                found.setdefault(name, set()).add(start + lo)
+                pos = tab.find(raw, hi)
+            spec = spec._base
+        used = self._name_offsets()[1]
+        out = [
+            n
+            for n, offs in sorted(found.items())
+            if any(o in used for o in offs) and self._own_ids(n)
+        ]
+        out.extend(
+            t.name
+            for t in self._cache[len(self._offs) :]
+            if t is not None and part in t.name and t.name not in out
+        )
+        return out
+
+    def kind_of(self, type_id: int) -> Kind:
+        """The kind of a type without decoding it (cheap, for candidate searches)."""
+        if type_id == 0:
+            return Kind.UNKN
+        if type_id < self._first:
+            if self._base is None:
+                raise BTFError(f"btf: no type with id {type_id}")
+            return self._base.kind_of(type_id)
+        idx = type_id - self._first
+        if idx >= len(self._cache):
+            raise BTFError(f"btf: no type with id {type_id}")
+        t = self._cache[idx]
+        if t is not None or idx >= len(self._offs):
+            assert t is not None
+            return t.kind
+        return Kind((self._words[self._offs[idx] + 1] >> 24) & 0x1F)
+
+    def types_by_name(self, name: str) -> list[Type]:
+        """Every type with this name (base types first), in id order."""
+        found = self._base.types_by_name(name) if self._base is not None else []
+        for tid in self._own_ids(name):
+            found.append(self.type_by_id(tid))
+        return found
+
+    @overload
+    def type_by_name(self, name: str) -> Type: ...
+
+    @overload
+    def type_by_name(self, name: str, cls: type[T]) -> T: ...
+
+    def type_by_name(self, name: str, cls: type[Type] | None = None) -> Type:
+        """The one type with this name (and of class ``cls`` if given).
+
+        BTFError when there is none, or more than one.
+        """
+        found = self.types_by_name(name)
+        if cls is not None:
+            found = [t for t in found if isinstance(t, cls)]
+        what = f"{cls.__name__.lower()} {name}" if cls is not None else f"type {name}"
+        if not found:
+            raise BTFError(f"btf: no {what}")
+        if len(found) > 1:
+            raise BTFError(f"btf: {len(found)} types match {what}")
+        return found[0]
+
+    def string(self, offset: int) -> str:
+        """The string at ``offset`` in the string table (for .BTF.ext records)."""
+        cached = self._str_cache.get(offset)
+        if cached is not None:
+            return cached
+        if offset < self._str_start:
+            if self._base is None:
+                raise BTFError(f"btf: string offset {offset} out of range")
+            return self._base.string(offset)
+        rel = offset - self._str_start
+        tab = self._strtab
+        if rel >= len(tab):
+            raise BTFError(f"btf: string offset {offset} out of range")
+        end = tab.find(b"\0", rel)
+        if end < 0:
+            raise BTFError(f"btf: string at {offset} is not nul-terminated")
+        text = tab[rel:end].decode("utf-8", "surrogateescape")
+        self._str_cache[offset] = text
+        return text
+
+    # ---- marshalling
+
+    def marshal(self, extra_strings: Iterable[str] = ()) -> tuple[bytes, dict[str, int]]:
+        """Serialize to little-endian BTF for BPF_BTF_LOAD, keeping every id.
+
+        The string table is deduplicated and also holds ``extra_strings`` (line_info file
+        names and source lines). Returns the blob and the string → offset map. A split spec
+        emits only its own types; its string offsets continue after the base's.
+
+        The result is cached per set of extra strings: a spec is treated as immutable once
+        parsed (the ELF reader's DATASEC fix-ups happen before anything marshals it).
+        :meth:`add` drops the cache; code that changes a type in place must call
+        :meth:`changed` (or work on a :meth:`copy`). The returned dict is shared with the
+        cache: do not modify it.
+        """
+        key = frozenset(extra_strings)
+        cached = self._marshalled.get(key)
+        if cached is None:
+            cached = self._marshal(key)
+            if len(self._marshalled) >= _MARSHAL_CACHE_SIZE:
+                self._marshalled.clear()
+            self._marshalled[key] = cached
+        return cached
+
+    def changed(self) -> None:
+        """Forget cached :meth:`marshal` results: call after changing a type in place."""
+        self._marshalled.clear()
+
+    def _marshal(self, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, int]]:
+        return _encode.marshal(self, extra_strings)
+
+    # ---- internals
+
+    def _next_id(self) -> int:
+        return self._first + len(self._cache)
+
+    def _str_end(self) -> int:
+        return self._str_start + len(self._strtab)
+
+    def _own_ids(self, name: str) -> list[int]:
+        """Ids of own types named ``name``: from the index if built, else by searching the
+        string table for the name and the records for its offset (no index needed)."""
+        if self._names is not None:
+            return self._names.get(name, [])
+        hit = self._scan.get(name)
+        if hit is None:
+            hit = self._scan_name(name)
+            self._scan[name] = hit
+        return hit
+
+    def _name_offsets(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
+        """The name offset of every own record (in id order), and for each offset the first
+        and the last record index that has it (built with C-speed bulk operations)."""
+        noffs, pos = self._noffs, self._noffs_pos
+        if noffs is None or pos is None:
+            n = len(self._offs)
+            if n == 0:
+                noffs = ()
+            elif n == 1:
+                noffs = (self._words[self._offs[0]],)
+            else:
+                noffs = operator.itemgetter(*self._offs)(self._words)
+            last = dict(zip(noffs, range(n), strict=True))
+            first_ = dict(zip(reversed(noffs), range(n - 1, -1, -1), strict=True))
+            pos = (first_, last)
+            self._noffs, self._noffs_pos = noffs, pos
+        return noffs, pos[0], pos[1]
+
+    def _scan_name(self, name: str) -> list[int]:
+        first, cache = self._first, self._cache
+        out: list[int] = []
+        raw = name.encode("utf-8", "surrogateescape")
+        if raw and b"\0" not in raw:
+            targets: set[int] = set()
+            needle = b"\0" + raw + b"\0"
+            spec: Spec | None = self
+            while spec is not None:  # a split spec's names may point into its base's table
+                tab, start = spec._strtab, spec._str_start
+                if tab.startswith(raw + b"\0"):
+                    targets.add(start)
+                pos = tab.find(needle)
+                while pos >= 0:
+                    targets.add(start + pos + 1)
+                    pos = tab.find(needle, pos + 1)
+                spec = spec._base
+            if targets:
+                noffs, lo, hi = self._name_offsets()
+                for target in targets:
+                    i = lo.get(target)
+                    if i is None:
+                        continue  # a member name, not a type name
+                    end = hi[target]
+                    while True:
+                        t = cache[i]
+                        if t is None or t.name == name:
+                            out.append(first + i)
+                        if i == end:
+                            break
+                        i = noffs.index(target, i + 1, end + 1)
+        for i in range(len(self._offs), len(cache)):  # added after parsing
+            t = cache[i]
+            if t is not None and t.name == name:
+                out.append(first + i)
+        out.sort()
+        return out
+
+    def _name_index(self) -> dict[str, list[int]]:
+        idx = self._names
+        if idx is None:
+            idx = {}
+            words, string, first = self._words, self.string, self._first
+            cache = self._cache
+            # Group record ids by name offset first (cheap ints), then decode each distinct
+            # name once: vmlinux has ~130k records but far fewer distinct names.
+            by_off: dict[int, list[int]] = {}
+            get = by_off.get
+            for i, off in enumerate(self._offs):
+                if cache[i] is not None:  # decoded (and maybe renamed)
+                    by_off.setdefault(-1 - i, []).append(first + i)
+                    continue
+                name_off = words[off]
+                if name_off:
+                    ids = get(name_off)
+                    if ids is None:
+                        by_off[name_off] = [first + i]
+                    else:
+                        ids.append(first + i)
+            tab, start = self._strtab, self._str_start
+            text = tab.decode("ascii") if tab.isascii() else None
+            find = text.find if text is not None else None
+            for name_off, ids in by_off.items():
+                if name_off < 0:
+                    t = cache[ids[0] - first]
+                    assert t is not None
+                    if t.name:
+                        idx.setdefault(t.name, []).extend(ids)
+                    continue
+                rel = name_off - start
+                if text is not None and find is not None and 0 <= rel < len(text):
+                    end = find("\0", rel)
+                    name = text[rel:end] if end >= 0 else string(name_off)
+                else:
+                    name = string(name_off)
+                have = idx.get(name)
+                if have is None:
+                    idx[name] = ids
+                else:
+                    have.extend(ids)
+                    have.sort()
+            for i in range(len(self._offs), len(cache)):
+                t = cache[i]
+                if t is not None and t.name:
+                    idx.setdefault(t.name, []).append(first + i)
+            self._names = idx
+        return idx
+
+    def _decode(self, type_ids: list[int]) -> None:
+        """Decode own ``type_ids`` and every own type they reach, without recursion."""
+        first, cache, nown = self._first, self._cache, len(self._offs)
+        pending: list[tuple[Type, tuple[int, ...]]] = []
+        stack = type_ids[::-1]
+        try:
+            while stack:
+                tid = stack.pop()
+                if cache[tid - first] is not None:
+                    continue
+                t, refs = _decode.inflate(self, tid)
+                cache[tid - first] = t
+                self._ids[t] = tid
+                pending.append((t, refs))
+                for r in refs:
+                    if r >= first:
+                        if r - first >= nown:
+                            raise BTFError(f"btf: type {tid} refers to missing type {r}")
+                        if cache[r - first] is None:
+                            stack.append(r)
+                    elif r and self._base is None:
+                        raise BTFError(f"btf: type {tid} refers to missing type {r}")
+            for t, refs in pending:
+                if refs:
+                    t._set_refs([self._resolve(r) for r in refs])
+        except BaseException:
+            for t, _ in pending:
+                cache[self._ids.pop(t) - first] = None
+            raise
+
+    def _resolve(self, tid: int) -> Type:
+        if tid == 0:
+            return self._void
+        if tid < self._first:
+            assert self._base is not None
+            return self._base.type_by_id(tid)
+        t = self._cache[tid - self._first]
+        assert t is not None
+        return t

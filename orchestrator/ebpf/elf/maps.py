@@ -1,0 +1,345 @@
+"""Map definitions in an object: BTF-defined ``.maps``, the legacy ``maps`` section, data
+sections as single-entry arrays, and static initial values of prog arrays and maps of maps."""
+
+from __future__ import annotations
+
+import struct
+
+from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf._sys import (
+    MapFlags,
+    MapType,
+)
+from orchestrator.ebpf.elf.records import (
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHT_NOBITS,
+    STB_LOCAL,
+    STT_OBJECT,
+    STT_SECTION,
+    _Section,
+    _Symbol,
+)
+from orchestrator.ebpf.errors import BTFError, ParseError
+from orchestrator.ebpf.spec import (
+    MapEntry,
+    MapSpec,
+    PinType,
+    ProgramSpec,
+    VariableSpec,
+)
+
+_LEGACY_MAP_DEF = struct.Struct("<IIIII")
+
+_MAP_DEF_FIELDS = {
+    "type",
+    "key_size",
+    "value_size",
+    "max_entries",
+    "map_flags",
+    "numa_node",
+    "key",
+    "value",
+    "pinning",
+    "map_extra",
+    "values",
+}
+
+
+class MapReader:
+    """The map-reading half of the ELF reader (mixed into it): reads the tables the reader
+    has decoded."""
+
+    sections: list[_Section]
+    by_name: dict[str, _Section]
+    symbols: list[_Symbol]
+    btf: _btf.Spec | None
+    _map_at: dict[tuple[int, int], str]  # (section, offset) → map name
+
+    def _read_btf_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
+        sec = self.by_name.get(".maps")
+        if sec is None:
+            return
+        if self.btf is None:
+            raise ParseError("section .maps: needs BTF (compile with -g)")
+        try:
+            datasec = self.btf.type_by_name(".maps", _btf.Datasec)
+        except BTFError as err:
+            raise ParseError("section .maps: no BTF datasec describes it") from err
+        for vsi in datasec.vars:
+            var = vsi.type
+            assert isinstance(var, _btf.Var)
+            spec = self._btf_map_def(var.name, var.type, ".maps")
+            maps[spec.name] = spec
+            self._map_at[(sec.index, vsi.offset)] = spec.name
+        for sym in self.symbols:
+            if sym.shndx == sec.index and sym.name in maps:
+                map_by_symbol[sym.index] = sym.name
+
+    def _btf_map_def(self, name: str, t: _btf.Type, section: str, inner: bool = False) -> MapSpec:
+        assert self.btf is not None
+        struct_t = _btf.skip_qualifiers(t)
+        if not isinstance(struct_t, _btf.Struct):
+            raise ParseError(f"map {name}: definition is {_btf.describe(t)}, not a struct")
+        spec = MapSpec(name, MapType.UNSPEC, 0, 0, 0, section=section, btf=self.btf)
+        for m in struct_t.members:
+            if m.name not in _MAP_DEF_FIELDS:
+                raise ParseError(f"map {name}: unknown field {m.name!r} in definition")
+            if m.name in ("key", "value"):
+                target = _pointee(m.type)
+                if target is None:
+                    raise ParseError(f"map {name}: {m.name} must be a pointer (use __type)")
+                size = _btf.sizeof(target)
+                if m.name == "key":
+                    spec.key, spec.key_size = target, size
+                else:
+                    spec.value, spec.value_size = target, size
+                continue
+            if m.name == "values":
+                spec.inner_map = self._map_values_field(name, m.type, spec)
+                continue
+            value = _uint_field(m.type)
+            if value is None:
+                raise ParseError(f"map {name}: field {m.name} must be declared with __uint")
+            if m.name == "type":
+                try:
+                    spec.type = MapType(value)
+                except ValueError as err:
+                    raise ParseError(f"map {name}: unknown map type {value}") from err
+            elif m.name in ("key_size", "value_size"):
+                have = getattr(spec, m.name)
+                if have and have != value:
+                    raise ParseError(f"map {name}: {m.name} {value} conflicts with its BTF type")
+                setattr(spec, m.name, value)
+            elif m.name == "max_entries":
+                spec.max_entries = value
+            elif m.name == "map_flags":
+                spec.flags = value
+            elif m.name == "numa_node":
+                spec.numa_node = value
+            elif m.name == "pinning":
+                try:
+                    spec.pinning = PinType(value)
+                except ValueError as err:
+                    raise ParseError(f"map {name}: unsupported pinning {value}") from err
+            elif m.name == "map_extra":
+                spec.map_extra = value
+        if spec.type == MapType.UNSPEC and not inner:
+            raise ParseError(f"map {name}: definition has no type")
+        if spec.type.of_maps or spec.type == MapType.PROG_ARRAY:
+            spec.key_size = spec.key_size or 4
+            spec.value_size = 4  # the kernel stores fds/ids
+            spec.value = None
+        if spec.type == MapType.PERF_EVENT_ARRAY:
+            spec.key_size = spec.key_size or 4
+            spec.value_size = spec.value_size or 4
+        return spec
+
+    def _map_values_field(self, name: str, t: _btf.Type, outer: MapSpec) -> MapSpec | None:
+        arr = _btf.skip_qualifiers(t)
+        if not isinstance(arr, _btf.Array):
+            raise ParseError(f"map {name}: values must be declared with __array")
+        elem = _pointee(arr.type)
+        if elem is None:
+            raise ParseError(f"map {name}: values must be an array of pointers")
+        elem = _btf.skip_qualifiers(elem)
+        if isinstance(elem, _btf.FuncProto):
+            return None  # prog array: values are programs
+        if isinstance(elem, _btf.Struct):
+            inner = self._btf_map_def(f"{name}.inner", elem, outer.section, inner=True)
+            return inner
+        raise ParseError(f"map {name}: values of {_btf.describe(elem)} are not supported")
+
+    def _read_legacy_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
+        sec = self.by_name.get("maps")
+        if sec is None:
+            return
+        syms = sorted(
+            (s for s in self.symbols if s.shndx == sec.index and s.type != STT_SECTION and s.name),
+            key=lambda s: s.value,
+        )
+        if not syms:
+            return
+        even_size = sec.size // len(syms)
+        if all(s.size == 0 for s in syms) and (
+            even_size < _LEGACY_MAP_DEF.size or even_size * len(syms) != sec.size
+        ):
+            raise ParseError(
+                f"section maps: {sec.size} bytes for {len(syms)} maps is not a whole number of "
+                f"map definitions of at least {_LEGACY_MAP_DEF.size} bytes"
+            )
+        for sym in syms:
+            # The symbol's size when it has one (definitions of different sizes), else an
+            # even share of the section (how libbpf 0.x read it).
+            def_size = sym.size or even_size
+            if def_size < _LEGACY_MAP_DEF.size:
+                raise ParseError(
+                    f"map {sym.name}: legacy definition of {def_size} bytes is shorter than "
+                    f"the {_LEGACY_MAP_DEF.size} bytes of struct bpf_map_def"
+                )
+            raw = sec.data[sym.value : sym.value + def_size]
+            if len(raw) < def_size:
+                raise ParseError(f"map {sym.name}: definition is truncated")
+            mtype, ksize, vsize, entries, flags = _LEGACY_MAP_DEF.unpack_from(raw)
+            try:
+                map_type = MapType(mtype)
+            except ValueError as err:
+                raise ParseError(f"map {sym.name}: unknown map type {mtype}") from err
+            if sym.name in maps:
+                raise ParseError(f"map {sym.name}: defined twice")
+            if map_type == MapType.PERF_EVENT_ARRAY:  # as for BTF maps: the kernel's sizes
+                ksize, vsize = ksize or 4, vsize or 4
+            maps[sym.name] = MapSpec(
+                sym.name,
+                map_type,
+                ksize,
+                vsize,
+                entries,
+                flags,
+                extra=bytes(raw[_LEGACY_MAP_DEF.size :]),
+                section="maps",
+            )
+            map_by_symbol[sym.index] = sym.name
+            self._map_at[(sec.index, sym.value)] = sym.name
+
+    def _read_data_sections(self, maps: dict[str, MapSpec]) -> dict[str, VariableSpec]:
+        variables: dict[str, VariableSpec] = {}
+        for sec in self.sections:
+            if not _is_data_section(sec):
+                continue
+            contents = bytearray(sec.size) if sec.type == SHT_NOBITS else bytearray(sec.data)
+            datasec: _btf.Datasec | None = None
+            if self.btf is not None:
+                found = [t for t in self.btf.types_by_name(sec.name) if isinstance(t, _btf.Datasec)]
+                datasec = found[0] if found else None
+            readonly = sec.name.startswith(".rodata")
+            spec = MapSpec(
+                sec.name,
+                MapType.ARRAY,
+                4,
+                sec.size,
+                1,
+                int(MapFlags.RDONLY_PROG) if readonly else 0,
+                contents=[MapEntry(0, contents)],
+                freeze=readonly,
+                section=sec.name,
+                btf=self.btf if datasec is not None else None,
+                btf_value_type=datasec,
+            )
+            if sec.name in maps:
+                raise ParseError(f"section {sec.name}: clashes with a map of the same name")
+            maps[sec.name] = spec
+            if datasec is not None:
+                for vsi in datasec.vars:
+                    var = vsi.type
+                    assert isinstance(var, _btf.Var)
+                    linkage = "static" if var.linkage == _btf.VarLinkage.STATIC else "global"
+                    _add_variable(
+                        variables,
+                        VariableSpec(var.name, spec, vsi.offset, vsi.size, var.type, linkage),
+                    )
+            else:
+                for sym in self.symbols:
+                    if sym.shndx == sec.index and sym.type == STT_OBJECT and sym.name:
+                        linkage = "static" if sym.bind == STB_LOCAL else "global"
+                        _add_variable(
+                            variables,
+                            VariableSpec(sym.name, spec, sym.value, sym.size, None, linkage),
+                        )
+        return variables
+
+    def _read_map_contents(
+        self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]
+    ) -> None:
+        """Static initial values of prog arrays and maps of maps (``.rel.maps``)."""
+        sec = self.by_name.get(".maps")
+        if sec is None or not sec.relocs:
+            return
+        assert self.btf is not None
+        datasec = self.btf.type_by_name(".maps", _btf.Datasec)
+        for r_offset, sym_index in sec.relocs:
+            sym = self.symbols[sym_index]
+            owner: tuple[_btf.Var, int] | None = None
+            for vsi in datasec.vars:
+                var = vsi.type
+                assert isinstance(var, _btf.Var)
+                size = max(vsi.size, _symbol_size(self, var.name))
+                if vsi.offset <= r_offset < vsi.offset + size:
+                    owner = (var, vsi.offset)
+                    break
+            if owner is None:
+                raise ParseError(f"section .maps: relocation at {r_offset} is outside any map")
+            owner_var, base = owner
+            map_name = owner_var.name
+            spec = maps[map_name]
+            struct_t = _btf.skip_qualifiers(owner_var.type)
+            assert isinstance(struct_t, _btf.Struct)
+            values_member = next((m for m in struct_t.members if m.name == "values"), None)
+            if values_member is None:
+                raise ParseError(f"map {map_name}: initial values without a values field")
+            rel = r_offset - base - values_member.offset_bits // 8
+            if rel < 0 or rel % 8:
+                raise ParseError(f"map {map_name}: misaligned initial value at {r_offset}")
+            slot = rel // 8
+            if spec.type == MapType.PROG_ARRAY:
+                if sym.name not in programs:
+                    raise ParseError(
+                        f"map {map_name}: slot {slot} refers to {sym.name!r}, "
+                        "which is not a program"
+                    )
+            elif spec.type.of_maps:
+                if sym.name not in maps:
+                    raise ParseError(
+                        f"map {map_name}: slot {slot} refers to {sym.name!r}, which is not a map"
+                    )
+            else:
+                raise ParseError(f"map {map_name}: initial values need a prog array or map of maps")
+            if slot >= spec.max_entries:
+                raise ParseError(
+                    f"map {map_name}: slot {slot} is beyond max_entries {spec.max_entries}"
+                )
+            spec.contents.append(MapEntry(slot, sym.name))
+        for spec in maps.values():
+            spec.contents.sort(key=lambda e: e.key if isinstance(e.key, int) else 0)
+
+    # ------------------------------------------------------------------ code
+
+
+def _symbol_size(reader: MapReader, name: str) -> int:
+    for s in reader.symbols:
+        if s.name == name and s.type == STT_OBJECT:
+            return s.size
+    return 0
+
+
+def _add_variable(variables: dict[str, VariableSpec], var: VariableSpec) -> None:
+    key = var.name if var.name not in variables else f"{var.section}/{var.name}"
+    variables[key] = var
+
+
+def _is_data_section(sec: _Section) -> bool:
+    if not (sec.flags & SHF_ALLOC) or sec.flags & SHF_EXECINSTR:
+        return False
+    name = sec.name
+    for prefix in (".data", ".rodata", ".bss"):
+        if name == prefix or name.startswith(prefix + "."):
+            return sec.size > 0
+    return False
+
+
+def _pointee(t: _btf.Type) -> _btf.Type | None:
+    p = _btf.skip_qualifiers(t)
+    if isinstance(p, _btf.Pointer):
+        return p.target
+    return None
+
+
+def _uint_field(t: _btf.Type) -> int | None:
+    """``__uint(name, N)`` is declared as ``int (*name)[N]``."""
+    target = _pointee(t)
+    if target is None:
+        return None
+    arr = _btf.skip_qualifiers(target)
+    if isinstance(arr, _btf.Array):
+        return int(arr.nelems)
+    return None
