@@ -270,8 +270,10 @@ class FileWatcher:
     _watches: dict[tuple[Path, bool], object] = field(default_factory=dict, init=False)
     _inodes: dict[tuple[Path, bool], tuple[int, int]] = field(default_factory=dict, init=False)
     _gone: set[Path] = field(default_factory=set, init=False)  # watched dirs deleted/moved
+    _adding: set[Path] = field(default_factory=set, init=False)  # being scheduled by update
     _set: WatchSet = field(default_factory=WatchSet, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _update_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _started: bool = field(default=False, init=False)
 
     def start(self) -> None:
@@ -300,49 +302,73 @@ class FileWatcher:
 
     @property
     def directories(self) -> tuple[tuple[Path, bool], ...]:
-        return tuple(sorted(self._watches, key=str))
+        with self._lock:
+            return tuple(sorted(self._watches, key=str))
 
     def update(self, watch_set: WatchSet) -> int:
         """Watch exactly the directories ``watch_set`` needs (adds and removes watches);
-        returns how many directories were added."""
+        returns how many directories were added.
+
+        Lock order: watchdog's dispatcher thread holds the observer's lock while it calls
+        :meth:`_event`, which takes ``_lock``; so ``_lock`` is never held while calling into
+        the observer (``schedule``/``unschedule`` take the observer's lock). The changes are
+        worked out under ``_lock``, made outside it, and recorded under it again; updates
+        are serialised by ``_update_lock``, which :meth:`_event` never takes."""
         wanted = set(watch_set.directories().items())
         added = 0
-        with self._lock:
-            self._set = watch_set
-            for key in list(self._watches):
-                # a directory replaced by another one of the same name (rm -r and mkdir,
-                # a checkout) lost its watch with the old one: watch it again (seen by its
-                # deletion event, or by a new inode number when that event was missed)
-                stale = key[0] in self._gone or _inode(key[0]) != self._inodes.get(key)
-                if key not in wanted or stale:
-                    self._inodes.pop(key, None)
-                    with contextlib.suppress(KeyError):  # already gone with its inode
-                        self._observer.unschedule(self._watches.pop(key))  # type: ignore[arg-type]
-            self._gone.clear()
-            for key in sorted(wanted - set(self._watches), key=str):
+        with self._update_lock:
+            with self._lock:
+                # events from now on are judged against the new set, so a change in a
+                # directory being added is not lost while its watch is set up
+                self._set = watch_set
+                drop: list[object] = []
+                for key in list(self._watches):
+                    # a directory replaced by another one of the same name (rm -r and
+                    # mkdir, a checkout) lost its watch with the old one: watch it again
+                    # (seen by its deletion event, or by a new inode number when that
+                    # event was missed)
+                    stale = key[0] in self._gone or _inode(key[0]) != self._inodes.get(key)
+                    if key not in wanted or stale:
+                        self._inodes.pop(key, None)
+                        drop.append(self._watches.pop(key))
+                # taken now: a deletion seen from here on is kept for the next update
+                self._gone.clear()
+                add = sorted(wanted - set(self._watches), key=str)
+                # a deletion while a watch is being set up is remembered too
+                self._adding = {d for d, _ in add}
+            for watch in drop:
+                with contextlib.suppress(KeyError):  # already gone with its inode
+                    self._observer.unschedule(watch)  # type: ignore[arg-type]
+            for key in add:
                 directory, recursive = key
                 try:
                     inode = _inode(directory)
                     # the filter also narrows the inotify mask: reads of a watched
                     # directory's files (IN_OPEN, IN_CLOSE_NOWRITE) never wake us
-                    self._watches[key] = self._observer.schedule(
+                    watch = self._observer.schedule(
                         _Handler(self),
                         str(directory),
                         recursive=recursive,
                         event_filter=list(_CONTENT_EVENTS),
                     )
-                    if inode is not None:
-                        self._inodes[key] = inode
-                    added += 1
                 except OSError as err:
                     _log.warning(
                         "cannot watch %s: %s", directory, err, extra={"fields": {"dir": directory}}
                     )
-            _log.debug(
-                "watching %d directories",
-                len(self._watches),
-                extra={"fields": {"dirs": ",".join(str(d) for d, _ in self._watches)}},
-            )
+                    continue
+                with self._lock:
+                    self._watches[key] = watch
+                    if inode is not None:
+                        self._inodes[key] = inode
+                added += 1
+            with self._lock:
+                self._adding = set()
+            dirs = self.directories
+        _log.debug(
+            "watching %d directories",
+            len(dirs),
+            extra={"fields": {"dirs": ",".join(str(d) for d, _ in dirs)}},
+        )
         return added
 
     def writing(self, max_age: float, now: float | None = None) -> tuple[str, ...]:
@@ -361,7 +387,8 @@ class FileWatcher:
             if event.is_directory and isinstance(event, DirDeletedEvent | DirMovedEvent):
                 # its watch (and those below it) went with it; the same name may come back
                 gone = Path(_decode(event.src_path))
-                self._gone.update(d for d, _ in self._watches if d.is_relative_to(gone))
+                watched = [d for d, _ in self._watches] + list(self._adding)
+                self._gone.update(d for d in watched if d.is_relative_to(gone))
             if relevant and not event.is_directory:
                 src = _decode(event.src_path)
                 if isinstance(event, FileModifiedEvent):

@@ -268,3 +268,61 @@ def test_lost_events_count_as_a_change(watcher: tuple[FileWatcher, Recorder]) ->
     w.stop()  # stopped: no longer listening
     logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed")
     assert rec.paths == [OVERFLOW]
+
+
+def test_updates_while_events_fire_never_deadlock(tmp_path: Path) -> None:
+    """watchdog's dispatcher holds the observer's lock while it hands an event to the
+    watcher; an update that called the observer under the watcher's own lock deadlocked
+    with it. Directories are replaced and re-watched while a writer keeps events coming;
+    a deadlock fails within seconds (the watcher is stopped under a deadline too, since a
+    deadlocked observer cannot be stopped)."""
+    import contextlib
+    import shutil
+
+    from tests.deadline import promptly
+
+    mdir = tmp_path / "m"
+    subs = [mdir / f"s{i}" for i in range(4)]
+    for s in subs:
+        s.mkdir(parents=True)
+    rec = Recorder()
+    w = FileWatcher(rec)
+    w.start()
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for d in (mdir, *subs):
+                with contextlib.suppress(OSError):  # replaced at that moment
+                    (d / "w.yaml").write_text(str(n))
+            time.sleep(0)
+
+    def replace_and_update() -> None:
+        for i in range(150):
+            s = subs[i % len(subs)]
+            shutil.rmtree(s, ignore_errors=True)
+            s.mkdir(exist_ok=True)
+            (s / "new.yaml").write_text(str(i))
+            w.update(WatchSet.build([mdir]))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        promptly(lambda: w.update(WatchSet.build([mdir])), 10)
+        promptly(replace_and_update, 30)
+        stop.set()
+        writer.join(5)
+        # the last replacement's deletion event may come after its update (the inode number
+        # can be reused): the daemon updates again after the change it reports, so does this
+        rec.settle(0.3)
+        promptly(lambda: w.update(WatchSet.build([mdir])), 10)
+        # every directory is watched (again) and still delivers its changes
+        assert promptly(lambda: w.directories, 5) == tuple((d, False) for d in [mdir, *subs])
+        for s in subs:
+            (s / "after.yaml").write_text("x")
+            wait_until(lambda s=s: str(s / "after.yaml") in rec.paths, 5, f"a change in {s}")
+    finally:
+        stop.set()
+        promptly(w.stop, 10)
