@@ -71,6 +71,29 @@ def require_tool(name: str) -> str:
     return path
 
 
+def run_git(repo: Path, *args: str) -> str:
+    """``git -C repo args`` on a test's own repository; its output, stripped. Every
+    ``GIT_*`` variable of the caller is dropped (under ``git rebase -x`` or a hook,
+    ``GIT_DIR``, ``GIT_WORK_TREE`` and ``GIT_INDEX_FILE`` name the outer repository, which a
+    test would commit into), neither the user's nor the system's configuration is read,
+    and the search for a repository stops at ``repo``'s parent."""
+    git = require_tool("git")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env |= {
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CEILING_DIRECTORIES": str(Path(repo).absolute().parent),
+    }
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    return subprocess.run(
+        [git, "-C", str(repo), *identity, *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def open_fds() -> set[int]:
     return {int(n) for n in os.listdir("/proc/self/fd")}
 

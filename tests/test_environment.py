@@ -1,9 +1,13 @@
 """Product code reads the environment only for what users set: no test seam is read from it
-(fault injection is an object the tests inject, see tests/failpoints.py)."""
+(fault injection is an object the tests inject, see tests/failpoints.py). And the tests'
+own git commands never reach the repository of whoever runs them."""
 
 from __future__ import annotations
 
 import ast
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -51,3 +55,39 @@ def test_product_code_reads_only_user_settings_from_the_environment() -> None:
     assert set(found) == set(ALLOWED), found
     for rel, names in found.items():
         assert names <= ALLOWED[rel], (rel, names - ALLOWED[rel])
+
+
+def test_git_in_tests_never_touches_the_callers_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``git rebase -x`` or a hook, GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE name the
+    outer repository: a test's ``git init``/``commit`` in its own directory must not reach
+    it (nor rewrite its configuration)."""
+    from tests.conftest import run_git
+
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    outer.mkdir()
+    inner.mkdir()
+    run_git(outer, "init", "-q")
+    (outer / "o.txt").write_text("o")
+    run_git(outer, "add", ".")
+    run_git(outer, "commit", "-q", "-m", "outer")
+    head = run_git(outer, "rev-parse", "HEAD")
+    config = (outer / ".git" / "config").read_bytes()
+    index = (outer / ".git" / "index").read_bytes()
+    monkeypatch.setenv("GIT_DIR", str(outer / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(outer))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(outer / ".git" / "index"))
+    monkeypatch.setenv("GIT_OBJECT_DIRECTORY", str(outer / ".git" / "objects"))
+
+    run_git(inner, "init", "-q")
+    (inner / "i.txt").write_text("i")
+    run_git(inner, "add", ".")
+    run_git(inner, "commit", "-q", "-m", "inner")
+    assert run_git(inner, "log", "--format=%s") == "inner"
+    assert run_git(inner, "ls-files") == "i.txt"
+    monkeypatch.delenv("GIT_DIR")
+    assert run_git(outer, "rev-parse", "HEAD") == head
+    assert run_git(outer, "log", "--format=%s") == "outer"
+    assert (outer / ".git" / "config").read_bytes() == config
+    assert (outer / ".git" / "index").read_bytes() == index

@@ -403,21 +403,16 @@ def test_noop_apply_only_reads(
 
 
 def test_status_names_the_git_revision_of_the_manifests(env: Env, veth: VethPair) -> None:
-    import subprocess
+    from tests.conftest import run_git
 
-    from tests.conftest import require_tool
-
-    git = require_tool("git")
     xdp_manifest(env, veth)
 
     def run(*args: str) -> str:
-        return subprocess.run(
-            [git, "-C", str(env.manifests), *args], check=True, capture_output=True, text=True
-        ).stdout.strip()
+        return run_git(env.manifests, *args)
 
     run("init", "-q")
     run("add", ".")
-    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "m")
+    run("commit", "-q", "-m", "m")
     head = run("rev-parse", "HEAD")
     r = env.reconciler()
     r.apply(env.desired())

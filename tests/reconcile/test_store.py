@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -59,21 +58,17 @@ def test_unknown_record_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_git_revision_of_a_checkout(tmp_path: Path) -> None:
-    from tests.conftest import require_tool
-
-    git = require_tool("git")
+    from tests.conftest import run_git
 
     def run(*args: str) -> str:
-        return subprocess.run(
-            [git, "-C", str(tmp_path), *args], check=True, capture_output=True, text=True
-        ).stdout.strip()
+        return run_git(tmp_path, *args)
 
     assert git_revision(tmp_path / "m.yaml") is None
     run("init", "-q")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "m.yaml").write_text("x")
     run("add", ".")
-    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "m")
+    run("commit", "-q", "-m", "m")
     head = run("rev-parse", "HEAD")
     assert git_revision(tmp_path / "sub" / "m.yaml") == head
     run("pack-refs", "--all")  # the branch ref now lives in packed-refs only

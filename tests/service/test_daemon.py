@@ -423,20 +423,12 @@ def test_changes_during_the_read_are_not_applied(harness: Harness) -> None:
 
 
 def test_git_checkout_of_many_files_is_one_reconcile(harness: Harness) -> None:
-    import subprocess
+    from tests.conftest import run_git
 
-    from tests.conftest import require_tool
-
-    git = require_tool("git")
     repo = harness.manifest.parent
 
     def run(*args: str) -> None:
-        subprocess.run(
-            [git, "-c", "user.name=t", "-c", "user.email=t@t", *args],
-            cwd=repo,
-            check=True,
-            capture_output=True,
-        )
+        run_git(repo, *args)
 
     for i in range(50):
         (repo / f"c{i:02}.yaml").write_text(f"c{i:02}=1\n")
