@@ -80,6 +80,7 @@ from orchestrator.ebpf.link import (
     xdp_attached,
 )
 from orchestrator.ebpf.link.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
+from orchestrator.ebpf.map_codec import MapCodec
 from orchestrator.ebpf.maps import Map, MapInfo
 from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
 from orchestrator.ebpf.perf import PerfReader, PerfRecord
@@ -102,7 +103,7 @@ from orchestrator.ebpf.spec import (
     Unresolved,
     VariableSpec,
 )
-from orchestrator.ebpf.values import Hex, MapCodec, NetworkOrder, References
+from orchestrator.ebpf.values import Hex, NetworkOrder, References
 from orchestrator.ebpf.verification import ProgramReport, verify
 from orchestrator.ebpf.verifier import Rejection, SourceLine
 

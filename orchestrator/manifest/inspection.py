@@ -17,10 +17,10 @@ from pathlib import Path
 from orchestrator.ebpf import CollectionSpec, MapFlags, MapType, ProgramSpec, ProgType, btf
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.values import decode, plain
+from orchestrator.manifest.builder import PLACEHOLDER
 from orchestrator.manifest.cache import object_info
 from orchestrator.manifest.kernel_hooks import CGROUP_HOOKS, target_mismatch
 from orchestrator.manifest.literals import render
-from orchestrator.manifest.loader import PLACEHOLDER
 from orchestrator.manifest.model import (
     CgroupTarget,
     Direction,

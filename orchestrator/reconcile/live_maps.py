@@ -7,7 +7,7 @@ through a program of the collection that holds it. A map the collection takes fr
 (``from:``) is the source's map. A path under the owned root is opened the same way (a
 symlink planted there is refused); any other path is someone else's pin, opened as given.
 Keys and values are literals typed by the BTF the kernel holds for the map
-(:class:`~orchestrator.ebpf.values.LiteralMap`); names in prog arrays and maps of maps
+(:class:`~orchestrator.ebpf.map_codec.LiteralMap`); names in prog arrays and maps of maps
 resolve to the collection's own programs and maps.
 """
 
@@ -23,8 +23,9 @@ from pathlib import Path
 from orchestrator.ebpf import Map, Program, btf
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import clip, quote
+from orchestrator.ebpf.map_codec import LiteralMap, MapCodec
 from orchestrator.ebpf.suggestions import hint
-from orchestrator.ebpf.values import LiteralMap, MapCodec, References
+from orchestrator.ebpf.values import References
 from orchestrator.reconcile.errors import ReconcileError
 from orchestrator.reconcile.observe import observe, open_map
 from orchestrator.reconcile.owner import open_owned, open_root

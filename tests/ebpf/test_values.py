@@ -17,10 +17,9 @@ from hypothesis import strategies as st
 from orchestrator import ebpf
 from orchestrator.ebpf import btf
 from orchestrator.ebpf.errors import LiteralError
+from orchestrator.ebpf.map_codec import LiteralMap, MapCodec
 from orchestrator.ebpf.values import (
     Hex,
-    LiteralMap,
-    MapCodec,
     NetworkOrder,
     References,
     decode,
