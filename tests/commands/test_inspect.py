@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.manifest import ManifestError, load_manifests
-from orchestrator.manifest.inspection import inspect_object, starter_manifest
 from orchestrator.manifest.builder import PLACEHOLDER
+from orchestrator.manifest.inspection import inspect_object, starter_manifest
 from tests.commands.conftest import Cli
 from tests.conftest import BPF_DIR
 from tests.ebpf.conftest import extract_objects, tool_objects
