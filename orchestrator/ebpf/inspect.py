@@ -11,7 +11,8 @@ netlink modules.
 - **Ids**: every program, map or link id in the kernel (:func:`program_ids`,
   :func:`map_ids`, :func:`link_ids`; needs CAP_SYS_ADMIN); open one with ``from_id`` of
   :class:`~orchestrator.ebpf.Program`, :class:`~orchestrator.ebpf.Map` or
-  :class:`~orchestrator.ebpf.Link`.
+  :class:`~orchestrator.ebpf.Link`. Whether an id is still in use, without taking a
+  reference (:func:`map_exists`, :func:`program_exists`, :func:`link_exists`).
 - **Objects by fd**: the kernel id of a map or program behind an fd (:func:`map_id`,
   :func:`program_id`: one BPF_OBJ_GET_INFO_BY_FD each), the maps a program uses
   (:func:`program_map_ids`), what a link is attached to (:func:`link_info`). Objects by id
@@ -65,14 +66,17 @@ __all__ = [
     "is_bpffs",
     "is_mount_root",
     "iter_links",
+    "link_exists",
     "link_ids",
     "link_info",
+    "map_exists",
     "map_id",
     "map_ids",
     "open_dir_at",
     "open_pin",
     "open_pin_at",
     "pin_at",
+    "program_exists",
     "program_id",
     "program_ids",
     "program_map_ids",
@@ -131,3 +135,27 @@ def map_ids() -> Iterator[int]:
 def link_ids() -> Iterator[int]:
     """The id of every link in the kernel, ascending (BPF_LINK_GET_NEXT_ID)."""
     return _sys.iter_ids(_sys.Cmd.LINK_GET_NEXT_ID)
+
+
+def _exists(cmd: _sys.Cmd, obj_id: int) -> bool:
+    return obj_id > 0 and _sys.get_next_id(cmd, obj_id - 1) == obj_id
+
+
+def map_exists(map_id: int) -> bool:
+    """Whether a map with this id is alive, asked without opening it (BPF_MAP_GET_NEXT_ID).
+
+    Polling a dying map with ``Map.from_id`` is not harmless: each open and close of a
+    prog array whose last user reference is gone schedules the kernel's deferred clear
+    again, and a clear scheduled while the previous one is pending leaks a reference, so
+    the map is never freed (Linux 6.18, ``prog_array_map_clear``). This takes none."""
+    return _exists(_sys.Cmd.MAP_GET_NEXT_ID, map_id)
+
+
+def program_exists(prog_id: int) -> bool:
+    """Whether a program with this id is alive, without opening it (BPF_PROG_GET_NEXT_ID)."""
+    return _exists(_sys.Cmd.PROG_GET_NEXT_ID, prog_id)
+
+
+def link_exists(link_id: int) -> bool:
+    """Whether a link with this id is alive, without opening it (BPF_LINK_GET_NEXT_ID)."""
+    return _exists(_sys.Cmd.LINK_GET_NEXT_ID, link_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,33 @@ def test_hooks_and_link_info(coll: ebpf.Collection, veth: VethPair) -> None:
         assert any(i.id == link.id for i in inspect.iter_links(ebpf.LinkType.XDP))
         link.detach()
         assert not inspect.link_info(link.fd).attached
+
+
+def _gone(exists: Callable[[int], bool], obj_id: int) -> bool:
+    """Polled without a reference until the kernel frees the object (an RCU grace period and
+    a work item after the last close)."""
+    deadline = time.monotonic() + 15.0
+    while exists(obj_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_exists_asks_without_a_reference(veth: VethPair) -> None:
+    c = ebpf.Collection(ebpf.CollectionSpec.from_file(obj("xdp_counter.o")))
+    prog, m = c.programs["xdp_count"], c.maps["counters"]
+    link = ebpf.attach_xdp(prog, veth.b.name, "generic", netns=veth.b.ns.path)
+    pid, mid, lid = prog.id, m.id, link.id
+    fds = len(os.listdir("/proc/self/fd"))
+    assert inspect.program_exists(pid) and inspect.map_exists(mid) and inspect.link_exists(lid)
+    assert len(os.listdir("/proc/self/fd")) == fds  # nothing opened, nothing held
+    # one id does not stand for another: the neighbours of a live id are not it
+    assert not inspect.map_exists(0) and not inspect.program_exists(-1)
+    assert not inspect.link_exists(max(inspect.link_ids()) + 1000)
+    link.close()
+    c.close()
+    # the link keeps the program, the program the map: each goes once nothing holds it
+    assert _gone(inspect.link_exists, lid)
+    assert _gone(inspect.program_exists, pid)
+    assert _gone(inspect.map_exists, mid)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import ebpf
+from orchestrator.ebpf import inspect as ebpf_inspect
 from orchestrator.manifest import ObjectStore, load_manifests
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile import Failpoints, Reconciler, Status
@@ -63,27 +63,16 @@ def env(pin_dir: Path, tmp_path: Path) -> Iterator[Env]:
 
 
 def prog_alive(prog_id: int) -> bool:
-    try:
-        ebpf.Program.from_id(prog_id).close()
-    except ebpf.Error:
-        return False
-    return True
+    return ebpf_inspect.program_exists(prog_id)
 
 
 def link_alive(link_id: int) -> bool:
-    try:
-        ebpf.Link.from_id(link_id).close()
-    except ebpf.Error:
-        return False
-    return True
+    return ebpf_inspect.link_exists(link_id)
 
 
 def map_alive(map_id: int) -> bool:
-    try:
-        ebpf.Map.from_id(map_id).close()
-    except ebpf.Error:
-        return False
-    return True
+    # asked without opening the map: polling a dying prog array by opening it leaks it
+    return ebpf_inspect.map_exists(map_id)
 
 
 def snapshot(status: Status) -> dict[str, object]:

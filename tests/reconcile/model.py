@@ -54,6 +54,7 @@ from hypothesis.stateful import (
 from orchestrator import ebpf
 from orchestrator.ebpf import Map, Program
 from orchestrator.ebpf import _sys as bpfsys
+from orchestrator.ebpf import inspect as ebpf_inspect
 from orchestrator.ebpf import link as ebpf_links
 from orchestrator.ebpf.errors import SyscallError
 from orchestrator.manifest import ManifestError, load_manifests
@@ -232,24 +233,17 @@ def collection_strategy() -> st.SearchStrategy[Coll]:
 # ---------------------------------------------------------------------------- the kernel
 
 
-def _live(cmd: bpfsys.Cmd, obj_id: int) -> bool:
-    try:
-        bpfsys.fd_by_id(cmd, obj_id).close()
-    except SyscallError:
-        return False
-    return True
-
-
 def prog_alive(i: int) -> bool:
-    return _live(bpfsys.Cmd.PROG_GET_FD_BY_ID, i)
+    return ebpf_inspect.program_exists(i)
 
 
 def map_alive(i: int) -> bool:
-    return _live(bpfsys.Cmd.MAP_GET_FD_BY_ID, i)
+    # never by opening it: polling a dying prog array that way leaks it in the kernel
+    return ebpf_inspect.map_exists(i)
 
 
 def link_alive(i: int) -> bool:
-    return _live(bpfsys.Cmd.LINK_GET_FD_BY_ID, i)
+    return ebpf_inspect.link_exists(i)
 
 
 def pinned_id(path: Path, kind: str) -> int | None:
