@@ -31,6 +31,7 @@ Everything runs without pytest too (``benchmarks/state_machine.py`` runs it long
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import shutil
@@ -262,8 +263,21 @@ def pinned_id(path: Path, kind: str) -> int | None:
         return int(bpfsys.link_info(fd).id)
 
 
+# what each program uses: a program's maps never change and ids are never reused, so each
+# program's maps are opened once, when the program is first seen (normally right after the
+# apply that made it, its prog array still pinned). Polling them by opening again while the
+# collection is torn down would open a prog array after its last pin went, and on this
+# kernel that can leak it (see ebpf.inspect.map_exists)
+_PROG_MAPS: dict[int, dict[str, int]] = {}
+
+
 def prog_maps(prog_id: int) -> dict[str, int]:
     """Map name -> map id of every map a live program uses."""
+    known = _PROG_MAPS.get(prog_id)
+    if known is not None:
+        if not prog_alive(prog_id):
+            raise SyscallError("prog get fd by id", errno.ENOENT)
+        return dict(known)
     out: dict[str, int] = {}
     with bpfsys.fd_by_id(bpfsys.Cmd.PROG_GET_FD_BY_ID, prog_id) as fd:
         _info, _x, ids = bpfsys.prog_xlated(fd)
@@ -271,7 +285,8 @@ def prog_maps(prog_id: int) -> dict[str, int]:
         with bpfsys.fd_by_id(bpfsys.Cmd.MAP_GET_FD_BY_ID, mid) as mfd:
             name = bpfsys.map_info(mfd).name.decode()
         out[name] = mid
-    return out
+    _PROG_MAPS[prog_id] = out
+    return dict(out)
 
 
 def rodata_of(prog_id: int) -> tuple[int, int] | None:
