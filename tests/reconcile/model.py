@@ -307,16 +307,18 @@ def rodata_of(prog_id: int) -> tuple[int, int] | None:
     return int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
 
 
-def tagged_programs(run_tag: int) -> set[int]:
-    """Every live program in the kernel that carries this run's ``run_tag``."""
+def tagged_programs(run_tag: int, since_ns: int) -> set[int]:
+    """Every live program in the kernel that carries this run's ``run_tag``. Programs loaded
+    before the run started (``since_ns``, boot time) are not looked into: other runs' maps
+    are none of this run's business (see :data:`_PROG_MAPS`)."""
     out = set()
     for pid in bpfsys.iter_ids(bpfsys.Cmd.PROG_GET_NEXT_ID):
         try:
             with bpfsys.fd_by_id(bpfsys.Cmd.PROG_GET_FD_BY_ID, pid) as fd:
-                name = bpfsys.prog_info(fd).name.decode()
+                info = bpfsys.prog_info(fd)
         except SyscallError:
             continue
-        if name.startswith("model_"):
+        if info.name.decode().startswith("model_") and int(info.load_time) >= since_ns:
             ro = rodata_of(pid)
             if ro is not None and ro[1] == run_tag:
                 out.add(pid)
@@ -482,6 +484,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.w.examples += 1
         tag = uuid.uuid4().hex[:10]
         self.run_tag = int(tag[:7], 16) | 1
+        self.started_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         self.base = BPFFS / f"bpforch-test-{os.getpid()}-{tag}"
         self.base.mkdir()
         self.root = self.base / "root"
@@ -1212,7 +1215,7 @@ class ModelMachine(RuleBasedStateMachine):
             assert held is not None and held.prog_id == self.foreign_xdp, held
             assert held.link_id is None
         # nothing leaked: counted by id
-        tagged = tagged_programs(self.run_tag)
+        tagged = tagged_programs(self.run_tag, self.started_ns)
         self.seen_progs |= tagged | expected_progs
         self.seen_maps |= expected_maps
         self.seen_links |= expected_links | links_of(tagged)
@@ -1225,13 +1228,14 @@ class ModelMachine(RuleBasedStateMachine):
                 {i for i in self.seen_progs if prog_alive(i)} == expected_progs
                 and {i for i in self.seen_maps - foreign_ids if map_alive(i)} <= expected_maps
                 and {i for i in self.seen_links if link_alive(i)} == expected_links
-                and tagged_programs(self.run_tag) == expected_progs
+                and tagged_programs(self.run_tag, self.started_ns) == expected_progs
             )
 
         # a program's maps are put after an RCU grace period and a work item: on a loaded
         # machine that can take seconds, so wait long before calling it a leak
         if not settle(no_leaks, timeout=15.0):
-            progs = {i for i in self.seen_progs if prog_alive(i)} | tagged_programs(self.run_tag)
+            progs = {i for i in self.seen_progs if prog_alive(i)}
+            progs |= tagged_programs(self.run_tag, self.started_ns)
             maps = {i for i in self.seen_maps - foreign_ids if map_alive(i)}
             links = {i for i in self.seen_links if link_alive(i)}
             raise AssertionError(
