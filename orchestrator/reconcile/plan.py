@@ -10,138 +10,106 @@ Conventions follow the ones users know from terraform: ``+`` create, ``~`` updat
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.manifest.model import (
-    Attachment,
-    CgroupTarget,
-    DesiredCollection,
-    DesiredState,
-    NetnsTarget,
-    OnIncompatible,
-    RawTracepointTarget,
-    Source,
-    Target,
-    TcTarget,
-    TracepointTarget,
-    UprobeTarget,
-    XdpTarget,
+from orchestrator.manifest.model import DesiredState
+from orchestrator.reconcile.actions import (
+    Action,
+    Change,
+    Delete,
+    Detach,
+    Keep,
+    Kind,
+    Op,
+    PlanProblem,
+    RemoveLeftover,
+    Unchanged,
 )
 from orchestrator.reconcile.budget import budget_warnings, recorded
-from orchestrator.reconcile.state import (
-    IN_PLACE_KINDS,
-    ActualCollection,
-    ActualState,
-    AttachmentRecord,
-    CollectionFacts,
-    CollectionRecord,
-    Foreign,
-    MapShape,
-    TargetValue,
+from orchestrator.reconcile.planner import (
+    Planner,
+    blocked_message,
+    delete_collection,
+    transaction_actions,
 )
-
-
-class Op(enum.Enum):
-    CREATE = "create"
-    UPDATE = "update"  # in place
-    REPLACE = "replace"  # -/+
-    DELETE = "delete"
-    NOOP = "noop"
-
-    @property
-    def symbol(self) -> str:
-        return _SYMBOLS[self]
-
-
-_SYMBOLS = {
-    Op.CREATE: "+",
-    Op.UPDATE: "~",
-    Op.REPLACE: "-/+",
-    Op.DELETE: "-",
-    Op.NOOP: " ",
-}
-
-KINDS = ("collection", "map", "program", "attachment")
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One line of the plan. ``kind`` is collection, map, program or attachment; ``name``
-    the map/program name, the attachment key, or the collection name again."""
-
-    op: Op
-    kind: str
-    collection: str
-    name: str
-    reason: str
-    source: Source | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        what = self.collection if self.kind == "collection" else f"{self.collection}/{self.name}"
-        return f"{self.op.symbol} {self.kind} {what}: {self.reason}"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "op": self.op.value,
-            "kind": self.kind,
-            "collection": self.collection,
-            "name": self.name,
-            "reason": self.reason,
-            "source": str(self.source) if self.source is not None else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A reason the plan cannot be applied, found before touching anything."""
-
-    collection: str
-    message: str
-    source: Source | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        where = f" ({self.source})" if self.source is not None else ""
-        return f"collection {self.collection}{where}: {self.message}"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "collection": self.collection,
-            "message": self.message,
-            "source": str(self.source) if self.source is not None else None,
-        }
+from orchestrator.reconcile.rules import (
+    PinRules,
+    field_changes,
+    link_pin_name,
+    load_key,
+    pin_reason,
+    previous_link,
+    target_fields,
+    target_kind,
+    topo_order,
+)
+from orchestrator.reconcile.state import ActualState, Foreign
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Ordered changes (dependencies first; deletes last, dependents before what they use),
-    plan-time problems, the leftovers of interrupted applies that the next apply removes
-    (``garbage``), what bpforch leaves alone under its root (``foreign``), and collections
-    adopted from their ownership markers because no record listed them (``adopted``)."""
+    """What an apply runs: ``actions`` in the order the transaction runs them (see
+    :mod:`orchestrator.reconcile.actions`), plan-time problems, what bpforch leaves alone
+    under its root (``foreign``), and collections adopted from their ownership markers
+    because no record listed them (``adopted``). ``owner_token``: of the root's owner
+    marker, as observed (empty: the apply claims the root); ``own_programs``: the ids of
+    bpforch's programs (recorded, or left by a killed apply), whose hooks are not someone
+    else's.
 
-    changes: tuple[Change, ...] = ()
-    problems: tuple[Problem, ...] = ()
-    garbage: tuple[Path, ...] = ()
-    # updated collections whose live programs and maps stay (only attachments or metadata
-    # changed)
-    kept: frozenset[str] = frozenset()
+    ``changes``, the lines the plan prints, are rendered from the actions: per collection
+    (dependencies first; deletes last, dependents before what they use), in the order
+    their actions run."""
+
+    actions: tuple[Action, ...] = ()
+    problems: tuple[PlanProblem, ...] = ()
     foreign: tuple[Foreign, ...] = ()
     adopted: tuple[str, ...] = ()
+    owner_token: bytes = field(default=b"", repr=False, compare=False)
+    own_programs: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
     # programs above 80% of the verifier's budget at the last apply
     warnings: tuple[str, ...] = ()
+    _changes: tuple[Change, ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """The lines the plan prints: each action's lines, grouped per collection (in the
+        order the collections first come), in the order the actions run."""
+        if self._changes is None:
+            by_collection: dict[str, list[Change]] = {}
+            for action in self.actions:
+                for line in action.lines:
+                    by_collection.setdefault(line.collection, []).append(line)
+            changes = tuple(line for lines in by_collection.values() for line in lines)
+            object.__setattr__(self, "_changes", changes)
+            return changes
+        return self._changes
+
+    @property
+    def runs(self) -> bool:
+        """Whether applying it runs a transaction (anything but leaving collections as they
+        are: changes, leftovers to remove, or bookkeeping such as claiming the root)."""
+        return any(not isinstance(a, Unchanged) for a in self.actions)
+
+    @property
+    def garbage(self) -> tuple[Path, ...]:
+        """The leftovers of interrupted applies that this apply removes."""
+        return tuple(a.path for a in self.actions if isinstance(a, RemoveLeftover))
+
+    @property
+    def kept(self) -> frozenset[str]:
+        """Updated collections whose live programs and maps stay (only attachments,
+        metadata or pins change)."""
+        return frozenset(a.collection for a in self.actions if isinstance(a, Keep))
 
     def counts(self) -> tuple[int, int, int]:
         """(to add, to change, to destroy), counting maps, programs and attachments; a
         replacement counts as one add and one destroy."""
         add = change = destroy = 0
-        with_children = {c.collection for c in self.changes if c.kind != "collection"}
+        with_children = {c.collection for c in self.changes if c.kind is not Kind.COLLECTION}
         for c in self.changes:
-            if c.kind == "collection" and c.collection in with_children:
+            if c.kind is Kind.COLLECTION and c.collection in with_children:
                 continue
             if c.op is Op.CREATE:
                 add += 1
@@ -156,26 +124,27 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(c.op is not Op.NOOP for c in self.changes)
+        return any(c.op is not Op.NOOP for a in self.actions for c in a.lines)
 
     def collection_op(self, name: str) -> Op | None:
         for c in self.changes:
-            if c.kind == "collection" and c.collection == name:
+            if c.kind is Kind.COLLECTION and c.collection == name:
                 return c.op
         return None
 
     def collections(self, *ops: Op) -> list[str]:
         """Names of the collections whose collection-level op is one of ``ops``, in plan
         order."""
-        return [c.collection for c in self.changes if c.kind == "collection" and c.op in ops]
+        return [c.collection for c in self.changes if c.kind is Kind.COLLECTION and c.op in ops]
 
-    def change(self, collection: str, kind: str, name: str) -> Change | None:
+    def change(self, collection: str, kind: Kind, name: str) -> Change | None:
         for c in self.changes:
             if c.collection == collection and c.kind == kind and c.name == name:
                 return c
         return None
 
-    def of(self, collection: str, kind: str) -> list[Change]:
+    def changes_for(self, collection: str, kind: Kind) -> list[Change]:
+        """The lines of one kind about one collection, in plan order."""
         return [c for c in self.changes if c.collection == collection and c.kind == kind]
 
     def summary(self) -> str:
@@ -193,948 +162,37 @@ class Plan:
             "warnings": list(self.warnings),
             "counts": {"add": add, "change": change, "destroy": destroy},
             "has_changes": self.has_changes,
+            "actions": [a.to_json() for a in self.actions],
         }
 
     def __str__(self) -> str:
-        lines = [str(c) for c in self.changes if c.op is not Op.NOOP or c.kind == "collection"]
+        lines = [str(c) for c in self.changes if c.op is not Op.NOOP or c.kind is Kind.COLLECTION]
         lines += [f"error: {p}" for p in self.problems]
         lines.append(self.summary())
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def target_kind(target: Target) -> str:
-    """The link kind of a target, as stored in the record."""
-    if isinstance(target, XdpTarget):
-        return "xdp"
-    if isinstance(target, TcTarget):
-        return "tc"
-    if isinstance(target, CgroupTarget):
-        return "cgroup"
-    if isinstance(target, TracepointTarget):
-        return "tracepoint"
-    if isinstance(target, RawTracepointTarget):
-        return "raw_tracepoint"
-    if isinstance(target, UprobeTarget):
-        return "uretprobe" if target.retprobe else "uprobe"
-    if isinstance(target, NetnsTarget):
-        return "netns"
-    raise TypeError(f"unknown target {target!r}")
-
-
-def _describe_target(target: Target) -> str:
-    if isinstance(target, XdpTarget):
-        ns = f" in {target.netns}" if target.netns else ""
-        return f"interface {target.interface}{ns}"
-    if isinstance(target, TcTarget):
-        ns = f" in {target.netns}" if target.netns else ""
-        return f"interface {target.interface}{ns} ({target.direction.value})"
-    if isinstance(target, CgroupTarget):
-        return f"cgroup {target.path}"
-    return target.key()
-
-
-def load_key(d: DesiredCollection, object_sha256: str, *, legacy: bool = False) -> str:
-    """What the loaded programs and maps of ``d`` depend on, as a digest: the object, the
-    constants, the map options and the program binding (not labels, not attachments).
-
-    ``pin`` is not part of it (pinning and unpinning a live map needs no reload), and
-    neither are maps whose other options are all defaults (``m: {pin: true}`` is no map
-    option). ``legacy``: the key as records written before that change hold it (``pin``
-    and every named map included), so those collections are kept, not reloaded, the first
-    time their pins are brought in line."""
-    import hashlib
-    import json
-
-    maps = {
-        name: ([mo.pin] if legacy else [])
-        + [
-            mo.preserve,
-            mo.max_entries,
-            mo.on_incompatible.value,
-            None
-            if mo.source_from is None
-            else [mo.source_from.collection, mo.source_from.map, str(mo.source_from.pinned)],
-        ]
-        for name, mo in sorted(d.maps.items())
-        if legacy
-        or mo.preserve
-        or mo.max_entries is not None
-        or mo.on_incompatible is not OnIncompatible.FAIL
-        or mo.source_from is not None
-    }
-    doc = [
-        object_sha256,
-        str(d.object_file),
-        sorted((k, repr(v)) for k, v in d.constants.items()),
-        maps,
-        list(d.programs) if d.programs is not None else None,
-    ]
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def previous_link(
-    d: DesiredCollection, old: Mapping[str, AttachmentRecord], key: str, kind: str
-) -> AttachmentRecord | None:
-    """For a new xdp or netns attachment: the recorded link of this collection on the same
-    hook whose program is no longer attached there (the program was renamed or swapped).
-    Such a hook takes one program, so that link is switched in place instead of attaching a
-    second one (which the kernel refuses with EBUSY/EEXIST)."""
-    if kind not in ("xdp", "netns"):
-        return None
-    hook = key.split("@", 1)[1]
-    wanted = {a.key() for a in d.attach}
-    for ra in old.values():
-        if ra.key not in wanted and ra.key.split("@", 1)[1] == hook:
-            return ra
-    return None
-
-
-def target_fields(target: Target) -> dict[str, TargetValue]:
-    """Every field of a target as a JSON value (paths as text, enums by value, unset fields
-    None): what the record keeps of an attachment and what a plan compares field by field."""
-    out: dict[str, TargetValue] = {}
-    for f in fields(target):
-        value = getattr(target, f.name)
-        if isinstance(value, enum.Enum):
-            value = value.value
-        elif isinstance(value, Path):
-            value = str(value)
-        out[f.name] = value
-    return out
-
-
-def _shown(value: TargetValue) -> str:
-    if value is None:
-        return "(none)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def field_changes(ra: AttachmentRecord, target: Target) -> list[str]:
-    """The fields of ``target`` that differ from what ``ra`` recorded, as "xdp mode
-    generic -> native" (nothing for records that kept no fields)."""
-    if ra.target is None:
-        return []
-    kind = "xdp" if isinstance(target, XdpTarget) else ra.kind
-    new = target_fields(target)
-    return [
-        f"{kind} {name} {_shown(ra.target.get(name))} -> {_shown(value)}"
-        for name, value in new.items()
-        if ra.target.get(name) != value
-    ]
-
-
-def _xdp_mode_change(ra: AttachmentRecord, t: XdpTarget, actual: ActualCollection) -> str | None:
-    """Why an XDP link must be attached anew for its mode, or None. The mode a link runs
-    in is fixed when it is made; ``auto`` accepts whatever mode the kernel chose."""
-    for x in actual.drift:
-        if x.kind == "attachment" and x.name == ra.key and x.code == "mode":
-            return f"repair drift: {x.message}"
-    want = t.mode.value
-    # the kernel's mode as observed when the link was made; else the declared one
-    have = ra.mode or (ra.target or {}).get("mode")
-    if want == "auto" or have is None or have == want:
-        return None
-    return f"xdp mode {have} -> {want}"
-
-
-def _tc_position_change(ra: AttachmentRecord, t: TcTarget, actual: ActualCollection) -> str | None:
-    """Why a tcx link must be placed anew, or None. Dropping before/after keeps the link
-    where it is."""
-    for x in actual.drift:
-        if x.kind == "attachment" and x.name == ra.key and x.code == "order":
-            return f"repair drift: {x.message}"
-    if ra.target is None or (t.before is None and t.after is None):
-        return None
-    was = (ra.target.get("before"), ra.target.get("after"))
-    if was == (t.before, t.after):
-        return None
-    old = f"before {was[0]}" if was[0] else f"after {was[1]}" if was[1] else "appended"
-    new = f"before {t.before}" if t.before else f"after {t.after}"
-    return f"tc position {old} -> {new}"
-
-
-def reattached(d: DesiredCollection, actual: ActualCollection | None) -> dict[str, str]:
-    """Attachment key -> why its live link is replaced by a new link on the same hook: an
-    XDP mode (the kernel cannot change it in place), a tcx position (a link cannot move),
-    or a tcx link placed relative to one that is itself attached anew."""
-    if actual is None:
-        return {}
-    old = actual.record.attachments
-
-    def gone(key: str) -> bool:
-        return key not in old or actual.drifted(
-            "attachment", key, "missing", "replaced", "detached"
-        )
-
-    out: dict[str, str] = {}
-    for a in d.attach:
-        key = a.key()
-        ra = old.get(key)
-        if ra is None and isinstance(a.target, XdpTarget):
-            ra = previous_link(d, old, key, "xdp")
-        if ra is None or gone(ra.key):
-            continue
-        why = None
-        if isinstance(a.target, XdpTarget):
-            why = _xdp_mode_change(ra, a.target, actual)
-        elif isinstance(a.target, TcTarget):
-            why = _tc_position_change(ra, a.target, actual)
-        if why is not None:
-            out[key] = why
-    changed = True
-    while changed:
-        changed = False
-        for a in d.attach:
-            t = a.target
-            if not isinstance(t, TcTarget):
-                continue
-            anchor = t.before or t.after
-            if anchor is None or a.key() in out or gone(a.key()):
-                continue
-            if f"{anchor}@{t.key()}" in out or gone(f"{anchor}@{t.key()}"):
-                rel = "before" if t.before else "after"
-                out[a.key()] = f"{anchor} is attached anew, so this link is placed {rel} it again"
-                changed = True
-    return out
-
-
-def _xdp_reattach(ra: AttachmentRecord, a: Attachment) -> str:
-    assert isinstance(a.target, XdpTarget)
-    return (
-        f"re-attach: link {ra.link_id} is detached, then {a.program} is attached in "
-        f"{a.target.mode.value} mode by a new link (an XDP link's mode is fixed, and native "
-        "and generic programs cannot share an interface: the interface runs no XDP program "
-        "for a moment)"
+def _plan(
+    actual: ActualState,
+    actions: Sequence[Action],
+    problems: Sequence[PlanProblem],
+    warnings: tuple[str, ...] = (),
+    programs: Iterable[int] | None = None,
+) -> Plan:
+    """The plan of ``actions``, with what the transaction needs from ``actual`` (the owner
+    token, the ids of bpforch's programs: ``programs``, if known, and the leftovers')."""
+    own = actual.ownership
+    if programs is None:
+        programs = {p.id for c in actual.collections.values() for p in c.record.programs.values()}
+    return Plan(
+        tuple(actions),
+        tuple(problems),
+        own.foreign,
+        own.adopted,
+        own.token,
+        frozenset(programs) | own.leftover_programs,
+        warnings,
     )
-
-
-def _tc_reattach(ra: AttachmentRecord, a: Attachment) -> str:
-    assert isinstance(a.target, TcTarget)
-    t = a.target
-    where = f"before {t.before}" if t.before else f"after {t.after}" if t.after else "last"
-    return (
-        f"make-before-break: {a.program} is attached {where} by a new link, then link "
-        f"{ra.link_id} is detached (a tcx link cannot move and a hook takes a program once: "
-        "a new program instance runs beside the old one for a moment)"
-    )
-
-
-def topo_order(deps: Mapping[str, Iterable[str]]) -> tuple[list[str], list[str]]:
-    """Names ordered so that each comes after what it depends on (ties by name), and the
-    names caught in a cycle (appended last)."""
-    remaining = {n: {d for d in ds if d in deps and d != n} for n, ds in deps.items()}
-    out: list[str] = []
-    while remaining:
-        ready = sorted(n for n, ds in remaining.items() if not ds)
-        if not ready:
-            cyclic = sorted(remaining)
-            return out + cyclic, cyclic
-        for n in ready:
-            out.append(n)
-            del remaining[n]
-        for ds in remaining.values():
-            ds.difference_update(ready)
-    return out, []
-
-
-def _pin_file(name: str) -> str:
-    """A map name as a bpffs file name (bpffs refuses dots)."""
-    return name.replace(".", "_")
-
-
-def _source_key(collection: str | None, map_name: str, pinned: Path | None) -> str:
-    if pinned is not None:
-        return f"pinned:{pinned}"
-    return f"collection/{collection}/{map_name}"
-
-
-PROG_ARRAY = 3  # BPF_MAP_TYPE_PROG_ARRAY (plan imports nothing from the loader)
-
-
-class PinRules:
-    """Which maps of a desired state are pinned at ``maps/<name>`` (see :meth:`reason`).
-    Built once per desired state: the index of ``from`` substitutions is made here, so a
-    question costs a few dict lookups however many collections there are."""
-
-    def __init__(self, desired: DesiredState) -> None:
-        self.desired = desired
-        users: dict[tuple[str, str], list[str]] = {}
-        for d in desired.collections.values():
-            for mo in d.maps.values():
-                sf = mo.source_from
-                if sf is not None and sf.collection is not None:
-                    users.setdefault((sf.collection, sf.map or mo.name), []).append(d.name)
-        self.users = {k: sorted(v) for k, v in users.items()}
-
-    def reason(self, coll: str, mname: str, shape: MapShape | None) -> str | None:
-        """Why map ``mname`` (of shape ``shape``) of collection ``coll`` is pinned at
-        ``maps/<name>``, or None if it is not (its programs hold it). A map is pinned when
-        the manifest says ``pin: true``, and whatever it says when it is preserved (the next
-        generation opens it there), when another collection substitutes it (``from``: that
-        collection opens it there), when it is a prog array (the kernel empties a prog array
-        when no pin or fd holds it, and the tail calls through it stop) or when its values
-        hold timers (the kernel cancels them, and bpf_timer_init fails with EPERM, without a
-        pin or fd). A substituted map is someone else's: never pinned by us."""
-        d = self.desired.collections.get(coll)
-        mo = d.maps.get(mname) if d is not None else None
-        if mo is not None and mo.source_from is not None:
-            return None
-        if mo is not None and mo.preserve:
-            return "preserve: true"
-        if mo is not None and mo.pin:
-            return "pin: true"
-        if shape is not None and shape.type == PROG_ARRAY:
-            return "a prog array is always pinned: the kernel empties it when nothing holds it"
-        if shape is not None and shape.timers:
-            return "its values hold timers: the kernel cancels them when nothing holds the map"
-        users = self.users.get((coll, mname))
-        if users is not None:
-            return f"collection {', '.join(users)} uses it (from)"
-        return None
-
-    def changes(self, d: DesiredCollection, rec: CollectionRecord) -> dict[str, str | None]:
-        """The recorded maps of ``d`` whose pin must be added (name -> why) or removed (name
-        -> None); a pure function of the record and the manifests."""
-        out: dict[str, str | None] = {}
-        for mname, mr in rec.maps.items():
-            if mr.source:
-                continue
-            why = self.reason(d.name, mname, mr.shape)
-            if (why is not None) != bool(mr.pin):
-                out[mname] = why
-        return out
-
-
-def pin_reason(desired: DesiredState, coll: str, mname: str, shape: MapShape | None) -> str | None:
-    """:meth:`PinRules.reason` for one question (build a :class:`PinRules` for many)."""
-    return PinRules(desired).reason(coll, mname, shape)
-
-
-# ---------------------------------------------------------------------------- plan
-
-
-class _Planner:
-    def __init__(self, desired: DesiredState, actual: ActualState, prune: bool) -> None:
-        self.desired = desired
-        self.pins = PinRules(desired)
-        self.actual = actual
-        self.prune = prune
-        self.changes: list[Change] = []
-        self.problems: list[Problem] = []
-        # (collection, map) whose kernel object changes in this apply
-        self.recreated: set[tuple[str, str]] = set()
-        self.kept: set[str] = set()
-        # collections whose directory is taken by something that is not bpforch's
-        self.blocked = {f.collection: f for f in actual.foreign if f.collection}
-        self.own_prog_ids = {  # program id -> the collection that owns it
-            p.id: c.record.name
-            for c in actual.collections.values()
-            for p in c.record.programs.values()
-        }
-
-    def problem(self, coll: str, message: str, source: Source | None) -> None:
-        self.problems.append(Problem(coll, message, source))
-
-    def add(
-        self, op: Op, kind: str, coll: str, name: str, reason: str, source: Source | None
-    ) -> None:
-        self.changes.append(Change(op, kind, coll, name, reason, source))
-
-    def run(self) -> Plan:
-        desired = self.desired.collections
-        order, cyclic = topo_order({n: c.depends_on() for n, c in desired.items()})
-        for name, c in desired.items():
-            if not DNS_LABEL.fullmatch(name):
-                self.problem(
-                    name,
-                    "collection name is not a DNS label (lower-case letters, digits and '-', "
-                    "at most 63; it names the pin directory)",
-                    c.source,
-                )
-        if self.problems:
-            return Plan((), tuple(self.problems))
-        ours = self.actual.ownership
-        for name in cyclic:
-            self.problem(name, "map substitutions form a cycle", desired[name].source)
-        for name in order:
-            self.collection(desired[name])
-        self.deletes()
-        garbage = tuple(self.actual.staging)
-        return Plan(
-            tuple(self.changes),
-            tuple(self.problems),
-            garbage,
-            frozenset(self.kept),
-            ours.foreign,
-            ours.adopted,
-        )
-
-    # ------------------------------------------------------------------ one collection
-
-    def collection(self, d: DesiredCollection) -> None:
-        actual = self.actual.collections.get(d.name)
-        rec = actual.record if actual is not None else None
-        reasons: list[str] = []
-        blocked = self.blocked.get(d.name)
-        if blocked is not None:
-            self.problem(d.name, blocked_message(blocked), d.source)
-            return
-        if rec is None:
-            op = Op.CREATE
-            reasons.append("new collection")
-        else:
-            if not d.digest:
-                reasons.append("no digest (manifests read without their objects): re-applied")
-            elif rec.digest != d.digest:
-                reasons.append("manifest or object changed")
-            assert actual is not None
-            if actual.drift:
-                reasons.append("repair drift: " + "; ".join(str(x) for x in actual.drift))
-            if rec.digest == d.digest and not actual.drift:
-                # the manifest is the same, but another collection's from may have come or
-                # gone: such a map is pinned (or unpinned) in place
-                for mname, why in sorted(self.pins.changes(d, rec).items()):
-                    reasons.append(f"map {mname}: " + ("pin" if why is not None else "unpin"))
-        must_reload = False
-        for mname, mo in sorted(d.maps.items()):
-            src = mo.source_from
-            if src is None or src.collection is None:
-                continue
-            smap = src.map or mname
-            if (src.collection, smap) in self.recreated and rec is not None:
-                must_reload = True
-                reasons.append(f"map {mname} follows {src.collection}/{smap}, which is recreated")
-            if src.collection not in self.desired.collections:
-                self.problem(
-                    d.name,
-                    f"map {mname}: substitutes a map of collection {src.collection}, "
-                    "which is not declared (declare it, or remove the substitution)",
-                    mo.source or d.source,
-                )
-        if rec is not None and not reasons:
-            self.add(
-                Op.NOOP,
-                "collection",
-                d.name,
-                d.name,
-                f"unchanged (generation {rec.generation})",
-                d.source,
-            )
-            return
-        if rec is not None:
-            op = Op.UPDATE
-            reason = f"generation {rec.generation} -> {rec.generation + 1}: " + "; ".join(reasons)
-        else:
-            reason = "; ".join(reasons)
-        facts = self.actual.facts.collections.get(d.name)
-        reuse = (
-            actual is not None
-            and not must_reload
-            and facts is not None
-            and bool(facts.object_sha256)
-            and bool(actual.record.load_key)
-            and actual.record.load_key
-            in (
-                load_key(d, facts.object_sha256),
-                load_key(d, facts.object_sha256, legacy=True),
-            )
-            # only attachments drifted (gone, detached, or in another XDP mode or tcx
-            # position: they are attached anew), or a pin the manifest does not ask for
-            # appeared (it is removed)
-            and all(
-                (
-                    x.kind == "attachment"
-                    and x.code in ("missing", "replaced", "detached", "mode", "order")
-                )
-                or (x.kind == "map" and x.code == "extra")
-                for x in actual.drift
-            )
-        )
-        if reuse:
-            reason += " (same object, constants and maps: programs and maps are kept)"
-        self.add(op, "collection", d.name, d.name, reason, d.source)
-        for text in facts.problems if facts is not None else ():
-            self.problem(d.name, text, d.source)
-        reattach = reattached(d, actual)
-        if reuse:
-            assert actual is not None
-            self.kept.add(d.name)
-            # a tcx link placed anew needs another instance of its program: the kernel
-            # takes a program once per hook, and the old link stays until the new one runs
-            fresh = {
-                a.program: reattach[a.key()]
-                for a in d.attach
-                if isinstance(a.target, TcTarget) and a.key() in reattach
-            }
-            self.keep(d, actual, facts, fresh)
-            self.attachments(d, actual, reuse=True, reattach=reattach, fresh=frozenset(fresh))
-            return
-        self.maps(d, actual, facts)
-        self.programs(d, rec, facts, "; ".join(reasons))
-        self.attachments(d, actual, reattach=reattach)
-
-    def keep(
-        self,
-        d: DesiredCollection,
-        actual: ActualCollection,
-        facts: CollectionFacts | None,
-        fresh: Mapping[str, str],
-    ) -> None:
-        """Lines for the maps and programs a collection keeps (only its attachments, its
-        metadata or its pins changed): NOOP, or a map pinned (``~``) or unpinned in place
-        (``~``; ``-`` if no program holds it, so unpinning frees it); a program in ``fresh``
-        (name -> why) is loaded once more from the same object, with the live maps."""
-        rec = actual.record
-        changes = self.pins.changes(d, rec)
-        extra = {x.name for x in actual.drift if x.kind == "map" and x.code == "extra"}
-        held = facts.held if facts is not None else None
-        for mname, mr in sorted(rec.maps.items()):
-            mo = d.maps.get(mname)
-            src = mo.source if mo is not None and mo.source is not None else d.source
-            if mname not in changes and mname in extra:
-                self.add(
-                    Op.UPDATE,
-                    "map",
-                    d.name,
-                    mname,
-                    f"unpin: the pin maps/{_pin_file(mname)} that the manifest does not ask for "
-                    f"is removed (drift); the map (id {mr.id}) stays with its programs",
-                    src,
-                )
-            elif mname not in changes:
-                self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
-            elif (why := changes[mname]) is not None:
-                self.add(
-                    Op.UPDATE,
-                    "map",
-                    d.name,
-                    mname,
-                    f"pin: live map (id {mr.id}) is pinned at maps/{_pin_file(mname)} in place "
-                    f"({why}); nothing is reloaded",
-                    src,
-                )
-            elif held is None or mname in held:
-                self.add(
-                    Op.UPDATE,
-                    "map",
-                    d.name,
-                    mname,
-                    f"unpin: live map (id {mr.id}) is no longer pinned (the manifest does not "
-                    "pin it); its programs hold it, nothing is reloaded",
-                    src,
-                )
-            else:
-                self.add(
-                    Op.DELETE,
-                    "map",
-                    d.name,
-                    mname,
-                    f"unpin: map id {mr.id} is no longer pinned and no loaded program uses "
-                    "it, so it is freed",
-                    src,
-                )
-        for pname, pr in sorted(rec.programs.items()):
-            if pname in fresh:
-                self.add(
-                    Op.REPLACE,
-                    "program",
-                    d.name,
-                    pname,
-                    f"new instance (replaces id {pr.id}): {fresh[pname]}; loaded again from "
-                    "the same object with the live maps (a tcx hook takes a program once)",
-                    d.source,
-                )
-                continue
-            self.add(Op.NOOP, "program", d.name, pname, f"kept (id {pr.id})", d.source)
-
-    def maps(
-        self, d: DesiredCollection, actual: ActualCollection | None, facts: CollectionFacts | None
-    ) -> None:
-        rec = actual.record if actual is not None else None
-        old_maps = rec.maps if rec is not None else {}
-        gen = rec.generation + 1 if rec is not None else 1
-        known = facts is not None and (bool(facts.maps) or bool(facts.object_sha256))
-        names = set(facts.maps) if facts is not None and known else set(d.maps) | set(old_maps)
-        unused = set(facts.unused_maps) if facts is not None else set()
-        for mname in sorted(names | set(old_maps)):
-            mo = d.maps.get(mname)
-            old = old_maps.get(mname)
-            src = mo.source if mo is not None and mo.source is not None else d.source
-            if mname not in names:
-                gone = (
-                    "no program in spec.programs uses it"
-                    if mname in unused
-                    else "no longer in the object"
-                )
-                self.add(Op.DELETE, "map", d.name, mname, gone, src)
-                continue
-            if mo is not None and mo.source_from is not None:
-                sf = mo.source_from
-                smap = sf.map or mname
-                key = _source_key(sf.collection, smap, sf.pinned)
-                if sf.pinned is not None:
-                    what = f"pinned map {sf.pinned}"
-                    prob = self.actual.facts.pinned.get(sf.pinned)
-                    if prob is not None:
-                        self.problem(d.name, f"map {mname}: {prob}", src)
-                else:
-                    what = f"map {smap} of collection {sf.collection}"
-                    if (sf.collection, smap) in self.recreated:
-                        self.recreated.add((d.name, mname))
-                if old is None:
-                    self.add(Op.CREATE, "map", d.name, mname, f"substituted: uses {what}", src)
-                elif old.source != key or (d.name, mname) in self.recreated:
-                    self.recreated.add((d.name, mname))
-                    self.add(Op.REPLACE, "map", d.name, mname, f"now uses {what}", src)
-                else:
-                    self.add(Op.NOOP, "map", d.name, mname, f"substituted: uses {what}", src)
-                continue
-            new_shape = facts.maps.get(mname) if facts is not None else None
-            drifted = actual is not None and actual.drifted("map", mname)
-            shape = new_shape if new_shape is not None else old.shape if old is not None else None
-            why = self.pins.reason(d.name, mname, shape)
-            held = facts.held if facts is not None else None
-            if why is None and held is not None and mname not in held:
-                # nothing would hold it: it is not kept (and not recorded)
-                if old is None or old.source:
-                    self.add(
-                        Op.NOOP,
-                        "map",
-                        d.name,
-                        mname,
-                        "not kept: no loaded program uses it and nothing pins it (pin: true "
-                        "keeps it)",
-                        src,
-                    )
-                else:
-                    self.add(
-                        Op.DELETE,
-                        "map",
-                        d.name,
-                        mname,
-                        f"map id {old.id} is not kept: no loaded program uses it and nothing "
-                        "pins it any more",
-                        src,
-                    )
-                continue
-            pinned = ", not pinned (its programs hold it)"
-            if why is not None:
-                pinned = f", pinned ({why})"
-            if old is None or old.source:
-                self.recreated.add((d.name, mname))
-                self.add(Op.CREATE, "map", d.name, mname, "new map" + pinned, src)
-            elif mo is not None and mo.preserve and not drifted:
-                diff = old.shape.difference(new_shape) if new_shape is not None else None
-                if diff is None:
-                    self.add(
-                        Op.NOOP,
-                        "map",
-                        d.name,
-                        mname,
-                        f"preserved: live map (id {old.id}) is handed to generation {gen}",
-                        src,
-                    )
-                elif mo.on_incompatible is OnIncompatible.RECREATE:
-                    self.recreated.add((d.name, mname))
-                    self.add(
-                        Op.REPLACE,
-                        "map",
-                        d.name,
-                        mname,
-                        f"preserved map is incompatible ({diff}): recreated, its contents are "
-                        "lost (on_incompatible: recreate)",
-                        src,
-                    )
-                else:
-                    self.problem(
-                        d.name,
-                        f"map {mname}: preserved map (id {old.id}) is incompatible with the new "
-                        f"object ({diff}) (set on_incompatible: recreate to drop its contents, "
-                        "or keep the map's definition)",
-                        src,
-                    )
-            elif mo is not None and mo.preserve:
-                self.recreated.add((d.name, mname))
-                self.add(
-                    Op.REPLACE,
-                    "map",
-                    d.name,
-                    mname,
-                    "preserved map is gone (drift): recreated empty",
-                    src,
-                )
-            else:
-                self.recreated.add((d.name, mname))
-                self.add(
-                    Op.REPLACE,
-                    "map",
-                    d.name,
-                    mname,
-                    f"not preserved: recreated with generation {gen}" + pinned,
-                    src,
-                )
-
-    def programs(
-        self,
-        d: DesiredCollection,
-        rec: CollectionRecord | None,
-        facts: CollectionFacts | None,
-        why: str,
-    ) -> None:
-        old = rec.programs if rec is not None else {}
-        if facts is not None and facts.programs:
-            names = set(facts.programs)
-        elif d.programs is not None:
-            names = set(d.programs)
-        else:
-            names = set(old) | {a.program for a in d.attach}
-        for pname in sorted(names | set(old)):
-            if pname not in names:
-                self.add(Op.DELETE, "program", d.name, pname, "no longer loaded", d.source)
-            elif pname in old:
-                self.add(
-                    Op.REPLACE,
-                    "program",
-                    d.name,
-                    pname,
-                    f"reloaded (new program id): {why}",
-                    d.source,
-                )
-            else:
-                self.add(Op.CREATE, "program", d.name, pname, "new program", d.source)
-
-    def attachments(
-        self,
-        d: DesiredCollection,
-        actual: ActualCollection | None,
-        *,
-        reuse: bool = False,
-        reattach: Mapping[str, str] | None = None,
-        fresh: frozenset[str] = frozenset(),
-    ) -> None:
-        """Attachment lines. ``reattach``: keys whose live link is replaced by a new one on
-        the same hook (see :func:`reattached`); ``fresh``: programs of a kept collection
-        that get a new instance (their other links follow it)."""
-        reattach = reattach or {}
-        rec = actual.record if actual is not None else None
-        old = rec.attachments if rec is not None else {}
-        seen: set[str] = set()
-        for a in d.attach:
-            key = a.key()
-            seen.add(key)
-            kind = target_kind(a.target)
-            ra = old.get(key)
-            src = a.source or d.source
-            if ra is None:
-                ra = previous_link(d, old, key, kind)
-                if ra is not None and not (
-                    actual is not None
-                    and actual.drifted("attachment", ra.key, "missing", "replaced", "detached")
-                ):
-                    seen.add(ra.key)
-                    if key in reattach:
-                        self.add(
-                            Op.REPLACE,
-                            "attachment",
-                            d.name,
-                            key,
-                            f"{reattach[key]}: {_xdp_reattach(ra, a)}",
-                            src,
-                        )
-                        continue
-                    self.add(
-                        Op.UPDATE,
-                        "attachment",
-                        d.name,
-                        key,
-                        f"link {ra.link_id} switched from {ra.program} to {a.program} in place "
-                        f"(BPF_LINK_UPDATE; a {kind} hook takes one program)",
-                        src,
-                    )
-                    continue
-                ra = None
-            # a live link that runs another program is still switched in place
-            drifted = actual is not None and actual.drifted(
-                "attachment", key, "missing", "replaced", "detached"
-            )
-            if ra is not None and not drifted:
-                changes = field_changes(ra, a.target)
-                why = reattach.get(key)
-                if why is not None and kind == "xdp":
-                    self.add(
-                        Op.REPLACE, "attachment", d.name, key, f"{why}: {_xdp_reattach(ra, a)}", src
-                    )
-                elif why is not None:
-                    self.add(
-                        Op.REPLACE, "attachment", d.name, key, f"{why}: {_tc_reattach(ra, a)}", src
-                    )
-                elif reuse and ra.program == a.program and a.program not in fresh:
-                    if changes:
-                        self.add(
-                            Op.UPDATE,
-                            "attachment",
-                            d.name,
-                            key,
-                            f"{'; '.join(changes)} (recorded: link {ra.link_id} stays as it is)",
-                            src,
-                        )
-                    else:
-                        self.add(Op.NOOP, "attachment", d.name, key, f"link {ra.link_id}", src)
-                elif kind in IN_PLACE_KINDS:
-                    also = f"; {'; '.join(changes)}" if changes else ""
-                    self.add(
-                        Op.UPDATE,
-                        "attachment",
-                        d.name,
-                        key,
-                        f"link {ra.link_id} switched to the new program in place "
-                        f"(BPF_LINK_UPDATE; the hook is never empty){also}",
-                        src,
-                    )
-                else:
-                    self.add(
-                        Op.REPLACE,
-                        "attachment",
-                        d.name,
-                        key,
-                        f"make-before-break: a new {kind} link is attached before link "
-                        f"{ra.link_id} is detached ({kind} links cannot be updated in place; "
-                        "both programs run for a moment)",
-                        src,
-                    )
-                continue
-            take_over = self.check_target(d, a, src)
-            if take_over is not None:
-                # our own link is gone (drift): re-attach in its place (-/+), else ~
-                op = Op.REPLACE if ra is not None else Op.UPDATE
-                self.add(op, "attachment", d.name, key, take_over, src)
-            elif ra is not None:
-                self.add(
-                    Op.REPLACE,
-                    "attachment",
-                    d.name,
-                    key,
-                    f"re-attach: link {ra.link_id} is gone or detached (drift)",
-                    src,
-                )
-            else:
-                self.add(
-                    Op.CREATE,
-                    "attachment",
-                    d.name,
-                    key,
-                    f"attach {a.program} to {_describe_target(a.target)}",
-                    src,
-                )
-        for key, ra in sorted(old.items()):
-            if key not in seen:
-                self.add(
-                    Op.DELETE,
-                    "attachment",
-                    d.name,
-                    key,
-                    f"no longer declared: link {ra.link_id} is detached",
-                    d.source,
-                )
-
-    def check_target(self, d: DesiredCollection, a: Attachment, src: Source | None) -> str | None:
-        """Add a problem if the target can't be used; the reason of a take-over if the
-        attachment replaces a foreign XDP program (``take_over: true``), else None."""
-        tf = self.actual.facts.targets.get(a.target.key())
-        if tf is None:
-            return None
-        if tf.problem is not None:
-            self.problem(d.name, f"attachment {a.key()}: {tf.problem}", src)
-            return None
-        if not isinstance(a.target, XdpTarget) or not tf.xdp_prog_id:
-            return None
-        if tf.xdp_prog_id in self.actual.ownership.leftover_programs:
-            return None  # bpforch's own, left by a killed apply: released before the attach
-        name = f" {tf.xdp_prog_name}" if tf.xdp_prog_name else ""
-        owner = self.own_prog_ids.get(tf.xdp_prog_id)
-        if owner is not None and owner != d.name:
-            self.problem(
-                d.name,
-                f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
-                f"program{name} (id {tf.xdp_prog_id}) of collection {owner}; an interface "
-                f"takes one xdp program (remove it from {owner} in an apply of its own first)",
-                src,
-            )
-        elif owner is None and a.target.take_over and tf.xdp_link_id:
-            self.problem(
-                d.name,
-                f"attachment {a.key()}: {_describe_target(a.target)} runs xdp program{name} "
-                f"(id {tf.xdp_prog_id}) held by link {tf.xdp_link_id} of another process; "
-                "take_over only replaces programs attached through netlink (a link can't be "
-                "restored if the apply fails: let its owner detach it)",
-                src,
-            )
-        elif owner is None and a.target.take_over:
-            return (
-                f"take over XDP program {tf.xdp_prog_id}{f' ({tf.xdp_prog_name})' if name else ''}"
-                f" attached by someone else (through netlink, {tf.xdp_mode}): it is detached "
-                f"and {a.program} attached by a link right after (the kernel refuses a link "
-                "while a netlink program is attached, so the interface runs no XDP program "
-                "for a moment); it is put back if the apply fails"
-            )
-        elif owner is None:
-            self.problem(
-                d.name,
-                f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
-                f"program{name} (id {tf.xdp_prog_id}) attached by someone else; bpforch "
-                "never detaches what it does not own (detach it first, use another "
-                "interface, or set take_over: true on the xdp target)",
-                src,
-            )
-        return None
-
-    # ------------------------------------------------------------------ deletes
-
-    def deletes(self) -> None:
-        desired = self.desired.collections
-        gone: dict[str, CollectionRecord] = {}
-        if self.prune:
-            gone = {n: c.record for n, c in self.actual.collections.items() if n not in desired}
-        order, _ = topo_order({n: r.depends_on for n, r in gone.items()})
-        for name in reversed(order):
-            blocked = self.blocked.get(name)
-            if blocked is not None:
-                self.problem(name, blocked_message(blocked), None)
-                continue
-            delete_collection(self.changes, gone[name], "not declared any more (--prune)")
-
-
-def blocked_message(f: Foreign) -> str:
-    """Why a collection can't be applied or destroyed: its directory is foreign."""
-    return (
-        f"{f.path} is not bpforch's ({f.what}); bpforch never follows, changes or removes "
-        "it (remove or rename it if it is yours, or give the collection another name)"
-    )
-
-
-def delete_collection(changes: list[Change], rec: CollectionRecord, why: str) -> None:
-    """Append the changes that destroy ``rec`` (its attachments first)."""
-    changes.append(
-        Change(Op.DELETE, "collection", rec.name, rec.name, f"{why} (generation {rec.generation})")
-    )
-    for key, ra in sorted(rec.attachments.items()):
-        changes.append(
-            Change(Op.DELETE, "attachment", rec.name, key, f"link {ra.link_id} is detached")
-        )
-    for pname, pr in sorted(rec.programs.items()):
-        changes.append(Change(Op.DELETE, "program", rec.name, pname, f"program id {pr.id}"))
-    for mname, mr in sorted(rec.maps.items()):
-        if mr.source:
-            continue
-        why_map = f"map id {mr.id}"
-        if mr.preserve:
-            why_map += ", preserved: its contents are deleted with it"
-        changes.append(Change(Op.DELETE, "map", rec.name, mname, why_map))
 
 
 def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> Plan:
@@ -1150,17 +208,19 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
     recorded collections that are no longer declared are deleted (dependents first).
     Programs of declared collections that used more than 80% of the verifier's budget at
     the last apply are ``warnings``."""
-    p = _Planner(desired, actual, prune).run()
+    planner = Planner(desired, actual, prune)
+    actions = planner.run()
     records = {n: c.record for n, c in actual.collections.items()}
-    figures = recorded(records, desired.collections)
-    return dataclasses.replace(p, warnings=budget_warnings(figures, recorded=True))
+    warnings = budget_warnings(recorded(records, desired.collections), recorded=True)
+    if actions is None:
+        return Plan((), tuple(planner.problems), warnings=warnings)
+    return _plan(actual, actions, planner.problems, warnings, planner.own_prog_ids)
 
 
 def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
     """The plan that destroys ``names`` (every recorded collection if None), dependents
     first. Unknown names are problems."""
-    changes: list[Change] = []
-    problems: list[Problem] = []
+    problems: list[PlanProblem] = []
     blocked = {f.collection: f for f in actual.foreign if f.collection}
     if names is None:
         chosen = dict(actual.collections)
@@ -1171,14 +231,14 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
                 chosen[n] = actual.collections[n]
             elif n in blocked:
                 problems.append(
-                    Problem(n, f"not applied by bpforch: {blocked_message(blocked[n])}")
+                    PlanProblem(n, f"not applied by bpforch: {blocked_message(blocked[n])}")
                 )
             else:
                 known = ", ".join(sorted(actual.collections)) or "none"
-                problems.append(Problem(n, f"not applied by bpforch (applied: {known})"))
+                problems.append(PlanProblem(n, f"not applied by bpforch (applied: {known})"))
     for n in sorted(chosen):
         if n in blocked:
-            problems.append(Problem(n, blocked_message(blocked[n])))
+            problems.append(PlanProblem(n, blocked_message(blocked[n])))
             del chosen[n]
     for name, c in sorted(actual.collections.items()):
         if name in chosen:
@@ -1186,16 +246,33 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
         for dep in c.record.depends_on:
             if dep in chosen:
                 problems.append(
-                    Problem(
+                    PlanProblem(
                         dep,
                         f"collection {name} uses its maps (destroy {name} too, or first)",
                     )
                 )
     order, _ = topo_order({n: c.record.depends_on for n, c in chosen.items()})
+    deleted: list[Delete] = []
+    detaches: list[Detach] = []
     for name in reversed(order):
-        delete_collection(changes, chosen[name].record, "destroy")
-    ours = actual.ownership
-    return Plan(
-        tuple(changes), tuple(problems), tuple(actual.staging), frozenset(), ours.foreign,
-        ours.adopted,
-    )  # fmt: skip
+        delete_collection(deleted, detaches, chosen[name].record, "destroy")
+    return _plan(actual, transaction_actions(actual, [], [], deleted, detaches), problems)
+
+
+__all__ = [
+    "Change",
+    "Kind",
+    "Op",
+    "PinRules",
+    "Plan",
+    "PlanProblem",
+    "field_changes",
+    "link_pin_name",
+    "load_key",
+    "pin_reason",
+    "plan",
+    "plan_destroy",
+    "previous_link",
+    "target_fields",
+    "target_kind",
+]
