@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import operator
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TypeVar, overload
 
 from orchestrator.ebpf.btf import decode as _decode
 from orchestrator.ebpf.btf import encode as _encode
 from orchestrator.ebpf.btf.types import (
     BTF_MAX_TYPE,
+    Datasec,
     Kind,
     Pointer,
     Type,
+    Var,
     Void,
     _Lazy,
     describe,
@@ -275,6 +277,74 @@ class Spec:
             assert t is not None
             return t.kind
         return Kind((self._words[self._offs[idx] + 1] >> 24) & 0x1F)
+
+    def ids_of_kind(self, kind: Kind) -> list[int]:
+        """The ids of this spec's own types of one kind, in id order, without decoding any
+        (a scan of the records' info words)."""
+        words, first, k = self._words, self._first, int(kind)
+        out = [first + i for i, o in enumerate(self._offs) if (words[o + 1] >> 24) & 0x1F == k]
+        cache = self._cache
+        for i in range(len(self._offs), len(cache)):  # added after parsing
+            t = cache[i]
+            if t is not None and t.kind is kind:
+                out.append(first + i)
+        return out
+
+    def patch_datasec(self, type_id: int, size: int, offsets: Mapping[str, int]) -> None:
+        """Set a DATASEC's size and its variables' offsets (by variable name; a variable
+        not in ``offsets`` keeps its offset), then order the variables by offset: the ELF
+        reader's fix-up of what clang leaves at 0. A DATASEC not decoded yet is patched in
+        its raw record (nothing is decoded), so call this only while nothing else holds the
+        spec (before it is copied or marshalled)."""
+        idx = type_id - self._first
+        t = self._cache[idx] if 0 <= idx < len(self._cache) else None
+        if t is not None or not 0 <= idx < len(self._offs):
+            t = self.type_by_id(type_id)
+            if not isinstance(t, Datasec):
+                raise BTFError(f"btf: type {type_id} is {describe(t)}, not a datasec")
+            t.size = size
+            for vsi in t.vars:
+                var = vsi.type
+                if not isinstance(var, Var):
+                    raise BTFError(f"datasec {t.name}: member is {var.kind.name}, not a variable")
+                off = offsets.get(var.name)
+                if off is not None:
+                    vsi.offset = off
+            t.vars.sort(key=lambda v: v.offset)
+            self._marshalled.clear()
+            return
+        w, o = self._words, self._offs[idx]
+        info = w[o + 1]
+        if (info >> 24) & 0x1F != Kind.DATASEC:
+            what = describe(self.type_by_id(type_id))
+            raise BTFError(f"btf: type {type_id} is {what}, not a datasec")
+        vlen = info & 0xFFFF
+        name = self.string(w[o]) if w[o] else ""
+        secinfos = []
+        for j in range(vlen):
+            b = o + 3 + 3 * j
+            ref, off, vsize = w[b], w[b + 1], w[b + 2]
+            kind = self.kind_of(ref)
+            if kind is not Kind.VAR:
+                raise BTFError(f"datasec {name}: member is {kind.name}, not a variable")
+            found = offsets.get(self._name_of(ref))
+            secinfos.append((ref, off if found is None else found, vsize))
+        secinfos.sort(key=operator.itemgetter(1))
+        w[o + 2] = size
+        w[o + 3 : o + 3 + 3 * vlen] = array("I", [x for rec in secinfos for x in rec])
+        self._marshalled.clear()
+
+    def _name_of(self, type_id: int) -> str:
+        """A type's name, without decoding it (own or the base's)."""
+        if type_id < self._first:
+            assert self._base is not None
+            return self._base._name_of(type_id)
+        idx = type_id - self._first
+        t = self._cache[idx]
+        if t is not None:
+            return t.name
+        off = self._words[self._offs[idx]]
+        return self.string(off) if off else ""
 
     def types_by_name(self, name: str) -> list[Type]:
         """Every type with this name (base types first), in id order."""
