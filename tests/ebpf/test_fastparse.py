@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,55 @@ def test_marshal_copies_undecoded_records(path: Path) -> None:
         again, strings2 = decoded.marshal()
         assert Spec.parse(again).type_by_id(decoded.type_id(ints[0])).name == "bpforch_renamed"
         assert "bpforch_renamed" in strings2
+
+
+def test_decoded_types_are_marshalled_as_parsed_until_changed() -> None:
+    path = ROOT / "bpf" / "map_types.o"
+    btf = btf_of(path)
+    type_len = struct.unpack_from("<I", btf, 12)[0]
+    spec = Spec.parse(btf)
+    structs = [t for t in spec.types if isinstance(t, Struct) and t.name]
+    assert spec._as_parsed and structs
+    target = structs[0]
+    tid = spec.type_id(target)
+    target.name = "bpforch_renamed"  # in place, without changed(): not marshalled
+    assert spec.marshal()[0][24 : 24 + type_len] == btf[24 : 24 + type_len]
+    spec.changed()
+    assert not spec._as_parsed
+    assert Spec.parse(spec.marshal()[0]).type_by_id(tid).name == "bpforch_renamed"
+    # a copy exists to be changed: its decoded types are always encoded
+    fresh = Spec.parse(btf)
+    cp = fresh.copy()
+    cp.type_by_id(tid).name = "in_the_copy"
+    assert Spec.parse(cp.marshal()[0]).type_by_id(tid).name == "in_the_copy"
+    assert Spec.parse(fresh.marshal()[0]).type_by_id(tid).name == target_name(btf, tid)
+    # added types are encoded after the parsed records
+    added = fresh.add(Int("bpforch_added", 4))
+    blob = fresh.marshal()[0]
+    assert blob[24 : 24 + type_len] == btf[24 : 24 + type_len]
+    assert Spec.parse(blob).type_by_id(added).name == "bpforch_added"
+
+
+def target_name(btf: bytes, tid: int) -> str:
+    return Spec.parse(btf).type_by_id(tid).name
+
+
+def test_an_objects_extern_fixups_are_marshalled(
+    build: Callable[..., ebpf.CollectionSpec],
+) -> None:
+    """The ELF reader changes the BTF of objects with externs (as libbpf does): those
+    changes reach the marshalled blob."""
+    spec = build("externs.c")
+    assert spec.btf is not None and spec.externs
+    assert not spec.btf._as_parsed
+    again = Spec.parse(spec.btf.marshal()[0])
+    seen = set()
+    for tid in spec.btf.ids_of_kind(Kind.DATASEC):
+        sec = spec.btf.type_by_id(tid)
+        assert isinstance(sec, Datasec)
+        if sec.name in (".kconfig", ".ksyms"):
+            seen.add(sec.name)
+            got = again.type_by_id(tid)
+            assert isinstance(got, Datasec) and got.size == sec.size > 0
+            assert [(v.offset, v.size) for v in got.vars] == [(v.offset, v.size) for v in sec.vars]
+    assert seen == {".kconfig", ".ksyms"}

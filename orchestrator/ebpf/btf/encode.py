@@ -85,7 +85,11 @@ def marshal(spec: Spec, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, 
     tarr: array[int] = array("I")
     words: list[int] = []
     cache, raw_words, offs, first = spec._cache, spec._words, spec._offs, spec._first
-    for i in range(len(cache)):
+    start = 0
+    if passthrough and spec._as_parsed:  # every parsed record as it is; added types follow
+        tarr = raw_words[:]
+        start = nparsed
+    for i in range(start, len(cache)):
         t = cache[i]
         if t is None and passthrough:  # never decoded: its record as parsed
             end = offs[i + 1] if i + 1 < nparsed else len(raw_words)

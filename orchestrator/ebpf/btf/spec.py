@@ -37,6 +37,7 @@ class Spec:
     """
 
     __slots__ = (
+        "_as_parsed",
         "_base",
         "_cache",
         "_first",
@@ -72,6 +73,9 @@ class Spec:
         self._str_cache: dict[int, str] = {}
         self._void = Void()
         self._marshalled: dict[frozenset[str], tuple[bytes, dict[str, int]]] = {}
+        # Every decoded own type still says what its parsed record says: cleared by
+        # changed() and in copies (which exist to be changed); marshal then re-encodes them.
+        self._as_parsed = False
 
     # ---- construction
 
@@ -86,6 +90,7 @@ class Spec:
         spec._cache = [None] * len(spec._offs)
         if len(strtab) <= _decode.PREFILL_STRINGS:
             spec._str_cache = _decode.split_strings(strtab, spec._str_start)
+        spec._as_parsed = True
         return spec
 
     def copy(self) -> Spec:
@@ -100,6 +105,7 @@ class Spec:
         new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
         new._void = Void()
         new._marshalled = {}
+        new._as_parsed = False
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
         new._noffs = self._noffs
         new._noffs_pos = self._noffs_pos
@@ -311,7 +317,7 @@ class Spec:
                 if off is not None:
                     vsi.offset = off
             t.vars.sort(key=lambda v: v.offset)
-            self._marshalled.clear()
+            self.changed()
             return
         w, o = self._words, self._offs[idx]
         info = w[o + 1]
@@ -399,15 +405,19 @@ class Spec:
     def marshal(self, extra_strings: Iterable[str] = ()) -> tuple[bytes, dict[str, int]]:
         """Serialize to little-endian BTF for BPF_BTF_LOAD, keeping every id.
 
-        The string table is deduplicated and also holds ``extra_strings`` (line_info file
-        names and source lines). Returns the blob and the string → offset map. A split spec
-        emits only its own types; its string offsets continue after the base's.
+        The string table also holds ``extra_strings`` (line_info file names and source
+        lines). Returns the blob and the string → offset map. A split spec emits only its
+        own types; its string offsets continue after the base's. A spec built with
+        :meth:`add` gets a deduplicated table; a parsed one (of an object's size) keeps its
+        table as parsed, with strings it lacks appended, and its types' records as parsed:
+        only added types are encoded, and, after :meth:`changed` or in a :meth:`copy`,
+        every decoded type.
 
         The result is cached per set of extra strings: a spec is treated as immutable once
         parsed (the ELF reader's DATASEC fix-ups happen before anything marshals it).
         :meth:`add` drops the cache; code that changes a type in place must call
-        :meth:`changed` (or work on a :meth:`copy`). The returned dict is shared with the
-        cache: do not modify it.
+        :meth:`changed` (or work on a :meth:`copy`), or the change is not marshalled. The
+        returned dict is shared with the cache: do not modify it.
         """
         key = frozenset(extra_strings)
         cached = self._marshalled.get(key)
@@ -421,6 +431,7 @@ class Spec:
     def changed(self) -> None:
         """Forget cached :meth:`marshal` results: call after changing a type in place."""
         self._marshalled.clear()
+        self._as_parsed = False
 
     def _marshal(self, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, int]]:
         return _encode.marshal(self, extra_strings)
