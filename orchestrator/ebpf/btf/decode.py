@@ -258,18 +258,21 @@ def inflate(spec: Spec, tid: int) -> tuple[Type, tuple[int, ...]]:
 
 
 def validate(spec: Spec) -> None:
-    """Check every own record without building its object: names in the string table,
-    references to types that exist, linkages, int encodings and func → proto; the checks
-    decoding makes, with its messages, so that an object's BTF can be checked whole at parse
-    time and decoded only where used. Damage found raises :class:`BTFError`."""
+    """Check every own record not decoded yet (decoding checked the others) without
+    building its object: names in the string table, references to types that exist,
+    linkages, int encodings and func → proto; the checks decoding makes, with its messages,
+    so that an object's BTF can be checked whole at parse time and decoded only where used.
+    Damage found raises :class:`BTFError`."""
     w, offs, first = spec._words, spec._offs, spec._first
     nown = len(offs)
     end_id = first + nown
     has_base = spec._base is not None
     str_lo = 0 if has_base else spec._str_start
     str_end = spec._str_start + len(spec._strtab)
-    strs = spec._str_cache
+    strs, cache = spec._str_cache, spec._cache
     for i in range(nown):
+        if cache[i] is not None:
+            continue
         o = offs[i]
         tid = first + i
         info, st = w[o + 1], w[o + 2]

@@ -11,6 +11,7 @@ from orchestrator.ebpf.btf import decode as _decode
 from orchestrator.ebpf.btf import encode as _encode
 from orchestrator.ebpf.btf.types import (
     BTF_MAX_TYPE,
+    Array,
     Datasec,
     Kind,
     Pointer,
@@ -19,12 +20,19 @@ from orchestrator.ebpf.btf.types import (
     Void,
     _Lazy,
     describe,
+    raw_target,
+    skip_qualifiers,
 )
 from orchestrator.ebpf.errors import BTFError
 
 _MARSHAL_CACHE_SIZE = 8  # distinct extra-string sets remembered per spec
 
 T = TypeVar("T", bound=Type)
+
+# what skip_qualifiers looks through: typedef, volatile, const, restrict, type tag
+_QUALIFIER_KINDS = frozenset(
+    {Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG}
+)
 
 
 class Spec:
@@ -119,7 +127,7 @@ class Spec:
                 cache[i] = c
         for c in mapping.values():
             if isinstance(c, Pointer):
-                raw = object.__getattribute__(c, "target")
+                raw = raw_target(c)
                 if type(raw) is _Lazy:
                     object.__setattr__(c, "target", _Lazy(new, raw.tid))
                     continue
@@ -339,6 +347,23 @@ class Spec:
         w[o + 2] = size
         w[o + 3 : o + 3 + 3 * vlen] = array("I", [x for rec in secinfos for x in rec])
         self._marshalled.clear()
+
+    def pointed_array_len(self, ptr: Pointer) -> int | None:
+        """``N`` when ``ptr`` points at an array of ``N`` (``__uint(name, N)`` in a map
+        definition is ``int (*name)[N]``), else None. An array of this spec that is not
+        decoded yet is read from its record and stays undecoded."""
+        raw = raw_target(ptr)
+        if type(raw) is _Lazy and raw.spec is self:
+            idx = raw.tid - self._first
+            if 0 <= idx < len(self._offs) and self._cache[idx] is None:
+                o = self._offs[idx]
+                kind = (self._words[o + 1] >> 24) & 0x1F
+                if kind == Kind.ARRAY:
+                    return int(self._words[o + 5])
+                if kind not in _QUALIFIER_KINDS:
+                    return None
+        target = skip_qualifiers(ptr.target)
+        return int(target.nelems) if isinstance(target, Array) else None
 
     def _name_of(self, type_id: int) -> str:
         """A type's name, without decoding it (own or the base's)."""

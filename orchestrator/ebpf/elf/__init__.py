@@ -225,7 +225,6 @@ class _Reader(MapReader):
             kernel_version = int.from_bytes(ver.data[:4], "little")
         if (btf_sec := self.by_name.get(".BTF")) is not None:
             self.btf = _btf.Spec.parse(btf_sec.data)
-            _btf_decode.validate(self.btf)  # whole, without decoding: that happens on use
             self._fixup_datasecs()
             if (ext_sec := self.by_name.get(".BTF.ext")) is not None:
                 self.ext = _btf_ext.parse_ext(ext_sec.data, self.btf)
@@ -260,6 +259,8 @@ class _Reader(MapReader):
         self._read_map_contents(maps, programs)
         self._read_kconfig(maps, programs, externs)
         self._read_struct_ops(maps, programs)
+        if self.btf is not None:  # the types nothing decoded: checked without decoding
+            _btf_decode.validate(self.btf)
         return CollectionSpec(
             maps, programs, variables, self.btf, name=name, path=path, externs=externs
         )
