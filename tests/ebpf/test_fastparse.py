@@ -287,3 +287,48 @@ def test_an_objects_extern_fixups_are_marshalled(
             assert isinstance(got, Datasec) and got.size == sec.size > 0
             assert [(v.offset, v.size) for v in got.vars] == [(v.offset, v.size) for v in sec.vars]
     assert seen == {".kconfig", ".ksyms"}
+
+
+# ---------------------------------------------------------------------------- map definitions
+
+
+def test_pointed_array_len() -> None:
+    # 1 int, 2 array[7] of int, 3 ptr → 2, 4 const → 2, 5 ptr → 4, 6 ptr → int, 7 ptr → void
+    words = [1, info(1), 4, 0x01000020]
+    words += [0, info(3), 0, 1, 1, 7]
+    words += [0, info(2), 2, 0, info(10), 2, 0, info(2), 4, 0, info(2), 1, 0, info(2), 0]
+    spec = Spec.parse(raw_btf(words, b"\0int\0"))
+    ptrs = {tid: spec.type_by_id(tid) for tid in (3, 5, 6, 7)}
+    assert all(t is None for t in spec._cache[:2])  # the targets are not decoded yet
+    assert spec.pointed_array_len(ptrs[3]) == 7  # type: ignore[arg-type]
+    assert spec._cache[1] is None  # read from its record: still not decoded (id 2)
+    got = {tid: spec.pointed_array_len(p) for tid, p in ptrs.items()}  # type: ignore[arg-type]
+    assert got == {3: 7, 5: 7, 6: None, 7: None}  # 5: through the const, decoded
+    arr = spec.type_by_id(2)  # decoded first: the object is read
+    assert spec.pointed_array_len(ptrs[3]) == 7 and arr is spec.type_by_id(2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", BTF_OBJECTS, ids=lambda p: p.name)
+def test_map_definitions_match_the_decoded_reading(path: Path) -> None:
+    """Every map of every object reads the same with all BTF decoded before the maps."""
+    try:
+        fast = ebpf.CollectionSpec.from_file(path, cache=False)
+    except ebpf.Error:
+        pytest.skip("not parsed")
+    reader = elf._Reader(path.read_bytes(), path.name)
+    reader._load_sections()
+    reader.btf = Spec.parse(reader.by_name[".BTF"].data)
+    reader._fixup_datasecs()
+    list(reader.btf.types)
+    maps: dict[str, ebpf.MapSpec] = {}
+    reader._read_btf_maps(maps, {})
+    for name, m in maps.items():
+        f = fast.maps[name]
+        assert (m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.pinning) == (
+            f.type,
+            f.key_size,
+            f.value_size,
+            f.max_entries,
+            f.flags,
+            f.pinning,
+        ), name
