@@ -54,7 +54,8 @@ def marshal(spec: Spec, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, 
     nparsed = len(spec._offs)
     passthrough = nparsed > 0 and len(spec._strtab) <= _PREFILL_STRINGS
     if passthrough:
-        strings = {s: off for off, s in spec._str_cache.items()}
+        cached = spec._str_cache
+        strings = dict(zip(cached.values(), cached.keys(), strict=True))  # string → offset
         strings[""] = 0
         chunks: list[bytes] = [spec._strtab]
         size = spec._str_start + len(spec._strtab)

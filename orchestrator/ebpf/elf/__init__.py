@@ -162,7 +162,7 @@ class _Reader(MapReader):
         size = len(self.data)
         if shentsize != _SHDR.size or shoff + shnum * _SHDR.size > size or shnum == 0:
             raise ParseError("section header table is malformed or truncated")
-        headers = [_SHDR.unpack_from(self.data, shoff + i * _SHDR.size) for i in range(shnum)]
+        headers = list(_SHDR.iter_unpack(memoryview(self.data)[shoff : shoff + shnum * _SHDR.size]))
         if not 0 <= shstrndx < shnum:
             raise ParseError("bad section name table index")
         _, _, _, _, noff, nsize, *_ = headers[shstrndx]
