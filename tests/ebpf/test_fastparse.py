@@ -332,3 +332,32 @@ def test_map_definitions_match_the_decoded_reading(path: Path) -> None:
             f.flags,
             f.pinning,
         ), name
+
+
+# ---------------------------------------------------------------------------- the profile
+
+
+def test_profile_cold_smoke() -> None:
+    """benchmarks/profile_cold.py runs and names the parser's functions (not a timing test)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "profile_cold.py"),
+            "--phase",
+            "parse",
+            "--reps",
+            "2",
+            "--top",
+            "50",
+            str(ROOT / "bpf" / "xdp_counter.o"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert out.startswith("parse of 1 objects x 2 reps: ")
+    assert "inside bpf(): 0%" in out  # parsing makes no syscall
+    assert "elf/__init__.py" in out and "(read)" in out
