@@ -1,6 +1,7 @@
 """The loader core: eBPF ELF objects → specs → live maps, programs and links.
 
-Pure Python: pyelftools for the ELF, our own BTF code, ctypes for the bpf() syscall.
+Pure Python: our own ELF and BTF code (pyelftools only to find uprobe symbols in
+binaries), ctypes for the bpf() syscall.
 
 ```python
 from orchestrator import ebpf

@@ -86,7 +86,8 @@ def collect(spec: _btf.Spec | None, undefined: Iterable[tuple[str, bool]]) -> di
     kconfig: list[tuple[_btf.Var, int, int]] = []  # var, align, size
     kconfig_sec: _btf.Datasec | None = None
     ksyms_sec: _btf.Datasec | None = None
-    for t in spec.types:
+    for tid in spec.ids_of_kind(_btf.Kind.DATASEC):  # decodes only the datasecs
+        t = spec.type_by_id(tid)
         if isinstance(t, _btf.Datasec) and t.name in (".kconfig", ".ksyms"):
             for vsi in t.vars:
                 v = vsi.type
@@ -126,6 +127,7 @@ def collect(spec: _btf.Spec | None, undefined: Iterable[tuple[str, bool]]) -> di
                 vsi.size = out[v.name].size
         kconfig_sec.vars.sort(key=lambda x: x.offset)
         kconfig_sec.size = off
+        spec.changed()  # changed in place: marshal encodes the decoded types again
     if ksyms_sec is not None:
         _sanitize_ksyms(spec, ksyms_sec)
     return out
@@ -135,7 +137,7 @@ def _sanitize_ksyms(spec: _btf.Spec, sec: _btf.Datasec) -> None:
     int_t = next(
         (
             t
-            for t in spec.types
+            for t in map(spec.type_by_id, spec.ids_of_kind(_btf.Kind.INT))
             if isinstance(t, _btf.Int) and t.size == 4 and t.bits == 32 and not t.offset
         ),
         None,
@@ -161,6 +163,7 @@ def _sanitize_ksyms(spec: _btf.Spec, sec: _btf.Datasec) -> None:
         vsi.size = 4
     spec.add(int_t)
     sec.size = 4 * len(sec.vars)
+    spec.changed()  # changed in place: marshal encodes the decoded types again
 
 
 def _kcfg_kind(name: str, t: _btf.Type) -> str:

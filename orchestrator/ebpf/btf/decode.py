@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf.btf.types import (
@@ -254,3 +255,71 @@ def inflate(spec: Spec, tid: int) -> tuple[Type, tuple[int, ...]]:
     if kind == 18:  # TYPE_TAG
         return TypeTag(name, p, kflag), (st,)
     raise BTFError(f"btf: type {tid}: unknown kind {kind}")  # _index_records prevents
+
+
+def validate(spec: Spec) -> None:
+    """Check every own record not decoded yet (decoding checked the others) without
+    building its object: names in the string table, references to types that exist,
+    linkages, int encodings and func → proto; the checks decoding makes, with its messages,
+    so that an object's BTF can be checked whole at parse time and decoded only where used.
+    Damage found raises :class:`BTFError`."""
+    w, offs, first = spec._words, spec._offs, spec._first
+    nown = len(offs)
+    end_id = first + nown
+    has_base = spec._base is not None
+    str_lo = 0 if has_base else spec._str_start
+    str_end = spec._str_start + len(spec._strtab)
+    strs, cache = spec._str_cache, spec._cache
+    for i in range(nown):
+        if cache[i] is not None:
+            continue
+        o = offs[i]
+        tid = first + i
+        info, st = w[o + 1], w[o + 2]
+        kind = (info >> 24) & 0x1F
+        vlen = info & 0xFFFF
+        names = [w[o]]
+        refs: Sequence[int] = ()
+        b = o + 3
+        if kind in (2, 8, 9, 10, 11, 18):  # PTR, TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG
+            refs = (st,)
+        elif kind == 4 or kind == 5:  # STRUCT, UNION
+            names += w[b : b + 3 * vlen : 3]
+            refs = w[b + 1 : b + 3 * vlen : 3]
+        elif kind == 13:  # FUNC_PROTO
+            names += w[b : b + 2 * vlen : 2]
+            refs = [st, *w[b + 1 : b + 2 * vlen : 2]]
+        elif kind == 12:  # FUNC
+            if vlen >= len(_FUNC_LINKAGES):
+                name = spec.string(w[o]) if w[o] else ""
+                raise BTFError(f"btf: type {tid}: func {name}: bad linkage {vlen}")
+            refs = (st,)
+            own_proto = first <= st < end_id and (w[offs[st - first] + 1] >> 24) & 0x1F == 13
+            if not own_proto and (st == 0 or st >= first):
+                spec.type_by_id(tid)  # raises the decoder's error (not a func proto, missing)
+        elif kind == 3:  # ARRAY
+            refs = (w[b], w[b + 1])
+        elif kind == 6:  # ENUM
+            names += w[b : b + 2 * vlen : 2]
+        elif kind == 19:  # ENUM64
+            names += w[b : b + 3 * vlen : 3]
+        elif kind == 1:  # INT
+            bits = w[b] & 0xFF
+            if bits == 0 or bits > st * 8:
+                name = spec.string(w[o]) if w[o] else ""
+                raise BTFError(f"btf: type {tid}: int {name} has {bits} bits in {st} bytes")
+        elif kind == 14:  # VAR
+            if w[b] >= len(_VAR_LINKAGES):
+                name = spec.string(w[o]) if w[o] else ""
+                raise BTFError(f"btf: type {tid}: var {name}: bad linkage {w[b]}")
+            refs = (st,)
+        elif kind == 15:  # DATASEC
+            refs = w[b : b + 3 * vlen : 3]
+        elif kind == 17:  # DECL_TAG
+            refs = (st,)
+        for n in names:
+            if n and n not in strs and not str_lo <= n < str_end:
+                spec.string(n)  # raises the out-of-range error
+        for r in refs:
+            if r >= end_id or (r and r < first and not has_base):
+                raise BTFError(f"btf: type {tid} refers to missing type {r}")

@@ -8,6 +8,7 @@ from array import array
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from orchestrator.ebpf.btf.decode import PREFILL_STRINGS as _PREFILL_STRINGS
 from orchestrator.ebpf.btf.types import (
     _HEADER,
     _INT_BOOL,
@@ -44,10 +45,24 @@ if TYPE_CHECKING:
 
 def marshal(spec: Spec, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, int]]:
     """The blob of ``spec``'s own types and the string → offset map (uncached: see
-    :meth:`Spec.marshal`)."""
-    strings: dict[str, int] = {"": 0}
-    chunks: list[bytes] = [] if spec._base is not None else [b"\0"]
-    size = spec._str_start + (0 if spec._base is not None else 1)
+    :meth:`Spec.marshal`).
+
+    A parsed spec whose string table was decoded whole (an object's, not the kernel's) keeps
+    that table as it is, and the records of types never decoded are copied as they are:
+    only decoded types (which may have changed) are encoded again, and only strings the
+    table lacks are appended. Otherwise every type is encoded and the table is rebuilt."""
+    nparsed = len(spec._offs)
+    passthrough = nparsed > 0 and len(spec._strtab) <= _PREFILL_STRINGS
+    if passthrough:
+        cached = spec._str_cache
+        strings = dict(zip(cached.values(), cached.keys(), strict=True))  # string → offset
+        strings[""] = 0
+        chunks: list[bytes] = [spec._strtab]
+        size = spec._str_start + len(spec._strtab)
+    else:
+        strings = {"": 0}
+        chunks = [] if spec._base is not None else [b"\0"]
+        size = spec._str_start + (0 if spec._base is not None else 1)
 
     def intern(s: str) -> int:
         nonlocal size
@@ -68,19 +83,31 @@ def marshal(spec: Spec, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, 
         tid = ids.get(t)  # own types: one dict lookup; Void, base types: the full path
         return tid if tid is not None else slow_type_id(t)
 
+    tarr: array[int] = array("I")
     words: list[int] = []
-    for tid in range(spec._first, spec._next_id()):
-        t = spec.type_by_id(tid)
+    cache, raw_words, offs, first = spec._cache, spec._words, spec._offs, spec._first
+    start = 0
+    if passthrough and spec._as_parsed:  # every parsed record as it is; added types follow
+        tarr = raw_words[:]
+        start = nparsed
+    for i in range(start, len(cache)):
+        t = cache[i]
+        if t is None and passthrough:  # never decoded: its record as parsed
+            end = offs[i + 1] if i + 1 < nparsed else len(raw_words)
+            tarr += raw_words[offs[i] : end]
+            continue
+        if t is None:
+            t = spec.type_by_id(first + i)
         try:
             _encode_type(t, words, intern, type_id)
+            tarr.fromlist(words)
         except _Range as err:
-            raise BTFError(f"btf: type {tid} ({describe(t)}): {err}") from None
+            raise BTFError(f"btf: type {first + i} ({describe(t)}): {err}") from None
+        except OverflowError as err:
+            raise BTFError("btf: a value does not fit in 32 bits") from err
+        words.clear()
     for s in sorted(extra_strings):
         intern(s)
-    try:
-        tarr = array("I", words)
-    except OverflowError as err:
-        raise BTFError("btf: a value does not fit in 32 bits") from err
     if sys.byteorder == "big":
         tarr.byteswap()
     type_bytes = tarr.tobytes()

@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import operator
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TypeVar, overload
 
 from orchestrator.ebpf.btf import decode as _decode
 from orchestrator.ebpf.btf import encode as _encode
 from orchestrator.ebpf.btf.types import (
     BTF_MAX_TYPE,
+    Array,
+    Datasec,
     Kind,
     Pointer,
     Type,
+    Var,
     Void,
     _Lazy,
     describe,
+    raw_target,
+    skip_qualifiers,
 )
 from orchestrator.ebpf.errors import BTFError
 
 _MARSHAL_CACHE_SIZE = 8  # distinct extra-string sets remembered per spec
 
 T = TypeVar("T", bound=Type)
+
+# what skip_qualifiers looks through: typedef, volatile, const, restrict, type tag
+_QUALIFIER_KINDS = frozenset(
+    {Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG}
+)
 
 
 class Spec:
@@ -35,6 +45,7 @@ class Spec:
     """
 
     __slots__ = (
+        "_as_parsed",
         "_base",
         "_cache",
         "_first",
@@ -70,6 +81,9 @@ class Spec:
         self._str_cache: dict[int, str] = {}
         self._void = Void()
         self._marshalled: dict[frozenset[str], tuple[bytes, dict[str, int]]] = {}
+        # Every decoded own type still says what its parsed record says: cleared by
+        # changed() and in copies (which exist to be changed); marshal then re-encodes them.
+        self._as_parsed = False
 
     # ---- construction
 
@@ -84,6 +98,7 @@ class Spec:
         spec._cache = [None] * len(spec._offs)
         if len(strtab) <= _decode.PREFILL_STRINGS:
             spec._str_cache = _decode.split_strings(strtab, spec._str_start)
+        spec._as_parsed = True
         return spec
 
     def copy(self) -> Spec:
@@ -98,6 +113,7 @@ class Spec:
         new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
         new._void = Void()
         new._marshalled = {}
+        new._as_parsed = False
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
         new._noffs = self._noffs
         new._noffs_pos = self._noffs_pos
@@ -111,7 +127,7 @@ class Spec:
                 cache[i] = c
         for c in mapping.values():
             if isinstance(c, Pointer):
-                raw = object.__getattribute__(c, "target")
+                raw = raw_target(c)
                 if type(raw) is _Lazy:
                     object.__setattr__(c, "target", _Lazy(new, raw.tid))
                     continue
@@ -276,6 +292,91 @@ class Spec:
             return t.kind
         return Kind((self._words[self._offs[idx] + 1] >> 24) & 0x1F)
 
+    def ids_of_kind(self, kind: Kind) -> list[int]:
+        """The ids of this spec's own types of one kind, in id order, without decoding any
+        (a scan of the records' info words)."""
+        words, first, k = self._words, self._first, int(kind)
+        out = [first + i for i, o in enumerate(self._offs) if (words[o + 1] >> 24) & 0x1F == k]
+        cache = self._cache
+        for i in range(len(self._offs), len(cache)):  # added after parsing
+            t = cache[i]
+            if t is not None and t.kind is kind:
+                out.append(first + i)
+        return out
+
+    def patch_datasec(self, type_id: int, size: int, offsets: Mapping[str, int]) -> None:
+        """Set a DATASEC's size and its variables' offsets (by variable name; a variable
+        not in ``offsets`` keeps its offset), then order the variables by offset: the ELF
+        reader's fix-up of what clang leaves at 0. A DATASEC not decoded yet is patched in
+        its raw record (nothing is decoded), so call this only while nothing else holds the
+        spec (before it is copied or marshalled)."""
+        idx = type_id - self._first
+        t = self._cache[idx] if 0 <= idx < len(self._cache) else None
+        if t is not None or not 0 <= idx < len(self._offs):
+            t = self.type_by_id(type_id)
+            if not isinstance(t, Datasec):
+                raise BTFError(f"btf: type {type_id} is {describe(t)}, not a datasec")
+            t.size = size
+            for vsi in t.vars:
+                var = vsi.type
+                if not isinstance(var, Var):
+                    raise BTFError(f"datasec {t.name}: member is {var.kind.name}, not a variable")
+                off = offsets.get(var.name)
+                if off is not None:
+                    vsi.offset = off
+            t.vars.sort(key=lambda v: v.offset)
+            self.changed()
+            return
+        w, o = self._words, self._offs[idx]
+        info = w[o + 1]
+        if (info >> 24) & 0x1F != Kind.DATASEC:
+            what = describe(self.type_by_id(type_id))
+            raise BTFError(f"btf: type {type_id} is {what}, not a datasec")
+        vlen = info & 0xFFFF
+        name = self.string(w[o]) if w[o] else ""
+        secinfos = []
+        for j in range(vlen):
+            b = o + 3 + 3 * j
+            ref, off, vsize = w[b], w[b + 1], w[b + 2]
+            kind = self.kind_of(ref)
+            if kind is not Kind.VAR:
+                raise BTFError(f"datasec {name}: member is {kind.name}, not a variable")
+            found = offsets.get(self._name_of(ref))
+            secinfos.append((ref, off if found is None else found, vsize))
+        secinfos.sort(key=operator.itemgetter(1))
+        w[o + 2] = size
+        w[o + 3 : o + 3 + 3 * vlen] = array("I", [x for rec in secinfos for x in rec])
+        self._marshalled.clear()
+
+    def pointed_array_len(self, ptr: Pointer) -> int | None:
+        """``N`` when ``ptr`` points at an array of ``N`` (``__uint(name, N)`` in a map
+        definition is ``int (*name)[N]``), else None. An array of this spec that is not
+        decoded yet is read from its record and stays undecoded."""
+        raw = raw_target(ptr)
+        if type(raw) is _Lazy and raw.spec is self:
+            idx = raw.tid - self._first
+            if 0 <= idx < len(self._offs) and self._cache[idx] is None:
+                o = self._offs[idx]
+                kind = (self._words[o + 1] >> 24) & 0x1F
+                if kind == Kind.ARRAY:
+                    return int(self._words[o + 5])
+                if kind not in _QUALIFIER_KINDS:
+                    return None
+        target = skip_qualifiers(ptr.target)
+        return int(target.nelems) if isinstance(target, Array) else None
+
+    def _name_of(self, type_id: int) -> str:
+        """A type's name, without decoding it (own or the base's)."""
+        if type_id < self._first:
+            assert self._base is not None
+            return self._base._name_of(type_id)
+        idx = type_id - self._first
+        t = self._cache[idx]
+        if t is not None:
+            return t.name
+        off = self._words[self._offs[idx]]
+        return self.string(off) if off else ""
+
     def types_by_name(self, name: str) -> list[Type]:
         """Every type with this name (base types first), in id order."""
         found = self._base.types_by_name(name) if self._base is not None else []
@@ -329,15 +430,19 @@ class Spec:
     def marshal(self, extra_strings: Iterable[str] = ()) -> tuple[bytes, dict[str, int]]:
         """Serialize to little-endian BTF for BPF_BTF_LOAD, keeping every id.
 
-        The string table is deduplicated and also holds ``extra_strings`` (line_info file
-        names and source lines). Returns the blob and the string → offset map. A split spec
-        emits only its own types; its string offsets continue after the base's.
+        The string table also holds ``extra_strings`` (line_info file names and source
+        lines). Returns the blob and the string → offset map. A split spec emits only its
+        own types; its string offsets continue after the base's. A spec built with
+        :meth:`add` gets a deduplicated table; a parsed one (of an object's size) keeps its
+        table as parsed, with strings it lacks appended, and its types' records as parsed:
+        only added types are encoded, and, after :meth:`changed` or in a :meth:`copy`,
+        every decoded type.
 
         The result is cached per set of extra strings: a spec is treated as immutable once
         parsed (the ELF reader's DATASEC fix-ups happen before anything marshals it).
         :meth:`add` drops the cache; code that changes a type in place must call
-        :meth:`changed` (or work on a :meth:`copy`). The returned dict is shared with the
-        cache: do not modify it.
+        :meth:`changed` (or work on a :meth:`copy`), or the change is not marshalled. The
+        returned dict is shared with the cache: do not modify it.
         """
         key = frozenset(extra_strings)
         cached = self._marshalled.get(key)
@@ -351,6 +456,7 @@ class Spec:
     def changed(self) -> None:
         """Forget cached :meth:`marshal` results: call after changing a type in place."""
         self._marshalled.clear()
+        self._as_parsed = False
 
     def _marshal(self, extra_strings: Iterable[str]) -> tuple[bytes, dict[str, int]]:
         return _encode.marshal(self, extra_strings)

@@ -9,7 +9,7 @@ import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchestrator.ebpf.errors import BTFError
 
@@ -172,13 +172,6 @@ class Pointer(Type):
     target: Type
     name: str = ""
 
-    def __getattribute__(self, attr: str) -> object:
-        value = object.__getattribute__(self, attr)
-        if type(value) is _Lazy:  # a target not decoded yet: decode it now
-            value = value.spec.type_by_id(value.tid)
-            object.__setattr__(self, attr, value)
-        return value
-
     def _refs(self) -> list[Type]:
         return [self.target]
 
@@ -188,11 +181,37 @@ class Pointer(Type):
     def _clone(self) -> Pointer:
         p = Pointer(_PENDING, self.name)
         # a lazy target stays lazy; Spec.copy rebinds it to the copy
-        object.__setattr__(p, "target", object.__getattribute__(self, "target"))
+        _TARGET_SLOT.__set__(p, _TARGET_SLOT.__get__(self, Pointer))
         return p
 
     def __repr__(self) -> str:
         return f"Pointer(target={_short(self.target)})"
+
+
+# ``Pointer.target`` is a property over the dataclass's slot: a target not decoded yet (a
+# _Lazy) is decoded on first read. A property rather than a __getattribute__ override, which
+# would run Python code on every attribute read of a pointer, isinstance()'s included.
+_TARGET_SLOT: Any = Pointer.__dict__["target"]  # the slot's member descriptor
+
+
+def _get_target(self: Pointer) -> Type:
+    value = _TARGET_SLOT.__get__(self, Pointer)
+    if type(value) is _Lazy:  # a target not decoded yet: decode it now
+        value = value.spec.type_by_id(value.tid)
+        _TARGET_SLOT.__set__(self, value)
+    return value  # type: ignore[no-any-return]
+
+
+def _set_target(self: Pointer, value: Type) -> None:
+    _TARGET_SLOT.__set__(self, value)
+
+
+def raw_target(ptr: Pointer) -> Type | _Lazy:
+    """A pointer's target as stored: a :class:`_Lazy` while it is not decoded."""
+    return _TARGET_SLOT.__get__(ptr, Pointer)  # type: ignore[no-any-return]
+
+
+setattr(Pointer, "target", property(_get_target, _set_target))  # noqa: B010
 
 
 @dataclass(eq=False, repr=False, slots=True)

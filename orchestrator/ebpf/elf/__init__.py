@@ -1,7 +1,7 @@
 """ELF object → :class:`CollectionSpec`.
 
-pyelftools reads the header and the section table; symbols and relocations are decoded with
-``struct`` directly (they are fixed-size records, and this is the hot part of parsing).
+The header, section table, symbols and relocations are fixed-size records, decoded with
+``struct`` directly (pyelftools' per-record parsing costs more than the rest of a parse).
 
 What is read:
 - programs: every function in an executable section other than ``.text``; functions in
@@ -29,9 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from elftools.common.exceptions import ELFError
-from elftools.construct import ConstructError
-
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import sections as _sections
@@ -50,6 +47,7 @@ from orchestrator.ebpf.asm import (
     Reference,
     RefKind,
 )
+from orchestrator.ebpf.btf import decode as _btf_decode
 from orchestrator.ebpf.btf import ext as _btf_ext
 from orchestrator.ebpf.elf.maps import (
     MapReader,
@@ -60,6 +58,7 @@ from orchestrator.ebpf.elf.records import (
     _SHDR,
     _SYM,
     EM_BPF,
+    ET_REL,
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHN_ABS,
@@ -77,13 +76,14 @@ from orchestrator.ebpf.elf.records import (
     STT_OBJECT,
     STT_SECTION,
     _cstr,
-    _elf_structs,
+    _enum_name,
     _Function,
+    _header,
     _Section,
     _string_table,
     _Symbol,
 )
-from orchestrator.ebpf.errors import BTFError, Error, ParseError, clip
+from orchestrator.ebpf.errors import Error, ParseError, clip
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
 from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.spec import (
@@ -118,7 +118,7 @@ def load_bytes(data: bytes, name: str = "", path: str = "") -> CollectionSpec:
             raise
         # names in the object (sections, symbols) can be megabytes long: cut what they say
         raise type(err)(f"{label}: {clip(str(err), _MESSAGE_MAX)}") from err
-    except (ELFError, struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
+    except (struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
         raise ParseError(f"{label}: malformed ELF object: {clip(str(err), _MESSAGE_MAX)}") from err
 
 
@@ -135,15 +135,13 @@ class _Reader(MapReader):
             raise ParseError("not a 64-bit ELF object")
         if data[5] != 1:
             raise ParseError("big-endian objects are not supported (compile with -target bpfel)")
-        try:
-            self.header = _elf_structs().Elf_Ehdr.parse(data[:64])
-        except ConstructError as err:
-            raise ParseError(f"bad ELF header: {err}") from err
-        machine = self.header["e_machine"]
-        if machine not in ("EM_BPF", EM_BPF):
+        self.header = _header(data)
+        if self.header.machine != EM_BPF:
+            machine = _enum_name("e_machine", self.header.machine)
             raise ParseError(f"not an eBPF object (e_machine {machine})")
-        if self.header["e_type"] != "ET_REL":
-            raise ParseError(f"not a relocatable object (e_type {self.header['e_type']})")
+        if self.header.type != ET_REL:
+            etype = _enum_name("e_type", self.header.type)
+            raise ParseError(f"not a relocatable object (e_type {etype})")
         self.sections: list[_Section] = []
         self.by_name: dict[str, _Section] = {}
         self.symbols: list[_Symbol] = []
@@ -160,12 +158,11 @@ class _Reader(MapReader):
         # The section headers are fixed-size records: decoding them with struct is an order
         # of magnitude faster than pyelftools' per-section construct parsing.
         h = self.header
-        shoff, shentsize, shnum = int(h["e_shoff"]), int(h["e_shentsize"]), int(h["e_shnum"])
-        shstrndx = int(h["e_shstrndx"])
+        shoff, shentsize, shnum, shstrndx = h.shoff, h.shentsize, h.shnum, h.shstrndx
         size = len(self.data)
         if shentsize != _SHDR.size or shoff + shnum * _SHDR.size > size or shnum == 0:
             raise ParseError("section header table is malformed or truncated")
-        headers = [_SHDR.unpack_from(self.data, shoff + i * _SHDR.size) for i in range(shnum)]
+        headers = list(_SHDR.iter_unpack(memoryview(self.data)[shoff : shoff + shnum * _SHDR.size]))
         if not 0 <= shstrndx < shnum:
             raise ParseError("bad section name table index")
         _, _, _, _, noff, nsize, *_ = headers[shstrndx]
@@ -262,6 +259,8 @@ class _Reader(MapReader):
         self._read_map_contents(maps, programs)
         self._read_kconfig(maps, programs, externs)
         self._read_struct_ops(maps, programs)
+        if self.btf is not None:  # the types nothing decoded: checked without decoding
+            _btf_decode.validate(self.btf)
         return CollectionSpec(
             maps, programs, variables, self.btf, name=name, path=path, externs=externs
         )
@@ -343,25 +342,18 @@ class _Reader(MapReader):
         from the section sizes and symbol values, as the kernel needs them (libbpf does
         the same: see ``btf_fixup_datasec``)."""
         assert self.btf is not None
-        offsets: dict[tuple[int, str], int] = {}
+        offsets: dict[int, dict[str, int]] = {}  # section index → variable → offset
         for sym in self.symbols:
             if sym.type == STT_OBJECT:
-                offsets.setdefault((sym.shndx, sym.name), sym.value)
-        for t in self.btf.types:
-            if not isinstance(t, _btf.Datasec):
-                continue
-            sec = self.by_name.get(t.name)
+                offsets.setdefault(sym.shndx, {}).setdefault(sym.name, sym.value)
+        # Patched in the raw records: nothing is decoded here (what the variables refer to
+        # is decoded when something uses it; marshalling copies raw records).
+        btf = self.btf
+        for tid in btf.ids_of_kind(_btf.Kind.DATASEC):
+            sec = self.by_name.get(btf._name_of(tid))
             if sec is None:
                 continue  # .kconfig/.ksyms: externs, handled at load time
-            t.size = sec.size
-            for vsi in t.vars:
-                var = vsi.type
-                if not isinstance(var, _btf.Var):
-                    raise BTFError(f"datasec {t.name}: member is {var.kind.name}, not a variable")
-                off = offsets.get((sec.index, var.name))
-                if off is not None:
-                    vsi.offset = off
-            t.vars.sort(key=lambda v: v.offset)
+            btf.patch_datasec(tid, sec.size, offsets.get(sec.index, {}))
 
     # ------------------------------------------------------------------ code
 

@@ -98,7 +98,7 @@ class MapReader:
             if m.name == "values":
                 spec.inner_map = self._map_values_field(name, m.type, spec)
                 continue
-            value = _uint_field(m.type)
+            value = _uint_field(m.type, self.btf)
             if value is None:
                 raise ParseError(f"map {name}: field {m.name} must be declared with __uint")
             if m.name == "type":
@@ -334,12 +334,9 @@ def _pointee(t: _btf.Type) -> _btf.Type | None:
     return None
 
 
-def _uint_field(t: _btf.Type) -> int | None:
-    """``__uint(name, N)`` is declared as ``int (*name)[N]``."""
-    target = _pointee(t)
-    if target is None:
+def _uint_field(t: _btf.Type, spec: _btf.Spec) -> int | None:
+    """``__uint(name, N)`` is declared as ``int (*name)[N]`` (the array is not decoded)."""
+    p = _btf.skip_qualifiers(t)
+    if not isinstance(p, _btf.Pointer):
         return None
-    arr = _btf.skip_qualifiers(target)
-    if isinstance(arr, _btf.Array):
-        return int(arr.nelems)
-    return None
+    return spec.pointed_array_len(p)

@@ -3,16 +3,14 @@ the string-table and header helpers."""
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from elftools.elf.structs import ELFStructs
-
 from orchestrator.ebpf.errors import ParseError
 
 EM_BPF = 247
+ET_REL = 1
 SHT_PROGBITS = 1
 SHT_SYMTAB = 2
 SHT_NOBITS = 8
@@ -33,6 +31,41 @@ STT_SECTION = 3
 _SYM = struct.Struct("<IBBHQQ")
 _REL = struct.Struct("<QQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
+# e_ident, e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags, e_ehsize,
+# e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """The fields of the ELF64 header a loader uses."""
+
+    type: int
+    machine: int
+    shoff: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+def _header(data: bytes) -> _Header:
+    """The ELF64 little-endian header at the start of ``data`` (at least 64 bytes)."""
+    _, etype, machine, _, _, _, shoff, _, _, _, _, shentsize, shnum, shstrndx = _EHDR.unpack_from(
+        data
+    )
+    return _Header(etype, machine, shoff, shentsize, shnum, shstrndx)
+
+
+def _enum_name(field_name: str, value: int) -> str:
+    """pyelftools' name of an ``e_type``/``e_machine`` value (``EM_X86_64``), or the number:
+    for error messages only, so pyelftools is imported only when one is written."""
+    from elftools.elf import enums
+
+    table = enums.ENUM_E_MACHINE if field_name == "e_machine" else enums.ENUM_E_TYPE
+    for name, v in table.items():
+        if v == value and not name.startswith("_"):
+            return str(name)
+    return str(value)
 
 
 @dataclass(slots=True)
@@ -65,17 +98,6 @@ class _Function:
     end: int
     bind: int
     named: bool = True  # False: code no symbol names, found as a call target
-
-
-@functools.cache
-def _elf_structs() -> ELFStructs:
-    """pyelftools' little-endian ELF64 record layouts, built once (building them is slow)."""
-    structs = ELFStructs(little_endian=True, elfclass=64)
-    structs.create_basic_structs()
-    structs.create_advanced_structs(
-        e_type="ET_REL", e_machine="EM_BPF", e_ident_osabi="ELFOSABI_SYSV"
-    )
-    return structs
 
 
 def _string_table(data: bytes) -> Callable[[int], str]:

@@ -1,0 +1,363 @@
+"""The parser's fast paths: the ELF header read with ``struct``, an object's BTF checked whole
+without being decoded (``decode.validate``), DATASECs fixed up in their raw records
+(``Spec.patch_datasec``) and marshalling that copies the records of types never decoded.
+Each is checked against the slow path it replaces."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf import elf
+from orchestrator.ebpf.btf import Datasec, Int, Kind, Spec, Struct
+from orchestrator.ebpf.btf import decode as btf_decode
+from orchestrator.ebpf.errors import BTFError
+from tests.ebpf.test_btf import info, raw_btf, signatures
+
+ROOT = Path(__file__).resolve().parents[2]
+OBJECTS = sorted((ROOT / "bpf").glob("*.o")) + sorted(
+    Path("/usr/lib/x86_64-linux-gnu/bpf").glob("*.o")
+)
+
+
+def btf_of(path: Path) -> bytes:
+    reader = elf._Reader(path.read_bytes(), path.name)
+    reader._load_sections()
+    return reader.by_name[".BTF"].data
+
+
+BTF_OBJECTS = [p for p in OBJECTS if b".BTF\0" in p.read_bytes()]
+
+
+# ---------------------------------------------------------------------------- ELF header
+
+
+def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+def test_header_errors_name_the_field() -> None:
+    data = (ROOT / "bpf" / "xdp_counter.o").read_bytes()
+    with pytest.raises(ebpf.ParseError, match=r"^obj: not an eBPF object \(e_machine EM_X86_64\)"):
+        ebpf.CollectionSpec.from_bytes(patched(data, 18, "<H", 62), name="obj")
+    with pytest.raises(ebpf.ParseError, match=r"not an eBPF object \(e_machine 48879\)"):
+        ebpf.CollectionSpec.from_bytes(patched(data, 18, "<H", 0xBEEF), name="obj")
+    with pytest.raises(ebpf.ParseError, match=r"not a relocatable object \(e_type ET_EXEC\)"):
+        ebpf.CollectionSpec.from_bytes(patched(data, 16, "<H", 2), name="obj")
+    with pytest.raises(ebpf.ParseError, match="section header table is malformed or truncated"):
+        ebpf.CollectionSpec.from_bytes(patched(data, 58, "<H", 32), name="obj")  # e_shentsize
+    with pytest.raises(ebpf.ParseError, match="section header table is malformed or truncated"):
+        ebpf.CollectionSpec.from_bytes(patched(data, 40, "<Q", len(data)), name="obj")  # e_shoff
+    with pytest.raises(ebpf.ParseError, match="bad section name table index"):
+        ebpf.CollectionSpec.from_bytes(patched(data, 62, "<H", 999), name="obj")  # e_shstrndx
+
+
+def test_header_fields() -> None:
+    data = (ROOT / "bpf" / "xdp_counter.o").read_bytes()
+    h = elf.records._header(data)
+    _, etype, machine, *_, shentsize, shnum, shstrndx = struct.unpack_from(
+        "<16sHHIQQQIHHHHHH", data
+    )
+    assert (h.type, h.machine, h.shentsize, h.shnum, h.shstrndx) == (
+        etype,
+        machine,
+        shentsize,
+        shnum,
+        shstrndx,
+    )
+    assert (h.type, h.machine, h.shentsize) == (1, 247, 64)
+
+
+# ---------------------------------------------------------------------------- validate
+
+
+@pytest.mark.parametrize("path", BTF_OBJECTS, ids=lambda p: p.name)
+def test_real_objects_validate_and_decode(path: Path) -> None:
+    spec = Spec.parse(btf_of(path))
+    btf_decode.validate(spec)
+    assert all(t is None for t in spec._cache)  # nothing decoded by the check
+    assert len(list(spec.types)) == len(spec)
+
+
+def _decode_all_fails(blob: bytes) -> bool:
+    try:
+        list(Spec.parse(blob).types)
+    except BTFError:
+        return False
+    return True
+
+
+def _validate_fails(blob: bytes) -> bool:
+    try:
+        btf_decode.validate(Spec.parse(blob))
+    except BTFError:
+        return False
+    return True
+
+
+def test_validate_accepts_exactly_what_decoding_accepts() -> None:
+    """Random whole-word damage to real objects' type records: the check without decoding
+    refuses a blob exactly when decoding every type does."""
+    rng = random.Random(14)
+    checked = refused = 0
+    for path in BTF_OBJECTS:
+        good = btf_of(path)
+        type_len = struct.unpack_from("<I", good, 12)[0]
+        nwords = type_len // 4
+        for _ in range(60):
+            blob = bytearray(good)
+            for _ in range(rng.randint(1, 3)):
+                idx = rng.randrange(nwords)
+                val = rng.choice(
+                    [rng.randrange(1 << 32), rng.randrange(64), rng.randrange(4096), 0]
+                )
+                struct.pack_into("<I", blob, 24 + 4 * idx, val)
+            try:
+                Spec.parse(bytes(blob))
+            except BTFError:
+                continue  # refused by the index: neither check is reached
+            ok_decode = _decode_all_fails(bytes(blob))
+            assert _validate_fails(bytes(blob)) == ok_decode, (path.name, blob.hex())
+            checked += 1
+            refused += not ok_decode
+    assert checked > 200 and refused > 50  # the damage reached both outcomes
+
+
+@pytest.mark.parametrize(
+    ("words", "strings", "message"),
+    [
+        ([0, info(2), 9], b"\0", "type 1 refers to missing type 9"),
+        ([5, info(1), 4, 32], b"\0", "string offset 5 out of range"),
+        ([0, info(12, vlen=7), 0], b"\0", "bad linkage 7"),
+        ([0, info(12), 0], b"\0", "not a func proto"),
+        ([0, info(12), 2, 0, info(1), 4, 32], b"\0", "not a func proto"),
+        ([0, info(14), 0, 5], b"\0", "bad linkage 5"),
+        ([0, info(1), 4, 0], b"\0", "0 bits in 4 bytes"),
+        ([0, info(4, vlen=1), 4, 9, 1, 0], b"\0", "string offset 9 out of range"),
+        ([0, info(15, vlen=1), 4, 7, 0, 4], b"\0", "missing type 7"),
+    ],
+)
+def test_validate_errors(words: list[int], strings: bytes, message: str) -> None:
+    spec = Spec.parse(raw_btf(words, strings))
+    with pytest.raises(BTFError, match=message):
+        btf_decode.validate(spec)
+
+
+def test_corrupt_btf_in_an_object_fails_its_parse() -> None:
+    path = ROOT / "bpf" / "xdp_counter.o"
+    data = bytearray(path.read_bytes())
+    btf = btf_of(path)
+    at = bytes(data).find(btf)
+    spec = Spec.parse(btf)
+    last = spec._offs[-1]  # the last record: refer its type to a missing id
+    kinds_with_type = (Kind.PTR, Kind.TYPEDEF, Kind.CONST, Kind.VOLATILE, Kind.FUNC, Kind.VAR)
+    tid = next(
+        i
+        for i in range(len(spec), 0, -1)
+        if spec.kind_of(i) in kinds_with_type and spec._offs[i - 1] <= last
+    )
+    hdr_len = struct.unpack_from("<I", btf, 4)[0]
+    word = at + hdr_len + 4 * (spec._offs[tid - 1] + 2)
+    struct.pack_into("<I", data, word, 100_000)
+    with pytest.raises(ebpf.BTFError, match=f"xdp_counter.o: btf: type {tid} refers to missing"):
+        ebpf.CollectionSpec.from_bytes(bytes(data), name="xdp_counter.o")
+
+
+# ---------------------------------------------------------------------------- DATASEC fix-up
+
+
+def _fix(spec: Spec, path: Path) -> None:
+    reader = elf._Reader(path.read_bytes(), path.name)
+    reader._load_sections()
+    reader.btf = spec
+    reader._fixup_datasecs()
+
+
+@pytest.mark.parametrize("path", BTF_OBJECTS, ids=lambda p: p.name)
+def test_raw_datasec_fixup_matches_the_decoded_one(path: Path) -> None:
+    raw = Spec.parse(btf_of(path))
+    decoded = Spec.parse(btf_of(path))
+    list(decoded.types)  # every type decoded first: the fix-up works on the objects
+    _fix(raw, path)
+    assert all(t is None for t in raw._cache)  # patched in place, nothing decoded
+    _fix(decoded, path)
+    assert signatures(raw) == signatures(decoded)
+    assert raw.marshal()[0] == Spec.parse(decoded.marshal()[0]).marshal()[0]
+
+
+def test_patch_datasec_errors() -> None:
+    # id 1: int, id 2: datasec holding the int (not a variable)
+    spec = Spec.parse(
+        raw_btf([1, info(1), 4, 32, 5, info(15, vlen=1), 0, 1, 0, 4], b"\0int\0.bss\0")
+    )
+    with pytest.raises(BTFError, match=r"datasec \.bss: member is INT, not a variable"):
+        spec.patch_datasec(2, 4, {})
+    with pytest.raises(BTFError, match=r"type 1 is .*, not a datasec"):
+        spec.patch_datasec(1, 4, {})
+    decoded = Spec.parse(
+        raw_btf([1, info(1), 4, 32, 5, info(15, vlen=1), 0, 1, 0, 4], b"\0int\0.bss\0")
+    )
+    assert isinstance(decoded.type_by_id(2), Datasec)
+    with pytest.raises(BTFError, match=r"datasec \.bss: member is INT, not a variable"):
+        decoded.patch_datasec(2, 4, {})
+
+
+# ---------------------------------------------------------------------------- marshal
+
+
+@pytest.mark.parametrize("path", BTF_OBJECTS, ids=lambda p: p.name)
+def test_marshal_copies_undecoded_records(path: Path) -> None:
+    """The table and the records come out as parsed (a parsed object's table is already
+    deduplicated) whatever was decoded before; a decoded type that changed is encoded."""
+    btf = btf_of(path)
+    untouched = Spec.parse(btf)
+    blob, strings = untouched.marshal(["file.c"])
+    assert all(t is None for t in untouched._cache)
+    type_len, str_len = struct.unpack_from("<I", btf, 12)[0], struct.unpack_from("<I", btf, 20)[0]
+    assert blob[24 : 24 + type_len] == btf[24 : 24 + type_len]
+    assert blob[24 + type_len : 24 + type_len + str_len] == btf[24 + type_len :]
+    assert blob.endswith(b"\0file.c\0") or strings["file.c"] < str_len
+    decoded = Spec.parse(btf)
+    list(decoded.types)
+    assert decoded.marshal(["file.c"]) == (blob, strings)
+    assert signatures(Spec.parse(blob)) == signatures(decoded)
+    ints = [t for t in decoded.types if isinstance(t, Int | Struct)]
+    if ints:
+        ints[0].name = "bpforch_renamed"
+        decoded.changed()
+        again, strings2 = decoded.marshal()
+        assert Spec.parse(again).type_by_id(decoded.type_id(ints[0])).name == "bpforch_renamed"
+        assert "bpforch_renamed" in strings2
+
+
+def test_decoded_types_are_marshalled_as_parsed_until_changed() -> None:
+    path = ROOT / "bpf" / "map_types.o"
+    btf = btf_of(path)
+    type_len = struct.unpack_from("<I", btf, 12)[0]
+    spec = Spec.parse(btf)
+    structs = [t for t in spec.types if isinstance(t, Struct) and t.name]
+    assert spec._as_parsed and structs
+    target = structs[0]
+    tid = spec.type_id(target)
+    target.name = "bpforch_renamed"  # in place, without changed(): not marshalled
+    assert spec.marshal()[0][24 : 24 + type_len] == btf[24 : 24 + type_len]
+    spec.changed()
+    assert not spec._as_parsed
+    assert Spec.parse(spec.marshal()[0]).type_by_id(tid).name == "bpforch_renamed"
+    # a copy exists to be changed: its decoded types are always encoded
+    fresh = Spec.parse(btf)
+    cp = fresh.copy()
+    cp.type_by_id(tid).name = "in_the_copy"
+    assert Spec.parse(cp.marshal()[0]).type_by_id(tid).name == "in_the_copy"
+    assert Spec.parse(fresh.marshal()[0]).type_by_id(tid).name == target_name(btf, tid)
+    # added types are encoded after the parsed records
+    added = fresh.add(Int("bpforch_added", 4))
+    blob = fresh.marshal()[0]
+    assert blob[24 : 24 + type_len] == btf[24 : 24 + type_len]
+    assert Spec.parse(blob).type_by_id(added).name == "bpforch_added"
+
+
+def target_name(btf: bytes, tid: int) -> str:
+    return Spec.parse(btf).type_by_id(tid).name
+
+
+def test_an_objects_extern_fixups_are_marshalled(
+    build: Callable[..., ebpf.CollectionSpec],
+) -> None:
+    """The ELF reader changes the BTF of objects with externs (as libbpf does): those
+    changes reach the marshalled blob."""
+    spec = build("externs.c")
+    assert spec.btf is not None and spec.externs
+    assert not spec.btf._as_parsed
+    again = Spec.parse(spec.btf.marshal()[0])
+    seen = set()
+    for tid in spec.btf.ids_of_kind(Kind.DATASEC):
+        sec = spec.btf.type_by_id(tid)
+        assert isinstance(sec, Datasec)
+        if sec.name in (".kconfig", ".ksyms"):
+            seen.add(sec.name)
+            got = again.type_by_id(tid)
+            assert isinstance(got, Datasec) and got.size == sec.size > 0
+            assert [(v.offset, v.size) for v in got.vars] == [(v.offset, v.size) for v in sec.vars]
+    assert seen == {".kconfig", ".ksyms"}
+
+
+# ---------------------------------------------------------------------------- map definitions
+
+
+def test_pointed_array_len() -> None:
+    # 1 int, 2 array[7] of int, 3 ptr → 2, 4 const → 2, 5 ptr → 4, 6 ptr → int, 7 ptr → void
+    words = [1, info(1), 4, 0x01000020]
+    words += [0, info(3), 0, 1, 1, 7]
+    words += [0, info(2), 2, 0, info(10), 2, 0, info(2), 4, 0, info(2), 1, 0, info(2), 0]
+    spec = Spec.parse(raw_btf(words, b"\0int\0"))
+    ptrs = {tid: spec.type_by_id(tid) for tid in (3, 5, 6, 7)}
+    assert all(t is None for t in spec._cache[:2])  # the targets are not decoded yet
+    assert spec.pointed_array_len(ptrs[3]) == 7  # type: ignore[arg-type]
+    assert spec._cache[1] is None  # read from its record: still not decoded (id 2)
+    got = {tid: spec.pointed_array_len(p) for tid, p in ptrs.items()}  # type: ignore[arg-type]
+    assert got == {3: 7, 5: 7, 6: None, 7: None}  # 5: through the const, decoded
+    arr = spec.type_by_id(2)  # decoded first: the object is read
+    assert spec.pointed_array_len(ptrs[3]) == 7 and arr is spec.type_by_id(2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", BTF_OBJECTS, ids=lambda p: p.name)
+def test_map_definitions_match_the_decoded_reading(path: Path) -> None:
+    """Every map of every object reads the same with all BTF decoded before the maps."""
+    try:
+        fast = ebpf.CollectionSpec.from_file(path, cache=False)
+    except ebpf.Error:
+        pytest.skip("not parsed")
+    reader = elf._Reader(path.read_bytes(), path.name)
+    reader._load_sections()
+    reader.btf = Spec.parse(reader.by_name[".BTF"].data)
+    reader._fixup_datasecs()
+    list(reader.btf.types)
+    maps: dict[str, ebpf.MapSpec] = {}
+    reader._read_btf_maps(maps, {})
+    for name, m in maps.items():
+        f = fast.maps[name]
+        assert (m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.pinning) == (
+            f.type,
+            f.key_size,
+            f.value_size,
+            f.max_entries,
+            f.flags,
+            f.pinning,
+        ), name
+
+
+# ---------------------------------------------------------------------------- the profile
+
+
+def test_profile_cold_smoke() -> None:
+    """benchmarks/profile_cold.py runs and names the parser's functions (not a timing test)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "profile_cold.py"),
+            "--phase",
+            "parse",
+            "--reps",
+            "2",
+            "--top",
+            "50",
+            str(ROOT / "bpf" / "xdp_counter.o"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert out.startswith("parse of 1 objects x 2 reps: ")
+    assert "inside bpf(): 0%" in out  # parsing makes no syscall
+    assert "elf/__init__.py" in out and "(read)" in out
