@@ -24,6 +24,7 @@ from orchestrator.manifest import DesiredState, ManifestError, ObjectStore, load
 from orchestrator.reconcile import (
     Change,
     Failpoints,
+    Kind,
     Op,
     Plan,
     ReconcileError,
@@ -324,7 +325,7 @@ def render_plan(plan: Plan, out: TextIO) -> None:
         shown = [c for c in items if c.op is not Op.NOOP]
         if not shown:
             continue
-        head = next((c for c in items if c.kind == "collection"), None)
+        head = next((c for c in items if c.kind is Kind.COLLECTION), None)
         op = head.op if head is not None else Op.NOOP
         line = f"  {op.symbol} collection {name}"
         if head is not None and head.reason:
@@ -335,7 +336,7 @@ def render_plan(plan: Plan, out: TextIO) -> None:
         for ch in shown:
             if ch is head:
                 continue
-            line = f"      {ch.op.symbol} {ch.kind} {ch.name}"
+            line = f"      {ch.op.symbol} {ch.kind.value} {ch.name}"
             if ch.reason:
                 line += f": {ch.reason}"
             print(_paint(line, ch.op.value, color), file=out)

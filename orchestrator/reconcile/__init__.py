@@ -43,7 +43,7 @@ from orchestrator.reconcile.errors import (
     StateError,
 )
 from orchestrator.reconcile.failpoints import STEPS, Failpoints, NoFailpoints, Step
-from orchestrator.reconcile.plan import Change, Op, Plan, Problem, plan, plan_destroy
+from orchestrator.reconcile.plan import Change, Kind, Op, Plan, Problem, plan, plan_destroy
 from orchestrator.reconcile.reconciler import (
     DEFAULT_BPFFS_ROOT,
     DEFAULT_STATE_DIR,
@@ -85,6 +85,7 @@ __all__ = [
     "Facts",
     "Failpoints",
     "Foreign",
+    "Kind",
     "MapRecord",
     "MapShape",
     "MapStatus",

@@ -66,30 +66,39 @@ _SYMBOLS = {
     Op.NOOP: " ",
 }
 
-KINDS = ("collection", "map", "program", "attachment")
+
+class Kind(enum.Enum):
+    """What a line of the plan is about."""
+
+    COLLECTION = "collection"
+    MAP = "map"
+    PROGRAM = "program"
+    ATTACHMENT = "attachment"
+
+
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One line of the plan. ``kind`` is collection, map, program or attachment; ``name``
-    the map/program name, the attachment key, or the collection name again."""
+    """One line of the plan. ``kind`` says what it is about; ``name`` the map/program name,
+    the attachment key, or the collection name again."""
 
     op: Op
-    kind: str
+    kind: Kind
     collection: str
     name: str
     reason: str
     source: Source | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        what = self.collection if self.kind == "collection" else f"{self.collection}/{self.name}"
-        return f"{self.op.symbol} {self.kind} {what}: {self.reason}"
+        what = self.collection if self.kind is Kind.COLLECTION else f"{self.collection}/{self.name}"
+        return f"{self.op.symbol} {self.kind.value} {what}: {self.reason}"
 
     def to_json(self) -> dict[str, object]:
         return {
             "op": self.op.value,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "collection": self.collection,
             "name": self.name,
             "reason": self.reason,
@@ -139,9 +148,9 @@ class Plan:
         """(to add, to change, to destroy), counting maps, programs and attachments; a
         replacement counts as one add and one destroy."""
         add = change = destroy = 0
-        with_children = {c.collection for c in self.changes if c.kind != "collection"}
+        with_children = {c.collection for c in self.changes if c.kind is not Kind.COLLECTION}
         for c in self.changes:
-            if c.kind == "collection" and c.collection in with_children:
+            if c.kind is Kind.COLLECTION and c.collection in with_children:
                 continue
             if c.op is Op.CREATE:
                 add += 1
@@ -160,22 +169,22 @@ class Plan:
 
     def collection_op(self, name: str) -> Op | None:
         for c in self.changes:
-            if c.kind == "collection" and c.collection == name:
+            if c.kind is Kind.COLLECTION and c.collection == name:
                 return c.op
         return None
 
     def collections(self, *ops: Op) -> list[str]:
         """Names of the collections whose collection-level op is one of ``ops``, in plan
         order."""
-        return [c.collection for c in self.changes if c.kind == "collection" and c.op in ops]
+        return [c.collection for c in self.changes if c.kind is Kind.COLLECTION and c.op in ops]
 
-    def change(self, collection: str, kind: str, name: str) -> Change | None:
+    def change(self, collection: str, kind: Kind, name: str) -> Change | None:
         for c in self.changes:
             if c.collection == collection and c.kind == kind and c.name == name:
                 return c
         return None
 
-    def of(self, collection: str, kind: str) -> list[Change]:
+    def of(self, collection: str, kind: Kind) -> list[Change]:
         return [c for c in self.changes if c.collection == collection and c.kind == kind]
 
     def summary(self) -> str:
@@ -196,7 +205,7 @@ class Plan:
         }
 
     def __str__(self) -> str:
-        lines = [str(c) for c in self.changes if c.op is not Op.NOOP or c.kind == "collection"]
+        lines = [str(c) for c in self.changes if c.op is not Op.NOOP or c.kind is Kind.COLLECTION]
         lines += [f"error: {p}" for p in self.problems]
         lines.append(self.summary())
         return "\n".join(lines)
@@ -541,7 +550,7 @@ class _Planner:
         self.problems.append(Problem(coll, message, source))
 
     def add(
-        self, op: Op, kind: str, coll: str, name: str, reason: str, source: Source | None
+        self, op: Op, kind: Kind, coll: str, name: str, reason: str, source: Source | None
     ) -> None:
         self.changes.append(Change(op, kind, coll, name, reason, source))
 
@@ -619,7 +628,7 @@ class _Planner:
         if rec is not None and not reasons:
             self.add(
                 Op.NOOP,
-                "collection",
+                Kind.COLLECTION,
                 d.name,
                 d.name,
                 f"unchanged (generation {rec.generation})",
@@ -657,7 +666,7 @@ class _Planner:
         )
         if reuse:
             reason += " (same object, constants and maps: programs and maps are kept)"
-        self.add(op, "collection", d.name, d.name, reason, d.source)
+        self.add(op, Kind.COLLECTION, d.name, d.name, reason, d.source)
         for text in facts.problems if facts is not None else ():
             self.problem(d.name, text, d.source)
         reattach = reattached(d, actual)
@@ -699,7 +708,7 @@ class _Planner:
             if mname not in changes and mname in extra:
                 self.add(
                     Op.UPDATE,
-                    "map",
+                    Kind.MAP,
                     d.name,
                     mname,
                     f"unpin: the pin maps/{_pin_file(mname)} that the manifest does not ask for "
@@ -707,11 +716,11 @@ class _Planner:
                     src,
                 )
             elif mname not in changes:
-                self.add(Op.NOOP, "map", d.name, mname, f"kept (id {mr.id})", src)
+                self.add(Op.NOOP, Kind.MAP, d.name, mname, f"kept (id {mr.id})", src)
             elif (why := changes[mname]) is not None:
                 self.add(
                     Op.UPDATE,
-                    "map",
+                    Kind.MAP,
                     d.name,
                     mname,
                     f"pin: live map (id {mr.id}) is pinned at maps/{_pin_file(mname)} in place "
@@ -721,7 +730,7 @@ class _Planner:
             elif held is None or mname in held:
                 self.add(
                     Op.UPDATE,
-                    "map",
+                    Kind.MAP,
                     d.name,
                     mname,
                     f"unpin: live map (id {mr.id}) is no longer pinned (the manifest does not "
@@ -731,7 +740,7 @@ class _Planner:
             else:
                 self.add(
                     Op.DELETE,
-                    "map",
+                    Kind.MAP,
                     d.name,
                     mname,
                     f"unpin: map id {mr.id} is no longer pinned and no loaded program uses "
@@ -742,7 +751,7 @@ class _Planner:
             if pname in fresh:
                 self.add(
                     Op.REPLACE,
-                    "program",
+                    Kind.PROGRAM,
                     d.name,
                     pname,
                     f"new instance (replaces id {pr.id}): {fresh[pname]}; loaded again from "
@@ -750,7 +759,7 @@ class _Planner:
                     d.source,
                 )
                 continue
-            self.add(Op.NOOP, "program", d.name, pname, f"kept (id {pr.id})", d.source)
+            self.add(Op.NOOP, Kind.PROGRAM, d.name, pname, f"kept (id {pr.id})", d.source)
 
     def maps(
         self, d: DesiredCollection, actual: ActualCollection | None, facts: CollectionFacts | None
@@ -771,7 +780,7 @@ class _Planner:
                     if mname in unused
                     else "no longer in the object"
                 )
-                self.add(Op.DELETE, "map", d.name, mname, gone, src)
+                self.add(Op.DELETE, Kind.MAP, d.name, mname, gone, src)
                 continue
             if mo is not None and mo.source_from is not None:
                 sf = mo.source_from
@@ -787,12 +796,12 @@ class _Planner:
                     if (sf.collection, smap) in self.recreated:
                         self.recreated.add((d.name, mname))
                 if old is None:
-                    self.add(Op.CREATE, "map", d.name, mname, f"substituted: uses {what}", src)
+                    self.add(Op.CREATE, Kind.MAP, d.name, mname, f"substituted: uses {what}", src)
                 elif old.source != key or (d.name, mname) in self.recreated:
                     self.recreated.add((d.name, mname))
-                    self.add(Op.REPLACE, "map", d.name, mname, f"now uses {what}", src)
+                    self.add(Op.REPLACE, Kind.MAP, d.name, mname, f"now uses {what}", src)
                 else:
-                    self.add(Op.NOOP, "map", d.name, mname, f"substituted: uses {what}", src)
+                    self.add(Op.NOOP, Kind.MAP, d.name, mname, f"substituted: uses {what}", src)
                 continue
             new_shape = facts.maps.get(mname) if facts is not None else None
             drifted = actual is not None and actual.drifted("map", mname)
@@ -804,7 +813,7 @@ class _Planner:
                 if old is None or old.source:
                     self.add(
                         Op.NOOP,
-                        "map",
+                        Kind.MAP,
                         d.name,
                         mname,
                         "not kept: no loaded program uses it and nothing pins it (pin: true "
@@ -814,7 +823,7 @@ class _Planner:
                 else:
                     self.add(
                         Op.DELETE,
-                        "map",
+                        Kind.MAP,
                         d.name,
                         mname,
                         f"map id {old.id} is not kept: no loaded program uses it and nothing "
@@ -827,13 +836,13 @@ class _Planner:
                 pinned = f", pinned ({why})"
             if old is None or old.source:
                 self.recreated.add((d.name, mname))
-                self.add(Op.CREATE, "map", d.name, mname, "new map" + pinned, src)
+                self.add(Op.CREATE, Kind.MAP, d.name, mname, "new map" + pinned, src)
             elif mo is not None and mo.preserve and not drifted:
                 diff = old.shape.difference(new_shape) if new_shape is not None else None
                 if diff is None:
                     self.add(
                         Op.NOOP,
-                        "map",
+                        Kind.MAP,
                         d.name,
                         mname,
                         f"preserved: live map (id {old.id}) is handed to generation {gen}",
@@ -843,7 +852,7 @@ class _Planner:
                     self.recreated.add((d.name, mname))
                     self.add(
                         Op.REPLACE,
-                        "map",
+                        Kind.MAP,
                         d.name,
                         mname,
                         f"preserved map is incompatible ({diff}): recreated, its contents are "
@@ -862,7 +871,7 @@ class _Planner:
                 self.recreated.add((d.name, mname))
                 self.add(
                     Op.REPLACE,
-                    "map",
+                    Kind.MAP,
                     d.name,
                     mname,
                     "preserved map is gone (drift): recreated empty",
@@ -872,7 +881,7 @@ class _Planner:
                 self.recreated.add((d.name, mname))
                 self.add(
                     Op.REPLACE,
-                    "map",
+                    Kind.MAP,
                     d.name,
                     mname,
                     f"not preserved: recreated with generation {gen}" + pinned,
@@ -895,18 +904,18 @@ class _Planner:
             names = set(old) | {a.program for a in d.attach}
         for pname in sorted(names | set(old)):
             if pname not in names:
-                self.add(Op.DELETE, "program", d.name, pname, "no longer loaded", d.source)
+                self.add(Op.DELETE, Kind.PROGRAM, d.name, pname, "no longer loaded", d.source)
             elif pname in old:
                 self.add(
                     Op.REPLACE,
-                    "program",
+                    Kind.PROGRAM,
                     d.name,
                     pname,
                     f"reloaded (new program id): {why}",
                     d.source,
                 )
             else:
-                self.add(Op.CREATE, "program", d.name, pname, "new program", d.source)
+                self.add(Op.CREATE, Kind.PROGRAM, d.name, pname, "new program", d.source)
 
     def attachments(
         self,
@@ -940,7 +949,7 @@ class _Planner:
                     if key in reattach:
                         self.add(
                             Op.REPLACE,
-                            "attachment",
+                            Kind.ATTACHMENT,
                             d.name,
                             key,
                             f"{reattach[key]}: {_xdp_reattach(ra, a)}",
@@ -949,7 +958,7 @@ class _Planner:
                         continue
                     self.add(
                         Op.UPDATE,
-                        "attachment",
+                        Kind.ATTACHMENT,
                         d.name,
                         key,
                         f"link {ra.link_id} switched from {ra.program} to {a.program} in place "
@@ -967,29 +976,39 @@ class _Planner:
                 why = reattach.get(key)
                 if why is not None and kind == "xdp":
                     self.add(
-                        Op.REPLACE, "attachment", d.name, key, f"{why}: {_xdp_reattach(ra, a)}", src
+                        Op.REPLACE,
+                        Kind.ATTACHMENT,
+                        d.name,
+                        key,
+                        f"{why}: {_xdp_reattach(ra, a)}",
+                        src,
                     )
                 elif why is not None:
                     self.add(
-                        Op.REPLACE, "attachment", d.name, key, f"{why}: {_tc_reattach(ra, a)}", src
+                        Op.REPLACE,
+                        Kind.ATTACHMENT,
+                        d.name,
+                        key,
+                        f"{why}: {_tc_reattach(ra, a)}",
+                        src,
                     )
                 elif reuse and ra.program == a.program and a.program not in fresh:
                     if changes:
                         self.add(
                             Op.UPDATE,
-                            "attachment",
+                            Kind.ATTACHMENT,
                             d.name,
                             key,
                             f"{'; '.join(changes)} (recorded: link {ra.link_id} stays as it is)",
                             src,
                         )
                     else:
-                        self.add(Op.NOOP, "attachment", d.name, key, f"link {ra.link_id}", src)
+                        self.add(Op.NOOP, Kind.ATTACHMENT, d.name, key, f"link {ra.link_id}", src)
                 elif kind in IN_PLACE_KINDS:
                     also = f"; {'; '.join(changes)}" if changes else ""
                     self.add(
                         Op.UPDATE,
-                        "attachment",
+                        Kind.ATTACHMENT,
                         d.name,
                         key,
                         f"link {ra.link_id} switched to the new program in place "
@@ -999,7 +1018,7 @@ class _Planner:
                 else:
                     self.add(
                         Op.REPLACE,
-                        "attachment",
+                        Kind.ATTACHMENT,
                         d.name,
                         key,
                         f"make-before-break: a new {kind} link is attached before link "
@@ -1012,11 +1031,11 @@ class _Planner:
             if take_over is not None:
                 # our own link is gone (drift): re-attach in its place (-/+), else ~
                 op = Op.REPLACE if ra is not None else Op.UPDATE
-                self.add(op, "attachment", d.name, key, take_over, src)
+                self.add(op, Kind.ATTACHMENT, d.name, key, take_over, src)
             elif ra is not None:
                 self.add(
                     Op.REPLACE,
-                    "attachment",
+                    Kind.ATTACHMENT,
                     d.name,
                     key,
                     f"re-attach: link {ra.link_id} is gone or detached (drift)",
@@ -1025,7 +1044,7 @@ class _Planner:
             else:
                 self.add(
                     Op.CREATE,
-                    "attachment",
+                    Kind.ATTACHMENT,
                     d.name,
                     key,
                     f"attach {a.program} to {_describe_target(a.target)}",
@@ -1035,7 +1054,7 @@ class _Planner:
             if key not in seen:
                 self.add(
                     Op.DELETE,
-                    "attachment",
+                    Kind.ATTACHMENT,
                     d.name,
                     key,
                     f"no longer declared: link {ra.link_id} is detached",
@@ -1120,21 +1139,23 @@ def blocked_message(f: Foreign) -> str:
 def delete_collection(changes: list[Change], rec: CollectionRecord, why: str) -> None:
     """Append the changes that destroy ``rec`` (its attachments first)."""
     changes.append(
-        Change(Op.DELETE, "collection", rec.name, rec.name, f"{why} (generation {rec.generation})")
+        Change(
+            Op.DELETE, Kind.COLLECTION, rec.name, rec.name, f"{why} (generation {rec.generation})"
+        )
     )
     for key, ra in sorted(rec.attachments.items()):
         changes.append(
-            Change(Op.DELETE, "attachment", rec.name, key, f"link {ra.link_id} is detached")
+            Change(Op.DELETE, Kind.ATTACHMENT, rec.name, key, f"link {ra.link_id} is detached")
         )
     for pname, pr in sorted(rec.programs.items()):
-        changes.append(Change(Op.DELETE, "program", rec.name, pname, f"program id {pr.id}"))
+        changes.append(Change(Op.DELETE, Kind.PROGRAM, rec.name, pname, f"program id {pr.id}"))
     for mname, mr in sorted(rec.maps.items()):
         if mr.source:
             continue
         why_map = f"map id {mr.id}"
         if mr.preserve:
             why_map += ", preserved: its contents are deleted with it"
-        changes.append(Change(Op.DELETE, "map", rec.name, mname, why_map))
+        changes.append(Change(Op.DELETE, Kind.MAP, rec.name, mname, why_map))
 
 
 def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> Plan:

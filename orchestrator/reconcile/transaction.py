@@ -126,6 +126,7 @@ from orchestrator.reconcile.owner import (
     release_root,
 )
 from orchestrator.reconcile.plan import (
+    Kind,
     Op,
     PinRules,
     Plan,
@@ -411,7 +412,7 @@ class Transaction:
                     sources[mname] = f"collection/{sf.collection}/{smap}"
                 replacements[mname] = m
                 continue
-            change = self.changes.get((name, "map", mname))
+            change = self.changes.get((name, Kind.MAP, mname))
             if (
                 mo.preserve
                 and rec is not None
@@ -479,7 +480,7 @@ class Transaction:
             if mr.source:
                 carried[mname] = mr
                 continue
-            change = self.changes.get((name, "map", mname))
+            change = self.changes.get((name, Kind.MAP, mname))
             if change is not None and change.op is Op.DELETE:
                 continue  # freed with the old tree
             if self.pins.reason(name, mname, mr.shape) is None:
@@ -497,7 +498,8 @@ class Transaction:
         fresh = sorted(
             pname
             for pname in rec.programs
-            if (c := self.changes.get((name, "program", pname))) is not None and c.op is Op.REPLACE
+            if (c := self.changes.get((name, Kind.PROGRAM, pname))) is not None
+            and c.op is Op.REPLACE
         )
         if fresh:
             programs.update(self._fresh(name, rec, maps, programs, fresh))
@@ -578,7 +580,7 @@ class Transaction:
                     f"{a.program} is not loaded (add it to programs:)",
                     collection=name,
                 )
-            change = self.changes.get((name, "attachment", key))
+            change = self.changes.get((name, Kind.ATTACHMENT, key))
             pin = st.dir / "links" / link_pin_name(a)
             kind = target_kind(a.target)
             if change is not None and change.op is Op.NOOP and ac is not None:

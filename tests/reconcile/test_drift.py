@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.ebpf import Map
 from orchestrator.ebpf import link as links
-from orchestrator.reconcile import Op, Reconciler
+from orchestrator.reconcile import Kind, Op, Reconciler
 from tests.conftest import ROOT, require_tool
 from tests.failpoints import OnStep
 from tests.netns import UdpReceiver, VethPair, send_udp
@@ -87,7 +87,7 @@ def test_restart_adopts_and_detects_a_detached_xdp_link(
     p = r.plan(env.desired())
     assert p.collection_op("xdp-counter") is Op.UPDATE
     assert "repair drift" in p.changes[0].reason
-    att = p.of("xdp-counter", "attachment")[0]
+    att = p.of("xdp-counter", Kind.ATTACHMENT)[0]
     assert att.op is Op.REPLACE and "re-attach" in att.reason
 
     r.apply(env.desired())
@@ -188,7 +188,7 @@ def test_whole_tree_removed_is_rebuilt(env: Env, veth: VethPair, fd_guard: None)
     st = r.status().get("xdp-counter")
     assert st is not None and st.condition == "Degraded"
     p = r.plan(env.desired())
-    counters = p.change("xdp-counter", "map", "counters")
+    counters = p.change("xdp-counter", Kind.MAP, "counters")
     assert counters is not None and counters.op is Op.REPLACE
     assert "recreated empty" in counters.reason
     r.apply(env.desired())

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.ebpf import Map
 from orchestrator.ebpf import link as links
-from orchestrator.reconcile import ApplyError, Op
+from orchestrator.reconcile import ApplyError, Kind, Op
 from tests.netns import UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, pins_under
 
@@ -136,7 +136,7 @@ def test_raw_tracepoint_uprobe_and_netns_links(
 
     hooks_manifest(env, obj, veth, gen=2)
     p = r.plan(env.desired())
-    ops = {c.name.split("@")[1].split(":")[0]: c for c in p.of("hooks", "attachment")}
+    ops = {c.name.split("@")[1].split(":")[0]: c for c in p.of("hooks", Kind.ATTACHMENT)}
     assert (
         ops["raw_tracepoint"].op is Op.REPLACE
         and "make-before-break" in ops["raw_tracepoint"].reason
@@ -194,7 +194,7 @@ def test_program_swap_on_one_xdp_hook_is_in_place(env: Env, veth: VethPair, fd_g
         assert rx.drain() == 1
         manifest("tail_drop")
         p = r.plan(env.desired())
-        (att,) = p.of("tail", "attachment")
+        (att,) = p.of("tail", Kind.ATTACHMENT)
         assert att.op is Op.UPDATE and "from tail_pass to tail_drop" in att.reason
         r.apply(env.desired())
         st = r.status().get("tail")

@@ -17,7 +17,7 @@ import pytest
 from orchestrator import ebpf
 from orchestrator.ebpf import Map, Program
 from orchestrator.manifest import ManifestError
-from orchestrator.reconcile import Op
+from orchestrator.reconcile import Kind, Op
 from tests import maptypes
 from tests.conftest import BPF_DIR
 from tests.reconcile.conftest import Env, map_alive
@@ -78,7 +78,7 @@ def test_preserve_keeps_every_map_type(
 
     manifest(env, "keep", obj, gen=2, maps="{m: {preserve: true}}")
     p = r.plan(env.desired())
-    line = p.change("keep", "map", "m")
+    line = p.change("keep", Kind.MAP, "m")
     assert line is not None and line.op is Op.NOOP and "preserved" in line.reason
     r.apply(env.desired())
     st = r.status().get("keep")
@@ -294,7 +294,7 @@ def test_unpinned_maps_are_reached_through_their_programs(
     r = env.reconciler()
     manifest(env, "plain", obj)
     p = r.plan(env.desired())
-    m_line, unused_line = p.change("plain", "map", "m"), p.change("plain", "map", "unused")
+    m_line, unused_line = p.change("plain", Kind.MAP, "m"), p.change("plain", Kind.MAP, "unused")
     assert m_line is not None and "not pinned (its programs hold it)" in m_line.reason
     assert unused_line is not None and unused_line.op is Op.NOOP
     assert "not kept: no loaded program uses it" in unused_line.reason
@@ -330,13 +330,13 @@ def test_toggling_pin_pins_and_unpins_in_place(
 
     manifest(env, "tog", obj, maps="{m: {pin: true}}")
     p = r.plan(env.desired())
-    line = p.change("tog", "map", "m")
+    line = p.change("tog", Kind.MAP, "m")
     assert line is not None and line.op is Op.UPDATE and line.reason.startswith("pin:")
     assert str(line) == (
         f"~ map tog/m: pin: live map (id {ids[1]}) is pinned at maps/m in place (pin: true); "
         "nothing is reloaded"
     )
-    prog_line = p.change("tog", "program", "user")
+    prog_line = p.change("tog", Kind.PROGRAM, "user")
     assert prog_line is not None and prog_line.op is Op.NOOP
     assert p.counts() == (0, 1, 0)
     r.apply(env.desired())
@@ -350,7 +350,7 @@ def test_toggling_pin_pins_and_unpins_in_place(
 
     manifest(env, "tog", obj, maps="{m: {pin: false}}")
     p = r.plan(env.desired())
-    line = p.change("tog", "map", "m")
+    line = p.change("tog", Kind.MAP, "m")
     assert line is not None and line.op is Op.UPDATE and line.reason.startswith("unpin:")
     r.apply(env.desired())
     st = r.status().get("tog")
@@ -378,7 +378,7 @@ def test_pins_are_observed(env: Env, compile_bpf: Build, fd_guard: None) -> None
     assert st is not None and st.condition == "Drifted"
     assert "unexpected pin maps/m" in st.message
     p = r.plan(env.desired())
-    line = p.change("obs", "map", "m")
+    line = p.change("obs", Kind.MAP, "m")
     assert line is not None and line.op is Op.UPDATE and "is removed (drift)" in line.reason
     r.apply(env.desired())
     st = r.status().get("obs")
@@ -411,7 +411,7 @@ def test_a_substitution_source_is_pinned_in_place(
 
     manifest(env, "user", obj, maps="{m: {from: {collection: owner, map: m}}}")
     p = r.plan(env.desired())
-    line = p.change("owner", "map", "m")
+    line = p.change("owner", Kind.MAP, "m")
     assert line is not None and line.op is Op.UPDATE
     assert "(collection user uses it (from))" in line.reason
     r.apply(env.desired())
@@ -425,7 +425,7 @@ def test_a_substitution_source_is_pinned_in_place(
 
     env.remove("user")
     p = r.plan(env.desired(), prune=True)
-    line = p.change("owner", "map", "m")
+    line = p.change("owner", Kind.MAP, "m")
     assert line is not None and line.op is Op.UPDATE and line.reason.startswith("unpin:")
     r.apply(env.desired(), prune=True)
     owner = r.status().get("owner")
@@ -505,7 +505,7 @@ def test_tail_calls_work_after_the_applying_process_is_gone(env: Env, fd_guard: 
           object: {BPF_DIR}/tailcall.o
         """,
     )
-    line = env.reconciler().plan(env.desired()).change("tail", "map", "jump_table")
+    line = env.reconciler().plan(env.desired()).change("tail", Kind.MAP, "jump_table")
     assert line is not None and "pinned (a prog array is always pinned" in line.reason
     argv = ["--bpffs-root", str(env.root), "--state-dir", str(env.state_dir)]
     subprocess.run(
@@ -553,7 +553,7 @@ def test_maps_holding_timers_are_pinned(env: Env, compile_bpf: Build, fd_guard: 
     from tests.reconcile.test_drift import apply_in_subprocess
 
     manifest(env, "tm", compile_bpf(TIMERS))
-    line = env.reconciler().plan(env.desired()).change("tm", "map", "timers")
+    line = env.reconciler().plan(env.desired()).change("tm", Kind.MAP, "timers")
     assert line is not None and "pinned (its values hold timers" in line.reason
     apply_in_subprocess(env)
     assert pin_of(env, "tm", "timers").exists()
@@ -662,7 +662,7 @@ def test_a_from_map_that_is_not_its_sources_is_drift(
     assert user is not None and user.condition == "Drifted"
     assert f"uses map id {owner_id + 1000}, but owner/m is map id {owner_id}" in user.message
     p = r.plan(env.desired())
-    assert p.change("user", "program", "user").op is Op.REPLACE  # type: ignore[union-attr]
+    assert p.change("user", Kind.PROGRAM, "user").op is Op.REPLACE  # type: ignore[union-attr]
     r.apply(env.desired())
     user = r.status().get("user")
     assert user is not None and user.condition == "Ready" and user.map("m").id == owner_id

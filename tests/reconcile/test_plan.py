@@ -24,6 +24,7 @@ from orchestrator.reconcile import (
     Drift,
     Facts,
     Foreign,
+    Kind,
     MapRecord,
     MapShape,
     Op,
@@ -118,10 +119,10 @@ def test_create_everything_for_a_new_collection() -> None:
     att = Attachment("prog", XDP)
     p = plan(desired(coll("a", attach=(att,))), actual(facts=facts_for("a")))
     assert ops(p) == [
-        ("collection", "a", "a", Op.CREATE),
-        ("map", "a", "counters", Op.CREATE),
-        ("program", "a", "prog", Op.CREATE),
-        ("attachment", "a", att.key(), Op.CREATE),
+        (Kind.COLLECTION, "a", "a", Op.CREATE),
+        (Kind.MAP, "a", "counters", Op.CREATE),
+        (Kind.PROGRAM, "a", "prog", Op.CREATE),
+        (Kind.ATTACHMENT, "a", att.key(), Op.CREATE),
     ]
     assert p.counts() == (3, 0, 0)
     assert p.has_changes and not p.problems
@@ -130,7 +131,7 @@ def test_create_everything_for_a_new_collection() -> None:
 
 def test_equal_digest_and_no_drift_is_a_noop() -> None:
     p = plan(desired(coll("a")), actual(record("a", generation=4)))
-    assert ops(p) == [("collection", "a", "a", Op.NOOP)]
+    assert ops(p) == [(Kind.COLLECTION, "a", "a", Op.NOOP)]
     assert not p.has_changes
     assert p.counts() == (0, 0, 0)
     assert "generation 4" in p.changes[0].reason
@@ -150,22 +151,22 @@ def test_changed_digest_replaces_programs_and_updates_xdp_in_place() -> None:
     d = coll("a", "d2", maps={"counters": MapOptions("counters", preserve=True)}, attach=(xdp, tp))
     p = plan(desired(d), actual(rec, facts=facts_for("a")))
     got = {(c.kind, c.name): c for c in p.changes}
-    assert got[("collection", "a")].op is Op.UPDATE
-    assert "generation 2 -> 3" in got[("collection", "a")].reason
-    assert got[("program", "prog")].op is Op.REPLACE
-    assert got[("map", "counters")].op is Op.NOOP
-    assert "preserved" in got[("map", "counters")].reason
-    assert got[("attachment", xdp.key())].op is Op.UPDATE
-    assert "BPF_LINK_UPDATE" in got[("attachment", xdp.key())].reason
-    assert got[("attachment", tp.key())].op is Op.REPLACE
-    assert "make-before-break" in got[("attachment", tp.key())].reason
+    assert got[(Kind.COLLECTION, "a")].op is Op.UPDATE
+    assert "generation 2 -> 3" in got[(Kind.COLLECTION, "a")].reason
+    assert got[(Kind.PROGRAM, "prog")].op is Op.REPLACE
+    assert got[(Kind.MAP, "counters")].op is Op.NOOP
+    assert "preserved" in got[(Kind.MAP, "counters")].reason
+    assert got[(Kind.ATTACHMENT, xdp.key())].op is Op.UPDATE
+    assert "BPF_LINK_UPDATE" in got[(Kind.ATTACHMENT, xdp.key())].reason
+    assert got[(Kind.ATTACHMENT, tp.key())].op is Op.REPLACE
+    assert "make-before-break" in got[(Kind.ATTACHMENT, tp.key())].reason
     # program -/+ (1 add 1 destroy), xdp ~, tracepoint -/+
     assert p.counts() == (2, 1, 2)
 
 
 def test_non_preserved_map_is_recreated() -> None:
     p = plan(desired(coll("a", "d2")), actual(record("a"), facts=facts_for("a")))
-    c = p.change("a", "map", "counters")
+    c = p.change("a", Kind.MAP, "counters")
     assert c is not None and c.op is Op.REPLACE and "not preserved" in c.reason
 
 
@@ -190,7 +191,7 @@ def test_incompatible_preserved_map_is_a_problem_unless_recreate() -> None:
         actual(record("a"), facts=facts_for("a", shape=bigger)),
     )
     assert not p.problems
-    c = p.change("a", "map", "counters")
+    c = p.change("a", Kind.MAP, "counters")
     assert c is not None and c.op is Op.REPLACE and "contents are lost" in c.reason
 
 
@@ -206,7 +207,7 @@ def test_dependencies_come_first_and_follow_recreated_maps() -> None:
     p = plan(
         desired(user, owner), actual(record("owner"), rec_user, facts=facts_for("owner", "user"))
     )
-    colls = [c.collection for c in p.changes if c.kind == "collection"]
+    colls = [c.collection for c in p.changes if c.kind is Kind.COLLECTION]
     assert colls == ["owner", "user"]
     # the owner's map is recreated, so the user (same digest) must reload too
     assert p.collection_op("user") is Op.UPDATE
@@ -230,7 +231,7 @@ def test_prune_deletes_dependents_first_and_only_with_prune() -> None:
     p = plan(desired(), actual(a, b))
     assert p.changes == () and not p.has_changes
     p = plan(desired(), actual(a, b), prune=True)
-    colls = [c.collection for c in p.changes if c.kind == "collection"]
+    colls = [c.collection for c in p.changes if c.kind is Kind.COLLECTION]
     assert colls == ["b", "a"]
     assert all(c.op is Op.DELETE for c in p.changes)
     assert p.counts() == (0, 0, 4)  # two programs, two maps
@@ -243,13 +244,13 @@ def test_drift_is_repaired_by_reattaching() -> None:
     p = plan(desired(coll("a", attach=(xdp,))), actual(rec, drift=drift, facts=facts_for("a")))
     assert p.collection_op("a") is Op.UPDATE
     assert "repair drift" in p.changes[0].reason
-    c = p.change("a", "attachment", xdp.key())
+    c = p.change("a", Kind.ATTACHMENT, xdp.key())
     assert c is not None and c.op is Op.REPLACE and "re-attach" in c.reason
 
     # a live link that runs another program is switched in place
     drift = {"a": (Drift("attachment", xdp.key(), "runs 9", "program"),)}
     p = plan(desired(coll("a", attach=(xdp,))), actual(rec, drift=drift, facts=facts_for("a")))
-    c = p.change("a", "attachment", xdp.key())
+    c = p.change("a", Kind.ATTACHMENT, xdp.key())
     assert c is not None and c.op is Op.UPDATE
 
 
@@ -306,8 +307,8 @@ def test_removed_attachment_and_program_are_deleted() -> None:
         "a", progs=("prog", "old"), atts=(AttachmentRecord(xdp.key(), "prog", "xdp", 7, "links/x"),)
     )
     p = plan(desired(coll("a", "d2")), actual(rec, facts=facts_for("a")))
-    assert p.change("a", "attachment", xdp.key()).op is Op.DELETE  # type: ignore[union-attr]
-    assert p.change("a", "program", "old").op is Op.DELETE  # type: ignore[union-attr]
+    assert p.change("a", Kind.ATTACHMENT, xdp.key()).op is Op.DELETE  # type: ignore[union-attr]
+    assert p.change("a", Kind.PROGRAM, "old").op is Op.DELETE  # type: ignore[union-attr]
 
 
 def test_foreign_entries_block_their_collection_and_are_never_deleted() -> None:
@@ -324,7 +325,7 @@ def test_foreign_entries_block_their_collection_and_are_never_deleted() -> None:
         "never follows, changes or removes it (remove or rename it if it is yours, or give "
         "the collection another name)"
     ]
-    assert p.change("b", "collection", "b") is not None  # a foreign symlink inside: no block
+    assert p.change("b", Kind.COLLECTION, "b") is not None  # a foreign symlink inside: no block
     assert p.foreign == (lookalike, link, inside) and p.adopted == ("b",)
     assert p.to_json()["foreign"][1] == {  # type: ignore[index]
         "path": "/r/a", "what": "symlink to /elsewhere", "collection": "a"
@@ -333,8 +334,8 @@ def test_foreign_entries_block_their_collection_and_are_never_deleted() -> None:
     # prune never deletes a look-alike; a recorded collection whose directory became foreign
     # is a problem, not a delete
     p = plan(desired(), actual(record("a"), ownership=own), prune=True)
-    assert p.change("zombie", "collection", "zombie") is None
-    assert p.change("a", "collection", "a") is None
+    assert p.change("zombie", Kind.COLLECTION, "zombie") is None
+    assert p.change("a", Kind.COLLECTION, "a") is None
     assert "/r/a is not bpforch's" in str(p.problems[0])
     d = plan_destroy(actual(record("a"), ownership=own), None)
     assert not d.has_changes and "/r/a is not bpforch's" in str(d.problems[0])
@@ -348,7 +349,7 @@ def test_foreign_entries_block_their_collection_and_are_never_deleted() -> None:
 
     a, b = record("a"), record("b", deps=("a",))
     d = plan_destroy(actual(a, b), None)
-    assert [c.collection for c in d.changes if c.kind == "collection"] == ["b", "a"]
+    assert [c.collection for c in d.changes if c.kind is Kind.COLLECTION] == ["b", "a"]
     d = plan_destroy(actual(a, b), ["nope"])
     assert "not applied by bpforch" in str(d.problems[0])
 
@@ -384,7 +385,7 @@ def test_destroy_refuses_to_strand_a_dependent() -> None:
     assert "collection b uses its maps" in str(d.problems[0])
     d = plan_destroy(actual(a, b), ["b", "a"])
     assert not d.problems
-    assert [c.collection for c in d.changes if c.kind == "collection"] == ["b", "a"]
+    assert [c.collection for c in d.changes if c.kind is Kind.COLLECTION] == ["b", "a"]
 
 
 def test_same_load_key_keeps_programs_and_maps() -> None:
@@ -408,19 +409,19 @@ def test_same_load_key_keeps_programs_and_maps() -> None:
     assert p.collection_op("a") is Op.UPDATE and "kept" in p.changes[0].reason
     got = {(c.kind, c.name): c.op for c in p.changes[1:]}
     assert got == {
-        ("map", "counters"): Op.NOOP,
-        ("program", "prog"): Op.NOOP,
-        ("attachment", xdp.key()): Op.NOOP,
-        ("attachment", tp.key()): Op.CREATE,
+        (Kind.MAP, "counters"): Op.NOOP,
+        (Kind.PROGRAM, "prog"): Op.NOOP,
+        (Kind.ATTACHMENT, xdp.key()): Op.NOOP,
+        (Kind.ATTACHMENT, tp.key()): Op.CREATE,
     }
     # other constants: another load key, the programs are reloaded
     d2 = dataclasses.replace(d, constants={"version": 2})
     p = plan(desired(d2), actual(rec, facts=facts))
-    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
+    assert p.change("a", Kind.PROGRAM, "prog").op is Op.REPLACE  # type: ignore[union-attr]
     # a drifted program pin: reloaded too
     drift = {"a": (Drift("program", "prog", "pin progs/prog is missing"),)}
     p = plan(desired(d), actual(rec, facts=facts, drift=drift))
-    assert p.change("a", "program", "prog").op is Op.REPLACE  # type: ignore[union-attr]
+    assert p.change("a", Kind.PROGRAM, "prog").op is Op.REPLACE  # type: ignore[union-attr]
 
 
 def test_without_a_digest_a_collection_is_always_reapplied() -> None:
@@ -483,7 +484,7 @@ def test_new_maps_say_whether_they_are_pinned_or_not_kept() -> None:
         }
     )
     p = plan(desired(coll("a")), actual(facts=facts))
-    reasons = {c.name: (c.op, c.reason) for c in p.of("a", "map")}
+    reasons = {c.name: (c.op, c.reason) for c in p.of("a", Kind.MAP)}
     assert reasons["counters"] == (Op.CREATE, "new map, not pinned (its programs hold it)")
     assert (
         reasons["jump"][0] is Op.CREATE and "pinned (a prog array is always" in reasons["jump"][1]
@@ -519,13 +520,13 @@ def test_a_new_from_pins_the_source_in_place() -> None:
     )
     p = plan(desired(owner, user), actual(rec, facts=facts))
     assert p.collection_op("a") is Op.UPDATE and "kept" in p.changes[0].reason
-    line = p.change("a", "map", "counters")
+    line = p.change("a", Kind.MAP, "counters")
     assert line is not None and line.op is Op.UPDATE
     assert str(line) == (
         "~ map a/counters: pin: live map (id 10) is pinned at maps/counters in place "
         "(collection b uses it (from)); nothing is reloaded"
     )
-    assert p.change("a", "program", "prog").op is Op.NOOP  # type: ignore[union-attr]
+    assert p.change("a", Kind.PROGRAM, "prog").op is Op.NOOP  # type: ignore[union-attr]
 
     pinned = CollectionRecord(
         **{
@@ -534,7 +535,7 @@ def test_a_new_from_pins_the_source_in_place() -> None:
         }
     )
     p = plan(desired(owner), actual(pinned, facts=facts))
-    line = p.change("a", "map", "counters")
+    line = p.change("a", Kind.MAP, "counters")
     assert line is not None and line.op is Op.UPDATE and line.reason.startswith("unpin:")
     # nothing holds it: unpinning frees it
     facts_unheld = Facts(
@@ -545,7 +546,7 @@ def test_a_new_from_pins_the_source_in_place() -> None:
         }
     )
     p = plan(desired(owner), actual(pinned, facts=facts_unheld))
-    line = p.change("a", "map", "counters")
+    line = p.change("a", Kind.MAP, "counters")
     assert line is not None and line.op is Op.DELETE and "freed" in line.reason
 
 
@@ -574,7 +575,7 @@ def test_records_from_before_pins_had_a_meaning_are_kept() -> None:
     )
     p = plan(desired(d), actual(old, facts=facts))
     assert "programs and maps are kept" in p.changes[0].reason
-    line = p.change("a", "map", "counters")
+    line = p.change("a", Kind.MAP, "counters")
     assert line is not None and line.op is Op.UPDATE and line.reason.startswith("unpin:")
 
 
@@ -625,13 +626,13 @@ char LICENSE[] SEC("license") = "GPL";
         }
     )
     p = plan(desired(bound), actual(facts=facts))
-    assert [c.name for c in p.changes if c.kind == "map"] == ["named", "used"]
+    assert [c.name for c in p.changes if c.kind is Kind.MAP] == ["named", "used"]
     old = record(
         "a",
         maps={n: MapRecord(n, 10 + i, ARRAY, f"maps/{n}") for i, n in enumerate(shapes)}
         | {"other": MapRecord("other", 20, ARRAY, "maps/other")},
     )
     p = plan(desired(replace(bound, digest="d2")), actual(old, facts=facts))
-    c = p.change("a", "map", "other")
+    c = p.change("a", Kind.MAP, "other")
     assert c is not None and c.op is Op.DELETE
     assert c.reason == "no program in spec.programs uses it"

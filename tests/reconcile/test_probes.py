@@ -16,7 +16,7 @@ from orchestrator.ebpf import Link, Map, _sys, features
 from orchestrator.ebpf import link as _links
 from orchestrator.ebpf._sys import AttachType, ProgType
 from orchestrator.manifest.errors import ManifestError
-from orchestrator.reconcile import Op
+from orchestrator.reconcile import Kind, Op
 from tests.reconcile.conftest import Env, link_alive, pins_under
 
 pytestmark = pytest.mark.kernel
@@ -82,7 +82,7 @@ def test_tp_btf_plans_applies_and_runs(
     r = env.reconciler()
     p = r.plan(env.desired())
     assert not p.problems, [str(x) for x in p.problems]
-    assert p.change("runqlat", "attachment", "on_switch@raw_tracepoint:sched_switch") is not None
+    assert p.change("runqlat", Kind.ATTACHMENT, "on_switch@raw_tracepoint:sched_switch") is not None
     r.apply(env.desired())
 
     (c,) = r.status().collections

@@ -11,7 +11,7 @@ import pytest
 from orchestrator import ebpf
 from orchestrator.ebpf import Map, Program
 from orchestrator.ebpf import link as links
-from orchestrator.reconcile import ApplyError, Op, PlanError
+from orchestrator.reconcile import ApplyError, Kind, Op, PlanError
 from tests.conftest import BPF_DIR
 from tests.failpoints import OnStep
 from tests.netns import UdpReceiver, VethPair, send_udp
@@ -69,7 +69,7 @@ def test_take_over_replaces_a_netlink_program(
     r = env.reconciler()
     p = r.plan(env.desired())
     assert p.problems == ()
-    (change,) = [c for c in p.changes if c.kind == "attachment"]
+    (change,) = [c for c in p.changes if c.kind is Kind.ATTACHMENT]
     assert change.op is Op.UPDATE
     assert f"take over XDP program {foreign} (xdp_count) attached by someone else" in change.reason
     assert "runs no XDP program for a moment" in change.reason

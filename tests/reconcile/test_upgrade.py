@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ebpf import Map
-from orchestrator.reconcile import Op
+from orchestrator.reconcile import Kind, Op
 from tests.netns import Cgroup, UdpReceiver, UdpStream, VethPair
 from tests.reconcile.conftest import Env, prog_alive
 from tests.reconcile.test_apply import tp_manifest, xdp_manifest
@@ -35,7 +35,9 @@ def test_upgrade_under_traffic_loses_nothing(env: Env, veth: VethPair, fd_guard:
                 xdp_manifest(env, veth, version=version)
                 result = r.apply(env.desired())
                 change = result.plan.change(
-                    "xdp-counter", "attachment", result.plan.of("xdp-counter", "attachment")[0].name
+                    "xdp-counter",
+                    Kind.ATTACHMENT,
+                    result.plan.of("xdp-counter", Kind.ATTACHMENT)[0].name,
                 )
                 assert change is not None and change.op is Op.UPDATE
                 st = r.status().get("xdp-counter")
@@ -86,7 +88,7 @@ def test_tracepoint_upgrade_is_make_before_break(env: Env, fd_guard: None) -> No
             text.replace("{calls: {pin: true}}", "{calls: {pin: true, max_entries: 2}}"),
         )
         p = r.plan(env.desired())
-        att = p.of("tp-counter", "attachment")[0]
+        att = p.of("tp-counter", Kind.ATTACHMENT)[0]
         assert att.op is Op.REPLACE and "make-before-break" in att.reason
         r.apply(env.desired())
         st = r.status().get("tp-counter")
@@ -136,8 +138,8 @@ def test_metadata_or_attachment_changes_keep_programs_and_maps(
     )
     env.write("xdp-counter", text + extra)
     p = r.plan(env.desired())
-    created = [c for c in p.changes if c.op is not Op.NOOP and c.kind != "collection"]
-    assert [(c.kind, c.op) for c in created] == [("attachment", Op.CREATE)]
+    created = [c for c in p.changes if c.op is not Op.NOOP and c.kind is not Kind.COLLECTION]
+    assert [(c.kind, c.op) for c in created] == [(Kind.ATTACHMENT, Op.CREATE)]
     r.apply(env.desired())
     st = r.status().get("xdp-counter")
     assert st is not None and st.condition == "Ready" and len(st.attachments) == 2
@@ -225,7 +227,7 @@ def test_cgroup_link_is_switched_in_place(env: Env, cgroup: Cgroup, fd_guard: No
     bigger = "{egress_stats: {pin: true, max_entries: 4}}"
     env.write("cgroup-egress", text.replace("{egress_stats: {pin: true}}", bigger))
     p = r.plan(env.desired())
-    assert p.of("cgroup-egress", "attachment")[0].op is Op.UPDATE
+    assert p.of("cgroup-egress", Kind.ATTACHMENT)[0].op is Op.UPDATE
     r.apply(env.desired())
     st = r.status().get("cgroup-egress")
     assert st is not None and st.condition == "Ready"
@@ -271,7 +273,7 @@ def test_incompatible_preserved_map_is_refused_unless_recreate(
         ),
     )
     p = r.plan(env.desired())
-    c = p.change("xdp-counter", "map", "counters")
+    c = p.change("xdp-counter", Kind.MAP, "counters")
     assert c is not None and c.op is Op.REPLACE and "contents are lost" in c.reason
     r.apply(env.desired())
     st = r.status().get("xdp-counter")
