@@ -43,7 +43,7 @@ from orchestrator.reconcile.errors import (
     StateError,
 )
 from orchestrator.reconcile.failpoints import STEPS, Failpoints, NoFailpoints, Step
-from orchestrator.reconcile.plan import Change, Kind, Op, Plan, Problem, plan, plan_destroy
+from orchestrator.reconcile.plan import Change, Kind, Op, Plan, PlanProblem, plan, plan_destroy
 from orchestrator.reconcile.reconciler import (
     DEFAULT_BPFFS_ROOT,
     DEFAULT_STATE_DIR,
@@ -94,7 +94,7 @@ __all__ = [
     "Ownership",
     "Plan",
     "PlanError",
-    "Problem",
+    "PlanProblem",
     "ProgramRecord",
     "ProgramStatus",
     "ReconcileError",

@@ -107,7 +107,7 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class PlanProblem:
     """A reason the plan cannot be applied, found before touching anything."""
 
     collection: str
@@ -134,7 +134,7 @@ class Plan:
     adopted from their ownership markers because no record listed them (``adopted``)."""
 
     changes: tuple[Change, ...] = ()
-    problems: tuple[Problem, ...] = ()
+    problems: tuple[PlanProblem, ...] = ()
     garbage: tuple[Path, ...] = ()
     # updated collections whose live programs and maps stay (only attachments or metadata
     # changed)
@@ -184,7 +184,8 @@ class Plan:
                 return c
         return None
 
-    def of(self, collection: str, kind: Kind) -> list[Change]:
+    def changes_for(self, collection: str, kind: Kind) -> list[Change]:
+        """The lines of one kind about one collection, in plan order."""
         return [c for c in self.changes if c.collection == collection and c.kind == kind]
 
     def summary(self) -> str:
@@ -534,7 +535,7 @@ class _Planner:
         self.actual = actual
         self.prune = prune
         self.changes: list[Change] = []
-        self.problems: list[Problem] = []
+        self.problems: list[PlanProblem] = []
         # (collection, map) whose kernel object changes in this apply
         self.recreated: set[tuple[str, str]] = set()
         self.kept: set[str] = set()
@@ -547,7 +548,7 @@ class _Planner:
         }
 
     def problem(self, coll: str, message: str, source: Source | None) -> None:
-        self.problems.append(Problem(coll, message, source))
+        self.problems.append(PlanProblem(coll, message, source))
 
     def add(
         self, op: Op, kind: Kind, coll: str, name: str, reason: str, source: Source | None
@@ -1181,7 +1182,7 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
     """The plan that destroys ``names`` (every recorded collection if None), dependents
     first. Unknown names are problems."""
     changes: list[Change] = []
-    problems: list[Problem] = []
+    problems: list[PlanProblem] = []
     blocked = {f.collection: f for f in actual.foreign if f.collection}
     if names is None:
         chosen = dict(actual.collections)
@@ -1192,14 +1193,14 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
                 chosen[n] = actual.collections[n]
             elif n in blocked:
                 problems.append(
-                    Problem(n, f"not applied by bpforch: {blocked_message(blocked[n])}")
+                    PlanProblem(n, f"not applied by bpforch: {blocked_message(blocked[n])}")
                 )
             else:
                 known = ", ".join(sorted(actual.collections)) or "none"
-                problems.append(Problem(n, f"not applied by bpforch (applied: {known})"))
+                problems.append(PlanProblem(n, f"not applied by bpforch (applied: {known})"))
     for n in sorted(chosen):
         if n in blocked:
-            problems.append(Problem(n, blocked_message(blocked[n])))
+            problems.append(PlanProblem(n, blocked_message(blocked[n])))
             del chosen[n]
     for name, c in sorted(actual.collections.items()):
         if name in chosen:
@@ -1207,7 +1208,7 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
         for dep in c.record.depends_on:
             if dep in chosen:
                 problems.append(
-                    Problem(
+                    PlanProblem(
                         dep,
                         f"collection {name} uses its maps (destroy {name} too, or first)",
                     )

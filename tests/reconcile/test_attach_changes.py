@@ -82,12 +82,12 @@ def test_xdp_mode_change_re_attaches_and_the_kernel_confirms_it(
 
     xdp_manifest(env, veth, "native")
     p = r.plan(env.desired())
-    (att,) = p.of("xdp", Kind.ATTACHMENT)
+    (att,) = p.changes_for("xdp", Kind.ATTACHMENT)
     assert att.op is Op.REPLACE
     assert att.reason.startswith("xdp mode generic -> native: re-attach: link ")
     assert "the interface runs no XDP program for a moment" in att.reason
     assert p.counts() == (1, 0, 1)
-    (prog,) = p.of("xdp", Kind.PROGRAM)
+    (prog,) = p.changes_for("xdp", Kind.PROGRAM)
     assert prog.op is Op.NOOP  # the program stays: only its link is made anew
 
     result = r.apply(env.desired())
@@ -100,7 +100,7 @@ def test_xdp_mode_change_re_attaches_and_the_kernel_confirms_it(
 
     # and back: native -> generic
     xdp_manifest(env, veth, "generic")
-    (att,) = r.plan(env.desired()).of("xdp", Kind.ATTACHMENT)
+    (att,) = r.plan(env.desired()).changes_for("xdp", Kind.ATTACHMENT)
     assert att.op is Op.REPLACE and att.reason.startswith("xdp mode native -> generic")
     r.apply(env.desired())
     assert kernel_xdp(veth).mode == "generic"
@@ -126,7 +126,7 @@ def test_a_mode_the_kernel_already_runs_is_recorded_without_a_re_attach(
     # auto accepts the mode the link runs in; take_over only matters when attaching
     xdp_manifest(env, veth, "auto", take_over=True)
     p = r.plan(env.desired())
-    (att,) = p.of("xdp", Kind.ATTACHMENT)
+    (att,) = p.changes_for("xdp", Kind.ATTACHMENT)
     assert att.op is Op.UPDATE
     assert att.reason == (
         f"xdp mode generic -> auto; xdp take_over false -> true (recorded: link {link_id} "
@@ -210,7 +210,7 @@ def test_observe_reads_the_xdp_mode_from_the_kernel(
         st.message
     )
     p = r.plan(env.desired())
-    (att_change,) = p.of("xdp", Kind.ATTACHMENT)
+    (att_change,) = p.changes_for("xdp", Kind.ATTACHMENT)
     assert att_change.op is Op.REPLACE and "repair drift" in att_change.reason
     r.apply(env.desired())
     assert kernel_xdp(veth).mode == "generic"
@@ -291,16 +291,16 @@ def test_swapping_the_tcx_order_attaches_a_fresh_instance_make_before_break(
 
     tc_manifest(env, obj, veth, ("tc_b", ""), ("tc_a", ", before: tc_b"))
     p = r.plan(env.desired())
-    atts = {c.name.split("@")[0]: c for c in p.of("tcx", Kind.ATTACHMENT)}
+    atts = {c.name.split("@")[0]: c for c in p.changes_for("tcx", Kind.ATTACHMENT)}
     assert atts["tc_a"].op is Op.REPLACE
     assert atts["tc_a"].reason.startswith("tc position appended -> before tc_b: make-before-break")
     assert "a new program instance runs beside the old one for a moment" in atts["tc_a"].reason
     assert atts["tc_b"].op is Op.UPDATE
     assert atts["tc_b"].reason.startswith("tc before tc_a -> (none) (recorded: link")
-    progs = {c.name: c for c in p.of("tcx", Kind.PROGRAM)}
+    progs = {c.name: c for c in p.changes_for("tcx", Kind.PROGRAM)}
     assert progs["tc_a"].op is Op.REPLACE and "new instance" in progs["tc_a"].reason
     assert progs["tc_b"].op is Op.NOOP
-    assert all(c.op is Op.NOOP for c in p.of("tcx", Kind.MAP))
+    assert all(c.op is Op.NOOP for c in p.changes_for("tcx", Kind.MAP))
 
     r.apply(env.desired())
     assert hook_order(r, veth) == ["tc_a", "tc_b"]
@@ -326,7 +326,7 @@ def test_swapping_the_tcx_order_attaches_a_fresh_instance_make_before_break(
     # and with after: tc_b after tc_a is where it already runs, yet it is placed anew
     tc_manifest(env, obj, veth, ("tc_a", ""), ("tc_b", ", after: tc_a"))
     p = r.plan(env.desired())
-    atts = {c.name.split("@")[0]: c for c in p.of("tcx", Kind.ATTACHMENT)}
+    atts = {c.name.split("@")[0]: c for c in p.changes_for("tcx", Kind.ATTACHMENT)}
     assert atts["tc_b"].op is Op.REPLACE and "appended -> after tc_a" in atts["tc_b"].reason
     r.apply(env.desired())
     assert hook_order(r, veth) == ["tc_a", "tc_b"]
@@ -352,7 +352,7 @@ def test_a_re_attached_anchor_takes_the_links_placed_next_to_it_along(
     st = r.status().get("tcx")
     assert st is not None and st.condition == "Degraded"
     p = r.plan(env.desired())
-    atts = {c.name.split("@")[0]: c for c in p.of("tcx", Kind.ATTACHMENT)}
+    atts = {c.name.split("@")[0]: c for c in p.changes_for("tcx", Kind.ATTACHMENT)}
     assert atts["tc_a"].op is Op.REPLACE and "re-attach" in atts["tc_a"].reason
     assert atts["tc_b"].op is Op.REPLACE
     assert atts["tc_b"].reason.startswith("tc_a is attached anew, so this link is placed after")

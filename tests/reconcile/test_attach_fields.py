@@ -464,7 +464,7 @@ def test_a_changed_field_is_planned_applied_and_confirmed_by_the_kernel(
     world.manifest(case.after)
     p = r.plan(world.env.desired())
     assert not p.problems, [str(x) for x in p.problems]
-    changes = [c for c in p.of("fields", Kind.ATTACHMENT) if c.op is not Op.NOOP]
+    changes = [c for c in p.changes_for("fields", Kind.ATTACHMENT) if c.op is not Op.NOOP]
     assert changes, f"{case.field}: the plan shows no attachment change:\n{p}"
     ops = {c.op for c in changes}
     if case.new_key:

@@ -87,7 +87,7 @@ def test_restart_adopts_and_detects_a_detached_xdp_link(
     p = r.plan(env.desired())
     assert p.collection_op("xdp-counter") is Op.UPDATE
     assert "repair drift" in p.changes[0].reason
-    att = p.of("xdp-counter", Kind.ATTACHMENT)[0]
+    att = p.changes_for("xdp-counter", Kind.ATTACHMENT)[0]
     assert att.op is Op.REPLACE and "re-attach" in att.reason
 
     r.apply(env.desired())

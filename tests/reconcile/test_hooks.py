@@ -136,7 +136,7 @@ def test_raw_tracepoint_uprobe_and_netns_links(
 
     hooks_manifest(env, obj, veth, gen=2)
     p = r.plan(env.desired())
-    ops = {c.name.split("@")[1].split(":")[0]: c for c in p.of("hooks", Kind.ATTACHMENT)}
+    ops = {c.name.split("@")[1].split(":")[0]: c for c in p.changes_for("hooks", Kind.ATTACHMENT)}
     assert (
         ops["raw_tracepoint"].op is Op.REPLACE
         and "make-before-break" in ops["raw_tracepoint"].reason
@@ -194,7 +194,7 @@ def test_program_swap_on_one_xdp_hook_is_in_place(env: Env, veth: VethPair, fd_g
         assert rx.drain() == 1
         manifest("tail_drop")
         p = r.plan(env.desired())
-        (att,) = p.of("tail", Kind.ATTACHMENT)
+        (att,) = p.changes_for("tail", Kind.ATTACHMENT)
         assert att.op is Op.UPDATE and "from tail_pass to tail_drop" in att.reason
         r.apply(env.desired())
         st = r.status().get("tail")

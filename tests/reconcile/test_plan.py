@@ -484,7 +484,7 @@ def test_new_maps_say_whether_they_are_pinned_or_not_kept() -> None:
         }
     )
     p = plan(desired(coll("a")), actual(facts=facts))
-    reasons = {c.name: (c.op, c.reason) for c in p.of("a", Kind.MAP)}
+    reasons = {c.name: (c.op, c.reason) for c in p.changes_for("a", Kind.MAP)}
     assert reasons["counters"] == (Op.CREATE, "new map, not pinned (its programs hold it)")
     assert (
         reasons["jump"][0] is Op.CREATE and "pinned (a prog array is always" in reasons["jump"][1]

@@ -101,7 +101,7 @@ def test_an_xdp_mode_change_is_a_re_attach_with_its_gap() -> None:
     assert c.op is Op.REPLACE
     assert c.reason.startswith("xdp mode generic -> native: re-attach: link 7 is detached")
     assert "the interface runs no XDP program for a moment" in c.reason
-    assert {x.op for x in p.of("a", Kind.PROGRAM)} == {Op.NOOP}  # programs are kept
+    assert {x.op for x in p.changes_for("a", Kind.PROGRAM)} == {Op.NOOP}  # programs are kept
     assert p.kept == frozenset({"a"})
 
     # the same change when the programs are reloaded: still a re-attach, not an update
@@ -148,7 +148,7 @@ def test_a_new_tcx_position_attaches_a_fresh_instance_and_dropping_it_keeps_the_
     q_change = change(p, two_plain.key())
     assert q_change.op is Op.UPDATE
     assert q_change.reason == "tc before p -> (none) (recorded: link 2 stays as it is)"
-    progs = {c.name: c for c in p.of("a", Kind.PROGRAM)}
+    progs = {c.name: c for c in p.changes_for("a", Kind.PROGRAM)}
     assert progs["p"].op is Op.REPLACE and progs["p"].reason.startswith("new instance (replaces id")
     assert progs["q"].op is Op.NOOP
     assert p.counts() == (2, 1, 2)  # a program and a link replaced, one link recorded
@@ -165,7 +165,7 @@ def test_links_placed_next_to_a_re_attached_anchor_are_placed_again() -> None:
     q = change(p, two.key())
     assert q.op is Op.REPLACE
     assert q.reason.startswith("p is attached anew, so this link is placed after it again")
-    progs = {c.name: c.op for c in p.of("a", Kind.PROGRAM)}
+    progs = {c.name: c.op for c in p.changes_for("a", Kind.PROGRAM)}
     assert progs == {"p": Op.NOOP, "q": Op.REPLACE}  # p's link is new anyway: q needs one
 
 

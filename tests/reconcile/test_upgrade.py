@@ -37,7 +37,7 @@ def test_upgrade_under_traffic_loses_nothing(env: Env, veth: VethPair, fd_guard:
                 change = result.plan.change(
                     "xdp-counter",
                     Kind.ATTACHMENT,
-                    result.plan.of("xdp-counter", Kind.ATTACHMENT)[0].name,
+                    result.plan.changes_for("xdp-counter", Kind.ATTACHMENT)[0].name,
                 )
                 assert change is not None and change.op is Op.UPDATE
                 st = r.status().get("xdp-counter")
@@ -88,7 +88,7 @@ def test_tracepoint_upgrade_is_make_before_break(env: Env, fd_guard: None) -> No
             text.replace("{calls: {pin: true}}", "{calls: {pin: true, max_entries: 2}}"),
         )
         p = r.plan(env.desired())
-        att = p.of("tp-counter", Kind.ATTACHMENT)[0]
+        att = p.changes_for("tp-counter", Kind.ATTACHMENT)[0]
         assert att.op is Op.REPLACE and "make-before-break" in att.reason
         r.apply(env.desired())
         st = r.status().get("tp-counter")
@@ -227,7 +227,7 @@ def test_cgroup_link_is_switched_in_place(env: Env, cgroup: Cgroup, fd_guard: No
     bigger = "{egress_stats: {pin: true, max_entries: 4}}"
     env.write("cgroup-egress", text.replace("{egress_stats: {pin: true}}", bigger))
     p = r.plan(env.desired())
-    assert p.of("cgroup-egress", Kind.ATTACHMENT)[0].op is Op.UPDATE
+    assert p.changes_for("cgroup-egress", Kind.ATTACHMENT)[0].op is Op.UPDATE
     r.apply(env.desired())
     st = r.status().get("cgroup-egress")
     assert st is not None and st.condition == "Ready"
