@@ -684,6 +684,26 @@ def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules | None 
     return pins is not None and bool(pins.changes(d, a.record))
 
 
+def _may_change(
+    desired: DesiredState, actual: ActualState, pins: PinRules
+) -> list[DesiredCollection]:
+    """The collections that :func:`needs_work`, and those that take a map (``from``) from
+    one of them, transitively: when that map is recreated, they are reloaded too, and the
+    plan reads their objects like any other reload's."""
+    work = {n for n, d in desired.collections.items() if needs_work(d, actual, pins)}
+    grew = True
+    while grew:
+        grew = False
+        for name, d in desired.collections.items():
+            if name not in work and any(
+                mo.source_from is not None and mo.source_from.collection in work
+                for mo in d.maps.values()
+            ):
+                work.add(name)
+                grew = True
+    return [d for n, d in desired.collections.items() if n in work]
+
+
 def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape]:
     """The shape of every map ``d`` creates, after ``max_entries`` overrides: all of the
     object's, or with a program binding only what the bound programs and the maps the
@@ -906,10 +926,7 @@ def gather_facts(
     colls: dict[str, CollectionFacts] = {}
     targets: dict[str, TargetFacts] = {}
     pinned: dict[Path, str | None] = {}
-    todo: Iterable[DesiredCollection] = (
-        d for d in desired.collections.values() if needs_work(d, actual, pins)
-    )
-    for d in todo:
+    for d in _may_change(desired, actual, pins):
         colls[d.name] = _collection_facts(d, objects)
         for a in d.attach:
             key = a.target.key()

@@ -667,3 +667,50 @@ def test_a_from_map_that_is_not_its_sources_is_drift(
     user = r.status().get("user")
     assert user is not None and user.condition == "Ready" and user.map("m").id == owner_id
     assert owner_id in map_ids(env, "user")
+
+
+def test_a_user_of_a_recreated_map_is_planned_from_its_object(
+    env: Env, compile_bpf: Build, fd_guard: None
+) -> None:
+    """A collection whose manifest did not change is reloaded when a map it takes from
+    another collection is recreated; its plan lines come from its object like any other
+    reload (a map nothing holds or pins is "not kept", a pinned one is recreated at its
+    pin), and the apply does what they say."""
+    owner_obj = compile_bpf(HASH_SOURCE)
+    user_obj = compile_bpf(
+        HASH_SOURCE.replace(
+            "char LICENSE",
+            "struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); "
+            '__type(value, __u32); __uint(max_entries, 1); } mine SEC(".maps"), '
+            'unused SEC(".maps");\n\nchar LICENSE',
+        )
+    )
+    r = env.reconciler()
+    manifest(env, "owner", owner_obj)
+    manifest(
+        env, "user", user_obj, maps="{m: {from: {collection: owner, map: m}}, mine: {pin: true}}"
+    )
+    r.apply(env.desired())
+    before = r.status().get("user")
+    assert before is not None and before.condition == "Ready"
+
+    manifest(env, "owner", owner_obj, gen=2)  # its map m is not preserved: recreated
+    p = r.plan(env.desired())
+    head = p.change("user", Kind.COLLECTION, "user")
+    assert head is not None and head.op is Op.UPDATE
+    assert "map m follows owner/m, which is recreated" in head.reason
+    unused = p.change("user", Kind.MAP, "unused")
+    assert unused is not None and unused.op is Op.NOOP and "not kept" in unused.reason
+    mine = p.change("user", Kind.MAP, "mine")
+    assert mine is not None and mine.op is Op.REPLACE and "pinned (pin: true)" in mine.reason
+    r.apply(env.desired())
+    status = r.status()
+    owner, user = status.get("owner"), status.get("user")
+    assert owner is not None and user is not None and user.condition == "Ready"
+    assert user.map("m").id == owner.map("m").id != before.map("m").id
+    assert owner.map("m").id in map_ids(env, "user")
+    assert user.map("mine").id != before.map("mine").id
+    with Map.from_pin(pin_of(env, "user", "mine")) as pinned:
+        assert pinned.id == user.map("mine").id
+    assert [m.name for m in user.maps if m.name == "unused"] == []
+    assert not r.plan(env.desired()).has_changes
