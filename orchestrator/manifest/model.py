@@ -68,7 +68,7 @@ class MapOptions:
 
     ``pin``: pin the map at ``<root>/<collection>/maps/<name>``; without a pin the map is
     reached through the programs that use it. Some maps are pinned whatever ``pin`` says
-    (see :func:`orchestrator.reconcile.plan.pin_reason`): preserved maps, maps another
+    (see :func:`orchestrator.reconcile.rules.pin_reason`): preserved maps, maps another
     collection substitutes (``from``), prog arrays (the kernel empties a prog array when no
     pin or fd holds it) and maps whose values hold timers. ``pin_given``: whether the
     manifest spelled ``pin`` (an explicit ``pin: false`` on a map that must be pinned is an

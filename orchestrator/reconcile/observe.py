@@ -54,7 +54,7 @@ from orchestrator.reconcile.owner import (
     root_token,
     staging_verdict,
 )
-from orchestrator.reconcile.plan import PinRules
+from orchestrator.reconcile.rules import PinRules
 from orchestrator.reconcile.state import (
     ActualCollection,
     ActualState,

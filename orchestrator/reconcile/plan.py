@@ -11,99 +11,48 @@ Conventions follow the ones users know from terraform: ``+`` create, ``~`` updat
 from __future__ import annotations
 
 import dataclasses
-import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.manifest.model import (
     Attachment,
-    CgroupTarget,
     DesiredCollection,
     DesiredState,
-    NetnsTarget,
     OnIncompatible,
-    RawTracepointTarget,
     Source,
-    Target,
     TcTarget,
-    TracepointTarget,
-    UprobeTarget,
     XdpTarget,
 )
+from orchestrator.reconcile.actions import Change, Kind, Op
 from orchestrator.reconcile.budget import budget_warnings, recorded
+from orchestrator.reconcile.rules import (
+    PinRules,
+    describe_target,
+    field_changes,
+    load_key,
+    pin_file,
+    pin_reason,
+    previous_link,
+    reattached,
+    source_key,
+    target_fields,
+    target_kind,
+    tc_reattach,
+    topo_order,
+    xdp_reattach,
+)
 from orchestrator.reconcile.state import (
     IN_PLACE_KINDS,
     ActualCollection,
     ActualState,
-    AttachmentRecord,
     CollectionFacts,
     CollectionRecord,
     Foreign,
-    MapShape,
-    TargetValue,
 )
 
-
-class Op(enum.Enum):
-    CREATE = "create"
-    UPDATE = "update"  # in place
-    REPLACE = "replace"  # -/+
-    DELETE = "delete"
-    NOOP = "noop"
-
-    @property
-    def symbol(self) -> str:
-        return _SYMBOLS[self]
-
-
-_SYMBOLS = {
-    Op.CREATE: "+",
-    Op.UPDATE: "~",
-    Op.REPLACE: "-/+",
-    Op.DELETE: "-",
-    Op.NOOP: " ",
-}
-
-
-class Kind(enum.Enum):
-    """What a line of the plan is about."""
-
-    COLLECTION = "collection"
-    MAP = "map"
-    PROGRAM = "program"
-    ATTACHMENT = "attachment"
-
-
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One line of the plan. ``kind`` says what it is about; ``name`` the map/program name,
-    the attachment key, or the collection name again."""
-
-    op: Op
-    kind: Kind
-    collection: str
-    name: str
-    reason: str
-    source: Source | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        what = self.collection if self.kind is Kind.COLLECTION else f"{self.collection}/{self.name}"
-        return f"{self.op.symbol} {self.kind.value} {what}: {self.reason}"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "op": self.op.value,
-            "kind": self.kind.value,
-            "collection": self.collection,
-            "name": self.name,
-            "reason": self.reason,
-            "source": str(self.source) if self.source is not None else None,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,319 +159,6 @@ class Plan:
         lines += [f"error: {p}" for p in self.problems]
         lines.append(self.summary())
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def target_kind(target: Target) -> str:
-    """The link kind of a target, as stored in the record."""
-    if isinstance(target, XdpTarget):
-        return "xdp"
-    if isinstance(target, TcTarget):
-        return "tc"
-    if isinstance(target, CgroupTarget):
-        return "cgroup"
-    if isinstance(target, TracepointTarget):
-        return "tracepoint"
-    if isinstance(target, RawTracepointTarget):
-        return "raw_tracepoint"
-    if isinstance(target, UprobeTarget):
-        return "uretprobe" if target.retprobe else "uprobe"
-    if isinstance(target, NetnsTarget):
-        return "netns"
-    raise TypeError(f"unknown target {target!r}")
-
-
-def _describe_target(target: Target) -> str:
-    if isinstance(target, XdpTarget):
-        ns = f" in {target.netns}" if target.netns else ""
-        return f"interface {target.interface}{ns}"
-    if isinstance(target, TcTarget):
-        ns = f" in {target.netns}" if target.netns else ""
-        return f"interface {target.interface}{ns} ({target.direction.value})"
-    if isinstance(target, CgroupTarget):
-        return f"cgroup {target.path}"
-    return target.key()
-
-
-def load_key(d: DesiredCollection, object_sha256: str, *, legacy: bool = False) -> str:
-    """What the loaded programs and maps of ``d`` depend on, as a digest: the object, the
-    constants, the map options and the program binding (not labels, not attachments).
-
-    ``pin`` is not part of it (pinning and unpinning a live map needs no reload), and
-    neither are maps whose other options are all defaults (``m: {pin: true}`` is no map
-    option). ``legacy``: the key as records written before that change hold it (``pin``
-    and every named map included), so those collections are kept, not reloaded, the first
-    time their pins are brought in line."""
-    import hashlib
-    import json
-
-    maps = {
-        name: ([mo.pin] if legacy else [])
-        + [
-            mo.preserve,
-            mo.max_entries,
-            mo.on_incompatible.value,
-            None
-            if mo.source_from is None
-            else [mo.source_from.collection, mo.source_from.map, str(mo.source_from.pinned)],
-        ]
-        for name, mo in sorted(d.maps.items())
-        if legacy
-        or mo.preserve
-        or mo.max_entries is not None
-        or mo.on_incompatible is not OnIncompatible.FAIL
-        or mo.source_from is not None
-    }
-    doc = [
-        object_sha256,
-        str(d.object_file),
-        sorted((k, repr(v)) for k, v in d.constants.items()),
-        maps,
-        list(d.programs) if d.programs is not None else None,
-    ]
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def previous_link(
-    d: DesiredCollection, old: Mapping[str, AttachmentRecord], key: str, kind: str
-) -> AttachmentRecord | None:
-    """For a new xdp or netns attachment: the recorded link of this collection on the same
-    hook whose program is no longer attached there (the program was renamed or swapped).
-    Such a hook takes one program, so that link is switched in place instead of attaching a
-    second one (which the kernel refuses with EBUSY/EEXIST)."""
-    if kind not in ("xdp", "netns"):
-        return None
-    hook = key.split("@", 1)[1]
-    wanted = {a.key() for a in d.attach}
-    for ra in old.values():
-        if ra.key not in wanted and ra.key.split("@", 1)[1] == hook:
-            return ra
-    return None
-
-
-def target_fields(target: Target) -> dict[str, TargetValue]:
-    """Every field of a target as a JSON value (paths as text, enums by value, unset fields
-    None): what the record keeps of an attachment and what a plan compares field by field."""
-    out: dict[str, TargetValue] = {}
-    for f in fields(target):
-        value = getattr(target, f.name)
-        if isinstance(value, enum.Enum):
-            value = value.value
-        elif isinstance(value, Path):
-            value = str(value)
-        out[f.name] = value
-    return out
-
-
-def _shown(value: TargetValue) -> str:
-    if value is None:
-        return "(none)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def field_changes(ra: AttachmentRecord, target: Target) -> list[str]:
-    """The fields of ``target`` that differ from what ``ra`` recorded, as "xdp mode
-    generic -> native" (nothing for records that kept no fields)."""
-    if ra.target is None:
-        return []
-    kind = "xdp" if isinstance(target, XdpTarget) else ra.kind
-    new = target_fields(target)
-    return [
-        f"{kind} {name} {_shown(ra.target.get(name))} -> {_shown(value)}"
-        for name, value in new.items()
-        if ra.target.get(name) != value
-    ]
-
-
-def _xdp_mode_change(ra: AttachmentRecord, t: XdpTarget, actual: ActualCollection) -> str | None:
-    """Why an XDP link must be attached anew for its mode, or None. The mode a link runs
-    in is fixed when it is made; ``auto`` accepts whatever mode the kernel chose."""
-    for x in actual.drift:
-        if x.kind == "attachment" and x.name == ra.key and x.code == "mode":
-            return f"repair drift: {x.message}"
-    want = t.mode.value
-    # the kernel's mode as observed when the link was made; else the declared one
-    have = ra.mode or (ra.target or {}).get("mode")
-    if want == "auto" or have is None or have == want:
-        return None
-    return f"xdp mode {have} -> {want}"
-
-
-def _tc_position_change(ra: AttachmentRecord, t: TcTarget, actual: ActualCollection) -> str | None:
-    """Why a tcx link must be placed anew, or None. Dropping before/after keeps the link
-    where it is."""
-    for x in actual.drift:
-        if x.kind == "attachment" and x.name == ra.key and x.code == "order":
-            return f"repair drift: {x.message}"
-    if ra.target is None or (t.before is None and t.after is None):
-        return None
-    was = (ra.target.get("before"), ra.target.get("after"))
-    if was == (t.before, t.after):
-        return None
-    old = f"before {was[0]}" if was[0] else f"after {was[1]}" if was[1] else "appended"
-    new = f"before {t.before}" if t.before else f"after {t.after}"
-    return f"tc position {old} -> {new}"
-
-
-def reattached(d: DesiredCollection, actual: ActualCollection | None) -> dict[str, str]:
-    """Attachment key -> why its live link is replaced by a new link on the same hook: an
-    XDP mode (the kernel cannot change it in place), a tcx position (a link cannot move),
-    or a tcx link placed relative to one that is itself attached anew."""
-    if actual is None:
-        return {}
-    old = actual.record.attachments
-
-    def gone(key: str) -> bool:
-        return key not in old or actual.drifted(
-            "attachment", key, "missing", "replaced", "detached"
-        )
-
-    out: dict[str, str] = {}
-    for a in d.attach:
-        key = a.key()
-        ra = old.get(key)
-        if ra is None and isinstance(a.target, XdpTarget):
-            ra = previous_link(d, old, key, "xdp")
-        if ra is None or gone(ra.key):
-            continue
-        why = None
-        if isinstance(a.target, XdpTarget):
-            why = _xdp_mode_change(ra, a.target, actual)
-        elif isinstance(a.target, TcTarget):
-            why = _tc_position_change(ra, a.target, actual)
-        if why is not None:
-            out[key] = why
-    changed = True
-    while changed:
-        changed = False
-        for a in d.attach:
-            t = a.target
-            if not isinstance(t, TcTarget):
-                continue
-            anchor = t.before or t.after
-            if anchor is None or a.key() in out or gone(a.key()):
-                continue
-            if f"{anchor}@{t.key()}" in out or gone(f"{anchor}@{t.key()}"):
-                rel = "before" if t.before else "after"
-                out[a.key()] = f"{anchor} is attached anew, so this link is placed {rel} it again"
-                changed = True
-    return out
-
-
-def _xdp_reattach(ra: AttachmentRecord, a: Attachment) -> str:
-    assert isinstance(a.target, XdpTarget)
-    return (
-        f"re-attach: link {ra.link_id} is detached, then {a.program} is attached in "
-        f"{a.target.mode.value} mode by a new link (an XDP link's mode is fixed, and native "
-        "and generic programs cannot share an interface: the interface runs no XDP program "
-        "for a moment)"
-    )
-
-
-def _tc_reattach(ra: AttachmentRecord, a: Attachment) -> str:
-    assert isinstance(a.target, TcTarget)
-    t = a.target
-    where = f"before {t.before}" if t.before else f"after {t.after}" if t.after else "last"
-    return (
-        f"make-before-break: {a.program} is attached {where} by a new link, then link "
-        f"{ra.link_id} is detached (a tcx link cannot move and a hook takes a program once: "
-        "a new program instance runs beside the old one for a moment)"
-    )
-
-
-def topo_order(deps: Mapping[str, Iterable[str]]) -> tuple[list[str], list[str]]:
-    """Names ordered so that each comes after what it depends on (ties by name), and the
-    names caught in a cycle (appended last)."""
-    remaining = {n: {d for d in ds if d in deps and d != n} for n, ds in deps.items()}
-    out: list[str] = []
-    while remaining:
-        ready = sorted(n for n, ds in remaining.items() if not ds)
-        if not ready:
-            cyclic = sorted(remaining)
-            return out + cyclic, cyclic
-        for n in ready:
-            out.append(n)
-            del remaining[n]
-        for ds in remaining.values():
-            ds.difference_update(ready)
-    return out, []
-
-
-def _pin_file(name: str) -> str:
-    """A map name as a bpffs file name (bpffs refuses dots)."""
-    return name.replace(".", "_")
-
-
-def _source_key(collection: str | None, map_name: str, pinned: Path | None) -> str:
-    if pinned is not None:
-        return f"pinned:{pinned}"
-    return f"collection/{collection}/{map_name}"
-
-
-PROG_ARRAY = 3  # BPF_MAP_TYPE_PROG_ARRAY (plan imports nothing from the loader)
-
-
-class PinRules:
-    """Which maps of a desired state are pinned at ``maps/<name>`` (see :meth:`reason`).
-    Built once per desired state: the index of ``from`` substitutions is made here, so a
-    question costs a few dict lookups however many collections there are."""
-
-    def __init__(self, desired: DesiredState) -> None:
-        self.desired = desired
-        users: dict[tuple[str, str], list[str]] = {}
-        for d in desired.collections.values():
-            for mo in d.maps.values():
-                sf = mo.source_from
-                if sf is not None and sf.collection is not None:
-                    users.setdefault((sf.collection, sf.map or mo.name), []).append(d.name)
-        self.users = {k: sorted(v) for k, v in users.items()}
-
-    def reason(self, coll: str, mname: str, shape: MapShape | None) -> str | None:
-        """Why map ``mname`` (of shape ``shape``) of collection ``coll`` is pinned at
-        ``maps/<name>``, or None if it is not (its programs hold it). A map is pinned when
-        the manifest says ``pin: true``, and whatever it says when it is preserved (the next
-        generation opens it there), when another collection substitutes it (``from``: that
-        collection opens it there), when it is a prog array (the kernel empties a prog array
-        when no pin or fd holds it, and the tail calls through it stop) or when its values
-        hold timers (the kernel cancels them, and bpf_timer_init fails with EPERM, without a
-        pin or fd). A substituted map is someone else's: never pinned by us."""
-        d = self.desired.collections.get(coll)
-        mo = d.maps.get(mname) if d is not None else None
-        if mo is not None and mo.source_from is not None:
-            return None
-        if mo is not None and mo.preserve:
-            return "preserve: true"
-        if mo is not None and mo.pin:
-            return "pin: true"
-        if shape is not None and shape.type == PROG_ARRAY:
-            return "a prog array is always pinned: the kernel empties it when nothing holds it"
-        if shape is not None and shape.timers:
-            return "its values hold timers: the kernel cancels them when nothing holds the map"
-        users = self.users.get((coll, mname))
-        if users is not None:
-            return f"collection {', '.join(users)} uses it (from)"
-        return None
-
-    def changes(self, d: DesiredCollection, rec: CollectionRecord) -> dict[str, str | None]:
-        """The recorded maps of ``d`` whose pin must be added (name -> why) or removed (name
-        -> None); a pure function of the record and the manifests."""
-        out: dict[str, str | None] = {}
-        for mname, mr in rec.maps.items():
-            if mr.source:
-                continue
-            why = self.reason(d.name, mname, mr.shape)
-            if (why is not None) != bool(mr.pin):
-                out[mname] = why
-        return out
-
-
-def pin_reason(desired: DesiredState, coll: str, mname: str, shape: MapShape | None) -> str | None:
-    """:meth:`PinRules.reason` for one question (build a :class:`PinRules` for many)."""
-    return PinRules(desired).reason(coll, mname, shape)
 
 
 # ---------------------------------------------------------------------------- plan
@@ -712,7 +348,7 @@ class _Planner:
                     Kind.MAP,
                     d.name,
                     mname,
-                    f"unpin: the pin maps/{_pin_file(mname)} that the manifest does not ask for "
+                    f"unpin: the pin maps/{pin_file(mname)} that the manifest does not ask for "
                     f"is removed (drift); the map (id {mr.id}) stays with its programs",
                     src,
                 )
@@ -724,7 +360,7 @@ class _Planner:
                     Kind.MAP,
                     d.name,
                     mname,
-                    f"pin: live map (id {mr.id}) is pinned at maps/{_pin_file(mname)} in place "
+                    f"pin: live map (id {mr.id}) is pinned at maps/{pin_file(mname)} in place "
                     f"({why}); nothing is reloaded",
                     src,
                 )
@@ -786,7 +422,7 @@ class _Planner:
             if mo is not None and mo.source_from is not None:
                 sf = mo.source_from
                 smap = sf.map or mname
-                key = _source_key(sf.collection, smap, sf.pinned)
+                key = source_key(sf.collection, smap, sf.pinned)
                 if sf.pinned is not None:
                     what = f"pinned map {sf.pinned}"
                     prob = self.actual.facts.pinned.get(sf.pinned)
@@ -953,7 +589,7 @@ class _Planner:
                             Kind.ATTACHMENT,
                             d.name,
                             key,
-                            f"{reattach[key]}: {_xdp_reattach(ra, a)}",
+                            f"{reattach[key]}: {xdp_reattach(ra, a)}",
                             src,
                         )
                         continue
@@ -981,7 +617,7 @@ class _Planner:
                         Kind.ATTACHMENT,
                         d.name,
                         key,
-                        f"{why}: {_xdp_reattach(ra, a)}",
+                        f"{why}: {xdp_reattach(ra, a)}",
                         src,
                     )
                 elif why is not None:
@@ -990,7 +626,7 @@ class _Planner:
                         Kind.ATTACHMENT,
                         d.name,
                         key,
-                        f"{why}: {_tc_reattach(ra, a)}",
+                        f"{why}: {tc_reattach(ra, a)}",
                         src,
                     )
                 elif reuse and ra.program == a.program and a.program not in fresh:
@@ -1048,7 +684,7 @@ class _Planner:
                     Kind.ATTACHMENT,
                     d.name,
                     key,
-                    f"attach {a.program} to {_describe_target(a.target)}",
+                    f"attach {a.program} to {describe_target(a.target)}",
                     src,
                 )
         for key, ra in sorted(old.items()):
@@ -1080,7 +716,7 @@ class _Planner:
         if owner is not None and owner != d.name:
             self.problem(
                 d.name,
-                f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
+                f"attachment {a.key()}: {describe_target(a.target)} already runs xdp "
                 f"program{name} (id {tf.xdp_prog_id}) of collection {owner}; an interface "
                 f"takes one xdp program (remove it from {owner} in an apply of its own first)",
                 src,
@@ -1088,7 +724,7 @@ class _Planner:
         elif owner is None and a.target.take_over and tf.xdp_link_id:
             self.problem(
                 d.name,
-                f"attachment {a.key()}: {_describe_target(a.target)} runs xdp program{name} "
+                f"attachment {a.key()}: {describe_target(a.target)} runs xdp program{name} "
                 f"(id {tf.xdp_prog_id}) held by link {tf.xdp_link_id} of another process; "
                 "take_over only replaces programs attached through netlink (a link can't be "
                 "restored if the apply fails: let its owner detach it)",
@@ -1105,7 +741,7 @@ class _Planner:
         elif owner is None:
             self.problem(
                 d.name,
-                f"attachment {a.key()}: {_describe_target(a.target)} already runs xdp "
+                f"attachment {a.key()}: {describe_target(a.target)} already runs xdp "
                 f"program{name} (id {tf.xdp_prog_id}) attached by someone else; bpforch "
                 "never detaches what it does not own (detach it first, use another "
                 "interface, or set take_over: true on the xdp target)",
@@ -1221,3 +857,21 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
         tuple(changes), tuple(problems), tuple(actual.staging), frozenset(), ours.foreign,
         ours.adopted,
     )  # fmt: skip
+
+
+__all__ = [
+    "Change",
+    "Kind",
+    "Op",
+    "PinRules",
+    "Plan",
+    "PlanProblem",
+    "field_changes",
+    "load_key",
+    "pin_reason",
+    "plan",
+    "plan_destroy",
+    "previous_link",
+    "target_fields",
+    "target_kind",
+]

@@ -9,7 +9,7 @@ Layout on bpffs (nothing ever carries a version or generation in its name)::
 
 bpffs refuses names with a dot, so pins use ``_`` (``.rodata`` is pinned as ``_rodata``).
 
-A map is pinned when :func:`~orchestrator.reconcile.plan.pin_reason` says so (``pin: true``,
+A map is pinned when :func:`~orchestrator.reconcile.rules.pin_reason` says so (``pin: true``,
 preserved, substituted by another collection, a prog array); any other map lives as long
 as the programs that use it and is recorded by id (a map that no loaded program holds and
 nothing pins is not kept). Pinning or unpinning a live map needs no reload: the kept
