@@ -25,12 +25,46 @@ from orchestrator.manifest.model import (
     TcTarget,
     XdpTarget,
 )
-from orchestrator.reconcile.actions import Change, Kind, Op
+from orchestrator.reconcile.actions import (
+    Action,
+    Attach,
+    Change,
+    ClaimRoot,
+    Commit,
+    Delete,
+    Detach,
+    FromLive,
+    FromPin,
+    FromStaged,
+    Keep,
+    KeepLink,
+    KeptMap,
+    Kind,
+    MakeBeforeBreak,
+    MapFate,
+    MapSource,
+    Mark,
+    NotApplied,
+    Op,
+    OpenStaging,
+    Reattach,
+    Release,
+    ReleaseRoot,
+    RemoveLeftover,
+    RemoveStaging,
+    Replacement,
+    Seal,
+    Stage,
+    SwitchLink,
+    Unchanged,
+    WriteRecord,
+)
 from orchestrator.reconcile.budget import budget_warnings, recorded
 from orchestrator.reconcile.rules import (
     PinRules,
     describe_target,
     field_changes,
+    link_pin_name,
     load_key,
     pin_file,
     pin_reason,
@@ -77,21 +111,52 @@ class PlanProblem:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Ordered changes (dependencies first; deletes last, dependents before what they use),
-    plan-time problems, the leftovers of interrupted applies that the next apply removes
-    (``garbage``), what bpforch leaves alone under its root (``foreign``), and collections
-    adopted from their ownership markers because no record listed them (``adopted``)."""
+    """What an apply runs: ``actions`` in the order the transaction runs them (see
+    :mod:`orchestrator.reconcile.actions`), plan-time problems, what bpforch leaves alone
+    under its root (``foreign``), and collections adopted from their ownership markers
+    because no record listed them (``adopted``). ``owner_token``: of the root's owner
+    marker, as observed (empty: the apply claims the root); ``own_programs``: the ids of
+    bpforch's programs (recorded, or left by a killed apply), whose hooks are not someone
+    else's.
 
-    changes: tuple[Change, ...] = ()
+    ``changes``, the lines the plan prints, are rendered from the actions: per collection
+    (dependencies first; deletes last, dependents before what they use), in the order
+    their actions run."""
+
+    actions: tuple[Action, ...] = ()
     problems: tuple[PlanProblem, ...] = ()
-    garbage: tuple[Path, ...] = ()
-    # updated collections whose live programs and maps stay (only attachments or metadata
-    # changed)
-    kept: frozenset[str] = frozenset()
     foreign: tuple[Foreign, ...] = ()
     adopted: tuple[str, ...] = ()
+    owner_token: bytes = field(default=b"", repr=False, compare=False)
+    own_programs: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
     # programs above 80% of the verifier's budget at the last apply
     warnings: tuple[str, ...] = ()
+    changes: tuple[Change, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_collection: dict[str, list[Change]] = {}
+        for action in self.actions:
+            for line in action.lines:
+                by_collection.setdefault(line.collection, []).append(line)
+        changes = tuple(line for lines in by_collection.values() for line in lines)
+        object.__setattr__(self, "changes", changes)
+
+    @property
+    def runs(self) -> bool:
+        """Whether applying it runs a transaction (anything but leaving collections as they
+        are: changes, leftovers to remove, or bookkeeping such as claiming the root)."""
+        return any(not isinstance(a, Unchanged) for a in self.actions)
+
+    @property
+    def garbage(self) -> tuple[Path, ...]:
+        """The leftovers of interrupted applies that this apply removes."""
+        return tuple(a.path for a in self.actions if isinstance(a, RemoveLeftover))
+
+    @property
+    def kept(self) -> frozenset[str]:
+        """Updated collections whose live programs and maps stay (only attachments,
+        metadata or pins change)."""
+        return frozenset(a.collection for a in self.actions if isinstance(a, Keep))
 
     def counts(self) -> tuple[int, int, int]:
         """(to add, to change, to destroy), counting maps, programs and attachments; a
@@ -152,6 +217,7 @@ class Plan:
             "warnings": list(self.warnings),
             "counts": {"add": add, "change": change, "destroy": destroy},
             "has_changes": self.has_changes,
+            "actions": [a.to_json() for a in self.actions],
         }
 
     def __str__(self) -> str:
@@ -170,11 +236,17 @@ class _Planner:
         self.pins = PinRules(desired)
         self.actual = actual
         self.prune = prune
-        self.changes: list[Change] = []
+        self.lines: list[Change] = []  # the lines of the action being planned
         self.problems: list[PlanProblem] = []
         # (collection, map) whose kernel object changes in this apply
         self.recreated: set[tuple[str, str]] = set()
-        self.kept: set[str] = set()
+        # the actions, by the phase of the transaction that runs them
+        self.collections: list[Unchanged | Stage | Keep] = []
+        self.staged: dict[str, Stage | Keep] = {}
+        self.links: list[Action] = []
+        self.reattaches: list[Reattach] = []
+        self.deleted: list[Delete] = []
+        self.detaches: list[Detach] = []
         # collections whose directory is taken by something that is not bpforch's
         self.blocked = {f.collection: f for f in actual.foreign if f.collection}
         self.own_prog_ids = {  # program id -> the collection that owns it
@@ -189,7 +261,19 @@ class _Planner:
     def add(
         self, op: Op, kind: Kind, coll: str, name: str, reason: str, source: Source | None
     ) -> None:
-        self.changes.append(Change(op, kind, coll, name, reason, source))
+        self.lines.append(Change(op, kind, coll, name, reason, source))
+
+    def take(self) -> tuple[Change, ...]:
+        """The lines added since the last call: the lines of the action being made."""
+        out = tuple(self.lines)
+        self.lines.clear()
+        return out
+
+    def line(self, kind: Kind, name: str) -> Change | None:
+        for c in self.lines:
+            if c.kind is kind and c.name == name:
+                return c
+        return None
 
     def run(self) -> Plan:
         desired = self.desired.collections
@@ -204,21 +288,41 @@ class _Planner:
                 )
         if self.problems:
             return Plan((), tuple(self.problems))
-        ours = self.actual.ownership
         for name in cyclic:
             self.problem(name, "map substitutions form a cycle", desired[name].source)
         for name in order:
             self.collection(desired[name])
         self.deletes()
-        garbage = tuple(self.actual.staging)
-        return Plan(
-            tuple(self.changes),
-            tuple(self.problems),
-            garbage,
-            frozenset(self.kept),
-            ours.foreign,
-            ours.adopted,
+        actions = transaction_actions(
+            self.actual,
+            self.collections,
+            [*self.links, *self.reattaches],
+            self.deleted,
+            self.detaches,
         )
+        return _plan(self.actual, actions, self.problems)
+
+    def source(self, coll: str, mname: str, hops: int = 0) -> MapSource:
+        """Where map ``mname`` of collection ``coll`` is taken from by a collection planned
+        now: the staged one if ``coll`` is staged before (loaded anew, or kept with the map
+        pinned in its new tree), else the live one (a substitution of a substitution is
+        followed to its source)."""
+        st = self.staged.get(coll)
+        if isinstance(st, Stage) or (
+            isinstance(st, Keep)
+            and any(k.map.name == mname and k.fate is MapFate.PIN for k in st.maps)
+        ):
+            return FromStaged(coll, mname)
+        ac = self.actual.collections.get(coll)
+        if ac is None or mname not in ac.record.maps or hops > 8:
+            return NotApplied(coll, mname)
+        mr = ac.record.maps[mname]
+        if mr.source.startswith("pinned:"):
+            return FromPin(Path(mr.source.removeprefix("pinned:")))
+        if mr.source:
+            _, src, smap = mr.source.split("/", 2)
+            return self.source(src, smap, hops + 1)
+        return FromLive(coll, mr, ac.record)
 
     # ------------------------------------------------------------------ one collection
 
@@ -271,6 +375,7 @@ class _Planner:
                 f"unchanged (generation {rec.generation})",
                 d.source,
             )
+            self.collections.append(Unchanged(d.name, lines=self.take()))
             return
         if rec is not None:
             op = Op.UPDATE
@@ -309,7 +414,6 @@ class _Planner:
         reattach = reattached(d, actual)
         if reuse:
             assert actual is not None
-            self.kept.add(d.name)
             # a tcx link placed anew needs another instance of its program: the kernel
             # takes a program once per hook, and the old link stays until the new one runs
             fresh = {
@@ -318,11 +422,95 @@ class _Planner:
                 if isinstance(a.target, TcTarget) and a.key() in reattach
             }
             self.keep(d, actual, facts, fresh)
+            self.staged[d.name] = self.kept_action(d, actual.record)
+            self.collections.append(self.staged[d.name])
             self.attachments(d, actual, reuse=True, reattach=reattach, fresh=frozenset(fresh))
             return
         self.maps(d, actual, facts)
         self.programs(d, rec, facts, "; ".join(reasons))
+        self.staged[d.name] = self.stage_action(d, rec, facts)
+        self.collections.append(self.staged[d.name])
         self.attachments(d, actual, reattach=reattach)
+
+    def stage_action(
+        self, d: DesiredCollection, rec: CollectionRecord | None, facts: CollectionFacts | None
+    ) -> Stage:
+        """The load of ``d``'s object, with the map lines just planned: its substitutions and
+        the preserved maps handed over (a NOOP line), the maps pinned as :class:`PinRules`
+        says for the shapes the object declares."""
+        shapes = facts.maps if facts is not None else {}
+        sha = facts.object_sha256 if facts is not None else ""
+        replacements: list[Replacement] = []
+        for mname, mo in sorted(d.maps.items()):
+            sf = mo.source_from
+            if sf is not None:
+                if sf.pinned is not None:
+                    replacements.append(
+                        Replacement(mname, FromPin(sf.pinned), f"pinned:{sf.pinned}")
+                    )
+                else:
+                    assert sf.collection is not None
+                    smap = sf.map or mname
+                    replacements.append(
+                        Replacement(
+                            mname,
+                            self.source(sf.collection, smap),
+                            f"collection/{sf.collection}/{smap}",
+                        )
+                    )
+                continue
+            line = self.line(Kind.MAP, mname)
+            if (
+                mo.preserve
+                and rec is not None
+                and mname in rec.maps
+                and line is not None
+                and line.op is Op.NOOP
+            ):
+                replacements.append(Replacement(mname, self.source(d.name, mname)))
+        pinned = frozenset(
+            m for m, shape in shapes.items() if self.pins.reason(d.name, m, shape) is not None
+        )
+        load_maps = None
+        if d.programs is not None:
+            # with a program binding, also the maps the manifest names and the pinned ones
+            named = {m for m, mo in d.maps.items() if m in shapes and mo.source_from is None}
+            load_maps = tuple(sorted(named | pinned))
+        return Stage(
+            d.name,
+            d,
+            sha,
+            load_key(d, sha),
+            tuple(replacements),
+            pinned,
+            load_maps,
+            lines=self.take(),
+        )
+
+    def kept_action(self, d: DesiredCollection, rec: CollectionRecord) -> Keep:
+        """What a kept collection does with each recorded map, with the lines just planned:
+        a substitution is carried as it is, a map no longer pinned is held by its programs
+        (or freed with the old tree: a DELETE line), every other map pinned in the new tree;
+        programs with a REPLACE line are loaded again (:meth:`keep`)."""
+        maps: list[KeptMap] = []
+        for mname, mr in sorted(rec.maps.items()):
+            line = self.line(Kind.MAP, mname)
+            if mr.source:
+                fate = MapFate.CARRY
+            elif line is not None and line.op is Op.DELETE:
+                fate = MapFate.DROP
+            elif self.pins.reason(d.name, mname, mr.shape) is None:
+                fate = MapFate.HELD
+            else:
+                fate = MapFate.PIN
+            maps.append(KeptMap(mr, fate))
+        fresh = tuple(c.name for c in self.lines if c.kind is Kind.PROGRAM and c.op is Op.REPLACE)
+        fresh_replacements = tuple(
+            Replacement(mname, self.source(d.name, mname))
+            for mname, mr in sorted(rec.maps.items())
+            if fresh and mr.source
+        )
+        return Keep(d.name, d, rec, tuple(maps), fresh, fresh_replacements, lines=self.take())
 
     def keep(
         self,
@@ -563,19 +751,24 @@ class _Planner:
         reattach: Mapping[str, str] | None = None,
         fresh: frozenset[str] = frozenset(),
     ) -> None:
-        """Attachment lines. ``reattach``: keys whose live link is replaced by a new one on
-        the same hook (see :func:`reattached`); ``fresh``: programs of a kept collection
-        that get a new instance (their other links follow it)."""
+        """One action (and line) per attachment, then the links of the old generation that
+        go (a line for each attachment no longer declared). ``reattach``: keys whose live
+        link is replaced by a new one on the same hook (see :func:`reattached`); ``fresh``:
+        programs of a kept collection that get a new instance (their other links follow
+        it)."""
         reattach = reattach or {}
         rec = actual.record if actual is not None else None
         old = rec.attachments if rec is not None else {}
         seen: set[str] = set()
+        carried: set[int] = set()  # link ids that stay, in the new tree
         for a in d.attach:
             key = a.key()
             seen.add(key)
             kind = target_kind(a.target)
             ra = old.get(key)
             src = a.source or d.source
+            take_over = isinstance(a.target, XdpTarget) and a.target.take_over
+            here = (d.name, a, key, kind, f"links/{link_pin_name(a)}")
             if ra is None:
                 ra = previous_link(d, old, key, kind)
                 if ra is not None and not (
@@ -592,6 +785,7 @@ class _Planner:
                             f"{reattach[key]}: {xdp_reattach(ra, a)}",
                             src,
                         )
+                        self.reattaches.append(Reattach(*here, ra, take_over, lines=self.take()))
                         continue
                     self.add(
                         Op.UPDATE,
@@ -602,6 +796,8 @@ class _Planner:
                         f"(BPF_LINK_UPDATE; a {kind} hook takes one program)",
                         src,
                     )
+                    self.links.append(SwitchLink(*here, ra, lines=self.take()))
+                    carried.add(ra.link_id)
                     continue
                 ra = None
             # a live link that runs another program is still switched in place
@@ -620,6 +816,7 @@ class _Planner:
                         f"{why}: {xdp_reattach(ra, a)}",
                         src,
                     )
+                    self.reattaches.append(Reattach(*here, ra, take_over, lines=self.take()))
                 elif why is not None:
                     self.add(
                         Op.REPLACE,
@@ -629,6 +826,7 @@ class _Planner:
                         f"{why}: {tc_reattach(ra, a)}",
                         src,
                     )
+                    self.links.append(MakeBeforeBreak(*here, ra, take_over, lines=self.take()))
                 elif reuse and ra.program == a.program and a.program not in fresh:
                     if changes:
                         self.add(
@@ -641,6 +839,8 @@ class _Planner:
                         )
                     else:
                         self.add(Op.NOOP, Kind.ATTACHMENT, d.name, key, f"link {ra.link_id}", src)
+                    self.links.append(KeepLink(*here, ra, lines=self.take()))
+                    carried.add(ra.link_id)
                 elif kind in IN_PLACE_KINDS:
                     also = f"; {'; '.join(changes)}" if changes else ""
                     self.add(
@@ -652,6 +852,8 @@ class _Planner:
                         f"(BPF_LINK_UPDATE; the hook is never empty){also}",
                         src,
                     )
+                    self.links.append(SwitchLink(*here, ra, lines=self.take()))
+                    carried.add(ra.link_id)
                 else:
                     self.add(
                         Op.REPLACE,
@@ -663,12 +865,13 @@ class _Planner:
                         "both programs run for a moment)",
                         src,
                     )
+                    self.links.append(MakeBeforeBreak(*here, ra, take_over, lines=self.take()))
                 continue
-            take_over = self.check_target(d, a, src)
-            if take_over is not None:
+            taking = self.check_target(d, a, src)
+            if taking is not None:
                 # our own link is gone (drift): re-attach in its place (-/+), else ~
                 op = Op.REPLACE if ra is not None else Op.UPDATE
-                self.add(op, Kind.ATTACHMENT, d.name, key, take_over, src)
+                self.add(op, Kind.ATTACHMENT, d.name, key, taking, src)
             elif ra is not None:
                 self.add(
                     Op.REPLACE,
@@ -687,6 +890,13 @@ class _Planner:
                     f"attach {a.program} to {describe_target(a.target)}",
                     src,
                 )
+            if ra is not None and kind == "xdp":
+                # our XDP link is gone or detached: attached anew with the mode changes
+                self.reattaches.append(Reattach(*here, ra, take_over, lines=self.take()))
+            elif ra is not None:
+                self.links.append(MakeBeforeBreak(*here, ra, take_over, lines=self.take()))
+            else:
+                self.links.append(Attach(*here, take_over, lines=self.take()))
         for key, ra in sorted(old.items()):
             if key not in seen:
                 self.add(
@@ -697,6 +907,9 @@ class _Planner:
                     f"no longer declared: link {ra.link_id} is detached",
                     d.source,
                 )
+                self.detaches.append(Detach(d.name, ra, lines=self.take()))
+            elif ra.link_id not in carried:
+                self.detaches.append(Detach(d.name, ra))  # replaced: its line says so
 
     def check_target(self, d: DesiredCollection, a: Attachment, src: Source | None) -> str | None:
         """Add a problem if the target can't be used; the reason of a take-over if the
@@ -762,7 +975,9 @@ class _Planner:
             if blocked is not None:
                 self.problem(name, blocked_message(blocked), None)
                 continue
-            delete_collection(self.changes, gone[name], "not declared any more (--prune)")
+            delete_collection(
+                self.deleted, self.detaches, gone[name], "not declared any more (--prune)"
+            )
 
 
 def blocked_message(f: Foreign) -> str:
@@ -773,26 +988,87 @@ def blocked_message(f: Foreign) -> str:
     )
 
 
-def delete_collection(changes: list[Change], rec: CollectionRecord, why: str) -> None:
-    """Append the changes that destroy ``rec`` (its attachments first)."""
-    changes.append(
+def delete_collection(
+    deleted: list[Delete], detaches: list[Detach], rec: CollectionRecord, why: str
+) -> None:
+    """Append the action that destroys ``rec`` (its lines: the collection, its attachments,
+    programs and maps), and the detaches of its links."""
+    lines = [
         Change(
             Op.DELETE, Kind.COLLECTION, rec.name, rec.name, f"{why} (generation {rec.generation})"
         )
-    )
+    ]
     for key, ra in sorted(rec.attachments.items()):
-        changes.append(
+        lines.append(
             Change(Op.DELETE, Kind.ATTACHMENT, rec.name, key, f"link {ra.link_id} is detached")
         )
+        detaches.append(Detach(rec.name, ra))
     for pname, pr in sorted(rec.programs.items()):
-        changes.append(Change(Op.DELETE, Kind.PROGRAM, rec.name, pname, f"program id {pr.id}"))
+        lines.append(Change(Op.DELETE, Kind.PROGRAM, rec.name, pname, f"program id {pr.id}"))
     for mname, mr in sorted(rec.maps.items()):
         if mr.source:
             continue
         why_map = f"map id {mr.id}"
         if mr.preserve:
             why_map += ", preserved: its contents are deleted with it"
-        changes.append(Change(Op.DELETE, Kind.MAP, rec.name, mname, why_map))
+        lines.append(Change(Op.DELETE, Kind.MAP, rec.name, mname, why_map))
+    deleted.append(Delete(rec.name, rec, lines=tuple(lines)))
+
+
+def transaction_actions(
+    actual: ActualState,
+    collections: Sequence[Unchanged | Stage | Keep],
+    links: Sequence[Action],
+    deleted: Sequence[Delete],
+    detaches: Sequence[Detach],
+) -> tuple[Action, ...]:
+    """Every action of an apply, in the order the transaction runs them (see
+    :mod:`orchestrator.reconcile.actions`). Only the collections' own actions when there is
+    nothing to do: no change, no leftover, no bookkeeping (collections adopted from their
+    markers or made before markers existed are recorded and marked; a root with
+    collections but no owner marker is claimed)."""
+    staged = [a for a in collections if isinstance(a, Stage | Keep)]
+    own = actual.ownership
+    unsettled = bool(own.adopted or own.unmarked) or (bool(actual.collections) and not own.token)
+    if not staged and not deleted and not actual.staging and not unsettled:
+        return tuple(collections)
+    out: list[Action] = [RemoveLeftover(path) for path in actual.staging]
+    if not own.token and (staged or actual.collections):
+        out.append(ClaimRoot())
+    staging = bool(staged or deleted)
+    if staging:
+        out.append(OpenStaging())
+    out += collections
+    out += links
+    out.append(Seal(actual.record))
+    out += [Commit(a.collection) for a in staged]
+    out += deleted
+    out.append(WriteRecord())
+    if staging:
+        out.append(Release())
+        out += detaches
+        out.append(RemoveStaging())
+    touched = {a.collection for a in staged} | {a.collection for a in deleted}
+    for name in own.unmarked:
+        ac = actual.collections.get(name)
+        if name not in touched and ac is not None and not ac.drift:
+            out.append(Mark(name, ac.record))
+    if not staged and set(actual.collections) <= {a.collection for a in deleted}:
+        out.append(ReleaseRoot())  # nothing is recorded any more
+    return tuple(out)
+
+
+def _plan(actual: ActualState, actions: Sequence[Action], problems: Sequence[PlanProblem]) -> Plan:
+    own = actual.ownership
+    programs = {p.id for c in actual.collections.values() for p in c.record.programs.values()}
+    return Plan(
+        tuple(actions),
+        tuple(problems),
+        own.foreign,
+        own.adopted,
+        own.token,
+        frozenset(programs) | own.leftover_programs,
+    )
 
 
 def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> Plan:
@@ -817,7 +1093,6 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
 def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
     """The plan that destroys ``names`` (every recorded collection if None), dependents
     first. Unknown names are problems."""
-    changes: list[Change] = []
     problems: list[PlanProblem] = []
     blocked = {f.collection: f for f in actual.foreign if f.collection}
     if names is None:
@@ -850,13 +1125,11 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
                     )
                 )
     order, _ = topo_order({n: c.record.depends_on for n, c in chosen.items()})
+    deleted: list[Delete] = []
+    detaches: list[Detach] = []
     for name in reversed(order):
-        delete_collection(changes, chosen[name].record, "destroy")
-    ours = actual.ownership
-    return Plan(
-        tuple(changes), tuple(problems), tuple(actual.staging), frozenset(), ours.foreign,
-        ours.adopted,
-    )  # fmt: skip
+        delete_collection(deleted, detaches, chosen[name].record, "destroy")
+    return _plan(actual, transaction_actions(actual, [], [], deleted, detaches), problems)
 
 
 __all__ = [
@@ -867,6 +1140,7 @@ __all__ = [
     "Plan",
     "PlanProblem",
     "field_changes",
+    "link_pin_name",
     "load_key",
     "pin_reason",
     "plan",

@@ -157,7 +157,7 @@ class Reconciler:
                     *budget_warnings(check.verified),
                     *budget_warnings(kept, recorded=True),
                 )
-            if dry_run or (not p.has_changes and not p.garbage and not _unsettled(actual)):
+            if dry_run or not p.runs:
                 return ApplyResult(p, gens, time.perf_counter() - start, warnings=budget)
             assert root_fd is not None
             tx = Transaction(
@@ -192,7 +192,7 @@ class Reconciler:
             p = plan_destroy(actual, names)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
-            if not p.has_changes and not p.garbage and not _unsettled(actual):
+            if not p.runs:
                 return ApplyResult(p, gens, time.perf_counter() - start)
             tx = Transaction(
                 self.bpffs_root,
@@ -209,13 +209,6 @@ class Reconciler:
     def status(self, actual: ActualState | None = None) -> Status:
         """What is applied and its drift (of ``actual``, observed now if not given)."""
         return build_status(self.bpffs_root, actual if actual is not None else self.observe())
-
-
-def _unsettled(actual: ActualState) -> bool:
-    """Whether a no-op apply still has bookkeeping to do: record collections adopted from
-    their markers, mark collections made before markers existed, claim the root."""
-    own = actual.ownership
-    return bool(own.adopted or own.unmarked) or (bool(actual.collections) and not own.token)
 
 
 __all__ = ["DEFAULT_BPFFS_ROOT", "DEFAULT_STATE_DIR", "ApplyResult", "Op", "Reconciler"]

@@ -51,6 +51,14 @@ def target_kind(target: Target) -> str:
     raise TypeError(f"unknown target {target!r}")
 
 
+def link_pin_name(a: Attachment) -> str:
+    """A stable file name for an attachment's link pin (no version, no generation)."""
+    import hashlib
+
+    digest = hashlib.sha256(a.target.key().encode()).hexdigest()[:12]
+    return f"{a.program}-{target_kind(a.target)}-{digest}"
+
+
 def describe_target(target: Target) -> str:
     if isinstance(target, XdpTarget):
         ns = f" in {target.netns}" if target.netns else ""

@@ -130,6 +130,7 @@ from orchestrator.reconcile.plan import (
     Op,
     PinRules,
     Plan,
+    link_pin_name,
     load_key,
     previous_link,
     target_fields,
@@ -145,14 +146,6 @@ from orchestrator.reconcile.state import (
     StateRecord,
 )
 from orchestrator.reconcile.store import git_revision, rename, write_record
-
-
-def link_pin_name(a: Attachment) -> str:
-    """A stable file name for an attachment's link pin (no version, no generation)."""
-    import hashlib
-
-    digest = hashlib.sha256(a.target.key().encode()).hexdigest()[:12]
-    return f"{a.program}-{target_kind(a.target)}-{digest}"
 
 
 def pin_name(name: str) -> str:
