@@ -108,6 +108,12 @@ from orchestrator.manifest.model import (
     XdpMode,
     XdpTarget,
 )
+from orchestrator.reconcile.actions import (
+    KeepLink,
+    LinkAction,
+    Reattach,
+    SwitchLink,
+)
 from orchestrator.reconcile.errors import ApplyError, where
 from orchestrator.reconcile.failpoints import Failpoints
 from orchestrator.reconcile.observe import (
@@ -132,9 +138,7 @@ from orchestrator.reconcile.plan import (
     Plan,
     link_pin_name,
     load_key,
-    previous_link,
     target_fields,
-    target_kind,
 )
 from orchestrator.reconcile.state import (
     ActualState,
@@ -220,8 +224,6 @@ class Transaction:
         self.verify_only = False
         self.verified: dict[str, dict[str, int]] = {}  # the kernel dry run's verified_insns
         self.record: StateRecord | None = None  # the record the commit wrote
-        # XDP links attached anew (mode changes), after every other switch
-        self.reattach: list[tuple[str, Attachment, Program, Path, AttachmentRecord]] = []
 
     # ------------------------------------------------------------------ driver
 
@@ -263,12 +265,9 @@ class Transaction:
             for name in changed:
                 self.current = (name, self.desired.collections[name].source)
                 self._stage(name)
-            for name in changed:
-                self.current = (name, self.desired.collections[name].source)
-                self._switch(name)
-            for name, a, prog, pin, ra in self.reattach:
-                self.current = (name, a.source or self.desired.collections[name].source)
-                self._reattach_xdp(name, a, prog, pin, ra)
+            for action in self.plan.actions:
+                if isinstance(action, LinkAction):
+                    self._link(action)
             self.current = ("", None)
             record = self._new_record()
             self._mark(record)
@@ -559,85 +558,59 @@ class Transaction:
 
     # ------------------------------------------------------------------ switch
 
-    def _switch(self, name: str) -> None:
+    def _link(self, action: LinkAction) -> None:
+        """Run one attachment action: its link (the live one, switched or kept, or a new
+        one) ends up pinned at the action's pin in the staged tree."""
+        name, a, key = action.collection, action.attachment, action.key
         st = self.staged[name]
-        d = st.desired
-        ac = self.actual.collections.get(name)
-        for a in d.attach:
-            key = a.key()
-            self.current = (name, a.source or d.source)
-            prog = st.programs.get(a.program)
-            if prog is None:
-                raise ApplyError(
-                    f"{where(name, a.source or d.source)}: attachment {key}: program "
-                    f"{a.program} is not loaded (add it to programs:)",
-                    collection=name,
+        self.current = (name, a.source or st.desired.source)
+        prog = st.programs.get(a.program)
+        if prog is None:
+            raise ApplyError(
+                f"{where(*self.current)}: attachment {key}: program "
+                f"{a.program} is not loaded (add it to programs:)",
+                collection=name,
+            )
+        pin = st.dir / action.pin
+        if isinstance(action, Reattach):
+            self._reattach_xdp(action, prog, pin)
+            return
+        if isinstance(action, KeepLink):
+            # kept as it is: the same link gets a second pin in the new tree
+            link = _links.Link.from_fd(self._open(name, action.link.pin))
+            self.owned.append(link)
+        elif isinstance(action, SwitchLink):
+            link = _links.Link.from_fd(self._open(name, action.link.pin))
+            self.owned.append(link)
+            # undo target: whatever the link runs now (after a crash, that may not be
+            # the recorded program)
+            before = Program.from_id(link.program_id)
+            self.owned.append(before)
+            if before.id != prog.id:  # it may run it already (an interrupted apply)
+                self.failpoints.reach("switch", key)
+                link.update(prog, before)
+                self.undo.append(
+                    (f"switch link {link.id} back", partial(link.update, before, prog))
                 )
-            change = self.changes.get((name, Kind.ATTACHMENT, key))
-            pin = st.dir / "links" / link_pin_name(a)
-            kind = target_kind(a.target)
-            if change is not None and change.op is Op.NOOP and ac is not None:
-                # kept as it is: the same link gets a second pin in the new tree
-                link = _links.Link.from_fd(self._open(name, ac.record.attachments[key].pin))
-                self.owned.append(link)
-            elif (
-                change is not None
-                and change.op is Op.UPDATE
-                and ac is not None
-                and (
-                    ra := ac.record.attachments.get(key)
-                    or previous_link(d, ac.record.attachments, key, kind)
-                )
-                is not None
-            ):
-                link = _links.Link.from_fd(self._open(name, ra.pin))
-                self.owned.append(link)
-                # undo target: whatever the link runs now (after a crash, that may not be
-                # the recorded program)
-                before = Program.from_id(link.program_id)
-                self.owned.append(before)
-                if before.id != prog.id:  # else only the record changes (e.g. take_over)
-                    self.failpoints.reach("switch", key)
-                    link.update(prog, before)
-                    self.undo.append(
-                        (f"switch link {link.id} back", partial(link.update, before, prog))
-                    )
-            elif (
-                change is not None
-                and change.op is Op.REPLACE
-                and isinstance(a.target, XdpTarget)
-                and ac is not None
-                and (
-                    ra := ac.record.attachments.get(key)
-                    or previous_link(d, ac.record.attachments, key, kind)
-                )
-                is not None
-            ):
-                # after every other switch: it is the one step whose undo is not exact
-                self.reattach.append((name, a, prog, pin, ra))
-                continue
-            else:
-                self.failpoints.reach("attach", key)
-                link = self._attach(st, prog, a)
-                self.owned.append(link)
-                self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
-            link.pin(pin)
-            st.links[key] = (link, kind)
+        else:
+            self.failpoints.reach("attach", key)
+            link = self._attach(st, prog, a, action.take_over)
+            self.owned.append(link)
+            self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
+        link.pin(pin)
+        st.links[key] = (link, action.link_kind)
 
-    def _reattach_xdp(
-        self, name: str, a: Attachment, prog: Program, pin: Path, ra: AttachmentRecord
-    ) -> None:
-        """Attach ``prog`` anew where our link ``ra`` runs now: that link is detached first
-        (``BPF_LINK_DETACH``), since the kernel fixes an XDP link's mode when it is made and
-        refuses native and generic programs on one interface at once (EEXIST), so the
-        interface runs no XDP program between the two calls (the interface is looked up
-        before, to keep that short). Undo attaches the old program again in its old mode by
-        a new link pinned in the old one's place; the next apply then sees that pin as
-        replaced and attaches anew. A link pinned there that no longer holds the interface
-        (detached, or the interface gone) is left to the release step."""
-        t = a.target
+    def _reattach_xdp(self, action: Reattach, prog: Program, pin: Path) -> None:
+        """Attach ``prog`` anew where our link ``action.link`` runs now: that link is
+        detached first (``BPF_LINK_DETACH``), since the kernel fixes an XDP link's mode when
+        it is made and refuses native and generic programs on one interface at once
+        (EEXIST), so the interface runs no XDP program between the two calls (the interface
+        is looked up before, to keep that short). Undo attaches the old program again in
+        its old mode by a new link pinned in the old one's place; the next apply then sees
+        that pin as replaced and attaches anew. A link pinned there that no longer holds the
+        interface (detached, or the interface gone) is left to the release step."""
+        name, t, key, ra = action.collection, action.attachment.target, action.key, action.link
         assert isinstance(t, XdpTarget)
-        key = a.key()
         index = _links.ifindex(t.interface, t.netns)
         live = f"{_check_name(name)}/{ra.pin}"
         try:
@@ -661,14 +634,20 @@ class Transaction:
                 )
         self.failpoints.reach("attach", key)
         mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
-        link = self._attach_xdp(prog, t, mode, key, index)
+        link = self._attach_xdp(prog, t, mode, key, action.take_over, index)
         self.owned.append(link)
         self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
         link.pin(pin)
-        self.staged[name].links[key] = (link, "xdp")
+        self.staged[name].links[key] = (link, action.link_kind)
 
     def _attach_xdp(
-        self, prog: Program, t: XdpTarget, mode: str, key: str, iface: int | str | None = None
+        self,
+        prog: Program,
+        t: XdpTarget,
+        mode: str,
+        key: str,
+        take_over: bool,
+        iface: int | str | None = None,
     ) -> _links.Link:
         """Attach XDP. When the interface still holds one of our own programs whose link pin
         is gone, the kernel is releasing that link in a deferred work item
@@ -680,8 +659,7 @@ class Transaction:
         says EBUSY while one is attached). Rollback attaches the foreign program again, the
         way it was (netlink, same mode); the transaction holds an fd of it until the end, so
         it survives the moment it is attached nowhere."""
-        ours = {p.id for c in self.actual.collections.values() for p in c.record.programs.values()}
-        ours |= self.actual.ownership.leftover_programs  # released with the garbage
+        ours = self.plan.own_programs  # recorded, or left by a killed apply
         deadline = time.monotonic() + 2.0
         while True:
             try:
@@ -690,7 +668,7 @@ class Transaction:
             except AttachConflictError:
                 held = _links.xdp_attached(t.interface, t.netns)
                 if held is not None and held.prog_id not in ours:
-                    if not t.take_over or held.link_id is not None:
+                    if not take_over or held.link_id is not None:
                         raise
                     self._take_over(held, t, key)
                     continue
@@ -711,13 +689,13 @@ class Transaction:
         )
         self.failpoints.reach("take_over", key)
 
-    def _attach(self, st: _Staged, prog: Program, a: Attachment) -> _links.Link:
+    def _attach(self, st: _Staged, prog: Program, a: Attachment, take_over: bool) -> _links.Link:
         t = a.target
         if isinstance(t, XdpTarget):
             mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
             if mode not in ("auto", "native", "generic"):
                 raise ApplyError(f"attachment {a.key()}: xdp mode {mode} is not supported")
-            return self._attach_xdp(prog, t, mode, a.key())
+            return self._attach_xdp(prog, t, mode, a.key(), take_over)
         if isinstance(t, TcTarget):
             # before/after name another program of this collection at the same hook (it must
             # be attached already: declare it earlier)

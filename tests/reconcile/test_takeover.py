@@ -171,3 +171,63 @@ def test_netlink_set_refuses_to_clobber(veth: VethPair, foreign: int, fd_guard: 
         with pytest.raises(ValueError, match="xdp mode 'turbo'"):
             links.set_xdp_netlink(veth.b.name, mine, "turbo", netns=ns)
     assert_foreign_back(veth, foreign)
+
+
+def test_take_over_where_our_renamed_programs_link_is_gone(
+    env: Env, veth: VethPair, fd_guard: None
+) -> None:
+    """Our link on the hook was removed (drift) and someone attached their program through
+    netlink; the manifest now attaches another program of ours there with take_over: the
+    plan says "take over", and the apply does exactly that with a new link (not a switch of
+    the link that is gone)."""
+    import time
+
+    def manifest(program: str, take_over: bool) -> None:
+        env.write(
+            "tail",
+            f"""
+            apiVersion: bpforch/v1
+            kind: Collection
+            metadata: {{name: tail}}
+            spec:
+              object: @BPF@/tailcall.o
+              attach:
+                - program: {program}
+                  xdp: {{interface: {veth.b.name}, netns: {veth.b.ns.path}, mode: generic,
+                         take_over: {str(take_over).lower()}}}
+            """,
+        )
+
+    r = env.reconciler()
+    manifest("tail_pass", False)
+    r.apply(env.desired())
+    for pin in (env.root / "tail" / "links").iterdir():
+        pin.unlink()  # the link's last holder: it goes, and the hook is empty again
+    with ebpf.load_collection(BPF_DIR / "xdp_counter.o") as coll:
+        prog = coll.programs["xdp_count"]
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                links.set_xdp_netlink(veth.b.name, prog, "generic", netns=veth.b.ns.path)
+                break
+            except ebpf.Error:  # the link is released in deferred work
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        foreign = prog.id
+    manifest("tail_drop", True)
+    p = r.plan(env.desired())
+    assert p.problems == ()
+    att, gone = p.changes_for("tail", Kind.ATTACHMENT)
+    assert att.name.startswith("tail_drop@") and att.op is Op.UPDATE
+    assert att.reason.startswith(f"take over XDP program {foreign}")
+    assert gone.name.startswith("tail_pass@") and gone.op is Op.DELETE
+    r.apply(env.desired())
+    st = r.status().get("tail")
+    assert st is not None and st.condition == "Ready"
+    (ours,) = st.attachments
+    held = links.xdp_attached(veth.b.name, veth.b.ns.path)
+    assert held is not None and held.link_id == ours.link_id
+    assert held.prog_id == st.program("tail_drop").id
+    assert not prog_alive(foreign)
+    assert not r.plan(env.desired()).has_changes
