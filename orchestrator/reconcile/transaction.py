@@ -109,9 +109,16 @@ from orchestrator.manifest.model import (
     XdpTarget,
 )
 from orchestrator.reconcile.actions import (
+    FromPin,
+    FromStaged,
+    Keep,
     KeepLink,
     LinkAction,
+    MapFate,
+    MapSource,
+    NotApplied,
     Reattach,
+    Stage,
     SwitchLink,
 )
 from orchestrator.reconcile.errors import ApplyError, where
@@ -132,12 +139,9 @@ from orchestrator.reconcile.owner import (
     release_root,
 )
 from orchestrator.reconcile.plan import (
-    Kind,
     Op,
-    PinRules,
     Plan,
     link_pin_name,
-    load_key,
     target_fields,
 )
 from orchestrator.reconcile.state import (
@@ -201,12 +205,10 @@ class Transaction:
         root_fd: int,
     ) -> None:
         self.objects = objects if objects is not None else default_store.snapshot()
-        self.changes = {(c.collection, c.kind, c.name): c for c in plan.changes}
         self.root = root
         self.state_dir = state_dir
         self.failpoints = failpoints
         self.desired = desired
-        self.pins = PinRules(desired)
         self.actual = actual
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -233,9 +235,11 @@ class Transaction:
         close everything. Nothing is pinned, attached or recorded."""
         self.verify_only = True
         try:
-            for name in self.plan.collections(Op.CREATE, Op.UPDATE):
-                self.current = (name, self.desired.collections[name].source)
-                self._stage(name)
+            for action in self.plan.actions:
+                if isinstance(action, Stage):
+                    self._stage(action)
+                elif isinstance(action, Keep):
+                    self._keep(action)
             self.verified = {
                 name: {p: prog.verified_insns for p, prog in st.programs.items()}
                 for name, st in self.staged.items()
@@ -262,9 +266,11 @@ class Transaction:
                 os.mkdir(self.staging.name, 0o700, dir_fd=self.root_fd)
                 self.staging_fd = open_dir_at(self.root_fd, self.staging.name)
                 mark_staging(self.staging_fd, self.token, self.txid)
-            for name in changed:
-                self.current = (name, self.desired.collections[name].source)
-                self._stage(name)
+            for action in self.plan.actions:
+                if isinstance(action, Stage):
+                    self._stage(action)
+                elif isinstance(action, Keep):
+                    self._keep(action)
             for action in self.plan.actions:
                 if isinstance(action, LinkAction):
                     self._link(action)
@@ -319,32 +325,35 @@ class Transaction:
 
     # ------------------------------------------------------------------ stage
 
-    def _map_for(self, coll: str, mname: str) -> Map:
-        """An fd (owned by the transaction) for map ``mname`` of collection ``coll``: its
-        staged map if it is in this transaction, else the live one."""
-        st = self.staged.get(coll)
-        if st is not None and mname in st.maps:
-            return st.maps[mname]
-        if st is not None and st.coll is not None:
-            raise ApplyError(f"collection {coll} has no map {mname}", collection=coll)
-        ac = self.actual.collections.get(coll)
-        if ac is None or mname not in ac.record.maps:
+    def _map(self, source: MapSource) -> Map:
+        """An fd of the map the plan named (owned by the transaction, or by the staged
+        collection that holds it)."""
+        if isinstance(source, FromStaged):
+            st = self.staged.get(source.collection)
+            if st is None or source.map not in st.maps:
+                raise ApplyError(
+                    f"collection {source.collection} has no map {source.map}",
+                    collection=source.collection,
+                )
+            return st.maps[source.map]
+        if isinstance(source, NotApplied):
             raise ApplyError(
-                f"map {mname} of collection {coll}: not applied (apply {coll} first, or in "
-                "the same run)"
+                f"map {source.map} of collection {source.collection}: not applied (apply "
+                f"{source.collection} first, or in the same run)"
             )
-        mr = ac.record.maps[mname]
-        if mr.source.startswith("pinned:"):
-            m = Map.from_pin(self._pinned_path(Path(mr.source.removeprefix("pinned:"))))
-        elif mr.source:
-            _, src, smap = mr.source.split("/", 2)
-            return self._map_for(src, smap)
-        elif mr.pin:
-            m = Map.from_fd(self._open(coll, mr.pin))
+        if isinstance(source, FromPin):
+            m = Map.from_pin(self._pinned_path(source.path))
         else:
-            m = open_map(self.root, ac.record, mr)
+            m = self._live_map(source.owner, source.map)
         self.owned.append(m)
         return m
+
+    def _live_map(self, rec: CollectionRecord, mr: MapRecord) -> Map:
+        """A live map of ``rec`` (not a substitution): through its pin, never a symlink, or
+        (not pinned) through the programs that hold it."""
+        if mr.pin:
+            return Map.from_fd(self._open(rec.name, mr.pin))
+        return open_map(self.root, rec, mr)
 
     def _pinned_path(self, path: Path) -> Path:
         problem = pinned_problem(path)
@@ -363,14 +372,13 @@ class Transaction:
         except (OSError, ebpf.Error) as err:
             raise ApplyError(f"pin {self.root}/{coll}/{rel}: {err}") from err
 
-    def _stage(self, name: str) -> None:
+    def _stage(self, action: Stage) -> None:
+        """Load the object as the plan says and pin the new tree under the staging
+        directory (not in a kernel dry run)."""
         from orchestrator.manifest.objects import ObjectError
 
-        d = self.desired.collections[name]
-        rec = self.actual.collections.get(name)
-        if rec is not None and self._reused(name):
-            self._keep(name, rec.record)
-            return
+        name, d = action.collection, action.desired
+        self.current = (name, d.source)
         self.failpoints.reach("load", name)
         try:
             info = self.objects.get(d.object_file)
@@ -382,57 +390,34 @@ class Transaction:
                 f"the manifest wants {d.sha256} (rebuild it, or update sha256)",
                 collection=name,
             )
+        if info.sha256 != action.object_sha256:
+            raise ApplyError(
+                f"{where(name, d.source)}: object {d.object_file} changed since the plan "
+                "(plan and apply again)",
+                collection=name,
+            )
         spec, shapes = _prepared(info.spec, d)
-        pinned = {
-            mname
-            for mname, ms in spec.maps.items()
-            if self.pins.reason(name, mname, shapes[mname]) is not None
-        }
-        replacements: dict[str, Map] = {}
-        sources: dict[str, str] = {}
-        for mname, mo in sorted(d.maps.items()):
-            sf = mo.source_from
-            if sf is not None:
-                if sf.pinned is not None:
-                    m = Map.from_pin(self._pinned_path(sf.pinned))
-                    self.owned.append(m)
-                    sources[mname] = f"pinned:{sf.pinned}"
-                else:
-                    assert sf.collection is not None
-                    smap = sf.map or mname
-                    m = self._map_for(sf.collection, smap)
-                    sources[mname] = f"collection/{sf.collection}/{smap}"
-                replacements[mname] = m
-                continue
-            change = self.changes.get((name, Kind.MAP, mname))
-            if (
-                mo.preserve
-                and rec is not None
-                and mname in rec.record.maps
-                and change is not None
-                and change.op is Op.NOOP
-            ):
-                replacements[mname] = self._map_for(name, mname)
+        replacements = {r.map: self._map(r.source) for r in action.replacements}
         self.failpoints.reach("verify", name)
         opts = CollectionOptions(map_replacements=replacements)
-        if d.programs is None:
+        if action.load_maps is None:
             coll = Collection(spec, opts)
         else:
-            # with a program binding, also the maps the manifest names and the pinned ones
-            named = {m for m, mo in d.maps.items() if m in spec.maps and mo.source_from is None}
-            coll = load_subset(spec, opts, d.programs, sorted(named | pinned))
-        sdir = self.staging / _check_name(name)
+            assert d.programs is not None
+            coll = load_subset(spec, opts, d.programs, action.load_maps)
         st = _Staged(
             d,
-            sdir,
+            self.staging / _check_name(name),
             coll,
             coll.maps,
             coll.programs,
             info.sha256,
-            load_key(d, info.sha256),
+            action.load_key,
             shapes,
-            sources,
-            pinned & coll.maps.keys(),
+            {r.map: r.record for r in action.replacements if r.record},
+            set(action.pinned) & coll.maps.keys(),
+            # what outlives the load unpinned (recorded by id): whatever the loaded programs
+            # hold
             set(held_maps(spec, coll.programs)),
         )
         self.staged[name] = st
@@ -454,47 +439,31 @@ class Transaction:
         for pname, p in st.programs.items():
             p.pin(f"{sdir}/progs/{pin_name(pname)}")
 
-    def _reused(self, name: str) -> bool:
-        """The plan keeps this collection's programs and maps (only attachments or metadata
-        changed)."""
-        return name in self.plan.kept
-
-    def _keep(self, name: str, rec: CollectionRecord) -> None:
+    def _keep(self, action: Keep) -> None:
         """Stage a collection whose programs and maps stay: open them from their live pins
-        (they get a second pin in the staging tree). A map the plan pins in place is opened
-        through its programs and pinned in the staging tree; one it unpins is left out of
-        the tree (its programs hold it, or, if the plan deletes it, nothing does)."""
-        d = self.desired.collections[name]
+        (they get a second pin in the staging tree); each map as the plan says (pinned in
+        the tree, recorded without a pin, carried, or left to go with the old tree)."""
+        name, d, rec = action.collection, action.desired, action.record
+        self.current = (name, d.source)
         maps: dict[str, Map] = {}
         carried: dict[str, MapRecord] = {}
-        pinned: set[str] = set()
-        for mname, mr in rec.maps.items():
-            if mr.source:
-                carried[mname] = mr
-                continue
-            change = self.changes.get((name, Kind.MAP, mname))
-            if change is not None and change.op is Op.DELETE:
-                continue  # freed with the old tree
-            if self.pins.reason(name, mname, mr.shape) is None:
-                carried[mname] = replace(mr, pin="", ino=0)
-                continue
-            m = Map.from_fd(self._open(name, mr.pin)) if mr.pin else open_map(self.root, rec, mr)
-            self.owned.append(m)
-            maps[mname] = m
-            pinned.add(mname)
+        for kept in action.maps:
+            mr = kept.map
+            if kept.fate is MapFate.CARRY:
+                carried[mr.name] = mr
+            elif kept.fate is MapFate.HELD:
+                carried[mr.name] = replace(mr, pin="", ino=0)
+            elif kept.fate is MapFate.PIN:
+                m = self._live_map(rec, mr)
+                self.owned.append(m)
+                maps[mr.name] = m
         programs: dict[str, Program] = {}
         for pname, pr in rec.programs.items():
             p = Program.from_fd(self._open(name, pr.pin))
             self.owned.append(p)
             programs[pname] = p
-        fresh = sorted(
-            pname
-            for pname in rec.programs
-            if (c := self.changes.get((name, Kind.PROGRAM, pname))) is not None
-            and c.op is Op.REPLACE
-        )
-        if fresh:
-            programs.update(self._fresh(name, rec, maps, programs, fresh))
+        if action.fresh:
+            programs.update(self._fresh(action, maps, programs))
         st = _Staged(
             d,
             self.staging / _check_name(name),
@@ -504,7 +473,7 @@ class Transaction:
             rec.object_sha256,
             rec.load_key,
             {n: mr.shape for n, mr in rec.maps.items()},
-            pinned=pinned,
+            pinned=set(maps),
             carried=carried,
         )
         self.staged[name] = st
@@ -512,21 +481,17 @@ class Transaction:
             self._pin(st)
 
     def _fresh(
-        self,
-        name: str,
-        rec: CollectionRecord,
-        maps: dict[str, Map],
-        live: dict[str, Program],
-        names: list[str],
+        self, action: Keep, maps: dict[str, Map], live: dict[str, Program]
     ) -> dict[str, Program]:
-        """New instances of programs ``names`` of a kept collection, loaded from the same
-        object with the live maps as replacements (so they share every map, the frozen
-        ``.rodata`` included, with the instances they stand beside): a tcx link placed anew
-        needs one, since a hook takes a program once and the old link stays until the new
-        one runs."""
+        """New instances of the programs ``action.fresh`` of a kept collection, loaded from
+        the same object with the live maps as replacements (so they share every map, the
+        frozen ``.rodata`` included, with the instances they stand beside): a tcx link
+        placed anew needs one, since a hook takes a program once and the old link stays
+        until the new one runs. The unpinned maps their live instances hold are taken by
+        id (while those programs are open, the ids name those very maps)."""
         from orchestrator.manifest.objects import ObjectError
 
-        d = self.desired.collections[name]
+        name, d, rec, names = action.collection, action.desired, action.record, action.fresh
         try:
             info = self.objects.get(d.object_file)
         except ObjectError as err:
@@ -540,12 +505,10 @@ class Transaction:
         spec, _ = _prepared(info.spec, d)
         used = {i for pname in names for i in live[pname].info().map_ids}
         replacements: dict[str, Map] = dict(maps)
+        for r in action.fresh_replacements:
+            replacements[r.map] = self._map(r.source)
         for mname, mr in rec.maps.items():
-            if mname in replacements:
-                continue
-            if mr.source:
-                replacements[mname] = self._map_for(name, mname)
-            elif mr.id in used:  # not pinned: recorded by id, held by the live programs
+            if mname not in replacements and not mr.source and mr.id in used:
                 m = Map.from_id(mr.id)
                 self.owned.append(m)
                 replacements[mname] = m
