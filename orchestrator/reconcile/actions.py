@@ -370,11 +370,13 @@ class Reattach(_LinkAction):
 
 @dataclass(frozen=True, slots=True)
 class Seal(Action):
-    """Build the new record (``base`` with each staged collection's new entry, without the
-    deleted ones) and pin each staged tree's ownership marker holding its entry."""
+    """Build the new record (``base``, the record the plan was made against, with each
+    staged collection's new entry, without the ``deleted`` ones) and pin each staged tree's
+    ownership marker holding its entry."""
 
     action: ClassVar[str] = "seal"
     base: StateRecord = field(repr=False, compare=False)
+    deleted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

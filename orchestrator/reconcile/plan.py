@@ -1040,7 +1040,7 @@ def transaction_actions(
         out.append(OpenStaging())
     out += collections
     out += links
-    out.append(Seal(actual.record))
+    out.append(Seal(actual.record, tuple(a.collection for a in deleted)))
     out += [Commit(a.collection) for a in staged]
     out += deleted
     out.append(WriteRecord())

@@ -98,7 +98,6 @@ from orchestrator.manifest.model import (
     Attachment,
     CgroupTarget,
     DesiredCollection,
-    DesiredState,
     NetnsTarget,
     RawTracepointTarget,
     Source,
@@ -109,17 +108,33 @@ from orchestrator.manifest.model import (
     XdpTarget,
 )
 from orchestrator.reconcile.actions import (
+    Action,
+    Attach,
+    ClaimRoot,
+    Commit,
+    Delete,
+    Detach,
     FromPin,
     FromStaged,
     Keep,
     KeepLink,
     LinkAction,
+    MakeBeforeBreak,
     MapFate,
     MapSource,
+    Mark,
     NotApplied,
+    OpenStaging,
     Reattach,
+    Release,
+    ReleaseRoot,
+    RemoveLeftover,
+    RemoveStaging,
+    Seal,
     Stage,
     SwitchLink,
+    Unchanged,
+    WriteRecord,
 )
 from orchestrator.reconcile.errors import ApplyError, where
 from orchestrator.reconcile.failpoints import Failpoints
@@ -139,13 +154,11 @@ from orchestrator.reconcile.owner import (
     release_root,
 )
 from orchestrator.reconcile.plan import (
-    Op,
     Plan,
     link_pin_name,
     target_fields,
 )
 from orchestrator.reconcile.state import (
-    ActualState,
     AttachmentRecord,
     CollectionRecord,
     MapRecord,
@@ -186,19 +199,19 @@ class _Staged:
     pinned: set[str] = field(default_factory=set)  # maps pinned under maps/ (see pin_reason)
     held: set[str] = field(default_factory=set)  # maps the programs hold (not pinned: kept)
     carried: dict[str, MapRecord] = field(default_factory=dict)  # kept records, verbatim
-    links: dict[str, tuple[_links.Link, str]] = field(default_factory=dict)  # key -> (link, kind)
+    # attachment key -> (link, kind, pin relative to the collection directory)
+    links: dict[str, tuple[_links.Link, str, str]] = field(default_factory=dict)
 
 
 class Transaction:
-    """One apply or destroy. Use once: :meth:`run`."""
+    """One apply or destroy: runs the actions of ``plan``, in order, and nothing else. Use
+    once: :meth:`run` (or :meth:`verify`, a kernel dry run)."""
 
     def __init__(
         self,
         root: Path,
         state_dir: Path,
         failpoints: Failpoints,
-        desired: DesiredState,
-        actual: ActualState,
         plan: Plan,
         objects: ObjectSnapshot | None = None,
         *,
@@ -208,38 +221,35 @@ class Transaction:
         self.root = root
         self.state_dir = state_dir
         self.failpoints = failpoints
-        self.desired = desired
-        self.actual = actual
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.staging = root / f"{STAGING_PREFIX}{self.txid}"
         self.root_fd = root_fd  # held open (and locked) by the caller
         self.staging_fd: int | None = None
-        self.token = actual.ownership.token
+        self.token = plan.owner_token
         self.claimed = False  # this transaction pinned the root's owner marker
         self.complete = True  # every tree it removed went completely
         self.staged: dict[str, _Staged] = {}
+        self.record: StateRecord | None = None  # the new record, once sealed
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
         self.warnings: list[str] = []
         self.current: tuple[str, Source | None] = ("", None)  # for error messages
         self.verify_only = False
         self.verified: dict[str, dict[str, int]] = {}  # the kernel dry run's verified_insns
-        self.record: StateRecord | None = None  # the record the commit wrote
 
     # ------------------------------------------------------------------ driver
 
     def verify(self) -> None:
-        """A kernel dry run: load every changed collection through the verifier (with its
-        preserved maps and substitutions as replacements, so incompatibilities show), then
-        close everything. Nothing is pinned, attached or recorded."""
+        """A kernel dry run: the plan's Stage and Keep actions load every changed collection
+        through the verifier (with its preserved maps and substitutions as replacements, so
+        incompatibilities show), then everything is closed. Nothing is pinned, attached or
+        recorded."""
         self.verify_only = True
         try:
             for action in self.plan.actions:
-                if isinstance(action, Stage):
-                    self._stage(action)
-                elif isinstance(action, Keep):
-                    self._keep(action)
+                if isinstance(action, Stage | Keep):
+                    self._do(action)
             self.verified = {
                 name: {p: prog.verified_insns for p, prog in st.programs.items()}
                 for name, st in self.staged.items()
@@ -252,33 +262,16 @@ class Transaction:
         self._close_all()
 
     def run(self) -> tuple[dict[str, int], list[str]]:
-        """Apply the plan; return the generations in the new record and release warnings."""
-        record: StateRecord | None = None
+        """Run the plan's actions; return the generations in the new record and the
+        warnings of the steps after the commit. Any failure up to the record write undoes
+        every step (the previous generation is live again); after it, failures are
+        warnings (leftovers the next apply removes)."""
+        actions = self.plan.actions
+        end = next(i for i, a in enumerate(actions) if isinstance(a, WriteRecord)) + 1
         self.current = ("", None)
         try:
-            self._collect_garbage()
-            changed = self.plan.collections(Op.CREATE, Op.UPDATE)
-            deleted = self.plan.collections(Op.DELETE)
-            if not self.token and (changed or self.actual.collections):
-                self.token = claim_root(self.root_fd, self.state_dir)
-                self.claimed = True
-            if changed or deleted:
-                os.mkdir(self.staging.name, 0o700, dir_fd=self.root_fd)
-                self.staging_fd = open_dir_at(self.root_fd, self.staging.name)
-                mark_staging(self.staging_fd, self.token, self.txid)
-            for action in self.plan.actions:
-                if isinstance(action, Stage):
-                    self._stage(action)
-                elif isinstance(action, Keep):
-                    self._keep(action)
-            for action in self.plan.actions:
-                if isinstance(action, LinkAction):
-                    self._link(action)
-            self.current = ("", None)
-            record = self._new_record()
-            self._mark(record)
-            self._commit(record)
-            self.record = record
+            for action in actions[:end]:
+                self._do(action)
         except BaseException as err:
             problems = self._rollback()
             self._close_all()
@@ -293,18 +286,65 @@ class Transaction:
                 extra = " (nothing was changed: the previous generation is live)"
             raise ApplyError(f"{what}{err}{extra}") from err
         self._close_all()
-        self._release(record)
-        self._settle(record)
-        return {n: c.generation for n, c in record.collections.items()}, self.warnings
+        for action in actions[end:]:
+            self._do(action)
+        assert self.record is not None
+        return {n: c.generation for n, c in self.record.collections.items()}, self.warnings
+
+    def _do(self, action: Action) -> None:
+        """Run one action (each step does what its action says; see
+        :mod:`orchestrator.reconcile.actions` for the order)."""
+        match action:
+            case RemoveLeftover():
+                # an interrupted apply's staging directory (its marker proves it ours, and
+                # we hold the lock): only unpinned, since a link there may be live in the
+                # tree too
+                self._remove(action.path.name, f"staging leftover {action.path}")
+            case ClaimRoot():
+                self.token = claim_root(self.root_fd, self.state_dir)
+                self.claimed = True
+            case OpenStaging():
+                os.mkdir(self.staging.name, 0o700, dir_fd=self.root_fd)
+                self.staging_fd = open_dir_at(self.root_fd, self.staging.name)
+                mark_staging(self.staging_fd, self.token, self.txid)
+            case Unchanged():
+                pass
+            case Stage():
+                self._stage(action)
+            case Keep():
+                self._keep(action)
+            case KeepLink() | SwitchLink() | Attach() | MakeBeforeBreak() | Reattach():
+                self._link(action)
+            case Seal():
+                self.current = ("", None)
+                self.record = self._new_record(action)
+                self._mark(self.record)
+            case Commit():
+                self._commit(action)
+            case Delete():
+                self._delete(action)
+            case WriteRecord():
+                self.failpoints.reach("record", "")
+                assert self.record is not None
+                write_record(self.state_dir, self.record)
+            case Release():
+                self._release()
+            case Detach():
+                self._detach_old(action)
+            case RemoveStaging():
+                self._remove_staging()
+            case Mark():
+                self._mark_old(action)
+            case ReleaseRoot():
+                # the record is empty: unless a tree was left behind, nothing under the
+                # root is bpforch's any more
+                assert self.record is not None
+                if not self.record.collections and self.complete and self.token:
+                    release_root(self.root_fd, self.token)
+            case _:
+                raise AssertionError(f"unknown action {action!r}")
 
     # ------------------------------------------------------------------ garbage
-
-    def _collect_garbage(self) -> None:
-        """Remove staging directories of interrupted applies (their markers prove them ours,
-        and we hold the lock, so nobody else is using them). Only unpinned: a link there may
-        be live in the tree too."""
-        for path in self.actual.staging:
-            self._remove(path.name, f"staging leftover {path}")
 
     def _remove(self, name: str, what: str) -> None:
         """Remove the tree ``<root>/name`` (never following a symlink; its marker goes
@@ -561,7 +601,7 @@ class Transaction:
             self.owned.append(link)
             self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
         link.pin(pin)
-        st.links[key] = (link, action.link_kind)
+        st.links[key] = (link, action.link_kind, action.pin)
 
     def _reattach_xdp(self, action: Reattach, prog: Program, pin: Path) -> None:
         """Attach ``prog`` anew where our link ``action.link`` runs now: that link is
@@ -601,7 +641,7 @@ class Transaction:
         self.owned.append(link)
         self.undo.append((f"detach new link {link.id}", partial(_detach, link)))
         link.pin(pin)
-        self.staged[name].links[key] = (link, action.link_kind)
+        self.staged[name].links[key] = (link, action.link_kind, action.pin)
 
     def _attach_xdp(
         self,
@@ -697,9 +737,9 @@ class Transaction:
 
     # ------------------------------------------------------------------ commit
 
-    def _new_record(self) -> StateRecord:
+    def _new_record(self, seal: Seal) -> StateRecord:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        out = {n: c.record for n, c in self.actual.collections.items()}
+        out = dict(seal.base.collections)
         revs: dict[Path, str | None] = {}
         for name, st in self.staged.items():
             d = st.desired
@@ -738,13 +778,13 @@ class Transaction:
                 )
             atts: dict[str, AttachmentRecord] = {}
             for a in d.attach:
-                link, kind = st.links[a.key()]
+                link, kind, pin = st.links[a.key()]
                 atts[a.key()] = AttachmentRecord(
                     a.key(),
                     a.program,
                     kind,
                     link.id,
-                    f"links/{link_pin_name(a)}",
+                    pin,
                     target=target_fields(a.target),
                     mode=_kernel_mode(link, a.target),
                 )
@@ -766,7 +806,7 @@ class Transaction:
                 depends_on=tuple(sorted(d.depends_on())),
                 load_key=st.load_key,
             )
-        for name in self.plan.collections(Op.DELETE):
+        for name in seal.deleted:
             out.pop(name, None)
         return StateRecord(out)
 
@@ -795,36 +835,38 @@ class Transaction:
             "there since the plan); bpforch never moves or follows it"
         )
 
-    def _commit(self, record: StateRecord) -> None:
+    def _commit(self, action: Commit) -> None:
+        """Swap the staged tree with the live one atomically, or move it into place."""
+        name = action.collection
         rfd, sfd = self.root_fd, self.staging_fd
-        for name in self.staged:
-            self.failpoints.reach("commit", name)
-            assert sfd is not None
-            _check_name(name)
-            if not self._live_dir(name):  # a new collection: move into place
-                rename(name, name, src_dir=sfd, dst_dir=rfd)
-                self.undo.append(
-                    (f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd))
-                )
-            else:  # swap old and new trees atomically
-                rename(name, name, exchange=True, src_dir=sfd, dst_dir=rfd)
-                self.undo.append(
-                    (
-                        f"swap {name} back",
-                        partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
-                    )
-                )
-        for name in self.plan.collections(Op.DELETE):
-            self.failpoints.reach("commit", name)
-            if not self._live_dir(_check_name(name)):
-                continue
-            assert sfd is not None
-            rename(name, name, src_dir=rfd, dst_dir=sfd)
+        self.failpoints.reach("commit", name)
+        assert sfd is not None
+        _check_name(name)
+        if not self._live_dir(name):  # a new collection: move into place
+            rename(name, name, src_dir=sfd, dst_dir=rfd)
             self.undo.append(
-                (f"restore {name}", partial(rename, name, name, src_dir=sfd, dst_dir=rfd))
+                (f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd))
             )
-        self.failpoints.reach("record", "")
-        write_record(self.state_dir, record)
+        else:  # swap old and new trees atomically
+            rename(name, name, exchange=True, src_dir=sfd, dst_dir=rfd)
+            self.undo.append(
+                (
+                    f"swap {name} back",
+                    partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
+                )
+            )
+
+    def _delete(self, action: Delete) -> None:
+        """Move a deleted collection's tree into the staging directory (it goes with the
+        release)."""
+        name = action.collection
+        rfd, sfd = self.root_fd, self.staging_fd
+        self.failpoints.reach("commit", name)
+        if not self._live_dir(_check_name(name)):
+            return
+        assert sfd is not None
+        rename(name, name, src_dir=rfd, dst_dir=sfd)
+        self.undo.append((f"restore {name}", partial(rename, name, name, src_dir=sfd, dst_dir=rfd)))
 
     # ------------------------------------------------------------------ rollback / release
 
@@ -860,81 +902,74 @@ class Transaction:
             obj.close()
         self.owned.clear()
 
-    def _release(self, record: StateRecord) -> None:
-        """Detach the old generation's links that are not carried over, then unpin the old
-        trees (now in the staging directory). Only links the old record lists are detached;
+    def _release(self) -> None:
+        """The record is written: the old generation (its trees now in the staging
+        directory) is about to go. If this step fails, the rest of the release is left to
+        the next apply."""
+        sfd = self.staging_fd
+        if sfd is None:
+            return
+        try:
+            self.failpoints.reach("release", "")
+        except Exception as err:
+            self.staging_fd = None
+            os.close(sfd)
+            self.complete = False
+            self.warnings.append(f"release: {err} (the next apply removes {self.staging})")
+
+    def _detach_old(self, action: Detach) -> None:
+        """Detach a link of the old generation through its pin in the old tree (now in the
+        staging directory), if that pin still holds it and the new record does not list it;
         nothing is reached through a symlink."""
+        sfd, ra = self.staging_fd, action.link
+        assert self.record is not None
+        if sfd is None:
+            return  # the release failed: the next apply removes the leftovers
+        keep = {a.link_id for c in self.record.collections.values() for a in c.attachments.values()}
+        if ra.link_id in keep:
+            return
+        *dirs, leaf = [action.collection, *ra.pin.split("/")]
+        with contextlib.ExitStack() as stack:
+            cur = sfd
+            try:
+                for part in dirs:
+                    cur = open_dir_at(cur, part)
+                    stack.callback(os.close, cur)
+                fd = open_pin_at(cur, leaf)
+            except FileNotFoundError:
+                return  # no tree, or no pin: nothing holds the link there
+            except (ebpf.Error, OSError) as err:
+                if getattr(err, "errno", None) == errno.ENOENT:
+                    return
+                self.warnings.append(f"release {self.staging}/{action.collection}/{ra.pin}: {err}")
+                return
+            try:
+                with _links.Link.from_fd(fd) as link:
+                    if link.id == ra.link_id:
+                        _detach(link)
+            except (ebpf.Error, OSError) as err:
+                self.warnings.append(f"release {self.staging}/{action.collection}/{ra.pin}: {err}")
+
+    def _remove_staging(self) -> None:
+        """Remove the staging directory with the old trees: what only they pinned goes."""
         sfd = self.staging_fd
         if sfd is None:
             return
         self.staging_fd = None
-        try:
-            self.failpoints.reach("release", "")
-        except Exception as err:
-            os.close(sfd)
-            self.complete = False
-            self.warnings.append(f"release: {err} (the next apply removes {self.staging})")
-            return
-        keep = {a.link_id for c in record.collections.values() for a in c.attachments.values()}
-        old = {
-            a.link_id
-            for name in (*self.staged, *self.plan.collections(Op.DELETE))
-            if (ac := self.actual.collections.get(name)) is not None
-            for a in ac.record.attachments.values()
-        }
-        try:
-            with os.scandir(sfd) as it:
-                trees = [e.name for e in it if e.is_dir(follow_symlinks=False)]
-            for tree in trees:
-                self._detach_old(sfd, tree, old - keep)
-        finally:
-            os.close(sfd)
+        os.close(sfd)
         self._remove(self.staging.name, "release")
 
-    def _detach_old(self, sfd: int, tree: str, ids: set[int]) -> None:
+    def _mark_old(self, action: Mark) -> None:
+        """Mark a recorded collection made before ownership markers existed (its record
+        proves it ours)."""
         try:
-            tfd = open_dir_at(sfd, tree)
-        except OSError:
-            return
-        try:
-            lfd = open_dir_at(tfd, "links")
-        except OSError:
-            return
-        finally:
-            os.close(tfd)
-        try:
-            with os.scandir(lfd) as it:
-                pins = [e.name for e in it if e.is_file(follow_symlinks=False)]
-            for pin in pins:
-                try:
-                    with _links.Link.from_fd(open_pin_at(lfd, pin)) as link:
-                        if link.id in ids:
-                            _detach(link)
-                except (ebpf.Error, OSError) as err:
-                    self.warnings.append(f"release {self.staging}/{tree}/links/{pin}: {err}")
-        finally:
-            os.close(lfd)
-
-    def _settle(self, record: StateRecord) -> None:
-        """After the commit: mark the recorded collections made before ownership markers
-        existed (their record proves them ours), and give the root up when nothing under
-        it is ours any more."""
-        touched = {*self.staged, *self.plan.collections(Op.DELETE)}
-        for name in self.actual.ownership.unmarked:
-            rec = record.collections.get(name)
-            ac = self.actual.collections.get(name)
-            if name in touched or rec is None or ac is None or ac.drift:
-                continue
+            fd = open_dir_at(self.root_fd, action.collection)
             try:
-                fd = open_dir_at(self.root_fd, name)
-                try:
-                    mark_collection(fd, self.token, rec, self.txid)
-                finally:
-                    os.close(fd)
-            except (OSError, ebpf.Error) as err:
-                self.warnings.append(f"mark {self.root / name}: {err}")
-        if not record.collections and self.complete and self.token:
-            release_root(self.root_fd, self.token)
+                mark_collection(fd, self.token, action.record, self.txid)
+            finally:
+                os.close(fd)
+        except (OSError, ebpf.Error) as err:
+            self.warnings.append(f"mark {self.root / action.collection}: {err}")
 
 
 def _prepared(

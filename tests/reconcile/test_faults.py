@@ -379,3 +379,58 @@ def test_incomplete_rollback_is_reported_and_the_next_apply_converges(
             send_udp(veth.a, veth.b, 6002, count=2)
             assert rx.drain() == 2
         assert counters[2] == 2
+
+
+def test_an_object_rebuilt_after_the_plan_is_refused(
+    env: Env, compile_bpf: Callable[..., Path], tmp_path: Path, fd_guard: None
+) -> None:
+    """The transaction loads the object the plan read, or nothing: one rebuilt in between
+    (the plan's map shapes and pins would not be its) fails the apply before anything is
+    loaded, and everything is rolled back."""
+    import shutil
+
+    from orchestrator.manifest import ObjectStore
+    from orchestrator.reconcile import NoFailpoints
+    from orchestrator.reconcile.observe import gather_facts
+    from orchestrator.reconcile.owner import locked
+    from orchestrator.reconcile.plan import plan
+    from orchestrator.reconcile.transaction import Transaction
+
+    obj = tmp_path / "rebuilt.o"
+    shutil.copy(extra_object(compile_bpf, "first_build"), obj)
+    env.write(
+        "rebuilt",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: rebuilt}}
+        spec:
+          object: {obj}
+        """,
+    )
+    r = env.reconciler()
+    desired = env.desired()
+    with locked(env.root, env.state_dir) as root_fd:
+        store = ObjectStore()
+        objects = store.snapshot()
+        p = plan(desired, gather_facts(desired, r.observe(), objects))
+        assert p.runs and not p.problems
+        shutil.copy(extra_object(compile_bpf, "second_build"), obj)
+        # the apply's own view of the files (a new snapshot: the store reads the file again)
+        tx = Transaction(
+            env.root, env.state_dir, NoFailpoints(), p, store.snapshot(), root_fd=root_fd
+        )
+        with pytest.raises(ApplyError) as info:
+            tx.run()
+    text = str(info.value)
+    assert f"object {obj} changed since the plan (plan and apply again)" in text
+    assert "nothing was changed" in text
+    assert pins_under(env.root) == []
+    assert r.status().collections == ()
+    r.apply(env.desired())  # a new plan reads the new object
+    st = r.status().get("rebuilt")
+    assert (
+        st is not None
+        and st.condition == "Ready"
+        and [p.name for p in st.programs] == ["second_build"]
+    )
