@@ -1,0 +1,236 @@
+"""Commit and release: the new record and the ownership markers, the staged trees swapped
+into place and the deleted ones moved out, the record written; then the old generation's
+links detached, the staging directory removed, old collections marked."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import os
+import stat
+from functools import partial
+from pathlib import Path
+
+from orchestrator import ebpf
+from orchestrator.ebpf import link as _links
+from orchestrator.ebpf.inspect import is_mount_root, open_dir_at, open_pin_at
+from orchestrator.reconcile.actions import Commit, Delete, Detach, Mark, Seal
+from orchestrator.reconcile.errors import ApplyError
+from orchestrator.reconcile.owner import mark_collection
+from orchestrator.reconcile.plan import target_fields
+from orchestrator.reconcile.state import (
+    AttachmentRecord,
+    CollectionRecord,
+    MapRecord,
+    MapShape,
+    ProgramRecord,
+    StateRecord,
+)
+from orchestrator.reconcile.store import git_revision, rename
+from orchestrator.reconcile.transaction.base import TransactionBase, check_name, pin_name
+from orchestrator.reconcile.transaction.switch import detach, kernel_mode
+
+
+class CommitSteps(TransactionBase):
+    """Seal, Commit, Delete; after the record: Release, Detach, RemoveStaging, Mark."""
+
+    def _new_record(self, seal: Seal) -> StateRecord:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out = dict(seal.base.collections)
+        revs: dict[Path, str | None] = {}
+        for name, st in self.staged.items():
+            d = st.desired
+            old = out.get(name)
+            sdir = os.fspath(st.dir)
+            maps: dict[str, MapRecord] = dict(st.carried)
+            for mname, m in st.maps.items():
+                mo = d.maps.get(mname)
+                src = st.sources.get(mname, "")
+                if not src and mname not in st.pinned and mname not in st.held:
+                    continue  # nothing holds it: gone with the transaction's fds
+                rel = f"maps/{pin_name(mname)}" if mname in st.pinned else ""
+                shape = st.shapes.get(mname)
+                if shape is None:
+                    shape = MapShape(int(m.type), m.key_size, m.value_size, m.max_entries, m.flags)
+                maps[mname] = MapRecord(
+                    mname,
+                    m.id,
+                    shape,
+                    rel,
+                    preserve=bool(mo is not None and mo.preserve),
+                    source=src,
+                    ino=os.stat(f"{sdir}/{rel}").st_ino if rel else 0,
+                )
+            programs: dict[str, ProgramRecord] = {}
+            for pname, p in st.programs.items():
+                rel = f"progs/{pin_name(pname)}"
+                programs[pname] = ProgramRecord(
+                    pname,
+                    p.id,
+                    p.tag,
+                    rel,
+                    int(p.type),
+                    ino=os.stat(f"{sdir}/{rel}").st_ino,
+                    verified_insns=p.verified_insns,
+                )
+            atts: dict[str, AttachmentRecord] = {}
+            for a in d.attach:
+                link, kind, pin = st.links[a.key()]
+                atts[a.key()] = AttachmentRecord(
+                    a.key(),
+                    a.program,
+                    kind,
+                    link.id,
+                    pin,
+                    target=target_fields(a.target),
+                    mode=kernel_mode(link, a.target),
+                )
+            base = d.source.file.parent
+            if base not in revs:
+                revs[base] = git_revision(base)
+            out[name] = CollectionRecord(
+                name=name,
+                generation=(old.generation + 1) if old is not None else 1,
+                digest=d.digest,
+                object_file=os.fspath(d.object_file),
+                object_sha256=st.object_sha256,
+                manifest=str(d.source),
+                applied_at=now,
+                git_revision=revs[base],
+                maps=maps,
+                programs=programs,
+                attachments=atts,
+                depends_on=tuple(sorted(d.depends_on())),
+                load_key=st.load_key,
+            )
+        for name in seal.deleted:
+            out.pop(name, None)
+        return StateRecord(out)
+
+    def _mark(self, record: StateRecord) -> None:
+        """Pin each staged tree's ownership marker, holding its collection's new record (so
+        a lost state record can be rebuilt from the pins)."""
+        for name in self.staged:
+            assert self.staging_fd is not None
+            fd = open_dir_at(self.staging_fd, name)
+            try:
+                mark_collection(fd, self.token, record.collections[name], self.txid)
+            finally:
+                os.close(fd)
+
+    def _live_dir(self, name: str) -> bool:
+        """Whether the directory ``<root>/name`` exists. Anything else there (a symlink or
+        a mount put there since the plan) is refused: it is never moved or followed."""
+        try:
+            st = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and not is_mount_root(self.root_fd, name):
+                return True
+        except FileNotFoundError:
+            return False
+        raise ApplyError(
+            f"{self.root / name} is not a directory bpforch made (a symlink or mount put "
+            "there since the plan); bpforch never moves or follows it"
+        )
+
+    def _commit(self, action: Commit) -> None:
+        """Swap the staged tree with the live one atomically, or move it into place."""
+        name = action.collection
+        rfd, sfd = self.root_fd, self.staging_fd
+        self.failpoints.reach("commit", name)
+        assert sfd is not None
+        check_name(name)
+        if not self._live_dir(name):  # a new collection: move into place
+            rename(name, name, src_dir=sfd, dst_dir=rfd)
+            self.undo.append(
+                (f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd))
+            )
+        else:  # swap old and new trees atomically
+            rename(name, name, exchange=True, src_dir=sfd, dst_dir=rfd)
+            self.undo.append(
+                (
+                    f"swap {name} back",
+                    partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
+                )
+            )
+
+    def _delete(self, action: Delete) -> None:
+        """Move a deleted collection's tree into the staging directory (it goes with the
+        release)."""
+        name = action.collection
+        rfd, sfd = self.root_fd, self.staging_fd
+        self.failpoints.reach("commit", name)
+        if not self._live_dir(check_name(name)):
+            return
+        assert sfd is not None
+        rename(name, name, src_dir=rfd, dst_dir=sfd)
+        self.undo.append((f"restore {name}", partial(rename, name, name, src_dir=sfd, dst_dir=rfd)))
+
+    def _release(self) -> None:
+        """The record is written: the old generation (its trees now in the staging
+        directory) is about to go. If this step fails, the rest of the release is left to
+        the next apply."""
+        sfd = self.staging_fd
+        if sfd is None:
+            return
+        try:
+            self.failpoints.reach("release", "")
+        except Exception as err:
+            self.staging_fd = None
+            os.close(sfd)
+            self.complete = False
+            self.warnings.append(f"release: {err} (the next apply removes {self.staging})")
+
+    def _detach_old(self, action: Detach) -> None:
+        """Detach a link of the old generation through its pin in the old tree (now in the
+        staging directory), if that pin still holds it and the new record does not list it;
+        nothing is reached through a symlink."""
+        sfd, ra = self.staging_fd, action.link
+        assert self.record is not None
+        if sfd is None:
+            return  # the release failed: the next apply removes the leftovers
+        keep = {a.link_id for c in self.record.collections.values() for a in c.attachments.values()}
+        if ra.link_id in keep:
+            return
+        *dirs, leaf = [action.collection, *ra.pin.split("/")]
+        with contextlib.ExitStack() as stack:
+            cur = sfd
+            try:
+                for part in dirs:
+                    cur = open_dir_at(cur, part)
+                    stack.callback(os.close, cur)
+                fd = open_pin_at(cur, leaf)
+            except FileNotFoundError:
+                return  # no tree, or no pin: nothing holds the link there
+            except (ebpf.Error, OSError) as err:
+                if getattr(err, "errno", None) == errno.ENOENT:
+                    return
+                self.warnings.append(f"release {self.staging}/{action.collection}/{ra.pin}: {err}")
+                return
+            try:
+                with _links.Link.from_fd(fd) as link:
+                    if link.id == ra.link_id:
+                        detach(link)
+            except (ebpf.Error, OSError) as err:
+                self.warnings.append(f"release {self.staging}/{action.collection}/{ra.pin}: {err}")
+
+    def _remove_staging(self) -> None:
+        """Remove the staging directory with the old trees: what only they pinned goes."""
+        sfd = self.staging_fd
+        if sfd is None:
+            return
+        self.staging_fd = None
+        os.close(sfd)
+        self._remove(self.staging.name, "release")
+
+    def _mark_old(self, action: Mark) -> None:
+        """Mark a recorded collection made before ownership markers existed (its record
+        proves it ours)."""
+        try:
+            fd = open_dir_at(self.root_fd, action.collection)
+            try:
+                mark_collection(fd, self.token, action.record, self.txid)
+            finally:
+                os.close(fd)
+        except (OSError, ebpf.Error) as err:
+            self.warnings.append(f"mark {self.root / action.collection}: {err}")
