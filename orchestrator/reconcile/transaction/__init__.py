@@ -204,13 +204,7 @@ class Transaction(StageSteps, SwitchSteps, CommitSteps):
                 raise AssertionError(f"unknown action {action!r}")
 
     def _rollback(self) -> list[str]:
-        problems = []
-        for what, fn in reversed(self.undo):
-            try:
-                fn()
-            except Exception as err:
-                problems.append(f"{what}: {err}")
-        self.undo.clear()
+        problems = self.journal.rollback()
         if self.staging_fd is not None:
             os.close(self.staging_fd)
             self.staging_fd = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from orchestrator.reconcile.observe import open_map, pinned_problem
 from orchestrator.reconcile.owner import MARK_PIN, STAGING_PREFIX, open_owned
 from orchestrator.reconcile.plan import Plan
 from orchestrator.reconcile.state import CollectionRecord, MapRecord, MapShape, StateRecord
+from orchestrator.reconcile.transaction.journal import Journal
 
 
 def pin_name(name: str) -> str:
@@ -87,7 +87,7 @@ class TransactionBase:
         self.complete = True  # every tree it removed went completely
         self.staged: dict[str, Staged] = {}
         self.record: StateRecord | None = None  # the new record, once sealed
-        self.undo: list[tuple[str, Callable[[], None]]] = []
+        self.journal = Journal()  # what to undo if the apply fails before the record
         self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
         self.warnings: list[str] = []
         self.current: tuple[str, Source | None] = ("", None)  # for error messages

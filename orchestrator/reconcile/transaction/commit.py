@@ -142,16 +142,14 @@ class CommitSteps(TransactionBase):
         check_name(name)
         if not self._live_dir(name):  # a new collection: move into place
             rename(name, name, src_dir=sfd, dst_dir=rfd)
-            self.undo.append(
-                (f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd))
+            self.journal.add(
+                f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd)
             )
         else:  # swap old and new trees atomically
             rename(name, name, exchange=True, src_dir=sfd, dst_dir=rfd)
-            self.undo.append(
-                (
-                    f"swap {name} back",
-                    partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
-                )
+            self.journal.add(
+                f"swap {name} back",
+                partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
             )
 
     def _delete(self, action: Delete) -> None:
@@ -164,7 +162,7 @@ class CommitSteps(TransactionBase):
             return
         assert sfd is not None
         rename(name, name, src_dir=rfd, dst_dir=sfd)
-        self.undo.append((f"restore {name}", partial(rename, name, name, src_dir=sfd, dst_dir=rfd)))
+        self.journal.add(f"restore {name}", partial(rename, name, name, src_dir=sfd, dst_dir=rfd))
 
     def _release(self) -> None:
         """The record is written: the old generation (its trees now in the staging

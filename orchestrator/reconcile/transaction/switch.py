@@ -66,14 +66,12 @@ class SwitchSteps(TransactionBase):
             if before.id != prog.id:  # it may run it already (an interrupted apply)
                 self.failpoints.reach("switch", key)
                 link.update(prog, before)
-                self.undo.append(
-                    (f"switch link {link.id} back", partial(link.update, before, prog))
-                )
+                self.journal.add(f"switch link {link.id} back", partial(link.update, before, prog))
         else:
             self.failpoints.reach("attach", key)
             link = self._attach(st, prog, a, action.take_over)
             self.owned.append(link)
-            self.undo.append((f"detach new link {link.id}", partial(detach, link)))
+            self.journal.add(f"detach new link {link.id}", partial(detach, link))
         link.pin(pin)
         st.links[key] = (link, action.link_kind, action.pin)
 
@@ -103,17 +101,15 @@ class SwitchSteps(TransactionBase):
                 self.owned.append(before)
                 mode = _links.xdp_mode(index, before.id, t.netns) or "auto"
                 detach(old)
-                self.undo.append(
-                    (
-                        f"attach {before.name} to {t.interface} again in {mode} mode",
-                        partial(restore_xdp, before, index, mode, t.netns, self.root_fd, live),
-                    )
+                self.journal.add(
+                    f"attach {before.name} to {t.interface} again in {mode} mode",
+                    partial(restore_xdp, before, index, mode, t.netns, self.root_fd, live),
                 )
         self.failpoints.reach("attach", key)
         mode = "auto" if t.mode is XdpMode.AUTO else t.mode.value
         link = self._attach_xdp(prog, t, mode, key, action.take_over, index)
         self.owned.append(link)
-        self.undo.append((f"detach new link {link.id}", partial(detach, link)))
+        self.journal.add(f"detach new link {link.id}", partial(detach, link))
         link.pin(pin)
         self.staged[name].links[key] = (link, action.link_kind, action.pin)
 
@@ -158,11 +154,9 @@ class SwitchSteps(TransactionBase):
         foreign = Program.from_id(held.prog_id)
         self.owned.append(foreign)
         _links.set_xdp_netlink(held.ifindex, None, held.mode, expected=foreign, netns=t.netns)
-        self.undo.append(
-            (
-                f"re-attach foreign xdp program {held.prog_id} ({held.prog_name}) to {t.interface}",
-                partial(_links.set_xdp_netlink, held.ifindex, foreign, held.mode, netns=t.netns),
-            )
+        self.journal.add(
+            f"re-attach foreign xdp program {held.prog_id} ({held.prog_name}) to {t.interface}",
+            partial(_links.set_xdp_netlink, held.ifindex, foreign, held.mode, netns=t.netns),
         )
         self.failpoints.reach("take_over", key)
 
