@@ -1,5 +1,12 @@
 """The apply transaction: stage → switch → commit, or roll back to the old generation.
 
+:class:`Transaction` runs the actions of a :class:`~orchestrator.reconcile.plan.Plan`
+(:mod:`orchestrator.reconcile.actions`), in their order, and decides nothing the plan did not
+say: it turns the names and records in the actions into kernel handles, and checks that the
+kernel still is what the plan saw (the object it read, the link a pin holds). The steps live
+in :mod:`.stage` (Stage, Keep), :mod:`.switch` (the link actions), :mod:`.commit` (seal,
+commit, delete, and the release after the record); :mod:`.journal` is the undo list.
+
 Layout on bpffs (nothing ever carries a version or generation in its name)::
 
     <root>/<collection>/maps/<map>        the maps the collection pins (see below)
