@@ -103,6 +103,26 @@ class Change:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PlanProblem:
+    """A reason the plan cannot be applied, found before touching anything."""
+
+    collection: str
+    message: str
+    source: Source | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        where = f" ({self.source})" if self.source is not None else ""
+        return f"collection {self.collection}{where}: {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "collection": self.collection,
+            "message": self.message,
+            "source": str(self.source) if self.source is not None else None,
+        }
+
+
 # ---------------------------------------------------------------------------- maps
 
 
@@ -488,6 +508,7 @@ __all__ = [
     "NotApplied",
     "Op",
     "OpenStaging",
+    "PlanProblem",
     "Reattach",
     "Release",
     "ReleaseRoot",
