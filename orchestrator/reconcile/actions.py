@@ -9,15 +9,16 @@ to the one action that does what it says; an action may print nothing (the steps
 apply takes: the staging directory, the record) or lines about several things (a
 collection's maps and programs are staged by one load).
 
-The order of an apply, and each action's failpoints (see
-:mod:`orchestrator.reconcile.failpoints`)::
+The order of an apply, and the failpoints each action reaches (the named steps where
+tests inject failures)::
 
     RemoveLeftover*          staging directories of interrupted applies
     ClaimRoot?               the root's owner marker, on the first apply under a root
     OpenStaging?             the staging directory of this transaction
     Unchanged | Stage | Keep per collection, dependencies first          load verify pin
-                             (map entries written by a manifest go here, after the map is
-                             staged and before anything is switched to it)
+                             (a WriteEntries action, for map contents a manifest declares,
+                             belongs right after its collection's Stage or Keep: its maps
+                             are staged, and nothing is switched to them yet)
     KeepLink | SwitchLink | Attach | MakeBeforeBreak   per attachment   switch / attach
     Reattach*                XDP links attached anew for their mode, last           attach
     Seal                     the new record, and each staged tree's ownership marker
