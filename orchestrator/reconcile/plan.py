@@ -10,8 +10,7 @@ Conventions follow the ones users know from terraform: ``+`` create, ``~`` updat
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,15 +70,21 @@ class Plan:
     own_programs: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
     # programs above 80% of the verifier's budget at the last apply
     warnings: tuple[str, ...] = ()
-    changes: tuple[Change, ...] = field(init=False, repr=False, compare=False)
+    _changes: tuple[Change, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        by_collection: dict[str, list[Change]] = {}
-        for action in self.actions:
-            for line in action.lines:
-                by_collection.setdefault(line.collection, []).append(line)
-        changes = tuple(line for lines in by_collection.values() for line in lines)
-        object.__setattr__(self, "changes", changes)
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """The lines the plan prints: each action's lines, grouped per collection (in the
+        order the collections first come), in the order the actions run."""
+        if self._changes is None:
+            by_collection: dict[str, list[Change]] = {}
+            for action in self.actions:
+                for line in action.lines:
+                    by_collection.setdefault(line.collection, []).append(line)
+            changes = tuple(line for lines in by_collection.values() for line in lines)
+            object.__setattr__(self, "_changes", changes)
+            return changes
+        return self._changes
 
     @property
     def runs(self) -> bool:
@@ -119,7 +124,7 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(c.op is not Op.NOOP for c in self.changes)
+        return any(c.op is not Op.NOOP for a in self.actions for c in a.lines)
 
     def collection_op(self, name: str) -> Op | None:
         for c in self.changes:
@@ -167,9 +172,18 @@ class Plan:
         return "\n".join(lines)
 
 
-def _plan(actual: ActualState, actions: Sequence[Action], problems: Sequence[PlanProblem]) -> Plan:
+def _plan(
+    actual: ActualState,
+    actions: Sequence[Action],
+    problems: Sequence[PlanProblem],
+    warnings: tuple[str, ...] = (),
+    programs: Iterable[int] | None = None,
+) -> Plan:
+    """The plan of ``actions``, with what the transaction needs from ``actual`` (the owner
+    token, the ids of bpforch's programs: ``programs``, if known, and the leftovers')."""
     own = actual.ownership
-    programs = {p.id for c in actual.collections.values() for p in c.record.programs.values()}
+    if programs is None:
+        programs = {p.id for c in actual.collections.values() for p in c.record.programs.values()}
     return Plan(
         tuple(actions),
         tuple(problems),
@@ -177,6 +191,7 @@ def _plan(actual: ActualState, actions: Sequence[Action], problems: Sequence[Pla
         own.adopted,
         own.token,
         frozenset(programs) | own.leftover_programs,
+        warnings,
     )
 
 
@@ -195,12 +210,11 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
     the last apply are ``warnings``."""
     planner = Planner(desired, actual, prune)
     actions = planner.run()
-    if actions is None:
-        return Plan((), tuple(planner.problems))
-    p = _plan(actual, actions, planner.problems)
     records = {n: c.record for n, c in actual.collections.items()}
-    figures = recorded(records, desired.collections)
-    return dataclasses.replace(p, warnings=budget_warnings(figures, recorded=True))
+    warnings = budget_warnings(recorded(records, desired.collections), recorded=True)
+    if actions is None:
+        return Plan((), tuple(planner.problems), warnings=warnings)
+    return _plan(actual, actions, planner.problems, warnings, planner.own_prog_ids)
 
 
 def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:

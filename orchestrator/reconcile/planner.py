@@ -221,7 +221,7 @@ class Planner:
                     mo.source or d.source,
                 )
         if rec is not None and not reasons:
-            self.add(
+            line = Change(
                 Op.NOOP,
                 Kind.COLLECTION,
                 d.name,
@@ -229,7 +229,7 @@ class Planner:
                 f"unchanged (generation {rec.generation})",
                 d.source,
             )
-            self.collections.append(Unchanged(d.name, lines=self.take()))
+            self.collections.append(Unchanged(d.name, lines=(line,)))
             return
         if rec is not None:
             op = Op.UPDATE
