@@ -9,8 +9,8 @@ to the one action that does what it says; an action may print nothing (the steps
 apply takes: the staging directory, the record) or lines about several things (a
 collection's maps and programs are staged by one load).
 
-The order of an apply, and the failpoints each action reaches (the named steps where
-tests inject failures)::
+The order of an apply, and the failpoints each action reaches
+(:mod:`orchestrator.reconcile.failpoints`)::
 
     RemoveLeftover*          staging directories of interrupted applies
     ClaimRoot?               the root's owner marker, on the first apply under a root
