@@ -20,15 +20,13 @@ from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.budget import budget_warnings, recorded
 from orchestrator.reconcile.collection_status import Status, build_status
+from orchestrator.reconcile.defaults import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
 from orchestrator.reconcile.observe import gather_facts, observe
 from orchestrator.reconcile.owner import locked
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
 from orchestrator.reconcile.state import ActualState
-
-DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpforch")
-DEFAULT_STATE_DIR = Path("/run/bpforch")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,10 @@ from __future__ import annotations
 import bisect
 import os
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
-
-from elftools.common.exceptions import ELFError
-from elftools.construct import ConstructError
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
@@ -77,7 +75,7 @@ from orchestrator.ebpf.elf.records import (
     STT_OBJECT,
     STT_SECTION,
     _cstr,
-    _elf_structs,
+    _elf_header,
     _Function,
     _Section,
     _string_table,
@@ -85,7 +83,6 @@ from orchestrator.ebpf.elf.records import (
 )
 from orchestrator.ebpf.errors import BTFError, Error, ParseError, clip
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
-from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -118,8 +115,18 @@ def load_bytes(data: bytes, name: str = "", path: str = "") -> CollectionSpec:
             raise
         # names in the object (sections, symbols) can be megabytes long: cut what they say
         raise type(err)(f"{label}: {clip(str(err), _MESSAGE_MAX)}") from err
-    except (ELFError, struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
-        raise ParseError(f"{label}: malformed ELF object: {clip(str(err), _MESSAGE_MAX)}") from err
+    except (struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError) as err:
+        raise _malformed(label, err) from err
+    except Exception as err:
+        # pyelftools is imported only to describe a header that is not an eBPF object's
+        elftools = sys.modules.get("elftools.common.exceptions")
+        if elftools is None or not isinstance(err, elftools.ELFError):
+            raise
+        raise _malformed(label, err) from err
+
+
+def _malformed(label: str, err: Exception) -> ParseError:
+    return ParseError(f"{label}: malformed ELF object: {clip(str(err), _MESSAGE_MAX)}")
 
 
 _MESSAGE_MAX = 1000  # characters of a parse error's own text
@@ -135,10 +142,7 @@ class _Reader(MapReader):
             raise ParseError("not a 64-bit ELF object")
         if data[5] != 1:
             raise ParseError("big-endian objects are not supported (compile with -target bpfel)")
-        try:
-            self.header = _elf_structs().Elf_Ehdr.parse(data[:64])
-        except ConstructError as err:
-            raise ParseError(f"bad ELF header: {err}") from err
+        self.header = _elf_header(data)
         machine = self.header["e_machine"]
         if machine not in ("EM_BPF", EM_BPF):
             raise ParseError(f"not an eBPF object (e_machine {machine})")
@@ -275,6 +279,8 @@ class _Reader(MapReader):
         ]
         if not secs:
             return
+        from orchestrator.ebpf.link import struct_ops as _struct_ops
+
         for name, ops in _struct_ops.collect(self.btf, secs):
             if name in maps:
                 raise ParseError(f"struct_ops {name}: clashes with a map of the same name")

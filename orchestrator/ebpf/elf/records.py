@@ -3,12 +3,10 @@ the string-table and header helpers."""
 
 from __future__ import annotations
 
-import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-from elftools.elf.structs import ELFStructs
+from typing import Any
 
 from orchestrator.ebpf.errors import ParseError
 
@@ -30,6 +28,8 @@ STT_OBJECT = 1
 STT_FUNC = 2
 STT_SECTION = 3
 
+ET_REL = 1
+_EHDR = struct.Struct("<HHIQQQIHHHHHH")  # the ELF64 header after e_ident
 _SYM = struct.Struct("<IBBHQQ")
 _REL = struct.Struct("<QQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -67,15 +67,35 @@ class _Function:
     named: bool = True  # False: code no symbol names, found as a call target
 
 
-@functools.cache
-def _elf_structs() -> ELFStructs:
-    """pyelftools' little-endian ELF64 record layouts, built once (building them is slow)."""
+def _elf_header(data: bytes) -> Mapping[str, Any]:
+    """The fields of a little-endian ELF64 header (``data`` has at least 64 bytes), e_type and
+    e_machine by their pyelftools names (``ET_REL``, ``EM_BPF``). An eBPF object's header is
+    decoded with ``struct``; any other is left to pyelftools, which names what it is."""
+    (e_type, e_machine, _, _, _, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx) = (
+        _EHDR.unpack_from(data, 16)
+    )
+    if e_type == ET_REL and e_machine == EM_BPF:
+        return {
+            "e_type": "ET_REL",
+            "e_machine": "EM_BPF",
+            "e_shoff": e_shoff,
+            "e_shentsize": e_shentsize,
+            "e_shnum": e_shnum,
+            "e_shstrndx": e_shstrndx,
+        }
+    from elftools.construct import ConstructError
+    from elftools.elf.structs import ELFStructs
+
     structs = ELFStructs(little_endian=True, elfclass=64)
     structs.create_basic_structs()
     structs.create_advanced_structs(
         e_type="ET_REL", e_machine="EM_BPF", e_ident_osabi="ELFOSABI_SYSV"
     )
-    return structs
+    try:
+        header: Mapping[str, Any] = structs.Elf_Ehdr.parse(data[:64])
+    except ConstructError as err:
+        raise ParseError(f"bad ELF header: {err}") from err
+    return header
 
 
 def _string_table(data: bytes) -> Callable[[int], str]:
