@@ -16,6 +16,7 @@ from tests.conftest import ROOT
 
 LAZY_PACKAGES = (
     "orchestrator.ebpf",
+    "orchestrator.ebpf.link",
     "orchestrator.manifest",
     "orchestrator.reconcile",
     "orchestrator.service",
