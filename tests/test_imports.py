@@ -94,7 +94,9 @@ def test_an_export_named_like_its_submodule_stays_the_export() -> None:
     assert out.stdout.split() == ["True", "True"]
 
 
-def _modules_after(argv: list[str], tmp_path: Path) -> set[str]:
+def _modules_after(
+    argv: list[str], tmp_path: Path, expect: tuple[object, ...] = (0, None)
+) -> set[str]:
     """The modules loaded once ``bpforch ARGV`` has run in a fresh interpreter."""
     dump = tmp_path / "modules.json"
     code = (
@@ -110,7 +112,7 @@ def _modules_after(argv: list[str], tmp_path: Path) -> set[str]:
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     code_, modules = json.loads(dump.read_text())
-    assert code_ in (0, None), (argv, code_)
+    assert code_ in expect, (argv, code_)
     return set(modules)
 
 
@@ -138,6 +140,29 @@ def test_validate_imports_no_jsonschema_no_pyelftools_and_no_kernel_layer(
     modules = _modules_after(["validate", str(ROOT / "manifests")], tmp_path)
     assert "orchestrator.manifest.loader" in modules  # it did validate
     assert _loaded(modules, (*DEPENDENCIES, *KERNEL, *SERVICE)) == []
+
+
+@pytest.mark.kernel
+def test_plan_imports_neither_the_status_nor_the_transaction_nor_other_hooks(
+    tmp_path: Path, pin_dir: Path
+) -> None:
+    where = ["--bpffs-root", str(pin_dir / "root"), "--state-dir", str(tmp_path / "state")]
+    manifest = tmp_path / "tp.yaml"
+    manifest.write_text(
+        "apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {name: tp}\n"
+        f"spec: {{object: {ROOT / 'bpf' / 'tp_counter.o'}}}\n"
+    )
+    modules = _modules_after(["plan", str(manifest), *where], tmp_path, expect=(2,))
+    assert "orchestrator.reconcile.planner" in modules  # it did plan
+    assert _loaded(modules, (*DEPENDENCIES, *SERVICE)) == []
+    unneeded = (
+        "orchestrator.reconcile.collection_status",
+        "orchestrator.reconcile.transaction",
+        "orchestrator.ebpf.link.struct_ops",
+        "orchestrator.ebpf.link.uprobe",
+        "orchestrator.ebpf.link.netns",
+    )
+    assert _loaded(modules, unneeded) == []
 
 
 def test_invalid_manifests_still_get_jsonschema_s_problems(tmp_path: Path) -> None:
