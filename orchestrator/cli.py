@@ -20,24 +20,14 @@ from typing import TYPE_CHECKING, TextIO
 
 from orchestrator import __version__, schemas
 from orchestrator import commands as day2
-from orchestrator.manifest import DesiredState, ManifestError, ObjectStore, load_manifests
-from orchestrator.reconcile import (
-    Change,
-    Failpoints,
-    Kind,
-    Op,
-    Plan,
-    ReconcileError,
-    Reconciler,
-    Status,
-)
 from orchestrator.service import cli as service_cli
-from orchestrator.service.daemon_status import DaemonStatus, read_status
-from orchestrator.service.errors import ServiceError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the verbs import what they use when they run (bpforch --help: nothing)
     from orchestrator.ebpf import ProgramReport, VerifierError
+    from orchestrator.manifest import DesiredState, ObjectStore
+    from orchestrator.reconcile import Failpoints, Plan, Reconciler, Status
     from orchestrator.reconcile.inventory import Inventory
+    from orchestrator.service.daemon_status import DaemonStatus
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -255,6 +245,8 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
 def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | None:
     """Load and validate manifests; on problems render them and return None. Warnings
     (a deprecated apiVersion) go to ``err``."""
+    from orchestrator.manifest import ManifestError, load_manifests
+
     try:
         desired = load_manifests(list(args.paths), store=args.store)
     except ManifestError as exc:
@@ -300,6 +292,8 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _reconciler(args: argparse.Namespace) -> Reconciler:
+    from orchestrator.reconcile import Reconciler
+
     return Reconciler(
         bpffs_root=args.bpffs_root,
         state_dir=args.state_dir,
@@ -311,6 +305,8 @@ def _reconciler(args: argparse.Namespace) -> Reconciler:
 def render_plan(plan: Plan, out: TextIO) -> None:
     """terraform-style: one block per collection (with where it is declared), each change
     with its reason, then problems and the summary line."""
+    from orchestrator.reconcile import Change, Kind, Op
+
     color = _color(out)
     by_collection: dict[str, list[Change]] = {}
     for ch in plan.changes:
@@ -357,6 +353,8 @@ def _render_ownership(plan: Plan, out: TextIO, indent: str = "") -> None:
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator.reconcile import ReconcileError
+
     rec = _reconciler(args)
     try:
         if args.refresh_only:
@@ -402,6 +400,8 @@ def _refresh_only(rec: Reconciler, args: argparse.Namespace, out: TextIO) -> int
 
 
 def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator.reconcile import ReconcileError
+
     desired = _load(args, out, err)
     if desired is None:
         return EXIT_ERROR
@@ -474,6 +474,10 @@ def render_status(status: Status, out: TextIO) -> None:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from orchestrator.reconcile import ReconcileError
+    from orchestrator.service.daemon_status import read_status
+    from orchestrator.service.errors import ServiceError
+
     rec = _reconciler(args)
     try:
         status = rec.status()
@@ -551,6 +555,7 @@ def render_inventory(hooks: Inventory, out: TextIO) -> None:
 
 def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.commands.destroy import preserved_maps, render_footer
+    from orchestrator.reconcile import Op, ReconcileError
 
     if bool(args.names) == bool(args.all):
         print("error: name the collections to destroy, or pass --all (not both)", file=err)
@@ -775,6 +780,8 @@ def _expand_dry_run(parser: argparse.ArgumentParser, argv: list[str]) -> list[st
 def cmd_metrics(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.service import metrics
     from orchestrator.service.config import load_config
+    from orchestrator.service.daemon_status import read_status
+    from orchestrator.service.errors import ServiceError
 
     root, state_dir, paths = args.bpffs_root, args.state_dir, list(args.paths)
     if args.config is not None:
@@ -890,6 +897,8 @@ def main(
         except SystemExit:  # --help, --version and usage errors: flush while we can catch
             sys.stdout.flush()
             raise
+        from orchestrator.manifest import ObjectStore
+
         args.failpoints = failpoints
         args.store = ObjectStore()
         func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func

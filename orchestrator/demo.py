@@ -17,15 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator import cli, ebpf
-from orchestrator.ebpf.inspect import in_netns
 
 # The demo's manifests and objects: orchestrator/_demo/{manifests,bpf}, symlinks to the
 # repository's manifests/ and bpf/ in a source checkout, files in a wheel.
@@ -39,6 +35,8 @@ OPEN_PORT, BLOCKED_PORT = 9999, 12345
 
 
 def _ip(*args: str) -> None:
+    import subprocess
+
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
@@ -79,6 +77,8 @@ def _create_targets() -> None:
 
 def _remove_targets() -> None:
     for ns in (NETNS, PEER):
+        import subprocess
+
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     with contextlib.suppress(OSError):
         _cgroup().rmdir()
@@ -86,7 +86,11 @@ def _remove_targets() -> None:
 
 def _send(count: int, port: int) -> None:
     """``count`` UDP datagrams from the peer namespace to the demo namespace."""
+    from orchestrator.ebpf.inspect import in_netns
+
     with in_netns(_netns_path(PEER)):
+        import socket
+
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
         for i in range(count):
@@ -107,10 +111,14 @@ def _send_from_cgroup(count: int) -> None:
         (cgroup / "cgroup.procs").write_text("0")
 
     argv = ["nsenter", f"--net={_netns_path(PEER)}", sys.executable, "-c", code]
+    import subprocess
+
     subprocess.run(argv, check=True, preexec_fn=join)
 
 
 def _syscalls(n: int) -> None:
+    import threading
+
     for _ in range(n):
         os.getppid()
         os.getpid()

@@ -15,98 +15,103 @@ with ebpf.Collection(spec, ebpf.CollectionOptions(pin_path="/sys/fs/bpf/x")) as 
 
 from __future__ import annotations
 
-from orchestrator.ebpf import inspect
-from orchestrator.ebpf._sys import (
-    AttachType,
-    LinkType,
-    MapFlags,
-    MapType,
-    ProgFlags,
-    ProgType,
-    UpdateFlags,
-)
-from orchestrator.ebpf.asm import Instruction, Instructions, Reference, RefKind
-from orchestrator.ebpf.binding import Binding, bind, close_all
-from orchestrator.ebpf.btf.kernel import KernelBTF
-from orchestrator.ebpf.btf.kernel import load as load_kernel_btf
-from orchestrator.ebpf.collection import (
-    Collection,
-    CollectionOptions,
-    load_collection,
-)
-from orchestrator.ebpf.errors import (
-    AttachConflictError,
-    AttachError,
-    AttachTargetError,
-    BindError,
-    BTFError,
-    ConstantError,
-    COREError,
-    CORERelocationError,
-    Error,
-    KconfigError,
-    KeyExistsError,
-    KeyNotFoundError,
-    LiteralError,
-    MapIncompatibleError,
-    MountNotFoundError,
-    NetnsError,
-    NetnsFileError,
-    NetnsNotFoundError,
-    NotFoundError,
-    NotSupportedError,
-    ParseError,
-    PermissionDeniedError,
-    PinError,
-    SpecError,
-    SyscallError,
-    TargetNotFoundError,
-    UnresolvedReferenceError,
-    VerifierError,
-)
-from orchestrator.ebpf.externs import ExternKind, ExternSpec
-from orchestrator.ebpf.link import (
-    Link,
-    LinkInfo,
-    attach_cgroup,
-    attach_netns,
-    attach_raw_tracepoint,
-    attach_tcx,
-    attach_tracepoint,
-    attach_uprobe,
-    attach_xdp,
-    cgroup_attached,
-    iter_links,
-    tcx_attached,
-    xdp_attached,
-)
-from orchestrator.ebpf.link.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
-from orchestrator.ebpf.map_codec import MapCodec
-from orchestrator.ebpf.maps import Map, MapInfo
-from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
-from orchestrator.ebpf.perf import PerfReader, PerfRecord
-from orchestrator.ebpf.programs import (
-    Program,
-    ProgramInfo,
-    RunResult,
-    RunStats,
-    StatsEnabled,
-    enable_stats,
-    stats_enabled,
-)
-from orchestrator.ebpf.ringbuf import RingBufReader
-from orchestrator.ebpf.spec import (
-    CollectionSpec,
-    MapEntry,
-    MapSpec,
-    PinType,
-    ProgramSpec,
-    Unresolved,
-    VariableSpec,
-)
-from orchestrator.ebpf.values import Hex, NetworkOrder, References
-from orchestrator.ebpf.verification import ProgramReport, verify
-from orchestrator.ebpf.verifier import Rejection, SourceLine
+from typing import TYPE_CHECKING
+
+from orchestrator import _lazy
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf import inspect
+    from orchestrator.ebpf._sys import (
+        AttachType,
+        LinkType,
+        MapFlags,
+        MapType,
+        ProgFlags,
+        ProgType,
+        UpdateFlags,
+    )
+    from orchestrator.ebpf.asm import Instruction, Instructions, Reference, RefKind
+    from orchestrator.ebpf.binding import Binding, bind, close_all
+    from orchestrator.ebpf.btf.kernel import KernelBTF
+    from orchestrator.ebpf.btf.kernel import load as load_kernel_btf
+    from orchestrator.ebpf.collection import (
+        Collection,
+        CollectionOptions,
+        load_collection,
+    )
+    from orchestrator.ebpf.errors import (
+        AttachConflictError,
+        AttachError,
+        AttachTargetError,
+        BindError,
+        BTFError,
+        ConstantError,
+        COREError,
+        CORERelocationError,
+        Error,
+        KconfigError,
+        KeyExistsError,
+        KeyNotFoundError,
+        LiteralError,
+        MapIncompatibleError,
+        MountNotFoundError,
+        NetnsError,
+        NetnsFileError,
+        NetnsNotFoundError,
+        NotFoundError,
+        NotSupportedError,
+        ParseError,
+        PermissionDeniedError,
+        PinError,
+        SpecError,
+        SyscallError,
+        TargetNotFoundError,
+        UnresolvedReferenceError,
+        VerifierError,
+    )
+    from orchestrator.ebpf.externs import ExternKind, ExternSpec
+    from orchestrator.ebpf.link import (
+        Link,
+        LinkInfo,
+        attach_cgroup,
+        attach_netns,
+        attach_raw_tracepoint,
+        attach_tcx,
+        attach_tracepoint,
+        attach_uprobe,
+        attach_xdp,
+        cgroup_attached,
+        iter_links,
+        tcx_attached,
+        xdp_attached,
+    )
+    from orchestrator.ebpf.link.struct_ops import StructOpsLink, StructOpsSpec, attach_struct_ops
+    from orchestrator.ebpf.map_codec import MapCodec
+    from orchestrator.ebpf.maps import Map, MapInfo
+    from orchestrator.ebpf.mounts import bpffs_root, cgroup2_root, tracefs_root
+    from orchestrator.ebpf.perf import PerfReader, PerfRecord
+    from orchestrator.ebpf.programs import (
+        Program,
+        ProgramInfo,
+        RunResult,
+        RunStats,
+        StatsEnabled,
+        enable_stats,
+        stats_enabled,
+    )
+    from orchestrator.ebpf.ringbuf import RingBufReader
+    from orchestrator.ebpf.spec import (
+        CollectionSpec,
+        MapEntry,
+        MapSpec,
+        PinType,
+        ProgramSpec,
+        Unresolved,
+        VariableSpec,
+    )
+    from orchestrator.ebpf.values import Hex, NetworkOrder, References
+    from orchestrator.ebpf.verification import ProgramReport, verify
+    from orchestrator.ebpf.verifier import Rejection, SourceLine
 
 __all__ = [
     "AttachConflictError",
@@ -206,3 +211,104 @@ __all__ = [
     "verify",
     "xdp_attached",
 ]
+
+_EXPORTS = {
+    "AttachConflictError": "orchestrator.ebpf.errors:AttachConflictError",
+    "AttachError": "orchestrator.ebpf.errors:AttachError",
+    "AttachTargetError": "orchestrator.ebpf.errors:AttachTargetError",
+    "AttachType": "orchestrator.ebpf._sys:AttachType",
+    "BTFError": "orchestrator.ebpf.errors:BTFError",
+    "BindError": "orchestrator.ebpf.errors:BindError",
+    "Binding": "orchestrator.ebpf.binding:Binding",
+    "COREError": "orchestrator.ebpf.errors:COREError",
+    "CORERelocationError": "orchestrator.ebpf.errors:CORERelocationError",
+    "Collection": "orchestrator.ebpf.collection:Collection",
+    "CollectionOptions": "orchestrator.ebpf.collection:CollectionOptions",
+    "CollectionSpec": "orchestrator.ebpf.spec:CollectionSpec",
+    "ConstantError": "orchestrator.ebpf.errors:ConstantError",
+    "Error": "orchestrator.ebpf.errors:Error",
+    "ExternKind": "orchestrator.ebpf.externs:ExternKind",
+    "ExternSpec": "orchestrator.ebpf.externs:ExternSpec",
+    "Hex": "orchestrator.ebpf.values:Hex",
+    "Instruction": "orchestrator.ebpf.asm:Instruction",
+    "Instructions": "orchestrator.ebpf.asm:Instructions",
+    "KconfigError": "orchestrator.ebpf.errors:KconfigError",
+    "KernelBTF": "orchestrator.ebpf.btf.kernel:KernelBTF",
+    "KeyExistsError": "orchestrator.ebpf.errors:KeyExistsError",
+    "KeyNotFoundError": "orchestrator.ebpf.errors:KeyNotFoundError",
+    "Link": "orchestrator.ebpf.link:Link",
+    "LinkInfo": "orchestrator.ebpf.link:LinkInfo",
+    "LinkType": "orchestrator.ebpf._sys:LinkType",
+    "LiteralError": "orchestrator.ebpf.errors:LiteralError",
+    "Map": "orchestrator.ebpf.maps:Map",
+    "MapCodec": "orchestrator.ebpf.map_codec:MapCodec",
+    "MapEntry": "orchestrator.ebpf.spec:MapEntry",
+    "MapFlags": "orchestrator.ebpf._sys:MapFlags",
+    "MapIncompatibleError": "orchestrator.ebpf.errors:MapIncompatibleError",
+    "MapInfo": "orchestrator.ebpf.maps:MapInfo",
+    "MapSpec": "orchestrator.ebpf.spec:MapSpec",
+    "MapType": "orchestrator.ebpf._sys:MapType",
+    "MountNotFoundError": "orchestrator.ebpf.errors:MountNotFoundError",
+    "NetnsError": "orchestrator.ebpf.errors:NetnsError",
+    "NetnsFileError": "orchestrator.ebpf.errors:NetnsFileError",
+    "NetnsNotFoundError": "orchestrator.ebpf.errors:NetnsNotFoundError",
+    "NetworkOrder": "orchestrator.ebpf.values:NetworkOrder",
+    "NotFoundError": "orchestrator.ebpf.errors:NotFoundError",
+    "NotSupportedError": "orchestrator.ebpf.errors:NotSupportedError",
+    "ParseError": "orchestrator.ebpf.errors:ParseError",
+    "PerfReader": "orchestrator.ebpf.perf:PerfReader",
+    "PerfRecord": "orchestrator.ebpf.perf:PerfRecord",
+    "PermissionDeniedError": "orchestrator.ebpf.errors:PermissionDeniedError",
+    "PinError": "orchestrator.ebpf.errors:PinError",
+    "PinType": "orchestrator.ebpf.spec:PinType",
+    "ProgFlags": "orchestrator.ebpf._sys:ProgFlags",
+    "ProgType": "orchestrator.ebpf._sys:ProgType",
+    "Program": "orchestrator.ebpf.programs:Program",
+    "ProgramInfo": "orchestrator.ebpf.programs:ProgramInfo",
+    "ProgramReport": "orchestrator.ebpf.verification:ProgramReport",
+    "ProgramSpec": "orchestrator.ebpf.spec:ProgramSpec",
+    "RefKind": "orchestrator.ebpf.asm:RefKind",
+    "Reference": "orchestrator.ebpf.asm:Reference",
+    "References": "orchestrator.ebpf.values:References",
+    "Rejection": "orchestrator.ebpf.verifier:Rejection",
+    "RingBufReader": "orchestrator.ebpf.ringbuf:RingBufReader",
+    "RunResult": "orchestrator.ebpf.programs:RunResult",
+    "RunStats": "orchestrator.ebpf.programs:RunStats",
+    "SourceLine": "orchestrator.ebpf.verifier:SourceLine",
+    "SpecError": "orchestrator.ebpf.errors:SpecError",
+    "StatsEnabled": "orchestrator.ebpf.programs:StatsEnabled",
+    "StructOpsLink": "orchestrator.ebpf.link.struct_ops:StructOpsLink",
+    "StructOpsSpec": "orchestrator.ebpf.link.struct_ops:StructOpsSpec",
+    "SyscallError": "orchestrator.ebpf.errors:SyscallError",
+    "TargetNotFoundError": "orchestrator.ebpf.errors:TargetNotFoundError",
+    "Unresolved": "orchestrator.ebpf.spec:Unresolved",
+    "UnresolvedReferenceError": "orchestrator.ebpf.errors:UnresolvedReferenceError",
+    "UpdateFlags": "orchestrator.ebpf._sys:UpdateFlags",
+    "VariableSpec": "orchestrator.ebpf.spec:VariableSpec",
+    "VerifierError": "orchestrator.ebpf.errors:VerifierError",
+    "attach_cgroup": "orchestrator.ebpf.link:attach_cgroup",
+    "attach_netns": "orchestrator.ebpf.link:attach_netns",
+    "attach_raw_tracepoint": "orchestrator.ebpf.link:attach_raw_tracepoint",
+    "attach_struct_ops": "orchestrator.ebpf.link.struct_ops:attach_struct_ops",
+    "attach_tcx": "orchestrator.ebpf.link:attach_tcx",
+    "attach_tracepoint": "orchestrator.ebpf.link:attach_tracepoint",
+    "attach_uprobe": "orchestrator.ebpf.link:attach_uprobe",
+    "attach_xdp": "orchestrator.ebpf.link:attach_xdp",
+    "bind": "orchestrator.ebpf.binding:bind",
+    "bpffs_root": "orchestrator.ebpf.mounts:bpffs_root",
+    "cgroup2_root": "orchestrator.ebpf.mounts:cgroup2_root",
+    "cgroup_attached": "orchestrator.ebpf.link:cgroup_attached",
+    "close_all": "orchestrator.ebpf.binding:close_all",
+    "enable_stats": "orchestrator.ebpf.programs:enable_stats",
+    "inspect": "orchestrator.ebpf.inspect",
+    "iter_links": "orchestrator.ebpf.link:iter_links",
+    "load_collection": "orchestrator.ebpf.collection:load_collection",
+    "load_kernel_btf": "orchestrator.ebpf.btf.kernel:load",
+    "stats_enabled": "orchestrator.ebpf.programs:stats_enabled",
+    "tcx_attached": "orchestrator.ebpf.link:tcx_attached",
+    "tracefs_root": "orchestrator.ebpf.mounts:tracefs_root",
+    "verify": "orchestrator.ebpf.verification:verify",
+    "xdp_attached": "orchestrator.ebpf.link:xdp_attached",
+}
+
+_lazy.install(__name__, _EXPORTS)

@@ -23,14 +23,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.ebpf import _sys
+from orchestrator.ebpf import _statfs
 from orchestrator.ebpf.errors import MountNotFoundError
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 MOUNTINFO_MAX = 64 << 20  # bytes: a node with thousands of container mounts stays far below
 
 CGROUP2_SUPER_MAGIC = 0x63677270
-BPF_FS_MAGIC = _sys.BPF_FS_MAGIC
+BPF_FS_MAGIC = _statfs.BPF_FS_MAGIC
 TRACEFS_MAGIC = 0x74726163
 DEBUGFS_MAGIC = 0x64626720
 
@@ -108,7 +108,7 @@ def visible(mounts: tuple[Mount, ...], fstype: str) -> list[Mount]:
 
 def _has_magic(path: Path, magic: int) -> bool:
     try:
-        return _sys.fs_magic(os.fspath(path)) == magic
+        return _statfs.fs_magic(os.fspath(path)) == magic
     except OSError:
         return False
 

@@ -40,7 +40,6 @@ from orchestrator.ebpf import (
 from orchestrator.ebpf.errors import FileError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
 from orchestrator.manifest import metrics as metric_rules
-from orchestrator.manifest import schema as _schema
 from orchestrator.manifest.builder import _Builder
 from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
@@ -59,6 +58,7 @@ from orchestrator.manifest.model import (
     XdpTarget,
 )
 from orchestrator.manifest.objects import ObjectError, ObjectInfo
+from orchestrator.manifest.schema import _got, check
 
 # ---------------------------------------------------------------------------- files
 
@@ -206,7 +206,7 @@ def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) 
         for doc in parse_documents(file, text, found):
             if not _header_ok(doc, found, warned):
                 continue
-            bad = _schema.check(doc)
+            bad = check(doc)
             if bad:
                 found.extend(bad)
                 meta = cast(dict[str, object], doc.value).get("metadata")
@@ -232,7 +232,7 @@ def _header_ok(
             ManifestProblem(
                 doc.at(()),
                 "",
-                f"a manifest must be a mapping, got {_schema._got(v)}",
+                f"a manifest must be a mapping, got {_got(v)}",
                 f"start with apiVersion: {API_VERSION}",
             )
         )
@@ -252,7 +252,7 @@ def _header_ok(
             ManifestProblem(
                 doc.at(("apiVersion",)),
                 "apiVersion",
-                f"unknown apiVersion {_schema._got(api)}",
+                f"unknown apiVersion {_got(api)}",
                 f"this bpforch reads {API_VERSION}",
             )
         )
@@ -262,7 +262,7 @@ def _header_ok(
             ManifestProblem(
                 doc.at(("kind",)),
                 "kind",
-                f"unknown kind {_schema._got(kind)}",
+                f"unknown kind {_got(kind)}",
                 f"{API_VERSION} has kind {KIND_COLLECTION}",
             )
         )

@@ -17,13 +17,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from orchestrator.manifest.errors import ManifestProblem
 
-# A Kubernetes API group must contain a dot, so that the same documents can be custom
-# resources (``bpforch schema crd``). ``bpforch/v1`` was the first spelling: it is read as
-# a deprecated alias, with a warning.
-API_GROUP = "bpforch.dev"
-API_VERSION = f"{API_GROUP}/v1"
-DEPRECATED_API_VERSIONS = ("bpforch/v1",)
-KIND_COLLECTION = "Collection"
+from orchestrator.manifest.api import API_GROUP as API_GROUP
+from orchestrator.manifest.api import API_VERSION as API_VERSION
+from orchestrator.manifest.api import DEPRECATED_API_VERSIONS as DEPRECATED_API_VERSIONS
+from orchestrator.manifest.api import KIND_COLLECTION as KIND_COLLECTION
 
 
 @dataclass(frozen=True, slots=True)

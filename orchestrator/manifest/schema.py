@@ -8,17 +8,16 @@ equal). Every object has ``additionalProperties: false``: a typo is an error.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-import jsonschema
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.ebpf.errors import quote
 from orchestrator.ebpf.suggestions import did_you_mean
 from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import ManifestProblem
+from orchestrator.manifest.fastcheck import Unsure, compile_schema
 from orchestrator.manifest.kernel_hooks import CGROUP_HOOKS
 from orchestrator.manifest.model import (
     API_GROUP,
@@ -29,6 +28,10 @@ from orchestrator.manifest.model import (
     MetricType,
     XdpMode,
 )
+
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
 
 SCHEMA_ID = "urn:bpforch:schema:manifest:v1"
 
@@ -311,7 +314,16 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+# True exactly when the schema accepts a value (see orchestrator.manifest.fastcheck): a valid
+# manifest is checked without importing jsonschema, which only reports the errors.
+_valid = compile_schema(SCHEMA)
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(SCHEMA)
 
 
 def schema() -> dict[str, object]:
@@ -556,8 +568,13 @@ def _value_problem(
 
 def check(doc: Document) -> list[ManifestProblem]:
     """Validate a document against the schema; every error as a located problem."""
+    try:
+        if _valid(doc.value):
+            return []
+    except Unsure:
+        pass
     problems: list[ManifestProblem] = []
-    for err in _VALIDATOR.iter_errors(doc.value):
+    for err in _validator().iter_errors(doc.value):
         problems.extend(_problems(doc, err))
     # one problem per place and message (anyOf/oneOf can report the same thing twice)
     unique: dict[tuple[object, ...], ManifestProblem] = {}

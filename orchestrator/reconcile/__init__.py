@@ -28,44 +28,45 @@ record, or the ownership marker pinned in each tree); everything else under the 
 
 from __future__ import annotations
 
-from orchestrator.reconcile.collection_status import (
-    AttachmentStatus,
-    CollectionStatus,
-    MapStatus,
-    ProgramStatus,
-    Status,
-)
-from orchestrator.reconcile.errors import (
-    ApplyError,
-    PlanError,
-    ReconcileError,
-    RecordError,
-    StateError,
-)
-from orchestrator.reconcile.failpoints import STEPS, Failpoints, NoFailpoints, Step
-from orchestrator.reconcile.plan import Change, Kind, Op, Plan, PlanProblem, plan, plan_destroy
-from orchestrator.reconcile.reconciler import (
-    DEFAULT_BPFFS_ROOT,
-    DEFAULT_STATE_DIR,
-    ApplyResult,
-    Reconciler,
-)
-from orchestrator.reconcile.state import (
-    ActualCollection,
-    ActualState,
-    AttachmentRecord,
-    CollectionFacts,
-    CollectionRecord,
-    Drift,
-    Facts,
-    Foreign,
-    MapRecord,
-    MapShape,
-    Ownership,
-    ProgramRecord,
-    StateRecord,
-    TargetFacts,
-)
+from typing import TYPE_CHECKING
+
+from orchestrator import _lazy
+
+if TYPE_CHECKING:
+    from orchestrator.reconcile.collection_status import (
+        AttachmentStatus,
+        CollectionStatus,
+        MapStatus,
+        ProgramStatus,
+        Status,
+    )
+    from orchestrator.reconcile.defaults import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
+    from orchestrator.reconcile.errors import (
+        ApplyError,
+        PlanError,
+        ReconcileError,
+        RecordError,
+        StateError,
+    )
+    from orchestrator.reconcile.failpoints import STEPS, Failpoints, NoFailpoints, Step
+    from orchestrator.reconcile.plan import Change, Kind, Op, Plan, PlanProblem, plan, plan_destroy
+    from orchestrator.reconcile.reconciler import ApplyResult, Reconciler
+    from orchestrator.reconcile.state import (
+        ActualCollection,
+        ActualState,
+        AttachmentRecord,
+        CollectionFacts,
+        CollectionRecord,
+        Drift,
+        Facts,
+        Foreign,
+        MapRecord,
+        MapShape,
+        Ownership,
+        ProgramRecord,
+        StateRecord,
+        TargetFacts,
+    )
 
 __all__ = [
     "DEFAULT_BPFFS_ROOT",
@@ -108,3 +109,47 @@ __all__ = [
     "plan",
     "plan_destroy",
 ]
+
+_EXPORTS = {
+    "ActualCollection": "orchestrator.reconcile.state:ActualCollection",
+    "ActualState": "orchestrator.reconcile.state:ActualState",
+    "ApplyError": "orchestrator.reconcile.errors:ApplyError",
+    "ApplyResult": "orchestrator.reconcile.reconciler:ApplyResult",
+    "AttachmentRecord": "orchestrator.reconcile.state:AttachmentRecord",
+    "AttachmentStatus": "orchestrator.reconcile.collection_status:AttachmentStatus",
+    "Change": "orchestrator.reconcile.plan:Change",
+    "CollectionFacts": "orchestrator.reconcile.state:CollectionFacts",
+    "CollectionRecord": "orchestrator.reconcile.state:CollectionRecord",
+    "CollectionStatus": "orchestrator.reconcile.collection_status:CollectionStatus",
+    "DEFAULT_BPFFS_ROOT": "orchestrator.reconcile.defaults:DEFAULT_BPFFS_ROOT",
+    "DEFAULT_STATE_DIR": "orchestrator.reconcile.defaults:DEFAULT_STATE_DIR",
+    "Drift": "orchestrator.reconcile.state:Drift",
+    "Facts": "orchestrator.reconcile.state:Facts",
+    "Failpoints": "orchestrator.reconcile.failpoints:Failpoints",
+    "Foreign": "orchestrator.reconcile.state:Foreign",
+    "Kind": "orchestrator.reconcile.plan:Kind",
+    "MapRecord": "orchestrator.reconcile.state:MapRecord",
+    "MapShape": "orchestrator.reconcile.state:MapShape",
+    "MapStatus": "orchestrator.reconcile.collection_status:MapStatus",
+    "NoFailpoints": "orchestrator.reconcile.failpoints:NoFailpoints",
+    "Op": "orchestrator.reconcile.plan:Op",
+    "Ownership": "orchestrator.reconcile.state:Ownership",
+    "Plan": "orchestrator.reconcile.plan:Plan",
+    "PlanError": "orchestrator.reconcile.errors:PlanError",
+    "PlanProblem": "orchestrator.reconcile.plan:PlanProblem",
+    "ProgramRecord": "orchestrator.reconcile.state:ProgramRecord",
+    "ProgramStatus": "orchestrator.reconcile.collection_status:ProgramStatus",
+    "ReconcileError": "orchestrator.reconcile.errors:ReconcileError",
+    "Reconciler": "orchestrator.reconcile.reconciler:Reconciler",
+    "RecordError": "orchestrator.reconcile.errors:RecordError",
+    "STEPS": "orchestrator.reconcile.failpoints:STEPS",
+    "StateError": "orchestrator.reconcile.errors:StateError",
+    "StateRecord": "orchestrator.reconcile.state:StateRecord",
+    "Status": "orchestrator.reconcile.collection_status:Status",
+    "Step": "orchestrator.reconcile.failpoints:Step",
+    "TargetFacts": "orchestrator.reconcile.state:TargetFacts",
+    "plan": "orchestrator.reconcile.plan:plan",
+    "plan_destroy": "orchestrator.reconcile.plan:plan_destroy",
+}
+
+_lazy.install(__name__, _EXPORTS)

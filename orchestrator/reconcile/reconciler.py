@@ -12,14 +12,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator.ebpf import Error as EbpfError
 from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.budget import budget_warnings, recorded
-from orchestrator.reconcile.collection_status import Status, build_status
+from orchestrator.reconcile.defaults import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
 from orchestrator.reconcile.observe import gather_facts, observe
@@ -27,8 +27,8 @@ from orchestrator.reconcile.owner import locked
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
 from orchestrator.reconcile.state import ActualState
 
-DEFAULT_BPFFS_ROOT = Path("/sys/fs/bpf/bpforch")
-DEFAULT_STATE_DIR = Path("/run/bpforch")
+if TYPE_CHECKING:  # status() imports it: plan and apply never need it
+    from orchestrator.reconcile.collection_status import Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +202,8 @@ class Reconciler:
 
     def status(self, actual: ActualState | None = None) -> Status:
         """What is applied and its drift (of ``actual``, observed now if not given)."""
+        from orchestrator.reconcile.collection_status import build_status
+
         return build_status(self.bpffs_root, actual if actual is not None else self.observe())
 
 

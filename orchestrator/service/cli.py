@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from orchestrator.ebpf.mounts import default_bpffs_root
-from orchestrator.manifest import ObjectStore
 from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.config import (
     DEFAULT_CONFIG_PATH,
@@ -233,6 +232,8 @@ def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err:
     use(config)
     # the parsed manifests and objects, for the daemon's lifetime (a reload that changes
     # the bpffs root or the state dir makes a new backend, with the same store)
+    from orchestrator.manifest import ObjectStore
+
     store = ObjectStore()
     try:
         runtime.configure(config.metrics_address, config.program_stats)

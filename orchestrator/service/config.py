@@ -13,17 +13,17 @@ import errno
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.ebpf.errors import FileError, clip
 from orchestrator.ebpf.files import read_text, reason
 from orchestrator.ebpf.mounts import default_bpffs_root
-from orchestrator.manifest.model import API_VERSION, DEPRECATED_API_VERSIONS
+from orchestrator.manifest.api import API_VERSION, DEPRECATED_API_VERSIONS
 from orchestrator.reconcile import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.service.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULT_CONFIG_PATH = Path("/etc/bpforch/config.yaml")
 
@@ -179,6 +179,8 @@ def _to_python(
 ) -> object:
     """Convert a composed YAML node to plain values, remembering where each value (and
     each mapping key) is."""
+    import yaml
+
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, object] = {}
@@ -193,6 +195,8 @@ def _to_python(
 
 
 def _scalar(node: yaml.Node) -> object:
+    import yaml
+
     constructor = yaml.constructor.SafeConstructor()
     try:
         return constructor.construct_object(node, deep=True)
@@ -222,6 +226,9 @@ def _json_path(path: Sequence[str | int]) -> str:
 
 def parse_config(text: str, file: Path) -> ServiceConfig:
     """Validate configuration text that was read from ``file``."""
+    import jsonschema
+    import yaml
+
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from orchestrator import ebpf
 from orchestrator.ebpf import asm, sections
 from orchestrator.ebpf._sys import AttachType, ProgFlags
+from tests.conftest import BPF_DIR
 
 HEADER = """
 #include <linux/bpf.h>
@@ -215,6 +217,25 @@ def test_not_bpf(tmp_path: Path) -> None:
         )
     with pytest.raises(ebpf.ParseError, match="no such file"):
         ebpf.CollectionSpec.from_file(tmp_path / "missing.o")
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "message"),
+    [
+        (18, 62, r"tp_counter\.o: not an eBPF object \(e_machine EM_X86_64\)"),
+        (16, 2, r"tp_counter\.o: not a relocatable object \(e_type ET_EXEC\)"),
+        (16, 3, r"tp_counter\.o: not a relocatable object \(e_type ET_DYN\)"),
+    ],
+)
+def test_a_header_of_another_kind_is_named_by_its_elf_names(
+    offset: int, value: int, message: str
+) -> None:
+    """An eBPF object's header is decoded without pyelftools; any other still gets its
+    e_machine/e_type names from it."""
+    data = bytearray((BPF_DIR / "tp_counter.o").read_bytes())
+    struct.pack_into("<H", data, offset, value)
+    with pytest.raises(ebpf.ParseError, match=f"^{message}$"):
+        ebpf.CollectionSpec.from_bytes(bytes(data), name="tp_counter.o")
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ import os
 import platform
 from collections.abc import Iterator
 
+from orchestrator.ebpf._statfs import BPF_FS_MAGIC as BPF_FS_MAGIC
+from orchestrator.ebpf._statfs import fs_magic as fs_magic
 from orchestrator.ebpf._sys.attrs import (
     PERF_EVENT_IOC_DISABLE,
     PERF_EVENT_IOC_ENABLE,
@@ -541,35 +543,6 @@ def perf_event_open(
 def ioctl(fd: FD, request: int, arg: int = 0) -> None:
     if _libc.ioctl(fd.raw, request, arg) < 0:
         raise error_from_errno(f"ioctl {request:#x}", ctypes.get_errno())
-
-
-class _Statfs(ctypes.Structure):
-    _fields_ = [
-        ("f_type", ctypes.c_long),
-        ("f_bsize", ctypes.c_long),
-        ("f_blocks", ctypes.c_long),
-        ("f_bfree", ctypes.c_long),
-        ("f_bavail", ctypes.c_long),
-        ("f_files", ctypes.c_long),
-        ("f_ffree", ctypes.c_long),
-        ("f_fsid", ctypes.c_int * 2),
-        ("f_namelen", ctypes.c_long),
-        ("f_frsize", ctypes.c_long),
-        ("f_flags", ctypes.c_long),
-        ("f_spare", ctypes.c_long * 4),
-    ]
-
-
-BPF_FS_MAGIC = 0xCAFE4A11
-
-
-def fs_magic(path: str) -> int:
-    """The ``f_type`` of the filesystem holding ``path`` (statfs(2))."""
-    buf = _Statfs()
-    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(buf.f_type) & 0xFFFFFFFF
 
 
 @functools.cache
