@@ -85,7 +85,6 @@ from orchestrator.ebpf.elf.records import (
 )
 from orchestrator.ebpf.errors import Error, ParseError, clip
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
-from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -274,6 +273,8 @@ class _Reader(MapReader):
         ]
         if not secs:
             return
+        from orchestrator.ebpf.link import struct_ops as _struct_ops
+
         for name, ops in _struct_ops.collect(self.btf, secs):
             if name in maps:
                 raise ParseError(f"struct_ops {name}: clashes with a map of the same name")
