@@ -9,8 +9,10 @@ import errno
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf.errors import PinError, SyscallError
@@ -106,6 +108,60 @@ def is_mount_root(dir_fd: int, name: str) -> bool:
         raise OSError(err, os.strerror(err), name)
     _, _, attributes, supported = _STATX.unpack_from(buf)
     return bool(attributes & supported & _STATX_ATTR_MOUNT_ROOT)
+
+
+_AT_EMPTY_PATH = 0x1000
+_local = threading.local()  # one statx buffer per thread
+_STATX_BASIC_STATS = 0x7FF
+# stx_mask, stx_attributes, stx_mode, stx_ino, stx_attributes_mask, stx_ctime (sec, nsec),
+# stx_mtime (sec, nsec), stx_dev_major, stx_dev_minor
+_STATX_STAMP = struct.Struct("<I4xQ12xH2xQ16xQ32xqI4xqI4x8xII")
+
+
+class DirStamp(NamedTuple):
+    """What identifies a directory's listing without reading it: its device and inode, and
+    the times the kernel sets when an entry is added, removed or renamed in it (and whether
+    it is a directory, and the root of a mount). Equal stamps mean an equal listing only if
+    no change can share the stamp's times: see :func:`settled`."""
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    ctime_ns: int
+    is_dir: bool
+    mount_root: bool
+
+
+def settled(mtime_ns: int, ctime_ns: int, now_ns: int, margin_ns: int = 1_000_000_000) -> bool:
+    """Whether a directory with these times was last changed at least ``margin_ns`` before
+    ``now_ns`` (CLOCK_REALTIME, taken before its times were read): any later change then
+    gets other times (bpffs stamps with the coarse clock, so two changes within one tick
+    share them)."""
+    return mtime_ns < now_ns - margin_ns and ctime_ns < now_ns - margin_ns
+
+
+def dir_stamp(dir_fd: int, name: str = "") -> DirStamp:
+    """statx of ``name`` in ``dir_fd`` (never following a symlink; ``""``: ``dir_fd``
+    itself) as a :class:`DirStamp`. Raises OSError."""
+    buf = getattr(_local, "statx", None)
+    if buf is None:
+        buf = _local.statx = ctypes.create_string_buffer(256)  # struct statx
+    if name == "":
+        ret = _statx(dir_fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, _STATX_BASIC_STATS, buf)
+    else:
+        ret = _statx(dir_fd, os.fsencode(name), _AT_SYMLINK_NOFOLLOW, _STATX_BASIC_STATS, buf)
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), name)
+    _, attrs, mode, ino, supported, cs, cn, ms, mn, major, minor = _STATX_STAMP.unpack_from(buf)
+    return DirStamp(
+        os.makedev(major, minor),
+        ino,
+        ms * 1_000_000_000 + mn,
+        cs * 1_000_000_000 + cn,
+        stat.S_ISDIR(mode),
+        bool(attrs & supported & _STATX_ATTR_MOUNT_ROOT),
+    )
 
 
 def _component(name: str) -> str:

@@ -34,7 +34,9 @@ from collections.abc import Iterator
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf._bpffs import (
+    DirStamp,
     bpffs_mount_of,
+    dir_stamp,
     ensure_dir,
     is_bpffs,
     is_mount_root,
@@ -43,6 +45,7 @@ from orchestrator.ebpf._bpffs import (
     pin_at,
     remove_tree,
     remove_tree_at,
+    settled,
 )
 from orchestrator.ebpf._netlink import in_netns
 from orchestrator.ebpf._sys import FD, fs_magic
@@ -58,8 +61,10 @@ from orchestrator.ebpf.link.base import _decode_info
 
 __all__ = [
     "FD",
+    "DirStamp",
     "bpffs_mount_of",
     "cgroup_attached",
+    "dir_stamp",
     "ensure_dir",
     "fs_magic",
     "in_netns",
@@ -82,6 +87,7 @@ __all__ = [
     "program_map_ids",
     "remove_tree",
     "remove_tree_at",
+    "settled",
     "tcx_attached",
     "xdp_attached",
     "xdp_mode",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,10 +26,12 @@ from orchestrator.ebpf.files import stat_regular
 from orchestrator.ebpf.inspect import (
     FD,
     bpffs_mount_of,
+    dir_stamp,
     is_bpffs,
     is_mount_root,
     open_dir_at,
     open_pin_at,
+    settled,
 )
 from orchestrator.ebpf.link import XDPTarget
 from orchestrator.manifest.model import (
@@ -43,6 +46,7 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
+from orchestrator.reconcile.cache import FIXED_LINKS, Listing, ObserveCache, SubStamp, sub_stamp
 from orchestrator.reconcile.errors import RecordError
 from orchestrator.reconcile.owner import (
     MARK_PIN,
@@ -118,27 +122,45 @@ SUBDIRS = ("maps", "progs", "links")
 
 class _Tree:
     """One collection directory, read without following a symlink: the entries of its
-    subdirectories (by name) and their fds."""
+    subdirectories (by name); their fds are opened when a pin has to be read."""
 
-    __slots__ = ("entries", "fds", "foreign", "gone", "marked", "name", "present", "root")
+    __slots__ = (
+        "cfd", "entries", "fds", "foreign", "gone", "links", "marked", "name", "present", "root",
+    )  # fmt: skip
 
     def __init__(self, root: Path, name: str) -> None:
         self.root, self.name = root, name
         self.entries: dict[str, dict[str, os.DirEntry[str]]] = {}
         self.fds: dict[str, int] = {}
+        self.cfd: int | None = None
         self.foreign: list[Foreign] = []
         self.marked = False
         self.present = False
         self.gone = ""  # why the directory can't be read (a symlink, a mount point)
+        # the remembered listing's fixed links (see orchestrator.reconcile.cache), if any
+        self.links: dict[str, tuple[int, int, int]] | None = None
 
     @property
     def path(self) -> Path:
         return self.root / self.name
 
+    def fd(self, sub: str) -> int | None:
+        """An fd of the subdirectory ``sub`` (O_NOFOLLOW), None if the listing has none."""
+        fd = self.fds.get(sub)
+        if fd is not None:
+            return fd
+        if self.cfd is None or sub not in self.entries:
+            return None
+        fd = self.fds[sub] = open_dir_at(self.cfd, sub)
+        return fd
+
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+        if self.cfd is not None:
+            os.close(self.cfd)
+            self.cfd = None
 
 
 def _foreign_entry(path: Path, e: os.DirEntry[str], dir_fd: int, collection: str = "") -> Foreign:
@@ -151,15 +173,16 @@ def _foreign_entry(path: Path, e: os.DirEntry[str], dir_fd: int, collection: str
     return Foreign(path, "not a pin or directory bpforch made", collection)
 
 
-def _read_tree(root_fd: int | None, root: Path, name: str) -> _Tree:
+def _read_tree(
+    root_fd: int | None, root: Path, name: str, cache: ObserveCache | None = None
+) -> _Tree:
+    """The tree of collection ``name``; with ``cache``, a listing whose directories all
+    have their remembered stamps is reused (see :mod:`orchestrator.reconcile.cache`)."""
     tree = _Tree(root, name)
     if root_fd is None:
         return tree
+    now = time.time_ns()
     try:
-        if is_mount_root(root_fd, name):
-            tree.gone = "a mount point"
-            tree.foreign.append(Foreign(tree.path, tree.gone, name))
-            return tree
         cfd = open_dir_at(root_fd, name)
     except FileNotFoundError:
         return tree
@@ -172,13 +195,30 @@ def _read_tree(root_fd: int | None, root: Path, name: str) -> _Tree:
         tree.foreign.append(Foreign(tree.path, tree.gone, name))
         return tree
     try:
+        top = dir_stamp(cfd)
+        if top.mount_root:
+            tree.gone = "a mount point"
+            tree.foreign.append(Foreign(tree.path, tree.gone, name))
+            os.close(cfd)
+            return tree
         tree.present = True
+        tree.cfd = cfd
+        known = cache.trees.get(name) if cache is not None else None
+        if known is not None and known.still(top, cfd):
+            assert cache is not None
+            cache.hits += 1
+            tree.entries = known.entries
+            tree.marked = known.marked
+            tree.foreign.extend(known.foreign)
+            tree.links = known.links
+            return tree
+        subs: list[tuple[str, SubStamp]] = []
         with os.scandir(cfd) as it:
-            top = list(it)
-        for e in top:
+            listing_top = list(it)
+        for e in listing_top:
             if e.name in SUBDIRS and e.is_dir(follow_symlinks=False):
-                sub = open_dir_at(cfd, e.name)
-                tree.fds[e.name] = sub
+                sub = tree.fds[e.name] = open_dir_at(cfd, e.name)
+                subs.append((e.name, sub_stamp(os.fstat(sub))))
                 with os.scandir(sub) as it:
                     listing = {x.name: x for x in it}
                 tree.entries[e.name] = listing
@@ -189,8 +229,21 @@ def _read_tree(root_fd: int | None, root: Path, name: str) -> _Tree:
                 tree.marked = True
             elif e.is_symlink():
                 tree.foreign.append(_foreign_entry(tree.path / e.name, e, cfd))
-    finally:
-        os.close(cfd)
+        if cache is not None:
+            cache.misses += 1
+            if settled(top.mtime_ns, top.ctime_ns, now) and all(
+                settled(st[2], st[3], now) for _, st in subs
+            ):
+                known = Listing(top, tuple(subs), tree.entries, tree.marked, tuple(tree.foreign))
+                cache.remember(name, known)
+                tree.links = known.links
+            else:
+                cache.trees.pop(name, None)
+    except BaseException:
+        if tree.cfd is None:
+            os.close(cfd)
+        tree.close()
+        raise
     return tree
 
 
@@ -209,7 +262,8 @@ def _check_pin(
         return Drift(kind, name, f"pin {pin} is a symlink, not bpforch's pin", "replaced")
     if ino and e.inode() == ino:
         return None
-    got = _open_id(tree.fds[sub], leaf, info)
+    sub_fd = tree.fd(sub)
+    got = None if sub_fd is None else _open_id(sub_fd, leaf, info)
     if got is None:
         return Drift(kind, name, f"pin {pin} is missing")
     if got[0] != want:
@@ -226,13 +280,15 @@ class CollectionCheck:
     present: bool = False  # the directory is there (a real directory, not a symlink)
 
 
-def check_collection(root_fd: int | None, root: Path, rec: CollectionRecord) -> CollectionCheck:
+def check_collection(
+    root_fd: int | None, root: Path, rec: CollectionRecord, cache: ObserveCache | None = None
+) -> CollectionCheck:
     """Every recorded pin of ``rec`` against the kernel, reading the collection directory
     without following a symlink: maps and programs by the pin's inode (from the directory
     listing), falling back to BPF_OBJ_GET + info to say what changed; links always by
     BPF_OBJ_GET + link info (a link can be detached while its pin stays). Symlinks in the
     tree are reported as foreign; ``marked``: the directory has its ownership marker."""
-    tree = _read_tree(root_fd, root, rec.name)
+    tree = _read_tree(root_fd, root, rec.name, cache)
     try:
         drift: list[Drift] = []
         for m in rec.maps.values():
@@ -300,14 +356,22 @@ def _check_pinned_source(m: MapRecord) -> list[Drift]:
 def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list[Drift]:
     sub, _, leaf = a.pin.partition("/")
     e = tree.entries.get(sub, {}).get(leaf)
-    if e is None or sub not in tree.fds:
+    if e is None:
         return [Drift("attachment", a.key, f"link pin {a.pin} is missing")]
     if e.is_symlink():
         return [
             Drift("attachment", a.key, f"link pin {a.pin} is a symlink, not bpforch's pin",
                   "replaced")
         ]  # fmt: skip
-    got = _open_id(tree.fds[sub], leaf, _kernel.link_info)
+    prog = rec.programs.get(a.program)
+    fixed = tree.links is not None and a.kind in FIXED_LINKS and sub == "links"
+    if fixed and prog is not None:
+        assert tree.links is not None
+        seen = tree.links.get(leaf)
+        if seen is not None and seen == (e.inode(), a.link_id, prog.id):
+            return []  # the same pin inode, so the same link: it still runs that program
+    sub_fd = tree.fd(sub)
+    got = None if sub_fd is None else _open_id(sub_fd, leaf, _kernel.link_info)
     if got is None:
         return [Drift("attachment", a.key, f"link pin {a.pin} is missing")]
     link_id, info = got
@@ -324,7 +388,6 @@ def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list
         return [
             Drift("attachment", a.key, f"link {a.link_id} was detached from its hook", "detached")
         ]
-    prog = rec.programs.get(a.program)
     if prog is not None and info.program_id != prog.id:
         return [
             Drift(
@@ -338,6 +401,9 @@ def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list
     if a.kind == "xdp" and a.mode:
         ifindex = info.target.ifindex if isinstance(info.target, XDPTarget) else 0
         return _check_xdp_mode(a, ifindex, info.program_id)
+    if fixed and prog is not None:
+        assert tree.links is not None
+        tree.links[leaf] = (e.inode(), link_id, info.program_id)
     return []
 
 
@@ -497,10 +563,12 @@ def held_maps(spec: CollectionSpec, programs: Iterable[str]) -> frozenset[str]:
     return frozenset(maps)
 
 
-def observe(root: Path, state_dir: Path) -> ActualState:
+def observe(root: Path, state_dir: Path, cache: ObserveCache | None = None) -> ActualState:
     """The record, each collection checked against the kernel; staging leftovers of ours,
     collections adopted from their ownership markers (no record lists them), and foreign
-    entries under ``root``. Raises StateError if another state directory owns ``root``."""
+    entries under ``root``. Raises StateError if another state directory owns ``root``.
+    ``cache``: what an earlier observe of the same root and state directory read, reused
+    where its key proves it unchanged (:mod:`orchestrator.reconcile.cache`)."""
     try:
         root_fd = open_root(root)
     except FileNotFoundError:
@@ -516,15 +584,19 @@ def observe(root: Path, state_dir: Path) -> ActualState:
             }
         )
     try:
-        return _observe(root_fd, root, state_dir)
+        if cache is not None:
+            cache.for_root(root_fd)
+        return _observe(root_fd, root, state_dir, cache)
     finally:
         os.close(root_fd)
 
 
-def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
+def _observe(
+    root_fd: int, root: Path, state_dir: Path, cache: ObserveCache | None = None
+) -> ActualState:
     token = root_token(root_fd, root, state_dir)
     try:
-        record = read_record(state_dir)
+        record = read_record(state_dir, cache)
     except RecordError as err:
         raise RecordError(err.path, err.reason, _rebuild_hint(root_fd, root, token)) from err
     collections: dict[str, ActualCollection] = {}
@@ -534,7 +606,7 @@ def _observe(root_fd: int, root: Path, state_dir: Path) -> ActualState:
     unmarked: list[str] = []
     leftover: set[int] = set()
     for name, rec in record.collections.items():
-        check = check_collection(root_fd, root, rec)
+        check = check_collection(root_fd, root, rec, cache)
         collections[name] = ActualCollection(rec, check.drift)
         foreign.extend(check.foreign)
         if check.present and not check.marked:

@@ -20,6 +20,7 @@ from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.budget import budget_warnings, recorded
 from orchestrator.reconcile.defaults import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
+from orchestrator.reconcile.cache import ObserveCache
 from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
 from orchestrator.reconcile.observe import gather_facts, observe
@@ -81,6 +82,8 @@ class Reconciler:
         self.state_dir = Path(state_dir)
         self.failpoints: Failpoints = NoFailpoints() if failpoints is None else failpoints
         self.store = default_store if store is None else store
+        # what the last observe read, reused where a cheap exact key proves it unchanged
+        self.cache = ObserveCache()
 
     def __repr__(self) -> str:
         return f"Reconciler(bpffs_root={self.bpffs_root}, state_dir={self.state_dir})"
@@ -89,7 +92,7 @@ class Reconciler:
         """The record checked against the kernel (drift), staging leftovers of ours,
         collections adopted from their ownership markers, foreign entries under the root."""
         try:
-            return observe(self.bpffs_root, self.state_dir)
+            return observe(self.bpffs_root, self.state_dir, self.cache)
         except (EbpfError, OSError) as err:
             raise StateError(
                 f"observe {self.bpffs_root}: {err} (is bpffs mounted, and are we root?)"

@@ -13,11 +13,15 @@ import errno
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf.errors import quote
 from orchestrator.ebpf.files import read_file, reason
 from orchestrator.reconcile.errors import RecordError, StateError
 from orchestrator.reconcile.state import RECORD_VERSION, StateRecord
+
+if TYPE_CHECKING:
+    from orchestrator.reconcile.cache import ObserveCache
 
 RECORD_FILE = "state.json"
 RECORD_MAX = 16 << 20  # bytes: a record of 1,000 collections is about 1 MiB
@@ -54,8 +58,9 @@ def rename(
         raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
 
 
-def read_record(state_dir: Path) -> StateRecord:
-    """The record in ``state_dir`` (empty if there is none yet)."""
+def read_record(state_dir: Path, cache: ObserveCache | None = None) -> StateRecord:
+    """The record in ``state_dir`` (empty if there is none yet). With ``cache``, bytes equal
+    to the last ones read are not parsed again."""
     path = state_dir / RECORD_FILE
     try:
         # a regular file of bpforch's own (a symlink there is not followed), size-capped
@@ -64,11 +69,16 @@ def read_record(state_dir: Path) -> StateRecord:
         return StateRecord()
     except OSError as err:
         raise StateError(f"state record {path}: {reason(err)}") from err
+    if cache is not None:
+        known = cache.parsed(raw)
+        if known is not None:
+            return known
     try:
         data = json.loads(raw.decode("utf-8"))
         if isinstance(data, dict) and data.get("version") != RECORD_VERSION:
             raise ValueError(f"unknown record version {quote(data.get('version'))}")
-        return StateRecord.from_json(data)  # RecordFieldError names the field of any other shape
+        # RecordFieldError names the field of any other shape
+        record = StateRecord.from_json(data)
     except (ValueError, RecursionError) as err:  # JSON, UTF-8, RecordFieldError; deep nesting
         why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
         raise RecordError(
@@ -77,6 +87,9 @@ def read_record(state_dir: Path) -> StateRecord:
             "move it away and re-apply: the record is rebuilt from the ownership markers "
             "pinned with each collection",
         ) from err
+    if cache is not None:
+        cache.keep_record(raw, record)
+    return record
 
 
 def write_record(state_dir: Path, record: StateRecord) -> None:
