@@ -115,4 +115,28 @@ class ObserveCache:
         self.trees.clear()
 
 
-__all__ = ["FIXED_LINKS", "Listing", "ObserveCache", "SubStamp", "sub_stamp"]
+class IdentityMemo:
+    """Results computed from objects that are never changed once made (parsed BTF types,
+    the object store's parsed specs), keyed by the objects' identity. The memo holds the
+    objects, so an id can't be reused for another object while its result is remembered;
+    bounded (cleared when full)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._memo: dict[tuple[int, ...], tuple[tuple[object, ...], object]] = {}
+
+    def get(self, objs: tuple[object, ...], extra: tuple[object, ...] = ()) -> object | None:
+        hit = self._memo.get((*map(id, objs), hash(extra)))
+        if hit is None or len(hit[0]) != len(objs) + 1 or hit[0][-1] != extra:
+            return None
+        if any(a is not b for a, b in zip(hit[0], objs, strict=False)):
+            return None
+        return hit[1]
+
+    def put(self, objs: tuple[object, ...], extra: tuple[object, ...], value: object) -> None:
+        if len(self._memo) >= self.size:
+            self._memo.clear()
+        self._memo[(*map(id, objs), hash(extra))] = ((*objs, extra), value)
+
+
+__all__ = ["FIXED_LINKS", "IdentityMemo", "Listing", "ObserveCache", "SubStamp", "sub_stamp"]

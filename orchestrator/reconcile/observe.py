@@ -46,7 +46,14 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
-from orchestrator.reconcile.cache import FIXED_LINKS, Listing, ObserveCache, SubStamp, sub_stamp
+from orchestrator.reconcile.cache import (
+    FIXED_LINKS,
+    IdentityMemo,
+    Listing,
+    ObserveCache,
+    SubStamp,
+    sub_stamp,
+)
 from orchestrator.reconcile.errors import RecordError
 from orchestrator.reconcile.owner import (
     MARK_PIN,
@@ -554,13 +561,24 @@ def _held_map(
     )
 
 
+_HELD = IdentityMemo()
+_TIMERS = IdentityMemo()
+
+
 def held_maps(spec: CollectionSpec, programs: Iterable[str]) -> frozenset[str]:
     """The maps that loading ``programs`` of ``spec`` leaves held by programs: those the
     programs refer to, the programs and maps in the initial contents of those maps (prog
     arrays, maps of maps), and theirs, transitively (:meth:`CollectionSpec.subset`). Nothing
-    else outlives the load unless it is pinned."""
-    _, maps = spec.subset([p for p in programs if p in spec.programs])
-    return frozenset(maps)
+    else outlives the load unless it is pinned. ``spec`` is one the object store parsed
+    (never changed: the answer is remembered for it)."""
+    names = tuple(p for p in programs if p in spec.programs)
+    got = _HELD.get((spec,), names)
+    if isinstance(got, frozenset):
+        return got
+    _, maps = spec.subset(list(names))
+    out = frozenset(maps)
+    _HELD.put((spec,), names, out)
+    return out
 
 
 def observe(root: Path, state_dir: Path, cache: ObserveCache | None = None) -> ActualState:
@@ -794,13 +812,20 @@ def map_shapes(d: DesiredCollection, spec: CollectionSpec) -> dict[str, MapShape
 
 
 def map_shape(m: MapSpec, max_entries: int) -> MapShape:
+    # whether the value holds timers: a walk of its BTF types (parsed once, never changed),
+    # remembered for them
+    types = (m.value, m.btf_value_type)
+    timers = _TIMERS.get(types)
+    if not isinstance(timers, bool):
+        timers = m.holds_timers
+        _TIMERS.put(types, (), timers)
     return MapShape(
         int(m.type),
         m.key_size,
         m.value_size,
         max_entries,
         int(m.flags),
-        timers=m.holds_timers,
+        timers=timers,
     )
 
 

@@ -64,8 +64,9 @@ class StageSteps(TransactionBase):
             {r.map: r.record for r in action.replacements if r.record},
             set(action.pinned) & coll.maps.keys(),
             # what outlives the load unpinned (recorded by id): whatever the loaded programs
-            # hold
-            set(held_maps(spec, coll.programs)),
+            # hold (the object's own spec says the same as the prepared copy: constants
+            # change no reference)
+            set(held_maps(info.spec, coll.programs)),
         )
         self.staged[name] = st
         if self.verify_only:
