@@ -13,7 +13,7 @@ to one end, a private bpffs root and state dir, then, in the same run:
   the clock stops when the daemon reports the apply (its ``STATUS=ready`` datagram, sent
   after the link was updated). Checked afterwards: the pinned program stores the new
   version (BPF_PROG_TEST_RUN). The difference to the bare apply is the watch overhead
-  (debounce window + inotify + notification); the target is < 150 ms plus the verifier;
+  (debounce window + inotify + notification); the target is at most the debounce + 20 ms;
 - storm: 500 atomic rewrites of the manifest in 2 s; how many reconciles it took and the
   daemon's RSS before and after;
 - idle: the daemon left alone for ``--idle`` seconds: CPU from /proc/PID/stat
@@ -75,7 +75,9 @@ def main() -> int:
     ap.add_argument("--debounce-ms", type=int, default=100)
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bpforch-watch-bench-"))
+    # the state directory lives on tmpfs in production (/run): /dev/shm here when it is one
+    shm = Path("/dev/shm")
+    work = Path(tempfile.mkdtemp(prefix="bpforch-watch-bench-", dir=shm if shm.is_dir() else None))
     pins = Path("/sys/fs/bpf") / f"bpforch-bench-{uuid.uuid4().hex[:8]}"
     pins.mkdir()
     proc: subprocess.Popen[bytes] | None = None
@@ -192,9 +194,12 @@ def main() -> int:
         f"  save -> applied (daemon)              median {med_lat * 1000:7.1f} ms"
         f"  (min {min(latency) * 1000:.1f}, max {max(latency) * 1000:.1f})"
     )
+    over = (med_lat - med_bare) * 1000
+    target = args.debounce_ms + 20
     print(
-        f"  watch overhead                        median {(med_lat - med_bare) * 1000:7.1f} ms"
-        f"  (ratio {med_lat / med_bare:.2f}x bare; target < 150 ms + verifier)"
+        f"  watch overhead                        median {over:7.1f} ms"
+        f"  (ratio {med_lat / med_bare:.2f}x bare; target <= debounce + 20 = {target} ms: "
+        f"{'ok' if over <= target else 'MISSED'})"
     )
     print(
         f"  storm: 500 writes in {storm_s:.2f} s -> {storm_reconciles} reconciles "
