@@ -9,6 +9,7 @@ import errno
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -140,6 +141,38 @@ def test_a_listing_read_right_after_a_change_is_not_remembered(env: Env) -> None
         "program xdp_count: pin progs/xdp_count is missing"
     ]
     assert actual.collections["c0000"].drift == ()
+
+
+def test_a_remembered_listing_is_dropped_when_a_directory_goes_or_the_record_changes(
+    env: Env,
+) -> None:
+    """A subdirectory removed (its stamp can't be read) or the record file rewritten with
+    other bytes: what observe remembered is not used, and the next observe says so."""
+    from orchestrator.ebpf.inspect import remove_tree
+    from orchestrator.reconcile.store import read_record, write_record
+
+    many(env, 2)
+    r = env.reconciler()
+    r.apply(env.desired())
+    time.sleep(1.1)
+    first = r.observe()
+    assert sorted(r.cache.trees) == ["c0000", "c0001"]
+    assert r.observe().collections["c0000"].record is first.collections["c0000"].record
+
+    remove_tree(env.root / "c0001" / "maps")
+    actual = r.observe()
+    assert [str(d) for d in actual.collections["c0001"].drift] == [
+        "map counters: pin maps/counters is missing"
+    ]
+
+    # the record rewritten behind bpforch's back (another generation number): parsed again
+    record = read_record(env.state_dir)
+    c0 = record.collections["c0000"]
+    write_record(
+        env.state_dir,
+        type(record)({**record.collections, "c0000": replace(c0, generation=7)}),
+    )
+    assert r.observe().collections["c0000"].record.generation == 7
 
 
 RAW_TP = """
