@@ -80,8 +80,9 @@ class ObserveCache:
     one). ``hits``/``misses`` count listings reused and read."""
 
     def __init__(self) -> None:
-        self.record_raw: bytes | None = None
-        self.record: StateRecord | None = None
+        # the bytes last read and their record, set together (one reference: a reader in
+        # another thread never pairs one's bytes with the other's record)
+        self._record: tuple[bytes, StateRecord] | None = None
         self.trees: dict[str, Listing] = {}
         self.root: tuple[int, int] | None = None  # (st_dev, st_ino) of the root they are under
         self.hits = 0
@@ -103,15 +104,16 @@ class ObserveCache:
 
     def parsed(self, raw: bytes) -> StateRecord | None:
         """The record parsed from exactly these bytes before, if any."""
-        if self.record is not None and self.record_raw == raw:
-            return self.record
+        known = self._record
+        if known is not None and known[0] == raw:
+            return known[1]
         return None
 
     def keep_record(self, raw: bytes, record: StateRecord) -> None:
-        self.record_raw, self.record = raw, record
+        self._record = (raw, record)
 
     def clear(self) -> None:
-        self.record_raw = self.record = None
+        self._record = None
         self.trees.clear()
 
 

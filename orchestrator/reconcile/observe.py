@@ -1,7 +1,10 @@
 """Observing: the record checked against the kernel, and the facts a plan needs.
 
-:func:`observe` is cheap enough to run before every apply: per recorded pin one
-``BPF_OBJ_GET`` and one ``BPF_OBJ_GET_INFO_BY_FD`` (no program is loaded, no object parsed).
+:func:`observe` is cheap enough to run before every apply: each recorded map and program
+pin is compared with its directory entry's inode (``BPF_OBJ_GET`` + info only when it
+differs), each link is opened and its info read (no program is loaded, no object parsed);
+with an :class:`~orchestrator.reconcile.cache.ObserveCache` (a Reconciler keeps one), a
+listing and a fixed link's info are reused while their keys prove them unchanged.
 :func:`gather_facts` reads objects and probes targets only for collections that will change.
 """
 
@@ -292,8 +295,9 @@ def check_collection(
 ) -> CollectionCheck:
     """Every recorded pin of ``rec`` against the kernel, reading the collection directory
     without following a symlink: maps and programs by the pin's inode (from the directory
-    listing), falling back to BPF_OBJ_GET + info to say what changed; links always by
-    BPF_OBJ_GET + link info (a link can be detached while its pin stays). Symlinks in the
+    listing), falling back to BPF_OBJ_GET + info to say what changed; links by BPF_OBJ_GET
+    + link info (a link can be detached while its pin stays), except a link that can be
+    neither switched nor detached whose pin is the inode ``cache`` saw it through. Symlinks in the
     tree are reported as foreign; ``marked``: the directory has its ownership marker."""
     tree = _read_tree(root_fd, root, rec.name, cache)
     try:
