@@ -19,8 +19,8 @@ from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.budget import budget_warnings, recorded
-from orchestrator.reconcile.defaults import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.reconcile.cache import ObserveCache
+from orchestrator.reconcile.defaults import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.reconcile.errors import PlanError, StateError
 from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
 from orchestrator.reconcile.observe import gather_facts, observe
