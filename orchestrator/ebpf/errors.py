@@ -314,7 +314,19 @@ class VerifierError(SyscallError):
 
 
 class PinError(Error):
-    """Pinning or unpinning failed, or a pin path is not on bpffs."""
+    """Pinning or unpinning failed, a pin path is not on bpffs, or a pin holds another kind
+    of object than the one asked for (``Map.from_pin`` on a program's pin)."""
+
+
+class KindError(Error, TypeError):
+    """An fd holds another kind of object than the one asked for (``Map.from_fd`` given a
+    program's fd). ``wanted`` and ``found`` name the kinds: ``"map"``, ``"program"``,
+    ``"link"``, or what else the fd is (``"btf"``, ``"file"``)."""
+
+    def __init__(self, message: str, *, wanted: str = "", found: str = "") -> None:
+        super().__init__(message)
+        self.wanted = wanted
+        self.found = found
 
 
 class AttachError(Error):

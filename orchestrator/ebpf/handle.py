@@ -5,22 +5,94 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import ClassVar, Self
 
 from orchestrator.ebpf import _sys
-from orchestrator.ebpf._sys import FD, Closing
-from orchestrator.ebpf.errors import PinError, SyscallError
+from orchestrator.ebpf._sys import FD, Closing, Cmd
+from orchestrator.ebpf.errors import KindError, PinError, SyscallError
 
 
 class Handle(Closing):
     """Owns exactly one fd of a kernel object. Close it (or use ``with``); ``pin`` makes the
-    object outlive every fd. Subclasses set ``_fd`` and ``_pinned`` and name themselves in
-    :meth:`_what` for error messages."""
+    object outlive every fd.
 
+    Opening one (:meth:`from_fd`, :meth:`from_pin`, :meth:`from_id`) is written here once;
+    a subclass supplies what differs: ``_kind`` (how messages name the kind, and what
+    :func:`fd_kind` reports for its fds), ``_by_id`` (its BPF_*_GET_FD_BY_ID command) and
+    :meth:`_adopt` (which reads the kernel's info and builds the handle). It sets ``_fd``
+    and ``_pinned`` and names itself in :meth:`_what` for error messages."""
+
+    _kind: ClassVar[str]
+    _by_id: ClassVar[Cmd]
     _fd: FD
     _pinned: str | None
 
+    @classmethod
+    def _adopt(cls, fd: FD, name: str | None) -> Self:
+        """A handle owning ``fd``, which holds an object of this kind: its shape and id read
+        from the kernel (a :class:`SyscallError` if that fails; the caller closes ``fd``)."""
+        raise NotImplementedError
+
     def _what(self) -> str:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def from_fd(cls, fd: FD, name: str | None = None) -> Self:
+        """Take ownership of ``fd`` (closed on any error) after checking that it holds an
+        object of this kind (else :class:`KindError`), reading what the handle needs from
+        the kernel. ``name``: how messages name the object (default: the kernel's name; a
+        link's description)."""
+        try:
+            found = fd_kind(fd)
+            if found is not None and found != cls._kind:
+                raise KindError(
+                    f"fd {fd.raw}: not a {cls._kind} but a {found}", wanted=cls._kind, found=found
+                )
+            try:
+                return cls._adopt(fd, name)
+            except SyscallError as err:
+                raise err.replace(subject=f"{cls._kind} fd {fd.raw}") from err
+        except BaseException:
+            fd.close()
+            raise
+
+    @classmethod
+    def from_pin(cls, path: str | os.PathLike[str]) -> Self:
+        """Open the object pinned at ``path`` (BPF_OBJ_GET): :class:`NotFoundError` if there
+        is no such pin, :class:`PinError` if it holds another kind of object. The pin stays
+        and is remembered (:meth:`unpin` without a path removes it)."""
+        p = os.fspath(path)
+        try:
+            fd = _sys.obj_get(p)
+        except SyscallError as err:
+            raise err.replace(subject=f"{cls._kind} pin {p}", path=p) from err
+        try:
+            handle = cls.from_fd(fd)
+        except KindError as err:
+            raise PinError(f"{cls._kind} pin {p}: not a {cls._kind} but a {err.found}") from err
+        except SyscallError as err:
+            raise err.replace(subject=f"{cls._kind} pin {p}", path=p) from err
+        handle._adopt_pin(p)
+        return handle
+
+    @classmethod
+    def from_id(cls, obj_id: int) -> Self:
+        """A new fd for the object with this id (CAP_SYS_ADMIN): :class:`NotFoundError` if
+        there is none. Never use it to poll whether an object lives (it takes a reference;
+        see :mod:`orchestrator.ebpf.inspect`)."""
+        try:
+            fd = _sys.fd_by_id(cls._by_id, obj_id)
+        except SyscallError as err:
+            raise err.replace(subject=f"{cls._kind} id {obj_id}", action="open by id") from err
+        return cls.from_fd(fd)
+
+    def _adopt_pin(self, path: str) -> None:
+        """Remember the pin the handle was opened from."""
+        self._pinned = path
+
+    # ------------------------------------------------------------------ fd and pins
 
     @property
     def fd(self) -> FD:
@@ -29,6 +101,11 @@ class Handle(Closing):
     @property
     def closed(self) -> bool:
         return self._fd.closed
+
+    @property
+    def pinned(self) -> str | None:
+        """The pin made by :meth:`pin` or opened by :meth:`from_pin`, None if neither."""
+        return self._pinned
 
     def close(self) -> None:
         self._fd.close()
@@ -58,6 +135,27 @@ class Handle(Closing):
             raise PinError(f"{self._what()}: unpin {p}: {reason}") from err
         if p == self._pinned:
             self._pinned = None
+
+
+_KINDS = {
+    "anon_inode:bpf-map": "map",
+    "anon_inode:bpf-prog": "program",
+    "anon_inode:bpf_link": "link",  # a link as made (bpf_link_prime)
+    "anon_inode:bpf-link": "link",  # a link opened again, by pin or id (bpf_link_new_fd)
+    "anon_inode:btf": "btf",
+}
+
+
+def fd_kind(fd: FD) -> str | None:
+    """The kind of object ``fd`` holds: ``"map"``, ``"program"``, ``"link"``, ``"btf"``, or
+    ``"file"`` for anything else; None if it cannot be told (no /proc). One readlink of
+    /proc/self/fd (which reads the link's text and opens nothing): the kernel's info
+    command cannot tell, since it answers a map's fd with a map's info whatever was asked."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd.raw}")
+    except OSError:
+        return None
+    return _KINDS.get(target, "file")
 
 
 def pin_reason(err: SyscallError) -> str:

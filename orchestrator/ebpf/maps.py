@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,7 +23,6 @@ from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,
     NotSupportedError,
-    PinError,
     SpecError,
     SyscallError,
 )
@@ -205,14 +203,12 @@ class Map(Handle):
             value_type=spec.value,
         )
 
+    _kind = "map"
+    _by_id = Cmd.MAP_GET_FD_BY_ID
+
     @classmethod
-    def from_fd(cls, fd: FD, name: str | None = None) -> Map:
-        """Wrap an fd (ownership passes to the Map), reading its shape from the kernel."""
-        try:
-            info = _sys.map_info(fd)
-        except SyscallError as err:
-            fd.close()
-            raise err.replace(subject=f"map fd {fd}: not a map") from err
+    def _adopt(cls, fd: FD, name: str | None) -> Map:
+        info = _sys.map_info(fd)
         m = cls(
             fd,
             name=name or info.name.decode("utf-8", "replace"),
@@ -226,27 +222,6 @@ class Map(Handle):
         if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
             m._kernel_btf = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id)
         return m
-
-    @classmethod
-    def from_pin(cls, path: str | os.PathLike[str]) -> Map:
-        p = os.fspath(path)
-        try:
-            fd = _sys.obj_get(p)
-        except SyscallError as err:
-            raise err.replace(subject=f"map pin {p}", path=p) from err
-        m = cls.from_fd(fd)
-        if m.type == MapType.UNSPEC:
-            m.close()
-            raise PinError(f"map pin {p}: not a map")
-        return m
-
-    @classmethod
-    def from_id(cls, map_id: int) -> Map:
-        try:
-            fd = _sys.fd_by_id(Cmd.MAP_GET_FD_BY_ID, map_id)
-        except SyscallError as err:
-            raise err.replace(subject=f"map id {map_id}") from err
-        return cls.from_fd(fd)
 
     def clone(self) -> Map:
         """A second owner of the same kernel map (a dup'ed fd)."""
@@ -328,6 +303,7 @@ class Map(Handle):
 
     @property
     def pinned_path(self) -> str | None:
+        """The same as :attr:`pinned`."""
         return self._pinned
 
     def freeze(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import FD, AttachType, Closing, Cmd, ProgType
 from orchestrator.ebpf.btf.ext import LineInfo
-from orchestrator.ebpf.errors import PinError, SyscallError, VerifierError
+from orchestrator.ebpf.errors import SyscallError, VerifierError
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.maps import kernel_btf_spec, kernel_name
 from orchestrator.ebpf.verifier import diagnose
@@ -231,37 +230,15 @@ class Program(Handle):
             verifier_log=result.log,
         )
 
+    _kind = "program"
+    _by_id = Cmd.PROG_GET_FD_BY_ID
+
     @classmethod
-    def from_fd(cls, fd: FD, name: str | None = None) -> Program:
-        try:
-            info = _sys.prog_info(fd)
-        except SyscallError as err:
-            fd.close()
-            raise err.replace(subject=f"program fd {fd}: not a program") from err
+    def _adopt(cls, fd: FD, name: str | None) -> Program:
+        info = _sys.prog_info(fd)
         prog = cls(fd, name=name or info.name.decode("utf-8", "replace"), type=info.type)
         prog._remember(info)
         return prog
-
-    @classmethod
-    def from_pin(cls, path: str | os.PathLike[str]) -> Program:
-        p = os.fspath(path)
-        try:
-            fd = _sys.obj_get(p)
-        except SyscallError as err:
-            raise err.replace(subject=f"program pin {p}", path=p) from err
-        prog = cls.from_fd(fd)
-        if prog.type == ProgType.UNSPEC:
-            prog.close()
-            raise PinError(f"program pin {p}: not a program")
-        return prog
-
-    @classmethod
-    def from_id(cls, prog_id: int) -> Program:
-        try:
-            fd = _sys.fd_by_id(Cmd.PROG_GET_FD_BY_ID, prog_id)
-        except SyscallError as err:
-            raise err.replace(subject=f"program id {prog_id}") from err
-        return cls.from_fd(fd)
 
     def clone(self) -> Program:
         prog = Program(self.fd.dup(), name=self.name, type=self.type, attach_type=self.attach_type)

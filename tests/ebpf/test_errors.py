@@ -138,11 +138,13 @@ def test_a_missing_pin_or_id_is_not_found_for_maps_programs_and_links(
             str(missing),
             "open pin",
         )
-        assert str(err).startswith(f"{kind} pin {missing}: open pin: no such file or directory")
+        assert str(err) == f"{kind} pin {missing}: open pin: no such file or directory (ENOENT)"
         with pytest.raises(NotFoundError) as info:
             cls.from_id(2**31 - 5)
         assert info.value.errno == errno.ENOENT and info.value.filename is None
-        assert str(info.value).startswith(f"{kind} ")
+        assert str(info.value) == (
+            f"{kind} id {2**31 - 5}: open by id: no such file or directory (ENOENT)"
+        )
 
 
 @pytest.mark.kernel

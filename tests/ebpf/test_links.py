@@ -22,10 +22,11 @@ from orchestrator import ebpf
 from orchestrator.ebpf import link as links
 from orchestrator.ebpf import mounts
 from orchestrator.ebpf._netlink import in_netns, netns_inode
-from orchestrator.ebpf._sys import AttachType, LinkType
+from orchestrator.ebpf._sys import FD, AttachType, LinkType
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
+    KindError,
     MountNotFoundError,
     NotFoundError,
     NotSupportedError,
@@ -734,17 +735,64 @@ def test_pinned_link_survives_close_and_is_readopted(
 def test_pin_and_adoption_errors(
     pin_dir: Path, progs: ebpf.Collection, veth: VethPair, fd_guard: None
 ) -> None:
-    with pytest.raises(NotFoundError, match="no such pin"):
+    with pytest.raises(NotFoundError, match=r"^link pin .*/missing: open pin: no such file"):
         Link.from_pin(pin_dir / "missing")
     progs.programs["xdp_a"].pin(pin_dir / "prog")
-    with pytest.raises(PinError, match="not a link but a program"):
+    with pytest.raises(PinError, match=r"^link pin .*/prog: not a link but a program$"):
         Link.from_pin(pin_dir / "prog")
-    with pytest.raises(NotFoundError, match="no such link"):
+    with pytest.raises(NotFoundError, match=r"^link id 2147483643: open by id: no such file"):
         Link.from_id(2**31 - 5)
     with links.attach_xdp(progs.programs["xdp_a"], veth.b.name, netns=veth.b.ns.path) as link:
         with pytest.raises(PinError, match="does the directory exist"):
             link.pin(pin_dir / "nodir" / "x")
         link.unpin()  # nothing pinned: a no-op
+
+
+def test_maps_programs_and_links_open_only_their_own_kind(
+    pin_dir: Path, progs: ebpf.Collection, veth: VethPair, fd_guard: None
+) -> None:
+    """One from_fd/from_pin/from_id (ebpf.handle.Handle) for the three kinds: each checks
+    what the fd holds (the kernel's info command cannot tell: it answers a program's fd
+    with a program's info whatever was asked), remembers the pin it was opened from, and
+    keeps the id it read."""
+    prog = progs.programs["xdp_a"]
+    with links.attach_xdp(prog, veth.b.name, "generic", netns=veth.b.ns.path) as link:
+        made: dict[str, ebpf.Map | ebpf.Program | Link] = {
+            "map": progs.maps["hits"],
+            "program": prog,
+            "link": link,
+        }
+        for kind, handle in made.items():
+            handle.pin(pin_dir / kind)
+        classes: dict[str, type[ebpf.Map] | type[ebpf.Program] | type[Link]] = {
+            "map": ebpf.Map,
+            "program": ebpf.Program,
+            "link": Link,
+        }
+        for kind, cls in classes.items():
+            with cls.from_pin(pin_dir / kind) as same:
+                assert same.pinned == str(pin_dir / kind) and same.id == made[kind].id
+            with cls.from_id(made[kind].id) as same:
+                assert same.pinned is None and same.id == made[kind].id
+            for other, handle in made.items():
+                if other == kind:
+                    continue
+                with pytest.raises(PinError) as pin_err:
+                    cls.from_pin(pin_dir / other)
+                assert (
+                    str(pin_err.value)
+                    == f"{kind} pin {pin_dir / other}: not a {kind} but a {other}"
+                )
+                fd = handle.fd.dup()
+                with pytest.raises(KindError) as kind_err:
+                    cls.from_fd(fd)
+                assert fd.closed  # ownership passed: closed on the error
+                assert (kind_err.value.wanted, kind_err.value.found) == (kind, other)
+                assert str(kind_err.value).endswith(f": not a {kind} but a {other}")
+            with open(os.devnull) as f, pytest.raises(KindError, match=f"not a {kind} but a file$"):
+                cls.from_fd(FD(os.dup(f.fileno())))
+        link.unpin()
+        assert link.pinned is None
 
 
 def test_iter_links_lists_ours(veth: VethPair, progs: ebpf.Collection, fd_guard: None) -> None:

@@ -15,9 +15,7 @@ from orchestrator.ebpf._sys import FD, AttachType, Cmd, LinkType, PerfEventLinkT
 from orchestrator.ebpf.errors import (
     AttachConflictError,
     AttachError,
-    NotFoundError,
     NotSupportedError,
-    PinError,
     SyscallError,
 )
 from orchestrator.ebpf.handle import Handle
@@ -196,46 +194,17 @@ class Link(Handle):
         self.description = description or f"link {id} ({_type_name(type)})"
         self._pinned: str | None = None
 
-    @classmethod
-    def from_fd(cls, fd: FD, description: str = "") -> Link:
-        """Take ownership of ``fd`` (closed on error) after checking it is a link."""
-        try:
-            kind = _fd_kind(fd)
-            if kind != "link":
-                raise AttachError(f"fd {fd.raw}: not a link but a {kind}")
-            raw = _sys.link_info(fd)
-        except BaseException:
-            fd.close()
-            raise
-        return cls(fd, id=raw.id, type=_enum(LinkType, raw.type), description=description)
+    _kind = "link"
+    _by_id = Cmd.LINK_GET_FD_BY_ID
 
     @classmethod
-    def from_pin(cls, path: str | os.PathLike[str]) -> Link:
-        """Re-adopt a pinned link (same id); the pin stays and is remembered for
-        :meth:`unpin`."""
-        p = os.fspath(path)
-        try:
-            fd = _sys.obj_get(p)
-        except NotFoundError as err:
-            raise err.replace(subject=f"link pin {p}", path=p, hint="no such pin") from err
-        except SyscallError as err:
-            raise PinError(f"link pin {p}: {err}") from err
-        try:
-            link = cls.from_fd(fd)
-        except AttachError as err:
-            raise PinError(f"link pin {p}: {err}") from err
-        link._pinned = p
-        link.description = f"link {link.id} ({_type_name(link.type)}) pinned at {p}"
-        return link
+    def _adopt(cls, fd: FD, name: str | None) -> Link:
+        raw = _sys.link_info(fd)
+        return cls(fd, id=raw.id, type=_enum(LinkType, raw.type), description=name or "")
 
-    @classmethod
-    def from_id(cls, link_id: int) -> Link:
-        """A new fd for the link with this id (needs CAP_SYS_ADMIN)."""
-        try:
-            fd = _sys.fd_by_id(Cmd.LINK_GET_FD_BY_ID, link_id)
-        except NotFoundError as err:
-            raise err.replace(subject=f"link {link_id}", action="", detail="no such link") from err
-        return cls.from_fd(fd)
+    def _adopt_pin(self, path: str) -> None:
+        self._pinned = path
+        self.description = f"link {self.id} ({_type_name(self.type)}) pinned at {path}"
 
     # ------------------------------------------------------------------ basics
 
@@ -249,10 +218,6 @@ class Link(Handle):
     @property
     def type(self) -> LinkType | int:
         return self._type
-
-    @property
-    def pinned(self) -> str | None:
-        return self._pinned
 
     @property
     def program_id(self) -> int:
@@ -317,25 +282,10 @@ class Link(Handle):
             raise AttachError(f"{self.description}: detach: {err.detail}") from err
 
 
-def _fd_kind(fd: FD) -> str:
-    try:
-        with open(f"/proc/self/fdinfo/{fd.raw}") as f:
-            text = f.read()
-    except OSError:
-        return "unknown"
-    if "link_id:" in text or "link_type:" in text:
-        return "link"
-    if "prog_type:" in text:
-        return "program"
-    if "map_type:" in text:
-        return "map"
-    return "file"
-
-
 def _make(what: str, create: Callable[[], FD]) -> Link:
     """Run ``create`` (which returns a new link fd) and wrap its errors."""
     try:
         fd = create()
     except SyscallError as err:
         raise AttachError(f"{what}: {err.detail}") from err
-    return Link.from_fd(fd, description=what)
+    return Link.from_fd(fd, what)

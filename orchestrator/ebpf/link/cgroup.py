@@ -118,7 +118,7 @@ def attach_cgroup(
                     ) from err
             hint = " (does the program type match the attach type?)" if err.errno == 22 else ""
             raise AttachError(f"{what}: {err.detail}{hint}") from err
-    return Link.from_fd(fd, description=what)
+    return Link.from_fd(fd, what)
 
 
 def cgroup_attached(path: str | os.PathLike[str], attach_type: str | AttachType) -> HookState:

@@ -59,4 +59,4 @@ def attach_netns(prog: Program, netns: NetnsPath, attach_type: str | AttachType)
             raise AttachError(f"{what}: {err.detail}{hint}") from err
     finally:
         os.close(nsfd)
-    return Link.from_fd(fd, description=what)
+    return Link.from_fd(fd, what)

@@ -287,4 +287,4 @@ def attach_struct_ops(coll: Collection, name: str) -> StructOpsLink:
         fd = _sys.link_create(attr)
     except Error as err:
         raise type(err)(f"struct_ops {name}: link: {err}", *_errno(err)) from err
-    return StructOpsLink(m, Link.from_fd(fd, description=f"struct_ops {name}"))
+    return StructOpsLink(m, Link.from_fd(fd, f"struct_ops {name}"))

@@ -120,7 +120,7 @@ def attach_tcx(
                 f"{what}: the program is already attached at this hook"
             ) from err
         raise AttachError(f"{what}: {err.detail}") from err
-    return Link.from_fd(fd, description=f"tcx {dirname} link of {prog.name} on {iface}")
+    return Link.from_fd(fd, f"tcx {dirname} link of {prog.name} on {iface}")
 
 
 def tcx_attached(

@@ -38,7 +38,7 @@ def _perf_link(prog: Program, perf: FD, what: str) -> Link:
             elif err.errno == errno.EEXIST:
                 hint = " (the program is already attached to this event)"
             raise AttachError(f"{what}: {err.detail}{hint}") from err
-    return Link.from_fd(fd, description=what)
+    return Link.from_fd(fd, what)
 
 
 def attach_tracepoint(prog: Program, group: str, name: str) -> Link:
@@ -86,4 +86,4 @@ def attach_raw_tracepoint(prog: Program, name: str | None = None) -> Link:
         if err.errno == errno.EINVAL:
             hint = " (raw_tp programs need a name; tp_btf programs must not get one)"
         raise AttachError(f"{what}: {err.detail}{hint}") from err
-    return Link.from_fd(fd, description=what)
+    return Link.from_fd(fd, what)

@@ -74,7 +74,7 @@ def attach_xdp(
             fd = _sys.link_create(attr)
     except SyscallError as err:
         raise _xdp_error(prog, index, mode, err, netns) from err
-    return Link.from_fd(fd, description=f"xdp link of {prog.name} on {iface}")
+    return Link.from_fd(fd, f"xdp link of {prog.name} on {iface}")
 
 
 def _xdp_error(prog: Program, index: int, mode: str, err: SyscallError, netns: NetnsPath) -> Error:
