@@ -16,7 +16,6 @@ reconciler's plan-time business.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import hashlib
 import json
@@ -39,6 +38,7 @@ from orchestrator.ebpf import (
 )
 from orchestrator.ebpf.errors import FileError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
+from orchestrator.ebpf.suggestions import did_you_mean
 from orchestrator.manifest import metrics as metric_rules
 from orchestrator.manifest.builder import _Builder
 from orchestrator.manifest.cache import ObjectStore
@@ -362,7 +362,7 @@ class _Checker:
                     e,
                     ("spec", "programs", i),
                     f"object has no program {quote(name)}",
-                    _hint(name, progs),
+                    did_you_mean(name, progs),
                 )
         self.loadable(e, spec)
         self.metric_maps(e, spec)
@@ -376,7 +376,7 @@ class _Checker:
                         e,
                         path,
                         f"object has no constant {quote(name)}",
-                        _hint(name, consts),
+                        did_you_mean(name, consts),
                         key=True,
                     )
                     continue
@@ -390,7 +390,7 @@ class _Checker:
             mspec = spec.maps.get(name)
             if mspec is None:
                 self.problem(
-                    e, path, f"object has no map {quote(name)}", _hint(name, maps), key=True
+                    e, path, f"object has no map {quote(name)}", did_you_mean(name, maps), key=True
                 )
                 continue
             if opts.preserve and mspec.name.startswith(".rodata"):
@@ -447,7 +447,10 @@ class _Checker:
             prog = spec.programs.get(a.program)
             if prog is None:
                 self.problem(
-                    e, path, f"object has no program {quote(a.program)}", _hint(a.program, progs)
+                    e,
+                    path,
+                    f"object has no program {quote(a.program)}",
+                    did_you_mean(a.program, progs),
                 )
                 continue
             if a.program not in bound:
@@ -512,7 +515,10 @@ class _Checker:
             mspec = spec.maps.get(m.map)
             if mspec is None:
                 self.problem(
-                    e, (*path, "map"), f"object has no map {quote(m.map)}", _hint(m.map, maps)
+                    e,
+                    (*path, "map"),
+                    f"object has no map {quote(m.map)}",
+                    did_you_mean(m.map, maps),
                 )
                 continue
             if mspec.type not in metric_rules.READABLE:
@@ -620,7 +626,7 @@ class _Checker:
                                 (*path, "tc", rel),
                                 f"program {clip(other)} is not attached at the same hook "
                                 f"(tc {t.direction.value} on {t.interface})",
-                                _hint(other, sorted(set(peers) - {a.program})),
+                                did_you_mean(other, sorted(set(peers) - {a.program})),
                             )
             self.tc_order(e)
 
@@ -676,7 +682,7 @@ class _Checker:
                         e,
                         path,
                         f"no collection named {quote(src.collection)}",
-                        _hint(src.collection, sorted(self.by_name)),
+                        did_you_mean(src.collection, sorted(self.by_name)),
                     )
                     continue
                 if owner.info is None or e.info is None:
@@ -689,7 +695,7 @@ class _Checker:
                         e,
                         mpath,
                         f"collection {owner.coll.name} has no map {quote(map_name)}",
-                        _hint(map_name, sorted(owner.info.spec.maps)),
+                        did_you_mean(map_name, sorted(owner.info.spec.maps)),
                     )
                     continue
                 mine = e.info.spec.maps.get(name)
@@ -771,17 +777,6 @@ _GENERATION_BOUND = {
     MapType.STRUCT_OPS: "struct_ops map",
 }
 _ALWAYS_PINNED = {MapType.PROG_ARRAY: "prog array"}
-
-
-def _hint(name: str, choices: list[str]) -> str:
-    # a long name matches nothing, and difflib's cost grows with its length
-    close = difflib.get_close_matches(name, choices, n=1) if len(name) < 256 else []
-    if close:
-        return f"did you mean {quote(close[0])}?"
-    if choices:
-        shown = ", ".join(clip(c) for c in choices[:8]) + (", …" if len(choices) > 8 else "")
-        return f"it has: {shown}"
-    return ""
 
 
 # ---------------------------------------------------------------------------- entry point
