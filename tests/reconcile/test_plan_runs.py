@@ -11,23 +11,31 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ebpf._sys import LinkType
+from orchestrator.ebpf.link import Link
 from orchestrator.reconcile import ApplyResult, Kind, Status, Step
 from orchestrator.reconcile.actions import (
     Action,
     Attach,
+    ClaimRoot,
     Commit,
     Delete,
     Detach,
     Keep,
     KeepLink,
     MakeBeforeBreak,
+    OpenStaging,
     Reattach,
     Release,
     ReleaseRoot,
+    RemoveStaging,
+    Seal,
     Stage,
     SwitchLink,
+    Unchanged,
     WriteRecord,
 )
+from orchestrator.reconcile.owner import OWNER_PIN
 from tests.netns import VethPair
 from tests.reconcile.conftest import Env, link_alive, pins_under, prog_alive
 from tests.reconcile.test_attach_changes import gone
@@ -82,6 +90,33 @@ def steps_of(action: Action) -> list[Reached]:
     return []
 
 
+# Every action type these applies and destroys plan; each is checked either by the
+# failpoints it reaches (steps_of) or by its effect (check_effects). A new action type
+# fails the test until it is added to both.
+CHECKED: frozenset[type[Action]] = frozenset(
+    {
+        ClaimRoot,
+        OpenStaging,
+        Unchanged,
+        Stage,
+        Keep,
+        KeepLink,
+        SwitchLink,
+        Attach,
+        MakeBeforeBreak,
+        Reattach,
+        Seal,
+        Commit,
+        Delete,
+        WriteRecord,
+        Release,
+        Detach,
+        RemoveStaging,
+        ReleaseRoot,
+    }
+)
+
+
 class Recorder:
     """Failpoints that note every step the transaction reaches."""
 
@@ -92,32 +127,74 @@ class Recorder:
         self.reached.append((step, subject))
 
 
-def run(env: Env, *, destroy: bool = False) -> tuple[ApplyResult, Status, Status]:
+def run(env: Env, seen: set[type[Action]], *, destroy: bool = False) -> ApplyResult:
     """Apply with --prune (or destroy everything) with the recorder; check that what ran is
-    the plan's actions in order, and that the plan printed beforehand (``bpforch plan``) is
-    that very plan. Returns the result and the status before and after."""
+    the plan's actions in order, that the plan printed beforehand (``bpforch plan``,
+    ``destroy --dry-run``) is that very plan, and each action's effect (``seen`` gathers the
+    action types checked).
+
+    Meanwhile the test holds an fd of each link of the old generation (as a tool reading
+    them would): a Detach must detach its link though that fd keeps it alive."""
     r = env.reconciler()
     before = r.status()
-    printed = r.plan(env.desired(), prune=True)
-    rec = Recorder()
-    recording = env.reconciler(rec)
-    result = recording.destroy() if destroy else recording.apply(env.desired(), prune=True)
-    expected = [s for a in result.plan.actions for s in steps_of(a)]
-    assert len(expected) >= 3 and rec.reached == expected, "\n".join(
-        f"{a.action} {getattr(a, 'collection', '')}" for a in result.plan.actions
-    )
-    if not destroy:
+    held = {a.link_id: Link.from_id(a.link_id) for c in before.collections for a in c.attachments}
+    try:
+        printed = r.destroy(dry_run=True).plan if destroy else r.plan(env.desired(), prune=True)
+        rec = Recorder()
+        recording = env.reconciler(rec)
+        result = recording.destroy() if destroy else recording.apply(env.desired(), prune=True)
+        assert result.applied
+        unchecked = {type(a) for a in result.plan.actions} - CHECKED
+        assert not unchecked, f"actions this test does not check: {unchecked}"
+        expected = [s for a in result.plan.actions for s in steps_of(a)]
+        assert len(expected) >= 3 and rec.reached == expected, "\n".join(
+            f"{a.action} {getattr(a, 'collection', '')}" for a in result.plan.actions
+        )
         assert [a.to_json() for a in printed.actions] == [a.to_json() for a in result.plan.actions]
         assert str(printed) == str(result.plan)
-    return result, before, r.status()
+        for action in result.plan.actions:
+            if isinstance(action, Detach) and held[action.link.link_id].type in DETACHABLE:
+                assert not held[action.link.link_id].info().attached  # not only unpinned
+    finally:
+        for link in held.values():
+            link.close()  # the rest of the old generation can go now
+    check_effects(env, result, before, r.status(), seen)
+    return result
 
 
-def check_effects(result: ApplyResult, before: Status, after: Status) -> None:
-    """Each action's effect, as the kernel and the record show it."""
+DETACHABLE = {LinkType.XDP, LinkType.TCX, LinkType.CGROUP, LinkType.NETNS}
+
+
+def check_effects(
+    env: Env, result: ApplyResult, before: Status, after: Status, seen: set[type[Action]]
+) -> None:
+    """Each action's effect, as the kernel, the record and bpffs show it."""
     old_links = {a.link_id for c in before.collections for a in c.attachments}
     old_progs = {p.id for c in before.collections for p in c.programs}
+    staging = sorted(p.name for p in env.root.glob("_staging-*"))
     for action in result.plan.actions:
+        seen.add(type(action))
         match action:
+            case Unchanged():
+                was, now = before.get(action.collection), after.get(action.collection)
+                assert was is not None and now is not None
+                assert [p.id for p in now.programs] == [p.id for p in was.programs]
+                assert [a.link_id for a in now.attachments] == [a.link_id for a in was.attachments]
+            case OpenStaging() | RemoveStaging():
+                assert staging == []  # opened, then removed: none left behind
+            case Seal() | Commit() | WriteRecord():
+                # the new record names what runs now
+                assert {c.name for c in after.collections} == {
+                    a.collection for a in result.plan.actions if isinstance(a, Stage | Keep)
+                } | {a.collection for a in result.plan.actions if isinstance(a, Unchanged)}
+            case Release():
+                # the old generation's programs that the new one does not run are freed
+                running = {p.id for c in after.collections for p in c.programs}
+                assert all(gone(prog_alive, pid) for pid in old_progs - running)
+            case ClaimRoot():
+                assert (env.root / OWNER_PIN).exists()
+            case ReleaseRoot():
+                assert after.collections == () and pins_under(env.root) == []
             case KeepLink() | SwitchLink():
                 st = after.get(action.collection)
                 assert st is not None
@@ -189,19 +266,19 @@ def test_the_transaction_runs_the_plans_actions_in_order(
         """,
     )
 
+    seen: set[type[Action]] = set()
+
     def kinds(result: ApplyResult) -> list[str]:
         return [a.action for a in result.plan.actions]
 
     # new: everything staged and attached
     manifest(1, xdp, tc_a, tc_b, tp)
-    result, before, after = run(env)
-    check_effects(result, before, after)
+    result = run(env, seen)
     assert kinds(result).count("attach") == 5 and kinds(result).count("stage") == 2
 
     # a new object generation: links switched in place, the tracepoint made before broken
     manifest(2, xdp, tc_a, tc_b, tp)
-    result, before, after = run(env)
-    check_effects(result, before, after)
+    result = run(env, seen)
     assert kinds(result) == [
         "open_staging",
         "unchanged",  # other (collections in name order, dependencies first)
@@ -221,8 +298,7 @@ def test_the_transaction_runs_the_plans_actions_in_order(
     # only attachments change: the programs are kept; the XDP mode is re-attached last,
     # tc_b gets a fresh instance placed before tc_a, the tracepoint goes
     manifest(2, xdp_native, tc_a, tc_b_first)
-    result, before, after = run(env)
-    check_effects(result, before, after)
+    result = run(env, seen)
     assert kinds(result) == [
         "open_staging",
         "unchanged",
@@ -246,13 +322,12 @@ def test_the_transaction_runs_the_plans_actions_in_order(
 
     # pruned: a collection no longer declared is deleted, its link detached
     env.remove("other")
-    result, before, after = run(env)
-    check_effects(result, before, after)
+    result = run(env, seen)
     assert "delete" in kinds(result) and "release_root" not in kinds(result)
 
     # destroyed: the root is given up at the end
-    result, before, after = run(env, destroy=True)
-    check_effects(result, before, after)
+    result = run(env, seen, destroy=True)
     assert kinds(result)[-1] == "release_root"
     assert any(isinstance(a, ReleaseRoot) for a in result.plan.actions)
     assert pins_under(env.root) == []
+    assert seen == CHECKED  # every action type ran at least once above
