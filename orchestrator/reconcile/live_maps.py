@@ -22,7 +22,7 @@ from pathlib import Path
 
 from orchestrator.ebpf import Map, Program, btf
 from orchestrator.ebpf.errors import Error as EbpfError
-from orchestrator.ebpf.errors import clip, quote
+from orchestrator.ebpf.errors import PinError, SyscallError, clip, quote
 from orchestrator.ebpf.map_codec import LiteralMap, MapCodec
 from orchestrator.ebpf.suggestions import hint
 from orchestrator.ebpf.values import References
@@ -273,9 +273,12 @@ def _open_path(
     if rel is None:  # someone else's pin: opened as given
         try:
             return Map.from_pin(path), None, path
+        except SyscallError as err:  # no such pin, permission denied
+            raise MapAddressError(str(err.replace(subject=f"map {path}", action=""))) from err
+        except PinError as err:  # another kind of object: says so with the path
+            raise MapAddressError(str(err)) from err
         except (EbpfError, OSError) as err:
-            text = str(err).removeprefix(f"map pin {path}: ").removeprefix("open pin: ")
-            raise MapAddressError(f"map {path}: {text}") from err
+            raise MapAddressError(f"map {path}: {err}") from err
     try:
         root_fd = open_root(root)
     except FileNotFoundError:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf._sys import possible_cpus
+from orchestrator.ebpf._sys import ProgType, possible_cpus
+from orchestrator.ebpf.programs import LoadRequest
 from tests.commands.conftest import Cli
 from tests.conftest import BPF_DIR
 from tests.netns import UdpReceiver, VethPair, send_udp
@@ -271,3 +272,14 @@ def test_a_substituted_map_is_its_sources(cli: Cli) -> None:
     cli.ok("map", "set", "shared-user/shared_stats", "3", "41")  # slot 3: no program's
     owner = cli.json("map", "get", "shared-owner/shared_stats", "3")
     assert owner["value"] == 41  # type: ignore[index]
+
+
+def test_a_foreign_pin_of_another_kind_is_named_not_read(cli: Cli, pin_dir: Path) -> None:
+    """A pin outside the root is opened as given; a program's pin is refused as one (the
+    kernel would answer a map's info request with the program's)."""
+    mov_r0_2_exit = bytes.fromhex("b7000000020000009500000000000000")
+    req = LoadRequest(name="p", type=ProgType.XDP, instructions=mov_r0_2_exit, license="GPL")
+    with ebpf.Program.load(req) as prog:
+        prog.pin(pin_dir / "prog")
+        err = cli.fails("map", "dump", str(pin_dir / "prog"))
+    assert err == f"error: map pin {pin_dir / 'prog'}: not a map but a program\n"
