@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from orchestrator.ebpf import MapType
+from orchestrator.ebpf.suggestions import did_you_mean
 
 # Maps whose values can be read by key: the rest have no keys (ring buffers, queues),
 # hold fds or kernel objects (prog arrays, maps of maps, sockmaps), or belong to one
@@ -53,8 +54,8 @@ def number(value: object, path: Sequence[str]) -> int | float:
         where = ".".join(path[: i + 1])
         if isinstance(cur, dict):
             if part not in cur:
-                members = ", ".join(sorted(map(str, cur))[:8])
-                raise MetricValueError(f"field {where}: no such member (it has: {members})")
+                members = did_you_mean(part, sorted(map(str, cur)))
+                raise MetricValueError(f"field {where}: no such member ({members})")
             cur = cur[part]
         elif isinstance(cur, list):
             if not part.isdigit() or int(part) >= len(cur):

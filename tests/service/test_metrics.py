@@ -159,7 +159,12 @@ BAD = [
     ),
     (
         "    - {name: x, type: counter, map: by_cpu, key: 0, field: packet}\n",
-        "7:60: spec.metrics[0].field: map by_cpu: field packet: no such member (it has: "
+        "7:60: spec.metrics[0].field: map by_cpu: field packet: no such member (did you mean "
+        "'packets'?) (name a number inside the value)",
+    ),
+    (
+        "    - {name: x, type: counter, map: by_cpu, key: 0, field: zzz}\n",
+        "7:60: spec.metrics[0].field: map by_cpu: field zzz: no such member (it has: "
         "bytes, hist, packets, proto, tag) (name a number inside the value)",
     ),
     (
