@@ -22,6 +22,8 @@ from orchestrator.manifest.model import (
     CgroupTarget,
     DesiredCollection,
     Direction,
+    EntriesMode,
+    MapEntry,
     MapFrom,
     MapOptions,
     MetricSpec,
@@ -162,6 +164,15 @@ class _Builder:
         raw_from = opts.get("from")
         if isinstance(raw_from, dict):
             source_from = self.map_from(path, name, cast(dict[str, object], raw_from))
+            for option in ("entries", "entries_mode"):
+                if option in opts:
+                    self.problem(
+                        (*path, option),
+                        f"'{option}' does not apply to a substituted map",
+                        f"the map's owner declares its entries in its own manifest; "
+                        f"remove '{option}' here",
+                        key=True,
+                    )
             for option in ("pin", "preserve", "max_entries", "on_incompatible"):
                 if option in opts:
                     self.problem(
@@ -172,6 +183,21 @@ class _Builder:
                     )
         max_entries = opts.get("max_entries")
         on_incompatible = opts.get("on_incompatible")
+        raw_entries = opts.get("entries")
+        entries: tuple[MapEntry, ...] | None = None
+        if isinstance(raw_entries, list):
+            entries = tuple(
+                MapEntry(e["key"], e["value"], self.doc.at((*path, "entries", i)))
+                for i, e in enumerate(cast(list[dict[str, object]], raw_entries))
+            )
+        mode = opts.get("entries_mode")
+        if mode is not None and entries is None:
+            self.problem(
+                (*path, "entries_mode"),
+                "entries_mode without entries",
+                "declare the entries, or remove entries_mode",
+                key=True,
+            )
         return MapOptions(
             name=name,
             pin=pin,
@@ -183,6 +209,8 @@ class _Builder:
             source_from=source_from,
             source=self.doc.key_at(path),
             pin_given=pin_given is not None,
+            entries=entries,
+            entries_mode=EntriesMode(mode) if mode is not None else EntriesMode.EXACT,
         )
 
     def map_from(self, path: PathKey, name: str, raw: dict[str, object]) -> MapFrom:

@@ -16,6 +16,7 @@ import yaml
 
 from orchestrator.ebpf.errors import clip
 from orchestrator.manifest.errors import ManifestProblem
+from orchestrator.manifest.literals import TAGS, tagged
 from orchestrator.manifest.model import Source
 
 PathKey = tuple[str | int, ...]
@@ -81,6 +82,12 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+def _in_entries(path: PathKey) -> bool:
+    """Whether ``path`` is inside a key or value of a map's ``entries`` (where the tags of
+    :data:`~orchestrator.manifest.literals.TAGS` are read)."""
+    return len(path) >= 6 and path[:2] == ("spec", "maps") and path[3] == "entries"
+
+
 class _TooLarge(Exception):
     pass
 
@@ -112,6 +119,12 @@ class _Builder:
             self.problem(node, path, "recursive alias", "YAML aliases must not contain themselves")
             raise _Skip
         if isinstance(node, yaml.ScalarNode):
+            if node.tag in TAGS and _in_entries(path):
+                try:
+                    return tagged(node.tag, str(node.value))
+                except ValueError as err:
+                    self.problem(node, path, str(err), "e.g. key: !be16 9999")
+                    raise _Skip from err
             try:
                 value = self.loader.construct_object(node, deep=True)
             except yaml.constructor.ConstructorError as err:
@@ -137,7 +150,10 @@ class _Builder:
                 raise _Skip
             return value
         if node.tag not in _PLAIN_TAGS:
-            self.problem(node, path, f"unsupported YAML tag {node.tag}", "remove the tag")
+            hint = "remove the tag"
+            if node.tag in TAGS:
+                hint = f"{node.tag} tags a number in a map's entries"
+            self.problem(node, path, f"unsupported YAML tag {node.tag}", hint)
             raise _Skip
         self.active.add(id(node))
         try:

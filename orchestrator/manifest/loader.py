@@ -39,6 +39,7 @@ from orchestrator.ebpf import (
 from orchestrator.ebpf.errors import FileError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
 from orchestrator.ebpf.suggestions import did_you_mean
+from orchestrator.manifest import entries as entry_rules
 from orchestrator.manifest import metrics as metric_rules
 from orchestrator.manifest.builder import _Builder
 from orchestrator.manifest.cache import ObjectStore
@@ -53,6 +54,7 @@ from orchestrator.manifest.model import (
     KIND_COLLECTION,
     DesiredCollection,
     DesiredState,
+    MapOptions,
     Source,
     TcTarget,
     XdpTarget,
@@ -427,6 +429,8 @@ class _Checker:
                 )
             if opts.max_entries is not None:
                 self.max_entries(e, (*path, "max_entries"), mspec, opts.max_entries)
+            if opts.entries is not None and opts.source_from is None:
+                self.map_entries(e, spec, path, mspec, opts)
             if opts.source_from is not None:
                 used = set().union(*(p.maps for p in spec.programs.values()))
                 if name not in used:
@@ -493,6 +497,32 @@ class _Checker:
                 path = ("spec", "object")
                 hint = "list the programs to load in spec.programs"
             self.problem(e, path, f"program '{name}' cannot be loaded: {why}", hint)
+
+    def map_entries(
+        self, e: _Entry, spec: CollectionSpec, path: PathKey, m: MapSpec, opts: MapOptions
+    ) -> None:
+        """Every declared entry's key and value fit the map's BTF types (names of the
+        collection's programs in a prog array, of its maps in a map of maps), once each, and
+        no more than the map holds."""
+        assert opts.entries is not None
+        why = entry_rules.map_problem(m)
+        if why is not None:
+            self.problem(e, (*path, "entries"), why, "remove entries", key=True)
+            return
+        c = e.coll
+        programs = c.programs if c.programs is not None else spec.programs
+        try:
+            codec = entry_rules.codec(m, programs=programs, maps=spec.maps)
+        except SpecError as err:  # pragma: no cover - no format is given
+            self.problem(e, (*path, "entries"), str(err), key=True)
+            return
+        max_entries = opts.max_entries if opts.max_entries is not None else m.max_entries
+        _, _, problems = entry_rules.encode_entries(codec, opts.entries, max_entries)
+        for p in problems:
+            at: PathKey = (*path, "entries")
+            if p.index is not None:
+                at = (*at, p.index, p.field) if p.field is not None else (*at, p.index)
+            self.problem(e, at, f"map {m.name}: {p.message}", p.hint, key=p.index is None)
 
     def max_entries(self, e: _Entry, path: PathKey, m: MapSpec, value: int) -> None:
 
@@ -791,9 +821,16 @@ _DIGEST_API_VERSION = "bpforch/v1"
 def digest(coll: DesiredCollection, object_sha256: str) -> str:
     """sha256 over the canonical JSON of the normalized document and the object's digest."""
     document = {**coll.document(), "apiVersion": _DIGEST_API_VERSION}
-    # metrics say how bpforch reads maps, not what is loaded: a change reloads nothing
+    # metrics say how bpforch reads maps, and entries what it writes into them, not what is
+    # loaded: a change reloads nothing
     spec = cast(dict[str, object], document["spec"])
-    document["spec"] = {k: v for k, v in spec.items() if k != "metrics"}
+    maps = cast(dict[str, dict[str, object]], spec.get("maps", {}))
+    document["spec"] = {k: v for k, v in spec.items() if k != "metrics"} | {
+        "maps": {
+            n: {k: v for k, v in m.items() if k not in ("entries", "entries_mode")}
+            for n, m in maps.items()
+        }
+    }
     text = json.dumps(
         document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )

@@ -59,6 +59,29 @@ class MapFrom:
         return {"collection": self.collection, "map": self.map}
 
 
+class EntriesMode(enum.Enum):
+    """How a map's declared ``entries`` are kept: ``exact`` (a set diff: entries not declared
+    are deleted) or ``merge`` (declared entries are added or updated, others left alone)."""
+
+    EXACT = "exact"
+    MERGE = "merge"
+
+
+@dataclass(frozen=True, slots=True)
+class MapEntry:
+    """One declared entry of a map (``entries: [{key, value}]``): the key and value as
+    written (YAML literals, typed through the map's BTF when the object is read)."""
+
+    key: object
+    value: object
+    source: Source | None = field(default=None, compare=False)
+
+    def document(self) -> dict[str, object]:
+        from orchestrator.ebpf.values import plain
+
+        return {"key": plain(self.key), "value": plain(self.value)}
+
+
 @dataclass(frozen=True, slots=True)
 class MapOptions:
     """Per-map settings of a collection.
@@ -79,6 +102,10 @@ class MapOptions:
     arrays, maps of maps and struct_ops maps hold programs or maps of one generation and
     refuse ``preserve``.
 
+    ``entries``: the contents bpforch keeps in the map (``entries_mode``: exact, a set diff,
+    or merge, add and update only); None when the manifest declares none. They are written
+    by the apply, not loaded: they are not part of the digest.
+
     ``source_from``: the programs use that very map (any type, empty or not); it is never
     written, pinned or removed by this collection."""
 
@@ -90,6 +117,9 @@ class MapOptions:
     source_from: MapFrom | None = None
     source: Source | None = field(default=None, compare=False)
     pin_given: bool = field(default=False, compare=False)
+    # the declared contents (None: not declared; bpforch does not touch the contents)
+    entries: tuple[MapEntry, ...] | None = None
+    entries_mode: EntriesMode = EntriesMode.EXACT
 
     def document(self) -> dict[str, object]:
         """The normalized manifest form (defaults filled in; a valid manifest again)."""
@@ -102,6 +132,9 @@ class MapOptions:
         }
         if self.max_entries is not None:
             out["max_entries"] = self.max_entries
+        if self.entries is not None:
+            out["entries"] = [e.document() for e in self.entries]
+            out["entries_mode"] = self.entries_mode.value
         return out
 
 

@@ -25,6 +25,7 @@ from orchestrator.manifest.model import (
     DEPRECATED_API_VERSIONS,
     KIND_COLLECTION,
     Direction,
+    EntriesMode,
     MetricType,
     XdpMode,
 )
@@ -165,6 +166,9 @@ _FROM = _obj(
     dependentRequired={"map": ["collection"]},
 )
 
+#: At most this many entries per map in a manifest.
+MAX_ENTRIES = 1_000_000
+
 _MAP = _obj(
     {
         "pin": {
@@ -189,6 +193,34 @@ _MAP = _obj(
             "description": "a preserved map whose new spec differs: fail (default) or start empty",
         },
         "from": _FROM,
+        "entries": {
+            "type": "array",
+            "maxItems": MAX_ENTRIES,
+            "description": "the map's contents, kept by every apply (not for a substituted "
+            "map: its owner declares them)",
+            "items": _obj(
+                {
+                    "key": {
+                        "description": "a literal typed by the map's BTF key type (integer, "
+                        "enumerator name, string, address or CIDR, {member: value}, list; "
+                        "!be16/!be32/!be64 N: a number in network byte order; !hex: raw bytes)",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    },
+                    "value": {
+                        "description": "a literal typed by the map's BTF value type (per-CPU "
+                        "maps: one value, or a list of one per CPU; prog arrays and maps of "
+                        "maps: a program or map name)",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    },
+                },
+                ["key", "value"],
+            ),
+        },
+        "entries_mode": {
+            "enum": [m.value for m in EntriesMode],
+            "description": "exact (default): the entries not declared are deleted; merge: "
+            "declared entries are added or updated, the others are left alone",
+        },
     }
 )
 
