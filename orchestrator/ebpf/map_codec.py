@@ -129,6 +129,11 @@ class MapCodec:
     def encode_key(self, key: object) -> bytes:
         if self.keyless:
             raise LiteralError("key", (), f"a {_type_label(self.type)} map has no keys")
+        fast: _IntReader | None = self._fast_key  # type: ignore[attr-defined]
+        if fast is not None and type(key) is int and fast[0] == self.key_size:
+            out = _fast_int(fast, key)
+            if out is not None:
+                return out
         return encode(
             self.key_type,
             key,
@@ -193,6 +198,11 @@ class MapCodec:
                 f"the values of a {_type_label(t)} map are {_FD_VALUES[t]}: bpforch does not "
                 "write them",
             )
+        fast: _IntReader | None = self._fast_value  # type: ignore[attr-defined]
+        if fast is not None and type(value) is int and fast[0] == self.value_size:
+            out = _fast_int(fast, value)
+            if out is not None:
+                return out
         try:
             return encode(
                 self.value_type, value, size=self.value_size, what="value", fmt=self.value_format
@@ -262,6 +272,16 @@ def _int_reader(t: _btf.Type | None) -> _IntReader | None:
     if u.size == 1 and _is_text(u):
         return None
     return u.size, "big" if be else _HOST, u.signed and not be
+
+
+def _fast_int(fast: _IntReader, v: int) -> bytes | None:
+    """``v`` stored as a plain integer field; None if it does not fit (the general encoder
+    says why)."""
+    size, order, signed = fast
+    try:
+        return v.to_bytes(size, order, signed=signed)
+    except OverflowError:
+        return None
 
 
 def _type_label(t: MapType | int) -> str:

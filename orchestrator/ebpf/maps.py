@@ -798,6 +798,55 @@ class Map(Handle):
             raise self._batch_error(err, "batch delete") from err
         return n
 
+    def batch_update_bytes(
+        self, keys: bytes, values: bytes, count: int, flags: UpdateFlags | int = UpdateFlags.ANY
+    ) -> int:
+        """BPF_MAP_UPDATE_BATCH of ``count`` raw keys and values, laid end to end (a full
+        per-CPU buffer per value for per-CPU maps). NotSupportedError where the kernel has
+        no batch update for the map's type."""
+        if count == 0:
+            return 0
+        if len(keys) != count * self.key_size or len(values) != count * self._value_buffer_size:
+            raise ValueError(f"map {self.name}: batch update: buffers do not hold {count} pairs")
+        kbuf = ctypes.create_string_buffer(keys, len(keys))
+        vbuf = ctypes.create_string_buffer(values, len(values))
+        try:
+            n, _ = _sys.map_batch(
+                Cmd.MAP_UPDATE_BATCH,
+                self.fd,
+                in_batch=None,
+                out_batch=None,
+                keys=kbuf,
+                values=vbuf,
+                count=count,
+                elem_flags=int(flags),
+            )
+        except SyscallError as err:
+            raise self._batch_error(err, "batch update") from err
+        return n
+
+    def batch_delete_bytes(self, keys: bytes, count: int) -> int:
+        """BPF_MAP_DELETE_BATCH of ``count`` raw keys laid end to end. NotSupportedError
+        where the kernel has no batch delete for the map's type."""
+        if count == 0:
+            return 0
+        if len(keys) != count * self.key_size:
+            raise ValueError(f"map {self.name}: batch delete: not {count} keys")
+        kbuf = ctypes.create_string_buffer(keys, len(keys))
+        try:
+            n, _ = _sys.map_batch(
+                Cmd.MAP_DELETE_BATCH,
+                self.fd,
+                in_batch=None,
+                out_batch=None,
+                keys=kbuf,
+                values=None,
+                count=count,
+            )
+        except SyscallError as err:
+            raise self._batch_error(err, "batch delete") from err
+        return n
+
     def _batch_error(self, err: SyscallError, what: str) -> Error:
         if err.errno in (errno.EINVAL, errno.EOPNOTSUPP, _sys.ENOTSUPP):
             t = self.type.name.lower() if isinstance(self.type, MapType) else self.type
