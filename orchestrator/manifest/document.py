@@ -30,6 +30,9 @@ _PLAIN_TAGS = frozenset(("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"))
 
 # A document may use anchors and aliases, but their expansion is bounded (billion laughs).
 _MAX_NODES = 100_000
+# Map entries (spec.maps.*.entries) have a budget of their own: a map of 100,000 declared
+# entries is some 300,000 nodes. Aliases inside entries are bounded by it too.
+MAX_ENTRY_NODES = 2_000_000
 # No eBPF type is wider (BTF ints are at most 16 bytes); wider ones could not be printed.
 MAX_INT_BITS = 128
 _INT_TAG = "tag:yaml.org,2002:int"
@@ -103,6 +106,7 @@ class _Builder:
         self.doc = doc
         self.problems = problems
         self.count = 0
+        self.entry_count = 0
         self.active: set[int] = set()
 
     def problem(self, node: yaml.Node, path: PathKey, message: str, hint: str = "") -> None:
@@ -111,9 +115,14 @@ class _Builder:
         )
 
     def build(self, node: yaml.Node, path: PathKey) -> object:
-        self.count += 1
-        if self.count > _MAX_NODES:
-            raise _TooLarge
+        if len(path) >= 5 and path[3] == "entries" and path[:2] == ("spec", "maps"):
+            self.entry_count += 1
+            if self.entry_count > MAX_ENTRY_NODES:
+                raise _TooLarge(f"map entries expand to more than {MAX_ENTRY_NODES} nodes")
+        else:
+            self.count += 1
+            if self.count > _MAX_NODES:
+                raise _TooLarge(f"document expands to more than {_MAX_NODES} nodes")
         self.doc.values.setdefault(path, _pos(node))
         if id(node) in self.active:
             self.problem(node, path, "recursive alias", "YAML aliases must not contain themselves")
@@ -218,14 +227,9 @@ def parse_documents(file: Path, text: str, problems: list[ManifestProblem]) -> I
                 doc.value = builder.build(node, ())
             except _Skip:
                 continue
-            except _TooLarge:
+            except _TooLarge as err:
                 problems.append(
-                    ManifestProblem(
-                        Source(file, *_pos(node)),
-                        "",
-                        f"document expands to more than {_MAX_NODES} nodes",
-                        "too many aliases?",
-                    )
+                    ManifestProblem(Source(file, *_pos(node)), "", str(err), "too many aliases?")
                 )
                 continue
             yield doc

@@ -79,13 +79,25 @@ def map_problem(m: MapSpec) -> str | None:
     return None
 
 
-def encode_entries(
-    c: MapCodec, entries: Sequence[MapEntry], max_entries: int
-) -> tuple[Contents, dict[bytes, bytes], list[EntryProblem]]:
-    """The declared contents as compared (raw key -> raw value, or the name a prog array or
-    map of maps holds), as written (raw key -> raw value: the fd for a name), and the
-    problems of each entry: a key or value that does not fit, a key declared twice, an
-    array index out of range, more entries than the map holds."""
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Declared entries, encoded: ``compared`` (raw key -> raw value, or the name a prog
+    array or map of maps holds), ``raw`` (raw key -> raw value as written: the fd for a
+    name), ``index`` (raw key -> the entry that declares it) and the problems."""
+
+    compared: Contents
+    raw: dict[bytes, bytes]
+    index: dict[bytes, int]
+    problems: list[EntryProblem]
+
+
+def encode_entries(c: MapCodec, entries: Sequence[MapEntry], max_entries: int) -> Encoded:
+    """Every declared entry encoded through ``c``, and the problems of each entry: a key or
+    value that does not fit, a key declared twice, an array index out of range, more
+    entries than the map holds."""
+    fast = _plain_ints(c, entries, max_entries)
+    if fast is not None:
+        return fast
     out: Contents = {}
     raws: dict[bytes, bytes] = {}
     first: dict[bytes, int] = {}
@@ -138,7 +150,38 @@ def encode_entries(
                 "declare fewer, or raise max_entries",
             )
         )
-    return out, raws, problems
+    return Encoded(out, raws, first, problems)
+
+
+def _plain_ints(c: MapCodec, entries: Sequence[MapEntry], max_entries: int) -> Encoded | None:
+    """The common case, quickly: integer keys and values of whole, plain integer types (no
+    per-CPU values, no names, no formats), each key once and in range. None when any entry
+    is something else (the general encoder handles it, and says what is wrong)."""
+    kf = getattr(c, "_fast_key", None)
+    vf = getattr(c, "_fast_value", None)
+    if kf is None or vf is None or c.per_cpu or c.type in REFERENCES:
+        return None
+    (ksize, korder, ksigned), (vsize, vorder, vsigned) = kf, vf
+    if ksize != c.key_size or vsize != c.value_size:
+        return None
+    arrays = c.type in ARRAYS
+    out: dict[bytes, bytes] = {}
+    first: dict[bytes, int] = {}
+    try:
+        for i, e in enumerate(entries):
+            k, v = e.key, e.value
+            if type(k) is not int or type(v) is not int or (arrays and k >= max_entries):
+                return None
+            key = k.to_bytes(ksize, korder, signed=ksigned)
+            if key in first:
+                return None
+            first[key] = i
+            out[key] = v.to_bytes(vsize, vorder, signed=vsigned)
+    except OverflowError:
+        return None
+    if len(out) > max_entries:
+        return None
+    return Encoded(dict(out), out, first, [])
 
 
 __all__ = [
@@ -146,6 +189,7 @@ __all__ = [
     "ENTRY_TYPES",
     "REFERENCES",
     "Contents",
+    "Encoded",
     "EntryProblem",
     "codec",
     "encode_entries",

@@ -517,8 +517,8 @@ class _Checker:
             self.problem(e, (*path, "entries"), str(err), key=True)
             return
         max_entries = opts.max_entries if opts.max_entries is not None else m.max_entries
-        _, _, problems = entry_rules.encode_entries(codec, opts.entries, max_entries)
-        for p in problems:
+        encoded = entry_rules.encode_entries(codec, opts.entries, max_entries)
+        for p in encoded.problems:
             at: PathKey = (*path, "entries")
             if p.index is not None:
                 at = (*at, p.index, p.field) if p.field is not None else (*at, p.index)

@@ -305,3 +305,32 @@ spec:
     assert "no program named 'tail_pas'" in got[0][3] and "tail_pass" in got[0][3]
     assert "expected the name of a program for a prog_array map, got" in got[1][3]
     assert "no map named 'inner_c'" in got[2][3]
+
+
+def test_large_sets_have_a_node_budget_of_their_own(write: Write, tree: Path) -> None:
+    """35,000 entries are some 105,000 YAML nodes: more than a document may have outside
+    entries, within the budget of entries (checked without the schema walking each one)."""
+    text = H + "    blocked:\n      max_entries: 65536\n      entries:\n"
+    text += "".join(f"        - {{key: {k}, value: {k % 256}}}\n" for k in range(35_000))
+    write("m/a.yaml", text)
+    coll = load_manifests([tree / "m"]).collections["net"]
+    entries = coll.maps["blocked"].entries
+    assert entries is not None and len(entries) == 35_000
+    assert (entries[-1].key, entries[-1].value) == (34_999, 34_999 % 256)
+    # a malformed item among them is still the schema's to report, at its place
+    got = problems(write, tree, text + "        - {key: 1, value: 1, extra: 2}\n")
+    assert [g[:3] for g in got] == [(35_010, 30, "spec.maps.blocked.entries[35000].extra")]
+    assert "unknown field 'extra'" in got[0][3]
+
+
+def test_aliases_inside_entries_are_bounded(
+    write: Write, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.manifest import document
+
+    monkeypatch.setattr(document, "MAX_ENTRY_NODES", 1000)
+    bomb = H + "    blocked:\n      entries:\n        - {key: 1, value: &a [1,1,1,1,1,1,1,1,1,1]}\n"
+    for i, (prev, name) in enumerate(zip("abcd", "bcde", strict=True)):
+        bomb += f"        - {{key: {i + 2}, value: &{name} [{', '.join([f'*{prev}'] * 10)}]}}\n"
+    got = problems(write, tree, bomb)
+    assert got == [(1, 1, "", "map entries expand to more than 1000 nodes", "too many aliases?")]
