@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the verbs import what they use when they run (bpforch --hel
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
+ENTRY_LINES = 20  # entry changes printed per map (the rest are counted)
 EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like `yes | head`
 
 
@@ -329,8 +330,22 @@ def render_plan(plan: Plan, out: TextIO) -> None:
         if head is not None and head.source is not None:
             line += f"  ({head.source})"
         print(_paint(line, op.value, color), file=out)
+        entries: dict[str, int] = {}  # map -> entry lines printed
         for ch in shown:
             if ch is head:
+                continue
+            if ch.kind is Kind.ENTRY:
+                n = entries[ch.name] = entries.get(ch.name, 0) + 1
+                if n <= ENTRY_LINES:
+                    line = f"      {ch.op.symbol} entry {ch.name} {ch.reason}"
+                    print(_paint(line, ch.op.value, color), file=out)
+                elif n == ENTRY_LINES + 1:
+                    more = sum(1 for c in shown if c.kind is Kind.ENTRY and c.name == ch.name)
+                    print(
+                        f"      … {more - ENTRY_LINES} more entry changes in map {ch.name} "
+                        "(--output json lists each)",
+                        file=out,
+                    )
                 continue
             line = f"      {ch.op.symbol} {ch.kind.value} {ch.name}"
             if ch.reason:

@@ -75,6 +75,7 @@ class Kind(enum.Enum):
     MAP = "map"
     PROGRAM = "program"
     ATTACHMENT = "attachment"
+    ENTRY = "entry"  # a map entry: name is the map, reason the key (and what changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ class Change:
 
     def __str__(self) -> str:
         what = self.collection if self.kind is Kind.COLLECTION else f"{self.collection}/{self.name}"
+        if self.kind is Kind.ENTRY:
+            return f"{self.op.symbol} entry {what} {self.reason}"
         return f"{self.op.symbol} {self.kind.value} {what}: {self.reason}"
 
     def to_json(self) -> dict[str, object]:
@@ -311,6 +314,37 @@ class Keep(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class WriteEntries(Action):
+    """Make map ``map`` of ``collection`` hold its declared entries in ``mode`` (exact: a
+    set diff, merge: add and update): the staged map of a Stage or Keep (filled before any
+    link is switched to it), else the live map of the record. The writes are computed
+    against the map as the transaction finds it (a new map holds what its object puts
+    there) and undone if the apply fails. ``digest``: recorded for the map."""
+
+    action: ClassVar[str] = "write_entries"
+    collection: str
+    map: str
+    mode: str
+    desired: DesiredCollection = field(repr=False, compare=False)
+    record: CollectionRecord | None = field(default=None, repr=False, compare=False)
+    digest: str = ""
+    add: int = 0
+    update: int = 0
+    delete: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "action": self.action,
+            "collection": self.collection,
+            "map": self.map,
+            "mode": self.mode,
+            "add": self.add,
+            "update": self.update,
+            "delete": self.delete,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class _LinkAction(Action):
     """An attachment of a staged collection; its link is pinned at ``pin`` (relative to the
     collection directory) in the new tree, ``link_kind`` is what the record says of it."""
@@ -398,6 +432,8 @@ class Seal(Action):
     action: ClassVar[str] = "seal"
     base: StateRecord = field(repr=False, compare=False)
     deleted: tuple[str, ...] = ()
+    # collection -> map -> digest of the declared entries written (recorded)
+    entries: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,5 +556,6 @@ __all__ = [
     "Stage",
     "SwitchLink",
     "Unchanged",
+    "WriteEntries",
     "WriteRecord",
 ]

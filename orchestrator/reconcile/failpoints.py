@@ -5,6 +5,8 @@ Steps, in the order an apply reaches them:
 - ``load``: an object is about to be read and prepared (constants, substitutions);
 - ``verify``: its programs are about to be loaded (the verifier runs);
 - ``pin``: its new objects are about to be pinned under the staging directory;
+- ``entries``: a map's declared entries are about to be written (subject
+  ``collection/map``);
 - ``attach``: a new link is about to be created (new attachment or make-before-break);
 - ``take_over``: a foreign XDP program was detached (``take_over: true``) and the new link
   is about to be created in its place;
@@ -28,7 +30,16 @@ from __future__ import annotations
 from typing import Literal, Protocol, get_args
 
 Step = Literal[
-    "load", "verify", "pin", "attach", "take_over", "switch", "commit", "record", "release"
+    "load",
+    "verify",
+    "pin",
+    "entries",
+    "attach",
+    "take_over",
+    "switch",
+    "commit",
+    "record",
+    "release",
 ]
 STEPS: tuple[Step, ...] = get_args(Step)
 

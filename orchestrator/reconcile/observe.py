@@ -1013,11 +1013,16 @@ def shown_path(path: Path, real: Path) -> str:
 
 
 def gather_facts(
-    desired: DesiredState, actual: ActualState, objects: ObjectSnapshot | None = None
+    desired: DesiredState,
+    actual: ActualState,
+    objects: ObjectSnapshot | None = None,
+    root: Path | None = None,
 ) -> ActualState:
     """``actual`` with the facts :func:`plan` needs about the collections that may change:
     what their objects declare, whether their targets exist (and who holds XDP), whether
-    their pinned substitution sources are pins on bpffs. Objects are read through
+    their pinned substitution sources are pins on bpffs; with ``root``, the declared entries
+    of every map that declares some, and the live contents of those maps (no other map is
+    read). Objects are read through
     ``objects`` (a snapshot of the default object store if None)."""
     if objects is None:
         from orchestrator.manifest.cache import default
@@ -1038,4 +1043,18 @@ def gather_facts(
                 p = mo.source_from.pinned
                 if p not in pinned:
                     pinned[p] = pinned_problem(p)
-    return replace(actual, facts=Facts(colls, targets, pinned))
+    entries = {}
+    if root is not None:
+        from orchestrator.reconcile.entries import entry_facts
+
+        for d in desired.collections.values():
+            ac = actual.collections.get(d.name)
+            found = entry_facts(
+                d,
+                ac.record if ac is not None else None,
+                objects.get,
+                lambda rec, name: open_map(root, rec, rec.maps[name]),
+            )
+            if found:
+                entries[d.name] = found
+    return replace(actual, facts=Facts(colls, targets, pinned, entries))

@@ -214,6 +214,7 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
     warnings = budget_warnings(recorded(records, desired.collections), recorded=True)
     if actions is None:
         return Plan((), tuple(planner.problems), warnings=warnings)
+    warnings = (*warnings, *planner.warnings)
     return _plan(actual, actions, planner.problems, warnings, planner.own_prog_ids)
 
 

@@ -51,8 +51,10 @@ from orchestrator.reconcile.actions import (
     Stage,
     SwitchLink,
     Unchanged,
+    WriteEntries,
     WriteRecord,
 )
+from orchestrator.reconcile.entries import declared_maps, diff
 from orchestrator.reconcile.rules import (
     PinRules,
     describe_target,
@@ -94,7 +96,10 @@ class Planner:
         # (collection, map) whose kernel object changes in this apply
         self.recreated: set[tuple[str, str]] = set()
         # the actions, by the phase of the transaction that runs them
-        self.collections: list[Unchanged | Stage | Keep] = []
+        self.collections: list[Unchanged | Stage | Keep | WriteEntries] = []
+        # collection -> map -> digest of its declared entries (recorded by the apply)
+        self.entry_digests: dict[str, dict[str, str]] = {}
+        self.warnings: list[str] = []
         self.staged: dict[str, Stage | Keep] = {}
         self.links: list[Action] = []
         self.reattaches: list[Reattach] = []
@@ -154,6 +159,7 @@ class Planner:
             [*self.links, *self.reattaches],
             self.deleted,
             self.detaches,
+            self.entry_digests,
         )
 
     def source(self, coll: str, mname: str, hops: int = 0) -> MapSource:
@@ -230,6 +236,7 @@ class Planner:
                 d.source,
             )
             self.collections.append(Unchanged(d.name, lines=(line,)))
+            self.entries(d, actual, None)
             return
         if rec is not None:
             op = Op.UPDATE
@@ -278,13 +285,84 @@ class Planner:
             self.keep(d, actual, facts, fresh)
             self.staged[d.name] = self.kept_action(d, actual.record)
             self.collections.append(self.staged[d.name])
+            self.entries(d, actual, None)
             self.attachments(d, actual, reuse=True, reattach=reattach, fresh=frozenset(fresh))
             return
         self.maps(d, actual, facts)
         self.programs(d, rec, facts, "; ".join(reasons))
-        self.staged[d.name] = self.stage_action(d, rec, facts)
-        self.collections.append(self.staged[d.name])
+        stage = self.stage_action(d, rec, facts)
+        self.staged[d.name] = stage
+        self.collections.append(stage)
+        # preserved maps are handed over (their live entries stay); the others start anew
+        self.entries(d, actual, {r.map for r in stage.replacements if not r.record})
         self.attachments(d, actual, reattach=reattach)
+
+    def entries(
+        self, d: DesiredCollection, actual: ActualCollection | None, kept: set[str] | None
+    ) -> None:
+        """A :class:`WriteEntries` for each map of ``d`` whose declared entries differ from
+        what it holds: the live contents for a live map that stays (``kept``: those of a
+        reload; None: every map stays), the object's initial contents for a map loaded
+        anew. Each change is a line."""
+        digests = self.entry_digests.setdefault(d.name, {})
+        facts = self.actual.facts.entries.get(d.name, {})
+        rec = actual.record if actual is not None else None
+        for mname, mo in declared_maps(d):
+            ef = facts.get(mname)
+            if ef is None:
+                continue  # not in the object: the load says so
+            src = mo.source or d.source
+            if ef.problem is not None:
+                self.problem(d.name, ef.problem, src)
+                continue
+            digests[mname] = ef.digest
+            stays = kept is None or mname in kept
+            live = ef.live if stays and ef.live is not None else ef.initial
+            if stays and ef.live is None:
+                continue  # not recorded: nothing keeps the map (a read failure is a problem)
+            delta = diff(ef.mode, ef.declared, live, ef.arrays)
+            if delta.count == 0 and stays:
+                continue
+            show = ef.show
+            for k in delta.add:
+                self.add(Op.CREATE, Kind.ENTRY, d.name, mname, show(k, "key"), src)
+            for k in delta.update:
+                old, new = show(live[k], "value"), show(k, "declared")
+                self.add(
+                    Op.UPDATE, Kind.ENTRY, d.name, mname, f"{show(k, 'key')}: {old} → {new}", src
+                )
+            gone = "(not declared: set to zero)" if ef.arrays else "(not declared)"
+            for k in delta.delete:
+                self.add(Op.DELETE, Kind.ENTRY, d.name, mname, f"{show(k, 'key')} {gone}", src)
+            if (
+                stays
+                and ef.live is not None
+                and delta.count > 0
+                and ef.mode == "exact"
+                and rec is not None
+                and rec.entries.get(mname) == ef.digest
+            ):
+                self.warnings.append(
+                    f"collection {d.name}: map {mname}: its entries changed since the last "
+                    f"apply wrote these same entries ({len(delta.delete)} not declared, "
+                    f"{len(delta.update)} changed): if its programs write the map "
+                    "themselves, exact mode shows what they write as drift on every plan "
+                    "(set entries_mode: merge)"
+                )
+            self.collections.append(
+                WriteEntries(
+                    collection=d.name,
+                    map=mname,
+                    mode=ef.mode,
+                    desired=d,
+                    record=rec,
+                    digest=ef.digest,
+                    add=len(delta.add),
+                    update=len(delta.update),
+                    delete=len(delta.delete),
+                    lines=self.take(),
+                )
+            )
 
     def stage_action(
         self, d: DesiredCollection, rec: CollectionRecord | None, facts: CollectionFacts | None
@@ -871,10 +949,11 @@ def delete_collection(
 
 def transaction_actions(
     actual: ActualState,
-    collections: Sequence[Unchanged | Stage | Keep],
+    collections: Sequence[Unchanged | Stage | Keep | WriteEntries],
     links: Sequence[Action],
     deleted: Sequence[Delete],
     detaches: Sequence[Detach],
+    entries: dict[str, dict[str, str]] | None = None,
 ) -> tuple[Action, ...]:
     """Every action of an apply, in the order the transaction runs them (see
     :mod:`orchestrator.reconcile.actions`). Only the collections' own actions when there is
@@ -884,7 +963,8 @@ def transaction_actions(
     staged = [a for a in collections if isinstance(a, Stage | Keep)]
     own = actual.ownership
     unsettled = bool(own.adopted or own.unmarked) or (bool(actual.collections) and not own.token)
-    if not staged and not deleted and not actual.staging and not unsettled:
+    writes = any(isinstance(a, WriteEntries) for a in collections)
+    if not staged and not deleted and not actual.staging and not unsettled and not writes:
         return tuple(collections)
     out: list[Action] = [RemoveLeftover(path) for path in actual.staging]
     if not own.token and (staged or actual.collections):
@@ -894,7 +974,7 @@ def transaction_actions(
         out.append(OpenStaging())
     out += collections
     out += links
-    out.append(Seal(actual.record, tuple(a.collection for a in deleted)))
+    out.append(Seal(actual.record, tuple(a.collection for a in deleted), entries or {}))
     out += [Commit(a.collection) for a in staged]
     out += deleted
     out.append(WriteRecord())

@@ -105,7 +105,11 @@ class Reconciler:
         diff. Problems are in ``Plan.problems``; nothing is raised for them."""
         if actual is None:
             actual = self.observe()
-        return plan(desired, gather_facts(desired, actual, self.store.snapshot()), prune=prune)
+        return plan(
+            desired,
+            gather_facts(desired, actual, self.store.snapshot(), self.bpffs_root),
+            prune=prune,
+        )
 
     def apply(
         self,
@@ -132,7 +136,7 @@ class Reconciler:
         )
         with lock as root_fd:
             objects = self.store.snapshot()
-            actual = gather_facts(desired, self.observe(), objects)
+            actual = gather_facts(desired, self.observe(), objects, self.bpffs_root)
             p = plan(desired, actual, prune=prune)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}

@@ -13,7 +13,7 @@ Everything here is a frozen value; the file and kernel access live in
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,8 +234,16 @@ class CollectionRecord:
     # what the loaded objects depend on (object, constants, map options, program binding):
     # equal keys mean the live programs and maps can be kept when only attachments change
     load_key: str = ""
+    # map -> digest of the entries the last apply wrote there (declared contents and mode)
+    entries: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
+        out = self._json()
+        if self.entries:
+            out["entries"] = dict(sorted(self.entries.items()))
+        return out
+
+    def _json(self) -> dict[str, object]:
         return {
             "load_key": self.load_key,
             "generation": self.generation,
@@ -262,6 +270,7 @@ class CollectionRecord:
         if not isinstance(deps, list):
             raise RecordFieldError(f"{at}.depends_on", f"expected a list, got {_kind(deps)}")
         rev = d.get("git_revision")
+        written = _mapping(d.get("entries", {}), f"{at}.entries")
         return cls(
             name=name,
             generation=_int(d, "generation", at),
@@ -284,6 +293,7 @@ class CollectionRecord:
             },
             depends_on=tuple(_name(x, f"{at}.depends_on[{i}]") for i, x in enumerate(deps)),
             load_key=_str(d, "load_key", at, ""),
+            entries={k: _str(written, k, f"{at}.entries") for k, _ in _items(written, at)},
         )
 
 
@@ -375,10 +385,34 @@ class CollectionFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryFacts:
+    """A map's declared entries and its live contents, read before planning (only for maps
+    that declare entries). Keys are raw; values raw bytes, or the name a prog array or map
+    of maps holds. ``live``: None when the map is not live yet (or could not be read:
+    ``problem``). ``show``: how a key or value is printed. ``digest``: of the declared
+    entries and mode, as recorded by the apply that writes them. ``arrays``: the map always
+    holds every index (an entry not declared is reset to zero)."""
+
+    mode: str
+    declared: Mapping[bytes, bytes | str]
+    digest: str
+    live: Mapping[bytes, bytes | str] | None = None
+    problem: str | None = None
+    arrays: bool = False
+    # what a map loaded anew holds: the object's initial contents
+    initial: Mapping[bytes, bytes | str] = field(default_factory=dict)
+    # how a raw key ("key"), a live value ("value") or the declared value at a raw key
+    # ("declared") is printed (the literal a manifest takes)
+    show: Callable[[bytes | str, str], str] = field(default=lambda raw, what: repr(raw))
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     collections: Mapping[str, CollectionFacts] = field(default_factory=dict)
     targets: Mapping[str, TargetFacts] = field(default_factory=dict)  # by target key
     pinned: Mapping[Path, str | None] = field(default_factory=dict)  # source -> problem
+    # collection -> map -> its declared entries and live contents
+    entries: Mapping[str, Mapping[str, EntryFacts]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,10 @@ Steps, each with what its rollback does:
    substitution from a collection staged in the same transaction uses its staged map), load
    through the verifier, pin the new tree under the staging directory (preserved maps get a
    second pin there). *Rollback*: close every fd, remove the staging tree.
+   **entries**: a map's declared entries (``entries:``) are written right after its
+   collection is staged, to the staged map (before any link switches to it) or to the live
+   one in place, with batch operations where the kernel has them (BPF_MAP_UPDATE_BATCH,
+   BPF_MAP_DELETE_BATCH). *Rollback*: the entries changed are put back as they were.
 2. **switch** (per attachment): xdp/tcx/cgroup/netns links are switched to the new program
    with ``BPF_LINK_UPDATE`` (the hook is never empty) and pinned again in the staging tree;
    tracepoint/raw_tp/uprobe links are replaced make-before-break (the new link is attached
@@ -91,6 +95,7 @@ from orchestrator.reconcile.actions import (
     Stage,
     SwitchLink,
     Unchanged,
+    WriteEntries,
     WriteRecord,
 )
 from orchestrator.reconcile.errors import ApplyError, where
@@ -98,11 +103,12 @@ from orchestrator.reconcile.owner import MARK_PIN, claim_root, mark_staging, rel
 from orchestrator.reconcile.store import write_record
 from orchestrator.reconcile.transaction.base import TransactionBase, pin_name
 from orchestrator.reconcile.transaction.commit import CommitSteps
+from orchestrator.reconcile.transaction.entries import EntrySteps
 from orchestrator.reconcile.transaction.stage import StageSteps
 from orchestrator.reconcile.transaction.switch import SwitchSteps
 
 
-class Transaction(StageSteps, SwitchSteps, CommitSteps):
+class Transaction(StageSteps, EntrySteps, SwitchSteps, CommitSteps):
     """One apply or destroy: runs the actions of ``plan``, in order, and nothing else. Use
     once: :meth:`run` (or :meth:`verify`, a kernel dry run)."""
 
@@ -179,6 +185,9 @@ class Transaction(StageSteps, SwitchSteps, CommitSteps):
                 self._stage(action)
             case Keep():
                 self._keep(action)
+            case WriteEntries():
+                if not self.verify_only:
+                    self._write_entries(action)
             case KeepLink() | SwitchLink() | Attach() | MakeBeforeBreak() | Reattach():
                 self._link(action)
             case Seal():

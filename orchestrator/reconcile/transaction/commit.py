@@ -9,6 +9,7 @@ import datetime
 import errno
 import os
 import stat
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -106,6 +107,9 @@ class CommitSteps(TransactionBase):
             )
         for name in seal.deleted:
             out.pop(name, None)
+        for name, digests in seal.entries.items():
+            if name in out:
+                out[name] = replace(out[name], entries=dict(sorted(digests.items())))
         return StateRecord(out)
 
     def _mark(self, record: StateRecord) -> None:

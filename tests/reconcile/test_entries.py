@@ -1,0 +1,186 @@
+"""Declared map entries inside the apply transaction, against the real kernel: a staged map
+is filled before any link switches to it, a failed apply puts the previous contents back,
+a preserved map keeps what is not declared only in merge mode, and the record notes the
+entries written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.ebpf import Map
+from orchestrator.reconcile import ApplyError
+from tests.conftest import BPF_DIR
+from tests.failpoints import OnStep
+from tests.netns import VethPair
+from tests.reconcile.conftest import Env
+
+pytestmark = pytest.mark.kernel
+
+
+def tc_filter(
+    env: Env,
+    veth: VethPair,
+    ports: dict[int, int],
+    *,
+    stats: dict[int, int] | None = None,
+    extra: str = "",
+    attach: bool = True,
+) -> None:
+    """tc_filter with blocked_ports (and stats) declared; attached to veth b's ingress."""
+    entries = ", ".join(f"{{key: {k}, value: {v}}}" for k, v in ports.items())
+    stats_yaml = ""
+    if stats is not None:
+        listed = ", ".join(f"{{key: {k}, value: {v}}}" for k, v in stats.items())
+        stats_yaml = f"\n            stats: {{entries: [{listed}], entries_mode: merge}}"
+    attach_yaml = ""
+    if attach:
+        attach_yaml = (
+            "\n          attach:\n            - program: tc_ingress\n              tc: "
+            f"{{interface: {veth.b.name}, netns: {veth.b.ns.path}, direction: ingress}}"
+        )
+    env.write(
+        "tc-filter",
+        f"""
+        apiVersion: bpforch.dev/v1
+        kind: Collection
+        metadata: {{name: tc-filter}}
+        spec:
+          object: {BPF_DIR}/tc_filter.o
+          maps:
+            blocked_ports: {{pin: true, entries: [{entries}]{extra}}}{stats_yaml}{attach_yaml}
+        """,
+    )
+
+
+def contents(path: Path) -> dict[object, object]:
+    with Map.from_pin(path) as m:
+        return dict(m.items())
+
+
+def blocked(env: Env) -> dict[object, object]:
+    return contents(env.root / "tc-filter" / "maps" / "blocked_ports")
+
+
+def record(env: Env) -> dict[str, object]:
+    data: dict[str, object] = json.loads((env.state_dir / "state.json").read_text())
+    return data
+
+
+def test_a_failed_apply_puts_the_previous_contents_back(env: Env, veth: VethPair) -> None:
+    tc_filter(env, veth, {53: 1, 9999: 1}, attach=False)
+    env.reconciler().apply(env.desired())
+    with Map.from_pin(env.root / "tc-filter" / "maps" / "blocked_ports") as m:
+        m.update(4444, 7)  # someone else's, deleted by exact mode
+    before = blocked(env)
+    assert before == {53: 1, 9999: 1, 4444: 7}
+    state = (env.state_dir / "state.json").read_text()
+
+    # entries change, and an attachment is added: the attach fails after the writes
+    tc_filter(env, veth, {9999: 2, 7777: 1})
+
+    def fail(subject: str) -> None:
+        assert blocked(env) == {9999: 2, 7777: 1}  # written before the links
+        raise RuntimeError("injected")
+
+    with pytest.raises(ApplyError, match="injected"):
+        env.reconciler(OnStep(attach=fail)).apply(env.desired())
+    assert blocked(env) == before
+    assert (env.state_dir / "state.json").read_text() == state
+    # and the next apply converges
+    env.reconciler().apply(env.desired())
+    assert blocked(env) == {9999: 2, 7777: 1}
+
+
+def test_a_failure_between_two_maps_restores_the_first(env: Env, veth: VethPair) -> None:
+    tc_filter(env, veth, {53: 1}, stats={0: 0}, attach=False)
+    env.reconciler().apply(env.desired())
+    tc_filter(env, veth, {54: 1}, stats={0: 5}, attach=False)
+    reached: list[str] = []
+
+    def fail_second(subject: str) -> None:
+        reached.append(subject)
+        if len(reached) == 2:
+            assert blocked(env) == {54: 1}
+            raise RuntimeError("injected")
+
+    with pytest.raises(ApplyError, match="injected"):
+        env.reconciler(OnStep(entries=fail_second)).apply(env.desired())
+    assert reached == ["tc-filter/blocked_ports", "tc-filter/stats"]
+    assert blocked(env) == {53: 1}
+
+
+def test_a_staged_map_is_filled_before_the_switch(env: Env, veth: VethPair) -> None:
+    tc_filter(env, veth, {53: 1})
+    env.reconciler().apply(env.desired())
+    old_id = record_map_id(env)
+    # a new max_entries makes a new map: it is filled in the staging tree, then switched to
+    tc_filter(env, veth, {53: 1, 80: 1}, extra=", max_entries: 2048")
+    seen: list[dict[object, object]] = []
+
+    def at_switch(subject: str) -> None:
+        (staged,) = env.root.glob("_staging-*/tc-filter/maps/blocked_ports")
+        seen.append(contents(staged))
+
+    result = env.reconciler(OnStep(switch=at_switch)).apply(env.desired())
+    assert seen == [{53: 1, 80: 1}]
+    assert record_map_id(env) != old_id
+    assert blocked(env) == {53: 1, 80: 1}
+    lines = [str(c) for c in result.plan.changes if c.kind.value == "entry"]
+    # a new map: every declared entry is added to it
+    assert lines == ["+ entry tc-filter/blocked_ports 53", "+ entry tc-filter/blocked_ports 80"]
+
+
+def record_map_id(env: Env) -> int:
+    colls = record(env)["collections"]
+    return int(colls["tc-filter"]["maps"]["blocked_ports"]["id"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("mode", ["merge", "exact"])
+def test_a_preserved_map_keeps_what_is_not_declared_only_in_merge(
+    env: Env, veth: VethPair, mode: str
+) -> None:
+    extra = f", preserve: true, entries_mode: {mode}"
+    tc_filter(env, veth, {53: 1}, extra=extra)
+    env.reconciler().apply(env.desired())
+    old_id = record_map_id(env)
+    with Map.from_pin(env.root / "tc-filter" / "maps" / "blocked_ports") as m:
+        m.update(4444, 7)
+    # a reload: the other map, stats, gets a new max_entries (blocked_ports is handed over)
+    env.write(
+        "tc-filter",
+        (env.manifests / "tc-filter.yaml")
+        .read_text()
+        .replace("{key: 53, value: 1}", "{key: 53, value: 2}, {key: 80, value: 1}")
+        .replace("\n  attach:", "\n    stats: {max_entries: 4}\n  attach:"),
+    )
+    result = env.reconciler().apply(env.desired())
+    assert record_map_id(env) == old_id  # the same map, handed over
+    reloaded = [c for c in result.plan.changes if c.kind.value == "program"]
+    assert [(c.name, c.op.value) for c in reloaded] == [("tc_ingress", "replace")]
+    want: dict[object, object] = {53: 2, 80: 1}
+    if mode == "merge":
+        want[4444] = 7
+    assert blocked(env) == want
+
+
+def test_the_record_notes_the_entries_written(env: Env, veth: VethPair) -> None:
+    tc_filter(env, veth, {53: 1}, attach=False)
+    env.reconciler().apply(env.desired())
+    first = record(env)["collections"]["tc-filter"]["entries"]  # type: ignore[index]
+    assert set(first) == {"blocked_ports"}
+    tc_filter(env, veth, {53: 2}, attach=False)
+    env.reconciler().apply(env.desired())
+    second = record(env)["collections"]["tc-filter"]["entries"]  # type: ignore[index]
+    assert second["blocked_ports"] != first["blocked_ports"]
+    # without entries, nothing is noted
+    env.write(
+        "tc-filter",
+        (env.manifests / "tc-filter.yaml")
+        .read_text()
+        .replace("entries: [{key: 53, value: 2}]", "preserve: false"),
+    )
+    env.reconciler().apply(env.desired())
+    assert blocked(env) == {53: 2}  # contents nobody declares are left alone
