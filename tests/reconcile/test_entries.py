@@ -184,3 +184,60 @@ def test_the_record_notes_the_entries_written(env: Env, veth: VethPair) -> None:
     )
     env.reconciler().apply(env.desired())
     assert blocked(env) == {53: 2}  # contents nobody declares are left alone
+
+
+def test_cidr_keys_and_per_cpu_values(env: Env) -> None:
+    """An LPM trie keyed by CIDRs and a per-CPU hash (one value for every CPU, or one each):
+    what is declared is what the kernel holds, and a per-CPU value changed on one CPU is
+    drift that apply repairs."""
+    from orchestrator.ebpf._sys import possible_cpus
+
+    ncpus = possible_cpus()
+    each = list(range(5, 5 + ncpus))
+    env.write(
+        "types",
+        f"""
+        apiVersion: bpforch.dev/v1
+        kind: Collection
+        metadata: {{name: types}}
+        spec:
+          object: @BPF@/map_types.o
+          maps:
+            m_lpm_trie:
+              pin: true
+              entries:
+                - {{key: "10.0.0.0/8", value: 1}}
+                - {{key: "192.168.1.0/24", value: 2}}
+            m_percpu_hash:
+              pin: true
+              entries:
+                - {{key: 1, value: {each}}}
+                - {{key: 2, value: 7}}
+        """,
+    )
+    r = env.reconciler()
+    result = r.apply(env.desired())
+    lines = [str(c) for c in result.plan.changes if c.kind.value == "entry"]
+    assert lines == [
+        "+ entry types/m_lpm_trie 10.0.0.0/8",
+        "+ entry types/m_lpm_trie 192.168.1.0/24",
+        "+ entry types/m_percpu_hash 1",
+        "+ entry types/m_percpu_hash 2",
+    ]
+    from orchestrator.ebpf.map_codec import LiteralMap
+
+    with Map.from_pin(env.root / "types" / "maps" / "m_lpm_trie") as m:
+        assert dict(LiteralMap(m).items()) == {"10.0.0.0/8": 1, "192.168.1.0/24": 2}
+        LiteralMap(m).update("10.1.0.0/16", 3)
+    with Map.from_pin(env.root / "types" / "maps" / "m_percpu_hash") as m:
+        assert dict(LiteralMap(m).items()) == {1: each, 2: [7] * ncpus}
+        LiteralMap(m).update(2, [8, *([7] * (ncpus - 1))])
+    lines = [str(c) for c in r.plan(env.desired()).changes if c.kind.value == "entry"]
+    assert lines == [  # maps in name order, as their WriteEntries actions run
+        "- entry types/m_lpm_trie 10.1.0.0/16 (not declared)",
+        f"~ entry types/m_percpu_hash 2: [8, {', '.join(['7'] * (ncpus - 1))}] → 7",
+    ]
+    r.apply(env.desired())
+    assert not r.plan(env.desired()).has_changes
+    with Map.from_pin(env.root / "types" / "maps" / "m_percpu_hash") as m:
+        assert dict(LiteralMap(m).items()) == {1: each, 2: [7] * ncpus}
