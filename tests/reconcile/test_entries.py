@@ -241,3 +241,27 @@ def test_cidr_keys_and_per_cpu_values(env: Env) -> None:
     assert not r.plan(env.desired()).has_changes
     with Map.from_pin(env.root / "types" / "maps" / "m_percpu_hash") as m:
         assert dict(LiteralMap(m).items()) == {1: each, 2: [7] * ncpus}
+
+
+def test_an_apply_killed_between_two_maps_converges(env: Env, veth: VethPair) -> None:
+    """kill -9 after the first map's entries are written: nothing undoes them (the journal
+    died with the process), the record is the old one, and the next plan shows what is
+    left to write; the next apply writes it."""
+    import signal
+
+    from tests.failpoints import run_killed
+
+    tc_filter(env, veth, {53: 1}, stats={0: 0}, attach=False)
+    env.reconciler().apply(env.desired())
+    state = (env.state_dir / "state.json").read_text()
+    tc_filter(env, veth, {54: 1}, stats={0: 5}, attach=False)
+    proc = run_killed("entries:2", "apply", str(env.manifests), *env.cli_args())
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert blocked(env) == {54: 1}  # the first map was written
+    assert (env.state_dir / "state.json").read_text() == state
+    lines = [
+        str(c) for c in env.reconciler().plan(env.desired()).changes if c.kind.value == "entry"
+    ]
+    assert lines == ["~ entry tc-filter/stats 0: 0 → 5"]
+    env.reconciler().apply(env.desired())
+    assert not env.reconciler().plan(env.desired()).has_changes
