@@ -238,8 +238,9 @@ def entry_facts(
             declared,
             facts.digest,
             live,
-            problem,
+            None,
             c.type in rules.ARRAYS,
+            problem,
             initial(spec.maps[name], c),
             partial(_show, c, mo.entries, enc.index),
         )

@@ -317,6 +317,9 @@ class Planner:
                 continue
             digests[mname] = ef.digest
             stays = kept is None or mname in kept
+            if stays and ef.unreadable is not None:
+                self.problem(d.name, ef.unreadable, src)
+                continue
             live = ef.live if stays and ef.live is not None else ef.initial
             if stays and ef.live is None:
                 continue  # not recorded: nothing keeps the map (a read failure is a problem)

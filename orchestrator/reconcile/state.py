@@ -389,9 +389,10 @@ class EntryFacts:
     """A map's declared entries and its live contents, read before planning (only for maps
     that declare entries). Keys are raw; values raw bytes, or the name a prog array or map
     of maps holds. ``live``: None when the map is not live yet (or could not be read:
-    ``problem``). ``show``: how a key or value is printed. ``digest``: of the declared
-    entries and mode, as recorded by the apply that writes them. ``arrays``: the map always
-    holds every index (an entry not declared is reset to zero)."""
+    ``unreadable``); ``problem``: the declared entries do not fit. ``show``: how a key or
+    value is printed. ``digest``: of the declared entries and mode, as recorded by the
+    apply that writes them. ``arrays``: the map always holds every index (an entry not
+    declared is reset to zero)."""
 
     mode: str
     declared: Mapping[bytes, bytes | str]
@@ -399,6 +400,8 @@ class EntryFacts:
     live: Mapping[bytes, bytes | str] | None = None
     problem: str | None = None
     arrays: bool = False
+    # why the live map could not be read (a problem only if the plan keeps that map)
+    unreadable: str | None = None
     # what a map loaded anew holds: the object's initial contents
     initial: Mapping[bytes, bytes | str] = field(default_factory=dict)
     # how a raw key ("key"), a live value ("value") or the declared value at a raw key

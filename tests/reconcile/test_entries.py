@@ -265,3 +265,54 @@ def test_an_apply_killed_between_two_maps_converges(env: Env, veth: VethPair) ->
     assert lines == ["~ entry tc-filter/stats 0: 0 → 5"]
     env.reconciler().apply(env.desired())
     assert not env.reconciler().plan(env.desired()).has_changes
+
+
+def test_a_map_whose_pin_is_gone_is_recreated_and_filled(env: Env, veth: VethPair) -> None:
+    """The pin of a map with entries removed by hand: drift, the collection is reloaded and
+    the new map filled (the live one is not read: it is not kept)."""
+    tc_filter(env, veth, {53: 1}, attach=False)
+    r = env.reconciler()
+    r.apply(env.desired())
+    old_id = record_map_id(env)
+    (env.root / "tc-filter" / "maps" / "blocked_ports").unlink()
+    p = r.plan(env.desired())
+    assert p.problems == ()
+    assert [str(c) for c in p.changes if c.kind.value == "entry"] == [
+        "+ entry tc-filter/blocked_ports 53"
+    ]
+    r.apply(env.desired())
+    assert record_map_id(env) != old_id
+    assert blocked(env) == {53: 1}
+
+
+def test_a_kept_map_that_cannot_be_read_is_a_plan_problem(env: Env, veth: VethPair) -> None:
+    """A map that stays but whose contents cannot be read (the opener fails: a kernel
+    error, say) is a problem of the plan, at the map's place, and nothing is applied."""
+    from dataclasses import replace
+
+    from orchestrator.reconcile.entries import entry_facts
+    from orchestrator.reconcile.observe import gather_facts
+    from orchestrator.reconcile.plan import plan
+
+    tc_filter(env, veth, {53: 1}, attach=False)
+    r = env.reconciler()
+    r.apply(env.desired())
+    tc_filter(env, veth, {54: 1}, attach=False)
+    desired = env.desired()
+    actual = gather_facts(desired, r.observe(), env.store.snapshot(), env.root)
+
+    def unreadable(rec: object, name: str) -> Map:
+        raise OSError(f"map {name}: injected")
+
+    rec = actual.collections["tc-filter"].record
+    found = entry_facts(desired.collections["tc-filter"], rec, env.store.snapshot().get, unreadable)
+    assert found["blocked_ports"].unreadable == (
+        "map blocked_ports: cannot read its entries: map blocked_ports: injected"
+    )
+    facts = replace(actual.facts, entries={"tc-filter": found})
+    p = plan(desired, replace(actual, facts=facts))
+    assert [str(x) for x in p.problems] == [
+        f"collection tc-filter ({env.manifests}/tc-filter.yaml:8:5): map blocked_ports: "
+        "cannot read its entries: map blocked_ports: injected"
+    ]
+    assert [str(c) for c in p.changes if c.kind.value == "entry"] == []

@@ -46,7 +46,7 @@ class EntrySteps(TransactionBase):
             encoded, _ = _entries.encoded(codec, mo.entries, max_entries, action.mode)
             if encoded.problems:
                 message = encoded.problems[0].message
-                raise ApplyError(f"map {mname}: {message}", collection=name)
+                raise ApplyError(f"{where(name, src)}: map {mname}: {message}", collection=name)
             declared, raw = encoded.compared, encoded.raw
             refs = codec.type in rules.REFERENCES
             ids = (
