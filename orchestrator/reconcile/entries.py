@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,8 +23,15 @@ from orchestrator.ebpf.map_codec import MapCodec
 from orchestrator.ebpf.spec import MapSpec
 from orchestrator.manifest import entries as rules
 from orchestrator.manifest.literals import render
-from orchestrator.manifest.model import DesiredCollection, EntriesMode, MapEntry, MapOptions
+from orchestrator.manifest.model import (
+    DesiredCollection,
+    EntriesMode,
+    MapEntry,
+    MapOptions,
+    Source,
+)
 from orchestrator.manifest.objects import ObjectError
+from orchestrator.reconcile.actions import Change, Kind, Op, WriteEntries
 from orchestrator.reconcile.state import CollectionRecord, EntryFacts
 
 Value = bytes | str
@@ -276,6 +283,94 @@ def _replace(f: EntryFacts, **kw: object) -> EntryFacts:
     return replace(f, **kw)  # type: ignore[arg-type]
 
 
+# ---------------------------------------------------------------------------- planning
+
+
+@dataclass
+class EntryPlan:
+    """What the plan does about one collection's declared entries: the actions (with their
+    lines), the problems (message, where), the warnings, and the digest of each map's
+    declared entries (recorded by the apply)."""
+
+    actions: list[WriteEntries] = field(default_factory=list)
+    problems: list[tuple[str, Source | None]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+def plan_entries(
+    d: DesiredCollection,
+    rec: CollectionRecord | None,
+    facts: Mapping[str, EntryFacts],
+    kept: set[str] | None,
+) -> EntryPlan:
+    """A :class:`WriteEntries` for each map of ``d`` whose declared entries differ from
+    what it holds: the live contents for a live map that stays (``kept``: those of a
+    reload; None: every map stays), the object's initial contents for a map loaded anew.
+    Each change is a line. Pure."""
+    out = EntryPlan()
+    for mname, mo in declared_maps(d):
+        ef = facts.get(mname)
+        if ef is None:
+            continue  # not in the object: the load says so
+        src = mo.source or d.source
+        if ef.problem is not None:
+            out.problems.append((ef.problem, src))
+            continue
+        out.digests[mname] = ef.digest
+        stays = kept is None or mname in kept
+        if stays and ef.unreadable is not None:
+            out.problems.append((ef.unreadable, src))
+            continue
+        if stays and ef.live is None:
+            continue  # not recorded: nothing keeps the map
+        live = ef.live if stays and ef.live is not None else ef.initial
+        delta = diff(ef.mode, ef.declared, live, ef.arrays)
+        if delta.count == 0 and stays:
+            continue
+        show = ef.show
+        lines = [
+            Change(Op.CREATE, Kind.ENTRY, d.name, mname, show(k, "key"), src) for k in delta.add
+        ]
+        for k in delta.update:
+            old, new = show(live[k], "value"), show(k, "declared")
+            reason = f"{show(k, 'key')}: {old} → {new}"
+            lines.append(Change(Op.UPDATE, Kind.ENTRY, d.name, mname, reason, src))
+        gone = "(not declared: set to zero)" if ef.arrays else "(not declared)"
+        for k in delta.delete:
+            reason = f"{show(k, 'key')} {gone}"
+            lines.append(Change(Op.DELETE, Kind.ENTRY, d.name, mname, reason, src))
+        if (
+            stays
+            and delta.count > 0
+            and ef.mode == EntriesMode.EXACT.value
+            and rec is not None
+            and rec.entries.get(mname) == ef.digest
+        ):
+            out.warnings.append(
+                f"collection {d.name}: map {mname}: its entries changed since the last apply "
+                f"wrote these same entries ({len(delta.delete)} not declared, "
+                f"{len(delta.update)} changed): if its programs write the map themselves, "
+                "exact mode shows what they write as drift on every plan (set entries_mode: "
+                "merge)"
+            )
+        out.actions.append(
+            WriteEntries(
+                collection=d.name,
+                map=mname,
+                mode=ef.mode,
+                desired=d,
+                record=rec,
+                digest=ef.digest,
+                add=len(delta.add),
+                update=len(delta.update),
+                delete=len(delta.delete),
+                lines=tuple(lines),
+            )
+        )
+    return out
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -323,11 +418,13 @@ def delete(m: Map, keys: Sequence[bytes], chunk: int = 65536) -> None:
 
 __all__ = [
     "EntryDiff",
+    "EntryPlan",
     "declared_maps",
     "delete",
     "diff",
     "digest",
     "entry_facts",
+    "plan_entries",
     "read_live",
     "shown",
     "spec_codec",

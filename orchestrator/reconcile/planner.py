@@ -54,7 +54,7 @@ from orchestrator.reconcile.actions import (
     WriteEntries,
     WriteRecord,
 )
-from orchestrator.reconcile.entries import declared_maps, diff
+from orchestrator.reconcile.entries import plan_entries
 from orchestrator.reconcile.rules import (
     PinRules,
     describe_target,
@@ -300,72 +300,13 @@ class Planner:
     def entries(
         self, d: DesiredCollection, actual: ActualCollection | None, kept: set[str] | None
     ) -> None:
-        """A :class:`WriteEntries` for each map of ``d`` whose declared entries differ from
-        what it holds: the live contents for a live map that stays (``kept``: those of a
-        reload; None: every map stays), the object's initial contents for a map loaded
-        anew. Each change is a line."""
-        digests = self.entry_digests.setdefault(d.name, {})
-        facts = self.actual.facts.entries.get(d.name, {})
+        """The :class:`WriteEntries` actions of ``d`` (see :func:`plan_entries`)."""
         rec = actual.record if actual is not None else None
-        for mname, mo in declared_maps(d):
-            ef = facts.get(mname)
-            if ef is None:
-                continue  # not in the object: the load says so
-            src = mo.source or d.source
-            if ef.problem is not None:
-                self.problem(d.name, ef.problem, src)
-                continue
-            digests[mname] = ef.digest
-            stays = kept is None or mname in kept
-            if stays and ef.unreadable is not None:
-                self.problem(d.name, ef.unreadable, src)
-                continue
-            live = ef.live if stays and ef.live is not None else ef.initial
-            if stays and ef.live is None:
-                continue  # not recorded: nothing keeps the map (a read failure is a problem)
-            delta = diff(ef.mode, ef.declared, live, ef.arrays)
-            if delta.count == 0 and stays:
-                continue
-            show = ef.show
-            for k in delta.add:
-                self.add(Op.CREATE, Kind.ENTRY, d.name, mname, show(k, "key"), src)
-            for k in delta.update:
-                old, new = show(live[k], "value"), show(k, "declared")
-                self.add(
-                    Op.UPDATE, Kind.ENTRY, d.name, mname, f"{show(k, 'key')}: {old} → {new}", src
-                )
-            gone = "(not declared: set to zero)" if ef.arrays else "(not declared)"
-            for k in delta.delete:
-                self.add(Op.DELETE, Kind.ENTRY, d.name, mname, f"{show(k, 'key')} {gone}", src)
-            if (
-                stays
-                and ef.live is not None
-                and delta.count > 0
-                and ef.mode == "exact"
-                and rec is not None
-                and rec.entries.get(mname) == ef.digest
-            ):
-                self.warnings.append(
-                    f"collection {d.name}: map {mname}: its entries changed since the last "
-                    f"apply wrote these same entries ({len(delta.delete)} not declared, "
-                    f"{len(delta.update)} changed): if its programs write the map "
-                    "themselves, exact mode shows what they write as drift on every plan "
-                    "(set entries_mode: merge)"
-                )
-            self.collections.append(
-                WriteEntries(
-                    collection=d.name,
-                    map=mname,
-                    mode=ef.mode,
-                    desired=d,
-                    record=rec,
-                    digest=ef.digest,
-                    add=len(delta.add),
-                    update=len(delta.update),
-                    delete=len(delta.delete),
-                    lines=self.take(),
-                )
-            )
+        planned = plan_entries(d, rec, self.actual.facts.entries.get(d.name, {}), kept)
+        self.entry_digests[d.name] = planned.digests
+        self.problems += [PlanProblem(d.name, m, src) for m, src in planned.problems]
+        self.warnings += planned.warnings
+        self.collections += planned.actions
 
     def stage_action(
         self, d: DesiredCollection, rec: CollectionRecord | None, facts: CollectionFacts | None
