@@ -97,7 +97,8 @@ class _Compiler:
             raise Unsupported(f"schema {node!r}")
         checks: list[Predicate] = []
         for keyword, arg in node.items():
-            if keyword in _ANNOTATIONS or keyword == "$defs":
+            # x-...: vendor annotations (Kubernetes' structural-schema hints), no validation
+            if keyword in _ANNOTATIONS or keyword == "$defs" or keyword.startswith("x-"):
                 continue
             checks.append(self.keyword(node, keyword, arg))
         if len(checks) == 1:
