@@ -319,9 +319,9 @@ def render_plan(plan: Plan, out: TextIO) -> None:
     if plan.has_changes:
         print("bpforch will perform the following actions:\n", file=out)
     for name, items in by_collection.items():
-        shown = [c for c in items if c.op is not Op.NOOP]
-        if not shown:
+        if all(c.op is Op.NOOP for c in items):
             continue
+        shown = [c for c in items if c.printed]
         head = next((c for c in items if c.kind is Kind.COLLECTION), None)
         op = head.op if head is not None else Op.NOOP
         line = f"  {op.symbol} collection {name}"
@@ -330,6 +330,8 @@ def render_plan(plan: Plan, out: TextIO) -> None:
         if head is not None and head.source is not None:
             line += f"  ({head.source})"
         print(_paint(line, op.value, color), file=out)
+        for diff in head.diffs if head is not None else ():
+            print(_paint(f"        {diff}", op.value, color), file=out)
         entries: dict[str, int] = {}  # map -> entry lines printed
         for ch in shown:
             if ch is head:
@@ -347,10 +349,12 @@ def render_plan(plan: Plan, out: TextIO) -> None:
                         file=out,
                     )
                 continue
-            line = f"      {ch.op.symbol} {ch.kind.value} {ch.name}"
+            line = f"      {ch.symbol} {ch.kind.value} {ch.title or ch.name}"
             if ch.reason:
                 line += f": {ch.reason}"
             print(_paint(line, ch.op.value, color), file=out)
+            for diff in ch.diffs:
+                print(_paint(f"          {diff}", ch.op.value, color), file=out)
         print(file=out)
     for path in plan.garbage:
         print(f"  - leftover {path} (from an interrupted apply; removed)", file=out)

@@ -78,10 +78,44 @@ class Kind(enum.Enum):
     ENTRY = "entry"  # a map entry: name is the map, reason the key (and what changes)
 
 
+def _shown(value: object) -> str:
+    """A value of a field diff as a plan prints it: digests shortened, text bare, the rest
+    as in a manifest (JSON)."""
+    import json
+
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        if value.startswith("sha256:") and len(value) > 19:
+            return value[:19] + "…"
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDiff:
+    """One field that changes, old -> new, printed as ``version: 1 → 2`` under the line it
+    belongs to: a constant, a label or the object under a collection, ``max_entries`` under
+    a map, an option under an attachment. None: the field is not set (on that side)."""
+
+    field: str
+    old: object
+    new: object
+
+    def __str__(self) -> str:
+        return f"{self.field}: {_shown(self.old)} → {_shown(self.new)}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"field": self.field, "old": self.old, "new": self.new}
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One line of the plan. ``kind`` says what it is about; ``name`` the map/program name,
-    the attachment key, or the collection name again."""
+    the attachment key, or the collection name again. ``diffs``: the fields that change,
+    printed under the line; ``title``: what the line shows in place of ``name`` (an
+    attachment's program and hook, shorter than its key); ``shown``: a NOOP line the plan
+    prints anyway, as ``=`` (a preserved map: what a reader looks for stays)."""
 
     op: Op
     kind: Kind
@@ -89,15 +123,29 @@ class Change:
     name: str
     reason: str
     source: Source | None = field(default=None, compare=False)
+    diffs: tuple[FieldDiff, ...] = field(default=(), compare=False)
+    title: str = field(default="", compare=False)
+    shown: bool = field(default=False, compare=False)
+
+    @property
+    def symbol(self) -> str:
+        return "=" if self.shown and self.op is Op.NOOP else self.op.symbol
+
+    @property
+    def printed(self) -> bool:
+        """Whether a rendered plan prints the line (changes, and NOOP lines ``shown``)."""
+        return self.op is not Op.NOOP or self.shown
 
     def __str__(self) -> str:
-        what = self.collection if self.kind is Kind.COLLECTION else f"{self.collection}/{self.name}"
+        name = self.title or self.name
+        what = self.collection if self.kind is Kind.COLLECTION else f"{self.collection}/{name}"
         if self.kind is Kind.ENTRY:
-            return f"{self.op.symbol} entry {what} {self.reason}"
-        return f"{self.op.symbol} {self.kind.value} {what}: {self.reason}"
+            return f"{self.symbol} entry {what} {self.reason}"
+        diffs = "".join(f"; {d}" for d in self.diffs)
+        return f"{self.symbol} {self.kind.value} {what}: {self.reason}{diffs}"
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "op": self.op.value,
             "kind": self.kind.value,
             "collection": self.collection,
@@ -105,6 +153,11 @@ class Change:
             "reason": self.reason,
             "source": str(self.source) if self.source is not None else None,
         }
+        if self.title:
+            out["title"] = self.title
+        if self.diffs:
+            out["diffs"] = [d.to_json() for d in self.diffs]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,6 +583,7 @@ __all__ = [
     "Commit",
     "Delete",
     "Detach",
+    "FieldDiff",
     "FromLive",
     "FromPin",
     "FromStaged",

@@ -862,7 +862,10 @@ def _collection_facts(d: DesiredCollection, objects: ObjectSnapshot) -> Collecti
                 f"this kernel: {support.reason}{_alternative(p.type, p.attach_type)}"
             )
     maps = map_shapes(d, spec)
+    from orchestrator.reconcile.constants import object_constants
+
     return CollectionFacts(
+        constants=object_constants(spec, d.constants),
         programs=names,
         object_sha256=info.sha256,
         maps=maps,
@@ -1021,9 +1024,10 @@ def gather_facts(
     """``actual`` with the facts :func:`plan` needs about the collections that may change:
     what their objects declare, whether their targets exist (and who holds XDP), whether
     their pinned substitution sources are pins on bpffs; with ``root``, the declared entries
-    of every map that declares some, and the live contents of those maps (no other map is
-    read). Objects are read through
-    ``objects`` (a snapshot of the default object store if None)."""
+    of every map that declares some and the live contents of those maps (no other map is
+    read), and the constants the live generation runs with, for the collections whose
+    manifest or object changed. Objects are read through ``objects`` (a snapshot of the
+    default object store if None)."""
     if objects is None:
         from orchestrator.manifest.cache import default
 
@@ -1034,6 +1038,11 @@ def gather_facts(
     pinned: dict[Path, str | None] = {}
     for d in _may_change(desired, actual, pins):
         colls[d.name] = _collection_facts(d, objects)
+        ac = actual.collections.get(d.name)
+        if root is not None and ac is not None and ac.record.digest != d.digest:
+            from orchestrator.reconcile.constants import live_constants
+
+            colls[d.name] = replace(colls[d.name], live_constants=live_constants(root, ac.record))
         for a in d.attach:
             key = a.target.key()
             if key not in targets:

@@ -166,7 +166,7 @@ class Plan:
         }
 
     def __str__(self) -> str:
-        lines = [str(c) for c in self.changes if c.op is not Op.NOOP or c.kind is Kind.COLLECTION]
+        lines = [str(c) for c in self.changes if c.printed or c.kind is Kind.COLLECTION]
         lines += [f"error: {p}" for p in self.problems]
         lines.append(self.summary())
         return "\n".join(lines)

@@ -26,6 +26,7 @@ from orchestrator.reconcile.actions import (
     Commit,
     Delete,
     Detach,
+    FieldDiff,
     FromLive,
     FromPin,
     FromStaged,
@@ -57,8 +58,11 @@ from orchestrator.reconcile.actions import (
 from orchestrator.reconcile.entries import plan_entries
 from orchestrator.reconcile.rules import (
     PinRules,
+    attachment_title,
+    changed_parts,
+    collection_diffs,
     describe_target,
-    field_changes,
+    field_diffs,
     link_pin_name,
     load_key,
     pin_file,
@@ -67,6 +71,7 @@ from orchestrator.reconcile.rules import (
     source_key,
     target_kind,
     tc_reattach,
+    title_of,
     topo_order,
     xdp_reattach,
 )
@@ -117,9 +122,19 @@ class Planner:
         self.problems.append(PlanProblem(coll, message, source))
 
     def add(
-        self, op: Op, kind: Kind, coll: str, name: str, reason: str, source: Source | None
+        self,
+        op: Op,
+        kind: Kind,
+        coll: str,
+        name: str,
+        reason: str,
+        source: Source | None,
+        *,
+        diffs: tuple[FieldDiff, ...] = (),
+        title: str = "",
+        shown: bool = False,
     ) -> None:
-        self.lines.append(Change(op, kind, coll, name, reason, source))
+        self.lines.append(Change(op, kind, coll, name, reason, source, diffs, title, shown))
 
     def take(self) -> tuple[Change, ...]:
         """The lines added since the last call: the lines of the action being made."""
@@ -190,6 +205,8 @@ class Planner:
         actual = self.actual.collections.get(d.name)
         rec = actual.record if actual is not None else None
         reasons: list[str] = []
+        diffs: tuple[FieldDiff, ...] = ()
+        facts = self.actual.facts.collections.get(d.name)
         blocked = self.blocked.get(d.name)
         if blocked is not None:
             self.problem(d.name, blocked_message(blocked), d.source)
@@ -201,7 +218,8 @@ class Planner:
             if not d.digest:
                 reasons.append("no digest (manifests read without their objects): re-applied")
             elif rec.digest != d.digest:
-                reasons.append("manifest or object changed")
+                diffs = collection_diffs(d, rec, facts)
+                reasons.append(changed_parts(d, rec, facts, diffs))
             assert actual is not None
             if actual.drift:
                 reasons.append("repair drift: " + "; ".join(str(x) for x in actual.drift))
@@ -243,7 +261,6 @@ class Planner:
             reason = f"generation {rec.generation} -> {rec.generation + 1}: " + "; ".join(reasons)
         else:
             reason = "; ".join(reasons)
-        facts = self.actual.facts.collections.get(d.name)
         reuse = (
             actual is not None
             and not must_reload
@@ -269,7 +286,7 @@ class Planner:
         )
         if reuse:
             reason += " (same object, constants and maps: programs and maps are kept)"
-        self.add(op, Kind.COLLECTION, d.name, d.name, reason, d.source)
+        self.add(op, Kind.COLLECTION, d.name, d.name, reason, d.source, diffs=diffs)
         for text in facts.problems if facts is not None else ():
             self.problem(d.name, text, d.source)
         reattach = reattached(d, actual)
@@ -416,6 +433,10 @@ class Planner:
                     f"is removed (drift); the map (id {mr.id}) stays with its programs",
                     src,
                 )
+            elif mname not in changes and mr.preserve:
+                self.add(
+                    Op.NOOP, Kind.MAP, d.name, mname, f"preserved, id {mr.id}", src, shown=True
+                )
             elif mname not in changes:
                 self.add(Op.NOOP, Kind.MAP, d.name, mname, f"kept (id {mr.id})", src)
             elif (why := changes[mname]) is not None:
@@ -535,6 +556,13 @@ class Planner:
             pinned = ", not pinned (its programs hold it)"
             if why is not None:
                 pinned = f", pinned ({why})"
+            sized: tuple[FieldDiff, ...] = ()
+            if (
+                old is not None
+                and new_shape is not None
+                and old.shape.max_entries != new_shape.max_entries
+            ):
+                sized = (FieldDiff("max_entries", old.shape.max_entries, new_shape.max_entries),)
             if old is None or old.source:
                 self.recreated.add((d.name, mname))
                 self.add(Op.CREATE, Kind.MAP, d.name, mname, "new map" + pinned, src)
@@ -546,8 +574,9 @@ class Planner:
                         Kind.MAP,
                         d.name,
                         mname,
-                        f"preserved: live map (id {old.id}) is handed to generation {gen}",
+                        f"preserved, id {old.id}",
                         src,
+                        shown=True,
                     )
                 elif mo.on_incompatible is OnIncompatible.RECREATE:
                     self.recreated.add((d.name, mname))
@@ -559,6 +588,7 @@ class Planner:
                         f"preserved map is incompatible ({diff}): recreated, its contents are "
                         "lost (on_incompatible: recreate)",
                         src,
+                        diffs=sized,
                     )
                 else:
                     self.problem(
@@ -587,6 +617,7 @@ class Planner:
                     mname,
                     f"not preserved: recreated with generation {gen}" + pinned,
                     src,
+                    diffs=sized,
                 )
 
     def programs(
@@ -612,7 +643,7 @@ class Planner:
                     Kind.PROGRAM,
                     d.name,
                     pname,
-                    f"reloaded (new program id): {why}",
+                    "reloaded (new program id)",
                     d.source,
                 )
             else:
@@ -645,6 +676,7 @@ class Planner:
             src = a.source or d.source
             take_over = isinstance(a.target, XdpTarget) and a.target.take_over
             here = (d.name, a, key, kind, f"links/{link_pin_name(a)}")
+            title = title_of(a)
             if ra is None:
                 ra = previous_link(d, old, key, kind)
                 if ra is not None and not (
@@ -660,6 +692,7 @@ class Planner:
                             key,
                             f"{reattach[key]}: {xdp_reattach(ra, a)}",
                             src,
+                            title=title,
                         )
                         self.reattaches.append(Reattach(*here, ra, take_over, lines=self.take()))
                         continue
@@ -669,8 +702,9 @@ class Planner:
                         d.name,
                         key,
                         f"link {ra.link_id} switched from {ra.program} to {a.program} in place "
-                        f"(BPF_LINK_UPDATE; a {kind} hook takes one program)",
+                        "(BPF_LINK_UPDATE)",
                         src,
+                        title=title,
                     )
                     self.links.append(SwitchLink(*here, ra, lines=self.take()))
                     carried.add(ra.link_id)
@@ -681,7 +715,7 @@ class Planner:
                 "attachment", key, "missing", "replaced", "detached"
             )
             if ra is not None and not drifted:
-                changes = field_changes(ra, a.target)
+                changes = field_diffs(ra, a.target)
                 why = reattach.get(key)
                 if why is not None and kind == "xdp":
                     self.add(
@@ -691,6 +725,8 @@ class Planner:
                         key,
                         f"{why}: {xdp_reattach(ra, a)}",
                         src,
+                        diffs=changes,
+                        title=title,
                     )
                     self.reattaches.append(Reattach(*here, ra, take_over, lines=self.take()))
                 elif why is not None:
@@ -701,6 +737,8 @@ class Planner:
                         key,
                         f"{why}: {tc_reattach(ra, a)}",
                         src,
+                        diffs=changes,
+                        title=title,
                     )
                     self.links.append(MakeBeforeBreak(*here, ra, take_over, lines=self.take()))
                 elif reuse and ra.program == a.program and a.program not in fresh:
@@ -710,23 +748,33 @@ class Planner:
                             Kind.ATTACHMENT,
                             d.name,
                             key,
-                            f"{'; '.join(changes)} (recorded: link {ra.link_id} stays as it is)",
+                            f"recorded: link {ra.link_id} stays as it is",
                             src,
+                            diffs=changes,
+                            title=title,
                         )
                     else:
-                        self.add(Op.NOOP, Kind.ATTACHMENT, d.name, key, f"link {ra.link_id}", src)
+                        self.add(
+                            Op.NOOP,
+                            Kind.ATTACHMENT,
+                            d.name,
+                            key,
+                            f"link {ra.link_id}",
+                            src,
+                            title=title,
+                        )
                     self.links.append(KeepLink(*here, ra, lines=self.take()))
                     carried.add(ra.link_id)
                 elif kind in IN_PLACE_KINDS:
-                    also = f"; {'; '.join(changes)}" if changes else ""
                     self.add(
                         Op.UPDATE,
                         Kind.ATTACHMENT,
                         d.name,
                         key,
-                        f"link {ra.link_id} switched to the new program in place "
-                        f"(BPF_LINK_UPDATE; the hook is never empty){also}",
+                        f"link {ra.link_id} switched to the new program in place (BPF_LINK_UPDATE)",
                         src,
+                        diffs=changes,
+                        title=title,
                     )
                     self.links.append(SwitchLink(*here, ra, lines=self.take()))
                     carried.add(ra.link_id)
@@ -736,10 +784,11 @@ class Planner:
                         Kind.ATTACHMENT,
                         d.name,
                         key,
-                        f"make-before-break: a new {kind} link is attached before link "
-                        f"{ra.link_id} is detached ({kind} links cannot be updated in place; "
-                        "both programs run for a moment)",
+                        f"make-before-break: a new link, then link {ra.link_id} is detached "
+                        "(both programs run for a moment)",
                         src,
+                        diffs=changes,
+                        title=title,
                     )
                     self.links.append(MakeBeforeBreak(*here, ra, take_over, lines=self.take()))
                 continue
@@ -747,7 +796,7 @@ class Planner:
             if taking is not None:
                 # our own link is gone (drift): re-attach in its place (-/+), else ~
                 op = Op.REPLACE if ra is not None else Op.UPDATE
-                self.add(op, Kind.ATTACHMENT, d.name, key, taking, src)
+                self.add(op, Kind.ATTACHMENT, d.name, key, taking, src, title=title)
             elif ra is not None:
                 self.add(
                     Op.REPLACE,
@@ -756,6 +805,7 @@ class Planner:
                     key,
                     f"re-attach: link {ra.link_id} is gone or detached (drift)",
                     src,
+                    title=title,
                 )
             else:
                 self.add(
@@ -763,8 +813,9 @@ class Planner:
                     Kind.ATTACHMENT,
                     d.name,
                     key,
-                    f"attach {a.program} to {describe_target(a.target)}",
+                    "new link",
                     src,
+                    title=title,
                 )
             if ra is not None and kind == "xdp":
                 # our XDP link is gone or detached: attached anew with the mode changes
@@ -782,6 +833,7 @@ class Planner:
                     key,
                     f"no longer declared: link {ra.link_id} is detached",
                     d.source,
+                    title=attachment_title(ra.program, ra.kind, ra.target),
                 )
                 self.detaches.append(Detach(d.name, ra, lines=self.take()))
             elif ra.link_id not in carried:
@@ -876,7 +928,14 @@ def delete_collection(
     ]
     for key, ra in sorted(rec.attachments.items()):
         lines.append(
-            Change(Op.DELETE, Kind.ATTACHMENT, rec.name, key, f"link {ra.link_id} is detached")
+            Change(
+                Op.DELETE,
+                Kind.ATTACHMENT,
+                rec.name,
+                key,
+                f"link {ra.link_id} is detached",
+                title=attachment_title(ra.program, ra.kind, ra.target),
+            )
         )
         detaches.append(Detach(rec.name, ra))
     for pname, pr in sorted(rec.programs.items()):

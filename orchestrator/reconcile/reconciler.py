@@ -105,11 +105,8 @@ class Reconciler:
         diff. Problems are in ``Plan.problems``; nothing is raised for them."""
         if actual is None:
             actual = self.observe()
-        return plan(
-            desired,
-            gather_facts(desired, actual, self.store.snapshot(), self.bpffs_root),
-            prune=prune,
-        )
+        facts = gather_facts(desired, actual, self.store.snapshot(), self.bpffs_root)
+        return plan(desired, facts, prune=prune)
 
     def apply(
         self,

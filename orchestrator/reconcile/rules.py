@@ -23,9 +23,11 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
+from orchestrator.reconcile.actions import FieldDiff
 from orchestrator.reconcile.state import (
     ActualCollection,
     AttachmentRecord,
+    CollectionFacts,
     CollectionRecord,
     MapShape,
     TargetValue,
@@ -163,6 +165,123 @@ def field_changes(ra: AttachmentRecord, target: Target) -> list[str]:
     ]
 
 
+def field_diffs(ra: AttachmentRecord, target: Target) -> tuple[FieldDiff, ...]:
+    """:func:`field_changes` as values: each option of ``target`` that differs from what
+    ``ra`` recorded (``mode: generic → native``)."""
+    if ra.target is None:
+        return ()
+    return tuple(
+        FieldDiff(name, ra.target.get(name), value)
+        for name, value in target_fields(target).items()
+        if ra.target.get(name) != value
+    )
+
+
+def _netns_name(value: TargetValue) -> str:
+    text = str(value)
+    for base in ("/var/run/netns/", "/run/netns/"):
+        if text.startswith(base) and "/" not in text[len(base) :]:
+            return text[len(base) :]
+    return text
+
+
+def attachment_title(program: str, kind: str, target: Mapping[str, TargetValue] | None) -> str:
+    """An attachment as a plan line names it: ``xdp_count → xdp veth0 (netns blue)``,
+    shorter than its key. ``kind``: the record's link kind; ``target``: the target's fields
+    (:func:`target_fields`; None: unknown, the key is shown instead)."""
+    if target is None:
+        return ""
+    t = target
+    ns = f" (netns {_netns_name(t['netns'])})" if t.get("netns") else ""
+    if kind == "xdp":
+        hook = f"xdp {t.get('interface')}{ns}"
+    elif kind == "tc":
+        hook = f"tc {t.get('interface')} {t.get('direction')}{ns}"
+    elif kind == "cgroup":
+        hook = f"cgroup {t.get('path')} {t.get('attach')}"
+    elif kind == "tracepoint":
+        hook = f"tracepoint {t.get('group')}/{t.get('name')}"
+    elif kind == "raw_tracepoint":
+        hook = f"raw_tracepoint {t.get('name')}"
+    elif kind in ("uprobe", "uretprobe"):
+        where = f"{t.get('symbol')}+{t.get('offset')}" if t.get("symbol") else f"{t.get('offset')}"
+        pid = f" (pid {t['pid']})" if t.get("pid") else ""
+        hook = f"{kind} {t.get('path')}:{where}{pid}"
+    elif kind == "netns":
+        hook = f"netns {_netns_name(t['netns'])}" if t.get("netns") else "netns (own)"
+    else:
+        return ""
+    return f"{program} → {hook}"
+
+
+def title_of(a: Attachment) -> str:
+    return attachment_title(a.program, target_kind(a.target), target_fields(a.target))
+
+
+def collection_diffs(
+    d: DesiredCollection, rec: CollectionRecord, facts: CollectionFacts | None
+) -> tuple[FieldDiff, ...]:
+    """What changes in a collection as a whole, old → new: its object (file and digest),
+    each constant whose value differs (the live generation's, read back from the kernel,
+    against what will be loaded) and each label. Maps, programs and attachments say their
+    own changes on their lines."""
+    out: list[FieldDiff] = []
+    if rec.object_file != str(d.object_file):
+        out.append(FieldDiff("object file", rec.object_file, str(d.object_file)))
+    sha = facts.object_sha256 if facts is not None else ""
+    if sha and rec.object_sha256 and sha != rec.object_sha256:
+        out.append(FieldDiff("object", f"sha256:{rec.object_sha256}", f"sha256:{sha}"))
+    new = facts.constants if facts is not None else None
+    old = facts.live_constants if facts is not None else None
+    if new is not None and old is not None:
+        for name in sorted(set(new) | set(old)):
+            if new.get(name) != old.get(name):
+                out.append(FieldDiff(f"constant {name}", old.get(name), new.get(name)))
+    if rec.labels is not None:
+        for key in sorted(set(rec.labels) | set(d.labels)):
+            if rec.labels.get(key) != d.labels.get(key):
+                out.append(FieldDiff(f"label {key}", rec.labels.get(key), d.labels.get(key)))
+    return tuple(out)
+
+
+def changed_parts(
+    d: DesiredCollection,
+    rec: CollectionRecord,
+    facts: CollectionFacts | None,
+    diffs: tuple[FieldDiff, ...],
+) -> str:
+    """What changed in a collection whose digest changed, in a few words: the fields of
+    ``diffs`` (:func:`collection_diffs`), then each map whose options or size changed, the
+    program binding and the attachments ("changed: constant version, map counters"). The
+    manifest's other fields (``sha256``, ``on_incompatible``) are recorded by digest only:
+    "manifest changed" when nothing else did."""
+    parts = [x.field for x in diffs]
+    shapes = facts.maps if facts is not None else {}
+    for mname, mo in sorted(d.maps.items()):
+        mr = rec.maps.get(mname)
+        if mr is None:
+            continue
+        sf = mo.source_from
+        src = source_key(sf.collection, sf.map or mname, sf.pinned) if sf is not None else ""
+        shape = shapes.get(mname)
+        if (
+            mr.source != src
+            or (not src and mr.preserve != mo.preserve)
+            or (shape is not None and shape.max_entries != mr.shape.max_entries)
+        ):
+            parts.append(f"map {mname}")
+    if d.programs is not None and set(d.programs) != set(rec.programs):
+        parts.append("programs")
+    old = rec.attachments
+    if {a.key() for a in d.attach} != set(old) or any(
+        a.key() in old and field_diffs(old[a.key()], a.target) for a in d.attach
+    ):
+        parts.append("attachments")
+    if not parts:
+        return "manifest changed"
+    return "changed: " + ", ".join(parts)
+
+
 def _xdp_mode_change(ra: AttachmentRecord, t: XdpTarget, actual: ActualCollection) -> str | None:
     """Why an XDP link must be attached anew for its mode, or None. The mode a link runs
     in is fixed when it is made; ``auto`` accepts whatever mode the kernel chose."""
@@ -242,9 +361,8 @@ def xdp_reattach(ra: AttachmentRecord, a: Attachment) -> str:
     assert isinstance(a.target, XdpTarget)
     return (
         f"re-attach: link {ra.link_id} is detached, then {a.program} is attached in "
-        f"{a.target.mode.value} mode by a new link (an XDP link's mode is fixed, and native "
-        "and generic programs cannot share an interface: the interface runs no XDP program "
-        "for a moment)"
+        f"{a.target.mode.value} mode by a new link (an XDP link's mode is fixed: the "
+        "interface runs no XDP program for a moment)"
     )
 
 
@@ -254,8 +372,8 @@ def tc_reattach(ra: AttachmentRecord, a: Attachment) -> str:
     where = f"before {t.before}" if t.before else f"after {t.after}" if t.after else "last"
     return (
         f"make-before-break: {a.program} is attached {where} by a new link, then link "
-        f"{ra.link_id} is detached (a tcx link cannot move and a hook takes a program once: "
-        "a new program instance runs beside the old one for a moment)"
+        f"{ra.link_id} is detached (a tcx link cannot move: a new program instance runs "
+        "beside the old one for a moment)"
     )
 
 

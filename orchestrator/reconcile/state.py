@@ -236,6 +236,8 @@ class CollectionRecord:
     load_key: str = ""
     # map -> digest of the entries the last apply wrote there (declared contents and mode)
     entries: Mapping[str, str] = field(default_factory=dict)
+    # the manifest's labels as applied; None in records written before they were kept
+    labels: Mapping[str, str] | None = None
 
     def to_json(self) -> dict[str, object]:
         out = self._json()
@@ -257,6 +259,7 @@ class CollectionRecord:
             "maps": {k: v.to_json() for k, v in sorted(self.maps.items())},
             "programs": {k: v.to_json() for k, v in sorted(self.programs.items())},
             "attachments": {k: v.to_json() for k, v in sorted(self.attachments.items())},
+            **({"labels": dict(sorted(self.labels.items()))} if self.labels is not None else {}),
         }
 
     @classmethod
@@ -294,6 +297,7 @@ class CollectionRecord:
             depends_on=tuple(_name(x, f"{at}.depends_on[{i}]") for i, x in enumerate(deps)),
             load_key=_str(d, "load_key", at, ""),
             entries={k: _str(written, k, f"{at}.entries") for k, _ in _items(written, at)},
+            labels=_labels(d, "labels", at),
         )
 
 
@@ -382,6 +386,12 @@ class CollectionFacts:
     # or a map of maps); None: not known
     held: frozenset[str] | None = None
     unused_maps: tuple[str, ...] = ()  # in the object, but no bound program needs them
+    # every constant of the object as it will be loaded (the manifest's value, else the
+    # object's), decoded through BTF as a manifest writes it; None: not known
+    constants: Mapping[str, object] | None = None
+    # the constants of the live generation, read back from its .rodata maps; None: not
+    # read (a new collection, or the maps could not be read)
+    live_constants: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +564,14 @@ def _str(d: Mapping[str, object], key: str, at: str, default: object = _MISSING)
     if "\0" in v:
         raise RecordFieldError(f"{at}.{key}", f"{quote(v)} contains a NUL byte")
     return v
+
+
+def _labels(d: Mapping[str, object], key: str, at: str) -> dict[str, str] | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    m = _mapping(v, f"{at}.{key}")
+    return {k: _str(m, k, f"{at}.{key}") for k, _ in _items(m, f"{at}.{key}")}
 
 
 def _name(v: object, at: str) -> str:

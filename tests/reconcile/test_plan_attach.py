@@ -25,6 +25,7 @@ from orchestrator.reconcile import (
     Op,
 )
 from orchestrator.reconcile import plan as make_plan
+from orchestrator.reconcile.actions import FieldDiff
 from orchestrator.reconcile.plan import Change, Plan, field_changes, load_key, target_fields
 from orchestrator.reconcile.state import CollectionRecord
 from tests.reconcile.test_plan import ARRAY, actual, coll, desired, record
@@ -117,11 +118,14 @@ def test_auto_and_a_mode_the_kernel_already_runs_are_recorded_only() -> None:
     d, rec = kept((native,), (rec_of(old, 7, mode="native"),))
     c = change(make_plan(desired(d), actual(rec, facts=facts())), native.key())
     assert c.op is Op.UPDATE
-    assert c.reason == "xdp mode auto -> native (recorded: link 7 stays as it is)"
+    assert c.reason == "recorded: link 7 stays as it is"
+    assert c.diffs == (FieldDiff("mode", "auto", "native"),)
+    assert str(c).endswith("recorded: link 7 stays as it is; mode: auto → native")
     # and back to auto: whatever mode the link runs in is fine
     d, rec = kept((old,), (rec_of(native, 7, mode="native"),))
     c = change(make_plan(desired(d), actual(rec, facts=facts())), old.key())
-    assert c.op is Op.UPDATE and c.reason.startswith("xdp mode native -> auto (recorded")
+    assert c.op is Op.UPDATE and c.reason.startswith("recorded")
+    assert c.diffs == (FieldDiff("mode", "native", "auto"),)
 
 
 def test_mode_drift_re_attaches_and_keeps_the_programs() -> None:
@@ -147,7 +151,8 @@ def test_a_new_tcx_position_attaches_a_fresh_instance_and_dropping_it_keeps_the_
     assert p_change.reason.startswith("tc position appended -> before q: make-before-break: p")
     q_change = change(p, two_plain.key())
     assert q_change.op is Op.UPDATE
-    assert q_change.reason == "tc before p -> (none) (recorded: link 2 stays as it is)"
+    assert q_change.reason == "recorded: link 2 stays as it is"
+    assert q_change.diffs == (FieldDiff("before", "p", None),)
     progs = {c.name: c for c in p.changes_for("a", Kind.PROGRAM)}
     assert progs["p"].op is Op.REPLACE and progs["p"].reason.startswith("new instance (replaces id")
     assert progs["q"].op is Op.NOOP

@@ -104,6 +104,7 @@ class CommitSteps(TransactionBase):
                 attachments=atts,
                 depends_on=tuple(sorted(d.depends_on())),
                 load_key=st.load_key,
+                labels=dict(sorted(d.labels.items())),
             )
         for name in seal.deleted:
             out.pop(name, None)
