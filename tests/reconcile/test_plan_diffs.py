@@ -15,7 +15,7 @@ from orchestrator.manifest.model import (
     TcTarget,
     UprobeTarget,
 )
-from orchestrator.reconcile import CollectionFacts, Facts, Kind, MapRecord, MapShape, Op, plan
+from orchestrator.reconcile import CollectionFacts, Facts, Kind, MapRecord, Op, plan
 from orchestrator.reconcile.actions import Change, FieldDiff
 from orchestrator.reconcile.rules import attachment_title, target_fields, target_kind
 from tests.reconcile.test_plan import ARRAY, TP, XDP, actual, coll, desired, record
@@ -126,4 +126,3 @@ def test_a_new_attachment_line_is_short() -> None:
     assert str(line) == "+ attachment a/prog → xdp veth0: new link"
     assert line.to_json()["title"] == "prog → xdp veth0"
     assert line.to_json()["name"] == "prog@xdp::veth0"
-
