@@ -453,6 +453,8 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def render_status(status: Status, out: TextIO) -> None:
+    from orchestrator.reconcile.actions import FieldDiff
+
     if not status.collections:
         print("No collections applied.", file=out)
     for c in status.collections:
@@ -465,6 +467,12 @@ def render_status(status: Status, out: TextIO) -> None:
         if c.message:
             print(f"  {c.reason}: {c.message}", file=out)
         print(f"  manifest {c.manifest}, applied {c.applied_at}", file=out)
+        if c.labels is None:
+            print("  labels: not recorded (applied before bpforch kept them)", file=out)
+        elif c.labels:
+            print(f"  labels: {', '.join(f'{k}={v}' for k, v in c.labels.items())}", file=out)
+        for cname, value in (c.constants or {}).items():
+            print(f"  constant {cname}: {FieldDiff.shown(value)}", file=out)
         for p in c.programs:
             verified = f", {p.verified_insns:,} insns verified" if p.verified_insns else ""
             print(f"  program {p.name}: id {p.id}, tag {p.tag}{verified}", file=out)

@@ -105,6 +105,12 @@ class FieldDiff:
     def __str__(self) -> str:
         return f"{self.field}: {_shown(self.old)} → {_shown(self.new)}"
 
+    @staticmethod
+    def shown(value: object) -> str:
+        """A value as a plan (and status) prints it: digests shortened, text bare, the
+        rest as in a manifest."""
+        return _shown(value)
+
     def to_json(self) -> dict[str, object]:
         return {"field": self.field, "old": self.old, "new": self.new}
 

@@ -5,7 +5,7 @@ whether the kernel still matches it, with live map entry counts. The daemon's ow
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.reconcile.budget import budget_warnings
+from orchestrator.reconcile.constants import live_constants
 from orchestrator.reconcile.observe import open_map
 from orchestrator.reconcile.owner import open_owned, open_root
 from orchestrator.reconcile.state import ActualCollection, ActualState, Drift, Foreign
@@ -103,7 +104,9 @@ class CollectionStatus:
     Drifted (something differs but every attachment is still attached) or Degraded (an
     attachment is gone or detached). ``generation`` counts applies that changed the
     collection; ``observed_generation`` is the generation the kernel was last seen to match
-    (``generation`` when Ready)."""
+    (``generation`` when Ready). ``labels``: the manifest's labels as applied (None: the
+    record predates them); ``constants``: the values the live programs run with, read back
+    from their ``.rodata`` maps (None: they could not be read)."""
 
     name: str
     generation: int
@@ -119,6 +122,8 @@ class CollectionStatus:
     maps: tuple[MapStatus, ...]
     attachments: tuple[AttachmentStatus, ...]
     drift: tuple[Drift, ...]
+    labels: Mapping[str, str] | None = None
+    constants: Mapping[str, object] | None = None
 
     def map(self, name: str) -> MapStatus:
         """The map called ``name`` (KeyError if the collection has none)."""
@@ -149,6 +154,8 @@ class CollectionStatus:
             "maps": [m.to_json() for m in self.maps],
             "attachments": [a.to_json() for a in self.attachments],
             "drift": [d.to_json() for d in self.drift],
+            "labels": dict(self.labels) if self.labels is not None else None,
+            "constants": dict(self.constants) if self.constants is not None else None,
         }
 
 
@@ -299,6 +306,8 @@ def collection_status(
         maps=tuple(maps),
         attachments=attachments,
         drift=ac.drift,
+        labels=rec.labels,
+        constants=live_constants(root, rec),
     )
 
 

@@ -144,3 +144,20 @@ def test_plan_shows_max_entries(cli: Cli) -> None:
     assert calls["diffs"] == [{"field": "max_entries", "old": 1, "new": 8}]
     # the constants did not change: none is listed
     assert "diffs" not in changes[0]
+
+
+def test_status_shows_live_constants_and_labels(cli: Cli, veth: VethPair) -> None:
+    xdp_counter(
+        cli, veth, BPF_DIR / "xdp_counter.o", version=3, mode="generic", labels="{team: net, a: b}"
+    )
+    cli.ok("apply", str(cli.manifests))
+    out = cli.ok("status")
+    # the verdict is the object's own (XDP_PASS), the version the manifest's
+    assert "  labels: a=b, team=net\n  constant verdict: 2\n  constant version: 3\n" in out
+    coll = cli.json("status")["collections"][0]  # type: ignore[index]
+    assert coll["labels"] == {"a": "b", "team": "net"}
+    assert coll["constants"] == {"verdict": 2, "version": 3}
+    # what the kernel holds, not what the manifest says: a manifest changed but not applied
+    # changes nothing in status
+    xdp_counter(cli, veth, BPF_DIR / "xdp_counter.o", version=4, mode="generic")
+    assert cli.json("status")["collections"][0]["constants"]["version"] == 3  # type: ignore[index]

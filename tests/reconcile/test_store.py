@@ -75,3 +75,19 @@ def test_git_revision_of_a_checkout(tmp_path: Path) -> None:
     assert git_revision(tmp_path / "sub") == head
     run("checkout", "-q", "--detach")
     assert git_revision(tmp_path / "sub") == head
+
+
+def test_labels_are_recorded_and_older_records_have_none() -> None:
+    import dataclasses
+
+    from orchestrator.reconcile.state import RecordFieldError
+
+    labelled = dataclasses.replace(rec("a"), labels={"team": "net"})
+    data = labelled.to_json()
+    assert data["labels"] == {"team": "net"}
+    assert CollectionRecord.from_json("a", data).labels == {"team": "net"}
+    del data["labels"]
+    assert CollectionRecord.from_json("a", data).labels is None
+    data["labels"] = {"team": 1}
+    with pytest.raises(RecordFieldError, match=r"labels\.team"):
+        CollectionRecord.from_json("a", data)
