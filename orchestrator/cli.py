@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the verbs import what they use when they run (bpforch --hel
     from orchestrator.manifest import DesiredState, ObjectStore
     from orchestrator.reconcile import Failpoints, Plan, Reconciler, Status
     from orchestrator.reconcile.inventory import Inventory
+    from orchestrator.reconcile.selector import Selector
     from orchestrator.service.daemon_status import DaemonStatus
 
 EXIT_OK = 0
@@ -67,6 +68,25 @@ def _common(p: argparse.ArgumentParser, *, state: bool = True) -> None:
         service_cli.add_root_options(p)
 
 
+def _selector_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "-l",
+        "--selector",
+        action="append",
+        default=[],
+        metavar="SELECTOR",
+        help=f"only {what} whose labels match: key=value, key!=value, key or !key, "
+        "comma-separated or repeated (all must hold), as kubectl's -l",
+    )
+
+
+def _selector(args: argparse.Namespace) -> Selector | None:
+    """The selector of ``--selector`` (None without one); SelectorError if it is not one."""
+    from orchestrator.reconcile.selector import Selector
+
+    return Selector.parse(args.selector) if args.selector else None
+
+
 Commands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
@@ -98,6 +118,7 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
         action="store_true",
         help="only report drift between the record and the kernel",
     )
+    _selector_option(p, "the collections")
     _common(p)
     p.set_defaults(func=cmd_plan)
 
@@ -127,6 +148,7 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
         help="if the verifier rejects a program, write its whole log to FILE, with the "
         "source line of each instruction",
     )
+    _selector_option(p, "the collections")
     _common(p)
     p.set_defaults(func=cmd_apply)
 
@@ -165,6 +187,7 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
         help="also every program and link on the hooks bpforch manages (XDP and tcx per "
         "interface of its namespaces, the cgroups it targets, tracepoints), owned or foreign",
     )
+    _selector_option(p, "the applied collections")
     _common(p)
     p.set_defaults(func=cmd_status)
 
@@ -172,6 +195,7 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--all", action="store_true", help="every collection bpforch owns")
     p.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
+    _selector_option(p, "the applied collections (instead of names or --all)")
     _common(p)
     p.set_defaults(func=cmd_destroy)
 
@@ -371,17 +395,39 @@ def _render_ownership(plan: Plan, out: TextIO, indent: str = "") -> None:
         print(f"{indent}foreign: {f} (not bpforch's: left alone)", file=out)
 
 
+def _unselected(desired: DesiredState, selector: Selector | None, prune: bool, err: TextIO) -> bool:
+    """Whether ``selector`` selects none of the declared collections (said on ``err``);
+    with ``prune`` it may select only recorded ones, to prune them."""
+    if selector is None or prune:
+        return False
+    if any(selector.matches(d.labels) for d in desired.collections.values()):
+        return False
+    print(
+        f"error: selector {selector}: matches none of the {len(desired.collections)} "
+        "collections in the manifests (see their metadata.labels)",
+        file=err,
+    )
+    return True
+
+
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.reconcile import ReconcileError
 
     rec = _reconciler(args)
+    from orchestrator.reconcile.selector import SelectorError
+
+    try:
+        selector = _selector(args)
+    except SelectorError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
     try:
         if args.refresh_only:
             return _refresh_only(rec, args, out)
         desired = _load(args, out, err)
-        if desired is None:
+        if desired is None or _unselected(desired, selector, args.prune, err):
             return EXIT_ERROR
-        plan = rec.plan(desired, prune=args.prune)
+        plan = rec.plan(desired, prune=args.prune, selector=selector)
     except ReconcileError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
@@ -420,13 +466,19 @@ def _refresh_only(rec: Reconciler, args: argparse.Namespace, out: TextIO) -> int
 
 def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.reconcile import ReconcileError
+    from orchestrator.reconcile.selector import SelectorError
 
+    try:
+        selector = _selector(args)
+    except SelectorError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
     desired = _load(args, out, err)
-    if desired is None:
+    if desired is None or _unselected(desired, selector, args.prune, err):
         return EXIT_ERROR
     rec = _reconciler(args)
     try:
-        result = rec.apply(desired, prune=args.prune, dry_run=args.dry_run)
+        result = rec.apply(desired, prune=args.prune, dry_run=args.dry_run, selector=selector)
     except ReconcileError as exc:
         print(f"error: {exc}", file=err)
         _explain_rejection(exc, args.verifier_log, err)
@@ -506,6 +558,13 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.service.errors import ServiceError
 
     rec = _reconciler(args)
+    from orchestrator.reconcile.selector import SelectorError
+
+    try:
+        selector = _selector(args)
+    except SelectorError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
     try:
         status = rec.status()
     except ReconcileError as exc:
@@ -519,6 +578,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_ERROR
         status = dataclasses.replace(
             status, collections=tuple(c for c in status.collections if c.name in args.names)
+        )
+    if selector is not None:
+        status = dataclasses.replace(
+            status, collections=tuple(c for c in status.collections if selector.matches(c.labels))
         )
     try:
         hooks = _inventory(rec) if args.all else None
@@ -583,15 +646,24 @@ def render_inventory(hooks: Inventory, out: TextIO) -> None:
 def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.commands.destroy import preserved_maps, render_footer
     from orchestrator.reconcile import Op, ReconcileError
+    from orchestrator.reconcile.selector import SelectorError
 
-    if bool(args.names) == bool(args.all):
-        print("error: name the collections to destroy, or pass --all (not both)", file=err)
+    try:
+        selector = _selector(args)
+    except SelectorError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    if bool(args.names) == (bool(args.all) or selector is not None):
+        print(
+            "error: name the collections to destroy, or pass --all or --selector (not both)",
+            file=err,
+        )
         return EXIT_ERROR
     rec = _reconciler(args)
-    names = None if args.all else list(args.names)
+    names = None if args.all or selector is not None else list(args.names)
     preserved = preserved_maps(rec, names)
     try:
-        result = rec.destroy(names, dry_run=args.dry_run)
+        result = rec.destroy(names, dry_run=args.dry_run, selector=selector)
     except ReconcileError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
@@ -601,6 +673,8 @@ def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         data["dry_run"] = args.dry_run
         data["preserved_maps"] = [p.to_json() for p in preserved if p.collection in gone]
         _emit_json(data, out)
+    elif selector is not None and not result.plan.collections(Op.DELETE):
+        print(f"No applied collection matches the selector {selector}.", file=out)
     else:
         render_plan(result.plan, out)
         render_footer(result, preserved, args.dry_run, out)

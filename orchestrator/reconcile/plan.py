@@ -45,6 +45,7 @@ from orchestrator.reconcile.rules import (
     target_kind,
     topo_order,
 )
+from orchestrator.reconcile.selector import Selector
 from orchestrator.reconcile.state import ActualState, Foreign
 
 
@@ -195,7 +196,13 @@ def _plan(
     )
 
 
-def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> Plan:
+def plan(
+    desired: DesiredState,
+    actual: ActualState,
+    *,
+    prune: bool = False,
+    selector: Selector | None = None,
+) -> Plan:
     """Diff ``desired`` against ``actual``. Pure: no syscall, no file access.
 
     An unchanged collection (equal digest, no drift) gives one NOOP line. A changed one
@@ -207,8 +214,11 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
     :func:`reattached`), and anything else a recorded ``~`` change. With ``prune``,
     recorded collections that are no longer declared are deleted (dependents first).
     Programs of declared collections that used more than 80% of the verifier's budget at
-    the last apply are ``warnings``."""
-    planner = Planner(desired, actual, prune)
+    the last apply are ``warnings``. With a ``selector``, only the declared collections
+    whose labels it selects are planned (and pruned: the recorded ones it selects); a
+    selection that would leave a collection without the map it takes from another
+    (``from``) is a problem naming both."""
+    planner = Planner(desired, actual, prune, selector)
     actions = planner.run()
     records = {n: c.record for n, c in actual.collections.items()}
     warnings = budget_warnings(recorded(records, desired.collections), recorded=True)
@@ -218,9 +228,13 @@ def plan(desired: DesiredState, actual: ActualState, *, prune: bool = False) -> 
     return _plan(actual, actions, planner.problems, warnings, planner.own_prog_ids)
 
 
-def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
+def plan_destroy(
+    actual: ActualState, names: Sequence[str] | None, selector: Selector | None = None
+) -> Plan:
     """The plan that destroys ``names`` (every recorded collection if None), dependents
-    first. Unknown names are problems."""
+    first; with a ``selector``, only those of them whose recorded labels it selects.
+    Unknown names are problems, and so is a collection destroyed under another that stays
+    (a ``from`` of it)."""
     problems: list[PlanProblem] = []
     blocked = {f.collection: f for f in actual.foreign if f.collection}
     if names is None:
@@ -237,6 +251,8 @@ def plan_destroy(actual: ActualState, names: Sequence[str] | None) -> Plan:
             else:
                 known = ", ".join(sorted(actual.collections)) or "none"
                 problems.append(PlanProblem(n, f"not applied by bpforch (applied: {known})"))
+    if selector is not None:
+        chosen = {n: c for n, c in chosen.items() if selector.matches(c.record.labels)}
     for n in sorted(chosen):
         if n in blocked:
             problems.append(PlanProblem(n, blocked_message(blocked[n])))

@@ -75,6 +75,7 @@ from orchestrator.reconcile.rules import (
     topo_order,
     xdp_reattach,
 )
+from orchestrator.reconcile.selector import Selector
 from orchestrator.reconcile.state import (
     IN_PLACE_KINDS,
     ActualCollection,
@@ -91,8 +92,22 @@ class Planner:
     """One plan in the making: what each collection does, by the phase of the transaction
     that runs it, and the problems found on the way."""
 
-    def __init__(self, desired: DesiredState, actual: ActualState, prune: bool) -> None:
+    def __init__(
+        self,
+        desired: DesiredState,
+        actual: ActualState,
+        prune: bool,
+        selector: Selector | None = None,
+    ) -> None:
         self.desired = desired
+        self.selector = selector
+        # the declared collections the plan is about (all without a selector); the others
+        # are left as they are, but still count for pins and dependencies
+        self.selected = frozenset(
+            n
+            for n, d in desired.collections.items()
+            if selector is None or selector.matches(d.labels)
+        )
         self.pins = PinRules(desired)
         self.actual = actual
         self.prune = prune
@@ -166,8 +181,11 @@ class Planner:
         for name in cyclic:
             self.problem(name, "map substitutions form a cycle", desired[name].source)
         for name in order:
-            self.collection(desired[name])
+            if name in self.selected:
+                self.collection(desired[name])
         self.deletes()
+        if self.selector is not None:
+            self.left_out()
         return transaction_actions(
             self.actual,
             self.collections,
@@ -237,6 +255,18 @@ class Planner:
             if (src.collection, smap) in self.recreated and rec is not None:
                 must_reload = True
                 reasons.append(f"map {mname} follows {src.collection}/{smap}, which is recreated")
+            if (
+                src.collection in self.desired.collections
+                and src.collection not in self.selected
+                and src.collection not in self.actual.collections
+            ):
+                self.problem(
+                    d.name,
+                    f"map {mname}: substitutes a map of collection {src.collection}, which the "
+                    f"selector {self.selector} leaves out and which is not applied (select "
+                    f"{src.collection} too, or apply it first)",
+                    mo.source or d.source,
+                )
             if src.collection not in self.desired.collections:
                 self.problem(
                     d.name,
@@ -892,11 +922,53 @@ class Planner:
 
     # ------------------------------------------------------------------ deletes
 
+    def left_out(self) -> None:
+        """With a selector: a collection it leaves out must not lose what it takes from a
+        selected one (``from``): a map recreated under it, or a collection pruned."""
+        gone = {d.collection for d in self.deleted}
+        users: list[tuple[str, str, str, str]] = []  # (user, its map, source, source map)
+        for name, d in self.desired.collections.items():
+            if name in self.selected:
+                continue
+            for mname, mo in d.maps.items():
+                sf = mo.source_from
+                if sf is not None and sf.collection is not None:
+                    users.append((name, mname, sf.collection, sf.map or mname))
+        for name, ac in self.actual.collections.items():
+            if name in self.desired.collections or name in gone:
+                continue
+            for mname, mr in ac.record.maps.items():
+                if mr.source.startswith("collection/"):
+                    _, src, smap = mr.source.split("/", 2)
+                    users.append((name, mname, src, smap))
+        for user, mname, src, smap in sorted(users):
+            if src in gone:
+                self.problem(
+                    src,
+                    f"pruned, but collection {user} uses its map {smap} (map {mname}) and the "
+                    f"selector {self.selector} leaves {user} out (select {user} too, or "
+                    f"destroy it first)",
+                    None,
+                )
+            elif src in self.selected and (src, smap) in self.recreated:
+                self.problem(
+                    src,
+                    f"map {smap} is recreated, but collection {user} uses it (map {mname}) and "
+                    f"the selector {self.selector} leaves {user} out: it would keep the old map "
+                    f"(select {user} too)",
+                    self.desired.collections[src].source,
+                )
+
     def deletes(self) -> None:
         desired = self.desired.collections
         gone: dict[str, CollectionRecord] = {}
         if self.prune:
-            gone = {n: c.record for n, c in self.actual.collections.items() if n not in desired}
+            gone = {
+                n: c.record
+                for n, c in self.actual.collections.items()
+                if n not in desired
+                and (self.selector is None or self.selector.matches(c.record.labels))
+            }
         order, _ = topo_order({n: r.depends_on for n, r in gone.items()})
         for name in reversed(order):
             blocked = self.blocked.get(name)

@@ -26,6 +26,7 @@ from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
 from orchestrator.reconcile.observe import gather_facts, observe
 from orchestrator.reconcile.owner import locked
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
+from orchestrator.reconcile.selector import Selector
 from orchestrator.reconcile.state import ActualState
 
 if TYPE_CHECKING:  # status() imports it: plan and apply never need it
@@ -99,14 +100,20 @@ class Reconciler:
             ) from err
 
     def plan(
-        self, desired: DesiredState, *, prune: bool = False, actual: ActualState | None = None
+        self,
+        desired: DesiredState,
+        *,
+        prune: bool = False,
+        actual: ActualState | None = None,
+        selector: Selector | None = None,
     ) -> Plan:
         """Observe (unless ``actual`` is given), gather facts about what may change, and
-        diff. Problems are in ``Plan.problems``; nothing is raised for them."""
+        diff (only the collections ``selector`` selects, if given). Problems are in
+        ``Plan.problems``; nothing is raised for them."""
         if actual is None:
             actual = self.observe()
         facts = gather_facts(desired, actual, self.store.snapshot(), self.bpffs_root)
-        return plan(desired, facts, prune=prune)
+        return plan(desired, facts, prune=prune, selector=selector)
 
     def apply(
         self,
@@ -114,6 +121,7 @@ class Reconciler:
         *,
         prune: bool = False,
         dry_run: bool | Literal["kernel"] = False,
+        selector: Selector | None = None,
     ) -> ApplyResult:
         """Make the kernel match ``desired``, all or nothing (see
         :mod:`orchestrator.reconcile.transaction`). Raises :class:`PlanError` for plan
@@ -123,7 +131,8 @@ class Reconciler:
         ``dry_run=True``: plan only (no lock, nothing created). ``dry_run="kernel"``: also
         load every changed collection through the verifier (preserved maps and substitutions
         included, so map incompatibilities show), then close it all; nothing is pinned,
-        attached or recorded.
+        attached or recorded. ``selector``: only the collections it selects by their labels
+        (see :mod:`orchestrator.reconcile.selector`) are applied (and pruned).
         """
         from orchestrator.reconcile.transaction import Transaction
 
@@ -134,7 +143,7 @@ class Reconciler:
         with lock as root_fd:
             objects = self.store.snapshot()
             actual = gather_facts(desired, self.observe(), objects, self.bpffs_root)
-            p = plan(desired, actual, prune=prune)
+            p = plan(desired, actual, prune=prune, selector=selector)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
             budget = p.warnings  # the figures recorded at the last apply
@@ -175,21 +184,28 @@ class Reconciler:
             budget = budget_warnings(recorded(tx.record.collections, desired.collections))
         return ApplyResult(p, gens, time.perf_counter() - start, True, (*warnings, *budget))
 
-    def destroy(self, names: Sequence[str] | None = None, *, dry_run: bool = False) -> ApplyResult:
-        """Detach, unpin and forget ``names`` (every owned collection if None).
-        ``dry_run``: only plan it (no lock, nothing changed)."""
+    def destroy(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        dry_run: bool = False,
+        selector: Selector | None = None,
+    ) -> ApplyResult:
+        """Detach, unpin and forget ``names`` (every owned collection if None; with a
+        ``selector``, those of them whose recorded labels it selects). ``dry_run``: only
+        plan it (no lock, nothing changed)."""
         from orchestrator.reconcile.transaction import Transaction
 
         start = time.perf_counter()
         if dry_run:
             actual = self.observe()
-            p = plan_destroy(actual, names)
+            p = plan_destroy(actual, names, selector)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
             return ApplyResult(p, gens, time.perf_counter() - start)
         with locked(self.bpffs_root, self.state_dir) as root_fd:
             actual = self.observe()
-            p = plan_destroy(actual, names)
+            p = plan_destroy(actual, names, selector)
             raise_problems(p)
             gens = {n: c.record.generation for n, c in actual.collections.items()}
             if not p.runs:

@@ -112,4 +112,4 @@ def test_dry_run_errors(cli: Cli, veth: VethPair) -> None:
     err = cli.fails("destroy", "--dry-run", "nosuch")
     assert "nosuch: not applied by bpforch (applied: tc-filter, xdp-counter)" in err
     err = cli.fails("destroy", "--dry-run")
-    assert err == "error: name the collections to destroy, or pass --all (not both)\n"
+    assert err == "error: name the collections to destroy, or pass --all or --selector (not both)\n"
