@@ -537,7 +537,7 @@ def render_status(status: Status, out: TextIO) -> None:
             )
         for a in c.attachments:
             state = "attached" if a.alive else "DETACHED"
-            print(f"  attachment {a.key}: {a.kind} link {a.link_id}, {state}", file=out)
+            print(f"  attachment {a.title or a.key}: link {a.link_id}, {state}", file=out)
         for d in c.drift:
             print(f"  drift: {d} (the next apply repairs it)", file=out)
     for path in status.garbage:

@@ -84,7 +84,14 @@ def render_footer(
             file=out,
         )
     if dry_run:
-        print("Dry run: nothing was changed.", file=out)
+        _, _, destroyed = result.plan.counts()
+        n = len(deleted)
+        would = (
+            f"{n} collection{'s' if n != 1 else ''}, {destroyed} objects would be destroyed; "
+            if n
+            else ""
+        )
+        print(f"Dry run: {would}nothing was changed.", file=out)
     elif result.plan.has_changes:
         _, _, destroyed = result.plan.counts()
         n = len(deleted)

@@ -16,6 +16,7 @@ from orchestrator.reconcile.budget import budget_warnings
 from orchestrator.reconcile.constants import live_constants
 from orchestrator.reconcile.observe import open_map
 from orchestrator.reconcile.owner import open_owned, open_root
+from orchestrator.reconcile.rules import attachment_title
 from orchestrator.reconcile.state import ActualCollection, ActualState, Drift, Foreign
 
 # Maps whose entries come and go (the rest always hold max_entries elements).
@@ -86,9 +87,11 @@ class AttachmentStatus:
     link_id: int
     pin: str
     alive: bool
+    title: str = ""  # the program and its hook, shorter than the key ("" if not recorded)
 
     def to_json(self) -> dict[str, object]:
         return {
+            "title": self.title,
             "key": self.key,
             "program": self.program,
             "kind": self.kind,
@@ -270,7 +273,13 @@ def collection_status(
     }
     attachments = tuple(
         AttachmentStatus(
-            a.key, a.program, a.kind, a.link_id, os.fspath(cdir / a.pin), a.key not in dead
+            a.key,
+            a.program,
+            a.kind,
+            a.link_id,
+            os.fspath(cdir / a.pin),
+            a.key not in dead,
+            attachment_title(a.program, a.kind, a.target),
         )
         for _, a in sorted(rec.attachments.items())
     )

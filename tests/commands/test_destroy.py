@@ -63,7 +63,7 @@ def test_dry_run_names_what_goes_and_changes_nothing(cli: Cli, veth: VethPair) -
         "Plan: 0 to add, 0 to change, 4 to destroy.\n"
         f"Preserved map xdp-counter/counters (id {counters['id']}, 4 entries): its contents "
         "would be deleted with it.\n"
-        "Dry run: nothing was changed.\n"
+        "Dry run: 1 collection, 4 objects would be destroyed; nothing was changed.\n"
     )
     assert "tc-filter" not in out
     # nothing changed: the link still counts traffic, the map is there

@@ -160,3 +160,12 @@ def test_selector_errors(cli: Cli, veth: VethPair) -> None:
     out = cli.ok("destroy", "-l", "team=nobody")
     assert out == "No applied collection matches the selector team=nobody.\n"
     assert names(cli) == set()
+
+
+def test_status_names_attachments_by_program_and_hook(cli: Cli, veth: VethPair) -> None:
+    write_all(cli, veth)
+    cli.ok("apply", str(cli.manifests), "-l", "team=net")
+    out = cli.ok("status")
+    link = cli.json("status")["collections"][0]["attachments"][0]  # type: ignore[index]
+    assert link["title"] == f"xdp_count → xdp {veth.b.name} (netns {veth.b.ns.name})"
+    assert f"  attachment {link['title']}: link {link['link_id']}, attached\n" in out
