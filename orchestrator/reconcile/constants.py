@@ -41,8 +41,10 @@ def object_constants(
 
 def live_constants(root: Path, rec: CollectionRecord) -> dict[str, object] | None:
     """The constants of ``rec``'s live generation, read from its ``.rodata`` maps and decoded
-    through the BTF the kernel holds for them. None if a map can't be read (gone, or
-    without BTF). An object without constants gives an empty mapping."""
+    through the BTF the kernel holds for them. None if a map can't be read (gone). Sections
+    without variables in BTF (``.rodata.str1.1``: string literals) hold no constants. An
+    object without constants gives an empty mapping."""
+    from orchestrator.ebpf import btf as _btf
     from orchestrator.reconcile.observe import open_map
 
     out: dict[str, object] = {}
@@ -52,8 +54,8 @@ def live_constants(root: Path, rec: CollectionRecord) -> dict[str, object] | Non
         try:
             with open_map(root, rec, mr) as m:
                 _, value_type = m.btf_types()
-                if value_type is None:
-                    return None
+                if not isinstance(value_type, _btf.Datasec):
+                    continue
                 data = m.lookup_bytes((0).to_bytes(4, sys.byteorder))
                 decoded = _values.decode(value_type, data)
         except (EbpfError, OSError, ValueError):

@@ -161,3 +161,44 @@ def test_status_shows_live_constants_and_labels(cli: Cli, veth: VethPair) -> Non
     # changes nothing in status
     xdp_counter(cli, veth, BPF_DIR / "xdp_counter.o", version=4, mode="generic")
     assert cli.json("status")["collections"][0]["constants"]["version"] == 3  # type: ignore[index]
+
+
+def test_every_kind_of_constant_is_diffed_and_shown(cli: Cli) -> None:
+    def write(constants: str) -> None:
+        cli.write(
+            "globals",
+            f"""\
+            apiVersion: bpforch.dev/v1
+            kind: Collection
+            metadata: {{name: globals}}
+            spec:
+              object: {BPF_DIR}/globals.o
+              constants: {constants}
+            """,
+        )
+
+    write("{c_s16: -7, c_name: hello, c_point: {x: 1, y: 2}, c_enabled: false}")
+    cli.ok("apply", str(cli.manifests))
+    (coll,) = cli.json("status")["collections"]  # type: ignore[index]
+    # every constant, from both .rodata sections, read back from the kernel
+    assert coll["constants"] == {
+        "c_u8": 0xAB,
+        "c_s16": -7,
+        "c_s32": -100,
+        "c_u64": 0x1122334455667788,
+        "c_name": "hello",
+        "c_point": {"x": 1, "y": 2, "tag": coll["constants"]["c_point"]["tag"]},
+        "c_table": [10, 20, 30, 40],
+        "c_enabled": False,
+        "c_extra": 77,
+    }
+    assert "  constant c_name: hello\n" in cli.ok("status")
+    # c_name dropped from the manifest: the object's own value comes back
+    write("{c_s16: -8, c_point: {x: 1, y: 2}, c_enabled: false}")
+    proc = cli("plan", str(cli.manifests))
+    assert proc.returncode == 2
+    assert (
+        "changed: constant c_name, constant c_s16  (" in proc.stdout
+        and "        constant c_name: hello → globals\n        constant c_s16: -7 → -8\n"
+        in proc.stdout
+    )
