@@ -423,7 +423,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_ERROR
     try:
         if args.refresh_only:
-            return _refresh_only(rec, args, out)
+            return _refresh_only(rec, args, out, selector)
         desired = _load(args, out, err)
         if desired is None or _unselected(desired, selector, args.prune, err):
             return EXIT_ERROR
@@ -442,10 +442,18 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_CHANGES if plan.has_changes else EXIT_OK
 
 
-def _refresh_only(rec: Reconciler, args: argparse.Namespace, out: TextIO) -> int:
-    """Report drift between the record and the kernel, change nothing."""
+def _refresh_only(
+    rec: Reconciler, args: argparse.Namespace, out: TextIO, selector: Selector | None
+) -> int:
+    """Report drift between the record and the kernel (of the collections ``selector``
+    selects, if given), change nothing."""
     status = rec.status()
-    drift = [(c.name, d) for c in status.collections for d in c.drift]
+    drift = [
+        (c.name, d)
+        for c in status.collections
+        if selector is None or selector.matches(c.labels)
+        for d in c.drift
+    ]
     if args.output == "json":
         _emit_json(
             {

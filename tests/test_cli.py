@@ -290,6 +290,11 @@ def test_dry_run_and_refresh_only(tmp_path: Path, where: list[str]) -> None:
     code, out, _ = run_cli("plan", "--refresh-only", "-o", "json", str(manifests), *where)
     drift = json.loads(out)["drift"]
     assert code == 2 and drift[0]["collection"] == "tp" and drift[0]["kind"] == "program"
+    # a selector: only the drift of the collections it selects (tp has no labels)
+    code, out, _ = run_cli("plan", "--refresh-only", "-l", "team", str(manifests), *where)
+    assert code == cli.EXIT_OK and "No drift" in out
+    code, out, _ = run_cli("plan", "--refresh-only", "-l", "!team", str(manifests), *where)
+    assert code == cli.EXIT_CHANGES and "drift: tp: program" in out
 
     assert run_cli("apply", str(manifests), *where)[0] == 0  # repairs the drift
     assert run_cli("plan", "--refresh-only", str(manifests), *where)[0] == cli.EXIT_OK
