@@ -128,10 +128,8 @@ def test_a_mode_the_kernel_already_runs_is_recorded_without_a_re_attach(
     p = r.plan(env.desired())
     (att,) = p.changes_for("xdp", Kind.ATTACHMENT)
     assert att.op is Op.UPDATE
-    assert att.reason == (
-        f"xdp mode generic -> auto; xdp take_over false -> true (recorded: link {link_id} "
-        "stays as it is)"
-    )
+    assert att.reason == f"recorded: link {link_id} stays as it is"
+    assert [str(d) for d in att.diffs] == ["mode: generic → auto", "take_over: false → true"]
     assert p.counts() == (0, 1, 0)
     r.apply(env.desired())
     assert kernel_xdp(veth).link_id == link_id and kernel_xdp(veth).mode == "generic"
@@ -296,7 +294,9 @@ def test_swapping_the_tcx_order_attaches_a_fresh_instance_make_before_break(
     assert atts["tc_a"].reason.startswith("tc position appended -> before tc_b: make-before-break")
     assert "a new program instance runs beside the old one for a moment" in atts["tc_a"].reason
     assert atts["tc_b"].op is Op.UPDATE
-    assert atts["tc_b"].reason.startswith("tc before tc_a -> (none) (recorded: link")
+    assert atts["tc_b"].reason.startswith("recorded: link")
+    assert [str(d) for d in atts["tc_b"].diffs] == ["before: tc_a → (none)"]
+    assert [str(d) for d in atts["tc_a"].diffs] == ["before: (none) → tc_b"]
     progs = {c.name: c for c in p.changes_for("tcx", Kind.PROGRAM)}
     assert progs["tc_a"].op is Op.REPLACE and "new instance" in progs["tc_a"].reason
     assert progs["tc_b"].op is Op.NOOP
