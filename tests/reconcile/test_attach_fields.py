@@ -472,7 +472,7 @@ def test_a_changed_field_is_planned_applied_and_confirmed_by_the_kernel(
     else:
         assert ops <= {Op.UPDATE, Op.REPLACE}, str(p)
         field_name = case.field.split(".")[1]
-        assert any(field_name in c.reason for c in changes), str(p)
+        assert any(d.field == field_name for c in changes for d in c.diffs), str(p)
     assert p.has_changes and p.counts() != (0, 0, 0)
 
     r.apply(world.env.desired())
