@@ -13,7 +13,7 @@ from pathlib import Path
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.reconcile.budget import budget_warnings
-from orchestrator.reconcile.constants import live_constants
+from orchestrator.reconcile.constants import rodata_constants
 from orchestrator.reconcile.observe import open_map
 from orchestrator.reconcile.owner import open_owned, open_root
 from orchestrator.reconcile.rules import attachment_title
@@ -191,7 +191,12 @@ class Status:
         }
 
 
-def _pinned_entries(path: Path | Callable[[], Map]) -> tuple[int | None, str]:
+_Read = Callable[[Map], None]  # reads more of a map while it is open (the constants)
+
+
+def _pinned_entries(
+    path: Path | Callable[[], Map], read: _Read | None = None
+) -> tuple[int | None, str]:
     """Entry count and type of a substitution source (someone else's pin, resolved as the
     manifest names it), or of a map opened by ``path()`` (one reached through its
     programs)."""
@@ -199,10 +204,12 @@ def _pinned_entries(path: Path | Callable[[], Map]) -> tuple[int | None, str]:
         m = Map.from_pin(path) if isinstance(path, Path) else path()
     except (EbpfError, OSError):
         return None, "?"
-    return _count(m)
+    return _count(m, read)
 
 
-def _owned_entries(root_fd: int | None, rel: str) -> tuple[int | None, str]:
+def _owned_entries(
+    root_fd: int | None, rel: str, read: _Read | None = None
+) -> tuple[int | None, str]:
     """Entry count and type of the map pinned at ``<root>/rel``, never through a symlink."""
     if root_fd is None:
         return None, "?"
@@ -210,11 +217,13 @@ def _owned_entries(root_fd: int | None, rel: str) -> tuple[int | None, str]:
         m = Map.from_fd(open_owned(root_fd, rel))
     except (EbpfError, OSError):
         return None, "?"
-    return _count(m)
+    return _count(m, read)
 
 
-def _count(m: Map) -> tuple[int | None, str]:
+def _count(m: Map, read: _Read | None = None) -> tuple[int | None, str]:
     with m:
+        if read is not None:
+            read(m)
         t = m.type.name.lower() if isinstance(m.type, MapType) else str(m.type)
         if m.type in _HASH_LIKE:
             try:
@@ -247,6 +256,24 @@ def collection_status(
         for _, p in sorted(rec.programs.items())
     )
     maps = []
+    # the constants, read from the .rodata maps while they are open to be counted
+    constants: dict[str, object] = {}
+    unread: set[str] = set()
+
+    def reader(name: str) -> _Read | None:
+        if not name.startswith(".rodata"):
+            return None
+        unread.add(name)
+
+        def read(m: Map) -> None:
+            try:
+                constants.update(rodata_constants(m))
+            except (EbpfError, OSError, ValueError):
+                return
+            unread.discard(name)
+
+        return read
+
     for _, m in sorted(rec.maps.items()):
         if m.source.startswith("pinned:"):
             entries, t = _pinned_entries(Path(m.source.removeprefix("pinned:")))
@@ -257,12 +284,12 @@ def collection_status(
             maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries, m.source))
             continue
         if not m.pin:  # not pinned: reached through the programs that hold it
-            entries, t = _pinned_entries(partial(open_map, root, rec, m))
+            entries, t = _pinned_entries(partial(open_map, root, rec, m), reader(m.name))
             if t == "?":
                 t = _type_name(m.shape.type)
             maps.append(MapStatus(m.name, m.id, "", t, m.shape.max_entries, entries))
             continue
-        entries, t = _owned_entries(root_fd, f"{rec.name}/{m.pin}")
+        entries, t = _owned_entries(root_fd, f"{rec.name}/{m.pin}", reader(m.name))
         maps.append(
             MapStatus(m.name, m.id, os.fspath(cdir / m.pin), t, m.shape.max_entries, entries)
         )
@@ -316,7 +343,7 @@ def collection_status(
         attachments=attachments,
         drift=ac.drift,
         labels=rec.labels,
-        constants=live_constants(root, rec),
+        constants=None if unread else constants,
     )
 
 

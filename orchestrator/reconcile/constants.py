@@ -9,7 +9,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from orchestrator.ebpf import CollectionSpec
+from orchestrator.ebpf import CollectionSpec, Map
+from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import values as _values
 from orchestrator.ebpf.btf import layout as _layout
 from orchestrator.ebpf.errors import Error as EbpfError
@@ -39,12 +40,23 @@ def object_constants(
     return out
 
 
+def rodata_constants(m: Map) -> dict[str, object]:
+    """The constants an open ``.rodata`` map holds, decoded through the BTF the kernel
+    holds for it; empty for a section without variables in BTF (``.rodata.str1.1``: string
+    literals). Raises the library's errors if it can't be read."""
+    _, value_type = m.btf_types()
+    if not isinstance(value_type, _btf.Datasec):
+        return {}
+    decoded = _values.decode(value_type, m.lookup_bytes((0).to_bytes(4, sys.byteorder)))
+    if not isinstance(decoded, Mapping):
+        return {}
+    return {str(k): _values.plain(v) for k, v in decoded.items()}
+
+
 def live_constants(root: Path, rec: CollectionRecord) -> dict[str, object] | None:
-    """The constants of ``rec``'s live generation, read from its ``.rodata`` maps and decoded
-    through the BTF the kernel holds for them. None if a map can't be read (gone). Sections
-    without variables in BTF (``.rodata.str1.1``: string literals) hold no constants. An
-    object without constants gives an empty mapping."""
-    from orchestrator.ebpf import btf as _btf
+    """The constants of ``rec``'s live generation, read from its ``.rodata`` maps (see
+    :func:`rodata_constants`). None if a map can't be read (gone). An object without
+    constants gives an empty mapping."""
     from orchestrator.reconcile.observe import open_map
 
     out: dict[str, object] = {}
@@ -53,17 +65,10 @@ def live_constants(root: Path, rec: CollectionRecord) -> dict[str, object] | Non
             continue
         try:
             with open_map(root, rec, mr) as m:
-                _, value_type = m.btf_types()
-                if not isinstance(value_type, _btf.Datasec):
-                    continue
-                data = m.lookup_bytes((0).to_bytes(4, sys.byteorder))
-                decoded = _values.decode(value_type, data)
+                out.update(rodata_constants(m))
         except (EbpfError, OSError, ValueError):
             return None
-        if not isinstance(decoded, Mapping):
-            return None
-        out.update({str(k): _values.plain(v) for k, v in decoded.items()})
     return out
 
 
-__all__ = ["live_constants", "object_constants"]
+__all__ = ["live_constants", "object_constants", "rodata_constants"]
