@@ -75,7 +75,7 @@ from orchestrator.reconcile.rules import (
     topo_order,
     xdp_reattach,
 )
-from orchestrator.reconcile.selector import Selector
+from orchestrator.reconcile.selector import Selector, stranded
 from orchestrator.reconcile.state import (
     IN_PLACE_KINDS,
     ActualCollection,
@@ -924,40 +924,14 @@ class Planner:
 
     def left_out(self) -> None:
         """With a selector: a collection it leaves out must not lose what it takes from a
-        selected one (``from``): a map recreated under it, or a collection pruned."""
+        selected one (see :func:`~orchestrator.reconcile.selector.stranded`)."""
+        assert self.selector is not None
         gone = {d.collection for d in self.deleted}
-        users: list[tuple[str, str, str, str]] = []  # (user, its map, source, source map)
-        for name, d in self.desired.collections.items():
-            if name in self.selected:
-                continue
-            for mname, mo in d.maps.items():
-                sf = mo.source_from
-                if sf is not None and sf.collection is not None:
-                    users.append((name, mname, sf.collection, sf.map or mname))
-        for name, ac in self.actual.collections.items():
-            if name in self.desired.collections or name in gone:
-                continue
-            for mname, mr in ac.record.maps.items():
-                if mr.source.startswith("collection/"):
-                    _, src, smap = mr.source.split("/", 2)
-                    users.append((name, mname, src, smap))
-        for user, mname, src, smap in sorted(users):
-            if src in gone:
-                self.problem(
-                    src,
-                    f"pruned, but collection {user} uses its map {smap} (map {mname}) and the "
-                    f"selector {self.selector} leaves {user} out (select {user} too, or "
-                    f"destroy it first)",
-                    None,
-                )
-            elif src in self.selected and (src, smap) in self.recreated:
-                self.problem(
-                    src,
-                    f"map {smap} is recreated, but collection {user} uses it (map {mname}) and "
-                    f"the selector {self.selector} leaves {user} out: it would keep the old map "
-                    f"(select {user} too)",
-                    self.desired.collections[src].source,
-                )
+        for coll, message in stranded(
+            self.selector, self.selected, self.desired, self.actual, gone, self.recreated
+        ):
+            d = self.desired.collections.get(coll)
+            self.problem(coll, message, d.source if d is not None and coll not in gone else None)
 
     def deletes(self) -> None:
         desired = self.desired.collections

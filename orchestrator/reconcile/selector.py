@@ -18,9 +18,12 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from orchestrator.manifest.model import DesiredState
 from orchestrator.reconcile.errors import ReconcileError
+from orchestrator.reconcile.state import ActualState
 
 _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -128,4 +131,54 @@ def _requirement(term: str, text: str) -> Requirement:
     return Requirement(key, Test.NOT_EQUALS if op == "!=" else Test.EQUALS, value)
 
 
-__all__ = ["Requirement", "Selector", "SelectorError", "Test"]
+def stranded(
+    selector: Selector,
+    selected: AbstractSet[str],
+    desired: DesiredState,
+    actual: ActualState,
+    gone: AbstractSet[str],
+    recreated: AbstractSet[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """(collection, problem) for each collection the ``selector`` leaves out that would
+    lose a map it takes (``from``) from a ``selected`` one: pruned (``gone``), or
+    ``recreated`` under it (it would keep the old map). Declared collections are read
+    from their manifests, recorded ones that are not declared from their records."""
+    users: list[tuple[str, str, str, str]] = []  # (user, its map, source, source map)
+    for name, d in desired.collections.items():
+        if name in selected:
+            continue
+        for mname, mo in d.maps.items():
+            sf = mo.source_from
+            if sf is not None and sf.collection is not None:
+                users.append((name, mname, sf.collection, sf.map or mname))
+    for name, ac in actual.collections.items():
+        if name in desired.collections or name in gone:
+            continue
+        for mname, mr in ac.record.maps.items():
+            if mr.source.startswith("collection/"):
+                _, src, smap = mr.source.split("/", 2)
+                users.append((name, mname, src, smap))
+    out: list[tuple[str, str]] = []
+    for user, mname, src, smap in sorted(users):
+        if src in gone:
+            out.append(
+                (
+                    src,
+                    f"pruned, but collection {user} uses its map {smap} (map {mname}) and the "
+                    f"selector {selector} leaves {user} out (select {user} too, or destroy it "
+                    "first)",
+                )
+            )
+        elif src in selected and (src, smap) in recreated:
+            out.append(
+                (
+                    src,
+                    f"map {smap} is recreated, but collection {user} uses it (map {mname}) and "
+                    f"the selector {selector} leaves {user} out: it would keep the old map "
+                    f"(select {user} too)",
+                )
+            )
+    return out
+
+
+__all__ = ["Requirement", "Selector", "SelectorError", "Test", "stranded"]
