@@ -512,11 +512,12 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def render_status(status: Status, out: TextIO) -> None:
+def render_status(status: Status, out: TextIO, none: str | None = None) -> None:
+    """``none``: what to say when there is no collection (the default: none is applied)."""
     from orchestrator.reconcile.actions import FieldDiff
 
     if not status.collections:
-        print("No collections applied.", file=out)
+        print(none if none is not None else "No collections applied.", file=out)
     for c in status.collections:
         rev = f", git {c.git_revision[:12]}" if c.git_revision else ""
         print(
@@ -610,7 +611,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         if daemon is not None:
             print(daemon.describe(), file=out)
-        render_status(status, out)
+        none = (
+            None if selector is None else f"No applied collection matches the selector {selector}."
+        )
+        render_status(status, out, none)
         if hooks is not None:
             render_inventory(hooks, out)
         for warning in status.warnings:

@@ -87,6 +87,9 @@ def test_selector_filters_plan_apply_status_and_destroy(cli: Cli, veth: VethPair
     assert names(cli, "-l", "team=obs") == {"shared-owner", "shared-user"}
     assert names(cli, "-l", "role=user,team=obs") == {"shared-user"}
     assert names(cli, "-l", "role", "-l", "!role") == set()
+    assert cli.ok("status", "-l", "role=nobody") == (
+        "No applied collection matches the selector role=nobody.\n"
+    )
     out = cli.ok("status", "-l", "role=owner")
     assert out.startswith("shared-owner: Ready") and "xdp-counter" not in out
 
