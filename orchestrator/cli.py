@@ -532,7 +532,7 @@ def render_status(status: Status, out: TextIO, none: str | None = None) -> None:
             print("  labels: not recorded (applied before bpforch kept them)", file=out)
         elif c.labels:
             print(f"  labels: {', '.join(f'{k}={v}' for k, v in c.labels.items())}", file=out)
-        for cname, value in (c.constants or {}).items():
+        for cname, value in (c.constants if c.constants is not None else {}).items():
             print(f"  constant {cname}: {FieldDiff.shown(value)}", file=out)
         for p in c.programs:
             verified = f", {p.verified_insns:,} insns verified" if p.verified_insns else ""

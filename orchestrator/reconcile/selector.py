@@ -83,7 +83,7 @@ class Selector:
         for text in texts:
             for term in text.split(","):
                 out.append(_requirement(term, text))
-        if not out:
+        if len(out) == 0:
             raise SelectorError("selector: empty (give key=value, key!=value, key or !key)")
         return cls(tuple(out))
 
