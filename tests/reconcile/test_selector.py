@@ -181,3 +181,8 @@ def test_destroy_by_selector() -> None:
         "a",
         "collection user uses its maps (destroy user too, or first)",
     )
+
+
+def test_an_empty_selector_is_refused() -> None:
+    with pytest.raises(SelectorError, match="selector: empty"):
+        Selector.parse([])
