@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.ebpf._sys import MapType
+from orchestrator.ebpf import MapType
 from orchestrator.ebpf.errors import LiteralError
 from orchestrator.ebpf.map_codec import MapCodec
 from orchestrator.ebpf.spec import MapSpec

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from orchestrator.ebpf import Map
-from orchestrator.ebpf._sys import MapType
+from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import NotSupportedError
 from orchestrator.ebpf.map_codec import MapCodec

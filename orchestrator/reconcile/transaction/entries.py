@@ -4,8 +4,7 @@ the journal so that a failed apply puts them back."""
 
 from __future__ import annotations
 
-from orchestrator.ebpf import Map, Program
-from orchestrator.ebpf._sys import MapType
+from orchestrator.ebpf import Map, MapType, Program
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.map_codec import MapCodec
 from orchestrator.ebpf.values import References
