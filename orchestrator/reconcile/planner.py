@@ -6,7 +6,7 @@ syscall, no file access."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from orchestrator.manifest.model import (
@@ -22,8 +22,6 @@ from orchestrator.reconcile.actions import (
     Action,
     Attach,
     Change,
-    ClaimRoot,
-    Commit,
     Delete,
     Detach,
     FieldDiff,
@@ -37,25 +35,18 @@ from orchestrator.reconcile.actions import (
     MakeBeforeBreak,
     MapFate,
     MapSource,
-    Mark,
     NotApplied,
     Op,
-    OpenStaging,
     PlanProblem,
     Reattach,
-    Release,
-    ReleaseRoot,
-    RemoveLeftover,
-    RemoveStaging,
     Replacement,
-    Seal,
     Stage,
     SwitchLink,
     Unchanged,
     WriteEntries,
-    WriteRecord,
 )
 from orchestrator.reconcile.entries import plan_entries
+from orchestrator.reconcile.ordering import delete_collection, transaction_actions
 from orchestrator.reconcile.rules import (
     PinRules,
     attachment_title,
@@ -960,85 +951,6 @@ def blocked_message(f: Foreign) -> str:
         f"{f.path} is not bpforch's ({f.what}); bpforch never follows, changes or removes "
         "it (remove or rename it if it is yours, or give the collection another name)"
     )
-
-
-def delete_collection(
-    deleted: list[Delete], detaches: list[Detach], rec: CollectionRecord, why: str
-) -> None:
-    """Append the action that destroys ``rec`` (its lines: the collection, its attachments,
-    programs and maps), and the detaches of its links."""
-    lines = [
-        Change(
-            Op.DELETE, Kind.COLLECTION, rec.name, rec.name, f"{why} (generation {rec.generation})"
-        )
-    ]
-    for key, ra in sorted(rec.attachments.items()):
-        lines.append(
-            Change(
-                Op.DELETE,
-                Kind.ATTACHMENT,
-                rec.name,
-                key,
-                f"link {ra.link_id} is detached",
-                title=attachment_title(ra.program, ra.kind, ra.target),
-            )
-        )
-        detaches.append(Detach(rec.name, ra))
-    for pname, pr in sorted(rec.programs.items()):
-        lines.append(Change(Op.DELETE, Kind.PROGRAM, rec.name, pname, f"program id {pr.id}"))
-    for mname, mr in sorted(rec.maps.items()):
-        if mr.source:
-            continue
-        why_map = f"map id {mr.id}"
-        if mr.preserve:
-            why_map += ", preserved: its contents are deleted with it"
-        lines.append(Change(Op.DELETE, Kind.MAP, rec.name, mname, why_map))
-    deleted.append(Delete(rec.name, rec, lines=tuple(lines)))
-
-
-def transaction_actions(
-    actual: ActualState,
-    collections: Sequence[Unchanged | Stage | Keep | WriteEntries],
-    links: Sequence[Action],
-    deleted: Sequence[Delete],
-    detaches: Sequence[Detach],
-    entries: dict[str, dict[str, str]] | None = None,
-) -> tuple[Action, ...]:
-    """Every action of an apply, in the order the transaction runs them (see
-    :mod:`orchestrator.reconcile.actions`). Only the collections' own actions when there is
-    nothing to do: no change, no leftover, no bookkeeping (collections adopted from their
-    markers or made before markers existed are recorded and marked; a root with
-    collections but no owner marker is claimed)."""
-    staged = [a for a in collections if isinstance(a, Stage | Keep)]
-    own = actual.ownership
-    unsettled = bool(own.adopted or own.unmarked) or (bool(actual.collections) and not own.token)
-    writes = any(isinstance(a, WriteEntries) for a in collections)
-    if not staged and not deleted and not actual.staging and not unsettled and not writes:
-        return tuple(collections)
-    out: list[Action] = [RemoveLeftover(path) for path in actual.staging]
-    if not own.token and (staged or actual.collections):
-        out.append(ClaimRoot())
-    staging = bool(staged or deleted)
-    if staging:
-        out.append(OpenStaging())
-    out += collections
-    out += links
-    out.append(Seal(actual.record, tuple(a.collection for a in deleted), entries or {}))
-    out += [Commit(a.collection) for a in staged]
-    out += deleted
-    out.append(WriteRecord())
-    if staging:
-        out.append(Release())
-        out += detaches
-        out.append(RemoveStaging())
-    touched = {a.collection for a in staged} | {a.collection for a in deleted}
-    for name in own.unmarked:
-        ac = actual.collections.get(name)
-        if name not in touched and ac is not None and not ac.drift:
-            out.append(Mark(name, ac.record))
-    if not staged and set(actual.collections) <= {a.collection for a in deleted}:
-        out.append(ReleaseRoot())  # nothing is recorded any more
-    return tuple(out)
 
 
 __all__ = ["Planner", "blocked_message", "delete_collection", "transaction_actions"]
