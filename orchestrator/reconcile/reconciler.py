@@ -22,8 +22,9 @@ from orchestrator.reconcile.budget import budget_warnings, recorded
 from orchestrator.reconcile.cache import ObserveCache
 from orchestrator.reconcile.defaults import DEFAULT_BPFFS_ROOT, DEFAULT_STATE_DIR
 from orchestrator.reconcile.errors import PlanError, StateError
+from orchestrator.reconcile.facts import gather_facts
 from orchestrator.reconcile.failpoints import Failpoints, NoFailpoints
-from orchestrator.reconcile.observe import gather_facts, observe
+from orchestrator.reconcile.observe import observe
 from orchestrator.reconcile.owner import locked
 from orchestrator.reconcile.plan import Op, Plan, plan, plan_destroy
 from orchestrator.reconcile.selector import Selector

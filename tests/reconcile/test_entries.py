@@ -291,7 +291,7 @@ def test_a_kept_map_that_cannot_be_read_is_a_plan_problem(env: Env, veth: VethPa
     from dataclasses import replace
 
     from orchestrator.reconcile.entries import entry_facts
-    from orchestrator.reconcile.observe import gather_facts
+    from orchestrator.reconcile.facts import gather_facts
     from orchestrator.reconcile.plan import plan
 
     tc_filter(env, veth, {53: 1}, attach=False)

@@ -391,7 +391,7 @@ def test_an_object_rebuilt_after_the_plan_is_refused(
 
     from orchestrator.manifest import ObjectStore
     from orchestrator.reconcile import NoFailpoints
-    from orchestrator.reconcile.observe import gather_facts
+    from orchestrator.reconcile.facts import gather_facts
     from orchestrator.reconcile.owner import locked
     from orchestrator.reconcile.plan import plan
     from orchestrator.reconcile.transaction import Transaction

@@ -497,7 +497,7 @@ def test_a_new_from_pins_the_source_in_place() -> None:
     """The owner's manifest is unchanged, but a new user substitutes its map: the owner's
     live map is pinned in place (facts are gathered for it), nothing is reloaded; dropping
     the user unpins it again."""
-    from orchestrator.reconcile.observe import needs_work
+    from orchestrator.reconcile.facts import needs_work
     from orchestrator.reconcile.plan import PinRules, load_key
 
     owner = coll("a")
@@ -592,7 +592,7 @@ def test_partial_load_lists_only_the_maps_it_creates(compile_bpf) -> None:  # ty
     from dataclasses import replace
 
     from orchestrator.ebpf import CollectionSpec
-    from orchestrator.reconcile.observe import map_shapes
+    from orchestrator.reconcile.facts import map_shapes
 
     src = """
 #include <linux/bpf.h>

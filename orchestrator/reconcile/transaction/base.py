@@ -17,8 +17,9 @@ from orchestrator.manifest.cache import default as default_store
 from orchestrator.manifest.model import DesiredCollection, Source
 from orchestrator.reconcile.actions import FromPin, FromStaged, MapSource, NotApplied
 from orchestrator.reconcile.errors import ApplyError
+from orchestrator.reconcile.facts import pinned_problem
 from orchestrator.reconcile.failpoints import Failpoints
-from orchestrator.reconcile.observe import open_map, pinned_problem
+from orchestrator.reconcile.observe import open_map
 from orchestrator.reconcile.owner import MARK_PIN, STAGING_PREFIX, open_owned
 from orchestrator.reconcile.plan import Plan
 from orchestrator.reconcile.state import CollectionRecord, MapRecord, MapShape, StateRecord

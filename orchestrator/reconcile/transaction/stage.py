@@ -11,7 +11,8 @@ from orchestrator.ebpf.collection import load_subset
 from orchestrator.manifest.model import DesiredCollection
 from orchestrator.reconcile.actions import Keep, MapFate, Stage
 from orchestrator.reconcile.errors import ApplyError, where
-from orchestrator.reconcile.observe import held_maps, map_shape
+from orchestrator.reconcile.facts import map_shape
+from orchestrator.reconcile.observe import held_maps
 from orchestrator.reconcile.state import MapRecord, MapShape
 from orchestrator.reconcile.transaction.base import Staged, TransactionBase, check_name, pin_name
 
