@@ -19,6 +19,13 @@ The cache is bounded by bytes (:data:`MAX_BYTES`, least recently used first out)
 entry costed by :func:`footprint`, an estimate of the memory a parsed spec holds; and by
 :data:`MAX_ENTRIES`. Files are read through :mod:`orchestrator.ebpf.files`: regular files
 of at most :data:`~orchestrator.ebpf.files.OBJECT_MAX` bytes.
+
+Behind it, optionally, a persisted cache shared by processes (``disk``, a
+:class:`~orchestrator.ebpf.diskcache.DiskCache`; the command line and the daemon use
+``/var/cache/bpforch``): a file this process has not parsed yet is hashed, and its parsed
+form is read back from there by that sha256 (see :mod:`orchestrator.ebpf.specfile`) instead
+of being parsed; what is parsed here is written there. A damaged entry is ignored with a
+warning and replaced.
 """
 
 from __future__ import annotations
@@ -28,15 +35,20 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf.errors import ParseError, quote
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
 from orchestrator.ebpf.lru import LRU, Usage
 from orchestrator.ebpf.spec import CollectionSpec
 
+if TYPE_CHECKING:
+    from orchestrator.ebpf.diskcache import DiskCache
+
 MAX_ENTRIES = 512
 MAX_BYTES = 256 << 20
 RACY_NS = 2_000_000_000
+SPEC_KIND = "spec"  # entries of the persisted cache
 
 _stat = os.stat  # tests replace it to fake a file's identity
 
@@ -51,6 +63,7 @@ class CacheStats:
     verified: int  # racy entries read and hashed, found unchanged
     parsed: int  # files parsed
     entries: int
+    loaded: int = 0  # files read back from the persisted cache instead of being parsed
 
 
 @dataclass(slots=True)
@@ -84,10 +97,17 @@ class SpecCache:
     """A cache of parsed specs by absolute path, bounded by :func:`footprint` bytes and
     entries (least recently used first out). Thread-safe."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(
+        self,
+        max_entries: int = MAX_ENTRIES,
+        max_bytes: int = MAX_BYTES,
+        *,
+        disk: DiskCache | None = None,
+    ) -> None:
         self._entries: LRU[str, _Entry] = LRU(max_bytes, max_entries)
         self._lock = threading.Lock()
-        self._hits = self._verified = self._parsed = 0
+        self._hits = self._verified = self._parsed = self._loaded = 0
+        self.disk = disk  # the persisted cache behind this one (None: none)
 
     @property
     def max_entries(self) -> int | None:
@@ -138,24 +158,53 @@ class SpecCache:
             with self._lock:
                 self._verified += 1
         else:
-            from orchestrator.ebpf.elf import load_bytes
-
-            spec = load_bytes(data, name=os.path.basename(given), path=given)
-            with self._lock:
-                self._parsed += 1
+            spec = self._load(data, digest, given)
         fresh = _Entry(identity, now, digest, spec)
         self._entries.put(key, fresh, footprint(spec, len(data)))
         return fresh
 
+    def _load(self, data: bytes, digest: str, given: str) -> CollectionSpec:
+        """Read back from the persisted cache, or parse (and persist)."""
+        disk, name = self.disk, os.path.basename(given)
+        if disk is not None:
+            payload = disk.get(SPEC_KIND, digest)
+            if payload is not None:
+                from orchestrator.ebpf import specfile
+
+                try:
+                    spec = specfile.decode(payload, name=name, path=given)
+                except specfile.SpecFileError as err:
+                    disk.reject(SPEC_KIND, digest, f"does not decode ({err})")
+                else:
+                    with self._lock:
+                        self._loaded += 1
+                    return spec
+        from orchestrator.ebpf.elf import load_bytes
+
+        spec = load_bytes(data, name=name, path=given)
+        with self._lock:
+            self._parsed += 1
+        if disk is not None:
+            from orchestrator.ebpf import specfile
+
+            encoded = specfile.encode(spec)
+            if encoded is not None:
+                disk.put(SPEC_KIND, digest, encoded)
+        return spec
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._hits = self._verified = self._parsed = 0
+            self._hits = self._verified = self._parsed = self._loaded = 0
 
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(
-                self._hits, self._verified, self._parsed, self._entries.usage().entries
+                self._hits,
+                self._verified,
+                self._parsed,
+                self._entries.usage().entries,
+                self._loaded,
             )
 
     def usage(self) -> Usage:
@@ -173,4 +222,13 @@ def _owned(spec: CollectionSpec, given: str) -> CollectionSpec:
 default = SpecCache()
 
 
-__all__ = ["MAX_BYTES", "MAX_ENTRIES", "RACY_NS", "CacheStats", "SpecCache", "default", "footprint"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_ENTRIES",
+    "RACY_NS",
+    "SPEC_KIND",
+    "CacheStats",
+    "SpecCache",
+    "default",
+    "footprint",
+]

@@ -1,0 +1,391 @@
+"""A persisted cache shared by processes: what one ``bpforch`` process parsed or indexed, the
+next one reads back instead of doing the work again (parsed object files, see
+:mod:`orchestrator.ebpf.specfile`; the kernel BTF index, see
+:mod:`orchestrator.ebpf.btf.kernel`).
+
+The directory (default :data:`DEFAULT_DIR`, ``/var/cache/bpforch``) is created mode 0700 if
+it is missing, and used only while it is a real directory (not a symlink) owned by the
+effective user with no group or other permission bits. Nothing in it is trusted that this
+code did not write: an entry is read only if it is a regular file (opened ``O_NOFOLLOW |
+O_NONBLOCK`` relative to the directory's fd, so a FIFO, a device or a symlink is never
+followed or blocked on), owned by the effective user, with no group or other permission
+bits, of at most :data:`ENTRY_MAX` bytes, and if its header (magic, format version, payload
+length, sha256 of the payload) and the key stored in it match. Payloads are bpforch's own
+format (no pickle): whatever reads them validates every field.
+
+An entry that fails any check is ignored with one warning (logger
+``orchestrator.ebpf.diskcache``) and the work is done again; writing the fresh result
+replaces it. An unusable directory turns the cache off with one warning. Nothing here ever
+raises to the caller.
+
+Keys: each entry is named by a hash of its kind, its key (e.g. the sha256 of an object
+file) and :func:`code_identity` (bpforch's version, the format version and the size and
+mtime of the loader's source files), so a different or upgraded bpforch never reads an
+entry another one wrote.
+
+Writes are atomic: a temporary file (``O_EXCL``, mode 0600) in the same directory, renamed
+over the entry. The total size of the entries is bounded (:attr:`DiskCache.max_bytes`,
+default :data:`MAX_BYTES`): after a write the least recently used entries (by mtime; a hit
+refreshes an entry's mtime at most once a minute) are removed until the rest fits. Only
+files this module names and recognises (owner, mode, magic) are ever removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import logging
+import os
+import re
+import stat
+import struct
+import threading
+import time
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_DIR",
+    "ENTRY_MAX",
+    "FORMAT",
+    "MAX_BYTES",
+    "DiskCache",
+    "code_identity",
+]
+
+DEFAULT_DIR = Path("/var/cache/bpforch")
+MAX_BYTES = 256 << 20  # every entry together
+ENTRY_MAX = 64 << 20  # one entry (a kernel BTF index is a few MiB, a spec a few KiB)
+FORMAT = 1  # the header; the payload formats carry their own version
+TOUCH_NS = 60_000_000_000  # a hit refreshes an entry's mtime when older than this
+STALE_TMP_NS = 3600_000_000_000  # a temporary file left by a crash is removed after this
+
+MAGIC = b"bpforch\x01"
+# magic, format, reserved, payload length, sha256 of the payload
+_HEADER = struct.Struct("<8sHHQ32s")
+_KEY_LEN = struct.Struct("<H")
+_NAME = re.compile(r"^([a-z]+)-([0-9a-f]{64})$")
+_TMP = re.compile(r"^\.tmp-([a-z]+)-([0-9a-f]{64})-[0-9]+-[0-9a-f]{8}$")
+
+log = logging.getLogger(__name__)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# What decides the contents of an entry: the parser, the BTF code and the formats. Their
+# sizes and mtimes are part of every key, so an edited checkout never reads stale entries.
+_SOURCES = (
+    "elf",
+    "btf",
+    "asm.py",
+    "diskcache.py",
+    "externs.py",
+    "sections.py",
+    "spec.py",
+    "specfile.py",
+    "_sys/enums.py",
+    "link/struct_ops.py",
+)
+
+
+@functools.cache
+def code_identity() -> str:
+    """bpforch's version, the cache format and the size and mtime of the source files
+    that decide what an entry holds (:data:`_SOURCES`): an entry written by other code is
+    never read."""
+    from orchestrator import __version__
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256(f"{__version__}\0{FORMAT}".encode())
+    for rel in _SOURCES:
+        p = os.path.join(root, rel)
+        try:
+            if rel.endswith(".py"):
+                files = [p]
+            else:
+                files = sorted(e.path for e in os.scandir(p) if e.name.endswith(".py"))
+            for f in files:
+                st = os.stat(f)
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        except OSError:
+            h.update(f"{rel}\0missing\0".encode())
+    return h.hexdigest()
+
+
+class DiskCache:
+    """Entries by (kind, key) in one directory (see the module). Thread-safe."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> None:
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.max_bytes = max_bytes
+        self._warned: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._off = False
+
+    def __repr__(self) -> str:
+        return f"DiskCache({str(self.path)!r}, max_bytes={self.max_bytes})"
+
+    # ------------------------------------------------------------------ public
+
+    def get(self, kind: str, key: str) -> bytes | None:
+        """The payload stored for ``(kind, key)``, or None (missing, or untrusted: then
+        with one warning)."""
+        name = self._name(kind, key)
+        dfd = self._open_dir(create=False)
+        if dfd is None:
+            return None
+        try:
+            return self._read(dfd, name, key)
+        finally:
+            os.close(dfd)
+
+    def put(self, kind: str, key: str, payload: bytes) -> bool:
+        """Store ``payload`` for ``(kind, key)``; then keep the total within
+        :attr:`max_bytes`. False (with one warning) if it could not be written."""
+        name = self._name(kind, key)
+        body = _KEY_LEN.pack(len(key.encode())) + key.encode() + payload
+        header = _HEADER.pack(MAGIC, FORMAT, 0, len(body), hashlib.sha256(body).digest())
+        if len(header) + len(body) > min(ENTRY_MAX, self.max_bytes):
+            return False  # larger than the cache may hold: not kept, as the LRUs do
+        dfd = self._open_dir(create=True)
+        if dfd is None:
+            return False
+        try:
+            tmp = f".tmp-{name}-{os.getpid()}-{os.urandom(4).hex()}"
+            try:
+                fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
+            except OSError as err:
+                self._warn("", f"cannot write an entry: {_reason(err)}")
+                return False
+            try:
+                try:
+                    view = memoryview(header + body)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError as err:
+                _unlink(dfd, tmp)
+                self._warn("", f"cannot write an entry: {_reason(err)}")
+                return False
+            self._evict(dfd, keep=name)
+            return True
+        finally:
+            os.close(dfd)
+
+    def reject(self, kind: str, key: str, why: str) -> None:
+        """Report an entry whose payload its reader refused (it is replaced on the next
+        :meth:`put`): one warning."""
+        self._warn(self._name(kind, key), f"{why}, ignored")
+
+    def usage(self) -> tuple[int, int]:
+        """(entries, bytes) this cache holds now."""
+        dfd = self._open_dir(create=False)
+        if dfd is None:
+            return 0, 0
+        try:
+            entries, _ = self._entries(dfd)
+            return len(entries), sum(size for _, size, _ in entries)
+        finally:
+            os.close(dfd)
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _name(kind: str, key: str) -> str:
+        digest = hashlib.sha256(f"{kind}\0{key}\0{code_identity()}".encode()).hexdigest()
+        return f"{kind}-{digest}"
+
+    def _warn(self, entry: str, why: str) -> None:
+        where = str(self.path / entry) if entry else str(self.path)
+        with self._lock:
+            if (where, why) in self._warned:
+                return
+            self._warned.add((where, why))
+        log.warning("cache %s: %s", where, why)
+
+    def _open_dir(self, *, create: bool) -> int | None:
+        if self._off:
+            return None
+        p = str(self.path)
+        try:
+            dfd = os.open(p, _DIR_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.mkdir(p, 0o700)
+                dfd = os.open(p, _DIR_FLAGS)
+            except OSError as err:
+                self._disable(f"cannot create it: {_reason(err)} (the cache is off)", err)
+                return None
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                try:
+                    link = stat.S_ISLNK(os.lstat(p).st_mode)
+                except OSError:
+                    link = False
+                why = "a symlink" if link or err.errno == errno.ELOOP else "not a directory"
+                self._disable(f"{why}, not used (the cache is off)", err)
+            else:
+                self._disable(f"{_reason(err)} (the cache is off)", err)
+            return None
+        st = os.fstat(dfd)
+        problem = ""
+        if st.st_uid != os.geteuid():
+            problem = f"owned by uid {st.st_uid}, not {os.geteuid()}"
+        elif st.st_mode & 0o077:
+            problem = f"mode {stat.S_IMODE(st.st_mode):04o}"
+        if problem:
+            os.close(dfd)
+            self._disable(f"{problem}, not trusted (the cache is off; chmod 700 and chown it)")
+            return None
+        return dfd
+
+    def _disable(self, why: str, err: OSError | None = None) -> None:
+        self._off = True
+        if err is not None and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # the default directory of a command run by an unprivileged user: not a fault
+            log.debug("cache %s: %s", self.path, why)
+            return
+        self._warn("", why)
+
+    def _read(self, dfd: int, name: str, key: str) -> bytes | None:
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            why = "a symlink" if err.errno == errno.ELOOP else _reason(err)
+            self._warn(name, f"{why}, ignored")
+            return None
+        try:
+            st = os.fstat(fd)
+            problem = _untrusted(st)
+            if problem:
+                self._warn(name, f"{problem}, ignored")
+                return None
+            data = _read_all(fd, st.st_size)
+            if st.st_mtime_ns + TOUCH_NS < time.time_ns():
+                with contextlib.suppress(OSError):
+                    os.utime(fd)  # recently used: evicted last
+        except OSError as err:
+            self._warn(name, f"{_reason(err)}, ignored")
+            return None
+        finally:
+            os.close(fd)
+        payload, problem = _check(data, key)
+        if payload is None:
+            self._warn(name, f"{problem}, ignored")
+        return payload
+
+    @staticmethod
+    def _entries(dfd: int) -> tuple[list[tuple[str, int, int]], list[str]]:
+        """(name, size, mtime_ns) of every entry here, and the temporary files a crash
+        left (older than :data:`STALE_TMP_NS`)."""
+        out: list[tuple[str, int, int]] = []
+        stale: list[str] = []
+        now = time.time_ns()
+        with os.scandir(dfd) as it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if _NAME.match(e.name):
+                    out.append((e.name, st.st_size, st.st_mtime_ns))
+                elif _TMP.match(e.name) and st.st_mtime_ns + STALE_TMP_NS < now:
+                    stale.append(e.name)
+        return out, stale
+
+    def _evict(self, dfd: int, keep: str) -> None:
+        try:
+            entries, stale = self._entries(dfd)
+        except OSError:
+            return
+        for name in stale:
+            if _ours(dfd, name):
+                _unlink(dfd, name)
+        total = sum(size for _, size, _ in entries)
+        for name, size, _ in sorted(entries, key=lambda e: e[2]):
+            if total <= self.max_bytes:
+                break
+            if name != keep and _ours(dfd, name):
+                _unlink(dfd, name)
+                total -= size
+
+
+def _untrusted(st: os.stat_result) -> str:
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not {os.geteuid()}"
+    if st.st_mode & 0o077:
+        return f"mode {stat.S_IMODE(st.st_mode):04o}"
+    if st.st_size > ENTRY_MAX:
+        return f"{st.st_size} bytes, over the {ENTRY_MAX} byte limit"
+    return ""
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while total <= size:
+        chunk = os.read(fd, size + 1 - total)  # one byte more: a file that grew is refused
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _check(data: bytes, key: str) -> tuple[bytes | None, str]:
+    """The payload of an entry, or None and why not."""
+    if len(data) < _HEADER.size:
+        return None, "truncated"
+    magic, fmt, _, length, digest = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return None, "not a bpforch cache entry"
+    if fmt != FORMAT:
+        return None, f"format {fmt}, not {FORMAT}"
+    body = data[_HEADER.size :]
+    if len(body) != length:
+        return None, f"{len(body)} bytes of payload, the header says {length}"
+    if hashlib.sha256(body).digest() != digest:
+        return None, "its sha256 does not match"
+    want = key.encode()
+    (n,) = _KEY_LEN.unpack_from(body)
+    if body[_KEY_LEN.size : _KEY_LEN.size + n] != want:
+        return None, "stored under another key"
+    return body[_KEY_LEN.size + n :], ""
+
+
+def _ours(dfd: int, name: str) -> bool:
+    """Whether ``name`` is a regular file of ours (owner, mode, magic): only those go."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if _untrusted(st):
+            return False
+        head = os.read(fd, len(MAGIC))
+        return head == MAGIC or (head == b"" and name.startswith(".tmp-"))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _unlink(dfd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dfd)
+
+
+def _reason(err: OSError) -> str:
+    return (err.strerror or str(err)).lower()

@@ -1,0 +1,435 @@
+"""A parsed :class:`~orchestrator.ebpf.spec.CollectionSpec` as bytes and back, for the
+persisted spec cache (:mod:`orchestrator.ebpf.diskcache`, behind
+:mod:`orchestrator.ebpf.speccache`). No pickle: a format of our own that :func:`decode`
+validates field by field, so a damaged entry is refused (:class:`SpecFileError`), never
+half-built.
+
+Layout (version :data:`VERSION`): ``u32 version, u32 json length``, a UTF-8 JSON document,
+then the raw bytes that the document refers to as ``[offset, length]`` pairs (instruction
+streams, map contents, the BTF blob, struct_ops data). BTF types are stored as their ids in
+the collection's BTF, which is stored marshalled: :meth:`btf.Spec.marshal` keeps every id,
+and it is marshalled with the line-info strings a load needs, so the blob is also what the
+first load in the new process hands the kernel (it is not marshalled again).
+
+:func:`encode` returns None for a spec it cannot represent exactly (a BTF type that is not
+in the collection's BTF, a map sharing its BTF with nothing): such a spec is not persisted.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
+from orchestrator.ebpf.asm import Instructions, Reference, RefKind
+from orchestrator.ebpf.btf import decode as _btf_decode
+from orchestrator.ebpf.btf import ext as _btf_ext
+from orchestrator.ebpf.errors import BTFError
+from orchestrator.ebpf.spec import (
+    CollectionSpec,
+    MapEntry,
+    MapSpec,
+    PinType,
+    ProgramSpec,
+    Unresolved,
+    VariableSpec,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.externs import ExternSpec
+    from orchestrator.ebpf.link.struct_ops import StructOpsSpec
+
+__all__ = ["VERSION", "SpecFileError", "decode", "encode"]
+
+VERSION = 1
+_HEAD = struct.Struct("<II")
+
+E = TypeVar("E")
+
+
+class SpecFileError(ValueError):
+    """A persisted spec that does not decode: the entry is ignored."""
+
+
+class _Unrepresentable(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------- encode
+
+
+class _Writer:
+    def __init__(self, btf: _btf.Spec | None) -> None:
+        self.btf = btf
+        self.blobs: list[bytes] = []
+        self.size = 0
+
+    def raw(self, data: bytes | bytearray) -> list[int]:
+        ref = [self.size, len(data)]
+        self.blobs.append(bytes(data))
+        self.size += len(data)
+        return ref
+
+    def tid(self, t: _btf.Type | None) -> int | None:
+        if t is None:
+            return None
+        if self.btf is None:
+            raise _Unrepresentable
+        try:
+            return self.btf.type_id(t)
+        except BTFError as err:
+            raise _Unrepresentable from err
+
+    def same_btf(self, b: _btf.Spec | None) -> bool:
+        if b is None:
+            return False
+        if b is not self.btf:
+            raise _Unrepresentable
+        return True
+
+
+def encode(spec: CollectionSpec) -> bytes | None:
+    """``spec`` in the persisted format, or None if it cannot be represented exactly."""
+    w = _Writer(spec.btf)
+    try:
+        doc: dict[str, Any] = {"btf": None}
+        if spec.btf is not None:
+            blob, _ = spec.btf.marshal(_extra_strings(spec))
+            doc["btf"] = w.raw(blob)
+        doc["maps"] = [_map(w, m) for m in spec.maps.values()]
+        if list(spec.maps) != [m.name for m in spec.maps.values()]:
+            raise _Unrepresentable
+        doc["programs"] = [_program(w, name, p) for name, p in spec.programs.items()]
+        variables = []
+        for key, var in spec.variables.items():
+            if spec.maps.get(var.section) is not var._map:
+                raise _Unrepresentable
+            variables.append(
+                [key, var.name, var.section, var.offset, var.size, w.tid(var.type), var.linkage]
+            )
+        doc["variables"] = variables
+        doc["externs"] = [_extern(w, k, e) for k, e in spec.externs.items()]
+        if spec.map_replacements:
+            raise _Unrepresentable  # live maps: nothing a file can hold
+    except (_Unrepresentable, BTFError):
+        return None
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    return _HEAD.pack(VERSION, len(text)) + text + b"".join(w.blobs)
+
+
+def _extra_strings(spec: CollectionSpec) -> frozenset[str]:
+    # what Collection._btf marshals with
+    return frozenset().union(*(_btf_ext.line_strings(p.line_infos) for p in spec.programs.values()))
+
+
+def _value(w: _Writer, v: bytes | bytearray | str | int) -> list[Any]:
+    if isinstance(v, str):
+        return ["s", v]
+    if isinstance(v, int):
+        return ["i", v]
+    return ["a" if isinstance(v, bytearray) else "b", w.raw(v)]
+
+
+def _map(w: _Writer, m: MapSpec) -> dict[str, Any]:
+    if type(m) is not MapSpec:
+        raise _Unrepresentable
+    return {
+        "name": m.name,
+        "type": int(m.type),
+        "key_size": m.key_size,
+        "value_size": m.value_size,
+        "max_entries": m.max_entries,
+        "flags": m.flags,
+        "pinning": int(m.pinning),
+        "inner": None if m.inner_map is None else _map(w, m.inner_map),
+        "contents": [[_value(w, e.key), _value(w, e.value)] for e in m.contents],
+        "key": w.tid(m.key),
+        "value": w.tid(m.value),
+        "map_extra": m.map_extra,
+        "numa_node": m.numa_node,
+        "extra": w.raw(m.extra),
+        "freeze": m.freeze,
+        "section": m.section,
+        "btf": w.same_btf(m.btf),
+        "btf_value_type": w.tid(m.btf_value_type),
+        "struct_ops": None if m.struct_ops is None else _struct_ops(w, m.struct_ops),
+    }
+
+
+def _struct_ops(w: _Writer, ops: StructOpsSpec) -> list[Any]:
+    return [w.tid(ops.type), w.raw(ops.data), dict(ops.funcs), ops.link]
+
+
+def _program(w: _Writer, name: str, p: ProgramSpec) -> dict[str, Any]:
+    if type(p) is not ProgramSpec:
+        raise _Unrepresentable
+    refs = [[slot, r.kind.value, r.name, r.offset] for slot, r in p.instructions.references.items()]
+    return {
+        "key": name,
+        "name": p.name,
+        "type": int(p.type),
+        "attach_type": None if p.attach_type is None else int(p.attach_type),
+        "section": p.section,
+        "insns": w.raw(p.instructions.raw),
+        "refs": refs,
+        "license": p.license,
+        "kernel_version": p.kernel_version,
+        "flags": int(p.flags),
+        "attach_to": p.attach_to,
+        "autoload": p.autoload,
+        "known_section": p.known_section,
+        "func_infos": [[fi.insn, w.tid(fi.func)] for fi in p.func_infos],
+        "line_infos": [
+            [li.insn, li.file_name, li.line, li.line_number, li.column] for li in p.line_infos
+        ],
+        "core_relos": [[r.insn, w.tid(r.type), r.access, int(r.kind)] for r in p.core_relos],
+        "btf": w.same_btf(p.btf),
+        "unresolved": [[u.insn, u.reason, u.symbol, u.function] for u in p.unresolved],
+    }
+
+
+def _extern(w: _Writer, key: str, e: ExternSpec) -> list[Any]:
+    return [key, e.name, e.kind.value, w.tid(e.type), e.weak, e.offset, e.size]
+
+
+# ---------------------------------------------------------------------------- decode
+
+
+class _Reader:
+    def __init__(self, raw: memoryview, btf: _btf.Spec | None) -> None:
+        self.rawview = raw
+        self.btf = btf
+
+    def raw(self, ref: object) -> bytes:
+        if not (isinstance(ref, list) and len(ref) == 2):
+            raise SpecFileError("bad byte reference")
+        off, n = _int(ref[0]), _int(ref[1])
+        if off < 0 or n < 0 or off + n > len(self.rawview):
+            raise SpecFileError("byte reference out of range")
+        return bytes(self.rawview[off : off + n])
+
+    def type_of(self, tid: object) -> _btf.Type | None:
+        if tid is None:
+            return None
+        if self.btf is None:
+            raise SpecFileError("a type id without btf")
+        return self.btf.type_by_id(_int(tid))
+
+    def typed(self, tid: object, cls: type[E]) -> E:
+        t = self.type_of(tid)
+        if not isinstance(t, cls):
+            raise SpecFileError(f"type {tid} is not a {cls.__name__}")
+        return t
+
+    def btf_of(self, flag: object) -> _btf.Spec | None:
+        if _bool(flag):
+            if self.btf is None:
+                raise SpecFileError("btf flag without btf")
+            return self.btf
+        return None
+
+
+def _int(v: object) -> int:
+    if type(v) is not int:
+        raise SpecFileError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _str(v: object) -> str:
+    if type(v) is not str:
+        raise SpecFileError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: object) -> bool:
+    if type(v) is not bool:
+        raise SpecFileError(f"expected a boolean, got {type(v).__name__}")
+    return v
+
+
+def _list(v: object, n: int | None = None) -> list[Any]:
+    if not isinstance(v, list) or (n is not None and len(v) != n):
+        raise SpecFileError("expected a list" + (f" of {n}" if n is not None else ""))
+    return v
+
+
+def _dict(v: object) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise SpecFileError("expected an object")
+    return v
+
+
+def decode(data: bytes, *, name: str = "", path: str = "") -> CollectionSpec:
+    """The spec ``data`` holds (see the module); :class:`SpecFileError` if it is damaged
+    or of another version."""
+    try:
+        return _decode(data, name, path)
+    except SpecFileError:
+        raise
+    except (BTFError, ValueError, KeyError, TypeError, IndexError, RecursionError) as err:
+        raise SpecFileError(f"{type(err).__name__}: {err}") from err
+
+
+def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
+    if len(data) < _HEAD.size:
+        raise SpecFileError("truncated")
+    version, n = _HEAD.unpack_from(data)
+    if version != VERSION:
+        raise SpecFileError(f"version {version}, not {VERSION}")
+    if _HEAD.size + n > len(data):
+        raise SpecFileError("truncated")
+    doc = _dict(json.loads(data[_HEAD.size : _HEAD.size + n]))
+    r = _Reader(memoryview(data)[_HEAD.size + n :], None)
+    btf: _btf.Spec | None = None
+    if doc["btf"] is not None:
+        blob = r.raw(doc["btf"])
+        btf = _btf.Spec.parse(blob)
+        r.btf = btf
+    maps: dict[str, MapSpec] = {}
+    for m in _list(doc["maps"]):
+        spec = _read_map(r, _dict(m))
+        if spec.name in maps:
+            raise SpecFileError(f"map {spec.name} twice")
+        maps[spec.name] = spec
+    programs: dict[str, ProgramSpec] = {}
+    for p in _list(doc["programs"]):
+        key, prog = _read_program(r, _dict(p))
+        programs[key] = prog
+    variables: dict[str, VariableSpec] = {}
+    for v in _list(doc["variables"]):
+        key, vname, section, offset, size, tid, linkage = _list(v, 7)
+        owner = maps.get(_str(section))
+        if owner is None:
+            raise SpecFileError(f"variable {key}: no map {section}")
+        variables[_str(key)] = VariableSpec(
+            _str(vname), owner, _int(offset), _int(size), r.type_of(tid), _str(linkage)
+        )
+    externs: dict[str, ExternSpec] = {}
+    if doc["externs"]:
+        from orchestrator.ebpf.externs import ExternKind, ExternSpec
+
+        for e in _list(doc["externs"]):
+            key, ename, kind, tid, weak, offset, size = _list(e, 7)
+            t = r.type_of(tid)
+            if t is None:
+                raise SpecFileError(f"extern {key}: no type")
+            externs[_str(key)] = ExternSpec(
+                _str(ename), ExternKind(kind), t, _bool(weak), _int(offset), _int(size)
+            )
+    out = CollectionSpec(maps, programs, variables, btf, name=name, path=path, externs=externs)
+    if btf is not None:
+        # the blob is what marshal gave for the strings a load needs: reuse it as such
+        extra = _extra_strings(out)
+        by_off = btf._str_cache  # filled by parse for an object's (small) string table
+        if len(by_off) == 0:
+            by_off = _btf_decode.split_strings(btf._strtab, 0)
+        strings = {s: off for off, s in by_off.items()}
+        if not all(s in strings for s in extra):
+            raise SpecFileError("btf: line info strings are missing")
+        btf._marshalled[extra] = (blob, strings)
+    return out
+
+
+def _read_value(r: _Reader, v: object) -> bytes | bytearray | str | int:
+    tag, body = _list(v, 2)
+    if tag == "s":
+        return _str(body)
+    if tag == "i":
+        return _int(body)
+    if tag == "b":
+        return r.raw(body)
+    if tag == "a":
+        return bytearray(r.raw(body))
+    raise SpecFileError(f"bad value tag {tag!r}")
+
+
+def _read_map(r: _Reader, d: dict[str, Any]) -> MapSpec:
+    contents = []
+    for kv in _list(d["contents"]):
+        k, v = _list(kv, 2)
+        key = _read_value(r, k)
+        value = _read_value(r, v)
+        if isinstance(key, str | bytearray) or isinstance(value, int):
+            raise SpecFileError("bad map entry")
+        contents.append(MapEntry(key, value))
+    ops = None
+    if d["struct_ops"] is not None:
+        from orchestrator.ebpf.link.struct_ops import StructOpsSpec
+
+        tid, data, funcs, link = _list(d["struct_ops"], 4)
+        funcs = {_str(k): _str(v) for k, v in _dict(funcs).items()}
+        ops = StructOpsSpec(r.typed(tid, _btf.Struct), r.raw(data), funcs, _bool(link))
+    inner = None if d["inner"] is None else _read_map(r, _dict(d["inner"]))
+    return MapSpec(
+        _str(d["name"]),
+        MapType(_int(d["type"])),
+        _int(d["key_size"]),
+        _int(d["value_size"]),
+        _int(d["max_entries"]),
+        _int(d["flags"]),
+        PinType(_int(d["pinning"])),
+        inner,
+        contents,
+        r.type_of(d["key"]),
+        r.type_of(d["value"]),
+        _int(d["map_extra"]),
+        _int(d["numa_node"]),
+        r.raw(d["extra"]),
+        _bool(d["freeze"]),
+        _str(d["section"]),
+        r.btf_of(d["btf"]),
+        r.type_of(d["btf_value_type"]),
+        ops,
+    )
+
+
+def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
+    refs: dict[int, Reference] = {}
+    for ref in _list(d["refs"]):
+        slot, kind, rname, offset = _list(ref, 4)
+        refs[_int(slot)] = Reference(RefKind(kind), _str(rname), _int(offset))
+    attach = d["attach_type"]
+    func_infos = []
+    for fi in _list(d["func_infos"]):
+        insn, tid = _list(fi, 2)
+        func_infos.append(_btf_ext.FuncInfo(_int(insn), r.typed(tid, _btf.Func)))
+    line_infos = []
+    for li in _list(d["line_infos"]):
+        insn, file_name, line, number, column = _list(li, 5)
+        line_infos.append(
+            _btf_ext.LineInfo(_int(insn), _str(file_name), _str(line), _int(number), _int(column))
+        )
+    relos = []
+    for cr in _list(d["core_relos"]):
+        insn, tid, access, kind = _list(cr, 4)
+        t = r.type_of(tid)
+        if t is None:
+            raise SpecFileError("core relocation without a type")
+        relos.append(
+            _btf_ext.CORERelo(_int(insn), t, _str(access), _btf_ext.COREReloKind(_int(kind)))
+        )
+    unresolved = []
+    for u in _list(d["unresolved"]):
+        insn, reason, symbol, function = _list(u, 4)
+        unresolved.append(Unresolved(_int(insn), _str(reason), _str(symbol), _str(function)))
+    prog = ProgramSpec(
+        _str(d["name"]),
+        ProgType(_int(d["type"])),
+        None if attach is None else AttachType(_int(attach)),
+        _str(d["section"]),
+        Instructions(r.raw(d["insns"]), refs),
+        _str(d["license"]),
+        _int(d["kernel_version"]),
+        ProgFlags(_int(d["flags"])),
+        _str(d["attach_to"]),
+        _bool(d["autoload"]),
+        _bool(d["known_section"]),
+        tuple(func_infos),
+        tuple(line_infos),
+        tuple(relos),
+        r.btf_of(d["btf"]),
+        tuple(unresolved),
+    )
+    return _str(d["key"]), prog
