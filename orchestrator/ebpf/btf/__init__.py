@@ -21,7 +21,7 @@ relocation records), :mod:`.core` (CO-RE relocation against a target spec), :mod
 
 from __future__ import annotations
 
-from orchestrator.ebpf.btf.spec import Spec
+from orchestrator.ebpf.btf.spec import RecordIndex, Spec
 from orchestrator.ebpf.btf.types import (
     BTF_MAGIC,
     BTF_MAX_TYPE,
@@ -84,6 +84,7 @@ __all__ = [
     "Kind",
     "Member",
     "Pointer",
+    "RecordIndex",
     "Restrict",
     "Spec",
     "Struct",

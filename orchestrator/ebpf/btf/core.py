@@ -44,9 +44,11 @@ __all__ = [
     "Target",
     "apply_relocations",
     "describe_relo",
+    "flavored_index",
     "poisoned_in_log",
     "poisoned_instruction",
     "resolve",
+    "seed_flavored_index",
     "types_compat",
 ]
 
@@ -126,6 +128,19 @@ def _flavored_index(spec: _btf.Spec) -> dict[str, list[int]]:
         _FLAVORED.pop(next(iter(_FLAVORED)))
     _FLAVORED[id(spec)] = (spec, flavored)
     return flavored
+
+
+def flavored_index(spec: _btf.Spec) -> dict[str, list[int]]:
+    """The ids of ``spec``'s flavored types (``foo___bar``) by essential name, as CO-RE
+    candidate searches use it (the persisted kernel BTF index keeps it)."""
+    return _flavored_index(spec)
+
+
+def seed_flavored_index(spec: _btf.Spec, index: dict[str, list[int]]) -> None:
+    """Use ``index`` (from :func:`flavored_index` of the same blob) for ``spec``."""
+    if len(_FLAVORED) >= _FLAVORED_MAX:
+        _FLAVORED.pop(next(iter(_FLAVORED)))
+    _FLAVORED[id(spec)] = (spec, index)
 
 
 def _compat_kind(k: _btf.Kind) -> int:

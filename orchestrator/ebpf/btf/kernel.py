@@ -6,6 +6,13 @@ it here only indexes where each record starts (:meth:`btf.Spec.parse`), and the 
 decodes names, never whole types. The result is cached per process, keyed by the file's
 path, size and mtime, so a second load in the same process costs nothing.
 
+Behind that, optionally (:func:`use_disk`; the command line and the daemon turn it on), a
+persisted index shared by processes (:mod:`orchestrator.ebpf.diskcache`): the record
+index, the name positions and the CO-RE flavor index of the blob, keyed cheaply by the
+blob's identity (kernel release, boot id, and the file's device, inode, size and times),
+never by hashing its megabytes. The first CO-RE load of a new process then costs reading
+the blob, not indexing it.
+
 A different file (another kernel's BTF, or a hand-made blob in tests) can stand in for the
 running kernel: :func:`load` takes a path, and ``CollectionOptions.kernel_btf`` passes one
 through.
@@ -17,17 +24,25 @@ Needs ``CONFIG_DEBUG_INFO_BTF`` (Linux 5.4+) for ``/sys/kernel/btf/vmlinux``; mo
 from __future__ import annotations
 
 import errno
+import json
 import os
+import struct
+import sys
 import threading
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.errors import BTFError, FileError, NotSupportedError, quote
 from orchestrator.ebpf.files import BTF_MAX, read_file, reason
 from orchestrator.ebpf.lru import LRU
 
-__all__ = ["VMLINUX", "KernelBTF", "essential_name", "load"]
+if TYPE_CHECKING:
+    from orchestrator.ebpf.diskcache import DiskCache
+
+__all__ = ["INDEX_KIND", "VMLINUX", "KernelBTF", "essential_name", "load", "use_disk"]
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -105,6 +120,87 @@ class KernelBTF:
 MAX_BYTES = 512 << 20
 _CACHE: LRU[tuple[str, int, int], KernelBTF] = LRU(MAX_BYTES)
 _LOCK = threading.Lock()
+_DISK: DiskCache | None = None
+
+INDEX_KIND = "kbtf"  # entries of the persisted cache
+_INDEX_VERSION = 1
+_INDEX_HEAD = struct.Struct("<IIII")  # version, records, distinct names, json length
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def use_disk(disk: DiskCache | None) -> DiskCache | None:
+    """Persist the index of kernel BTF in ``disk`` from now on (None: not at all); gives
+    the previous setting back."""
+    global _DISK
+    with _LOCK:
+        old, _DISK = _DISK, disk
+    return old
+
+
+def _identity(p: str, st: os.stat_result) -> str:
+    """What names a BTF blob without reading it: the kernel and boot (sysfs files keep
+    their times across boots) and the file's identity."""
+    try:
+        boot = read_file(BOOT_ID, limit=64, what="a boot id").decode().strip()
+    except (OSError, UnicodeDecodeError):
+        boot = ""
+    fields = (p, os.uname().release, boot, st.st_dev, st.st_ino, st.st_size)
+    times = (st.st_mtime_ns, st.st_ctime_ns, sys.byteorder)
+    return "\0".join(str(f) for f in (*fields, *times))
+
+
+def _encode_index(spec: _btf.Spec) -> bytes:
+    from orchestrator.ebpf.btf import core
+
+    idx = spec.record_index()
+    flavored = json.dumps(core.flavored_index(spec), separators=(",", ":")).encode()
+    arrays = (idx.offsets, idx.name_offsets, idx.names, idx.first, idx.last)
+    head = _INDEX_HEAD.pack(_INDEX_VERSION, len(idx.offsets), len(idx.names), len(flavored))
+    return head + b"".join(a.tobytes() for a in arrays) + flavored
+
+
+def _decode_index(data: bytes, payload: bytes) -> _btf.Spec:
+    """The spec of ``data`` with the index in ``payload``; ValueError or BTFError if the
+    payload is damaged or does not fit."""
+    from orchestrator.ebpf.btf import core
+
+    version, n, m, jlen = _INDEX_HEAD.unpack_from(payload)
+    if version != _INDEX_VERSION:
+        raise ValueError(f"version {version}, not {_INDEX_VERSION}")
+    if len(payload) != _INDEX_HEAD.size + 4 * (2 * n + 3 * m) + jlen:
+        raise ValueError("truncated")
+    parts: list[array[int]] = []
+    pos = _INDEX_HEAD.size
+    for count in (n, n, m, m, m):
+        a: array[int] = array("I")
+        a.frombytes(payload[pos : pos + 4 * count])
+        parts.append(a)
+        pos += 4 * count
+    flavored = json.loads(payload[pos:])
+    if not isinstance(flavored, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(type(i) is int for i in v)
+        for k, v in flavored.items()
+    ):
+        raise ValueError("bad flavor index")
+    spec = _btf.Spec.parse_indexed(data, _btf.RecordIndex(*parts))
+    core.seed_flavored_index(spec, flavored)
+    return spec
+
+
+def _parse(p: str, st: os.stat_result, data: bytes) -> _btf.Spec:
+    disk = _DISK
+    if disk is None:
+        return _btf.Spec.parse(data)
+    key = _identity(p, st)
+    payload = disk.get(INDEX_KIND, key)
+    if payload is not None:
+        try:
+            return _decode_index(data, payload)
+        except (ValueError, struct.error, BTFError) as err:
+            disk.reject(INDEX_KIND, key, f"does not decode ({err})")
+    spec = _btf.Spec.parse(data)
+    disk.put(INDEX_KIND, key, _encode_index(spec))
+    return spec
 
 
 def load(path: str | os.PathLike[str] | None = None) -> KernelBTF:
@@ -135,7 +231,7 @@ def load(path: str | os.PathLike[str] | None = None) -> KernelBTF:
         except OSError as err:
             raise BTFError(f"kernel btf: {p}: {reason(err)}") from err
         try:
-            spec = _btf.Spec.parse(data)
+            spec = _parse(p, st, data)
         except BTFError as err:
             raise BTFError(f"kernel btf: {p}: {err}") from err
         kb = KernelBTF(spec, p, os.path.dirname(p) if path is None else None)

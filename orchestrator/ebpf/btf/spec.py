@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import operator
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar, overload
 
 from orchestrator.ebpf.btf import decode as _decode
@@ -74,9 +75,9 @@ class Spec:
         self._cache: list[Type | None] = []
         self._ids: dict[Type, int] = {}
         self._names: dict[str, list[int]] | None = None
-        self._noffs: tuple[int, ...] | None = None  # name offset of every own record
+        self._noffs: Sequence[int] | None = None  # name offset of every own record
         # name offset -> (first, last) record index with it
-        self._noffs_pos: tuple[dict[int, int], dict[int, int]] | None = None
+        self._noffs_pos: tuple[Mapping[int, int], Mapping[int, int]] | None = None
         self._scan: dict[str, list[int]] = {}  # name lookups answered without the index
         self._str_cache: dict[int, str] = {}
         self._void = Void()
@@ -100,6 +101,44 @@ class Spec:
             spec._str_cache = _decode.split_strings(strtab, spec._str_start)
         spec._as_parsed = True
         return spec
+
+    @classmethod
+    def parse_indexed(cls, data: bytes, index: RecordIndex) -> Spec:
+        """:meth:`parse` with the record index a previous :meth:`record_index` of the same
+        blob gave (the persisted kernel BTF index): no indexing pass. BTFError if the index
+        does not fit the blob."""
+        spec = cls()
+        strtab, spec._words = _decode.read(data, split=False)
+        spec._strtab = strtab
+        offs, noffs = index.offsets, index.name_offsets
+        n = len(offs)
+        if len(noffs) != n or not len(index.names) == len(index.first) == len(index.last):
+            raise BTFError("btf: the record index is inconsistent")
+        if not _index_fits(spec._words, offs, noffs):
+            raise BTFError("btf: the record index does not fit the blob")
+        spec._offs = offs
+        spec._cache = [None] * n
+        spec._noffs = noffs
+        spec._noffs_pos = (
+            _Positions(index.names, index.first),
+            _Positions(index.names, index.last),
+        )
+        if len(strtab) <= _decode.PREFILL_STRINGS:
+            spec._str_cache = _decode.split_strings(strtab, spec._str_start)
+        return spec
+
+    def record_index(self) -> RecordIndex:
+        """Where each own record starts and what names it, by name offset (what
+        :meth:`parse_indexed` takes back)."""
+        noffs, first, last = self._name_offsets()
+        names = array("I", sorted(first))
+        return RecordIndex(
+            self._offs,
+            array("I", noffs),
+            names,
+            array("I", (first[k] for k in names)),
+            array("I", (last[k] for k in names)),
+        )
 
     def copy(self) -> Spec:
         """A deep copy: mutating its types never affects this spec. The base is shared."""
@@ -480,7 +519,7 @@ class Spec:
             self._scan[name] = hit
         return hit
 
-    def _name_offsets(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
+    def _name_offsets(self) -> tuple[Sequence[int], Mapping[int, int], Mapping[int, int]]:
         """The name offset of every own record (in id order), and for each offset the first
         and the last record index that has it (built with C-speed bulk operations)."""
         noffs, pos = self._noffs, self._noffs_pos
@@ -625,3 +664,69 @@ class Spec:
         t = self._cache[tid - self._first]
         assert t is not None
         return t
+
+
+class RecordIndex:
+    """A spec's record index (see :meth:`Spec.record_index`): the word offset and name
+    offset of every record, and for each distinct name offset (``names``, ascending) the
+    first and last record index with it."""
+
+    __slots__ = ("first", "last", "name_offsets", "names", "offsets")
+
+    def __init__(
+        self,
+        offsets: array[int],
+        name_offsets: array[int],
+        names: array[int],
+        first: array[int],
+        last: array[int],
+    ) -> None:
+        self.offsets = offsets
+        self.name_offsets = name_offsets
+        self.names = names
+        self.first = first
+        self.last = last
+
+
+class _Positions(Mapping[int, int]):
+    """``names[i] -> values[i]`` over two arrays (``names`` ascending), looked up by
+    bisection: what a persisted index gives without building a dict of 100k entries."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: array[int], values: array[int]) -> None:
+        self._names = names
+        self._values = values
+
+    def __getitem__(self, key: int) -> int:
+        i = bisect.bisect_left(self._names, key)
+        if i < len(self._names) and self._names[i] == key:
+            return int(self._values[i])
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _index_fits(words: array[int], offs: Sequence[int], noffs: Sequence[int]) -> bool:
+    """Whether a record index (from :meth:`Spec.record_index` of the same blob) plausibly
+    fits ``words``: it starts at 0, its last record ends where the type section does, and
+    sampled records carry the name offsets it says. Cheap: no pass over the records."""
+    n = len(offs)
+    if n == 0:
+        return len(words) == 0
+    if len(noffs) != n or offs[0] != 0 or offs[-1] + 3 > len(words):
+        return False
+    last = offs[-1]
+    info = words[last + 1]
+    kind = (info >> 24) & 0x1F
+    if kind == 0 or kind >= len(_decode._FIXED_WORDS):
+        return False
+    size = 3 + _decode._FIXED_WORDS[kind] + _decode._VLEN_WORDS[kind] * (info & 0xFFFF)
+    if last + size != len(words):
+        return False
+    step = max(1, n // 64)
+    return all(words[offs[i]] == noffs[i] for i in range(0, n, step))
