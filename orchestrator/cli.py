@@ -92,6 +92,7 @@ def build_parser(extra_commands: Sequence[Commands] = ()) -> argparse.ArgumentPa
         "collections to the running kernel.",
     )
     parser.add_argument("-V", "--version", action="version", version=f"bpforch {__version__}")
+    service_cli.add_cache_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("validate", help="check manifests (schema, objects, cross-references)")
@@ -862,9 +863,17 @@ def main(
         from orchestrator.manifest import ObjectStore
 
         args.failpoints = failpoints
-        args.store = ObjectStore()
-        func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
-        code = func(args, out, err)
+        from orchestrator.ebpf.btf import kernel as kernel_btf
+        from orchestrator.ebpf.speccache import SpecCache
+
+        disk = service_cli.disk_cache(not args.no_cache, args.cache_dir)
+        args.store = ObjectStore(SpecCache(disk=disk))
+        previous = kernel_btf.use_disk(disk)
+        try:
+            func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
+            code = func(args, out, err)
+        finally:
+            kernel_btf.use_disk(previous)
         out.flush()  # a reader that went away shows here, not at interpreter exit
         return code
     except KeyboardInterrupt:

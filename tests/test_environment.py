@@ -14,8 +14,13 @@ from tests.conftest import ROOT
 # module -> the variables it reads, each a user-facing setting
 ALLOWED = {
     "orchestrator/cli.py": {"NO_COLOR"},  # no-color.org
-    # defaults of --bpffs-root, --state-dir and --config (shown in --help)
-    "orchestrator/service/cli.py": {"BPFORCH_BPFFS_ROOT", "BPFORCH_STATE_DIR", "BPFORCH_CONFIG"},
+    # defaults of --bpffs-root, --state-dir, --config and --cache-dir (shown in --help)
+    "orchestrator/service/cli.py": {
+        "BPFORCH_BPFFS_ROOT",
+        "BPFORCH_STATE_DIR",
+        "BPFORCH_CONFIG",
+        "BPFORCH_CACHE_DIR",
+    },
     # the service manager's protocol: sd_notify(3), sd_watchdog_enabled(3)
     "orchestrator/service/notify.py": {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"},
 }

@@ -22,6 +22,7 @@ from orchestrator.service.config import (
 from orchestrator.service.errors import ServiceError
 
 if TYPE_CHECKING:
+    from orchestrator.ebpf.diskcache import DiskCache
     from orchestrator.service.daemon_status import DaemonStatus
 
 EXIT_OK = 0
@@ -85,6 +86,41 @@ def add_root_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_CACHE_DIR = Path("/var/cache/bpforch")
+
+
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir`` and ``--no-cache``: the persisted cache of parsed objects and of the
+    kernel BTF index, shared by every bpforch process (global options)."""
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where parsed objects and the kernel BTF index are cached across runs, in a "
+        f"0700 directory of the user's own (default: {DEFAULT_CACHE_DIR}, or "
+        "$BPFORCH_CACHE_DIR)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write that cache",
+    )
+
+
+def disk_cache(enabled: bool, cache_dir: Path | None) -> DiskCache | None:
+    """The persisted cache for these settings (None: off). ``cache_dir`` None: the
+    default, ``$BPFORCH_CACHE_DIR`` or :data:`DEFAULT_CACHE_DIR`."""
+    if not enabled:
+        return None
+    from orchestrator.ebpf.diskcache import DiskCache
+
+    if cache_dir is None:
+        env = os.environ.get("BPFORCH_CACHE_DIR")
+        cache_dir = Path(env) if env else DEFAULT_CACHE_DIR
+    return DiskCache(cache_dir)
+
+
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``watch`` and ``serve`` to the ``bpforch`` command line. Each sets
     ``func(args, out, err) -> int``."""
@@ -143,6 +179,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "detach_on_exit": args.detach_on_exit,
         "metrics_address": args.metrics_address,
         "program_stats": args.program_stats,
+        "cache": False if getattr(args, "no_cache", False) else None,
+        "cache_dir": getattr(args, "cache_dir", None),
     }
 
 
@@ -232,9 +270,14 @@ def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err:
     use(config)
     # the parsed manifests and objects, for the daemon's lifetime (a reload that changes
     # the bpffs root or the state dir makes a new backend, with the same store)
+    # (the cache settings of a reload apply from the next start)
+    from orchestrator.ebpf.btf import kernel as kernel_btf
+    from orchestrator.ebpf.speccache import SpecCache
     from orchestrator.manifest import ObjectStore
 
-    store = ObjectStore()
+    disk = disk_cache(config.cache, config.cache_dir)
+    kernel_btf.use_disk(disk)
+    store = ObjectStore(SpecCache(disk=disk))
     try:
         runtime.configure(config.metrics_address, config.program_stats)
     except ServiceError as exc:

@@ -49,6 +49,8 @@ class ServiceConfig:
     log_level: str = "info"
     metrics_address: str | None = None  # HOST:PORT of the Prometheus endpoint (None: none)
     program_stats: bool = False  # hold BPF_ENABLE_STATS while running
+    cache: bool = True  # the persisted cache of parsed objects and kernel BTF index
+    cache_dir: Path | None = None  # its directory (None: $BPFORCH_CACHE_DIR or the default)
     source: Path | None = None  # the file it was read from (None: built from arguments)
 
     def with_overrides(self, **changes: object) -> ServiceConfig:
@@ -140,6 +142,20 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "bpforch_program_run_time_ns; a few ns per program run).",
             "type": "boolean",
             "default": False,
+        },
+        "cache": {
+            "description": "Keep parsed object files and the index of the kernel's BTF in "
+            "cache_dir, shared across restarts and command-line runs (false: neither read "
+            "nor write it; the command line's --no-cache). Read at start.",
+            "type": "boolean",
+            "default": True,
+        },
+        "cache_dir": {
+            "description": "Directory of that cache: created mode 0700, used only while it "
+            "is owned by the daemon's user with no group or other access. Default: "
+            "$BPFORCH_CACHE_DIR, else /var/cache/bpforch.",
+            "type": "string",
+            "minLength": 1,
         },
         "log_format": {
             "description": "auto: human-readable on a terminal, key=value (logfmt) otherwise.",
@@ -320,6 +336,8 @@ def parse_config(text: str, file: Path) -> ServiceConfig:
         log_level=str(data.get("log_level", "info")),
         metrics_address=str(data["metrics_address"]) if "metrics_address" in data else None,
         program_stats=bool(data.get("program_stats", False)),
+        cache=bool(data.get("cache", True)),
+        cache_dir=path_of(data["cache_dir"]) if "cache_dir" in data else None,
         source=file,
     )
 
