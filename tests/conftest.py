@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "bpf"
 BPFFS = Path("/sys/fs/bpf")
 PIN_PREFIX = "bpforch-test-"  # pin_dir names: bpforch-test-<pid of the test run>-<hex>
+
+# The command line and the daemon persist parsed objects in /var/cache/bpforch unless told
+# otherwise: tests, and the bpforch processes they start, use a directory of this run.
+_CACHE_ROOT = tempfile.mkdtemp(prefix="bpforch-test-cache-")
+os.environ["BPFORCH_CACHE_DIR"] = os.path.join(_CACHE_ROOT, "cache")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
+
 
 # namespaces, veth pairs, cgroups and UDP traffic for kernel tests (fixtures: netns, veth,
 # netns_factory, cgroup)

@@ -1,0 +1,601 @@
+"""The persisted cache (``diskcache``) behind the spec cache and the kernel BTF index: what
+a process reads back equals what it would have parsed, and nothing in the directory that
+this code did not write is ever trusted (each refusal is one warning, never a crash)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from array import array
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf import btf, diskcache, speccache, specfile
+from orchestrator.ebpf.btf import core
+from orchestrator.ebpf.btf import kernel as kernel_btf
+from orchestrator.ebpf.btf.spec import _Positions
+from tests.conftest import BPF_DIR, obj, require_kernel
+
+CORE_SRC = Path(__file__).parent / "core"
+LOGGER = "orchestrator.ebpf.diskcache"
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"  # made (0700) by the cache
+
+
+def _objects() -> list[Path]:
+    return sorted(BPF_DIR.glob("*.o"))
+
+
+def _fresh(
+    path: Path, disk: diskcache.DiskCache
+) -> tuple[ebpf.CollectionSpec, speccache.CacheStats]:
+    """What a new process gets: a spec cache of its own over the same directory."""
+    cache = speccache.SpecCache(disk=disk)
+    spec = cache.get(path)
+    return spec, cache.stats()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _entries(d: Path, kind: str = "spec") -> list[Path]:
+    if not d.exists():
+        return []
+    return sorted(p for p in d.iterdir() if p.name.startswith(f"{kind}-"))
+
+
+# ---------------------------------------------------------------------------- equality
+
+
+def _tid(spec: btf.Spec | None, t: btf.Type | None) -> int | None:
+    if t is None:
+        return None
+    assert spec is not None
+    return spec.type_id(t)
+
+
+def _map_view(m: ebpf.MapSpec, b: btf.Spec | None) -> tuple[object, ...]:
+    return (
+        m.name,
+        m.type,
+        m.key_size,
+        m.value_size,
+        m.max_entries,
+        m.flags,
+        m.pinning,
+        None if m.inner_map is None else _map_view(m.inner_map, b),
+        [(e.key, bytes(e.value) if not isinstance(e.value, str) else e.value) for e in m.contents],
+        [type(e.value) for e in m.contents],
+        _tid(b, m.key),
+        _tid(b, m.value),
+        m.map_extra,
+        m.numa_node,
+        m.extra,
+        m.freeze,
+        m.section,
+        m.btf is not None,
+        _tid(b, m.btf_value_type),
+        None
+        if m.struct_ops is None
+        else (
+            _tid(b, m.struct_ops.type),
+            m.struct_ops.data,
+            dict(m.struct_ops.funcs),
+            m.struct_ops.link,
+        ),
+    )
+
+
+def _view(s: ebpf.CollectionSpec) -> tuple[object, ...]:
+    """Everything a spec holds, with BTF types as ids in its own BTF."""
+    b = s.btf
+    progs = {
+        k: (
+            p.name,
+            p.type,
+            p.attach_type,
+            p.section,
+            p.instructions.raw,
+            dict(p.instructions.references),
+            p.license,
+            p.kernel_version,
+            p.flags,
+            p.attach_to,
+            p.autoload,
+            p.known_section,
+            [(f.insn, _tid(b, f.func)) for f in p.func_infos],
+            [(li.insn, li.file_name, li.line, li.line_number, li.column) for li in p.line_infos],
+            [(r.insn, _tid(b, r.type), r.access, r.kind) for r in p.core_relos],
+            p.btf is not None and p.btf is b,
+            p.unresolved,
+        )
+        for k, p in s.programs.items()
+    }
+    variables = {
+        k: (v.name, v.section, v.offset, v.size, _tid(b, v.type), v.linkage, v.raw)
+        for k, v in s.variables.items()
+    }
+    externs = {
+        k: (e.name, e.kind, _tid(b, e.type), e.weak, e.offset, e.size) for k, e in s.externs.items()
+    }
+    return (
+        s.name,
+        None if b is None else b.marshal()[0],
+        [_map_view(m, b) for m in s.maps.values()],
+        progs,
+        variables,
+        externs,
+    )
+
+
+@pytest.fixture(scope="module")
+def core_objects(
+    compile_bpf: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> list[Path]:
+    """The CO-RE, extern and struct_ops sources of tests/ebpf/core, built against the
+    running kernel's vmlinux.h (skipped without bpftool/clang)."""
+    from tests.conftest import require_tool
+
+    bpftool = require_tool("bpftool")
+    import subprocess
+
+    inc = tmp_path_factory.mktemp("vmlinux-h")
+    header = subprocess.run(
+        [bpftool, "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    (inc / "vmlinux.h").write_bytes(header)
+    return [
+        compile_bpf((CORE_SRC / name).read_text(), f"-I{inc}")
+        for name in ("core_task.c", "externs.c", "tcp_cc.c")
+    ]
+
+
+def test_every_object_reads_back_as_a_fresh_parse(
+    cache_dir: Path, core_objects: list[Path]
+) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    for path in [*_objects(), *core_objects]:
+        _, stats = _fresh(path, disk)
+        assert (stats.parsed, stats.loaded) == (1, 0), path
+        again, stats = _fresh(path, disk)
+        assert (stats.parsed, stats.loaded) == (0, 1), path
+        assert _view(again) == _view(ebpf.CollectionSpec.from_file(path, cache=False)), path
+        assert again.path == str(path) and again.name == path.name
+    assert any(p.core_relos for p in _fresh(core_objects[0], disk)[0].programs.values())
+    assert _fresh(core_objects[1], disk)[0].externs
+    assert any(m.struct_ops is not None for m in _fresh(core_objects[2], disk)[0].maps.values())
+
+
+def test_the_cached_btf_blob_is_what_a_load_marshals(cache_dir: Path) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj("globals.o"), disk)
+    spec, _ = _fresh(obj("globals.o"), disk)
+    fresh = ebpf.CollectionSpec.from_file(obj("globals.o"), cache=False)
+    assert spec.btf is not None and fresh.btf is not None
+    extra = specfile._extra_strings(spec)
+    assert extra  # the object has line info: its strings are in the blob
+    assert spec.btf.marshal(extra) == fresh.btf.marshal(extra)
+
+
+def test_a_spec_read_back_is_the_callers_own(cache_dir: Path) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj("xdp_counter.o"), disk)
+    cache = speccache.SpecCache(disk=disk)
+    a = cache.get(obj("xdp_counter.o"))
+    name = next(n for n, v in a.variables.items() if v.constant)
+    a.rewrite_constants({name: 7})
+    b = cache.get(obj("xdp_counter.o"))
+    assert b.variables[name].value != 7
+    assert cache.stats().loaded == 1
+
+
+@pytest.mark.kernel
+def test_loads_the_same_into_the_kernel(
+    cache_dir: Path, core_objects: list[Path], pin_dir: Path, fd_guard: None
+) -> None:
+    require_kernel()
+    disk = diskcache.DiskCache(cache_dir)
+    paths = [obj("xdp_counter.o"), obj("globals.o"), obj("map_in_map.o"), obj("tailcall.o")]
+    paths.append(core_objects[0])  # CO-RE
+    for path in paths:
+        _fresh(path, disk)
+        served, stats = _fresh(path, disk)
+        assert stats.loaded == 1
+        fresh = ebpf.CollectionSpec.from_file(path, cache=False)
+        results = []
+        for spec in (fresh, served):
+            with ebpf.Collection(spec) as coll:
+                results.append(
+                    (
+                        {n: p.tag for n, p in coll.programs.items()},
+                        {
+                            n: (m.type, m.key_size, m.value_size, m.max_entries, m.flags)
+                            for n, m in ((n, m.info()) for n, m in coll.maps.items())
+                        },
+                    )
+                )
+        assert results[0] == results[1], path
+        assert results[0][0], path
+
+
+def test_xdp_program_read_back_runs(cache_dir: Path, fd_guard: None) -> None:
+    require_kernel()
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj("xdp_counter.o"), disk)
+    spec, stats = _fresh(obj("xdp_counter.o"), disk)
+    assert stats.loaded == 1
+    with ebpf.Collection(spec) as coll:
+        prog = next(iter(coll.programs.values()))
+        assert prog.test_run(data=b"\0" * 64).retval in (1, 2)
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def _served_and_warned(
+    path: Path, disk: diskcache.DiskCache, caplog: pytest.LogCaptureFixture, why: str
+) -> None:
+    """A lookup parses afresh (the entry is not used), warns once naming ``why``, and a
+    second process does not warn again once the entry is rewritten."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        spec, stats = _fresh(path, disk)
+    assert (stats.parsed, stats.loaded) == (1, 0)
+    assert _view(spec) == _view(ebpf.CollectionSpec.from_file(path, cache=False))
+    warnings = [r for r in caplog.records if r.name == LOGGER]
+    assert len(warnings) == 1, caplog.text
+    assert why in warnings[0].getMessage()
+
+
+@pytest.fixture
+def filled(cache_dir: Path) -> Iterator[tuple[diskcache.DiskCache, Path]]:
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj("xdp_counter.o"), disk)
+    (entry,) = _entries(cache_dir)
+    yield disk, entry
+
+
+def test_a_flipped_byte_is_ignored_with_a_warning(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, entry = filled
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    entry.write_bytes(bytes(data))
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "sha256 does not match")
+    # the fresh parse replaced it: the next process is served without a warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _, stats = _fresh(obj("xdp_counter.o"), diskcache.DiskCache(disk.path))
+    assert stats.loaded == 1 and not caplog.records
+
+
+def test_a_truncated_entry_is_ignored(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, entry = filled
+    entry.write_bytes(entry.read_bytes()[:-10])
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "the header says")
+    entry.write_bytes(entry.read_bytes()[:20])
+    _served_and_warned(obj("xdp_counter.o"), diskcache.DiskCache(disk.path), caplog, "truncated")
+
+
+def test_another_format_version_is_ignored(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, entry = filled
+    data = bytearray(entry.read_bytes())
+    data[8] += 1  # the header's format
+    entry.write_bytes(bytes(data))
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "format 2, not 1")
+
+
+def test_another_payload_version_is_ignored(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    payload = specfile.encode(spec)
+    assert payload is not None
+    digest = _sha(obj("xdp_counter.o"))
+    # a well-formed entry (right header, right sha256) of another spec format
+    disk.put(
+        speccache.SPEC_KIND, digest, (specfile.VERSION + 1).to_bytes(4, "little") + payload[4:]
+    )
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "does not decode (version 2, not 1)")
+
+
+def test_damaged_json_in_a_well_formed_entry_is_ignored(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    payload = specfile.encode(spec)
+    assert payload is not None
+    version, n = specfile._HEAD.unpack_from(payload)
+    doc = json.loads(payload[specfile._HEAD.size : specfile._HEAD.size + n])
+    doc["maps"][0]["max_entries"] = "x"
+    text = json.dumps(doc).encode()
+    bad = specfile._HEAD.pack(version, len(text)) + text + payload[specfile._HEAD.size + n :]
+    disk.put(speccache.SPEC_KIND, _sha(obj("xdp_counter.o")), bad)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "expected an integer")
+
+
+def test_an_entry_of_another_owner_is_ignored(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    require_kernel()  # root: chown
+    disk, entry = filled
+    os.chown(entry, 65534, 65534)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "owned by uid 65534")
+
+
+def test_an_entry_others_can_write_is_ignored(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, entry = filled
+    entry.chmod(0o666)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "mode 0666")
+
+
+def test_a_symlinked_entry_is_not_followed(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    disk, entry = filled
+    target = tmp_path / "elsewhere"
+    entry.rename(target)
+    entry.symlink_to(target)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "a symlink")
+    assert not entry.is_symlink()  # replaced by a fresh entry; the target is untouched
+    assert target.exists()
+
+
+def test_a_fifo_entry_is_not_read(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, entry = filled
+    entry.unlink()
+    os.mkfifo(entry, 0o600)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "not a regular file")
+
+
+def test_an_oversized_entry_is_not_read(
+    filled: tuple[diskcache.DiskCache, Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk, entry = filled
+    monkeypatch.setattr(diskcache, "ENTRY_MAX", entry.stat().st_size - 1)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "byte limit")
+
+
+def test_an_entry_under_another_key_is_ignored(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj("xdp_counter.o"), disk)
+    _fresh(obj("pinned.o"), disk)
+    digest, other = _sha(obj("xdp_counter.o")), _sha(obj("pinned.o"))
+    mine = cache_dir / disk._name(speccache.SPEC_KIND, digest)
+    theirs = cache_dir / disk._name(speccache.SPEC_KIND, other)
+    os.replace(theirs, mine)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "stored under another key")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o750, 0o701])
+def test_a_directory_others_can_use_turns_the_cache_off(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj("xdp_counter.o"), disk)
+    cache_dir.chmod(mode)
+    disk = diskcache.DiskCache(cache_dir)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, f"mode {mode:04o}, not trusted")
+    before = sorted(p.name for p in cache_dir.iterdir())
+    _fresh(obj("pinned.o"), disk)  # nothing written there either, and no second warning
+    assert sorted(p.name for p in cache_dir.iterdir()) == before
+    assert len([r for r in caplog.records if r.name == LOGGER]) == 1
+
+
+def test_a_directory_of_another_owner_turns_the_cache_off(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_kernel()  # root: chown
+    cache_dir.mkdir(mode=0o700)
+    os.chown(cache_dir, 65534, 65534)
+    _served_and_warned(
+        obj("xdp_counter.o"), diskcache.DiskCache(cache_dir), caplog, "owned by uid 65534"
+    )
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_a_symlinked_directory_is_not_used(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    cache_dir.symlink_to(real)
+    _served_and_warned(obj("xdp_counter.o"), diskcache.DiskCache(cache_dir), caplog, "a symlink")
+    assert list(real.iterdir()) == []
+
+
+def test_the_directory_is_made_private(cache_dir: Path) -> None:
+    _fresh(obj("xdp_counter.o"), diskcache.DiskCache(cache_dir))
+    st = cache_dir.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+    (entry,) = _entries(cache_dir)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert entry.read_bytes().startswith(diskcache.MAGIC)  # our format, no pickle
+    assert b"\x80\x04\x95" not in entry.read_bytes()[:3]
+
+
+def test_an_unwritable_directory_is_no_error(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache_dir.parent.joinpath("file").write_bytes(b"")
+    disk = diskcache.DiskCache(cache_dir.parent / "file" / "cache")  # a file as a parent
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        spec, stats = _fresh(obj("xdp_counter.o"), disk)
+    assert stats.parsed == 1 and spec.programs
+    assert "not a directory, not used (the cache is off)" in caplog.text
+
+
+def test_no_temporary_files_are_left(cache_dir: Path) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    for path in _objects()[:4]:
+        _fresh(path, disk)
+    assert all(not p.name.startswith(".tmp-") for p in cache_dir.iterdir())
+
+
+# ---------------------------------------------------------------------------- bounds
+
+
+def test_total_size_is_bounded_oldest_first(cache_dir: Path) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    order = [obj("globals.o"), obj("xdp_counter.o"), obj("pinned.o"), obj("tc_filter.o")]
+    names: list[str] = []
+    for i, path in enumerate(order[:3]):
+        before = set(_entries(cache_dir))
+        _fresh(path, disk)
+        (new,) = set(_entries(cache_dir)) - before
+        os.utime(new, ns=(10**18 + i * 10**9,) * 2)  # distinct ages, oldest first
+        names.append(new.name)
+    _, held = disk.usage()
+    bounded = diskcache.DiskCache(cache_dir, max_bytes=held)  # no room for a fourth
+    _fresh(order[3], bounded)
+    entries, total = bounded.usage()
+    assert total <= held and entries < 4
+    left = {p.name for p in _entries(cache_dir)}
+    assert names[0] not in left  # the oldest went first
+    kept = [n for n in names if n in left]
+    assert kept == names[3 - len(kept) :]  # and only older ones before newer ones
+    _, stats = _fresh(order[3], diskcache.DiskCache(cache_dir))
+    assert stats.loaded == 1  # the new entry stays
+
+
+def test_an_entry_larger_than_the_bound_is_not_kept(cache_dir: Path) -> None:
+    disk = diskcache.DiskCache(cache_dir, max_bytes=100)
+    _fresh(obj("globals.o"), disk)
+    assert disk.usage() == (0, 0)
+
+
+def test_eviction_leaves_foreign_files_alone(cache_dir: Path) -> None:
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj("xdp_counter.o"), disk)
+    foreign = cache_dir / ("spec-" + "0" * 64)
+    foreign.write_bytes(b"not ours" * 1000)
+    foreign.chmod(0o600)
+    note = cache_dir / "README"
+    note.write_text("hello")
+    _fresh(obj("pinned.o"), diskcache.DiskCache(cache_dir, max_bytes=6000))
+    assert [p for p in _entries(cache_dir) if p != foreign] != []  # the new one stays
+    assert foreign.exists() and note.exists()
+
+
+# ---------------------------------------------------------------------------- kernel BTF
+
+
+@pytest.fixture
+def kernel_disk(cache_dir: Path) -> Iterator[diskcache.DiskCache]:
+    disk = diskcache.DiskCache(cache_dir)
+    previous = kernel_btf.use_disk(disk)
+    kernel_btf._CACHE.clear()
+    try:
+        yield disk
+    finally:
+        kernel_btf.use_disk(previous)
+        kernel_btf._CACHE.clear()
+
+
+def test_kernel_btf_index_reads_back_the_same(
+    kernel_disk: diskcache.DiskCache, cache_dir: Path
+) -> None:
+    if not os.path.exists(kernel_btf.VMLINUX):
+        pytest.skip("no kernel btf")
+    first = kernel_btf.load().vmlinux
+    assert len(_entries(cache_dir, kernel_btf.INDEX_KIND)) == 1
+    kernel_btf._CACHE.clear()
+    again = kernel_btf.load().vmlinux
+    assert again is not first
+    assert again._noffs_pos is not None and isinstance(again._noffs_pos[0], _Positions)
+    fresh = btf.Spec.parse(Path(kernel_btf.VMLINUX).read_bytes())
+    for name in ("task_struct", "sk_buff", "bpf_map", "xdp_md", "pid_t", "no_such_type_x"):
+        assert again.ids_by_name(name) == fresh.ids_by_name(name), name
+    assert core.flavored_index(again) == core.flavored_index(fresh)
+    t = again.type_by_name("task_struct", btf.Struct)
+    assert t.size == fresh.type_by_name("task_struct", btf.Struct).size
+    assert again.marshal()[0] == fresh.marshal()[0]
+
+
+def test_a_damaged_kernel_btf_index_is_ignored(
+    kernel_disk: diskcache.DiskCache,
+    cache_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    # a small stand-in blob: the index of any BTF file is persisted the same way
+    spec = ebpf.CollectionSpec.from_file(obj("globals.o"), cache=False)
+    assert spec.btf is not None
+    blob = tmp_path / "btf"
+    blob.write_bytes(spec.btf.marshal()[0])
+    kernel_btf.load(blob)
+    assert len(_entries(cache_dir, kernel_btf.INDEX_KIND)) == 1
+    key = kernel_btf._identity(str(blob), os.stat(blob))
+    # a well-formed entry whose index does not fit the blob
+    offsets = array("I", [0, 4, 1 << 20]).tobytes()  # past the end of the blob
+    index = kernel_btf._INDEX_HEAD.pack(1, 3, 0, 2) + offsets + bytes(12) + b"{}"
+    kernel_disk.put(kernel_btf.INDEX_KIND, key, index)
+    kernel_btf._CACHE.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        kb = kernel_btf.load(blob)
+    assert "does not decode" in caplog.text
+    assert kb.vmlinux.marshal()[0] == blob.read_bytes()
+
+
+def test_kernel_btf_index_is_keyed_by_the_blob_identity(
+    kernel_disk: diskcache.DiskCache, cache_dir: Path, tmp_path: Path
+) -> None:
+    a = ebpf.CollectionSpec.from_file(obj("globals.o"), cache=False).btf
+    b = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False).btf
+    assert a is not None and b is not None
+    blob = tmp_path / "btf"
+    blob.write_bytes(a.marshal()[0])
+    kernel_btf.load(blob)
+    blob.write_bytes(b.marshal()[0])  # rewritten: another identity
+    kernel_btf._CACHE.clear()
+    kb = kernel_btf.load(blob)
+    assert kb.vmlinux.marshal()[0] == b.marshal()[0]
+    assert len(_entries(cache_dir, kernel_btf.INDEX_KIND)) == 2
+
+
+def test_without_a_disk_nothing_is_written(cache_dir: Path) -> None:
+    kernel_btf._CACHE.clear()
+    previous = kernel_btf.use_disk(None)
+    try:
+        if os.path.exists(kernel_btf.VMLINUX):
+            kernel_btf.load()
+        speccache.SpecCache().get(obj("xdp_counter.o"))
+    finally:
+        kernel_btf.use_disk(previous)
+        kernel_btf._CACHE.clear()
+    assert not cache_dir.exists()
+
+
+def test_a_directory_that_cannot_be_made_turns_the_cache_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = diskcache.DiskCache(tmp_path / "missing" / "cache")  # no parent
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "cannot create it")
+    assert not (tmp_path / "missing").exists()
