@@ -352,7 +352,7 @@ def _check(data: bytes, key: str) -> tuple[bytes | None, str]:
         return None, "not a bpforch cache entry"
     if fmt != FORMAT:
         return None, f"format {fmt}, not {FORMAT}"
-    body = data[_HEADER.size :]
+    body = memoryview(data)[_HEADER.size :]  # no copy of megabytes until the end
     if len(body) != length:
         return None, f"{len(body)} bytes of payload, the header says {length}"
     if hashlib.sha256(body).digest() != digest:
@@ -361,7 +361,7 @@ def _check(data: bytes, key: str) -> tuple[bytes | None, str]:
     (n,) = _KEY_LEN.unpack_from(body)
     if body[_KEY_LEN.size : _KEY_LEN.size + n] != want:
         return None, "stored under another key"
-    return body[_KEY_LEN.size + n :], ""
+    return body[_KEY_LEN.size + n :].tobytes(), ""
 
 
 def _ours(dfd: int, name: str) -> bool:

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
+import stat
 import struct
 import sys
 import threading
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.errors import BTFError, FileError, NotSupportedError, quote
@@ -123,8 +125,8 @@ _LOCK = threading.Lock()
 _DISK: DiskCache | None = None
 
 INDEX_KIND = "kbtf"  # entries of the persisted cache
-_INDEX_VERSION = 1
-_INDEX_HEAD = struct.Struct("<IIII")  # version, records, distinct names, json length
+_INDEX_VERSION = 2
+_INDEX_HEAD = struct.Struct("<IIIII")  # version, records, distinct names, hashes, json length
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
@@ -154,8 +156,10 @@ def _encode_index(spec: _btf.Spec) -> bytes:
 
     idx = spec.record_index()
     flavored = json.dumps(core.flavored_index(spec), separators=(",", ":")).encode()
-    arrays = (idx.offsets, idx.name_offsets, idx.names, idx.first, idx.last)
-    head = _INDEX_HEAD.pack(_INDEX_VERSION, len(idx.offsets), len(idx.names), len(flavored))
+    arrays = (idx.offsets, idx.name_offsets, idx.names, idx.first, idx.last, idx.hashes, idx.hashed)
+    head = _INDEX_HEAD.pack(
+        _INDEX_VERSION, len(idx.offsets), len(idx.names), len(idx.hashes), len(flavored)
+    )
     return head + b"".join(a.tobytes() for a in arrays) + flavored
 
 
@@ -164,14 +168,14 @@ def _decode_index(data: bytes, payload: bytes) -> _btf.Spec:
     payload is damaged or does not fit."""
     from orchestrator.ebpf.btf import core
 
-    version, n, m, jlen = _INDEX_HEAD.unpack_from(payload)
+    version, n, m, k, jlen = _INDEX_HEAD.unpack_from(payload)
     if version != _INDEX_VERSION:
         raise ValueError(f"version {version}, not {_INDEX_VERSION}")
-    if len(payload) != _INDEX_HEAD.size + 4 * (2 * n + 3 * m) + jlen:
+    if len(payload) != _INDEX_HEAD.size + 4 * (2 * n + 3 * m + 2 * k) + jlen:
         raise ValueError("truncated")
     parts: list[array[int]] = []
     pos = _INDEX_HEAD.size
-    for count in (n, n, m, m, m):
+    for count in (n, n, m, m, m, k, k):
         a: array[int] = array("I")
         a.frombytes(payload[pos : pos + 4 * count])
         parts.append(a)
@@ -187,7 +191,10 @@ def _decode_index(data: bytes, payload: bytes) -> _btf.Spec:
     return spec
 
 
-def _parse(p: str, st: os.stat_result, data: bytes) -> _btf.Spec:
+def _parse(p: str, st: os.stat_result, mapped: bytes | mmap.mmap) -> _btf.Spec:
+    # Spec.parse reads the blob through a memoryview and copies what it keeps (the string
+    # table, the type words): a mapping serves as well as bytes, and may be closed after.
+    data = cast(bytes, mapped)
     disk = _DISK
     if disk is None:
         return _btf.Spec.parse(data)
@@ -226,14 +233,40 @@ def load(path: str | os.PathLike[str] | None = None) -> KernelBTF:
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
+        mapped = _map_vmlinux() if p == VMLINUX else None
         try:
-            data = read_file(p, limit=BTF_MAX, what="btf")
-        except OSError as err:
-            raise BTFError(f"kernel btf: {p}: {reason(err)}") from err
-        try:
-            spec = _parse(p, st, data)
-        except BTFError as err:
-            raise BTFError(f"kernel btf: {p}: {err}") from err
+            try:
+                data = read_file(p, limit=BTF_MAX, what="btf") if mapped is None else mapped
+            except OSError as err:
+                raise BTFError(f"kernel btf: {p}: {reason(err)}") from err
+            try:
+                spec = _parse(p, st, data)  # copies what it keeps
+            except BTFError as err:
+                raise BTFError(f"kernel btf: {p}: {err}") from err
+            size = len(data)
+        finally:
+            if mapped is not None:
+                mapped.close()
         kb = KernelBTF(spec, p, os.path.dirname(p) if path is None else None)
-        _CACHE.put(key, kb, 8 * len(data))
+        _CACHE.put(key, kb, 8 * size)
         return kb
+
+
+def _map_vmlinux() -> mmap.mmap | None:
+    """``/sys/kernel/btf/vmlinux`` mapped read-only (Linux 6.16+ allows it): one copy out
+    of the kernel's memory instead of a thousand 4 KiB reads. None where the kernel does
+    not allow it (the caller reads). Only for the kernel's own blob, which never changes
+    while mapped: a file that can shrink must not be mapped (SIGBUS)."""
+    try:
+        fd = os.open(VMLINUX, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= BTF_MAX:
+            return None
+        return mmap.mmap(fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import operator
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar, overload
@@ -52,6 +53,7 @@ class Spec:
         "_first",
         "_ids",
         "_marshalled",
+        "_name_hashes",
         "_names",
         "_noffs",
         "_noffs_pos",
@@ -79,6 +81,9 @@ class Spec:
         # name offset -> (first, last) record index with it
         self._noffs_pos: tuple[Mapping[int, int], Mapping[int, int]] | None = None
         self._scan: dict[str, list[int]] = {}  # name lookups answered without the index
+        # crc32 of each distinct own type name (ascending) and that name's offset: from a
+        # persisted index, name lookups bisect instead of searching the string table
+        self._name_hashes: tuple[array[int], array[int]] | None = None
         self._str_cache: dict[int, str] = {}
         self._void = Void()
         self._marshalled: dict[frozenset[str], tuple[bytes, dict[str, int]]] = {}
@@ -123,6 +128,9 @@ class Spec:
             _Positions(index.names, index.first),
             _Positions(index.names, index.last),
         )
+        if len(index.hashes) != len(index.hashed):
+            raise BTFError("btf: the record index is inconsistent")
+        spec._name_hashes = (index.hashes, index.hashed)
         if len(strtab) <= _decode.PREFILL_STRINGS:
             spec._str_cache = _decode.split_strings(strtab, spec._str_start)
         return spec
@@ -132,12 +140,20 @@ class Spec:
         :meth:`parse_indexed` takes back)."""
         noffs, first, last = self._name_offsets()
         names = array("I", sorted(first))
+        tab, start = self._strtab, self._str_start
+        by_hash = sorted(
+            (zlib.crc32(tab[off - start : tab.find(b"\0", off - start)]), off)
+            for off in names
+            if off and start <= off < start + len(tab)
+        )
         return RecordIndex(
             self._offs,
             array("I", noffs),
             names,
             array("I", (first[k] for k in names)),
             array("I", (last[k] for k in names)),
+            array("I", (h for h, _ in by_hash)),
+            array("I", (off for _, off in by_hash)),
         )
 
     def copy(self) -> Spec:
@@ -157,6 +173,7 @@ class Spec:
         new._noffs = self._noffs
         new._noffs_pos = self._noffs_pos
         new._scan = {k: list(v) for k, v in self._scan.items()}
+        new._name_hashes = self._name_hashes
         mapping: dict[Type, Type] = {self._void: new._void}
         cache: list[Type | None] = [None] * len(self._cache)
         for i, t in enumerate(self._cache):
@@ -545,6 +562,16 @@ class Spec:
             targets: set[int] = set()
             needle = b"\0" + raw + b"\0"
             spec: Spec | None = self
+            if self._name_hashes is not None:  # own names only (never split)
+                hashes, hashed = self._name_hashes
+                tab, start = self._strtab, self._str_start
+                h = zlib.crc32(raw)
+                j = bisect.bisect_left(hashes, h)
+                while j < len(hashes) and hashes[j] == h:
+                    if tab.startswith(raw + b"\0", hashed[j] - start):
+                        targets.add(hashed[j])
+                    j += 1
+                spec = None
             while spec is not None:  # a split spec's names may point into its base's table
                 tab, start = spec._strtab, spec._str_start
                 if tab.startswith(raw + b"\0"):
@@ -669,9 +696,10 @@ class Spec:
 class RecordIndex:
     """A spec's record index (see :meth:`Spec.record_index`): the word offset and name
     offset of every record, and for each distinct name offset (``names``, ascending) the
-    first and last record index with it."""
+    first and last record index with it; and the crc32 of each such name (``hashes``,
+    ascending) with its offset (``hashed``)."""
 
-    __slots__ = ("first", "last", "name_offsets", "names", "offsets")
+    __slots__ = ("first", "hashed", "hashes", "last", "name_offsets", "names", "offsets")
 
     def __init__(
         self,
@@ -680,12 +708,16 @@ class RecordIndex:
         names: array[int],
         first: array[int],
         last: array[int],
+        hashes: array[int],
+        hashed: array[int],
     ) -> None:
         self.offsets = offsets
         self.name_offsets = name_offsets
         self.names = names
         self.first = first
         self.last = last
+        self.hashes = hashes
+        self.hashed = hashed
 
 
 class _Positions(Mapping[int, int]):
