@@ -13,13 +13,20 @@ Prints medians (ms) and ratios bpforch / libbpf for:
   on every load; bpforch caches it per process, so its warm figure excludes that and the
   "cold" figure includes a fresh kernel BTF parse each round.
 
+- the first CO-RE load in a new process (``--first-rounds``, default 7): a fresh interpreter
+  per round (imports not timed) loads the object once, with the persisted caches (spec and
+  kernel BTF index, filled by an earlier process) and without them; libbpf's figure is its
+  own first load in a fresh harness process (it reads and parses vmlinux BTF each time).
+
 libbpf runs in ``tests/ebpf/harness/libbpf_load.c`` (built here with gcc -lbpf), which times
-each repetition itself. Needs root.
+each repetition itself. Needs root. The machine may be shared: the rounds of both sides are
+interleaved and the figures are medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -74,6 +81,43 @@ def load_object(path: Path, cold: bool) -> None:
         pass
 
 
+def first_loads(exe: Path, obj: Path, rounds: int, out: Path) -> tuple[list[float], ...]:
+    """(libbpf, bpforch with the persisted caches, bpforch without) first loads of ``obj``,
+    each in a fresh process."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(ROOT / "benchmarks" / "build" / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    child = [sys.executable, str(ROOT / "benchmarks" / "first_load_child.py"), str(ROOT)]
+    cache = out / "cache"
+    pins = Path("/sys/fs/bpf") / f"bpforch-btfbench-{os.getpid()}"
+    pins.mkdir()
+    try:
+
+        def ours(cache_arg: str, check: bool = True) -> float:
+            proc = subprocess.run(
+                [*child, cache_arg, str(pins), str(obj)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            _, full, served = proc.stdout.split()
+            if check and (served == "1") != (cache_arg != "-"):
+                sys.exit("the persisted cache did not serve the object")
+            return float(full)
+
+        ours(str(cache), check=False)  # an earlier process fills the caches
+        theirs: list[float] = []
+        served: list[float] = []
+        parsed: list[float] = []
+        for _ in range(rounds):
+            theirs += libbpf_times(exe, "bench", "1", str(obj))
+            served.append(ours(str(cache)))
+            parsed.append(ours("-"))
+        return theirs, served, parsed
+    finally:
+        shutil.rmtree(pins, ignore_errors=True)
+
+
 def row(label: str, ours: list[float], theirs: list[float]) -> None:
     a, b = statistics.median(ours), statistics.median(theirs)
     print(f"{label:<44} {a:9.2f} {b:9.2f} {a / b:7.2f}x")
@@ -83,6 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--object", default="biolatency")
+    ap.add_argument("--first-rounds", type=int, default=7, help="0: skip the first loads")
     args = ap.parse_args()
     tool = shutil.which(args.object) or f"/usr/sbin/{args.object}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,12 +154,18 @@ def main() -> None:
             ours_cold += timed(lambda: load_object(obj, cold=True), n)
             theirs_load += libbpf_times(exe, "bench", str(n), str(obj))
         cached = timed(kernel_btf.load, args.reps)
+        firsts = first_loads(exe, obj, args.first_rounds, out) if args.first_rounds else None
 
     print(f"median of {len(ours_btf)} runs, ms       {'bpforch':>9} {'libbpf':>9} {'ratio':>8}")
     row("vmlinux BTF parse + index + lookup", ours_btf, theirs_btf)
     row("vmlinux BTF, bpforch process cache", cached, theirs_btf)
     row(f"{args.object} ({nrelo} CO-RE relos) load, warm", ours_warm, theirs_load)
     row(f"{args.object} load, cold kernel BTF each time", ours_cold, theirs_load)
+    if firsts is not None:
+        theirs_first, served, parsed = firsts
+        print(f"first load in a new process, median of {len(served)} fresh processes each:")
+        row(f"{args.object}, persisted spec + kernel BTF index", served, theirs_first)
+        row(f"{args.object}, no persisted cache", parsed, theirs_first)
 
 
 if __name__ == "__main__":

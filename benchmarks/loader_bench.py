@@ -22,7 +22,11 @@ libbpf runs in a small C harness (``benchmarks/harness``, built here with gcc ag
 Debian's libbpf-dev) that times each repetition itself, so process start-up is not counted.
 Closing is not timed on either side. Figures are medians; ratios are bpforch / libbpf.
 Also printed: the start-up costs in a fresh interpreter (imports, first parse, a second
-uncached one, a cached one).
+uncached one, a cached one), and the **first load in a new process** of each object
+(``--first-rounds``, default 5, each in a fresh interpreter started for it, after its
+imports): served by the persisted spec cache (filled by an earlier process), and with no
+persisted cache; against libbpf's first open+load in a fresh ``libbpf_bench`` process
+(both sides pay their once-per-process costs: feature probes, first syscalls).
 Needs root and bpffs (maps pinned by name go under a temporary bpffs directory).
 """
 
@@ -36,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -185,6 +190,90 @@ def cold_start(obj: Path) -> tuple[float, float, float, float, float]:
     return a, b, c, d, e
 
 
+@dataclass
+class First:
+    libbpf: list[float] = field(default_factory=list)  # first open+load in a process
+    served: list[float] = field(default_factory=list)  # persisted spec cache + load
+    parsed: list[float] = field(default_factory=list)  # no persisted cache: parse + load
+    error: str = ""
+
+
+def first_loads(objects: list[Path], pin_root: Path, rounds: int) -> dict[Path, First]:
+    """The first load of each object in fresh processes (see the module docstring)."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(BUILD_DIR / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    child = [sys.executable, str(ROOT / "benchmarks" / "first_load_child.py"), str(ROOT)]
+    out: dict[Path, First] = {o: First() for o in objects}
+
+    def run(cache: str, obj: Path) -> tuple[float, bool]:
+        proc = subprocess.run(
+            [*child, cache, str(pin_root), str(obj)], capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+        _, full, served = proc.stdout.split()
+        return float(full), served == "1"
+
+    with tempfile.TemporaryDirectory(prefix="bpforch-bench-cache-") as tmp:
+        cache_dir = Path(tmp) / "cache"  # made 0700 by the cache itself
+        for o in objects:  # an earlier process parses each object and persists it
+            try:
+                run(str(cache_dir), o)
+            except RuntimeError as err:
+                out[o].error = str(err)
+        for _r in range(rounds):
+            for o in objects:
+                f = out[o]
+                if f.error:
+                    continue
+                lib = Samples()
+                libbpf_batch(o, 1, pin_root, lib)
+                if lib.error:
+                    f.error = f"libbpf: {lib.error}"
+                    continue
+                f.libbpf.extend(lib.full)
+                for cache, into in ((str(cache_dir), f.served), ("-", f.parsed)):
+                    ms, served = run(cache, o)
+                    if served != (cache != "-"):
+                        f.error = "the persisted cache did not serve it"
+                    into.append(ms)
+    return out
+
+
+def print_first(objects: list[Path], firsts: dict[Path, First], rounds: int) -> None:
+    print(
+        f"\nfirst load in a new process ({rounds} fresh processes per object and side,"
+        " medians in ms, imports not counted)"
+    )
+    print(
+        "| object | libbpf open+load | persisted cache + load | ratio"
+        " | no persisted cache: parse + load | ratio |"
+    )
+    print("|" + "---|" * 6)
+    served: list[float] = []
+    parsed: list[float] = []
+    for o in objects:
+        f = firsts[o]
+        name = o.name if o.parent == ROOT / "bpf" else f"libxdp/{o.name}"
+        if f.error:
+            print(f"| {name} | not compared ({f.error}) |||||")
+            continue
+        lib = med(f.libbpf)
+        rs, rp = med(f.served) / lib, med(f.parsed) / lib
+        served.append(rs)
+        parsed.append(rp)
+        print(
+            f"| {name} | {lib:.3f} | {med(f.served):.3f} | {rs:.2f}x"
+            f" | {med(f.parsed):.3f} | {rp:.2f}x |"
+        )
+    if served:
+        print(
+            f"\nfirst load in a new process vs libbpf's: served by the persisted cache median"
+            f" {statistics.median(served):.2f}x (min {min(served):.2f}x, max {max(served):.2f}x);"
+            f" without it median {statistics.median(parsed):.2f}x"
+        )
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -193,6 +282,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=5)
+    ap.add_argument("--first-rounds", type=int, default=5, help="0: skip the first loads")
     ap.add_argument("objects", nargs="*", type=Path)
     args = ap.parse_args()
     objects: list[Path] = [o.resolve() for o in args.objects] or sorted(
@@ -203,6 +293,7 @@ def main() -> int:
     pin_root.mkdir()
     lib: dict[Path, Samples] = {o: Samples() for o in objects}
     own: dict[Path, Samples] = {o: Samples() for o in objects}
+    firsts: dict[Path, First] = {}
     try:
         for o in objects:  # one untimed round each: first-use probes, page cache
             bpforch_batch(o, 1, pin_root, Samples())
@@ -220,6 +311,8 @@ def main() -> int:
         for o in objects:
             if not own[o].error:
                 warm_split(o, args.reps, pin_root, own[o])
+        if args.first_rounds > 0:
+            firsts = first_loads(objects, pin_root, args.first_rounds)
     finally:
         shutil.rmtree(pin_root, ignore_errors=True)
 
@@ -272,6 +365,8 @@ def main() -> int:
             f"warm parse+load inside bpf(): median {statistics.median(shares):.0%} of the time"
             f" (min {min(shares):.0%}, max {max(shares):.0%}); the rest is Python"
         )
+    if firsts:
+        print_first(objects, firsts, args.first_rounds)
     sample = ROOT / "bpf" / "xdp_counter.o"
     imp, lazy, first, second, cached = cold_start(sample)
     print(
