@@ -256,6 +256,12 @@ class DiskCache:
 
     def _read(self, dfd: int, name: str, key: str) -> bytes | None:
         try:
+            # stat first: a FIFO, a device or a socket is refused without being opened
+            mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
+            if not stat.S_ISREG(mode):
+                why = "a symlink, not followed" if stat.S_ISLNK(mode) else "not a regular file"
+                self._warn(name, f"{why}, ignored")
+                return None
             fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
         except FileNotFoundError:
             return None
@@ -367,6 +373,8 @@ def _check(data: bytes, key: str) -> tuple[bytes | None, str]:
 def _ours(dfd: int, name: str) -> bool:
     """Whether ``name`` is a regular file of ours (owner, mode, magic): only those go."""
     try:
+        if _untrusted(os.stat(name, dir_fd=dfd, follow_symlinks=False)):
+            return False
         fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
     except OSError:
         return False
