@@ -555,7 +555,7 @@ def test_a_damaged_kernel_btf_index_is_ignored(
     key = kernel_btf._identity(str(blob), os.stat(blob))
     # a well-formed entry whose index does not fit the blob
     offsets = array("I", [0, 4, 1 << 20]).tobytes()  # past the end of the blob
-    index = kernel_btf._INDEX_HEAD.pack(1, 3, 0, 2) + offsets + bytes(12) + b"{}"
+    index = kernel_btf._INDEX_HEAD.pack(2, 3, 0, 0, 2) + offsets + bytes(12) + b"{}"
     kernel_disk.put(kernel_btf.INDEX_KIND, key, index)
     kernel_btf._CACHE.clear()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
