@@ -458,6 +458,12 @@ class LiteralError(SpecError):
         super().__init__(f"{what}{render_field(path)}: {reason}")
 
 
+class SpecFileError(ParseError):
+    """A spec in the persisted cache does not decode (damaged, or of another format
+    version): the cache ignores the entry and parses the object (see
+    :mod:`orchestrator.ebpf.specfile`)."""
+
+
 def render_field(path: tuple[str | int, ...]) -> str:
     """``("addr", 2, "port")`` -> ``.addr[2].port`` (appended to a noun: ``key.addr[2]``)."""
     out = ""

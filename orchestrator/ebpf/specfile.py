@@ -26,7 +26,7 @@ from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.asm import Instructions, Reference, RefKind
 from orchestrator.ebpf.btf import decode as _btf_decode
 from orchestrator.ebpf.btf import ext as _btf_ext
-from orchestrator.ebpf.errors import BTFError
+from orchestrator.ebpf.errors import BTFError, SpecFileError
 from orchestrator.ebpf.spec import (
     CollectionSpec,
     MapEntry,
@@ -47,10 +47,6 @@ VERSION = 1
 _HEAD = struct.Struct("<II")
 
 E = TypeVar("E")
-
-
-class SpecFileError(ValueError):
-    """A persisted spec that does not decode: the entry is ignored."""
 
 
 class _Unrepresentable(Exception):

@@ -64,6 +64,9 @@ def test_unit_contents() -> None:
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["ExecStart"][0].endswith(" serve --config /etc/bpforch/config.yaml")
     assert service["RuntimeDirectory"] == ["bpforch"]
+    # the default cache_dir, writable under ProtectSystem=strict, private as bpforch wants
+    assert service["CacheDirectory"] == ["bpforch"]
+    assert service["CacheDirectoryMode"] == ["0700"]
     assert service["WatchdogSec"] == ["30s"]
     assert set(service["CapabilityBoundingSet"][0].split()) == {
         "CAP_BPF",
