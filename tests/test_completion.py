@@ -55,7 +55,15 @@ def bash_complete(line: str, tmp_path: Path) -> list[str]:
 
 
 def test_bash(tmp_path: Path) -> None:
-    assert bash_complete("bpforch ", tmp_path) == [*_verbs(), "-h", "--help", "-V", "--version"]
+    assert bash_complete("bpforch ", tmp_path) == [
+        *_verbs(),
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+        "--cache-dir",
+        "--no-cache",
+    ]
     assert bash_complete("bpforch pl", tmp_path) == ["plan"]
     assert bash_complete("bpforch schema ", tmp_path) == ["manifest", "config", "crd"]
     assert bash_complete("bpforch completion z", tmp_path) == ["zsh"]

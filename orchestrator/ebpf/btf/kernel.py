@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import errno
 import json
-import mmap
 import os
-import stat
 import struct
 import sys
 import threading
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.errors import BTFError, FileError, NotSupportedError, quote
@@ -191,10 +189,7 @@ def _decode_index(data: bytes, payload: bytes) -> _btf.Spec:
     return spec
 
 
-def _parse(p: str, st: os.stat_result, mapped: bytes | mmap.mmap) -> _btf.Spec:
-    # Spec.parse reads the blob through a memoryview and copies what it keeps (the string
-    # table, the type words): a mapping serves as well as bytes, and may be closed after.
-    data = cast(bytes, mapped)
+def _parse(p: str, st: os.stat_result, data: bytes) -> _btf.Spec:
     disk = _DISK
     if disk is None:
         return _btf.Spec.parse(data)
@@ -233,40 +228,14 @@ def load(path: str | os.PathLike[str] | None = None) -> KernelBTF:
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        mapped = _map_vmlinux() if p == VMLINUX else None
         try:
-            try:
-                data = read_file(p, limit=BTF_MAX, what="btf") if mapped is None else mapped
-            except OSError as err:
-                raise BTFError(f"kernel btf: {p}: {reason(err)}") from err
-            try:
-                spec = _parse(p, st, data)  # copies what it keeps
-            except BTFError as err:
-                raise BTFError(f"kernel btf: {p}: {err}") from err
-            size = len(data)
-        finally:
-            if mapped is not None:
-                mapped.close()
+            data = read_file(p, limit=BTF_MAX, what="btf")
+        except OSError as err:
+            raise BTFError(f"kernel btf: {p}: {reason(err)}") from err
+        try:
+            spec = _parse(p, st, data)
+        except BTFError as err:
+            raise BTFError(f"kernel btf: {p}: {err}") from err
         kb = KernelBTF(spec, p, os.path.dirname(p) if path is None else None)
-        _CACHE.put(key, kb, 8 * size)
+        _CACHE.put(key, kb, 8 * len(data))
         return kb
-
-
-def _map_vmlinux() -> mmap.mmap | None:
-    """``/sys/kernel/btf/vmlinux`` mapped read-only (Linux 6.16+ allows it): one copy out
-    of the kernel's memory instead of a thousand 4 KiB reads. None where the kernel does
-    not allow it (the caller reads). Only for the kernel's own blob, which never changes
-    while mapped: a file that can shrink must not be mapped (SIGBUS)."""
-    try:
-        fd = os.open(VMLINUX, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= BTF_MAX:
-            return None
-        return mmap.mmap(fd, st.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
