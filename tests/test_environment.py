@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 # module -> the variables it reads, each a user-facing setting
 ALLOWED = {
-    "orchestrator/cli.py": {"NO_COLOR"},  # no-color.org
+    "orchestrator/commands/render.py": {"NO_COLOR"},  # no-color.org
     # defaults of --bpffs-root, --state-dir, --config and --cache-dir (shown in --help)
     "orchestrator/service/cli.py": {
         "BPFORCH_BPFFS_ROOT",
