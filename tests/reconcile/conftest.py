@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,16 @@ def prog_alive(prog_id: int) -> bool:
 
 def link_alive(link_id: int) -> bool:
     return ebpf_inspect.link_exists(link_id)
+
+
+def gone(alive: Callable[[int], bool], object_id: int, timeout: float = 10.0) -> bool:
+    """Whether the object is freed within ``timeout`` seconds: the kernel frees a link or a
+    program whose last fd or pin went in deferred work (an RCU grace period, a work item),
+    which takes longer on a loaded machine. Polled by id, without taking a reference."""
+    deadline = time.monotonic() + timeout
+    while alive(object_id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not alive(object_id)
 
 
 def map_alive(map_id: int) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from orchestrator.ebpf import link as links
 from orchestrator.reconcile import ApplyError, Kind, Op, Reconciler
 from tests.failpoints import OnStep, run_killed
 from tests.netns import UdpReceiver, VethPair, send_udp
-from tests.reconcile.conftest import Env, link_alive, pins_under, prog_alive
+from tests.reconcile.conftest import Env, gone, link_alive, pins_under, prog_alive
 
 pytestmark = pytest.mark.kernel
 
@@ -49,15 +48,6 @@ def kernel_xdp(veth: VethPair) -> links.XDPAttachment:
     state = links.xdp_attached(veth.b.name, veth.b.ns.path)
     assert state is not None
     return state
-
-
-def gone(alive: Callable[[int], bool], object_id: int) -> bool:
-    """Whether the object is freed within 2 s (the kernel releases programs and links of
-    a closed fd in deferred work)."""
-    deadline = time.monotonic() + 2
-    while alive(object_id) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not alive(object_id)
 
 
 def converged(r: Reconciler, env: Env, name: str) -> None:

@@ -17,7 +17,7 @@ from orchestrator.ebpf import link as _links
 from orchestrator.ebpf._sys import AttachType, ProgType
 from orchestrator.manifest.errors import ManifestError
 from orchestrator.reconcile import Kind, Op
-from tests.reconcile.conftest import Env, link_alive, pins_under
+from tests.reconcile.conftest import Env, gone, link_alive, pins_under
 
 pytestmark = pytest.mark.kernel
 
@@ -106,7 +106,7 @@ def test_tp_btf_plans_applies_and_runs(
 
     assert not r.plan(env.desired()).has_changes
     r.destroy()
-    assert not link_alive(a.link_id)
+    assert gone(link_alive, a.link_id)  # freed in deferred work once its pin is gone
     assert pins_under(env.root) == []
 
 
