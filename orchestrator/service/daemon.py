@@ -114,6 +114,7 @@ class Daemon:
         self._retry_min, self._retry_max = retry
         self._retry_delay = self._retry_min
         self._retry_at: float | None = None
+        self._reconcile_started: float | None = None  # until its metrics are recorded
         self._backend_factory = backend_factory
         self._backend = backend_factory(config)
         self._notifier = notifier if notifier is not None else Notifier(None)
@@ -283,11 +284,19 @@ class Daemon:
     def _reconcile(self, why: str) -> bool:
         """Validate, then apply. True if the kernel now matches the manifests."""
         started = self._clock()
+        self._reconcile_started = started
         try:
             return self._reconcile_once(why, started)
         finally:
-            if self._metrics is not None:
-                self._metrics.reconciled(self._clock() - started)
+            self._record_reconcile()  # one that announced nothing (a torn read, a bug)
+
+    def _record_reconcile(self) -> None:
+        """Record the running reconcile's duration, once. Called before its outcome is
+        announced (status file, readiness, sd_notify): whoever sees the outcome and then
+        scrapes the metrics sees this reconcile counted."""
+        started, self._reconcile_started = self._reconcile_started, None
+        if started is not None and self._metrics is not None:
+            self._metrics.reconciled(self._clock() - started)
 
     def _reconcile_once(self, why: str, started: float) -> bool:
         with self._lock:
@@ -371,6 +380,7 @@ class Daemon:
 
     def _ready(self, summary: ApplySummary) -> None:
         assert self._good is not None
+        self._record_reconcile()
         self._status = replace(
             self._status,
             collections=tuple(sorted(self._good.collections)),
@@ -391,6 +401,7 @@ class Daemon:
         """Report a degraded state. ``retry``: the apply failed, so try again later (with
         a doubling delay) even if no file changes; a repeated identical failure is not
         notified again. Invalid manifests are not retried: only a change can fix them."""
+        self._record_reconcile()
         line = _one_line(f"degraded: {reason}")
         repeated = retry and self._status.phase == "degraded" and line == self._line
         if retry:

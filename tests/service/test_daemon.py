@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.manifest.model import DesiredCollection, DesiredState, Source
+from orchestrator.service import daemon as daemon_module
 from orchestrator.service.backend import ApplyFailedError, ApplySummary, InvalidStateError
 from orchestrator.service.config import ServiceConfig
 from orchestrator.service.daemon import Daemon
-from orchestrator.service.daemon_status import read_status
+from orchestrator.service.daemon_status import DaemonStatus, read_status, write_status
 from orchestrator.service.errors import ConfigError, ConfigProblem
+from orchestrator.service.metrics import DaemonMetrics, new_registry
 from orchestrator.service.notify import Notifier, WatchdogSettings
 from tests.service.helpers import NotifySocket, replace_file, wait_until
 
@@ -88,6 +90,11 @@ class Harness:
     config: ServiceConfig
     made_for: list[ServiceConfig] = field(default_factory=list)
 
+    @property
+    def notify_address(self) -> str | bytes:
+        value = self.notify.env_value
+        return value.replace("@", "\0", 1).encode() if value.startswith("@") else value
+
     def factory(self, config: ServiceConfig) -> FakeBackend:
         self.made_for.append(config)
         return self.backend
@@ -101,21 +108,20 @@ class Harness:
         config: ServiceConfig | None = None,
         retry: tuple[float, float] = (1.0, 60.0),
         on_config: Callable[[ServiceConfig], None] | None = None,
+        notifier: Notifier | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> Daemon:
         """Run the daemon in this (main) thread while ``script`` runs in another; the
         script must end by stopping the daemon (SIGTERM)."""
         daemon = Daemon(
             config or self.config,
             self.factory,
-            notifier=Notifier(
-                self.notify.env_value.replace("@", "\0", 1).encode()
-                if self.notify.env_value.startswith("@")
-                else self.notify.env_value
-            ),
+            notifier=notifier if notifier is not None else Notifier(self.notify_address),
             watchdog=watchdog,
             reload_config=reload_config,
             retry=retry,
             on_config=on_config,
+            metrics=metrics,
         )
         errors: list[BaseException] = []
 
@@ -610,3 +616,77 @@ def test_reload_with_the_same_roots_keeps_the_backend(harness: Harness) -> None:
 
     harness.run(script, reload_config=lambda: harness.config.with_overrides(debounce_ms=10))
     assert harness.made_for == [harness.config]
+
+
+def test_a_reconcile_is_in_the_metrics_before_it_is_announced(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever sees a reconcile's outcome (the status file, readiness, sd_notify) and then
+    scrapes sees its duration counted: the count is read at the very moment each outcome
+    is published, in the daemon's thread, so this holds on any machine speed."""
+    registry = new_registry()
+    metrics = DaemonMetrics(registry)
+
+    def counted() -> float:
+        value = registry.get_sample_value("bpforch_reconcile_duration_seconds_count")
+        assert value is not None
+        return value
+
+    written: list[tuple[str, int, float]] = []
+
+    def recording_write(state_dir: Path, status: DaemonStatus) -> None:
+        written.append((status.phase, status.reconciles, counted()))
+        write_status(state_dir, status)
+
+    monkeypatch.setattr(daemon_module, "write_status", recording_write)
+    notified: list[tuple[str, float]] = []
+
+    class RecordingNotifier(Notifier):
+        def notify(self, **fields: str | int) -> bool:
+            if "STATUS" in fields:
+                notified.append((str(fields["STATUS"]).split(":")[0], counted()))
+            return super().notify(**fields)
+
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        replace_file(h.manifest, "a=2\n")
+        assert h.notify.next()["STATUS"].startswith("ready")
+        replace_file(h.manifest, "a=3\nbad\n")
+        assert h.notify.next()["STATUS"].startswith("degraded: invalid")
+        replace_file(h.manifest, "a=3\nfail\n")
+        assert h.notify.next()["STATUS"].startswith("degraded: apply failed")
+        replace_file(h.manifest, "a=4\n")
+        assert h.notify.next()["STATUS"].startswith("ready")
+        os.kill(os.getpid(), signal.SIGHUP)
+        h.notify.next()
+        assert h.notify.next()["READY"] == "1"
+        stop()
+        h.notify.next()
+
+    harness.run(script, notifier=RecordingNotifier(harness.notify_address), metrics=metrics)
+    # every status file written shows exactly the reconciles the metrics have counted
+    assert [(phase, n) for phase, n, _ in written] == [
+        ("starting", 0),
+        ("ready", 1),
+        ("ready", 2),
+        ("degraded", 3),
+        ("degraded", 4),
+        ("ready", 5),
+        ("reloading", 5),
+        ("ready", 6),
+        ("stopping", 6),
+        ("stopped", 6),
+    ]
+    assert all(count == n for _, n, count in written), written
+    assert notified == [
+        ("starting", 0),
+        ("ready", 1),
+        ("ready", 2),
+        ("degraded", 3),
+        ("degraded", 4),
+        ("ready", 5),
+        ("reloading configuration", 5),
+        ("ready", 6),
+        ("stopping", 6),
+    ]
