@@ -74,9 +74,16 @@ def test_default_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BPFORCH_CACHE_DIR")
     disk = service_cli.disk_cache(True, None)
     assert disk is not None and disk.path == Path("/var/cache/bpforch")
+    # an unprivileged command may not write the default: no fault; the daemon must
+    assert disk.quiet_denied is True
+    disk = service_cli.disk_cache(True, None, daemon=True)
+    assert disk is not None and disk.quiet_denied is False
+    disk = service_cli.disk_cache(True, Path("/tmp/chosen"))
+    assert disk is not None and disk.quiet_denied is False  # asked for: warned about
     monkeypatch.setenv("BPFORCH_CACHE_DIR", "/tmp/elsewhere")
     disk = service_cli.disk_cache(True, None)
     assert disk is not None and disk.path == Path("/tmp/elsewhere")
+    assert disk.quiet_denied is False
     assert service_cli.disk_cache(False, Path("/x")) is None
 
 

@@ -116,7 +116,6 @@ def test_the_daemonset_gives_bpforch_the_node() -> None:
     assert host("/var/run/netns") == "/var/run/netns"
     assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
     assert host(config["state_dir"]) == config["state_dir"]  # the record outlives the pod
-    assert host("/var/cache/bpforch") == "/var/cache/bpforch"
     assert str(Path(config["bpffs_root"]).parent) == "/sys/fs/bpf"
     # the manifests ConfigMap is the configuration's manifest directory
     (manifest_dir,) = config["manifests"]
@@ -132,6 +131,58 @@ def test_the_daemonset_gives_bpforch_the_node() -> None:
     assert cport["containerPort"] == port and cport["name"] == "metrics"
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
+def _mount_of(path: str) -> dict[str, Any]:
+    """The container's mount that holds ``path`` (the deepest mount point above it)."""
+    (container,) = _kind("DaemonSet")["spec"]["template"]["spec"]["containers"]
+    above = [m for m in container["volumeMounts"] if Path(path).is_relative_to(m["mountPath"])]
+    assert above, f"{path} is on the root file system"
+    return max(above, key=lambda m: len(Path(m["mountPath"]).parts))
+
+
+def test_the_cache_dir_is_on_a_writable_volume() -> None:
+    """The root file system is read-only: the configured cache_dir must be on a volume the
+    pod may write, or the cache turns itself off on every node."""
+    pod = _kind("DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    config = _config()
+    cache_dir = config["cache_dir"]
+    assert config.get("cache", True) is True and Path(cache_dir).is_absolute()
+    mount = _mount_of(cache_dir)
+    assert not mount.get("readOnly", False)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert set(volume) == {"name", "emptyDir"}  # the pod's own, writable
+    assert volume["emptyDir"].get("medium") != "Memory"  # not charged to the memory limit
+    # room for the cache's bound plus an entry being written: a full emptyDir evicts the pod
+    from orchestrator.ebpf import diskcache
+
+    size = volume["emptyDir"]["sizeLimit"]
+    assert size.endswith("Mi") and int(size[:-2]) << 20 >= diskcache.MAX_BYTES + diskcache.ENTRY_MAX
+    # the kubelet makes an emptyDir mode 0777, which bpforch does not trust: the cache is a
+    # directory below it, which bpforch creates mode 0700
+    assert Path(cache_dir) != Path(mount["mountPath"])
+
+
+def test_the_cache_works_in_the_volume_as_the_kubelet_makes_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from orchestrator.ebpf import diskcache
+
+    cache_dir = _config()["cache_dir"]
+    mount = _mount_of(cache_dir)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)  # an emptyDir as the kubelet creates it
+    disk = diskcache.DiskCache(volume / Path(cache_dir).relative_to(mount["mountPath"]))
+    with caplog.at_level(logging.WARNING, logger=diskcache.log.name):
+        assert disk.put("spec", "a" * 64, b"payload")
+        assert disk.get("spec", "a" * 64) == b"payload"
+    assert not caplog.records, caplog.text
+    assert disk.usage()[0] == 1
 
 
 def test_the_configuration_is_valid(tmp_path: Path) -> None:
@@ -279,9 +330,16 @@ def test_serve_from_kubelet_projections_through_data_swaps(
     text = config_cm["data"]["config.yaml"]
     config = yaml.safe_load(text)
     (manifest_dir,) = config["manifests"]
-    # the same configuration, with this test's root, state dir, port and mount point
+    # the cache volume, an emptyDir as the kubelet makes it (mode 0777)
+    cache_mount = _mount_of(config["cache_dir"])["mountPath"]
+    cache_volume = tmp_path / "cache-volume"
+    cache_volume.mkdir()
+    cache_volume.chmod(0o777)
+    cache_dir = cache_volume / Path(config["cache_dir"]).relative_to(cache_mount)
+    # the same configuration, with this test's root, state dir, port and mount points
     text = (
         text.replace(manifest_dir, str(tmp_path / "manifests"))
+        .replace(config["cache_dir"], str(cache_dir))
         .replace(config["bpffs_root"], str(pin_dir / "root"))
         .replace(config["state_dir"], str(tmp_path / "state"))
         .replace(config["metrics_address"], f"127.0.0.1:{port}")
@@ -366,3 +424,6 @@ def test_serve_from_kubelet_projections_through_data_swaps(
     assert proc.wait(30) == 0
     status = json.loads((tmp_path / "state" / "service.json").read_text())
     assert status["phase"] == "stopped" and status["invalid"] == 1
+    # the cache worked in its volume: the objects parsed are there, and no warning
+    assert any(p.name.startswith("spec-") for p in cache_dir.iterdir())
+    assert "cache " not in (tmp_path / "daemon.log").read_text()

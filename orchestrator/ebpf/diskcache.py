@@ -15,8 +15,10 @@ format (no pickle): whatever reads them validates every field.
 
 An entry that fails any check is ignored with one warning (logger
 ``orchestrator.ebpf.diskcache``) and the work is done again; writing the fresh result
-replaces it. An unusable directory turns the cache off with one warning. Nothing here ever
-raises to the caller.
+replaces it. An unusable directory (missing and not creatable, not writable, a read-only
+file system, untrusted) turns the cache off with one warning that names it and what to do
+(only the default directory of a one-shot command run by an unprivileged user is turned
+off quietly, see ``quiet_denied``). Nothing here ever raises to the caller.
 
 Keys: each entry is named by a hash of its kind, its key (e.g. the sha256 of an object
 file) and :func:`code_identity` (bpforch's version, the format version and the size and
@@ -70,6 +72,10 @@ _TMP = re.compile(r"^\.tmp-([a-z]+)-([0-9a-f]{64})-[0-9]+-[0-9a-f]{8}$")
 
 log = logging.getLogger(__name__)
 
+_OFF = "the cache is off: give --cache-dir or cache_dir a writable directory, or --no-cache"
+# the errors of a directory this user may not create, open or write into
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -116,11 +122,22 @@ def code_identity() -> str:
 
 
 class DiskCache:
-    """Entries by (kind, key) in one directory (see the module). Thread-safe."""
+    """Entries by (kind, key) in one directory (see the module). Thread-safe.
 
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> None:
+    ``quiet_denied``: a directory this user may not create, open or write into (EACCES,
+    EPERM, EROFS) turns the cache off with a debug message instead of a warning: for the
+    default directory of a command run by an unprivileged user, where that is no fault."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = MAX_BYTES,
+        quiet_denied: bool = False,
+    ) -> None:
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.max_bytes = max_bytes
+        self.quiet_denied = quiet_denied
         self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._off = False
@@ -158,7 +175,10 @@ class DiskCache:
             try:
                 fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
             except OSError as err:
-                self._warn("", f"cannot write an entry: {_reason(err)}")
+                if err.errno in _DENIED:  # no write will ever succeed here
+                    self._disable(f"cannot write into it: {_reason(err)} ({_OFF})", err)
+                else:
+                    self._warn("", f"cannot write an entry: {_reason(err)}")
                 return False
             try:
                 try:
@@ -221,7 +241,7 @@ class DiskCache:
                 os.mkdir(p, 0o700)
                 dfd = os.open(p, _DIR_FLAGS)
             except OSError as err:
-                self._disable(f"cannot create it: {_reason(err)} (the cache is off)", err)
+                self._disable(f"cannot create it: {_reason(err)} ({_OFF})", err)
                 return None
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -230,9 +250,9 @@ class DiskCache:
                 except OSError:
                     link = False
                 why = "a symlink" if link or err.errno == errno.ELOOP else "not a directory"
-                self._disable(f"{why}, not used (the cache is off)", err)
+                self._disable(f"{why}, not used ({_OFF})", err)
             else:
-                self._disable(f"{_reason(err)} (the cache is off)", err)
+                self._disable(f"{_reason(err)} ({_OFF})", err)
             return None
         st = os.fstat(dfd)
         problem = ""
@@ -242,13 +262,16 @@ class DiskCache:
             problem = f"mode {stat.S_IMODE(st.st_mode):04o}"
         if problem:
             os.close(dfd)
-            self._disable(f"{problem}, not trusted (the cache is off; chmod 700 and chown it)")
+            self._disable(
+                f"{problem}, not trusted (the cache is off: chmod 700 and chown it, or give "
+                "--cache-dir or cache_dir a directory of its own)"
+            )
             return None
         return dfd
 
     def _disable(self, why: str, err: OSError | None = None) -> None:
         self._off = True
-        if err is not None and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if self.quiet_denied and err is not None and err.errno in _DENIED:
             # the default directory of a command run by an unprivileged user: not a fault
             log.debug("cache %s: %s", self.path, why)
             return

@@ -108,17 +108,21 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def disk_cache(enabled: bool, cache_dir: Path | None) -> DiskCache | None:
+def disk_cache(enabled: bool, cache_dir: Path | None, *, daemon: bool = False) -> DiskCache | None:
     """The persisted cache for these settings (None: off). ``cache_dir`` None: the
-    default, ``$BPFORCH_CACHE_DIR`` or :data:`DEFAULT_CACHE_DIR`."""
+    default, ``$BPFORCH_CACHE_DIR`` or :data:`DEFAULT_CACHE_DIR`. A directory that cannot
+    be used is warned about once, except the default one of a command (not ``daemon``)
+    that the user may not write: an unprivileged ``bpforch validate`` is no fault."""
     if not enabled:
         return None
     from orchestrator.ebpf.diskcache import DiskCache
 
+    quiet = False
     if cache_dir is None:
         env = os.environ.get("BPFORCH_CACHE_DIR")
         cache_dir = Path(env) if env else DEFAULT_CACHE_DIR
-    return DiskCache(cache_dir)
+        quiet = not env and not daemon
+    return DiskCache(cache_dir, quiet_denied=quiet)
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -275,7 +279,7 @@ def _run(config: ServiceConfig, reload: Callable[[], ServiceConfig] | None, err:
     from orchestrator.ebpf.speccache import SpecCache
     from orchestrator.manifest import ObjectStore
 
-    disk = disk_cache(config.cache, config.cache_dir)
+    disk = disk_cache(config.cache, config.cache_dir, daemon=True)
     kernel_btf.use_disk(disk)
     store = ObjectStore(SpecCache(disk=disk))
     try:

@@ -449,7 +449,7 @@ def test_an_unwritable_directory_is_no_error(
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         spec, stats = _fresh(obj("xdp_counter.o"), disk)
     assert stats.parsed == 1 and spec.programs
-    assert "not a directory, not used (the cache is off)" in caplog.text
+    assert "not a directory, not used (the cache is off: give --cache-dir" in caplog.text
 
 
 def test_no_temporary_files_are_left(cache_dir: Path) -> None:
@@ -599,3 +599,53 @@ def test_a_directory_that_cannot_be_made_turns_the_cache_off(
     disk = diskcache.DiskCache(tmp_path / "missing" / "cache")  # no parent
     _served_and_warned(obj("xdp_counter.o"), disk, caplog, "cannot create it")
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A private directory on a read-only file system (a tmpfs mounted ro, mode 0700), as
+    a container's read-only root file system is."""
+    import subprocess
+
+    require_kernel()  # root: mount
+    d = tmp_path / "ro"
+    d.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,mode=0700,size=1m", "none", str(d)], check=True
+    )
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)
+
+
+@pytest.mark.parametrize("where", ["the directory", "a directory to create"])
+def test_a_read_only_directory_turns_the_cache_off_with_one_warning(
+    read_only_dir: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    path = read_only_dir if where == "the directory" else read_only_dir / "cache"
+    disk = diskcache.DiskCache(path)
+    why = "cannot write into it" if path == read_only_dir else "cannot create it"
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, why)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    # it names the directory, the reason and what to do
+    assert warning == (
+        f"cache {path}: {why}: read-only file system (the cache is off: give --cache-dir "
+        "or cache_dir a writable directory, or --no-cache)"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _fresh(obj("pinned.o"), disk)  # off: no second try, no second warning
+    assert not [r for r in caplog.records if r.name == LOGGER]
+
+
+def test_a_denied_default_directory_is_quiet_only_when_asked(
+    read_only_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = diskcache.DiskCache(read_only_dir / "cache", quiet_denied=True)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        _, stats = _fresh(obj("xdp_counter.o"), disk)
+    assert stats.parsed == 1
+    records = [r for r in caplog.records if r.name == LOGGER]
+    assert [r.levelno for r in records] == [logging.DEBUG]
+    assert "cannot create it: read-only file system" in records[0].getMessage()
