@@ -115,6 +115,7 @@ class Daemon:
         self._retry_delay = self._retry_min
         self._retry_at: float | None = None
         self._reconcile_started: float | None = None  # until its metrics are recorded
+        self._marks: dict[str, float] = {}  # the running reconcile's times (see _timing)
         self._backend_factory = backend_factory
         self._backend = backend_factory(config)
         self._notifier = notifier if notifier is not None else Notifier(None)
@@ -196,10 +197,12 @@ class Daemon:
                     next_ping = now + self._watchdog.interval
                 with self._lock:
                     burst = self._debouncer.take(now)
+                    taken = self._debouncer.taken
                 if burst:
                     if self._writes_in_progress(now):
                         continue
-                    self._reconcile(f"{burst} change(s)")
+                    assert taken is not None
+                    self._reconcile(f"{burst} change(s)", changes=(*taken, now))
                 elif self._retry_at is not None and now >= self._retry_at:
                     self._retry_at = None
                     self._reconcile("retry")
@@ -281,10 +284,18 @@ class Daemon:
 
     # ------------------------------------------------------------------ actions
 
-    def _reconcile(self, why: str) -> bool:
-        """Validate, then apply. True if the kernel now matches the manifests."""
+    def _reconcile(
+        self, why: str, *, changes: tuple[float, float, float, float] | None = None
+    ) -> bool:
+        """Validate, then apply. True if the kernel now matches the manifests.
+        ``changes``: for a reconcile of file changes, the times of the burst's first and
+        last change, of its debounce deadline and of the loop's wake-up (for the latency
+        figures it logs)."""
         started = self._clock()
         self._reconcile_started = started
+        self._marks = {"start": started}
+        if changes is not None:
+            self._marks.update(zip(("first", "last", "due", "woke"), changes, strict=True))
         try:
             return self._reconcile_once(why, started)
         finally:
@@ -304,6 +315,7 @@ class Daemon:
         self._status = replace(self._status, reconciles=self._status.reconciles + 1)
         try:
             desired = self._backend.load(self.config.manifests)
+            self._marks["loaded"] = self._clock()
         except InvalidStateError as err:
             if self._changed_while_read(changes_before):
                 return False
@@ -327,6 +339,7 @@ class Daemon:
         self._retarget(desired)
         self._status = replace(self._status, applies=self._status.applies + 1)
         try:
+            self._marks["watched"] = self._clock()
             with self._applying():
                 summary = self._backend.apply(desired, self.config.prune)
         except ApplyFailedError as err:
@@ -349,14 +362,35 @@ class Daemon:
         self._status = replace(self._status, applied=self._status.applied + 1)
         self._retry_at, self._retry_delay = None, self._retry_min
         self._good = desired
-        elapsed_ms = (self._clock() - started) * 1000
-        _log.info(
-            "applied: %s",
-            summary,
-            extra={"fields": {"trigger": why, "ms": f"{elapsed_ms:.1f}"}},
-        )
+        self._marks["applied"] = self._clock()
+        fields = {"trigger": why, "ms": f"{(self._marks['applied'] - started) * 1000:.1f}"}
+        if "last" in self._marks:  # from the last change seen to applied
+            fields["latency_ms"] = f"{(self._marks['applied'] - self._marks['last']) * 1000:.1f}"
+        _log.info("applied: %s", summary, extra={"fields": fields})
+        _log.debug("reconcile timing", extra={"fields": self._timing()})
         self._ready(summary)
         return True
+
+    def _timing(self) -> dict[str, str]:
+        """Where a reconcile's time went, in ms: from the burst's first to its last change
+        (``burst``), the debounce after the last one (``quiet``), the loop waking up after
+        the deadline (``wake``), the wait for writers to finish (``settle``), validation
+        (``load``), re-targeting the watches (``watch``) and the apply (``apply``)."""
+        m = self._marks
+        spans = (
+            ("burst", "first", "last"),
+            ("quiet", "last", "due"),
+            ("wake", "due", "woke"),
+            ("settle", "woke", "start"),
+            ("load", "start", "loaded"),
+            ("watch", "loaded", "watched"),
+            ("apply", "watched", "applied"),
+        )
+        return {
+            f"{name}_ms": f"{(m[end] - m[begin]) * 1000:.1f}"
+            for name, begin, end in spans
+            if begin in m and end in m
+        }
 
     def _applying(self) -> contextlib.AbstractContextManager[None]:
         """Tells the metrics' scrapes that an apply runs (they serve their last reading)."""

@@ -79,6 +79,9 @@ class Debouncer:
         self._first: float | None = None
         self._last: float | None = None
         self.events = 0  # changes seen in the pending burst
+        # the last burst taken: (its first change, its last change, when it was due), for
+        # the daemon's latency figures
+        self.taken: tuple[float, float, float] | None = None
 
     def touch(self, now: float) -> None:
         if self._first is None:
@@ -101,8 +104,11 @@ class Debouncer:
 
     def take(self, now: float) -> int:
         """If due, reset and return the number of changes coalesced; else 0."""
-        if not self.due(now):
+        deadline = self.deadline()
+        if deadline is None or now < deadline:
             return 0
+        assert self._first is not None and self._last is not None
+        self.taken = (self._first, self._last, deadline)
         n = self.events
         self._first = self._last = None
         self.events = 0

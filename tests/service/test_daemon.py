@@ -5,6 +5,7 @@ thread edits files and sends signals, and a datagram socket plays systemd."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import threading
@@ -690,3 +691,44 @@ def test_a_reconcile_is_in_the_metrics_before_it_is_announced(
         ("ready", 6),
         ("stopping", 6),
     ]
+
+
+def test_an_applied_change_logs_its_latency_and_where_it_went(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    def script(h: Harness) -> None:
+        h.notify.next()
+        h.notify.next()
+        replace_file(h.manifest, "a=2\n")
+        assert h.notify.next()["STATUS"].startswith("ready")
+        stop()
+        h.notify.next()
+
+    with caplog.at_level(logging.DEBUG, logger="orchestrator.service.daemon"):
+        harness.run(script)
+
+    def fields(record: logging.LogRecord) -> dict[str, str]:
+        found: dict[str, str] = getattr(record, "fields", {})
+        return found
+
+    applied = [fields(r) for r in caplog.records if r.getMessage().startswith("applied: ")]
+    assert len(applied) == 2
+    assert "latency_ms" not in applied[0]  # the start: no change to measure from
+    after = applied[1]
+    assert after["trigger"] == "1 change(s)"
+    # from the change seen to applied: at least the 50 ms debounce, at most a loaded second
+    assert 50.0 <= float(after["latency_ms"]) < 1000
+    (timing,) = [fields(r) for r in caplog.records if r.getMessage() == "reconcile timing"][1:]
+    assert set(timing) == {
+        "burst_ms",
+        "quiet_ms",
+        "wake_ms",
+        "settle_ms",
+        "load_ms",
+        "watch_ms",
+        "apply_ms",
+    }
+    assert timing["burst_ms"] == "0.0" and timing["quiet_ms"] == "50.0"  # one rename
+    spans = sum(float(v) for k, v in timing.items() if k != "burst_ms")
+    # after the last change, the spans add up to the latency (each rounded to 0.1 ms)
+    assert spans == pytest.approx(float(after["latency_ms"]), abs=0.5)

@@ -22,8 +22,10 @@ def test_debouncer_quiet_period() -> None:
     d.touch(10.05)
     assert d.deadline() == pytest.approx(10.15)
     assert not d.due(10.1) and d.take(10.1) == 0
+    assert d.taken is None  # nothing taken yet
     assert d.take(10.16) == 2
     assert not d.pending and d.deadline() is None
+    assert d.taken == pytest.approx((10.0, 10.05, 10.15))  # the burst and when it was due
 
 
 def test_debouncer_max_delay_bounds_a_storm() -> None:
@@ -36,6 +38,7 @@ def test_debouncer_max_delay_bounds_a_storm() -> None:
             fired.append(round(t, 2))
         t += 0.01
     assert fired == [0.5, 1.01, 1.52]
+    assert d.taken is not None and d.taken[2] == pytest.approx(d.taken[0] + 0.5)  # max_delay
     assert d.pending
 
 
