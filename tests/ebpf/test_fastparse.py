@@ -15,9 +15,9 @@ import pytest
 from orchestrator import ebpf
 from orchestrator.ebpf import elf
 from orchestrator.ebpf.btf import Datasec, Func, Int, Kind, Spec, Struct
+from orchestrator.ebpf.btf import decode as btf_decode
 from orchestrator.ebpf.btf import describe as _btf_describe
 from orchestrator.ebpf.btf import sizeof as btf_sizeof
-from orchestrator.ebpf.btf import decode as btf_decode
 from orchestrator.ebpf.errors import BTFError
 from tests.ebpf.test_btf import info, raw_btf, signatures
 
