@@ -145,11 +145,10 @@ class _Loader:
         if spec.btf is None or spec.btf is not self.spec.btf:
             return 0, 0
         b = spec.btf
-        if spec.btf_value_type is not None:
-            return 0, b.type_id(spec.btf_value_type)
-        key = b.type_id(spec.key) if spec.key is not None else 0
-        value = b.type_id(spec.value) if spec.value is not None else 0
-        return key, value
+        value_type = spec._type_id("btf_value_type", b)
+        if value_type is not None:
+            return 0, value_type
+        return spec._type_id("key", b) or 0, spec._type_id("value", b) or 0
 
     # ------------------------------------------------------------------ maps
 

@@ -19,6 +19,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.asm import Instructions
 from orchestrator.ebpf.btf import layout as _layout
+from orchestrator.ebpf.btf.types import _Lazy
 from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
 from orchestrator.ebpf.suggestions import hint
 
@@ -75,6 +76,16 @@ class MapSpec:
     btf: _btf.Spec | None = None  # where ``key``/``value`` live (and the map's BTF type)
     btf_value_type: _btf.Type | None = None  # type whose id is passed as the value type
     struct_ops: StructOpsSpec | None = None  # the table of a BPF_MAP_TYPE_STRUCT_OPS map
+
+    def _type_id(self, attr: str, spec: _btf.Spec) -> int | None:
+        """The id in ``spec`` of the type held in ``attr`` (``key``, ``value``,
+        ``btf_value_type``; None for none), without decoding a type still held by id."""
+        held = self.__dict__[_LAZY_SLOTS[attr]]
+        if held is None:
+            return None
+        if type(held) is _Lazy and held.spec is spec:
+            return held.tid
+        return spec.type_id(getattr(self, attr))
 
     @property
     def is_data_section(self) -> bool:
@@ -200,6 +211,31 @@ class MapSpec:
         )
 
 
+# MapSpec's BTF types may be held as a type id of ``btf`` (a _Lazy, what the ELF reader
+# stores) and are decoded on first read: a parse that nobody inspects decodes little. The
+# dataclass's fields become properties over private attributes (its __init__, repr and
+# dataclasses.fields() go through them, so nothing observable changes).
+_LAZY_SLOTS = {"key": "_key", "value": "_value", "btf_value_type": "_btf_value_type"}
+
+
+def _lazy_type(slot: str) -> property:
+    def get(self: MapSpec) -> _btf.Type | None:
+        held = self.__dict__[slot]
+        if type(held) is _Lazy:
+            held = held.get()
+            self.__dict__[slot] = held
+        return held  # type: ignore[no-any-return]
+
+    def put(self: MapSpec, value: _btf.Type | _Lazy | None) -> None:
+        self.__dict__[slot] = value
+
+    return property(get, put)
+
+
+for _attr, _slot in _LAZY_SLOTS.items():
+    setattr(MapSpec, _attr, _lazy_type(_slot))
+
+
 def _type_name(t: MapType | int) -> str:
     try:
         return MapType(t).name.lower()
@@ -272,7 +308,7 @@ class ProgramSpec:
 class VariableSpec:
     """A global variable: a window onto the initial contents of a data-section map."""
 
-    __slots__ = ("_map", "linkage", "name", "offset", "size", "type")
+    __slots__ = ("_map", "_type", "linkage", "name", "offset", "size")
 
     def __init__(
         self,
@@ -280,15 +316,27 @@ class VariableSpec:
         map_spec: MapSpec,
         offset: int,
         size: int,
-        type: _btf.Type | None,
+        type: _btf.Type | _Lazy | None,
         linkage: str = "global",
     ) -> None:
         self.name = name
         self._map = map_spec
         self.offset = offset
         self.size = size
-        self.type = type
+        self._type = type  # a _Lazy (a type id) until first read
         self.linkage = linkage
+
+    @property
+    def type(self) -> _btf.Type | None:
+        """The variable's BTF type (None without BTF)."""
+        held = self._type
+        if type(held) is _Lazy:
+            held = self._type = held.get()
+        return held  # type: ignore[return-value]
+
+    @type.setter
+    def type(self, value: _btf.Type | None) -> None:
+        self._type = value
 
     @property
     def section(self) -> str:
@@ -342,7 +390,7 @@ class VariableSpec:
         self._buffer()[self.offset : self.offset + self.size] = data
 
     def _rebind(self, map_spec: MapSpec) -> VariableSpec:
-        return VariableSpec(self.name, map_spec, self.offset, self.size, self.type, self.linkage)
+        return VariableSpec(self.name, map_spec, self.offset, self.size, self._type, self.linkage)
 
     def __repr__(self) -> str:
         kind = _btf.describe(self.type) if self.type is not None else f"{self.size} bytes"

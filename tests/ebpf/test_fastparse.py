@@ -14,8 +14,10 @@ import pytest
 
 from orchestrator import ebpf
 from orchestrator.ebpf import elf
-from orchestrator.ebpf.btf import Datasec, Int, Kind, Spec, Struct
+from orchestrator.ebpf.btf import Datasec, Func, Int, Kind, Spec, Struct
 from orchestrator.ebpf.btf import decode as btf_decode
+from orchestrator.ebpf.btf import describe as _btf_describe
+from orchestrator.ebpf.btf import sizeof as btf_sizeof
 from orchestrator.ebpf.errors import BTFError
 from tests.ebpf.test_btf import info, raw_btf, signatures
 
@@ -332,6 +334,94 @@ def test_map_definitions_match_the_decoded_reading(path: Path) -> None:
             f.flags,
             f.pinning,
         ), name
+
+
+# ---------------------------------------------------------------------------- lazy types
+
+
+@pytest.mark.parametrize("path", BTF_OBJECTS, ids=lambda p: p.name)
+def test_sizeof_id_matches_sizeof(path: Path) -> None:
+    """sizeof_id (records of undecoded types) gives what sizeof gives on the decoded type,
+    errors included, for every type of every object, and decodes nothing on success."""
+    spec = Spec.parse(btf_of(path))
+    decoded = Spec.parse(btf_of(path))
+    for tid in range(len(spec) + 1):
+        try:
+            want: int | str = btf_sizeof(decoded.type_by_id(tid))
+        except BTFError as err:
+            want = str(err)
+        fresh = Spec.parse(btf_of(path)) if tid % 16 == 0 else spec
+        try:
+            got: int | str = fresh.sizeof_id(tid)
+        except BTFError as err:
+            got = str(err)
+        assert got == want, tid
+        if isinstance(got, int) and fresh is not spec:
+            assert all(t is None for t in fresh._cache), tid
+
+
+SMALL = ["xdp_counter.o", "tc_filter.o", "pinned.o", "globals.o", "cgroup_egress.o"]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_a_parse_decodes_no_type_and_reads_them_on_use(name: str) -> None:
+    """Map key/value types, the data sections' types, variables' types and func info are
+    held by id: a parse of a small object decodes none of its BTF, and each reads back as
+    the same type a fully decoded reading gives (same ids, same descriptions)."""
+    path = ROOT / "bpf" / name
+    spec = ebpf.CollectionSpec.from_file(path, cache=False)
+    btf = spec.btf
+    assert btf is not None
+    assert all(t is None for t in btf._cache)
+    copy = spec.copy()  # copied before anything is read: both read the same types
+    ids: list[tuple[str, int | None]] = []
+    for mname, m in spec.maps.items():
+        for attr in ("key", "value", "btf_value_type"):
+            tid = m._type_id(attr, btf)
+            ids.append((f"{mname}.{attr}", tid))
+            t = getattr(m, attr)
+            assert (t is None) == (tid is None)
+            if t is not None:
+                assert t is btf.type_by_id(tid) is getattr(copy.maps[mname], attr)
+                assert m._type_id(attr, btf) == btf.type_id(t) == tid  # decoded: same id
+    for vname, v in spec.variables.items():
+        assert v.type is not None and v.type is copy.variables[vname].type
+        assert _btf_describe(v.type) in repr(v)
+    for p in spec.programs.values():
+        for fi in p.func_infos:
+            assert isinstance(fi.func, Func) and fi.type_id_in(btf) == btf.type_id(fi.func)
+    # against a reading with every type decoded first (the decoded path)
+    full = ebpf.CollectionSpec.from_file(path, cache=False)
+    assert full.btf is not None
+    list(full.btf.types)
+    for mname, m in full.maps.items():
+        for attr in ("key", "value", "btf_value_type"):
+            t = getattr(m, attr)
+            got = getattr(spec.maps[mname], attr)
+            assert (t is None) == (got is None)
+            if t is not None:
+                assert full.btf.type_id(t) == btf.type_id(got)
+                assert _btf_describe(t) == _btf_describe(got)
+    assert sorted(full.variables) == sorted(spec.variables)
+    assert len(ids) == 3 * len(spec.maps)
+
+
+def test_map_definition_errors_on_the_record_path() -> None:
+    """A map definition read from the records fails as the decoded reading does."""
+    path = ROOT / "bpf" / "xdp_counter.o"
+    data = path.read_bytes()
+    spec = ebpf.CollectionSpec.from_bytes(data, "x")
+    (mname,) = [n for n, m in spec.maps.items() if m.section == ".maps"]
+    assert spec.maps[mname].key_size and spec.maps[mname].value_size
+    # rename the struct's "type" member to an unknown field: both paths name it
+    blob = btf_of(path)
+    at = data.index(blob)
+    hdr_len, _, _, str_off, _ = struct.unpack_from("<IIIII", blob, 4)
+    strtab_at = at + hdr_len + str_off
+    pos = data.index(b"\0max_entries\0", strtab_at) + 1
+    bad = data[:pos] + b"max_entriez" + data[pos + len(b"max_entries") :]
+    with pytest.raises(ebpf.ParseError, match=f"map {mname}: unknown field 'max_entriez'"):
+        ebpf.CollectionSpec.from_bytes(bad, "x")
 
 
 # ---------------------------------------------------------------------------- the profile

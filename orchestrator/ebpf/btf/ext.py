@@ -14,8 +14,10 @@ import enum
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
-from orchestrator.ebpf.btf import Func, Spec, Type, describe
+from orchestrator.ebpf.btf import Func, Kind, Spec, Type, describe
+from orchestrator.ebpf.btf.types import _Lazy
 from orchestrator.ebpf.errors import BTFError
 
 __all__ = [
@@ -67,12 +69,41 @@ class COREReloKind(enum.IntEnum):
     TYPE_MATCHES = 12
 
 
-@dataclass(slots=True)
+@dataclass
 class FuncInfo:
-    """The BTF function at instruction ``insn`` (an index, not a byte offset)."""
+    """The BTF function at instruction ``insn`` (an index, not a byte offset).
+
+    ``func`` may be held as a type id (what :func:`parse_ext` stores) and is decoded on
+    first read; :meth:`type_id_in` gives the id without decoding it."""
 
     insn: int
     func: Func
+
+    def type_id_in(self, spec: Spec) -> int:
+        """The func's id in ``spec``."""
+        held = self.__dict__["_func"]
+        if type(held) is _Lazy and held.spec is spec:
+            return held.tid
+        return spec.type_id(self.func)
+
+    def at(self, insn: int) -> FuncInfo:
+        """The same func at another instruction (kept by id if it is)."""
+        return FuncInfo(insn, self.__dict__["_func"])
+
+
+def _get_func(self: FuncInfo) -> Func:
+    held = self.__dict__["_func"]
+    if type(held) is _Lazy:
+        held = held.get()
+        self.__dict__["_func"] = held
+    return held  # type: ignore[no-any-return]
+
+
+def _set_func(self: FuncInfo, value: Func | _Lazy) -> None:
+    self.__dict__["_func"] = value
+
+
+setattr(FuncInfo, "func", property(_get_func, _set_func))  # noqa: B010
 
 
 @dataclass(slots=True)
@@ -128,10 +159,12 @@ def parse_ext(data: bytes, spec: Spec) -> Ext:
 
     for rec_off, name in _records(body, spec, fi_off, fi_len, _MIN_FUNC_INFO, "func info"):
         byte_off, type_id = struct.unpack_from("<II", body, rec_off)
-        func = spec.type_by_id(type_id)
-        if not isinstance(func, Func):
-            raise BTFError(f"btf.ext: func info in {name}: {describe(func)} is not a func")
-        ext.func_infos.setdefault(name, []).append(FuncInfo(_insn(byte_off, name), func))
+        if type_id == 0 or spec.kind_of(type_id) != Kind.FUNC:
+            func = spec.type_by_id(type_id)
+            if not isinstance(func, Func):
+                raise BTFError(f"btf.ext: func info in {name}: {describe(func)} is not a func")
+        held = cast(Func, _Lazy(spec, type_id))  # decoded on first read of .func
+        ext.func_infos.setdefault(name, []).append(FuncInfo(_insn(byte_off, name), held))
 
     string = spec.string
     for name, block in _blocks(body, spec, li_off, li_len, _MIN_LINE_INFO, "line info"):
@@ -224,12 +257,18 @@ def encode_func_infos(
 ) -> bytes:
     """``struct bpf_func_info[]`` for BPF_PROG_LOAD: ``insn_off`` in instructions
     (``base_insn + info.insn``) and the func's type id in the loaded BTF."""
+    return _encode_func_infos(infos, lambda fi: spec_type_id(fi.func), base_insn)
+
+
+def _encode_func_infos(
+    infos: Iterable[FuncInfo], spec_type_id: Callable[[FuncInfo], int], base_insn: int = 0
+) -> bytes:
     out = bytearray()
     for fi in infos:
         insn = base_insn + fi.insn
         if not 0 <= insn < 1 << 32:
             raise BTFError(f"func info {fi.func.name}: instruction {insn} out of range")
-        out += _FUNC_INFO.pack(insn, spec_type_id(fi.func))
+        out += _FUNC_INFO.pack(insn, spec_type_id(fi))
     return bytes(out)
 
 
@@ -298,7 +337,7 @@ def encoded_func_infos(infos: tuple[FuncInfo, ...], spec: Spec) -> bytes:
         out = hit[2]
         assert isinstance(out, bytes)
         return out
-    data = encode_func_infos(infos, spec.type_id)
+    data = _encode_func_infos(infos, lambda fi: fi.type_id_in(spec))
     _remember(key, (infos, spec, data))
     return data
 

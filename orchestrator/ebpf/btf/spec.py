@@ -12,17 +12,21 @@ from typing import TypeVar, overload
 from orchestrator.ebpf.btf import decode as _decode
 from orchestrator.ebpf.btf import encode as _encode
 from orchestrator.ebpf.btf.types import (
+    _MAX_CHAIN,
     BTF_MAX_TYPE,
+    POINTER_SIZE,
     Array,
     Datasec,
     Kind,
     Pointer,
     Type,
     Var,
+    VarLinkage,
     Void,
     _Lazy,
     describe,
     raw_target,
+    sizeof,
     skip_qualifiers,
 )
 from orchestrator.ebpf.errors import BTFError
@@ -34,6 +38,10 @@ T = TypeVar("T", bound=Type)
 # what skip_qualifiers looks through: typedef, volatile, const, restrict, type tag
 _QUALIFIER_KINDS = frozenset(
     {Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG}
+)
+# kinds whose record's size word is their size (what sizeof reads from the decoded type)
+_SIZED_KINDS = frozenset(
+    {Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.DATASEC, Kind.FLOAT, Kind.ENUM64}
 )
 
 
@@ -403,6 +411,117 @@ class Spec:
         w[o + 2] = size
         w[o + 3 : o + 3 + 3 * vlen] = array("I", [x for rec in secinfos for x in rec])
         self._marshalled.clear()
+
+    def datasec_vars(self, type_id: int) -> list[tuple[str, int, int, int, int]] | None:
+        """A DATASEC's variables as ``(name, linkage, type id, offset, size)`` read from
+        the records, when it and its variables are own types not decoded yet (nothing is
+        decoded); else None (use the decoded :class:`Datasec`)."""
+        first, cache, offs, words = self._first, self._cache, self._offs, self._words
+        idx = type_id - first
+        if not 0 <= idx < len(offs) or cache[idx] is not None:
+            return None
+        o = offs[idx]
+        info = words[o + 1]
+        if (info >> 24) & 0x1F != Kind.DATASEC:
+            return None
+        out = []
+        for j in range(info & 0xFFFF):
+            b = o + 3 + 3 * j
+            ref = words[b]
+            vidx = ref - first
+            if not 0 <= vidx < len(offs) or cache[vidx] is not None:
+                return None
+            vo = offs[vidx]
+            vinfo = words[vo + 1]
+            if (vinfo >> 24) & 0x1F != Kind.VAR or words[vo + 3] > max(VarLinkage):
+                return None
+            name = self.string(words[vo]) if words[vo] else ""
+            out.append(
+                (name, int(words[vo + 3]), int(words[vo + 2]), int(words[b + 1]), int(words[b + 2]))
+            )
+        return out
+
+    def _unqualified(self, type_id: int) -> int:
+        """Where the record of what ``type_id`` is past typedefs and qualifiers starts,
+        when that path has only own types not decoded yet; else -1."""
+        first, cache, offs, words = self._first, self._cache, self._offs, self._words
+        n, tid = len(offs), type_id
+        for _ in range(_MAX_CHAIN):
+            idx = tid - first
+            if tid == 0 or not 0 <= idx < n or cache[idx] is not None:
+                return -1
+            o = offs[idx]
+            if (words[o + 1] >> 24) & 0x1F not in _QUALIFIER_KINDS:
+                return int(o)
+            tid = words[o + 2]
+        return -1
+
+    def pointer_members(self, type_id: int) -> list[tuple[str, int, int]] | None:
+        """A STRUCT's members (past qualifiers) read from the records, when it is an own
+        type not decoded yet (nothing is decoded); else None. Each is ``(name, type id,
+        target)``: ``target`` is the pointee's id when the member is a pointer (past
+        qualifiers), -1 when it is something else, -2 when that path meets a decoded or a
+        base type (ask the decoded member)."""
+        o = self._unqualified(type_id)
+        w = self._words
+        if o < 0:
+            return None
+        info = w[o + 1]
+        if (info >> 24) & 0x1F != Kind.STRUCT:
+            return None
+        string, unqualified = self.string, self._unqualified
+        out = []
+        for b in range(o + 3, o + 3 + 3 * (info & 0xFFFF), 3):
+            mtype = int(w[b + 1])
+            mo = unqualified(mtype)
+            if mo < 0:
+                target = -2
+            elif (w[mo + 1] >> 24) & 0x1F == Kind.PTR:
+                target = int(w[mo + 2])
+            else:
+                target = -1
+            out.append((string(w[b]) if w[b] else "", mtype, target))
+        return out
+
+    def array_len_id(self, type_id: int) -> int | None:
+        """What :meth:`pointed_array_len` gives for a pointer whose target is
+        ``type_id``: its element count when it is an array (past qualifiers), else None."""
+        o = self._unqualified(type_id)
+        if o < 0:
+            target = skip_qualifiers(self.type_by_id(type_id))
+            return int(target.nelems) if isinstance(target, Array) else None
+        w = self._words
+        return int(w[o + 5]) if (w[o + 1] >> 24) & 0x1F == Kind.ARRAY else None
+
+    def sizeof_id(self, type_id: int) -> int:
+        """``sizeof(self.type_by_id(type_id))``, read from the records of own types not
+        decoded yet (which stay undecoded); anything else, errors included, goes through
+        the decoded types (the same result and messages)."""
+        first, cache, offs, words = self._first, self._cache, self._offs, self._words
+        mult, tid = 1, type_id
+        for _ in range(_MAX_CHAIN):
+            idx = tid - first
+            if tid == 0 or not 0 <= idx < len(offs) or cache[idx] is not None:
+                break
+            o = offs[idx]
+            kind = (words[o + 1] >> 24) & 0x1F
+            if kind in _SIZED_KINDS:
+                return mult * int(words[o + 2])
+            if kind == Kind.PTR:
+                return mult * POINTER_SIZE
+            if kind == Kind.ARRAY:
+                mult *= int(words[o + 5])
+                tid = int(words[o + 3])
+            elif kind in _QUALIFIER_KINDS or kind == Kind.VAR:
+                tid = int(words[o + 2])
+            else:
+                break
+        else:
+            return sizeof(self.type_by_id(type_id))  # raises: the chain is too long
+        try:
+            return mult * sizeof(self.type_by_id(tid))
+        except BTFError:
+            return sizeof(self.type_by_id(type_id))  # the message names the first type
 
     def pointed_array_len(self, ptr: Pointer) -> int | None:
         """``N`` when ``ptr`` points at an array of ``N`` (``__uint(name, N)`` in a map

@@ -165,6 +165,10 @@ class _Lazy:
         self.spec = spec
         self.tid = tid
 
+    def get(self) -> Type:
+        """The type, decoded now (or already)."""
+        return self.spec.type_by_id(self.tid)
+
 
 @dataclass(eq=False, repr=False, slots=True)
 class Pointer(Type):

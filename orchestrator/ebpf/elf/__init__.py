@@ -669,7 +669,7 @@ class _Reader(MapReader):
         core_relos: list[_btf_ext.CORERelo] = []
         if self.ext is None:
             return func_infos, line_infos, core_relos
-        FuncInfo, LineInfo = _btf_ext.FuncInfo, _btf_ext.LineInfo
+        LineInfo = _btf_ext.LineInfo
         ext, idx = self.ext, self._ext_index
         for fn in order:
             delta = placed[id(fn)] - fn.start
@@ -680,7 +680,7 @@ class _Reader(MapReader):
                 core_relos += _ext_slice(idx.core_relos, ext.core_relos, sec, fn)
                 continue
             for fi in _ext_slice(idx.func_infos, ext.func_infos, sec, fn):
-                func_infos.append(FuncInfo(fi.insn + delta, fi.func))
+                func_infos.append(fi.at(fi.insn + delta))
             for li in _ext_slice(idx.line_infos, ext.line_infos, sec, fn):
                 line_infos.append(
                     LineInfo(li.insn + delta, li.file_name, li.line, li.line_number, li.column)

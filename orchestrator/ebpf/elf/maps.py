@@ -4,12 +4,14 @@ sections as single-entry arrays, and static initial values of prog arrays and ma
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import (
     MapFlags,
     MapType,
 )
+from orchestrator.ebpf.btf.types import _Lazy, raw_target
 from orchestrator.ebpf.elf.records import (
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -62,8 +64,20 @@ class MapReader:
             return
         if self.btf is None:
             raise ParseError("section .maps: needs BTF (compile with -g)")
+        btf = self.btf
+        ids = [t for t in btf.ids_by_name(".maps") if btf.kind_of(t) == _btf.Kind.DATASEC]
+        raw_vars = btf.datasec_vars(ids[0]) if len(ids) == 1 else None
+        if raw_vars is not None:  # read from the records: nothing decoded
+            for var_name, _linkage, var_type, offset, _size in raw_vars:
+                spec = self._btf_map_def_raw(var_name, var_type, ".maps")
+                maps[spec.name] = spec
+                self._map_at[(sec.index, offset)] = spec.name
+            for sym in self.symbols:
+                if sym.shndx == sec.index and sym.name in maps:
+                    map_by_symbol[sym.index] = sym.name
+            return
         try:
-            datasec = self.btf.type_by_name(".maps", _btf.Datasec)
+            datasec = btf.type_by_name(".maps", _btf.Datasec)
         except BTFError as err:
             raise ParseError("section .maps: no BTF datasec describes it") from err
         for vsi in datasec.vars:
@@ -76,6 +90,87 @@ class MapReader:
             if sym.shndx == sec.index and sym.name in maps:
                 map_by_symbol[sym.index] = sym.name
 
+    def _btf_map_def_raw(self, name: str, type_id: int, section: str) -> MapSpec:
+        """:meth:`_btf_map_def` of type ``type_id``, read from the BTF records where they
+        are plain (a struct of ``__uint``/``__type`` fields, nothing decoded yet): key and
+        value types are kept by id. Anything else goes through the decoded types."""
+        btf = self.btf
+        assert btf is not None
+        members = btf.pointer_members(type_id)
+        if members is None:
+            return self._btf_map_def(name, btf.type_by_id(type_id), section)
+        spec = MapSpec(name, MapType.UNSPEC, 0, 0, 0, section=section, btf=btf)
+        for m_name, m_type, target in members:
+            if m_name not in _MAP_DEF_FIELDS:
+                raise ParseError(f"map {name}: unknown field {m_name!r} in definition")
+            if m_name == "values":
+                spec.inner_map = self._map_values_field(name, btf.type_by_id(m_type), spec)
+            elif target == -2:  # through a decoded type: as the decoded reader does
+                member_t = btf.type_by_id(m_type)
+                if m_name in ("key", "value"):
+                    self._set_key_value(spec, m_name, _pointee_ref(member_t))
+                else:
+                    self._set_uint_field(spec, m_name, _uint_field(member_t, btf))
+            elif m_name in ("key", "value"):
+                self._set_key_value(spec, m_name, None if target < 0 else _Lazy(btf, target))
+            else:
+                value = None if target < 0 else btf.array_len_id(target)
+                self._set_uint_field(spec, m_name, value)
+        return self._finish_map_def(spec, inner=False)
+
+    def _set_key_value(self, spec: MapSpec, field: str, target: _btf.Type | _Lazy | None) -> None:
+        if target is None:
+            raise ParseError(f"map {spec.name}: {field} must be a pointer (use __type)")
+        if isinstance(target, _Lazy):  # kept by id: only its size is read now
+            size = target.spec.sizeof_id(target.tid)
+        else:
+            size = _btf.sizeof(target)
+        held = cast("_btf.Type", target)  # MapSpec's property decodes it on read
+        if field == "key":
+            spec.key, spec.key_size = held, size
+        else:
+            spec.value, spec.value_size = held, size
+
+    def _set_uint_field(self, spec: MapSpec, field: str, value: int | None) -> None:
+        name = spec.name
+        if value is None:
+            raise ParseError(f"map {name}: field {field} must be declared with __uint")
+        if field == "type":
+            try:
+                spec.type = MapType(value)
+            except ValueError as err:
+                raise ParseError(f"map {name}: unknown map type {value}") from err
+        elif field in ("key_size", "value_size"):
+            have = getattr(spec, field)
+            if have and have != value:
+                raise ParseError(f"map {name}: {field} {value} conflicts with its BTF type")
+            setattr(spec, field, value)
+        elif field == "max_entries":
+            spec.max_entries = value
+        elif field == "map_flags":
+            spec.flags = value
+        elif field == "numa_node":
+            spec.numa_node = value
+        elif field == "pinning":
+            try:
+                spec.pinning = PinType(value)
+            except ValueError as err:
+                raise ParseError(f"map {name}: unsupported pinning {value}") from err
+        elif field == "map_extra":
+            spec.map_extra = value
+
+    def _finish_map_def(self, spec: MapSpec, *, inner: bool) -> MapSpec:
+        if spec.type == MapType.UNSPEC and not inner:
+            raise ParseError(f"map {spec.name}: definition has no type")
+        if spec.type.of_maps or spec.type == MapType.PROG_ARRAY:
+            spec.key_size = spec.key_size or 4
+            spec.value_size = 4  # the kernel stores fds/ids
+            spec.value = None
+        if spec.type == MapType.PERF_EVENT_ARRAY:
+            spec.key_size = spec.key_size or 4
+            spec.value_size = spec.value_size or 4
+        return spec
+
     def _btf_map_def(self, name: str, t: _btf.Type, section: str, inner: bool = False) -> MapSpec:
         assert self.btf is not None
         struct_t = _btf.skip_qualifiers(t)
@@ -86,54 +181,12 @@ class MapReader:
             if m.name not in _MAP_DEF_FIELDS:
                 raise ParseError(f"map {name}: unknown field {m.name!r} in definition")
             if m.name in ("key", "value"):
-                target = _pointee(m.type)
-                if target is None:
-                    raise ParseError(f"map {name}: {m.name} must be a pointer (use __type)")
-                size = _btf.sizeof(target)
-                if m.name == "key":
-                    spec.key, spec.key_size = target, size
-                else:
-                    spec.value, spec.value_size = target, size
-                continue
-            if m.name == "values":
+                self._set_key_value(spec, m.name, _pointee_ref(m.type))
+            elif m.name == "values":
                 spec.inner_map = self._map_values_field(name, m.type, spec)
-                continue
-            value = _uint_field(m.type, self.btf)
-            if value is None:
-                raise ParseError(f"map {name}: field {m.name} must be declared with __uint")
-            if m.name == "type":
-                try:
-                    spec.type = MapType(value)
-                except ValueError as err:
-                    raise ParseError(f"map {name}: unknown map type {value}") from err
-            elif m.name in ("key_size", "value_size"):
-                have = getattr(spec, m.name)
-                if have and have != value:
-                    raise ParseError(f"map {name}: {m.name} {value} conflicts with its BTF type")
-                setattr(spec, m.name, value)
-            elif m.name == "max_entries":
-                spec.max_entries = value
-            elif m.name == "map_flags":
-                spec.flags = value
-            elif m.name == "numa_node":
-                spec.numa_node = value
-            elif m.name == "pinning":
-                try:
-                    spec.pinning = PinType(value)
-                except ValueError as err:
-                    raise ParseError(f"map {name}: unsupported pinning {value}") from err
-            elif m.name == "map_extra":
-                spec.map_extra = value
-        if spec.type == MapType.UNSPEC and not inner:
-            raise ParseError(f"map {name}: definition has no type")
-        if spec.type.of_maps or spec.type == MapType.PROG_ARRAY:
-            spec.key_size = spec.key_size or 4
-            spec.value_size = 4  # the kernel stores fds/ids
-            spec.value = None
-        if spec.type == MapType.PERF_EVENT_ARRAY:
-            spec.key_size = spec.key_size or 4
-            spec.value_size = spec.value_size or 4
-        return spec
+            else:
+                self._set_uint_field(spec, m.name, _uint_field(m.type, self.btf))
+        return self._finish_map_def(spec, inner=inner)
 
     def _map_values_field(self, name: str, t: _btf.Type, outer: MapSpec) -> MapSpec | None:
         arr = _btf.skip_qualifiers(t)
@@ -208,10 +261,23 @@ class MapReader:
             if not _is_data_section(sec):
                 continue
             contents = bytearray(sec.size) if sec.type == SHT_NOBITS else bytearray(sec.data)
-            datasec: _btf.Datasec | None = None
+            datasec: _btf.Datasec | _Lazy | None = None
+            raw_vars: list[tuple[str, int, int, int, int]] | None = None
             if self.btf is not None:
-                found = [t for t in self.btf.types_by_name(sec.name) if isinstance(t, _btf.Datasec)]
-                datasec = found[0] if found else None
+                # the datasec and its variables' types are held by id (decoded on use)
+                found = [
+                    tid
+                    for tid in self.btf.ids_by_name(sec.name)
+                    if self.btf.kind_of(tid) == _btf.Kind.DATASEC
+                ]
+                if found:
+                    raw_vars = self.btf.datasec_vars(found[0])
+                    if raw_vars is None:
+                        t = self.btf.type_by_id(found[0])
+                        assert isinstance(t, _btf.Datasec)
+                        datasec = t
+                    else:
+                        datasec = _Lazy(self.btf, found[0])
             readonly = sec.name.startswith(".rodata")
             spec = MapSpec(
                 sec.name,
@@ -224,12 +290,20 @@ class MapReader:
                 freeze=readonly,
                 section=sec.name,
                 btf=self.btf if datasec is not None else None,
-                btf_value_type=datasec,
+                btf_value_type=cast("_btf.Type | None", datasec),  # decoded on read
             )
             if sec.name in maps:
                 raise ParseError(f"section {sec.name}: clashes with a map of the same name")
             maps[sec.name] = spec
-            if datasec is not None:
+            if raw_vars is not None:
+                assert self.btf is not None
+                for vname, vlink, vtype, voff, vsize in raw_vars:
+                    linkage = "static" if vlink == _btf.VarLinkage.STATIC else "global"
+                    _add_variable(
+                        variables,
+                        VariableSpec(vname, spec, voff, vsize, _Lazy(self.btf, vtype), linkage),
+                    )
+            elif isinstance(datasec, _btf.Datasec):
                 for vsi in datasec.vars:
                     var = vsi.type
                     assert isinstance(var, _btf.Var)
@@ -331,6 +405,14 @@ def _pointee(t: _btf.Type) -> _btf.Type | None:
     p = _btf.skip_qualifiers(t)
     if isinstance(p, _btf.Pointer):
         return p.target
+    return None
+
+
+def _pointee_ref(t: _btf.Type) -> _btf.Type | _Lazy | None:
+    """What :func:`_pointee` gives, without decoding a target not decoded yet."""
+    p = _btf.skip_qualifiers(t)
+    if isinstance(p, _btf.Pointer):
+        return raw_target(p)
     return None
 
 
