@@ -369,7 +369,6 @@ class _Checker:
         self.loadable(e, spec)
         self.metric_maps(e, spec)
         if c.constants:
-            probe = spec.copy()
             consts = sorted(n for n, var in spec.variables.items() if var.constant)
             for name, value in c.constants.items():
                 path: PathKey = ("spec", "constants", name)
@@ -383,7 +382,7 @@ class _Checker:
                     )
                     continue
                 try:
-                    probe.rewrite_constants({name: value})
+                    spec.check_constants({name: value})
                 except ConstantError as err:
                     self.problem(e, path, err.problem, "give a value that fits the variable's type")
         maps = sorted(spec.maps)
