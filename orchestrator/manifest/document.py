@@ -147,7 +147,9 @@ class _Builder:
             self.count += 1
             if self.count > _MAX_NODES:
                 raise _TooLarge(f"document expands to more than {_MAX_NODES} nodes")
-        self.doc.values.setdefault(path, _pos(node))
+        if path not in self.doc.values:
+            mark = node.start_mark
+            self.doc.values[path] = (mark.line + 1, mark.column + 1)
         if id(node) in self.active:
             self.problem(node, path, "recursive alias", "YAML aliases must not contain themselves")
             raise _Skip
@@ -224,8 +226,10 @@ class _Builder:
                 )
                 continue
             first[key] = key_node
-            self.doc.keys[(*path, key)] = _pos(key_node)
-            out[key] = self.build(value_node, (*path, key))
+            child = (*path, key)
+            mark = key_node.start_mark
+            self.doc.keys[child] = (mark.line + 1, mark.column + 1)
+            out[key] = self.build(value_node, child)
         return out
 
 
