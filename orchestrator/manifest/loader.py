@@ -330,11 +330,12 @@ class _Checker:
             )
 
     def objects(self) -> None:
+        objects = self.store.snapshot()  # each object file looked up once per load
         for e in self.entries:
             if "\0" in str(e.coll.object_file):
                 continue  # reported by the builder
             try:
-                e.info = self.store.object_info(e.coll.object_file)
+                e.info = objects.get(e.coll.object_file)
             except ObjectError as err:
                 if isinstance(err.cause, FileNotFoundError):
                     message = f"cannot read object: {err}"
