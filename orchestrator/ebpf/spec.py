@@ -377,6 +377,10 @@ class VariableSpec:
 
     def set(self, value: object) -> None:
         """Set the initial value; checked against the BTF type (kind, size, signedness)."""
+        self._write(self.encode(value))
+
+    def encode(self, value: object) -> bytes:
+        """The bytes :meth:`set` would write for ``value``, or its :class:`ConstantError`."""
         if self.type is None:
             if not isinstance(value, (bytes, bytearray)) or len(value) != self.size:
                 raise ConstantError(self.name, f"has no BTF type; give exactly {self.size} bytes")
@@ -387,6 +391,9 @@ class VariableSpec:
             raise ConstantError(
                 self.name, f"encoded to {len(data)} bytes, variable has {self.size}"
             )
+        return data
+
+    def _write(self, data: bytes) -> None:
         self._buffer()[self.offset : self.offset + self.size] = data
 
     def _rebind(self, map_spec: MapSpec) -> VariableSpec:
@@ -469,6 +476,15 @@ class CollectionSpec:
     def rewrite_constants(self, values: Mapping[str, object]) -> None:
         """Set ``.rodata`` constants before load. Checks names, kinds and sizes first, so a
         failure changes nothing."""
+        for var, data in self._check_constants(values):
+            var._write(data)
+
+    def check_constants(self, values: Mapping[str, object]) -> None:
+        """Raise the :class:`ConstantError` that :meth:`rewrite_constants` would, changing
+        nothing (no copy of the spec needed to validate a manifest's constants)."""
+        self._check_constants(values)
+
+    def _check_constants(self, values: Mapping[str, object]) -> list[tuple[VariableSpec, bytes]]:
         staged: list[tuple[VariableSpec, object]] = []
         for name, value in values.items():
             var = self.variables.get(name)
@@ -477,13 +493,7 @@ class CollectionSpec:
                 raise ConstantError(name, f"not in object{hint(name, constants)}")
             staged.append((var, value))
         # Validate everything before writing anything.
-        encoded = []
-        for var, value in staged:
-            probe = var._rebind(var._map.copy())
-            probe.set(value)
-            encoded.append((var, value))
-        for var, value in encoded:
-            var.set(value)
+        return [(var, var.encode(value)) for var, value in staged]
 
     def rewrite_maps(self, replacements: Mapping[str, Map]) -> None:
         """Use existing maps instead of creating the named ones. Each must be compatible and

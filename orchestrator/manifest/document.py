@@ -26,7 +26,31 @@ _Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
     yaml, "CSafeLoader", yaml.SafeLoader
 )
 
+
+class _MarkedLoader(_Loader):  # type: ignore[misc,valid-type]
+    """The loader, with the implicit tags of short scalars remembered: the composer asks
+    the (pure-Python) resolver once per scalar, and manifests repeat their keys and values
+    (``apiVersion``, ``spec``, ``true``). A safe loader has no path resolvers, so a
+    scalar's tag depends only on its kind, text and implicit flags."""
+
+    _tags: dict[tuple[object, ...], str] = {}
+
+    def resolve(self, kind: type[yaml.Node], value: str | None, implicit: object) -> str:
+        key = (kind, value, implicit)
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if value is None or len(value) <= _RESOLVE_CACHED_LEN:
+                if len(self._tags) >= _RESOLVE_CACHE_MAX:
+                    self._tags.clear()
+                self._tags[key] = tag
+        return tag
+
+
+_RESOLVE_CACHED_LEN = 64
+_RESOLVE_CACHE_MAX = 4096
 _PLAIN_TAGS = frozenset(("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"))
+_STR_TAG = "tag:yaml.org,2002:str"
 
 # A document may use anchors and aliases, but their expansion is bounded (billion laughs).
 _MAX_NODES = 100_000
@@ -123,11 +147,15 @@ class _Builder:
             self.count += 1
             if self.count > _MAX_NODES:
                 raise _TooLarge(f"document expands to more than {_MAX_NODES} nodes")
-        self.doc.values.setdefault(path, _pos(node))
+        if path not in self.doc.values:
+            mark = node.start_mark
+            self.doc.values[path] = (mark.line + 1, mark.column + 1)
         if id(node) in self.active:
             self.problem(node, path, "recursive alias", "YAML aliases must not contain themselves")
             raise _Skip
         if isinstance(node, yaml.ScalarNode):
+            if node.tag == _STR_TAG:  # what the constructor returns for it
+                return str(node.value)
             if node.tag in TAGS and _in_entries(path):
                 try:
                     return tagged(node.tag, str(node.value))
@@ -198,8 +226,10 @@ class _Builder:
                 )
                 continue
             first[key] = key_node
-            self.doc.keys[(*path, key)] = _pos(key_node)
-            out[key] = self.build(value_node, (*path, key))
+            child = (*path, key)
+            mark = key_node.start_mark
+            self.doc.keys[child] = (mark.line + 1, mark.column + 1)
+            out[key] = self.build(value_node, child)
         return out
 
 
@@ -210,7 +240,7 @@ class _Skip(Exception):
 def parse_documents(file: Path, text: str, problems: list[ManifestProblem]) -> Iterator[Document]:
     """The non-empty documents of a (multi-document) YAML text. Syntax errors, duplicate keys
     and the like are appended to ``problems``; a syntax error ends the file."""
-    loader = _Loader(text)
+    loader = _MarkedLoader(text)
     index = 0
     try:
         while loader.check_node():

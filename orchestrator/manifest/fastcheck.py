@@ -103,7 +103,17 @@ class _Compiler:
             checks.append(self.keyword(node, keyword, arg))
         if len(checks) == 1:
             return checks[0]
-        return lambda v: all(check(v) for check in checks)
+        # cheap checks first (a type, an enum) and plain loops rather than all() over a
+        # generator: the predicate runs once per node of every manifest
+        every = tuple(checks)
+
+        def conjunction(v: object) -> bool:
+            for check in every:  # noqa: SIM110 (a loop: no generator per call)
+                if not check(v):
+                    return False
+            return True
+
+        return conjunction
 
     def keyword(self, node: Mapping[str, Any], keyword: str, arg: Any) -> Predicate:
         if keyword == "type":
@@ -112,6 +122,12 @@ class _Compiler:
                 raise Unsupported(f"type {arg!r}")
             for name in names:
                 _is_type(None, name)  # an unknown type name fails here, not at run time
+            if len(names) == 1:
+                exact = _EXACT_TYPES.get(names[0])
+                if exact is not None:  # no bool/int/float subtleties: type() first
+                    return lambda v: type(v) is exact or isinstance(v, exact)
+                only = names[0]
+                return lambda v: _is_type(v, only)
             return lambda v: any(_is_type(v, n) for n in names)
         if keyword == "enum" or keyword == "const":
             allowed = _strings(arg if keyword == "enum" else [arg], keyword)
@@ -143,7 +159,7 @@ class _Compiler:
             return _unique
         if keyword == "required":
             needed = _strings(arg, keyword)
-            return lambda v: not isinstance(v, dict) or all(k in v for k in needed)
+            return lambda v: not isinstance(v, dict) or v.keys() >= needed
         if keyword == "dependentRequired":
             if not isinstance(arg, Mapping):
                 raise Unsupported("dependentRequired")
@@ -155,24 +171,49 @@ class _Compiler:
         if keyword == "properties":
             if not isinstance(arg, Mapping):
                 raise Unsupported("properties")
-            props = {k: self.compile(s) for k, s in arg.items()}
-            return lambda v: (
-                not isinstance(v, dict) or all(p(v[k]) for k, p in props.items() if k in v)
-            )
+            props = tuple((k, self.compile(s)) for k, s in arg.items())
+
+            def properties(v: object) -> bool:
+                if not isinstance(v, dict):
+                    return True
+                for k, p in props:  # noqa: SIM110
+                    if k in v and not p(v[k]):
+                        return False
+                return True
+
+            return properties
         if keyword == "additionalProperties":
             if "patternProperties" in node:
                 raise Unsupported("additionalProperties with patternProperties")
             known = frozenset(node.get("properties", {}))
             extra = self.compile(arg)
-            return lambda v: (
-                not isinstance(v, dict) or all(extra(x) for k, x in v.items() if k not in known)
-            )
+            if arg is False:  # the usual form: no other keys
+                return lambda v: not isinstance(v, dict) or known.issuperset(v)
+
+            def additional(v: object) -> bool:
+                if not isinstance(v, dict):
+                    return True
+                for k, x in v.items():  # noqa: SIM110
+                    if k not in known and not extra(x):
+                        return False
+                return True
+
+            return additional
         if keyword == "propertyNames":
             names = self.compile(arg)
             return lambda v: not isinstance(v, dict) or all(names(k) for k in v)
         if keyword == "items":
             item = self.compile(arg)
-            return lambda v: not isinstance(v, list) or all(item(x) for x in v)
+
+            def items(v: object) -> bool:
+                if not isinstance(v, list):
+                    return True
+                for x in v:  # noqa: SIM110
+                    if not item(x):
+                        return False
+                return True
+
+            return items
         if keyword == "anyOf" or keyword == "oneOf":
             if not isinstance(arg, list) or not arg:
                 raise Unsupported(keyword)
@@ -183,6 +224,11 @@ class _Compiler:
         if keyword == "$ref":
             return self.ref(arg)
         raise Unsupported(f"keyword {keyword!r}")
+
+
+# Types that are one Python type each (not "integer"/"number": bool is an int, and 1.0
+# may be one), tested with type() first: the values YAML builds are never subclasses.
+_EXACT_TYPES: dict[str, type] = {"object": dict, "array": list, "string": str}
 
 
 def _unique(value: object) -> bool:

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import cast
 
+from orchestrator._gc import gc_paused
 from orchestrator.ebpf import (
     CollectionSpec,
     ConstantError,
@@ -79,8 +80,9 @@ def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> li
     seen: set[str] = set()
     visited_dirs: set[tuple[int, int]] = set()
 
-    def add(path: Path) -> None:
-        real = os.path.realpath(path)
+    def add(path: Path, real: str | None = None) -> None:
+        if real is None:
+            real = os.path.realpath(path)
         if real not in seen:
             seen.add(real)
             out.append(path)
@@ -96,6 +98,9 @@ def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> li
         except OSError as err:
             problems.append(ManifestProblem(Source(directory), "", _oserror(err)))
             return
+        # an entry that is no symlink resolves to its name in the resolved directory: one
+        # realpath per directory, not one per file (each an lstat per path component)
+        real_dir = os.path.realpath(directory)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -108,7 +113,7 @@ def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> li
                 walk(path)
             elif entry.name.endswith(SUFFIXES):
                 if stat.S_ISREG(mode):
-                    add(path)
+                    add(path, _real_name(entry, real_dir))
                 else:
                     problems.append(_not_regular(path, mode))
 
@@ -123,6 +128,15 @@ def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> li
                 ManifestProblem(Source(path), "", "no such file or directory", "check the path")
             )
     return out
+
+
+def _real_name(entry: os.DirEntry[str], real_dir: str) -> str | None:
+    """The resolved path of ``entry`` in the resolved ``real_dir`` if it is no symlink
+    (known from the listing), else None (resolve the path itself)."""
+    try:
+        return None if entry.is_symlink() else os.path.join(real_dir, entry.name)
+    except OSError:
+        return None
 
 
 def _oserror(err: OSError) -> str:
@@ -316,11 +330,12 @@ class _Checker:
             )
 
     def objects(self) -> None:
+        objects = self.store.snapshot()  # each object file looked up once per load
         for e in self.entries:
             if "\0" in str(e.coll.object_file):
                 continue  # reported by the builder
             try:
-                e.info = self.store.object_info(e.coll.object_file)
+                e.info = objects.get(e.coll.object_file)
             except ObjectError as err:
                 if isinstance(err.cause, FileNotFoundError):
                     message = f"cannot read object: {err}"
@@ -369,7 +384,6 @@ class _Checker:
         self.loadable(e, spec)
         self.metric_maps(e, spec)
         if c.constants:
-            probe = spec.copy()
             consts = sorted(n for n, var in spec.variables.items() if var.constant)
             for name, value in c.constants.items():
                 path: PathKey = ("spec", "constants", name)
@@ -383,7 +397,7 @@ class _Checker:
                     )
                     continue
                 try:
-                    probe.rewrite_constants({name: value})
+                    spec.check_constants({name: value})
                 except ConstantError as err:
                     self.problem(e, path, err.problem, "give a value that fits the variable's type")
         maps = sorted(spec.maps)
@@ -854,8 +868,11 @@ def load_manifests(
     :data:`~orchestrator.manifest.cache.default` store if None): pass the reconciler's. Needs
     no privileges.
     """
-    if store is None:
-        store = default_store
+    with gc_paused():  # a bounded burst of objects that stay alive (see orchestrator._gc)
+        return _load_manifests(paths, check_objects, default_store if store is None else store)
+
+
+def _load_manifests(paths: Sequence[Path], check_objects: bool, store: ObjectStore) -> DesiredState:
     problems: list[ManifestProblem] = []
     files = manifest_files(paths, problems)
     entries: list[_Entry] = []

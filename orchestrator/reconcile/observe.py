@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator._gc import gc_paused
 from orchestrator.ebpf import LinkInfo
 from orchestrator.ebpf import inspect as _kernel
 from orchestrator.ebpf.errors import Error as EbpfError
@@ -568,6 +569,11 @@ def observe(root: Path, state_dir: Path, cache: ObserveCache | None = None) -> A
     entries under ``root``. Raises StateError if another state directory owns ``root``.
     ``cache``: what an earlier observe of the same root and state directory read, reused
     where its key proves it unchanged (:mod:`orchestrator.reconcile.cache`)."""
+    with gc_paused():  # the record and a check per collection (see orchestrator._gc)
+        return _observe_root(root, state_dir, cache)
+
+
+def _observe_root(root: Path, state_dir: Path, cache: ObserveCache | None) -> ActualState:
     try:
         root_fd = open_root(root)
     except FileNotFoundError:
