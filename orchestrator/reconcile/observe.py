@@ -235,12 +235,26 @@ def _read_tree(
     return tree
 
 
+def _reached_inode(tree: _Tree, sub: str, leaf: str) -> int | None:
+    """The inode a lookup of pin ``sub/leaf`` reaches, through the subdirectory's own fd
+    (opened O_NOFOLLOW). A mount over the pin shows here and not in the listing, whose
+    entry keeps the covered pin's inode. None when it can't be stat-ed."""
+    sub_fd = tree.fd(sub)
+    if sub_fd is None:
+        return None
+    try:
+        return os.stat(leaf, dir_fd=sub_fd, follow_symlinks=False).st_ino
+    except OSError:
+        return None
+
+
 def _check_pin(
     tree: _Tree, kind: str, name: str, pin: str, want: int, ino: int,
     info: Callable[[FD], object],
 ) -> Drift | None:  # fmt: skip
-    """A map or program pin against its record: the inode of the directory entry first (no
-    syscall), then BPF_OBJ_GET + info to say what changed."""
+    """A map or program pin against its record: the inode of the directory entry and the
+    one a lookup reaches (one stat: a mount over the pin changes only the latter) first,
+    then BPF_OBJ_GET + info to say what changed."""
     sub, _, leaf = pin.partition("/")
     e = tree.entries.get(sub, {}).get(leaf)
     if e is None:
@@ -248,7 +262,7 @@ def _check_pin(
         return Drift(kind, name, f"pin {pin} is missing{why}")
     if e.is_symlink():
         return Drift(kind, name, f"pin {pin} is a symlink, not bpforch's pin", "replaced")
-    if ino and e.inode() == ino:
+    if ino and e.inode() == ino and _reached_inode(tree, sub, leaf) == ino:
         return None
     sub_fd = tree.fd(sub)
     got = None if sub_fd is None else _open_id(sub_fd, leaf, info)
@@ -357,7 +371,11 @@ def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list
     if fixed and prog is not None:
         assert tree.links is not None
         seen = tree.links.get(leaf)
-        if seen is not None and seen == (e.inode(), a.link_id, prog.id):
+        if (
+            seen is not None
+            and seen == (e.inode(), a.link_id, prog.id)
+            and _reached_inode(tree, sub, leaf) == seen[0]
+        ):
             return []  # the same pin inode, so the same link: it still runs that program
     sub_fd = tree.fd(sub)
     got = None if sub_fd is None else _open_id(sub_fd, leaf, _kernel.link_info)
