@@ -81,43 +81,30 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-# What decides the contents of an entry: the parser, the BTF code and the formats. Their
-# sizes and mtimes are part of every key, so an edited checkout never reads stale entries.
-_SOURCES = (
-    "elf",
-    "btf",
-    "asm.py",
-    "diskcache.py",
-    "externs.py",
-    "sections.py",
-    "spec.py",
-    "specfile.py",
-    "_sys/enums.py",
-    "link/struct_ops.py",
-)
+# What decides the contents of an entry is the loader's code: the size and mtime of every
+# module under orchestrator/ebpf/ are part of every key, so an edited checkout never reads
+# entries that other code wrote.
 
 
 @functools.cache
 def code_identity() -> str:
-    """bpforch's version, the cache format and the size and mtime of the source files
-    that decide what an entry holds (:data:`_SOURCES`): an entry written by other code is
-    never read."""
+    """bpforch's version, the cache format and the size and mtime of every loader module:
+    an entry written by other code is never read."""
     from orchestrator import __version__
 
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256(f"{__version__}\0{FORMAT}".encode())
-    for rel in _SOURCES:
-        p = os.path.join(root, rel)
+    files: list[str] = []
+    for top, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files += [os.path.join(top, n) for n in sorted(names) if n.endswith(".py")]
+    for f in files:
         try:
-            if rel.endswith(".py"):
-                files = [p]
-            else:
-                files = sorted(e.path for e in os.scandir(p) if e.name.endswith(".py"))
-            for f in files:
-                st = os.stat(f)
-                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            st = os.stat(f)
         except OSError:
-            h.update(f"{rel}\0missing\0".encode())
+            h.update(f"{f}\0missing\0".encode())
+            continue
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 

@@ -552,7 +552,7 @@ def test_a_damaged_kernel_btf_index_is_ignored(
     blob.write_bytes(spec.btf.marshal()[0])
     kernel_btf.load(blob)
     assert len(_entries(cache_dir, kernel_btf.INDEX_KIND)) == 1
-    key = kernel_btf._identity(str(blob), os.stat(blob))
+    key = kernel_btf._index_key(str(blob), os.stat(blob), blob.read_bytes())
     # a well-formed entry whose index does not fit the blob
     offsets = array("I", [0, 4, 1 << 20]).tobytes()  # past the end of the blob
     index = kernel_btf._INDEX_HEAD.pack(2, 3, 0, 0, 2) + offsets + bytes(12) + b"{}"
@@ -578,6 +578,34 @@ def test_kernel_btf_index_is_keyed_by_the_blob_identity(
     kb = kernel_btf.load(blob)
     assert kb.vmlinux.marshal()[0] == b.marshal()[0]
     assert len(_entries(cache_dir, kernel_btf.INDEX_KIND)) == 2
+
+
+def test_a_btf_file_rewritten_with_the_same_stat_is_not_served_its_old_index(
+    kernel_disk: diskcache.DiskCache, tmp_path: Path
+) -> None:
+    """A same-size rewrite within one timestamp tick keeps a file's stat (device, inode,
+    size, times): for a BTF file other than sysfs's vmlinux the bytes are in the index's
+    key. Parsed twice under one stat, the second blob gets its own index."""
+    a = ebpf.CollectionSpec.from_file(obj("globals.o"), cache=False).btf
+    assert a is not None
+    raw = a.marshal()[0]
+    # the same types under other names: the same size, other bytes
+    hdr_len = int.from_bytes(raw[4:8], "little")
+    start = hdr_len + int.from_bytes(raw[16:20], "little")
+    strings = slice(start, start + int.from_bytes(raw[20:24], "little"))
+    other = bytearray(raw)
+    other[strings] = bytes(
+        (c - 0x61 + 1) % 26 + 0x61 if 0x61 <= c <= 0x7A else c for c in raw[strings]
+    )
+    assert len(other) == len(raw) and bytes(other) != raw
+    blob = tmp_path / "btf"
+    blob.write_bytes(raw)
+    st = os.stat(blob)  # the stat both blobs are read under
+    first = kernel_btf._parse(str(blob), st, raw)
+    assert first.marshal()[0] == raw
+    second = kernel_btf._parse(str(blob), st, bytes(other))
+    assert second.marshal()[0] == bytes(other)
+    assert len(_entries(kernel_disk.path, kernel_btf.INDEX_KIND)) == 2
 
 
 def test_without_a_disk_nothing_is_written(cache_dir: Path) -> None:

@@ -24,6 +24,7 @@ Needs ``CONFIG_DEBUG_INFO_BTF`` (Linux 5.4+) for ``/sys/kernel/btf/vmlinux``; mo
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import struct
@@ -118,7 +119,7 @@ class KernelBTF:
 # is costed at 8 times its file size (its types are decoded lazily, as lookups need
 # them); other BTF files (tests, CollectionOptions.kernel_btf) make room by age.
 MAX_BYTES = 512 << 20
-_CACHE: LRU[tuple[str, int, int], KernelBTF] = LRU(MAX_BYTES)
+_CACHE: LRU[tuple[str, int, int, int, int, int], KernelBTF] = LRU(MAX_BYTES)
 _LOCK = threading.Lock()
 _DISK: DiskCache | None = None
 
@@ -147,6 +148,17 @@ def _identity(p: str, st: os.stat_result) -> str:
     fields = (p, os.uname().release, boot, st.st_dev, st.st_ino, st.st_size)
     times = (st.st_mtime_ns, st.st_ctime_ns, sys.byteorder)
     return "\0".join(str(f) for f in (*fields, *times))
+
+
+def _index_key(p: str, st: os.stat_result, data: bytes) -> str:
+    """The persisted index's key for the blob ``data`` read from ``p``: its identity, and
+    for a file other than sysfs's vmlinux (which changes only with the boot) its sha256 as
+    well: anyone may rewrite such a file, and a same-size rewrite within one timestamp tick
+    keeps its stat."""
+    key = _identity(p, st)
+    if p != VMLINUX:
+        key += "\0" + hashlib.sha256(data).hexdigest()
+    return key
 
 
 def _encode_index(spec: _btf.Spec) -> bytes:
@@ -193,7 +205,7 @@ def _parse(p: str, st: os.stat_result, data: bytes) -> _btf.Spec:
     disk = _DISK
     if disk is None:
         return _btf.Spec.parse(data)
-    key = _identity(p, st)
+    key = _index_key(p, st, data)
     payload = disk.get(INDEX_KIND, key)
     if payload is not None:
         try:
@@ -223,7 +235,7 @@ def load(path: str | os.PathLike[str] | None = None) -> KernelBTF:
                 "(the kernel needs CONFIG_DEBUG_INFO_BTF, or pass a btf file)"
             ) from err
         raise BTFError(f"kernel btf: {quote(p)}: {reason(err)}") from err
-    key = (p, st.st_size, st.st_mtime_ns)
+    key = (p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
