@@ -73,6 +73,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_kernel()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under ``CI=true`` nothing skips: a skip (a missing tool, object, mount or kernel
+    feature, whichever test asked for it) fails the test, naming what was missing, since
+    CI installs all of it and runs on the real kernel."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("CI") != "true" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    report.outcome = "failed"
+    report.longrepr = f"skipped under CI=true, where nothing may skip: {reason}"
+
+
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
