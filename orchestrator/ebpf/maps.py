@@ -757,46 +757,13 @@ class Map(Handle):
         self, items: Iterable[tuple[object, object]], flags: UpdateFlags | int = UpdateFlags.ANY
     ) -> int:
         pairs = list(items)
-        if not pairs:
-            return 0
         kdata = b"".join(self.encode_key(k) for k, _ in pairs)
         vdata = b"".join(self.encode_value(v) for _, v in pairs)
-        keys = ctypes.create_string_buffer(kdata, len(kdata))
-        vals = ctypes.create_string_buffer(vdata, len(vdata))
-        try:
-            n, _ = _sys.map_batch(
-                Cmd.MAP_UPDATE_BATCH,
-                self.fd,
-                in_batch=None,
-                out_batch=None,
-                keys=keys,
-                values=vals,
-                count=len(pairs),
-                elem_flags=int(flags),
-            )
-        except SyscallError as err:
-            raise self._batch_error(err, "batch update") from err
-        return n
+        return self.batch_update_bytes(kdata, vdata, len(pairs), flags)
 
     def batch_delete(self, keys: Iterable[object]) -> int:
         ks = list(keys)
-        if not ks:
-            return 0
-        kdata = b"".join(self.encode_key(k) for k in ks)
-        kbuf = ctypes.create_string_buffer(kdata, len(kdata))
-        try:
-            n, _ = _sys.map_batch(
-                Cmd.MAP_DELETE_BATCH,
-                self.fd,
-                in_batch=None,
-                out_batch=None,
-                keys=kbuf,
-                values=None,
-                count=len(ks),
-            )
-        except SyscallError as err:
-            raise self._batch_error(err, "batch delete") from err
-        return n
+        return self.batch_delete_bytes(b"".join(self.encode_key(k) for k in ks), len(ks))
 
     def batch_update_bytes(
         self, keys: bytes, values: bytes, count: int, flags: UpdateFlags | int = UpdateFlags.ANY
