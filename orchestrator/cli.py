@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from argparse import SUPPRESS
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from orchestrator import __version__, schemas
 from orchestrator import commands as day2
+from orchestrator.commands.output import emit_json
 from orchestrator.commands.render import (
     render_inventory,
     render_plan,
@@ -39,11 +39,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like `yes | head`
-
-
-def _emit_json(data: object, out: TextIO) -> None:
-    json.dump(data, out, indent=2, sort_keys=False, default=str)
-    out.write("\n")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -270,7 +265,7 @@ def _load(args: argparse.Namespace, out: TextIO, err: TextIO) -> DesiredState | 
         desired = load_manifests(list(args.paths), store=args.store)
     except ManifestError as exc:
         if args.output == "json":
-            _emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, out)
+            emit_json({"valid": False, "problems": [p.to_dict() for p in exc.problems]}, out)
         else:
             print(str(exc), file=err)
             n = len(exc.problems)
@@ -287,7 +282,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_ERROR
     names = sorted(desired.collections)
     if args.output == "json":
-        _emit_json(
+        emit_json(
             {
                 "valid": True,
                 "files": [str(f) for f in desired.files],
@@ -358,7 +353,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
     if args.output == "json":
-        _emit_json(plan.to_json(), out)
+        emit_json(plan.to_json(), out)
     else:
         render_plan(plan, out)
         for warning in plan.warnings:
@@ -381,7 +376,7 @@ def _refresh_only(
         for d in c.drift
     ]
     if args.output == "json":
-        _emit_json(
+        emit_json(
             {
                 "drift": [{"collection": n, **d.to_json()} for n, d in drift],
                 "garbage": [str(p) for p in status.garbage],
@@ -419,7 +414,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print("nothing was changed: the previous state is still live", file=err)
         return EXIT_ERROR
     if args.output == "json":
-        _emit_json(result.to_json(), out)
+        emit_json(result.to_json(), out)
         return EXIT_OK
     render_plan(result.plan, out)
     for warning in result.warnings:
@@ -484,7 +479,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         data["daemon"] = daemon.to_json() if daemon is not None else None
         if hooks is not None:
             data["hooks"] = hooks.to_json()
-        _emit_json(data, out)
+        emit_json(data, out)
     else:
         if daemon is not None:
             print(daemon.describe(), file=out)
@@ -534,7 +529,7 @@ def cmd_destroy(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         gone = set(result.plan.collections(Op.DELETE))
         data["dry_run"] = args.dry_run
         data["preserved_maps"] = [p.to_json() for p in preserved if p.collection in gone]
-        _emit_json(data, out)
+        emit_json(data, out)
     elif selector is not None and not result.plan.collections(Op.DELETE):
         print(f"No applied collection matches the selector {selector}.", file=out)
     else:
@@ -695,7 +690,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"error: verifier log {args.verifier_log}: {exc.strerror or exc}", file=err)
             return EXIT_ERROR
     if args.output == "json":
-        _emit_json(
+        emit_json(
             {
                 "object": str(args.object),
                 "programs": [r.to_json() for r in reports],
