@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from orchestrator import __version__, schemas
 from orchestrator import commands as day2
-from orchestrator.commands.output import emit_json
+from orchestrator.commands.output import EXIT_ERROR, EXIT_OK, emit_json, output_option
 from orchestrator.commands.render import (
     render_inventory,
     render_plan,
@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # the verbs import what they use when they run (bpforch --hel
     from orchestrator.reconcile.selector import Selector
     from orchestrator.service.daemon_status import DaemonStatus
 
-EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like `yes | head`
 
@@ -45,13 +43,7 @@ EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, like `yes | head`
 
 
 def _common(p: argparse.ArgumentParser, *, state: bool = True) -> None:
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=("human", "json"),
-        default="human",
-        help="output format (default: human)",
-    )
+    output_option(p)
     if state:
         service_cli.add_root_options(p)
 

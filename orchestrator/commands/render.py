@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, TextIO
 
+from orchestrator.commands.output import table
+
 if TYPE_CHECKING:
     from orchestrator.reconcile import Plan, Status
     from orchestrator.reconcile.inventory import Inventory
@@ -161,9 +163,6 @@ def render_inventory(hooks: Inventory, out: TextIO) -> None:
             )
         )
     if hooks.entries:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-        for r in rows:
-            cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
-            print("  " + "  ".join([*cells, r[-1]]), file=out)
+        table(rows, out, "  ")
     for problem in hooks.problems:
         print(f"  warning: {problem}", file=out)

@@ -17,7 +17,6 @@ from pathlib import Path
 from orchestrator.ebpf import CollectionSpec, MapFlags, MapType, ProgramSpec, ProgType, btf
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.values import decode, plain
-from orchestrator.manifest.builder import PLACEHOLDER
 from orchestrator.manifest.cache import object_info
 from orchestrator.manifest.kernel_hooks import CGROUP_HOOKS, target_mismatch
 from orchestrator.manifest.literals import render
@@ -426,10 +425,6 @@ def starter_manifest(report: ObjectReport) -> str:
     lines += attach
     lines += notes
     return "\n".join(lines) + "\n"
-
-
-def has_placeholders(text: str) -> bool:
-    return PLACEHOLDER.search(text) is not None
 
 
 def _map_type(label: str) -> MapType | None:
