@@ -47,6 +47,8 @@ import threading
 import time
 from pathlib import Path
 
+from orchestrator.ebpf.files import reason
+
 __all__ = [
     "DEFAULT_DIR",
     "ENTRY_MAX",
@@ -163,9 +165,9 @@ class DiskCache:
                 fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dfd)
             except OSError as err:
                 if err.errno in _DENIED:  # no write will ever succeed here
-                    self._disable(f"cannot write into it: {_reason(err)} ({_OFF})", err)
+                    self._disable(f"cannot write into it: {reason(err)} ({_OFF})", err)
                 else:
-                    self._warn("", f"cannot write an entry: {_reason(err)}")
+                    self._warn("", f"cannot write an entry: {reason(err)}")
                 return False
             try:
                 try:
@@ -177,7 +179,7 @@ class DiskCache:
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except OSError as err:
                 _unlink(dfd, tmp)
-                self._warn("", f"cannot write an entry: {_reason(err)}")
+                self._warn("", f"cannot write an entry: {reason(err)}")
                 return False
             self._evict(dfd, keep=name)
             return True
@@ -228,7 +230,7 @@ class DiskCache:
                 os.mkdir(p, 0o700)
                 dfd = os.open(p, _DIR_FLAGS)
             except OSError as err:
-                self._disable(f"cannot create it: {_reason(err)} ({_OFF})", err)
+                self._disable(f"cannot create it: {reason(err)} ({_OFF})", err)
                 return None
         except OSError as err:
             if err.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -239,7 +241,7 @@ class DiskCache:
                 why = "a symlink" if link or err.errno == errno.ELOOP else "not a directory"
                 self._disable(f"{why}, not used ({_OFF})", err)
             else:
-                self._disable(f"{_reason(err)} ({_OFF})", err)
+                self._disable(f"{reason(err)} ({_OFF})", err)
             return None
         st = os.fstat(dfd)
         problem = ""
@@ -276,7 +278,7 @@ class DiskCache:
         except FileNotFoundError:
             return None
         except OSError as err:
-            why = "a symlink" if err.errno == errno.ELOOP else _reason(err)
+            why = "a symlink" if err.errno == errno.ELOOP else reason(err)
             self._warn(name, f"{why}, ignored")
             return None
         try:
@@ -290,7 +292,7 @@ class DiskCache:
                 with contextlib.suppress(OSError):
                     os.utime(fd)  # recently used: evicted last
         except OSError as err:
-            self._warn(name, f"{_reason(err)}, ignored")
+            self._warn(name, f"{reason(err)}, ignored")
             return None
         finally:
             os.close(fd)
@@ -403,7 +405,3 @@ def _ours(dfd: int, name: str) -> bool:
 def _unlink(dfd: int, name: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(name, dir_fd=dfd)
-
-
-def _reason(err: OSError) -> str:
-    return (err.strerror or str(err)).lower()

@@ -91,7 +91,7 @@ class MapCodec:
                 )
         if ncpus is None:
             per_cpu = isinstance(mtype, MapType) and mtype.per_cpu
-            ncpus = _possible_cpus() if per_cpu else 1
+            ncpus = _sys.possible_cpus() if per_cpu else 1
         return cls(
             m.name,
             mtype,
@@ -128,7 +128,7 @@ class MapCodec:
 
     def encode_key(self, key: object) -> bytes:
         if self.keyless:
-            raise LiteralError("key", (), f"a {_type_label(self.type)} map has no keys")
+            raise LiteralError("key", (), f"a {_sys.map_type_label(self.type)} map has no keys")
         fast: _IntReader | None = self._fast_key  # type: ignore[attr-defined]
         if fast is not None and type(key) is int and fast[0] == self.key_size:
             out = _fast_int(fast, key)
@@ -195,8 +195,8 @@ class MapCodec:
             raise LiteralError(
                 "value",
                 path,
-                f"the values of a {_type_label(t)} map are {_FD_VALUES[t]}: bpforch does not "
-                "write them",
+                f"the values of a {_sys.map_type_label(t)} map are {_FD_VALUES[t]}: "
+                "bpforch does not write them",
             )
         fast: _IntReader | None = self._fast_value  # type: ignore[attr-defined]
         if fast is not None and type(value) is int and fast[0] == self.value_size:
@@ -217,7 +217,7 @@ class MapCodec:
             raise LiteralError(
                 "value",
                 path,
-                f"expected the name of a {noun} for a {_type_label(self.type)} map, got "
+                f"expected the name of a {noun} for a {_sys.map_type_label(self.type)} map, got "
                 f"{_kind(value)}",
             )
         refs = self.refs if self.refs is not None else References()
@@ -282,15 +282,6 @@ def _fast_int(fast: _IntReader, v: int) -> bytes | None:
         return v.to_bytes(size, order, signed=signed)
     except OverflowError:
         return None
-
-
-def _type_label(t: MapType | int) -> str:
-    return t.name.lower() if isinstance(t, MapType) else f"type {t}"
-
-
-def _possible_cpus() -> int:
-
-    return _sys.possible_cpus()
 
 
 class LiteralMap:

@@ -77,10 +77,6 @@ _ARRAYS = frozenset(
 _PLAIN_ARRAYS = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})  # no deletion
 
 
-def _type_label(t: MapType | int) -> str:
-    return t.name.lower() if isinstance(t, MapType) else f"type {t}"
-
-
 # Map types whose values are written as the fd of a program or map (read back: its id).
 _FD_VALUED = frozenset({MapType.PROG_ARRAY, MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
 
@@ -475,10 +471,6 @@ class Map(Handle):
                 ) from err
             raise self._err(err, "delete") from err
 
-    def keys_bytes(self) -> Iterator[bytes]:
-        """Every raw key once, tolerating concurrent deletes (see :meth:`keys`)."""
-        return self._raw_keys()
-
     def items_bytes(self, chunk: int = 256) -> Iterator[tuple[bytes, bytes]]:
         """Every (raw key, raw value): ``chunk`` at a time through BPF_MAP_LOOKUP_BATCH
         (Linux 5.6) where the kernel has it for this map type, else key by key (keys
@@ -652,7 +644,7 @@ class Map(Handle):
         """
         if self.type in _KEYLESS or not self.key_size:
             raise NotSupportedError(
-                f"map {self.name}: {_type_label(self.type)} maps have no keys to iterate"
+                f"map {self.name}: {_sys.map_type_label(self.type)} maps have no keys to iterate"
                 " (use pop/peek)"
             )
         seen: set[bytes] = set()
@@ -665,7 +657,7 @@ class Map(Handle):
             except SyscallError as err:
                 if err.errno in (errno.EOPNOTSUPP, _sys.ENOTSUPP):
                     raise NotSupportedError(
-                        f"map {self.name}: {_type_label(self.type)} maps cannot be iterated"
+                        f"map {self.name}: {_sys.map_type_label(self.type)} maps cannot be iterated"
                         " (look up known keys instead)"
                     ) from err
                 raise self._err(err, "iterate") from err

@@ -91,6 +91,7 @@ from orchestrator.ebpf._sys.enums import (
     ProgType,
     UpdateFlags,
     XDPFlags,
+    map_type_label,
 )
 from orchestrator.ebpf._sys.fd import FD, Closing
 from orchestrator.ebpf.errors import ENOTSUPP as ENOTSUPP  # callers test err.errno against it
@@ -721,6 +722,7 @@ __all__ = [
     "map_info",
     "map_lookup_and_delete_elem",
     "map_lookup_elem",
+    "map_type_label",
     "map_update_elem",
     "obj_get",
     "obj_info",

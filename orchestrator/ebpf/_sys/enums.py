@@ -103,6 +103,12 @@ class MapType(enum.IntEnum):
         return self in (MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS)
 
 
+def map_type_label(t: MapType | int) -> str:
+    """A map type as messages name it: ``prog_array``, or ``type 99`` for one this
+    version does not know."""
+    return t.name.lower() if isinstance(t, MapType) else f"type {t}"
+
+
 class ProgType(enum.IntEnum):
     """``enum bpf_prog_type`` (through Linux 6.18)."""
 
