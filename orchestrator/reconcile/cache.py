@@ -69,7 +69,7 @@ class Listing:
                 st = os.stat(sub, dir_fd=cfd, follow_symlinks=False)
             except OSError:
                 return False
-            if (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != was:
+            if sub_stamp(st) != was:
                 return False
         return True
 
@@ -77,7 +77,7 @@ class Listing:
 class ObserveCache:
     """The record and the collection listings one observe read, for the next observe of
     the same root and state directory (a :class:`~orchestrator.reconcile.Reconciler` keeps
-    one). ``hits``/``misses`` count listings reused and read."""
+    one). ``hits`` counts the listings reused."""
 
     def __init__(self) -> None:
         # the bytes last read and their record, set together (one reference: a reader in
@@ -86,7 +86,6 @@ class ObserveCache:
         self.trees: dict[str, Listing] = {}
         self.root: tuple[int, int] | None = None  # (st_dev, st_ino) of the root they are under
         self.hits = 0
-        self.misses = 0
 
     def for_root(self, root_fd: int) -> None:
         """Forget the listings if the root is another directory than last time (the same

@@ -9,6 +9,7 @@ updates.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -222,14 +223,16 @@ def entry_facts(
         declared = enc.compared
         facts = EntryFacts(mode, declared, sha)
         if enc.problems:
-            out[name] = _replace(facts, problem=enc.problems[0].message)
+            out[name] = dataclasses.replace(facts, problem=enc.problems[0].message)
             continue
         mr = rec.maps.get(name) if rec is not None else None
         live: dict[bytes, Value] | None = None
         problem = None
         if rec is not None and mr is not None and not mr.source and _same(mr.shape, c):
-            ids = {p.id: n for n, p in rec.programs.items()}
-            if c.type != MapType.PROG_ARRAY:
+            # a prog array's values read back as program ids, a map of maps' as map ids
+            if c.type == MapType.PROG_ARRAY:
+                ids = {p.id: n for n, p in rec.programs.items()}
+            else:
                 ids = {m.id: n for n, m in rec.maps.items()}
             try:
                 m = open_live(rec, name)
@@ -274,12 +277,6 @@ def _same(shape: object, c: MapCodec) -> bool:
         and getattr(shape, "value_size", None) == c.value_size
         and getattr(shape, "type", None) == int(c.type)
     )
-
-
-def _replace(f: EntryFacts, **kw: object) -> EntryFacts:
-    from dataclasses import replace
-
-    return replace(f, **kw)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- planning

@@ -48,7 +48,11 @@ from orchestrator.reconcile.state import (
 if TYPE_CHECKING:
     from orchestrator.ebpf import CollectionSpec, MapSpec
     from orchestrator.manifest.cache import ObjectSnapshot
-from orchestrator.reconcile.observe import _TIMERS, CGROUP2_SUPER_MAGIC, held_maps, open_map
+from orchestrator.reconcile.cache import IdentityMemo
+from orchestrator.reconcile.observe import CGROUP2_SUPER_MAGIC, held_maps, open_map
+
+# whether a map value type holds timers, per parsed type (the object store keeps them)
+_TIMERS = IdentityMemo()
 
 
 def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules | None = None) -> bool:
@@ -315,7 +319,7 @@ def gather_facts(
         from orchestrator.manifest.cache import default
 
         objects = default.snapshot()
-    pins = PinRules(desired)
+    pins = PinRules.of(desired)
     colls: dict[str, CollectionFacts] = {}
     targets: dict[str, TargetFacts] = {}
     pinned: dict[Path, str | None] = {}

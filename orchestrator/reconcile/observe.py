@@ -218,7 +218,6 @@ def _read_tree(
             elif e.is_symlink():
                 tree.foreign.append(_foreign_entry(tree.path / e.name, e, cfd))
         if cache is not None:
-            cache.misses += 1
             if settled(top.mtime_ns, top.ctime_ns, now) and all(
                 settled(st[2], st[3], now) for _, st in subs
             ):
@@ -562,7 +561,6 @@ def _held_map(
 
 
 _HELD = IdentityMemo()
-_TIMERS = IdentityMemo()
 
 
 def held_maps(spec: CollectionSpec, programs: Iterable[str]) -> frozenset[str]:

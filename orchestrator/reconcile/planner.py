@@ -99,7 +99,7 @@ class Planner:
             for n, d in desired.collections.items()
             if selector is None or selector.matches(d.labels)
         )
-        self.pins = PinRules(desired)
+        self.pins = PinRules.of(desired)
         self.actual = actual
         self.prune = prune
         self.lines: list[Change] = []  # the lines of the action being planned

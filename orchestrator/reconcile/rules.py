@@ -414,6 +414,17 @@ class PinRules:
     Built once per desired state: the index of ``from`` substitutions is made here, so a
     question costs a few dict lookups however many collections there are."""
 
+    @classmethod
+    def of(cls, desired: DesiredState) -> PinRules:
+        """The rules of ``desired``, made once: the facts and the plan of one reconcile
+        ask the same desired state (the last one asked is kept)."""
+        global _LAST_PIN_RULES
+        last = _LAST_PIN_RULES
+        if last is not None and last.desired is desired:
+            return last
+        _LAST_PIN_RULES = rules = cls(desired)
+        return rules
+
     def __init__(self, desired: DesiredState) -> None:
         self.desired = desired
         users: dict[tuple[str, str], list[str]] = {}
@@ -465,4 +476,7 @@ class PinRules:
 
 def pin_reason(desired: DesiredState, coll: str, mname: str, shape: MapShape | None) -> str | None:
     """:meth:`PinRules.reason` for one question (build a :class:`PinRules` for many)."""
-    return PinRules(desired).reason(coll, mname, shape)
+    return PinRules.of(desired).reason(coll, mname, shape)
+
+
+_LAST_PIN_RULES: PinRules | None = None

@@ -174,10 +174,6 @@ class AttachmentRecord:
     target: Mapping[str, TargetValue] | None = None
     mode: str = ""
 
-    @property
-    def in_place(self) -> bool:
-        return self.kind in IN_PLACE_KINDS
-
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "program": self.program,
