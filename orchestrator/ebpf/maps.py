@@ -765,8 +765,13 @@ class Map(Handle):
         no batch update for the map's type."""
         if count == 0:
             return 0
-        if len(keys) != count * self.key_size or len(values) != count * self._value_buffer_size:
-            raise ValueError(f"map {self.name}: batch update: buffers do not hold {count} pairs")
+        ksize, vsize = count * self.key_size, count * self._value_buffer_size
+        if len(keys) != ksize or len(values) != vsize:
+            raise ValueError(
+                f"map {self.name}: batch update of {count} pairs: got {len(keys)} key bytes and "
+                f"{len(values)} value bytes, want {ksize} ({count}x{self.key_size}) and {vsize} "
+                f"({count}x{self._value_buffer_size})"
+            )
         kbuf = ctypes.create_string_buffer(keys, len(keys))
         vbuf = ctypes.create_string_buffer(values, len(values))
         try:
@@ -790,7 +795,10 @@ class Map(Handle):
         if count == 0:
             return 0
         if len(keys) != count * self.key_size:
-            raise ValueError(f"map {self.name}: batch delete: not {count} keys")
+            raise ValueError(
+                f"map {self.name}: batch delete of {count} keys: got {len(keys)} bytes, want "
+                f"{count * self.key_size} ({count}x{self.key_size})"
+            )
         kbuf = ctypes.create_string_buffer(keys, len(keys))
         try:
             n, _ = _sys.map_batch(

@@ -275,6 +275,8 @@ def test_errors(cli: Cli, veth: VethPair, compile_bpf: Callable[..., Path]) -> N
     )
     err = cli.fails("events", "watcher/packets", "--count", "0")
     assert err == "error: --count 0: give a positive number\n"
+    err = cli.fails("events", "watcher/packets", "--timeout", "-1")
+    assert err == "error: --timeout -1.0: give a number of seconds (0 or more)\n"
     err = cli.fails("events", "watcher/packets", "--btf", "/nope")
     assert err == "error: --btf names where --type is looked up: give --type too\n"
     err = cli.fails("events", "watcher/packets", "--type", "packet", "--btf", "/nope")

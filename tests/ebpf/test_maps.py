@@ -114,6 +114,16 @@ def test_array(coll: ebpf.Collection) -> None:
         a[8]
     assert a.batch_update([(0, 100), (7, 700)]) == 2
     assert a.batch_lookup()[:1] + a.batch_lookup()[7:] == [(0, 100), (7, 700)]
+    # raw batches whose buffers do not hold what they say: refused before any syscall
+    with pytest.raises(
+        ValueError,
+        match=r"batch update of 2 pairs: got 4 key bytes and 16 value"
+        r" bytes, want 8 \(2x4\) and 16 \(2x8\)",
+    ):
+        a.batch_update_bytes(b"\0" * 4, b"\0" * 16, 2)
+    with pytest.raises(ValueError, match=r"batch delete of 3 keys: got 8 bytes, want 12 \(3x4\)"):
+        a.batch_delete_bytes(b"\0" * 8, 3)
+    assert a.batch_lookup()[7] == (7, 700)  # nothing written
 
 
 @pytest.mark.parametrize("name", ["m_percpu_hash", "m_percpu_array", "m_lru_percpu_hash"])
