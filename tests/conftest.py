@@ -1,5 +1,7 @@
 """Shared fixtures. Kernel tests are marked ``kernel``: they skip when the kernel can't be
-reached (not root, no bpf(), no bpffs) — except under ``CI=true``, where they fail instead."""
+reached (not root, no bpf(), no bpffs) — except under ``CI=true``, where they fail instead,
+and so does every other skip (a missing tool, object or mount: see
+``pytest_runtest_makereport``)."""
 
 from __future__ import annotations
 
