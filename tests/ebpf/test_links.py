@@ -344,6 +344,59 @@ def test_xdp_conflict_with_our_own_link_names_the_link(
         assert exc.value.link_id == first.id and exc.value.prog_name == "xdp_a"
 
 
+def test_xdp_link_released_in_deferred_work_is_a_retryable_conflict(
+    veth: VethPair, progs: ebpf.Collection, pin_dir: Path, fd_guard: None
+) -> None:
+    """Removing a link's last pin releases it in the kernel's deferred work: an attach
+    right after may get EBUSY although the interface is free by the time it is asked. That
+    is an AttachConflictError with prog_id 0 (retry), never a bare AttachError."""
+    ns, dev = veth.b.ns.path, veth.b.name
+    prog = progs.programs["xdp_a"]
+    pin = pin_dir / "xdp_link"
+    busy = attached = 0
+    for _ in range(60):
+        with links.attach_xdp(prog, dev, "generic", netns=ns) as first:
+            first.pin(pin)
+        os.unlink(pin)  # the last reference: the link is freed in a work item
+        try:
+            again = links.attach_xdp(prog, dev, "generic", netns=ns)
+        except AttachConflictError as err:
+            held = links.xdp_attached(dev, netns=ns)
+            if err.prog_id == 0:
+                assert "was busy" in str(err) and "try again" in str(err), err
+            else:
+                assert err.prog_id == prog.id, err  # still held by the link being released
+            busy += 1
+            assert wait_for(lambda: links.xdp_attached(dev, netns=ns) is None), held
+            continue
+        with again:
+            attached += 1
+    assert busy + attached == 60
+    assert links.xdp_attached(dev, netns=ns) is None
+
+
+def test_xdp_busy_on_a_free_interface_says_retry(
+    veth: VethPair, progs: ebpf.Collection, fd_guard: None
+) -> None:
+    """The kernel's EBUSY mapped when the interface is free again by the time it is asked
+    (the window above is too short to hit on demand)."""
+    from orchestrator.ebpf.errors import SyscallError
+    from orchestrator.ebpf.link.xdp import _xdp_error
+
+    prog, ns = progs.programs["xdp_a"], veth.b.ns.path
+    busy = SyscallError("create link", errno.EBUSY)
+    err = _xdp_error(prog, veth.b.ifindex, "generic", busy, ns)
+    assert isinstance(err, AttachConflictError) and err.prog_id == 0, err
+    assert str(err) == (
+        f"interface {veth.b.name} was busy: an XDP program held it when the link was made "
+        "and none does now (a link being released); try again"
+    )
+    mixed = _xdp_error(
+        prog, veth.b.ifindex, "generic", SyscallError("create link", errno.EEXIST), ns
+    )
+    assert type(mixed) is AttachError and "EEXIST" in str(mixed), mixed
+
+
 def test_xdp_missing_interface(veth: VethPair, progs: ebpf.Collection, fd_guard: None) -> None:
     prog = progs.programs["xdp_a"]
     with pytest.raises(TargetNotFoundError, match="interface nope0: not found in netns"):

@@ -59,7 +59,8 @@ def attach_xdp(
     ``mode``: "native" (in the driver), "generic" (skb), or "auto" (native where the driver
     supports it). Needs Linux 5.9 and CAP_NET_ADMIN. If any XDP program is already on the
     interface (by netlink or by another link) the kernel says EBUSY and this raises
-    :class:`AttachConflictError` naming it."""
+    :class:`AttachConflictError` naming it; one whose ``prog_id`` is 0 says the interface
+    was free again by the time it was asked (a link the kernel was still releasing): retry."""
     if mode not in _XDP_FLAGS:
         raise ValueError(f"xdp mode {mode!r}: expected one of {', '.join(_XDP_FLAGS)}")
     index = _ifindex(iface, netns)
@@ -98,6 +99,13 @@ def _xdp_error(prog: Program, index: int, mode: str, err: SyscallError, netns: N
                 prog_id=current.prog_id,
                 prog_name=current.prog_name,
                 link_id=current.link_id or 0,
+            )
+        if err.errno == errno.EBUSY:
+            # busy when the link was made, free now: the holder was a link the kernel
+            # releases in deferred work (its last pin just removed); a retry succeeds
+            return AttachConflictError(
+                f"interface {name} was busy: an XDP program held it when the link was made "
+                "and none does now (a link being released); try again"
             )
     if err.errno in (errno.EOPNOTSUPP, _sys.ENOTSUPP) and mode == "native":
         return NotSupportedError(f"{what}: the driver has no native XDP (use mode generic)")
