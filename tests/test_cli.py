@@ -351,6 +351,41 @@ def test_ownership_in_the_cli(tmp_path: Path, pin_dir: Path, where: list[str]) -
     assert os.listdir(root) == []
 
 
+@pytest.mark.kernel
+def test_a_tree_newer_than_the_record_is_recovered(tmp_path: Path, where: list[str]) -> None:
+    """An apply that put its tree in place and died before writing the record (simulated:
+    the earlier record written back) leaves a later generation than recorded: status and
+    plan say so, and the next apply records what the tree's marker says."""
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "tp.yaml").write_text(TP_MANIFEST)
+    assert run_cli("apply", str(manifests), *where)[0] == 0
+    record = Path(where[3]) / "state.json"
+    first = record.read_bytes()
+    changed = TP_MANIFEST.replace(f"target_tgid: {os.getpid()}", f"target_tgid: {os.getpid() + 1}")
+    (manifests / "tp.yaml").write_text(changed)
+    assert run_cli("apply", str(manifests), *where)[0] == 0
+    record.write_bytes(first)
+    code, out, _ = run_cli("status", *where)
+    assert code == 0 and out.startswith("tp: Ready (generation 2"), out
+    assert (
+        "recovered: tp (an apply was killed after putting its tree in place, before writing "
+        "the record: what the tree holds is read from its ownership marker; the next apply "
+        "records it)"
+    ) in out.splitlines(), out
+    assert json.loads(run_cli("status", "-o", "json", *where)[1])["recovered"] == ["tp"]
+    code, out, _ = run_cli("plan", str(manifests), *where)
+    assert code == 0 and out.splitlines() == [
+        "No changes. The kernel matches the manifests.",
+        "recovered: tp (an apply was killed after putting its tree in place, before writing "
+        "the record: what the tree holds is read from its ownership marker)",
+    ], out
+    assert run_cli("apply", str(manifests), *where)[0] == 0
+    assert json.loads(run_cli("status", "-o", "json", *where)[1])["recovered"] == []
+    assert json.loads(record.read_text())["collections"]["tp"]["generation"] == 2
+    assert run_cli("destroy", "--all", *where)[0] == 0
+
+
 def test_a_deprecated_api_version_is_a_warning(tmp_path: Path) -> None:
     (tmp_path / "tp.yaml").write_text(TP_MANIFEST.replace("bpforch.dev/v1", "bpforch/v1"))
     code, out, err = run_cli("validate", str(tmp_path))

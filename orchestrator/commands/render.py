@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from orchestrator.reconcile.inventory import Inventory
 
 ENTRY_LINES = 20  # entry changes printed per map (the rest are counted)
+RECOVERED = (
+    "an apply was killed after putting its tree in place, before writing the record: what the "
+    "tree holds is read from its ownership marker"
+)
 
 
 def color_of(stream: TextIO) -> bool:
@@ -91,6 +95,8 @@ def render_plan(plan: Plan, out: TextIO) -> None:
 def render_ownership(plan: Plan, out: TextIO, indent: str = "") -> None:
     for name in plan.adopted:
         print(f"{indent}adopted: {name} (no record listed it: rebuilt from its marker)", file=out)
+    for name in plan.recovered:
+        print(f"{indent}recovered: {name} ({RECOVERED})", file=out)
     for f in plan.foreign:
         print(f"{indent}foreign: {f} (not bpforch's: left alone)", file=out)
 
@@ -140,6 +146,8 @@ def render_status(status: Status, out: TextIO, none: str | None = None) -> None:
             "next apply records it)",
             file=out,
         )
+    for name in status.recovered:
+        print(f"recovered: {name} ({RECOVERED}; the next apply records it)", file=out)
     for f in status.foreign:
         print(f"foreign: {f} (not bpforch's: never followed, changed or removed)", file=out)
 

@@ -168,6 +168,7 @@ class Status:
     garbage: tuple[Path, ...] = ()  # staging leftovers the next apply removes
     foreign: tuple[Foreign, ...] = ()  # under the root, not bpforch's: left alone
     adopted: tuple[str, ...] = ()  # rebuilt from their ownership markers (no record)
+    recovered: tuple[str, ...] = ()  # a later generation than recorded: read from markers
 
     def get(self, name: str) -> CollectionStatus | None:
         for c in self.collections:
@@ -187,6 +188,7 @@ class Status:
             "garbage": [str(p) for p in self.garbage],
             "foreign": [f.to_json() for f in self.foreign],
             "adopted": list(self.adopted),
+            "recovered": list(self.recovered),
             "warnings": list(self.warnings),
         }
 
@@ -360,6 +362,7 @@ def build_status(root: Path, actual: ActualState) -> Status:
             actual.staging,
             actual.foreign,
             actual.ownership.adopted,
+            actual.ownership.recovered,
         )
     finally:
         if root_fd is not None:

@@ -279,6 +279,7 @@ class CollectionCheck:
     foreign: tuple[Foreign, ...] = ()
     marked: bool = False  # the directory has its ownership marker
     present: bool = False  # the directory is there (a real directory, not a symlink)
+    unrecorded_links: bool = False  # links/ holds a pin the record does not name
 
 
 def check_collection(
@@ -321,7 +322,13 @@ def check_collection(
         for a in rec.attachments.values():
             drift.extend(_check_link(tree, rec, a))
         drift.extend(_check_order(rec, {x.name for x in drift if x.kind == "attachment"}))
-        return CollectionCheck(tuple(drift), tuple(tree.foreign), tree.marked, tree.present)
+        pins = tree.entries.get("links")
+        unrecorded = pins is not None and not {f"links/{n}" for n in pins} <= {
+            a.pin for a in rec.attachments.values()
+        }
+        return CollectionCheck(
+            tuple(drift), tuple(tree.foreign), tree.marked, tree.present, unrecorded
+        )
     finally:
         tree.close()
 
@@ -626,8 +633,14 @@ def _observe(
     adopted: list[str] = []
     unmarked: list[str] = []
     leftover: set[int] = set()
+    recovered: list[str] = []
     for name, rec in record.collections.items():
         check = check_collection(root_fd, root, rec, cache)
+        if check.marked and (check.drift or check.unrecorded_links):
+            newer = _newer_marker(root_fd, name, token, rec)
+            if newer is not None:
+                rec, check = newer, check_collection(root_fd, root, newer, cache)
+                recovered.append(name)
         collections[name] = ActualCollection(rec, check.drift)
         foreign.extend(check.foreign)
         if check.present and not check.marked:
@@ -667,9 +680,27 @@ def _observe(
         if extra:
             collections[n] = ActualCollection(c.record, c.drift + extra)
     ownership = Ownership(
-        token, tuple(foreign), tuple(adopted), tuple(sorted(unmarked)), frozenset(leftover)
+        token,
+        tuple(foreign),
+        tuple(adopted),
+        tuple(sorted(unmarked)),
+        frozenset(leftover),
+        tuple(recovered),
     )
     return ActualState(collections, tuple(staging), ownership)
+
+
+def _newer_marker(
+    root_fd: int, name: str, token: bytes, rec: CollectionRecord
+) -> CollectionRecord | None:
+    """The record in the ownership marker of recorded collection ``name``'s tree if it is a
+    later generation than ``rec``: an apply swapped that tree into place and was killed
+    before it wrote the record, so the marker, not the record, says what the tree holds
+    (its links among it: a hook they hold is bpforch's own). None otherwise."""
+    verdict = collection_verdict(root_fd, name, token)
+    if isinstance(verdict, str) or verdict.generation <= rec.generation:
+        return None
+    return verdict
 
 
 def _foreign_inside(dir_fd: int, name: str, path: Path, depth: int = 8) -> list[Foreign]:

@@ -77,11 +77,14 @@ def transaction_actions(
     """Every action of an apply, in the order the transaction runs them (see
     :mod:`orchestrator.reconcile.actions`). Only the collections' own actions when there is
     nothing to do: no change, no leftover, no bookkeeping (collections adopted from their
-    markers or made before markers existed are recorded and marked; a root with
+    markers, recovered from them after a killed apply, or made before markers existed are
+    recorded and marked; a root with
     collections but no owner marker is claimed)."""
     staged = [a for a in collections if isinstance(a, Stage | Keep)]
     own = actual.ownership
-    unsettled = bool(own.adopted or own.unmarked) or (bool(actual.collections) and not own.token)
+    unsettled = bool(own.adopted or own.unmarked or own.recovered) or (
+        bool(actual.collections) and not own.token
+    )
     writes = any(isinstance(a, WriteEntries) for a in collections)
     if not staged and not deleted and not actual.staging and not unsettled and not writes:
         return tuple(collections)

@@ -54,10 +54,11 @@ class Plan:
     """What an apply runs: ``actions`` in the order the transaction runs them (see
     :mod:`orchestrator.reconcile.actions`), plan-time problems, what bpforch leaves alone
     under its root (``foreign``), and collections adopted from their ownership markers
-    because no record listed them (``adopted``). ``owner_token``: of the root's owner
-    marker, as observed (empty: the apply claims the root); ``own_programs``: the ids of
-    bpforch's programs (recorded, or left by a killed apply), whose hooks are not someone
-    else's.
+    because no record listed them (``adopted``) or because their tree holds a later
+    generation than the record, left by a killed apply (``recovered``). ``owner_token``: of
+    the root's owner marker, as observed (empty: the apply claims the root);
+    ``own_programs``: the ids of bpforch's programs (recorded, or left by a killed apply),
+    whose hooks are not someone else's.
 
     ``changes``, the lines the plan prints, are rendered from the actions: per collection
     (dependencies first; deletes last, dependents before what they use), in the order
@@ -67,6 +68,7 @@ class Plan:
     problems: tuple[PlanProblem, ...] = ()
     foreign: tuple[Foreign, ...] = ()
     adopted: tuple[str, ...] = ()
+    recovered: tuple[str, ...] = ()
     owner_token: bytes = field(default=b"", repr=False, compare=False)
     own_programs: frozenset[int] = field(default=frozenset(), repr=False, compare=False)
     # programs above 80% of the verifier's budget at the last apply
@@ -160,6 +162,7 @@ class Plan:
             "garbage": [str(p) for p in self.garbage],
             "foreign": [f.to_json() for f in self.foreign],
             "adopted": list(self.adopted),
+            "recovered": list(self.recovered),
             "warnings": list(self.warnings),
             "counts": {"add": add, "change": change, "destroy": destroy},
             "has_changes": self.has_changes,
@@ -190,6 +193,7 @@ def _plan(
         tuple(problems),
         own.foreign,
         own.adopted,
+        own.recovered,
         own.token,
         frozenset(programs) | own.leftover_programs,
         warnings,

@@ -450,13 +450,16 @@ class Ownership:
     recorded collections without a marker (made before markers existed), marked by the
     next apply; ``leftover_programs``: ids of the programs that links in staging leftovers
     run (an apply killed after attaching them: the next apply releases them, so a hook they
-    hold is not someone else's)."""
+    hold is not someone else's); ``recovered``: recorded collections whose tree holds a later
+    generation than the record names (an apply killed after swapping it into place, before
+    writing the record), taken from their markers and recorded by the next apply."""
 
     token: bytes = b""
     foreign: tuple[Foreign, ...] = ()
     adopted: tuple[str, ...] = ()
     unmarked: tuple[str, ...] = ()
     leftover_programs: frozenset[int] = frozenset()
+    recovered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,3 +103,58 @@ def test_kill_after_a_new_xdp_link_converges(
     held = links.xdp_attached("lo", veth.a.ns.path)
     assert held is not None and held.prog_id == st.program("model_xdp").id
     assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
+
+
+@pytest.mark.parametrize("step", ["attach:1", "commit", "record", "release"])
+def test_kill_after_xdp_added_to_an_applied_collection_converges(
+    step: str, env: Env, veth: VethPair, cgroup: Cgroup
+) -> None:
+    """An applied collection gains an XDP attachment; the apply is killed after its link
+    exists. With ``record``, the new tree (with the new link) is in place but the record
+    still names the generation before: the next apply must see that link as its own (the
+    tree's ownership marker records it), not as someone else's program on the interface."""
+    cg = f"            - {{program: model_cg, cgroup: {{path: {cgroup.path}, attach: egress}}}}"
+    env.write(
+        "cb",
+        f"""
+        apiVersion: bpforch/v1
+        kind: Collection
+        metadata: {{name: cb}}
+        spec:
+          object: @BPF@/model.o
+          attach:
+{cg}
+        """,
+    )
+    env.reconciler().apply(env.desired())
+    _model_manifest(env, veth, cg)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from orchestrator.manifest import load_manifests\n"
+        "from orchestrator.reconcile import Reconciler\n"
+        "from tests.failpoints import KillAt\n"
+        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]),\n"
+        "               failpoints=KillAt.parse(sys.argv[4]))\n"
+        "r.apply(load_manifests([Path(sys.argv[3])]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests), step],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    r = env.reconciler()
+    before = r.plan(env.desired())
+    # only after the swap and before the record is the tree newer than the record
+    want = ("cb",) if step == "record" else ()
+    assert before.recovered == want and r.status().recovered == want, step
+    r.apply(env.desired())
+    st = r.status().get("cb")
+    assert st is not None and st.condition == "Ready", st
+    assert not r.status().recovered
+    assert not r.plan(env.desired()).has_changes
+    held = links.xdp_attached("lo", veth.a.ns.path)
+    assert held is not None and held.prog_id == st.program("model_xdp").id
+    assert not any(p.name.startswith("_staging-") for p in env.root.iterdir())
