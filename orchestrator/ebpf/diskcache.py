@@ -95,19 +95,33 @@ def code_identity() -> str:
     from orchestrator import __version__
 
     root = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha256(f"{__version__}\0{FORMAT}".encode())
-    files: list[str] = []
-    for top, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        files += [os.path.join(top, n) for n in sorted(names) if n.endswith(".py")]
-    for f in files:
+    return hashlib.sha256(f"{__version__}\0{FORMAT}\0{_tree_identity(root)}".encode()).hexdigest()
+
+
+def _tree_identity(root: str) -> str:
+    """The path, size and mtime of every ``.py`` file under ``root`` (``__pycache__`` and
+    symlinked directories left out), hashed."""
+    # one scandir per directory (cheaper than os.walk plus a path join and stat per name:
+    # this runs once in every process that uses the cache)
+    parts: list[str] = []
+    todo = [root]
+    while todo:
         try:
-            st = os.stat(f)
+            with os.scandir(todo.pop()) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError:
-            h.update(f"{f}\0missing\0".encode())
-            continue
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return h.hexdigest()
+            continue  # as os.walk: a directory that went away is skipped
+        for e in entries:
+            if e.name.endswith(".py"):
+                try:
+                    st = e.stat()
+                except OSError:
+                    parts.append(f"{e.path}\0missing\0")
+                    continue
+                parts.append(f"{e.path}\0{st.st_size}\0{st.st_mtime_ns}\0")
+            elif e.name != "__pycache__" and e.is_dir(follow_symlinks=False):
+                todo.append(e.path)
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 class DiskCache:
@@ -311,7 +325,7 @@ class DiskCache:
         with os.scandir(dfd) as it:
             for e in it:
                 try:
-                    st = e.stat(follow_symlinks=False)
+                    st = e.stat()
                 except OSError:
                     continue
                 if _NAME.match(e.name):

@@ -19,6 +19,7 @@ from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import FD, Cmd, MapFlags, MapType, UpdateFlags
 from orchestrator.ebpf.btf import layout as _layout
+from orchestrator.ebpf.btf.types import _Lazy
 from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,
@@ -134,8 +135,9 @@ class Map(Handle):
         self.value_size = value_size
         self.max_entries = max_entries
         self.flags = flags
-        self.key_type = key_type
-        self.value_type = value_type
+        # each may be held as a type id (a _Lazy from the spec), decoded on first read
+        self._key_type: _btf.Type | _Lazy | None = key_type
+        self._value_type: _btf.Type | _Lazy | None = value_type
         # (btf id, key type id, value type id) to resolve key/value types lazily from the
         # kernel's copy of the map's BTF, for maps opened by pin, id or fd.
         self._kernel_btf: tuple[int, int, int] | None = None
@@ -195,9 +197,32 @@ class Map(Handle):
             value_size=spec.value_size,
             max_entries=max_entries,
             flags=spec.flags | extra_flags,
-            key_type=spec.key,
-            value_type=spec.value,
+            # as the spec holds them: a type still held by id is decoded on first read
+            key_type=spec.__dict__["_key"],
+            value_type=spec.__dict__["_value"],
         )
+
+    @property
+    def key_type(self) -> _btf.Type | None:
+        held = self._key_type
+        if type(held) is _Lazy:
+            held = self._key_type = held.get()
+        return held  # type: ignore[return-value]
+
+    @key_type.setter
+    def key_type(self, value: _btf.Type | None) -> None:
+        self._key_type = value
+
+    @property
+    def value_type(self) -> _btf.Type | None:
+        held = self._value_type
+        if type(held) is _Lazy:
+            held = self._value_type = held.get()
+        return held  # type: ignore[return-value]
+
+    @value_type.setter
+    def value_type(self, value: _btf.Type | None) -> None:
+        self._value_type = value
 
     _kind = "map"
     _by_id = Cmd.MAP_GET_FD_BY_ID
@@ -229,8 +254,8 @@ class Map(Handle):
             value_size=self.value_size,
             max_entries=self.max_entries,
             flags=self.flags,
-            key_type=self.key_type,
-            value_type=self.value_type,
+            key_type=self._key_type,  # type: ignore[arg-type]
+            value_type=self._value_type,  # type: ignore[arg-type]
         )
         m._id = self._id
         return m

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.asm import Instructions, Reference, RefKind
 from orchestrator.ebpf.btf import decode as _btf_decode
 from orchestrator.ebpf.btf import ext as _btf_ext
+from orchestrator.ebpf.btf.types import _Lazy
 from orchestrator.ebpf.errors import BTFError, SpecFileError
 from orchestrator.ebpf.spec import (
     CollectionSpec,
@@ -213,6 +214,18 @@ class _Reader:
             raise SpecFileError("a type id without btf")
         return self.btf.type_by_id(_int(tid))
 
+    def lazy(self, tid: object, kind: _btf.Kind | None = None) -> _btf.Type | None:
+        """Type ``tid`` held by id, decoded on first read (as the ELF reader keeps it): its
+        id (and ``kind``) are checked now without decoding it."""
+        if tid is None:
+            return None
+        if self.btf is None:
+            raise SpecFileError("a type id without btf")
+        found = self.btf.kind_of(_int(tid))  # BTFError for an id it does not have
+        if kind is not None and found != kind:
+            raise SpecFileError(f"type {tid} is not a {kind.name.lower()}")
+        return cast(_btf.Type, _Lazy(self.btf, _int(tid)))
+
     def typed(self, tid: object, cls: type[E]) -> E:
         t = self.type_of(tid)
         if not isinstance(t, cls):
@@ -300,7 +313,7 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
         if owner is None:
             raise SpecFileError(f"variable {key}: no map {section}")
         variables[_str(key)] = VariableSpec(
-            _str(vname), owner, _int(offset), _int(size), r.type_of(tid), _str(linkage)
+            _str(vname), owner, _int(offset), _int(size), r.lazy(tid), _str(linkage)
         )
     externs: dict[str, ExternSpec] = {}
     if doc["externs"]:
@@ -368,15 +381,15 @@ def _read_map(r: _Reader, d: dict[str, Any]) -> MapSpec:
         PinType(_int(d["pinning"])),
         inner,
         contents,
-        r.type_of(d["key"]),
-        r.type_of(d["value"]),
+        r.lazy(d["key"]),
+        r.lazy(d["value"]),
         _int(d["map_extra"]),
         _int(d["numa_node"]),
         r.raw(d["extra"]),
         _bool(d["freeze"]),
         _str(d["section"]),
         r.btf_of(d["btf"]),
-        r.type_of(d["btf_value_type"]),
+        r.lazy(d["btf_value_type"]),
         ops,
     )
 
@@ -390,7 +403,8 @@ def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
     func_infos = []
     for fi in _list(d["func_infos"]):
         insn, tid = _list(fi, 2)
-        func_infos.append(_btf_ext.FuncInfo(_int(insn), r.typed(tid, _btf.Func)))
+        func = cast(_btf.Func, r.lazy(tid, _btf.Kind.FUNC))
+        func_infos.append(_btf_ext.FuncInfo(_int(insn), func))
     line_infos = []
     for li in _list(d["line_infos"]):
         insn, file_name, line, number, column = _list(li, 5)

@@ -230,6 +230,58 @@ def test_loads_the_same_into_the_kernel(
         assert results[0][0], path
 
 
+@pytest.mark.kernel
+@pytest.mark.parametrize("name", ["xdp_counter.o", "globals.o", "cgroup_egress.o", "tailcall.o"])
+def test_a_spec_read_back_decodes_types_only_when_read(
+    name: str, cache_dir: Path, pin_dir: Path, fd_guard: None
+) -> None:
+    """As after a parse, map key/value types, variables' types and func info come back held
+    by id: reading an entry back and loading it decodes none of the object's BTF, and each
+    type reads back (from the spec or the loaded map) as the one a parse gives."""
+    require_kernel()
+    disk = diskcache.DiskCache(cache_dir)
+    _fresh(obj(name), disk)
+    spec, stats = _fresh(obj(name), disk)
+    assert stats.loaded == 1
+    b = spec.btf
+    assert b is not None
+    assert all(t is None for t in b._cache)
+    with ebpf.Collection(spec, ebpf.CollectionOptions(pin_path=pin_dir)) as coll:
+        assert all(t is None for t in b._cache)
+        fresh = ebpf.CollectionSpec.from_file(obj(name), cache=False)
+        assert fresh.btf is not None
+        for mname, m in coll.maps.items():
+            ms, mf = spec.maps[mname], fresh.maps[mname]
+            assert m.key_type is ms.key and m.value_type is ms.value, mname
+            assert _tid(b, ms.key) == _tid(fresh.btf, mf.key), mname
+            assert _tid(b, ms.value) == _tid(fresh.btf, mf.value), mname
+    for vname, v in spec.variables.items():
+        assert _tid(b, v.type) == _tid(fresh.btf, fresh.variables[vname].type), vname
+    for pname, p in spec.programs.items():
+        want = [_tid(fresh.btf, fi.func) for fi in fresh.programs[pname].func_infos]
+        assert [_tid(b, fi.func) for fi in p.func_infos] == want, pname
+        assert all(isinstance(fi.func, btf.Func) for fi in p.func_infos)
+
+
+def test_a_cached_func_info_of_another_kind_is_refused() -> None:
+    """A func info's id is checked to be a func when the entry is read, although the type
+    is decoded later: an entry naming another kind is damaged."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    data = specfile.encode(spec)
+    assert data is not None
+    n = int.from_bytes(data[4:8], "little")
+    doc = json.loads(data[8 : 8 + n])
+    prog = doc["programs"][0]
+    assert prog["func_infos"]
+    assert spec.btf is not None
+    not_func = next(tid for tid in range(1, 100) if spec.btf.kind_of(tid) is not btf.Kind.FUNC)
+    prog["func_infos"][0][1] = not_func
+    body = json.dumps(doc).encode()
+    damaged = data[:4] + len(body).to_bytes(4, "little") + body + data[8 + n :]
+    with pytest.raises(specfile.SpecFileError, match="is not a func"):
+        specfile.decode(damaged)
+
+
 def test_xdp_program_read_back_runs(cache_dir: Path, fd_guard: None) -> None:
     require_kernel()
     disk = diskcache.DiskCache(cache_dir)
@@ -677,3 +729,34 @@ def test_a_denied_default_directory_is_quiet_only_when_asked(
     records = [r for r in caplog.records if r.name == LOGGER]
     assert [r.levelno for r in records] == [logging.DEBUG]
     assert "cannot create it: read-only file system" in records[0].getMessage()
+
+
+def test_the_code_identity_changes_with_any_loader_module(tmp_path: Path) -> None:
+    """Entries are keyed by the loader's code: editing, adding or removing a module (at
+    any depth) changes the key; bytecode caches do not."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "__pycache__").mkdir()
+    a, b = tmp_path / "a.py", tmp_path / "sub" / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    seen = {diskcache._tree_identity(str(tmp_path))}
+
+    def changed() -> bool:
+        new = diskcache._tree_identity(str(tmp_path))
+        fresh = new not in seen
+        seen.add(new)
+        return fresh
+
+    (tmp_path / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "notes.txt").write_text("not code")
+    assert not changed()
+    b.write_text("y = 3\n")  # same size: the mtime tells
+    os.utime(b, ns=(1, 1))
+    assert changed()
+    b.write_text("y = 30\n")
+    os.utime(b, ns=(1, 1))  # same mtime: the size tells
+    assert changed()
+    (tmp_path / "sub" / "c.py").write_text("")
+    assert changed()
+    a.unlink()
+    assert changed()
