@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
@@ -53,6 +54,11 @@ from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
 
 T = TypeVar("T")
+
+_IMM = struct.Struct("<i")  # an instruction's imm field
+_EXTERN, _MAP = RefKind.EXTERN, RefKind.MAP
+_SRC_MAP_FD = _sys.BPF_PSEUDO_MAP_FD << 4
+_SRC_MAP_VALUE = _sys.BPF_PSEUDO_MAP_VALUE << 4
 
 
 @dataclass
@@ -326,20 +332,24 @@ class _Loader:
         raw = bytearray(spec.instructions.raw)
         if spec.core_relos:
             self._relocate_core(spec, raw)
+        loaded = self.maps
         for idx, ref in spec.instructions.references.items():
             pos = idx * INSN_SIZE
-            if ref.kind is RefKind.EXTERN:
+            kind = ref.kind
+            if kind is _EXTERN:
                 self._resolve_extern(spec, raw, idx, ref.name)
                 continue
-            m = self.map(ref.name)
-            fd = m.fd.raw
-            if ref.kind is RefKind.MAP:
-                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_MAP_FD << 4)
-                raw[pos + 4 : pos + 8] = fd.to_bytes(4, "little")
+            m = loaded.get(ref.name)  # most references are to maps made already
+            if m is None:
+                m = self.map(ref.name)
+            # src_reg says what imm holds: a map's fd, or a map's fd and (next slot's imm)
+            # an offset into its value
+            _IMM.pack_into(raw, pos + 4, m.fd.raw)
+            if kind is _MAP:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_FD
             else:
-                raw[pos + 1] = (raw[pos + 1] & 0x0F) | (_sys.BPF_PSEUDO_MAP_VALUE << 4)
-                raw[pos + 4 : pos + 8] = fd.to_bytes(4, "little")
-                raw[pos + 12 : pos + 16] = ref.offset.to_bytes(4, "little", signed=True)
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_VALUE
+                _IMM.pack_into(raw, pos + 12, ref.offset)
         btf_fd, strings = self._btf()
         func_info = line_info = b""
         nfunc = nline = 0
