@@ -230,10 +230,15 @@ class _Loader:
         self.maps[name] = m
 
         data_entries: list[tuple[object, object]] = []
-        if spec.section == ".kconfig" and self.spec.externs:
+        kconfig = spec.section == ".kconfig" and bool(self.spec.externs)
+        if kconfig:
             data_entries.append((0, self._kconfig_contents(spec)))
-        for entry in spec.contents if not data_entries else ():
+        pending = False  # entries naming a program or map: written by finalize
+        for entry in spec.contents:
             if isinstance(entry.value, str):
+                pending = True
+                continue
+            if kconfig:
                 continue
             key: object = entry.key
             if isinstance(key, int) and spec.key_size in (1, 2, 4, 8) and spec.key is None:
@@ -241,7 +246,7 @@ class _Loader:
             data_entries.append((key, bytes(entry.value)))
         if data_entries:
             m.populate(data_entries)
-        if any(isinstance(e.value, str) for e in spec.contents):
+        if pending:
             self._pending.append(name)
         if spec.freeze:
             m.freeze()

@@ -127,10 +127,14 @@ class Map(Handle):
     ) -> None:
         self._fd = fd
         self.name = name
-        try:
-            self.type: MapType | int = MapType(type)
-        except ValueError:
+        self.type: MapType | int
+        if isinstance(type, MapType):
             self.type = type
+        else:
+            try:
+                self.type = MapType(type)
+            except ValueError:
+                self.type = type  # a type this code does not know: kept as the number
         self.key_size = key_size
         self.value_size = value_size
         self.max_entries = max_entries

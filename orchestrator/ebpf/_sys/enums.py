@@ -91,12 +91,7 @@ class MapType(enum.IntEnum):
 
     @property
     def per_cpu(self) -> bool:
-        return self in (
-            MapType.PERCPU_HASH,
-            MapType.PERCPU_ARRAY,
-            MapType.LRU_PERCPU_HASH,
-            MapType.PERCPU_CGROUP_STORAGE,
-        )
+        return self in _PER_CPU_MAPS
 
     @property
     def of_maps(self) -> bool:
@@ -107,6 +102,16 @@ def map_type_label(t: MapType | int) -> str:
     """A map type as messages name it: ``prog_array``, or ``type 99`` for one this
     version does not know."""
     return t.name.lower() if isinstance(t, MapType) else f"type {t}"
+
+
+_PER_CPU_MAPS = frozenset(
+    {
+        MapType.PERCPU_HASH,
+        MapType.PERCPU_ARRAY,
+        MapType.LRU_PERCPU_HASH,
+        MapType.PERCPU_CGROUP_STORAGE,
+    }
+)
 
 
 class ProgType(enum.IntEnum):
