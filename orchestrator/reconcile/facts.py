@@ -120,7 +120,12 @@ def map_shape(m: MapSpec, max_entries: int) -> MapShape:
     )
 
 
-def _collection_facts(d: DesiredCollection, objects: ObjectSnapshot) -> CollectionFacts:
+def _collection_facts(
+    d: DesiredCollection, objects: ObjectSnapshot, *, constants: bool
+) -> CollectionFacts:
+    """What ``d``'s object declares; ``constants``: decode its constants as they will be
+    loaded too (only compared with the live generation's, so only wanted where those are
+    read: a new collection has none)."""
     from orchestrator.manifest.objects import ObjectError
 
     try:
@@ -152,7 +157,7 @@ def _collection_facts(d: DesiredCollection, objects: ObjectSnapshot) -> Collecti
     from orchestrator.reconcile.constants import object_constants
 
     return CollectionFacts(
-        constants=object_constants(spec, d.constants),
+        constants=object_constants(spec, d.constants) if constants else None,
         programs=names,
         object_sha256=info.sha256,
         maps=maps,
@@ -312,8 +317,9 @@ def gather_facts(
     what their objects declare, whether their targets exist (and who holds XDP), whether
     their pinned substitution sources are pins on bpffs; with ``root``, the declared entries
     of every map that declares some and the live contents of those maps (no other map is
-    read), and the constants the live generation runs with, for the collections whose
-    manifest or object changed. Objects are read through ``objects`` (a snapshot of the
+    read), and the constants the live generation runs with beside those that will be loaded,
+    for the collections whose manifest or object changed (decoded nowhere else: they are
+    only compared). Objects are read through ``objects`` (a snapshot of the
     default object store if None)."""
     if objects is None:
         from orchestrator.manifest.cache import default
@@ -324,9 +330,11 @@ def gather_facts(
     targets: dict[str, TargetFacts] = {}
     pinned: dict[Path, str | None] = {}
     for d in _may_change(desired, actual, pins):
-        colls[d.name] = _collection_facts(d, objects)
         ac = actual.collections.get(d.name)
-        if root is not None and ac is not None and ac.record.digest != d.digest:
+        live = root is not None and ac is not None and ac.record.digest != d.digest
+        colls[d.name] = _collection_facts(d, objects, constants=live)
+        if live:
+            assert root is not None and ac is not None
             from orchestrator.reconcile.constants import live_constants
 
             colls[d.name] = replace(colls[d.name], live_constants=live_constants(root, ac.record))

@@ -383,7 +383,8 @@ class CollectionFacts:
     held: frozenset[str] | None = None
     unused_maps: tuple[str, ...] = ()  # in the object, but no bound program needs them
     # every constant of the object as it will be loaded (the manifest's value, else the
-    # object's), decoded through BTF as a manifest writes it; None: not known
+    # object's), decoded through BTF as a manifest writes it; None: not known, or not
+    # decoded (no live constants to compare them with: see gather_facts)
     constants: Mapping[str, object] | None = None
     # the constants of the live generation, read back from its .rodata maps; None: not
     # read (a new collection, or the maps could not be read)

@@ -109,8 +109,10 @@ class CommitSteps(TransactionBase):
         for name in seal.deleted:
             out.pop(name, None)
         for name, digests in seal.entries.items():
-            if name in out:
-                out[name] = replace(out[name], entries=dict(sorted(digests.items())))
+            rec = out.get(name)
+            written = dict(sorted(digests.items()))
+            if rec is not None and written != rec.entries:  # else the record says it already
+                out[name] = replace(rec, entries=written)
         return StateRecord(out)
 
     def _mark(self, record: StateRecord) -> None:
