@@ -44,7 +44,7 @@ from orchestrator.ebpf import Map, MapSpec, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.inspect import FD, ensure_dir, open_dir_at, open_pin_at, pin_at
 from orchestrator.reconcile.errors import ApplyError, StateError
-from orchestrator.reconcile.state import CollectionRecord
+from orchestrator.reconcile.state import CollectionRecord, collection_text
 
 OWNER_PIN = "_owner"
 MARK_PIN = "_mark"
@@ -83,12 +83,17 @@ def write_marker(dir_fd: int, name: str, marker: Marker) -> None:
     """Create the marker map, write its one value, freeze it, pin it as ``name`` in
     ``dir_fd`` (EEXIST if that name is taken: a marker is never replaced in place)."""
     data = json.dumps(marker.payload, separators=(",", ":"), sort_keys=True).encode()
+    _pin_marker(dir_fd, name, marker.kind, marker.token, data)
+
+
+def _pin_marker(dir_fd: int, name: str, kind: MarkKind, token: bytes, data: bytes) -> None:
+    """:func:`write_marker` of a payload already encoded (``data``, JSON)."""
     if len(data) > MAX_PAYLOAD:
         raise MarkerError(f"marker payload of {len(data)} bytes is over {MAX_PAYLOAD}")
-    head = _HEADER.pack(MAGIC, FORMAT, int(marker.kind), len(data), marker.token)
+    head = _HEADER.pack(MAGIC, FORMAT, int(kind), len(data), token)
     value = head + data
     value += bytes(-len(value) % 8)
-    kname = "bpforch_owner" if marker.kind is MarkKind.OWNER else "bpforch_mark"
+    kname = "bpforch_owner" if kind is MarkKind.OWNER else "bpforch_mark"
     with Map.create(MapSpec(kname, MapType.ARRAY, 4, len(value), 1)) as m:
         m.update(0, value)
         m.freeze()
@@ -294,10 +299,17 @@ def collection_verdict(root_fd: int, name: str, token: bytes) -> CollectionRecor
         return f"ownership marker {MARK_PIN}: unreadable record ({err})"
 
 
-def mark_collection(dir_fd: int, token: bytes, record: CollectionRecord, txid: str) -> None:
-    """Pin the collection marker (with the collection's record) into its directory."""
-    payload = {"name": record.name, "txid": txid, "record": record.to_json()}
-    write_marker(dir_fd, MARK_PIN, Marker(MarkKind.COLLECTION, token, payload))
+def mark_collection(
+    dir_fd: int, token: bytes, record: CollectionRecord, txid: str, text: str | None = None
+) -> None:
+    """Pin the collection marker (with the collection's record) into its directory. Its
+    payload is ``{"name", "record", "txid"}``; ``text``: the record already encoded by
+    :func:`collection_text` (the transaction writes the same text into the state record)."""
+    if text is None:
+        text = collection_text(record)
+    # the payload encoded as json.dumps(sort_keys=True) would: its keys in sorted order
+    data = f'{{"name":{json.dumps(record.name)},"record":{text},"txid":{json.dumps(txid)}}}'
+    _pin_marker(dir_fd, MARK_PIN, MarkKind.COLLECTION, token, data.encode())
 
 
 def mark_staging(dir_fd: int, token: bytes, txid: str) -> None:

@@ -12,6 +12,7 @@ Everything here is a frozen value; the file and kernel access live in
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -295,6 +296,12 @@ class CollectionRecord:
             entries={k: _str(written, k, f"{at}.entries") for k, _ in _items(written, at)},
             labels=_labels(d, "labels", at),
         )
+
+
+def collection_text(rec: CollectionRecord) -> str:
+    """One collection's entry of the record as JSON text (compact, keys sorted), as the
+    state file and the collection's ownership marker hold it."""
+    return json.dumps(rec.to_json(), separators=(",", ":"), sort_keys=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,14 @@ import ctypes
 import errno
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf.errors import quote
 from orchestrator.ebpf.files import read_file, reason
 from orchestrator.reconcile.errors import RecordError, StateError
-from orchestrator.reconcile.state import RECORD_VERSION, StateRecord
+from orchestrator.reconcile.state import RECORD_VERSION, StateRecord, collection_text
 
 if TYPE_CHECKING:
     from orchestrator.reconcile.cache import ObserveCache
@@ -92,12 +93,29 @@ def read_record(state_dir: Path, cache: ObserveCache | None = None) -> StateReco
     return record
 
 
-def write_record(state_dir: Path, record: StateRecord) -> None:
-    """Replace the record atomically (tmp, fsync, rename, fsync dir)."""
+def record_bytes(record: StateRecord, texts: Mapping[str, str] | None = None) -> bytes:
+    """The record as the state file holds it: ``json.dumps(record.to_json())``, compact
+    with its keys sorted. ``texts``: collections' entries already encoded by
+    :func:`~orchestrator.reconcile.state.collection_text` from this very record (the
+    transaction made them for the ownership markers), used as they are."""
+    made = texts if texts is not None else {}
+    entries = ",".join(
+        f"{json.dumps(name)}:{made[name] if name in made else collection_text(rec)}"
+        for name, rec in sorted(record.collections.items())
+    )
+    # the keys in sorted order, as sort_keys puts them: "collections" < "version"
+    return f'{{"collections":{{{entries}}},"version":{RECORD_VERSION}}}'.encode()
+
+
+def write_record(
+    state_dir: Path, record: StateRecord, texts: Mapping[str, str] | None = None
+) -> None:
+    """Replace the record atomically (tmp, fsync, rename, fsync dir). ``texts``: see
+    :func:`record_bytes`."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / RECORD_FILE
     tmp = state_dir / f".{RECORD_FILE}.{os.getpid()}.tmp"
-    data = json.dumps(record.to_json(), separators=(",", ":"), sort_keys=True).encode()
+    data = record_bytes(record, texts)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

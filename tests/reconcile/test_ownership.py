@@ -28,14 +28,18 @@ from orchestrator.reconcile import (
     StateError,
 )
 from orchestrator.reconcile.owner import (
+    _HEADER,
     MARK_PIN,
     OWNER_PIN,
     Marker,
     MarkerError,
     MarkKind,
+    collection_verdict,
+    mark_collection,
     read_marker,
     write_marker,
 )
+from orchestrator.reconcile.state import CollectionRecord, collection_text
 from tests.conftest import BPF_DIR
 from tests.failpoints import OnStep, run_killed
 from tests.netns import VethPair
@@ -358,6 +362,9 @@ def test_markers_are_frozen_maps_that_prove_each_tree(env: Env, fd_guard: None) 
         assert mark.token == owner.token and mark.payload["name"] == "tp-counter"
         record = mark.payload["record"]
         assert isinstance(record, dict) and record["generation"] == 1
+        # the very entry the state record holds for it
+        written = json.loads((env.state_dir / "state.json").read_text())
+        assert record == written["collections"]["tp-counter"]
         # frozen: nobody rewrites it through bpf()
         with Map.from_pin(env.root / OWNER_PIN) as m, pytest.raises(ebpf.Error):
             m.update(0, bytes(m.value_size))
@@ -377,6 +384,47 @@ def test_markers_are_frozen_maps_that_prove_each_tree(env: Env, fd_guard: None) 
         os.close(coll_fd)
     r.destroy()
     assert os.listdir(env.root) == []
+
+
+@pytest.mark.kernel
+def test_a_collection_marker_holds_its_payload_as_json_dumps_encodes_it(
+    pin_dir: Path, fd_guard: None
+) -> None:
+    """mark_collection puts the record's text (given, or encoded there) into the payload
+    as ``json.dumps(payload, sort_keys=True)`` would encode the whole payload."""
+    record = CollectionRecord(
+        name="web-1",
+        generation=2,
+        digest="d",
+        object_file="/o.o",
+        object_sha256="s",
+        manifest="/m.yaml:1:1",
+        applied_at="2026-01-01T00:00:00Z",
+        entries={"m": "e"},
+        labels={"tier": "edge", "app": "x\u00e9"},
+    )
+    payload = {"name": "web-1", "txid": "9-ab", "record": record.to_json()}
+    wanted = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for sub, text in (("a", None), ("b", collection_text(record))):
+            os.mkdir(pin_dir / sub)
+            sub_fd = os.open(pin_dir / sub, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                mark_collection(sub_fd, b"t" * 16, record, "9-ab", text)
+                marker = read_marker(sub_fd, MARK_PIN)
+            finally:
+                os.close(sub_fd)
+            assert marker is not None and marker.kind is MarkKind.COLLECTION
+            assert marker.payload == payload
+            with Map.from_pin(pin_dir / sub / MARK_PIN) as m:
+                raw = m.lookup_bytes((0).to_bytes(4, "little"))
+            assert raw[_HEADER.size : _HEADER.size + len(wanted)] == wanted
+            assert (
+                collection_verdict(fd, sub, b"t" * 16) == "ownership marker of another collection"
+            )
+    finally:
+        os.close(fd)
 
 
 def test_an_invalid_owner_marker_is_refused(env: Env, fd_guard: None) -> None:

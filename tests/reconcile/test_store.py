@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.reconcile import CollectionRecord, StateError, StateRecord
-from orchestrator.reconcile.store import git_revision, read_record, write_record
+from orchestrator.reconcile.state import collection_text
+from orchestrator.reconcile.store import git_revision, read_record, record_bytes, write_record
 
 
 def rec(name: str) -> CollectionRecord:
@@ -37,6 +39,26 @@ def test_write_then_read_round_trips_and_leaves_no_temp_files(tmp_path: Path) ->
     (tmp_path / "s" / ".state.json.999999.tmp").write_text("partial")
     write_record(tmp_path / "s", state)
     assert sorted(os.listdir(tmp_path / "s")) == ["state.json"]
+
+
+def test_the_record_file_is_the_records_json_whether_texts_are_given_or_not(
+    tmp_path: Path,
+) -> None:
+    """write_record writes ``json.dumps(record.to_json())`` (compact, keys sorted), taking a
+    collection's entry from the texts the transaction encoded for its marker when given."""
+    a = dataclasses.replace(rec("a"), entries={"m": "e"}, labels={"k": "v\u00e9"})
+    state = StateRecord({"b": rec("b"), "a": a, "a-1": rec("a-1")})
+    plain = json.dumps(state.to_json(), separators=(",", ":"), sort_keys=True).encode()
+    texts = {n: collection_text(c) for n, c in state.collections.items()}
+    assert record_bytes(state) == plain
+    assert record_bytes(state, texts) == plain
+    assert record_bytes(state, {"a": texts["a"]}) == plain  # the others encoded there
+    assert record_bytes(StateRecord()) == b'{"collections":{},"version":1}'
+    # a text given is taken as it is (made from this very record by the caller)
+    assert json.loads(record_bytes(state, {"b": '{"x":1}'}))["collections"]["b"] == {"x": 1}
+    write_record(tmp_path, state, texts)
+    assert (tmp_path / "state.json").read_bytes() == plain
+    assert read_record(tmp_path) == state
 
 
 def test_a_failed_write_keeps_the_old_record(tmp_path: Path) -> None:

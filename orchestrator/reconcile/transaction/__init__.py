@@ -193,6 +193,7 @@ class Transaction(StageSteps, EntrySteps, SwitchSteps, CommitSteps):
             case Seal():
                 self.current = ("", None)
                 self.record = self._new_record(action)
+                self.texts.clear()
                 self._mark(self.record)
             case Commit():
                 self._commit(action)
@@ -201,7 +202,7 @@ class Transaction(StageSteps, EntrySteps, SwitchSteps, CommitSteps):
             case WriteRecord():
                 self.failpoints.reach("record", "")
                 assert self.record is not None
-                write_record(self.state_dir, self.record)
+                write_record(self.state_dir, self.record, self.texts)
             case Release():
                 self._release()
             case Detach():

@@ -88,6 +88,9 @@ class TransactionBase:
         self.complete = True  # every tree it removed went completely
         self.staged: dict[str, Staged] = {}
         self.record: StateRecord | None = None  # the new record, once sealed
+        # collection -> its entry of ``record`` as JSON, made for its marker (the record
+        # file is written with the same text); only for that sealed record
+        self.texts: dict[str, str] = {}
         self.journal = Journal()  # what to undo if the apply fails before the record
         self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
         self.warnings: list[str] = []

@@ -27,6 +27,7 @@ from orchestrator.reconcile.state import (
     MapShape,
     ProgramRecord,
     StateRecord,
+    collection_text,
 )
 from orchestrator.reconcile.store import git_revision, rename
 from orchestrator.reconcile.transaction.base import TransactionBase, check_name, pin_name
@@ -120,9 +121,11 @@ class CommitSteps(TransactionBase):
         a lost state record can be rebuilt from the pins)."""
         for name in self.staged:
             assert self.staging_fd is not None
+            # encoded once: the record file holds the same text (see WriteRecord)
+            text = self.texts[name] = collection_text(record.collections[name])
             fd = open_dir_at(self.staging_fd, name)
             try:
-                mark_collection(fd, self.token, record.collections[name], self.txid)
+                mark_collection(fd, self.token, record.collections[name], self.txid, text)
             finally:
                 os.close(fd)
 
