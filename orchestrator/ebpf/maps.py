@@ -122,8 +122,8 @@ class Map(Handle):
         value_size: int,
         max_entries: int,
         flags: int = 0,
-        key_type: _btf.Type | None = None,
-        value_type: _btf.Type | None = None,
+        key_type: _btf.Type | _Lazy | None = None,
+        value_type: _btf.Type | _Lazy | None = None,
     ) -> None:
         self._fd = fd
         self.name = name
@@ -201,9 +201,8 @@ class Map(Handle):
             value_size=spec.value_size,
             max_entries=max_entries,
             flags=spec.flags | extra_flags,
-            # as the spec holds them: a type still held by id is decoded on first read
-            key_type=spec.__dict__["_key"],
-            value_type=spec.__dict__["_value"],
+            key_type=spec.held_type("key"),
+            value_type=spec.held_type("value"),
         )
 
     @property
@@ -211,7 +210,8 @@ class Map(Handle):
         held = self._key_type
         if type(held) is _Lazy:
             held = self._key_type = held.get()
-        return held  # type: ignore[return-value]
+        assert not isinstance(held, _Lazy)
+        return held
 
     @key_type.setter
     def key_type(self, value: _btf.Type | None) -> None:
@@ -222,7 +222,8 @@ class Map(Handle):
         held = self._value_type
         if type(held) is _Lazy:
             held = self._value_type = held.get()
-        return held  # type: ignore[return-value]
+        assert not isinstance(held, _Lazy)
+        return held
 
     @value_type.setter
     def value_type(self, value: _btf.Type | None) -> None:

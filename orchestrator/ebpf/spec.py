@@ -77,6 +77,11 @@ class MapSpec:
     btf_value_type: _btf.Type | None = None  # type whose id is passed as the value type
     struct_ops: StructOpsSpec | None = None  # the table of a BPF_MAP_TYPE_STRUCT_OPS map
 
+    def held_type(self, attr: str) -> _btf.Type | _Lazy | None:
+        """What ``attr`` (``key``, ``value``, ``btf_value_type``) holds, without decoding a
+        type still held by id (a :class:`_Lazy`, decoded on its first read)."""
+        return self.__dict__[_LAZY_SLOTS[attr]]  # type: ignore[no-any-return]
+
     def _type_id(self, attr: str, spec: _btf.Spec) -> int | None:
         """The id in ``spec`` of the type held in ``attr`` (``key``, ``value``,
         ``btf_value_type``; None for none), without decoding a type still held by id."""

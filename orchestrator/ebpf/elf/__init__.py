@@ -167,50 +167,60 @@ class _Reader(MapReader):
         _, _, _, _, noff, nsize, *_ = headers[shstrndx]
         if noff + nsize > size:
             raise ParseError("section name table extends past the end of the file")
-        name_of = _string_table(self.data[noff : noff + nsize])
-        links: list[tuple[int, int]] = []
+        data = self.data
+        name_of = _string_table(data[noff : noff + nsize])
+        sections, by_name = self.sections, self.by_name
+        symtabs: list[tuple[_Section, int]] = []
+        rels: list[tuple[_Section, int]] = []
         for i, (name, stype, flags, _addr, off, sz, link, info, _align, _ent) in enumerate(headers):
             sec_name = name_of(name)
-            if stype != SHT_NOBITS and off + sz > size:
+            if stype == SHT_NOBITS:
+                body = b""
+            elif off + sz > size:
                 raise ParseError(f"section {sec_name}: extends past the end of the file")
-            body = b"" if stype == SHT_NOBITS else self.data[off : off + sz]
-            s = _Section(i, sec_name, stype, flags, sz, body)
-            self.sections.append(s)
-            self.by_name.setdefault(sec_name, s)
-            links.append((link, info))
-        for s in self.sections:
-            if s.type == SHT_SYMTAB:
-                self._load_symbols(s, links[s.index][0])
-        for s in self.sections:
-            if s.type != SHT_REL:
-                continue
-            info = links[s.index][1]
-            if not 0 < info < len(self.sections):
+            else:
+                body = data[off : off + sz]
+            s = _Section(i, sec_name, stype, flags, sz, body, [])
+            sections.append(s)
+            if sec_name not in by_name:
+                by_name[sec_name] = s
+            if stype == SHT_SYMTAB:
+                symtabs.append((s, link))
+            elif stype == SHT_REL:
+                rels.append((s, info))
+        for s, link in symtabs:
+            # the symbols' names are usually in the section names' table (one .strtab)
+            self._load_symbols(s, link, name_of if link == shstrndx else None)
+        nsyms = len(self.symbols)
+        for s, info in rels:
+            if not 0 < info < len(sections):
                 raise ParseError(f"relocation section {s.name}: bad target section {info}")
-            target = self.sections[info]
+            target = sections[info]
             if not target.flags & SHF_ALLOC:
                 continue  # debug info, .BTF, .BTF.ext: nothing a loader applies (libbpf too)
             if len(s.data) % _REL.size:
                 raise ParseError(f"relocation section {s.name}: truncated")
-            nsyms = len(self.symbols)
             relocs = [(r_offset, r_info >> 32) for r_offset, r_info in _REL.iter_unpack(s.data)]
             if relocs and max(sym for _, sym in relocs) >= nsyms:
                 bad = next(sym for _, sym in relocs if sym >= nsyms)
                 raise ParseError(f"relocation section {s.name}: bad symbol index {bad}")
             target.relocs.extend(relocs)
 
-    def _load_symbols(self, symtab: _Section, link: int) -> None:
+    def _load_symbols(
+        self, symtab: _Section, link: int, name_of: Callable[[int], str] | None = None
+    ) -> None:
         if not 0 <= link < len(self.sections):
             raise ParseError("symbol table: bad string table link")
-        name_of = _string_table(self.sections[link].data)
+        if name_of is None:
+            name_of = _string_table(self.sections[link].data)
         if len(symtab.data) % _SYM.size:
             raise ParseError("symbol table: truncated")
-        for i, (st_name, info, _other, shndx, value, size) in enumerate(
-            _SYM.iter_unpack(symtab.data)
-        ):
-            self.symbols.append(
-                _Symbol(i, name_of(st_name), info >> 4, info & 0xF, shndx, value, size)
+        self.symbols.extend(
+            _Symbol(i, name_of(st_name), info >> 4, info & 0xF, shndx, value, size)
+            for i, (st_name, info, _other, shndx, value, size) in enumerate(
+                _SYM.iter_unpack(symtab.data)
             )
+        )
 
     # ------------------------------------------------------------------ top level
 
