@@ -157,26 +157,37 @@ def parse_ext(data: bytes, spec: Spec) -> Ext:
     body = view[hdr_len:]
     ext = Ext()
 
-    for rec_off, name in _records(body, spec, fi_off, fi_len, _MIN_FUNC_INFO, "func info"):
-        byte_off, type_id = struct.unpack_from("<II", body, rec_off)
-        if type_id == 0 or spec.kind_of(type_id) != Kind.FUNC:
-            func = spec.type_by_id(type_id)
-            if not isinstance(func, Func):
-                raise BTFError(f"btf.ext: func info in {name}: {describe(func)} is not a func")
-        held = cast(Func, _Lazy(spec, type_id))  # decoded on first read of .func
-        ext.func_infos.setdefault(name, []).append(FuncInfo(_insn(byte_off, name), held))
+    kind_of, func_kind = spec.kind_of, Kind.FUNC
+    for name, pairs in _blocks(body, spec, fi_off, fi_len, _MIN_FUNC_INFO, "func info", _PAIR):
+        funcs = ext.func_infos.setdefault(name, [])
+        for byte_off, type_id in pairs:
+            if type_id == 0 or kind_of(type_id) != func_kind:
+                func = spec.type_by_id(type_id)
+                if not isinstance(func, Func):
+                    raise BTFError(f"btf.ext: func info in {name}: {describe(func)} is not a func")
+            held = cast(Func, _Lazy(spec, type_id))  # decoded on first read of .func
+            funcs.append(FuncInfo(_insn(byte_off, name), held))
 
-    string = spec.string
-    for name, block in _blocks(body, spec, li_off, li_len, _MIN_LINE_INFO, "line info"):
-        out = ext.line_infos.setdefault(name, [])
+    # Strings come from the spec's cache (an object's whole table is decoded at parse
+    # time); a line info is one C-level unpack and one object.
+    string, strs, new_line = spec.string, spec._str_cache, LineInfo
+    for name, block in _blocks(body, spec, li_off, li_len, _MIN_LINE_INFO, "line info", _QUAD):
+        lines = ext.line_infos.setdefault(name, [])
+        append = lines.append
         for byte_off, file_off, line_off, line_col in block:
             if byte_off % INSN_SIZE:
                 _insn(byte_off, name)  # raises
-            out.append(
-                LineInfo(
+            file_name = strs.get(file_off)
+            if file_name is None:
+                file_name = string(file_off)
+            line = strs.get(line_off)
+            if line is None:
+                line = string(line_off)
+            append(
+                new_line(
                     byte_off // INSN_SIZE,
-                    string(file_off),
-                    string(line_off),
+                    file_name,
+                    line,
                     line_col >> _COL_BITS,
                     line_col & _COL_MASK,
                 )
@@ -237,18 +248,25 @@ def _records(
 
 
 def _blocks(
-    body: memoryview, spec: Spec, off: int, length: int, min_size: int, what: str
-) -> Iterator[tuple[str, Iterable[tuple[int, int, int, int]]]]:
-    """Like :func:`_records`, a block (one ELF section) at a time, as the first four u32s
+    body: memoryview,
+    spec: Spec,
+    off: int,
+    length: int,
+    min_size: int,
+    what: str,
+    fields: struct.Struct,
+) -> Iterator[tuple[str, Iterable[tuple[int, ...]]]]:
+    """Like :func:`_records`, a block (one ELF section) at a time, as the first ``fields``
     of each record: decoded by ``struct`` in C instead of one call per record."""
     for name, pos, count, rec_size in _sections(body, spec, off, length, min_size, what):
         chunk = body[pos : pos + count * rec_size]
-        if rec_size == 16:
-            yield name, _QUAD.iter_unpack(chunk)
+        if rec_size == fields.size:
+            yield name, fields.iter_unpack(chunk)
         else:
-            yield name, (_QUAD.unpack_from(chunk, i) for i in range(0, len(chunk), rec_size))
+            yield name, (fields.unpack_from(chunk, i) for i in range(0, len(chunk), rec_size))
 
 
+_PAIR = struct.Struct("<II")
 _QUAD = struct.Struct("<IIII")
 
 

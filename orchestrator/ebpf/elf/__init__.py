@@ -149,6 +149,7 @@ class _Reader(MapReader):
         self._ext_index = _ExtIndex()
         self._relocs_by_insn: dict[int, dict[int, _Symbol]] = {}
         self._map_at: dict[tuple[int, int], str] = {}  # (section, offset) → map name
+        self._datasecs: dict[str, list[int]] = {}
         self._externs: dict[str, _externs.ExternSpec] = {}
 
     # ------------------------------------------------------------------ raw tables
@@ -361,7 +362,9 @@ class _Reader(MapReader):
         # is decoded when something uses it; marshalling copies raw records).
         btf = self.btf
         for tid in btf.ids_of_kind(_btf.Kind.DATASEC):
-            sec = self.by_name.get(btf._name_of(tid))
+            name = btf._name_of(tid)
+            self._datasecs.setdefault(name, []).append(tid)
+            sec = self.by_name.get(name)
             if sec is None:
                 continue  # .kconfig/.ksyms: externs, handled at load time
             btf.patch_datasec(tid, sec.size, offsets.get(sec.index, {}))

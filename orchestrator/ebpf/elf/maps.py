@@ -57,6 +57,7 @@ class MapReader:
     symbols: list[_Symbol]
     btf: _btf.Spec | None
     _map_at: dict[tuple[int, int], str]  # (section, offset) → map name
+    _datasecs: dict[str, list[int]]  # the BTF's DATASEC ids by name (found by the fix-up)
 
     def _read_btf_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
         sec = self.by_name.get(".maps")
@@ -65,7 +66,7 @@ class MapReader:
         if self.btf is None:
             raise ParseError("section .maps: needs BTF (compile with -g)")
         btf = self.btf
-        ids = [t for t in btf.ids_by_name(".maps") if btf.kind_of(t) == _btf.Kind.DATASEC]
+        ids = self._datasecs.get(".maps", [])
         raw_vars = btf.datasec_vars(ids[0]) if len(ids) == 1 else None
         if raw_vars is not None:  # read from the records: nothing decoded
             for var_name, _linkage, var_type, offset, _size in raw_vars:
@@ -265,11 +266,7 @@ class MapReader:
             raw_vars: list[tuple[str, int, int, int, int]] | None = None
             if self.btf is not None:
                 # the datasec and its variables' types are held by id (decoded on use)
-                found = [
-                    tid
-                    for tid in self.btf.ids_by_name(sec.name)
-                    if self.btf.kind_of(tid) == _btf.Kind.DATASEC
-                ]
+                found = self._datasecs.get(sec.name, [])
                 if found:
                     raw_vars = self.btf.datasec_vars(found[0])
                     if raw_vars is None:
