@@ -342,7 +342,7 @@ def line_strings(infos: tuple[LineInfo, ...]) -> frozenset[str]:
         out = hit[2]
         assert isinstance(out, frozenset)
         return out
-    found = frozenset(s for li in infos for s in (li.file_name, li.line))
+    found = frozenset({li.file_name for li in infos} | {li.line for li in infos})
     _remember(key, (infos, None, found))
     return found
 
