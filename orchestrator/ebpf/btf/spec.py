@@ -470,10 +470,18 @@ class Spec:
         if (info >> 24) & 0x1F != Kind.STRUCT:
             return None
         string, unqualified = self.string, self._unqualified
+        first, cache, offs = self._first, self._cache, self._offs
+        n = len(offs)
         out = []
         for b in range(o + 3, o + 3 + 3 * (info & 0xFFFF), 3):
             mtype = int(w[b + 1])
-            mo = unqualified(mtype)
+            idx = mtype - first
+            if mtype and 0 <= idx < n and cache[idx] is None:
+                mo = offs[idx]  # the usual member: an own pointer, no qualifier
+                if (w[mo + 1] >> 24) & 0x1F in _QUALIFIER_KINDS:
+                    mo = unqualified(mtype)
+            else:
+                mo = -1
             if mo < 0:
                 target = -2
             elif (w[mo + 1] >> 24) & 0x1F == Kind.PTR:
