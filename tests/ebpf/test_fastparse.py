@@ -233,6 +233,12 @@ def test_patch_datasec_errors() -> None:
         spec.patch_datasec(2, 4, {})
     with pytest.raises(BTFError, match=r"type 1 is .*, not a datasec"):
         spec.patch_datasec(1, 4, {})
+    member_decoded = Spec.parse(
+        raw_btf([1, info(1), 4, 32, 5, info(15, vlen=1), 0, 1, 0, 4], b"\0int\0.bss\0")
+    )
+    assert isinstance(member_decoded.type_by_id(1), Int)  # the datasec's record stays raw
+    with pytest.raises(BTFError, match=r"datasec \.bss: member is INT, not a variable"):
+        member_decoded.patch_datasec(2, 4, {})
     decoded = Spec.parse(
         raw_btf([1, info(1), 4, 32, 5, info(15, vlen=1), 0, 1, 0, 4], b"\0int\0.bss\0")
     )

@@ -399,13 +399,24 @@ class Spec:
         vlen = info & 0xFFFF
         name = self.string(w[o]) if w[o] else ""
         secinfos = []
+        first, cache, offs = self._first, self._cache, self._offs
+        nown = len(offs)
         for j in range(vlen):
             b = o + 3 + 3 * j
             ref, off, vsize = w[b], w[b + 1], w[b + 2]
-            kind = self.kind_of(ref)
-            if kind is not Kind.VAR:
-                raise BTFError(f"datasec {name}: member is {kind.name}, not a variable")
-            found = offsets.get(self._name_of(ref))
+            ridx = ref - first
+            if 0 <= ridx < nown and cache[ridx] is None:  # the usual: an own record, read here
+                ro = offs[ridx]
+                if (w[ro + 1] >> 24) & 0x1F != Kind.VAR:
+                    kind = Kind((w[ro + 1] >> 24) & 0x1F)
+                    raise BTFError(f"datasec {name}: member is {kind.name}, not a variable")
+                var_name = self.string(w[ro]) if w[ro] else ""
+            else:
+                kind = self.kind_of(ref)
+                if kind is not Kind.VAR:
+                    raise BTFError(f"datasec {name}: member is {kind.name}, not a variable")
+                var_name = self._name_of(ref)
+            found = offsets.get(var_name)
             secinfos.append((ref, off if found is None else found, vsize))
         secinfos.sort(key=operator.itemgetter(1))
         w[o + 2] = size
