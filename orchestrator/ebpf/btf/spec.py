@@ -43,6 +43,7 @@ _QUALIFIER_KINDS = frozenset(
 _SIZED_KINDS = frozenset(
     {Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.DATASEC, Kind.FLOAT, Kind.ENUM64}
 )
+_MAX_LINKAGE = max(VarLinkage)  # a VAR record's linkage word is at most this
 
 
 class Spec:
@@ -444,7 +445,7 @@ class Spec:
                 return None
             vo = offs[vidx]
             vinfo = words[vo + 1]
-            if (vinfo >> 24) & 0x1F != Kind.VAR or words[vo + 3] > max(VarLinkage):
+            if (vinfo >> 24) & 0x1F != Kind.VAR or words[vo + 3] > _MAX_LINKAGE:
                 return None
             name = self.string(words[vo]) if words[vo] else ""
             out.append(
