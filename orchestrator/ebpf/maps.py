@@ -259,8 +259,8 @@ class Map(Handle):
             value_size=self.value_size,
             max_entries=self.max_entries,
             flags=self.flags,
-            key_type=self._key_type,  # type: ignore[arg-type]
-            value_type=self._value_type,  # type: ignore[arg-type]
+            key_type=self._key_type,
+            value_type=self._value_type,
         )
         m._id = self._id
         return m
