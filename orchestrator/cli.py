@@ -854,7 +854,7 @@ def main(
         from orchestrator.ebpf.speccache import SpecCache
 
         disk = service_cli.disk_cache(not args.no_cache, args.cache_dir)
-        args.store = ObjectStore(SpecCache(disk=disk))
+        args.store = ObjectStore(SpecCache(disk=disk), manifests_disk=disk)
         previous = kernel_btf.use_disk(disk)
         try:
             func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func

@@ -14,7 +14,10 @@ watch loop costs a hash of its bytes. It holds:
   of what the parsed documents hold) or :data:`MANIFESTS_MAX_FILES`;
 - :attr:`ObjectStore.specs`: parsed object files by path, a
   :class:`~orchestrator.ebpf.speccache.SpecCache` (see that module for how a changed file is
-  noticed, within one clock tick too, and for its own bounds).
+  noticed, within one clock tick too, and for its own bounds);
+- :attr:`ObjectStore.manifests_disk`: where parsed manifests are persisted for the next
+  process (see :mod:`orchestrator.manifest.saved`), when the command line passes its disk
+  cache; None (the default, and the daemon's) keeps them in memory only.
 
 :meth:`ObjectStore.snapshot` gives one apply its view: each object file is looked up once,
 so every step of the apply sees the same parse even if the file changes meanwhile.
@@ -36,6 +39,7 @@ from orchestrator.ebpf.lru import LRU
 from orchestrator.manifest.objects import ObjectError, ObjectInfo
 
 if TYPE_CHECKING:
+    from orchestrator.ebpf.diskcache import DiskCache
     from orchestrator.manifest.loader import ParsedFile
 
 MANIFESTS_MAX_BYTES = 64 << 20
@@ -51,8 +55,10 @@ class ObjectStore:
         *,
         manifests_max_bytes: int = MANIFESTS_MAX_BYTES,
         manifests_max_files: int = MANIFESTS_MAX_FILES,
+        manifests_disk: DiskCache | None = None,
     ) -> None:
         self.specs = speccache.SpecCache() if specs is None else specs
+        self.manifests_disk = manifests_disk
         # path -> (sha256 of the file's bytes, what the loader made of them)
         self.manifests: LRU[str, tuple[bytes, ParsedFile]] = LRU(
             manifests_max_bytes, manifests_max_files

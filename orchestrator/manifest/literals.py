@@ -17,16 +17,25 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-
-import yaml
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf.values import Hex, NetworkOrder
 
+if TYPE_CHECKING:
+    import yaml
+
 __all__ = ["TAGS", "LiteralSyntaxError", "parse_literal", "render", "tagged"]
 
-_Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(
-    yaml, "CSafeLoader", yaml.SafeLoader
-)
+
+@functools.cache
+def _loader() -> type[yaml.SafeLoader] | type[yaml.CSafeLoader]:
+    """libyaml's safe loader when PyYAML was built with it. PyYAML is imported on first
+    use: printing most values (a plan's diffs) never needs it."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 _PLAIN_TAGS = frozenset(("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"))
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str"))
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
@@ -61,7 +70,9 @@ def parse_literal(text: str) -> object:
     ``!be16 9999``). Raises LiteralSyntaxError."""
     if len(text) > _MAX_TEXT:
         raise LiteralSyntaxError(f"literal of {len(text)} characters is too long")
-    loader = _Loader(text)
+    import yaml
+
+    loader = _loader()(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -83,6 +94,8 @@ class _Builder:
         self.count = 0
 
     def build(self, node: yaml.Node) -> object:
+        import yaml
+
         self.count += 1
         if self.count > _MAX_NODES:
             raise LiteralSyntaxError(f"literal expands to more than {_MAX_NODES} nodes")
@@ -148,8 +161,10 @@ def _plain_ok(text: str) -> bool:
     """Whether ``text`` can be printed unquoted inside a flow collection."""
     if not _PLAIN.fullmatch(text) or text.endswith(":"):
         return False
+    import yaml
+
     try:
-        return bool(yaml.load(f"[{text}]", Loader=_Loader) == [text])
+        return bool(yaml.load(f"[{text}]", Loader=_loader()) == [text])
     except yaml.YAMLError:
         return False
 

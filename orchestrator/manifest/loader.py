@@ -45,7 +45,7 @@ from orchestrator.manifest import metrics as metric_rules
 from orchestrator.manifest.builder import _Builder
 from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
-from orchestrator.manifest.document import Document, PathKey, parse_documents, render_path
+from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import ManifestError, ManifestProblem
 from orchestrator.manifest.kernel_hooks import target_mismatch
 from orchestrator.manifest.metrics import MetricValueError
@@ -61,7 +61,7 @@ from orchestrator.manifest.model import (
     XdpTarget,
 )
 from orchestrator.manifest.objects import ObjectError, ObjectInfo
-from orchestrator.manifest.schema import _got, check
+from orchestrator.manifest.saved import SavedDocuments
 
 # ---------------------------------------------------------------------------- files
 
@@ -190,16 +190,10 @@ def _cost(size: int, result: ParsedFile) -> int:
     return 4096 + 8 * size + 400 * nodes + 300 * len(result.problems)
 
 
-def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) -> ParsedFile:
-    """Parse, schema-check and build every document of a file (kept in ``store`` by the
-    sha256 of its bytes: one version per file, so a rewritten file replaces its entry and
-    a changed file can never hit a stale one)."""
+def _read_manifest(file: Path) -> tuple[bytes, bytes] | ManifestProblem:
+    """The bytes of a manifest file and their sha256, or the problem reading it."""
     try:
         data = read_file(file, limit=MANIFEST_MAX, what="a manifest")
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        problems.append(ManifestProblem(Source(file), "", f"not UTF-8 text: {err.reason}"))
-        return ParsedFile([], [], [])
     except OSError as err:
         hint = ""
         if isinstance(err, FileError):
@@ -208,10 +202,29 @@ def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) 
                 if err.errno == errno.EFBIG
                 else "only regular files are read"
             )
-        problems.append(ManifestProblem(Source(file), "", _oserror(err), hint))
+        return ManifestProblem(Source(file), "", _oserror(err), hint)
+    return data, hashlib.sha256(data).digest()
+
+
+def _load_file(
+    file: Path,
+    problems: list[ManifestProblem],
+    store: ObjectStore,
+    saved: SavedDocuments | None = None,
+    read: tuple[bytes, bytes] | ManifestProblem | None = None,
+) -> ParsedFile:
+    """Parse, schema-check and build every document of a file (kept in ``store`` by the
+    sha256 of its bytes: one version per file, so a rewritten file replaces its entry and
+    a changed file can never hit a stale one). ``saved``: the documents persisted by an
+    earlier command, restored instead of parsed and checked (see
+    :mod:`orchestrator.manifest.saved`). ``read``: what :func:`_read_manifest` gave, if
+    the file was read already."""
+    got = _read_manifest(file) if read is None else read
+    if isinstance(got, ManifestProblem):
+        problems.append(got)
         return ParsedFile([], [], [])
+    data, digest = got
     key = str(file)
-    digest = hashlib.sha256(data).digest()
     cached = store.manifests.get(key)
     hit = cached[1] if cached is not None and cached[0] == digest else None
     if hit is None:
@@ -219,22 +232,58 @@ def _load_file(file: Path, problems: list[ManifestProblem], store: ObjectStore) 
         built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]] = []
         invalid: list[str] = []
         warned: list[ManifestProblem] = []
-        for doc in parse_documents(file, text, found):
-            if not _header_ok(doc, found, warned):
-                continue
-            bad = check(doc)
-            if bad:
-                found.extend(bad)
-                meta = cast(dict[str, object], doc.value).get("metadata")
-                name = meta.get("name") if isinstance(meta, dict) else None
-                if isinstance(name, str):
-                    invalid.append(name)
-                continue
-            built.append((_Builder(doc, found).build(), doc, {}))
+        restored = None if saved is None else saved.get(file)
+        if restored is not None:  # parsed and passed the schema before
+            for doc in restored:
+                if _header_ok(doc, found, warned):
+                    built.append((_Builder(doc, found).build(), doc, {}))
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problems.append(ManifestProblem(Source(file), "", f"not UTF-8 text: {err.reason}"))
+                return ParsedFile([], [], [])
+            _parse(file, text, found, built, invalid, warned)
         hit = ParsedFile(found, built, invalid, warned)
         store.manifests.put(key, (digest, hit), _cost(len(data), hit))
+    if saved is not None and not hit.problems:
+        saved.keep(file, [doc for _, doc, _ in hit.built])
     problems.extend(hit.problems)
     return hit
+
+
+def _parse(
+    file: Path,
+    text: str,
+    found: list[ManifestProblem],
+    built: list[tuple[DesiredCollection, Document, dict[str, list[ManifestProblem]]]],
+    invalid: list[str],
+    warned: list[ManifestProblem],
+) -> None:
+    """Parse ``text`` and check it against the schema (PyYAML and the schema are imported
+    here, when a file is parsed at all)."""
+    from orchestrator.manifest.parsing import parse_documents
+    from orchestrator.manifest.schema import check
+
+    for doc in parse_documents(file, text, found):
+        if not _header_ok(doc, found, warned):
+            continue
+        bad = check(doc)
+        if bad:
+            found.extend(bad)
+            meta = cast(dict[str, object], doc.value).get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            if isinstance(name, str):
+                invalid.append(name)
+            continue
+        built.append((_Builder(doc, found).build(), doc, {}))
+
+
+def _got(value: object) -> str:
+    """How a problem names ``value`` (the schema's wording; imported with it, on a problem)."""
+    from orchestrator.manifest.schema import _got as got
+
+    return got(value)
 
 
 def _header_ok(
@@ -878,8 +927,13 @@ def _load_manifests(paths: Sequence[Path], check_objects: bool, store: ObjectSto
     entries: list[_Entry] = []
     invalid: set[str] = set()
     warnings: list[ManifestProblem] = []
+    read = {file: _read_manifest(file) for file in files}
+    saved = None
+    if store.manifests_disk is not None:
+        ok = [(f, r[1]) for f, r in read.items() if not isinstance(r, ManifestProblem)]
+        saved = SavedDocuments(store.manifests_disk, ok)
     for file in files:
-        result = _load_file(file, problems, store)
+        result = _load_file(file, problems, store, saved, read[file])
         entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
         invalid.update(result.invalid)
         warnings.extend(result.warnings)
@@ -891,6 +945,8 @@ def _load_manifests(paths: Sequence[Path], check_objects: bool, store: ObjectSto
     checker.metric_names()
     checker.substitutions()
     checker.cycles()
+    if saved is not None:
+        saved.save()
     if problems:
         raise ManifestError(problems)
     collections = {}

@@ -326,9 +326,9 @@ def test_large_sets_have_a_node_budget_of_their_own(write: Write, tree: Path) ->
 def test_aliases_inside_entries_are_bounded(
     write: Write, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator.manifest import document
+    from orchestrator.manifest import parsing
 
-    monkeypatch.setattr(document, "MAX_ENTRY_NODES", 1000)
+    monkeypatch.setattr(parsing, "MAX_ENTRY_NODES", 1000)
     bomb = H + "    blocked:\n      entries:\n        - {key: 1, value: &a [1,1,1,1,1,1,1,1,1,1]}\n"
     for i, (prev, name) in enumerate(zip("abcd", "bcde", strict=True)):
         bomb += f"        - {{key: {i + 2}, value: &{name} [{', '.join([f'*{prev}'] * 10)}]}}\n"
