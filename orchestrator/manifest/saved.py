@@ -12,7 +12,8 @@ of every file's bytes, in order: a change to any file, or to which files there a
 miss, and every file is parsed again.
 
 An entry holds the documents of each file in which parsing and the schema found nothing
-wrong: their values and the line and column of every node. A load restores those instead
+wrong: their values and the line and column of every value and every mapping key, in the
+order parsing met them (depth first, keys in their order). A load restores those instead
 of importing PyYAML, parsing and checking against the schema; the collections are still
 built and checked against their objects and the kernel's mounts as for a parsed file. A file
 with problems is not kept, nor one with a value JSON does not carry (a ``!hex`` or ``!be16``
@@ -30,22 +31,18 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from orchestrator.manifest.document import Document, PathKey
-from orchestrator.manifest.model import Source
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.diskcache import DiskCache
 
-__all__ = ["FORMAT", "KIND", "SavedDocument", "SavedDocuments", "identity"]
+__all__ = ["FORMAT", "KIND", "SavedDocuments", "identity"]
 
 KIND = "manifests"  # the entries' kind in the disk cache
 FORMAT = 1  # of the payload
-
-Positions = dict[PathKey, tuple[int, int]]
 
 
 @functools.cache
@@ -61,39 +58,6 @@ def identity() -> str:
             st = os.stat(os.path.join(root, name))
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
-
-
-@dataclass(slots=True)
-class SavedDocument(Document):
-    """A document read back from an entry. Its positions are restored on first use (only a
-    problem needs them) from ``saved``: the (line, column) of every value, then of every
-    mapping key, in the order parsing met them (depth first, keys in their order)."""
-
-    saved: tuple[list[int], list[int]] | None = None
-
-    def at(self, path: PathKey) -> Source:
-        self._restore()
-        return Document.at(self, path)
-
-    def key_at(self, path: PathKey) -> Source:
-        self._restore()
-        return Document.key_at(self, path)
-
-    def _restore(self) -> None:
-        """The positions from ``saved``; if they are not numbers, one per node (an entry
-        this code did not write), none: every problem then points at the document."""
-        if self.saved is None:
-            return
-        saved, self.saved = self.saved, None
-        values, keys = _positions(self.value)
-        flat_values, flat_keys = saved
-        if (
-            len(flat_values) == 2 * len(values)
-            and len(flat_keys) == 2 * len(keys)
-            and all(type(n) is int for n in (*flat_values, *flat_keys))
-        ):
-            self.values = dict(zip(values, _pairs(flat_values), strict=True))
-            self.keys = dict(zip(keys, _pairs(flat_keys), strict=True))
 
 
 class SavedDocuments:
@@ -167,7 +131,7 @@ class SavedDocuments:
 
 def _encode(doc: Document) -> dict[str, object] | None:
     """``doc`` as JSON values, or None if its value holds anything but JSON's types or its
-    positions are not one per node (which :meth:`SavedDocument._restore` relies on)."""
+    positions are not one per node (what decoding relies on)."""
     if not _plain(doc.value):
         return None
     values, keys = _positions(doc.value)
@@ -182,15 +146,30 @@ def _encode(doc: Document) -> dict[str, object] | None:
     }
 
 
-def _decode_document(file: Path, raw: object) -> SavedDocument:
+def _decode_document(file: Path, raw: object) -> Document:
     d = _dict(raw)
-    index, start = d["index"], _list(d["start"])
-    if type(index) is not int or len(start) != 2 or not all(type(n) is int for n in start):
+    index, start, value = d["index"], _ints(d["start"]), d["value"]
+    if type(index) is not int or len(start) != 2:
         raise ValueError(f"document {index!r} of {file}: bad index or start")
-    # the positions are checked when they are restored (see SavedDocument._restore)
-    values, keys = cast(list[int], _list(d["values"])), cast(list[int], _list(d["keys"]))
-    pos = cast(tuple[int, int], (start[0], start[1]))
-    return SavedDocument(file, index, d["value"], pos, saved=(values, keys))
+    values, keys = _positions(value)
+    flat_values, flat_keys = _ints(d["values"]), _ints(d["keys"])
+    if len(flat_values) != 2 * len(values) or len(flat_keys) != 2 * len(keys):
+        raise ValueError(f"document {index} of {file}: positions are not one per node")
+    return Document(
+        file,
+        index,
+        value,
+        (start[0], start[1]),
+        dict(zip(values, zip(flat_values[::2], flat_values[1::2], strict=True), strict=True)),
+        dict(zip(keys, zip(flat_keys[::2], flat_keys[1::2], strict=True), strict=True)),
+    )
+
+
+def _ints(value: object) -> list[int]:
+    items = _list(value)
+    if not all(type(n) is int for n in items):
+        raise ValueError("expected a list of integers")
+    return cast(list[int], items)
 
 
 def _dict(value: object) -> dict[str, object]:
@@ -233,7 +212,3 @@ def _positions(value: object) -> tuple[list[PathKey], list[PathKey]]:
 
     walk(value, ())
     return values, keys
-
-
-def _pairs(flat: list[int]) -> list[tuple[int, int]]:
-    return list(zip(flat[::2], flat[1::2], strict=True))
