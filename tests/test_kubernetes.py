@@ -178,7 +178,7 @@ def test_the_cache_works_in_the_volume_as_the_kubelet_makes_it(
     volume.mkdir()
     volume.chmod(0o777)  # an emptyDir as the kubelet creates it
     disk = diskcache.DiskCache(volume / Path(cache_dir).relative_to(mount["mountPath"]))
-    with caplog.at_level(logging.WARNING, logger=diskcache.log.name):
+    with caplog.at_level(logging.WARNING, logger=diskcache.LOGGER):
         assert disk.put("spec", "a" * 64, b"payload")
         assert disk.get("spec", "a" * 64) == b"payload"
     assert not caplog.records, caplog.text

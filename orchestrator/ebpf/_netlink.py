@@ -21,10 +21,10 @@ import enum
 import errno
 import itertools
 import os
-import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf.errors import (
@@ -35,6 +35,9 @@ from orchestrator.ebpf.errors import (
     NetnsNotFoundError,
 )
 from orchestrator.ebpf.files import reason, stat_regular
+
+if TYPE_CHECKING:
+    import socket
 
 # linux/netlink.h
 NLMSG_ERROR = 2
@@ -242,6 +245,8 @@ def _request(sock: socket.socket, msg_type: int, flags: int, payload: bytes) -> 
 def query_link(ifindex: int, netns: str | os.PathLike[str] | None = None) -> LinkState:
     """``RTM_GETLINK`` for one interface of the namespace at ``netns`` (the calling thread's
     when None). Raises :class:`NetlinkError` with ENODEV when there is no such interface."""
+    import socket  # here: a plan that reads no interface does not import it
+
     with in_netns(netns):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
     with sock:

@@ -38,7 +38,6 @@ import contextlib
 import errno
 import functools
 import hashlib
-import logging
 import os
 import re
 import stat
@@ -46,13 +45,18 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf.files import reason
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = [
     "DEFAULT_DIR",
     "ENTRY_MAX",
     "FORMAT",
+    "LOGGER",
     "MAX_BYTES",
     "DiskCache",
     "code_identity",
@@ -72,7 +76,15 @@ _KEY_LEN = struct.Struct("<H")
 _NAME = re.compile(r"^([a-z]+)-([0-9a-f]{64})$")
 _TMP = re.compile(r"^\.tmp-([a-z]+)-([0-9a-f]{64})-[0-9]+-[0-9a-f]{8}$")
 
-log = logging.getLogger(__name__)
+LOGGER = __name__  # the logger warnings go to
+
+
+def _log() -> logging.Logger:
+    """The logger (``logging`` is imported with the first message: most runs have none)."""
+    import logging
+
+    return logging.getLogger(LOGGER)
+
 
 _OFF = "the cache is off: give --cache-dir or cache_dir a writable directory, or --no-cache"
 # the errors of a directory this user may not create, open or write into
@@ -229,7 +241,7 @@ class DiskCache:
             if (where, why) in self._warned:
                 return
             self._warned.add((where, why))
-        log.warning("cache %s: %s", where, why)
+        _log().warning("cache %s: %s", where, why)
 
     def _open_dir(self, *, create: bool) -> int | None:
         if self._off:
@@ -276,7 +288,7 @@ class DiskCache:
         self._off = True
         if self.quiet_denied and err is not None and err.errno in _DENIED:
             # the default directory of a command run by an unprivileged user: not a fault
-            log.debug("cache %s: %s", self.path, why)
+            _log().debug("cache %s: %s", self.path, why)
             return
         self._warn("", why)
 

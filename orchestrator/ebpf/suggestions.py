@@ -7,7 +7,6 @@ Every such suggestion in bpforch comes from here.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 from orchestrator.ebpf.errors import clip, quote
@@ -19,6 +18,8 @@ def closest(word: str, choices: Sequence[str]) -> str | None:
     """The choice that ``word`` is most likely a misspelling of, None if none is close."""
     if len(word) >= 256:
         return None  # a long word matches nothing, and difflib's cost grows with its length
+    import difflib  # only when something is misspelt: most commands never import it
+
     found = difflib.get_close_matches(word, choices, n=1)
     return found[0] if found else None
 

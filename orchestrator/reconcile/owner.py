@@ -34,7 +34,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -231,6 +230,8 @@ def root_token(root_fd: int, root: Path, state_dir: Path) -> bytes:
 
 def claim_root(root_fd: int, state_dir: Path) -> bytes:
     """Pin ``_owner`` for ``state_dir`` with a new token; returns the token."""
+    import secrets  # only to claim a root: plan and status never do
+
     token = secrets.token_bytes(TOKEN_SIZE)
     payload = StateDirIdentity.of(state_dir).to_json()
     write_marker(root_fd, OWNER_PIN, Marker(MarkKind.OWNER, token, payload))

@@ -19,7 +19,6 @@ import ctypes
 import errno as _errno
 import functools
 import os
-import platform
 from collections.abc import Iterator
 
 from orchestrator.ebpf._statfs import BPF_FS_MAGIC as BPF_FS_MAGIC
@@ -119,7 +118,7 @@ _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
 
 
 def _nr(name: str) -> int:
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() reads, without importing it
     try:
         return _SYSCALL_NUMBERS[machine][name]
     except KeyError:
