@@ -161,6 +161,9 @@ def test_plan_imports_neither_the_status_nor_the_transaction_nor_other_hooks(
         "orchestrator.ebpf.link.struct_ops",
         "orchestrator.ebpf.link.uprobe",
         "orchestrator.ebpf.link.netns",
+        # the program layer (and tcx, whose types name it) loads programs: a plan never does
+        "orchestrator.ebpf.programs",
+        "orchestrator.ebpf.link.tcx",
     )
     assert _loaded(modules, unneeded) == []
 

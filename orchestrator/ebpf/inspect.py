@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf._bpffs import (
@@ -53,11 +54,14 @@ from orchestrator.ebpf.link import (
     LinkInfo,
     cgroup_attached,
     iter_links,
-    tcx_attached,
     xdp_attached,
     xdp_mode,
 )
 from orchestrator.ebpf.link.base import _decode_info
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf._sys import AttachType
+    from orchestrator.ebpf.link import Direction, HookState, NetnsPath
 
 __all__ = [
     "FD",
@@ -92,6 +96,16 @@ __all__ = [
     "xdp_attached",
     "xdp_mode",
 ]
+
+
+def tcx_attached(
+    iface: int | str, direction: Direction | AttachType, netns: NetnsPath = None
+) -> HookState:
+    """:func:`orchestrator.ebpf.link.tcx_attached` (imported on first use: the tcx module
+    needs the program layer, which a plan of other hooks never loads)."""
+    from orchestrator.ebpf.link import tcx
+
+    return tcx.tcx_attached(iface, direction, netns)
 
 
 def open_pin(path: str | os.PathLike[str]) -> FD:

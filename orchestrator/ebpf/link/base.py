@@ -8,7 +8,7 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf._sys import FD, AttachType, Cmd, LinkType, PerfEventLinkType
@@ -19,7 +19,10 @@ from orchestrator.ebpf.errors import (
     SyscallError,
 )
 from orchestrator.ebpf.handle import Handle
-from orchestrator.ebpf.programs import Program
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.programs import Program
+
 
 Direction = Literal["ingress", "egress"]
 NetnsPath = str | os.PathLike[str] | None

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf import mounts as _mounts
@@ -21,7 +22,9 @@ from orchestrator.ebpf.link.base import (
     Link,
 )
 from orchestrator.ebpf.link.query import AttachedProgram, HookState, _prog_name, _query, iter_links
-from orchestrator.ebpf.programs import Program
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.programs import Program
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator.ebpf import _netlink, _sys
 from orchestrator.ebpf._netlink import in_netns
@@ -27,7 +27,9 @@ from orchestrator.ebpf.link.base import (
 )
 from orchestrator.ebpf.link.iface import _if_exists, _ifindex, _ifname, _where
 from orchestrator.ebpf.link.query import _prog_name, iter_links
-from orchestrator.ebpf.programs import Program
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.programs import Program
 
 XDPMode = Literal["auto", "native", "generic"]
 
