@@ -68,6 +68,7 @@ class SavedDocuments:
 
     def __init__(self, disk: DiskCache, files: Sequence[tuple[Path, bytes]]) -> None:
         self.disk = disk
+        self.paths = {str(path): path for path, _ in files}
         self.digests = {str(path): digest.hex() for path, digest in files}
         h = hashlib.sha256(identity().encode())
         for path, digest in files:
@@ -125,7 +126,8 @@ class SavedDocuments:
             name = item["path"]
             if type(name) is not str or self.digests.get(name) != item["sha256"]:
                 raise ValueError(f"{name!r} is not one of the files read")
-            out[name] = [_decode_document(Path(name), d) for d in _list(item["documents"])]
+            path = self.paths[name]
+            out[name] = [_decode_document(path, d) for d in _list(item["documents"])]
         return out
 
 
@@ -167,7 +169,7 @@ def _decode_document(file: Path, raw: object) -> Document:
 
 def _ints(value: object) -> list[int]:
     items = _list(value)
-    if not all(type(n) is int for n in items):
+    if not set(map(type, items)) <= {int}:
         raise ValueError("expected a list of integers")
     return cast(list[int], items)
 
@@ -204,8 +206,12 @@ def _positions(value: object) -> tuple[list[PathKey], list[PathKey]]:
         values.append(path)
         if type(v) is dict:
             for k, child in cast(dict[str, object], v).items():
-                keys.append((*path, k))
-                walk(child, (*path, k))
+                key = (*path, k)
+                keys.append(key)
+                if type(child) is dict or type(child) is list:
+                    walk(child, key)
+                else:  # a scalar: its own path, without a call
+                    values.append(key)
         elif type(v) is list:
             for i, child in enumerate(cast(list[object], v)):
                 walk(child, (*path, i))
