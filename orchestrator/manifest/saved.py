@@ -6,10 +6,10 @@ One entry per set of manifest files a load reads, kept in the
 :class:`~orchestrator.ebpf.diskcache.DiskCache` the command keeps parsed objects in, so with
 its rules (a 0700 directory of the user's own, only files it wrote, a versioned header with
 the payload's sha256, bounded in size, ``--no-cache`` turns it off). The entry's key is a
-sha256 over :func:`identity` (bpforch's version, :data:`FORMAT` and the size and mtime of
-every module of this package: the parser, the schema, the builder) and the path and sha256
-of every file's bytes, in order: a change to any file, or to which files there are, is a
-miss, and every file is parsed again.
+sha256 over :func:`identity` (bpforch's and Python's versions, :data:`FORMAT` and the size
+and mtime of every module of this package, the parser, the schema and the builder, and of
+PyYAML's) and the path and sha256 of every file's bytes, in order: a change to any file, or
+to which files there are, is a miss, and every file is parsed again.
 
 An entry holds the documents of each file in which parsing and the schema found nothing
 wrong: their values and the line and column of every value and every mapping key, in the
@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -47,16 +49,21 @@ FORMAT = 1  # of the payload
 
 @functools.cache
 def identity() -> str:
-    """bpforch's version, :data:`FORMAT` and the size and mtime of every module of this
-    package: an entry another parser, schema or builder wrote is never read."""
+    """bpforch's version, :data:`FORMAT`, Python's version and the size and mtime of every
+    module of this package and of PyYAML's (found, not imported): an entry another parser,
+    schema or builder wrote is never read."""
     from orchestrator import __version__
 
-    h = hashlib.sha256(f"{__version__}\0{FORMAT}".encode())
+    h = hashlib.sha256(f"{__version__}\0{FORMAT}\0{sys.version}".encode())
+    files = []
     root = os.path.dirname(os.path.abspath(__file__))
-    for name in sorted(os.listdir(root)):
-        if name.endswith(".py"):
-            st = os.stat(os.path.join(root, name))
-            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    files += [os.path.join(root, n) for n in sorted(os.listdir(root)) if n.endswith(".py")]
+    yaml = importlib.util.find_spec("yaml")
+    if yaml is not None and yaml.origin is not None:
+        files.append(yaml.origin)
+    for path in files:
+        st = os.stat(path)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 

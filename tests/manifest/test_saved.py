@@ -196,3 +196,17 @@ def _sha(path: Path) -> bytes:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).digest()
+
+
+def test_the_key_names_the_code_that_parsed(
+    write: Write, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another bpforch, parser, schema or PyYAML (``identity``) never reads this entry."""
+    write("m/a.yaml", doc("a"))
+    disk = DiskCache(tree / "cache")
+    load([tree / "m"], disk)
+    monkeypatch.setattr(saved, "identity", lambda: "another parser")
+    parses = Parses(monkeypatch)
+    load([tree / "m"], disk)
+    assert parses.files == ["a.yaml"]
+    assert len(entries(tree / "cache")) == 2
