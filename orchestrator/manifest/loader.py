@@ -927,13 +927,14 @@ def _load_manifests(paths: Sequence[Path], check_objects: bool, store: ObjectSto
     entries: list[_Entry] = []
     invalid: set[str] = set()
     warnings: list[ManifestProblem] = []
+    # every file read first: the persisted documents are keyed by all of their digests
     read = {file: _read_manifest(file) for file in files}
     saved = None
     if store.manifests_disk is not None:
         ok = [(f, r[1]) for f, r in read.items() if not isinstance(r, ManifestProblem)]
         saved = SavedDocuments(store.manifests_disk, ok)
     for file in files:
-        result = _load_file(file, problems, store, saved, read[file])
+        result = _load_file(file, problems, store, saved, read.pop(file))  # bytes let go
         entries.extend(_Entry(coll, doc, checked) for coll, doc, checked in result.built)
         invalid.update(result.invalid)
         warnings.extend(result.warnings)
