@@ -16,6 +16,7 @@ Order matters in two places:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import struct
@@ -48,8 +49,9 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.link import struct_ops as _struct_ops
-from orchestrator.ebpf.maps import Map
-from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
+from orchestrator.ebpf.loadplan import MapPlan, ProgramPlan, snapshot_map
+from orchestrator.ebpf.maps import _NO_BTF_TYPES, Map, kernel_name
+from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program, _buffer
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
 
@@ -207,6 +209,15 @@ class _Loader:
             self.maps[name] = m
             return m
 
+        if spec.inner_map is None and not (spec.section == ".kconfig" and bool(self.spec.externs)):
+            planned = self._planned_map(spec)
+            if planned is not None:
+                m = self._create_planned(spec, planned)
+                if pin is not None:
+                    m.pin(pin)
+                    self.new_pins.append(pin)
+                return m
+
         inner: Map | None = None
         if spec.inner_map is not None:
             template = spec.inner_map
@@ -255,6 +266,81 @@ class _Loader:
             self.new_pins.append(pin)
         return m
 
+    def _planned_map(self, spec: MapSpec) -> MapPlan | None:
+        """The plan to create ``spec`` with (made now if the one kept does not fit it), or
+        None if its contents need more than bytes (typed keys or values)."""
+        self._btf()  # loaded before the map is created, as from a spec
+        btf_ids = self._btf_ids(spec)
+        plans = self.spec._plans.maps
+        plan = plans.get(spec.name)
+        if plan is not None and plan.fits(spec, self.spec.btf, btf_ids):
+            return plan
+        entries: list[tuple[bytes, bytes]] = []
+        pending = False
+        for entry in spec.contents:
+            if isinstance(entry.value, str):
+                pending = True
+                continue
+            key: object = entry.key
+            if isinstance(key, int) and spec.key_size in (1, 2, 4, 8) and spec.key is None:
+                key = key.to_bytes(spec.key_size, "little")
+            if not isinstance(key, bytes):
+                return None  # written through the map's key type (Map.update)
+            entries.append((key, bytes(entry.value)))
+        max_entries = spec.max_entries
+        if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
+            max_entries = _sys.possible_cpus()
+        extra = (
+            int(MapFlags.MMAPABLE) if spec.is_data_section and _features.mmapable_arrays() else 0
+        )
+        attr = _sys.MapCreateAttr(
+            map_type=spec.type,
+            key_size=spec.key_size,
+            value_size=spec.value_size,
+            max_entries=max_entries,
+            map_flags=spec.flags | extra,
+            numa_node=spec.numa_node,
+            map_name=kernel_name(spec.name).encode(),
+            map_extra=spec.map_extra,
+        )
+        use_btf = spec.type not in _NO_BTF_TYPES and any(btf_ids)
+        if use_btf:
+            attr.btf_key_type_id, attr.btf_value_type_id = btf_ids
+        plan = MapPlan(
+            snapshot_map(spec),
+            self.spec.btf,
+            btf_ids,
+            spec.__dict__["_key"] is None,
+            bytes(attr),
+            use_btf,
+            max_entries,
+            spec.flags | extra,
+            tuple(entries),
+            pending,
+        )
+        plans[spec.name] = plan
+        return plan
+
+    def _create_planned(self, spec: MapSpec, plan: MapPlan) -> Map:
+        """Create, fill and freeze a map as ``plan`` says (the same steps as from a spec)."""
+        attr = _sys.MapCreateAttr.from_buffer_copy(plan.attr)
+        btf_fd, _ = self._btf()
+        use_btf = plan.use_btf and btf_fd is not None
+        if use_btf:
+            assert btf_fd is not None
+            attr.btf_fd = btf_fd.raw
+        else:
+            attr.btf_key_type_id = attr.btf_value_type_id = 0
+        m = Map._create_attr(spec, attr, use_btf, plan.max_entries, plan.flags)
+        self.maps[spec.name] = m
+        if plan.entries:
+            m.populate(plan.entries)
+        if plan.pending:
+            self._pending.append(spec.name)
+        if spec.freeze:
+            m.freeze()
+        return m
+
     def _open_pin(self, spec: MapSpec, path: str) -> Map | None:
         try:
             existing = Map.from_pin(path)
@@ -288,14 +374,14 @@ class _Loader:
         if name in self._loading:
             raise SpecError(f"program {name}: depends on itself while loading")
         self._loading.add(name)
+        log = LogOptions(self.options.log_level, self.options.log_size, self.options.log_disabled)
         try:
             try:
-                p = Program.load(
-                    self._request(spec),
-                    LogOptions(
-                        self.options.log_level, self.options.log_size, self.options.log_disabled
-                    ),
-                )
+                planned = self._planned_program(spec)
+                if planned is not None:
+                    p = self._load_planned(spec, planned, log)
+                else:
+                    p = Program.load(self._request(spec), log)
             except VerifierError as err:
                 core = self._poison_error(name, err)
                 if core is err:
@@ -318,6 +404,98 @@ class _Loader:
             p.attach_type = None  # it was a member index, not an attach type
         self.programs[name] = p
         return p
+
+    def _planned_program(self, spec: ProgramSpec) -> ProgramPlan | None:
+        """The plan to load ``spec`` with (made now if the one kept does not fit it), or
+        None for a program that needs more than its maps' fds at load time (CO-RE,
+        externs, an attach target in the kernel's btf, struct_ops) or cannot load."""
+        plans = self.spec._plans.programs
+        plan = plans.get(spec.name)
+        if plan is not None and plan.fits(spec, self.spec.btf):
+            return plan
+        if (
+            spec.unresolved
+            or not spec.known_section
+            or spec.core_relos
+            or spec.type == ProgType.STRUCT_OPS
+            or _attach_btf_name(spec) is not None
+        ):
+            return None
+        raw = bytearray(spec.instructions.raw)
+        patches: list[tuple[int, str]] = []
+        for idx, ref in spec.instructions.references.items():
+            if ref.kind is _EXTERN:
+                return None
+            pos = idx * INSN_SIZE
+            if ref.kind is _MAP:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_FD
+            else:
+                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_VALUE
+                _IMM.pack_into(raw, pos + 12, ref.offset)
+            patches.append((pos + 4, ref.name))
+        btf_fd, strings = self._btf()
+        license_ = _buffer(spec.license.encode() + b"\0")
+        buffers = [license_]
+        attr = _sys.ProgLoadAttr(
+            prog_type=spec.type,
+            insn_cnt=len(raw) // INSN_SIZE,
+            license=ctypes.addressof(license_),
+            kern_version=spec.kernel_version,
+            prog_flags=int(spec.flags),
+            prog_name=kernel_name(spec.name).encode(),
+            expected_attach_type=int(spec.attach_type) if spec.attach_type is not None else 0,
+        )
+        with_btf = False
+        b = spec.btf
+        if btf_fd is not None and b is self.spec.btf and b is not None:
+            if spec.func_infos:
+                func_info = _buffer(_btf_ext.encoded_func_infos(spec.func_infos, b))
+                buffers.append(func_info)
+                attr.func_info_rec_size = 8
+                attr.func_info = ctypes.addressof(func_info)
+                attr.func_info_cnt = len(spec.func_infos)
+                with_btf = True
+            if spec.line_infos:
+                line_info = _buffer(_btf_ext.encoded_line_infos(spec.line_infos, strings))
+                buffers.append(line_info)
+                attr.line_info_rec_size = 16
+                attr.line_info = ctypes.addressof(line_info)
+                attr.line_info_cnt = len(spec.line_infos)
+                with_btf = True
+        elif b is self.spec.btf and b is not None and (spec.func_infos or spec.line_infos):
+            return None  # the collection's BTF did not load: no plan for this load
+        plan = ProgramPlan(
+            dict(spec.__dict__),
+            self.spec.btf,
+            bytes(raw),
+            tuple(patches),
+            bytes(attr),
+            with_btf,
+            tuple(buffers),
+        )
+        plans[spec.name] = plan
+        return plan
+
+    def _load_planned(self, spec: ProgramSpec, plan: ProgramPlan, log: LogOptions) -> Program:
+        """Load a program as ``plan`` says: its instructions with the maps' fds written in
+        (creating maps as they are first referred to, as from a spec)."""
+        insns = (ctypes.c_char * len(plan.insns)).from_buffer_copy(plan.insns)
+        loaded = self.maps
+        for off, map_name in plan.patches:
+            m = loaded.get(map_name)  # most references are to maps made already
+            if m is None:
+                m = self.map(map_name)
+            _IMM.pack_into(insns, off, m.fd.raw)
+        attr = _sys.ProgLoadAttr.from_buffer_copy(plan.attr)
+        attr.insns = ctypes.addressof(insns)
+        if plan.with_btf:
+            btf_fd, _ = self._btf()
+            if btf_fd is None:  # the plan was made with a BTF fd; this load has none
+                return Program.load(self._request(spec), log)
+            attr.prog_btf_fd = btf_fd.raw
+        return Program._load_attr(
+            attr, spec.name, spec.type, spec.attach_type, spec.line_infos, log
+        )
 
     def _request(self, spec: ProgramSpec) -> LoadRequest:
         if spec.unresolved:
@@ -554,24 +732,10 @@ class _Loader:
 
     def _attach_btf_id(self, spec: ProgramSpec) -> int:
         """The kernel BTF id of the attach target, for program types that need one."""
-        at = spec.attach_type
-        name: str | None = None
-        kind = _btf.Kind.FUNC
-        if spec.type == ProgType.TRACING:
-            if at == AttachType.TRACE_RAW_TP:
-                name, kind = f"btf_trace_{spec.attach_to}", _btf.Kind.TYPEDEF
-            elif at == AttachType.TRACE_ITER:
-                name = f"bpf_iter_{spec.attach_to}"
-            elif at in (
-                AttachType.TRACE_FENTRY,
-                AttachType.TRACE_FEXIT,
-                AttachType.MODIFY_RETURN,
-            ):
-                name = spec.attach_to
-        elif spec.type == ProgType.LSM and at == AttachType.LSM_MAC:
-            name = f"bpf_lsm_{spec.attach_to}"
-        if name is None:
+        target = _attach_btf_name(spec)
+        if target is None:
             return 0
+        name, kind = target
         what = f"program {spec.name}: attach target {spec.attach_to or '(none)'}"
         if not spec.attach_to:
             raise AttachTargetError(f"{what}: section {spec.section!r} names no target")
@@ -626,6 +790,22 @@ class _Loader:
         for m in self.maps.values():
             m.close()
         self.close_btf()
+
+
+def _attach_btf_name(spec: ProgramSpec) -> tuple[str, _btf.Kind] | None:
+    """The name and kind of the kernel BTF type a program attaches to, for the program
+    types that need one."""
+    at = spec.attach_type
+    if spec.type == ProgType.TRACING:
+        if at == AttachType.TRACE_RAW_TP:
+            return f"btf_trace_{spec.attach_to}", _btf.Kind.TYPEDEF
+        if at == AttachType.TRACE_ITER:
+            return f"bpf_iter_{spec.attach_to}", _btf.Kind.FUNC
+        if at in (AttachType.TRACE_FENTRY, AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN):
+            return spec.attach_to, _btf.Kind.FUNC
+    elif spec.type == ProgType.LSM and at == AttachType.LSM_MAC:
+        return f"bpf_lsm_{spec.attach_to}", _btf.Kind.FUNC
+    return None
 
 
 class Collection(Closing):

@@ -182,6 +182,14 @@ class Map(Handle):
             assert btf_fd is not None
             attr.btf_fd = btf_fd.raw
             attr.btf_key_type_id, attr.btf_value_type_id = btf_ids
+        return cls._create_attr(spec, attr, use_btf, max_entries, spec.flags | extra_flags)
+
+    @classmethod
+    def _create_attr(
+        cls, spec: MapSpec, attr: _sys.MapCreateAttr, use_btf: bool, max_entries: int, flags: int
+    ) -> Map:
+        """BPF_MAP_CREATE of ``attr``, made from ``spec`` (retried without BTF if the kernel
+        refuses it, when ``use_btf``)."""
         try:
             fd = _sys.map_create(attr)
         except SyscallError as err:
@@ -200,7 +208,7 @@ class Map(Handle):
             key_size=spec.key_size,
             value_size=spec.value_size,
             max_entries=max_entries,
-            flags=spec.flags | extra_flags,
+            flags=flags,
             key_type=spec.held_type("key"),
             value_type=spec.held_type("value"),
         )

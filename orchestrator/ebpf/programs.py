@@ -201,7 +201,20 @@ class Program(Handle):
                 attr.line_info_cnt = req.line_info_count
         if req.fd_array:
             attr.fd_array = ctypes.addressof(fd_array)
+        return cls._load_attr(attr, req.name, req.type, req.attach_type, req.line_infos, log)
 
+    @classmethod
+    def _load_attr(
+        cls,
+        attr: _sys.ProgLoadAttr,
+        name: str,
+        type: ProgType,
+        attach_type: AttachType | None,
+        line_infos: tuple[LineInfo, ...],
+        log: LogOptions,
+    ) -> Program:
+        """BPF_PROG_LOAD of a filled-in ``attr`` (whose buffers the caller keeps alive),
+        with the log handling :meth:`load` describes."""
         size = log.size or DEFAULT_LOG_SIZE
         level = 0 if log.disabled else log.level
         result = _sys.prog_load(attr, size if level else 0, level)
@@ -221,12 +234,12 @@ class Program(Handle):
             if result.err != errno.ENOSPC:
                 code = result.err
         if result.fd is None:
-            raise _load_error(req, code, result.log, truncated)
+            raise _load_error(name, line_infos, code, result.log, truncated)
         return cls(
             result.fd,
-            name=req.name,
-            type=req.type,
-            attach_type=req.attach_type,
+            name=name,
+            type=type,
+            attach_type=attach_type,
             verifier_log=result.log,
         )
 
@@ -411,17 +424,19 @@ _EMPTY = (ctypes.c_char * 1)()  # never written: the kernel only reads these buf
 _NO_REPEAT = (ProgType.RAW_TRACEPOINT, ProgType.SYSCALL)
 
 
-def _load_error(req: LoadRequest, err: int, log: str, truncated: bool = False) -> SyscallError:
+def _load_error(
+    name: str, line_infos: tuple[LineInfo, ...], err: int, log: str, truncated: bool = False
+) -> SyscallError:
     if log:
         if truncated:  # a rotated log starts in the middle of a line
             log = log.split("\n", 1)[1] if "\n" in log else ""
-        diagnosis = diagnose(log, req.line_infos)
+        diagnosis = diagnose(log, line_infos)
         return VerifierError(
             diagnosis.summary(),
             err,
             log,
-            req.name,
-            line_infos=req.line_infos,
+            name,
+            line_infos=line_infos,
             truncated=truncated,
             diagnosis=diagnosis,
         )
@@ -433,4 +448,4 @@ def _load_error(req: LoadRequest, err: int, log: str, truncated: bool = False) -
         )
     elif err == errno.E2BIG:
         hint = "program too large"
-    return SyscallError("load", err, subject=f"program {req.name}", hint=hint)
+    return SyscallError("load", err, subject=f"program {name}", hint=hint)

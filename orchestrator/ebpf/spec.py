@@ -21,6 +21,7 @@ from orchestrator.ebpf.asm import Instructions
 from orchestrator.ebpf.btf import layout as _layout
 from orchestrator.ebpf.btf.types import _Lazy
 from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
+from orchestrator.ebpf.loadplan import LoadPlans
 from orchestrator.ebpf.suggestions import hint
 
 if TYPE_CHECKING:
@@ -433,6 +434,9 @@ class CollectionSpec:
         self.path = path
         # Existing maps that replace spec maps (rewrite_maps); consumed by Collection.
         self.map_replacements: dict[str, Map] = {}
+        # What loading worked out, shared with copies; each entry is used only while the
+        # map or program it was made from is unchanged (see orchestrator.ebpf.loadplan).
+        self._plans = LoadPlans()
 
     # ------------------------------------------------------------------ construction
 
@@ -474,6 +478,7 @@ class CollectionSpec:
             externs=dict(self.externs),
         )
         out.map_replacements = dict(self.map_replacements)
+        out._plans = self._plans  # entries check the spec they are used for
         return out
 
     # ------------------------------------------------------------------ rewriting

@@ -1,0 +1,117 @@
+"""Load plans: what loading a map or a program needs that no fd changes, computed once.
+
+A warm load (a spec the spec cache served, loaded again) spends most of its Python time
+working out the same things again: BPF_MAP_CREATE and BPF_PROG_LOAD attributes, a
+program's instructions with their map references rewritten, the contents to write. A plan
+keeps them:
+
+- a map's: its BPF_MAP_CREATE attributes as bytes (only the BTF fd is set per load) and its
+  initial contents as key and value bytes;
+- a program's: its instructions with every map reference's source register and value
+  offset already set (each load copies them and writes the maps' fds in at the recorded
+  offsets), and its BPF_PROG_LOAD attributes as bytes, pointing at the license, func info
+  and line info buffers the plan keeps alive.
+
+Plans live in a :class:`LoadPlans` shared by a spec and its copies
+(:meth:`CollectionSpec.copy`: every spec the spec cache hands out for one file), so the
+second load of a file reuses what the first one worked out.
+
+**Invalidation.** An entry is used only for a map or program spec equal to the one it was
+made from: it keeps a snapshot of the spec's attributes (a map's contents as bytes, its BTF
+types as the ids they were given) and the collection's BTF, and the loader compares them
+with the spec at hand on every load (a dict comparison: identical objects compare equal
+without being looked into). Any change — ``rewrite_constants``, an edited field, new
+contents, a different BTF — makes the entry unusable; the loader makes a new one from the
+spec as it is, which replaces the old one. Instructions, func/line info and BTF specs are
+immutable once parsed (a changed program gets new ones), so comparing them by identity
+first is sound.
+
+Maps and programs a plan does not cover (struct_ops, maps of maps, ``.kconfig``, typed
+initial contents; CO-RE, externs, attach targets looked up in the kernel's BTF) load as
+before, from the spec.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.btf import Spec as BTFSpec
+    from orchestrator.ebpf.spec import MapSpec, ProgramSpec
+
+# MapSpec's BTF types (held lazily; their decoding changes the attribute): compared through
+# the ids the plan gave the kernel instead.
+_TYPE_SLOTS = ("_key", "_value", "_btf_value_type")
+
+
+def map_state(spec: MapSpec) -> dict[str, object]:
+    """The attributes of ``spec`` a map plan depends on, comparable with ``==``."""
+    state = dict(spec.__dict__)
+    for slot in _TYPE_SLOTS:
+        state.pop(slot, None)
+    return state
+
+
+def snapshot_map(spec: MapSpec) -> dict[str, object]:
+    """:func:`map_state` with the contents copied (their values may be written in place)."""
+    from orchestrator.ebpf.spec import MapEntry
+
+    state = map_state(spec)
+    state["contents"] = [
+        MapEntry(e.key, bytes(e.value) if isinstance(e.value, bytearray) else e.value)
+        for e in spec.contents
+    ]
+    return state
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MapPlan:
+    state: dict[str, object]  # snapshot_map of the spec it was made from
+    btf: BTFSpec | None  # the collection's BTF the ids refer to
+    btf_ids: tuple[int, int]
+    key_none: bool  # the spec had no key type (int keys were encoded without BTF)
+    attr: bytes  # BPF_MAP_CREATE attributes, the BTF fd left 0
+    use_btf: bool  # set the BTF fd (when the collection's BTF loaded)
+    max_entries: int
+    flags: int
+    entries: tuple[tuple[bytes, bytes], ...]  # initial contents, written after creation
+    pending: bool  # contents naming programs or maps (written by finalize)
+
+    def fits(self, spec: MapSpec, btf: BTFSpec | None, btf_ids: tuple[int, int]) -> bool:
+        return (
+            self.btf is btf
+            and self.btf_ids == btf_ids
+            and self.key_none is (spec.__dict__["_key"] is None)
+            and map_state(spec) == self.state
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ProgramPlan:
+    state: dict[str, object]  # the ProgramSpec's attributes when it was made
+    btf: BTFSpec | None  # the collection's BTF
+    insns: bytes  # map references rewritten, their fds still 0
+    patches: tuple[tuple[int, str], ...]  # (offset of an imm to write a map's fd to, map)
+    attr: bytes  # BPF_PROG_LOAD attributes, without insns, prog_btf_fd and a log
+    with_btf: bool  # func/line info in attr: needs the collection's BTF fd
+    # what attr points at, kept alive with the plan
+    buffers: tuple[ctypes.Array[ctypes.c_char], ...] = field(default=())
+
+    def fits(self, spec: ProgramSpec, btf: BTFSpec | None) -> bool:
+        return self.btf is btf and spec.__dict__ == self.state
+
+
+class LoadPlans:
+    """The plans of one spec and its copies, by map and program name. An entry is replaced
+    whole, never changed (dict reads and writes are atomic: loads in threads may share it)."""
+
+    __slots__ = ("maps", "programs")
+
+    def __init__(self) -> None:
+        self.maps: dict[str, MapPlan] = {}
+        self.programs: dict[str, ProgramPlan] = {}
+
+
+__all__ = ["LoadPlans", "MapPlan", "ProgramPlan", "map_state", "snapshot_map"]

@@ -1,0 +1,122 @@
+"""Load plans (orchestrator.ebpf.loadplan): reused for an unchanged spec, never for a changed
+one. Every spec the spec cache hands out for a file shares one set of plans, so a spec
+changed after an earlier load of the same file must load as changed."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import ebpf
+from orchestrator.ebpf import speccache
+from orchestrator.ebpf.asm import Instructions
+from tests.conftest import obj
+
+XDP_DROP, XDP_PASS = 1, 2
+pytestmark = pytest.mark.kernel
+
+# mov r0, XDP_DROP; exit
+_RETURN_DROP = bytes([0xB7, 0, 0, 0, XDP_DROP, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+
+
+def _loaded_once() -> ebpf.CollectionSpec:
+    """A fresh cache entry for xdp_counter.o, loaded once (its plans are made)."""
+    speccache.default.clear()
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    with ebpf.Collection(spec) as coll:
+        assert coll.programs["xdp_count"].test_run(bytes(60)).retval == XDP_PASS
+    return spec
+
+
+def _run(coll: ebpf.Collection) -> int:
+    return coll.programs["xdp_count"].test_run(bytes(60)).retval
+
+
+def test_an_unchanged_copy_reuses_the_plans(fd_guard: None) -> None:
+    first = _loaded_once()
+    plans = first._plans
+    map_plan, prog_plan = plans.maps["counters"], plans.programs["xdp_count"]
+    rodata_plan = plans.maps[".rodata"]
+    second = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    assert second is not first and second._plans is plans
+    for spec in (second, first):
+        with ebpf.Collection(spec) as coll:
+            assert _run(coll) == XDP_PASS
+            assert coll.maps["counters"][2] == 0
+            assert coll.programs["xdp_count"].info().btf_id != 0  # func/line info loaded
+    assert plans.maps["counters"] is map_plan
+    assert plans.maps[".rodata"] is rodata_plan
+    assert plans.programs["xdp_count"] is prog_plan
+
+
+def test_constants_rewritten_after_a_cached_load_are_loaded(fd_guard: None) -> None:
+    _loaded_once()
+    changed = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    changed.rewrite_constants({"verdict": XDP_DROP, "version": 7})
+    with ebpf.Collection(changed) as coll:
+        assert _run(coll) == XDP_DROP
+        assert coll.maps["counters"][2] == 7
+    # a copy that was not changed still loads the object's own constants
+    with ebpf.Collection(ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))) as coll:
+        assert _run(coll) == XDP_PASS
+        assert coll.maps["counters"][2] == 0
+    # the same spec object, written in place after it was loaded
+    changed.variables["version"].set(9)
+    with ebpf.Collection(changed) as coll:
+        assert _run(coll) == XDP_DROP
+        assert coll.maps["counters"][2] == 9
+
+
+def test_map_edits_after_a_cached_load_are_loaded(fd_guard: None) -> None:
+    spec = _loaded_once()
+    spec.maps["counters"].max_entries = 8
+    spec.maps["counters"].contents.append(ebpf.MapEntry(3, (5).to_bytes(8, "little")))
+    with ebpf.Collection(spec) as coll:
+        assert coll.maps["counters"].info().max_entries == 8
+        assert coll.maps["counters"].max_entries == 8
+        assert coll.maps["counters"][3] == 5
+    spec.maps["counters"].contents[0].value = (6).to_bytes(8, "little")
+    with ebpf.Collection(spec) as coll:
+        assert coll.maps["counters"][3] == 6
+    unchanged = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    with ebpf.Collection(unchanged) as coll:
+        assert coll.maps["counters"].info().max_entries == 4
+        assert coll.maps["counters"][3] == 0
+
+
+def test_program_edits_after_a_cached_load_are_loaded(fd_guard: None) -> None:
+    spec = _loaded_once()
+    prog = spec.programs["xdp_count"]
+    prog.instructions = Instructions(_RETURN_DROP)
+    prog.func_infos = prog.line_infos = ()
+    with ebpf.Collection(spec) as coll:
+        assert _run(coll) == XDP_DROP
+        assert coll.programs["xdp_count"].info().xlated != b""
+        assert coll.maps["counters"][0] == 0  # the new program counts nothing
+    with ebpf.Collection(ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))) as coll:
+        assert _run(coll) == XDP_PASS
+        assert coll.maps["counters"][0] == 1
+
+
+def test_a_replacement_after_a_cached_load_is_used(fd_guard: None) -> None:
+    _loaded_once()
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    with ebpf.Map.create(spec.maps["counters"]) as existing:
+        spec.rewrite_maps({"counters": existing})
+        with ebpf.Collection(spec) as coll:
+            assert coll.maps["counters"].id == existing.id
+            assert _run(coll) == XDP_PASS
+        assert existing[0] == 1  # the program counted into the replacement
+
+
+def test_a_spec_without_btf_after_a_cached_load(fd_guard: None) -> None:
+    """A plan made with the collection's BTF is not used once the spec has none."""
+    spec = _loaded_once()
+    spec.btf = None
+    for m in spec.maps.values():
+        m.btf = None
+    for p in spec.programs.values():
+        p.btf = None
+    with ebpf.Collection(spec) as coll:
+        assert _run(coll) == XDP_PASS
+        assert coll.programs["xdp_count"].info().btf_id == 0
+        assert coll.maps["counters"].info().btf_id == 0
