@@ -234,7 +234,9 @@ class Program(Handle):
             if result.err != errno.ENOSPC:
                 code = result.err
         if result.fd is None:
-            raise _load_error(name, line_infos, code, result.log, truncated)
+            # what a rejection is explained with: the name and the line info records
+            req = LoadRequest(name, type, b"", "", attach_type, line_infos=line_infos)
+            raise _load_error(req, code, result.log, truncated)
         return cls(
             result.fd,
             name=name,
@@ -424,9 +426,8 @@ _EMPTY = (ctypes.c_char * 1)()  # never written: the kernel only reads these buf
 _NO_REPEAT = (ProgType.RAW_TRACEPOINT, ProgType.SYSCALL)
 
 
-def _load_error(
-    name: str, line_infos: tuple[LineInfo, ...], err: int, log: str, truncated: bool = False
-) -> SyscallError:
+def _load_error(req: LoadRequest, err: int, log: str, truncated: bool = False) -> SyscallError:
+    name, line_infos = req.name, req.line_infos
     if log:
         if truncated:  # a rotated log starts in the middle of a line
             log = log.split("\n", 1)[1] if "\n" in log else ""
