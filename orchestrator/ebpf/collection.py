@@ -3,7 +3,9 @@
 Loading is lazy and all-or-nothing: a map is created the first time something needs it (a
 program that refers to it, a prog array or map of maps that holds it, or the caller), a
 program when it is asked for or sits in a prog array; if anything fails, every fd created so
-far is closed and every pin created so far removed. The spec is only read, never changed.
+far is closed and every pin created so far removed. The spec is only read, never changed;
+what a load works out from it is kept in its load plans (:mod:`orchestrator.ebpf.loadplan`)
+for the next load of the same, unchanged spec.
 
 Order matters in two places:
 - ``.rodata`` maps are written and frozen before any program that reads them is verified:
