@@ -30,6 +30,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from orchestrator.ebpf.limits import BUDGET as BUDGET
+from orchestrator.ebpf.limits import BUDGET_WARNING as BUDGET_WARNING
+
 if TYPE_CHECKING:
     from orchestrator.ebpf.btf.ext import LineInfo
 
@@ -48,11 +51,6 @@ __all__ = [
     "source_line",
 ]
 
-# BPF_COMPLEXITY_LIMIT_INSNS (include/linux/bpf.h): the instructions the verifier may process
-# for one program, counting every path and every loop iteration it walks.
-BUDGET = 1_000_000
-# Above this share of the budget, apply, plan and status warn.
-BUDGET_WARNING = 0.8
 # MAX_BPF_STACK (include/linux/filter.h): the bytes of one stack frame.
 _STACK = 512
 

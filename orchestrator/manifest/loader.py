@@ -40,7 +40,6 @@ from orchestrator.ebpf import (
 from orchestrator.ebpf.errors import FileError, clip, quote
 from orchestrator.ebpf.files import read_file, reason, stat_regular
 from orchestrator.ebpf.suggestions import did_you_mean
-from orchestrator.manifest import entries as entry_rules
 from orchestrator.manifest import metrics as metric_rules
 from orchestrator.manifest.builder import _Builder
 from orchestrator.manifest.cache import ObjectStore
@@ -567,6 +566,8 @@ class _Checker:
         """Every declared entry's key and value fit the map's BTF types (names of the
         collection's programs in a prog array, of its maps in a map of maps), once each, and
         no more than the map holds."""
+        from orchestrator.manifest import entries as entry_rules  # only where entries are
+
         assert opts.entries is not None
         why = entry_rules.map_problem(m)
         if why is not None:

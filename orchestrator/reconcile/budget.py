@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from orchestrator.ebpf.verifier import BUDGET, BUDGET_WARNING
+from orchestrator.ebpf.limits import BUDGET, BUDGET_WARNING
 from orchestrator.reconcile.state import CollectionRecord
 
 Figures = Mapping[str, Mapping[str, int]]  # collection -> program -> verified_insns

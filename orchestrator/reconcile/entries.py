@@ -5,6 +5,10 @@ writes an apply makes (batch operations where the kernel has them, undone on fai
 ``exact`` is a set diff: declared keys are added or updated, keys not declared deleted (an
 array always holds every index: one not declared is reset to zero). ``merge`` only adds and
 updates.
+
+The codecs and the manifest's entry rules (:mod:`orchestrator.manifest.entries`) are imported
+by the functions that read or encode entries, so a plan of manifests that declare none does
+not import them.
 """
 
 from __future__ import annotations
@@ -15,14 +19,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import NotSupportedError
-from orchestrator.ebpf.map_codec import MapCodec
 from orchestrator.ebpf.spec import MapSpec
-from orchestrator.manifest import entries as rules
-from orchestrator.manifest.literals import render
 from orchestrator.manifest.model import (
     DesiredCollection,
     EntriesMode,
@@ -33,6 +35,10 @@ from orchestrator.manifest.model import (
 from orchestrator.manifest.objects import ObjectError
 from orchestrator.reconcile.actions import Change, Kind, Op, WriteEntries
 from orchestrator.reconcile.state import CollectionRecord, EntryFacts
+
+if TYPE_CHECKING:
+    from orchestrator.ebpf.map_codec import MapCodec
+    from orchestrator.manifest import entries as rules
 
 Value = bytes | str
 
@@ -80,6 +86,8 @@ def encoded(
 ) -> tuple[rules.Encoded, str]:
     """``entries`` encoded through ``c`` (see :func:`rules.encode_entries`) and their
     digest in ``mode``."""
+    from orchestrator.manifest import entries as rules
+
     if c.type in rules.REFERENCES:
         enc = rules.encode_entries(c, entries, max_entries)
         return enc, digest(mode, enc.compared)
@@ -141,6 +149,8 @@ def spec_codec(
     m = spec_maps[name]
     mo = d.maps[name]
     max_entries = mo.max_entries if mo.max_entries is not None else m.max_entries
+    from orchestrator.manifest import entries as rules
+
     return rules.codec(m, programs=programs, maps=spec_maps), max_entries
 
 
@@ -150,6 +160,8 @@ def read_live(
     """The live contents of ``m`` as compared with declared ones: raw values, or for a prog
     array or map of maps the name of the id it holds (``ids``; an unknown id as ``#ID``).
     Array indices not declared and holding zero are left out (an array holds every index)."""
+    from orchestrator.manifest import entries as rules
+
     refs = c.type in rules.REFERENCES
     arrays = c.type in rules.ARRAYS
     if not refs and not arrays:
@@ -168,6 +180,8 @@ def read_live(
 
 def shown(c: MapCodec, raw: bytes | str, what: str) -> str:
     """A key or value as the plan prints it (the literal a manifest takes)."""
+    from orchestrator.manifest.literals import render
+
     if isinstance(raw, str):
         return raw
     try:
@@ -190,6 +204,8 @@ def _show(
     value at key ``raw`` ("declared"): as the manifest writes it where it declares it
     (``!be16 9999`` stays so), else decoded through the codec."""
     if isinstance(raw, bytes) and raw in index and what != "value":
+        from orchestrator.manifest.literals import render
+
         e = entries[index[raw]]
         return render(e.key if what == "key" else e.value)
     return shown(c, raw, what)
@@ -207,6 +223,8 @@ def entry_facts(
     maps = list(declared_maps(d))
     if not maps:
         return out
+    from orchestrator.manifest import entries as rules
+
     try:
         info = objects_get(d.object_file)
     except ObjectError:
@@ -259,6 +277,8 @@ def entry_facts(
 def initial(m: MapSpec, c: MapCodec) -> dict[bytes, Value]:
     """The contents the object puts in ``m`` when it is loaded, as compared (per-CPU maps
     start empty; array indices that hold zero are left out)."""
+    from orchestrator.manifest import entries as rules
+
     out: dict[bytes, Value] = {}
     if c.per_cpu:
         return out
