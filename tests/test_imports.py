@@ -78,6 +78,24 @@ def test_every_lazy_export_is_the_object_of_its_module(package: str) -> None:
         getattr(module, "no_such_name")  # noqa: B009
 
 
+def test_inspect_serves_the_hook_queries_lazily() -> None:
+    """ebpf.inspect's lazily imported names are the objects of their modules."""
+    code = (
+        "import sys\n"
+        "from orchestrator.ebpf import inspect\n"
+        "assert 'orchestrator.ebpf.link.xdp' not in sys.modules\n"
+        "from orchestrator.ebpf import _netlink, link\n"
+        "from orchestrator.ebpf.link import cgroup, query, xdp\n"
+        "assert inspect.in_netns is _netlink.in_netns\n"
+        "assert inspect.cgroup_attached is cgroup.cgroup_attached is link.cgroup_attached\n"
+        "assert inspect.iter_links is query.iter_links\n"
+        "assert inspect.xdp_attached is xdp.xdp_attached\n"
+        "assert inspect.xdp_mode is xdp.xdp_mode\n"
+        "assert {'in_netns', 'xdp_mode'} <= set(dir(inspect))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_an_export_named_like_its_submodule_stays_the_export() -> None:
     """``orchestrator.reconcile.plan`` is the function (as when the package imported
     everything), even after the submodule ``orchestrator.reconcile.plan`` was imported."""
@@ -164,6 +182,16 @@ def test_plan_imports_neither_the_status_nor_the_transaction_nor_other_hooks(
         # the program layer (and tcx, whose types name it) loads programs: a plan never does
         "orchestrator.ebpf.programs",
         "orchestrator.ebpf.link.tcx",
+        # the verifier-log parser (the budget is in ebpf.limits), and with no entries
+        # declared, the map codecs and the entry rules
+        "orchestrator.ebpf.verifier",
+        "orchestrator.ebpf.map_codec",
+        "orchestrator.manifest.entries",
+        # the hook queries of other kinds, served lazily by ebpf.inspect
+        "orchestrator.ebpf._netlink",
+        "orchestrator.ebpf.link.xdp",
+        "orchestrator.ebpf.link.cgroup",
+        "orchestrator.ebpf.link.query",
     )
     assert _loaded(modules, unneeded) == []
 

@@ -33,6 +33,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from orchestrator import _lazy
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf._bpffs import (
     DirStamp,
@@ -48,20 +49,18 @@ from orchestrator.ebpf._bpffs import (
     remove_tree_at,
     settled,
 )
-from orchestrator.ebpf._netlink import in_netns
 from orchestrator.ebpf._sys import FD, fs_magic
-from orchestrator.ebpf.link import (
-    LinkInfo,
-    cgroup_attached,
-    iter_links,
-    xdp_attached,
-    xdp_mode,
-)
-from orchestrator.ebpf.link.base import _decode_info
+from orchestrator.ebpf.link.base import LinkInfo, _decode_info
 
 if TYPE_CHECKING:
+    # imported on first use (orchestrator._lazy): a no-op plan of tracepoint collections
+    # needs neither netlink nor the xdp/cgroup queries
+    from orchestrator.ebpf._netlink import in_netns
     from orchestrator.ebpf._sys import AttachType
     from orchestrator.ebpf.link import Direction, HookState, NetnsPath
+    from orchestrator.ebpf.link.cgroup import cgroup_attached
+    from orchestrator.ebpf.link.query import iter_links
+    from orchestrator.ebpf.link.xdp import xdp_attached, xdp_mode
 
 __all__ = [
     "FD",
@@ -179,3 +178,15 @@ def program_exists(prog_id: int) -> bool:
 def link_exists(link_id: int) -> bool:
     """Whether a link with this id is alive, without opening it (BPF_LINK_GET_NEXT_ID)."""
     return _exists(_sys.Cmd.LINK_GET_NEXT_ID, link_id)
+
+
+_lazy.install(
+    __name__,
+    {
+        "in_netns": "orchestrator.ebpf._netlink:in_netns",
+        "cgroup_attached": "orchestrator.ebpf.link.cgroup:cgroup_attached",
+        "iter_links": "orchestrator.ebpf.link.query:iter_links",
+        "xdp_attached": "orchestrator.ebpf.link.xdp:xdp_attached",
+        "xdp_mode": "orchestrator.ebpf.link.xdp:xdp_mode",
+    },
+)
