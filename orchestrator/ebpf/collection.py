@@ -108,6 +108,11 @@ class _Loader:
 
     def __init__(self, spec: CollectionSpec, options: CollectionOptions) -> None:
         self.spec = spec
+        # Only read (a spec the cache served is not copied to be loaded; see _shared).
+        shared = spec._shared()
+        self.spec_maps: dict[str, MapSpec] = shared._maps
+        self.spec_programs: dict[str, ProgramSpec] = shared._programs
+        self.spec_externs = shared._externs
         self.options = options
         self.maps: dict[str, Map] = {}
         self.programs: dict[str, Program] = {}
@@ -144,7 +149,7 @@ class _Loader:
             spec = self.spec.btf
             if spec is not None:
                 extra: frozenset[str] = frozenset().union(
-                    *(_btf_ext.line_strings(p.line_infos) for p in self.spec.programs.values())
+                    *(_btf_ext.line_strings(p.line_infos) for p in self.spec_programs.values())
                 )
                 data, strings = spec.marshal(extra)  # cached per spec
                 fd, _err, _log = _sys.btf_load(data)
@@ -166,9 +171,9 @@ class _Loader:
         m = self.maps.get(name)
         if m is not None:
             return m
-        spec = self.spec.maps.get(name)
+        spec = self.spec_maps.get(name)
         if spec is None:
-            raise SpecError(f"map {name}: not in collection{hint(name, sorted(self.spec.maps))}")
+            raise SpecError(f"map {name}: not in collection{hint(name, sorted(self.spec_maps))}")
 
         # ``is None``, never truthiness: a replacement is used whatever it holds (an empty
         # map, a ring buffer); nothing here reads its entries.
@@ -211,7 +216,7 @@ class _Loader:
             self.maps[name] = m
             return m
 
-        if spec.inner_map is None and not (spec.section == ".kconfig" and bool(self.spec.externs)):
+        if spec.inner_map is None and not (spec.section == ".kconfig" and bool(self.spec_externs)):
             planned = self._planned_map(spec)
             if planned is not None:
                 m = self._create_planned(spec, planned)
@@ -243,7 +248,7 @@ class _Loader:
         self.maps[name] = m
 
         data_entries: list[tuple[object, object]] = []
-        kconfig = spec.section == ".kconfig" and bool(self.spec.externs)
+        kconfig = spec.section == ".kconfig" and bool(self.spec_externs)
         if kconfig:
             data_entries.append((0, self._kconfig_contents(spec)))
         pending = False  # entries naming a program or map: written by finalize
@@ -368,10 +373,10 @@ class _Loader:
         p = self.programs.get(name)
         if p is not None:
             return p
-        spec = self.spec.programs.get(name)
+        spec = self.spec_programs.get(name)
         if spec is None:
             raise SpecError(
-                f"program {name}: not in collection{hint(name, sorted(self.spec.programs))}"
+                f"program {name}: not in collection{hint(name, sorted(self.spec_programs))}"
             )
         if name in self._loading:
             raise SpecError(f"program {name}: depends on itself while loading")
@@ -603,7 +608,7 @@ class _Loader:
         )
 
     def _resolve_extern(self, spec: ProgramSpec, raw: bytearray, idx: int, name: str) -> None:
-        ext = self.spec.externs.get(name)
+        ext = self.spec_externs.get(name)
         what = f"program {spec.name}: extern {name}"
         if ext is None:
             raise SpecError(f"{what}: not declared __ksym or __kconfig")
@@ -693,7 +698,7 @@ class _Loader:
         config: dict[str, str] | None = None
         if any(
             e.kind is _externs.ExternKind.KCONFIG and e.name.startswith("CONFIG_")
-            for e in self.spec.externs.values()
+            for e in self.spec_externs.values()
         ):
             path = self.options.kconfig_path
             try:
@@ -701,7 +706,7 @@ class _Loader:
             except KconfigError:
                 if not all(
                     e.weak
-                    for e in self.spec.externs.values()
+                    for e in self.spec_externs.values()
                     if e.kind is _externs.ExternKind.KCONFIG and e.name.startswith("CONFIG_")
                 ):
                     raise
@@ -709,16 +714,16 @@ class _Loader:
             "LINUX_KERNEL_VERSION": _externs.kernel_version_code(),
             "LINUX_HAS_BPF_COOKIE": 1,
         }
-        if "LINUX_HAS_SYSCALL_WRAPPER" in self.spec.externs:  # costs a /proc/kallsyms scan
+        if "LINUX_HAS_SYSCALL_WRAPPER" in self.spec_externs:  # costs a /proc/kallsyms scan
             features["LINUX_HAS_SYSCALL_WRAPPER"] = int(_features.syscall_wrapper())
         try:
-            return _externs.kconfig_values(self.spec.externs, spec.value_size, config, features)
+            return _externs.kconfig_values(self.spec_externs, spec.value_size, config, features)
         except KconfigError as err:
             raise KconfigError(f"map {spec.name}: {err}") from err
 
     def _struct_ops_target(self, spec: ProgramSpec) -> tuple[int, int]:
         """(kernel struct id, member index) of the struct_ops member ``spec`` implements."""
-        for mname, ms in self.spec.maps.items():
+        for mname, ms in self.spec_maps.items():
             ops = ms.struct_ops
             if ops is None:
                 continue
@@ -758,7 +763,7 @@ class _Loader:
         """Fill prog arrays and maps of maps, loading what they hold if needed."""
         while self._pending:
             name = self._pending.pop(0)
-            spec = self.spec.maps[name]
+            spec = self.spec_maps[name]
             m = self.maps[name]
             entries: list[tuple[object, object]] = []
             for entry in spec.contents:
@@ -817,9 +822,9 @@ class Collection(Closing):
     def __init__(self, spec: CollectionSpec, options: CollectionOptions | None = None) -> None:
         loader = _Loader(spec, options or CollectionOptions())
         try:
-            for name in spec.maps:
+            for name in loader.spec_maps:
                 loader.map(name)
-            for name, prog in spec.programs.items():
+            for name, prog in loader.spec_programs.items():
                 if prog.autoload:
                     loader.program(name)
             loader.finalize()

@@ -424,12 +424,15 @@ class CollectionSpec:
         path: str = "",
         externs: dict[str, ExternSpec] | None = None,
     ) -> None:
-        self.maps: dict[str, MapSpec] = maps or {}
-        self.programs: dict[str, ProgramSpec] = programs or {}
-        self.variables: dict[str, VariableSpec] = variables or {}
+        self._maps: dict[str, MapSpec] = maps or {}
+        self._programs: dict[str, ProgramSpec] = programs or {}
+        self._variables: dict[str, VariableSpec] = variables or {}
         self.btf = btf
         # Externs (__kconfig/__ksym) the programs use; resolved at load time.
-        self.externs: dict[str, ExternSpec] = externs or {}
+        self._externs: dict[str, ExternSpec] = externs or {}
+        # A served spec (see _served): the cache's spec whose maps, programs, variables
+        # and externs this one reads until its first access to them copies them.
+        self._source: CollectionSpec | None = None
         self.name = name
         self.path = path
         # Existing maps that replace spec maps (rewrite_maps); consumed by Collection.
@@ -460,22 +463,101 @@ class CollectionSpec:
 
         return load_bytes(data, name=name)
 
-    def copy(self) -> CollectionSpec:
-        """A deep copy: changing it (or loading it) never touches this spec."""
-        maps = {name: m.copy() for name, m in self.maps.items()}
+    # ------------------------------------------------------------------ copy on write
+    #
+    # A spec the spec cache serves (_served) shares the cached spec's maps, programs,
+    # variables and externs instead of copying them up front. The rule: the first access to
+    # any of the four through its attributes (a read too: what is read may then be changed
+    # in place) gives the spec its own deep copy of all four, exactly what copy() makes;
+    # the cached spec is never changed. Loading reads the shared ones without copying
+    # (_shared(): the loader only reads a spec).
+
+    @property
+    def maps(self) -> dict[str, MapSpec]:
+        return self._own()._maps
+
+    @maps.setter
+    def maps(self, value: dict[str, MapSpec]) -> None:
+        self._own()._maps = value
+
+    @property
+    def programs(self) -> dict[str, ProgramSpec]:
+        return self._own()._programs
+
+    @programs.setter
+    def programs(self, value: dict[str, ProgramSpec]) -> None:
+        self._own()._programs = value
+
+    @property
+    def variables(self) -> dict[str, VariableSpec]:
+        return self._own()._variables
+
+    @variables.setter
+    def variables(self, value: dict[str, VariableSpec]) -> None:
+        self._own()._variables = value
+
+    @property
+    def externs(self) -> dict[str, ExternSpec]:
+        return self._own()._externs
+
+    @externs.setter
+    def externs(self, value: dict[str, ExternSpec]) -> None:
+        self._own()._externs = value
+
+    @classmethod
+    def _served(cls, source: CollectionSpec, *, name: str, path: str) -> CollectionSpec:
+        """A spec equal to a copy of ``source`` that copies ``source``'s maps, programs,
+        variables and externs only when first accessed. ``source`` must never change (the
+        spec cache's own spec)."""
+        src = source._shared()
+        out = cls.__new__(cls)
+        out.btf = source.btf
+        out._source = src
+        out.name = name
+        out.path = path
+        out.map_replacements = dict(source.map_replacements)
+        out._plans = source._plans
+        return out
+
+    def _shared(self) -> CollectionSpec:
+        """The spec whose maps, programs, variables and externs this one holds for now
+        (itself, or the cached spec it was served from): only ever read them."""
+        src = self._source
+        return self if src is None else src
+
+    def _own(self) -> CollectionSpec:
+        src = self._source
+        if src is not None:
+            self._maps, self._programs, self._variables, self._externs = src._copy_parts()
+            self._source = None
+        return self
+
+    def _copy_parts(
+        self,
+    ) -> tuple[
+        dict[str, MapSpec], dict[str, ProgramSpec], dict[str, VariableSpec], dict[str, ExternSpec]
+    ]:
+        src = self._shared()
+        maps = {name: m.copy() for name, m in src._maps.items()}
         # Inner maps that are also top-level maps keep pointing at their own copies.
         variables: dict[str, VariableSpec] = {}
-        for key, var in self.variables.items():
+        for key, var in src._variables.items():
             owner = maps.get(var.section)
             variables[key] = var._rebind(owner) if owner is not None else var
+        programs = {name: p.copy() for name, p in src._programs.items()}
+        return maps, programs, variables, dict(src._externs)
+
+    def copy(self) -> CollectionSpec:
+        """A deep copy: changing it (or loading it) never touches this spec."""
+        maps, programs, variables, externs = self._copy_parts()
         out = CollectionSpec(
             maps,
-            {name: p.copy() for name, p in self.programs.items()},
+            programs,
             variables,
             self.btf,  # treated as immutable after parsing
             name=self.name,
             path=self.path,
-            externs=dict(self.externs),
+            externs=externs,
         )
         out.map_replacements = dict(self.map_replacements)
         out._plans = self._plans  # entries check the spec they are used for
@@ -486,20 +568,23 @@ class CollectionSpec:
     def rewrite_constants(self, values: Mapping[str, object]) -> None:
         """Set ``.rodata`` constants before load. Checks names, kinds and sizes first, so a
         failure changes nothing."""
-        for var, data in self._check_constants(values):
+        for var, data in self._check_constants(values, self.variables):
             var._write(data)
 
     def check_constants(self, values: Mapping[str, object]) -> None:
         """Raise the :class:`ConstantError` that :meth:`rewrite_constants` would, changing
         nothing (no copy of the spec needed to validate a manifest's constants)."""
-        self._check_constants(values)
+        self._check_constants(values, self._shared()._variables)
 
-    def _check_constants(self, values: Mapping[str, object]) -> list[tuple[VariableSpec, bytes]]:
+    @staticmethod
+    def _check_constants(
+        values: Mapping[str, object], variables: dict[str, VariableSpec]
+    ) -> list[tuple[VariableSpec, bytes]]:
         staged: list[tuple[VariableSpec, object]] = []
         for name, value in values.items():
-            var = self.variables.get(name)
+            var = variables.get(name)
             if var is None or not var.constant:
-                constants = sorted(n for n, v in self.variables.items() if v.constant)
+                constants = sorted(n for n, v in variables.items() if v.constant)
                 raise ConstantError(name, f"not in object{hint(name, constants)}")
             staged.append((var, value))
         # Validate everything before writing anything.
@@ -508,13 +593,16 @@ class CollectionSpec:
     def rewrite_maps(self, replacements: Mapping[str, Map]) -> None:
         """Use existing maps instead of creating the named ones. Each must be compatible and
         referenced by at least one program."""
+        shared = self._shared()  # only read
         used = set()
-        for prog in self.programs.values():
+        for prog in shared._programs.values():
             used |= prog.maps
         for name, existing in replacements.items():
-            spec = self.maps.get(name)
+            spec = shared._maps.get(name)
             if spec is None:
-                raise SpecError(f"map {clip(name)}: not in object{hint(name, sorted(self.maps))}")
+                raise SpecError(
+                    f"map {clip(name)}: not in object{hint(name, sorted(shared._maps))}"
+                )
             if name not in used:
                 raise SpecError(f"map {clip(name)}: not referenced by any program")
             existing.check_compatible_with(spec)
@@ -533,29 +621,31 @@ class CollectionSpec:
         progs: set[str] = set()
         found: set[str] = set()
         todo_progs, todo_maps = list(programs), list(maps)
+        shared = self._shared()  # only read
+        all_progs, all_maps = shared._programs, shared._maps
         for name in todo_progs:
-            if name not in self.programs:
-                raise SpecError(f"program {name}: not in object{hint(name, sorted(self.programs))}")
+            if name not in all_progs:
+                raise SpecError(f"program {name}: not in object{hint(name, sorted(all_progs))}")
         for name in todo_maps:
-            if name not in self.maps:
-                raise SpecError(f"map {name}: not in object{hint(name, sorted(self.maps))}")
+            if name not in all_maps:
+                raise SpecError(f"map {name}: not in object{hint(name, sorted(all_maps))}")
         while todo_progs or todo_maps:
             if todo_progs:
                 name = todo_progs.pop()
                 if name not in progs:
                     progs.add(name)
-                    todo_maps.extend(m for m in self.programs[name].maps if m in self.maps)
+                    todo_maps.extend(m for m in all_progs[name].maps if m in all_maps)
                 continue
             name = todo_maps.pop()
             if name in found:
                 continue
             found.add(name)
-            spec = self.maps[name]
+            spec = all_maps[name]
             held = [e.value for e in spec.contents if isinstance(e.value, str)]
             if spec.type == MapType.PROG_ARRAY:
-                todo_progs.extend(h for h in held if h in self.programs)
+                todo_progs.extend(h for h in held if h in all_progs)
             else:
-                todo_maps.extend(h for h in held if h in self.maps)
+                todo_maps.extend(h for h in held if h in all_maps)
         return sorted(progs), sorted(found)
 
     def assign(self, target: T) -> T:
@@ -574,9 +664,10 @@ class CollectionSpec:
         return load_and_assign(self, target, options)
 
     def __repr__(self) -> str:
+        shared = self._shared()
         return (
-            f"CollectionSpec({self.name or self.path!r}, maps={sorted(self.maps)}, "
-            f"programs={sorted(self.programs)})"
+            f"CollectionSpec({self.name or self.path!r}, maps={sorted(shared._maps)}, "
+            f"programs={sorted(shared._programs)})"
         )
 
 

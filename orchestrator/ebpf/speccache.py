@@ -213,10 +213,8 @@ class SpecCache:
 
 
 def _owned(spec: CollectionSpec, given: str) -> CollectionSpec:
-    out = spec.copy()
-    out.path = given
-    out.name = os.path.basename(given)
-    return out
+    # copies the maps, programs, variables and externs when the caller first touches them
+    return CollectionSpec._served(spec, name=os.path.basename(given), path=given)
 
 
 default = SpecCache()

@@ -126,6 +126,61 @@ def test_variables_of_a_copy_write_their_own_maps() -> None:
     assert b.variables["version"].value == 0
 
 
+def test_served_specs_copy_on_first_touch_and_never_share_a_change() -> None:
+    """A served spec shares the cached spec's maps, programs, variables and externs until
+    one of them is first accessed; then it holds its own deep copy of all four. Whatever
+    is changed through one served spec (by any of the four, or their setters) never
+    reaches the cache, another served spec or a copy made before."""
+    cache = speccache.SpecCache()
+    path = obj("xdp_counter.o")
+    cached, _ = cache.shared(path)
+    a, b = cache.get(path), cache.get(path)
+    before = a.copy()  # of a spec not copied yet: its own deep copy
+    assert a._source is cached and b._source is cached
+    # reading what loading needs copies nothing
+    a.check_constants({"verdict": XDP_DROP})
+    assert a.subset(["xdp_count"]) == (["xdp_count"], sorted(cached.maps))
+    assert "xdp_count" in repr(a)
+    assert a._source is cached
+    with pytest.raises(ebpf.ConstantError):
+        a.check_constants({"nope": 1})
+
+    a.maps["counters"].max_entries = 99  # the first touch copies all four
+    assert a._source is None and a.maps["counters"] is not cached.maps["counters"]
+    a.variables["version"].set(9)
+    a.programs["xdp_count"].attach_to = "eth9"
+    del a.variables["verdict"]
+    b.programs = {}
+    b.maps = {}
+    b.variables = {}
+    b.externs = {}
+    for other in (cache.get(path), before, cached):
+        assert other.maps["counters"].max_entries == 4
+        assert other.variables["version"].value == 0
+        assert other.programs["xdp_count"].attach_to == ""
+        assert "verdict" in other.variables
+        assert set(other.programs) == {"xdp_count"}
+    assert a.variables["version"].value == 9 and a.maps["counters"].max_entries == 99
+    assert b.maps == {} and b.programs == {} and b.variables == {} and b.externs == {}
+
+
+@pytest.mark.kernel
+def test_a_served_spec_is_not_copied_to_be_loaded(fd_guard: None) -> None:
+    cache = speccache.SpecCache()
+    path = obj("xdp_counter.o")
+    cached, _ = cache.shared(path)
+    spec = cache.get(path)
+    with ebpf.Collection(spec) as coll:
+        assert coll.programs["xdp_count"].test_run(bytes(60)).retval == XDP_PASS
+    assert spec._source is cached  # loading only read it
+    spec.rewrite_constants({"verdict": XDP_DROP})  # then changed: its own copy
+    assert spec._source is None
+    with ebpf.Collection(spec) as coll:
+        assert coll.programs["xdp_count"].test_run(bytes(60)).retval == XDP_DROP
+    with ebpf.Collection(cache.get(path)) as coll:
+        assert coll.programs["xdp_count"].test_run(bytes(60)).retval == XDP_PASS
+
+
 def test_lru_bound(tmp_path: Path) -> None:
     cache = speccache.SpecCache(max_entries=2)
     paths = [_copy("xdp_counter.o", tmp_path / f"{i}.o") for i in range(3)]
