@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import os
 import struct
@@ -51,7 +52,7 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.link import struct_ops as _struct_ops
-from orchestrator.ebpf.loadplan import MapPlan, ProgramPlan, snapshot_map
+from orchestrator.ebpf.loadplan import MapPlan, ProgramPlan, held_map, snapshot_map
 from orchestrator.ebpf.maps import _NO_BTF_TYPES, Map, kernel_name
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program, _buffer
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
@@ -277,10 +278,14 @@ class _Loader:
         """The plan to create ``spec`` with (made now if the one kept does not fit it), or
         None if its contents need more than bytes (typed keys or values)."""
         self._btf()  # loaded before the map is created, as from a spec
-        btf_ids = self._btf_ids(spec)
         plans = self.spec._plans.maps
         plan = plans.get(spec.name)
+        if plan is not None and plan.holds(spec, self.spec.btf):
+            return plan
+        btf_ids = self._btf_ids(spec)
         if plan is not None and plan.fits(spec, self.spec.btf, btf_ids):
+            plan = dataclasses.replace(plan, held=held_map(spec))  # e.g. a type decoded since
+            plans[spec.name] = plan
             return plan
         entries: list[tuple[bytes, bytes]] = []
         pending = False
@@ -324,6 +329,7 @@ class _Loader:
             spec.flags | extra,
             tuple(entries),
             pending,
+            held_map(spec),
         )
         plans[spec.name] = plan
         return plan

@@ -20,11 +20,13 @@ second load of a file reuses what the first one worked out.
 made from: it keeps a snapshot of the spec's attributes (a map's contents as bytes, its BTF
 types as the ids they were given) and the collection's BTF, and the loader compares them
 with the spec at hand on every load (a dict comparison: identical objects compare equal
-without being looked into). Any change — ``rewrite_constants``, an edited field, new
-contents, a different BTF — makes the entry unusable; the loader makes a new one from the
-spec as it is, which replaces the old one. Instructions, func/line info and BTF specs are
-immutable once parsed (a changed program gets new ones), so comparing them by identity
-first is sound.
+without being looked into). A map plan first compares the spec with all its attributes as
+they were held when the plan was made or last fitted (its BTF types as the same objects,
+so the same ids): equal, it fits without the ids being worked out again. Any change —
+``rewrite_constants``, an edited field, new contents, a different BTF — makes the entry
+unusable; the loader makes a new one from the spec as it is, which replaces the old one.
+Instructions, func/line info and BTF specs are immutable once parsed (a changed program
+gets new ones), so comparing them by identity first is sound.
 
 Maps and programs a plan does not cover (struct_ops, maps of maps, ``.kconfig``, typed
 initial contents; CO-RE, externs, attach targets looked up in the kernel's BTF) load as
@@ -56,14 +58,27 @@ def map_state(spec: MapSpec) -> dict[str, object]:
 
 def snapshot_map(spec: MapSpec) -> dict[str, object]:
     """:func:`map_state` with the contents copied (their values may be written in place)."""
+    state = map_state(spec)
+    state["contents"] = _contents(spec)
+    return state
+
+
+def held_map(spec: MapSpec) -> dict[str, object]:
+    """All of ``spec``'s attributes as held now (its BTF types too, decoded or not), with
+    the contents copied: a spec equal to this is equal to the plan's snapshot and gives the
+    same BTF ids (the same type objects), so it fits without working them out."""
+    held = dict(spec.__dict__)
+    held["contents"] = _contents(spec)
+    return held
+
+
+def _contents(spec: MapSpec) -> list[object]:
     from orchestrator.ebpf.spec import MapEntry
 
-    state = map_state(spec)
-    state["contents"] = [
+    return [
         MapEntry(e.key, bytes(e.value) if isinstance(e.value, bytearray) else e.value)
         for e in spec.contents
     ]
-    return state
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -78,6 +93,12 @@ class MapPlan:
     flags: int
     entries: tuple[tuple[bytes, bytes], ...]  # initial contents, written after creation
     pending: bool  # contents naming programs or maps (written by finalize)
+    held: dict[str, object]  # held_map of the spec it was made from or last fitted
+
+    def holds(self, spec: MapSpec, btf: BTFSpec | None) -> bool:
+        """Whether ``spec`` is as it was held when the plan was made or last fitted (one
+        dict comparison; identical values compare equal without being looked into)."""
+        return self.btf is btf and spec.__dict__ == self.held
 
     def fits(self, spec: MapSpec, btf: BTFSpec | None, btf_ids: tuple[int, int]) -> bool:
         return (
@@ -114,4 +135,4 @@ class LoadPlans:
         self.programs: dict[str, ProgramPlan] = {}
 
 
-__all__ = ["LoadPlans", "MapPlan", "ProgramPlan", "map_state", "snapshot_map"]
+__all__ = ["LoadPlans", "MapPlan", "ProgramPlan", "held_map", "map_state", "snapshot_map"]

@@ -11,9 +11,12 @@ the same tick as a previous write can keep its identity. Like git's "racily clea
 entries, an entry whose file changed less than :data:`RACY_NS` before its identity was taken
 is verified (read and hashed) on every hit, until a hit happens late enough to trust it.
 
-Every hit returns :meth:`CollectionSpec.copy` of the cached spec, which shares only what
-nothing mutates (instructions, BTF records, the BTF spec): changing or loading the spec you
-get never changes the cache. Parse errors are not cached. Parsing needs no kernel.
+Every hit returns a spec equal to :meth:`CollectionSpec.copy` of the cached spec, which
+shares only what nothing mutates (instructions, BTF records, the BTF spec), copied on write:
+it reads the cached spec's maps, programs, variables and externs until its first access to
+any of them (a read too) copies all four, and loading it only reads them. Changing or
+loading the spec you get never changes the cache, and the cached spec itself is never
+changed. Parse errors are not cached. Parsing needs no kernel.
 
 The cache is bounded by bytes (:data:`MAX_BYTES`, least recently used first out), each
 entry costed by :func:`footprint`, an estimate of the memory a parsed spec holds; and by

@@ -120,3 +120,30 @@ def test_a_spec_without_btf_after_a_cached_load(fd_guard: None) -> None:
         assert _run(coll) == XDP_PASS
         assert coll.programs["xdp_count"].info().btf_id == 0
         assert coll.maps["counters"].info().btf_id == 0
+
+
+def test_a_map_plan_fits_a_decoded_type_and_not_another_type(fd_guard: None) -> None:
+    """A map plan is first compared with the spec's attributes as held when it was made
+    (its BTF types as the same objects); a type decoded since still fits (through its id,
+    and the plan is refreshed), a different type does not."""
+    first = _loaded_once()
+    plans = first._plans
+    made = plans.maps["counters"]
+    decoded = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    key_type = decoded.maps["counters"].key  # decoded now: held as a type, not an id
+    assert key_type is not None
+    with ebpf.Collection(decoded) as coll:
+        assert coll.maps["counters"][2] == 0
+    refreshed = plans.maps["counters"]
+    assert refreshed is not made and refreshed.btf_ids == made.btf_ids
+    assert refreshed.attr == made.attr
+    with ebpf.Collection(decoded) as coll:  # as held now: used without another check
+        assert _run(coll) == XDP_PASS
+    assert plans.maps["counters"] is refreshed
+
+    retyped = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    value_type = retyped.maps["counters"].value
+    retyped.maps["counters"].key = value_type  # another BTF id for the key
+    with ebpf.Collection(retyped) as coll:
+        assert _run(coll) == XDP_PASS
+    assert plans.maps["counters"].btf_ids != made.btf_ids

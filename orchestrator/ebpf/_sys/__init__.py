@@ -192,10 +192,14 @@ _CMD_NOUN = {
 }
 
 
+_byref, _sizeof = ctypes.byref, ctypes.sizeof
+
+
 def bpf(cmd: Cmd, attr: ctypes.Structure) -> int:
     """Issue ``bpf(cmd, &attr, sizeof(attr))``; return the result or raise."""
     while True:
-        ret = _libc.syscall(_NR_BPF, ctypes.c_int(cmd), ctypes.byref(attr), ctypes.sizeof(attr))
+        # _libc looked up per call: the loader benchmark times bpf() by replacing it
+        ret = _libc.syscall(_NR_BPF, cmd, _byref(attr), _sizeof(attr))
         if ret >= 0:
             return int(ret)
         err = ctypes.get_errno()
