@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """One command, then the process exits (``one_shot``: see :func:`orchestrator.cli.main`)."""
     from orchestrator import cli, demo
 
-    return cli.main(argv, extra_commands=(demo.add_command,))
+    return cli.main(argv, extra_commands=(demo.add_command,), one_shot=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ makes is collected once the collector runs again.
 Pauses nest and may overlap across threads: the collector is enabled again when the last
 pause ends, and only if it was enabled when the first began (a caller that disabled it keeps
 it disabled).
+
+A process that runs one bounded command and exits (the console script's ``plan``,
+``apply`` …: see :func:`freeze_bursts`) also freezes what each burst built when the last
+pause ends (``gc.freeze``): it stays alive until the command ends anyway, and the collector
+would otherwise walk it once per generation it passes through (a no-op ``plan`` of 1,000
+collections spent a tenth of its time there). Cyclic garbage a frozen burst made is then
+never collected, so a long-running process (the daemon, a test run) never freezes.
 """
 
 from __future__ import annotations
@@ -22,6 +29,15 @@ from contextlib import contextmanager
 _lock = threading.Lock()
 _depth = 0
 _was_enabled = False
+_freeze = False
+
+
+def freeze_bursts(on: bool = True) -> None:
+    """From now on in this process, freeze what a burst built when its last pause ends
+    (see the module; ``on=False`` stops it). Only for a process that runs one bounded
+    command and exits."""
+    global _freeze
+    _freeze = on
 
 
 @contextmanager
@@ -38,5 +54,8 @@ def gc_paused() -> Iterator[None]:
     finally:
         with _lock:
             _depth -= 1
-            if _depth == 0 and _was_enabled:
-                gc.enable()
+            if _depth == 0:
+                if _freeze:
+                    gc.freeze()
+                if _was_enabled:
+                    gc.enable()

@@ -825,6 +825,10 @@ def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+# verbs that do a bounded amount of work and return (``main``'s ``one_shot``)
+_BOUNDED = frozenset({cmd_validate, cmd_plan, cmd_apply, cmd_verify, cmd_status, cmd_destroy})
+
+
 def main(
     argv: Sequence[str] | None = None,
     out: TextIO | None = None,
@@ -832,11 +836,14 @@ def main(
     *,
     failpoints: Failpoints | None = None,
     extra_commands: Sequence[Commands] = (),
+    one_shot: bool = False,
 ) -> int:
     """Run one command. Its manifests and objects are read through one
     :class:`~orchestrator.manifest.ObjectStore` of its own. ``failpoints``: given to every
     reconciler the command makes (fault injection for tests; see
-    :mod:`orchestrator.reconcile.failpoints`)."""
+    :mod:`orchestrator.reconcile.failpoints`). ``one_shot``: the process exits after this
+    command (the console script): a bounded verb freezes what it loads for the collector
+    (see :mod:`orchestrator._gc`); a long-running one (watch, serve) never does."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
@@ -850,6 +857,10 @@ def main(
         from orchestrator.manifest import ObjectStore
 
         args.failpoints = failpoints
+        if one_shot and args.func in _BOUNDED:
+            from orchestrator._gc import freeze_bursts
+
+            freeze_bursts()
         from orchestrator.ebpf.btf import kernel as kernel_btf
         from orchestrator.ebpf.speccache import SpecCache
 
