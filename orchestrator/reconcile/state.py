@@ -322,6 +322,11 @@ class StateRecord:
         colls = _mapping(d.get("collections", {}), "collections")
         out = {}
         for k, v in colls.items():
+            if type(k) is str and _COLLECTION.fullmatch(k):
+                written = _written_collection(k, v)
+                if written is not None:
+                    out[k] = written
+                    continue
             name = _name(k, f"collections.{_key(k)}")
             out[name] = CollectionRecord.from_json(name, v, f"collections.{_key(k)}")
         return cls(out)
@@ -633,3 +638,151 @@ def _source(d: Mapping[str, object], key: str, at: str) -> str:
         f"{at}.{key}",
         f"unknown source {quote(v)}, expected collection/<name>/<map> or pinned:<path>",
     )
+
+
+# ---------------------------------------------------------------------------- the written form
+
+# A record of 1,000 collections has some 40,000 fields: reading one back checks each in the
+# form bpforch writes it with exact type tests, and builds no field path. Anything else (a
+# wrong type, a value out of range, a bad pin or name, a missing field) is handed to the
+# ``from_json`` methods above, which accept exactly what this accepts (tests/reconcile:
+# test_record_fast_path) and name the field that is wrong.
+
+
+class _NotWritten(Exception):
+    """A value bpforch does not write: the long way says what is wrong with it."""
+
+
+# a pin: parts of anything but '/' and NUL, none of them '.' or '..' (see _pin)
+_PIN_PATH = re.compile(r"(?!\.\.?(?:/|\Z))[^/\0]+(?:/(?!\.\.?(?:/|\Z))[^/\0]+)*")
+
+
+def _w_int(v: object) -> int:
+    if type(v) is int and 0 <= v < _U64_END:
+        return v
+    raise _NotWritten
+
+
+def _w_str(v: object) -> str:
+    if type(v) is str and "\0" not in v:
+        return v
+    raise _NotWritten
+
+
+def _w_bool(v: object) -> bool:
+    if type(v) is bool:
+        return v
+    raise _NotWritten
+
+
+def _w_pin(v: object) -> str:
+    if type(v) is str and (v == "" or _PIN_PATH.fullmatch(v)):
+        return v
+    raise _NotWritten
+
+
+def _w_names(v: object) -> dict[str, object]:
+    """An object whose keys are names (non-empty, no NUL: see _items)."""
+    if type(v) is not dict:
+        raise _NotWritten
+    for k in v:
+        if not k or "\0" in k:
+            raise _NotWritten
+    return v
+
+
+def _w_map(name: str, d: object) -> MapRecord:
+    if type(d) is not dict:
+        raise _NotWritten
+    shape = d.get("shape")
+    if type(shape) is not dict:
+        raise _NotWritten
+    source = d.get("source", "")
+    if source != "":
+        _source({"source": _w_str(source)}, "source", "")  # rare: the long check
+    return MapRecord(
+        name,
+        _w_int(d.get("id")),
+        MapShape(
+            _w_int(shape.get("type")),
+            _w_int(shape.get("key_size")),
+            _w_int(shape.get("value_size")),
+            _w_int(shape.get("max_entries")),
+            _w_int(shape.get("flags")),
+            _w_bool(shape.get("timers", False)),
+        ),
+        _w_pin(d.get("pin", "")),
+        _w_bool(d.get("preserve", False)),
+        source,
+        _w_int(d.get("ino", 0)),
+    )
+
+
+def _w_program(name: str, d: object) -> ProgramRecord:
+    if type(d) is not dict:
+        raise _NotWritten
+    return ProgramRecord(
+        name,
+        _w_int(d.get("id")),
+        _w_str(d.get("tag")),
+        _w_pin(d.get("pin")),
+        _w_int(d.get("type", 0)),
+        _w_int(d.get("ino", 0)),
+        _w_int(d.get("verified_insns", 0)),
+    )
+
+
+def _w_attachment(key: str, d: object) -> AttachmentRecord:
+    if type(d) is not dict:
+        raise _NotWritten
+    target = d.get("target")
+    if target is not None:
+        if type(target) is not dict:
+            raise _NotWritten
+        for k, v in target.items():
+            if type(k) is not str or (v is not None and type(v) not in (str, int, bool)):
+                raise _NotWritten
+        target = dict(target)
+    return AttachmentRecord(
+        key,
+        _w_str(d.get("program")),
+        _w_str(d.get("kind")),
+        _w_int(d.get("link_id")),
+        _w_pin(d.get("pin")),
+        target,
+        _w_str(d.get("mode", "")),
+    )
+
+
+def _written_collection(name: str, d: object) -> CollectionRecord | None:
+    """Collection ``name`` (a valid name) of the record if ``d`` is in the form bpforch
+    writes, else None (see above)."""
+    try:
+        if type(d) is not dict:
+            return None
+        deps = d.get("depends_on", [])
+        if type(deps) is not list or not all(
+            type(x) is str and _COLLECTION.fullmatch(x) for x in deps
+        ):
+            return None
+        rev = d.get("git_revision")
+        labels = d.get("labels")
+        return CollectionRecord(
+            name,
+            _w_int(d.get("generation")),
+            _w_str(d.get("digest")),
+            _w_str(d.get("object")),
+            _w_str(d.get("object_sha256", "")),
+            _w_str(d.get("manifest", "")),
+            _w_str(d.get("applied_at", "")),
+            None if rev is None else _w_str(rev),
+            {k: _w_map(k, v) for k, v in _w_names(d.get("maps", {})).items()},
+            {k: _w_program(k, v) for k, v in _w_names(d.get("programs", {})).items()},
+            {k: _w_attachment(k, v) for k, v in _w_names(d.get("attachments", {})).items()},
+            tuple(deps),
+            _w_str(d.get("load_key", "")),
+            {k: _w_str(v) for k, v in _w_names(d.get("entries", {})).items()},
+            None if labels is None else {k: _w_str(v) for k, v in _w_names(labels).items()},
+        )
+    except (_NotWritten, RecordFieldError):
+        return None
