@@ -691,11 +691,23 @@ def _w_names(v: object) -> dict[str, object]:
     return v
 
 
+# the keys each object of the written form may have: one this code does not know (a field
+# added to the record and not here) sends the collection the long way, never dropped
+_COLLECTION_KEYS = frozenset(
+    ("generation", "digest", "object", "object_sha256", "manifest", "applied_at", "git_revision",
+     "maps", "programs", "attachments", "depends_on", "load_key", "entries", "labels")
+)  # fmt: skip
+_MAP_KEYS = frozenset(("id", "shape", "pin", "preserve", "source", "ino"))
+_SHAPE_KEYS = frozenset(("type", "key_size", "value_size", "max_entries", "flags", "timers"))
+_PROGRAM_KEYS = frozenset(("id", "tag", "pin", "type", "ino", "verified_insns"))
+_ATTACHMENT_KEYS = frozenset(("program", "kind", "link_id", "pin", "target", "mode"))
+
+
 def _w_map(name: str, d: object) -> MapRecord:
-    if type(d) is not dict:
+    if type(d) is not dict or not d.keys() <= _MAP_KEYS:
         raise _NotWritten
     shape = d.get("shape")
-    if type(shape) is not dict:
+    if type(shape) is not dict or not shape.keys() <= _SHAPE_KEYS:
         raise _NotWritten
     source = d.get("source", "")
     if source != "":
@@ -719,7 +731,7 @@ def _w_map(name: str, d: object) -> MapRecord:
 
 
 def _w_program(name: str, d: object) -> ProgramRecord:
-    if type(d) is not dict:
+    if type(d) is not dict or not d.keys() <= _PROGRAM_KEYS:
         raise _NotWritten
     return ProgramRecord(
         name,
@@ -733,7 +745,7 @@ def _w_program(name: str, d: object) -> ProgramRecord:
 
 
 def _w_attachment(key: str, d: object) -> AttachmentRecord:
-    if type(d) is not dict:
+    if type(d) is not dict or not d.keys() <= _ATTACHMENT_KEYS:
         raise _NotWritten
     target = d.get("target")
     if target is not None:
@@ -758,7 +770,7 @@ def _written_collection(name: str, d: object) -> CollectionRecord | None:
     """Collection ``name`` (a valid name) of the record if ``d`` is in the form bpforch
     writes, else None (see above)."""
     try:
-        if type(d) is not dict:
+        if type(d) is not dict or not d.keys() <= _COLLECTION_KEYS:
             return None
         deps = d.get("depends_on", [])
         if type(deps) is not list or not all(

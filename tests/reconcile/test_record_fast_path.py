@@ -4,6 +4,7 @@ the field-by-field decoding accepts, with equal records (orchestrator.reconcile.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -161,3 +162,40 @@ def test_a_record_refused_names_the_field_as_before(
     with pytest.raises(RecordFieldError) as err:
         StateRecord.from_json({"collections": {"web": doc}})
     assert str(err.value).startswith(message)
+
+
+def test_a_key_the_fast_path_does_not_know_takes_the_long_way() -> None:
+    """A field added to the record and not to the fast path is never dropped: the
+    collection is decoded the long way."""
+    doc = _rich().to_json()
+    att = doc["attachments"]["prog@xdp:eth0"]  # type: ignore[index]
+    counters = doc["maps"]["counters"]  # type: ignore[index]
+    objects = [doc, counters, counters["shape"], doc["programs"]["prog"], att]  # type: ignore[index]
+    for obj in objects:
+        assert isinstance(obj, dict)
+        obj["added_later"] = 1
+        assert _written_collection("web", doc) is None, obj
+        del obj["added_later"]
+    assert _written_collection("web", doc) == _rich()
+
+
+def test_the_rich_record_sets_every_field() -> None:
+    """Each field of each record class differs from its default somewhere in the record the
+    tests above mutate, so the fast path is compared on every field there is."""
+    rec = _rich()
+    instances: dict[type, list[object]] = {
+        CollectionRecord: [rec],
+        MapRecord: list(rec.maps.values()),
+        MapShape: [m.shape for m in rec.maps.values()],
+        ProgramRecord: list(rec.programs.values()),
+        AttachmentRecord: list(rec.attachments.values()),
+    }
+    for cls, objs in instances.items():
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING:
+                default: object = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                continue  # required: set in every instance
+            assert any(getattr(o, f.name) != default for o in objs), (cls.__name__, f.name)
