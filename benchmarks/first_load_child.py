@@ -2,6 +2,9 @@
 
     python benchmarks/first_load_child.py ROOT CACHE_DIR PIN_ROOT OBJ [OBJ ...]
 
+``ROOT``: the checkout to import bpforch from, ``-`` for the one installed with the
+interpreter.
+
 Imports the loader (not timed: that is the command line's import cost, measured on its
 own), points the spec cache and the kernel BTF index at the persisted cache in CACHE_DIR
 (``-`` for none), then for each object times its first ``from_file`` + ``Collection`` in
@@ -17,7 +20,8 @@ import time
 
 def main() -> None:
     root, cache_dir, pin_root, *objects = sys.argv[1:]
-    sys.path.insert(0, root)
+    if root != "-":  # else: the installed package
+        sys.path.insert(0, root)
     from orchestrator import ebpf
     from orchestrator.ebpf import diskcache, speccache, specfile  # noqa: F401
     from orchestrator.ebpf.btf import core, kernel  # noqa: F401

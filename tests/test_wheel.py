@@ -266,6 +266,44 @@ def test_the_demo_on_a_host_with_only_cgroup_v2(installed: Installed, pin_dir: P
     assert not (pin_dir / "root").exists()
 
 
+def _code_identity(installed: Installed) -> tuple[str, bool]:
+    """The installed bpforch's cache key for its code, and whether its RECORD made it."""
+    script = (
+        "import os; from orchestrator import __version__; from orchestrator.ebpf import diskcache"
+        " as d; root = os.path.dirname(d.__file__);"
+        " print(d.code_identity(), d._installed_record(root, __version__) is not None)"
+    )
+    proc = subprocess.run(
+        [str(installed.venv / "bin" / "python"), "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=installed.elsewhere,
+        timeout=60,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    identity, from_record = proc.stdout.split()
+    return identity, from_record == "True"
+
+
+def test_the_cache_key_of_an_installed_wheel_follows_its_record(installed: Installed) -> None:
+    """Installed by pip, the persisted cache identifies the loader's code by the
+    distribution's RECORD (one file read, not a stat per module): a RECORD that changes (a
+    reinstall of other contents) is another key, the same RECORD the same key."""
+    record = next(installed.site.glob("bpforch-*.dist-info")) / "RECORD"
+    original = record.read_bytes()
+    first, from_record = _code_identity(installed)
+    assert from_record
+    line = next(li for li in original.split(b"\n") if li.startswith(b"orchestrator/ebpf/spec.py,"))
+    try:
+        record.write_bytes(original.replace(line, line.replace(b"sha256=", b"sha256=X")))
+        changed, _ = _code_identity(installed)
+        assert changed != first
+    finally:
+        record.write_bytes(original)
+    assert _code_identity(installed) == (first, True)
+
+
 def test_nothing_was_written_into_site_packages(installed: Installed) -> None:
     """Run last in this module: no command wrote a file into the installed package (byte
     code caches aside)."""

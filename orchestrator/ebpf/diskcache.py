@@ -21,9 +21,10 @@ file system, untrusted) turns the cache off with one warning that names it and w
 off quietly, see ``quiet_denied``). Nothing here ever raises to the caller.
 
 Keys: each entry is named by a hash of its kind, its key (e.g. the sha256 of an object
-file) and :func:`code_identity` (bpforch's version, the format version and the size and
-mtime of the loader's source files), so a different or upgraded bpforch never reads an
-entry another one wrote.
+file) and :func:`code_identity` (bpforch's version, the format version and the loader's
+code: the distribution's RECORD of an installed wheel, else the size and mtime of the
+loader's source files), so a different or upgraded bpforch never reads an entry another one
+wrote.
 
 Writes are atomic: a temporary file (``O_EXCL``, mode 0600) in the same directory, renamed
 over the entry. The total size of the entries is bounded (:attr:`DiskCache.max_bytes`,
@@ -47,7 +48,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf.files import reason
+from orchestrator.ebpf.files import read_file, reason
 
 if TYPE_CHECKING:
     import logging
@@ -95,19 +96,59 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-# What decides the contents of an entry is the loader's code: the size and mtime of every
-# module under orchestrator/ebpf/ are part of every key, so an edited checkout never reads
-# entries that other code wrote.
+# What decides the contents of an entry is the loader's code, so an identity of that code is
+# part of every key: an upgraded, reinstalled or edited bpforch never reads entries that other
+# code wrote. Two ways to identify it, whichever applies:
+# - an installed wheel: the package sits next to its distribution's RECORD, in which the
+#   installer (pip) wrote the sha256 of every installed file; the RECORD's bytes identify
+#   them all for the price of reading one file (a rebuilt wheel of the same version has
+#   other hashes in it). A file edited by hand inside site-packages is not seen: pip would
+#   not see it either (empty the cache, or --no-cache, after doing that);
+# - anything else (a source checkout, an editable install): the path, size and mtime of
+#   every module under orchestrator/ebpf/, so an in-place edit is seen.
+# It is computed once per process, when the cache is first used.
+
+RECORD_MAX = 1 << 20  # a distribution's RECORD (bpforch's is about 15 KiB)
+DIST_NAME = "bpforch"
 
 
 @functools.cache
 def code_identity() -> str:
-    """bpforch's version, the cache format and the size and mtime of every loader module:
-    an entry written by other code is never read."""
+    """bpforch's version, the cache format and the identity of the loader's code (its
+    distribution's RECORD when installed from a wheel, else the size and mtime of every
+    loader module): an entry written by other code is never read."""
     from orchestrator import __version__
 
-    root = os.path.dirname(os.path.abspath(__file__))
-    return hashlib.sha256(f"{__version__}\0{FORMAT}\0{_tree_identity(root)}".encode()).hexdigest()
+    return _identity(os.path.dirname(os.path.abspath(__file__)), __version__)
+
+
+def _identity(root: str, version: str) -> str:
+    """:func:`code_identity` of the loader at ``root`` (``.../orchestrator/ebpf``)."""
+    record = _installed_record(root, version)
+    code = (
+        "record\0" + hashlib.sha256(record).hexdigest()
+        if record is not None
+        else "tree\0" + _tree_identity(root)
+    )
+    return hashlib.sha256(f"{version}\0{FORMAT}\0{code}".encode()).hexdigest()
+
+
+def _installed_record(root: str, version: str) -> bytes | None:
+    """The bytes of the RECORD of the ``bpforch`` ``version`` distribution that installed
+    the loader at ``root`` (``.../orchestrator/ebpf``; its RECORD lists this module with its
+    hash), or None: not installed that way (a source checkout; an editable install, whose
+    RECORD lists no module) or unreadable. Read as a regular file, no symlink followed, at
+    most :data:`RECORD_MAX` bytes."""
+    site = os.path.dirname(os.path.dirname(root))
+    dist = f"{DIST_NAME}-{version}.dist-info"
+    try:
+        data = read_file(os.path.join(site, dist, "RECORD"), limit=RECORD_MAX, follow=False)
+    except OSError:
+        return None
+    me = os.path.relpath(os.path.join(root, "diskcache.py"), site).replace(os.sep, "/")
+    if b"\n" + me.encode() + b",sha256=" not in b"\n" + data:
+        return None
+    return data
 
 
 def _tree_identity(root: str) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 from array import array
 from collections.abc import Callable, Iterator
@@ -760,3 +761,94 @@ def test_the_code_identity_changes_with_any_loader_module(tmp_path: Path) -> Non
     assert changed()
     a.unlink()
     assert changed()
+
+
+def _site(tmp_path: Path, version: str = "1.2.3") -> tuple[str, Path]:
+    """A site-packages as pip leaves it: ``orchestrator/ebpf/`` next to the distribution's
+    RECORD, which lists the loader's modules with their hashes. (loader root, RECORD)"""
+    root = tmp_path / "site" / "orchestrator" / "ebpf"
+    root.mkdir(parents=True)
+    (root / "diskcache.py").write_text("# the module\n")
+    record = tmp_path / "site" / f"bpforch-{version}.dist-info" / "RECORD"
+    record.parent.mkdir()
+    record.write_text(
+        "orchestrator/__init__.py,sha256=" + "a" * 43 + ",10\n"
+        "orchestrator/ebpf/diskcache.py,sha256=" + "b" * 43 + ",13\n"
+        f"bpforch-{version}.dist-info/RECORD,,\n"
+    )
+    return str(root), record
+
+
+def test_an_installed_wheel_is_identified_by_its_record(tmp_path: Path) -> None:
+    """Installed from a wheel, the code is identified by its distribution's RECORD (the
+    sha256 of every installed file): any change of it, or of the version, is another key;
+    the modules' stats are not read."""
+    root, record = _site(tmp_path)
+    assert diskcache._installed_record(root, "1.2.3") == record.read_bytes()
+    first = diskcache._identity(root, "1.2.3")
+    assert diskcache._identity(root, "1.2.3") == first  # stable
+    # a module touched without pip (its RECORD unchanged) is not what identifies it
+    os.utime(Path(root) / "diskcache.py", ns=(1, 1))
+    assert diskcache._identity(root, "1.2.3") == first
+    seen = {first}
+    text = record.read_text()
+    for changed in (
+        text.replace("a" * 43, "c" * 43),  # a reinstalled module with other contents
+        text + "orchestrator/ebpf/new.py,sha256=" + "d" * 43 + ",1\n",  # a new module
+        text.replace(",10\n", ",11\n"),  # a size
+    ):
+        record.write_text(changed)
+        new = diskcache._identity(root, "1.2.3")
+        assert new not in seen
+        seen.add(new)
+    # same RECORD, another version: the dist-info is named for it
+    (tmp_path / "site" / "bpforch-1.2.3.dist-info").rename(
+        tmp_path / "site" / "bpforch-1.2.4.dist-info"
+    )
+    assert diskcache._identity(root, "1.2.4") not in seen
+
+
+@pytest.mark.parametrize(
+    "case", ["no dist-info", "another version", "editable", "symlink", "oversized", "directory"]
+)
+def test_without_a_record_of_its_own_the_modules_identify_the_code(
+    tmp_path: Path, case: str
+) -> None:
+    """A RECORD that does not describe these very files (none, another version's, an
+    editable install's that lists no module), or one that is not a regular file of
+    bounded size read without following a symlink, is not used: the modules' sizes and
+    mtimes are, so an in-place edit is seen."""
+    root, record = _site(tmp_path)
+    if case == "no dist-info":
+        shutil.rmtree(record.parent)
+    elif case == "another version":
+        record.parent.rename(tmp_path / "site" / "bpforch-9.9.9.dist-info")
+    elif case == "editable":
+        record.write_text("__editable__.bpforch-1.2.3.pth,sha256=" + "e" * 43 + ",50\n")
+    elif case == "symlink":
+        real = tmp_path / "RECORD"
+        record.rename(real)
+        record.symlink_to(real)
+    elif case == "oversized":
+        with record.open("a") as f:
+            f.write("x" * diskcache.RECORD_MAX)
+    else:
+        record.unlink()
+        record.mkdir()
+    assert diskcache._installed_record(root, "1.2.3") is None
+    before = diskcache._identity(root, "1.2.3")
+    assert before == diskcache._identity(root, "1.2.3")
+    module = Path(root) / "diskcache.py"
+    module.write_text("# edited\n")  # same size: the mtime tells
+    os.utime(module, ns=(1, 1))
+    assert diskcache._identity(root, "1.2.3") != before
+
+
+def test_this_checkout_is_identified_by_its_modules() -> None:
+    """The tests run from a source checkout (an editable install at most): no RECORD of
+    its own, so the per-module identity is what keys the cache."""
+    from orchestrator import __version__
+
+    root = os.path.dirname(os.path.abspath(diskcache.__file__))
+    assert diskcache._installed_record(root, __version__) is None
+    assert diskcache.code_identity() == diskcache._identity(root, __version__)
