@@ -264,6 +264,23 @@ def _list(v: object, n: int | None = None) -> list[Any]:
     return v
 
 
+_LINE_ROW = (int, str, str, int, int)  # insn, file name, line, line number, column
+_REF_ROW = (int, str, str, int)  # slot, kind, name, offset
+_UNRESOLVED_ROW = (int, str, str, str)  # insn, reason, symbol, function
+_REF_KINDS = {k.value: k for k in RefKind}  # a KeyError for another: the entry is refused
+
+
+def _rows(v: object, types: tuple[type, ...]) -> list[list[Any]]:
+    """``v`` as a list of rows, each a list of values of exactly ``types`` (one C-level
+    check per row: the many small records of a program are decoded at that cost)."""
+    rows = _list(v)
+    for row in rows:
+        if type(row) is not list or tuple(map(type, row)) != types:
+            want = ", ".join(t.__name__ for t in types)
+            raise SpecFileError(f"expected rows of [{want}], got {row!r:.60}")
+    return rows
+
+
 def _dict(v: object) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise SpecFileError("expected an object")
@@ -395,22 +412,18 @@ def _read_map(r: _Reader, d: dict[str, Any]) -> MapSpec:
 
 
 def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
-    refs: dict[int, Reference] = {}
-    for ref in _list(d["refs"]):
-        slot, kind, rname, offset = _list(ref, 4)
-        refs[_int(slot)] = Reference(RefKind(kind), _str(rname), _int(offset))
+    refs = {
+        slot: Reference(_REF_KINDS[kind], rname, offset)
+        for slot, kind, rname, offset in _rows(d["refs"], _REF_ROW)
+    }
     attach = d["attach_type"]
     func_infos = []
     for fi in _list(d["func_infos"]):
         insn, tid = _list(fi, 2)
         func = cast(_btf.Func, r.lazy(tid, _btf.Kind.FUNC))
         func_infos.append(_btf_ext.FuncInfo(_int(insn), func))
-    line_infos = []
-    for li in _list(d["line_infos"]):
-        insn, file_name, line, number, column = _list(li, 5)
-        line_infos.append(
-            _btf_ext.LineInfo(_int(insn), _str(file_name), _str(line), _int(number), _int(column))
-        )
+    line = _btf_ext.LineInfo
+    line_infos = [line(*li) for li in _rows(d["line_infos"], _LINE_ROW)]
     relos = []
     for cr in _list(d["core_relos"]):
         insn, tid, access, kind = _list(cr, 4)
@@ -420,10 +433,7 @@ def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
         relos.append(
             _btf_ext.CORERelo(_int(insn), t, _str(access), _btf_ext.COREReloKind(_int(kind)))
         )
-    unresolved = []
-    for u in _list(d["unresolved"]):
-        insn, reason, symbol, function = _list(u, 4)
-        unresolved.append(Unresolved(_int(insn), _str(reason), _str(symbol), _str(function)))
+    unresolved = [Unresolved(*u) for u in _rows(d["unresolved"], _UNRESOLVED_ROW)]
     prog = ProgramSpec(
         _str(d["name"]),
         ProgType(_int(d["type"])),

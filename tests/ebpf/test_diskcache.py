@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 from array import array
@@ -384,6 +385,40 @@ def test_damaged_json_in_a_well_formed_entry_is_ignored(
     bad = specfile._HEAD.pack(version, len(text)) + text + payload[specfile._HEAD.size + n :]
     disk.put(speccache.SPEC_KIND, _sha(obj("xdp_counter.o")), bad)
     _served_and_warned(obj("xdp_counter.o"), disk, caplog, "expected an integer")
+
+
+def _with_program_field(data: bytes, field: str, value: object) -> bytes:
+    """An encoded spec whose first program's ``field`` is ``value`` (a damaged entry)."""
+    version, n = specfile._HEAD.unpack_from(data)
+    doc = json.loads(data[specfile._HEAD.size : specfile._HEAD.size + n])
+    doc["programs"][0][field] = value
+    text = json.dumps(doc).encode()
+    return specfile._HEAD.pack(version, len(text)) + text + data[specfile._HEAD.size + n :]
+
+
+@pytest.mark.parametrize(
+    ("field", "row", "why"),
+    [
+        ("line_infos", [0, "f.c", "x = 1;", "7", 3], "expected rows of [int, str, str, int, int]"),
+        ("line_infos", [0, "f.c", "x = 1;", 7, True], "expected rows of [int, str, str, int, int]"),
+        ("line_infos", [0, "f.c", "x = 1;", 7], "expected rows of [int, str, str, int, int]"),
+        ("line_infos", [0, "f.c", "x = 1;", 7, 3, 0], "expected rows of [int, str, str, int, int]"),
+        ("line_infos", {"insn": 0}, "expected rows of [int, str, str, int, int]"),
+        ("refs", [0, "map", "counters", None], "expected rows of [int, str, str, int]"),
+        ("refs", [0, "nothing", "counters", 0], "KeyError: 'nothing'"),
+        ("unresolved", [0, "why", 5, "f"], "expected rows of [int, str, str, str]"),
+    ],
+)
+def test_a_damaged_program_record_is_refused(field: str, row: object, why: str) -> None:
+    """Each record of a program (line info, reference, unresolved symbol) is checked field
+    by field for its exact type and count: a damaged one refuses the entry, naming what
+    was expected."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    data = specfile.encode(spec)
+    assert data is not None
+    assert specfile.decode(_with_program_field(data, field, [])).programs  # well formed
+    with pytest.raises(specfile.SpecFileError, match=re.escape(why)):
+        specfile.decode(_with_program_field(data, field, [row]))
 
 
 def test_an_entry_of_another_owner_is_ignored(
