@@ -108,7 +108,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEX
 #   every module under orchestrator/ebpf/, so an in-place edit is seen.
 # It is computed once per process, when the cache is first used.
 
-RECORD_MAX = 1 << 20  # a distribution's RECORD (bpforch's is about 15 KiB)
+RECORD_MAX = 1 << 20  # a distribution's RECORD (bpforch's is about 20 KiB)
 DIST_NAME = "bpforch"
 
 
@@ -139,13 +139,14 @@ def _installed_record(root: str, version: str) -> bytes | None:
     hash), or None: not installed that way (a source checkout; an editable install, whose
     RECORD lists no module) or unreadable. Read as a regular file, no symlink followed, at
     most :data:`RECORD_MAX` bytes."""
-    site = os.path.dirname(os.path.dirname(root))
+    package = os.path.dirname(root)
+    site = os.path.dirname(package)
     dist = f"{DIST_NAME}-{version}.dist-info"
     try:
         data = read_file(os.path.join(site, dist, "RECORD"), limit=RECORD_MAX, follow=False)
     except OSError:
         return None
-    me = os.path.relpath(os.path.join(root, "diskcache.py"), site).replace(os.sep, "/")
+    me = f"{os.path.basename(package)}/{os.path.basename(root)}/diskcache.py"
     if b"\n" + me.encode() + b",sha256=" not in b"\n" + data:
         return None
     return data

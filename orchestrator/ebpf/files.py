@@ -166,9 +166,14 @@ def read_file(
         chunks: list[bytes] = []
         total = 0
         # procfs and sysfs files say size 0 (or a page): read to EOF, at most limit + 1
-        # bytes, so a file that grows while it is read is caught at the limit
+        # bytes, so a file that grows while it is read is caught at the limit. Up to the
+        # size fstat gave (and one byte more, to see the end), a read asks for just that:
+        # a 1 MiB buffer for a small file costs more than the read (mmap, page faults)
+        size = st.st_size
         while True:
-            want = min(_CHUNK, limit + 1 - total)
+            # the rest of what fstat said and one byte to see the end; past it, chunks
+            want = size + 1 - total if size > 0 and total <= size else _CHUNK
+            want = min(want, _CHUNK, limit + 1 - total)
             try:
                 chunk = os.read(fd, want)
             except BlockingIOError as err:

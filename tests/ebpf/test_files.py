@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -112,6 +113,50 @@ def test_a_file_growing_while_read_is_cut_at_the_limit() -> None:
     assert b"Name:" in data
     with pytest.raises(FileError, match=r"grew past the 100 bytes limit for a file"):
         files.read_file("/proc/self/status", limit=100)
+
+
+def test_reads_ask_for_the_size_fstat_gave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file is read with buffers of its size (and one byte to see its end), not 1 MiB
+    ones; a size-0 (procfs) file in chunks."""
+    p = tmp_path / "f"
+    p.write_bytes(b"y" * 5000)
+    asked: list[int] = []
+    real = os.read
+
+    def read(fd: int, n: int) -> bytes:
+        asked.append(n)
+        return real(fd, n)
+
+    monkeypatch.setattr(files.os, "read", read)
+    assert files.read_file(p, limit=1 << 20) == b"y" * 5000
+    assert asked == [5001, 1]
+    asked.clear()
+    assert b"Name:" in files.read_file("/proc/self/status", limit=1 << 30)
+    assert asked[0] == 1 << 20
+
+
+@pytest.mark.parametrize("limit", [1 << 20, 1000])
+def test_a_file_that_grew_after_its_fstat_is_read_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """The size fstat gave only sizes the first read: a file that grew since is read to its
+    end, and the limit still holds."""
+    p = tmp_path / "f"
+    p.write_bytes(b"z" * 5000)
+    real = files._open
+
+    def smaller(path: str, follow: bool) -> tuple[int, os.stat_result]:
+        fd, st = real(path, follow)
+        fields = list(st)
+        fields[stat.ST_SIZE] = 100  # what fstat said before the file grew
+        return fd, os.stat_result(fields)
+
+    monkeypatch.setattr(files, "_open", smaller)
+    if limit > 5000:
+        assert files.read_file(p, limit=limit) == b"z" * 5000
+    else:
+        with pytest.raises(FileError, match=r"grew past the 1000 bytes limit"):
+            files.read_file(p, limit=limit)
 
 
 def test_a_stream_that_would_block_is_refused() -> None:
