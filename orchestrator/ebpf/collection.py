@@ -18,7 +18,6 @@ Order matters in two places:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import os
@@ -54,7 +53,7 @@ from orchestrator.ebpf.errors import (
 from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.loadplan import MapPlan, ProgramPlan, held_map, snapshot_map
 from orchestrator.ebpf.maps import _NO_BTF_TYPES, Map, kernel_name
-from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program, _buffer
+from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
 
@@ -447,12 +446,12 @@ class _Loader:
                 _IMM.pack_into(raw, pos + 12, ref.offset)
             patches.append((pos + 4, ref.name))
         btf_fd, strings = self._btf()
-        license_ = _buffer(spec.license.encode() + b"\0")
+        license_ = _sys.cbytes(spec.license.encode() + b"\0")
         buffers = [license_]
         attr = _sys.ProgLoadAttr(
             prog_type=spec.type,
             insn_cnt=len(raw) // INSN_SIZE,
-            license=ctypes.addressof(license_),
+            license=_sys.address(license_),
             kern_version=spec.kernel_version,
             prog_flags=int(spec.flags),
             prog_name=kernel_name(spec.name).encode(),
@@ -462,17 +461,17 @@ class _Loader:
         b = spec.btf
         if btf_fd is not None and b is self.spec.btf and b is not None:
             if spec.func_infos:
-                func_info = _buffer(_btf_ext.encoded_func_infos(spec.func_infos, b))
+                func_info = _sys.cbytes(_btf_ext.encoded_func_infos(spec.func_infos, b))
                 buffers.append(func_info)
                 attr.func_info_rec_size = 8
-                attr.func_info = ctypes.addressof(func_info)
+                attr.func_info = _sys.address(func_info)
                 attr.func_info_cnt = len(spec.func_infos)
                 with_btf = True
             if spec.line_infos:
-                line_info = _buffer(_btf_ext.encoded_line_infos(spec.line_infos, strings))
+                line_info = _sys.cbytes(_btf_ext.encoded_line_infos(spec.line_infos, strings))
                 buffers.append(line_info)
                 attr.line_info_rec_size = 16
-                attr.line_info = ctypes.addressof(line_info)
+                attr.line_info = _sys.address(line_info)
                 attr.line_info_cnt = len(spec.line_infos)
                 with_btf = True
         elif b is self.spec.btf and b is not None and (spec.func_infos or spec.line_infos):
@@ -492,7 +491,7 @@ class _Loader:
     def _load_planned(self, spec: ProgramSpec, plan: ProgramPlan, log: LogOptions) -> Program:
         """Load a program as ``plan`` says: its instructions with the maps' fds written in
         (creating maps as they are first referred to, as from a spec)."""
-        insns = (ctypes.c_char * len(plan.insns)).from_buffer_copy(plan.insns)
+        insns = _sys.cbytes(plan.insns)
         loaded = self.maps
         for off, map_name in plan.patches:
             m = loaded.get(map_name)  # most references are to maps made already
@@ -500,7 +499,7 @@ class _Loader:
                 m = self.map(map_name)
             _IMM.pack_into(insns, off, m.fd.raw)
         attr = _sys.ProgLoadAttr.from_buffer_copy(plan.attr)
-        attr.insns = ctypes.addressof(insns)
+        attr.insns = _sys.address(insns)
         if plan.with_btf:
             btf_fd, _ = self._btf()
             if btf_fd is None:  # the plan was made with a BTF fd; this load has none

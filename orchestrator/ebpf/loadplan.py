@@ -35,7 +35,7 @@ before, from the spec.
 
 from __future__ import annotations
 
-import ctypes
+import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -118,7 +118,7 @@ class ProgramPlan:
     attr: bytes  # BPF_PROG_LOAD attributes, without insns, prog_btf_fd and a log
     with_btf: bool  # func/line info in attr: needs the collection's BTF fd
     # what attr points at, kept alive with the plan
-    buffers: tuple[ctypes.Array[ctypes.c_char], ...] = field(default=())
+    buffers: tuple[array.array[int], ...] = field(default=())
 
     def fits(self, spec: ProgramSpec, btf: BTFSpec | None) -> bool:
         return self.btf is btf and spec.__dict__ == self.state

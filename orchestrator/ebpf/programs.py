@@ -171,16 +171,17 @@ class Program(Handle):
         walked up to the failure) and raised as :class:`VerifierError`, which explains it
         from the log and ``req.line_infos``; the errno is the first attempt's (a log that
         does not fit turns the kernel's answer into ENOSPC)."""
-        insns = _buffer(req.instructions)
-        license_ = _buffer(req.license.encode() + b"\0")
-        func_info = _buffer(req.func_info)
-        line_info = _buffer(req.line_info)
-        fd_array = _buffer(req.fd_array)
+        # C copies for the kernel to read (array.array: no ctypes type made per length)
+        insns = _sys.cbytes(req.instructions)
+        license_ = _sys.cbytes(req.license.encode() + b"\0")
+        func_info = _sys.cbytes(req.func_info)
+        line_info = _sys.cbytes(req.line_info)
+        fd_array = _sys.cbytes(req.fd_array)
         attr = _sys.ProgLoadAttr(
             prog_type=req.type,
             insn_cnt=len(req.instructions) // 8,
-            insns=ctypes.addressof(insns),
-            license=ctypes.addressof(license_),
+            insns=_sys.address(insns),
+            license=_sys.address(license_),
             kern_version=req.kernel_version,
             prog_flags=req.flags,
             prog_name=kernel_name(req.name).encode(),
@@ -193,14 +194,14 @@ class Program(Handle):
             attr.prog_btf_fd = req.btf_fd.raw
             if req.func_info_count:
                 attr.func_info_rec_size = 8
-                attr.func_info = ctypes.addressof(func_info)
+                attr.func_info = _sys.address(func_info)
                 attr.func_info_cnt = req.func_info_count
             if req.line_info_count:
                 attr.line_info_rec_size = 16
-                attr.line_info = ctypes.addressof(line_info)
+                attr.line_info = _sys.address(line_info)
                 attr.line_info_cnt = req.line_info_count
         if req.fd_array:
-            attr.fd_array = ctypes.addressof(fd_array)
+            attr.fd_array = _sys.address(fd_array)
         return cls._load_attr(attr, req.name, req.type, req.attach_type, req.line_infos, log)
 
     @classmethod
@@ -409,17 +410,6 @@ class Program(Handle):
                 ctx=cout.raw[:cn] if cout is not None else b"",
                 duration_ns=int(attr.duration),
             )
-
-
-def _buffer(data: bytes) -> ctypes.Array[ctypes.c_char]:
-    """A C copy of ``data`` (at least one byte, so it has an address); cheaper than
-    ``create_string_buffer``, which matters once per load."""
-    if not data:
-        return _EMPTY
-    return (ctypes.c_char * len(data)).from_buffer_copy(data)
-
-
-_EMPTY = (ctypes.c_char * 1)()  # never written: the kernel only reads these buffers
 
 
 # Program types whose test run refuses a repeat count.

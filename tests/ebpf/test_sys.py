@@ -362,3 +362,21 @@ def test_every_struct_and_enum_is_checked() -> None:
         assert set(table) <= set(STRUCTS), "a table names a struct ebpf._sys no longer has"
     for table2 in (KERNEL_ENUMS, DEFINED_FLAGS):
         assert set(table2) <= set(ENUMS), "a table names an enum ebpf._sys no longer has"
+
+
+@pytest.mark.parametrize("data", [b"", b"\0", b"abc\0def", bytes(range(256)) * 40])
+def test_cbytes_is_a_c_copy_at_its_address(data: bytes) -> None:
+    """What the kernel reads at :func:`bsys.address` is ``data`` (an empty one is one NUL
+    byte, so that it has an address), and a copy: later changes to the source or another
+    buffer never show there."""
+    buf = bsys.cbytes(data)
+    addr = bsys.address(buf)
+    assert addr != 0
+    assert ctypes.string_at(addr, len(data)) == data
+    if not data:
+        assert ctypes.string_at(addr, 1) == b"\0"
+    source = bytearray(data)
+    copy = bsys.cbytes(bytes(source))
+    source[:] = b"\xff" * len(source)
+    assert ctypes.string_at(bsys.address(copy), len(data)) == data
+    assert bsys.address(copy) != addr

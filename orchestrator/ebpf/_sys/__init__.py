@@ -15,6 +15,7 @@ and command, with the operation and errno as fields.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno as _errno
 import functools
@@ -208,8 +209,17 @@ def bpf(cmd: Cmd, attr: ctypes.Structure) -> int:
         raise error_from_errno(_CMD_NOUN.get(cmd, cmd.name.lower().replace("_", " ")), err, cmd)
 
 
-def _cbuf(data: bytes) -> ctypes.Array[ctypes.c_char]:
-    return ctypes.create_string_buffer(data, len(data) or 1)
+def cbytes(data: bytes) -> array.array[int]:
+    """A C copy of ``data`` for the kernel to read, at least one byte long so that it has
+    an address (:func:`address`). An ``array.array``, not a ctypes array: ctypes makes a
+    new array type for every length it has not seen yet (~20 µs each), and a load passes
+    buffers of many lengths (instructions, func and line info, BTF, map values)."""
+    return array.array("B", data or b"\0")
+
+
+def address(buf: array.array[int]) -> int:
+    """The address of :func:`cbytes`' copy (valid while ``buf`` lives and keeps its size)."""
+    return buf.buffer_info()[0]
 
 
 # ---------------------------------------------------------------------------- maps
@@ -219,12 +229,10 @@ def map_create(attr: MapCreateAttr) -> FD:
     return FD(bpf(Cmd.MAP_CREATE, attr))
 
 
-def _elem_attr(
-    fd: FD, key: ctypes.Array[ctypes.c_char] | None, value: int, flags: int
-) -> MapElemAttr:
+def _elem_attr(fd: FD, key: array.array[int] | None, value: int, flags: int) -> MapElemAttr:
     return MapElemAttr(
         map_fd=fd.raw,
-        key=ctypes.addressof(key) if key is not None else 0,
+        key=address(key) if key is not None else 0,
         value=value,
         flags=flags,
     )
@@ -235,7 +243,7 @@ def map_lookup_elem(
 ) -> bytes:
     """``key`` None for keyless maps (queue/stack peek); ``value_in`` is what a bloom filter
     looks up (the kernel reads the value buffer)."""
-    kbuf = _cbuf(key) if key is not None else None
+    kbuf = cbytes(key) if key is not None else None
     vbuf = ctypes.create_string_buffer(value_size or 1)
     if value_in is not None:
         ctypes.memmove(vbuf, value_in, min(len(value_in), value_size))
@@ -244,26 +252,26 @@ def map_lookup_elem(
 
 
 def map_lookup_and_delete_elem(fd: FD, key: bytes | None, value_size: int) -> bytes:
-    kbuf = _cbuf(key) if key is not None else None
+    kbuf = cbytes(key) if key is not None else None
     vbuf = ctypes.create_string_buffer(value_size or 1)
     bpf(Cmd.MAP_LOOKUP_AND_DELETE_ELEM, _elem_attr(fd, kbuf, ctypes.addressof(vbuf), 0))
     return vbuf.raw[:value_size]
 
 
 def map_update_elem(fd: FD, key: bytes | None, value: bytes, flags: int = 0) -> None:
-    kbuf = _cbuf(key) if key is not None else None
-    vbuf = _cbuf(value)
-    bpf(Cmd.MAP_UPDATE_ELEM, _elem_attr(fd, kbuf, ctypes.addressof(vbuf), flags))
+    kbuf = cbytes(key) if key is not None else None
+    vbuf = cbytes(value)
+    bpf(Cmd.MAP_UPDATE_ELEM, _elem_attr(fd, kbuf, address(vbuf), flags))
 
 
 def map_delete_elem(fd: FD, key: bytes) -> None:
-    kbuf = _cbuf(key)
+    kbuf = cbytes(key)
     bpf(Cmd.MAP_DELETE_ELEM, _elem_attr(fd, kbuf, 0, 0))
 
 
 def map_get_next_key(fd: FD, key: bytes | None, key_size: int) -> bytes | None:
     """The key after ``key`` (the first key when ``key`` is None); None at the end."""
-    kbuf = _cbuf(key) if key is not None else None
+    kbuf = cbytes(key) if key is not None else None
     nbuf = ctypes.create_string_buffer(key_size or 1)
     try:
         bpf(Cmd.MAP_GET_NEXT_KEY, _elem_attr(fd, kbuf, ctypes.addressof(nbuf), 0))
@@ -340,10 +348,10 @@ def prog_test_run(attr: TestRunAttr) -> None:
 
 def btf_load(data: bytes, log_size: int = 0, log_level: int = 0) -> tuple[FD | None, int, str]:
     """BPF_BTF_LOAD; returns (fd, 0, log) or (None, errno, log)."""
-    buf = _cbuf(data)
+    buf = cbytes(data)
     log_buf = ctypes.create_string_buffer(log_size) if log_size else None
     attr = BtfLoadAttr(
-        btf=ctypes.addressof(buf),
+        btf=address(buf),
         btf_size=len(data),
         btf_log_buf=ctypes.addressof(log_buf) if log_buf is not None else 0,
         btf_log_size=log_size if log_buf is not None else 0,
@@ -363,8 +371,8 @@ def btf_load(data: bytes, log_size: int = 0, log_level: int = 0) -> tuple[FD | N
 def obj_pin(fd: FD, path: str, *, dir_fd: int | None = None) -> None:
     """BPF_OBJ_PIN; with ``dir_fd``, ``path`` is relative to that directory (BPF_F_PATH_FD,
     Linux 6.5)."""
-    p = _cbuf(os.fsencode(path) + b"\0")
-    attr = ObjPinAttr(pathname=ctypes.addressof(p), bpf_fd=fd.raw)
+    p = cbytes(os.fsencode(path) + b"\0")
+    attr = ObjPinAttr(pathname=address(p), bpf_fd=fd.raw)
     if dir_fd is not None:
         attr.file_flags, attr.path_fd = MapFlags.PATH_FD, dir_fd
     bpf(Cmd.OBJ_PIN, attr)
@@ -374,8 +382,8 @@ def obj_get(path: str, flags: int = 0, *, dir_fd: int | None = None) -> FD:
     """BPF_OBJ_GET; with ``dir_fd``, ``path`` is relative to that directory (BPF_F_PATH_FD,
     Linux 6.5). The kernel follows a symlink in the last component: callers that must not
     follow one check it first (:func:`orchestrator.ebpf._bpffs.open_pin_at`)."""
-    p = _cbuf(os.fsencode(path) + b"\0")
-    attr = ObjPinAttr(pathname=ctypes.addressof(p), file_flags=flags)
+    p = cbytes(os.fsencode(path) + b"\0")
+    attr = ObjPinAttr(pathname=address(p), file_flags=flags)
     if dir_fd is not None:
         attr.file_flags, attr.path_fd = flags | MapFlags.PATH_FD, dir_fd
     return FD(bpf(Cmd.OBJ_GET, attr))
@@ -495,10 +503,8 @@ def link_detach(link: FD) -> None:
 
 
 def raw_tracepoint_open(prog: FD, name: str | None) -> FD:
-    buf = _cbuf(name.encode() + b"\0") if name is not None else None
-    attr = RawTracepointOpenAttr(
-        name=ctypes.addressof(buf) if buf is not None else 0, prog_fd=prog.raw
-    )
+    buf = cbytes(name.encode() + b"\0") if name is not None else None
+    attr = RawTracepointOpenAttr(name=address(buf) if buf is not None else 0, prog_fd=prog.raw)
     return FD(bpf(Cmd.RAW_TRACEPOINT_OPEN, attr))
 
 
