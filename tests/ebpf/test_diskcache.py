@@ -829,7 +829,7 @@ def test_an_installed_wheel_is_identified_by_its_record(tmp_path: Path) -> None:
     text = record.read_text()
     for changed in (
         text.replace("a" * 43, "c" * 43),  # a reinstalled module with other contents
-        text + "orchestrator/ebpf/new.py,sha256=" + "d" * 43 + ",1\n",  # a new module
+        text + "orchestrator/ebpf/NEW.py,sha256=" + "d" * 43 + ",1\n",  # a new module
         text.replace(",10\n", ",11\n"),  # a size
     ):
         record.write_text(changed)
