@@ -798,6 +798,12 @@ def test_the_code_identity_changes_with_any_loader_module(tmp_path: Path) -> Non
     assert changed()
 
 
+def _record_line(path: str, digit: str, size: int) -> str:
+    """A line of a RECORD: the path, its sha256 (urlsafe base64, here one repeated digit)
+    and its size."""
+    return f"{path},sha256={digit * 43},{size}\n"
+
+
 def _site(tmp_path: Path, version: str = "1.2.3") -> tuple[str, Path]:
     """A site-packages as pip leaves it: ``orchestrator/ebpf/`` next to the distribution's
     RECORD, which lists the loader's modules with their hashes. (loader root, RECORD)"""
@@ -807,9 +813,9 @@ def _site(tmp_path: Path, version: str = "1.2.3") -> tuple[str, Path]:
     record = tmp_path / "site" / f"bpforch-{version}.dist-info" / "RECORD"
     record.parent.mkdir()
     record.write_text(
-        "orchestrator/__init__.py,sha256=" + "a" * 43 + ",10\n"
-        "orchestrator/ebpf/diskcache.py,sha256=" + "b" * 43 + ",13\n"
-        f"bpforch-{version}.dist-info/RECORD,,\n"
+        _record_line("orchestrator/__init__.py", "a", 10)
+        + _record_line("orchestrator/ebpf/diskcache.py", "b", 13)
+        + f"bpforch-{version}.dist-info/RECORD,,\n"
     )
     return str(root), record
 
@@ -829,7 +835,7 @@ def test_an_installed_wheel_is_identified_by_its_record(tmp_path: Path) -> None:
     text = record.read_text()
     for changed in (
         text.replace("a" * 43, "c" * 43),  # a reinstalled module with other contents
-        text + "orchestrator/ebpf/NEW.py,sha256=" + "d" * 43 + ",1\n",  # a new module
+        text + _record_line("orchestrator/ebpf/NEW.py", "d", 1),  # a new module
         text.replace(",10\n", ",11\n"),  # a size
     ):
         record.write_text(changed)
@@ -859,7 +865,7 @@ def test_without_a_record_of_its_own_the_modules_identify_the_code(
     elif case == "another version":
         record.parent.rename(tmp_path / "site" / "bpforch-9.9.9.dist-info")
     elif case == "editable":
-        record.write_text("__editable__.bpforch-1.2.3.pth,sha256=" + "e" * 43 + ",50\n")
+        record.write_text(_record_line("__editable__.bpforch-1.2.3.pth", "e", 50))
     elif case == "symlink":
         real = tmp_path / "RECORD"
         record.rename(real)
