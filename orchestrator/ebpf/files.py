@@ -165,15 +165,21 @@ def read_file(
             raise too_large(p, st.st_size, limit, what)
         chunks: list[bytes] = []
         total = 0
-        # procfs and sysfs files say size 0 (or a page): read to EOF, at most limit + 1
-        # bytes, so a file that grows while it is read is caught at the limit. Up to the
-        # size fstat gave (and one byte more, to see the end), a read asks for just that:
-        # a 1 MiB buffer for a small file costs more than the read (mmap, page faults)
-        size = st.st_size
+        if st.st_size > 0:
+            # the size fstat gave and one byte more (to see the end), read into one buffer:
+            # sysfs answers a page per read, and a fresh 1 MiB buffer per read (each one
+            # mmapped) costs more than the read
+            head = _read_into(fd, p, st.st_size + 1)
+            if len(head) <= st.st_size:
+                return head
+            chunks.append(head)  # it grew since fstat: on in chunks, within the limit
+            total = len(head)
+            if total > limit:
+                raise too_large(p, total, limit, what, grew=True)
+        # procfs files say size 0: read to EOF, at most limit + 1 bytes, so a file that
+        # grows while it is read is caught at the limit
         while True:
-            # the rest of what fstat said and one byte to see the end; past it, chunks
-            want = size + 1 - total if size > 0 and total <= size else _CHUNK
-            want = min(want, _CHUNK, limit + 1 - total)
+            want = min(_CHUNK, limit + 1 - total)
             try:
                 chunk = os.read(fd, want)
             except BlockingIOError as err:
@@ -189,6 +195,25 @@ def read_file(
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _read_into(fd: int, path: str, n: int) -> bytes:
+    """Up to ``n`` bytes of ``fd`` (fewer at its end), read into one buffer."""
+    buf = bytearray(n)
+    got = 0
+    with memoryview(buf) as view:
+        while got < n:
+            try:
+                k = os.readv(fd, [view[got:]])
+            except BlockingIOError as err:
+                raise FileError(
+                    errno.EAGAIN, "reading it would block (a stream, not a file)", path
+                ) from err
+            if k == 0:
+                break
+            got += k
+    del buf[got:]
+    return bytes(buf)
 
 
 def read_text(

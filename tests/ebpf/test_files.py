@@ -115,24 +115,42 @@ def test_a_file_growing_while_read_is_cut_at_the_limit() -> None:
         files.read_file("/proc/self/status", limit=100)
 
 
-def test_reads_ask_for_the_size_fstat_gave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file is read with buffers of its size (and one byte to see its end), not 1 MiB
-    ones; a size-0 (procfs) file in chunks."""
+def test_a_file_is_read_into_one_buffer_of_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is read into one buffer of the size fstat gave and one byte more (to see its
+    end), not with a 1 MiB buffer per read; a size-0 (procfs) file in 1 MiB chunks."""
     p = tmp_path / "f"
     p.write_bytes(b"y" * 5000)
+    into: list[int] = []
     asked: list[int] = []
-    real = os.read
+    real_readv, real_read = os.readv, os.read
+
+    def readv(fd: int, buffers: list[memoryview]) -> int:
+        into.append(sum(len(b) for b in buffers))
+        return real_readv(fd, buffers)
 
     def read(fd: int, n: int) -> bytes:
         asked.append(n)
-        return real(fd, n)
+        return real_read(fd, n)
 
+    monkeypatch.setattr(files.os, "readv", readv)
     monkeypatch.setattr(files.os, "read", read)
     assert files.read_file(p, limit=1 << 20) == b"y" * 5000
-    assert asked == [5001, 1]
-    asked.clear()
+    assert (into, asked) == ([5001, 1], [])  # the file, then its end
+    into.clear()
     assert b"Name:" in files.read_file("/proc/self/status", limit=1 << 30)
+    assert into == []
     assert asked[0] == 1 << 20
+    # sysfs answers a page per read: all of them go into the one buffer
+    into.clear()
+    asked.clear()
+    vmlinux = Path("/sys/kernel/btf/vmlinux")
+    if vmlinux.exists():
+        data = files.read_file(vmlinux, limit=1 << 30)
+        assert len(data) == vmlinux.stat().st_size
+        assert asked == []
+        assert into[0] == len(data) + 1
 
 
 @pytest.mark.parametrize("limit", [1 << 20, 1000])
