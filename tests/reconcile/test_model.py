@@ -66,18 +66,8 @@ def _model_manifest(env: Env, veth: VethPair, attach: str) -> None:
     )
 
 
-@pytest.mark.parametrize("step", ["attach:2", "commit", "record", "release"])
-def test_kill_after_a_new_xdp_link_converges(
-    step: str, env: Env, veth: VethPair, cgroup: Cgroup
-) -> None:
-    """A new collection attaches XDP, then a second hook; the apply is killed after the XDP
-    link exists (pinned in the staging directory, or already swapped into place). The next
-    apply must converge: that XDP program is bpforch's own leftover, not someone else's."""
-    _model_manifest(
-        env,
-        veth,
-        f"            - {{program: model_cg, cgroup: {{path: {cgroup.path}, attach: egress}}}}",
-    )
+def _apply_killed_at(env: Env, step: str) -> None:
+    """Apply ``env``'s manifests in a child process killed with SIGKILL at ``step``."""
     code = (
         "import sys; from pathlib import Path\n"
         "from orchestrator.manifest import load_manifests\n"
@@ -95,6 +85,21 @@ def test_kill_after_a_new_xdp_link_converges(
         timeout=60,
     )
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
+
+
+@pytest.mark.parametrize("step", ["attach:2", "commit", "record", "release"])
+def test_kill_after_a_new_xdp_link_converges(
+    step: str, env: Env, veth: VethPair, cgroup: Cgroup
+) -> None:
+    """A new collection attaches XDP, then a second hook; the apply is killed after the XDP
+    link exists (pinned in the staging directory, or already swapped into place). The next
+    apply must converge: that XDP program is bpforch's own leftover, not someone else's."""
+    _model_manifest(
+        env,
+        veth,
+        f"            - {{program: model_cg, cgroup: {{path: {cgroup.path}, attach: egress}}}}",
+    )
+    _apply_killed_at(env, step)
     r = env.reconciler()
     r.apply(env.desired())
     st = r.status().get("cb")
@@ -128,23 +133,7 @@ def test_kill_after_xdp_added_to_an_applied_collection_converges(
     )
     env.reconciler().apply(env.desired())
     _model_manifest(env, veth, cg)
-    code = (
-        "import sys; from pathlib import Path\n"
-        "from orchestrator.manifest import load_manifests\n"
-        "from orchestrator.reconcile import Reconciler\n"
-        "from tests.failpoints import KillAt\n"
-        "r = Reconciler(bpffs_root=Path(sys.argv[1]), state_dir=Path(sys.argv[2]),\n"
-        "               failpoints=KillAt.parse(sys.argv[4]))\n"
-        "r.apply(load_manifests([Path(sys.argv[3])]))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(env.root), str(env.state_dir), str(env.manifests), step],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    _apply_killed_at(env, step)
     r = env.reconciler()
     before = r.plan(env.desired())
     # only after the swap and before the record is the tree newer than the record
