@@ -52,7 +52,7 @@ from orchestrator.ebpf.errors import (
 )
 from orchestrator.ebpf.link import struct_ops as _struct_ops
 from orchestrator.ebpf.loadplan import MapPlan, ProgramPlan, held_map, snapshot_map
-from orchestrator.ebpf.maps import _NO_BTF_TYPES, Map, kernel_name
+from orchestrator.ebpf.maps import _NO_BTF_TYPES, Map, create_attr, kernel_name
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
@@ -298,22 +298,11 @@ class _Loader:
             if not isinstance(key, bytes):
                 return None  # written through the map's key type (Map.update)
             entries.append((key, bytes(entry.value)))
-        max_entries = spec.max_entries
-        if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
-            max_entries = _sys.possible_cpus()
         extra = (
             int(MapFlags.MMAPABLE) if spec.is_data_section and _features.mmapable_arrays() else 0
         )
-        attr = _sys.MapCreateAttr(
-            map_type=spec.type,
-            key_size=spec.key_size,
-            value_size=spec.value_size,
-            max_entries=max_entries,
-            map_flags=spec.flags | extra,
-            numa_node=spec.numa_node,
-            map_name=kernel_name(spec.name).encode(),
-            map_extra=spec.map_extra,
-        )
+        attr = create_attr(spec, spec.flags | extra)
+        max_entries = attr.max_entries
         use_btf = spec.type not in _NO_BTF_TYPES and any(btf_ids)
         if use_btf:
             attr.btf_key_type_id, attr.btf_value_type_id = btf_ids

@@ -109,6 +109,25 @@ def _kernel_name(name: str) -> str:
     return "".join(c if (c.isascii() and c.isalnum()) or c in "_." else "_" for c in name)
 
 
+def create_attr(spec: MapSpec, flags: int, inner_fd: int = 0) -> _sys.MapCreateAttr:
+    """The BPF_MAP_CREATE attributes of ``spec`` with map flags ``flags``, its BTF left
+    unset (a perf event array of 0 entries gets one per possible CPU)."""
+    max_entries = spec.max_entries
+    if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
+        max_entries = _sys.possible_cpus()
+    return _sys.MapCreateAttr(
+        map_type=spec.type,
+        key_size=spec.key_size,
+        value_size=spec.value_size,
+        max_entries=max_entries,
+        map_flags=flags,
+        inner_map_fd=inner_fd,
+        numa_node=spec.numa_node,
+        map_name=kernel_name(spec.name).encode(),
+        map_extra=spec.map_extra,
+    )
+
+
 class Map(Handle):
     """A map in the kernel, owned through one fd. Close it (or use ``with``)."""
 
@@ -163,20 +182,9 @@ class Map(Handle):
         extra_flags: int = 0,
     ) -> Map:
         """BPF_MAP_CREATE from a spec. Contents are not written (see :meth:`populate`)."""
-        max_entries = spec.max_entries
-        if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
-            max_entries = _sys.possible_cpus()
-        attr = _sys.MapCreateAttr(
-            map_type=spec.type,
-            key_size=spec.key_size,
-            value_size=spec.value_size,
-            max_entries=max_entries,
-            map_flags=spec.flags | extra_flags,
-            inner_map_fd=inner_map.fd.raw if inner_map is not None else 0,
-            numa_node=spec.numa_node,
-            map_name=kernel_name(spec.name).encode(),
-            map_extra=spec.map_extra,
-        )
+        inner_fd = inner_map.fd.raw if inner_map is not None else 0
+        attr = create_attr(spec, spec.flags | extra_flags, inner_fd)
+        max_entries = attr.max_entries
         use_btf = btf_fd is not None and spec.type not in _NO_BTF_TYPES and any(btf_ids)
         if use_btf:
             assert btf_fd is not None

@@ -50,20 +50,22 @@ def test_model(capsys: pytest.CaptureFixture[str]) -> None:
 # Each test below is a shrunk counterexample the machine found, as an ordinary test.
 
 
-def _model_manifest(env: Env, veth: VethPair, attach: str) -> None:
-    env.write(
-        "cb",
-        f"""
+def _model_manifest(env: Env, veth: VethPair | None, attach: str) -> None:
+    """Collection cb of model.o: XDP on lo in ``veth``'s first namespace (none without
+    ``veth``), then ``attach``."""
+    xdp = ""
+    if veth is not None:
+        where = f"interface: lo, netns: {veth.a.ns.path}, mode: generic"
+        xdp = f"            - {{program: model_xdp, xdp: {{{where}}}}}\n"
+    head = """
         apiVersion: bpforch/v1
         kind: Collection
-        metadata: {{name: cb}}
+        metadata: {name: cb}
         spec:
           object: @BPF@/model.o
           attach:
-            - {{program: model_xdp, xdp: {{interface: lo, netns: {veth.a.ns.path}, mode: generic}}}}
-{attach}
-        """,
-    )
+"""
+    env.write("cb", f"{head}{xdp}{attach}\n        ")
 
 
 def _apply_killed_at(env: Env, step: str) -> None:
@@ -119,18 +121,7 @@ def test_kill_after_xdp_added_to_an_applied_collection_converges(
     still names the generation before: the next apply must see that link as its own (the
     tree's ownership marker records it), not as someone else's program on the interface."""
     cg = f"            - {{program: model_cg, cgroup: {{path: {cgroup.path}, attach: egress}}}}"
-    env.write(
-        "cb",
-        f"""
-        apiVersion: bpforch/v1
-        kind: Collection
-        metadata: {{name: cb}}
-        spec:
-          object: @BPF@/model.o
-          attach:
-{cg}
-        """,
-    )
+    _model_manifest(env, None, cg)
     env.reconciler().apply(env.desired())
     _model_manifest(env, veth, cg)
     _apply_killed_at(env, step)
