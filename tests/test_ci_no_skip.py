@@ -11,16 +11,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(tmp_path: Path, ci: str) -> subprocess.CompletedProcess[str]:
+SKIPS = (
+    "import pytest\n\n"
+    "def test_needs_a_tool():\n    pytest.skip('frobnicate is not installed')\n\n"
+    "@pytest.mark.skipif(True, reason='no frob mount')\n"
+    "def test_marked():\n    pass\n\n"
+    "@pytest.mark.xfail(reason='known')\n"
+    "def test_xfail():\n    assert False\n"
+)
+MODULE_SKIP = (
+    "import pytest\n\npytest.skip('no frob module', allow_module_level=True)\n\n"
+    "def test_never_collected():\n    pass\n"
+)
+
+
+def _run(tmp_path: Path, ci: str, text: str = SKIPS) -> subprocess.CompletedProcess[str]:
     test = tmp_path / "test_skips.py"
-    test.write_text(
-        "import pytest\n\n"
-        "def test_needs_a_tool():\n    pytest.skip('frobnicate is not installed')\n\n"
-        "@pytest.mark.skipif(True, reason='no frob mount')\n"
-        "def test_marked():\n    pass\n\n"
-        "@pytest.mark.xfail(reason='known')\n"
-        "def test_xfail():\n    assert False\n"
-    )
+    test.write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "CI"} | {"CI": ci}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
@@ -45,3 +52,10 @@ def test_a_skip_stays_a_skip_outside_ci(tmp_path: Path) -> None:
     r = _run(tmp_path, "")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 skipped, 1 xfailed" in r.stdout, r.stdout
+
+
+def test_a_module_skipped_as_it_is_collected_fails_under_ci(tmp_path: Path) -> None:
+    r = _run(tmp_path, "true", MODULE_SKIP)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "skipped under CI=true, where nothing may skip: no frob module" in r.stdout
+    assert _run(tmp_path, "", MODULE_SKIP).returncode == 5  # outside CI: skipped, none ran
