@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import Collection, CollectionOptions, CollectionSpec, Map, PinType, Program
 from orchestrator.ebpf.collection import load_subset
@@ -16,18 +17,18 @@ from orchestrator.reconcile.observe import held_maps
 from orchestrator.reconcile.state import MapRecord, MapShape
 from orchestrator.reconcile.transaction.base import Staged, TransactionBase, check_name, pin_name
 
+if TYPE_CHECKING:
+    from orchestrator.manifest.objects import ObjectInfo
+
 
 class StageSteps(TransactionBase):
     """The Stage and Keep actions."""
 
-    def _stage(self, action: Stage) -> None:
-        """Load the object as the plan says and pin the new tree under the staging
-        directory (not in a kernel dry run)."""
+    def _planned_object(self, name: str, d: DesiredCollection, sha256: str) -> ObjectInfo:
+        """The object of ``d`` as the plan saw it (``sha256``); an error if it can't be read,
+        if its bytes are not the manifest's ``sha256`` (when given) or changed since the plan."""
         from orchestrator.manifest.objects import ObjectError
 
-        name, d = action.collection, action.desired
-        self.current = (name, d.source)
-        self.failpoints.reach("load", name)
         try:
             info = self.objects.get(d.object_file)
         except ObjectError as err:
@@ -38,12 +39,21 @@ class StageSteps(TransactionBase):
                 f"the manifest wants {d.sha256} (rebuild it, or update sha256)",
                 collection=name,
             )
-        if info.sha256 != action.object_sha256:
+        if info.sha256 != sha256:
             raise ApplyError(
                 f"{where(name, d.source)}: object {d.object_file} changed since the plan "
                 "(plan and apply again)",
                 collection=name,
             )
+        return info
+
+    def _stage(self, action: Stage) -> None:
+        """Load the object as the plan says and pin the new tree under the staging
+        directory (not in a kernel dry run)."""
+        name, d = action.collection, action.desired
+        self.current = (name, d.source)
+        self.failpoints.reach("load", name)
+        info = self._planned_object(name, d, action.object_sha256)
         spec, shapes = prepared(info.spec, d)
         replacements = {r.map: self._map(r.source) for r in action.replacements}
         self.failpoints.reach("verify", name)
@@ -138,19 +148,8 @@ class StageSteps(TransactionBase):
         placed anew needs one, since a hook takes a program once and the old link stays
         until the new one runs. The unpinned maps their live instances hold are taken by
         id (while those programs are open, the ids name those very maps)."""
-        from orchestrator.manifest.objects import ObjectError
-
         name, d, rec, names = action.collection, action.desired, action.record, action.fresh
-        try:
-            info = self.objects.get(d.object_file)
-        except ObjectError as err:
-            raise ApplyError(f"{where(name, d.source)}: object: {err}", collection=name) from err
-        if info.sha256 != rec.object_sha256:
-            raise ApplyError(
-                f"{where(name, d.source)}: object {d.object_file} changed since the plan "
-                "(plan and apply again)",
-                collection=name,
-            )
+        info = self._planned_object(name, d, rec.object_sha256)
         spec, _ = prepared(info.spec, d)
         used = {i for pname in names for i in live[pname].info().map_ids}
         replacements: dict[str, Map] = dict(maps)
