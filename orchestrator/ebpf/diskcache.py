@@ -444,6 +444,8 @@ def _check(data: bytes, key: str) -> tuple[bytes | None, str]:
     if hashlib.sha256(body).digest() != digest:
         return None, "its sha256 does not match"
     want = key.encode()
+    if len(body) < _KEY_LEN.size:
+        return None, "truncated (no key)"
     (n,) = _KEY_LEN.unpack_from(body)
     if body[_KEY_LEN.size : _KEY_LEN.size + n] != want:
         return None, "stored under another key"

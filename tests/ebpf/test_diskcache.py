@@ -346,6 +346,36 @@ def test_a_truncated_entry_is_ignored(
     _served_and_warned(obj("xdp_counter.o"), diskcache.DiskCache(disk.path), caplog, "truncated")
 
 
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [(b"\x01", "truncated (no key)"), (b"\x40\x00abc", "stored under another key")],
+)
+def test_a_well_formed_entry_without_its_key_is_ignored(
+    filled: tuple[diskcache.DiskCache, Path],
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+    why: str,
+) -> None:
+    """Header, length and sha256 right, but the body too short to hold its key (or a key
+    longer than the body): ignored with a warning, never an exception to the caller."""
+    disk, entry = filled
+    head = diskcache._HEADER.pack(
+        diskcache.MAGIC, diskcache.FORMAT, 0, len(body), hashlib.sha256(body).digest()
+    )
+    entry.write_bytes(head + body)
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, why)
+
+
+def test_a_file_that_is_not_an_entry_is_ignored(
+    filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, entry = filled
+    data = bytearray(entry.read_bytes())
+    data[0] ^= 0xFF  # the magic
+    entry.write_bytes(bytes(data))
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "not a bpforch cache entry")
+
+
 def test_another_format_version_is_ignored(
     filled: tuple[diskcache.DiskCache, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
