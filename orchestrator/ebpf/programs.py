@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,9 +236,7 @@ class Program(Handle):
             if result.err != errno.ENOSPC:
                 code = result.err
         if result.fd is None:
-            # what a rejection is explained with: the name and the line info records
-            req = LoadRequest(name, type, b"", "", attach_type, line_infos=line_infos)
-            raise _load_error(req, code, result.log, truncated)
+            raise _load_error(name, line_infos, code, result.log, truncated)
         return cls(
             result.fd,
             name=name,
@@ -416,8 +415,10 @@ class Program(Handle):
 _NO_REPEAT = (ProgType.RAW_TRACEPOINT, ProgType.SYSCALL)
 
 
-def _load_error(req: LoadRequest, err: int, log: str, truncated: bool = False) -> SyscallError:
-    name, line_infos = req.name, req.line_infos
+def _load_error(
+    name: str, line_infos: Sequence[LineInfo], err: int, log: str, truncated: bool = False
+) -> SyscallError:
+    """Program ``name``'s refusal, explained from the log and its line info records."""
     if log:
         if truncated:  # a rotated log starts in the middle of a line
             log = log.split("\n", 1)[1] if "\n" in log else ""

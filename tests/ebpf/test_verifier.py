@@ -345,7 +345,7 @@ def test_verifier_error_explains_itself() -> None:
         license="GPL",
         line_infos=NULL_LINES,
     )
-    err = _load_error(req, errno.EACCES, NULL_LOG)
+    err = _load_error(req.name, req.line_infos, errno.EACCES, NULL_LOG)
     assert isinstance(err, VerifierError)
     assert str(err) == f"program null_map_value: {err.summary()}"
     assert err.errno == errno.EACCES and err.program == "null_map_value"
@@ -362,7 +362,7 @@ def test_verifier_error_explains_itself() -> None:
 def test_a_truncated_log_loses_its_partial_first_line() -> None:
     req = LoadRequest(name="p", type=ProgType.XDP, instructions=b"", license="GPL")
     rotated = "e=0x0; 0xffffffff))\n" + UNKNOWN_LOG
-    err = _load_error(req, errno.EACCES, rotated, truncated=True)
+    err = _load_error(req.name, req.line_infos, errno.EACCES, rotated, truncated=True)
     assert isinstance(err, VerifierError) and err.truncated
     assert err.log == UNKNOWN_LOG
     assert err.kind is None and err.fix == "" and err.explanation == ""
@@ -370,7 +370,7 @@ def test_a_truncated_log_loses_its_partial_first_line() -> None:
 
 def test_a_refusal_without_a_log_is_not_a_verifier_error() -> None:
     req = LoadRequest(name="p", type=ProgType.XDP, instructions=b"", license="GPL")
-    err = _load_error(req, errno.EPERM, "")
+    err = _load_error(req.name, req.line_infos, errno.EPERM, "")
     assert not isinstance(err, VerifierError)
     assert str(err).startswith("program p: load: operation not permitted (EPERM) (needs CAP_BPF")
 
