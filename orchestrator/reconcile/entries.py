@@ -34,6 +34,7 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.manifest.objects import ObjectError
 from orchestrator.reconcile.actions import Change, Kind, Op, WriteEntries
+from orchestrator.reconcile.cache import IdentityMemo
 from orchestrator.reconcile.state import CollectionRecord, EntryFacts
 
 if TYPE_CHECKING:
@@ -77,8 +78,7 @@ def digest(mode: str, declared: Mapping[bytes, Value]) -> str:
 # declared entries already encoded (and their digest), by the identity of the manifest's
 # entries and the codec's types: a plan and its apply, or the plans of a watch loop, encode
 # 100,000 entries once. Names (prog arrays, maps of maps) are not cached: their fds differ.
-_CACHE: dict[tuple[int, ...], tuple[Sequence[MapEntry], rules.Encoded, str]] = {}
-_CACHE_MAX = 16
+_ENCODED = IdentityMemo(16)
 
 
 def encoded(
@@ -91,27 +91,18 @@ def encoded(
     if c.type in rules.REFERENCES:
         enc = rules.encode_entries(c, entries, max_entries)
         return enc, digest(mode, enc.compared)
-    key = (
-        id(entries),
-        int(c.type),
-        c.key_size,
-        c.value_size,
-        id(c.key_type),
-        id(c.value_type),
-        c.ncpus,
-        max_entries,
-        hash(mode),
-        hash((c.key_format, c.value_format)),
-    )
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] is entries:
-        return hit[1], hit[2]
+    objs = (entries, c.key_type, c.value_type)
+    extra = (
+        int(c.type), c.key_size, c.value_size, c.ncpus, max_entries, mode,
+        c.key_format, c.value_format,
+    )  # fmt: skip
+    hit = _ENCODED.get(objs, extra)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
     enc = rules.encode_entries(c, entries, max_entries)
     out = (enc, digest(mode, enc.compared))
     if not enc.problems:
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = (entries, *out)
+        _ENCODED.put(objs, extra, out)
     return out
 
 
