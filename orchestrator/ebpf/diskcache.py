@@ -61,6 +61,7 @@ __all__ = [
     "MAX_BYTES",
     "DiskCache",
     "code_identity",
+    "tree_identity",
 ]
 
 DEFAULT_DIR = Path("/var/cache/bpforch")
@@ -128,7 +129,7 @@ def _identity(root: str, version: str) -> str:
     code = (
         "record\0" + hashlib.sha256(record).hexdigest()
         if record is not None
-        else "tree\0" + _tree_identity(root)
+        else "tree\0" + tree_identity(root)
     )
     return hashlib.sha256(f"{version}\0{FORMAT}\0{code}".encode()).hexdigest()
 
@@ -152,7 +153,7 @@ def _installed_record(root: str, version: str) -> bytes | None:
     return data
 
 
-def _tree_identity(root: str) -> str:
+def tree_identity(root: str) -> str:
     """The path, size and mtime of every ``.py`` file under ``root`` (``__pycache__`` and
     symlinked directories left out), hashed."""
     # one scandir per directory (cheaper than os.walk plus a path join and stat per name:

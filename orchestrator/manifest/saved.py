@@ -51,20 +51,17 @@ FORMAT = 1  # of the payload
 def identity() -> str:
     """bpforch's version, :data:`FORMAT`, Python's version and the size and mtime of every
     module of this package and of PyYAML's (found, not imported): an entry another parser,
-    schema or builder wrote is never read."""
+    schema or builder wrote is never read. A module that can't be stat-ed (gone in the
+    middle of an upgrade) counts as missing, never as an error."""
     from orchestrator import __version__
+    from orchestrator.ebpf.diskcache import tree_identity
 
-    h = hashlib.sha256(f"{__version__}\0{FORMAT}\0{sys.version}".encode())
-    files = []
     root = os.path.dirname(os.path.abspath(__file__))
-    files += [os.path.join(root, n) for n in sorted(os.listdir(root)) if n.endswith(".py")]
     yaml = importlib.util.find_spec("yaml")
-    if yaml is not None and yaml.origin is not None:
-        files.append(yaml.origin)
-    for path in files:
-        st = os.stat(path)
-        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return h.hexdigest()
+    found = yaml.origin if yaml is not None and yaml.origin is not None else ""
+    parsers = tree_identity(os.path.dirname(found)) if found else "no yaml"
+    text = f"{__version__}\0{FORMAT}\0{sys.version}\0{tree_identity(root)}\0{parsers}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class SavedDocuments:

@@ -805,10 +805,10 @@ def test_the_code_identity_changes_with_any_loader_module(tmp_path: Path) -> Non
     a, b = tmp_path / "a.py", tmp_path / "sub" / "b.py"
     a.write_text("x = 1\n")
     b.write_text("y = 2\n")
-    seen = {diskcache._tree_identity(str(tmp_path))}
+    seen = {diskcache.tree_identity(str(tmp_path))}
 
     def changed() -> bool:
-        new = diskcache._tree_identity(str(tmp_path))
+        new = diskcache.tree_identity(str(tmp_path))
         fresh = new not in seen
         seen.add(new)
         return fresh

@@ -210,3 +210,16 @@ def test_the_key_names_the_code_that_parsed(
     load([tree / "m"], disk)
     assert parses.files == ["a.yaml"]
     assert len(entries(tree / "cache")) == 2
+
+
+def test_the_identity_follows_pyyaml_and_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyYAML's files are part of the identity; if they can't be read (gone in the middle of
+    an upgrade) the identity is another one, not an error."""
+    import importlib.machinery
+    import importlib.util
+
+    real = saved.identity.__wrapped__()
+    gone = importlib.machinery.ModuleSpec("yaml", None, origin="/nonexistent/yaml/__init__.py")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: gone)
+    other = saved.identity.__wrapped__()
+    assert other != real and len(other) == 64
