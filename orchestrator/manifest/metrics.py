@@ -55,7 +55,8 @@ def number(value: object, path: Sequence[str]) -> int | float:
         if isinstance(cur, dict):
             if part not in cur:
                 members = did_you_mean(part, sorted(map(str, cur)))
-                raise MetricValueError(f"field {where}: no such member ({members})")
+                said = f" ({members})" if members else ""  # a struct of no members: nothing
+                raise MetricValueError(f"field {where}: no such member{said}")
             cur = cur[part]
         elif isinstance(cur, list):
             if not part.isdigit() or int(part) >= len(cur):
