@@ -378,7 +378,8 @@ class WriteEntries(Action):
     set diff, merge: add and update): the staged map of a Stage or Keep (filled before any
     link is switched to it), else the live map of the record. The writes are computed
     against the map as the transaction finds it (a new map holds what its object puts
-    there) and undone if the apply fails. ``digest``: recorded for the map."""
+    there) and undone if the apply fails (the digest recorded for the map travels in
+    :class:`Seal`'s ``entries``)."""
 
     action: ClassVar[str] = "write_entries"
     collection: str
@@ -386,7 +387,6 @@ class WriteEntries(Action):
     mode: str
     desired: DesiredCollection = field(repr=False, compare=False)
     record: CollectionRecord | None = field(default=None, repr=False, compare=False)
-    digest: str = ""
     add: int = 0
     update: int = 0
     delete: int = 0

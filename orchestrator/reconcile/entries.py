@@ -368,7 +368,6 @@ def plan_entries(
                 mode=ef.mode,
                 desired=d,
                 record=rec,
-                digest=ef.digest,
                 add=len(delta.add),
                 update=len(delta.update),
                 delete=len(delta.delete),

@@ -55,14 +55,14 @@ from orchestrator.reconcile.observe import CGROUP2_SUPER_MAGIC, held_maps, open_
 _TIMERS = IdentityMemo()
 
 
-def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules | None = None) -> bool:
+def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules) -> bool:
     """Whether ``d`` may change (so its object and targets are worth a look): new, changed,
-    drifted, or (given the ``pins`` of the whole desired state) a map of it must be pinned
+    drifted, or (by the ``pins`` of the whole desired state) a map of it must be pinned
     or unpinned because another collection's ``from`` came or went."""
     a = actual.collections.get(d.name)
     if a is None or not d.digest or a.record.digest != d.digest or bool(a.drift):
         return True
-    return pins is not None and bool(pins.changes(d, a.record))
+    return bool(pins.changes(d, a.record))
 
 
 def _may_change(
