@@ -713,20 +713,20 @@ def _w_map(name: str, d: object) -> MapRecord:
     if source != "":
         _source({"source": _w_str(source)}, "source", "")  # rare: the long check
     return MapRecord(
-        name,
-        _w_int(d.get("id")),
-        MapShape(
-            _w_int(shape.get("type")),
-            _w_int(shape.get("key_size")),
-            _w_int(shape.get("value_size")),
-            _w_int(shape.get("max_entries")),
-            _w_int(shape.get("flags")),
-            _w_bool(shape.get("timers", False)),
+        name=name,
+        id=_w_int(d.get("id")),
+        shape=MapShape(
+            type=_w_int(shape.get("type")),
+            key_size=_w_int(shape.get("key_size")),
+            value_size=_w_int(shape.get("value_size")),
+            max_entries=_w_int(shape.get("max_entries")),
+            flags=_w_int(shape.get("flags")),
+            timers=_w_bool(shape.get("timers", False)),
         ),
-        _w_pin(d.get("pin", "")),
-        _w_bool(d.get("preserve", False)),
-        source,
-        _w_int(d.get("ino", 0)),
+        pin=_w_pin(d.get("pin", "")),
+        preserve=_w_bool(d.get("preserve", False)),
+        source=source,
+        ino=_w_int(d.get("ino", 0)),
     )
 
 
@@ -734,13 +734,13 @@ def _w_program(name: str, d: object) -> ProgramRecord:
     if type(d) is not dict or not d.keys() <= _PROGRAM_KEYS:
         raise _NotWritten
     return ProgramRecord(
-        name,
-        _w_int(d.get("id")),
-        _w_str(d.get("tag")),
-        _w_pin(d.get("pin")),
-        _w_int(d.get("type", 0)),
-        _w_int(d.get("ino", 0)),
-        _w_int(d.get("verified_insns", 0)),
+        name=name,
+        id=_w_int(d.get("id")),
+        tag=_w_str(d.get("tag")),
+        pin=_w_pin(d.get("pin")),
+        type=_w_int(d.get("type", 0)),
+        ino=_w_int(d.get("ino", 0)),
+        verified_insns=_w_int(d.get("verified_insns", 0)),
     )
 
 
@@ -756,13 +756,13 @@ def _w_attachment(key: str, d: object) -> AttachmentRecord:
                 raise _NotWritten
         target = dict(target)
     return AttachmentRecord(
-        key,
-        _w_str(d.get("program")),
-        _w_str(d.get("kind")),
-        _w_int(d.get("link_id")),
-        _w_pin(d.get("pin")),
-        target,
-        _w_str(d.get("mode", "")),
+        key=key,
+        program=_w_str(d.get("program")),
+        kind=_w_str(d.get("kind")),
+        link_id=_w_int(d.get("link_id")),
+        pin=_w_pin(d.get("pin")),
+        target=target,
+        mode=_w_str(d.get("mode", "")),
     )
 
 
@@ -780,21 +780,23 @@ def _written_collection(name: str, d: object) -> CollectionRecord | None:
         rev = d.get("git_revision")
         labels = d.get("labels")
         return CollectionRecord(
-            name,
-            _w_int(d.get("generation")),
-            _w_str(d.get("digest")),
-            _w_str(d.get("object")),
-            _w_str(d.get("object_sha256", "")),
-            _w_str(d.get("manifest", "")),
-            _w_str(d.get("applied_at", "")),
-            None if rev is None else _w_str(rev),
-            {k: _w_map(k, v) for k, v in _w_names(d.get("maps", {})).items()},
-            {k: _w_program(k, v) for k, v in _w_names(d.get("programs", {})).items()},
-            {k: _w_attachment(k, v) for k, v in _w_names(d.get("attachments", {})).items()},
-            tuple(deps),
-            _w_str(d.get("load_key", "")),
-            {k: _w_str(v) for k, v in _w_names(d.get("entries", {})).items()},
-            None if labels is None else {k: _w_str(v) for k, v in _w_names(labels).items()},
+            name=name,
+            generation=_w_int(d.get("generation")),
+            digest=_w_str(d.get("digest")),
+            object_file=_w_str(d.get("object")),
+            object_sha256=_w_str(d.get("object_sha256", "")),
+            manifest=_w_str(d.get("manifest", "")),
+            applied_at=_w_str(d.get("applied_at", "")),
+            git_revision=None if rev is None else _w_str(rev),
+            maps={k: _w_map(k, v) for k, v in _w_names(d.get("maps", {})).items()},
+            programs={k: _w_program(k, v) for k, v in _w_names(d.get("programs", {})).items()},
+            attachments={
+                k: _w_attachment(k, v) for k, v in _w_names(d.get("attachments", {})).items()
+            },
+            depends_on=tuple(deps),
+            load_key=_w_str(d.get("load_key", "")),
+            entries={k: _w_str(v) for k, v in _w_names(d.get("entries", {})).items()},
+            labels=None if labels is None else {k: _w_str(v) for k, v in _w_names(labels).items()},
         )
     except (_NotWritten, RecordFieldError):
         return None
