@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,8 +155,14 @@ def test_a_corrupt_entry_is_ignored_with_a_warning_and_replaced(
         # positions that are not one per node
         payload.replace(b'"values":[', b'"values":[1,2,', 1),
         payload.replace(b'"keys":[', b'"keys":[1,', 1),
+        # an index that is not an integer, a start that is not a (line, column) pair
+        payload.replace(b'"index":0', b'"index":"0"', 1),
+        re.sub(rb'"start":\[\d+,\d+\]', b'"start":[1]', payload, count=1),
     ]
-    for bad in bad_payloads:
+    assert payload not in bad_payloads and len(set(bad_payloads)) == len(bad_payloads)
+    reasons = ["", "format 99", "/elsewhere.yaml", "expected a list", "one per node"]
+    reasons += ["one per node", "bad index or start", "bad index or start"]
+    for bad, reason in zip(bad_payloads, reasons, strict=True):
         assert disk.put(saved.KIND, key, bad)
         parses = Parses(monkeypatch)
         caplog.clear()
@@ -163,6 +170,7 @@ def test_a_corrupt_entry_is_ignored_with_a_warning_and_replaced(
             assert load([tree / "m"], DiskCache(tree / "cache")) == state
         assert parses.files == ["a.yaml"]
         assert "parsed manifests do not decode" in caplog.text, bad
+        assert reason in caplog.text, bad
         parses.files.clear()
         assert load([tree / "m"], disk) == state and parses.files == []  # replaced
 
