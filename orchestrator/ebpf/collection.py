@@ -17,6 +17,7 @@ Order matters in two places:
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import errno
@@ -51,7 +52,7 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.link import struct_ops as _struct_ops
-from orchestrator.ebpf.loadplan import MapPlan, ProgramPlan, held_map, snapshot_map
+from orchestrator.ebpf.loadplan import BTFPlan, MapPlan, ProgramPlan, held_map, snapshot_map
 from orchestrator.ebpf.maps import _NO_BTF_TYPES, Map, create_attr, kernel_name
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
@@ -148,12 +149,17 @@ class _Loader:
             self._btf_loaded = True
             spec = self.spec.btf
             if spec is not None:
-                extra: frozenset[str] = frozenset().union(
-                    *(_btf_ext.line_strings(p.line_infos) for p in self.spec_programs.values())
-                )
-                data, strings = spec.marshal(extra)  # cached per spec
-                fd, _err, _log = _sys.btf_load(data)
-                self._btf_fd, self._btf_strings = fd, strings
+                infos = tuple(p.line_infos for p in self.spec_programs.values())
+                plan = self.spec._plans.btf
+                if plan is None or not plan.fits(spec, infos):
+                    extra: frozenset[str] = frozenset().union(
+                        *(_btf_ext.line_strings(i) for i in infos)
+                    )
+                    data, strings = spec.marshal(extra)  # cached per spec
+                    plan = BTFPlan(spec, infos, extra, data, strings, _sys.cbytes(data))
+                    self.spec._plans.btf = plan
+                fd, _err, _log = _sys.btf_load(plan.data, plan.buffer)
+                self._btf_fd, self._btf_strings = fd, plan.strings
         return self._btf_fd, self._btf_strings
 
     def _btf_ids(self, spec: MapSpec) -> tuple[int, int]:
@@ -286,7 +292,8 @@ class _Loader:
             plan = dataclasses.replace(plan, held=held_map(spec))  # e.g. a type decoded since
             plans[spec.name] = plan
             return plan
-        entries: list[tuple[bytes, bytes]] = []
+        writes: list[bytes] = []
+        buffers: list[array.array[int]] = []
         pending = False
         for entry in spec.contents:
             if isinstance(entry.value, str):
@@ -297,7 +304,9 @@ class _Loader:
                 key = key.to_bytes(spec.key_size, "little")
             if not isinstance(key, bytes):
                 return None  # written through the map's key type (Map.update)
-            entries.append((key, bytes(entry.value)))
+            kbuf, vbuf = _sys.cbytes(key), _sys.cbytes(bytes(entry.value))
+            buffers += (kbuf, vbuf)
+            writes.append(bytes(_sys.MapElemAttr(key=_sys.address(kbuf), value=_sys.address(vbuf))))
         extra = (
             int(MapFlags.MMAPABLE) if spec.is_data_section and _features.mmapable_arrays() else 0
         )
@@ -315,9 +324,10 @@ class _Loader:
             use_btf,
             max_entries,
             spec.flags | extra,
-            tuple(entries),
+            tuple(writes),
             pending,
             held_map(spec),
+            tuple(buffers),
         )
         plans[spec.name] = plan
         return plan
@@ -334,8 +344,8 @@ class _Loader:
             attr.btf_key_type_id = attr.btf_value_type_id = 0
         m = Map._create_attr(spec, attr, use_btf, plan.max_entries, plan.flags)
         self.maps[spec.name] = m
-        if plan.entries:
-            m.populate(plan.entries)
+        if plan.writes:
+            m._populate_planned(plan.writes)
         if plan.pending:
             self._pending.append(spec.name)
         if spec.freeze:
@@ -423,7 +433,7 @@ class _Loader:
         ):
             return None
         raw = bytearray(spec.instructions.raw)
-        patches: list[tuple[int, str]] = []
+        patches: dict[str, list[int]] = {}  # by the map first referred to first
         for idx, ref in spec.instructions.references.items():
             if ref.kind is _EXTERN:
                 return None
@@ -433,7 +443,7 @@ class _Loader:
             else:
                 raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_VALUE
                 _IMM.pack_into(raw, pos + 12, ref.offset)
-            patches.append((pos + 4, ref.name))
+            patches.setdefault(ref.name, []).append(pos + 4)
         btf_fd, strings = self._btf()
         license_ = _sys.cbytes(spec.license.encode() + b"\0")
         buffers = [license_]
@@ -469,7 +479,7 @@ class _Loader:
             dict(spec.__dict__),
             self.spec.btf,
             bytes(raw),
-            tuple(patches),
+            tuple((name, tuple(offsets)) for name, offsets in patches.items()),
             bytes(attr),
             with_btf,
             tuple(buffers),
@@ -482,11 +492,13 @@ class _Loader:
         (creating maps as they are first referred to, as from a spec)."""
         insns = _sys.cbytes(plan.insns)
         loaded = self.maps
-        for off, map_name in plan.patches:
+        for map_name, offsets in plan.patches:
             m = loaded.get(map_name)  # most references are to maps made already
             if m is None:
                 m = self.map(map_name)
-            _IMM.pack_into(insns, off, m.fd.raw)
+            fd = m.fd.raw
+            for off in offsets:
+                _IMM.pack_into(insns, off, fd)
         attr = _sys.ProgLoadAttr.from_buffer_copy(plan.attr)
         attr.insns = _sys.address(insns)
         if plan.with_btf:

@@ -6,11 +6,14 @@ program's instructions with their map references rewritten, the contents to writ
 keeps them:
 
 - a map's: its BPF_MAP_CREATE attributes as bytes (only the BTF fd is set per load) and its
-  initial contents as key and value bytes;
+  initial contents as BPF_MAP_UPDATE_ELEM attributes (only the map's fd is set per load),
+  pointing at key and value buffers the plan keeps alive;
 - a program's: its instructions with every map reference's source register and value
-  offset already set (each load copies them and writes the maps' fds in at the recorded
-  offsets), and its BPF_PROG_LOAD attributes as bytes, pointing at the license, func info
-  and line info buffers the plan keeps alive.
+  offset already set (each load copies them and writes each map's fd in at the offsets
+  recorded for it), and its BPF_PROG_LOAD attributes as bytes, pointing at the license,
+  func info and line info buffers the plan keeps alive;
+- the collection's BTF: the blob ``marshal`` made with the programs' line info strings,
+  and its C copy (each load hands the kernel that copy).
 
 Plans live in a :class:`LoadPlans` shared by a spec and its copies
 (:meth:`CollectionSpec.copy`: every spec the spec cache hands out for one file), so the
@@ -26,7 +29,10 @@ so the same ids): equal, it fits without the ids being worked out again. Any cha
 ``rewrite_constants``, an edited field, new contents, a different BTF — makes the entry
 unusable; the loader makes a new one from the spec as it is, which replaces the old one.
 Instructions, func/line info and BTF specs are immutable once parsed (a changed program
-gets new ones), so comparing them by identity first is sound.
+gets new ones), so comparing them by identity first is sound. The BTF plan is used while
+the collection's BTF is the same object, the programs' line infos are equal (the same
+tuples, compared by identity first) and ``marshal`` still returns the same blob for them
+(``add()`` and ``changed()`` drop its cache, so a changed BTF gives a new blob).
 
 Maps and programs a plan does not cover (struct_ops, maps of maps, ``.kconfig``, typed
 initial contents; CO-RE, externs, attach targets looked up in the kernel's BTF) load as
@@ -91,9 +97,12 @@ class MapPlan:
     use_btf: bool  # set the BTF fd (when the collection's BTF loaded)
     max_entries: int
     flags: int
-    entries: tuple[tuple[bytes, bytes], ...]  # initial contents, written after creation
+    # initial contents, written after creation: BPF_MAP_UPDATE_ELEM attributes, the map's
+    # fd left 0, pointing at key and value buffers kept alive in ``buffers``
+    writes: tuple[bytes, ...]
     pending: bool  # contents naming programs or maps (written by finalize)
     held: dict[str, object]  # held_map of the spec it was made from or last fitted
+    buffers: tuple[array.array[int], ...] = field(default=())
 
     def holds(self, spec: MapSpec, btf: BTFSpec | None) -> bool:
         """Whether ``spec`` is as it was held when the plan was made or last fitted (one
@@ -114,7 +123,8 @@ class ProgramPlan:
     state: dict[str, object]  # the ProgramSpec's attributes when it was made
     btf: BTFSpec | None  # the collection's BTF
     insns: bytes  # map references rewritten, their fds still 0
-    patches: tuple[tuple[int, str], ...]  # (offset of an imm to write a map's fd to, map)
+    # (map, offsets of the imms to write its fd to), maps in the order first referred to
+    patches: tuple[tuple[str, tuple[int, ...]], ...]
     attr: bytes  # BPF_PROG_LOAD attributes, without insns, prog_btf_fd and a log
     with_btf: bool  # func/line info in attr: needs the collection's BTF fd
     # what attr points at, kept alive with the plan
@@ -124,15 +134,46 @@ class ProgramPlan:
         return self.btf is btf and spec.__dict__ == self.state
 
 
-class LoadPlans:
-    """The plans of one spec and its copies, by map and program name. An entry is replaced
-    whole, never changed (dict reads and writes are atomic: loads in threads may share it)."""
+@dataclass(frozen=True, slots=True, eq=False)
+class BTFPlan:
+    """The collection's BTF as the last load handed it to the kernel."""
 
-    __slots__ = ("maps", "programs")
+    btf: BTFSpec
+    line_infos: tuple[object, ...]  # each program's line infos, in order
+    extra: frozenset[str]  # their file names and lines: the key of ``btf.marshal``
+    data: bytes  # what ``btf.marshal(extra)`` returned (a new blob after add()/changed())
+    strings: dict[str, int]
+    buffer: array.array[int]  # the C copy of ``data`` every load hands the kernel
+
+    def fits(self, btf: BTFSpec, line_infos: tuple[object, ...]) -> bool:
+        """Whether ``btf`` with the programs' ``line_infos`` marshals to ``data`` (compared
+        by identity first: the same line info tuples, the blob the marshal cache holds)."""
+        return (
+            self.btf is btf
+            and self.line_infos == line_infos
+            and btf.marshal(self.extra)[0] is self.data
+        )
+
+
+class LoadPlans:
+    """The plans of one spec and its copies, by map and program name, and its BTF's. An
+    entry is replaced whole, never changed (dict and attribute reads and writes are atomic:
+    loads in threads may share it)."""
+
+    __slots__ = ("btf", "maps", "programs")
 
     def __init__(self) -> None:
         self.maps: dict[str, MapPlan] = {}
         self.programs: dict[str, ProgramPlan] = {}
+        self.btf: BTFPlan | None = None
 
 
-__all__ = ["LoadPlans", "MapPlan", "ProgramPlan", "held_map", "map_state", "snapshot_map"]
+__all__ = [
+    "BTFPlan",
+    "LoadPlans",
+    "MapPlan",
+    "ProgramPlan",
+    "held_map",
+    "map_state",
+    "snapshot_map",
+]

@@ -868,6 +868,17 @@ class Map(Handle):
 
     # ------------------------------------------------------------------ contents
 
+    def _populate_planned(self, writes: tuple[bytes, ...]) -> None:
+        """:meth:`populate` with raw entries as a load plan holds them: BPF_MAP_UPDATE_ELEM
+        attributes whose key and value buffers the plan keeps alive (this map's fd set
+        here)."""
+        fd = self.fd.raw
+        for attr in writes:
+            try:
+                _sys.map_update_attr(fd, attr)
+            except SyscallError as err:
+                raise self._err(err, "write initial contents") from err
+
     def populate(self, entries: Iterable[tuple[object, object]]) -> None:
         """Write initial contents (raw or typed) with plain updates."""
         for key, value in entries:

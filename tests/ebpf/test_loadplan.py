@@ -4,10 +4,13 @@ changed after an earlier load of the same file must load as changed."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import speccache
+from orchestrator.ebpf import _sys, speccache
+from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.asm import Instructions
 from tests.conftest import obj
 
@@ -35,7 +38,8 @@ def test_an_unchanged_copy_reuses_the_plans(fd_guard: None) -> None:
     first = _loaded_once()
     plans = first._plans
     map_plan, prog_plan = plans.maps["counters"], plans.programs["xdp_count"]
-    rodata_plan = plans.maps[".rodata"]
+    rodata_plan, btf_plan = plans.maps[".rodata"], plans.btf
+    assert btf_plan is not None
     second = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
     assert second is not first and second._plans is plans
     for spec in (second, first):
@@ -46,6 +50,50 @@ def test_an_unchanged_copy_reuses_the_plans(fd_guard: None) -> None:
     assert plans.maps["counters"] is map_plan
     assert plans.maps[".rodata"] is rodata_plan
     assert plans.programs["xdp_count"] is prog_plan
+    assert plans.btf is btf_plan
+
+
+def _kernel_btf_blob(coll: ebpf.Collection) -> bytes:
+    """The BTF blob the kernel holds for the collection's program."""
+    btf_id = coll.programs["xdp_count"].info().btf_id
+    assert btf_id != 0
+    with _sys.fd_by_id(_sys.Cmd.BTF_GET_FD_BY_ID, btf_id) as fd:
+        return _sys.btf_info(fd)[1]
+
+
+def test_btf_changed_after_a_cached_load_is_loaded(fd_guard: None) -> None:
+    """The collection's BTF plan (its blob and buffer) is not used once the BTF changed:
+    a type added, or a type changed in place and ``changed()`` called."""
+    spec = _loaded_once()
+    btf = spec.btf
+    assert btf is not None
+    try:
+        btf.add(_btf.Int("bpforch_plan_int", 4))
+        with ebpf.Collection(spec) as coll:
+            assert _run(coll) == XDP_PASS
+            assert b"bpforch_plan_int\0" in _kernel_btf_blob(coll)
+        func = btf.type_by_name("xdp_count", _btf.Func)
+        func.name = "xdp_count_renamed"
+        btf.changed()
+        with ebpf.Collection(ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))) as coll:
+            assert _run(coll) == XDP_PASS
+            assert b"xdp_count_renamed\0" in _kernel_btf_blob(coll)
+    finally:
+        speccache.default.clear()  # the cached spec's BTF was changed in place
+
+
+def test_line_infos_changed_after_a_cached_load_are_loaded(fd_guard: None) -> None:
+    """New source lines in a program's line info reach the BTF string table it loads with
+    (the BTF plan is keyed by the programs' line infos)."""
+    spec = _loaded_once()
+    prog = spec.programs["xdp_count"]
+    first, *rest = prog.line_infos
+    prog.line_infos = (dataclasses.replace(first, line="// bpforch changed line"), *rest)
+    with ebpf.Collection(spec) as coll:
+        assert _run(coll) == XDP_PASS
+        assert b"// bpforch changed line\0" in _kernel_btf_blob(coll)
+    with ebpf.Collection(ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))) as coll:
+        assert b"// bpforch changed line" not in _kernel_btf_blob(coll)
 
 
 def test_constants_rewritten_after_a_cached_load_are_loaded(fd_guard: None) -> None:
@@ -147,3 +195,18 @@ def test_a_map_plan_fits_a_decoded_type_and_not_another_type(fd_guard: None) -> 
     with ebpf.Collection(retyped) as coll:
         assert _run(coll) == XDP_PASS
     assert plans.maps["counters"].btf_ids != made.btf_ids
+
+
+def test_initial_contents_that_do_not_fit_fail_on_every_load(fd_guard: None) -> None:
+    """A planned write of initial contents fails as a write from the spec does, naming the
+    map, and so does the next load of the same spec (plan reused)."""
+    spec = _loaded_once()
+    key, value = (9).to_bytes(4, "little"), (1).to_bytes(8, "little")
+    spec.maps["counters"].contents.append(ebpf.MapEntry(key, value))
+    for _ in range(2):
+        with pytest.raises(ebpf.Error) as caught:
+            ebpf.Collection(spec)
+        assert str(caught.value) == (
+            "map counters: write initial contents: argument list too long (E2BIG)"
+        )
+    assert spec._plans.maps["counters"].writes  # the write was planned

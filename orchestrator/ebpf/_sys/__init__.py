@@ -264,6 +264,14 @@ def map_update_elem(fd: FD, key: bytes | None, value: bytes, flags: int = 0) -> 
     bpf(Cmd.MAP_UPDATE_ELEM, _elem_attr(fd, kbuf, address(vbuf), flags))
 
 
+def map_update_attr(fd: int, attr: bytes) -> None:
+    """BPF_MAP_UPDATE_ELEM of ``attr`` (MapElemAttr bytes whose key and value buffers the
+    caller keeps alive) on map ``fd``."""
+    elem = MapElemAttr.from_buffer_copy(attr)
+    elem.map_fd = fd
+    bpf(Cmd.MAP_UPDATE_ELEM, elem)
+
+
 def map_delete_elem(fd: FD, key: bytes) -> None:
     kbuf = cbytes(key)
     bpf(Cmd.MAP_DELETE_ELEM, _elem_attr(fd, kbuf, 0, 0))
@@ -346,9 +354,13 @@ def prog_test_run(attr: TestRunAttr) -> None:
     bpf(Cmd.PROG_TEST_RUN, attr)
 
 
-def btf_load(data: bytes, log_size: int = 0, log_level: int = 0) -> tuple[FD | None, int, str]:
-    """BPF_BTF_LOAD; returns (fd, 0, log) or (None, errno, log)."""
-    buf = cbytes(data)
+def btf_load(
+    data: bytes, buf: array.array[int] | None = None, log_size: int = 0, log_level: int = 0
+) -> tuple[FD | None, int, str]:
+    """BPF_BTF_LOAD; returns (fd, 0, log) or (None, errno, log). ``buf``: the
+    :func:`cbytes` copy of ``data`` if the caller keeps one."""
+    if buf is None:
+        buf = cbytes(data)
     log_buf = ctypes.create_string_buffer(log_size) if log_size else None
     attr = BtfLoadAttr(
         btf=address(buf),
