@@ -127,6 +127,7 @@ class _Loader:
         self._core_cache: dict[int, list[tuple[_btf.Spec, int]]] = {}
         self._poisoned: dict[str, dict[int, str]] = {}  # program → insn → relocation
         self._kallsyms: dict[str, int] | None = None
+        self._log = LogOptions(options.log_level, options.log_size, options.log_disabled)
 
     # ------------------------------------------------------------------ kernel BTF
 
@@ -385,7 +386,7 @@ class _Loader:
         if name in self._loading:
             raise SpecError(f"program {name}: depends on itself while loading")
         self._loading.add(name)
-        log = LogOptions(self.options.log_level, self.options.log_size, self.options.log_disabled)
+        log = self._log
         try:
             try:
                 planned = self._planned_program(spec)

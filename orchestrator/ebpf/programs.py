@@ -153,10 +153,14 @@ class Program(Handle):
     ) -> None:
         self._fd = fd
         self.name = name
-        try:
-            self.type: ProgType | int = ProgType(type)
-        except ValueError:
+        self.type: ProgType | int
+        if isinstance(type, ProgType):
             self.type = type
+        else:
+            try:
+                self.type = ProgType(type)
+            except ValueError:
+                self.type = type  # a type this code does not know: kept as the number
         self.attach_type = attach_type
         self.verifier_log = verifier_log
         self._pinned: str | None = None

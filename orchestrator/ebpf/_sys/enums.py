@@ -91,7 +91,7 @@ class MapType(enum.IntEnum):
 
     @property
     def per_cpu(self) -> bool:
-        return self in _PER_CPU_MAPS
+        return int(self) in _PER_CPU_MAPS  # by value: an enum member hashes in Python code
 
     @property
     def of_maps(self) -> bool:
@@ -106,10 +106,10 @@ def map_type_label(t: MapType | int) -> str:
 
 _PER_CPU_MAPS = frozenset(
     {
-        MapType.PERCPU_HASH,
-        MapType.PERCPU_ARRAY,
-        MapType.LRU_PERCPU_HASH,
-        MapType.PERCPU_CGROUP_STORAGE,
+        int(MapType.PERCPU_HASH),
+        int(MapType.PERCPU_ARRAY),
+        int(MapType.LRU_PERCPU_HASH),
+        int(MapType.PERCPU_CGROUP_STORAGE),
     }
 )
 
