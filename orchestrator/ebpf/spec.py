@@ -192,6 +192,14 @@ class MapSpec:
         """Raise :class:`MapIncompatibleError` naming the first field that differs."""
         want_flags = self.flags & ~ignore_flags
         have_flags = flags & ~ignore_flags
+        if (int(self.type), self.key_size, self.value_size, self.max_entries, want_flags) == (
+            int(type),
+            key_size,
+            value_size,
+            max_entries,
+            have_flags,
+        ):
+            return  # compatible: no message to build (a map opened from a pin on every load)
         checks: list[tuple[str, object, object]] = [
             ("type", MapType(self.type).name.lower(), _type_name(type)),
             ("key size", self.key_size, key_size),
