@@ -14,7 +14,11 @@ the root's owner token) and a JSON payload:
 - ``<root>/<collection>/_mark`` (kind ``collection``): the collection's name and its
   record, pinned into the staged tree before it is swapped into place. When the state
   record is lost, it is rebuilt from these markers: nothing is reloaded, preserved maps
-  keep their ids and contents.
+  keep their ids and contents. One apply writes the markers of all the collections it
+  stages into one hash map keyed by the collection's name (one map per power-of-two
+  value size, so no entry takes more than twice its size), frozen, and pins that map as
+  each collection's ``_mark``: a reader looks up its own collection's entry. A single
+  collection marker (an array of one entry) is read as well.
 
 A directory without a valid marker (a look-alike of a collection, a ``_staging-`` name
 someone else made), a marker of another owner, a symlink or a mount point is **foreign**:
@@ -35,12 +39,13 @@ import fcntl
 import json
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.ebpf import Map, MapSpec, MapType
+from orchestrator.ebpf import Map, MapFlags, MapSpec, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
+from orchestrator.ebpf.errors import KeyNotFoundError
 from orchestrator.ebpf.inspect import FD, ensure_dir, open_dir_at, open_pin_at, pin_at
 from orchestrator.reconcile.errors import ApplyError, StateError
 from orchestrator.reconcile.state import CollectionRecord, collection_text
@@ -56,6 +61,9 @@ FORMAT = 1
 _HEADER = struct.Struct("<8sHHI16s")  # magic, format, kind, payload length, token
 MAX_PAYLOAD = 1 << 20
 TOKEN_SIZE = 16
+# the key of a shared collection marker: the collection's name (a DNS label, at most 63
+# bytes), NUL-padded
+KEY_SIZE = 64
 
 
 class MarkKind(enum.IntEnum):
@@ -87,11 +95,7 @@ def write_marker(dir_fd: int, name: str, marker: Marker) -> None:
 
 def _pin_marker(dir_fd: int, name: str, kind: MarkKind, token: bytes, data: bytes) -> None:
     """:func:`write_marker` of a payload already encoded (``data``, JSON)."""
-    if len(data) > MAX_PAYLOAD:
-        raise MarkerError(f"marker payload of {len(data)} bytes is over {MAX_PAYLOAD}")
-    head = _HEADER.pack(MAGIC, FORMAT, int(kind), len(data), token)
-    value = head + data
-    value += bytes(-len(value) % 8)
+    value = _value(kind, token, data)
     kname = "bpforch_owner" if kind is MarkKind.OWNER else "bpforch_mark"
     with Map.create(MapSpec(kname, MapType.ARRAY, 4, len(value), 1)) as m:
         m.update(0, value)
@@ -99,9 +103,27 @@ def _pin_marker(dir_fd: int, name: str, kind: MarkKind, token: bytes, data: byte
         pin_at(m.fd, dir_fd, name)
 
 
-def read_marker(dir_fd: int, name: str) -> Marker | None:
+def _value(kind: MarkKind, token: bytes, data: bytes) -> bytes:
+    """A marker's value: the header and the JSON payload ``data``, padded to 8 bytes."""
+    if len(data) > MAX_PAYLOAD:
+        raise MarkerError(f"marker payload of {len(data)} bytes is over {MAX_PAYLOAD}")
+    value = _HEADER.pack(MAGIC, FORMAT, int(kind), len(data), token) + data
+    return value + bytes(-len(value) % 8)
+
+
+def _key(collection: str) -> bytes:
+    """The key of ``collection`` in a shared collection marker."""
+    raw = collection.encode()
+    if not 0 < len(raw) < KEY_SIZE:
+        raise MarkerError(f"collection name {collection!r} does not fit a marker key")
+    return raw.ljust(KEY_SIZE, b"\0")
+
+
+def read_marker(dir_fd: int, name: str, *, collection: str | None = None) -> Marker | None:
     """The marker pinned as ``name`` in ``dir_fd``; None if nothing has that name. Raises
-    MarkerError if the name holds anything else (a symlink, another map, a bad value)."""
+    MarkerError if the name holds anything else (a symlink, another map, a bad value).
+    ``collection``: the marker is that collection's (a shared marker holds it under that
+    name; a single one is read as it is)."""
     try:
         fd = open_pin_at(dir_fd, name)
     except FileNotFoundError:
@@ -110,24 +132,28 @@ def read_marker(dir_fd: int, name: str) -> Marker | None:
         if getattr(err, "errno", None) == errno.ENOENT:
             return None
         raise MarkerError(str(err)) from err
-    return _decode(fd)
+    return _decode(fd, collection)
 
 
-def _decode(fd: FD) -> Marker:
+def _decode(fd: FD, collection: str | None) -> Marker:
     try:
         m = Map.from_fd(fd)
     except EbpfError as err:
         raise MarkerError("not a map") from err
     with m:
-        if (
-            m.type != MapType.ARRAY
-            or m.key_size != 4
-            or m.max_entries != 1
-            or not _HEADER.size <= m.value_size <= _HEADER.size + MAX_PAYLOAD + 8
-        ):
+        sized = _HEADER.size <= m.value_size <= _HEADER.size + MAX_PAYLOAD + 8
+        shared = m.type == MapType.HASH and m.key_size == KEY_SIZE and collection is not None
+        single = m.type == MapType.ARRAY and m.key_size == 4 and m.max_entries == 1
+        if not sized or not (shared or single):
             raise MarkerError("not an ownership marker (a map of another shape)")
         try:
-            raw = m.lookup(0)
+            if shared:
+                assert collection is not None
+                raw: object = m.lookup_bytes(_key(collection))
+            else:
+                raw = m.lookup(0)
+        except KeyNotFoundError:
+            raise MarkerError(f"a shared marker that holds none for {collection}") from None
         except EbpfError as err:
             raise MarkerError(f"unreadable: {err}") from err
     if not isinstance(raw, bytes):
@@ -282,7 +308,7 @@ def collection_verdict(root_fd: int, name: str, token: bytes) -> CollectionRecor
     except OSError as err:
         return f"not a directory bpforch made ({err.strerror})"
     try:
-        marker = read_marker(fd, MARK_PIN)
+        marker = read_marker(fd, MARK_PIN, collection=name)
     except MarkerError as err:
         return f"ownership marker {MARK_PIN}: {err}"
     finally:
@@ -303,14 +329,42 @@ def collection_verdict(root_fd: int, name: str, token: bytes) -> CollectionRecor
 def mark_collection(
     dir_fd: int, token: bytes, record: CollectionRecord, txid: str, text: str | None = None
 ) -> None:
-    """Pin the collection marker (with the collection's record) into its directory. Its
-    payload is ``{"name", "record", "txid"}``; ``text``: the record already encoded by
-    :func:`collection_text` (the transaction writes the same text into the state record)."""
+    """Pin the collection marker (with the collection's record) into its directory, a map
+    of its own. Its payload is ``{"name", "record", "txid"}``; ``text``: the record already
+    encoded by :func:`collection_text`."""
     if text is None:
         text = collection_text(record)
+    _pin_marker(dir_fd, MARK_PIN, MarkKind.COLLECTION, token, _payload(record.name, text, txid))
+
+
+def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int, str, str]]) -> None:
+    """Pin the collection markers of one transaction: ``marks`` holds, per collection, its
+    directory's fd, its name and its record's text (by :func:`collection_text`). The
+    payloads (as :func:`mark_collection` writes them) go into one hash map keyed by the
+    collection's name per power-of-two value size, written in one batch and frozen before
+    it is pinned as each of its collections' ``_mark``."""
+    classes: dict[int, list[tuple[int, bytes, bytes]]] = {}
+    for dir_fd, name, text in marks:
+        value = _value(MarkKind.COLLECTION, token, _payload(name, text, txid))
+        size = 1 << (len(value) - 1).bit_length()
+        classes.setdefault(size, []).append((dir_fd, _key(name), value))
+    for members in classes.values():
+        vsize = max(len(v) for _, _, v in members)
+        spec = MapSpec(
+            "bpforch_mark", MapType.HASH, KEY_SIZE, vsize, len(members), MapFlags.NO_PREALLOC
+        )
+        with Map.create(spec) as m:
+            keys = b"".join(k for _, k, _ in members)
+            values = b"".join(v.ljust(vsize, b"\0") for _, _, v in members)
+            m.batch_update_bytes(keys, values, len(members))
+            m.freeze()
+            for dir_fd, _, _ in members:
+                pin_at(m.fd, dir_fd, MARK_PIN)
+
+
+def _payload(name: str, text: str, txid: str) -> bytes:
     # the payload encoded as json.dumps(sort_keys=True) would: its keys in sorted order
-    data = f'{{"name":{json.dumps(record.name)},"record":{text},"txid":{json.dumps(txid)}}}'
-    _pin_marker(dir_fd, MARK_PIN, MarkKind.COLLECTION, token, data.encode())
+    return f'{{"name":{json.dumps(name)},"record":{text},"txid":{json.dumps(txid)}}}'.encode()
 
 
 def mark_staging(dir_fd: int, token: bytes, txid: str) -> None:
@@ -391,6 +445,7 @@ __all__ = [
     "collection_verdict",
     "locked",
     "mark_collection",
+    "mark_collections",
     "mark_staging",
     "open_owned",
     "open_root",

@@ -36,6 +36,7 @@ from orchestrator.reconcile.owner import (
     MarkKind,
     collection_verdict,
     mark_collection,
+    mark_collections,
     read_marker,
     write_marker,
 )
@@ -354,7 +355,7 @@ def test_markers_are_frozen_maps_that_prove_each_tree(env: Env, fd_guard: None) 
     coll_fd = os.open(env.root / "tp-counter", os.O_RDONLY | os.O_DIRECTORY)
     try:
         owner = read_marker(root_fd, OWNER_PIN)
-        mark = read_marker(coll_fd, MARK_PIN)
+        mark = read_marker(coll_fd, MARK_PIN, collection="tp-counter")
         assert owner is not None and owner.kind is MarkKind.OWNER
         assert owner.payload["state_dir"] == os.path.realpath(env.state_dir)
         assert owner.payload["ino"] == os.stat(env.state_dir).st_ino
@@ -425,6 +426,112 @@ def test_a_collection_marker_holds_its_payload_as_json_dumps_encodes_it(
             )
     finally:
         os.close(fd)
+
+
+def test_one_apply_pins_one_shared_marker_read_by_each_collection(env: Env, fd_guard: None) -> None:
+    """The collections staged by one apply share one marker map (keyed by their names);
+    each collection's marker reads its own record, the same as the state record's entry;
+    a collection applied later gets a marker of its own and the others keep theirs; a
+    lost record is rebuilt from shared markers."""
+    for name in ("a", "b", "c"):
+        _plain(env, name)
+    r = env.reconciler()
+    r.apply(env.desired())
+    marks = {n: _pinned_map_id(env.root / n / MARK_PIN) for n in ("a", "b", "c")}
+    assert len(set(marks.values())) == 1, marks
+    written = json.loads((env.state_dir / "state.json").read_text())["collections"]
+    for name in ("a", "b", "c"):
+        assert _marker_record(env, name) == written[name]
+    # the shared map is keyed by the collection: another collection's name reads nothing
+    fd = os.open(env.root / "a", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(MarkerError, match="holds none for zz"):
+            read_marker(fd, MARK_PIN, collection="zz")
+        with pytest.raises(MarkerError, match="another shape"):
+            read_marker(fd, MARK_PIN)  # a shared marker is read for a collection
+    finally:
+        os.close(fd)
+    _plain(env, "b", version=7)  # b alone is staged again: a marker of its own
+    r.apply(env.desired())
+    after = {n: _pinned_map_id(env.root / n / MARK_PIN) for n in ("a", "b", "c")}
+    assert after["a"] == after["c"] == marks["a"] and after["b"] != marks["b"]
+    assert _marker_record(env, "b")["generation"] == 2
+    assert _marker_record(env, "a")["generation"] == 1
+    before = ids(r)
+    shutil.rmtree(env.state_dir)
+    fresh = env.reconciler()
+    assert not fresh.plan(env.desired()).has_changes
+    assert ids(fresh) == before
+    fresh.destroy()
+    assert os.listdir(env.root) == []
+    assert not map_alive(marks["a"])
+
+
+def _plain(env: Env, name: str, version: int = 1) -> None:
+    env.write(
+        name,
+        f"""
+        apiVersion: bpforch.dev/v1
+        kind: Collection
+        metadata: {{name: {name}}}
+        spec:
+          object: @BPF@/xdp_counter.o
+          constants: {{version: {version}}}
+        """,
+    )
+
+
+def _pinned_map_id(pin: Path) -> int:
+    with Map.from_pin(pin) as m:
+        return m.id
+
+
+def _marker_record(env: Env, name: str) -> object:
+    root_fd = os.open(env.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        verdict = collection_verdict(root_fd, name, read_marker(root_fd, OWNER_PIN).token)  # type: ignore[union-attr]
+    finally:
+        os.close(root_fd)
+    assert isinstance(verdict, CollectionRecord), verdict
+    return verdict.to_json()
+
+
+@pytest.mark.kernel
+def test_shared_markers_take_one_map_per_power_of_two_size(pin_dir: Path, fd_guard: None) -> None:
+    """Markers of one transaction whose values fall in different power-of-two sizes go
+    into different maps, each sized for its largest value (no entry takes more than twice
+    its size); each collection reads its own payload back."""
+    names = ("small", "small2", "big")
+    texts = {"small": '{"x":1}', "small2": '{"x":22}', "big": '{"x":"' + "y" * 3000 + '"}'}
+    fds = []
+    try:
+        for name in names:
+            os.mkdir(pin_dir / name)
+            fds.append(os.open(pin_dir / name, os.O_RDONLY | os.O_DIRECTORY))
+        mark_collections(
+            b"t" * 16, "1-ab", [(fd, n, texts[n]) for fd, n in zip(fds, names, strict=True)]
+        )
+        for fd, name in zip(fds, names, strict=True):
+            marker = read_marker(fd, MARK_PIN, collection=name)
+            assert marker is not None and marker.kind is MarkKind.COLLECTION
+            assert marker.token == b"t" * 16
+            assert marker.payload == {
+                "name": name,
+                "record": json.loads(texts[name]),
+                "txid": "1-ab",
+            }
+    finally:
+        for fd in fds:
+            os.close(fd)
+    small, small2, big = (_pinned_map_id(pin_dir / n / MARK_PIN) for n in names)
+    assert small == small2 != big
+    with Map.from_pin(pin_dir / "small" / MARK_PIN) as m:
+        assert m.type == ebpf.MapType.HASH and m.max_entries == 2
+        assert m.value_size < 2 * (_HEADER.size + 64)
+    with Map.from_pin(pin_dir / "big" / MARK_PIN) as m:
+        assert m.max_entries == 1 and 3000 < m.value_size < 3200
+        with pytest.raises(ebpf.Error):  # frozen
+            m.update_bytes(b"big".ljust(64, b"\0"), bytes(m.value_size))
 
 
 def test_an_invalid_owner_marker_is_refused(env: Env, fd_guard: None) -> None:

@@ -18,7 +18,7 @@ from orchestrator.ebpf import link as _links
 from orchestrator.ebpf.inspect import is_mount_root, open_dir_at, open_pin_at
 from orchestrator.reconcile.actions import Commit, Delete, Detach, Mark, Seal
 from orchestrator.reconcile.errors import ApplyError
-from orchestrator.reconcile.owner import mark_collection
+from orchestrator.reconcile.owner import mark_collection, mark_collections
 from orchestrator.reconcile.plan import target_fields
 from orchestrator.reconcile.state import (
     AttachmentRecord,
@@ -118,15 +118,20 @@ class CommitSteps(TransactionBase):
 
     def _mark(self, record: StateRecord) -> None:
         """Pin each staged tree's ownership marker, holding its collection's new record (so
-        a lost state record can be rebuilt from the pins)."""
-        for name in self.staged:
-            assert self.staging_fd is not None
-            # encoded once: the record file holds the same text (see WriteRecord)
-            text = self.texts[name] = collection_text(record.collections[name])
-            fd = open_dir_at(self.staging_fd, name)
-            try:
-                mark_collection(fd, self.token, record.collections[name], self.txid, text)
-            finally:
+        a lost state record can be rebuilt from the pins): one shared marker map for the
+        transaction's collections (see :func:`mark_collections`)."""
+        fds: list[int] = []
+        try:
+            marks = []
+            for name in self.staged:
+                assert self.staging_fd is not None
+                # encoded once: the record file holds the same text (see WriteRecord)
+                text = self.texts[name] = collection_text(record.collections[name])
+                fds.append(open_dir_at(self.staging_fd, name))
+                marks.append((fds[-1], name, text))
+            mark_collections(self.token, self.txid, marks)
+        finally:
+            for fd in fds:
                 os.close(fd)
 
     def _live_dir(self, name: str) -> bool:
