@@ -34,6 +34,7 @@ A failure before the record is written undoes every step (the transaction's jour
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -43,6 +44,7 @@ from orchestrator.reconcile.state import (
     AttachmentRecord,
     CollectionRecord,
     MapRecord,
+    MapShape,
     StateRecord,
 )
 
@@ -325,7 +327,8 @@ class Stage(Action):
     handed over) and pin the new generation under the staging directory: the maps in
     ``pinned`` and every program. ``load_maps``: with a program binding, the maps loaded
     besides what the programs use (None: the whole object is loaded). ``object_sha256``: the
-    object the plan read (the apply refuses another)."""
+    object the plan read (the apply refuses another); ``shapes``: the shape of each map it
+    creates, as the plan read them from that object (recorded as they are)."""
 
     action: ClassVar[str] = "stage"
     collection: str
@@ -335,6 +338,7 @@ class Stage(Action):
     replacements: tuple[Replacement, ...]
     pinned: frozenset[str]
     load_maps: tuple[str, ...] | None
+    shapes: Mapping[str, MapShape] = field(repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -498,10 +502,13 @@ class Seal(Action):
 @dataclass(frozen=True, slots=True)
 class Commit(Action):
     """Swap the collection's staged tree with its live one (``renameat2(RENAME_EXCHANGE)``),
-    or move it into place if there is none."""
+    or move it into place if there is none. ``exists``: whether the plan saw the collection
+    live (False: the move is tried first; either way what is there is checked before a
+    swap)."""
 
     action: ClassVar[str] = "commit"
     collection: str
+    exists: bool = field(default=True, compare=False)
 
     def to_json(self) -> dict[str, object]:
         return {"action": self.action, "collection": self.collection}

@@ -97,7 +97,7 @@ def transaction_actions(
     out += collections
     out += links
     out.append(Seal(actual.record, tuple(a.collection for a in deleted), entries or {}))
-    out += [Commit(a.collection) for a in staged]
+    out += [Commit(a.collection, a.collection in actual.collections) for a in staged]
     out += deleted
     out.append(WriteRecord())
     if staging:

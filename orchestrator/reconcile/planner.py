@@ -398,6 +398,7 @@ class Planner:
             tuple(replacements),
             pinned,
             load_maps,
+            shapes,
             lines=self.take(),
         )
 

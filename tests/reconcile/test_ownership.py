@@ -931,3 +931,37 @@ def test_malformed_markers_make_a_directory_foreign(env: Env, fd_guard: None) ->
     for name in what:
         remove_tree(env.root / name)
     assert os.listdir(env.root) == []
+
+
+def test_a_new_collection_s_place_taken_since_the_plan_is_never_replaced(
+    env: Env, tmp_path: Path, fd_guard: None
+) -> None:
+    """A new collection is moved into place only if nothing has its name: a symlink put
+    there after the plan (at the commit step) is refused and left, the apply rolls back;
+    a directory made there then is swapped with the staged tree as a live one is."""
+    _plain(env, "a")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+
+    def plant_symlink(subject: str) -> None:
+        if subject == "a":
+            os.symlink(target, env.root / "a")
+
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(OnStep(commit=plant_symlink)).apply(env.desired())
+    assert f"{env.root / 'a'} is not a directory bpforch made" in str(info.value)
+    assert "nothing was changed" in str(info.value)
+    assert os.readlink(env.root / "a") == str(target) and os.listdir(target) == []
+    assert sorted(os.listdir(env.root)) == ["a"]  # no staging tree, no owner marker left
+    os.unlink(env.root / "a")
+
+    def plant_dir(subject: str) -> None:
+        if subject == "a":
+            os.mkdir(env.root / "a")
+
+    r = env.reconciler(OnStep(commit=plant_dir))
+    r.apply(env.desired())
+    assert sorted(os.listdir(env.root / "a")) == [MARK_PIN, "maps", "progs"]
+    assert not env.reconciler().plan(env.desired()).has_changes
+    env.reconciler().destroy()
+    assert os.listdir(env.root) == []

@@ -149,13 +149,24 @@ class CommitSteps(TransactionBase):
         )
 
     def _commit(self, action: Commit) -> None:
-        """Swap the staged tree with the live one atomically, or move it into place."""
+        """Swap the staged tree with the live one atomically, or move it into place (a new
+        collection: the move refuses to replace anything, so nothing is looked at first)."""
         name = action.collection
         rfd, sfd = self.root_fd, self.staging_fd
         self.failpoints.reach("commit", name)
         assert sfd is not None
         check_name(name)
-        if not self._live_dir(name):  # a new collection: move into place
+        if not action.exists:
+            try:
+                rename(name, name, src_dir=sfd, dst_dir=rfd)  # RENAME_NOREPLACE
+            except FileExistsError:
+                pass  # made since the plan: swapped below if it is a directory of ours
+            else:
+                self.journal.add(
+                    f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd)
+                )
+                return
+        if not self._live_dir(name):  # gone since the plan: move into place
             rename(name, name, src_dir=sfd, dst_dir=rfd)
             self.journal.add(
                 f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd)

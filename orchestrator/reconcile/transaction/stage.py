@@ -12,9 +12,8 @@ from orchestrator.ebpf.collection import load_subset
 from orchestrator.manifest.model import DesiredCollection
 from orchestrator.reconcile.actions import Keep, MapFate, Stage
 from orchestrator.reconcile.errors import ApplyError, where
-from orchestrator.reconcile.facts import map_shape
 from orchestrator.reconcile.observe import held_maps
-from orchestrator.reconcile.state import MapRecord, MapShape
+from orchestrator.reconcile.state import MapRecord
 from orchestrator.reconcile.transaction.base import Staged, TransactionBase, check_name, pin_name
 
 if TYPE_CHECKING:
@@ -54,7 +53,7 @@ class StageSteps(TransactionBase):
         self.current = (name, d.source)
         self.failpoints.reach("load", name)
         info = self._planned_object(name, d, action.object_sha256)
-        spec, shapes = prepared(info.spec, d)
+        spec = prepared(info.spec, d)
         replacements = {r.map: self._map(r.source) for r in action.replacements}
         self.failpoints.reach("verify", name)
         opts = CollectionOptions(map_replacements=replacements)
@@ -71,7 +70,7 @@ class StageSteps(TransactionBase):
             coll.programs,
             info.sha256,
             action.load_key,
-            shapes,
+            dict(action.shapes),
             {r.map: r.record for r in action.replacements if r.record},
             set(action.pinned) & coll.maps.keys(),
             # what outlives the load unpinned (recorded by id): whatever the loaded programs
@@ -150,7 +149,7 @@ class StageSteps(TransactionBase):
         id (while those programs are open, the ids name those very maps)."""
         name, d, rec, names = action.collection, action.desired, action.record, action.fresh
         info = self._planned_object(name, d, rec.object_sha256)
-        spec, _ = prepared(info.spec, d)
+        spec = prepared(info.spec, d)
         used = {i for pname in names for i in live[pname].info().map_ids}
         replacements: dict[str, Map] = dict(maps)
         for r in action.fresh_replacements:
@@ -168,18 +167,15 @@ class StageSteps(TransactionBase):
         return out
 
 
-def prepared(
-    original: CollectionSpec, d: DesiredCollection
-) -> tuple[CollectionSpec, dict[str, MapShape]]:
+def prepared(original: CollectionSpec, d: DesiredCollection) -> CollectionSpec:
     """A copy of ``original`` as ``d`` loads it (constants, max_entries, no libbpf pinning:
-    bpforch makes the pins, under the collection), and the shape of each map."""
+    bpforch makes the pins, under the collection). The shapes of its maps are the plan's
+    (:func:`~orchestrator.reconcile.facts.map_shapes` of the same object)."""
     spec = original.copy()
     spec.rewrite_constants(d.constants)
-    shapes: dict[str, MapShape] = {}
     for mname, ms in spec.maps.items():
         ms.pinning = PinType.NONE  # pins are ours to make, under the collection
         mo = d.maps.get(mname)
         if mo is not None and mo.max_entries:
             ms.max_entries = mo.max_entries
-        shapes[mname] = map_shape(ms, ms.max_entries)
-    return spec, shapes
+    return spec
