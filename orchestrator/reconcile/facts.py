@@ -53,6 +53,9 @@ from orchestrator.reconcile.observe import CGROUP2_SUPER_MAGIC, held_maps, open_
 
 # whether a map value type holds timers, per parsed type (the object store keeps them)
 _TIMERS = IdentityMemo()
+# what an object declares for a manifest, per parsed spec (the object store's, never
+# changed) and the manifest's parts that it depends on (see _collection_facts)
+_DECLARED = IdentityMemo(1024)
 
 
 def needs_work(d: DesiredCollection, actual: ActualState, pins: PinRules) -> bool:
@@ -132,7 +135,30 @@ def _collection_facts(
         info = objects.get(d.object_file)
     except ObjectError as err:
         return CollectionFacts(problems=(f"object {d.object_file}: {err}",))
-    spec = info.spec
+    # the same for every manifest of one object with the same program binding and map
+    # options (many collections load one object with their own constants): remembered
+    # for the parsed spec, which is never changed, and what of the manifest it depends on
+    key = (
+        d.object_file,
+        info.sha256,
+        d.programs,
+        tuple((n, mo.max_entries, mo.source_from is None) for n, mo in sorted(d.maps.items())),
+    )
+    facts = _DECLARED.get((info.spec,), key)
+    if not isinstance(facts, CollectionFacts):
+        facts = _declared(d, info.spec, info.sha256)
+        _DECLARED.put((info.spec,), key, facts)
+    if not constants:
+        return facts
+    from orchestrator.reconcile.constants import object_constants
+
+    return replace(facts, constants=object_constants(info.spec, d.constants))
+
+
+def _declared(d: DesiredCollection, spec: CollectionSpec, sha256: str) -> CollectionFacts:
+    """What ``spec`` (the object of ``d``, with that sha256) declares for ``d``: its
+    programs that load, each one's support on this kernel, the maps it creates and their
+    shapes, the maps the programs hold, the maps left unused."""
     names = (
         tuple(d.programs)
         if d.programs is not None
@@ -154,12 +180,9 @@ def _collection_facts(
                 f"this kernel: {support.reason}{_alternative(p.type, p.attach_type)}"
             )
     maps = map_shapes(d, spec)
-    from orchestrator.reconcile.constants import object_constants
-
     return CollectionFacts(
-        constants=object_constants(spec, d.constants) if constants else None,
         programs=names,
-        object_sha256=info.sha256,
+        object_sha256=sha256,
         maps=maps,
         problems=tuple(problems),
         held=held_maps(spec, names),

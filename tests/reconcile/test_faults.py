@@ -434,3 +434,60 @@ def test_an_object_rebuilt_after_the_plan_is_refused(
         and st.condition == "Ready"
         and [p.name for p in st.programs] == ["second_build"]
     )
+
+
+def test_an_object_s_facts_are_shared_only_by_manifests_that_declare_the_same(
+    env: Env, compile_bpf: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Collections of one object with their own constants share what the object declares
+    (worked out once); a manifest that binds programs, sets a map's max_entries or
+    substitutes a map gets facts of its own, and an object rebuilt in place (another
+    parse) is read anew."""
+    import shutil
+
+    from orchestrator.manifest import ObjectStore, load_manifests
+    from orchestrator.reconcile.facts import gather_facts
+
+    def write(name: str, extra: str = "", constants: str = "{version: 1}") -> None:
+        env.write(
+            name,
+            "apiVersion: bpforch.dev/v1\nkind: Collection\n"
+            f"metadata: {{name: {name}}}\nspec:\n"
+            f"  object: @BPF@/xdp_counter.o\n  constants: {constants}\n{extra}",
+        )
+
+    write("a")
+    write("b", constants="{version: 2}")
+    write("sized", "  maps: {counters: {max_entries: 64}}\n")
+    write("bound", "  programs: [xdp_count]\n")
+    r = env.reconciler()
+    desired = env.desired()
+    facts = gather_facts(desired, r.observe(), env.store.snapshot()).facts.collections
+    assert facts["a"] is facts["b"]  # the same declarations: one result
+    assert facts["a"].maps["counters"].max_entries == 4
+    assert facts["sized"].maps["counters"].max_entries == 64
+    assert facts["bound"] is not facts["a"] and facts["bound"].programs == ("xdp_count",)
+    assert facts["a"].maps.keys() == facts["sized"].maps.keys()
+
+    obj = tmp_path / "rebuilt.o"
+    shutil.copy(extra_object(compile_bpf, "first_build"), obj)
+    for name in ("a", "b", "sized", "bound"):
+        env.remove(name)
+    env.write(
+        "rebuilt",
+        f"""
+        apiVersion: bpforch.dev/v1
+        kind: Collection
+        metadata: {{name: rebuilt}}
+        spec:
+          object: {obj}
+        """,
+    )
+    store = ObjectStore()
+    desired = load_manifests([env.manifests], store=store)
+    first = gather_facts(desired, r.observe(), store.snapshot()).facts.collections["rebuilt"]
+    shutil.copy(extra_object(compile_bpf, "second_build"), obj)
+    desired = load_manifests([env.manifests], store=store)
+    second = gather_facts(desired, r.observe(), store.snapshot()).facts.collections["rebuilt"]
+    assert second.object_sha256 != first.object_sha256
+    assert (second.maps, second.programs) != (first.maps, first.programs)
