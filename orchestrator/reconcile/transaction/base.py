@@ -45,7 +45,7 @@ class Staged:
     metadata changed)."""
 
     desired: DesiredCollection
-    dir: Path
+    dir: str  # the staged tree (a plain string: paths under it are made per collection)
     coll: Collection | None
     maps: dict[str, Map]
     programs: dict[str, Program]
@@ -81,6 +81,7 @@ class TransactionBase:
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.staging = root / f"{STAGING_PREFIX}{self.txid}"
+        self.staging_path = os.fspath(self.staging)
         self.root_fd = root_fd  # held open (and locked) by the caller
         self.staging_fd: int | None = None
         self.token = plan.owner_token

@@ -44,7 +44,7 @@ class CommitSteps(TransactionBase):
         for name, st in self.staged.items():
             d = st.desired
             old = out.get(name)
-            sdir = os.fspath(st.dir)
+            sdir = st.dir
             maps: dict[str, MapRecord] = dict(st.carried)
             for mname, m in st.maps.items():
                 mo = d.maps.get(mname)

@@ -64,7 +64,7 @@ class StageSteps(TransactionBase):
             coll = load_subset(spec, opts, d.programs, action.load_maps)
         st = Staged(
             d,
-            self.staging / check_name(name),
+            f"{self.staging_path}/{check_name(name)}",
             coll,
             coll.maps,
             coll.programs,
@@ -86,7 +86,7 @@ class StageSteps(TransactionBase):
     def _pin(self, st: Staged) -> None:
         """Pin the next generation under the staging directory."""
         self.failpoints.reach("pin", st.desired.name)
-        sdir = os.fspath(st.dir)  # plain strings: this runs per collection
+        sdir = st.dir  # plain strings: this runs per collection
         os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
         for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
             os.mkdir(f"{sdir}/{sub}", 0o700)
@@ -124,7 +124,7 @@ class StageSteps(TransactionBase):
             programs.update(self._fresh(action, maps, programs))
         st = Staged(
             d,
-            self.staging / check_name(name),
+            f"{self.staging_path}/{check_name(name)}",
             None,
             maps,
             programs,

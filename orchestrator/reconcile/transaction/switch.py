@@ -48,7 +48,7 @@ class SwitchSteps(TransactionBase):
                 f"{a.program} is not loaded (add it to programs:)",
                 collection=name,
             )
-        pin = st.dir / action.pin
+        pin = f"{st.dir}/{action.pin}"
         if isinstance(action, Reattach):
             self._reattach_xdp(action, prog, pin)
             return
@@ -75,7 +75,7 @@ class SwitchSteps(TransactionBase):
         link.pin(pin)
         st.links[key] = (link, action.link_kind, action.pin)
 
-    def _reattach_xdp(self, action: Reattach, prog: Program, pin: Path) -> None:
+    def _reattach_xdp(self, action: Reattach, prog: Program, pin: str) -> None:
         """Attach ``prog`` anew where our link ``action.link`` runs now: that link is
         detached first (``BPF_LINK_DETACH``), since the kernel fixes an XDP link's mode when
         it is made and refuses native and generic programs on one interface at once
