@@ -80,7 +80,7 @@ from orchestrator.ebpf.elf.records import (
     _Function,
     _header,
     _Section,
-    _string_table,
+    _string_starts,
     _Symbol,
 )
 from orchestrator.ebpf.errors import Error, ParseError, clip
@@ -169,19 +169,18 @@ class _Reader(MapReader):
         if noff + nsize > size:
             raise ParseError("section name table extends past the end of the file")
         data = self.data
-        name_of = _string_table(data[noff : noff + nsize])
+        names = data[noff : noff + nsize]
+        starts = _string_starts(names)
         sections, by_name = self.sections, self.by_name
         symtabs: list[tuple[_Section, int]] = []
         rels: list[tuple[_Section, int]] = []
         for i, (name, stype, flags, _addr, off, sz, link, info, _align, _ent) in enumerate(headers):
-            sec_name = name_of(name)
-            if stype == SHT_NOBITS:
-                body = b""
-            elif off + sz > size:
+            sec_name = starts.get(name)
+            if sec_name is None:
+                sec_name = _cstr(names, name)
+            if stype != SHT_NOBITS and off + sz > size:
                 raise ParseError(f"section {sec_name}: extends past the end of the file")
-            else:
-                body = data[off : off + sz]
-            s = _Section(i, sec_name, stype, flags, sz, body, [])
+            s = _Section(i, sec_name, stype, flags, sz, data, off, [])
             sections.append(s)
             if sec_name not in by_name:
                 by_name[sec_name] = s
@@ -191,7 +190,7 @@ class _Reader(MapReader):
                 rels.append((s, info))
         for s, link in symtabs:
             # the symbols' names are usually in the section names' table (one .strtab)
-            self._load_symbols(s, link, name_of if link == shstrndx else None)
+            self._load_symbols(s, link, (names, starts) if link == shstrndx else None)
         nsyms = len(self.symbols)
         for s, info in rels:
             if not 0 < info < len(sections):
@@ -208,16 +207,29 @@ class _Reader(MapReader):
             target.relocs.extend(relocs)
 
     def _load_symbols(
-        self, symtab: _Section, link: int, name_of: Callable[[int], str] | None = None
+        self, symtab: _Section, link: int, table: tuple[bytes, dict[int, str]] | None = None
     ) -> None:
+        """The symbols of ``symtab``, named from string table ``link`` (``table``: that
+        table and its :func:`_string_starts`, when the caller has them)."""
         if not 0 <= link < len(self.sections):
             raise ParseError("symbol table: bad string table link")
-        if name_of is None:
-            name_of = _string_table(self.sections[link].data)
+        if table is None:
+            names = self.sections[link].data
+            starts = _string_starts(names)
+        else:
+            names, starts = table
         if len(symtab.data) % _SYM.size:
             raise ParseError("symbol table: truncated")
         self.symbols.extend(
-            _Symbol(i, name_of(st_name), info >> 4, info & 0xF, shndx, value, size)
+            _Symbol(
+                i,
+                starts[st_name] if st_name in starts else _cstr(names, st_name),
+                info >> 4,
+                info & 0xF,
+                shndx,
+                value,
+                size,
+            )
             for i, (st_name, info, _other, shndx, value, size) in enumerate(
                 _SYM.iter_unpack(symtab.data)
             )

@@ -4,7 +4,6 @@ the string-table and header helpers."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestrator.ebpf.errors import ParseError
@@ -86,8 +85,23 @@ class _Section:
     type: int
     flags: int
     size: int
-    data: bytes
+    file: bytes  # the whole object: the body is sliced out of it on first read
+    offset: int  # of the body in ``file`` (the reader checked it fits)
     relocs: list[tuple[int, int]] = field(default_factory=list)  # (offset, symbol index)
+    _body: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The section's bytes (empty for SHT_NOBITS). Most of an object is debug info
+        that nothing reads: a body is copied out of the file only when read."""
+        body = self._body
+        if body is None:
+            if self.type == SHT_NOBITS:
+                body = b""
+            else:
+                body = self.file[self.offset : self.offset + self.size]
+            self._body = body
+        return body
 
 
 @dataclass(eq=False, slots=True)
@@ -100,21 +114,16 @@ class _Function:
     named: bool = True  # False: code no symbol names, found as a call target
 
 
-def _string_table(data: bytes) -> Callable[[int], str]:
-    """``offset -> string`` for an ELF string table: every string that starts after a nul
-    is decoded once, in one pass; other offsets (suffixes shared by the linker or
-    compiler, e.g. ``.BTF`` inside ``.rel.BTF``) fall back to :func:`_cstr`."""
+def _string_starts(data: bytes) -> dict[int, str]:
+    """Offset -> string for every string of an ELF string table that starts after a nul,
+    decoded in one pass. Other offsets (suffixes shared by the linker or compiler, e.g.
+    ``.BTF`` inside ``.rel.BTF``) are left to :func:`_cstr`."""
     starts: dict[int, str] = {}
     off = 0
     for raw in data.split(b"\0"):
         starts[off] = raw.decode("utf-8", "replace")
         off += len(raw) + 1
-
-    def lookup(offset: int) -> str:
-        found = starts.get(offset)
-        return found if found is not None else _cstr(data, offset)
-
-    return lookup
+    return starts
 
 
 def _cstr(data: bytes, offset: int) -> str:
