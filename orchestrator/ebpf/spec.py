@@ -19,6 +19,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.asm import Instructions
 from orchestrator.ebpf.btf import layout as _layout
+from orchestrator.ebpf.btf.ext import LazyLineInfos
 from orchestrator.ebpf.btf.types import _Lazy
 from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
 from orchestrator.ebpf.loadplan import LoadPlans
@@ -317,6 +318,24 @@ class ProgramSpec:
         return self.instructions.referenced(RefKind.MAP) | self.instructions.referenced(
             RefKind.MAP_VALUE
         )
+
+
+# A parsed program's line info may be held as ranges of the .BTF.ext records (a
+# LazyLineInfos, what the ELF reader stores), built on first read: the field is a property
+# over the same __dict__ key (its __init__, repr and dataclasses.fields() go through it, and
+# load plans, which compare __dict__, see the same holder before and after the read).
+def _get_line_infos(self: ProgramSpec) -> tuple[LineInfo, ...]:
+    held = self.__dict__["line_infos"]
+    if type(held) is LazyLineInfos:
+        return held.get()
+    return held  # type: ignore[no-any-return]
+
+
+def _set_line_infos(self: ProgramSpec, value: tuple[LineInfo, ...] | LazyLineInfos) -> None:
+    self.__dict__["line_infos"] = value
+
+
+setattr(ProgramSpec, "line_infos", property(_get_line_infos, _set_line_infos))  # noqa: B010
 
 
 class VariableSpec:

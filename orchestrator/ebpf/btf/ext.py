@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -25,7 +27,9 @@ __all__ = [
     "COREReloKind",
     "Ext",
     "FuncInfo",
+    "LazyLineInfos",
     "LineInfo",
+    "RawLineInfos",
     "encode_func_infos",
     "encode_line_infos",
     "encoded_func_infos",
@@ -117,6 +121,101 @@ class LineInfo:
     column: int
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class RawLineInfos:
+    """One ELF section's line info records as parsed, checked whole at parse time (every
+    instruction offset aligned, every string offset in the table) and in instruction
+    order: :meth:`decode` builds the :class:`LineInfo` of a range only when a program's
+    line info is read. Columns of the records: byte offset of the instruction, file name
+    and line string offsets, and line/column."""
+
+    spec: Spec
+    offsets: array[int]  # ascending
+    files: array[int]
+    lines: array[int]
+    line_cols: array[int]
+
+    def decode(self, lo: int, hi: int, delta: int) -> list[LineInfo]:
+        """Records ``lo`` to ``hi`` (by index), their instructions moved by ``delta``."""
+        strs, string = self.spec._str_cache, self.spec.string
+        out: list[LineInfo] = []
+        append = out.append
+        for byte_off, file_off, line_off, line_col in zip(
+            self.offsets[lo:hi],
+            self.files[lo:hi],
+            self.lines[lo:hi],
+            self.line_cols[lo:hi],
+            strict=True,
+        ):
+            file_name = strs.get(file_off)
+            if file_name is None:
+                file_name = string(file_off)
+            line = strs.get(line_off)
+            if line is None:
+                line = string(line_off)
+            append(
+                LineInfo(
+                    byte_off // INSN_SIZE + delta,
+                    file_name,
+                    line,
+                    line_col >> _COL_BITS,
+                    line_col & _COL_MASK,
+                )
+            )
+        return out
+
+
+# low bytes of the byte offsets that are multiples of the instruction size
+_ALIGNED = bytes(range(0, 256, INSN_SIZE))
+
+
+def _raw_lines(chunk: memoryview, rec_size: int, spec: Spec) -> RawLineInfos | None:
+    """The records of one section block kept raw, or None when they need the record by
+    record reading (for its error message, or to sort them): a misaligned instruction
+    offset, a string offset outside the table, records out of order, a spec on a base."""
+    if spec._base is not None or spec._str_start != 0:
+        return None
+    if bytes(chunk[::rec_size]).translate(None, _ALIGNED):  # the offsets' low bytes
+        return None
+    words: array[int] = array("I")
+    words.frombytes(chunk)
+    if sys.byteorder == "big":
+        words.byteswap()  # the records are little-endian
+    step = rec_size // 4
+    offsets, files, lines = words[0::step], words[1::step], words[2::step]
+    end = len(spec._strtab)
+    if max(files, default=0) >= end or max(lines, default=0) >= end:
+        return None
+    if list(offsets) != sorted(offsets):
+        return None
+    return RawLineInfos(spec, offsets, files, lines, words[3::step])
+
+
+class LazyLineInfos:
+    """A program's line info, held as ranges of parsed records (see :class:`RawLineInfos`)
+    and built on first read (:meth:`get`, what ``ProgramSpec.line_infos`` returns): the
+    same tuple on every read, so what is memoized by it stays valid."""
+
+    __slots__ = ("_parts", "_value")
+
+    def __init__(self, parts: list[tuple[RawLineInfos, int, int, int] | list[LineInfo]]) -> None:
+        self._parts = parts  # (records, lo, hi, delta) or records already built
+        self._value: tuple[LineInfo, ...] | None = None
+
+    def get(self) -> tuple[LineInfo, ...]:
+        value = self._value
+        if value is None:
+            out: list[LineInfo] = []
+            for part in self._parts:
+                if isinstance(part, list):
+                    out += part
+                else:
+                    raw, lo, hi, delta = part
+                    out += raw.decode(lo, hi, delta)
+            value = self._value = tuple(out)
+        return value
+
+
 @dataclass(slots=True)
 class CORERelo:
     """A CO-RE relocation of instruction ``insn`` against ``type`` via ``access``
@@ -135,10 +234,15 @@ class Ext:
     func_infos: dict[str, list[FuncInfo]] = field(default_factory=dict)
     line_infos: dict[str, list[LineInfo]] = field(default_factory=dict)
     core_relos: dict[str, list[CORERelo]] = field(default_factory=dict)
+    # with parse_ext(raw_lines=True): sections whose line info is kept as parsed (not
+    # in line_infos)
+    raw_line_infos: dict[str, RawLineInfos] = field(default_factory=dict)
 
 
-def parse_ext(data: bytes, spec: Spec) -> Ext:
-    """Parse a little-endian .BTF.ext section; type ids and strings refer to ``spec``."""
+def parse_ext(data: bytes, spec: Spec, *, raw_lines: bool = False) -> Ext:
+    """Parse a little-endian .BTF.ext section; type ids and strings refer to ``spec``.
+    ``raw_lines``: a section's line info records that check out whole are kept as parsed
+    in ``raw_line_infos`` (the others are read record by record, with the same errors)."""
     view = memoryview(data)
     if len(view) < _HEADER.size:
         raise BTFError(f"btf.ext: {len(view)} bytes is too short for a header")
@@ -171,8 +275,24 @@ def parse_ext(data: bytes, spec: Spec) -> Ext:
     # Strings come from the spec's cache (an object's whole table is decoded at parse
     # time); a line info is one C-level unpack and one object.
     string, strs, new_line = spec.string, spec._str_cache, LineInfo
-    for name, block in _blocks(body, spec, li_off, li_len, _MIN_LINE_INFO, "line info", _QUAD):
+    raws = ext.raw_line_infos
+    for name, pos, count, rec_size in _sections(
+        body, spec, li_off, li_len, _MIN_LINE_INFO, "line info"
+    ):
+        chunk = body[pos : pos + count * rec_size]
+        if raw_lines and name not in raws and name not in ext.line_infos:
+            raw = _raw_lines(chunk, rec_size, spec)
+            if raw is not None:
+                raws[name] = raw
+                continue
+        if name in raws:  # a second block of the section: read both record by record
+            earlier = raws.pop(name)
+            ext.line_infos[name] = earlier.decode(0, len(earlier.offsets), 0)
         lines = ext.line_infos.setdefault(name, [])
+        if rec_size == _QUAD.size:
+            block: Iterable[tuple[int, ...]] = _QUAD.iter_unpack(chunk)
+        else:
+            block = (_QUAD.unpack_from(chunk, i) for i in range(0, len(chunk), rec_size))
         append = lines.append
         for byte_off, file_off, line_off, line_col in block:
             if byte_off % INSN_SIZE:

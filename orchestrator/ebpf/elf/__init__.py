@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
@@ -249,7 +249,7 @@ class _Reader(MapReader):
             self.btf = _btf.Spec.parse(btf_sec.data)
             self._fixup_datasecs()
             if (ext_sec := self.by_name.get(".BTF.ext")) is not None:
-                self.ext = _btf_ext.parse_ext(ext_sec.data, self.btf)
+                self.ext = _btf_ext.parse_ext(ext_sec.data, self.btf, raw_lines=True)
 
         maps: dict[str, MapSpec] = {}
         map_by_symbol: dict[int, str] = {}  # symbol index → map name
@@ -543,7 +543,11 @@ class _Reader(MapReader):
             autoload=info.autoload,
             known_section=info.known,
             func_infos=tuple(func_infos),
-            line_infos=tuple(line_infos),
+            # a LazyLineInfos is held as is: ProgramSpec.line_infos builds it on first read
+            line_infos=cast(
+                "tuple[_btf_ext.LineInfo, ...]",
+                line_infos if isinstance(line_infos, _btf_ext.LazyLineInfos) else tuple(line_infos),
+            ),
             core_relos=tuple(core_relos),
             btf=self.btf,
             unresolved=tuple(unresolved),
@@ -688,7 +692,14 @@ class _Reader(MapReader):
 
     def _ext_records(
         self, order: list[_Function], placed: dict[int, int]
-    ) -> tuple[list[_btf_ext.FuncInfo], list[_btf_ext.LineInfo], list[_btf_ext.CORERelo]]:
+    ) -> tuple[
+        list[_btf_ext.FuncInfo],
+        list[_btf_ext.LineInfo] | _btf_ext.LazyLineInfos,
+        list[_btf_ext.CORERelo],
+    ]:
+        """The .BTF.ext records of the functions in ``order``, moved to where they are
+        placed. Line info kept raw by the parse stays so: the program gets the ranges of
+        records it covers (a :class:`~.btf.ext.LazyLineInfos`), built on first read."""
         func_infos: list[_btf_ext.FuncInfo] = []
         line_infos: list[_btf_ext.LineInfo] = []
         core_relos: list[_btf_ext.CORERelo] = []
@@ -696,23 +707,40 @@ class _Reader(MapReader):
             return func_infos, line_infos, core_relos
         LineInfo = _btf_ext.LineInfo
         ext, idx = self.ext, self._ext_index
+        raw_lines = ext.raw_line_infos
+        parts: list[tuple[_btf_ext.RawLineInfos, int, int, int] | list[_btf_ext.LineInfo]] = []
         for fn in order:
             delta = placed[id(fn)] - fn.start
             sec = fn.section.name
+            raw = raw_lines.get(sec)
+            if raw is not None:
+                if line_infos:
+                    parts.append(line_infos)
+                    line_infos = []
+                lo = bisect.bisect_left(raw.offsets, fn.start * INSN_SIZE)
+                hi = bisect.bisect_left(raw.offsets, fn.end * INSN_SIZE, lo)
+                if lo < hi:
+                    parts.append((raw, lo, hi, delta))
             if delta == 0:  # in place (a program first in its section): share the records
                 func_infos += _ext_slice(idx.func_infos, ext.func_infos, sec, fn)
-                line_infos += _ext_slice(idx.line_infos, ext.line_infos, sec, fn)
+                if raw is None:
+                    line_infos += _ext_slice(idx.line_infos, ext.line_infos, sec, fn)
                 core_relos += _ext_slice(idx.core_relos, ext.core_relos, sec, fn)
                 continue
             for fi in _ext_slice(idx.func_infos, ext.func_infos, sec, fn):
                 func_infos.append(fi.at(fi.insn + delta))
-            for li in _ext_slice(idx.line_infos, ext.line_infos, sec, fn):
-                line_infos.append(
-                    LineInfo(li.insn + delta, li.file_name, li.line, li.line_number, li.column)
-                )
+            if raw is None:
+                for li in _ext_slice(idx.line_infos, ext.line_infos, sec, fn):
+                    line_infos.append(
+                        LineInfo(li.insn + delta, li.file_name, li.line, li.line_number, li.column)
+                    )
             for cr in _ext_slice(idx.core_relos, ext.core_relos, sec, fn):
                 core_relos.append(_shift(cr, delta))
-        return func_infos, line_infos, core_relos
+        if not parts:
+            return func_infos, line_infos, core_relos
+        if line_infos:
+            parts.append(line_infos)
+        return func_infos, _btf_ext.LazyLineInfos(parts), core_relos
 
 
 def _tiles(sized: list[tuple[int, int]], slots: int, named: int) -> bool:
