@@ -150,7 +150,7 @@ class _Loader:
             self._btf_loaded = True
             spec = self.spec.btf
             if spec is not None:
-                infos = tuple(p.line_infos for p in self.spec_programs.values())
+                infos = tuple(p.held_line_infos() for p in self.spec_programs.values())
                 plan = self.spec._plans.btf
                 if plan is None or not plan.fits(spec, infos):
                     extra: frozenset[str] = frozenset().union(
@@ -459,6 +459,7 @@ class _Loader:
         )
         with_btf = False
         b = spec.btf
+        lines = spec.held_line_infos()  # built only if a load fails (for its message)
         if btf_fd is not None and b is self.spec.btf and b is not None:
             if spec.func_infos:
                 func_info = _sys.cbytes(_btf_ext.encoded_func_infos(spec.func_infos, b))
@@ -467,14 +468,14 @@ class _Loader:
                 attr.func_info = _sys.address(func_info)
                 attr.func_info_cnt = len(spec.func_infos)
                 with_btf = True
-            if spec.line_infos:
-                line_info = _sys.cbytes(_btf_ext.encoded_line_infos(spec.line_infos, strings))
+            if len(lines):
+                line_info = _sys.cbytes(_btf_ext.encoded_line_infos(lines, strings))
                 buffers.append(line_info)
                 attr.line_info_rec_size = 16
                 attr.line_info = _sys.address(line_info)
-                attr.line_info_cnt = len(spec.line_infos)
+                attr.line_info_cnt = len(lines)
                 with_btf = True
-        elif b is self.spec.btf and b is not None and (spec.func_infos or spec.line_infos):
+        elif b is self.spec.btf and b is not None and (spec.func_infos or len(lines)):
             return None  # the collection's BTF did not load: no plan for this load
         plan = ProgramPlan(
             dict(spec.__dict__),
@@ -508,7 +509,7 @@ class _Loader:
                 return Program.load(self._request(spec), log)
             attr.prog_btf_fd = btf_fd.raw
         return Program._load_attr(
-            attr, spec.name, spec.type, spec.attach_type, spec.line_infos, log
+            attr, spec.name, spec.type, spec.attach_type, spec.held_line_infos(), log
         )
 
     def _request(self, spec: ProgramSpec) -> LoadRequest:
@@ -555,9 +556,10 @@ class _Loader:
             if spec.func_infos:
                 func_info = _btf_ext.encoded_func_infos(spec.func_infos, b)
                 nfunc = len(spec.func_infos)
-            if spec.line_infos:
-                line_info = _btf_ext.encoded_line_infos(spec.line_infos, strings)
-                nline = len(spec.line_infos)
+            lines = spec.held_line_infos()
+            if len(lines):
+                line_info = _btf_ext.encoded_line_infos(lines, strings)
+                nline = len(lines)
         attach_btf_id = self._attach_btf_id(spec)
         attach_type = spec.attach_type
         if spec.type == ProgType.STRUCT_OPS:

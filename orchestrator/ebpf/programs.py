@@ -11,7 +11,7 @@ from pathlib import Path
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import FD, AttachType, Closing, Cmd, ProgType
-from orchestrator.ebpf.btf.ext import LineInfo
+from orchestrator.ebpf.btf.ext import LazyLineInfos, LineInfo
 from orchestrator.ebpf.errors import SyscallError, VerifierError
 from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.maps import kernel_btf_spec, kernel_name
@@ -216,7 +216,7 @@ class Program(Handle):
         name: str,
         type: ProgType,
         attach_type: AttachType | None,
-        line_infos: tuple[LineInfo, ...],
+        line_infos: tuple[LineInfo, ...] | LazyLineInfos,
         log: LogOptions,
     ) -> Program:
         """BPF_PROG_LOAD of a filled-in ``attr`` (whose buffers the caller keeps alive),
@@ -240,6 +240,8 @@ class Program(Handle):
             if result.err != errno.ENOSPC:
                 code = result.err
         if result.fd is None:
+            if isinstance(line_infos, LazyLineInfos):  # built now, for the message
+                line_infos = line_infos.get()
             raise _load_error(name, line_infos, code, result.log, truncated)
         return cls(
             result.fd,

@@ -304,6 +304,11 @@ class ProgramSpec:
     btf: _btf.Spec | None = None
     unresolved: tuple[Unresolved, ...] = ()
 
+    def held_line_infos(self) -> tuple[LineInfo, ...] | LazyLineInfos:
+        """What ``line_infos`` holds, without building records still held as parsed (a
+        :class:`~.btf.ext.LazyLineInfos`, which the loader encodes as they are)."""
+        return self.__dict__["line_infos"]  # type: ignore[no-any-return]
+
     def copy(self) -> ProgramSpec:
         # Instructions and BTF records are immutable: a shallow copy is a deep one.
         new = object.__new__(type(self))

@@ -5,6 +5,7 @@ read. Kernel-free."""
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -239,3 +240,33 @@ def test_raw_line_info_of_a_section_in_two_blocks() -> None:
     want = parse_ext(data, Spec.parse(btf))
     assert "xdp" not in raw.raw_line_infos and len(want.line_infos["xdp"]) == count
     assert raw.line_infos == want.line_infos == parse_ext(bytes(ext), Spec.parse(btf)).line_infos
+
+
+@pytest.mark.parametrize("path", OBJECTS, ids=lambda p: p.name)
+def test_raw_line_info_encodes_like_decoded(path: Path) -> None:
+    spec = ebpf.CollectionSpec.from_file(path, cache=False)
+    for prog in spec.programs.values():
+        held = prog.held_line_infos()
+        if type(held) is not LazyLineInfos:  # no line info (see the test above)
+            assert not prog.line_infos
+            continue
+        assert spec.btf is not None
+        assert held.strings() == btf_ext.line_strings(prog.line_infos)
+        assert btf_ext.line_strings(held) is held.strings()
+        strings = spec.btf.marshal(held.strings())[1]
+        assert len(held) == len(prog.line_infos)
+        want = btf_ext.encode_line_infos(prog.line_infos, strings)
+        assert held.encoded(strings) == want
+        assert btf_ext.encoded_line_infos(held, strings) is held.encoded(strings)
+
+
+def test_raw_line_info_encoding_names_a_missing_string() -> None:
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    held = spec.programs["xdp_count"].held_line_infos()
+    assert type(held) is LazyLineInfos
+    first = spec.programs["xdp_count"].line_infos[0]
+    strings = {s: 1 for s in held.strings() if s != first.line}
+    want = f"line info {first.file_name}:{first.line_number}: string {first.line!r} is not in"
+    for infos in (held, spec.programs["xdp_count"].line_infos):
+        with pytest.raises(ebpf.BTFError, match=re.escape(want)):
+            btf_ext.encoded_line_infos(infos, strings)

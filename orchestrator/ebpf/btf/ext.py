@@ -196,11 +196,74 @@ class LazyLineInfos:
     and built on first read (:meth:`get`, what ``ProgramSpec.line_infos`` returns): the
     same tuple on every read, so what is memoized by it stays valid."""
 
-    __slots__ = ("_parts", "_value")
+    __slots__ = ("_encoded", "_parts", "_strings", "_value")
 
     def __init__(self, parts: list[tuple[RawLineInfos, int, int, int] | list[LineInfo]]) -> None:
         self._parts = parts  # (records, lo, hi, delta) or records already built
         self._value: tuple[LineInfo, ...] | None = None
+        self._strings: frozenset[str] | None = None
+        self._encoded: tuple[dict[str, int], bytes] | None = None
+
+    def __len__(self) -> int:
+        return sum(len(p) if isinstance(p, list) else p[2] - p[1] for p in self._parts)
+
+    def strings(self) -> frozenset[str]:
+        """:func:`line_strings` of the records, read from their string offsets (each
+        distinct one decoded once), memoized."""
+        found = self._strings
+        if found is None:
+            names: set[str] = set()
+            for part in self._parts:
+                if isinstance(part, list):
+                    names.update(li.file_name for li in part)
+                    names.update(li.line for li in part)
+                    continue
+                raw, lo, hi = part[0], part[1], part[2]
+                strs, string = raw.spec._str_cache, raw.spec.string
+                for off in set(raw.files[lo:hi]) | set(raw.lines[lo:hi]):
+                    text = strs.get(off)
+                    names.add(text if text is not None else string(off))
+            found = self._strings = frozenset(names)
+        return found
+
+    def encoded(self, strings: dict[str, int]) -> bytes:
+        """:func:`encode_line_infos` of the records against a marshalled string map (the
+        same bytes), encoded from the parsed records without building them; memoized for
+        the last ``strings``."""
+        hit = self._encoded
+        if hit is not None and hit[0] is strings:
+            return hit[1]
+        out = bytearray()
+        pack = _LINE_INFO.pack
+        for part in self._parts:
+            if isinstance(part, list):
+                out += encode_line_infos(part, strings)
+                continue
+            raw, lo, hi, delta = part
+            strs, string = raw.spec._str_cache, raw.spec.string
+            try:
+                for byte_off, file_off, line_off, line_col in zip(
+                    raw.offsets[lo:hi],
+                    raw.files[lo:hi],
+                    raw.lines[lo:hi],
+                    raw.line_cols[lo:hi],
+                    strict=True,
+                ):
+                    file_name = strs.get(file_off)
+                    if file_name is None:
+                        file_name = string(file_off)
+                    line = strs.get(line_off)
+                    if line is None:
+                        line = string(line_off)
+                    out += pack(
+                        byte_off // INSN_SIZE + delta, strings[file_name], strings[line], line_col
+                    )
+            except KeyError:  # a string marshal was not given: the message names it
+                encode_line_infos(raw.decode(lo, hi, delta), strings)  # raises
+                raise
+        data = bytes(out)
+        self._encoded = (strings, data)
+        return data
 
     def get(self) -> tuple[LineInfo, ...]:
         value = self._value
@@ -454,8 +517,10 @@ def _remember(key: tuple[str, int, int], value: tuple[object, object, object]) -
     _memo[key] = value
 
 
-def line_strings(infos: tuple[LineInfo, ...]) -> frozenset[str]:
+def line_strings(infos: tuple[LineInfo, ...] | LazyLineInfos) -> frozenset[str]:
     """The file names and source lines of ``infos`` (the extra strings marshal needs)."""
+    if isinstance(infos, LazyLineInfos):
+        return infos.strings()
     key = ("strings", id(infos), 0)
     hit = _memo.get(key)
     if hit is not None and hit[0] is infos:
@@ -480,8 +545,12 @@ def encoded_func_infos(infos: tuple[FuncInfo, ...], spec: Spec) -> bytes:
     return data
 
 
-def encoded_line_infos(infos: tuple[LineInfo, ...], strings: dict[str, int]) -> bytes:
+def encoded_line_infos(
+    infos: tuple[LineInfo, ...] | LazyLineInfos, strings: dict[str, int]
+) -> bytes:
     """:func:`encode_line_infos` against a marshalled string map, memoized."""
+    if isinstance(infos, LazyLineInfos):
+        return infos.encoded(strings)
     key = ("line", id(infos), id(strings))
     hit = _memo.get(key)
     if hit is not None and hit[0] is infos and hit[1] is strings:
