@@ -827,6 +827,8 @@ def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 # verbs that do a bounded amount of work and return (``main``'s ``one_shot``)
 _BOUNDED = frozenset({cmd_validate, cmd_plan, cmd_apply, cmd_verify, cmd_status, cmd_destroy})
+# verbs that print what the parser and the schemas hold, and touch no cache
+_STATIC = frozenset({cmd_schema, cmd_completion})
 
 
 def main(
@@ -854,24 +856,14 @@ def main(
         except SystemExit:  # --help, --version and usage errors: flush while we can catch
             sys.stdout.flush()
             raise
-        from orchestrator.manifest import ObjectStore
-
         args.failpoints = failpoints
-        if one_shot and args.func in _BOUNDED:
+        func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
+        if one_shot and func in _BOUNDED:
             from orchestrator._gc import freeze_bursts
 
             freeze_bursts()
-        from orchestrator.ebpf.btf import kernel as kernel_btf
-        from orchestrator.ebpf.speccache import SpecCache
-
-        disk = service_cli.disk_cache(not args.no_cache, args.cache_dir)
-        args.store = ObjectStore(SpecCache(disk=disk), manifests_disk=disk)
-        previous = kernel_btf.use_disk(disk)
-        try:
-            func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
-            code = func(args, out, err)
-        finally:
-            kernel_btf.use_disk(previous)
+        # a static verb reads no manifest, object or kernel state: no cache to open
+        code = func(args, out, err) if func in _STATIC else _with_caches(func, args, out, err)
         out.flush()  # a reader that went away shows here, not at interpreter exit
         return code
     except KeyboardInterrupt:
@@ -882,6 +874,30 @@ def main(
         # killed by SIGPIPE would, without letting the exit's flush fail again
         _quiet(out, err, sys.stdout, sys.stderr)
         return EXIT_BROKEN_PIPE
+
+
+def _with_caches(
+    func: Callable[[argparse.Namespace, TextIO, TextIO], int],
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Run ``func`` with the persisted cache of ``--cache-dir``/``--no-cache`` in use for the
+    kernel's BTF, and, for a verb that reads manifests or objects (:data:`_BOUNDED`), the
+    command's :class:`~orchestrator.manifest.ObjectStore` over it as ``args.store``."""
+    from orchestrator.ebpf.btf import kernel as kernel_btf
+
+    disk = service_cli.disk_cache(not args.no_cache, args.cache_dir)
+    if func in _BOUNDED:
+        from orchestrator.ebpf.speccache import SpecCache
+        from orchestrator.manifest import ObjectStore
+
+        args.store = ObjectStore(SpecCache(disk=disk), manifests_disk=disk)
+    previous = kernel_btf.use_disk(disk)
+    try:
+        return func(args, out, err)
+    finally:
+        kernel_btf.use_disk(previous)
 
 
 def _quiet(*streams: TextIO) -> None:
