@@ -150,6 +150,13 @@ def test_help_imports_no_heavy_module(argv: list[str], tmp_path: Path) -> None:
 def test_static_verbs_import_no_heavy_module(argv: list[str], tmp_path: Path) -> None:
     modules = _modules_after(argv, tmp_path)
     assert _loaded(modules, (*DEPENDENCIES, *KERNEL, *SERVICE)) == []
+    # nor the caches of parsed objects and manifests: they read neither
+    caches = (
+        "orchestrator.ebpf.diskcache",
+        "orchestrator.ebpf.speccache",
+        "orchestrator.manifest.cache",
+    )
+    assert _loaded(modules, caches) == []
 
 
 def test_validate_imports_no_jsonschema_no_pyelftools_and_no_kernel_layer(
@@ -194,6 +201,29 @@ def test_plan_imports_neither_the_status_nor_the_transaction_nor_other_hooks(
         "orchestrator.ebpf.link.query",
     )
     assert _loaded(modules, unneeded) == []
+
+
+@pytest.mark.kernel
+def test_a_plan_with_no_change_imports_no_action_but_unchanged(
+    tmp_path: Path, pin_dir: Path
+) -> None:
+    """The actions of a plan that changes something (orchestrator.reconcile.actions) are
+    imported when one is made: by the apply, not by the no-op plan after it."""
+    where = ["--bpffs-root", str(pin_dir / "root"), "--state-dir", str(tmp_path / "state")]
+    manifest = tmp_path / "tp.yaml"
+    manifest.write_text(
+        "apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {name: tp}\n"
+        f"spec: {{object: {ROOT / 'bpf' / 'tp_counter.o'}}}\n"
+    )
+    try:
+        applied = _modules_after(["apply", str(manifest), *where], tmp_path)
+        assert "orchestrator.reconcile.actions" in applied
+        modules = _modules_after(["plan", str(manifest), *where], tmp_path)
+        assert "orchestrator.reconcile.planner" in modules  # it did plan
+        assert "orchestrator.reconcile.lines" in modules
+        assert "orchestrator.reconcile.actions" not in modules
+    finally:
+        _modules_after(["destroy", "--all", *where], tmp_path)
 
 
 def test_invalid_manifests_still_get_jsonschema_s_problems(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def render_ownership(plan: Plan, out: TextIO, indent: str = "") -> None:
 
 def render_status(status: Status, out: TextIO, none: str | None = None) -> None:
     """``none``: what to say when there is no collection (the default: none is applied)."""
-    from orchestrator.reconcile.actions import FieldDiff
+    from orchestrator.reconcile.lines import FieldDiff
 
     if not status.collections:
         print(none if none is not None else "No collections applied.", file=out)

@@ -33,13 +33,14 @@ from orchestrator.manifest.model import (
     Source,
 )
 from orchestrator.manifest.objects import ObjectError
-from orchestrator.reconcile.actions import Change, Kind, Op, WriteEntries
 from orchestrator.reconcile.cache import IdentityMemo
+from orchestrator.reconcile.lines import Change, Kind, Op
 from orchestrator.reconcile.state import CollectionRecord, EntryFacts
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.map_codec import MapCodec
     from orchestrator.manifest import entries as rules
+    from orchestrator.reconcile.actions import WriteEntries
 
 Value = bytes | str
 
@@ -361,6 +362,8 @@ def plan_entries(
                 "exact mode shows what they write as drift on every plan (set entries_mode: "
                 "merge)"
             )
+        from orchestrator.reconcile.actions import WriteEntries  # a plan that writes
+
         out.actions.append(
             WriteEntries(
                 collection=d.name,

@@ -5,31 +5,14 @@ destroy a recorded collection. Pure: no kernel, no files."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from orchestrator.reconcile.actions import (
-    Action,
-    Change,
-    ClaimRoot,
-    Commit,
-    Delete,
-    Detach,
-    Keep,
-    Kind,
-    Mark,
-    Op,
-    OpenStaging,
-    Release,
-    ReleaseRoot,
-    RemoveLeftover,
-    RemoveStaging,
-    Seal,
-    Stage,
-    Unchanged,
-    WriteEntries,
-    WriteRecord,
-)
+from orchestrator.reconcile.lines import Action, Change, Kind, Op, Unchanged
 from orchestrator.reconcile.rules import attachment_title
 from orchestrator.reconcile.state import ActualState, CollectionRecord
+
+if TYPE_CHECKING:
+    from orchestrator.reconcile.actions import Delete, Detach, Keep, Stage, WriteEntries
 
 
 def delete_collection(
@@ -37,6 +20,8 @@ def delete_collection(
 ) -> None:
     """Append the action that destroys ``rec`` (its lines: the collection, its attachments,
     programs and maps), and the detaches of its links."""
+    from orchestrator.reconcile.actions import Delete, Detach
+
     lines = [
         Change(
             Op.DELETE, Kind.COLLECTION, rec.name, rec.name, f"{why} (generation {rec.generation})"
@@ -80,14 +65,30 @@ def transaction_actions(
     markers, recovered from them after a killed apply, or made before markers existed are
     recorded and marked; a root with
     collections but no owner marker is claimed)."""
-    staged = [a for a in collections if isinstance(a, Stage | Keep)]
     own = actual.ownership
     unsettled = bool(own.adopted or own.unmarked or own.recovered) or (
         bool(actual.collections) and not own.token
     )
-    writes = any(isinstance(a, WriteEntries) for a in collections)
-    if not staged and not deleted and not actual.staging and not unsettled and not writes:
+    # no collection staged, kept or written to
+    unchanged = all(isinstance(a, Unchanged) for a in collections)
+    if unchanged and not deleted and not actual.staging and not unsettled:
         return tuple(collections)
+    from orchestrator.reconcile.actions import (
+        ClaimRoot,
+        Commit,
+        Keep,
+        Mark,
+        OpenStaging,
+        Release,
+        ReleaseRoot,
+        RemoveLeftover,
+        RemoveStaging,
+        Seal,
+        Stage,
+        WriteRecord,
+    )
+
+    staged = [a for a in collections if isinstance(a, Stage | Keep)]
     out: list[Action] = [RemoveLeftover(path) for path in actual.staging]
     if not own.token and (staged or actual.collections):
         out.append(ClaimRoot())

@@ -13,21 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.manifest.model import DesiredState
-from orchestrator.reconcile.actions import (
-    Action,
-    Change,
-    Delete,
-    Detach,
-    Keep,
-    Kind,
-    Op,
-    PlanProblem,
-    RemoveLeftover,
-    Unchanged,
-)
 from orchestrator.reconcile.budget import budget_warnings, recorded
+from orchestrator.reconcile.lines import Action, Change, Kind, Op, PlanProblem, Unchanged
 from orchestrator.reconcile.planner import (
     Planner,
     blocked_message,
@@ -47,6 +37,9 @@ from orchestrator.reconcile.rules import (
 )
 from orchestrator.reconcile.selector import Selector
 from orchestrator.reconcile.state import ActualState, Foreign
+
+if TYPE_CHECKING:
+    from orchestrator.reconcile.actions import Delete, Detach
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +91,20 @@ class Plan:
     @property
     def garbage(self) -> tuple[Path, ...]:
         """The leftovers of interrupted applies that this apply removes."""
+        if not self.runs:  # only Unchanged actions
+            return ()
+        from orchestrator.reconcile.actions import RemoveLeftover
+
         return tuple(a.path for a in self.actions if isinstance(a, RemoveLeftover))
 
     @property
     def kept(self) -> frozenset[str]:
         """Updated collections whose live programs and maps stay (only attachments,
         metadata or pins change)."""
+        if not self.runs:  # only Unchanged actions
+            return frozenset()
+        from orchestrator.reconcile.actions import Keep
+
         return frozenset(a.collection for a in self.actions if isinstance(a, Keep))
 
     def counts(self) -> tuple[int, int, int]:

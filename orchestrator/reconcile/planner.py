@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.manifest.model import (
     Attachment,
@@ -18,34 +19,16 @@ from orchestrator.manifest.model import (
     TcTarget,
     XdpTarget,
 )
-from orchestrator.reconcile.actions import (
+from orchestrator.reconcile.entries import plan_entries
+from orchestrator.reconcile.lines import (
     Action,
-    Attach,
     Change,
-    Delete,
-    Detach,
     FieldDiff,
-    FromLive,
-    FromPin,
-    FromStaged,
-    Keep,
-    KeepLink,
-    KeptMap,
     Kind,
-    MakeBeforeBreak,
-    MapFate,
-    MapSource,
-    NotApplied,
     Op,
     PlanProblem,
-    Reattach,
-    Replacement,
-    Stage,
-    SwitchLink,
     Unchanged,
-    WriteEntries,
 )
-from orchestrator.reconcile.entries import plan_entries
 from orchestrator.reconcile.ordering import delete_collection, transaction_actions
 from orchestrator.reconcile.rules import (
     PinRules,
@@ -75,6 +58,18 @@ from orchestrator.reconcile.state import (
     CollectionRecord,
     Foreign,
 )
+
+if TYPE_CHECKING:  # the actions of a plan that changes something: imported when one is made
+    from orchestrator.reconcile.actions import (
+        Delete,
+        Detach,
+        Keep,
+        MapSource,
+        Reattach,
+        Replacement,
+        Stage,
+        WriteEntries,
+    )
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -191,6 +186,16 @@ class Planner:
         now: the staged one if ``coll`` is staged before (loaded anew, or kept with the map
         pinned in its new tree), else the live one (a substitution of a substitution is
         followed to its source)."""
+        from orchestrator.reconcile.actions import (
+            FromLive,
+            FromPin,
+            FromStaged,
+            Keep,
+            MapFate,
+            NotApplied,
+            Stage,
+        )
+
         st = self.staged.get(coll)
         if isinstance(st, Stage) or (
             isinstance(st, Keep)
@@ -352,6 +357,8 @@ class Planner:
         """The load of ``d``'s object, with the map lines just planned: its substitutions and
         the preserved maps handed over (a NOOP line), the maps pinned as :class:`PinRules`
         says for the shapes the object declares."""
+        from orchestrator.reconcile.actions import FromPin, Replacement, Stage
+
         shapes = facts.maps if facts is not None else {}
         sha = facts.object_sha256 if facts is not None else ""
         replacements: list[Replacement] = []
@@ -407,6 +414,8 @@ class Planner:
         a substitution is carried as it is, a map no longer pinned is held by its programs
         (or freed with the old tree: a DELETE line), every other map pinned in the new tree;
         programs with a REPLACE line are loaded again (:meth:`keep`)."""
+        from orchestrator.reconcile.actions import Keep, KeptMap, MapFate, Replacement
+
         maps: list[KeptMap] = []
         for mname, mr in sorted(rec.maps.items()):
             line = self.line(Kind.MAP, mname)
@@ -685,6 +694,15 @@ class Planner:
         link is replaced by a new one on the same hook (see :func:`reattached`); ``fresh``:
         programs of a kept collection that get a new instance (their other links follow
         it)."""
+        from orchestrator.reconcile.actions import (
+            Attach,
+            Detach,
+            KeepLink,
+            MakeBeforeBreak,
+            Reattach,
+            SwitchLink,
+        )
+
         reattach = reattach or {}
         rec = actual.record if actual is not None else None
         old = rec.attachments if rec is not None else {}

@@ -23,7 +23,7 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
-from orchestrator.reconcile.actions import FieldDiff
+from orchestrator.reconcile.lines import FieldDiff
 from orchestrator.reconcile.state import (
     ActualCollection,
     AttachmentRecord,
