@@ -434,6 +434,12 @@ class PinRules:
                 if sf is not None and sf.collection is not None:
                     users.setdefault((sf.collection, sf.map or mo.name), []).append(d.name)
         self.users = {k: sorted(v) for k, v in users.items()}
+        # collection -> (the collection, the record, their changes): the facts and the
+        # plan ask the same question of each unchanged collection; answered again for
+        # another collection or record object of that name
+        self._changes: dict[
+            str, tuple[DesiredCollection, CollectionRecord, Mapping[str, str | None]]
+        ] = {}
 
     def reason(self, coll: str, mname: str, shape: MapShape | None) -> str | None:
         """Why map ``mname`` (of shape ``shape``) of collection ``coll`` is pinned at
@@ -461,9 +467,13 @@ class PinRules:
             return f"collection {', '.join(users)} uses it (from)"
         return None
 
-    def changes(self, d: DesiredCollection, rec: CollectionRecord) -> dict[str, str | None]:
+    def changes(self, d: DesiredCollection, rec: CollectionRecord) -> Mapping[str, str | None]:
         """The recorded maps of ``d`` whose pin must be added (name -> why) or removed (name
-        -> None); a pure function of the record and the manifests."""
+        -> None); a pure function of the record and the manifests (both never changed once
+        made), so computed once per collection and record."""
+        known = self._changes.get(d.name)
+        if known is not None and known[0] is d and known[1] is rec:
+            return known[2]
         out: dict[str, str | None] = {}
         for mname, mr in rec.maps.items():
             if mr.source:
@@ -471,6 +481,7 @@ class PinRules:
             why = self.reason(d.name, mname, mr.shape)
             if (why is not None) != bool(mr.pin):
                 out[mname] = why
+        self._changes[d.name] = (d, rec, out)
         return out
 
 

@@ -579,6 +579,27 @@ def test_records_from_before_pins_had_a_meaning_are_kept() -> None:
     assert line is not None and line.op is Op.UPDATE and line.reason.startswith("unpin:")
 
 
+def test_pin_rules_answer_once_per_collection_and_record() -> None:
+    """The facts and the plan ask PinRules.changes of each unchanged collection: the answer
+    is made once for that collection and record, and made again for another record (or
+    another collection) of that name."""
+    from orchestrator.reconcile.plan import PinRules
+
+    owner = coll("a")
+    user = coll("b", maps={"counters": MapOptions("counters", source_from=MapFrom("a"))})
+    rules = PinRules(desired(owner, user))
+    rec = record("a")  # counters not pinned
+    first = rules.changes(owner, rec)
+    assert first == {"counters": "collection b uses it (from)"}
+    assert rules.changes(owner, rec) is first  # remembered
+    pinned = record("a", maps={"counters": MapRecord("counters", 10, ARRAY, "maps/counters")})
+    assert rules.changes(owner, pinned) == {}  # another record: asked anew
+    assert rules.changes(owner, record("a")) == first  # an equal record: asked anew, same
+    other = coll("a", "d2")  # another collection object of that name
+    assert rules.changes(other, pinned) == {}
+    assert PinRules(desired(owner)).changes(owner, rec) == {}  # no user: nothing to pin
+
+
 def _fields(rec: CollectionRecord) -> dict[str, object]:
     import dataclasses
 
