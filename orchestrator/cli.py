@@ -297,7 +297,8 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _reconciler(args: argparse.Namespace) -> Reconciler:
+def _reconciler(args: argparse.Namespace, *, remember: bool = True) -> Reconciler:
+    """``remember``: False for a command that observes once (see :class:`Reconciler`)."""
     from orchestrator.reconcile import Reconciler
 
     return Reconciler(
@@ -305,6 +306,7 @@ def _reconciler(args: argparse.Namespace) -> Reconciler:
         state_dir=args.state_dir,
         failpoints=args.failpoints,
         store=args.store,
+        remember=remember,
     )
 
 
@@ -326,7 +328,7 @@ def _unselected(desired: DesiredState, selector: Selector | None, prune: bool, e
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.reconcile import ReconcileError
 
-    rec = _reconciler(args)
+    rec = _reconciler(args, remember=False)  # one observe
     from orchestrator.reconcile.selector import SelectorError
 
     try:
@@ -430,7 +432,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.service.daemon_status import read_status
     from orchestrator.service.errors import ServiceError
 
-    rec = _reconciler(args)
+    rec = _reconciler(args, remember=False)  # one observe
     from orchestrator.reconcile.selector import SelectorError
 
     try:

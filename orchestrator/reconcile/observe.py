@@ -206,7 +206,8 @@ def _read_tree(
         for e in listing_top:
             if e.name in SUBDIRS and e.is_dir(follow_symlinks=False):
                 sub = tree.fds[e.name] = open_dir_at(cfd, e.name)
-                subs.append((e.name, sub_stamp(os.fstat(sub))))
+                if cache is not None:  # the listing's key, if it is remembered
+                    subs.append((e.name, sub_stamp(os.fstat(sub))))
                 with os.scandir(sub) as it:
                     listing = {x.name: x for x in it}
                 tree.entries[e.name] = listing

@@ -75,17 +75,22 @@ class Reconciler:
         state_dir: Path = DEFAULT_STATE_DIR,
         failpoints: Failpoints | None = None,
         store: ObjectStore | None = None,
+        remember: bool = True,
     ) -> None:
         """``store``: where parsed objects are kept across calls; give the one the manifests
         were loaded with (``load_manifests(..., store=...)``), or None for the default
         store. ``failpoints``: called at each step of an apply (see
-        :mod:`orchestrator.reconcile.failpoints`; tests inject failures there)."""
+        :mod:`orchestrator.reconcile.failpoints`; tests inject failures there).
+        ``remember``: keep what each observe read for the next one (:attr:`cache`); False
+        for a reconciler that observes once (the command line's ``plan``), which then
+        spends nothing on keeping it."""
         self.bpffs_root = Path(bpffs_root)
         self.state_dir = Path(state_dir)
         self.failpoints: Failpoints = NoFailpoints() if failpoints is None else failpoints
         self.store = default_store if store is None else store
         # what the last observe read, reused where a cheap exact key proves it unchanged
         self.cache = ObserveCache()
+        self.remember = remember
 
     def __repr__(self) -> str:
         return f"Reconciler(bpffs_root={self.bpffs_root}, state_dir={self.state_dir})"
@@ -94,7 +99,7 @@ class Reconciler:
         """The record checked against the kernel (drift), staging leftovers of ours,
         collections adopted from their ownership markers, foreign entries under the root."""
         try:
-            return observe(self.bpffs_root, self.state_dir, self.cache)
+            return observe(self.bpffs_root, self.state_dir, self.cache if self.remember else None)
         except (EbpfError, OSError) as err:
             raise StateError(
                 f"observe {self.bpffs_root}: {err} (is bpffs mounted, and are we root?)"

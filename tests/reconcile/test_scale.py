@@ -215,3 +215,25 @@ def test_the_links_observe_remembers_can_be_neither_switched_nor_detached(
                     link.detach()
                 assert link.info().program_id == first.id
                 assert link.info().attached
+
+
+def test_a_reconciler_that_observes_once_keeps_nothing_and_sees_the_same(env: Env) -> None:
+    """remember=False (the command line's plan): observe keeps no listing and no record for
+    a next observe, and says what a remembering reconciler says, drift included."""
+    from orchestrator.reconcile import Reconciler
+
+    many(env, 3)
+    r = env.reconciler()
+    r.apply(env.desired())
+    time.sleep(1.1)
+    once = Reconciler(bpffs_root=env.root, state_dir=env.state_dir, store=env.store, remember=False)
+    assert not once.plan(env.desired()).has_changes
+    assert once.cache.trees == {} and once.cache.hits == 0
+    os.unlink(env.root / "c0001" / "maps" / "counters")
+    seen, remembered = once.observe(), r.observe()
+    assert once.cache.trees == {}
+    assert seen.collections == remembered.collections
+    assert [str(d) for d in seen.collections["c0001"].drift] == [
+        "map counters: pin maps/counters is missing"
+    ]
+    assert once.plan(env.desired()).changes == r.plan(env.desired()).changes
