@@ -432,7 +432,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from orchestrator.service.daemon_status import read_status
     from orchestrator.service.errors import ServiceError
 
-    rec = _reconciler(args, remember=False)  # one observe
+    rec = _reconciler(args, remember=args.all)  # --all observes a second time
     from orchestrator.reconcile.selector import SelectorError
 
     try:
@@ -885,16 +885,14 @@ def _with_caches(
     err: TextIO,
 ) -> int:
     """Run ``func`` with the persisted cache of ``--cache-dir``/``--no-cache`` in use for the
-    kernel's BTF, and, for a verb that reads manifests or objects (:data:`_BOUNDED`), the
-    command's :class:`~orchestrator.manifest.ObjectStore` over it as ``args.store``."""
+    kernel's BTF, and the command's :class:`~orchestrator.manifest.ObjectStore` over it as
+    ``args.store`` (where the verbs read manifests and objects through)."""
     from orchestrator.ebpf.btf import kernel as kernel_btf
+    from orchestrator.ebpf.speccache import SpecCache
+    from orchestrator.manifest import ObjectStore
 
     disk = service_cli.disk_cache(not args.no_cache, args.cache_dir)
-    if func in _BOUNDED:
-        from orchestrator.ebpf.speccache import SpecCache
-        from orchestrator.manifest import ObjectStore
-
-        args.store = ObjectStore(SpecCache(disk=disk), manifests_disk=disk)
+    args.store = ObjectStore(SpecCache(disk=disk), manifests_disk=disk)
     previous = kernel_btf.use_disk(disk)
     try:
         return func(args, out, err)

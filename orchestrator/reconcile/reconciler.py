@@ -82,7 +82,7 @@ class Reconciler:
         store. ``failpoints``: called at each step of an apply (see
         :mod:`orchestrator.reconcile.failpoints`; tests inject failures there).
         ``remember``: keep what each observe read for the next one (:attr:`cache`); False
-        for a reconciler that observes once (the command line's ``plan``), which then
+        for a reconciler that observes once (the command line's ``plan``, ``status``), which then
         spends nothing on keeping it."""
         self.bpffs_root = Path(bpffs_root)
         self.state_dir = Path(state_dir)
