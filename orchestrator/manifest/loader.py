@@ -44,6 +44,7 @@ from orchestrator.manifest import metrics as metric_rules
 from orchestrator.manifest.builder import _Builder
 from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
+from orchestrator.manifest.checked import CheckedState
 from orchestrator.manifest.document import Document, PathKey, render_path
 from orchestrator.manifest.errors import ManifestError, ManifestProblem
 from orchestrator.manifest.kernel_hooks import target_mismatch
@@ -930,9 +931,17 @@ def _load_manifests(paths: Sequence[Path], check_objects: bool, store: ObjectSto
     warnings: list[ManifestProblem] = []
     # every file read first: the persisted documents are keyed by all of their digests
     read = {file: _read_manifest(file) for file in files}
-    saved = None
+    saved = checked = None
     if store.manifests_disk is not None:
         ok = [(f, r[1]) for f, r in read.items() if not isinstance(r, ManifestProblem)]
+        if check_objects and not problems and len(ok) == len(read):
+            checked = CheckedState(store.manifests_disk, ok)
+            restored = checked.get(store.snapshot())
+            if restored is not None:  # built and checked before (see manifest.checked)
+                return DesiredState(
+                    collections=MappingProxyType({c.name: c for c in restored}),
+                    files=tuple(files),
+                )
         saved = SavedDocuments(store.manifests_disk, ok)
     for file in files:
         result = _load_file(file, problems, store, saved, read.pop(file))  # bytes let go
@@ -955,6 +964,11 @@ def _load_manifests(paths: Sequence[Path], check_objects: bool, store: ObjectSto
     for e in entries:
         d = digest(e.coll, e.info.sha256) if e.info is not None else ""
         collections[e.coll.name] = replace(e.coll, digest=d)
+    if checked is not None and not warnings:
+        checked.save(
+            list(collections.values()),
+            {e.coll.object_file: e.info.sha256 for e in entries if e.info is not None},
+        )
     return DesiredState(
         collections=MappingProxyType(collections),
         files=tuple(files),

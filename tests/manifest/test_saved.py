@@ -15,12 +15,27 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.ebpf.diskcache import DiskCache
-from orchestrator.manifest import ManifestError, ObjectStore, load_manifests, parsing, saved
+from orchestrator.manifest import (
+    ManifestError,
+    ObjectStore,
+    checked,
+    load_manifests,
+    parsing,
+    saved,
+)
 from orchestrator.manifest.model import DesiredState
 
 from .conftest import Write
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _documents_layer_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the saved documents: the checked state persisted after them
+    (orchestrator.manifest.checked, tested in test_checked.py) would serve an unchanged
+    load before they are consulted, so it always misses here."""
+    monkeypatch.setattr(checked.CheckedState, "get", lambda self, objects: None)
 
 
 def doc(name: str, extra: str = "", api: str = "bpforch.dev/v1", labels: str = "") -> str:
