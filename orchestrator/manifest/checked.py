@@ -121,6 +121,14 @@ def _encode(value: object) -> object:
     raise _Unencodable(f"a {t.__name__}")
 
 
+# what JSON gives back as it is
+_SCALARS = frozenset((str, int, bool, float, type(None)))
+# each enum member by its class's name and its value
+_MEMBERS: dict[tuple[str, object], enum.Enum] = {
+    (cls.__name__, m.value): m for cls in _ENUMS.values() for m in cls
+}
+
+
 class _Decoder:
     """Decodes what :func:`_encode` wrote, checking every tag and shape as it goes. Equal
     paths are decoded into one :class:`~pathlib.Path` (immutable: sharing it is safe, and
@@ -139,36 +147,36 @@ class _Decoder:
         }
 
     def value(self, raw: object) -> object:
-        t = type(raw)
-        if t is not dict:
-            if t is str or t is int or t is bool or t is float or raw is None:
-                return raw
-            raise ValueError(f"not a value: {t.__name__}")
-        if len(cast(dict[str, object], raw)) != 1:
-            raise ValueError("not a value: an object of more than one key")
-        ((tag, body),) = cast(dict[str, object], raw).items()
+        if type(raw) in _SCALARS:
+            return raw
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise ValueError(f"not a value: {type(raw).__name__}")
+        ((tag, body),) = raw.items()
         decode = self.tags.get(tag)
         if decode is None:
             raise ValueError(f"unknown tag {tag!r}")
         return decode(body)
 
     def items(self, body: object) -> list[object]:
-        return [self.value(v) if type(v) is dict else _scalar(v) for v in _list(body)]
+        if not isinstance(body, list):
+            raise ValueError(f"expected a list, got {type(body).__name__}")
+        return [v if type(v) in _SCALARS else self.value(v) for v in body]
 
     def model_value(self, body: object) -> object:
-        items = _list(body)
-        name = items[0] if items else None
-        cls = _CLASSES.get(name) if type(name) is str else None
-        if cls is None or len(items) != len(_FIELDS[cls]) + 1:
-            raise ValueError(f"not a model value: {name!r}")
-        return cls(*[self.value(v) if type(v) is dict else _scalar(v) for v in items[1:]])
+        if not isinstance(body, list) or not body or type(body[0]) is not str:
+            raise ValueError("not a model value")
+        cls = _CLASSES.get(body[0])
+        if cls is None or len(body) != len(_FIELDS[cls]) + 1:
+            raise ValueError(f"not a model value: {body[0]!r}")
+        return cls(*[v if type(v) in _SCALARS else self.value(v) for v in body[1:]])
 
-    def enum_value(self, body: object) -> object:
-        items = _list(body)
-        cls = _ENUMS.get(items[0]) if len(items) == 2 and type(items[0]) is str else None
-        if cls is None:
-            raise ValueError(f"not an enum value: {items[:1]!r}")
-        return cls(self.value(items[1]))
+    def enum_value(self, body: object) -> enum.Enum:
+        if not isinstance(body, list) or len(body) != 2 or type(body[1]) not in _SCALARS:
+            raise ValueError("not an enum value")
+        member = _MEMBERS.get((body[0], body[1]))
+        if member is None:
+            raise ValueError(f"not an enum value: {body[0]!r}")
+        return member
 
     def path(self, body: object) -> Path:
         if type(body) is not str:
@@ -179,25 +187,15 @@ class _Decoder:
         return got
 
     def mapping(self, body: object) -> dict[str, object]:
-        if type(body) is not dict:
+        if not isinstance(body, dict):
             raise ValueError("a mapping is not an object")
-        return {
-            k: self.value(v) if type(v) is dict else _scalar(v)
-            for k, v in cast(dict[str, object], body).items()
-        }
-
-
-def _scalar(value: object) -> object:
-    t = type(value)
-    if t is str or t is int or t is bool or t is float or value is None:
-        return value
-    raise ValueError(f"not a value: {t.__name__}")
+        return {k: v if type(v) in _SCALARS else self.value(v) for k, v in body.items()}
 
 
 def _list(value: object) -> list[object]:
-    if type(value) is not list:
+    if not isinstance(value, list):
         raise ValueError(f"expected a list, got {type(value).__name__}")
-    return cast(list[object], value)
+    return value
 
 
 def _mounts_used(collections: Sequence[model.DesiredCollection]) -> list[str]:
@@ -211,6 +209,9 @@ def _mounts_used(collections: Sequence[model.DesiredCollection]) -> list[str]:
         if any(isinstance(a.target, model.CgroupTarget) for a in c.attach):
             used.add("cgroup2")
     return sorted(used)
+
+
+_LOOKUPS = frozenset(("bpffs", "cgroup2"))
 
 
 def mount_facts(which: Sequence[str]) -> dict[str, str]:
@@ -242,6 +243,7 @@ class CheckedState:
         from orchestrator.manifest.saved import identity
 
         self.disk = disk
+        self.files = [path for path, _ in files]
         h = hashlib.sha256(f"{FORMAT}\0{identity()}\0{code_identity()}".encode())
         for path, digest in files:
             h.update(f"\0{path}\0".encode() + digest)
@@ -264,7 +266,10 @@ class CheckedState:
             if type(mounts) is not dict or type(wanted) is not dict:
                 raise ValueError("mounts or objects are not an object")
             facts = cast(dict[str, object], mounts)
+            if not facts.keys() <= _LOOKUPS:
+                raise ValueError(f"unknown mount lookups {sorted(facts.keys() - _LOOKUPS)}")
             decoder = _Decoder()
+            decoder.paths.update((str(f), f) for f in self.files)  # the sources' files
             collections = [decoder.value(c) for c in _list(entry["collections"])]
             if not all(type(c) is model.DesiredCollection for c in collections):
                 raise ValueError("not a collection")

@@ -106,7 +106,7 @@ def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> li
                 continue
             path = directory / entry.name
             try:
-                mode = entry.stat().st_mode  # follows symlinks, like the read will
+                mode = _mode(entry)
             except OSError:  # a dangling symlink, or raced with a removal
                 continue
             if stat.S_ISDIR(mode):
@@ -128,6 +128,17 @@ def manifest_files(paths: Sequence[Path], problems: list[ManifestProblem]) -> li
                 ManifestProblem(Source(path), "", "no such file or directory", "check the path")
             )
     return out
+
+
+def _mode(entry: os.DirEntry[str]) -> int:
+    """The file type of ``entry`` after symlinks, like the read will see it: from the
+    listing for a directory or regular file (no stat), by a stat for anything else."""
+    if not entry.is_symlink():
+        if entry.is_file(follow_symlinks=False):
+            return stat.S_IFREG
+        if entry.is_dir(follow_symlinks=False):
+            return stat.S_IFDIR
+    return entry.stat().st_mode  # follows symlinks
 
 
 def _real_name(entry: os.DirEntry[str], real_dir: str) -> str | None:

@@ -649,9 +649,10 @@ def _observe(
     with os.scandir(root_fd) as it:
         entries = sorted(it, key=lambda e: e.name)
     for e in entries:
-        name, path = e.name, root / e.name
+        name = e.name
         if name == OWNER_PIN or name in record.collections:
             continue
+        path = root / name
         if not e.is_dir(follow_symlinks=False):
             foreign.append(_foreign_entry(path, e, root_fd, _collection_name(name)))
             continue

@@ -218,9 +218,10 @@ def test_a_corrupt_entry_is_ignored_with_a_warning_and_replaced(
         payload.replace(b'"c":["DesiredCollection","net",', b'"c":["DesiredCollection",', 1),
         payload.replace(b'"e":["XdpMode",', b'"e":["Nope",', 1),
         _with_collections(payload, [{"c": ["Source", {"p": "/x.yaml"}, 1, 2]}]),
+        _with(payload, "mounts", {"tmpfs": "/tmp"}),
     ]
     reasons = ["", "format 99", "not an object", "not a model value", "unknown tag"]
-    reasons += ["not a model value", "not an enum value", "not a collection"]
+    reasons += ["not a model value", "not an enum value", "not a collection", "tmpfs"]
     assert payload not in bad_payloads and len(set(bad_payloads)) == len(bad_payloads)
     for bad, reason in zip(bad_payloads, reasons, strict=True):
         assert disk.put(checked.KIND, key, bad)
@@ -258,10 +259,14 @@ def test_a_served_load_reads_every_manifest(
     assert read == [tree / "m" / "a.yaml"]
 
 
-def _with_collections(payload: bytes, collections: list[object]) -> bytes:
+def _with(payload: bytes, key: str, value: object) -> bytes:
     raw = json.loads(payload)
-    raw["collections"] = collections
+    raw[key] = value
     return json.dumps(raw).encode()
+
+
+def _with_collections(payload: bytes, collections: list[object]) -> bytes:
+    return _with(payload, "collections", collections)
 
 
 def _sha(path: Path) -> bytes:
