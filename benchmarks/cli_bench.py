@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from reconcile_bench import write_manifests  # noqa: E402
 
 from orchestrator.ebpf import bpffs_root  # noqa: E402
+from tests.wheel import install_wheel  # noqa: E402
 
-WHEELHOUSE = Path(sys.prefix) / "wheelhouse"  # filled by .ci/setup
 TARGETS_MS = {"--help": 80.0, "validate": 150.0, "plan (no-op)": 150.0}
 
 
@@ -56,29 +56,6 @@ def _sh(argv: list[str], cwd: Path | None = None) -> str:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)}:\n{done.stdout}{done.stderr}")
     return done.stdout
-
-
-def install(src: Path, work: Path) -> Path:
-    """A fresh virtualenv with ``src``'s wheel installed; returns its bin directory."""
-    work.mkdir(parents=True)
-    tree = work / "src"
-    if (src / ".git").exists():
-        listed = _sh(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], src)
-        names = sorted(set(listed.split("\0")) - {""})
-    else:  # an exported tree (git archive): everything in it
-        names = [str(p.relative_to(src)) for p in src.rglob("*") if not p.is_dir()]
-    for name in names:
-        if (src / name).is_file() and not (src / name).is_symlink():
-            (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / name, tree / name)
-    pip = [sys.executable, "-m", "pip"]
-    _sh([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w",
-         str(work / "dist"), str(tree)])  # fmt: skip
-    (wheel,) = (work / "dist").glob("bpforch-*.whl")
-    _sh([sys.executable, "-m", "venv", "--without-pip", str(work / "venv")])
-    _sh([*pip, "--python", str(work / "venv" / "bin" / "python"), "install", "-q",
-         "--no-index", "--find-links", str(WHEELHOUSE), str(wheel)])  # fmt: skip
-    return work / "venv" / "bin"
 
 
 def run_once(argv: list[str], expect: int) -> tuple[float, float]:
@@ -111,7 +88,7 @@ def main() -> int:
         compileall.compile_dir(str(ROOT / "orchestrator"), quiet=1)
         bindir = Path(sys.executable).parent
     else:
-        bindir = install(ROOT, work / "new")
+        bindir = install_wheel(ROOT, work / "new") / "bin"
     exe, python = [str(bindir / "bpforch")], str(bindir / "python")
     root = bpffs_root() / f"bpforch-clibench-{uuid.uuid4().hex[:8]}"
     where = ["--bpffs-root", str(root), "--state-dir", str(work / "state")]
@@ -127,7 +104,7 @@ def main() -> int:
     if shutil.which("bpftool") is None:
         del commands["bpftool version"]
     if opts.baseline is not None:
-        old = [str(install(opts.baseline.resolve(), work / "baseline") / "bpforch")]
+        old = [str(install_wheel(opts.baseline.resolve(), work / "baseline") / "bin" / "bpforch")]
         commands["baseline --help"] = ([*old, "--help"], 0)
         commands["baseline validate"] = ([*old, "validate", str(ROOT / "manifests")], 0)
         commands["baseline plan"] = ([*old, "plan", str(manifests), *where], 0)

@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from loader_bench import LIBXDP_DIR, Samples, build_harness, libbpf_batch, med  # noqa: E402
+
+from tests.wheel import install_wheel  # noqa: E402
 
 CHILD = ROOT / "benchmarks" / "first_load_child.py"
 
@@ -46,42 +49,6 @@ class Side:
     cache: Path
     ms: dict[Path, list[float]] = field(default_factory=dict)
     error: dict[Path, str] = field(default_factory=dict)
-
-
-def install(tree: Path, into: Path) -> Path:
-    """The interpreter of a fresh virtualenv with a wheel built from ``tree`` installed
-    (dependencies from the wheelhouse ``.ci/setup`` fills): no network."""
-    src = into / "src"
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        cwd=tree,
-        check=True,
-    ).stdout
-    for name in sorted(set(listed.decode().split("\0")) - {""}):
-        s, d = tree / name, src / name
-        if s.is_symlink() or s.exists():
-            d.parent.mkdir(parents=True, exist_ok=True)
-            if s.is_symlink():
-                d.symlink_to(os.readlink(s))
-            else:
-                shutil.copy2(s, d)
-    pip = [sys.executable, "-m", "pip"]
-    venv, dist = into / "venv", into / "dist"
-    offline = ["-q", "--no-index"]
-    for argv in (
-        [*pip, "wheel", *offline, "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
-        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
-    ):
-        subprocess.run(argv, check=True, capture_output=True)
-    (wheel,) = dist.glob("bpforch-*.whl")
-    wheelhouse = Path(sys.prefix) / "wheelhouse"
-    install = ["install", *offline, "--find-links", str(wheelhouse), str(wheel)]
-    subprocess.run(
-        [*pip, "--python", str(venv / "bin" / "python"), *install], check=True, capture_output=True
-    )
-    shutil.rmtree(src)
-    return venv / "bin" / "python"
 
 
 def run(side: Side, obj: Path, pin_root: Path, env: dict[str, str]) -> float:
@@ -128,7 +95,7 @@ def main() -> int:
                     )
                 )
                 if args.installed:
-                    py = install(tree, base / f"wheel-{i}")
+                    py = install_wheel(tree, base / f"wheel-{i}") / "bin" / "python"
                     sides.append(
                         Side(
                             f"{label} (installed)",

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +19,7 @@ import pytest
 from orchestrator import __version__, schemas
 from tests.conftest import ROOT
 from tests.netns import CGROUP2_MOUNT
-
-WHEELHOUSE = Path(sys.prefix) / "wheelhouse"
+from tests.wheel import WHEELHOUSE, install_wheel
 
 
 @dataclass(frozen=True)
@@ -49,31 +46,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(argv)}:\n{proc.stdout}{proc.stderr}"
-
-
-def _copy_sources(dest: Path) -> None:
-    """The files git knows (committed or not, ignored ones left out), symlinks as symlinks:
-    what a clean checkout builds from."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        capture_output=True,
-        cwd=ROOT,
-        check=True,
-    ).stdout
-    for name in sorted(set(listed.decode().split("\0")) - {""}):
-        src, dst = ROOT / name, dest / name
-        if not src.is_symlink() and not src.exists():
-            continue  # deleted, not yet committed
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            dst.symlink_to(os.readlink(src))
-        else:
-            shutil.copy2(src, dst)
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     if not WHEELHOUSE.is_dir():
@@ -81,44 +53,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
             pytest.fail(f"no wheelhouse at {WHEELHOUSE} (.ci/setup makes it)")
         pytest.skip(f"no wheelhouse at {WHEELHOUSE} (run .ci/setup)")
     base = tmp_path_factory.mktemp("wheel")
-    _copy_sources(base / "src")
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-w",
-            str(base / "dist"),
-            str(base / "src"),
-        ]
-    )
+    venv = install_wheel(ROOT, base, WHEELHOUSE)  # the sources' copy removed: none read
     (wheel,) = (base / "dist").glob("bpforch-*.whl")
     assert wheel.name == f"bpforch-{__version__}-py3-none-any.whl"
-    venv = base / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(venv / "bin" / "python"),
-            "install",
-            "-q",
-            "--no-index",
-            "--find-links",
-            str(WHEELHOUSE),
-            str(wheel),
-        ]
-    )
     (site,) = (venv / "lib").glob("python3*/site-packages")
     (base / "elsewhere").mkdir()
-    shutil.rmtree(base / "src")  # nothing may be read from the sources any more
     yield Installed(venv, site, base / "elsewhere")
 
 
