@@ -6,6 +6,7 @@ Each is checked against the slow path it replaces."""
 from __future__ import annotations
 
 import random
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,48 @@ def test_the_bulk_check_passes_only_what_the_record_check_passes() -> None:
             else:
                 sound += btf_decode._sound(spec)
     assert sound > 100 and damaged > 50  # both outcomes reached
+
+
+def test_the_checked_index_pass_agrees_with_the_bulk_check() -> None:
+    """Spec.parse(checked=True) checks soundness while indexing: on real objects and on
+    damaged blobs it finds what _sound finds of the same blob with nothing decoded, the same
+    index, and the DATASEC ids a scan of the records finds."""
+    rng = random.Random(16)
+    sound = damaged = 0
+    for path in BTF_OBJECTS:
+        good = btf_of(path)
+        nwords = struct.unpack_from("<I", good, 12)[0] // 4
+        blobs = [good]
+        for _ in range(60):
+            blob = bytearray(good)
+            for _ in range(rng.randint(1, 3)):
+                val = rng.choice(
+                    [rng.randrange(1 << 32), rng.randrange(64), rng.randrange(4096), 0]
+                )
+                struct.pack_into("<I", blob, 24 + 4 * rng.randrange(nwords), val)
+            blobs.append(bytes(blob))
+        for blob in blobs:
+            try:
+                plain = Spec.parse(blob)
+            except BTFError as err:
+                with pytest.raises(BTFError, match=re.escape(str(err))):
+                    Spec.parse(blob, checked=True)
+                continue
+            checked = Spec.parse(blob, checked=True)
+            assert checked._offs == plain._offs
+            assert checked._sound == btf_decode._sound(plain), (path.name, blob.hex())
+            assert checked.ids_of_kind(Kind.DATASEC) == plain.ids_of_kind(Kind.DATASEC)
+            sound += bool(checked._sound)
+            damaged += not checked._sound
+    assert sound > 100 and damaged > 50  # both outcomes reached
+
+
+def test_a_checked_parse_still_gives_validates_messages() -> None:
+    """Unsound at the index pass: validate checks record by record, with its messages."""
+    spec = Spec.parse(raw_btf([0, info(2), 9], b"\0"), checked=True)
+    assert spec._sound is False
+    with pytest.raises(BTFError, match="type 1 refers to missing type 9"):
+        btf_decode.validate(spec)
 
 
 @pytest.mark.parametrize(

@@ -128,6 +128,86 @@ def index_records(words: array[int], first: int) -> array[int]:
     return offs
 
 
+def index_checked(
+    words: array[int], first: int, str_len: int
+) -> tuple[array[int], bool, list[int]]:
+    """:func:`index_records` and the soundness check :func:`validate` needs (what
+    :func:`_sound` finds of a spec with nothing decoded), in the same pass over the records;
+    and the ids of the DATASEC records. For an object's BTF (no base, its string table
+    starting at offset 0): the ELF reader checks every record, and fixes up every DATASEC."""
+    offs: array[int] = array("I")
+    n = len(words)
+    fixed, per = _FIXED_WORDS, _VLEN_WORDS
+    names: list[int] = []
+    refs: list[int] = []
+    datasecs: list[int] = []
+    name, ref, add_names, add_refs = names.append, refs.append, names.extend, refs.extend
+    nfunc, nvar = len(_FUNC_LINKAGES), len(_VAR_LINKAGES)
+    funcs: list[int] = []  # FUNC records' proto ids: checked once every record is indexed
+    sound = True
+    o = 0
+    append = offs.append
+    while o < n:
+        if o + 3 > n:
+            raise BTFError(f"btf: type {first + len(offs)}: truncated record")
+        info, st = words[o + 1], words[o + 2]
+        kind = (info >> 24) & 0x1F
+        if kind == 0 or kind >= _NKINDS:
+            raise BTFError(f"btf: type {first + len(offs)}: unknown kind {kind}")
+        vlen = info & 0xFFFF
+        b = o + 3
+        append(o)
+        o = b + fixed[kind] + per[kind] * vlen
+        if kind == 15:  # DATASEC
+            datasecs.append(first + len(offs) - 1)
+        if not sound:
+            continue  # the rest is indexed only: validate checks record by record
+        name(words[b - 3])
+        if kind in _REF_KINDS:  # PTR, TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG, DECL_TAG
+            ref(st)
+        elif kind == 4 or kind == 5:  # STRUCT, UNION
+            add_names(words[b : b + 3 * vlen : 3])
+            add_refs(words[b + 1 : b + 3 * vlen : 3])
+        elif kind == 13:  # FUNC_PROTO
+            ref(st)
+            add_names(words[b : b + 2 * vlen : 2])
+            add_refs(words[b + 1 : b + 2 * vlen : 2])
+        elif kind == 12:  # FUNC: a known linkage, an own func proto (checked below)
+            if vlen >= nfunc:
+                sound = False
+            funcs.append(st)
+        elif kind == 14:  # VAR
+            if words[b] >= nvar:
+                sound = False
+            ref(st)
+        elif kind == 3:  # ARRAY
+            ref(words[b])
+            ref(words[b + 1])
+        elif kind == 15:  # DATASEC
+            add_refs(words[b : b + 3 * vlen : 3])
+        elif kind == 6:  # ENUM
+            add_names(words[b : b + 2 * vlen : 2])
+        elif kind == 19:  # ENUM64
+            add_names(words[b : b + 3 * vlen : 3])
+        elif kind == 1:  # INT
+            bits = words[b] & 0xFF
+            if bits == 0 or bits > st * 8:
+                sound = False
+    if o != n:
+        raise BTFError(f"btf: type {first + len(offs) - 1}: truncated record")
+    if first + len(offs) - 1 > BTF_MAX_TYPE:
+        raise BTFError(f"btf: more than {BTF_MAX_TYPE} types")
+    end_id = first + len(offs)
+    if sound:
+        for st in funcs:
+            if not first <= st < end_id or (words[offs[st - first] + 1] >> 24) & 0x1F != 13:
+                sound = False
+                break
+        else:
+            sound = max(names, default=0) < str_len and max(refs, default=0) < end_id
+    return offs, sound, datasecs
+
+
 # String tables up to this size (an object's, not the kernel's) are decoded in one pass at
 # parse time: nearly every string of an object's BTF is needed, and one split is much
 # cheaper than a lookup per string.
@@ -263,7 +343,8 @@ def validate(spec: Spec) -> None:
     linkages, int encodings and func → proto; the checks decoding makes, with its messages,
     so that an object's BTF can be checked whole at parse time and decoded only where used.
     Damage found raises :class:`BTFError`."""
-    if spec._base is None and spec._str_start == 0 and _sound(spec):
+    # spec._sound: a checked parse's index pass found every record sound
+    if spec._base is None and spec._str_start == 0 and (spec._sound or _sound(spec)):
         return
     _check_records(spec)
 

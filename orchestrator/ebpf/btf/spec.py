@@ -59,6 +59,7 @@ class Spec:
         "_as_parsed",
         "_base",
         "_cache",
+        "_datasec_ids",
         "_first",
         "_ids",
         "_marshalled",
@@ -68,6 +69,7 @@ class Spec:
         "_noffs_pos",
         "_offs",
         "_scan",
+        "_sound",
         "_str_cache",
         "_str_start",
         "_strtab",
@@ -99,17 +101,28 @@ class Spec:
         # Every decoded own type still says what its parsed record says: cleared by
         # changed() and in copies (which exist to be changed); marshal then re-encodes them.
         self._as_parsed = False
+        # From a checked parse: whether every record passed the index pass's soundness check
+        # (None: not checked), and the DATASEC records' ids (records never change kind).
+        self._sound: bool | None = None
+        self._datasec_ids: list[int] | None = None
 
     # ---- construction
 
     @classmethod
-    def parse(cls, data: bytes, *, base: Spec | None = None) -> Spec:
+    def parse(cls, data: bytes, *, base: Spec | None = None, checked: bool = False) -> Spec:
         """Parse a BTF blob (either byte order). Corrupt input raises :class:`BTFError`;
-        damage inside a type record may only be found when that type is decoded."""
+        damage inside a type record may only be found when that type is decoded.
+        ``checked`` (an object's BTF, no base): the indexing pass also does the bulk
+        soundness check of :func:`~.decode.validate`, which then costs nothing."""
         spec = cls(base=base)
         strtab, spec._words = _decode.read(data, split=base is not None)
         spec._strtab = strtab
-        spec._offs = _decode.index_records(spec._words, spec._first)
+        if checked and base is None:
+            spec._offs, spec._sound, spec._datasec_ids = _decode.index_checked(
+                spec._words, spec._first, len(strtab)
+            )
+        else:
+            spec._offs = _decode.index_records(spec._words, spec._first)
         spec._cache = [None] * len(spec._offs)
         if len(strtab) <= _decode.PREFILL_STRINGS:
             spec._str_cache = _decode.split_strings(strtab, spec._str_start)
@@ -178,6 +191,8 @@ class Spec:
         new._void = Void()
         new._marshalled = {}
         new._as_parsed = False
+        new._sound = self._sound
+        new._datasec_ids = self._datasec_ids
         new._names = None if self._names is None else {k: list(v) for k, v in self._names.items()}
         new._noffs = self._noffs
         new._noffs_pos = self._noffs_pos
@@ -361,7 +376,10 @@ class Spec:
         """The ids of this spec's own types of one kind, in id order, without decoding any
         (a scan of the records' info words)."""
         words, first, k = self._words, self._first, int(kind)
-        out = [first + i for i, o in enumerate(self._offs) if (words[o + 1] >> 24) & 0x1F == k]
+        if kind is Kind.DATASEC and self._datasec_ids is not None:
+            out = list(self._datasec_ids)  # found by a checked parse's index pass
+        else:
+            out = [first + i for i, o in enumerate(self._offs) if (words[o + 1] >> 24) & 0x1F == k]
         cache = self._cache
         for i in range(len(self._offs), len(cache)):  # added after parsing
             t = cache[i]

@@ -246,7 +246,7 @@ class _Reader(MapReader):
         if (ver := self.by_name.get("version")) is not None and len(ver.data) >= 4:
             kernel_version = int.from_bytes(ver.data[:4], "little")
         if (btf_sec := self.by_name.get(".BTF")) is not None:
-            self.btf = _btf.Spec.parse(btf_sec.data)
+            self.btf = _btf.Spec.parse(btf_sec.data, checked=True)
             self._fixup_datasecs()
             if (ext_sec := self.by_name.get(".BTF.ext")) is not None:
                 self.ext = _btf_ext.parse_ext(ext_sec.data, self.btf, raw_lines=True)
