@@ -612,3 +612,41 @@ def test_older_compiler_shapes(compile_bpf) -> None:  # type: ignore[no-untyped-
     assert insns[-1].is_exit
     (u,) = spec.programs["bad_map"].unresolved
     assert u.reason == "reference into maps at offset 24 is not a map"
+
+
+def _with_maps_reloc_at(offset: int) -> bytes:
+    """map_in_map.o with its first ``.rel.maps`` relocation moved to ``offset`` in .maps."""
+    data = bytearray((BPF_DIR / "map_in_map.o").read_bytes())
+    shoff, shentsize, shnum, shstrndx = struct.unpack_from("<Q10xHHH", data, 0x28)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+    for name, _type, _flags, _addr, off, _size, *_ in headers:
+        end = data.index(b"\0", names_at + name)
+        if data[names_at + name : end] == b".rel.maps":
+            struct.pack_into("<Q", data, off, offset)
+            return bytes(data)
+    raise AssertionError("map_in_map.o has no .rel.maps")
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [
+        (0x58, None),  # where it is: outer_array's slot 0
+        (0x60, None),  # slot 1 instead
+        (8, "map inner_a: initial values without a values field"),
+        (0x59, "map outer_array: misaligned initial value at 89"),
+        (500, "section .maps: relocation at 500 is outside any map"),
+    ],
+)
+def test_initial_values_of_a_map_of_maps(offset: int, message: str | None) -> None:
+    """Each .rel.maps relocation belongs to the map whose variable covers it; it must fall
+    on a slot of that map's values field."""
+    data = _with_maps_reloc_at(offset)
+    if message is None:
+        spec = ebpf.CollectionSpec.from_bytes(data, name="mim.o")
+        slots = [e.key for e in spec.maps["outer_array"].contents]
+        assert slots == [(offset - 0x58) // 8, 3]
+        assert [e.value for e in spec.maps["outer_array"].contents] == ["inner_a", "inner_b"]
+        return
+    with pytest.raises(ebpf.ParseError, match=f"^mim.o: {message}$"):
+        ebpf.CollectionSpec.from_bytes(data, name="mim.o")

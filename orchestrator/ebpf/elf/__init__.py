@@ -150,6 +150,7 @@ class _Reader(MapReader):
         self._relocs_by_insn: dict[int, dict[int, _Symbol]] = {}
         self._map_at: dict[tuple[int, int], str] = {}  # (section, offset) → map name
         self._datasecs: dict[str, list[int]] = {}
+        self._btf_map_vars: list[tuple[str, int, int, int]] = []
         self._externs: dict[str, _externs.ExternSpec] = {}
 
     # ------------------------------------------------------------------ raw tables

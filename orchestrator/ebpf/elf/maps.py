@@ -58,6 +58,8 @@ class MapReader:
     btf: _btf.Spec | None
     _map_at: dict[tuple[int, int], str]  # (section, offset) → map name
     _datasecs: dict[str, list[int]]  # the BTF's DATASEC ids by name (found by the fix-up)
+    # the variables of the .maps DATASEC, in its order: (name, offset, size, type id)
+    _btf_map_vars: list[tuple[str, int, int, int]]
 
     def _read_btf_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
         sec = self.by_name.get(".maps")
@@ -69,10 +71,11 @@ class MapReader:
         ids = self._datasecs.get(".maps", [])
         raw_vars = btf.datasec_vars(ids[0]) if len(ids) == 1 else None
         if raw_vars is not None:  # read from the records: nothing decoded
-            for var_name, _linkage, var_type, offset, _size in raw_vars:
+            for var_name, _linkage, var_type, offset, size in raw_vars:
                 spec = self._btf_map_def_raw(var_name, var_type, ".maps")
                 maps[spec.name] = spec
                 self._map_at[(sec.index, offset)] = spec.name
+                self._btf_map_vars.append((var_name, offset, size, var_type))
             for sym in self.symbols:
                 if sym.shndx == sec.index and sym.name in maps:
                     map_by_symbol[sym.index] = sym.name
@@ -87,6 +90,7 @@ class MapReader:
             spec = self._btf_map_def(var.name, var.type, ".maps")
             maps[spec.name] = spec
             self._map_at[(sec.index, vsi.offset)] = spec.name
+            self._btf_map_vars.append((var.name, vsi.offset, vsi.size, btf.type_id(var.type)))
         for sym in self.symbols:
             if sym.shndx == sec.index and sym.name in maps:
                 map_by_symbol[sym.index] = sym.name
@@ -322,33 +326,40 @@ class MapReader:
     def _read_map_contents(
         self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]
     ) -> None:
-        """Static initial values of prog arrays and maps of maps (``.rel.maps``)."""
+        """Static initial values of prog arrays and maps of maps (``.rel.maps``): each
+        relocation belongs to the map whose variable (the variables the map definitions were
+        read from) covers it; only that map's definition struct is decoded."""
         sec = self.by_name.get(".maps")
         if sec is None or not sec.relocs:
             return
-        assert self.btf is not None
-        datasec = self.btf.type_by_name(".maps", _btf.Datasec)
+        btf = self.btf
+        assert btf is not None
+        sizes: dict[str, int] = {}  # the first object symbol of each name: its size
+        for s in self.symbols:
+            if s.type == STT_OBJECT:
+                sizes.setdefault(s.name, s.size)
+        spans = [
+            (name, offset, offset + max(size, sizes.get(name, 0)), tid)
+            for name, offset, size, tid in self._btf_map_vars
+        ]
+        values_at: dict[str, int | None] = {}  # map name → offset of its values field
         for r_offset, sym_index in sec.relocs:
             sym = self.symbols[sym_index]
-            owner: tuple[_btf.Var, int] | None = None
-            for vsi in datasec.vars:
-                var = vsi.type
-                assert isinstance(var, _btf.Var)
-                size = max(vsi.size, _symbol_size(self, var.name))
-                if vsi.offset <= r_offset < vsi.offset + size:
-                    owner = (var, vsi.offset)
-                    break
+            owner = next((span for span in spans if span[1] <= r_offset < span[2]), None)
             if owner is None:
                 raise ParseError(f"section .maps: relocation at {r_offset} is outside any map")
-            owner_var, base = owner
-            map_name = owner_var.name
+            map_name, base, _end, var_type = owner
             spec = maps[map_name]
-            struct_t = _btf.skip_qualifiers(owner_var.type)
-            assert isinstance(struct_t, _btf.Struct)
-            values_member = next((m for m in struct_t.members if m.name == "values"), None)
-            if values_member is None:
+            if map_name not in values_at:
+                struct_t = _btf.skip_qualifiers(btf.type_by_id(var_type))
+                assert isinstance(struct_t, _btf.Struct)
+                values_at[map_name] = next(
+                    (m.offset_bits // 8 for m in struct_t.members if m.name == "values"), None
+                )
+            values_offset = values_at[map_name]
+            if values_offset is None:
                 raise ParseError(f"map {map_name}: initial values without a values field")
-            rel = r_offset - base - values_member.offset_bits // 8
+            rel = r_offset - base - values_offset
             if rel < 0 or rel % 8:
                 raise ParseError(f"map {map_name}: misaligned initial value at {r_offset}")
             slot = rel // 8
@@ -374,13 +385,6 @@ class MapReader:
             spec.contents.sort(key=lambda e: e.key if isinstance(e.key, int) else 0)
 
     # ------------------------------------------------------------------ code
-
-
-def _symbol_size(reader: MapReader, name: str) -> int:
-    for s in reader.symbols:
-        if s.name == name and s.type == STT_OBJECT:
-            return s.size
-    return 0
 
 
 def _add_variable(variables: dict[str, VariableSpec], var: VariableSpec) -> None:
