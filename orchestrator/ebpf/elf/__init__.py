@@ -151,6 +151,7 @@ class _Reader(MapReader):
         self._map_at: dict[tuple[int, int], str] = {}  # (section, offset) → map name
         self._datasecs: dict[str, list[int]] = {}
         self._btf_map_vars: list[tuple[str, int, int, int]] = []
+        self._by_section: dict[int, list[_Symbol]] | None = None
         self._externs: dict[str, _externs.ExternSpec] = {}
 
     # ------------------------------------------------------------------ raw tables
@@ -402,13 +403,13 @@ class _Reader(MapReader):
             if sec.size % INSN_SIZE:
                 raise ParseError(f"section {sec.name}: size {sec.size} is not a multiple of 8")
             slots = sec.size // INSN_SIZE
-            syms = [s for s in self.symbols if s.shndx == sec.index and s.type == STT_FUNC]
+            in_sec = self._symbols_in(sec.index)
+            syms = [s for s in in_sec if s.type == STT_FUNC]
             if not syms:
                 syms = [
                     s
-                    for s in self.symbols
-                    if s.shndx == sec.index
-                    and s.type == STT_NOTYPE
+                    for s in in_sec
+                    if s.type == STT_NOTYPE
                     and s.name
                     and not (s.bind == STB_LOCAL and s.name.startswith("LBB"))
                 ]

@@ -60,6 +60,21 @@ class MapReader:
     _datasecs: dict[str, list[int]]  # the BTF's DATASEC ids by name (found by the fix-up)
     # the variables of the .maps DATASEC, in its order: (name, offset, size, type id)
     _btf_map_vars: list[tuple[str, int, int, int]]
+    _by_section: dict[int, list[_Symbol]] | None  # built by _symbols_in
+
+    def _symbols_in(self, shndx: int) -> list[_Symbol]:
+        """The symbols defined in section ``shndx``, in symbol table order (the table is
+        grouped by section once, on first use)."""
+        by_section = self._by_section
+        if by_section is None:
+            by_section = self._by_section = {}
+            for sym in self.symbols:
+                found = by_section.get(sym.shndx)
+                if found is None:
+                    by_section[sym.shndx] = [sym]
+                else:
+                    found.append(sym)
+        return by_section.get(shndx, [])
 
     def _read_btf_maps(self, maps: dict[str, MapSpec], map_by_symbol: dict[int, str]) -> None:
         sec = self.by_name.get(".maps")
@@ -76,8 +91,8 @@ class MapReader:
                 maps[spec.name] = spec
                 self._map_at[(sec.index, offset)] = spec.name
                 self._btf_map_vars.append((var_name, offset, size, var_type))
-            for sym in self.symbols:
-                if sym.shndx == sec.index and sym.name in maps:
+            for sym in self._symbols_in(sec.index):
+                if sym.name in maps:
                     map_by_symbol[sym.index] = sym.name
             return
         try:
@@ -91,8 +106,8 @@ class MapReader:
             maps[spec.name] = spec
             self._map_at[(sec.index, vsi.offset)] = spec.name
             self._btf_map_vars.append((var.name, vsi.offset, vsi.size, btf.type_id(var.type)))
-        for sym in self.symbols:
-            if sym.shndx == sec.index and sym.name in maps:
+        for sym in self._symbols_in(sec.index):
+            if sym.name in maps:
                 map_by_symbol[sym.index] = sym.name
 
     def _btf_map_def_raw(self, name: str, type_id: int, section: str) -> MapSpec:
@@ -213,7 +228,7 @@ class MapReader:
         if sec is None:
             return
         syms = sorted(
-            (s for s in self.symbols if s.shndx == sec.index and s.type != STT_SECTION and s.name),
+            (s for s in self._symbols_in(sec.index) if s.type != STT_SECTION and s.name),
             key=lambda s: s.value,
         )
         if not syms:
@@ -314,8 +329,8 @@ class MapReader:
                         VariableSpec(var.name, spec, vsi.offset, vsi.size, var.type, linkage),
                     )
             else:
-                for sym in self.symbols:
-                    if sym.shndx == sec.index and sym.type == STT_OBJECT and sym.name:
+                for sym in self._symbols_in(sec.index):
+                    if sym.type == STT_OBJECT and sym.name:
                         linkage = "static" if sym.bind == STB_LOCAL else "global"
                         _add_variable(
                             variables,
