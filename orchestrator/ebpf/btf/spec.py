@@ -486,12 +486,14 @@ class Spec:
             tid = words[o + 2]
         return -1
 
-    def pointer_members(self, type_id: int) -> list[tuple[str, int, int]] | None:
+    def pointer_members(self, type_id: int) -> list[tuple[str, int, int, int | None]] | None:
         """A STRUCT's members (past qualifiers) read from the records, when it is an own
         type not decoded yet (nothing is decoded); else None. Each is ``(name, type id,
-        target)``: ``target`` is the pointee's id when the member is a pointer (past
-        qualifiers), -1 when it is something else, -2 when that path meets a decoded or a
-        base type (ask the decoded member)."""
+        target, nelems)``: ``target`` is the pointee's id when the member is a pointer
+        (past qualifiers), -1 when it is something else, -2 when that path meets a decoded
+        or a base type (ask the decoded member); ``nelems`` is what :meth:`array_len_id`
+        gives for ``target`` when the pointee is an own array record not decoded yet (a
+        map definition's ``__uint``: ``int (*name)[N]``), else None (ask it)."""
         o = self._unqualified(type_id)
         w = self._words
         if o < 0:
@@ -512,13 +514,19 @@ class Spec:
                     mo = unqualified(mtype)
             else:
                 mo = -1
+            nelems = None
             if mo < 0:
                 target = -2
             elif (w[mo + 1] >> 24) & 0x1F == Kind.PTR:
                 target = int(w[mo + 2])
+                tidx = target - first
+                if 0 <= tidx < n and cache[tidx] is None:
+                    to = offs[tidx]
+                    if (w[to + 1] >> 24) & 0x1F == Kind.ARRAY:
+                        nelems = int(w[to + 5])
             else:
                 target = -1
-            out.append((string(w[b]) if w[b] else "", mtype, target))
+            out.append((string(w[b]) if w[b] else "", mtype, target, nelems))
         return out
 
     def array_len_id(self, type_id: int) -> int | None:

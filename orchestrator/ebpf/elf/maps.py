@@ -120,7 +120,7 @@ class MapReader:
         if members is None:
             return self._btf_map_def(name, btf.type_by_id(type_id), section)
         spec = MapSpec(name, MapType.UNSPEC, 0, 0, 0, section=section, btf=btf)
-        for m_name, m_type, target in members:
+        for m_name, m_type, target, nelems in members:
             if m_name not in _MAP_DEF_FIELDS:
                 raise ParseError(f"map {name}: unknown field {m_name!r} in definition")
             if m_name == "values":
@@ -133,6 +133,8 @@ class MapReader:
                     self._set_uint_field(spec, m_name, _uint_field(member_t, btf))
             elif m_name in ("key", "value"):
                 self._set_key_value(spec, m_name, None if target < 0 else _Lazy(btf, target))
+            elif nelems is not None:  # __uint(name, N): read with the members
+                self._set_uint_field(spec, m_name, nelems)
             else:
                 value = None if target < 0 else btf.array_len_id(target)
                 self._set_uint_field(spec, m_name, value)
