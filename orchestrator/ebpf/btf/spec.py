@@ -44,6 +44,11 @@ _SIZED_KINDS = frozenset(
     {Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.DATASEC, Kind.FLOAT, Kind.ENUM64}
 )
 _MAX_LINKAGE = max(VarLinkage)  # a VAR record's linkage word is at most this
+# Kinds as plain ints, for the readers of raw records (an enum member's attribute lookup
+# costs more than the rest of a record's test)
+_PTR, _ARRAY, _STRUCT, _VAR, _DATASEC = (
+    int(k) for k in (Kind.PTR, Kind.ARRAY, Kind.STRUCT, Kind.VAR, Kind.DATASEC)
+)
 
 
 class Spec:
@@ -412,7 +417,7 @@ class Spec:
             return
         w, o = self._words, self._offs[idx]
         info = w[o + 1]
-        if (info >> 24) & 0x1F != Kind.DATASEC:
+        if (info >> 24) & 0x1F != _DATASEC:
             what = describe(self.type_by_id(type_id))
             raise BTFError(f"btf: type {type_id} is {what}, not a datasec")
         vlen = info & 0xFFFF
@@ -426,7 +431,7 @@ class Spec:
             ridx = ref - first
             if 0 <= ridx < nown and cache[ridx] is None:  # the usual: an own record, read here
                 ro = offs[ridx]
-                if (w[ro + 1] >> 24) & 0x1F != Kind.VAR:
+                if (w[ro + 1] >> 24) & 0x1F != _VAR:
                     kind = Kind((w[ro + 1] >> 24) & 0x1F)
                     raise BTFError(f"datasec {name}: member is {kind.name}, not a variable")
                 var_name = self.string(w[ro]) if w[ro] else ""
@@ -452,7 +457,7 @@ class Spec:
             return None
         o = offs[idx]
         info = words[o + 1]
-        if (info >> 24) & 0x1F != Kind.DATASEC:
+        if (info >> 24) & 0x1F != _DATASEC:
             return None
         out = []
         for j in range(info & 0xFFFF):
@@ -463,7 +468,7 @@ class Spec:
                 return None
             vo = offs[vidx]
             vinfo = words[vo + 1]
-            if (vinfo >> 24) & 0x1F != Kind.VAR or words[vo + 3] > _MAX_LINKAGE:
+            if (vinfo >> 24) & 0x1F != _VAR or words[vo + 3] > _MAX_LINKAGE:
                 return None
             name = self.string(words[vo]) if words[vo] else ""
             out.append(
@@ -499,7 +504,7 @@ class Spec:
         if o < 0:
             return None
         info = w[o + 1]
-        if (info >> 24) & 0x1F != Kind.STRUCT:
+        if (info >> 24) & 0x1F != _STRUCT:
             return None
         string, unqualified = self.string, self._unqualified
         first, cache, offs = self._first, self._cache, self._offs
@@ -517,12 +522,12 @@ class Spec:
             nelems = None
             if mo < 0:
                 target = -2
-            elif (w[mo + 1] >> 24) & 0x1F == Kind.PTR:
+            elif (w[mo + 1] >> 24) & 0x1F == _PTR:
                 target = int(w[mo + 2])
                 tidx = target - first
                 if 0 <= tidx < n and cache[tidx] is None:
                     to = offs[tidx]
-                    if (w[to + 1] >> 24) & 0x1F == Kind.ARRAY:
+                    if (w[to + 1] >> 24) & 0x1F == _ARRAY:
                         nelems = int(w[to + 5])
             else:
                 target = -1
@@ -537,7 +542,7 @@ class Spec:
             target = skip_qualifiers(self.type_by_id(type_id))
             return int(target.nelems) if isinstance(target, Array) else None
         w = self._words
-        return int(w[o + 5]) if (w[o + 1] >> 24) & 0x1F == Kind.ARRAY else None
+        return int(w[o + 5]) if (w[o + 1] >> 24) & 0x1F == _ARRAY else None
 
     def sizeof_id(self, type_id: int) -> int:
         """``sizeof(self.type_by_id(type_id))``, read from the records of own types not
@@ -553,12 +558,12 @@ class Spec:
             kind = (words[o + 1] >> 24) & 0x1F
             if kind in _SIZED_KINDS:
                 return mult * int(words[o + 2])
-            if kind == Kind.PTR:
+            if kind == _PTR:
                 return mult * POINTER_SIZE
-            if kind == Kind.ARRAY:
+            if kind == _ARRAY:
                 mult *= int(words[o + 5])
                 tid = int(words[o + 3])
-            elif kind in _QUALIFIER_KINDS or kind == Kind.VAR:
+            elif kind in _QUALIFIER_KINDS or kind == _VAR:
                 tid = int(words[o + 2])
             else:
                 break
@@ -579,7 +584,7 @@ class Spec:
             if 0 <= idx < len(self._offs) and self._cache[idx] is None:
                 o = self._offs[idx]
                 kind = (self._words[o + 1] >> 24) & 0x1F
-                if kind == Kind.ARRAY:
+                if kind == _ARRAY:
                     return int(self._words[o + 5])
                 if kind not in _QUALIFIER_KINDS:
                     return None
