@@ -368,10 +368,6 @@ class _Reader(MapReader):
         from the section sizes and symbol values, as the kernel needs them (libbpf does
         the same: see ``btf_fixup_datasec``)."""
         assert self.btf is not None
-        offsets: dict[int, dict[str, int]] = {}  # section index → variable → offset
-        for sym in self.symbols:
-            if sym.type == STT_OBJECT:
-                offsets.setdefault(sym.shndx, {}).setdefault(sym.name, sym.value)
         # Patched in the raw records: nothing is decoded here (what the variables refer to
         # is decoded when something uses it; marshalling copies raw records).
         btf = self.btf
@@ -381,7 +377,11 @@ class _Reader(MapReader):
             sec = self.by_name.get(name)
             if sec is None:
                 continue  # .kconfig/.ksyms: externs, handled at load time
-            btf.patch_datasec(tid, sec.size, offsets.get(sec.index, {}))
+            offsets: dict[str, int] = {}  # variable → offset: its first object symbol's
+            for sym in self._symbols_in(sec.index):
+                if sym.type == STT_OBJECT:
+                    offsets.setdefault(sym.name, sym.value)
+            btf.patch_datasec(tid, sec.size, offsets)
 
     # ------------------------------------------------------------------ code
 
