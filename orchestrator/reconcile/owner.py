@@ -41,6 +41,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 from orchestrator.ebpf import Map, MapFlags, MapSpec, MapType
@@ -344,8 +345,9 @@ def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int, str, st
     collection's name per power-of-two value size, written in one batch and frozen before
     it is pinned as each of its collections' ``_mark``."""
     classes: dict[int, list[tuple[int, bytes, bytes]]] = {}
+    tx = encode_basestring_ascii(txid)
     for dir_fd, name, text in marks:
-        value = _value(MarkKind.COLLECTION, token, _payload(name, text, txid))
+        value = _value(MarkKind.COLLECTION, token, _payload(name, text, txid, tx))
         size = 1 << (len(value) - 1).bit_length()
         classes.setdefault(size, []).append((dir_fd, _key(name), value))
     for members in classes.values():
@@ -362,9 +364,12 @@ def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int, str, st
                 pin_at(m.fd, dir_fd, MARK_PIN)
 
 
-def _payload(name: str, text: str, txid: str) -> bytes:
-    # the payload encoded as json.dumps(sort_keys=True) would: its keys in sorted order
-    return f'{{"name":{json.dumps(name)},"record":{text},"txid":{json.dumps(txid)}}}'.encode()
+def _payload(name: str, text: str, txid: str, encoded_txid: str | None = None) -> bytes:
+    # the payload encoded as json.dumps(sort_keys=True) would: its keys in sorted order (a
+    # string as json.dumps writes it: encode_basestring_ascii); ``encoded_txid``: ``txid``
+    # already encoded (the same for every collection of a transaction)
+    tx = encode_basestring_ascii(txid) if encoded_txid is None else encoded_txid
+    return f'{{"name":{encode_basestring_ascii(name)},"record":{text},"txid":{tx}}}'.encode()
 
 
 def mark_staging(dir_fd: int, token: bytes, txid: str) -> None:

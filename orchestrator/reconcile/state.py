@@ -16,7 +16,9 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _text
 from pathlib import Path
+from typing import Any
 
 from orchestrator.ebpf.errors import clip, quote
 
@@ -300,8 +302,117 @@ class CollectionRecord:
 
 def collection_text(rec: CollectionRecord) -> str:
     """One collection's entry of the record as JSON text (compact, keys sorted), as the
-    state file and the collection's ownership marker hold it."""
-    return json.dumps(rec.to_json(), separators=(",", ":"), sort_keys=True)
+    state file and the collection's ownership marker hold it: exactly
+    ``json.dumps(rec.to_json(), separators=(",", ":"), sort_keys=True)``, written field by
+    field with each object's keys in sorted order (an apply encodes every collection it
+    stages; building the dicts of ``to_json`` and sorting them costs twice as much). A part
+    whose fields are not of their declared types is written by ``json.dumps`` of its
+    ``to_json``. tests/reconcile/test_record_text.py holds it to ``json.dumps``."""
+    if not (
+        type(rec.generation) is int
+        and type(rec.applied_at)
+        is type(rec.digest)
+        is type(rec.load_key)
+        is type(rec.manifest)
+        is type(rec.object_file)
+        is type(rec.object_sha256)
+        is str
+        and (rec.git_revision is None or type(rec.git_revision) is str)
+        and all(type(x) is str for x in rec.depends_on)
+    ):
+        return _dumps(rec.to_json())
+    rev = "null" if rec.git_revision is None else _text(rec.git_revision)
+    entries = f'"entries":{_object_text(rec.entries)},' if len(rec.entries) > 0 else ""
+    labels = f'"labels":{_object_text(rec.labels)},' if rec.labels is not None else ""
+    return "".join(
+        (
+            f'{{"applied_at":{_text(rec.applied_at)},"attachments":{{',
+            ",".join(
+                f"{_text(k)}:{_attachment_text(v)}" for k, v in sorted(rec.attachments.items())
+            ),
+            f'}},"depends_on":[{",".join(map(_text, rec.depends_on))}],'
+            f'"digest":{_text(rec.digest)},{entries}"generation":{rec.generation},'
+            f'"git_revision":{rev},{labels}"load_key":{_text(rec.load_key)},'
+            f'"manifest":{_text(rec.manifest)},"maps":{{',
+            ",".join(f"{_text(k)}:{_map_text(v)}" for k, v in sorted(rec.maps.items())),
+            f'}},"object":{_text(rec.object_file)},'
+            f'"object_sha256":{_text(rec.object_sha256)},"programs":{{',
+            ",".join(f"{_text(k)}:{_program_text(v)}" for k, v in sorted(rec.programs.items())),
+            "}}",
+        )
+    )
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: _text,
+    int: int.__repr__,
+    bool: lambda b: "true" if b else "false",
+}
+
+
+def _object_text(d: Mapping[str, object]) -> str:
+    """A mapping of strings to str, int, bool or None, as ``json.dumps`` writes it."""
+    texts: list[str] = []
+    if all(type(k) is str for k in d):
+        for k, v in sorted(d.items()):
+            enc = _SCALARS.get(type(v))
+            if v is not None and enc is None:
+                break
+            texts.append(f"{_text(k)}:{'null' if enc is None else enc(v)}")
+    if len(texts) != len(d):  # a key or value of another type: as json.dumps has it
+        return _dumps(d)
+    return "{" + ",".join(texts) + "}"
+
+
+def _map_text(m: MapRecord) -> str:
+    s = m.shape
+    if not (
+        type(m.id)
+        is type(m.ino)
+        is type(s.flags)
+        is type(s.key_size)
+        is type(s.max_entries)
+        is type(s.type)
+        is type(s.value_size)
+        is int
+        and type(m.preserve) is type(s.timers) is bool
+        and type(m.pin) is type(m.source) is str
+    ):
+        return _dumps(m.to_json())
+    timers = ',"timers":true' if s.timers else ""
+    return (
+        f'{{"id":{m.id},"ino":{m.ino},"pin":{_text(m.pin)},'
+        f'"preserve":{"true" if m.preserve else "false"},"shape":{{"flags":{s.flags},'
+        f'"key_size":{s.key_size},"max_entries":{s.max_entries}{timers},'
+        f'"type":{s.type},"value_size":{s.value_size}}},"source":{_text(m.source)}}}'
+    )
+
+
+def _program_text(p: ProgramRecord) -> str:
+    if not (
+        type(p.id) is type(p.ino) is type(p.type) is type(p.verified_insns) is int
+        and type(p.tag) is type(p.pin) is str
+    ):
+        return _dumps(p.to_json())
+    return (
+        f'{{"id":{p.id},"ino":{p.ino},"pin":{_text(p.pin)},"tag":{_text(p.tag)},'
+        f'"type":{p.type},"verified_insns":{p.verified_insns}}}'
+    )
+
+
+def _attachment_text(a: AttachmentRecord) -> str:
+    if not (type(a.link_id) is int and type(a.kind) is type(a.pin) is type(a.program) is str):
+        return _dumps(a.to_json())
+    mode = f'"mode":{_text(a.mode)},' if a.mode else ""
+    target = f',"target":{_object_text(a.target)}' if a.target is not None else ""
+    return (
+        f'{{"kind":{_text(a.kind)},"link_id":{a.link_id},{mode}'
+        f'"pin":{_text(a.pin)},"program":{_text(a.program)}{target}}}'
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,7 +101,7 @@ def record_bytes(record: StateRecord, texts: Mapping[str, str] | None = None) ->
     transaction made them for the ownership markers), used as they are."""
     made = texts if texts is not None else {}
     entries = ",".join(
-        f"{json.dumps(name)}:{made[name] if name in made else collection_text(rec)}"
+        f"{encode_basestring_ascii(name)}:{made[name] if name in made else collection_text(rec)}"
         for name, rec in sorted(record.collections.items())
     )
     # the keys in sorted order, as sort_keys puts them: "collections" < "version"

@@ -40,7 +40,7 @@ class CommitSteps(TransactionBase):
     def _new_record(self, seal: Seal) -> StateRecord:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         out = dict(seal.base.collections)
-        revs: dict[Path, str | None] = {}
+        revs: dict[str, str | None] = {}  # manifest directory -> its git revision
         for name, st in self.staged.items():
             d = st.desired
             old = out.get(name)
@@ -88,9 +88,9 @@ class CommitSteps(TransactionBase):
                     target=target_fields(a.target),
                     mode=kernel_mode(link, a.target),
                 )
-            base = d.source.file.parent
+            base = os.path.dirname(d.source.file)  # a string: Path hashing costs more
             if base not in revs:
-                revs[base] = git_revision(base)
+                revs[base] = git_revision(Path(base or "."))
             out[name] = CollectionRecord(
                 name=name,
                 generation=(old.generation + 1) if old is not None else 1,
