@@ -338,18 +338,19 @@ def mark_collection(
     _pin_marker(dir_fd, MARK_PIN, MarkKind.COLLECTION, token, _payload(record.name, text, txid))
 
 
-def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int, str, str]]) -> None:
+def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int | str, str, str]]) -> None:
     """Pin the collection markers of one transaction: ``marks`` holds, per collection, its
-    directory's fd, its name and its record's text (by :func:`collection_text`). The
+    directory (an fd, or the path of a directory the caller made: the transaction's staged
+    trees), its name and its record's text (by :func:`collection_text`). The
     payloads (as :func:`mark_collection` writes them) go into one hash map keyed by the
     collection's name per power-of-two value size, written in one batch and frozen before
     it is pinned as each of its collections' ``_mark``."""
-    classes: dict[int, list[tuple[int, bytes, bytes]]] = {}
+    classes: dict[int, list[tuple[int | str, bytes, bytes]]] = {}
     tx = encode_basestring_ascii(txid)
-    for dir_fd, name, text in marks:
+    for where, name, text in marks:
         value = _value(MarkKind.COLLECTION, token, _payload(name, text, txid, tx))
         size = 1 << (len(value) - 1).bit_length()
-        classes.setdefault(size, []).append((dir_fd, _key(name), value))
+        classes.setdefault(size, []).append((where, _key(name), value))
     for members in classes.values():
         vsize = max(len(v) for _, _, v in members)
         spec = MapSpec(
@@ -360,8 +361,11 @@ def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int, str, st
             values = b"".join(v.ljust(vsize, b"\0") for _, _, v in members)
             m.batch_update_bytes(keys, values, len(members))
             m.freeze()
-            for dir_fd, _, _ in members:
-                pin_at(m.fd, dir_fd, MARK_PIN)
+            for where, _, _ in members:
+                if isinstance(where, str):
+                    m.pin(f"{where}/{MARK_PIN}")
+                else:
+                    pin_at(m.fd, where, MARK_PIN)
 
 
 def _payload(name: str, text: str, txid: str, encoded_txid: str | None = None) -> bytes:

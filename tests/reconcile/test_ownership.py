@@ -500,7 +500,8 @@ def _marker_record(env: Env, name: str) -> object:
 def test_shared_markers_take_one_map_per_power_of_two_size(pin_dir: Path, fd_guard: None) -> None:
     """Markers of one transaction whose values fall in different power-of-two sizes go
     into different maps, each sized for its largest value (no entry takes more than twice
-    its size); each collection reads its own payload back."""
+    its size); each collection reads its own payload back. A directory is given by its fd
+    or by its path (as the transaction gives its staged trees)."""
     names = ("small", "small2", "big")
     texts = {"small": '{"x":1}', "small2": '{"x":22}', "big": '{"x":"' + "y" * 3000 + '"}'}
     fds = []
@@ -508,8 +509,9 @@ def test_shared_markers_take_one_map_per_power_of_two_size(pin_dir: Path, fd_gua
         for name in names:
             os.mkdir(pin_dir / name)
             fds.append(os.open(pin_dir / name, os.O_RDONLY | os.O_DIRECTORY))
+        where: list[int | str] = [fds[0], fds[1], os.fspath(pin_dir / "big")]
         mark_collections(
-            b"t" * 16, "1-ab", [(fd, n, texts[n]) for fd, n in zip(fds, names, strict=True)]
+            b"t" * 16, "1-ab", [(w, n, texts[n]) for w, n in zip(where, names, strict=True)]
         )
         for fd, name in zip(fds, names, strict=True):
             marker = read_marker(fd, MARK_PIN, collection=name)

@@ -120,19 +120,14 @@ class CommitSteps(TransactionBase):
         """Pin each staged tree's ownership marker, holding its collection's new record (so
         a lost state record can be rebuilt from the pins): one shared marker map for the
         transaction's collections (see :func:`mark_collections`)."""
-        fds: list[int] = []
-        try:
-            marks = []
-            for name in self.staged:
-                assert self.staging_fd is not None
-                # encoded once: the record file holds the same text (see WriteRecord)
-                text = self.texts[name] = collection_text(record.collections[name])
-                fds.append(open_dir_at(self.staging_fd, name))
-                marks.append((fds[-1], name, text))
-            mark_collections(self.token, self.txid, marks)
-        finally:
-            for fd in fds:
-                os.close(fd)
+        marks: list[tuple[int | str, str, str]] = []
+        for name, st in self.staged.items():
+            # encoded once: the record file holds the same text (see WriteRecord)
+            text = self.texts[name] = collection_text(record.collections[name])
+            # pinned by the path of the staged tree, as its programs and maps were (the
+            # transaction made it, in its own staging directory)
+            marks.append((st.dir, name, text))
+        mark_collections(self.token, self.txid, marks)
 
     def _live_dir(self, name: str) -> bool:
         """Whether the directory ``<root>/name`` exists. Anything else there (a symlink or
