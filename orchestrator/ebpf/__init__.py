@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from orchestrator.ebpf.btf.kernel import KernelBTF
     from orchestrator.ebpf.btf.kernel import load as load_kernel_btf
     from orchestrator.ebpf.collection import (
+        BTFCache,
         Collection,
         CollectionOptions,
         load_collection,
@@ -119,6 +120,7 @@ __all__ = [
     "AttachError",
     "AttachTargetError",
     "AttachType",
+    "BTFCache",
     "BTFError",
     "BindError",
     "Binding",
@@ -219,6 +221,7 @@ _EXPORTS = {
     "AttachError": "orchestrator.ebpf.errors:AttachError",
     "AttachTargetError": "orchestrator.ebpf.errors:AttachTargetError",
     "AttachType": "orchestrator.ebpf._sys:AttachType",
+    "BTFCache": "orchestrator.ebpf.collection:BTFCache",
     "BTFError": "orchestrator.ebpf.errors:BTFError",
     "BindError": "orchestrator.ebpf.errors:BindError",
     "Binding": "orchestrator.ebpf.binding:Binding",

@@ -82,6 +82,8 @@ class CollectionOptions:
     since the kernel checks those ids.
     ``kconfig_path``: a kernel config to read ``__kconfig`` externs from instead of
     ``/proc/config.gz`` or ``/boot/config-$(uname -r)``.
+    ``btf_cache``: loaded BTF to share with the other loads given the same cache (see
+    :class:`BTFCache`); None: the load loads its object's BTF itself.
     """
 
     map_replacements: Mapping[str, Map] = field(default_factory=dict)
@@ -91,6 +93,36 @@ class CollectionOptions:
     log_disabled: bool = False
     kernel_btf: str | os.PathLike[str] | None = None
     kconfig_path: str | os.PathLike[str] | None = None
+    btf_cache: BTFCache | None = None
+
+
+class BTFCache(Closing):
+    """Kernel BTF objects shared by the loads given this cache (``CollectionOptions
+    .btf_cache``), by the bytes handed to the kernel: collections loaded from one object
+    (with their own constants, say) share one BTF object instead of loading the same blob
+    once each. What a load creates holds its own reference to the BTF; the cache holds one
+    fd per blob until :meth:`close` (its owner closes it once those loads are done). Not for
+    use by two threads at once."""
+
+    __slots__ = ("_fds",)
+
+    def __init__(self) -> None:
+        self._fds: dict[bytes, FD] = {}
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def get(self, data: bytes) -> FD | None:
+        return self._fds.get(data)
+
+    def add(self, data: bytes, fd: FD) -> None:
+        self._fds[data] = fd
+
+    def close(self) -> None:
+        fds = list(self._fds.values())
+        self._fds.clear()
+        for fd in fds:
+            fd.close()
 
 
 def _trampoline(spec: ProgramSpec) -> bool:
@@ -122,6 +154,7 @@ class _Loader:
         self._reused: set[str] = set()  # maps taken from a pin or a replacement
         self._btf_loaded = False
         self._btf_fd: FD | None = None
+        self._btf_shared = False  # _btf_fd is a BTFCache's
         self._btf_strings: dict[str, int] = {}
         self._loading: set[str] = set()
         self._core_cache: dict[int, list[tuple[_btf.Spec, int]]] = {}
@@ -159,7 +192,15 @@ class _Loader:
                     data, strings = spec.marshal(extra)  # cached per spec
                     plan = BTFPlan(spec, infos, extra, data, strings, _sys.cbytes(data))
                     self.spec._plans.btf = plan
-                fd, _err, _log = _sys.btf_load(plan.data, plan.buffer)
+                cache = self.options.btf_cache
+                fd = cache.get(plan.data) if cache is not None else None
+                if fd is not None:
+                    self._btf_shared = True  # the cache's: never closed here
+                else:
+                    fd, _err, _log = _sys.btf_load(plan.data, plan.buffer)
+                    if fd is not None and cache is not None:
+                        cache.add(plan.data, fd)
+                        self._btf_shared = True
                 self._btf_fd, self._btf_strings = fd, plan.strings
         return self._btf_fd, self._btf_strings
 
@@ -791,9 +832,9 @@ class _Loader:
             m.populate(entries)
 
     def close_btf(self) -> None:
-        if self._btf_fd is not None:
+        if self._btf_fd is not None and not self._btf_shared:
             self._btf_fd.close()
-            self._btf_fd = None
+        self._btf_fd = None
 
     def cleanup(self) -> None:
         """Undo everything: remove new pins and close every fd we made."""

@@ -210,3 +210,47 @@ def test_initial_contents_that_do_not_fit_fail_on_every_load(fd_guard: None) -> 
             "map counters: write initial contents: argument list too long (E2BIG)"
         )
     assert spec._plans.maps["counters"].writes  # the write was planned
+
+
+def test_a_btf_cache_shares_one_btf_object_among_loads(fd_guard: None) -> None:
+    """Loads given one BTFCache hand the kernel their object's BTF once: their programs and
+    maps share that BTF object (with constants of their own: BTF holds no values), where
+    loads without the cache get a BTF object each. What was loaded keeps the BTF alive once
+    the cache is closed; a collection closed later closes none of the cache's fds."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    colls: list[ebpf.Collection] = []
+    try:
+        with ebpf.BTFCache() as cache:
+            for version in (1, 2):
+                copy = spec.copy()
+                copy.rewrite_constants({"version": version})
+                colls.append(ebpf.Collection(copy, ebpf.CollectionOptions(btf_cache=cache)))
+            assert len(cache) == 1
+            colls[0].close()  # the cache's fd stays open: a third load uses it
+            colls.append(ebpf.Collection(spec, ebpf.CollectionOptions(btf_cache=cache)))
+            assert len(cache) == 1
+        assert len(cache) == 0
+        ids = {c.programs["xdp_count"].info().btf_id for c in colls[1:]}
+        assert len(ids) == 1 and 0 not in ids
+        assert {c.maps["counters"].info().btf_id for c in colls[1:]} == ids
+        for c in colls[1:]:
+            assert _run(c) == XDP_PASS  # the programs run with the cache closed
+        with ebpf.Collection(spec) as alone:
+            assert alone.programs["xdp_count"].info().btf_id not in ids
+    finally:
+        for c in colls:
+            c.close()
+
+
+def test_a_btf_cache_keeps_nothing_for_a_spec_without_btf(fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o")).copy()
+    spec.btf = None
+    for m in spec.maps.values():
+        m.btf = None
+    for p in spec.programs.values():
+        p.btf = None
+    with ebpf.BTFCache() as cache:
+        with ebpf.Collection(spec, ebpf.CollectionOptions(btf_cache=cache)) as coll:
+            assert _run(coll) == XDP_PASS
+            assert coll.programs["xdp_count"].info().btf_id == 0
+        assert len(cache) == 0

@@ -444,3 +444,51 @@ def test_an_apply_reads_objects_through_the_store_the_manifests_were_loaded_with
     assert st.parsed == 1 and st.hits + st.verified >= 2  # plan's and apply's lookups
     assert default_lookups() == before
     assert r.status().get("tp-counter") is not None
+
+
+def test_collections_of_one_object_share_its_btf(env: Env, fd_guard: None) -> None:
+    """An apply loads an object's BTF once for all the collections that load that object
+    (each with its own constants): their programs hold one kernel BTF object, and the
+    transaction keeps no fd of it (fd_guard). A later apply that reloads one of them loads
+    the BTF again (its own transaction)."""
+    from orchestrator.ebpf import Program
+
+    for i, name in enumerate(("tp-a", "tp-b", "tp-c")):
+        env.write(
+            name,
+            f"""
+            apiVersion: bpforch.dev/v1
+            kind: Collection
+            metadata: {{name: {name}}}
+            spec:
+              object: @BPF@/tp_counter.o
+              constants: {{target_tgid: {(1 << 30) + i}}}
+            """,
+        )
+    r = env.reconciler()
+    r.apply(env.desired())
+
+    def btf_ids() -> dict[str, int]:
+        out = {}
+        for name in ("tp-a", "tp-b", "tp-c"):
+            with Program.from_pin(env.root / name / "progs" / "count_getppid") as p:
+                out[name] = p.info().btf_id
+        return out
+
+    first = btf_ids()
+    assert len(set(first.values())) == 1 and 0 not in first.values()
+    env.write(
+        "tp-c",
+        """
+        apiVersion: bpforch.dev/v1
+        kind: Collection
+        metadata: {name: tp-c}
+        spec:
+          object: @BPF@/tp_counter.o
+          constants: {target_tgid: 7}
+        """,
+    )
+    r.apply(env.desired())
+    second = btf_ids()
+    assert second["tp-a"] == second["tp-b"] == first["tp-a"] != second["tp-c"] != 0
+    r.destroy()

@@ -245,6 +245,7 @@ class Transaction(StageSteps, EntrySteps, SwitchSteps, CommitSteps):
         for obj in self.owned:
             obj.close()
         self.owned.clear()
+        self.btf.close()
 
 
 __all__ = ["Transaction", "TransactionBase", "pin_name"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator import ebpf
-from orchestrator.ebpf import Collection, Map, Program
+from orchestrator.ebpf import BTFCache, Collection, Map, Program
 from orchestrator.ebpf import link as _links
 from orchestrator.ebpf.inspect import FD, remove_tree_at
 from orchestrator.manifest.cache import ObjectSnapshot
@@ -94,6 +94,9 @@ class TransactionBase:
         self.texts: dict[str, str] = {}
         self.journal = Journal()  # what to undo if the apply fails before the record
         self.owned: list[Map | Program | _links.Link] = []  # fds closed at the end
+        # the BTF of the objects it loads, each loaded once for all the collections that
+        # load that object (closed at the end; what was loaded keeps its own reference)
+        self.btf = BTFCache()
         self.warnings: list[str] = []
         self.current: tuple[str, Source | None] = ("", None)  # for error messages
         self.verify_only = False

@@ -56,7 +56,7 @@ class StageSteps(TransactionBase):
         spec = prepared(info.spec, d)
         replacements = {r.map: self._map(r.source) for r in action.replacements}
         self.failpoints.reach("verify", name)
-        opts = CollectionOptions(map_replacements=replacements)
+        opts = CollectionOptions(map_replacements=replacements, btf_cache=self.btf)
         if action.load_maps is None:
             coll = Collection(spec, opts)
         else:
@@ -160,7 +160,8 @@ class StageSteps(TransactionBase):
                 self.owned.append(m)
                 replacements[mname] = m
         self.failpoints.reach("verify", name)
-        coll = load_subset(spec, CollectionOptions(map_replacements=replacements), names, [])
+        opts = CollectionOptions(map_replacements=replacements, btf_cache=self.btf)
+        coll = load_subset(spec, opts, names, [])
         with coll:
             out = {pname: coll.detach_program(pname) for pname in names}
         self.owned.extend(out.values())
