@@ -702,8 +702,16 @@ def test_concurrent_instances_with_one_state_dir_take_turns(
 # ---------------------------------------------------------------- the lost record
 
 
+def nobody() -> int:
+    """A tgid no process has (pids stay below pid_max): a tp_counter that counts only it
+    never changes its map, whatever else runs on the machine."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read())
+
+
 def fill(env: Env) -> dict[bytes, bytes]:
-    """Write entries into the preserved map, return its contents."""
+    """Write entries into the preserved map, return its contents (the collection made by
+    ``tp_manifest(env, nobody())``, so that nothing changes them afterwards)."""
     with Map.from_pin(env.root / "tp-counter" / "maps" / "calls") as m:
         m.update(0, (41).to_bytes(m.value_size, "little"))
         return {bytes(k): bytes(v) for k, v in m.items()}  # type: ignore[arg-type]
@@ -721,7 +729,7 @@ def test_following_the_hint_for_an_unreadable_record_loses_nothing(
     kernel objects are adopted", and doing exactly that recreated preserved maps empty.
     Now the record is rebuilt from the collections' ownership markers: the same programs,
     links and maps (ids and contents), nothing reloaded."""
-    tp_manifest(env)
+    tp_manifest(env, nobody())
     xdp_manifest(env, veth)
     r = env.reconciler()
     r.apply(env.desired())
@@ -760,7 +768,7 @@ def test_following_the_hint_for_an_unreadable_record_loses_nothing(
 def test_a_removed_state_dir_is_rebuilt_from_the_markers(env: Env, fd_guard: None) -> None:
     """/run cleared (a reboot of the service's RuntimeDirectory): same path, new inode. The
     root still belongs to it, and the record comes back from the markers."""
-    tp_manifest(env)
+    tp_manifest(env, nobody())
     r = env.reconciler()
     r.apply(env.desired())
     data = fill(env)
@@ -813,7 +821,7 @@ def test_collections_made_before_markers_are_marked_by_the_next_apply(
 ) -> None:
     """Trees of the first wave have no markers: the record proves them ours, and the next
     apply (even a no-op) pins the markers, after which a lost record is rebuilt."""
-    tp_manifest(env)
+    tp_manifest(env, nobody())
     r = env.reconciler()
     r.apply(env.desired())
     data = fill(env)
