@@ -32,7 +32,7 @@ from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf import externs as _externs
 from orchestrator.ebpf import features as _features
 from orchestrator.ebpf._sys import FD, AttachType, Closing, MapFlags, MapType, ProgType
-from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, RefKind
+from orchestrator.ebpf.asm import CALL, INSN_SIZE, LD_IMM64, Reference, RefKind
 from orchestrator.ebpf.btf import core as _core
 from orchestrator.ebpf.btf import ext as _btf_ext
 from orchestrator.ebpf.btf import kernel as _kernel_btf
@@ -52,9 +52,9 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.link import struct_ops as _struct_ops
-from orchestrator.ebpf.loadplan import BTFPlan, MapPlan, ProgramPlan, held_map, snapshot_map
-from orchestrator.ebpf.maps import _NO_BTF_TYPES, Map, create_attr, kernel_name
-from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program
+from orchestrator.ebpf.loadplan import BTFPlan, MapPlan, ProgramPlan, held_map
+from orchestrator.ebpf.maps import Map, create_attr
+from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program, load_attr
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
 
@@ -264,54 +264,23 @@ class _Loader:
             self.maps[name] = m
             return m
 
-        if spec.inner_map is None and not (spec.section == ".kconfig" and bool(self.spec_externs)):
-            planned = self._planned_map(spec)
-            if planned is not None:
-                m = self._create_planned(spec, planned)
-                if pin is not None:
-                    m.pin(pin)
-                    self.new_pins.append(pin)
-                return m
-
-        inner: Map | None = None
-        if spec.inner_map is not None:
-            template = spec.inner_map
-            if template.type == MapType.UNSPEC:
-                raise SpecError(f"map {name}: inner map definition has no type")
-            btf_fd, _ = self._btf()
-            inner = Map.create(template, btf_fd=btf_fd, btf_ids=self._btf_ids(template))
-        try:
-            btf_fd, _ = self._btf()
-            extra = (
-                int(MapFlags.MMAPABLE)
-                if spec.is_data_section and _features.mmapable_arrays()
-                else 0
-            )
-            m = Map.create(
-                spec, inner_map=inner, btf_fd=btf_fd, btf_ids=self._btf_ids(spec), extra_flags=extra
-            )
-        finally:
-            if inner is not None:
-                inner.close()  # the outer map keeps only the template's shape
-        self.maps[name] = m
-
-        data_entries: list[tuple[object, object]] = []
         kconfig = spec.section == ".kconfig" and bool(self.spec_externs)
-        if kconfig:
-            data_entries.append((0, self._kconfig_contents(spec)))
-        pending = False  # entries naming a program or map: written by finalize
-        for entry in spec.contents:
-            if isinstance(entry.value, str):
-                pending = True
-                continue
+        planned = None if spec.inner_map is not None or kconfig else self._planned_map(spec)
+        if planned is not None:
+            btf_fd, _ = self._btf()
+            m = Map._create_attr(spec, _sys.MapCreateAttr.from_buffer_copy(planned.attr), btf_fd)
+            self.maps[name] = m
+            if planned.writes:
+                m._populate_planned(planned.writes)
+            pending = planned.pending
+        else:
+            m = self._create_map(spec)
+            self.maps[name] = m
+            entries, pending = _initial_contents(spec)
             if kconfig:
-                continue
-            key: object = entry.key
-            if isinstance(key, int) and spec.key_size in (1, 2, 4, 8) and spec.key is None:
-                key = key.to_bytes(spec.key_size, "little")
-            data_entries.append((key, bytes(entry.value)))
-        if data_entries:
-            m.populate(data_entries)
+                entries = [(0, self._kconfig_contents(spec))]
+            if entries:
+                m.populate(entries)
         if pending:
             self._pending.append(name)
         if spec.freeze:
@@ -320,6 +289,28 @@ class _Loader:
             m.pin(pin)
             self.new_pins.append(pin)
         return m
+
+    def _create_map(self, spec: MapSpec) -> Map:
+        """BPF_MAP_CREATE from ``spec`` (with its inner map's template for a map of maps)."""
+        inner: Map | None = None
+        if spec.inner_map is not None:
+            template = spec.inner_map
+            if template.type == MapType.UNSPEC:
+                raise SpecError(f"map {spec.name}: inner map definition has no type")
+            btf_fd, _ = self._btf()
+            inner = Map.create(template, btf_fd=btf_fd, btf_ids=self._btf_ids(template))
+        try:
+            btf_fd, _ = self._btf()
+            return Map.create(
+                spec,
+                inner_map=inner,
+                btf_fd=btf_fd,
+                btf_ids=self._btf_ids(spec),
+                extra_flags=_extra_flags(spec),
+            )
+        finally:
+            if inner is not None:
+                inner.close()  # the outer map keeps only the template's shape
 
     def _planned_map(self, spec: MapSpec) -> MapPlan | None:
         """The plan to create ``spec`` with (made now if the one kept does not fit it), or
@@ -334,38 +325,20 @@ class _Loader:
             plan = dataclasses.replace(plan, held=held_map(spec))  # e.g. a type decoded since
             plans[spec.name] = plan
             return plan
+        entries, pending = _initial_contents(spec)
         writes: list[bytes] = []
         buffers: list[array.array[int]] = []
-        pending = False
-        for entry in spec.contents:
-            if isinstance(entry.value, str):
-                pending = True
-                continue
-            key: object = entry.key
-            if isinstance(key, int) and spec.key_size in (1, 2, 4, 8) and spec.key is None:
-                key = key.to_bytes(spec.key_size, "little")
+        for key, value in entries:
             if not isinstance(key, bytes):
                 return None  # written through the map's key type (Map.update)
-            kbuf, vbuf = _sys.cbytes(key), _sys.cbytes(bytes(entry.value))
+            kbuf, vbuf = _sys.cbytes(key), _sys.cbytes(value)
             buffers += (kbuf, vbuf)
             writes.append(bytes(_sys.MapElemAttr(key=_sys.address(kbuf), value=_sys.address(vbuf))))
-        extra = (
-            int(MapFlags.MMAPABLE) if spec.is_data_section and _features.mmapable_arrays() else 0
-        )
-        attr = create_attr(spec, spec.flags | extra)
-        max_entries = attr.max_entries
-        use_btf = spec.type not in _NO_BTF_TYPES and any(btf_ids)
-        if use_btf:
-            attr.btf_key_type_id, attr.btf_value_type_id = btf_ids
+        attr = create_attr(spec, spec.flags | _extra_flags(spec), btf_ids=btf_ids)
         plan = MapPlan(
-            snapshot_map(spec),
             self.spec.btf,
             btf_ids,
-            spec.__dict__["_key"] is None,
             bytes(attr),
-            use_btf,
-            max_entries,
-            spec.flags | extra,
             tuple(writes),
             pending,
             held_map(spec),
@@ -373,26 +346,6 @@ class _Loader:
         )
         plans[spec.name] = plan
         return plan
-
-    def _create_planned(self, spec: MapSpec, plan: MapPlan) -> Map:
-        """Create, fill and freeze a map as ``plan`` says (the same steps as from a spec)."""
-        attr = _sys.MapCreateAttr.from_buffer_copy(plan.attr)
-        btf_fd, _ = self._btf()
-        use_btf = plan.use_btf and btf_fd is not None
-        if use_btf:
-            assert btf_fd is not None
-            attr.btf_fd = btf_fd.raw
-        else:
-            attr.btf_key_type_id = attr.btf_value_type_id = 0
-        m = Map._create_attr(spec, attr, use_btf, plan.max_entries, plan.flags)
-        self.maps[spec.name] = m
-        if plan.writes:
-            m._populate_planned(plan.writes)
-        if plan.pending:
-            self._pending.append(spec.name)
-        if spec.freeze:
-            m.freeze()
-        return m
 
     def _open_pin(self, spec: MapSpec, path: str) -> Map | None:
         try:
@@ -474,57 +427,29 @@ class _Loader:
             or _attach_btf_name(spec) is not None
         ):
             return None
-        raw = bytearray(spec.instructions.raw)
-        patches: dict[str, list[int]] = {}  # by the map first referred to first
-        for idx, ref in spec.instructions.references.items():
-            if ref.kind is _EXTERN:
-                return None
-            pos = idx * INSN_SIZE
-            if ref.kind is _MAP:
-                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_FD
-            else:
-                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_VALUE
-                _IMM.pack_into(raw, pos + 12, ref.offset)
-            patches.setdefault(ref.name, []).append(pos + 4)
-        btf_fd, strings = self._btf()
-        license_ = _sys.cbytes(spec.license.encode() + b"\0")
-        buffers = [license_]
-        attr = _sys.ProgLoadAttr(
-            prog_type=spec.type,
-            insn_cnt=len(raw) // INSN_SIZE,
-            license=_sys.address(license_),
-            kern_version=spec.kernel_version,
-            prog_flags=int(spec.flags),
-            prog_name=kernel_name(spec.name).encode(),
-            expected_attach_type=int(spec.attach_type) if spec.attach_type is not None else 0,
-        )
-        with_btf = False
+        references = spec.instructions.references
+        if any(ref.kind is _EXTERN for ref in references.values()):
+            return None
+        btf_fd, _ = self._btf()
         b = spec.btf
-        lines = spec.held_line_infos()  # built only if a load fails (for its message)
-        if btf_fd is not None and b is self.spec.btf and b is not None:
-            if spec.func_infos:
-                func_info = _sys.cbytes(_btf_ext.encoded_func_infos(spec.func_infos, b))
-                buffers.append(func_info)
-                attr.func_info_rec_size = 8
-                attr.func_info = _sys.address(func_info)
-                attr.func_info_cnt = len(spec.func_infos)
-                with_btf = True
-            if len(lines):
-                line_info = _sys.cbytes(_btf_ext.encoded_line_infos(lines, strings))
-                buffers.append(line_info)
-                attr.line_info_rec_size = 16
-                attr.line_info = _sys.address(line_info)
-                attr.line_info_cnt = len(lines)
-                with_btf = True
-        elif b is self.spec.btf and b is not None and (spec.func_infos or len(lines)):
+        if (
+            btf_fd is None
+            and b is self.spec.btf
+            and b is not None
+            and (spec.func_infos or len(spec.held_line_infos()))
+        ):
             return None  # the collection's BTF did not load: no plan for this load
+        raw = bytearray(spec.instructions.raw)
+        patches = _point_at_maps(raw, references)
+        req = self._load_request(spec, bytes(raw), 0, spec.attach_type)
+        attr, buffers = load_attr(req)
         plan = ProgramPlan(
             dict(spec.__dict__),
             self.spec.btf,
-            bytes(raw),
+            req.instructions,
             tuple((name, tuple(offsets)) for name, offsets in patches.items()),
             bytes(attr),
-            with_btf,
+            req.btf_fd is not None,
             tuple(buffers),
         )
         plans[spec.name] = plan
@@ -534,14 +459,7 @@ class _Loader:
         """Load a program as ``plan`` says: its instructions with the maps' fds written in
         (creating maps as they are first referred to, as from a spec)."""
         insns = _sys.cbytes(plan.insns)
-        loaded = self.maps
-        for map_name, offsets in plan.patches:
-            m = loaded.get(map_name)  # most references are to maps made already
-            if m is None:
-                m = self.map(map_name)
-            fd = m.fd.raw
-            for off in offsets:
-                _IMM.pack_into(insns, off, fd)
+        self._write_map_fds(insns, plan.patches)
         attr = _sys.ProgLoadAttr.from_buffer_copy(plan.attr)
         attr.insns = _sys.address(insns)
         if plan.with_btf:
@@ -571,46 +489,42 @@ class _Loader:
         raw = bytearray(spec.instructions.raw)
         if spec.core_relos:
             self._relocate_core(spec, raw)
+        references = spec.instructions.references
         loaded = self.maps
-        for idx, ref in spec.instructions.references.items():
-            pos = idx * INSN_SIZE
-            kind = ref.kind
-            if kind is _EXTERN:
+        for idx, ref in references.items():  # in the order referred to, as a plan's maps
+            if ref.kind is _EXTERN:
                 self._resolve_extern(spec, raw, idx, ref.name)
-                continue
-            m = loaded.get(ref.name)  # most references are to maps made already
-            if m is None:
-                m = self.map(ref.name)
-            # src_reg says what imm holds: a map's fd, or a map's fd and (next slot's imm)
-            # an offset into its value
-            _IMM.pack_into(raw, pos + 4, m.fd.raw)
-            if kind is _MAP:
-                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_FD
-            else:
-                raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_VALUE
-                _IMM.pack_into(raw, pos + 12, ref.offset)
-        btf_fd, strings = self._btf()
-        func_info = line_info = b""
-        nfunc = nline = 0
-        if btf_fd is not None and spec.btf is self.spec.btf and spec.btf is not None:
-            b: _btf.Spec = spec.btf
-            if spec.func_infos:
-                func_info = _btf_ext.encoded_func_infos(spec.func_infos, b)
-                nfunc = len(spec.func_infos)
-            lines = spec.held_line_infos()
-            if len(lines):
-                line_info = _btf_ext.encoded_line_infos(lines, strings)
-                nline = len(lines)
+            elif ref.name not in loaded:
+                self.map(ref.name)
+        self._write_map_fds(raw, _point_at_maps(raw, references).items())
         attach_btf_id = self._attach_btf_id(spec)
         attach_type = spec.attach_type
         if spec.type == ProgType.STRUCT_OPS:
             attach_btf_id, member = self._struct_ops_target(spec)
             attach_type = cast(AttachType, member)  # expected_attach_type: a member index
+        return self._load_request(spec, bytes(raw), attach_btf_id, attach_type)
+
+    def _load_request(
+        self, spec: ProgramSpec, insns: bytes, attach_btf_id: int, attach_type: AttachType | None
+    ) -> LoadRequest:
+        """What BPF_PROG_LOAD needs for ``spec`` with its instructions ``insns``: func and
+        line info (with the BTF fd) when the collection's BTF loaded and is the program's."""
+        btf_fd, strings = self._btf()
+        func_info = line_info = b""
+        nfunc = nline = 0
+        lines = spec.held_line_infos()  # built only if a load fails (for its message)
+        if btf_fd is not None and spec.btf is self.spec.btf and spec.btf is not None:
+            if spec.func_infos:
+                func_info = _btf_ext.encoded_func_infos(spec.func_infos, spec.btf)
+                nfunc = len(spec.func_infos)
+            if len(lines):
+                line_info = _btf_ext.encoded_line_infos(lines, strings)
+                nline = len(lines)
         return LoadRequest(
             name=spec.name,
             type=spec.type,
             attach_btf_id=attach_btf_id,
-            instructions=bytes(raw),
+            instructions=insns,
             license=spec.license,
             attach_type=attach_type,
             kernel_version=spec.kernel_version,
@@ -620,8 +534,22 @@ class _Loader:
             func_info_count=nfunc,
             line_info=line_info,
             line_info_count=nline,
-            line_infos=spec.line_infos,
+            line_infos=lines,
         )
+
+    def _write_map_fds(
+        self, insns: bytearray | array.array[int], patches: Iterable[tuple[str, Iterable[int]]]
+    ) -> None:
+        """Write each map's fd into ``insns`` at the offsets ``patches`` gives for it
+        (creating maps not made yet, in the order given)."""
+        loaded = self.maps
+        for map_name, offsets in patches:
+            m = loaded.get(map_name)  # most references are to maps made already
+            if m is None:
+                m = self.map(map_name)
+            fd = m.fd.raw
+            for off in offsets:
+                _IMM.pack_into(insns, off, fd)
 
     def _relocate_core(self, spec: ProgramSpec, raw: bytearray) -> None:
         if spec.btf is None:
@@ -847,6 +775,51 @@ class _Loader:
         for m in self.maps.values():
             m.close()
         self.close_btf()
+
+
+def _extra_flags(spec: MapSpec) -> int:
+    """Map flags the loader adds to ``spec``'s: BPF_F_MMAPABLE for a data section's map
+    where the kernel has it."""
+    if spec.is_data_section and _features.mmapable_arrays():
+        return int(MapFlags.MMAPABLE)
+    return 0
+
+
+def _initial_contents(spec: MapSpec) -> tuple[list[tuple[object, bytes]], bool]:
+    """``spec``'s contents to write when the map is created, as (key, value bytes) (an int
+    key as bytes where the map has no key type), and whether any entries name a program
+    or map (those are written by :meth:`_Loader.finalize`)."""
+    entries: list[tuple[object, bytes]] = []
+    pending = False
+    for entry in spec.contents:
+        if isinstance(entry.value, str):
+            pending = True
+            continue
+        key: object = entry.key
+        if isinstance(key, int) and spec.key_size in (1, 2, 4, 8) and spec.key is None:
+            key = key.to_bytes(spec.key_size, "little")
+        entries.append((key, bytes(entry.value)))
+    return entries, pending
+
+
+def _point_at_maps(raw: bytearray, references: Mapping[int, Reference]) -> dict[str, list[int]]:
+    """Set the source register of each map reference in ``raw`` to say what its imm holds:
+    a map's fd, or a map's fd and (the next slot's imm) an offset into its value (written
+    here). Externs are left alone. Returns the offsets of the imms each map's fd goes to,
+    by map, the map first referred to first."""
+    patches: dict[str, list[int]] = {}
+    for idx, ref in references.items():
+        kind = ref.kind
+        if kind is _EXTERN:
+            continue
+        pos = idx * INSN_SIZE
+        if kind is _MAP:
+            raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_FD
+        else:
+            raw[pos + 1] = (raw[pos + 1] & 0x0F) | _SRC_MAP_VALUE
+            _IMM.pack_into(raw, pos + 12, ref.offset)
+        patches.setdefault(ref.name, []).append(pos + 4)
+    return patches
 
 
 def _attach_btf_name(spec: ProgramSpec) -> tuple[str, _btf.Kind] | None:

@@ -54,18 +54,12 @@ if TYPE_CHECKING:
 _TYPE_SLOTS = ("_key", "_value", "_btf_value_type")
 
 
-def map_state(spec: MapSpec) -> dict[str, object]:
-    """The attributes of ``spec`` a map plan depends on, comparable with ``==``."""
-    state = dict(spec.__dict__)
+def map_state(spec: MapSpec | dict[str, object]) -> dict[str, object]:
+    """The attributes of ``spec`` (or of what :func:`held_map` returned) a map plan depends
+    on, comparable with ``==``."""
+    state = dict(spec if isinstance(spec, dict) else spec.__dict__)
     for slot in _TYPE_SLOTS:
         state.pop(slot, None)
-    return state
-
-
-def snapshot_map(spec: MapSpec) -> dict[str, object]:
-    """:func:`map_state` with the contents copied (their values may be written in place)."""
-    state = map_state(spec)
-    state["contents"] = _contents(spec)
     return state
 
 
@@ -89,14 +83,11 @@ def _contents(spec: MapSpec) -> list[object]:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class MapPlan:
-    state: dict[str, object]  # snapshot_map of the spec it was made from
     btf: BTFSpec | None  # the collection's BTF the ids refer to
     btf_ids: tuple[int, int]
-    key_none: bool  # the spec had no key type (int keys were encoded without BTF)
-    attr: bytes  # BPF_MAP_CREATE attributes, the BTF fd left 0
-    use_btf: bool  # set the BTF fd (when the collection's BTF loaded)
-    max_entries: int
-    flags: int
+    # BPF_MAP_CREATE attributes, the BTF fd left 0 (its max entries and flags are the map's;
+    # BTF type ids set: create with the collection's BTF fd when it loaded)
+    attr: bytes
     # initial contents, written after creation: BPF_MAP_UPDATE_ELEM attributes, the map's
     # fd left 0, pointing at key and value buffers kept alive in ``buffers``
     writes: tuple[bytes, ...]
@@ -110,11 +101,15 @@ class MapPlan:
         return self.btf is btf and spec.__dict__ == self.held
 
     def fits(self, spec: MapSpec, btf: BTFSpec | None, btf_ids: tuple[int, int]) -> bool:
+        """Whether ``spec`` is equal to the one the plan was made from but for how its BTF
+        types are held (decoded since, say), which give the same ids (whether it has a
+        key type counts too: int keys are encoded without one)."""
+        held = self.held
         return (
             self.btf is btf
             and self.btf_ids == btf_ids
-            and self.key_none is (spec.__dict__["_key"] is None)
-            and map_state(spec) == self.state
+            and (held["_key"] is None) is (spec.__dict__["_key"] is None)
+            and map_state(spec) == map_state(held)
         )
 
 
@@ -175,5 +170,4 @@ __all__ = [
     "ProgramPlan",
     "held_map",
     "map_state",
-    "snapshot_map",
 ]

@@ -109,13 +109,17 @@ def _kernel_name(name: str) -> str:
     return "".join(c if (c.isascii() and c.isalnum()) or c in "_." else "_" for c in name)
 
 
-def create_attr(spec: MapSpec, flags: int, inner_fd: int = 0) -> _sys.MapCreateAttr:
-    """The BPF_MAP_CREATE attributes of ``spec`` with map flags ``flags``, its BTF left
-    unset (a perf event array of 0 entries gets one per possible CPU)."""
+def create_attr(
+    spec: MapSpec, flags: int, inner_fd: int = 0, btf_ids: tuple[int, int] = (0, 0)
+) -> _sys.MapCreateAttr:
+    """The BPF_MAP_CREATE attributes of ``spec`` with map flags ``flags`` (a perf event
+    array of 0 entries gets one per possible CPU) and its BTF key and value type ids
+    ``btf_ids`` where its type takes BTF; the BTF fd is left unset (see
+    :meth:`Map._create_attr`)."""
     max_entries = spec.max_entries
     if spec.type == MapType.PERF_EVENT_ARRAY and max_entries == 0:
         max_entries = _sys.possible_cpus()
-    return _sys.MapCreateAttr(
+    attr = _sys.MapCreateAttr(
         map_type=spec.type,
         key_size=spec.key_size,
         value_size=spec.value_size,
@@ -126,6 +130,9 @@ def create_attr(spec: MapSpec, flags: int, inner_fd: int = 0) -> _sys.MapCreateA
         map_name=kernel_name(spec.name).encode(),
         map_extra=spec.map_extra,
     )
+    if spec.type not in _NO_BTF_TYPES and any(btf_ids):
+        attr.btf_key_type_id, attr.btf_value_type_id = btf_ids
+    return attr
 
 
 class Map(Handle):
@@ -183,21 +190,20 @@ class Map(Handle):
     ) -> Map:
         """BPF_MAP_CREATE from a spec. Contents are not written (see :meth:`populate`)."""
         inner_fd = inner_map.fd.raw if inner_map is not None else 0
-        attr = create_attr(spec, spec.flags | extra_flags, inner_fd)
-        max_entries = attr.max_entries
-        use_btf = btf_fd is not None and spec.type not in _NO_BTF_TYPES and any(btf_ids)
+        attr = create_attr(spec, spec.flags | extra_flags, inner_fd, btf_ids)
+        return cls._create_attr(spec, attr, btf_fd)
+
+    @classmethod
+    def _create_attr(cls, spec: MapSpec, attr: _sys.MapCreateAttr, btf_fd: FD | None) -> Map:
+        """BPF_MAP_CREATE of ``attr``, made by :func:`create_attr` from ``spec``: with
+        ``btf_fd`` if it has BTF type ids (retried without BTF if the kernel refuses it),
+        without BTF if ``btf_fd`` is None."""
+        use_btf = btf_fd is not None and (attr.btf_key_type_id or attr.btf_value_type_id)
         if use_btf:
             assert btf_fd is not None
             attr.btf_fd = btf_fd.raw
-            attr.btf_key_type_id, attr.btf_value_type_id = btf_ids
-        return cls._create_attr(spec, attr, use_btf, max_entries, spec.flags | extra_flags)
-
-    @classmethod
-    def _create_attr(
-        cls, spec: MapSpec, attr: _sys.MapCreateAttr, use_btf: bool, max_entries: int, flags: int
-    ) -> Map:
-        """BPF_MAP_CREATE of ``attr``, made from ``spec`` (retried without BTF if the kernel
-        refuses it, when ``use_btf``)."""
+        else:
+            attr.btf_key_type_id = attr.btf_value_type_id = 0
         try:
             fd = _sys.map_create(attr)
         except SyscallError as err:
@@ -215,8 +221,8 @@ class Map(Handle):
             type=spec.type,
             key_size=spec.key_size,
             value_size=spec.value_size,
-            max_entries=max_entries,
-            flags=flags,
+            max_entries=attr.max_entries,
+            flags=attr.map_flags,
             key_type=spec.held_type("key"),
             value_type=spec.held_type("value"),
         )

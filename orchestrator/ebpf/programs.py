@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 from collections.abc import Sequence
@@ -126,7 +127,43 @@ class LoadRequest:
     attach_btf_obj_fd: FD | None = None
     fd_array: bytes = b""
     # the records ``line_info`` encodes, to point a verifier rejection at its source line
-    line_infos: tuple[LineInfo, ...] = ()
+    # (held as parsed: built only if the load fails)
+    line_infos: tuple[LineInfo, ...] | LazyLineInfos = ()
+
+
+def load_attr(req: LoadRequest) -> tuple[_sys.ProgLoadAttr, list[array.array[int]]]:
+    """The BPF_PROG_LOAD attributes of ``req`` that stay the same from load to load: all
+    but the instructions' address and the fds (``prog_btf_fd``, ``attach_prog_fd``,
+    ``fd_array``), which the caller sets. Func and line info are set only with a BTF fd.
+    Returned with the C buffers they point at (license, func and line info), which the
+    caller keeps alive while the attributes are used."""
+    buffers: list[array.array[int]] = []
+
+    def c_copy(data: bytes) -> int:
+        """The address of a C copy of ``data``, kept in ``buffers``."""
+        buffers.append(_sys.cbytes(data))
+        return _sys.address(buffers[-1])
+
+    attr = _sys.ProgLoadAttr(
+        prog_type=req.type,
+        insn_cnt=len(req.instructions) // 8,
+        license=c_copy(req.license.encode() + b"\0"),
+        kern_version=req.kernel_version,
+        prog_flags=req.flags,
+        prog_name=kernel_name(req.name).encode(),
+        expected_attach_type=int(req.attach_type) if req.attach_type is not None else 0,
+        attach_btf_id=req.attach_btf_id,
+    )
+    if req.btf_fd is not None:
+        if req.func_info_count:
+            attr.func_info_rec_size = 8
+            attr.func_info = c_copy(req.func_info)
+            attr.func_info_cnt = req.func_info_count
+        if req.line_info_count:
+            attr.line_info_rec_size = 16
+            attr.line_info = c_copy(req.line_info)
+            attr.line_info_cnt = req.line_info_count
+    return attr, buffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,37 +213,16 @@ class Program(Handle):
         walked up to the failure) and raised as :class:`VerifierError`, which explains it
         from the log and ``req.line_infos``; the errno is the first attempt's (a log that
         does not fit turns the kernel's answer into ENOSPC)."""
-        # C copies for the kernel to read (array.array: no ctypes type made per length)
-        insns = _sys.cbytes(req.instructions)
-        license_ = _sys.cbytes(req.license.encode() + b"\0")
-        func_info = _sys.cbytes(req.func_info)
-        line_info = _sys.cbytes(req.line_info)
-        fd_array = _sys.cbytes(req.fd_array)
-        attr = _sys.ProgLoadAttr(
-            prog_type=req.type,
-            insn_cnt=len(req.instructions) // 8,
-            insns=_sys.address(insns),
-            license=_sys.address(license_),
-            kern_version=req.kernel_version,
-            prog_flags=req.flags,
-            prog_name=kernel_name(req.name).encode(),
-            expected_attach_type=int(req.attach_type) if req.attach_type is not None else 0,
-            attach_btf_id=req.attach_btf_id,
-        )
+        attr, buffers = load_attr(req)
+        insns = _sys.cbytes(req.instructions)  # a C copy for the kernel to read
+        attr.insns = _sys.address(insns)
         if req.attach_btf_obj_fd is not None:
             attr.attach_prog_fd = req.attach_btf_obj_fd.raw
         if req.btf_fd is not None:
             attr.prog_btf_fd = req.btf_fd.raw
-            if req.func_info_count:
-                attr.func_info_rec_size = 8
-                attr.func_info = _sys.address(func_info)
-                attr.func_info_cnt = req.func_info_count
-            if req.line_info_count:
-                attr.line_info_rec_size = 16
-                attr.line_info = _sys.address(line_info)
-                attr.line_info_cnt = req.line_info_count
         if req.fd_array:
-            attr.fd_array = _sys.address(fd_array)
+            buffers.append(_sys.cbytes(req.fd_array))
+            attr.fd_array = _sys.address(buffers[-1])
         return cls._load_attr(attr, req.name, req.type, req.attach_type, req.line_infos, log)
 
     @classmethod
