@@ -19,7 +19,7 @@ from orchestrator.ebpf import _sys
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import FD, Cmd, MapFlags, MapType, UpdateFlags
 from orchestrator.ebpf.btf import layout as _layout
-from orchestrator.ebpf.btf.types import _Lazy
+from orchestrator.ebpf.btf.types import _Lazy, lazy_type_attr
 from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,
@@ -227,29 +227,9 @@ class Map(Handle):
             value_type=spec.held_type("value"),
         )
 
-    @property
-    def key_type(self) -> _btf.Type | None:
-        held = self._key_type
-        if type(held) is _Lazy:
-            held = self._key_type = held.get()
-        assert not isinstance(held, _Lazy)
-        return held
-
-    @key_type.setter
-    def key_type(self, value: _btf.Type | None) -> None:
-        self._key_type = value
-
-    @property
-    def value_type(self) -> _btf.Type | None:
-        held = self._value_type
-        if type(held) is _Lazy:
-            held = self._value_type = held.get()
-        assert not isinstance(held, _Lazy)
-        return held
-
-    @value_type.setter
-    def value_type(self, value: _btf.Type | None) -> None:
-        self._value_type = value
+    # the key and value types, held as type ids until first read (properties: see below)
+    key_type: _btf.Type | None
+    value_type: _btf.Type | None
 
     _kind = "map"
     _by_id = Cmd.MAP_GET_FD_BY_ID
@@ -896,6 +876,9 @@ class Map(Handle):
             else:
                 self.update(key, value)
 
+
+setattr(Map, "key_type", lazy_type_attr("_key_type"))  # noqa: B010
+setattr(Map, "value_type", lazy_type_attr("_value_type"))  # noqa: B010
 
 # BTF objects read back from the kernel by id, bounded by bytes (8x the blob: the parsed
 # index and lazily decoded types). A miss is remembered too (as None, at a small cost).

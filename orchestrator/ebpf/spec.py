@@ -20,7 +20,7 @@ from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
 from orchestrator.ebpf.asm import Instructions
 from orchestrator.ebpf.btf import layout as _layout
 from orchestrator.ebpf.btf.ext import LazyLineInfos
-from orchestrator.ebpf.btf.types import _Lazy
+from orchestrator.ebpf.btf.types import _Lazy, lazy_type_attr
 from orchestrator.ebpf.errors import BTFError, ConstantError, MapIncompatibleError, SpecError, clip
 from orchestrator.ebpf.loadplan import LoadPlans
 from orchestrator.ebpf.suggestions import hint
@@ -233,22 +233,8 @@ class MapSpec:
 _LAZY_SLOTS = {"key": "_key", "value": "_value", "btf_value_type": "_btf_value_type"}
 
 
-def _lazy_type(slot: str) -> property:
-    def get(self: MapSpec) -> _btf.Type | None:
-        held = self.__dict__[slot]
-        if type(held) is _Lazy:
-            held = held.get()
-            self.__dict__[slot] = held
-        return held  # type: ignore[no-any-return]
-
-    def put(self: MapSpec, value: _btf.Type | _Lazy | None) -> None:
-        self.__dict__[slot] = value
-
-    return property(get, put)
-
-
 for _attr, _slot in _LAZY_SLOTS.items():
-    setattr(MapSpec, _attr, _lazy_type(_slot))
+    setattr(MapSpec, _attr, lazy_type_attr(_slot))
 
 
 def _type_name(t: MapType | int) -> str:
@@ -364,17 +350,7 @@ class VariableSpec:
         self._type = type  # a _Lazy (a type id) until first read
         self.linkage = linkage
 
-    @property
-    def type(self) -> _btf.Type | None:
-        """The variable's BTF type (None without BTF)."""
-        held = self._type
-        if type(held) is _Lazy:
-            held = self._type = held.get()
-        return held  # type: ignore[return-value]
-
-    @type.setter
-    def type(self, value: _btf.Type | None) -> None:
-        self._type = value
+    type: _btf.Type | None  # held as a type id until first read (the property below)
 
     @property
     def section(self) -> str:
@@ -440,6 +416,13 @@ class VariableSpec:
     def __repr__(self) -> str:
         kind = _btf.describe(self.type) if self.type is not None else f"{self.size} bytes"
         return f"VariableSpec({self.name!r}, {self.section}+{self.offset}, {kind})"
+
+
+setattr(  # noqa: B010
+    VariableSpec,
+    "type",
+    lazy_type_attr("_type", "The variable's BTF type (None without BTF)."),
+)
 
 
 class CollectionSpec:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import builtins
 import enum
+import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -170,6 +171,28 @@ class _Lazy:
         return self.spec.type_by_id(self.tid)
 
 
+def lazy_type(
+    read: Callable[[Any], Any], write: Callable[[Any, Any], None], doc: str | None = None
+) -> property:
+    """A property for a BTF type held as ``read(obj)`` (stored with ``write(obj, value)``),
+    possibly as a type id (a :class:`_Lazy`) until its first read, which decodes it and
+    stores the type in its place."""
+
+    def get(obj: Any) -> Any:
+        held = read(obj)
+        if type(held) is _Lazy:  # not decoded yet: decode it now
+            held = held.get()
+            write(obj, held)
+        return held
+
+    return property(get, write, doc=doc)
+
+
+def lazy_type_attr(name: str, doc: str | None = None) -> property:
+    """:func:`lazy_type` held in the attribute ``name`` (a private one: ``_key``)."""
+    return lazy_type(operator.attrgetter(name), lambda obj, value: setattr(obj, name, value), doc)
+
+
 @dataclass(eq=False, repr=False, slots=True)
 class Pointer(Type):
     _kind: ClassVar[Kind] = Kind.PTR
@@ -198,24 +221,13 @@ class Pointer(Type):
 _TARGET_SLOT: Any = Pointer.__dict__["target"]  # the slot's member descriptor
 
 
-def _get_target(self: Pointer) -> Type:
-    value = _TARGET_SLOT.__get__(self, Pointer)
-    if type(value) is _Lazy:  # a target not decoded yet: decode it now
-        value = value.spec.type_by_id(value.tid)
-        _TARGET_SLOT.__set__(self, value)
-    return value  # type: ignore[no-any-return]
-
-
-def _set_target(self: Pointer, value: Type) -> None:
-    _TARGET_SLOT.__set__(self, value)
-
-
 def raw_target(ptr: Pointer) -> Type | _Lazy:
     """A pointer's target as stored: a :class:`_Lazy` while it is not decoded."""
     return _TARGET_SLOT.__get__(ptr, Pointer)  # type: ignore[no-any-return]
 
 
-setattr(Pointer, "target", property(_get_target, _set_target))  # noqa: B010
+# (read and written through the slot's own descriptor, which the property replaces)
+setattr(Pointer, "target", lazy_type(_TARGET_SLOT.__get__, _TARGET_SLOT.__set__))  # noqa: B010
 
 
 @dataclass(eq=False, repr=False, slots=True)
