@@ -268,7 +268,14 @@ class _Loader:
         planned = None if spec.inner_map is not None or kconfig else self._planned_map(spec)
         if planned is not None:
             btf_fd, _ = self._btf()
-            m = Map._create_attr(spec, _sys.MapCreateAttr.from_buffer_copy(planned.attr), btf_fd)
+            m = Map._create_attr(
+                spec,
+                _sys.MapCreateAttr.from_buffer_copy(planned.attr),
+                btf_fd,
+                planned.has_ids,
+                planned.max_entries,
+                planned.flags,
+            )
             self.maps[name] = m
             if planned.writes:
                 m._populate_planned(planned.writes)
@@ -334,11 +341,15 @@ class _Loader:
             kbuf, vbuf = _sys.cbytes(key), _sys.cbytes(value)
             buffers += (kbuf, vbuf)
             writes.append(bytes(_sys.MapElemAttr(key=_sys.address(kbuf), value=_sys.address(vbuf))))
-        attr = create_attr(spec, spec.flags | _extra_flags(spec), btf_ids=btf_ids)
+        flags = spec.flags | _extra_flags(spec)
+        attr = create_attr(spec, flags, btf_ids=btf_ids)
         plan = MapPlan(
             self.spec.btf,
             btf_ids,
             bytes(attr),
+            bool(attr.btf_key_type_id or attr.btf_value_type_id),
+            attr.max_entries,
+            flags,
             tuple(writes),
             pending,
             held_map(spec),

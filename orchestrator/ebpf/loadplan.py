@@ -85,9 +85,11 @@ def _contents(spec: MapSpec) -> list[object]:
 class MapPlan:
     btf: BTFSpec | None  # the collection's BTF the ids refer to
     btf_ids: tuple[int, int]
-    # BPF_MAP_CREATE attributes, the BTF fd left 0 (its max entries and flags are the map's;
-    # BTF type ids set: create with the collection's BTF fd when it loaded)
-    attr: bytes
+    attr: bytes  # BPF_MAP_CREATE attributes, the BTF fd left 0
+    # what ``attr`` holds, kept to be read without reading ``attr`` back (ctypes reads cost)
+    has_ids: bool  # BTF type ids set: create with the collection's BTF fd when it loaded
+    max_entries: int
+    flags: int
     # initial contents, written after creation: BPF_MAP_UPDATE_ELEM attributes, the map's
     # fd left 0, pointing at key and value buffers kept alive in ``buffers``
     writes: tuple[bytes, ...]

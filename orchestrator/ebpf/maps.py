@@ -190,15 +190,26 @@ class Map(Handle):
     ) -> Map:
         """BPF_MAP_CREATE from a spec. Contents are not written (see :meth:`populate`)."""
         inner_fd = inner_map.fd.raw if inner_map is not None else 0
-        attr = create_attr(spec, spec.flags | extra_flags, inner_fd, btf_ids)
-        return cls._create_attr(spec, attr, btf_fd)
+        flags = spec.flags | extra_flags
+        attr = create_attr(spec, flags, inner_fd, btf_ids)
+        has_ids = bool(attr.btf_key_type_id or attr.btf_value_type_id)
+        return cls._create_attr(spec, attr, btf_fd, has_ids, attr.max_entries, flags)
 
     @classmethod
-    def _create_attr(cls, spec: MapSpec, attr: _sys.MapCreateAttr, btf_fd: FD | None) -> Map:
-        """BPF_MAP_CREATE of ``attr``, made by :func:`create_attr` from ``spec``: with
-        ``btf_fd`` if it has BTF type ids (retried without BTF if the kernel refuses it),
-        without BTF if ``btf_fd`` is None."""
-        use_btf = btf_fd is not None and (attr.btf_key_type_id or attr.btf_value_type_id)
+    def _create_attr(
+        cls,
+        spec: MapSpec,
+        attr: _sys.MapCreateAttr,
+        btf_fd: FD | None,
+        has_ids: bool,
+        max_entries: int,
+        flags: int,
+    ) -> Map:
+        """BPF_MAP_CREATE of ``attr``, made by :func:`create_attr` from ``spec`` with map
+        flags ``flags`` (its max entries ``max_entries``): with ``btf_fd`` if it has BTF type
+        ids (``has_ids``; retried without BTF if the kernel refuses it), without BTF if
+        ``btf_fd`` is None. (The caller says what ``attr`` holds: reading it back costs.)"""
+        use_btf = btf_fd is not None and has_ids
         if use_btf:
             assert btf_fd is not None
             attr.btf_fd = btf_fd.raw
@@ -221,8 +232,8 @@ class Map(Handle):
             type=spec.type,
             key_size=spec.key_size,
             value_size=spec.value_size,
-            max_entries=attr.max_entries,
-            flags=attr.map_flags,
+            max_entries=max_entries,
+            flags=flags,
             key_type=spec.held_type("key"),
             value_type=spec.held_type("value"),
         )
