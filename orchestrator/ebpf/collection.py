@@ -508,6 +508,7 @@ class _Loader:
             elif ref.name not in loaded:
                 self.map(ref.name)
         self._write_map_fds(raw, _point_at_maps(raw, references).items())
+        self._btf()  # loaded before the attach target is looked up (for a program without maps)
         attach_btf_id = self._attach_btf_id(spec)
         attach_type = spec.attach_type
         if spec.type == ProgType.STRUCT_OPS:

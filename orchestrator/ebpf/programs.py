@@ -140,7 +140,8 @@ def load_attr(req: LoadRequest) -> tuple[_sys.ProgLoadAttr, list[array.array[int
     buffers: list[array.array[int]] = []
 
     def c_copy(data: bytes) -> int:
-        """The address of a C copy of ``data``, kept in ``buffers``."""
+        """The address of a C copy of ``data`` (an array.array: no ctypes type made per
+        length), kept in ``buffers``."""
         buffers.append(_sys.cbytes(data))
         return _sys.address(buffers[-1])
 
