@@ -355,8 +355,8 @@ class Seal(Action):
 class Commit(Action):
     """Swap the collection's staged tree with its live one (``renameat2(RENAME_EXCHANGE)``),
     or move it into place if there is none. ``exists``: whether the plan saw the collection
-    live (False: the move is tried first; either way what is there is checked before a
-    swap)."""
+    live (False: the move refuses to replace anything, and whatever took the name since
+    the plan fails the apply; True: a symlink or mount point there is refused)."""
 
     action: ClassVar[str] = "commit"
     collection: str

@@ -948,7 +948,8 @@ def test_a_new_collection_s_place_taken_since_the_plan_is_never_replaced(
 ) -> None:
     """A new collection is moved into place only if nothing has its name: a symlink put
     there after the plan (at the commit step) is refused and left, the apply rolls back;
-    a directory made there then is swapped with the staged tree as a live one is."""
+    so is a directory made there then by someone else (it used to be swapped with the
+    staged tree and removed with the old generation, a map pinned in it unpinned)."""
     _plain(env, "a")
     target = tmp_path / "elsewhere"
     target.mkdir()
@@ -965,13 +966,38 @@ def test_a_new_collection_s_place_taken_since_the_plan_is_never_replaced(
     assert sorted(os.listdir(env.root)) == ["a"]  # no staging tree, no owner marker left
     os.unlink(env.root / "a")
 
+    foreign = Map.create(ebpf.MapSpec("theirs", ebpf.MapType.ARRAY, 4, 4, 1))
+
     def plant_dir(subject: str) -> None:
         if subject == "a":
             os.mkdir(env.root / "a")
+            foreign.pin(env.root / "a" / "theirs")
 
-    r = env.reconciler(OnStep(commit=plant_dir))
+    try:
+        with pytest.raises(ApplyError) as info:
+            env.reconciler(OnStep(commit=plant_dir)).apply(env.desired())
+        assert f"{env.root / 'a'} was made since the plan" in str(info.value)
+        assert "nothing was changed" in str(info.value)
+        assert os.listdir(env.root / "a") == ["theirs"]
+        with Map.from_pin(env.root / "a" / "theirs") as m:
+            assert m.id == foreign.id
+        assert sorted(os.listdir(env.root)) == ["a"]
+    finally:
+        foreign.close()
+    remove_tree(env.root / "a")
+
+    def plant_empty(subject: str) -> None:
+        if subject == "a":
+            os.mkdir(env.root / "a")
+
+    with pytest.raises(ApplyError, match="was made since the plan"):
+        env.reconciler(OnStep(commit=plant_empty)).apply(env.desired())
+    assert os.listdir(env.root / "a") == []
+    os.rmdir(env.root / "a")
+    r = env.reconciler()
     r.apply(env.desired())
     assert sorted(os.listdir(env.root / "a")) == [MARK_PIN, "maps", "progs"]
     assert not env.reconciler().plan(env.desired()).has_changes
     env.reconciler().destroy()
     assert os.listdir(env.root) == []
+

@@ -145,7 +145,10 @@ class CommitSteps(TransactionBase):
 
     def _commit(self, action: Commit) -> None:
         """Swap the staged tree with the live one atomically, or move it into place (a new
-        collection: the move refuses to replace anything, so nothing is looked at first)."""
+        collection: the move refuses to replace anything, so nothing is looked at first).
+        Whatever took a new collection's name since the plan is never replaced: it is not
+        the tree the plan proved ours, and what is swapped out is removed with the old
+        generation."""
         name = action.collection
         rfd, sfd = self.root_fd, self.staging_fd
         self.failpoints.reach("commit", name)
@@ -155,7 +158,12 @@ class CommitSteps(TransactionBase):
             try:
                 rename(name, name, src_dir=sfd, dst_dir=rfd)  # RENAME_NOREPLACE
             except FileExistsError:
-                pass  # made since the plan: swapped below if it is a directory of ours
+                if self._live_dir(name):  # a symlink or mount point is refused there
+                    raise ApplyError(
+                        f"{self.root / name} was made since the plan; bpforch never replaces "
+                        "what the plan did not prove its own (apply again: the next plan "
+                        "sees it)"
+                    ) from None
             else:
                 self.journal.add(
                     f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd)
