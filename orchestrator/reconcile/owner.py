@@ -114,7 +114,10 @@ def _value(kind: MarkKind, token: bytes, data: bytes) -> bytes:
 
 def _key(collection: str) -> bytes:
     """The key of ``collection`` in a shared collection marker."""
-    raw = collection.encode()
+    try:
+        raw = collection.encode()
+    except UnicodeEncodeError:  # a directory name that is not UTF-8: no collection's
+        raise MarkerError(f"name {collection!r} is not UTF-8: no collection's") from None
     if not 0 < len(raw) < KEY_SIZE:
         raise MarkerError(f"collection name {collection!r} does not fit a marker key")
     return raw.ljust(KEY_SIZE, b"\0")

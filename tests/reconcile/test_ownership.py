@@ -1001,3 +1001,26 @@ def test_a_new_collection_s_place_taken_since_the_plan_is_never_replaced(
     env.reconciler().destroy()
     assert os.listdir(env.root) == []
 
+
+def test_a_shared_marker_in_a_directory_with_a_name_not_utf8_is_foreign(
+    env: Env, fd_guard: None
+) -> None:
+    """A directory whose name is not UTF-8 (it can't be a collection's) holding a map of a
+    shared marker's shape is foreign: observe reads no key for it and never crashes (the
+    key's encoding raised UnicodeEncodeError out of observe)."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    name = os.fsdecode(b"odd\xff")
+    os.mkdir(env.root / name)
+    with Map.create(ebpf.MapSpec("m", ebpf.MapType.HASH, 64, 64, 1)) as m:
+        m.pin(env.root / name / MARK_PIN)
+    try:
+        st = r.status()
+        what = {os.fsencode(f.path.name): f.what for f in st.foreign}
+        assert what[b"odd\xff"].startswith("ownership marker _mark: "), what
+        assert [c.name for c in st.collections] == ["tp-counter"]
+    finally:
+        remove_tree(env.root / name)
+    r.destroy()
+    assert os.listdir(env.root) == []
