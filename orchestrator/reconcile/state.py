@@ -405,7 +405,10 @@ def _program_text(p: ProgramRecord) -> str:
 
 
 def _attachment_text(a: AttachmentRecord) -> str:
-    if not (type(a.link_id) is int and type(a.kind) is type(a.pin) is type(a.program) is str):
+    if not (
+        type(a.link_id) is int
+        and type(a.kind) is type(a.mode) is type(a.pin) is type(a.program) is str
+    ):
         return _dumps(a.to_json())
     mode = f'"mode":{_text(a.mode)},' if a.mode else ""
     target = f',"target":{_object_text(a.target)}' if a.target is not None else ""

@@ -106,6 +106,9 @@ def test_fields_of_other_types_are_written_as_json_dumps_writes_them() -> None:
             rec,
             attachments={"a": dataclasses.replace(a, target={"x": [1], "y": {"z": 2}})},  # type: ignore[dict-item]
         ),
+        # a mode that is not a string (it raised TypeError: its type was not checked)
+        dataclasses.replace(rec, attachments={"a": dataclasses.replace(a, mode=1)}),  # type: ignore[arg-type]
+        dataclasses.replace(rec, attachments={"a": dataclasses.replace(a, mode=0)}),  # type: ignore[arg-type]
     ]
     for r in odd:
         assert collection_text(r) == _dumps(r)
