@@ -492,3 +492,54 @@ def test_collections_of_one_object_share_its_btf(env: Env, fd_guard: None) -> No
     second = btf_ids()
     assert second["tp-a"] == second["tp-b"] == first["tp-a"] != second["tp-c"] != 0
     r.destroy()
+
+
+def test_a_failed_apply_leaves_no_shared_btf(env: Env, fd_guard: None) -> None:
+    """An apply that fails after its collections loaded one object's BTF through the
+    transaction's cache (at the commit of the second) rolls back and closes the cache:
+    no fd is left (fd_guard) and the kernel BTF object the staged programs shared is
+    freed."""
+    import glob
+
+    from orchestrator.ebpf import Program, _sys
+    from orchestrator.reconcile import ApplyError
+    from tests.failpoints import OnStep
+
+    for i, name in enumerate(("tp-a", "tp-b")):
+        env.write(
+            name,
+            f"""
+            apiVersion: bpforch.dev/v1
+            kind: Collection
+            metadata: {{name: {name}}}
+            spec:
+              object: @BPF@/tp_counter.o
+              constants: {{target_tgid: {(1 << 30) + i}}}
+            """,
+        )
+    seen: dict[str, int] = {}
+
+    def fail_second(subject: str) -> None:
+        if subject == "tp-a":
+            for name in ("tp-a", "tp-b"):
+                (pin,) = glob.glob(f"{env.root}/_staging-*/{name}/progs/count_getppid")
+                with Program.from_pin(pin) as p:
+                    seen[name] = p.info().btf_id
+        if subject == "tp-b":
+            raise RuntimeError("injected")
+
+    # the error is held (its traceback holds the transaction): the cache was closed, not
+    # collected
+    with pytest.raises(ApplyError, match="injected") as info:
+        env.reconciler(OnStep(commit=fail_second)).apply(env.desired())
+    assert seen["tp-a"] == seen["tp-b"] != 0
+
+    def btf_alive(btf_id: int) -> bool:
+        return _sys.get_next_id(_sys.Cmd.BTF_GET_NEXT_ID, btf_id - 1) == btf_id
+
+    deadline = time.monotonic() + 10
+    while btf_alive(seen["tp-a"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not btf_alive(seen["tp-a"])
+    assert os.listdir(env.root) == []
+    del info
