@@ -50,18 +50,24 @@ FORMAT = 1  # of the payload
 @functools.cache
 def identity() -> str:
     """bpforch's version, :data:`FORMAT`, Python's version and the size and mtime of every
-    module of this package and of PyYAML's (found, not imported): an entry another parser,
-    schema or builder wrote is never read. A module that can't be stat-ed (gone in the
-    middle of an upgrade) counts as missing, never as an error."""
+    module of this package and of the libraries that parse and validate (PyYAML,
+    jsonschema and its ``referencing``; found, not imported): an entry another parser,
+    schema, validator or builder wrote is never read. A module that can't be stat-ed (gone
+    in the middle of an upgrade) counts as missing, never as an error."""
     from orchestrator import __version__
     from orchestrator.ebpf.diskcache import tree_identity
 
-    root = os.path.dirname(os.path.abspath(__file__))
-    yaml = importlib.util.find_spec("yaml")
-    found = yaml.origin if yaml is not None and yaml.origin is not None else ""
-    parsers = tree_identity(os.path.dirname(found)) if found else "no yaml"
-    text = f"{__version__}\0{FORMAT}\0{sys.version}\0{tree_identity(root)}\0{parsers}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    parts = [__version__, str(FORMAT), sys.version]
+    parts.append(tree_identity(os.path.dirname(os.path.abspath(__file__))))
+    for name in _LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        found = spec.origin if spec is not None and spec.origin is not None else ""
+        parts.append(tree_identity(os.path.dirname(found)) if found else f"no {name}")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+# the libraries whose code decides what a manifest parses and validates to
+_LIBRARIES = ("yaml", "jsonschema", "referencing")
 
 
 class SavedDocuments:

@@ -246,3 +246,33 @@ def test_the_identity_follows_pyyaml_and_never_raises(monkeypatch: pytest.Monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: gone)
     other = saved.identity.__wrapped__()
     assert other != real and len(other) == 64
+
+
+@pytest.mark.parametrize("library", ["yaml", "jsonschema", "referencing"])
+def test_the_identity_follows_the_parsing_and_validating_libraries(
+    library: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another PyYAML, jsonschema or referencing (here: the same library's modules with
+    another size) gives another identity."""
+    import importlib.machinery
+    import importlib.util
+    import shutil
+
+    real_find = importlib.util.find_spec
+    found = real_find(library)
+    assert found is not None and found.origin is not None
+    copy = tmp_path / library
+    shutil.copytree(Path(found.origin).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = saved.identity.__wrapped__()
+
+    def find(name: str) -> object:
+        if name != library:
+            return real_find(name)
+        return importlib.machinery.ModuleSpec(name, None, origin=str(copy / "__init__.py"))
+
+    monkeypatch.setattr(importlib.util, "find_spec", find)
+    same_files = saved.identity.__wrapped__()  # the copy has other paths and mtimes
+    assert same_files != before
+    with open(copy / "__init__.py", "a") as f:
+        f.write("\n# upgraded\n")
+    assert saved.identity.__wrapped__() not in (before, same_files)
