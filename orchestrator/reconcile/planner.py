@@ -331,9 +331,9 @@ class Planner:
             self.entries(d, actual, None)
             self.attachments(d, actual, reuse=True, reattach=reattach, fresh=frozenset(fresh))
             return
-        self.maps(d, actual, facts)
+        pinned = self.maps(d, actual, facts)
         self.programs(d, rec, facts, "; ".join(reasons))
-        stage = self.stage_action(d, rec, facts)
+        stage = self.stage_action(d, rec, facts, pinned)
         self.staged[d.name] = stage
         self.collections.append(stage)
         # preserved maps are handed over (their live entries stay); the others start anew
@@ -352,11 +352,15 @@ class Planner:
         self.collections += planned.actions
 
     def stage_action(
-        self, d: DesiredCollection, rec: CollectionRecord | None, facts: CollectionFacts | None
+        self,
+        d: DesiredCollection,
+        rec: CollectionRecord | None,
+        facts: CollectionFacts | None,
+        pinned: frozenset[str],
     ) -> Stage:
         """The load of ``d``'s object, with the map lines just planned: its substitutions and
-        the preserved maps handed over (a NOOP line), the maps pinned as :class:`PinRules`
-        says for the shapes the object declares."""
+        the preserved maps handed over (a NOOP line), the maps ``pinned`` (as :meth:`maps`
+        found them: :class:`PinRules` for the shapes the object declares)."""
         from orchestrator.reconcile.actions import FromPin, Replacement, Stage
 
         shapes = facts.maps if facts is not None else {}
@@ -389,9 +393,6 @@ class Planner:
                 and line.op is Op.NOOP
             ):
                 replacements.append(Replacement(mname, self.source(d.name, mname)))
-        pinned = frozenset(
-            m for m, shape in shapes.items() if self.pins.reason(d.name, m, shape) is not None
-        )
         load_maps = None
         if d.programs is not None:
             # with a program binding, also the maps the manifest names and the pinned ones
@@ -516,8 +517,11 @@ class Planner:
 
     def maps(
         self, d: DesiredCollection, actual: ActualCollection | None, facts: CollectionFacts | None
-    ) -> None:
+    ) -> frozenset[str]:
+        """The map lines of ``d`` loaded anew; returns the maps of the object (of the shapes
+        in ``facts``) that :class:`PinRules` pins in the new tree."""
         rec = actual.record if actual is not None else None
+        pinned_maps: set[str] = set()
         old_maps = rec.maps if rec is not None else {}
         gen = rec.generation + 1 if rec is not None else 1
         known = facts is not None and (bool(facts.maps) or bool(facts.object_sha256))
@@ -560,6 +564,8 @@ class Planner:
             drifted = actual is not None and actual.drifted("map", mname)
             shape = new_shape if new_shape is not None else old.shape if old is not None else None
             why = self.pins.reason(d.name, mname, shape)
+            if why is not None and new_shape is not None:
+                pinned_maps.add(mname)  # new_shape: a map the object declares (facts.maps)
             held = facts.held if facts is not None else None
             if why is None and held is not None and mname not in held:
                 # nothing would hold it: it is not kept (and not recorded)
@@ -650,6 +656,7 @@ class Planner:
                     src,
                     diffs=sized,
                 )
+        return frozenset(pinned_maps)
 
     def programs(
         self,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from orchestrator._gc import gc_paused
 from orchestrator.ebpf import Error as EbpfError
 from orchestrator.manifest.cache import ObjectStore
 from orchestrator.manifest.cache import default as default_store
@@ -146,7 +147,10 @@ class Reconciler:
         lock: contextlib.AbstractContextManager[int | None] = (
             contextlib.nullcontext() if dry_run is True else locked(self.bpffs_root, self.state_dir)
         )
-        with lock as root_fd:
+        # the plan and the transaction build a bounded burst of small objects (actions,
+        # records, loaded collections) that stay alive until the apply ends: the collector
+        # runs after it, not through it (see orchestrator._gc)
+        with gc_paused(), lock as root_fd:
             objects = self.store.snapshot()
             actual = gather_facts(desired, self.observe(), objects, self.bpffs_root)
             p = plan(desired, actual, prune=prune, selector=selector)

@@ -3,6 +3,7 @@ the tests make, see them work, read status, destroy and check that nothing is le
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.ebpf import Map
-from orchestrator.reconcile import Op, Reconciler
+from orchestrator.reconcile import ApplyError, Op, Reconciler
 from tests.conftest import BPF_DIR
 from tests.netns import CGROUP2_ROOT, Cgroup, UdpReceiver, VethPair, send_udp
 from tests.reconcile.conftest import Env, link_alive, map_alive, pins_under, prog_alive
@@ -389,7 +390,7 @@ def test_noop_apply_only_reads(
 
     def spy(cmd: bpfsys.Cmd, attr: object) -> int:
         seen.append(cmd)
-        return real(cmd, attr)  # type: ignore[arg-type]
+        return real(cmd, attr)
 
     monkeypatch.setattr(bpfsys, "bpf", spy)
     result = r.apply(desired)
@@ -543,3 +544,38 @@ def test_a_failed_apply_leaves_no_shared_btf(env: Env, fd_guard: None) -> None:
     assert not btf_alive(seen["tp-a"])
     assert os.listdir(env.root) == []
     del info
+
+
+class _Watch:
+    """Failpoints that note whether the cyclic collector runs at each step, and fail at one."""
+
+    def __init__(self, fail_at: str = "") -> None:
+        self.fail_at = fail_at
+        self.seen: dict[str, bool] = {}
+
+    def reach(self, step: str, subject: str) -> None:
+        self.seen[step] = gc.isenabled()
+        if step == self.fail_at:
+            raise RuntimeError(f"failpoint {step}")
+
+
+@pytest.mark.kernel
+def test_the_collector_is_paused_through_an_apply_and_enabled_after(env: Env) -> None:
+    tp_manifest(env)
+    assert gc.isenabled()
+    watch = _Watch(fail_at="record")
+    with pytest.raises(ApplyError, match="failpoint record"):
+        env.reconciler(watch).apply(env.desired())
+    assert watch.seen == {
+        "load": False,
+        "verify": False,
+        "pin": False,
+        "attach": False,
+        "commit": False,
+        "record": False,
+    }
+    assert gc.isenabled()  # enabled again after the failure
+    watch = _Watch()
+    assert env.reconciler(watch).apply(env.desired()).applied
+    assert set(watch.seen.values()) == {False} and "release" in watch.seen
+    assert gc.isenabled()
