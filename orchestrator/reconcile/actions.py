@@ -191,6 +191,9 @@ class Stage(Action):
     pinned: frozenset[str]
     load_maps: tuple[str, ...] | None
     shapes: Mapping[str, MapShape] = field(repr=False, compare=False)
+    # the maps the loaded programs hold (kept without a pin, recorded by id), as the plan
+    # read them from the same object (``CollectionFacts.held``); None: found at the load
+    held: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, object]:
         return {

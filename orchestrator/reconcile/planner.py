@@ -407,6 +407,7 @@ class Planner:
             pinned,
             load_maps,
             shapes,
+            facts.held if facts is not None else None,
             lines=self.take(),
         )
 

@@ -714,3 +714,71 @@ def test_a_user_of_a_recreated_map_is_planned_from_its_object(
         assert pinned.id == user.map("mine").id
     assert [m.name for m in user.maps if m.name == "unused"] == []
     assert not r.plan(env.desired()).has_changes
+
+
+TWO_PROGRAMS = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } ma SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u64);
+         __uint(max_entries, 1); } mb SEC(".maps");
+static __always_inline void hit(void *m)
+{
+    __u32 k = 0;
+    __u64 *v = bpf_map_lookup_elem(m, &k);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+SEC("xdp") int a(struct xdp_md *ctx) { hit(&ma); return XDP_PASS; }
+SEC("xdp") int b(struct xdp_md *ctx) { hit(&mb); return XDP_PASS; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_the_maps_recorded_by_id_are_those_the_loaded_programs_hold(
+    env: Env, compile_bpf: Build, fd_guard: None
+) -> None:
+    """The stage records without a pin exactly the maps its loaded programs hold, as the
+    plan read them from the object: all of them for the whole object, only the bound
+    programs' with a program binding (a map named in the manifest but used by no bound
+    program is loaded and not kept)."""
+    from orchestrator.reconcile.actions import Stage
+    from orchestrator.reconcile.observe import held_maps
+
+    obj = compile_bpf(TWO_PROGRAMS)
+    env.write(
+        "whole",
+        f"""
+        apiVersion: bpforch.dev/v1
+        kind: Collection
+        metadata: {{name: whole}}
+        spec: {{object: {obj}}}
+        """,
+    )
+    env.write(
+        "bound",
+        f"""
+        apiVersion: bpforch.dev/v1
+        kind: Collection
+        metadata: {{name: bound}}
+        spec: {{object: {obj}, programs: [a], maps: {{mb: {{max_entries: 2}}}}}}
+        """,
+    )
+    r = env.reconciler()
+    p = r.plan(env.desired())
+    stages = {a.collection: a for a in p.actions if isinstance(a, Stage)}
+    spec = env.store.snapshot().get(obj).spec
+    assert stages["whole"].held == held_maps(spec, ["a", "b"]) == {"ma", "mb"}
+    assert stages["bound"].held == held_maps(spec, ["a"]) == {"ma"}
+    r.apply(env.desired())
+    st = r.status()
+    whole, bound = st.get("whole"), st.get("bound")
+    assert whole is not None and whole.condition == "Ready"
+    assert bound is not None and bound.condition == "Ready"
+    assert sorted(m.name for m in whole.maps) == ["ma", "mb"]
+    assert [m.name for m in bound.maps] == ["ma"]
+    assert bound.map("ma").id in map_ids(env, "bound", "a")
+    for m in whole.maps:
+        assert m.pin == "" and map_alive(m.id)
+    assert not r.plan(env.desired()).has_changes

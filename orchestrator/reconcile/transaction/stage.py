@@ -75,8 +75,10 @@ class StageSteps(TransactionBase):
             set(action.pinned) & coll.maps.keys(),
             # what outlives the load unpinned (recorded by id): whatever the loaded programs
             # hold (the object's own spec says the same as the prepared copy: constants
-            # change no reference)
-            set(held_maps(info.spec, coll.programs)),
+            # change no reference); the plan read it for the same programs of the same
+            # object (the autoloaded ones, or the binding's: what Collection and
+            # load_subset load)
+            set(held_maps(info.spec, coll.programs) if action.held is None else action.held),
         )
         self.staged[name] = st
         if self.verify_only:
