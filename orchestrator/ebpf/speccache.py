@@ -88,7 +88,7 @@ def footprint(spec: CollectionSpec, size: int) -> int:
     for p in spec.programs.values():
         ins = p.instructions
         n += len(ins.raw) + 160 * len(ins.references)
-        n += 120 * (len(p.func_infos) + len(p.line_infos) + len(p.core_relos))
+        n += 120 * (len(p.func_infos) + len(p.held_line_infos()) + len(p.core_relos))
     for m in spec.maps.values():
         for e in m.contents:
             key = len(e.key) if isinstance(e.key, bytes) else 0

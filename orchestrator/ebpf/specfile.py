@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VERSION", "SpecFileError", "decode", "encode"]
 
-VERSION = 1
+VERSION = 2  # 2: line info as kernel records
 _HEAD = struct.Struct("<II")
 
 E = TypeVar("E")
@@ -60,6 +60,7 @@ class _Unrepresentable(Exception):
 class _Writer:
     def __init__(self, btf: _btf.Spec | None) -> None:
         self.btf = btf
+        self.strings: dict[str, int] = {}  # of the marshalled btf the entry holds
         self.blobs: list[bytes] = []
         self.size = 0
 
@@ -93,7 +94,7 @@ def encode(spec: CollectionSpec) -> bytes | None:
     try:
         doc: dict[str, Any] = {"btf": None}
         if spec.btf is not None:
-            blob, _ = spec.btf.marshal(_extra_strings(spec))
+            blob, w.strings = spec.btf.marshal(_extra_strings(spec))
             doc["btf"] = w.raw(blob)
         doc["maps"] = [_map(w, m) for m in spec.maps.values()]
         if list(spec.maps) != [m.name for m in spec.maps.values()]:
@@ -110,7 +111,7 @@ def encode(spec: CollectionSpec) -> bytes | None:
         doc["externs"] = [_extern(w, k, e) for k, e in spec.externs.items()]
         if spec.map_replacements:
             raise _Unrepresentable  # live maps: nothing a file can hold
-    except (_Unrepresentable, BTFError):
+    except (_Unrepresentable, BTFError, KeyError):
         return None
     text = json.dumps(doc, separators=(",", ":")).encode()
     return _HEAD.pack(VERSION, len(text)) + text + b"".join(w.blobs)
@@ -118,7 +119,9 @@ def encode(spec: CollectionSpec) -> bytes | None:
 
 def _extra_strings(spec: CollectionSpec) -> frozenset[str]:
     # what Collection._btf marshals with
-    return frozenset().union(*(_btf_ext.line_strings(p.line_infos) for p in spec.programs.values()))
+    return frozenset().union(
+        *(_btf_ext.line_strings(p.held_line_infos()) for p in spec.programs.values())
+    )
 
 
 def _value(w: _Writer, v: bytes | bytearray | str | int) -> list[Any]:
@@ -178,9 +181,15 @@ def _program(w: _Writer, name: str, p: ProgramSpec) -> dict[str, Any]:
         "autoload": p.autoload,
         "known_section": p.known_section,
         "func_infos": [[fi.insn, w.tid(fi.func)] for fi in p.func_infos],
-        "line_infos": [
-            [li.insn, li.file_name, li.line, li.line_number, li.column] for li in p.line_infos
-        ],
+        # the records BPF_PROG_LOAD takes, against the marshalled btf's strings (a
+        # KeyError without btf: not representable), stored little-endian
+        "line_infos": w.raw(
+            _btf_ext.little_endian(
+                _btf_ext.encoded_line_infos(p.held_line_infos(), w.strings)
+                if len(p.held_line_infos())
+                else b""
+            )
+        ),
         "core_relos": [[r.insn, w.tid(r.type), r.access, int(r.kind)] for r in p.core_relos],
         "btf": w.same_btf(p.btf),
         "unresolved": [[u.insn, u.reason, u.symbol, u.function] for u in p.unresolved],
@@ -198,6 +207,8 @@ class _Reader:
     def __init__(self, raw: memoryview, btf: _btf.Spec | None) -> None:
         self.rawview = raw
         self.btf = btf
+        # each program's line info as read and its records in the kernel's byte order
+        self.line_records: list[tuple[_btf_ext.LazyLineInfos, bytes, set[int]]] = []
 
     def raw(self, ref: object) -> bytes:
         if not (isinstance(ref, list) and len(ref) == 2):
@@ -264,7 +275,6 @@ def _list(v: object, n: int | None = None) -> list[Any]:
     return v
 
 
-_LINE_ROW = (int, str, str, int, int)  # insn, file name, line, line number, column
 _REF_ROW = (int, str, str, int)  # slot, kind, name, offset
 _UNRESOLVED_ROW = (int, str, str, str)  # insn, reason, symbol, function
 _REF_KINDS = {k.value: k for k in RefKind}  # a KeyError for another: the entry is refused
@@ -355,6 +365,11 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
         if not all(s in strings for s in extra):
             raise SpecFileError("btf: line info strings are missing")
         btf._marshalled[extra] = (blob, strings)
+        # the records are already encoded against these strings where each string offset
+        # in them is the one the map gives (a table may hold a string twice)
+        for held, native, offsets in r.line_records:
+            if all(strings.get(by_off.get(o, "\0")) == o for o in offsets):
+                held.encoded_as(strings, native)
     return out
 
 
@@ -422,8 +437,16 @@ def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
         insn, tid = _list(fi, 2)
         func = cast(_btf.Func, r.lazy(tid, _btf.Kind.FUNC))
         func_infos.append(_btf_ext.FuncInfo(_int(insn), func))
-    line = _btf_ext.LineInfo
-    line_infos = [line(*li) for li in _rows(d["line_infos"], _LINE_ROW)]
+    line_infos: tuple[_btf_ext.LineInfo, ...] | _btf_ext.LazyLineInfos = ()
+    records = r.raw(d["line_infos"])
+    if records:
+        if r.btf is None:
+            raise SpecFileError("line info without btf")
+        held = _btf_ext.kernel_line_infos(records, r.btf)
+        if held is None:
+            raise SpecFileError("bad line info records")
+        line_infos = held[0]
+        r.line_records.append(held)
     relos = []
     for cr in _list(d["core_relos"]):
         insn, tid, access, kind = _list(cr, 4)
@@ -447,7 +470,8 @@ def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
         _bool(d["autoload"]),
         _bool(d["known_section"]),
         tuple(func_infos),
-        tuple(line_infos),
+        # a LazyLineInfos is held as is: ProgramSpec.line_infos builds it on first read
+        cast("tuple[_btf_ext.LineInfo, ...]", line_infos),
         tuple(relos),
         r.btf_of(d["btf"]),
         tuple(unresolved),

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from orchestrator import ebpf
 from orchestrator.ebpf import btf, diskcache, speccache, specfile
 from orchestrator.ebpf.btf import core
+from orchestrator.ebpf.btf import ext as _btf_ext
 from orchestrator.ebpf.btf import kernel as kernel_btf
 from orchestrator.ebpf.btf.spec import _Positions
 from tests.conftest import BPF_DIR, obj, require_kernel
@@ -398,7 +400,8 @@ def test_another_payload_version_is_ignored(
     disk.put(
         speccache.SPEC_KIND, digest, (specfile.VERSION + 1).to_bytes(4, "little") + payload[4:]
     )
-    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "does not decode (version 2, not 1)")
+    why = f"does not decode (version {specfile.VERSION + 1}, not {specfile.VERSION})"
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, why)
 
 
 def test_damaged_json_in_a_well_formed_entry_is_ignored(
@@ -429,18 +432,13 @@ def _with_program_field(data: bytes, field: str, value: object) -> bytes:
 @pytest.mark.parametrize(
     ("field", "row", "why"),
     [
-        ("line_infos", [0, "f.c", "x = 1;", "7", 3], "expected rows of [int, str, str, int, int]"),
-        ("line_infos", [0, "f.c", "x = 1;", 7, True], "expected rows of [int, str, str, int, int]"),
-        ("line_infos", [0, "f.c", "x = 1;", 7], "expected rows of [int, str, str, int, int]"),
-        ("line_infos", [0, "f.c", "x = 1;", 7, 3, 0], "expected rows of [int, str, str, int, int]"),
-        ("line_infos", {"insn": 0}, "expected rows of [int, str, str, int, int]"),
         ("refs", [0, "map", "counters", None], "expected rows of [int, str, str, int]"),
         ("refs", [0, "nothing", "counters", 0], "KeyError: 'nothing'"),
         ("unresolved", [0, "why", 5, "f"], "expected rows of [int, str, str, str]"),
     ],
 )
 def test_a_damaged_program_record_is_refused(field: str, row: object, why: str) -> None:
-    """Each record of a program (line info, reference, unresolved symbol) is checked field
+    """Each record of a program (reference, unresolved symbol) is checked field
     by field for its exact type and count: a damaged one refuses the entry, naming what
     was expected."""
     spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
@@ -449,6 +447,65 @@ def test_a_damaged_program_record_is_refused(field: str, row: object, why: str) 
     assert specfile.decode(_with_program_field(data, field, [])).programs  # well formed
     with pytest.raises(specfile.SpecFileError, match=re.escape(why)):
         specfile.decode(_with_program_field(data, field, [row]))
+
+
+def _with_line_records(data: bytes, records: bytes) -> bytes:
+    """An encoded spec whose first program's line info is ``records`` (appended to the
+    entry's bytes)."""
+    _, n = specfile._HEAD.unpack_from(data)
+    end = len(data) - specfile._HEAD.size - n
+    return _with_program_field(data, "line_infos", [end, len(records)]) + records
+
+
+def _line_records(*rows: tuple[int, int, int, int]) -> bytes:
+    return b"".join(struct.pack("<IIII", *row) for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("records", "why"),
+    [
+        (_line_records((0, 1, 1, 7 << 10))[:-1], "bad line info records"),  # partial
+        (_line_records((0, 1, 1 << 30, 7 << 10)), "bad line info records"),  # no such string
+        (_line_records((0, 1 << 30, 1, 7 << 10)), "bad line info records"),
+        (_line_records((3, 1, 1, 7 << 10), (2, 1, 1, 8 << 10)), "bad line info records"),
+        (_line_records((1 << 30, 1, 1, 7 << 10)), "bad line info records"),  # 8 GiB of code
+    ],
+)
+def test_damaged_line_info_records_are_refused(records: bytes, why: str) -> None:
+    """A program's line info is held as the records BPF_PROG_LOAD takes: a partial record,
+    a string offset outside the BTF's string table or instructions out of order or range
+    refuse the entry."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    data = specfile.encode(spec)
+    assert data is not None
+    fine = specfile.decode(_with_line_records(data, _line_records((0, 1, 1, 7 << 10))))
+    (li,) = next(iter(fine.programs.values())).line_infos  # well formed
+    assert (li.insn, li.line_number, li.column) == (0, 7, 0)
+    with pytest.raises(specfile.SpecFileError, match=re.escape(why)):
+        specfile.decode(_with_line_records(data, records))
+
+
+def test_line_info_read_back_is_loaded_as_stored(cache_dir: Path) -> None:
+    """A spec read back holds its programs' line info as the stored kernel records, built
+    into records only when read, and the load hands the kernel those very bytes: what
+    encoding the built records against the marshalled BTF gives."""
+    disk = diskcache.DiskCache(cache_dir)
+    path = obj("globals.o")
+    _fresh(path, disk)
+    spec, stats = _fresh(path, disk)
+    assert stats.loaded == 1
+    assert spec.btf is not None
+    extra = specfile._extra_strings(spec)
+    _, strings = spec.btf.marshal(extra)
+    fresh = ebpf.CollectionSpec.from_file(path, cache=False)
+    for name, p in spec.programs.items():
+        held = p.held_line_infos()
+        assert isinstance(held, _btf_ext.LazyLineInfos)
+        assert held._value is None  # not built by the read
+        stored = _btf_ext.encoded_line_infos(held, strings)
+        assert held._value is None  # nor by the load's encoding
+        assert stored == _btf_ext.encode_line_infos(p.line_infos, strings)
+        assert p.line_infos == fresh.programs[name].line_infos
 
 
 def test_an_entry_of_another_owner_is_ignored(

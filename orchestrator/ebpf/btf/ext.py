@@ -34,7 +34,9 @@ __all__ = [
     "encode_line_infos",
     "encoded_func_infos",
     "encoded_line_infos",
+    "kernel_line_infos",
     "line_strings",
+    "little_endian",
     "parse_ext",
 ]
 
@@ -191,6 +193,41 @@ def _raw_lines(chunk: memoryview, rec_size: int, spec: Spec) -> RawLineInfos | N
     return RawLineInfos(spec, offsets, files, lines, words[3::step])
 
 
+def kernel_line_infos(data: bytes, spec: Spec) -> tuple[LazyLineInfos, bytes, set[int]] | None:
+    """``struct bpf_line_info[]`` as :func:`encode_line_infos` writes them (instruction
+    indices, string offsets into ``spec``'s own table) but little-endian, held as parsed
+    records, the same records in the kernel's (native) byte order and the string offsets
+    they use; or None if they
+    are not well formed: a partial record, a string offset outside the table, an
+    instruction out of range or out of order, a spec on a base."""
+    if spec._base is not None or spec._str_start != 0 or len(data) % _LINE_INFO.size:
+        return None
+    words: array[int] = array("I")
+    words.frombytes(data)
+    if sys.byteorder == "big":
+        words.byteswap()  # the records are little-endian
+    step = _LINE_INFO.size // 4
+    insns, files, lines = words[0::step], words[1::step], words[2::step]
+    end = len(spec._strtab)
+    if max(files, default=0) >= end or max(lines, default=0) >= end:
+        return None
+    if max(insns, default=0) >= (1 << 32) // INSN_SIZE or list(insns) != sorted(insns):
+        return None
+    offsets = array("I", [i * INSN_SIZE for i in insns])
+    raw = RawLineInfos(spec, offsets, files, lines, words[3::step])
+    return LazyLineInfos([(raw, 0, len(insns), 0)]), words.tobytes(), {*files, *lines}
+
+
+def little_endian(records: bytes) -> bytes:
+    """Records of 32-bit words in the kernel's (native) byte order, little-endian."""
+    if sys.byteorder == "little":
+        return records
+    words: array[int] = array("I")
+    words.frombytes(records)
+    words.byteswap()
+    return words.tobytes()
+
+
 class LazyLineInfos:
     """A program's line info, held as ranges of parsed records (see :class:`RawLineInfos`)
     and built on first read (:meth:`get`, what ``ProgramSpec.line_infos`` returns): the
@@ -264,6 +301,12 @@ class LazyLineInfos:
         data = bytes(out)
         self._encoded = (strings, data)
         return data
+
+    def encoded_as(self, strings: dict[str, int], data: bytes) -> None:
+        """Remember ``data`` as what :meth:`encoded` returns for ``strings`` (the caller
+        knows it is: the records were read from those very bytes and every string offset
+        in them is the one ``strings`` gives for its string)."""
+        self._encoded = (strings, data)
 
     def get(self) -> tuple[LineInfo, ...]:
         value = self._value
