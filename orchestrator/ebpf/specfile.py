@@ -6,10 +6,12 @@ half-built.
 
 Layout (version :data:`VERSION`): ``u32 version, u32 json length``, a UTF-8 JSON document,
 then the raw bytes that the document refers to as ``[offset, length]`` pairs (instruction
-streams, map contents, the BTF blob, struct_ops data). BTF types are stored as their ids in
+streams, map contents, the BTF blob, struct_ops data, each program's line info as the
+``bpf_line_info`` records BPF_PROG_LOAD takes, little-endian). BTF types are stored as their ids in
 the collection's BTF, which is stored marshalled: :meth:`btf.Spec.marshal` keeps every id,
 and it is marshalled with the line-info strings a load needs, so the blob is also what the
-first load in the new process hands the kernel (it is not marshalled again).
+first load in the new process hands the kernel (it is not marshalled again); so are the
+line info records (held as parsed, built into records only when read).
 
 :func:`encode` returns None for a spec it cannot represent exactly (a BTF type that is not
 in the collection's BTF, a map sharing its BTF with nothing): such a spec is not persisted.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import struct
+from array import array
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from orchestrator.ebpf import btf as _btf
@@ -183,17 +186,26 @@ def _program(w: _Writer, name: str, p: ProgramSpec) -> dict[str, Any]:
         "func_infos": [[fi.insn, w.tid(fi.func)] for fi in p.func_infos],
         # the records BPF_PROG_LOAD takes, against the marshalled btf's strings (a
         # KeyError without btf: not representable), stored little-endian
-        "line_infos": w.raw(
-            _btf_ext.little_endian(
-                _btf_ext.encoded_line_infos(p.held_line_infos(), w.strings)
-                if len(p.held_line_infos())
-                else b""
-            )
-        ),
+        "line_infos": w.raw(_line_records(w, p)),
         "core_relos": [[r.insn, w.tid(r.type), r.access, int(r.kind)] for r in p.core_relos],
         "btf": w.same_btf(p.btf),
         "unresolved": [[u.insn, u.reason, u.symbol, u.function] for u in p.unresolved],
     }
+
+
+def _line_records(w: _Writer, p: ProgramSpec) -> bytes:
+    """``p``'s line info as the records BPF_PROG_LOAD takes, against the marshalled btf's
+    strings (a KeyError without btf: not representable), little-endian. Records that
+    would not read back (instructions out of order, or past what a u32 byte offset
+    holds) are not representable."""
+    held = p.held_line_infos()
+    if not len(held):
+        return b""
+    records = _btf_ext.encoded_line_infos(held, w.strings)
+    insns = array("I", records)[0::4]
+    if list(insns) != sorted(insns) or max(insns) >= (1 << 32) // _btf_ext.INSN_SIZE:
+        raise _Unrepresentable
+    return _btf_ext.little_endian(records)
 
 
 def _extern(w: _Writer, key: str, e: ExternSpec) -> list[Any]:

@@ -485,6 +485,25 @@ def test_damaged_line_info_records_are_refused(records: bytes, why: str) -> None
         specfile.decode(_with_line_records(data, records))
 
 
+@pytest.mark.parametrize("insn", [None, 1 << 29])
+def test_line_info_that_would_not_read_back_is_not_persisted(insn: int | None) -> None:
+    """Line info out of instruction order, or past what a u32 byte offset holds, would be
+    refused when read back: such a spec is not written (else every process would warn)."""
+    spec = ebpf.CollectionSpec.from_file(obj("globals.o"), cache=False)
+    prog = next(p for p in spec.programs.values() if len(p.line_infos) > 1)
+    infos = list(prog.line_infos)
+    if insn is None:
+        infos.reverse()
+    else:
+        infos[-1] = _btf_ext.LineInfo(insn, *_line_rest(infos[-1]))
+    prog.line_infos = tuple(infos)
+    assert specfile.encode(spec) is None
+
+
+def _line_rest(li: _btf_ext.LineInfo) -> tuple[str, str, int, int]:
+    return li.file_name, li.line, li.line_number, li.column
+
+
 def test_line_info_read_back_is_loaded_as_stored(cache_dir: Path) -> None:
     """A spec read back holds its programs' line info as the stored kernel records, built
     into records only when read, and the load hands the kernel those very bytes: what
