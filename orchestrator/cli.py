@@ -887,17 +887,18 @@ def _with_caches(
     """Run ``func`` with the persisted cache of ``--cache-dir``/``--no-cache`` in use for the
     kernel's BTF, and the command's :class:`~orchestrator.manifest.ObjectStore` over it as
     ``args.store`` (where the verbs read manifests and objects through)."""
-    from orchestrator.ebpf.btf import kernel as kernel_btf
+    from orchestrator.ebpf import diskcache
     from orchestrator.ebpf.speccache import SpecCache
     from orchestrator.manifest import ObjectStore
 
+    # (neither imports the ELF or BTF code: a plan served from the checked state never runs it)
     disk = service_cli.disk_cache(not args.no_cache, args.cache_dir)
     args.store = ObjectStore(SpecCache(disk=disk), manifests_disk=disk)
-    previous = kernel_btf.use_disk(disk)
+    previous = diskcache.use_for_kernel_btf(disk)
     try:
         return func(args, out, err)
     finally:
-        kernel_btf.use_disk(previous)
+        diskcache.use_for_kernel_btf(previous)
 
 
 def _quiet(*streams: TextIO) -> None:

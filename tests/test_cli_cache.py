@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.ebpf.btf import kernel as kernel_btf
+from orchestrator.ebpf import diskcache
 from orchestrator.service import cli as service_cli
 from orchestrator.service.config import parse_config
 
@@ -30,7 +30,7 @@ def _run(*argv: str) -> tuple[int, str, str]:
 
 def test_cache_dir_holds_the_parsed_objects(tmp_path: Path) -> None:
     d = tmp_path / "cache"
-    before = kernel_btf._DISK
+    before = diskcache.for_kernel_btf()
     code, _, err = _run("--cache-dir", str(d), "validate", str(MANIFESTS))
     assert code == 0, err
     entries = [p for p in d.iterdir() if p.name.startswith("spec-")]
@@ -39,7 +39,7 @@ def test_cache_dir_holds_the_parsed_objects(tmp_path: Path) -> None:
     # a second run is served from there: same result
     code2, _out2, err2 = _run("--cache-dir", str(d), "validate", str(MANIFESTS))
     assert (code2, err2) == (0, "")
-    assert kernel_btf._DISK is before  # the command's setting does not outlive it
+    assert diskcache.for_kernel_btf() is before  # the command's setting does not outlive it
 
 
 def test_no_cache_writes_nothing(tmp_path: Path) -> None:

@@ -226,6 +226,40 @@ def test_a_plan_with_no_change_imports_no_action_but_unchanged(
         _modules_after(["destroy", "--all", *where], tmp_path)
 
 
+@pytest.mark.kernel
+def test_a_plan_served_from_the_checked_state_imports_no_object_or_btf_parser(
+    tmp_path: Path, pin_dir: Path
+) -> None:
+    """Once an apply has kept the checked desired state, a plan of the same files checks
+    the objects by their sha256 alone: neither the ELF parser nor the BTF code is imported
+    (nor the spec model, nor the persisted specs' codec)."""
+    where = ["--bpffs-root", str(pin_dir / "root"), "--state-dir", str(tmp_path / "state")]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    manifest = tmp_path / "tp.yaml"
+    manifest.write_text(
+        "apiVersion: bpforch.dev/v1\nkind: Collection\nmetadata: {name: tp}\n"
+        f"spec:\n  object: {ROOT / 'bpf' / 'tp_counter.o'}\n"
+        "  attach: [{program: count_getppid, tracepoint: {group: syscalls, "
+        "name: sys_enter_getppid}}]\n"
+    )
+    try:
+        applied = _modules_after([*cache, "apply", str(manifest), *where], tmp_path)
+        assert "orchestrator.ebpf.elf" in applied or "orchestrator.ebpf.specfile" in applied
+        modules = _modules_after([*cache, "plan", str(manifest), *where], tmp_path)
+        assert "orchestrator.reconcile.planner" in modules  # it did plan
+        parsers = (
+            "elftools",
+            "orchestrator.ebpf.elf",
+            "orchestrator.ebpf.btf",
+            "orchestrator.ebpf.spec",
+            "orchestrator.ebpf.specfile",
+            "orchestrator.ebpf.asm",
+        )
+        assert _loaded(modules, parsers) == []
+    finally:
+        _modules_after(["destroy", "--all", *where], tmp_path)
+
+
 def test_invalid_manifests_still_get_jsonschema_s_problems(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

@@ -179,6 +179,27 @@ def tree_identity(root: str) -> str:
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
+# The cache the kernel's BTF index is persisted in (None: none), as
+# :func:`orchestrator.ebpf.btf.kernel.use_disk` sets it: kept here, so that a command sets it
+# without importing the BTF code it may never run.
+_KERNEL_BTF: DiskCache | None = None
+_KERNEL_BTF_LOCK = threading.Lock()
+
+
+def use_for_kernel_btf(disk: DiskCache | None) -> DiskCache | None:
+    """Persist the index of kernel BTF in ``disk`` from now on (None: not at all); gives
+    the previous setting back."""
+    global _KERNEL_BTF
+    with _KERNEL_BTF_LOCK:
+        old, _KERNEL_BTF = _KERNEL_BTF, disk
+    return old
+
+
+def for_kernel_btf() -> DiskCache | None:
+    """Where the index of kernel BTF is persisted (see :func:`use_for_kernel_btf`)."""
+    return _KERNEL_BTF
+
+
 class DiskCache:
     """Entries by (kind, key) in one directory (see the module). Thread-safe.
 

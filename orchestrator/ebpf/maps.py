@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import _sys
-from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import FD, Cmd, MapFlags, MapType, UpdateFlags
-from orchestrator.ebpf.btf import layout as _layout
-from orchestrator.ebpf.btf.types import _Lazy, lazy_type_attr
 from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,
@@ -31,7 +28,13 @@ from orchestrator.ebpf.handle import Handle
 from orchestrator.ebpf.lru import LRU
 
 if TYPE_CHECKING:
+    from orchestrator.ebpf import btf as _btf
+    from orchestrator.ebpf.btf.types import _Lazy
     from orchestrator.ebpf.spec import MapSpec
+
+# The BTF code is imported where a map's types are used (a map opened and read as raw bytes,
+# as the reconciler reads its markers, needs none of it): a type or a type id held by a map
+# came from that code, so it is already imported whenever one is there.
 
 _MISSING = object()
 
@@ -373,7 +376,7 @@ class Map(Handle):
             if value_id:
                 value = spec.type_by_id(value_id)
                 # data sections are typed by a DATASEC; their values stay raw bytes
-                self.value_type = None if isinstance(value, _btf.Datasec) else value
+                self.value_type = None if isinstance(value, _datasec()) else value
         except Error:
             self.key_type = self.value_type = None
 
@@ -390,7 +393,7 @@ class Map(Handle):
                     value = spec.type_by_id(ids[2]) if spec is not None else None
                 except Error:
                     value = None
-                if isinstance(value, _btf.Datasec):
+                if isinstance(value, _datasec()):
                     self._datasec = value
         return self.key_type, self.value_type if self._datasec is None else self._datasec
 
@@ -424,6 +427,10 @@ class Map(Handle):
         else None."""
         if self._kernel_btf is not None:
             self._resolve_kernel_btf()
+        if self.key_type is None:
+            return None
+        from orchestrator.ebpf import btf as _btf
+
         return _btf.enumerators(self.key_type)
 
     def decode_key(self, data: bytes) -> object:
@@ -450,6 +457,8 @@ class Map(Handle):
 
     def _encode(self, obj: object, t: _btf.Type | None, size: int, what: str) -> bytes:
         if t is not None and not isinstance(obj, (bytes, bytearray)):
+            from orchestrator.ebpf.btf import layout as _layout
+
             try:
                 data = _layout.encode(t, obj)
             except Error as err:
@@ -476,6 +485,8 @@ class Map(Handle):
 
     def _decode(self, data: bytes, t: _btf.Type | None) -> object:
         if t is not None:
+            from orchestrator.ebpf.btf import layout as _layout
+
             return _layout.decode(t, data)
         return data
 
@@ -888,8 +899,34 @@ class Map(Handle):
                 self.update(key, value)
 
 
-setattr(Map, "key_type", lazy_type_attr("_key_type"))  # noqa: B010
-setattr(Map, "value_type", lazy_type_attr("_value_type"))  # noqa: B010
+def _typed(name: str) -> property:
+    """The BTF type held in the attribute ``name``, as
+    :func:`orchestrator.ebpf.btf.types.lazy_type` keeps one (a type id decoded on first
+    read), without importing the BTF code for a map that holds none."""
+
+    def get(m: Map) -> _btf.Type | None:
+        held: _btf.Type | _Lazy | None = getattr(m, name)
+        if held is None:
+            return None
+        from orchestrator.ebpf.btf.types import _Lazy
+
+        if isinstance(held, _Lazy):  # not decoded yet: decode it now
+            held = held.get()
+            setattr(m, name, held)
+        return held
+
+    return property(get, lambda m, value: setattr(m, name, value))
+
+
+setattr(Map, "key_type", _typed("_key_type"))  # noqa: B010
+setattr(Map, "value_type", _typed("_value_type"))  # noqa: B010
+
+
+def _datasec() -> type[_btf.Datasec]:
+    from orchestrator.ebpf import btf as _btf
+
+    return _btf.Datasec
+
 
 # BTF objects read back from the kernel by id, bounded by bytes (8x the blob: the parsed
 # index and lazily decoded types). A miss is remembered too (as None, at a small cost).
@@ -902,6 +939,8 @@ def kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
     hit = _kernel_btf.get(btf_id)
     if hit is not None:
         return hit[0]
+    from orchestrator.ebpf import btf as _btf
+
     spec: _btf.Spec | None = None
     size = 0
     try:

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING
 from orchestrator.ebpf.errors import ParseError, quote
 from orchestrator.ebpf.files import OBJECT_MAX, read_file, reason
 from orchestrator.ebpf.lru import LRU, Usage
-from orchestrator.ebpf.spec import CollectionSpec
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the parser is imported when a file is parsed or read back, not before
     from orchestrator.ebpf.diskcache import DiskCache
+    from orchestrator.ebpf.spec import CollectionSpec
 
 MAX_ENTRIES = 512
 MAX_BYTES = 256 << 20
@@ -131,7 +131,20 @@ class SpecCache:
         entry = self._lookup(os.fspath(path))
         return entry.spec, entry.sha256
 
-    def _lookup(self, given: str) -> _Entry:
+    def sha256(self, path: str | os.PathLike[str]) -> str:
+        """The sha256 of the file's bytes, as :meth:`shared` would give it, without parsing
+        the file (or importing the parser): from the entry while the file is unchanged, else
+        by reading and hashing it. Raises :class:`ParseError` when it can't be read, as a
+        lookup would; a file that does not parse still has a sha256."""
+        given = os.fspath(path)
+        key, _, _, entry, trusted = self._find(given)
+        if trusted and entry is not None:
+            return entry.sha256
+        return hashlib.sha256(_read(key, given)).hexdigest()
+
+    def _find(self, given: str) -> tuple[str, int, _Identity, _Entry | None, bool]:
+        """The absolute path, the time and the file's identity taken now, the entry of the
+        path (if any), and whether it may be trusted without reading the file (a hit)."""
         if "\0" in given:
             raise ParseError(f"{quote(given)}: the path contains a NUL byte")
         key = given if given.startswith("/") else os.path.abspath(given)
@@ -150,11 +163,14 @@ class SpecCache:
         ):
             with self._lock:
                 self._hits += 1
+            return key, now, identity, entry, True
+        return key, now, identity, entry, False
+
+    def _lookup(self, given: str) -> _Entry:
+        key, now, identity, entry, trusted = self._find(given)
+        if trusted and entry is not None:
             return entry
-        try:
-            data = read_file(key, limit=OBJECT_MAX, what="an object")
-        except OSError as err:
-            raise ParseError(f"{given}: {reason(err)}") from err
+        data = _read(key, given)
         digest = hashlib.sha256(data).hexdigest()
         if entry is not None and entry.sha256 == digest:
             spec = entry.spec
@@ -215,7 +231,16 @@ class SpecCache:
         return self._entries.usage()
 
 
+def _read(key: str, given: str) -> bytes:
+    try:
+        return read_file(key, limit=OBJECT_MAX, what="an object")
+    except OSError as err:
+        raise ParseError(f"{given}: {reason(err)}") from err
+
+
 def _owned(spec: CollectionSpec, given: str) -> CollectionSpec:
+    from orchestrator.ebpf.spec import CollectionSpec
+
     # copies the maps, programs, variables and externs when the caller first touches them
     return CollectionSpec._served(spec, name=os.path.basename(given), path=given)
 

@@ -33,12 +33,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import CollectionSpec, speccache
 from orchestrator.ebpf import Error as EbpfError
+from orchestrator.ebpf import speccache
 from orchestrator.ebpf.lru import LRU
 from orchestrator.manifest.objects import ObjectError, ObjectInfo
 
 if TYPE_CHECKING:
+    from orchestrator.ebpf import CollectionSpec
     from orchestrator.ebpf.diskcache import DiskCache
     from orchestrator.manifest.loader import ParsedFile
 
@@ -85,6 +86,17 @@ class ObjectStore:
             cause = err.__cause__
             raise ObjectError(str(err), cause if isinstance(cause, OSError) else None) from err
         return ObjectInfo(path, sha256, spec)
+
+    def object_sha256(self, path: Path) -> str:
+        """The sha256 of the object file at ``path`` (absolute), as :meth:`object_info`
+        would give it, without parsing it (see :meth:`SpecCache.sha256
+        <orchestrator.ebpf.speccache.SpecCache.sha256>`). Raises :class:`ObjectError` when
+        the file can't be read."""
+        try:
+            return self.specs.sha256(path)
+        except EbpfError as err:
+            cause = err.__cause__
+            raise ObjectError(str(err), cause if isinstance(cause, OSError) else None) from err
 
     def snapshot(self) -> ObjectSnapshot:
         """A view for one apply: each object file is looked up once."""

@@ -13,8 +13,9 @@ are checked against) and the path and sha256 of every manifest file's bytes, in 
 entry holds:
 
 - the sha256 of every object file the collections name, as they were checked against:
-  each is looked up again (through the command's object store, as a check would) and any
-  difference, or an object that can't be read, is a miss;
+  each file is hashed again (through the command's object store, which knows it without
+  reading while the file is unchanged; never parsed, so a hit imports no ELF or BTF code)
+  and any difference, or an object that can't be read, is a miss;
 - the mount points the build consulted (bpffs mounts for ``from: {pinned}``, the cgroup v2
   mount for a cgroup attachment): read again, and any difference is a miss;
 - the collections as built (every field, digest included).
@@ -42,7 +43,7 @@ from orchestrator.manifest import model
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.diskcache import DiskCache
-    from orchestrator.manifest.cache import ObjectSnapshot
+    from orchestrator.manifest.cache import ObjectStore
 
 __all__ = ["FORMAT", "KIND", "CheckedState", "mount_facts"]
 
@@ -249,7 +250,7 @@ class CheckedState:
             h.update(f"\0{path}\0".encode() + digest)
         self.key = h.hexdigest()
 
-    def get(self, objects: ObjectSnapshot) -> list[model.DesiredCollection] | None:
+    def get(self, objects: ObjectStore) -> list[model.DesiredCollection] | None:
         """The collections saved for these files, if every object file still has the
         sha256 and every mount lookup the answer they were checked with; else None (build
         and check them)."""
@@ -282,7 +283,7 @@ class CheckedState:
 
         for path, sha256 in cast(dict[str, object], wanted).items():
             try:
-                if objects.get(Path(path)).sha256 != sha256:
+                if objects.object_sha256(Path(path)) != sha256:
                     return None
             except ObjectError:
                 return None

@@ -9,8 +9,9 @@ section name, e.g. ``SEC("cgroup_skb/egress")``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import AttachType, ProgramSpec, ProgType
+from orchestrator.ebpf import AttachType, ProgType
 from orchestrator.manifest.model import (
     CgroupTarget,
     Direction,
@@ -22,6 +23,9 @@ from orchestrator.manifest.model import (
     UprobeTarget,
     XdpTarget,
 )
+
+if TYPE_CHECKING:  # the ELF parser is not imported for a plan that parses no object
+    from orchestrator.ebpf import ProgramSpec
 
 A = AttachType
 P = ProgType

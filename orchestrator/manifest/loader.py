@@ -26,14 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from orchestrator._gc import gc_paused
 from orchestrator.ebpf import (
-    CollectionSpec,
     ConstantError,
     MapIncompatibleError,
-    MapSpec,
     MapType,
     SpecError,
 )
@@ -62,6 +60,9 @@ from orchestrator.manifest.model import (
 )
 from orchestrator.manifest.objects import ObjectError, ObjectInfo
 from orchestrator.manifest.saved import SavedDocuments
+
+if TYPE_CHECKING:  # a load served from the checked state parses no object
+    from orchestrator.ebpf import CollectionSpec, MapSpec
 
 # ---------------------------------------------------------------------------- files
 
@@ -947,7 +948,7 @@ def _load_manifests(paths: Sequence[Path], check_objects: bool, store: ObjectSto
         ok = [(f, r[1]) for f, r in read.items() if not isinstance(r, ManifestProblem)]
         if check_objects and not problems and len(ok) == len(read):
             checked = CheckedState(store.manifests_disk, ok)
-            restored = checked.get(store.snapshot())
+            restored = checked.get(store)
             if restored is not None:  # built and checked before (see manifest.checked)
                 return DesiredState(
                     collections=MappingProxyType({c.name: c for c in restored}),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import CollectionSpec
+if TYPE_CHECKING:
+    from orchestrator.ebpf import CollectionSpec
 
 
 @dataclass(frozen=True, slots=True)

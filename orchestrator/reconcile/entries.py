@@ -21,10 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.ebpf import Map, MapType
+from orchestrator.ebpf import MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import NotSupportedError
-from orchestrator.ebpf.spec import MapSpec
 from orchestrator.manifest.model import (
     DesiredCollection,
     EntriesMode,
@@ -37,8 +36,10 @@ from orchestrator.reconcile.cache import IdentityMemo
 from orchestrator.reconcile.lines import Change, Kind, Op
 from orchestrator.reconcile.state import CollectionRecord, EntryFacts
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (neither the spec nor the map code is imported for a plan that needs none)
+    from orchestrator.ebpf import Map
     from orchestrator.ebpf.map_codec import MapCodec
+    from orchestrator.ebpf.spec import MapSpec
     from orchestrator.manifest import entries as rules
     from orchestrator.reconcile.actions import WriteEntries
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
-from orchestrator.ebpf import Map, MapFlags, MapSpec, MapType
+from orchestrator.ebpf import Map, MapFlags, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import KeyNotFoundError
 from orchestrator.ebpf.inspect import FD, ensure_dir, open_dir_at, open_pin_at, pin_at
@@ -97,6 +97,8 @@ def write_marker(dir_fd: int, name: str, marker: Marker) -> None:
 def _pin_marker(dir_fd: int, name: str, kind: MarkKind, token: bytes, data: bytes) -> None:
     """:func:`write_marker` of a payload already encoded (``data``, JSON)."""
     value = _value(kind, token, data)
+    from orchestrator.ebpf import MapSpec  # (only to write one: observe reads them)
+
     kname = "bpforch_owner" if kind is MarkKind.OWNER else "bpforch_mark"
     with Map.create(MapSpec(kname, MapType.ARRAY, 4, len(value), 1)) as m:
         m.update(0, value)
@@ -356,6 +358,8 @@ def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int | str, s
         classes.setdefault(size, []).append((where, _key(name), value))
     for members in classes.values():
         vsize = max(len(v) for _, _, v in members)
+        from orchestrator.ebpf import MapSpec  # (only to write them: observe reads them)
+
         spec = MapSpec(
             "bpforch_mark", MapType.HASH, KEY_SIZE, vsize, len(members), MapFlags.NO_PREALLOC
         )

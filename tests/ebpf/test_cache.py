@@ -94,6 +94,54 @@ def test_old_identity_is_trusted_without_reading(
     assert cache.stats() == speccache.CacheStats(hits=1, verified=0, parsed=1, entries=1)
 
 
+def test_sha256_reads_the_file_and_never_parses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SpecCache.sha256: what shared() would give, from a trusted entry without reading the
+    file, else by hashing its bytes now (a changed file is seen); nothing is ever parsed."""
+    import hashlib
+
+    path = _copy("xdp_counter.o", tmp_path / "x.o")
+    cache = speccache.SpecCache()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert cache.sha256(path) == digest
+    assert cache.stats() == speccache.CacheStats(hits=0, verified=0, parsed=0, entries=0)
+    path.write_bytes(obj("tc_filter.o").read_bytes())  # rewritten in place: seen
+    assert cache.sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest() != digest
+    assert cache.stats().parsed == 0
+    # a file that is not an object has bytes all the same
+    path.write_bytes(b"not an object")
+    assert cache.sha256(path) == hashlib.sha256(b"not an object").hexdigest()
+    # a trusted entry answers without reading the file
+    real = os.stat(path)
+    old = time.time_ns() - 10 * speccache.RACY_NS
+
+    class OldIdentity:
+        st_dev, st_ino, st_size = real.st_dev, real.st_ino, real.st_size
+        st_mtime_ns = st_ctime_ns = old
+
+    path.write_bytes(obj("xdp_counter.o").read_bytes())
+    real = os.stat(path)
+    OldIdentity.st_size = real.st_size
+    monkeypatch.setattr(speccache, "_stat", lambda p: OldIdentity)
+    _, shared = cache.shared(path)
+    assert shared == digest
+    path.write_bytes(obj("tc_filter.o").read_bytes())  # behind the faked identity's back
+    assert cache.sha256(path) == digest  # from the entry: the file was not read
+    assert cache.stats() == speccache.CacheStats(hits=1, verified=0, parsed=1, entries=1)
+
+
+def test_sha256_errors_are_the_lookup_s(tmp_path: Path) -> None:
+    cache = speccache.SpecCache()
+    with pytest.raises(ebpf.ParseError, match=r"missing\.o: no such file"):
+        cache.sha256(tmp_path / "missing.o")
+    (tmp_path / "dir.o").mkdir()
+    with pytest.raises(ebpf.ParseError, match=r"dir\.o: is a directory"):
+        cache.sha256(tmp_path / "dir.o")
+    with pytest.raises(ebpf.ParseError, match="NUL byte"):
+        cache.sha256("a\0b.o")
+
+
 def test_mutating_a_returned_spec_never_reaches_the_cache() -> None:
     cache = speccache.SpecCache()
     path = obj("xdp_counter.o")

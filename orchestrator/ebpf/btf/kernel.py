@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import btf as _btf
+from orchestrator.ebpf import diskcache
 from orchestrator.ebpf.errors import BTFError, FileError, NotSupportedError, quote
 from orchestrator.ebpf.files import BTF_MAX, read_file, reason
 from orchestrator.ebpf.lru import LRU
@@ -121,7 +122,6 @@ class KernelBTF:
 MAX_BYTES = 512 << 20
 _CACHE: LRU[tuple[str, int, int, int, int, int], KernelBTF] = LRU(MAX_BYTES)
 _LOCK = threading.Lock()
-_DISK: DiskCache | None = None
 
 INDEX_KIND = "kbtf"  # entries of the persisted cache
 _INDEX_VERSION = 2
@@ -131,11 +131,10 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 def use_disk(disk: DiskCache | None) -> DiskCache | None:
     """Persist the index of kernel BTF in ``disk`` from now on (None: not at all); gives
-    the previous setting back."""
-    global _DISK
-    with _LOCK:
-        old, _DISK = _DISK, disk
-    return old
+    the previous setting back (the setting is
+    :func:`orchestrator.ebpf.diskcache.use_for_kernel_btf`'s, which the command line calls
+    without importing this module)."""
+    return diskcache.use_for_kernel_btf(disk)
 
 
 def _identity(p: str, st: os.stat_result) -> str:
@@ -202,7 +201,7 @@ def _decode_index(data: bytes, payload: bytes) -> _btf.Spec:
 
 
 def _parse(p: str, st: os.stat_result, data: bytes) -> _btf.Spec:
-    disk = _DISK
+    disk = diskcache.for_kernel_btf()
     if disk is None:
         return _btf.Spec.parse(data)
     key = _index_key(p, st, data)
