@@ -290,8 +290,9 @@ def check_collection(
     without following a symlink: maps and programs by the pin's inode (from the directory
     listing), falling back to BPF_OBJ_GET + info to say what changed; links by BPF_OBJ_GET
     + link info (a link can be detached while its pin stays), except a link that can be
-    neither switched nor detached whose pin is the inode ``cache`` saw it through. Symlinks in the
-    tree are reported as foreign; ``marked``: the directory has its ownership marker."""
+    neither switched nor detached whose pin is the inode the record names (the pin the apply
+    made) or the one ``cache`` saw it through. Symlinks in the tree are reported as foreign;
+    ``marked``: the directory has its ownership marker."""
     tree = _read_tree(root_fd, root, rec.name, cache)
     try:
         drift: list[Drift] = []
@@ -374,6 +375,15 @@ def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list
                   "replaced")
         ]  # fmt: skip
     prog = rec.programs.get(a.program)
+    if (
+        a.ino
+        and prog is not None
+        and a.kind in FIXED_LINKS
+        and sub == "links"
+        and e.inode() == a.ino
+        and _reached_inode(tree, sub, leaf) == a.ino
+    ):
+        return []  # the pin the apply made (a re-pin is a new inode), so the link it made
     fixed = tree.links is not None and a.kind in FIXED_LINKS and sub == "links"
     if fixed and prog is not None:
         assert tree.links is not None

@@ -167,7 +167,11 @@ class AttachmentRecord:
     of the target as applied (:func:`plan.target_fields`; None in records written before
     it was kept), so a plan sees a change of a field that is not part of the key (xdp
     ``mode``/``take_over``, tc ``before``/``after``). ``mode``: the XDP mode the kernel
-    reported for the link when it was applied (native, generic …; "" for other kinds)."""
+    reported for the link when it was applied (native, generic …; "" for other kinds).
+    ``ino``: the inode of the pin, for a link of a kind that can be neither switched to
+    another program nor detached (tracepoint, raw_tracepoint, uprobe: a re-pin is a new
+    inode, so the same inode is the same link, running the recorded program); 0 for the
+    other kinds (read back on every observe) and in records written before it was kept."""
 
     key: str
     program: str
@@ -176,6 +180,7 @@ class AttachmentRecord:
     pin: str
     target: Mapping[str, TargetValue] | None = None
     mode: str = ""
+    ino: int = 0
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -188,6 +193,8 @@ class AttachmentRecord:
             out["target"] = dict(sorted(self.target.items()))
         if self.mode:
             out["mode"] = self.mode
+        if self.ino:
+            out["ino"] = self.ino
         return out
 
     @classmethod
@@ -211,6 +218,7 @@ class AttachmentRecord:
             pin=_pin(d, "pin", at, None),
             target=dict(target) if target is not None else None,
             mode=_str(d, "mode", at, ""),
+            ino=_int(d, "ino", at, 0),
         )
 
 
@@ -406,14 +414,15 @@ def _program_text(p: ProgramRecord) -> str:
 
 def _attachment_text(a: AttachmentRecord) -> str:
     if not (
-        type(a.link_id) is int
+        type(a.link_id) is type(a.ino) is int
         and type(a.kind) is type(a.mode) is type(a.pin) is type(a.program) is str
     ):
         return _dumps(a.to_json())
+    ino = f'"ino":{a.ino},' if a.ino else ""
     mode = f'"mode":{_text(a.mode)},' if a.mode else ""
     target = f',"target":{_object_text(a.target)}' if a.target is not None else ""
     return (
-        f'{{"kind":{_text(a.kind)},"link_id":{a.link_id},{mode}'
+        f'{{{ino}"kind":{_text(a.kind)},"link_id":{a.link_id},{mode}'
         f'"pin":{_text(a.pin)},"program":{_text(a.program)}{target}}}'
     )
 
@@ -814,7 +823,7 @@ _COLLECTION_KEYS = frozenset(
 _MAP_KEYS = frozenset(("id", "shape", "pin", "preserve", "source", "ino"))
 _SHAPE_KEYS = frozenset(("type", "key_size", "value_size", "max_entries", "flags", "timers"))
 _PROGRAM_KEYS = frozenset(("id", "tag", "pin", "type", "ino", "verified_insns"))
-_ATTACHMENT_KEYS = frozenset(("program", "kind", "link_id", "pin", "target", "mode"))
+_ATTACHMENT_KEYS = frozenset(("program", "kind", "link_id", "pin", "target", "mode", "ino"))
 
 
 def _w_map(name: str, d: object) -> MapRecord:
@@ -877,6 +886,7 @@ def _w_attachment(key: str, d: object) -> AttachmentRecord:
         pin=_w_pin(d.get("pin")),
         target=target,
         mode=_w_str(d.get("mode", "")),
+        ino=_w_int(d.get("ino", 0)),
     )
 
 

@@ -57,7 +57,7 @@ def _rich() -> CollectionRecord:
                 "native",
             ),
             "prog@tracepoint:a/b": AttachmentRecord(
-                "prog@tracepoint:a/b", "prog", "tracepoint", 32, "links/prog-tp"
+                "prog@tracepoint:a/b", "prog", "tracepoint", 32, "links/prog-tp", ino=47
             ),
         },
         depends_on=("db",),

@@ -237,3 +237,63 @@ def test_a_reconciler_that_observes_once_keeps_nothing_and_sees_the_same(env: En
         "map counters: pin maps/counters is missing"
     ]
     assert once.plan(env.desired()).changes == r.plan(env.desired()).changes
+
+
+def test_a_fixed_link_is_known_by_the_pin_inode_the_record_names(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record keeps a tracepoint link's pin inode (the pin the apply made), so an observe
+    without anything remembered (a new command) reads no link info while that inode is
+    there; a pin replaced by another link (another inode) or removed is seen, and a record
+    written before the inode was kept has its links read back as before."""
+    from orchestrator.reconcile import observe as observe_module
+    from orchestrator.reconcile.store import read_record, write_record
+
+    many(env, 12)  # c0010 and c0011 have a tracepoint link
+    env.reconciler().apply(env.desired())
+    record = read_record(env.state_dir)
+    for name in TRACED:
+        (a,) = record.collections[name].attachments.values()
+        assert a.ino == os.stat(env.root / name / a.pin).st_ino != 0
+    reads: list[str] = []
+    real = observe_module._kernel.link_info
+
+    def counted(fd: _sys.FD, **kw: bool) -> links.LinkInfo:
+        reads.append("link")
+        return real(fd, **kw)
+
+    monkeypatch.setattr(observe_module._kernel, "link_info", counted)
+    fresh = env.reconciler()
+    fresh.remember = False  # as a command: nothing kept from an earlier observe
+    assert all(c.drift == () for c in fresh.observe().collections.values())
+    assert reads == []
+
+    # the pin of c0011's link replaced by another link: another inode, read and seen
+    (pin,) = os.listdir(env.root / "c0011" / "links")
+    a = record.collections["c0011"].attachments
+    with Program.from_pin(env.root / "c0010" / "progs" / "count_getppid") as prog:
+        new = links.attach_tracepoint(prog, "syscalls", "sys_enter_getsid")
+    with new:
+        os.unlink(env.root / "c0011" / "links" / pin)
+        new.pin(env.root / "c0011" / "links" / pin)
+        drift = [str(d) for d in fresh.observe().collections["c0011"].drift]
+        assert drift == [
+            f"attachment {k}: pin links/{pin} holds link id {new.id}, not {v.link_id}"
+            for k, v in a.items()
+        ]
+        assert reads == ["link"]
+    os.unlink(env.root / "c0011" / "links" / pin)
+    assert [str(d) for d in fresh.observe().collections["c0011"].drift] == [
+        f"attachment {k}: link pin links/{pin} is missing" for k in a
+    ]
+
+    # a record without the inode: the link is read back, and found as it was
+    c10 = record.collections["c0010"]
+    old = {k: replace(v, ino=0) for k, v in c10.attachments.items()}
+    write_record(
+        env.state_dir,
+        type(record)({**record.collections, "c0010": replace(c10, attachments=old)}),
+    )
+    reads.clear()
+    assert fresh.observe().collections["c0010"].drift == ()
+    assert reads == ["link"]

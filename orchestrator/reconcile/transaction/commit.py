@@ -17,6 +17,7 @@ from orchestrator import ebpf
 from orchestrator.ebpf import link as _links
 from orchestrator.ebpf.inspect import is_mount_root, open_dir_at, open_pin_at
 from orchestrator.reconcile.actions import Commit, Delete, Detach, Mark, Seal
+from orchestrator.reconcile.cache import FIXED_LINKS
 from orchestrator.reconcile.errors import ApplyError
 from orchestrator.reconcile.owner import mark_collection, mark_collections
 from orchestrator.reconcile.plan import target_fields
@@ -87,6 +88,9 @@ class CommitSteps(TransactionBase):
                     pin,
                     target=target_fields(a.target),
                     mode=kernel_mode(link, a.target),
+                    # a link made by this apply, with the recorded program: its pin's
+                    # inode stands for it while its kind can't be switched or detached
+                    ino=os.stat(f"{sdir}/{pin}").st_ino if kind in FIXED_LINKS else 0,
                 )
             base = os.path.dirname(d.source.file)  # a string: Path hashing costs more
             if base not in revs:
