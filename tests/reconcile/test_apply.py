@@ -375,9 +375,10 @@ def test_noop_apply_only_reads(
     env: Env, veth: VethPair, monkeypatch: pytest.MonkeyPatch, fd_guard: None
 ) -> None:
     """A second apply with nothing changed reads the record, lists the collection
-    directories (map and program pins are checked by inode), asks the kernel about each link
-    (BPF_OBJ_GET + info) and reads the root's ownership marker (BPF_OBJ_GET, info, lookup):
-    no load, no create, no pin."""
+    directories (map and program pins are checked by inode), asks the kernel about the XDP
+    link (BPF_OBJ_GET + info: it can be switched or detached while its pin stays; the
+    tracepoint link is known by the pin inode the record names) and reads the root's
+    ownership marker (BPF_OBJ_GET, info, lookup): no load, no create, no pin."""
     from orchestrator.ebpf import _sys as bpfsys
 
     xdp_manifest(env, veth)
@@ -396,7 +397,7 @@ def test_noop_apply_only_reads(
     result = r.apply(desired)
     monkeypatch.undo()
     assert not result.applied and not result.plan.has_changes
-    links_n = 2  # one link per collection
+    links_n = 1  # the XDP collection's link; not the tracepoint's (its pin's inode)
     owner = [bpfsys.Cmd.OBJ_GET, bpfsys.Cmd.OBJ_GET_INFO_BY_FD, bpfsys.Cmd.MAP_LOOKUP_ELEM]
     assert sorted(seen) == sorted(
         [bpfsys.Cmd.OBJ_GET] * links_n + [bpfsys.Cmd.OBJ_GET_INFO_BY_FD] * links_n + owner
