@@ -137,11 +137,10 @@ class RawLineInfos:
     lines: array[int]
     line_cols: array[int]
 
-    def decode(self, lo: int, hi: int, delta: int) -> list[LineInfo]:
-        """Records ``lo`` to ``hi`` (by index), their instructions moved by ``delta``."""
+    def rows(self, lo: int, hi: int, delta: int) -> Iterator[tuple[int, str, str, int]]:
+        """Records ``lo`` to ``hi`` (by index) as (instruction, file name, line text,
+        line/column), their instructions moved by ``delta``."""
         strs, string = self.spec._str_cache, self.spec.string
-        out: list[LineInfo] = []
-        append = out.append
         for byte_off, file_off, line_off, line_col in zip(
             self.offsets[lo:hi],
             self.files[lo:hi],
@@ -155,16 +154,14 @@ class RawLineInfos:
             line = strs.get(line_off)
             if line is None:
                 line = string(line_off)
-            append(
-                LineInfo(
-                    byte_off // INSN_SIZE + delta,
-                    file_name,
-                    line,
-                    line_col >> _COL_BITS,
-                    line_col & _COL_MASK,
-                )
-            )
-        return out
+            yield byte_off // INSN_SIZE + delta, file_name, line, line_col
+
+    def decode(self, lo: int, hi: int, delta: int) -> list[LineInfo]:
+        """The :class:`LineInfo` of records ``lo`` to ``hi`` (see :meth:`rows`)."""
+        return [
+            LineInfo(insn, file_name, line, line_col >> _COL_BITS, line_col & _COL_MASK)
+            for insn, file_name, line, line_col in self.rows(lo, hi, delta)
+        ]
 
 
 # low bytes of the byte offsets that are multiples of the instruction size
@@ -277,24 +274,9 @@ class LazyLineInfos:
                 out += encode_line_infos(part, strings)
                 continue
             raw, lo, hi, delta = part
-            strs, string = raw.spec._str_cache, raw.spec.string
             try:
-                for byte_off, file_off, line_off, line_col in zip(
-                    raw.offsets[lo:hi],
-                    raw.files[lo:hi],
-                    raw.lines[lo:hi],
-                    raw.line_cols[lo:hi],
-                    strict=True,
-                ):
-                    file_name = strs.get(file_off)
-                    if file_name is None:
-                        file_name = string(file_off)
-                    line = strs.get(line_off)
-                    if line is None:
-                        line = string(line_off)
-                    out += pack(
-                        byte_off // INSN_SIZE + delta, strings[file_name], strings[line], line_col
-                    )
+                for insn, file_name, line, line_col in raw.rows(lo, hi, delta):
+                    out += pack(insn, strings[file_name], strings[line], line_col)
             except KeyError:  # a string marshal was not given: the message names it
                 encode_line_infos(raw.decode(lo, hi, delta), strings)  # raises
                 raise
