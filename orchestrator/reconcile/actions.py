@@ -359,11 +359,14 @@ class Commit(Action):
     """Swap the collection's staged tree with its live one (``renameat2(RENAME_EXCHANGE)``),
     or move it into place if there is none. ``exists``: whether the plan saw the collection
     live (False: the move refuses to replace anything, and whatever took the name since
-    the plan fails the apply; True: a symlink or mount point there is refused)."""
+    the plan fails the apply; True: a symlink or mount point there is refused). ``ident``:
+    the (st_dev, st_ino) of the live directory the plan proved ours (None: there was none);
+    a directory there with another identity at the commit is never swapped out."""
 
     action: ClassVar[str] = "commit"
     collection: str
     exists: bool = field(default=True, compare=False)
+    ident: tuple[int, int] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, object]:
         return {"action": self.action, "collection": self.collection}
@@ -372,11 +375,14 @@ class Commit(Action):
 @dataclass(frozen=True, slots=True)
 class Delete(Action):
     """Move a deleted collection's tree into the staging directory: its links are detached
-    (:class:`Detach`) and its pins removed when the old generation is released."""
+    (:class:`Detach`) and its pins removed when the old generation is released. ``ident``:
+    the (st_dev, st_ino) of the directory the plan proved ours (None: there was none); a
+    directory there with another identity at the commit is never moved."""
 
     action: ClassVar[str] = "delete"
     collection: str
     record: CollectionRecord = field(repr=False, compare=False)
+    ident: tuple[int, int] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, object]:
         return {"action": self.action, "collection": self.collection}

@@ -113,7 +113,8 @@ class _Tree:
     subdirectories (by name); their fds are opened when a pin has to be read."""
 
     __slots__ = (
-        "cfd", "entries", "fds", "foreign", "gone", "links", "marked", "name", "present", "root",
+        "cfd", "entries", "fds", "foreign", "gone", "ident", "links", "marked", "name", "present",
+        "root",
     )  # fmt: skip
 
     def __init__(self, root: Path, name: str) -> None:
@@ -124,6 +125,7 @@ class _Tree:
         self.foreign: list[Foreign] = []
         self.marked = False
         self.present = False
+        self.ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the directory
         self.gone = ""  # why the directory can't be read (a symlink, a mount point)
         # the remembered listing's fixed links (see orchestrator.reconcile.cache), if any
         self.links: dict[str, tuple[int, int, int]] | None = None
@@ -190,6 +192,7 @@ def _read_tree(
             os.close(cfd)
             return tree
         tree.present = True
+        tree.ident = (top.dev, top.ino)
         tree.cfd = cfd
         known = cache.trees.get(name) if cache is not None else None
         if known is not None and known.still(top, cfd):
@@ -281,6 +284,7 @@ class CollectionCheck:
     marked: bool = False  # the directory has its ownership marker
     present: bool = False  # the directory is there (a real directory, not a symlink)
     unrecorded_links: bool = False  # links/ holds a pin the record does not name
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the directory, if present
 
 
 def check_collection(
@@ -329,7 +333,7 @@ def check_collection(
         # there), an entry the record does not name shows as one entry too many
         unrecorded = pins is not None and len(pins) > len(rec.attachments)
         return CollectionCheck(
-            tuple(drift), tuple(tree.foreign), tree.marked, tree.present, unrecorded
+            tuple(drift), tuple(tree.foreign), tree.marked, tree.present, unrecorded, tree.ident
         )
     finally:
         tree.close()
@@ -652,7 +656,7 @@ def _observe(
             if newer is not None:
                 rec, check = newer, check_collection(root_fd, root, newer, cache)
                 recovered.append(name)
-        collections[name] = ActualCollection(rec, check.drift)
+        collections[name] = ActualCollection(rec, check.drift, check.ident)
         foreign.extend(check.foreign)
         if check.present and not check.marked:
             unmarked.append(name)
@@ -683,14 +687,14 @@ def _observe(
             foreign.append(Foreign(path, verdict, _collection_name(name)))
             continue
         check = check_collection(root_fd, root, verdict)
-        collections[name] = ActualCollection(verdict, check.drift)
+        collections[name] = ActualCollection(verdict, check.drift, check.ident)
         foreign.extend(check.foreign)
         adopted.append(name)
     records = {n: c.record for n, c in collections.items()}
     for n, c in collections.items():
         extra = _check_substitutions(c.record, records)
         if extra:
-            collections[n] = ActualCollection(c.record, c.drift + extra)
+            collections[n] = ActualCollection(c.record, c.drift + extra, c.ident)
     ownership = Ownership(
         token,
         tuple(foreign),

@@ -9,19 +9,20 @@ from typing import TYPE_CHECKING
 
 from orchestrator.reconcile.lines import Action, Change, Kind, Op, Unchanged
 from orchestrator.reconcile.rules import attachment_title
-from orchestrator.reconcile.state import ActualState, CollectionRecord
+from orchestrator.reconcile.state import ActualCollection, ActualState
 
 if TYPE_CHECKING:
     from orchestrator.reconcile.actions import Delete, Detach, Keep, Stage, WriteEntries
 
 
 def delete_collection(
-    deleted: list[Delete], detaches: list[Detach], rec: CollectionRecord, why: str
+    deleted: list[Delete], detaches: list[Detach], ac: ActualCollection, why: str
 ) -> None:
-    """Append the action that destroys ``rec`` (its lines: the collection, its attachments,
+    """Append the action that destroys ``ac`` (its lines: the collection, its attachments,
     programs and maps), and the detaches of its links."""
     from orchestrator.reconcile.actions import Delete, Detach
 
+    rec = ac.record
     lines = [
         Change(
             Op.DELETE, Kind.COLLECTION, rec.name, rec.name, f"{why} (generation {rec.generation})"
@@ -48,7 +49,7 @@ def delete_collection(
         if mr.preserve:
             why_map += ", preserved: its contents are deleted with it"
         lines.append(Change(Op.DELETE, Kind.MAP, rec.name, mname, why_map))
-    deleted.append(Delete(rec.name, rec, lines=tuple(lines)))
+    deleted.append(Delete(rec.name, rec, ac.ident, lines=tuple(lines)))
 
 
 def transaction_actions(
@@ -98,7 +99,9 @@ def transaction_actions(
     out += collections
     out += links
     out.append(Seal(actual.record, tuple(a.collection for a in deleted), entries or {}))
-    out += [Commit(a.collection, a.collection in actual.collections) for a in staged]
+    for a in staged:
+        ac = actual.collections.get(a.collection)
+        out.append(Commit(a.collection, ac is not None, ac.ident if ac is not None else None))
     out += deleted
     out.append(WriteRecord())
     if staging:

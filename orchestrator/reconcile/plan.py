@@ -277,7 +277,7 @@ def plan_destroy(
     deleted: list[Delete] = []
     detaches: list[Detach] = []
     for name in reversed(order):
-        delete_collection(deleted, detaches, chosen[name].record, "destroy")
+        delete_collection(deleted, detaches, chosen[name], "destroy")
     return _plan(actual, transaction_actions(actual, [], [], deleted, detaches), problems)
 
 

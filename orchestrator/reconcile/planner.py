@@ -953,15 +953,15 @@ class Planner:
 
     def deletes(self) -> None:
         desired = self.desired.collections
-        gone: dict[str, CollectionRecord] = {}
+        gone: dict[str, ActualCollection] = {}
         if self.prune:
             gone = {
-                n: c.record
+                n: c
                 for n, c in self.actual.collections.items()
                 if n not in desired
                 and (self.selector is None or self.selector.matches(c.record.labels))
             }
-        order, _ = topo_order({n: r.depends_on for n, r in gone.items()})
+        order, _ = topo_order({n: c.record.depends_on for n, c in gone.items()})
         for name in reversed(order):
             blocked = self.blocked.get(name)
             if blocked is not None:

@@ -479,8 +479,13 @@ class Drift:
 
 @dataclass(frozen=True, slots=True)
 class ActualCollection:
+    """A recorded (or adopted) collection as observe found it. ``ident``: the (st_dev,
+    st_ino) of its directory under the root (None: no directory there), so that a commit
+    swaps out only the tree the plan proved ours."""
+
     record: CollectionRecord
     drift: tuple[Drift, ...] = ()
+    ident: tuple[int, int] | None = field(default=None, compare=False)
 
     def drifted(self, kind: str, name: str, *codes: str) -> bool:
         """Whether ``name`` drifted (with one of ``codes``, if given)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import ebpf
-from orchestrator.ebpf import Map
+from orchestrator.ebpf import Map, Program
 from orchestrator.ebpf import link as links
 from orchestrator.ebpf.inspect import remove_tree
 from orchestrator.reconcile import (
@@ -1000,6 +1000,117 @@ def test_a_new_collection_s_place_taken_since_the_plan_is_never_replaced(
     assert not env.reconciler().plan(env.desired()).has_changes
     env.reconciler().destroy()
     assert os.listdir(env.root) == []
+
+
+def test_a_live_collection_replaced_since_the_plan_is_never_swapped_out(
+    env: Env, pin_dir: Path, fd_guard: None
+) -> None:
+    """An update swaps the staged tree only with the directory the plan proved ours: a
+    directory of someone else's put in the live tree's place after the plan (at the commit
+    step) is refused and left, its map still pinned; the live tree moved away is untouched,
+    and nothing staged is left (it used to be swapped out and removed with the old
+    generation, unpinning their map). Nor is a directory made where the plan saw none."""
+    _plain(env, "a")
+    env.reconciler().apply(env.desired())
+    live = env.root / "a"
+    before = {p: os.stat(live / p).st_ino for p in pins_under(live)}
+    assert any(p.startswith("progs/") for p in before), before
+    moved = pin_dir / "moved"
+    foreign = Map.create(ebpf.MapSpec("theirs", ebpf.MapType.ARRAY, 4, 4, 1))
+    foreign.update(0, 7)
+
+    def replace_live(subject: str) -> None:
+        if subject == "a":
+            os.rename(live, moved)
+            os.mkdir(live)
+            foreign.pin(live / "theirs")
+
+    _plain(env, "a", version=2)
+    try:
+        with pytest.raises(ApplyError) as info:
+            env.reconciler(OnStep(commit=replace_live)).apply(env.desired())
+        assert f"{live} was replaced since the plan" in str(info.value)
+        assert "never replaces what the plan did not prove its own" in str(info.value)
+        assert "nothing was changed" in str(info.value)
+        assert os.listdir(live) == ["theirs"]
+        with Map.from_pin(live / "theirs") as m:
+            assert m.id == foreign.id and m.lookup(0) == (7).to_bytes(4, "little")
+    finally:
+        foreign.close()
+    assert {p: os.stat(moved / p).st_ino for p in pins_under(moved)} == before  # as it was
+    for p in before:
+        if p.startswith("progs/"):
+            with Program.from_pin(moved / p) as prog:
+                assert prog_alive(prog.id)
+    assert sorted(os.listdir(env.root)) == sorted(["a", OWNER_PIN])  # no staging tree left
+    remove_tree(live)
+
+    # the record lists "a", the plan sees no directory: one made since is not swapped out
+    def plant_dir(subject: str) -> None:
+        if subject == "a":
+            os.mkdir(live)
+
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(OnStep(commit=plant_dir)).apply(env.desired())
+    assert f"{live} was made since the plan" in str(info.value)
+    assert "nothing was changed" in str(info.value)
+    assert os.listdir(live) == []
+    assert sorted(os.listdir(env.root)) == sorted(["a", OWNER_PIN])
+    os.rmdir(live)
+    env.reconciler().apply(env.desired())
+    assert not env.reconciler().plan(env.desired()).has_changes
+    env.reconciler().destroy()
+    assert os.listdir(env.root) == []
+    assert {p: os.stat(moved / p).st_ino for p in pins_under(moved)} == before
+    remove_tree(moved)
+
+
+def test_a_destroyed_collection_s_tree_replaced_since_the_plan_is_never_removed(
+    env: Env, pin_dir: Path, fd_guard: None
+) -> None:
+    """A destroy moves out of the root only the directory the plan proved ours: a directory
+    of someone else's put in its place after the plan is refused and left (it used to be
+    moved into the staging directory and removed with it, unpinning their map); the tree
+    moved away is untouched. A directory made where the plan saw none is refused too."""
+    _plain(env, "a")
+    env.reconciler().apply(env.desired())
+    live = env.root / "a"
+    before = {p: os.stat(live / p).st_ino for p in pins_under(live)}
+    moved = pin_dir / "moved"
+    foreign = Map.create(ebpf.MapSpec("theirs", ebpf.MapType.ARRAY, 4, 4, 1))
+
+    def replace_live(subject: str) -> None:
+        if subject == "a":
+            os.rename(live, moved)
+            os.mkdir(live)
+            foreign.pin(live / "theirs")
+
+    try:
+        with pytest.raises(ApplyError) as info:
+            env.reconciler(OnStep(commit=replace_live)).destroy()
+        assert f"{live} was replaced since the plan" in str(info.value)
+        assert "nothing was changed" in str(info.value)
+        assert os.listdir(live) == ["theirs"]
+        with Map.from_pin(live / "theirs") as m:
+            assert m.id == foreign.id
+    finally:
+        foreign.close()
+    assert {p: os.stat(moved / p).st_ino for p in pins_under(moved)} == before
+    assert sorted(os.listdir(env.root)) == sorted(["a", OWNER_PIN])  # no staging tree left
+    remove_tree(live)
+
+    def plant_dir(subject: str) -> None:
+        if subject == "a":
+            os.mkdir(live)
+
+    with pytest.raises(ApplyError, match="was made since the plan"):
+        env.reconciler(OnStep(commit=plant_dir)).destroy()
+    assert os.listdir(live) == []
+    os.rmdir(live)
+    env.reconciler().destroy()
+    assert os.listdir(env.root) == []
+    assert {p: os.stat(moved / p).st_ino for p in pins_under(moved)} == before
+    remove_tree(moved)
 
 
 def test_a_shared_marker_in_a_directory_with_a_name_not_utf8_is_foreign(

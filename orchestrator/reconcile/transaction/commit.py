@@ -133,26 +133,43 @@ class CommitSteps(TransactionBase):
             marks.append((st.dir, name, text))
         mark_collections(self.token, self.txid, marks)
 
-    def _live_dir(self, name: str) -> bool:
-        """Whether the directory ``<root>/name`` exists. Anything else there (a symlink or
-        a mount put there since the plan) is refused: it is never moved or followed."""
+    def _live_dir(self, name: str) -> tuple[int, int] | None:
+        """The (st_dev, st_ino) of the directory ``<root>/name``, None if there is none.
+        Anything else there (a symlink or a mount put there since the plan) is refused: it
+        is never moved or followed."""
         try:
             st = os.stat(name, dir_fd=self.root_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode) and not is_mount_root(self.root_fd, name):
-                return True
+                return st.st_dev, st.st_ino
         except FileNotFoundError:
-            return False
+            return None
         raise ApplyError(
             f"{self.root / name} is not a directory bpforch made (a symlink or mount put "
             "there since the plan); bpforch never moves or follows it"
         )
 
+    def _proven_live(self, name: str, ident: tuple[int, int] | None) -> bool:
+        """Whether the directory ``<root>/name`` is there, proven the one the plan saw
+        (``ident``: its st_dev and st_ino then, None: there was none). One made or put in
+        its place since fails the apply: what is moved out of the root is removed with the
+        old generation."""
+        live = self._live_dir(name)
+        if live is None:
+            return False
+        if live != ident:
+            what = "made" if ident is None else "replaced"
+            raise ApplyError(
+                f"{self.root / name} was {what} since the plan; bpforch never replaces what "
+                "the plan did not prove its own (apply again: the next plan sees it)"
+            )
+        return True
+
     def _commit(self, action: Commit) -> None:
         """Swap the staged tree with the live one atomically, or move it into place (a new
         collection: the move refuses to replace anything, so nothing is looked at first).
-        Whatever took a new collection's name since the plan is never replaced: it is not
-        the tree the plan proved ours, and what is swapped out is removed with the old
-        generation."""
+        What is swapped out is removed with the old generation, so only the directory the
+        plan proved ours is (its identity, st_dev and st_ino, as observe saw it): whatever
+        took the collection's place since the plan is never replaced."""
         name = action.collection
         rfd, sfd = self.root_fd, self.staging_fd
         self.failpoints.reach("commit", name)
@@ -162,7 +179,7 @@ class CommitSteps(TransactionBase):
             try:
                 rename(name, name, src_dir=sfd, dst_dir=rfd)  # RENAME_NOREPLACE
             except FileExistsError:
-                if self._live_dir(name):  # a symlink or mount point is refused there
+                if self._live_dir(name) is not None:  # a symlink or mount point is refused
                     raise ApplyError(
                         f"{self.root / name} was made since the plan; bpforch never replaces "
                         "what the plan did not prove its own (apply again: the next plan "
@@ -173,25 +190,26 @@ class CommitSteps(TransactionBase):
                     f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd)
                 )
                 return
-        if not self._live_dir(name):  # gone since the plan: move into place
+        if not self._proven_live(name, action.ident):  # gone since the plan: move into place
             rename(name, name, src_dir=sfd, dst_dir=rfd)
             self.journal.add(
                 f"move {name} back", partial(rename, name, name, src_dir=rfd, dst_dir=sfd)
             )
-        else:  # swap old and new trees atomically
-            rename(name, name, exchange=True, src_dir=sfd, dst_dir=rfd)
-            self.journal.add(
-                f"swap {name} back",
-                partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
-            )
+            return
+        # swap old and new trees atomically
+        rename(name, name, exchange=True, src_dir=sfd, dst_dir=rfd)
+        self.journal.add(
+            f"swap {name} back",
+            partial(rename, name, name, exchange=True, src_dir=sfd, dst_dir=rfd),
+        )
 
     def _delete(self, action: Delete) -> None:
         """Move a deleted collection's tree into the staging directory (it goes with the
-        release)."""
+        release): only the directory the plan proved ours."""
         name = action.collection
         rfd, sfd = self.root_fd, self.staging_fd
         self.failpoints.reach("commit", name)
-        if not self._live_dir(check_name(name)):
+        if not self._proven_live(check_name(name), action.ident):
             return
         assert sfd is not None
         rename(name, name, src_dir=rfd, dst_dir=sfd)
