@@ -1135,3 +1135,43 @@ def test_a_shared_marker_in_a_directory_with_a_name_not_utf8_is_foreign(
         remove_tree(env.root / name)
     r.destroy()
     assert os.listdir(env.root) == []
+
+
+def test_a_shared_marker_pinned_where_it_holds_no_entry_is_foreign(
+    env: Env, fd_guard: None
+) -> None:
+    """A look-alike directory holding a pin of a real shared marker map (one that has
+    entries for other collections only) is foreign: the marker proves nothing for it."""
+    tp_manifest(env)
+    r = env.reconciler()
+    r.apply(env.desired())
+    os.mkdir(env.root / "look-alike")
+    with Map.from_pin(env.root / "tp-counter" / MARK_PIN) as m:
+        assert m.type == ebpf.MapType.HASH  # the apply's shared marker
+        m.pin(env.root / "look-alike" / MARK_PIN)
+    try:
+        st = r.status()
+        what = {f.path.name: f.what for f in st.foreign}
+        assert what["look-alike"] == (
+            "ownership marker _mark: a shared marker that holds none for look-alike"
+        ), what
+        assert [c.name for c in st.collections] == ["tp-counter"]
+    finally:
+        remove_tree(env.root / "look-alike")
+    r.destroy()
+    assert os.listdir(env.root) == []
+
+
+def test_a_name_too_long_for_a_marker_key_is_refused_before_anything_is_pinned(
+    env: Env, fd_guard: None
+) -> None:
+    """Collection names are DNS labels (at most 63 bytes, the manifest schema checks it),
+    so every name fits the 64-byte key of a shared marker; one that does not is refused
+    with its name, before a map is made."""
+    env.root.mkdir(parents=True)
+    with pytest.raises(MarkerError, match="collection name 'x{64}' does not fit a marker key"):
+        mark_collections(b"\0" * 16, "tx", [(str(env.root), "x" * 64, "{}")])
+    with pytest.raises(MarkerError, match="collection name '' does not fit a marker key"):
+        mark_collections(b"\0" * 16, "tx", [(str(env.root), "", "{}")])
+    assert os.listdir(env.root) == []
+    env.root.rmdir()
