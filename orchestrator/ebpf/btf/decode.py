@@ -343,9 +343,12 @@ def validate(spec: Spec) -> None:
     linkages, int encodings and func → proto; the checks decoding makes, with its messages,
     so that an object's BTF can be checked whole at parse time and decoded only where used.
     Damage found raises :class:`BTFError`."""
-    # spec._sound: a checked parse's index pass found every record sound
-    if spec._base is None and spec._str_start == 0 and (spec._sound or _sound(spec)):
-        return
+    # spec._sound: a checked parse's index pass answered already (False: "maybe damaged",
+    # which _sound would only find again); None: not checked, _sound answers in one pass
+    if spec._base is None and spec._str_start == 0:
+        sound = _sound(spec) if spec._sound is None else spec._sound
+        if sound:
+            return
     _check_records(spec)
 
 
