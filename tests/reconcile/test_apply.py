@@ -448,14 +448,10 @@ def test_an_apply_reads_objects_through_the_store_the_manifests_were_loaded_with
     assert r.status().get("tp-counter") is not None
 
 
-def test_collections_of_one_object_share_its_btf(env: Env, fd_guard: None) -> None:
-    """An apply loads an object's BTF once for all the collections that load that object
-    (each with its own constants): their programs hold one kernel BTF object, and the
-    transaction keeps no fd of it (fd_guard). A later apply that reloads one of them loads
-    the BTF again (its own transaction)."""
-    from orchestrator.ebpf import Program
-
-    for i, name in enumerate(("tp-a", "tp-b", "tp-c")):
+def tp_collections(env: Env, *names: str) -> None:
+    """Collections of tp_counter.o without attachments, each with its own constant (so
+    each loads its own programs from the one object)."""
+    for i, name in enumerate(names):
         env.write(
             name,
             f"""
@@ -467,6 +463,16 @@ def test_collections_of_one_object_share_its_btf(env: Env, fd_guard: None) -> No
               constants: {{target_tgid: {(1 << 30) + i}}}
             """,
         )
+
+
+def test_collections_of_one_object_share_its_btf(env: Env, fd_guard: None) -> None:
+    """An apply loads an object's BTF once for all the collections that load that object
+    (each with its own constants): their programs hold one kernel BTF object, and the
+    transaction keeps no fd of it (fd_guard). A later apply that reloads one of them loads
+    the BTF again (its own transaction)."""
+    from orchestrator.ebpf import Program
+
+    tp_collections(env, "tp-a", "tp-b", "tp-c")
     r = env.reconciler()
     r.apply(env.desired())
 
@@ -507,18 +513,7 @@ def test_a_failed_apply_leaves_no_shared_btf(env: Env, fd_guard: None) -> None:
     from orchestrator.reconcile import ApplyError
     from tests.failpoints import OnStep
 
-    for i, name in enumerate(("tp-a", "tp-b")):
-        env.write(
-            name,
-            f"""
-            apiVersion: bpforch.dev/v1
-            kind: Collection
-            metadata: {{name: {name}}}
-            spec:
-              object: @BPF@/tp_counter.o
-              constants: {{target_tgid: {(1 << 30) + i}}}
-            """,
-        )
+    tp_collections(env, "tp-a", "tp-b")
     seen: dict[str, int] = {}
 
     def fail_second(subject: str) -> None:

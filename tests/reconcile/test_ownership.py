@@ -1169,7 +1169,7 @@ def test_a_name_too_long_for_a_marker_key_is_refused_before_anything_is_pinned(
     so every name fits the 64-byte key of a shared marker; one that does not is refused
     with its name, before a map is made."""
     env.root.mkdir(parents=True)
-    with pytest.raises(MarkerError, match="collection name 'x{64}' does not fit a marker key"):
+    with pytest.raises(MarkerError, match=r"collection name 'x{64}' does not fit a marker key"):
         mark_collections(b"\0" * 16, "tx", [(str(env.root), "x" * 64, "{}")])
     with pytest.raises(MarkerError, match="collection name '' does not fit a marker key"):
         mark_collections(b"\0" * 16, "tx", [(str(env.root), "", "{}")])
