@@ -4,13 +4,15 @@ persisted spec cache (:mod:`orchestrator.ebpf.diskcache`, behind
 validates field by field, so a damaged entry is refused (:class:`SpecFileError`), never
 half-built.
 
-Layout (version :data:`VERSION`): ``u32 version, u32 json length``, a UTF-8 JSON document,
-then the raw bytes that the document refers to as ``[offset, length]`` pairs (instruction
-streams, map contents, the BTF blob, struct_ops data, each program's line info as the
-``bpf_line_info`` records BPF_PROG_LOAD takes, little-endian). BTF types are stored as their ids in
-the collection's BTF, which is stored marshalled: :meth:`btf.Spec.marshal` keeps every id,
-and it is marshalled with the line-info strings a load needs, so the blob is also what the
-first load in the new process hands the kernel (it is not marshalled again); so are the
+Layout (version :data:`VERSION`): ``u32 version, u32 json length``, a UTF-8 JSON document
+(maps and programs as rows of fixed fields, :data:`MAP_FIELDS` and :data:`PROGRAM_FIELDS`,
+whose scalar fields are type-checked together), then the raw bytes that the document
+refers to as ``[offset, length]`` pairs (instruction streams, map contents, the BTF blob,
+struct_ops data, each program's line info as the ``bpf_line_info`` records BPF_PROG_LOAD
+takes, little-endian). BTF types are stored as their ids in the collection's BTF, which is
+stored marshalled: :meth:`btf.Spec.marshal` keeps every id, and it is marshalled with the
+line-info strings a load needs, so the blob is also what the first load in the new process
+hands the kernel (it is not marshalled again); so are the
 line info records (held as parsed, built into records only when read).
 
 :func:`encode` returns None for a spec it cannot represent exactly (a BTF type that is not
@@ -47,7 +49,53 @@ if TYPE_CHECKING:
 
 __all__ = ["VERSION", "SpecFileError", "decode", "encode"]
 
-VERSION = 2  # 2: line info as kernel records
+VERSION = 3  # 2: line info as kernel records; 3: maps and programs as rows
+
+# The fields of a map's and a program's row, in order; the first MAP_SCALARS /
+# PROGRAM_SCALARS have one exact type each (_MAP_TYPES, _PROGRAM_TYPES), checked in one go.
+MAP_FIELDS = (
+    "name",
+    "type",
+    "key_size",
+    "value_size",
+    "max_entries",
+    "flags",
+    "pinning",
+    "map_extra",
+    "numa_node",
+    "freeze",
+    "section",
+    "btf",
+    "extra",
+    "key",
+    "value",
+    "btf_value_type",
+    "inner",
+    "contents",
+    "struct_ops",
+)
+_MAP_TYPES = (str, int, int, int, int, int, int, int, int, bool, str, bool)
+PROGRAM_FIELDS = (
+    "key",
+    "name",
+    "type",
+    "section",
+    "license",
+    "kernel_version",
+    "flags",
+    "attach_to",
+    "autoload",
+    "known_section",
+    "btf",
+    "attach_type",
+    "insns",
+    "line_infos",
+    "refs",
+    "func_infos",
+    "core_relos",
+    "unresolved",
+)
+_PROGRAM_TYPES = (str, str, int, str, str, int, int, str, bool, bool, bool)
 _HEAD = struct.Struct("<II")
 
 E = TypeVar("E")
@@ -135,62 +183,62 @@ def _value(w: _Writer, v: bytes | bytearray | str | int) -> list[Any]:
     return ["a" if isinstance(v, bytearray) else "b", w.raw(v)]
 
 
-def _map(w: _Writer, m: MapSpec) -> dict[str, Any]:
+def _map(w: _Writer, m: MapSpec) -> list[Any]:
     if type(m) is not MapSpec:
         raise _Unrepresentable
-    return {
-        "name": m.name,
-        "type": int(m.type),
-        "key_size": m.key_size,
-        "value_size": m.value_size,
-        "max_entries": m.max_entries,
-        "flags": m.flags,
-        "pinning": int(m.pinning),
-        "inner": None if m.inner_map is None else _map(w, m.inner_map),
-        "contents": [[_value(w, e.key), _value(w, e.value)] for e in m.contents],
-        "key": w.tid(m.key),
-        "value": w.tid(m.value),
-        "map_extra": m.map_extra,
-        "numa_node": m.numa_node,
-        "extra": w.raw(m.extra),
-        "freeze": m.freeze,
-        "section": m.section,
-        "btf": w.same_btf(m.btf),
-        "btf_value_type": w.tid(m.btf_value_type),
-        "struct_ops": None if m.struct_ops is None else _struct_ops(w, m.struct_ops),
-    }
+    return [  # MAP_FIELDS
+        m.name,
+        int(m.type),
+        m.key_size,
+        m.value_size,
+        m.max_entries,
+        m.flags,
+        int(m.pinning),
+        m.map_extra,
+        m.numa_node,
+        m.freeze,
+        m.section,
+        w.same_btf(m.btf),
+        w.raw(m.extra),
+        w.tid(m.key),
+        w.tid(m.value),
+        w.tid(m.btf_value_type),
+        None if m.inner_map is None else _map(w, m.inner_map),
+        [[_value(w, e.key), _value(w, e.value)] for e in m.contents],
+        None if m.struct_ops is None else _struct_ops(w, m.struct_ops),
+    ]
 
 
 def _struct_ops(w: _Writer, ops: StructOpsSpec) -> list[Any]:
     return [w.tid(ops.type), w.raw(ops.data), dict(ops.funcs), ops.link]
 
 
-def _program(w: _Writer, name: str, p: ProgramSpec) -> dict[str, Any]:
+def _program(w: _Writer, name: str, p: ProgramSpec) -> list[Any]:
     if type(p) is not ProgramSpec:
         raise _Unrepresentable
     refs = [[slot, r.kind.value, r.name, r.offset] for slot, r in p.instructions.references.items()]
-    return {
-        "key": name,
-        "name": p.name,
-        "type": int(p.type),
-        "attach_type": None if p.attach_type is None else int(p.attach_type),
-        "section": p.section,
-        "insns": w.raw(p.instructions.raw),
-        "refs": refs,
-        "license": p.license,
-        "kernel_version": p.kernel_version,
-        "flags": int(p.flags),
-        "attach_to": p.attach_to,
-        "autoload": p.autoload,
-        "known_section": p.known_section,
-        "func_infos": [[fi.insn, w.tid(fi.func)] for fi in p.func_infos],
+    return [  # PROGRAM_FIELDS
+        name,
+        p.name,
+        int(p.type),
+        p.section,
+        p.license,
+        p.kernel_version,
+        int(p.flags),
+        p.attach_to,
+        p.autoload,
+        p.known_section,
+        w.same_btf(p.btf),
+        None if p.attach_type is None else int(p.attach_type),
+        w.raw(p.instructions.raw),
         # the records BPF_PROG_LOAD takes, against the marshalled btf's strings (a
         # KeyError without btf: not representable), stored little-endian
-        "line_infos": w.raw(_line_records(w, p)),
-        "core_relos": [[r.insn, w.tid(r.type), r.access, int(r.kind)] for r in p.core_relos],
-        "btf": w.same_btf(p.btf),
-        "unresolved": [[u.insn, u.reason, u.symbol, u.function] for u in p.unresolved],
-    }
+        w.raw(_line_records(w, p)),
+        refs,
+        [[fi.insn, w.tid(fi.func)] for fi in p.func_infos],
+        [[r.insn, w.tid(r.type), r.access, int(r.kind)] for r in p.core_relos],
+        [[u.insn, u.reason, u.symbol, u.function] for u in p.unresolved],
+    ]
 
 
 def _line_records(w: _Writer, p: ProgramSpec) -> bytes:
@@ -289,6 +337,7 @@ def _list(v: object, n: int | None = None) -> list[Any]:
 
 _REF_ROW = (int, str, str, int)  # slot, kind, name, offset
 _UNRESOLVED_ROW = (int, str, str, str)  # insn, reason, symbol, function
+_FUNC_INFO_ROW = (int, int)  # insn, type id
 _REF_KINDS = {k.value: k for k in RefKind}  # a KeyError for another: the entry is refused
 
 
@@ -301,6 +350,18 @@ def _rows(v: object, types: tuple[type, ...]) -> list[list[Any]]:
             want = ", ".join(t.__name__ for t in types)
             raise SpecFileError(f"expected rows of [{want}], got {row!r:.60}")
     return rows
+
+
+def _fields(v: object, names: tuple[str, ...], types: tuple[type, ...]) -> list[Any]:
+    """``v`` as a row of ``len(names)`` fields whose first ``len(types)`` have exactly those
+    types (checked in one go; field by field only to say which one is wrong)."""
+    row = _list(v, len(names))
+    if tuple(map(type, row[: len(types)])) != types:
+        for field, value, t in zip(names, row, types, strict=False):
+            if type(value) is not t:
+                kind = {int: "an integer", str: "a string", bool: "a boolean"}[t]
+                raise SpecFileError(f"{field}: expected {kind}, got {type(value).__name__}")
+    return row
 
 
 def _dict(v: object) -> dict[str, Any]:
@@ -328,7 +389,8 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
         raise SpecFileError(f"version {version}, not {VERSION}")
     if _HEAD.size + n > len(data):
         raise SpecFileError("truncated")
-    doc = _dict(json.loads(data[_HEAD.size : _HEAD.size + n]))
+    # as text: json.loads would otherwise detect the encoding of bytes in Python
+    doc = _dict(json.loads(data[_HEAD.size : _HEAD.size + n].decode()))
     r = _Reader(memoryview(data)[_HEAD.size + n :], None)
     btf: _btf.Spec | None = None
     if doc["btf"] is not None:
@@ -337,13 +399,13 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
         r.btf = btf
     maps: dict[str, MapSpec] = {}
     for m in _list(doc["maps"]):
-        spec = _read_map(r, _dict(m))
+        spec = _read_map(r, m)
         if spec.name in maps:
             raise SpecFileError(f"map {spec.name} twice")
         maps[spec.name] = spec
     programs: dict[str, ProgramSpec] = {}
     for p in _list(doc["programs"]):
-        key, prog = _read_program(r, _dict(p))
+        key, prog = _read_program(r, p)
         programs[key] = prog
     variables: dict[str, VariableSpec] = {}
     for v in _list(doc["variables"]):
@@ -373,14 +435,15 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
         by_off = btf._str_cache  # filled by parse for an object's (small) string table
         if len(by_off) == 0:
             by_off = _btf_decode.split_strings(btf._strtab, 0)
-        strings = {s: off for off, s in by_off.items()}
-        if not all(s in strings for s in extra):
+        strings = dict(zip(by_off.values(), by_off.keys(), strict=True))  # the last offset
+        if not extra <= strings.keys():
             raise SpecFileError("btf: line info strings are missing")
         btf._marshalled[extra] = (blob, strings)
         # the records are already encoded against these strings where each string offset
         # in them is the one the map gives (a table may hold a string twice)
+        given = set(strings.values())
         for held, native, offsets in r.line_records:
-            if all(strings.get(by_off.get(o, "\0")) == o for o in offsets):
+            if offsets <= given:
                 held.encoded_as(strings, native)
     return out
 
@@ -398,59 +461,97 @@ def _read_value(r: _Reader, v: object) -> bytes | bytearray | str | int:
     raise SpecFileError(f"bad value tag {tag!r}")
 
 
-def _read_map(r: _Reader, d: dict[str, Any]) -> MapSpec:
-    contents = []
-    for kv in _list(d["contents"]):
-        k, v = _list(kv, 2)
-        key = _read_value(r, k)
-        value = _read_value(r, v)
-        if isinstance(key, str | bytearray) or isinstance(value, int):
-            raise SpecFileError("bad map entry")
-        contents.append(MapEntry(key, value))
-    ops = None
-    if d["struct_ops"] is not None:
-        from orchestrator.ebpf.link.struct_ops import StructOpsSpec
-
-        tid, data, funcs, link = _list(d["struct_ops"], 4)
-        funcs = {_str(k): _str(v) for k, v in _dict(funcs).items()}
-        ops = StructOpsSpec(r.typed(tid, _btf.Struct), r.raw(data), funcs, _bool(link))
-    inner = None if d["inner"] is None else _read_map(r, _dict(d["inner"]))
-    return MapSpec(
-        _str(d["name"]),
-        MapType(_int(d["type"])),
-        _int(d["key_size"]),
-        _int(d["value_size"]),
-        _int(d["max_entries"]),
-        _int(d["flags"]),
-        PinType(_int(d["pinning"])),
+def _read_map(r: _Reader, row: object) -> MapSpec:
+    (
+        name,
+        mtype,
+        key_size,
+        value_size,
+        max_entries,
+        flags,
+        pinning,
+        map_extra,
+        numa_node,
+        freeze,
+        section,
+        btf,
+        extra,
+        key,
+        value,
+        btf_value_type,
         inner,
         contents,
-        r.lazy(d["key"]),
-        r.lazy(d["value"]),
-        _int(d["map_extra"]),
-        _int(d["numa_node"]),
-        r.raw(d["extra"]),
-        _bool(d["freeze"]),
-        _str(d["section"]),
-        r.btf_of(d["btf"]),
-        r.lazy(d["btf_value_type"]),
+        struct_ops,
+    ) = _fields(row, MAP_FIELDS, _MAP_TYPES)
+    entries = []
+    for kv in _list(contents):
+        k, v = _list(kv, 2)
+        ekey = _read_value(r, k)
+        evalue = _read_value(r, v)
+        if isinstance(ekey, str | bytearray) or isinstance(evalue, int):
+            raise SpecFileError("bad map entry")
+        entries.append(MapEntry(ekey, evalue))
+    ops = None
+    if struct_ops is not None:
+        from orchestrator.ebpf.link.struct_ops import StructOpsSpec
+
+        tid, data, funcs, link = _list(struct_ops, 4)
+        funcs = {_str(k): _str(v) for k, v in _dict(funcs).items()}
+        ops = StructOpsSpec(r.typed(tid, _btf.Struct), r.raw(data), funcs, _bool(link))
+    return MapSpec(
+        name,
+        MapType(mtype),
+        key_size,
+        value_size,
+        max_entries,
+        flags,
+        PinType(pinning),
+        None if inner is None else _read_map(r, inner),
+        entries,
+        r.lazy(key),
+        r.lazy(value),
+        map_extra,
+        numa_node,
+        r.raw(extra),
+        freeze,
+        section,
+        r.btf_of(btf),
+        r.lazy(btf_value_type),
         ops,
     )
 
 
-def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
+def _read_program(r: _Reader, row: object) -> tuple[str, ProgramSpec]:
+    (
+        key,
+        name,
+        ptype,
+        section,
+        license_,
+        kernel_version,
+        flags,
+        attach_to,
+        autoload,
+        known_section,
+        btf,
+        attach,
+        insns,
+        line_infos_ref,
+        refs_rows,
+        func_info_rows,
+        core_relos,
+        unresolved_rows,
+    ) = _fields(row, PROGRAM_FIELDS, _PROGRAM_TYPES)
     refs = {
         slot: Reference(_REF_KINDS[kind], rname, offset)
-        for slot, kind, rname, offset in _rows(d["refs"], _REF_ROW)
+        for slot, kind, rname, offset in _rows(refs_rows, _REF_ROW)
     }
-    attach = d["attach_type"]
     func_infos = []
-    for fi in _list(d["func_infos"]):
-        insn, tid = _list(fi, 2)
+    for insn, tid in _rows(func_info_rows, _FUNC_INFO_ROW):
         func = cast(_btf.Func, r.lazy(tid, _btf.Kind.FUNC))
-        func_infos.append(_btf_ext.FuncInfo(_int(insn), func))
+        func_infos.append(_btf_ext.FuncInfo(insn, func))
     line_infos: tuple[_btf_ext.LineInfo, ...] | _btf_ext.LazyLineInfos = ()
-    records = r.raw(d["line_infos"])
+    records = r.raw(line_infos_ref)
     if records:
         if r.btf is None:
             raise SpecFileError("line info without btf")
@@ -460,7 +561,7 @@ def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
         line_infos = held[0]
         r.line_records.append(held)
     relos = []
-    for cr in _list(d["core_relos"]):
+    for cr in _list(core_relos):
         insn, tid, access, kind = _list(cr, 4)
         t = r.type_of(tid)
         if t is None:
@@ -468,24 +569,24 @@ def _read_program(r: _Reader, d: dict[str, Any]) -> tuple[str, ProgramSpec]:
         relos.append(
             _btf_ext.CORERelo(_int(insn), t, _str(access), _btf_ext.COREReloKind(_int(kind)))
         )
-    unresolved = [Unresolved(*u) for u in _rows(d["unresolved"], _UNRESOLVED_ROW)]
+    unresolved = [Unresolved(*u) for u in _rows(unresolved_rows, _UNRESOLVED_ROW)]
     prog = ProgramSpec(
-        _str(d["name"]),
-        ProgType(_int(d["type"])),
+        name,
+        ProgType(ptype),
         None if attach is None else AttachType(_int(attach)),
-        _str(d["section"]),
-        Instructions(r.raw(d["insns"]), refs),
-        _str(d["license"]),
-        _int(d["kernel_version"]),
-        ProgFlags(_int(d["flags"])),
-        _str(d["attach_to"]),
-        _bool(d["autoload"]),
-        _bool(d["known_section"]),
+        section,
+        Instructions(r.raw(insns), refs),
+        license_,
+        kernel_version,
+        ProgFlags(flags),
+        attach_to,
+        autoload,
+        known_section,
         tuple(func_infos),
         # a LazyLineInfos is held as is: ProgramSpec.line_infos builds it on first read
         cast("tuple[_btf_ext.LineInfo, ...]", line_infos),
         tuple(relos),
-        r.btf_of(d["btf"]),
+        r.btf_of(btf),
         tuple(unresolved),
     )
-    return _str(d["key"]), prog
+    return key, prog

@@ -276,10 +276,11 @@ def test_a_cached_func_info_of_another_kind_is_refused() -> None:
     n = int.from_bytes(data[4:8], "little")
     doc = json.loads(data[8 : 8 + n])
     prog = doc["programs"][0]
-    assert prog["func_infos"]
+    func_infos = prog[specfile.PROGRAM_FIELDS.index("func_infos")]
+    assert func_infos
     assert spec.btf is not None
     not_func = next(tid for tid in range(1, 100) if spec.btf.kind_of(tid) is not btf.Kind.FUNC)
-    prog["func_infos"][0][1] = not_func
+    func_infos[0][1] = not_func
     body = json.dumps(doc).encode()
     damaged = data[:4] + len(body).to_bytes(4, "little") + body + data[8 + n :]
     with pytest.raises(specfile.SpecFileError, match="is not a func"):
@@ -388,19 +389,20 @@ def test_another_format_version_is_ignored(
     _served_and_warned(obj("xdp_counter.o"), disk, caplog, "format 2, not 1")
 
 
+@pytest.mark.parametrize("version", [specfile.VERSION - 1, specfile.VERSION + 1])
 def test_another_payload_version_is_ignored(
-    cache_dir: Path, caplog: pytest.LogCaptureFixture
+    cache_dir: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
+    """An entry of another spec format (the previous one, a later one) is not read: the
+    object is parsed again, with a warning."""
     disk = diskcache.DiskCache(cache_dir)
     spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
     payload = specfile.encode(spec)
     assert payload is not None
     digest = _sha(obj("xdp_counter.o"))
     # a well-formed entry (right header, right sha256) of another spec format
-    disk.put(
-        speccache.SPEC_KIND, digest, (specfile.VERSION + 1).to_bytes(4, "little") + payload[4:]
-    )
-    why = f"does not decode (version {specfile.VERSION + 1}, not {specfile.VERSION})"
+    disk.put(speccache.SPEC_KIND, digest, version.to_bytes(4, "little") + payload[4:])
+    why = f"does not decode (version {version}, not {specfile.VERSION})"
     _served_and_warned(obj("xdp_counter.o"), disk, caplog, why)
 
 
@@ -413,18 +415,45 @@ def test_damaged_json_in_a_well_formed_entry_is_ignored(
     assert payload is not None
     version, n = specfile._HEAD.unpack_from(payload)
     doc = json.loads(payload[specfile._HEAD.size : specfile._HEAD.size + n])
-    doc["maps"][0]["max_entries"] = "x"
+    doc["maps"][0][specfile.MAP_FIELDS.index("max_entries")] = "x"
     text = json.dumps(doc).encode()
     bad = specfile._HEAD.pack(version, len(text)) + text + payload[specfile._HEAD.size + n :]
     disk.put(speccache.SPEC_KIND, _sha(obj("xdp_counter.o")), bad)
-    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "expected an integer")
+    _served_and_warned(obj("xdp_counter.o"), disk, caplog, "max_entries: expected an integer")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("name", 5, "name: expected a string, got int"),
+        ("max_entries", True, "max_entries: expected an integer, got bool"),
+        ("freeze", 0, "freeze: expected a boolean, got int"),
+        (None, None, "expected a list of 19"),  # a row of another length
+    ],
+)
+def test_a_damaged_map_row_is_refused(field: str | None, value: object, why: str) -> None:
+    """A map's row is checked for its length and each scalar field for its exact type
+    (together); a damaged one refuses the entry, naming the field."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    data = specfile.encode(spec)
+    assert data is not None
+    version, n = specfile._HEAD.unpack_from(data)
+    doc = json.loads(data[specfile._HEAD.size : specfile._HEAD.size + n])
+    if field is None:
+        doc["maps"][0].append(0)
+    else:
+        doc["maps"][0][specfile.MAP_FIELDS.index(field)] = value
+    text = json.dumps(doc).encode()
+    bad = specfile._HEAD.pack(version, len(text)) + text + data[specfile._HEAD.size + n :]
+    with pytest.raises(specfile.SpecFileError, match=re.escape(why)):
+        specfile.decode(bad)
 
 
 def _with_program_field(data: bytes, field: str, value: object) -> bytes:
     """An encoded spec whose first program's ``field`` is ``value`` (a damaged entry)."""
     version, n = specfile._HEAD.unpack_from(data)
     doc = json.loads(data[specfile._HEAD.size : specfile._HEAD.size + n])
-    doc["programs"][0][field] = value
+    doc["programs"][0][specfile.PROGRAM_FIELDS.index(field)] = value
     text = json.dumps(doc).encode()
     return specfile._HEAD.pack(version, len(text)) + text + data[specfile._HEAD.size + n :]
 
