@@ -273,7 +273,9 @@ class _Reader:
     def raw(self, ref: object) -> bytes:
         if not (isinstance(ref, list) and len(ref) == 2):
             raise SpecFileError("bad byte reference")
-        off, n = _int(ref[0]), _int(ref[1])
+        off, n = ref
+        if type(off) is not int or type(n) is not int:  # one test for both, as a rule
+            off, n = _int(off), _int(n)
         if off < 0 or n < 0 or off + n > len(self.rawview):
             raise SpecFileError("byte reference out of range")
         return bytes(self.rawview[off : off + n])
@@ -292,10 +294,11 @@ class _Reader:
             return None
         if self.btf is None:
             raise SpecFileError("a type id without btf")
-        found = self.btf.kind_of(_int(tid))  # BTFError for an id it does not have
+        tid = _int(tid)
+        found = self.btf.kind_of(tid)  # BTFError for an id it does not have
         if kind is not None and found != kind:
             raise SpecFileError(f"type {tid} is not a {kind.name.lower()}")
-        return cast(_btf.Type, _Lazy(self.btf, _int(tid)))
+        return cast(_btf.Type, _Lazy(self.btf, tid))
 
     def typed(self, tid: object, cls: type[E]) -> E:
         t = self.type_of(tid)

@@ -478,6 +478,27 @@ def test_a_damaged_program_record_is_refused(field: str, row: object, why: str) 
         specfile.decode(_with_program_field(data, field, [row]))
 
 
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ([0, "8"], "expected an integer, got str"),
+        ([True, 8], "expected an integer, got bool"),
+        ([0, 1 << 40], "byte reference out of range"),
+        ([-1, 8], "byte reference out of range"),
+        ([0], "bad byte reference"),
+        ("0:8", "bad byte reference"),
+    ],
+)
+def test_a_damaged_byte_reference_is_refused(ref: object, why: str) -> None:
+    """A reference to the entry's raw bytes (here a program's instructions) is a pair of
+    integers inside them: anything else refuses the entry."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    data = specfile.encode(spec)
+    assert data is not None
+    with pytest.raises(specfile.SpecFileError, match=re.escape(why)):
+        specfile.decode(_with_program_field(data, "insns", ref))
+
+
 def _with_line_records(data: bytes, records: bytes) -> bytes:
     """An encoded spec whose first program's line info is ``records`` (appended to the
     entry's bytes)."""
