@@ -5,15 +5,15 @@ validates field by field, so a damaged entry is refused (:class:`SpecFileError`)
 half-built.
 
 Layout (version :data:`VERSION`): ``u32 version, u32 json length``, a UTF-8 JSON document
-(maps and programs as rows of fixed fields, :data:`MAP_FIELDS` and :data:`PROGRAM_FIELDS`,
-whose scalar fields are type-checked together), then the raw bytes that the document
-refers to as ``[offset, length]`` pairs (instruction streams, map contents, the BTF blob,
-struct_ops data, each program's line info as the ``bpf_line_info`` records BPF_PROG_LOAD
-takes, little-endian). BTF types are stored as their ids in the collection's BTF, which is
-stored marshalled: :meth:`btf.Spec.marshal` keeps every id, and it is marshalled with the
-line-info strings a load needs, so the blob is also what the first load in the new process
-hands the kernel (it is not marshalled again); so are the
-line info records (held as parsed, built into records only when read).
+(maps, programs and variables as rows of fixed fields, :data:`MAP_FIELDS`,
+:data:`PROGRAM_FIELDS` and :data:`VARIABLE_FIELDS`, whose scalar fields are type-checked
+together), then the raw bytes that the document refers to as ``[offset, length]`` pairs
+(instruction streams, map contents, the BTF blob, struct_ops data, each program's line info
+as the ``bpf_line_info`` records BPF_PROG_LOAD takes, little-endian). BTF types are stored
+as their ids in the collection's BTF, which is stored marshalled: :meth:`btf.Spec.marshal`
+keeps every id, and it is marshalled with the line-info strings a load needs, so the blob
+is also what the first load in the new process hands the kernel (it is not marshalled
+again); so are the line info records (held as parsed, built into records only when read).
 
 :func:`encode` returns None for a spec it cannot represent exactly (a BTF type that is not
 in the collection's BTF, a map sharing its BTF with nothing): such a spec is not persisted.
@@ -96,6 +96,8 @@ PROGRAM_FIELDS = (
     "unresolved",
 )
 _PROGRAM_TYPES = (str, str, int, str, str, int, int, str, bool, bool, bool)
+VARIABLE_FIELDS = ("key", "name", "section", "offset", "size", "linkage", "type")
+_VARIABLE_TYPES = (str, str, str, int, int, str)
 _HEAD = struct.Struct("<II")
 
 E = TypeVar("E")
@@ -155,8 +157,8 @@ def encode(spec: CollectionSpec) -> bytes | None:
         for key, var in spec.variables.items():
             if spec.maps.get(var.section) is not var._map:
                 raise _Unrepresentable
-            variables.append(
-                [key, var.name, var.section, var.offset, var.size, w.tid(var.type), var.linkage]
+            variables.append(  # VARIABLE_FIELDS
+                [key, var.name, var.section, var.offset, var.size, var.linkage, w.tid(var.type)]
             )
         doc["variables"] = variables
         doc["externs"] = [_extern(w, k, e) for k, e in spec.externs.items()]
@@ -267,6 +269,7 @@ class _Reader:
     def __init__(self, raw: memoryview, btf: _btf.Spec | None) -> None:
         self.rawview = raw
         self.btf = btf
+        self.ids = 0  # the type ids the btf has are below this (void, 0, is one)
         # each program's line info as read and its records in the kernel's byte order
         self.line_records: list[tuple[_btf_ext.LazyLineInfos, bytes, set[int]]] = []
 
@@ -295,8 +298,9 @@ class _Reader:
         if self.btf is None:
             raise SpecFileError("a type id without btf")
         tid = _int(tid)
-        found = self.btf.kind_of(tid)  # BTFError for an id it does not have
-        if kind is not None and found != kind:
+        if not 0 <= tid < self.ids:
+            raise SpecFileError(f"btf: no type with id {tid}")
+        if kind is not None and self.btf.kind_of(tid) != kind:
             raise SpecFileError(f"type {tid} is not a {kind.name.lower()}")
         return cast(_btf.Type, _Lazy(self.btf, tid))
 
@@ -399,7 +403,7 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
     if doc["btf"] is not None:
         blob = r.raw(doc["btf"])
         btf = _btf.Spec.parse(blob)
-        r.btf = btf
+        r.btf, r.ids = btf, len(btf) + 1  # its types and void
     maps: dict[str, MapSpec] = {}
     for m in _list(doc["maps"]):
         spec = _read_map(r, m)
@@ -412,13 +416,13 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
         programs[key] = prog
     variables: dict[str, VariableSpec] = {}
     for v in _list(doc["variables"]):
-        key, vname, section, offset, size, tid, linkage = _list(v, 7)
-        owner = maps.get(_str(section))
+        key, vname, section, offset, size, linkage, tid = _fields(
+            v, VARIABLE_FIELDS, _VARIABLE_TYPES
+        )
+        owner = maps.get(section)
         if owner is None:
             raise SpecFileError(f"variable {key}: no map {section}")
-        variables[_str(key)] = VariableSpec(
-            _str(vname), owner, _int(offset), _int(size), r.lazy(tid), _str(linkage)
-        )
+        variables[key] = VariableSpec(vname, owner, offset, size, r.lazy(tid), linkage)
     externs: dict[str, ExternSpec] = {}
     if doc["externs"]:
         from orchestrator.ebpf.externs import ExternKind, ExternSpec

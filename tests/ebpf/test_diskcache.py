@@ -287,6 +287,22 @@ def test_a_cached_func_info_of_another_kind_is_refused() -> None:
         specfile.decode(damaged)
 
 
+@pytest.mark.parametrize("tid", [-1, 10_000])
+def test_a_cached_type_id_the_btf_does_not_have_is_refused(tid: int) -> None:
+    """A type id (here a map's key type) is checked to be one of the entry's BTF types
+    when the entry is read, although the type is decoded later."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    data = specfile.encode(spec)
+    assert data is not None
+    n = int.from_bytes(data[4:8], "little")
+    doc = json.loads(data[8 : 8 + n])
+    doc["maps"][0][specfile.MAP_FIELDS.index("key")] = tid
+    body = json.dumps(doc).encode()
+    damaged = data[:4] + len(body).to_bytes(4, "little") + body + data[8 + n :]
+    with pytest.raises(specfile.SpecFileError, match=f"no type with id {tid}"):
+        specfile.decode(damaged)
+
+
 def test_xdp_program_read_back_runs(cache_dir: Path, fd_guard: None) -> None:
     require_kernel()
     disk = diskcache.DiskCache(cache_dir)
