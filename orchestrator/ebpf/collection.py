@@ -266,15 +266,13 @@ class _Loader:
 
         kconfig = spec.section == ".kconfig" and bool(self.spec_externs)
         planned = None if spec.inner_map is not None or kconfig else self._planned_map(spec)
-        if planned is not None:
-            btf_fd, _ = self._btf()
-            m = Map._create_attr(
+        if planned is not None:  # the collection's BTF is loaded (by _planned_map)
+            m = Map._from_prototype(
                 spec,
                 _sys.MapCreateAttr.from_buffer_copy(planned.attr),
-                btf_fd,
+                self._btf_fd,
                 planned.has_ids,
-                planned.max_entries,
-                planned.flags,
+                planned.prototype,
             )
             self.maps[name] = m
             if planned.writes:
@@ -322,7 +320,8 @@ class _Loader:
     def _planned_map(self, spec: MapSpec) -> MapPlan | None:
         """The plan to create ``spec`` with (made now if the one kept does not fit it), or
         None if its contents need more than bytes (typed keys or values)."""
-        self._btf()  # loaded before the map is created, as from a spec
+        if not self._btf_loaded:
+            self._btf()  # loaded before the map is created, as from a spec
         plans = self.spec._plans.maps
         plan = plans.get(spec.name)
         if plan is not None and plan.holds(spec, self.spec.btf):
@@ -348,8 +347,7 @@ class _Loader:
             btf_ids,
             bytes(attr),
             bool(attr.btf_key_type_id or attr.btf_value_type_id),
-            attr.max_entries,
-            flags,
+            Map._prototype(spec, attr.max_entries, flags),
             tuple(writes),
             pending,
             held_map(spec),
@@ -474,7 +472,7 @@ class _Loader:
         attr = _sys.ProgLoadAttr.from_buffer_copy(plan.attr)
         attr.insns = _sys.address(insns)
         if plan.with_btf:
-            btf_fd, _ = self._btf()
+            btf_fd = self._btf_fd if self._btf_loaded else self._btf()[0]
             if btf_fd is None:  # the plan was made with a BTF fd; this load has none
                 return Program.load(self._request(spec), log)
             attr.prog_btf_fd = btf_fd.raw

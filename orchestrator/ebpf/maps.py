@@ -13,10 +13,11 @@ import errno
 import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf._sys import FD, Cmd, MapFlags, MapType, UpdateFlags
+from orchestrator.ebpf._sys.enums import PER_CPU_MAP_TYPES
 from orchestrator.ebpf.errors import (
     Error,
     KeyNotFoundError,
@@ -177,7 +178,8 @@ class Map(Handle):
         self._pinned: str | None = None
         self._datasec: _btf.Datasec | None = None  # a data section's value type (btf_types)
         self._id: int | None = None  # read from the kernel on first use, then kept
-        self._ncpus = _sys.possible_cpus() if self._per_cpu else 1
+        # self._per_cpu, without two property calls (one per map a collection creates)
+        self._ncpus = _sys.possible_cpus() if int(self.type) in PER_CPU_MAP_TYPES else 1
 
     # ------------------------------------------------------------------ construction
 
@@ -212,25 +214,8 @@ class Map(Handle):
         flags ``flags`` (its max entries ``max_entries``): with ``btf_fd`` if it has BTF type
         ids (``has_ids``; retried without BTF if the kernel refuses it), without BTF if
         ``btf_fd`` is None. (The caller says what ``attr`` holds: reading it back costs.)"""
-        use_btf = btf_fd is not None and has_ids
-        if use_btf:
-            assert btf_fd is not None
-            attr.btf_fd = btf_fd.raw
-        else:
-            attr.btf_key_type_id = attr.btf_value_type_id = 0
-        try:
-            fd = _sys.map_create(attr)
-        except SyscallError as err:
-            if not use_btf:
-                raise _create_error(spec, err) from err
-            # Some kernels refuse BTF for some map types; the map works without it.
-            attr.btf_fd = attr.btf_key_type_id = attr.btf_value_type_id = 0
-            try:
-                fd = _sys.map_create(attr)
-            except SyscallError as err2:
-                raise _create_error(spec, err2) from err2
         return cls(
-            fd,
+            _create_fd(spec, attr, btf_fd, has_ids),
             name=spec.name,
             type=spec.type,
             key_size=spec.key_size,
@@ -240,6 +225,48 @@ class Map(Handle):
             key_type=spec.held_type("key"),
             value_type=spec.held_type("value"),
         )
+
+    @classmethod
+    def _prototype(cls, spec: MapSpec, max_entries: int, flags: int) -> dict[str, object]:
+        """The attributes :meth:`_create_attr` gives a map of ``spec`` (its max entries
+        ``max_entries``, map flags ``flags``) but its fd and BTF types, as ``__init__`` sets
+        them (made by it, so that the two never differ): what :meth:`_from_prototype`
+        copies instead of running ``__init__`` for each map a load plan creates."""
+        m = cls.__new__(cls)
+        # no fd: __init__ only stores it, and it is dropped with the types below
+        cls.__init__(
+            m,
+            cast(FD, None),
+            name=spec.name,
+            type=spec.type,
+            key_size=spec.key_size,
+            value_size=spec.value_size,
+            max_entries=max_entries,
+            flags=flags,
+        )
+        attrs = dict(vars(m))
+        for name in ("_fd", "_key_type", "_value_type"):
+            del attrs[name]
+        return attrs
+
+    @classmethod
+    def _from_prototype(
+        cls,
+        spec: MapSpec,
+        attr: _sys.MapCreateAttr,
+        btf_fd: FD | None,
+        has_ids: bool,
+        prototype: dict[str, object],
+    ) -> Map:
+        """:meth:`_create_attr` with the map's attributes copied from :meth:`_prototype`
+        (made from the same spec, max entries and flags)."""
+        fd = _create_fd(spec, attr, btf_fd, has_ids)
+        m = cls.__new__(cls)
+        m.__dict__.update(prototype)
+        m._fd = fd
+        m._key_type = spec.held_type("key")
+        m._value_type = spec.held_type("value")
+        return m
 
     # the key and value types, held as type ids until first read (properties: see below)
     key_type: _btf.Type | None
@@ -956,6 +983,27 @@ def kernel_btf_spec(btf_id: int) -> _btf.Spec | None:
 
 def _round8(n: int) -> int:
     return (n + 7) & ~7
+
+
+def _create_fd(spec: MapSpec, attr: _sys.MapCreateAttr, btf_fd: FD | None, has_ids: bool) -> FD:
+    """BPF_MAP_CREATE of ``attr`` (see :meth:`Map._create_attr`)."""
+    use_btf = btf_fd is not None and has_ids
+    if use_btf:
+        assert btf_fd is not None
+        attr.btf_fd = btf_fd.raw
+    else:
+        attr.btf_key_type_id = attr.btf_value_type_id = 0
+    try:
+        return _sys.map_create(attr)
+    except SyscallError as err:
+        if not use_btf:
+            raise _create_error(spec, err) from err
+    # Some kernels refuse BTF for some map types; the map works without it.
+    attr.btf_fd = attr.btf_key_type_id = attr.btf_value_type_id = 0
+    try:
+        return _sys.map_create(attr)
+    except SyscallError as err2:
+        raise _create_error(spec, err2) from err2
 
 
 def _create_error(spec: MapSpec, err: SyscallError) -> SyscallError:

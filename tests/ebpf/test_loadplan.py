@@ -12,6 +12,7 @@ from orchestrator import ebpf
 from orchestrator.ebpf import _sys, speccache
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf.asm import Instructions
+from orchestrator.ebpf.collection import _extra_flags
 from tests.conftest import obj
 
 XDP_DROP, XDP_PASS = 1, 2
@@ -254,3 +255,29 @@ def test_a_btf_cache_keeps_nothing_for_a_spec_without_btf(fd_guard: None) -> Non
             assert _run(coll) == XDP_PASS
             assert coll.programs["xdp_count"].info().btf_id == 0
         assert len(cache) == 0
+
+
+def test_a_planned_map_is_the_map_its_spec_creates(fd_guard: None) -> None:
+    """A map a plan creates copies its attributes from the plan's prototype (no
+    Map.__init__ per load): every attribute is what Map.create gives the same spec (a
+    per-CPU map too: its value count)."""
+    speccache.default.clear()
+    spec = ebpf.CollectionSpec.from_file(obj("map_types.o"))
+    ebpf.Collection(spec).close()  # the plans are made
+    names = [name for name in spec._plans.maps if spec.maps[name].inner_map is None]
+    assert any(spec.maps[name].type.per_cpu for name in names)
+    btf_plan = spec._plans.btf
+    assert btf_plan is not None
+    btf_fd, _err, _log = _sys.btf_load(btf_plan.data)
+    assert btf_fd is not None
+    with btf_fd, ebpf.Collection(spec) as coll:
+        for name in names:
+            planned, ms, plan = coll.maps[name], spec.maps[name], spec._plans.maps[name]
+            extra = _extra_flags(ms)
+            with ebpf.Map.create(
+                ms, btf_fd=btf_fd, btf_ids=plan.btf_ids, extra_flags=extra
+            ) as made:
+                got, want = dict(vars(planned)), dict(vars(made))
+                assert got.pop("_fd") is planned.fd and want.pop("_fd") is made.fd
+                assert got == want, name
+                assert planned.key_type == made.key_type and planned.value_type == made.value_type

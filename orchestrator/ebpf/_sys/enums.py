@@ -91,7 +91,7 @@ class MapType(enum.IntEnum):
 
     @property
     def per_cpu(self) -> bool:
-        return int(self) in _PER_CPU_MAPS  # by value: an enum member hashes in Python code
+        return int(self) in PER_CPU_MAP_TYPES
 
     @property
     def of_maps(self) -> bool:
@@ -104,7 +104,8 @@ def map_type_label(t: MapType | int) -> str:
     return t.name.lower() if isinstance(t, MapType) else f"type {t}"
 
 
-_PER_CPU_MAPS = frozenset(
+# per-CPU map types, by value (an enum member hashes in Python code)
+PER_CPU_MAP_TYPES = frozenset(
     {
         int(MapType.PERCPU_HASH),
         int(MapType.PERCPU_ARRAY),
