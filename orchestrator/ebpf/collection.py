@@ -21,6 +21,7 @@ import array
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
 import struct
 from collections.abc import Iterable, Mapping
@@ -125,6 +126,10 @@ class BTFCache(Closing):
             fd.close()
 
 
+# One LogOptions per setting, shared by the loads that ask for it (it is frozen).
+_log_options = functools.lru_cache(maxsize=64)(LogOptions)
+
+
 def _trampoline(spec: ProgramSpec) -> bool:
     """Whether a program attaches through a BPF trampoline (fentry/fexit/lsm/freplace)."""
     if spec.type in (ProgType.LSM, ProgType.EXT):
@@ -160,7 +165,7 @@ class _Loader:
         self._core_cache: dict[int, list[tuple[_btf.Spec, int]]] = {}
         self._poisoned: dict[str, dict[int, str]] = {}  # program → insn → relocation
         self._kallsyms: dict[str, int] | None = None
-        self._log = LogOptions(options.log_level, options.log_size, options.log_disabled)
+        self._log = _log_options(options.log_level, options.log_size, options.log_disabled)
 
     # ------------------------------------------------------------------ kernel BTF
 
@@ -183,7 +188,7 @@ class _Loader:
             self._btf_loaded = True
             spec = self.spec.btf
             if spec is not None:
-                infos = tuple(p.held_line_infos() for p in self.spec_programs.values())
+                infos = tuple([p.held_line_infos() for p in self.spec_programs.values()])
                 plan = self.spec._plans.btf
                 if plan is None or not plan.fits(spec, infos):
                     extra: frozenset[str] = frozenset().union(

@@ -475,6 +475,17 @@ def test_verifier_log_on_request(compile_bpf: Build, fd_guard: None) -> None:
         assert "processed" in coll.programs["count"].verifier_log
 
 
+def test_each_load_gets_the_log_it_asks_for(compile_bpf: Build, fd_guard: None) -> None:
+    """Loads share one LogOptions per setting: a load asking for a log in between loads
+    that do not (and the other way round) gets its own."""
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(COUNTER))
+    for level, logged in ((0, False), (2, True), (0, False), (1, True), (2, True)):
+        with ebpf.Collection(spec, ebpf.CollectionOptions(log_level=level)) as coll:
+            assert ("processed" in coll.programs["count"].verifier_log) is logged, level
+    with ebpf.Collection(spec, ebpf.CollectionOptions(log_level=2, log_disabled=True)) as coll:
+        assert coll.programs["count"].verifier_log == ""
+
+
 def test_unknown_section_refuses_to_load(compile_bpf: Build, fd_guard: None) -> None:
     src = HEADER + 'SEC("mystery/thing") int odd(void *ctx) { return 0; }\n'
     spec = ebpf.CollectionSpec.from_file(compile_bpf(src))
