@@ -165,6 +165,8 @@ class _Loader:
         self._core_cache: dict[int, list[tuple[_btf.Spec, int]]] = {}
         self._poisoned: dict[str, dict[int, str]] = {}  # program → insn → relocation
         self._kallsyms: dict[str, int] | None = None
+        self._map_plans = spec._plans.maps
+        self._program_plans = spec._plans.programs
         self._log = _log_options(options.log_level, options.log_size, options.log_disabled)
 
     # ------------------------------------------------------------------ kernel BTF
@@ -269,9 +271,15 @@ class _Loader:
             self.maps[name] = m
             return m
 
+        planned: MapPlan | None = None
         kconfig = spec.section == ".kconfig" and bool(self.spec_externs)
-        planned = None if spec.inner_map is not None or kconfig else self._planned_map(spec)
-        if planned is not None:  # the collection's BTF is loaded (by _planned_map)
+        if spec.inner_map is None and not kconfig:
+            if not self._btf_loaded:
+                self._btf()  # loaded before the map is created, as from a spec
+            planned = self._map_plans.get(name)
+            if planned is None or not planned.holds(spec, self.spec.btf):
+                planned = self._planned_map(spec, planned)
+        if planned is not None:
             m = Map._from_prototype(
                 spec,
                 _sys.MapCreateAttr.from_buffer_copy(planned.attr),
@@ -322,15 +330,11 @@ class _Loader:
             if inner is not None:
                 inner.close()  # the outer map keeps only the template's shape
 
-    def _planned_map(self, spec: MapSpec) -> MapPlan | None:
-        """The plan to create ``spec`` with (made now if the one kept does not fit it), or
-        None if its contents need more than bytes (typed keys or values)."""
-        if not self._btf_loaded:
-            self._btf()  # loaded before the map is created, as from a spec
-        plans = self.spec._plans.maps
-        plan = plans.get(spec.name)
-        if plan is not None and plan.holds(spec, self.spec.btf):
-            return plan
+    def _planned_map(self, spec: MapSpec, plan: MapPlan | None) -> MapPlan | None:
+        """The plan to create ``spec`` with when the one kept (``plan``, if any) does not
+        hold it as it is now: ``plan`` refitted, or a new one (None if its contents need more
+        than bytes: typed keys or values). The collection's BTF is loaded."""
+        plans = self._map_plans
         btf_ids = self._btf_ids(spec)
         if plan is not None and plan.fits(spec, self.spec.btf, btf_ids):
             plan = dataclasses.replace(plan, held=held_map(spec))  # e.g. a type decoded since
@@ -397,7 +401,9 @@ class _Loader:
         log = self._log
         try:
             try:
-                planned = self._planned_program(spec)
+                planned = self._program_plans.get(name)
+                if planned is None or not planned.fits(spec, self.spec.btf):
+                    planned = self._planned_program(spec)
                 if planned is not None:
                     p = self._load_planned(spec, planned, log)
                 else:
@@ -426,13 +432,10 @@ class _Loader:
         return p
 
     def _planned_program(self, spec: ProgramSpec) -> ProgramPlan | None:
-        """The plan to load ``spec`` with (made now if the one kept does not fit it), or
-        None for a program that needs more than its maps' fds at load time (CO-RE,
-        externs, an attach target in the kernel's btf, struct_ops) or cannot load."""
-        plans = self.spec._plans.programs
-        plan = plans.get(spec.name)
-        if plan is not None and plan.fits(spec, self.spec.btf):
-            return plan
+        """A new plan to load ``spec`` with (the one kept, if any, does not fit it), or None
+        for a program that needs more than its maps' fds at load time (CO-RE, externs, an
+        attach target in the kernel's btf, struct_ops) or cannot load."""
+        plans = self._program_plans
         if (
             spec.unresolved
             or not spec.known_section
@@ -562,7 +565,7 @@ class _Loader:
             m = loaded.get(map_name)  # most references are to maps made already
             if m is None:
                 m = self.map(map_name)
-            fd = m.fd.raw
+            fd = m._fd.raw  # (not through the fd property: once per map per program)
             for off in offsets:
                 _IMM.pack_into(insns, off, fd)
 

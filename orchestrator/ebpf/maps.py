@@ -378,7 +378,7 @@ class Map(Handle):
     def freeze(self) -> None:
         """Make the map read-only for user space (BPF_MAP_FREEZE)."""
         try:
-            _sys.map_freeze(self.fd)
+            _sys.map_freeze(self._fd)
         except SyscallError as err:
             raise type(err)(f"map {self.name}: {err}", err.errno) from err
 
@@ -907,7 +907,7 @@ class Map(Handle):
         """:meth:`populate` with raw entries as a load plan holds them: BPF_MAP_UPDATE_ELEM
         attributes whose key and value buffers the plan keeps alive (this map's fd set
         here)."""
-        fd = self.fd.raw
+        fd = self._fd.raw
         for attr in writes:
             try:
                 _sys.map_update_attr(fd, attr)
