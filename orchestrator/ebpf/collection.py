@@ -167,6 +167,7 @@ class _Loader:
         self._kallsyms: dict[str, int] | None = None
         self._map_plans = spec._plans.maps
         self._program_plans = spec._plans.programs
+        self._map_prototypes = spec._plans.map_prototypes
         self._log = _log_options(options.log_level, options.log_size, options.log_disabled)
 
     # ------------------------------------------------------------------ kernel BTF
@@ -272,21 +273,31 @@ class _Loader:
             return m
 
         planned: MapPlan | None = None
+        reused = False  # planned was made by an earlier load
         kconfig = spec.section == ".kconfig" and bool(self.spec_externs)
         if spec.inner_map is None and not kconfig:
             if not self._btf_loaded:
                 self._btf()  # loaded before the map is created, as from a spec
             planned = self._map_plans.get(name)
-            if planned is None or not planned.holds(spec, self.spec.btf):
+            reused = planned is not None and planned.holds(spec, self.spec.btf)
+            if not reused:
                 planned = self._planned_map(spec, planned)
         if planned is not None:
-            m = Map._from_prototype(
-                spec,
-                _sys.MapCreateAttr.from_buffer_copy(planned.attr),
-                self._btf_fd,
-                planned.has_ids,
-                planned.prototype,
-            )
+            attr = _sys.MapCreateAttr.from_buffer_copy(planned.attr)
+            kept = self._map_prototypes.get(name)
+            if kept is not None and kept[0] is planned:
+                m = Map._from_prototype(spec, attr, self._btf_fd, planned.has_ids, kept[1])
+            else:
+                m = Map._create_attr(
+                    spec,
+                    attr,
+                    self._btf_fd,
+                    planned.has_ids,
+                    planned.max_entries,
+                    planned.flags,
+                )
+                if reused:  # a plan in use again: its maps copy this one's attributes
+                    self._map_prototypes[name] = (planned, m._prototype())
             self.maps[name] = m
             if planned.writes:
                 m._populate_planned(planned.writes)
@@ -356,7 +367,8 @@ class _Loader:
             btf_ids,
             bytes(attr),
             bool(attr.btf_key_type_id or attr.btf_value_type_id),
-            Map._prototype(spec, attr.max_entries, flags),
+            attr.max_entries,
+            flags,
             tuple(writes),
             pending,
             held_map(spec),

@@ -5,10 +5,10 @@ working out the same things again: BPF_MAP_CREATE and BPF_PROG_LOAD attributes, 
 program's instructions with their map references rewritten, the contents to write. A plan
 keeps them:
 
-- a map's: its BPF_MAP_CREATE attributes as bytes (only the BTF fd is set per load), the
-  attributes of the :class:`Map` made from them (only its fd and types are set per load) and
-  its initial contents as BPF_MAP_UPDATE_ELEM attributes (only the map's fd is set per
-  load), pointing at key and value buffers the plan keeps alive;
+- a map's: its BPF_MAP_CREATE attributes as bytes (only the BTF fd is set per load) and its
+  initial contents as BPF_MAP_UPDATE_ELEM attributes (only the map's fd is set per load),
+  pointing at key and value buffers the plan keeps alive; from its first reuse on, the
+  attributes of the :class:`Map` it creates (only its fd and types are set per load);
 - a program's: its instructions with every map reference's source register and value
   offset already set (each load copies them and writes each map's fd in at the offsets
   recorded for it), and its BPF_PROG_LOAD attributes as bytes, pointing at the license,
@@ -89,9 +89,8 @@ class MapPlan:
     attr: bytes  # BPF_MAP_CREATE attributes, the BTF fd left 0
     # what ``attr`` holds, kept to be read without reading ``attr`` back (ctypes reads cost)
     has_ids: bool  # BTF type ids set: create with the collection's BTF fd when it loaded
-    # the new Map's attributes but its fd and types (Map._prototype of its max entries and
-    # flags): copied instead of running Map.__init__ per load
-    prototype: dict[str, object]
+    max_entries: int
+    flags: int
     # initial contents, written after creation: BPF_MAP_UPDATE_ELEM attributes, the map's
     # fd left 0, pointing at key and value buffers kept alive in ``buffers``
     writes: tuple[bytes, ...]
@@ -159,12 +158,17 @@ class LoadPlans:
     entry is replaced whole, never changed (dict and attribute reads and writes are atomic:
     loads in threads may share it)."""
 
-    __slots__ = ("btf", "maps", "programs")
+    __slots__ = ("btf", "map_prototypes", "maps", "programs")
 
     def __init__(self) -> None:
         self.maps: dict[str, MapPlan] = {}
         self.programs: dict[str, ProgramPlan] = {}
         self.btf: BTFPlan | None = None
+        # The attributes of the Map a map plan creates but its fd and types, by map name,
+        # with the plan they were taken for (Map._prototype of the first map made from the
+        # plan on its first reuse): a load copies them instead of running Map.__init__.
+        # Used only with that very plan (a plan replaced, for any change, gets its own).
+        self.map_prototypes: dict[str, tuple[MapPlan, dict[str, object]]] = {}
 
 
 __all__ = [

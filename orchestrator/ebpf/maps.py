@@ -13,7 +13,7 @@ import errno
 import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from orchestrator.ebpf import _sys
 from orchestrator.ebpf._sys import FD, Cmd, MapFlags, MapType, UpdateFlags
@@ -226,25 +226,10 @@ class Map(Handle):
             value_type=spec.held_type("value"),
         )
 
-    @classmethod
-    def _prototype(cls, spec: MapSpec, max_entries: int, flags: int) -> dict[str, object]:
-        """The attributes :meth:`_create_attr` gives a map of ``spec`` (its max entries
-        ``max_entries``, map flags ``flags``) but its fd and BTF types, as ``__init__`` sets
-        them (made by it, so that the two never differ): what :meth:`_from_prototype`
-        copies instead of running ``__init__`` for each map a load plan creates."""
-        m = cls.__new__(cls)
-        # no fd: __init__ only stores it, and it is dropped with the types below
-        cls.__init__(
-            m,
-            cast(FD, None),
-            name=spec.name,
-            type=spec.type,
-            key_size=spec.key_size,
-            value_size=spec.value_size,
-            max_entries=max_entries,
-            flags=flags,
-        )
-        attrs = dict(vars(m))
+    def _prototype(self) -> dict[str, object]:
+        """This new map's attributes but its fd and BTF types (as ``__init__`` set them):
+        what :meth:`_from_prototype` copies into the next map made the same way."""
+        attrs = dict(vars(self))
         for name in ("_fd", "_key_type", "_value_type"):
             del attrs[name]
         return attrs
@@ -258,8 +243,8 @@ class Map(Handle):
         has_ids: bool,
         prototype: dict[str, object],
     ) -> Map:
-        """:meth:`_create_attr` with the map's attributes copied from :meth:`_prototype`
-        (made from the same spec, max entries and flags)."""
+        """:meth:`_create_attr` with the map's attributes copied from the :meth:`_prototype`
+        of a map it made from the same spec, max entries and flags."""
         fd = _create_fd(spec, attr, btf_fd, has_ids)
         m = cls.__new__(cls)
         m.__dict__.update(prototype)

@@ -258,12 +258,15 @@ def test_a_btf_cache_keeps_nothing_for_a_spec_without_btf(fd_guard: None) -> Non
 
 
 def test_a_planned_map_is_the_map_its_spec_creates(fd_guard: None) -> None:
-    """A map a plan creates copies its attributes from the plan's prototype (no
-    Map.__init__ per load): every attribute is what Map.create gives the same spec (a
-    per-CPU map too: its value count)."""
+    """From a plan's second reuse on, the map it creates copies its attributes from the
+    prototype the first reuse kept (no Map.__init__ per load): every attribute is what
+    Map.create gives the same spec (a per-CPU map too: its value count)."""
     speccache.default.clear()
     spec = ebpf.CollectionSpec.from_file(obj("map_types.o"))
+    plans = spec._plans
     ebpf.Collection(spec).close()  # the plans are made
+    assert plans.map_prototypes == {}
+    ebpf.Collection(spec).close()  # reused: the maps made give their prototypes
     names = [name for name in spec._plans.maps if spec.maps[name].inner_map is None]
     assert any(spec.maps[name].type.per_cpu for name in names)
     btf_plan = spec._plans.btf
@@ -271,6 +274,7 @@ def test_a_planned_map_is_the_map_its_spec_creates(fd_guard: None) -> None:
     btf_fd, _err, _log = _sys.btf_load(btf_plan.data)
     assert btf_fd is not None
     with btf_fd, ebpf.Collection(spec) as coll:
+        assert all(plans.map_prototypes[name][0] is plans.maps[name] for name in names)
         for name in names:
             planned, ms, plan = coll.maps[name], spec.maps[name], spec._plans.maps[name]
             extra = _extra_flags(ms)
@@ -281,3 +285,26 @@ def test_a_planned_map_is_the_map_its_spec_creates(fd_guard: None) -> None:
                 assert got.pop("_fd") is planned.fd and want.pop("_fd") is made.fd
                 assert got == want, name
                 assert planned.key_type == made.key_type and planned.value_type == made.value_type
+
+
+def test_a_kept_prototype_is_not_used_for_a_changed_map(fd_guard: None) -> None:
+    """A map's prototype belongs to the plan it was taken for: an edited map spec (a new
+    plan) creates a map with its own attributes, and so does the unchanged one after it."""
+    spec = _loaded_once()
+    ebpf.Collection(spec).close()  # reused: the prototypes are kept
+    plans = spec._plans
+    kept = plans.map_prototypes["counters"]
+    assert kept[0] is plans.maps["counters"] and kept[1]["max_entries"] == 4
+    spec.maps["counters"].max_entries = 8
+    spec.maps["counters"].flags = int(_sys.MapFlags.WRONLY)  # user space writes only
+    for _ in range(3):  # made, reused (its own prototype kept), then copied from it
+        with ebpf.Collection(spec) as coll:
+            m = coll.maps["counters"]
+            assert m.info().max_entries == 8 and m.max_entries == 8
+            assert m.flags == int(_sys.MapFlags.WRONLY)  # as asked (the kernel reports 0)
+    assert plans.map_prototypes["counters"][1]["max_entries"] == 8
+    unchanged = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))
+    for _ in range(3):
+        with ebpf.Collection(unchanged) as coll:
+            m = coll.maps["counters"]
+            assert m.info().max_entries == 4 and m.max_entries == 4 and m.flags == 0
