@@ -110,14 +110,17 @@ class Handle(Closing):
     def close(self) -> None:
         self._fd.close()
 
-    def pin(self, path: str | os.PathLike[str]) -> None:
-        """Pin the object at ``path`` on bpffs (BPF_OBJ_PIN)."""
+    def pin(self, path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
+        """Pin the object at ``path`` on bpffs (BPF_OBJ_PIN). With ``dir_fd``, ``path`` is
+        relative to that directory (BPF_F_PATH_FD, Linux 6.5; no lookup from the root) and
+        is not remembered as :attr:`pinned` (it names nothing without the fd)."""
         p = os.fspath(path)
         try:
-            _sys.obj_pin(self._fd, p)
+            _sys.obj_pin(self._fd, p, dir_fd=dir_fd)
         except SyscallError as err:
             raise PinError(f"{self._what()}: pin {p}: {pin_reason(err)}") from err
-        self._pinned = p
+        if dir_fd is None:
+            self._pinned = p
 
     def unpin(self, path: str | os.PathLike[str] | None = None) -> None:
         """Remove ``path`` (default: the pin made by :meth:`pin` or adopted from one); a

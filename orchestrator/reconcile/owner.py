@@ -343,10 +343,17 @@ def mark_collection(
     _pin_marker(dir_fd, MARK_PIN, MarkKind.COLLECTION, token, _payload(record.name, text, txid))
 
 
-def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int | str, str, str]]) -> None:
+def mark_collections(
+    token: bytes,
+    txid: str,
+    marks: Sequence[tuple[int | str, str, str]],
+    *,
+    dir_fd: int | None = None,
+) -> None:
     """Pin the collection markers of one transaction: ``marks`` holds, per collection, its
     directory (an fd, or the path of a directory the caller made: the transaction's staged
-    trees), its name and its record's text (by :func:`collection_text`). The
+    trees; relative to ``dir_fd`` when given), its name and its record's text (by
+    :func:`collection_text`). The
     payloads (as :func:`mark_collection` writes them) go into one hash map keyed by the
     collection's name per power-of-two value size, written in one batch and frozen before
     it is pinned as each of its collections' ``_mark``."""
@@ -370,7 +377,7 @@ def mark_collections(token: bytes, txid: str, marks: Sequence[tuple[int | str, s
             m.freeze()
             for where, _, _ in members:
                 if isinstance(where, str):
-                    m.pin(f"{where}/{MARK_PIN}")
+                    m.pin(f"{where}/{MARK_PIN}", dir_fd=dir_fd)
                 else:
                     pin_at(m.fd, where, MARK_PIN)
 

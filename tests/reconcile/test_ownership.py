@@ -536,6 +536,36 @@ def test_shared_markers_take_one_map_per_power_of_two_size(pin_dir: Path, fd_gua
             m.update_bytes(b"big".ljust(64, b"\0"), bytes(m.value_size))
 
 
+@pytest.mark.kernel
+def test_shared_markers_pin_by_a_path_relative_to_a_directory_fd(
+    pin_dir: Path, fd_guard: None
+) -> None:
+    """With ``dir_fd`` (as the transaction pins its staged trees' markers: relative to its
+    staging directory), a directory given by its path is looked up from that fd, not from
+    the working directory; each collection reads its own payload back."""
+    (pin_dir / "staging" / "a").mkdir(parents=True)
+    (pin_dir / "staging" / "b").mkdir()
+    sfd = os.open(pin_dir / "staging", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        mark_collections(
+            b"t" * 16, "2-cd", [("a", "a", '{"x":1}'), ("b", "b", '{"x":2}')], dir_fd=sfd
+        )
+    finally:
+        os.close(sfd)
+    for name, x in (("a", 1), ("b", 2)):
+        fd = os.open(pin_dir / "staging" / name, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            marker = read_marker(fd, MARK_PIN, collection=name)
+        finally:
+            os.close(fd)
+        assert marker is not None and marker.token == b"t" * 16
+        assert marker.payload == {"name": name, "record": {"x": x}, "txid": "2-cd"}
+    assert _pinned_map_id(pin_dir / "staging" / "a" / MARK_PIN) == _pinned_map_id(
+        pin_dir / "staging" / "b" / MARK_PIN
+    )
+    assert not os.path.exists(os.path.join(os.getcwd(), "a", MARK_PIN))
+
+
 def test_an_invalid_owner_marker_is_refused(env: Env, fd_guard: None) -> None:
     env.root.mkdir()
     with ebpf.Map.create(ebpf.MapSpec("x", ebpf.MapType.ARRAY, 4, 64, 1)) as m:

@@ -45,7 +45,9 @@ class Staged:
     metadata changed)."""
 
     desired: DesiredCollection
-    dir: str  # the staged tree (a plain string: paths under it are made per collection)
+    # the staged tree's name in the staging directory: everything in it is made (and its
+    # pins' inodes read) relative to the staging directory's fd
+    rel: str
     coll: Collection | None
     maps: dict[str, Map]
     programs: dict[str, Program]
@@ -81,7 +83,6 @@ class TransactionBase:
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.staging = root / f"{STAGING_PREFIX}{self.txid}"
-        self.staging_path = os.fspath(self.staging)
         self.root_fd = root_fd  # held open (and locked) by the caller
         self.staging_fd: int | None = None
         self.token = plan.owner_token

@@ -35,6 +35,12 @@ from orchestrator.reconcile.transaction.base import TransactionBase, check_name,
 from orchestrator.reconcile.transaction.switch import detach, kernel_mode
 
 
+def _ino(rel: str, dir_fd: int) -> int:
+    """The inode of the pin ``rel`` (a path relative to ``dir_fd``; its last component is
+    never followed)."""
+    return os.stat(rel, dir_fd=dir_fd, follow_symlinks=False).st_ino
+
+
 class CommitSteps(TransactionBase):
     """Seal, Commit, Delete; after the record: Release, Detach, RemoveStaging, Mark."""
 
@@ -42,10 +48,12 @@ class CommitSteps(TransactionBase):
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         out = dict(seal.base.collections)
         revs: dict[str, str | None] = {}  # manifest directory -> its git revision
+        sfd = self.staging_fd
         for name, st in self.staged.items():
+            assert sfd is not None  # the staged trees are in the staging directory
             d = st.desired
             old = out.get(name)
-            sdir = st.dir
+            sdir = st.rel  # the pins' inodes: looked up relative to the staging directory
             maps: dict[str, MapRecord] = dict(st.carried)
             for mname, m in st.maps.items():
                 mo = d.maps.get(mname)
@@ -63,7 +71,7 @@ class CommitSteps(TransactionBase):
                     rel,
                     preserve=bool(mo is not None and mo.preserve),
                     source=src,
-                    ino=os.stat(f"{sdir}/{rel}").st_ino if rel else 0,
+                    ino=_ino(f"{sdir}/{rel}", sfd) if rel else 0,
                 )
             programs: dict[str, ProgramRecord] = {}
             for pname, p in st.programs.items():
@@ -74,7 +82,7 @@ class CommitSteps(TransactionBase):
                     p.tag,
                     rel,
                     int(p.type),
-                    ino=os.stat(f"{sdir}/{rel}").st_ino,
+                    ino=_ino(f"{sdir}/{rel}", sfd),
                     verified_insns=p.verified_insns,
                 )
             atts: dict[str, AttachmentRecord] = {}
@@ -90,7 +98,7 @@ class CommitSteps(TransactionBase):
                     mode=kernel_mode(link, a.target),
                     # a link made by this apply, with the recorded program: its pin's
                     # inode stands for it while its kind can't be switched or detached
-                    ino=os.stat(f"{sdir}/{pin}").st_ino if kind in FIXED_LINKS else 0,
+                    ino=_ino(f"{sdir}/{pin}", sfd) if kind in FIXED_LINKS else 0,
                 )
             base = os.path.dirname(d.source.file)  # a string: Path hashing costs more
             if base not in revs:
@@ -128,10 +136,13 @@ class CommitSteps(TransactionBase):
         for name, st in self.staged.items():
             # encoded once: the record file holds the same text (see WriteRecord)
             text = self.texts[name] = collection_text(record.collections[name])
-            # pinned by the path of the staged tree, as its programs and maps were (the
-            # transaction made it, in its own staging directory)
-            marks.append((st.dir, name, text))
-        mark_collections(self.token, self.txid, marks)
+            # pinned in the staged tree relative to the staging directory, as its programs
+            # and maps were (the transaction made it, in its own staging directory)
+            marks.append((st.rel, name, text))
+        if not marks:
+            return
+        assert self.staging_fd is not None
+        mark_collections(self.token, self.txid, marks, dir_fd=self.staging_fd)
 
     def _live_dir(self, name: str) -> tuple[int, int] | None:
         """The (st_dev, st_ino) of the directory ``<root>/name``, None if there is none.

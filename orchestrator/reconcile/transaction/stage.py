@@ -64,7 +64,7 @@ class StageSteps(TransactionBase):
             coll = load_subset(spec, opts, d.programs, action.load_maps)
         st = Staged(
             d,
-            f"{self.staging_path}/{check_name(name)}",
+            check_name(name),
             coll,
             coll.maps,
             coll.programs,
@@ -86,18 +86,21 @@ class StageSteps(TransactionBase):
         self._pin(st)
 
     def _pin(self, st: Staged) -> None:
-        """Pin the next generation under the staging directory."""
+        """Pin the next generation under the staging directory: everything is made
+        relative to the staging directory's fd (which this transaction made, under the
+        root it holds locked), so no path is looked up from the root again."""
         self.failpoints.reach("pin", st.desired.name)
-        sdir = st.dir  # plain strings: this runs per collection
-        os.mkdir(sdir, 0o700)  # the staging directory was checked to be on bpffs
+        sfd, rel = self.staging_fd, st.rel  # plain strings: this runs per collection
+        assert sfd is not None
+        os.mkdir(rel, 0o700, dir_fd=sfd)  # the staging directory was checked to be on bpffs
         for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
-            os.mkdir(f"{sdir}/{sub}", 0o700)
+            os.mkdir(f"{rel}/{sub}", 0o700, dir_fd=sfd)
         for mname in sorted(st.pinned):
             # the rest live as long as the programs that hold them (recorded by id), or
             # not at all (held by nothing: not recorded)
-            st.maps[mname].pin(f"{sdir}/maps/{pin_name(mname)}")
+            st.maps[mname].pin(f"{rel}/maps/{pin_name(mname)}", dir_fd=sfd)
         for pname, p in st.programs.items():
-            p.pin(f"{sdir}/progs/{pin_name(pname)}")
+            p.pin(f"{rel}/progs/{pin_name(pname)}", dir_fd=sfd)
 
     def _keep(self, action: Keep) -> None:
         """Stage a collection whose programs and maps stay: open them from their live pins
@@ -126,7 +129,7 @@ class StageSteps(TransactionBase):
             programs.update(self._fresh(action, maps, programs))
         st = Staged(
             d,
-            f"{self.staging_path}/{check_name(name)}",
+            check_name(name),
             None,
             maps,
             programs,

@@ -48,7 +48,8 @@ class SwitchSteps(TransactionBase):
                 f"{a.program} is not loaded (add it to programs:)",
                 collection=name,
             )
-        pin = f"{st.dir}/{action.pin}"
+        pin = f"{st.rel}/{action.pin}"  # relative to the staging directory's fd
+        assert self.staging_fd is not None
         if isinstance(action, Reattach):
             self._reattach_xdp(action, prog, pin)
             return
@@ -72,7 +73,7 @@ class SwitchSteps(TransactionBase):
             link = self._attach(st, prog, a, action.take_over)
             self.owned.append(link)
             self.journal.add(f"detach new link {link.id}", partial(detach, link))
-        link.pin(pin)
+        link.pin(pin, dir_fd=self.staging_fd)
         st.links[key] = (link, action.link_kind, action.pin)
 
     def _reattach_xdp(self, action: Reattach, prog: Program, pin: str) -> None:
@@ -110,7 +111,7 @@ class SwitchSteps(TransactionBase):
         link = self._attach_xdp(prog, t, mode, key, action.take_over, index)
         self.owned.append(link)
         self.journal.add(f"detach new link {link.id}", partial(detach, link))
-        link.pin(pin)
+        link.pin(pin, dir_fd=self.staging_fd)
         self.staged[name].links[key] = (link, action.link_kind, action.pin)
 
     def _attach_xdp(
