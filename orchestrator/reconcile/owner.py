@@ -353,10 +353,9 @@ def mark_collections(
     """Pin the collection markers of one transaction: ``marks`` holds, per collection, its
     directory (an fd, or the path of a directory the caller made: the transaction's staged
     trees; relative to ``dir_fd`` when given), its name and its record's text (by
-    :func:`collection_text`). The
-    payloads (as :func:`mark_collection` writes them) go into one hash map keyed by the
-    collection's name per power-of-two value size, written in one batch and frozen before
-    it is pinned as each of its collections' ``_mark``."""
+    :func:`collection_text`). The payloads (as :func:`mark_collection` writes them) go into
+    one hash map keyed by the collection's name per power-of-two value size, written in one
+    batch and frozen before it is pinned as each of its collections' ``_mark``."""
     classes: dict[int, list[tuple[int | str, bytes, bytes]]] = {}
     tx = encode_basestring_ascii(txid)
     for where, name, text in marks:
