@@ -47,7 +47,14 @@ from pathlib import Path
 from orchestrator.ebpf import Map, MapType
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import KeyNotFoundError
-from orchestrator.ebpf.inspect import FD, ensure_dir, open_dir_at, open_pin_at, pin_at
+from orchestrator.ebpf.inspect import (
+    FD,
+    ensure_dir,
+    is_bpffs,
+    open_dir_at,
+    open_pin_at,
+    pin_at,
+)
 from orchestrator.reconcile.errors import ApplyError, StateError
 from orchestrator.reconcile.state import CollectionRecord, collection_text
 
@@ -430,17 +437,56 @@ def open_owned(root_fd: int, rel: str) -> FD:
             os.close(fd)
 
 
+def _open_existing_root(root: Path) -> int | None:
+    """An fd of ``root`` if it already is a directory on bpffs (never a symlink): opened,
+    then the filesystem of what was opened checked (one open and one statfs, where making
+    it would look up each ancestor). None for anything else: :func:`locked` then makes it
+    or refuses it with the reason."""
+    try:
+        fd = open_dir_at(None, os.fspath(root))
+    except OSError:
+        return None
+    if is_bpffs(f"/proc/self/fd/{fd}"):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _make_root(root: Path) -> int | None:
+    """An fd of ``root`` made in its parent, if that is a directory on bpffs (opened, then
+    checked): one mkdir where :func:`ensure_dir` would look up each ancestor first. None if
+    the parent is anything else (missing, a symlink, not on bpffs)."""
+    try:
+        parent = open_dir_at(None, os.fspath(root.parent))
+    except OSError:
+        return None
+    try:
+        if not is_bpffs(f"/proc/self/fd/{parent}"):
+            return None
+        with contextlib.suppress(FileExistsError):  # made meanwhile: opened as it is
+            os.mkdir(root.name, 0o700, dir_fd=parent)
+    except OSError:
+        return None
+    finally:
+        os.close(parent)
+    return _open_existing_root(root)
+
+
 @contextlib.contextmanager
 def locked(root: Path, state_dir: Path) -> Iterator[int]:
     """Hold the apply lock for the block and yield the root's fd: an flock on the bpffs
     root directory itself (made if missing; two instances on one root never interleave,
     whatever their state directories), then on ``state_dir/lock`` (one state directory never
     serves two applies at once). Blocks until both are free."""
-    try:
-        ensure_dir(root)
-    except EbpfError as err:
-        raise ApplyError(f"bpffs root {root}: {err}") from err
-    root_fd = open_root(root)
+    root_fd = _open_existing_root(root)
+    if root_fd is None:
+        root_fd = _make_root(root)
+    if root_fd is None:  # its parents made too, or refused with the reason
+        try:
+            ensure_dir(root)
+        except EbpfError as err:
+            raise ApplyError(f"bpffs root {root}: {err}") from err
+        root_fd = open_root(root)
     try:
         fcntl.flock(root_fd, fcntl.LOCK_EX)
         try:

@@ -61,6 +61,24 @@ def test_root_outside_bpffs(env: Env, tmp_path: Path, veth: VethPair, fd_guard: 
     assert not (tmp_path / "not-bpffs").exists()
 
 
+def test_an_existing_root_outside_bpffs(
+    env: Env, tmp_path: Path, veth: VethPair, fd_guard: None
+) -> None:
+    # the root exists (a directory on tmpfs): opened and found not on bpffs, it is refused
+    # with the same reason as a root that would have to be made there, and nothing is made
+    xdp_manifest(env, veth)
+    root = tmp_path / "not-bpffs"
+    root.mkdir()
+    r = Reconciler(bpffs_root=root, state_dir=env.state_dir)
+    with pytest.raises(ApplyError) as info:
+        r.apply(env.desired())
+    mounts = ", ".join(map(str, bpffs_mounts()))
+    assert str(info.value).endswith(
+        f"{root}: not on bpffs (bpffs is mounted at {mounts}: choose a directory there)"
+    )
+    assert list(root.iterdir()) == []
+
+
 def test_object_digest_mismatch(env: Env, veth: VethPair, fd_guard: None) -> None:
     xdp_manifest(env, veth)
     desired = with_collection(one(env), sha256="0" * 64)

@@ -270,6 +270,30 @@ def test_a_mount_point_under_the_root_is_foreign(
     assert os.listdir(env.root) == []
 
 
+def test_the_root_is_made_in_its_parent_or_with_its_parents(
+    env: Env, pin_dir: Path, fd_guard: None
+) -> None:
+    """A missing root is made (0700) in its parent on bpffs, or with the parents it lacks;
+    an existing one is taken as it is (its mode left alone); each apply lands in it."""
+    tp_manifest(env)
+    nested = pin_dir / "a" / "b" / "root"
+    for root in (env.root, nested):
+        assert not root.exists()
+        r = Reconciler(bpffs_root=root, state_dir=env.state_dir / root.name)
+        r.apply(env.desired())
+        assert (root.stat().st_mode & 0o777) == 0o700
+        assert (root / "tp-counter" / "progs").is_dir()
+        r.destroy()
+        assert os.listdir(root) == []
+    env.root.chmod(0o750)
+    r = Reconciler(bpffs_root=env.root, state_dir=env.state_dir / "again")
+    r.apply(env.desired())
+    assert (env.root.stat().st_mode & 0o777) == 0o750
+    assert (env.root / "tp-counter" / "progs").is_dir()
+    r.destroy()
+    shutil.rmtree(pin_dir / "a")
+
+
 def test_a_root_that_is_a_symlink_is_refused(env: Env, pin_dir: Path, fd_guard: None) -> None:
     real = pin_dir / "real-root"
     real.mkdir()
