@@ -12,6 +12,7 @@ import ctypes
 import errno
 import json
 import os
+import stat
 from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -165,12 +166,15 @@ def git_revision(path: Path) -> str | None:
     for d in (here, *here.parents):
         git = d / ".git"
         try:
-            if git.is_file():  # a worktree: "gitdir: <path>"
+            # one stat for each directory up the tree (most have no .git), followed as
+            # Path.is_file and is_dir would
+            mode = _mode(git)
+            if stat.S_ISREG(mode):  # a worktree: "gitdir: <path>"
                 text = _git_text(git).strip()
                 if not text.startswith("gitdir:"):
                     return None
                 git = (d / text.removeprefix("gitdir:").strip()).resolve()
-            elif not git.is_dir():
+            elif not stat.S_ISDIR(mode):
                 continue
             head = _git_text(git / "HEAD").strip()
             if not head.startswith("ref:"):
@@ -190,6 +194,20 @@ def git_revision(path: Path) -> str | None:
         except (OSError, ValueError):  # ValueError: a NUL byte in a path read from .git
             return None
     return None
+
+
+def _mode(path: Path) -> int:
+    """The st_mode of ``path`` (symlinks followed); 0 where Path.is_file and is_dir would
+    say False without an error (missing, not a directory on the way, a symlink loop, a NUL
+    byte)."""
+    try:
+        return os.stat(path).st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return 0
+        raise
+    except ValueError:
+        return 0
 
 
 def _common_dir(git: Path) -> Path:

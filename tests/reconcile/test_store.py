@@ -99,6 +99,39 @@ def test_git_revision_of_a_checkout(tmp_path: Path) -> None:
     assert git_revision(tmp_path / "sub") == head
 
 
+def test_git_revision_of_a_worktree_and_past_odd_dot_git_entries(tmp_path: Path) -> None:
+    from tests.conftest import run_git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run_git(repo, "init", "-q")
+    (repo / "m.yaml").write_text("x")
+    run_git(repo, "add", ".")
+    run_git(repo, "commit", "-q", "-m", "m")
+    head = run_git(repo, "rev-parse", "HEAD")
+    # a linked worktree: its .git is a file naming the git directory
+    run_git(repo, "worktree", "add", "-q", "--detach", str(tmp_path / "wt"))
+    assert (tmp_path / "wt" / ".git").is_file()
+    assert git_revision(tmp_path / "wt") == head
+    # a .git that is a symlink loop, a dangling symlink or a fifo is no checkout: the
+    # search goes on upwards
+    for i, make in enumerate(
+        (
+            lambda p: p.symlink_to(p),
+            lambda p: p.symlink_to(p.parent / "missing"),
+            lambda p: os.mkfifo(p),
+        )
+    ):
+        sub = repo / f"sub{i}"
+        sub.mkdir()
+        make(sub / ".git")
+        assert git_revision(sub) == head
+    # a .git file that is not a worktree's: not a checkout, and no further search
+    (repo / "odd").mkdir()
+    (repo / "odd" / ".git").write_text("not a gitdir line\n")
+    assert git_revision(repo / "odd") is None
+
+
 def test_labels_are_recorded_and_older_records_have_none() -> None:
     import dataclasses
 
