@@ -154,39 +154,102 @@ _GIT_SMALL = 64 << 10  # .git, HEAD, a ref, commondir: one line each
 _GIT_PACKED_REFS = 64 << 20
 
 
-def _git_text(path: Path, limit: int = _GIT_SMALL) -> str:
-    # regular files only, non-blocking and capped: the checkout is not bpforch's
-    return read_file(path, limit=limit, what="a git file").decode("utf-8", "replace")
+# what a file looked like when it was read: (st_dev, st_ino, st_size, st_mtime_ns,
+# st_ctime_ns), or None if it could not be stat'ed
+_Stamp = tuple[int, int, int, int, int] | None
+
+
+def _stamp(path: str) -> _Stamp:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class _GitReads:
+    """The files one :func:`git_revision` looked at: each ``.git`` entry's kind and each
+    file's stamp taken before it was read (so a change while reading shows next time)."""
+
+    def __init__(self) -> None:
+        self.modes: list[tuple[str, int]] = []
+        self.stamps: list[tuple[str, _Stamp]] = []
+
+    def mode(self, path: Path) -> int:
+        mode = _mode(path)
+        self.modes.append((os.fspath(path), mode))
+        return mode
+
+    def is_file(self, path: Path) -> bool:
+        return stat.S_ISREG(self.mode(path))
+
+    def text(self, path: Path, limit: int = _GIT_SMALL) -> str:
+        self.stamps.append((os.fspath(path), _stamp(os.fspath(path))))
+        # regular files only, non-blocking and capped: the checkout is not bpforch's
+        return read_file(path, limit=limit, what="a git file").decode("utf-8", "replace")
+
+    def unchanged(self) -> bool:
+        try:
+            return all(_mode(p) == m for p, m in self.modes) and all(
+                _stamp(p) == s for p, s in self.stamps
+            )
+        except OSError:  # read again (which gives None if that fails the same way)
+            return False
+
+
+_GIT_MEMO_MAX = 256
+# the directory searched -> (its revision, what was read to find it); a process applies
+# manifests from a few directories, again and again
+_git_memo: dict[str, tuple[str | None, _GitReads]] = {}
 
 
 def git_revision(path: Path) -> str | None:
     """The commit checked out in the git work tree containing ``path`` (read from .git
-    without running git), or None."""
+    without running git), or None.
+
+    Remembered per process by directory, and read again as soon as anything it was read
+    from looks different: the kind of each ``.git`` entry looked at (a ``.git`` made or
+    removed below the checkout's), and the identity of each file read (device, inode,
+    size, mtime and ctime: git writes HEAD, refs and packed-refs to a new file renamed over
+    the old one, so a checkout or a commit always gives another inode)."""
     here = path if path.is_dir() else path.parent
+    key = os.fspath(here)
+    seen = _git_memo.get(key)
+    if seen is not None and seen[1].unchanged():
+        return seen[0]
+    reads = _GitReads()
+    rev = _read_git_revision(here, reads)
+    if len(_git_memo) >= _GIT_MEMO_MAX:
+        _git_memo.clear()
+    _git_memo[key] = (rev, reads)
+    return rev
+
+
+def _read_git_revision(here: Path, reads: _GitReads) -> str | None:
     for d in (here, *here.parents):
         git = d / ".git"
         try:
             # one stat for each directory up the tree (most have no .git), followed as
             # Path.is_file and is_dir would
-            mode = _mode(git)
+            mode = reads.mode(git)
             if stat.S_ISREG(mode):  # a worktree: "gitdir: <path>"
-                text = _git_text(git).strip()
+                text = reads.text(git).strip()
                 if not text.startswith("gitdir:"):
                     return None
                 git = (d / text.removeprefix("gitdir:").strip()).resolve()
             elif not stat.S_ISDIR(mode):
                 continue
-            head = _git_text(git / "HEAD").strip()
+            head = reads.text(git / "HEAD").strip()
             if not head.startswith("ref:"):
                 return head or None
             ref = head.removeprefix("ref:").strip()
-            for base in (git, _common_dir(git)):
+            for base in (git, _common_dir(git, reads)):
                 f = base / ref
-                if f.is_file():
-                    return _git_text(f).strip() or None
+                if reads.is_file(f):
+                    return reads.text(f).strip() or None
                 packed = base / "packed-refs"
-                if packed.is_file():
-                    for line in _git_text(packed, _GIT_PACKED_REFS).splitlines():
+                if reads.is_file(packed):
+                    for line in reads.text(packed, _GIT_PACKED_REFS).splitlines():
                         sha, _, name = line.partition(" ")
                         if name == ref:
                             return sha
@@ -196,7 +259,7 @@ def git_revision(path: Path) -> str | None:
     return None
 
 
-def _mode(path: Path) -> int:
+def _mode(path: str | Path) -> int:
     """The st_mode of ``path`` (symlinks followed); 0 where Path.is_file and is_dir would
     say False without an error (missing, not a directory on the way, a symlink loop, a NUL
     byte)."""
@@ -210,9 +273,9 @@ def _mode(path: Path) -> int:
         return 0
 
 
-def _common_dir(git: Path) -> Path:
+def _common_dir(git: Path, reads: _GitReads) -> Path:
     try:
-        text = _git_text(git / "commondir").strip()
+        text = reads.text(git / "commondir").strip()
     except OSError:
         return git
     return (git / text).resolve()

@@ -132,6 +132,48 @@ def test_git_revision_of_a_worktree_and_past_odd_dot_git_entries(tmp_path: Path)
     assert git_revision(repo / "odd") is None
 
 
+def test_git_revision_is_remembered_until_what_it_read_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.reconcile import store
+    from tests.conftest import run_git
+
+    def run(*args: str) -> str:
+        return run_git(tmp_path, *args)
+
+    reads: list[str] = []
+    real = store.read_file
+
+    def counted(path: Path, **kw: object) -> bytes:
+        reads.append(os.fspath(path))
+        return real(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "read_file", counted)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    assert git_revision(sub) is None
+    run("init", "-q", "-b", "main")
+    (sub / "m.yaml").write_text("1")
+    run("add", ".")
+    run("commit", "-q", "-m", "1")
+    first = run("rev-parse", "HEAD")
+    assert git_revision(sub) == first  # a .git made up the tree is seen
+    reads.clear()
+    assert git_revision(sub) == first
+    assert reads == []  # nothing changed: nothing read again
+    (sub / "m.yaml").write_text("2")
+    run("commit", "-q", "-am", "2")  # the branch's ref is replaced
+    second = run("rev-parse", "HEAD")
+    assert git_revision(sub) == second
+    run("checkout", "-q", "-b", "other", first)  # HEAD names another ref
+    assert git_revision(sub) == first
+    run("checkout", "-q", "main")
+    run("pack-refs", "--all")  # the loose ref goes, packed-refs has it
+    assert git_revision(sub) == second
+    run_git(sub, "init", "-q")  # a checkout of its own below: no commit yet
+    assert git_revision(sub) is None
+
+
 def test_labels_are_recorded_and_older_records_have_none() -> None:
     import dataclasses
 
