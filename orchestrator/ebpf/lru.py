@@ -32,6 +32,7 @@ class Usage:
     max_bytes: int
     max_entries: int | None
     evictions: int  # entries dropped to stay within the limits, since made (or cleared)
+    hits: int  # gets that found their key, since made (or cleared)
 
 
 class LRU(Generic[K, V]):
@@ -45,6 +46,7 @@ class LRU(Generic[K, V]):
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._bytes = 0
         self._evictions = 0
+        self._hits = 0
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -54,6 +56,7 @@ class LRU(Generic[K, V]):
             if item is None:
                 return None
             self._items.move_to_end(key)
+            self._hits += 1
             return item[0]
 
     def put(self, key: K, value: V, cost: int) -> bool:
@@ -90,9 +93,15 @@ class LRU(Generic[K, V]):
             self._items.clear()
             self._bytes = 0
             self._evictions = 0
+            self._hits = 0
 
     def usage(self) -> Usage:
         with self._lock:
             return Usage(
-                len(self._items), self._bytes, self.max_bytes, self.max_entries, self._evictions
+                len(self._items),
+                self._bytes,
+                self.max_bytes,
+                self.max_entries,
+                self._evictions,
+                self._hits,
             )

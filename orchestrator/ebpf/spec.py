@@ -445,7 +445,7 @@ class CollectionSpec:
         self.btf = btf
         # Externs (__kconfig/__ksym) the programs use; resolved at load time.
         self._externs: dict[str, ExternSpec] = externs or {}
-        # A served spec (see _served): the cache's spec whose maps, programs, variables
+        # A served spec (see _serve): the cache's spec whose maps, programs, variables
         # and externs this one reads until its first access to them copies them.
         self._source: CollectionSpec | None = None
         self.name = name
@@ -480,7 +480,7 @@ class CollectionSpec:
 
     # ------------------------------------------------------------------ copy on write
     #
-    # A spec the spec cache serves (_served) shares the cached spec's maps, programs,
+    # A spec the spec cache serves (_serve) shares the cached spec's maps, programs,
     # variables and externs instead of copying them up front. The rule: the first access to
     # any of the four through its attributes (a read too: what is read may then be changed
     # in place) gives the spec its own deep copy of all four, exactly what copy() makes;
@@ -519,19 +519,18 @@ class CollectionSpec:
     def externs(self, value: dict[str, ExternSpec]) -> None:
         self._own()._externs = value
 
-    @classmethod
-    def _served(cls, source: CollectionSpec, *, name: str, path: str) -> CollectionSpec:
-        """A spec equal to a copy of ``source`` that copies ``source``'s maps, programs,
-        variables and externs only when first accessed. ``source`` must never change (the
-        spec cache's own spec)."""
-        src = source._shared()
-        out = cls.__new__(cls)
-        out.btf = source.btf
-        out._source = src
+    def _serve(self, name: str, path: str) -> CollectionSpec:
+        """A spec equal to a copy of this one (named ``name``, read from ``path``) that
+        copies its maps, programs, variables and externs only when first accessed. This
+        spec must never change (the spec cache's own spec)."""
+        out = CollectionSpec.__new__(CollectionSpec)
+        src = self._source
+        out._source = self if src is None else src
+        out.btf = self.btf
         out.name = name
         out.path = path
-        out.map_replacements = dict(source.map_replacements)
-        out._plans = source._plans
+        out.map_replacements = dict(self.map_replacements)
+        out._plans = self._plans
         return out
 
     def _shared(self) -> CollectionSpec:

@@ -72,9 +72,13 @@ class CacheStats:
 @dataclass(slots=True)
 class _Entry:
     identity: _Identity
-    trusted_from_ns: int  # identity taken at this time; racy while the file is newer
+    # Whether a stat that gives ``identity`` is a hit: the file had last changed more than
+    # RACY_NS before the identity was taken (else the entry is racy: verified on every
+    # lookup, and replaced by a fresh entry that may be trusted).
+    trusted: bool
     sha256: str  # of the file's bytes (hex)
     spec: CollectionSpec
+    name: str  # the file's name (the path's last component), what a served spec is named
 
 
 def footprint(spec: CollectionSpec, size: int) -> int:
@@ -109,7 +113,8 @@ class SpecCache:
     ) -> None:
         self._entries: LRU[str, _Entry] = LRU(max_bytes, max_entries)
         self._lock = threading.Lock()
-        self._hits = self._verified = self._parsed = self._loaded = 0
+        # lookups that found an entry but not a hit (the LRU counts the lookups that found one)
+        self._missed = self._verified = self._parsed = self._loaded = 0
         self.disk = disk  # the persisted cache behind this one (None: none)
 
     @property
@@ -123,7 +128,13 @@ class SpecCache:
     def get(self, path: str | os.PathLike[str]) -> CollectionSpec:
         """A spec of the object at ``path`` that the caller owns (parsed or copied)."""
         given = os.fspath(path)
-        return _owned(self._lookup(given).spec, given)
+        key, now, identity, entry, hit = self._find(given)
+        if not hit or entry is None:
+            entry = self._refresh(key, now, identity, entry, given)
+        # a copy of the maps, programs, variables and externs when the caller first
+        # touches them; an absolute path is the key itself, and the entry has its name
+        name = entry.name if key is given else os.path.basename(given)
+        return entry.spec._serve(name, given)
 
     def shared(self, path: str | os.PathLike[str]) -> tuple[CollectionSpec, str]:
         """The cached spec itself (never mutate it: ``copy()`` first) and the sha256 of the
@@ -154,22 +165,27 @@ class SpecCache:
         except OSError as err:
             raise ParseError(f"{given}: {reason(err)}") from err
         identity: _Identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        changed_ns = max(st.st_mtime_ns, st.st_ctime_ns)
+        # the LRU counts the lookups that find their key; those that are not hits are
+        # counted here (see stats)
         entry = self._entries.get(key)
-        if (
-            entry is not None
-            and entry.identity == identity
-            and changed_ns + RACY_NS < entry.trusted_from_ns
-        ):
-            with self._lock:
-                self._hits += 1
+        if entry is not None and entry.identity == identity and entry.trusted:
             return key, now, identity, entry, True
+        if entry is not None:
+            with self._lock:
+                self._missed += 1
         return key, now, identity, entry, False
 
     def _lookup(self, given: str) -> _Entry:
-        key, now, identity, entry, trusted = self._find(given)
-        if trusted and entry is not None:
+        key, now, identity, entry, hit = self._find(given)
+        if hit and entry is not None:
             return entry
+        return self._refresh(key, now, identity, entry, given)
+
+    def _refresh(
+        self, key: str, now: int, identity: _Identity, entry: _Entry | None, given: str
+    ) -> _Entry:
+        """Read the file (its identity taken at ``now``) and make its entry: ``entry``'s
+        spec again if the bytes are the same, else read back from disk or parsed."""
         data = _read(key, given)
         digest = hashlib.sha256(data).hexdigest()
         if entry is not None and entry.sha256 == digest:
@@ -178,7 +194,8 @@ class SpecCache:
                 self._verified += 1
         else:
             spec = self._load(data, digest, given)
-        fresh = _Entry(identity, now, digest, spec)
+        trusted = max(identity[3], identity[4]) + RACY_NS < now
+        fresh = _Entry(identity, trusted, digest, spec, os.path.basename(key))
         self._entries.put(key, fresh, footprint(spec, len(data)))
         return fresh
 
@@ -214,15 +231,16 @@ class SpecCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._hits = self._verified = self._parsed = self._loaded = 0
+            self._missed = self._verified = self._parsed = self._loaded = 0
 
     def stats(self) -> CacheStats:
         with self._lock:
+            usage = self._entries.usage()
             return CacheStats(
-                self._hits,
+                max(0, usage.hits - self._missed),  # never below 0 if clear() races a lookup
                 self._verified,
                 self._parsed,
-                self._entries.usage().entries,
+                usage.entries,
                 self._loaded,
             )
 
@@ -236,13 +254,6 @@ def _read(key: str, given: str) -> bytes:
         return read_file(key, limit=OBJECT_MAX, what="an object")
     except OSError as err:
         raise ParseError(f"{given}: {reason(err)}") from err
-
-
-def _owned(spec: CollectionSpec, given: str) -> CollectionSpec:
-    from orchestrator.ebpf.spec import CollectionSpec
-
-    # copies the maps, programs, variables and externs when the caller first touches them
-    return CollectionSpec._served(spec, name=os.path.basename(given), path=given)
 
 
 default = SpecCache()

@@ -75,6 +75,47 @@ def test_racy_entry_is_verified_by_content(tmp_path: Path, monkeypatch: pytest.M
     assert cache.stats().parsed == 2
 
 
+def test_a_racy_entry_is_trusted_once_verified_late_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry taken while the file was racy is verified on every lookup; a verification
+    made more than RACY_NS after the file last changed makes an entry that is a hit."""
+    path = _copy("xdp_counter.o", tmp_path / "x.o")
+    real = os.stat(path)
+    changed = time.time_ns() - speccache.RACY_NS + 100_000_000  # racy for another 0.1 s
+
+    class AlmostOld:
+        st_dev, st_ino, st_size = real.st_dev, real.st_ino, real.st_size
+        st_mtime_ns = st_ctime_ns = changed
+
+    monkeypatch.setattr(speccache, "_stat", lambda p: AlmostOld)
+    cache = speccache.SpecCache()
+    cache.get(path)  # parsed while racy
+    while time.time_ns() <= changed + speccache.RACY_NS:
+        time.sleep(0.02)
+    cache.get(path)  # still racy as stored: read and verified, now by an old identity
+    assert cache.stats() == speccache.CacheStats(hits=0, verified=1, parsed=1, entries=1)
+    path.write_bytes(obj("tc_filter.o").read_bytes())  # behind the faked identity's back
+    assert set(cache.get(path).programs) == {"xdp_count"}  # a hit: not read
+    assert cache.stats() == speccache.CacheStats(hits=1, verified=1, parsed=1, entries=1)
+    AlmostOld.st_size += 1  # any change of identity is read again
+    assert set(cache.get(path).programs) == {"tc_ingress"}
+    assert cache.stats() == speccache.CacheStats(hits=1, verified=1, parsed=2, entries=1)
+
+
+def test_a_served_spec_is_named_by_the_path_it_was_asked_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _copy("xdp_counter.o", tmp_path / "x.o")
+    monkeypatch.chdir(tmp_path)
+    cache = speccache.SpecCache()
+    for given in (str(path), "x.o", "./x.o", path, str(path), "x.o"):
+        spec = cache.get(given)
+        assert (spec.name, spec.path) == ("x.o", os.fspath(given))
+    os.link(path, tmp_path / "y.o")
+    assert cache.get("y.o").name == "y.o" and cache.get(tmp_path / "y.o").name == "y.o"
+
+
 def test_old_identity_is_trusted_without_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

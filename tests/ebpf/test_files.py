@@ -246,6 +246,7 @@ def test_lru_is_bounded_by_bytes_and_entries() -> None:
     assert lru.get("b") is None and lru.get("a") == 1 and lru.get("c") == 3
     u = lru.usage()
     assert (u.entries, u.bytes, u.evictions) == (2, 80, 1)
+    assert u.hits == 3  # the gets that found their key (not the miss of b)
     lru.put("a", 10, 10)  # replacing an entry re-costs it
     assert lru.usage().bytes == 50 and lru.get("a") == 10
     lru.put("d", 4, 1)
@@ -257,7 +258,7 @@ def test_lru_is_bounded_by_bytes_and_entries() -> None:
     assert lru.get("a") is None
     assert lru.pop("d") == 4 and lru.pop("d") is None
     lru.clear()
-    assert lru.usage().entries == 0 and lru.usage().bytes == 0
+    assert lru.usage().entries == 0 and lru.usage().bytes == 0 and lru.usage().hits == 0
     with pytest.raises(ValueError):
         LRU(-1)
 
