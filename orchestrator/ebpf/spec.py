@@ -167,16 +167,23 @@ class MapSpec:
         return bytes(data)
 
     def copy(self) -> MapSpec:
-        # Field by field without dataclasses.replace (which re-runs __init__): copies are on
-        # the hot path of every cached parse. BTF types are shared (immutable after parse).
+        # All fields in one step, without dataclasses.replace (which re-runs __init__):
+        # copies are on the path of every served spec's first touch. BTF types are shared
+        # (immutable after parse); the inner map and the contents are the copy's own.
         new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        if self.inner_map is not None:
-            new.inner_map = self.inner_map.copy()
-        new.contents = [
-            MapEntry(e.key, bytearray(e.value) if isinstance(e.value, bytearray) else e.value)
-            for e in self.contents
-        ]
+        fields = new.__dict__ = self.__dict__.copy()
+        inner = fields["inner_map"]
+        if inner is not None:
+            fields["inner_map"] = inner.copy()
+        contents = fields["contents"]
+        fields["contents"] = (
+            []
+            if len(contents) == 0
+            else [
+                MapEntry(e.key, bytearray(e.value) if isinstance(e.value, bytearray) else e.value)
+                for e in contents
+            ]
+        )
         return new
 
     def check_compatible(
@@ -298,7 +305,7 @@ class ProgramSpec:
     def copy(self) -> ProgramSpec:
         # Instructions and BTF records are immutable: a shallow copy is a deep one.
         new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new.__dict__ = self.__dict__.copy()
         return new
 
     @property

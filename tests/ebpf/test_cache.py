@@ -253,6 +253,30 @@ def test_served_specs_copy_on_first_touch_and_never_share_a_change() -> None:
     assert b.maps == {} and b.programs == {} and b.variables == {} and b.externs == {}
 
 
+def test_a_served_spec_s_inner_maps_and_contents_are_its_own() -> None:
+    """What a copy made at the first touch holds in place (inner map specs, the entries of
+    a map's contents and their bytearray values) is never the cached spec's."""
+    cache = speccache.SpecCache()
+    path = obj("map_in_map.o")
+    cached, _ = cache.shared(path)
+    a = cache.get(path)
+    outer = a.maps["outer_array"]
+    assert outer.inner_map is not None and cached.maps["outer_array"].inner_map is not None
+    assert outer.inner_map is not cached.maps["outer_array"].inner_map
+    outer.inner_map.max_entries += 7
+    outer.contents[0].value = "inner_b"
+    outer.contents.pop()
+    data = cache.get(obj("globals.o")).maps[".data"]
+    value = data.contents[0].value
+    assert isinstance(value, bytearray)
+    value[:] = b"\xff" * len(value)
+    for other in (cache.get(path), cached):
+        inner = other.maps["outer_array"].inner_map
+        assert inner is not None and inner.max_entries == outer.inner_map.max_entries - 7
+        assert [e.value for e in other.maps["outer_array"].contents] == ["inner_a", "inner_b"]
+    assert cache.get(obj("globals.o")).maps[".data"].contents[0].value != value
+
+
 @pytest.mark.kernel
 def test_a_served_spec_is_not_copied_to_be_loaded(fd_guard: None) -> None:
     cache = speccache.SpecCache()
