@@ -143,6 +143,10 @@ class _Reader(MapReader):
             raise ParseError(f"not a relocatable object (e_type {etype})")
         self.sections: list[_Section] = []
         self.by_name: dict[str, _Section] = {}
+        # found by _load_sections: the code sections, and the other SHF_ALLOC ones (where
+        # data sections are), each in section order
+        self._code: list[_Section] = []
+        self._alloc: list[_Section] = []
         self.symbols: list[_Symbol] = []
         self.btf: _btf.Spec | None = None
         self.ext: _btf_ext.Ext | None = None
@@ -173,7 +177,7 @@ class _Reader(MapReader):
         data = self.data
         names = data[noff : noff + nsize]
         starts = _string_starts(names)
-        sections, by_name = self.sections, self.by_name
+        sections, by_name, code, alloc = self.sections, self.by_name, self._code, self._alloc
         symtabs: list[tuple[_Section, int]] = []
         rels: list[tuple[_Section, int]] = []
         for i, (name, stype, flags, _addr, off, sz, link, info, _align, _ent) in enumerate(headers):
@@ -186,6 +190,10 @@ class _Reader(MapReader):
             sections.append(s)
             if sec_name not in by_name:
                 by_name[sec_name] = s
+            if flags & SHF_EXECINSTR:
+                code.append(s)
+            elif flags & SHF_ALLOC:
+                alloc.append(s)
             if stype == SHT_SYMTAB:
                 symtabs.append((s, link))
             elif stype == SHT_REL:
@@ -291,6 +299,8 @@ class _Reader(MapReader):
 
     def _read_struct_ops(self, maps: dict[str, MapSpec], programs: dict[str, ProgramSpec]) -> None:
         """``.struct_ops``/``.struct_ops.link`` tables (see :mod:`.link.struct_ops`)."""
+        if ".struct_ops" not in self.by_name and ".struct_ops.link" not in self.by_name:
+            return
         secs = [
             (s.name, s.data, [(off, self.symbols[sym].name) for off, sym in s.relocs])
             for s in self.sections
@@ -397,8 +407,8 @@ class _Reader(MapReader):
         """
         functions: dict[tuple[int, int], _Function] = {}
         targets: dict[int, set[int]] | None = None
-        for sec in self.sections:
-            if not (sec.flags & SHF_EXECINSTR) or sec.size == 0:
+        for sec in self._code:
+            if sec.size == 0:
                 continue
             if sec.size % INSN_SIZE:
                 raise ParseError(f"section {sec.name}: size {sec.size} is not a multiple of 8")
@@ -450,8 +460,8 @@ class _Reader(MapReader):
     def _call_targets(self) -> dict[int, set[int]]:
         """Slots that calls and function pointers reach, by code section."""
         out: dict[int, set[int]] = {}
-        for sec in self.sections:
-            if not (sec.flags & SHF_EXECINSTR) or sec.size == 0:
+        for sec in self._code:
+            if sec.size == 0:
                 continue
             code = sec.data
             ops, regs = code[0::INSN_SIZE], code[1::INSN_SIZE]

@@ -4,7 +4,7 @@ sections as single-entry arrays, and static initial values of prog arrays and ma
 from __future__ import annotations
 
 import struct
-from typing import cast
+from typing import Any, cast
 
 from orchestrator.ebpf import btf as _btf
 from orchestrator.ebpf._sys import (
@@ -54,6 +54,7 @@ class MapReader:
 
     sections: list[_Section]
     by_name: dict[str, _Section]
+    _alloc: list[_Section]  # the SHF_ALLOC sections that hold no code, in section order
     symbols: list[_Symbol]
     btf: _btf.Spec | None
     _map_at: dict[tuple[int, int], str]  # (section, offset) → map name
@@ -119,98 +120,45 @@ class MapReader:
         members = btf.pointer_members(type_id)
         if members is None:
             return self._btf_map_def(name, btf.type_by_id(type_id), section)
-        spec = MapSpec(name, MapType.UNSPEC, 0, 0, 0, section=section, btf=btf)
+        fields = _new_map_fields()
         for m_name, m_type, target, nelems in members:
             if m_name not in _MAP_DEF_FIELDS:
                 raise ParseError(f"map {name}: unknown field {m_name!r} in definition")
             if m_name == "values":
-                spec.inner_map = self._map_values_field(name, btf.type_by_id(m_type), spec)
+                fields["inner_map"] = self._map_values_field(name, btf.type_by_id(m_type), section)
             elif target == -2:  # through a decoded type: as the decoded reader does
                 member_t = btf.type_by_id(m_type)
                 if m_name in ("key", "value"):
-                    self._set_key_value(spec, m_name, _pointee_ref(member_t))
+                    _set_key_value(fields, name, m_name, _pointee_ref(member_t))
                 else:
-                    self._set_uint_field(spec, m_name, _uint_field(member_t, btf))
+                    _set_uint_field(fields, name, m_name, _uint_field(member_t, btf))
             elif m_name in ("key", "value"):
-                self._set_key_value(spec, m_name, None if target < 0 else _Lazy(btf, target))
+                _set_key_value(fields, name, m_name, None if target < 0 else _Lazy(btf, target))
             elif nelems is not None:  # __uint(name, N): read with the members
-                self._set_uint_field(spec, m_name, nelems)
+                _set_uint_field(fields, name, m_name, nelems)
             else:
                 value = None if target < 0 else btf.array_len_id(target)
-                self._set_uint_field(spec, m_name, value)
-        return self._finish_map_def(spec, inner=False)
-
-    def _set_key_value(self, spec: MapSpec, field: str, target: _btf.Type | _Lazy | None) -> None:
-        if target is None:
-            raise ParseError(f"map {spec.name}: {field} must be a pointer (use __type)")
-        if isinstance(target, _Lazy):  # kept by id: only its size is read now
-            size = target.spec.sizeof_id(target.tid)
-        else:
-            size = _btf.sizeof(target)
-        held = cast("_btf.Type", target)  # MapSpec's property decodes it on read
-        if field == "key":
-            spec.key, spec.key_size = held, size
-        else:
-            spec.value, spec.value_size = held, size
-
-    def _set_uint_field(self, spec: MapSpec, field: str, value: int | None) -> None:
-        name = spec.name
-        if value is None:
-            raise ParseError(f"map {name}: field {field} must be declared with __uint")
-        if field == "type":
-            try:
-                spec.type = MapType(value)
-            except ValueError as err:
-                raise ParseError(f"map {name}: unknown map type {value}") from err
-        elif field in ("key_size", "value_size"):
-            have = getattr(spec, field)
-            if have and have != value:
-                raise ParseError(f"map {name}: {field} {value} conflicts with its BTF type")
-            setattr(spec, field, value)
-        elif field == "max_entries":
-            spec.max_entries = value
-        elif field == "map_flags":
-            spec.flags = value
-        elif field == "numa_node":
-            spec.numa_node = value
-        elif field == "pinning":
-            try:
-                spec.pinning = PinType(value)
-            except ValueError as err:
-                raise ParseError(f"map {name}: unsupported pinning {value}") from err
-        elif field == "map_extra":
-            spec.map_extra = value
-
-    def _finish_map_def(self, spec: MapSpec, *, inner: bool) -> MapSpec:
-        if spec.type == MapType.UNSPEC and not inner:
-            raise ParseError(f"map {spec.name}: definition has no type")
-        if spec.type.of_maps or spec.type == MapType.PROG_ARRAY:
-            spec.key_size = spec.key_size or 4
-            spec.value_size = 4  # the kernel stores fds/ids
-            spec.value = None
-        if spec.type == MapType.PERF_EVENT_ARRAY:
-            spec.key_size = spec.key_size or 4
-            spec.value_size = spec.value_size or 4
-        return spec
+                _set_uint_field(fields, name, m_name, value)
+        return _map_def(name, section, btf, fields, inner=False)
 
     def _btf_map_def(self, name: str, t: _btf.Type, section: str, inner: bool = False) -> MapSpec:
         assert self.btf is not None
         struct_t = _btf.skip_qualifiers(t)
         if not isinstance(struct_t, _btf.Struct):
             raise ParseError(f"map {name}: definition is {_btf.describe(t)}, not a struct")
-        spec = MapSpec(name, MapType.UNSPEC, 0, 0, 0, section=section, btf=self.btf)
+        fields = _new_map_fields()
         for m in struct_t.members:
             if m.name not in _MAP_DEF_FIELDS:
                 raise ParseError(f"map {name}: unknown field {m.name!r} in definition")
             if m.name in ("key", "value"):
-                self._set_key_value(spec, m.name, _pointee_ref(m.type))
+                _set_key_value(fields, name, m.name, _pointee_ref(m.type))
             elif m.name == "values":
-                spec.inner_map = self._map_values_field(name, m.type, spec)
+                fields["inner_map"] = self._map_values_field(name, m.type, section)
             else:
-                self._set_uint_field(spec, m.name, _uint_field(m.type, self.btf))
-        return self._finish_map_def(spec, inner=inner)
+                _set_uint_field(fields, name, m.name, _uint_field(m.type, self.btf))
+        return _map_def(name, section, self.btf, fields, inner=inner)
 
-    def _map_values_field(self, name: str, t: _btf.Type, outer: MapSpec) -> MapSpec | None:
+    def _map_values_field(self, name: str, t: _btf.Type, section: str) -> MapSpec | None:
         arr = _btf.skip_qualifiers(t)
         if not isinstance(arr, _btf.Array):
             raise ParseError(f"map {name}: values must be declared with __array")
@@ -221,7 +169,7 @@ class MapReader:
         if isinstance(elem, _btf.FuncProto):
             return None  # prog array: values are programs
         if isinstance(elem, _btf.Struct):
-            inner = self._btf_map_def(f"{name}.inner", elem, outer.section, inner=True)
+            inner = self._btf_map_def(f"{name}.inner", elem, section, inner=True)
             return inner
         raise ParseError(f"map {name}: values of {_btf.describe(elem)} are not supported")
 
@@ -279,7 +227,7 @@ class MapReader:
 
     def _read_data_sections(self, maps: dict[str, MapSpec]) -> dict[str, VariableSpec]:
         variables: dict[str, VariableSpec] = {}
-        for sec in self.sections:
+        for sec in self._alloc:  # data sections hold no code
             if not _is_data_section(sec):
                 continue
             contents = bytearray(sec.size) if sec.type == SHT_NOBITS else bytearray(sec.data)
@@ -402,6 +350,72 @@ class MapReader:
             spec.contents.sort(key=lambda e: e.key if isinstance(e.key, int) else 0)
 
     # ------------------------------------------------------------------ code
+
+
+# A BTF map definition's fields as its members set them, by MapSpec's argument names: a
+# dict filled member by member (in order: a later member overrides an earlier one), then
+# one MapSpec made of it.
+_MapFields = dict[str, Any]
+
+_MAP_TYPES = {int(t): t for t in MapType}  # a dict lookup instead of MapType(value)
+_PIN_TYPES = {int(t): t for t in PinType}
+# values are fds (ids once loaded): the kernel's sizes
+_FD_VALUES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS, MapType.PROG_ARRAY})
+
+
+def _new_map_fields() -> _MapFields:
+    return {"type": MapType.UNSPEC, "key_size": 0, "value_size": 0, "max_entries": 0}
+
+
+def _set_key_value(
+    fields: _MapFields, name: str, field: str, target: _btf.Type | _Lazy | None
+) -> None:
+    if target is None:
+        raise ParseError(f"map {name}: {field} must be a pointer (use __type)")
+    # kept by id (a _Lazy, which MapSpec's property decodes on read): only its size is read
+    size = target.spec.sizeof_id(target.tid) if isinstance(target, _Lazy) else _btf.sizeof(target)
+    fields[field] = target
+    fields["key_size" if field == "key" else "value_size"] = size
+
+
+def _set_uint_field(fields: _MapFields, name: str, field: str, value: int | None) -> None:
+    if value is None:
+        raise ParseError(f"map {name}: field {field} must be declared with __uint")
+    if field == "type":
+        map_type = _MAP_TYPES.get(value)
+        if map_type is None:
+            raise ParseError(f"map {name}: unknown map type {value}")
+        fields["type"] = map_type
+    elif field in ("key_size", "value_size"):
+        have = fields[field]
+        if have and have != value:
+            raise ParseError(f"map {name}: {field} {value} conflicts with its BTF type")
+        fields[field] = value
+    elif field == "map_flags":
+        fields["flags"] = value
+    elif field == "pinning":
+        pinning = _PIN_TYPES.get(value)
+        if pinning is None:
+            raise ParseError(f"map {name}: unsupported pinning {value}")
+        fields["pinning"] = pinning
+    else:  # max_entries, numa_node, map_extra
+        fields[field] = value
+
+
+def _map_def(
+    name: str, section: str, btf: _btf.Spec, fields: _MapFields, *, inner: bool
+) -> MapSpec:
+    map_type = fields["type"]
+    if map_type == MapType.UNSPEC and not inner:
+        raise ParseError(f"map {name}: definition has no type")
+    if map_type in _FD_VALUES:
+        fields["key_size"] = fields["key_size"] or 4
+        fields["value_size"] = 4  # the kernel stores fds/ids
+        fields["value"] = None
+    elif map_type == MapType.PERF_EVENT_ARRAY:
+        fields["key_size"] = fields["key_size"] or 4
+        fields["value_size"] = fields["value_size"] or 4
+    return MapSpec(name, section=section, btf=btf, **fields)
 
 
 def _add_variable(variables: dict[str, VariableSpec], var: VariableSpec) -> None:
