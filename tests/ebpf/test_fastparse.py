@@ -5,6 +5,7 @@ Each is checked against the slow path it replaces."""
 
 from __future__ import annotations
 
+import gc
 import random
 import re
 import struct
@@ -483,6 +484,33 @@ def test_a_parse_decodes_no_type_and_reads_them_on_use(name: str) -> None:
                 assert _btf_describe(t) == _btf_describe(got)
     assert sorted(full.variables) == sorted(spec.variables)
     assert len(ids) == 3 * len(spec.maps)
+
+
+@pytest.mark.parametrize("name", [*SMALL, "tailcall.o"])
+def test_a_parse_leaves_nothing_to_the_cycle_collector(name: str) -> None:
+    """A parse's working tables (sections, symbols, the reader) are freed by reference
+    counting when it ends: what it leaves in reference cycles is only the BTF types it
+    decoded (a spec and its decoded pointers refer to each other), none for a parse that
+    decodes none. Cyclic garbage would make every parse pay for collector runs."""
+    path = ROOT / "bpf" / name
+    ebpf.CollectionSpec.from_file(path, cache=False)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        spec = ebpf.CollectionSpec.from_file(path, cache=False)
+        assert spec.btf is not None
+        decoded = [t for t in spec.btf._cache if t is not None]
+        del spec
+        gc.collect()
+        left = {type(x).__name__ for x in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not left & {"_Reader", "_Section", "_Symbol", "_Layout", "ProgramSpec", "function"}
+    if not decoded:
+        assert not left
 
 
 def test_map_definition_errors_on_the_record_path() -> None:

@@ -510,36 +510,10 @@ class _Reader(MapReader):
     ) -> ProgramSpec:
         """Lay out ``entry`` followed by every function it reaches, resolving calls. What
         cannot be resolved is recorded in the spec; loading the program fails on it."""
-        out = bytearray()
-        refs: dict[int, Reference] = {}
-        placed: dict[int, int] = {}  # id(function) → first slot in ``out``
-        order: list[_Function] = []
-        unresolved: list[Unresolved] = []
-
-        def place(fn: _Function) -> int:
-            base = len(out) // INSN_SIZE
-            placed[id(fn)] = base
-            order.append(fn)
-            out.extend(fn.section.data[fn.start * INSN_SIZE : fn.end * INSN_SIZE])
-            relocs = self._relocs_of(fn)
-            for i in _interesting(fn, relocs):
-                sym = relocs.get(fn.start + i)
-                try:
-                    self._link_insn(
-                        out, base + i, fn, sym, functions, maps, map_by_symbol, refs, place, placed
-                    )
-                except _Unresolvable as err:
-                    unresolved.append(
-                        Unresolved(
-                            base + i,
-                            str(err),
-                            sym.name if sym is not None else "",
-                            fn.name if fn is not entry else "",
-                        )
-                    )
-            return base
-
-        place(entry)
+        layout = _Layout(self, entry, functions, maps, map_by_symbol)
+        layout.place(entry)
+        out, refs, placed, order = layout.out, layout.refs, layout.placed, layout.order
+        unresolved = layout.unresolved
         info = _sections.classify(entry.section.name)
         func_infos, line_infos, core_relos = self._ext_records(order, placed)
         return ProgramSpec(
@@ -753,6 +727,77 @@ class _Reader(MapReader):
         if line_infos:
             parts.append(line_infos)
         return func_infos, _btf_ext.LazyLineInfos(parts), core_relos
+
+
+class _Layout:
+    """One program as :meth:`_Reader._link` lays it out: its code so far, where each
+    function went, in which order, what its instructions refer to and what could not be
+    resolved. (An object rather than a closure, which would refer to itself: that cycle
+    would keep the reader and its tables for the cycle collector instead of freeing them
+    when the parse ends.)"""
+
+    __slots__ = (
+        "entry",
+        "functions",
+        "map_by_symbol",
+        "maps",
+        "order",
+        "out",
+        "placed",
+        "reader",
+        "refs",
+        "unresolved",
+    )
+
+    def __init__(
+        self,
+        reader: _Reader,
+        entry: _Function,
+        functions: dict[tuple[int, int], _Function],
+        maps: dict[str, MapSpec],
+        map_by_symbol: dict[int, str],
+    ) -> None:
+        self.reader, self.entry, self.functions = reader, entry, functions
+        self.maps, self.map_by_symbol = maps, map_by_symbol
+        self.out = bytearray()
+        self.refs: dict[int, Reference] = {}
+        self.placed: dict[int, int] = {}  # id(function) → first slot in ``out``
+        self.order: list[_Function] = []
+        self.unresolved: list[Unresolved] = []
+
+    def place(self, fn: _Function) -> int:
+        """Append ``fn`` and link its instructions (placing what they call); its first slot."""
+        out, placed, reader = self.out, self.placed, self.reader
+        base = len(out) // INSN_SIZE
+        placed[id(fn)] = base
+        self.order.append(fn)
+        out.extend(fn.section.data[fn.start * INSN_SIZE : fn.end * INSN_SIZE])
+        relocs = reader._relocs_of(fn)
+        for i in _interesting(fn, relocs):
+            sym = relocs.get(fn.start + i)
+            try:
+                reader._link_insn(
+                    out,
+                    base + i,
+                    fn,
+                    sym,
+                    self.functions,
+                    self.maps,
+                    self.map_by_symbol,
+                    self.refs,
+                    self.place,
+                    placed,
+                )
+            except _Unresolvable as err:
+                self.unresolved.append(
+                    Unresolved(
+                        base + i,
+                        str(err),
+                        sym.name if sym is not None else "",
+                        fn.name if fn is not self.entry else "",
+                    )
+                )
+        return base
 
 
 def _tiles(sized: list[tuple[int, int]], slots: int, named: int) -> bool:
