@@ -159,6 +159,12 @@ _DEFS: tuple[SectionDef, ...] = (
 
 _EXACT = {d.pattern: d for d in _DEFS if not d.prefix}
 _PREFIX = sorted((d for d in _DEFS if d.prefix), key=lambda d: -len(d.base))
+# The prefix definitions by base. A name matches the definitions whose base is the name
+# or a part of it that ends before a "/"; _PREFIX's order (longest base first) makes the
+# longest such part win: classify looks those parts up, longest first.
+_PREFIX_BY_BASE: dict[str, SectionDef] = {}
+for _d in _PREFIX:
+    _PREFIX_BY_BASE.setdefault(_d.base, _d)
 
 # cilium/ebpf 0.9.1's section table (elf_reader.go, getProgType), for names libbpf rejects:
 # the first entry the name starts with wins.
@@ -235,6 +241,13 @@ _CILIUM: tuple[tuple[str, P, A | None, ProgFlags], ...] = (
 )
 
 
+# _CILIUM's entries by their first character, each list in the table's order: a name can
+# only start with the entries of its own first character (no prefix is empty)
+_CILIUM_BY_FIRST: dict[str, list[tuple[str, P, A | None, ProgFlags]]] = {}
+for _entry in _CILIUM:
+    _CILIUM_BY_FIRST.setdefault(_entry[0][:1], []).append(_entry)
+
+
 def classify(section: str) -> SectionInfo:
     """Program type, attach type and flags for a section name (``known`` is False if none):
     libbpf's meaning, else cilium/ebpf's (see the module docstring)."""
@@ -246,15 +259,16 @@ def classify(section: str) -> SectionInfo:
     exact = _EXACT.get(name)
     if exact is not None:
         return SectionInfo(exact.type, exact.attach_type, exact.flags, "", autoload, True)
-    for d in _PREFIX:
-        base = d.base
-        if name == base:
-            return SectionInfo(d.type, d.attach_type, d.flags, "", autoload, True)
-        if name.startswith(base) and name[len(base)] == "/":
-            return SectionInfo(
-                d.type, d.attach_type, d.flags, name[len(base) + 1 :], autoload, True
-            )
-    for prefix, ptype, attach, flags in _CILIUM:
+    d = _PREFIX_BY_BASE.get(name)
+    if d is not None:
+        return SectionInfo(d.type, d.attach_type, d.flags, "", autoload, True)
+    cut = name.rfind("/")
+    while cut >= 0:  # the base is the part before this "/"; the rest is the target
+        d = _PREFIX_BY_BASE.get(name[:cut])
+        if d is not None:
+            return SectionInfo(d.type, d.attach_type, d.flags, name[cut + 1 :], autoload, True)
+        cut = name.rfind("/", 0, cut)
+    for prefix, ptype, attach, flags in _CILIUM_BY_FIRST.get(name[:1], ()):
         if name.startswith(prefix):
             target = name[len(prefix) :] if prefix.endswith("/") else ""
             return SectionInfo(ptype, attach, flags, target, autoload, True)

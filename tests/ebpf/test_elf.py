@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import struct
 import subprocess
@@ -329,6 +330,52 @@ def test_section_names_edge_cases() -> None:
     assert not sections.classify("mystery").known
     assert not sections.classify("static").known
     assert not sections.classify("kprobex").known  # cilium's prefix is "kprobe/"
+
+
+def _classify_by_scan(section: str) -> sections.SectionInfo:
+    """classify as a scan of every prefix definition (longest base first), then of
+    cilium's table: the reference for its lookups by base and by first character."""
+    name = section.removeprefix("?")
+    autoload = name == section
+    exact = sections._EXACT.get(name)
+    if exact is not None:
+        return sections.SectionInfo(exact.type, exact.attach_type, exact.flags, "", autoload, True)
+    for d in sections._PREFIX:
+        if name == d.base:
+            return sections.SectionInfo(d.type, d.attach_type, d.flags, "", autoload, True)
+        if name.startswith(d.base + "/"):
+            target = name[len(d.base) + 1 :]
+            return sections.SectionInfo(d.type, d.attach_type, d.flags, target, autoload, True)
+    for prefix, ptype, attach, flags in sections._CILIUM:  # the first entry it starts with
+        if name.startswith(prefix):
+            target = name[len(prefix) :] if prefix.endswith("/") else ""
+            return sections.SectionInfo(ptype, attach, flags, target, autoload, True)
+    return sections.SectionInfo(ebpf.ProgType.UNSPEC, None, ProgFlags.NONE, "", autoload, False)
+
+
+def test_section_prefix_lookup_matches_a_scan_of_the_table() -> None:
+    """A prefix definition is found by looking up the parts of the name that end before a
+    "/", longest first: the same definition (and target) as the first one in the table's
+    order (longest base first) that the name is or starts with."""
+    names: set[str] = {"", "/", "?", "?/", "//x", "x//y"}
+    for c in sections._CILIUM:
+        names |= {c[0], f"{c[0]}z", f"{c[0]}/q", f"?{c[0]}"}
+    for d in sections._DEFS:
+        base = d.base
+        names |= {
+            base,
+            f"{base}/",
+            f"{base}/x",
+            f"{base}/a/b",
+            f"?{base}/y",
+            f"{base}x",
+            f"{base}//",
+        }
+    parts = sorted({p for n in names for p in n.split("/")})
+    rnd = random.Random(14)
+    names |= {"/".join(rnd.choice(parts) for _ in range(rnd.randint(1, 4))) for _ in range(3000)}
+    for name in sorted(names):
+        assert sections.classify(name) == _classify_by_scan(name), name
 
 
 @pytest.mark.parametrize(
