@@ -513,6 +513,27 @@ def test_a_parse_leaves_nothing_to_the_cycle_collector(name: str) -> None:
         assert not left
 
 
+@pytest.mark.parametrize("name", SMALL)
+def test_a_parse_decodes_only_the_strings_it_reads(name: str) -> None:
+    """An object's BTF string table is decoded whole on first need (marshal, a spec file,
+    line info), not by the parse, which looks up the few strings it reads; a copy made
+    before shares what either decodes. The blob and string offsets are the same either way."""
+    path = ROOT / "bpf" / name
+    spec = ebpf.CollectionSpec.from_file(path, cache=False)
+    btf = spec.btf
+    assert btf is not None
+    every = btf_decode.split_strings(btf._strtab, 0)
+    assert not btf._strs_whole and 0 < len(btf._strs) < len(every)
+    assert all(every[off] == s for off, s in btf._strs.items())
+    copy = btf.copy()
+    blob = btf.marshal({"x"})
+    assert btf._str_cache == every and copy._str_cache == every
+    eager = ebpf.CollectionSpec.from_file(path, cache=False).btf
+    assert eager is not None
+    assert eager._str_cache == every  # decoded whole before anything reads it
+    assert eager.marshal({"x"}) == blob
+
+
 def test_map_definition_errors_on_the_record_path() -> None:
     """A map definition read from the records fails as the decoded reading does."""
     path = ROOT / "bpf" / "xdp_counter.o"

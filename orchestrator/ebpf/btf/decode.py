@@ -234,7 +234,7 @@ def inflate(spec: Spec, tid: int) -> tuple[Type, tuple[int, ...]]:
     kind = (info >> 24) & 0x1F
     vlen = info & 0xFFFF
     kflag = bool(info >> 31)
-    strs, string = spec._str_cache, spec.string
+    strs, string = spec._strs, spec.string  # those read so far: the rest through string()
     name = (strs.get(name_off) or string(name_off)) if name_off else ""
     p = _PENDING
     b = o + 3
@@ -360,7 +360,7 @@ def _check_records(spec: Spec) -> None:
     has_base = spec._base is not None
     str_lo = 0 if has_base else spec._str_start
     str_end = spec._str_start + len(spec._strtab)
-    strs, cache = spec._str_cache, spec._cache
+    strs, cache = spec._strs, spec._cache
     for i in range(nown):
         if cache[i] is not None:
             continue

@@ -360,9 +360,9 @@ def parse_ext(data: bytes, spec: Spec, *, raw_lines: bool = False) -> Ext:
             held = cast(Func, _Lazy(spec, type_id))  # decoded on first read of .func
             funcs.append(FuncInfo(_insn(byte_off, name), held))
 
-    # Strings come from the spec's cache (an object's whole table is decoded at parse
-    # time); a line info is one C-level unpack and one object.
-    string, strs, new_line = spec.string, spec._str_cache, LineInfo
+    # Strings come from the spec's cache (those read so far; the rest through string());
+    # a line info is one C-level unpack and one object.
+    string, strs, new_line = spec.string, spec._strs, LineInfo
     raws = ext.raw_line_infos
     for name, pos, count, rec_size in _sections(
         body, spec, li_off, li_len, _MIN_LINE_INFO, "line info"

@@ -75,8 +75,9 @@ class Spec:
         "_offs",
         "_scan",
         "_sound",
-        "_str_cache",
         "_str_start",
+        "_strs",
+        "_strs_whole",
         "_strtab",
         "_void",
         "_words",
@@ -100,7 +101,10 @@ class Spec:
         # crc32 of each distinct own type name (ascending) and that name's offset: from a
         # persisted index, name lookups bisect instead of searching the string table
         self._name_hashes: tuple[array[int], array[int]] | None = None
-        self._str_cache: dict[int, str] = {}
+        # offset -> string of the string table: those looked up so far (see _str_cache);
+        # _strs_whole: False while a parsed table is still to be decoded whole
+        self._strs: dict[int, str] = {}
+        self._strs_whole = True
         self._void = Void()
         self._marshalled: dict[frozenset[str], tuple[bytes, dict[str, int]]] = {}
         # Every decoded own type still says what its parsed record says: cleared by
@@ -129,8 +133,7 @@ class Spec:
         else:
             spec._offs = _decode.index_records(spec._words, spec._first)
         spec._cache = [None] * len(spec._offs)
-        if len(strtab) <= _decode.PREFILL_STRINGS:
-            spec._str_cache = _decode.split_strings(strtab, spec._str_start)
+        spec._strs_whole = len(strtab) > _decode.PREFILL_STRINGS  # else: on first use
         spec._as_parsed = True
         return spec
 
@@ -158,8 +161,7 @@ class Spec:
         if len(index.hashes) != len(index.hashed):
             raise BTFError("btf: the record index is inconsistent")
         spec._name_hashes = (index.hashes, index.hashed)
-        if len(strtab) <= _decode.PREFILL_STRINGS:
-            spec._str_cache = _decode.split_strings(strtab, spec._str_start)
+        spec._strs_whole = len(strtab) > _decode.PREFILL_STRINGS  # else: on first use
         return spec
 
     def record_index(self) -> RecordIndex:
@@ -192,7 +194,8 @@ class Spec:
         new._strtab = self._strtab  # immutable bytes
         new._words = self._words  # never mutated after parse
         new._offs = self._offs
-        new._str_cache = self._str_cache  # offset -> str of the shared, immutable table
+        new._strs = self._strs  # offset -> str of the shared, immutable table
+        new._strs_whole = self._strs_whole
         new._void = Void()
         new._marshalled = {}
         new._as_parsed = False
@@ -631,9 +634,21 @@ class Spec:
             raise BTFError(f"btf: {len(found)} types match {what}")
         return found[0]
 
+    @property
+    def _str_cache(self) -> dict[int, str]:
+        """Offset -> string: for a parsed table of at most
+        :data:`~.decode.PREFILL_STRINGS` bytes (an object's), every string that follows a
+        nul, the table decoded in one pass on the first call (what marshalling and a
+        persisted spec need; a parse itself looks up the few it reads, through
+        :meth:`string`); for a larger one (the kernel's), the strings looked up so far."""
+        if not self._strs_whole:
+            self._strs.update(_decode.split_strings(self._strtab, self._str_start))
+            self._strs_whole = True
+        return self._strs
+
     def string(self, offset: int) -> str:
         """The string at ``offset`` in the string table (for .BTF.ext records)."""
-        cached = self._str_cache.get(offset)
+        cached = self._strs.get(offset)
         if cached is not None:
             return cached
         if offset < self._str_start:
@@ -648,7 +663,7 @@ class Spec:
         if end < 0:
             raise BTFError(f"btf: string at {offset} is not nul-terminated")
         text = tab[rel:end].decode("utf-8", "surrogateescape")
-        self._str_cache[offset] = text
+        self._strs[offset] = text
         return text
 
     # ---- marshalling
