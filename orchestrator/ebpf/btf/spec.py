@@ -642,8 +642,9 @@ class Spec:
         persisted spec need; a parse itself looks up the few it reads, through
         :meth:`string`); for a larger one (the kernel's), the strings looked up so far."""
         if not self._strs_whole:
-            self._strs.update(_decode.split_strings(self._strtab, self._str_start))
-            self._strs_whole = True
+            whole = _decode.split_strings(self._strtab, self._str_start)
+            whole.update(self._strs)  # offsets inside a string that string() was asked for
+            self._strs, self._strs_whole = whole, True  # (a copy keeps the dict it shared)
         return self._strs
 
     def string(self, offset: int) -> str:
