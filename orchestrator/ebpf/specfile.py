@@ -439,7 +439,7 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
     if btf is not None:
         # the blob is what marshal gave for the strings a load needs: reuse it as such
         extra = _extra_strings(out)
-        by_off = btf._str_cache  # filled by parse for an object's (small) string table
+        by_off = btf._str_cache  # an object's (small) string table, split whole on first use
         if len(by_off) == 0:
             by_off = _btf_decode.split_strings(btf._strtab, 0)
         strings = dict(zip(by_off.values(), by_off.keys(), strict=True))  # the last offset
