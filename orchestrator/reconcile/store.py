@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.ebpf.errors import quote
-from orchestrator.ebpf.files import read_file, reason
+from orchestrator.ebpf.files import FileError, read_file, reason
 from orchestrator.reconcile.errors import RecordError, StateError
 from orchestrator.reconcile.state import RECORD_VERSION, StateRecord, collection_text
 
@@ -169,14 +169,22 @@ def _stamp(path: str) -> _Stamp:
 
 class _GitReads:
     """The files one :func:`git_revision` looked at: each ``.git`` entry's kind and each
-    file's stamp taken before it was read (so a change while reading shows next time)."""
+    file's stamp taken before it was read (so a change while reading shows next time).
+    ``settled`` is False once a look failed for a reason that none of them records (no
+    file descriptor left, no memory, no permission on a directory on the way): what was
+    found then is not remembered."""
 
     def __init__(self) -> None:
         self.modes: list[tuple[str, int]] = []
         self.stamps: list[tuple[str, _Stamp]] = []
+        self.settled = True
 
     def mode(self, path: Path) -> int:
-        mode = _mode(path)
+        try:
+            mode = _mode(path)
+        except OSError:
+            self.settled = False
+            raise
         self.modes.append((os.fspath(path), mode))
         return mode
 
@@ -185,8 +193,16 @@ class _GitReads:
 
     def text(self, path: Path, limit: int = _GIT_SMALL) -> str:
         self.stamps.append((os.fspath(path), _stamp(os.fspath(path))))
-        # regular files only, non-blocking and capped: the checkout is not bpforch's
-        return read_file(path, limit=limit, what="a git file").decode("utf-8", "replace")
+        try:
+            # regular files only, non-blocking and capped: the checkout is not bpforch's
+            data = read_file(path, limit=limit, what="a git file")
+        except FileError:  # refused as it is (not a regular file, too large): stamped
+            raise
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.ENOTDIR):  # else stamped as missing
+                self.settled = False
+            raise
+        return data.decode("utf-8", "replace")
 
     def unchanged(self) -> bool:
         try:
@@ -219,6 +235,9 @@ def git_revision(path: Path) -> str | None:
         return seen[0]
     reads = _GitReads()
     rev = _read_git_revision(here, reads)
+    if not reads.settled:  # a failure of the moment: read again next time
+        _git_memo.pop(key, None)
+        return rev
     if len(_git_memo) >= _GIT_MEMO_MAX:
         _git_memo.clear()
     _git_memo[key] = (rev, reads)

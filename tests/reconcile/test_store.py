@@ -188,3 +188,42 @@ def test_labels_are_recorded_and_older_records_have_none() -> None:
     data["labels"] = {"team": 1}
     with pytest.raises(RecordFieldError, match=r"labels\.team"):
         CollectionRecord.from_json("a", data)
+
+
+def test_a_git_revision_that_could_not_be_read_is_read_again(tmp_path: Path) -> None:
+    """A read that fails for a reason of the moment (here: no file descriptor left) gives
+    None that time, and is not remembered: the next call reads the revision, although
+    nothing in the checkout changed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import run_git
+
+    run_git(tmp_path, "init", "-q", "-b", "main")
+    (tmp_path / "m.yaml").write_text("1")
+    run_git(tmp_path, "add", ".")
+    run_git(tmp_path, "commit", "-q", "-m", "1")
+    head = run_git(tmp_path, "rev-parse", "HEAD")
+    script = """
+import os, resource, sys
+from pathlib import Path
+from orchestrator.reconcile.store import git_revision
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+starved = git_revision(Path(sys.argv[1]))
+for fd in held:
+    os.close(fd)
+print(starved, git_revision(Path(sys.argv[1])))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert out == ["None", head]
