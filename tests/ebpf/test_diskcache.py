@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import stat
@@ -15,6 +16,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -513,6 +515,72 @@ def test_a_damaged_byte_reference_is_refused(ref: object, why: str) -> None:
     assert data is not None
     with pytest.raises(specfile.SpecFileError, match=re.escape(why)):
         specfile.decode(_with_program_field(data, "insns", ref))
+
+
+# what a damaged document may hold where a value was: other kinds of JSON value, and integers
+# in and out of every range (type ids, offsets, enum values)
+_DAMAGE = (None, True, False, 0, 1, -1, 3, 7, 2**31, 2**64, 99_999, "", "x", "b", "a", "s")
+_DAMAGE += ([], [0], [0, 0], [0, 8], [[]], [["i", 0], ["b", [0, 1]]], {}, {"a": 1}, 0.5)
+
+
+def _json_nodes(doc: object, path: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
+    yield path
+    if isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _json_nodes(v, (*path, i))
+    elif isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _json_nodes(v, (*path, k))
+
+
+def _has(node: object, key: object) -> bool:
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(node, list) and isinstance(key, int) and key < len(node)
+
+
+@pytest.mark.parametrize("name", ["xdp_counter.o", "globals.o", "map_in_map.o", "tailcall.o"])
+def test_a_damaged_document_is_refused_or_reads_whole(name: str) -> None:
+    """Any one or two nodes of an entry's document (a row, a field, a record, a type id, a
+    byte reference) replaced by another JSON value: the entry is refused with
+    SpecFileError, or it is a spec whose maps, programs (their line and func info too)
+    and variables read without error; never another exception."""
+    spec = ebpf.CollectionSpec.from_file(obj(name), cache=False)
+    payload = specfile.encode(spec)
+    assert payload is not None
+    version, n = specfile._HEAD.unpack_from(payload)
+    head = specfile._HEAD.size
+    text = payload[head : head + n]
+    paths = [p for p in _json_nodes(json.loads(text)) if p]
+    rnd = random.Random(name)
+    refused = 0
+    for _ in range(1500):
+        doc = json.loads(text)
+        for _ in range(rnd.randint(1, 2)):
+            node: Any = doc
+            *above, last = rnd.choice(paths)
+            for key in above:
+                node = node[key] if _has(node, key) else None
+            if _has(node, last):  # (unless an earlier damage replaced what held it)
+                node[last] = json.loads(json.dumps(rnd.choice(_DAMAGE)))  # its own
+        damaged = json.dumps(doc).encode()
+        try:
+            out = specfile.decode(
+                specfile._HEAD.pack(version, len(damaged)) + damaged + payload[head + n :]
+            )
+        except specfile.SpecFileError:
+            refused += 1
+            continue
+        read: list[object] = []
+        for m in out.maps.values():
+            for held in (m, m.inner_map):
+                if held is not None:
+                    read += (held.key, held.value, held.btf_value_type)
+        for p in out.programs.values():
+            read += (p.line_infos, [fi.func for fi in p.func_infos], p.instructions.raw)
+        read += [v.type for v in out.variables.values()]
+        out.copy()
+    assert refused > 1000  # most damage is refused (a value of the right kind may not be)
 
 
 def _with_line_records(data: bytes, records: bytes) -> bytes:
