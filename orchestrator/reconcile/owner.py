@@ -482,6 +482,8 @@ def locked(root: Path, state_dir: Path) -> Iterator[int]:
     if root_fd is None:
         root_fd = _make_root(root)
     if root_fd is None:  # its parents made too, or refused with the reason
+        if root.is_symlink():  # dangling too: refused as a symlink, its target never made
+            open_root(root)  # raises StateError
         try:
             ensure_dir(root)
         except EbpfError as err:

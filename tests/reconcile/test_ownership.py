@@ -313,6 +313,24 @@ def test_a_root_that_is_a_symlink_is_refused(env: Env, pin_dir: Path, fd_guard: 
     env.root.unlink()
 
 
+def test_a_root_that_is_a_dangling_symlink_is_refused_as_one(
+    env: Env, pin_dir: Path, fd_guard: None
+) -> None:
+    """A root that is a symlink to nothing (yet) is refused as a symlink, like one to a
+    directory (not with the "file exists" of making it), and its target is never made."""
+    missing = pin_dir / "not-yet"
+    env.root.symlink_to(missing)
+    tp_manifest(env)
+    with pytest.raises(StateError) as info:
+        env.reconciler().apply(env.desired())
+    assert str(info.value) == (
+        f"bpffs root {env.root} is a symlink (to {missing}); bpforch never follows symlinks "
+        "in the tree it owns (give the real directory as --bpffs-root)"
+    )
+    assert not missing.exists() and env.root.is_symlink()
+    env.root.unlink()
+
+
 # ---------------------------------------------------------------------------- ownership
 
 
