@@ -110,15 +110,24 @@ class Handle(Closing):
     def close(self) -> None:
         self._fd.close()
 
-    def pin(self, path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
+    def pin(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dir_fd: int | None = None,
+        shown_dir: str | None = None,
+    ) -> None:
         """Pin the object at ``path`` on bpffs (BPF_OBJ_PIN). With ``dir_fd``, ``path`` is
         relative to that directory (BPF_F_PATH_FD, Linux 6.5; no lookup from the root) and
-        is not remembered as :attr:`pinned` (it names nothing without the fd)."""
+        is not remembered as :attr:`pinned` (it names nothing without the fd); an error then
+        names it under ``shown_dir`` (the directory's path, as the user would look it up),
+        if given."""
         p = os.fspath(path)
         try:
             _sys.obj_pin(self._fd, p, dir_fd=dir_fd)
         except SyscallError as err:
-            raise PinError(f"{self._what()}: pin {p}: {pin_reason(err)}") from err
+            where = p if shown_dir is None else f"{shown_dir}/{p}"
+            raise PinError(f"{self._what()}: pin {where}: {pin_reason(err)}") from err
         if dir_fd is None:
             self._pinned = p
 

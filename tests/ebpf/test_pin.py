@@ -165,3 +165,30 @@ def test_remove_tree_leaves_a_directory_nested_absurdly_deep(pin_dir: Path) -> N
     while deepest != pin_dir:
         os.rmdir(deepest)
         deepest = deepest.parent
+
+
+def test_a_pin_relative_to_a_directory_fd_names_the_directory_in_its_error(
+    pin_dir: Path,
+) -> None:
+    """A pin made relative to a directory fd lands there, is not remembered as ``pinned``
+    (its path names nothing without the fd), and a failure names it under the directory's
+    path when the caller gives one (else as given)."""
+    import os
+
+    (pin_dir / "sub").mkdir()
+    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with _map() as m:
+            m.pin("sub/m", dir_fd=fd)
+            assert m.pinned is None
+            with ebpf.Map.from_pin(pin_dir / "sub" / "m") as got:
+                assert got.id == m.id
+            with pytest.raises(ebpf.PinError) as shown:
+                m.pin("sub/m", dir_fd=fd, shown_dir=str(pin_dir))
+            assert f"pin {pin_dir}/sub/m: " in str(shown.value)
+            with pytest.raises(ebpf.PinError) as bare:
+                m.pin("nowhere/m", dir_fd=fd)
+            assert "pin nowhere/m: " in str(bare.value)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(pin_dir)) == ["sub"]

@@ -575,3 +575,27 @@ def test_the_collector_is_paused_through_an_apply_and_enabled_after(env: Env) ->
     assert env.reconciler(watch).apply(env.desired()).applied
     assert set(watch.seen.values()) == {False} and "release" in watch.seen
     assert gc.isenabled()
+
+
+@pytest.mark.kernel
+def test_a_staged_tree_that_cannot_be_made_is_named_by_its_whole_path(env: Env) -> None:
+    """The transaction makes each staged tree relative to its staging directory's fd; when
+    that fails, the error still names the tree by its whole path (what a user would look
+    up), and nothing of the apply is left live."""
+    from orchestrator.reconcile.owner import STAGING_PREFIX
+    from tests.failpoints import OnStep
+
+    tp_manifest(env)
+    made: list[Path] = []
+
+    def squat(name: str) -> None:  # the staged tree's place is taken just before it is made
+        (staging,) = (p for p in env.root.iterdir() if p.name.startswith(STAGING_PREFIX))
+        made.append(staging / name)
+        made[-1].mkdir()
+
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(OnStep(pin=squat)).apply(env.desired())
+    assert made and f"File exists: '{made[0]}'" in str(info.value), str(info.value)
+    assert pins_under(env.root) == []
+    assert not made[0].parent.exists()  # the staging directory went, empty tree and all
+    assert env.reconciler().apply(env.desired()).applied  # and the next one goes through

@@ -92,15 +92,19 @@ class StageSteps(TransactionBase):
         self.failpoints.reach("pin", st.desired.name)
         sfd, rel = self.staging_fd, st.rel  # plain strings: this runs per collection
         assert sfd is not None
-        os.mkdir(rel, 0o700, dir_fd=sfd)  # the staging directory was checked to be on bpffs
-        for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
-            os.mkdir(f"{rel}/{sub}", 0o700, dir_fd=sfd)
+        try:
+            os.mkdir(rel, 0o700, dir_fd=sfd)  # the staging directory is checked to be on bpffs
+            for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
+                os.mkdir(f"{rel}/{sub}", 0o700, dir_fd=sfd)
+        except OSError as err:  # named by its whole path, as the user would look it up
+            raise OSError(err.errno, err.strerror, f"{self.staging_shown}/{err.filename}") from err
+        shown = self.staging_shown
         for mname in sorted(st.pinned):
             # the rest live as long as the programs that hold them (recorded by id), or
             # not at all (held by nothing: not recorded)
-            st.maps[mname].pin(f"{rel}/maps/{pin_name(mname)}", dir_fd=sfd)
+            st.maps[mname].pin(f"{rel}/maps/{pin_name(mname)}", dir_fd=sfd, shown_dir=shown)
         for pname, p in st.programs.items():
-            p.pin(f"{rel}/progs/{pin_name(pname)}", dir_fd=sfd)
+            p.pin(f"{rel}/progs/{pin_name(pname)}", dir_fd=sfd, shown_dir=shown)
 
     def _keep(self, action: Keep) -> None:
         """Stage a collection whose programs and maps stay: open them from their live pins
