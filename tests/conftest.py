@@ -136,6 +136,18 @@ def run_git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def git_commit(repo: Path, files: dict[str, str], message: str = "m") -> str:
+    """A new repository in ``repo`` (which exists) with one commit of ``files`` (relative
+    path -> text), by :func:`run_git`; its HEAD."""
+    run_git(repo, "init", "-q")
+    for rel, text in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    run_git(repo, "add", ".")
+    run_git(repo, "commit", "-q", "-m", message)
+    return run_git(repo, "rev-parse", "HEAD")
+
+
 def open_fds() -> set[int]:
     return {int(n) for n in os.listdir("/proc/self/fd")}
 

@@ -68,16 +68,12 @@ def test_git_in_tests_never_touches_the_callers_repository(
     """Under ``git rebase -x`` or a hook, GIT_DIR, GIT_WORK_TREE and GIT_INDEX_FILE name the
     outer repository: a test's ``git init``/``commit`` in its own directory must not reach
     it (nor rewrite its configuration)."""
-    from tests.conftest import run_git
+    from tests.conftest import git_commit, run_git
 
     outer, inner = tmp_path / "outer", tmp_path / "inner"
     outer.mkdir()
     inner.mkdir()
-    run_git(outer, "init", "-q")
-    (outer / "o.txt").write_text("o")
-    run_git(outer, "add", ".")
-    run_git(outer, "commit", "-q", "-m", "outer")
-    head = run_git(outer, "rev-parse", "HEAD")
+    head = git_commit(outer, {"o.txt": "o"}, "outer")
     config = (outer / ".git" / "config").read_bytes()
     index = (outer / ".git" / "index").read_bytes()
     monkeypatch.setenv("GIT_DIR", str(outer / ".git"))

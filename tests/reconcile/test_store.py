@@ -100,15 +100,11 @@ def test_git_revision_of_a_checkout(tmp_path: Path) -> None:
 
 
 def test_git_revision_of_a_worktree_and_past_odd_dot_git_entries(tmp_path: Path) -> None:
-    from tests.conftest import run_git
+    from tests.conftest import git_commit, run_git
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    run_git(repo, "init", "-q")
-    (repo / "m.yaml").write_text("x")
-    run_git(repo, "add", ".")
-    run_git(repo, "commit", "-q", "-m", "m")
-    head = run_git(repo, "rev-parse", "HEAD")
+    head = git_commit(repo, {"m.yaml": "x"})
     # a linked worktree: its .git is a file naming the git directory
     run_git(repo, "worktree", "add", "-q", "--detach", str(tmp_path / "wt"))
     assert (tmp_path / "wt" / ".git").is_file()
