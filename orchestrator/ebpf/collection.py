@@ -53,7 +53,7 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.link import struct_ops as _struct_ops
-from orchestrator.ebpf.loadplan import BTFPlan, MapPlan, ProgramPlan, held_map
+from orchestrator.ebpf.loadplan import BTFPlan, MapPlan, ProgramPlan, held_map, line_infos
 from orchestrator.ebpf.maps import Map, create_attr
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program, load_attr
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
@@ -148,6 +148,9 @@ class _Loader:
         self.spec = spec
         # Only read (a spec the cache served is not copied to be loaded; see _shared).
         shared = spec._shared()
+        # Reading the spec cache's own maps and programs, which never change: a plan made
+        # for one of those objects fits it without a comparison (see loadplan).
+        self._cached = shared is not spec
         self.spec_maps: dict[str, MapSpec] = shared._maps
         self.spec_programs: dict[str, ProgramSpec] = shared._programs
         self.spec_externs = shared._externs
@@ -191,14 +194,23 @@ class _Loader:
             self._btf_loaded = True
             spec = self.spec.btf
             if spec is not None:
-                infos = tuple([p.held_line_infos() for p in self.spec_programs.values()])
+                programs = self.spec_programs
                 plan = self.spec._plans.btf
-                if plan is None or not plan.fits(spec, infos):
+                if plan is None or not plan.fits(spec, programs, self._cached):
+                    infos = line_infos(programs)
                     extra: frozenset[str] = frozenset().union(
                         *(_btf_ext.line_strings(i) for i in infos)
                     )
                     data, strings = spec.marshal(extra)  # cached per spec
-                    plan = BTFPlan(spec, infos, extra, data, strings, _sys.cbytes(data))
+                    plan = BTFPlan(
+                        spec,
+                        infos,
+                        extra,
+                        data,
+                        strings,
+                        _sys.cbytes(data),
+                        programs if self._cached else None,
+                    )
                     self.spec._plans.btf = plan
                 cache = self.options.btf_cache
                 fd = cache.get(plan.data) if cache is not None else None
@@ -279,9 +291,11 @@ class _Loader:
             if not self._btf_loaded:
                 self._btf()  # loaded before the map is created, as from a spec
             planned = self._map_plans.get(name)
-            reused = planned is not None and planned.holds(spec, self.spec.btf)
+            reused = planned is not None and planned.holds(spec, self.spec.btf, self._cached)
             if not reused:
                 planned = self._planned_map(spec, planned)
+            elif self._cached and planned is not None and planned.source is not spec:
+                planned = self._map_plans[name] = dataclasses.replace(planned, source=spec)
         if planned is not None:
             attr = _sys.MapCreateAttr.from_buffer_copy(planned.attr)
             kept = self._map_prototypes.get(name)
@@ -347,8 +361,10 @@ class _Loader:
         than bytes: typed keys or values). The collection's BTF is loaded."""
         plans = self._map_plans
         btf_ids = self._btf_ids(spec)
+        source = spec if self._cached else None
         if plan is not None and plan.fits(spec, self.spec.btf, btf_ids):
-            plan = dataclasses.replace(plan, held=held_map(spec))  # e.g. a type decoded since
+            # e.g. a type decoded since
+            plan = dataclasses.replace(plan, held=held_map(spec), source=source)
             plans[spec.name] = plan
             return plan
         entries, pending = _initial_contents(spec)
@@ -373,6 +389,7 @@ class _Loader:
             pending,
             held_map(spec),
             tuple(buffers),
+            source,
         )
         plans[spec.name] = plan
         return plan
@@ -414,8 +431,11 @@ class _Loader:
         try:
             try:
                 planned = self._program_plans.get(name)
-                if planned is None or not planned.fits(spec, self.spec.btf):
+                if planned is None or not planned.fits(spec, self.spec.btf, self._cached):
                     planned = self._planned_program(spec)
+                elif self._cached and planned.source is not spec:  # matched by comparison
+                    planned = dataclasses.replace(planned, source=spec)
+                    self._program_plans[name] = planned
                 if planned is not None:
                     p = self._load_planned(spec, planned, log)
                 else:
@@ -480,6 +500,7 @@ class _Loader:
             bytes(attr),
             req.btf_fd is not None,
             tuple(buffers),
+            spec if self._cached else None,
         )
         plans[spec.name] = plan
         return plan

@@ -30,7 +30,11 @@ so the same ids): equal, it fits without the ids being worked out again. Any cha
 ``rewrite_constants``, an edited field, new contents, a different BTF — makes the entry
 unusable; the loader makes a new one from the spec as it is, which replaces the old one.
 Instructions, func/line info and BTF specs are immutable once parsed (a changed program
-gets new ones), so comparing them by identity first is sound. The BTF plan is used while
+gets new ones), so comparing them by identity first is sound. A spec the spec cache served
+and its caller has not touched reads the cached spec's own maps and programs, which never
+change (:meth:`CollectionSpec._serve`): a plan made or matched for one of those very
+objects (its ``source``) fits it again without the comparison; any other spec, a touched
+copy included, is compared. The BTF plan is used while
 the collection's BTF is the same object, the programs' line infos are equal (the same
 tuples, compared by identity first) and ``marshal`` still returns the same blob for them
 (``add()`` and ``changed()`` drop its cache, so a changed BTF gives a new blob).
@@ -48,6 +52,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from orchestrator.ebpf.btf import Spec as BTFSpec
+    from orchestrator.ebpf.btf.ext import LazyLineInfos, LineInfo
     from orchestrator.ebpf.spec import MapSpec, ProgramSpec
 
 # MapSpec's BTF types (held lazily; their decoding changes the attribute): compared through
@@ -97,11 +102,14 @@ class MapPlan:
     pending: bool  # contents naming programs or maps (written by finalize)
     held: dict[str, object]  # held_map of the spec it was made from or last fitted
     buffers: tuple[array.array[int], ...] = field(default=())
+    # the spec cache's own MapSpec (never changed) the plan was made or matched for
+    source: MapSpec | None = None
 
-    def holds(self, spec: MapSpec, btf: BTFSpec | None) -> bool:
-        """Whether ``spec`` is as it was held when the plan was made or last fitted (one
-        dict comparison; identical values compare equal without being looked into)."""
-        return self.btf is btf and spec.__dict__ == self.held
+    def holds(self, spec: MapSpec, btf: BTFSpec | None, cached: bool) -> bool:
+        """Whether ``spec`` is as it was held when the plan was made or last fitted: the
+        very spec the plan is for when ``spec`` is the spec cache's own (``cached``), else
+        one dict comparison (identical values compare equal without being looked into)."""
+        return self.btf is btf and ((cached and self.source is spec) or spec.__dict__ == self.held)
 
     def fits(self, spec: MapSpec, btf: BTFSpec | None, btf_ids: tuple[int, int]) -> bool:
         """Whether ``spec`` is equal to the one the plan was made from but for how its BTF
@@ -127,9 +135,13 @@ class ProgramPlan:
     with_btf: bool  # func/line info in attr: needs the collection's BTF fd
     # what attr points at, kept alive with the plan
     buffers: tuple[array.array[int], ...] = field(default=())
+    # the spec cache's own ProgramSpec (never changed) the plan was made or matched for
+    source: ProgramSpec | None = None
 
-    def fits(self, spec: ProgramSpec, btf: BTFSpec | None) -> bool:
-        return self.btf is btf and spec.__dict__ == self.state
+    def fits(self, spec: ProgramSpec, btf: BTFSpec | None, cached: bool) -> bool:
+        """Whether ``spec`` is the one the plan was made from: the very spec when ``spec``
+        is the spec cache's own (``cached``), else equal to it."""
+        return self.btf is btf and ((cached and self.source is spec) or spec.__dict__ == self.state)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -142,15 +154,26 @@ class BTFPlan:
     data: bytes  # what ``btf.marshal(extra)`` returned (a new blob after add()/changed())
     strings: dict[str, int]
     buffer: array.array[int]  # the C copy of ``data`` every load hands the kernel
+    # the spec cache's own programs (never changed) whose line infos those are
+    source: dict[str, ProgramSpec] | None = None
 
-    def fits(self, btf: BTFSpec, line_infos: tuple[object, ...]) -> bool:
-        """Whether ``btf`` with the programs' ``line_infos`` marshals to ``data`` (compared
-        by identity first: the same line info tuples, the blob the marshal cache holds)."""
+    def fits(self, btf: BTFSpec, programs: dict[str, ProgramSpec], cached: bool) -> bool:
+        """Whether ``btf`` with the line infos of ``programs`` marshals to ``data``: the
+        same line infos (the very programs when they are the spec cache's own, ``cached``;
+        else compared, by identity first), the blob the marshal cache holds (a changed BTF
+        marshals anew)."""
         return (
             self.btf is btf
-            and self.line_infos == line_infos
+            and ((cached and self.source is programs) or self.line_infos == line_infos(programs))
             and btf.marshal(self.extra)[0] is self.data
         )
+
+
+def line_infos(
+    programs: dict[str, ProgramSpec],
+) -> tuple[tuple[LineInfo, ...] | LazyLineInfos, ...]:
+    """Each program's line infos as held, in order (what a :class:`BTFPlan` is made for)."""
+    return tuple([p.held_line_infos() for p in programs.values()])
 
 
 class LoadPlans:
@@ -177,5 +200,6 @@ __all__ = [
     "MapPlan",
     "ProgramPlan",
     "held_map",
+    "line_infos",
     "map_state",
 ]

@@ -308,3 +308,47 @@ def test_a_kept_prototype_is_not_used_for_a_changed_map(fd_guard: None) -> None:
         with ebpf.Collection(unchanged) as coll:
             m = coll.maps["counters"]
             assert m.info().max_entries == 4 and m.max_entries == 4 and m.flags == 0
+
+
+def test_plans_match_the_cached_specs_own_objects_by_identity_only(fd_guard: None) -> None:
+    """A load of a spec the cache served, untouched, reads the cached spec's own map and
+    program specs (which never change): its plans name those objects and match them
+    without a comparison. Any other spec is compared: a touched copy that differs gets
+    new plans (and loads as it is), and the untouched spec after it matches again."""
+    path = obj("xdp_counter.o")
+    first = _loaded_once()
+    cached, _sha = speccache.default.shared(path)
+    plans = first._plans
+    own_map, own_prog = cached._maps["counters"], cached._programs["xdp_count"]
+    assert plans.maps["counters"].source is own_map
+    assert plans.programs["xdp_count"].source is own_prog
+    assert plans.btf is not None and plans.btf.source is cached._programs
+    changed = ebpf.CollectionSpec.from_file(path)
+    changed.maps["counters"].max_entries = 8  # touched: its own copies, compared
+    prog = changed.programs["xdp_count"]
+    prog.instructions = Instructions(_RETURN_DROP)
+    prog.func_infos = prog.line_infos = ()
+    with ebpf.Collection(changed) as coll:
+        assert coll.maps["counters"].info().max_entries == 8
+        assert _run(coll) == XDP_DROP
+    assert plans.maps["counters"].source is None and plans.programs["xdp_count"].source is None
+    for _ in range(2):  # new plans for the cache's own objects, then matched by identity
+        with ebpf.Collection(ebpf.CollectionSpec.from_file(path)) as coll:
+            assert coll.maps["counters"].info().max_entries == 4
+            assert _run(coll) == XDP_PASS
+        assert plans.maps["counters"].source is own_map
+        assert plans.programs["xdp_count"].source is own_prog
+    # a spec of its own (not served by the cache), changed in place between loads
+    mine = ebpf.CollectionSpec.from_file(path, cache=False)
+    for entries in (4, 16):
+        mine.maps["counters"].max_entries = entries
+        with ebpf.Collection(mine) as coll:
+            assert coll.maps["counters"].info().max_entries == entries
+        assert mine._plans.maps["counters"].source is None
+    # an unchanged touched copy matches the same plans, by comparison
+    touched = ebpf.CollectionSpec.from_file(path)
+    assert touched.maps["counters"].max_entries == 4
+    plan = plans.maps["counters"]
+    with ebpf.Collection(touched) as coll:
+        assert _run(coll) == XDP_PASS
+    assert plans.maps["counters"] is plan
