@@ -65,6 +65,8 @@ _IMM = struct.Struct("<i")  # an instruction's imm field
 _EXTERN, _MAP = RefKind.EXTERN, RefKind.MAP
 _SRC_MAP_FD = _sys.BPF_PSEUDO_MAP_FD << 4
 _SRC_MAP_VALUE = _sys.BPF_PSEUDO_MAP_VALUE << 4
+# compared once per map or program loaded (naming an enum member costs a class lookup)
+_BY_NAME, _STRUCT_OPS = PinType.BY_NAME, ProgType.STRUCT_OPS
 
 
 @dataclass
@@ -263,7 +265,7 @@ class _Loader:
             return m
 
         pin: str | None = None
-        if spec.pinning == PinType.BY_NAME:
+        if spec.pinning == _BY_NAME:
             if self.options.pin_path is None:
                 raise SpecError(
                     f"map {name}: pinned by name, but no pin path given "
@@ -458,7 +460,7 @@ class _Loader:
                 raise
         finally:
             self._loading.discard(name)
-        if spec.type == ProgType.STRUCT_OPS:
+        if spec.type == _STRUCT_OPS:
             p.attach_type = None  # it was a member index, not an attach type
         self.programs[name] = p
         return p
