@@ -161,7 +161,6 @@ class _Loader:
         self.programs: dict[str, Program] = {}
         self.new_pins: list[str] = []
         self._pending: list[str] = []  # maps whose fd-valued contents are not written yet
-        self._reused: set[str] = set()  # maps taken from a pin or a replacement
         self._btf_loaded = False
         self._btf_fd: FD | None = None
         self._btf_shared = False  # _btf_fd is a BTFCache's
@@ -261,7 +260,6 @@ class _Loader:
             if m.value_type is None:
                 m.value_type = spec.value
             self.maps[name] = m
-            self._reused.add(name)
             return m
 
         pin: str | None = None
@@ -275,7 +273,6 @@ class _Loader:
             existing = self._open_pin(spec, pin)
             if existing is not None:
                 self.maps[name] = existing
-                self._reused.add(name)
                 return existing
 
         if spec.struct_ops is not None:

@@ -366,13 +366,11 @@ def btf_load(
     if buf is None:
         buf = cbytes(data)
     log_buf = ctypes.create_string_buffer(log_size) if log_size else None
-    attr = BtfLoadAttr(
-        btf=address(buf),
-        btf_size=len(data),
-        btf_log_buf=ctypes.addressof(log_buf) if log_buf is not None else 0,
-        btf_log_size=log_size if log_buf is not None else 0,
-        btf_log_level=log_level if log_buf is not None else 0,
-    )
+    attr = BtfLoadAttr(btf=address(buf), btf_size=len(data))
+    if log_buf is not None:  # (no log: the fields stay 0, not set one by one)
+        attr.btf_log_buf = ctypes.addressof(log_buf)
+        attr.btf_log_size = log_size
+        attr.btf_log_level = log_level
     try:
         fd = bpf(_BTF_LOAD, attr)
     except SyscallError as exc:
