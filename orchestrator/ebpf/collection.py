@@ -146,6 +146,14 @@ def _trampoline(spec: ProgramSpec) -> bool:
 class _Loader:
     """Creates what a collection needs on demand and remembers it for cleanup."""
 
+    # Until first needed (class defaults: a load of a spec without CO-RE or kernel symbols
+    # sets none of these but the BTF's three).
+    _btf_loaded = False
+    _btf_fd: FD | None = None
+    _btf_shared = False  # _btf_fd is a BTFCache's
+    _kallsyms: dict[str, int] | None = None
+    _core_cache: dict[int, list[tuple[_btf.Spec, int]]] | None = None
+
     def __init__(self, spec: CollectionSpec, options: CollectionOptions) -> None:
         self.spec = spec
         # Only read (a spec the cache served is not copied to be loaded; see _shared).
@@ -161,14 +169,9 @@ class _Loader:
         self.programs: dict[str, Program] = {}
         self.new_pins: list[str] = []
         self._pending: list[str] = []  # maps whose fd-valued contents are not written yet
-        self._btf_loaded = False
-        self._btf_fd: FD | None = None
-        self._btf_shared = False  # _btf_fd is a BTFCache's
         self._btf_strings: dict[str, int] = {}
         self._loading: set[str] = set()
-        self._core_cache: dict[int, list[tuple[_btf.Spec, int]]] = {}
         self._poisoned: dict[str, dict[int, str]] = {}  # program → insn → relocation
-        self._kallsyms: dict[str, int] | None = None
         self._map_plans = spec._plans.maps
         self._program_plans = spec._plans.programs
         self._map_prototypes = spec._plans.map_prototypes
@@ -604,6 +607,8 @@ class _Loader:
     def _relocate_core(self, spec: ProgramSpec, raw: bytearray) -> None:
         if spec.btf is None:
             raise SpecError(f"program {spec.name}: co-re relocations without btf")
+        if self._core_cache is None:
+            self._core_cache = {}
         try:
             results = _core.apply_relocations(
                 raw, spec.core_relos, spec.btf, self._core_target(), self._core_cache
