@@ -165,6 +165,11 @@ class _Loader:
         self.spec_programs: dict[str, ProgramSpec] = shared._programs
         self.spec_externs = shared._externs
         self.options = options
+        # The maps to use instead of creating them: the options' over the spec's.
+        replacements = options.map_replacements
+        if len(spec.map_replacements):
+            replacements = {**spec.map_replacements, **replacements}
+        self._replacements = replacements
         self.maps: dict[str, Map] = {}
         self.programs: dict[str, Program] = {}
         self.new_pins: list[str] = []
@@ -249,9 +254,7 @@ class _Loader:
 
         # ``is None``, never truthiness: a replacement is used whatever it holds (an empty
         # map, a ring buffer); nothing here reads its entries.
-        replacement = self.options.map_replacements.get(name)
-        if replacement is None:
-            replacement = self.spec.map_replacements.get(name)
+        replacement = self._replacements.get(name)
         if replacement is not None:
             try:
                 replacement.check_compatible_with(spec)

@@ -346,6 +346,13 @@ def test_map_replacement(compile_bpf: Build, fd_guard: None) -> None:
         with ebpf.Collection(rewritten) as coll:
             coll.programs["count"].test_run(PACKET)
         assert mine[0] == 102
+        # the options' replacement wins over the spec's for the same map
+        with ebpf.Map.create(spec.maps["counters"]) as theirs:
+            opts = ebpf.CollectionOptions(map_replacements={"counters": theirs})
+            with ebpf.Collection(rewritten, opts) as coll:
+                assert coll.maps["counters"].id == theirs.id
+                coll.programs["count"].test_run(PACKET)
+            assert theirs[0] == 1 and mine[0] == 102
         with pytest.raises(ebpf.SpecError, match="not in object"):
             spec.copy().rewrite_maps({"nope": mine})
 
