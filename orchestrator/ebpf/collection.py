@@ -299,8 +299,8 @@ class _Loader:
             reused = planned is not None and planned.holds(spec, self.spec.btf, self._cached)
             if not reused:
                 planned = self._planned_map(spec, planned)
-            elif self._cached and planned is not None and planned.source is not spec:
-                planned = self._map_plans[name] = dataclasses.replace(planned, source=spec)
+            elif self._cached and planned is not None and planned.made_for is not spec:
+                planned = self._map_plans[name] = dataclasses.replace(planned, made_for=spec)
         if planned is not None:
             attr = _sys.MapCreateAttr.from_buffer_copy(planned.attr)
             kept = self._map_prototypes.get(name)
@@ -366,10 +366,10 @@ class _Loader:
         than bytes: typed keys or values). The collection's BTF is loaded."""
         plans = self._map_plans
         btf_ids = self._btf_ids(spec)
-        source = spec if self._cached else None
+        made_for = spec if self._cached else None
         if plan is not None and plan.fits(spec, self.spec.btf, btf_ids):
             # e.g. a type decoded since
-            plan = dataclasses.replace(plan, held=held_map(spec), source=source)
+            plan = dataclasses.replace(plan, held=held_map(spec), made_for=made_for)
             plans[spec.name] = plan
             return plan
         entries, pending = _initial_contents(spec)
@@ -394,7 +394,7 @@ class _Loader:
             pending,
             held_map(spec),
             tuple(buffers),
-            source,
+            made_for,
         )
         plans[spec.name] = plan
         return plan
@@ -438,8 +438,8 @@ class _Loader:
                 planned = self._program_plans.get(name)
                 if planned is None or not planned.fits(spec, self.spec.btf, self._cached):
                     planned = self._planned_program(spec)
-                elif self._cached and planned.source is not spec:  # matched by comparison
-                    planned = dataclasses.replace(planned, source=spec)
+                elif self._cached and planned.made_for is not spec:  # matched by comparison
+                    planned = dataclasses.replace(planned, made_for=spec)
                     self._program_plans[name] = planned
                 if planned is not None:
                     p = self._load_planned(spec, planned, log)

@@ -33,7 +33,7 @@ Instructions, func/line info and BTF specs are immutable once parsed (a changed 
 gets new ones), so comparing them by identity first is sound. A spec the spec cache served
 and its caller has not touched reads the cached spec's own maps and programs, which never
 change (:meth:`CollectionSpec._serve`): a plan made or matched for one of those very
-objects (its ``source``) fits it again without the comparison; any other spec, a touched
+objects (its ``made_for``) fits it again without the comparison; any other spec, a touched
 copy included, is compared. The BTF plan is used while
 the collection's BTF is the same object, the programs' line infos are equal (the same
 tuples, compared by identity first) and ``marshal`` still returns the same blob for them
@@ -103,13 +103,15 @@ class MapPlan:
     held: dict[str, object]  # held_map of the spec it was made from or last fitted
     buffers: tuple[array.array[int], ...] = field(default=())
     # the spec cache's own MapSpec (never changed) the plan was made or matched for
-    source: MapSpec | None = None
+    made_for: MapSpec | None = None
 
     def holds(self, spec: MapSpec, btf: BTFSpec | None, cached: bool) -> bool:
         """Whether ``spec`` is as it was held when the plan was made or last fitted: the
         very spec the plan is for when ``spec`` is the spec cache's own (``cached``), else
         one dict comparison (identical values compare equal without being looked into)."""
-        return self.btf is btf and ((cached and self.source is spec) or spec.__dict__ == self.held)
+        if self.btf is not btf:
+            return False
+        return (cached and self.made_for is spec) or spec.__dict__ == self.held
 
     def fits(self, spec: MapSpec, btf: BTFSpec | None, btf_ids: tuple[int, int]) -> bool:
         """Whether ``spec`` is equal to the one the plan was made from but for how its BTF
@@ -136,12 +138,14 @@ class ProgramPlan:
     # what attr points at, kept alive with the plan
     buffers: tuple[array.array[int], ...] = field(default=())
     # the spec cache's own ProgramSpec (never changed) the plan was made or matched for
-    source: ProgramSpec | None = None
+    made_for: ProgramSpec | None = None
 
     def fits(self, spec: ProgramSpec, btf: BTFSpec | None, cached: bool) -> bool:
         """Whether ``spec`` is the one the plan was made from: the very spec when ``spec``
         is the spec cache's own (``cached``), else equal to it."""
-        return self.btf is btf and ((cached and self.source is spec) or spec.__dict__ == self.state)
+        if self.btf is not btf:
+            return False
+        return (cached and self.made_for is spec) or spec.__dict__ == self.state
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -155,7 +159,7 @@ class BTFPlan:
     strings: dict[str, int]
     buffer: array.array[int]  # the C copy of ``data`` every load hands the kernel
     # the spec cache's own programs (never changed) whose line infos those are
-    source: dict[str, ProgramSpec] | None = None
+    made_for: dict[str, ProgramSpec] | None = None
 
     def fits(self, btf: BTFSpec, programs: dict[str, ProgramSpec], cached: bool) -> bool:
         """Whether ``btf`` with the line infos of ``programs`` marshals to ``data``: the
@@ -164,7 +168,7 @@ class BTFPlan:
         marshals anew)."""
         return (
             self.btf is btf
-            and ((cached and self.source is programs) or self.line_infos == line_infos(programs))
+            and ((cached and self.made_for is programs) or self.line_infos == line_infos(programs))
             and btf.marshal(self.extra)[0] is self.data
         )
 

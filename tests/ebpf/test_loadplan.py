@@ -320,9 +320,9 @@ def test_plans_match_the_cached_specs_own_objects_by_identity_only(fd_guard: Non
     cached, _sha = speccache.default.shared(path)
     plans = first._plans
     own_map, own_prog = cached._maps["counters"], cached._programs["xdp_count"]
-    assert plans.maps["counters"].source is own_map
-    assert plans.programs["xdp_count"].source is own_prog
-    assert plans.btf is not None and plans.btf.source is cached._programs
+    assert plans.maps["counters"].made_for is own_map
+    assert plans.programs["xdp_count"].made_for is own_prog
+    assert plans.btf is not None and plans.btf.made_for is cached._programs
     changed = ebpf.CollectionSpec.from_file(path)
     changed.maps["counters"].max_entries = 8  # touched: its own copies, compared
     prog = changed.programs["xdp_count"]
@@ -331,20 +331,20 @@ def test_plans_match_the_cached_specs_own_objects_by_identity_only(fd_guard: Non
     with ebpf.Collection(changed) as coll:
         assert coll.maps["counters"].info().max_entries == 8
         assert _run(coll) == XDP_DROP
-    assert plans.maps["counters"].source is None and plans.programs["xdp_count"].source is None
+    assert plans.maps["counters"].made_for is None and plans.programs["xdp_count"].made_for is None
     for _ in range(2):  # new plans for the cache's own objects, then matched by identity
         with ebpf.Collection(ebpf.CollectionSpec.from_file(path)) as coll:
             assert coll.maps["counters"].info().max_entries == 4
             assert _run(coll) == XDP_PASS
-        assert plans.maps["counters"].source is own_map
-        assert plans.programs["xdp_count"].source is own_prog
+        assert plans.maps["counters"].made_for is own_map
+        assert plans.programs["xdp_count"].made_for is own_prog
     # a spec of its own (not served by the cache), changed in place between loads
     mine = ebpf.CollectionSpec.from_file(path, cache=False)
     for entries in (4, 16):
         mine.maps["counters"].max_entries = entries
         with ebpf.Collection(mine) as coll:
             assert coll.maps["counters"].info().max_entries == entries
-        assert mine._plans.maps["counters"].source is None
+        assert mine._plans.maps["counters"].made_for is None
     # an unchanged touched copy matches the same plans, by comparison
     touched = ebpf.CollectionSpec.from_file(path)
     assert touched.maps["counters"].max_entries == 4
