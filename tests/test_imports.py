@@ -232,7 +232,9 @@ def test_a_plan_served_from_the_checked_state_imports_no_object_or_btf_parser(
 ) -> None:
     """Once an apply has kept the checked desired state, a plan of the same files checks
     the objects by their sha256 alone: neither the ELF parser nor the BTF code is imported
-    (nor the spec model, nor the persisted specs' codec)."""
+    (nor the spec model, nor the persisted specs' codec). Its tracepoint link is vouched
+    for by its pin's inode: no link info is read, so the link layer's info decoder
+    (orchestrator.ebpf.link.base) is not imported either."""
     where = ["--bpffs-root", str(pin_dir / "root"), "--state-dir", str(tmp_path / "state")]
     cache = ["--cache-dir", str(tmp_path / "cache")]
     manifest = tmp_path / "tp.yaml"
@@ -254,6 +256,7 @@ def test_a_plan_served_from_the_checked_state_imports_no_object_or_btf_parser(
             "orchestrator.ebpf.spec",
             "orchestrator.ebpf.specfile",
             "orchestrator.ebpf.asm",
+            "orchestrator.ebpf.link.base",
         )
         assert _loaded(modules, parsers) == []
     finally:

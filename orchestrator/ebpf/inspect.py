@@ -50,7 +50,6 @@ from orchestrator.ebpf._bpffs import (
     settled,
 )
 from orchestrator.ebpf._sys import FD, fs_magic
-from orchestrator.ebpf.link.base import LinkInfo, _decode_info
 
 if TYPE_CHECKING:
     # imported on first use (orchestrator._lazy): a no-op plan of tracepoint collections
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
     from orchestrator.ebpf._netlink import in_netns
     from orchestrator.ebpf._sys import AttachType
     from orchestrator.ebpf.link import Direction, HookState, NetnsPath
+    from orchestrator.ebpf.link.base import LinkInfo
     from orchestrator.ebpf.link.cgroup import cgroup_attached
     from orchestrator.ebpf.link.query import iter_links
     from orchestrator.ebpf.link.xdp import xdp_attached, xdp_mode
@@ -134,6 +134,8 @@ def link_info(fd: FD, *, names: bool = False) -> LinkInfo:
     (:attr:`LinkInfo.attached` is False once its hook is gone), in one info call. With
     ``names``, also the tracepoint or file name that raw_tp and perf_event links report (a
     second call for those); without, their target's name is ""."""
+    from orchestrator.ebpf.link.base import _decode_info  # not needed by a pin-inode check
+
     if names:
         raw, name = _sys.link_info_named(fd)
         return _decode_info(raw, name)

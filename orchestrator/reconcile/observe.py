@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator._gc import gc_paused
-from orchestrator.ebpf import LinkInfo
 from orchestrator.ebpf import inspect as _kernel
 from orchestrator.ebpf.errors import Error as EbpfError
 from orchestrator.ebpf.errors import SyscallError
@@ -32,7 +31,6 @@ from orchestrator.ebpf.inspect import (
     open_pin_at,
     settled,
 )
-from orchestrator.ebpf.link import XDPTarget
 from orchestrator.reconcile.cache import (
     FIXED_LINKS,
     IdentityMemo,
@@ -65,7 +63,7 @@ from orchestrator.reconcile.state import (
 from orchestrator.reconcile.store import read_record
 
 if TYPE_CHECKING:
-    from orchestrator.ebpf import CollectionSpec, Map
+    from orchestrator.ebpf import CollectionSpec, LinkInfo, Map
 
 
 class MapGoneError(EbpfError):
@@ -402,6 +400,9 @@ def _check_link(tree: _Tree, rec: CollectionRecord, a: AttachmentRecord) -> list
     got = None if sub_fd is None else _open_id(sub_fd, leaf, _kernel.link_info)
     if got is None:
         return [Drift("attachment", a.key, f"link pin {a.pin} is missing")]
+    # imported here: a link the pin inode vouches for is never read (see above)
+    from orchestrator.ebpf.link import LinkInfo, XDPTarget
+
     link_id, info = got
     if link_id != a.link_id or not isinstance(info, LinkInfo):
         return [
@@ -768,6 +769,8 @@ def _leftover_programs(root_fd: int, name: str) -> set[int]:
                 continue
             with os.scandir(lfd) as it:
                 pins = [e.name for e in it if e.is_file(follow_symlinks=False)]
+            from orchestrator.ebpf.link import LinkInfo
+
             for pin in pins:
                 got = _open_id(lfd, pin, _kernel.link_info)
                 if got is not None and isinstance(got[1], LinkInfo):
