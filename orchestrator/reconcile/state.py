@@ -444,9 +444,10 @@ class StateRecord:
         d = _mapping(d, "the record")
         colls = _mapping(d.get("collections", {}), "collections")
         out = {}
+        shapes: dict[_ShapeKey, MapShape] = {}
         for k, v in colls.items():
             if type(k) is str and _COLLECTION.fullmatch(k):
-                written = _written_collection(k, v)
+                written = _written_collection(k, v, shapes)
                 if written is not None:
                     out[k] = written
                     continue
@@ -831,7 +832,14 @@ _PROGRAM_KEYS = frozenset(("id", "tag", "pin", "type", "ino", "verified_insns"))
 _ATTACHMENT_KEYS = frozenset(("program", "kind", "link_id", "pin", "target", "mode", "ino"))
 
 
-def _w_map(name: str, d: object) -> MapRecord:
+# a shape's checked fields, in MapShape's order: each is of one exact type (int, or bool for
+# timers), so equal keys are equal shapes
+_ShapeKey = tuple[int, int, int, int, int, bool]
+
+
+def _w_map(name: str, d: object, shapes: dict[_ShapeKey, MapShape]) -> MapRecord:
+    """``shapes``: the shapes decoded so far from this record, shared (a MapShape is
+    immutable, and the same few shapes recur in every collection of one object)."""
     if type(d) is not dict or not d.keys() <= _MAP_KEYS:
         raise _NotWritten
     shape = d.get("shape")
@@ -840,17 +848,21 @@ def _w_map(name: str, d: object) -> MapRecord:
     source = d.get("source", "")
     if source != "":
         _source({"source": _w_str(source)}, "source", "")  # rare: the long check
+    key = (
+        _w_int(shape.get("type")),
+        _w_int(shape.get("key_size")),
+        _w_int(shape.get("value_size")),
+        _w_int(shape.get("max_entries")),
+        _w_int(shape.get("flags")),
+        _w_bool(shape.get("timers", False)),
+    )
+    got = shapes.get(key)
+    if got is None:
+        got = shapes[key] = MapShape(*key)
     return MapRecord(
         name=name,
         id=_w_int(d.get("id")),
-        shape=MapShape(
-            type=_w_int(shape.get("type")),
-            key_size=_w_int(shape.get("key_size")),
-            value_size=_w_int(shape.get("value_size")),
-            max_entries=_w_int(shape.get("max_entries")),
-            flags=_w_int(shape.get("flags")),
-            timers=_w_bool(shape.get("timers", False)),
-        ),
+        shape=got,
         pin=_w_pin(d.get("pin", "")),
         preserve=_w_bool(d.get("preserve", False)),
         source=source,
@@ -895,9 +907,13 @@ def _w_attachment(key: str, d: object) -> AttachmentRecord:
     )
 
 
-def _written_collection(name: str, d: object) -> CollectionRecord | None:
+def _written_collection(
+    name: str, d: object, shapes: dict[_ShapeKey, MapShape] | None = None
+) -> CollectionRecord | None:
     """Collection ``name`` (a valid name) of the record if ``d`` is in the form bpforch
-    writes, else None (see above)."""
+    writes, else None (see above). ``shapes``: see :func:`_w_map`."""
+    if shapes is None:
+        shapes = {}
     try:
         if type(d) is not dict or not d.keys() <= _COLLECTION_KEYS:
             return None
@@ -917,7 +933,7 @@ def _written_collection(name: str, d: object) -> CollectionRecord | None:
             manifest=_w_str(d.get("manifest", "")),
             applied_at=_w_str(d.get("applied_at", "")),
             git_revision=None if rev is None else _w_str(rev),
-            maps={k: _w_map(k, v) for k, v in _w_names(d.get("maps", {})).items()},
+            maps={k: _w_map(k, v, shapes) for k, v in _w_names(d.get("maps", {})).items()},
             programs={k: _w_program(k, v) for k, v in _w_names(d.get("programs", {})).items()},
             attachments={
                 k: _w_attachment(k, v) for k, v in _w_names(d.get("attachments", {})).items()

@@ -199,3 +199,21 @@ def test_the_rich_record_sets_every_field() -> None:
             else:
                 continue  # required: set in every instance
             assert any(getattr(o, f.name) != default for o in objs), (cls.__name__, f.name)
+
+
+def test_equal_map_shapes_are_decoded_once_per_record_and_unequal_ones_kept_apart() -> None:
+    """The fast path shares one MapShape among the maps of a record whose shapes are equal
+    (immutable, so sharing is safe), and a shape that differs in any field, or in the type
+    of one (a bool where an int is written), is its own or refused."""
+    doc = json.loads(json.dumps(_rich().to_json()))
+    other = copy.deepcopy(doc)
+    other["maps"]["counters"]["shape"]["max_entries"] += 1
+    record = StateRecord.from_json({"collections": {"web": doc, "api": copy.deepcopy(doc),
+                                                    "db": other}})  # fmt: skip
+    web, api, db = (record.collections[n].maps["counters"].shape for n in ("web", "api", "db"))
+    assert web is api
+    assert web == _rich().maps["counters"].shape
+    assert db is not web and db.max_entries == web.max_entries + 1
+    flagged = copy.deepcopy(doc)
+    flagged["maps"]["counters"]["shape"]["flags"] = True  # equal to 1 in a tuple key
+    assert _written_collection("web", flagged) is None
