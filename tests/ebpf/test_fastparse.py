@@ -134,6 +134,71 @@ def test_validate_accepts_exactly_what_decoding_accepts() -> None:
     assert checked > 200 and refused > 50  # the damage reached both outcomes
 
 
+def _damaged(good: bytes, rng: random.Random) -> bytes:
+    """``good`` (a BTF blob) with one to three words of its type section overwritten."""
+    nwords = struct.unpack_from("<I", good, 12)[0] // 4
+    blob = bytearray(good)
+    for _ in range(rng.randint(1, 3)):
+        val = rng.choice([rng.randrange(1 << 32), rng.randrange(64), rng.randrange(4096), 0])
+        struct.pack_into("<I", blob, 24 + 4 * rng.randrange(nwords), val)
+    return bytes(blob)
+
+
+def _sound(spec: Spec) -> bool:
+    """The test's own bulk soundness check, an oracle for the index pass's
+    (``btf_decode.index_checked``): whether validate's record check would find nothing
+    wrong with a spec that has no base, from one walk over the records not decoded yet
+    (no index built) that gathers every name offset and type reference and compares the
+    largest with the table's ends. False means "maybe damaged"."""
+    w, offs, first, cache = spec._words, spec._offs, spec._first, spec._cache
+    end_id = first + len(offs)
+    names: list[int] = []
+    refs: list[int] = []
+    name, ref, add_names, add_refs = names.append, refs.append, names.extend, refs.extend
+    nfunc, nvar = len(btf_decode._FUNC_LINKAGES), len(btf_decode._VAR_LINKAGES)
+    for i, o in enumerate(offs):
+        if cache[i] is not None:
+            continue
+        info, st = w[o + 1], w[o + 2]
+        kind = (info >> 24) & 0x1F
+        vlen = info & 0xFFFF
+        b = o + 3
+        name(w[o])
+        if kind in btf_decode._REF_KINDS:  # PTR, TYPEDEF, VOLATILE, CONST, RESTRICT, *_TAG
+            ref(st)
+        elif kind == 4 or kind == 5:  # STRUCT, UNION
+            add_names(w[b : b + 3 * vlen : 3])
+            add_refs(w[b + 1 : b + 3 * vlen : 3])
+        elif kind == 13:  # FUNC_PROTO
+            ref(st)
+            add_names(w[b : b + 2 * vlen : 2])
+            add_refs(w[b + 1 : b + 2 * vlen : 2])
+        elif kind == 12:  # FUNC: a known linkage, an own func proto
+            if vlen >= nfunc or not first <= st < end_id:
+                return False
+            if (w[offs[st - first] + 1] >> 24) & 0x1F != 13:
+                return False
+        elif kind == 14:  # VAR
+            if w[b] >= nvar:
+                return False
+            ref(st)
+        elif kind == 3:  # ARRAY
+            ref(w[b])
+            ref(w[b + 1])
+        elif kind == 15:  # DATASEC
+            add_refs(w[b : b + 3 * vlen : 3])
+        elif kind == 6:  # ENUM
+            add_names(w[b : b + 2 * vlen : 2])
+        elif kind == 19:  # ENUM64
+            add_names(w[b : b + 3 * vlen : 3])
+        elif kind == 1:  # INT
+            bits = w[b] & 0xFF
+            if bits == 0 or bits > st * 8:
+                return False
+    str_end = len(spec._strtab)
+    return max(names, default=0) < str_end and max(refs, default=0) < end_id
+
+
 def test_the_bulk_check_passes_only_what_the_record_check_passes() -> None:
     """validate's one-pass check (no messages) says sound of every real object, and of a
     damaged blob only when the record-by-record check (the messages) finds nothing."""
@@ -141,47 +206,33 @@ def test_the_bulk_check_passes_only_what_the_record_check_passes() -> None:
     sound = damaged = 0
     for path in BTF_OBJECTS:
         good = btf_of(path)
-        assert btf_decode._sound(Spec.parse(good)), path.name
-        nwords = struct.unpack_from("<I", good, 12)[0] // 4
+        assert _sound(Spec.parse(good)), path.name
+        btf_decode.validate(Spec.parse(good))  # unchecked: the index pass answers now
         for _ in range(60):
-            blob = bytearray(good)
-            for _ in range(rng.randint(1, 3)):
-                val = rng.choice(
-                    [rng.randrange(1 << 32), rng.randrange(64), rng.randrange(4096), 0]
-                )
-                struct.pack_into("<I", blob, 24 + 4 * rng.randrange(nwords), val)
+            blob = _damaged(good, rng)
             try:
-                spec = Spec.parse(bytes(blob))
+                spec = Spec.parse(blob)
             except BTFError:
                 continue
             try:
                 btf_decode._check_records(spec)
             except BTFError:
-                assert not btf_decode._sound(spec), (path.name, blob.hex())
+                assert not _sound(spec), (path.name, blob.hex())
                 damaged += 1
             else:
-                sound += btf_decode._sound(spec)
+                sound += _sound(spec)
     assert sound > 100 and damaged > 50  # both outcomes reached
 
 
 def test_the_checked_index_pass_agrees_with_the_bulk_check() -> None:
     """Spec.parse(checked=True) checks soundness while indexing: on real objects and on
-    damaged blobs it finds what _sound finds of the same blob with nothing decoded, the same
-    index, and the DATASEC ids a scan of the records finds."""
+    damaged blobs it finds what the test's _sound finds of the same blob with nothing
+    decoded, the same index, and the DATASEC ids a scan of the records finds."""
     rng = random.Random(16)
     sound = damaged = 0
     for path in BTF_OBJECTS:
         good = btf_of(path)
-        nwords = struct.unpack_from("<I", good, 12)[0] // 4
-        blobs = [good]
-        for _ in range(60):
-            blob = bytearray(good)
-            for _ in range(rng.randint(1, 3)):
-                val = rng.choice(
-                    [rng.randrange(1 << 32), rng.randrange(64), rng.randrange(4096), 0]
-                )
-                struct.pack_into("<I", blob, 24 + 4 * rng.randrange(nwords), val)
-            blobs.append(bytes(blob))
+        blobs = [good, *(_damaged(good, rng) for _ in range(60))]
         for blob in blobs:
             try:
                 plain = Spec.parse(blob)
@@ -191,7 +242,7 @@ def test_the_checked_index_pass_agrees_with_the_bulk_check() -> None:
                 continue
             checked = Spec.parse(blob, checked=True)
             assert checked._offs == plain._offs
-            assert checked._sound == btf_decode._sound(plain), (path.name, blob.hex())
+            assert checked._sound == _sound(plain), (path.name, blob.hex())
             assert checked.ids_of_kind(Kind.DATASEC) == plain.ids_of_kind(Kind.DATASEC)
             sound += bool(checked._sound)
             damaged += not checked._sound

@@ -131,8 +131,9 @@ def index_records(words: array[int], first: int) -> array[int]:
 def index_checked(
     words: array[int], first: int, str_len: int
 ) -> tuple[array[int], bool, list[int]]:
-    """:func:`index_records` and the soundness check :func:`validate` needs (what
-    :func:`_sound` finds of a spec with nothing decoded), in the same pass over the records;
+    """:func:`index_records` and the soundness check :func:`validate` needs (whether
+    every name offset and type reference is in range, linkages, int encodings and func →
+    proto; False: "maybe damaged"), in the same pass over the records;
     and the ids of the DATASEC records. For an object's BTF (no base, its string table
     starting at offset 0): the ELF reader checks every record, and fixes up every DATASEC."""
     offs: array[int] = array("I")
@@ -343,10 +344,13 @@ def validate(spec: Spec) -> None:
     linkages, int encodings and func → proto; the checks decoding makes, with its messages,
     so that an object's BTF can be checked whole at parse time and decoded only where used.
     Damage found raises :class:`BTFError`."""
-    # spec._sound: a checked parse's index pass answered already (False: "maybe damaged",
-    # which _sound would only find again); None: not checked, _sound answers in one pass
+    # spec._sound: a checked parse's index pass answered already (False: "maybe damaged");
+    # None: not checked, the same pass answers now (over the raw records: a decoded type's
+    # record was checked by decoding it, so it only ever agrees)
     if spec._base is None and spec._str_start == 0:
-        sound = _sound(spec) if spec._sound is None else spec._sound
+        sound = spec._sound
+        if sound is None:
+            sound = index_checked(spec._words, spec._first, len(spec._strtab))[1]
         if sound:
             return
     _check_records(spec)
@@ -414,60 +418,6 @@ def _check_records(spec: Spec) -> None:
         for r in refs:
             if r >= end_id or (r and r < first and not has_base):
                 raise BTFError(f"btf: type {tid} refers to missing type {r}")
-
-
-def _sound(spec: Spec) -> bool:
-    """Whether :func:`validate` would find nothing wrong with a spec that has no base, in
-    one pass that gathers every name offset and type reference and compares the largest
-    with the table's ends (members are sliced out of the records at C speed). False means
-    "maybe damaged": :func:`validate` then checks record by record, for its messages."""
-    w, offs, first, cache = spec._words, spec._offs, spec._first, spec._cache
-    end_id = first + len(offs)
-    names: list[int] = []
-    refs: list[int] = []
-    name, ref, add_names, add_refs = names.append, refs.append, names.extend, refs.extend
-    nfunc, nvar = len(_FUNC_LINKAGES), len(_VAR_LINKAGES)
-    for i, o in enumerate(offs):
-        if cache[i] is not None:
-            continue
-        info, st = w[o + 1], w[o + 2]
-        kind = (info >> 24) & 0x1F
-        vlen = info & 0xFFFF
-        b = o + 3
-        name(w[o])
-        if kind in _REF_KINDS:  # PTR, TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG, DECL_TAG
-            ref(st)
-        elif kind == 4 or kind == 5:  # STRUCT, UNION
-            add_names(w[b : b + 3 * vlen : 3])
-            add_refs(w[b + 1 : b + 3 * vlen : 3])
-        elif kind == 13:  # FUNC_PROTO
-            ref(st)
-            add_names(w[b : b + 2 * vlen : 2])
-            add_refs(w[b + 1 : b + 2 * vlen : 2])
-        elif kind == 12:  # FUNC: a known linkage, an own func proto
-            if vlen >= nfunc or not first <= st < end_id:
-                return False
-            if (w[offs[st - first] + 1] >> 24) & 0x1F != 13:
-                return False
-        elif kind == 14:  # VAR
-            if w[b] >= nvar:
-                return False
-            ref(st)
-        elif kind == 3:  # ARRAY
-            ref(w[b])
-            ref(w[b + 1])
-        elif kind == 15:  # DATASEC
-            add_refs(w[b : b + 3 * vlen : 3])
-        elif kind == 6:  # ENUM
-            add_names(w[b : b + 2 * vlen : 2])
-        elif kind == 19:  # ENUM64
-            add_names(w[b : b + 3 * vlen : 3])
-        elif kind == 1:  # INT
-            bits = w[b] & 0xFF
-            if bits == 0 or bits > st * 8:
-                return False
-    str_end = len(spec._strtab)
-    return max(names, default=0) < str_end and max(refs, default=0) < end_id
 
 
 _REF_KINDS = frozenset((2, 8, 9, 10, 11, 17, 18))
