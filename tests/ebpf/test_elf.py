@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -697,3 +698,34 @@ def test_initial_values_of_a_map_of_maps(offset: int, message: str | None) -> No
         return
     with pytest.raises(ebpf.ParseError, match=f"^mim.o: {message}$"):
         ebpf.CollectionSpec.from_bytes(data, name="mim.o")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            "__uint(type, BPF_MAP_TYPE_ARRAY); __u32 key; __type(value, __u64);",
+            "map bad: key must be a pointer (use __type)",
+        ),
+        (
+            "__uint(type, BPF_MAP_TYPE_ARRAY); int max_entries;",
+            "map bad: field max_entries must be declared with __uint",
+        ),
+        ("__uint(type, 9999); __uint(max_entries, 1);", "map bad: unknown map type 9999"),
+        (
+            "__uint(type, BPF_MAP_TYPE_HASH); __type(key, __u64); __uint(key_size, 4);",
+            "map bad: key_size 4 conflicts with its BTF type",
+        ),
+        ("__uint(type, BPF_MAP_TYPE_ARRAY); __uint(pinning, 7);", "map bad: unsupported pinning 7"),
+        ("__type(key, __u32); __uint(max_entries, 1);", "map bad: definition has no type"),
+    ],
+)
+def test_a_bad_btf_map_definition_names_the_map_and_the_field(  # type: ignore[no-untyped-def]
+    compile_bpf, fields: str, message: str
+) -> None:
+    """Each way a .maps definition can be wrong: the parse refuses the object, naming the
+    map, the field and what to write instead where there is one."""
+    source = HEADER + f'struct {{ {fields} }} bad SEC(".maps");\n'
+    source += 'SEC("xdp") int prog(struct xdp_md *ctx) { return (long)&bad != 0; }\n'
+    with pytest.raises(ebpf.ParseError, match=re.escape(message)):
+        ebpf.CollectionSpec.from_file(compile_bpf(source))
