@@ -325,6 +325,19 @@ def test_map_in_map_with_static_inner(compile_bpf: Build, fd_guard: None) -> Non
         assert coll.maps["outer"].lookup(1) == inner_id.to_bytes(4, "little")
 
 
+def test_a_map_of_maps_whose_inner_definition_has_no_type_is_refused(
+    compile_bpf: Build, fd_guard: None
+) -> None:
+    """An inner map template without a type (a spec edited by hand) is refused, naming the
+    outer map; the load is all or nothing, so nothing is left open."""
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(MAP_IN_MAP))
+    outer = spec.maps["outer"]
+    assert outer.inner_map is not None
+    outer.inner_map.type = ebpf.MapType.UNSPEC
+    with pytest.raises(ebpf.SpecError, match="map outer: inner map definition has no type"):
+        ebpf.Collection(spec)
+
+
 def test_map_replacement(compile_bpf: Build, fd_guard: None) -> None:
     spec = ebpf.CollectionSpec.from_file(compile_bpf(COUNTER))
     with ebpf.Map.create(spec.maps["counters"]) as mine:

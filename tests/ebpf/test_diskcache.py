@@ -619,6 +619,23 @@ def test_damaged_line_info_records_are_refused(records: bytes, why: str) -> None
         specfile.decode(_with_line_records(data, records))
 
 
+def test_line_info_in_an_entry_without_btf_is_refused(
+    compile_bpf: Callable[..., Path],
+) -> None:
+    """Line info names its strings in the collection's BTF: an entry of an object built
+    without BTF (which reads back as it was) that claims line info is refused."""
+    source = "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n"
+    source += 'SEC("xdp") int pass(struct xdp_md *ctx) { return XDP_PASS; }\n'
+    source += 'char LICENSE[] SEC("license") = "GPL";\n'
+    spec = ebpf.CollectionSpec.from_file(compile_bpf(source, "-g0"), cache=False)
+    assert spec.btf is None
+    data = specfile.encode(spec)
+    assert data is not None
+    assert specfile.decode(data).programs["pass"].line_infos == ()
+    with pytest.raises(specfile.SpecFileError, match="line info without btf"):
+        specfile.decode(_with_line_records(data, _line_records((0, 1, 1, 7 << 10))))
+
+
 @pytest.mark.parametrize("insn", [None, 1 << 29])
 def test_line_info_that_would_not_read_back_is_not_persisted(insn: int | None) -> None:
     """Line info out of instruction order, or past what a u32 byte offset holds, would be
