@@ -83,7 +83,6 @@ class TransactionBase:
         self.plan = plan
         self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.staging = root / f"{STAGING_PREFIX}{self.txid}"
-        self.staging_shown = os.fspath(self.staging)  # as errors name what is made in it
         self.root_fd = root_fd  # held open (and locked) by the caller
         self.staging_fd: int | None = None
         self.token = plan.owner_token

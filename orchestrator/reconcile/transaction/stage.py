@@ -97,8 +97,8 @@ class StageSteps(TransactionBase):
             for sub in ("maps", "progs", "links") if st.desired.attach else ("maps", "progs"):
                 os.mkdir(f"{rel}/{sub}", 0o700, dir_fd=sfd)
         except OSError as err:  # named by its whole path, as the user would look it up
-            raise OSError(err.errno, err.strerror, f"{self.staging_shown}/{err.filename}") from err
-        shown = self.staging_shown
+            raise OSError(err.errno, err.strerror, f"{self.staging}/{err.filename}") from err
+        shown = os.fspath(self.staging)  # as errors name what is made in it
         for mname in sorted(st.pinned):
             # the rest live as long as the programs that hold them (recorded by id), or
             # not at all (held by nothing: not recorded)
