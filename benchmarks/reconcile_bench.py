@@ -23,10 +23,16 @@
    on a shared machine it is the steadier figure. Also shown:
    bare loads that parse the object file each time (``CollectionSpec.from_file``), which is
    what a loader user without a spec cache pays (the reconciler reuses the manifest layer's
-   parsed specs).
+   parsed specs). Then where the apply's CPU goes, from runs of their own (the timed ones
+   are not instrumented): observe, facts and plan, and each kind of the transaction's
+   actions (Stage: load and pin; Seal: the record and the ownership markers; Commit: the
+   moves into place; …), per apply and per collection; and an apply of one collection
+   against one bare load, which splits the apply into a fixed cost and a cost per
+   collection (the ratio at ``--scratch`` collections carries both).
 
-Figures are medians of ``--reps`` repetitions. Needs root, bpffs and tracefs. Everything is
-made under a private bpffs directory and a temporary state directory, and removed.
+Figures are medians of ``--reps`` repetitions (``--noop 0``: the apply from scratch only).
+Needs root, bpffs and tracefs. Everything is made under a private directory in ``--bpffs``
+(``/sys/fs/bpf``) and a temporary state directory, and removed.
 """
 
 from __future__ import annotations
@@ -42,14 +48,16 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import ebpf  # noqa: E402
 from orchestrator.ebpf import link as links  # noqa: E402
-from orchestrator.manifest import load_manifests, object_spec  # noqa: E402
+from orchestrator.manifest import DesiredState, load_manifests, object_spec  # noqa: E402
 from orchestrator.reconcile import Reconciler  # noqa: E402
 
 TGID_NOBODY = 1 << 30  # no process has this tgid: the programs count nothing
@@ -324,6 +332,101 @@ def bench_scratch(base: Path, state: Path, manifests: Path, n: int, reps: int) -
         print(
             f"  (bare loads that parse the object file each time: {bp:.2f} ms, ratio {o / bp:.3f})"
         )
+        scratch_steps(base, state, manifests, desired, n, obj, attach, reps, oc, bc)
+
+
+def scratch_steps(
+    base: Path,
+    state: Path,
+    manifests: Path,
+    desired: DesiredState,
+    n: int,
+    obj: str,
+    attach: bool,
+    reps: int,
+    apply_cpu: float,
+    bare_cpu: float,
+) -> None:
+    """Where an apply from scratch spends its CPU (median per step over ``reps`` runs of
+    their own, with observe, facts, plan and ``Transaction._do`` wrapped by a CPU clock;
+    the wrappers' own cost lands in "other"), and an apply of one collection against one
+    bare load: the apply's fixed cost, and its cost per collection beside the bare load's
+    (``apply_cpu``, ``bare_cpu``: the median CPU ms of the timed applies of ``n`` and of
+    their bare loads, not instrumented)."""
+    from orchestrator.reconcile import reconciler
+    from orchestrator.reconcile.transaction import Transaction
+
+    spent: dict[str, float] = {}
+    counting = [False]  # only the apply's steps (not the destroy's)
+
+    def timed(label: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            c0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if counting[0]:
+                    key = label if label is not None else type(args[1]).__name__
+                    spent[key] = spent.get(key, 0.0) + time.process_time() - c0
+
+        return run
+
+    # (owner, attribute, label): the functions Reconciler.apply calls by these names, and
+    # each action of the transaction (labelled by its class)
+    wrapped: list[tuple[object, str, str | None]] = [
+        (reconciler, "gather_facts", "facts"),
+        (reconciler, "plan", "plan"),
+        (Reconciler, "observe", "observe"),
+        (Transaction, "_do", None),
+    ]
+    saved = [getattr(owner, name) for owner, name, _ in wrapped]
+    steps: dict[str, list[float]] = {}
+    totals: list[float] = []
+    try:
+        for (owner, name, label), fn in zip(wrapped, saved, strict=True):
+            setattr(owner, name, timed(label, fn))
+        for rep in range(reps):
+            r = Reconciler(bpffs_root=base / f"steps-{obj}-{rep}", state_dir=state / f"t{obj}{rep}")
+            spent.clear()
+            gc.collect()
+            counting[0] = True
+            c0 = time.process_time()
+            r.apply(desired)
+            totals.append(time.process_time() - c0)
+            counting[0] = False
+            r.destroy()
+            for key, cpu in spent.items():
+                steps.setdefault(key, []).append(cpu)
+            steps.setdefault("other", []).append(totals[-1] - sum(spent.values()))
+    finally:
+        for (owner, name, _), fn in zip(wrapped, saved, strict=True):
+            setattr(owner, name, fn)
+    print(f"  where the apply's CPU goes ({median_ms(totals):.2f} ms; medians of {reps} runs):")
+    for key, runs in sorted(steps.items(), key=lambda kv: -statistics.median(kv[1])):
+        ms = median_ms(runs)
+        if ms >= 0.01:
+            print(f"    {key:22s}{ms:8.2f} ms  {1000 * ms / n:7.1f} µs per collection")
+    # "other": the lock, the collector when it is enabled again, closing the fds, the
+    # wrappers. One collection: what an apply costs whatever it holds, against one bare load
+    write_manifests(manifests, 1, obj, attach=attach)
+    one = load_manifests([manifests])
+    ours, bare = [], []
+    for rep in range(max(reps, 5)):
+        r = Reconciler(bpffs_root=base / f"one-{obj}-{rep}", state_dir=state / f"o{obj}{rep}")
+        gc.collect()
+        c0 = time.process_time()
+        r.apply(one)
+        ours.append(time.process_time() - c0)
+        r.destroy()
+        gc.collect()
+        bare.append(bare_loads(1, obj, attach, base / f"bare1-{obj}-{rep}")[1])
+    o1, b1 = median_ms(ours), median_ms(bare)
+    per = (apply_cpu - o1) / max(n - 1, 1)  # apply of n = fixed + n * per
+    print(
+        f"  an apply of 1 collection: cpu {o1:.2f} ms (one bare load: {b1:.2f} ms): about "
+        f"{o1 - per:.2f} ms per apply plus {1000 * per:.0f} µs per collection (bare loads: "
+        f"{1000 * bare_cpu / n:.0f} µs each)"
+    )
 
 
 def _is_tmpfs(path: Path) -> bool:
@@ -341,10 +444,11 @@ def main() -> None:
     ap.add_argument("--noop", type=int, default=1000)
     ap.add_argument("--scratch", type=int, default=50)
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--bpffs", type=Path, default=Path("/sys/fs/bpf"), help="made under it")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (bpf(), bpffs, tracefs)")
-    base = Path("/sys/fs/bpf") / f"bpforch-bench-{uuid.uuid4().hex[:8]}"
+    base = args.bpffs / f"bpforch-bench-{uuid.uuid4().hex[:8]}"
     base.mkdir()
     # the record lives on tmpfs in production (/run): use /dev/shm when it is tmpfs
     shm = Path("/dev/shm")
@@ -352,7 +456,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bpforch-bench-", dir=shm if on_tmpfs else None))
     print(f"state dir under {tmp} ({'tmpfs' if on_tmpfs else 'not tmpfs: fsync costs more'})")
     try:
-        bench_noop(base, tmp / "state", tmp / "manifests", args.noop, args.reps)
+        if args.noop > 0:  # --noop 0: the apply from scratch only
+            bench_noop(base, tmp / "state", tmp / "manifests", args.noop, args.reps)
         if args.scratch > 0:  # --scratch 0: the no-op figures only
             bench_scratch(
                 base, tmp / "state", tmp / "manifests", args.scratch, max(3, args.reps // 2)
