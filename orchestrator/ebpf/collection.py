@@ -53,8 +53,15 @@ from orchestrator.ebpf.errors import (
     VerifierError,
 )
 from orchestrator.ebpf.link import struct_ops as _struct_ops
-from orchestrator.ebpf.loadplan import BTFPlan, MapPlan, ProgramPlan, held_map, line_infos
-from orchestrator.ebpf.maps import Map, create_attr
+from orchestrator.ebpf.loadplan import (
+    BTFPlan,
+    InnerPlan,
+    MapPlan,
+    ProgramPlan,
+    held_map,
+    line_infos,
+)
+from orchestrator.ebpf.maps import Map, create_attr, create_fd
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program, load_attr
 from orchestrator.ebpf.spec import CollectionSpec, MapSpec, PinType, ProgramSpec
 from orchestrator.ebpf.suggestions import hint
@@ -292,7 +299,7 @@ class _Loader:
         planned: MapPlan | None = None
         reused = False  # planned was made by an earlier load
         kconfig = spec.section == ".kconfig" and bool(self.spec_externs)
-        if spec.inner_map is None and not kconfig:
+        if not kconfig and (spec.inner_map is None or spec.inner_map.inner_map is None):
             if not self._btf_loaded:
                 self._btf()  # loaded before the map is created, as from a spec
             planned = self._map_plans.get(name)
@@ -303,20 +310,31 @@ class _Loader:
                 planned = self._map_plans[name] = dataclasses.replace(planned, made_for=spec)
         if planned is not None:
             attr = _sys.MapCreateAttr.from_buffer_copy(planned.attr)
-            kept = self._map_prototypes.get(name)
-            if kept is not None and kept[0] is planned:
-                m = Map._from_prototype(spec, attr, self._btf_fd, planned.has_ids, kept[1])
-            else:
-                m = Map._create_attr(
-                    spec,
-                    attr,
-                    self._btf_fd,
-                    planned.has_ids,
-                    planned.max_entries,
-                    planned.flags,
-                )
-                if reused:  # a plan in use again: its maps copy this one's attributes
-                    self._map_prototypes[name] = (planned, m._prototype())
+            inner = planned.inner
+            inner_fd: FD | None = None
+            if inner is not None:  # a map of maps: its inner map template first
+                assert spec.inner_map is not None
+                inner_attr = _sys.MapCreateAttr.from_buffer_copy(inner.attr)
+                inner_fd = create_fd(spec.inner_map, inner_attr, self._btf_fd, inner.has_ids)
+                attr.inner_map_fd = inner_fd.raw
+            try:
+                kept = self._map_prototypes.get(name)
+                if kept is not None and kept[0] is planned:
+                    m = Map._from_prototype(spec, attr, self._btf_fd, planned.has_ids, kept[1])
+                else:
+                    m = Map._create_attr(
+                        spec,
+                        attr,
+                        self._btf_fd,
+                        planned.has_ids,
+                        planned.max_entries,
+                        planned.flags,
+                    )
+                    if reused:  # a plan in use again: its maps copy this one's attributes
+                        self._map_prototypes[name] = (planned, m._prototype())
+            finally:
+                if inner_fd is not None:
+                    inner_fd.close()  # the outer map keeps only the template's shape
             self.maps[name] = m
             if planned.writes:
                 m._populate_planned(planned.writes)
@@ -372,6 +390,17 @@ class _Loader:
             plan = dataclasses.replace(plan, held=held_map(spec), made_for=made_for)
             plans[spec.name] = plan
             return plan
+        inner: InnerPlan | None = None
+        template = spec.inner_map
+        if template is not None:
+            if template.type == MapType.UNSPEC:
+                raise SpecError(f"map {spec.name}: inner map definition has no type")
+            inner_attr = create_attr(template, template.flags, btf_ids=self._btf_ids(template))
+            inner = InnerPlan(
+                bytes(inner_attr),
+                bool(inner_attr.btf_key_type_id or inner_attr.btf_value_type_id),
+                held_map(template),
+            )
         entries, pending = _initial_contents(spec)
         writes: list[bytes] = []
         buffers: list[array.array[int]] = []
@@ -395,6 +424,7 @@ class _Loader:
             held_map(spec),
             tuple(buffers),
             made_for,
+            inner,
         )
         plans[spec.name] = plan
         return plan

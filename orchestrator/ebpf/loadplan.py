@@ -9,6 +9,8 @@ keeps them:
   initial contents as BPF_MAP_UPDATE_ELEM attributes (only the map's fd is set per load),
   pointing at key and value buffers the plan keeps alive; from its first reuse on, the
   attributes of the :class:`Map` it creates (only its fd and types are set per load);
+  a map of maps' plan also holds its inner map template's BPF_MAP_CREATE attributes (the
+  template is created, its fd set in the outer map's attributes, and closed, per load);
 - a program's: its instructions with every map reference's source register and value
   offset already set (each load copies them and writes each map's fd in at the offsets
   recorded for it), and its BPF_PROG_LOAD attributes as bytes, pointing at the license,
@@ -37,9 +39,12 @@ objects (its ``made_for``) fits it again without the comparison; any other spec,
 copy included, is compared. The BTF plan is used while
 the collection's BTF is the same object, the programs' line infos are equal (the same
 tuples, compared by identity first) and ``marshal`` still returns the same blob for them
-(``add()`` and ``changed()`` drop its cache, so a changed BTF gives a new blob).
+(``add()`` and ``changed()`` drop its cache, so a changed BTF gives a new blob). A map of
+maps' inner template is compared on its own, with a snapshot of its attributes (the outer
+map's snapshot holds the template object, which may change in place).
 
-Maps and programs a plan does not cover (struct_ops, maps of maps, ``.kconfig``, typed
+Maps and programs a plan does not cover (struct_ops, an inner template that is a map of
+maps itself, ``.kconfig``, typed
 initial contents; CO-RE, externs, attach targets looked up in the kernel's BTF) load as
 before, from the spec.
 """
@@ -88,6 +93,18 @@ def _contents(spec: MapSpec) -> list[object]:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class InnerPlan:
+    """A map of maps' inner map template: created before the outer map (whose attributes
+    take its fd) and closed after it, on every load."""
+
+    attr: bytes  # the template's BPF_MAP_CREATE attributes, the BTF fd left 0
+    has_ids: bool  # BTF type ids set: created with the collection's BTF fd when it loaded
+    # held_map of the template it was made from: the template is compared with it on its
+    # own (the outer map's attributes hold the template object, which may change in place)
+    held: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class MapPlan:
     btf: BTFSpec | None  # the collection's BTF the ids refer to
     btf_ids: tuple[int, int]
@@ -104,14 +121,21 @@ class MapPlan:
     buffers: tuple[array.array[int], ...] = field(default=())
     # the spec cache's own MapSpec (never changed) the plan was made or matched for
     made_for: MapSpec | None = None
+    inner: InnerPlan | None = None  # a map of maps' inner map template
 
     def holds(self, spec: MapSpec, btf: BTFSpec | None, cached: bool) -> bool:
         """Whether ``spec`` is as it was held when the plan was made or last fitted: the
         very spec the plan is for when ``spec`` is the spec cache's own (``cached``), else
-        one dict comparison (identical values compare equal without being looked into)."""
+        one dict comparison (identical values compare equal without being looked into),
+        and one more for a map of maps' inner template."""
         if self.btf is not btf:
             return False
-        return (cached and self.made_for is spec) or spec.__dict__ == self.held
+        if cached and self.made_for is spec:
+            return True
+        if spec.__dict__ != self.held:
+            return False
+        inner, template = self.inner, spec.inner_map
+        return inner is None or (template is not None and template.__dict__ == inner.held)
 
     def fits(self, spec: MapSpec, btf: BTFSpec | None, btf_ids: tuple[int, int]) -> bool:
         """Whether ``spec`` is equal to the one the plan was made from but for how its BTF
@@ -119,7 +143,8 @@ class MapPlan:
         key type counts too: int keys are encoded without one)."""
         held = self.held
         return (
-            self.btf is btf
+            self.inner is None  # a map of maps gets a new plan (its template's ids too)
+            and self.btf is btf
             and self.btf_ids == btf_ids
             and (held["_key"] is None) is (spec.__dict__["_key"] is None)
             and map_state(spec) == map_state(held)
@@ -200,6 +225,7 @@ class LoadPlans:
 
 __all__ = [
     "BTFPlan",
+    "InnerPlan",
     "LoadPlans",
     "MapPlan",
     "ProgramPlan",

@@ -215,7 +215,7 @@ class Map(Handle):
         ids (``has_ids``; retried without BTF if the kernel refuses it), without BTF if
         ``btf_fd`` is None. (The caller says what ``attr`` holds: reading it back costs.)"""
         return cls(
-            _create_fd(spec, attr, btf_fd, has_ids),
+            create_fd(spec, attr, btf_fd, has_ids),
             name=spec.name,
             type=spec.type,
             key_size=spec.key_size,
@@ -245,7 +245,7 @@ class Map(Handle):
     ) -> Map:
         """:meth:`_create_attr` with the map's attributes copied from the :meth:`_prototype`
         of a map it made from the same spec, max entries and flags."""
-        fd = _create_fd(spec, attr, btf_fd, has_ids)
+        fd = create_fd(spec, attr, btf_fd, has_ids)
         m = cls.__new__(cls)
         m.__dict__.update(prototype)
         m._fd = fd
@@ -970,7 +970,7 @@ def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _create_fd(spec: MapSpec, attr: _sys.MapCreateAttr, btf_fd: FD | None, has_ids: bool) -> FD:
+def create_fd(spec: MapSpec, attr: _sys.MapCreateAttr, btf_fd: FD | None, has_ids: bool) -> FD:
     """BPF_MAP_CREATE of ``attr`` (see :meth:`Map._create_attr`)."""
     use_btf = btf_fd is not None and has_ids
     if use_btf:

@@ -352,3 +352,49 @@ def test_plans_match_the_cached_specs_own_objects_by_identity_only(fd_guard: Non
     with ebpf.Collection(touched) as coll:
         assert _run(coll) == XDP_PASS
     assert plans.maps["counters"] is plan
+
+
+def _takes(outer: ebpf.Map, inner: ebpf.MapSpec) -> bool:
+    """Whether ``outer`` (a map of maps) takes a map made from ``inner`` as a value."""
+    with ebpf.Map.create(inner) as m:
+        try:
+            outer[0] = m
+        except ebpf.SyscallError:
+            return False
+        del outer[0]
+        return True
+
+
+def test_a_map_of_maps_is_planned_with_its_inner_template(fd_guard: None) -> None:
+    """A map of maps loads from a plan that holds its inner template's attributes too (the
+    template created, its fd handed to the outer map, then closed, on every load): the
+    outer map takes maps shaped like the template and no others, on every load. The
+    template edited in place (the outer map's spec unchanged but for it) gets a new plan."""
+    speccache.default.clear()
+    spec = ebpf.CollectionSpec.from_file(obj("map_types.o"), cache=False)
+    template = spec.maps["m_array_of_maps"].inner_map
+    assert template is not None
+    other = dataclasses.replace(template, max_entries=template.max_entries + 1)
+    for _ in range(3):  # made, reused (its prototype kept), then copied from it
+        with ebpf.Collection(spec) as coll:
+            for name in ("m_array_of_maps", "m_hash_of_maps"):
+                plan = spec._plans.maps[name]
+                assert plan.inner is not None and plan.made_for is None
+                assert _takes(coll.maps[name], template) and not _takes(coll.maps[name], other)
+    first = spec._plans.maps["m_array_of_maps"]
+    template.max_entries += 1  # in place: the outer spec's attributes are the same objects
+    with ebpf.Collection(spec) as coll:
+        assert spec._plans.maps["m_array_of_maps"] is not first
+        assert _takes(coll.maps["m_array_of_maps"], other)
+        assert not _takes(coll.maps["m_array_of_maps"], spec.maps["m_hash_of_maps"].inner_map)
+
+
+def test_a_map_of_maps_without_an_inner_type_fails_on_every_load(fd_guard: None) -> None:
+    spec = ebpf.CollectionSpec.from_file(obj("map_types.o"), cache=False)
+    ebpf.Collection(spec).close()  # planned
+    template = spec.maps["m_array_of_maps"].inner_map
+    assert template is not None
+    template.type = _sys.MapType.UNSPEC
+    for _ in range(2):
+        with pytest.raises(ebpf.SpecError, match=r"^map m_array_of_maps: inner map definition"):
+            ebpf.Collection(spec)
