@@ -57,9 +57,11 @@ from orchestrator.ebpf.loadplan import (
     BTFPlan,
     InnerPlan,
     MapPlan,
+    PinPlan,
     ProgramPlan,
     held_map,
     line_infos,
+    pin_seen,
 )
 from orchestrator.ebpf.maps import Map, create_attr, create_fd
 from orchestrator.ebpf.programs import LoadRequest, LogOptions, Program, load_attr
@@ -187,6 +189,7 @@ class _Loader:
         self._map_plans = spec._plans.maps
         self._program_plans = spec._plans.programs
         self._map_prototypes = spec._plans.map_prototypes
+        self._pin_plans = spec._plans.pins
         self._log = _log_options(options.log_level, options.log_size, options.log_disabled)
 
     # ------------------------------------------------------------------ kernel BTF
@@ -430,20 +433,38 @@ class _Loader:
         return plan
 
     def _open_pin(self, spec: MapSpec, path: str) -> Map | None:
+        """The map pinned at ``path`` checked against ``spec`` (None if there is none), as
+        ``Map.from_pin`` opens it; the check and the map's attributes are taken from the
+        load plans' entry when it saw the same (see :func:`pin_seen`)."""
         try:
-            existing = Map.from_pin(path)
+            fd = Map._get_pin(path)
         except NotFoundError:
             return None
         try:
-            existing.check_compatible_with(spec)
-        except MapIncompatibleError as err:
-            existing.close()
-            raise MapIncompatibleError(
-                spec.name,
-                f"pinned map at {path} is incompatible: {err} "
-                "(remove the pin or change the definition)",
-            ) from err
-        existing.name = spec.name
+            info = _sys.map_info(fd)
+        except BaseException as err:
+            fd.close()
+            if isinstance(err, SyscallError):
+                raise err.replace(subject=f"map pin {path}", path=path) from err
+            raise
+        seen = pin_seen(spec, info)
+        kept = self._pin_plans.get(spec.name)
+        if kept is not None and kept.seen == seen:
+            existing = Map._from_pin_prototype(fd, info, path, kept.prototype)
+        else:
+            existing = Map._from_info(fd, None, info)
+            existing._adopt_pin(path)
+            try:
+                existing.check_compatible_with(spec)
+            except MapIncompatibleError as err:
+                existing.close()
+                raise MapIncompatibleError(
+                    spec.name,
+                    f"pinned map at {path} is incompatible: {err} "
+                    "(remove the pin or change the definition)",
+                ) from err
+            existing.name = spec.name
+            self._pin_plans[spec.name] = PinPlan(seen, existing._pin_prototype())
         existing.key_type = spec.key
         existing.value_type = spec.value
         return existing

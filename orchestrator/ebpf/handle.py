@@ -45,11 +45,7 @@ class Handle(Closing):
         the kernel. ``name``: how messages name the object (default: the kernel's name; a
         link's description)."""
         try:
-            found = fd_kind(fd)
-            if found is not None and found != cls._kind:
-                raise KindError(
-                    f"fd {fd.raw}: not a {cls._kind} but a {found}", wanted=cls._kind, found=found
-                )
+            cls._check_kind(fd)
             try:
                 return cls._adopt(fd, name)
             except SyscallError as err:
@@ -59,23 +55,45 @@ class Handle(Closing):
             raise
 
     @classmethod
+    def _check_kind(cls, fd: FD) -> None:
+        """Raise :class:`KindError` if ``fd`` holds another kind of object (left open)."""
+        found = fd_kind(fd)
+        if found is not None and found != cls._kind:
+            raise KindError(
+                f"fd {fd.raw}: not a {cls._kind} but a {found}", wanted=cls._kind, found=found
+            )
+
+    @classmethod
     def from_pin(cls, path: str | os.PathLike[str]) -> Self:
         """Open the object pinned at ``path`` (BPF_OBJ_GET): :class:`NotFoundError` if there
         is no such pin, :class:`PinError` if it holds another kind of object. The pin stays
         and is remembered (:meth:`unpin` without a path removes it)."""
         p = os.fspath(path)
+        fd = cls._get_pin(p)
+        try:
+            handle = cls._adopt(fd, None)
+        except BaseException as err:
+            fd.close()
+            if isinstance(err, SyscallError):
+                raise err.replace(subject=f"{cls._kind} pin {p}", path=p) from err
+            raise
+        handle._adopt_pin(p)
+        return handle
+
+    @classmethod
+    def _get_pin(cls, p: str) -> FD:
+        """An fd of the object pinned at ``p``, which holds an object of this kind (the
+        errors of :meth:`from_pin`)."""
         try:
             fd = _sys.obj_get(p)
         except SyscallError as err:
             raise err.replace(subject=f"{cls._kind} pin {p}", path=p) from err
         try:
-            handle = cls.from_fd(fd)
+            cls._check_kind(fd)
         except KindError as err:
+            fd.close()
             raise PinError(f"{cls._kind} pin {p}: not a {cls._kind} but a {err.found}") from err
-        except SyscallError as err:
-            raise err.replace(subject=f"{cls._kind} pin {p}", path=p) from err
-        handle._adopt_pin(p)
-        return handle
+        return fd
 
     @classmethod
     def from_id(cls, obj_id: int) -> Self:

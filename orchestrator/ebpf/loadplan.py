@@ -16,7 +16,10 @@ keeps them:
   recorded for it), and its BPF_PROG_LOAD attributes as bytes, pointing at the license,
   func info and line info buffers the plan keeps alive;
 - the collection's BTF: the blob ``marshal`` made with the programs' line info strings,
-  and its C copy (each load hands the kernel that copy).
+  and its C copy (each load hands the kernel that copy);
+- a map pinned by name that a load opened and found compatible with its spec: what that
+  check read (:func:`pin_seen`) and the attributes of the :class:`Map` made for it but
+  those read per load (each load still opens the pin and reads the kernel's info of it).
 
 Plans live in a :class:`LoadPlans` shared by a spec and its copies
 (:meth:`CollectionSpec.copy`: every spec the spec cache hands out for one file), so the
@@ -43,6 +46,11 @@ tuples, compared by identity first) and ``marshal`` still returns the same blob 
 maps' inner template is compared on its own, with a snapshot of its attributes (the outer
 map's snapshot holds the template object, which may change in place).
 
+A pinned map's entry is used only when the load sees exactly what it saw: the spec's
+fields the check reads and the pinned map's type, sizes, max entries and flags as the
+kernel reports them now (any other pin, or a changed spec, is checked as on a first load,
+and replaces the entry if it passes).
+
 Maps and programs a plan does not cover (struct_ops, an inner template that is a map of
 maps itself, ``.kconfig``, typed
 initial contents; CO-RE, externs, attach targets looked up in the kernel's BTF) load as
@@ -56,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from orchestrator.ebpf._sys import MapInfo
     from orchestrator.ebpf.btf import Spec as BTFSpec
     from orchestrator.ebpf.btf.ext import LazyLineInfos, LineInfo
     from orchestrator.ebpf.spec import MapSpec, ProgramSpec
@@ -205,12 +214,43 @@ def line_infos(
     return tuple([p.held_line_infos() for p in programs.values()])
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class PinPlan:
+    """A map pinned by name as a load found it compatible with its spec: what the check
+    read (:func:`pin_seen`) and the attributes of the :class:`Map` it made but those read
+    from the kernel's info or set per load (``Map._pin_prototype``)."""
+
+    seen: tuple[object, ...]
+    prototype: dict[str, object]
+
+
+def pin_seen(spec: MapSpec, info: MapInfo) -> tuple[object, ...]:
+    """Everything the loader reads to check a pinned map against ``spec`` and to make its
+    :class:`Map`, but what it reads per load: the spec's name, type, sizes, max entries,
+    flags and section (a data section ignores BPF_F_MMAPABLE), and the kernel's ``info`` of
+    the pinned map's type, sizes, max entries and flags."""
+    return (
+        spec.name,
+        spec.type,
+        spec.key_size,
+        spec.value_size,
+        spec.max_entries,
+        spec.flags,
+        spec.section,
+        info.type,
+        info.key_size,
+        info.value_size,
+        info.max_entries,
+        info.map_flags,
+    )
+
+
 class LoadPlans:
     """The plans of one spec and its copies, by map and program name, and its BTF's. An
     entry is replaced whole, never changed (dict and attribute reads and writes are atomic:
     loads in threads may share it)."""
 
-    __slots__ = ("btf", "map_prototypes", "maps", "programs")
+    __slots__ = ("btf", "map_prototypes", "maps", "pins", "programs")
 
     def __init__(self) -> None:
         self.maps: dict[str, MapPlan] = {}
@@ -221,6 +261,10 @@ class LoadPlans:
         # plan on its first reuse): a load copies them instead of running Map.__init__.
         # Used only with that very plan (a plan replaced, for any change, gets its own).
         self.map_prototypes: dict[str, tuple[MapPlan, dict[str, object]]] = {}
+        # Maps pinned by name that loads found compatible, by map name: a load that finds
+        # what the entry saw (the same spec fields, the same shape in the kernel's info)
+        # skips the check and copies the map's attributes (a different one replaces it).
+        self.pins: dict[str, PinPlan] = {}
 
 
 __all__ = [
@@ -228,8 +272,10 @@ __all__ = [
     "InnerPlan",
     "LoadPlans",
     "MapPlan",
+    "PinPlan",
     "ProgramPlan",
     "held_map",
     "line_infos",
     "map_state",
+    "pin_seen",
 ]

@@ -262,7 +262,11 @@ class Map(Handle):
 
     @classmethod
     def _adopt(cls, fd: FD, name: str | None) -> Map:
-        info = _sys.map_info(fd)
+        return cls._from_info(fd, name, _sys.map_info(fd))
+
+    @classmethod
+    def _from_info(cls, fd: FD, name: str | None, info: _sys.MapInfo) -> Map:
+        """A map owning ``fd``, as the kernel's ``info`` of it describes it."""
         m = cls(
             fd,
             name=name or info.name.decode("utf-8", "replace"),
@@ -275,6 +279,31 @@ class Map(Handle):
         m._id = int(info.id)
         if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
             m._kernel_btf = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id)
+        return m
+
+    def _pin_prototype(self) -> dict[str, object]:
+        """This map's attributes but those :meth:`_from_pin_prototype` reads from the
+        kernel's info or sets per load (its fd, id, kernel BTF ids, pin)."""
+        attrs = dict(vars(self))
+        for name in ("_fd", "_id", "_kernel_btf", "_pinned"):
+            del attrs[name]
+        return attrs
+
+    @classmethod
+    def _from_pin_prototype(
+        cls, fd: FD, info: _sys.MapInfo, path: str, prototype: dict[str, object]
+    ) -> Map:
+        """The map pinned at ``path`` (``fd``, the kernel's ``info`` of it), with the
+        attributes of :meth:`_pin_prototype` of a map opened from a pin whose info had the
+        same type, sizes, max entries and flags."""
+        m = cls.__new__(cls)
+        m.__dict__.update(prototype)
+        m._fd = fd
+        m._id = int(info.id)
+        m._kernel_btf = None
+        if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
+            m._kernel_btf = (info.btf_id, info.btf_key_type_id, info.btf_value_type_id)
+        m._pinned = path
         return m
 
     def clone(self) -> Map:

@@ -5,6 +5,7 @@ changed after an earlier load of the same file must load as changed."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -398,3 +399,78 @@ def test_a_map_of_maps_without_an_inner_type_fails_on_every_load(fd_guard: None)
     for _ in range(2):
         with pytest.raises(ebpf.SpecError, match=r"^map m_array_of_maps: inner map definition"):
             ebpf.Collection(spec)
+
+
+def test_a_map_pinned_by_name_found_again_is_the_map_from_pin_gives(
+    pin_dir: Path, fd_guard: None
+) -> None:
+    """A map pinned by name that a load found compatible is checked, on the next loads
+    that find the same (spec fields, shape in the kernel's info), from the load plans'
+    entry: the map made is, attribute for attribute, what Map.from_pin and the loader's
+    settings give, with its own fd, id and pin, and the kernel's BTF ids as read."""
+    speccache.default.clear()
+    path = obj("pinned.o")
+    opts = ebpf.CollectionOptions(pin_path=pin_dir)
+    ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()  # pins it
+    spec = ebpf.CollectionSpec.from_file(path)
+    plans = spec._plans
+    assert plans.pins == {}
+    for _ in range(3):  # checked and kept, then taken from the plans' entry
+        with ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts) as coll:
+            got = coll.maps["pinned_runs"]
+            with ebpf.Map.from_pin(pin_dir / "pinned_runs") as want:
+                ms = spec.maps["pinned_runs"]
+                want.name, want.key_type, want.value_type = ms.name, ms.key, ms.value
+                mine, theirs = dict(vars(got)), dict(vars(want))
+                assert mine.pop("_fd") is got.fd and theirs.pop("_fd") is want.fd
+                assert got.fd.raw != want.fd.raw and mine == theirs
+                assert got.pinned == str(pin_dir / "pinned_runs") and got.id == want.id
+        assert list(plans.pins) == ["pinned_runs"]
+
+
+def test_a_pin_replaced_or_a_spec_changed_after_a_kept_pin_is_seen(
+    pin_dir: Path, fd_guard: None
+) -> None:
+    """The plans' entry of a pinned map is used only while the spec and the pinned map's
+    shape are what it saw: a pin replaced by another compatible map gives that map, by an
+    incompatible one or by a program fails as on a first load, and a changed spec is
+    checked against the pin."""
+    speccache.default.clear()
+    path = obj("pinned.o")
+    opts = ebpf.CollectionOptions(pin_path=pin_dir)
+    pin = pin_dir / "pinned_runs"
+    for _ in range(2):  # the pin is made, then found and kept
+        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
+    spec = ebpf.CollectionSpec.from_file(path)
+    kept = spec._plans.pins["pinned_runs"]
+    template = spec.maps["pinned_runs"].copy()
+    template.pinning = ebpf.PinType.NONE
+    # another map of the same shape: used, with its own id
+    pin.unlink()
+    with ebpf.Map.create(template) as other:
+        other.pin(pin)
+        with ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts) as coll:
+            assert coll.maps["pinned_runs"].id == other.id
+        assert spec._plans.pins["pinned_runs"] is kept
+    # an incompatible map
+    pin.unlink()
+    template.max_entries = 8
+    with ebpf.Map.create(template) as wrong:
+        wrong.pin(pin)
+        for _ in range(2):
+            with pytest.raises(ebpf.MapIncompatibleError, match="max entries 8, spec wants 1"):
+                ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts)
+        # a spec changed to fit it loads; the unchanged one still refuses it
+        changed = ebpf.CollectionSpec.from_file(path)
+        changed.maps["pinned_runs"].max_entries = 8
+        with ebpf.Collection(changed, opts) as coll:
+            assert coll.maps["pinned_runs"].id == wrong.id
+        with pytest.raises(ebpf.MapIncompatibleError, match="max entries 8, spec wants 1"):
+            ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts)
+    # a program
+    pin.unlink()
+    with ebpf.Collection(ebpf.CollectionSpec.from_file(obj("xdp_counter.o"))) as coll:
+        coll.programs["xdp_count"].pin(pin)
+        with pytest.raises(ebpf.PinError, match=r"^map pin .*: not a map but a program$"):
+            ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts)
+    pin.unlink()
