@@ -390,6 +390,21 @@ def test_a_map_of_maps_is_planned_with_its_inner_template(fd_guard: None) -> Non
         assert not _takes(coll.maps["m_array_of_maps"], spec.maps["m_hash_of_maps"].inner_map)
 
 
+def test_a_served_map_of_maps_matches_its_plan_by_identity(fd_guard: None) -> None:
+    """A map of maps of a spec the cache served, untouched, matches its plan by identity
+    with the cached spec's own map (whose inner template never changes either)."""
+    speccache.default.clear()
+    path = obj("map_types.o")
+    cached_spec = ebpf.CollectionSpec.from_file(path)
+    for _ in range(3):
+        with ebpf.Collection(ebpf.CollectionSpec.from_file(path)) as coll:
+            template = cached_spec.maps["m_hash_of_maps"].inner_map
+            assert template is not None and _takes(coll.maps["m_hash_of_maps"], template)
+    cached, _sha = speccache.default.shared(path)
+    plan = cached_spec._plans.maps["m_hash_of_maps"]
+    assert plan.inner is not None and plan.made_for is cached._maps["m_hash_of_maps"]
+
+
 def test_a_map_of_maps_without_an_inner_type_fails_on_every_load(fd_guard: None) -> None:
     spec = ebpf.CollectionSpec.from_file(obj("map_types.o"), cache=False)
     ebpf.Collection(spec).close()  # planned
