@@ -630,3 +630,44 @@ def test_profile_cold_smoke() -> None:
     assert out.startswith("parse of 1 objects x 2 reps: ")
     assert "inside bpf(): 0%" in out  # parsing makes no syscall
     assert "elf/__init__.py" in out and "(read)" in out
+
+
+def test_profile_cold_ledger() -> None:
+    """``--ledger`` times every stage of the reader on a real parse: each stage that runs is
+    listed, and the stages and "other" add up to the parse's total."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "profile_cold.py"),
+            "--ledger",
+            "--reps",
+            "3",
+            str(ROOT / "bpf" / "xdp_counter.o"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    lines = out.splitlines()
+    head = next(line for line in lines if line.startswith("xdp_counter.o: parse "))
+    total = float(head.split()[2])
+    rows = {
+        line[:40].strip(): float(line[40:].split()[0]) for line in lines if line.startswith("  ")
+    }
+    for stage in (
+        "read the file",
+        "section table, symbols, relocations",
+        ".BTF: header, index, bulk check",
+        "DATASEC fix-up",
+        ".BTF.ext",
+        "BTF map definitions",
+        "linking programs",
+        "other",
+    ):
+        assert stage in rows, stage
+    assert all(us > 0 for name, us in rows.items() if name != "other")
+    # each figure is printed to 0.1 µs
+    assert abs(sum(rows.values()) - total) <= 0.05 * len(rows) + 0.05
