@@ -17,9 +17,9 @@ Default objects: ``bpf/*.o`` that load here. Needs root and bpffs for the load p
 
 ``--ledger``: no profiler; each stage of the ELF reader (the reader's own methods, wrapped
 with a clock) is timed in every parse, and the median microseconds of each stage per
-object are printed with their share of the median parse ("other": the rest, from opening
-the call to building the spec; what the clocks themselves cost, measured first, is taken
-off the total). With
+object are printed with their share of the median parse ("other": the rest, the glue
+between stages, building the spec and freeing the reader's tables when the parse returns;
+what the clocks themselves cost, measured first, is taken off the total). With
 ``--libbpf`` (root, bpffs, the C harness of ``loader_bench.py``, built here), libbpf's
 ``bpf_object__open`` of the same object is timed in batches alternating with bpforch's,
 and the ratio printed.
