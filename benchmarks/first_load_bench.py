@@ -1,7 +1,7 @@
 """The first load of a known object in a new process, against libbpf's, in one run.
 
     .venv/bin/python benchmarks/first_load_bench.py [--rounds 7] [--installed]
-        [--against TREE] [OBJ ...]
+        [--against TREE] [--phases] [OBJ ...]
 
 For each object (default: ``bpf/*.o`` and libxdp1's objects, as ``loader_bench.py``) and
 round, in this order (rotated every round so no side always goes first): libbpf's first
@@ -14,7 +14,9 @@ built from it and installed with pip into a fresh virtualenv (what a user runs: 
 key then identifies the code by the distribution's RECORD); with ``--against TREE`` the
 same for another checkout (a ``git worktree`` of the revision to compare with). Each side
 has its own cache directory. Printed: per object the medians in ms and each side's ratio
-to libbpf, then the median ratio per side over all objects.
+to libbpf, then the median ratio per side over all objects. With ``--phases``, then for
+each side where its first load goes, step by step (see ``first_load_child.py``): medians in
+microseconds per object, from as many more fresh processes per object as rounds.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from loader_bench import LIBXDP_DIR, Samples, build_harness, libbpf_batch, med  
 from tests.wheel import install_wheel  # noqa: E402
 
 CHILD = ROOT / "benchmarks" / "first_load_child.py"
+STEPS = ["identity", "object", "entry", "decode", "load"]  # first_load_child's, in order
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Side:
     cache: Path
     ms: dict[Path, list[float]] = field(default_factory=dict)
     error: dict[Path, str] = field(default_factory=dict)
+    phases: dict[Path, dict[str, list[float]]] = field(default_factory=dict)
 
 
 def run(side: Side, obj: Path, pin_root: Path, env: dict[str, str]) -> float:
@@ -66,11 +70,29 @@ def run(side: Side, obj: Path, pin_root: Path, env: dict[str, str]) -> float:
     return float(full)
 
 
+def phases(side: Side, obj: Path, pin_root: Path, env: dict[str, str]) -> None:
+    """One first load of ``obj`` taken apart (see ``first_load_child.py``), into
+    ``side.phases``."""
+    proc = subprocess.run(
+        [*side.argv, str(side.cache), str(pin_root), str(obj)],
+        capture_output=True,
+        text=True,
+        env=dict(env, BPFORCH_FIRST_LOAD_PHASES="1"),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["failed"])[-1])
+    steps = side.phases.setdefault(obj, {})
+    for item in proc.stdout.split():
+        step, _, us = item.partition("=")
+        steps.setdefault(step, []).append(float(us))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--installed", action="store_true", help="also from an installed wheel")
     ap.add_argument("--against", type=Path, action="append", default=[], help="another tree")
+    ap.add_argument("--phases", action="store_true", help="also where the time goes")
     ap.add_argument("objects", nargs="*", type=Path)
     args = ap.parse_args()
     objects: list[Path] = [o.resolve() for o in args.objects] or sorted(
@@ -126,6 +148,14 @@ def main() -> int:
                                 s.ms[o].append(run(s, o, pin_root, env))
                             except RuntimeError as err:
                                 s.error[o] = str(err)
+            for _ in range(args.rounds if args.phases else 0):
+                for o in objects:
+                    for s in sides:
+                        if o not in s.error:
+                            try:
+                                phases(s, o, pin_root, env)
+                            except RuntimeError as err:
+                                s.error[o] = str(err)
     finally:
         shutil.rmtree(pin_root, ignore_errors=True)
 
@@ -156,6 +186,20 @@ def main() -> int:
                 f"{s.name}: first load vs libbpf's median {statistics.median(rs):.2f}x"
                 f" (min {min(rs):.2f}x, max {max(rs):.2f}x, {len(rs)} objects)"
             )
+    for s in sides if args.phases else []:
+        steps = sorted({k for v in s.phases.values() for k in v}, key=STEPS.index)
+        print(f"\n{s.name}: where the first load goes, medians in us")
+        print("| object | " + " | ".join(steps) + " |")
+        print("|" + "---|" * (1 + len(steps)))
+        for o, by_step in s.phases.items():
+            name = o.name if o.parent == ROOT / "bpf" else f"libxdp/{o.name}"
+            cells = [f"{med(by_step[k]):.0f}" for k in steps]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        if s.phases:
+            cells = [
+                f"{statistics.median(med(v[k]) for v in s.phases.values()):.0f}" for k in steps
+            ]
+            print("| median | " + " | ".join(cells) + " |")
     return 0
 
 
