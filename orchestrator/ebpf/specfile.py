@@ -99,6 +99,12 @@ _PROGRAM_TYPES = (str, str, int, str, str, int, int, str, bool, bool, bool)
 VARIABLE_FIELDS = ("key", "name", "section", "offset", "size", "linkage", "type")
 _VARIABLE_TYPES = (str, str, str, int, int, str)
 _HEAD = struct.Struct("<II")
+# Enum members by value: a row's enums are looked up in these (a dict lookup, where calling
+# the enum is two Python calls per value); a value no member has refuses the entry.
+_MAP_TYPES_BY_VALUE = {int(t): t for t in MapType}
+_PIN_TYPES_BY_VALUE = {int(t): t for t in PinType}
+_PROG_TYPES_BY_VALUE = {int(t): t for t in ProgType}
+_ATTACH_TYPES_BY_VALUE = {int(t): t for t in AttachType}
 
 E = TypeVar("E")
 
@@ -498,6 +504,10 @@ def _read_map(r: _Reader, row: object) -> MapSpec:
         if isinstance(ekey, str | bytearray) or isinstance(evalue, int):
             raise SpecFileError("bad map entry")
         entries.append(MapEntry(ekey, evalue))
+    map_type = _MAP_TYPES_BY_VALUE.get(mtype)
+    pin_type = _PIN_TYPES_BY_VALUE.get(pinning)
+    if map_type is None or pin_type is None:
+        raise SpecFileError(f"map {name}: unknown type {mtype} or pinning {pinning}")
     ops = None
     if struct_ops is not None:
         from orchestrator.ebpf.link.struct_ops import StructOpsSpec
@@ -507,12 +517,12 @@ def _read_map(r: _Reader, row: object) -> MapSpec:
         ops = StructOpsSpec(r.typed(tid, _btf.Struct), r.raw(data), funcs, _bool(link))
     return MapSpec(
         name,
-        MapType(mtype),
+        map_type,
         key_size,
         value_size,
         max_entries,
         flags,
-        PinType(pinning),
+        pin_type,
         None if inner is None else _read_map(r, inner),
         entries,
         r.lazy(key),
@@ -577,10 +587,14 @@ def _read_program(r: _Reader, row: object) -> tuple[str, ProgramSpec]:
             _btf_ext.CORERelo(_int(insn), t, _str(access), _btf_ext.COREReloKind(_int(kind)))
         )
     unresolved = [Unresolved(*u) for u in _rows(unresolved_rows, _UNRESOLVED_ROW)]
+    prog_type = _PROG_TYPES_BY_VALUE.get(ptype)
+    attach_type = None if attach is None else _ATTACH_TYPES_BY_VALUE.get(_int(attach))
+    if prog_type is None or (attach is not None and attach_type is None):
+        raise SpecFileError(f"program {key}: unknown type {ptype} or attach type {attach}")
     prog = ProgramSpec(
         name,
-        ProgType(ptype),
-        None if attach is None else AttachType(_int(attach)),
+        prog_type,
+        attach_type,
         section,
         Instructions(r.raw(insns), refs),
         license_,

@@ -467,6 +467,32 @@ def test_a_damaged_map_row_is_refused(field: str | None, value: object, why: str
         specfile.decode(bad)
 
 
+@pytest.mark.parametrize(
+    ("part", "field", "value", "why"),
+    [
+        ("maps", "type", 999, "map counters: unknown type 999 or pinning 0"),
+        ("maps", "pinning", 7, "map counters: unknown type 2 or pinning 7"),
+        ("programs", "type", 999, "program xdp_count: unknown type 999 or attach type 37"),
+        ("programs", "attach_type", 999, "program xdp_count: unknown type 6 or attach type 999"),
+        ("programs", "attach_type", True, "expected an integer, got bool"),
+    ],
+)
+def test_an_unknown_enum_value_is_refused(part: str, field: str, value: object, why: str) -> None:
+    """A map's type and pinning, a program's type and attach type are looked up among the
+    enums' members: a value none has refuses the entry, naming the map or program."""
+    spec = ebpf.CollectionSpec.from_file(obj("xdp_counter.o"), cache=False)
+    data = specfile.encode(spec)
+    assert data is not None
+    version, n = specfile._HEAD.unpack_from(data)
+    doc = json.loads(data[specfile._HEAD.size : specfile._HEAD.size + n])
+    fields = specfile.MAP_FIELDS if part == "maps" else specfile.PROGRAM_FIELDS
+    doc[part][0][fields.index(field)] = value
+    text = json.dumps(doc).encode()
+    bad = specfile._HEAD.pack(version, len(text)) + text + data[specfile._HEAD.size + n :]
+    with pytest.raises(specfile.SpecFileError, match=re.escape(why)):
+        specfile.decode(bad)
+
+
 def _with_program_field(data: bytes, field: str, value: object) -> bytes:
     """An encoded spec whose first program's ``field`` is ``value`` (a damaged entry)."""
     version, n = specfile._HEAD.unpack_from(data)
