@@ -148,9 +148,10 @@ def main() -> int:
                                 s.ms[o].append(run(s, o, pin_root, env))
                             except RuntimeError as err:
                                 s.error[o] = str(err)
-            for _ in range(args.rounds if args.phases else 0):
+            for r in range(args.rounds if args.phases else 0):
                 for o in objects:
-                    for s in sides:
+                    k = r % len(sides)  # rotated as above: the kernel may still be freeing
+                    for s in sides[k:] + sides[:k]:  # what the previous object's load made
                         if o not in s.error:
                             try:
                                 phases(s, o, pin_root, env)
