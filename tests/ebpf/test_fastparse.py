@@ -606,27 +606,24 @@ def test_map_definition_errors_on_the_record_path() -> None:
 # ---------------------------------------------------------------------------- the profile
 
 
-def test_profile_cold_smoke() -> None:
-    """benchmarks/profile_cold.py runs and names the parser's functions (not a timing test)."""
+def _profile_cold(*args: str) -> str:
+    """What ``benchmarks/profile_cold.py ARGS bpf/xdp_counter.o`` prints."""
     import subprocess
     import sys
 
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "profile_cold.py"),
-            "--phase",
-            "parse",
-            "--reps",
-            "2",
-            "--top",
-            "50",
-            str(ROOT / "bpf" / "xdp_counter.o"),
-        ],
+    script = ROOT / "benchmarks" / "profile_cold.py"
+    obj = ROOT / "bpf" / "xdp_counter.o"
+    return subprocess.run(
+        [sys.executable, str(script), *args, str(obj)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+
+
+def test_profile_cold_smoke() -> None:
+    """benchmarks/profile_cold.py runs and names the parser's functions (not a timing test)."""
+    out = _profile_cold("--phase", "parse", "--reps", "2", "--top", "50")
     assert out.startswith("parse of 1 objects x 2 reps: ")
     assert "inside bpf(): 0%" in out  # parsing makes no syscall
     assert "elf/__init__.py" in out and "(read)" in out
@@ -635,22 +632,7 @@ def test_profile_cold_smoke() -> None:
 def test_profile_cold_ledger() -> None:
     """``--ledger`` times every stage of the reader on a real parse: each stage that runs is
     listed, and the stages and "other" add up to the parse's total."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "profile_cold.py"),
-            "--ledger",
-            "--reps",
-            "3",
-            str(ROOT / "bpf" / "xdp_counter.o"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = _profile_cold("--ledger", "--reps", "3")
     lines = out.splitlines()
     head = next(line for line in lines if line.startswith("xdp_counter.o: parse "))
     total = float(head.split()[2])
