@@ -489,3 +489,51 @@ def test_a_pin_replaced_or_a_spec_changed_after_a_kept_pin_is_seen(
         with pytest.raises(ebpf.PinError, match=r"^map pin .*: not a map but a program$"):
             ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts)
     pin.unlink()
+
+
+def test_a_kept_pin_entry_keeps_nothing_read_per_load(pin_dir: Path, fd_guard: None) -> None:
+    """The plans' entry of a pinned map keeps none of what each load reads: the same spec
+    loaded under another pin path gives a map pinned there (what ``unpin`` removes), and a
+    pin replaced by a map of the same shape without BTF gives that map, typed by no kernel
+    BTF. Each is, attribute for attribute, what Map.from_pin and the loader's settings give."""
+    speccache.default.clear()
+    path = obj("pinned.o")
+    other_dir = pin_dir / "other"
+    other_dir.mkdir()
+    for d in (pin_dir, other_dir):  # the pins are made
+        opts = ebpf.CollectionOptions(pin_path=d)
+        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
+
+    def load(d: Path, untyped: bool = False) -> ebpf.Collection:
+        spec = ebpf.CollectionSpec.from_file(path)
+        if untyped:  # typed by the pinned map's BTF, if it has any
+            spec.maps["pinned_runs"].key = spec.maps["pinned_runs"].value = None
+        coll = ebpf.Collection(spec, ebpf.CollectionOptions(pin_path=d))
+        got = coll.maps["pinned_runs"]
+        with ebpf.Map.from_pin(d / "pinned_runs") as want:
+            ms = spec.maps["pinned_runs"]
+            want.name, want.key_type, want.value_type = ms.name, ms.key, ms.value
+            mine, theirs = dict(vars(got)), dict(vars(want))
+            assert mine.pop("_fd") is got.fd and theirs.pop("_fd") is want.fd
+            if mine != theirs:
+                coll.close()
+                assert mine == theirs
+        return coll
+
+    load(pin_dir).close()  # checked, and kept
+    kept = speccache.default.shared(path)[0]._plans.pins["pinned_runs"]
+    with load(other_dir) as coll:  # from the entry
+        assert coll.maps["pinned_runs"].pinned == str(other_dir / "pinned_runs")
+        coll.maps["pinned_runs"].unpin()
+    assert (pin_dir / "pinned_runs").exists() and not (other_dir / "pinned_runs").exists()
+    template = ebpf.CollectionSpec.from_file(path).maps["pinned_runs"]
+    template.pinning, template.key, template.value = ebpf.PinType.NONE, None, None
+    with ebpf.Map.create(template) as bare:  # the same shape, no BTF
+        bare.pin(other_dir / "pinned_runs")
+        with load(pin_dir, untyped=True) as coll:
+            key, _value = coll.maps["pinned_runs"].btf_types()  # the pin's own BTF
+            assert isinstance(key, _btf.Typedef) and key.name == "__u32"
+        with load(other_dir, untyped=True) as coll:
+            assert coll.maps["pinned_runs"].id == bare.id
+            assert coll.maps["pinned_runs"].btf_types() == (None, None)
+    assert speccache.default.shared(path)[0]._plans.pins["pinned_runs"] is kept
