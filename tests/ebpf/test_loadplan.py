@@ -5,6 +5,8 @@ changed after an earlier load of the same file must load as changed."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import warnings
 from pathlib import Path
 
 import pytest
@@ -414,6 +416,27 @@ def test_a_map_of_maps_without_an_inner_type_fails_on_every_load(fd_guard: None)
     for _ in range(2):
         with pytest.raises(ebpf.SpecError, match=r"^map m_array_of_maps: inner map definition"):
             ebpf.Collection(spec)
+
+
+def test_an_outer_map_the_kernel_refuses_closes_its_inner_template(fd_guard: None) -> None:
+    """The inner template is created before the outer map: an outer map the kernel refuses
+    leaves no fd open and fails as it did when the outer map was created from its spec, on
+    the first load of the changed spec (its plan made) and the next (the plan reused)."""
+    spec = ebpf.CollectionSpec.from_file(obj("map_types.o"), cache=False)
+    ebpf.Collection(spec).close()  # planned
+    spec.maps["m_array_of_maps"].max_entries = 0
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            with pytest.raises(
+                ebpf.SyscallError,
+                match=r"^map m_array_of_maps: create: invalid argument \(EINVAL\)",
+            ):
+                ebpf.Collection(spec)
+            gc.collect()  # an fd left open is closed by its finalizer, which warns
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+        plan = spec._plans.maps["m_array_of_maps"]
+        assert plan.inner is not None and plan.held["max_entries"] == 0
 
 
 def test_a_map_pinned_by_name_found_again_is_the_map_from_pin_gives(
