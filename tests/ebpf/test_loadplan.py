@@ -560,3 +560,70 @@ def test_a_kept_pin_entry_keeps_nothing_read_per_load(pin_dir: Path, fd_guard: N
             assert coll.maps["pinned_runs"].id == bare.id
             assert coll.maps["pinned_runs"].btf_types() == (None, None)
     assert speccache.default.shared(path)[0]._plans.pins["pinned_runs"] is kept
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("type", _sys.MapType.HASH, "has type array, spec wants hash"),
+        ("key_size", 8, "has key size 4, spec wants 8"),
+        ("value_size", 16, "has value size 8, spec wants 16"),
+        ("max_entries", 2, "has max entries 1, spec wants 2"),
+        ("flags", int(_sys.MapFlags.RDONLY_PROG), "has flags 0x0, spec wants 0x80"),
+    ],
+)
+def test_a_kept_pin_entry_is_not_used_for_a_spec_changed_in_any_field_the_check_reads(
+    pin_dir: Path, fd_guard: None, field: str, value: object, why: str
+) -> None:
+    """Each field of the spec that the check of a pinned map reads, changed after a load
+    kept the pin's entry, has the pin checked again (and refused as on a first load)."""
+    speccache.default.clear()
+    path = obj("pinned.o")
+    opts = ebpf.CollectionOptions(pin_path=pin_dir)
+    for _ in range(2):  # the pin is made, then found and kept
+        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
+    spec = ebpf.CollectionSpec.from_file(path)
+    kept = spec._plans.pins["pinned_runs"]
+    setattr(spec.maps["pinned_runs"], field, value)
+    with pytest.raises(ebpf.MapIncompatibleError) as err:
+        ebpf.Collection(spec, opts)
+    assert str(err.value) == (
+        f"map pinned_runs: pinned map at {pin_dir / 'pinned_runs'} is incompatible: map "
+        f"pinned_runs: existing map pinned_runs {why} (remove the pin or change the definition)"
+    )
+    assert spec._plans.pins["pinned_runs"] is kept
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("type", _sys.MapType.HASH, "has type hash, spec wants array"),
+        ("value_size", 16, "has value size 16, spec wants 8"),
+        ("max_entries", 2, "has max entries 2, spec wants 1"),
+        ("flags", int(_sys.MapFlags.RDONLY_PROG), "has flags 0x80, spec wants 0x0"),
+    ],
+)
+def test_a_kept_pin_entry_is_not_used_for_a_pin_replaced_by_a_map_of_another_shape(
+    pin_dir: Path, fd_guard: None, field: str, value: object, why: str
+) -> None:
+    """A pin replaced, after a load kept its entry, by a map that differs in any field the
+    check reads is checked again (and refused as on a first load)."""
+    speccache.default.clear()
+    path = obj("pinned.o")
+    opts = ebpf.CollectionOptions(pin_path=pin_dir)
+    for _ in range(2):  # the pin is made, then found and kept
+        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
+    kept = ebpf.CollectionSpec.from_file(path)._plans.pins["pinned_runs"]
+    template = ebpf.CollectionSpec.from_file(path).maps["pinned_runs"]
+    template.pinning = ebpf.PinType.NONE
+    setattr(template, field, value)
+    (pin_dir / "pinned_runs").unlink()
+    with ebpf.Map.create(template) as other:
+        other.pin(pin_dir / "pinned_runs")
+        with pytest.raises(ebpf.MapIncompatibleError) as err:
+            ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts)
+    assert str(err.value) == (
+        f"map pinned_runs: pinned map at {pin_dir / 'pinned_runs'} is incompatible: map "
+        f"pinned_runs: existing map pinned_runs {why} (remove the pin or change the definition)"
+    )
+    assert ebpf.CollectionSpec.from_file(path)._plans.pins["pinned_runs"] is kept
