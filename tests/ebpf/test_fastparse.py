@@ -631,7 +631,8 @@ def test_profile_cold_smoke() -> None:
 
 def test_profile_cold_ledger() -> None:
     """``--ledger`` times every stage of the reader on a real parse: each stage that runs is
-    listed, and the stages and "other" add up to the parse's total."""
+    listed with a time ("other" is printed as the total less the stages, so it is not
+    checked against the total: that would hold by construction)."""
     out = _profile_cold("--ledger", "--reps", "3")
     lines = out.splitlines()
     head = next(line for line in lines if line.startswith("xdp_counter.o: parse "))
@@ -650,6 +651,5 @@ def test_profile_cold_ledger() -> None:
         "other",
     ):
         assert stage in rows, stage
-    assert all(us > 0 for name, us in rows.items() if name != "other")
-    # each figure is printed to 0.1 µs
-    assert abs(sum(rows.values()) - total) <= 0.05 * len(rows) + 0.05
+    # a stage is part of the parse: more than nothing, less than the whole
+    assert all(0 < us < total for name, us in rows.items() if name != "other")
