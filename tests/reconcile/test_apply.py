@@ -599,3 +599,28 @@ def test_a_staged_tree_that_cannot_be_made_is_named_by_its_whole_path(env: Env) 
     assert pins_under(env.root) == []
     assert not made[0].parent.exists()  # the staging directory went, empty tree and all
     assert env.reconciler().apply(env.desired()).applied  # and the next one goes through
+
+
+@pytest.mark.kernel
+def test_a_staged_link_that_cannot_be_pinned_is_named_by_its_whole_path(env: Env) -> None:
+    """A new link is pinned in its staged tree relative to the staging directory's fd, as
+    the tree's programs and maps are; when that fails, the error names the pin by its
+    whole path, and nothing of the apply is left live."""
+    from orchestrator.reconcile.owner import STAGING_PREFIX
+    from tests.failpoints import OnStep
+
+    tp_manifest(env)
+    gone: list[Path] = []
+
+    def unmake(key: str) -> None:  # the staged tree's links/ goes just before the attach
+        (staging,) = (p for p in env.root.iterdir() if p.name.startswith(STAGING_PREFIX))
+        gone.append(staging / "tp-counter" / "links")
+        gone[-1].rmdir()
+
+    with pytest.raises(ApplyError) as info:
+        env.reconciler(OnStep(attach=unmake)).apply(env.desired())
+    assert gone and f"pin {gone[0]}/" in str(info.value), str(info.value)
+    assert "(does the directory exist?)" in str(info.value)
+    assert pins_under(env.root) == []
+    assert not gone[0].parent.parent.exists()  # the staging directory went
+    assert env.reconciler().apply(env.desired()).applied  # and the next one goes through

@@ -103,6 +103,12 @@ class TransactionBase:
         self.verify_only = False
         self.verified: dict[str, dict[str, int]] = {}  # the kernel dry run's verified_insns
 
+    def _pin_staged(self, obj: Map | Program | _links.Link, rel: str) -> None:
+        """Pin ``obj`` at ``rel``, a path in the staging directory, relative to its fd (no
+        lookup from the root); a failure names the pin by its whole path."""
+        assert self.staging_fd is not None  # the staged trees are in the staging directory
+        obj.pin(rel, dir_fd=self.staging_fd, shown_dir=os.fspath(self.staging))
+
     def _remove(self, name: str, what: str) -> None:
         """Remove the tree ``<root>/name`` (never following a symlink; its marker goes
         last); a failure or what was left is a warning."""

@@ -98,13 +98,12 @@ class StageSteps(TransactionBase):
                 os.mkdir(f"{rel}/{sub}", 0o700, dir_fd=sfd)
         except OSError as err:  # named by its whole path, as the user would look it up
             raise OSError(err.errno, err.strerror, f"{self.staging}/{err.filename}") from err
-        shown = os.fspath(self.staging)  # as errors name what is made in it
         for mname in sorted(st.pinned):
             # the rest live as long as the programs that hold them (recorded by id), or
             # not at all (held by nothing: not recorded)
-            st.maps[mname].pin(f"{rel}/maps/{pin_name(mname)}", dir_fd=sfd, shown_dir=shown)
+            self._pin_staged(st.maps[mname], f"{rel}/maps/{pin_name(mname)}")
         for pname, p in st.programs.items():
-            p.pin(f"{rel}/progs/{pin_name(pname)}", dir_fd=sfd, shown_dir=shown)
+            self._pin_staged(p, f"{rel}/progs/{pin_name(pname)}")
 
     def _keep(self, action: Keep) -> None:
         """Stage a collection whose programs and maps stay: open them from their live pins

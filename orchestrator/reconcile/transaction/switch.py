@@ -48,8 +48,7 @@ class SwitchSteps(TransactionBase):
                 f"{a.program} is not loaded (add it to programs:)",
                 collection=name,
             )
-        pin = f"{st.rel}/{action.pin}"  # relative to the staging directory's fd
-        assert self.staging_fd is not None
+        pin = f"{st.rel}/{action.pin}"  # in the staging directory
         if isinstance(action, Reattach):
             self._reattach_xdp(action, prog, pin)
             return
@@ -73,7 +72,7 @@ class SwitchSteps(TransactionBase):
             link = self._attach(st, prog, a, action.take_over)
             self.owned.append(link)
             self.journal.add(f"detach new link {link.id}", partial(detach, link))
-        link.pin(pin, dir_fd=self.staging_fd)
+        self._pin_staged(link, pin)
         st.links[key] = (link, action.link_kind, action.pin)
 
     def _reattach_xdp(self, action: Reattach, prog: Program, pin: str) -> None:
@@ -111,7 +110,7 @@ class SwitchSteps(TransactionBase):
         link = self._attach_xdp(prog, t, mode, key, action.take_over, index)
         self.owned.append(link)
         self.journal.add(f"detach new link {link.id}", partial(detach, link))
-        link.pin(pin, dir_fd=self.staging_fd)
+        self._pin_staged(link, pin)
         self.staged[name].links[key] = (link, action.link_kind, action.pin)
 
     def _attach_xdp(
