@@ -356,10 +356,12 @@ def mark_collections(
     marks: Sequence[tuple[int | str, str, str]],
     *,
     dir_fd: int | None = None,
+    shown_dir: str | None = None,
 ) -> None:
     """Pin the collection markers of one transaction: ``marks`` holds, per collection, its
     directory (an fd, or the path of a directory the caller made: the transaction's staged
-    trees; relative to ``dir_fd`` when given), its name and its record's text (by
+    trees; relative to ``dir_fd`` when given, a failure then naming it under ``shown_dir``,
+    that directory's path), its name and its record's text (by
     :func:`collection_text`). The payloads (as :func:`mark_collection` writes them) go into
     one hash map keyed by the collection's name per power-of-two value size, written in one
     batch and frozen before it is pinned as each of its collections' ``_mark``."""
@@ -385,7 +387,7 @@ def mark_collections(
             m.freeze()
             for where, _, _ in members:
                 if isinstance(where, str):
-                    m.pin(f"{where}/{MARK_PIN}", dir_fd=dir_fd)
+                    m.pin(f"{where}/{MARK_PIN}", dir_fd=dir_fd, shown_dir=shown_dir)
                 else:
                     pin_at(m.fd, where, MARK_PIN)
 

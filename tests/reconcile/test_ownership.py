@@ -611,6 +611,30 @@ def test_shared_markers_pin_by_a_path_relative_to_a_directory_fd(
         assert m.max_entries == 2 and not m.flags & ebpf.MapFlags.NO_PREALLOC
 
 
+@pytest.mark.kernel
+def test_a_shared_marker_that_cannot_be_pinned_names_its_whole_path(
+    pin_dir: Path, fd_guard: None
+) -> None:
+    """A marker pinned relative to a directory fd that fails (its tree is missing) names the
+    pin under the directory's path the caller gives, with what to check."""
+    (pin_dir / "staging").mkdir()
+    sfd = os.open(pin_dir / "staging", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ebpf.PinError) as info:
+            mark_collections(
+                b"t" * 16,
+                "2-cd",
+                [("gone", "gone", '{"x":1}')],
+                dir_fd=sfd,
+                shown_dir=str(pin_dir / "staging"),
+            )
+    finally:
+        os.close(sfd)
+    assert f"pin {pin_dir}/staging/gone/{MARK_PIN}: " in str(info.value), str(info.value)
+    assert "(does the directory exist?)" in str(info.value)
+    assert os.listdir(pin_dir / "staging") == []
+
+
 def test_an_invalid_owner_marker_is_refused(env: Env, fd_guard: None) -> None:
     env.root.mkdir()
     with ebpf.Map.create(ebpf.MapSpec("x", ebpf.MapType.ARRAY, 4, 64, 1)) as m:

@@ -142,7 +142,8 @@ class CommitSteps(TransactionBase):
         if not marks:
             return
         assert self.staging_fd is not None
-        mark_collections(self.token, self.txid, marks, dir_fd=self.staging_fd)
+        shown = os.fspath(self.staging)
+        mark_collections(self.token, self.txid, marks, dir_fd=self.staging_fd, shown_dir=shown)
 
     def _live_dir(self, name: str) -> tuple[int, int] | None:
         """The (st_dev, st_ino) of the directory ``<root>/name``, None if there is none.
