@@ -141,6 +141,15 @@ class BTFCache(Closing):
 _log_options = functools.lru_cache(maxsize=64)(LogOptions)
 
 
+def _inner_template(spec: MapSpec) -> MapSpec | None:
+    """The inner map template of a map of maps, None for any other map; a template without
+    a type is refused."""
+    template = spec.inner_map
+    if template is not None and template.type == MapType.UNSPEC:
+        raise SpecError(f"map {spec.name}: inner map definition has no type")
+    return template
+
+
 def _trampoline(spec: ProgramSpec) -> bool:
     """Whether a program attaches through a BPF trampoline (fentry/fexit/lsm/freplace)."""
     if spec.type in (ProgType.LSM, ProgType.EXT):
@@ -362,10 +371,8 @@ class _Loader:
     def _create_map(self, spec: MapSpec) -> Map:
         """BPF_MAP_CREATE from ``spec`` (with its inner map's template for a map of maps)."""
         inner: Map | None = None
-        if spec.inner_map is not None:
-            template = spec.inner_map
-            if template.type == MapType.UNSPEC:
-                raise SpecError(f"map {spec.name}: inner map definition has no type")
+        template = _inner_template(spec)
+        if template is not None:
             btf_fd, _ = self._btf()
             inner = Map.create(template, btf_fd=btf_fd, btf_ids=self._btf_ids(template))
         try:
@@ -394,10 +401,8 @@ class _Loader:
             plans[spec.name] = plan
             return plan
         inner: InnerPlan | None = None
-        template = spec.inner_map
+        template = _inner_template(spec)
         if template is not None:
-            if template.type == MapType.UNSPEC:
-                raise SpecError(f"map {spec.name}: inner map definition has no type")
             inner_attr = create_attr(template, template.flags, btf_ids=self._btf_ids(template))
             inner = InnerPlan(
                 bytes(inner_attr),
