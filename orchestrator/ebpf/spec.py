@@ -43,6 +43,8 @@ class PinType(enum.IntEnum):
     BY_NAME = 1
 
 
+PIN_TYPE_BY_VALUE: dict[int, PinType] = {int(t): t for t in PinType}  # as MAP_TYPE_BY_VALUE
+
 _TIMER_STRUCTS = frozenset({"bpf_timer", "bpf_wq"})
 
 

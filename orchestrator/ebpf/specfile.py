@@ -27,17 +27,22 @@ from array import array
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from orchestrator.ebpf import btf as _btf
-from orchestrator.ebpf._sys import AttachType, MapType, ProgFlags, ProgType
+from orchestrator.ebpf._sys import ProgFlags
+from orchestrator.ebpf._sys.enums import (
+    ATTACH_TYPE_BY_VALUE,
+    MAP_TYPE_BY_VALUE,
+    PROG_TYPE_BY_VALUE,
+)
 from orchestrator.ebpf.asm import Instructions, Reference, RefKind
 from orchestrator.ebpf.btf import decode as _btf_decode
 from orchestrator.ebpf.btf import ext as _btf_ext
 from orchestrator.ebpf.btf.types import _Lazy
 from orchestrator.ebpf.errors import BTFError, SpecFileError
 from orchestrator.ebpf.spec import (
+    PIN_TYPE_BY_VALUE,
     CollectionSpec,
     MapEntry,
     MapSpec,
-    PinType,
     ProgramSpec,
     Unresolved,
     VariableSpec,
@@ -51,8 +56,9 @@ __all__ = ["VERSION", "SpecFileError", "decode", "encode"]
 
 VERSION = 3  # 2: line info as kernel records; 3: maps and programs as rows
 
-# The fields of a map's and a program's row, in order; the first MAP_SCALARS /
-# PROGRAM_SCALARS have one exact type each (_MAP_TYPES, _PROGRAM_TYPES), checked in one go.
+# The fields of a map's, a program's and a variable's row, in order; the first of them are
+# scalars of one exact type each (_MAP_SCALARS, _PROGRAM_SCALARS, _VARIABLE_SCALARS),
+# checked in one go.
 MAP_FIELDS = (
     "name",
     "type",
@@ -74,7 +80,7 @@ MAP_FIELDS = (
     "contents",
     "struct_ops",
 )
-_MAP_TYPES = (str, int, int, int, int, int, int, int, int, bool, str, bool)
+_MAP_SCALARS = (str, int, int, int, int, int, int, int, int, bool, str, bool)
 PROGRAM_FIELDS = (
     "key",
     "name",
@@ -95,16 +101,10 @@ PROGRAM_FIELDS = (
     "core_relos",
     "unresolved",
 )
-_PROGRAM_TYPES = (str, str, int, str, str, int, int, str, bool, bool, bool)
+_PROGRAM_SCALARS = (str, str, int, str, str, int, int, str, bool, bool, bool)
 VARIABLE_FIELDS = ("key", "name", "section", "offset", "size", "linkage", "type")
-_VARIABLE_TYPES = (str, str, str, int, int, str)
+_VARIABLE_SCALARS = (str, str, str, int, int, str)
 _HEAD = struct.Struct("<II")
-# Enum members by value: a row's enums are looked up in these (a dict lookup, where calling
-# the enum is two Python calls per value); a value no member has refuses the entry.
-_MAP_TYPES_BY_VALUE = {int(t): t for t in MapType}
-_PIN_TYPES_BY_VALUE = {int(t): t for t in PinType}
-_PROG_TYPES_BY_VALUE = {int(t): t for t in ProgType}
-_ATTACH_TYPES_BY_VALUE = {int(t): t for t in AttachType}
 
 E = TypeVar("E")
 
@@ -423,7 +423,7 @@ def _decode(data: bytes, name: str, path: str) -> CollectionSpec:
     variables: dict[str, VariableSpec] = {}
     for v in _list(doc["variables"]):
         key, vname, section, offset, size, linkage, tid = _fields(
-            v, VARIABLE_FIELDS, _VARIABLE_TYPES
+            v, VARIABLE_FIELDS, _VARIABLE_SCALARS
         )
         owner = maps.get(section)
         if owner is None:
@@ -495,7 +495,7 @@ def _read_map(r: _Reader, row: object) -> MapSpec:
         inner,
         contents,
         struct_ops,
-    ) = _fields(row, MAP_FIELDS, _MAP_TYPES)
+    ) = _fields(row, MAP_FIELDS, _MAP_SCALARS)
     entries = []
     for kv in _list(contents):
         k, v = _list(kv, 2)
@@ -504,8 +504,8 @@ def _read_map(r: _Reader, row: object) -> MapSpec:
         if isinstance(ekey, str | bytearray) or isinstance(evalue, int):
             raise SpecFileError("bad map entry")
         entries.append(MapEntry(ekey, evalue))
-    map_type = _MAP_TYPES_BY_VALUE.get(mtype)
-    pin_type = _PIN_TYPES_BY_VALUE.get(pinning)
+    map_type = MAP_TYPE_BY_VALUE.get(mtype)
+    pin_type = PIN_TYPE_BY_VALUE.get(pinning)
     if map_type is None or pin_type is None:
         raise SpecFileError(f"map {name}: unknown type {mtype} or pinning {pinning}")
     ops = None
@@ -558,7 +558,7 @@ def _read_program(r: _Reader, row: object) -> tuple[str, ProgramSpec]:
         func_info_rows,
         core_relos,
         unresolved_rows,
-    ) = _fields(row, PROGRAM_FIELDS, _PROGRAM_TYPES)
+    ) = _fields(row, PROGRAM_FIELDS, _PROGRAM_SCALARS)
     refs = {
         slot: Reference(_REF_KINDS[kind], rname, offset)
         for slot, kind, rname, offset in _rows(refs_rows, _REF_ROW)
@@ -587,8 +587,8 @@ def _read_program(r: _Reader, row: object) -> tuple[str, ProgramSpec]:
             _btf_ext.CORERelo(_int(insn), t, _str(access), _btf_ext.COREReloKind(_int(kind)))
         )
     unresolved = [Unresolved(*u) for u in _rows(unresolved_rows, _UNRESOLVED_ROW)]
-    prog_type = _PROG_TYPES_BY_VALUE.get(ptype)
-    attach_type = None if attach is None else _ATTACH_TYPES_BY_VALUE.get(_int(attach))
+    prog_type = PROG_TYPE_BY_VALUE.get(ptype)
+    attach_type = None if attach is None else ATTACH_TYPE_BY_VALUE.get(_int(attach))
     if prog_type is None or (attach is not None and attach_type is None):
         raise SpecFileError(f"program {key}: unknown type {ptype} or attach type {attach}")
     prog = ProgramSpec(

@@ -326,3 +326,11 @@ class PerfEventLinkType(enum.IntEnum):
     KRETPROBE = 4
     TRACEPOINT = 5
     EVENT = 6
+
+
+# Members by value, for reading numbers written elsewhere (an object's map definitions, a
+# persisted spec): a dict lookup where calling the enum is two Python calls; a value no
+# member has is not a key.
+MAP_TYPE_BY_VALUE: dict[int, MapType] = {int(t): t for t in MapType}
+PROG_TYPE_BY_VALUE: dict[int, ProgType] = {int(t): t for t in ProgType}
+ATTACH_TYPE_BY_VALUE: dict[int, AttachType] = {int(t): t for t in AttachType}

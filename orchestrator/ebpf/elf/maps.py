@@ -11,6 +11,7 @@ from orchestrator.ebpf._sys import (
     MapFlags,
     MapType,
 )
+from orchestrator.ebpf._sys.enums import MAP_TYPE_BY_VALUE
 from orchestrator.ebpf.btf.types import _Lazy, raw_target
 from orchestrator.ebpf.elf.records import (
     SHF_ALLOC,
@@ -24,9 +25,9 @@ from orchestrator.ebpf.elf.records import (
 )
 from orchestrator.ebpf.errors import BTFError, ParseError
 from orchestrator.ebpf.spec import (
+    PIN_TYPE_BY_VALUE,
     MapEntry,
     MapSpec,
-    PinType,
     ProgramSpec,
     VariableSpec,
 )
@@ -357,8 +358,6 @@ class MapReader:
 # one MapSpec made of it.
 _MapFields = dict[str, Any]
 
-_MAP_TYPES = {int(t): t for t in MapType}  # a dict lookup instead of MapType(value)
-_PIN_TYPES = {int(t): t for t in PinType}
 # values are fds (ids once loaded): the kernel's sizes
 _FD_VALUES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS, MapType.PROG_ARRAY})
 
@@ -382,7 +381,7 @@ def _set_uint_field(fields: _MapFields, name: str, field: str, value: int | None
     if value is None:
         raise ParseError(f"map {name}: field {field} must be declared with __uint")
     if field == "type":
-        map_type = _MAP_TYPES.get(value)
+        map_type = MAP_TYPE_BY_VALUE.get(value)
         if map_type is None:
             raise ParseError(f"map {name}: unknown map type {value}")
         fields["type"] = map_type
@@ -394,7 +393,7 @@ def _set_uint_field(fields: _MapFields, name: str, field: str, value: int | None
     elif field == "map_flags":
         fields["flags"] = value
     elif field == "pinning":
-        pinning = _PIN_TYPES.get(value)
+        pinning = PIN_TYPE_BY_VALUE.get(value)
         if pinning is None:
             raise ParseError(f"map {name}: unsupported pinning {value}")
         fields["pinning"] = pinning
