@@ -466,6 +466,17 @@ def test_a_map_pinned_by_name_found_again_is_the_map_from_pin_gives(
         assert list(plans.pins) == ["pinned_runs"]
 
 
+def _pin_entry_kept(pin_dir: Path) -> tuple[Path, ebpf.CollectionOptions]:
+    """pinned.o and options pinning under ``pin_dir``, loaded twice from a fresh spec cache:
+    the pin is made, then found compatible and kept in the load plans."""
+    speccache.default.clear()
+    path = obj("pinned.o")
+    opts = ebpf.CollectionOptions(pin_path=pin_dir)
+    for _ in range(2):
+        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
+    return path, opts
+
+
 def test_a_pin_replaced_or_a_spec_changed_after_a_kept_pin_is_seen(
     pin_dir: Path, fd_guard: None
 ) -> None:
@@ -473,12 +484,8 @@ def test_a_pin_replaced_or_a_spec_changed_after_a_kept_pin_is_seen(
     shape are what it saw: a pin replaced by another compatible map gives that map, by an
     incompatible one or by a program fails as on a first load, and a changed spec is
     checked against the pin."""
-    speccache.default.clear()
-    path = obj("pinned.o")
-    opts = ebpf.CollectionOptions(pin_path=pin_dir)
+    path, opts = _pin_entry_kept(pin_dir)
     pin = pin_dir / "pinned_runs"
-    for _ in range(2):  # the pin is made, then found and kept
-        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
     spec = ebpf.CollectionSpec.from_file(path)
     kept = spec._plans.pins["pinned_runs"]
     template = spec.maps["pinned_runs"].copy()
@@ -577,11 +584,7 @@ def test_a_kept_pin_entry_is_not_used_for_a_spec_changed_in_any_field_the_check_
 ) -> None:
     """Each field of the spec that the check of a pinned map reads, changed after a load
     kept the pin's entry, has the pin checked again (and refused as on a first load)."""
-    speccache.default.clear()
-    path = obj("pinned.o")
-    opts = ebpf.CollectionOptions(pin_path=pin_dir)
-    for _ in range(2):  # the pin is made, then found and kept
-        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
+    path, opts = _pin_entry_kept(pin_dir)
     spec = ebpf.CollectionSpec.from_file(path)
     kept = spec._plans.pins["pinned_runs"]
     setattr(spec.maps["pinned_runs"], field, value)
@@ -608,11 +611,7 @@ def test_a_kept_pin_entry_is_not_used_for_a_pin_replaced_by_a_map_of_another_sha
 ) -> None:
     """A pin replaced, after a load kept its entry, by a map that differs in any field the
     check reads is checked again (and refused as on a first load)."""
-    speccache.default.clear()
-    path = obj("pinned.o")
-    opts = ebpf.CollectionOptions(pin_path=pin_dir)
-    for _ in range(2):  # the pin is made, then found and kept
-        ebpf.Collection(ebpf.CollectionSpec.from_file(path), opts).close()
+    path, opts = _pin_entry_kept(pin_dir)
     kept = ebpf.CollectionSpec.from_file(path)._plans.pins["pinned_runs"]
     template = ebpf.CollectionSpec.from_file(path).maps["pinned_runs"]
     template.pinning = ebpf.PinType.NONE
