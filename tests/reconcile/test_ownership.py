@@ -294,6 +294,14 @@ def test_the_root_is_made_in_its_parent_or_with_its_parents(
     shutil.rmtree(pin_dir / "a")
 
 
+def _symlink_root_refusal(root: Path, target: Path) -> str:
+    """What an apply or status says of a bpffs root that is a symlink to ``target``."""
+    return (
+        f"bpffs root {root} is a symlink (to {target}); bpforch never follows symlinks "
+        "in the tree it owns (give the real directory as --bpffs-root)"
+    )
+
+
 def test_a_root_that_is_a_symlink_is_refused(env: Env, pin_dir: Path, fd_guard: None) -> None:
     real = pin_dir / "real-root"
     real.mkdir()
@@ -305,10 +313,7 @@ def test_a_root_that_is_a_symlink_is_refused(env: Env, pin_dir: Path, fd_guard: 
     ):
         with pytest.raises(StateError) as info:
             attempt()
-        assert str(info.value) == (
-            f"bpffs root {env.root} is a symlink (to {real}); bpforch never follows symlinks "
-            "in the tree it owns (give the real directory as --bpffs-root)"
-        )
+        assert str(info.value) == _symlink_root_refusal(env.root, real)
     assert os.listdir(real) == []
     env.root.unlink()
 
@@ -323,10 +328,7 @@ def test_a_root_that_is_a_dangling_symlink_is_refused_as_one(
     tp_manifest(env)
     with pytest.raises(StateError) as info:
         env.reconciler().apply(env.desired())
-    assert str(info.value) == (
-        f"bpffs root {env.root} is a symlink (to {missing}); bpforch never follows symlinks "
-        "in the tree it owns (give the real directory as --bpffs-root)"
-    )
+    assert str(info.value) == _symlink_root_refusal(env.root, missing)
     assert not missing.exists() and env.root.is_symlink()
     env.root.unlink()
 
